@@ -1,0 +1,29 @@
+// SPDX-License-Identifier: GPL-2.0
+//! tilde's IB core.
+//!
+//! - [`verbs`]: verbs types, the same on the host and in the kernel.
+//! - `sys` (kernel build only): the binding layer, "under the tilde": bindings generated
+//!   by bindgen from the target kernel's own `include/rdma` headers, C helpers for its
+//!   inline functions, and the shims that bridge one kernel's verbs to another's. Every
+//!   kernel difference lives there and nowhere else.
+//! - `client`, `device` (kernel build only): the safe consumer API over `sys`.
+//!
+//! The crate is compiled twice from the same source: by cargo for the host, and by the
+//! kbuild glue (`Kbuild` at the repository root) with the target kernel's own rustc
+//! command line and `--cfg tilde_kernel`, into an object linked into each module.
+// kbuild passes `-Zcrate-attr=no_std` itself.
+#![cfg_attr(not(tilde_kernel), no_std)]
+
+pub mod verbs;
+
+#[cfg(tilde_kernel)]
+pub mod client;
+#[cfg(tilde_kernel)]
+pub mod device;
+#[cfg(tilde_kernel)]
+pub mod sys;
+
+/// Prefix of this crate's own log lines (`pr_*!` looks it up at the call site's crate
+/// root). The crate is linked into several modules, so it names itself, not a module.
+#[cfg(tilde_kernel)]
+const __LOG_PREFIX: &[u8] = b"tilde_rdma\0";

@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The binding layer: the one place that knows which kernel tilde is built for.
+//!
+//! `generated` is made by bindgen at module build time from the target kernel's own
+//! headers through `tilde_rdma.h`, with the kernel's own bindgen flags plus
+//! `bindgen_parameters`; `cargo xtask kmod` writes it and passes its path in
+//! `TILDE_RDMA_BINDINGS`. Everything above this module uses the safe API (`client`,
+//! `device`) and never names a kernel version.
+//!
+//! Kernel API drift the layer bridges (the table in the README lists each one):
+//! - `kernel::fmt::Display`: 7.x print macros take the kernel's own `Display` trait, so
+//!   the verbs types that are logged forward to `core::fmt::Display` here.
+
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    unreachable_pub,
+    improper_ctypes,
+    dead_code,
+    unsafe_op_in_unsafe_fn,
+    missing_docs,
+    unknown_lints,
+    unnecessary_transmutes,
+    clippy::all,
+    clippy::as_underscore,
+    clippy::cast_lossless,
+    clippy::ptr_as_ptr,
+    clippy::ref_as_ptr,
+    clippy::undocumented_unsafe_blocks
+)]
+mod generated {
+    use kernel::ffi;
+    use pin_init::MaybeZeroable;
+
+    // The kernel's bindgen flags block these (their C definitions depend on the
+    // architecture's `long`); the kernel's own `bindings` crate defines them the same way.
+    type __kernel_size_t = usize;
+    type __kernel_ssize_t = isize;
+    type __kernel_ptrdiff_t = isize;
+
+    include!(env!("TILDE_RDMA_BINDINGS"));
+}
+
+pub(crate) use generated::*;
+
+use crate::verbs::{Decoded, Guid, PortAttr};
+
+/// Lets the kernel's print macros take tilde's verbs types.
+macro_rules! forward_display {
+    ($($ty:ty),* $(,)?) => {$(
+        impl kernel::fmt::Display for $ty {
+            fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {
+                core::fmt::Display::fmt(self, f)
+            }
+        }
+    )*};
+}
+
+forward_display!(Guid, PortAttr);
+
+impl<T: core::fmt::Display> kernel::fmt::Display for Decoded<T> {
+    fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {
+        core::fmt::Display::fmt(self, f)
+    }
+}

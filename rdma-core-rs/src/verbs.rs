@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Verbs types shared by the host build and the kernel build.
+//!
+//! Values and names follow `include/rdma/ib_verbs.h` and the strings the kernel's IB core
+//! shows in sysfs (`drivers/infiniband/core/sysfs.c`), so what tilde logs reads the same
+//! as what `rdma link` and `/sys/class/infiniband` show. Raw values that the kernel may
+//! grow in a later release decode to `None` instead of failing.
+
+use core::fmt;
+
+/// A 64-bit GUID (node, port or system image GUID), held in host byte order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Guid(u64);
+
+impl Guid {
+    /// A GUID from its value in host byte order.
+    pub const fn new(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// A GUID from a `__be64` as stored in `struct ib_device` (wire order in memory).
+    pub const fn from_be(raw: u64) -> Self {
+        Self(u64::from_be(raw))
+    }
+
+    /// The GUID's value in host byte order.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// Formats like sysfs `node_guid`: four groups of four hex digits.
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        write!(
+            f,
+            "{:04x}:{:04x}:{:04x}:{:04x}",
+            (v >> 48) & 0xffff,
+            (v >> 32) & 0xffff,
+            (v >> 16) & 0xffff,
+            v & 0xffff
+        )
+    }
+}
+
+/// Declares a `#[repr(u32)]` enum of a C `enum` with its raw values, a checked decoder
+/// and the kernel's display names.
+macro_rules! c_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $value:literal => $text:literal, )+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        #[repr(u32)]
+        pub enum $name { $( #[doc = $text] $(#[$vmeta])* $variant = $value, )+ }
+
+        impl $name {
+            /// Decodes the kernel's raw value; `None` for a value this build does not know.
+            pub const fn from_raw(raw: u32) -> Option<Self> {
+                match raw {
+                    $( $value => Some(Self::$variant), )+
+                    _ => None,
+                }
+            }
+
+            /// The raw value the kernel uses.
+            pub const fn to_raw(self) -> u32 {
+                self as u32
+            }
+
+            /// The name the kernel shows for this value.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $text, )+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+c_enum! {
+    /// Logical port state, `enum ib_port_state`.
+    pub enum PortState {
+        Nop = 0 => "NOP",
+        Down = 1 => "DOWN",
+        Init = 2 => "INIT",
+        Armed = 3 => "ARMED",
+        Active = 4 => "ACTIVE",
+        ActiveDefer = 5 => "ACTIVE_DEFER",
+    }
+}
+
+c_enum! {
+    /// Physical port state, `enum ib_port_phys_state`.
+    pub enum PhysPortState {
+        Sleep = 1 => "Sleep",
+        Polling = 2 => "Polling",
+        Disabled = 3 => "Disabled",
+        PortConfigurationTraining = 4 => "PortConfigurationTraining",
+        LinkUp = 5 => "LinkUp",
+        LinkErrorRecovery = 6 => "LinkErrorRecovery",
+        PhyTest = 7 => "Phy Test",
+    }
+}
+
+c_enum! {
+    /// Link layer of a port, `enum rdma_link_layer`.
+    pub enum LinkLayer {
+        Unspecified = 0 => "Unknown",
+        InfiniBand = 1 => "InfiniBand",
+        Ethernet = 2 => "Ethernet",
+    }
+}
+
+c_enum! {
+    /// Path MTU, `enum ib_mtu`.
+    pub enum Mtu {
+        Mtu256 = 1 => "256",
+        Mtu512 = 2 => "512",
+        Mtu1024 = 3 => "1024",
+        Mtu2048 = 4 => "2048",
+        Mtu4096 = 5 => "4096",
+    }
+}
+
+impl Mtu {
+    /// The MTU in bytes.
+    pub const fn bytes(self) -> u32 {
+        128 << self.to_raw()
+    }
+}
+
+/// A value decoded from the kernel that may be one this build does not know.
+///
+/// Displays the known name, or `unknown(N)` with the raw value, so a log line never
+/// lies and never fails.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Decoded<T> {
+    /// A value this build knows.
+    Known(T),
+    /// The raw value as the kernel gave it.
+    Unknown(u32),
+}
+
+impl<T: fmt::Display> fmt::Display for Decoded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decoded::Known(v) => v.fmt(f),
+            Decoded::Unknown(raw) => write!(f, "unknown({raw})"),
+        }
+    }
+}
+
+macro_rules! decode_fn {
+    ($($ty:ident),*) => {$(
+        impl From<u32> for Decoded<$ty> {
+            fn from(raw: u32) -> Self {
+                match $ty::from_raw(raw) {
+                    Some(v) => Decoded::Known(v),
+                    None => Decoded::Unknown(raw),
+                }
+            }
+        }
+    )*};
+}
+decode_fn!(PortState, PhysPortState, LinkLayer, Mtu);
+
+/// What tilde reads of a port: the part of `struct ib_port_attr` it uses, plus the
+/// port's link layer (which the kernel reports through a separate call).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PortAttr {
+    /// Logical state.
+    pub state: Decoded<PortState>,
+    /// Physical state.
+    pub phys_state: Decoded<PhysPortState>,
+    /// Active path MTU.
+    pub active_mtu: Decoded<Mtu>,
+    /// Largest path MTU the port supports.
+    pub max_mtu: Decoded<Mtu>,
+    /// Number of entries in the port's GID table.
+    pub gid_tbl_len: u32,
+    /// Base LID (0 on RoCE ports).
+    pub lid: u32,
+    /// Link layer of the port.
+    pub link_layer: Decoded<LinkLayer>,
+}
+
+/// One log line's worth of a port, as the device client prints it.
+impl fmt::Display for PortAttr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "link_layer {} state {} phys_state {} active_mtu {} max_mtu {} gid_tbl_len {} lid {}",
+            self.link_layer,
+            self.state,
+            self.phys_state,
+            self.active_mtu,
+            self.max_mtu,
+            self.gid_tbl_len,
+            self.lid
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::format;
+
+    #[test]
+    fn guid_reads_be64_and_formats_like_sysfs() {
+        // rxe derives its node GUID from the netdev's MAC 52:54:00:12:34:56 (EUI-64).
+        let in_memory: [u8; 8] = [0x50, 0x54, 0x00, 0xff, 0xfe, 0x12, 0x34, 0x56];
+        let guid = Guid::from_be(u64::from_ne_bytes(in_memory));
+        assert_eq!(guid.get(), 0x5054_00ff_fe12_3456);
+        assert_eq!(format!("{guid}"), "5054:00ff:fe12:3456");
+    }
+
+    #[test]
+    fn enums_decode_kernel_values_and_reject_unknown() {
+        assert_eq!(PortState::from_raw(4), Some(PortState::Active));
+        assert_eq!(PortState::from_raw(6), None);
+        assert_eq!(LinkLayer::from_raw(2), Some(LinkLayer::Ethernet));
+        assert_eq!(PhysPortState::from_raw(0), None);
+        assert_eq!(Mtu::from_raw(5).map(Mtu::bytes), Some(4096));
+        assert_eq!(Mtu::Mtu256.bytes(), 256);
+        for raw in 0..16 {
+            if let Some(s) = PortState::from_raw(raw) {
+                assert_eq!(s.to_raw(), raw);
+            }
+        }
+    }
+
+    #[test]
+    fn port_line_names_unknown_values() {
+        let attr = PortAttr {
+            state: Decoded::from(4),
+            phys_state: Decoded::from(5),
+            active_mtu: Decoded::from(3),
+            max_mtu: Decoded::from(9),
+            gid_tbl_len: 1024,
+            lid: 0,
+            link_layer: Decoded::from(2),
+        };
+        assert_eq!(
+            format!("{attr}"),
+            "link_layer Ethernet state ACTIVE phys_state LinkUp active_mtu 1024 \
+             max_mtu unknown(9) gid_tbl_len 1024 lid 0"
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! iSER initiator: a sans-IO iSCSI/iSER protocol core plus thin kernel glue over
+//! `rdma-core-rs`.
+//!
+//! Empty until the iSER issue; `no_std` because the same source builds for the host tests
+//! and, through the kbuild glue, for the kernel module.
+#![no_std]
