@@ -163,13 +163,7 @@ unsafe extern "C" fn add_callback<T: ClientStorage>(ibdev: *mut sys::ib_device) 
     };
     // SAFETY: the device and the client are registered (callback contract); the client
     // data slot for this client exists while `add` runs.
-    unsafe {
-        sys::ib_set_client_data(
-            ibdev,
-            T::vtable().as_raw(),
-            boxed.into_foreign().cast(),
-        )
-    };
+    unsafe { sys::ib_set_client_data(ibdev, T::vtable().as_raw(), boxed.into_foreign().cast()) };
     0
 }
 

@@ -1,1 +1,299 @@
-fn main() {}
+//! `cargo xtask`: tilde's build and test driver. See README.md, "Commands".
+
+mod kmod;
+mod target;
+mod toolchain;
+mod util;
+mod verdict;
+mod vm;
+
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use target::{Target, TARGETS};
+use util::{repo_root, secs, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [--kernel TARGET]
+
+commands:
+  run                 provision, build, boot the stock kernel, load tilde, show rxe traffic
+                      and what tilde saw (the main job)
+  test                fmt, clippy, host tests, then every VM scenario on every target
+                      (or on --kernel TARGET only)
+  toolchain           provision the build root and prepared kernel tree (idempotent)
+  kmod                build tilde's kernel modules with kbuild
+  vm [--timeout S] SCENARIO
+                      boot the kernel in QEMU and run one scenario
+
+targets: debian-sid-7.2 (default)
+cache:   $TILDE_CACHE, else $XDG_CACHE_HOME/tilde, else ~/.cache/tilde";
+
+struct Args {
+    command: String,
+    kernel: Option<String>,
+    timeout: Duration,
+    positional: Vec<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = std::env::args().skip(1);
+    let mut parsed = Args {
+        command: String::new(),
+        kernel: None,
+        timeout: vm::DEFAULT_TIMEOUT,
+        positional: Vec::new(),
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--kernel" => parsed.kernel = args.next(),
+            "--timeout" => {
+                let s = args.next().unwrap_or_default();
+                let secs: u64 = s
+                    .parse()
+                    .map_err(|_| util::Error(format!("--timeout wants seconds, got {s:?}")))?;
+                parsed.timeout = Duration::from_secs(secs);
+            }
+            "-h" | "--help" => parsed.command = "help".into(),
+            _ if parsed.command.is_empty() => parsed.command = arg,
+            _ => parsed.positional.push(arg),
+        }
+    }
+    Ok(parsed)
+}
+
+fn targets(args: &Args, all_by_default: bool) -> Result<Vec<Target>> {
+    match &args.kernel {
+        Some(id) => Ok(vec![Target::by_id(id)?]),
+        None if all_by_default => Ok(TARGETS.to_vec()),
+        None => Ok(vec![Target::default_target()]),
+    }
+}
+
+fn main() -> ExitCode {
+    let result = parse_args().and_then(|args| match args.command.as_str() {
+        "toolchain" => cmd_toolchain(&args),
+        "kmod" => cmd_kmod(&args),
+        "vm" => cmd_vm(&args),
+        "test" => cmd_test(&args),
+        "run" => cmd_run(&args),
+        "help" | "" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(util::Error(format!("unknown command {other:?}\n\n{USAGE}"))),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_toolchain(args: &Args) -> Result {
+    for target in targets(args, false)? {
+        let toolchain = toolchain::provision(target)?;
+        toolchain::describe(&toolchain)?;
+    }
+    Ok(())
+}
+
+fn cmd_kmod(args: &Args) -> Result {
+    for target in targets(args, false)? {
+        let toolchain = toolchain::provision(target)?;
+        kmod::build(&toolchain)?;
+    }
+    Ok(())
+}
+
+fn cmd_vm(args: &Args) -> Result {
+    let [scenario] = args.positional.as_slice() else {
+        bail!(
+            "vm wants one scenario; have: {}",
+            vm::scenarios()?.join(", ")
+        );
+    };
+    let target = targets(args, false)?[0];
+    let toolchain = toolchain::provision(target)?;
+    let modules = kmod::build(&toolchain)?;
+    let run = vm::run(&toolchain, &modules, scenario, args.timeout)?;
+    vm::print_run(&run);
+    if !run.verdict.passed() {
+        bail!("scenario {scenario} failed");
+    }
+    Ok(())
+}
+
+/// Runs a host check (`cargo ...`) in the repository, streaming its output.
+fn cargo(what: &[&str]) -> Result {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(what)
+        .current_dir(repo_root())
+        .status()?;
+    if !status.success() {
+        bail!("cargo {} failed", what.join(" "));
+    }
+    Ok(())
+}
+
+fn cmd_test(args: &Args) -> Result {
+    let start = Instant::now();
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    let mut check = |name: String, result: Result| match result {
+        Ok(()) => {
+            println!("[test] ok: {name}");
+            passed += 1;
+        }
+        Err(e) => {
+            println!("[test] FAILED: {name}: {e}");
+            failed.push(name);
+        }
+    };
+
+    let host = Instant::now();
+    check(
+        "cargo fmt --check".into(),
+        cargo(&["fmt", "--all", "--check"]),
+    );
+    check(
+        "cargo clippy -D warnings".into(),
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    );
+    check(
+        "cargo test --workspace".into(),
+        cargo(&["test", "--workspace"]),
+    );
+    let host = host.elapsed();
+
+    let mut timings = Vec::new();
+    for target in targets(args, true)? {
+        let t = Instant::now();
+        let toolchain = match toolchain::provision(target) {
+            Ok(tc) => tc,
+            Err(e) => {
+                check(format!("{}: toolchain", target.id), Err(e));
+                continue;
+            }
+        };
+        let provision = t.elapsed();
+        let t = Instant::now();
+        let modules = match kmod::build(&toolchain) {
+            Ok(m) => m,
+            Err(e) => {
+                check(format!("{}: kmod", target.id), Err(e));
+                continue;
+            }
+        };
+        let build = t.elapsed();
+        timings.push(format!(
+            "{}: toolchain {}, kmod {}",
+            target.id,
+            secs(provision),
+            secs(build)
+        ));
+        for scenario in vm::scenarios()? {
+            let expected = vm::expected_failure(&scenario)?;
+            let result = vm::run(&toolchain, &modules, &scenario, args.timeout).and_then(|run| {
+                vm::print_run(&run);
+                timings.push(format!(
+                    "{}: vm {scenario} {} ({})",
+                    target.id,
+                    secs(run.duration),
+                    run.scenario_start
+                        .as_deref()
+                        .unwrap_or("scenario never started")
+                ));
+                match (&expected, run.verdict.passed()) {
+                    (None, true) => Ok(()),
+                    (None, false) => bail!("failed"),
+                    (Some(text), true) => bail!("passed, but must fail with {text:?}"),
+                    (Some(text), false) => {
+                        if run
+                            .verdict
+                            .failures
+                            .iter()
+                            .any(|f| f.contains(text.as_str()))
+                        {
+                            println!("[vm]   (failure expected: this scenario tests the runner)");
+                            Ok(())
+                        } else {
+                            bail!("failed, but not with {text:?}")
+                        }
+                    }
+                }
+            });
+            check(format!("{}: vm {scenario}", target.id), result);
+        }
+    }
+
+    println!("\n[test] durations: host checks {}", secs(host));
+    for t in &timings {
+        println!("[test]   {t}");
+    }
+    println!("[test] whole run {}", secs(start.elapsed()));
+    for name in &failed {
+        println!("[test] failed: {name}");
+    }
+    println!("{} passed, {} failed", passed, failed.len());
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} check(s) failed", failed.len())
+    }
+}
+
+fn cmd_run(args: &Args) -> Result {
+    let start = Instant::now();
+    let target = targets(args, false)?[0];
+    let t = Instant::now();
+    let toolchain = toolchain::provision(target)?;
+    let provision = t.elapsed();
+    let t = Instant::now();
+    let modules = kmod::build(&toolchain)?;
+    let build = t.elapsed();
+    let run = vm::run(&toolchain, &modules, "device-client", args.timeout)?;
+    vm::print_run(&run);
+
+    let dmesg = std::fs::read_to_string(run.out("dmesg.txt")).unwrap_or_default();
+    println!("\nWhat tilde saw (guest dmesg):");
+    for line in dmesg.lines().filter(|l| l.contains("tilde_core")) {
+        println!("  {line}");
+    }
+    let log = std::fs::read_to_string(run.out("scenario.log")).unwrap_or_default();
+    println!("\nrxe traffic with tilde loaded (ibv_rc_pingpong over rxe0):");
+    for line in log
+        .lines()
+        .filter(|l| l.contains("bytes in") || l.contains("iters in"))
+    {
+        println!("  {line}");
+    }
+    println!("\nSummary:");
+    println!("  kernel        {} ({})", toolchain.release, target.id);
+    println!("  toolchain     {}", secs(provision));
+    println!("  module build  {}", secs(build));
+    println!("  VM run        {}", secs(run.duration));
+    println!(
+        "  result        {}",
+        if run.verdict.passed() {
+            "passed"
+        } else {
+            "FAILED"
+        }
+    );
+    println!("  total         {}", secs(start.elapsed()));
+    if !run.verdict.passed() {
+        bail!("the device-client scenario failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! `cargo xtask kmod`: builds every tilde kernel module for a target with kbuild.
+//!
+//! Two steps, both inside the target's build root, with the repository bind-mounted at
+//! `/build/src` and `target/kmod/<target>` at `/build/out`:
+//! 1. bindgen makes `rdma_bindings_generated.rs` from `rdma-core-rs/src/sys/tilde_rdma.h`
+//!    with the kernel's own bindgen command line (saved by kbuild in the prepared tree's
+//!    `rust/bindings/.bindings_generated.rs.cmd`) plus `bindgen_parameters`;
+//! 2. `make M=<repo> MO=<out> modules` runs the repository's `Kbuild`, with clippy.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::bail;
+use crate::target::Bind;
+use crate::toolchain::Toolchain;
+use crate::util::{repo_root, sh_quote, step, write_if_changed, Context, Result};
+
+/// tilde's modules, in load order: the VM runner insmods them before every scenario.
+pub const STACK_MODULES: &[&str] = &["tilde_core"];
+/// Modules that exist only to test the test machinery; scenarios load them by hand.
+pub const SELFTEST_MODULES: &[&str] = &["tilde_warn_selftest"];
+
+const SRC: &str = "/build/src";
+const OUT: &str = "/build/out";
+const BINDINGS: &str = "rdma_bindings_generated.rs";
+const HEADER: &str = "rdma-core-rs/src/sys/tilde_rdma.h";
+const PARAMETERS: &str = "rdma-core-rs/src/sys/bindgen_parameters";
+
+/// The result of a build: where each module is, on the host.
+pub struct Modules {
+    pub stack: Vec<PathBuf>,
+    pub selftest: Vec<PathBuf>,
+}
+
+/// The host directory a target's module build writes to.
+pub fn out_dir(toolchain: &Toolchain) -> PathBuf {
+    repo_root().join("target/kmod").join(toolchain.target.id)
+}
+
+pub fn build(toolchain: &Toolchain) -> Result<Modules> {
+    let group = format!("kmod {}", toolchain.target.id);
+    let out = out_dir(toolchain);
+    fs::create_dir_all(out.join("build"))?;
+    let repo = repo_root();
+    let binds = [
+        Bind {
+            host: &repo,
+            guest: SRC,
+        },
+        Bind {
+            host: &out,
+            guest: OUT,
+        },
+    ];
+    let log = toolchain.log("kmod");
+    let _ = fs::remove_file(&log);
+
+    step(&group, "bindgen include/rdma bindings", || {
+        let saved = fs::read_to_string(
+            toolchain
+                .root
+                .dir
+                .join(toolchain.tree().trim_start_matches('/'))
+                .join("rust/bindings/.bindings_generated.rs.cmd"),
+        )
+        .context(|| "reading the kernel's saved bindgen command".to_string())?;
+        let parameters = fs::read_to_string(repo.join(PARAMETERS))?;
+        let tmp = format!("{OUT}/{BINDINGS}.new");
+        let command = bindgen_command(&saved, &format!("{SRC}/{HEADER}"), &tmp, &parameters)?;
+        toolchain.root.sh(
+            &binds,
+            &format!("cd {} && {command}", toolchain.tree()),
+            &log,
+        )?;
+        let new_path = out.join(format!("{BINDINGS}.new"));
+        let generated = fs::read(&new_path)?;
+        fs::remove_file(&new_path)?;
+        write_if_changed(&out.join(BINDINGS), &generated)?;
+        Ok(())
+    })?;
+
+    step(&group, "make modules (kbuild, clippy)", || {
+        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+        toolchain.root.sh(
+            &binds,
+            &format!(
+                "make -C {} M={SRC} MO={OUT}/build KERNELRELEASE={} \
+                 TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} CLIPPY=1 -j{jobs} modules",
+                toolchain.tree(),
+                sh_quote(&toolchain.release)
+            ),
+            &log,
+        )
+    })?;
+
+    let find = |names: &[&str]| -> Result<Vec<PathBuf>> {
+        names
+            .iter()
+            .map(|name| {
+                let ko = out.join("build").join(format!("{name}.ko"));
+                if !ko.is_file() {
+                    bail!("kbuild succeeded but made no {}", ko.display());
+                }
+                Ok(ko)
+            })
+            .collect()
+    };
+    let modules = Modules {
+        stack: find(STACK_MODULES)?,
+        selftest: find(SELFTEST_MODULES)?,
+    };
+    for ko in modules.stack.iter().chain(&modules.selftest) {
+        check_vermagic(toolchain, ko)?;
+    }
+    Ok(modules)
+}
+
+/// A module whose vermagic does not name the target's release would not load.
+fn check_vermagic(toolchain: &Toolchain, ko: &Path) -> Result {
+    let bytes = fs::read(ko)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let vermagic = text
+        .split('\0')
+        .find_map(|s| s.strip_prefix("vermagic="))
+        .context(|| format!("{} has no vermagic", ko.display()))?;
+    if vermagic.split(' ').next() != Some(toolchain.release.as_str()) {
+        bail!(
+            "{} has vermagic {vermagic:?}, not for {}",
+            ko.display(),
+            toolchain.release
+        );
+    }
+    println!(
+        "[kmod {}] {} ({} KiB, vermagic {vermagic})",
+        toolchain.target.id,
+        ko.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+        bytes.len() / 1024
+    );
+    Ok(())
+}
+
+/// The kernel's own bindgen command line, pointed at our header and output.
+///
+/// `saved` is the prepared tree's `.bindings_generated.rs.cmd` (a make fragment);
+/// `parameters` holds our extra arguments, one a line, `#` for comments.
+fn bindgen_command(saved: &str, header: &str, out: &str, parameters: &str) -> Result<String> {
+    let line = saved
+        .lines()
+        .find_map(|l| l.strip_prefix("savedcmd_rust/bindings/bindings_generated.rs := "))
+        .context(|| "no savedcmd line in the kernel's bindgen .cmd file".to_string())?;
+    // The .cmd file is a make fragment: `$(pound)` is make's way of writing `#`.
+    let line = line.replace("$(pound)", "#");
+    let extra: Vec<String> = parameters
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(sh_quote)
+        .collect();
+    let mut replaced = line.clone();
+    for (from, to) in [
+        (
+            " rust/bindings/bindings_helper.h ",
+            format!(" {} {} ", sh_quote(header), extra.join(" ")),
+        ),
+        (
+            " -o rust/bindings/bindings_generated.rs ",
+            format!(" -o {} ", sh_quote(out)),
+        ),
+        (
+            " -Wp,-MMD,rust/bindings/.bindings_generated.rs.d ",
+            " ".to_string(),
+        ),
+    ] {
+        if !replaced.contains(from) {
+            bail!("the kernel's bindgen command line has no {from:?}; its shape changed");
+        }
+        replaced = replaced.replacen(from, &to, 1);
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindgen_command_keeps_kernel_flags_and_swaps_header_and_output() {
+        let saved = "savedcmd_rust/bindings/bindings_generated.rs := bindgen rust/bindings/bindings_helper.h --blocklist-type __kernel_s?size_t --with-attribute-custom-enum=lru_status='$(pound)[cfi_encoding=\"10lru_status\"]' -o rust/bindings/bindings_generated.rs -- -Wp,-MMD,rust/bindings/.bindings_generated.rs.d -nostdinc -I./include\n";
+        let cmd = bindgen_command(
+            saved,
+            "/build/src/h.h",
+            "/build/out/b.rs",
+            "# comment\n--allowlist-function=ib_.*\n\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            "bindgen /build/src/h.h '--allowlist-function=ib_.*' --blocklist-type __kernel_s?size_t \
+             --with-attribute-custom-enum=lru_status='#[cfi_encoding=\"10lru_status\"]' -o \
+             /build/out/b.rs -- -nostdinc -I./include"
+        );
+    }
+
+    #[test]
+    fn bindgen_command_refuses_an_unknown_shape() {
+        let saved = "savedcmd_rust/bindings/bindings_generated.rs := bindgen other.h -o x.rs\n";
+        assert!(bindgen_command(saved, "h", "o", "").is_err());
+        assert!(bindgen_command("", "h", "o", "").is_err());
+    }
+}

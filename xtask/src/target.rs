@@ -1,0 +1,138 @@
+//! The kernels tilde is built for, where their toolchains are cached, and running
+//! commands inside a target's build root.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::bail;
+use crate::util::{output, run_logged, sh_quote, Context, Result};
+
+/// A kernel target: a Debian suite whose stock kernel (series `series`) tilde is built
+/// for and tested on.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// The name users pass to `--kernel`.
+    pub id: &'static str,
+    /// Debian suite of the build root (and of the stock kernel).
+    pub suite: &'static str,
+    /// Kernel series (`major.minor`) the target follows; the exact release comes from the
+    /// suite's `linux-image-amd64` at provisioning time.
+    pub series: &'static str,
+}
+
+/// Every supported target; the first is the default.
+pub const TARGETS: &[Target] = &[Target {
+    id: "debian-sid-7.2",
+    suite: "sid",
+    series: "7.2",
+}];
+
+impl Target {
+    pub fn by_id(id: &str) -> Result<Target> {
+        match TARGETS.iter().find(|t| t.id == id) {
+            Some(t) => Ok(*t),
+            None => {
+                let known: Vec<&str> = TARGETS.iter().map(|t| t.id).collect();
+                bail!("unknown kernel target {id:?}; known: {}", known.join(", "))
+            }
+        }
+    }
+
+    pub fn default_target() -> Target {
+        TARGETS[0]
+    }
+
+    /// Cache directory of this target: `$TILDE_CACHE/<id>`.
+    pub fn cache_dir(&self) -> PathBuf {
+        cache_root().join(self.id)
+    }
+
+    /// The target's build root: a Debian root with the toolchain, the prepared kernel tree
+    /// and the test userland. It is also the guest's root file system.
+    pub fn root(&self) -> BuildRoot {
+        BuildRoot {
+            dir: self.cache_dir().join("root"),
+        }
+    }
+}
+
+/// Where provisioned toolchains live: `$TILDE_CACHE`, else `$XDG_CACHE_HOME/tilde`, else
+/// `~/.cache/tilde`. Outside the repository, shared by every checkout.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TILDE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("tilde");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/tilde")
+}
+
+/// A Debian root directory that commands run in through `chroot`.
+pub struct BuildRoot {
+    pub dir: PathBuf,
+}
+
+/// A host directory visible inside the root at `guest` for the duration of one command.
+pub struct Bind<'a> {
+    pub host: &'a Path,
+    pub guest: &'a str,
+}
+
+impl BuildRoot {
+    /// Runs `script` with `/bin/sh` inside the root, output appended to `log`.
+    ///
+    /// The command runs in a private mount namespace (`unshare --mount`): `/proc` and the
+    /// bind mounts exist only for it and vanish with it, whatever way it ends.
+    pub fn sh(&self, binds: &[Bind<'_>], script: &str, log: &Path) -> Result {
+        run_logged(&mut self.command(binds, script)?, log)
+    }
+
+    /// Like [`BuildRoot::sh`], returning the standard output.
+    pub fn sh_output(&self, script: &str) -> Result<String> {
+        self.sh_output_with(&[], script)
+    }
+
+    /// Like [`BuildRoot::sh_output`], with bind mounts.
+    pub fn sh_output_with(&self, binds: &[Bind<'_>], script: &str) -> Result<String> {
+        output(&mut self.command(binds, script)?)
+    }
+
+    fn command(&self, binds: &[Bind<'_>], script: &str) -> Result<Command> {
+        let root = self
+            .dir
+            .to_str()
+            .context(|| "root path is not UTF-8".to_string())?;
+        let mut setup = String::from("set -e; ");
+        for bind in binds {
+            let target = format!("{root}{}", bind.guest);
+            fs::create_dir_all(&target).context(|| format!("creating {target}"))?;
+            let host = bind
+                .host
+                .to_str()
+                .context(|| "bind path is not UTF-8".to_string())?;
+            setup += &format!("mount --bind {} {}; ", sh_quote(host), sh_quote(&target));
+        }
+        setup += &format!(
+            "mount -t proc proc {}/proc; exec chroot {} /usr/bin/env -i \
+             PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+             DEBIAN_FRONTEND=noninteractive /bin/sh -c {}",
+            sh_quote(root),
+            sh_quote(root),
+            sh_quote(script)
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &setup,
+        ]);
+        Ok(cmd)
+    }
+}

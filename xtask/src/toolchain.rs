@@ -1,0 +1,498 @@
+//! `cargo xtask toolchain`: provisions, idempotently, everything a target needs.
+//!
+//! Steps (each with a progress line; each ends by writing a stamp file, and a rerun
+//! trusts only stamped steps, redoing an unstamped one from scratch):
+//! 1. host packages (qemu, debootstrap, ...), installed with apt when missing;
+//! 2. the build root: `debootstrap --variant=minbase <suite>`;
+//! 3. its packages: toolchain, kbuild tools, `linux-source-<series>`, the stock kernel
+//!    image and headers (the release found from the suite's `linux-image-amd64`), and the
+//!    test userland;
+//! 4. the prepared kernel tree: Debian's source with Debian's `.config` and
+//!    `Module.symvers`, `make olddefconfig modules_prepare KERNELRELEASE=<release>`,
+//!    then checked against the stock kernel (rustc version, Rust exports).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::bail;
+use crate::target::{BuildRoot, Target};
+use crate::util::{have_program, output, run_logged, step, Context, Result};
+
+/// What the rest of xtask needs to know of a provisioned target.
+pub struct Toolchain {
+    pub target: Target,
+    /// The stock kernel's release, e.g. `7.2.13+deb14-amd64` (`uname -r` in the guest).
+    pub release: String,
+    pub root: BuildRoot,
+}
+
+impl Toolchain {
+    /// The prepared kernel tree, as a path inside the build root.
+    pub fn tree(&self) -> String {
+        format!("/usr/src/linux-source-{}", self.target.series)
+    }
+
+    /// The stock kernel image, as a host path.
+    pub fn vmlinuz(&self) -> PathBuf {
+        self.root.dir.join(format!("boot/vmlinuz-{}", self.release))
+    }
+
+    /// The stock kernel's modules directory, as a host path.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root.dir.join(format!("lib/modules/{}", self.release))
+    }
+
+    /// The log file of a step.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.target
+            .cache_dir()
+            .join("logs")
+            .join(format!("{name}.log"))
+    }
+}
+
+/// Packages of the build root besides the kernel's own.
+const ROOT_PACKAGES: &[&str] = &[
+    // Kernel toolchain: Rust, bindgen and the C side of kbuild.
+    "rustc",
+    "rust-src",
+    "rustfmt",
+    "rust-clippy",
+    "bindgen",
+    "libclang-dev",
+    "gcc",
+    "make",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "dwarves",
+    "kmod",
+    "cpio",
+    "xz-utils",
+    // Guest userland for the VM scenarios.
+    "busybox-static",
+    "iproute2",
+    "rdma-core",
+    "ibverbs-utils",
+    "rdmacm-utils",
+    "perftest",
+];
+
+/// Host programs xtask runs, and the Debian packages that provide them.
+const HOST_PROGRAMS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("debootstrap", "debootstrap"),
+    ("cpio", "cpio"),
+    ("xz", "xz-utils"),
+    ("unshare", "util-linux"),
+    ("chroot", "coreutils"),
+];
+
+/// Free space a cold provisioning needs in the cache (root, source, prepared tree).
+const NEEDED_BYTES: u64 = 8 << 30;
+
+/// Provisions `target` (doing only what is not done yet) and checks it.
+pub fn provision(target: Target) -> Result<Toolchain> {
+    let group = format!("toolchain {}", target.id);
+    let g = group.as_str();
+    check_root()?;
+    step(g, "host packages", ensure_host_packages)?;
+
+    let cache = target.cache_dir();
+    fs::create_dir_all(cache.join("logs")).context(|| format!("creating {}", cache.display()))?;
+    let stamps = Stamps {
+        dir: cache.join("stamps"),
+    };
+    fs::create_dir_all(&stamps.dir)?;
+    let root = target.root();
+    let log = |name: &str| cache.join("logs").join(format!("{name}.log"));
+
+    if stamps.get("root").is_none() {
+        check_free_space(&cache)?;
+        stamps.clear_from(&["root", "packages", "tree"])?;
+        step(
+            g,
+            &format!("debootstrap {} build root", target.suite),
+            || debootstrap(&target, &root.dir, &log("debootstrap")),
+        )?;
+        stamps.set("root", &format!("suite={}\n", target.suite))?;
+    }
+
+    if stamps.get("packages").is_none() {
+        stamps.clear_from(&["packages", "tree"])?;
+        let release = step(g, "find the stock kernel release", || {
+            find_release(&target, &root, &log("packages"))
+        })?;
+        step(
+            g,
+            &format!("install toolchain, linux {release}, test userland"),
+            || install_packages(&target, &root, &release, &log("packages")),
+        )?;
+        let versions = step(g, "record versions", || {
+            record_versions(&target, &root, &release)
+        })?;
+        stamps.set("packages", &format!("release={release}\n{versions}"))?;
+    }
+    let release = stamp_value(&stamps.get("packages"), "release")
+        .context(|| "packages stamp has no release; remove it and rerun".to_string())?;
+    let toolchain = Toolchain {
+        target,
+        release,
+        root,
+    };
+
+    if stamps.get("tree").is_none() {
+        step(
+            g,
+            &format!("prepare kernel tree ({})", toolchain.tree()),
+            || prepare_tree(&toolchain, &log("tree")),
+        )?;
+        step(g, "check Rust exports against the stock kernel", || {
+            check_exports(&toolchain)
+        })?;
+        stamps.set("tree", &format!("release={}\n", toolchain.release))?;
+    }
+    step(
+        g,
+        "check rustc against the kernel's CONFIG_RUSTC_VERSION_TEXT",
+        || check_rustc(&toolchain),
+    )?;
+    Ok(toolchain)
+}
+
+/// Prints where the cache is and what versions it holds.
+pub fn describe(toolchain: &Toolchain) -> Result {
+    let stamps = Stamps {
+        dir: toolchain.target.cache_dir().join("stamps"),
+    };
+    println!(
+        "[toolchain {}] cache {} holds:",
+        toolchain.target.id,
+        toolchain.target.cache_dir().display()
+    );
+    for line in stamps.get("packages").unwrap_or_default().lines() {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
+fn check_root() -> Result {
+    let uid = output(Command::new("id").arg("-u"))?;
+    if uid.trim() != "0" {
+        bail!(
+            "xtask needs root: it installs host packages, chroots into the build root and \
+             mounts file systems (running as uid {})",
+            uid.trim()
+        );
+    }
+    Ok(())
+}
+
+fn ensure_host_packages() -> Result {
+    let missing: Vec<&str> = HOST_PROGRAMS
+        .iter()
+        .filter(|(program, _)| !have_program(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let log = crate::target::cache_root().join("host-apt.log");
+    run_logged(Command::new("apt-get").args(["update", "-q"]), &log)?;
+    run_logged(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &log,
+    )
+}
+
+fn check_free_space(dir: &Path) -> Result {
+    let df = output(Command::new("df").args(["--output=avail", "-B1"]).arg(dir))?;
+    let avail: u64 = df
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .context(|| format!("cannot read free space of {} from df", dir.display()))?;
+    if avail < NEEDED_BYTES {
+        bail!(
+            "{} has {} MiB free; provisioning needs {} MiB (set TILDE_CACHE to another disk)",
+            dir.display(),
+            avail >> 20,
+            NEEDED_BYTES >> 20
+        );
+    }
+    Ok(())
+}
+
+fn debootstrap(target: &Target, root: &Path, log: &Path) -> Result {
+    let partial = root.with_extension("partial");
+    for dir in [root, partial.as_path()] {
+        if dir.exists() {
+            fs::remove_dir_all(dir).context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    let mut cmd = Command::new("debootstrap");
+    cmd.args(["--variant=minbase", target.suite]).arg(&partial);
+    // debootstrap's default mirror is Debian's; TILDE_DEBIAN_MIRROR overrides it.
+    if let Some(mirror) = std::env::var_os("TILDE_DEBIAN_MIRROR") {
+        cmd.arg(mirror);
+    }
+    run_logged(&mut cmd, log).map_err(|e| {
+        crate::util::Error(format!(
+            "{e}\n(is the Debian mirror reachable from this machine?)"
+        ))
+    })?;
+    // The mirror may serve a sid Release file past its Valid-Until date.
+    fs::write(
+        partial.join("etc/apt/apt.conf.d/99tilde"),
+        "Acquire::Check-Valid-Until \"false\";\nAPT::Install-Recommends \"false\";\n",
+    )?;
+    fs::rename(&partial, root)?;
+    Ok(())
+}
+
+fn find_release(target: &Target, root: &BuildRoot, log: &Path) -> Result<String> {
+    root.sh(&[], "apt-get update -q", log)?;
+    let depends = root.sh_output("apt-cache depends linux-image-amd64")?;
+    let release = parse_image_release(&depends).context(|| {
+        format!("no linux-image-<release> dependency in `apt-cache depends linux-image-amd64`:\n{depends}")
+    })?;
+    if !release.starts_with(&format!("{}.", target.series)) {
+        bail!(
+            "Debian {}'s stock kernel is now {release}, not a {} kernel: target {} needs \
+             updating (xtask/src/target.rs)",
+            target.suite,
+            target.series,
+            target.id
+        );
+    }
+    Ok(release)
+}
+
+/// The kernel release from `apt-cache depends linux-image-amd64`.
+fn parse_image_release(depends: &str) -> Option<String> {
+    depends.lines().find_map(|line| {
+        let package = line.trim().strip_prefix("Depends: ")?;
+        let release = package.strip_prefix("linux-image-")?;
+        release
+            .chars()
+            .next()
+            .filter(char::is_ascii_digit)
+            .map(|_| release.to_string())
+    })
+}
+
+fn install_packages(target: &Target, root: &BuildRoot, release: &str, log: &Path) -> Result {
+    let mut packages: Vec<String> = ROOT_PACKAGES.iter().map(|p| p.to_string()).collect();
+    packages.push(format!("linux-image-{release}"));
+    packages.push(format!("linux-headers-{release}"));
+    packages.push(format!("linux-source-{}", target.series));
+    root.sh(
+        &[],
+        &format!("apt-get install -y -q {}", packages.join(" ")),
+        log,
+    )
+}
+
+fn record_versions(target: &Target, root: &BuildRoot, release: &str) -> Result<String> {
+    let versions = root.sh_output(&format!(
+        "dpkg-query -W -f '${{Package}}=${{Version}}\\n' rustc bindgen gcc linux-image-{release} \
+         linux-source-{} rdma-core",
+        target.series
+    ))?;
+    fs::write(target.cache_dir().join("versions.txt"), &versions)?;
+    Ok(versions)
+}
+
+fn prepare_tree(toolchain: &Toolchain, log: &Path) -> Result {
+    let series = toolchain.target.series;
+    let release = &toolchain.release;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    toolchain.root.sh(
+        &[],
+        &format!(
+            "set -e; cd /usr/src; rm -rf linux-source-{series}; \
+             tar xf linux-source-{series}.tar.xz; cd linux-source-{series}; \
+             cp /usr/src/linux-headers-{release}/.config /usr/src/linux-headers-{release}/Module.symvers .; \
+             make olddefconfig modules_prepare KERNELRELEASE={release} -j{jobs}"
+        ),
+        log,
+    )
+}
+
+/// The Rust symbols the stock kernel exports must be exactly those the prepared tree's
+/// Rust build exports: same compiler, same crate hashes, so our modules link against
+/// `kernel`/`core` as the stock vmlinux built them.
+fn check_exports(toolchain: &Toolchain) -> Result {
+    let tree = toolchain
+        .root
+        .dir
+        .join(toolchain.tree().trim_start_matches('/'));
+    let mut prepared = BTreeSet::new();
+    for entry in fs::read_dir(tree.join("rust"))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("exports_") && name.ends_with("_generated.h") {
+            prepared.extend(parse_rust_exports(&fs::read_to_string(&path)?));
+        }
+    }
+    let symvers = toolchain.root.dir.join(format!(
+        "usr/src/linux-headers-{}/Module.symvers",
+        toolchain.release
+    ));
+    let stock = parse_symvers_rust(
+        &fs::read_to_string(&symvers).context(|| format!("reading {}", symvers.display()))?,
+    );
+    compare_exports(&stock, &prepared)
+}
+
+fn parse_rust_exports(header: &str) -> impl Iterator<Item = String> + '_ {
+    header.lines().filter_map(|line| {
+        let sym = line
+            .strip_prefix("EXPORT_SYMBOL_RUST_GPL(")?
+            .strip_suffix(");")?;
+        sym.starts_with("_R").then(|| sym.to_string())
+    })
+}
+
+fn parse_symvers_rust(symvers: &str) -> BTreeSet<String> {
+    symvers
+        .lines()
+        .filter_map(|line| line.split('\t').nth(1))
+        .filter(|sym| sym.starts_with("_R"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn compare_exports(stock: &BTreeSet<String>, prepared: &BTreeSet<String>) -> Result {
+    if stock.is_empty() {
+        bail!("the stock Module.symvers exports no Rust symbols: is CONFIG_RUST on?");
+    }
+    if stock == prepared {
+        return Ok(());
+    }
+    let only_stock: Vec<&String> = stock.difference(prepared).take(5).collect();
+    let only_prepared: Vec<&String> = prepared.difference(stock).take(5).collect();
+    bail!(
+        "the prepared tree's Rust exports differ from the stock kernel's ({} vs {} symbols): \
+         the build root's rustc or kernel source does not match the stock kernel.\n  only in \
+         stock: {only_stock:?}\n  only in prepared tree: {only_prepared:?}",
+        stock.len(),
+        prepared.len()
+    )
+}
+
+fn check_rustc(toolchain: &Toolchain) -> Result {
+    let config = toolchain.root.dir.join(format!(
+        "usr/src/linux-headers-{}/.config",
+        toolchain.release
+    ));
+    let config = fs::read_to_string(&config).context(|| format!("reading {}", config.display()))?;
+    let wanted = config_value(&config, "CONFIG_RUSTC_VERSION_TEXT")
+        .context(|| "the stock kernel's .config has no CONFIG_RUSTC_VERSION_TEXT".to_string())?;
+    let have = toolchain.root.sh_output("rustc --version")?;
+    if have.trim() != wanted {
+        bail!(
+            "the build root's rustc is {:?} but the stock kernel was built with {wanted:?}: \
+             modules would not match the kernel's Rust ABI",
+            have.trim()
+        );
+    }
+    Ok(())
+}
+
+/// A string option's value from a kernel `.config`.
+fn config_value<'a>(config: &'a str, key: &str) -> Option<&'a str> {
+    config.lines().find_map(|line| {
+        line.strip_prefix(key)?
+            .strip_prefix('=')?
+            .strip_prefix('"')?
+            .strip_suffix('"')
+    })
+}
+
+/// One `key=value` line of a stamp.
+fn stamp_value(stamp: &Option<String>, key: &str) -> Option<String> {
+    stamp.as_deref()?.lines().find_map(|line| {
+        line.strip_prefix(key)?
+            .strip_prefix('=')
+            .map(str::to_string)
+    })
+}
+
+/// Marks of finished provisioning steps. A step's stamp is written only after the step
+/// succeeded; an unstamped step is redone from scratch, along with every later one.
+struct Stamps {
+    dir: PathBuf,
+}
+
+impl Stamps {
+    fn get(&self, step: &str) -> Option<String> {
+        fs::read_to_string(self.dir.join(step)).ok()
+    }
+
+    fn set(&self, step: &str, contents: &str) -> Result {
+        let tmp = self.dir.join(format!("{step}.tmp"));
+        fs::write(&tmp, contents)?;
+        fs::rename(&tmp, self.dir.join(step))?;
+        Ok(())
+    }
+
+    fn clear_from(&self, steps: &[&str]) -> Result {
+        for step in steps {
+            match fs::remove_file(self.dir.join(step)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_comes_from_the_meta_package_dependency() {
+        let depends = "linux-image-amd64\n  Depends: linux-base-amd64\n  Depends: linux-image-7.2.13+deb14-amd64\n";
+        assert_eq!(
+            parse_image_release(depends).as_deref(),
+            Some("7.2.13+deb14-amd64")
+        );
+        assert_eq!(
+            parse_image_release("linux-image-amd64\n  Depends: linux-image-amd64-signed\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn rustc_version_text_is_read_from_config() {
+        let config = "CONFIG_CC_VERSION_TEXT=\"gcc\"\nCONFIG_RUSTC_VERSION_TEXT=\"rustc 1.97.1 (8bab26f4f 2026-07-14)\"\n";
+        assert_eq!(
+            config_value(config, "CONFIG_RUSTC_VERSION_TEXT"),
+            Some("rustc 1.97.1 (8bab26f4f 2026-07-14)")
+        );
+        assert_eq!(config_value(config, "CONFIG_RUST"), None);
+    }
+
+    #[test]
+    fn exports_must_match_exactly() {
+        let header =
+            "EXPORT_SYMBOL_RUST_GPL(_RNvCs1_4core3foo);\nEXPORT_SYMBOL_RUST_GPL(rust_helper_x);\n";
+        let prepared: BTreeSet<String> = parse_rust_exports(header).collect();
+        let symvers = "0x00000000\t_RNvCs1_4core3foo\tvmlinux\tEXPORT_SYMBOL_GPL\t\n0x0\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n";
+        let stock = parse_symvers_rust(symvers);
+        assert!(compare_exports(&stock, &prepared).is_ok());
+        let other: BTreeSet<String> = ["_RNvCs2_4core3foo".to_string()].into();
+        let err = compare_exports(&stock, &other).unwrap_err().0;
+        assert!(err.contains("_RNvCs1_4core3foo"), "{err}");
+        assert!(compare_exports(&BTreeSet::new(), &BTreeSet::new()).is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! Judging a VM run from what the guest brought back.
+//!
+//! A run passes only if the scenario exited 0, the kernel log has no line that reports a
+//! kernel problem, and the kernel is tainted by nothing but out-of-tree (O) and unsigned
+//! (E) modules, which loading tilde's modules does by design.
+
+/// What went wrong in a run; empty when it passed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub failures: Vec<String>,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// What the guest reported.
+pub struct Report<'a> {
+    /// The scenario's exit status; `None` if the guest never wrote one.
+    pub status: Option<i32>,
+    /// `/proc/sys/kernel/tainted` at the end of the run.
+    pub tainted: Option<u64>,
+    /// The whole kernel log (or the serial console, if the guest died before saving it).
+    pub dmesg: &'a str,
+    /// The host stopped the guest at the time limit.
+    pub timed_out: bool,
+}
+
+/// Taint bits that loading tilde's modules sets: O (out-of-tree) and E (unsigned).
+const ALLOWED_TAINT: u64 = (1 << 12) | (1 << 13);
+
+/// Taint letters by bit, as in `Documentation/admin-guide/tainted-kernels.rst`.
+const TAINT_LETTERS: &[u8] = b"PFSRMBUDAWCIOELKXTNJ";
+
+/// Markers of a kernel problem in a log line: WARN/BUG/Oops reports, sanitizers,
+/// lockdep, kmemleak, and the other self-checks the kernel prints.
+const BAD_MARKERS: &[&str] = &[
+    "WARNING:",
+    "BUG:",
+    "kernel BUG at",
+    "Oops",
+    "KASAN",
+    "UBSAN",
+    "KFENCE",
+    "kmemleak",
+    "possible circular locking dependency",
+    "possible recursive locking",
+    "inconsistent lock state",
+    "lock held when returning to user space",
+    "suspicious RCU usage",
+    "DEBUG_LOCKS_WARN_ON",
+    "general protection fault",
+    "Kernel panic",
+    "Call Trace:",
+    "blocked for more than",
+    "refcount_t:",
+    "list_add corruption",
+    "list_del corruption",
+    "stack-protector",
+    "panicked at",
+];
+
+/// The log lines that report a kernel problem.
+pub fn bad_lines(dmesg: &str) -> Vec<&str> {
+    dmesg
+        .lines()
+        .filter(|line| BAD_MARKERS.iter().any(|marker| line.contains(marker)))
+        .collect()
+}
+
+/// Taint letters of the bits in `mask`.
+pub fn taint_letters(mask: u64) -> String {
+    (0..64)
+        .filter(|bit| mask & (1 << bit) != 0)
+        .map(|bit| match TAINT_LETTERS.get(bit) {
+            Some(&letter) => char::from(letter).to_string(),
+            None => format!("bit{bit}"),
+        })
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+pub fn judge(report: &Report<'_>) -> Verdict {
+    let mut failures = Vec::new();
+    if report.timed_out {
+        failures.push("the guest did not finish within the time limit".to_string());
+    }
+    match report.status {
+        Some(0) => {}
+        Some(status) => failures.push(format!("the scenario exited with status {status}")),
+        None => failures.push("the guest wrote no exit status (crash or hang?)".to_string()),
+    }
+    for line in bad_lines(report.dmesg) {
+        failures.push(format!("dmesg: {line}"));
+    }
+    match report.tainted {
+        Some(mask) if mask & !ALLOWED_TAINT != 0 => failures.push(format!(
+            "kernel tainted {} ({mask}); only O and E are expected",
+            taint_letters(mask)
+        )),
+        Some(_) => {}
+        None => failures.push("the guest did not report its taint".to_string()),
+    }
+    Verdict { failures }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLEAN: &str = "[    0.000000] Linux version 7.2.13+deb14-amd64\n\
+        [    5.1] tilde_core: loaded: device client registered\n\
+        [    5.2] tilde_core: rxe0: added: node_guid 5054:00ff:fe12:3456 ports 1\n\
+        [    5.3] systemd-debug: CONFIG_DEBUG_BUGVERBOSE=y\n";
+
+    fn report(status: Option<i32>, tainted: Option<u64>, dmesg: &str) -> Report<'_> {
+        Report {
+            status,
+            tainted,
+            dmesg,
+            timed_out: false,
+        }
+    }
+
+    #[test]
+    fn clean_run_with_out_of_tree_taint_passes() {
+        let v = judge(&report(Some(0), Some(4096 | 8192), CLEAN));
+        assert!(v.passed(), "{v:?}");
+    }
+
+    #[test]
+    fn warn_fails_and_names_the_line() {
+        let dmesg = format!(
+            "{CLEAN}[    6.0] ------------[ cut here ]------------\n\
+             [    6.0] WARNING: xtask/selftest/warn_selftest.rs:27 at init_module+0x1c/0x40 [tilde_warn_selftest], CPU#1: insmod/201\n"
+        );
+        let v = judge(&report(Some(0), Some(4096 | 8192 | 512), &dmesg));
+        assert!(!v.passed());
+        assert!(
+            v.failures
+                .iter()
+                .any(|f| f.starts_with("dmesg: ") && f.contains("WARNING: xtask/selftest")),
+            "{v:?}"
+        );
+        assert!(v.failures.iter().any(|f| f.contains("tainted W")), "{v:?}");
+    }
+
+    #[test]
+    fn nonzero_exit_missing_status_and_timeout_fail() {
+        assert_eq!(
+            judge(&report(Some(3), Some(0), CLEAN)).failures,
+            ["the scenario exited with status 3"]
+        );
+        assert!(!judge(&report(None, Some(0), CLEAN)).passed());
+        let mut r = report(Some(0), Some(0), CLEAN);
+        r.timed_out = true;
+        assert!(!judge(&r).passed());
+    }
+
+    #[test]
+    fn every_kind_of_kernel_report_is_caught() {
+        for line in [
+            "BUG: KASAN: slab-use-after-free in foo",
+            "kernel BUG at mm/slub.c:123!",
+            "Oops: general protection fault, probably for non-canonical address",
+            "WARNING: possible circular locking dependency detected",
+            "kmemleak: 2 new suspected memory leaks (see /sys/kernel/debug/kmemleak)",
+            "INFO: task insmod:200 blocked for more than 120 seconds.",
+            "rust_kernel: panicked at rdma-core-rs/src/x.rs:1:1",
+        ] {
+            assert_eq!(bad_lines(line), [line], "{line}");
+        }
+        assert!(bad_lines(CLEAN).is_empty());
+    }
+
+    #[test]
+    fn taint_letters_follow_the_kernel_docs() {
+        assert_eq!(taint_letters(4096 | 8192), "OE");
+        assert_eq!(taint_letters(1 << 9), "W");
+        assert_eq!(taint_letters(1 << 40), "bit40");
+    }
+}

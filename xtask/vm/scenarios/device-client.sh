@@ -1,0 +1,38 @@
+# tilde_core's device client over rxe, on the stock kernel.
+# stage2 loaded tilde_core, then ran `rdma link add rxe0 type rxe netdev eth0`.
+. /tilde/guest/lib.sh
+
+echo "== rxe0 added while tilde_core is loaded"
+expect_dmesg 'tilde_core: loaded: device client registered'
+expect_dmesg 'tilde_core: rxe0: added: node_guid [0-9a-f]{4}(:[0-9a-f]{4}){3} ports 1$'
+expect_dmesg 'tilde_core: rxe0: port 1: link_layer Ethernet state (ACTIVE|DOWN)'
+
+echo "== RC traffic over rxe0 with tilde_core loaded"
+ibv_rc_pingpong -d rxe0 -g 1 -n 1000 > server.log 2>&1 &
+server=$!
+sleep 1
+ibv_rc_pingpong -d rxe0 -g 1 -n 1000 127.0.0.1 | tee client.log
+wait "$server"
+cat server.log
+grep -q '1000 iters in' client.log
+
+echo "== rdma link delete rxe0"
+rdma link delete rxe0
+expect_dmesg 'tilde_core: rxe0: removed$'
+
+echo "== unload with no device"
+rmmod tilde_core
+expect_dmesg 'tilde_core: unloading: unregistering device client'
+
+echo "== load with rxe0 present, then unload: add and remove through registration"
+rdma link add rxe0 type rxe netdev eth0
+insmod /tilde/modules/00-tilde_core.ko
+[ "$(dmesg | grep -c 'tilde_core: rxe0: added')" = 2 ]
+rmmod tilde_core
+[ "$(dmesg | grep -c 'tilde_core: rxe0: removed')" = 2 ]
+rdma link delete rxe0
+# No tilde client is left: a new device is not reported.
+rdma link add rxe1 type rxe netdev eth0
+if dmesg | grep -q 'tilde_core: rxe1'; then echo "FAIL: unloaded client still called"; exit 1; fi
+rdma link delete rxe1
+echo "device-client: all checks passed"

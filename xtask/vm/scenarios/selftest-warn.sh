@@ -1,0 +1,5 @@
+# Runner self-test: a module that WARNs must fail the run even though this script
+# succeeds. `cargo xtask test` requires this failure.
+# expect-failure: dmesg: WARNING:
+insmod /tilde/selftest/tilde_warn_selftest.ko
+rmmod tilde_warn_selftest
