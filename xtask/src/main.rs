@@ -207,7 +207,7 @@ fn cmd_test(args: &Args) -> Result {
             let result = vm::run(&toolchain, &modules, &scenario, args.timeout).and_then(|run| {
                 vm::print_run(&run);
                 timings.push(format!(
-                    "{}: vm {scenario} {} ({})",
+                    "{}: vm {scenario} {} (guest uptime at scenario start: {})",
                     target.id,
                     secs(run.duration),
                     run.scenario_start
@@ -282,7 +282,11 @@ fn cmd_run(args: &Args) -> Result {
     println!("  kernel        {} ({})", toolchain.release, target.id);
     println!("  toolchain     {}", secs(provision));
     println!("  module build  {}", secs(build));
-    println!("  VM run        {}", secs(run.duration));
+    println!(
+        "  VM run        {} (scenario started at guest uptime {})",
+        secs(run.duration),
+        run.scenario_start.as_deref().unwrap_or("?")
+    );
     println!(
         "  result        {}",
         if run.verdict.passed() {

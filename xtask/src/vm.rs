@@ -36,7 +36,7 @@ pub struct VmRun {
     pub verdict: Verdict,
     /// From QEMU start to guest power-off.
     pub duration: Duration,
-    /// Guest uptime when the scenario started (boot + setup), from the console.
+    /// Guest uptime when the scenario started (boot, module loads, rxe0), e.g. `4.71s`.
     pub scenario_start: Option<String>,
 }
 
@@ -185,8 +185,12 @@ pub fn run(
     });
     let scenario_start = console_text
         .lines()
-        .find(|l| l.contains("tilde-vm: scenario"))
-        .map(str::to_string);
+        .find_map(|l| {
+            l.split_once("tilde-vm: scenario ")?
+                .1
+                .split_once(" starts at uptime ")
+        })
+        .map(|(_, uptime)| uptime.trim().to_string());
     Ok(VmRun {
         scenario: scenario.to_string(),
         dir,
