@@ -111,6 +111,10 @@ pub fn provision(target: Target) -> Result<Toolchain> {
     let root = target.root();
     let log = |name: &str| cache.join("logs").join(format!("{name}.log"));
 
+    // A stamp whose directory is gone (deleted by hand) proves nothing.
+    if !root.dir.join("usr/bin/apt-get").is_file() {
+        stamps.clear_from(&["root", "packages", "tree"])?;
+    }
     if stamps.get("root").is_none() {
         check_free_space(&cache)?;
         stamps.clear_from(&["root", "packages", "tree"])?;

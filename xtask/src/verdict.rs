@@ -92,6 +92,10 @@ pub fn judge(report: &Report<'_>) -> Verdict {
         Some(status) => failures.push(format!("the scenario exited with status {status}")),
         None => failures.push("the guest wrote no exit status (crash or hang?)".to_string()),
     }
+    // The log must reach back to the boot banner, or a report may have scrolled out.
+    if !report.dmesg.contains("Linux version ") {
+        failures.push("the kernel log is incomplete (no boot banner)".to_string());
+    }
     for line in bad_lines(report.dmesg) {
         failures.push(format!("dmesg: {line}"));
     }
@@ -173,6 +177,19 @@ mod tests {
             assert_eq!(bad_lines(line), [line], "{line}");
         }
         assert!(bad_lines(CLEAN).is_empty());
+    }
+
+    #[test]
+    fn a_log_without_the_boot_banner_fails() {
+        let v = judge(&report(
+            Some(0),
+            Some(0),
+            "[  9.0] tilde_core: rxe0: removed\n",
+        ));
+        assert_eq!(
+            v.failures,
+            ["the kernel log is incomplete (no boot banner)"]
+        );
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub fn run(
     fs::copy(vm_dir.join("lib.sh"), dir.join("guest/lib.sh"))?;
     fs::copy(&script, dir.join("scenario.sh"))?;
     fs::write(dir.join("scenario-name"), scenario)?;
+    fs::write(dir.join("kernel-release"), &toolchain.release)?;
 
     let console = dir.join("out/console.log");
     let mut qemu = Command::new("qemu-system-x86_64");
@@ -136,7 +137,11 @@ pub fn run(
     .arg(toolchain.vmlinuz())
     .arg("-initrd")
     .arg(&initramfs)
-    .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"])
+    // A log buffer large enough that dmesg still holds the boot when the guest saves it.
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 log_buf_len=8M rdinit=/init",
+    ])
     .arg("-virtfs")
     .arg(format!(
         "local,path={},mount_tag=root,security_model=none,readonly=on,multidevs=remap",

@@ -1,20 +1,37 @@
 # Helpers for scenarios (sourced; the scenario runs under `bash -eu -o pipefail`).
+#
+# The kernel log is always read into a file before grep: `dmesg | grep -q` under pipefail
+# fails at random when grep exits at its first match and dmesg gets SIGPIPE.
+
+# kernel_log: the current kernel log, as a file name.
+kernel_log() {
+	dmesg > /tmp/kernel.log
+	echo /tmp/kernel.log
+}
 
 # expect_dmesg REGEX: fail unless the kernel log has a line matching REGEX.
 expect_dmesg() {
-	if ! dmesg | grep -E -q -- "$1"; then
+	local log
+	log=$(kernel_log)
+	if ! grep -E -q -- "$1" "$log"; then
 		echo "FAIL: no dmesg line matches: $1"
 		return 1
 	fi
-	echo "ok: dmesg: $(dmesg | grep -E -- "$1" | tail -n 1)"
+	echo "ok: dmesg: $(grep -E -- "$1" "$log" | tail -n 1)"
 }
 
-# wait_dmesg REGEX [SECONDS]: like expect_dmesg, for messages that come asynchronously.
-wait_dmesg() {
-	local i
-	for ((i = 0; i < ${2:-10} * 10; i++)); do
-		dmesg | grep -E -q -- "$1" && break
-		sleep 0.1
-	done
-	expect_dmesg "$1"
+# reject_dmesg REGEX: fail if the kernel log has a line matching REGEX.
+reject_dmesg() {
+	local log
+	log=$(kernel_log)
+	if grep -E -q -- "$1" "$log"; then
+		echo "FAIL: unexpected dmesg line: $(grep -E -- "$1" "$log" | head -n 1)"
+		return 1
+	fi
+	echo "ok: no dmesg line matches: $1"
+}
+
+# count_dmesg REGEX: how many kernel log lines match REGEX.
+count_dmesg() {
+	grep -E -c -- "$1" "$(kernel_log)" || true
 }

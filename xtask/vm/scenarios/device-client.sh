@@ -2,6 +2,13 @@
 # stage2 loaded tilde_core, then ran `rdma link add rxe0 type rxe netdev eth0`.
 . /tilde/guest/lib.sh
 
+echo "== tilde_core built for, and loaded into, the stock kernel"
+release=$(cat /tilde/kernel-release)
+[ "$(uname -r)" = "$release" ]
+expect_dmesg "Linux version ${release//[.+]/.} "
+[ "$(modinfo -F vermagic /tilde/modules/00-tilde_core.ko | cut -d' ' -f1)" = "$release" ]
+grep '^tilde_core ' /proc/modules
+
 echo "== rxe0 added while tilde_core is loaded"
 expect_dmesg 'tilde_core: loaded: device client registered'
 expect_dmesg 'tilde_core: rxe0: added: node_guid [0-9a-f]{4}(:[0-9a-f]{4}){3} ports 1$'
@@ -27,12 +34,12 @@ expect_dmesg 'tilde_core: unloading: unregistering device client'
 echo "== load with rxe0 present, then unload: add and remove through registration"
 rdma link add rxe0 type rxe netdev eth0
 insmod /tilde/modules/00-tilde_core.ko
-[ "$(dmesg | grep -c 'tilde_core: rxe0: added')" = 2 ]
+[ "$(count_dmesg 'tilde_core: rxe0: added')" = 2 ]
 rmmod tilde_core
-[ "$(dmesg | grep -c 'tilde_core: rxe0: removed')" = 2 ]
+[ "$(count_dmesg 'tilde_core: rxe0: removed')" = 2 ]
 rdma link delete rxe0
 # No tilde client is left: a new device is not reported.
 rdma link add rxe1 type rxe netdev eth0
-if dmesg | grep -q 'tilde_core: rxe1'; then echo "FAIL: unloaded client still called"; exit 1; fi
+reject_dmesg 'tilde_core: rxe1'
 rdma link delete rxe1
 echo "device-client: all checks passed"
