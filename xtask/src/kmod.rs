@@ -150,6 +150,13 @@ fn bindgen_command(saved: &str, header: &str, out: &str, parameters: &str) -> Re
         .context(|| "no savedcmd line in the kernel's bindgen .cmd file".to_string())?;
     // The .cmd file is a make fragment: `$(pound)` is make's way of writing `#`.
     let line = line.replace("$(pound)", "#");
+    // kbuild chains post-processing of its own output (`; sed -Ei ...
+    // rust/bindings/bindings_generated.rs`); keep only the bindgen invocation, which
+    // must never touch the prepared tree.
+    let line = match line.split_once(" ; ") {
+        Some((bindgen, _)) => format!("{} ", bindgen.trim_end()),
+        None => format!("{} ", line.trim_end()),
+    };
     let extra: Vec<String> = parameters
         .lines()
         .map(str::trim)
@@ -176,7 +183,7 @@ fn bindgen_command(saved: &str, header: &str, out: &str, parameters: &str) -> Re
         }
         replaced = replaced.replacen(from, &to, 1);
     }
-    Ok(replaced)
+    Ok(replaced.trim_end().to_string())
 }
 
 #[cfg(test)]
@@ -185,7 +192,7 @@ mod tests {
 
     #[test]
     fn bindgen_command_keeps_kernel_flags_and_swaps_header_and_output() {
-        let saved = "savedcmd_rust/bindings/bindings_generated.rs := bindgen rust/bindings/bindings_helper.h --blocklist-type __kernel_s?size_t --with-attribute-custom-enum=lru_status='$(pound)[cfi_encoding=\"10lru_status\"]' -o rust/bindings/bindings_generated.rs -- -Wp,-MMD,rust/bindings/.bindings_generated.rs.d -nostdinc -I./include\n";
+        let saved = "savedcmd_rust/bindings/bindings_generated.rs := bindgen rust/bindings/bindings_helper.h --blocklist-type __kernel_s?size_t --with-attribute-custom-enum=lru_status='$(pound)[cfi_encoding=\"10lru_status\"]' -o rust/bindings/bindings_generated.rs -- -Wp,-MMD,rust/bindings/.bindings_generated.rs.d -nostdinc -I./include -DMODULE  ; sed -Ei 's/pub const RUST_CONST_HELPER_([a-zA-Z0-9_]*)/pub const \\1/g' rust/bindings/bindings_generated.rs\n";
         let cmd = bindgen_command(
             saved,
             "/build/src/h.h",
@@ -197,7 +204,7 @@ mod tests {
             cmd,
             "bindgen /build/src/h.h '--allowlist-function=ib_.*' --blocklist-type __kernel_s?size_t \
              --with-attribute-custom-enum=lru_status='#[cfi_encoding=\"10lru_status\"]' -o \
-             /build/out/b.rs -- -nostdinc -I./include"
+             /build/out/b.rs -- -nostdinc -I./include -DMODULE"
         );
     }
 
