@@ -15,6 +15,27 @@ use crate::verbs::{Decoded, Guid, PortAttr};
 #[repr(transparent)]
 pub struct Device(Opaque<sys::ib_device>);
 
+/// A device name as copied out of `struct ib_device`.
+pub struct DeviceName {
+    bytes: [u8; sys::IB_DEVICE_NAME_MAX as usize],
+}
+
+impl DeviceName {
+    /// The name; `(unnamed)` if the copy holds no valid NUL-terminated UTF-8.
+    pub fn as_str(&self) -> &str {
+        CStr::from_bytes_until_nul(&self.bytes)
+            .ok()
+            .and_then(|name| name.to_str().ok())
+            .unwrap_or("(unnamed)")
+    }
+}
+
+impl core::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Device {
     /// Borrows the `ib_device` behind `ptr`.
     ///
@@ -31,13 +52,14 @@ impl Device {
         self.0.get()
     }
 
-    /// The device's name, e.g. `rxe0` (what `rdma link` shows).
-    pub fn name(&self) -> &str {
-        // SAFETY: the device is registered (type invariant), so its embedded
-        // `struct device` has a name; the IB core renames devices only under
-        // `devices_rwsem`, which it holds around client callbacks.
-        let name = unsafe { CStr::from_char_ptr(sys::tilde_ib_device_name(self.as_raw())) };
-        name.to_str().unwrap_or("(non-UTF-8 name)")
+    /// The device's name, e.g. `rxe0` (what `rdma link` shows), copied out of the device.
+    pub fn name(&self) -> DeviceName {
+        // SAFETY: the device is valid (type invariant). `ib_device.name` is an array inside
+        // the device that `ib_device_rename` rewrites in place with `strscpy`, so reading it
+        // never touches freed memory (unlike `dev_name()`, whose string a rename frees); a
+        // rename racing this read can at worst give a mixed name, as it would in C.
+        let bytes = unsafe { core::ptr::read(core::ptr::addr_of!((*self.as_raw()).name)) };
+        DeviceName { bytes }
     }
 
     /// The node GUID.

@@ -10,7 +10,8 @@
 //!
 //! The crate is compiled twice from the same source: by cargo for the host, and by the
 //! kbuild glue (`Kbuild` at the repository root) with the target kernel's own rustc
-//! command line and `--cfg tilde_kernel`, into an object linked into each module.
+//! command line and `--cfg tilde_kernel`, into an object linked into the module that
+//! uses it (one module today; see README, "How the modules are built").
 // kbuild passes `-Zcrate-attr=no_std` itself.
 #![cfg_attr(not(tilde_kernel), no_std)]
 
@@ -24,6 +25,6 @@ pub mod device;
 pub mod sys;
 
 /// Prefix of this crate's own log lines (`pr_*!` looks it up at the call site's crate
-/// root). The crate is linked into several modules, so it names itself, not a module.
+/// root). The crate is meant to serve several modules, so it names itself, not a module.
 #[cfg(tilde_kernel)]
 const __LOG_PREFIX: &[u8] = b"tilde_rdma\0";

@@ -13,8 +13,3 @@ u32 tilde_rdma_end_port(const struct ib_device *device)
 {
 	return rdma_end_port(device);
 }
-
-const char *tilde_ib_device_name(const struct ib_device *device)
-{
-	return dev_name(&device->dev);
-}

@@ -57,7 +57,7 @@ macro_rules! forward_display {
     )*};
 }
 
-forward_display!(Guid, PortAttr);
+forward_display!(Guid, PortAttr, crate::device::DeviceName);
 
 impl<T: core::fmt::Display> kernel::fmt::Display for Decoded<T> {
     fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {

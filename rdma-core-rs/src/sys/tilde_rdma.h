@@ -16,6 +16,5 @@
 
 u32 tilde_rdma_start_port(const struct ib_device *device);
 u32 tilde_rdma_end_port(const struct ib_device *device);
-const char *tilde_ib_device_name(const struct ib_device *device);
 
 #endif
