@@ -1,0 +1,244 @@
+//! `poll_cq` and `req_notify_cq`.
+//!
+//! Polling follows the kernel's `mlx4_ib_poll_one` and rdma-core's `mlx4_poll_one`: the
+//! CQE at the consumer index belongs to software when its owner bit equals the lap bit
+//! of the index; only after that check (and `dma_rmb`) is the rest of the CQE read. The
+//! consumer index goes back to the device through the doorbell record once per call.
+//! Arming writes the arm word to the record, then (after `wmb`) the 64-bit CQ doorbell,
+//! with the arm sequence number that counts completion events (`mlx4_cq_arm`).
+
+use super::platform::{DmaRing, DoorbellRecord, Platform, UarPage};
+use super::qp::{QpCompletions, QpLookup};
+use super::send::QueueConfigError;
+use super::wr::{Completion, WcFlags, WcOpcode, WcStatus};
+use crate::wire::{
+    ArmCommand, Cqe, CqeStride, CqDoorbell, CqDoorbellRecord, ErrorCqe, RecvOpcode, SendOpcode,
+    Syndrome, CQE_SIZE,
+};
+use zerocopy::FromBytes;
+
+/// Why polling stopped early. The completions before it are in the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollError {
+    /// Completions written to the output before the bad CQE.
+    pub polled: usize,
+    pub kind: PollErrorKind,
+}
+
+/// A CQE the driver cannot account for: a device fault or a driver bug. The CQE is
+/// consumed, so the CQ stays usable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollErrorKind {
+    /// The CQE names a QP this CQ does not serve.
+    UnknownQpn(u32),
+    /// The CQE names a WQE the QP has not posted.
+    BadWqeIndex { qpn: u32, is_send: bool, wqe_index: u16 },
+}
+
+/// The CQ's two doorbell records.
+pub struct CqDoorbells<P: Platform> {
+    pub set_ci: P::DbRecord,
+    pub arm: P::DbRecord,
+}
+
+/// The consuming side of a CQ.
+pub struct CompletionQueue<'q, P: Platform> {
+    ring: P::Ring,
+    doorbells: CqDoorbells<P>,
+    uar: &'q P::Uar,
+    cqn: u32,
+    entries: u32,
+    stride: CqeStride,
+    cons_index: u32,
+    arm_sn: u32,
+}
+
+impl<'q, P: Platform> CompletionQueue<'q, P> {
+    /// Sets up a CQ over `ring` and gives every entry to the device (owner bit set, as
+    /// `mlx4_en_activate_rx_rings` does), since the device writes lap 0 with it clear.
+    pub fn new(
+        cqn: u32,
+        ring: P::Ring,
+        doorbells: CqDoorbells<P>,
+        uar: &'q P::Uar,
+    ) -> Result<Self, QueueConfigError> {
+        let stride = match ring.entry_shift() {
+            5 => CqeStride::Bytes32,
+            6 => CqeStride::Bytes64,
+            _ => return Err(QueueConfigError::EntrySize),
+        };
+        if ring.log_entries() > 22 {
+            return Err(QueueConfigError::TooFewEntries);
+        }
+        let entries = 1u32 << ring.log_entries();
+        for index in 0..entries {
+            // SAFETY: the device does not know the CQ yet.
+            unsafe { ring.with_entry_mut(index, |entry| entry.fill(0)) };
+            ring.write_word(index, stride.owner_word_offset(), u32::from(Cqe::OWNER));
+        }
+        doorbells.set_ci.write_release(0);
+        doorbells.arm.write_release(0);
+        Ok(Self { ring, doorbells, uar, cqn, entries, stride, cons_index: 0, arm_sn: 0 })
+    }
+
+    pub fn cqn(&self) -> u32 {
+        self.cqn
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    pub fn cons_index(&self) -> u32 {
+        self.cons_index
+    }
+
+    pub fn ring(&self) -> &P::Ring {
+        &self.ring
+    }
+
+    /// Polls up to `out.len()` completions into `out`, returning how many.
+    pub fn poll<'t, L>(&mut self, qps: &L, out: &mut [Completion]) -> Result<usize, PollError>
+    where
+        L: QpLookup<'t, P> + ?Sized,
+        P: 't,
+    {
+        let start = self.cons_index;
+        let mut polled = 0;
+        let mut error = None;
+        for slot in out.iter_mut() {
+            let index = self.cons_index;
+            let owner = self.ring.read_word(index, self.stride.owner_word_offset()) as u8 & Cqe::OWNER != 0;
+            if owner != Cqe::sw_owner_bit(index, self.entries) {
+                break;
+            }
+            // The rest of the CQE only after its owner bit.
+            P::dma_rmb();
+            self.cons_index = index.wrapping_add(1);
+            let offset = self.stride.cqe_offset();
+            // SAFETY: the owner bit gave this CQE to software, and the device will not
+            // write it again until the consumer index we publish below has passed it.
+            let parsed = unsafe {
+                self.ring.with_entry(index, |entry| {
+                    let bytes = entry.get(offset..offset + CQE_SIZE)?;
+                    Some(parse_cqe(bytes, qps))
+                })
+            };
+            match parsed {
+                Some(Ok(completion)) => {
+                    *slot = completion;
+                    polled += 1;
+                }
+                Some(Err(kind)) => {
+                    error = Some(kind);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if self.cons_index != start {
+            self.doorbells.set_ci.write_release(self.cons_index & CqDoorbell::CI_MASK);
+        }
+        match error {
+            Some(kind) => Err(PollError { polled, kind }),
+            None => Ok(polled),
+        }
+    }
+
+    /// Asks for an event on the next completion, or the next solicited one
+    /// (`ib_req_notify_cq`).
+    pub fn arm(&mut self, command: ArmCommand) {
+        let ci = self.cons_index;
+        self.doorbells.arm.write_release(CqDoorbellRecord::arm_word(self.arm_sn, command, ci));
+        // The record before the doorbell that makes the device read it.
+        P::wmb();
+        self.uar.ring_cq_doorbell(CqDoorbell::new(self.arm_sn, command, self.cqn, ci));
+    }
+
+    /// Records that the device delivered a completion event for this CQ, so the next arm
+    /// carries the next sequence number (`mlx4_cq_completion`).
+    pub fn event_delivered(&mut self) {
+        self.arm_sn = self.arm_sn.wrapping_add(1);
+    }
+}
+
+fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
+    bytes: &[u8],
+    qps: &L,
+) -> Result<Completion, PollErrorKind> {
+    let Ok(cqe) = Cqe::ref_from_bytes(bytes) else {
+        return Err(PollErrorKind::UnknownQpn(0));
+    };
+    let qpn = cqe.qpn();
+    let qp: QpCompletions<'t, P> = qps.lookup(qpn).ok_or(PollErrorKind::UnknownQpn(qpn))?;
+    let is_send = cqe.is_send();
+    let wqe_index = cqe.wqe_index.get();
+    let wr_id = if is_send { qp.sq.complete(wqe_index) } else { qp.rq.complete() };
+    let wr_id = wr_id.ok_or(PollErrorKind::BadWqeIndex { qpn, is_send, wqe_index })?;
+    let mut completion = Completion { wr_id, qpn, ..Completion::EMPTY };
+    if cqe.is_error() {
+        let error = ErrorCqe::ref_from_bytes(bytes).map_err(|_| PollErrorKind::UnknownQpn(qpn))?;
+        completion.status = status_of(error.syndrome);
+        completion.vendor_err = error.vendor_err;
+        completion.opcode = if is_send { WcOpcode::Send } else { WcOpcode::Recv };
+        return Ok(completion);
+    }
+    completion.status = WcStatus::Success;
+    if is_send {
+        let (opcode, byte_len) = match SendOpcode::from_bits(cqe.opcode_bits()) {
+            Some(SendOpcode::RdmaWrite | SendOpcode::RdmaWriteImm) => (WcOpcode::RdmaWrite, 0),
+            Some(SendOpcode::RdmaRead) => (WcOpcode::RdmaRead, cqe.byte_cnt.get()),
+            Some(SendOpcode::AtomicCmpSwap | SendOpcode::MaskedAtomicCmpSwap) => (WcOpcode::CompSwap, 8),
+            Some(SendOpcode::AtomicFetchAdd | SendOpcode::MaskedAtomicFetchAdd) => (WcOpcode::FetchAdd, 8),
+            Some(SendOpcode::LocalInval) => (WcOpcode::LocalInvalidate, 0),
+            Some(SendOpcode::FastReg) => (WcOpcode::RegMr, 0),
+            Some(SendOpcode::BindMw) => (WcOpcode::BindMw, 0),
+            _ => (WcOpcode::Send, 0),
+        };
+        completion.opcode = opcode;
+        completion.byte_len = byte_len;
+    } else {
+        completion.byte_len = cqe.byte_cnt.get();
+        completion.src_qp = cqe.remote_qpn();
+        let mut flags = if cqe.g_mlpath_rqpn.get() & Cqe::GRH != 0 { WcFlags::GRH } else { WcFlags::empty() };
+        completion.opcode = WcOpcode::Recv;
+        match RecvOpcode::from_bits(cqe.opcode_bits()) {
+            Some(RecvOpcode::RdmaWriteImm) => {
+                completion.opcode = WcOpcode::RecvRdmaWithImm;
+                flags = flags | WcFlags::WITH_IMM;
+                completion.imm = cqe.immed_rss_invalid.get();
+            }
+            Some(RecvOpcode::SendImm) => {
+                flags = flags | WcFlags::WITH_IMM;
+                completion.imm = cqe.immed_rss_invalid.get();
+            }
+            Some(RecvOpcode::SendInval) => {
+                flags = flags | WcFlags::WITH_INVALIDATE;
+                completion.imm = cqe.immed_rss_invalid.get();
+            }
+            Some(RecvOpcode::Send) | None => {}
+        }
+        completion.flags = flags;
+    }
+    Ok(completion)
+}
+
+/// The kernel's meaning of each syndrome (`mlx4_ib_handle_error_cqe`).
+pub fn status_of(syndrome: u8) -> WcStatus {
+    match Syndrome::from_bits(syndrome) {
+        Some(Syndrome::LocalLengthErr) => WcStatus::LocalLengthError,
+        Some(Syndrome::LocalQpOpErr) => WcStatus::LocalQpOperationError,
+        Some(Syndrome::LocalProtErr) => WcStatus::LocalProtectionError,
+        Some(Syndrome::WrFlushErr) => WcStatus::WrFlushError,
+        Some(Syndrome::MwBindErr) => WcStatus::MwBindError,
+        Some(Syndrome::BadRespErr) => WcStatus::BadResponseError,
+        Some(Syndrome::LocalAccessErr) => WcStatus::LocalAccessError,
+        Some(Syndrome::RemoteInvalReqErr) => WcStatus::RemoteInvalidRequestError,
+        Some(Syndrome::RemoteAccessErr) => WcStatus::RemoteAccessError,
+        Some(Syndrome::RemoteOpErr) => WcStatus::RemoteOperationError,
+        Some(Syndrome::TransportRetryExcErr) => WcStatus::RetryExceededError,
+        Some(Syndrome::RnrRetryExcErr) => WcStatus::RnrRetryExceededError,
+        Some(Syndrome::RemoteAbortedErr) => WcStatus::RemoteAbortError,
+        None => WcStatus::GeneralError,
+    }
+}

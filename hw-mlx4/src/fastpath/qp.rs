@@ -1,0 +1,90 @@
+//! A queue pair: its send and receive queues, split into the posting handles and the
+//! shared half a CQ completes against.
+
+use super::platform::Platform;
+use super::recv::{RecvQueue, RecvQueueState};
+use super::send::{SendQueue, SendQueueState};
+
+/// The memory and shared counters of one QP.
+pub struct QueuePairState<P: Platform> {
+    qpn: u32,
+    sq: SendQueueState<P>,
+    rq: RecvQueueState<P>,
+}
+
+impl<P: Platform> QueuePairState<P> {
+    pub fn new(qpn: u32, sq: SendQueueState<P>, rq: RecvQueueState<P>) -> Self {
+        Self { qpn, sq, rq }
+    }
+
+    pub fn qpn(&self) -> u32 {
+        self.qpn
+    }
+
+    pub fn send_state(&self) -> &SendQueueState<P> {
+        &self.sq
+    }
+
+    pub fn recv_state(&self) -> &RecvQueueState<P> {
+        &self.rq
+    }
+
+    /// The posting handles (one each, hence `&mut`) and the completion half, which CQs
+    /// of this QP poll against and which may be copied freely.
+    pub fn split<'q>(
+        &'q mut self,
+        uar: &'q P::Uar,
+    ) -> (SendQueue<'q, P>, RecvQueue<'q, P>, QpCompletions<'q, P>) {
+        let this: &'q Self = self;
+        (
+            SendQueue::new(&this.sq, this.qpn, uar),
+            RecvQueue::new(&this.rq),
+            QpCompletions { qpn: this.qpn, sq: &this.sq, rq: &this.rq },
+        )
+    }
+}
+
+/// What a CQ needs of a QP to turn its CQEs into completions.
+pub struct QpCompletions<'q, P: Platform> {
+    pub(crate) qpn: u32,
+    pub(crate) sq: &'q SendQueueState<P>,
+    pub(crate) rq: &'q RecvQueueState<P>,
+}
+
+impl<P: Platform> Clone for QpCompletions<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: Platform> Copy for QpCompletions<'_, P> {}
+
+impl<'q, P: Platform> QpCompletions<'q, P> {
+    pub fn qpn(&self) -> u32 {
+        self.qpn
+    }
+}
+
+/// Finds the QP a CQE names. A CQ shared by few QPs uses a slice; a driver with many
+/// uses its QP table.
+pub trait QpLookup<'q, P: Platform> {
+    fn lookup(&self, qpn: u32) -> Option<QpCompletions<'q, P>>;
+}
+
+impl<'q, P: Platform> QpLookup<'q, P> for QpCompletions<'q, P> {
+    fn lookup(&self, qpn: u32) -> Option<QpCompletions<'q, P>> {
+        (self.qpn == qpn).then_some(*self)
+    }
+}
+
+impl<'q, P: Platform> QpLookup<'q, P> for [QpCompletions<'q, P>] {
+    fn lookup(&self, qpn: u32) -> Option<QpCompletions<'q, P>> {
+        self.iter().find(|qp| qp.qpn == qpn).copied()
+    }
+}
+
+impl<'q, P: Platform, const N: usize> QpLookup<'q, P> for [QpCompletions<'q, P>; N] {
+    fn lookup(&self, qpn: u32) -> Option<QpCompletions<'q, P>> {
+        self.as_slice().lookup(qpn)
+    }
+}

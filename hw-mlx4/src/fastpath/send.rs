@@ -1,0 +1,481 @@
+//! `post_send`: building send WQEs and handing them to the device.
+//!
+//! Follows the kernel's `_mlx4_ib_post_send` and rdma-core's `mlx4_post_send`: each WR
+//! becomes one WQE of `1 << wqe_shift` bytes; the body is written first, then, after
+//! `dma_wmb`, the `owner_opcode` word that gives it to the device; the WQE `spare` slots
+//! ahead is stamped so the device's read-ahead never takes stale blocks for valid ones;
+//! after the last WR, `wmb` and the send doorbell.
+
+use super::platform::{DmaRing, Platform, SharedCounter, UarPage, WrIdSlot};
+use super::wr::{Payload, PostError, PostFailure, SendFlags, SendOp, SendWr};
+use crate::wire::{
+    send_doorbell_value, AtomicSeg, Be16, Be32, Be64, CtrlSeg, DataSeg, DatagramSeg, FastRegSeg,
+    InlineSeg, LocalInvalSeg, RaddrSeg, SendOpcode, DS_SIZE, SQ_MAX_HEADROOM, STAMP_WORD,
+    WQEBB_SIZE,
+};
+use super::wr::Access;
+use zerocopy::FromBytes;
+
+/// The transport of a QP, as far as the WQE format cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QpType {
+    Rc,
+    Ud,
+}
+
+/// The capabilities a send queue is created with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendQueueCaps {
+    pub max_sge: u32,
+    pub max_inline: u32,
+    /// Every WQE generates a CQE (`IB_SIGNAL_ALL_WR`).
+    pub signal_all: bool,
+}
+
+/// Why a queue could not be set up over the memory given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueConfigError {
+    /// The wr_id table does not have one slot per ring entry.
+    WrIdTableSize,
+    /// The ring's entries are too small or too large for this queue.
+    EntrySize,
+    /// The ring has too few entries to keep the read-ahead headroom and post anything.
+    TooFewEntries,
+    /// The capabilities do not fit in one WQE.
+    CapsDoNotFit,
+}
+
+/// The part of a send queue that the poster and the completer share.
+pub struct SendQueueState<P: Platform> {
+    ring: P::Ring,
+    wr_ids: P::WrIdTable,
+    /// Counter of the oldest WQE not yet completed; advanced by the completer.
+    tail: P::Counter,
+    /// Counter after the newest WQE handed to the device; lets the completer refuse a
+    /// CQE that names a WQE never posted.
+    posted: P::Counter,
+    wqe_cnt: u32,
+    wqe_shift: u32,
+    /// WQEs kept stamped ahead of the producer (`MLX4_IB_SQ_HEADROOM`).
+    spare: u32,
+    qp_type: QpType,
+    caps: SendQueueCaps,
+}
+
+/// Fixed segments after the control segment, in 16-byte units, for the largest RC WQE
+/// header: remote address plus atomic operands (fast registration is 3, UD's datagram 3).
+const MAX_FIXED_DS: u32 = 3;
+
+impl<P: Platform> SendQueueState<P> {
+    /// Sets up a send queue over `ring` (entries of one WQE each) and its wr_id table, and
+    /// puts every WQE in its initial, software-owned and stamped state
+    /// (`mlx4_qp_init_sq_ownership`).
+    pub fn new(
+        ring: P::Ring,
+        wr_ids: P::WrIdTable,
+        qp_type: QpType,
+        caps: SendQueueCaps,
+    ) -> Result<Self, QueueConfigError> {
+        let wqe_shift = ring.entry_shift();
+        let log_entries = ring.log_entries();
+        if !(6..=10).contains(&wqe_shift) || log_entries > 16 {
+            return Err(QueueConfigError::EntrySize);
+        }
+        let wqe_cnt = 1u32 << log_entries;
+        if wr_ids.as_ref().len() != wqe_cnt as usize {
+            return Err(QueueConfigError::WrIdTableSize);
+        }
+        let spare = (SQ_MAX_HEADROOM >> wqe_shift) as u32 + 1;
+        if wqe_cnt <= spare {
+            return Err(QueueConfigError::TooFewEntries);
+        }
+        let wqe_ds = (1u32 << wqe_shift) / DS_SIZE as u32;
+        let max_ds = wqe_ds.min(u32::from(CtrlSeg::SIZE_MASK));
+        let sge_ds = 1 + MAX_FIXED_DS + caps.max_sge;
+        let inline_ds = 1 + MAX_FIXED_DS + inline_bytes(64, caps.max_inline as usize).div_ceil(DS_SIZE) as u32;
+        if sge_ds > max_ds || inline_ds > max_ds {
+            return Err(QueueConfigError::CapsDoNotFit);
+        }
+        let state = Self {
+            ring,
+            wr_ids,
+            tail: P::Counter::new(0),
+            posted: P::Counter::new(0),
+            wqe_cnt,
+            wqe_shift,
+            spare,
+            qp_type,
+            caps,
+        };
+        let full_size = wqe_ds as u8;
+        for index in 0..wqe_cnt {
+            // SAFETY: the queue is not yet known to the device, so every entry is ours.
+            let written = unsafe {
+                state.ring.with_entry_mut(index, |wqe| {
+                    let (ctrl, _) = CtrlSeg::mut_from_prefix(wqe).ok()?;
+                    ctrl.owner_opcode = Be32::new(CtrlSeg::OWNER);
+                    ctrl.fence_size = full_size.min(CtrlSeg::SIZE_MASK);
+                    Some(())
+                })
+            };
+            written.ok_or(QueueConfigError::EntrySize)?;
+            state.stamp(index);
+        }
+        Ok(state)
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.wqe_cnt
+    }
+
+    /// How many WRs can be outstanding at once: the ring less the stamped headroom.
+    pub fn max_post(&self) -> u32 {
+        self.wqe_cnt - self.spare
+    }
+
+    pub fn caps(&self) -> SendQueueCaps {
+        self.caps
+    }
+
+    pub fn ring(&self) -> &P::Ring {
+        &self.ring
+    }
+
+    /// Counter of the oldest WQE not yet completed.
+    pub fn tail(&self) -> u32 {
+        self.tail.load_acquire()
+    }
+
+    /// Stamps the WQE at counter `index`: the first word of each WQEBB after the first,
+    /// as far as that WQE's last size reached (`stamp_send_wqe`).
+    fn stamp(&self, index: u32) {
+        // SAFETY: callers stamp only WQEs at least `spare` ahead of the last posted one
+        // and behind `tail + wqe_cnt`, which the device has neither pending nor fetched.
+        unsafe {
+            self.ring.with_entry_mut(index, |wqe| {
+                let Ok((ctrl, _)) = CtrlSeg::ref_from_prefix(wqe) else { return };
+                let end = (ctrl.size_ds() * DS_SIZE).min(wqe.len());
+                for block in wqe[..end].chunks_exact_mut(WQEBB_SIZE).skip(1) {
+                    if let Some(word) = block.first_chunk_mut::<4>() {
+                        *word = STAMP_WORD.to_be_bytes();
+                    }
+                }
+            })
+        }
+    }
+
+    /// Completes WQEs up to and including the one the device reports by its 16-bit
+    /// counter, returning that WQE's wr_id; unsignaled WQEs before it complete with it.
+    /// `None` if the counter names no outstanding WQE (a device or driver bug).
+    pub(crate) fn complete(&self, wqe_counter: u16) -> Option<u64> {
+        let tail = self.tail.load_acquire();
+        let outstanding = self.posted.load_acquire().wrapping_sub(tail);
+        let skipped = u32::from(wqe_counter.wrapping_sub(tail as u16));
+        if skipped >= outstanding {
+            return None;
+        }
+        let index = tail.wrapping_add(skipped);
+        let wr_id = self.wr_ids.as_ref().get((index & (self.wqe_cnt - 1)) as usize)?.get();
+        self.tail.store_release(index.wrapping_add(1));
+        Some(wr_id)
+    }
+}
+
+/// The posting side of a send queue; one per queue (it is made from `&mut` state).
+pub struct SendQueue<'q, P: Platform> {
+    state: &'q SendQueueState<P>,
+    uar: &'q P::Uar,
+    doorbell: u32,
+    head: u32,
+    /// The last tail seen; reloaded only when the queue looks full.
+    tail_cache: u32,
+}
+
+impl<'q, P: Platform> SendQueue<'q, P> {
+    pub(crate) fn new(state: &'q SendQueueState<P>, qpn: u32, uar: &'q P::Uar) -> Self {
+        Self { state, uar, doorbell: send_doorbell_value(qpn), head: 0, tail_cache: 0 }
+    }
+
+    /// Counter of the next WQE to post.
+    pub fn head(&self) -> u32 {
+        self.head
+    }
+
+    /// Posts `wrs` in order and rings the doorbell once. On error the WRs before the
+    /// failing one are posted; the ring is never left with a partial WQE.
+    pub fn post(&mut self, wrs: &[SendWr<'_>]) -> Result<(), PostFailure> {
+        let state = self.state;
+        let mut index = self.head;
+        let mut result = Ok(());
+        for (i, wr) in wrs.iter().enumerate() {
+            if let Err(error) = self.write_wqe(index, wr) {
+                result = Err(PostFailure { index: i, error });
+                break;
+            }
+            index = index.wrapping_add(1);
+            // Stamping the WQE after the last one waits until after the doorbell: it
+            // costs latency and the device cannot reach it before then.
+            if i + 1 < wrs.len() {
+                state.stamp(index.wrapping_add(state.spare).wrapping_sub(1));
+            }
+        }
+        if index != self.head {
+            self.head = index;
+            P::wmb();
+            self.uar.ring_send_doorbell(self.doorbell);
+            state.stamp(index.wrapping_add(state.spare).wrapping_sub(1));
+        }
+        result
+    }
+
+    fn write_wqe(&mut self, index: u32, wr: &SendWr<'_>) -> Result<(), PostError> {
+        let state = self.state;
+        if index.wrapping_sub(self.tail_cache) >= state.max_post() {
+            self.tail_cache = state.tail.load_acquire();
+            if index.wrapping_sub(self.tail_cache) >= state.max_post() {
+                return Err(PostError::QueueFull);
+            }
+        }
+        let layout = WqeLayout::of(wr, state)?;
+        let signaled = state.caps.signal_all || wr.flags.contains(SendFlags::SIGNALED);
+        let mut srcrb = if signaled { CtrlSeg::CQ_UPDATE } else { 0 };
+        if wr.flags.contains(SendFlags::SOLICITED) {
+            srcrb |= CtrlSeg::SOLICITED;
+        }
+        if matches!(wr.op, SendOp::LocalInvalidate { .. } | SendOp::FastReg(_)) {
+            srcrb |= CtrlSeg::STRONG_ORDER;
+        }
+        let fence = if wr.flags.contains(SendFlags::FENCE) { CtrlSeg::FENCE } else { 0 };
+        // SAFETY: `index - tail < max_post`, so the device completed this WQE's previous
+        // use, and the read-ahead headroom keeps it from fetching it; `&mut self` makes
+        // this the only producer.
+        let written = unsafe {
+            state.ring.with_entry_mut(index, |wqe| {
+                let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).map_err(|_| PostError::WqeTooLarge)?;
+                ctrl.vlan_tag = Be16::new(0);
+                ctrl.ins_vlan = 0;
+                ctrl.srcrb_flags = Be32::new(srcrb);
+                ctrl.imm = Be32::new(layout.imm);
+                let rest = write_fixed_segments(rest, wr)?;
+                write_payload::<P>(rest, size_of::<CtrlSeg>() + layout.fixed_bytes, &wr.payload)?;
+                ctrl.fence_size = fence | layout.size_ds;
+                Ok(())
+            })
+        };
+        written?;
+        if let Some(slot) = state.wr_ids.as_ref().get((index & (state.wqe_cnt - 1)) as usize) {
+            slot.set(wr.wr_id);
+        }
+        state.posted.store_release(index.wrapping_add(1));
+        P::dma_wmb();
+        state.ring.write_word(index, 0, CtrlSeg::owner_opcode_for(layout.opcode, index, state.wqe_cnt));
+        Ok(())
+    }
+}
+
+/// What a WR turns into, worked out before anything is written.
+struct WqeLayout {
+    opcode: SendOpcode,
+    imm: u32,
+    fixed_bytes: usize,
+    size_ds: u8,
+}
+
+impl WqeLayout {
+    fn of<P: Platform>(wr: &SendWr<'_>, state: &SendQueueState<P>) -> Result<Self, PostError> {
+        let (opcode, imm, fixed_bytes) = match (state.qp_type, wr.op, wr.ud) {
+            (QpType::Ud, SendOp::Send, Some(_)) => (SendOpcode::Send, 0, size_of::<DatagramSeg>()),
+            (QpType::Ud, SendOp::SendWithImm(imm), Some(_)) => (SendOpcode::SendImm, imm, size_of::<DatagramSeg>()),
+            (QpType::Ud, _, _) | (QpType::Rc, _, Some(_)) => return Err(PostError::WrongQpType),
+            (QpType::Rc, op, None) => match op {
+                SendOp::Send => (SendOpcode::Send, 0, 0),
+                SendOp::SendWithImm(imm) => (SendOpcode::SendImm, imm, 0),
+                SendOp::SendWithInvalidate(rkey) => (SendOpcode::SendInval, rkey, 0),
+                SendOp::RdmaWrite(_) => (SendOpcode::RdmaWrite, 0, size_of::<RaddrSeg>()),
+                SendOp::RdmaWriteWithImm(_, imm) => (SendOpcode::RdmaWriteImm, imm, size_of::<RaddrSeg>()),
+                SendOp::RdmaRead(_) => (SendOpcode::RdmaRead, 0, size_of::<RaddrSeg>()),
+                SendOp::AtomicCmpSwap { .. } => {
+                    (SendOpcode::AtomicCmpSwap, 0, size_of::<RaddrSeg>() + size_of::<AtomicSeg>())
+                }
+                SendOp::AtomicFetchAdd { .. } => {
+                    (SendOpcode::AtomicFetchAdd, 0, size_of::<RaddrSeg>() + size_of::<AtomicSeg>())
+                }
+                SendOp::LocalInvalidate { .. } => (SendOpcode::LocalInval, 0, size_of::<LocalInvalSeg>()),
+                SendOp::FastReg(_) => (SendOpcode::FastReg, 0, size_of::<FastRegSeg>()),
+            },
+        };
+        let payload_bytes = match (wr.op, wr.payload) {
+            (SendOp::AtomicCmpSwap { .. } | SendOp::AtomicFetchAdd { .. }, Payload::Gather([sge]))
+                if sge.length == 8 =>
+            {
+                size_of::<DataSeg>()
+            }
+            (SendOp::AtomicCmpSwap { .. } | SendOp::AtomicFetchAdd { .. }, _) => {
+                return Err(PostError::BadAtomicSge)
+            }
+            (SendOp::LocalInvalidate { .. } | SendOp::FastReg(_), Payload::Gather([]) | Payload::Inline([])) => 0,
+            (SendOp::LocalInvalidate { .. } | SendOp::FastReg(_), _) => return Err(PostError::TooManySges),
+            (SendOp::RdmaRead(_), Payload::Inline(_)) => return Err(PostError::InlineTooLong),
+            (_, Payload::Gather(sges)) => {
+                if sges.len() > state.caps.max_sge as usize {
+                    return Err(PostError::TooManySges);
+                }
+                sges.len() * size_of::<DataSeg>()
+            }
+            (_, Payload::Inline(data)) => {
+                if data.len() > state.caps.max_inline as usize {
+                    return Err(PostError::InlineTooLong);
+                }
+                inline_bytes(size_of::<CtrlSeg>() + fixed_bytes, data.len())
+            }
+        };
+        let bytes = size_of::<CtrlSeg>() + fixed_bytes + payload_bytes;
+        let size_ds = bytes.div_ceil(DS_SIZE);
+        if bytes > 1usize << state.wqe_shift || size_ds > usize::from(CtrlSeg::SIZE_MASK) {
+            return Err(PostError::WqeTooLarge);
+        }
+        Ok(Self { opcode, imm, fixed_bytes, size_ds: size_ds as u8 })
+    }
+}
+
+/// The bytes inline data of `len` takes when it starts at WQE offset `start`: one 4-byte
+/// header per segment, a new segment at each 64-byte boundary (`MLX4_INLINE_ALIGN`).
+pub(crate) const fn inline_bytes(start: usize, len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let mut pos = start;
+    let mut left = len;
+    while left > 0 {
+        pos += size_of::<InlineSeg>();
+        let room = InlineSeg::ALIGN - pos % InlineSeg::ALIGN;
+        let take = if room < left { room } else { left };
+        pos += take;
+        left -= take;
+    }
+    pos - start
+}
+
+fn access_bits(access: Access) -> u32 {
+    let mut flags = FastRegSeg::PERM_LOCAL_READ;
+    if access.contains(Access::LOCAL_WRITE) {
+        flags |= FastRegSeg::PERM_LOCAL_WRITE;
+    }
+    if access.contains(Access::REMOTE_READ) {
+        flags |= FastRegSeg::PERM_REMOTE_READ;
+    }
+    if access.contains(Access::REMOTE_WRITE) {
+        flags |= FastRegSeg::PERM_REMOTE_WRITE;
+    }
+    if access.contains(Access::REMOTE_ATOMIC) {
+        flags |= FastRegSeg::PERM_ATOMIC;
+    }
+    flags
+}
+
+/// Writes the segments between the control segment and the data, returning the rest.
+fn write_fixed_segments<'w>(rest: &'w mut [u8], wr: &SendWr<'_>) -> Result<&'w mut [u8], PostError> {
+    fn put<'w, T: zerocopy::IntoBytes + FromBytes + zerocopy::KnownLayout + 'w>(
+        rest: &'w mut [u8],
+        value: T,
+    ) -> Result<&'w mut [u8], PostError> {
+        let (seg, rest) = T::mut_from_prefix(rest).map_err(|_| PostError::WqeTooLarge)?;
+        *seg = value;
+        Ok(rest)
+    }
+    let raddr = |remote: crate::wr::Remote| RaddrSeg {
+        raddr: Be64::new(remote.addr),
+        rkey: Be32::new(remote.rkey),
+        reserved: Be32::new(0),
+    };
+    if let Some(ud) = wr.ud {
+        return put(
+            rest,
+            DatagramSeg {
+                av: ud.av,
+                dqpn: Be32::new(ud.remote_qpn),
+                qkey: Be32::new(ud.remote_qkey),
+                vlan: Be16::new(ud.vlan),
+                mac: ud.mac,
+            },
+        );
+    }
+    match wr.op {
+        SendOp::Send | SendOp::SendWithImm(_) | SendOp::SendWithInvalidate(_) => Ok(rest),
+        SendOp::RdmaWrite(remote) | SendOp::RdmaWriteWithImm(remote, _) | SendOp::RdmaRead(remote) => {
+            put(rest, raddr(remote))
+        }
+        SendOp::AtomicCmpSwap { remote, compare, swap } => {
+            let rest = put(rest, raddr(remote))?;
+            put(rest, AtomicSeg { swap_add: Be64::new(swap), compare: Be64::new(compare) })
+        }
+        SendOp::AtomicFetchAdd { remote, add } => {
+            let rest = put(rest, raddr(remote))?;
+            put(rest, AtomicSeg { swap_add: Be64::new(add), compare: Be64::new(0) })
+        }
+        SendOp::LocalInvalidate { rkey } => put(
+            rest,
+            LocalInvalSeg {
+                reserved1: Be64::new(0),
+                mem_key: Be32::new(rkey),
+                reserved2: Be32::new(0),
+                reserved3: [Be64::new(0); 2],
+            },
+        ),
+        SendOp::FastReg(reg) => put(
+            rest,
+            FastRegSeg {
+                flags: Be32::new(access_bits(reg.access)),
+                mem_key: Be32::new(reg.key),
+                buf_list: Be64::new(reg.page_list),
+                start_addr: Be64::new(reg.iova),
+                reg_len: Be64::new(reg.length),
+                offset: Be32::new(0),
+                page_size: Be32::new(u32::from(reg.page_shift)),
+                reserved: [Be32::new(0); 2],
+            },
+        ),
+    }
+}
+
+/// Writes gather entries or inline data at WQE offset `start` (`rest` begins there).
+///
+/// The first word of each 64-byte block is what the device's read-ahead checks against
+/// the stamp, so it is written last, after `dma_wmb`: gather entries in reverse order
+/// with `byte_count` after `addr` and `lkey`, inline headers after their data.
+fn write_payload<P: Platform>(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result<(), PostError> {
+    match payload {
+        Payload::Gather(sges) => {
+            let (segs, _) =
+                <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len()).map_err(|_| PostError::WqeTooLarge)?;
+            for (i, (seg, sge)) in segs.iter_mut().zip(sges.iter()).enumerate().rev() {
+                seg.lkey = Be32::new(sge.lkey);
+                seg.addr = Be64::new(sge.addr);
+                if (start + i * size_of::<DataSeg>()) % WQEBB_SIZE == 0 {
+                    P::dma_wmb();
+                }
+                let count = if sge.length == 0 { DataSeg::ZERO_LENGTH } else { sge.length };
+                seg.byte_count = Be32::new(count);
+            }
+            Ok(())
+        }
+        Payload::Inline(data) => {
+            let mut pos = 0;
+            let mut left: &[u8] = data;
+            while !left.is_empty() {
+                let header = pos;
+                pos += size_of::<InlineSeg>();
+                let room = InlineSeg::ALIGN - (start + pos) % InlineSeg::ALIGN;
+                let (chunk, tail) = left.split_at(room.min(left.len()));
+                rest.get_mut(pos..pos + chunk.len()).ok_or(PostError::WqeTooLarge)?.copy_from_slice(chunk);
+                pos += chunk.len();
+                left = tail;
+                P::dma_wmb();
+                let (seg, _) = InlineSeg::mut_from_prefix(rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?)
+                    .map_err(|_| PostError::WqeTooLarge)?;
+                seg.byte_count = Be32::new(InlineSeg::INLINE | chunk.len() as u32);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Work requests and completions as the fast path takes and returns them.
+
+use crate::wire::AddressVector;
+
+/// Declares a set of flag bits over an integer, with the usual set operations. The kernel
+/// has no `bitflags` crate yet (README, "Open ends"); this is the part of it we need.
+macro_rules! flag_set {
+    ($(#[$meta:meta])* $name:ident: $int:ty { $($(#[$fmeta:meta])* $flag:ident = $value:expr;)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
+        pub struct $name($int);
+
+        impl $name {
+            $($(#[$fmeta])* pub const $flag: Self = Self($value);)*
+            pub const fn empty() -> Self { Self(0) }
+            pub const fn bits(self) -> $int { self.0 }
+            pub const fn contains(self, other: Self) -> bool { self.0 & other.0 == other.0 }
+            pub const fn union(self, other: Self) -> Self { Self(self.0 | other.0) }
+        }
+
+        impl core::ops::BitOr for $name {
+            type Output = Self;
+            fn bitor(self, other: Self) -> Self { self.union(other) }
+        }
+
+        impl core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut set = f.debug_set();
+                $(if self.contains(Self::$flag) && Self::$flag.0 != 0 { set.entry(&stringify!($flag)); })*
+                set.finish()
+            }
+        }
+    };
+}
+
+flag_set! {
+    /// `IB_SEND_*` flags of a send WR.
+    SendFlags: u8 {
+        /// Generate a completion for this WR (`IB_SEND_SIGNALED`).
+        SIGNALED = 1 << 0;
+        /// Ask for a solicited event at the responder (`IB_SEND_SOLICITED`).
+        SOLICITED = 1 << 1;
+        /// Wait for earlier RDMA READs and atomics (`IB_SEND_FENCE`).
+        FENCE = 1 << 2;
+    }
+}
+
+flag_set! {
+    /// Memory access rights (`IB_ACCESS_*`).
+    Access: u8 {
+        LOCAL_WRITE = 1 << 0;
+        REMOTE_WRITE = 1 << 1;
+        REMOTE_READ = 1 << 2;
+        REMOTE_ATOMIC = 1 << 3;
+    }
+}
+
+flag_set! {
+    /// What a completion carries besides its status (`IB_WC_*` flags).
+    WcFlags: u8 {
+        GRH = 1 << 0;
+        WITH_IMM = 1 << 1;
+        WITH_INVALIDATE = 1 << 2;
+    }
+}
+
+/// A scatter/gather element: `length` bytes at DMA address `addr` of the region `lkey`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sge {
+    pub addr: u64,
+    pub length: u32,
+    pub lkey: u32,
+}
+
+/// The remote side of RDMA and atomic operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    pub addr: u64,
+    pub rkey: u32,
+}
+
+/// A fast registration (FRWR, `IB_WR_REG_MR`): bind `key` to `length` bytes at `iova`,
+/// backed by the pages listed at DMA address `page_list` (big-endian addresses, as
+/// [`crate::wire::FastRegSeg`] describes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastReg {
+    pub key: u32,
+    pub page_list: u64,
+    pub iova: u64,
+    pub length: u64,
+    pub page_shift: u8,
+    pub access: Access,
+}
+
+/// The operation of a send WR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOp {
+    Send,
+    SendWithImm(u32),
+    /// SEND carrying an rkey for the responder to invalidate.
+    SendWithInvalidate(u32),
+    RdmaWrite(Remote),
+    RdmaWriteWithImm(Remote, u32),
+    RdmaRead(Remote),
+    /// Compare-and-swap of the 8 bytes at `remote`; the old value lands in the WR's one
+    /// 8-byte gather element.
+    AtomicCmpSwap { remote: Remote, compare: u64, swap: u64 },
+    AtomicFetchAdd { remote: Remote, add: u64 },
+    LocalInvalidate { rkey: u32 },
+    FastReg(FastReg),
+}
+
+/// Where a send WR's data comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    /// Gathered by the device from registered memory.
+    Gather(&'a [Sge]),
+    /// Copied into the WQE by the CPU (`IB_SEND_INLINE`), up to the QP's inline limit.
+    Inline(&'a [u8]),
+}
+
+/// A UD destination: the address vector of an address handle plus the remote QP.
+#[derive(Clone, Copy, Debug)]
+pub struct UdAddress {
+    pub av: AddressVector,
+    pub remote_qpn: u32,
+    pub remote_qkey: u32,
+    pub vlan: u16,
+    pub mac: [u8; 6],
+}
+
+/// A send work request.
+#[derive(Clone, Copy, Debug)]
+pub struct SendWr<'a> {
+    pub wr_id: u64,
+    pub op: SendOp,
+    pub payload: Payload<'a>,
+    pub flags: SendFlags,
+    /// The destination; required on UD QPs, refused on RC QPs.
+    pub ud: Option<&'a UdAddress>,
+}
+
+impl<'a> SendWr<'a> {
+    pub const fn new(wr_id: u64, op: SendOp, payload: Payload<'a>, flags: SendFlags) -> Self {
+        Self { wr_id, op, payload, flags, ud: None }
+    }
+}
+
+/// A receive work request.
+#[derive(Clone, Copy, Debug)]
+pub struct RecvWr<'a> {
+    pub wr_id: u64,
+    pub sges: &'a [Sge],
+}
+
+/// Why a WR was not posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostError {
+    /// The queue has no room for another WR until completions are polled (`-ENOMEM`).
+    QueueFull,
+    /// More gather/scatter elements than the queue was created for (`-EINVAL`).
+    TooManySges,
+    /// Inline data longer than the QP's inline limit (`-EINVAL`).
+    InlineTooLong,
+    /// The WR's segments do not fit in one WQE of this queue (`-EINVAL`).
+    WqeTooLarge,
+    /// An atomic WR needs exactly one 8-byte gather element for the old value (`-EINVAL`).
+    BadAtomicSge,
+    /// A UD WR on an RC QP, an RC-only operation on a UD QP, or a UD WR without its
+    /// destination (`-EINVAL`).
+    WrongQpType,
+}
+
+/// A post that stopped at `index`: the WRs before it were posted and the doorbell rung;
+/// the WR at `index` and those after it were not (verbs' `bad_wr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostFailure {
+    pub index: usize,
+    pub error: PostError,
+}
+
+/// Completion status with the kernel's meanings (`enum ib_wc_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WcStatus {
+    Success,
+    LocalLengthError,
+    LocalQpOperationError,
+    LocalProtectionError,
+    WrFlushError,
+    MwBindError,
+    BadResponseError,
+    LocalAccessError,
+    RemoteInvalidRequestError,
+    RemoteAccessError,
+    RemoteOperationError,
+    RetryExceededError,
+    RnrRetryExceededError,
+    RemoteAbortError,
+    /// A syndrome the driver does not know (`IB_WC_GENERAL_ERR`).
+    GeneralError,
+}
+
+/// What completed (`enum ib_wc_opcode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WcOpcode {
+    Send,
+    RdmaWrite,
+    RdmaRead,
+    CompSwap,
+    FetchAdd,
+    LocalInvalidate,
+    RegMr,
+    BindMw,
+    Recv,
+    RecvRdmaWithImm,
+}
+
+/// One completion (`struct ib_wc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub wr_id: u64,
+    pub status: WcStatus,
+    pub opcode: WcOpcode,
+    pub qpn: u32,
+    pub byte_len: u32,
+    /// Immediate data or the invalidated rkey, as `flags` says.
+    pub imm: u32,
+    pub src_qp: u32,
+    pub flags: WcFlags,
+    pub vendor_err: u8,
+}
+
+impl Completion {
+    /// A placeholder for completion arrays before polling.
+    pub const EMPTY: Self = Self {
+        wr_id: 0,
+        status: WcStatus::GeneralError,
+        opcode: WcOpcode::Send,
+        qpn: 0,
+        byte_len: 0,
+        imm: 0,
+        src_qp: 0,
+        flags: WcFlags::empty(),
+        vendor_err: 0,
+    };
+}
+
+impl Default for Completion {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}

@@ -1,0 +1,261 @@
+//! Send and receive work queue entries: the segments a WQE is built from.
+//!
+//! Source: `include/linux/mlx4/qp.h` (segment structs and flag enums),
+//! `include/linux/mlx4/device.h` (`MLX4_OPCODE_*`, `struct mlx4_av`), and rdma-core
+//! `providers/mlx4/wqe.h` and `qp.c`, which build the same segments from user space.
+
+use super::{Be16, Be32, Be64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// A send WQE is built from 64-byte basic blocks (WQEBBs); the hardware prefetches and
+/// the driver stamps in these units (`MLX4_IB_SQ_MIN_WQE_SHIFT` = 6).
+pub const WQEBB_SIZE: usize = 64;
+/// The `fence_size` and BlueFlame lengths count 16-byte units (`ds`).
+pub const DS_SIZE: usize = 16;
+/// The hardware reads ahead of the last posted WQE by up to this many bytes, so the
+/// driver keeps that much of the ring stamped invalid (`MLX4_IB_MAX_HEADROOM`).
+pub const SQ_MAX_HEADROOM: usize = 2048;
+/// The first word of every WQEBB but the first of a free WQE (`stamp_send_wqe`): no valid
+/// `byte_count` or segment starts with it, so a prefetch of a stale block is harmless.
+pub const STAMP_WORD: u32 = 0xffff_ffff;
+
+/// Send opcodes, the low five bits of `owner_opcode` (`MLX4_OPCODE_*`, device.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SendOpcode {
+    Nop = 0x00,
+    SendInval = 0x01,
+    RdmaWrite = 0x08,
+    RdmaWriteImm = 0x09,
+    Send = 0x0a,
+    SendImm = 0x0b,
+    Lso = 0x0e,
+    RdmaRead = 0x10,
+    AtomicCmpSwap = 0x11,
+    AtomicFetchAdd = 0x12,
+    MaskedAtomicCmpSwap = 0x14,
+    MaskedAtomicFetchAdd = 0x15,
+    BindMw = 0x18,
+    /// Fast registration (`IB_WR_REG_MR` in the kernel driver).
+    FastReg = 0x19,
+    LocalInval = 0x1b,
+    ConfigCmd = 0x1f,
+}
+
+impl SendOpcode {
+    /// Decodes the opcode bits of `owner_opcode` or of a send CQE.
+    pub const fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x00 => Self::Nop,
+            0x01 => Self::SendInval,
+            0x08 => Self::RdmaWrite,
+            0x09 => Self::RdmaWriteImm,
+            0x0a => Self::Send,
+            0x0b => Self::SendImm,
+            0x0e => Self::Lso,
+            0x10 => Self::RdmaRead,
+            0x11 => Self::AtomicCmpSwap,
+            0x12 => Self::AtomicFetchAdd,
+            0x14 => Self::MaskedAtomicCmpSwap,
+            0x15 => Self::MaskedAtomicFetchAdd,
+            0x18 => Self::BindMw,
+            0x19 => Self::FastReg,
+            0x1b => Self::LocalInval,
+            0x1f => Self::ConfigCmd,
+            _ => return None,
+        })
+    }
+}
+
+/// The control segment that starts every send WQE (`struct mlx4_wqe_ctrl_seg`).
+///
+/// `owner_opcode` is written last: its top bit hands the WQE to the hardware. The second
+/// word is either `vlan_tag`/`ins_vlan`/`fence_size` or, for BlueFlame, `bf_qpn`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct CtrlSeg {
+    pub owner_opcode: Be32,
+    pub vlan_tag: Be16,
+    pub ins_vlan: u8,
+    pub fence_size: u8,
+    pub srcrb_flags: Be32,
+    /// Immediate data, or the rkey to invalidate for SEND_WITH_INV.
+    pub imm: Be32,
+}
+
+impl CtrlSeg {
+    /// `owner_opcode` bit 31: set on odd laps of the ring (`ind & wqe_cnt`).
+    pub const OWNER: u32 = 1 << 31;
+    pub const OPCODE_MASK: u32 = 0x1f;
+    /// `owner_opcode` bits 8..24 carry the WQE counter when the WQE goes by BlueFlame.
+    pub const BF_COUNTER_SHIFT: u32 = 8;
+    /// `fence_size` bit 6: wait for prior RDMA READs and atomics (`MLX4_WQE_CTRL_FENCE`).
+    pub const FENCE: u8 = 1 << 6;
+    /// `fence_size` bits 0..6: the WQE size in 16-byte units.
+    pub const SIZE_MASK: u8 = 0x3f;
+    /// `srcrb_flags`: generate a CQE (`MLX4_WQE_CTRL_CQ_UPDATE`).
+    pub const CQ_UPDATE: u32 = 3 << 2;
+    /// `srcrb_flags`: solicited event at the responder (`MLX4_WQE_CTRL_SOLICITED`).
+    pub const SOLICITED: u32 = 1 << 1;
+    /// `srcrb_flags`: strong ordering, required by LOCAL_INV and BIND_MW.
+    pub const STRONG_ORDER: u32 = 1 << 7;
+
+    /// The `owner_opcode` word for `opcode` posted at producer counter `index` of a ring
+    /// of `wqe_cnt` entries.
+    pub const fn owner_opcode_for(opcode: SendOpcode, index: u32, wqe_cnt: u32) -> u32 {
+        let owner = if index & wqe_cnt != 0 { Self::OWNER } else { 0 };
+        owner | opcode as u32
+    }
+
+    /// The size in 16-byte units this WQE claims.
+    pub fn size_ds(&self) -> usize {
+        (self.fence_size & Self::SIZE_MASK) as usize
+    }
+
+    pub fn opcode_bits(&self) -> u8 {
+        (self.owner_opcode.get() & Self::OPCODE_MASK) as u8
+    }
+}
+
+/// Remote address segment of RDMA and atomic WQEs (`struct mlx4_wqe_raddr_seg`).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct RaddrSeg {
+    pub raddr: Be64,
+    pub rkey: Be32,
+    pub reserved: Be32,
+}
+
+/// Atomic operands (`struct mlx4_wqe_atomic_seg`): compare-and-swap puts the swap value
+/// in `swap_add` and the comparand in `compare`; fetch-and-add the addend in `swap_add`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct AtomicSeg {
+    pub swap_add: Be64,
+    pub compare: Be64,
+}
+
+/// The address vector of a UD destination (`struct mlx4_av`), built once per address
+/// handle and copied into each UD WQE.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct AddressVector {
+    /// Port number in bits 24..32, PD number below.
+    pub port_pd: Be32,
+    pub reserved1: u8,
+    /// Bit 7: a GRH follows (required on RoCE); bits 0..7: source path bits.
+    pub g_slid: u8,
+    pub dlid: Be16,
+    pub reserved2: u8,
+    pub gid_index: u8,
+    pub stat_rate: u8,
+    pub hop_limit: u8,
+    /// SL in bits 28..32, traffic class in 20..28, flow label in 0..20.
+    pub sl_tclass_flowlabel: Be32,
+    pub dgid: [u8; 16],
+}
+
+impl AddressVector {
+    pub const PORT_SHIFT: u32 = 24;
+    pub const PD_MASK: u32 = 0x00ff_ffff;
+    pub const GRH_PRESENT: u8 = 1 << 7;
+    pub const SL_SHIFT: u32 = 28;
+    pub const TCLASS_SHIFT: u32 = 20;
+    pub const FLOW_LABEL_MASK: u32 = 0x000f_ffff;
+
+    pub fn port(&self) -> u8 {
+        (self.port_pd.get() >> Self::PORT_SHIFT) as u8
+    }
+    pub fn pd(&self) -> u32 {
+        self.port_pd.get() & Self::PD_MASK
+    }
+    pub fn has_grh(&self) -> bool {
+        self.g_slid & Self::GRH_PRESENT != 0
+    }
+}
+
+/// The UD destination segment (`struct mlx4_wqe_datagram_seg`).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct DatagramSeg {
+    pub av: AddressVector,
+    pub dqpn: Be32,
+    pub qkey: Be32,
+    pub vlan: Be16,
+    /// The destination MAC on RoCE.
+    pub mac: [u8; 6],
+}
+
+/// Fast registration of a memory region (`struct mlx4_wqe_fmr_seg`, opcode FMR; the
+/// kernel builds it in `set_reg_seg` for `IB_WR_REG_MR`).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct FastRegSeg {
+    /// Access rights, `FastRegSeg::PERM_*`.
+    pub flags: Be32,
+    pub mem_key: Be32,
+    /// DMA address of the page list: big-endian page addresses, each with
+    /// [`FastRegSeg::PAGE_PRESENT`] set (`MLX4_MTT_FLAG_PRESENT`).
+    pub buf_list: Be64,
+    pub start_addr: Be64,
+    pub reg_len: Be64,
+    pub offset: Be32,
+    /// log2 of the page size.
+    pub page_size: Be32,
+    pub reserved: [Be32; 2],
+}
+
+impl FastRegSeg {
+    pub const PERM_LOCAL_READ: u32 = 1 << 27;
+    pub const PERM_LOCAL_WRITE: u32 = 1 << 28;
+    pub const PERM_REMOTE_READ: u32 = 1 << 29;
+    pub const PERM_REMOTE_WRITE: u32 = 1 << 30;
+    pub const PERM_ATOMIC: u32 = 1 << 31;
+    pub const PAGE_PRESENT: u64 = 1;
+}
+
+/// Local invalidation (`struct mlx4_wqe_local_inval_seg`).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct LocalInvalSeg {
+    pub reserved1: Be64,
+    pub mem_key: Be32,
+    pub reserved2: Be32,
+    pub reserved3: [Be64; 2],
+}
+
+/// A scatter/gather entry (`struct mlx4_wqe_data_seg`), in send WQEs and as the receive
+/// WQE's scatter list.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct DataSeg {
+    pub byte_count: Be32,
+    pub lkey: Be32,
+    pub addr: Be64,
+}
+
+impl DataSeg {
+    /// A zero-length gather entry is written as this `byte_count` (rdma-core
+    /// `set_data_seg`): zero would mean 2 GiB to the hardware.
+    pub const ZERO_LENGTH: u32 = 0x8000_0000;
+    /// The lkey that ends a receive scatter list shorter than the WQE
+    /// (`MLX4_INVALID_LKEY`).
+    pub const INVALID_LKEY: u32 = 0x100;
+}
+
+/// The 4-byte header of an inline data segment (`struct mlx4_wqe_inline_seg`); the data
+/// follows it. No inline segment may cross a 64-byte boundary, so longer inline payloads
+/// are split into several segments.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct InlineSeg {
+    pub byte_count: Be32,
+}
+
+impl InlineSeg {
+    /// `byte_count` bit 31 marks the segment inline (`MLX4_INLINE_SEG`).
+    pub const INLINE: u32 = 1 << 31;
+    pub const LEN_MASK: u32 = 0x3ff;
+    /// Inline segments do not cross this alignment (`MLX4_INLINE_ALIGN`).
+    pub const ALIGN: usize = 64;
+}
