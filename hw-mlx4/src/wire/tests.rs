@@ -1,0 +1,176 @@
+//! Pins every layout to the upstream C definitions: sizes, field offsets, byte order.
+
+use super::*;
+use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, IntoBytes};
+
+#[test]
+fn send_wqe_segment_sizes_match_the_c_structs() {
+    assert_eq!(size_of::<CtrlSeg>(), 16);
+    assert_eq!(size_of::<RaddrSeg>(), 16);
+    assert_eq!(size_of::<AtomicSeg>(), 16);
+    assert_eq!(size_of::<AddressVector>(), 32);
+    assert_eq!(size_of::<DatagramSeg>(), 48);
+    assert_eq!(size_of::<FastRegSeg>(), 48);
+    assert_eq!(size_of::<LocalInvalSeg>(), 32);
+    assert_eq!(size_of::<DataSeg>(), 16);
+    assert_eq!(size_of::<InlineSeg>(), 4);
+}
+
+#[test]
+fn control_segment_offsets() {
+    assert_eq!(offset_of!(CtrlSeg, owner_opcode), 0);
+    assert_eq!(offset_of!(CtrlSeg, vlan_tag), 4);
+    assert_eq!(offset_of!(CtrlSeg, ins_vlan), 6);
+    assert_eq!(offset_of!(CtrlSeg, fence_size), 7);
+    assert_eq!(offset_of!(CtrlSeg, srcrb_flags), 8);
+    assert_eq!(offset_of!(CtrlSeg, imm), 12);
+}
+
+#[test]
+fn datagram_and_address_vector_offsets() {
+    assert_eq!(offset_of!(AddressVector, port_pd), 0);
+    assert_eq!(offset_of!(AddressVector, g_slid), 5);
+    assert_eq!(offset_of!(AddressVector, dlid), 6);
+    assert_eq!(offset_of!(AddressVector, gid_index), 9);
+    assert_eq!(offset_of!(AddressVector, stat_rate), 10);
+    assert_eq!(offset_of!(AddressVector, hop_limit), 11);
+    assert_eq!(offset_of!(AddressVector, sl_tclass_flowlabel), 12);
+    assert_eq!(offset_of!(AddressVector, dgid), 16);
+    assert_eq!(offset_of!(DatagramSeg, dqpn), 32);
+    assert_eq!(offset_of!(DatagramSeg, qkey), 36);
+    assert_eq!(offset_of!(DatagramSeg, vlan), 40);
+    assert_eq!(offset_of!(DatagramSeg, mac), 42);
+}
+
+#[test]
+fn fast_registration_and_invalidation_offsets() {
+    assert_eq!(offset_of!(FastRegSeg, flags), 0);
+    assert_eq!(offset_of!(FastRegSeg, mem_key), 4);
+    assert_eq!(offset_of!(FastRegSeg, buf_list), 8);
+    assert_eq!(offset_of!(FastRegSeg, start_addr), 16);
+    assert_eq!(offset_of!(FastRegSeg, reg_len), 24);
+    assert_eq!(offset_of!(FastRegSeg, offset), 32);
+    assert_eq!(offset_of!(FastRegSeg, page_size), 36);
+    assert_eq!(offset_of!(LocalInvalSeg, mem_key), 8);
+    assert_eq!(offset_of!(RaddrSeg, rkey), 8);
+    assert_eq!(offset_of!(AtomicSeg, compare), 8);
+    assert_eq!(offset_of!(DataSeg, lkey), 4);
+    assert_eq!(offset_of!(DataSeg, addr), 8);
+}
+
+#[test]
+fn cqe_layouts_match_mlx4_cqe_and_mlx4_err_cqe() {
+    assert_eq!(size_of::<Cqe>(), CQE_SIZE);
+    assert_eq!(size_of::<ErrorCqe>(), CQE_SIZE);
+    assert_eq!(offset_of!(Cqe, vlan_my_qpn), 0);
+    assert_eq!(offset_of!(Cqe, immed_rss_invalid), 4);
+    assert_eq!(offset_of!(Cqe, g_mlpath_rqpn), 8);
+    assert_eq!(offset_of!(Cqe, sl_vid), 12);
+    assert_eq!(offset_of!(Cqe, rlid), 14);
+    assert_eq!(offset_of!(Cqe, status), 16);
+    assert_eq!(offset_of!(Cqe, byte_cnt), 20);
+    assert_eq!(offset_of!(Cqe, wqe_index), 24);
+    assert_eq!(offset_of!(Cqe, checksum), 26);
+    assert_eq!(offset_of!(Cqe, owner_sr_opcode), 31);
+    assert_eq!(offset_of!(ErrorCqe, wqe_index), 24);
+    assert_eq!(offset_of!(ErrorCqe, vendor_err), 26);
+    assert_eq!(offset_of!(ErrorCqe, syndrome), 27);
+    assert_eq!(offset_of!(ErrorCqe, owner_sr_opcode), 31);
+    assert_eq!(Cqe::OWNER_WORD_OFFSET + 3, offset_of!(Cqe, owner_sr_opcode));
+    assert_eq!(CqeStride::Bytes32.owner_word_offset(), 28);
+    assert_eq!(CqeStride::Bytes64.owner_word_offset(), 60);
+}
+
+#[test]
+fn eqe_and_doorbell_layouts() {
+    assert_eq!(size_of::<Eqe>(), EQE_SIZE);
+    assert_eq!(offset_of!(Eqe, event_type), 1);
+    assert_eq!(offset_of!(Eqe, subtype), 3);
+    assert_eq!(offset_of!(Eqe, event), 4);
+    assert_eq!(offset_of!(Eqe, owner), 31);
+    assert_eq!(size_of::<CqDoorbell>(), 8);
+    assert_eq!(size_of::<CqDoorbellRecord>(), 8);
+    assert_eq!(UAR_SEND_DOORBELL, 0x14);
+    assert_eq!(UAR_CQ_DOORBELL, 0x20);
+}
+
+#[test]
+fn fields_are_big_endian_on_the_wire() {
+    let seg = DataSeg { byte_count: Be32::new(0x100), lkey: Be32::new(0xabcd), addr: Be64::new(0x1122_3344_5566_7788) };
+    assert_eq!(
+        seg.as_bytes(),
+        [0, 0, 1, 0, 0, 0, 0xab, 0xcd, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]
+    );
+}
+
+#[test]
+fn cq_doorbell_packs_sequence_command_cqn_and_index() {
+    // mlx4_cq_arm: sn << 28 | cmd | cqn, then ci.
+    let doorbell = CqDoorbell::new(5, ArmCommand::Next, 0x80, 0x0123_4567);
+    assert_eq!(doorbell.as_bytes(), [0x12, 0x00, 0x00, 0x80, 0x00, 0x23, 0x45, 0x67]);
+    assert_eq!(doorbell.arm_sn(), 1);
+    assert_eq!(doorbell.cqn(), 0x80);
+    assert_eq!(doorbell.command(), Some(ArmCommand::Next));
+    let solicited = CqDoorbell::new(0, ArmCommand::Solicited, 7, 0);
+    assert_eq!(solicited.sn_cmd_cqn.get(), 0x0100_0007);
+    assert_eq!(CqDoorbellRecord::arm_word(2, ArmCommand::Solicited, 9), 0x2100_0009);
+}
+
+#[test]
+fn send_doorbell_carries_the_qpn_shifted_by_eight() {
+    assert_eq!(send_doorbell_value(0x48), 0x4800);
+    assert_eq!(send_doorbell_qpn(0x4800), 0x48);
+}
+
+#[test]
+fn owner_opcode_sets_the_owner_bit_on_odd_laps() {
+    assert_eq!(CtrlSeg::owner_opcode_for(SendOpcode::Send, 3, 64), 0x0a);
+    assert_eq!(CtrlSeg::owner_opcode_for(SendOpcode::Send, 64 + 3, 64), 0x8000_000a);
+    assert_eq!(CtrlSeg::owner_opcode_for(SendOpcode::RdmaRead, 128, 64), 0x10);
+}
+
+#[test]
+fn opcodes_and_syndromes_decode_to_the_upstream_values() {
+    for bits in 0..=0x1f {
+        if let Some(opcode) = SendOpcode::from_bits(bits) {
+            assert_eq!(opcode as u8, bits);
+        }
+    }
+    assert_eq!(SendOpcode::from_bits(0x19), Some(SendOpcode::FastReg));
+    assert_eq!(SendOpcode::from_bits(0x02), None);
+    for bits in 0..=0xff {
+        if let Some(syndrome) = Syndrome::from_bits(bits) {
+            assert_eq!(syndrome as u8, bits);
+        }
+    }
+    assert_eq!(Syndrome::from_bits(0x13), Some(Syndrome::RemoteAccessErr));
+    assert_eq!(RecvOpcode::from_bits(0x03), Some(RecvOpcode::SendInval));
+    assert_eq!(EventType::from_bits(0x04), Some(EventType::CqError));
+}
+
+#[test]
+fn views_read_the_owner_byte_and_the_qpn() {
+    let mut bytes = [0u8; CQE_SIZE];
+    bytes[0..4].copy_from_slice(&0xff00_0048u32.to_be_bytes());
+    bytes[24..26].copy_from_slice(&7u16.to_be_bytes());
+    bytes[31] = Cqe::OWNER | Cqe::IS_SEND | SendOpcode::RdmaWrite as u8;
+    let cqe = Cqe::ref_from_bytes(&bytes).unwrap();
+    assert_eq!(cqe.qpn(), 0x48);
+    assert!(cqe.is_send());
+    assert!(!cqe.is_error());
+    assert_eq!(cqe.opcode_bits(), 0x08);
+    assert_eq!(cqe.wqe_index.get(), 7);
+}
+
+#[test]
+fn address_vector_accessors() {
+    let av = AddressVector {
+        port_pd: Be32::new(1 << AddressVector::PORT_SHIFT | 0x42),
+        g_slid: AddressVector::GRH_PRESENT,
+        ..AddressVector::default()
+    };
+    assert_eq!(av.port(), 1);
+    assert_eq!(av.pd(), 0x42);
+    assert!(av.has_grh());
+}
