@@ -12,7 +12,7 @@ use super::qp::{QpCompletions, QpLookup};
 use super::send::QueueConfigError;
 use super::wr::{Completion, WcFlags, WcOpcode, WcStatus};
 use crate::wire::{
-    ArmCommand, Cqe, CqeStride, CqDoorbell, CqDoorbellRecord, ErrorCqe, RecvOpcode, SendOpcode,
+    ArmCommand, CqDoorbell, CqDoorbellRecord, Cqe, CqeStride, ErrorCqe, RecvOpcode, SendOpcode,
     Syndrome, CQE_SIZE,
 };
 use zerocopy::FromBytes;
@@ -32,7 +32,11 @@ pub enum PollErrorKind {
     /// The CQE names a QP this CQ does not serve.
     UnknownQpn(u32),
     /// The CQE names a WQE the QP has not posted.
-    BadWqeIndex { qpn: u32, is_send: bool, wqe_index: u16 },
+    BadWqeIndex {
+        qpn: u32,
+        is_send: bool,
+        wqe_index: u16,
+    },
 }
 
 /// The CQ's two doorbell records.
@@ -78,7 +82,16 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
         }
         doorbells.set_ci.write_release(0);
         doorbells.arm.write_release(0);
-        Ok(Self { ring, doorbells, uar, cqn, entries, stride, cons_index: 0, arm_sn: 0 })
+        Ok(Self {
+            ring,
+            doorbells,
+            uar,
+            cqn,
+            entries,
+            stride,
+            cons_index: 0,
+            arm_sn: 0,
+        })
     }
 
     pub fn cqn(&self) -> u32 {
@@ -108,7 +121,8 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
         let mut error = None;
         for slot in out.iter_mut() {
             let index = self.cons_index;
-            let owner = self.ring.read_word(index, self.stride.owner_word_offset()) as u8 & Cqe::OWNER != 0;
+            let owner =
+                self.ring.read_word(index, self.stride.owner_word_offset()) as u8 & Cqe::OWNER != 0;
             if owner != Cqe::sw_owner_bit(index, self.entries) {
                 break;
             }
@@ -137,7 +151,9 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
             }
         }
         if self.cons_index != start {
-            self.doorbells.set_ci.write_release(self.cons_index & CqDoorbell::CI_MASK);
+            self.doorbells
+                .set_ci
+                .write_release(self.cons_index & CqDoorbell::CI_MASK);
         }
         match error {
             Some(kind) => Err(PollError { polled, kind }),
@@ -149,10 +165,13 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
     /// (`ib_req_notify_cq`).
     pub fn arm(&mut self, command: ArmCommand) {
         let ci = self.cons_index;
-        self.doorbells.arm.write_release(CqDoorbellRecord::arm_word(self.arm_sn, command, ci));
+        self.doorbells
+            .arm
+            .write_release(CqDoorbellRecord::arm_word(self.arm_sn, command, ci));
         // The record before the doorbell that makes the device read it.
         P::wmb();
-        self.uar.ring_cq_doorbell(CqDoorbell::new(self.arm_sn, command, self.cqn, ci));
+        self.uar
+            .ring_cq_doorbell(CqDoorbell::new(self.arm_sn, command, self.cqn, ci));
     }
 
     /// Records that the device delivered a completion event for this CQ, so the next arm
@@ -173,14 +192,30 @@ fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
     let qp: QpCompletions<'t, P> = qps.lookup(qpn).ok_or(PollErrorKind::UnknownQpn(qpn))?;
     let is_send = cqe.is_send();
     let wqe_index = cqe.wqe_index.get();
-    let wr_id = if is_send { qp.sq.complete(wqe_index) } else { qp.rq.complete() };
-    let wr_id = wr_id.ok_or(PollErrorKind::BadWqeIndex { qpn, is_send, wqe_index })?;
-    let mut completion = Completion { wr_id, qpn, ..Completion::EMPTY };
+    let wr_id = if is_send {
+        qp.sq.complete(wqe_index)
+    } else {
+        qp.rq.complete()
+    };
+    let wr_id = wr_id.ok_or(PollErrorKind::BadWqeIndex {
+        qpn,
+        is_send,
+        wqe_index,
+    })?;
+    let mut completion = Completion {
+        wr_id,
+        qpn,
+        ..Completion::EMPTY
+    };
     if cqe.is_error() {
         let error = ErrorCqe::ref_from_bytes(bytes).map_err(|_| PollErrorKind::UnknownQpn(qpn))?;
         completion.status = status_of(error.syndrome);
         completion.vendor_err = error.vendor_err;
-        completion.opcode = if is_send { WcOpcode::Send } else { WcOpcode::Recv };
+        completion.opcode = if is_send {
+            WcOpcode::Send
+        } else {
+            WcOpcode::Recv
+        };
         return Ok(completion);
     }
     completion.status = WcStatus::Success;
@@ -188,8 +223,12 @@ fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
         let (opcode, byte_len) = match SendOpcode::from_bits(cqe.opcode_bits()) {
             Some(SendOpcode::RdmaWrite | SendOpcode::RdmaWriteImm) => (WcOpcode::RdmaWrite, 0),
             Some(SendOpcode::RdmaRead) => (WcOpcode::RdmaRead, cqe.byte_cnt.get()),
-            Some(SendOpcode::AtomicCmpSwap | SendOpcode::MaskedAtomicCmpSwap) => (WcOpcode::CompSwap, 8),
-            Some(SendOpcode::AtomicFetchAdd | SendOpcode::MaskedAtomicFetchAdd) => (WcOpcode::FetchAdd, 8),
+            Some(SendOpcode::AtomicCmpSwap | SendOpcode::MaskedAtomicCmpSwap) => {
+                (WcOpcode::CompSwap, 8)
+            }
+            Some(SendOpcode::AtomicFetchAdd | SendOpcode::MaskedAtomicFetchAdd) => {
+                (WcOpcode::FetchAdd, 8)
+            }
             Some(SendOpcode::LocalInval) => (WcOpcode::LocalInvalidate, 0),
             Some(SendOpcode::FastReg) => (WcOpcode::RegMr, 0),
             Some(SendOpcode::BindMw) => (WcOpcode::BindMw, 0),
@@ -200,7 +239,11 @@ fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
     } else {
         completion.byte_len = cqe.byte_cnt.get();
         completion.src_qp = cqe.remote_qpn();
-        let mut flags = if cqe.g_mlpath_rqpn.get() & Cqe::GRH != 0 { WcFlags::GRH } else { WcFlags::empty() };
+        let mut flags = if cqe.g_mlpath_rqpn.get() & Cqe::GRH != 0 {
+            WcFlags::GRH
+        } else {
+            WcFlags::empty()
+        };
         completion.opcode = WcOpcode::Recv;
         match RecvOpcode::from_bits(cqe.opcode_bits()) {
             Some(RecvOpcode::RdmaWriteImm) => {

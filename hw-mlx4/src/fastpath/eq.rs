@@ -36,7 +36,13 @@ impl<'q, P: Platform> EventQueue<'q, P> {
             unsafe { ring.with_entry_mut(index, |entry| entry.fill(0)) };
             ring.write_word(index, Eqe::OWNER_WORD_OFFSET, u32::from(Eqe::OWNER));
         }
-        Ok(Self { ring, uar, eqn, entries, cons_index: 0 })
+        Ok(Self {
+            ring,
+            uar,
+            eqn,
+            entries,
+            cons_index: 0,
+        })
     }
 
     pub fn eqn(&self) -> u32 {
@@ -61,7 +67,11 @@ impl<'q, P: Platform> EventQueue<'q, P> {
         unsafe {
             self.ring.with_entry(index, |entry| {
                 let eqe = Eqe::ref_from_bytes(entry.get(..EQE_SIZE)?).ok()?;
-                Some(Event { event_type: eqe.event_type, subtype: eqe.subtype, object: eqe.object() })
+                Some(Event {
+                    event_type: eqe.event_type,
+                    subtype: eqe.subtype,
+                    object: eqe.object(),
+                })
             })
         }
     }
@@ -69,6 +79,7 @@ impl<'q, P: Platform> EventQueue<'q, P> {
     /// Tells the device how far the EQ was consumed and, with `arm`, to interrupt again.
     pub fn update_ci(&mut self, arm: bool) {
         P::wmb();
-        self.uar.ring_eq_doorbell(self.eqn, eq_set_ci_word(self.cons_index, arm));
+        self.uar
+            .ring_eq_doorbell(self.eqn, eq_set_ci_word(self.cons_index, arm));
     }
 }

@@ -39,7 +39,11 @@ impl<P: Platform> QueuePairState<P> {
         (
             SendQueue::new(&this.sq, this.qpn, uar),
             RecvQueue::new(&this.rq),
-            QpCompletions { qpn: this.qpn, sq: &this.sq, rq: &this.rq },
+            QpCompletions {
+                qpn: this.qpn,
+                sq: &this.sq,
+                rq: &this.rq,
+            },
         )
     }
 }

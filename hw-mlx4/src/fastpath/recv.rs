@@ -23,7 +23,11 @@ pub struct RecvQueueState<P: Platform> {
 
 impl<P: Platform> RecvQueueState<P> {
     /// Sets up a receive queue whose entries hold `entry size / 16` scatter elements.
-    pub fn new(ring: P::Ring, wr_ids: P::WrIdTable, doorbell: P::DbRecord) -> Result<Self, QueueConfigError> {
+    pub fn new(
+        ring: P::Ring,
+        wr_ids: P::WrIdTable,
+        doorbell: P::DbRecord,
+    ) -> Result<Self, QueueConfigError> {
         let shift = ring.entry_shift();
         if !(4..=10).contains(&shift) || ring.log_entries() > 16 {
             return Err(QueueConfigError::EntrySize);
@@ -34,7 +38,15 @@ impl<P: Platform> RecvQueueState<P> {
         }
         let max_sge = (1u32 << shift) / size_of::<DataSeg>() as u32;
         doorbell.write_release(0);
-        Ok(Self { ring, wr_ids, doorbell, tail: P::Counter::new(0), posted: P::Counter::new(0), wqe_cnt, max_sge })
+        Ok(Self {
+            ring,
+            wr_ids,
+            doorbell,
+            tail: P::Counter::new(0),
+            posted: P::Counter::new(0),
+            wqe_cnt,
+            max_sge,
+        })
     }
 
     pub fn entries(&self) -> u32 {
@@ -64,7 +76,11 @@ impl<P: Platform> RecvQueueState<P> {
         if tail == self.posted.load_acquire() {
             return None;
         }
-        let wr_id = self.wr_ids.as_ref().get((tail & (self.wqe_cnt - 1)) as usize)?.get();
+        let wr_id = self
+            .wr_ids
+            .as_ref()
+            .get((tail & (self.wqe_cnt - 1)) as usize)?
+            .get();
         self.tail.store_release(tail.wrapping_add(1));
         Some(wr_id)
     }
@@ -108,7 +124,9 @@ impl<'q, P: Platform> RecvQueue<'q, P> {
             // below names it; `&mut self` makes this the only producer.
             unsafe {
                 state.ring.with_entry_mut(index, |wqe| {
-                    let (segs, _) = <[DataSeg]>::mut_from_prefix_with_elems(wqe, state.max_sge as usize).ok()?;
+                    let (segs, _) =
+                        <[DataSeg]>::mut_from_prefix_with_elems(wqe, state.max_sge as usize)
+                            .ok()?;
                     let mut segs = segs.iter_mut();
                     for (seg, sge) in segs.by_ref().zip(wr.sges.iter()) {
                         *seg = DataSeg {
@@ -127,7 +145,11 @@ impl<'q, P: Platform> RecvQueue<'q, P> {
                     Some(())
                 })
             };
-            if let Some(slot) = state.wr_ids.as_ref().get((index & (state.wqe_cnt - 1)) as usize) {
+            if let Some(slot) = state
+                .wr_ids
+                .as_ref()
+                .get((index & (state.wqe_cnt - 1)) as usize)
+            {
                 slot.set(wr.wr_id);
             }
             index = index.wrapping_add(1);

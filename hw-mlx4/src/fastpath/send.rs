@@ -7,13 +7,13 @@
 //! after the last WR, `wmb` and the send doorbell.
 
 use super::platform::{DmaRing, Platform, SharedCounter, UarPage, WrIdSlot};
+use super::wr::Access;
 use super::wr::{Payload, PostError, PostFailure, SendFlags, SendOp, SendWr};
 use crate::wire::{
     send_doorbell_value, AtomicSeg, Be16, Be32, Be64, CtrlSeg, DataSeg, DatagramSeg, FastRegSeg,
     InlineSeg, LocalInvalSeg, RaddrSeg, SendOpcode, DS_SIZE, SQ_MAX_HEADROOM, STAMP_WORD,
     WQEBB_SIZE,
 };
-use super::wr::Access;
 use zerocopy::FromBytes;
 
 /// The transport of a QP, as far as the WQE format cares.
@@ -62,10 +62,6 @@ pub struct SendQueueState<P: Platform> {
     caps: SendQueueCaps,
 }
 
-/// Fixed segments after the control segment, in 16-byte units, for the largest RC WQE
-/// header: remote address plus atomic operands (fast registration is 3, UD's datagram 3).
-const MAX_FIXED_DS: u32 = 3;
-
 impl<P: Platform> SendQueueState<P> {
     /// Sets up a send queue over `ring` (entries of one WQE each) and its wr_id table, and
     /// puts every WQE in its initial, software-owned and stamped state
@@ -91,9 +87,18 @@ impl<P: Platform> SendQueueState<P> {
         }
         let wqe_ds = (1u32 << wqe_shift) / DS_SIZE as u32;
         let max_ds = wqe_ds.min(u32::from(CtrlSeg::SIZE_MASK));
-        let sge_ds = 1 + MAX_FIXED_DS + caps.max_sge;
-        let inline_ds = 1 + MAX_FIXED_DS + inline_bytes(64, caps.max_inline as usize).div_ceil(DS_SIZE) as u32;
-        if sge_ds > max_ds || inline_ds > max_ds {
+        // The largest WQE each payload kind can make: gather entries follow the remote
+        // address (RC) or the datagram segment (UD); fast registration has no payload.
+        let fixed = match qp_type {
+            QpType::Rc => size_of::<RaddrSeg>(),
+            QpType::Ud => size_of::<DatagramSeg>(),
+        };
+        let start = size_of::<CtrlSeg>() + fixed;
+        let sge_bytes = start + caps.max_sge as usize * size_of::<DataSeg>();
+        let inline_end = start + inline_bytes(start, caps.max_inline as usize);
+        let fast_reg_bytes = size_of::<CtrlSeg>() + size_of::<FastRegSeg>();
+        let largest = sge_bytes.max(inline_end).max(fast_reg_bytes);
+        if largest.div_ceil(DS_SIZE) > max_ds as usize {
             return Err(QueueConfigError::CapsDoNotFit);
         }
         let state = Self {
@@ -153,7 +158,9 @@ impl<P: Platform> SendQueueState<P> {
         // and behind `tail + wqe_cnt`, which the device has neither pending nor fetched.
         unsafe {
             self.ring.with_entry_mut(index, |wqe| {
-                let Ok((ctrl, _)) = CtrlSeg::ref_from_prefix(wqe) else { return };
+                let Ok((ctrl, _)) = CtrlSeg::ref_from_prefix(wqe) else {
+                    return;
+                };
                 let end = (ctrl.size_ds() * DS_SIZE).min(wqe.len());
                 for block in wqe[..end].chunks_exact_mut(WQEBB_SIZE).skip(1) {
                     if let Some(word) = block.first_chunk_mut::<4>() {
@@ -175,7 +182,11 @@ impl<P: Platform> SendQueueState<P> {
             return None;
         }
         let index = tail.wrapping_add(skipped);
-        let wr_id = self.wr_ids.as_ref().get((index & (self.wqe_cnt - 1)) as usize)?.get();
+        let wr_id = self
+            .wr_ids
+            .as_ref()
+            .get((index & (self.wqe_cnt - 1)) as usize)?
+            .get();
         self.tail.store_release(index.wrapping_add(1));
         Some(wr_id)
     }
@@ -193,7 +204,13 @@ pub struct SendQueue<'q, P: Platform> {
 
 impl<'q, P: Platform> SendQueue<'q, P> {
     pub(crate) fn new(state: &'q SendQueueState<P>, qpn: u32, uar: &'q P::Uar) -> Self {
-        Self { state, uar, doorbell: send_doorbell_value(qpn), head: 0, tail_cache: 0 }
+        Self {
+            state,
+            uar,
+            doorbell: send_doorbell_value(qpn),
+            head: 0,
+            tail_cache: 0,
+        }
     }
 
     /// Counter of the next WQE to post.
@@ -245,13 +262,18 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         if matches!(wr.op, SendOp::LocalInvalidate { .. } | SendOp::FastReg(_)) {
             srcrb |= CtrlSeg::STRONG_ORDER;
         }
-        let fence = if wr.flags.contains(SendFlags::FENCE) { CtrlSeg::FENCE } else { 0 };
+        let fence = if wr.flags.contains(SendFlags::FENCE) {
+            CtrlSeg::FENCE
+        } else {
+            0
+        };
         // SAFETY: `index - tail < max_post`, so the device completed this WQE's previous
         // use, and the read-ahead headroom keeps it from fetching it; `&mut self` makes
         // this the only producer.
         let written = unsafe {
             state.ring.with_entry_mut(index, |wqe| {
-                let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).map_err(|_| PostError::WqeTooLarge)?;
+                let (ctrl, rest) =
+                    CtrlSeg::mut_from_prefix(wqe).map_err(|_| PostError::WqeTooLarge)?;
                 ctrl.vlan_tag = Be16::new(0);
                 ctrl.ins_vlan = 0;
                 ctrl.srcrb_flags = Be32::new(srcrb);
@@ -263,12 +285,20 @@ impl<'q, P: Platform> SendQueue<'q, P> {
             })
         };
         written?;
-        if let Some(slot) = state.wr_ids.as_ref().get((index & (state.wqe_cnt - 1)) as usize) {
+        if let Some(slot) = state
+            .wr_ids
+            .as_ref()
+            .get((index & (state.wqe_cnt - 1)) as usize)
+        {
             slot.set(wr.wr_id);
         }
         state.posted.store_release(index.wrapping_add(1));
         P::dma_wmb();
-        state.ring.write_word(index, 0, CtrlSeg::owner_opcode_for(layout.opcode, index, state.wqe_cnt));
+        state.ring.write_word(
+            index,
+            0,
+            CtrlSeg::owner_opcode_for(layout.opcode, index, state.wqe_cnt),
+        );
         Ok(())
     }
 }
@@ -285,36 +315,50 @@ impl WqeLayout {
     fn of<P: Platform>(wr: &SendWr<'_>, state: &SendQueueState<P>) -> Result<Self, PostError> {
         let (opcode, imm, fixed_bytes) = match (state.qp_type, wr.op, wr.ud) {
             (QpType::Ud, SendOp::Send, Some(_)) => (SendOpcode::Send, 0, size_of::<DatagramSeg>()),
-            (QpType::Ud, SendOp::SendWithImm(imm), Some(_)) => (SendOpcode::SendImm, imm, size_of::<DatagramSeg>()),
+            (QpType::Ud, SendOp::SendWithImm(imm), Some(_)) => {
+                (SendOpcode::SendImm, imm, size_of::<DatagramSeg>())
+            }
             (QpType::Ud, _, _) | (QpType::Rc, _, Some(_)) => return Err(PostError::WrongQpType),
             (QpType::Rc, op, None) => match op {
                 SendOp::Send => (SendOpcode::Send, 0, 0),
                 SendOp::SendWithImm(imm) => (SendOpcode::SendImm, imm, 0),
                 SendOp::SendWithInvalidate(rkey) => (SendOpcode::SendInval, rkey, 0),
                 SendOp::RdmaWrite(_) => (SendOpcode::RdmaWrite, 0, size_of::<RaddrSeg>()),
-                SendOp::RdmaWriteWithImm(_, imm) => (SendOpcode::RdmaWriteImm, imm, size_of::<RaddrSeg>()),
+                SendOp::RdmaWriteWithImm(_, imm) => {
+                    (SendOpcode::RdmaWriteImm, imm, size_of::<RaddrSeg>())
+                }
                 SendOp::RdmaRead(_) => (SendOpcode::RdmaRead, 0, size_of::<RaddrSeg>()),
-                SendOp::AtomicCmpSwap { .. } => {
-                    (SendOpcode::AtomicCmpSwap, 0, size_of::<RaddrSeg>() + size_of::<AtomicSeg>())
+                SendOp::AtomicCmpSwap { .. } => (
+                    SendOpcode::AtomicCmpSwap,
+                    0,
+                    size_of::<RaddrSeg>() + size_of::<AtomicSeg>(),
+                ),
+                SendOp::AtomicFetchAdd { .. } => (
+                    SendOpcode::AtomicFetchAdd,
+                    0,
+                    size_of::<RaddrSeg>() + size_of::<AtomicSeg>(),
+                ),
+                SendOp::LocalInvalidate { .. } => {
+                    (SendOpcode::LocalInval, 0, size_of::<LocalInvalSeg>())
                 }
-                SendOp::AtomicFetchAdd { .. } => {
-                    (SendOpcode::AtomicFetchAdd, 0, size_of::<RaddrSeg>() + size_of::<AtomicSeg>())
-                }
-                SendOp::LocalInvalidate { .. } => (SendOpcode::LocalInval, 0, size_of::<LocalInvalSeg>()),
                 SendOp::FastReg(_) => (SendOpcode::FastReg, 0, size_of::<FastRegSeg>()),
             },
         };
         let payload_bytes = match (wr.op, wr.payload) {
-            (SendOp::AtomicCmpSwap { .. } | SendOp::AtomicFetchAdd { .. }, Payload::Gather([sge]))
-                if sge.length == 8 =>
-            {
-                size_of::<DataSeg>()
-            }
+            (
+                SendOp::AtomicCmpSwap { .. } | SendOp::AtomicFetchAdd { .. },
+                Payload::Gather([sge]),
+            ) if sge.length == 8 => size_of::<DataSeg>(),
             (SendOp::AtomicCmpSwap { .. } | SendOp::AtomicFetchAdd { .. }, _) => {
                 return Err(PostError::BadAtomicSge)
             }
-            (SendOp::LocalInvalidate { .. } | SendOp::FastReg(_), Payload::Gather([]) | Payload::Inline([])) => 0,
-            (SendOp::LocalInvalidate { .. } | SendOp::FastReg(_), _) => return Err(PostError::TooManySges),
+            (
+                SendOp::LocalInvalidate { .. } | SendOp::FastReg(_),
+                Payload::Gather([]) | Payload::Inline([]),
+            ) => 0,
+            (SendOp::LocalInvalidate { .. } | SendOp::FastReg(_), _) => {
+                return Err(PostError::TooManySges)
+            }
             (SendOp::RdmaRead(_), Payload::Inline(_)) => return Err(PostError::InlineTooLong),
             (_, Payload::Gather(sges)) => {
                 if sges.len() > state.caps.max_sge as usize {
@@ -334,7 +378,12 @@ impl WqeLayout {
         if bytes > 1usize << state.wqe_shift || size_ds > usize::from(CtrlSeg::SIZE_MASK) {
             return Err(PostError::WqeTooLarge);
         }
-        Ok(Self { opcode, imm, fixed_bytes, size_ds: size_ds as u8 })
+        Ok(Self {
+            opcode,
+            imm,
+            fixed_bytes,
+            size_ds: size_ds as u8,
+        })
     }
 }
 
@@ -374,7 +423,10 @@ fn access_bits(access: Access) -> u32 {
 }
 
 /// Writes the segments between the control segment and the data, returning the rest.
-fn write_fixed_segments<'w>(rest: &'w mut [u8], wr: &SendWr<'_>) -> Result<&'w mut [u8], PostError> {
+fn write_fixed_segments<'w>(
+    rest: &'w mut [u8],
+    wr: &SendWr<'_>,
+) -> Result<&'w mut [u8], PostError> {
     fn put<'w, T: zerocopy::IntoBytes + FromBytes + zerocopy::KnownLayout + 'w>(
         rest: &'w mut [u8],
         value: T,
@@ -402,16 +454,32 @@ fn write_fixed_segments<'w>(rest: &'w mut [u8], wr: &SendWr<'_>) -> Result<&'w m
     }
     match wr.op {
         SendOp::Send | SendOp::SendWithImm(_) | SendOp::SendWithInvalidate(_) => Ok(rest),
-        SendOp::RdmaWrite(remote) | SendOp::RdmaWriteWithImm(remote, _) | SendOp::RdmaRead(remote) => {
-            put(rest, raddr(remote))
-        }
-        SendOp::AtomicCmpSwap { remote, compare, swap } => {
+        SendOp::RdmaWrite(remote)
+        | SendOp::RdmaWriteWithImm(remote, _)
+        | SendOp::RdmaRead(remote) => put(rest, raddr(remote)),
+        SendOp::AtomicCmpSwap {
+            remote,
+            compare,
+            swap,
+        } => {
             let rest = put(rest, raddr(remote))?;
-            put(rest, AtomicSeg { swap_add: Be64::new(swap), compare: Be64::new(compare) })
+            put(
+                rest,
+                AtomicSeg {
+                    swap_add: Be64::new(swap),
+                    compare: Be64::new(compare),
+                },
+            )
         }
         SendOp::AtomicFetchAdd { remote, add } => {
             let rest = put(rest, raddr(remote))?;
-            put(rest, AtomicSeg { swap_add: Be64::new(add), compare: Be64::new(0) })
+            put(
+                rest,
+                AtomicSeg {
+                    swap_add: Be64::new(add),
+                    compare: Be64::new(0),
+                },
+            )
         }
         SendOp::LocalInvalidate { rkey } => put(
             rest,
@@ -443,18 +511,26 @@ fn write_fixed_segments<'w>(rest: &'w mut [u8], wr: &SendWr<'_>) -> Result<&'w m
 /// The first word of each 64-byte block is what the device's read-ahead checks against
 /// the stamp, so it is written last, after `dma_wmb`: gather entries in reverse order
 /// with `byte_count` after `addr` and `lkey`, inline headers after their data.
-fn write_payload<P: Platform>(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result<(), PostError> {
+fn write_payload<P: Platform>(
+    rest: &mut [u8],
+    start: usize,
+    payload: &Payload<'_>,
+) -> Result<(), PostError> {
     match payload {
         Payload::Gather(sges) => {
-            let (segs, _) =
-                <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len()).map_err(|_| PostError::WqeTooLarge)?;
+            let (segs, _) = <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len())
+                .map_err(|_| PostError::WqeTooLarge)?;
             for (i, (seg, sge)) in segs.iter_mut().zip(sges.iter()).enumerate().rev() {
                 seg.lkey = Be32::new(sge.lkey);
                 seg.addr = Be64::new(sge.addr);
-                if (start + i * size_of::<DataSeg>()) % WQEBB_SIZE == 0 {
+                if (start + i * size_of::<DataSeg>()).is_multiple_of(WQEBB_SIZE) {
                     P::dma_wmb();
                 }
-                let count = if sge.length == 0 { DataSeg::ZERO_LENGTH } else { sge.length };
+                let count = if sge.length == 0 {
+                    DataSeg::ZERO_LENGTH
+                } else {
+                    sge.length
+                };
                 seg.byte_count = Be32::new(count);
             }
             Ok(())
@@ -467,12 +543,16 @@ fn write_payload<P: Platform>(rest: &mut [u8], start: usize, payload: &Payload<'
                 pos += size_of::<InlineSeg>();
                 let room = InlineSeg::ALIGN - (start + pos) % InlineSeg::ALIGN;
                 let (chunk, tail) = left.split_at(room.min(left.len()));
-                rest.get_mut(pos..pos + chunk.len()).ok_or(PostError::WqeTooLarge)?.copy_from_slice(chunk);
+                rest.get_mut(pos..pos + chunk.len())
+                    .ok_or(PostError::WqeTooLarge)?
+                    .copy_from_slice(chunk);
                 pos += chunk.len();
                 left = tail;
                 P::dma_wmb();
-                let (seg, _) = InlineSeg::mut_from_prefix(rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?)
-                    .map_err(|_| PostError::WqeTooLarge)?;
+                let (seg, _) = InlineSeg::mut_from_prefix(
+                    rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?,
+                )
+                .map_err(|_| PostError::WqeTooLarge)?;
                 seg.byte_count = Be32::new(InlineSeg::INLINE | chunk.len() as u32);
             }
             Ok(())

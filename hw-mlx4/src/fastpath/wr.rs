@@ -104,9 +104,18 @@ pub enum SendOp {
     RdmaRead(Remote),
     /// Compare-and-swap of the 8 bytes at `remote`; the old value lands in the WR's one
     /// 8-byte gather element.
-    AtomicCmpSwap { remote: Remote, compare: u64, swap: u64 },
-    AtomicFetchAdd { remote: Remote, add: u64 },
-    LocalInvalidate { rkey: u32 },
+    AtomicCmpSwap {
+        remote: Remote,
+        compare: u64,
+        swap: u64,
+    },
+    AtomicFetchAdd {
+        remote: Remote,
+        add: u64,
+    },
+    LocalInvalidate {
+        rkey: u32,
+    },
     FastReg(FastReg),
 }
 
@@ -142,7 +151,13 @@ pub struct SendWr<'a> {
 
 impl<'a> SendWr<'a> {
     pub const fn new(wr_id: u64, op: SendOp, payload: Payload<'a>, flags: SendFlags) -> Self {
-        Self { wr_id, op, payload, flags, ud: None }
+        Self {
+            wr_id,
+            op,
+            payload,
+            flags,
+            ud: None,
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! ownership protocol and records every driver write that breaks it, which the model
 //! reports as a [`ModelError`](super::ModelError).
 
-use crate::fastpath::platform::{DmaRing, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot};
+use crate::fastpath::platform::{
+    DmaRing, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot,
+};
 use crate::wire::{CqDoorbell, CtrlSeg};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -93,6 +95,8 @@ struct RingInner {
     entry_shift: u32,
     /// Per-entry protocol state, for checked send queue rings.
     states: Option<Box<[Cell<EntryState>]>>,
+    /// WQEs handed over so far, for checked rings.
+    handovers: Cell<u32>,
     violations: RefCell<Vec<RingViolation>>,
 }
 
@@ -114,12 +118,17 @@ impl HostRing {
     fn with_checks(log_entries: u32, entry_shift: u32, checked: bool) -> Self {
         let len = 1usize << (log_entries + entry_shift);
         let bytes = (0..len).map(|_| UnsafeCell::new(0)).collect();
-        let states = checked.then(|| (0..1u32 << log_entries).map(|_| Cell::new(EntryState::Software)).collect());
+        let states = checked.then(|| {
+            (0..1u32 << log_entries)
+                .map(|_| Cell::new(EntryState::Software))
+                .collect()
+        });
         Self(Rc::new(RingInner {
             bytes,
             log_entries,
             entry_shift,
             states,
+            handovers: Cell::new(0),
             violations: RefCell::new(Vec::new()),
         }))
     }
@@ -140,8 +149,12 @@ impl HostRing {
 
     /// The model takes a handed-over WQE: `Ok` if the driver followed the protocol for it.
     pub(crate) fn device_consume(&self, index: u32) -> Result<(), EntryCheck> {
-        let Some(states) = &self.0.states else { return Ok(()) };
-        let Some(state) = states.get(self.slot(index)) else { return Ok(()) };
+        let Some(states) = &self.0.states else {
+            return Ok(());
+        };
+        let Some(state) = states.get(self.slot(index)) else {
+            return Ok(());
+        };
         let seen = state.replace(EntryState::Software);
         match seen {
             EntryState::Device => Ok(()),
@@ -150,17 +163,27 @@ impl HostRing {
         }
     }
 
+    /// WQEs the driver has handed over, if this ring checks the protocol.
+    pub(crate) fn handovers(&self) -> Option<u32> {
+        self.0.states.as_ref().map(|_| self.0.handovers.get())
+    }
+
     pub(crate) fn take_violations(&self) -> Vec<RingViolation> {
         core::mem::take(&mut *self.0.violations.borrow_mut())
     }
 
     fn note_write(&self, index: u32) {
         let Some(states) = &self.0.states else { return };
-        let Some(state) = states.get(self.slot(index)) else { return };
+        let Some(state) = states.get(self.slot(index)) else {
+            return;
+        };
         let next = match state.get() {
             EntryState::Software | EntryState::Written => EntryState::Written,
             EntryState::Device | EntryState::WrittenAfterHandover => {
-                self.0.violations.borrow_mut().push(RingViolation::WriteToDeviceEntry { index });
+                self.0
+                    .violations
+                    .borrow_mut()
+                    .push(RingViolation::WriteToDeviceEntry { index });
                 EntryState::WrittenAfterHandover
             }
         };
@@ -169,10 +192,19 @@ impl HostRing {
 
     fn note_owner_word(&self, index: u32, value: u32) {
         let Some(states) = &self.0.states else { return };
-        let Some(state) = states.get(self.slot(index)) else { return };
+        let Some(state) = states.get(self.slot(index)) else {
+            return;
+        };
         let lap = index & (1 << self.0.log_entries) != 0;
         let handed_over = (value & CtrlSeg::OWNER != 0) == lap;
-        state.set(if handed_over { EntryState::Device } else { EntryState::Written });
+        if handed_over {
+            self.0.handovers.set(self.0.handovers.get().wrapping_add(1));
+        }
+        state.set(if handed_over {
+            EntryState::Device
+        } else {
+            EntryState::Written
+        });
     }
 }
 
@@ -202,7 +234,8 @@ impl DmaRing for HostRing {
     unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
         self.note_write(index);
         // SAFETY: as in `with_entry`; the caller guarantees exclusive access.
-        let entry = unsafe { core::slice::from_raw_parts_mut(self.entry_ptr(index), self.entry_len()) };
+        let entry =
+            unsafe { core::slice::from_raw_parts_mut(self.entry_ptr(index), self.entry_len()) };
         f(entry)
     }
 
@@ -212,7 +245,9 @@ impl DmaRing for HostRing {
         }
         // SAFETY: in bounds (checked above); a volatile read of bytes that may be written
         // through the other handle, as READ_ONCE of DMA memory.
-        let bytes = unsafe { core::ptr::read_volatile(self.entry_ptr(index).add(offset).cast::<[u8; 4]>()) };
+        let bytes = unsafe {
+            core::ptr::read_volatile(self.entry_ptr(index).add(offset).cast::<[u8; 4]>())
+        };
         u32::from_be_bytes(bytes)
     }
 
@@ -224,7 +259,12 @@ impl DmaRing for HostRing {
             self.note_owner_word(index, value);
         }
         // SAFETY: in bounds (checked above); a volatile write, as WRITE_ONCE.
-        unsafe { core::ptr::write_volatile(self.entry_ptr(index).add(offset).cast::<[u8; 4]>(), value.to_be_bytes()) }
+        unsafe {
+            core::ptr::write_volatile(
+                self.entry_ptr(index).add(offset).cast::<[u8; 4]>(),
+                value.to_be_bytes(),
+            )
+        }
     }
 }
 

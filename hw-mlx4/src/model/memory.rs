@@ -64,7 +64,11 @@ impl Default for Memory {
 impl Memory {
     pub fn new() -> Self {
         // Index 1 would make key 0x100, the invalid lkey that ends receive scatter lists.
-        Self { bytes: Vec::new(), regions: BTreeMap::new(), next_index: 2 }
+        Self {
+            bytes: Vec::new(),
+            regions: BTreeMap::new(),
+            next_index: 2,
+        }
     }
 
     /// Allocates `len` bytes aligned to 64 and returns their DMA address.
@@ -165,7 +169,10 @@ impl Memory {
         let list = self.read(page_list, list_len).ok_or(Fault::Bounds)?;
         let pages: Vec<u64> = list
             .chunks_exact(8)
-            .map(|entry| u64::from_be_bytes(entry.try_into().unwrap_or([0; 8])) & !crate::wire::FastRegSeg::PAGE_PRESENT)
+            .map(|entry| {
+                u64::from_be_bytes(entry.try_into().unwrap_or([0; 8]))
+                    & !crate::wire::FastRegSeg::PAGE_PRESENT
+            })
             .collect();
         let region = self.regions.get_mut(&mpt_index(key)).ok_or(Fault::BadKey)?;
         region.key = key;
@@ -173,7 +180,10 @@ impl Memory {
         region.iova = iova;
         region.length = length;
         region.access = access;
-        region.translation = Translation::Pages { shift: page_shift, pages };
+        region.translation = Translation::Pages {
+            shift: page_shift,
+            pages,
+        };
         Ok(())
     }
 
@@ -195,7 +205,18 @@ impl Memory {
 
     /// The model-memory spans (DMA address, length) that `len` bytes at `iova` of region
     /// `key` occupy, after checking the key, the access and the bounds.
-    fn resolve(&self, key: u32, iova: u64, len: u64, need: Access) -> Result<Vec<(u64, usize)>, Fault> {
+    fn resolve(
+        &self,
+        key: u32,
+        iova: u64,
+        len: u64,
+        need: Access,
+    ) -> Result<Vec<(u64, usize)>, Fault> {
+        // A zero-length access touches no memory, and the key is not checked (IBA
+        // 9.7.4.1.3 and C9-88 for RDMA; the same holds for zero-length gather entries).
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         if key == LOCAL_DMA_LKEY {
             if need.contains(Access::REMOTE_READ)
                 || need.contains(Access::REMOTE_WRITE)
@@ -215,7 +236,10 @@ impl Memory {
             return Err(Fault::Access);
         }
         let offset = iova.checked_sub(region.iova).ok_or(Fault::Bounds)?;
-        if offset.checked_add(len).is_none_or(|end| end > region.length) {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > region.length)
+        {
             return Err(Fault::Bounds);
         }
         match &region.translation {
@@ -241,7 +265,13 @@ impl Memory {
     }
 
     /// Reads `len` bytes of region `key` at `iova`, checking `need`.
-    pub(crate) fn read_region(&self, key: u32, iova: u64, len: u64, need: Access) -> Result<Vec<u8>, Fault> {
+    pub(crate) fn read_region(
+        &self,
+        key: u32,
+        iova: u64,
+        len: u64,
+        need: Access,
+    ) -> Result<Vec<u8>, Fault> {
         let mut data = Vec::new();
         for (addr, len) in self.resolve(key, iova, len, need)? {
             data.extend_from_slice(self.read(addr, len).ok_or(Fault::Bounds)?);
@@ -250,7 +280,13 @@ impl Memory {
     }
 
     /// Writes `data` to region `key` at `iova`, checking `need`.
-    pub(crate) fn write_region(&mut self, key: u32, iova: u64, data: &[u8], need: Access) -> Result<(), Fault> {
+    pub(crate) fn write_region(
+        &mut self,
+        key: u32,
+        iova: u64,
+        data: &[u8],
+        need: Access,
+    ) -> Result<(), Fault> {
         let mut rest = data;
         for (addr, len) in self.resolve(key, iova, data.len() as u64, need)? {
             let (chunk, tail) = rest.split_at(len.min(rest.len()));

@@ -28,9 +28,10 @@ use crate::fastpath::qp::QueuePairState;
 use crate::fastpath::recv::RecvQueueState;
 use crate::fastpath::send::{QpType, QueueConfigError, SendQueueCaps, SendQueueState};
 use crate::wire::{
-    send_doorbell_qpn, ArmCommand, AtomicSeg, Be16, Be32, Cqe, CqeStride, CqDoorbell, CqDoorbellRecord, CtrlSeg,
-    DataSeg, DatagramSeg, Eqe, ErrorCqe, EventType, FastRegSeg, InlineSeg, LocalInvalSeg, RaddrSeg, RecvOpcode,
-    SendOpcode, Syndrome, CQE_SIZE, DS_SIZE, EQE_SIZE, RQ_DOORBELL_MASK, STAMP_WORD,
+    send_doorbell_qpn, ArmCommand, AtomicSeg, Be16, Be32, CqDoorbell, CqDoorbellRecord, Cqe,
+    CqeStride, CtrlSeg, DataSeg, DatagramSeg, Eqe, ErrorCqe, EventType, FastRegSeg, InlineSeg,
+    LocalInvalSeg, RaddrSeg, RecvOpcode, SendOpcode, Syndrome, CQE_SIZE, DS_SIZE, EQE_SIZE,
+    RQ_DOORBELL_MASK, STAMP_WORD,
 };
 use crate::wr::Access;
 use alloc::collections::BTreeMap;
@@ -52,7 +53,11 @@ pub enum ModelError {
     /// The driver wrote a WQE the device owned.
     WriteToDeviceWqe { qpn: u32, wqe: u32 },
     /// A WQE whose segments do not parse: its size, opcode or a stamped block inside it.
-    MalformedWqe { qpn: u32, wqe: u32, reason: &'static str },
+    MalformedWqe {
+        qpn: u32,
+        wqe: u32,
+        reason: &'static str,
+    },
     /// The RQ doorbell record claims more WQEs than the queue holds, or went backwards.
     RecvDoorbellOverrun { qpn: u32, record: u32 },
     /// The CQ's consumer index moved backwards.
@@ -82,6 +87,9 @@ pub struct QpSpec {
     /// RNR retries: 7 waits for a receive forever, as `IB_RNR_RETRY_INFINITE`.
     pub rnr_retry: u8,
     pub qkey: u32,
+    /// Check the driver's side of the SQ ownership protocol (off only in benchmarks,
+    /// which measure the driver, not the checks).
+    pub checked: bool,
 }
 
 impl QpSpec {
@@ -95,15 +103,25 @@ impl QpSpec {
             sq_wqe_shift: 7,
             log_rq_entries: 6,
             rq_wqe_shift: 6,
-            caps: SendQueueCaps { max_sge: 4, max_inline: 64, signal_all: false },
+            caps: SendQueueCaps {
+                max_sge: 4,
+                max_inline: 64,
+                signal_all: false,
+            },
             rnr_retry: 7,
             qkey: 0,
+            checked: true,
         }
     }
 
     /// A UD QP with small queues.
     pub fn ud(send_cq: u32, recv_cq: u32, qkey: u32) -> Self {
-        Self { qp_type: QpType::Ud, qkey, ..Self::rc(send_cq, recv_cq) }
+        Self {
+            qp_type: QpType::Ud,
+            qkey,
+            sq_wqe_shift: 8,
+            ..Self::rc(send_cq, recv_cq)
+        }
     }
 }
 
@@ -120,6 +138,8 @@ struct ModelQp {
     sq: HostRing,
     sq_entries: u32,
     sq_consumer: u32,
+    /// Handovers counted by the checked ring as of the last batch of doorbells.
+    seen_handovers: u32,
     /// Waiting for the responder to post a receive (RNR with infinite retry).
     stalled: bool,
     rq: HostRing,
@@ -179,9 +199,12 @@ pub struct Model {
     next_cqn: u32,
 }
 
+/// A gather or scatter entry as the device reads it: lkey, address, length.
+type ScatterEntry = (u32, u64, u32);
+
 /// The data of a WQE: gather entries or inline bytes.
 enum WqeData {
-    Gather(Vec<(u32, u64, u32)>),
+    Gather(Vec<ScatterEntry>),
     Inline(Vec<u8>),
 }
 
@@ -259,7 +282,16 @@ impl Model {
         let eqn = self.eqs.len() as u32;
         let ring = HostRing::new(log_entries, EQE_SIZE.trailing_zeros());
         let entries = 1 << log_entries;
-        self.eqs.insert(eqn, ModelEq { ring: ring.clone(), entries, producer: 0, consumer: 0, armed: true });
+        self.eqs.insert(
+            eqn,
+            ModelEq {
+                ring: ring.clone(),
+                entries,
+                producer: 0,
+                consumer: 0,
+                armed: true,
+            },
+        );
         (eqn, ring)
     }
 
@@ -268,10 +300,14 @@ impl Model {
         let cqn = self.next_cqn;
         self.next_cqn += 1;
         let ring = HostRing::new(log_entries, stride.shift());
-        let doorbells: CqDoorbells<HostPlatform> =
-            CqDoorbells { set_ci: HostDoorbellRecord::new(), arm: HostDoorbellRecord::new() };
-        let model_doorbells =
-            CqDoorbells { set_ci: doorbells.set_ci.clone(), arm: doorbells.arm.clone() };
+        let doorbells: CqDoorbells<HostPlatform> = CqDoorbells {
+            set_ci: HostDoorbellRecord::new(),
+            arm: HostDoorbellRecord::new(),
+        };
+        let model_doorbells = CqDoorbells {
+            set_ci: doorbells.set_ci.clone(),
+            arm: doorbells.arm.clone(),
+        };
         self.cqs.insert(
             cqn,
             ModelCq {
@@ -285,19 +321,38 @@ impl Model {
                 eqn,
             },
         );
-        CqParts { cqn, ring, doorbells }
+        CqParts {
+            cqn,
+            ring,
+            doorbells,
+        }
     }
 
     /// Creates a QP in RTS and returns the driver's state for it. An RC QP still needs
     /// [`Model::connect`].
-    pub fn create_qp(&mut self, spec: &QpSpec) -> Result<QueuePairState<HostPlatform>, QueueConfigError> {
+    pub fn create_qp(
+        &mut self,
+        spec: &QpSpec,
+    ) -> Result<QueuePairState<HostPlatform>, QueueConfigError> {
         let qpn = self.next_qpn;
-        let sq = HostRing::new_checked_send_queue(spec.log_sq_entries, spec.sq_wqe_shift);
+        let sq = if spec.checked {
+            HostRing::new_checked_send_queue(spec.log_sq_entries, spec.sq_wqe_shift)
+        } else {
+            HostRing::new(spec.log_sq_entries, spec.sq_wqe_shift)
+        };
         let rq = HostRing::new(spec.log_rq_entries, spec.rq_wqe_shift);
         let rq_doorbell = HostDoorbellRecord::new();
-        let sq_state =
-            SendQueueState::new(sq.clone(), wr_id_table(1 << spec.log_sq_entries), spec.qp_type, spec.caps)?;
-        let rq_state = RecvQueueState::new(rq.clone(), wr_id_table(1 << spec.log_rq_entries), rq_doorbell.clone())?;
+        let sq_state = SendQueueState::new(
+            sq.clone(),
+            wr_id_table(1 << spec.log_sq_entries),
+            spec.qp_type,
+            spec.caps,
+        )?;
+        let rq_state = RecvQueueState::new(
+            rq.clone(),
+            wr_id_table(1 << spec.log_rq_entries),
+            rq_doorbell.clone(),
+        )?;
         self.next_qpn += 1;
         self.qps.insert(
             qpn,
@@ -307,6 +362,7 @@ impl Model {
                 sq,
                 sq_entries: 1 << spec.log_sq_entries,
                 sq_consumer: 0,
+                seen_handovers: 0,
                 stalled: false,
                 rq,
                 rq_entries: 1 << spec.log_rq_entries,
@@ -348,6 +404,7 @@ impl Model {
     /// error seen; all of them stay available from [`Model::take_errors`].
     pub fn process(&mut self) -> Result<(), ModelError> {
         let first_new = self.errors.len();
+        let mut doorbells = BTreeMap::new();
         while let Some(write) = self.uar.pop() {
             match write {
                 UarWrite::Send(value) => {
@@ -356,11 +413,8 @@ impl Model {
                         self.errors.push(ModelError::UnknownQp { qpn });
                         continue;
                     }
-                    let stalled = self.qps.get(&qpn).is_some_and(|qp| qp.stalled);
-                    let executed = self.run_send_queue(qpn);
-                    if executed == 0 && !stalled {
-                        self.errors.push(ModelError::DoorbellWithoutWork { qpn });
-                    }
+                    *doorbells.entry(qpn).or_insert(0) += 1;
+                    self.run_send_queue(qpn);
                 }
                 UarWrite::Cq(doorbell) => self.arm_cq(doorbell),
                 UarWrite::Eq { eqn, word } => {
@@ -371,11 +425,31 @@ impl Model {
                 }
             }
         }
+        // Each send doorbell must follow at least one newly handed-over WQE. The model
+        // runs after the driver, so it checks the count over the batch: never more
+        // doorbells than WQEs handed over since the last batch.
+        for (qpn, rung) in doorbells {
+            let Some(qp) = self.qps.get_mut(&qpn) else {
+                continue;
+            };
+            let Some(handovers) = qp.sq.handovers() else {
+                continue;
+            };
+            let new = handovers.wrapping_sub(qp.seen_handovers);
+            qp.seen_handovers = handovers;
+            if rung > new {
+                self.errors.push(ModelError::DoorbellWithoutWork { qpn });
+            }
+        }
         loop {
             let qpns: Vec<u32> = self.qps.keys().copied().collect();
             let mut moved = 0;
             for qpn in qpns {
-                if self.qps.get(&qpn).is_some_and(|qp| qp.stalled || qp.state == QpState::Error) {
+                if self
+                    .qps
+                    .get(&qpn)
+                    .is_some_and(|qp| qp.stalled || qp.state == QpState::Error)
+                {
                     moved += self.run_send_queue(qpn);
                 }
                 moved += self.flush_receives(qpn);
@@ -394,7 +468,8 @@ impl Model {
     fn collect_ring_violations(&mut self) {
         for (&qpn, qp) in &self.qps {
             for host::RingViolation::WriteToDeviceEntry { index } in qp.sq.take_violations() {
-                self.errors.push(ModelError::WriteToDeviceWqe { qpn, wqe: index });
+                self.errors
+                    .push(ModelError::WriteToDeviceWqe { qpn, wqe: index });
             }
         }
     }
@@ -422,11 +497,15 @@ impl Model {
     }
 
     fn raise_event(&mut self, cqn: u32) {
-        let Some(cq) = self.cqs.get_mut(&cqn) else { return };
+        let Some(cq) = self.cqs.get_mut(&cqn) else {
+            return;
+        };
         cq.armed = None;
         self.events.push(RaisedEvent { cqn });
         let Some(eqn) = cq.eqn else { return };
-        let Some(eq) = self.eqs.get_mut(&eqn) else { return };
+        let Some(eq) = self.eqs.get_mut(&eqn) else {
+            return;
+        };
         if eq.producer.wrapping_sub(eq.consumer) & 0x00ff_ffff >= eq.entries {
             self.errors.push(ModelError::EqOverrun { eqn });
             return;
@@ -436,7 +515,11 @@ impl Model {
         let mut eqe = Eqe::new_zeroed();
         eqe.event_type = EventType::Completion as u8;
         eqe.event[0] = Be32::new(cqn);
-        let owner = if lap_bit(index, eq.entries) { Eqe::OWNER } else { 0 };
+        let owner = if lap_bit(index, eq.entries) {
+            Eqe::OWNER
+        } else {
+            0
+        };
         // SAFETY: the EQ has room (checked above), so the driver has consumed this entry.
         unsafe {
             eq.ring.with_entry_mut(index, |entry| {
@@ -446,7 +529,8 @@ impl Model {
             })
         };
         core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-        eq.ring.write_word(index, Eqe::OWNER_WORD_OFFSET, u32::from(owner));
+        eq.ring
+            .write_word(index, Eqe::OWNER_WORD_OFFSET, u32::from(owner));
     }
 
     /// Writes a CQE (its first 28 bytes from `cqe`, then the owner word), raising an event
@@ -460,7 +544,11 @@ impl Model {
         let advance = ci.wrapping_sub(cq.last_ci) & CqDoorbell::CI_MASK;
         let outstanding = cq.producer.wrapping_sub(cq.last_ci) & CqDoorbell::CI_MASK;
         if advance > outstanding {
-            self.errors.push(ModelError::ConsumerIndexBackwards { cqn, from: cq.last_ci, to: ci });
+            self.errors.push(ModelError::ConsumerIndexBackwards {
+                cqn,
+                from: cq.last_ci,
+                to: ci,
+            });
         } else {
             cq.last_ci = ci;
         }
@@ -471,8 +559,13 @@ impl Model {
         let index = cq.producer;
         cq.producer = index.wrapping_add(1);
         let offset = cq.stride.cqe_offset();
-        let owner = if lap_bit(index, cq.entries) { Cqe::OWNER } else { 0 };
-        let last_word = u32::from_be_bytes([cqe[28], cqe[29], cqe[30], (cqe[31] & !Cqe::OWNER) | owner]);
+        let owner = if lap_bit(index, cq.entries) {
+            Cqe::OWNER
+        } else {
+            0
+        };
+        let last_word =
+            u32::from_be_bytes([cqe[28], cqe[29], cqe[30], (cqe[31] & !Cqe::OWNER) | owner]);
         // SAFETY: the CQ has room (checked above against the consumer index the driver
         // published), so the driver is done with this entry.
         unsafe {
@@ -483,10 +576,13 @@ impl Model {
             })
         };
         core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-        cq.ring.write_word(index, cq.stride.owner_word_offset(), last_word);
+        cq.ring
+            .write_word(index, cq.stride.owner_word_offset(), last_word);
         let raise = match cq.armed {
             Some(ArmCommand::Next) => true,
-            Some(ArmCommand::Solicited) => solicited || cqe[31] & Cqe::OPCODE_MASK == Cqe::OPCODE_ERROR,
+            Some(ArmCommand::Solicited) => {
+                solicited || cqe[31] & Cqe::OPCODE_MASK == Cqe::OPCODE_ERROR
+            }
             None => false,
         };
         if raise {
@@ -521,7 +617,9 @@ impl Model {
     fn run_send_queue(&mut self, qpn: u32) -> u32 {
         let mut executed = 0;
         loop {
-            let Some(qp) = self.qps.get(&qpn) else { return executed };
+            let Some(qp) = self.qps.get(&qpn) else {
+                return executed;
+            };
             let counter = qp.sq_consumer;
             let owner = qp.sq.read_word(counter, 0) & CtrlSeg::OWNER != 0;
             if owner != lap_bit(counter, qp.sq_entries) {
@@ -536,7 +634,11 @@ impl Model {
                 Err(error) => {
                     self.errors.push(error);
                     self.consume_wqe(qpn, counter);
-                    self.push_cqe(send_cq, &Self::error_cqe(qpn, counter, true, Syndrome::LocalQpOpErr), false);
+                    self.push_cqe(
+                        send_cq,
+                        &Self::error_cqe(qpn, counter, true, Syndrome::LocalQpOpErr),
+                        false,
+                    );
                     self.enter_error(qpn);
                     executed += 1;
                     continue;
@@ -544,7 +646,11 @@ impl Model {
             };
             if state == QpState::Error {
                 self.consume_wqe(qpn, counter);
-                self.push_cqe(send_cq, &Self::error_cqe(qpn, counter, true, Syndrome::WrFlushErr), false);
+                self.push_cqe(
+                    send_cq,
+                    &Self::error_cqe(qpn, counter, true, Syndrome::WrFlushErr),
+                    false,
+                );
                 executed += 1;
                 continue;
             }
@@ -561,12 +667,20 @@ impl Model {
                     }
                     self.consume_wqe(qpn, counter);
                     if wqe.signaled {
-                        self.push_cqe(send_cq, &Self::send_cqe(qpn, counter, wqe.opcode, byte_len), false);
+                        self.push_cqe(
+                            send_cq,
+                            &Self::send_cqe(qpn, counter, wqe.opcode, byte_len),
+                            false,
+                        );
                     }
                 }
                 Outcome::Error(syndrome) => {
                     self.consume_wqe(qpn, counter);
-                    self.push_cqe(send_cq, &Self::error_cqe(qpn, counter, true, syndrome), false);
+                    self.push_cqe(
+                        send_cq,
+                        &Self::error_cqe(qpn, counter, true, syndrome),
+                        false,
+                    );
                     self.enter_error(qpn);
                 }
             }
@@ -575,14 +689,18 @@ impl Model {
     }
 
     fn consume_wqe(&mut self, qpn: u32, counter: u32) {
-        let Some(qp) = self.qps.get_mut(&qpn) else { return };
+        let Some(qp) = self.qps.get_mut(&qpn) else {
+            return;
+        };
         qp.sq_consumer = counter.wrapping_add(1);
         match qp.sq.device_consume(counter) {
             Ok(()) => {}
-            Err(EntryCheck::WrittenAfterHandover) => {
-                self.errors.push(ModelError::WqeWrittenAfterHandover { qpn, wqe: counter })
-            }
-            Err(EntryCheck::NotHandedOver) => self.errors.push(ModelError::WqeNotHandedOver { qpn, wqe: counter }),
+            Err(EntryCheck::WrittenAfterHandover) => self
+                .errors
+                .push(ModelError::WqeWrittenAfterHandover { qpn, wqe: counter }),
+            Err(EntryCheck::NotHandedOver) => self
+                .errors
+                .push(ModelError::WqeNotHandedOver { qpn, wqe: counter }),
         }
     }
 
@@ -596,18 +714,21 @@ impl Model {
     /// Receive WQEs the driver has posted (per the doorbell record) and the device has
     /// not consumed; records an error if the record is impossible.
     fn posted_receives(&mut self, qpn: u32) -> u32 {
-        let Some(qp) = self.qps.get(&qpn) else { return 0 };
+        let Some(qp) = self.qps.get(&qpn) else {
+            return 0;
+        };
         let record = qp.rq_doorbell.read_acquire();
         let available = record.wrapping_sub(qp.rq_consumer) & RQ_DOORBELL_MASK;
         if available > qp.rq_entries {
-            self.errors.push(ModelError::RecvDoorbellOverrun { qpn, record });
+            self.errors
+                .push(ModelError::RecvDoorbellOverrun { qpn, record });
             return 0;
         }
         available
     }
 
     /// Takes the next receive WQE's scatter list, if one is posted.
-    fn take_receive(&mut self, qpn: u32) -> Option<(u32, Vec<(u32, u64, u32)>)> {
+    fn take_receive(&mut self, qpn: u32) -> Option<(u32, Vec<ScatterEntry>)> {
         if self.posted_receives(qpn) == 0 {
             return None;
         }
@@ -620,7 +741,9 @@ impl Model {
             qp.rq.with_entry(counter, |entry| {
                 let mut sges = Vec::new();
                 for seg in entry.chunks_exact(size_of::<DataSeg>()) {
-                    let Ok(seg) = DataSeg::ref_from_bytes(seg) else { break };
+                    let Ok(seg) = DataSeg::ref_from_bytes(seg) else {
+                        break;
+                    };
                     if seg.lkey.get() == DataSeg::INVALID_LKEY {
                         break;
                     }
@@ -634,32 +757,46 @@ impl Model {
 
     /// Completes every posted receive of a QP in error with a flush CQE.
     fn flush_receives(&mut self, qpn: u32) -> u32 {
-        let Some(qp) = self.qps.get(&qpn) else { return 0 };
+        let Some(qp) = self.qps.get(&qpn) else {
+            return 0;
+        };
         if qp.state != QpState::Error {
             return 0;
         }
         let recv_cq = qp.recv_cq;
         let mut flushed = 0;
         while let Some((counter, _)) = self.take_receive(qpn) {
-            self.push_cqe(recv_cq, &Self::error_cqe(qpn, counter, false, Syndrome::WrFlushErr), false);
+            self.push_cqe(
+                recv_cq,
+                &Self::error_cqe(qpn, counter, false, Syndrome::WrFlushErr),
+                false,
+            );
             flushed += 1;
         }
         flushed
     }
 
     fn parse_wqe(qp: &ModelQp, qpn: u32, counter: u32) -> Result<ParsedWqe, ModelError> {
-        let malformed = |reason| ModelError::MalformedWqe { qpn, wqe: counter, reason };
+        let malformed = |reason| ModelError::MalformedWqe {
+            qpn,
+            wqe: counter,
+            reason,
+        };
         // SAFETY: the owner bit handed this WQE to the device, and the driver does not
         // write it before its completion (the checked ring reports it if it does).
         unsafe {
             qp.sq.with_entry(counter, |entry| {
-                let (ctrl, _) = CtrlSeg::ref_from_prefix(entry).map_err(|_| malformed("entry too small"))?;
+                let (ctrl, _) =
+                    CtrlSeg::ref_from_prefix(entry).map_err(|_| malformed("entry too small"))?;
                 let size = ctrl.size_ds() * DS_SIZE;
-                let bytes = entry.get(..size).ok_or_else(|| malformed("size beyond the WQE"))?;
+                let bytes = entry
+                    .get(..size)
+                    .ok_or_else(|| malformed("size beyond the WQE"))?;
                 if size < size_of::<CtrlSeg>() {
                     return Err(malformed("size below the control segment"));
                 }
-                let opcode = SendOpcode::from_bits(ctrl.opcode_bits()).ok_or_else(|| malformed("unknown opcode"))?;
+                let opcode = SendOpcode::from_bits(ctrl.opcode_bits())
+                    .ok_or_else(|| malformed("unknown opcode"))?;
                 let srcrb = ctrl.srcrb_flags.get();
                 let mut wqe = ParsedWqe {
                     opcode,
@@ -674,7 +811,10 @@ impl Model {
                     data: WqeData::Gather(Vec::new()),
                 };
                 let mut rest = &bytes[size_of::<CtrlSeg>()..];
-                fn take<'b, T: FromBytes + zerocopy::KnownLayout + zerocopy::Immutable + Copy + 'b>(
+                fn take<
+                    'b,
+                    T: FromBytes + zerocopy::KnownLayout + zerocopy::Immutable + Copy + 'b,
+                >(
                     rest: &mut &'b [u8],
                 ) -> Option<T> {
                     let (seg, tail) = T::ref_from_prefix(rest).ok()?;
@@ -696,14 +836,24 @@ impl Model {
                             wqe.raddr = Some(take(&mut rest).ok_or_else(short)?);
                             wqe.atomic = Some(take(&mut rest).ok_or_else(short)?);
                         }
-                        SendOpcode::LocalInval => wqe.local_inval = Some(take(&mut rest).ok_or_else(short)?),
-                        SendOpcode::FastReg => wqe.fast_reg = Some(take(&mut rest).ok_or_else(short)?),
-                        SendOpcode::Send | SendOpcode::SendImm | SendOpcode::SendInval | SendOpcode::Nop => {}
+                        SendOpcode::LocalInval => {
+                            wqe.local_inval = Some(take(&mut rest).ok_or_else(short)?)
+                        }
+                        SendOpcode::FastReg => {
+                            wqe.fast_reg = Some(take(&mut rest).ok_or_else(short)?)
+                        }
+                        SendOpcode::Send
+                        | SendOpcode::SendImm
+                        | SendOpcode::SendInval
+                        | SendOpcode::Nop => {}
                         _ => return Err(malformed("opcode the model does not execute")),
                     }
                 }
-                wqe.data = Self::parse_data(rest, size_of::<CtrlSeg>() + (bytes.len() - size_of::<CtrlSeg>() - rest.len()))
-                    .map_err(malformed)?;
+                wqe.data = Self::parse_data(
+                    rest,
+                    size_of::<CtrlSeg>() + (bytes.len() - size_of::<CtrlSeg>() - rest.len()),
+                )
+                .map_err(malformed)?;
                 Ok(wqe)
             })
         }
@@ -726,16 +876,23 @@ impl Model {
                 if offset % InlineSeg::ALIGN + 4 + len > InlineSeg::ALIGN {
                     return Err("inline segment crosses a 64-byte boundary");
                 }
-                let data = rest.get(4..4 + len).ok_or("inline data beyond the WQE size")?;
+                let data = rest
+                    .get(4..4 + len)
+                    .ok_or("inline data beyond the WQE size")?;
                 inline.extend_from_slice(data);
                 is_inline = true;
                 let used = (4 + len).next_multiple_of(DS_SIZE).min(rest.len());
                 rest = &rest[used..];
                 offset += used;
             } else {
-                let (seg, tail) = DataSeg::ref_from_prefix(rest).map_err(|_| "data segment beyond the WQE size")?;
+                let (seg, tail) = DataSeg::ref_from_prefix(rest)
+                    .map_err(|_| "data segment beyond the WQE size")?;
                 let count = seg.byte_count.get();
-                let len = if count == DataSeg::ZERO_LENGTH { 0 } else { count };
+                let len = if count == DataSeg::ZERO_LENGTH {
+                    0
+                } else {
+                    count
+                };
                 gather.push((seg.lkey.get(), seg.addr.get(), len));
                 rest = tail;
                 offset += size_of::<DataSeg>();
@@ -767,7 +924,7 @@ impl Model {
     }
 
     /// Scatters `data` over local buffers that need LOCAL_WRITE.
-    fn scatter(&mut self, sges: &[(u32, u64, u32)], data: &[u8]) -> Result<(), ScatterError> {
+    fn scatter(&mut self, sges: &[ScatterEntry], data: &[u8]) -> Result<(), ScatterError> {
         let capacity: u64 = sges.iter().map(|&(_, _, len)| u64::from(len)).sum();
         if (data.len() as u64) > capacity {
             return Err(ScatterError::Length);
@@ -787,7 +944,9 @@ impl Model {
     }
 
     fn execute(&mut self, qpn: u32, wqe: &ParsedWqe) -> Outcome {
-        let Some(qp) = self.qps.get(&qpn) else { return Outcome::Error(Syndrome::LocalQpOpErr) };
+        let Some(qp) = self.qps.get(&qpn) else {
+            return Outcome::Error(Syndrome::LocalQpOpErr);
+        };
         let qp_type = qp.qp_type;
         let peer = qp.peer;
         let rnr_retry = qp.rnr_retry;
@@ -796,12 +955,17 @@ impl Model {
         }
         match wqe.opcode {
             SendOpcode::Nop => Outcome::Done { byte_len: 0 },
-            SendOpcode::LocalInval => match wqe.local_inval.map(|seg| self.memory.invalidate(seg.mem_key.get())) {
+            SendOpcode::LocalInval => match wqe
+                .local_inval
+                .map(|seg| self.memory.invalidate(seg.mem_key.get()))
+            {
                 Some(Ok(())) => Outcome::Done { byte_len: 0 },
                 _ => Outcome::Error(Syndrome::LocalQpOpErr),
             },
             SendOpcode::FastReg => {
-                let Some(seg) = wqe.fast_reg else { return Outcome::Error(Syndrome::LocalQpOpErr) };
+                let Some(seg) = wqe.fast_reg else {
+                    return Outcome::Error(Syndrome::LocalQpOpErr);
+                };
                 let flags = seg.flags.get();
                 let mut access = Access::empty();
                 for (bit, right) in [
@@ -828,19 +992,29 @@ impl Model {
                 }
             }
             SendOpcode::RdmaRead => {
-                let Some(raddr) = wqe.raddr else { return Outcome::Error(Syndrome::LocalQpOpErr) };
-                let WqeData::Gather(sges) = &wqe.data else { return Outcome::Error(Syndrome::LocalQpOpErr) };
+                let Some(raddr) = wqe.raddr else {
+                    return Outcome::Error(Syndrome::LocalQpOpErr);
+                };
+                let WqeData::Gather(sges) = &wqe.data else {
+                    return Outcome::Error(Syndrome::LocalQpOpErr);
+                };
                 let len: u64 = sges.iter().map(|&(_, _, len)| u64::from(len)).sum();
                 let Some(_) = peer.and_then(|peer| self.qps.get(&peer)) else {
                     return Outcome::Error(Syndrome::TransportRetryExcErr);
                 };
-                let data = match self.memory.read_region(raddr.rkey.get(), raddr.raddr.get(), len, Access::REMOTE_READ)
-                {
+                let data = match self.memory.read_region(
+                    raddr.rkey.get(),
+                    raddr.raddr.get(),
+                    len,
+                    Access::REMOTE_READ,
+                ) {
                     Ok(data) => data,
                     Err(_) => return Outcome::Error(Syndrome::RemoteAccessErr),
                 };
                 match self.scatter(sges, &data) {
-                    Ok(()) => Outcome::Done { byte_len: len as u32 },
+                    Ok(()) => Outcome::Done {
+                        byte_len: len as u32,
+                    },
                     Err(_) => Outcome::Error(Syndrome::LocalProtErr),
                 }
             }
@@ -848,7 +1022,9 @@ impl Model {
                 let (Some(raddr), Some(atomic)) = (wqe.raddr, wqe.atomic) else {
                     return Outcome::Error(Syndrome::LocalQpOpErr);
                 };
-                let WqeData::Gather(sges) = &wqe.data else { return Outcome::Error(Syndrome::LocalQpOpErr) };
+                let WqeData::Gather(sges) = &wqe.data else {
+                    return Outcome::Error(Syndrome::LocalQpOpErr);
+                };
                 if peer.is_none() {
                     return Outcome::Error(Syndrome::TransportRetryExcErr);
                 }
@@ -858,16 +1034,27 @@ impl Model {
                 }
                 // ConnectX-3 does atomics on big-endian data (mlx5 added a host-endian
                 // mode); the old value comes back big-endian too.
-                let old = match self.memory.read_region(rkey, addr, 8, Access::REMOTE_ATOMIC) {
+                let old = match self
+                    .memory
+                    .read_region(rkey, addr, 8, Access::REMOTE_ATOMIC)
+                {
                     Ok(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().unwrap_or([0; 8])),
                     Err(_) => return Outcome::Error(Syndrome::RemoteAccessErr),
                 };
                 let new = if wqe.opcode == SendOpcode::AtomicCmpSwap {
-                    if old == atomic.compare.get() { atomic.swap_add.get() } else { old }
+                    if old == atomic.compare.get() {
+                        atomic.swap_add.get()
+                    } else {
+                        old
+                    }
                 } else {
                     old.wrapping_add(atomic.swap_add.get())
                 };
-                if self.memory.write_region(rkey, addr, &new.to_be_bytes(), Access::REMOTE_ATOMIC).is_err() {
+                if self
+                    .memory
+                    .write_region(rkey, addr, &new.to_be_bytes(), Access::REMOTE_ATOMIC)
+                    .is_err()
+                {
                     return Outcome::Error(Syndrome::RemoteAccessErr);
                 }
                 match self.scatter(sges, &old.to_be_bytes()) {
@@ -875,26 +1062,41 @@ impl Model {
                     Err(_) => Outcome::Error(Syndrome::LocalProtErr),
                 }
             }
-            SendOpcode::RdmaWrite | SendOpcode::RdmaWriteImm | SendOpcode::Send | SendOpcode::SendImm
+            SendOpcode::RdmaWrite
+            | SendOpcode::RdmaWriteImm
+            | SendOpcode::Send
+            | SendOpcode::SendImm
             | SendOpcode::SendInval => {
                 let Some(peer) = peer.filter(|peer| self.qps.contains_key(peer)) else {
                     return Outcome::Error(Syndrome::TransportRetryExcErr);
                 };
-                if self.qps.get(&peer).is_some_and(|qp| qp.state == QpState::Error) {
+                if self
+                    .qps
+                    .get(&peer)
+                    .is_some_and(|qp| qp.state == QpState::Error)
+                {
                     return Outcome::Error(Syndrome::RemoteOpErr);
                 }
                 let data = match self.gather(&wqe.data) {
                     Ok(data) => data,
                     Err(syndrome) => return Outcome::Error(syndrome),
                 };
-                if let (Some(raddr), SendOpcode::RdmaWrite | SendOpcode::RdmaWriteImm) = (wqe.raddr, wqe.opcode) {
-                    let written =
-                        self.memory.write_region(raddr.rkey.get(), raddr.raddr.get(), &data, Access::REMOTE_WRITE);
+                if let (Some(raddr), SendOpcode::RdmaWrite | SendOpcode::RdmaWriteImm) =
+                    (wqe.raddr, wqe.opcode)
+                {
+                    let written = self.memory.write_region(
+                        raddr.rkey.get(),
+                        raddr.raddr.get(),
+                        &data,
+                        Access::REMOTE_WRITE,
+                    );
                     if written.is_err() {
                         return Outcome::Error(Syndrome::RemoteAccessErr);
                     }
                     if wqe.opcode == SendOpcode::RdmaWrite {
-                        return Outcome::Done { byte_len: data.len() as u32 };
+                        return Outcome::Done {
+                            byte_len: data.len() as u32,
+                        };
                     }
                 }
                 self.deliver_rc(qpn, peer, wqe, &data, rnr_retry)
@@ -904,9 +1106,20 @@ impl Model {
     }
 
     /// Delivers a send (or the receive side of a write with immediate) to the responder.
-    fn deliver_rc(&mut self, qpn: u32, peer: u32, wqe: &ParsedWqe, data: &[u8], rnr_retry: u8) -> Outcome {
+    fn deliver_rc(
+        &mut self,
+        qpn: u32,
+        peer: u32,
+        wqe: &ParsedWqe,
+        data: &[u8],
+        rnr_retry: u8,
+    ) -> Outcome {
         let Some((counter, sges)) = self.take_receive(peer) else {
-            return if rnr_retry == 7 { Outcome::ReceiverNotReady } else { Outcome::Error(Syndrome::RnrRetryExcErr) };
+            return if rnr_retry == 7 {
+                Outcome::ReceiverNotReady
+            } else {
+                Outcome::Error(Syndrome::RnrRetryExcErr)
+            };
         };
         let Some(recv_cq) = self.qps.get(&peer).map(|qp| qp.recv_cq) else {
             return Outcome::Error(Syndrome::RemoteOpErr);
@@ -917,18 +1130,30 @@ impl Model {
             SendOpcode::SendInval => RecvOpcode::SendInval,
             _ => RecvOpcode::Send,
         };
-        let scattered = if opcode == RecvOpcode::RdmaWriteImm { Ok(()) } else { self.scatter(&sges, data) };
+        let scattered = if opcode == RecvOpcode::RdmaWriteImm {
+            Ok(())
+        } else {
+            self.scatter(&sges, data)
+        };
         if let Err(error) = scattered {
             let (local, remote) = match error {
                 ScatterError::Length => (Syndrome::LocalLengthErr, Syndrome::RemoteInvalReqErr),
                 ScatterError::Protection => (Syndrome::LocalProtErr, Syndrome::RemoteOpErr),
             };
-            self.push_cqe(recv_cq, &Self::error_cqe(peer, counter, false, local), false);
+            self.push_cqe(
+                recv_cq,
+                &Self::error_cqe(peer, counter, false, local),
+                false,
+            );
             self.enter_error(peer);
             return Outcome::Error(remote);
         }
         if opcode == RecvOpcode::SendInval && self.memory.invalidate(wqe.imm).is_err() {
-            self.push_cqe(recv_cq, &Self::error_cqe(peer, counter, false, Syndrome::LocalQpOpErr), false);
+            self.push_cqe(
+                recv_cq,
+                &Self::error_cqe(peer, counter, false, Syndrome::LocalQpOpErr),
+                false,
+            );
             self.enter_error(peer);
             return Outcome::Error(Syndrome::RemoteOpErr);
         }
@@ -948,7 +1173,9 @@ impl Model {
     /// A UD send: delivered if the destination QP exists, takes the qkey and has a
     /// receive posted; silently dropped otherwise, as on the wire.
     fn execute_ud(&mut self, qpn: u32, wqe: &ParsedWqe) -> Outcome {
-        let Some(datagram) = wqe.datagram else { return Outcome::Error(Syndrome::LocalQpOpErr) };
+        let Some(datagram) = wqe.datagram else {
+            return Outcome::Error(Syndrome::LocalQpOpErr);
+        };
         let data = match self.gather(&wqe.data) {
             Ok(data) => data,
             Err(syndrome) => return Outcome::Error(syndrome),
@@ -960,8 +1187,12 @@ impl Model {
         if !deliver {
             return Outcome::Done { byte_len: 0 };
         }
-        let Some((counter, sges)) = self.take_receive(dest) else { return Outcome::Done { byte_len: 0 } };
-        let Some(recv_cq) = self.qps.get(&dest).map(|qp| qp.recv_cq) else { return Outcome::Done { byte_len: 0 } };
+        let Some((counter, sges)) = self.take_receive(dest) else {
+            return Outcome::Done { byte_len: 0 };
+        };
+        let Some(recv_cq) = self.qps.get(&dest).map(|qp| qp.recv_cq) else {
+            return Outcome::Done { byte_len: 0 };
+        };
         // A UD receive starts with the 40-byte GRH slot; with a GRH (always on RoCE) the
         // device fills it: version 6, the traffic class and flow label, the GIDs.
         let grh = datagram.av.has_grh();
@@ -976,7 +1207,11 @@ impl Model {
         }
         message.extend_from_slice(&data);
         if self.scatter(&sges, &message).is_err() {
-            self.push_cqe(recv_cq, &Self::error_cqe(dest, counter, false, Syndrome::LocalLengthErr), false);
+            self.push_cqe(
+                recv_cq,
+                &Self::error_cqe(dest, counter, false, Syndrome::LocalLengthErr),
+                false,
+            );
             return Outcome::Done { byte_len: 0 };
         }
         let mut cqe = Cqe::new_zeroed();
@@ -985,7 +1220,11 @@ impl Model {
         cqe.g_mlpath_rqpn = Be32::new(qpn | if grh { Cqe::GRH } else { 0 });
         cqe.byte_cnt = Be32::new(message.len() as u32);
         cqe.wqe_index = Be16::new(counter as u16);
-        let opcode = if wqe.opcode == SendOpcode::SendImm { RecvOpcode::SendImm } else { RecvOpcode::Send };
+        let opcode = if wqe.opcode == SendOpcode::SendImm {
+            RecvOpcode::SendImm
+        } else {
+            RecvOpcode::Send
+        };
         cqe.owner_sr_opcode = opcode as u8;
         let mut bytes = [0; CQE_SIZE];
         bytes.copy_from_slice(cqe.as_bytes());

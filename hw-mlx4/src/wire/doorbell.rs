@@ -57,7 +57,9 @@ impl ArmCommand {
 
 /// The 64-bit CQ doorbell (`mlx4_cq_arm`): arm sequence number, command and CQN, then
 /// the consumer index.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct CqDoorbell {
     pub sn_cmd_cqn: Be32,

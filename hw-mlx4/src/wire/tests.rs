@@ -97,7 +97,11 @@ fn eqe_and_doorbell_layouts() {
 
 #[test]
 fn fields_are_big_endian_on_the_wire() {
-    let seg = DataSeg { byte_count: Be32::new(0x100), lkey: Be32::new(0xabcd), addr: Be64::new(0x1122_3344_5566_7788) };
+    let seg = DataSeg {
+        byte_count: Be32::new(0x100),
+        lkey: Be32::new(0xabcd),
+        addr: Be64::new(0x1122_3344_5566_7788),
+    };
     assert_eq!(
         seg.as_bytes(),
         [0, 0, 1, 0, 0, 0, 0xab, 0xcd, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]
@@ -108,13 +112,19 @@ fn fields_are_big_endian_on_the_wire() {
 fn cq_doorbell_packs_sequence_command_cqn_and_index() {
     // mlx4_cq_arm: sn << 28 | cmd | cqn, then ci.
     let doorbell = CqDoorbell::new(5, ArmCommand::Next, 0x80, 0x0123_4567);
-    assert_eq!(doorbell.as_bytes(), [0x12, 0x00, 0x00, 0x80, 0x00, 0x23, 0x45, 0x67]);
+    assert_eq!(
+        doorbell.as_bytes(),
+        [0x12, 0x00, 0x00, 0x80, 0x00, 0x23, 0x45, 0x67]
+    );
     assert_eq!(doorbell.arm_sn(), 1);
     assert_eq!(doorbell.cqn(), 0x80);
     assert_eq!(doorbell.command(), Some(ArmCommand::Next));
     let solicited = CqDoorbell::new(0, ArmCommand::Solicited, 7, 0);
     assert_eq!(solicited.sn_cmd_cqn.get(), 0x0100_0007);
-    assert_eq!(CqDoorbellRecord::arm_word(2, ArmCommand::Solicited, 9), 0x2100_0009);
+    assert_eq!(
+        CqDoorbellRecord::arm_word(2, ArmCommand::Solicited, 9),
+        0x2100_0009
+    );
 }
 
 #[test]
@@ -126,8 +136,14 @@ fn send_doorbell_carries_the_qpn_shifted_by_eight() {
 #[test]
 fn owner_opcode_sets_the_owner_bit_on_odd_laps() {
     assert_eq!(CtrlSeg::owner_opcode_for(SendOpcode::Send, 3, 64), 0x0a);
-    assert_eq!(CtrlSeg::owner_opcode_for(SendOpcode::Send, 64 + 3, 64), 0x8000_000a);
-    assert_eq!(CtrlSeg::owner_opcode_for(SendOpcode::RdmaRead, 128, 64), 0x10);
+    assert_eq!(
+        CtrlSeg::owner_opcode_for(SendOpcode::Send, 64 + 3, 64),
+        0x8000_000a
+    );
+    assert_eq!(
+        CtrlSeg::owner_opcode_for(SendOpcode::RdmaRead, 128, 64),
+        0x10
+    );
 }
 
 #[test]

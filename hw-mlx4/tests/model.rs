@@ -1,0 +1,1063 @@
+//! The fast path run against the software model: every opcode, error completions,
+//! wrap-around over many laps, events, and the model's checks of the driver.
+
+use hw_mlx4::fastpath::cq::{CompletionQueue, PollError, PollErrorKind};
+use hw_mlx4::fastpath::eq::EventQueue;
+use hw_mlx4::fastpath::platform::DmaRing;
+use hw_mlx4::fastpath::qp::{QpCompletions, QueuePairState};
+use hw_mlx4::fastpath::send::{QpType, SendQueueCaps};
+use hw_mlx4::model::{HostPlatform, HostUar, Model, ModelError, QpSpec, QpState, LOCAL_DMA_LKEY};
+use hw_mlx4::wire::{AddressVector, ArmCommand, Be32, CqeStride, CtrlSeg, EventType};
+use hw_mlx4::wr::{
+    Access, Completion, FastReg, Payload, PostError, RecvWr, Remote, SendFlags, SendOp, SendWr,
+    Sge, UdAddress, WcFlags, WcOpcode, WcStatus,
+};
+
+type Cq<'q> = CompletionQueue<'q, HostPlatform>;
+
+/// Posts nothing itself: gives each test a model, a UAR, one CQ and two connected RC QPs.
+struct Rig {
+    uar: HostUar,
+    model: Model,
+    cqn: u32,
+    cq_parts: Option<hw_mlx4::model::CqParts>,
+}
+
+impl Rig {
+    fn new(log_cq: u32, stride: CqeStride) -> Self {
+        let uar = HostUar::new();
+        let mut model = Model::new(uar.clone());
+        let cq_parts = model.create_cq(log_cq, stride, None);
+        Self {
+            uar,
+            model,
+            cqn: cq_parts.cqn,
+            cq_parts: Some(cq_parts),
+        }
+    }
+
+    fn rc_pair(
+        &mut self,
+        spec: QpSpec,
+    ) -> (QueuePairState<HostPlatform>, QueuePairState<HostPlatform>) {
+        let a = self.model.create_qp(&spec).expect("QP");
+        let b = self.model.create_qp(&spec).expect("QP");
+        self.model.connect(a.qpn(), b.qpn());
+        (a, b)
+    }
+
+    /// A buffer of `len` bytes registered with `access`; returns (addr, key).
+    fn buffer(&mut self, len: usize, access: Access) -> (u64, u32) {
+        let memory = self.model.memory_mut();
+        let addr = memory.alloc(len);
+        let key = memory.register(addr, len as u64, access);
+        (addr, key)
+    }
+}
+
+fn poll_all(cq: &mut Cq<'_>, qps: &[QpCompletions<'_, HostPlatform>]) -> Vec<Completion> {
+    let mut out = [Completion::EMPTY; 16];
+    let mut all = Vec::new();
+    loop {
+        let n = cq.poll(qps, &mut out).expect("poll");
+        all.extend_from_slice(&out[..n]);
+        if n < out.len() {
+            return all;
+        }
+    }
+}
+
+/// What fits in a 64-byte WQE after the control and remote address segments.
+const SMALL_CAPS: SendQueueCaps = SendQueueCaps {
+    max_sge: 2,
+    max_inline: 28,
+    signal_all: false,
+};
+
+const ALL: Access = Access::LOCAL_WRITE
+    .union(Access::REMOTE_READ)
+    .union(Access::REMOTE_WRITE)
+    .union(Access::REMOTE_ATOMIC);
+
+fn sge(addr: u64, length: u32, lkey: u32) -> Sge {
+    Sge { addr, length, lkey }
+}
+
+#[test]
+fn a_signaled_send_wqe_is_laid_out_byte_for_byte() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let spec = QpSpec {
+        sq_wqe_shift: 6,
+        log_sq_entries: 6,
+        caps: SMALL_CAPS,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, _b) = rig.rc_pair(spec);
+    let qpn = a.qpn();
+    let (mut sq, _, _) = a.split(&rig.uar);
+    let sges = [sge(0x1122_3344_5566_7788, 0x100, 0xabcd)];
+    let wr = SendWr::new(1, SendOp::Send, Payload::Gather(&sges), SendFlags::SIGNALED);
+    sq.post(&[wr]).unwrap();
+    let ring = a_ring(&a);
+    // SAFETY: single-threaded test; the model does not run until `process`.
+    let bytes = unsafe { ring.with_entry(0, |wqe| wqe[..32].to_vec()) };
+    #[rustfmt::skip]
+    let expected = [
+        0x00, 0x00, 0x00, 0x0a, // owner 0 (lap 0), opcode SEND
+        0x00, 0x00, 0x00, 0x02, // no VLAN, fence_size: 2 x 16 bytes
+        0x00, 0x00, 0x00, 0x0c, // srcrb_flags: CQ_UPDATE
+        0x00, 0x00, 0x00, 0x00, // imm
+        0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0xab, 0xcd, // byte_count, lkey
+        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, // addr
+    ];
+    assert_eq!(bytes, expected);
+    assert_eq!(rig.uar.pending(), 1);
+    let _ = qpn;
+}
+
+fn a_ring(qp: &QueuePairState<HostPlatform>) -> &hw_mlx4::model::HostRing {
+    qp.send_state().ring()
+}
+
+#[test]
+fn send_and_receive_move_data_and_complete_both_sides() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (src, src_key) = rig.buffer(4096, ALL);
+    let (dst, dst_key) = rig.buffer(4096, ALL);
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    rig.model.memory_mut().write(src, &payload).unwrap();
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _a_rq, a_done) = a.split(&uar);
+    let (_b_sq, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+
+    b_rq.post(&[RecvWr {
+        wr_id: 77,
+        sges: &[sge(dst, 4096, dst_key)],
+    }])
+    .unwrap();
+    let gather = [
+        sge(src, 1000, src_key),
+        sge(src + 1000, 2000, LOCAL_DMA_LKEY),
+    ];
+    a_sq.post(&[SendWr::new(
+        5,
+        SendOp::SendWithImm(0xfeed),
+        Payload::Gather(&gather),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    assert_eq!(done.len(), 2);
+    let recv = done.iter().find(|c| c.wr_id == 77).unwrap();
+    assert_eq!(recv.status, WcStatus::Success);
+    assert_eq!(recv.opcode, WcOpcode::Recv);
+    assert_eq!(recv.byte_len, 3000);
+    assert_eq!(recv.imm, 0xfeed);
+    assert_eq!(recv.flags, WcFlags::WITH_IMM);
+    assert_eq!(recv.src_qp, a_done.qpn());
+    let send = done.iter().find(|c| c.wr_id == 5).unwrap();
+    assert_eq!(
+        (send.status, send.opcode, send.qpn),
+        (WcStatus::Success, WcOpcode::Send, a_done.qpn())
+    );
+    assert_eq!(rig.model.memory().read(dst, 3000).unwrap(), &payload[..]);
+    assert!(rig.model.take_errors().is_empty());
+}
+
+#[test]
+fn inline_sends_cross_64_byte_boundaries_intact() {
+    let mut rig = Rig::new(6, CqeStride::Bytes64);
+    let spec = QpSpec {
+        caps: SendQueueCaps {
+            max_sge: 4,
+            max_inline: 200,
+            signal_all: true,
+        },
+        sq_wqe_shift: 8,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, mut b) = rig.rc_pair(spec);
+    let (dst, dst_key) = rig.buffer(4096, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    for len in [1usize, 12, 44, 45, 60, 64, 100, 150, 200] {
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(len as u8))
+            .collect();
+        b_rq.post(&[RecvWr {
+            wr_id: len as u64,
+            sges: &[sge(dst, 4096, dst_key)],
+        }])
+        .unwrap();
+        a_sq.post(&[SendWr::new(
+            1000 + len as u64,
+            SendOp::Send,
+            Payload::Inline(&data),
+            SendFlags::empty(),
+        )])
+        .unwrap();
+        rig.model.process().unwrap();
+        let done = poll_all(&mut cq, &qps);
+        assert_eq!(done.len(), 2, "len {len}");
+        assert!(done.iter().all(|c| c.status == WcStatus::Success));
+        assert_eq!(
+            rig.model.memory().read(dst, len).unwrap(),
+            &data[..],
+            "len {len}"
+        );
+    }
+    let too_long = [0u8; 201];
+    let err = a_sq.post(&[SendWr::new(
+        1,
+        SendOp::Send,
+        Payload::Inline(&too_long),
+        SendFlags::empty(),
+    )]);
+    assert_eq!(err.unwrap_err().error, PostError::InlineTooLong);
+}
+
+#[test]
+fn rdma_write_read_and_atomics() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (local, lkey) = rig.buffer(8192, ALL);
+    let (remote, rkey) = rig.buffer(8192, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i ^ 0x5a) as u8).collect();
+    rig.model.memory_mut().write(local, &pattern).unwrap();
+
+    // RDMA WRITE, then WRITE_WITH_IMM which also consumes a receive.
+    b_rq.post(&[RecvWr {
+        wr_id: 9,
+        sges: &[],
+    }])
+    .unwrap();
+    let at = Remote {
+        addr: remote + 100,
+        rkey,
+    };
+    a_sq.post(&[
+        SendWr::new(
+            1,
+            SendOp::RdmaWrite(at),
+            Payload::Gather(&[sge(local, 4096, lkey)]),
+            SendFlags::SIGNALED,
+        ),
+        SendWr::new(
+            2,
+            SendOp::RdmaWriteWithImm(at, 0x1234),
+            Payload::Gather(&[sge(local, 16, lkey)]),
+            SendFlags::SIGNALED,
+        ),
+    ])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    assert_eq!(done.len(), 3);
+    let imm = done.iter().find(|c| c.wr_id == 9).unwrap();
+    assert_eq!(
+        (imm.opcode, imm.imm, imm.byte_len),
+        (WcOpcode::RecvRdmaWithImm, 0x1234, 16)
+    );
+    assert_eq!(
+        done.iter().find(|c| c.wr_id == 1).unwrap().opcode,
+        WcOpcode::RdmaWrite
+    );
+    assert_eq!(
+        rig.model.memory().read(remote + 100, 4096).unwrap(),
+        &pattern[..]
+    );
+
+    // RDMA READ back into a second local buffer.
+    let back = local + 4096;
+    a_sq.post(&[SendWr::new(
+        3,
+        SendOp::RdmaRead(at),
+        Payload::Gather(&[sge(back, 4096, lkey)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    assert_eq!(
+        (done[0].opcode, done[0].byte_len, done[0].status),
+        (WcOpcode::RdmaRead, 4096, WcStatus::Success)
+    );
+    assert_eq!(rig.model.memory().read(back, 4096).unwrap(), &pattern[..]);
+
+    // Atomics on a big-endian counter: fetch-add, then a failing and a succeeding swap.
+    let counter = Remote {
+        addr: remote + 4096,
+        rkey,
+    };
+    rig.model
+        .memory_mut()
+        .write(counter.addr, &40u64.to_be_bytes())
+        .unwrap();
+    let old = sge(local, 8, lkey);
+    for (wr_id, op, expect_old, expect_now) in [
+        (
+            10,
+            SendOp::AtomicFetchAdd {
+                remote: counter,
+                add: 2,
+            },
+            40u64,
+            42u64,
+        ),
+        (
+            11,
+            SendOp::AtomicCmpSwap {
+                remote: counter,
+                compare: 7,
+                swap: 99,
+            },
+            42,
+            42,
+        ),
+        (
+            12,
+            SendOp::AtomicCmpSwap {
+                remote: counter,
+                compare: 42,
+                swap: 99,
+            },
+            42,
+            99,
+        ),
+    ] {
+        a_sq.post(&[SendWr::new(
+            wr_id,
+            op,
+            Payload::Gather(&[old]),
+            SendFlags::SIGNALED,
+        )])
+        .unwrap();
+        rig.model.process().unwrap();
+        let done = poll_all(&mut cq, &qps);
+        assert_eq!(done[0].status, WcStatus::Success);
+        assert_eq!(done[0].byte_len, 8);
+        let got = u64::from_be_bytes(
+            rig.model
+                .memory()
+                .read(local, 8)
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(got, expect_old, "wr {wr_id}");
+        let now = u64::from_be_bytes(
+            rig.model
+                .memory()
+                .read(counter.addr, 8)
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(now, expect_now, "wr {wr_id}");
+    }
+    let bad = a_sq.post(&[SendWr::new(
+        1,
+        SendOp::AtomicFetchAdd {
+            remote: counter,
+            add: 1,
+        },
+        Payload::Gather(&[sge(local, 4, lkey)]),
+        SendFlags::SIGNALED,
+    )]);
+    assert_eq!(bad.unwrap_err().error, PostError::BadAtomicSge);
+    assert!(rig.model.take_errors().is_empty());
+}
+
+#[test]
+fn a_bad_rkey_fails_with_remote_access_error_and_flushes_the_rest() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (local, lkey) = rig.buffer(4096, ALL);
+    let (remote, rkey) = rig.buffer(4096, Access::LOCAL_WRITE | Access::REMOTE_READ);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let a_qpn = a.qpn();
+    let (mut a_sq, mut a_rq, a_done) = a.split(&uar);
+    let (_, _, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    a_rq.post(&[RecvWr {
+        wr_id: 50,
+        sges: &[sge(local, 64, lkey)],
+    }])
+    .unwrap();
+    let data = [sge(local, 64, lkey)];
+    a_sq.post(&[
+        // No REMOTE_WRITE on the region: refused.
+        SendWr::new(
+            1,
+            SendOp::RdmaWrite(Remote { addr: remote, rkey }),
+            Payload::Gather(&data),
+            SendFlags::empty(),
+        ),
+        SendWr::new(
+            2,
+            SendOp::RdmaWrite(Remote {
+                addr: remote,
+                rkey: rkey ^ 0x100,
+            }),
+            Payload::Gather(&data),
+            SendFlags::SIGNALED,
+        ),
+    ])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    let statuses: Vec<_> = done.iter().map(|c| (c.wr_id, c.status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, WcStatus::RemoteAccessError),
+            (2, WcStatus::WrFlushError),
+            (50, WcStatus::WrFlushError)
+        ]
+    );
+    assert_eq!(rig.model.qp_state(a_qpn), Some(QpState::Error));
+    // Posting to a QP in error still completes, with flush errors.
+    a_sq.post(&[SendWr::new(
+        3,
+        SendOp::Send,
+        Payload::Gather(&[]),
+        SendFlags::empty(),
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    assert_eq!((done[0].wr_id, done[0].status), (3, WcStatus::WrFlushError));
+    let _ = b;
+}
+
+#[test]
+fn receive_too_small_is_a_length_error_on_both_sides() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (buf, key) = rig.buffer(4096, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    b_rq.post(&[RecvWr {
+        wr_id: 1,
+        sges: &[sge(buf, 10, key)],
+    }])
+    .unwrap();
+    a_sq.post(&[SendWr::new(
+        2,
+        SendOp::Send,
+        Payload::Gather(&[sge(buf + 100, 11, key)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    let statuses: Vec<_> = done.iter().map(|c| (c.wr_id, c.status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, WcStatus::LocalLengthError),
+            (2, WcStatus::RemoteInvalidRequestError)
+        ]
+    );
+}
+
+#[test]
+fn a_send_without_a_receive_waits_for_one_or_fails_without_rnr_retries() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (buf, key) = rig.buffer(64, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    a_sq.post(&[SendWr::new(
+        1,
+        SendOp::Send,
+        Payload::Inline(b"hi"),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert!(
+        poll_all(&mut cq, &qps).is_empty(),
+        "RNR: nothing completes yet"
+    );
+    b_rq.post(&[RecvWr {
+        wr_id: 2,
+        sges: &[sge(buf, 64, key)],
+    }])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps).len(), 2);
+
+    let spec = QpSpec {
+        rnr_retry: 0,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut c, d) = rig.rc_pair(spec);
+    let (mut c_sq, _, c_done) = c.split(&uar);
+    a_sq.post(&[]).unwrap();
+    c_sq.post(&[SendWr::new(
+        3,
+        SendOp::Send,
+        Payload::Inline(b"hi"),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &[c_done]);
+    assert_eq!(
+        (done[0].wr_id, done[0].status),
+        (3, WcStatus::RnrRetryExceededError)
+    );
+    let _ = d;
+}
+
+#[test]
+fn fast_registration_grants_remote_access_until_invalidated() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (local, lkey) = rig.buffer(4 * 4096, ALL);
+    // Three scattered pages and the page list that maps them.
+    let memory = rig.model.memory_mut();
+    let pages: Vec<u64> = (0..3).map(|_| memory.alloc(4096)).collect();
+    let list = memory.alloc(64);
+    let entries: Vec<u8> = pages.iter().flat_map(|p| (p | 1).to_be_bytes()).collect();
+    memory.write(list, &entries).unwrap();
+    let mr_key = memory.alloc_fast_reg(16) | 0x07;
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (mut b_sq, _, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let iova = 0x7000_0000;
+    let reg = FastReg {
+        key: mr_key,
+        page_list: list,
+        iova,
+        length: 3 * 4096,
+        page_shift: 12,
+        access: Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ,
+    };
+    b_sq.post(&[SendWr::new(
+        1,
+        SendOp::FastReg(reg),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    assert_eq!(
+        (done[0].opcode, done[0].status),
+        (WcOpcode::RegMr, WcStatus::Success)
+    );
+
+    // A write across the page boundary lands in the two scattered pages.
+    let data: Vec<u8> = (0..200u8).collect();
+    rig.model.memory_mut().write(local, &data).unwrap();
+    let at = Remote {
+        addr: iova + 4096 - 100,
+        rkey: mr_key,
+    };
+    a_sq.post(&[SendWr::new(
+        2,
+        SendOp::RdmaWrite(at),
+        Payload::Gather(&[sge(local, 200, lkey)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps)[0].status, WcStatus::Success);
+    assert_eq!(
+        rig.model.memory().read(pages[0] + 4096 - 100, 100).unwrap(),
+        &data[..100]
+    );
+    assert_eq!(
+        rig.model.memory().read(pages[1], 100).unwrap(),
+        &data[100..]
+    );
+
+    // Invalidate; the same write is now refused with a remote access error.
+    b_sq.post(&[SendWr::new(
+        3,
+        SendOp::LocalInvalidate { rkey: mr_key },
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps)[0].opcode, WcOpcode::LocalInvalidate);
+    assert!(!rig.model.memory().is_valid(mr_key));
+    a_sq.post(&[SendWr::new(
+        4,
+        SendOp::RdmaWrite(at),
+        Payload::Gather(&[sge(local, 200, lkey)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(
+        poll_all(&mut cq, &qps)[0].status,
+        WcStatus::RemoteAccessError
+    );
+}
+
+#[test]
+fn send_with_invalidate_invalidates_at_the_responder() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (buf, key) = rig.buffer(4096, ALL);
+    let memory = rig.model.memory_mut();
+    let page = memory.alloc(4096);
+    let list = memory.alloc(8);
+    memory.write(list, &(page | 1).to_be_bytes()).unwrap();
+    let mr_key = memory.alloc_fast_reg(1);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (mut b_sq, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let reg = FastReg {
+        key: mr_key,
+        page_list: list,
+        iova: 0,
+        length: 4096,
+        page_shift: 12,
+        access: Access::REMOTE_WRITE,
+    };
+    b_sq.post(&[SendWr::new(
+        1,
+        SendOp::FastReg(reg),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    b_rq.post(&[RecvWr {
+        wr_id: 2,
+        sges: &[sge(buf, 64, key)],
+    }])
+    .unwrap();
+    a_sq.post(&[SendWr::new(
+        3,
+        SendOp::SendWithInvalidate(mr_key),
+        Payload::Inline(b"done"),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    let recv = done.iter().find(|c| c.wr_id == 2).unwrap();
+    assert_eq!((recv.flags, recv.imm), (WcFlags::WITH_INVALIDATE, mr_key));
+    assert!(!rig.model.memory().is_valid(mr_key));
+}
+
+#[test]
+fn ud_sends_carry_the_grh_and_drop_on_a_wrong_qkey() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let qkey = 0x1111_0000;
+    let mut a = rig
+        .model
+        .create_qp(&QpSpec::ud(rig.cqn, rig.cqn, qkey))
+        .unwrap();
+    let mut b = rig
+        .model
+        .create_qp(&QpSpec::ud(rig.cqn, rig.cqn, qkey))
+        .unwrap();
+    let (buf, key) = rig.buffer(4096, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let b_qpn = b.qpn();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let mut av = AddressVector {
+        g_slid: AddressVector::GRH_PRESENT,
+        hop_limit: 64,
+        ..AddressVector::default()
+    };
+    av.port_pd = Be32::new(1 << AddressVector::PORT_SHIFT | 1);
+    av.dgid = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1];
+    let dest = UdAddress {
+        av,
+        remote_qpn: b_qpn,
+        remote_qkey: qkey,
+        vlan: 0,
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    b_rq.post(&[RecvWr {
+        wr_id: 1,
+        sges: &[sge(buf, 4096, key)],
+    }])
+    .unwrap();
+    let mut wr = SendWr::new(
+        2,
+        SendOp::Send,
+        Payload::Inline(b"datagram"),
+        SendFlags::SIGNALED,
+    );
+    wr.ud = Some(&dest);
+    let wrong = UdAddress {
+        remote_qkey: 5,
+        ..dest
+    };
+    let mut dropped = SendWr::new(
+        3,
+        SendOp::Send,
+        Payload::Inline(b"lost"),
+        SendFlags::SIGNALED,
+    );
+    dropped.ud = Some(&wrong);
+    a_sq.post(&[wr, dropped]).unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    assert_eq!(done.len(), 3, "two send completions and one receive");
+    let recv = done.iter().find(|c| c.wr_id == 1).unwrap();
+    assert_eq!(recv.byte_len, 40 + 8);
+    assert!(recv.flags.contains(WcFlags::GRH));
+    assert_eq!(rig.model.memory().read(buf + 40, 8).unwrap(), b"datagram");
+    assert_eq!(rig.model.memory().read(buf + 24, 16).unwrap(), &av.dgid);
+    // RC operations are refused on a UD QP, and a UD WR needs its destination.
+    let rc_only = SendWr::new(
+        4,
+        SendOp::RdmaRead(Remote { addr: 0, rkey: 0 }),
+        Payload::Gather(&[]),
+        SendFlags::empty(),
+    );
+    assert_eq!(
+        a_sq.post(&[rc_only]).unwrap_err().error,
+        PostError::WrongQpType
+    );
+    let no_dest = SendWr::new(5, SendOp::Send, Payload::Gather(&[]), SendFlags::empty());
+    assert_eq!(
+        a_sq.post(&[no_dest]).unwrap_err().error,
+        PostError::WrongQpType
+    );
+    let _ = QpType::Ud;
+}
+
+#[test]
+fn unsignaled_wqes_complete_with_the_next_signaled_one_over_many_laps() {
+    // Small rings so that SQ, RQ and CQ all wrap many times.
+    let mut rig = Rig::new(3, CqeStride::Bytes32);
+    let spec = QpSpec {
+        log_sq_entries: 6,
+        sq_wqe_shift: 6,
+        log_rq_entries: 3,
+        caps: SMALL_CAPS,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, mut b) = rig.rc_pair(spec);
+    let (buf, key) = rig.buffer(1 << 16, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let mut next_recv = 0u64;
+    let mut expected_send = 0u64;
+    for round in 0..300u64 {
+        // Three WRs per round, only the last signaled; one receive per send.
+        let recvs: Vec<RecvWr> = (0..3)
+            .map(|i| RecvWr {
+                wr_id: next_recv + i,
+                sges: &[],
+            })
+            .collect::<Vec<_>>();
+        let sges = [sge(buf + round, 1, key)];
+        let recv_sges: Vec<[Sge; 1]> = (0..3).map(|i| [sge(buf + 4096 + i * 8, 8, key)]).collect();
+        let recvs: Vec<RecvWr> = recvs
+            .iter()
+            .zip(recv_sges.iter())
+            .map(|(wr, sges)| RecvWr {
+                wr_id: wr.wr_id,
+                sges,
+            })
+            .collect();
+        b_rq.post(&recvs).unwrap();
+        next_recv += 3;
+        let wrs: Vec<SendWr> = (0..3)
+            .map(|i| {
+                let flags = if i == 2 {
+                    SendFlags::SIGNALED
+                } else {
+                    SendFlags::empty()
+                };
+                SendWr::new(round * 3 + i, SendOp::Send, Payload::Gather(&sges), flags)
+            })
+            .collect();
+        a_sq.post(&wrs).unwrap();
+        rig.model.process().unwrap();
+        let done = poll_all(&mut cq, &qps);
+        assert_eq!(done.len(), 4, "round {round}");
+        let send = done.iter().find(|c| c.qpn == a_done.qpn()).unwrap();
+        expected_send += 3;
+        assert_eq!(send.wr_id, expected_send - 1);
+        assert!(done.iter().all(|c| c.status == WcStatus::Success));
+    }
+    assert!(cq.cons_index() > 8 * 100, "the CQ wrapped many times");
+    assert!(a_sq.head() > 64 * 10, "the SQ wrapped many times");
+    assert!(rig.model.take_errors().is_empty());
+}
+
+#[test]
+fn a_full_send_queue_refuses_posts_without_touching_the_ring() {
+    let mut rig = Rig::new(8, CqeStride::Bytes32);
+    let spec = QpSpec {
+        log_sq_entries: 6,
+        sq_wqe_shift: 6,
+        caps: SMALL_CAPS,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, _b) = rig.rc_pair(spec);
+    let max_post = a.send_state().max_post();
+    assert_eq!(max_post, 64 - 33, "2 KiB of headroom at 64-byte WQEs");
+    let (mut sq, _, _) = a.split(&rig.uar);
+    let wr = SendWr::new(0, SendOp::Send, Payload::Gather(&[]), SendFlags::SIGNALED);
+    let wrs = vec![wr; max_post as usize + 5];
+    let failure = sq.post(&wrs).unwrap_err();
+    assert_eq!(
+        (failure.index, failure.error),
+        (max_post as usize, PostError::QueueFull)
+    );
+    assert_eq!(sq.head(), max_post);
+    assert_eq!(rig.uar.pending(), 1, "one doorbell for the WRs that fit");
+    let too_many = [sge(0, 1, 0); 3];
+    let failure = sq.post(&[SendWr::new(
+        0,
+        SendOp::Send,
+        Payload::Gather(&too_many),
+        SendFlags::empty(),
+    )]);
+    assert!(failure.is_err());
+}
+
+#[test]
+fn armed_cqs_raise_one_event_through_the_eq() {
+    let uar = HostUar::new();
+    let mut model = Model::new(uar.clone());
+    let (eqn, eq_ring) = model.create_eq(3);
+    let parts = model.create_cq(4, CqeStride::Bytes32, Some(eqn));
+    let cqn = parts.cqn;
+    let mut eq = EventQueue::<HostPlatform>::new(eqn, eq_ring, &uar).unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut a = model.create_qp(&QpSpec::rc(cqn, cqn)).unwrap();
+    let mut b = model.create_qp(&QpSpec::rc(cqn, cqn)).unwrap();
+    model.connect(a.qpn(), b.qpn());
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    for round in 0..20 {
+        cq.arm(ArmCommand::Next);
+        model.process().unwrap();
+        assert!(
+            eq.next_event().is_none(),
+            "round {round}: no completion yet"
+        );
+        a_sq.post(&[SendWr::new(
+            1,
+            SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
+            Payload::Gather(&[]),
+            SendFlags::SIGNALED,
+        )])
+        .unwrap();
+        model.process().unwrap();
+        let event = eq.next_event().expect("event");
+        assert_eq!(
+            (event.event_type, event.object),
+            (EventType::Completion as u8, cqn)
+        );
+        assert!(eq.next_event().is_none(), "one event per arm");
+        eq.update_ci(true);
+        cq.event_delivered();
+        let mut out = [Completion::EMPTY; 4];
+        assert_eq!(cq.poll(&qps, &mut out).unwrap(), 1);
+        assert_eq!(out[0].status, WcStatus::Success);
+        assert!(model.take_errors().is_empty(), "round {round}");
+    }
+    // Solicited-only arming ignores an unsolicited receive and fires on a solicited one.
+    cq.arm(ArmCommand::Solicited);
+    b_rq.post(&[
+        RecvWr {
+            wr_id: 1,
+            sges: &[],
+        },
+        RecvWr {
+            wr_id: 2,
+            sges: &[],
+        },
+    ])
+    .unwrap();
+    a_sq.post(&[SendWr::new(
+        3,
+        SendOp::Send,
+        Payload::Gather(&[]),
+        SendFlags::empty(),
+    )])
+    .unwrap();
+    model.process().unwrap();
+    assert!(eq.next_event().is_none());
+    a_sq.post(&[SendWr::new(
+        4,
+        SendOp::Send,
+        Payload::Gather(&[]),
+        SendFlags::SOLICITED,
+    )])
+    .unwrap();
+    model.process().unwrap();
+    assert!(eq.next_event().is_some());
+    assert_eq!(model.take_events().len(), 21);
+}
+
+#[test]
+fn the_model_reports_a_doorbell_with_nothing_new() {
+    let uar = HostUar::new();
+    let mut model = Model::new(uar.clone());
+    let parts = model.create_cq(4, CqeStride::Bytes32, None);
+    let a = model.create_qp(&QpSpec::rc(parts.cqn, parts.cqn)).unwrap();
+    hw_mlx4::fastpath::platform::UarPage::ring_send_doorbell(
+        &uar,
+        hw_mlx4::wire::send_doorbell_value(a.qpn()),
+    );
+    assert_eq!(
+        model.process(),
+        Err(ModelError::DoorbellWithoutWork { qpn: a.qpn() })
+    );
+}
+
+#[test]
+fn the_model_reports_a_wqe_written_after_its_ownership() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, _b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let qpn = a.qpn();
+    let uar = rig.uar.clone();
+    {
+        let (mut sq, _, _) = a.split(&uar);
+        sq.post(&[SendWr::new(
+            1,
+            SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
+            Payload::Gather(&[]),
+            SendFlags::SIGNALED,
+        )])
+        .unwrap();
+    }
+    // A buggy driver touches the WQE after handing it over.
+    // SAFETY: single-threaded test; this is the violation under test.
+    unsafe { a.send_state().ring().with_entry_mut(0, |wqe| wqe[12] = 1) };
+    let result = rig.model.process();
+    assert!(
+        matches!(result, Err(ModelError::WqeWrittenAfterHandover { qpn: q, wqe: 0 }) if q == qpn),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn the_model_reports_a_consumer_index_moved_backwards_and_an_overrun() {
+    let mut rig = Rig::new(2, CqeStride::Bytes32);
+    let (mut a, _b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let set_ci = parts.doorbells.set_ci.clone();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut sq, _, done) = a.split(&uar);
+    let write = SendWr::new(
+        1,
+        SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    );
+    sq.post(&[write, write]).unwrap();
+    rig.model.process().unwrap();
+    let mut out = [Completion::EMPTY; 4];
+    assert_eq!(cq.poll(&done, &mut out).unwrap(), 2);
+    sq.post(&[write]).unwrap();
+    rig.model.process().unwrap();
+    // The model has seen consumer index 2; a buggy driver moves it back.
+    hw_mlx4::fastpath::platform::DoorbellRecord::write_release(&set_ci, 1);
+    sq.post(&[write]).unwrap();
+    assert!(matches!(
+        rig.model.process(),
+        Err(ModelError::ConsumerIndexBackwards { from: 2, to: 1, .. })
+    ));
+    // Five more CQEs into a CQ of four, never polled.
+    hw_mlx4::fastpath::platform::DoorbellRecord::write_release(&set_ci, 2);
+    rig.model.take_errors();
+    sq.post(&[write, write, write, write, write]).unwrap();
+    assert!(matches!(
+        rig.model.process(),
+        Err(ModelError::CqOverrun { .. })
+    ));
+}
+
+#[test]
+fn a_cqe_for_an_unknown_qp_is_consumed_and_reported() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (mut b_sq, _, b_done) = b.split(&uar);
+    let write = SendWr::new(
+        7,
+        SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    );
+    a_sq.post(&[write]).unwrap();
+    b_sq.post(&[write]).unwrap();
+    rig.model.process().unwrap();
+    // Poll with only B known: A's CQE comes first and is refused, then B's is delivered.
+    let mut out = [Completion::EMPTY; 4];
+    let err = cq.poll(&[b_done], &mut out).unwrap_err();
+    assert_eq!(
+        err,
+        PollError {
+            polled: 0,
+            kind: PollErrorKind::UnknownQpn(a_done.qpn())
+        }
+    );
+    assert_eq!(cq.poll(&[b_done], &mut out).unwrap(), 1);
+    assert_eq!(out[0].qpn, b_done.qpn());
+    let _ = CtrlSeg::OWNER;
+}
