@@ -1061,3 +1061,63 @@ fn a_cqe_for_an_unknown_qp_is_consumed_and_reported() {
     assert_eq!(out[0].qpn, b_done.qpn());
     let _ = CtrlSeg::OWNER;
 }
+
+#[test]
+fn splitting_a_qp_again_resumes_where_posting_stopped() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let write = SendWr::new(
+        1,
+        SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    );
+    for round in 0..3u64 {
+        let (mut sq, mut rq, done) = a.split(&uar);
+        let (_, _, b_done) = b.split(&uar);
+        assert_eq!(sq.head(), round as u32);
+        assert_eq!(rq.head(), round as u32);
+        sq.post(&[SendWr {
+            wr_id: round,
+            ..write
+        }])
+        .unwrap();
+        rq.post(&[RecvWr {
+            wr_id: round,
+            sges: &[],
+        }])
+        .unwrap();
+        rig.model.process().unwrap();
+        let completions = poll_all(&mut cq, &[done, b_done]);
+        assert_eq!(
+            completions
+                .iter()
+                .map(|c| (c.wr_id, c.status))
+                .collect::<Vec<_>>(),
+            [(round, WcStatus::Success)]
+        );
+    }
+    assert!(rig.model.take_errors().is_empty());
+}
+
+#[test]
+fn receive_queues_stay_within_the_16_bit_doorbell_record() {
+    let uar = HostUar::new();
+    let mut model = Model::new(uar.clone());
+    let parts = model.create_cq(4, CqeStride::Bytes32, None);
+    let spec = QpSpec {
+        log_rq_entries: 16,
+        rq_wqe_shift: 4,
+        ..QpSpec::rc(parts.cqn, parts.cqn)
+    };
+    assert!(model.create_qp(&spec).is_err());
+    let spec = QpSpec {
+        log_rq_entries: 15,
+        ..spec
+    };
+    assert!(model.create_qp(&spec).is_ok());
+}

@@ -29,7 +29,9 @@ impl<P: Platform> RecvQueueState<P> {
         doorbell: P::DbRecord,
     ) -> Result<Self, QueueConfigError> {
         let shift = ring.entry_shift();
-        if !(4..=10).contains(&shift) || ring.log_entries() > 16 {
+        // The doorbell record carries 16 bits of the producer counter, so fewer than 2^16
+        // WQEs may be outstanding; mlx4 itself stops well below (`max_wqes`).
+        if !(4..=10).contains(&shift) || ring.log_entries() > 15 {
             return Err(QueueConfigError::EntrySize);
         }
         let wqe_cnt = 1u32 << ring.log_entries();
@@ -93,8 +95,12 @@ pub struct RecvQueue<'q, P: Platform> {
 }
 
 impl<'q, P: Platform> RecvQueue<'q, P> {
+    /// Resumes where the last poster of this queue stopped.
     pub(crate) fn new(state: &'q RecvQueueState<P>) -> Self {
-        Self { state, head: 0 }
+        Self {
+            state,
+            head: state.posted.load_acquire(),
+        }
     }
 
     pub fn head(&self) -> u32 {

@@ -118,12 +118,14 @@ impl<P: Platform> SendQueueState<P> {
             let written = unsafe {
                 state.ring.with_entry_mut(index, |wqe| {
                     let (ctrl, _) = CtrlSeg::mut_from_prefix(wqe).ok()?;
-                    ctrl.owner_opcode = Be32::new(CtrlSeg::OWNER);
                     ctrl.fence_size = full_size.min(CtrlSeg::SIZE_MASK);
                     Some(())
                 })
             };
             written.ok_or(QueueConfigError::EntrySize)?;
+            // Owner bit set: not valid on lap 0. Ownership words go through `write_word`
+            // only, so platforms that keep them apart from the body see every change.
+            state.ring.write_word(index, 0, CtrlSeg::OWNER);
             state.stamp(index);
         }
         Ok(state)
@@ -203,13 +205,17 @@ pub struct SendQueue<'q, P: Platform> {
 }
 
 impl<'q, P: Platform> SendQueue<'q, P> {
+    /// Resumes where the last poster of this queue stopped, so splitting a QP again
+    /// never reposts over WQEs the device has.
     pub(crate) fn new(state: &'q SendQueueState<P>, qpn: u32, uar: &'q P::Uar) -> Self {
+        let head = state.posted.load_acquire();
+        let tail_cache = state.tail.load_acquire();
         Self {
             state,
             uar,
             doorbell: send_doorbell_value(qpn),
-            head: 0,
-            tail_cache: 0,
+            head,
+            tail_cache,
         }
     }
 
