@@ -1,6 +1,7 @@
 //! `cargo xtask`: tilde's build and test driver. See README.md, "Commands".
 
 mod kmod;
+mod rules;
 mod target;
 mod toolchain;
 mod util;
@@ -173,6 +174,10 @@ fn cmd_test(args: &Args) -> Result {
     check(
         "cargo test --workspace".into(),
         cargo(&["test", "--workspace"]),
+    );
+    check(
+        "fast-path rules (hw-mlx4/src/fastpath)".into(),
+        rules::check_fast_path(&repo_root().join("hw-mlx4/src/fastpath")),
     );
     let host = host.elapsed();
 

@@ -155,7 +155,12 @@ impl<P: Platform> SendQueueState<P> {
 
     /// Stamps the WQE at counter `index`: the first word of each WQEBB after the first,
     /// as far as that WQE's last size reached (`stamp_send_wqe`).
+    #[inline]
     fn stamp(&self, index: u32) {
+        // A one-block WQE has nothing to stamp: the block's first word is the owner word.
+        if self.wqe_shift as usize == WQEBB_SIZE.trailing_zeros() as usize {
+            return;
+        }
         // SAFETY: callers stamp only WQEs at least `spare` ahead of the last posted one
         // and behind `tail + wqe_cnt`, which the device has neither pending nor fetched.
         unsafe {

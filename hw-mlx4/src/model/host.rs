@@ -29,36 +29,45 @@ impl Platform for HostPlatform {
     type WrId = AtomicU64;
     type WrIdTable = Box<[AtomicU64]>;
 
+    #[inline]
     fn dma_wmb() {
         fence(Ordering::Release);
     }
+    #[inline]
     fn dma_rmb() {
         fence(Ordering::Acquire);
     }
+    #[inline]
     fn wmb() {
         fence(Ordering::Release);
     }
 }
 
 impl SharedCounter for AtomicU32 {
+    #[inline]
     fn new(value: u32) -> Self {
         AtomicU32::new(value)
     }
+    #[inline]
     fn load_acquire(&self) -> u32 {
         self.load(Ordering::Acquire)
     }
+    #[inline]
     fn store_release(&self, value: u32) {
         self.store(value, Ordering::Release)
     }
 }
 
 impl WrIdSlot for AtomicU64 {
+    #[inline]
     fn new(value: u64) -> Self {
         AtomicU64::new(value)
     }
+    #[inline]
     fn get(&self) -> u64 {
         self.load(Ordering::Relaxed)
     }
+    #[inline]
     fn set(&self, value: u64) {
         self.store(value, Ordering::Relaxed)
     }
@@ -106,6 +115,7 @@ pub struct HostRing(Rc<RingInner>);
 
 impl HostRing {
     /// A ring of `1 << log_entries` entries of `1 << entry_shift` bytes, zeroed.
+    #[inline]
     pub fn new(log_entries: u32, entry_shift: u32) -> Self {
         Self::with_checks(log_entries, entry_shift, false)
     }
@@ -133,16 +143,19 @@ impl HostRing {
         }))
     }
 
+    #[inline]
     fn slot(&self, index: u32) -> usize {
         (index & ((1 << self.0.log_entries) - 1)) as usize
     }
 
+    #[inline]
     fn entry_ptr(&self, index: u32) -> *mut u8 {
         let start = self.slot(index) << self.0.entry_shift;
         // `start` is below the buffer length: the slot is masked to the ring.
         UnsafeCell::raw_get(self.0.bytes[start..].as_ptr())
     }
 
+    #[inline]
     fn entry_len(&self) -> usize {
         1 << self.0.entry_shift
     }
@@ -172,6 +185,7 @@ impl HostRing {
         core::mem::take(&mut *self.0.violations.borrow_mut())
     }
 
+    #[inline]
     fn note_write(&self, index: u32) {
         let Some(states) = &self.0.states else { return };
         let Some(state) = states.get(self.slot(index)) else {
@@ -190,6 +204,7 @@ impl HostRing {
         state.set(next);
     }
 
+    #[inline]
     fn note_owner_word(&self, index: u32, value: u32) {
         let Some(states) = &self.0.states else { return };
         let Some(state) = states.get(self.slot(index)) else {
@@ -216,14 +231,17 @@ pub(crate) enum EntryCheck {
 }
 
 impl DmaRing for HostRing {
+    #[inline]
     fn log_entries(&self) -> u32 {
         self.0.log_entries
     }
 
+    #[inline]
     fn entry_shift(&self) -> u32 {
         self.0.entry_shift
     }
 
+    #[inline]
     unsafe fn with_entry<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
         // SAFETY: the entry lies inside the buffer (masked slot, `entry_len` bytes), and
         // the caller guarantees no one writes it meanwhile.
@@ -231,6 +249,7 @@ impl DmaRing for HostRing {
         f(entry)
     }
 
+    #[inline]
     unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
         self.note_write(index);
         // SAFETY: as in `with_entry`; the caller guarantees exclusive access.
@@ -239,6 +258,7 @@ impl DmaRing for HostRing {
         f(entry)
     }
 
+    #[inline]
     fn read_word(&self, index: u32, offset: usize) -> u32 {
         if offset + 4 > self.entry_len() {
             return 0;
@@ -251,6 +271,7 @@ impl DmaRing for HostRing {
         u32::from_be_bytes(bytes)
     }
 
+    #[inline]
     fn write_word(&self, index: u32, offset: usize, value: u32) {
         if offset + 4 > self.entry_len() {
             return;
@@ -273,16 +294,19 @@ impl DmaRing for HostRing {
 pub struct HostDoorbellRecord(Rc<Cell<u32>>);
 
 impl HostDoorbellRecord {
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
 }
 
 impl DoorbellRecord for HostDoorbellRecord {
+    #[inline]
     fn write_release(&self, value: u32) {
         fence(Ordering::Release);
         self.0.set(value);
     }
+    #[inline]
     fn read_acquire(&self) -> u32 {
         let value = self.0.get();
         fence(Ordering::Acquire);
@@ -303,6 +327,7 @@ pub enum UarWrite {
 pub struct HostUar(Rc<RefCell<VecDeque<UarWrite>>>);
 
 impl HostUar {
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
@@ -321,18 +346,22 @@ impl HostUar {
         self.0.borrow_mut().clear();
     }
 
+    #[inline]
     fn push(&self, write: UarWrite) {
         self.0.borrow_mut().push_back(write);
     }
 }
 
 impl UarPage for HostUar {
+    #[inline]
     fn ring_send_doorbell(&self, value: u32) {
         self.push(UarWrite::Send(value));
     }
+    #[inline]
     fn ring_cq_doorbell(&self, doorbell: CqDoorbell) {
         self.push(UarWrite::Cq(doorbell));
     }
+    #[inline]
     fn ring_eq_doorbell(&self, eqn: u32, word: u32) {
         self.push(UarWrite::Eq { eqn, word });
     }
