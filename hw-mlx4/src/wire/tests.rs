@@ -2,7 +2,7 @@
 
 use super::*;
 use core::mem::{offset_of, size_of};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 #[test]
 fn send_wqe_segment_sizes_match_the_c_structs() {
@@ -189,4 +189,16 @@ fn address_vector_accessors() {
     assert_eq!(av.port(), 1);
     assert_eq!(av.pd(), 0x42);
     assert!(av.has_grh());
+}
+
+#[test]
+fn blueflame_control_segment_carries_counter_and_qpn() {
+    let mut ctrl = CtrlSeg::new_zeroed();
+    ctrl.owner_opcode = Be32::new(CtrlSeg::owner_opcode_for(SendOpcode::Send, 5, 64));
+    ctrl.fence_size = 2;
+    ctrl.set_blueflame(send_doorbell_value(0x12_3456), 5);
+    // bf_qpn = doorbell_qpn | fence_size: the QPN in the top three bytes.
+    assert_eq!(&ctrl.as_bytes()[..8], [0x00, 0x00, 0x05, 0x0a, 0x12, 0x34, 0x56, 0x02]);
+    assert_eq!(ctrl.blueflame_qpn(), send_doorbell_value(0x12_3456));
+    assert_eq!(BLUEFLAME_OFFSET, 0x100);
 }

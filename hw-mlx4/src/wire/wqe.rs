@@ -107,6 +107,23 @@ impl CtrlSeg {
         owner | opcode as u32
     }
 
+    /// Turns the control segment into a BlueFlame one (rdma-core `mlx4_post_send`): the
+    /// WQE counter goes into `owner_opcode` bits 8..24, and the second word carries the
+    /// send doorbell value (QPN << 8) beside `fence_size`, so the device needs nothing
+    /// but the 64-byte copy to the BlueFlame buffer.
+    pub fn set_blueflame(&mut self, doorbell_qpn: u32, wqe_counter: u16) {
+        let owner_opcode = self.owner_opcode.get() | u32::from(wqe_counter) << Self::BF_COUNTER_SHIFT;
+        self.owner_opcode = Be32::new(owner_opcode);
+        let qpn = doorbell_qpn >> 8;
+        self.vlan_tag = Be16::new((qpn >> 8) as u16);
+        self.ins_vlan = qpn as u8;
+    }
+
+    /// The send doorbell value a BlueFlame WQE carries (`bf_qpn` without `fence_size`).
+    pub fn blueflame_qpn(&self) -> u32 {
+        (u32::from(self.vlan_tag.get()) << 8 | u32::from(self.ins_vlan)) << 8
+    }
+
     /// The size in 16-byte units this WQE claims.
     pub fn size_ds(&self) -> usize {
         (self.fence_size & Self::SIZE_MASK) as usize
