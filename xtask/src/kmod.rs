@@ -19,6 +19,8 @@ use crate::util::{repo_root, sh_quote, step, write_if_changed, Context, Result};
 pub const STACK_MODULES: &[&str] = &["tilde_core"];
 /// Modules that exist only to test the test machinery; scenarios load them by hand.
 pub const SELFTEST_MODULES: &[&str] = &["tilde_warn_selftest"];
+/// Test suites run against a device; scenarios load them with their parameters.
+pub const SUITE_MODULES: &[&str] = &["tilde_verbs_conformance"];
 
 const SRC: &str = "/build/src";
 const OUT: &str = "/build/out";
@@ -30,6 +32,7 @@ const PARAMETERS: &str = "rdma-core-rs/src/sys/bindgen_parameters";
 pub struct Modules {
     pub stack: Vec<PathBuf>,
     pub selftest: Vec<PathBuf>,
+    pub suites: Vec<PathBuf>,
 }
 
 /// The host directory a target's module build writes to.
@@ -108,8 +111,14 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     let modules = Modules {
         stack: find(STACK_MODULES)?,
         selftest: find(SELFTEST_MODULES)?,
+        suites: find(SUITE_MODULES)?,
     };
-    for ko in modules.stack.iter().chain(&modules.selftest) {
+    for ko in modules
+        .stack
+        .iter()
+        .chain(&modules.selftest)
+        .chain(&modules.suites)
+    {
         check_vermagic(toolchain, ko)?;
     }
     Ok(modules)

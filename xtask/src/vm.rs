@@ -95,7 +95,7 @@ pub fn run(
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }
-    for sub in ["modules", "selftest", "guest", "out"] {
+    for sub in ["modules", "selftest", "suites", "guest", "out"] {
         fs::create_dir_all(dir.join(sub))?;
     }
     // Module file names get a load-order prefix: stage2 loads them in name order.
@@ -107,9 +107,11 @@ pub fn run(
                 .join(format!("{i:02}-{}", name.to_string_lossy())),
         )?;
     }
-    for ko in &modules.selftest {
-        let name = ko.file_name().context(|| "module path".to_string())?;
-        fs::copy(ko, dir.join("selftest").join(name))?;
+    for (sub, list) in [("selftest", &modules.selftest), ("suites", &modules.suites)] {
+        for ko in list {
+            let name = ko.file_name().context(|| "module path".to_string())?;
+            fs::copy(ko, dir.join(sub).join(name))?;
+        }
     }
     let vm_dir = repo_root().join("xtask/vm");
     fs::copy(vm_dir.join("stage2"), dir.join("guest/stage2"))?;

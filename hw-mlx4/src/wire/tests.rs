@@ -198,7 +198,10 @@ fn blueflame_control_segment_carries_counter_and_qpn() {
     ctrl.fence_size = 2;
     ctrl.set_blueflame(send_doorbell_value(0x12_3456), 5);
     // bf_qpn = doorbell_qpn | fence_size: the QPN in the top three bytes.
-    assert_eq!(&ctrl.as_bytes()[..8], [0x00, 0x00, 0x05, 0x0a, 0x12, 0x34, 0x56, 0x02]);
+    assert_eq!(
+        &ctrl.as_bytes()[..8],
+        [0x00, 0x00, 0x05, 0x0a, 0x12, 0x34, 0x56, 0x02]
+    );
     assert_eq!(ctrl.blueflame_qpn(), send_doorbell_value(0x12_3456));
     assert_eq!(BLUEFLAME_OFFSET, 0x100);
 }

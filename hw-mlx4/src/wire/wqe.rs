@@ -112,7 +112,8 @@ impl CtrlSeg {
     /// send doorbell value (QPN << 8) beside `fence_size`, so the device needs nothing
     /// but the 64-byte copy to the BlueFlame buffer.
     pub fn set_blueflame(&mut self, doorbell_qpn: u32, wqe_counter: u16) {
-        let owner_opcode = self.owner_opcode.get() | u32::from(wqe_counter) << Self::BF_COUNTER_SHIFT;
+        let owner_opcode =
+            self.owner_opcode.get() | u32::from(wqe_counter) << Self::BF_COUNTER_SHIFT;
         self.owner_opcode = Be32::new(owner_opcode);
         let qpn = doorbell_qpn >> 8;
         self.vlan_tag = Be16::new((qpn >> 8) as u16);

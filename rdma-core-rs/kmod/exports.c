@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Exports the rdma_core crate from tilde_core.ko, the way rust/exports.c exports the
+ * kernel crate from vmlinux: every global symbol of rdma_core's objects, listed by nm at
+ * build time (see Kbuild). Other tilde modules are compiled against rdma_core's crate
+ * metadata and link to these exports, so the crate is compiled and loaded once.
+ */
+
+#include <linux/export.h>
+
+#define EXPORT_SYMBOL_RUST_GPL(sym) extern int sym; EXPORT_SYMBOL_GPL(sym)
+
+#include "exports_rdma_core_generated.h"

@@ -1,0 +1,23 @@
+# The verbs conformance suite (tilde_verbs_conformance.ko) against rxe0, on the stock kernel.
+# stage2 loaded tilde_core, then ran `rdma link add rxe0 type rxe netdev eth0`.
+. /tilde/guest/lib.sh
+
+suite=/tilde/suites/tilde_verbs_conformance.ko
+
+echo "== the suite links rdma_core through tilde_core's exports"
+modinfo -F depends "$suite" | grep -w tilde_core
+insmod "$suite" device=rxe0
+grep '^tilde_verbs_conformance ' /proc/modules
+grep '^tilde_core .* tilde_verbs_conformance' /proc/modules
+
+echo "== results"
+expect_dmesg 'tilde_verbs_conformance: rxe0: device_query: PASS'
+reject_dmesg 'tilde_verbs_conformance: .*: FAIL'
+
+echo "== tilde_core stays while the suite uses it"
+if rmmod tilde_core 2>/dev/null; then
+	echo "FAIL: tilde_core unloaded under a user"
+	exit 1
+fi
+rmmod tilde_verbs_conformance
+rmmod tilde_core
