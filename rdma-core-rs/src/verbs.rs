@@ -87,6 +87,55 @@ macro_rules! c_enum {
 }
 
 c_enum! {
+    /// Completion status, `enum ib_wc_status`, with `ib_wc_status_msg`'s names.
+    pub enum WcStatus {
+        Success = 0 => "success",
+        LocalLengthError = 1 => "local length error",
+        LocalQpOperationError = 2 => "local QP operation error",
+        LocalEecOperationError = 3 => "local EE context operation error",
+        LocalProtectionError = 4 => "local protection error",
+        WrFlushError = 5 => "WR flushed",
+        MwBindError = 6 => "memory bind operation error",
+        BadResponseError = 7 => "bad response error",
+        LocalAccessError = 8 => "local access error",
+        RemoteInvalidRequestError = 9 => "remote invalid request error",
+        RemoteAccessError = 10 => "remote access error",
+        RemoteOperationError = 11 => "remote operation error",
+        RetryExceededError = 12 => "transport retry counter exceeded",
+        RnrRetryExceededError = 13 => "RNR retry counter exceeded",
+        LocalRddViolationError = 14 => "local RDD violation error",
+        RemoteInvalidRdRequestError = 15 => "remote invalid RD request",
+        RemoteAbortError = 16 => "operation aborted",
+        InvalidEecnError = 17 => "invalid EE context number",
+        InvalidEecStateError = 18 => "invalid EE context state",
+        FatalError = 19 => "fatal error",
+        ResponseTimeoutError = 20 => "response timeout error",
+        GeneralError = 21 => "general error",
+    }
+}
+
+c_enum! {
+    /// What a completion is for, `enum ib_wc_opcode`.
+    pub enum WcOpcode {
+        Send = 0 => "SEND",
+        RdmaWrite = 1 => "RDMA_WRITE",
+        RdmaRead = 2 => "RDMA_READ",
+        CompSwap = 3 => "COMP_SWAP",
+        FetchAdd = 4 => "FETCH_ADD",
+        BindMw = 5 => "BIND_MW",
+        LocalInvalidate = 6 => "LOCAL_INV",
+        Lso = 7 => "LSO",
+        Flush = 8 => "FLUSH",
+        AtomicWrite = 9 => "ATOMIC_WRITE",
+        RegMr = 10 => "REG_MR",
+        MaskedCompSwap = 11 => "MASKED_COMP_SWAP",
+        MaskedFetchAdd = 12 => "MASKED_FETCH_ADD",
+        Recv = 128 => "RECV",
+        RecvRdmaWithImm = 129 => "RECV_RDMA_WITH_IMM",
+    }
+}
+
+c_enum! {
     /// Logical port state, `enum ib_port_state`.
     pub enum PortState {
         Nop = 0 => "NOP",
@@ -256,5 +305,23 @@ mod tests {
             "link_layer Ethernet state ACTIVE phys_state LinkUp active_mtu 1024 \
              max_mtu unknown(9) gid_tbl_len 1024 lid 0"
         );
+    }
+}
+
+#[cfg(test)]
+mod completion_tests {
+    use super::*;
+
+    #[test]
+    fn completion_enums_keep_the_kernel_values() {
+        assert_eq!(WcStatus::from_raw(5), Some(WcStatus::WrFlushError));
+        assert_eq!(WcStatus::from_raw(21), Some(WcStatus::GeneralError));
+        assert_eq!(WcStatus::from_raw(22), None);
+        assert_eq!(
+            WcStatus::RnrRetryExceededError.as_str(),
+            "RNR retry counter exceeded"
+        );
+        assert_eq!(WcOpcode::from_raw(128), Some(WcOpcode::Recv));
+        assert_eq!(WcOpcode::RegMr.to_raw(), 10);
     }
 }

@@ -194,41 +194,7 @@ pub struct PostFailure {
     pub error: PostError,
 }
 
-/// Completion status with the kernel's meanings (`enum ib_wc_status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WcStatus {
-    Success,
-    LocalLengthError,
-    LocalQpOperationError,
-    LocalProtectionError,
-    WrFlushError,
-    MwBindError,
-    BadResponseError,
-    LocalAccessError,
-    RemoteInvalidRequestError,
-    RemoteAccessError,
-    RemoteOperationError,
-    RetryExceededError,
-    RnrRetryExceededError,
-    RemoteAbortError,
-    /// A syndrome the driver does not know (`IB_WC_GENERAL_ERR`).
-    GeneralError,
-}
-
-/// What completed (`enum ib_wc_opcode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WcOpcode {
-    Send,
-    RdmaWrite,
-    RdmaRead,
-    CompSwap,
-    FetchAdd,
-    LocalInvalidate,
-    RegMr,
-    BindMw,
-    Recv,
-    RecvRdmaWithImm,
-}
+pub use rdma_core::verbs::{WcOpcode, WcStatus};
 
 /// One completion (`struct ib_wc`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
