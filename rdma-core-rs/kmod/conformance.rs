@@ -7,9 +7,15 @@
 //! tilde's own mlx4 driver will be run against.
 
 use kernel::prelude::*;
+use kernel::time::{delay::fsleep, Delta};
 use rdma_core::{
     client::{Client, Registration},
+    cq::{CompletionQueue, CompletionSlot},
     device::Device,
+    dma::DmaBuffer,
+    pd::ProtectionDomain,
+    qp::{InitAttr, QpCaps, QueuePair, RemoteAccess, RtrAttr, RtsAttr, SendOp},
+    verbs::{Gid, Mtu, WcOpcode, WcStatus, WorkCompletion},
 };
 
 module! {
@@ -35,7 +41,7 @@ mod param {
     }
 }
 
-/// Finds the device under test when the IB core reports it.
+/// Finds the device under test when the IB core reports it, and runs the suite on it.
 struct Suite;
 
 impl Client for Suite {
@@ -46,13 +52,248 @@ impl Client for Suite {
         if name.as_str().as_bytes() != param::device().to_bytes() {
             return Ok(());
         }
-        pr_info!("{}: device_query: PASS: {} ports\n", name, device.ports().count());
+        let mut tally = Tally::default();
+        run_suite(device, &mut tally);
+        pr_info!("{}: summary: {} passed, {} failed\n", name, tally.passed, tally.failed);
         Ok(())
     }
 
     fn remove(_device: &Device, _data: ()) {}
 }
 
+/// Why a case failed.
+enum Failure {
+    /// A verb returned an error.
+    Verb(Error),
+    /// A check on the results did not hold.
+    Check(&'static str),
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Self::Verb(error)
+    }
+}
+
+impl From<kernel::alloc::AllocError> for Failure {
+    fn from(_: kernel::alloc::AllocError) -> Self {
+        Self::Verb(ENOMEM)
+    }
+}
+
+type CaseResult = core::result::Result<(), Failure>;
+
+fn check(condition: bool, what: &'static str) -> CaseResult {
+    if condition {
+        Ok(())
+    } else {
+        Err(Failure::Check(what))
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u32,
+    failed: u32,
+}
+
+impl Tally {
+    /// Prints the one result line per case that the scenario asserts.
+    fn record(&mut self, device: &Device, case: &str, result: CaseResult) {
+        let name = device.name();
+        match result {
+            Ok(()) => {
+                self.passed += 1;
+                pr_info!("{}: {}: PASS\n", name, case);
+            }
+            Err(Failure::Verb(error)) => {
+                self.failed += 1;
+                pr_info!("{}: {}: FAIL: verb error {:?}\n", name, case, error);
+            }
+            Err(Failure::Check(what)) => {
+                self.failed += 1;
+                pr_info!("{}: {}: FAIL: {}\n", name, case, what);
+            }
+        }
+    }
+}
+
+/// What every case needs: the port under test, its GID, a PD and a CQ.
+struct Rig<'d> {
+    device: &'d Device,
+    port: u32,
+    gid: Gid,
+    pd: ProtectionDomain<'d>,
+    cq: CompletionQueue<'d>,
+}
+
+fn run_suite(device: &Device, tally: &mut Tally) {
+    let port = *device.ports().start();
+    let rig = match setup(device, port) {
+        Ok(rig) => rig,
+        Err(error) => {
+            tally.record(device, "setup", Err(Failure::Verb(error)));
+            return;
+        }
+    };
+    tally.record(device, "device_query", device_query(&rig));
+    tally.record(device, "rc_connect", rc_connect(&rig));
+    for size in [1usize, 64, 4096, 65536, 1 << 20] {
+        let mut case = [0u8; 32];
+        let label = case_name(&mut case, "rc_send_recv_", size);
+        tally.record(device, label, rc_send_recv(&rig, size));
+    }
+    tally.record(device, "rc_send_with_imm", rc_send_with_imm(&rig));
+    tally.record(device, "rc_drain_flushes_posted_receives", rc_drain_flushes(&rig));
+}
+
+/// `prefix` followed by `size` in decimal, in `buf`.
+fn case_name<'b>(buf: &'b mut [u8; 32], prefix: &'b str, size: usize) -> &'b str {
+    let mut digits = [0u8; 20];
+    let mut n = size;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = prefix.len() + digits.len() - start;
+    buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    buf[prefix.len()..len].copy_from_slice(&digits[start..]);
+    core::str::from_utf8(&buf[..len]).unwrap_or(prefix)
+}
+
+fn setup(device: &Device, port: u32) -> Result<Rig<'_>> {
+    let gid = device.query_gid(port, 0)?;
+    let pd = ProtectionDomain::new(device)?;
+    let cq = CompletionQueue::new(device, 256)?;
+    Ok(Rig { device, port, gid, pd, cq })
+}
+
+fn device_query(rig: &Rig<'_>) -> CaseResult {
+    let attr = rig.device.query_port(rig.port)?;
+    check(attr.gid_tbl_len > 0, "the port has no GID table")?;
+    check(!rig.gid.is_zero(), "GID 0 is unset")?;
+    pr_info!("{}: port {} gid[0] {}\n", rig.device.name(), rig.port, rig.gid);
+    Ok(())
+}
+
+const CAPS: QpCaps = QpCaps { max_send_wr: 16, max_recv_wr: 16, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 };
+
+/// Brings `qp` to RTS towards `peer` over the rig's port and GID (loopback).
+fn connect(rig: &Rig<'_>, qp: &mut QueuePair<'_>, peer: u32) -> Result {
+    let all = RemoteAccess { read: true, write: true, atomic: true };
+    qp.modify_to_init(&InitAttr { port: rig.port, pkey_index: 0, remote_access: all })?;
+    qp.modify_to_rtr(&RtrAttr {
+        port: rig.port,
+        path_mtu: Mtu::Mtu1024,
+        dest_qp_num: peer,
+        rq_psn: 0,
+        max_dest_rd_atomic: 1,
+        min_rnr_timer: 12,
+        sgid_index: 0,
+        dgid: rig.gid,
+        hop_limit: 64,
+        dmac: rig.gid.link_local_mac().ok_or(EINVAL)?,
+    })?;
+    qp.modify_to_rts(&RtsAttr { sq_psn: 0, timeout: 14, retry_cnt: 7, rnr_retry: 7, max_rd_atomic: 1 })
+}
+
+/// Two RC QPs on the rig, connected to each other.
+fn rc_pair<'a>(rig: &'a Rig<'_>) -> Result<(QueuePair<'a>, QueuePair<'a>)> {
+    let mut a = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    let mut b = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    let (a_num, b_num) = (a.qp_num(), b.qp_num());
+    connect(rig, &mut a, b_num)?;
+    connect(rig, &mut b, a_num)?;
+    Ok((a, b))
+}
+
+/// Polls the CQ until `slot` has its completion; rxe completes from its own tasks, so
+/// the wait sleeps between polls. Ten seconds is ample under QEMU TCG.
+fn wait(rig: &Rig<'_>, slot: &CompletionSlot) -> core::result::Result<WorkCompletion, Failure> {
+    for _ in 0..20_000 {
+        rig.cq.poll(64);
+        if let Some(completion) = slot.take() {
+            return Ok(completion);
+        }
+        fsleep(Delta::from_micros(500));
+    }
+    Err(Failure::Check("no completion within 10 s"))
+}
+
+fn rc_connect(rig: &Rig<'_>) -> CaseResult {
+    let (a, b) = rc_pair(rig)?;
+    check(a.qp_num() != b.qp_num(), "two QPs with one number")
+}
+
+/// The byte at `i` of the send pattern.
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(131) + 7) as u8
+}
+
+fn rc_send_recv(rig: &Rig<'_>, size: usize) -> CaseResult {
+    // A different offset per size, so a receive buffer left over from a smaller case
+    // cannot pass for this one.
+    let offset = size % 251;
+    let mut send = DmaBuffer::new(rig.device, size + offset)?;
+    let mut bytes = KVec::with_capacity(size + offset, GFP_KERNEL)?;
+    for i in 0..size + offset {
+        bytes.push(pattern(i), GFP_KERNEL)?;
+    }
+    send.write(0, &bytes)?;
+    let recv = DmaBuffer::new(rig.device, size)?;
+    let (send_done, recv_done) = (CompletionSlot::new(), CompletionSlot::new());
+    let (a, b) = rc_pair(rig)?;
+    b.post_recv(&recv_done, &recv, 0, size)?;
+    a.post_send(&send_done, SendOp::Send, &send, offset, size)?;
+    let sent = wait(rig, &send_done)?;
+    let received = wait(rig, &recv_done)?;
+    check(sent.status == WcStatus::Success, "send completed with an error")?;
+    check(sent.opcode == Some(WcOpcode::Send), "send completion has the wrong opcode")?;
+    check(received.status == WcStatus::Success, "receive completed with an error")?;
+    check(received.opcode == Some(WcOpcode::Recv), "receive completion has the wrong opcode")?;
+    check(received.byte_len as usize == size, "receive byte_len is not the size sent")?;
+    check(received.qp_num == b.qp_num(), "receive completion names the wrong QP")?;
+    check(received.imm.is_none(), "a plain SEND arrived with immediate data")?;
+    check(recv.read(0, size)? == send.read(offset, size)?, "received data differs from what was sent")
+}
+
+fn rc_send_with_imm(rig: &Rig<'_>) -> CaseResult {
+    let mut send = DmaBuffer::new(rig.device, 64)?;
+    send.write(0, b"immediate")?;
+    let recv = DmaBuffer::new(rig.device, 64)?;
+    let (send_done, recv_done) = (CompletionSlot::new(), CompletionSlot::new());
+    let (a, b) = rc_pair(rig)?;
+    b.post_recv(&recv_done, &recv, 0, 64)?;
+    a.post_send(&send_done, SendOp::SendWithImm(0x1234_5678), &send, 0, 9)?;
+    check(wait(rig, &send_done)?.status == WcStatus::Success, "send completed with an error")?;
+    let received = wait(rig, &recv_done)?;
+    check(received.status == WcStatus::Success, "receive completed with an error")?;
+    check(received.imm == Some(0x1234_5678), "immediate data lost or byte-swapped")?;
+    check(received.byte_len == 9, "receive byte_len is not the size sent")?;
+    check(recv.read(0, 9)? == b"immediate", "received data differs from what was sent")
+}
+
+fn rc_drain_flushes(rig: &Rig<'_>) -> CaseResult {
+    let recv = DmaBuffer::new(rig.device, 256)?;
+    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+    {
+        let (a, _b) = rc_pair(rig)?;
+        for (i, slot) in slots.iter().enumerate() {
+            a.post_recv(slot, &recv, i * 64, 64)?;
+        }
+        // Dropping the QPs drains them: each posted receive must complete, flushed.
+    }
+    for slot in &slots {
+        let completion = slot.take().ok_or(Failure::Check("a posted receive never completed"))?;
+        check(completion.status == WcStatus::WrFlushError, "a drained receive did not flush")?;
+    }
+    Ok(())
+}
 rdma_core::ib_client!(Suite, c"tilde_conformance");
 
 struct Conformance {

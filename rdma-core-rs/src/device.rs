@@ -6,7 +6,7 @@ use core::ops::RangeInclusive;
 use kernel::{error::to_result, prelude::*, types::Opaque};
 
 use crate::sys;
-use crate::verbs::{Decoded, Guid, PortAttr};
+use crate::verbs::{Decoded, Gid, Guid, PortAttr};
 
 /// An RDMA device registered with the kernel's IB core.
 ///
@@ -100,5 +100,16 @@ impl Device {
             lid: attr.lid,
             link_layer: Decoded::from(link_layer),
         })
+    }
+
+    /// Entry `index` of a port's GID table (`rdma_query_gid`); unused entries are errors.
+    pub fn query_gid(&self, port: u32, index: u32) -> Result<Gid> {
+        let index = i32::try_from(index).map_err(|_| EINVAL)?;
+        let mut gid = sys::ib_gid::default();
+        // SAFETY: the device is valid; `gid` is writable for the call; the IB core checks
+        // the port and index.
+        to_result(unsafe { sys::rdma_query_gid(self.as_raw(), port, index, &mut gid) })?;
+        // SAFETY: `raw` covers the whole union, and every byte pattern is a valid `[u8; 16]`.
+        Ok(Gid(unsafe { gid.raw }))
     }
 }

@@ -20,7 +20,15 @@ pub mod verbs;
 #[cfg(tilde_kernel)]
 pub mod client;
 #[cfg(tilde_kernel)]
+pub mod cq;
+#[cfg(tilde_kernel)]
 pub mod device;
+#[cfg(tilde_kernel)]
+pub mod dma;
+#[cfg(tilde_kernel)]
+pub mod pd;
+#[cfg(tilde_kernel)]
+pub mod qp;
 #[cfg(tilde_kernel)]
 pub mod sys;
 

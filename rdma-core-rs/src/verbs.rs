@@ -308,9 +308,67 @@ mod tests {
     }
 }
 
+/// A GID: a port's 128-bit global address (`union ib_gid`), shown as IPv6.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Gid(pub [u8; 16]);
+
+impl Gid {
+    /// Whether this is the all-zero GID, which an unused table entry holds.
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|&b| b == 0)
+    }
+
+    /// The MAC a link-local GID (`fe80::/64` with a modified EUI-64 interface ID)
+    /// was made from, as `rdma_get_ll_mac` computes it; `None` for other GIDs.
+    pub fn link_local_mac(&self) -> Option<[u8; 6]> {
+        let g = &self.0;
+        let link_local = g[..8] == [0xfe, 0x80, 0, 0, 0, 0, 0, 0];
+        if !link_local || g[11] != 0xff || g[12] != 0xfe {
+            return None;
+        }
+        // EUI-64 flips the universal/local bit of the MAC's first byte.
+        Some([g[8] ^ 0x02, g[9], g[10], g[13], g[14], g[15]])
+    }
+}
+
+impl fmt::Display for Gid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, pair) in self.0.chunks_exact(2).enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{:02x}{:02x}", pair[0], pair[1])?;
+        }
+        Ok(())
+    }
+}
+
+/// One completion, as `struct ib_wc` reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct WorkCompletion {
+    /// The status; a value this build does not know reads as `GeneralError`.
+    pub status: WcStatus,
+    /// What completed; meaningful only on success.
+    pub opcode: Option<WcOpcode>,
+    /// Bytes received, or read by an RDMA READ.
+    pub byte_len: u32,
+    /// Immediate data, in host order (`IB_WC_WITH_IMM`).
+    pub imm: Option<u32>,
+    /// The rkey the sender invalidated (`IB_WC_WITH_INVALIDATE`).
+    pub invalidated_rkey: Option<u32>,
+    /// The local QP the completion belongs to.
+    pub qp_num: u32,
+    /// The sending QP (UD receives).
+    pub src_qp: u32,
+    /// The device's own error detail.
+    pub vendor_err: u32,
+}
+
 #[cfg(test)]
 mod completion_tests {
+    extern crate std;
     use super::*;
+    use std::format;
 
     #[test]
     fn completion_enums_keep_the_kernel_values() {
@@ -323,5 +381,31 @@ mod completion_tests {
         );
         assert_eq!(WcOpcode::from_raw(128), Some(WcOpcode::Recv));
         assert_eq!(WcOpcode::RegMr.to_raw(), 10);
+    }
+
+    #[test]
+    fn gids_print_as_ipv6_groups() {
+        let mut raw = [0u8; 16];
+        raw[0] = 0xfe;
+        raw[1] = 0x80;
+        raw[15] = 1;
+        assert_eq!(
+            format!("{}", Gid(raw)),
+            "fe80:0000:0000:0000:0000:0000:0000:0001"
+        );
+        assert!(Gid::default().is_zero());
+        // rxe0's link-local GID in the VM, from MAC 52:54:00:12:34:56.
+        let gid = Gid([
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x50, 0x54, 0x00, 0xff, 0xfe, 0x12, 0x34, 0x56,
+        ]);
+        assert_eq!(
+            gid.link_local_mac(),
+            Some([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])
+        );
+        let mut v4_mapped = [0u8; 16];
+        v4_mapped[10] = 0xff;
+        v4_mapped[11] = 0xff;
+        v4_mapped[12..].copy_from_slice(&[10, 0, 2, 15]);
+        assert_eq!(Gid(v4_mapped).link_local_mac(), None);
     }
 }

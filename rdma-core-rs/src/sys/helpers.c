@@ -13,3 +13,47 @@ u32 tilde_rdma_end_port(const struct ib_device *device)
 {
 	return rdma_end_port(device);
 }
+
+/*
+ * The posting verbs are static inline in ib_verbs.h (a call through the device's ops);
+ * bindgen cannot see them, so they are wrapped here. Same for the ib_dma_* mapping
+ * helpers, which pick virtual addresses for software devices (rxe) and the DMA API for
+ * hardware. tilde maps its buffers bidirectionally: one buffer may be sent from and
+ * received into.
+ */
+int tilde_rdma_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
+			 const struct ib_send_wr **bad_wr)
+{
+	return ib_post_send(qp, wr, bad_wr);
+}
+
+int tilde_rdma_post_recv(struct ib_qp *qp, const struct ib_recv_wr *wr,
+			 const struct ib_recv_wr **bad_wr)
+{
+	return ib_post_recv(qp, wr, bad_wr);
+}
+
+u64 tilde_rdma_dma_map(struct ib_device *device, void *cpu_addr, size_t size)
+{
+	return ib_dma_map_single(device, cpu_addr, size, DMA_BIDIRECTIONAL);
+}
+
+int tilde_rdma_dma_mapping_error(struct ib_device *device, u64 dma_addr)
+{
+	return ib_dma_mapping_error(device, dma_addr);
+}
+
+void tilde_rdma_dma_unmap(struct ib_device *device, u64 dma_addr, size_t size)
+{
+	ib_dma_unmap_single(device, dma_addr, size, DMA_BIDIRECTIONAL);
+}
+
+void tilde_rdma_dma_sync_for_cpu(struct ib_device *device, u64 dma_addr, size_t size)
+{
+	ib_dma_sync_single_for_cpu(device, dma_addr, size, DMA_BIDIRECTIONAL);
+}
+
+void tilde_rdma_dma_sync_for_device(struct ib_device *device, u64 dma_addr, size_t size)
+{
+	ib_dma_sync_single_for_device(device, dma_addr, size, DMA_BIDIRECTIONAL);
+}

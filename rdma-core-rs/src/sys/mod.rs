@@ -57,7 +57,14 @@ macro_rules! forward_display {
     )*};
 }
 
-forward_display!(Guid, PortAttr, crate::device::DeviceName);
+forward_display!(
+    Guid,
+    PortAttr,
+    crate::device::DeviceName,
+    crate::verbs::Gid,
+    crate::verbs::WcStatus,
+    crate::verbs::WcOpcode
+);
 
 impl<T: core::fmt::Display> kernel::fmt::Display for Decoded<T> {
     fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {

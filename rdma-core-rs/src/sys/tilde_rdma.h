@@ -12,9 +12,21 @@
 #define TILDE_RDMA_H
 
 #include <rdma/ib_verbs.h>
+#include <rdma/ib_cache.h>
 #include <rdma/rdma_cm.h>
 
 u32 tilde_rdma_start_port(const struct ib_device *device);
 u32 tilde_rdma_end_port(const struct ib_device *device);
+
+int tilde_rdma_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
+			 const struct ib_send_wr **bad_wr);
+int tilde_rdma_post_recv(struct ib_qp *qp, const struct ib_recv_wr *wr,
+			 const struct ib_recv_wr **bad_wr);
+
+u64 tilde_rdma_dma_map(struct ib_device *device, void *cpu_addr, size_t size);
+int tilde_rdma_dma_mapping_error(struct ib_device *device, u64 dma_addr);
+void tilde_rdma_dma_unmap(struct ib_device *device, u64 dma_addr, size_t size);
+void tilde_rdma_dma_sync_for_cpu(struct ib_device *device, u64 dma_addr, size_t size);
+void tilde_rdma_dma_sync_for_device(struct ib_device *device, u64 dma_addr, size_t size);
 
 #endif

@@ -10,9 +10,14 @@ insmod "$suite" device=rxe0
 grep '^tilde_verbs_conformance ' /proc/modules
 grep '^tilde_core .* tilde_verbs_conformance' /proc/modules
 
-echo "== results"
-expect_dmesg 'tilde_verbs_conformance: rxe0: device_query: PASS'
+echo "== results: one line per case"
+for case in device_query rc_connect \
+	rc_send_recv_1 rc_send_recv_64 rc_send_recv_4096 rc_send_recv_65536 rc_send_recv_1048576 \
+	rc_send_with_imm rc_drain_flushes_posted_receives; do
+	expect_dmesg "tilde_verbs_conformance: rxe0: $case: PASS\$"
+done
 reject_dmesg 'tilde_verbs_conformance: .*: FAIL'
+expect_dmesg 'tilde_verbs_conformance: rxe0: summary: 9 passed, 0 failed$'
 
 echo "== tilde_core stays while the suite uses it"
 if rmmod tilde_core 2>/dev/null; then

@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Queue pairs: creation, typed state transitions, posting, and drain before destroy.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use kernel::error::{from_err_ptr, to_result};
+use kernel::prelude::*;
+use kernel::str::CStrExt;
+
+use crate::cq::{CompletionQueue, CompletionSlot};
+use crate::device::Device;
+use crate::dma::DmaBuffer;
+use crate::pd::ProtectionDomain;
+use crate::sys;
+use crate::verbs::{Gid, Mtu};
+
+/// The sizes a QP is created with (`struct ib_qp_cap`).
+#[derive(Clone, Copy, Debug)]
+pub struct QpCaps {
+    /// Send WRs outstanding at once.
+    pub max_send_wr: u32,
+    /// Receive WRs outstanding at once.
+    pub max_recv_wr: u32,
+    /// Gather entries per send WR.
+    pub max_send_sge: u32,
+    /// Scatter entries per receive WR.
+    pub max_recv_sge: u32,
+    /// Bytes of inline data per send WR.
+    pub max_inline_data: u32,
+}
+
+/// RESET → INIT.
+#[derive(Clone, Copy, Debug)]
+pub struct InitAttr {
+    /// The port the QP sends and receives on.
+    pub port: u32,
+    /// Index of the partition key in the port's P_Key table.
+    pub pkey_index: u16,
+    /// Remote access the QP grants (`IB_ACCESS_REMOTE_*`).
+    pub remote_access: RemoteAccess,
+}
+
+/// Remote access rights a QP grants.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RemoteAccess {
+    /// RDMA READ (`IB_ACCESS_REMOTE_READ`).
+    pub read: bool,
+    /// RDMA WRITE (`IB_ACCESS_REMOTE_WRITE`).
+    pub write: bool,
+    /// Atomics (`IB_ACCESS_REMOTE_ATOMIC`).
+    pub atomic: bool,
+}
+
+/// INIT → RTR: where the peer is and how to receive from it. On RoCE the path is a GRH
+/// (source GID index, destination GID) and the peer's MAC: for kernel callers the IB core
+/// does not resolve it (`_ib_modify_qp`: "Kernel users have to provide already resolved
+/// rdma_ah_attr's"); RDMA CM does, and tests take it from a link-local GID.
+#[derive(Clone, Copy, Debug)]
+pub struct RtrAttr {
+    /// The port of the path.
+    pub port: u32,
+    /// The path MTU; at most the port's active MTU.
+    pub path_mtu: Mtu,
+    /// The peer QP's number.
+    pub dest_qp_num: u32,
+    /// The first PSN expected from the peer (its `sq_psn`).
+    pub rq_psn: u32,
+    /// RDMA READs and atomics the peer may have outstanding here.
+    pub max_dest_rd_atomic: u8,
+    /// The RNR NAK timer code this QP sends when no receive is posted.
+    pub min_rnr_timer: u8,
+    /// The local GID table entry the path starts from.
+    pub sgid_index: u8,
+    /// The peer's GID.
+    pub dgid: Gid,
+    /// The GRH hop limit.
+    pub hop_limit: u8,
+    /// The peer's Ethernet address.
+    pub dmac: [u8; 6],
+}
+
+/// RTR → RTS: how to send.
+#[derive(Clone, Copy, Debug)]
+pub struct RtsAttr {
+    /// The first PSN this QP sends (the peer's `rq_psn`).
+    pub sq_psn: u32,
+    /// The ACK timeout code: 4.096 µs × 2^timeout.
+    pub timeout: u8,
+    /// Transport retries before a retry-exceeded error.
+    pub retry_cnt: u8,
+    /// RNR retries; 7 retries forever.
+    pub rnr_retry: u8,
+    /// RDMA READs and atomics this QP may have outstanding.
+    pub max_rd_atomic: u8,
+}
+
+/// A send operation.
+#[derive(Clone, Copy, Debug)]
+pub enum SendOp {
+    /// SEND.
+    Send,
+    /// SEND with immediate data (host order; sent big-endian).
+    SendWithImm(u32),
+}
+
+/// An RC queue pair (`ib_create_qp`). `'a` is how long everything it points at lives:
+/// its PD and CQs, and every buffer and completion slot a WR posted to it names. Dropping
+/// it drains both queues (`ib_drain_qp`), so no WR is left pointing anywhere, and
+/// destroys it.
+pub struct QueuePair<'a> {
+    qp: NonNull<sys::ib_qp>,
+    device: &'a Device,
+    lkey: u32,
+    _borrows: PhantomData<(&'a CompletionQueue<'a>, &'a CompletionSlot)>,
+}
+
+impl<'a> QueuePair<'a> {
+    /// Creates an RC QP in RESET.
+    pub fn new_rc(
+        pd: &'a ProtectionDomain<'_>,
+        send_cq: &'a CompletionQueue<'_>,
+        recv_cq: &'a CompletionQueue<'_>,
+        caps: &QpCaps,
+    ) -> Result<Self> {
+        let mut init = sys::ib_qp_init_attr {
+            send_cq: send_cq.as_raw(),
+            recv_cq: recv_cq.as_raw(),
+            cap: sys::ib_qp_cap {
+                max_send_wr: caps.max_send_wr,
+                max_recv_wr: caps.max_recv_wr,
+                max_send_sge: caps.max_send_sge,
+                max_recv_sge: caps.max_recv_sge,
+                max_inline_data: caps.max_inline_data,
+                ..Default::default()
+            },
+            sq_sig_type: sys::ib_sig_type_IB_SIGNAL_REQ_WR,
+            qp_type: sys::ib_qp_type_IB_QPT_RC,
+            ..Default::default()
+        };
+        // SAFETY: the PD and CQs are valid for 'a; `init` is a valid attribute block the
+        // call only reads (and updates with the actual caps); the caller name is static.
+        let qp = from_err_ptr(unsafe {
+            sys::ib_create_qp_kernel(pd.as_raw(), &mut init, c"tilde_rdma".as_char_ptr())
+        })?;
+        let qp = NonNull::new(qp).ok_or(ENOMEM)?;
+        Ok(Self {
+            qp,
+            device: pd.device(),
+            lkey: pd.local_dma_lkey(),
+            _borrows: PhantomData,
+        })
+    }
+
+    /// The QP number the peer addresses.
+    pub fn qp_num(&self) -> u32 {
+        // SAFETY: the QP is valid (type invariant); `qp_num` is set at creation.
+        unsafe { (*self.qp.as_ptr()).qp_num }
+    }
+
+    fn modify(&mut self, attr: &mut sys::ib_qp_attr, mask: u32) -> Result {
+        // SAFETY: the QP is valid; `attr` is a valid attribute block for `mask`.
+        to_result(unsafe { sys::ib_modify_qp(self.qp.as_ptr(), attr, mask as i32) }).inspect_err(
+            |e| {
+                pr_err!(
+                    "{}: QP {}: modify to state {} failed: {:?}\n",
+                    self.device.name(),
+                    self.qp_num(),
+                    attr.qp_state,
+                    e
+                )
+            },
+        )
+    }
+
+    /// RESET → INIT.
+    pub fn modify_to_init(&mut self, init: &InitAttr) -> Result {
+        let mut access = sys::ib_access_flags_IB_ACCESS_LOCAL_WRITE;
+        let rights = init.remote_access;
+        for (granted, flag) in [
+            (rights.read, sys::ib_access_flags_IB_ACCESS_REMOTE_READ),
+            (rights.write, sys::ib_access_flags_IB_ACCESS_REMOTE_WRITE),
+            (rights.atomic, sys::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC),
+        ] {
+            if granted {
+                access |= flag;
+            }
+        }
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_INIT,
+            pkey_index: init.pkey_index,
+            port_num: init.port,
+            qp_access_flags: access as i32,
+            ..Default::default()
+        };
+        let mask = sys::ib_qp_attr_mask_IB_QP_STATE
+            | sys::ib_qp_attr_mask_IB_QP_PKEY_INDEX
+            | sys::ib_qp_attr_mask_IB_QP_PORT
+            | sys::ib_qp_attr_mask_IB_QP_ACCESS_FLAGS;
+        self.modify(&mut attr, mask)
+    }
+
+    /// INIT → RTR.
+    pub fn modify_to_rtr(&mut self, rtr: &RtrAttr) -> Result {
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_RTR,
+            path_mtu: rtr.path_mtu.to_raw(),
+            dest_qp_num: rtr.dest_qp_num,
+            rq_psn: rtr.rq_psn,
+            max_dest_rd_atomic: rtr.max_dest_rd_atomic,
+            min_rnr_timer: rtr.min_rnr_timer,
+            ..Default::default()
+        };
+        let ah = &mut attr.ah_attr;
+        ah.type_ = sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_ROCE;
+        ah.port_num = rtr.port;
+        ah.ah_flags = sys::ib_ah_flags_IB_AH_GRH as u8;
+        ah.grh.dgid.raw = rtr.dgid.0;
+        ah.grh.sgid_index = rtr.sgid_index;
+        ah.grh.hop_limit = rtr.hop_limit;
+        ah.__bindgen_anon_1.roce.dmac = rtr.dmac;
+        let mask = sys::ib_qp_attr_mask_IB_QP_STATE
+            | sys::ib_qp_attr_mask_IB_QP_AV
+            | sys::ib_qp_attr_mask_IB_QP_PATH_MTU
+            | sys::ib_qp_attr_mask_IB_QP_DEST_QPN
+            | sys::ib_qp_attr_mask_IB_QP_RQ_PSN
+            | sys::ib_qp_attr_mask_IB_QP_MAX_DEST_RD_ATOMIC
+            | sys::ib_qp_attr_mask_IB_QP_MIN_RNR_TIMER;
+        self.modify(&mut attr, mask)
+    }
+
+    /// RTR → RTS.
+    pub fn modify_to_rts(&mut self, rts: &RtsAttr) -> Result {
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_RTS,
+            sq_psn: rts.sq_psn,
+            timeout: rts.timeout,
+            retry_cnt: rts.retry_cnt,
+            rnr_retry: rts.rnr_retry,
+            max_rd_atomic: rts.max_rd_atomic,
+            ..Default::default()
+        };
+        let mask = sys::ib_qp_attr_mask_IB_QP_STATE
+            | sys::ib_qp_attr_mask_IB_QP_SQ_PSN
+            | sys::ib_qp_attr_mask_IB_QP_TIMEOUT
+            | sys::ib_qp_attr_mask_IB_QP_RETRY_CNT
+            | sys::ib_qp_attr_mask_IB_QP_RNR_RETRY
+            | sys::ib_qp_attr_mask_IB_QP_MAX_QP_RD_ATOMIC;
+        self.modify(&mut attr, mask)
+    }
+
+    fn sge(&self, buffer: &DmaBuffer<'_>, offset: usize, len: usize) -> Result<sys::ib_sge> {
+        let addr = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
+        Ok(sys::ib_sge {
+            addr,
+            length: u32::try_from(len).map_err(|_| EINVAL)?,
+            lkey: self.lkey,
+        })
+    }
+
+    /// Posts a receive of up to `len` bytes into `buffer` at `offset`; its completion
+    /// goes to `slot`.
+    pub fn post_recv(
+        &self,
+        slot: &'a CompletionSlot,
+        buffer: &'a DmaBuffer<'_>,
+        offset: usize,
+        len: usize,
+    ) -> Result {
+        let mut sge = self.sge(buffer, offset, len)?;
+        let wr = sys::ib_recv_wr {
+            next: core::ptr::null_mut(),
+            __bindgen_anon_1: sys::ib_recv_wr__bindgen_ty_1 {
+                wr_cqe: slot.as_cqe(),
+            },
+            sg_list: &mut sge,
+            num_sge: 1,
+        };
+        // SAFETY: the QP is valid; the WR and its SGE live across the call (the driver
+        // copies them); the buffer and slot they name are borrowed for 'a, beyond the
+        // QP's drain.
+        to_result(unsafe {
+            sys::tilde_rdma_post_recv(self.qp.as_ptr(), &wr, core::ptr::null_mut())
+        })
+    }
+
+    /// Posts a signaled send of `len` bytes of `buffer` at `offset`; its completion goes
+    /// to `slot`.
+    pub fn post_send(
+        &self,
+        slot: &'a CompletionSlot,
+        op: SendOp,
+        buffer: &'a DmaBuffer<'_>,
+        offset: usize,
+        len: usize,
+    ) -> Result {
+        let mut sge = self.sge(buffer, offset, len)?;
+        let (opcode, imm) = match op {
+            SendOp::Send => (sys::ib_wr_opcode_IB_WR_SEND, 0),
+            SendOp::SendWithImm(imm) => (sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM, imm.to_be()),
+        };
+        let wr = sys::ib_send_wr {
+            next: core::ptr::null_mut(),
+            __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
+                wr_cqe: slot.as_cqe(),
+            },
+            sg_list: &mut sge,
+            num_sge: 1,
+            opcode,
+            send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
+            ex: sys::ib_send_wr__bindgen_ty_2 { imm_data: imm },
+        };
+        // SAFETY: as in `post_recv`.
+        to_result(unsafe {
+            sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr, core::ptr::null_mut())
+        })
+    }
+}
+
+impl Drop for QueuePair<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the QP is valid. Draining completes (into their slots, still alive for
+        // 'a) every WR still posted, so nothing the device could touch remains; then the
+        // QP is destroyed once.
+        let ret = unsafe {
+            sys::ib_drain_qp(self.qp.as_ptr());
+            sys::ib_destroy_qp_user(self.qp.as_ptr(), core::ptr::null_mut())
+        };
+        if ret != 0 {
+            pr_err!("{}: destroying QP failed: {}\n", self.device.name(), ret);
+        }
+    }
+}
