@@ -105,12 +105,17 @@ impl DmaRing for LoomRing {
         self.entry(index).owner.load(Ordering::Relaxed)
     }
     fn write_word(&self, index: u32, offset: usize, value: u32) {
-        assert_eq!(
-            offset, self.0.owner_offset,
-            "the fast path writes only ownership words"
-        );
-        // Relaxed, like WRITE_ONCE: the ordering must come from the fast path's barrier.
-        self.entry(index).owner.store(value, Ordering::Relaxed);
+        let entry = self.entry(index);
+        if offset == self.0.owner_offset {
+            // Relaxed, like WRITE_ONCE: the ordering must come from the fast path's barrier.
+            entry.owner.store(value, Ordering::Relaxed);
+        } else {
+            // A block head written after its body: a tracked write of the body.
+            // SAFETY: the writer owns the entry; loom checks every access to the cell.
+            entry.body.with_mut(|body| unsafe {
+                (&mut *body)[offset..offset + 4].copy_from_slice(&value.to_be_bytes())
+            });
+        }
     }
 }
 

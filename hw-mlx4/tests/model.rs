@@ -9,8 +9,8 @@ use hw_mlx4::fastpath::send::{QpType, SendQueueCaps};
 use hw_mlx4::model::{HostPlatform, HostUar, Model, ModelError, QpSpec, QpState, LOCAL_DMA_LKEY};
 use hw_mlx4::wire::{AddressVector, ArmCommand, Be32, CqeStride, CtrlSeg, EventType};
 use hw_mlx4::wr::{
-    Access, Completion, FastReg, Payload, PostError, RecvWr, Remote, SendFlags, SendOp, SendWr,
-    Sge, UdAddress, WcFlags, WcOpcode, WcStatus,
+    Access, Completion, FastReg, Payload, PostError, PostFailure, RecvWr, Remote, SendFlags,
+    SendOp, SendWr, Sge, UdAddress, WcFlags, WcOpcode, WcStatus,
 };
 
 type Cq<'q> = CompletionQueue<'q, HostPlatform>;
@@ -859,6 +859,7 @@ fn a_full_send_queue_refuses_posts_without_touching_the_ring() {
     );
     assert_eq!(sq.head(), max_post);
     assert_eq!(rig.uar.pending(), 1, "one doorbell for the WRs that fit");
+    // The queue is full, so nothing is written: the next slot stays software-owned.
     let too_many = [sge(0, 1, 0); 3];
     let failure = sq.post(&[SendWr::new(
         0,
@@ -866,7 +867,64 @@ fn a_full_send_queue_refuses_posts_without_touching_the_ring() {
         Payload::Gather(&too_many),
         SendFlags::empty(),
     )]);
-    assert!(failure.is_err());
+    assert_eq!(
+        failure,
+        Err(PostFailure {
+            index: 0,
+            error: PostError::QueueFull
+        })
+    );
+    let next = a_ring(&a).read_word(max_post, 0);
+    assert_eq!(
+        next & CtrlSeg::OWNER,
+        CtrlSeg::OWNER,
+        "slot {max_post} was handed over"
+    );
+    rig.model.process().unwrap();
+    assert!(rig.model.take_errors().is_empty());
+}
+
+#[test]
+fn bad_wrs_are_refused_with_their_index_and_reason() {
+    let mut rig = Rig::new(8, CqeStride::Bytes32);
+    let spec = QpSpec {
+        caps: SMALL_CAPS,
+        log_sq_entries: 6,
+        sq_wqe_shift: 6,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, _b) = rig.rc_pair(spec);
+    let (mut sq, _, _) = a.split(&rig.uar);
+    let ok = SendWr::new(1, SendOp::Send, Payload::Gather(&[]), SendFlags::SIGNALED);
+    let three = [sge(0, 1, 0); 3];
+    let huge = [sge(0, 0x8000_0000, 0)];
+    for (bad, error) in [
+        (
+            SendWr::new(2, SendOp::Send, Payload::Gather(&three), SendFlags::empty()),
+            PostError::TooManySges,
+        ),
+        (
+            SendWr::new(2, SendOp::Send, Payload::Gather(&huge), SendFlags::empty()),
+            PostError::SgeTooLong,
+        ),
+        (
+            SendWr::new(
+                2,
+                SendOp::Send,
+                Payload::Inline(&[0; 29]),
+                SendFlags::empty(),
+            ),
+            PostError::InlineTooLong,
+        ),
+    ] {
+        let failure = sq.post(&[ok, bad, ok]);
+        assert_eq!(failure, Err(PostFailure { index: 1, error }));
+    }
+    rig.model.process().unwrap();
+    assert!(
+        rig.model.take_errors().is_empty(),
+        "refused WRs left nothing behind"
+    );
 }
 
 #[test]
@@ -1120,4 +1178,91 @@ fn receive_queues_stay_within_the_16_bit_doorbell_record() {
         ..spec
     };
     assert!(model.create_qp(&spec).is_ok());
+}
+
+#[test]
+fn fast_registration_starts_at_the_iova_offset_and_needs_present_pages() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (local, lkey) = rig.buffer(4096, ALL);
+    let memory = rig.model.memory_mut();
+    let pages = [memory.alloc(4096), memory.alloc(4096)];
+    let list = memory.alloc(16);
+    let entries: Vec<u8> = pages.iter().flat_map(|p| (p | 1).to_be_bytes()).collect();
+    memory.write(list, &entries).unwrap();
+    let absent = memory.alloc(8);
+    memory.write(absent, &pages[0].to_be_bytes()).unwrap();
+    let mr_key = memory.alloc_fast_reg(2);
+    let other_key = memory.alloc_fast_reg(1);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (mut b_sq, _, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    // 4 KiB starting 0x100 into the first page: it spans both pages.
+    let iova = 0x9000_0100;
+    let access = Access::REMOTE_WRITE | Access::LOCAL_WRITE;
+    let reg = FastReg {
+        key: mr_key,
+        page_list: list,
+        iova,
+        length: 4096,
+        page_shift: 12,
+        access,
+    };
+    let unmapped = FastReg {
+        key: other_key,
+        page_list: absent,
+        iova: 0,
+        length: 4096,
+        page_shift: 12,
+        access,
+    };
+    b_sq.post(&[SendWr::new(
+        1,
+        SendOp::FastReg(reg),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps)[0].status, WcStatus::Success);
+    let data: Vec<u8> = (0..=255u8).collect();
+    rig.model.memory_mut().write(local, &data).unwrap();
+    let at = Remote {
+        addr: iova + 4096 - 0x100 - 16,
+        rkey: mr_key,
+    };
+    a_sq.post(&[SendWr::new(
+        2,
+        SendOp::RdmaWrite(at),
+        Payload::Gather(&[sge(local, 32, lkey)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps)[0].status, WcStatus::Success);
+    assert_eq!(
+        rig.model.memory().read(pages[0] + 4096 - 16, 16).unwrap(),
+        &data[..16]
+    );
+    assert_eq!(
+        rig.model.memory().read(pages[1], 16).unwrap(),
+        &data[16..32]
+    );
+    // A page list entry without MLX4_MTT_FLAG_PRESENT: the registration fails.
+    b_sq.post(&[SendWr::new(
+        3,
+        SendOp::FastReg(unmapped),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(
+        poll_all(&mut cq, &qps)[0].status,
+        WcStatus::LocalProtectionError
+    );
 }

@@ -90,7 +90,8 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
             entries,
             stride,
             cons_index: 0,
-            arm_sn: 0,
+            // The arm sequence number starts at 1, as `mlx4_cq_alloc` sets it.
+            arm_sn: 1,
         })
     }
 
@@ -131,13 +132,17 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
             self.cons_index = index.wrapping_add(1);
             let offset = self.stride.cqe_offset();
             // SAFETY: the owner bit gave this CQE to software, and the device will not
-            // write it again until the consumer index we publish below has passed it.
-            let parsed = unsafe {
+            // write it again until the consumer index we publish below has passed it. The
+            // CQE is copied out, so nothing else (the caller's lookup included) runs while
+            // the entry is borrowed.
+            let cqe = unsafe {
                 self.ring.with_entry(index, |entry| {
-                    let bytes = entry.get(offset..offset + CQE_SIZE)?;
-                    Some(parse_cqe(bytes, qps))
+                    entry
+                        .get(offset..offset + CQE_SIZE)
+                        .and_then(|bytes| <[u8; CQE_SIZE]>::try_from(bytes).ok())
                 })
             };
+            let parsed = cqe.map(|bytes| parse_cqe(&bytes, qps));
             match parsed {
                 Some(Ok(completion)) => {
                     *slot = completion;
@@ -236,6 +241,13 @@ fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
         };
         completion.opcode = opcode;
         completion.byte_len = byte_len;
+        let with_imm = matches!(
+            SendOpcode::from_bits(cqe.opcode_bits()),
+            Some(SendOpcode::SendImm | SendOpcode::RdmaWriteImm)
+        );
+        if with_imm {
+            completion.flags = WcFlags::WITH_IMM;
+        }
     } else {
         completion.byte_len = cqe.byte_cnt.get();
         completion.src_qp = cqe.remote_qpn();

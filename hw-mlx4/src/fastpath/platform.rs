@@ -30,7 +30,10 @@ pub trait DmaRing {
     ///
     /// # Safety
     ///
-    /// As for [`DmaRing::with_entry`]; in addition no one else reads the entry meanwhile.
+    /// As for [`DmaRing::with_entry`]; in addition no other CPU code reads or writes the
+    /// entry meanwhile. The device may still read it ahead of time (it ignores what it has
+    /// not been handed), so stores whose order the device observes go through
+    /// [`DmaRing::write_word`] after a barrier, not through this view.
     unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R;
 
     /// Reads the big-endian word at byte `offset` of an entry once (`READ_ONCE`). This is

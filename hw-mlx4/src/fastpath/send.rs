@@ -278,9 +278,12 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         } else {
             0
         };
-        // SAFETY: `index - tail < max_post`, so the device completed this WQE's previous
-        // use, and the read-ahead headroom keeps it from fetching it; `&mut self` makes
-        // this the only producer.
+        let mut heads = BlockHeads::new();
+        // SAFETY: `index - tail < max_post`, so the device has completed this WQE's
+        // previous use and will not execute it before its ownership word, written last;
+        // `&mut self` makes this the only producer. The device may read ahead into it
+        // (it reads, never writes, a WQE it does not own), which is why the words that
+        // make a block valid are held back and written outside this view.
         let written = unsafe {
             state.ring.with_entry_mut(index, |wqe| {
                 let (ctrl, rest) =
@@ -290,12 +293,23 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 ctrl.srcrb_flags = Be32::new(srcrb);
                 ctrl.imm = Be32::new(layout.imm);
                 let rest = write_fixed_segments(rest, wr)?;
-                write_payload::<P>(rest, size_of::<CtrlSeg>() + layout.fixed_bytes, &wr.payload)?;
+                write_payload(
+                    rest,
+                    size_of::<CtrlSeg>() + layout.fixed_bytes,
+                    &wr.payload,
+                    &mut heads,
+                )?;
                 ctrl.fence_size = fence | layout.size_ds;
                 Ok(())
             })
         };
         written?;
+        // Each held-back block head after its block's body (later blocks first, like
+        // rdma-core's reverse-order gather), all of them before the ownership word.
+        for &(offset, word) in heads.as_slice().iter().rev() {
+            P::dma_wmb();
+            state.ring.write_word(index, usize::from(offset), word);
+        }
         if let Some(slot) = state
             .wr_ids
             .as_ref()
@@ -517,32 +531,71 @@ fn write_fixed_segments<'w>(
     }
 }
 
-/// Writes gather entries or inline data at WQE offset `start` (`rest` begins there).
-///
-/// The first word of each 64-byte block is what the device's read-ahead checks against
-/// the stamp, so it is written last, after `dma_wmb`: gather entries in reverse order
-/// with `byte_count` after `addr` and `lkey`, inline headers after their data.
-fn write_payload<P: Platform>(
+/// The first word of each 64-byte block after the first, held back while the block's
+/// other bytes are written. The device's read-ahead takes a block whose first word is not
+/// the stamp as valid, so each of these words is stored on its own, after `dma_wmb`,
+/// through `write_word` (once, like the kernel's plain store after `wmb()` in
+/// `set_data_seg`), never through the `&mut` view, which the compiler may reorder.
+struct BlockHeads {
+    words: [(u16, u32); WQE_MAX_BLOCKS],
+    len: usize,
+}
+
+/// A WQE is at most 1 KiB (`wqe_shift` 10): 16 blocks.
+const WQE_MAX_BLOCKS: usize = 16;
+
+impl BlockHeads {
+    const fn new() -> Self {
+        Self {
+            words: [(0, 0); WQE_MAX_BLOCKS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, offset: usize, word: u32) -> Result<(), PostError> {
+        let slot = self.words.get_mut(self.len).ok_or(PostError::WqeTooLarge)?;
+        *slot = (
+            u16::try_from(offset).map_err(|_| PostError::WqeTooLarge)?,
+            word,
+        );
+        self.len += 1;
+        Ok(())
+    }
+
+    fn as_slice(&self) -> &[(u16, u32)] {
+        self.words.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// Writes gather entries or inline data at WQE offset `start` (`rest` begins there). A
+/// segment that begins a 64-byte block gets its first word in `heads` instead.
+fn write_payload(
     rest: &mut [u8],
     start: usize,
     payload: &Payload<'_>,
+    heads: &mut BlockHeads,
 ) -> Result<(), PostError> {
     match payload {
         Payload::Gather(sges) => {
             let (segs, _) = <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len())
                 .map_err(|_| PostError::WqeTooLarge)?;
-            for (i, (seg, sge)) in segs.iter_mut().zip(sges.iter()).enumerate().rev() {
+            for (i, (seg, sge)) in segs.iter_mut().zip(sges.iter()).enumerate() {
+                if sge.length > DataSeg::MAX_LENGTH {
+                    return Err(PostError::SgeTooLong);
+                }
                 seg.lkey = Be32::new(sge.lkey);
                 seg.addr = Be64::new(sge.addr);
-                if (start + i * size_of::<DataSeg>()).is_multiple_of(WQEBB_SIZE) {
-                    P::dma_wmb();
-                }
                 let count = if sge.length == 0 {
                     DataSeg::ZERO_LENGTH
                 } else {
                     sge.length
                 };
-                seg.byte_count = Be32::new(count);
+                let offset = start + i * size_of::<DataSeg>();
+                if offset.is_multiple_of(WQEBB_SIZE) {
+                    heads.push(offset, count)?;
+                } else {
+                    seg.byte_count = Be32::new(count);
+                }
             }
             Ok(())
         }
@@ -559,12 +612,16 @@ fn write_payload<P: Platform>(
                     .copy_from_slice(chunk);
                 pos += chunk.len();
                 left = tail;
-                P::dma_wmb();
-                let (seg, _) = InlineSeg::mut_from_prefix(
-                    rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?,
-                )
-                .map_err(|_| PostError::WqeTooLarge)?;
-                seg.byte_count = Be32::new(InlineSeg::INLINE | chunk.len() as u32);
+                let word = InlineSeg::INLINE | chunk.len() as u32;
+                if (start + header).is_multiple_of(WQEBB_SIZE) {
+                    heads.push(start + header, word)?;
+                } else {
+                    let (seg, _) = InlineSeg::mut_from_prefix(
+                        rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?,
+                    )
+                    .map_err(|_| PostError::WqeTooLarge)?;
+                    seg.byte_count = Be32::new(word);
+                }
             }
             Ok(())
         }

@@ -179,6 +179,8 @@ pub enum PostError {
     InlineTooLong,
     /// The WR's segments do not fit in one WQE of this queue (`-EINVAL`).
     WqeTooLarge,
+    /// A gather element of 2 GiB or more, which the WQE format cannot express (`-EINVAL`).
+    SgeTooLong,
     /// An atomic WR needs exactly one 8-byte gather element for the old value (`-EINVAL`).
     BadAtomicSge,
     /// A UD WR on an RC QP, an RC-only operation on a UD QP, or a UD WR without its

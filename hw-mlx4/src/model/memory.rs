@@ -157,7 +157,10 @@ impl Memory {
             return Err(Fault::Access);
         }
         let page_size = 1u64 << page_shift;
-        let pages = length.div_ceil(page_size);
+        // The region starts at `iova`'s offset into the first page (`start_addr` = iova,
+        // `offset` 0, as `set_reg_seg` builds it).
+        let first_offset = iova & (page_size - 1);
+        let pages = (first_offset + length).div_ceil(page_size);
         let max_pages = match self.regions.get(&mpt_index(key)) {
             Some(region) if region.fast_reg && !region.valid => region.max_pages,
             _ => return Err(Fault::BadKey),
@@ -167,13 +170,15 @@ impl Memory {
         }
         let list_len = usize::try_from(pages * 8).map_err(|_| Fault::Bounds)?;
         let list = self.read(page_list, list_len).ok_or(Fault::Bounds)?;
-        let pages: Vec<u64> = list
-            .chunks_exact(8)
-            .map(|entry| {
-                u64::from_be_bytes(entry.try_into().unwrap_or([0; 8]))
-                    & !crate::wire::FastRegSeg::PAGE_PRESENT
-            })
-            .collect();
+        let mut pages = Vec::new();
+        for entry in list.chunks_exact(8) {
+            let entry = u64::from_be_bytes(entry.try_into().unwrap_or([0; 8]));
+            // Hardware faults on an entry without MLX4_MTT_FLAG_PRESENT.
+            if entry & crate::wire::FastRegSeg::PAGE_PRESENT == 0 {
+                return Err(Fault::Access);
+            }
+            pages.push(entry & !crate::wire::FastRegSeg::PAGE_PRESENT);
+        }
         let region = self.regions.get_mut(&mpt_index(key)).ok_or(Fault::BadKey)?;
         region.key = key;
         region.valid = true;
@@ -250,8 +255,8 @@ impl Memory {
             Translation::Pages { shift, pages } => {
                 let page_size = 1u64 << shift;
                 let mut spans = Vec::new();
-                let mut at = offset;
-                let end = offset + len;
+                let mut at = (region.iova & (page_size - 1)) + offset;
+                let end = at + len;
                 while at < end {
                     let page = pages.get((at >> shift) as usize).ok_or(Fault::Bounds)?;
                     let within = at & (page_size - 1);

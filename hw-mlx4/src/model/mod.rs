@@ -68,6 +68,9 @@ pub enum ModelError {
     UnknownCq { cqn: u32 },
     /// The arm doorbell and the arm word in the doorbell record disagree.
     ArmRecordMismatch { cqn: u32 },
+    /// An arm with a stale sequence number: the driver did not count the last event
+    /// (`mlx4_cq_completion` bumps `arm_sn`), so the hardware would ignore the arm.
+    StaleArmSequence { cqn: u32, expected: u32, got: u32 },
     /// The device had an EQE to write and the EQ was full.
     EqOverrun { eqn: u32 },
 }
@@ -161,6 +164,8 @@ struct ModelCq {
     doorbells: CqDoorbells<HostPlatform>,
     last_ci: u32,
     armed: Option<ArmCommand>,
+    /// Completion events raised for this CQ so far.
+    events: u32,
     eqn: Option<u32>,
 }
 
@@ -318,6 +323,7 @@ impl Model {
                 doorbells: model_doorbells,
                 last_ci: 0,
                 armed: None,
+                events: 0,
                 eqn,
             },
         );
@@ -489,6 +495,14 @@ impl Model {
         if record != CqDoorbellRecord::arm_word(doorbell.arm_sn(), command, ci) {
             self.errors.push(ModelError::ArmRecordMismatch { cqn });
         }
+        // The sequence starts at 1 and counts the events delivered.
+        let expected = cq.events.wrapping_add(1) & CqDoorbell::SN_MASK;
+        if doorbell.arm_sn() != expected {
+            let got = doorbell.arm_sn();
+            self.errors
+                .push(ModelError::StaleArmSequence { cqn, expected, got });
+            return;
+        }
         cq.armed = Some(command);
         // Completions past the consumer index the arm names raise the event at once.
         if cq.producer.wrapping_sub(ci) & CqDoorbell::CI_MASK != 0 {
@@ -501,6 +515,7 @@ impl Model {
             return;
         };
         cq.armed = None;
+        cq.events = cq.events.wrapping_add(1);
         self.events.push(RaisedEvent { cqn });
         let Some(eqn) = cq.eqn else { return };
         let Some(eq) = self.eqs.get_mut(&eqn) else {

@@ -259,6 +259,8 @@ impl DataSeg {
     /// The lkey that ends a receive scatter list shorter than the WQE
     /// (`MLX4_INVALID_LKEY`).
     pub const INVALID_LKEY: u32 = 0x100;
+    /// The longest gather entry: bit 31 of `byte_count` would mark the segment inline.
+    pub const MAX_LENGTH: u32 = 0x7fff_ffff;
 }
 
 /// The 4-byte header of an inline data segment (`struct mlx4_wqe_inline_seg`); the data
