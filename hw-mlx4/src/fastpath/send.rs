@@ -278,7 +278,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         } else {
             0
         };
-        let mut heads = BlockHeads::new();
+        let payload_start = size_of::<CtrlSeg>() + layout.fixed_bytes;
         // SAFETY: `index - tail < max_post`, so the device has completed this WQE's
         // previous use and will not execute it before its ownership word, written last;
         // `&mut self` makes this the only producer. The device may read ahead into it
@@ -293,23 +293,14 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 ctrl.srcrb_flags = Be32::new(srcrb);
                 ctrl.imm = Be32::new(layout.imm);
                 let rest = write_fixed_segments(rest, wr)?;
-                write_payload(
-                    rest,
-                    size_of::<CtrlSeg>() + layout.fixed_bytes,
-                    &wr.payload,
-                    &mut heads,
-                )?;
+                write_payload(rest, payload_start, &wr.payload)?;
                 ctrl.fence_size = fence | layout.size_ds;
                 Ok(())
             })
         };
         written?;
-        // Each held-back block head after its block's body (later blocks first, like
-        // rdma-core's reverse-order gather), all of them before the ownership word.
-        for &(offset, word) in heads.as_slice().iter().rev() {
-            P::dma_wmb();
-            state.ring.write_word(index, usize::from(offset), word);
-        }
+        // The held-back block heads, after their blocks, before the ownership word.
+        write_block_heads::<P>(&state.ring, index, payload_start, &wr.payload);
         if let Some(slot) = state
             .wr_ids
             .as_ref()
@@ -531,50 +522,11 @@ fn write_fixed_segments<'w>(
     }
 }
 
-/// The first word of each 64-byte block after the first, held back while the block's
-/// other bytes are written. The device's read-ahead takes a block whose first word is not
-/// the stamp as valid, so each of these words is stored on its own, after `dma_wmb`,
-/// through `write_word` (once, like the kernel's plain store after `wmb()` in
-/// `set_data_seg`), never through the `&mut` view, which the compiler may reorder.
-struct BlockHeads {
-    words: [(u16, u32); WQE_MAX_BLOCKS],
-    len: usize,
-}
-
-/// A WQE is at most 1 KiB (`wqe_shift` 10): 16 blocks.
-const WQE_MAX_BLOCKS: usize = 16;
-
-impl BlockHeads {
-    const fn new() -> Self {
-        Self {
-            words: [(0, 0); WQE_MAX_BLOCKS],
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, offset: usize, word: u32) -> Result<(), PostError> {
-        let slot = self.words.get_mut(self.len).ok_or(PostError::WqeTooLarge)?;
-        *slot = (
-            u16::try_from(offset).map_err(|_| PostError::WqeTooLarge)?,
-            word,
-        );
-        self.len += 1;
-        Ok(())
-    }
-
-    fn as_slice(&self) -> &[(u16, u32)] {
-        self.words.get(..self.len).unwrap_or(&[])
-    }
-}
-
-/// Writes gather entries or inline data at WQE offset `start` (`rest` begins there). A
-/// segment that begins a 64-byte block gets its first word in `heads` instead.
-fn write_payload(
-    rest: &mut [u8],
-    start: usize,
-    payload: &Payload<'_>,
-    heads: &mut BlockHeads,
-) -> Result<(), PostError> {
+/// Writes gather entries or inline data at WQE offset `start` (`rest` begins there),
+/// except the first word of a segment that begins a 64-byte block: the device's
+/// read-ahead takes a block whose first word is not the stamp as valid, so those words
+/// are written afterwards, each on its own after `dma_wmb`, by [`write_block_heads`].
+fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result<(), PostError> {
     match payload {
         Payload::Gather(sges) => {
             let (segs, _) = <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len())
@@ -585,16 +537,8 @@ fn write_payload(
                 }
                 seg.lkey = Be32::new(sge.lkey);
                 seg.addr = Be64::new(sge.addr);
-                let count = if sge.length == 0 {
-                    DataSeg::ZERO_LENGTH
-                } else {
-                    sge.length
-                };
-                let offset = start + i * size_of::<DataSeg>();
-                if offset.is_multiple_of(WQEBB_SIZE) {
-                    heads.push(offset, count)?;
-                } else {
-                    seg.byte_count = Be32::new(count);
+                if !(start + i * size_of::<DataSeg>()).is_multiple_of(WQEBB_SIZE) {
+                    seg.byte_count = Be32::new(gather_byte_count(sge.length));
                 }
             }
             Ok(())
@@ -612,18 +556,57 @@ fn write_payload(
                     .copy_from_slice(chunk);
                 pos += chunk.len();
                 left = tail;
-                let word = InlineSeg::INLINE | chunk.len() as u32;
-                if (start + header).is_multiple_of(WQEBB_SIZE) {
-                    heads.push(start + header, word)?;
-                } else {
+                if !(start + header).is_multiple_of(WQEBB_SIZE) {
                     let (seg, _) = InlineSeg::mut_from_prefix(
                         rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?,
                     )
                     .map_err(|_| PostError::WqeTooLarge)?;
-                    seg.byte_count = Be32::new(word);
+                    seg.byte_count = Be32::new(InlineSeg::INLINE | chunk.len() as u32);
                 }
             }
             Ok(())
+        }
+    }
+}
+
+/// `byte_count` of a gather entry: zero length is written as [`DataSeg::ZERO_LENGTH`].
+fn gather_byte_count(length: u32) -> u32 {
+    if length == 0 {
+        DataSeg::ZERO_LENGTH
+    } else {
+        length
+    }
+}
+
+/// Writes the first word of each payload segment that begins a 64-byte block, which
+/// [`write_payload`] left out, through `write_word` after `dma_wmb`: never through the
+/// `&mut` view, across which the compiler may move stores. (The kernel's `set_data_seg`
+/// and rdma-core's do the same with a plain store after `wmb()`.)
+fn write_block_heads<P: Platform>(ring: &P::Ring, index: u32, start: usize, payload: &Payload<'_>) {
+    match payload {
+        Payload::Gather(sges) => {
+            for (i, sge) in sges.iter().enumerate() {
+                let offset = start + i * size_of::<DataSeg>();
+                if offset.is_multiple_of(WQEBB_SIZE) {
+                    P::dma_wmb();
+                    ring.write_word(index, offset, gather_byte_count(sge.length));
+                }
+            }
+        }
+        Payload::Inline(data) => {
+            let mut offset = start;
+            let mut left = data.len();
+            while left > 0 {
+                let header = offset;
+                offset += size_of::<InlineSeg>();
+                let chunk = (InlineSeg::ALIGN - offset % InlineSeg::ALIGN).min(left);
+                offset += chunk;
+                left -= chunk;
+                if header.is_multiple_of(WQEBB_SIZE) {
+                    P::dma_wmb();
+                    ring.write_word(index, header, InlineSeg::INLINE | chunk as u32);
+                }
+            }
         }
     }
 }
