@@ -13,6 +13,7 @@ use rdma_core::{
     cq::{CompletionQueue, CompletionSlot},
     device::Device,
     dma::DmaBuffer,
+    mr::MemoryRegion,
     pd::ProtectionDomain,
     qp::{InitAttr, QpCaps, QueuePair, RemoteAccess, RtrAttr, RtsAttr, SendOp},
     verbs::{Gid, Mtu, WcOpcode, WcStatus, WorkCompletion},
@@ -145,6 +146,10 @@ fn run_suite(device: &Device, tally: &mut Tally) {
     }
     tally.record(device, "rc_send_with_imm", rc_send_with_imm(&rig));
     tally.record(device, "rc_drain_flushes_posted_receives", rc_drain_flushes(&rig));
+    tally.record(device, "frwr_rdma_write", frwr_rdma_write(&rig));
+    tally.record(device, "frwr_rdma_read", frwr_rdma_read(&rig));
+    tally.record(device, "frwr_invalidate_refuses_access", frwr_invalidate_refuses_access(&rig));
+    tally.record(device, "rc_bad_rkey_then_reset_and_reuse", rc_bad_rkey_then_reset_and_reuse(&rig));
 }
 
 /// `prefix` followed by `size` in decimal, in `buf`.
@@ -305,4 +310,107 @@ impl kernel::Module for Conformance {
         let registration = Registration::register()?;
         Ok(Self { _registration: registration })
     }
+}
+
+/// A buffer of `len` bytes filled with the send pattern from `start`.
+fn patterned<'d>(device: &'d Device, len: usize, start: usize) -> core::result::Result<DmaBuffer<'d>, Failure> {
+    let mut buffer = DmaBuffer::new(device, len)?;
+    let mut bytes = KVec::with_capacity(len, GFP_KERNEL)?;
+    for i in 0..len {
+        bytes.push(pattern(start + i), GFP_KERNEL)?;
+    }
+    buffer.write(0, &bytes)?;
+    Ok(buffer)
+}
+
+const RDMA_LEN: usize = 8192;
+/// Pages an MR over `RDMA_LEN` bytes may need (an unaligned buffer spans one more).
+const RDMA_PAGES: u32 = 4;
+const READ_WRITE: RemoteAccess = RemoteAccess { read: true, write: true, atomic: false };
+
+/// Waits for `slot` and checks that it succeeded with `opcode`.
+fn wait_ok(rig: &Rig<'_>, slot: &CompletionSlot, opcode: WcOpcode) -> CaseResult {
+    let completion = wait(rig, slot)?;
+    check(completion.status == WcStatus::Success, "a work request completed with an error")?;
+    check(completion.opcode == Some(opcode), "a completion has the wrong opcode")
+}
+
+fn frwr_rdma_write(rig: &Rig<'_>) -> CaseResult {
+    let local = patterned(rig.device, RDMA_LEN, 3)?;
+    let target = DmaBuffer::new(rig.device, RDMA_LEN)?;
+    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &target, 0, RDMA_LEN)?;
+    let (reg_done, write_done) = (CompletionSlot::new(), CompletionSlot::new());
+    let (a, b) = rc_pair(rig)?;
+    b.post_reg_mr(&reg_done, &mr, READ_WRITE)?;
+    wait_ok(rig, &reg_done, WcOpcode::RegMr)?;
+    let write = SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: mr.rkey() };
+    a.post_send(&write_done, write, &local, 0, RDMA_LEN)?;
+    wait_ok(rig, &write_done, WcOpcode::RdmaWrite)?;
+    check(target.read(0, RDMA_LEN)? == local.read(0, RDMA_LEN)?, "the written region differs from the source")
+}
+
+fn frwr_rdma_read(rig: &Rig<'_>) -> CaseResult {
+    let source = patterned(rig.device, RDMA_LEN, 11)?;
+    let local = DmaBuffer::new(rig.device, RDMA_LEN)?;
+    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &source, 0, RDMA_LEN)?;
+    let (reg_done, read_done) = (CompletionSlot::new(), CompletionSlot::new());
+    let (a, b) = rc_pair(rig)?;
+    b.post_reg_mr(&reg_done, &mr, READ_WRITE)?;
+    wait_ok(rig, &reg_done, WcOpcode::RegMr)?;
+    // Read from 100 bytes into the region, so the iova arithmetic is exercised too.
+    let read = SendOp::RdmaRead { remote_addr: mr.iova() + 100, rkey: mr.rkey() };
+    a.post_send(&read_done, read, &local, 0, RDMA_LEN - 100)?;
+    wait_ok(rig, &read_done, WcOpcode::RdmaRead)?;
+    check(
+        local.read(0, RDMA_LEN - 100)? == source.read(100, RDMA_LEN - 100)?,
+        "the data read differs from the region",
+    )
+}
+
+fn frwr_invalidate_refuses_access(rig: &Rig<'_>) -> CaseResult {
+    let local = patterned(rig.device, 256, 5)?;
+    let target = DmaBuffer::new(rig.device, RDMA_LEN)?;
+    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &target, 0, RDMA_LEN)?;
+    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+    let (a, b) = rc_pair(rig)?;
+    b.post_reg_mr(&slots[0], &mr, READ_WRITE)?;
+    wait_ok(rig, &slots[0], WcOpcode::RegMr)?;
+    let write = SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: mr.rkey() };
+    a.post_send(&slots[1], write, &local, 0, 256)?;
+    wait_ok(rig, &slots[1], WcOpcode::RdmaWrite)?;
+    b.post_local_inv(&slots[2], mr.rkey())?;
+    wait_ok(rig, &slots[2], WcOpcode::LocalInvalidate)?;
+    a.post_send(&slots[3], write, &local, 0, 256)?;
+    let refused = wait(rig, &slots[3])?;
+    check(
+        refused.status == WcStatus::RemoteAccessError,
+        "a write to an invalidated region did not fail with a remote access error",
+    )
+}
+
+fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig<'_>) -> CaseResult {
+    let local = patterned(rig.device, 256, 9)?;
+    let target = DmaBuffer::new(rig.device, RDMA_LEN)?;
+    let recv = DmaBuffer::new(rig.device, 256)?;
+    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &target, 0, RDMA_LEN)?;
+    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+    let (mut a, mut b) = rc_pair(rig)?;
+    b.post_reg_mr(&slots[0], &mr, READ_WRITE)?;
+    wait_ok(rig, &slots[0], WcOpcode::RegMr)?;
+    // A key no region has: the responder refuses, the requester's QP goes to error.
+    let bogus = SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: mr.rkey() ^ 0x8000_0000 };
+    a.post_send(&slots[1], bogus, &local, 0, 256)?;
+    let refused = wait(rig, &slots[1])?;
+    check(refused.status == WcStatus::RemoteAccessError, "a bad rkey did not give a remote access error")?;
+    // Reset both ends and bring them up again: the same QPs carry traffic.
+    a.modify_to_reset()?;
+    b.modify_to_reset()?;
+    let (a_num, b_num) = (a.qp_num(), b.qp_num());
+    connect(rig, &mut a, b_num)?;
+    connect(rig, &mut b, a_num)?;
+    b.post_recv(&slots[2], &recv, 0, 256)?;
+    a.post_send(&slots[3], SendOp::Send, &local, 0, 256)?;
+    wait_ok(rig, &slots[3], WcOpcode::Send)?;
+    wait_ok(rig, &slots[2], WcOpcode::Recv)?;
+    check(recv.read(0, 256)? == local.read(0, 256)?, "data after reset and reuse differs")
 }

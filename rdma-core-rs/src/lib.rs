@@ -26,6 +26,8 @@ pub mod device;
 #[cfg(tilde_kernel)]
 pub mod dma;
 #[cfg(tilde_kernel)]
+pub mod mr;
+#[cfg(tilde_kernel)]
 pub mod pd;
 #[cfg(tilde_kernel)]
 pub mod qp;

@@ -11,6 +11,7 @@ use kernel::str::CStrExt;
 use crate::cq::{CompletionQueue, CompletionSlot};
 use crate::device::Device;
 use crate::dma::DmaBuffer;
+use crate::mr::MemoryRegion;
 use crate::pd::ProtectionDomain;
 use crate::sys;
 use crate::verbs::{Gid, Mtu};
@@ -102,6 +103,20 @@ pub enum SendOp {
     Send,
     /// SEND with immediate data (host order; sent big-endian).
     SendWithImm(u32),
+    /// RDMA WRITE to the peer's region `rkey` at `remote_addr`.
+    RdmaWrite {
+        /// Address in the peer's region.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+    },
+    /// RDMA READ from the peer's region `rkey` at `remote_addr` into the local buffer.
+    RdmaRead {
+        /// Address in the peer's region.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+    },
 }
 
 /// An RC queue pair (`ib_create_qp`). `'a` is how long everything it points at lives:
@@ -229,6 +244,16 @@ impl<'a> QueuePair<'a> {
         self.modify(&mut attr, mask)
     }
 
+    /// Any state → RESET: the QP forgets its queues and its peer, and can be brought up
+    /// again (INIT, RTR, RTS), e.g. after an error.
+    pub fn modify_to_reset(&mut self) -> Result {
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_RESET,
+            ..Default::default()
+        };
+        self.modify(&mut attr, sys::ib_qp_attr_mask_IB_QP_STATE)
+    }
+
     /// RTR → RTS.
     pub fn modify_to_rts(&mut self, rts: &RtsAttr) -> Result {
         let mut attr = sys::ib_qp_attr {
@@ -284,8 +309,8 @@ impl<'a> QueuePair<'a> {
         })
     }
 
-    /// Posts a signaled send of `len` bytes of `buffer` at `offset`; its completion goes
-    /// to `slot`.
+    /// Posts a signaled send (SEND, or RDMA WRITE from / READ into) of `len` bytes of
+    /// `buffer` at `offset`; its completion goes to `slot`.
     pub fn post_send(
         &self,
         slot: &'a CompletionSlot,
@@ -295,22 +320,96 @@ impl<'a> QueuePair<'a> {
         len: usize,
     ) -> Result {
         let mut sge = self.sge(buffer, offset, len)?;
-        let (opcode, imm) = match op {
-            SendOp::Send => (sys::ib_wr_opcode_IB_WR_SEND, 0),
-            SendOp::SendWithImm(imm) => (sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM, imm.to_be()),
+        let (opcode, imm, remote) = match op {
+            SendOp::Send => (sys::ib_wr_opcode_IB_WR_SEND, 0, None),
+            SendOp::SendWithImm(imm) => (sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM, imm.to_be(), None),
+            SendOp::RdmaWrite { remote_addr, rkey } => (
+                sys::ib_wr_opcode_IB_WR_RDMA_WRITE,
+                0,
+                Some((remote_addr, rkey)),
+            ),
+            SendOp::RdmaRead { remote_addr, rkey } => (
+                sys::ib_wr_opcode_IB_WR_RDMA_READ,
+                0,
+                Some((remote_addr, rkey)),
+            ),
         };
+        let (remote_addr, rkey) = remote.unwrap_or((0, 0));
+        // Every send WR is posted as an `ib_rdma_wr`: it starts with the `ib_send_wr`, and
+        // drivers read the remote address only for RDMA opcodes.
+        let wr = sys::ib_rdma_wr {
+            wr: sys::ib_send_wr {
+                next: core::ptr::null_mut(),
+                __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
+                    wr_cqe: slot.as_cqe(),
+                },
+                sg_list: &mut sge,
+                num_sge: 1,
+                opcode,
+                send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
+                ex: sys::ib_send_wr__bindgen_ty_2 { imm_data: imm },
+            },
+            remote_addr,
+            rkey,
+        };
+        // SAFETY: as in `post_recv`.
+        to_result(unsafe {
+            sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr.wr, core::ptr::null_mut())
+        })
+    }
+
+    /// Posts a fast registration making `mr` valid for the peer's `access`.
+    pub fn post_reg_mr(
+        &self,
+        slot: &'a CompletionSlot,
+        mr: &'a MemoryRegion<'_>,
+        access: RemoteAccess,
+    ) -> Result {
+        let mut rights = sys::ib_access_flags_IB_ACCESS_LOCAL_WRITE;
+        for (granted, flag) in [
+            (access.read, sys::ib_access_flags_IB_ACCESS_REMOTE_READ),
+            (access.write, sys::ib_access_flags_IB_ACCESS_REMOTE_WRITE),
+            (access.atomic, sys::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC),
+        ] {
+            if granted {
+                rights |= flag;
+            }
+        }
+        let wr = sys::ib_reg_wr {
+            wr: sys::ib_send_wr {
+                __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
+                    wr_cqe: slot.as_cqe(),
+                },
+                opcode: sys::ib_wr_opcode_IB_WR_REG_MR,
+                send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
+                ..Default::default()
+            },
+            mr: mr.as_raw(),
+            key: mr.rkey(),
+            access: rights as i32,
+        };
+        // SAFETY: the QP is valid; the WR lives across the call; the MR and slot are
+        // borrowed for 'a, beyond the QP's drain.
+        to_result(unsafe {
+            sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr.wr, core::ptr::null_mut())
+        })
+    }
+
+    /// Posts a local invalidation of `rkey`: after it completes, the peer's access with
+    /// that key fails.
+    pub fn post_local_inv(&self, slot: &'a CompletionSlot, rkey: u32) -> Result {
         let wr = sys::ib_send_wr {
-            next: core::ptr::null_mut(),
             __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
                 wr_cqe: slot.as_cqe(),
             },
-            sg_list: &mut sge,
-            num_sge: 1,
-            opcode,
+            opcode: sys::ib_wr_opcode_IB_WR_LOCAL_INV,
             send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
-            ex: sys::ib_send_wr__bindgen_ty_2 { imm_data: imm },
+            ex: sys::ib_send_wr__bindgen_ty_2 {
+                invalidate_rkey: rkey,
+            },
+            ..Default::default()
         };
-        // SAFETY: as in `post_recv`.
+        // SAFETY: the QP is valid; the WR lives across the call; the slot is borrowed for 'a.
         to_result(unsafe {
             sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr, core::ptr::null_mut())
         })

@@ -57,3 +57,18 @@ void tilde_rdma_dma_sync_for_device(struct ib_device *device, u64 dma_addr, size
 {
 	ib_dma_sync_single_for_device(device, dma_addr, size, DMA_BIDIRECTIONAL);
 }
+
+/*
+ * Maps `len` bytes at DMA address `dma_addr` (already mapped for the MR's device) into a
+ * fast-registration MR: a one-entry scatterlist that carries only its DMA side, which is
+ * all ib_map_mr_sg reads. Returns the entries mapped (1) or a negative errno.
+ */
+int tilde_rdma_map_mr(struct ib_mr *mr, u64 dma_addr, u32 len)
+{
+	struct scatterlist sg;
+
+	sg_init_table(&sg, 1);
+	sg_dma_address(&sg) = dma_addr;
+	sg_dma_len(&sg) = len;
+	return ib_map_mr_sg(mr, &sg, 1, NULL, PAGE_SIZE);
+}

@@ -29,4 +29,6 @@ void tilde_rdma_dma_unmap(struct ib_device *device, u64 dma_addr, size_t size);
 void tilde_rdma_dma_sync_for_cpu(struct ib_device *device, u64 dma_addr, size_t size);
 void tilde_rdma_dma_sync_for_device(struct ib_device *device, u64 dma_addr, size_t size);
 
+int tilde_rdma_map_mr(struct ib_mr *mr, u64 dma_addr, u32 len);
+
 #endif
