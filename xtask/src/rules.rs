@@ -77,11 +77,11 @@ pub fn check_source(name: &str, text: &str) -> Vec<String> {
                 .take_while(|l| l.trim_start().starts_with("///") || l.trim().is_empty())
                 .any(|l| l.contains("# Safety"))
         } else {
-            // A block: the comment lines just above it (or above its statement) justify it.
+            // A block: the comment block just above its line justifies it.
             lines[..i]
                 .iter()
                 .rev()
-                .take(3)
+                .take_while(|l| l.trim_start().starts_with("//"))
                 .any(|l| l.contains("// SAFETY:"))
         };
         if !justified {
@@ -103,6 +103,15 @@ mod tests {
     fn clean_code_passes() {
         let text = "fn f() {\n    // SAFETY: the protocol gives us the entry.\n    let x = unsafe { g() };\n}\n";
         assert!(check_source("a.rs", text).is_empty());
+    }
+
+    #[test]
+    fn a_long_safety_comment_counts_but_one_above_other_code_does_not() {
+        let long = "    // SAFETY: one\n    // two\n    // three\n    // four\n    let x = unsafe { g() };\n";
+        assert!(check_source("a.rs", long).is_empty());
+        let stale =
+            "    // SAFETY: about something else\n    let y = 1;\n    let x = unsafe { g() };\n";
+        assert_eq!(check_source("a.rs", stale).len(), 1);
     }
 
     #[test]
