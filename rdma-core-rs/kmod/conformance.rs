@@ -15,7 +15,7 @@ use rdma_core::{
     dma::DmaBuffer,
     mr::MemoryRegion,
     pd::ProtectionDomain,
-    qp::{InitAttr, QpCaps, QueuePair, RemoteAccess, RtrAttr, RtsAttr, SendOp},
+    qp::{AtomicOp, InitAttr, QpCaps, QueuePair, RemoteAccess, RtrAttr, RtsAttr, SendOp},
     verbs::{Gid, Mtu, WcOpcode, WcStatus, WorkCompletion},
 };
 
@@ -150,6 +150,7 @@ fn run_suite(device: &Device, tally: &mut Tally) {
     tally.record(device, "frwr_rdma_read", frwr_rdma_read(&rig));
     tally.record(device, "frwr_invalidate_refuses_access", frwr_invalidate_refuses_access(&rig));
     tally.record(device, "rc_bad_rkey_then_reset_and_reuse", rc_bad_rkey_then_reset_and_reuse(&rig));
+    tally.record(device, "rc_atomics", rc_atomics(&rig));
 }
 
 /// `prefix` followed by `size` in decimal, in `buf`.
@@ -413,4 +414,39 @@ fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig<'_>) -> CaseResult {
     wait_ok(rig, &slots[3], WcOpcode::Send)?;
     wait_ok(rig, &slots[2], WcOpcode::Recv)?;
     check(recv.read(0, 256)? == local.read(0, 256)?, "data after reset and reuse differs")
+}
+
+/// The 8 bytes at `offset` of `buffer`, in the CPU's byte order.
+fn read_u64(buffer: &DmaBuffer<'_>, offset: usize) -> core::result::Result<u64, Failure> {
+    let bytes = buffer.read(offset, 8)?;
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| Failure::Check("short read"))?;
+    Ok(u64::from_ne_bytes(bytes))
+}
+
+fn rc_atomics(rig: &Rig<'_>) -> CaseResult {
+    let mut target = DmaBuffer::new(rig.device, 64)?;
+    target.write(8, &40u64.to_ne_bytes())?;
+    let old = DmaBuffer::new(rig.device, 64)?;
+    let mr = MemoryRegion::new(&rig.pd, 1, &target, 0, 64)?;
+    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+    let (a, b) = rc_pair(rig)?;
+    let atomic = RemoteAccess { read: true, write: true, atomic: true };
+    b.post_reg_mr(&slots[0], &mr, atomic)?;
+    wait_ok(rig, &slots[0], WcOpcode::RegMr)?;
+    let (remote_addr, rkey) = (mr.iova() + 8, mr.rkey());
+    // 40 + 2 = 42, returning 40.
+    a.post_atomic(&slots[1], AtomicOp::FetchAndAdd { remote_addr, rkey, add: 2 }, &old, 0)?;
+    wait_ok(rig, &slots[1], WcOpcode::FetchAdd)?;
+    check(read_u64(&old, 0)? == 40, "fetch-and-add returned the wrong old value")?;
+    // A compare that fails leaves 42 and returns it; one that matches writes 99.
+    let miss = AtomicOp::CompareAndSwap { remote_addr, rkey, compare: 7, swap: 99 };
+    a.post_atomic(&slots[2], miss, &old, 8)?;
+    wait_ok(rig, &slots[2], WcOpcode::CompSwap)?;
+    check(read_u64(&old, 8)? == 42, "a failed compare-and-swap returned the wrong old value")?;
+    check(read_u64(&target, 8)? == 42, "a failed compare-and-swap changed memory")?;
+    let hit = AtomicOp::CompareAndSwap { remote_addr, rkey, compare: 42, swap: 99 };
+    a.post_atomic(&slots[3], hit, &old, 16)?;
+    wait_ok(rig, &slots[3], WcOpcode::CompSwap)?;
+    check(read_u64(&old, 16)? == 42, "compare-and-swap returned the wrong old value")?;
+    check(read_u64(&target, 8)? == 99, "compare-and-swap did not write the new value")
 }

@@ -119,6 +119,32 @@ pub enum SendOp {
     },
 }
 
+/// An 8-byte atomic on a peer's memory. The operands and the memory are in the CPU's byte
+/// order, as the kernel's verbs define them (`IB_ATOMIC_HCA`).
+#[derive(Clone, Copy, Debug)]
+pub enum AtomicOp {
+    /// Writes `swap` if the memory holds `compare`.
+    CompareAndSwap {
+        /// Address in the peer's region, 8-byte aligned.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+        /// The value expected.
+        compare: u64,
+        /// The value written if it matches.
+        swap: u64,
+    },
+    /// Adds `add` to the memory.
+    FetchAndAdd {
+        /// Address in the peer's region, 8-byte aligned.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+        /// The addend.
+        add: u64,
+    },
+}
+
 /// An RC queue pair (`ib_create_qp`). `'a` is how long everything it points at lives:
 /// its PD and CQs, and every buffer and completion slot a WR posted to it names. Dropping
 /// it drains both queues (`ib_drain_qp`), so no WR is left pointing anywhere, and
@@ -351,6 +377,67 @@ impl<'a> QueuePair<'a> {
             },
             remote_addr,
             rkey,
+        };
+        // SAFETY: as in `post_recv`.
+        to_result(unsafe {
+            sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr.wr, core::ptr::null_mut())
+        })
+    }
+
+    /// Posts a signaled 8-byte atomic on the peer's region `rkey` at `remote_addr`
+    /// (8-byte aligned); the original value lands in 8 bytes of `buffer` at `offset`.
+    pub fn post_atomic(
+        &self,
+        slot: &'a CompletionSlot,
+        op: AtomicOp,
+        buffer: &'a DmaBuffer<'_>,
+        offset: usize,
+    ) -> Result {
+        let mut sge = self.sge(buffer, offset, 8)?;
+        let (opcode, remote_addr, rkey, compare_add, swap) = match op {
+            AtomicOp::CompareAndSwap {
+                remote_addr,
+                rkey,
+                compare,
+                swap,
+            } => (
+                sys::ib_wr_opcode_IB_WR_ATOMIC_CMP_AND_SWP,
+                remote_addr,
+                rkey,
+                compare,
+                swap,
+            ),
+            AtomicOp::FetchAndAdd {
+                remote_addr,
+                rkey,
+                add,
+            } => (
+                sys::ib_wr_opcode_IB_WR_ATOMIC_FETCH_AND_ADD,
+                remote_addr,
+                rkey,
+                add,
+                0,
+            ),
+        };
+        if remote_addr % 8 != 0 {
+            return Err(EINVAL);
+        }
+        let wr = sys::ib_atomic_wr {
+            wr: sys::ib_send_wr {
+                __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
+                    wr_cqe: slot.as_cqe(),
+                },
+                sg_list: &mut sge,
+                num_sge: 1,
+                opcode,
+                send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
+                ..Default::default()
+            },
+            remote_addr,
+            compare_add,
+            swap,
+            rkey,
+            ..Default::default()
         };
         // SAFETY: as in `post_recv`.
         to_result(unsafe {
