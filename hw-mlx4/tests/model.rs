@@ -437,6 +437,8 @@ fn a_bad_rkey_fails_with_remote_access_error_and_flushes_the_rest() {
         ]
     );
     assert_eq!(rig.model.qp_state(a_qpn), Some(QpState::Error));
+    // The responder refused the R_Key: its QP goes to error as well.
+    assert_eq!(rig.model.qp_state(b_done.qpn()), Some(QpState::Error));
     // Posting to a QP in error still completes, with flush errors.
     a_sq.post(&[SendWr::new(
         3,
@@ -1265,4 +1267,49 @@ fn fast_registration_starts_at_the_iova_offset_and_needs_present_pages() {
         poll_all(&mut cq, &qps)[0].status,
         WcStatus::LocalProtectionError
     );
+}
+
+#[test]
+fn multi_block_wqes_over_many_laps_keep_the_read_ahead_window_stamped() {
+    // 128-byte WQEs whose second block carries gather entries, through a 64-entry SQ
+    // many times: every reused slot in the device's read-ahead window must be stamped.
+    let mut rig = Rig::new(8, CqeStride::Bytes32);
+    let spec = QpSpec {
+        log_sq_entries: 6,
+        sq_wqe_shift: 7,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, _b) = rig.rc_pair(spec);
+    let (local, lkey) = rig.buffer(64, ALL);
+    let (remote, rkey) = rig.buffer(4096, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut sq, _, done) = a.split(&uar);
+    // Control, remote address and four gather entries: 96 bytes, the last two in block 1.
+    let sges = [
+        sge(local, 8, lkey),
+        sge(local + 8, 8, lkey),
+        sge(local + 16, 8, lkey),
+        sge(local + 24, 8, lkey),
+    ];
+    for round in 0..200u64 {
+        let at = Remote {
+            addr: remote + (round % 100) * 32,
+            rkey,
+        };
+        let write = SendWr::new(
+            round,
+            SendOp::RdmaWrite(at),
+            Payload::Gather(&sges),
+            SendFlags::SIGNALED,
+        );
+        sq.post(&[write, write, write]).unwrap();
+        rig.model.process().unwrap();
+        let completions = poll_all(&mut cq, &[done]);
+        assert_eq!(completions.len(), 3, "round {round}");
+        assert!(completions.iter().all(|c| c.status == WcStatus::Success));
+    }
+    assert!(sq.head() > 64 * 9, "the SQ wrapped many times");
 }

@@ -168,10 +168,12 @@ impl<P: Platform> SendQueueState<P> {
                 let Ok((ctrl, _)) = CtrlSeg::ref_from_prefix(wqe) else {
                     return;
                 };
-                let end = (ctrl.size_ds() * DS_SIZE).min(wqe.len());
-                for block in wqe[..end].chunks_exact_mut(WQEBB_SIZE).skip(1) {
-                    if let Some(word) = block.first_chunk_mut::<4>() {
-                        *word = STAMP_WORD.to_be_bytes();
+                // Every block that starts inside the old WQE, a partly used last one too
+                // (the kernel's `for (i = 64; i < s; i += 64)`).
+                let end = ctrl.size_ds() * DS_SIZE;
+                for start in (WQEBB_SIZE..end).step_by(WQEBB_SIZE) {
+                    if let Some(word) = wqe.get_mut(start..start + 4) {
+                        word.copy_from_slice(&STAMP_WORD.to_be_bytes());
                     }
                 }
             })

@@ -31,7 +31,7 @@ use crate::wire::{
     send_doorbell_qpn, ArmCommand, AtomicSeg, Be16, Be32, CqDoorbell, CqDoorbellRecord, Cqe,
     CqeStride, CtrlSeg, DataSeg, DatagramSeg, Eqe, ErrorCqe, EventType, FastRegSeg, InlineSeg,
     LocalInvalSeg, RaddrSeg, RecvOpcode, SendOpcode, Syndrome, CQE_SIZE, DS_SIZE, EQE_SIZE,
-    RQ_DOORBELL_MASK, STAMP_WORD,
+    RQ_DOORBELL_MASK, SQ_MAX_HEADROOM, STAMP_WORD, WQEBB_SIZE,
 };
 use crate::wr::Access;
 use alloc::collections::BTreeMap;
@@ -60,6 +60,9 @@ pub enum ModelError {
     },
     /// The RQ doorbell record claims more WQEs than the queue holds, or went backwards.
     RecvDoorbellOverrun { qpn: u32, record: u32 },
+    /// A WQE in the device's read-ahead window (the `spare` slots after the last one
+    /// handed over) has a block, other than its first, that does not begin with the stamp.
+    UnstampedBlock { qpn: u32, wqe: u32, block: u32 },
     /// The CQ's consumer index moved backwards.
     ConsumerIndexBackwards { cqn: u32, from: u32, to: u32 },
     /// The device had a CQE to write and the CQ was full.
@@ -464,10 +467,35 @@ impl Model {
                 break;
             }
         }
+        self.check_stamps();
         self.collect_ring_violations();
         match self.errors.get(first_new) {
             Some(error) => Err(*error),
             None => Ok(()),
+        }
+    }
+
+    /// After a batch, the device may read ahead `spare` WQEs past the last one handed
+    /// over; each of their blocks but the first must begin with the stamp, or the device
+    /// would take stale bytes for a valid block (`stamp_send_wqe`).
+    fn check_stamps(&mut self) {
+        for (&qpn, qp) in &self.qps {
+            if qp.stalled || qp.sq.handovers().is_none() {
+                continue;
+            }
+            let shift = qp.sq.entry_shift();
+            let blocks = (1u32 << shift) / WQEBB_SIZE as u32;
+            let spare = (SQ_MAX_HEADROOM >> shift) as u32 + 1;
+            'window: for wqe in qp.sq_consumer..qp.sq_consumer.wrapping_add(spare) {
+                for block in 1..blocks {
+                    let word = qp.sq.read_word(wqe, (block as usize) * WQEBB_SIZE);
+                    if word != STAMP_WORD {
+                        self.errors
+                            .push(ModelError::UnstampedBlock { qpn, wqe, block });
+                        break 'window;
+                    }
+                }
+            }
         }
     }
 
@@ -1014,7 +1042,7 @@ impl Model {
                     return Outcome::Error(Syndrome::LocalQpOpErr);
                 };
                 let len: u64 = sges.iter().map(|&(_, _, len)| u64::from(len)).sum();
-                let Some(_) = peer.and_then(|peer| self.qps.get(&peer)) else {
+                let Some(peer) = self.live_peer(peer) else {
                     return Outcome::Error(Syndrome::TransportRetryExcErr);
                 };
                 let data = match self.memory.read_region(
@@ -1024,7 +1052,7 @@ impl Model {
                     Access::REMOTE_READ,
                 ) {
                     Ok(data) => data,
-                    Err(_) => return Outcome::Error(Syndrome::RemoteAccessErr),
+                    Err(_) => return self.responder_fault(peer, Syndrome::RemoteAccessErr),
                 };
                 match self.scatter(sges, &data) {
                     Ok(()) => Outcome::Done {
@@ -1040,12 +1068,12 @@ impl Model {
                 let WqeData::Gather(sges) = &wqe.data else {
                     return Outcome::Error(Syndrome::LocalQpOpErr);
                 };
-                if peer.is_none() {
+                let Some(peer) = self.live_peer(peer) else {
                     return Outcome::Error(Syndrome::TransportRetryExcErr);
-                }
+                };
                 let (rkey, addr) = (raddr.rkey.get(), raddr.raddr.get());
                 if addr % 8 != 0 {
-                    return Outcome::Error(Syndrome::RemoteInvalReqErr);
+                    return self.responder_fault(peer, Syndrome::RemoteInvalReqErr);
                 }
                 // ConnectX-3 does atomics on big-endian data (mlx5 added a host-endian
                 // mode); the old value comes back big-endian too.
@@ -1054,7 +1082,7 @@ impl Model {
                     .read_region(rkey, addr, 8, Access::REMOTE_ATOMIC)
                 {
                     Ok(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().unwrap_or([0; 8])),
-                    Err(_) => return Outcome::Error(Syndrome::RemoteAccessErr),
+                    Err(_) => return self.responder_fault(peer, Syndrome::RemoteAccessErr),
                 };
                 let new = if wqe.opcode == SendOpcode::AtomicCmpSwap {
                     if old == atomic.compare.get() {
@@ -1070,7 +1098,7 @@ impl Model {
                     .write_region(rkey, addr, &new.to_be_bytes(), Access::REMOTE_ATOMIC)
                     .is_err()
                 {
-                    return Outcome::Error(Syndrome::RemoteAccessErr);
+                    return self.responder_fault(peer, Syndrome::RemoteAccessErr);
                 }
                 match self.scatter(sges, &old.to_be_bytes()) {
                     Ok(()) => Outcome::Done { byte_len: 8 },
@@ -1085,13 +1113,10 @@ impl Model {
                 let Some(peer) = peer.filter(|peer| self.qps.contains_key(peer)) else {
                     return Outcome::Error(Syndrome::TransportRetryExcErr);
                 };
-                if self
-                    .qps
-                    .get(&peer)
-                    .is_some_and(|qp| qp.state == QpState::Error)
-                {
-                    return Outcome::Error(Syndrome::RemoteOpErr);
-                }
+                // A responder in error drops the request: the requester retries, then gives up.
+                let Some(peer) = self.live_peer(Some(peer)) else {
+                    return Outcome::Error(Syndrome::TransportRetryExcErr);
+                };
                 let data = match self.gather(&wqe.data) {
                     Ok(data) => data,
                     Err(syndrome) => return Outcome::Error(syndrome),
@@ -1106,7 +1131,7 @@ impl Model {
                         Access::REMOTE_WRITE,
                     );
                     if written.is_err() {
-                        return Outcome::Error(Syndrome::RemoteAccessErr);
+                        return self.responder_fault(peer, Syndrome::RemoteAccessErr);
                     }
                     if wqe.opcode == SendOpcode::RdmaWrite {
                         return Outcome::Done {
@@ -1118,6 +1143,23 @@ impl Model {
             }
             _ => Outcome::Error(Syndrome::LocalQpOpErr),
         }
+    }
+
+    /// The peer, if it exists and can respond (a QP in error drops what it receives).
+    fn live_peer(&self, peer: Option<u32>) -> Option<u32> {
+        peer.filter(|peer| {
+            self.qps
+                .get(peer)
+                .is_some_and(|qp| qp.state == QpState::Rts)
+        })
+    }
+
+    /// A request the responder refuses (an R_Key violation, a misaligned atomic): the
+    /// responder's QP goes to error too (IBA 9.9.3, responder class C errors), flushing
+    /// its receives, and the requester gets `syndrome`.
+    fn responder_fault(&mut self, responder: u32, syndrome: Syndrome) -> Outcome {
+        self.enter_error(responder);
+        Outcome::Error(syndrome)
     }
 
     /// Delivers a send (or the receive side of a write with immediate) to the responder.
