@@ -291,26 +291,63 @@ proptest! {
     }
 
     #[test]
-    fn garbage_in_the_cq_never_panics_the_driver(entries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 32), 8)) {
+    fn garbage_in_the_cq_never_panics_the_driver_or_invents_wr_ids(
+        entries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 64), 8),
+        own_qpn in any::<bool>(),
+        wide in any::<bool>(),
+        sends in 0usize..6,
+        receives in 0usize..6,
+    ) {
         let uar = HostUar::new();
         let mut model = Model::new(uar.clone());
-        let parts = model.create_cq(3, CqeStride::Bytes32, None);
+        let stride = if wide { CqeStride::Bytes64 } else { CqeStride::Bytes32 };
+        let parts = model.create_cq(3, stride, None);
         let ring = parts.ring.clone();
         let mut a = model.create_qp(&QpSpec::rc(parts.cqn, parts.cqn)).unwrap();
+        let qpn = a.qpn();
         let mut cq = CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+        let (mut sq, mut rq, done) = a.split(&uar);
+        // Outstanding WRs the garbage may claim to complete (the model never runs).
+        let write = SendWr::new(0, SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }), Payload::Gather(&[]), SendFlags::SIGNALED);
+        let send_wrs: Vec<SendWr> = (0..sends).map(|i| SendWr { wr_id: 100 + i as u64, ..write }).collect();
+        sq.post(&send_wrs).unwrap();
+        let recv_wrs: Vec<RecvWr> = (0..receives).map(|i| RecvWr { wr_id: 200 + i as u64, sges: &[] }).collect();
+        rq.post(&recv_wrs).unwrap();
         for (index, bytes) in entries.iter().enumerate() {
             // SAFETY: single-threaded; the test plays a faulty device.
-            unsafe { ring.with_entry_mut(index as u32, |entry| entry.copy_from_slice(bytes)) };
+            unsafe {
+                ring.with_entry_mut(index as u32, |entry| {
+                    let len = entry.len();
+                    entry.copy_from_slice(&bytes[..len]);
+                    if own_qpn {
+                        let at = stride.cqe_offset();
+                        entry[at..at + 4].copy_from_slice(&qpn.to_be_bytes());
+                    }
+                })
+            };
         }
-        let (_, _, done) = a.split(&uar);
         let mut out = [Completion::EMPTY; 4];
         let mut consumed = 0;
+        let mut seen = Vec::new();
         for _ in 0..16 {
             let before = cq.cons_index();
-            let _ = cq.poll(&done, &mut out);
+            let polled = match cq.poll(&done, &mut out) {
+                Ok(n) => n,
+                Err(error) => error.polled,
+            };
+            seen.extend(out[..polled].iter().map(|c| c.wr_id));
             consumed += cq.cons_index() - before;
         }
         prop_assert!(consumed <= 8, "consumed {consumed} CQEs from 8 entries in one lap");
+        // Whatever the device wrote, a completion only ever names a WR that was posted,
+        // and each at most once.
+        let send_ids: Vec<u64> = seen.iter().copied().filter(|id| (100..200).contains(id)).collect();
+        let recv_ids: Vec<u64> = seen.iter().copied().filter(|id| (200..300).contains(id)).collect();
+        prop_assert_eq!(send_ids.len() + recv_ids.len(), seen.len(), "an invented wr_id: {:?}", seen);
+        let mut unique = send_ids.clone();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), send_ids.len(), "a send completed twice: {:?}", send_ids);
+        prop_assert!(send_ids.len() <= sends && recv_ids.len() <= receives);
     }
 
     #[test]
