@@ -9,13 +9,14 @@
 use kernel::prelude::*;
 use kernel::time::{delay::fsleep, Delta};
 use rdma_core::{
+    ah::AddressHandle,
     client::{Client, Registration},
     cq::{CompletionQueue, CompletionSlot},
     device::Device,
     dma::DmaBuffer,
     mr::MemoryRegion,
     pd::ProtectionDomain,
-    qp::{AtomicOp, InitAttr, QpCaps, QueuePair, RemoteAccess, RtrAttr, RtsAttr, SendOp},
+    qp::{AtomicOp, InitAttr, QpCaps, QueuePair, RemoteAccess, RtrAttr, RtsAttr, SendOp, UdDest},
     verbs::{Gid, Mtu, WcOpcode, WcStatus, WorkCompletion},
 };
 
@@ -151,6 +152,8 @@ fn run_suite(device: &Device, tally: &mut Tally) {
     tally.record(device, "frwr_invalidate_refuses_access", frwr_invalidate_refuses_access(&rig));
     tally.record(device, "rc_bad_rkey_then_reset_and_reuse", rc_bad_rkey_then_reset_and_reuse(&rig));
     tally.record(device, "rc_atomics", rc_atomics(&rig));
+    tally.record(device, "ud_send_with_grh", ud_send_with_grh(&rig));
+    tally.record(device, "ud_drain_with_sends_outstanding", ud_drain_with_sends_outstanding(&rig));
 }
 
 /// `prefix` followed by `size` in decimal, in `buf`.
@@ -449,4 +452,53 @@ fn rc_atomics(rig: &Rig<'_>) -> CaseResult {
     wait_ok(rig, &slots[3], WcOpcode::CompSwap)?;
     check(read_u64(&old, 16)? == 42, "compare-and-swap returned the wrong old value")?;
     check(read_u64(&target, 8)? == 99, "compare-and-swap did not write the new value")
+}
+
+/// The GRH a UD receive starts with.
+const GRH_LEN: usize = 40;
+
+fn ud_send_with_grh(rig: &Rig<'_>) -> CaseResult {
+    const QKEY: u32 = 0x1111_2222;
+    let message = patterned(rig.device, 200, 17)?;
+    let recv = DmaBuffer::new(rig.device, GRH_LEN + 256)?;
+    let dmac = rig.gid.link_local_mac().ok_or(Failure::Check("GID 0 is not link-local"))?;
+    let ah = AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?;
+    let (send_done, recv_done) = (CompletionSlot::new(), CompletionSlot::new());
+    let mut a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    let mut b = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    a.modify_ud_to_rts(rig.port, 0, QKEY)?;
+    b.modify_ud_to_rts(rig.port, 0, QKEY)?;
+    b.post_recv(&recv_done, &recv, 0, GRH_LEN + 256)?;
+    let dest = UdDest { ah: &ah, remote_qpn: b.qp_num(), remote_qkey: QKEY };
+    a.post_ud_send(&send_done, &dest, &message, 0, 200)?;
+    wait_ok(rig, &send_done, WcOpcode::Send)?;
+    let received = wait(rig, &recv_done)?;
+    check(received.status == WcStatus::Success, "the UD receive completed with an error")?;
+    check(received.grh, "the UD receive has no GRH on RoCE")?;
+    check(received.byte_len as usize == GRH_LEN + 200, "the UD receive length is not GRH + payload")?;
+    check(received.src_qp == a.qp_num(), "the UD receive names the wrong source QP")?;
+    // The GRH's destination GID (its last 16 bytes) is the one the AH named.
+    check(recv.read(24, 16)? == &rig.gid.0[..], "the GRH does not carry the destination GID")?;
+    check(recv.read(GRH_LEN, 200)? == message.read(0, 200)?, "the UD payload differs")
+}
+
+fn ud_drain_with_sends_outstanding(rig: &Rig<'_>) -> CaseResult {
+    // A receive posted and never matched, and sends to a QP number nobody has: dropping
+    // the QP must complete all of them (flushed or sent) without the generic drain.
+    const QKEY: u32 = 0x1111_2222;
+    let message = patterned(rig.device, 64, 1)?;
+    let recv = DmaBuffer::new(rig.device, GRH_LEN + 64)?;
+    let dmac = rig.gid.link_local_mac().ok_or(Failure::Check("GID 0 is not link-local"))?;
+    let ah = AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?;
+    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+    {
+        let mut a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+        a.modify_ud_to_rts(rig.port, 0, QKEY)?;
+        a.post_recv(&slots[0], &recv, 0, GRH_LEN + 64)?;
+        let nowhere = UdDest { ah: &ah, remote_qpn: 0x00ff_fff0, remote_qkey: QKEY };
+        a.post_ud_send(&slots[1], &nowhere, &message, 0, 64)?;
+        a.post_ud_send(&slots[2], &nowhere, &message, 0, 64)?;
+    }
+    check(slots[0].take().map(|c| c.status) == Some(WcStatus::WrFlushError), "the receive was not flushed")?;
+    check(slots[1].take().is_some() && slots[2].take().is_some(), "a send never completed")
 }

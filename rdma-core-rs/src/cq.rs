@@ -71,6 +71,9 @@ pub struct CompletionSlot {
     /// First, so that the `ib_cqe` pointer a completion carries is the slot's address.
     cqe: Opaque<sys::ib_cqe>,
     completion: Cell<Option<WorkCompletion>>,
+    /// Whether the WR posted with this slot is a send-queue WR (see `QueuePair`'s count
+    /// of outstanding sends).
+    send: Cell<bool>,
 }
 
 impl Default for CompletionSlot {
@@ -87,6 +90,7 @@ impl CompletionSlot {
                 done: Some(slot_done),
             }),
             completion: Cell::new(None),
+            send: Cell::new(false),
         }
     }
 
@@ -97,6 +101,10 @@ impl CompletionSlot {
 
     pub(crate) fn as_cqe(&self) -> *mut sys::ib_cqe {
         self.cqe.get()
+    }
+
+    pub(crate) fn mark(&self, send: bool) {
+        self.send.set(send);
     }
 }
 
@@ -115,6 +123,14 @@ unsafe extern "C" fn slot_done(_cq: *mut sys::ib_cq, wc: *mut sys::ib_wc) {
         let slot = &*wc.__bindgen_anon_1.wr_cqe.cast::<CompletionSlot>();
         let qp_num = if wc.qp.is_null() { 0 } else { (*wc.qp).qp_num };
         slot.completion.set(Some(work_completion(wc, qp_num)));
+        // A send-queue WR is no longer outstanding: `qp_context` is the QP's count of
+        // them (set by `QueuePair`), updated in this same context.
+        if slot.send.get() && !wc.qp.is_null() {
+            let sends = (*wc.qp).qp_context.cast::<Cell<u32>>().cast_const();
+            if let Some(sends) = sends.as_ref() {
+                sends.set(sends.get().saturating_sub(1));
+            }
+        }
     }
 }
 
@@ -130,6 +146,7 @@ fn work_completion(wc: &sys::ib_wc, qp_num: u32) -> WorkCompletion {
         invalidated_rkey: (flags & sys::ib_wc_flags_IB_WC_WITH_INVALIDATE != 0).then_some(ex),
         qp_num,
         src_qp: wc.src_qp,
+        grh: flags & sys::ib_wc_flags_IB_WC_GRH != 0,
         vendor_err: wc.vendor_err,
     }
 }

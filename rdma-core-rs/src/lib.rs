@@ -18,6 +18,8 @@
 pub mod verbs;
 
 #[cfg(tilde_kernel)]
+pub mod ah;
+#[cfg(tilde_kernel)]
 pub mod client;
 #[cfg(tilde_kernel)]
 pub mod cq;

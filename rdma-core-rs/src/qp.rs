@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Queue pairs: creation, typed state transitions, posting, and drain before destroy.
 
+use core::cell::Cell;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
 use kernel::str::CStrExt;
+use kernel::time::{delay::fsleep, Delta};
 
+use crate::ah::AddressHandle;
 use crate::cq::{CompletionQueue, CompletionSlot};
 use crate::device::Device;
 use crate::dma::DmaBuffer;
@@ -145,7 +148,18 @@ pub enum AtomicOp {
     },
 }
 
-/// An RC queue pair (`ib_create_qp`). `'a` is how long everything it points at lives:
+/// Where a UD SEND goes: the address handle and the QP behind it.
+#[derive(Clone, Copy)]
+pub struct UdDest<'a> {
+    /// The path to the peer's port.
+    pub ah: &'a AddressHandle<'a>,
+    /// The peer QP's number.
+    pub remote_qpn: u32,
+    /// The Q_Key the peer QP accepts.
+    pub remote_qkey: u32,
+}
+
+/// A queue pair (`ib_create_qp`), RC or UD. `'a` is how long everything it points at lives:
 /// its PD and CQs, and every buffer and completion slot a WR posted to it names. Dropping
 /// it drains both queues (`ib_drain_qp`), so no WR is left pointing anywhere, and
 /// destroys it.
@@ -153,6 +167,10 @@ pub struct QueuePair<'a> {
     qp: NonNull<sys::ib_qp>,
     device: &'a Device,
     lkey: u32,
+    qp_type: sys::ib_qp_type,
+    /// Send-queue WRs posted and not yet completed; the QP's `qp_context` points here so
+    /// completion slots can count down. UD QPs drain by it (see `Drop`).
+    sends: KBox<Cell<u32>>,
     _borrows: PhantomData<(&'a CompletionQueue<'a>, &'a CompletionSlot)>,
 }
 
@@ -164,6 +182,27 @@ impl<'a> QueuePair<'a> {
         recv_cq: &'a CompletionQueue<'_>,
         caps: &QpCaps,
     ) -> Result<Self> {
+        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_RC)
+    }
+
+    /// Creates a UD QP in RESET; bring it up with [`QueuePair::modify_ud_to_rts`].
+    pub fn new_ud(
+        pd: &'a ProtectionDomain<'_>,
+        send_cq: &'a CompletionQueue<'_>,
+        recv_cq: &'a CompletionQueue<'_>,
+        caps: &QpCaps,
+    ) -> Result<Self> {
+        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_UD)
+    }
+
+    fn create(
+        pd: &'a ProtectionDomain<'_>,
+        send_cq: &'a CompletionQueue<'_>,
+        recv_cq: &'a CompletionQueue<'_>,
+        caps: &QpCaps,
+        qp_type: sys::ib_qp_type,
+    ) -> Result<Self> {
+        let sends = KBox::new(Cell::new(0u32), GFP_KERNEL)?;
         let mut init = sys::ib_qp_init_attr {
             send_cq: send_cq.as_raw(),
             recv_cq: recv_cq.as_raw(),
@@ -176,7 +215,8 @@ impl<'a> QueuePair<'a> {
                 ..Default::default()
             },
             sq_sig_type: sys::ib_sig_type_IB_SIGNAL_REQ_WR,
-            qp_type: sys::ib_qp_type_IB_QPT_RC,
+            qp_type,
+            qp_context: core::ptr::from_ref::<Cell<u32>>(&sends).cast_mut().cast(),
             ..Default::default()
         };
         // SAFETY: the PD and CQs are valid for 'a; `init` is a valid attribute block the
@@ -189,8 +229,23 @@ impl<'a> QueuePair<'a> {
             qp,
             device: pd.device(),
             lkey: pd.local_dma_lkey(),
+            qp_type,
+            sends,
             _borrows: PhantomData,
         })
+    }
+
+    /// Posts a send-queue WR, counting it as outstanding if the post succeeds.
+    fn post_send_wr(&self, slot: &CompletionSlot, wr: &sys::ib_send_wr) -> Result {
+        slot.mark(true);
+        // SAFETY: the QP is valid; the WR (and whatever it points to) lives across the
+        // call, and the buffers, regions, handles and slot it names are borrowed for 'a,
+        // beyond the QP's drain.
+        to_result(unsafe {
+            sys::tilde_rdma_post_send(self.qp.as_ptr(), wr, core::ptr::null_mut())
+        })?;
+        self.sends.set(self.sends.get() + 1);
+        Ok(())
     }
 
     /// The QP number the peer addresses.
@@ -270,6 +325,65 @@ impl<'a> QueuePair<'a> {
         self.modify(&mut attr, mask)
     }
 
+    /// RESET → INIT → RTR → RTS for a UD QP: it receives datagrams that carry `qkey`.
+    pub fn modify_ud_to_rts(&mut self, port: u32, pkey_index: u16, qkey: u32) -> Result {
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_INIT,
+            pkey_index,
+            port_num: port,
+            qkey,
+            ..Default::default()
+        };
+        let mask = sys::ib_qp_attr_mask_IB_QP_STATE
+            | sys::ib_qp_attr_mask_IB_QP_PKEY_INDEX
+            | sys::ib_qp_attr_mask_IB_QP_PORT
+            | sys::ib_qp_attr_mask_IB_QP_QKEY;
+        self.modify(&mut attr, mask)?;
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_RTR,
+            ..Default::default()
+        };
+        self.modify(&mut attr, sys::ib_qp_attr_mask_IB_QP_STATE)?;
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_RTS,
+            sq_psn: 0,
+            ..Default::default()
+        };
+        self.modify(
+            &mut attr,
+            sys::ib_qp_attr_mask_IB_QP_STATE | sys::ib_qp_attr_mask_IB_QP_SQ_PSN,
+        )
+    }
+
+    /// Posts a signaled UD SEND of `len` bytes of `buffer` at `offset` to `dest`.
+    pub fn post_ud_send(
+        &self,
+        slot: &'a CompletionSlot,
+        dest: &UdDest<'a>,
+        buffer: &'a DmaBuffer<'_>,
+        offset: usize,
+        len: usize,
+    ) -> Result {
+        let mut sge = self.sge(buffer, offset, len)?;
+        let wr = sys::ib_ud_wr {
+            wr: sys::ib_send_wr {
+                __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
+                    wr_cqe: slot.as_cqe(),
+                },
+                sg_list: &mut sge,
+                num_sge: 1,
+                opcode: sys::ib_wr_opcode_IB_WR_SEND,
+                send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
+                ..Default::default()
+            },
+            ah: dest.ah.as_raw(),
+            remote_qpn: dest.remote_qpn,
+            remote_qkey: dest.remote_qkey,
+            ..Default::default()
+        };
+        self.post_send_wr(slot, &wr.wr)
+    }
+
     /// Any state → RESET: the QP forgets its queues and its peer, and can be brought up
     /// again (INIT, RTR, RTS), e.g. after an error.
     pub fn modify_to_reset(&mut self) -> Result {
@@ -319,6 +433,7 @@ impl<'a> QueuePair<'a> {
         len: usize,
     ) -> Result {
         let mut sge = self.sge(buffer, offset, len)?;
+        slot.mark(false);
         let wr = sys::ib_recv_wr {
             next: core::ptr::null_mut(),
             __bindgen_anon_1: sys::ib_recv_wr__bindgen_ty_1 {
@@ -378,10 +493,7 @@ impl<'a> QueuePair<'a> {
             remote_addr,
             rkey,
         };
-        // SAFETY: as in `post_recv`.
-        to_result(unsafe {
-            sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr.wr, core::ptr::null_mut())
-        })
+        self.post_send_wr(slot, &wr.wr)
     }
 
     /// Posts a signaled 8-byte atomic on the peer's region `rkey` at `remote_addr`
@@ -439,10 +551,7 @@ impl<'a> QueuePair<'a> {
             rkey,
             ..Default::default()
         };
-        // SAFETY: as in `post_recv`.
-        to_result(unsafe {
-            sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr.wr, core::ptr::null_mut())
-        })
+        self.post_send_wr(slot, &wr.wr)
     }
 
     /// Posts a fast registration making `mr` valid for the peer's `access`.
@@ -475,11 +584,7 @@ impl<'a> QueuePair<'a> {
             key: mr.rkey(),
             access: rights as i32,
         };
-        // SAFETY: the QP is valid; the WR lives across the call; the MR and slot are
-        // borrowed for 'a, beyond the QP's drain.
-        to_result(unsafe {
-            sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr.wr, core::ptr::null_mut())
-        })
+        self.post_send_wr(slot, &wr.wr)
     }
 
     /// Posts a local invalidation of `rkey`: after it completes, the peer's access with
@@ -496,22 +601,58 @@ impl<'a> QueuePair<'a> {
             },
             ..Default::default()
         };
-        // SAFETY: the QP is valid; the WR lives across the call; the slot is borrowed for 'a.
-        to_result(unsafe {
-            sys::tilde_rdma_post_send(self.qp.as_ptr(), &wr, core::ptr::null_mut())
-        })
+        self.post_send_wr(slot, &wr)
+    }
+}
+
+impl QueuePair<'_> {
+    /// Drains a UD QP, which `ib_drain_qp` cannot do (it drains the SQ with an RDMA WRITE):
+    /// to ERR, which flushes both queues; the RQ drained by the IB core; then the send
+    /// CQ polled until every counted send has completed (IPoIB's way). Gives up after
+    /// five seconds with a dmesg line rather than hang.
+    fn drain_ud(&mut self) {
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_ERR,
+            ..Default::default()
+        };
+        if self
+            .modify(&mut attr, sys::ib_qp_attr_mask_IB_QP_STATE)
+            .is_err()
+        {
+            return;
+        }
+        // SAFETY: the QP is valid and in ERR; the RQ drain posts one receive and waits.
+        unsafe { sys::ib_drain_rq(self.qp.as_ptr()) };
+        for _ in 0..5000 {
+            if self.sends.get() == 0 {
+                return;
+            }
+            // SAFETY: the QP is valid, and so is its send CQ (borrowed for 'a); tilde's
+            // CQs are direct, polled in this context.
+            unsafe { sys::ib_process_cq_direct((*self.qp.as_ptr()).send_cq, -1) };
+            fsleep(Delta::from_millis(1));
+        }
+        pr_err!(
+            "{}: QP {}: {} sends never completed\n",
+            self.device.name(),
+            self.qp_num(),
+            self.sends.get()
+        );
     }
 }
 
 impl Drop for QueuePair<'_> {
     fn drop(&mut self) {
-        // SAFETY: the QP is valid. Draining completes (into their slots, still alive for
-        // 'a) every WR still posted, so nothing the device could touch remains; then the
-        // QP is destroyed once.
-        let ret = unsafe {
-            sys::ib_drain_qp(self.qp.as_ptr());
-            sys::ib_destroy_qp_user(self.qp.as_ptr(), core::ptr::null_mut())
-        };
+        // Draining completes (into their slots, still alive for 'a) every WR still
+        // posted, so nothing the device could touch remains.
+        if self.qp_type == sys::ib_qp_type_IB_QPT_UD {
+            self.drain_ud();
+        } else {
+            // SAFETY: the QP is valid; the generic drain suits connected QPs.
+            unsafe { sys::ib_drain_qp(self.qp.as_ptr()) };
+        }
+        // SAFETY: the QP is valid, drained, and destroyed once.
+        let ret = unsafe { sys::ib_destroy_qp_user(self.qp.as_ptr(), core::ptr::null_mut()) };
         if ret != 0 {
             pr_err!("{}: destroying QP failed: {}\n", self.device.name(), ret);
         }

@@ -360,6 +360,8 @@ pub struct WorkCompletion {
     pub qp_num: u32,
     /// The sending QP (UD receives).
     pub src_qp: u32,
+    /// A UD receive began with the sender's GRH (`IB_WC_GRH`): the first 40 bytes.
+    pub grh: bool,
     /// The device's own error detail.
     pub vendor_err: u32,
 }
