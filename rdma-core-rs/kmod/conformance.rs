@@ -26,7 +26,15 @@ module! {
     authors: ["tilde developers"],
     description: "tilde verbs conformance suite (Rust)",
     license: "GPL",
+    params: {
+        bench: u32 {
+            default: 0,
+            description: "0 runs the conformance cases; N runs the safe-vs-raw benchmark with N operations per loop instead",
+        },
+    },
 }
+
+mod bench;
 
 mod param {
     use kernel::str::{CStr, CStrExt};
@@ -54,6 +62,15 @@ impl Client for Suite {
         if name.as_str().as_bytes() != param::device().to_bytes() {
             return Ok(());
         }
+        let ops = *module_parameters::bench.value();
+        if ops > 0 {
+            let port = *device.ports().start();
+            match setup(device, port) {
+                Ok(rig) => bench::run(&rig, ops),
+                Err(error) => pr_info!("{}: bench: setup failed: {:?}\n", name, error),
+            }
+            return Ok(());
+        }
         let mut tally = Tally::default();
         run_suite(device, &mut tally);
         pr_info!("{}: summary: {} passed, {} failed\n", name, tally.passed, tally.failed);
@@ -64,7 +81,7 @@ impl Client for Suite {
 }
 
 /// Why a case failed.
-enum Failure {
+pub(crate) enum Failure {
     /// A verb returned an error.
     Verb(Error),
     /// A check on the results did not hold.
@@ -121,12 +138,12 @@ impl Tally {
 }
 
 /// What every case needs: the port under test, its GID, a PD and a CQ.
-struct Rig<'d> {
-    device: &'d Device,
+pub(crate) struct Rig<'d> {
+    pub(crate) device: &'d Device,
     port: u32,
     gid: Gid,
-    pd: ProtectionDomain<'d>,
-    cq: CompletionQueue<'d>,
+    pub(crate) pd: ProtectionDomain<'d>,
+    pub(crate) cq: CompletionQueue<'d>,
 }
 
 fn run_suite(device: &Device, tally: &mut Tally) {
@@ -175,7 +192,7 @@ fn case_name<'b>(buf: &'b mut [u8; 32], prefix: &'b str, size: usize) -> &'b str
     core::str::from_utf8(&buf[..len]).unwrap_or(prefix)
 }
 
-fn setup(device: &Device, port: u32) -> Result<Rig<'_>> {
+pub(crate) fn setup(device: &Device, port: u32) -> Result<Rig<'_>> {
     let gid = device.query_gid(port, 0)?;
     let pd = ProtectionDomain::new(device)?;
     let cq = CompletionQueue::new(device, 256)?;
@@ -212,7 +229,7 @@ fn connect(rig: &Rig<'_>, qp: &mut QueuePair<'_>, peer: u32) -> Result {
 }
 
 /// Two RC QPs on the rig, connected to each other.
-fn rc_pair<'a>(rig: &'a Rig<'_>) -> Result<(QueuePair<'a>, QueuePair<'a>)> {
+pub(crate) fn rc_pair<'a>(rig: &'a Rig<'_>) -> Result<(QueuePair<'a>, QueuePair<'a>)> {
     let mut a = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
     let mut b = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
     let (a_num, b_num) = (a.qp_num(), b.qp_num());
@@ -317,7 +334,7 @@ impl kernel::Module for Conformance {
 }
 
 /// A buffer of `len` bytes filled with the send pattern from `start`.
-fn patterned<'d>(device: &'d Device, len: usize, start: usize) -> core::result::Result<DmaBuffer<'d>, Failure> {
+pub(crate) fn patterned<'d>(device: &'d Device, len: usize, start: usize) -> core::result::Result<DmaBuffer<'d>, Failure> {
     let mut buffer = DmaBuffer::new(device, len)?;
     let mut bytes = KVec::with_capacity(len, GFP_KERNEL)?;
     for i in 0..len {
@@ -330,7 +347,7 @@ fn patterned<'d>(device: &'d Device, len: usize, start: usize) -> core::result::
 const RDMA_LEN: usize = 8192;
 /// Pages an MR over `RDMA_LEN` bytes may need (an unaligned buffer spans one more).
 const RDMA_PAGES: u32 = 4;
-const READ_WRITE: RemoteAccess = RemoteAccess { read: true, write: true, atomic: false };
+pub(crate) const READ_WRITE: RemoteAccess = RemoteAccess { read: true, write: true, atomic: false };
 
 /// Waits for `slot` and checks that it succeeded with `opcode`.
 fn wait_ok(rig: &Rig<'_>, slot: &CompletionSlot, opcode: WcOpcode) -> CaseResult {

@@ -52,7 +52,8 @@ impl<'d> CompletionQueue<'d> {
         u32::try_from(done).unwrap_or(0)
     }
 
-    pub(crate) fn as_raw(&self) -> *mut sys::ib_cq {
+    /// The `ib_cq`, for the raw bindings (benchmarks).
+    pub fn as_raw(&self) -> *mut sys::ib_cq {
         self.cq.as_ptr()
     }
 }

@@ -248,6 +248,11 @@ impl<'a> QueuePair<'a> {
         Ok(())
     }
 
+    /// The `ib_qp`, for the raw bindings (benchmarks).
+    pub fn as_raw(&self) -> *mut sys::ib_qp {
+        self.qp.as_ptr()
+    }
+
     /// The QP number the peer addresses.
     pub fn qp_num(&self) -> u32 {
         // SAFETY: the QP is valid (type invariant); `qp_num` is set at creation.

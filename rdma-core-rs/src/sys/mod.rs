@@ -42,7 +42,9 @@ mod generated {
     include!(env!("TILDE_RDMA_BINDINGS"));
 }
 
-pub(crate) use generated::*;
+// Public as the raw escape hatch (benchmarks compare the safe API against it); ULP code
+// uses the safe API, the way modules use `kernel::` abstractions and not `bindings`.
+pub use generated::*;
 
 use crate::verbs::{Decoded, Guid, PortAttr};
 
