@@ -11,7 +11,7 @@ use kernel::time::{delay::fsleep, Delta};
 use rdma_core::{
     ah::AddressHandle,
     client::{Client, Registration},
-    cq::{CompletionQueue, CompletionSlot},
+    cq::{CompletionQueue, CompletionSlot, PollContext},
     device::Device,
     dma::DmaBuffer,
     mr::MemoryRegion,
@@ -171,6 +171,9 @@ fn run_suite(device: &Device, tally: &mut Tally) {
     tally.record(device, "rc_atomics", rc_atomics(&rig));
     tally.record(device, "ud_send_with_grh", ud_send_with_grh(&rig));
     tally.record(device, "ud_drain_with_sends_outstanding", ud_drain_with_sends_outstanding(&rig));
+    tally.record(device, "rc_softirq_cq", rc_over_cq_context(&rig, PollContext::Softirq));
+    tally.record(device, "rc_workqueue_cq", rc_over_cq_context(&rig, PollContext::Workqueue));
+    tally.record(device, "slot_reuse_refused", slot_reuse_refused(&rig));
 }
 
 /// `prefix` followed by `size` in decimal, in `buf`.
@@ -241,8 +244,13 @@ pub(crate) fn rc_pair<'a>(rig: &'a Rig<'_>) -> Result<(QueuePair<'a>, QueuePair<
 /// Polls the CQ until `slot` has its completion; rxe completes from its own tasks, so
 /// the wait sleeps between polls. Ten seconds is ample under QEMU TCG.
 fn wait(rig: &Rig<'_>, slot: &CompletionSlot) -> core::result::Result<WorkCompletion, Failure> {
+    wait_on(&rig.cq, slot)
+}
+
+/// As [`wait`], on any CQ: a direct one is polled, the others deliver by themselves.
+fn wait_on(cq: &CompletionQueue<'_>, slot: &CompletionSlot) -> core::result::Result<WorkCompletion, Failure> {
     for _ in 0..20_000 {
-        rig.cq.poll(64);
+        cq.poll(64);
         if let Some(completion) = slot.take() {
             return Ok(completion);
         }
@@ -518,4 +526,58 @@ fn ud_drain_with_sends_outstanding(rig: &Rig<'_>) -> CaseResult {
     }
     check(slots[0].take().map(|c| c.status) == Some(WcStatus::WrFlushError), "the receive was not flushed")?;
     check(slots[1].take().is_some() && slots[2].take().is_some(), "a send never completed")
+}
+
+/// RC traffic over a CQ that the IB core polls itself (softirq or workqueue): the
+/// completions reach their slots from that context.
+fn rc_over_cq_context(rig: &Rig<'_>, context: PollContext) -> CaseResult {
+    let cq = CompletionQueue::with_context(rig.device, 64, context)?;
+    let send = patterned(rig.device, 4096, 21)?;
+    let recv = DmaBuffer::new(rig.device, 4096)?;
+    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+    let mut a = QueuePair::new_rc(&rig.pd, &cq, &cq, &CAPS)?;
+    let mut b = QueuePair::new_rc(&rig.pd, &cq, &cq, &CAPS)?;
+    let (a_num, b_num) = (a.qp_num(), b.qp_num());
+    connect(rig, &mut a, b_num)?;
+    connect(rig, &mut b, a_num)?;
+    for round in 0..2 {
+        let (send_slot, recv_slot) = (&slots[round * 2], &slots[round * 2 + 1]);
+        b.post_recv(recv_slot, &recv, 0, 4096)?;
+        a.post_send(send_slot, SendOp::Send, &send, 0, 4096)?;
+        let sent = wait_on(&cq, send_slot)?;
+        let received = wait_on(&cq, recv_slot)?;
+        check(sent.status == WcStatus::Success && received.status == WcStatus::Success, "a WR failed")?;
+        check(received.byte_len == 4096, "receive byte_len is not the size sent")?;
+    }
+    check(recv.read(0, 4096)? == send.read(0, 4096)?, "received data differs from what was sent")
+}
+
+/// A slot carries one WR at a time: posting with a slot whose WR has not completed, or
+/// whose completion was not taken, is refused, and the refused WR is not posted.
+fn slot_reuse_refused(rig: &Rig<'_>) -> CaseResult {
+    let recv = DmaBuffer::new(rig.device, 128)?;
+    let send = patterned(rig.device, 64, 2)?;
+    let (recv_slot, send_slot) = (CompletionSlot::new(), CompletionSlot::new());
+    let (a, b) = rc_pair(rig)?;
+    b.post_recv(&recv_slot, &recv, 0, 64)?;
+    check(recv_slot.is_posted(), "a posted slot does not say so")?;
+    check(b.post_recv(&recv_slot, &recv, 64, 64) == Err(EBUSY), "a posted slot was posted again")?;
+    a.post_send(&send_slot, SendOp::Send, &send, 0, 64)?;
+    // Completed but not taken: still busy.
+    poll_for(rig, || !send_slot.is_posted() && !recv_slot.is_posted())?;
+    check(a.post_send(&send_slot, SendOp::Send, &send, 0, 64) == Err(EBUSY), "an untaken slot was reused")?;
+    check(send_slot.take().is_some() && recv_slot.take().is_some(), "a completion went missing")?;
+    check(send_slot.take().is_none(), "a completion was reported twice")
+}
+
+/// Polls the rig's CQ until `done()` holds, sleeping between polls.
+fn poll_for(rig: &Rig<'_>, mut done: impl FnMut() -> bool) -> CaseResult {
+    for _ in 0..20_000 {
+        rig.cq.poll(64);
+        if done() {
+            return Ok(());
+        }
+        fsleep(Delta::from_micros(500));
+    }
+    Err(Failure::Check("no completion within 10 s"))
 }

@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Queue pairs: creation, typed state transitions, posting, and drain before destroy.
 
-use core::cell::Cell;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
 use kernel::str::CStrExt;
+use kernel::sync::atomic::{Acquire, Atomic, Relaxed};
 use kernel::time::{delay::fsleep, Delta};
 
 use crate::ah::AddressHandle;
-use crate::cq::{CompletionQueue, CompletionSlot};
+use crate::cq::{CompletionQueue, CompletionSlot, PollContext};
 use crate::device::Device;
 use crate::dma::DmaBuffer;
 use crate::mr::MemoryRegion;
@@ -170,7 +170,9 @@ pub struct QueuePair<'a> {
     qp_type: sys::ib_qp_type,
     /// Send-queue WRs posted and not yet completed; the QP's `qp_context` points here so
     /// completion slots can count down. UD QPs drain by it (see `Drop`).
-    sends: KBox<Cell<u32>>,
+    sends: KBox<Atomic<u32>>,
+    /// Whether the send CQ is polled by its owner (else it delivers by itself).
+    send_cq_direct: bool,
     _borrows: PhantomData<(&'a CompletionQueue<'a>, &'a CompletionSlot)>,
 }
 
@@ -202,7 +204,7 @@ impl<'a> QueuePair<'a> {
         caps: &QpCaps,
         qp_type: sys::ib_qp_type,
     ) -> Result<Self> {
-        let sends = KBox::new(Cell::new(0u32), GFP_KERNEL)?;
+        let sends = KBox::new(Atomic::new(0u32), GFP_KERNEL)?;
         let mut init = sys::ib_qp_init_attr {
             send_cq: send_cq.as_raw(),
             recv_cq: recv_cq.as_raw(),
@@ -216,7 +218,7 @@ impl<'a> QueuePair<'a> {
             },
             sq_sig_type: sys::ib_sig_type_IB_SIGNAL_REQ_WR,
             qp_type,
-            qp_context: core::ptr::from_ref::<Cell<u32>>(&sends).cast_mut().cast(),
+            qp_context: core::ptr::from_ref::<Atomic<u32>>(&sends).cast_mut().cast(),
             ..Default::default()
         };
         // SAFETY: the PD and CQs are valid for 'a; `init` is a valid attribute block the
@@ -231,21 +233,27 @@ impl<'a> QueuePair<'a> {
             lkey: pd.local_dma_lkey(),
             qp_type,
             sends,
+            send_cq_direct: send_cq.context() == PollContext::Direct,
             _borrows: PhantomData,
         })
     }
 
-    /// Posts a send-queue WR, counting it as outstanding if the post succeeds.
+    /// Posts a send-queue WR with its slot, counted as outstanding before the post (its
+    /// completion may come before the post returns) and uncounted if the post fails.
     fn post_send_wr(&self, slot: &CompletionSlot, wr: &sys::ib_send_wr) -> Result {
-        slot.mark(true);
+        slot.claim(true)?;
+        self.sends.add(1u32, Relaxed);
         // SAFETY: the QP is valid; the WR (and whatever it points to) lives across the
         // call, and the buffers, regions, handles and slot it names are borrowed for 'a,
         // beyond the QP's drain.
-        to_result(unsafe {
+        let posted = to_result(unsafe {
             sys::tilde_rdma_post_send(self.qp.as_ptr(), wr, core::ptr::null_mut())
-        })?;
-        self.sends.set(self.sends.get() + 1);
-        Ok(())
+        });
+        if posted.is_err() {
+            self.sends.fetch_sub(1u32, Relaxed);
+            slot.unclaim();
+        }
+        posted
     }
 
     /// The `ib_qp`, for the raw bindings (benchmarks).
@@ -438,7 +446,6 @@ impl<'a> QueuePair<'a> {
         len: usize,
     ) -> Result {
         let mut sge = self.sge(buffer, offset, len)?;
-        slot.mark(false);
         let wr = sys::ib_recv_wr {
             next: core::ptr::null_mut(),
             __bindgen_anon_1: sys::ib_recv_wr__bindgen_ty_1 {
@@ -447,12 +454,17 @@ impl<'a> QueuePair<'a> {
             sg_list: &mut sge,
             num_sge: 1,
         };
+        slot.claim(false)?;
         // SAFETY: the QP is valid; the WR and its SGE live across the call (the driver
         // copies them); the buffer and slot they name are borrowed for 'a, beyond the
         // QP's drain.
-        to_result(unsafe {
+        let posted = to_result(unsafe {
             sys::tilde_rdma_post_recv(self.qp.as_ptr(), &wr, core::ptr::null_mut())
-        })
+        });
+        if posted.is_err() {
+            slot.unclaim();
+        }
+        posted
     }
 
     /// Posts a signaled send (SEND, or RDMA WRITE from / READ into) of `len` bytes of
@@ -629,19 +641,21 @@ impl QueuePair<'_> {
         // SAFETY: the QP is valid and in ERR; the RQ drain posts one receive and waits.
         unsafe { sys::ib_drain_rq(self.qp.as_ptr()) };
         for _ in 0..5000 {
-            if self.sends.get() == 0 {
+            if self.sends.load(Acquire) == 0 {
                 return;
             }
-            // SAFETY: the QP is valid, and so is its send CQ (borrowed for 'a); tilde's
-            // CQs are direct, polled in this context.
-            unsafe { sys::ib_process_cq_direct((*self.qp.as_ptr()).send_cq, -1) };
+            if self.send_cq_direct {
+                // SAFETY: the QP is valid, and so is its send CQ (borrowed for 'a), which
+                // is polled by its owner: here.
+                unsafe { sys::ib_process_cq_direct((*self.qp.as_ptr()).send_cq, -1) };
+            }
             fsleep(Delta::from_millis(1));
         }
         pr_err!(
             "{}: QP {}: {} sends never completed\n",
             self.device.name(),
             self.qp_num(),
-            self.sends.get()
+            self.sends.load(Acquire)
         );
     }
 }

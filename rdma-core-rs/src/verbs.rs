@@ -366,6 +366,21 @@ pub struct WorkCompletion {
     pub vendor_err: u32,
 }
 
+impl WorkCompletion {
+    /// A placeholder before any completion.
+    pub const EMPTY: Self = Self {
+        status: WcStatus::GeneralError,
+        opcode: None,
+        byte_len: 0,
+        imm: None,
+        invalidated_rkey: None,
+        qp_num: 0,
+        src_qp: 0,
+        grh: false,
+        vendor_err: 0,
+    };
+}
+
 #[cfg(test)]
 mod completion_tests {
     extern crate std;
