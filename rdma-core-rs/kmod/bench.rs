@@ -215,8 +215,11 @@ fn compare(rig: &Rig<'_>, label: &str, ops: u32, mut measure: impl FnMut(bool) -
                 best[0] = best[0].min(safe);
                 best[1] = best[1].min(raw);
             }
-            _ => {
-                pr_info!("{}: bench: {}: FAIL\n", name, label);
+            (Err(failure), _) | (_, Err(failure)) => {
+                match failure {
+                    Failure::Verb(error) => pr_info!("{}: bench: {}: FAIL: verb error {:?}\n", name, label, error),
+                    Failure::Check(what) => pr_info!("{}: bench: {}: FAIL: {}\n", name, label, what),
+                }
                 return;
             }
         }

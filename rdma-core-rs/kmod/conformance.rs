@@ -174,6 +174,8 @@ fn run_suite(device: &Device, tally: &mut Tally) {
     tally.record(device, "rc_softirq_cq", rc_over_cq_context(&rig, PollContext::Softirq));
     tally.record(device, "rc_workqueue_cq", rc_over_cq_context(&rig, PollContext::Workqueue));
     tally.record(device, "slot_reuse_refused", slot_reuse_refused(&rig));
+    tally.record(device, "wrong_qp_type_refused", wrong_qp_type_refused(&rig));
+    tally.record(device, "qp_dropped_in_reset", qp_dropped_in_reset(&rig));
 }
 
 /// `prefix` followed by `size` in decimal, in `buf`.
@@ -580,4 +582,31 @@ fn poll_for(rig: &Rig<'_>, mut done: impl FnMut() -> bool) -> CaseResult {
         fsleep(Delta::from_micros(500));
     }
     Err(Failure::Check("no completion within 10 s"))
+}
+
+/// A WR built for one transport is refused on the other (it would make the driver read
+/// fields the WR does not have), and the slot stays free.
+fn wrong_qp_type_refused(rig: &Rig<'_>) -> CaseResult {
+    let buffer = patterned(rig.device, 64, 4)?;
+    let dmac = rig.gid.link_local_mac().ok_or(Failure::Check("GID 0 is not link-local"))?;
+    let ah = AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?;
+    let slot = CompletionSlot::new();
+    let mut ud = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    ud.modify_ud_to_rts(rig.port, 0, 0x1111_2222)?;
+    let (rc, _peer) = rc_pair(rig)?;
+    check(ud.post_send(&slot, SendOp::Send, &buffer, 0, 64) == Err(EINVAL), "an RC send was posted on a UD QP")?;
+    let dest = UdDest { ah: &ah, remote_qpn: ud.qp_num(), remote_qkey: 0x1111_2222 };
+    check(rc.post_ud_send(&slot, &dest, &buffer, 0, 64) == Err(EINVAL), "a UD send was posted on an RC QP")?;
+    check(!slot.is_posted(), "a refused WR left its slot claimed")
+}
+
+/// QPs that never left RESET, or went back to it, are dropped without a drain (which
+/// cannot leave RESET and would WARN).
+fn qp_dropped_in_reset(rig: &Rig<'_>) -> CaseResult {
+    let fresh = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    let fresh_ud = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    let (mut a, _b) = rc_pair(rig)?;
+    a.modify_to_reset()?;
+    drop((fresh, fresh_ud, a));
+    Ok(())
 }

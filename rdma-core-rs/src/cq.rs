@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
 use kernel::str::CStrExt;
-use kernel::sync::atomic::{Acquire, Atomic, Full, Relaxed, Release};
+use kernel::sync::atomic::{Acquire, Atomic, Relaxed, Release};
 use kernel::types::Opaque;
 
 use crate::device::Device;
@@ -163,7 +163,10 @@ impl CompletionSlot {
 
     /// Claims the slot for a WR about to be posted; `EBUSY` if it is in use.
     pub(crate) fn claim(&self, send: bool) -> Result {
-        self.state.cmpxchg(EMPTY, POSTED, Full).map_err(|_| EBUSY)?;
+        // Acquire pairs with the release that emptied the slot.
+        self.state
+            .cmpxchg(EMPTY, POSTED, Acquire)
+            .map_err(|_| EBUSY)?;
         self.send.store(u32::from(send), Relaxed);
         Ok(())
     }

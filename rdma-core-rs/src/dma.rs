@@ -21,6 +21,9 @@ pub struct DmaBuffer<'d> {
 impl<'d> DmaBuffer<'d> {
     /// Allocates `len` zeroed bytes and maps them for `device`.
     pub fn new(device: &'d Device, len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(EINVAL);
+        }
         let data = KVec::from_elem(0u8, len, GFP_KERNEL)?;
         // SAFETY: the device is valid for 'd; `data` is a live allocation of `len` bytes
         // that is not moved or freed before the unmap in `drop`.

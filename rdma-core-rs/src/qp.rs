@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
 use kernel::str::CStrExt;
-use kernel::sync::atomic::{Acquire, Atomic, Relaxed};
+use kernel::sync::atomic::{Acquire, Atomic, Relaxed, Release};
 use kernel::time::{delay::fsleep, Delta};
 
 use crate::ah::AddressHandle;
@@ -148,6 +148,14 @@ pub enum AtomicOp {
     },
 }
 
+/// What a QP borrows for `'a`, invariantly (the `fn` type): `'a` cannot shrink to a
+/// scope shorter than what the QP's WRs point at.
+type Borrows<'a> = (
+    &'a CompletionQueue<'a>,
+    &'a CompletionSlot,
+    fn(&'a ()) -> &'a (),
+);
+
 /// Where a UD SEND goes: the address handle and the QP behind it.
 #[derive(Clone, Copy)]
 pub struct UdDest<'a> {
@@ -173,7 +181,9 @@ pub struct QueuePair<'a> {
     sends: KBox<Atomic<u32>>,
     /// Whether the send CQ is polled by its owner (else it delivers by itself).
     send_cq_direct: bool,
-    _borrows: PhantomData<(&'a CompletionQueue<'a>, &'a CompletionSlot)>,
+    _borrows: PhantomData<Borrows<'a>>,
+    /// In RESET: nothing can be posted, so there is nothing to drain.
+    in_reset: core::cell::Cell<bool>,
 }
 
 impl<'a> QueuePair<'a> {
@@ -209,8 +219,10 @@ impl<'a> QueuePair<'a> {
             send_cq: send_cq.as_raw(),
             recv_cq: recv_cq.as_raw(),
             cap: sys::ib_qp_cap {
-                max_send_wr: caps.max_send_wr,
-                max_recv_wr: caps.max_recv_wr,
+                // One more of each for the drain WR (`ib_drain_qp`: "ensure there is room
+                // in the CQ and SQ").
+                max_send_wr: caps.max_send_wr.checked_add(1).ok_or(EINVAL)?,
+                max_recv_wr: caps.max_recv_wr.checked_add(1).ok_or(EINVAL)?,
                 max_send_sge: caps.max_send_sge,
                 max_recv_sge: caps.max_recv_sge,
                 max_inline_data: caps.max_inline_data,
@@ -235,7 +247,22 @@ impl<'a> QueuePair<'a> {
             sends,
             send_cq_direct: send_cq.context() == PollContext::Direct,
             _borrows: PhantomData,
+            in_reset: core::cell::Cell::new(true),
         })
+    }
+
+    /// `EINVAL` unless this QP is of `qp_type`: a WR built for the other transport would
+    /// make the driver read fields the WR does not have (rxe reads `ud_wr()->ah`).
+    fn require(&self, qp_type: sys::ib_qp_type) -> Result {
+        if self.qp_type == qp_type {
+            return Ok(());
+        }
+        pr_err!(
+            "{}: QP {}: work request for the wrong QP type\n",
+            self.device.name(),
+            self.qp_num()
+        );
+        Err(EINVAL)
     }
 
     /// Posts a send-queue WR with its slot, counted as outstanding before the post (its
@@ -269,17 +296,24 @@ impl<'a> QueuePair<'a> {
 
     fn modify(&mut self, attr: &mut sys::ib_qp_attr, mask: u32) -> Result {
         // SAFETY: the QP is valid; `attr` is a valid attribute block for `mask`.
-        to_result(unsafe { sys::ib_modify_qp(self.qp.as_ptr(), attr, mask as i32) }).inspect_err(
-            |e| {
-                pr_err!(
-                    "{}: QP {}: modify to state {} failed: {:?}\n",
-                    self.device.name(),
-                    self.qp_num(),
-                    attr.qp_state,
-                    e
-                )
-            },
-        )
+        let result = to_result(unsafe { sys::ib_modify_qp(self.qp.as_ptr(), attr, mask as i32) });
+        if result.is_ok() && mask & sys::ib_qp_attr_mask_IB_QP_STATE != 0 {
+            let reset = attr.qp_state == sys::ib_qp_state_IB_QPS_RESET;
+            self.in_reset.set(reset);
+            if reset {
+                // RESET discards posted WRs without completions.
+                self.sends.store(0, Release);
+            }
+        }
+        result.inspect_err(|e| {
+            pr_err!(
+                "{}: QP {}: modify to state {} failed: {:?}\n",
+                self.device.name(),
+                self.qp_num(),
+                attr.qp_state,
+                e
+            )
+        })
     }
 
     /// RESET → INIT.
@@ -377,6 +411,7 @@ impl<'a> QueuePair<'a> {
         offset: usize,
         len: usize,
     ) -> Result {
+        self.require(sys::ib_qp_type_IB_QPT_UD)?;
         let mut sge = self.sge(buffer, offset, len)?;
         let wr = sys::ib_ud_wr {
             wr: sys::ib_send_wr {
@@ -477,6 +512,7 @@ impl<'a> QueuePair<'a> {
         offset: usize,
         len: usize,
     ) -> Result {
+        self.require(sys::ib_qp_type_IB_QPT_RC)?;
         let mut sge = self.sge(buffer, offset, len)?;
         let (opcode, imm, remote) = match op {
             SendOp::Send => (sys::ib_wr_opcode_IB_WR_SEND, 0, None),
@@ -522,6 +558,7 @@ impl<'a> QueuePair<'a> {
         buffer: &'a DmaBuffer<'_>,
         offset: usize,
     ) -> Result {
+        self.require(sys::ib_qp_type_IB_QPT_RC)?;
         let mut sge = self.sge(buffer, offset, 8)?;
         let (opcode, remote_addr, rkey, compare_add, swap) = match op {
             AtomicOp::CompareAndSwap {
@@ -578,6 +615,7 @@ impl<'a> QueuePair<'a> {
         mr: &'a MemoryRegion<'_>,
         access: RemoteAccess,
     ) -> Result {
+        self.require(sys::ib_qp_type_IB_QPT_RC)?;
         let mut rights = sys::ib_access_flags_IB_ACCESS_LOCAL_WRITE;
         for (granted, flag) in [
             (access.read, sys::ib_access_flags_IB_ACCESS_REMOTE_READ),
@@ -607,6 +645,7 @@ impl<'a> QueuePair<'a> {
     /// Posts a local invalidation of `rkey`: after it completes, the peer's access with
     /// that key fails.
     pub fn post_local_inv(&self, slot: &'a CompletionSlot, rkey: u32) -> Result {
+        self.require(sys::ib_qp_type_IB_QPT_RC)?;
         let wr = sys::ib_send_wr {
             __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
                 wr_cqe: slot.as_cqe(),
@@ -640,31 +679,37 @@ impl QueuePair<'_> {
         }
         // SAFETY: the QP is valid and in ERR; the RQ drain posts one receive and waits.
         unsafe { sys::ib_drain_rq(self.qp.as_ptr()) };
-        for _ in 0..5000 {
-            if self.sends.load(Acquire) == 0 {
-                return;
-            }
+        // Like the IB core's own drain, wait for as long as it takes: destroying the QP
+        // with sends in flight would let their completions land in freed memory.
+        let mut waited: u32 = 0;
+        while self.sends.load(Acquire) != 0 {
             if self.send_cq_direct {
                 // SAFETY: the QP is valid, and so is its send CQ (borrowed for 'a), which
                 // is polled by its owner: here.
                 unsafe { sys::ib_process_cq_direct((*self.qp.as_ptr()).send_cq, -1) };
             }
             fsleep(Delta::from_millis(1));
+            waited = waited.wrapping_add(1);
+            if waited % 5000 == 0 {
+                pr_warn!(
+                    "{}: QP {}: still waiting for {} sends to complete\n",
+                    self.device.name(),
+                    self.qp_num(),
+                    self.sends.load(Acquire)
+                );
+            }
         }
-        pr_err!(
-            "{}: QP {}: {} sends never completed\n",
-            self.device.name(),
-            self.qp_num(),
-            self.sends.load(Acquire)
-        );
     }
 }
 
 impl Drop for QueuePair<'_> {
     fn drop(&mut self) {
         // Draining completes (into their slots, still alive for 'a) every WR still
-        // posted, so nothing the device could touch remains.
-        if self.qp_type == sys::ib_qp_type_IB_QPT_UD {
+        // posted, so nothing the device could touch remains. A QP in RESET has none, and
+        // cannot be drained (RESET to ERR is not a transition).
+        if self.in_reset.get() {
+            // Nothing posted.
+        } else if self.qp_type == sys::ib_qp_type_IB_QPT_UD {
             self.drain_ud();
         } else {
             // SAFETY: the QP is valid; the generic drain suits connected QPs.

@@ -208,6 +208,13 @@ fn cmd_test(args: &Args) -> Result {
             secs(build)
         ));
         for scenario in vm::scenarios()? {
+            if vm::is_benchmark(&scenario)? {
+                println!(
+                    "[test] skipped: {}: vm {scenario} (a benchmark: cargo xtask vm {scenario})",
+                    target.id
+                );
+                continue;
+            }
             let expected = vm::expected_failure(&scenario)?;
             let result = vm::run(&toolchain, &modules, &scenario, args.timeout).and_then(|run| {
                 vm::print_run(&run);

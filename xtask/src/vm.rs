@@ -74,6 +74,13 @@ pub fn expected_failure(scenario: &str) -> Result<Option<String>> {
         .map(str::to_string))
 }
 
+/// Whether a scenario is a benchmark (`# benchmark` line): `cargo xtask vm` runs it,
+/// `cargo xtask test` does not, since speed is measured, never tested.
+pub fn is_benchmark(scenario: &str) -> Result<bool> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(text.lines().any(|l| l.trim() == "# benchmark"))
+}
+
 pub fn run(
     toolchain: &Toolchain,
     modules: &Modules,

@@ -1,6 +1,8 @@
 # The safe-vs-raw benchmark of tilde's verbs API over rxe0 (tilde_verbs_conformance.ko
-# with bench=N). A benchmark, not a test: this checks that both loops ran and reported,
-# never how fast; the numbers are in the scenario log and dmesg.
+# with bench=N). A benchmark, not a test: `cargo xtask test` skips it; run it with
+# `cargo xtask vm verbs-bench`. It checks that both loops ran and reported, never how
+# fast; the numbers are in the scenario log and dmesg.
+# benchmark
 . /tilde/guest/lib.sh
 
 insmod /tilde/suites/tilde_verbs_conformance.ko device=rxe0 bench=4000
