@@ -56,6 +56,23 @@ pub struct RemoteAccess {
     pub atomic: bool,
 }
 
+impl RemoteAccess {
+    /// The `ib_access_flags`: local write always, and the remote rights granted.
+    fn flags(self) -> u32 {
+        let mut flags = sys::ib_access_flags_IB_ACCESS_LOCAL_WRITE;
+        for (granted, flag) in [
+            (self.read, sys::ib_access_flags_IB_ACCESS_REMOTE_READ),
+            (self.write, sys::ib_access_flags_IB_ACCESS_REMOTE_WRITE),
+            (self.atomic, sys::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC),
+        ] {
+            if granted {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
 /// INIT → RTR: where the peer is and how to receive from it. On RoCE the path is a GRH
 /// (source GID index, destination GID) and the peer's MAC: for kernel callers the IB core
 /// does not resolve it (`_ib_modify_qp`: "Kernel users have to provide already resolved
@@ -318,17 +335,7 @@ impl<'a> QueuePair<'a> {
 
     /// RESET → INIT.
     pub fn modify_to_init(&mut self, init: &InitAttr) -> Result {
-        let mut access = sys::ib_access_flags_IB_ACCESS_LOCAL_WRITE;
-        let rights = init.remote_access;
-        for (granted, flag) in [
-            (rights.read, sys::ib_access_flags_IB_ACCESS_REMOTE_READ),
-            (rights.write, sys::ib_access_flags_IB_ACCESS_REMOTE_WRITE),
-            (rights.atomic, sys::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC),
-        ] {
-            if granted {
-                access |= flag;
-            }
-        }
+        let access = init.remote_access.flags();
         let mut attr = sys::ib_qp_attr {
             qp_state: sys::ib_qp_state_IB_QPS_INIT,
             pkey_index: init.pkey_index,
@@ -616,16 +623,7 @@ impl<'a> QueuePair<'a> {
         access: RemoteAccess,
     ) -> Result {
         self.require(sys::ib_qp_type_IB_QPT_RC)?;
-        let mut rights = sys::ib_access_flags_IB_ACCESS_LOCAL_WRITE;
-        for (granted, flag) in [
-            (access.read, sys::ib_access_flags_IB_ACCESS_REMOTE_READ),
-            (access.write, sys::ib_access_flags_IB_ACCESS_REMOTE_WRITE),
-            (access.atomic, sys::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC),
-        ] {
-            if granted {
-                rights |= flag;
-            }
-        }
+        let rights = access.flags();
         let wr = sys::ib_reg_wr {
             wr: sys::ib_send_wr {
                 __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
