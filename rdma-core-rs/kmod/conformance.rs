@@ -295,7 +295,7 @@ fn rc_send_recv(rig: &Rig<'_>, size: usize) -> CaseResult {
     check(received.byte_len as usize == size, "receive byte_len is not the size sent")?;
     check(received.qp_num == b.qp_num(), "receive completion names the wrong QP")?;
     check(received.imm.is_none(), "a plain SEND arrived with immediate data")?;
-    check(recv.read(0, size)? == send.read(offset, size)?, "received data differs from what was sent")
+    check(*recv.copy_out(0, size)? == *send.copy_out(offset, size)?, "received data differs from what was sent")
 }
 
 fn rc_send_with_imm(rig: &Rig<'_>) -> CaseResult {
@@ -311,7 +311,7 @@ fn rc_send_with_imm(rig: &Rig<'_>) -> CaseResult {
     check(received.status == WcStatus::Success, "receive completed with an error")?;
     check(received.imm == Some(0x1234_5678), "immediate data lost or byte-swapped")?;
     check(received.byte_len == 9, "receive byte_len is not the size sent")?;
-    check(recv.read(0, 9)? == b"immediate", "received data differs from what was sent")
+    check(*recv.copy_out(0, 9)? == *b"immediate", "received data differs from what was sent")
 }
 
 fn rc_drain_flushes(rig: &Rig<'_>) -> CaseResult {
@@ -377,7 +377,7 @@ fn frwr_rdma_write(rig: &Rig<'_>) -> CaseResult {
     let write = SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: mr.rkey() };
     a.post_send(&write_done, write, &local, 0, RDMA_LEN)?;
     wait_ok(rig, &write_done, WcOpcode::RdmaWrite)?;
-    check(target.read(0, RDMA_LEN)? == local.read(0, RDMA_LEN)?, "the written region differs from the source")
+    check(*target.copy_out(0, RDMA_LEN)? == *local.copy_out(0, RDMA_LEN)?, "the written region differs from the source")
 }
 
 fn frwr_rdma_read(rig: &Rig<'_>) -> CaseResult {
@@ -393,7 +393,7 @@ fn frwr_rdma_read(rig: &Rig<'_>) -> CaseResult {
     a.post_send(&read_done, read, &local, 0, RDMA_LEN - 100)?;
     wait_ok(rig, &read_done, WcOpcode::RdmaRead)?;
     check(
-        local.read(0, RDMA_LEN - 100)? == source.read(100, RDMA_LEN - 100)?,
+        *local.copy_out(0, RDMA_LEN - 100)? == *source.copy_out(100, RDMA_LEN - 100)?,
         "the data read differs from the region",
     )
 }
@@ -443,12 +443,12 @@ fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig<'_>) -> CaseResult {
     a.post_send(&slots[3], SendOp::Send, &local, 0, 256)?;
     wait_ok(rig, &slots[3], WcOpcode::Send)?;
     wait_ok(rig, &slots[2], WcOpcode::Recv)?;
-    check(recv.read(0, 256)? == local.read(0, 256)?, "data after reset and reuse differs")
+    check(*recv.copy_out(0, 256)? == *local.copy_out(0, 256)?, "data after reset and reuse differs")
 }
 
 /// The 8 bytes at `offset` of `buffer`, in the CPU's byte order.
 fn read_u64(buffer: &DmaBuffer<'_>, offset: usize) -> core::result::Result<u64, Failure> {
-    let bytes = buffer.read(offset, 8)?;
+    let bytes = &*buffer.copy_out(offset, 8)?;
     let bytes: [u8; 8] = bytes.try_into().map_err(|_| Failure::Check("short read"))?;
     Ok(u64::from_ne_bytes(bytes))
 }
@@ -505,8 +505,8 @@ fn ud_send_with_grh(rig: &Rig<'_>) -> CaseResult {
     check(received.byte_len as usize == GRH_LEN + 200, "the UD receive length is not GRH + payload")?;
     check(received.src_qp == a.qp_num(), "the UD receive names the wrong source QP")?;
     // The GRH's destination GID (its last 16 bytes) is the one the AH named.
-    check(recv.read(24, 16)? == &rig.gid.0[..], "the GRH does not carry the destination GID")?;
-    check(recv.read(GRH_LEN, 200)? == message.read(0, 200)?, "the UD payload differs")
+    check(*recv.copy_out(24, 16)? == rig.gid.0[..], "the GRH does not carry the destination GID")?;
+    check(*recv.copy_out(GRH_LEN, 200)? == *message.copy_out(0, 200)?, "the UD payload differs")
 }
 
 fn ud_drain_with_sends_outstanding(rig: &Rig<'_>) -> CaseResult {
@@ -551,7 +551,7 @@ fn rc_over_cq_context(rig: &Rig<'_>, context: PollContext) -> CaseResult {
         check(sent.status == WcStatus::Success && received.status == WcStatus::Success, "a WR failed")?;
         check(received.byte_len == 4096, "receive byte_len is not the size sent")?;
     }
-    check(recv.read(0, 4096)? == send.read(0, 4096)?, "received data differs from what was sent")
+    check(*recv.copy_out(0, 4096)? == *send.copy_out(0, 4096)?, "received data differs from what was sent")
 }
 
 /// A slot carries one WR at a time: posting with a slot whose WR has not completed, or

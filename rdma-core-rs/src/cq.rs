@@ -2,7 +2,6 @@
 //! Completion queues and per-WR completion slots.
 
 use core::cell::UnsafeCell;
-use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use kernel::error::from_err_ptr;
@@ -31,7 +30,7 @@ pub enum PollContext {
 pub struct CompletionQueue<'d> {
     cq: NonNull<sys::ib_cq>,
     context: PollContext,
-    _device: PhantomData<&'d Device>,
+    device: &'d Device,
 }
 
 impl<'d> CompletionQueue<'d> {
@@ -63,8 +62,13 @@ impl<'d> CompletionQueue<'d> {
         Ok(Self {
             cq,
             context,
-            _device: PhantomData,
+            device,
         })
+    }
+
+    /// The device the CQ belongs to.
+    pub fn device(&self) -> &'d Device {
+        self.device
     }
 
     /// How this CQ's completions are delivered.

@@ -54,11 +54,18 @@ impl Device {
 
     /// The device's name, e.g. `rxe0` (what `rdma link` shows), copied out of the device.
     pub fn name(&self) -> DeviceName {
-        // SAFETY: the device is valid (type invariant). `ib_device.name` is an array inside
-        // the device that `ib_device_rename` rewrites in place with `strscpy`, so reading it
-        // never touches freed memory (unlike `dev_name()`, whose string a rename frees); a
-        // rename racing this read can at worst give a mixed name, as it would in C.
-        let bytes = unsafe { core::ptr::read(core::ptr::addr_of!((*self.as_raw()).name)) };
+        // `ib_device.name` is an array inside the device that `ib_device_rename` rewrites
+        // in place with `strscpy`, so reading it never touches freed memory (unlike
+        // `dev_name()`, whose string a rename frees). A rename may run meanwhile, so each
+        // byte is read once with a volatile read, as of memory another CPU writes: a race
+        // gives at worst a mixed name.
+        let mut bytes = [0u8; sys::IB_DEVICE_NAME_MAX as usize];
+        // SAFETY: the device is valid (type invariant), so its `name` array is in bounds.
+        let name = unsafe { core::ptr::addr_of!((*self.as_raw()).name) }.cast::<u8>();
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            // SAFETY: `i` is within the array, which has `IB_DEVICE_NAME_MAX` bytes.
+            *byte = unsafe { core::ptr::read_volatile(name.add(i)) };
+        }
         DeviceName { bytes }
     }
 

@@ -62,32 +62,61 @@ impl<'d> DmaBuffer<'d> {
         (end <= self.data.len()).then(|| self.dma_addr + offset as u64)
     }
 
-    /// Copies `bytes` in at `offset`, then hands the buffer back to the device.
+    /// The device the buffer is mapped for.
+    pub fn device(&self) -> &'d Device {
+        self.device
+    }
+
+    /// Copies `bytes` in at `offset`, then hands that range back to the device. Taking
+    /// `&mut self` means no WR can point into the buffer meanwhile (WRs borrow it).
     pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result {
         let end = offset.checked_add(bytes.len()).ok_or(EINVAL)?;
         self.data
             .get_mut(offset..end)
             .ok_or(EINVAL)?
             .copy_from_slice(bytes);
-        // SAFETY: the mapping is live (type invariant) and covers the whole buffer.
+        // SAFETY: the mapping is live (type invariant) and covers `offset..end`.
         unsafe {
             sys::tilde_rdma_dma_sync_for_device(
                 self.device.as_raw(),
-                self.dma_addr,
-                self.data.len(),
+                self.dma_addr + offset as u64,
+                bytes.len(),
             )
         };
         Ok(())
     }
 
-    /// The bytes at `offset..offset + len`, after taking the buffer back from the device.
-    pub fn read(&self, offset: usize, len: usize) -> Result<&[u8]> {
-        let end = offset.checked_add(len).ok_or(EINVAL)?;
-        // SAFETY: the mapping is live and covers the whole buffer.
+    /// Copies `out.len()` bytes from `offset` out, after taking that range back from the
+    /// device. A WR may still point into the buffer (another receive, a peer's RDMA
+    /// WRITE), so the bytes are copied with volatile reads and never lent out as a slice
+    /// the device could change underneath.
+    pub fn read_into(&self, offset: usize, out: &mut [u8]) -> Result {
+        let end = offset.checked_add(out.len()).ok_or(EINVAL)?;
+        if end > self.data.len() {
+            return Err(EINVAL);
+        }
+        // SAFETY: the mapping is live and covers `offset..end`.
         unsafe {
-            sys::tilde_rdma_dma_sync_for_cpu(self.device.as_raw(), self.dma_addr, self.data.len())
+            sys::tilde_rdma_dma_sync_for_cpu(
+                self.device.as_raw(),
+                self.dma_addr + offset as u64,
+                out.len(),
+            )
         };
-        self.data.get(offset..end).ok_or(EINVAL)
+        let base = self.data.as_ptr();
+        for (i, byte) in out.iter_mut().enumerate() {
+            // SAFETY: `offset + i < end <= len`: in bounds of the live allocation; a
+            // volatile read, as of memory a device may write.
+            *byte = unsafe { core::ptr::read_volatile(base.add(offset + i)) };
+        }
+        Ok(())
+    }
+
+    /// [`DmaBuffer::read_into`] a new vector of `len` bytes.
+    pub fn copy_out(&self, offset: usize, len: usize) -> Result<KVec<u8>> {
+        let mut out = KVec::from_elem(0u8, len, GFP_KERNEL)?;
+        self.read_into(offset, &mut out)?;
+        Ok(out)
     }
 }
 

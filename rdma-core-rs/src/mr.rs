@@ -30,6 +30,9 @@ impl<'a> MemoryRegion<'a> {
         offset: usize,
         len: usize,
     ) -> Result<Self> {
+        if !core::ptr::eq(buffer.device(), pd.device()) {
+            return Err(EINVAL);
+        }
         let dma_addr = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
         let len = u32::try_from(len).map_err(|_| EINVAL)?;
         // SAFETY: the PD is valid for 'a.

@@ -231,6 +231,10 @@ impl<'a> QueuePair<'a> {
         caps: &QpCaps,
         qp_type: sys::ib_qp_type,
     ) -> Result<Self> {
+        let device = pd.device();
+        if !core::ptr::eq(send_cq.device(), device) || !core::ptr::eq(recv_cq.device(), device) {
+            return Err(EINVAL);
+        }
         let sends = KBox::new(Atomic::new(0u32), GFP_KERNEL)?;
         let mut init = sys::ib_qp_init_attr {
             send_cq: send_cq.as_raw(),
@@ -470,6 +474,10 @@ impl<'a> QueuePair<'a> {
     }
 
     fn sge(&self, buffer: &DmaBuffer<'_>, offset: usize, len: usize) -> Result<sys::ib_sge> {
+        // A DMA address means nothing to another device.
+        if !core::ptr::eq(buffer.device(), self.device) {
+            return Err(EINVAL);
+        }
         let addr = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
         Ok(sys::ib_sge {
             addr,
