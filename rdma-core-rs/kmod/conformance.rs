@@ -176,6 +176,7 @@ fn run_suite(device: &Device, tally: &mut Tally) {
     tally.record(device, "slot_reuse_refused", slot_reuse_refused(&rig));
     tally.record(device, "wrong_qp_type_refused", wrong_qp_type_refused(&rig));
     tally.record(device, "qp_dropped_in_reset", qp_dropped_in_reset(&rig));
+    tally.record(device, "frwr_reregistration_retires_the_old_key", frwr_reregistration(&rig));
 }
 
 /// `prefix` followed by `size` in decimal, in `buf`.
@@ -609,4 +610,29 @@ fn qp_dropped_in_reset(rig: &Rig<'_>) -> CaseResult {
     a.modify_to_reset()?;
     drop((fresh, fresh_ud, a));
     Ok(())
+}
+
+/// Registering a region again gives it a new key: the old one is refused, the new one
+/// works.
+fn frwr_reregistration(rig: &Rig<'_>) -> CaseResult {
+    let local = patterned(rig.device, 256, 6)?;
+    let target = DmaBuffer::new(rig.device, RDMA_LEN)?;
+    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &target, 0, RDMA_LEN)?;
+    let slots: [CompletionSlot; 6] = core::array::from_fn(|_| CompletionSlot::new());
+    let (a, b) = rc_pair(rig)?;
+    b.post_reg_mr(&slots[0], &mr, READ_WRITE)?;
+    wait_ok(rig, &slots[0], WcOpcode::RegMr)?;
+    let old_key = mr.rkey();
+    b.post_local_inv(&slots[1], old_key)?;
+    wait_ok(rig, &slots[1], WcOpcode::LocalInvalidate)?;
+    b.post_reg_mr(&slots[2], &mr, READ_WRITE)?;
+    wait_ok(rig, &slots[2], WcOpcode::RegMr)?;
+    let new_key = mr.rkey();
+    check(new_key != old_key, "re-registration kept the old key")?;
+    a.post_send(&slots[3], SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: new_key }, &local, 0, 256)?;
+    wait_ok(rig, &slots[3], WcOpcode::RdmaWrite)?;
+    check(*target.copy_out(0, 256)? == *local.copy_out(0, 256)?, "the write with the new key did not land")?;
+    a.post_send(&slots[4], SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: old_key }, &local, 0, 256)?;
+    let refused = wait(rig, &slots[4])?;
+    check(refused.status == WcStatus::RemoteAccessError, "the retired key was accepted")
 }

@@ -623,7 +623,8 @@ impl<'a> QueuePair<'a> {
         self.post_send_wr(slot, &wr.wr)
     }
 
-    /// Posts a fast registration making `mr` valid for the peer's `access`.
+    /// Posts a fast registration making `mr` valid for the peer's `access`, under a new
+    /// key ([`MemoryRegion::rkey`] gives it once this returns).
     pub fn post_reg_mr(
         &self,
         slot: &'a CompletionSlot,
@@ -632,6 +633,10 @@ impl<'a> QueuePair<'a> {
     ) -> Result {
         self.require(sys::ib_qp_type_IB_QPT_RC)?;
         let rights = access.flags();
+        // A new key for each registration: the rkey of an earlier one must stop working.
+        // SAFETY: the MR is valid (borrowed for 'a); the key lives in the `ib_mr`, which
+        // only this QP's REG_MR and the MR's own accessors touch.
+        unsafe { sys::tilde_rdma_bump_mr_key(mr.as_raw()) };
         let wr = sys::ib_reg_wr {
             wr: sys::ib_send_wr {
                 __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {

@@ -72,3 +72,12 @@ int tilde_rdma_map_mr(struct ib_mr *mr, u64 dma_addr, u32 len)
 	sg_dma_len(&sg) = len;
 	return ib_map_mr_sg(mr, &sg, 1, NULL, PAGE_SIZE);
 }
+
+/*
+ * Gives a fast-registration MR a new key (the low byte of lkey and rkey) before it is
+ * registered again, so keys handed out for an earlier registration stop working.
+ */
+void tilde_rdma_bump_mr_key(struct ib_mr *mr)
+{
+	ib_update_fast_reg_key(mr, ib_inc_rkey(mr->rkey));
+}

@@ -30,5 +30,6 @@ void tilde_rdma_dma_sync_for_cpu(struct ib_device *device, u64 dma_addr, size_t 
 void tilde_rdma_dma_sync_for_device(struct ib_device *device, u64 dma_addr, size_t size);
 
 int tilde_rdma_map_mr(struct ib_mr *mr, u64 dma_addr, u32 len);
+void tilde_rdma_bump_mr_key(struct ib_mr *mr);
 
 #endif

@@ -17,11 +17,11 @@ for case in device_query rc_connect \
 	frwr_rdma_write frwr_rdma_read frwr_invalidate_refuses_access rc_bad_rkey_then_reset_and_reuse rc_atomics \
 	ud_send_with_grh ud_drain_with_sends_outstanding \
 	rc_softirq_cq rc_workqueue_cq slot_reuse_refused \
-	wrong_qp_type_refused qp_dropped_in_reset; do
+	wrong_qp_type_refused qp_dropped_in_reset frwr_reregistration_retires_the_old_key; do
 	expect_dmesg "tilde_verbs_conformance: rxe0: $case: PASS\$"
 done
 reject_dmesg 'tilde_verbs_conformance: .*: FAIL'
-expect_dmesg 'tilde_verbs_conformance: rxe0: summary: 21 passed, 0 failed$'
+expect_dmesg 'tilde_verbs_conformance: rxe0: summary: 22 passed, 0 failed$'
 
 echo "== tilde_core stays while the suite uses it"
 if rmmod tilde_core 2>/dev/null; then
