@@ -7,6 +7,7 @@ use core::ptr::NonNull;
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
 
+use crate::device::Device;
 use crate::pd::ProtectionDomain;
 use crate::sys;
 use crate::verbs::Gid;
@@ -17,6 +18,7 @@ use crate::verbs::Gid;
 /// it rxe sends even a datagram to itself out on the wire.
 pub struct AddressHandle<'a> {
     ah: NonNull<sys::ib_ah>,
+    device: &'a Device,
     _pd: PhantomData<&'a ProtectionDomain<'a>>,
 }
 
@@ -51,8 +53,14 @@ impl<'a> AddressHandle<'a> {
         })?;
         Ok(Self {
             ah: NonNull::new(ah).ok_or(ENOMEM)?,
+            device: pd.device(),
             _pd: PhantomData,
         })
+    }
+
+    /// The device the handle belongs to.
+    pub fn device(&self) -> &'a Device {
+        self.device
     }
 
     pub(crate) fn as_raw(&self) -> *mut sys::ib_ah {

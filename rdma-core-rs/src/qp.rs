@@ -423,6 +423,9 @@ impl<'a> QueuePair<'a> {
         len: usize,
     ) -> Result {
         self.require(sys::ib_qp_type_IB_QPT_UD)?;
+        if !core::ptr::eq(dest.ah.device(), self.device) {
+            return Err(EINVAL);
+        }
         let mut sge = self.sge(buffer, offset, len)?;
         let wr = sys::ib_ud_wr {
             wr: sys::ib_send_wr {
