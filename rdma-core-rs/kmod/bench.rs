@@ -29,16 +29,18 @@ type Outcome<T> = core::result::Result<T, Failure>;
 /// Polls until `want` completions have been delivered (to slots or to the raw handler:
 /// both loops wait the same way); busy, with a short sleep every few thousand polls so
 /// rxe's own tasks always get a CPU.
-fn poll_count(rig: &Rig<'_>, mut want: u32) -> Outcome<()> {
+fn poll_count(rig: &Rig<'_>, want: u32) -> Outcome<()> {
+    let mut left = want;
     for spin in 0..10_000_000u32 {
-        if want == 0 {
+        if left == 0 {
             return Ok(());
         }
-        want = want.saturating_sub(rig.cq.poll(64));
+        left = left.saturating_sub(rig.cq.poll(64));
         if spin % 4096 == 4095 {
             fsleep(Delta::from_micros(10));
         }
     }
+    pr_info!("{}: bench: stalled with {} of {} completions delivered\n", rig.device.name(), want - left, want);
     Err(Failure::Check("benchmark loop stalled"))
 }
 
