@@ -1,5 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Queue pairs: creation, typed state transitions, posting, and drain before destroy.
+//!
+//! Known hole (README, "Open ends"): the lifetimes keep every buffer, slot, MR and AH a WR
+//! points at alive until the QP is dropped, and the drop drains. `mem::forget` on a QP
+//! (or an MR after REG_MR) skips that drop, and nothing here stops it yet; closing it
+//! needs a scoped API or QPs that own their in-flight resources. The SAFETY comments
+//! below assume the QP is dropped.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
