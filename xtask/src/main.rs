@@ -119,7 +119,7 @@ fn cmd_vm(args: &Args) -> Result {
     let target = targets(args, false)?[0];
     let toolchain = toolchain::provision(target)?;
     let modules = kmod::build(&toolchain)?;
-    let run = vm::run(&toolchain, &modules, scenario, args.timeout)?;
+    let run = vm::run_with_boot_retry(&toolchain, &modules, scenario, args.timeout)?;
     vm::print_run(&run);
     if !run.verdict.passed() {
         bail!("scenario {scenario} failed");
@@ -216,35 +216,38 @@ fn cmd_test(args: &Args) -> Result {
                 continue;
             }
             let expected = vm::expected_failure(&scenario)?;
-            let result = vm::run(&toolchain, &modules, &scenario, args.timeout).and_then(|run| {
-                vm::print_run(&run);
-                timings.push(format!(
-                    "{}: vm {scenario} {} (guest uptime at scenario start: {})",
-                    target.id,
-                    secs(run.duration),
-                    run.scenario_start
-                        .as_deref()
-                        .unwrap_or("scenario never started")
-                ));
-                match (&expected, run.verdict.passed()) {
-                    (None, true) => Ok(()),
-                    (None, false) => bail!("failed"),
-                    (Some(text), true) => bail!("passed, but must fail with {text:?}"),
-                    (Some(text), false) => {
-                        if run
-                            .verdict
-                            .failures
-                            .iter()
-                            .any(|f| f.contains(text.as_str()))
-                        {
-                            println!("[vm]   (failure expected: this scenario tests the runner)");
-                            Ok(())
-                        } else {
-                            bail!("failed, but not with {text:?}")
+            let result = vm::run_with_boot_retry(&toolchain, &modules, &scenario, args.timeout)
+                .and_then(|run| {
+                    vm::print_run(&run);
+                    timings.push(format!(
+                        "{}: vm {scenario} {} (guest uptime at scenario start: {})",
+                        target.id,
+                        secs(run.duration),
+                        run.scenario_start
+                            .as_deref()
+                            .unwrap_or("scenario never started")
+                    ));
+                    match (&expected, run.verdict.passed()) {
+                        (None, true) => Ok(()),
+                        (None, false) => bail!("failed"),
+                        (Some(text), true) => bail!("passed, but must fail with {text:?}"),
+                        (Some(text), false) => {
+                            if run
+                                .verdict
+                                .failures
+                                .iter()
+                                .any(|f| f.contains(text.as_str()))
+                            {
+                                println!(
+                                    "[vm]   (failure expected: this scenario tests the runner)"
+                                );
+                                Ok(())
+                            } else {
+                                bail!("failed, but not with {text:?}")
+                            }
                         }
                     }
-                }
-            });
+                });
             check(format!("{}: vm {scenario}", target.id), result);
         }
     }
@@ -274,7 +277,7 @@ fn cmd_run(args: &Args) -> Result {
     let t = Instant::now();
     let modules = kmod::build(&toolchain)?;
     let build = t.elapsed();
-    let run = vm::run(&toolchain, &modules, "device-client", args.timeout)?;
+    let run = vm::run_with_boot_retry(&toolchain, &modules, "device-client", args.timeout)?;
     vm::print_run(&run);
 
     let dmesg = std::fs::read_to_string(run.out("dmesg.txt")).unwrap_or_default();
