@@ -434,16 +434,7 @@ impl<'a> QueuePair<'a> {
         }
         let mut sge = self.sge(buffer, offset, len)?;
         let wr = sys::ib_ud_wr {
-            wr: sys::ib_send_wr {
-                __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
-                    wr_cqe: slot.as_cqe(),
-                },
-                sg_list: &mut sge,
-                num_sge: 1,
-                opcode: sys::ib_wr_opcode_IB_WR_SEND,
-                send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
-                ..Default::default()
-            },
+            wr: signaled_wr(slot, sys::ib_wr_opcode_IB_WR_SEND, Some(&mut sge)),
             ah: dest.ah.as_raw(),
             remote_qpn: dest.remote_qpn,
             remote_qkey: dest.remote_qkey,
@@ -557,15 +548,8 @@ impl<'a> QueuePair<'a> {
         // drivers read the remote address only for RDMA opcodes.
         let wr = sys::ib_rdma_wr {
             wr: sys::ib_send_wr {
-                next: core::ptr::null_mut(),
-                __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
-                    wr_cqe: slot.as_cqe(),
-                },
-                sg_list: &mut sge,
-                num_sge: 1,
-                opcode,
-                send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
                 ex: sys::ib_send_wr__bindgen_ty_2 { imm_data: imm },
+                ..signaled_wr(slot, opcode, Some(&mut sge))
             },
             remote_addr,
             rkey,
@@ -613,16 +597,7 @@ impl<'a> QueuePair<'a> {
             return Err(EINVAL);
         }
         let wr = sys::ib_atomic_wr {
-            wr: sys::ib_send_wr {
-                __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
-                    wr_cqe: slot.as_cqe(),
-                },
-                sg_list: &mut sge,
-                num_sge: 1,
-                opcode,
-                send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
-                ..Default::default()
-            },
+            wr: signaled_wr(slot, opcode, Some(&mut sge)),
             remote_addr,
             compare_add,
             swap,
@@ -647,14 +622,7 @@ impl<'a> QueuePair<'a> {
         // only this QP's REG_MR and the MR's own accessors touch.
         unsafe { sys::tilde_rdma_bump_mr_key(mr.as_raw()) };
         let wr = sys::ib_reg_wr {
-            wr: sys::ib_send_wr {
-                __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
-                    wr_cqe: slot.as_cqe(),
-                },
-                opcode: sys::ib_wr_opcode_IB_WR_REG_MR,
-                send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
-                ..Default::default()
-            },
+            wr: signaled_wr(slot, sys::ib_wr_opcode_IB_WR_REG_MR, None),
             mr: mr.as_raw(),
             key: mr.rkey(),
             access: rights as i32,
@@ -667,17 +635,35 @@ impl<'a> QueuePair<'a> {
     pub fn post_local_inv(&self, slot: &'a CompletionSlot, rkey: u32) -> Result {
         self.require(sys::ib_qp_type_IB_QPT_RC)?;
         let wr = sys::ib_send_wr {
-            __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
-                wr_cqe: slot.as_cqe(),
-            },
-            opcode: sys::ib_wr_opcode_IB_WR_LOCAL_INV,
-            send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
             ex: sys::ib_send_wr__bindgen_ty_2 {
                 invalidate_rkey: rkey,
             },
-            ..Default::default()
+            ..signaled_wr(slot, sys::ib_wr_opcode_IB_WR_LOCAL_INV, None)
         };
         self.post_send_wr(slot, &wr)
+    }
+}
+
+/// The header every tilde send-queue WR has: completion to `slot`, `opcode`, signaled,
+/// and at most one gather entry.
+fn signaled_wr(
+    slot: &CompletionSlot,
+    opcode: sys::ib_wr_opcode,
+    sge: Option<&mut sys::ib_sge>,
+) -> sys::ib_send_wr {
+    let (sg_list, num_sge) = match sge {
+        Some(sge) => (core::ptr::from_mut(sge), 1),
+        None => (core::ptr::null_mut(), 0),
+    };
+    sys::ib_send_wr {
+        __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
+            wr_cqe: slot.as_cqe(),
+        },
+        sg_list,
+        num_sge,
+        opcode,
+        send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
+        ..Default::default()
     }
 }
 
