@@ -10,26 +10,25 @@ use core::cell::Cell;
 use kernel::prelude::*;
 use kernel::time::{delay::fsleep, Delta, Instant, Monotonic};
 use rdma_core::{
-    cq::CompletionSlot,
     dma::DmaBuffer,
+    mailbox::{Mailbox, ReturnedWr},
     mr::MemoryRegion,
     qp::SendOp,
     sys,
+    verbs::WcStatus,
 };
 
-use crate::{patterned, rc_pair, Failure, Rig, READ_WRITE};
+use crate::{patterned, rc_pair, register, Failure, Outcome, Rig, READ_WRITE};
 
 /// WRs in flight per round trip of the loops.
 const WINDOW: usize = 16;
 const SEND_BYTES: usize = 64;
 const WRITE_BYTES: usize = 65536;
 
-type Outcome<T> = core::result::Result<T, Failure>;
-
 /// Polls until `want` completions have been delivered (to slots or to the raw handler:
 /// both loops wait the same way); busy, with a short sleep every few thousand polls so
 /// rxe's own tasks always get a CPU.
-fn poll_count(rig: &Rig<'_>, want: u32) -> Outcome<()> {
+fn poll_count(rig: &Rig, want: u32) -> Outcome<()> {
     let mut left = want;
     for spin in 0..10_000_000u32 {
         if left == 0 {
@@ -44,39 +43,46 @@ fn poll_count(rig: &Rig<'_>, want: u32) -> Outcome<()> {
     Err(Failure::Check("benchmark loop stalled"))
 }
 
-/// Takes every slot's completion, as a user of the safe API must before reusing slots,
-/// and checks it succeeded.
-fn take_all(slots: &[CompletionSlot]) -> Outcome<()> {
-    for slot in slots {
-        let ok = slot.take().is_some_and(|c| c.status == rdma_core::verbs::WcStatus::Success);
-        if !ok {
+/// Takes back the WRs tagged `0..n` + `base` (all delivered: `poll_count` saw them), as a
+/// user of the safe API does before posting them again, and checks they succeeded.
+fn take_all(mailbox: &mut Mailbox, base: u64, n: usize, out: &mut KVec<ReturnedWr>) -> Outcome<()> {
+    for tag in base..base + n as u64 {
+        let wr = mailbox.try_take(tag)?.ok_or(Failure::Check("a benchmark WR went missing"))?;
+        if wr.completion().status != WcStatus::Success {
             return Err(Failure::Check("a benchmark WR failed"));
         }
+        out.push(wr, GFP_KERNEL)?;
     }
     Ok(())
 }
+
+/// Tags of the receive WRs (the sends are `0..WINDOW`).
+const RECV_BASE: u64 = 1000;
 
 /// Nanoseconds per operation of `ops` operations taking `elapsed`.
 fn per_op(elapsed: Delta, ops: u32) -> i64 {
     elapsed.as_nanos() / i64::from(ops.max(1))
 }
 
-fn sends_safe(rig: &Rig<'_>, ops: u32) -> Outcome<i64> {
-    let send = patterned(rig.device, SEND_BYTES, 1)?;
-    let recv = DmaBuffer::new(rig.device, SEND_BYTES * WINDOW)?;
-    let sent: [CompletionSlot; WINDOW] = core::array::from_fn(|_| CompletionSlot::new());
-    let received: [CompletionSlot; WINDOW] = core::array::from_fn(|_| CompletionSlot::new());
+fn sends_safe(rig: &Rig, ops: u32) -> Outcome<i64> {
+    let mut mailbox = Mailbox::new()?;
+    let mut sends = KVec::with_capacity(WINDOW, GFP_KERNEL)?;
+    let mut recvs = KVec::with_capacity(WINDOW, GFP_KERNEL)?;
+    for i in 0..WINDOW as u64 {
+        sends.push(mailbox.work_request(i, Some(patterned(&rig.device, SEND_BYTES, 1)?))?, GFP_KERNEL)?;
+        recvs.push(mailbox.work_request(RECV_BASE + i, Some(DmaBuffer::new(&rig.device, SEND_BYTES)?))?, GFP_KERNEL)?;
+    }
     let (a, b) = rc_pair(rig)?;
     let rounds = ops.div_ceil(WINDOW as u32);
     let start = Instant::<Monotonic>::now();
     for _ in 0..rounds {
-        for (i, (s, r)) in sent.iter().zip(received.iter()).enumerate() {
-            b.post_recv(r, &recv, i * SEND_BYTES, SEND_BYTES)?;
-            a.post_send(s, SendOp::Send, &send, 0, SEND_BYTES)?;
+        for (send, recv) in sends.drain_all().zip(recvs.drain_all()) {
+            b.post_recv(recv, 0, SEND_BYTES)?;
+            a.post_send(send, SendOp::Send, 0, SEND_BYTES)?;
         }
         poll_count(rig, 2 * WINDOW as u32)?;
-        take_all(&sent)?;
-        take_all(&received)?;
+        take_all(&mut mailbox, 0, WINDOW, &mut sends)?;
+        take_all(&mut mailbox, RECV_BASE, WINDOW, &mut recvs)?;
     }
     Ok(per_op(start.elapsed(), rounds * WINDOW as u32))
 }
@@ -102,9 +108,9 @@ unsafe extern "C" fn raw_done(_cq: *mut sys::ib_cq, wc: *mut sys::ib_wc) {
     }
 }
 
-fn sends_raw(rig: &Rig<'_>, ops: u32) -> Outcome<i64> {
-    let send = patterned(rig.device, SEND_BYTES, 1)?;
-    let recv = DmaBuffer::new(rig.device, SEND_BYTES * WINDOW)?;
+fn sends_raw(rig: &Rig, ops: u32) -> Outcome<i64> {
+    let send = patterned(&rig.device, SEND_BYTES, 1)?;
+    let recv = DmaBuffer::new(&rig.device, SEND_BYTES * WINDOW)?;
     let counter = RawCounter { cqe: sys::ib_cqe { done: Some(raw_done) }, count: Cell::new(0) };
     let cqe = core::ptr::from_ref(&counter.cqe).cast_mut();
     let lkey = rig.pd.local_dma_lkey();
@@ -155,21 +161,22 @@ fn sends_raw(rig: &Rig<'_>, ops: u32) -> Outcome<i64> {
 const WRITE_WINDOW: usize = 4;
 
 /// RDMA WRITE throughput, safe or raw: `ops` writes of 64 KiB into an FRWR region.
-fn writes(rig: &Rig<'_>, ops: u32, raw: bool) -> Outcome<i64> {
-    let source = patterned(rig.device, WRITE_BYTES, 5)?;
-    let target = DmaBuffer::new(rig.device, WRITE_BYTES)?;
-    let mr = MemoryRegion::new(&rig.pd, (WRITE_BYTES / 4096) as u32 + 1, &target, 0, WRITE_BYTES)?;
-    let reg_done = CompletionSlot::new();
-    let slots: [CompletionSlot; WRITE_WINDOW] = core::array::from_fn(|_| CompletionSlot::new());
+fn writes(rig: &Rig, ops: u32, raw: bool) -> Outcome<i64> {
+    let mut mailbox = Mailbox::new()?;
+    let source = patterned(&rig.device, WRITE_BYTES, 5)?;
+    let source_addr = source.dma_addr(0, WRITE_BYTES).ok_or(Failure::Check("source buffer"))?;
+    let mut writes = KVec::with_capacity(WRITE_WINDOW, GFP_KERNEL)?;
+    for i in 0..WRITE_WINDOW as u64 {
+        writes.push(mailbox.work_request(i, Some(patterned(&rig.device, WRITE_BYTES, 5)?))?, GFP_KERNEL)?;
+    }
+    let target = DmaBuffer::new(&rig.device, WRITE_BYTES)?;
+    let region = MemoryRegion::new(&rig.pd, (WRITE_BYTES / 4096) as u32 + 1, target, 0, WRITE_BYTES)?;
     let counter = RawCounter { cqe: sys::ib_cqe { done: Some(raw_done) }, count: Cell::new(0) };
     let cqe = core::ptr::from_ref(&counter.cqe).cast_mut();
     let lkey = rig.pd.local_dma_lkey();
-    let source_addr = source.dma_addr(0, WRITE_BYTES).ok_or(Failure::Check("source buffer"))?;
     let (a, b) = rc_pair(rig)?;
-    b.post_reg_mr(&reg_done, &mr, READ_WRITE)?;
-    poll_count(rig, 1)?;
-    take_all(core::slice::from_ref(&reg_done))?;
-    let write = SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: mr.rkey() };
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    let write = SendOp::RdmaWrite { remote_addr: region.iova(), rkey: region.rkey() };
     let rounds = ops.div_ceil(WRITE_WINDOW as u32);
     let start = Instant::<Monotonic>::now();
     for _ in 0..rounds {
@@ -185,8 +192,8 @@ fn writes(rig: &Rig<'_>, ops: u32, raw: bool) -> Outcome<i64> {
                         send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
                         ..Default::default()
                     },
-                    remote_addr: mr.iova(),
-                    rkey: mr.rkey(),
+                    remote_addr: region.iova(),
+                    rkey: region.rkey(),
                 };
                 // SAFETY: the QP is live; the WR lives across the call; the buffers and
                 // the counter outlive the QP, which drains before it goes.
@@ -196,19 +203,22 @@ fn writes(rig: &Rig<'_>, ops: u32, raw: bool) -> Outcome<i64> {
             }
             poll_count(rig, WRITE_WINDOW as u32)?;
         } else {
-            for slot in &slots {
-                a.post_send(slot, write, &source, 0, WRITE_BYTES)?;
+            for wr in writes.drain_all() {
+                a.post_send(wr, write, 0, WRITE_BYTES)?;
             }
             poll_count(rig, WRITE_WINDOW as u32)?;
-            take_all(&slots)?;
+            take_all(&mut mailbox, 0, WRITE_WINDOW, &mut writes)?;
         }
     }
-    Ok(per_op(start.elapsed(), rounds * WRITE_WINDOW as u32))
+    let ns = per_op(start.elapsed(), rounds * WRITE_WINDOW as u32);
+    // The raw loop's WRs must be gone before `counter` and `source` are.
+    drop((a, b));
+    Ok(ns)
 }
 
 /// Runs `safe` and `raw` alternately twice and keeps each one's best, so drift favours
 /// neither; prints the line the scenario looks for.
-fn compare(rig: &Rig<'_>, label: &str, ops: u32, mut measure: impl FnMut(bool) -> Outcome<i64>) {
+fn compare(rig: &Rig, label: &str, ops: u32, mut measure: impl FnMut(bool) -> Outcome<i64>) {
     let name = rig.device.name();
     let mut best = [i64::MAX; 2];
     for _ in 0..2 {
@@ -240,7 +250,7 @@ fn compare(rig: &Rig<'_>, label: &str, ops: u32, mut measure: impl FnMut(bool) -
     );
 }
 
-pub(crate) fn run(rig: &Rig<'_>, ops: u32) {
+pub(crate) fn run(rig: &Rig, ops: u32) {
     compare(rig, "rc_send_64B", ops, |raw| if raw { sends_raw(rig, ops) } else { sends_safe(rig, ops) });
     compare(rig, "rdma_write_64KiB", ops / 4, |raw| writes(rig, ops / 4, raw));
 }

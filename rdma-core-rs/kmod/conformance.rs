@@ -7,17 +7,21 @@
 //! tilde's own mlx4 driver will be run against.
 
 use kernel::prelude::*;
-use kernel::time::{delay::fsleep, Delta};
+use kernel::sync::atomic::{Atomic, Relaxed};
+use kernel::sync::Arc;
+use kernel::time::Delta;
 use rdma_core::{
     ah::AddressHandle,
     client::{Client, Registration},
-    cq::{CompletionQueue, CompletionSlot, PollContext},
-    device::Device,
+    cq::{CompletionQueue, PollContext},
+    device::{Device, DeviceRef},
     dma::DmaBuffer,
+    mailbox::{Mailbox, ReturnedWr},
     mr::MemoryRegion,
     pd::ProtectionDomain,
-    qp::{AtomicOp, InitAttr, QpCaps, QueuePair, RemoteAccess, RtrAttr, RtsAttr, SendOp, UdDest},
-    verbs::{Gid, Mtu, WcOpcode, WcStatus, WorkCompletion},
+    qp::{AtomicOp, InitAttr, QpCaps, QueuePair, Rejected, RemoteAccess, RtrAttr, RtsAttr, SendOp, UdDest},
+    verbs::{Gid, Mtu, WcOpcode, WcStatus},
+    wr::CompletionHandler,
 };
 
 module! {
@@ -31,10 +35,15 @@ module! {
             default: 0,
             description: "0 runs the conformance cases; N runs the safe-vs-raw benchmark with N operations per loop instead",
         },
+        traffic: u32 {
+            default: 0,
+            description: "1 runs no cases but keeps RC traffic going on the device until it is removed or the module unloaded",
+        },
     },
 }
 
 mod bench;
+mod resident;
 
 mod param {
     use kernel::str::{CStr, CStrExt};
@@ -51,33 +60,46 @@ mod param {
     }
 }
 
-/// Finds the device under test when the IB core reports it, and runs the suite on it.
+kernel::sync::global_lock! {
+    // SAFETY: initialised in `Conformance::init` before the client is registered.
+    unsafe(uninit) static FOUND: Mutex<Option<DeviceRef>> = None;
+}
+
+/// Set while the module unloads, so a teardown knows why it happens.
+static UNLOADING: Atomic<bool> = Atomic::new(false);
+
+/// Finds the device under test when the IB core reports it: keeps a reference for the
+/// suite, which module init runs once registration is done (not inside this callback,
+/// with the IB core's locks held), and gives the device objects that live until it is
+/// removed or the module unloads ([`resident::Resident`]).
 struct Suite;
 
 impl Client for Suite {
-    type DeviceData = ();
+    type DeviceData = Option<resident::Resident>;
 
-    fn add(device: &Device) -> Result<()> {
-        let name = device.name();
-        if name.as_str().as_bytes() != param::device().to_bytes() {
-            return Ok(());
+    fn add(device: &Device) -> Result<Self::DeviceData> {
+        if device.name().as_str().as_bytes() != param::device().to_bytes() {
+            return Ok(None);
         }
-        let ops = *module_parameters::bench.value();
-        if ops > 0 {
-            let port = *device.ports().start();
-            match setup(device, port) {
-                Ok(rig) => bench::run(&rig, ops),
-                Err(error) => pr_info!("{}: bench: setup failed: {:?}\n", name, error),
+        *FOUND.lock() = Some(device.to_ref()?);
+        if *module_parameters::bench.value() > 0 {
+            return Ok(None);
+        }
+        let traffic = *module_parameters::traffic.value() != 0;
+        match resident::Resident::new(device, traffic) {
+            Ok(resident) => Ok(Some(resident)),
+            Err(failure) => {
+                report(device, "resident_setup", Err(failure));
+                Ok(None)
             }
-            return Ok(());
         }
-        let mut tally = Tally::default();
-        run_suite(device, &mut tally);
-        pr_info!("{}: summary: {} passed, {} failed\n", name, tally.passed, tally.failed);
-        Ok(())
     }
 
-    fn remove(_device: &Device, _data: ()) {}
+    fn remove(_device: &Device, data: Self::DeviceData) {
+        if let Some(resident) = data {
+            resident.teardown(UNLOADING.load(Relaxed));
+        }
+    }
 }
 
 /// Why a case failed.
@@ -94,6 +116,12 @@ impl From<Error> for Failure {
     }
 }
 
+impl<T: CompletionHandler> From<Rejected<T>> for Failure {
+    fn from(rejected: Rejected<T>) -> Self {
+        Self::Verb(rejected.error)
+    }
+}
+
 impl From<kernel::alloc::AllocError> for Failure {
     fn from(_: kernel::alloc::AllocError) -> Self {
         Self::Verb(ENOMEM)
@@ -101,6 +129,7 @@ impl From<kernel::alloc::AllocError> for Failure {
 }
 
 type CaseResult = core::result::Result<(), Failure>;
+pub(crate) type Outcome<T> = core::result::Result<T, Failure>;
 
 fn check(condition: bool, what: &'static str) -> CaseResult {
     if condition {
@@ -117,38 +146,46 @@ struct Tally {
 }
 
 impl Tally {
-    /// Prints the one result line per case that the scenario asserts.
     fn record(&mut self, device: &Device, case: &str, result: CaseResult) {
-        let name = device.name();
-        match result {
-            Ok(()) => {
-                self.passed += 1;
-                pr_info!("{}: {}: PASS\n", name, case);
-            }
-            Err(Failure::Verb(error)) => {
-                self.failed += 1;
-                pr_info!("{}: {}: FAIL: verb error {:?}\n", name, case, error);
-            }
-            Err(Failure::Check(what)) => {
-                self.failed += 1;
-                pr_info!("{}: {}: FAIL: {}\n", name, case, what);
-            }
+        if report(device, case, result) {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
         }
     }
 }
 
-/// What every case needs: the port under test, its GID, a PD and a CQ.
-pub(crate) struct Rig<'d> {
-    pub(crate) device: &'d Device,
-    port: u32,
-    gid: Gid,
-    pub(crate) pd: ProtectionDomain<'d>,
-    pub(crate) cq: CompletionQueue<'d>,
+/// Prints the one result line per case that the scenario asserts; whether it passed.
+pub(crate) fn report(device: &Device, case: &str, result: CaseResult) -> bool {
+    let name = device.name();
+    let passed = result.is_ok();
+    match result {
+        Ok(()) => pr_info!("{}: {}: PASS\n", name, case),
+        Err(Failure::Verb(error)) => pr_info!("{}: {}: FAIL: verb error {:?}\n", name, case, error),
+        Err(Failure::Check(what)) => pr_info!("{}: {}: FAIL: {}\n", name, case, what),
+    }
+    passed
+}
+
+/// What every case needs: the port under test, its GID, a PD and a direct CQ.
+pub(crate) struct Rig {
+    pub(crate) device: DeviceRef,
+    pub(crate) port: u32,
+    pub(crate) gid: Gid,
+    pub(crate) pd: Arc<ProtectionDomain>,
+    pub(crate) cq: Arc<CompletionQueue>,
+}
+
+pub(crate) fn setup(device: &Device) -> Result<Rig> {
+    let port = *device.ports().start();
+    let gid = device.query_gid(port, 0)?;
+    let pd = ProtectionDomain::new(device)?;
+    let cq = CompletionQueue::new(device, 256, PollContext::Direct)?;
+    Ok(Rig { device: device.to_ref()?, port, gid, pd, cq })
 }
 
 fn run_suite(device: &Device, tally: &mut Tally) {
-    let port = *device.ports().start();
-    let rig = match setup(device, port) {
+    let rig = match setup(device) {
         Ok(rig) => rig,
         Err(error) => {
             tally.record(device, "setup", Err(Failure::Verb(error)));
@@ -169,13 +206,15 @@ fn run_suite(device: &Device, tally: &mut Tally) {
     tally.record(device, "frwr_invalidate_refuses_access", frwr_invalidate_refuses_access(&rig));
     tally.record(device, "rc_bad_rkey_then_reset_and_reuse", rc_bad_rkey_then_reset_and_reuse(&rig));
     tally.record(device, "rc_atomics", rc_atomics(&rig));
+    tally.record(device, "rc_rnr_retry_then_delivery", rc_rnr_retry_then_delivery(&rig));
+    tally.record(device, "rc_rnr_retry_exceeded", rc_rnr_retry_exceeded(&rig));
     tally.record(device, "ud_send_with_grh", ud_send_with_grh(&rig));
     tally.record(device, "ud_drain_with_sends_outstanding", ud_drain_with_sends_outstanding(&rig));
     tally.record(device, "rc_softirq_cq", rc_over_cq_context(&rig, PollContext::Softirq));
     tally.record(device, "rc_workqueue_cq", rc_over_cq_context(&rig, PollContext::Workqueue));
-    tally.record(device, "slot_reuse_refused", slot_reuse_refused(&rig));
+    tally.record(device, "rejected_post_hands_the_wr_back", rejected_post_hands_the_wr_back(&rig));
     tally.record(device, "wrong_qp_type_refused", wrong_qp_type_refused(&rig));
-    tally.record(device, "qp_dropped_in_reset", qp_dropped_in_reset(&rig));
+    tally.record(device, "qp_dropped_in_reset_and_init", qp_dropped_in_reset_and_init(&rig));
     tally.record(device, "frwr_reregistration_retires_the_old_key", frwr_reregistration(&rig));
 }
 
@@ -198,14 +237,7 @@ fn case_name<'b>(buf: &'b mut [u8; 32], prefix: &'b str, size: usize) -> &'b str
     core::str::from_utf8(&buf[..len]).unwrap_or(prefix)
 }
 
-pub(crate) fn setup(device: &Device, port: u32) -> Result<Rig<'_>> {
-    let gid = device.query_gid(port, 0)?;
-    let pd = ProtectionDomain::new(device)?;
-    let cq = CompletionQueue::new(device, 256)?;
-    Ok(Rig { device, port, gid, pd, cq })
-}
-
-fn device_query(rig: &Rig<'_>) -> CaseResult {
+fn device_query(rig: &Rig) -> CaseResult {
     let attr = rig.device.query_port(rig.port)?;
     check(attr.gid_tbl_len > 0, "the port has no GID table")?;
     check(!rig.gid.is_zero(), "GID 0 is unset")?;
@@ -213,10 +245,13 @@ fn device_query(rig: &Rig<'_>) -> CaseResult {
     Ok(())
 }
 
-const CAPS: QpCaps = QpCaps { max_send_wr: 16, max_recv_wr: 16, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 };
+pub(crate) const CAPS: QpCaps = QpCaps { max_send_wr: 16, max_recv_wr: 32, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 };
+
+/// RNR retries that never give up (the IB encoding of "infinite").
+pub(crate) const RNR_FOREVER: u8 = 7;
 
 /// Brings `qp` to RTS towards `peer` over the rig's port and GID (loopback).
-fn connect(rig: &Rig<'_>, qp: &mut QueuePair<'_>, peer: u32) -> Result {
+pub(crate) fn connect(rig: &Rig, qp: &QueuePair, peer: u32, rnr_retry: u8) -> Result {
     let all = RemoteAccess { read: true, write: true, atomic: true };
     qp.modify_to_init(&InitAttr { port: rig.port, pkey_index: 0, remote_access: all })?;
     qp.modify_to_rtr(&RtrAttr {
@@ -225,44 +260,63 @@ fn connect(rig: &Rig<'_>, qp: &mut QueuePair<'_>, peer: u32) -> Result {
         dest_qp_num: peer,
         rq_psn: 0,
         max_dest_rd_atomic: 1,
+        // 0.64 ms (IB encoding 12): RNR waits stay short under TCG.
         min_rnr_timer: 12,
         sgid_index: 0,
         dgid: rig.gid,
         hop_limit: 64,
         dmac: rig.gid.link_local_mac().ok_or(EINVAL)?,
     })?;
-    qp.modify_to_rts(&RtsAttr { sq_psn: 0, timeout: 14, retry_cnt: 7, rnr_retry: 7, max_rd_atomic: 1 })
+    qp.modify_to_rts(&RtsAttr { sq_psn: 0, timeout: 14, retry_cnt: 7, rnr_retry, max_rd_atomic: 1 })
 }
 
-/// Two RC QPs on the rig, connected to each other.
-pub(crate) fn rc_pair<'a>(rig: &'a Rig<'_>) -> Result<(QueuePair<'a>, QueuePair<'a>)> {
-    let mut a = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    let mut b = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    let (a_num, b_num) = (a.qp_num(), b.qp_num());
-    connect(rig, &mut a, b_num)?;
-    connect(rig, &mut b, a_num)?;
+/// Two RC QPs on `cq`, connected to each other; `a` gives up after `a_rnr_retry` RNR NAKs.
+pub(crate) fn rc_pair_on(rig: &Rig, cq: &Arc<CompletionQueue>, a_rnr_retry: u8) -> Result<(QueuePair, QueuePair)> {
+    let a = QueuePair::new_rc(&rig.pd, cq, cq, &CAPS)?;
+    let b = QueuePair::new_rc(&rig.pd, cq, cq, &CAPS)?;
+    connect(rig, &a, b.qp_num(), a_rnr_retry)?;
+    connect(rig, &b, a.qp_num(), RNR_FOREVER)?;
     Ok((a, b))
 }
 
-/// Polls the CQ until `slot` has its completion; rxe completes from its own tasks, so
-/// the wait sleeps between polls. Ten seconds is ample under QEMU TCG.
-fn wait(rig: &Rig<'_>, slot: &CompletionSlot) -> core::result::Result<WorkCompletion, Failure> {
-    wait_on(&rig.cq, slot)
+/// Two RC QPs on the rig's CQ, connected to each other.
+pub(crate) fn rc_pair(rig: &Rig) -> Result<(QueuePair, QueuePair)> {
+    rc_pair_on(rig, &rig.cq, RNR_FOREVER)
 }
 
-/// As [`wait`], on any CQ: a direct one is polled, the others deliver by themselves.
-fn wait_on(cq: &CompletionQueue<'_>, slot: &CompletionSlot) -> core::result::Result<WorkCompletion, Failure> {
-    for _ in 0..20_000 {
-        cq.poll(64);
-        if let Some(completion) = slot.take() {
-            return Ok(completion);
+/// Ten seconds is ample for any completion under QEMU TCG.
+const TIMEOUT: Delta = Delta::from_secs(10);
+
+/// Waits for the WR tagged `tag` to come back to `mailbox`, polling `cq` if it is direct.
+fn wait(mailbox: &mut Mailbox, cq: &CompletionQueue, tag: u64) -> Outcome<ReturnedWr> {
+    mailbox.wait(tag, cq, TIMEOUT).map_err(|error| {
+        if error == ETIMEDOUT {
+            Failure::Check("no completion within 10 s")
+        } else {
+            Failure::Verb(error)
         }
-        fsleep(Delta::from_micros(500));
-    }
-    Err(Failure::Check("no completion within 10 s"))
+    })
 }
 
-fn rc_connect(rig: &Rig<'_>) -> CaseResult {
+/// [`wait`], then checks that the WR succeeded with `opcode`.
+fn wait_ok(mailbox: &mut Mailbox, cq: &CompletionQueue, tag: u64, opcode: WcOpcode) -> Outcome<ReturnedWr> {
+    let wr = wait(mailbox, cq, tag)?;
+    check(wr.completion().status == WcStatus::Success, "a work request completed with an error")?;
+    check(wr.completion().opcode == Some(opcode), "a completion has the wrong opcode")?;
+    Ok(wr)
+}
+
+/// The buffer a WR came back with.
+fn buffer_of(wr: &ReturnedWr) -> Outcome<&DmaBuffer> {
+    wr.buffer().ok_or(Failure::Check("a work request came back without its buffer"))
+}
+
+/// `len` bytes at `offset` of the buffer a WR came back with.
+fn bytes_of(wr: &ReturnedWr, offset: usize, len: usize) -> Outcome<KVec<u8>> {
+    Ok(buffer_of(wr)?.copy_out(offset, len)?)
+}
+
+fn rc_connect(rig: &Rig) -> CaseResult {
     let (a, b) = rc_pair(rig)?;
     check(a.qp_num() != b.qp_num(), "two QPs with one number")
 }
@@ -272,80 +326,8 @@ fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(131) + 7) as u8
 }
 
-fn rc_send_recv(rig: &Rig<'_>, size: usize) -> CaseResult {
-    // A different offset per size, so a receive buffer left over from a smaller case
-    // cannot pass for this one.
-    let offset = size % 251;
-    let mut send = DmaBuffer::new(rig.device, size + offset)?;
-    let mut bytes = KVec::with_capacity(size + offset, GFP_KERNEL)?;
-    for i in 0..size + offset {
-        bytes.push(pattern(i), GFP_KERNEL)?;
-    }
-    send.write(0, &bytes)?;
-    let recv = DmaBuffer::new(rig.device, size)?;
-    let (send_done, recv_done) = (CompletionSlot::new(), CompletionSlot::new());
-    let (a, b) = rc_pair(rig)?;
-    b.post_recv(&recv_done, &recv, 0, size)?;
-    a.post_send(&send_done, SendOp::Send, &send, offset, size)?;
-    let sent = wait(rig, &send_done)?;
-    let received = wait(rig, &recv_done)?;
-    check(sent.status == WcStatus::Success, "send completed with an error")?;
-    check(sent.opcode == Some(WcOpcode::Send), "send completion has the wrong opcode")?;
-    check(received.status == WcStatus::Success, "receive completed with an error")?;
-    check(received.opcode == Some(WcOpcode::Recv), "receive completion has the wrong opcode")?;
-    check(received.byte_len as usize == size, "receive byte_len is not the size sent")?;
-    check(received.qp_num == b.qp_num(), "receive completion names the wrong QP")?;
-    check(received.imm.is_none(), "a plain SEND arrived with immediate data")?;
-    check(*recv.copy_out(0, size)? == *send.copy_out(offset, size)?, "received data differs from what was sent")
-}
-
-fn rc_send_with_imm(rig: &Rig<'_>) -> CaseResult {
-    let mut send = DmaBuffer::new(rig.device, 64)?;
-    send.write(0, b"immediate")?;
-    let recv = DmaBuffer::new(rig.device, 64)?;
-    let (send_done, recv_done) = (CompletionSlot::new(), CompletionSlot::new());
-    let (a, b) = rc_pair(rig)?;
-    b.post_recv(&recv_done, &recv, 0, 64)?;
-    a.post_send(&send_done, SendOp::SendWithImm(0x1234_5678), &send, 0, 9)?;
-    check(wait(rig, &send_done)?.status == WcStatus::Success, "send completed with an error")?;
-    let received = wait(rig, &recv_done)?;
-    check(received.status == WcStatus::Success, "receive completed with an error")?;
-    check(received.imm == Some(0x1234_5678), "immediate data lost or byte-swapped")?;
-    check(received.byte_len == 9, "receive byte_len is not the size sent")?;
-    check(*recv.copy_out(0, 9)? == *b"immediate", "received data differs from what was sent")
-}
-
-fn rc_drain_flushes(rig: &Rig<'_>) -> CaseResult {
-    let recv = DmaBuffer::new(rig.device, 256)?;
-    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
-    {
-        let (a, _b) = rc_pair(rig)?;
-        for (i, slot) in slots.iter().enumerate() {
-            a.post_recv(slot, &recv, i * 64, 64)?;
-        }
-        // Dropping the QPs drains them: each posted receive must complete, flushed.
-    }
-    for slot in &slots {
-        let completion = slot.take().ok_or(Failure::Check("a posted receive never completed"))?;
-        check(completion.status == WcStatus::WrFlushError, "a drained receive did not flush")?;
-    }
-    Ok(())
-}
-rdma_core::ib_client!(Suite, c"tilde_conformance");
-
-struct Conformance {
-    _registration: Registration<Suite>,
-}
-
-impl kernel::Module for Conformance {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
-        let registration = Registration::register()?;
-        Ok(Self { _registration: registration })
-    }
-}
-
 /// A buffer of `len` bytes filled with the send pattern from `start`.
-pub(crate) fn patterned<'d>(device: &'d Device, len: usize, start: usize) -> core::result::Result<DmaBuffer<'d>, Failure> {
+pub(crate) fn patterned(device: &Device, len: usize, start: usize) -> Outcome<DmaBuffer> {
     let mut buffer = DmaBuffer::new(device, len)?;
     let mut bytes = KVec::with_capacity(len, GFP_KERNEL)?;
     for i in 0..len {
@@ -355,284 +337,400 @@ pub(crate) fn patterned<'d>(device: &'d Device, len: usize, start: usize) -> cor
     Ok(buffer)
 }
 
+// Mailbox tags of the cases' WRs.
+const SEND: u64 = 1;
+const RECV: u64 = 2;
+const REG: u64 = 3;
+const INV: u64 = 4;
+const WRITE: u64 = 5;
+const READ: u64 = 6;
+
+fn rc_send_recv(rig: &Rig, size: usize) -> CaseResult {
+    // A different offset per size, so a receive buffer left over from a smaller case
+    // cannot pass for this one.
+    let offset = size % 251;
+    let mut mailbox = Mailbox::new()?;
+    let send = mailbox.work_request(SEND, Some(patterned(&rig.device, size + offset, 0)?))?;
+    let recv = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, size)?))?;
+    let (a, b) = rc_pair(rig)?;
+    b.post_recv(recv, 0, size)?;
+    a.post_send(send, SendOp::Send, offset, size)?;
+    let sent = wait(&mut mailbox, &rig.cq, SEND)?;
+    let received = wait(&mut mailbox, &rig.cq, RECV)?;
+    let (s, r) = (sent.completion(), received.completion());
+    check(s.status == WcStatus::Success, "send completed with an error")?;
+    check(s.opcode == Some(WcOpcode::Send), "send completion has the wrong opcode")?;
+    check(r.status == WcStatus::Success, "receive completed with an error")?;
+    check(r.opcode == Some(WcOpcode::Recv), "receive completion has the wrong opcode")?;
+    check(r.byte_len as usize == size, "receive byte_len is not the size sent")?;
+    check(r.qp_num == b.qp_num(), "receive completion names the wrong QP")?;
+    check(r.imm.is_none(), "a plain SEND arrived with immediate data")?;
+    check(*bytes_of(&received, 0, size)? == *bytes_of(&sent, offset, size)?, "received data differs from what was sent")
+}
+
+fn rc_send_with_imm(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let mut message = DmaBuffer::new(&rig.device, 64)?;
+    message.write(0, b"immediate")?;
+    let send = mailbox.work_request(SEND, Some(message))?;
+    let recv = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 64)?))?;
+    let (a, b) = rc_pair(rig)?;
+    b.post_recv(recv, 0, 64)?;
+    a.post_send(send, SendOp::SendWithImm(0x1234_5678), 0, 9)?;
+    wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
+    let received = wait(&mut mailbox, &rig.cq, RECV)?;
+    let r = received.completion();
+    check(r.status == WcStatus::Success, "receive completed with an error")?;
+    check(r.imm == Some(0x1234_5678), "immediate data lost or byte-swapped")?;
+    check(r.byte_len == 9, "receive byte_len is not the size sent")?;
+    check(*bytes_of(&received, 0, 9)? == *b"immediate", "received data differs from what was sent")
+}
+
+fn rc_drain_flushes(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    {
+        let (a, _b) = rc_pair(rig)?;
+        for tag in 0..3 {
+            a.post_recv(mailbox.work_request(tag, Some(DmaBuffer::new(&rig.device, 64)?))?, 0, 64)?;
+        }
+        check(a.outstanding() == 3, "the QP does not count its posted receives")?;
+        // Dropping the QPs drains them: each posted receive must come back, flushed.
+    }
+    for tag in 0..3 {
+        let wr = mailbox.try_take(tag)?.ok_or(Failure::Check("a posted receive was not handed back by the drain"))?;
+        check(wr.completion().status == WcStatus::WrFlushError, "a drained receive did not flush")?;
+    }
+    Ok(())
+}
+
 const RDMA_LEN: usize = 8192;
 /// Pages an MR over `RDMA_LEN` bytes may need (an unaligned buffer spans one more).
 const RDMA_PAGES: u32 = 4;
 pub(crate) const READ_WRITE: RemoteAccess = RemoteAccess { read: true, write: true, atomic: false };
 
-/// Waits for `slot` and checks that it succeeded with `opcode`.
-fn wait_ok(rig: &Rig<'_>, slot: &CompletionSlot, opcode: WcOpcode) -> CaseResult {
-    let completion = wait(rig, slot)?;
-    check(completion.status == WcStatus::Success, "a work request completed with an error")?;
-    check(completion.opcode == Some(opcode), "a completion has the wrong opcode")
+/// Registers `region` through `qp` for `access` and returns it, registered.
+pub(crate) fn register(
+    mailbox: &mut Mailbox,
+    cq: &CompletionQueue,
+    qp: &QueuePair,
+    region: MemoryRegion,
+    access: RemoteAccess,
+) -> Outcome<MemoryRegion> {
+    qp.post_reg_mr(mailbox.work_request(REG, None)?, region, access)?;
+    let mut done = wait_ok(mailbox, cq, REG, WcOpcode::RegMr)?;
+    done.take_region().ok_or(Failure::Check("REG_MR came back without its region"))
 }
 
-fn frwr_rdma_write(rig: &Rig<'_>) -> CaseResult {
-    let local = patterned(rig.device, RDMA_LEN, 3)?;
-    let target = DmaBuffer::new(rig.device, RDMA_LEN)?;
-    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &target, 0, RDMA_LEN)?;
-    let (reg_done, write_done) = (CompletionSlot::new(), CompletionSlot::new());
+fn frwr_rdma_write(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, DmaBuffer::new(&rig.device, RDMA_LEN)?, 0, RDMA_LEN)?;
+    let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, RDMA_LEN, 3)?))?;
     let (a, b) = rc_pair(rig)?;
-    b.post_reg_mr(&reg_done, &mr, READ_WRITE)?;
-    wait_ok(rig, &reg_done, WcOpcode::RegMr)?;
-    let write = SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: mr.rkey() };
-    a.post_send(&write_done, write, &local, 0, RDMA_LEN)?;
-    wait_ok(rig, &write_done, WcOpcode::RdmaWrite)?;
-    check(*target.copy_out(0, RDMA_LEN)? == *local.copy_out(0, RDMA_LEN)?, "the written region differs from the source")
-}
-
-fn frwr_rdma_read(rig: &Rig<'_>) -> CaseResult {
-    let source = patterned(rig.device, RDMA_LEN, 11)?;
-    let local = DmaBuffer::new(rig.device, RDMA_LEN)?;
-    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &source, 0, RDMA_LEN)?;
-    let (reg_done, read_done) = (CompletionSlot::new(), CompletionSlot::new());
-    let (a, b) = rc_pair(rig)?;
-    b.post_reg_mr(&reg_done, &mr, READ_WRITE)?;
-    wait_ok(rig, &reg_done, WcOpcode::RegMr)?;
-    // Read from 100 bytes into the region, so the iova arithmetic is exercised too.
-    let read = SendOp::RdmaRead { remote_addr: mr.iova() + 100, rkey: mr.rkey() };
-    a.post_send(&read_done, read, &local, 0, RDMA_LEN - 100)?;
-    wait_ok(rig, &read_done, WcOpcode::RdmaRead)?;
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    a.post_send(write, SendOp::RdmaWrite { remote_addr: region.iova(), rkey: region.rkey() }, 0, RDMA_LEN)?;
+    let written = wait_ok(&mut mailbox, &rig.cq, WRITE, WcOpcode::RdmaWrite)?;
     check(
-        *local.copy_out(0, RDMA_LEN - 100)? == *source.copy_out(100, RDMA_LEN - 100)?,
+        *region.buffer().copy_out(0, RDMA_LEN)? == *bytes_of(&written, 0, RDMA_LEN)?,
+        "the written region differs from the source",
+    )
+}
+
+fn frwr_rdma_read(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, patterned(&rig.device, RDMA_LEN, 11)?, 0, RDMA_LEN)?;
+    let read = mailbox.work_request(READ, Some(DmaBuffer::new(&rig.device, RDMA_LEN)?))?;
+    let (a, b) = rc_pair(rig)?;
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    // Read from 100 bytes into the region, so the iova arithmetic is exercised too.
+    a.post_send(read, SendOp::RdmaRead { remote_addr: region.iova() + 100, rkey: region.rkey() }, 0, RDMA_LEN - 100)?;
+    let done = wait_ok(&mut mailbox, &rig.cq, READ, WcOpcode::RdmaRead)?;
+    check(
+        *bytes_of(&done, 0, RDMA_LEN - 100)? == *region.buffer().copy_out(100, RDMA_LEN - 100)?,
         "the data read differs from the region",
     )
 }
 
-fn frwr_invalidate_refuses_access(rig: &Rig<'_>) -> CaseResult {
-    let local = patterned(rig.device, 256, 5)?;
-    let target = DmaBuffer::new(rig.device, RDMA_LEN)?;
-    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &target, 0, RDMA_LEN)?;
-    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+/// RDMA WRITEs `len` bytes of the send pattern to `rkey` at `remote_addr` through `qp`
+/// and returns the completion status.
+fn write_status(mailbox: &mut Mailbox, rig: &Rig, qp: &QueuePair, remote_addr: u64, rkey: u32, len: usize) -> Outcome<WcStatus> {
+    let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, len, 5)?))?;
+    qp.post_send(write, SendOp::RdmaWrite { remote_addr, rkey }, 0, len)?;
+    Ok(wait(mailbox, &rig.cq, WRITE)?.completion().status)
+}
+
+fn frwr_invalidate_refuses_access(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, DmaBuffer::new(&rig.device, RDMA_LEN)?, 0, RDMA_LEN)?;
     let (a, b) = rc_pair(rig)?;
-    b.post_reg_mr(&slots[0], &mr, READ_WRITE)?;
-    wait_ok(rig, &slots[0], WcOpcode::RegMr)?;
-    let write = SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: mr.rkey() };
-    a.post_send(&slots[1], write, &local, 0, 256)?;
-    wait_ok(rig, &slots[1], WcOpcode::RdmaWrite)?;
-    b.post_local_inv(&slots[2], mr.rkey())?;
-    wait_ok(rig, &slots[2], WcOpcode::LocalInvalidate)?;
-    a.post_send(&slots[3], write, &local, 0, 256)?;
-    let refused = wait(rig, &slots[3])?;
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    let (iova, rkey) = (region.iova(), region.rkey());
+    check(write_status(&mut mailbox, rig, &a, iova, rkey, 256)? == WcStatus::Success, "a write to a registered region failed")?;
+    b.post_local_inv(mailbox.work_request(INV, None)?, rkey)?;
+    wait_ok(&mut mailbox, &rig.cq, INV, WcOpcode::LocalInvalidate)?;
     check(
-        refused.status == WcStatus::RemoteAccessError,
+        write_status(&mut mailbox, rig, &a, iova, rkey, 256)? == WcStatus::RemoteAccessError,
         "a write to an invalidated region did not fail with a remote access error",
     )
 }
 
-fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig<'_>) -> CaseResult {
-    let local = patterned(rig.device, 256, 9)?;
-    let target = DmaBuffer::new(rig.device, RDMA_LEN)?;
-    let recv = DmaBuffer::new(rig.device, 256)?;
-    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &target, 0, RDMA_LEN)?;
-    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
-    let (mut a, mut b) = rc_pair(rig)?;
-    b.post_reg_mr(&slots[0], &mr, READ_WRITE)?;
-    wait_ok(rig, &slots[0], WcOpcode::RegMr)?;
+fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, DmaBuffer::new(&rig.device, RDMA_LEN)?, 0, RDMA_LEN)?;
+    let (a, b) = rc_pair(rig)?;
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
     // A key no region has: the responder refuses, the requester's QP goes to error.
-    let bogus = SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: mr.rkey() ^ 0x8000_0000 };
-    a.post_send(&slots[1], bogus, &local, 0, 256)?;
-    let refused = wait(rig, &slots[1])?;
-    check(refused.status == WcStatus::RemoteAccessError, "a bad rkey did not give a remote access error")?;
+    let status = write_status(&mut mailbox, rig, &a, region.iova(), region.rkey() ^ 0x8000_0000, 256)?;
+    check(status == WcStatus::RemoteAccessError, "a bad rkey did not give a remote access error")?;
     // Reset both ends and bring them up again: the same QPs carry traffic.
-    a.modify_to_reset()?;
-    b.modify_to_reset()?;
-    let (a_num, b_num) = (a.qp_num(), b.qp_num());
-    connect(rig, &mut a, b_num)?;
-    connect(rig, &mut b, a_num)?;
-    b.post_recv(&slots[2], &recv, 0, 256)?;
-    a.post_send(&slots[3], SendOp::Send, &local, 0, 256)?;
-    wait_ok(rig, &slots[3], WcOpcode::Send)?;
-    wait_ok(rig, &slots[2], WcOpcode::Recv)?;
-    check(*recv.copy_out(0, 256)? == *local.copy_out(0, 256)?, "data after reset and reuse differs")
+    a.reset()?;
+    b.reset()?;
+    connect(rig, &a, b.qp_num(), RNR_FOREVER)?;
+    connect(rig, &b, a.qp_num(), RNR_FOREVER)?;
+    b.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 256)?))?, 0, 256)?;
+    a.post_send(mailbox.work_request(SEND, Some(patterned(&rig.device, 256, 9)?))?, SendOp::Send, 0, 256)?;
+    let sent = wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
+    let received = wait_ok(&mut mailbox, &rig.cq, RECV, WcOpcode::Recv)?;
+    check(*bytes_of(&received, 0, 256)? == *bytes_of(&sent, 0, 256)?, "data after reset and reuse differs")
 }
 
 /// The 8 bytes at `offset` of `buffer`, in the CPU's byte order.
-fn read_u64(buffer: &DmaBuffer<'_>, offset: usize) -> core::result::Result<u64, Failure> {
+fn read_u64(buffer: &DmaBuffer, offset: usize) -> Outcome<u64> {
     let bytes = &*buffer.copy_out(offset, 8)?;
     let bytes: [u8; 8] = bytes.try_into().map_err(|_| Failure::Check("short read"))?;
     Ok(u64::from_ne_bytes(bytes))
 }
 
-fn rc_atomics(rig: &Rig<'_>) -> CaseResult {
-    let mut target = DmaBuffer::new(rig.device, 64)?;
+/// Posts `op` through `qp` and returns the old value it fetched.
+fn atomic(mailbox: &mut Mailbox, rig: &Rig, qp: &QueuePair, op: AtomicOp, opcode: WcOpcode) -> Outcome<u64> {
+    qp.post_atomic(mailbox.work_request(SEND, Some(DmaBuffer::new(&rig.device, 8)?))?, op, 0)?;
+    let done = wait_ok(mailbox, &rig.cq, SEND, opcode)?;
+    read_u64(buffer_of(&done)?, 0)
+}
+
+fn rc_atomics(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let mut target = DmaBuffer::new(&rig.device, 64)?;
     target.write(8, &40u64.to_ne_bytes())?;
-    let old = DmaBuffer::new(rig.device, 64)?;
-    let mr = MemoryRegion::new(&rig.pd, 1, &target, 0, 64)?;
-    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+    let region = MemoryRegion::new(&rig.pd, 1, target, 0, 64)?;
     let (a, b) = rc_pair(rig)?;
-    let atomic = RemoteAccess { read: true, write: true, atomic: true };
-    b.post_reg_mr(&slots[0], &mr, atomic)?;
-    wait_ok(rig, &slots[0], WcOpcode::RegMr)?;
-    let (remote_addr, rkey) = (mr.iova() + 8, mr.rkey());
+    let region = register(&mut mailbox, &rig.cq, &b, region, RemoteAccess { read: true, write: true, atomic: true })?;
+    let (remote_addr, rkey) = (region.iova() + 8, region.rkey());
     // 40 + 2 = 42, returning 40.
-    a.post_atomic(&slots[1], AtomicOp::FetchAndAdd { remote_addr, rkey, add: 2 }, &old, 0)?;
-    wait_ok(rig, &slots[1], WcOpcode::FetchAdd)?;
-    check(read_u64(&old, 0)? == 40, "fetch-and-add returned the wrong old value")?;
+    let old = atomic(&mut mailbox, rig, &a, AtomicOp::FetchAndAdd { remote_addr, rkey, add: 2 }, WcOpcode::FetchAdd)?;
+    check(old == 40, "fetch-and-add returned the wrong old value")?;
     // A compare that fails leaves 42 and returns it; one that matches writes 99.
     let miss = AtomicOp::CompareAndSwap { remote_addr, rkey, compare: 7, swap: 99 };
-    a.post_atomic(&slots[2], miss, &old, 8)?;
-    wait_ok(rig, &slots[2], WcOpcode::CompSwap)?;
-    check(read_u64(&old, 8)? == 42, "a failed compare-and-swap returned the wrong old value")?;
-    check(read_u64(&target, 8)? == 42, "a failed compare-and-swap changed memory")?;
+    check(atomic(&mut mailbox, rig, &a, miss, WcOpcode::CompSwap)? == 42, "a failed compare-and-swap returned the wrong old value")?;
+    check(read_u64(region.buffer(), 8)? == 42, "a failed compare-and-swap changed memory")?;
     let hit = AtomicOp::CompareAndSwap { remote_addr, rkey, compare: 42, swap: 99 };
-    a.post_atomic(&slots[3], hit, &old, 16)?;
-    wait_ok(rig, &slots[3], WcOpcode::CompSwap)?;
-    check(read_u64(&old, 16)? == 42, "compare-and-swap returned the wrong old value")?;
-    check(read_u64(&target, 8)? == 99, "compare-and-swap did not write the new value")
+    check(atomic(&mut mailbox, rig, &a, hit, WcOpcode::CompSwap)? == 42, "compare-and-swap returned the wrong old value")?;
+    check(read_u64(region.buffer(), 8)? == 99, "compare-and-swap did not write the new value")
+}
+
+/// A SEND that finds no receive posted is NAKed (RNR) and retried: it stays outstanding
+/// until a receive is posted, then arrives.
+fn rc_rnr_retry_then_delivery(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let (a, b) = rc_pair(rig)?;
+    a.post_send(mailbox.work_request(SEND, Some(patterned(&rig.device, 128, 8)?))?, SendOp::Send, 0, 128)?;
+    let early = mailbox.wait(SEND, &rig.cq, Delta::from_millis(50));
+    check(matches!(early, Err(e) if e == ETIMEDOUT), "a SEND completed with no receive posted")?;
+    b.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 128)?))?, 0, 128)?;
+    let sent = wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
+    let received = wait_ok(&mut mailbox, &rig.cq, RECV, WcOpcode::Recv)?;
+    check(*bytes_of(&received, 0, 128)? == *bytes_of(&sent, 0, 128)?, "data after RNR retries differs")
+}
+
+/// With no RNR retries allowed, a SEND that finds no receive fails with
+/// `RnrRetryExceededError`.
+fn rc_rnr_retry_exceeded(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let (a, _b) = rc_pair_on(rig, &rig.cq, 0)?;
+    a.post_send(mailbox.work_request(SEND, Some(patterned(&rig.device, 64, 8)?))?, SendOp::Send, 0, 64)?;
+    let status = wait(&mut mailbox, &rig.cq, SEND)?.completion().status;
+    check(status == WcStatus::RnrRetryExceededError, "a SEND without retries did not fail with RNR retry exceeded")
 }
 
 /// The GRH a UD receive starts with.
 const GRH_LEN: usize = 40;
+const QKEY: u32 = 0x1111_2222;
 
-fn ud_send_with_grh(rig: &Rig<'_>) -> CaseResult {
-    const QKEY: u32 = 0x1111_2222;
-    let message = patterned(rig.device, 200, 17)?;
-    let recv = DmaBuffer::new(rig.device, GRH_LEN + 256)?;
+/// An address handle for the rig's own GID (loopback).
+fn loopback_ah(rig: &Rig) -> Outcome<Arc<AddressHandle>> {
     let dmac = rig.gid.link_local_mac().ok_or(Failure::Check("GID 0 is not link-local"))?;
-    let ah = AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?;
-    let (send_done, recv_done) = (CompletionSlot::new(), CompletionSlot::new());
-    let mut a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    let mut b = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    Ok(AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?)
+}
+
+fn ud_send_with_grh(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let ah = loopback_ah(rig)?;
+    let a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    let b = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
     a.modify_ud_to_rts(rig.port, 0, QKEY)?;
     b.modify_ud_to_rts(rig.port, 0, QKEY)?;
-    b.post_recv(&recv_done, &recv, 0, GRH_LEN + 256)?;
-    let dest = UdDest { ah: &ah, remote_qpn: b.qp_num(), remote_qkey: QKEY };
-    a.post_ud_send(&send_done, &dest, &message, 0, 200)?;
-    wait_ok(rig, &send_done, WcOpcode::Send)?;
-    let received = wait(rig, &recv_done)?;
-    check(received.status == WcStatus::Success, "the UD receive completed with an error")?;
-    check(received.grh, "the UD receive has no GRH on RoCE")?;
-    check(received.byte_len as usize == GRH_LEN + 200, "the UD receive length is not GRH + payload")?;
-    check(received.src_qp == a.qp_num(), "the UD receive names the wrong source QP")?;
+    b.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 256)?))?, 0, GRH_LEN + 256)?;
+    let dest = UdDest { ah, remote_qpn: b.qp_num(), remote_qkey: QKEY };
+    a.post_ud_send(mailbox.work_request(SEND, Some(patterned(&rig.device, 200, 17)?))?, &dest, 0, 200)?;
+    let sent = wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
+    let received = wait(&mut mailbox, &rig.cq, RECV)?;
+    let r = received.completion();
+    check(r.status == WcStatus::Success, "the UD receive completed with an error")?;
+    check(r.grh, "the UD receive has no GRH on RoCE")?;
+    check(r.byte_len as usize == GRH_LEN + 200, "the UD receive length is not GRH + payload")?;
+    check(r.src_qp == a.qp_num(), "the UD receive names the wrong source QP")?;
     // The GRH's destination GID (its last 16 bytes) is the one the AH named.
-    check(*recv.copy_out(24, 16)? == rig.gid.0[..], "the GRH does not carry the destination GID")?;
-    check(*recv.copy_out(GRH_LEN, 200)? == *message.copy_out(0, 200)?, "the UD payload differs")
+    check(*bytes_of(&received, 24, 16)? == rig.gid.0[..], "the GRH does not carry the destination GID")?;
+    check(*bytes_of(&received, GRH_LEN, 200)? == *bytes_of(&sent, 0, 200)?, "the UD payload differs")
 }
 
-fn ud_drain_with_sends_outstanding(rig: &Rig<'_>) -> CaseResult {
+fn ud_drain_with_sends_outstanding(rig: &Rig) -> CaseResult {
     // A receive posted and never matched, and sends to a QP number nobody has: dropping
-    // the QP must complete all of them (flushed or sent) without the generic drain.
-    const QKEY: u32 = 0x1111_2222;
-    let message = patterned(rig.device, 64, 1)?;
-    let recv = DmaBuffer::new(rig.device, GRH_LEN + 64)?;
-    let dmac = rig.gid.link_local_mac().ok_or(Failure::Check("GID 0 is not link-local"))?;
-    let ah = AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?;
-    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
+    // the QP must hand all of them back (flushed or sent), the AH with them.
+    let mut mailbox = Mailbox::new()?;
     {
-        let mut a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+        let a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
         a.modify_ud_to_rts(rig.port, 0, QKEY)?;
-        a.post_recv(&slots[0], &recv, 0, GRH_LEN + 64)?;
-        let nowhere = UdDest { ah: &ah, remote_qpn: 0x00ff_fff0, remote_qkey: QKEY };
-        a.post_ud_send(&slots[1], &nowhere, &message, 0, 64)?;
-        a.post_ud_send(&slots[2], &nowhere, &message, 0, 64)?;
-    }
-    check(slots[0].take().map(|c| c.status) == Some(WcStatus::WrFlushError), "the receive was not flushed")?;
-    check(slots[1].take().is_some() && slots[2].take().is_some(), "a send never completed")
-}
-
-/// RC traffic over a CQ that the IB core polls itself (softirq or workqueue): the
-/// completions reach their slots from that context.
-fn rc_over_cq_context(rig: &Rig<'_>, context: PollContext) -> CaseResult {
-    let cq = CompletionQueue::with_context(rig.device, 64, context)?;
-    let send = patterned(rig.device, 4096, 21)?;
-    let recv = DmaBuffer::new(rig.device, 4096)?;
-    let slots = [CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new(), CompletionSlot::new()];
-    let mut a = QueuePair::new_rc(&rig.pd, &cq, &cq, &CAPS)?;
-    let mut b = QueuePair::new_rc(&rig.pd, &cq, &cq, &CAPS)?;
-    let (a_num, b_num) = (a.qp_num(), b.qp_num());
-    connect(rig, &mut a, b_num)?;
-    connect(rig, &mut b, a_num)?;
-    for round in 0..2 {
-        let (send_slot, recv_slot) = (&slots[round * 2], &slots[round * 2 + 1]);
-        b.post_recv(recv_slot, &recv, 0, 4096)?;
-        a.post_send(send_slot, SendOp::Send, &send, 0, 4096)?;
-        let sent = wait_on(&cq, send_slot)?;
-        let received = wait_on(&cq, recv_slot)?;
-        check(sent.status == WcStatus::Success && received.status == WcStatus::Success, "a WR failed")?;
-        check(received.byte_len == 4096, "receive byte_len is not the size sent")?;
-    }
-    check(*recv.copy_out(0, 4096)? == *send.copy_out(0, 4096)?, "received data differs from what was sent")
-}
-
-/// A slot carries one WR at a time: posting with a slot whose WR has not completed, or
-/// whose completion was not taken, is refused, and the refused WR is not posted.
-fn slot_reuse_refused(rig: &Rig<'_>) -> CaseResult {
-    let recv = DmaBuffer::new(rig.device, 128)?;
-    let send = patterned(rig.device, 64, 2)?;
-    let (recv_slot, send_slot) = (CompletionSlot::new(), CompletionSlot::new());
-    let (a, b) = rc_pair(rig)?;
-    b.post_recv(&recv_slot, &recv, 0, 64)?;
-    check(recv_slot.is_posted(), "a posted slot does not say so")?;
-    check(b.post_recv(&recv_slot, &recv, 64, 64) == Err(EBUSY), "a posted slot was posted again")?;
-    a.post_send(&send_slot, SendOp::Send, &send, 0, 64)?;
-    // Completed but not taken: still busy.
-    poll_for(rig, || !send_slot.is_posted() && !recv_slot.is_posted())?;
-    check(a.post_send(&send_slot, SendOp::Send, &send, 0, 64) == Err(EBUSY), "an untaken slot was reused")?;
-    check(send_slot.take().is_some() && recv_slot.take().is_some(), "a completion went missing")?;
-    check(send_slot.take().is_none(), "a completion was reported twice")
-}
-
-/// Polls the rig's CQ until `done()` holds, sleeping between polls.
-fn poll_for(rig: &Rig<'_>, mut done: impl FnMut() -> bool) -> CaseResult {
-    for _ in 0..20_000 {
-        rig.cq.poll(64);
-        if done() {
-            return Ok(());
+        a.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 64)?))?, 0, GRH_LEN + 64)?;
+        let nowhere = UdDest { ah: loopback_ah(rig)?, remote_qpn: 0x00ff_fff0, remote_qkey: QKEY };
+        for tag in [SEND, WRITE] {
+            a.post_ud_send(mailbox.work_request(tag, Some(patterned(&rig.device, 64, 1)?))?, &nowhere, 0, 64)?;
         }
-        fsleep(Delta::from_micros(500));
     }
-    Err(Failure::Check("no completion within 10 s"))
+    let recv = mailbox.try_take(RECV)?.ok_or(Failure::Check("the receive was not handed back"))?;
+    check(recv.completion().status == WcStatus::WrFlushError, "the receive was not flushed")?;
+    check(mailbox.try_take(SEND)?.is_some() && mailbox.try_take(WRITE)?.is_some(), "a send was not handed back")
+}
+
+/// RC traffic over a CQ that the IB core polls itself (softirq or workqueue): the WRs
+/// come back from that context.
+fn rc_over_cq_context(rig: &Rig, context: PollContext) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let cq = CompletionQueue::new(&rig.device, 64, context)?;
+    let (a, b) = rc_pair_on(rig, &cq, RNR_FOREVER)?;
+    let mut send = mailbox.work_request(SEND, Some(patterned(&rig.device, 4096, 21)?))?;
+    let mut recv = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 4096)?))?;
+    // Twice, reposting the WRs that came back: a WR is reusable once it is handed back.
+    for _ in 0..2 {
+        b.post_recv(recv, 0, 4096)?;
+        a.post_send(send, SendOp::Send, 0, 4096)?;
+        send = wait_ok(&mut mailbox, &cq, SEND, WcOpcode::Send)?;
+        recv = wait_ok(&mut mailbox, &cq, RECV, WcOpcode::Recv)?;
+        check(recv.completion().byte_len == 4096, "receive byte_len is not the size sent")?;
+    }
+    check(*bytes_of(&recv, 0, 4096)? == *bytes_of(&send, 0, 4096)?, "received data differs from what was sent")
+}
+
+/// A post the QP cannot take hands the WR back with its buffer, and nothing is counted
+/// as posted.
+fn rejected_post_hands_the_wr_back(rig: &Rig) -> CaseResult {
+    let mailbox = Mailbox::new()?;
+    let (a, _b) = rc_pair(rig)?;
+    let wr = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 64)?))?;
+    // 64 bytes at offset 32 run past the 64-byte buffer.
+    let Err(rejected) = a.post_recv(wr, 32, 64) else {
+        return Err(Failure::Check("a receive past the end of its buffer was posted"));
+    };
+    check(rejected.error == EINVAL, "an out-of-bounds receive was not refused with EINVAL")?;
+    check(rejected.wr.data().tag() == RECV && rejected.wr.buffer().is_some(), "the refused WR came back without its buffer")?;
+    check(a.outstanding() == 0, "a refused WR was counted as posted")?;
+    // The same WR, within bounds, is taken.
+    a.post_recv(rejected.wr, 0, 64)?;
+    check(a.outstanding() == 1, "a posted WR was not counted")
 }
 
 /// A WR built for one transport is refused on the other (it would make the driver read
-/// fields the WR does not have), and the slot stays free.
-fn wrong_qp_type_refused(rig: &Rig<'_>) -> CaseResult {
-    let buffer = patterned(rig.device, 64, 4)?;
-    let dmac = rig.gid.link_local_mac().ok_or(Failure::Check("GID 0 is not link-local"))?;
-    let ah = AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?;
-    let slot = CompletionSlot::new();
-    let mut ud = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    ud.modify_ud_to_rts(rig.port, 0, 0x1111_2222)?;
+/// fields the WR does not have), and comes back.
+fn wrong_qp_type_refused(rig: &Rig) -> CaseResult {
+    let mailbox = Mailbox::new()?;
+    let ud = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    ud.modify_ud_to_rts(rig.port, 0, QKEY)?;
     let (rc, _peer) = rc_pair(rig)?;
-    check(ud.post_send(&slot, SendOp::Send, &buffer, 0, 64) == Err(EINVAL), "an RC send was posted on a UD QP")?;
-    let dest = UdDest { ah: &ah, remote_qpn: ud.qp_num(), remote_qkey: 0x1111_2222 };
-    check(rc.post_ud_send(&slot, &dest, &buffer, 0, 64) == Err(EINVAL), "a UD send was posted on an RC QP")?;
-    check(!slot.is_posted(), "a refused WR left its slot claimed")
+    let wr = mailbox.work_request(SEND, Some(patterned(&rig.device, 64, 4)?))?;
+    let Err(rejected) = ud.post_send(wr, SendOp::Send, 0, 64) else {
+        return Err(Failure::Check("an RC send was posted on a UD QP"));
+    };
+    check(rejected.error == EINVAL, "an RC send on a UD QP was not refused with EINVAL")?;
+    let dest = UdDest { ah: loopback_ah(rig)?, remote_qpn: ud.qp_num(), remote_qkey: QKEY };
+    let Err(rejected) = rc.post_ud_send(rejected.wr, &dest, 0, 64) else {
+        return Err(Failure::Check("a UD send was posted on an RC QP"));
+    };
+    check(rejected.error == EINVAL, "a UD send on an RC QP was not refused with EINVAL")?;
+    check(rc.outstanding() == 0 && ud.outstanding() == 0, "a refused WR was counted as posted")
 }
 
-/// QPs that never left RESET, or went back to it, are dropped without a drain (which
-/// cannot leave RESET and would WARN).
-fn qp_dropped_in_reset(rig: &Rig<'_>) -> CaseResult {
+/// QPs that never left RESET, or went back to it, are dropped without a drain (RESET to
+/// ERR is not a transition); one in INIT with receives posted drains them.
+fn qp_dropped_in_reset_and_init(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
     let fresh = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
     let fresh_ud = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    let (mut a, _b) = rc_pair(rig)?;
-    a.modify_to_reset()?;
-    drop((fresh, fresh_ud, a));
-    Ok(())
+    let (a, _b) = rc_pair(rig)?;
+    a.reset()?;
+    let in_init = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    in_init.modify_to_init(&InitAttr { port: rig.port, pkey_index: 0, remote_access: READ_WRITE })?;
+    in_init.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 64)?))?, 0, 64)?;
+    drop((fresh, fresh_ud, a, in_init));
+    let recv = mailbox.try_take(RECV)?.ok_or(Failure::Check("a receive posted in INIT was not handed back"))?;
+    check(recv.completion().status == WcStatus::WrFlushError, "a receive posted in INIT was not flushed")
 }
 
 /// Registering a region again gives it a new key: the old one is refused, the new one
 /// works.
-fn frwr_reregistration(rig: &Rig<'_>) -> CaseResult {
-    let local = patterned(rig.device, 256, 6)?;
-    let target = DmaBuffer::new(rig.device, RDMA_LEN)?;
-    let mr = MemoryRegion::new(&rig.pd, RDMA_PAGES, &target, 0, RDMA_LEN)?;
-    let slots: [CompletionSlot; 6] = core::array::from_fn(|_| CompletionSlot::new());
+fn frwr_reregistration(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, DmaBuffer::new(&rig.device, RDMA_LEN)?, 0, RDMA_LEN)?;
     let (a, b) = rc_pair(rig)?;
-    b.post_reg_mr(&slots[0], &mr, READ_WRITE)?;
-    wait_ok(rig, &slots[0], WcOpcode::RegMr)?;
-    let old_key = mr.rkey();
-    b.post_local_inv(&slots[1], old_key)?;
-    wait_ok(rig, &slots[1], WcOpcode::LocalInvalidate)?;
-    b.post_reg_mr(&slots[2], &mr, READ_WRITE)?;
-    wait_ok(rig, &slots[2], WcOpcode::RegMr)?;
-    let new_key = mr.rkey();
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    let old_key = region.rkey();
+    b.post_local_inv(mailbox.work_request(INV, None)?, old_key)?;
+    wait_ok(&mut mailbox, &rig.cq, INV, WcOpcode::LocalInvalidate)?;
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    let new_key = region.rkey();
     check(new_key != old_key, "re-registration kept the old key")?;
-    a.post_send(&slots[3], SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: new_key }, &local, 0, 256)?;
-    wait_ok(rig, &slots[3], WcOpcode::RdmaWrite)?;
-    check(*target.copy_out(0, 256)? == *local.copy_out(0, 256)?, "the write with the new key did not land")?;
-    a.post_send(&slots[4], SendOp::RdmaWrite { remote_addr: mr.iova(), rkey: old_key }, &local, 0, 256)?;
-    let refused = wait(rig, &slots[4])?;
-    check(refused.status == WcStatus::RemoteAccessError, "the retired key was accepted")
+    check(write_status(&mut mailbox, rig, &a, region.iova(), new_key, 256)? == WcStatus::Success, "a write with the new key failed")?;
+    check(*region.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 5)?.copy_out(0, 256)?, "the write with the new key did not land")?;
+    check(
+        write_status(&mut mailbox, rig, &a, region.iova(), old_key, 256)? == WcStatus::RemoteAccessError,
+        "the retired key was accepted",
+    )
+}
+
+rdma_core::ib_client!(Suite, c"tilde_conformance");
+
+struct Conformance {
+    _registration: Registration<Suite>,
+}
+
+impl kernel::Module for Conformance {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        // SAFETY: called once, before the client that uses it is registered.
+        unsafe { FOUND.init() };
+        let registration = Registration::register()?;
+        // `add` ran for every device present during registration; the suite runs here,
+        // outside the IB core's callback.
+        let found = FOUND.lock().take();
+        let Some(device) = found else {
+            pr_info!("{}: no such RDMA device\n", param::device());
+            return Ok(Self { _registration: registration });
+        };
+        let ops = *module_parameters::bench.value();
+        if ops > 0 {
+            match setup(&device) {
+                Ok(rig) => bench::run(&rig, ops),
+                Err(error) => pr_info!("{}: bench: setup failed: {:?}\n", device.name(), error),
+            }
+        } else if *module_parameters::traffic.value() == 0 {
+            let mut tally = Tally::default();
+            run_suite(&device, &mut tally);
+            pr_info!("{}: summary: {} passed, {} failed\n", device.name(), tally.passed, tally.failed);
+        }
+        Ok(Self { _registration: registration })
+    }
+}
+
+impl Drop for Conformance {
+    fn drop(&mut self) {
+        // The registration, dropped next, calls `remove` for the device under test.
+        UNLOADING.store(true, Relaxed);
+    }
 }

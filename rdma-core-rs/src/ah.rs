@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Address handles: where a UD work request goes.
 
-use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 use crate::device::Device;
 use crate::pd::ProtectionDomain;
@@ -15,23 +15,28 @@ use crate::verbs::Gid;
 /// A UD destination with a GRH (`rdma_create_ah`; RoCE always needs the GRH), destroyed
 /// on drop. For kernel callers the IB core does not resolve the destination MAC (only
 /// `rdma_create_user_ah` calls `ib_resolve_eth_dmac`), so the caller gives it; without
-/// it rxe sends even a datagram to itself out on the wire.
-pub struct AddressHandle<'a> {
+/// it rxe sends even a datagram to itself out on the wire. Shared through [`Arc`]: a UD
+/// send takes a reference along until it completes.
+pub struct AddressHandle {
     ah: NonNull<sys::ib_ah>,
-    device: &'a Device,
-    _pd: PhantomData<&'a ProtectionDomain<'a>>,
+    pd: Arc<ProtectionDomain>,
 }
 
-impl<'a> AddressHandle<'a> {
+// SAFETY: the `ib_ah` is used only through verbs the IB core allows from any thread.
+unsafe impl Send for AddressHandle {}
+// SAFETY: as above; nothing in it changes after creation.
+unsafe impl Sync for AddressHandle {}
+
+impl AddressHandle {
     /// A handle for `dgid` (Ethernet address `dmac`), reached from `port` and the local
     /// GID entry `sgid_index`.
     pub fn new(
-        pd: &'a ProtectionDomain<'_>,
+        pd: &Arc<ProtectionDomain>,
         port: u32,
         sgid_index: u8,
         dgid: Gid,
         dmac: [u8; 6],
-    ) -> Result<Self> {
+    ) -> Result<Arc<Self>> {
         let mut attr = sys::rdma_ah_attr {
             type_: sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_ROCE,
             port_num: port,
@@ -42,7 +47,7 @@ impl<'a> AddressHandle<'a> {
         attr.grh.sgid_index = sgid_index;
         attr.grh.hop_limit = 64;
         attr.__bindgen_anon_1.roce.dmac = dmac;
-        // SAFETY: the PD is valid for 'a; `attr` is a valid attribute block for the call,
+        // SAFETY: the PD is valid (we hold a reference); `attr` is a valid attribute block for the call,
         // which may sleep (we are in process context).
         let ah = from_err_ptr(unsafe {
             sys::rdma_create_ah(
@@ -51,16 +56,16 @@ impl<'a> AddressHandle<'a> {
                 sys::rdma_create_ah_flags_RDMA_CREATE_AH_SLEEPABLE,
             )
         })?;
-        Ok(Self {
+        let ah = Self {
             ah: NonNull::new(ah).ok_or(ENOMEM)?,
-            device: pd.device(),
-            _pd: PhantomData,
-        })
+            pd: pd.clone(),
+        };
+        Ok(Arc::new(ah, GFP_KERNEL)?)
     }
 
     /// The device the handle belongs to.
-    pub fn device(&self) -> &'a Device {
-        self.device
+    pub fn device(&self) -> &Device {
+        self.pd.device()
     }
 
     pub(crate) fn as_raw(&self) -> *mut sys::ib_ah {
@@ -68,19 +73,26 @@ impl<'a> AddressHandle<'a> {
     }
 }
 
-impl Drop for AddressHandle<'_> {
+impl Drop for AddressHandle {
     fn drop(&mut self) {
-        // SAFETY: the AH is valid and unused: UD WRs borrow it for their QP's lifetime,
-        // and QPs drain before they go.
-        let ret = unsafe {
-            sys::rdma_destroy_ah_user(
-                self.ah.as_ptr(),
-                sys::rdma_destroy_ah_flags_RDMA_DESTROY_AH_SLEEPABLE,
-                core::ptr::null_mut(),
-            )
+        // The last reference may go with a UD send's completion, in softirq context: an
+        // AH can be destroyed there, told not to sleep.
+        // SAFETY: a pure query of the current context.
+        let flags = if unsafe { sys::tilde_rdma_may_sleep() } {
+            sys::rdma_destroy_ah_flags_RDMA_DESTROY_AH_SLEEPABLE
+        } else {
+            0
         };
+        // SAFETY: the AH is valid and unused: a UD send holds a reference until it
+        // completes.
+        let ret =
+            unsafe { sys::rdma_destroy_ah_user(self.ah.as_ptr(), flags, core::ptr::null_mut()) };
         if ret != 0 {
-            pr_err!("tilde_rdma: destroying an address handle failed: {}\n", ret);
+            pr_err!(
+                "{}: destroying an address handle failed: {}\n",
+                self.device().name(),
+                ret
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! RDMA devices as a client sees them: `struct ib_device`.
 
-use core::ops::RangeInclusive;
+use core::ops::{Deref, RangeInclusive};
+use core::ptr::NonNull;
 
 use kernel::{error::to_result, prelude::*, types::Opaque};
 
@@ -50,6 +51,25 @@ impl Device {
 
     pub(crate) fn as_raw(&self) -> *mut sys::ib_device {
         self.0.get()
+    }
+
+    /// A reference that keeps the device registered: its unregistration (`rdma link
+    /// delete`, driver unload) waits until every reference is dropped. Every verbs
+    /// object holds one, which is what lets objects outlive a client callback. `ENODEV`
+    /// once the device is on its way out.
+    pub fn to_ref(&self) -> Result<DeviceRef> {
+        // SAFETY: the device is valid (type invariant).
+        if unsafe { sys::tilde_rdma_device_try_get(self.as_raw()) } {
+            // The reference just taken is the one `DeviceRef` owns.
+            NonNull::new(self.as_raw()).map(DeviceRef).ok_or(ENODEV)
+        } else {
+            Err(ENODEV)
+        }
+    }
+
+    /// Whether `other` is this same device.
+    pub fn is(&self, other: &Device) -> bool {
+        core::ptr::eq(self, other)
     }
 
     /// The device's name, e.g. `rxe0` (what `rdma link` shows), copied out of the device.
@@ -119,4 +139,63 @@ impl Device {
         // SAFETY: `raw` covers the whole union, and every byte pattern is a valid `[u8; 16]`.
         Ok(Gid(unsafe { gid.raw }))
     }
+}
+
+/// A registration reference to a device (`ib_device_try_get` / `ib_device_put`): while
+/// one exists the device stays registered and its memory valid.
+pub struct DeviceRef(NonNull<sys::ib_device>);
+
+// SAFETY: the reference is a counter in the device; taking and dropping it is safe from
+// any thread, and `Device` itself is only used through shared references.
+unsafe impl Send for DeviceRef {}
+// SAFETY: as above: `&DeviceRef` gives only `&Device`.
+unsafe impl Sync for DeviceRef {}
+
+impl Deref for DeviceRef {
+    type Target = Device;
+
+    fn deref(&self) -> &Device {
+        // SAFETY: the reference keeps the device registered, so valid, while `self` lives.
+        unsafe { Device::from_raw(self.0.as_ptr()) }
+    }
+}
+
+impl Clone for DeviceRef {
+    fn clone(&self) -> Self {
+        // SAFETY: the device is valid, and `self` holds a reference, so the count is not
+        // zero and another may be taken unconditionally.
+        unsafe { sys::tilde_rdma_device_get(self.0.as_ptr()) };
+        Self(self.0)
+    }
+}
+
+impl Drop for DeviceRef {
+    fn drop(&mut self) {
+        // SAFETY: `self` owns one reference, given back once.
+        unsafe { sys::ib_device_put(self.0.as_ptr()) };
+    }
+}
+
+/// Whether the caller may sleep, which tearing down a verbs object does (the driver
+/// waits for its own references). If it may not (a softirq completion handler dropped
+/// the last owner), the object is leaked with a dmesg line naming it, and so is a
+/// reference to its device, which then never finishes unregistering: a leak and a hung
+/// `rdma link delete` are safe, a sleep in atomic context or a device freed under a live
+/// object is not.
+///
+/// The caller holds a reference to `device` (every verbs object does).
+pub(crate) fn teardown_may_sleep(device: &Device, what: &str) -> bool {
+    // SAFETY: a pure query of the current context.
+    if unsafe { sys::tilde_rdma_may_sleep() } {
+        return true;
+    }
+    pr_err!(
+        "{}: {} dropped in atomic context; leaking it (drop verbs objects where sleeping is allowed)\n",
+        device.name(),
+        what
+    );
+    // SAFETY: the device is valid and the caller holds a reference, so the count is not
+    // zero; this one is never given back.
+    unsafe { sys::tilde_rdma_device_get(device.as_raw()) };
+    false
 }

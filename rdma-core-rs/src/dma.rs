@@ -3,30 +3,32 @@
 
 use kernel::prelude::*;
 
-use crate::device::Device;
+use crate::device::{Device, DeviceRef};
 use crate::sys;
 
 /// A buffer of kernel memory mapped for DMA by one device (`ib_dma_map_single`,
 /// bidirectional), unmapped on drop.
 ///
-/// Work requests take a buffer by shared reference for the lifetime of their QP, so a
-/// buffer outlives every WR that points into it: the QP drains its queues before it is
-/// destroyed. The CPU fills a buffer before posting and reads it after the completion.
-pub struct DmaBuffer<'d> {
-    device: &'d Device,
+/// A work request owns the buffer it points into (see [`crate::wr::WorkRequest`]): from
+/// post to completion nothing else can reach it. A memory region owns the buffer it
+/// exposes to peers, who may write it at any time while it is registered; so every CPU
+/// access here is a volatile copy, never a slice lent out over memory a device may change.
+pub struct DmaBuffer {
+    device: DeviceRef,
     data: KVec<u8>,
     dma_addr: u64,
 }
 
-impl<'d> DmaBuffer<'d> {
+impl DmaBuffer {
     /// Allocates `len` zeroed bytes and maps them for `device`.
-    pub fn new(device: &'d Device, len: usize) -> Result<Self> {
+    pub fn new(device: &Device, len: usize) -> Result<Self> {
         if len == 0 {
             return Err(EINVAL);
         }
+        let device = device.to_ref()?;
         let data = KVec::from_elem(0u8, len, GFP_KERNEL)?;
-        // SAFETY: the device is valid for 'd; `data` is a live allocation of `len` bytes
-        // that is not moved or freed before the unmap in `drop`.
+        // SAFETY: the device is valid (we hold a reference); `data` is a live allocation of
+        // `len` bytes that is not moved or freed before the unmap in `drop`.
         let dma_addr = unsafe {
             sys::tilde_rdma_dma_map(device.as_raw(), data.as_ptr().cast_mut().cast(), len)
         };
@@ -63,18 +65,23 @@ impl<'d> DmaBuffer<'d> {
     }
 
     /// The device the buffer is mapped for.
-    pub fn device(&self) -> &'d Device {
-        self.device
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
-    /// Copies `bytes` in at `offset`, then hands that range back to the device. Taking
-    /// `&mut self` means no WR can point into the buffer meanwhile (WRs borrow it).
+    /// Copies `bytes` in at `offset`, then hands that range back to the device. No WR
+    /// points into the buffer meanwhile (a posted WR owns its buffer), but a peer may
+    /// write a registered region's buffer, so the copy is volatile.
     pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result {
         let end = offset.checked_add(bytes.len()).ok_or(EINVAL)?;
-        self.data
-            .get_mut(offset..end)
-            .ok_or(EINVAL)?
-            .copy_from_slice(bytes);
+        if end > self.data.len() {
+            return Err(EINVAL);
+        }
+        let base = self.data.as_mut_ptr();
+        for (i, byte) in bytes.iter().enumerate() {
+            // SAFETY: `offset + i < end <= len`: in bounds of the live allocation.
+            unsafe { core::ptr::write_volatile(base.add(offset + i), *byte) };
+        }
         // SAFETY: the mapping is live (type invariant) and covers `offset..end`.
         unsafe {
             sys::tilde_rdma_dma_sync_for_device(
@@ -87,9 +94,8 @@ impl<'d> DmaBuffer<'d> {
     }
 
     /// Copies `out.len()` bytes from `offset` out, after taking that range back from the
-    /// device. A WR may still point into the buffer (another receive, a peer's RDMA
-    /// WRITE), so the bytes are copied with volatile reads and never lent out as a slice
-    /// the device could change underneath.
+    /// device. A peer's RDMA WRITE may change a registered region's buffer meanwhile, so
+    /// the bytes are copied with volatile reads.
     pub fn read_into(&self, offset: usize, out: &mut [u8]) -> Result {
         let end = offset.checked_add(out.len()).ok_or(EINVAL)?;
         if end > self.data.len() {
@@ -120,7 +126,7 @@ impl<'d> DmaBuffer<'d> {
     }
 }
 
-impl Drop for DmaBuffer<'_> {
+impl Drop for DmaBuffer {
     fn drop(&mut self) {
         // SAFETY: the buffer was mapped for this device in `new` and is unmapped once.
         unsafe { sys::tilde_rdma_dma_unmap(self.device.as_raw(), self.dma_addr, self.data.len()) };

@@ -6,7 +6,10 @@
 //!   by bindgen from the target kernel's own `include/rdma` headers, C helpers for its
 //!   inline functions, and the shims that bridge one kernel's verbs to another's. Every
 //!   kernel difference lives there and nowhere else.
-//! - `client`, `device` (kernel build only): the safe consumer API over `sys`.
+//! - `client`, `device`, `pd`, `cq`, `qp`, `wr`, `mr`, `ah`, `dma`, `mailbox` (kernel
+//!   build only): the safe consumer API over `sys`. Objects are owned values or `Arc`s
+//!   that hold what they use (a QP its PD and CQs, everything a reference to its device);
+//!   a posted work request owns its buffer and belongs to the QP until its completion.
 //!
 //! The crate is compiled twice from the same source: by cargo for the host, and by the
 //! kbuild glue (`Kbuild` at the repository root) with the target kernel's own rustc
@@ -28,6 +31,8 @@ pub mod device;
 #[cfg(tilde_kernel)]
 pub mod dma;
 #[cfg(tilde_kernel)]
+pub mod mailbox;
+#[cfg(tilde_kernel)]
 pub mod mr;
 #[cfg(tilde_kernel)]
 pub mod pd;
@@ -35,6 +40,8 @@ pub mod pd;
 pub mod qp;
 #[cfg(tilde_kernel)]
 pub mod sys;
+#[cfg(tilde_kernel)]
+pub mod wr;
 
 /// Prefix of this crate's own log lines (`pr_*!` looks it up at the call site's crate
 /// root). The crate is meant to serve several modules, so it names itself, not a module.

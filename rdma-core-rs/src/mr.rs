@@ -1,54 +1,67 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Memory regions for remote access: fast registration (FRWR).
 
-use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
+use crate::device::teardown_may_sleep;
 use crate::dma::DmaBuffer;
 use crate::pd::ProtectionDomain;
 use crate::sys;
 
-/// A fast-registration memory region (`ib_alloc_mr`, `IB_MR_TYPE_MEM_REG`), deregistered
-/// on drop. It is mapped onto a buffer here, then made valid for remote access by a
-/// REG_MR work request and invalid again by LOCAL_INV (or a SEND_WITH_INV from the peer);
-/// see [`crate::qp::QueuePair::post_reg_mr`].
-pub struct MemoryRegion<'a> {
+/// A fast-registration memory region (`ib_alloc_mr`, `IB_MR_TYPE_MEM_REG`) over a buffer
+/// it owns, deregistered on drop. A REG_MR work request makes it valid for a peer's
+/// access and takes it along until it completes ([`crate::qp::Queues::post_reg_mr`]);
+/// LOCAL_INV (or the peer's SEND_WITH_INV) makes it invalid again. Dropping a registered
+/// region deregisters it: the peer's next access fails, it never reaches freed memory.
+pub struct MemoryRegion {
     mr: NonNull<sys::ib_mr>,
-    _borrows: PhantomData<(&'a ProtectionDomain<'a>, &'a DmaBuffer<'a>)>,
+    /// Unmapped by `drop` only once the MR is deregistered.
+    buffer: ManuallyDrop<DmaBuffer>,
+    pd: Arc<ProtectionDomain>,
 }
 
-impl<'a> MemoryRegion<'a> {
-    /// A region of up to `max_pages` pages, mapped onto `len` bytes of `buffer` at
-    /// `offset`, which it borrows for as long as it exists.
+// SAFETY: the `ib_mr` is used through verbs the IB core allows from any thread; its key
+// changes only through `&mut self`.
+unsafe impl Send for MemoryRegion {}
+// SAFETY: `&self` only reads fields the driver set at mapping or registration.
+unsafe impl Sync for MemoryRegion {}
+
+impl MemoryRegion {
+    /// A region of up to `max_pages` pages in `pd`, mapped onto `len` bytes of `buffer`
+    /// at `offset`.
     pub fn new(
-        pd: &'a ProtectionDomain<'_>,
+        pd: &Arc<ProtectionDomain>,
         max_pages: u32,
-        buffer: &'a DmaBuffer<'_>,
+        buffer: DmaBuffer,
         offset: usize,
         len: usize,
     ) -> Result<Self> {
-        if !core::ptr::eq(buffer.device(), pd.device()) {
+        if !buffer.device().is(pd.device()) {
             return Err(EINVAL);
         }
         let dma_addr = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
         let len = u32::try_from(len).map_err(|_| EINVAL)?;
-        // SAFETY: the PD is valid for 'a.
+        // SAFETY: the PD is valid (we hold a reference).
         let mr = from_err_ptr(unsafe {
             sys::ib_alloc_mr(pd.as_raw(), sys::ib_mr_type_IB_MR_TYPE_MEM_REG, max_pages)
         })?;
         let mr = Self {
             mr: NonNull::new(mr).ok_or(ENOMEM)?,
-            _borrows: PhantomData,
+            buffer: ManuallyDrop::new(buffer),
+            pd: pd.clone(),
         };
         // SAFETY: the MR is valid and not yet registered; the range lies in a mapping of
-        // the same device that outlives the MR (borrowed for 'a).
+        // the same device that the MR owns.
         let mapped = unsafe { sys::tilde_rdma_map_mr(mr.mr.as_ptr(), dma_addr, len) };
         if mapped != 1 {
             pr_err!(
-                "tilde_rdma: mapping a {} byte buffer into an MR failed: {}\n",
+                "{}: mapping a {} byte buffer into an MR failed: {}\n",
+                pd.device().name(),
                 len,
                 mapped
             );
@@ -79,18 +92,52 @@ impl<'a> MemoryRegion<'a> {
         unsafe { (*self.mr.as_ptr()).length }
     }
 
+    /// The buffer the region exposes (reads are volatile copies: a peer may be writing).
+    pub fn buffer(&self) -> &DmaBuffer {
+        &self.buffer
+    }
+
+    /// The buffer, to fill before a peer reads it.
+    pub fn buffer_mut(&mut self) -> &mut DmaBuffer {
+        &mut self.buffer
+    }
+
+    /// The PD the region is in.
+    pub fn pd(&self) -> &Arc<ProtectionDomain> {
+        &self.pd
+    }
+
+    /// Gives the region a new key before it is registered again, so keys handed out for
+    /// an earlier registration stop working.
+    pub(crate) fn bump_key(&mut self) {
+        // SAFETY: the MR is valid and exclusively ours (`&mut`): no REG_MR is in flight.
+        unsafe { sys::tilde_rdma_bump_mr_key(self.mr.as_ptr()) };
+    }
+
     pub(crate) fn as_raw(&self) -> *mut sys::ib_mr {
         self.mr.as_ptr()
     }
 }
 
-impl Drop for MemoryRegion<'_> {
+impl Drop for MemoryRegion {
     fn drop(&mut self) {
-        // SAFETY: the MR is valid, and no QP uses it any more: REG_MR WRs borrow the MR
-        // for their QP's lifetime, and QPs drain before they go.
+        if !teardown_may_sleep(self.pd.device(), "an MR") {
+            // The buffer stays mapped (not dropped) and the PD referenced: the device may
+            // still use both.
+            core::mem::forget(self.pd.clone());
+            return;
+        }
+        // SAFETY: the MR is valid, and no WR of ours uses it: a REG_MR takes the region
+        // along until it completes, and `self` is here, so none is in flight.
         let ret = unsafe { sys::ib_dereg_mr_user(self.mr.as_ptr(), core::ptr::null_mut()) };
         if ret != 0 {
-            pr_err!("tilde_rdma: deregistering an MR failed: {}\n", ret);
+            pr_err!(
+                "{}: deregistering an MR failed: {}\n",
+                self.pd.device().name(),
+                ret
+            );
         }
+        // SAFETY: the buffer is dropped once, here, after the MR that mapped it is gone.
+        unsafe { ManuallyDrop::drop(&mut self.buffer) };
     }
 }

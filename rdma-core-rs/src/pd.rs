@@ -6,31 +6,38 @@ use core::ptr::NonNull;
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
 use kernel::str::CStrExt;
+use kernel::sync::Arc;
 
-use crate::device::Device;
+use crate::device::{teardown_may_sleep, Device, DeviceRef};
 use crate::sys;
 
-/// A protection domain (`ib_alloc_pd`), freed on drop. Everything created in it borrows
-/// it, so it cannot be freed before its QPs and memory regions.
-pub struct ProtectionDomain<'d> {
+/// A protection domain (`ib_alloc_pd`), shared through [`Arc`]: every QP, MR and AH in it
+/// holds a reference, so it is freed only after the last of them.
+pub struct ProtectionDomain {
     pd: NonNull<sys::ib_pd>,
-    device: &'d Device,
+    device: DeviceRef,
 }
 
-impl<'d> ProtectionDomain<'d> {
+// SAFETY: the `ib_pd` is used only through verbs that the IB core allows from any thread.
+unsafe impl Send for ProtectionDomain {}
+// SAFETY: as above; the PD's fields read here are set at allocation and never change.
+unsafe impl Sync for ProtectionDomain {}
+
+impl ProtectionDomain {
     /// Allocates a PD on `device`.
-    pub fn new(device: &'d Device) -> Result<Self> {
-        // SAFETY: the device is valid for 'd; the caller name is a static C string.
+    pub fn new(device: &Device) -> Result<Arc<Self>> {
+        let device = device.to_ref()?;
+        // SAFETY: the device is valid (we hold a reference); the caller name is static.
         let pd = from_err_ptr(unsafe {
             sys::__ib_alloc_pd(device.as_raw(), 0, c"tilde_rdma".as_char_ptr())
         })?;
         let pd = NonNull::new(pd).ok_or(ENOMEM)?;
-        Ok(Self { pd, device })
+        Ok(Arc::new(Self { pd, device }, GFP_KERNEL)?)
     }
 
     /// The device the PD belongs to.
-    pub fn device(&self) -> &'d Device {
-        self.device
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The lkey that covers all kernel memory mapped for this device
@@ -45,10 +52,15 @@ impl<'d> ProtectionDomain<'d> {
     }
 }
 
-impl Drop for ProtectionDomain<'_> {
+impl Drop for ProtectionDomain {
     fn drop(&mut self) {
-        // SAFETY: the PD is valid and unused: every object in it borrows it, so all are
-        // gone by now. A kernel PD's dealloc cannot fail short of a driver bug.
+        if !teardown_may_sleep(&self.device, "a PD") {
+            // The device reference in `self.device` is given back, but the one taken by
+            // `teardown_may_sleep` stays.
+            return;
+        }
+        // SAFETY: the PD is valid and unused: every object in it holds an `Arc` of it, so
+        // all are gone by now. A kernel PD's dealloc cannot fail short of a driver bug.
         let ret = unsafe { sys::ib_dealloc_pd_user(self.pd.as_ptr(), core::ptr::null_mut()) };
         if ret != 0 {
             pr_err!("{}: ib_dealloc_pd failed: {}\n", self.device.name(), ret);

@@ -1,29 +1,31 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Queue pairs: creation, typed state transitions, posting, and drain before destroy.
 //!
-//! Known hole (README, "Open ends"): the lifetimes keep every buffer, slot, MR and AH a WR
-//! points at alive until the QP is dropped, and the drop drains. `mem::forget` on a QP
-//! (or an MR after REG_MR) skips that drop, and nothing here stops it yet; closing it
-//! needs a scoped API or QPs that own their in-flight resources. The SAFETY comments
-//! below assume the QP is dropped.
+//! A posted [`WorkRequest`] belongs to the QP until its completion hands it back, and
+//! the QP counts them. Draining (before destroy and before RESET) refuses new posts,
+//! moves the QP to ERR, which flushes both queues, and waits until the count is zero:
+//! every WR is back with its owner, so destroying the QP leaves the device pointing at
+//! nothing. Forgetting a QP (`mem::forget`) leaks it with its WRs, which is safe: what
+//! the device may still write into is never freed.
 
-use core::marker::PhantomData;
+use core::ops::Deref;
 use core::ptr::NonNull;
 
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
 use kernel::str::CStrExt;
-use kernel::sync::atomic::{Acquire, Atomic, Relaxed, Release};
+use kernel::sync::atomic::{Acquire, Atomic, Full, Release};
+use kernel::sync::Arc;
 use kernel::time::{delay::fsleep, Delta};
 
 use crate::ah::AddressHandle;
-use crate::cq::{CompletionQueue, CompletionSlot, PollContext};
-use crate::device::Device;
-use crate::dma::DmaBuffer;
+use crate::cq::CompletionQueue;
+use crate::device::{teardown_may_sleep, Device, DeviceRef};
 use crate::mr::MemoryRegion;
 use crate::pd::ProtectionDomain;
 use crate::sys;
 use crate::verbs::{Gid, Mtu};
+use crate::wr::{CompletionHandler, WorkRequest};
 
 /// The sizes a QP is created with (`struct ib_qp_cap`).
 #[derive(Clone, Copy, Debug)]
@@ -171,111 +173,117 @@ pub enum AtomicOp {
     },
 }
 
-/// What a QP borrows for `'a`, invariantly (the `fn` type): `'a` cannot shrink to a
-/// scope shorter than what the QP's WRs point at.
-type Borrows<'a> = (
-    &'a CompletionQueue<'a>,
-    &'a CompletionSlot,
-    fn(&'a ()) -> &'a (),
-);
-
 /// Where a UD SEND goes: the address handle and the QP behind it.
-#[derive(Clone, Copy)]
-pub struct UdDest<'a> {
-    /// The path to the peer's port.
-    pub ah: &'a AddressHandle<'a>,
+#[derive(Clone)]
+pub struct UdDest {
+    /// The path to the peer's port; the send holds a reference until it completes.
+    pub ah: Arc<AddressHandle>,
     /// The peer QP's number.
     pub remote_qpn: u32,
     /// The Q_Key the peer QP accepts.
     pub remote_qkey: u32,
 }
 
-/// A queue pair (`ib_create_qp`), RC or UD. `'a` is how long everything it points at lives:
-/// its PD and CQs, and every buffer and completion slot a WR posted to it names. Dropping
-/// it drains both queues (`ib_drain_qp`), so no WR is left pointing anywhere, and
-/// destroys it.
-pub struct QueuePair<'a> {
-    qp: NonNull<sys::ib_qp>,
-    device: &'a Device,
-    lkey: u32,
-    qp_type: sys::ib_qp_type,
-    /// Send-queue WRs posted and not yet completed; the QP's `qp_context` points here so
-    /// completion slots can count down. UD QPs drain by it (see `Drop`).
-    sends: KBox<Atomic<u32>>,
-    /// Whether the send CQ is polled by its owner (else it delivers by itself).
-    send_cq_direct: bool,
-    _borrows: PhantomData<Borrows<'a>>,
-    /// In RESET: nothing can be posted, so there is nothing to drain.
-    in_reset: core::cell::Cell<bool>,
+/// A work request the QP did not take, handed back with the reason.
+pub struct Rejected<T: CompletionHandler> {
+    /// Why: `EINVAL` for a WR that does not fit the QP (type, device, range), `ESHUTDOWN`
+    /// while the QP drains, or the driver's error.
+    pub error: Error,
+    /// The work request, with everything it owns.
+    pub wr: KBox<WorkRequest<T>>,
 }
 
-impl<'a> QueuePair<'a> {
-    /// Creates an RC QP in RESET.
-    pub fn new_rc(
-        pd: &'a ProtectionDomain<'_>,
-        send_cq: &'a CompletionQueue<'_>,
-        recv_cq: &'a CompletionQueue<'_>,
-        caps: &QpCaps,
-    ) -> Result<Self> {
-        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_RC)
+impl<T: CompletionHandler> From<Rejected<T>> for Error {
+    fn from(rejected: Rejected<T>) -> Self {
+        rejected.error
     }
+}
 
-    /// Creates a UD QP in RESET; bring it up with [`QueuePair::modify_ud_to_rts`].
-    pub fn new_ud(
-        pd: &'a ProtectionDomain<'_>,
-        send_cq: &'a CompletionQueue<'_>,
-        recv_cq: &'a CompletionQueue<'_>,
-        caps: &QpCaps,
-    ) -> Result<Self> {
-        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_UD)
+impl<T: CompletionHandler> core::fmt::Debug for Rejected<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .finish()
     }
+}
 
-    fn create(
-        pd: &'a ProtectionDomain<'_>,
-        send_cq: &'a CompletionQueue<'_>,
-        recv_cq: &'a CompletionQueue<'_>,
-        caps: &QpCaps,
-        qp_type: sys::ib_qp_type,
-    ) -> Result<Self> {
-        let device = pd.device();
-        if !core::ptr::eq(send_cq.device(), device) || !core::ptr::eq(recv_cq.device(), device) {
-            return Err(EINVAL);
+/// The outcome of a post: the WR is the QP's until it completes, or it is handed back.
+pub type PostResult<T> = core::result::Result<(), Rejected<T>>;
+
+/// `ESHUTDOWN`, which the `kernel` crate does not name: a post to a draining QP.
+fn shutdown() -> Error {
+    Error::from_errno(-(kernel::bindings::ESHUTDOWN as i32))
+}
+
+/// Hands a WR back with `$error` when `$check` fails.
+macro_rules! or_reject {
+    ($check:expr, $wr:ident) => {
+        match $check {
+            Ok(value) => value,
+            Err(error) => return Err(Rejected { error, wr: $wr }),
         }
-        let sends = KBox::new(Atomic::new(0u32), GFP_KERNEL)?;
-        let mut init = sys::ib_qp_init_attr {
-            send_cq: send_cq.as_raw(),
-            recv_cq: recv_cq.as_raw(),
-            cap: sys::ib_qp_cap {
-                // One more of each for the drain WR (`ib_drain_qp`: "ensure there is room
-                // in the CQ and SQ").
-                max_send_wr: caps.max_send_wr.checked_add(1).ok_or(EINVAL)?,
-                max_recv_wr: caps.max_recv_wr.checked_add(1).ok_or(EINVAL)?,
-                max_send_sge: caps.max_send_sge,
-                max_recv_sge: caps.max_recv_sge,
-                max_inline_data: caps.max_inline_data,
-                ..Default::default()
-            },
-            sq_sig_type: sys::ib_sig_type_IB_SIGNAL_REQ_WR,
-            qp_type,
-            qp_context: core::ptr::from_ref::<Atomic<u32>>(&sends).cast_mut().cast(),
-            ..Default::default()
-        };
-        // SAFETY: the PD and CQs are valid for 'a; `init` is a valid attribute block the
-        // call only reads (and updates with the actual caps); the caller name is static.
-        let qp = from_err_ptr(unsafe {
-            sys::ib_create_qp_kernel(pd.as_raw(), &mut init, c"tilde_rdma".as_char_ptr())
-        })?;
-        let qp = NonNull::new(qp).ok_or(ENOMEM)?;
-        Ok(Self {
-            qp,
-            device: pd.device(),
-            lkey: pd.local_dma_lkey(),
-            qp_type,
-            sends,
-            send_cq_direct: send_cq.context() == PollContext::Direct,
-            _borrows: PhantomData,
-            in_reset: core::cell::Cell::new(true),
-        })
+    };
+}
+
+/// The queues of a QP: what posting needs, shared by the QP's owner and the completion
+/// handlers of its WRs (which get `&Queues` and may post again).
+pub struct Queues {
+    qp: NonNull<sys::ib_qp>,
+    device: DeviceRef,
+    lkey: u32,
+    qp_type: sys::ib_qp_type,
+    /// WRs posted and not yet handed back; the QP's `qp_context` points at `Queues`, so
+    /// each completion counts itself down after its handler returns.
+    outstanding: Atomic<u32>,
+    /// Set while the QP drains: posts are refused, so the count can only fall.
+    draining: Atomic<bool>,
+}
+
+// SAFETY: posting and modifying a kernel QP are allowed from any thread concurrently
+// (drivers serialise their queues themselves); the rest is atomic or immutable.
+unsafe impl Send for Queues {}
+// SAFETY: as above.
+unsafe impl Sync for Queues {}
+
+impl Queues {
+    /// The `Queues` of a QP created by [`QueuePair`].
+    ///
+    /// # Safety
+    ///
+    /// `qp` is null or a live QP created by [`QueuePair`], which is not destroyed for `'a`.
+    pub(crate) unsafe fn from_qp<'a>(qp: *mut sys::ib_qp) -> Option<&'a Queues> {
+        if qp.is_null() {
+            return None;
+        }
+        // SAFETY: the QP is live (caller); its `qp_context` is the `Queues` the
+        // `QueuePair` allocated and frees only after destroying the QP.
+        unsafe { (*qp).qp_context.cast::<Queues>().cast_const().as_ref() }
+    }
+
+    /// One WR handed back: the last access a completion makes to the QP.
+    pub(crate) fn completed(&self) {
+        self.outstanding.fetch_sub(1u32, Release);
+    }
+
+    /// The device the QP belongs to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The QP number the peer addresses.
+    pub fn qp_num(&self) -> u32 {
+        // SAFETY: the QP is valid while `Queues` is reachable; `qp_num` is set at creation.
+        unsafe { (*self.qp.as_ptr()).qp_num }
+    }
+
+    /// The `ib_qp`, for the raw bindings (benchmarks).
+    pub fn as_raw(&self) -> *mut sys::ib_qp {
+        self.qp.as_ptr()
+    }
+
+    /// WRs posted and not yet handed back.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Acquire)
     }
 
     /// `EINVAL` unless this QP is of `qp_type`: a WR built for the other transport would
@@ -292,46 +300,391 @@ impl<'a> QueuePair<'a> {
         Err(EINVAL)
     }
 
-    /// Posts a send-queue WR with its slot, counted as outstanding before the post (its
-    /// completion may come before the post returns) and uncounted if the post fails.
-    fn post_send_wr(&self, slot: &CompletionSlot, wr: &sys::ib_send_wr) -> Result {
-        slot.claim(true)?;
-        self.sends.add(1u32, Relaxed);
-        // SAFETY: the QP is valid; the WR (and whatever it points to) lives across the
-        // call, and the buffers, regions, handles and slot it names are borrowed for 'a,
-        // beyond the QP's drain.
-        let posted = to_result(unsafe {
-            sys::tilde_rdma_post_send(self.qp.as_ptr(), wr, core::ptr::null_mut())
-        });
-        if posted.is_err() {
-            self.sends.fetch_sub(1u32, Relaxed);
-            slot.unclaim();
+    /// The gather/scatter entry for `len` bytes at `offset` of the WR's own buffer.
+    fn sge<T: CompletionHandler>(
+        &self,
+        wr: &WorkRequest<T>,
+        offset: usize,
+        len: usize,
+    ) -> Result<sys::ib_sge> {
+        let buffer = wr.buffer.as_ref().ok_or(EINVAL)?;
+        // A DMA address means nothing to another device.
+        if !buffer.device().is(&self.device) {
+            return Err(EINVAL);
         }
-        posted
+        let addr = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
+        Ok(sys::ib_sge {
+            addr,
+            length: u32::try_from(len).map_err(|_| EINVAL)?,
+            lkey: self.lkey,
+        })
     }
 
-    /// The `ib_qp`, for the raw bindings (benchmarks).
-    pub fn as_raw(&self) -> *mut sys::ib_qp {
-        self.qp.as_ptr()
+    /// Counts a WR as outstanding before its post (its completion may come first), unless
+    /// the QP drains. With `drain`'s store and load, full ordering means either the drain
+    /// sees this count or this post sees the drain.
+    fn begin_post(&self) -> Result {
+        self.outstanding.fetch_add(1u32, Full);
+        if self.draining.load(Acquire) {
+            self.outstanding.fetch_sub(1u32, Release);
+            return Err(shutdown());
+        }
+        Ok(())
     }
 
-    /// The QP number the peer addresses.
-    pub fn qp_num(&self) -> u32 {
-        // SAFETY: the QP is valid (type invariant); `qp_num` is set at creation.
-        unsafe { (*self.qp.as_ptr()).qp_num }
+    /// Hands `wr` to the device through `post` (given its `ib_cqe`), or back on failure.
+    fn submit<T: CompletionHandler>(
+        &self,
+        wr: KBox<WorkRequest<T>>,
+        post: impl FnOnce(*mut sys::ib_cqe) -> c_int,
+    ) -> PostResult<T> {
+        or_reject!(self.begin_post(), wr);
+        let cqe = wr.cqe();
+        let raw = KBox::into_raw(wr);
+        let ret = post(cqe);
+        if ret == 0 {
+            return Ok(());
+        }
+        self.outstanding.fetch_sub(1u32, Release);
+        // SAFETY: the post failed, so the device never took the WR: the box is ours again.
+        let wr = unsafe { KBox::from_raw(raw) };
+        Err(Rejected {
+            error: Error::from_errno(ret),
+            wr,
+        })
     }
 
-    fn modify(&mut self, attr: &mut sys::ib_qp_attr, mask: u32) -> Result {
+    /// Posts a send-queue WR whose header is `send_wr` (its `wr_cqe` filled in here).
+    fn submit_send<T: CompletionHandler>(
+        &self,
+        wr: KBox<WorkRequest<T>>,
+        send_wr: *mut sys::ib_send_wr,
+    ) -> PostResult<T> {
+        self.submit(wr, |cqe| {
+            // SAFETY: `send_wr` points at the caller's WR on its stack, live across this
+            // call; the QP is valid; the driver copies the WR, whose buffer, region and
+            // handle the leaked `WorkRequest` owns until its completion.
+            unsafe {
+                (*send_wr).__bindgen_anon_1.wr_cqe = cqe;
+                sys::tilde_rdma_post_send(self.qp.as_ptr(), send_wr, core::ptr::null_mut())
+            }
+        })
+    }
+
+    /// Posts a receive of up to `len` bytes into the WR's buffer at `offset`.
+    pub fn post_recv<T: CompletionHandler>(
+        &self,
+        wr: KBox<WorkRequest<T>>,
+        offset: usize,
+        len: usize,
+    ) -> PostResult<T> {
+        let mut sge = or_reject!(self.sge(&wr, offset, len), wr);
+        self.submit(wr, |cqe| {
+            let recv = sys::ib_recv_wr {
+                next: core::ptr::null_mut(),
+                __bindgen_anon_1: sys::ib_recv_wr__bindgen_ty_1 { wr_cqe: cqe },
+                sg_list: &mut sge,
+                num_sge: 1,
+            };
+            // SAFETY: the QP is valid; the WR and its SGE live across the call (the
+            // driver copies them); the buffer they name is owned by the leaked
+            // `WorkRequest` until its completion.
+            unsafe { sys::tilde_rdma_post_recv(self.qp.as_ptr(), &recv, core::ptr::null_mut()) }
+        })
+    }
+
+    /// Posts a signaled send (SEND, or RDMA WRITE from / READ into) of `len` bytes of the
+    /// WR's buffer at `offset`, on an RC QP.
+    pub fn post_send<T: CompletionHandler>(
+        &self,
+        wr: KBox<WorkRequest<T>>,
+        op: SendOp,
+        offset: usize,
+        len: usize,
+    ) -> PostResult<T> {
+        or_reject!(self.require(sys::ib_qp_type_IB_QPT_RC), wr);
+        let mut sge = or_reject!(self.sge(&wr, offset, len), wr);
+        let (opcode, imm, remote) = match op {
+            SendOp::Send => (sys::ib_wr_opcode_IB_WR_SEND, 0, None),
+            SendOp::SendWithImm(imm) => (sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM, imm.to_be(), None),
+            SendOp::RdmaWrite { remote_addr, rkey } => (
+                sys::ib_wr_opcode_IB_WR_RDMA_WRITE,
+                0,
+                Some((remote_addr, rkey)),
+            ),
+            SendOp::RdmaRead { remote_addr, rkey } => (
+                sys::ib_wr_opcode_IB_WR_RDMA_READ,
+                0,
+                Some((remote_addr, rkey)),
+            ),
+        };
+        let (remote_addr, rkey) = remote.unwrap_or((0, 0));
+        // Every send WR is posted as an `ib_rdma_wr`: it starts with the `ib_send_wr`, and
+        // drivers read the remote address only for RDMA opcodes.
+        let mut rdma = sys::ib_rdma_wr {
+            wr: sys::ib_send_wr {
+                ex: sys::ib_send_wr__bindgen_ty_2 { imm_data: imm },
+                ..signaled_wr(opcode, Some(&mut sge))
+            },
+            remote_addr,
+            rkey,
+        };
+        self.submit_send(wr, &mut rdma.wr)
+    }
+
+    /// Posts a signaled 8-byte atomic on the peer's region `rkey` at `remote_addr`
+    /// (8-byte aligned); the original value lands in 8 bytes of the WR's buffer at
+    /// `offset`.
+    pub fn post_atomic<T: CompletionHandler>(
+        &self,
+        wr: KBox<WorkRequest<T>>,
+        op: AtomicOp,
+        offset: usize,
+    ) -> PostResult<T> {
+        or_reject!(self.require(sys::ib_qp_type_IB_QPT_RC), wr);
+        let mut sge = or_reject!(self.sge(&wr, offset, 8), wr);
+        let (opcode, remote_addr, rkey, compare_add, swap) = match op {
+            AtomicOp::CompareAndSwap {
+                remote_addr,
+                rkey,
+                compare,
+                swap,
+            } => (
+                sys::ib_wr_opcode_IB_WR_ATOMIC_CMP_AND_SWP,
+                remote_addr,
+                rkey,
+                compare,
+                swap,
+            ),
+            AtomicOp::FetchAndAdd {
+                remote_addr,
+                rkey,
+                add,
+            } => (
+                sys::ib_wr_opcode_IB_WR_ATOMIC_FETCH_AND_ADD,
+                remote_addr,
+                rkey,
+                add,
+                0,
+            ),
+        };
+        if remote_addr % 8 != 0 {
+            return Err(Rejected { error: EINVAL, wr });
+        }
+        let mut atomic = sys::ib_atomic_wr {
+            wr: signaled_wr(opcode, Some(&mut sge)),
+            remote_addr,
+            compare_add,
+            swap,
+            rkey,
+            ..Default::default()
+        };
+        self.submit_send(wr, &mut atomic.wr)
+    }
+
+    /// Posts a signaled UD SEND of `len` bytes of the WR's buffer at `offset` to `dest`.
+    pub fn post_ud_send<T: CompletionHandler>(
+        &self,
+        mut wr: KBox<WorkRequest<T>>,
+        dest: &UdDest,
+        offset: usize,
+        len: usize,
+    ) -> PostResult<T> {
+        or_reject!(self.require(sys::ib_qp_type_IB_QPT_UD), wr);
+        if !dest.ah.device().is(&self.device) {
+            return Err(Rejected { error: EINVAL, wr });
+        }
+        let mut sge = or_reject!(self.sge(&wr, offset, len), wr);
+        let mut ud = sys::ib_ud_wr {
+            wr: signaled_wr(sys::ib_wr_opcode_IB_WR_SEND, Some(&mut sge)),
+            ah: dest.ah.as_raw(),
+            remote_qpn: dest.remote_qpn,
+            remote_qkey: dest.remote_qkey,
+            ..Default::default()
+        };
+        // The WR holds the handle until it completes.
+        wr.ah = Some(dest.ah.clone());
+        self.submit_send(wr, &mut ud.wr)
+    }
+
+    /// Posts a fast registration making `region` valid for the peer's `access` under a
+    /// new key; the WR carries the region until it completes
+    /// ([`WorkRequest::take_region`] gives it back, with [`MemoryRegion::rkey`] the key).
+    pub fn post_reg_mr<T: CompletionHandler>(
+        &self,
+        mut wr: KBox<WorkRequest<T>>,
+        mut region: MemoryRegion,
+        access: RemoteAccess,
+    ) -> PostResult<T> {
+        let in_pd = region.pd().device().is(&self.device);
+        // A new key for each registration: the rkey of an earlier one must stop working.
+        region.bump_key();
+        let mut reg = sys::ib_reg_wr {
+            wr: signaled_wr(sys::ib_wr_opcode_IB_WR_REG_MR, None),
+            mr: region.as_raw(),
+            key: region.rkey(),
+            access: access.flags() as i32,
+        };
+        wr.region = Some(region);
+        or_reject!(self.require(sys::ib_qp_type_IB_QPT_RC), wr);
+        if !in_pd {
+            return Err(Rejected { error: EINVAL, wr });
+        }
+        self.submit_send(wr, &mut reg.wr)
+    }
+
+    /// Posts a local invalidation of `rkey`: after it completes, the peer's access with
+    /// that key fails.
+    pub fn post_local_inv<T: CompletionHandler>(
+        &self,
+        wr: KBox<WorkRequest<T>>,
+        rkey: u32,
+    ) -> PostResult<T> {
+        or_reject!(self.require(sys::ib_qp_type_IB_QPT_RC), wr);
+        let mut inv = sys::ib_send_wr {
+            ex: sys::ib_send_wr__bindgen_ty_2 {
+                invalidate_rkey: rkey,
+            },
+            ..signaled_wr(sys::ib_wr_opcode_IB_WR_LOCAL_INV, None)
+        };
+        self.submit_send(wr, &mut inv)
+    }
+}
+
+/// The header every tilde send-queue WR has: `opcode`, signaled, and at most one gather
+/// entry; `submit_send` fills in the completion entry.
+fn signaled_wr(opcode: sys::ib_wr_opcode, sge: Option<&mut sys::ib_sge>) -> sys::ib_send_wr {
+    let (sg_list, num_sge) = match sge {
+        Some(sge) => (core::ptr::from_mut(sge), 1),
+        None => (core::ptr::null_mut(), 0),
+    };
+    sys::ib_send_wr {
+        sg_list,
+        num_sge,
+        opcode,
+        send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
+        ..Default::default()
+    }
+}
+
+/// A queue pair (`ib_create_qp`), RC or UD, with its typed state transitions. It holds
+/// its PD and CQs; posting is on [`Queues`], which it dereferences to. Dropping it drains
+/// it (see the module documentation) and destroys it.
+pub struct QueuePair {
+    /// Allocated by `create`, freed by `drop` after the QP is destroyed; never borrowed
+    /// mutably, since completion handlers share it.
+    queues: NonNull<Queues>,
+    send_cq: Arc<CompletionQueue>,
+    recv_cq: Arc<CompletionQueue>,
+    pd: Arc<ProtectionDomain>,
+}
+
+// SAFETY: `Queues` is `Send + Sync`; the `Arc`s are.
+unsafe impl Send for QueuePair {}
+// SAFETY: as above.
+unsafe impl Sync for QueuePair {}
+
+impl Deref for QueuePair {
+    type Target = Queues;
+
+    fn deref(&self) -> &Queues {
+        // SAFETY: `queues` is live until `drop` (type invariant) and only shared.
+        unsafe { self.queues.as_ref() }
+    }
+}
+
+impl QueuePair {
+    /// Creates an RC QP in RESET.
+    pub fn new_rc(
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        recv_cq: &Arc<CompletionQueue>,
+        caps: &QpCaps,
+    ) -> Result<Self> {
+        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_RC)
+    }
+
+    /// Creates a UD QP in RESET; bring it up with [`QueuePair::modify_ud_to_rts`].
+    pub fn new_ud(
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        recv_cq: &Arc<CompletionQueue>,
+        caps: &QpCaps,
+    ) -> Result<Self> {
+        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_UD)
+    }
+
+    fn create(
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        recv_cq: &Arc<CompletionQueue>,
+        caps: &QpCaps,
+        qp_type: sys::ib_qp_type,
+    ) -> Result<Self> {
+        let device = pd.device();
+        if !send_cq.device().is(device) || !recv_cq.device().is(device) {
+            return Err(EINVAL);
+        }
+        let queues = KBox::new(
+            Queues {
+                qp: NonNull::dangling(),
+                device: device.to_ref()?,
+                lkey: pd.local_dma_lkey(),
+                qp_type,
+                outstanding: Atomic::new(0),
+                draining: Atomic::new(false),
+            },
+            GFP_KERNEL,
+        )?;
+        // From here on `Queues` is only reached through this pointer (and, once the QP
+        // exists, through its `qp_context`).
+        let queues = KBox::into_raw(queues);
+        let mut init = sys::ib_qp_init_attr {
+            send_cq: send_cq.as_raw(),
+            recv_cq: recv_cq.as_raw(),
+            cap: sys::ib_qp_cap {
+                max_send_wr: caps.max_send_wr,
+                max_recv_wr: caps.max_recv_wr,
+                max_send_sge: caps.max_send_sge,
+                max_recv_sge: caps.max_recv_sge,
+                max_inline_data: caps.max_inline_data,
+                ..Default::default()
+            },
+            sq_sig_type: sys::ib_sig_type_IB_SIGNAL_REQ_WR,
+            qp_type,
+            qp_context: queues.cast(),
+            ..Default::default()
+        };
+        // SAFETY: the PD and CQs are valid (we hold references); `init` is a valid
+        // attribute block the call only reads (and updates with the actual caps); the
+        // caller name is static.
+        let qp = from_err_ptr(unsafe {
+            sys::ib_create_qp_kernel(pd.as_raw(), &mut init, c"tilde_rdma".as_char_ptr())
+        });
+        let Some(qp) = qp.ok().and_then(NonNull::new) else {
+            // SAFETY: `queues` came from `KBox::into_raw` above, and no QP points at it.
+            drop(unsafe { KBox::from_raw(queues) });
+            return Err(qp.err().unwrap_or(ENOMEM));
+        };
+        // SAFETY: `queues` is valid and not shared yet: no WR has been posted to the QP.
+        unsafe { (*queues).qp = qp };
+        Ok(Self {
+            // SAFETY: from `KBox::into_raw`, so not null.
+            queues: unsafe { NonNull::new_unchecked(queues) },
+            send_cq: send_cq.clone(),
+            recv_cq: recv_cq.clone(),
+            pd: pd.clone(),
+        })
+    }
+
+    /// The PD the QP is in.
+    pub fn pd(&self) -> &Arc<ProtectionDomain> {
+        &self.pd
+    }
+
+    fn modify(&self, attr: &mut sys::ib_qp_attr, mask: u32) -> Result {
         // SAFETY: the QP is valid; `attr` is a valid attribute block for `mask`.
         let result = to_result(unsafe { sys::ib_modify_qp(self.qp.as_ptr(), attr, mask as i32) });
-        if result.is_ok() && mask & sys::ib_qp_attr_mask_IB_QP_STATE != 0 {
-            let reset = attr.qp_state == sys::ib_qp_state_IB_QPS_RESET;
-            self.in_reset.set(reset);
-            if reset {
-                // RESET discards posted WRs without completions.
-                self.sends.store(0, Release);
-            }
-        }
         result.inspect_err(|e| {
             pr_err!(
                 "{}: QP {}: modify to state {} failed: {:?}\n",
@@ -344,7 +697,7 @@ impl<'a> QueuePair<'a> {
     }
 
     /// RESET → INIT.
-    pub fn modify_to_init(&mut self, init: &InitAttr) -> Result {
+    pub fn modify_to_init(&self, init: &InitAttr) -> Result {
         let access = init.remote_access.flags();
         let mut attr = sys::ib_qp_attr {
             qp_state: sys::ib_qp_state_IB_QPS_INIT,
@@ -361,7 +714,7 @@ impl<'a> QueuePair<'a> {
     }
 
     /// INIT → RTR.
-    pub fn modify_to_rtr(&mut self, rtr: &RtrAttr) -> Result {
+    pub fn modify_to_rtr(&self, rtr: &RtrAttr) -> Result {
         let mut attr = sys::ib_qp_attr {
             qp_state: sys::ib_qp_state_IB_QPS_RTR,
             path_mtu: rtr.path_mtu.to_raw(),
@@ -389,8 +742,28 @@ impl<'a> QueuePair<'a> {
         self.modify(&mut attr, mask)
     }
 
+    /// RTR → RTS.
+    pub fn modify_to_rts(&self, rts: &RtsAttr) -> Result {
+        let mut attr = sys::ib_qp_attr {
+            qp_state: sys::ib_qp_state_IB_QPS_RTS,
+            sq_psn: rts.sq_psn,
+            timeout: rts.timeout,
+            retry_cnt: rts.retry_cnt,
+            rnr_retry: rts.rnr_retry,
+            max_rd_atomic: rts.max_rd_atomic,
+            ..Default::default()
+        };
+        let mask = sys::ib_qp_attr_mask_IB_QP_STATE
+            | sys::ib_qp_attr_mask_IB_QP_SQ_PSN
+            | sys::ib_qp_attr_mask_IB_QP_TIMEOUT
+            | sys::ib_qp_attr_mask_IB_QP_RETRY_CNT
+            | sys::ib_qp_attr_mask_IB_QP_RNR_RETRY
+            | sys::ib_qp_attr_mask_IB_QP_MAX_QP_RD_ATOMIC;
+        self.modify(&mut attr, mask)
+    }
+
     /// RESET → INIT → RTR → RTS for a UD QP: it receives datagrams that carry `qkey`.
-    pub fn modify_ud_to_rts(&mut self, port: u32, pkey_index: u16, qkey: u32) -> Result {
+    pub fn modify_ud_to_rts(&self, port: u32, pkey_index: u16, qkey: u32) -> Result {
         let mut attr = sys::ib_qp_attr {
             qp_state: sys::ib_qp_state_IB_QPS_INIT,
             pkey_index,
@@ -419,312 +792,85 @@ impl<'a> QueuePair<'a> {
         )
     }
 
-    /// Posts a signaled UD SEND of `len` bytes of `buffer` at `offset` to `dest`.
-    pub fn post_ud_send(
-        &self,
-        slot: &'a CompletionSlot,
-        dest: &UdDest<'a>,
-        buffer: &'a DmaBuffer<'_>,
-        offset: usize,
-        len: usize,
-    ) -> Result {
-        self.require(sys::ib_qp_type_IB_QPT_UD)?;
-        if !core::ptr::eq(dest.ah.device(), self.device) {
-            return Err(EINVAL);
-        }
-        let mut sge = self.sge(buffer, offset, len)?;
-        let wr = sys::ib_ud_wr {
-            wr: signaled_wr(slot, sys::ib_wr_opcode_IB_WR_SEND, Some(&mut sge)),
-            ah: dest.ah.as_raw(),
-            remote_qpn: dest.remote_qpn,
-            remote_qkey: dest.remote_qkey,
-            ..Default::default()
-        };
-        self.post_send_wr(slot, &wr.wr)
-    }
-
-    /// Any state → RESET: the QP forgets its queues and its peer, and can be brought up
-    /// again (INIT, RTR, RTS), e.g. after an error.
-    pub fn modify_to_reset(&mut self) -> Result {
+    /// Any state → ERR: both queues flush, every posted WR completes with
+    /// `WrFlushError`. Posts are still taken, and flushed.
+    pub fn modify_to_error(&self) -> Result {
         let mut attr = sys::ib_qp_attr {
-            qp_state: sys::ib_qp_state_IB_QPS_RESET,
+            qp_state: sys::ib_qp_state_IB_QPS_ERR,
             ..Default::default()
         };
         self.modify(&mut attr, sys::ib_qp_attr_mask_IB_QP_STATE)
     }
 
-    /// RTR → RTS.
-    pub fn modify_to_rts(&mut self, rts: &RtsAttr) -> Result {
+    /// Drains, then any state → RESET: the QP forgets its queues and its peer and can be
+    /// brought up again (INIT, RTR, RTS), e.g. after an error. RESET discards posted WRs
+    /// without completions, so the drain first hands every one back.
+    pub fn reset(&self) -> Result {
+        self.drain();
         let mut attr = sys::ib_qp_attr {
-            qp_state: sys::ib_qp_state_IB_QPS_RTS,
-            sq_psn: rts.sq_psn,
-            timeout: rts.timeout,
-            retry_cnt: rts.retry_cnt,
-            rnr_retry: rts.rnr_retry,
-            max_rd_atomic: rts.max_rd_atomic,
+            qp_state: sys::ib_qp_state_IB_QPS_RESET,
             ..Default::default()
         };
-        let mask = sys::ib_qp_attr_mask_IB_QP_STATE
-            | sys::ib_qp_attr_mask_IB_QP_SQ_PSN
-            | sys::ib_qp_attr_mask_IB_QP_TIMEOUT
-            | sys::ib_qp_attr_mask_IB_QP_RETRY_CNT
-            | sys::ib_qp_attr_mask_IB_QP_RNR_RETRY
-            | sys::ib_qp_attr_mask_IB_QP_MAX_QP_RD_ATOMIC;
-        self.modify(&mut attr, mask)
+        let result = self.modify(&mut attr, sys::ib_qp_attr_mask_IB_QP_STATE);
+        self.draining.store(false, Release);
+        result
     }
 
-    fn sge(&self, buffer: &DmaBuffer<'_>, offset: usize, len: usize) -> Result<sys::ib_sge> {
-        // A DMA address means nothing to another device.
-        if !core::ptr::eq(buffer.device(), self.device) {
-            return Err(EINVAL);
-        }
-        let addr = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
-        Ok(sys::ib_sge {
-            addr,
-            length: u32::try_from(len).map_err(|_| EINVAL)?,
-            lkey: self.lkey,
-        })
-    }
-
-    /// Posts a receive of up to `len` bytes into `buffer` at `offset`; its completion
-    /// goes to `slot`.
-    pub fn post_recv(
-        &self,
-        slot: &'a CompletionSlot,
-        buffer: &'a DmaBuffer<'_>,
-        offset: usize,
-        len: usize,
-    ) -> Result {
-        let mut sge = self.sge(buffer, offset, len)?;
-        let wr = sys::ib_recv_wr {
-            next: core::ptr::null_mut(),
-            __bindgen_anon_1: sys::ib_recv_wr__bindgen_ty_1 {
-                wr_cqe: slot.as_cqe(),
-            },
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        slot.claim(false)?;
-        // SAFETY: the QP is valid; the WR and its SGE live across the call (the driver
-        // copies them); the buffer and slot they name are borrowed for 'a, beyond the
-        // QP's drain.
-        let posted = to_result(unsafe {
-            sys::tilde_rdma_post_recv(self.qp.as_ptr(), &wr, core::ptr::null_mut())
-        });
-        if posted.is_err() {
-            slot.unclaim();
-        }
-        posted
-    }
-
-    /// Posts a signaled send (SEND, or RDMA WRITE from / READ into) of `len` bytes of
-    /// `buffer` at `offset`; its completion goes to `slot`.
-    pub fn post_send(
-        &self,
-        slot: &'a CompletionSlot,
-        op: SendOp,
-        buffer: &'a DmaBuffer<'_>,
-        offset: usize,
-        len: usize,
-    ) -> Result {
-        self.require(sys::ib_qp_type_IB_QPT_RC)?;
-        let mut sge = self.sge(buffer, offset, len)?;
-        let (opcode, imm, remote) = match op {
-            SendOp::Send => (sys::ib_wr_opcode_IB_WR_SEND, 0, None),
-            SendOp::SendWithImm(imm) => (sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM, imm.to_be(), None),
-            SendOp::RdmaWrite { remote_addr, rkey } => (
-                sys::ib_wr_opcode_IB_WR_RDMA_WRITE,
-                0,
-                Some((remote_addr, rkey)),
-            ),
-            SendOp::RdmaRead { remote_addr, rkey } => (
-                sys::ib_wr_opcode_IB_WR_RDMA_READ,
-                0,
-                Some((remote_addr, rkey)),
-            ),
-        };
-        let (remote_addr, rkey) = remote.unwrap_or((0, 0));
-        // Every send WR is posted as an `ib_rdma_wr`: it starts with the `ib_send_wr`, and
-        // drivers read the remote address only for RDMA opcodes.
-        let wr = sys::ib_rdma_wr {
-            wr: sys::ib_send_wr {
-                ex: sys::ib_send_wr__bindgen_ty_2 { imm_data: imm },
-                ..signaled_wr(slot, opcode, Some(&mut sge))
-            },
-            remote_addr,
-            rkey,
-        };
-        self.post_send_wr(slot, &wr.wr)
-    }
-
-    /// Posts a signaled 8-byte atomic on the peer's region `rkey` at `remote_addr`
-    /// (8-byte aligned); the original value lands in 8 bytes of `buffer` at `offset`.
-    pub fn post_atomic(
-        &self,
-        slot: &'a CompletionSlot,
-        op: AtomicOp,
-        buffer: &'a DmaBuffer<'_>,
-        offset: usize,
-    ) -> Result {
-        self.require(sys::ib_qp_type_IB_QPT_RC)?;
-        let mut sge = self.sge(buffer, offset, 8)?;
-        let (opcode, remote_addr, rkey, compare_add, swap) = match op {
-            AtomicOp::CompareAndSwap {
-                remote_addr,
-                rkey,
-                compare,
-                swap,
-            } => (
-                sys::ib_wr_opcode_IB_WR_ATOMIC_CMP_AND_SWP,
-                remote_addr,
-                rkey,
-                compare,
-                swap,
-            ),
-            AtomicOp::FetchAndAdd {
-                remote_addr,
-                rkey,
-                add,
-            } => (
-                sys::ib_wr_opcode_IB_WR_ATOMIC_FETCH_AND_ADD,
-                remote_addr,
-                rkey,
-                add,
-                0,
-            ),
-        };
-        if remote_addr % 8 != 0 {
-            return Err(EINVAL);
-        }
-        let wr = sys::ib_atomic_wr {
-            wr: signaled_wr(slot, opcode, Some(&mut sge)),
-            remote_addr,
-            compare_add,
-            swap,
-            rkey,
-            ..Default::default()
-        };
-        self.post_send_wr(slot, &wr.wr)
-    }
-
-    /// Posts a fast registration making `mr` valid for the peer's `access`, under a new
-    /// key ([`MemoryRegion::rkey`] gives it once this returns).
-    pub fn post_reg_mr(
-        &self,
-        slot: &'a CompletionSlot,
-        mr: &'a MemoryRegion<'_>,
-        access: RemoteAccess,
-    ) -> Result {
-        self.require(sys::ib_qp_type_IB_QPT_RC)?;
-        let rights = access.flags();
-        // A new key for each registration: the rkey of an earlier one must stop working.
-        // SAFETY: the MR is valid (borrowed for 'a); the key lives in the `ib_mr`, which
-        // only this QP's REG_MR and the MR's own accessors touch.
-        unsafe { sys::tilde_rdma_bump_mr_key(mr.as_raw()) };
-        let wr = sys::ib_reg_wr {
-            wr: signaled_wr(slot, sys::ib_wr_opcode_IB_WR_REG_MR, None),
-            mr: mr.as_raw(),
-            key: mr.rkey(),
-            access: rights as i32,
-        };
-        self.post_send_wr(slot, &wr.wr)
-    }
-
-    /// Posts a local invalidation of `rkey`: after it completes, the peer's access with
-    /// that key fails.
-    pub fn post_local_inv(&self, slot: &'a CompletionSlot, rkey: u32) -> Result {
-        self.require(sys::ib_qp_type_IB_QPT_RC)?;
-        let wr = sys::ib_send_wr {
-            ex: sys::ib_send_wr__bindgen_ty_2 {
-                invalidate_rkey: rkey,
-            },
-            ..signaled_wr(slot, sys::ib_wr_opcode_IB_WR_LOCAL_INV, None)
-        };
-        self.post_send_wr(slot, &wr)
-    }
-}
-
-/// The header every tilde send-queue WR has: completion to `slot`, `opcode`, signaled,
-/// and at most one gather entry.
-fn signaled_wr(
-    slot: &CompletionSlot,
-    opcode: sys::ib_wr_opcode,
-    sge: Option<&mut sys::ib_sge>,
-) -> sys::ib_send_wr {
-    let (sg_list, num_sge) = match sge {
-        Some(sge) => (core::ptr::from_mut(sge), 1),
-        None => (core::ptr::null_mut(), 0),
-    };
-    sys::ib_send_wr {
-        __bindgen_anon_1: sys::ib_send_wr__bindgen_ty_1 {
-            wr_cqe: slot.as_cqe(),
-        },
-        sg_list,
-        num_sge,
-        opcode,
-        send_flags: sys::ib_send_flags_IB_SEND_SIGNALED,
-        ..Default::default()
-    }
-}
-
-impl QueuePair<'_> {
-    /// Drains a UD QP, which `ib_drain_qp` cannot do (it drains the SQ with an RDMA WRITE):
-    /// to ERR, which flushes both queues; the RQ drained by the IB core; then the send
-    /// CQ polled until every counted send has completed (IPoIB's way). Gives up after
-    /// five seconds with a dmesg line rather than hang.
-    fn drain_ud(&mut self) {
-        let mut attr = sys::ib_qp_attr {
-            qp_state: sys::ib_qp_state_IB_QPS_ERR,
-            ..Default::default()
-        };
-        if self
-            .modify(&mut attr, sys::ib_qp_attr_mask_IB_QP_STATE)
-            .is_err()
-        {
+    /// Refuses new posts, flushes the queues (ERR) if anything is posted, and waits until
+    /// every WR is handed back: the direct CQs are polled here, the others deliver by
+    /// themselves. Like the IB core's own drain it waits as long as it takes, with a
+    /// dmesg line every five seconds: destroying the QP earlier would let completions
+    /// land in freed memory.
+    fn drain(&self) {
+        self.draining.xchg(true, Full);
+        if self.outstanding() == 0 {
             return;
         }
-        // SAFETY: the QP is valid and in ERR; the RQ drain posts one receive and waits.
-        unsafe { sys::ib_drain_rq(self.qp.as_ptr()) };
-        // Like the IB core's own drain, wait for as long as it takes: destroying the QP
-        // with sends in flight would let their completions land in freed memory.
+        // A failure is logged by `modify`; waiting is still the only safe course.
+        let _ = self.modify_to_error();
         let mut waited: u32 = 0;
-        while self.sends.load(Acquire) != 0 {
-            if self.send_cq_direct {
-                // SAFETY: the QP is valid, and so is its send CQ (borrowed for 'a), which
-                // is polled by its owner: here.
-                unsafe { sys::ib_process_cq_direct((*self.qp.as_ptr()).send_cq, -1) };
+        while self.outstanding() != 0 {
+            self.send_cq.poll(64);
+            self.recv_cq.poll(64);
+            if self.outstanding() == 0 {
+                break;
             }
             fsleep(Delta::from_millis(1));
             waited = waited.wrapping_add(1);
             if waited % 5000 == 0 {
                 pr_warn!(
-                    "{}: QP {}: still waiting for {} sends to complete\n",
+                    "{}: QP {}: still waiting for {} work requests to complete\n",
                     self.device.name(),
                     self.qp_num(),
-                    self.sends.load(Acquire)
+                    self.outstanding()
                 );
             }
         }
     }
 }
 
-impl Drop for QueuePair<'_> {
+impl Drop for QueuePair {
     fn drop(&mut self) {
-        // Draining completes (into their slots, still alive for 'a) every WR still
-        // posted, so nothing the device could touch remains. A QP in RESET has none, and
-        // cannot be drained (RESET to ERR is not a transition).
-        if self.in_reset.get() {
-            // Nothing posted.
-        } else if self.qp_type == sys::ib_qp_type_IB_QPT_UD {
-            self.drain_ud();
-        } else {
-            // SAFETY: the QP is valid; the generic drain suits connected QPs.
-            unsafe { sys::ib_drain_qp(self.qp.as_ptr()) };
+        if !teardown_may_sleep(&self.device, "a QP") {
+            // The QP, its queues and what it uses stay: the device may still complete
+            // into them.
+            core::mem::forget((self.pd.clone(), self.send_cq.clone(), self.recv_cq.clone()));
+            return;
         }
-        // SAFETY: the QP is valid, drained, and destroyed once.
+        self.drain();
+        // SAFETY: the QP is valid, drained (no WR of ours left in it), and destroyed once.
         let ret = unsafe { sys::ib_destroy_qp_user(self.qp.as_ptr(), core::ptr::null_mut()) };
         if ret != 0 {
-            pr_err!("{}: destroying QP failed: {}\n", self.device.name(), ret);
+            pr_err!(
+                "{}: destroying QP {} failed: {}\n",
+                self.device.name(),
+                self.qp_num(),
+                ret
+            );
+            return;
         }
+        // SAFETY: `queues` came from `KBox::leak` in `create`; the QP whose `qp_context`
+        // pointed at it is gone, and no completion is running (the count is zero).
+        drop(unsafe { KBox::from_raw(self.queues.as_ptr()) });
     }
 }

@@ -81,3 +81,35 @@ void tilde_rdma_bump_mr_key(struct ib_mr *mr)
 {
 	ib_update_fast_reg_key(mr, ib_inc_rkey(mr->rkey));
 }
+
+/* A registration reference: the device cannot finish unregistering while one is held. */
+bool tilde_rdma_device_try_get(struct ib_device *device)
+{
+	return ib_device_try_get(device);
+}
+
+/* Another reference, for a caller that holds one already. */
+void tilde_rdma_device_get(struct ib_device *device)
+{
+	refcount_inc(&device->refcount);
+}
+
+/*
+ * Whether the caller may sleep: verbs teardown (dereg MR, destroy QP/CQ, dealloc PD)
+ * waits for the driver, so it must not run from a softirq completion handler.
+ */
+bool tilde_rdma_may_sleep(void)
+{
+	return !in_atomic() && !irqs_disabled();
+}
+
+/* Lock-free hand-off of completed work requests from any context (llist.h). */
+bool tilde_rdma_llist_add(struct llist_node *node, struct llist_head *head)
+{
+	return llist_add(node, head);
+}
+
+struct llist_node *tilde_rdma_llist_del_all(struct llist_head *head)
+{
+	return llist_del_all(head);
+}

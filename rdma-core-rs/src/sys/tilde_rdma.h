@@ -14,6 +14,14 @@
 #include <rdma/ib_verbs.h>
 #include <rdma/ib_cache.h>
 #include <rdma/rdma_cm.h>
+#include <linux/llist.h>
+
+bool tilde_rdma_device_try_get(struct ib_device *device);
+void tilde_rdma_device_get(struct ib_device *device);
+bool tilde_rdma_may_sleep(void);
+
+bool tilde_rdma_llist_add(struct llist_node *node, struct llist_head *head);
+struct llist_node *tilde_rdma_llist_del_all(struct llist_head *head);
 
 u32 tilde_rdma_start_port(const struct ib_device *device);
 u32 tilde_rdma_end_port(const struct ib_device *device);

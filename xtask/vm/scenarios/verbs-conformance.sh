@@ -3,6 +3,7 @@
 . /tilde/guest/lib.sh
 
 suite=/tilde/suites/tilde_verbs_conformance.ko
+line='tilde_verbs_conformance: rxe0'
 
 echo "== the suite links rdma_core through tilde_core's exports"
 modinfo -F depends "$suite" | grep -w tilde_core
@@ -11,22 +12,47 @@ grep '^tilde_verbs_conformance ' /proc/modules
 grep '^tilde_core .* tilde_verbs_conformance' /proc/modules
 
 echo "== results: one line per case"
-for case in device_query rc_connect \
-	rc_send_recv_1 rc_send_recv_64 rc_send_recv_4096 rc_send_recv_65536 rc_send_recv_1048576 \
-	rc_send_with_imm rc_drain_flushes_posted_receives \
-	frwr_rdma_write frwr_rdma_read frwr_invalidate_refuses_access rc_bad_rkey_then_reset_and_reuse rc_atomics \
-	ud_send_with_grh ud_drain_with_sends_outstanding \
-	rc_softirq_cq rc_workqueue_cq slot_reuse_refused \
-	wrong_qp_type_refused qp_dropped_in_reset frwr_reregistration_retires_the_old_key; do
-	expect_dmesg "tilde_verbs_conformance: rxe0: $case: PASS\$"
+cases="device_query rc_connect
+	rc_send_recv_1 rc_send_recv_64 rc_send_recv_4096 rc_send_recv_65536 rc_send_recv_1048576
+	rc_send_with_imm rc_drain_flushes_posted_receives
+	frwr_rdma_write frwr_rdma_read frwr_invalidate_refuses_access rc_bad_rkey_then_reset_and_reuse rc_atomics
+	rc_rnr_retry_then_delivery rc_rnr_retry_exceeded
+	ud_send_with_grh ud_drain_with_sends_outstanding
+	rc_softirq_cq rc_workqueue_cq rejected_post_hands_the_wr_back
+	wrong_qp_type_refused qp_dropped_in_reset_and_init frwr_reregistration_retires_the_old_key"
+count=0
+for case in $cases; do
+	expect_dmesg "$line: $case: PASS\$"
+	count=$((count + 1))
 done
 reject_dmesg 'tilde_verbs_conformance: .*: FAIL'
-expect_dmesg 'tilde_verbs_conformance: rxe0: summary: 22 passed, 0 failed$'
+expect_dmesg "$line: summary: $count passed, 0 failed\$"
 
 echo "== tilde_core stays while the suite uses it"
 if rmmod tilde_core 2>/dev/null; then
 	echo "FAIL: tilde_core unloaded under a user"
 	exit 1
 fi
+
+echo "== device removal while QPs are live (receives posted, nothing polling)"
+expect_dmesg "$line: resident: QPs [0-9]+ and [0-9]+ up, 16 WRs posted\$"
+rdma link delete rxe0
+expect_dmesg "$line: device_removal_with_live_qps: PASS\$"
 rmmod tilde_verbs_conformance
+
+echo "== module unload with traffic in flight"
+rdma link add rxe0 type rxe netdev eth0
+insmod "$suite" device=rxe0 traffic=1
+expect_dmesg "$line: resident: .* 20 WRs posted, traffic running\$"
+sleep 2
+rmmod tilde_verbs_conformance
+expect_dmesg "$line: unload_with_traffic_in_flight: PASS\$"
+
+echo "== device removal with traffic in flight"
+insmod "$suite" device=rxe0 traffic=1
+sleep 2
+rdma link delete rxe0
+expect_dmesg "$line: device_removal_with_traffic_in_flight: PASS\$"
+rmmod tilde_verbs_conformance
+reject_dmesg 'tilde_verbs_conformance: .*: FAIL'
 rmmod tilde_core
