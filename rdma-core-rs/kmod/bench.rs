@@ -18,7 +18,7 @@ use rdma_core::{
     verbs::WcStatus,
 };
 
-use crate::{patterned, rc_pair, register, Failure, Outcome, Rig, READ_WRITE};
+use crate::cases::{patterned, rc_pair, register, Failure, Outcome, Rig, READ_WRITE};
 
 /// WRs in flight per round trip of the loops.
 const WINDOW: usize = 16;

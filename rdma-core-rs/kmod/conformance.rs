@@ -8,21 +8,12 @@
 
 use kernel::prelude::*;
 use kernel::sync::atomic::{Atomic, Relaxed};
-use kernel::sync::Arc;
-use kernel::time::Delta;
 use rdma_core::{
-    ah::AddressHandle,
     client::{Client, Registration},
-    cq::{CompletionQueue, PollContext},
     device::{Device, DeviceRef},
-    dma::DmaBuffer,
-    mailbox::{Mailbox, ReturnedWr},
-    mr::MemoryRegion,
-    pd::ProtectionDomain,
-    qp::{AtomicOp, InitAttr, QpCaps, QueuePair, Rejected, RemoteAccess, RtrAttr, RtsAttr, SendOp, UdDest},
-    verbs::{Gid, Mtu, WcOpcode, WcStatus},
-    wr::CompletionHandler,
 };
+
+use cases::{run_cases, setup, CaseResult, Failure};
 
 module! {
     type: Conformance,
@@ -43,7 +34,29 @@ module! {
 }
 
 mod bench;
+#[path = "../conformance/cases.rs"]
+mod cases;
 mod resident;
+
+/// The kernel backend, under the names the shared cases use.
+mod api {
+    pub(crate) use kernel::error::{
+        code::{EINVAL, ETIMEDOUT},
+        Error, Result,
+    };
+    pub(crate) use kernel::sync::Arc;
+    pub(crate) use rdma_core::{
+        ah::AddressHandle,
+        cq::{CompletionQueue, PollContext},
+        device::{Device, DeviceRef},
+        dma::DmaBuffer,
+        mailbox::{Mailbox, ReturnedWr},
+        mr::MemoryRegion,
+        pd::ProtectionDomain,
+        qp::{QueuePair, Rejected, UdDest},
+        wr::CompletionHandler,
+    };
+}
 
 mod param {
     use kernel::str::{CStr, CStrExt};
@@ -102,40 +115,9 @@ impl Client for Suite {
     }
 }
 
-/// Why a case failed.
-pub(crate) enum Failure {
-    /// A verb returned an error.
-    Verb(Error),
-    /// A check on the results did not hold.
-    Check(&'static str),
-}
-
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
-        Self::Verb(error)
-    }
-}
-
-impl<T: CompletionHandler> From<Rejected<T>> for Failure {
-    fn from(rejected: Rejected<T>) -> Self {
-        Self::Verb(rejected.error)
-    }
-}
-
 impl From<kernel::alloc::AllocError> for Failure {
     fn from(_: kernel::alloc::AllocError) -> Self {
         Self::Verb(ENOMEM)
-    }
-}
-
-type CaseResult = core::result::Result<(), Failure>;
-pub(crate) type Outcome<T> = core::result::Result<T, Failure>;
-
-fn check(condition: bool, what: &'static str) -> CaseResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(Failure::Check(what))
     }
 }
 
@@ -167,534 +149,6 @@ pub(crate) fn report(device: &Device, case: &str, result: CaseResult) -> bool {
     passed
 }
 
-/// What every case needs: the port under test, its GID, a PD and a direct CQ.
-pub(crate) struct Rig {
-    pub(crate) device: DeviceRef,
-    pub(crate) port: u32,
-    pub(crate) gid: Gid,
-    pub(crate) pd: Arc<ProtectionDomain>,
-    pub(crate) cq: Arc<CompletionQueue>,
-}
-
-pub(crate) fn setup(device: &Device) -> Result<Rig> {
-    let port = *device.ports().start();
-    let gid = device.query_gid(port, 0)?;
-    let pd = ProtectionDomain::new(device)?;
-    let cq = CompletionQueue::new(device, 256, PollContext::Direct)?;
-    Ok(Rig { device: device.to_ref()?, port, gid, pd, cq })
-}
-
-fn run_suite(device: &Device, tally: &mut Tally) {
-    let rig = match setup(device) {
-        Ok(rig) => rig,
-        Err(error) => {
-            tally.record(device, "setup", Err(Failure::Verb(error)));
-            return;
-        }
-    };
-    tally.record(device, "device_query", device_query(&rig));
-    tally.record(device, "rc_connect", rc_connect(&rig));
-    for size in [1usize, 64, 4096, 65536, 1 << 20] {
-        let mut case = [0u8; 32];
-        let label = case_name(&mut case, "rc_send_recv_", size);
-        tally.record(device, label, rc_send_recv(&rig, size));
-    }
-    tally.record(device, "rc_send_with_imm", rc_send_with_imm(&rig));
-    tally.record(device, "rc_drain_flushes_posted_receives", rc_drain_flushes(&rig));
-    tally.record(device, "frwr_rdma_write", frwr_rdma_write(&rig));
-    tally.record(device, "frwr_rdma_read", frwr_rdma_read(&rig));
-    tally.record(device, "frwr_invalidate_refuses_access", frwr_invalidate_refuses_access(&rig));
-    tally.record(device, "rc_bad_rkey_then_reset_and_reuse", rc_bad_rkey_then_reset_and_reuse(&rig));
-    tally.record(device, "rc_atomics", rc_atomics(&rig));
-    tally.record(device, "rc_rnr_retry_then_delivery", rc_rnr_retry_then_delivery(&rig));
-    tally.record(device, "rc_rnr_retry_exceeded", rc_rnr_retry_exceeded(&rig));
-    tally.record(device, "ud_send_with_grh", ud_send_with_grh(&rig));
-    tally.record(device, "ud_drain_with_sends_outstanding", ud_drain_with_sends_outstanding(&rig));
-    tally.record(device, "rc_softirq_cq", rc_over_cq_context(&rig, PollContext::Softirq));
-    tally.record(device, "rc_workqueue_cq", rc_over_cq_context(&rig, PollContext::Workqueue));
-    tally.record(device, "rejected_post_hands_the_wr_back", rejected_post_hands_the_wr_back(&rig));
-    tally.record(device, "wrong_qp_type_refused", wrong_qp_type_refused(&rig));
-    tally.record(device, "qp_dropped_in_reset_and_init", qp_dropped_in_reset_and_init(&rig));
-    tally.record(device, "frwr_reregistration_retires_the_old_key", frwr_reregistration(&rig));
-}
-
-/// `prefix` followed by `size` in decimal, in `buf`.
-fn case_name<'b>(buf: &'b mut [u8; 32], prefix: &'b str, size: usize) -> &'b str {
-    let mut digits = [0u8; 20];
-    let mut n = size;
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = prefix.len() + digits.len() - start;
-    buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
-    buf[prefix.len()..len].copy_from_slice(&digits[start..]);
-    core::str::from_utf8(&buf[..len]).unwrap_or(prefix)
-}
-
-fn device_query(rig: &Rig) -> CaseResult {
-    let attr = rig.device.query_port(rig.port)?;
-    check(attr.gid_tbl_len > 0, "the port has no GID table")?;
-    check(!rig.gid.is_zero(), "GID 0 is unset")?;
-    pr_info!("{}: port {} gid[0] {}\n", rig.device.name(), rig.port, rig.gid);
-    Ok(())
-}
-
-pub(crate) const CAPS: QpCaps = QpCaps { max_send_wr: 16, max_recv_wr: 32, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 };
-
-/// RNR retries that never give up (the IB encoding of "infinite").
-pub(crate) const RNR_FOREVER: u8 = 7;
-
-/// Brings `qp` to RTS towards `peer` over the rig's port and GID (loopback).
-pub(crate) fn connect(rig: &Rig, qp: &QueuePair, peer: u32, rnr_retry: u8) -> Result {
-    let all = RemoteAccess { read: true, write: true, atomic: true };
-    qp.modify_to_init(&InitAttr { port: rig.port, pkey_index: 0, remote_access: all })?;
-    qp.modify_to_rtr(&RtrAttr {
-        port: rig.port,
-        path_mtu: Mtu::Mtu1024,
-        dest_qp_num: peer,
-        rq_psn: 0,
-        max_dest_rd_atomic: 1,
-        // 0.64 ms (IB encoding 12): RNR waits stay short under TCG.
-        min_rnr_timer: 12,
-        sgid_index: 0,
-        dgid: rig.gid,
-        hop_limit: 64,
-        dmac: rig.gid.link_local_mac().ok_or(EINVAL)?,
-    })?;
-    qp.modify_to_rts(&RtsAttr { sq_psn: 0, timeout: 14, retry_cnt: 7, rnr_retry, max_rd_atomic: 1 })
-}
-
-/// Two RC QPs on `cq`, connected to each other; `a` gives up after `a_rnr_retry` RNR NAKs.
-pub(crate) fn rc_pair_on(rig: &Rig, cq: &Arc<CompletionQueue>, a_rnr_retry: u8) -> Result<(QueuePair, QueuePair)> {
-    let a = QueuePair::new_rc(&rig.pd, cq, cq, &CAPS)?;
-    let b = QueuePair::new_rc(&rig.pd, cq, cq, &CAPS)?;
-    connect(rig, &a, b.qp_num(), a_rnr_retry)?;
-    connect(rig, &b, a.qp_num(), RNR_FOREVER)?;
-    Ok((a, b))
-}
-
-/// Two RC QPs on the rig's CQ, connected to each other.
-pub(crate) fn rc_pair(rig: &Rig) -> Result<(QueuePair, QueuePair)> {
-    rc_pair_on(rig, &rig.cq, RNR_FOREVER)
-}
-
-/// Ten seconds is ample for any completion under QEMU TCG.
-const TIMEOUT: Delta = Delta::from_secs(10);
-
-/// Waits for the WR tagged `tag` to come back to `mailbox`, polling `cq` if it is direct.
-fn wait(mailbox: &mut Mailbox, cq: &CompletionQueue, tag: u64) -> Outcome<ReturnedWr> {
-    mailbox.wait(tag, cq, TIMEOUT).map_err(|error| {
-        if error == ETIMEDOUT {
-            Failure::Check("no completion within 10 s")
-        } else {
-            Failure::Verb(error)
-        }
-    })
-}
-
-/// [`wait`], then checks that the WR succeeded with `opcode`.
-fn wait_ok(mailbox: &mut Mailbox, cq: &CompletionQueue, tag: u64, opcode: WcOpcode) -> Outcome<ReturnedWr> {
-    let wr = wait(mailbox, cq, tag)?;
-    check(wr.completion().status == WcStatus::Success, "a work request completed with an error")?;
-    check(wr.completion().opcode == Some(opcode), "a completion has the wrong opcode")?;
-    Ok(wr)
-}
-
-/// The buffer a WR came back with.
-fn buffer_of(wr: &ReturnedWr) -> Outcome<&DmaBuffer> {
-    wr.buffer().ok_or(Failure::Check("a work request came back without its buffer"))
-}
-
-/// `len` bytes at `offset` of the buffer a WR came back with.
-fn bytes_of(wr: &ReturnedWr, offset: usize, len: usize) -> Outcome<KVec<u8>> {
-    Ok(buffer_of(wr)?.copy_out(offset, len)?)
-}
-
-fn rc_connect(rig: &Rig) -> CaseResult {
-    let (a, b) = rc_pair(rig)?;
-    check(a.qp_num() != b.qp_num(), "two QPs with one number")
-}
-
-/// The byte at `i` of the send pattern.
-fn pattern(i: usize) -> u8 {
-    (i.wrapping_mul(131) + 7) as u8
-}
-
-/// A buffer of `len` bytes filled with the send pattern from `start`.
-pub(crate) fn patterned(device: &Device, len: usize, start: usize) -> Outcome<DmaBuffer> {
-    let mut buffer = DmaBuffer::new(device, len)?;
-    let mut bytes = KVec::with_capacity(len, GFP_KERNEL)?;
-    for i in 0..len {
-        bytes.push(pattern(start + i), GFP_KERNEL)?;
-    }
-    buffer.write(0, &bytes)?;
-    Ok(buffer)
-}
-
-// Mailbox tags of the cases' WRs.
-const SEND: u64 = 1;
-const RECV: u64 = 2;
-const REG: u64 = 3;
-const INV: u64 = 4;
-const WRITE: u64 = 5;
-const READ: u64 = 6;
-
-fn rc_send_recv(rig: &Rig, size: usize) -> CaseResult {
-    // A different offset per size, so a receive buffer left over from a smaller case
-    // cannot pass for this one.
-    let offset = size % 251;
-    let mut mailbox = Mailbox::new()?;
-    let send = mailbox.work_request(SEND, Some(patterned(&rig.device, size + offset, 0)?))?;
-    let recv = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, size)?))?;
-    let (a, b) = rc_pair(rig)?;
-    b.post_recv(recv, 0, size)?;
-    a.post_send(send, SendOp::Send, offset, size)?;
-    let sent = wait(&mut mailbox, &rig.cq, SEND)?;
-    let received = wait(&mut mailbox, &rig.cq, RECV)?;
-    let (s, r) = (sent.completion(), received.completion());
-    check(s.status == WcStatus::Success, "send completed with an error")?;
-    check(s.opcode == Some(WcOpcode::Send), "send completion has the wrong opcode")?;
-    check(r.status == WcStatus::Success, "receive completed with an error")?;
-    check(r.opcode == Some(WcOpcode::Recv), "receive completion has the wrong opcode")?;
-    check(r.byte_len as usize == size, "receive byte_len is not the size sent")?;
-    check(r.qp_num == b.qp_num(), "receive completion names the wrong QP")?;
-    check(r.imm.is_none(), "a plain SEND arrived with immediate data")?;
-    check(*bytes_of(&received, 0, size)? == *bytes_of(&sent, offset, size)?, "received data differs from what was sent")
-}
-
-fn rc_send_with_imm(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let mut message = DmaBuffer::new(&rig.device, 64)?;
-    message.write(0, b"immediate")?;
-    let send = mailbox.work_request(SEND, Some(message))?;
-    let recv = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 64)?))?;
-    let (a, b) = rc_pair(rig)?;
-    b.post_recv(recv, 0, 64)?;
-    a.post_send(send, SendOp::SendWithImm(0x1234_5678), 0, 9)?;
-    wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
-    let received = wait(&mut mailbox, &rig.cq, RECV)?;
-    let r = received.completion();
-    check(r.status == WcStatus::Success, "receive completed with an error")?;
-    check(r.imm == Some(0x1234_5678), "immediate data lost or byte-swapped")?;
-    check(r.byte_len == 9, "receive byte_len is not the size sent")?;
-    check(*bytes_of(&received, 0, 9)? == *b"immediate", "received data differs from what was sent")
-}
-
-fn rc_drain_flushes(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    {
-        let (a, _b) = rc_pair(rig)?;
-        for tag in 0..3 {
-            a.post_recv(mailbox.work_request(tag, Some(DmaBuffer::new(&rig.device, 64)?))?, 0, 64)?;
-        }
-        check(a.outstanding() == 3, "the QP does not count its posted receives")?;
-        // Dropping the QPs drains them: each posted receive must come back, flushed.
-    }
-    for tag in 0..3 {
-        let wr = mailbox.try_take(tag)?.ok_or(Failure::Check("a posted receive was not handed back by the drain"))?;
-        check(wr.completion().status == WcStatus::WrFlushError, "a drained receive did not flush")?;
-    }
-    Ok(())
-}
-
-const RDMA_LEN: usize = 8192;
-/// Pages an MR over `RDMA_LEN` bytes may need (an unaligned buffer spans one more).
-const RDMA_PAGES: u32 = 4;
-pub(crate) const READ_WRITE: RemoteAccess = RemoteAccess { read: true, write: true, atomic: false };
-
-/// Registers `region` through `qp` for `access` and returns it, registered.
-pub(crate) fn register(
-    mailbox: &mut Mailbox,
-    cq: &CompletionQueue,
-    qp: &QueuePair,
-    region: MemoryRegion,
-    access: RemoteAccess,
-) -> Outcome<MemoryRegion> {
-    qp.post_reg_mr(mailbox.work_request(REG, None)?, region, access)?;
-    let mut done = wait_ok(mailbox, cq, REG, WcOpcode::RegMr)?;
-    done.take_region().ok_or(Failure::Check("REG_MR came back without its region"))
-}
-
-fn frwr_rdma_write(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, DmaBuffer::new(&rig.device, RDMA_LEN)?, 0, RDMA_LEN)?;
-    let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, RDMA_LEN, 3)?))?;
-    let (a, b) = rc_pair(rig)?;
-    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
-    a.post_send(write, SendOp::RdmaWrite { remote_addr: region.iova(), rkey: region.rkey() }, 0, RDMA_LEN)?;
-    let written = wait_ok(&mut mailbox, &rig.cq, WRITE, WcOpcode::RdmaWrite)?;
-    check(
-        *region.buffer().copy_out(0, RDMA_LEN)? == *bytes_of(&written, 0, RDMA_LEN)?,
-        "the written region differs from the source",
-    )
-}
-
-fn frwr_rdma_read(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, patterned(&rig.device, RDMA_LEN, 11)?, 0, RDMA_LEN)?;
-    let read = mailbox.work_request(READ, Some(DmaBuffer::new(&rig.device, RDMA_LEN)?))?;
-    let (a, b) = rc_pair(rig)?;
-    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
-    // Read from 100 bytes into the region, so the iova arithmetic is exercised too.
-    a.post_send(read, SendOp::RdmaRead { remote_addr: region.iova() + 100, rkey: region.rkey() }, 0, RDMA_LEN - 100)?;
-    let done = wait_ok(&mut mailbox, &rig.cq, READ, WcOpcode::RdmaRead)?;
-    check(
-        *bytes_of(&done, 0, RDMA_LEN - 100)? == *region.buffer().copy_out(100, RDMA_LEN - 100)?,
-        "the data read differs from the region",
-    )
-}
-
-/// RDMA WRITEs `len` bytes of the send pattern to `rkey` at `remote_addr` through `qp`
-/// and returns the completion status.
-fn write_status(mailbox: &mut Mailbox, rig: &Rig, qp: &QueuePair, remote_addr: u64, rkey: u32, len: usize) -> Outcome<WcStatus> {
-    let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, len, 5)?))?;
-    qp.post_send(write, SendOp::RdmaWrite { remote_addr, rkey }, 0, len)?;
-    Ok(wait(mailbox, &rig.cq, WRITE)?.completion().status)
-}
-
-fn frwr_invalidate_refuses_access(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, DmaBuffer::new(&rig.device, RDMA_LEN)?, 0, RDMA_LEN)?;
-    let (a, b) = rc_pair(rig)?;
-    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
-    let (iova, rkey) = (region.iova(), region.rkey());
-    check(write_status(&mut mailbox, rig, &a, iova, rkey, 256)? == WcStatus::Success, "a write to a registered region failed")?;
-    b.post_local_inv(mailbox.work_request(INV, None)?, rkey)?;
-    wait_ok(&mut mailbox, &rig.cq, INV, WcOpcode::LocalInvalidate)?;
-    check(
-        write_status(&mut mailbox, rig, &a, iova, rkey, 256)? == WcStatus::RemoteAccessError,
-        "a write to an invalidated region did not fail with a remote access error",
-    )
-}
-
-fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, DmaBuffer::new(&rig.device, RDMA_LEN)?, 0, RDMA_LEN)?;
-    let (a, b) = rc_pair(rig)?;
-    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
-    // A key no region has: the responder refuses, the requester's QP goes to error.
-    let status = write_status(&mut mailbox, rig, &a, region.iova(), region.rkey() ^ 0x8000_0000, 256)?;
-    check(status == WcStatus::RemoteAccessError, "a bad rkey did not give a remote access error")?;
-    // Reset both ends and bring them up again: the same QPs carry traffic.
-    a.reset()?;
-    b.reset()?;
-    connect(rig, &a, b.qp_num(), RNR_FOREVER)?;
-    connect(rig, &b, a.qp_num(), RNR_FOREVER)?;
-    b.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 256)?))?, 0, 256)?;
-    a.post_send(mailbox.work_request(SEND, Some(patterned(&rig.device, 256, 9)?))?, SendOp::Send, 0, 256)?;
-    let sent = wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
-    let received = wait_ok(&mut mailbox, &rig.cq, RECV, WcOpcode::Recv)?;
-    check(*bytes_of(&received, 0, 256)? == *bytes_of(&sent, 0, 256)?, "data after reset and reuse differs")
-}
-
-/// The 8 bytes at `offset` of `buffer`, in the CPU's byte order.
-fn read_u64(buffer: &DmaBuffer, offset: usize) -> Outcome<u64> {
-    let bytes = &*buffer.copy_out(offset, 8)?;
-    let bytes: [u8; 8] = bytes.try_into().map_err(|_| Failure::Check("short read"))?;
-    Ok(u64::from_ne_bytes(bytes))
-}
-
-/// Posts `op` through `qp` and returns the old value it fetched.
-fn atomic(mailbox: &mut Mailbox, rig: &Rig, qp: &QueuePair, op: AtomicOp, opcode: WcOpcode) -> Outcome<u64> {
-    qp.post_atomic(mailbox.work_request(SEND, Some(DmaBuffer::new(&rig.device, 8)?))?, op, 0)?;
-    let done = wait_ok(mailbox, &rig.cq, SEND, opcode)?;
-    read_u64(buffer_of(&done)?, 0)
-}
-
-fn rc_atomics(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let mut target = DmaBuffer::new(&rig.device, 64)?;
-    target.write(8, &40u64.to_ne_bytes())?;
-    let region = MemoryRegion::new(&rig.pd, 1, target, 0, 64)?;
-    let (a, b) = rc_pair(rig)?;
-    let region = register(&mut mailbox, &rig.cq, &b, region, RemoteAccess { read: true, write: true, atomic: true })?;
-    let (remote_addr, rkey) = (region.iova() + 8, region.rkey());
-    // 40 + 2 = 42, returning 40.
-    let old = atomic(&mut mailbox, rig, &a, AtomicOp::FetchAndAdd { remote_addr, rkey, add: 2 }, WcOpcode::FetchAdd)?;
-    check(old == 40, "fetch-and-add returned the wrong old value")?;
-    // A compare that fails leaves 42 and returns it; one that matches writes 99.
-    let miss = AtomicOp::CompareAndSwap { remote_addr, rkey, compare: 7, swap: 99 };
-    check(atomic(&mut mailbox, rig, &a, miss, WcOpcode::CompSwap)? == 42, "a failed compare-and-swap returned the wrong old value")?;
-    check(read_u64(region.buffer(), 8)? == 42, "a failed compare-and-swap changed memory")?;
-    let hit = AtomicOp::CompareAndSwap { remote_addr, rkey, compare: 42, swap: 99 };
-    check(atomic(&mut mailbox, rig, &a, hit, WcOpcode::CompSwap)? == 42, "compare-and-swap returned the wrong old value")?;
-    check(read_u64(region.buffer(), 8)? == 99, "compare-and-swap did not write the new value")
-}
-
-/// A SEND that finds no receive posted is NAKed (RNR) and retried: it stays outstanding
-/// until a receive is posted, then arrives.
-fn rc_rnr_retry_then_delivery(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let (a, b) = rc_pair(rig)?;
-    a.post_send(mailbox.work_request(SEND, Some(patterned(&rig.device, 128, 8)?))?, SendOp::Send, 0, 128)?;
-    let early = mailbox.wait(SEND, &rig.cq, Delta::from_millis(50));
-    check(matches!(early, Err(e) if e == ETIMEDOUT), "a SEND completed with no receive posted")?;
-    b.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 128)?))?, 0, 128)?;
-    let sent = wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
-    let received = wait_ok(&mut mailbox, &rig.cq, RECV, WcOpcode::Recv)?;
-    check(*bytes_of(&received, 0, 128)? == *bytes_of(&sent, 0, 128)?, "data after RNR retries differs")
-}
-
-/// With no RNR retries allowed, a SEND that finds no receive fails with
-/// `RnrRetryExceededError`.
-fn rc_rnr_retry_exceeded(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let (a, _b) = rc_pair_on(rig, &rig.cq, 0)?;
-    a.post_send(mailbox.work_request(SEND, Some(patterned(&rig.device, 64, 8)?))?, SendOp::Send, 0, 64)?;
-    let status = wait(&mut mailbox, &rig.cq, SEND)?.completion().status;
-    check(status == WcStatus::RnrRetryExceededError, "a SEND without retries did not fail with RNR retry exceeded")
-}
-
-/// The GRH a UD receive starts with.
-const GRH_LEN: usize = 40;
-const QKEY: u32 = 0x1111_2222;
-
-/// An address handle for the rig's own GID (loopback).
-fn loopback_ah(rig: &Rig) -> Outcome<Arc<AddressHandle>> {
-    let dmac = rig.gid.link_local_mac().ok_or(Failure::Check("GID 0 is not link-local"))?;
-    Ok(AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?)
-}
-
-fn ud_send_with_grh(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let ah = loopback_ah(rig)?;
-    let a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    let b = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    a.modify_ud_to_rts(rig.port, 0, QKEY)?;
-    b.modify_ud_to_rts(rig.port, 0, QKEY)?;
-    b.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 256)?))?, 0, GRH_LEN + 256)?;
-    let dest = UdDest { ah, remote_qpn: b.qp_num(), remote_qkey: QKEY };
-    a.post_ud_send(mailbox.work_request(SEND, Some(patterned(&rig.device, 200, 17)?))?, &dest, 0, 200)?;
-    let sent = wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
-    let received = wait(&mut mailbox, &rig.cq, RECV)?;
-    let r = received.completion();
-    check(r.status == WcStatus::Success, "the UD receive completed with an error")?;
-    check(r.grh, "the UD receive has no GRH on RoCE")?;
-    check(r.byte_len as usize == GRH_LEN + 200, "the UD receive length is not GRH + payload")?;
-    check(r.src_qp == a.qp_num(), "the UD receive names the wrong source QP")?;
-    // The GRH's destination GID (its last 16 bytes) is the one the AH named.
-    check(*bytes_of(&received, 24, 16)? == rig.gid.0[..], "the GRH does not carry the destination GID")?;
-    check(*bytes_of(&received, GRH_LEN, 200)? == *bytes_of(&sent, 0, 200)?, "the UD payload differs")
-}
-
-fn ud_drain_with_sends_outstanding(rig: &Rig) -> CaseResult {
-    // A receive posted and never matched, and sends to a QP number nobody has: dropping
-    // the QP must hand all of them back (flushed or sent), the AH with them.
-    let mut mailbox = Mailbox::new()?;
-    {
-        let a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-        a.modify_ud_to_rts(rig.port, 0, QKEY)?;
-        a.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 64)?))?, 0, GRH_LEN + 64)?;
-        let nowhere = UdDest { ah: loopback_ah(rig)?, remote_qpn: 0x00ff_fff0, remote_qkey: QKEY };
-        for tag in [SEND, WRITE] {
-            a.post_ud_send(mailbox.work_request(tag, Some(patterned(&rig.device, 64, 1)?))?, &nowhere, 0, 64)?;
-        }
-    }
-    let recv = mailbox.try_take(RECV)?.ok_or(Failure::Check("the receive was not handed back"))?;
-    check(recv.completion().status == WcStatus::WrFlushError, "the receive was not flushed")?;
-    check(mailbox.try_take(SEND)?.is_some() && mailbox.try_take(WRITE)?.is_some(), "a send was not handed back")
-}
-
-/// RC traffic over a CQ that the IB core polls itself (softirq or workqueue): the WRs
-/// come back from that context.
-fn rc_over_cq_context(rig: &Rig, context: PollContext) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let cq = CompletionQueue::new(&rig.device, 64, context)?;
-    let (a, b) = rc_pair_on(rig, &cq, RNR_FOREVER)?;
-    let mut send = mailbox.work_request(SEND, Some(patterned(&rig.device, 4096, 21)?))?;
-    let mut recv = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 4096)?))?;
-    // Twice, reposting the WRs that came back: a WR is reusable once it is handed back.
-    for _ in 0..2 {
-        b.post_recv(recv, 0, 4096)?;
-        a.post_send(send, SendOp::Send, 0, 4096)?;
-        send = wait_ok(&mut mailbox, &cq, SEND, WcOpcode::Send)?;
-        recv = wait_ok(&mut mailbox, &cq, RECV, WcOpcode::Recv)?;
-        check(recv.completion().byte_len == 4096, "receive byte_len is not the size sent")?;
-    }
-    check(*bytes_of(&recv, 0, 4096)? == *bytes_of(&send, 0, 4096)?, "received data differs from what was sent")
-}
-
-/// A post the QP cannot take hands the WR back with its buffer, and nothing is counted
-/// as posted.
-fn rejected_post_hands_the_wr_back(rig: &Rig) -> CaseResult {
-    let mailbox = Mailbox::new()?;
-    let (a, _b) = rc_pair(rig)?;
-    let wr = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 64)?))?;
-    // 64 bytes at offset 32 run past the 64-byte buffer.
-    let Err(rejected) = a.post_recv(wr, 32, 64) else {
-        return Err(Failure::Check("a receive past the end of its buffer was posted"));
-    };
-    check(rejected.error == EINVAL, "an out-of-bounds receive was not refused with EINVAL")?;
-    check(rejected.wr.data().tag() == RECV && rejected.wr.buffer().is_some(), "the refused WR came back without its buffer")?;
-    check(a.outstanding() == 0, "a refused WR was counted as posted")?;
-    // The same WR, within bounds, is taken.
-    a.post_recv(rejected.wr, 0, 64)?;
-    check(a.outstanding() == 1, "a posted WR was not counted")
-}
-
-/// A WR built for one transport is refused on the other (it would make the driver read
-/// fields the WR does not have), and comes back.
-fn wrong_qp_type_refused(rig: &Rig) -> CaseResult {
-    let mailbox = Mailbox::new()?;
-    let ud = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    ud.modify_ud_to_rts(rig.port, 0, QKEY)?;
-    let (rc, _peer) = rc_pair(rig)?;
-    let wr = mailbox.work_request(SEND, Some(patterned(&rig.device, 64, 4)?))?;
-    let Err(rejected) = ud.post_send(wr, SendOp::Send, 0, 64) else {
-        return Err(Failure::Check("an RC send was posted on a UD QP"));
-    };
-    check(rejected.error == EINVAL, "an RC send on a UD QP was not refused with EINVAL")?;
-    let dest = UdDest { ah: loopback_ah(rig)?, remote_qpn: ud.qp_num(), remote_qkey: QKEY };
-    let Err(rejected) = rc.post_ud_send(rejected.wr, &dest, 0, 64) else {
-        return Err(Failure::Check("a UD send was posted on an RC QP"));
-    };
-    check(rejected.error == EINVAL, "a UD send on an RC QP was not refused with EINVAL")?;
-    check(rc.outstanding() == 0 && ud.outstanding() == 0, "a refused WR was counted as posted")
-}
-
-/// QPs that never left RESET, or went back to it, are dropped without a drain (RESET to
-/// ERR is not a transition); one in INIT with receives posted drains them.
-fn qp_dropped_in_reset_and_init(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let fresh = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    let fresh_ud = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    let (a, _b) = rc_pair(rig)?;
-    a.reset()?;
-    let in_init = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    in_init.modify_to_init(&InitAttr { port: rig.port, pkey_index: 0, remote_access: READ_WRITE })?;
-    in_init.post_recv(mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 64)?))?, 0, 64)?;
-    drop((fresh, fresh_ud, a, in_init));
-    let recv = mailbox.try_take(RECV)?.ok_or(Failure::Check("a receive posted in INIT was not handed back"))?;
-    check(recv.completion().status == WcStatus::WrFlushError, "a receive posted in INIT was not flushed")
-}
-
-/// Registering a region again gives it a new key: the old one is refused, the new one
-/// works.
-fn frwr_reregistration(rig: &Rig) -> CaseResult {
-    let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(&rig.pd, RDMA_PAGES, DmaBuffer::new(&rig.device, RDMA_LEN)?, 0, RDMA_LEN)?;
-    let (a, b) = rc_pair(rig)?;
-    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
-    let old_key = region.rkey();
-    b.post_local_inv(mailbox.work_request(INV, None)?, old_key)?;
-    wait_ok(&mut mailbox, &rig.cq, INV, WcOpcode::LocalInvalidate)?;
-    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
-    let new_key = region.rkey();
-    check(new_key != old_key, "re-registration kept the old key")?;
-    check(write_status(&mut mailbox, rig, &a, region.iova(), new_key, 256)? == WcStatus::Success, "a write with the new key failed")?;
-    check(*region.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 5)?.copy_out(0, 256)?, "the write with the new key did not land")?;
-    check(
-        write_status(&mut mailbox, rig, &a, region.iova(), old_key, 256)? == WcStatus::RemoteAccessError,
-        "the retired key was accepted",
-    )
-}
-
 rdma_core::ib_client!(Suite, c"tilde_conformance");
 
 struct Conformance {
@@ -721,7 +175,10 @@ impl kernel::Module for Conformance {
             }
         } else if *module_parameters::traffic.value() == 0 {
             let mut tally = Tally::default();
-            run_suite(&device, &mut tally);
+            match setup(&device) {
+                Ok(rig) => run_cases(&rig, &mut |case, result| tally.record(&device, case, result)),
+                Err(error) => tally.record(&device, "setup", Err(Failure::Verb(error))),
+            }
             pr_info!("{}: summary: {} passed, {} failed\n", device.name(), tally.passed, tally.failed);
         }
         Ok(Self { _registration: registration })

@@ -20,7 +20,8 @@ use rdma_core::{
     wr::{CompletionHandler, WorkRequest},
 };
 
-use crate::{check, patterned, rc_pair_on, report, setup, Outcome, RNR_FOREVER};
+use crate::cases::{check, patterned, rc_pair_on, setup, Outcome, RNR_FOREVER};
+use crate::report;
 
 const MESSAGE: usize = 64;
 const RECEIVES: u32 = 16;

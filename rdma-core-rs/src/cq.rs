@@ -12,16 +12,7 @@ use kernel::sync::Arc;
 use crate::device::{teardown_may_sleep, Device, DeviceRef};
 use crate::sys;
 
-/// How a CQ's completions are delivered to their handlers (`enum ib_poll_context`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PollContext {
-    /// By [`CompletionQueue::poll`], in the caller's context (`IB_POLL_DIRECT`).
-    Direct,
-    /// By the IB core from softirq context (`IB_POLL_SOFTIRQ`): handlers must not sleep.
-    Softirq,
-    /// By the IB core from a workqueue (`IB_POLL_WORKQUEUE`).
-    Workqueue,
-}
+pub use crate::verbs::PollContext;
 
 /// A completion queue (`ib_alloc_cq`), shared through [`Arc`] by the QPs on it and freed
 /// after the last. Each completion goes to the handler of the work request it ends

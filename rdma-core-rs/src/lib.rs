@@ -20,6 +20,12 @@
 
 pub mod verbs;
 
+#[cfg(all(not(tilde_kernel), feature = "fabric"))]
+extern crate std;
+
+#[cfg(all(not(tilde_kernel), feature = "fabric"))]
+pub mod fabric;
+
 #[cfg(tilde_kernel)]
 pub mod ah;
 #[cfg(tilde_kernel)]

@@ -6,6 +6,7 @@
 //! [`Mailbox::wait`] takes them out in process context.
 
 use core::ptr::NonNull;
+use core::time::Duration;
 
 use kernel::prelude::*;
 use kernel::sync::atomic::{Acquire, Atomic, Full};
@@ -138,15 +139,21 @@ impl Mailbox {
 
     /// Waits up to `timeout` for the WR tagged `tag`, polling `cq` if it is a direct CQ
     /// (others deliver by themselves); `ETIMEDOUT` if it does not come back.
-    pub fn wait(&mut self, tag: u64, cq: &CompletionQueue, timeout: Delta) -> Result<ReturnedWr> {
+    pub fn wait(
+        &mut self,
+        tag: u64,
+        cq: &CompletionQueue,
+        timeout: Duration,
+    ) -> Result<ReturnedWr> {
         let step = Delta::from_micros(200);
+        let timeout = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX);
         let mut waited = Delta::ZERO;
         loop {
             cq.poll(64);
             if let Some(wr) = self.try_take(tag)? {
                 return Ok(wr);
             }
-            if waited.as_nanos() >= timeout.as_nanos() {
+            if waited.as_nanos() >= timeout {
                 return Err(ETIMEDOUT);
             }
             fsleep(step);

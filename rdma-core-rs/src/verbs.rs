@@ -426,3 +426,145 @@ mod completion_tests {
         assert_eq!(Gid(v4_mapped).link_local_mac(), None);
     }
 }
+
+// What a consumer gives the verbs: the same types for the kernel and the host fabric.
+
+/// How a CQ's completions are delivered to their handlers (`enum ib_poll_context`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollContext {
+    /// By `CompletionQueue::poll`, in the caller's context (`IB_POLL_DIRECT`).
+    Direct,
+    /// By the IB core from softirq context (`IB_POLL_SOFTIRQ`): handlers must not sleep.
+    Softirq,
+    /// By the IB core from a workqueue (`IB_POLL_WORKQUEUE`).
+    Workqueue,
+}
+
+/// The sizes a QP is created with (`struct ib_qp_cap`).
+#[derive(Clone, Copy, Debug)]
+pub struct QpCaps {
+    /// Send WRs outstanding at once.
+    pub max_send_wr: u32,
+    /// Receive WRs outstanding at once.
+    pub max_recv_wr: u32,
+    /// Gather entries per send WR.
+    pub max_send_sge: u32,
+    /// Scatter entries per receive WR.
+    pub max_recv_sge: u32,
+    /// Bytes of inline data per send WR.
+    pub max_inline_data: u32,
+}
+
+/// RESET → INIT.
+#[derive(Clone, Copy, Debug)]
+pub struct InitAttr {
+    /// The port the QP sends and receives on.
+    pub port: u32,
+    /// Index of the partition key in the port's P_Key table.
+    pub pkey_index: u16,
+    /// Remote access the QP grants (`IB_ACCESS_REMOTE_*`).
+    pub remote_access: RemoteAccess,
+}
+
+/// Remote access rights a QP grants.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RemoteAccess {
+    /// RDMA READ (`IB_ACCESS_REMOTE_READ`).
+    pub read: bool,
+    /// RDMA WRITE (`IB_ACCESS_REMOTE_WRITE`).
+    pub write: bool,
+    /// Atomics (`IB_ACCESS_REMOTE_ATOMIC`).
+    pub atomic: bool,
+}
+
+/// INIT → RTR: where the peer is and how to receive from it. On RoCE the path is a GRH
+/// (source GID index, destination GID) and the peer's MAC: for kernel callers the IB core
+/// does not resolve it (`_ib_modify_qp`: "Kernel users have to provide already resolved
+/// rdma_ah_attr's"); RDMA CM does, and tests take it from a link-local GID.
+#[derive(Clone, Copy, Debug)]
+pub struct RtrAttr {
+    /// The port of the path.
+    pub port: u32,
+    /// The path MTU; at most the port's active MTU.
+    pub path_mtu: Mtu,
+    /// The peer QP's number.
+    pub dest_qp_num: u32,
+    /// The first PSN expected from the peer (its `sq_psn`).
+    pub rq_psn: u32,
+    /// RDMA READs and atomics the peer may have outstanding here.
+    pub max_dest_rd_atomic: u8,
+    /// The RNR NAK timer code this QP sends when no receive is posted.
+    pub min_rnr_timer: u8,
+    /// The local GID table entry the path starts from.
+    pub sgid_index: u8,
+    /// The peer's GID.
+    pub dgid: Gid,
+    /// The GRH hop limit.
+    pub hop_limit: u8,
+    /// The peer's Ethernet address.
+    pub dmac: [u8; 6],
+}
+
+/// RTR → RTS: how to send.
+#[derive(Clone, Copy, Debug)]
+pub struct RtsAttr {
+    /// The first PSN this QP sends (the peer's `rq_psn`).
+    pub sq_psn: u32,
+    /// The ACK timeout code: 4.096 µs × 2^timeout.
+    pub timeout: u8,
+    /// Transport retries before a retry-exceeded error.
+    pub retry_cnt: u8,
+    /// RNR retries; 7 retries forever.
+    pub rnr_retry: u8,
+    /// RDMA READs and atomics this QP may have outstanding.
+    pub max_rd_atomic: u8,
+}
+
+/// A send operation.
+#[derive(Clone, Copy, Debug)]
+pub enum SendOp {
+    /// SEND.
+    Send,
+    /// SEND with immediate data (host order; sent big-endian).
+    SendWithImm(u32),
+    /// RDMA WRITE to the peer's region `rkey` at `remote_addr`.
+    RdmaWrite {
+        /// Address in the peer's region.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+    },
+    /// RDMA READ from the peer's region `rkey` at `remote_addr` into the local buffer.
+    RdmaRead {
+        /// Address in the peer's region.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+    },
+}
+
+/// An 8-byte atomic on a peer's memory. The operands and the memory are in the CPU's byte
+/// order, as the kernel's verbs define them (`IB_ATOMIC_HCA`).
+#[derive(Clone, Copy, Debug)]
+pub enum AtomicOp {
+    /// Writes `swap` if the memory holds `compare`.
+    CompareAndSwap {
+        /// Address in the peer's region, 8-byte aligned.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+        /// The value expected.
+        compare: u64,
+        /// The value written if it matches.
+        swap: u64,
+    },
+    /// Adds `add` to the memory.
+    FetchAndAdd {
+        /// Address in the peer's region, 8-byte aligned.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+        /// The addend.
+        add: u64,
+    },
+}

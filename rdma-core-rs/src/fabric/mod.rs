@@ -1,0 +1,991 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The host backend of the verbs API: an in-process software fabric.
+//!
+//! The same consumer API as the kernel build (`pd`, `cq`, `qp`, `wr`, `mr`, `ah`, `dma`,
+//! `mailbox`), with the same names, signatures and semantics, over a software RDMA device
+//! instead of the kernel's: loopback RC and UD between QPs of one [`Fabric`], SEND (with
+//! immediate), RDMA WRITE and READ, both atomics, FRWR registration and invalidation with
+//! key, access and bounds checks, RNR waits and retries, flushes on ERR, and the error
+//! completions rxe gives. The conformance cases (`conformance/cases.rs`) run unchanged
+//! against this backend in `cargo test` and against rxe in the VM, which is how the two
+//! are kept honest with each other.
+//!
+//! Where the kernel hands a DMA address to a device, the fabric keeps the buffer itself:
+//! a posted WR owns its buffer, a registered region is found by its key. Completions are
+//! delivered like the kernel's: by [`CompletionQueue::poll`] for a direct CQ, and from a
+//! thread of the CQ's own for softirq and workqueue CQs.
+
+mod engine;
+
+use std::boxed::Box;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::vec::Vec;
+
+use core::ops::{Deref, RangeInclusive};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::time::Duration;
+
+use crate::verbs::{
+    AtomicOp, Decoded, Gid, InitAttr, PortAttr, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp,
+    WorkCompletion,
+};
+
+pub use crate::verbs::WcStatus;
+
+/// An errno, as the kernel's verbs return them (a positive code here; `Debug` names it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Error(i32);
+
+impl Error {
+    /// The errno, negative, as the kernel returns it.
+    pub fn to_errno(self) -> i32 {
+        -self.0
+    }
+}
+
+impl core::fmt::Debug for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let name = match *self {
+            EINVAL => "EINVAL",
+            ENOMEM => "ENOMEM",
+            ENODEV => "ENODEV",
+            ETIMEDOUT => "ETIMEDOUT",
+            ESHUTDOWN => "ESHUTDOWN",
+            _ => return write!(f, "Error({})", self.0),
+        };
+        f.write_str(name)
+    }
+}
+
+/// Invalid argument.
+pub const EINVAL: Error = Error(22);
+/// Out of memory, or a queue is full.
+pub const ENOMEM: Error = Error(12);
+/// No such device.
+pub const ENODEV: Error = Error(19);
+/// Timed out.
+pub const ETIMEDOUT: Error = Error(110);
+/// The QP drains: no more posts.
+pub const ESHUTDOWN: Error = Error(108);
+
+/// The kernel's `Result`: an errno on failure.
+pub type Result<T = ()> = core::result::Result<T, Error>;
+
+/// A software RDMA network: devices whose QPs reach each other. Each [`Device`] is one
+/// port on it.
+pub struct Fabric {
+    state: Mutex<engine::State>,
+}
+
+impl Fabric {
+    /// An empty fabric.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(engine::State::default()),
+        })
+    }
+
+    /// Adds a device named `name` with one RoCE port whose GID 0 is the link-local GID
+    /// of `mac`.
+    pub fn add_device(self: &Arc<Self>, name: &str, mac: [u8; 6]) -> DeviceRef {
+        let mut gid = [0u8; 16];
+        gid[..2].copy_from_slice(&[0xfe, 0x80]);
+        gid[8..11].copy_from_slice(&[mac[0] ^ 0x02, mac[1], mac[2]]);
+        gid[11..13].copy_from_slice(&[0xff, 0xfe]);
+        gid[13..].copy_from_slice(&mac[3..]);
+        Arc::new_cyclic(|this| Device {
+            fabric: self.clone(),
+            name: name.into(),
+            gid: Gid(gid),
+            this: this.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, engine::State> {
+        // A panic in a test thread poisons the lock; the state is still consistent
+        // (every change is made under the lock in one step).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A device on a [`Fabric`]: one RoCE port.
+pub struct Device {
+    fabric: Arc<Fabric>,
+    name: std::string::String,
+    gid: Gid,
+    this: Weak<Device>,
+}
+
+/// A counted reference to a device, as the kernel build's `DeviceRef`.
+pub type DeviceRef = Arc<Device>;
+
+impl Device {
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Port numbers: one port, 1.
+    pub fn ports(&self) -> RangeInclusive<u32> {
+        1..=1
+    }
+
+    /// The port's attributes: active RoCE, MTU 1024 of 4096, a one-entry GID table.
+    pub fn query_port(&self, port: u32) -> Result<PortAttr> {
+        if port != 1 {
+            return Err(EINVAL);
+        }
+        Ok(PortAttr {
+            state: Decoded::from(4),
+            phys_state: Decoded::from(5),
+            active_mtu: Decoded::from(3),
+            max_mtu: Decoded::from(5),
+            gid_tbl_len: 1,
+            lid: 0,
+            link_layer: Decoded::from(2),
+        })
+    }
+
+    /// GID table entry `index` of `port`: only entry 0 is in use.
+    pub fn query_gid(&self, port: u32, index: u32) -> Result<Gid> {
+        if port != 1 || index != 0 {
+            return Err(EINVAL);
+        }
+        Ok(self.gid)
+    }
+
+    /// A counted reference.
+    pub fn to_ref(&self) -> Result<DeviceRef> {
+        self.this.upgrade().ok_or(ENODEV)
+    }
+
+    /// Whether `other` is this same device.
+    pub fn is(&self, other: &Device) -> bool {
+        core::ptr::eq(self, other)
+    }
+
+    fn fabric(&self) -> &Arc<Fabric> {
+        &self.fabric
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A protection domain.
+pub struct ProtectionDomain {
+    id: u64,
+    device: DeviceRef,
+}
+
+impl ProtectionDomain {
+    /// Allocates a PD on `device`.
+    pub fn new(device: &Device) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            id: next_id(),
+            device: device.to_ref()?,
+        }))
+    }
+
+    /// The device the PD belongs to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The lkey covering all memory mapped for the device (the fabric checks none).
+    pub fn local_dma_lkey(&self) -> u32 {
+        0
+    }
+}
+
+pub use crate::verbs::PollContext;
+
+/// A completion queue.
+pub struct CompletionQueue {
+    shared: Arc<engine::CqShared>,
+    worker: Option<JoinHandle<()>>,
+    device: DeviceRef,
+}
+
+impl CompletionQueue {
+    /// A CQ with room for `entries` completions, delivered in `context`.
+    pub fn new(device: &Device, entries: u32, context: PollContext) -> Result<Arc<Self>> {
+        if entries == 0 {
+            return Err(EINVAL);
+        }
+        let shared = Arc::new(engine::CqShared::new(context));
+        let worker = match context {
+            PollContext::Direct => None,
+            PollContext::Softirq | PollContext::Workqueue => {
+                let shared = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name(std::format!("{}-cq", device.name()))
+                        .spawn(move || shared.deliver_until_stopped())
+                        .map_err(|_| ENOMEM)?,
+                )
+            }
+        };
+        Ok(Arc::new(Self {
+            shared,
+            worker,
+            device: device.to_ref()?,
+        }))
+    }
+
+    /// The device the CQ belongs to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// How this CQ's completions are delivered.
+    pub fn context(&self) -> PollContext {
+        self.shared.context
+    }
+
+    /// Delivers up to `budget` completions on a direct CQ; 0 on the others.
+    pub fn poll(&self, budget: u32) -> u32 {
+        if self.shared.context != PollContext::Direct {
+            return 0;
+        }
+        self.shared.deliver(budget)
+    }
+}
+
+impl Drop for CompletionQueue {
+    fn drop(&mut self) {
+        self.shared.stop();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Memory a device may access: on the fabric, a shared byte vector.
+pub struct DmaBuffer {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    /// The "DMA address" of byte 0: unique on the fabric, so regions' iovas look real.
+    base: u64,
+    device: DeviceRef,
+}
+
+impl DmaBuffer {
+    /// `len` zeroed bytes for `device`.
+    pub fn new(device: &Device, len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(EINVAL);
+        }
+        Ok(Self {
+            bytes: Arc::new(Mutex::new(std::vec![0; len])),
+            base: next_id() << 32,
+            device: device.to_ref()?,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.bytes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The buffer's size in bytes.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the buffer has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The DMA address of byte `offset`, if `offset..offset + len` lies in the buffer.
+    pub fn dma_addr(&self, offset: usize, len: usize) -> Option<u64> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len()).then(|| self.base + offset as u64)
+    }
+
+    /// The device the buffer is mapped for.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Copies `bytes` in at `offset`.
+    pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result {
+        let end = offset.checked_add(bytes.len()).ok_or(EINVAL)?;
+        self.lock()
+            .get_mut(offset..end)
+            .ok_or(EINVAL)?
+            .copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Copies `out.len()` bytes from `offset` out.
+    pub fn read_into(&self, offset: usize, out: &mut [u8]) -> Result {
+        let end = offset.checked_add(out.len()).ok_or(EINVAL)?;
+        out.copy_from_slice(self.lock().get(offset..end).ok_or(EINVAL)?);
+        Ok(())
+    }
+
+    /// [`DmaBuffer::read_into`] a new vector of `len` bytes.
+    pub fn copy_out(&self, offset: usize, len: usize) -> Result<Vec<u8>> {
+        let mut out = std::vec![0; len];
+        self.read_into(offset, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// A fast-registration memory region over a buffer it owns.
+pub struct MemoryRegion {
+    index: u32,
+    /// The key's low byte, bumped before each registration.
+    key_byte: u8,
+    iova: u64,
+    length: u64,
+    buffer: DmaBuffer,
+    pd: Arc<ProtectionDomain>,
+}
+
+impl MemoryRegion {
+    /// A region of up to `max_pages` 4 KiB pages in `pd`, mapped onto `len` bytes of
+    /// `buffer` at `offset`.
+    pub fn new(
+        pd: &Arc<ProtectionDomain>,
+        max_pages: u32,
+        buffer: DmaBuffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Self> {
+        if !buffer.device().is(pd.device()) || len == 0 {
+            return Err(EINVAL);
+        }
+        let iova = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
+        // Pages the range touches, as `ib_map_mr_sg` counts them.
+        let pages = (iova % 4096 + len as u64).div_ceil(4096);
+        if pages > u64::from(max_pages) {
+            return Err(EINVAL);
+        }
+        let index =
+            pd.device()
+                .fabric()
+                .lock()
+                .add_region(pd.id, buffer.bytes.clone(), offset, iova, len);
+        Ok(Self {
+            index,
+            key_byte: 0,
+            iova,
+            length: len as u64,
+            buffer,
+            pd: pd.clone(),
+        })
+    }
+
+    /// The key a peer names in RDMA operations on this region.
+    pub fn rkey(&self) -> u32 {
+        self.index << 8 | u32::from(self.key_byte)
+    }
+
+    /// The address of the region's first byte in the peer's RDMA operations.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// The region's length in bytes.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// The buffer the region exposes.
+    pub fn buffer(&self) -> &DmaBuffer {
+        &self.buffer
+    }
+
+    /// The buffer, to fill before a peer reads it.
+    pub fn buffer_mut(&mut self) -> &mut DmaBuffer {
+        &mut self.buffer
+    }
+
+    /// The PD the region is in.
+    pub fn pd(&self) -> &Arc<ProtectionDomain> {
+        &self.pd
+    }
+}
+
+impl Drop for MemoryRegion {
+    fn drop(&mut self) {
+        self.pd.device().fabric().lock().remove_region(self.index);
+    }
+}
+
+/// A UD destination.
+pub struct AddressHandle {
+    dgid: Gid,
+    pd: Arc<ProtectionDomain>,
+}
+
+impl AddressHandle {
+    /// A handle for `dgid` (Ethernet address `dmac`) from `port` and GID entry
+    /// `sgid_index`.
+    pub fn new(
+        pd: &Arc<ProtectionDomain>,
+        port: u32,
+        sgid_index: u8,
+        dgid: Gid,
+        dmac: [u8; 6],
+    ) -> Result<Arc<Self>> {
+        pd.device().query_gid(port, u32::from(sgid_index))?;
+        // rxe needs the MAC: a handle without one is as good as lost.
+        if dmac == [0; 6] {
+            return Err(EINVAL);
+        }
+        Ok(Arc::new(Self {
+            dgid,
+            pd: pd.clone(),
+        }))
+    }
+
+    /// The device the handle belongs to.
+    pub fn device(&self) -> &Device {
+        self.pd.device()
+    }
+}
+
+/// What happens when a work request of this type completes (see the kernel build).
+pub trait CompletionHandler: Sized + Send + 'static {
+    /// Called once per posted WR with the WR back; `queues` are its QP's.
+    fn complete(wr: Box<WorkRequest<Self>>, queues: &Queues);
+}
+
+/// One work request: its completion, what it owns while posted, and the caller's data.
+pub struct WorkRequest<T: CompletionHandler> {
+    completion: WorkCompletion,
+    buffer: Option<DmaBuffer>,
+    region: Option<MemoryRegion>,
+    ah: Option<Arc<AddressHandle>>,
+    data: T,
+}
+
+impl<T: CompletionHandler> WorkRequest<T> {
+    /// A WR that owns no buffer.
+    pub fn new(data: T) -> Result<Box<Self>> {
+        Ok(Box::new(Self {
+            completion: WorkCompletion::EMPTY,
+            buffer: None,
+            region: None,
+            ah: None,
+            data,
+        }))
+    }
+
+    /// A WR that owns `buffer`.
+    pub fn with_buffer(buffer: DmaBuffer, data: T) -> Result<Box<Self>> {
+        let mut wr = Self::new(data)?;
+        wr.buffer = Some(buffer);
+        Ok(wr)
+    }
+
+    /// The completion of the WR's last post.
+    pub fn completion(&self) -> &WorkCompletion {
+        &self.completion
+    }
+
+    /// The caller's data.
+    pub fn data(&self) -> &T {
+        &self.data
+    }
+
+    /// The caller's data, mutably.
+    pub fn data_mut(&mut self) -> &mut T {
+        &mut self.data
+    }
+
+    /// The buffer the WR owns.
+    pub fn buffer(&self) -> Option<&DmaBuffer> {
+        self.buffer.as_ref()
+    }
+
+    /// The buffer the WR owns, to fill before a post.
+    pub fn buffer_mut(&mut self) -> Option<&mut DmaBuffer> {
+        self.buffer.as_mut()
+    }
+
+    /// Gives the WR a buffer, returning the one it had.
+    pub fn replace_buffer(&mut self, buffer: Option<DmaBuffer>) -> Option<DmaBuffer> {
+        core::mem::replace(&mut self.buffer, buffer)
+    }
+
+    /// Takes back the memory region a REG_MR carried.
+    pub fn take_region(&mut self) -> Option<MemoryRegion> {
+        self.region.take()
+    }
+}
+
+/// A posted WR with its type erased: what the engine moves between queues.
+pub(crate) trait PostedWr: Send {
+    fn set_completion(&mut self, completion: WorkCompletion);
+    fn buffer(&self) -> Option<&DmaBuffer>;
+    fn deliver(self: Box<Self>, queues: &Queues);
+}
+
+impl<T: CompletionHandler> PostedWr for WorkRequest<T> {
+    fn set_completion(&mut self, completion: WorkCompletion) {
+        self.completion = completion;
+    }
+
+    fn buffer(&self) -> Option<&DmaBuffer> {
+        self.buffer.as_ref()
+    }
+
+    fn deliver(self: Box<Self>, queues: &Queues) {
+        T::complete(self, queues);
+    }
+}
+
+/// Where a UD SEND goes.
+#[derive(Clone)]
+pub struct UdDest {
+    /// The path to the peer's port.
+    pub ah: Arc<AddressHandle>,
+    /// The peer QP's number.
+    pub remote_qpn: u32,
+    /// The Q_Key the peer QP accepts.
+    pub remote_qkey: u32,
+}
+
+/// A work request the QP did not take, handed back with the reason.
+pub struct Rejected<T: CompletionHandler> {
+    /// Why.
+    pub error: Error,
+    /// The work request, with everything it owns.
+    pub wr: Box<WorkRequest<T>>,
+}
+
+impl<T: CompletionHandler> core::fmt::Debug for Rejected<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl<T: CompletionHandler> From<Rejected<T>> for Error {
+    fn from(rejected: Rejected<T>) -> Self {
+        rejected.error
+    }
+}
+
+/// The outcome of a post.
+pub type PostResult<T> = core::result::Result<(), Rejected<T>>;
+
+/// The queues of a QP: what posting needs, shared with completion handlers.
+pub struct Queues {
+    qpn: u32,
+    device: DeviceRef,
+    pd_id: u64,
+    rc: bool,
+    outstanding: AtomicU32,
+    draining: AtomicBool,
+}
+
+impl Queues {
+    /// The device the QP belongs to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The QP number the peer addresses.
+    pub fn qp_num(&self) -> u32 {
+        self.qpn
+    }
+
+    /// WRs posted and not yet handed back.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn completed(&self) {
+        self.outstanding.fetch_sub(1, Ordering::Release);
+    }
+
+    fn post<T: CompletionHandler>(
+        &self,
+        mut wr: Box<WorkRequest<T>>,
+        rc_only: Option<bool>,
+        work: engine::Work,
+    ) -> PostResult<T> {
+        if rc_only.is_some_and(|rc| rc != self.rc) {
+            return Err(Rejected { error: EINVAL, wr });
+        }
+        if let engine::Work::Send { offset, len, .. } | engine::Work::Recv { offset, len } = work {
+            let fits = wr
+                .buffer
+                .as_ref()
+                .is_some_and(|b| b.device().is(&self.device) && b.dma_addr(offset, len).is_some());
+            if !fits || u32::try_from(len).is_err() {
+                return Err(Rejected { error: EINVAL, wr });
+            }
+        }
+        if let engine::Work::Send {
+            op: engine::SendKind::Ud(ref dest),
+            ..
+        } = work
+        {
+            if !dest.ah.device().is(&self.device) {
+                return Err(Rejected { error: EINVAL, wr });
+            }
+            wr.ah = Some(dest.ah.clone());
+        }
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        if self.draining.load(Ordering::SeqCst) {
+            self.outstanding.fetch_sub(1, Ordering::Release);
+            return Err(Rejected {
+                error: ESHUTDOWN,
+                wr,
+            });
+        }
+        let fabric = self.device.fabric();
+        let mut state = fabric.lock();
+        if let Err(error) = state.admit(self.qpn, &work) {
+            drop(state);
+            self.outstanding.fetch_sub(1, Ordering::Release);
+            return Err(Rejected { error, wr });
+        }
+        state.enqueue(self.qpn, wr, work);
+        state.progress();
+        Ok(())
+    }
+
+    /// Posts a receive of up to `len` bytes into the WR's buffer at `offset`.
+    pub fn post_recv<T: CompletionHandler>(
+        &self,
+        wr: Box<WorkRequest<T>>,
+        offset: usize,
+        len: usize,
+    ) -> PostResult<T> {
+        self.post(wr, None, engine::Work::Recv { offset, len })
+    }
+
+    /// Posts a signaled send of `len` bytes of the WR's buffer at `offset`, on an RC QP.
+    pub fn post_send<T: CompletionHandler>(
+        &self,
+        wr: Box<WorkRequest<T>>,
+        op: SendOp,
+        offset: usize,
+        len: usize,
+    ) -> PostResult<T> {
+        let op = engine::SendKind::Rc(op);
+        self.post(wr, Some(true), engine::Work::Send { op, offset, len })
+    }
+
+    /// Posts a signaled 8-byte atomic; the original value lands in the WR's buffer at
+    /// `offset`.
+    pub fn post_atomic<T: CompletionHandler>(
+        &self,
+        wr: Box<WorkRequest<T>>,
+        op: AtomicOp,
+        offset: usize,
+    ) -> PostResult<T> {
+        let remote_addr = match op {
+            AtomicOp::CompareAndSwap { remote_addr, .. }
+            | AtomicOp::FetchAndAdd { remote_addr, .. } => remote_addr,
+        };
+        if remote_addr % 8 != 0 {
+            return Err(Rejected { error: EINVAL, wr });
+        }
+        let op = engine::SendKind::Atomic(op);
+        self.post(wr, Some(true), engine::Work::Send { op, offset, len: 8 })
+    }
+
+    /// Posts a signaled UD SEND of `len` bytes of the WR's buffer at `offset` to `dest`.
+    pub fn post_ud_send<T: CompletionHandler>(
+        &self,
+        wr: Box<WorkRequest<T>>,
+        dest: &UdDest,
+        offset: usize,
+        len: usize,
+    ) -> PostResult<T> {
+        let op = engine::SendKind::Ud(dest.clone());
+        self.post(wr, Some(false), engine::Work::Send { op, offset, len })
+    }
+
+    /// Posts a fast registration of `region` for the peer's `access` under a new key.
+    pub fn post_reg_mr<T: CompletionHandler>(
+        &self,
+        mut wr: Box<WorkRequest<T>>,
+        mut region: MemoryRegion,
+        access: RemoteAccess,
+    ) -> PostResult<T> {
+        let in_device = region.pd().device().is(&self.device);
+        region.key_byte = region.key_byte.wrapping_add(1);
+        let work = engine::Work::RegMr {
+            index: region.index,
+            key: region.rkey(),
+            access,
+        };
+        wr.region = Some(region);
+        if !in_device {
+            return Err(Rejected { error: EINVAL, wr });
+        }
+        self.post(wr, Some(true), work)
+    }
+
+    /// Posts a local invalidation of `rkey`.
+    pub fn post_local_inv<T: CompletionHandler>(
+        &self,
+        wr: Box<WorkRequest<T>>,
+        rkey: u32,
+    ) -> PostResult<T> {
+        self.post(wr, Some(true), engine::Work::LocalInv { rkey })
+    }
+}
+
+/// A queue pair, RC or UD, on the fabric.
+pub struct QueuePair {
+    queues: Arc<Queues>,
+    send_cq: Arc<CompletionQueue>,
+    recv_cq: Arc<CompletionQueue>,
+    pd: Arc<ProtectionDomain>,
+}
+
+impl Deref for QueuePair {
+    type Target = Queues;
+
+    fn deref(&self) -> &Queues {
+        &self.queues
+    }
+}
+
+impl QueuePair {
+    /// Creates an RC QP in RESET.
+    pub fn new_rc(
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        recv_cq: &Arc<CompletionQueue>,
+        caps: &QpCaps,
+    ) -> Result<Self> {
+        Self::create(pd, send_cq, recv_cq, caps, true)
+    }
+
+    /// Creates a UD QP in RESET.
+    pub fn new_ud(
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        recv_cq: &Arc<CompletionQueue>,
+        caps: &QpCaps,
+    ) -> Result<Self> {
+        Self::create(pd, send_cq, recv_cq, caps, false)
+    }
+
+    fn create(
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        recv_cq: &Arc<CompletionQueue>,
+        caps: &QpCaps,
+        rc: bool,
+    ) -> Result<Self> {
+        let device = pd.device();
+        if !send_cq.device().is(device) || !recv_cq.device().is(device) {
+            return Err(EINVAL);
+        }
+        if caps.max_send_wr == 0 || caps.max_recv_wr == 0 {
+            return Err(EINVAL);
+        }
+        let fabric = device.fabric();
+        let mut state = fabric.lock();
+        let qpn = state.next_qpn();
+        let queues = Arc::new(Queues {
+            qpn,
+            device: device.to_ref()?,
+            pd_id: pd.id,
+            rc,
+            outstanding: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+        });
+        state.add_qp(engine::Qp::new(
+            queues.clone(),
+            send_cq.shared.clone(),
+            recv_cq.shared.clone(),
+            caps,
+        ));
+        drop(state);
+        Ok(Self {
+            queues,
+            send_cq: send_cq.clone(),
+            recv_cq: recv_cq.clone(),
+            pd: pd.clone(),
+        })
+    }
+
+    /// The PD the QP is in.
+    pub fn pd(&self) -> &Arc<ProtectionDomain> {
+        &self.pd
+    }
+
+    fn modify(&self, change: engine::Modify) -> Result {
+        let fabric = self.device.fabric();
+        let mut state = fabric.lock();
+        let result = state.modify(self.qpn, change);
+        state.progress();
+        result
+    }
+
+    /// RESET → INIT.
+    pub fn modify_to_init(&self, init: &InitAttr) -> Result {
+        if init.port != 1 {
+            return Err(EINVAL);
+        }
+        self.modify(engine::Modify::Init(init.remote_access, None))
+    }
+
+    /// INIT → RTR.
+    pub fn modify_to_rtr(&self, rtr: &RtrAttr) -> Result {
+        if rtr.port != 1
+            || self
+                .device
+                .query_gid(rtr.port, u32::from(rtr.sgid_index))
+                .is_err()
+        {
+            return Err(EINVAL);
+        }
+        self.modify(engine::Modify::Rtr(rtr.dest_qp_num))
+    }
+
+    /// RTR → RTS.
+    pub fn modify_to_rts(&self, rts: &RtsAttr) -> Result {
+        self.modify(engine::Modify::Rts(rts.rnr_retry))
+    }
+
+    /// RESET → INIT → RTR → RTS for a UD QP that receives datagrams carrying `qkey`.
+    pub fn modify_ud_to_rts(&self, port: u32, _pkey_index: u16, qkey: u32) -> Result {
+        if port != 1 {
+            return Err(EINVAL);
+        }
+        self.modify(engine::Modify::Init(RemoteAccess::default(), Some(qkey)))?;
+        self.modify(engine::Modify::Rtr(0))?;
+        self.modify(engine::Modify::Rts(0))
+    }
+
+    /// Any state → ERR: both queues flush.
+    pub fn modify_to_error(&self) -> Result {
+        self.modify(engine::Modify::Error)
+    }
+
+    /// Drains, then any state → RESET.
+    pub fn reset(&self) -> Result {
+        self.drain();
+        let result = self.modify(engine::Modify::Reset);
+        self.draining.store(false, Ordering::Release);
+        result
+    }
+
+    fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        if self.outstanding() == 0 {
+            return;
+        }
+        let _ = self.modify_to_error();
+        while self.outstanding() != 0 {
+            self.send_cq.poll(64);
+            self.recv_cq.poll(64);
+            if self.outstanding() != 0 {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+}
+
+impl Drop for QueuePair {
+    fn drop(&mut self) {
+        self.drain();
+        self.device.fabric().lock().remove_qp(self.qpn);
+    }
+}
+
+/// A WR handed back to a mailbox.
+pub type ReturnedWr = Box<WorkRequest<Returned>>;
+
+/// The data of a WR whose completion goes to a [`Mailbox`].
+pub struct Returned {
+    list: Arc<Mutex<VecDeque<ReturnedWr>>>,
+    tag: u64,
+}
+
+impl Returned {
+    /// The tag the WR was made with.
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+}
+
+impl CompletionHandler for Returned {
+    fn complete(wr: Box<WorkRequest<Self>>, _queues: &Queues) {
+        let list = wr.data.list.clone();
+        list.lock().unwrap_or_else(|p| p.into_inner()).push_back(wr);
+    }
+}
+
+/// Collects WRs as they complete, for a poster that waits for them.
+pub struct Mailbox {
+    list: Arc<Mutex<VecDeque<ReturnedWr>>>,
+}
+
+impl Mailbox {
+    /// An empty mailbox.
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            list: Arc::new(Mutex::new(VecDeque::new())),
+        })
+    }
+
+    /// A WR returning here under `tag`, owning `buffer` (if any).
+    pub fn work_request(&self, tag: u64, buffer: Option<DmaBuffer>) -> Result<ReturnedWr> {
+        let mut wr = WorkRequest::new(Returned {
+            list: self.list.clone(),
+            tag,
+        })?;
+        wr.buffer = buffer;
+        Ok(wr)
+    }
+
+    /// The WR tagged `tag` if it is back already.
+    pub fn try_take(&mut self, tag: u64) -> Result<Option<ReturnedWr>> {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(list
+            .iter()
+            .position(|wr| wr.data.tag == tag)
+            .and_then(|index| list.remove(index)))
+    }
+
+    /// Waits up to `timeout` for the WR tagged `tag`, polling `cq` if it is direct.
+    pub fn wait(
+        &mut self,
+        tag: u64,
+        cq: &CompletionQueue,
+        timeout: Duration,
+    ) -> Result<ReturnedWr> {
+        let start = std::time::Instant::now();
+        loop {
+            cq.poll(64);
+            if let Some(wr) = self.try_take(tag)? {
+                return Ok(wr);
+            }
+            if start.elapsed() >= timeout {
+                return Err(ETIMEDOUT);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        // Break the cycle through the WRs' own references to the list.
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
