@@ -527,7 +527,7 @@ fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig) -> CaseResult {
         0,
         RDMA_LEN,
     )?;
-    let (a, b) = rc_pair(rig)?;
+    let (mut a, mut b) = rc_pair(rig)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
     // A key no region has: the responder refuses, the requester's QP goes to error.
     let status = write_status(
@@ -805,7 +805,7 @@ fn ud_drain_with_sends_outstanding(rig: &Rig) -> CaseResult {
 /// come back from that context.
 fn rc_over_cq_context(rig: &Rig, context: PollContext) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let cq = CompletionQueue::new(&rig.device, 64, context)?;
+    let cq = CompletionQueue::new(&rig.device, 128, context)?;
     let (a, b) = rc_pair_on(rig, &cq, RNR_FOREVER)?;
     let mut send = mailbox.work_request(SEND, Some(patterned(&rig.device, 4096, 21)?))?;
     let mut recv = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 4096)?))?;
@@ -891,7 +891,7 @@ fn qp_dropped_in_reset_and_init(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
     let fresh = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
     let fresh_ud = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
-    let (a, _b) = rc_pair(rig)?;
+    let (mut a, _b) = rc_pair(rig)?;
     a.reset()?;
     let in_init = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
     in_init.modify_to_init(&InitAttr {

@@ -36,6 +36,7 @@ module! {
 mod bench;
 #[path = "../conformance/cases.rs"]
 mod cases;
+mod cm_cases;
 mod resident;
 
 /// The kernel backend, under the names the shared cases use.
@@ -176,7 +177,11 @@ impl kernel::Module for Conformance {
         } else if *module_parameters::traffic.value() == 0 {
             let mut tally = Tally::default();
             match setup(&device) {
-                Ok(rig) => run_cases(&rig, &mut |case, result| tally.record(&device, case, result)),
+                Ok(rig) => {
+                    let mut record = |case: &str, result| tally.record(&device, case, result);
+                    run_cases(&rig, &mut record);
+                    cm_cases::run(&rig, &mut record);
+                }
                 Err(error) => tally.record(&device, "setup", Err(Failure::Verb(error))),
             }
             pr_info!("{}: summary: {} passed, {} failed\n", device.name(), tally.passed, tally.failed);

@@ -31,6 +31,8 @@ pub mod ah;
 #[cfg(tilde_kernel)]
 pub mod client;
 #[cfg(tilde_kernel)]
+pub mod cm;
+#[cfg(tilde_kernel)]
 pub mod cq;
 #[cfg(tilde_kernel)]
 pub mod device;

@@ -74,6 +74,16 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Puts a taken WR back on the list.
+    fn put_back(&self, wr: ReturnedWr) {
+        let link = wr.link.get();
+        let _ = KBox::into_raw(wr);
+        // SAFETY: `link` is in the WR just leaked, whose ownership passes to the list.
+        unsafe { sys::tilde_rdma_llist_add(link, self.list.get()) };
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         self.take_all(drop);
@@ -83,10 +93,7 @@ impl Drop for Shared {
 impl CompletionHandler for Returned {
     fn complete(wr: KBox<WorkRequest<Self>>, _queues: &Queues) {
         let shared = wr.data().shared.clone();
-        let link = wr.link.get();
-        let _ = KBox::into_raw(wr);
-        // SAFETY: `link` is in the WR just leaked, whose ownership passes to the list.
-        unsafe { sys::tilde_rdma_llist_add(link, shared.list.get()) };
+        shared.put_back(wr);
         // If the mailbox closed meanwhile, nobody will take the WR: drop what is there.
         // `llist_add` is fully ordered, and so is `close`'s store, so either this sees it
         // closed or `close`'s own sweep sees the WR.
@@ -166,9 +173,17 @@ impl Mailbox {
         let first_new = self.ready.len();
         let mut failed = false;
         let ready = &mut self.ready;
-        self.shared.take_all(|wr| {
-            if ready.push(wr, GFP_KERNEL).is_err() {
-                failed = true;
+        let shared = &self.shared;
+        shared.take_all(|wr| {
+            if let Err(full) = ready.push_within_capacity(wr) {
+                let wr = full.0;
+                if ready.reserve(1, GFP_KERNEL).is_err() {
+                    // No memory to hold it here: back on the list, not lost.
+                    failed = true;
+                    shared.put_back(wr);
+                    return;
+                }
+                let _ = ready.push_within_capacity(wr);
             }
         });
         ready.get_mut(first_new..).unwrap_or(&mut []).reverse();

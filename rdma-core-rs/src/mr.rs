@@ -97,9 +97,11 @@ impl MemoryRegion {
         &self.buffer
     }
 
-    /// The buffer, to fill before a peer reads it.
-    pub fn buffer_mut(&mut self) -> &mut DmaBuffer {
-        &mut self.buffer
+    /// Copies `bytes` into the region's buffer at `offset` (see [`DmaBuffer::write`]).
+    /// The buffer itself is never lent out mutably: swapped out, it would be freed while
+    /// the region still maps it.
+    pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result {
+        self.buffer.write(offset, bytes)
     }
 
     /// The PD the region is in.

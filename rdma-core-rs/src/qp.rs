@@ -99,10 +99,12 @@ macro_rules! or_reject {
 pub struct Queues {
     qp: NonNull<sys::ib_qp>,
     device: DeviceRef,
+    /// The QP's PD, as an identity: a region registered through the QP must be in it.
+    pd: *const ProtectionDomain,
     lkey: u32,
     qp_type: sys::ib_qp_type,
-    /// WRs posted and not yet handed back; the QP's `qp_context` points at `Queues`, so
-    /// each completion counts itself down after its handler returns.
+    /// WRs posted and not yet handed back; each completion counts itself down after its
+    /// handler returns.
     outstanding: Atomic<u32>,
     /// Set while the QP drains: posts are refused, so the count can only fall.
     draining: Atomic<bool>,
@@ -115,23 +117,15 @@ unsafe impl Send for Queues {}
 unsafe impl Sync for Queues {}
 
 impl Queues {
-    /// The `Queues` of a QP created by [`QueuePair`].
+    /// One WR handed back: the last access a completion makes to the QP, through a raw
+    /// pointer since the QP may be freed the moment the count reaches zero.
     ///
     /// # Safety
     ///
-    /// `qp` is null or a live QP created by [`QueuePair`], which is not destroyed for `'a`.
-    pub(crate) unsafe fn from_qp<'a>(qp: *mut sys::ib_qp) -> Option<&'a Queues> {
-        if qp.is_null() {
-            return None;
-        }
-        // SAFETY: the QP is live (caller); its `qp_context` is the `Queues` the
-        // `QueuePair` allocated and frees only after destroying the QP.
-        unsafe { (*qp).qp_context.cast::<Queues>().cast_const().as_ref() }
-    }
-
-    /// One WR handed back: the last access a completion makes to the QP.
-    pub(crate) fn completed(&self) {
-        self.outstanding.fetch_sub(1u32, Release);
+    /// `queues` is the `Queues` of a live QP with this WR counted as outstanding.
+    pub(crate) unsafe fn completed(queues: *const Queues) {
+        // SAFETY: live until the count this decrement may bring to zero is observed.
+        unsafe { (*queues).outstanding.fetch_sub(1u32, Release) };
     }
 
     /// The device the QP belongs to.
@@ -208,9 +202,11 @@ impl Queues {
         post: impl FnOnce(*mut sys::ib_cqe) -> c_int,
     ) -> PostResult<T> {
         or_reject!(self.begin_post(), wr);
-        let cqe = wr.cqe();
+        let mut wr = wr;
+        wr.queues = self;
         let raw = KBox::into_raw(wr);
-        let ret = post(cqe);
+        // SAFETY: `raw` is the live WR just leaked.
+        let ret = post(unsafe { WorkRequest::cqe_of(raw) });
         if ret == 0 {
             return Ok(());
         }
@@ -385,7 +381,11 @@ impl Queues {
         mut region: MemoryRegion,
         access: RemoteAccess,
     ) -> PostResult<T> {
-        let in_pd = region.pd().device().is(&self.device);
+        let in_pd = core::ptr::eq(Arc::as_ptr(region.pd()), self.pd);
+        if !in_pd || self.qp_type != sys::ib_qp_type_IB_QPT_RC {
+            wr.region = Some(region);
+            return Err(Rejected { error: EINVAL, wr });
+        }
         // A new key for each registration: the rkey of an earlier one must stop working.
         region.bump_key();
         let mut reg = sys::ib_reg_wr {
@@ -395,10 +395,6 @@ impl Queues {
             access: access_flags(access) as i32,
         };
         wr.region = Some(region);
-        or_reject!(self.require(sys::ib_qp_type_IB_QPT_RC), wr);
-        if !in_pd {
-            return Err(Rejected { error: EINVAL, wr });
-        }
         self.submit_send(wr, &mut reg.wr)
     }
 
@@ -446,6 +442,10 @@ pub struct QueuePair {
     send_cq: Arc<CompletionQueue>,
     recv_cq: Arc<CompletionQueue>,
     pd: Arc<ProtectionDomain>,
+    /// The RDMA CM id the QP was created on, which destroys it.
+    cm_id: Option<NonNull<sys::rdma_cm_id>>,
+    /// Completions reserved in the send and receive CQs.
+    reserved: (u32, u32),
 }
 
 // SAFETY: `Queues` is `Send + Sync`; the `Arc`s are.
@@ -470,7 +470,7 @@ impl QueuePair {
         recv_cq: &Arc<CompletionQueue>,
         caps: &QpCaps,
     ) -> Result<Self> {
-        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_RC)
+        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_RC, None)
     }
 
     /// Creates a UD QP in RESET; bring it up with [`QueuePair::modify_ud_to_rts`].
@@ -480,7 +480,27 @@ impl QueuePair {
         recv_cq: &Arc<CompletionQueue>,
         caps: &QpCaps,
     ) -> Result<Self> {
-        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_UD)
+        Self::create(pd, send_cq, recv_cq, caps, sys::ib_qp_type_IB_QPT_UD, None)
+    }
+
+    /// An RC QP on an RDMA CM id (`rdma_create_qp`), which the CM moves through its
+    /// states; destroyed through the CM. The id must outlive it ([`crate::cm::CmId`]
+    /// owns it).
+    pub(crate) fn new_cm(
+        id: NonNull<sys::rdma_cm_id>,
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        recv_cq: &Arc<CompletionQueue>,
+        caps: &QpCaps,
+    ) -> Result<Self> {
+        Self::create(
+            pd,
+            send_cq,
+            recv_cq,
+            caps,
+            sys::ib_qp_type_IB_QPT_RC,
+            Some(id),
+        )
     }
 
     fn create(
@@ -489,6 +509,7 @@ impl QueuePair {
         recv_cq: &Arc<CompletionQueue>,
         caps: &QpCaps,
         qp_type: sys::ib_qp_type,
+        cm_id: Option<NonNull<sys::rdma_cm_id>>,
     ) -> Result<Self> {
         let device = pd.device();
         if !send_cq.device().is(device) || !recv_cq.device().is(device) {
@@ -498,6 +519,7 @@ impl QueuePair {
             Queues {
                 qp: NonNull::dangling(),
                 device: device.to_ref()?,
+                pd: Arc::as_ptr(pd),
                 lkey: pd.local_dma_lkey(),
                 qp_type,
                 outstanding: Atomic::new(0),
@@ -505,9 +527,6 @@ impl QueuePair {
             },
             GFP_KERNEL,
         )?;
-        // From here on `Queues` is only reached through this pointer (and, once the QP
-        // exists, through its `qp_context`).
-        let queues = KBox::into_raw(queues);
         let mut init = sys::ib_qp_init_attr {
             send_cq: send_cq.as_raw(),
             recv_cq: recv_cq.as_raw(),
@@ -521,29 +540,39 @@ impl QueuePair {
             },
             sq_sig_type: sys::ib_sig_type_IB_SIGNAL_REQ_WR,
             qp_type,
-            qp_context: queues.cast(),
             ..Default::default()
         };
-        // SAFETY: the PD and CQs are valid (we hold references); `init` is a valid
-        // attribute block the call only reads (and updates with the actual caps); the
-        // caller name is static.
-        let qp = from_err_ptr(unsafe {
-            sys::ib_create_qp_kernel(pd.as_raw(), &mut init, c"tilde_rdma".as_char_ptr())
-        });
-        let Some(qp) = qp.ok().and_then(NonNull::new) else {
-            // SAFETY: `queues` came from `KBox::into_raw` above, and no QP points at it.
-            drop(unsafe { KBox::from_raw(queues) });
-            return Err(qp.err().unwrap_or(ENOMEM));
+        let qp = match cm_id {
+            // SAFETY: the id is valid and has no QP yet (`CmId::create_qp` checks); the PD
+            // and CQs are valid; `init` is a valid attribute block, updated with the
+            // actual caps.
+            Some(id) => {
+                to_result(unsafe { sys::rdma_create_qp(id.as_ptr(), pd.as_raw(), &mut init) })
+                    // SAFETY: on success the CM stored the new QP in the id.
+                    .map(|()| unsafe { (*id.as_ptr()).qp })
+            }
+            // SAFETY: as above; the caller name is static.
+            None => from_err_ptr(unsafe {
+                sys::ib_create_qp_kernel(pd.as_raw(), &mut init, c"tilde_rdma".as_char_ptr())
+            }),
         };
-        // SAFETY: `queues` is valid and not shared yet: no WR has been posted to the QP.
-        unsafe { (*queues).qp = qp };
-        Ok(Self {
-            // SAFETY: from `KBox::into_raw`, so not null.
-            queues: unsafe { NonNull::new_unchecked(queues) },
+        let mut queues = queues;
+        queues.qp = NonNull::new(qp?).ok_or(ENOMEM)?;
+        let mut qp = Self {
+            queues: NonNull::from(KBox::leak(queues)),
             send_cq: send_cq.clone(),
             recv_cq: recv_cq.clone(),
             pd: pd.clone(),
-        })
+            cm_id,
+            reserved: (0, 0),
+        };
+        // Room in the CQs for every completion the QP can have outstanding, as created
+        // (drivers round the caps up). Dropping `qp` on failure destroys it.
+        send_cq.reserve(init.cap.max_send_wr)?;
+        qp.reserved.0 = init.cap.max_send_wr;
+        recv_cq.reserve(init.cap.max_recv_wr)?;
+        qp.reserved.1 = init.cap.max_recv_wr;
+        Ok(qp)
     }
 
     /// The PD the QP is in.
@@ -674,7 +703,10 @@ impl QueuePair {
     /// Drains, then any state → RESET: the QP forgets its queues and its peer and can be
     /// brought up again (INIT, RTR, RTS), e.g. after an error. RESET discards posted WRs
     /// without completions, so the drain first hands every one back.
-    pub fn reset(&self) -> Result {
+    pub fn reset(&mut self) -> Result {
+        if !self.may_drain() {
+            return Err(EINVAL);
+        }
         self.drain();
         let mut attr = sys::ib_qp_attr {
             qp_state: sys::ib_qp_state_IB_QPS_RESET,
@@ -718,28 +750,68 @@ impl QueuePair {
     }
 }
 
+impl QueuePair {
+    /// Whether draining can finish here: not in atomic context, and not inside a
+    /// completion handler of the QP's own CQs, whose flushes would wait for this very
+    /// handler. Logs why not.
+    fn may_drain(&self) -> bool {
+        if self.send_cq.delivering_here() || self.recv_cq.delivering_here() {
+            pr_err!(
+                "{}: QP {} torn down inside a completion handler of its own CQ, where its drain could never finish\n",
+                self.device.name(),
+                self.qp_num()
+            );
+            return false;
+        }
+        teardown_may_sleep(&self.device, "a QP")
+    }
+
+    /// Leaves the QP, its queues and what it uses in place, with a device reference:
+    /// the device may still complete into them.
+    fn leak(&self) {
+        // SAFETY: the device is valid and `Queues` holds a reference, so another may be
+        // taken; it is never given back.
+        unsafe { sys::tilde_rdma_device_get(self.device.as_raw()) };
+        core::mem::forget((self.pd.clone(), self.send_cq.clone(), self.recv_cq.clone()));
+    }
+
+    fn destroy(&self) -> c_int {
+        match self.cm_id {
+            Some(id) => {
+                // SAFETY: the id is valid (it outlives its QP), and its QP is this one.
+                unsafe { sys::rdma_destroy_qp(id.as_ptr()) };
+                0
+            }
+            // SAFETY: the QP is valid and destroyed once.
+            None => unsafe { sys::ib_destroy_qp_user(self.qp.as_ptr(), core::ptr::null_mut()) },
+        }
+    }
+}
+
 impl Drop for QueuePair {
     fn drop(&mut self) {
-        if !teardown_may_sleep(&self.device, "a QP") {
-            // The QP, its queues and what it uses stay: the device may still complete
-            // into them.
-            core::mem::forget((self.pd.clone(), self.send_cq.clone(), self.recv_cq.clone()));
+        if !self.may_drain() {
+            pr_err!("{}: leaking QP {}\n", self.device.name(), self.qp_num());
+            self.leak();
             return;
         }
         self.drain();
-        // SAFETY: the QP is valid, drained (no WR of ours left in it), and destroyed once.
-        let ret = unsafe { sys::ib_destroy_qp_user(self.qp.as_ptr(), core::ptr::null_mut()) };
+        // Drained: no WR of ours is left in the QP.
+        let ret = self.destroy();
         if ret != 0 {
             pr_err!(
-                "{}: destroying QP {} failed: {}\n",
+                "{}: destroying QP {} failed: {}; leaking it\n",
                 self.device.name(),
                 self.qp_num(),
                 ret
             );
+            self.leak();
             return;
         }
-        // SAFETY: `queues` came from `KBox::leak` in `create`; the QP whose `qp_context`
-        // pointed at it is gone, and no completion is running (the count is zero).
+        self.send_cq.unreserve(self.reserved.0);
+        self.recv_cq.unreserve(self.reserved.1);
+        // SAFETY: `queues` came from `KBox::leak` in `create`; the QP is gone, and no
+        // completion is running (the count is zero).
         drop(unsafe { KBox::from_raw(self.queues.as_ptr()) });
     }
 }

@@ -331,6 +331,16 @@ impl Gid {
     }
 }
 
+impl Gid {
+    /// The IPv4 address of an IPv4-mapped GID (`::ffff:a.b.c.d`, what RoCE v2 puts in
+    /// the table for each IPv4 address of the netdev); `None` for other GIDs.
+    pub fn ipv4(&self) -> Option<core::net::Ipv4Addr> {
+        let g = &self.0;
+        (g[..10] == [0; 10] && g[10..12] == [0xff, 0xff])
+            .then(|| core::net::Ipv4Addr::new(g[12], g[13], g[14], g[15]))
+    }
+}
+
 impl fmt::Display for Gid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, pair) in self.0.chunks_exact(2).enumerate() {
@@ -379,6 +389,24 @@ impl WorkCompletion {
         grh: false,
         vendor_err: 0,
     };
+}
+
+#[cfg(test)]
+mod gid_tests {
+    use super::Gid;
+
+    #[test]
+    fn ipv4_mapped_gids_give_their_address() {
+        let mut g = [0u8; 16];
+        g[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 2, 15]);
+        assert_eq!(Gid(g).ipv4(), Some(core::net::Ipv4Addr::new(10, 0, 2, 15)));
+        g[9] = 1;
+        assert_eq!(Gid(g).ipv4(), None);
+        let link_local = [
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x50, 0x54, 0, 0xff, 0xfe, 0x12, 0x34, 0x56,
+        ];
+        assert_eq!(Gid(link_local).ipv4(), None);
+    }
 }
 
 #[cfg(test)]

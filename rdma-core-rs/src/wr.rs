@@ -14,6 +14,7 @@ use kernel::sync::Arc;
 use kernel::types::Opaque;
 
 use crate::ah::AddressHandle;
+use crate::cq::CqState;
 use crate::dma::DmaBuffer;
 use crate::mr::MemoryRegion;
 use crate::qp::Queues;
@@ -42,14 +43,18 @@ pub struct WorkRequest<T: CompletionHandler> {
     /// Links the WR into a [`crate::mailbox::Mailbox`] once it is handed back there.
     pub(crate) link: Opaque<sys::llist_node>,
     completion: WorkCompletion,
+    /// The queues of the QP the WR is posted to, set by the post: the completion counts
+    /// itself down there (the completion's own `wc.qp` is not needed, so not trusted).
+    pub(crate) queues: *const Queues,
     pub(crate) buffer: Option<DmaBuffer>,
     pub(crate) region: Option<MemoryRegion>,
     pub(crate) ah: Option<Arc<AddressHandle>>,
     data: T,
 }
 
-// SAFETY: the `ib_cqe` and the link are plain C data owned by the WR; everything else is
-// `Send` (`T: Send`, the buffer, region and handle are).
+// SAFETY: the `ib_cqe` and the link are plain C data owned by the WR, `queues` only an
+// address while the WR is not posted; everything else is `Send` (`T: Send`, the buffer,
+// region and handle are).
 unsafe impl<T: CompletionHandler> Send for WorkRequest<T> {}
 // SAFETY: `&WorkRequest` exposes only `&` access to `Sync` fields and plain data.
 unsafe impl<T: CompletionHandler + Sync> Sync for WorkRequest<T> {}
@@ -66,6 +71,7 @@ impl<T: CompletionHandler> WorkRequest<T> {
                     next: core::ptr::null_mut(),
                 }),
                 completion: WorkCompletion::EMPTY,
+                queues: core::ptr::null(),
                 buffer: None,
                 region: None,
                 ah: None,
@@ -117,9 +123,14 @@ impl<T: CompletionHandler> WorkRequest<T> {
         self.region.take()
     }
 
-    /// The WR's `ib_cqe`, for the WR being posted.
-    pub(crate) fn cqe(&self) -> *mut sys::ib_cqe {
-        self.cqe.get()
+    /// The `ib_cqe` of the WR at `wr`, for the WR being posted.
+    ///
+    /// # Safety
+    ///
+    /// `wr` points to a live `WorkRequest<T>`.
+    pub(crate) unsafe fn cqe_of(wr: *mut Self) -> *mut sys::ib_cqe {
+        // SAFETY: `wr` is live (caller); `Opaque::cast_into` needs no reference to it.
+        unsafe { Opaque::cast_into(core::ptr::addr_of!((*wr).cqe)) }
     }
 }
 
@@ -128,10 +139,10 @@ impl<T: CompletionHandler> WorkRequest<T> {
 /// # Safety
 ///
 /// Called by the IB core only, once per WR, with a valid `ib_wc` whose `wr_cqe` is the
-/// `ib_cqe` of a `WorkRequest<T>` leaked by a post of [`Queues`], and whose `qp` is that
-/// QP.
+/// `ib_cqe` of a `WorkRequest<T>` leaked by a post of [`Queues`], and the CQ it was
+/// polled from, one of that QP's (whose `cq_context` is its `CqState`).
 unsafe extern "C" fn work_request_done<T: CompletionHandler>(
-    _cq: *mut sys::ib_cq,
+    cq: *mut sys::ib_cq,
     wc: *mut sys::ib_wc,
 ) {
     // SAFETY: the IB core passes a valid completion for the duration of the call.
@@ -143,15 +154,22 @@ unsafe extern "C" fn work_request_done<T: CompletionHandler>(
     // reclaimed once.
     let mut wr = unsafe { KBox::from_raw(cqe.cast::<WorkRequest<T>>()) };
     wr.completion = work_completion(wc);
-    // SAFETY: `wc.qp` is the QP the WR was posted to, whose `qp_context` is its `Queues`;
-    // the QP is not destroyed before this WR is counted complete, below.
-    let Some(queues) = (unsafe { Queues::from_qp(wc.qp) }) else {
-        pr_err!("tilde_rdma: a completion without its QP; its work request is dropped\n");
-        return;
-    };
-    T::complete(wr, queues);
+    let queues = wr.queues;
+    // SAFETY: the CQ is valid while it delivers; its context is the `CqState` that
+    // `CompletionQueue` gave it, freed only after the CQ.
+    let state = unsafe { (*cq).cq_context.cast::<CqState>().cast_const().as_ref() };
+    if let Some(state) = state {
+        state.set_delivering(true);
+    }
+    // SAFETY: the post set `queues` to the QP's `Queues`, which the QP frees only once
+    // this WR is counted complete, below.
+    T::complete(wr, unsafe { &*queues });
+    if let Some(state) = state {
+        state.set_delivering(false);
+    }
     // Last: once the count says so, the QP may be destroyed.
-    queues.completed();
+    // SAFETY: as above; nothing touches the QP after this.
+    unsafe { Queues::completed(queues) };
 }
 
 fn work_completion(wc: &sys::ib_wc) -> WorkCompletion {

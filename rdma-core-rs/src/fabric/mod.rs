@@ -210,6 +210,10 @@ pub use crate::verbs::PollContext;
 /// A completion queue.
 pub struct CompletionQueue {
     shared: Arc<engine::CqShared>,
+    /// Completions the QPs on the CQ may have outstanding, against its `entries`: as in
+    /// the kernel build, a QP is refused a CQ that could overrun.
+    capacity: u32,
+    reserved: AtomicU32,
     worker: Option<JoinHandle<()>>,
     device: DeviceRef,
 }
@@ -235,6 +239,8 @@ impl CompletionQueue {
         };
         Ok(Arc::new(Self {
             shared,
+            capacity: entries,
+            reserved: AtomicU32::new(0),
             worker,
             device: device.to_ref()?,
         }))
@@ -248,6 +254,21 @@ impl CompletionQueue {
     /// How this CQ's completions are delivered.
     pub fn context(&self) -> PollContext {
         self.shared.context
+    }
+
+    fn reserve(&self, entries: u32) -> Result {
+        self.reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |reserved| {
+                reserved
+                    .checked_add(entries)
+                    .filter(|&r| r <= self.capacity)
+            })
+            .map(drop)
+            .map_err(|_| EINVAL)
+    }
+
+    fn unreserve(&self, entries: u32) {
+        self.reserved.fetch_sub(entries, Ordering::Relaxed);
     }
 
     /// Delivers up to `budget` completions on a direct CQ; 0 on the others.
@@ -406,9 +427,9 @@ impl MemoryRegion {
         &self.buffer
     }
 
-    /// The buffer, to fill before a peer reads it.
-    pub fn buffer_mut(&mut self) -> &mut DmaBuffer {
-        &mut self.buffer
+    /// Copies `bytes` into the region's buffer at `offset`.
+    pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result {
+        self.buffer.write(offset, bytes)
     }
 
     /// The PD the region is in.
@@ -748,6 +769,7 @@ impl Queues {
 /// A queue pair, RC or UD, on the fabric.
 pub struct QueuePair {
     queues: Arc<Queues>,
+    reserved: (u32, u32),
     send_cq: Arc<CompletionQueue>,
     recv_cq: Arc<CompletionQueue>,
     pd: Arc<ProtectionDomain>,
@@ -796,6 +818,11 @@ impl QueuePair {
         if caps.max_send_wr == 0 || caps.max_recv_wr == 0 {
             return Err(EINVAL);
         }
+        send_cq.reserve(caps.max_send_wr)?;
+        if let Err(error) = recv_cq.reserve(caps.max_recv_wr) {
+            send_cq.unreserve(caps.max_send_wr);
+            return Err(error);
+        }
         let fabric = device.fabric();
         let mut state = fabric.lock();
         let qpn = state.next_qpn();
@@ -816,6 +843,7 @@ impl QueuePair {
         drop(state);
         Ok(Self {
             queues,
+            reserved: (caps.max_send_wr, caps.max_recv_wr),
             send_cq: send_cq.clone(),
             recv_cq: recv_cq.clone(),
             pd: pd.clone(),
@@ -877,7 +905,7 @@ impl QueuePair {
     }
 
     /// Drains, then any state → RESET.
-    pub fn reset(&self) -> Result {
+    pub fn reset(&mut self) -> Result {
         self.drain();
         let result = self.modify(engine::Modify::Reset);
         self.draining.store(false, Ordering::Release);
@@ -904,6 +932,8 @@ impl Drop for QueuePair {
     fn drop(&mut self) {
         self.drain();
         self.device.fabric().lock().remove_qp(self.qpn);
+        self.send_cq.unreserve(self.reserved.0);
+        self.recv_cq.unreserve(self.reserved.1);
     }
 }
 

@@ -113,3 +113,26 @@ struct llist_node *tilde_rdma_llist_del_all(struct llist_head *head)
 {
 	return llist_del_all(head);
 }
+
+/* The running task, as an identity only (never dereferenced by the caller). */
+const void *tilde_rdma_current(void)
+{
+	return current;
+}
+
+/* The initial network namespace, where kernel RDMA CM ids live. */
+struct net *tilde_rdma_init_net(void)
+{
+	return &init_net;
+}
+
+/* A `struct sockaddr_in` for `addr:port` (both big-endian) in `storage`. */
+void tilde_rdma_fill_sockaddr_in(void *storage, __be32 addr, __be16 port)
+{
+	struct sockaddr_in *sin = storage;
+
+	memset(sin, 0, sizeof(*sin));
+	sin->sin_family = AF_INET;
+	sin->sin_addr.s_addr = addr;
+	sin->sin_port = port;
+}

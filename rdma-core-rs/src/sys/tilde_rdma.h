@@ -14,11 +14,15 @@
 #include <rdma/ib_verbs.h>
 #include <rdma/ib_cache.h>
 #include <rdma/rdma_cm.h>
+#include <rdma/ib_cm.h>
 #include <linux/llist.h>
 
 bool tilde_rdma_device_try_get(struct ib_device *device);
 void tilde_rdma_device_get(struct ib_device *device);
 bool tilde_rdma_may_sleep(void);
+const void *tilde_rdma_current(void);
+struct net *tilde_rdma_init_net(void);
+void tilde_rdma_fill_sockaddr_in(void *storage, __be32 addr, __be16 port);
 
 bool tilde_rdma_llist_add(struct llist_node *node, struct llist_head *head);
 struct llist_node *tilde_rdma_llist_del_all(struct llist_head *head);
