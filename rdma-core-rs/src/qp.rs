@@ -543,18 +543,21 @@ impl QueuePair {
             ..Default::default()
         };
         let qp = match cm_id {
-            // SAFETY: the id is valid and has no QP yet (`CmId::create_qp` checks); the PD
-            // and CQs are valid; `init` is a valid attribute block, updated with the
-            // actual caps.
             Some(id) => {
-                to_result(unsafe { sys::rdma_create_qp(id.as_ptr(), pd.as_raw(), &mut init) })
-                    // SAFETY: on success the CM stored the new QP in the id.
-                    .map(|()| unsafe { (*id.as_ptr()).qp })
+                // SAFETY: the id is valid and has no QP yet (`CmId::create_qp` checks);
+                // the PD and CQs are valid; `init` is a valid attribute block, updated
+                // with the actual caps.
+                let created = unsafe { sys::rdma_create_qp(id.as_ptr(), pd.as_raw(), &mut init) };
+                // SAFETY: on success the CM stored the new QP in the id.
+                to_result(created).map(|()| unsafe { (*id.as_ptr()).qp })
             }
-            // SAFETY: as above; the caller name is static.
-            None => from_err_ptr(unsafe {
-                sys::ib_create_qp_kernel(pd.as_raw(), &mut init, c"tilde_rdma".as_char_ptr())
-            }),
+            None => {
+                // SAFETY: as above; the caller name is static.
+                let created = unsafe {
+                    sys::ib_create_qp_kernel(pd.as_raw(), &mut init, c"tilde_rdma".as_char_ptr())
+                };
+                from_err_ptr(created)
+            }
         };
         let mut queues = queues;
         queues.qp = NonNull::new(qp?).ok_or(ENOMEM)?;
