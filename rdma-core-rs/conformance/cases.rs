@@ -26,6 +26,8 @@ pub(crate) enum Failure {
     Verb(Error),
     /// A check on the results did not hold.
     Check(&'static str),
+    /// A completion had another status than the case expects.
+    Status(&'static str, WcStatus),
 }
 
 impl From<Error> for Failure {
@@ -42,6 +44,15 @@ impl<T: CompletionHandler> From<Rejected<T>> for Failure {
 
 pub(crate) type CaseResult = core::result::Result<(), Failure>;
 pub(crate) type Outcome<T> = core::result::Result<T, Failure>;
+
+/// `Failure::Status` unless `actual` is `expected`.
+pub(crate) fn check_status(actual: WcStatus, expected: WcStatus, what: &'static str) -> CaseResult {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Failure::Status(what, actual))
+    }
+}
 
 pub(crate) fn check(condition: bool, what: &'static str) -> CaseResult {
     if condition {
@@ -89,6 +100,8 @@ pub(crate) fn run_cases(rig: &Rig, record: &mut dyn FnMut(&str, CaseResult)) {
     record("rc_drain_flushes_posted_receives", rc_drain_flushes(rig));
     record("frwr_rdma_write", frwr_rdma_write(rig));
     record("frwr_rdma_read", frwr_rdma_read(rig));
+    record("frwr_rdma_write_with_imm", frwr_rdma_write_with_imm(rig));
+    record("rc_receive_too_small", rc_receive_too_small(rig));
     record(
         "frwr_invalidate_refuses_access",
         frwr_invalidate_refuses_access(rig),
@@ -477,6 +490,83 @@ fn frwr_rdma_read(rig: &Rig) -> CaseResult {
         *bytes_of(&done, 0, RDMA_LEN - 100)? == *region.buffer().copy_out(100, RDMA_LEN - 100)?,
         "the data read differs from the region",
     )
+}
+
+/// RDMA WRITE with immediate: the data lands in the region, and a receive at the peer
+/// completes with the immediate and the length written, its own buffer untouched.
+fn frwr_rdma_write_with_imm(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let region = MemoryRegion::new(
+        &rig.pd,
+        RDMA_PAGES,
+        DmaBuffer::new(&rig.device, RDMA_LEN)?,
+        0,
+        RDMA_LEN,
+    )?;
+    let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, RDMA_LEN, 13)?))?;
+    let (a, b) = rc_pair(rig)?;
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    b.post_recv(
+        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 16)?))?,
+        0,
+        16,
+    )?;
+    let op = SendOp::RdmaWriteWithImm {
+        remote_addr: region.iova(),
+        rkey: region.rkey(),
+        imm: 0xfeed_0001,
+    };
+    a.post_send(write, op, 0, RDMA_LEN)?;
+    let written = wait_ok(&mut mailbox, &rig.cq, WRITE, WcOpcode::RdmaWrite)?;
+    let received = wait_ok(&mut mailbox, &rig.cq, RECV, WcOpcode::RecvRdmaWithImm)?;
+    let r = received.completion();
+    check(
+        r.imm == Some(0xfeed_0001),
+        "the immediate data was lost or byte-swapped",
+    )?;
+    check(
+        r.byte_len as usize == RDMA_LEN,
+        "the receive does not report the length written",
+    )?;
+    check(
+        *bytes_of(&received, 0, 16)? == [0u8; 16],
+        "the WRITE's data went into the receive buffer",
+    )?;
+    check(
+        *region.buffer().copy_out(0, RDMA_LEN)? == *bytes_of(&written, 0, RDMA_LEN)?,
+        "the written region differs from the source",
+    )
+}
+
+/// A SEND larger than the receive posted for it: both sides fail. Hardware reports a
+/// local length error on the receive and a remote invalid request on the send; rxe
+/// reports a local QP operation error and a remote operation error (measured). The fabric
+/// does as rxe does; either pair is accepted.
+fn rc_receive_too_small(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let (a, b) = rc_pair(rig)?;
+    b.post_recv(
+        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 16)?))?,
+        0,
+        16,
+    )?;
+    a.post_send(
+        mailbox.work_request(SEND, Some(patterned(&rig.device, 64, 2)?))?,
+        SendOp::Send,
+        0,
+        64,
+    )?;
+    let received = wait(&mut mailbox, &rig.cq, RECV)?;
+    let sent = wait(&mut mailbox, &rig.cq, SEND)?;
+    let status = received.completion().status;
+    if status != WcStatus::LocalLengthError {
+        check_status(status, WcStatus::LocalQpOperationError, "the short receive")?;
+    }
+    let status = sent.completion().status;
+    if status != WcStatus::RemoteInvalidRequestError {
+        check_status(status, WcStatus::RemoteOperationError, "the oversized SEND")?;
+    }
+    Ok(())
 }
 
 /// RDMA WRITEs `len` bytes of the send pattern to `rkey` at `remote_addr` through `qp`

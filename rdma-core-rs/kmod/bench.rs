@@ -231,6 +231,9 @@ fn compare(rig: &Rig, label: &str, ops: u32, mut measure: impl FnMut(bool) -> Ou
                 match failure {
                     Failure::Verb(error) => pr_info!("{}: bench: {}: FAIL: verb error {:?}\n", name, label, error),
                     Failure::Check(what) => pr_info!("{}: bench: {}: FAIL: {}\n", name, label, what),
+                    Failure::Status(what, status) => {
+                        pr_info!("{}: bench: {}: FAIL: {} completed with status {}\n", name, label, what, status)
+                    }
                 }
                 return;
             }

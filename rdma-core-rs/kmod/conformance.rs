@@ -146,6 +146,9 @@ pub(crate) fn report(device: &Device, case: &str, result: CaseResult) -> bool {
         Ok(()) => pr_info!("{}: {}: PASS\n", name, case),
         Err(Failure::Verb(error)) => pr_info!("{}: {}: FAIL: verb error {:?}\n", name, case, error),
         Err(Failure::Check(what)) => pr_info!("{}: {}: FAIL: {}\n", name, case, what),
+        Err(Failure::Status(what, status)) => {
+            pr_info!("{}: {}: FAIL: {} completed with status {}\n", name, case, what, status)
+        }
     }
     passed
 }

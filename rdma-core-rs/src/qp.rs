@@ -277,6 +277,15 @@ impl Queues {
                 0,
                 Some((remote_addr, rkey)),
             ),
+            SendOp::RdmaWriteWithImm {
+                remote_addr,
+                rkey,
+                imm,
+            } => (
+                sys::ib_wr_opcode_IB_WR_RDMA_WRITE_WITH_IMM,
+                imm.to_be(),
+                Some((remote_addr, rkey)),
+            ),
             SendOp::RdmaRead { remote_addr, rkey } => (
                 sys::ib_wr_opcode_IB_WR_RDMA_READ,
                 0,

@@ -562,6 +562,16 @@ pub enum SendOp {
         /// The peer region's key.
         rkey: u32,
     },
+    /// RDMA WRITE with immediate data (host order; sent big-endian): it also consumes a
+    /// receive at the peer, which completes as `RecvRdmaWithImm` with `imm`.
+    RdmaWriteWithImm {
+        /// Address in the peer's region.
+        remote_addr: u64,
+        /// The peer region's key.
+        rkey: u32,
+        /// The immediate data.
+        imm: u32,
+    },
     /// RDMA READ from the peer's region `rkey` at `remote_addr` into the local buffer.
     RdmaRead {
         /// Address in the peer's region.

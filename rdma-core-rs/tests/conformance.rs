@@ -32,6 +32,9 @@ fn every_case_passes_on_the_fabric() {
             Ok(()) => println!("{case}: PASS"),
             Err(Failure::Verb(error)) => failed.push(format!("{case}: verb error {error:?}")),
             Err(Failure::Check(what)) => failed.push(format!("{case}: {what}")),
+            Err(Failure::Status(what, status)) => {
+                failed.push(format!("{case}: {what} completed with status {status}"))
+            }
         }
     });
     assert!(
@@ -40,5 +43,5 @@ fn every_case_passes_on_the_fabric() {
         failed.len(),
         failed.join("\n")
     );
-    assert_eq!(ran, 24);
+    assert_eq!(ran, 26);
 }

@@ -472,6 +472,14 @@ impl State {
                 let (addr, rkey) = (*remote_addr, *rkey);
                 self.rdma(qpn, pending, addr, rkey, offset, len, Need::Write)
             }
+            SendKind::Rc(SendOp::RdmaWriteWithImm {
+                remote_addr,
+                rkey,
+                imm,
+            }) => {
+                let (addr, rkey, imm) = (*remote_addr, *rkey, *imm);
+                self.rdma_write_with_imm(qpn, pending, addr, rkey, imm, offset, len)
+            }
             SendKind::Rc(SendOp::RdmaRead { remote_addr, rkey }) => {
                 let (addr, rkey) = (*remote_addr, *rkey);
                 self.rdma(qpn, pending, addr, rkey, offset, len, Need::Read)
@@ -536,9 +544,11 @@ impl State {
             return Step::Wait(pending);
         };
         if len > recv_len {
-            let status = WcStatus::LocalLengthError;
+            // rxe's status for a receive too small (`RESPST_ERR_LENGTH`); the IB spec's
+            // would be a local length error.
+            let status = WcStatus::LocalQpOperationError;
             self.finish(peer, recv, completion(status, Some(WcOpcode::Recv), peer));
-            let status = WcStatus::RemoteInvalidRequestError;
+            let status = WcStatus::RemoteOperationError;
             self.finish(qpn, pending, completion(status, opcode, qpn));
             return Step::Done;
         }
@@ -704,6 +714,53 @@ impl State {
             ..completion(WcStatus::Success, opcode, qpn)
         };
         self.finish(qpn, pending, done);
+        Step::Done
+    }
+
+    /// An RDMA WRITE that also consumes a receive at the peer: waits (RNR) for one
+    /// first, like a SEND, then places the data like a WRITE.
+    #[allow(clippy::too_many_arguments)]
+    fn rdma_write_with_imm(
+        &mut self,
+        qpn: u32,
+        pending: Pending,
+        addr: u64,
+        rkey: u32,
+        imm: u32,
+        offset: usize,
+        len: usize,
+    ) -> Step {
+        let opcode = Some(WcOpcode::RdmaWrite);
+        let Some(peer) = self.rc_peer(qpn) else {
+            let status = WcStatus::RetryExceededError;
+            self.finish(qpn, pending, completion(status, opcode, qpn));
+            return Step::Done;
+        };
+        if self.qps.get(&peer).is_some_and(|p| p.rq.is_empty()) {
+            if self.qps.get(&qpn).map_or(0, |qp| qp.rnr_retry) == 0 {
+                let status = WcStatus::RnrRetryExceededError;
+                self.finish(qpn, pending, completion(status, opcode, qpn));
+                return Step::Done;
+            }
+            return Step::Wait(pending);
+        }
+        let Some((bytes, at)) = self.check_region(peer, rkey, addr, len, Need::Write) else {
+            self.remote_access_error(qpn, peer, pending, opcode);
+            return Step::Done;
+        };
+        if let Some(local) = pending.wr.buffer() {
+            lock(&bytes)[at..at + len].copy_from_slice(&local.lock()[offset..offset + len]);
+        }
+        if let Some(recv) = self.qps.get_mut(&peer).and_then(|p| p.rq.pop_front()) {
+            let received = WorkCompletion {
+                byte_len: len as u32,
+                imm: Some(imm),
+                src_qp: qpn,
+                ..completion(WcStatus::Success, Some(WcOpcode::RecvRdmaWithImm), peer)
+            };
+            self.finish(peer, recv, received);
+        }
+        self.finish(qpn, pending, completion(WcStatus::Success, opcode, qpn));
         Step::Done
     }
 

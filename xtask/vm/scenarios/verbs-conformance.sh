@@ -15,7 +15,7 @@ echo "== results: one line per case"
 cases="device_query rc_connect
 	rc_send_recv_1 rc_send_recv_64 rc_send_recv_4096 rc_send_recv_65536 rc_send_recv_1048576
 	rc_send_with_imm rc_drain_flushes_posted_receives
-	frwr_rdma_write frwr_rdma_read frwr_invalidate_refuses_access rc_bad_rkey_then_reset_and_reuse rc_atomics
+	frwr_rdma_write frwr_rdma_read frwr_rdma_write_with_imm rc_receive_too_small frwr_invalidate_refuses_access rc_bad_rkey_then_reset_and_reuse rc_atomics
 	rc_rnr_retry_then_delivery rc_rnr_retry_exceeded
 	ud_send_with_grh ud_drain_with_sends_outstanding
 	rc_softirq_cq rc_workqueue_cq rejected_post_hands_the_wr_back
