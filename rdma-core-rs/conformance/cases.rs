@@ -182,11 +182,7 @@ pub(crate) const RNR_FOREVER: u8 = 7;
 
 /// Brings `qp` to RTS towards `peer` over the rig's port and GID (loopback).
 pub(crate) fn connect(rig: &Rig, qp: &QueuePair, peer: u32, rnr_retry: u8) -> Result {
-    let all = RemoteAccess {
-        read: true,
-        write: true,
-        atomic: true,
-    };
+    let all = RemoteAccess::READ | RemoteAccess::WRITE | RemoteAccess::ATOMIC;
     qp.modify_to_init(&InitAttr {
         port: rig.port,
         pkey_index: 0,
@@ -415,11 +411,7 @@ fn rc_drain_flushes(rig: &Rig) -> CaseResult {
 const RDMA_LEN: usize = 8192;
 /// Pages an MR over `RDMA_LEN` bytes may need (an unaligned buffer spans one more).
 const RDMA_PAGES: u32 = 4;
-pub(crate) const READ_WRITE: RemoteAccess = RemoteAccess {
-    read: true,
-    write: true,
-    atomic: false,
-};
+pub(crate) const READ_WRITE: RemoteAccess = RemoteAccess::READ.union(RemoteAccess::WRITE);
 
 /// Registers `region` through `qp` for `access` and returns it, registered.
 pub(crate) fn register(
@@ -691,11 +683,7 @@ fn rc_atomics(rig: &Rig) -> CaseResult {
         &rig.cq,
         &b,
         region,
-        RemoteAccess {
-            read: true,
-            write: true,
-            atomic: true,
-        },
+        RemoteAccess::READ | RemoteAccess::WRITE | RemoteAccess::ATOMIC,
     )?;
     let (remote_addr, rkey) = (region.iova() + 8, region.rkey());
     // 40 + 2 = 42, returning 40.

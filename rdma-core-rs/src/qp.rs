@@ -67,12 +67,21 @@ pub type PostResult<T> = core::result::Result<(), Rejected<T>>;
 /// The `ib_access_flags` of `access`: local write always, and the remote rights granted.
 fn access_flags(access: RemoteAccess) -> u32 {
     let mut flags = sys::ib_access_flags_IB_ACCESS_LOCAL_WRITE;
-    for (granted, flag) in [
-        (access.read, sys::ib_access_flags_IB_ACCESS_REMOTE_READ),
-        (access.write, sys::ib_access_flags_IB_ACCESS_REMOTE_WRITE),
-        (access.atomic, sys::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC),
+    for (right, flag) in [
+        (
+            RemoteAccess::READ,
+            sys::ib_access_flags_IB_ACCESS_REMOTE_READ,
+        ),
+        (
+            RemoteAccess::WRITE,
+            sys::ib_access_flags_IB_ACCESS_REMOTE_WRITE,
+        ),
+        (
+            RemoteAccess::ATOMIC,
+            sys::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC,
+        ),
     ] {
-        if granted {
+        if access.contains(right) {
             flags |= flag;
         }
     }

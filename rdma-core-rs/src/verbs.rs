@@ -392,6 +392,28 @@ impl WorkCompletion {
 }
 
 #[cfg(test)]
+mod access_tests {
+    use super::RemoteAccess;
+
+    #[test]
+    fn access_rights_combine_and_match_the_uverbs_bits() {
+        let rw = RemoteAccess::READ | RemoteAccess::WRITE;
+        assert!(rw.contains(RemoteAccess::READ) && rw.contains(RemoteAccess::WRITE));
+        assert!(!rw.contains(RemoteAccess::ATOMIC));
+        assert!(rw.contains(RemoteAccess::NONE));
+        // IB_UVERBS_ACCESS_REMOTE_WRITE, _READ, _ATOMIC.
+        assert_eq!(
+            (
+                RemoteAccess::WRITE.bits(),
+                RemoteAccess::READ.bits(),
+                RemoteAccess::ATOMIC.bits()
+            ),
+            (2, 4, 8)
+        );
+    }
+}
+
+#[cfg(test)]
 mod gid_tests {
     use super::Gid;
 
@@ -494,15 +516,50 @@ pub struct InitAttr {
     pub remote_access: RemoteAccess,
 }
 
-/// Remote access rights a QP grants.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RemoteAccess {
-    /// RDMA READ (`IB_ACCESS_REMOTE_READ`).
-    pub read: bool,
+/// Remote access rights a QP or a memory region grants, combined with `|`: the
+/// `IB_ACCESS_REMOTE_*` bits of `enum ib_access_flags` (values fixed by the uverbs ABI).
+/// A flags newtype in the style of `bitflags`, which the kernel does not ship.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RemoteAccess(u32);
+
+impl RemoteAccess {
+    /// No remote access.
+    pub const NONE: Self = Self(0);
     /// RDMA WRITE (`IB_ACCESS_REMOTE_WRITE`).
-    pub write: bool,
+    pub const WRITE: Self = Self(1 << 1);
+    /// RDMA READ (`IB_ACCESS_REMOTE_READ`).
+    pub const READ: Self = Self(1 << 2);
     /// Atomics (`IB_ACCESS_REMOTE_ATOMIC`).
-    pub atomic: bool,
+    pub const ATOMIC: Self = Self(1 << 3);
+
+    /// The rights of both.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether every right in `other` is granted.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The `ib_access_flags` bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl core::ops::BitOr for RemoteAccess {
+    type Output = Self;
+
+    fn bitor(self, other: Self) -> Self {
+        self.union(other)
+    }
+}
+
+impl core::ops::BitOrAssign for RemoteAccess {
+    fn bitor_assign(&mut self, other: Self) {
+        *self = self.union(other);
+    }
 }
 
 /// INIT → RTR: where the peer is and how to receive from it. On RoCE the path is a GRH

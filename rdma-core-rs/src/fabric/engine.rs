@@ -657,11 +657,12 @@ impl State {
     ) -> Option<(Arc<Mutex<Vec<u8>>>, usize)> {
         let qp = self.qps.get(&peer)?;
         let region = self.regions.values().find(|r| r.valid && r.key == rkey)?;
-        let granted = |access: RemoteAccess| match need {
-            Need::Read => access.read,
-            Need::Write => access.write,
-            Need::Atomic => access.atomic,
+        let right = match need {
+            Need::Read => RemoteAccess::READ,
+            Need::Write => RemoteAccess::WRITE,
+            Need::Atomic => RemoteAccess::ATOMIC,
         };
+        let granted = |access: RemoteAccess| access.contains(right);
         if region.pd_id != qp.queues.pd_id || !granted(region.access) || !granted(qp.access) {
             return None;
         }
