@@ -166,7 +166,22 @@ fn case_name<'b>(buf: &'b mut [u8; 32], prefix: &'b str, size: usize) -> &'b str
 fn device_query(rig: &Rig) -> CaseResult {
     let attr = rig.device.query_port(rig.port)?;
     check(attr.gid_tbl_len > 0, "the port has no GID table")?;
-    check(!rig.gid.is_zero(), "GID 0 is unset")
+    check(!rig.gid.is_zero(), "GID 0 is unset")?;
+    // What the cases need of the device.
+    let caps = rig.device.caps();
+    check(
+        caps.max_qp_wr >= CAPS.max_recv_wr && caps.max_send_sge >= 1,
+        "the device's queues are too small",
+    )?;
+    check(
+        caps.max_cqe >= 256 && caps.max_qp_rd_atom >= 1,
+        "the device's CQs or RDMA READ depth are too small",
+    )?;
+    check(
+        caps.max_fast_reg_page_list_len >= RDMA_PAGES,
+        "the device maps too few pages per registration",
+    )?;
+    check(caps.atomics, "the device does no atomics")
 }
 
 pub(crate) const CAPS: QpCaps = QpCaps {

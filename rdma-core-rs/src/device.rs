@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 use kernel::{error::to_result, prelude::*, types::Opaque};
 
 use crate::sys;
-use crate::verbs::{Decoded, Gid, Guid, PortAttr};
+use crate::verbs::{Decoded, DeviceCaps, Gid, Guid, PortAttr};
 
 /// An RDMA device registered with the kernel's IB core.
 ///
@@ -94,6 +94,31 @@ impl Device {
         // SAFETY: the device is valid (type invariant); `node_guid` is set by the driver
         // before `ib_register_device` and not changed while registered.
         Guid::from_be(unsafe { (*self.as_raw()).node_guid })
+    }
+
+    /// What the device can do (`ib_device.attrs`, filled by the driver before it
+    /// registers the device and not changed while registered).
+    pub fn caps(&self) -> DeviceCaps {
+        // SAFETY: the device is valid (type invariant); `attrs` is plain data.
+        let attrs = unsafe { &(*self.as_raw()).attrs };
+        let count = |n: i32| u32::try_from(n).unwrap_or(0);
+        DeviceCaps {
+            vendor_id: attrs.vendor_id,
+            vendor_part_id: attrs.vendor_part_id,
+            max_qp: count(attrs.max_qp),
+            max_qp_wr: count(attrs.max_qp_wr),
+            max_send_sge: count(attrs.max_send_sge),
+            max_recv_sge: count(attrs.max_recv_sge),
+            max_cq: count(attrs.max_cq),
+            max_cqe: count(attrs.max_cqe),
+            max_mr: count(attrs.max_mr),
+            max_pd: count(attrs.max_pd),
+            max_mr_size: attrs.max_mr_size,
+            max_qp_rd_atom: count(attrs.max_qp_rd_atom),
+            max_qp_init_rd_atom: count(attrs.max_qp_init_rd_atom),
+            max_fast_reg_page_list_len: attrs.max_fast_reg_page_list_len,
+            atomics: attrs.atomic_cap != sys::ib_atomic_cap_IB_ATOMIC_NONE,
+        }
     }
 
     /// Port numbers of the device: `1..=N` for a CA, `0..=0` for a switch.

@@ -477,6 +477,42 @@ mod completion_tests {
     }
 }
 
+/// What a device can do: the part of `struct ib_device_attr` tilde reads (negative
+/// counts from a driver read as 0).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DeviceCaps {
+    /// The vendor's IEEE OUI and part number.
+    pub vendor_id: u32,
+    /// See `vendor_id`.
+    pub vendor_part_id: u32,
+    /// QPs, and WRs per queue.
+    pub max_qp: u32,
+    /// See `max_qp`.
+    pub max_qp_wr: u32,
+    /// Gather entries per send WR, scatter entries per receive WR.
+    pub max_send_sge: u32,
+    /// See `max_send_sge`.
+    pub max_recv_sge: u32,
+    /// CQs, and entries per CQ.
+    pub max_cq: u32,
+    /// See `max_cq`.
+    pub max_cqe: u32,
+    /// Memory regions and protection domains.
+    pub max_mr: u32,
+    /// See `max_mr`.
+    pub max_pd: u32,
+    /// The largest memory region, in bytes.
+    pub max_mr_size: u64,
+    /// RDMA READs and atomics a QP accepts, and may have, outstanding.
+    pub max_qp_rd_atom: u32,
+    /// See `max_qp_rd_atom`.
+    pub max_qp_init_rd_atom: u32,
+    /// Pages one fast registration maps.
+    pub max_fast_reg_page_list_len: u32,
+    /// Whether the device does atomics at all (`atomic_cap` is not `IB_ATOMIC_NONE`).
+    pub atomics: bool,
+}
+
 // What a consumer gives the verbs: the same types for the kernel and the host fabric.
 
 /// How a CQ's completions are delivered to their handlers (`enum ib_poll_context`).

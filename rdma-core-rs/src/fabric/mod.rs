@@ -28,8 +28,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use core::time::Duration;
 
 use crate::verbs::{
-    AtomicOp, Decoded, Gid, InitAttr, PortAttr, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp,
-    WorkCompletion,
+    AtomicOp, Decoded, DeviceCaps, Gid, InitAttr, PortAttr, QpCaps, RemoteAccess, RtrAttr, RtsAttr,
+    SendOp, WorkCompletion,
 };
 
 pub use crate::verbs::WcStatus;
@@ -127,6 +127,27 @@ impl Device {
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the device can do: limits of the order of rxe's (`rxe_param.h`).
+    pub fn caps(&self) -> DeviceCaps {
+        DeviceCaps {
+            vendor_id: 0xff_ffff,
+            vendor_part_id: 0,
+            max_qp: 0x1_0000,
+            max_qp_wr: 0x4000,
+            max_send_sge: 32,
+            max_recv_sge: 32,
+            max_cq: 0x1_0000,
+            max_cqe: 0x8000 - 1,
+            max_mr: 0x1_0000,
+            max_pd: 0x1_0000,
+            max_mr_size: u64::MAX,
+            max_qp_rd_atom: 128,
+            max_qp_init_rd_atom: 128,
+            max_fast_reg_page_list_len: 512,
+            atomics: true,
+        }
     }
 
     /// Port numbers: one port, 1.
