@@ -2,9 +2,13 @@
 //! `rdma-core-rs`.
 //!
 //! - [`wire`]: the iSER header and iSCSI PDUs as typed views, and text key=value pairs.
+//! - [`login`]: the keys an iSER initiator offers at login and how answers settle them.
+//! - [`initiator`]: the initiator as a sans-IO state machine.
 //!
 //! `no_std` because the same source builds for the host tests and, through the kbuild
 //! glue, for the kernel module.
 #![no_std]
 
+pub mod initiator;
+pub mod login;
 pub mod wire;
