@@ -8,25 +8,63 @@ use std::process::Command;
 use crate::bail;
 use crate::util::{output, run_logged, sh_quote, Context, Result};
 
-/// A kernel target: a Debian suite whose stock kernel (series `series`) tilde is built
-/// for and tested on.
+/// A kernel target: the kernel (series `series`) tilde is built for and tested on.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
     /// The name users pass to `--kernel`.
     pub id: &'static str,
-    /// Debian suite of the build root (and of the stock kernel).
+    /// Debian suite of the build root (and, for a stock kernel, of the kernel).
     pub suite: &'static str,
-    /// Kernel series (`major.minor`) the target follows; the exact release comes from the
-    /// suite's `linux-image-amd64` at provisioning time.
+    /// Kernel series (`major.minor`) the target follows; for a stock kernel the exact
+    /// release comes from the suite's `linux-image-amd64` at provisioning time.
     pub series: &'static str,
+    /// Where the kernel comes from.
+    pub kernel: Kernel,
+    /// The target whose build root this one shares (its own id if none): one root, one
+    /// rustc, for every target that can share it.
+    pub root_of: &'static str,
+    /// Whether `cargo xtask test` runs it by default.
+    pub in_test_matrix: bool,
+}
+
+/// Where a target's kernel comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Debian's stock image of the suite, with its headers package's config.
+    Stock,
+    /// Built from Debian's `linux-source-<series>` of `source_suite`, configured with
+    /// `defconfig`, `kvm_guest.config` and the fragment at `config` (in the repository).
+    FromSource {
+        source_suite: &'static str,
+        config: &'static str,
+    },
 }
 
 /// Every supported target; the first is the default.
-pub const TARGETS: &[Target] = &[Target {
-    id: "debian-sid-7.2",
-    suite: "sid",
-    series: "7.2",
-}];
+pub const TARGETS: &[Target] = &[
+    Target {
+        id: "debian-sid-7.2",
+        suite: "sid",
+        series: "7.2",
+        kernel: Kernel::Stock,
+        root_of: "debian-sid-7.2",
+        in_test_matrix: true,
+    },
+    // Built with the sid root's rustc (the 7.2 target's), so one compiler builds both
+    // targets and their fast paths can be compared instruction for instruction. Not in
+    // the test matrix until tilde's modules build for it (README, "Kernels").
+    Target {
+        id: "linux-6.12",
+        suite: "sid",
+        series: "6.12",
+        kernel: Kernel::FromSource {
+            source_suite: "trixie",
+            config: "xtask/kernels/linux-6.12.config",
+        },
+        root_of: "debian-sid-7.2",
+        in_test_matrix: false,
+    },
+];
 
 impl Target {
     pub fn by_id(id: &str) -> Result<Target> {
@@ -49,10 +87,11 @@ impl Target {
     }
 
     /// The target's build root: a Debian root with the toolchain, the prepared kernel tree
-    /// and the test userland. It is also the guest's root file system.
+    /// and the test userland (shared with the target `root_of`). It is also the guest's
+    /// root file system.
     pub fn root(&self) -> BuildRoot {
         BuildRoot {
-            dir: self.cache_dir().join("root"),
+            dir: cache_root().join(self.root_of).join("root"),
         }
     }
 }

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::bail;
-use crate::target::{BuildRoot, Target};
-use crate::util::{have_program, output, run_logged, step, Context, Result};
+use crate::target::{BuildRoot, Kernel, Target};
+use crate::util::{have_program, output, repo_root, run_logged, step, Context, Result};
 
 /// What the rest of xtask needs to know of a provisioned target.
 pub struct Toolchain {
@@ -97,6 +97,17 @@ const NEEDED_BYTES: u64 = 8 << 30;
 
 /// Provisions `target` (doing only what is not done yet) and checks it.
 pub fn provision(target: Target) -> Result<Toolchain> {
+    match target.kernel {
+        Kernel::Stock => provision_stock(target),
+        Kernel::FromSource {
+            source_suite,
+            config,
+        } => provision_from_source(target, source_suite, config),
+    }
+}
+
+/// A target whose kernel is Debian's stock image.
+fn provision_stock(target: Target) -> Result<Toolchain> {
     let group = format!("toolchain {}", target.id);
     let g = group.as_str();
     check_root()?;
@@ -166,6 +177,160 @@ pub fn provision(target: Target) -> Result<Toolchain> {
         || check_rustc(&toolchain),
     )?;
     Ok(toolchain)
+}
+
+/// A target whose kernel tilde builds from Debian's source package, in the build root
+/// of `target.root_of` (provisioned first, its rustc and bindgen used for both):
+/// 1. `linux-source-<series>` from `source_suite` (an apt source pinned so that nothing
+///    else comes from that suite);
+/// 2. the config: `defconfig`, `kvm_guest.config`, then the fragment `config`, checked
+///    line by line against the result (a Rust toolchain the kernel rejects turns
+///    `CONFIG_RUST` off silently; this makes it an error);
+/// 3. `bzImage` and modules, installed into the root (`/boot`, `/lib/modules`), which is
+///    also the guest's root.
+///
+/// Rebuilt when the fragment changes (its hash is in the stamp).
+fn provision_from_source(target: Target, source_suite: &str, config: &str) -> Result<Toolchain> {
+    provision(Target::by_id(target.root_of)?)?;
+    let group = format!("toolchain {}", target.id);
+    let g = group.as_str();
+    let cache = target.cache_dir();
+    fs::create_dir_all(cache.join("logs")).context(|| format!("creating {}", cache.display()))?;
+    let stamps = Stamps {
+        dir: cache.join("stamps"),
+    };
+    fs::create_dir_all(&stamps.dir)?;
+    let root = target.root();
+    let log = |name: &str| cache.join("logs").join(format!("{name}.log"));
+    let series = target.series;
+    let tarball = root.dir.join(format!("usr/src/linux-source-{series}.tar.xz"));
+    if !tarball.is_file() {
+        stamps.clear_from(&["source", "kernel"])?;
+    }
+    if stamps.get("source").is_none() {
+        let version = step(
+            g,
+            &format!("linux-source-{series} from {source_suite}"),
+            || fetch_source(&root, series, source_suite, &log("source")),
+        )?;
+        stamps.set("source", &format!("{version}\n"))?;
+    }
+    let fragment_path = repo_root().join(config);
+    let fragment = fs::read_to_string(&fragment_path)
+        .context(|| format!("reading {}", fragment_path.display()))?;
+    let config_hash = format!("{:016x}", fnv1a(fragment.as_bytes()));
+    let built = stamps.get("kernel");
+    let release = stamp_value(&built, "release");
+    let current = stamp_value(&built, "config").as_deref() == Some(config_hash.as_str())
+        && release
+            .as_ref()
+            .is_some_and(|r| root.dir.join(format!("boot/vmlinuz-{r}")).is_file());
+    let release = match (current, release) {
+        (true, Some(release)) => release,
+        _ => {
+            stamps.clear_from(&["kernel"])?;
+            step(g, "configure (defconfig, kvm_guest.config, fragment)", || {
+                configure(&root, series, &fragment, &log("kernel"))
+            })?;
+            let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let release = step(
+                g,
+                &format!("build bzImage and modules with -j{jobs} (about 15 min on 2 cores)"),
+                || build_kernel(&root, series, jobs, &log("kernel")),
+            )?;
+            stamps.set("kernel", &format!("release={release}\nconfig={config_hash}\n"))?;
+            release
+        }
+    };
+    Ok(Toolchain {
+        target,
+        release,
+        root,
+    })
+}
+
+fn fetch_source(root: &BuildRoot, series: &str, suite: &str, log: &Path) -> Result<String> {
+    root.sh(
+        &[],
+        &format!(
+            "set -e; mirror=$(awk '/^deb /{{print $2; exit}}' /etc/apt/sources.list); \
+             echo \"deb $mirror {suite} main\" > /etc/apt/sources.list.d/tilde-{suite}.list; \
+             printf 'Package: *\\nPin: release n={suite}\\nPin-Priority: 1\\n' \
+               > /etc/apt/preferences.d/tilde-{suite}; \
+             apt-get update -q; apt-get install -y -q linux-source-{series}/{suite}"
+        ),
+        log,
+    )?;
+    root.sh_output(&format!("dpkg-query -W -f '${{Version}}' linux-source-{series}"))
+}
+
+fn configure(root: &BuildRoot, series: &str, fragment: &str, log: &Path) -> Result {
+    let fragment_in_root = format!("/usr/src/tilde-linux-{series}.config");
+    fs::write(root.dir.join(fragment_in_root.trim_start_matches('/')), fragment)?;
+    root.sh(
+        &[],
+        &format!(
+            "set -e; cd /usr/src; rm -rf linux-source-{series}; tar xf linux-source-{series}.tar.xz; \
+             cd linux-source-{series}; make defconfig kvm_guest.config; \
+             scripts/kconfig/merge_config.sh -m .config {fragment_in_root}; make olddefconfig"
+        ),
+        log,
+    )?;
+    let config_path = root.dir.join(format!("usr/src/linux-source-{series}/.config"));
+    let config = fs::read_to_string(&config_path)?;
+    let missing = unmet_config(fragment, &config);
+    if !missing.is_empty() {
+        bail!(
+            "the kernel config does not hold {} (a dependency is missing, or the toolchain \
+             was rejected: see `make rustavailable`)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The lines of `fragment` that `config` does not hold (`=n` holds when the option is
+/// unset).
+fn unmet_config(fragment: &str, config: &str) -> Vec<String> {
+    fragment
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("CONFIG_"))
+        .filter(|line| {
+            let Some((key, value)) = line.split_once('=') else {
+                return true;
+            };
+            match value {
+                "n" => config
+                    .lines()
+                    .any(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with('='))),
+                _ => !config.lines().any(|l| l.trim() == *line),
+            }
+        })
+        .map(String::from)
+        .collect()
+}
+
+fn build_kernel(root: &BuildRoot, series: &str, jobs: usize, log: &Path) -> Result<String> {
+    root.sh(
+        &[],
+        &format!(
+            "set -e; cd /usr/src/linux-source-{series}; make -j{jobs} bzImage modules; \
+             make modules_install; cp arch/x86/boot/bzImage /boot/vmlinuz-$(make -s kernelrelease)"
+        ),
+        log,
+    )?;
+    let release = root.sh_output(&format!(
+        "cd /usr/src/linux-source-{series} && make -s kernelrelease"
+    ))?;
+    Ok(release.trim().to_string())
+}
+
+/// FNV-1a: a stable fingerprint of a file's contents for a stamp.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Prints where the cache is and what versions it holds.
@@ -484,6 +649,18 @@ mod tests {
             Some("rustc 1.97.1 (8bab26f4f 2026-07-14)")
         );
         assert_eq!(config_value(config, "CONFIG_RUST"), None);
+    }
+
+    #[test]
+    fn config_fragment_lines_are_checked_against_the_result() {
+        let fragment = "# comment\nCONFIG_RUST=y\nCONFIG_MODVERSIONS=n\nCONFIG_RDMA_RXE=m\n";
+        let good = "CONFIG_RUST=y\n# CONFIG_MODVERSIONS is not set\nCONFIG_RDMA_RXE=m\n";
+        assert!(unmet_config(fragment, good).is_empty());
+        let bad = "# CONFIG_RUST is not set\nCONFIG_MODVERSIONS=y\nCONFIG_RDMA_RXE=y\n";
+        assert_eq!(
+            unmet_config(fragment, bad),
+            ["CONFIG_RUST=y", "CONFIG_MODVERSIONS=n", "CONFIG_RDMA_RXE=m"]
+        );
     }
 
     #[test]

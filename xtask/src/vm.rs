@@ -265,8 +265,9 @@ pub fn print_run(run: &VmRun) {
     }
 }
 
-/// The initramfs: static busybox, the 9p and overlay modules of the stock kernel and
-/// `xtask/vm/init`. Cached per kernel release; rebuilt when `init` changes.
+/// The initramfs: static busybox, the 9p and overlay modules of the kernel (those it
+/// does not have built in) and `xtask/vm/init`. Cached per kernel release; rebuilt when
+/// `init` changes.
 fn initramfs(toolchain: &Toolchain) -> Result<PathBuf> {
     let cache = toolchain.target.cache_dir();
     let path = cache.join(format!("initramfs-{}.cpio", toolchain.release));
@@ -288,23 +289,37 @@ fn initramfs(toolchain: &Toolchain) -> Result<PathBuf> {
     )
     .context(|| "copying busybox from the build root".to_string())?;
     write_executable(&staging.join("init"), &init)?;
+    // A module the kernel has built in is not there to load; `order` lists those that
+    // are, in load order, for `init`.
+    let mut order = String::new();
     for module in INITRAMFS_MODULES {
-        let src = toolchain.modules_dir().join(module);
+        let compressed = toolchain.modules_dir().join(module);
+        let plain = compressed.with_extension("");
         let name = Path::new(module)
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".xz"))
+            .and_then(|n| n.strip_suffix(".ko.xz"))
             .context(|| format!("module name of {module}"))?;
-        let file = fs::File::create(staging.join("modules").join(name))?;
-        let status = Command::new("xz")
-            .arg("-dc")
-            .arg(&src)
-            .stdout(file)
-            .status()?;
-        if !status.success() {
-            bail!("xz -dc {} failed", src.display());
+        let out = staging.join("modules").join(format!("{name}.ko"));
+        if compressed.is_file() {
+            let file = fs::File::create(&out)?;
+            let status = Command::new("xz")
+                .arg("-dc")
+                .arg(&compressed)
+                .stdout(file)
+                .status()?;
+            if !status.success() {
+                bail!("xz -dc {} failed", compressed.display());
+            }
+        } else if plain.is_file() {
+            fs::copy(&plain, &out)?;
+        } else {
+            continue;
         }
+        order += name;
+        order.push('\n');
     }
+    fs::write(staging.join("modules/order"), order)?;
     let tmp = path.with_extension("cpio.tmp");
     run_logged(
         Command::new("sh")
