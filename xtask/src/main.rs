@@ -140,6 +140,34 @@ fn cargo(what: &[&str]) -> Result {
     Ok(())
 }
 
+/// Runs `ulp-iser/fuzz`'s `pdu` target for a bounded time with cargo fuzz (libFuzzer),
+/// installing cargo fuzz from crates.io if it is missing. The machine's stable rustc
+/// builds it with `RUSTC_BOOTSTRAP=1` for the sanitizer flags: no other toolchain needed.
+fn fuzz_iser() -> Result {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let have = Command::new(&cargo)
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        let status = Command::new(&cargo)
+            .args(["install", "cargo-fuzz", "--locked"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo install cargo-fuzz failed");
+        }
+    }
+    let status = Command::new(&cargo)
+        .args(["fuzz", "run", "pdu", "--", "-max_total_time=30"])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .current_dir(repo_root().join("ulp-iser/fuzz"))
+        .status()?;
+    if !status.success() {
+        bail!("the fuzzer failed or found a crash (see ulp-iser/fuzz/artifacts/pdu)");
+    }
+    Ok(())
+}
+
 fn cmd_test(args: &Args) -> Result {
     let start = Instant::now();
     let mut passed = 0;
@@ -174,6 +202,10 @@ fn cmd_test(args: &Args) -> Result {
     check(
         "cargo test --workspace".into(),
         cargo(&["test", "--workspace"]),
+    );
+    check(
+        "fuzz the iSER PDU parser and initiator core (30 s)".into(),
+        fuzz_iser(),
     );
     check(
         "fast-path rules (hw-mlx4/src/fastpath)".into(),
