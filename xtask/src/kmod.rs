@@ -35,6 +35,17 @@ pub struct Modules {
     pub suites: Vec<PathBuf>,
 }
 
+impl Modules {
+    /// No modules: for the scenarios that test the kernel alone.
+    pub fn none() -> Self {
+        Self {
+            stack: Vec::new(),
+            selftest: Vec::new(),
+            suites: Vec::new(),
+        }
+    }
+}
+
 /// The host directory a target's module build writes to.
 pub fn out_dir(toolchain: &Toolchain) -> PathBuf {
     repo_root().join("target/kmod").join(toolchain.target.id)

@@ -66,7 +66,11 @@ fn parse_args() -> Result<Args> {
 fn targets(args: &Args, all_by_default: bool) -> Result<Vec<Target>> {
     match &args.kernel {
         Some(id) => Ok(vec![Target::by_id(id)?]),
-        None if all_by_default => Ok(TARGETS.iter().copied().filter(|t| t.in_test_matrix).collect()),
+        None if all_by_default => Ok(TARGETS
+            .iter()
+            .copied()
+            .filter(|t| t.in_test_matrix)
+            .collect()),
         None => Ok(vec![Target::default_target()]),
     }
 }
@@ -118,7 +122,11 @@ fn cmd_vm(args: &Args) -> Result {
     };
     let target = targets(args, false)?[0];
     let toolchain = toolchain::provision(target)?;
-    let modules = kmod::build(&toolchain)?;
+    let modules = if vm::needs_modules(scenario)? {
+        kmod::build(&toolchain)?
+    } else {
+        kmod::Modules::none()
+    };
     let run = vm::run_with_boot_retry(&toolchain, &modules, scenario, args.timeout)?;
     vm::print_run(&run);
     if !run.verdict.passed() {
@@ -225,14 +233,16 @@ fn cmd_test(args: &Args) -> Result {
         };
         let provision = t.elapsed();
         let t = Instant::now();
-        let modules = match kmod::build(&toolchain) {
-            Ok(m) => m,
+        // Without modules, the scenarios that test the kernel alone still run.
+        let built = kmod::build(&toolchain);
+        let build = t.elapsed();
+        let modules = match built {
+            Ok(m) => Some(m),
             Err(e) => {
                 check(format!("{}: kmod", target.id), Err(e));
-                continue;
+                None
             }
         };
-        let build = t.elapsed();
         timings.push(format!(
             "{}: toolchain {}, kmod {}",
             target.id,
@@ -247,8 +257,14 @@ fn cmd_test(args: &Args) -> Result {
                 );
                 continue;
             }
+            let none = kmod::Modules::none();
+            let modules = match (vm::needs_modules(&scenario)?, &modules) {
+                (false, _) => &none,
+                (true, Some(modules)) => modules,
+                (true, None) => continue,
+            };
             let expected = vm::expected_failure(&scenario)?;
-            let result = vm::run_with_boot_retry(&toolchain, &modules, &scenario, args.timeout)
+            let result = vm::run_with_boot_retry(&toolchain, modules, &scenario, args.timeout)
                 .and_then(|run| {
                     vm::print_run(&run);
                     timings.push(format!(

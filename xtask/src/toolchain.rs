@@ -203,7 +203,9 @@ fn provision_from_source(target: Target, source_suite: &str, config: &str) -> Re
     let root = target.root();
     let log = |name: &str| cache.join("logs").join(format!("{name}.log"));
     let series = target.series;
-    let tarball = root.dir.join(format!("usr/src/linux-source-{series}.tar.xz"));
+    let tarball = root
+        .dir
+        .join(format!("usr/src/linux-source-{series}.tar.xz"));
     if !tarball.is_file() {
         stamps.clear_from(&["source", "kernel"])?;
     }
@@ -229,16 +231,21 @@ fn provision_from_source(target: Target, source_suite: &str, config: &str) -> Re
         (true, Some(release)) => release,
         _ => {
             stamps.clear_from(&["kernel"])?;
-            step(g, "configure (defconfig, kvm_guest.config, fragment)", || {
-                configure(&root, series, &fragment, &log("kernel"))
-            })?;
+            step(
+                g,
+                "configure (defconfig, kvm_guest.config, fragment)",
+                || configure(&root, series, &fragment, &log("kernel")),
+            )?;
             let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
             let release = step(
                 g,
                 &format!("build bzImage and modules with -j{jobs} (about 15 min on 2 cores)"),
                 || build_kernel(&root, series, jobs, &log("kernel")),
             )?;
-            stamps.set("kernel", &format!("release={release}\nconfig={config_hash}\n"))?;
+            stamps.set(
+                "kernel",
+                &format!("release={release}\nconfig={config_hash}\n"),
+            )?;
             release
         }
     };
@@ -261,12 +268,17 @@ fn fetch_source(root: &BuildRoot, series: &str, suite: &str, log: &Path) -> Resu
         ),
         log,
     )?;
-    root.sh_output(&format!("dpkg-query -W -f '${{Version}}' linux-source-{series}"))
+    root.sh_output(&format!(
+        "dpkg-query -W -f '${{Version}}' linux-source-{series}"
+    ))
 }
 
 fn configure(root: &BuildRoot, series: &str, fragment: &str, log: &Path) -> Result {
     let fragment_in_root = format!("/usr/src/tilde-linux-{series}.config");
-    fs::write(root.dir.join(fragment_in_root.trim_start_matches('/')), fragment)?;
+    fs::write(
+        root.dir.join(fragment_in_root.trim_start_matches('/')),
+        fragment,
+    )?;
     root.sh(
         &[],
         &format!(
@@ -276,7 +288,9 @@ fn configure(root: &BuildRoot, series: &str, fragment: &str, log: &Path) -> Resu
         ),
         log,
     )?;
-    let config_path = root.dir.join(format!("usr/src/linux-source-{series}/.config"));
+    let config_path = root
+        .dir
+        .join(format!("usr/src/linux-source-{series}/.config"));
     let config = fs::read_to_string(&config_path)?;
     let missing = unmet_config(fragment, &config);
     if !missing.is_empty() {
@@ -301,9 +315,10 @@ fn unmet_config(fragment: &str, config: &str) -> Vec<String> {
                 return true;
             };
             match value {
-                "n" => config
-                    .lines()
-                    .any(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with('='))),
+                "n" => config.lines().any(|l| {
+                    l.strip_prefix(key)
+                        .is_some_and(|rest| rest.starts_with('='))
+                }),
                 _ => !config.lines().any(|l| l.trim() == *line),
             }
         })

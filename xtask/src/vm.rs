@@ -81,6 +81,13 @@ pub fn is_benchmark(scenario: &str) -> Result<bool> {
     Ok(text.lines().any(|l| l.trim() == "# benchmark"))
 }
 
+/// Whether a scenario runs without tilde's modules (`# no-modules` line): it tests the
+/// target kernel itself, so it runs even where the modules do not build.
+pub fn needs_modules(scenario: &str) -> Result<bool> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(!text.lines().any(|l| l.trim() == "# no-modules"))
+}
+
 pub fn run(
     toolchain: &Toolchain,
     modules: &Modules,
