@@ -358,8 +358,10 @@ pub fn describe(toolchain: &Toolchain) -> Result {
         toolchain.target.id,
         toolchain.target.cache_dir().display()
     );
-    for line in stamps.get("packages").unwrap_or_default().lines() {
-        println!("    {line}");
+    for stamp in ["packages", "source", "kernel"] {
+        for line in stamps.get(stamp).unwrap_or_default().lines() {
+            println!("    {stamp}: {line}");
+        }
     }
     Ok(())
 }
