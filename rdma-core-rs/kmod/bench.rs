@@ -15,10 +15,13 @@
 use core::cell::Cell;
 
 use kernel::prelude::*;
-use kernel::sync::atomic::{Atomic, Relaxed};
 use kernel::sync::Arc;
-use kernel::time::{delay::fsleep, Delta, Instant, Monotonic};
+use core::time::Duration;
 use rdma_core::{
+    kernel_api::{
+        atomic::{Atomic, Relaxed},
+        monotonic, sleep,
+    },
     dma::DmaBuffer,
     mr::MemoryRegion,
     qp::{QueuePair, Queues, SendOp},
@@ -46,15 +49,17 @@ fn poll_until(rig: &Rig, mut done: impl FnMut() -> bool) -> Outcome<()> {
         }
         rig.cq.poll(64);
         if spin % 4096 == 4095 {
-            fsleep(Delta::from_micros(10));
+            sleep(Duration::from_micros(10));
         }
     }
     Err(Failure::Check("benchmark loop stalled"))
 }
 
 /// Nanoseconds per operation of `ops` operations taking `elapsed`.
-fn per_op(elapsed: Delta, ops: u32) -> i64 {
-    elapsed.as_nanos() / i64::from(ops.max(1))
+fn per_op(elapsed: Duration, ops: u32) -> i64 {
+    // In 64 bits: the kernel has no 128-bit division (`__udivti3`).
+    let nanos = i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX);
+    nanos / i64::from(ops.max(1))
 }
 
 /// What a ring's WRs do when they complete.
@@ -129,7 +134,7 @@ fn safe_ring(rig: &Rig, qp: &QueuePair, peer: &QueuePair, role: Role, window: us
         }
     }
     let want = if receives { 2 * ops } else { ops };
-    let start = Instant::<Monotonic>::now();
+    let start = monotonic();
     for (wr, role) in wrs.drain_all() {
         match role {
             Role::Send => qp.post_send(wr, SendOp::Send, 0, bytes)?,
@@ -138,7 +143,7 @@ fn safe_ring(rig: &Rig, qp: &QueuePair, peer: &QueuePair, role: Role, window: us
         }
     }
     poll_until(rig, || tally.completions.load(Relaxed) >= want || tally.failed.load(Relaxed) > 0)?;
-    let ns = per_op(start.elapsed(), ops);
+    let ns = per_op(monotonic() - start, ops);
     if tally.failed.load(Relaxed) > 0 {
         return Err(Failure::Check("a safe benchmark WR failed"));
     }
@@ -279,7 +284,7 @@ fn raw_ring(rig: &Rig, qp: &QueuePair, peer: &QueuePair, role: Role, window: usi
         }
     }
     let want = if receives { 2 * ops } else { ops };
-    let start = Instant::<Monotonic>::now();
+    let start = monotonic();
     for ring in rings.iter_mut() {
         // SAFETY: the ring entries stay put (the vector is not touched until they are all
         // done) and the QPs are live.
@@ -288,7 +293,7 @@ fn raw_ring(rig: &Rig, qp: &QueuePair, peer: &QueuePair, role: Role, window: usi
         }
     }
     let outcome = poll_until(rig, || tally.completions.get() >= want || tally.failed.get() > 0);
-    let ns = per_op(start.elapsed(), ops);
+    let ns = per_op(monotonic() - start, ops);
     if outcome.is_err() || tally.failed.get() > 0 {
         // Raw WRs still posted point into `rings`, `tally` and the buffers, and the QPs'
         // drain does not know them: flush them here before those go.

@@ -7,10 +7,10 @@
 //! tilde's own mlx4 driver will be run against.
 
 use kernel::prelude::*;
-use kernel::sync::atomic::{Atomic, Relaxed};
 use rdma_core::{
     client::{Client, Registration},
     device::{Device, DeviceRef},
+    kernel_api::atomic::{Atomic, Full, Relaxed},
 };
 
 use cases::{run_cases, setup, CaseResult, Failure};
@@ -21,16 +21,6 @@ module! {
     authors: ["tilde developers"],
     description: "tilde verbs conformance suite (Rust)",
     license: "GPL",
-    params: {
-        bench: u32 {
-            default: 0,
-            description: "0 runs the conformance cases; N runs the safe-vs-raw benchmark with N operations per loop instead",
-        },
-        traffic: u32 {
-            default: 0,
-            description: "1 runs no cases but keeps RC traffic going on the device until it is removed or the module unloaded",
-        },
-    },
 }
 
 mod bench;
@@ -59,24 +49,44 @@ mod api {
     };
 }
 
+/// The module's parameters, declared in C (`conformance_param.c`): the kernels tilde
+/// targets disagree on what Rust's `module!` takes, and every one has `module_param`.
 mod param {
-    use kernel::str::{CStr, CStrExt};
-
     extern "C" {
-        fn tilde_conformance_device() -> *const kernel::ffi::c_char;
+        fn tilde_conformance_device_is(name: *const u8, len: usize) -> bool;
+        fn tilde_conformance_bench() -> u32;
+        fn tilde_conformance_traffic() -> bool;
     }
 
-    /// The `device` parameter (see `conformance_param.c`).
-    pub(crate) fn device() -> &'static CStr {
-        // SAFETY: the C side returns the charp parameter, a NUL-terminated string that
-        // lives (read-only, mode 0444) as long as this module.
-        unsafe { CStr::from_char_ptr(tilde_conformance_device()) }
+    /// Whether `name` is the RDMA device the `device` parameter names.
+    pub(crate) fn device_is(name: &str) -> bool {
+        // SAFETY: `name` is valid for `len` bytes during the call, which only reads them.
+        unsafe { tilde_conformance_device_is(name.as_ptr(), name.len()) }
+    }
+
+    /// `bench`: 0 runs the cases; N runs the safe-vs-raw benchmark with N operations.
+    pub(crate) fn bench() -> u32 {
+        // SAFETY: reads a module parameter, fixed at load time.
+        unsafe { tilde_conformance_bench() }
+    }
+
+    /// `traffic`: keep RC traffic going instead of running the cases.
+    pub(crate) fn traffic() -> bool {
+        // SAFETY: reads a module parameter, fixed at load time.
+        unsafe { tilde_conformance_traffic() }
     }
 }
 
-kernel::sync::global_lock! {
-    // SAFETY: initialised in `Conformance::init` before the client is registered.
-    unsafe(uninit) static FOUND: Mutex<Option<DeviceRef>> = None;
+/// The device under test, as `add` found it: a leaked `KBox<DeviceRef>` that module init
+/// takes back (`add` runs inside the client's registration, which init performs).
+static FOUND: Atomic<*mut DeviceRef> = Atomic::new(core::ptr::null_mut());
+
+/// Takes the device `add` found, if any.
+fn take_found() -> Option<DeviceRef> {
+    let found = FOUND.xchg(core::ptr::null_mut(), Full);
+    // SAFETY: a non-null `FOUND` came from `KBox::into_raw` in `add`, and the exchange
+    // gives it to this caller alone.
+    (!found.is_null()).then(|| KBox::into_inner(unsafe { KBox::from_raw(found) }))
 }
 
 /// Set while the module unloads, so a teardown knows why it happens.
@@ -92,14 +102,19 @@ impl Client for Suite {
     type DeviceData = Option<resident::Resident>;
 
     fn add(device: &Device) -> Result<Self::DeviceData> {
-        if device.name().as_str().as_bytes() != param::device().to_bytes() {
+        if !param::device_is(device.name().as_str()) {
             return Ok(None);
         }
-        *FOUND.lock() = Some(device.to_ref()?);
-        if *module_parameters::bench.value() > 0 {
+        let found = KBox::into_raw(KBox::new(device.to_ref()?, GFP_KERNEL)?);
+        let earlier = FOUND.xchg(found, Full);
+        if !earlier.is_null() {
+            // SAFETY: as in `take_found`: the exchange gave the earlier one to us.
+            drop(unsafe { KBox::from_raw(earlier) });
+        }
+        if param::bench() > 0 {
             return Ok(None);
         }
-        let traffic = *module_parameters::traffic.value() != 0;
+        let traffic = param::traffic();
         match resident::Resident::new(device, traffic) {
             Ok(resident) => Ok(Some(resident)),
             Err(failure) => {
@@ -161,23 +176,21 @@ struct Conformance {
 
 impl kernel::Module for Conformance {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        // SAFETY: called once, before the client that uses it is registered.
-        unsafe { FOUND.init() };
         let registration = Registration::register()?;
         // `add` ran for every device present during registration; the suite runs here,
         // outside the IB core's callback.
-        let found = FOUND.lock().take();
+        let found = take_found();
         let Some(device) = found else {
-            pr_info!("{}: no such RDMA device\n", param::device());
+            pr_info!("no RDMA device has the name the device parameter gives\n");
             return Ok(Self { _registration: registration });
         };
-        let ops = *module_parameters::bench.value();
+        let ops = param::bench();
         if ops > 0 {
             match setup(&device) {
                 Ok(rig) => bench::run(&rig, ops),
                 Err(error) => pr_info!("{}: bench: setup failed: {:?}\n", device.name(), error),
             }
-        } else if *module_parameters::traffic.value() == 0 {
+        } else if !param::traffic() {
             let mut tally = Tally::default();
             match setup(&device) {
                 Ok(rig) => {
@@ -197,5 +210,7 @@ impl Drop for Conformance {
     fn drop(&mut self) {
         // The registration, dropped next, calls `remove` for the device under test.
         UNLOADING.store(true, Relaxed);
+        // A device `add` found after init took it (none in the scenarios) is let go.
+        drop(take_found());
     }
 }

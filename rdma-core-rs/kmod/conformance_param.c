@@ -1,20 +1,42 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The conformance suite's `device` parameter. Kernel 7.2's Rust `module!` takes integer
- * parameters only (rust/macros/module.rs, param_ops_path), and the suite is told which
- * RDMA device to test by name, so the parameter is a charp declared here.
+ * The conformance suite's parameters. Rust's `module!` differs between the kernels tilde
+ * targets (6.12's takes none; 7.2's integers only), and the suite is told which RDMA
+ * device to test by name: every parameter is declared here, where all kernels agree.
  */
 
 #include <linux/moduleparam.h>
+#include <linux/string.h>
 
 static char *device = "rxe0";
 module_param(device, charp, 0444);
 MODULE_PARM_DESC(device, "name of the RDMA device to run the verbs conformance suite on");
 
-const char *tilde_conformance_device(void);
+bool tilde_conformance_device_is(const char *name, size_t len);
 
-/* The device name given at load time (or the default); valid while the module is loaded. */
-const char *tilde_conformance_device(void)
+/* Whether `name` (`len` bytes, not NUL-terminated) is the device given at load time. */
+bool tilde_conformance_device_is(const char *name, size_t len)
 {
-	return device;
+	return strlen(device) == len && !memcmp(device, name, len);
+}
+
+static unsigned int bench;
+module_param(bench, uint, 0444);
+MODULE_PARM_DESC(bench, "0 runs the conformance cases; N runs the safe-vs-raw benchmark with N operations per loop instead");
+
+static bool traffic;
+module_param(traffic, bool, 0444);
+MODULE_PARM_DESC(traffic, "1 runs no cases but keeps RC traffic going on the device until it is removed or the module unloaded");
+
+unsigned int tilde_conformance_bench(void);
+bool tilde_conformance_traffic(void);
+
+unsigned int tilde_conformance_bench(void)
+{
+	return bench;
+}
+
+bool tilde_conformance_traffic(void)
+{
+	return traffic;
 }

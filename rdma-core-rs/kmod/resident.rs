@@ -9,9 +9,9 @@
 //! every WR back and leave dmesg clean.
 
 use kernel::prelude::*;
-use kernel::sync::atomic::{Atomic, Relaxed};
 use kernel::sync::Arc;
 use rdma_core::{
+    kernel_api::atomic::{Atomic, Relaxed},
     cq::{CompletionQueue, PollContext},
     device::{Device, DeviceRef},
     dma::DmaBuffer,

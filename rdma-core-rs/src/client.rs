@@ -62,7 +62,7 @@ impl ClientVTable {
     pub const fn new<T: ClientStorage>(name: &'static CStr) -> Self {
         Self {
             client: Opaque::new(sys::ib_client {
-                name: kernel::str::as_char_ptr_in_const_context(name),
+                name: crate::sys::kernel_api::c_str(name),
                 add: Some(add_callback::<T>),
                 remove: Some(remove_callback::<T>),
                 // SAFETY: all-zero is how C clients start too (a static `struct

@@ -17,15 +17,14 @@ use core::time::Duration;
 use kernel::error::{from_err_ptr, to_result};
 use kernel::new_mutex;
 use kernel::prelude::*;
-use kernel::str::CStrExt;
 use kernel::sync::{Arc, Mutex};
-use kernel::time::{delay::fsleep, Delta};
 
 use crate::cq::CompletionQueue;
 use crate::device::Device;
 use crate::pd::ProtectionDomain;
 use crate::qp::{QpCaps, QueuePair};
 use crate::sys;
+use crate::sys::kernel_api::sleep;
 
 /// An event of a [`CmId`].
 pub enum CmEvent {
@@ -166,7 +165,7 @@ impl CmId {
                 context,
                 sys::rdma_ucm_port_space_RDMA_PS_TCP,
                 sys::ib_qp_type_IB_QPT_RC,
-                c"tilde_rdma".as_char_ptr(),
+                sys::kernel_api::c_str(c"tilde_rdma"),
             )
         });
         let id = match id.map(NonNull::new) {
@@ -317,7 +316,7 @@ impl CmId {
             if waited >= timeout {
                 return Err(ETIMEDOUT);
             }
-            fsleep(Delta::from_millis(1));
+            sleep(step);
             waited += step;
         }
     }

@@ -5,12 +5,11 @@ use core::ptr::NonNull;
 
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
-use kernel::str::CStrExt;
-use kernel::sync::atomic::{Acquire, Atomic, Relaxed, Release};
 use kernel::sync::Arc;
 
 use crate::device::{teardown_may_sleep, Device, DeviceRef};
 use crate::sys;
+use crate::sys::kernel_api::atomic::{Acquire, Atomic, Relaxed, Release};
 
 pub use crate::verbs::PollContext;
 
@@ -92,7 +91,7 @@ impl CompletionQueue {
                 entries,
                 0,
                 poll_ctx,
-                c"tilde_rdma".as_char_ptr(),
+                sys::kernel_api::c_str(c"tilde_rdma"),
             )
         });
         let Some(cq) = cq.ok().and_then(NonNull::new) else {

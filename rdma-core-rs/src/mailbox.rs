@@ -9,15 +9,15 @@ use core::ptr::NonNull;
 use core::time::Duration;
 
 use kernel::prelude::*;
-use kernel::sync::atomic::{Acquire, Atomic, Full};
 use kernel::sync::Arc;
-use kernel::time::{delay::fsleep, Delta};
 use kernel::types::Opaque;
 
 use crate::cq::CompletionQueue;
 use crate::dma::DmaBuffer;
 use crate::qp::Queues;
 use crate::sys;
+use crate::sys::kernel_api::atomic::{Acquire, Atomic, Full};
+use crate::sys::kernel_api::sleep;
 use crate::wr::{CompletionHandler, WorkRequest};
 
 /// A WR handed back to a mailbox.
@@ -152,19 +152,18 @@ impl Mailbox {
         cq: &CompletionQueue,
         timeout: Duration,
     ) -> Result<ReturnedWr> {
-        let step = Delta::from_micros(200);
-        let timeout = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX);
-        let mut waited = Delta::ZERO;
+        let step = Duration::from_micros(200);
+        let mut waited = Duration::ZERO;
         loop {
             cq.poll(64);
             if let Some(wr) = self.try_take(tag)? {
                 return Ok(wr);
             }
-            if waited.as_nanos() >= timeout {
+            if waited >= timeout {
                 return Err(ETIMEDOUT);
             }
-            fsleep(step);
-            waited = Delta::from_nanos(waited.as_nanos() + step.as_nanos());
+            sleep(step);
+            waited += step;
         }
     }
 

@@ -5,7 +5,6 @@ use core::ptr::NonNull;
 
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
-use kernel::str::CStrExt;
 use kernel::sync::Arc;
 
 use crate::device::{teardown_may_sleep, Device, DeviceRef};
@@ -29,7 +28,7 @@ impl ProtectionDomain {
         let device = device.to_ref()?;
         // SAFETY: the device is valid (we hold a reference); the caller name is static.
         let pd = from_err_ptr(unsafe {
-            sys::__ib_alloc_pd(device.as_raw(), 0, c"tilde_rdma".as_char_ptr())
+            sys::__ib_alloc_pd(device.as_raw(), 0, sys::kernel_api::c_str(c"tilde_rdma"))
         })?;
         let pd = NonNull::new(pd).ok_or(ENOMEM)?;
         Ok(Arc::new(Self { pd, device }, GFP_KERNEL)?)

@@ -13,10 +13,7 @@ use core::ptr::NonNull;
 
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
-use kernel::str::CStrExt;
-use kernel::sync::atomic::{Acquire, Atomic, Full, Release};
 use kernel::sync::Arc;
-use kernel::time::{delay::fsleep, Delta};
 
 use crate::ah::AddressHandle;
 use crate::cq::CompletionQueue;
@@ -24,6 +21,8 @@ use crate::device::{teardown_may_sleep, Device, DeviceRef};
 use crate::mr::MemoryRegion;
 use crate::pd::ProtectionDomain;
 use crate::sys;
+use crate::sys::kernel_api::atomic::{Acquire, Atomic, Full, Release};
+use crate::sys::kernel_api::sleep;
 pub use crate::verbs::{AtomicOp, InitAttr, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp};
 use crate::wr::{CompletionHandler, WorkRequest};
 
@@ -572,7 +571,11 @@ impl QueuePair {
             None => {
                 // SAFETY: as above; the caller name is static.
                 let created = unsafe {
-                    sys::ib_create_qp_kernel(pd.as_raw(), &mut init, c"tilde_rdma".as_char_ptr())
+                    sys::ib_create_qp_kernel(
+                        pd.as_raw(),
+                        &mut init,
+                        sys::kernel_api::c_str(c"tilde_rdma"),
+                    )
                 };
                 from_err_ptr(created)
             }
@@ -757,7 +760,7 @@ impl QueuePair {
             if self.outstanding() == 0 {
                 break;
             }
-            fsleep(Delta::from_millis(1));
+            sleep(core::time::Duration::from_millis(1));
             waited = waited.wrapping_add(1);
             if waited % 5000 == 0 {
                 pr_warn!(

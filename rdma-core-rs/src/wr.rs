@@ -129,8 +129,9 @@ impl<T: CompletionHandler> WorkRequest<T> {
     ///
     /// `wr` points to a live `WorkRequest<T>`.
     pub(crate) unsafe fn cqe_of(wr: *mut Self) -> *mut sys::ib_cqe {
-        // SAFETY: `wr` is live (caller); `Opaque::cast_into` needs no reference to it.
-        unsafe { Opaque::cast_into(core::ptr::addr_of!((*wr).cqe)) }
+        // SAFETY: `wr` is live (caller); no reference to it is made. `Opaque<T>` is
+        // `repr(transparent)` over `T`, so the field's address is the `ib_cqe`'s.
+        unsafe { core::ptr::addr_of!((*wr).cqe).cast_mut().cast() }
     }
 }
 

@@ -3,6 +3,8 @@
  * Callable forms of the kernel's static inline RDMA functions; see tilde_rdma.h.
  */
 #include "tilde_rdma.h"
+#include <linux/delay.h>
+#include <linux/timekeeping.h>
 
 u32 tilde_rdma_start_port(const struct ib_device *device)
 {
@@ -135,4 +137,16 @@ void tilde_rdma_fill_sockaddr_in(void *storage, __be32 addr, __be16 port)
 	sin->sin_family = AF_INET;
 	sin->sin_addr.s_addr = addr;
 	sin->sin_port = port;
+}
+
+/* Sleeps `usecs` microseconds the way the kernel prefers for that length. */
+void tilde_rdma_fsleep(unsigned long usecs)
+{
+	fsleep(usecs);
+}
+
+/* The monotonic clock in nanoseconds. */
+u64 tilde_rdma_ktime_ns(void)
+{
+	return ktime_get_ns();
 }

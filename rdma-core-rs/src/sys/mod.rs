@@ -46,6 +46,8 @@ mod generated {
 // uses the safe API, the way modules use `kernel::` abstractions and not `bindings`.
 pub use generated::*;
 
+pub mod kernel_api;
+
 use crate::verbs::{Decoded, Guid, PortAttr};
 
 /// Lets the kernel's print macros take tilde's verbs types.

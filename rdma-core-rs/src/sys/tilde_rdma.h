@@ -20,6 +20,8 @@
 bool tilde_rdma_device_try_get(struct ib_device *device);
 void tilde_rdma_device_get(struct ib_device *device);
 bool tilde_rdma_may_sleep(void);
+void tilde_rdma_fsleep(unsigned long usecs);
+u64 tilde_rdma_ktime_ns(void);
 const void *tilde_rdma_current(void);
 struct net *tilde_rdma_init_net(void);
 void tilde_rdma_fill_sockaddr_in(void *storage, __be32 addr, __be16 port);
