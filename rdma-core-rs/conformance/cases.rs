@@ -11,9 +11,9 @@ use core::ops::Deref;
 use core::time::Duration;
 
 use crate::api::{
-    AddressHandle, Arc, CompletionHandler, CompletionQueue, Device, DeviceRef, DmaBuffer, Error,
-    Mailbox, MemoryRegion, PollContext, ProtectionDomain, QueuePair, Rejected, Result, ReturnedWr,
-    UdDest, EINVAL, ETIMEDOUT,
+    timed_out, AddressHandle, Arc, CompletionHandler, CompletionQueue, Device, DeviceRef,
+    DmaBuffer, Error, Mailbox, MemoryRegion, PollContext, ProtectionDomain, QueuePair, Rejected,
+    Result, ReturnedWr, UdDest, EINVAL,
 };
 use rdma_core::verbs::{
     AtomicOp, Gid, InitAttr, Mtu, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp, WcOpcode,
@@ -249,7 +249,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits for the WR tagged `tag` to come back to `mailbox`, polling `cq` if it is direct.
 fn wait(mailbox: &mut Mailbox, cq: &CompletionQueue, tag: u64) -> Outcome<ReturnedWr> {
     mailbox.wait(tag, cq, TIMEOUT).map_err(|error| {
-        if error == ETIMEDOUT {
+        if error == timed_out() {
             Failure::Check("no completion within 10 s")
         } else {
             Failure::Verb(error)
@@ -758,7 +758,7 @@ fn rc_rnr_retry_then_delivery(rig: &Rig) -> CaseResult {
     )?;
     let early = mailbox.wait(SEND, &rig.cq, Duration::from_millis(50));
     check(
-        matches!(early, Err(e) if e == ETIMEDOUT),
+        matches!(early, Err(e) if e == timed_out()),
         "a SEND completed with no receive posted",
     )?;
     b.post_recv(

@@ -135,7 +135,7 @@ fn safe_ring(rig: &Rig, qp: &QueuePair, peer: &QueuePair, role: Role, window: us
     }
     let want = if receives { 2 * ops } else { ops };
     let start = monotonic();
-    for (wr, role) in wrs.drain_all() {
+    while let Some((wr, role)) = rdma_core::kernel_api::remove(&mut wrs, 0) {
         match role {
             Role::Send => qp.post_send(wr, SendOp::Send, 0, bytes)?,
             Role::Recv => peer.post_recv(wr, 0, bytes)?,

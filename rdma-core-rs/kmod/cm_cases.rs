@@ -7,7 +7,6 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
 
-use kernel::prelude::*;
 use rdma_core::{
     cm::{CmEvent, CmId, ConnParam},
     dma::DmaBuffer,
@@ -39,7 +38,7 @@ fn local_ipv4(rig: &Rig) -> Outcome<Ipv4Addr> {
 /// The next event of `id`; `waiting_for` names it for the failure if none comes.
 fn event(id: &CmId, waiting_for: &'static str) -> Outcome<CmEvent> {
     id.next_event(STEP).map_err(|error| {
-        if error == ETIMEDOUT {
+        if error == rdma_core::kernel_api::timed_out() {
             Failure::Check(waiting_for)
         } else {
             Failure::Verb(error)

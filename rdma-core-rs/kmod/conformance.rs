@@ -18,7 +18,6 @@ use cases::{run_cases, setup, CaseResult, Failure};
 module! {
     type: Conformance,
     name: "tilde_verbs_conformance",
-    authors: ["tilde developers"],
     description: "tilde verbs conformance suite (Rust)",
     license: "GPL",
 }
@@ -31,10 +30,8 @@ mod resident;
 
 /// The kernel backend, under the names the shared cases use.
 mod api {
-    pub(crate) use kernel::error::{
-        code::{EINVAL, ETIMEDOUT},
-        Error, Result,
-    };
+    pub(crate) use kernel::error::{code::EINVAL, Error, Result};
+    pub(crate) use rdma_core::kernel_api::timed_out;
     pub(crate) use kernel::sync::Arc;
     pub(crate) use rdma_core::{
         ah::AddressHandle,

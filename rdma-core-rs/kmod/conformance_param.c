@@ -5,8 +5,11 @@
  * device to test by name: every parameter is declared here, where all kernels agree.
  */
 
+#include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/string.h>
+
+MODULE_AUTHOR("tilde developers");
 
 static char *device = "rxe0";
 module_param(device, charp, 0444);

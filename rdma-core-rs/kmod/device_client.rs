@@ -13,7 +13,6 @@ use rdma_core::{
 module! {
     type: TildeCore,
     name: "tilde_core",
-    authors: ["tilde developers"],
     description: "tilde IB core (Rust): device client",
     license: "GPL",
 }

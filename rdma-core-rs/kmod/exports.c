@@ -7,6 +7,10 @@
  */
 
 #include <linux/export.h>
+#include <linux/module.h>
+
+/* tilde_core's author, declared in C: the kernels' Rust `module!` disagree on the field. */
+MODULE_AUTHOR("tilde developers");
 
 #define EXPORT_SYMBOL_RUST_GPL(sym) extern int sym; EXPORT_SYMBOL_GPL(sym)
 

@@ -23,7 +23,8 @@ use core::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use kernel::{error::to_result, prelude::*, types::ForeignOwnable, types::Opaque};
+use kernel::ffi::{c_int, c_void};
+use kernel::{error::to_result, prelude::*, types::Opaque};
 
 use crate::{device::Device, sys};
 
@@ -59,7 +60,7 @@ unsafe impl Sync for ClientVTable {}
 
 impl ClientVTable {
     /// The `ib_client` for `T`, named `name` (the name shows in `rdma` tool output).
-    pub const fn new<T: ClientStorage>(name: &'static CStr) -> Self {
+    pub const fn new<T: ClientStorage>(name: &'static core::ffi::CStr) -> Self {
         Self {
             client: Opaque::new(sys::ib_client {
                 name: crate::sys::kernel_api::c_str(name),
@@ -163,7 +164,7 @@ unsafe extern "C" fn add_callback<T: ClientStorage>(ibdev: *mut sys::ib_device) 
     };
     // SAFETY: the device and the client are registered (callback contract); the client
     // data slot for this client exists while `add` runs.
-    unsafe { sys::ib_set_client_data(ibdev, T::vtable().as_raw(), boxed.into_foreign().cast()) };
+    unsafe { sys::ib_set_client_data(ibdev, T::vtable().as_raw(), KBox::into_raw(boxed).cast()) };
     0
 }
 
@@ -180,9 +181,9 @@ unsafe extern "C" fn remove_callback<T: ClientStorage>(
     if client_data.is_null() {
         return;
     }
-    // SAFETY: `client_data` came from `KBox::into_foreign` in `add_callback::<T>`, and the
+    // SAFETY: `client_data` came from `KBox::into_raw` in `add_callback::<T>`, and the
     // IB core hands it back exactly once.
-    let data = unsafe { KBox::<T::DeviceData>::from_foreign(client_data.cast()) };
+    let data = unsafe { KBox::<T::DeviceData>::from_raw(client_data.cast()) };
     // SAFETY: the IB core keeps the device registered during the callback.
     let device = unsafe { Device::from_raw(ibdev) };
     T::remove(device, KBox::into_inner(data));

@@ -15,6 +15,7 @@ use core::ptr::NonNull;
 use core::time::Duration;
 
 use kernel::error::{from_err_ptr, to_result};
+use kernel::ffi::{c_int, c_void};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use crate::device::Device;
 use crate::pd::ProtectionDomain;
 use crate::qp::{QpCaps, QueuePair};
 use crate::sys;
-use crate::sys::kernel_api::sleep;
+use crate::sys::kernel_api::{push_within_capacity, remove, sleep, timed_out};
 
 /// An event of a [`CmId`].
 pub enum CmEvent {
@@ -310,11 +311,11 @@ impl CmId {
             {
                 let mut events = self.shared.events.lock();
                 if !events.is_empty() {
-                    return events.remove(0).map_err(|_| EINVAL);
+                    return remove(&mut events, 0).ok_or(EINVAL);
                 }
             }
             if waited >= timeout {
-                return Err(ETIMEDOUT);
+                return Err(timed_out());
             }
             sleep(step);
             waited += step;
@@ -330,7 +331,7 @@ impl Drop for CmId {
         // for it any more.
         unsafe { sys::rdma_destroy_id(self.raw()) };
         // SAFETY: the reference `new_rc` (or the connect request) gave `id->context`.
-        drop(unsafe { Arc::from_raw(Arc::as_ptr(&self.shared)) });
+        drop(unsafe { Arc::from_raw(core::ptr::from_ref::<CmShared>(&self.shared)) });
         // Events still queued go with `shared`: a request's id is destroyed (which
         // rejects it) here in process context, never inside a CM callback.
     }
@@ -451,8 +452,9 @@ unsafe extern "C" fn cm_event_handler(
         Ok(converted) => {
             let mut events = queue.events.lock();
             if events.reserve(1, GFP_KERNEL).is_ok() {
-                if let Err(full) = events.push_within_capacity(converted) {
-                    drop(full.0);
+                // Room was just reserved: this push takes it.
+                if let Err(unqueued) = push_within_capacity(&mut events, converted) {
+                    drop(unqueued);
                 }
                 return 0;
             }
@@ -465,7 +467,7 @@ unsafe extern "C" fn cm_event_handler(
                 let shared = id.shared.clone();
                 core::mem::forget(id);
                 // SAFETY: the reference `convert` stored in the new id's context.
-                drop(unsafe { Arc::from_raw(Arc::as_ptr(&shared)) });
+                drop(unsafe { Arc::from_raw(core::ptr::from_ref::<CmShared>(&shared)) });
                 return ENOMEM.to_errno();
             }
             0

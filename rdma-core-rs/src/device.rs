@@ -24,7 +24,7 @@ pub struct DeviceName {
 impl DeviceName {
     /// The name; `(unnamed)` if the copy holds no valid NUL-terminated UTF-8.
     pub fn as_str(&self) -> &str {
-        CStr::from_bytes_until_nul(&self.bytes)
+        core::ffi::CStr::from_bytes_until_nul(&self.bytes)
             .ok()
             .and_then(|name| name.to_str().ok())
             .unwrap_or("(unnamed)")

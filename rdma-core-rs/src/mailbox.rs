@@ -17,7 +17,7 @@ use crate::dma::DmaBuffer;
 use crate::qp::Queues;
 use crate::sys;
 use crate::sys::kernel_api::atomic::{Acquire, Atomic, Full};
-use crate::sys::kernel_api::sleep;
+use crate::sys::kernel_api::{push_within_capacity, remove, sleep, timed_out};
 use crate::wr::{CompletionHandler, WorkRequest};
 
 /// A WR handed back to a mailbox.
@@ -139,7 +139,7 @@ impl Mailbox {
     pub fn try_take(&mut self, tag: u64) -> Result<Option<ReturnedWr>> {
         self.collect()?;
         match self.ready.iter().position(|wr| wr.data().tag == tag) {
-            Some(index) => self.ready.remove(index).map(Some).map_err(|_| EINVAL),
+            Some(index) => Ok(remove(&mut self.ready, index)),
             None => Ok(None),
         }
     }
@@ -160,7 +160,7 @@ impl Mailbox {
                 return Ok(wr);
             }
             if waited >= timeout {
-                return Err(ETIMEDOUT);
+                return Err(timed_out());
             }
             sleep(step);
             waited += step;
@@ -174,15 +174,17 @@ impl Mailbox {
         let ready = &mut self.ready;
         let shared = &self.shared;
         shared.take_all(|wr| {
-            if let Err(full) = ready.push_within_capacity(wr) {
-                let wr = full.0;
+            if let Err(wr) = push_within_capacity(ready, wr) {
                 if ready.reserve(1, GFP_KERNEL).is_err() {
                     // No memory to hold it here: back on the list, not lost.
                     failed = true;
                     shared.put_back(wr);
                     return;
                 }
-                let _ = ready.push_within_capacity(wr);
+                if let Err(wr) = push_within_capacity(ready, wr) {
+                    failed = true;
+                    shared.put_back(wr);
+                }
             }
         });
         ready.get_mut(first_new..).unwrap_or(&mut []).reverse();

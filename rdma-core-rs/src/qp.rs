@@ -12,6 +12,7 @@ use core::ops::Deref;
 use core::ptr::NonNull;
 
 use kernel::error::{from_err_ptr, to_result};
+use kernel::ffi::c_int;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -85,11 +86,6 @@ fn access_flags(access: RemoteAccess) -> u32 {
         }
     }
     flags
-}
-
-/// `ESHUTDOWN`, which the `kernel` crate does not name: a post to a draining QP.
-fn shutdown() -> Error {
-    Error::from_errno(-(kernel::bindings::ESHUTDOWN as i32))
 }
 
 /// Hands a WR back with `$error` when `$check` fails.
@@ -198,7 +194,7 @@ impl Queues {
         self.outstanding.fetch_add(1u32, Full);
         if self.draining.load(Acquire) {
             self.outstanding.fetch_sub(1u32, Release);
-            return Err(shutdown());
+            return Err(crate::sys::kernel_api::shut_down());
         }
         Ok(())
     }
@@ -398,7 +394,10 @@ impl Queues {
         mut region: MemoryRegion,
         access: RemoteAccess,
     ) -> PostResult<T> {
-        let in_pd = core::ptr::eq(Arc::as_ptr(region.pd()), self.pd);
+        let in_pd = core::ptr::eq(
+            core::ptr::from_ref::<ProtectionDomain>(region.pd()),
+            self.pd,
+        );
         if !in_pd || self.qp_type != sys::ib_qp_type_IB_QPT_RC {
             wr.region = Some(region);
             return Err(Rejected { error: EINVAL, wr });
@@ -536,7 +535,7 @@ impl QueuePair {
             Queues {
                 qp: NonNull::dangling(),
                 device: device.to_ref()?,
-                pd: Arc::as_ptr(pd),
+                pd: core::ptr::from_ref::<ProtectionDomain>(pd),
                 lkey: pd.local_dma_lkey(),
                 qp_type,
                 outstanding: Atomic::new(0),

@@ -5,7 +5,14 @@
 //! 1. bindgen makes `rdma_bindings_generated.rs` from `rdma-core-rs/src/sys/tilde_rdma.h`
 //!    with the kernel's own bindgen command line (saved by kbuild in the prepared tree's
 //!    `rust/bindings/.bindings_generated.rs.cmd`) plus `bindgen_parameters`;
-//! 2. `make M=<repo> MO=<out> modules` runs the repository's `Kbuild`, with clippy.
+//! 2. `make M=<repo> MO=<out> modules` runs the repository's `Kbuild`, with clippy. A
+//!    kernel whose kbuild has no `MO=` (6.12) builds in `<out>/src`, a tree of symlinks
+//!    to the repository's files (directories real, so objects land there, not in the
+//!    repository).
+//!
+//! The Rust code learns what the kernel offers from feature probes of the tree, never
+//! from its version: each probe that holds becomes a `--cfg tilde_<feature>` for the
+//! binding layer (`TILDE_RUSTCFGS`; see [`kernel_features`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -93,15 +100,53 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         Ok(())
     })?;
 
+    let tree = toolchain
+        .root
+        .dir
+        .join(toolchain.tree().trim_start_matches('/'));
+    let features = kernel_features(&tree)?;
+    let cfgs: Vec<String> = features
+        .iter()
+        .map(|f| format!("--cfg tilde_{f}"))
+        .collect();
+    let has_mo = fs::read_to_string(tree.join("Makefile"))?.contains("KBUILD_EXTMOD_OUTPUT");
+    // A Rust rule that names the crate after the object file needs the crate root
+    // under the crate's name.
+    let crate_named_by_object = fs::read_to_string(tree.join("scripts/Makefile.build"))?
+        .contains("--crate-name $(basename $(notdir $@))");
+    if crate_named_by_object && has_mo {
+        bail!("this kernel names crates after objects and has MO=: not bridged yet");
+    }
+    let core_root = if crate_named_by_object {
+        "rdma_core"
+    } else {
+        "lib"
+    };
     step(&group, "make modules (kbuild, clippy)", || {
         let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Where kbuild reads the sources (`M=`) and writes the objects.
+        let (prepare, sources, mo) = if has_mo {
+            (String::new(), SRC.to_string(), format!("MO={OUT}/build"))
+        } else {
+            let staging = format!("{OUT}/build");
+            (
+                format!(
+                    "mkdir -p {staging} && cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/xtask {staging}/ && \
+                     ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && "
+                ),
+                staging,
+                String::new(),
+            )
+        };
         toolchain.root.sh(
             &binds,
             &format!(
-                "make -C {} M={SRC} MO={OUT}/build KERNELRELEASE={} \
-                 TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} CLIPPY=1 -j{jobs} modules",
+                "{prepare}make -C {} M={sources} {mo} KERNELRELEASE={} \
+                 TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} \
+                 TILDE_RDMA_CORE_ROOT={core_root} CLIPPY=1 -j{jobs} modules",
                 toolchain.tree(),
-                sh_quote(&toolchain.release)
+                sh_quote(&toolchain.release),
+                sh_quote(&cfgs.join(" ")),
             ),
             &log,
         )
@@ -133,6 +178,40 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         check_vermagic(toolchain, ko)?;
     }
     Ok(modules)
+}
+
+/// What the kernel tree offers that tilde's Rust code bridges, each found by a probe of
+/// the tree's own files (the README's kernel table lists what each one bridges):
+/// - `kernel_atomic`: `kernel::sync::atomic` (the LKMM atomics);
+/// - `kernel_fmt`: `kernel::fmt`, which the print macros take (else `core::fmt`);
+/// - `pin_init_crate`: the separate `pin_init` crate, whose `MaybeZeroable` the kernel's
+///   bindgen flags derive for every binding;
+/// - `str_const_char_ptr`: `kernel::str::as_char_ptr_in_const_context`;
+/// - `kvec_remove`: `KVec::remove` (else a shim on `set_len`).
+pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
+    let has = |path: &str| tree.join(path).exists();
+    let mentions = |path: &str, text: &str| -> Result<bool> {
+        Ok(fs::read_to_string(tree.join(path))
+            .map(|s| s.contains(text))
+            .unwrap_or(false))
+    };
+    let mut features = Vec::new();
+    if has("rust/kernel/sync/atomic.rs") {
+        features.push("kernel_atomic");
+    }
+    if has("rust/kernel/fmt.rs") {
+        features.push("kernel_fmt");
+    }
+    if has("rust/pin-init") {
+        features.push("pin_init_crate");
+    }
+    if mentions("rust/kernel/str.rs", "fn as_char_ptr_in_const_context")? {
+        features.push("str_const_char_ptr");
+    }
+    if mentions("rust/kernel/alloc/kvec.rs", "pub fn remove(")? {
+        features.push("kvec_remove");
+    }
+    Ok(features)
 }
 
 /// A module whose vermagic does not name the target's release would not load.

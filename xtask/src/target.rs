@@ -51,8 +51,7 @@ pub const TARGETS: &[Target] = &[
         in_test_matrix: true,
     },
     // Built with the sid root's rustc (the 7.2 target's), so one compiler builds both
-    // targets and their fast paths can be compared instruction for instruction. Not in
-    // the test matrix until tilde's modules build for it (README, "Kernels").
+    // targets and their fast paths can be compared instruction for instruction.
     Target {
         id: "linux-6.12",
         suite: "sid",
@@ -62,7 +61,7 @@ pub const TARGETS: &[Target] = &[
             config: "xtask/kernels/linux-6.12.config",
         },
         root_of: "debian-sid-7.2",
-        in_test_matrix: false,
+        in_test_matrix: true,
     },
 ];
 

@@ -70,6 +70,11 @@ pub const ETIMEDOUT: Error = Error(110);
 /// The QP drains: no more posts.
 pub const ESHUTDOWN: Error = Error(108);
 
+/// `ETIMEDOUT`, as the kernel build's `kernel_api::timed_out` gives it.
+pub fn timed_out() -> Error {
+    ETIMEDOUT
+}
+
 /// The kernel's `Result`: an errno on failure.
 pub type Result<T = ()> = core::result::Result<T, Error>;
 

@@ -6,6 +6,8 @@
 //! these from here (`rdma_core::kernel_api`), never from `kernel::` directly:
 //! - [`atomic`]: the LKMM atomics (`kernel::sync::atomic` where the kernel has it);
 //! - [`c_str`]: a C string for the bindings;
+//! - [`timed_out`], [`shut_down`]: errnos the kernel crate may not name;
+//! - [`push_within_capacity`], [`remove`]: `KVec` methods the kernel crate may lack;
 //! - [`sleep`] and [`monotonic`]: through C helpers (`fsleep`, `ktime_get_ns`), which
 //!   every kernel has, so the Rust side never names `kernel::time`.
 
@@ -14,15 +16,285 @@ use core::time::Duration;
 use super::{tilde_rdma_fsleep, tilde_rdma_ktime_ns};
 
 /// Atomics with explicit orderings (`Atomic<T>`, `Acquire`, `Release`, `Relaxed`,
-/// `Full`).
+/// `Full`): the kernel's own where it has them.
+#[cfg(tilde_kernel_atomic)]
 pub mod atomic {
     pub use kernel::sync::atomic::{Acquire, Atomic, Full, Relaxed, Release};
 }
 
+/// Atomics with explicit orderings, for a kernel without `kernel::sync::atomic` (6.12):
+/// the same names and methods over `core::sync::atomic`, with `Full` as `SeqCst`, which
+/// on x86 compiles to the same locked instructions.
+#[cfg(not(tilde_kernel_atomic))]
+pub mod atomic {
+    use core::cell::UnsafeCell;
+    use core::sync::atomic::{
+        AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    };
+
+    /// An ordering, as a type (the kernel's style).
+    pub trait Order {
+        /// The ordering of a read-modify-write or a store.
+        const ORDERING: Ordering;
+        /// The ordering of a load, or of a failed compare-exchange.
+        const LOAD: Ordering;
+    }
+
+    macro_rules! orders {
+        ($($name:ident => $rmw:ident, $load:ident;)*) => {$(
+            /// An ordering.
+            #[derive(Clone, Copy, Debug)]
+            pub struct $name;
+            impl Order for $name {
+                const ORDERING: Ordering = Ordering::$rmw;
+                const LOAD: Ordering = Ordering::$load;
+            }
+        )*};
+    }
+
+    orders! {
+        Relaxed => Relaxed, Relaxed;
+        Acquire => Acquire, Acquire;
+        Release => Release, Relaxed;
+        Full => SeqCst, SeqCst;
+    }
+
+    /// A value that has an atomic form: the `core::sync::atomic` type of the same size
+    /// and alignment, used in place through `from_ptr`.
+    pub trait AtomicType: Copy {
+        #[doc(hidden)]
+        /// # Safety
+        /// `p` is valid, aligned, and only ever accessed atomically.
+        unsafe fn load(p: *mut Self, o: Ordering) -> Self;
+        #[doc(hidden)]
+        /// # Safety
+        /// As for `load`.
+        unsafe fn store(p: *mut Self, v: Self, o: Ordering);
+        #[doc(hidden)]
+        /// # Safety
+        /// As for `load`.
+        unsafe fn swap(p: *mut Self, v: Self, o: Ordering) -> Self;
+        #[doc(hidden)]
+        /// # Safety
+        /// As for `load`.
+        unsafe fn compare_exchange(
+            p: *mut Self,
+            old: Self,
+            new: Self,
+            s: Ordering,
+            f: Ordering,
+        ) -> Result<Self, Self>;
+    }
+
+    /// A value with atomic addition.
+    pub trait AtomicAdd: AtomicType {
+        #[doc(hidden)]
+        /// # Safety
+        /// As for `AtomicType::load`.
+        unsafe fn fetch_add(p: *mut Self, v: Self, o: Ordering) -> Self;
+        #[doc(hidden)]
+        /// # Safety
+        /// As for `AtomicType::load`.
+        unsafe fn fetch_sub(p: *mut Self, v: Self, o: Ordering) -> Self;
+    }
+
+    macro_rules! atomic_type {
+        ($t:ty, $repr:ty) => {
+            // SAFETY (every method): `p` is valid and aligned for `$t`, and `$repr` has
+            // the size and alignment of `$t` (caller and `Atomic` guarantee the rest).
+            impl AtomicType for $t {
+                unsafe fn load(p: *mut Self, o: Ordering) -> Self {
+                    // SAFETY: see above.
+                    unsafe { <$repr>::from_ptr(p) }.load(o)
+                }
+                unsafe fn store(p: *mut Self, v: Self, o: Ordering) {
+                    // SAFETY: see above.
+                    unsafe { <$repr>::from_ptr(p) }.store(v, o)
+                }
+                unsafe fn swap(p: *mut Self, v: Self, o: Ordering) -> Self {
+                    // SAFETY: see above.
+                    unsafe { <$repr>::from_ptr(p) }.swap(v, o)
+                }
+                unsafe fn compare_exchange(
+                    p: *mut Self,
+                    old: Self,
+                    new: Self,
+                    s: Ordering,
+                    f: Ordering,
+                ) -> Result<Self, Self> {
+                    // SAFETY: see above.
+                    unsafe { <$repr>::from_ptr(p) }.compare_exchange(old, new, s, f)
+                }
+            }
+        };
+    }
+
+    macro_rules! atomic_add {
+        ($t:ty, $repr:ty) => {
+            atomic_type!($t, $repr);
+            impl AtomicAdd for $t {
+                unsafe fn fetch_add(p: *mut Self, v: Self, o: Ordering) -> Self {
+                    // SAFETY: as for `AtomicType`.
+                    unsafe { <$repr>::from_ptr(p) }.fetch_add(v, o)
+                }
+                unsafe fn fetch_sub(p: *mut Self, v: Self, o: Ordering) -> Self {
+                    // SAFETY: as for `AtomicType`.
+                    unsafe { <$repr>::from_ptr(p) }.fetch_sub(v, o)
+                }
+            }
+        };
+    }
+
+    atomic_add!(i32, AtomicI32);
+    atomic_add!(u32, AtomicU32);
+    atomic_add!(i64, AtomicI64);
+    atomic_add!(u64, AtomicU64);
+    atomic_add!(usize, AtomicUsize);
+    atomic_type!(bool, AtomicBool);
+
+    impl<T> AtomicType for *mut T {
+        unsafe fn load(p: *mut Self, o: Ordering) -> Self {
+            // SAFETY: as for `AtomicType`; `AtomicPtr<T>` has a pointer's layout.
+            unsafe { AtomicPtr::from_ptr(p) }.load(o)
+        }
+        unsafe fn store(p: *mut Self, v: Self, o: Ordering) {
+            // SAFETY: as above.
+            unsafe { AtomicPtr::from_ptr(p) }.store(v, o)
+        }
+        unsafe fn swap(p: *mut Self, v: Self, o: Ordering) -> Self {
+            // SAFETY: as above.
+            unsafe { AtomicPtr::from_ptr(p) }.swap(v, o)
+        }
+        unsafe fn compare_exchange(
+            p: *mut Self,
+            old: Self,
+            new: Self,
+            s: Ordering,
+            f: Ordering,
+        ) -> Result<Self, Self> {
+            // SAFETY: as above.
+            unsafe { AtomicPtr::from_ptr(p) }.compare_exchange(old, new, s, f)
+        }
+    }
+
+    /// An atomic `T`, with the kernel's `Atomic<T>` methods; `new` is `const`, so it
+    /// can initialise a static.
+    #[repr(transparent)]
+    pub struct Atomic<T: AtomicType>(UnsafeCell<T>);
+
+    // SAFETY: the value is only ever accessed through atomic operations, as with
+    // `core::sync::atomic` types (`AtomicPtr` is `Sync` too).
+    unsafe impl<T: AtomicType> Sync for Atomic<T> {}
+    // SAFETY: as above.
+    unsafe impl<T: AtomicType> Send for Atomic<T> {}
+
+    impl<T: AtomicType> Atomic<T> {
+        /// An atomic holding `v`.
+        pub const fn new(v: T) -> Self {
+            Self(UnsafeCell::new(v))
+        }
+
+        /// Reads the value.
+        pub fn load<O: Order>(&self, _: O) -> T {
+            // SAFETY: the cell is valid and aligned, and only accessed atomically.
+            unsafe { T::load(self.0.get(), O::LOAD) }
+        }
+
+        /// Writes `v`.
+        pub fn store<O: Order>(&self, v: T, _: O) {
+            // SAFETY: as above.
+            unsafe { T::store(self.0.get(), v, O::ORDERING) }
+        }
+
+        /// Writes `v`, returning the value it replaced.
+        pub fn xchg<O: Order>(&self, v: T, _: O) -> T {
+            // SAFETY: as above.
+            unsafe { T::swap(self.0.get(), v, O::ORDERING) }
+        }
+
+        /// Writes `new` if the value is `old`; the value found either way.
+        pub fn cmpxchg<O: Order>(&self, old: T, new: T, _: O) -> Result<T, T> {
+            // SAFETY: as above.
+            unsafe { T::compare_exchange(self.0.get(), old, new, O::ORDERING, O::LOAD) }
+        }
+    }
+
+    impl<T: AtomicAdd> Atomic<T> {
+        /// Adds `v`, returning the value before.
+        pub fn fetch_add<O: Order>(&self, v: T, _: O) -> T {
+            // SAFETY: the cell is valid and aligned, and only accessed atomically.
+            unsafe { T::fetch_add(self.0.get(), v, O::ORDERING) }
+        }
+
+        /// Subtracts `v`, returning the value before.
+        pub fn fetch_sub<O: Order>(&self, v: T, _: O) -> T {
+            // SAFETY: as above.
+            unsafe { T::fetch_sub(self.0.get(), v, O::ORDERING) }
+        }
+
+        /// Adds `v`, relaxed.
+        pub fn add(&self, v: T, _: Relaxed) {
+            // SAFETY: as above.
+            unsafe { T::fetch_add(self.0.get(), v, Ordering::Relaxed) };
+        }
+    }
+}
+
+/// `ETIMEDOUT`, which not every kernel's `kernel::error::code` declares.
+pub fn timed_out() -> kernel::error::Error {
+    kernel::error::Error::from_errno(-(kernel::bindings::ETIMEDOUT as i32))
+}
+
+/// `ESHUTDOWN`, which no kernel's `kernel::error::code` declares yet.
+pub fn shut_down() -> kernel::error::Error {
+    kernel::error::Error::from_errno(-(kernel::bindings::ESHUTDOWN as i32))
+}
+
+/// `KVec::push_within_capacity`, which not every kernel has: pushes `value` if the
+/// vector has room (no allocation), else hands it back.
+pub fn push_within_capacity<T>(vec: &mut kernel::alloc::KVec<T>, value: T) -> Result<(), T> {
+    if vec.len() >= vec.capacity() {
+        return Err(value);
+    }
+    // With room for it, the push does not allocate, so it cannot fail.
+    let _ = vec.push(value, kernel::alloc::flags::GFP_ATOMIC);
+    Ok(())
+}
+
+/// `KVec::remove`: takes the element at `index` out, keeping the order of the rest.
+#[cfg(tilde_kvec_remove)]
+pub fn remove<T>(vec: &mut kernel::alloc::KVec<T>, index: usize) -> Option<T> {
+    vec.remove(index).ok()
+}
+
+/// `KVec::remove` for a kernel without it (nor `pop`).
+#[cfg(not(tilde_kvec_remove))]
+pub fn remove<T>(vec: &mut kernel::alloc::KVec<T>, index: usize) -> Option<T> {
+    let tail = vec.as_mut_slice().get_mut(index..)?;
+    tail.rotate_left(1);
+    let last = vec.len().checked_sub(1)?;
+    // SAFETY: `last` is in bounds (the vector is not empty: `index` was); the element is
+    // read out once and the length shortened past it at once, so it is never dropped
+    // twice nor read again.
+    unsafe {
+        let value = core::ptr::read(vec.as_ptr().add(last));
+        vec.set_len(last);
+        Some(value)
+    }
+}
+
 /// A C string as the bindings take it: a pointer to the kernel's `char`, which is
 /// unsigned on every architecture (`-funsigned-char`), unlike `core::ffi::c_char`.
+#[cfg(tilde_str_const_char_ptr)]
 pub const fn c_str(s: &'static core::ffi::CStr) -> *const kernel::ffi::c_char {
     kernel::str::as_char_ptr_in_const_context(s)
+}
+
+/// A C string as the bindings take it (a kernel without `as_char_ptr_in_const_context`).
+#[cfg(not(tilde_str_const_char_ptr))]
+#[allow(clippy::disallowed_methods)]
+pub const fn c_str(s: &'static core::ffi::CStr) -> *const kernel::ffi::c_char {
+    s.as_ptr().cast()
 }
 
 /// Sleeps for `duration` (`fsleep`: the kernel picks the mechanism for the length).

@@ -7,9 +7,14 @@
 //! `TILDE_RDMA_BINDINGS`. Everything above this module uses the safe API (`client`,
 //! `device`) and never names a kernel version.
 //!
-//! Kernel API drift the layer bridges (the table in the README lists each one):
-//! - `kernel::fmt::Display`: 7.x print macros take the kernel's own `Display` trait, so
-//!   the verbs types that are logged forward to `core::fmt::Display` here.
+//! Kernel API drift the layer bridges (the table in the README lists each one), each
+//! decided by a probe of the kernel tree (`cargo xtask kmod` passes `--cfg tilde_<x>`):
+//! - `kernel::fmt::Display` (`tilde_kernel_fmt`): 7.x print macros take the kernel's own
+//!   `Display` trait, so the verbs types that are logged forward to `core::fmt::Display`
+//!   here; older kernels' take `core::fmt` directly;
+//! - `pin_init::MaybeZeroable` (`tilde_pin_init_crate`): derived on every binding by the
+//!   kernel's bindgen flags where the `pin_init` crate exists;
+//! - the rest of the kernel crate's drift: `kernel_api`.
 
 #[allow(
     non_camel_case_types,
@@ -31,6 +36,8 @@
 )]
 mod generated {
     use kernel::ffi;
+    // The kernel's bindgen flags derive it for every binding where the crate exists.
+    #[cfg(tilde_pin_init_crate)]
     use pin_init::MaybeZeroable;
 
     // The kernel's bindgen flags block these (their C definitions depend on the
@@ -48,9 +55,11 @@ pub use generated::*;
 
 pub mod kernel_api;
 
+#[cfg(tilde_kernel_fmt)]
 use crate::verbs::{Decoded, Guid, PortAttr};
 
 /// Lets the kernel's print macros take tilde's verbs types.
+#[cfg(tilde_kernel_fmt)]
 macro_rules! forward_display {
     ($($ty:ty),* $(,)?) => {$(
         impl kernel::fmt::Display for $ty {
@@ -61,6 +70,7 @@ macro_rules! forward_display {
     )*};
 }
 
+#[cfg(tilde_kernel_fmt)]
 forward_display!(
     Guid,
     PortAttr,
@@ -70,6 +80,7 @@ forward_display!(
     crate::verbs::WcOpcode
 );
 
+#[cfg(tilde_kernel_fmt)]
 impl<T: core::fmt::Display> kernel::fmt::Display for Decoded<T> {
     fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {
         core::fmt::Display::fmt(self, f)
