@@ -182,7 +182,6 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 
 /// What the kernel tree offers that tilde's Rust code bridges, each found by a probe of
 /// the tree's own files (the README's kernel table lists what each one bridges):
-/// - `kernel_atomic`: `kernel::sync::atomic` (the LKMM atomics);
 /// - `kernel_fmt`: `kernel::fmt`, which the print macros take (else `core::fmt`);
 /// - `pin_init_crate`: the separate `pin_init` crate, whose `MaybeZeroable` the kernel's
 ///   bindgen flags derive for every binding;
@@ -196,9 +195,6 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
             .unwrap_or(false))
     };
     let mut features = Vec::new();
-    if has("rust/kernel/sync/atomic.rs") {
-        features.push("kernel_atomic");
-    }
     if has("rust/kernel/fmt.rs") {
         features.push("kernel_fmt");
     }

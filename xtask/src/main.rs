@@ -1,5 +1,6 @@
 //! `cargo xtask`: tilde's build and test driver. See README.md, "Commands".
 
+mod fastpath_code;
 mod kmod;
 mod rules;
 mod target;
@@ -222,6 +223,7 @@ fn cmd_test(args: &Args) -> Result {
     let host = host.elapsed();
 
     let mut timings = Vec::new();
+    let mut built = Vec::new();
     for target in targets(args, true)? {
         let t = Instant::now();
         let toolchain = match toolchain::provision(target) {
@@ -234,10 +236,17 @@ fn cmd_test(args: &Args) -> Result {
         let provision = t.elapsed();
         let t = Instant::now();
         // Without modules, the scenarios that test the kernel alone still run.
-        let built = kmod::build(&toolchain);
+        let built_modules = kmod::build(&toolchain);
         let build = t.elapsed();
-        let modules = match built {
-            Ok(m) => Some(m),
+        let modules = match built_modules {
+            Ok(m) => {
+                built.push(fastpath_code::Built {
+                    target: target.id,
+                    modules: kmod::out_dir(&toolchain).join("build"),
+                    compiler_root: toolchain.root.dir.clone(),
+                });
+                Some(m)
+            }
             Err(e) => {
                 check(format!("{}: kmod", target.id), Err(e));
                 None
@@ -298,6 +307,13 @@ fn cmd_test(args: &Args) -> Result {
                 });
             check(format!("{}: vm {scenario}", target.id), result);
         }
+    }
+
+    if built.len() > 1 {
+        check(
+            "fast-path machine code identical across kernel targets".into(),
+            fastpath_code::compare(&built),
+        );
     }
 
     println!("\n[test] durations: host checks {}", secs(host));

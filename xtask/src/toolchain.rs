@@ -90,6 +90,7 @@ const HOST_PROGRAMS: &[(&str, &str)] = &[
     ("xz", "xz-utils"),
     ("unshare", "util-linux"),
     ("chroot", "coreutils"),
+    ("objdump", "binutils"),
 ];
 
 /// Free space a cold provisioning needs in the cache (root, source, prepared tree).

@@ -1,0 +1,197 @@
+//! The fast path's machine code, compared between kernel targets.
+//!
+//! tilde's promise is that the fast path is the same code on every kernel, down to the
+//! machine code. Both targets' modules are built by one rustc (they share a build root),
+//! so this check extracts each fast-path function from every target's modules with
+//! `objdump -d -r` and requires the instructions to be identical: relocations compared
+//! by symbol, addresses only as offsets within the function. The functions are the
+//! kernel-facing posting and completion path of `rdma_core`: the non-generic parts in
+//! `tilde_core.ko`, and one instantiation of the generic posts and completion trampoline
+//! in `tilde_verbs_conformance.ko` (the benchmark's ring, a real ULP-shaped handler). The
+//! mlx4 driver's post_send, post_recv, poll_cq and req_notify_cq join the list when the
+//! driver is in a module.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::bail;
+use crate::util::{output, Result};
+
+/// (module, demangled symbol) of each fast-path function.
+const FAST_PATH: &[(&str, &str)] = &[
+    ("tilde_core", "<rdma_core::cq::CompletionQueue>::poll"),
+    ("tilde_core", "<rdma_core::qp::Queues>::begin_post"),
+    ("tilde_core", "<rdma_core::qp::Queues>::completed"),
+    (
+        "tilde_verbs_conformance",
+        "<rdma_core::qp::Queues>::post_send::<conformance::bench::SafeRing>",
+    ),
+    (
+        "tilde_verbs_conformance",
+        "<rdma_core::qp::Queues>::post_recv::<conformance::bench::SafeRing>",
+    ),
+    (
+        "tilde_verbs_conformance",
+        "rdma_core::wr::work_request_done::<conformance::bench::SafeRing>",
+    ),
+];
+
+/// A target's built modules: its id and the directory holding its `.ko` files.
+pub struct Built {
+    pub target: &'static str,
+    pub modules: PathBuf,
+    /// The build root whose compiler built them.
+    pub compiler_root: PathBuf,
+}
+
+/// Compares every fast-path function across `built` and prints one line per function.
+pub fn compare(built: &[Built]) -> Result {
+    let [first, rest @ ..] = built else {
+        bail!("no target built its modules");
+    };
+    if rest.is_empty() {
+        bail!("one target only: nothing to compare");
+    }
+    if rest.iter().any(|b| b.compiler_root != first.compiler_root) {
+        // Two compilers cannot be held to identical output; tilde's targets share one.
+        bail!("the targets were built by different compilers (build roots); comparing machine code needs one");
+    }
+    let mut differing = Vec::new();
+    for (module, symbol) in FAST_PATH {
+        let reference = function(&first.modules.join(format!("{module}.ko")), symbol)?;
+        let mut same = true;
+        for other in rest {
+            let code = function(&other.modules.join(format!("{module}.ko")), symbol)?;
+            if code != reference {
+                same = false;
+                let first_difference = reference
+                    .iter()
+                    .zip(&code)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(reference.len().min(code.len()));
+                differing.push(format!(
+                    "{symbol}: {} has {} instructions, {} has {}; first difference at instruction {first_difference}: {:?} vs {:?}",
+                    first.target,
+                    reference.len(),
+                    other.target,
+                    code.len(),
+                    reference.get(first_difference),
+                    code.get(first_difference)
+                ));
+            }
+        }
+        println!(
+            "[fastpath] {symbol} ({module}.ko): {} instructions, {}",
+            reference
+                .iter()
+                .filter(|l| !l.starts_with("reloc "))
+                .count(),
+            if same {
+                "identical on every target"
+            } else {
+                "DIFFERS"
+            }
+        );
+    }
+    if !differing.is_empty() {
+        bail!(
+            "fast-path machine code differs between targets:\n{}",
+            differing.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// The normalised disassembly of `symbol` in `ko`: one entry per instruction (its text,
+/// branch targets as offsets within the function) and per relocation (type and symbol).
+fn function(ko: &Path, symbol: &str) -> Result<Vec<String>> {
+    let listing = output(
+        Command::new("objdump")
+            .args(["-d", "-r", "-C", "--no-show-raw-insn"])
+            .arg(ko),
+    )?;
+    let code = extract(&listing, symbol);
+    if code.is_empty() {
+        bail!("{} has no function {symbol}", ko.display());
+    }
+    Ok(code)
+}
+
+/// The lines of `symbol`'s body in an `objdump -d -r` listing, normalised.
+fn extract(listing: &str, symbol: &str) -> Vec<String> {
+    let header = format!("<{symbol}>:");
+    let mut lines = listing.lines().skip_while(|l| !l.ends_with(&header));
+    if lines.next().is_none() {
+        return Vec::new();
+    }
+    lines
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(normalise)
+        .collect()
+}
+
+/// One listing line without what differs between equal code at different places: the
+/// address, and the absolute form of a branch target (its `<function+offset>` stays).
+fn normalise(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once(':')?;
+    let rest = rest.trim();
+    if let Some(reloc) = rest.strip_prefix("R_") {
+        return Some(format!(
+            "reloc R_{}",
+            reloc.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let kept: Vec<&str> = words
+        .iter()
+        .enumerate()
+        .filter(|(i, w)| {
+            let absolute = w.chars().all(|c| c.is_ascii_hexdigit())
+                && words.get(i + 1).is_some_and(|next| next.starts_with('<'));
+            !absolute
+        })
+        .map(|(_, w)| *w)
+        .collect();
+    Some(kept.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "\
+0000000000002370 <<rdma_core::qp::Queues>::completed>:
+    2370:\tendbr64
+    2374:\tlock subl $0x1,0x20(%rdi)
+    2376:\tadd    %eax,%ebx
+    2379:\tjmp    2380 <<rdma_core::qp::Queues>::completed+0x10>
+\t\t\t237a: R_X86_64_PLT32\t__x86_return_thunk-0x4
+    237e:\tint3
+
+0000000000002390 <other>:
+    2390:\tret
+";
+
+    #[test]
+    fn a_function_is_extracted_without_its_addresses() {
+        let code = extract(LISTING, "<rdma_core::qp::Queues>::completed");
+        assert_eq!(
+            code,
+            [
+                "endbr64",
+                "lock subl $0x1,0x20(%rdi)",
+                "add %eax,%ebx",
+                "jmp <<rdma_core::qp::Queues>::completed+0x10>",
+                "reloc R_X86_64_PLT32 __x86_return_thunk-0x4",
+                "int3",
+            ]
+        );
+        // The same code at another address normalises the same.
+        let moved = LISTING
+            .replace("2370", "4440")
+            .replace("237", "444")
+            .replace("2380", "4450");
+        assert_eq!(extract(&moved, "<rdma_core::qp::Queues>::completed"), code);
+        assert!(extract(LISTING, "missing").is_empty());
+    }
+}
