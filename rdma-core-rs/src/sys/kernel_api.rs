@@ -266,7 +266,11 @@ pub fn remove<T>(vec: &mut kernel::alloc::KVec<T>, index: usize) -> Option<T> {
 /// `KVec::remove` for a kernel without it (nor `pop`).
 #[cfg(not(tilde_kvec_remove))]
 pub fn remove<T>(vec: &mut kernel::alloc::KVec<T>, index: usize) -> Option<T> {
+    if index >= vec.len() {
+        return None;
+    }
     let tail = vec.as_mut_slice().get_mut(index..)?;
+    // Not empty: `index` is in bounds.
     tail.rotate_left(1);
     let last = vec.len().checked_sub(1)?;
     // SAFETY: `last` is in bounds (the vector is not empty: `index` was); the element is

@@ -56,4 +56,12 @@ rdma link delete rxe0
 expect_dmesg "$line: device_removal_with_traffic_in_flight: PASS\$"
 rmmod tilde_verbs_conformance
 reject_dmesg 'tilde_verbs_conformance: .*: FAIL'
+
+echo "== the benchmark's rings run (a short run: correctness, not speed)"
+rdma link add rxe0 type rxe netdev eth0
+insmod "$suite" device=rxe0 bench=400
+expect_dmesg "$line: bench: rc_send_64B x 400: safe [0-9]+ ns/op"
+expect_dmesg "$line: bench: rdma_write_64KiB x 100: safe [0-9]+ ns/op"
+rmmod tilde_verbs_conformance
+reject_dmesg 'tilde_verbs_conformance: .*FAIL'
 rmmod tilde_core
