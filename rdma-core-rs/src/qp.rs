@@ -192,7 +192,9 @@ impl Queues {
     /// sees this count or this post sees the drain.
     fn begin_post(&self) -> Result {
         self.outstanding.fetch_add(1u32, Full);
-        if self.draining.load(Acquire) {
+        // `Full`, not `Acquire`: the handshake with `drain` is a store then a load on
+        // each side, which only sequential consistency orders (on x86 a plain load).
+        if self.draining.load(Full) {
             self.outstanding.fetch_sub(1u32, Release);
             return Err(crate::sys::kernel_api::shut_down());
         }
@@ -747,7 +749,8 @@ impl QueuePair {
     /// land in freed memory.
     fn drain(&self) {
         self.draining.xchg(true, Full);
-        if self.outstanding() == 0 {
+        // `Full`: the other half of `begin_post`'s handshake.
+        if self.outstanding.load(Full) == 0 {
             return;
         }
         // A failure is logged by `modify`; waiting is still the only safe course.

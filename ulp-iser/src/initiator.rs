@@ -229,7 +229,7 @@ fn sn_lte(a: u32, b: u32) -> bool {
 }
 
 /// The initiator side of one iSER connection and its session, with room for `N` tasks
-/// (at most 65536).
+/// (fewer than 65536).
 pub struct Initiator<'c, const N: usize> {
     config: LoginConfig<'c>,
     phase: Phase,
@@ -244,13 +244,16 @@ pub struct Initiator<'c, const N: usize> {
     next_seq: u64,
     /// Target Transfer Tags of NOP-Ins (the target's pings) still to answer.
     nop_replies: [Option<(u32, u64)>; 4],
+    /// A logout is queued or sent: nothing else goes out.
+    logging_out: bool,
     /// The text of the text task.
     text: [u8; TEXT_MAX],
     text_len: usize,
 }
 
 impl<'c, const N: usize> Initiator<'c, N> {
-    const TAGS_FIT: () = assert!(N > 0 && N <= 1 << 16);
+    // Below 65536 slots, no slot and age make the reserved tag 0xffffffff.
+    const TAGS_FIT: () = assert!(N > 0 && N < 1 << 16);
 
     pub fn new(config: LoginConfig<'c>) -> Self {
         let () = Self::TAGS_FIT;
@@ -267,6 +270,7 @@ impl<'c, const N: usize> Initiator<'c, N> {
             tasks: [FREE_TASK; N],
             next_seq: 0,
             nop_replies: [None; 4],
+            logging_out: false,
             text: [0; TEXT_MAX],
             text_len: 0,
         }
@@ -302,8 +306,13 @@ impl<'c, const N: usize> Initiator<'c, N> {
         self.queue(TaskKind::Ping)
     }
 
-    /// Queues an ABORT TASK for `task`.
-    pub fn abort(&mut self, task: TaskTag) -> Result<TaskTag, SubmitError> {
+    /// Aborts `task`: a task not sent yet ends here and now (its [`TaskEnd`] goes to
+    /// `sink`; `Ok(None)`); a sent one gets an ABORT TASK, whose tag this returns.
+    pub fn abort(
+        &mut self,
+        task: TaskTag,
+        sink: &mut dyn FnMut(Upcall<'_>),
+    ) -> Result<Option<TaskTag>, SubmitError> {
         let index = self.index_of(task.0).ok_or(SubmitError::UnknownTask)?;
         let victim = self
             .tasks
@@ -313,11 +322,17 @@ impl<'c, const N: usize> Initiator<'c, N> {
         let TaskKind::Scsi(request) = victim.kind else {
             return Err(SubmitError::UnknownTask);
         };
+        if victim.state == TaskState::Queued {
+            self.free(index);
+            sink(Upcall::TaskEnded(aborted(task, &victim)));
+            return Ok(None);
+        }
         self.queue(TaskKind::Abort {
             rtt: task.0,
             refcmdsn: victim.cmdsn,
             lun: request.lun,
         })
+        .map(Some)
     }
 
     /// Queues a Text request with `keys` (`key=value` pairs, NUL-terminated); one at a
@@ -339,12 +354,16 @@ impl<'c, const N: usize> Initiator<'c, N> {
     }
 
     /// Queues a logout of the session.
+    /// After it, nothing else is sent or taken (RFC 7143 §11.14): tasks still queued end,
+    /// aborted, when the logout completes.
     pub fn logout(&mut self) -> Result<TaskTag, SubmitError> {
-        self.queue(TaskKind::Logout)
+        let tag = self.queue(TaskKind::Logout)?;
+        self.logging_out = true;
+        Ok(tag)
     }
 
     fn queue(&mut self, kind: TaskKind) -> Result<TaskTag, SubmitError> {
-        if self.phase != Phase::FullFeature {
+        if self.phase != Phase::FullFeature || self.logging_out {
             return Err(SubmitError::NotLoggedIn);
         }
         let (index, task) = self
@@ -435,11 +454,13 @@ impl<'c, const N: usize> Initiator<'c, N> {
         // Then the oldest queued task: an immediate one always, another while the
         // command window is open.
         let window_open = sn_lte(self.cmdsn, self.max_cmdsn);
+        let logging_out = self.logging_out;
         let next = self
             .tasks
             .iter()
             .enumerate()
             .filter(|(_, t)| t.state == TaskState::Queued && (t.kind.immediate() || window_open))
+            .filter(|(_, t)| !logging_out || matches!(t.kind, TaskKind::Logout))
             .min_by_key(|(_, t)| t.seq)
             .map(|(index, _)| index);
         let Some(index) = next else {
@@ -675,17 +696,25 @@ impl<'c, const N: usize> Initiator<'c, N> {
     }
 
     /// The live task an ITT names, freed; its registration's STag if it had one.
-    fn finish_task(&mut self, itt: u32) -> Result<(TaskTag, Task), ProtocolError> {
+    /// The sent task an ITT names, still live: the caller checks the response against
+    /// it before [`Initiator::free`], so a response that does not fit ends the connection
+    /// with the task still there for [`Initiator::fail`] (and its STag not forgotten).
+    fn sent_task(&self, itt: u32) -> Result<(usize, TaskTag, Task), ProtocolError> {
         let index = self.index_of(itt).ok_or(ProtocolError::UnknownTask(itt))?;
         let task = self
             .tasks
-            .get_mut(index)
+            .get(index)
             .ok_or(ProtocolError::UnknownTask(itt))?;
         if task.state != TaskState::Sent {
             return Err(ProtocolError::UnknownTask(itt));
         }
-        task.state = TaskState::Free;
-        Ok((TaskTag(itt), *task))
+        Ok((index, TaskTag(itt), *task))
+    }
+
+    fn free(&mut self, index: usize) {
+        if let Some(task) = self.tasks.get_mut(index) {
+            task.state = TaskState::Free;
+        }
     }
 
     fn full_feature(
@@ -697,13 +726,14 @@ impl<'c, const N: usize> Initiator<'c, N> {
     ) -> Result<(), ProtocolError> {
         match header {
             Header::ScsiResponse(rsp) => {
-                let (tag, task) = self.finish_task(rsp.itt.get())?;
+                let (index, tag, task) = self.sent_task(rsp.itt.get())?;
                 let TaskKind::Scsi(request) = task.kind else {
                     return Err(ProtocolError::UnknownTask(tag.0));
                 };
+                let sense = sense_data(data)?;
+                self.free(index);
                 self.status(rsp.statsn.get());
                 self.window(rsp.exp_cmdsn.get(), rsp.max_cmdsn.get());
-                let sense = sense_data(data)?;
                 let residual = i64::from(rsp.residual_count.get());
                 let residual = if rsp.flags & wire::ScsiResponse::FLAG_OVERFLOW != 0 {
                     -residual
@@ -736,25 +766,30 @@ impl<'c, const N: usize> Initiator<'c, N> {
                         }
                     }
                 } else {
-                    let (tag, task) = self.finish_task(nop.itt.get())?;
+                    let (index, tag, task) = self.sent_task(nop.itt.get())?;
                     if !matches!(task.kind, TaskKind::Ping) {
                         return Err(ProtocolError::UnknownTask(tag.0));
                     }
+                    self.free(index);
                     self.status(nop.statsn.get());
                     sink(Upcall::PingAnswered(tag));
                 }
             }
             Header::TaskMgmtResponse(rsp) => {
-                let (tag, task) = self.finish_task(rsp.itt.get())?;
+                let (index, tag, task) = self.sent_task(rsp.itt.get())?;
                 let TaskKind::Abort { rtt, .. } = task.kind else {
                     return Err(ProtocolError::UnknownTask(tag.0));
                 };
+                self.free(index);
                 self.status(rsp.statsn.get());
                 self.window(rsp.exp_cmdsn.get(), rsp.max_cmdsn.get());
                 // An aborted task gets no response of its own: end it here.
                 if rsp.response == 0 {
-                    if let Ok((victim, victim_task)) = self.finish_task(rtt) {
-                        sink(Upcall::TaskEnded(aborted(victim, &victim_task)));
+                    if let Ok((victim_index, victim, victim_task)) = self.sent_task(rtt) {
+                        if matches!(victim_task.kind, TaskKind::Scsi(_)) {
+                            self.free(victim_index);
+                            sink(Upcall::TaskEnded(aborted(victim, &victim_task)));
+                        }
                     }
                 }
                 sink(Upcall::TaskManagementDone {
@@ -763,10 +798,11 @@ impl<'c, const N: usize> Initiator<'c, N> {
                 });
             }
             Header::TextResponse(rsp) => {
-                let (tag, task) = self.finish_task(rsp.itt.get())?;
+                let (index, tag, task) = self.sent_task(rsp.itt.get())?;
                 if !matches!(task.kind, TaskKind::Text) {
                     return Err(ProtocolError::UnknownTask(tag.0));
                 }
+                self.free(index);
                 self.status(rsp.statsn.get());
                 self.window(rsp.exp_cmdsn.get(), rsp.max_cmdsn.get());
                 sink(Upcall::TextResponse {
@@ -776,10 +812,11 @@ impl<'c, const N: usize> Initiator<'c, N> {
                 });
             }
             Header::LogoutResponse(rsp) => {
-                let (_, task) = self.finish_task(rsp.itt.get())?;
+                let (index, _, task) = self.sent_task(rsp.itt.get())?;
                 if !matches!(task.kind, TaskKind::Logout) {
                     return Err(ProtocolError::UnknownTask(rsp.itt.get()));
                 }
+                self.free(index);
                 self.status(rsp.statsn.get());
                 self.phase = Phase::LoggedOut;
                 // Whatever was still outstanding ends with the session.
@@ -806,7 +843,13 @@ impl<'c, const N: usize> Initiator<'c, N> {
                     .get(..wire::BHS_LEN)
                     .and_then(|bhs| <wire::Bhs as zerocopy::FromBytes>::ref_from_bytes(bhs).ok())
                     .ok_or(ProtocolError::Wire(WireError::Truncated))?;
-                let (tag, task) = self.finish_task(rejected.itt.get())?;
+                // A rejected answer to one of the target's pings names no task: the
+                // target pings again if it wants an answer (as libiscsi does).
+                if rejected.itt.get() == RESERVED_TAG {
+                    return Ok(());
+                }
+                let (index, tag, task) = self.sent_task(rejected.itt.get())?;
+                self.free(index);
                 let invalidate = match task.kind {
                     TaskKind::Scsi(request) => still_registered(&request, None),
                     _ => None,

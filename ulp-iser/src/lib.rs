@@ -9,6 +9,9 @@
 //! glue, for the kernel module.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod initiator;
 pub mod login;
 pub mod wire;

@@ -38,6 +38,9 @@ pub struct Negotiated {
     pub immediate_data: bool,
     pub initial_r2t: bool,
     pub max_outstanding_unexpected_pdus: u32,
+    /// The target's declared `MaxOutstandingUnexpectedPDUs` (0: no limit, or none
+    /// declared).
+    pub target_max_outstanding_unexpected_pdus: u32,
 }
 
 /// Why a login's negotiation failed.
@@ -92,19 +95,21 @@ pub fn write_operational_keys(
         text.push_number("MaxOutstandingR2T", 1)?;
         text.push("DataPDUInOrder", "Yes")?;
         text.push("DataSequenceInOrder", "Yes")?;
-        text.push_number(
-            "MaxOutstandingUnexpectedPDUs",
-            config.max_outstanding_unexpected_pdus,
-        )?;
+        // Declarative, and 0 (no limit) is the default: sent only to declare a limit.
+        // LIO does not know the key and answers NotUnderstood.
+        if config.max_outstanding_unexpected_pdus != 0 {
+            text.push_number(
+                "MaxOutstandingUnexpectedPDUs",
+                config.max_outstanding_unexpected_pdus,
+            )?;
+        }
     }
     text.push_number("ErrorRecoveryLevel", 0)?;
+    // What we take in a SEND. `TargetRecvDataSegmentLength` is the target's to declare:
+    // offering ours would let LIO accept a size isert's receive buffers (8 KiB) cannot
+    // hold; until it declares one, RFC 7145's default of 8192 applies.
     text.push_number(
         "InitiatorRecvDataSegmentLength",
-        config.recv_data_segment_length,
-    )?;
-    // Ours until the target declares its own.
-    text.push_number(
-        "TargetRecvDataSegmentLength",
         config.recv_data_segment_length,
     )
 }
@@ -130,6 +135,7 @@ impl Negotiation {
                 immediate_data: config.immediate_data,
                 initial_r2t: config.initial_r2t,
                 max_outstanding_unexpected_pdus: config.max_outstanding_unexpected_pdus,
+                target_max_outstanding_unexpected_pdus: 0,
             },
             rdma_extensions: false,
         }
@@ -145,6 +151,15 @@ impl Negotiation {
     }
 
     fn apply_pair(&mut self, key: &str, value: &str) -> Result<(), NegotiationError> {
+        // RFC 7143 §6.2: a key the target does not know, finds irrelevant or rejects
+        // leaves our value (or the default) in force; iSER itself cannot be refused.
+        if matches!(value, "NotUnderstood" | "Irrelevant" | "Reject") {
+            return if key == "RDMAExtensions" {
+                Err(NegotiationError::NoRdmaExtensions)
+            } else {
+                Ok(())
+            };
+        }
         let p = &mut self.params;
         let number = || parse_number(value).map_err(NegotiationError::from);
         let boolean = || match value {
@@ -177,7 +192,10 @@ impl Negotiation {
             // Numerical minimums: the result may not exceed the offer.
             "MaxBurstLength" => p.max_burst_length = minimum(number()?, p.max_burst_length)?,
             "FirstBurstLength" => p.first_burst_length = minimum(number()?, p.first_burst_length)?,
-            "MaxOutstandingUnexpectedPDUs" => p.max_outstanding_unexpected_pdus = number()?,
+            // Declarative: the target's own limit; ours stands.
+            "MaxOutstandingUnexpectedPDUs" => {
+                p.target_max_outstanding_unexpected_pdus = number()?;
+            }
             // AND: Yes only if both said Yes.
             "ImmediateData" => {
                 let yes = boolean()?;
@@ -225,4 +243,72 @@ fn minimum(answer: u32, offer: u32) -> Result<u32, NegotiationError> {
         return Err(NegotiationError::Unacceptable);
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: LoginConfig<'static> = LoginConfig {
+        initiator_name: "iqn.2026-11.tilde:unit",
+        target_name: Some("iqn.2026-11.test:unit"),
+        isid: [0; 6],
+        recv_data_segment_length: 8192,
+        max_burst_length: 262_144,
+        first_burst_length: 65_536,
+        immediate_data: true,
+        initial_r2t: true,
+        max_outstanding_unexpected_pdus: 0,
+    };
+
+    fn offered(config: &LoginConfig<'_>) -> ([u8; 1024], usize) {
+        let mut buf = [0u8; 1024];
+        let mut text = TextWriter::new(&mut buf);
+        write_operational_keys(config, &mut text).unwrap();
+        let len = text.len();
+        (buf, len)
+    }
+
+    #[test]
+    fn the_targets_own_keys_are_not_offered() {
+        let (buf, len) = offered(&CONFIG);
+        let keys: std::vec::Vec<_> = TextPairs::new(&buf[..len]).map(|p| p.unwrap().0).collect();
+        assert!(keys.contains(&"InitiatorRecvDataSegmentLength"));
+        assert!(!keys.contains(&"TargetRecvDataSegmentLength"));
+        assert!(!keys.contains(&"MaxOutstandingUnexpectedPDUs"));
+        let limited = LoginConfig {
+            max_outstanding_unexpected_pdus: 4,
+            ..CONFIG
+        };
+        let (buf, len) = offered(&limited);
+        assert!(TextPairs::new(&buf[..len])
+            .any(|p| p.unwrap() == ("MaxOutstandingUnexpectedPDUs", "4")));
+    }
+
+    #[test]
+    fn unknown_keys_leave_our_values_and_declarations_stay_apart() {
+        let mut n = Negotiation::new(&CONFIG);
+        n.apply(b"MaxOutstandingUnexpectedPDUs=NotUnderstood\0MaxBurstLength=Irrelevant\0RDMAExtensions=Yes\0")
+            .unwrap();
+        let p = n.finish().unwrap();
+        assert_eq!(p.max_burst_length, 262_144);
+        assert_eq!(p.target_recv_data_segment_length, 8192);
+        let mut n = Negotiation::new(&CONFIG);
+        n.apply(b"MaxOutstandingUnexpectedPDUs=2\0RDMAExtensions=Yes\0TargetRecvDataSegmentLength=4096\0")
+            .unwrap();
+        let p = n.finish().unwrap();
+        assert_eq!(
+            (
+                p.max_outstanding_unexpected_pdus,
+                p.target_max_outstanding_unexpected_pdus
+            ),
+            (0, 2)
+        );
+        assert_eq!(p.target_recv_data_segment_length, 4096);
+        let mut n = Negotiation::new(&CONFIG);
+        assert_eq!(
+            n.apply(b"RDMAExtensions=NotUnderstood\0"),
+            Err(NegotiationError::NoRdmaExtensions)
+        );
+    }
 }

@@ -716,6 +716,13 @@ fn login_write_read_back_and_logout() {
     }
 
     host.core.logout().unwrap();
+    // Nothing is taken after the logout (RFC 7143 §11.14).
+    let late = ScsiRequest {
+        lun: 0,
+        cdb: [0; 16],
+        data: DataDirection::None,
+    };
+    assert_eq!(host.core.submit(late), Err(SubmitError::NotLoggedIn));
     host.run(&rig, &mut target).unwrap();
     assert_eq!(host.got.drain(..).collect::<Vec<_>>(), [Got::LoggedOut(0)]);
     assert_eq!(
@@ -776,7 +783,7 @@ fn sense_data_pings_text_and_task_management() {
         [Got::Text(b"TargetName=iqn.2026-11.test:ram\0".to_vec())]
     );
 
-    // ABORT TASK of a task the target has answered already: "no such task".
+    // ABORT of a task not sent yet: it ends here, no TMF.
     let tur = host
         .core
         .submit(ScsiRequest {
@@ -785,13 +792,44 @@ fn sense_data_pings_text_and_task_management() {
             data: DataDirection::None,
         })
         .unwrap();
-    let abort = host.core.abort(tur).unwrap();
+    let got = &mut host.got;
+    let abort = host.core.abort(tur, &mut |u| got.push(own(u))).unwrap();
+    assert_eq!(abort, None, "a queued task ends without a TMF");
+    assert!(
+        matches!(host.got.pop(), Some(Got::Ended { tag, outcome: TaskOutcome::Aborted, .. }) if tag == tur)
+    );
     host.run(&rig, &mut target).unwrap();
-    let got: Vec<_> = host.got.drain(..).collect();
-    assert!(got.contains(&Got::Tmf(abort, 1)), "{got:?}");
-    assert!(got
-        .iter()
-        .any(|g| matches!(g, Got::Ended { tag, invalidate: None, .. } if *tag == tur)));
+    assert!(
+        host.got.is_empty(),
+        "the aborted task was sent anyway: {:?}",
+        host.got
+    );
+
+    // ABORT TASK of a sent task the target never saw (the harness drops the command):
+    // the target answers "no such task", and the task stays until the connection ends.
+    let lost = host
+        .core
+        .submit(ScsiRequest {
+            lun: 0,
+            cdb: [0; 16],
+            data: DataDirection::None,
+        })
+        .unwrap();
+    let mut buf = [0u8; 512];
+    host.core.poll_transmit(&mut buf).unwrap().unwrap();
+    let got = &mut host.got;
+    let abort = host
+        .core
+        .abort(lost, &mut |u| got.push(own(u)))
+        .unwrap()
+        .unwrap();
+    host.run(&rig, &mut target).unwrap();
+    assert_eq!(host.got.drain(..).collect::<Vec<_>>(), [Got::Tmf(abort, 1)]);
+    let got = &mut host.got;
+    host.core.fail(&mut |u| got.push(own(u)));
+    assert!(
+        matches!(host.got.as_slice(), [Got::Ended { tag, outcome: TaskOutcome::Aborted, invalidate: None, .. }] if *tag == lost)
+    );
 }
 
 #[test]

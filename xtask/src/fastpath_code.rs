@@ -114,6 +114,20 @@ fn function(ko: &Path, symbol: &str) -> Result<Vec<String>> {
     if code.is_empty() {
         bail!("{} has no function {symbol}", ko.display());
     }
+    // A relocation against a section plus an offset names no symbol: equal text could
+    // then hide different targets. None of the fast path has one; refuse if one appears.
+    let section_relative = code.iter().find(|l| {
+        l.starts_with("reloc ")
+            && l.split_whitespace()
+                .nth(2)
+                .is_some_and(|target| target.starts_with('.'))
+    });
+    if let Some(reloc) = section_relative {
+        bail!(
+            "{symbol} in {} has a section-relative relocation ({reloc}); compare it by symbol first",
+            ko.display()
+        );
+    }
     Ok(code)
 }
 

@@ -131,7 +131,8 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             let staging = format!("{OUT}/build");
             (
                 format!(
-                    "mkdir -p {staging} && cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/xtask {staging}/ && \
+                    "mkdir -p {staging} && find {staging} -type l -delete && \
+                     cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/xtask {staging}/ && \
                      ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && "
                 ),
                 staging,

@@ -55,9 +55,28 @@ pub mod atomic {
         Full => SeqCst, SeqCst;
     }
 
+    /// The orderings a load takes: `Relaxed`, `Acquire`, or `Full` (sequentially
+    /// consistent, for a store-then-load handshake; on x86 still a plain load). A
+    /// `Release` load does not type-check (core's would panic).
+    pub trait LoadOrder: Order {}
+    impl LoadOrder for Relaxed {}
+    impl LoadOrder for Acquire {}
+    impl LoadOrder for Full {}
+
+    /// The orderings a store takes: `Relaxed`, `Release`, or `Full`. An `Acquire` store
+    /// does not type-check (core's would panic).
+    pub trait StoreOrder: Order {}
+    impl StoreOrder for Relaxed {}
+    impl StoreOrder for Release {}
+    impl StoreOrder for Full {}
+
     /// A value that has an atomic form: the `core::sync::atomic` type of the same size
     /// and alignment, used in place through `from_ptr`.
-    pub trait AtomicType: Copy {
+    ///
+    /// # Safety
+    ///
+    /// Every method accesses the value atomically (`Atomic<T>` is `Sync` on that promise).
+    pub unsafe trait AtomicType: Copy {
         #[doc(hidden)]
         /// # Safety
         /// `p` is valid, aligned, and only ever accessed atomically.
@@ -98,7 +117,8 @@ pub mod atomic {
         ($t:ty, $repr:ty) => {
             // SAFETY (every method): `p` is valid and aligned for `$t`, and `$repr` has
             // the size and alignment of `$t` (caller and `Atomic` guarantee the rest).
-            impl AtomicType for $t {
+            // SAFETY: every method goes through the `core::sync::atomic` type.
+            unsafe impl AtomicType for $t {
                 unsafe fn load(p: *mut Self, o: Ordering) -> Self {
                     // SAFETY: see above.
                     unsafe { <$repr>::from_ptr(p) }.load(o)
@@ -148,7 +168,8 @@ pub mod atomic {
     atomic_add!(usize, AtomicUsize);
     atomic_type!(bool, AtomicBool);
 
-    impl<T> AtomicType for *mut T {
+    // SAFETY: every method goes through `AtomicPtr`.
+    unsafe impl<T> AtomicType for *mut T {
         unsafe fn load(p: *mut Self, o: Ordering) -> Self {
             // SAFETY: as for `AtomicType`; `AtomicPtr<T>` has a pointer's layout.
             unsafe { AtomicPtr::from_ptr(p) }.load(o)
@@ -191,13 +212,13 @@ pub mod atomic {
         }
 
         /// Reads the value.
-        pub fn load<O: Order>(&self, _: O) -> T {
+        pub fn load<O: LoadOrder>(&self, _: O) -> T {
             // SAFETY: the cell is valid and aligned, and only accessed atomically.
             unsafe { T::load(self.0.get(), O::LOAD) }
         }
 
         /// Writes `v`.
-        pub fn store<O: Order>(&self, v: T, _: O) {
+        pub fn store<O: StoreOrder>(&self, v: T, _: O) {
             // SAFETY: as above.
             unsafe { T::store(self.0.get(), v, O::ORDERING) }
         }
@@ -300,7 +321,10 @@ pub const fn c_str(s: &'static core::ffi::CStr) -> *const kernel::ffi::c_char {
 /// Sleeps for `duration` (`fsleep`: the kernel picks the mechanism for the length).
 /// May sleep: process context only.
 pub fn sleep(duration: Duration) {
-    let micros = usize::try_from(duration.as_micros()).unwrap_or(usize::MAX);
+    // Long enough for any wait here, and far from `fsleep`'s rounding overflow.
+    let micros = usize::try_from(duration.as_micros())
+        .unwrap_or(usize::MAX)
+        .min(1 << 40);
     // SAFETY: `fsleep` only sleeps; callers are in process context (documented).
     unsafe { tilde_rdma_fsleep(micros) };
 }
