@@ -246,6 +246,8 @@ pub struct Initiator<'c, const N: usize> {
     nop_replies: [Option<(u32, u64)>; 4],
     /// A logout is queued or sent: nothing else goes out.
     logging_out: bool,
+    /// The login stage whose keys went out already.
+    login_keys_sent: Option<LoginStage>,
     /// The text of the text task.
     text: [u8; TEXT_MAX],
     text_len: usize,
@@ -271,6 +273,7 @@ impl<'c, const N: usize> Initiator<'c, N> {
             next_seq: 0,
             nop_replies: [None; 4],
             logging_out: false,
+            login_keys_sent: None,
             text: [0; TEXT_MAX],
             text_len: 0,
         }
@@ -406,16 +409,25 @@ impl<'c, const N: usize> Initiator<'c, N> {
     fn emit_login(&mut self, buf: &mut [u8], stage: LoginStage) -> Result<usize, WireError> {
         let mut text_buf = [0u8; 1024];
         let mut text = TextWriter::new(&mut text_buf);
+        // A stage's keys go out once: when the target stays in the stage (T=0) or has
+        // more to say (C=1), the next request is empty (a key declared twice is a
+        // protocol error; LIO refuses it).
+        let first = self.login_keys_sent != Some(stage);
         let next = match stage {
             LoginStage::Security => {
-                write_security_keys(&self.config, &mut text)?;
+                if first {
+                    write_security_keys(&self.config, &mut text)?;
+                }
                 LoginStage::Operational
             }
             _ => {
-                write_operational_keys(&self.config, &mut text)?;
+                if first {
+                    write_operational_keys(&self.config, &mut text)?;
+                }
                 LoginStage::FullFeature
             }
         };
+        self.login_keys_sent = Some(stage);
         let mut login = wire::LoginRequest::zeroed();
         login.opcode |= OP_IMMEDIATE;
         login.flags = login_flags(true, stage, next);
@@ -434,8 +446,8 @@ impl<'c, const N: usize> Initiator<'c, N> {
 
     fn transmit_full_feature(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, WireError> {
         // Answers to the target's pings first: they are immediate and carry no task.
-        if let Some(slot) = self.nop_replies.iter_mut().find(|r| r.is_some()) {
-            if let Some((ttt, lun)) = slot.take() {
+        if let Some(slot) = self.nop_replies.iter().position(|r| r.is_some()) {
+            if let Some(Some((ttt, lun))) = self.nop_replies.get(slot).copied() {
                 let mut nop = NopOut::zeroed();
                 nop.opcode |= OP_IMMEDIATE;
                 nop.flags = FLAG_FINAL;
@@ -445,6 +457,11 @@ impl<'c, const N: usize> Initiator<'c, N> {
                 nop.cmdsn.set(self.cmdsn);
                 nop.exp_statsn.set(self.exp_statsn);
                 let len = emit(buf, &IserHeader::control(None, None), &nop, &[])?;
+                // Written: the answer is out of the queue (not before, so a buffer too
+                // small loses nothing).
+                if let Some(answered) = self.nop_replies.get_mut(slot) {
+                    *answered = None;
+                }
                 return Ok(Some(Transmit {
                     len,
                     immediate: None,
@@ -1103,6 +1120,24 @@ mod tests {
         .unwrap();
         assert_eq!(got, Some(true));
         assert!(!core.logged_in());
+    }
+
+    #[test]
+    fn a_stage_the_target_stays_in_is_asked_again_without_keys() {
+        let mut core: Initiator<'_, 8> = Initiator::new(CONFIG);
+        core.start_login();
+        let mut buf = [0u8; 2048];
+        let first = core.poll_transmit(&mut buf).unwrap().unwrap();
+        assert!(
+            first.len > ISER_HEADER_LEN + BHS_LEN,
+            "the first request carries the keys"
+        );
+        let mut rsp = LoginResponse::zeroed();
+        // T=0: the target stays in the security stage.
+        rsp.flags = login_flags(false, LoginStage::Security, LoginStage::Security);
+        respond(&mut core, &rsp, b"AuthMethod=None\0").unwrap();
+        let again = core.poll_transmit(&mut buf).unwrap().unwrap();
+        assert_eq!(again.len, ISER_HEADER_LEN + BHS_LEN, "keys declared twice");
     }
 
     #[test]
