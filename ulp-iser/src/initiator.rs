@@ -94,7 +94,8 @@ pub enum Upcall<'a> {
     PingAnswered(TaskTag),
     /// A task management function completed with `response` (`ISCSI_TMF_RSP_*`).
     TaskManagementDone { tag: TaskTag, response: u8 },
-    /// A text response (`more`: the target has more to say; send another request).
+    /// A text response; `more`: not final, the core asks for the rest by itself (text
+    /// split inside a pair arrives in pieces: join them before parsing).
     TextResponse {
         tag: TaskTag,
         text: &'a [u8],
@@ -248,6 +249,8 @@ pub struct Initiator<'c, const N: usize> {
     logging_out: bool,
     /// The login stage whose keys went out already.
     login_keys_sent: Option<LoginStage>,
+    /// The target's TTT for the text task's next request (reserved for a first one).
+    text_ttt: u32,
     /// The text of the text task.
     text: [u8; TEXT_MAX],
     text_len: usize,
@@ -273,6 +276,7 @@ impl<'c, const N: usize> Initiator<'c, N> {
             next_seq: 0,
             nop_replies: [None; 4],
             logging_out: false,
+            text_ttt: RESERVED_TAG,
             login_keys_sent: None,
             text: [0; TEXT_MAX],
             text_len: 0,
@@ -528,7 +532,8 @@ impl<'c, const N: usize> Initiator<'c, N> {
                 let mut text = wire::TextRequest::zeroed();
                 text.flags = FLAG_FINAL;
                 text.itt.set(tag);
-                text.ttt.set(RESERVED_TAG);
+                // A continuation carries the target's TTT and no text.
+                text.ttt.set(self.text_ttt);
                 text.cmdsn.set(self.cmdsn);
                 text.exp_statsn.set(self.exp_statsn);
                 emit(
@@ -819,13 +824,25 @@ impl<'c, const N: usize> Initiator<'c, N> {
                 if !matches!(task.kind, TaskKind::Text) {
                     return Err(ProtocolError::UnknownTask(tag.0));
                 }
-                self.free(index);
                 self.status(rsp.statsn.get());
                 self.window(rsp.exp_cmdsn.get(), rsp.max_cmdsn.get());
+                // Not final (F=0): the target has more, and is asked for it with an empty
+                // request carrying its TTT (RFC 7143 §11.10.2); the task goes on.
+                let more = rsp.flags & FLAG_FINAL == 0;
+                if more {
+                    self.text_ttt = rsp.ttt.get();
+                    self.text_len = 0;
+                    if let Some(task) = self.tasks.get_mut(index) {
+                        task.state = TaskState::Queued;
+                    }
+                } else {
+                    self.text_ttt = RESERVED_TAG;
+                    self.free(index);
+                }
                 sink(Upcall::TextResponse {
                     tag,
                     text: data,
-                    more: rsp.flags & wire::FLAG_CONTINUE != 0,
+                    more,
                 });
             }
             Header::LogoutResponse(rsp) => {
@@ -1138,6 +1155,37 @@ mod tests {
         respond(&mut core, &rsp, b"AuthMethod=None\0").unwrap();
         let again = core.poll_transmit(&mut buf).unwrap().unwrap();
         assert_eq!(again.len, ISER_HEADER_LEN + BHS_LEN, "keys declared twice");
+    }
+
+    #[test]
+    fn a_text_response_that_is_not_final_is_followed_up_with_its_ttt() {
+        let mut core = logged_in();
+        let tag = core.text(b"SendTargets=All\0").unwrap();
+        let mut buf = [0u8; 512];
+        let t = core.poll_transmit(&mut buf).unwrap().unwrap();
+        let Header::TextRequest(first) = wire::parse(&buf[..t.len]).unwrap().header else {
+            panic!()
+        };
+        assert_eq!(first.ttt.get(), RESERVED_TAG);
+        let mut rsp = wire::TextResponse::zeroed();
+        rsp.itt.set(tag.0);
+        rsp.ttt.set(0x77);
+        rsp.exp_cmdsn.set(2);
+        rsp.max_cmdsn.set(9);
+        respond(&mut core, &rsp, b"TargetName=a\0").unwrap();
+        let t = core.poll_transmit(&mut buf).unwrap().unwrap();
+        let pdu = wire::parse(&buf[..t.len]).unwrap();
+        let Header::TextRequest(again) = pdu.header else {
+            panic!()
+        };
+        assert_eq!(
+            (again.ttt.get(), again.itt.get(), pdu.data.len()),
+            (0x77, tag.0, 0)
+        );
+        rsp.flags = FLAG_FINAL;
+        respond(&mut core, &rsp, b"TargetName=b\0").unwrap();
+        // Done: the task is free for another text request.
+        assert!(core.text(b"SendTargets=All\0").is_ok());
     }
 
     #[test]
