@@ -25,7 +25,6 @@ module! {
 mod bench;
 #[path = "../conformance/cases.rs"]
 mod cases;
-mod cm_cases;
 mod resident;
 
 /// The kernel backend, under the names the shared cases use.
@@ -35,6 +34,7 @@ mod api {
     pub(crate) use kernel::sync::Arc;
     pub(crate) use rdma_core::{
         ah::AddressHandle,
+        cm::{CmEvent, CmId, ConnParam},
         cq::{CompletionQueue, PollContext},
         device::{Device, DeviceRef},
         dma::DmaBuffer,
@@ -193,7 +193,6 @@ impl kernel::Module for Conformance {
                 Ok(rig) => {
                     let mut record = |case: &str, result| tally.record(&device, case, result);
                     run_cases(&rig, &mut record);
-                    cm_cases::run(&rig, &mut record);
                 }
                 Err(error) => tally.record(&device, "setup", Err(Failure::Verb(error))),
             }

@@ -15,6 +15,7 @@
 //! delivered like the kernel's: by [`CompletionQueue::poll`] for a direct CQ, and from a
 //! thread of the CQ's own for softirq and workqueue CQs.
 
+pub mod cm;
 mod engine;
 
 use std::boxed::Box;
@@ -100,12 +101,15 @@ impl Fabric {
         gid[8..11].copy_from_slice(&[mac[0] ^ 0x02, mac[1], mac[2]]);
         gid[11..13].copy_from_slice(&[0xff, 0xfe]);
         gid[13..].copy_from_slice(&mac[3..]);
-        Arc::new_cyclic(|this| Device {
+        let device = Arc::new_cyclic(|this| Device {
             fabric: self.clone(),
             name: name.into(),
             gid: Gid(gid),
+            ipv4: cm::next_address(),
             this: this.clone(),
-        })
+        });
+        cm::register_device(&device);
+        device
     }
 
     fn lock(&self) -> MutexGuard<'_, engine::State> {
@@ -122,6 +126,9 @@ pub struct Device {
     fabric: Arc<Fabric>,
     name: std::string::String,
     gid: Gid,
+    /// Its IPv4 address, unique in the process (RDMA CM finds devices by it); GID 1 is
+    /// its IPv4-mapped form, as RoCE v2 has it.
+    ipv4: core::net::Ipv4Addr,
     this: Weak<Device>,
 }
 
@@ -170,18 +177,24 @@ impl Device {
             phys_state: Decoded::from(5),
             active_mtu: Decoded::from(3),
             max_mtu: Decoded::from(5),
-            gid_tbl_len: 1,
+            gid_tbl_len: 2,
             lid: 0,
             link_layer: Decoded::from(2),
         })
     }
 
-    /// GID table entry `index` of `port`: only entry 0 is in use.
+    /// GID table entry `index` of `port`: 0 the link-local GID, 1 the IPv4-mapped one.
     pub fn query_gid(&self, port: u32, index: u32) -> Result<Gid> {
-        if port != 1 || index != 0 {
-            return Err(EINVAL);
+        match (port, index) {
+            (1, 0) => Ok(self.gid),
+            (1, 1) => {
+                let mut gid = [0u8; 16];
+                gid[10..12].copy_from_slice(&[0xff, 0xff]);
+                gid[12..].copy_from_slice(&self.ipv4.octets());
+                Ok(Gid(gid))
+            }
+            _ => Err(EINVAL),
         }
-        Ok(self.gid)
     }
 
     /// A counted reference.

@@ -1,0 +1,445 @@
+// SPDX-License-Identifier: GPL-2.0
+//! RDMA CM on the fabric: the kernel build's `cm` API (`CmId`, `CmEvent`, `ConnParam`)
+//! over the fabric's devices, found by their IPv4 addresses (unique in the process).
+//!
+//! As in the kernel, the owner takes events with [`CmId::next_event`]; a connection
+//! request arrives as an owned [`CmId`]; accepting brings both QPs to RTS; the disconnect
+//! handshake is DREQ (the peer's `Disconnected`), the peer's own `disconnect` (DREP),
+//! then `Disconnected` on the side that began. Private data arrives padded to the CM
+//! message's size, as the IB CM pads it (56 bytes in a request, 196 in a reply, 148 in a
+//! reject).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::vec::Vec;
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use core::sync::atomic::{AtomicU32, Ordering};
+use core::time::Duration;
+
+use super::{
+    CompletionQueue, Device, DeviceRef, ProtectionDomain, QueuePair, Result, EINVAL, ENODEV,
+    ETIMEDOUT,
+};
+use crate::verbs::{InitAttr, Mtu, QpCaps, RemoteAccess, RtrAttr, RtsAttr};
+
+/// The IB CM's private data sizes for RDMA CM over TCP port space (after its header).
+const REQ_PRIVATE: usize = 56;
+const REP_PRIVATE: usize = 196;
+const REJ_PRIVATE: usize = 148;
+/// `IB_CM_REJ_CONSUMER_DEFINED`, and `IB_CM_REJ_INVALID_SERVICE_ID` (nobody listens).
+const REJ_CONSUMER: i32 = 28;
+const REJ_NO_LISTENER: i32 = 8;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+static NEXT_HOST: AtomicU32 = AtomicU32::new(1);
+
+/// A new device address: 10.77.x.y, unique in the process.
+pub(super) fn next_address() -> Ipv4Addr {
+    let host = NEXT_HOST.fetch_add(1, Ordering::Relaxed);
+    let [_, _, x, y] = host.to_be_bytes();
+    Ipv4Addr::new(10, 77, x, y)
+}
+
+/// Devices by address, and listeners by address and port.
+#[derive(Default)]
+struct Directory {
+    devices: Vec<Weak<Device>>,
+    listeners: BTreeMap<(Ipv4Addr, u16), Weak<Shared>>,
+}
+
+static DIRECTORY: Mutex<Option<Directory>> = Mutex::new(None);
+
+fn directory() -> MutexGuard<'static, Option<Directory>> {
+    lock(&DIRECTORY)
+}
+
+pub(super) fn register_device(device: &Arc<Device>) {
+    let mut dir = directory();
+    let dir = dir.get_or_insert_with(Directory::default);
+    dir.devices.retain(|d| d.strong_count() > 0);
+    dir.devices.push(Arc::downgrade(device));
+}
+
+fn device_at(addr: Ipv4Addr) -> Option<DeviceRef> {
+    let dir = directory();
+    dir.as_ref()?
+        .devices
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|d| d.ipv4 == addr)
+}
+
+/// An event of a [`CmId`] (the kernel build's `CmEvent`, the variants the fabric has).
+pub enum CmEvent {
+    AddrResolved,
+    AddrError(i32),
+    RouteResolved,
+    RouteError(i32),
+    ConnectRequest(ConnectRequest),
+    ConnectResponse,
+    ConnectError(i32),
+    Unreachable(i32),
+    Rejected { reason: i32, private_data: Vec<u8> },
+    Established { private_data: Vec<u8> },
+    Disconnected,
+    DeviceRemoval,
+    AddrChange,
+    TimewaitExit,
+    Other { event: u32, status: i32 },
+}
+
+/// A connection request: the new connection's id, and what the peer offered.
+pub struct ConnectRequest {
+    pub id: CmId,
+    pub private_data: Vec<u8>,
+    pub initiator_depth: u8,
+    pub responder_resources: u8,
+}
+
+/// What a connect or an accept offers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnParam<'a> {
+    pub private_data: &'a [u8],
+    pub responder_resources: u8,
+    pub initiator_depth: u8,
+    pub retry_count: u8,
+    pub rnr_retry_count: u8,
+}
+
+/// What an id shares with its peer and its listener.
+struct Shared {
+    events: Mutex<VecDeque<CmEvent>>,
+    /// The connected peer, and the peer's QP number.
+    peer: Mutex<Option<(Weak<Shared>, u32)>>,
+    /// This side's QP number, once it has one.
+    qpn: AtomicU32,
+    /// The peer sent its DREQ (we got `Disconnected`): our `disconnect` answers it.
+    peer_disconnected: Mutex<bool>,
+    /// Our DREQ went out: the peer's `disconnect` completes the handshake.
+    disconnecting: Mutex<bool>,
+    /// The QP is connected (the accepting side at `accept`, the connecting side when it
+    /// takes `Established`).
+    up: Mutex<bool>,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            events: Mutex::new(VecDeque::new()),
+            peer: Mutex::new(None),
+            qpn: AtomicU32::new(0),
+            peer_disconnected: Mutex::new(false),
+            disconnecting: Mutex::new(false),
+            up: Mutex::new(false),
+        })
+    }
+
+    fn push(&self, event: CmEvent) {
+        lock(&self.events).push_back(event);
+    }
+
+    fn peer(&self) -> Option<Arc<Shared>> {
+        lock(&self.peer).as_ref().and_then(|(p, _)| p.upgrade())
+    }
+}
+
+fn padded(data: &[u8], size: usize) -> Vec<u8> {
+    let mut out = data.to_vec();
+    if out.len() < size {
+        out.resize(size, 0);
+    }
+    out
+}
+
+/// An RDMA CM id on the fabric.
+pub struct CmId {
+    shared: Arc<Shared>,
+    /// Set by `bind` or `resolve_addr`, once (as the kernel's `id->device`).
+    device: OnceLock<DeviceRef>,
+    local: Mutex<Option<SocketAddrV4>>,
+    remote: Mutex<Option<SocketAddrV4>>,
+    listening: Mutex<Option<(Ipv4Addr, u16)>>,
+    /// A connection request's id: the connecting side, until accepted or rejected.
+    request: Mutex<Option<Weak<Shared>>>,
+    qp: Option<QueuePair>,
+}
+
+impl CmId {
+    /// A new id for RC connections.
+    pub fn new_rc() -> Result<Self> {
+        Ok(Self {
+            shared: Shared::new(),
+            device: OnceLock::new(),
+            local: Mutex::new(None),
+            remote: Mutex::new(None),
+            listening: Mutex::new(None),
+            request: Mutex::new(None),
+            qp: None,
+        })
+    }
+
+    /// The device the id is bound to.
+    pub fn device(&self) -> Option<&Device> {
+        self.device.get().map(|d| &**d)
+    }
+
+    fn set_device(&self, device: DeviceRef) -> Result {
+        if self.device.get().is_some_and(|d| !d.is(&device)) {
+            return Err(EINVAL);
+        }
+        let _ = self.device.set(device);
+        Ok(())
+    }
+
+    /// The port: the fabric's devices have one.
+    pub fn port(&self) -> u32 {
+        1
+    }
+
+    /// Binds to a local address (a device's).
+    pub fn bind(&self, addr: SocketAddrV4) -> Result {
+        self.set_device(device_at(*addr.ip()).ok_or(ENODEV)?)?;
+        *lock(&self.local) = Some(addr);
+        Ok(())
+    }
+
+    /// Listens on the bound address.
+    pub fn listen(&self, _backlog: u32) -> Result {
+        let local = (*lock(&self.local)).ok_or(EINVAL)?;
+        let key = (*local.ip(), local.port());
+        let mut dir = directory();
+        let dir = dir.get_or_insert_with(Directory::default);
+        if dir
+            .listeners
+            .get(&key)
+            .is_some_and(|l| l.strong_count() > 0)
+        {
+            return Err(super::Error(98)); // EADDRINUSE
+        }
+        dir.listeners.insert(key, Arc::downgrade(&self.shared));
+        *lock(&self.listening) = Some(key);
+        Ok(())
+    }
+
+    /// Resolves `dst` to the device that reaches it (`AddrResolved`).
+    pub fn resolve_addr(&self, dst: SocketAddrV4, _timeout: Duration) -> Result {
+        match device_at(*dst.ip()) {
+            Some(device) => {
+                self.set_device(device)?;
+                *lock(&self.remote) = Some(dst);
+                self.shared.push(CmEvent::AddrResolved);
+            }
+            None => self.shared.push(CmEvent::AddrError(-(ETIMEDOUT.0))),
+        }
+        Ok(())
+    }
+
+    /// Resolves the path (`RouteResolved`).
+    pub fn resolve_route(&self, _timeout: Duration) -> Result {
+        if lock(&self.remote).is_none() {
+            return Err(EINVAL);
+        }
+        self.shared.push(CmEvent::RouteResolved);
+        Ok(())
+    }
+
+    /// Creates the id's RC QP in `pd`.
+    pub fn create_qp(
+        &mut self,
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        recv_cq: &Arc<CompletionQueue>,
+        caps: &QpCaps,
+    ) -> Result {
+        if self.qp.is_some() || !self.device().is_some_and(|d| d.is(pd.device())) {
+            return Err(EINVAL);
+        }
+        let qp = QueuePair::new_rc(pd, send_cq, recv_cq, caps)?;
+        // As `rdma_create_qp` does: INIT at once, so receives can be posted before the
+        // connection is up.
+        qp.modify_to_init(&InitAttr {
+            port: 1,
+            pkey_index: 0,
+            remote_access: RemoteAccess::READ | RemoteAccess::WRITE | RemoteAccess::ATOMIC,
+        })?;
+        self.shared.qpn.store(qp.qp_num(), Ordering::Release);
+        self.qp = Some(qp);
+        Ok(())
+    }
+
+    /// The id's QP, once created.
+    pub fn qp(&self) -> Option<&QueuePair> {
+        self.qp.as_ref()
+    }
+
+    /// Connects to the resolved peer.
+    pub fn connect(&self, param: &ConnParam<'_>) -> Result {
+        let remote = (*lock(&self.remote)).ok_or(EINVAL)?;
+        if self.qp.is_none() {
+            return Err(EINVAL);
+        }
+        let listener = directory()
+            .as_ref()
+            .and_then(|d| d.listeners.get(&(*remote.ip(), remote.port())).cloned())
+            .and_then(|l| l.upgrade());
+        let Some(listener) = listener else {
+            self.shared.push(CmEvent::Rejected {
+                reason: REJ_NO_LISTENER,
+                private_data: Vec::new(),
+            });
+            return Ok(());
+        };
+        let device = OnceLock::new();
+        if let Some(d) = device_at(*remote.ip()) {
+            let _ = device.set(d);
+        }
+        let child = CmId {
+            shared: Shared::new(),
+            device,
+            local: Mutex::new(Some(remote)),
+            remote: Mutex::new(None),
+            listening: Mutex::new(None),
+            request: Mutex::new(Some(Arc::downgrade(&self.shared))),
+            qp: None,
+        };
+        listener.push(CmEvent::ConnectRequest(ConnectRequest {
+            id: child,
+            private_data: padded(param.private_data, REQ_PRIVATE),
+            initiator_depth: param.initiator_depth,
+            responder_resources: param.responder_resources,
+        }));
+        Ok(())
+    }
+
+    /// Accepts the connection request this id came with: both QPs to RTS.
+    pub fn accept(&self, param: &ConnParam<'_>) -> Result {
+        let client = lock(&self.request)
+            .take()
+            .and_then(|c| c.upgrade())
+            .ok_or(EINVAL)?;
+        let qp = self.qp.as_ref().ok_or(EINVAL)?;
+        let client_qpn = client.qpn.load(Ordering::Acquire);
+        let device = self.device().ok_or(EINVAL)?;
+        bring_up(qp, device, client_qpn)?;
+        *lock(&self.shared.up) = true;
+        *lock(&self.shared.peer) = Some((Arc::downgrade(&client), client_qpn));
+        *lock(&client.peer) = Some((Arc::downgrade(&self.shared), qp.qp_num()));
+        // The connecting side's QP comes up when it sees the reply.
+        client.push(CmEvent::Established {
+            private_data: padded(param.private_data, REP_PRIVATE),
+        });
+        self.shared.push(CmEvent::Established {
+            private_data: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Rejects the connection request this id came with.
+    pub fn reject(&self, private_data: &[u8]) -> Result {
+        let client = lock(&self.request)
+            .take()
+            .and_then(|c| c.upgrade())
+            .ok_or(EINVAL)?;
+        client.push(CmEvent::Rejected {
+            reason: REJ_CONSUMER,
+            private_data: padded(private_data, REJ_PRIVATE),
+        });
+        Ok(())
+    }
+
+    /// Disconnects: moves the QP to ERR and tells the peer.
+    pub fn disconnect(&self) -> Result {
+        if let Some(qp) = &self.qp {
+            let _ = qp.modify_to_error();
+        }
+        let peer = self.shared.peer().ok_or(EINVAL)?;
+        let answering = std::mem::replace(&mut *lock(&self.shared.peer_disconnected), true);
+        if answering {
+            // Our DREP: the side that began sees its DISCONNECTED now.
+            if std::mem::take(&mut *lock(&peer.disconnecting)) {
+                peer.push(CmEvent::Disconnected);
+            }
+        } else {
+            *lock(&self.shared.disconnecting) = true;
+            *lock(&peer.peer_disconnected) = true;
+            peer.push(CmEvent::Disconnected);
+        }
+        Ok(())
+    }
+
+    /// The oldest event not taken yet, waiting up to `timeout`; `ETIMEDOUT` if none.
+    pub fn next_event(&self, timeout: Duration) -> Result<CmEvent> {
+        let start = std::time::Instant::now();
+        loop {
+            let event = lock(&self.shared.events).pop_front();
+            if let Some(event) = event {
+                // The reply reached the connecting side: its QP comes up now.
+                if matches!(event, CmEvent::Established { .. }) {
+                    self.come_up()?;
+                }
+                return Ok(event);
+            }
+            if start.elapsed() >= timeout {
+                return Err(ETIMEDOUT);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl CmId {
+    fn come_up(&self) -> Result {
+        let mut up = lock(&self.shared.up);
+        if *up {
+            return Ok(());
+        }
+        let peer_qpn = lock(&self.shared.peer).as_ref().map(|(_, qpn)| *qpn);
+        if let (Some(qp), Some(peer_qpn), Some(device)) = (&self.qp, peer_qpn, self.device()) {
+            bring_up(qp, device, peer_qpn)?;
+            *up = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CmId {
+    fn drop(&mut self) {
+        drop(self.qp.take());
+        if let Some(key) = *lock(&self.listening) {
+            if let Some(dir) = directory().as_mut() {
+                dir.listeners.remove(&key);
+            }
+        }
+    }
+}
+
+/// A CM QP (in INIT since `create_qp`) through RTR and RTS towards `peer_qpn`, as the
+/// kernel's CM does.
+fn bring_up(qp: &QueuePair, device: &Device, peer_qpn: u32) -> Result {
+    let gid = device.query_gid(1, 0)?;
+    qp.modify_to_rtr(&RtrAttr {
+        port: 1,
+        path_mtu: Mtu::Mtu1024,
+        dest_qp_num: peer_qpn,
+        rq_psn: 0,
+        max_dest_rd_atomic: 1,
+        min_rnr_timer: 12,
+        sgid_index: 0,
+        dgid: gid,
+        hop_limit: 64,
+        dmac: gid.link_local_mac().unwrap_or([2, 0, 0, 0, 0, 1]),
+    })?;
+    qp.modify_to_rts(&RtsAttr {
+        sq_psn: 0,
+        timeout: 14,
+        retry_cnt: 7,
+        rnr_retry: 7,
+        max_rd_atomic: 1,
+    })
+}
