@@ -89,34 +89,19 @@ pub struct ConnectRequest {
     pub responder_resources: u8,
 }
 
-/// What a connect or an accept offers (`struct rdma_conn_param`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ConnParam<'a> {
-    /// Private data for the peer (at most 56 bytes on a connect, 196 on an accept, over
-    /// the IB CM).
-    pub private_data: &'a [u8],
-    /// RDMA READs and atomics this side accepts outstanding.
-    pub responder_resources: u8,
-    /// RDMA READs and atomics this side will have outstanding.
-    pub initiator_depth: u8,
-    /// Transport retries (connect only).
-    pub retry_count: u8,
-    /// RNR retries; 7 retries forever.
-    pub rnr_retry_count: u8,
-}
+pub use crate::verbs::ConnParam;
 
-impl ConnParam<'_> {
-    fn to_raw(self) -> Result<sys::rdma_conn_param> {
-        Ok(sys::rdma_conn_param {
-            private_data: self.private_data.as_ptr().cast(),
-            private_data_len: u8::try_from(self.private_data.len()).map_err(|_| EINVAL)?,
-            responder_resources: self.responder_resources,
-            initiator_depth: self.initiator_depth,
-            retry_count: self.retry_count,
-            rnr_retry_count: self.rnr_retry_count,
-            ..Default::default()
-        })
-    }
+/// The `struct rdma_conn_param` of `param` (its private data borrowed for the call).
+fn conn_param_raw(param: &ConnParam<'_>) -> Result<sys::rdma_conn_param> {
+    Ok(sys::rdma_conn_param {
+        private_data: param.private_data.as_ptr().cast(),
+        private_data_len: u8::try_from(param.private_data.len()).map_err(|_| EINVAL)?,
+        responder_resources: param.responder_resources,
+        initiator_depth: param.initiator_depth,
+        retry_count: param.retry_count,
+        rnr_retry_count: param.rnr_retry_count,
+        ..Default::default()
+    })
 }
 
 /// The event queue an id's `context` points at.
@@ -262,7 +247,7 @@ impl CmId {
 
     /// Connects to the resolved peer ([`CmEvent::Established`], or an error event).
     pub fn connect(&self, param: &ConnParam<'_>) -> Result {
-        let mut raw = param.to_raw()?;
+        let mut raw = conn_param_raw(param)?;
         // SAFETY: the id is valid; `raw` and its private data live across the call, which
         // copies them.
         to_result(unsafe { sys::rdma_connect(self.raw(), &mut raw) })
@@ -270,7 +255,7 @@ impl CmId {
 
     /// Accepts the connection request this id came with.
     pub fn accept(&self, param: &ConnParam<'_>) -> Result {
-        let mut raw = param.to_raw()?;
+        let mut raw = conn_param_raw(param)?;
         // SAFETY: the id is valid; `rdma_accept` must run under the id's handler lock
         // (it asserts so), which outside a CM callback the caller takes itself.
         to_result(unsafe {

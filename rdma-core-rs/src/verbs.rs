@@ -515,6 +515,22 @@ pub struct DeviceCaps {
 
 // What a consumer gives the verbs: the same types for the kernel and the host fabric.
 
+/// What a connect or an accept offers (`struct rdma_conn_param`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnParam<'a> {
+    /// Private data for the peer (at most 56 bytes on a connect, 196 on an accept, over
+    /// the IB CM).
+    pub private_data: &'a [u8],
+    /// RDMA READs and atomics this side accepts outstanding.
+    pub responder_resources: u8,
+    /// RDMA READs and atomics this side will have outstanding.
+    pub initiator_depth: u8,
+    /// Transport retries (connect only).
+    pub retry_count: u8,
+    /// RNR retries; 7 retries forever.
+    pub rnr_retry_count: u8,
+}
+
 /// How a CQ's completions are delivered to their handlers (`enum ib_poll_context`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PollContext {

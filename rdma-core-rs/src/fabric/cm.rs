@@ -102,15 +102,7 @@ pub struct ConnectRequest {
     pub responder_resources: u8,
 }
 
-/// What a connect or an accept offers.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ConnParam<'a> {
-    pub private_data: &'a [u8],
-    pub responder_resources: u8,
-    pub initiator_depth: u8,
-    pub retry_count: u8,
-    pub rnr_retry_count: u8,
-}
+pub use crate::verbs::ConnParam;
 
 /// What an id shares with its peer and its listener.
 struct Shared {
