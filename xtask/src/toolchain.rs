@@ -80,6 +80,8 @@ const ROOT_PACKAGES: &[&str] = &[
     "ibverbs-utils",
     "rdmacm-utils",
     "perftest",
+    // The iSCSI initiator's user space (iscsid, iscsiadm), for the iSER scenarios.
+    "open-iscsi",
 ];
 
 /// Host programs xtask runs, and the Debian packages that provide them.
@@ -138,6 +140,19 @@ fn provision_stock(target: Target) -> Result<Toolchain> {
         stamps.set("root", &format!("suite={}\n", target.suite))?;
     }
 
+    // A package list changed since the root was made: install what is new (apt keeps
+    // what is there), without redoing the tree.
+    let wanted = format!("packages={}", ROOT_PACKAGES.join(","));
+    if let Some(stamp) = stamps.get("packages") {
+        if !stamp.lines().any(|l| l == wanted) {
+            let release = stamp_value(&Some(stamp.clone()), "release")
+                .context(|| "packages stamp has no release; remove it and rerun".to_string())?;
+            step(g, "install packages added since the root was made", || {
+                install_packages(&target, &root, &release, &log("packages"))
+            })?;
+            stamps.set("packages", &format!("{stamp}{wanted}\n"))?;
+        }
+    }
     if stamps.get("packages").is_none() {
         stamps.clear_from(&["packages", "tree"])?;
         let release = step(g, "find the stock kernel release", || {
@@ -151,7 +166,7 @@ fn provision_stock(target: Target) -> Result<Toolchain> {
         let versions = step(g, "record versions", || {
             record_versions(&target, &root, &release)
         })?;
-        stamps.set("packages", &format!("release={release}\n{versions}"))?;
+        stamps.set("packages", &format!("release={release}\n{versions}{wanted}\n"))?;
     }
     let release = stamp_value(&stamps.get("packages"), "release")
         .context(|| "packages stamp has no release; remove it and rerun".to_string())?;
