@@ -166,7 +166,10 @@ fn provision_stock(target: Target) -> Result<Toolchain> {
         let versions = step(g, "record versions", || {
             record_versions(&target, &root, &release)
         })?;
-        stamps.set("packages", &format!("release={release}\n{versions}{wanted}\n"))?;
+        stamps.set(
+            "packages",
+            &format!("release={release}\n{versions}{wanted}\n"),
+        )?;
     }
     let release = stamp_value(&stamps.get("packages"), "release")
         .context(|| "packages stamp has no release; remove it and rerun".to_string())?;
