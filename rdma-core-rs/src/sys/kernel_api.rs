@@ -4,7 +4,8 @@
 //!
 //! Everything above the binding layer (`rdma_core`'s API, the modules, the ULPs) takes
 //! these from here (`rdma_core::kernel_api`), never from `kernel::` directly:
-//! - [`atomic`]: the LKMM atomics (`kernel::sync::atomic` where the kernel has it);
+//! - [`atomic`]: atomics with the kernel's names and typed orderings, one implementation on
+//!   every kernel (see the module);
 //! - [`c_str`]: a C string for the bindings;
 //! - [`timed_out`], [`shut_down`]: errnos the kernel crate may not name;
 //! - [`push_within_capacity`], [`remove`]: `KVec` methods the kernel crate may lack;
