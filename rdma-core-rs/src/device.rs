@@ -49,6 +49,14 @@ impl Device {
         unsafe { &*ptr.cast::<Self>() }
     }
 
+    /// The device's parent in the driver model (what ib_iser gives a SCSI host as its
+    /// DMA parent); may be null for a software device.
+    pub fn parent(&self) -> *mut sys::device {
+        // SAFETY: the device is valid (type invariant); `dev.parent` is set at
+        // registration and constant after; `dev` is the union member every device uses.
+        unsafe { (*self.as_raw()).__bindgen_anon_1.dev.parent }
+    }
+
     pub(crate) fn as_raw(&self) -> *mut sys::ib_device {
         self.0.get()
     }

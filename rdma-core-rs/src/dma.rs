@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Kernel memory mapped for a device: the buffers work requests point at.
 
+use core::ptr::NonNull;
+
 use kernel::prelude::*;
 
 use crate::device::{Device, DeviceRef};
@@ -118,6 +120,28 @@ impl DmaBuffer {
         Ok(())
     }
 
+    /// Runs `f` on bytes `offset..offset + len`, taken back from the device before and
+    /// handed to it after: to read what a completed receive brought, or to fill what a
+    /// send will carry, in place. `&mut self` is the proof that no device is using the
+    /// buffer: a posted WR's buffer cannot be reached, and a region never lends its
+    /// buffer out mutably.
+    pub fn with_bytes_mut<R>(
+        &mut self,
+        offset: usize,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R> {
+        let end = offset.checked_add(len).ok_or(EINVAL)?;
+        let dma_addr = self.dma_addr + offset as u64;
+        let bytes = self.data.get_mut(offset..end).ok_or(EINVAL)?;
+        // SAFETY: the mapping is live (type invariant) and covers `offset..end`.
+        unsafe { sys::tilde_rdma_dma_sync_for_cpu(self.device.as_raw(), dma_addr, len) };
+        let result = f(bytes);
+        // SAFETY: as above.
+        unsafe { sys::tilde_rdma_dma_sync_for_device(self.device.as_raw(), dma_addr, len) };
+        Ok(result)
+    }
+
     /// [`DmaBuffer::read_into`] a new vector of `len` bytes.
     pub fn copy_out(&self, offset: usize, len: usize) -> Result<KVec<u8>> {
         let mut out = KVec::from_elem(0u8, len, GFP_KERNEL)?;
@@ -130,5 +154,109 @@ impl Drop for DmaBuffer {
     fn drop(&mut self) {
         // SAFETY: the buffer was mapped for this device in `new` and is unmapped once.
         unsafe { sys::tilde_rdma_dma_unmap(self.device.as_raw(), self.dma_addr, self.data.len()) };
+    }
+}
+
+/// Which way a [`SgMapping`]'s data moves (`enum dma_data_direction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaDirection {
+    /// The device reads the pages (a SCSI WRITE's data, which the peer RDMA READs).
+    ToDevice,
+    /// The device writes the pages (a SCSI READ's data, which the peer RDMA WRITEs).
+    FromDevice,
+}
+
+impl DmaDirection {
+    fn raw(self) -> sys::dma_data_direction {
+        match self {
+            Self::ToDevice => sys::dma_data_direction_DMA_TO_DEVICE,
+            Self::FromDevice => sys::dma_data_direction_DMA_FROM_DEVICE,
+        }
+    }
+}
+
+/// Pages someone else owns, described by their scatterlist (a SCSI command's data), mapped
+/// for DMA by one device (`ib_dma_map_sg`) and unmapped on drop. A [`crate::mr::SgRegion`]
+/// takes the mapping and lends the pages to a peer under a key; it gives the mapping back
+/// only once that key is invalid.
+pub struct SgMapping {
+    device: DeviceRef,
+    sgl: NonNull<sys::scatterlist>,
+    /// Entries of the list as given (what the unmap takes).
+    nents: i32,
+    /// Entries after mapping (an IOMMU may merge some).
+    mapped: i32,
+    direction: DmaDirection,
+}
+
+// SAFETY: the mapping is plain data about pages the creator promised stay allocated until
+// the drop; the DMA API allows map and unmap from any context and thread.
+unsafe impl Send for SgMapping {}
+// SAFETY: `&SgMapping` only reads the fields.
+unsafe impl Sync for SgMapping {}
+
+impl SgMapping {
+    /// Maps the `nents` entries of `sgl` for `device`.
+    ///
+    /// # Safety
+    ///
+    /// `sgl` is a valid scatterlist of at least `nents` entries, not mapped for DMA
+    /// elsewhere, and it and its pages stay valid until the mapping is dropped.
+    pub unsafe fn new(
+        device: &Device,
+        sgl: *mut sys::scatterlist,
+        nents: u32,
+        direction: DmaDirection,
+    ) -> Result<Self> {
+        let sgl = NonNull::new(sgl).ok_or(EINVAL)?;
+        let nents = i32::try_from(nents).map_err(|_| EINVAL)?;
+        if nents == 0 {
+            return Err(EINVAL);
+        }
+        let device = device.to_ref()?;
+        // SAFETY: the device is valid (we hold a reference); the list is valid (caller).
+        let mapped = unsafe {
+            sys::tilde_rdma_dma_map_sg(device.as_raw(), sgl.as_ptr(), nents, direction.raw())
+        };
+        if mapped <= 0 {
+            pr_err!(
+                "{}: cannot map a {} entry scatterlist for DMA\n",
+                device.name(),
+                nents
+            );
+            return Err(ENOMEM);
+        }
+        Ok(Self {
+            device,
+            sgl,
+            nents,
+            mapped,
+            direction,
+        })
+    }
+
+    /// The device the pages are mapped for.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The mapped list and its entry count, for a region to map.
+    pub(crate) fn mapped(&self) -> (*mut sys::scatterlist, i32) {
+        (self.sgl.as_ptr(), self.mapped)
+    }
+}
+
+impl Drop for SgMapping {
+    fn drop(&mut self) {
+        // SAFETY: the list was mapped for this device in `new` with these arguments and is
+        // unmapped once; it is still valid (the creator's promise).
+        unsafe {
+            sys::tilde_rdma_dma_unmap_sg(
+                self.device.as_raw(),
+                self.sgl.as_ptr(),
+                self.nents,
+                self.direction.raw(),
+            )
+        };
     }
 }

@@ -9,7 +9,7 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use crate::device::teardown_may_sleep;
-use crate::dma::DmaBuffer;
+use crate::dma::{DmaBuffer, SgMapping};
 use crate::pd::ProtectionDomain;
 use crate::sys;
 
@@ -141,5 +141,158 @@ impl Drop for MemoryRegion {
         }
         // SAFETY: the buffer is dropped once, here, after the MR that mapped it is gone.
         unsafe { ManuallyDrop::drop(&mut self.buffer) };
+    }
+}
+
+/// A fast-registration memory region (`ib_alloc_mr`, `IB_MR_TYPE_MEM_REG`) over pages it
+/// borrows through an [`SgMapping`] (a SCSI command's data, say), deregistered on drop.
+///
+/// The region tracks whether its key may still be valid for a peer: from a REG_MR post
+/// ([`crate::qp::Queues::post_reg_sg`]) until a LOCAL_INV of it completes
+/// ([`crate::qp::Queues::post_invalidate`]) or the peer's SEND with Invalidate names its
+/// key ([`SgRegion::invalidated_by`]). Only then does [`SgRegion::unmap`] give the
+/// pages back: a peer can never reach pages their owner got back. Dropping the region
+/// deregisters it first, which is always safe.
+pub struct SgRegion {
+    mr: NonNull<sys::ib_mr>,
+    pages: Option<SgMapping>,
+    /// The key may be valid for a peer.
+    valid: bool,
+    pd: Arc<ProtectionDomain>,
+}
+
+// SAFETY: as for `MemoryRegion`: the `ib_mr` is used through verbs the IB core allows
+// from any thread, and changes only through `&mut self`.
+unsafe impl Send for SgRegion {}
+// SAFETY: `&self` only reads fields the driver set at mapping or registration.
+unsafe impl Sync for SgRegion {}
+
+impl SgRegion {
+    /// A region of up to `max_pages` pages in `pd`, mapping nothing yet.
+    pub fn new(pd: &Arc<ProtectionDomain>, max_pages: u32) -> Result<Self> {
+        // SAFETY: the PD is valid (we hold a reference).
+        let mr = from_err_ptr(unsafe {
+            sys::ib_alloc_mr(pd.as_raw(), sys::ib_mr_type_IB_MR_TYPE_MEM_REG, max_pages)
+        })?;
+        Ok(Self {
+            mr: NonNull::new(mr).ok_or(ENOMEM)?,
+            pages: None,
+            valid: false,
+            pd: pd.clone(),
+        })
+    }
+
+    /// Maps all of `pages` as one region, for the next REG_MR. Refused (the mapping
+    /// handed back) while the region maps other pages, or when the pages do not form one
+    /// region the MR can take (too many, or gaps between pages).
+    pub fn map(&mut self, pages: SgMapping) -> core::result::Result<(), (Error, SgMapping)> {
+        if self.pages.is_some() || self.valid || !pages.device().is(self.pd.device()) {
+            return Err((EINVAL, pages));
+        }
+        let (sgl, nents) = pages.mapped();
+        // SAFETY: the MR is valid and not registered (`valid` is false); the list is mapped
+        // for the MR's device and stays so while the region holds the mapping.
+        let mapped = unsafe { sys::tilde_rdma_map_mr_sg(self.mr.as_ptr(), sgl, nents) };
+        if mapped != nents {
+            pr_err!(
+                "{}: an MR took {} of {} scatterlist entries\n",
+                self.pd.device().name(),
+                mapped,
+                nents
+            );
+            let error = if mapped < 0 {
+                Error::from_errno(mapped)
+            } else {
+                EINVAL
+            };
+            return Err((error, pages));
+        }
+        self.pages = Some(pages);
+        Ok(())
+    }
+
+    /// Gives the pages back, once no peer can reach them: `None` while the key may be
+    /// valid (or nothing is mapped).
+    pub fn unmap(&mut self) -> Option<SgMapping> {
+        if self.valid {
+            return None;
+        }
+        self.pages.take()
+    }
+
+    /// Whether the key may still be valid for a peer.
+    pub fn is_valid(&self) -> bool {
+        self.valid
+    }
+
+    /// Notes that the peer invalidated `rkey` (a receive completion's
+    /// `invalidated_rkey`); `true` if that was this region's key.
+    pub fn invalidated_by(&mut self, rkey: u32) -> bool {
+        if self.valid && rkey == self.rkey() {
+            self.valid = false;
+            return true;
+        }
+        false
+    }
+
+    /// The key a peer names in RDMA operations on this region.
+    pub fn rkey(&self) -> u32 {
+        // SAFETY: the MR is valid (type invariant).
+        unsafe { (*self.mr.as_ptr()).rkey }
+    }
+
+    /// The address of the region's first byte in the peer's RDMA operations.
+    pub fn iova(&self) -> u64 {
+        // SAFETY: the MR is valid; `iova` was set by the mapping.
+        unsafe { (*self.mr.as_ptr()).iova }
+    }
+
+    /// The region's length in bytes.
+    pub fn length(&self) -> u64 {
+        // SAFETY: the MR is valid; `length` was set by the mapping.
+        unsafe { (*self.mr.as_ptr()).length }
+    }
+
+    /// The PD the region is in.
+    pub fn pd(&self) -> &Arc<ProtectionDomain> {
+        &self.pd
+    }
+
+    /// For a REG_MR post: a new key, now possibly valid; `None` if nothing is mapped.
+    pub(crate) fn register(&mut self) -> Option<(*mut sys::ib_mr, u32)> {
+        self.pages.as_ref()?;
+        // SAFETY: the MR is valid and exclusively ours (`&mut`): no WR of it is in flight.
+        unsafe { sys::tilde_rdma_bump_mr_key(self.mr.as_ptr()) };
+        self.valid = true;
+        Some((self.mr.as_ptr(), self.rkey()))
+    }
+
+    /// A LOCAL_INV of the region completed successfully.
+    pub(crate) fn invalidated(&mut self) {
+        self.valid = false;
+    }
+}
+
+impl Drop for SgRegion {
+    fn drop(&mut self) {
+        if !teardown_may_sleep(self.pd.device(), "an MR") {
+            // Still registered: the pages stay mapped and the PD referenced.
+            core::mem::forget(self.pages.take());
+            core::mem::forget(self.pd.clone());
+            return;
+        }
+        // SAFETY: the MR is valid and no WR of ours uses it (a WR carries the region it
+        // posts, and `self` is here).
+        let ret = unsafe { sys::ib_dereg_mr_user(self.mr.as_ptr(), core::ptr::null_mut()) };
+        if ret != 0 {
+            pr_err!(
+                "{}: deregistering an MR failed: {}\n",
+                self.pd.device().name(),
+                ret
+            );
+            // The MR may still map the pages: keep them mapped.
+            core::mem::forget(self.pages.take());
+        }
+        // The pages are unmapped after the MR is gone (field drop).
     }
 }

@@ -19,7 +19,7 @@ use kernel::sync::Arc;
 use crate::ah::AddressHandle;
 use crate::cq::CompletionQueue;
 use crate::device::{teardown_may_sleep, Device, DeviceRef};
-use crate::mr::MemoryRegion;
+use crate::mr::{MemoryRegion, SgRegion};
 use crate::pd::ProtectionDomain;
 use crate::sys;
 use crate::sys::kernel_api::atomic::{Acquire, Atomic, Full, Release};
@@ -388,14 +388,14 @@ impl Queues {
     }
 
     /// Posts a fast registration making `region` valid for the peer's `access` under a
-    /// new key; the WR carries the region until it completes
-    /// ([`WorkRequest::take_region`] gives it back, with [`MemoryRegion::rkey`] the key).
+    /// new key, which it returns; the WR carries the region until it completes
+    /// ([`WorkRequest::take_region`] gives it back).
     pub fn post_reg_mr<T: CompletionHandler>(
         &self,
         mut wr: KBox<WorkRequest<T>>,
         mut region: MemoryRegion,
         access: RemoteAccess,
-    ) -> PostResult<T> {
+    ) -> core::result::Result<u32, Rejected<T>> {
         let in_pd = core::ptr::eq(
             core::ptr::from_ref::<ProtectionDomain>(region.pd()),
             self.pd,
@@ -412,8 +412,61 @@ impl Queues {
             key: region.rkey(),
             access: access_flags(access) as i32,
         };
+        let key = region.rkey();
         wr.region = Some(region);
-        self.submit_send(wr, &mut reg.wr)
+        self.submit_send(wr, &mut reg.wr).map(|()| key)
+    }
+
+    /// Posts a fast registration making the pages `region` maps valid for the peer's
+    /// `access` under a new key, which it returns; the WR carries the region until it
+    /// completes ([`WorkRequest::take_sg_region`]). From here on the region counts its
+    /// key valid, until a LOCAL_INV ([`Queues::post_invalidate`]) or the peer's SEND
+    /// with Invalidate ([`SgRegion::invalidated_by`]) ends it.
+    pub fn post_reg_sg<T: CompletionHandler>(
+        &self,
+        mut wr: KBox<WorkRequest<T>>,
+        mut region: SgRegion,
+        access: RemoteAccess,
+    ) -> core::result::Result<u32, Rejected<T>> {
+        let in_pd = core::ptr::eq(
+            core::ptr::from_ref::<ProtectionDomain>(region.pd()),
+            self.pd,
+        );
+        let registration = if in_pd && self.qp_type == sys::ib_qp_type_IB_QPT_RC {
+            region.register()
+        } else {
+            None
+        };
+        let Some((mr, key)) = registration else {
+            wr.sg_region = Some(region);
+            return Err(Rejected { error: EINVAL, wr });
+        };
+        let mut reg = sys::ib_reg_wr {
+            wr: signaled_wr(sys::ib_wr_opcode_IB_WR_REG_MR, None),
+            mr,
+            key,
+            access: access_flags(access) as i32,
+        };
+        wr.sg_region = Some(region);
+        self.submit_send(wr, &mut reg.wr).map(|()| key)
+    }
+
+    /// Posts a local invalidation of `region`'s key, carrying the region; once it
+    /// completes successfully the region's pages can be unmapped ([`SgRegion::unmap`]).
+    pub fn post_invalidate<T: CompletionHandler>(
+        &self,
+        mut wr: KBox<WorkRequest<T>>,
+        region: SgRegion,
+    ) -> PostResult<T> {
+        let mut inv = sys::ib_send_wr {
+            ex: sys::ib_send_wr__bindgen_ty_2 {
+                invalidate_rkey: region.rkey(),
+            },
+            ..signaled_wr(sys::ib_wr_opcode_IB_WR_LOCAL_INV, None)
+        };
+        wr.sg_region = Some(region);
+        or_reject!(self.require(sys::ib_qp_type_IB_QPT_RC), wr);
+        self.submit_send(wr, &mut inv)
     }
 
     /// Posts a local invalidation of `rkey`: after it completes, the peer's access with

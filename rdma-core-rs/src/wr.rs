@@ -16,7 +16,7 @@ use kernel::types::Opaque;
 use crate::ah::AddressHandle;
 use crate::cq::CqState;
 use crate::dma::DmaBuffer;
-use crate::mr::MemoryRegion;
+use crate::mr::{MemoryRegion, SgRegion};
 use crate::qp::Queues;
 use crate::sys;
 use crate::verbs::{WcOpcode, WcStatus, WorkCompletion};
@@ -48,6 +48,7 @@ pub struct WorkRequest<T: CompletionHandler> {
     pub(crate) queues: *const Queues,
     pub(crate) buffer: Option<DmaBuffer>,
     pub(crate) region: Option<MemoryRegion>,
+    pub(crate) sg_region: Option<SgRegion>,
     pub(crate) ah: Option<Arc<AddressHandle>>,
     data: T,
 }
@@ -74,6 +75,7 @@ impl<T: CompletionHandler> WorkRequest<T> {
                 queues: core::ptr::null(),
                 buffer: None,
                 region: None,
+                sg_region: None,
                 ah: None,
                 data,
             },
@@ -123,6 +125,11 @@ impl<T: CompletionHandler> WorkRequest<T> {
         self.region.take()
     }
 
+    /// Takes back the region a REG_MR or LOCAL_INV of an [`SgRegion`] carried.
+    pub fn take_sg_region(&mut self) -> Option<SgRegion> {
+        self.sg_region.take()
+    }
+
     /// The `ib_cqe` of the WR at `wr`, for the WR being posted.
     ///
     /// # Safety
@@ -155,6 +162,13 @@ unsafe extern "C" fn work_request_done<T: CompletionHandler>(
     // reclaimed once.
     let mut wr = unsafe { KBox::from_raw(cqe.cast::<WorkRequest<T>>()) };
     wr.completion = work_completion(wc);
+    if wr.completion.status == WcStatus::Success
+        && wr.completion.opcode == Some(WcOpcode::LocalInvalidate)
+    {
+        if let Some(region) = wr.sg_region.as_mut() {
+            region.invalidated();
+        }
+    }
     let queues = wr.queues;
     // SAFETY: the CQ is valid while it delivers; its context is the `CqState` that
     // `CompletionQueue` gave it, freed only after the CQ.

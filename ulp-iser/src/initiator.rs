@@ -37,19 +37,31 @@ pub enum DataDirection {
     /// No data.
     None,
     /// The target RDMA WRITEs `len` bytes into the registration.
-    Read { stag: Stag, len: u32 },
+    Read {
+        /// Where the target writes the data.
+        stag: Stag,
+        /// How many bytes it writes (the Expected Data Transfer Length).
+        len: u32,
+    },
     /// The target RDMA READs `len` bytes from the registration. `immediate` bytes of them
     /// (at most what the negotiation allows) the caller sends in the command's SEND after
     /// the headers, from the start of the data.
-    Write { stag: Stag, len: u32 },
+    Write {
+        /// Where the target reads the data from.
+        stag: Stag,
+        /// How many bytes it reads (the Expected Data Transfer Length).
+        len: u32,
+    },
 }
 
 /// A SCSI command to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScsiRequest {
+    /// The logical unit addressed.
     pub lun: u64,
     /// The CDB, zero-padded to 16 bytes (longer CDBs are not supported).
     pub cdb: [u8; 16],
+    /// The command's data and its registration.
     pub data: DataDirection,
 }
 
@@ -59,12 +71,19 @@ pub enum TaskOutcome {
     /// The target answered: iSCSI response code, SCSI status, residual (positive:
     /// underflow, negative: overflow).
     Completed {
+        /// The iSCSI response code (0: completed at the target).
         response: u8,
+        /// The SCSI status (0 GOOD, 2 CHECK CONDITION ...).
         status: u8,
+        /// Bytes not moved (positive: underflow) or beyond the expected length
+        /// (negative: overflow); 0 when all moved.
         residual: i64,
     },
     /// The target rejected the command's PDU (`ISCSI_REASON_*`).
-    Rejected { reason: u8 },
+    Rejected {
+        /// The Reject's reason code (`ISCSI_REASON_*`).
+        reason: u8,
+    },
     /// Aborted by a task management function, or the connection ended first.
     Aborted,
 }
@@ -72,7 +91,9 @@ pub enum TaskOutcome {
 /// A task's end, with its registration's fate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskEnd<'a> {
+    /// The task that ended.
     pub tag: TaskTag,
+    /// How it ended.
     pub outcome: TaskOutcome,
     /// Sense data (without its 2-byte length), if the target sent any.
     pub sense: &'a [u8],
@@ -87,26 +108,48 @@ pub enum Upcall<'a> {
     /// Login completed; the session is in full feature phase.
     LoggedIn(Negotiated),
     /// The target refused the login (status class and detail of its response).
-    LoginRefused { class: u8, detail: u8 },
+    LoginRefused {
+        /// Status-Class: 1 redirect, 2 initiator error, 3 target error.
+        class: u8,
+        /// Status-Detail: the reason within the class.
+        detail: u8,
+    },
     /// A SCSI task ended.
     TaskEnded(TaskEnd<'a>),
     /// A ping ([`Initiator::ping`]) was answered.
     PingAnswered(TaskTag),
     /// A task management function completed with `response` (`ISCSI_TMF_RSP_*`).
-    TaskManagementDone { tag: TaskTag, response: u8 },
+    TaskManagementDone {
+        /// The tag [`Initiator::abort`] returned.
+        tag: TaskTag,
+        /// `ISCSI_TMF_RSP_*`: 0 function complete.
+        response: u8,
+    },
     /// A text response; `more`: not final, the core asks for the rest by itself (text
     /// split inside a pair arrives in pieces: join them before parsing).
     TextResponse {
+        /// The text task's tag.
         tag: TaskTag,
+        /// The response's `key=value` pairs, or a piece of them.
         text: &'a [u8],
+        /// Not final: more text follows in further responses.
         more: bool,
     },
     /// The target asks for a logout within `seconds`.
-    LogoutRequested { seconds: u16 },
+    LogoutRequested {
+        /// The time left to log out, in seconds (Parameter3).
+        seconds: u16,
+    },
     /// Another asynchronous message (`AsyncMessage::EVENT_*`).
-    AsyncEvent { event: u8 },
+    AsyncEvent {
+        /// The AsyncEvent code.
+        event: u8,
+    },
     /// The logout completed (`response` 0: success); the connection may go.
-    LoggedOut { response: u8 },
+    LoggedOut {
+        /// The Logout Response's code (`ISCSI_LOGOUT_*`).
+        response: u8,
+    },
 }
 
 /// Why a connection must end.
@@ -157,7 +200,10 @@ pub enum SubmitError {
 /// the same SEND by `immediate` bytes from the start of a write task's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transmit {
+    /// Bytes written at the start of the caller's buffer.
     pub len: usize,
+    /// For a write command carrying immediate data: its task and how many bytes of its
+    /// data to append.
     pub immediate: Option<(TaskTag, u32)>,
 }
 
@@ -260,6 +306,7 @@ impl<'c, const N: usize> Initiator<'c, N> {
     // Below 65536 slots, no slot and age make the reserved tag 0xffffffff.
     const TAGS_FIT: () = assert!(N > 0 && N < 1 << 16);
 
+    /// An initiator that logs in with `config`, idle until [`Initiator::start_login`].
     pub fn new(config: LoginConfig<'c>) -> Self {
         let () = Self::TAGS_FIT;
         Self {

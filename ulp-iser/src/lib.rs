@@ -7,7 +7,9 @@
 //!
 //! `no_std` because the same source builds for the host tests and, through the kbuild
 //! glue, for the kernel module.
-#![no_std]
+// kbuild passes `-Zcrate-attr=no_std` itself.
+#![cfg_attr(not(tilde_kernel), no_std)]
+#![warn(missing_docs)]
 
 #[cfg(test)]
 extern crate std;

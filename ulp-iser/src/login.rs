@@ -15,11 +15,13 @@ pub struct LoginConfig<'a> {
     /// `InitiatorRecvDataSegmentLength`: the largest data segment we take in a SEND
     /// (our receive buffers' payload).
     pub recv_data_segment_length: u32,
-    /// `MaxBurstLength` and `FirstBurstLength` offered.
+    /// `MaxBurstLength` offered.
     pub max_burst_length: u32,
+    /// `FirstBurstLength` offered.
     pub first_burst_length: u32,
-    /// `ImmediateData` and `InitialR2T` offered.
+    /// `ImmediateData` offered.
     pub immediate_data: bool,
+    /// `InitialR2T` offered.
     pub initial_r2t: bool,
     /// `MaxOutstandingUnexpectedPDUs` (0: no limit declared).
     pub max_outstanding_unexpected_pdus: u32,
@@ -33,10 +35,17 @@ pub struct Negotiated {
     pub target_recv_data_segment_length: u32,
     /// Ours, as declared.
     pub initiator_recv_data_segment_length: u32,
+    /// `MaxBurstLength`: the most solicited data in one sequence.
     pub max_burst_length: u32,
+    /// `FirstBurstLength`: the most unsolicited data (immediate and Data-Out) one command
+    /// carries; never above `max_burst_length`.
     pub first_burst_length: u32,
+    /// `ImmediateData`: whether a write command's SEND may carry data.
     pub immediate_data: bool,
+    /// `InitialR2T`: whether unsolicited Data-Out PDUs are forbidden (immediate data
+    /// aside).
     pub initial_r2t: bool,
+    /// Our `MaxOutstandingUnexpectedPDUs`, as declared (0: no limit).
     pub max_outstanding_unexpected_pdus: u32,
     /// The target's declared `MaxOutstandingUnexpectedPDUs` (0: no limit, or none
     /// declared).

@@ -28,6 +28,9 @@ pub const STACK_MODULES: &[&str] = &["tilde_core"];
 pub const SELFTEST_MODULES: &[&str] = &["tilde_warn_selftest"];
 /// Test suites run against a device; scenarios load them with their parameters.
 pub const SUITE_MODULES: &[&str] = &["tilde_verbs_conformance"];
+/// Upper-layer protocols; their scenarios load them. Built where the tree has what they
+/// need (`tilde_iser`: the kernel's zerocopy crate, probe `zerocopy`).
+pub const ULP_MODULES: &[&str] = &["tilde_iser"];
 
 const SRC: &str = "/build/src";
 const OUT: &str = "/build/out";
@@ -40,6 +43,7 @@ pub struct Modules {
     pub stack: Vec<PathBuf>,
     pub selftest: Vec<PathBuf>,
     pub suites: Vec<PathBuf>,
+    pub ulps: Vec<PathBuf>,
 }
 
 impl Modules {
@@ -49,6 +53,7 @@ impl Modules {
             stack: Vec::new(),
             selftest: Vec::new(),
             suites: Vec::new(),
+            ulps: Vec::new(),
         }
     }
 }
@@ -107,8 +112,10 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     let features = kernel_features(&tree)?;
     let cfgs: Vec<String> = features
         .iter()
+        .filter(|f| **f != "zerocopy")
         .map(|f| format!("--cfg tilde_{f}"))
         .collect();
+    let zerocopy = features.contains(&"zerocopy");
     let has_mo = fs::read_to_string(tree.join("Makefile"))?.contains("KBUILD_EXTMOD_OUTPUT");
     // A Rust rule that names the crate after the object file needs the crate root
     // under the crate's name.
@@ -117,10 +124,10 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     if crate_named_by_object && has_mo {
         bail!("this kernel names crates after objects and has MO=: not bridged yet");
     }
-    let core_root = if crate_named_by_object {
-        "rdma_core"
+    let (core_root, iser_root) = if crate_named_by_object {
+        ("rdma_core", "ulp_iser")
     } else {
-        "lib"
+        ("lib", "lib")
     };
     step(&group, "make modules (kbuild, clippy)", || {
         let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -132,8 +139,9 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             (
                 format!(
                     "mkdir -p {staging} && find {staging} -type l -delete && \
-                     cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/xtask {staging}/ && \
-                     ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && "
+                     cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/xtask {staging}/ && \
+                     ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && \
+                     ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && "
                 ),
                 staging,
                 String::new(),
@@ -144,10 +152,12 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             &format!(
                 "{prepare}make -C {} M={sources} {mo} KERNELRELEASE={} \
                  TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} \
-                 TILDE_RDMA_CORE_ROOT={core_root} CLIPPY=1 -j{jobs} modules",
+                 TILDE_RDMA_CORE_ROOT={core_root} TILDE_ULP_ISER_ROOT={iser_root} \
+                 TILDE_ZEROCOPY={} CLIPPY=1 -j{jobs} modules",
                 toolchain.tree(),
                 sh_quote(&toolchain.release),
                 sh_quote(&cfgs.join(" ")),
+                u8::from(zerocopy),
             ),
             &log,
         )
@@ -169,12 +179,18 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         stack: find(STACK_MODULES)?,
         selftest: find(SELFTEST_MODULES)?,
         suites: find(SUITE_MODULES)?,
+        ulps: if zerocopy {
+            find(ULP_MODULES)?
+        } else {
+            Vec::new()
+        },
     };
     for ko in modules
         .stack
         .iter()
         .chain(&modules.selftest)
         .chain(&modules.suites)
+        .chain(&modules.ulps)
     {
         check_vermagic(toolchain, ko)?;
     }
@@ -187,7 +203,9 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 /// - `pin_init_crate`: the separate `pin_init` crate, whose `MaybeZeroable` the kernel's
 ///   bindgen flags derive for every binding;
 /// - `str_const_char_ptr`: `kernel::str::as_char_ptr_in_const_context`;
-/// - `kvec_remove`: `KVec::remove` (else a shim on `set_len`).
+/// - `kvec_remove`: `KVec::remove` (else a shim on `set_len`);
+/// - `zerocopy`: the kernel's own zerocopy crate, which `ulp_iser`'s wire views use (not a
+///   cfg: without it the iSER module is not built).
 pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     let has = |path: &str| tree.join(path).exists();
     let mentions = |path: &str, text: &str| -> Result<bool> {
@@ -207,6 +225,9 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     }
     if mentions("rust/kernel/alloc/kvec.rs", "pub fn remove(")? {
         features.push("kvec_remove");
+    }
+    if has("rust/libzerocopy.rmeta") {
+        features.push("zerocopy");
     }
     Ok(features)
 }

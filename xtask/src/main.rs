@@ -272,6 +272,19 @@ fn cmd_test(args: &Args) -> Result {
                 (true, Some(modules)) => modules,
                 (true, None) => continue,
             };
+            if let Some(needed) = vm::needs_module(&scenario)? {
+                let built = modules
+                    .ulps
+                    .iter()
+                    .any(|ko| ko.file_stem() == Some(needed.as_ref()));
+                if !built {
+                    println!(
+                        "[test] skipped: {}: vm {scenario} ({needed} is not built for this kernel; see README, Kernels)",
+                        target.id
+                    );
+                    continue;
+                }
+            }
             let expected = vm::expected_failure(&scenario)?;
             let result = vm::run_with_boot_retry(&toolchain, modules, &scenario, args.timeout)
                 .and_then(|run| {

@@ -82,6 +82,8 @@ const ROOT_PACKAGES: &[&str] = &[
     "perftest",
     // The iSCSI initiator's user space (iscsid, iscsiadm), for the iSER scenarios.
     "open-iscsi",
+    // iSER data checks and benchmarks.
+    "fio",
 ];
 
 /// Host programs xtask runs, and the Debian packages that provide them.

@@ -88,6 +88,16 @@ pub fn needs_modules(scenario: &str) -> Result<bool> {
     Ok(!text.lines().any(|l| l.trim() == "# no-modules"))
 }
 
+/// The ULP module a scenario needs (`# needs-module: NAME` line), which not every kernel
+/// target builds (see `kmod::ULP_MODULES`).
+pub fn needs_module(scenario: &str) -> Result<Option<String>> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("# needs-module: "))
+        .map(|name| name.trim().to_string()))
+}
+
 pub fn run(
     toolchain: &Toolchain,
     modules: &Modules,
@@ -109,7 +119,7 @@ pub fn run(
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }
-    for sub in ["modules", "selftest", "suites", "guest", "out"] {
+    for sub in ["modules", "selftest", "suites", "ulps", "guest", "out"] {
         fs::create_dir_all(dir.join(sub))?;
     }
     // Module file names get a load-order prefix: stage2 loads them in name order.
@@ -121,7 +131,11 @@ pub fn run(
                 .join(format!("{i:02}-{}", name.to_string_lossy())),
         )?;
     }
-    for (sub, list) in [("selftest", &modules.selftest), ("suites", &modules.suites)] {
+    for (sub, list) in [
+        ("selftest", &modules.selftest),
+        ("suites", &modules.suites),
+        ("ulps", &modules.ulps),
+    ] {
         for ko in list {
             let name = ko.file_name().context(|| "module path".to_string())?;
             fs::copy(ko, dir.join(sub).join(name))?;
@@ -130,6 +144,7 @@ pub fn run(
     let vm_dir = repo_root().join("xtask/vm");
     fs::copy(vm_dir.join("stage2"), dir.join("guest/stage2"))?;
     fs::copy(vm_dir.join("lib.sh"), dir.join("guest/lib.sh"))?;
+    fs::copy(vm_dir.join("iser.sh"), dir.join("guest/iser.sh"))?;
     fs::copy(&script, dir.join("scenario.sh"))?;
     fs::write(dir.join("scenario-name"), scenario)?;
     fs::write(dir.join("kernel-release"), &toolchain.release)?;

@@ -774,25 +774,27 @@ impl Queues {
         self.post(wr, Some(false), engine::Work::Send { op, offset, len })
     }
 
-    /// Posts a fast registration of `region` for the peer's `access` under a new key.
+    /// Posts a fast registration of `region` for the peer's `access` under a new key,
+    /// which it returns.
     pub fn post_reg_mr<T: CompletionHandler>(
         &self,
         mut wr: Box<WorkRequest<T>>,
         mut region: MemoryRegion,
         access: RemoteAccess,
-    ) -> PostResult<T> {
+    ) -> core::result::Result<u32, Rejected<T>> {
         let in_device = region.pd().device().is(&self.device);
         region.key_byte = region.key_byte.wrapping_add(1);
+        let key = region.rkey();
         let work = engine::Work::RegMr {
             index: region.index,
-            key: region.rkey(),
+            key,
             access,
         };
         wr.region = Some(region);
         if !in_device {
             return Err(Rejected { error: EINVAL, wr });
         }
-        self.post(wr, Some(true), work)
+        self.post(wr, Some(true), work).map(|()| key)
     }
 
     /// Posts a local invalidation of `rkey`.

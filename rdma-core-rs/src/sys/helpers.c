@@ -76,6 +76,29 @@ int tilde_rdma_map_mr(struct ib_mr *mr, u64 dma_addr, u32 len)
 }
 
 /*
+ * Maps a caller's scatterlist (`nents` entries, already mapped for the MR's device) into a
+ * fast-registration MR as one region starting at the first entry's offset. Returns the
+ * entries mapped (all of them on success) or a negative errno.
+ */
+int tilde_rdma_map_mr_sg(struct ib_mr *mr, struct scatterlist *sgl, int nents)
+{
+	return ib_map_mr_sg(mr, sgl, nents, NULL, PAGE_SIZE);
+}
+
+/* ib_dma_map_sg: the DMA side of a caller's scatterlist, for one device. */
+int tilde_rdma_dma_map_sg(struct ib_device *device, struct scatterlist *sgl, int nents,
+			  enum dma_data_direction direction)
+{
+	return ib_dma_map_sg(device, sgl, nents, direction);
+}
+
+void tilde_rdma_dma_unmap_sg(struct ib_device *device, struct scatterlist *sgl, int nents,
+			     enum dma_data_direction direction)
+{
+	ib_dma_unmap_sg(device, sgl, nents, direction);
+}
+
+/*
  * Gives a fast-registration MR a new key (the low byte of lkey and rkey) before it is
  * registered again, so keys handed out for an earlier registration stop working.
  */

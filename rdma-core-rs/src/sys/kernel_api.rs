@@ -263,6 +263,12 @@ pub fn timed_out() -> kernel::error::Error {
     kernel::error::Error::from_errno(-(kernel::bindings::ETIMEDOUT as i32))
 }
 
+/// The error of errno `code` (`kernel::bindings::E*`), for the many that not every
+/// kernel's `kernel::error::code` declares.
+pub fn errno(code: u32) -> kernel::error::Error {
+    kernel::error::Error::from_errno(-(code as i32))
+}
+
 /// `ESHUTDOWN`, which no kernel's `kernel::error::code` declares yet.
 pub fn shut_down() -> kernel::error::Error {
     kernel::error::Error::from_errno(-(kernel::bindings::ESHUTDOWN as i32))

@@ -44,6 +44,38 @@ void tilde_rdma_dma_sync_for_cpu(struct ib_device *device, u64 dma_addr, size_t 
 void tilde_rdma_dma_sync_for_device(struct ib_device *device, u64 dma_addr, size_t size);
 
 int tilde_rdma_map_mr(struct ib_mr *mr, u64 dma_addr, u32 len);
+int tilde_rdma_map_mr_sg(struct ib_mr *mr, struct scatterlist *sgl, int nents);
+int tilde_rdma_dma_map_sg(struct ib_device *device, struct scatterlist *sgl, int nents,
+			  enum dma_data_direction direction);
+void tilde_rdma_dma_unmap_sg(struct ib_device *device, struct scatterlist *sgl, int nents,
+			     enum dma_data_direction direction);
 void tilde_rdma_bump_mr_key(struct ib_mr *mr);
+
+/*
+ * The kernel's iSCSI initiator (libiscsi, scsi_transport_iscsi) and the SCSI midlayer, for
+ * tilde's iSER transport. Its wrappers of static inline functions are defined in the
+ * module that calls them (ulp-iser/kmod/transport.c), so that tilde_core.ko itself never
+ * depends on the SCSI modules.
+ */
+#include <scsi/iscsi_proto.h>
+#include <scsi/libiscsi.h>
+#include <scsi/scsi_cmnd.h>
+#include <scsi/scsi_host.h>
+#include <scsi/scsi_transport_iscsi.h>
+
+struct Scsi_Host *tilde_iscsi_session_to_shost(struct iscsi_cls_session *cls_session);
+bool tilde_iscsi_task_has_unsol_data(struct iscsi_task *task);
+struct scatterlist *tilde_scsi_sglist(struct scsi_cmnd *sc);
+unsigned int tilde_scsi_sg_count(struct scsi_cmnd *sc);
+unsigned int tilde_scsi_bufflen(struct scsi_cmnd *sc);
+void tilde_iser_bh_disable(void);
+void tilde_iser_bh_enable(void);
+
+/* The iSER transport's own tables (transport.c). */
+struct Scsi_Host *tilde_iser_host_alloc(void);
+struct iscsi_cls_session *tilde_iser_session_setup(struct Scsi_Host *shost, u16 cmds_max,
+						   int dd_size, u32 initial_cmdsn);
+int tilde_iser_register(void);
+void tilde_iser_unregister(void);
 
 #endif

@@ -19,7 +19,10 @@ pub use headers::*;
 pub use text::*;
 
 use zerocopy::byteorder::{BigEndian, U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+// The derives come from `zerocopy_derive`, as the kernel provides them (its zerocopy
+// has no `derive` feature).
+use zerocopy::{FromBytes, IntoBytes};
+use zerocopy_derive::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// A big-endian 16-bit field (`__be16`).
 pub type Be16 = U16<BigEndian>;
@@ -66,6 +69,7 @@ pub enum WireError {
 pub struct IserHeader {
     /// Opcode (high nibble) and the STag-valid bits.
     pub flags: u8,
+    /// Reserved, zero.
     pub rsvd: [u8; 3],
     /// The STag (rkey) the target RDMA READs the command's write data from.
     pub write_stag: Be32,
@@ -142,7 +146,9 @@ impl IserHeader {
 )]
 #[repr(C)]
 pub struct IserCmHeader {
+    /// Flags: `ZBVA_NOT_SUPPORTED` and `SEND_W_INV_NOT_SUPPORTED`.
     pub flags: u8,
+    /// Reserved, zero.
     pub rsvd: [u8; 3],
 }
 
@@ -158,6 +164,8 @@ impl IserCmHeader {
 pub struct Pdu<'a> {
     /// The iSER header.
     pub iser: &'a IserHeader,
+    /// The Basic Header Segment, untyped (opcode, tag, lengths).
+    pub bhs: &'a Bhs,
     /// The Basic Header Segment, typed by opcode.
     pub header: Header<'a>,
     /// Additional Header Segments (`TotalAHSLength` × 4 bytes), unparsed.
@@ -185,6 +193,7 @@ pub fn parse(bytes: &[u8]) -> Result<Pdu<'_>, WireError> {
     let header = Header::from_bhs(bhs)?;
     Ok(Pdu {
         iser,
+        bhs,
         header,
         ahs,
         data,

@@ -63,6 +63,7 @@ pub struct TextWriter<'b> {
 }
 
 impl<'b> TextWriter<'b> {
+    /// A writer that fills `buf` from its start.
     pub fn new(buf: &'b mut [u8]) -> Self {
         Self { buf, len: 0 }
     }
@@ -116,6 +117,7 @@ impl<'b> TextWriter<'b> {
         self.len
     }
 
+    /// Whether nothing was written yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -1,0 +1,1265 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `tilde_iser.ko`: an iSER datamover for the kernel's iSCSI initiator, a drop-in for
+//! ib_iser.
+//!
+//! It registers the iSCSI transport `iser` (the tables are C, `transport.c`), so
+//! unmodified open-iscsi (`iscsiadm -I iser`) drives it exactly as it drives ib_iser; the
+//! two cannot be loaded together. libiscsi keeps the iSCSI session (login through
+//! iscsid, CmdSN, tags, error recovery), as it does for ib_iser; this module moves its
+//! PDUs over RDMA with `rdma_core`'s safe API and reads and writes the iSER wire with
+//! `ulp_iser::wire`:
+//!
+//! - a connection (`Endpoint`) is an RDMA CM id with one RC QP, one CQ polled in softirq
+//!   context, a ring of receive buffers, and one `Slot` per libiscsi task: its send WR,
+//!   its REG_MR and LOCAL_INV WRs and its fast-registration region;
+//! - a SCSI command maps its scatterlist into the slot's region, posts REG_MR and the
+//!   SEND of the iSER header (with the read or write STag), the BHS and any immediate
+//!   data; the target moves the data with RDMA READ or WRITE;
+//! - the SCSI Response completes the command only once no peer can reach its pages: the
+//!   target's SEND with Invalidate of the region's key (isert sends one), or else a
+//!   LOCAL_INV that the response waits for. Then the pages are unmapped and libiscsi
+//!   completes the command.
+//!
+//! Everything a task needs is allocated when a connection is made: the data path does no
+//! allocation. Unsolicited Data-Out PDUs (InitialR2T=No) are not supported yet: a
+//! session that negotiates them fails its connection with a dmesg line.
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use core::time::Duration;
+
+use kernel::error::to_result;
+use kernel::ffi::{c_char, c_int};
+use kernel::new_spinlock;
+use kernel::prelude::*;
+use kernel::sync::{Arc, SpinLock};
+use rdma_core::{
+    cm::{CmEvent, CmId, ConnParam},
+    cq::{CompletionQueue, PollContext},
+    device::{Device, DeviceName},
+    dma::{DmaBuffer, DmaDirection, SgMapping},
+    kernel_api::{
+        atomic::{Acquire, Atomic, Release},
+        errno, sleep, timed_out,
+    },
+    mr::SgRegion,
+    pd::ProtectionDomain,
+    qp::{QpCaps, Queues},
+    sys,
+    verbs::{RemoteAccess, SendOp, WcStatus},
+    wr::{CompletionHandler, WorkRequest},
+};
+use ulp_iser::wire::{self, opcode, IserCmHeader, IserHeader, ScsiCommand, Stag, BHS_LEN, ISER_HEADER_LEN};
+use zerocopy::IntoBytes;
+
+module! {
+    type: IserModule,
+    name: "tilde_iser",
+    description: "iSER transport for the iSCSI initiator (tilde, Rust)",
+    license: "GPL",
+}
+
+/// The iSER and iSCSI headers at the start of every message.
+const HEADERS_LEN: usize = ISER_HEADER_LEN + BHS_LEN;
+/// Data a received PDU may carry: the login phase's 8 KiB (`ISCSI_DEF_MAX_RECV_SEG_LEN`),
+/// which also covers sense data, NOP-In pings and text.
+const RX_DATA_LEN: usize = 8192;
+const RX_LEN: usize = HEADERS_LEN + RX_DATA_LEN;
+/// Data a sent PDU may carry: login and text requests, and immediate data (the target's
+/// MaxRecvDataSegmentLength; LIO's is 8 KiB).
+const TX_DATA_LEN: usize = 8192;
+const TX_LEN: usize = HEADERS_LEN + TX_DATA_LEN;
+/// libiscsi tasks per session (commands and management) this transport takes.
+const TASKS_MAX: u16 = 128;
+/// Receives beyond one per task: unsolicited NOP-Ins and Async messages.
+const RX_MISC: u32 = 4;
+/// Send-queue WRs a task may have posted at once: REG_MR, SEND, LOCAL_INV.
+const SEND_WRS_PER_TASK: u32 = 3;
+/// Pages one region maps: the host template's 128 entries of 4 KiB, plus one for an
+/// unaligned start.
+const REGION_PAGES: u32 = 129;
+/// The most of a SCSI Response kept while it waits for its region's invalidation: the BHS
+/// and up to 256 bytes of sense data.
+const HELD_LEN: usize = BHS_LEN + 256;
+/// How long each step of connecting may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long stopping a connection waits for its WRs to flush.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// `ISCSI_ERR_CONN_FAILED`, `ISCSI_ERR_NO_SCSI_CMD`: what libiscsi is told.
+const CONN_FAILED: u32 = sys::iscsi_err_ISCSI_ERR_CONN_FAILED;
+const NO_SCSI_CMD: i32 = sys::iscsi_err_ISCSI_ERR_NO_SCSI_CMD as i32;
+/// The tag of a PDU no response answers (`RESERVED_ITT`).
+const RESERVED_ITT: u32 = 0xffff_ffff;
+/// `AF_INET`.
+const AF_INET: u16 = 2;
+
+struct IserModule;
+
+impl kernel::Module for IserModule {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        // SAFETY: registers the transport table of transport.c, once per load.
+        to_result(unsafe { sys::tilde_iser_register() }).inspect_err(|_| {
+            pr_err!("cannot register the iSCSI transport \"iser\" (is ib_iser loaded?)\n");
+        })?;
+        pr_info!("iSCSI transport \"iser\" registered\n");
+        Ok(Self)
+    }
+}
+
+impl Drop for IserModule {
+    fn drop(&mut self) {
+        // SAFETY: registered in `init`; the iSCSI class refuses the unload while a
+        // session of the transport exists (it holds the module).
+        unsafe { sys::tilde_iser_unregister() };
+        pr_info!("iSCSI transport \"iser\" unregistered\n");
+    }
+}
+
+/// What a posted WR of a connection is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Recv,
+    Send,
+    Reg,
+    Inv,
+}
+
+/// The data of every WR of a connection.
+struct Work {
+    conn: Arc<ConnShared>,
+    kind: Kind,
+    /// The task slot the WR belongs to (unused for receives).
+    slot: usize,
+    /// For a sent PDU no response answers: the `iscsi_task` to put once it is sent.
+    put_task: usize,
+}
+
+/// A libiscsi task's RDMA resources. Each WR and the region is here when idle, and with
+/// the device while posted.
+struct Slot {
+    send: Option<KBox<WorkRequest<Work>>>,
+    reg: Option<KBox<WorkRequest<Work>>>,
+    inv: Option<KBox<WorkRequest<Work>>>,
+    region: Option<SgRegion>,
+    /// A SCSI Response (BHS and data) that waits for `region` to be invalidated.
+    held: Option<usize>,
+    held_bytes: HeldPdu,
+}
+
+/// Bytes of a held PDU, aligned as libiscsi reads a `struct iscsi_hdr`.
+#[repr(C, align(8))]
+struct HeldPdu([u8; HELD_LEN]);
+
+/// What a connection's completion handlers and libiscsi's callbacks share.
+#[pin_data]
+struct ConnShared {
+    device: DeviceName,
+    /// The bound `iscsi_conn`, or null: set by bind, cleared by stop once the QP is
+    /// flushed (so no handler sees a stale one).
+    iscsi_conn: Atomic<*mut sys::iscsi_conn>,
+    /// Set when the connection is being stopped: WR errors are then expected.
+    stopping: Atomic<bool>,
+    #[pin]
+    slots: SpinLock<KVec<Slot>>,
+}
+
+// SAFETY: the `iscsi_conn` pointer is only passed back to libiscsi, which locks; the rest
+// is `Send`/`Sync` or behind the lock.
+unsafe impl Send for ConnShared {}
+// SAFETY: as above.
+unsafe impl Sync for ConnShared {}
+
+/// A response ready to hand to libiscsi, copied out of the lock.
+struct Ready {
+    pdu: HeldPdu,
+    len: usize,
+}
+
+impl ConnShared {
+    fn new(device: &Device) -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                device: device.name(),
+                iscsi_conn: Atomic::new(core::ptr::null_mut()),
+                stopping: Atomic::new(false),
+                slots <- new_spinlock!(KVec::new()),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Fails the bound connection (libiscsi starts recovery), unless it is stopping.
+    fn fail(&self, why: &str) {
+        if self.stopping.load(Acquire) {
+            return;
+        }
+        let conn = self.iscsi_conn.load(Acquire);
+        pr_err!("{}: connection failed: {}\n", self.device, why);
+        if !conn.is_null() {
+            // SAFETY: a bound connection stays valid until stop clears it, after which
+            // no handler runs (stop flushes the QP first).
+            unsafe { sys::iscsi_conn_failure(conn, CONN_FAILED) };
+        }
+    }
+
+    /// Hands a received PDU (`pdu`: BHS, AHS, data) to libiscsi.
+    fn deliver(&self, conn: *mut sys::iscsi_conn, pdu: *mut u8, data_offset: usize, data_len: usize) {
+        let Ok(len) = c_int::try_from(data_len) else {
+            return self.fail("PDU too long");
+        };
+        // SAFETY: `conn` is the bound connection (valid, see `fail`); `pdu` points to a
+        // complete PDU of `data_offset + data_len` bytes, aligned for `iscsi_hdr`, that
+        // libiscsi only reads during the call.
+        let rc = unsafe {
+            sys::iscsi_complete_pdu(
+                conn,
+                pdu.cast(),
+                pdu.add(data_offset).cast::<c_char>(),
+                len,
+            )
+        };
+        if rc != 0 && rc != NO_SCSI_CMD {
+            pr_err!("{}: libiscsi refused a PDU: {}\n", self.device, rc);
+            // SAFETY: as above.
+            unsafe { sys::iscsi_conn_failure(conn, rc as u32) };
+        }
+    }
+}
+
+impl Slot {
+    /// The response may complete now: the region's pages are unmapped, or it had none.
+    /// Otherwise starts what makes that true (a LOCAL_INV) and returns `false`; its
+    /// completion (or the REG_MR's) tries again.
+    fn settle(&mut self, queues: &Queues) -> bool {
+        let Some(region) = self.region.as_mut() else {
+            // With the device (REG_MR or LOCAL_INV): its completion settles.
+            return false;
+        };
+        if !region.is_valid() {
+            drop(region.unmap());
+            return true;
+        }
+        let (Some(region), Some(inv)) = (self.region.take(), self.inv.take()) else {
+            return false;
+        };
+        if let Err(mut rejected) = queues.post_invalidate(inv, region) {
+            // The QP is failing; the region stays valid and is freed with the connection.
+            self.region = rejected.wr.take_sg_region();
+            self.inv = Some(rejected.wr);
+        }
+        false
+    }
+
+    /// Keeps a response until its region is invalidated.
+    fn hold(&mut self, pdu: &[u8]) -> Result {
+        let target = self.held_bytes.0.get_mut(..pdu.len()).ok_or(EMSGSIZE)?;
+        target.copy_from_slice(pdu);
+        self.held = Some(pdu.len());
+        Ok(())
+    }
+
+    fn take_held(&mut self) -> Option<Ready> {
+        let len = self.held.take()?;
+        let mut ready = Ready {
+            pdu: HeldPdu([0; HELD_LEN]),
+            len,
+        };
+        ready.pdu.0.get_mut(..len)?.copy_from_slice(self.held_bytes.0.get(..len)?);
+        Some(ready)
+    }
+}
+
+impl CompletionHandler for Work {
+    fn complete(wr: KBox<WorkRequest<Self>>, queues: &Queues) {
+        let conn = wr.data().conn.clone();
+        match wr.data().kind {
+            Kind::Recv => conn.received(wr, queues),
+            Kind::Send => conn.sent(wr),
+            Kind::Reg | Kind::Inv => conn.region_back(wr, queues),
+        }
+    }
+}
+
+impl ConnShared {
+    fn received(&self, mut wr: KBox<WorkRequest<Work>>, queues: &Queues) {
+        let completion = *wr.completion();
+        if completion.status != WcStatus::Success {
+            if completion.status != WcStatus::WrFlushError {
+                self.fail("a receive failed");
+            }
+            return;
+        }
+        let conn = self.iscsi_conn.load(Acquire);
+        let len = (completion.byte_len as usize).min(RX_LEN);
+        if !conn.is_null() {
+            if let Some(buffer) = wr.buffer_mut() {
+                let _ = buffer.with_bytes_mut(0, len, |bytes| {
+                    self.received_pdu(conn, bytes, completion.invalidated_rkey, queues)
+                });
+            }
+        }
+        if let Err(rejected) = queues.post_recv(wr, 0, RX_LEN) {
+            if !self.stopping.load(Acquire) {
+                pr_err!("{}: reposting a receive failed: {:?}\n", self.device, rejected.error);
+            }
+        }
+    }
+
+    fn received_pdu(
+        &self,
+        conn: *mut sys::iscsi_conn,
+        bytes: &mut [u8],
+        invalidated_rkey: Option<u32>,
+        queues: &Queues,
+    ) {
+        let base = bytes.as_mut_ptr();
+        let (op, itt, data_offset, data_len) = match wire::parse(bytes) {
+            Ok(pdu) => (
+                pdu.bhs.opcode(),
+                u32::from_ne_bytes(pdu.bhs.itt.to_bytes()),
+                // SAFETY: `pdu.data` lies in `bytes`, after the BHS.
+                unsafe { pdu.data.as_ptr().offset_from(base) } as usize - ISER_HEADER_LEN,
+                pdu.data.len(),
+            ),
+            Err(_) => return self.fail("malformed PDU from the target"),
+        };
+        // SAFETY: the BHS starts `ISER_HEADER_LEN` bytes into the message.
+        let pdu = unsafe { base.add(ISER_HEADER_LEN) };
+        if op != opcode::SCSI_CMD_RSP {
+            if invalidated_rkey.is_some() {
+                return self.fail("remote invalidation with a PDU that is not a SCSI Response");
+            }
+            return self.deliver(conn, pdu, data_offset, data_len);
+        }
+        // SAFETY: `conn` is bound (see `fail`); the lookup only reads its session's table.
+        let task = unsafe { sys::iscsi_itt_to_ctask(conn, itt) };
+        if task.is_null() {
+            // libiscsi knows no such command; it says so itself.
+            return self.deliver(conn, pdu, data_offset, data_len);
+        }
+        // SAFETY: a task of the session; `itt` is its index in the session's pool.
+        let index = unsafe { (*task).itt } as usize;
+        let now = {
+            let mut slots = self.slots.lock();
+            let Some(slot) = slots.get_mut(index) else {
+                drop(slots);
+                return self.fail("response for a task without a slot");
+            };
+            if let (Some(rkey), Some(region)) = (invalidated_rkey, slot.region.as_mut()) {
+                if !region.invalidated_by(rkey) {
+                    drop(slots);
+                    return self.fail("the target invalidated a key that is not the command's");
+                }
+            }
+            let now = slot.settle(queues);
+            if !now {
+                // SAFETY: the PDU's bytes are `bytes` from the BHS on.
+                let whole = unsafe { core::slice::from_raw_parts(pdu, data_offset + data_len) };
+                if slot.hold(whole).is_err() {
+                    drop(slots);
+                    return self.fail("SCSI Response too long to hold");
+                }
+            }
+            now
+        };
+        if now {
+            self.deliver(conn, pdu, data_offset, data_len);
+        }
+    }
+
+    fn sent(&self, wr: KBox<WorkRequest<Work>>) {
+        let completion = *wr.completion();
+        let (slot, put_task) = (wr.data().slot, wr.data().put_task);
+        if let Some(slot) = self.slots.lock().get_mut(slot) {
+            slot.send = Some(wr);
+        }
+        if completion.status != WcStatus::Success {
+            if completion.status != WcStatus::WrFlushError {
+                self.fail("a send failed");
+            }
+            return;
+        }
+        if put_task != 0 {
+            // SAFETY: `xmit` kept the task for this: libiscsi leaves a PDU no response
+            // answers to the transport to put once sent.
+            unsafe { sys::iscsi_put_task(put_task as *mut sys::iscsi_task) };
+        }
+    }
+
+    /// A REG_MR or LOCAL_INV gave its region back.
+    fn region_back(&self, mut wr: KBox<WorkRequest<Work>>, queues: &Queues) {
+        let completion = *wr.completion();
+        let region = wr.take_sg_region();
+        let (index, kind) = (wr.data().slot, wr.data().kind);
+        let ready = {
+            let mut slots = self.slots.lock();
+            let Some(slot) = slots.get_mut(index) else {
+                return;
+            };
+            slot.region = region;
+            if kind == Kind::Reg {
+                slot.reg = Some(wr);
+            } else {
+                slot.inv = Some(wr);
+            }
+            if completion.status != WcStatus::Success {
+                None
+            } else if slot.held.is_some() && slot.settle(queues) {
+                slot.take_held()
+            } else {
+                None
+            }
+        };
+        if completion.status != WcStatus::Success {
+            if completion.status != WcStatus::WrFlushError {
+                self.fail("a memory registration or invalidation failed");
+            }
+            return;
+        }
+        let conn = self.iscsi_conn.load(Acquire);
+        if let (Some(mut ready), false) = (ready, conn.is_null()) {
+            let data_offset = BHS_LEN;
+            let data_len = ready.len.saturating_sub(BHS_LEN);
+            self.deliver(conn, ready.pdu.0.as_mut_ptr(), data_offset, data_len);
+        }
+    }
+}
+
+/// A connection: what `ep->dd_data` points to (and `iscsi_conn->dd_data` while bound).
+struct Endpoint {
+    shared: Arc<ConnShared>,
+    /// Dropped first (it drains and destroys the QP), before the slots are freed.
+    cm: Option<CmId>,
+    /// The target's address, as iscsid reads it back.
+    dst: sys::sockaddr_in,
+    /// 0 connecting, 1 established, 2 failed.
+    state: Atomic<u32>,
+}
+
+const CONNECTING: u32 = 0;
+const ESTABLISHED: u32 = 1;
+const FAILED: u32 = 2;
+
+impl Endpoint {
+    /// Resolves `dst`, creates the QP and its resources, and starts connecting.
+    fn connect(dst: SocketAddrV4, raw_dst: sys::sockaddr_in) -> Result<KBox<Self>> {
+        let mut cm = CmId::new_rc()?;
+        cm.resolve_addr(dst, RESOLVE_TIMEOUT)?;
+        match cm.next_event(RESOLVE_TIMEOUT)? {
+            CmEvent::AddrResolved => {}
+            _ => return Err(errno(kernel::bindings::EHOSTUNREACH)),
+        }
+        cm.resolve_route(RESOLVE_TIMEOUT)?;
+        match cm.next_event(RESOLVE_TIMEOUT)? {
+            CmEvent::RouteResolved => {}
+            _ => return Err(errno(kernel::bindings::ENETUNREACH)),
+        }
+        // A reference of our own: `cm` is mutated below.
+        let device = cm.device().ok_or(ENODEV)?.to_ref()?;
+        let device = &*device;
+        let shared = ConnShared::new(device)?;
+        let pd = ProtectionDomain::new(device)?;
+        let caps = QpCaps {
+            max_send_wr: u32::from(TASKS_MAX) * SEND_WRS_PER_TASK,
+            max_recv_wr: u32::from(TASKS_MAX) + RX_MISC,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_data: 0,
+        };
+        let cq = CompletionQueue::new(
+            device,
+            caps.max_send_wr + caps.max_recv_wr,
+            PollContext::Softirq,
+        )?;
+        let responder_resources = u8::try_from(device.caps().max_qp_rd_atom).unwrap_or(u8::MAX);
+        let mut slots = KVec::with_capacity(usize::from(TASKS_MAX), GFP_KERNEL)?;
+        for index in 0..usize::from(TASKS_MAX) {
+            let work = |kind| Work {
+                conn: shared.clone(),
+                kind,
+                slot: index,
+                put_task: 0,
+            };
+            slots.push(
+                Slot {
+                    send: Some(WorkRequest::with_buffer(
+                        DmaBuffer::new(device, TX_LEN)?,
+                        work(Kind::Send),
+                    )?),
+                    reg: Some(WorkRequest::new(work(Kind::Reg))?),
+                    inv: Some(WorkRequest::new(work(Kind::Inv))?),
+                    region: Some(SgRegion::new(&pd, REGION_PAGES)?),
+                    held: None,
+                    held_bytes: HeldPdu([0; HELD_LEN]),
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        *shared.slots.lock() = slots;
+        cm.create_qp(&pd, &cq, &cq, &caps)?;
+        let endpoint = KBox::new(
+            Self {
+                shared: shared.clone(),
+                cm: Some(cm),
+                dst: raw_dst,
+                state: Atomic::new(CONNECTING),
+            },
+            GFP_KERNEL,
+        )?;
+        // From here on, dropping `endpoint` tears everything down in order.
+        let queues = endpoint.queues().ok_or(EINVAL)?;
+        for _ in 0..caps.max_recv_wr {
+            let wr = WorkRequest::with_buffer(
+                DmaBuffer::new(device, RX_LEN)?,
+                Work {
+                    conn: shared.clone(),
+                    kind: Kind::Recv,
+                    slot: 0,
+                    put_task: 0,
+                },
+            )?;
+            queues.post_recv(wr, 0, RX_LEN).map_err(|rejected| rejected.error)?;
+        }
+        let private = IserCmHeader {
+            flags: IserCmHeader::ZBVA_NOT_SUPPORTED,
+            rsvd: [0; 3],
+        };
+        let cm = endpoint.cm.as_ref().ok_or(EINVAL)?;
+        cm.connect(&ConnParam {
+            private_data: private.as_bytes(),
+            responder_resources,
+            initiator_depth: 1,
+            retry_count: 7,
+            rnr_retry_count: 6,
+        })?;
+        Ok(endpoint)
+    }
+
+    fn queues(&self) -> Option<&Queues> {
+        Some(self.cm.as_ref()?.qp()?)
+    }
+
+    /// Waits up to `timeout` for the connection: 1 up, 0 not yet, negative failed.
+    fn poll(&self, timeout: Duration) -> c_int {
+        match self.state.load(Acquire) {
+            ESTABLISHED => return 1,
+            FAILED => return -1,
+            _ => {}
+        }
+        let Some(cm) = self.cm.as_ref() else {
+            return -1;
+        };
+        match cm.next_event(timeout) {
+            Ok(CmEvent::Established { .. }) => {
+                self.state.store(ESTABLISHED, Release);
+                let (ip, port) = ipv4(&self.dst);
+                pr_info!(
+                    "{}: connected to {}.{}.{}.{}:{}\n",
+                    self.shared.device,
+                    ip[0],
+                    ip[1],
+                    ip[2],
+                    ip[3],
+                    port
+                );
+                1
+            }
+            Err(error) if error == timed_out() => 0,
+            Ok(CmEvent::Rejected { reason, .. }) => {
+                pr_err!("{}: the target rejected the connection ({})\n", self.shared.device, reason);
+                self.state.store(FAILED, Release);
+                -1
+            }
+            _ => {
+                let (ip, port) = ipv4(&self.dst);
+                pr_err!(
+                    "{}: connecting to {}.{}.{}.{}:{} failed\n",
+                    self.shared.device,
+                    ip[0],
+                    ip[1],
+                    ip[2],
+                    ip[3],
+                    port
+                );
+                self.state.store(FAILED, Release);
+                -1
+            }
+        }
+    }
+
+    /// Moves the QP to error and waits until every WR came back (flushed): after this no
+    /// completion handler of the connection runs.
+    fn quiesce(&self) {
+        self.shared.stopping.store(true, Release);
+        let Some(cm) = self.cm.as_ref() else {
+            return;
+        };
+        if let Some(qp) = cm.qp() {
+            let _ = qp.modify_to_error();
+        }
+        let _ = cm.disconnect();
+        let mut waited = Duration::ZERO;
+        let step = Duration::from_millis(1);
+        while self.queues().is_some_and(|queues| queues.outstanding() > 0) {
+            if waited >= FLUSH_TIMEOUT {
+                pr_err!("{}: WRs did not flush in {:?}\n", self.shared.device, FLUSH_TIMEOUT);
+                return;
+            }
+            sleep(step);
+            waited += step;
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Release);
+        // Drains and destroys the QP: every WR comes back to its handler first.
+        drop(self.cm.take());
+        // The slots' WRs hold the shared state: break the cycle, and free the regions
+        // (which may sleep) outside the lock.
+        let slots = {
+            // SAFETY: plain bottom-half disabling, paired below; the lock is also taken
+            // in softirq context.
+            unsafe { sys::tilde_iser_bh_disable() };
+            let slots = core::mem::take(&mut *self.shared.slots.lock());
+            // SAFETY: paired with the disable above.
+            unsafe { sys::tilde_iser_bh_enable() };
+            slots
+        };
+        drop(slots);
+    }
+}
+
+/// The address of a `sockaddr_in`.
+fn endpoint_addr(addr: &sys::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    )
+}
+
+/// The octets and port of a `sockaddr_in`, for dmesg (the print macros of some kernels
+/// take no `core::fmt` types).
+fn ipv4(addr: &sys::sockaddr_in) -> ([u8; 4], u16) {
+    let addr = endpoint_addr(addr);
+    (addr.ip().octets(), addr.port())
+}
+
+/// `ERR_PTR(error)`.
+fn err_ptr<T>(error: Error) -> *mut T {
+    error.to_errno() as isize as *mut T
+}
+
+/// The endpoint a bound `iscsi_conn` carries, if any.
+///
+/// # Safety
+///
+/// `conn` is a valid `iscsi_conn` of this transport.
+unsafe fn endpoint_of<'a>(conn: *mut sys::iscsi_conn) -> Option<&'a Endpoint> {
+    // SAFETY: `dd_data` is null or the endpoint bind set, which ep_disconnect frees only
+    // after stop cleared it (the iSCSI class stops a bound connection first).
+    unsafe { (*conn).dd_data.cast::<Endpoint>().as_ref() }
+}
+
+/// The per-task data libiscsi allocates for us: room for the BHS it builds.
+#[repr(C, align(8))]
+struct TaskData {
+    bhs: [u8; BHS_LEN],
+}
+
+// The transport's callbacks (see transport.c). Each runs as libiscsi or the iSCSI class
+// calls it, with the pointers they pass valid for the call.
+
+/// `create_session`: a SCSI host with one session, its limits from the endpoint.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_session_create(
+    ep: *mut sys::iscsi_endpoint,
+    cmds_max: u16,
+    qdepth: u16,
+    initial_cmdsn: u32,
+) -> *mut sys::iscsi_cls_session {
+    // SAFETY: a non-null `ep` is a live endpoint of ours (the class holds it).
+    let Some(endpoint) = (unsafe { ep.as_ref() }).and_then(|ep| {
+        // SAFETY: our endpoints' `dd_data` is the `Endpoint`.
+        unsafe { ep.dd_data.cast::<Endpoint>().as_ref() }
+    }) else {
+        pr_err!("a session needs a connected endpoint (open-iscsi 2.0-870 or later)\n");
+        return core::ptr::null_mut();
+    };
+    let Some(device) = endpoint.cm.as_ref().and_then(|cm| cm.device()) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: allocates a host of our template.
+    let shost = unsafe { sys::tilde_iser_host_alloc() };
+    if shost.is_null() {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: the host is ours until added; the device is valid (the endpoint holds it).
+    unsafe {
+        (*shost).cmd_per_lun = i16::try_from(qdepth).unwrap_or(i16::MAX);
+        (*shost).can_queue = cmds_max.min(TASKS_MAX).into();
+        if sys::iscsi_host_add(shost, device.parent()) != 0 {
+            sys::iscsi_host_free(shost);
+            return core::ptr::null_mut();
+        }
+    }
+    // SAFETY: the host was added; libiscsi sizes the session's pool from `can_queue`.
+    let session = unsafe {
+        sys::tilde_iser_session_setup(
+            shost,
+            (*shost).can_queue as u16,
+            core::mem::size_of::<TaskData>() as c_int,
+            initial_cmdsn,
+        )
+    };
+    if session.is_null() {
+        // SAFETY: added above and unused.
+        unsafe {
+            sys::iscsi_host_remove(shost, false);
+            sys::iscsi_host_free(shost);
+        }
+    }
+    session
+}
+
+/// `destroy_session`.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_session_destroy(cls_session: *mut sys::iscsi_cls_session) {
+    // SAFETY: the class passes a session of ours, whose host was made by `session_create`.
+    unsafe {
+        let shost = sys::tilde_iscsi_session_to_shost(cls_session);
+        sys::iscsi_session_teardown(cls_session);
+        sys::iscsi_host_remove(shost, false);
+        sys::iscsi_host_free(shost);
+    }
+}
+
+/// `create_conn`.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_conn_create(
+    cls_session: *mut sys::iscsi_cls_session,
+    conn_idx: u32,
+) -> *mut sys::iscsi_cls_conn {
+    // SAFETY: the class passes a session of ours.
+    let cls_conn = unsafe { sys::iscsi_conn_setup(cls_session, 0, conn_idx) };
+    if !cls_conn.is_null() {
+        // SAFETY: a new connection; what it can receive in one PDU is what our receive
+        // buffers hold.
+        unsafe {
+            let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
+            (*conn).max_recv_dlength = RX_DATA_LEN as u32;
+        }
+    }
+    cls_conn
+}
+
+/// `bind_conn`: joins the connection to the endpoint iscsid connected.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_conn_bind(
+    cls_session: *mut sys::iscsi_cls_session,
+    cls_conn: *mut sys::iscsi_cls_conn,
+    transport_eph: u64,
+    is_leading: c_int,
+) -> c_int {
+    // SAFETY: the class passes its session and connection.
+    let rc = unsafe { sys::iscsi_conn_bind(cls_session, cls_conn, is_leading) };
+    if rc != 0 {
+        return rc;
+    }
+    // SAFETY: the handle comes from user space: the class looks it up among live
+    // endpoints and holds the one it returns until the put below.
+    let ep = unsafe { sys::iscsi_lookup_endpoint(transport_eph) };
+    if ep.is_null() {
+        pr_err!("cannot bind to endpoint {:#x}\n", transport_eph);
+        return EINVAL.to_errno();
+    }
+    // SAFETY: the endpoint is held; its `dd_data` is ours; the connection is the class's.
+    let rc = unsafe {
+        let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
+        match (*ep).dd_data.cast::<Endpoint>().as_ref() {
+            Some(endpoint) if endpoint.state.load(Acquire) == ESTABLISHED => {
+                let tasks = (*(*conn).session).cmds_max;
+                if tasks > i32::from(TASKS_MAX) {
+                    pr_err!("a session of {} tasks is more than {}\n", tasks, TASKS_MAX);
+                    EINVAL.to_errno()
+                } else {
+                    (*conn).dd_data = core::ptr::from_ref(endpoint).cast_mut().cast();
+                    endpoint.shared.iscsi_conn.store(conn, Release);
+                    0
+                }
+            }
+            _ => {
+                pr_err!("endpoint {:#x} is not connected\n", transport_eph);
+                EINVAL.to_errno()
+            }
+        }
+    };
+    // SAFETY: the reference the lookup took.
+    unsafe { sys::iscsi_put_endpoint(ep) };
+    rc
+}
+
+/// `stop_conn`: flushes the QP, stops libiscsi's side, and unbinds.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_conn_stop(cls_conn: *mut sys::iscsi_cls_conn, flag: c_int) {
+    // SAFETY: the class passes a connection of ours.
+    let conn = unsafe { (*cls_conn).dd_data.cast::<sys::iscsi_conn>() };
+    // SAFETY: as above.
+    if let Some(endpoint) = unsafe { endpoint_of(conn) } {
+        endpoint.quiesce();
+    }
+    // SAFETY: libiscsi's own stop; its task cleanup may still call `task_cleanup`,
+    // which finds the endpoint bound.
+    unsafe { sys::iscsi_conn_stop(cls_conn, flag) };
+    // SAFETY: unbinding; no handler runs any more (flushed above).
+    if let Some(endpoint) = unsafe { endpoint_of(conn) } {
+        endpoint.shared.iscsi_conn.store(core::ptr::null_mut(), Release);
+        // SAFETY: as above.
+        unsafe { (*conn).dd_data = core::ptr::null_mut() };
+    }
+}
+
+/// The integer a parameter's text starts with (iscsid writes decimal).
+fn parse_param(text: &[u8]) -> Option<u32> {
+    let digits = text.iter().take_while(|b| b.is_ascii_digit());
+    let mut value: u32 = 0;
+    let mut any = false;
+    for digit in digits {
+        value = value.checked_mul(10)?.checked_add(u32::from(digit - b'0'))?;
+        any = true;
+    }
+    any.then_some(value)
+}
+
+/// `set_param`: iSER has no digests and no markers; the rest is libiscsi's.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_set_param(
+    cls_conn: *mut sys::iscsi_cls_conn,
+    param: sys::iscsi_param,
+    buf: *mut c_char,
+    buflen: c_int,
+) -> c_int {
+    let must_be_off = matches!(
+        param,
+        sys::iscsi_param_ISCSI_PARAM_HDRDGST_EN
+            | sys::iscsi_param_ISCSI_PARAM_DATADGST_EN
+            | sys::iscsi_param_ISCSI_PARAM_IFMARKER_EN
+            | sys::iscsi_param_ISCSI_PARAM_OFMARKER_EN
+    );
+    if param == sys::iscsi_param_ISCSI_PARAM_MAX_RECV_DLENGTH {
+        // Fixed by the receive buffers (`create_conn`), as in ib_iser.
+        return 0;
+    }
+    if must_be_off {
+        let len = usize::try_from(buflen).unwrap_or(0);
+        // SAFETY: the class passes `buflen` readable bytes.
+        let text = unsafe { core::slice::from_raw_parts(buf.cast::<u8>().cast_const(), len) };
+        if parse_param(text) != Some(0) {
+            pr_err!("digests and markers must be negotiated off for iSER (parameter {})\n", param);
+            return errno(kernel::bindings::EPROTO).to_errno();
+        }
+        return 0;
+    }
+    // SAFETY: libiscsi's own handling of the class's arguments.
+    unsafe { sys::iscsi_set_param(cls_conn, param, buf, buflen) }
+}
+
+/// `get_ep_param`: the target's address and port.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_get_ep_param(
+    ep: *mut sys::iscsi_endpoint,
+    param: sys::iscsi_param,
+    buf: *mut c_char,
+) -> c_int {
+    if param != sys::iscsi_param_ISCSI_PARAM_CONN_PORT
+        && param != sys::iscsi_param_ISCSI_PARAM_CONN_ADDRESS
+    {
+        return errno(kernel::bindings::ENOSYS).to_errno();
+    }
+    // SAFETY: the class passes a live endpoint of ours.
+    let Some(endpoint) = (unsafe { (*ep).dd_data.cast::<Endpoint>().as_ref() }) else {
+        return errno(kernel::bindings::ENOTCONN).to_errno();
+    };
+    let mut storage = sys::__kernel_sockaddr_storage::default();
+    // SAFETY: a `sockaddr_in` fits the storage, which is aligned for any address.
+    unsafe {
+        core::ptr::from_mut(&mut storage)
+            .cast::<sys::sockaddr_in>()
+            .write(endpoint.dst)
+    };
+    // SAFETY: libiscsi formats the address into the class's page-sized `buf`.
+    unsafe { sys::iscsi_conn_get_addr_param(core::ptr::from_mut(&mut storage).cast(), param, buf) }
+}
+
+/// `ep_connect`: starts an RDMA CM connection to `dst_addr` (IPv4).
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_ep_connect(
+    _shost: *mut sys::Scsi_Host,
+    dst_addr: *mut sys::sockaddr,
+    _non_blocking: c_int,
+) -> *mut sys::iscsi_endpoint {
+    // SAFETY: the class passes a socket address of at least `sockaddr` size.
+    if unsafe { (*dst_addr).sa_family } != AF_INET {
+        pr_err!("only IPv4 targets are supported\n");
+        return err_ptr(errno(kernel::bindings::EAFNOSUPPORT));
+    }
+    // SAFETY: an `AF_INET` address is a `sockaddr_in` (the class copied a whole
+    // `sockaddr_storage`).
+    let raw = unsafe { dst_addr.cast::<sys::sockaddr_in>().read_unaligned() };
+    let dst = endpoint_addr(&raw);
+    let endpoint = match Endpoint::connect(dst, raw) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            let (ip, port) = ipv4(&raw);
+            pr_err!(
+                "connecting to {}.{}.{}.{}:{} failed: {:?}\n",
+                ip[0],
+                ip[1],
+                ip[2],
+                ip[3],
+                port,
+                error
+            );
+            return err_ptr(error);
+        }
+    };
+    // SAFETY: a new endpoint with no private data of the class's.
+    let ep = unsafe { sys::iscsi_create_endpoint(0) };
+    if ep.is_null() {
+        return err_ptr(ENOMEM);
+    }
+    // SAFETY: the endpoint is ours until `ep_disconnect`, which frees this box.
+    unsafe { (*ep).dd_data = KBox::into_raw(endpoint).cast() };
+    ep
+}
+
+/// `ep_poll`: 1 connected, 0 not yet, negative failed.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_ep_poll(ep: *mut sys::iscsi_endpoint, timeout_ms: c_int) -> c_int {
+    // SAFETY: the class passes a live endpoint of ours.
+    let Some(endpoint) = (unsafe { (*ep).dd_data.cast::<Endpoint>().as_ref() }) else {
+        return -1;
+    };
+    let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+    endpoint.poll(timeout)
+}
+
+/// `ep_disconnect`: tears the connection down and frees the endpoint.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_ep_disconnect(ep: *mut sys::iscsi_endpoint) {
+    // SAFETY: the class passes a live endpoint of ours and never uses it again; a bound
+    // connection was stopped (and unbound) first.
+    unsafe {
+        let endpoint = (*ep).dd_data.cast::<Endpoint>();
+        (*ep).dd_data = core::ptr::null_mut();
+        if !endpoint.is_null() {
+            let endpoint = KBox::from_raw(endpoint);
+            endpoint.quiesce();
+            drop(endpoint);
+        }
+        sys::iscsi_destroy_endpoint(ep);
+    }
+}
+
+/// `init_task`: only checks the connection is bound.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_task_init(task: *mut sys::iscsi_task) -> c_int {
+    // SAFETY: libiscsi passes a task of a connection of ours.
+    match unsafe { endpoint_of((*task).conn) } {
+        Some(_) => 0,
+        None => ENODEV.to_errno(),
+    }
+}
+
+/// `alloc_pdu`: libiscsi builds the BHS in the task's data; `xmit` copies it out.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_pdu_alloc(task: *mut sys::iscsi_task, _opcode: u8) -> c_int {
+    // SAFETY: the task's `dd_data` is a `TaskData` (`session_create` sized it).
+    unsafe {
+        (*task).hdr = (*task).dd_data.cast();
+        (*task).hdr_max = BHS_LEN as u16;
+    }
+    0
+}
+
+/// `xmit_task`: sends the task's PDU (a SCSI command with its registration, or a
+/// management PDU). Runs under libiscsi's `frwd_lock`: no sleeping.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_task_xmit(task: *mut sys::iscsi_task) -> c_int {
+    // SAFETY: libiscsi passes a prepared task of a connection of ours.
+    let (conn, sc) = unsafe { ((*task).conn, (*task).sc) };
+    // SAFETY: as above.
+    let Some(endpoint) = (unsafe { endpoint_of(conn) }) else {
+        return ENODEV.to_errno();
+    };
+    let Some(queues) = endpoint.queues() else {
+        return ENODEV.to_errno();
+    };
+    // SAFETY: `hdr` is the task's BHS (`pdu_alloc`), built by libiscsi.
+    let bhs = unsafe { &*(*task).hdr.cast::<[u8; BHS_LEN]>() };
+    // SAFETY: the task's index in the session's pool, below `cmds_max` (checked at bind).
+    let index = unsafe { (*task).itt } as usize;
+    let result = if sc.is_null() {
+        // SAFETY: `data` holds `data_count` bytes of the PDU's data segment (or none).
+        let data = unsafe {
+            match (*task).data_count {
+                0 => &[][..],
+                n => core::slice::from_raw_parts((*task).data.cast::<u8>(), n as usize),
+            }
+        };
+        // SAFETY: the BHS's tag field, as libiscsi wrote it.
+        let itt = unsafe { (*(*task).hdr).itt };
+        let put_task = if itt == RESERVED_ITT { task as usize } else { 0 };
+        endpoint.send_control(queues, index, bhs, data, put_task)
+    } else {
+        // SAFETY: a SCSI task: the command and the data libiscsi counted are valid.
+        unsafe { endpoint.send_command(queues, task, sc, index, bhs) }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(error) => error.to_errno(),
+    }
+}
+
+impl Endpoint {
+    /// Sends a management PDU: the iSER header, `bhs` and `data`.
+    fn send_control(
+        &self,
+        queues: &Queues,
+        index: usize,
+        bhs: &[u8; BHS_LEN],
+        data: &[u8],
+        put_task: usize,
+    ) -> Result {
+        if data.len() > TX_DATA_LEN {
+            pr_err!("{}: a {} byte PDU data segment is too long\n", self.shared.device, data.len());
+            return Err(EMSGSIZE);
+        }
+        let mut send = {
+            let mut slots = self.shared.slots.lock();
+            slots.get_mut(index).ok_or(EINVAL)?.send.take().ok_or(EAGAIN)?
+        };
+        let header = IserHeader::control(None, None);
+        let len = HEADERS_LEN + data.len();
+        let filled = send.buffer_mut().ok_or(EINVAL).and_then(|buffer| {
+            buffer.with_bytes_mut(0, len, |bytes| {
+                let (iser, rest) = bytes.split_at_mut(ISER_HEADER_LEN);
+                iser.copy_from_slice(header.as_bytes());
+                let (bhs_out, data_out) = rest.split_at_mut(BHS_LEN);
+                bhs_out.copy_from_slice(bhs);
+                data_out.copy_from_slice(data);
+            })
+        });
+        send.data_mut().put_task = put_task;
+        if let Err(error) = filled {
+            self.shared.put_send(index, send);
+            return Err(error);
+        }
+        queues.post_send(send, SendOp::Send, 0, len).map_err(|rejected| {
+            self.shared.put_send(index, rejected.wr);
+            rejected.error
+        })
+    }
+
+    /// Sends a SCSI command: registers its data for the target's RDMA (unless all of it
+    /// goes as immediate data), then the SEND with the STag and any immediate data.
+    ///
+    /// # Safety
+    ///
+    /// `task` is a prepared SCSI task of this connection and `sc` its command.
+    unsafe fn send_command(
+        &self,
+        queues: &Queues,
+        task: *mut sys::iscsi_task,
+        sc: *mut sys::scsi_cmnd,
+        index: usize,
+        bhs: &[u8; BHS_LEN],
+    ) -> Result {
+        // SAFETY: the task is prepared (caller): libiscsi counted its immediate data.
+        let (imm, unsolicited) =
+            unsafe { ((*task).imm_count as usize, sys::tilde_iscsi_task_has_unsol_data(task)) };
+        if unsolicited {
+            self.shared.fail("unsolicited Data-Out (InitialR2T=No) is not supported");
+            return Err(errno(kernel::bindings::EOPNOTSUPP));
+        }
+        // SAFETY: the command is valid (caller).
+        let (sgl, nents, bufflen) = unsafe {
+            (sys::tilde_scsi_sglist(sc), sys::tilde_scsi_sg_count(sc), sys::tilde_scsi_bufflen(sc) as usize)
+        };
+        let flags = bhs[1];
+        let (read, write) = (flags & ScsiCommand::FLAG_READ != 0, flags & ScsiCommand::FLAG_WRITE != 0);
+        if read && write {
+            pr_err!("{}: bidirectional commands are not supported\n", self.shared.device);
+            return Err(errno(kernel::bindings::EOPNOTSUPP));
+        }
+        if imm > TX_DATA_LEN || imm > bufflen {
+            pr_err!("{}: {} bytes of immediate data do not fit\n", self.shared.device, imm);
+            return Err(EMSGSIZE);
+        }
+        let rdma = bufflen > 0 && (read || (write && bufflen > imm));
+        let mut slots = self.shared.slots.lock();
+        let slot = slots.get_mut(index).ok_or(EINVAL)?;
+        if slot.send.is_none() || (rdma && (slot.reg.is_none() || slot.region.is_none())) {
+            // The slot's last WRs are not back yet: libiscsi requeues the command.
+            return Err(EAGAIN);
+        }
+        slot.held = None;
+        let (mut write_stag, mut read_stag) = (None, None);
+        if rdma {
+            let (Some(mut region), Some(reg)) = (slot.region.take(), slot.reg.take()) else {
+                return Err(EAGAIN);
+            };
+            let direction = if read { DmaDirection::FromDevice } else { DmaDirection::ToDevice };
+            // SAFETY: the command's scatterlist stays valid and its pages allocated until
+            // the command completes, which waits for the region to give them back.
+            let pages = unsafe { SgMapping::new(queues.device(), sgl, nents, direction) };
+            let mapped = pages.and_then(|pages| region.map(pages).map_err(|(error, _)| error));
+            if let Err(error) = mapped {
+                slot.region = Some(region);
+                slot.reg = Some(reg);
+                return Err(error);
+            }
+            let va = region.iova();
+            let access = if read { RemoteAccess::WRITE } else { RemoteAccess::READ };
+            let key = match queues.post_reg_sg(reg, region, access) {
+                Ok(key) => key,
+                Err(mut rejected) => {
+                    slot.region = rejected.wr.take_sg_region();
+                    if let Some(region) = slot.region.as_mut() {
+                        drop(region.unmap());
+                    }
+                    slot.reg = Some(rejected.wr);
+                    return Err(rejected.error);
+                }
+            };
+            if read {
+                read_stag = Some(Stag { stag: key, va });
+            } else {
+                // The target reads what immediate data did not carry.
+                write_stag = Some(Stag { stag: key, va: va + imm as u64 });
+            }
+        }
+        let Some(mut send) = slot.send.take() else {
+            return Err(EAGAIN);
+        };
+        drop(slots);
+        let header = IserHeader::control(write_stag, read_stag);
+        let len = HEADERS_LEN + imm;
+        let filled = send.buffer_mut().ok_or(EINVAL).and_then(|buffer| {
+            buffer.with_bytes_mut(0, len, |bytes| {
+                let (iser, rest) = bytes.split_at_mut(ISER_HEADER_LEN);
+                iser.copy_from_slice(header.as_bytes());
+                let (bhs_out, data_out) = rest.split_at_mut(BHS_LEN);
+                bhs_out.copy_from_slice(bhs);
+                if data_out.is_empty() {
+                    return imm;
+                }
+                // SAFETY: the command's scatterlist is valid (caller); `data_out` has
+                // room for `imm` bytes.
+                unsafe {
+                    sys::sg_pcopy_to_buffer(sgl, nents, data_out.as_mut_ptr().cast(), imm, 0)
+                }
+            })
+        });
+        send.data_mut().put_task = 0;
+        match filled {
+            Ok(copied) if copied == imm => {}
+            _ => {
+                self.shared.put_send(index, send);
+                return Err(EIO);
+            }
+        }
+        queues.post_send(send, SendOp::Send, 0, len).map_err(|rejected| {
+            self.shared.put_send(index, rejected.wr);
+            rejected.error
+        })
+    }
+}
+
+impl ConnShared {
+    fn put_send(&self, index: usize, send: KBox<WorkRequest<Work>>) {
+        if let Some(slot) = self.slots.lock().get_mut(index) {
+            slot.send = Some(send);
+        }
+    }
+}
+
+/// `cleanup_task`: a task ends (completed, aborted or failed). A region still valid is
+/// invalidated; its pages are unmapped once that completes.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_task_cleanup(task: *mut sys::iscsi_task) {
+    // SAFETY: libiscsi passes a task of a connection of ours, under its `back_lock`.
+    let (conn, sc, index) = unsafe { ((*task).conn, (*task).sc, (*task).itt as usize) };
+    if sc.is_null() {
+        return;
+    }
+    // SAFETY: as above.
+    let Some(endpoint) = (unsafe { endpoint_of(conn) }) else {
+        return;
+    };
+    let Some(queues) = endpoint.queues() else {
+        return;
+    };
+    let mut slots = endpoint.shared.slots.lock();
+    if let Some(slot) = slots.get_mut(index) {
+        slot.held = None;
+        // Unmaps, or starts the invalidation whose completion unmaps.
+        let _ = slot.settle(queues);
+    }
+}
