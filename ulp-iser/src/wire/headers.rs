@@ -4,10 +4,9 @@
 //! `ISCSI_FLAG_*` and `ISCSI_OP_*` values), RFC 7143 §11.
 
 use super::{Be16, Be32, WireError, BHS_LEN};
-// The derives come from `zerocopy_derive`, as the kernel provides them (its zerocopy
-// has no `derive` feature).
+// The derives are named by their path in `zerocopy_derive`, where the kernel provides
+// them (its zerocopy has no `derive` feature; on the host, another crate may turn it on).
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
-use zerocopy_derive::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// iSCSI opcodes (`ISCSI_OP_*`), without the immediate bit.
 pub mod opcode {
@@ -60,11 +59,11 @@ pub trait PduHeader: IntoBytes + Immutable {
 
 /// A logical unit number in the SAM 8-byte format (`struct scsi_lun`, `int_to_scsilun`).
 #[derive(
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
     Clone,
     Copy,
     Debug,
@@ -98,11 +97,11 @@ impl Lun {
 
 /// The 24-bit `DataSegmentLength` field.
 #[derive(
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
     Clone,
     Copy,
     Debug,
@@ -127,7 +126,16 @@ impl Be24 {
 
 /// The template every header follows (`struct iscsi_hdr`).
 #[derive(
-    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
 )]
 #[repr(C)]
 pub struct Bhs {
@@ -186,7 +194,7 @@ impl Bhs {
 macro_rules! header {
     ($(#[$doc:meta])* $name:ident = $opcode:expr; { $($(#[$fdoc:meta])* $field:ident: $ty:ty,)* }) => {
         $(#[$doc])*
-        #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+        #[derive(zerocopy_derive::FromBytes, zerocopy_derive::IntoBytes, zerocopy_derive::KnownLayout, zerocopy_derive::Immutable, zerocopy_derive::Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
         #[repr(C)]
         pub struct $name {
             $($(#[$fdoc])* pub $field: $ty,)*

@@ -19,10 +19,9 @@ pub use headers::*;
 pub use text::*;
 
 use zerocopy::byteorder::{BigEndian, U16, U32, U64};
-// The derives come from `zerocopy_derive`, as the kernel provides them (its zerocopy
-// has no `derive` feature).
+// The derives are named by their path in `zerocopy_derive`, where the kernel provides
+// them (its zerocopy has no `derive` feature; on the host, another crate may turn it on).
 use zerocopy::{FromBytes, IntoBytes};
-use zerocopy_derive::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// A big-endian 16-bit field (`__be16`).
 pub type Be16 = U16<BigEndian>;
@@ -63,7 +62,16 @@ pub enum WireError {
 /// The iSER header (`struct iser_ctrl`, RFC 7145 §9.2): which of the PDU's data the
 /// target reads (write STag) or writes (read STag), and where.
 #[derive(
-    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
 )]
 #[repr(C)]
 pub struct IserHeader {
@@ -142,7 +150,16 @@ impl IserHeader {
 /// The private data an iSER initiator sends in its RDMA CM connect request
 /// (`struct iser_cm_hdr`, RFC 7145 §9.1 / Linux's Annex A12 extension).
 #[derive(
-    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
 )]
 #[repr(C)]
 pub struct IserCmHeader {
