@@ -104,11 +104,34 @@ fn conn_param_raw(param: &ConnParam<'_>) -> Result<sys::rdma_conn_param> {
     })
 }
 
-/// The event queue an id's `context` points at.
+/// How an established connection ended, as a [`CmWatcher`] hears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionLoss {
+    /// The peer disconnected (or answered this side's disconnect).
+    Disconnected,
+    /// The device is going away; it waits for the id to be dropped.
+    DeviceRemoval,
+    /// The local address moved to another device.
+    AddrChange,
+}
+
+/// Hears of a connection's loss when it happens, where waiting for
+/// [`CmId::next_event`] would be too late (a ULP must fail its session at once, not when
+/// it next polls). Called in the CM's callback: process context, with the id's handler
+/// lock held, so it must not call the CM for this id (nor drop it); the event is still
+/// queued as well.
+pub trait CmWatcher: Send + Sync {
+    /// The connection is lost.
+    fn connection_lost(&self, loss: ConnectionLoss);
+}
+
+/// The event queue an id's `context` points at, and its watcher.
 #[pin_data]
 struct CmShared {
     #[pin]
     events: Mutex<KVec<CmEvent>>,
+    #[pin]
+    watcher: Mutex<Option<Arc<dyn CmWatcher>>>,
 }
 
 impl CmShared {
@@ -116,6 +139,7 @@ impl CmShared {
         Arc::pin_init(
             pin_init!(Self {
                 events <- new_mutex!(KVec::new()),
+                watcher <- new_mutex!(None),
             }),
             GFP_KERNEL,
         )
@@ -287,6 +311,12 @@ impl CmId {
         to_result(unsafe { sys::rdma_disconnect(self.raw()) })
     }
 
+    /// Has `watcher` told of the connection's loss from now on (replacing any earlier
+    /// one), until the id is dropped.
+    pub fn watch(&self, watcher: Arc<dyn CmWatcher>) {
+        *self.shared.watcher.lock() = Some(watcher);
+    }
+
     /// The oldest event not taken yet, waiting up to `timeout` for one; `ETIMEDOUT` if
     /// none comes.
     pub fn next_event(&self, timeout: Duration) -> Result<CmEvent> {
@@ -432,6 +462,17 @@ unsafe extern "C" fn cm_event_handler(
         return 0;
     };
     let is_request = event.event == sys::rdma_cm_event_type_RDMA_CM_EVENT_CONNECT_REQUEST;
+    let loss = match event.event {
+        sys::rdma_cm_event_type_RDMA_CM_EVENT_DISCONNECTED => Some(ConnectionLoss::Disconnected),
+        sys::rdma_cm_event_type_RDMA_CM_EVENT_DEVICE_REMOVAL => Some(ConnectionLoss::DeviceRemoval),
+        sys::rdma_cm_event_type_RDMA_CM_EVENT_ADDR_CHANGE => Some(ConnectionLoss::AddrChange),
+        _ => None,
+    };
+    if let Some(loss) = loss {
+        if let Some(watcher) = queue.watcher.lock().as_ref() {
+            watcher.connection_lost(loss);
+        }
+    }
     // SAFETY: as this function's contract says.
     match unsafe { convert(id, event) } {
         Ok(converted) => {

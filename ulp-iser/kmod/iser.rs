@@ -33,12 +33,12 @@ use kernel::new_spinlock;
 use kernel::prelude::*;
 use kernel::sync::{Arc, SpinLock};
 use rdma_core::{
-    cm::{CmEvent, CmId, ConnParam},
+    cm::{CmEvent, CmId, CmWatcher, ConnParam, ConnectionLoss},
     cq::{CompletionQueue, PollContext},
     device::{Device, DeviceName},
     dma::{DmaBuffer, DmaDirection, SgMapping},
     kernel_api::{
-        atomic::{Acquire, Atomic, Release},
+        atomic::{Acquire, Atomic, Full, Relaxed, Release},
         errno, sleep, timed_out,
     },
     mr::SgRegion,
@@ -158,6 +158,14 @@ struct ConnShared {
     iscsi_conn: Atomic<*mut sys::iscsi_conn>,
     /// Set when the connection is being stopped: WR errors are then expected.
     stopping: Atomic<bool>,
+    /// Set by the first failure: libiscsi is told once, dmesg says why once.
+    failed: Atomic<bool>,
+    /// Commands whose data was registered for the target's RDMA, and how their keys
+    /// ended: by the target's SEND with Invalidate, or by our LOCAL_INV (dmesg shows the
+    /// counts when the connection ends).
+    registered: Atomic<u64>,
+    remote_invalidations: Atomic<u64>,
+    local_invalidations: Atomic<u64>,
     #[pin]
     slots: SpinLock<KVec<Slot>>,
 }
@@ -181,6 +189,10 @@ impl ConnShared {
                 device: device.name(),
                 iscsi_conn: Atomic::new(core::ptr::null_mut()),
                 stopping: Atomic::new(false),
+                failed: Atomic::new(false),
+                registered: Atomic::new(0),
+                remote_invalidations: Atomic::new(0),
+                local_invalidations: Atomic::new(0),
                 slots <- new_spinlock!(KVec::new()),
             }),
             GFP_KERNEL,
@@ -189,11 +201,25 @@ impl ConnShared {
 
     /// Fails the bound connection (libiscsi starts recovery), unless it is stopping.
     fn fail(&self, why: &str) {
-        if self.stopping.load(Acquire) {
+        if self.stopping.load(Acquire) || self.failed.xchg(true, Full) {
             return;
         }
-        let conn = self.iscsi_conn.load(Acquire);
         pr_err!("{}: connection failed: {}\n", self.device, why);
+        self.tell_libiscsi();
+    }
+
+    /// Like [`ConnShared::fail`], for an end that is no error of either side (the peer
+    /// disconnects after a logout, say).
+    fn lost(&self, why: &str) {
+        if self.stopping.load(Acquire) || self.failed.xchg(true, Full) {
+            return;
+        }
+        pr_info!("{}: connection lost: {}\n", self.device, why);
+        self.tell_libiscsi();
+    }
+
+    fn tell_libiscsi(&self) {
+        let conn = self.iscsi_conn.load(Acquire);
         if !conn.is_null() {
             // SAFETY: a bound connection stays valid until stop clears it, after which
             // no handler runs (stop flushes the QP first).
@@ -229,7 +255,7 @@ impl Slot {
     /// The response may complete now: the region's pages are unmapped, or it had none.
     /// Otherwise starts what makes that true (a LOCAL_INV) and returns `false`; its
     /// completion (or the REG_MR's) tries again.
-    fn settle(&mut self, queues: &Queues) -> bool {
+    fn settle(&mut self, queues: &Queues, local_invalidations: &Atomic<u64>) -> bool {
         let Some(region) = self.region.as_mut() else {
             // With the device (REG_MR or LOCAL_INV): its completion settles.
             return false;
@@ -241,10 +267,14 @@ impl Slot {
         let (Some(region), Some(inv)) = (self.region.take(), self.inv.take()) else {
             return false;
         };
-        if let Err(mut rejected) = queues.post_invalidate(inv, region) {
-            // The QP is failing; the region stays valid and is freed with the connection.
-            self.region = rejected.wr.take_sg_region();
-            self.inv = Some(rejected.wr);
+        match queues.post_invalidate(inv, region) {
+            Ok(()) => local_invalidations.add(1, Relaxed),
+            Err(mut rejected) => {
+                // The QP is failing; the region stays valid and is freed with the
+                // connection.
+                self.region = rejected.wr.take_sg_region();
+                self.inv = Some(rejected.wr);
+            }
         }
         false
     }
@@ -268,6 +298,16 @@ impl Slot {
     }
 }
 
+impl CmWatcher for ConnShared {
+    fn connection_lost(&self, loss: ConnectionLoss) {
+        self.lost(match loss {
+            ConnectionLoss::Disconnected => "the target disconnected",
+            ConnectionLoss::DeviceRemoval => "the RDMA device is going away",
+            ConnectionLoss::AddrChange => "the local address moved to another device",
+        });
+    }
+}
+
 impl CompletionHandler for Work {
     fn complete(wr: KBox<WorkRequest<Self>>, queues: &Queues) {
         let conn = wr.data().conn.clone();
@@ -282,11 +322,12 @@ impl CompletionHandler for Work {
 impl ConnShared {
     fn received(&self, mut wr: KBox<WorkRequest<Work>>, queues: &Queues) {
         let completion = *wr.completion();
+        if completion.status == WcStatus::WrFlushError {
+            // Flushed while not stopping: the QP went to error (the peer disconnected).
+            return self.lost("receives flushed");
+        }
         if completion.status != WcStatus::Success {
-            if completion.status != WcStatus::WrFlushError {
-                self.fail("a receive failed");
-            }
-            return;
+            return self.fail("a receive failed");
         }
         let conn = self.iscsi_conn.load(Acquire);
         let len = (completion.byte_len as usize).min(RX_LEN);
@@ -349,8 +390,9 @@ impl ConnShared {
                     drop(slots);
                     return self.fail("the target invalidated a key that is not the command's");
                 }
+                self.remote_invalidations.add(1, Relaxed);
             }
-            let now = slot.settle(queues);
+            let now = slot.settle(queues, &self.local_invalidations);
             if !now {
                 // SAFETY: the PDU's bytes are `bytes` from the BHS on.
                 let whole = unsafe { core::slice::from_raw_parts(pdu, data_offset + data_len) };
@@ -373,9 +415,7 @@ impl ConnShared {
             slot.send = Some(wr);
         }
         if completion.status != WcStatus::Success {
-            if completion.status != WcStatus::WrFlushError {
-                self.fail("a send failed");
-            }
+            self.fail("a send failed");
             return;
         }
         if put_task != 0 {
@@ -403,16 +443,14 @@ impl ConnShared {
             }
             if completion.status != WcStatus::Success {
                 None
-            } else if slot.held.is_some() && slot.settle(queues) {
+            } else if slot.held.is_some() && slot.settle(queues, &self.local_invalidations) {
                 slot.take_held()
             } else {
                 None
             }
         };
         if completion.status != WcStatus::Success {
-            if completion.status != WcStatus::WrFlushError {
-                self.fail("a memory registration or invalidation failed");
-            }
+            self.fail("a memory registration or invalidation failed");
             return;
         }
         let conn = self.iscsi_conn.load(Acquire);
@@ -524,6 +562,7 @@ impl Endpoint {
             rsvd: [0; 3],
         };
         let cm = endpoint.cm.as_ref().ok_or(EINVAL)?;
+        cm.watch(shared.clone());
         cm.connect(&ConnParam {
             private_data: private.as_bytes(),
             responder_resources,
@@ -613,6 +652,21 @@ impl Endpoint {
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Release);
+        if self.state.load(Acquire) == ESTABLISHED {
+            let (ip, port) = ipv4(&self.dst);
+            pr_info!(
+                "{}: disconnected from {}.{}.{}.{}:{}: {} commands registered, {} keys invalidated by the target, {} by LOCAL_INV\n",
+                self.shared.device,
+                ip[0],
+                ip[1],
+                ip[2],
+                ip[3],
+                port,
+                self.shared.registered.load(Relaxed),
+                self.shared.remote_invalidations.load(Relaxed),
+                self.shared.local_invalidations.load(Relaxed)
+            );
+        }
         // Drains and destroys the QP: every WR comes back to its handler first.
         drop(self.cm.take());
         // The slots' WRs hold the shared state: break the cycle, and free the regions
@@ -1184,6 +1238,7 @@ impl Endpoint {
                     return Err(rejected.error);
                 }
             };
+            self.shared.registered.add(1, Relaxed);
             if read {
                 read_stag = Some(Stag { stag: key, va });
             } else {
@@ -1260,6 +1315,6 @@ unsafe extern "C" fn tilde_iser_task_cleanup(task: *mut sys::iscsi_task) {
     if let Some(slot) = slots.get_mut(index) {
         slot.held = None;
         // Unmaps, or starts the invalidation whose completion unmaps.
-        let _ = slot.settle(queues);
+        let _ = slot.settle(queues, &endpoint.shared.local_invalidations);
     }
 }

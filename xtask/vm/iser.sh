@@ -97,3 +97,43 @@ iser_data_checks() {
 		--verify=crc32c --do_verify=1 --verify_fatal=1 --output=fio-verify.log
 	grep -E "err= *0" fio-verify.log
 }
+
+# iser_target_drop: the target ends the session under I/O (its portal group disabled for
+# 3 s, which closes every connection); the initiator must recover and lose nothing.
+iser_target_drop() {
+	echo "== the target drops the session under I/O; the initiator recovers"
+	head -c 67108864 /dev/urandom > /tmp/drop
+	dd if=/tmp/drop of="$ISER_DEV" bs=64k seek=2048 oflag=direct status=none &
+	local writer=$!
+	sleep 1
+	echo 0 > "$ISER_TPG/enable"
+	sleep 3
+	echo 1 > "$ISER_TPG/enable"
+	wait "$writer"
+	local written read
+	written=$(sha256sum < /tmp/drop | cut -d' ' -f1)
+	read=$(dd if="$ISER_DEV" bs=64k skip=2048 count=1024 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+	echo "after recovery: written $written, read $read"
+	[ "$written" = "$read" ]
+	rm /tmp/drop
+}
+
+# iser_device_removal: `rdma link delete` under I/O. The session fails (recovery_tmo cut to
+# 5 s), the writer gets I/O errors, the device goes away, nothing hangs; then logout.
+iser_device_removal() {
+	echo "== rdma link delete rxe0 under I/O"
+	local tmo
+	for tmo in /sys/class/iscsi_session/session*/recovery_tmo; do echo 5 > "$tmo"; done
+	dd if=/dev/zero of="$ISER_DEV" bs=64k count=4096 oflag=direct status=none &
+	local writer=$!
+	sleep 1
+	timeout 60 rdma link delete rxe0
+	if wait "$writer"; then
+		echo "note: the writer finished before the device went away"
+	else
+		echo "ok: the writer ended with I/O errors"
+	fi
+	rdma link show | tee links.log
+	! grep -q rxe0 links.log
+	iser_logout || true
+}

@@ -1,6 +1,8 @@
 # tilde's iSER initiator (tilde_iser.ko) end to end: the same target, login and data checks
 # as iser-reference (the kernel's ib_iser), with tilde_iser registered as the `iser`
-# transport instead; then logout, unload, dmesg clean.
+# transport instead; then the ends that must be clean: the target dropping the session
+# under I/O (recovery, nothing lost), logout and login again, `rdma link delete` under
+# I/O, module unload after logout; dmesg clean throughout.
 # needs-module: tilde_iser
 . /tilde/guest/lib.sh
 . /tilde/guest/iser.sh
@@ -14,7 +16,15 @@ iser_iscsid
 iser_login
 expect_dmesg 'tilde_iser: rxe0: connected to 10\.0\.2\.15:3260'
 iser_data_checks
+iser_target_drop
+# The session of the data checks ended with the drop: its commands' keys were invalidated
+# by the target (isert's SEND with Invalidate).
+expect_dmesg 'tilde_iser: rxe0: disconnected from 10\.0\.2\.15:3260: [1-9][0-9]* commands registered, [1-9][0-9]* keys invalidated by the target'
+expect_dmesg 'tilde_iser: rxe0: connection lost: the target disconnected'
 iser_logout
+iser_login
+iser_device_removal
+expect_dmesg 'tilde_iser: rxe0: connection lost: the RDMA device is going away'
 pkill iscsid || true
 iser_target_down
 rmmod tilde_iser
