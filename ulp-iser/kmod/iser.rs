@@ -281,7 +281,7 @@ impl Slot {
 
     /// Keeps a response until its region is invalidated.
     fn hold(&mut self, pdu: &[u8]) -> Result {
-        let target = self.held_bytes.0.get_mut(..pdu.len()).ok_or(EMSGSIZE)?;
+        let target = self.held_bytes.0.get_mut(..pdu.len()).ok_or(errno(kernel::bindings::EMSGSIZE))?;
         target.copy_from_slice(pdu);
         self.held = Some(pdu.len());
         Ok(())
@@ -443,9 +443,18 @@ impl ConnShared {
             }
             if completion.status != WcStatus::Success {
                 None
-            } else if slot.held.is_some() && slot.settle(queues, &self.local_invalidations) {
-                slot.take_held()
+            } else if slot.held.is_some() {
+                slot.settle(queues, &self.local_invalidations)
+                    .then(|| slot.take_held())
+                    .flatten()
             } else {
+                // No response waits (the task ended early and its cleanup invalidated the
+                // key): the pages go back now.
+                if let Some(region) = slot.region.as_mut() {
+                    if !region.is_valid() {
+                        drop(region.unmap());
+                    }
+                }
                 None
             }
         };
@@ -1139,7 +1148,7 @@ impl Endpoint {
     ) -> Result {
         if data.len() > TX_DATA_LEN {
             pr_err!("{}: a {} byte PDU data segment is too long\n", self.shared.device, data.len());
-            return Err(EMSGSIZE);
+            return Err(errno(kernel::bindings::EMSGSIZE));
         }
         let mut send = {
             let mut slots = self.shared.slots.lock();
@@ -1200,7 +1209,7 @@ impl Endpoint {
         }
         if imm > TX_DATA_LEN || imm > bufflen {
             pr_err!("{}: {} bytes of immediate data do not fit\n", self.shared.device, imm);
-            return Err(EMSGSIZE);
+            return Err(errno(kernel::bindings::EMSGSIZE));
         }
         let rdma = bufflen > 0 && (read || (write && bufflen > imm));
         let mut slots = self.shared.slots.lock();

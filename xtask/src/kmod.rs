@@ -115,7 +115,14 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         .filter(|f| **f != "zerocopy")
         .map(|f| format!("--cfg tilde_{f}"))
         .collect();
-    let zerocopy = features.contains(&"zerocopy");
+    // zerocopy: the kernel's own, or a bridge to another tree's copy (see
+    // `zerocopy_bridge`); without either, the ULPs that need it are not built.
+    let bridge = if features.contains(&"zerocopy") {
+        None
+    } else {
+        zerocopy_bridge(&toolchain.root.dir)?
+    };
+    let zerocopy = features.contains(&"zerocopy") || bridge.is_some();
     let has_mo = fs::read_to_string(tree.join("Makefile"))?.contains("KBUILD_EXTMOD_OUTPUT");
     // A Rust rule that names the crate after the object file needs the crate root
     // under the crate's name.
@@ -123,6 +130,9 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         .contains("--crate-name $(basename $(notdir $@))");
     if crate_named_by_object && has_mo {
         bail!("this kernel names crates after objects and has MO=: not bridged yet");
+    }
+    if bridge.is_some() && has_mo {
+        bail!("this kernel has MO= but no zerocopy: the zerocopy bridge needs the staging tree");
     }
     let (core_root, iser_root) = if crate_named_by_object {
         ("rdma_core", "ulp_iser")
@@ -141,11 +151,27 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
                     "mkdir -p {staging} && find {staging} -type l -delete && \
                      cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/xtask {staging}/ && \
                      ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && \
-                     ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && "
+                     ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && {}",
+                    match &bridge {
+                        Some(b) => format!(
+                            "mkdir -p {staging}/zerocopy && cp -rsf {}/. {staging}/zerocopy/ && \
+                             ln -sf lib.rs {staging}/zerocopy/zerocopy.rs && \
+                             ln -sf {} {staging}/zerocopy/libzerocopy_derive.so && ",
+                            b.source, b.derive
+                        ),
+                        None => String::new(),
+                    }
                 ),
                 staging,
                 String::new(),
             )
+        };
+        let bridge_vars = match &bridge {
+            Some(b) => format!(
+                "TILDE_ZEROCOPY_BRIDGE=1 CARGO_PKG_VERSION={}",
+                b.version
+            ),
+            None => String::new(),
         };
         toolchain.root.sh(
             &binds,
@@ -153,7 +179,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
                 "{prepare}make -C {} M={sources} {mo} KERNELRELEASE={} \
                  TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} \
                  TILDE_RDMA_CORE_ROOT={core_root} TILDE_ULP_ISER_ROOT={iser_root} \
-                 TILDE_ZEROCOPY={} CLIPPY=1 -j{jobs} modules",
+                 TILDE_ZEROCOPY={} {bridge_vars} CLIPPY=1 -j{jobs} modules",
                 toolchain.tree(),
                 sh_quote(&toolchain.release),
                 sh_quote(&cfgs.join(" ")),
@@ -230,6 +256,56 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
         features.push("zerocopy");
     }
     Ok(features)
+}
+
+/// The kernel's vendored zerocopy from another prepared tree in the same build root, for
+/// a kernel whose Rust has none (6.12): its source (compiled by our Kbuild with this
+/// kernel's flags) and its derive macro (a host library, usable by any build of the same
+/// rustc, which the shared build root guarantees).
+struct ZerocopyBridge {
+    /// The crate's `src` directory, as a path in the build root.
+    source: String,
+    /// `libzerocopy_derive.so`, as a path in the build root.
+    derive: String,
+    /// `CARGO_PKG_VERSION` the crate is compiled with (the tree's `zerocopy-envs`).
+    version: String,
+}
+
+fn zerocopy_bridge(root: &Path) -> Result<Option<ZerocopyBridge>> {
+    let Ok(entries) = fs::read_dir(root.join("usr/src")) else {
+        return Ok(None);
+    };
+    let mut trees: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    trees.sort();
+    for tree in trees {
+        let rust = tree.join("rust");
+        if !rust.join("zerocopy/src/lib.rs").is_file()
+            || !rust.join("libzerocopy_derive.so").is_file()
+        {
+            continue;
+        }
+        let makefile = fs::read_to_string(rust.join("Makefile")).unwrap_or_default();
+        let Some(version) = makefile
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("CARGO_PKG_VERSION="))
+        else {
+            continue;
+        };
+        let guest = |p: PathBuf| -> Result<String> {
+            Ok(format!(
+                "/{}",
+                p.strip_prefix(root)
+                    .map_err(|_| crate::util::Error("zerocopy bridge path".to_string()))?
+                    .display()
+            ))
+        };
+        return Ok(Some(ZerocopyBridge {
+            source: guest(rust.join("zerocopy/src"))?,
+            derive: guest(rust.join("libzerocopy_derive.so"))?,
+            version: version.to_string(),
+        }));
+    }
+    Ok(None)
 }
 
 /// A module whose vermagic does not name the target's release would not load.

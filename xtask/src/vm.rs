@@ -145,6 +145,10 @@ pub fn run(
     fs::copy(vm_dir.join("stage2"), dir.join("guest/stage2"))?;
     fs::copy(vm_dir.join("lib.sh"), dir.join("guest/lib.sh"))?;
     fs::copy(vm_dir.join("iser.sh"), dir.join("guest/iser.sh"))?;
+    fs::copy(
+        vm_dir.join("iser_bench_table.py"),
+        dir.join("guest/iser_bench_table.py"),
+    )?;
     fs::copy(&script, dir.join("scenario.sh"))?;
     fs::write(dir.join("scenario-name"), scenario)?;
     fs::write(dir.join("kernel-release"), &toolchain.release)?;
