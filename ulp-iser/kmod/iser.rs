@@ -20,9 +20,9 @@
 //!   LOCAL_INV that the response waits for. Then the pages are unmapped and libiscsi
 //!   completes the command.
 //!
-//! Everything a task needs is allocated when a connection is made: the data path does no
-//! allocation. Unsolicited Data-Out PDUs (InitialR2T=No) are not supported yet: a
-//! session that negotiates them fails its connection with a dmesg line.
+//! Everything a connection needs is allocated when it is made: the data path does no
+//! allocation. Unsolicited Data-Out PDUs (InitialR2T=No) go by SEND from a shared pool
+//! of WRs, their data copied from the command's pages, as ib_iser sends them.
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
@@ -39,7 +39,7 @@ use rdma_core::{
     dma::{DmaBuffer, DmaDirection, SgMapping},
     kernel_api::{
         atomic::{Acquire, Atomic, Full, Relaxed, Release},
-        errno, sleep, timed_out,
+        errno, push_within_capacity, remove, sleep, timed_out,
     },
     mr::SgRegion,
     pd::ProtectionDomain,
@@ -49,7 +49,7 @@ use rdma_core::{
     wr::{CompletionHandler, WorkRequest},
 };
 use ulp_iser::wire::{self, opcode, IserCmHeader, IserHeader, ScsiCommand, Stag, BHS_LEN, ISER_HEADER_LEN};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 module! {
     type: IserModule,
@@ -74,6 +74,9 @@ const TASKS_MAX: u16 = 128;
 const RX_MISC: u32 = 4;
 /// Send-queue WRs a task may have posted at once: REG_MR, SEND, LOCAL_INV.
 const SEND_WRS_PER_TASK: u32 = 3;
+/// Send WRs for unsolicited Data-Out PDUs (InitialR2T=No), shared by a connection's
+/// tasks: 64 PDUs of up to 8 KiB in flight.
+const DATA_OUT_WRS: usize = 64;
 /// Pages one region maps: the host template's 128 entries of 4 KiB, plus one for an
 /// unaligned start.
 const REGION_PAGES: u32 = 129;
@@ -121,6 +124,7 @@ enum Kind {
     Send,
     Reg,
     Inv,
+    DataOut,
 }
 
 /// The data of every WR of a connection.
@@ -166,8 +170,13 @@ struct ConnShared {
     registered: Atomic<u64>,
     remote_invalidations: Atomic<u64>,
     local_invalidations: Atomic<u64>,
+    /// Unsolicited Data-Out PDUs sent.
+    data_outs: Atomic<u64>,
     #[pin]
     slots: SpinLock<KVec<Slot>>,
+    /// Idle Data-Out WRs (capacity `DATA_OUT_WRS`, so putting one back never allocates).
+    #[pin]
+    data_out: SpinLock<KVec<KBox<WorkRequest<Work>>>>,
 }
 
 // SAFETY: the `iscsi_conn` pointer is only passed back to libiscsi, which locks; the rest
@@ -193,7 +202,9 @@ impl ConnShared {
                 registered: Atomic::new(0),
                 remote_invalidations: Atomic::new(0),
                 local_invalidations: Atomic::new(0),
+                data_outs: Atomic::new(0),
                 slots <- new_spinlock!(KVec::new()),
+                data_out <- new_spinlock!(KVec::new()),
             }),
             GFP_KERNEL,
         )
@@ -314,6 +325,7 @@ impl CompletionHandler for Work {
         match wr.data().kind {
             Kind::Recv => conn.received(wr, queues),
             Kind::Send => conn.sent(wr),
+            Kind::DataOut => conn.data_out_sent(wr),
             Kind::Reg | Kind::Inv => conn.region_back(wr, queues),
         }
     }
@@ -425,6 +437,17 @@ impl ConnShared {
         }
     }
 
+    fn data_out_sent(&self, wr: KBox<WorkRequest<Work>>) {
+        let failed = wr.completion().status != WcStatus::Success;
+        // Room for every Data-Out WR was reserved at connect.
+        if let Err(wr) = push_within_capacity(&mut self.data_out.lock(), wr) {
+            drop(wr);
+        }
+        if failed {
+            self.fail("a Data-Out send failed");
+        }
+    }
+
     /// A REG_MR or LOCAL_INV gave its region back.
     fn region_back(&self, mut wr: KBox<WorkRequest<Work>>, queues: &Queues) {
         let completion = *wr.completion();
@@ -506,7 +529,7 @@ impl Endpoint {
         let shared = ConnShared::new(device)?;
         let pd = ProtectionDomain::new(device)?;
         let caps = QpCaps {
-            max_send_wr: u32::from(TASKS_MAX) * SEND_WRS_PER_TASK,
+            max_send_wr: u32::from(TASKS_MAX) * SEND_WRS_PER_TASK + DATA_OUT_WRS as u32,
             max_recv_wr: u32::from(TASKS_MAX) + RX_MISC,
             max_send_sge: 1,
             max_recv_sge: 1,
@@ -542,6 +565,22 @@ impl Endpoint {
             )?;
         }
         *shared.slots.lock() = slots;
+        let mut data_out = KVec::with_capacity(DATA_OUT_WRS, GFP_KERNEL)?;
+        for _ in 0..DATA_OUT_WRS {
+            data_out.push(
+                WorkRequest::with_buffer(
+                    DmaBuffer::new(device, TX_LEN)?,
+                    Work {
+                        conn: shared.clone(),
+                        kind: Kind::DataOut,
+                        slot: 0,
+                        put_task: 0,
+                    },
+                )?,
+                GFP_KERNEL,
+            )?;
+        }
+        *shared.data_out.lock() = data_out;
         cm.create_qp(&pd, &cq, &cq, &caps)?;
         let endpoint = KBox::new(
             Self {
@@ -664,7 +703,7 @@ impl Drop for Endpoint {
         if self.state.load(Acquire) == ESTABLISHED {
             let (ip, port) = ipv4(&self.dst);
             pr_info!(
-                "{}: disconnected from {}.{}.{}.{}:{}: {} commands registered, {} keys invalidated by the target, {} by LOCAL_INV\n",
+                "{}: disconnected from {}.{}.{}.{}:{}: {} commands registered, {} keys invalidated by the target, {} by LOCAL_INV, {} unsolicited Data-Out PDUs\n",
                 self.shared.device,
                 ip[0],
                 ip[1],
@@ -673,7 +712,8 @@ impl Drop for Endpoint {
                 port,
                 self.shared.registered.load(Relaxed),
                 self.shared.remote_invalidations.load(Relaxed),
-                self.shared.local_invalidations.load(Relaxed)
+                self.shared.local_invalidations.load(Relaxed),
+                self.shared.data_outs.load(Relaxed)
             );
         }
         // Drains and destroys the QP: every WR comes back to its handler first.
@@ -685,9 +725,10 @@ impl Drop for Endpoint {
             // in softirq context.
             unsafe { sys::tilde_iser_bh_disable() };
             let slots = core::mem::take(&mut *self.shared.slots.lock());
+            let data_out = core::mem::take(&mut *self.shared.data_out.lock());
             // SAFETY: paired with the disable above.
             unsafe { sys::tilde_iser_bh_enable() };
-            slots
+            (slots, data_out)
         };
         drop(slots);
     }
@@ -1190,13 +1231,14 @@ impl Endpoint {
         index: usize,
         bhs: &[u8; BHS_LEN],
     ) -> Result {
-        // SAFETY: the task is prepared (caller): libiscsi counted its immediate data.
-        let (imm, unsolicited) =
-            unsafe { ((*task).imm_count as usize, sys::tilde_iscsi_task_has_unsol_data(task)) };
-        if unsolicited {
-            self.shared.fail("unsolicited Data-Out (InitialR2T=No) is not supported");
-            return Err(errno(kernel::bindings::EOPNOTSUPP));
-        }
+        // SAFETY: the task is prepared (caller): libiscsi counted its immediate data and
+        // the unsolicited Data-Out that follows it (InitialR2T=No).
+        let (imm, unsolicited) = unsafe {
+            (
+                (*task).imm_count as usize,
+                (*task).unsol_r2t.data_length as usize,
+            )
+        };
         // SAFETY: the command is valid (caller).
         let (sgl, nents, bufflen) = unsafe {
             (sys::tilde_scsi_sglist(sc), sys::tilde_scsi_sg_count(sc), sys::tilde_scsi_bufflen(sc) as usize)
@@ -1211,7 +1253,9 @@ impl Endpoint {
             pr_err!("{}: {} bytes of immediate data do not fit\n", self.shared.device, imm);
             return Err(errno(kernel::bindings::EMSGSIZE));
         }
-        let rdma = bufflen > 0 && (read || (write && bufflen > imm));
+        // The target reads (RDMA READ) what the command does not send itself.
+        let sent = imm.saturating_add(unsolicited);
+        let rdma = bufflen > 0 && (read || (write && bufflen > sent));
         let mut slots = self.shared.slots.lock();
         let slot = slots.get_mut(index).ok_or(EINVAL)?;
         if slot.send.is_none() || (rdma && (slot.reg.is_none() || slot.region.is_none())) {
@@ -1251,8 +1295,11 @@ impl Endpoint {
             if read {
                 read_stag = Some(Stag { stag: key, va });
             } else {
-                // The target reads what immediate data did not carry.
-                write_stag = Some(Stag { stag: key, va: va + imm as u64 });
+                // The target reads what immediate and unsolicited data did not carry.
+                write_stag = Some(Stag {
+                    stag: key,
+                    va: va + sent as u64,
+                });
             }
         }
         let Some(mut send) = slot.send.take() else {
@@ -1288,7 +1335,89 @@ impl Endpoint {
         queues.post_send(send, SendOp::Send, 0, len).map_err(|rejected| {
             self.shared.put_send(index, rejected.wr);
             rejected.error
-        })
+        })?;
+        // SAFETY: as above; libiscsi prepares each Data-Out PDU's header.
+        while unsafe { sys::tilde_iscsi_task_has_unsol_data(task) } {
+            // SAFETY: as above.
+            unsafe { self.send_data_out(queues, task, sgl, nents) }?;
+        }
+        Ok(())
+    }
+
+    /// Sends the task's next unsolicited Data-Out PDU, its data copied from the command's
+    /// scatterlist.
+    ///
+    /// # Safety
+    ///
+    /// `task` is a SCSI task of this connection with unsolicited data left, and
+    /// `sgl`/`nents` its command's scatterlist.
+    unsafe fn send_data_out(
+        &self,
+        queues: &Queues,
+        task: *mut sys::iscsi_task,
+        sgl: *mut sys::scatterlist,
+        nents: u32,
+    ) -> Result {
+        let mut hdr = sys::iscsi_data::default();
+        // SAFETY: the task is valid (caller); libiscsi fills `hdr` and advances the
+        // sequence (DataSN).
+        unsafe { sys::iscsi_prep_data_out_pdu(task, &mut (*task).unsol_r2t, &mut hdr) };
+        // SAFETY: `iscsi_data` is the 48-byte BHS, plain bytes.
+        let bhs = unsafe {
+            &*core::ptr::from_ref(&hdr).cast::<[u8; BHS_LEN]>()
+        };
+        let (offset, len) = match wire::DataOut::ref_from_bytes(bhs) {
+            Ok(view) => (view.offset.get() as usize, view.dlength.get()),
+            Err(_) => return Err(EINVAL),
+        };
+        let give_back = |task: *mut sys::iscsi_task| {
+            // SAFETY: undoes this PDU's DataSN, as ib_iser does, for a retry.
+            unsafe { (*task).unsol_r2t.datasn -= 1 };
+        };
+        if len > TX_DATA_LEN {
+            give_back(task);
+            pr_err!("{}: a {} byte Data-Out does not fit\n", self.shared.device, len);
+            return Err(errno(kernel::bindings::EMSGSIZE));
+        }
+        let Some(mut wr) = remove(&mut self.shared.data_out.lock(), 0) else {
+            give_back(task);
+            self.shared.fail("out of Data-Out WRs");
+            return Err(ENOMEM);
+        };
+        let header = IserHeader::control(None, None);
+        let total = HEADERS_LEN + len;
+        let filled = wr.buffer_mut().ok_or(EINVAL).and_then(|buffer| {
+            buffer.with_bytes_mut(0, total, |bytes| {
+                let (iser, rest) = bytes.split_at_mut(ISER_HEADER_LEN);
+                iser.copy_from_slice(header.as_bytes());
+                let (bhs_out, data_out) = rest.split_at_mut(BHS_LEN);
+                bhs_out.copy_from_slice(bhs);
+                let Ok(skip) = isize::try_from(offset) else {
+                    return 0;
+                };
+                // SAFETY: the command's scatterlist is valid (caller); `data_out` has
+                // room for `len` bytes.
+                unsafe { sys::sg_pcopy_to_buffer(sgl, nents, data_out.as_mut_ptr().cast(), len, skip) }
+            })
+        });
+        if !matches!(filled, Ok(copied) if copied == len) {
+            give_back(task);
+            if let Err(wr) = push_within_capacity(&mut self.shared.data_out.lock(), wr) {
+                drop(wr);
+            }
+            return Err(EIO);
+        }
+        if let Err(rejected) = queues.post_send(wr, SendOp::Send, 0, total) {
+            give_back(task);
+            if let Err(wr) = push_within_capacity(&mut self.shared.data_out.lock(), rejected.wr) {
+                drop(wr);
+            }
+            return Err(rejected.error);
+        }
+        // SAFETY: as above: the sequence's progress is the transport's to keep.
+        unsafe { (*task).unsol_r2t.sent += (*task).unsol_r2t.data_count };
+        self.shared.data_outs.add(1, Relaxed);
+        Ok(())
     }
 }
 

@@ -167,10 +167,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             )
         };
         let bridge_vars = match &bridge {
-            Some(b) => format!(
-                "TILDE_ZEROCOPY_BRIDGE=1 CARGO_PKG_VERSION={}",
-                b.version
-            ),
+            Some(b) => format!("TILDE_ZEROCOPY_BRIDGE=1 CARGO_PKG_VERSION={}", b.version),
             None => String::new(),
         };
         toolchain.root.sh(

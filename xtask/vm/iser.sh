@@ -137,3 +137,24 @@ iser_device_removal() {
 	! grep -q rxe0 links.log
 	iser_logout || true
 }
+
+# iser_unsolicited_check: with the target at InitialR2T=No, a write sends its first burst
+# (64 KiB) unsolicited, immediate data then Data-Out PDUs, before the target reads the rest;
+# the same bytes must come back. Logs in and out itself; the target is left as it was.
+iser_unsolicited_check() {
+	echo "== InitialR2T=No: unsolicited Data-Out"
+	echo No > "$ISER_TPG/param/InitialR2T"
+	iser_login
+	iscsiadm -m session -P 2 | tee session.log | grep -E "InitialR2T|ImmediateData|FirstBurstLength"
+	grep -q "InitialR2T: No" session.log
+	head -c 33554432 /dev/urandom > /tmp/unsol
+	dd if=/tmp/unsol of="$ISER_DEV" bs=128k seek=1024 oflag=direct status=none
+	local written read
+	written=$(sha256sum < /tmp/unsol | cut -d' ' -f1)
+	read=$(dd if="$ISER_DEV" bs=128k skip=1024 count=256 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+	echo "unsolicited: written $written, read $read"
+	[ "$written" = "$read" ]
+	rm /tmp/unsol
+	iser_logout
+	echo Yes > "$ISER_TPG/param/InitialR2T"
+}

@@ -1,8 +1,9 @@
 # tilde's iSER initiator (tilde_iser.ko) end to end: the same target, login and data checks
 # as iser-reference (the kernel's ib_iser), with tilde_iser registered as the `iser`
-# transport instead; then the ends that must be clean: the target dropping the session
-# under I/O (recovery, nothing lost), logout and login again, `rdma link delete` under
-# I/O, module unload after logout; dmesg clean throughout.
+# transport instead; unsolicited Data-Out (the target at InitialR2T=No); then the ends that
+# must be clean: the target dropping the session under I/O (recovery, nothing lost),
+# logout and login again, `rdma link delete` under I/O, module unload after logout; dmesg
+# clean throughout.
 # needs-module: tilde_iser
 . /tilde/guest/lib.sh
 . /tilde/guest/iser.sh
@@ -22,6 +23,8 @@ iser_target_drop
 expect_dmesg 'tilde_iser: rxe0: disconnected from 10\.0\.2\.15:3260: [1-9][0-9]* commands registered, [1-9][0-9]* keys invalidated by the target'
 expect_dmesg 'tilde_iser: rxe0: connection lost: the target disconnected'
 iser_logout
+iser_unsolicited_check
+expect_dmesg 'tilde_iser: rxe0: disconnected from .*, [1-9][0-9]* unsolicited Data-Out PDUs$'
 iser_login
 iser_device_removal
 expect_dmesg 'tilde_iser: rxe0: connection lost: the RDMA device is going away'
