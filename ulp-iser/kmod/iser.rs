@@ -989,7 +989,55 @@ unsafe extern "C" fn tilde_iser_set_param(
         return 0;
     }
     // SAFETY: libiscsi's own handling of the class's arguments.
-    unsafe { sys::iscsi_set_param(cls_conn, param, buf, buflen) }
+    let rc = unsafe { sys::iscsi_set_param(cls_conn, param, buf, buflen) };
+    if rc == 0 && param == sys::iscsi_param_ISCSI_PARAM_MAX_XMIT_DLENGTH {
+        // The target's limit; sending smaller PDUs is always allowed, and ours carry at
+        // most what the send buffers hold, immediate data included.
+        // SAFETY: the class's connection, being configured (not started).
+        unsafe {
+            let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
+            (*conn).max_xmit_dlength = (*conn).max_xmit_dlength.min(TX_DATA_LEN as u32);
+        }
+    }
+    rc
+}
+
+/// `start_conn`: checks that the negotiated first burst fits the Data-Out pool, then
+/// libiscsi's start.
+///
+/// # Safety
+///
+/// Called through the transport table only, with the pointers valid for the call.
+#[no_mangle]
+unsafe extern "C" fn tilde_iser_conn_start(cls_conn: *mut sys::iscsi_cls_conn) -> c_int {
+    // SAFETY: the class passes a bound connection of ours, configured by set_param.
+    let (conn, session) = unsafe {
+        let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
+        (conn, (*conn).session)
+    };
+    // SAFETY: as above.
+    let (initial_r2t, first_burst, max_xmit) = unsafe {
+        (
+            (*session).initial_r2t_en != 0,
+            (*session).first_burst as usize,
+            (*conn).max_xmit_dlength as usize,
+        )
+    };
+    if !initial_r2t {
+        let per_command = first_burst.div_ceil(max_xmit.max(1));
+        if per_command > DATA_OUT_WRS {
+            pr_err!(
+                "a first burst of {} bytes takes {} Data-Out PDUs of {}, more than the {} this transport keeps\n",
+                first_burst,
+                per_command,
+                max_xmit,
+                DATA_OUT_WRS
+            );
+            return EINVAL.to_errno();
+        }
+    }
+    // SAFETY: libiscsi's own start of the class's connection.
+    unsafe { sys::iscsi_conn_start(cls_conn) }
 }
 
 /// `get_ep_param`: the target's address and port.
@@ -1231,9 +1279,9 @@ impl Endpoint {
         index: usize,
         bhs: &[u8; BHS_LEN],
     ) -> Result {
-        // SAFETY: the task is prepared (caller): libiscsi counted its immediate data and
-        // the unsolicited Data-Out that follows it (InitialR2T=No).
-        let (imm, unsolicited) = unsafe {
+        // SAFETY: the task is prepared (caller): libiscsi counted its immediate data and,
+        // for a write, the unsolicited Data-Out that follows it (InitialR2T=No).
+        let (imm, unsolicited_length) = unsafe {
             (
                 (*task).imm_count as usize,
                 (*task).unsol_r2t.data_length as usize,
@@ -1245,6 +1293,9 @@ impl Endpoint {
         };
         let flags = bhs[1];
         let (read, write) = (flags & ScsiCommand::FLAG_READ != 0, flags & ScsiCommand::FLAG_WRITE != 0);
+        // libiscsi resets the unsolicited sequence for writes only: a task that last
+        // carried a write (perhaps one handed back before its Data-Out) keeps it.
+        let unsolicited = if write { unsolicited_length } else { 0 };
         if read && write {
             pr_err!("{}: bidirectional commands are not supported\n", self.shared.device);
             return Err(errno(kernel::bindings::EOPNOTSUPP));
@@ -1255,6 +1306,17 @@ impl Endpoint {
         }
         // The target reads (RDMA READ) what the command does not send itself.
         let sent = imm.saturating_add(unsolicited);
+        if unsolicited > 0 {
+            // Every Data-Out WR the command needs must be idle now: once its SEND is
+            // posted, the command cannot be handed back to libiscsi (xmit runs under
+            // the session's lock, so nothing else takes from the pool meanwhile).
+            // SAFETY: the task's connection is valid (caller).
+            let max_xmit = unsafe { (*(*task).conn).max_xmit_dlength } as usize;
+            let needed = unsolicited.div_ceil(max_xmit.max(1));
+            if self.shared.data_out.lock().len() < needed {
+                return Err(EAGAIN);
+            }
+        }
         let rdma = bufflen > 0 && (read || (write && bufflen > sent));
         let mut slots = self.shared.slots.lock();
         let slot = slots.get_mut(index).ok_or(EINVAL)?;
@@ -1337,7 +1399,7 @@ impl Endpoint {
             rejected.error
         })?;
         // SAFETY: as above; libiscsi prepares each Data-Out PDU's header.
-        while unsafe { sys::tilde_iscsi_task_has_unsol_data(task) } {
+        while unsolicited > 0 && unsafe { sys::tilde_iscsi_task_has_unsol_data(task) } {
             // SAFETY: as above.
             unsafe { self.send_data_out(queues, task, sgl, nents) }?;
         }
@@ -1379,9 +1441,9 @@ impl Endpoint {
             pr_err!("{}: a {} byte Data-Out does not fit\n", self.shared.device, len);
             return Err(errno(kernel::bindings::EMSGSIZE));
         }
+        // `send_command` made sure of enough idle WRs before it sent the command.
         let Some(mut wr) = remove(&mut self.shared.data_out.lock(), 0) else {
             give_back(task);
-            self.shared.fail("out of Data-Out WRs");
             return Err(ENOMEM);
         };
         let header = IserHeader::control(None, None);

@@ -26,6 +26,7 @@ struct iscsi_cls_conn *tilde_iser_conn_create(struct iscsi_cls_session *cls_sess
 					      u32 conn_idx);
 int tilde_iser_conn_bind(struct iscsi_cls_session *cls_session,
 			 struct iscsi_cls_conn *cls_conn, u64 transport_eph, int is_leading);
+int tilde_iser_conn_start(struct iscsi_cls_conn *cls_conn);
 void tilde_iser_conn_stop(struct iscsi_cls_conn *cls_conn, int flag);
 int tilde_iser_set_param(struct iscsi_cls_conn *cls_conn, enum iscsi_param param, char *buf,
 			 int buflen);
@@ -150,7 +151,7 @@ static struct iscsi_transport tilde_iser_transport = {
 	.get_conn_param = iscsi_conn_get_param,
 	.get_ep_param = tilde_iser_get_ep_param,
 	.get_session_param = iscsi_session_get_param,
-	.start_conn = iscsi_conn_start,
+	.start_conn = tilde_iser_conn_start,
 	.stop_conn = tilde_iser_conn_stop,
 	.get_host_param = iscsi_host_get_param,
 	.set_host_param = iscsi_host_set_param,

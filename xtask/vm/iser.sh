@@ -155,6 +155,12 @@ iser_unsolicited_check() {
 	echo "unsolicited: written $written, read $read"
 	[ "$written" = "$read" ]
 	rm /tmp/unsol
+	# 32 writes of 128 KiB at once want more Data-Out PDUs than the initiator may have in
+	# flight: some wait their turn (requeued), none may be lost.
+	fio --name=unsolicited --filename="$ISER_DEV" --direct=1 --ioengine=libaio --iodepth=32 \
+		--rw=randwrite --bs=128k --size=32M --offset=160M \
+		--verify=crc32c --do_verify=1 --verify_fatal=1 --output=fio-unsolicited.log
+	grep -E "err= *0" fio-unsolicited.log
 	iser_logout
 	echo Yes > "$ISER_TPG/param/InitialR2T"
 }

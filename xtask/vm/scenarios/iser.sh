@@ -24,7 +24,9 @@ expect_dmesg 'tilde_iser: rxe0: disconnected from 10\.0\.2\.15:3260: [1-9][0-9]*
 expect_dmesg 'tilde_iser: rxe0: connection lost: the target disconnected'
 iser_logout
 iser_unsolicited_check
-expect_dmesg 'tilde_iser: rxe0: disconnected from .*, [1-9][0-9]* unsolicited Data-Out PDUs$'
+# The InitialR2T=No session ended by its logout, every key invalidated by the target.
+expect_dmesg 'tilde_iser: rxe0: disconnected from .*: ([1-9][0-9]*) commands registered, \1 keys invalidated by the target, 0 by LOCAL_INV, [1-9][0-9]* unsolicited Data-Out PDUs$'
+reject_dmesg 'received DataOUT for a NON-WRITE command'
 iser_login
 iser_device_removal
 expect_dmesg 'tilde_iser: rxe0: connection lost: the RDMA device is going away'
@@ -32,6 +34,9 @@ pkill iscsid || true
 iser_target_down
 rmmod tilde_iser
 expect_dmesg 'tilde_iser: iSCSI transport "iser" unregistered'
+# Connections ended only as the scenario ended them ("connection lost"), never by an
+# error of either side.
+reject_dmesg 'tilde_iser: .*connection failed'
 # open-iscsi loads ib_iser by itself when no `iser` transport is registered: it must not
 # have been needed.
 if grep -q '^ib_iser ' /proc/modules; then
