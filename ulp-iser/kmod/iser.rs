@@ -48,7 +48,8 @@ use rdma_core::{
     verbs::{RemoteAccess, SendOp, WcStatus},
     wr::{CompletionHandler, WorkRequest},
 };
-use ulp_iser::wire::{self, opcode, IserCmHeader, IserHeader, ScsiCommand, Stag, BHS_LEN, ISER_HEADER_LEN};
+use ulp_iser::datamover::{CommandPlan, CommandShape, PlanError, TargetRdma};
+use ulp_iser::wire::{self, opcode, IserCmHeader, IserHeader, ScsiCommand, BHS_LEN, ISER_HEADER_LEN};
 use zerocopy::{FromBytes, IntoBytes};
 
 module! {
@@ -1279,45 +1280,47 @@ impl Endpoint {
         index: usize,
         bhs: &[u8; BHS_LEN],
     ) -> Result {
-        // SAFETY: the task is prepared (caller): libiscsi counted its immediate data and,
-        // for a write, the unsolicited Data-Out that follows it (InitialR2T=No).
-        let (imm, unsolicited_length) = unsafe {
+        let flags = bhs[1];
+        // SAFETY: the task is prepared and the command valid (caller): libiscsi counted
+        // its immediate data and, for a write, the unsolicited Data-Out after it.
+        let (shape, sgl, nents) = unsafe {
             (
-                (*task).imm_count as usize,
-                (*task).unsol_r2t.data_length as usize,
+                CommandShape {
+                    read: flags & ScsiCommand::FLAG_READ != 0,
+                    write: flags & ScsiCommand::FLAG_WRITE != 0,
+                    buffer_len: sys::tilde_scsi_bufflen(sc) as usize,
+                    immediate: (*task).imm_count as usize,
+                    unsolicited: (*task).unsol_r2t.data_length as usize,
+                    max_data_segment: (*(*task).conn).max_xmit_dlength as usize,
+                    send_capacity: TX_DATA_LEN,
+                },
+                sys::tilde_scsi_sglist(sc),
+                sys::tilde_scsi_sg_count(sc),
             )
         };
-        // SAFETY: the command is valid (caller).
-        let (sgl, nents, bufflen) = unsafe {
-            (sys::tilde_scsi_sglist(sc), sys::tilde_scsi_sg_count(sc), sys::tilde_scsi_bufflen(sc) as usize)
-        };
-        let flags = bhs[1];
-        let (read, write) = (flags & ScsiCommand::FLAG_READ != 0, flags & ScsiCommand::FLAG_WRITE != 0);
-        // libiscsi resets the unsolicited sequence for writes only: a task that last
-        // carried a write (perhaps one handed back before its Data-Out) keeps it.
-        let unsolicited = if write { unsolicited_length } else { 0 };
-        if read && write {
-            pr_err!("{}: bidirectional commands are not supported\n", self.shared.device);
-            return Err(errno(kernel::bindings::EOPNOTSUPP));
+        let plan = CommandPlan::new(&shape).map_err(|error| {
+            pr_err!(
+                "{}: cannot send a command of {} bytes ({} immediate, {} unsolicited): {}\n",
+                self.shared.device,
+                shape.buffer_len,
+                shape.immediate,
+                shape.unsolicited,
+                match error {
+                    PlanError::Bidirectional => "bidirectional commands are not supported",
+                    PlanError::ImmediateTooLong => "immediate data too long",
+                    PlanError::UnsolicitedOutOfRange => "unsolicited data out of range",
+                }
+            );
+            EINVAL
+        })?;
+        let imm = plan.immediate;
+        // Every Data-Out WR the command needs must be idle now: once its SEND is posted,
+        // the command cannot be handed back to libiscsi (xmit runs under the session's
+        // lock, so nothing else takes from the pool meanwhile).
+        if plan.data_out_pdus > 0 && self.shared.data_out.lock().len() < plan.data_out_pdus {
+            return Err(EAGAIN);
         }
-        if imm > TX_DATA_LEN || imm > bufflen {
-            pr_err!("{}: {} bytes of immediate data do not fit\n", self.shared.device, imm);
-            return Err(errno(kernel::bindings::EMSGSIZE));
-        }
-        // The target reads (RDMA READ) what the command does not send itself.
-        let sent = imm.saturating_add(unsolicited);
-        if unsolicited > 0 {
-            // Every Data-Out WR the command needs must be idle now: once its SEND is
-            // posted, the command cannot be handed back to libiscsi (xmit runs under
-            // the session's lock, so nothing else takes from the pool meanwhile).
-            // SAFETY: the task's connection is valid (caller).
-            let max_xmit = unsafe { (*(*task).conn).max_xmit_dlength } as usize;
-            let needed = unsolicited.div_ceil(max_xmit.max(1));
-            if self.shared.data_out.lock().len() < needed {
-                return Err(EAGAIN);
-            }
-        }
-        let rdma = bufflen > 0 && (read || (write && bufflen > sent));
+        let rdma = plan.rdma.is_some();
         let mut slots = self.shared.slots.lock();
         let slot = slots.get_mut(index).ok_or(EINVAL)?;
         if slot.send.is_none() || (rdma && (slot.reg.is_none() || slot.region.is_none())) {
@@ -1330,7 +1333,10 @@ impl Endpoint {
             let (Some(mut region), Some(reg)) = (slot.region.take(), slot.reg.take()) else {
                 return Err(EAGAIN);
             };
-            let direction = if read { DmaDirection::FromDevice } else { DmaDirection::ToDevice };
+            let (direction, access) = match plan.rdma {
+                Some(TargetRdma::Writes) => (DmaDirection::FromDevice, RemoteAccess::WRITE),
+                _ => (DmaDirection::ToDevice, RemoteAccess::READ),
+            };
             // SAFETY: the command's scatterlist stays valid and its pages allocated until
             // the command completes, which waits for the region to give them back.
             let pages = unsafe { SgMapping::new(queues.device(), sgl, nents, direction) };
@@ -1341,7 +1347,6 @@ impl Endpoint {
                 return Err(error);
             }
             let va = region.iova();
-            let access = if read { RemoteAccess::WRITE } else { RemoteAccess::READ };
             let key = match queues.post_reg_sg(reg, region, access) {
                 Ok(key) => key,
                 Err(mut rejected) => {
@@ -1354,15 +1359,7 @@ impl Endpoint {
                 }
             };
             self.shared.registered.add(1, Relaxed);
-            if read {
-                read_stag = Some(Stag { stag: key, va });
-            } else {
-                // The target reads what immediate and unsolicited data did not carry.
-                write_stag = Some(Stag {
-                    stag: key,
-                    va: va + sent as u64,
-                });
-            }
+            (write_stag, read_stag) = plan.stags(key, va);
         }
         let Some(mut send) = slot.send.take() else {
             return Err(EAGAIN);
@@ -1398,8 +1395,8 @@ impl Endpoint {
             self.shared.put_send(index, rejected.wr);
             rejected.error
         })?;
-        // SAFETY: as above; libiscsi prepares each Data-Out PDU's header.
-        while unsolicited > 0 && unsafe { sys::tilde_iscsi_task_has_unsol_data(task) } {
+        // libiscsi prepares each Data-Out PDU's header, as many as the plan counted.
+        for _ in 0..plan.data_out_pdus {
             // SAFETY: as above.
             unsafe { self.send_data_out(queues, task, sgl, nents) }?;
         }
