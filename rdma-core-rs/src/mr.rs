@@ -220,6 +220,20 @@ impl SgRegion {
         self.pages.take()
     }
 
+    /// Gives the pages back while the key may still be valid (its LOCAL_INV to come):
+    /// the region then maps nothing a peer may touch, yet takes no new pages until the
+    /// key is invalid. For an owner that must return the pages now, as a SCSI command
+    /// that ends early must.
+    ///
+    /// # Safety
+    ///
+    /// No peer accesses the region under its key any more: every QP of the region's PD
+    /// that the peer could use is in error, or the peer's protocol has ended its access
+    /// to these pages (an iSCSI task ended by task management).
+    pub unsafe fn release_pages(&mut self) -> Option<SgMapping> {
+        self.pages.take()
+    }
+
     /// Whether the key may still be valid for a peer.
     pub fn is_valid(&self) -> bool {
         self.valid
@@ -267,7 +281,7 @@ impl SgRegion {
         Some((self.mr.as_ptr(), self.rkey()))
     }
 
-    /// A LOCAL_INV of the region completed successfully.
+    /// A LOCAL_INV of the region completed successfully, or its REG_MR was never posted.
     pub(crate) fn invalidated(&mut self) {
         self.valid = false;
     }

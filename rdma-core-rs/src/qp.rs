@@ -448,7 +448,15 @@ impl Queues {
             access: access_flags(access) as i32,
         };
         wr.sg_region = Some(region);
-        self.submit_send(wr, &mut reg.wr).map(|()| key)
+        self.submit_send(wr, &mut reg.wr)
+            .map(|()| key)
+            .map_err(|mut rejected| {
+                // The device never saw the registration: the key is not valid.
+                if let Some(region) = rejected.wr.sg_region.as_mut() {
+                    region.invalidated();
+                }
+                rejected
+            })
     }
 
     /// Posts a local invalidation of `region`'s key, carrying the region; once it

@@ -49,7 +49,7 @@ use rdma_core::{
     wr::{CompletionHandler, WorkRequest},
 };
 use ulp_iser::datamover::{CommandPlan, CommandShape, PlanError, TargetRdma};
-use ulp_iser::wire::{self, opcode, IserCmHeader, IserHeader, ScsiCommand, BHS_LEN, ISER_HEADER_LEN};
+use ulp_iser::wire::{self, opcode, IserCmHeader, IserHeader, ScsiCommand, Stag, BHS_LEN, ISER_HEADER_LEN};
 use zerocopy::{FromBytes, IntoBytes};
 
 module! {
@@ -148,6 +148,13 @@ struct Slot {
     /// A SCSI Response (BHS and data) that waits for `region` to be invalidated.
     held: Option<usize>,
     held_bytes: HeldPdu,
+    /// The key of the command's registration, while it may be valid.
+    key: Option<u32>,
+    /// The target invalidated `key` (SEND with Invalidate) while the region was still
+    /// with the device (its REG_MR completion not yet delivered): applied when it is back.
+    remotely_invalidated: bool,
+    /// The task ended (libiscsi's cleanup) while its region was with the device.
+    task_gone: bool,
 }
 
 /// Bytes of a held PDU, aligned as libiscsi reads a `struct iscsi_hdr`.
@@ -276,6 +283,11 @@ impl Slot {
             drop(region.unmap());
             return true;
         }
+        if self.inv.is_none() {
+            // Its LOCAL_INV WR is with the device (cannot happen while the region is
+            // here: they travel together); the region stays.
+            return false;
+        }
         let (Some(region), Some(inv)) = (self.region.take(), self.inv.take()) else {
             return false;
         };
@@ -398,10 +410,19 @@ impl ConnShared {
                 drop(slots);
                 return self.fail("response for a task without a slot");
             };
-            if let (Some(rkey), Some(region)) = (invalidated_rkey, slot.region.as_mut()) {
-                if !region.invalidated_by(rkey) {
+            if let Some(rkey) = invalidated_rkey {
+                if slot.key != Some(rkey) {
                     drop(slots);
                     return self.fail("the target invalidated a key that is not the command's");
+                }
+                match slot.region.as_mut() {
+                    // The region is here: it takes note itself.
+                    Some(region) => {
+                        region.invalidated_by(rkey);
+                        slot.key = None;
+                    }
+                    // Its REG_MR completion comes later (rxe completes local work late).
+                    None => slot.remotely_invalidated = true,
                 }
                 self.remote_invalidations.add(1, Relaxed);
             }
@@ -462,8 +483,14 @@ impl ConnShared {
             slot.region = region;
             if kind == Kind::Reg {
                 slot.reg = Some(wr);
+                if core::mem::take(&mut slot.remotely_invalidated) {
+                    if let (Some(region), Some(key)) = (slot.region.as_mut(), slot.key.take()) {
+                        region.invalidated_by(key);
+                    }
+                }
             } else {
                 slot.inv = Some(wr);
+                slot.key = None;
             }
             if completion.status != WcStatus::Success {
                 None
@@ -472,9 +499,11 @@ impl ConnShared {
                     .then(|| slot.take_held())
                     .flatten()
             } else {
-                // No response waits (the task ended early and its cleanup invalidated the
-                // key): the pages go back now.
-                if let Some(region) = slot.region.as_mut() {
+                // No response waits. An invalid key's pages go back now; a task that
+                // ended while its region was with the device gets its LOCAL_INV now.
+                if slot.task_gone {
+                    slot.settle(queues, &self.local_invalidations);
+                } else if let Some(region) = slot.region.as_mut() {
                     if !region.is_valid() {
                         drop(region.unmap());
                     }
@@ -561,11 +590,13 @@ impl Endpoint {
                     region: Some(SgRegion::new(&pd, REGION_PAGES)?),
                     held: None,
                     held_bytes: HeldPdu([0; HELD_LEN]),
+                    key: None,
+                    remotely_invalidated: false,
+                    task_gone: false,
                 },
                 GFP_KERNEL,
             )?;
         }
-        *shared.slots.lock() = slots;
         let mut data_out = KVec::with_capacity(DATA_OUT_WRS, GFP_KERNEL)?;
         for _ in 0..DATA_OUT_WRS {
             data_out.push(
@@ -581,7 +612,6 @@ impl Endpoint {
                 GFP_KERNEL,
             )?;
         }
-        *shared.data_out.lock() = data_out;
         cm.create_qp(&pd, &cq, &cq, &caps)?;
         let endpoint = KBox::new(
             Self {
@@ -592,7 +622,10 @@ impl Endpoint {
             },
             GFP_KERNEL,
         )?;
-        // From here on, dropping `endpoint` tears everything down in order.
+        // From here on, dropping `endpoint` tears everything down in order, the WRs'
+        // references to `shared` included (until here they were only local).
+        *shared.slots.lock() = slots;
+        *shared.data_out.lock() = data_out;
         let queues = endpoint.queues().ok_or(EINVAL)?;
         for _ in 0..caps.max_recv_wr {
             let wr = WorkRequest::with_buffer(
@@ -671,6 +704,17 @@ impl Endpoint {
                 self.state.store(FAILED, Release);
                 -1
             }
+        }
+    }
+
+    /// Unbinds the `iscsi_conn` bound to this endpoint, if any, under libiscsi's locks:
+    /// from here on xmit and task cleanup do not find the endpoint.
+    fn unbind(&self) {
+        let conn = self.shared.iscsi_conn.xchg(core::ptr::null_mut(), Full);
+        if !conn.is_null() {
+            // SAFETY: the connection was bound to us, and the class keeps it alive until
+            // its stop (which comes before or after this, never during).
+            unsafe { sys::tilde_iser_unbind(conn) };
         }
     }
 
@@ -898,7 +942,11 @@ unsafe extern "C" fn tilde_iser_conn_bind(
     let rc = unsafe {
         let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
         match (*ep).dd_data.cast::<Endpoint>().as_ref() {
-            Some(endpoint) if endpoint.state.load(Acquire) == ESTABLISHED => {
+            Some(endpoint)
+                if endpoint.state.load(Acquire) == ESTABLISHED
+                    && !endpoint.shared.failed.load(Acquire)
+                    && !endpoint.shared.stopping.load(Acquire) =>
+            {
                 let tasks = (*(*conn).session).cmds_max;
                 if tasks > i32::from(TASKS_MAX) {
                     pr_err!("a session of {} tasks is more than {}\n", tasks, TASKS_MAX);
@@ -934,13 +982,11 @@ unsafe extern "C" fn tilde_iser_conn_stop(cls_conn: *mut sys::iscsi_cls_conn, fl
         endpoint.quiesce();
     }
     // SAFETY: libiscsi's own stop; its task cleanup may still call `task_cleanup`,
-    // which finds the endpoint bound.
+    // which finds the endpoint bound (with its QP flushed).
     unsafe { sys::iscsi_conn_stop(cls_conn, flag) };
-    // SAFETY: unbinding; no handler runs any more (flushed above).
+    // SAFETY: as above; no handler runs any more (flushed above).
     if let Some(endpoint) = unsafe { endpoint_of(conn) } {
-        endpoint.shared.iscsi_conn.store(core::ptr::null_mut(), Release);
-        // SAFETY: as above.
-        unsafe { (*conn).dd_data = core::ptr::null_mut() };
+        endpoint.unbind();
     }
 }
 
@@ -1140,14 +1186,19 @@ unsafe extern "C" fn tilde_iser_ep_poll(ep: *mut sys::iscsi_endpoint, timeout_ms
 /// Called through the transport table only, with the pointers valid for the call.
 #[no_mangle]
 unsafe extern "C" fn tilde_iser_ep_disconnect(ep: *mut sys::iscsi_endpoint) {
-    // SAFETY: the class passes a live endpoint of ours and never uses it again; a bound
-    // connection was stopped (and unbound) first.
+    // SAFETY: the class passes a live endpoint of ours and never uses it again. Its
+    // connection may still be bound: the iSCSI class disconnects a bound endpoint before
+    // it stops the connection (`iscsi_if_stop_conn`, `iscsi_cleanup_conn_work_fn`), so
+    // the endpoint unbinds itself before it is freed; the later stop finds no endpoint.
+    // Dropping it deregisters every region before libiscsi fails the tasks and returns
+    // their pages.
     unsafe {
         let endpoint = (*ep).dd_data.cast::<Endpoint>();
         (*ep).dd_data = core::ptr::null_mut();
         if !endpoint.is_null() {
             let endpoint = KBox::from_raw(endpoint);
             endpoint.quiesce();
+            endpoint.unbind();
             drop(endpoint);
         }
         sys::iscsi_destroy_endpoint(ep);
@@ -1321,57 +1372,32 @@ impl Endpoint {
             return Err(EAGAIN);
         }
         let rdma = plan.rdma.is_some();
-        let mut slots = self.shared.slots.lock();
-        let slot = slots.get_mut(index).ok_or(EINVAL)?;
-        if slot.send.is_none() || (rdma && (slot.reg.is_none() || slot.region.is_none())) {
-            // The slot's last WRs are not back yet: libiscsi requeues the command.
-            return Err(EAGAIN);
-        }
-        slot.held = None;
-        let (mut write_stag, mut read_stag) = (None, None);
-        if rdma {
-            let (Some(mut region), Some(reg)) = (slot.region.take(), slot.reg.take()) else {
+        // Everything that can fail comes before the REG_MR post: after it the command's
+        // region is with the device, and after the SEND the command is the target's.
+        let (mut send, taken) = {
+            let mut slots = self.shared.slots.lock();
+            let slot = slots.get_mut(index).ok_or(EINVAL)?;
+            if slot.send.is_none() || (rdma && (slot.reg.is_none() || slot.region.is_none())) {
+                // The slot's last WRs are not back yet: libiscsi requeues the command.
                 return Err(EAGAIN);
-            };
-            let (direction, access) = match plan.rdma {
-                Some(TargetRdma::Writes) => (DmaDirection::FromDevice, RemoteAccess::WRITE),
-                _ => (DmaDirection::ToDevice, RemoteAccess::READ),
-            };
-            // SAFETY: the command's scatterlist stays valid and its pages allocated until
-            // the command completes, which waits for the region to give them back.
-            let pages = unsafe { SgMapping::new(queues.device(), sgl, nents, direction) };
-            let mapped = pages.and_then(|pages| region.map(pages).map_err(|(error, _)| error));
-            if let Err(error) = mapped {
-                slot.region = Some(region);
-                slot.reg = Some(reg);
-                return Err(error);
             }
-            let va = region.iova();
-            let key = match queues.post_reg_sg(reg, region, access) {
-                Ok(key) => key,
-                Err(mut rejected) => {
-                    slot.region = rejected.wr.take_sg_region();
-                    if let Some(region) = slot.region.as_mut() {
-                        drop(region.unmap());
-                    }
-                    slot.reg = Some(rejected.wr);
-                    return Err(rejected.error);
-                }
+            slot.held = None;
+            slot.key = None;
+            slot.remotely_invalidated = false;
+            slot.task_gone = false;
+            let send = slot.send.take().ok_or(EAGAIN)?;
+            let taken = if rdma {
+                slot.region.take().zip(slot.reg.take())
+            } else {
+                None
             };
-            self.shared.registered.add(1, Relaxed);
-            (write_stag, read_stag) = plan.stags(key, va);
-        }
-        let Some(mut send) = slot.send.take() else {
-            return Err(EAGAIN);
+            (send, taken)
         };
-        drop(slots);
-        let header = IserHeader::control(write_stag, read_stag);
+        send.data_mut().put_task = 0;
         let len = HEADERS_LEN + imm;
         let filled = send.buffer_mut().ok_or(EINVAL).and_then(|buffer| {
-            buffer.with_bytes_mut(0, len, |bytes| {
-                let (iser, rest) = bytes.split_at_mut(ISER_HEADER_LEN);
-                iser.copy_from_slice(header.as_bytes());
-                let (bhs_out, data_out) = rest.split_at_mut(BHS_LEN);
+            buffer.with_bytes_mut(ISER_HEADER_LEN, BHS_LEN + imm, |bytes| {
+                let (bhs_out, data_out) = bytes.split_at_mut(BHS_LEN);
                 bhs_out.copy_from_slice(bhs);
                 if data_out.is_empty() {
                     return imm;
@@ -1383,13 +1409,36 @@ impl Endpoint {
                 }
             })
         });
-        send.data_mut().put_task = 0;
-        match filled {
-            Ok(copied) if copied == imm => {}
-            _ => {
-                self.shared.put_send(index, send);
-                return Err(EIO);
+        let mut stags = (None, None);
+        let registered = match (filled, taken) {
+            (Ok(copied), taken) if copied == imm => match taken {
+                Some((region, reg)) => self.register(queues, &plan, region, reg, index, sgl, nents),
+                None => Ok(None),
+            },
+            (_, taken) => {
+                if let Some((region, reg)) = taken {
+                    self.shared.put_region(index, region, reg);
+                }
+                Err(EIO)
             }
+        };
+        match registered {
+            Ok(Some(pair)) => stags = pair,
+            Ok(None) => {}
+            Err(error) => {
+                self.shared.put_send(index, send);
+                return Err(error);
+            }
+        }
+        let header = IserHeader::control(stags.0, stags.1);
+        let written = send.buffer_mut().ok_or(EINVAL).and_then(|buffer| {
+            buffer.with_bytes_mut(0, ISER_HEADER_LEN, |iser| iser.copy_from_slice(header.as_bytes()))
+        });
+        if let Err(error) = written {
+            // Cannot happen (the buffer is larger than any header); the registration is
+            // settled by the task's cleanup.
+            self.shared.put_send(index, send);
+            return Err(error);
         }
         queues.post_send(send, SendOp::Send, 0, len).map_err(|rejected| {
             self.shared.put_send(index, rejected.wr);
@@ -1401,6 +1450,55 @@ impl Endpoint {
             unsafe { self.send_data_out(queues, task, sgl, nents) }?;
         }
         Ok(())
+    }
+
+    /// Maps the command's pages into the slot's region and posts its REG_MR; the STags
+    /// for the iSER header. On failure the region and WR are back in the slot.
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        &self,
+        queues: &Queues,
+        plan: &CommandPlan,
+        mut region: SgRegion,
+        reg: KBox<WorkRequest<Work>>,
+        index: usize,
+        sgl: *mut sys::scatterlist,
+        nents: u32,
+    ) -> Result<Option<(Option<Stag>, Option<Stag>)>> {
+        let (direction, access) = match plan.rdma {
+            Some(TargetRdma::Writes) => (DmaDirection::FromDevice, RemoteAccess::WRITE),
+            _ => (DmaDirection::ToDevice, RemoteAccess::READ),
+        };
+        // SAFETY: the command's scatterlist stays valid and its pages allocated until the
+        // command completes, which waits for the region to give them back (or, for a
+        // command that ends early, for `task_cleanup` to take them).
+        let pages = unsafe { SgMapping::new(queues.device(), sgl, nents, direction) };
+        if let Err(error) = pages.and_then(|pages| region.map(pages).map_err(|(error, _)| error)) {
+            self.shared.put_region(index, region, reg);
+            return Err(error);
+        }
+        let va = region.iova();
+        match queues.post_reg_sg(reg, region, access) {
+            Ok(key) => {
+                self.shared.registered.add(1, Relaxed);
+                if let Some(slot) = self.shared.slots.lock().get_mut(index) {
+                    slot.key = Some(key);
+                }
+                Ok(Some(plan.stags(key, va)))
+            }
+            Err(mut rejected) => {
+                // Never posted: the key is not valid, the pages go back.
+                let mut region = rejected.wr.take_sg_region();
+                if let Some(region) = region.as_mut() {
+                    drop(region.unmap());
+                }
+                match region {
+                    Some(region) => self.shared.put_region(index, region, rejected.wr),
+                    None => drop(rejected.wr),
+                }
+                Err(rejected.error)
+            }
+        }
     }
 
     /// Sends the task's next unsolicited Data-Out PDU, its data copied from the command's
@@ -1481,6 +1579,13 @@ impl Endpoint {
 }
 
 impl ConnShared {
+    fn put_region(&self, index: usize, region: SgRegion, reg: KBox<WorkRequest<Work>>) {
+        if let Some(slot) = self.slots.lock().get_mut(index) {
+            slot.region = Some(region);
+            slot.reg = Some(reg);
+        }
+    }
+
     fn put_send(&self, index: usize, send: KBox<WorkRequest<Work>>) {
         if let Some(slot) = self.slots.lock().get_mut(index) {
             slot.send = Some(send);
@@ -1509,9 +1614,23 @@ unsafe extern "C" fn tilde_iser_task_cleanup(task: *mut sys::iscsi_task) {
         return;
     };
     let mut slots = endpoint.shared.slots.lock();
-    if let Some(slot) = slots.get_mut(index) {
-        slot.held = None;
-        // Unmaps, or starts the invalidation whose completion unmaps.
-        let _ = slot.settle(queues, &endpoint.shared.local_invalidations);
+    let Some(slot) = slots.get_mut(index) else {
+        return;
+    };
+    slot.held = None;
+    match slot.region.as_mut() {
+        Some(region) if region.is_valid() => {
+            // The command ends now and its pages go back to the SCSI layer when this
+            // returns, so they are unmapped now; the key is invalidated after (settle).
+            // SAFETY: the task ended without a response that settled it: its connection
+            // is stopping (the QP flushed in error: no peer reaches the key), or task
+            // management ended it, after which the target moves none of its data
+            // (RFC 7143 §11.5.1). The same window ib_iser's cleanup has.
+            drop(unsafe { region.release_pages() });
+            slot.settle(queues, &endpoint.shared.local_invalidations);
+        }
+        Some(region) => drop(region.unmap()),
+        // With the device (REG_MR or LOCAL_INV): settled when it comes back.
+        None => slot.task_gone = true,
     }
 }

@@ -228,6 +228,21 @@ unsigned int tilde_scsi_bufflen(struct scsi_cmnd *sc)
 	return scsi_bufflen(sc);
 }
 
+/*
+ * Unbinds a connection from its endpoint under the session's locks, so that no xmit
+ * (frwd_lock) or task cleanup (back_lock) sees a half-gone endpoint.
+ */
+void tilde_iser_unbind(struct iscsi_conn *conn)
+{
+	struct iscsi_session *session = conn->session;
+
+	spin_lock_bh(&session->frwd_lock);
+	spin_lock_bh(&session->back_lock);
+	conn->dd_data = NULL;
+	spin_unlock_bh(&session->back_lock);
+	spin_unlock_bh(&session->frwd_lock);
+}
+
 void tilde_iser_bh_disable(void)
 {
 	local_bh_disable();
