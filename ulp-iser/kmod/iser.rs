@@ -1138,9 +1138,16 @@ unsafe extern "C" fn tilde_iser_ep_connect(
     // `sockaddr_storage`).
     let raw = unsafe { dst_addr.cast::<sys::sockaddr_in>().read_unaligned() };
     let dst = endpoint_addr(&raw);
+    // SAFETY: plain module reference counting; the class holds the module during this
+    // call, so the get cannot race the unload.
+    if !unsafe { sys::tilde_iser_module_get() } {
+        return err_ptr(ENODEV);
+    }
     let endpoint = match Endpoint::connect(dst, raw) {
         Ok(endpoint) => endpoint,
         Err(error) => {
+            // SAFETY: the reference taken above.
+            unsafe { sys::tilde_iser_module_put() };
             let (ip, port) = ipv4(&raw);
             pr_err!(
                 "connecting to {}.{}.{}.{}:{} failed: {:?}\n",
@@ -1157,6 +1164,9 @@ unsafe extern "C" fn tilde_iser_ep_connect(
     // SAFETY: a new endpoint with no private data of the class's.
     let ep = unsafe { sys::iscsi_create_endpoint(0) };
     if ep.is_null() {
+        drop(endpoint);
+        // SAFETY: the reference taken above, now that nothing of the endpoint is left.
+        unsafe { sys::tilde_iser_module_put() };
         return err_ptr(ENOMEM);
     }
     // SAFETY: the endpoint is ours until `ep_disconnect`, which frees this box.
@@ -1200,6 +1210,8 @@ unsafe extern "C" fn tilde_iser_ep_disconnect(ep: *mut sys::iscsi_endpoint) {
             endpoint.quiesce();
             endpoint.unbind();
             drop(endpoint);
+            // The reference `ep_connect` took: no callback of the endpoint is left.
+            sys::tilde_iser_module_put();
         }
         sys::iscsi_destroy_endpoint(ep);
     }
@@ -1444,10 +1456,20 @@ impl Endpoint {
             self.shared.put_send(index, rejected.wr);
             rejected.error
         })?;
-        // libiscsi prepares each Data-Out PDU's header, as many as the plan counted.
+        // libiscsi prepares each Data-Out PDU's header, as many as the plan counted. The
+        // command is the target's now: an error here must not make libiscsi send it again
+        // (under a CmdSN it reuses). A post fails only while the QP drains, that is while
+        // the connection is stopping and its tasks are failed anyway.
         for _ in 0..plan.data_out_pdus {
             // SAFETY: as above.
-            unsafe { self.send_data_out(queues, task, sgl, nents) }?;
+            if let Err(error) = unsafe { self.send_data_out(queues, task, sgl, nents) } {
+                pr_err!(
+                    "{}: a Data-Out after its command was not sent: {:?}\n",
+                    self.shared.device,
+                    error
+                );
+                break;
+            }
         }
         Ok(())
     }

@@ -243,6 +243,21 @@ void tilde_iser_unbind(struct iscsi_conn *conn)
 	spin_unlock_bh(&session->frwd_lock);
 }
 
+/*
+ * Each endpoint pins the module: its CQ and CM callbacks are this module's code, and an
+ * endpoint iscsid never disconnects would otherwise outlive `rmmod`. Dropped as the
+ * endpoint's last act, inside a callback during which the iSCSI class holds the module.
+ */
+bool tilde_iser_module_get(void)
+{
+	return try_module_get(THIS_MODULE);
+}
+
+void tilde_iser_module_put(void)
+{
+	module_put(THIS_MODULE);
+}
+
 void tilde_iser_bh_disable(void)
 {
 	local_bh_disable();
