@@ -253,7 +253,7 @@ pub(crate) fn rc_pair(rig: &Rig) -> Result<(QueuePair, QueuePair)> {
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Waits for the WR tagged `tag` to come back to `mailbox`, polling `cq` if it is direct.
-fn wait(mailbox: &mut Mailbox, cq: &CompletionQueue, tag: u64) -> Outcome<ReturnedWr> {
+pub(crate) fn wait(mailbox: &mut Mailbox, cq: &CompletionQueue, tag: u64) -> Outcome<ReturnedWr> {
     mailbox.wait(tag, cq, TIMEOUT).map_err(|error| {
         if error == timed_out() {
             Failure::Check("no completion within 10 s")
@@ -264,7 +264,7 @@ fn wait(mailbox: &mut Mailbox, cq: &CompletionQueue, tag: u64) -> Outcome<Return
 }
 
 /// [`wait`], then checks that the WR succeeded with `opcode`.
-fn wait_ok(
+pub(crate) fn wait_ok(
     mailbox: &mut Mailbox,
     cq: &CompletionQueue,
     tag: u64,
@@ -300,7 +300,7 @@ fn rc_connect(rig: &Rig) -> CaseResult {
 }
 
 /// The byte at `i` of the send pattern.
-fn pattern(i: usize) -> u8 {
+pub(crate) fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(131) + 7) as u8
 }
 
@@ -324,8 +324,8 @@ pub(crate) fn patterned(device: &Device, len: usize, start: usize) -> Outcome<Dm
 // Mailbox tags of the cases' WRs.
 const SEND: u64 = 1;
 const RECV: u64 = 2;
-const REG: u64 = 3;
-const INV: u64 = 4;
+pub(crate) const REG: u64 = 3;
+pub(crate) const INV: u64 = 4;
 const WRITE: u64 = 5;
 const READ: u64 = 6;
 
@@ -584,7 +584,7 @@ fn rc_receive_too_small(rig: &Rig) -> CaseResult {
 
 /// RDMA WRITEs `len` bytes of the send pattern to `rkey` at `remote_addr` through `qp`
 /// and returns the completion status.
-fn write_status(
+pub(crate) fn write_status(
     mailbox: &mut Mailbox,
     rig: &Rig,
     qp: &QueuePair,

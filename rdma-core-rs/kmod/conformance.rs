@@ -26,6 +26,7 @@ mod bench;
 #[path = "../conformance/cases.rs"]
 mod cases;
 mod resident;
+mod sg_region;
 
 /// The kernel backend, under the names the shared cases use.
 mod api {
@@ -193,6 +194,10 @@ impl kernel::Module for Conformance {
                 Ok(rig) => {
                     let mut record = |case: &str, result| tally.record(&device, case, result);
                     run_cases(&rig, &mut record);
+                    record(
+                        "sg_region_lends_pages_until_invalidated",
+                        sg_region::sg_region_lends_pages_until_invalidated(&rig),
+                    );
                 }
                 Err(error) => tally.record(&device, "setup", Err(Failure::Verb(error))),
             }

@@ -43,3 +43,51 @@ bool tilde_conformance_traffic(void)
 {
 	return traffic;
 }
+
+/*
+ * Pages for the scatterlist cases (sg_region.rs): `n` pages, each a scatterlist entry,
+ * as a SCSI command's data would come.
+ */
+#include <linux/gfp.h>
+#include <linux/mm.h>
+#include <linux/scatterlist.h>
+#include <linux/slab.h>
+
+struct scatterlist *tilde_conformance_pages_alloc(unsigned int n);
+void tilde_conformance_pages_free(struct scatterlist *sgl, unsigned int n);
+const u8 *tilde_conformance_page_address(struct scatterlist *sgl, unsigned int i);
+
+struct scatterlist *tilde_conformance_pages_alloc(unsigned int n)
+{
+	struct scatterlist *sgl = kcalloc(n, sizeof(*sgl), GFP_KERNEL);
+	unsigned int i;
+
+	if (!sgl)
+		return NULL;
+	sg_init_table(sgl, n);
+	for (i = 0; i < n; i++) {
+		struct page *page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+
+		if (!page) {
+			tilde_conformance_pages_free(sgl, i);
+			return NULL;
+		}
+		sg_set_page(&sgl[i], page, PAGE_SIZE, 0);
+	}
+	return sgl;
+}
+
+/* Frees the first `n` pages and the list. */
+void tilde_conformance_pages_free(struct scatterlist *sgl, unsigned int n)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++)
+		__free_page(sg_page(&sgl[i]));
+	kfree(sgl);
+}
+
+const u8 *tilde_conformance_page_address(struct scatterlist *sgl, unsigned int i)
+{
+	return page_address(sg_page(&sgl[i]));
+}

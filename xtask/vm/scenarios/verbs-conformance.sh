@@ -20,7 +20,8 @@ cases="device_query rc_connect
 	ud_send_with_grh ud_drain_with_sends_outstanding
 	rc_softirq_cq rc_workqueue_cq rejected_post_hands_the_wr_back
 	wrong_qp_type_refused qp_dropped_in_reset_and_init frwr_reregistration_retires_the_old_key
-	cm_connect_send_disconnect cm_reject"
+	cm_connect_send_disconnect cm_reject
+	sg_region_lends_pages_until_invalidated"
 count=0
 for case in $cases; do
 	expect_dmesg "$line: $case: PASS\$"
