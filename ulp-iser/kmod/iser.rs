@@ -165,8 +165,8 @@ struct HeldPdu([u8; HELD_LEN]);
 #[pin_data]
 struct ConnShared {
     device: DeviceName,
-    /// The bound `iscsi_conn`, or null: set by bind, cleared by stop once the QP is
-    /// flushed (so no handler sees a stale one).
+    /// The bound `iscsi_conn`, or null: set by bind, cleared by `Endpoint::unbind` once
+    /// the QP is flushed (so no handler that tells libiscsi sees a stale one).
     iscsi_conn: Atomic<*mut sys::iscsi_conn>,
     /// Set when the connection is being stopped: WR errors are then expected.
     stopping: Atomic<bool>,
@@ -493,6 +493,14 @@ impl ConnShared {
                 slot.key = None;
             }
             if completion.status != WcStatus::Success {
+                if core::mem::take(&mut slot.task_gone) {
+                    if let Some(region) = slot.region.as_mut() {
+                        // SAFETY: the WR failed: the QP is in error, so no peer reaches
+                        // the key; and the task is gone, so its pages must go back now
+                        // (the region is deregistered with the connection).
+                        drop(unsafe { region.release_pages() });
+                    }
+                }
                 None
             } else if slot.held.is_some() {
                 slot.settle(queues, &self.local_invalidations)
@@ -714,7 +722,7 @@ impl Endpoint {
         if !conn.is_null() {
             // SAFETY: the connection was bound to us, and the class keeps it alive until
             // its stop (which comes before or after this, never during).
-            unsafe { sys::tilde_iser_unbind(conn) };
+            unsafe { sys::tilde_iser_unbind(conn, core::ptr::from_ref(self).cast_mut().cast()) };
         }
     }
 
@@ -805,8 +813,10 @@ fn err_ptr<T>(error: Error) -> *mut T {
 ///
 /// `conn` is a valid `iscsi_conn` of this transport.
 unsafe fn endpoint_of<'a>(conn: *mut sys::iscsi_conn) -> Option<&'a Endpoint> {
-    // SAFETY: `dd_data` is null or the endpoint bind set, which ep_disconnect frees only
-    // after stop cleared it (the iSCSI class stops a bound connection first).
+    // SAFETY: `dd_data` is null or the endpoint bind set; the endpoint clears it under
+    // libiscsi's locks (`Endpoint::unbind`) before it is freed, whichever of stop and
+    // ep_disconnect comes first, and the callers hold one of those locks or run in the
+    // class's serialized process context.
     unsafe { (*conn).dd_data.cast::<Endpoint>().as_ref() }
 }
 
@@ -953,8 +963,17 @@ unsafe extern "C" fn tilde_iser_conn_bind(
                     EINVAL.to_errno()
                 } else {
                     (*conn).dd_data = core::ptr::from_ref(endpoint).cast_mut().cast();
-                    endpoint.shared.iscsi_conn.store(conn, Release);
-                    0
+                    endpoint.shared.iscsi_conn.store(conn, Full);
+                    // A loss reported between the check and the store found no
+                    // connection to tell: undo, and let iscsid reconnect.
+                    if endpoint.shared.failed.load(Full) || endpoint.shared.stopping.load(Full) {
+                        endpoint.shared.iscsi_conn.store(core::ptr::null_mut(), Full);
+                        (*conn).dd_data = core::ptr::null_mut();
+                        pr_err!("endpoint {:#x} failed while it was bound\n", transport_eph);
+                        EINVAL.to_errno()
+                    } else {
+                        0
+                    }
                 }
             }
             _ => {
@@ -984,7 +1003,8 @@ unsafe extern "C" fn tilde_iser_conn_stop(cls_conn: *mut sys::iscsi_cls_conn, fl
     // SAFETY: libiscsi's own stop; its task cleanup may still call `task_cleanup`,
     // which finds the endpoint bound (with its QP flushed).
     unsafe { sys::iscsi_conn_stop(cls_conn, flag) };
-    // SAFETY: as above; no handler runs any more (flushed above).
+    // SAFETY: as above. Handlers of LOCAL_INVs the stop's cleanup posted may still run;
+    // they tell libiscsi nothing once `unbind` cleared the connection.
     if let Some(endpoint) = unsafe { endpoint_of(conn) } {
         endpoint.unbind();
     }
@@ -1210,10 +1230,13 @@ unsafe extern "C" fn tilde_iser_ep_disconnect(ep: *mut sys::iscsi_endpoint) {
             endpoint.quiesce();
             endpoint.unbind();
             drop(endpoint);
-            // The reference `ep_connect` took: no callback of the endpoint is left.
+            sys::iscsi_destroy_endpoint(ep);
+            // The reference `ep_connect` took, last: no callback of the endpoint is left
+            // (the class holds the module while it calls us).
             sys::tilde_iser_module_put();
+        } else {
+            sys::iscsi_destroy_endpoint(ep);
         }
-        sys::iscsi_destroy_endpoint(ep);
     }
 }
 
@@ -1263,6 +1286,9 @@ unsafe extern "C" fn tilde_iser_task_xmit(task: *mut sys::iscsi_task) -> c_int {
     let Some(queues) = endpoint.queues() else {
         return ENODEV.to_errno();
     };
+    if endpoint.shared.stopping.load(Acquire) {
+        return ENODEV.to_errno();
+    }
     // SAFETY: `hdr` is the task's BHS (`pdu_alloc`), built by libiscsi.
     let bhs = unsafe { &*(*task).hdr.cast::<[u8; BHS_LEN]>() };
     // SAFETY: the task's index in the session's pool, below `cmds_max` (checked at bind).
@@ -1389,8 +1415,13 @@ impl Endpoint {
         let (mut send, taken) = {
             let mut slots = self.shared.slots.lock();
             let slot = slots.get_mut(index).ok_or(EINVAL)?;
-            if slot.send.is_none() || (rdma && (slot.reg.is_none() || slot.region.is_none())) {
-                // The slot's last WRs are not back yet: libiscsi requeues the command.
+            if slot.send.is_none()
+                || slot.reg.is_none()
+                || slot.inv.is_none()
+                || slot.region.is_none()
+            {
+                // The slot's last command is not settled yet (its WRs or region are with
+                // the device): libiscsi requeues this one.
                 return Err(EAGAIN);
             }
             slot.held = None;
@@ -1446,16 +1477,22 @@ impl Endpoint {
         let written = send.buffer_mut().ok_or(EINVAL).and_then(|buffer| {
             buffer.with_bytes_mut(0, ISER_HEADER_LEN, |iser| iser.copy_from_slice(header.as_bytes()))
         });
-        if let Err(error) = written {
-            // Cannot happen (the buffer is larger than any header); the registration is
-            // settled by the task's cleanup.
+        // From here on the command's pages are registered: handing the command back to
+        // libiscsi would have it mapped again before this mapping ends. A failure here
+        // (the QP in error, so the connection is failing) leaves the command to the
+        // connection's recovery, which fails it after the endpoint is torn down.
+        if written.is_err() {
             self.shared.put_send(index, send);
-            return Err(error);
+            pr_err!("{}: a command's SEND was not built\n", self.shared.device);
+            return Ok(());
         }
-        queues.post_send(send, SendOp::Send, 0, len).map_err(|rejected| {
+        if let Err(rejected) = queues.post_send(send, SendOp::Send, 0, len) {
             self.shared.put_send(index, rejected.wr);
-            rejected.error
-        })?;
+            if !self.shared.stopping.load(Acquire) {
+                pr_err!("{}: a command's SEND was refused: {:?}\n", self.shared.device, rejected.error);
+            }
+            return Ok(());
+        }
         // libiscsi prepares each Data-Out PDU's header, as many as the plan counted. The
         // command is the target's now: an error here must not make libiscsi send it again
         // (under a CmdSN it reuses). A post fails only while the QP drains, that is while

@@ -229,16 +229,18 @@ unsigned int tilde_scsi_bufflen(struct scsi_cmnd *sc)
 }
 
 /*
- * Unbinds a connection from its endpoint under the session's locks, so that no xmit
+ * Unbinds a connection from `endpoint` under the session's locks, so that no xmit
  * (frwd_lock) or task cleanup (back_lock) sees a half-gone endpoint.
  */
-void tilde_iser_unbind(struct iscsi_conn *conn)
+void tilde_iser_unbind(struct iscsi_conn *conn, void *endpoint)
 {
 	struct iscsi_session *session = conn->session;
 
 	spin_lock_bh(&session->frwd_lock);
 	spin_lock_bh(&session->back_lock);
-	conn->dd_data = NULL;
+	/* Only our own binding: iscsid may have bound the connection anew since. */
+	if (conn->dd_data == endpoint)
+		conn->dd_data = NULL;
 	spin_unlock_bh(&session->back_lock);
 	spin_unlock_bh(&session->frwd_lock);
 }

@@ -68,7 +68,7 @@ bool tilde_iscsi_task_has_unsol_data(struct iscsi_task *task);
 struct scatterlist *tilde_scsi_sglist(struct scsi_cmnd *sc);
 unsigned int tilde_scsi_sg_count(struct scsi_cmnd *sc);
 unsigned int tilde_scsi_bufflen(struct scsi_cmnd *sc);
-void tilde_iser_unbind(struct iscsi_conn *conn);
+void tilde_iser_unbind(struct iscsi_conn *conn, void *endpoint);
 bool tilde_iser_module_get(void);
 void tilde_iser_module_put(void);
 void tilde_iser_bh_disable(void);
