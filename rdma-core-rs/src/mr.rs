@@ -13,16 +13,85 @@ use crate::dma::{DmaBuffer, SgMapping};
 use crate::pd::ProtectionDomain;
 use crate::sys;
 
+/// The `ib_mr` both region types are: allocated in a PD, its key, the address and length
+/// its mapping set. Its owner deregisters it ([`FastRegMr::deregister`]) in its own drop,
+/// before it frees what the MR maps: so this type has no drop of its own.
+struct FastRegMr {
+    mr: NonNull<sys::ib_mr>,
+    pd: Arc<ProtectionDomain>,
+}
+
+impl FastRegMr {
+    /// `ib_alloc_mr` of up to `max_pages` pages in `pd`.
+    fn new(pd: &Arc<ProtectionDomain>, max_pages: u32) -> Result<Self> {
+        // SAFETY: the PD is valid (we hold a reference).
+        let mr = from_err_ptr(unsafe {
+            sys::ib_alloc_mr(pd.as_raw(), sys::ib_mr_type_IB_MR_TYPE_MEM_REG, max_pages)
+        })?;
+        Ok(Self {
+            mr: NonNull::new(mr).ok_or(ENOMEM)?,
+            pd: pd.clone(),
+        })
+    }
+
+    fn rkey(&self) -> u32 {
+        // SAFETY: the MR is valid (type invariant).
+        unsafe { (*self.mr.as_ptr()).rkey }
+    }
+
+    fn iova(&self) -> u64 {
+        // SAFETY: the MR is valid; `iova` was set by the mapping.
+        unsafe { (*self.mr.as_ptr()).iova }
+    }
+
+    fn length(&self) -> u64 {
+        // SAFETY: the MR is valid; `length` was set by the mapping.
+        unsafe { (*self.mr.as_ptr()).length }
+    }
+
+    /// A new key before the MR is registered again, so keys handed out for an earlier
+    /// registration stop working.
+    fn bump_key(&mut self) {
+        // SAFETY: the MR is valid and exclusively ours (`&mut`): no REG_MR is in flight.
+        unsafe { sys::tilde_rdma_bump_mr_key(self.mr.as_ptr()) };
+    }
+
+    fn as_raw(&self) -> *mut sys::ib_mr {
+        self.mr.as_ptr()
+    }
+
+    /// Deregisters the MR, once, from its owner's drop; `true` if it is gone, so what it
+    /// mapped may be freed. In atomic context it stays (with a PD reference) and so must
+    /// what it maps: the device may still use both.
+    fn deregister(&mut self) -> bool {
+        if !teardown_may_sleep(self.pd.device(), "an MR") {
+            core::mem::forget(self.pd.clone());
+            return false;
+        }
+        // SAFETY: the MR is valid and no WR of ours uses it: a WR that registers or
+        // invalidates it carries its owner, which is being dropped, so none is in flight.
+        let ret = unsafe { sys::ib_dereg_mr_user(self.mr.as_ptr(), core::ptr::null_mut()) };
+        if ret != 0 {
+            pr_err!(
+                "{}: deregistering an MR failed: {}\n",
+                self.pd.device().name(),
+                ret
+            );
+            return false;
+        }
+        true
+    }
+}
+
 /// A fast-registration memory region (`ib_alloc_mr`, `IB_MR_TYPE_MEM_REG`) over a buffer
 /// it owns, deregistered on drop. A REG_MR work request makes it valid for a peer's
 /// access and takes it along until it completes ([`crate::qp::Queues::post_reg_mr`]);
 /// LOCAL_INV (or the peer's SEND_WITH_INV) makes it invalid again. Dropping a registered
 /// region deregisters it: the peer's next access fails, it never reaches freed memory.
 pub struct MemoryRegion {
-    mr: NonNull<sys::ib_mr>,
+    mr: FastRegMr,
     /// Unmapped by `drop` only once the MR is deregistered.
     buffer: ManuallyDrop<DmaBuffer>,
-    pd: Arc<ProtectionDomain>,
 }
 
 // SAFETY: the `ib_mr` is used through verbs the IB core allows from any thread; its key
@@ -46,18 +115,13 @@ impl MemoryRegion {
         }
         let dma_addr = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
         let len = u32::try_from(len).map_err(|_| EINVAL)?;
-        // SAFETY: the PD is valid (we hold a reference).
-        let mr = from_err_ptr(unsafe {
-            sys::ib_alloc_mr(pd.as_raw(), sys::ib_mr_type_IB_MR_TYPE_MEM_REG, max_pages)
-        })?;
         let mr = Self {
-            mr: NonNull::new(mr).ok_or(ENOMEM)?,
+            mr: FastRegMr::new(pd, max_pages)?,
             buffer: ManuallyDrop::new(buffer),
-            pd: pd.clone(),
         };
         // SAFETY: the MR is valid and not yet registered; the range lies in a mapping of
         // the same device that the MR owns.
-        let mapped = unsafe { sys::tilde_rdma_map_mr(mr.mr.as_ptr(), dma_addr, len) };
+        let mapped = unsafe { sys::tilde_rdma_map_mr(mr.mr.as_raw(), dma_addr, len) };
         if mapped != 1 {
             pr_err!(
                 "{}: mapping a {} byte buffer into an MR failed: {}\n",
@@ -76,20 +140,17 @@ impl MemoryRegion {
 
     /// The key a peer names in RDMA operations on this region.
     pub fn rkey(&self) -> u32 {
-        // SAFETY: the MR is valid (type invariant).
-        unsafe { (*self.mr.as_ptr()).rkey }
+        self.mr.rkey()
     }
 
     /// The address of the region's first byte in the peer's RDMA operations.
     pub fn iova(&self) -> u64 {
-        // SAFETY: the MR is valid; `iova` was set by the mapping.
-        unsafe { (*self.mr.as_ptr()).iova }
+        self.mr.iova()
     }
 
     /// The region's length in bytes.
     pub fn length(&self) -> u64 {
-        // SAFETY: the MR is valid; `length` was set by the mapping.
-        unsafe { (*self.mr.as_ptr()).length }
+        self.mr.length()
     }
 
     /// The buffer the region exposes (reads are volatile copies: a peer may be writing).
@@ -106,41 +167,27 @@ impl MemoryRegion {
 
     /// The PD the region is in.
     pub fn pd(&self) -> &Arc<ProtectionDomain> {
-        &self.pd
+        &self.mr.pd
     }
 
     /// Gives the region a new key before it is registered again, so keys handed out for
     /// an earlier registration stop working.
     pub(crate) fn bump_key(&mut self) {
-        // SAFETY: the MR is valid and exclusively ours (`&mut`): no REG_MR is in flight.
-        unsafe { sys::tilde_rdma_bump_mr_key(self.mr.as_ptr()) };
+        self.mr.bump_key();
     }
 
     pub(crate) fn as_raw(&self) -> *mut sys::ib_mr {
-        self.mr.as_ptr()
+        self.mr.as_raw()
     }
 }
 
 impl Drop for MemoryRegion {
     fn drop(&mut self) {
-        if !teardown_may_sleep(self.pd.device(), "an MR") {
-            // The buffer stays mapped (not dropped) and the PD referenced: the device may
-            // still use both.
-            core::mem::forget(self.pd.clone());
-            return;
+        if self.mr.deregister() {
+            // SAFETY: the buffer is dropped once, here, after the MR that mapped it is
+            // gone. Otherwise it stays mapped: the device may still use it.
+            unsafe { ManuallyDrop::drop(&mut self.buffer) };
         }
-        // SAFETY: the MR is valid, and no WR of ours uses it: a REG_MR takes the region
-        // along until it completes, and `self` is here, so none is in flight.
-        let ret = unsafe { sys::ib_dereg_mr_user(self.mr.as_ptr(), core::ptr::null_mut()) };
-        if ret != 0 {
-            pr_err!(
-                "{}: deregistering an MR failed: {}\n",
-                self.pd.device().name(),
-                ret
-            );
-        }
-        // SAFETY: the buffer is dropped once, here, after the MR that mapped it is gone.
-        unsafe { ManuallyDrop::drop(&mut self.buffer) };
     }
 }
 
@@ -154,11 +201,10 @@ impl Drop for MemoryRegion {
 /// pages back: a peer can never reach pages their owner got back. Dropping the region
 /// deregisters it first, which is always safe.
 pub struct SgRegion {
-    mr: NonNull<sys::ib_mr>,
+    mr: FastRegMr,
     pages: Option<SgMapping>,
     /// The key may be valid for a peer.
     valid: bool,
-    pd: Arc<ProtectionDomain>,
 }
 
 // SAFETY: as for `MemoryRegion`: the `ib_mr` is used through verbs the IB core allows
@@ -170,15 +216,10 @@ unsafe impl Sync for SgRegion {}
 impl SgRegion {
     /// A region of up to `max_pages` pages in `pd`, mapping nothing yet.
     pub fn new(pd: &Arc<ProtectionDomain>, max_pages: u32) -> Result<Self> {
-        // SAFETY: the PD is valid (we hold a reference).
-        let mr = from_err_ptr(unsafe {
-            sys::ib_alloc_mr(pd.as_raw(), sys::ib_mr_type_IB_MR_TYPE_MEM_REG, max_pages)
-        })?;
         Ok(Self {
-            mr: NonNull::new(mr).ok_or(ENOMEM)?,
+            mr: FastRegMr::new(pd, max_pages)?,
             pages: None,
             valid: false,
-            pd: pd.clone(),
         })
     }
 
@@ -186,17 +227,17 @@ impl SgRegion {
     /// handed back) while the region maps other pages, or when the pages do not form one
     /// region the MR can take (too many, or gaps between pages).
     pub fn map(&mut self, pages: SgMapping) -> core::result::Result<(), (Error, SgMapping)> {
-        if self.pages.is_some() || self.valid || !pages.device().is(self.pd.device()) {
+        if self.pages.is_some() || self.valid || !pages.device().is(self.mr.pd.device()) {
             return Err((EINVAL, pages));
         }
         let (sgl, nents) = pages.mapped();
         // SAFETY: the MR is valid and not registered (`valid` is false); the list is mapped
         // for the MR's device and stays so while the region holds the mapping.
-        let mapped = unsafe { sys::tilde_rdma_map_mr_sg(self.mr.as_ptr(), sgl, nents) };
+        let mapped = unsafe { sys::tilde_rdma_map_mr_sg(self.mr.as_raw(), sgl, nents) };
         if mapped != nents {
             pr_err!(
                 "{}: an MR took {} of {} scatterlist entries\n",
-                self.pd.device().name(),
+                self.mr.pd.device().name(),
                 mapped,
                 nents
             );
@@ -251,34 +292,30 @@ impl SgRegion {
 
     /// The key a peer names in RDMA operations on this region.
     pub fn rkey(&self) -> u32 {
-        // SAFETY: the MR is valid (type invariant).
-        unsafe { (*self.mr.as_ptr()).rkey }
+        self.mr.rkey()
     }
 
     /// The address of the region's first byte in the peer's RDMA operations.
     pub fn iova(&self) -> u64 {
-        // SAFETY: the MR is valid; `iova` was set by the mapping.
-        unsafe { (*self.mr.as_ptr()).iova }
+        self.mr.iova()
     }
 
     /// The region's length in bytes.
     pub fn length(&self) -> u64 {
-        // SAFETY: the MR is valid; `length` was set by the mapping.
-        unsafe { (*self.mr.as_ptr()).length }
+        self.mr.length()
     }
 
     /// The PD the region is in.
     pub fn pd(&self) -> &Arc<ProtectionDomain> {
-        &self.pd
+        &self.mr.pd
     }
 
     /// For a REG_MR post: a new key, now possibly valid; `None` if nothing is mapped.
     pub(crate) fn register(&mut self) -> Option<(*mut sys::ib_mr, u32)> {
         self.pages.as_ref()?;
-        // SAFETY: the MR is valid and exclusively ours (`&mut`): no WR of it is in flight.
-        unsafe { sys::tilde_rdma_bump_mr_key(self.mr.as_ptr()) };
+        self.mr.bump_key();
         self.valid = true;
-        Some((self.mr.as_ptr(), self.rkey()))
+        Some((self.mr.as_raw(), self.rkey()))
     }
 
     /// A LOCAL_INV of the region completed successfully, or its REG_MR was never posted.
@@ -289,22 +326,8 @@ impl SgRegion {
 
 impl Drop for SgRegion {
     fn drop(&mut self) {
-        if !teardown_may_sleep(self.pd.device(), "an MR") {
-            // Still registered: the pages stay mapped and the PD referenced.
-            core::mem::forget(self.pages.take());
-            core::mem::forget(self.pd.clone());
-            return;
-        }
-        // SAFETY: the MR is valid and no WR of ours uses it (a WR carries the region it
-        // posts, and `self` is here).
-        let ret = unsafe { sys::ib_dereg_mr_user(self.mr.as_ptr(), core::ptr::null_mut()) };
-        if ret != 0 {
-            pr_err!(
-                "{}: deregistering an MR failed: {}\n",
-                self.pd.device().name(),
-                ret
-            );
-            // The MR may still map the pages: keep them mapped.
+        if !self.mr.deregister() {
+            // The MR may still map the pages: they stay mapped.
             core::mem::forget(self.pages.take());
         }
         // The pages are unmapped after the MR is gone (field drop).

@@ -1369,7 +1369,9 @@ impl Endpoint {
         index: usize,
         bhs: &[u8; BHS_LEN],
     ) -> Result {
-        let flags = bhs[1];
+        let flags = wire::Bhs::ref_from_bytes(bhs)
+            .map(|bhs| bhs.flags)
+            .map_err(|_| EINVAL)?;
         // SAFETY: the task is prepared and the command valid (caller): libiscsi counted
         // its immediate data and, for a write, the unsolicited Data-Out after it.
         let (shape, sgl, nents) = unsafe {
