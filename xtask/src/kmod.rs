@@ -31,6 +31,9 @@ pub const SUITE_MODULES: &[&str] = &["tilde_verbs_conformance"];
 /// Upper-layer protocols; their scenarios load them. Built where the tree has what they
 /// need (`tilde_iser`: the kernel's zerocopy crate, probe `zerocopy`).
 pub const ULP_MODULES: &[&str] = &["tilde_iser"];
+/// Hardware drivers; their scenarios load them. Built where the ULPs are (`tilde_mlx4`'s
+/// formats use zerocopy too).
+pub const DRIVER_MODULES: &[&str] = &["tilde_mlx4"];
 
 const SRC: &str = "/build/src";
 const OUT: &str = "/build/out";
@@ -44,6 +47,7 @@ pub struct Modules {
     pub selftest: Vec<PathBuf>,
     pub suites: Vec<PathBuf>,
     pub ulps: Vec<PathBuf>,
+    pub drivers: Vec<PathBuf>,
 }
 
 impl Modules {
@@ -54,6 +58,7 @@ impl Modules {
             selftest: Vec::new(),
             suites: Vec::new(),
             ulps: Vec::new(),
+            drivers: Vec::new(),
         }
     }
 }
@@ -134,10 +139,10 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     if bridge.is_some() && has_mo {
         bail!("this kernel has MO= but no zerocopy: the zerocopy bridge needs the staging tree");
     }
-    let (core_root, iser_root) = if crate_named_by_object {
-        ("rdma_core", "ulp_iser")
+    let (core_root, iser_root, mlx4_root) = if crate_named_by_object {
+        ("rdma_core", "ulp_iser", "hw_mlx4")
     } else {
-        ("lib", "lib")
+        ("lib", "lib", "lib")
     };
     step(&group, "make modules (kbuild, clippy)", || {
         let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -149,9 +154,10 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             (
                 format!(
                     "mkdir -p {staging} && find {staging} -type l -delete && \
-                     cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/xtask {staging}/ && \
+                     cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/hw-mlx4 {SRC}/xtask {staging}/ && \
                      ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && \
-                     ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && {}",
+                     ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && \
+                     ln -sf lib.rs {staging}/hw-mlx4/src/{mlx4_root}.rs && {}",
                     match &bridge {
                         Some(b) => format!(
                             "mkdir -p {staging}/zerocopy && cp -rsf {}/. {staging}/zerocopy/ && \
@@ -176,6 +182,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
                 "{prepare}make -C {} M={sources} {mo} KERNELRELEASE={} \
                  TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} \
                  TILDE_RDMA_CORE_ROOT={core_root} TILDE_ULP_ISER_ROOT={iser_root} \
+                 TILDE_HW_MLX4_ROOT={mlx4_root} \
                  TILDE_ZEROCOPY={} {bridge_vars} CLIPPY=1 -j{jobs} modules",
                 toolchain.tree(),
                 sh_quote(&toolchain.release),
@@ -207,6 +214,11 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         } else {
             Vec::new()
         },
+        drivers: if zerocopy {
+            find(DRIVER_MODULES)?
+        } else {
+            Vec::new()
+        },
     };
     for ko in modules
         .stack
@@ -214,6 +226,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         .chain(&modules.selftest)
         .chain(&modules.suites)
         .chain(&modules.ulps)
+        .chain(&modules.drivers)
     {
         check_vermagic(toolchain, ko)?;
     }

@@ -276,6 +276,7 @@ fn cmd_test(args: &Args) -> Result {
                 let built = modules
                     .ulps
                     .iter()
+                    .chain(&modules.drivers)
                     .any(|ko| ko.file_stem() == Some(needed.as_ref()));
                 if !built {
                     println!(

@@ -88,8 +88,8 @@ pub fn needs_modules(scenario: &str) -> Result<bool> {
     Ok(!text.lines().any(|l| l.trim() == "# no-modules"))
 }
 
-/// The ULP module a scenario needs (`# needs-module: NAME` line), which not every kernel
-/// target builds (see `kmod::ULP_MODULES`).
+/// The ULP or driver module a scenario needs (`# needs-module: NAME` line), which not
+/// every kernel target builds (see `kmod::ULP_MODULES`, `kmod::DRIVER_MODULES`).
 pub fn needs_module(scenario: &str) -> Result<Option<String>> {
     let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
     Ok(text
@@ -119,7 +119,7 @@ pub fn run(
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }
-    for sub in ["modules", "selftest", "suites", "ulps", "guest", "out"] {
+    for sub in ["modules", "selftest", "suites", "ulps", "drivers", "guest", "out"] {
         fs::create_dir_all(dir.join(sub))?;
     }
     // Module file names get a load-order prefix: stage2 loads them in name order.
@@ -135,6 +135,7 @@ pub fn run(
         ("selftest", &modules.selftest),
         ("suites", &modules.suites),
         ("ulps", &modules.ulps),
+        ("drivers", &modules.drivers),
     ] {
         for ko in list {
             let name = ko.file_name().context(|| "module path".to_string())?;

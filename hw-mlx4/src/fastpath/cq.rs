@@ -111,6 +111,11 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
         &self.ring
     }
 
+    /// The consumer-index and arm records, as the device reads them.
+    pub fn doorbells(&self) -> &CqDoorbells<P> {
+        &self.doorbells
+    }
+
     /// Polls up to `out.len()` completions into `out`, returning how many.
     pub fn poll<'t, L>(&mut self, qps: &L, out: &mut [Completion]) -> Result<usize, PollError>
     where

@@ -8,7 +8,6 @@
 //! second half of each entry, and the owner bit is read there.
 
 use super::{Be16, Be32};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Size of the CQE proper; also the smaller of the two CQ strides.
 pub const CQE_SIZE: usize = 32;
@@ -41,7 +40,16 @@ impl CqeStride {
 }
 
 /// A successful completion (`struct mlx4_cqe`).
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct Cqe {
     /// The local QP number in bits 0..24.
@@ -66,7 +74,16 @@ pub struct Cqe {
 
 /// An error completion (`struct mlx4_err_cqe`): same size and owner byte as [`Cqe`],
 /// opcode [`Cqe::OPCODE_ERROR`].
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct ErrorCqe {
     pub my_qpn: Be32,

@@ -7,12 +7,20 @@
 //! `providers/mlx4/qp.c` (BlueFlame).
 
 use super::Be32;
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Offset of the 32-bit send doorbell in the UAR page.
 pub const UAR_SEND_DOORBELL: usize = 0x14;
 /// Offset of the 64-bit CQ doorbell in the UAR page.
 pub const UAR_CQ_DOORBELL: usize = 0x20;
+/// Offset of the first EQ doorbell in an EQ's UAR page; each of the page's four EQs has
+/// one, 8 bytes apart (`mlx4_get_eq_uar`).
+pub const UAR_EQ_DOORBELL: usize = 0x800;
+
+/// Offset of EQ `eqn`'s consumer-index doorbell in its UAR page.
+pub const fn eq_doorbell_offset(eqn: u32) -> usize {
+    UAR_EQ_DOORBELL + 8 * (eqn % 4) as usize
+}
+
 /// Offset of the first BlueFlame buffer in the BlueFlame page. Consecutive BlueFlame
 /// posts alternate between two buffers of `bf_buf_size` bytes.
 pub const BLUEFLAME_OFFSET: usize = 0x100;
@@ -58,7 +66,16 @@ impl ArmCommand {
 /// The 64-bit CQ doorbell (`mlx4_cq_arm`): arm sequence number, command and CQN, then
 /// the consumer index.
 #[derive(
-    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
 )]
 #[repr(C)]
 pub struct CqDoorbell {
@@ -93,7 +110,16 @@ impl CqDoorbell {
 
 /// The CQ's doorbell record in host memory (`cq->set_ci_db`, `cq->arm_db`): the
 /// consumer index the device may overwrite up to, and the last arm request.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct CqDoorbellRecord {
     pub set_ci: Be32,

@@ -4,7 +4,6 @@
 //! `drivers/net/ethernet/mellanox/mlx4/eq.c` (`next_eqe_sw`, `eq_set_ci`).
 
 use super::Be32;
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Size of an EQE at the default EQE stride.
 pub const EQE_SIZE: usize = 32;
@@ -12,7 +11,16 @@ pub const EQE_SIZE: usize = 32;
 /// An event queue entry (`struct mlx4_eqe`). The 24 bytes of `event` are a union whose
 /// first word names the object: the CQN of completion and CQ error events, the QPN of QP
 /// events.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct Eqe {
     pub reserved1: u8,

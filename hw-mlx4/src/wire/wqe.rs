@@ -5,7 +5,6 @@
 //! `providers/mlx4/wqe.h` and `qp.c`, which build the same segments from user space.
 
 use super::{Be16, Be32, Be64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// A send WQE is built from 64-byte basic blocks (WQEBBs); the hardware prefetches and
 /// the driver stamps in these units (`MLX4_IB_SQ_MIN_WQE_SHIFT` = 6).
@@ -71,7 +70,16 @@ impl SendOpcode {
 ///
 /// `owner_opcode` is written last: its top bit hands the WQE to the hardware. The second
 /// word is either `vlan_tag`/`ins_vlan`/`fence_size` or, for BlueFlame, `bf_qpn`.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct CtrlSeg {
     pub owner_opcode: Be32,
@@ -136,7 +144,16 @@ impl CtrlSeg {
 }
 
 /// Remote address segment of RDMA and atomic WQEs (`struct mlx4_wqe_raddr_seg`).
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct RaddrSeg {
     pub raddr: Be64,
@@ -146,7 +163,16 @@ pub struct RaddrSeg {
 
 /// Atomic operands (`struct mlx4_wqe_atomic_seg`): compare-and-swap puts the swap value
 /// in `swap_add` and the comparand in `compare`; fetch-and-add the addend in `swap_add`.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct AtomicSeg {
     pub swap_add: Be64,
@@ -155,7 +181,17 @@ pub struct AtomicSeg {
 
 /// The address vector of a UD destination (`struct mlx4_av`), built once per address
 /// handle and copied into each UD WQE.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+)]
 #[repr(C)]
 pub struct AddressVector {
     /// Port number in bits 24..32, PD number below.
@@ -193,7 +229,16 @@ impl AddressVector {
 }
 
 /// The UD destination segment (`struct mlx4_wqe_datagram_seg`).
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct DatagramSeg {
     pub av: AddressVector,
@@ -206,7 +251,16 @@ pub struct DatagramSeg {
 
 /// Fast registration of a memory region (`struct mlx4_wqe_fmr_seg`, opcode FMR; the
 /// kernel builds it in `set_reg_seg` for `IB_WR_REG_MR`).
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct FastRegSeg {
     /// Access rights, `FastRegSeg::PERM_*`.
@@ -233,7 +287,16 @@ impl FastRegSeg {
 }
 
 /// Local invalidation (`struct mlx4_wqe_local_inval_seg`).
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct LocalInvalSeg {
     pub reserved1: Be64,
@@ -244,7 +307,16 @@ pub struct LocalInvalSeg {
 
 /// A scatter/gather entry (`struct mlx4_wqe_data_seg`), in send WQEs and as the receive
 /// WQE's scatter list.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct DataSeg {
     pub byte_count: Be32,
@@ -266,7 +338,16 @@ impl DataSeg {
 /// The 4-byte header of an inline data segment (`struct mlx4_wqe_inline_seg`); the data
 /// follows it. No inline segment may cross a 64-byte boundary, so longer inline payloads
 /// are split into several segments.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    zerocopy_derive::Unaligned,
+    Clone,
+    Copy,
+    Debug,
+)]
 #[repr(C)]
 pub struct InlineSeg {
     pub byte_count: Be32,

@@ -173,3 +173,19 @@ u64 tilde_rdma_ktime_ns(void)
 {
 	return ktime_get_ns();
 }
+
+/* The barriers, for architectures where `kernel_api::barrier` does not inline them. */
+void tilde_rdma_dma_wmb(void)
+{
+	dma_wmb();
+}
+
+void tilde_rdma_dma_rmb(void)
+{
+	dma_rmb();
+}
+
+void tilde_rdma_wmb(void)
+{
+	wmb();
+}

@@ -10,7 +10,9 @@
 //! - [`timed_out`], [`shut_down`]: errnos the kernel crate may not name;
 //! - [`push_within_capacity`], [`remove`]: `KVec` methods the kernel crate may lack;
 //! - [`sleep`] and [`monotonic`]: through C helpers (`fsleep`, `ktime_get_ns`), which
-//!   every kernel has, so the Rust side never names `kernel::time`.
+//!   every kernel has, so the Rust side never names `kernel::time`;
+//! - [`barrier`]: the DMA and MMIO ordering barriers a driver's fast path needs, which no
+//!   kernel's Rust offers, inlined.
 
 use core::time::Duration;
 
@@ -212,6 +214,19 @@ pub mod atomic {
             Self(UnsafeCell::new(v))
         }
 
+        /// The atomic at `ptr`, for a value in memory that someone else allocated (a
+        /// record in queue memory that a device reads).
+        ///
+        /// # Safety
+        ///
+        /// `ptr` is valid and aligned for `T` for `'a`, and the CPU accesses it only
+        /// atomically meanwhile.
+        pub const unsafe fn from_ptr<'a>(ptr: *mut T) -> &'a Self {
+            // SAFETY: `Atomic<T>` is a transparent `UnsafeCell<T>`, which has the layout
+            // of `T`; the caller vouches for validity, alignment and atomic-only access.
+            unsafe { &*ptr.cast::<Self>() }
+        }
+
         /// Reads the value.
         pub fn load<O: LoadOrder>(&self, _: O) -> T {
             // SAFETY: the cell is valid and aligned, and only accessed atomically.
@@ -254,6 +269,79 @@ pub mod atomic {
         pub fn add(&self, v: T, _: Relaxed) {
             // SAFETY: as above.
             unsafe { T::fetch_add(self.0.get(), v, Ordering::Relaxed) };
+        }
+    }
+}
+
+/// The barriers of `asm/barrier.h` that order a driver's accesses to coherent DMA memory
+/// and its MMIO writes (`dma_wmb`, `dma_rmb`, `wmb`). No kernel's `kernel` crate has
+/// them (7.2 has only the `smp_*` ones, as calls to C helpers); tilde's are inlined, so
+/// a fast path that uses them compiles to the same machine code on every kernel.
+pub mod barrier {
+    /// Orders stores to coherent DMA memory before later stores to it (a descriptor's
+    /// body before its ownership word).
+    #[inline(always)]
+    pub fn dma_wmb() {
+        arch::dma_wmb()
+    }
+
+    /// Orders loads from coherent DMA memory before later loads from it (an ownership
+    /// word before the descriptor's body).
+    #[inline(always)]
+    pub fn dma_rmb() {
+        arch::dma_rmb()
+    }
+
+    /// Orders every earlier store, to memory or write-combined MMIO, before later stores
+    /// (queue memory before the doorbell that makes the device read it).
+    #[inline(always)]
+    pub fn wmb() {
+        arch::wmb()
+    }
+
+    /// x86 (`arch/x86/include/asm/barrier.h`): the CPU keeps stores in order and loads in
+    /// order, so `dma_wmb` and `dma_rmb` only stop the compiler (`barrier()`); `wmb` is
+    /// `sfence`, which also drains write-combining buffers.
+    #[cfg(target_arch = "x86_64")]
+    mod arch {
+        use core::sync::atomic::{compiler_fence, Ordering};
+
+        #[inline(always)]
+        pub(super) fn dma_wmb() {
+            compiler_fence(Ordering::SeqCst);
+        }
+
+        #[inline(always)]
+        pub(super) fn dma_rmb() {
+            compiler_fence(Ordering::SeqCst);
+        }
+
+        #[inline(always)]
+        pub(super) fn wmb() {
+            // SAFETY: `sfence` only orders stores; without `nomem` the asm is also a
+            // compiler barrier, as the kernel's `asm volatile(... ::: "memory")`.
+            unsafe { core::arch::asm!("sfence", options(nostack, preserves_flags)) };
+        }
+    }
+
+    /// Other architectures: the kernel's own barriers, out of line.
+    #[cfg(not(target_arch = "x86_64"))]
+    mod arch {
+        use crate::sys::{tilde_rdma_dma_rmb, tilde_rdma_dma_wmb, tilde_rdma_wmb};
+
+        pub(super) fn dma_wmb() {
+            // SAFETY: a barrier has no preconditions.
+            unsafe { tilde_rdma_dma_wmb() };
+        }
+
+        pub(super) fn dma_rmb() {
+            // SAFETY: a barrier has no preconditions.
+            unsafe { tilde_rdma_dma_rmb() };
+        }
+
+        pub(super) fn wmb() {
+            // SAFETY: a barrier has no preconditions.
+            unsafe { tilde_rdma_wmb() };
         }
     }
 }

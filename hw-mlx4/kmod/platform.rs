@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The fast path's platform in the kernel: queue memory the device shares, doorbell
+//! records in it, the UAR page's MMIO doorbells, the kernel's barriers and atomics.
+//!
+//! This is the one instantiation of `hw_mlx4::fastpath` that runs in the kernel, so its
+//! post_send, post_recv, poll_cq and req_notify_cq are what `cargo xtask test` compares
+//! between kernel targets. Everything it uses is the same on every kernel: the barriers
+//! and atomics come from `rdma_core::kernel_api` (inlined), the MMIO stores are volatile
+//! stores (what `__raw_writel`/`__raw_writeq` are on x86), and memory comes from a C
+//! helper (`queue_memory.c`).
+
+use core::ffi::c_void;
+use core::ptr::NonNull;
+
+use hw_mlx4::fastpath::platform::{
+    DmaRing, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot,
+};
+use hw_mlx4::wire::{eq_doorbell_offset, CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
+use kernel::alloc::{flags::GFP_KERNEL, KVec};
+use kernel::prelude::*;
+use rdma_core::kernel_api::atomic::{Acquire, Atomic, Relaxed, Release};
+use rdma_core::kernel_api::barrier;
+
+extern "C" {
+    fn tilde_mlx4_queue_alloc(size: usize) -> *mut c_void;
+    fn tilde_mlx4_queue_free(cpu: *mut c_void);
+}
+
+/// Zeroed, physically contiguous memory, aligned to its (power-of-two) size, that the
+/// device and the CPU share. Freed on drop.
+pub(crate) struct QueueMemory {
+    cpu: NonNull<u8>,
+    size: usize,
+}
+
+impl QueueMemory {
+    /// `size` bytes, a power of two.
+    pub(crate) fn new(size: usize) -> Result<Self> {
+        if !size.is_power_of_two() {
+            return Err(EINVAL);
+        }
+        // SAFETY: the helper allocates or returns NULL; nothing else is required.
+        let cpu = unsafe { tilde_mlx4_queue_alloc(size) };
+        let cpu = NonNull::new(cpu.cast::<u8>()).ok_or(ENOMEM)?;
+        Ok(Self { cpu, size })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.cpu.as_ptr()
+    }
+
+    /// The 32-bit word at `offset`, read once; `None` past the end or unaligned.
+    pub(crate) fn read_u32(&self, offset: usize) -> Option<u32> {
+        if offset % 4 != 0 || offset.checked_add(4)? > self.size {
+            return None;
+        }
+        // SAFETY: in bounds and aligned (checked above; the memory is aligned to its
+        // size); a volatile read, as the device may write it.
+        Some(unsafe { self.cpu.as_ptr().add(offset).cast::<u32>().read_volatile() })
+    }
+}
+
+impl Drop for QueueMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `tilde_mlx4_queue_alloc`, freed once.
+        unsafe { tilde_mlx4_queue_free(self.cpu.as_ptr().cast()) };
+    }
+}
+
+/// A ring of `1 << log_entries` entries of `1 << entry_shift` bytes in queue memory.
+pub(crate) struct KernelRing {
+    memory: QueueMemory,
+    log_entries: u32,
+    entry_shift: u32,
+}
+
+impl KernelRing {
+    pub(crate) fn new(log_entries: u32, entry_shift: u32) -> Result<Self> {
+        // Up to 16 MiB: more than any mlx4 queue.
+        let bits = log_entries
+            .checked_add(entry_shift)
+            .filter(|bits| *bits < 24)
+            .ok_or(EINVAL)?;
+        Ok(Self {
+            memory: QueueMemory::new(1 << bits)?,
+            log_entries,
+            entry_shift,
+        })
+    }
+
+    /// The first byte of entry `index` (masked to the ring) and the entry's length.
+    #[inline]
+    fn entry(&self, index: u32) -> (*mut u8, usize) {
+        let slot = (index & ((1 << self.log_entries) - 1)) as usize;
+        // SAFETY: `slot < 1 << log_entries`, so the entry lies inside the memory.
+        let start = unsafe { self.memory.as_ptr().add(slot << self.entry_shift) };
+        (start, 1 << self.entry_shift)
+    }
+
+    /// The big-endian word at byte `offset` of entry `index`, if it lies in the entry.
+    #[inline]
+    fn word(&self, index: u32, offset: usize) -> Option<*mut u32> {
+        let (start, len) = self.entry(index);
+        if offset % 4 != 0 || offset.checked_add(4)? > len {
+            return None;
+        }
+        // SAFETY: inside the entry (checked above), 4-aligned (entries are at least 16
+        // bytes and the memory is aligned to its size).
+        Some(unsafe { start.add(offset) }.cast::<u32>())
+    }
+}
+
+impl DmaRing for KernelRing {
+    #[inline]
+    fn log_entries(&self) -> u32 {
+        self.log_entries
+    }
+
+    #[inline]
+    fn entry_shift(&self) -> u32 {
+        self.entry_shift
+    }
+
+    #[inline]
+    unsafe fn with_entry<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        let (start, len) = self.entry(index);
+        // SAFETY: the entry is inside the memory; the caller has it by the queue
+        // protocol, so neither the device nor other CPU code writes it meanwhile.
+        f(unsafe { core::slice::from_raw_parts(start, len) })
+    }
+
+    #[inline]
+    unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let (start, len) = self.entry(index);
+        // SAFETY: as for `with_entry`; in addition the caller holds no other reference
+        // to the entry, so this one is unique.
+        f(unsafe { core::slice::from_raw_parts_mut(start, len) })
+    }
+
+    #[inline]
+    fn read_word(&self, index: u32, offset: usize) -> u32 {
+        match self.word(index, offset) {
+            // SAFETY: a valid, aligned word of queue memory; read once, as the device
+            // may be writing the entry (`READ_ONCE`).
+            Some(word) => u32::from_be(unsafe { word.read_volatile() }),
+            None => 0,
+        }
+    }
+
+    #[inline]
+    fn write_word(&self, index: u32, offset: usize, value: u32) {
+        if let Some(word) = self.word(index, offset) {
+            // SAFETY: a valid, aligned word of queue memory, written once
+            // (`WRITE_ONCE`); the caller ordered the entry's body before it.
+            unsafe { word.write_volatile(value.to_be()) };
+        }
+    }
+}
+
+/// A 32-bit doorbell record in queue memory, big-endian, as the device reads it.
+pub(crate) struct KernelDoorbellRecord {
+    memory: QueueMemory,
+}
+
+impl KernelDoorbellRecord {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            memory: QueueMemory::new(size_of::<u32>())?,
+        })
+    }
+
+    #[inline]
+    fn atomic(&self) -> &Atomic<u32> {
+        // SAFETY: the memory holds one aligned `u32` for as long as `self`, and the CPU
+        // touches it only through this atomic.
+        unsafe { Atomic::from_ptr(self.memory.as_ptr().cast::<u32>()) }
+    }
+}
+
+impl DoorbellRecord for KernelDoorbellRecord {
+    #[inline]
+    fn write_release(&self, value: u32) {
+        self.atomic().store(value.to_be(), Release);
+    }
+
+    #[inline]
+    fn read_acquire(&self) -> u32 {
+        u32::from_be(self.atomic().load(Acquire))
+    }
+}
+
+/// The UAR page: the doorbell registers, written by MMIO.
+pub(crate) struct Uar {
+    base: NonNull<u8>,
+}
+
+impl Uar {
+    /// The UAR page at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base` is a mapped UAR page (or, for the self-test, page-sized memory standing in
+    /// for one) that stays mapped while the `Uar` lives.
+    pub(crate) unsafe fn new(base: NonNull<u8>) -> Self {
+        Self { base }
+    }
+
+    /// # Safety
+    ///
+    /// `offset` is one of the page's doorbell registers, aligned for `T`.
+    #[inline]
+    unsafe fn write<T>(&self, offset: usize, value: T) {
+        // SAFETY: the register is inside the mapped page (the caller's and `new`'s
+        // promises); a volatile store is one MMIO write of `T`'s width.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(offset)
+                .cast::<T>()
+                .write_volatile(value)
+        };
+    }
+}
+
+impl UarPage for Uar {
+    #[inline]
+    fn ring_send_doorbell(&self, value: u32) {
+        // SAFETY: the send doorbell register, 4-aligned (`writel` of `doorbell_qpn`).
+        unsafe { self.write(UAR_SEND_DOORBELL, value.to_be()) };
+    }
+
+    #[inline]
+    fn ring_cq_doorbell(&self, doorbell: CqDoorbell) {
+        // Both big-endian words in one 64-bit store, as `mlx4_write64` on 64-bit.
+        let word: u64 = zerocopy::transmute!(doorbell);
+        // SAFETY: the CQ doorbell register, 8-aligned.
+        unsafe { self.write(UAR_CQ_DOORBELL, word) };
+    }
+
+    #[inline]
+    fn ring_eq_doorbell(&self, eqn: u32, word: u32) {
+        // SAFETY: one of the page's four EQ doorbell registers, 4-aligned.
+        unsafe { self.write(eq_doorbell_offset(eqn), word.to_be()) };
+    }
+}
+
+/// A counter the poster and the completer of a queue share.
+pub(crate) struct Counter(Atomic<u32>);
+
+impl SharedCounter for Counter {
+    #[inline]
+    fn new(value: u32) -> Self {
+        Self(Atomic::new(value))
+    }
+
+    #[inline]
+    fn load_acquire(&self) -> u32 {
+        self.0.load(Acquire)
+    }
+
+    #[inline]
+    fn store_release(&self, value: u32) {
+        self.0.store(value, Release)
+    }
+}
+
+/// A wr_id slot.
+pub(crate) struct WrId(Atomic<u64>);
+
+impl WrIdSlot for WrId {
+    #[inline]
+    fn new(value: u64) -> Self {
+        Self(Atomic::new(value))
+    }
+
+    #[inline]
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+
+    #[inline]
+    fn set(&self, value: u64) {
+        self.0.store(value, Relaxed)
+    }
+}
+
+/// A queue's wr_id table, one slot per ring entry.
+pub(crate) struct WrIds(KVec<WrId>);
+
+impl WrIds {
+    pub(crate) fn new(entries: u32) -> Result<Self> {
+        let entries = entries as usize;
+        let mut slots = KVec::with_capacity(entries, GFP_KERNEL)?;
+        for _ in 0..entries {
+            slots.push(WrId::new(0), GFP_KERNEL)?;
+        }
+        Ok(Self(slots))
+    }
+}
+
+impl AsRef<[WrId]> for WrIds {
+    #[inline]
+    fn as_ref(&self) -> &[WrId] {
+        &self.0
+    }
+}
+
+/// The fast path in the kernel.
+pub(crate) struct KernelPlatform;
+
+impl Platform for KernelPlatform {
+    type Ring = KernelRing;
+    type DbRecord = KernelDoorbellRecord;
+    type Uar = Uar;
+    type Counter = Counter;
+    type WrId = WrId;
+    type WrIdTable = WrIds;
+
+    #[inline]
+    fn dma_wmb() {
+        barrier::dma_wmb();
+    }
+
+    #[inline]
+    fn dma_rmb() {
+        barrier::dma_rmb();
+    }
+
+    #[inline]
+    fn wmb() {
+        barrier::wmb();
+    }
+}

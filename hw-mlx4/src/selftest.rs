@@ -1,0 +1,557 @@
+//! A self-test of the fast path over a platform's own queue memory, with the CPU playing
+//! the device's part: no model, no allocation, so it runs where the model cannot (inside
+//! the kernel module, over the kernel's queue memory, barriers and UAR writes) and on the
+//! host over [`crate::model::HostPlatform`], from the same source.
+//!
+//! Each round posts one receive and a chain of three sends (a gathered SEND, an inline
+//! SEND, an RDMA WRITE), then acts as the device: it takes each WQE the driver handed
+//! over by its ownership word (and only those), checks its segments against the WR,
+//! writes the CQE the device would (body, then the owner byte after a barrier), and lets
+//! `poll` turn the CQEs back into completions, which must name the WRs in order; then it
+//! arms the CQ and checks the arm record and doorbell. Enough rounds take every ring
+//! around several times, so the owner bits of WQEs and CQEs flip on every lap.
+
+use crate::fastpath::cq::{CompletionQueue, PollError};
+use crate::fastpath::platform::{DmaRing, DoorbellRecord, Platform};
+use crate::fastpath::qp::QueuePairState;
+use crate::wire::{
+    send_doorbell_value, ArmCommand, Be16, Be32, CqDoorbell, CqDoorbellRecord, Cqe, CtrlSeg,
+    DataSeg, InlineSeg, RaddrSeg, RecvOpcode, SendOpcode, CQE_SIZE, DS_SIZE, RQ_DOORBELL_MASK,
+};
+use crate::wr::{
+    Completion, Payload, PostFailure, RecvWr, Remote, SendFlags, SendOp, SendWr, Sge, WcOpcode,
+    WcStatus,
+};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+/// What the device's UAR registers hold after the driver's writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UarSeen {
+    /// The last value written to the send doorbell.
+    pub send: u32,
+    /// The last 64-bit CQ doorbell.
+    pub cq: CqDoorbell,
+}
+
+/// Why the self-test failed: the first thing the device saw that it should not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelftestError {
+    /// The receive queue's 16 descriptor bytes or the send queue's 64 are too small for
+    /// what the test posts.
+    QueueTooSmall,
+    Post(PostFailure),
+    Poll(PollError),
+    /// A WQE the test expected the driver to hand over is not the device's, or is.
+    Ownership {
+        round: u32,
+        wqe: u32,
+    },
+    /// A handed-over WQE does not say what its WR asked for.
+    Wqe {
+        round: u32,
+        wqe: u32,
+        field: &'static str,
+    },
+    /// The receive doorbell record does not hold the producer counter.
+    RecvDoorbell {
+        expected: u32,
+        seen: u32,
+    },
+    /// The send doorbell does not name the QP.
+    SendDoorbell {
+        expected: u32,
+        seen: u32,
+    },
+    /// A completion does not match its WR.
+    Completion {
+        round: u32,
+        index: usize,
+        field: &'static str,
+    },
+    /// The arm record or the CQ doorbell does not say what was armed.
+    Arm {
+        field: &'static str,
+    },
+}
+
+/// What a passing run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub rounds: u32,
+    pub send_wqes: u32,
+    pub recv_wqes: u32,
+    pub completions: u32,
+    /// Times the CQ's owner bit flipped (laps of the CQ ring).
+    pub cq_laps: u32,
+    pub arms: u32,
+}
+
+const SENDS_PER_ROUND: u32 = 3;
+const INLINE: [u8; 16] = *b"tilde mlx4 self.";
+const LKEY: u32 = 0x0000_1100;
+const RKEY: u32 = 0x0000_2200;
+
+/// Runs `rounds` rounds over `qp` (an RC QP whose send and receive queues complete on
+/// `cq`); `uar_seen` reads back what the device's UAR registers hold.
+pub fn loopback<P: Platform>(
+    qp: &mut QueuePairState<P>,
+    cq: &mut CompletionQueue<'_, P>,
+    uar: &P::Uar,
+    uar_seen: impl Fn() -> UarSeen,
+    rounds: u32,
+) -> Result<Report, SelftestError> {
+    if qp.recv_state().max_sge() < 1 || qp.send_state().caps().max_inline < INLINE.len() as u32 {
+        return Err(SelftestError::QueueTooSmall);
+    }
+    let qpn = qp.qpn();
+    let sq_entries = qp.send_state().entries();
+    let rq_entries = qp.recv_state().entries();
+    let cq_entries = cq.entries();
+    let (mut sq, mut rq, completions) = qp.split(uar);
+    let mut report = Report::default();
+    // The device's own counters: the next WQE it takes from each queue, the next CQE
+    // it writes.
+    let mut device_sq = 0u32;
+    let mut device_rq = 0u32;
+    let mut device_cq = 0u32;
+    let mut arm_sn = 1u32;
+    for round in 0..rounds {
+        let base = u64::from(round) << 12;
+        let recv_sge = [Sge {
+            addr: 0x8000_0000 + base,
+            length: 256,
+            lkey: LKEY,
+        }];
+        let recv = RecvWr {
+            wr_id: base | 0xf,
+            sges: &recv_sge,
+        };
+        rq.post(&[recv]).map_err(SelftestError::Post)?;
+        let record = completions.rq.doorbell().read_acquire();
+        let expected = rq.head() & RQ_DOORBELL_MASK;
+        if record != expected {
+            return Err(SelftestError::RecvDoorbell {
+                expected,
+                seen: record,
+            });
+        }
+
+        let gather = [Sge {
+            addr: 0x4000_0000 + base,
+            length: 64 + round % 64,
+            lkey: LKEY,
+        }];
+        let remote = Remote {
+            addr: 0xc000_0000 + base,
+            rkey: RKEY,
+        };
+        let sends = [
+            SendWr::new(
+                base | 1,
+                SendOp::Send,
+                Payload::Gather(&gather),
+                SendFlags::SIGNALED,
+            ),
+            SendWr::new(
+                base | 2,
+                SendOp::Send,
+                Payload::Inline(&INLINE),
+                SendFlags::SIGNALED,
+            ),
+            SendWr::new(
+                base | 3,
+                SendOp::RdmaWrite(remote),
+                Payload::Gather(&gather),
+                SendFlags::SIGNALED,
+            ),
+        ];
+        sq.post(&sends).map_err(SelftestError::Post)?;
+        let seen = uar_seen().send;
+        if seen != send_doorbell_value(qpn) {
+            return Err(SelftestError::SendDoorbell {
+                expected: send_doorbell_value(qpn),
+                seen,
+            });
+        }
+
+        // The device: the WQEs handed over, in order; nothing past them.
+        let ring = completions.sq.ring();
+        for wr in &sends {
+            check_send_wqe(ring, device_sq, sq_entries, wr, round)?;
+            let opcode = match wr.op {
+                SendOp::RdmaWrite(_) => SendOpcode::RdmaWrite,
+                _ => SendOpcode::Send,
+            };
+            let mut cqe = Cqe::new_zeroed();
+            cqe.vlan_my_qpn = Be32::new(qpn);
+            cqe.wqe_index = Be16::new(device_sq as u16);
+            cqe.owner_sr_opcode = Cqe::IS_SEND | opcode as u8;
+            write_cqe::<P>(cq.ring(), device_cq, cq_entries, &cqe);
+            device_sq = device_sq.wrapping_add(1);
+            device_cq = device_cq.wrapping_add(1);
+        }
+        if owned_by_device(ring, device_sq, sq_entries) {
+            return Err(SelftestError::Ownership {
+                round,
+                wqe: device_sq,
+            });
+        }
+        let received = check_recv_wqe(completions.rq.ring(), device_rq, &recv_sge[0], round)?;
+        let mut cqe = Cqe::new_zeroed();
+        cqe.vlan_my_qpn = Be32::new(qpn);
+        cqe.g_mlpath_rqpn = Be32::new(qpn);
+        cqe.byte_cnt = Be32::new(received);
+        cqe.wqe_index = Be16::new((device_rq & (rq_entries - 1)) as u16);
+        cqe.owner_sr_opcode = RecvOpcode::Send as u8;
+        write_cqe::<P>(cq.ring(), device_cq, cq_entries, &cqe);
+        device_rq = device_rq.wrapping_add(1);
+        device_cq = device_cq.wrapping_add(1);
+
+        // The driver: four completions, in the order the device wrote them.
+        let mut out = [Completion::EMPTY; 8];
+        let polled = cq
+            .poll(&completions, &mut out)
+            .map_err(SelftestError::Poll)?;
+        let expected = [
+            (base | 1, WcOpcode::Send, 0),
+            (base | 2, WcOpcode::Send, 0),
+            (base | 3, WcOpcode::RdmaWrite, 0),
+            (base | 0xf, WcOpcode::Recv, received),
+        ];
+        if polled != expected.len() {
+            return Err(SelftestError::Completion {
+                round,
+                index: polled,
+                field: "count",
+            });
+        }
+        for (index, (got, (wr_id, opcode, byte_len))) in out.iter().zip(expected).enumerate() {
+            let field = if got.wr_id != wr_id {
+                "wr_id"
+            } else if got.status != WcStatus::Success {
+                "status"
+            } else if got.opcode != opcode {
+                "opcode"
+            } else if got.byte_len != byte_len {
+                "byte_len"
+            } else if got.qpn != qpn {
+                "qpn"
+            } else {
+                continue;
+            };
+            return Err(SelftestError::Completion {
+                round,
+                index,
+                field,
+            });
+        }
+        if completions.sq.tail() != sq.head() || completions.rq.tail() != rq.head() {
+            return Err(SelftestError::Completion {
+                round,
+                index: polled,
+                field: "queue tail",
+            });
+        }
+
+        // Arm for the next completion, every eighth round; the device raises an event
+        // for it, which moves the arm sequence number on.
+        if round % 8 == 0 {
+            cq.arm(ArmCommand::Next);
+            let ci = cq.cons_index();
+            let expected_record = CqDoorbellRecord::arm_word(arm_sn, ArmCommand::Next, ci);
+            if cq.doorbells().arm.read_acquire() != expected_record {
+                return Err(SelftestError::Arm {
+                    field: "arm record",
+                });
+            }
+            if cq.doorbells().set_ci.read_acquire() != ci & CqDoorbell::CI_MASK {
+                return Err(SelftestError::Arm {
+                    field: "consumer index record",
+                });
+            }
+            let doorbell = uar_seen().cq;
+            if doorbell != CqDoorbell::new(arm_sn, ArmCommand::Next, cq.cqn(), ci) {
+                return Err(SelftestError::Arm {
+                    field: "CQ doorbell",
+                });
+            }
+            cq.event_delivered();
+            arm_sn = arm_sn.wrapping_add(1);
+            report.arms += 1;
+        }
+        report.rounds += 1;
+        report.send_wqes += SENDS_PER_ROUND;
+        report.recv_wqes += 1;
+        report.completions += polled as u32;
+    }
+    report.cq_laps = device_cq / cq_entries;
+    Ok(report)
+}
+
+/// Whether the WQE at counter `index` is the device's by its ownership word (the owner
+/// bit is the lap's: clear on even laps).
+fn owned_by_device<R: DmaRing>(ring: &R, index: u32, entries: u32) -> bool {
+    let owner = ring.read_word(index, 0) & CtrlSeg::OWNER != 0;
+    owner == (index & entries != 0)
+}
+
+fn check_send_wqe<R: DmaRing>(
+    ring: &R,
+    index: u32,
+    entries: u32,
+    wr: &SendWr<'_>,
+    round: u32,
+) -> Result<(), SelftestError> {
+    if !owned_by_device(ring, index, entries) {
+        return Err(SelftestError::Ownership { round, wqe: index });
+    }
+    let fail = |field| SelftestError::Wqe {
+        round,
+        wqe: index,
+        field,
+    };
+    // SAFETY: the ownership word just read gave this WQE to the device, which the test
+    // plays: the driver does not write it again until its CQE has been polled.
+    unsafe {
+        ring.with_entry(index, |wqe| -> Result<(), SelftestError> {
+            let (ctrl, rest) = CtrlSeg::ref_from_prefix(wqe).map_err(|_| fail("size"))?;
+            let opcode = SendOpcode::from_bits(ctrl.opcode_bits());
+            if ctrl.srcrb_flags.get() & CtrlSeg::CQ_UPDATE != CtrlSeg::CQ_UPDATE {
+                return Err(fail("signaled"));
+            }
+            let segments = match (wr.op, wr.payload) {
+                (SendOp::Send, Payload::Gather(sges)) => {
+                    (opcode == Some(SendOpcode::Send))
+                        .then_some(())
+                        .ok_or(fail("opcode"))?;
+                    check_gather(rest, sges).ok_or(fail("data segment"))?;
+                    1 + sges.len()
+                }
+                (SendOp::Send, Payload::Inline(bytes)) => {
+                    (opcode == Some(SendOpcode::Send))
+                        .then_some(())
+                        .ok_or(fail("opcode"))?;
+                    let (header, data) =
+                        InlineSeg::ref_from_prefix(rest).map_err(|_| fail("inline"))?;
+                    if header.byte_count.get() != InlineSeg::INLINE | bytes.len() as u32
+                        || data.get(..bytes.len()) != Some(bytes)
+                    {
+                        return Err(fail("inline"));
+                    }
+                    // One inline segment: the test's data ends before the first 64-byte
+                    // boundary.
+                    (size_of::<CtrlSeg>() + size_of::<InlineSeg>() + bytes.len()).div_ceil(DS_SIZE)
+                }
+                (SendOp::RdmaWrite(remote), Payload::Gather(sges)) => {
+                    (opcode == Some(SendOpcode::RdmaWrite))
+                        .then_some(())
+                        .ok_or(fail("opcode"))?;
+                    let (raddr, rest) =
+                        RaddrSeg::ref_from_prefix(rest).map_err(|_| fail("remote address"))?;
+                    if raddr.raddr.get() != remote.addr || raddr.rkey.get() != remote.rkey {
+                        return Err(fail("remote address"));
+                    }
+                    check_gather(rest, sges).ok_or(fail("data segment"))?;
+                    2 + sges.len()
+                }
+                _ => return Err(fail("opcode")),
+            };
+            if ctrl.size_ds() != segments {
+                return Err(fail("size"));
+            }
+            Ok(())
+        })
+    }
+}
+
+fn check_gather(bytes: &[u8], sges: &[Sge]) -> Option<()> {
+    let (segs, _) = <[DataSeg]>::ref_from_prefix_with_elems(bytes, sges.len()).ok()?;
+    segs.iter()
+        .zip(sges)
+        .all(|(seg, sge)| {
+            seg.byte_count.get() == sge.length
+                && seg.lkey.get() == sge.lkey
+                && seg.addr.get() == sge.addr
+        })
+        .then_some(())
+}
+
+/// Takes the receive WQE at counter `index` as the device does once the doorbell record
+/// names it, and returns how many bytes a SEND of that length lands.
+fn check_recv_wqe<R: DmaRing>(
+    ring: &R,
+    index: u32,
+    posted: &Sge,
+    round: u32,
+) -> Result<u32, SelftestError> {
+    let fail = SelftestError::Wqe {
+        round,
+        wqe: index,
+        field: "scatter entry",
+    };
+    // SAFETY: the doorbell record (checked after the post) names this WQE: it is the
+    // device's until its CQE is polled.
+    let seg = unsafe {
+        ring.with_entry(index, |wqe| {
+            DataSeg::ref_from_prefix(wqe).ok().map(|(seg, _)| *seg)
+        })
+    }
+    .ok_or(fail)?;
+    if seg.addr.get() != posted.addr || seg.lkey.get() != posted.lkey {
+        return Err(fail);
+    }
+    Ok(seg.byte_count.get().min(posted.length))
+}
+
+/// Writes a CQE at the device's producer counter `index`: the body, then, after the
+/// barrier, the owner byte of this lap, as the device's DMA write makes it visible.
+fn write_cqe<P: Platform>(ring: &P::Ring, index: u32, entries: u32, cqe: &Cqe) {
+    let stride_offset = (1usize << ring.entry_shift()) - CQE_SIZE;
+    let bytes = cqe.as_bytes();
+    // SAFETY: the driver gave this entry back when its consumer index passed it (the
+    // test polls every CQE before it writes a ring's worth more), and it reads the body
+    // only after seeing the owner byte written below.
+    unsafe {
+        ring.with_entry_mut(index, |entry| {
+            if let (Some(body), Some(src)) = (
+                entry.get_mut(stride_offset..stride_offset + Cqe::OWNER_WORD_OFFSET),
+                bytes.get(..Cqe::OWNER_WORD_OFFSET),
+            ) {
+                body.copy_from_slice(src);
+            }
+        })
+    };
+    P::dma_wmb();
+    let owner = if index & entries != 0 { Cqe::OWNER } else { 0 };
+    let last = bytes
+        .get(Cqe::OWNER_WORD_OFFSET..CQE_SIZE)
+        .and_then(|word| <[u8; 4]>::try_from(word).ok())
+        .map_or(0, |word| u32::from_be_bytes(word) & !u32::from(Cqe::OWNER));
+    ring.write_word(
+        index,
+        stride_offset + Cqe::OWNER_WORD_OFFSET,
+        last | u32::from(owner),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fastpath::cq::CqDoorbells;
+    use crate::fastpath::recv::RecvQueueState;
+    use crate::fastpath::send::{QpType, SendQueueCaps, SendQueueState};
+    use crate::model::HostPlatform;
+    use crate::model::{wr_id_table, HostDoorbellRecord, HostRing, HostUar, UarWrite};
+    use core::cell::Cell;
+
+    const QPN: u32 = 0x48;
+    const CQN: u32 = 0x81;
+
+    fn qp(max_inline: u32) -> QueuePairState<HostPlatform> {
+        let caps = SendQueueCaps {
+            max_sge: 2,
+            max_inline,
+            signal_all: false,
+        };
+        let sq = SendQueueState::new(HostRing::new(6, 6), wr_id_table(64), QpType::Rc, caps)
+            .expect("send queue");
+        let rq = RecvQueueState::new(
+            HostRing::new(6, 4),
+            wr_id_table(64),
+            HostDoorbellRecord::new(),
+        )
+        .expect("receive queue");
+        QueuePairState::new(QPN, sq, rq)
+    }
+
+    /// The UAR registers as the device sees them: the last write of each.
+    fn seen(uar: &HostUar, last: &Cell<UarSeen>) -> UarSeen {
+        let mut now = last.get();
+        while let Some(write) = uar.pop() {
+            match write {
+                UarWrite::Send(value) => now.send = value,
+                UarWrite::Cq(doorbell) => now.cq = doorbell,
+                UarWrite::Eq { .. } => {}
+            }
+        }
+        last.set(now);
+        now
+    }
+
+    fn nothing_seen() -> Cell<UarSeen> {
+        Cell::new(UarSeen {
+            send: 0,
+            cq: CqDoorbell::new(0, ArmCommand::Solicited, 0, 0),
+        })
+    }
+
+    #[test]
+    fn the_fast_path_passes_over_many_laps_of_every_ring() {
+        let uar = HostUar::new();
+        let mut qp = qp(28);
+        let doorbells = CqDoorbells {
+            set_ci: HostDoorbellRecord::new(),
+            arm: HostDoorbellRecord::new(),
+        };
+        let mut cq =
+            CompletionQueue::<HostPlatform>::new(CQN, HostRing::new(7, 5), doorbells, &uar)
+                .expect("CQ");
+        let last = nothing_seen();
+        let report = loopback(&mut qp, &mut cq, &uar, || seen(&uar, &last), 1000).expect("pass");
+        assert_eq!(
+            report,
+            Report {
+                rounds: 1000,
+                send_wqes: 3000,
+                recv_wqes: 1000,
+                completions: 4000,
+                cq_laps: 4000 / 128,
+                arms: 125,
+            }
+        );
+    }
+
+    #[test]
+    fn a_doorbell_the_device_did_not_see_fails_the_test() {
+        let uar = HostUar::new();
+        let mut qp = qp(28);
+        let doorbells = CqDoorbells {
+            set_ci: HostDoorbellRecord::new(),
+            arm: HostDoorbellRecord::new(),
+        };
+        let mut cq =
+            CompletionQueue::<HostPlatform>::new(CQN, HostRing::new(7, 5), doorbells, &uar)
+                .expect("CQ");
+        let last = nothing_seen();
+        // A UAR that loses every write.
+        let lost = || {
+            uar.discard();
+            last.get()
+        };
+        assert_eq!(
+            loopback(&mut qp, &mut cq, &uar, lost, 1),
+            Err(SelftestError::SendDoorbell {
+                expected: send_doorbell_value(QPN),
+                seen: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_queue_without_room_for_the_inline_send_is_refused() {
+        let uar = HostUar::new();
+        let mut qp = qp(8);
+        let doorbells = CqDoorbells {
+            set_ci: HostDoorbellRecord::new(),
+            arm: HostDoorbellRecord::new(),
+        };
+        let mut cq =
+            CompletionQueue::<HostPlatform>::new(CQN, HostRing::new(7, 5), doorbells, &uar)
+                .expect("CQ");
+        let last = nothing_seen();
+        assert_eq!(
+            loopback(&mut qp, &mut cq, &uar, || seen(&uar, &last), 1),
+            Err(SelftestError::QueueTooSmall)
+        );
+    }
+}
