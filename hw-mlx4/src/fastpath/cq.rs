@@ -117,6 +117,11 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
     }
 
     /// Polls up to `out.len()` completions into `out`, returning how many.
+    ///
+    /// One function, never inlined into its caller: the driver reaches it through the
+    /// device's ops table anyway, and `cargo xtask test` compares its machine code
+    /// between kernel builds.
+    #[inline(never)]
     pub fn poll<'t, L>(&mut self, qps: &L, out: &mut [Completion]) -> Result<usize, PollError>
     where
         L: QpLookup<'t, P> + ?Sized,
@@ -173,6 +178,11 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
 
     /// Asks for an event on the next completion, or the next solicited one
     /// (`ib_req_notify_cq`).
+    ///
+    /// One function, never inlined into its caller: the driver reaches it through the
+    /// device's ops table anyway, and `cargo xtask test` compares its machine code
+    /// between kernel builds.
+    #[inline(never)]
     pub fn arm(&mut self, command: ArmCommand) {
         let ci = self.cons_index;
         self.doorbells

@@ -233,6 +233,11 @@ impl<'q, P: Platform> SendQueue<'q, P> {
 
     /// Posts `wrs` in order and rings the doorbell once. On error the WRs before the
     /// failing one are posted; the ring is never left with a partial WQE.
+    ///
+    /// One function, never inlined into its caller: the driver reaches it through the
+    /// device's ops table anyway, and `cargo xtask test` compares its machine code
+    /// between kernel builds.
+    #[inline(never)]
     pub fn post(&mut self, wrs: &[SendWr<'_>]) -> Result<(), PostFailure> {
         let state = self.state;
         let mut index = self.head;
