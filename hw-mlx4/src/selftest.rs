@@ -39,37 +39,53 @@ pub enum SelftestError {
     /// The receive queue's 16 descriptor bytes or the send queue's 64 are too small for
     /// what the test posts.
     QueueTooSmall,
+    /// A post failed.
     Post(PostFailure),
+    /// Polling failed.
     Poll(PollError),
     /// A WQE the test expected the driver to hand over is not the device's, or is.
     Ownership {
+        /// The round.
         round: u32,
+        /// The WQE's counter.
         wqe: u32,
     },
     /// A handed-over WQE does not say what its WR asked for.
     Wqe {
+        /// The round.
         round: u32,
+        /// The WQE's counter.
         wqe: u32,
+        /// The field that differs.
         field: &'static str,
     },
     /// The receive doorbell record does not hold the producer counter.
     RecvDoorbell {
+        /// The low 16 bits of the producer counter.
         expected: u32,
+        /// What the record holds.
         seen: u32,
     },
     /// The send doorbell does not name the QP.
     SendDoorbell {
+        /// The send doorbell value of the QP.
         expected: u32,
+        /// The last value written to the send doorbell.
         seen: u32,
     },
     /// A completion does not match its WR.
     Completion {
+        /// The round.
         round: u32,
+        /// The completion's position in the output; for a wrong count or tail, how many
+        /// were polled.
         index: usize,
+        /// The field that differs.
         field: &'static str,
     },
     /// The arm record or the CQ doorbell does not say what was armed.
     Arm {
+        /// The record or doorbell that differs.
         field: &'static str,
     },
 }
@@ -77,12 +93,17 @@ pub enum SelftestError {
 /// What a passing run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Rounds run.
     pub rounds: u32,
+    /// Send WQEs posted.
     pub send_wqes: u32,
+    /// Receive WQEs posted.
     pub recv_wqes: u32,
+    /// Completions polled.
     pub completions: u32,
     /// Times the CQ's owner bit flipped (laps of the CQ ring).
     pub cq_laps: u32,
+    /// Times the CQ was armed.
     pub arms: u32,
 }
 

@@ -7,9 +7,9 @@
 //! by symbol, addresses only as offsets within the function. The functions are the
 //! kernel-facing posting and completion path of `rdma_core`: the non-generic parts in
 //! `tilde_core.ko`, and one instantiation of the generic posts and completion trampoline
-//! in `tilde_verbs_conformance.ko` (the benchmark's ring, a real ULP-shaped handler). The
-//! mlx4 driver's post_send, post_recv, poll_cq and req_notify_cq join the list when the
-//! driver is in a module.
+//! in `tilde_verbs_conformance.ko` (the benchmark's ring, a real ULP-shaped handler); and
+//! the mlx4 driver's post_send, post_recv, poll_cq and req_notify_cq over its kernel
+//! platform in `tilde_mlx4.ko` (one function each: `#[inline(never)]`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +33,22 @@ const FAST_PATH: &[(&str, &str)] = &[
     (
         "tilde_verbs_conformance",
         "rdma_core::wr::work_request_done::<conformance::bench::SafeRing>",
+    ),
+    (
+        "tilde_mlx4",
+        "<hw_mlx4::fastpath::send::SendQueue<mlx4::platform::KernelPlatform>>::post",
+    ),
+    (
+        "tilde_mlx4",
+        "<hw_mlx4::fastpath::recv::RecvQueue<mlx4::platform::KernelPlatform>>::post",
+    ),
+    (
+        "tilde_mlx4",
+        "<hw_mlx4::fastpath::cq::CompletionQueue<mlx4::platform::KernelPlatform>>::poll::<hw_mlx4::fastpath::qp::QpCompletions<mlx4::platform::KernelPlatform>>",
+    ),
+    (
+        "tilde_mlx4",
+        "<hw_mlx4::fastpath::cq::CompletionQueue<mlx4::platform::KernelPlatform>>::arm",
     ),
 ];
 

@@ -22,6 +22,7 @@ use zerocopy::FromBytes;
 pub struct PollError {
     /// Completions written to the output before the bad CQE.
     pub polled: usize,
+    /// What was wrong with the CQE.
     pub kind: PollErrorKind,
 }
 
@@ -33,15 +34,20 @@ pub enum PollErrorKind {
     UnknownQpn(u32),
     /// The CQE names a WQE the QP has not posted.
     BadWqeIndex {
+        /// The QP the CQE names.
         qpn: u32,
+        /// Whether the CQE completes a send queue WQE.
         is_send: bool,
+        /// The WQE counter in the CQE.
         wqe_index: u16,
     },
 }
 
 /// The CQ's two doorbell records.
 pub struct CqDoorbells<P: Platform> {
+    /// The consumer-index record (`cq->set_ci_db`).
     pub set_ci: P::DbRecord,
+    /// The arm record (`cq->arm_db`).
     pub arm: P::DbRecord,
 }
 
@@ -95,18 +101,22 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
         })
     }
 
+    /// The CQ number.
     pub fn cqn(&self) -> u32 {
         self.cqn
     }
 
+    /// The number of entries in the ring.
     pub fn entries(&self) -> u32 {
         self.entries
     }
 
+    /// The consumer index: counter of the next CQE to poll.
     pub fn cons_index(&self) -> u32 {
         self.cons_index
     }
 
+    /// The ring of CQEs.
     pub fn ring(&self) -> &P::Ring {
         &self.ring
     }

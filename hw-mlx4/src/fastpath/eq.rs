@@ -11,6 +11,7 @@ use zerocopy::FromBytes;
 pub struct Event {
     /// `MLX4_EVENT_TYPE_*`; see [`crate::wire::EventType`].
     pub event_type: u8,
+    /// The event subtype (`subtype`).
     pub subtype: u8,
     /// The CQN, QPN or SRQN the event is about.
     pub object: u32,
@@ -26,6 +27,8 @@ pub struct EventQueue<'q, P: Platform> {
 }
 
 impl<'q, P: Platform> EventQueue<'q, P> {
+    /// Sets up EQ `eqn` over `ring` of 32-byte entries and gives every entry to the
+    /// device (owner bit set), as for CQs.
     pub fn new(eqn: u32, ring: P::Ring, uar: &'q P::Uar) -> Result<Self, QueueConfigError> {
         if ring.entry_shift() != EQE_SIZE.trailing_zeros() || ring.log_entries() > 22 {
             return Err(QueueConfigError::EntrySize);
@@ -45,10 +48,12 @@ impl<'q, P: Platform> EventQueue<'q, P> {
         })
     }
 
+    /// The EQ number.
     pub fn eqn(&self) -> u32 {
         self.eqn
     }
 
+    /// The ring of EQEs.
     pub fn ring(&self) -> &P::Ring {
         &self.ring
     }

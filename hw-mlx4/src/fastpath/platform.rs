@@ -15,7 +15,9 @@ use crate::wire::CqDoorbell;
 /// A ring of `1 << log_entries()` entries of `1 << entry_shift()` bytes, shared with the
 /// device. Indices are free-running counters; the ring masks them.
 pub trait DmaRing {
+    /// log2 of the number of entries.
     fn log_entries(&self) -> u32;
+    /// log2 of the entry size in bytes.
     fn entry_shift(&self) -> u32;
 
     /// Runs `f` over the bytes of the entry at counter `index`.
@@ -68,8 +70,11 @@ pub trait UarPage {
 
 /// A counter shared between the poster and the completer of a work queue.
 pub trait SharedCounter {
+    /// A counter holding `value`.
     fn new(value: u32) -> Self;
+    /// Loads the counter with acquire ordering.
     fn load_acquire(&self) -> u32;
+    /// Stores `value` with release ordering.
     fn store_release(&self, value: u32);
 }
 
@@ -77,18 +82,27 @@ pub trait SharedCounter {
 /// the device and the completer reads it after the CQE; the device's own ordering
 /// (ownership, doorbell, CQE) orders the two, so relaxed access suffices.
 pub trait WrIdSlot {
+    /// A slot holding `value`.
     fn new(value: u64) -> Self;
+    /// The wr_id in the slot.
     fn get(&self) -> u64;
+    /// Stores `value` in the slot.
     fn set(&self, value: u64);
 }
 
 /// Everything the fast path needs from where it runs.
 pub trait Platform {
+    /// A queue's ring of entries.
     type Ring: DmaRing;
+    /// A doorbell record.
     type DbRecord: DoorbellRecord;
+    /// The UAR page.
     type Uar: UarPage;
+    /// A counter shared by a work queue's poster and completer.
     type Counter: SharedCounter;
+    /// One slot of a wr_id table.
     type WrId: WrIdSlot;
+    /// A work queue's wr_id table: one slot per ring entry.
     type WrIdTable: AsRef<[Self::WrId]>;
 
     /// Orders stores to DMA memory before later stores to DMA memory (`dma_wmb`).

@@ -13,18 +13,22 @@ pub struct QueuePairState<P: Platform> {
 }
 
 impl<P: Platform> QueuePairState<P> {
+    /// A QP numbered `qpn` over its send and receive queues.
     pub fn new(qpn: u32, sq: SendQueueState<P>, rq: RecvQueueState<P>) -> Self {
         Self { qpn, sq, rq }
     }
 
+    /// The QP number.
     pub fn qpn(&self) -> u32 {
         self.qpn
     }
 
+    /// The send queue's shared half.
     pub fn send_state(&self) -> &SendQueueState<P> {
         &self.sq
     }
 
+    /// The receive queue's shared half.
     pub fn recv_state(&self) -> &RecvQueueState<P> {
         &self.rq
     }
@@ -64,6 +68,7 @@ impl<P: Platform> Clone for QpCompletions<'_, P> {
 impl<P: Platform> Copy for QpCompletions<'_, P> {}
 
 impl<'q, P: Platform> QpCompletions<'q, P> {
+    /// The QP number.
     pub fn qpn(&self) -> u32 {
         self.qpn
     }
@@ -72,6 +77,7 @@ impl<'q, P: Platform> QpCompletions<'q, P> {
 /// Finds the QP a CQE names. A CQ shared by few QPs uses a slice; a driver with many
 /// uses its QP table.
 pub trait QpLookup<'q, P: Platform> {
+    /// The QP numbered `qpn`, if it is one of these.
     fn lookup(&self, qpn: u32) -> Option<QpCompletions<'q, P>>;
 }
 

@@ -51,22 +51,27 @@ impl<P: Platform> RecvQueueState<P> {
         })
     }
 
+    /// The number of WQEs in the ring.
     pub fn entries(&self) -> u32 {
         self.wqe_cnt
     }
 
+    /// Scatter elements per WQE.
     pub fn max_sge(&self) -> u32 {
         self.max_sge
     }
 
+    /// The ring of receive WQEs.
     pub fn ring(&self) -> &P::Ring {
         &self.ring
     }
 
+    /// Counter of the oldest WQE not yet completed.
     pub fn tail(&self) -> u32 {
         self.tail.load_acquire()
     }
 
+    /// The doorbell record, holding the low 16 bits of the producer counter.
     pub fn doorbell(&self) -> &P::DbRecord {
         &self.doorbell
     }
@@ -103,6 +108,7 @@ impl<'q, P: Platform> RecvQueue<'q, P> {
         }
     }
 
+    /// Counter of the next WQE to post.
     pub fn head(&self) -> u32 {
         self.head
     }

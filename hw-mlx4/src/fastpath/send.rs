@@ -19,14 +19,18 @@ use zerocopy::FromBytes;
 /// The transport of a QP, as far as the WQE format cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QpType {
+    /// Reliable connected.
     Rc,
+    /// Unreliable datagram.
     Ud,
 }
 
 /// The capabilities a send queue is created with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendQueueCaps {
+    /// Gather elements per WR.
     pub max_sge: u32,
+    /// Bytes of inline data per WR.
     pub max_inline: u32,
     /// Every WQE generates a CQE (`IB_SIGNAL_ALL_WR`).
     pub signal_all: bool,
@@ -131,6 +135,7 @@ impl<P: Platform> SendQueueState<P> {
         Ok(state)
     }
 
+    /// The number of WQEs in the ring.
     pub fn entries(&self) -> u32 {
         self.wqe_cnt
     }
@@ -140,10 +145,12 @@ impl<P: Platform> SendQueueState<P> {
         self.wqe_cnt - self.spare
     }
 
+    /// The capabilities the queue was created with.
     pub fn caps(&self) -> SendQueueCaps {
         self.caps
     }
 
+    /// The ring of send WQEs.
     pub fn ring(&self) -> &P::Ring {
         &self.ring
     }

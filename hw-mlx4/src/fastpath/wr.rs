@@ -12,9 +12,13 @@ macro_rules! flag_set {
 
         impl $name {
             $($(#[$fmeta])* pub const $flag: Self = Self($value);)*
+            /// No flags set.
             pub const fn empty() -> Self { Self(0) }
+            /// The raw bits.
             pub const fn bits(self) -> $int { self.0 }
+            /// Whether every flag of `other` is set.
             pub const fn contains(self, other: Self) -> bool { self.0 & other.0 == other.0 }
+            /// The flags set in either.
             pub const fn union(self, other: Self) -> Self { Self(self.0 | other.0) }
         }
 
@@ -48,9 +52,13 @@ flag_set! {
 flag_set! {
     /// Memory access rights (`IB_ACCESS_*`).
     Access: u8 {
+        /// Local write access (`IB_ACCESS_LOCAL_WRITE`).
         LOCAL_WRITE = 1 << 0;
+        /// Remote write access (`IB_ACCESS_REMOTE_WRITE`).
         REMOTE_WRITE = 1 << 1;
+        /// Remote read access (`IB_ACCESS_REMOTE_READ`).
         REMOTE_READ = 1 << 2;
+        /// Remote atomic access (`IB_ACCESS_REMOTE_ATOMIC`).
         REMOTE_ATOMIC = 1 << 3;
     }
 }
@@ -58,8 +66,11 @@ flag_set! {
 flag_set! {
     /// What a completion carries besides its status (`IB_WC_*` flags).
     WcFlags: u8 {
+        /// The received data starts with a GRH (`IB_WC_GRH`).
         GRH = 1 << 0;
+        /// `imm` holds immediate data (`IB_WC_WITH_IMM`).
         WITH_IMM = 1 << 1;
+        /// `imm` holds the rkey the sender invalidated (`IB_WC_WITH_INVALIDATE`).
         WITH_INVALIDATE = 1 << 2;
     }
 }
@@ -67,15 +78,20 @@ flag_set! {
 /// A scatter/gather element: `length` bytes at DMA address `addr` of the region `lkey`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sge {
+    /// The DMA address of the data.
     pub addr: u64,
+    /// The length in bytes.
     pub length: u32,
+    /// The local key of the memory region.
     pub lkey: u32,
 }
 
 /// The remote side of RDMA and atomic operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Remote {
+    /// The remote address.
     pub addr: u64,
+    /// The remote key.
     pub rkey: u32,
 }
 
@@ -84,38 +100,59 @@ pub struct Remote {
 /// [`crate::wire::FastRegSeg`] describes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastReg {
+    /// The key to register.
     pub key: u32,
+    /// The DMA address of the page list.
     pub page_list: u64,
+    /// The start address (IOVA) of the region.
     pub iova: u64,
+    /// The length of the region in bytes.
     pub length: u64,
+    /// log2 of the page size.
     pub page_shift: u8,
+    /// The region's access rights.
     pub access: Access,
 }
 
 /// The operation of a send WR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendOp {
+    /// SEND.
     Send,
+    /// SEND with immediate data.
     SendWithImm(u32),
     /// SEND carrying an rkey for the responder to invalidate.
     SendWithInvalidate(u32),
+    /// RDMA WRITE to the remote address.
     RdmaWrite(Remote),
+    /// RDMA WRITE with immediate data.
     RdmaWriteWithImm(Remote, u32),
+    /// RDMA READ from the remote address.
     RdmaRead(Remote),
     /// Compare-and-swap of the 8 bytes at `remote`; the old value lands in the WR's one
     /// 8-byte gather element.
     AtomicCmpSwap {
+        /// The remote 8 bytes.
         remote: Remote,
+        /// The value compared with them.
         compare: u64,
+        /// The value written if they are equal.
         swap: u64,
     },
+    /// Fetch-and-add on the 8 bytes at `remote`; the old value lands in the WR's one
+    /// 8-byte gather element.
     AtomicFetchAdd {
+        /// The remote 8 bytes.
         remote: Remote,
+        /// The value added to them.
         add: u64,
     },
+    /// Invalidates a key (`IB_WR_LOCAL_INV`).
     LocalInvalidate {
+        /// The key to invalidate.
         rkey: u32,
     },
+    /// Fast registration of a memory region.
     FastReg(FastReg),
 }
 
@@ -131,25 +168,35 @@ pub enum Payload<'a> {
 /// A UD destination: the address vector of an address handle plus the remote QP.
 #[derive(Clone, Copy, Debug)]
 pub struct UdAddress {
+    /// The address handle's address vector.
     pub av: AddressVector,
+    /// The destination QP number.
     pub remote_qpn: u32,
+    /// The destination's Q_Key.
     pub remote_qkey: u32,
+    /// The VLAN tag on RoCE.
     pub vlan: u16,
+    /// The destination MAC on RoCE.
     pub mac: [u8; 6],
 }
 
 /// A send work request.
 #[derive(Clone, Copy, Debug)]
 pub struct SendWr<'a> {
+    /// Returned in the WR's completion.
     pub wr_id: u64,
+    /// The operation.
     pub op: SendOp,
+    /// Where the data comes from.
     pub payload: Payload<'a>,
+    /// The `IB_SEND_*` flags.
     pub flags: SendFlags,
     /// The destination; required on UD QPs, refused on RC QPs.
     pub ud: Option<&'a UdAddress>,
 }
 
 impl<'a> SendWr<'a> {
+    /// A WR without a UD destination.
     pub const fn new(wr_id: u64, op: SendOp, payload: Payload<'a>, flags: SendFlags) -> Self {
         Self {
             wr_id,
@@ -164,7 +211,9 @@ impl<'a> SendWr<'a> {
 /// A receive work request.
 #[derive(Clone, Copy, Debug)]
 pub struct RecvWr<'a> {
+    /// Returned in the WR's completion.
     pub wr_id: u64,
+    /// Where the received data is scattered.
     pub sges: &'a [Sge],
 }
 
@@ -192,7 +241,9 @@ pub enum PostError {
 /// the WR at `index` and those after it were not (verbs' `bad_wr`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PostFailure {
+    /// Index of the first WR not posted.
     pub index: usize,
+    /// Why it was not posted.
     pub error: PostError,
 }
 
@@ -201,15 +252,23 @@ pub use rdma_core::verbs::{WcOpcode, WcStatus};
 /// One completion (`struct ib_wc`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {
+    /// The wr_id of the completed WR.
     pub wr_id: u64,
+    /// The completion status.
     pub status: WcStatus,
+    /// The operation completed.
     pub opcode: WcOpcode,
+    /// The local QP number.
     pub qpn: u32,
+    /// Bytes received or read by an RDMA READ; 8 for an atomic.
     pub byte_len: u32,
     /// Immediate data or the invalidated rkey, as `flags` says.
     pub imm: u32,
+    /// The remote QP number of a receive.
     pub src_qp: u32,
+    /// What else the completion carries.
     pub flags: WcFlags,
+    /// The vendor error syndrome of an error completion.
     pub vendor_err: u8,
 }
 

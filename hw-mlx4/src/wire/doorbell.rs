@@ -46,14 +46,18 @@ pub enum ArmCommand {
 }
 
 impl ArmCommand {
+    /// Bit position of the command in the doorbell's first word.
     pub const SHIFT: u32 = 24;
+    /// The command field: bits 24..27.
     pub const MASK: u32 = 7 << Self::SHIFT;
+    /// The command in place in a doorbell or arm word.
     pub const fn bits(self) -> u32 {
         match self {
             Self::Solicited => 1 << Self::SHIFT,
             Self::Next => 2 << Self::SHIFT,
         }
     }
+    /// Decodes the command field of a doorbell or arm word; `None` if it holds neither.
     pub const fn from_bits(word: u32) -> Option<Self> {
         match (word & Self::MASK) >> Self::SHIFT {
             1 => Some(Self::Solicited),
@@ -79,16 +83,23 @@ impl ArmCommand {
 )]
 #[repr(C)]
 pub struct CqDoorbell {
+    /// Arm sequence number in bits 28..30, command in bits 24..27, CQN in bits 0..24.
     pub sn_cmd_cqn: Be32,
+    /// The consumer index, low 24 bits.
     pub cons_index: Be32,
 }
 
 impl CqDoorbell {
+    /// Bit position of the arm sequence number.
     pub const SN_SHIFT: u32 = 28;
+    /// The arm sequence number is two bits (`arm_sn & 3`).
     pub const SN_MASK: u32 = 3;
+    /// The CQN: bits 0..24 of the first word.
     pub const CQN_MASK: u32 = 0x00ff_ffff;
+    /// The consumer index is carried in 24 bits.
     pub const CI_MASK: u32 = 0x00ff_ffff;
 
+    /// Packs a doorbell as `mlx4_cq_arm` does, each value masked to its field.
     pub fn new(arm_sn: u32, cmd: ArmCommand, cqn: u32, cons_index: u32) -> Self {
         Self {
             sn_cmd_cqn: Be32::new(
@@ -97,12 +108,15 @@ impl CqDoorbell {
             cons_index: Be32::new(cons_index & Self::CI_MASK),
         }
     }
+    /// The CQN the doorbell names.
     pub fn cqn(&self) -> u32 {
         self.sn_cmd_cqn.get() & Self::CQN_MASK
     }
+    /// The arm sequence number.
     pub fn arm_sn(&self) -> u32 {
         (self.sn_cmd_cqn.get() >> Self::SN_SHIFT) & Self::SN_MASK
     }
+    /// The arm command, if the command field holds one.
     pub fn command(&self) -> Option<ArmCommand> {
         ArmCommand::from_bits(self.sn_cmd_cqn.get())
     }
@@ -122,7 +136,9 @@ impl CqDoorbell {
 )]
 #[repr(C)]
 pub struct CqDoorbellRecord {
+    /// The consumer index, low 24 bits (`mlx4_cq_set_ci`).
     pub set_ci: Be32,
+    /// The last arm request, as [`CqDoorbellRecord::arm_word`] packs it.
     pub arm: Be32,
 }
 

@@ -22,22 +22,37 @@ pub const STAMP_WORD: u32 = 0xffff_ffff;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum SendOpcode {
+    /// No operation (`MLX4_OPCODE_NOP`).
     Nop = 0x00,
+    /// SEND with invalidate (`MLX4_OPCODE_SEND_INVAL`).
     SendInval = 0x01,
+    /// RDMA WRITE (`MLX4_OPCODE_RDMA_WRITE`).
     RdmaWrite = 0x08,
+    /// RDMA WRITE with immediate (`MLX4_OPCODE_RDMA_WRITE_IMM`).
     RdmaWriteImm = 0x09,
+    /// SEND (`MLX4_OPCODE_SEND`).
     Send = 0x0a,
+    /// SEND with immediate (`MLX4_OPCODE_SEND_IMM`).
     SendImm = 0x0b,
+    /// Large send offload (`MLX4_OPCODE_LSO`).
     Lso = 0x0e,
+    /// RDMA READ (`MLX4_OPCODE_RDMA_READ`).
     RdmaRead = 0x10,
+    /// Atomic compare-and-swap (`MLX4_OPCODE_ATOMIC_CS`).
     AtomicCmpSwap = 0x11,
+    /// Atomic fetch-and-add (`MLX4_OPCODE_ATOMIC_FA`).
     AtomicFetchAdd = 0x12,
+    /// Masked atomic compare-and-swap (`MLX4_OPCODE_MASKED_ATOMIC_CS`).
     MaskedAtomicCmpSwap = 0x14,
+    /// Masked atomic fetch-and-add (`MLX4_OPCODE_MASKED_ATOMIC_FA`).
     MaskedAtomicFetchAdd = 0x15,
+    /// Memory window bind (`MLX4_OPCODE_BIND_MW`).
     BindMw = 0x18,
     /// Fast registration (`IB_WR_REG_MR` in the kernel driver).
     FastReg = 0x19,
+    /// Local invalidate (`MLX4_OPCODE_LOCAL_INVAL`).
     LocalInval = 0x1b,
+    /// Configuration command (`MLX4_OPCODE_CONFIG_CMD`).
     ConfigCmd = 0x1f,
 }
 
@@ -82,10 +97,16 @@ impl SendOpcode {
 )]
 #[repr(C)]
 pub struct CtrlSeg {
+    /// Owner bit 31, the BlueFlame WQE counter in bits 8..24, the opcode in bits 0..5.
     pub owner_opcode: Be32,
+    /// The VLAN tag to insert; in a BlueFlame WQE, bits 8..24 of the QPN (`bf_qpn`).
     pub vlan_tag: Be16,
+    /// VLAN insertion flags; in a BlueFlame WQE, bits 0..8 of the QPN (`bf_qpn`).
     pub ins_vlan: u8,
+    /// The fence bit ([`CtrlSeg::FENCE`]) and the WQE size in 16-byte units.
     pub fence_size: u8,
+    /// Flags in the low byte (completion, solicited event, strong ordering); the high 24
+    /// bits are the SRC remote buffer.
     pub srcrb_flags: Be32,
     /// Immediate data, or the rkey to invalidate for SEND_WITH_INV.
     pub imm: Be32,
@@ -94,6 +115,7 @@ pub struct CtrlSeg {
 impl CtrlSeg {
     /// `owner_opcode` bit 31: set on odd laps of the ring (`ind & wqe_cnt`).
     pub const OWNER: u32 = 1 << 31;
+    /// `owner_opcode` bits 0..5: the [`SendOpcode`].
     pub const OPCODE_MASK: u32 = 0x1f;
     /// `owner_opcode` bits 8..24 carry the WQE counter when the WQE goes by BlueFlame.
     pub const BF_COUNTER_SHIFT: u32 = 8;
@@ -138,6 +160,7 @@ impl CtrlSeg {
         (self.fence_size & Self::SIZE_MASK) as usize
     }
 
+    /// The opcode bits of `owner_opcode`.
     pub fn opcode_bits(&self) -> u8 {
         (self.owner_opcode.get() & Self::OPCODE_MASK) as u8
     }
@@ -156,8 +179,11 @@ impl CtrlSeg {
 )]
 #[repr(C)]
 pub struct RaddrSeg {
+    /// The remote virtual address.
     pub raddr: Be64,
+    /// The remote key.
     pub rkey: Be32,
+    /// Reserved.
     pub reserved: Be32,
 }
 
@@ -175,7 +201,9 @@ pub struct RaddrSeg {
 )]
 #[repr(C)]
 pub struct AtomicSeg {
+    /// The swap value (compare-and-swap) or the addend (fetch-and-add).
     pub swap_add: Be64,
+    /// The value compared with (compare-and-swap).
     pub compare: Be64,
 }
 
@@ -196,33 +224,49 @@ pub struct AtomicSeg {
 pub struct AddressVector {
     /// Port number in bits 24..32, PD number below.
     pub port_pd: Be32,
+    /// Reserved.
     pub reserved1: u8,
     /// Bit 7: a GRH follows (required on RoCE); bits 0..7: source path bits.
     pub g_slid: u8,
+    /// The destination LID (InfiniBand).
     pub dlid: Be16,
+    /// Reserved.
     pub reserved2: u8,
+    /// Index of the source GID in the port's GID table.
     pub gid_index: u8,
+    /// The static rate (injection rate limit) of the path.
     pub stat_rate: u8,
+    /// The GRH hop limit.
     pub hop_limit: u8,
     /// SL in bits 28..32, traffic class in 20..28, flow label in 0..20.
     pub sl_tclass_flowlabel: Be32,
+    /// The destination GID, used with a GRH.
     pub dgid: [u8; 16],
 }
 
 impl AddressVector {
+    /// `port_pd` bits 24..32: the port number.
     pub const PORT_SHIFT: u32 = 24;
+    /// `port_pd` bits 0..24: the PD number.
     pub const PD_MASK: u32 = 0x00ff_ffff;
+    /// `g_slid` bit 7: a GRH follows.
     pub const GRH_PRESENT: u8 = 1 << 7;
+    /// `sl_tclass_flowlabel` bits 28..32: the service level.
     pub const SL_SHIFT: u32 = 28;
+    /// `sl_tclass_flowlabel` bits 20..28: the traffic class.
     pub const TCLASS_SHIFT: u32 = 20;
+    /// `sl_tclass_flowlabel` bits 0..20: the flow label.
     pub const FLOW_LABEL_MASK: u32 = 0x000f_ffff;
 
+    /// The port number.
     pub fn port(&self) -> u8 {
         (self.port_pd.get() >> Self::PORT_SHIFT) as u8
     }
+    /// The PD number.
     pub fn pd(&self) -> u32 {
         self.port_pd.get() & Self::PD_MASK
     }
+    /// Whether a GRH follows.
     pub fn has_grh(&self) -> bool {
         self.g_slid & Self::GRH_PRESENT != 0
     }
@@ -241,9 +285,13 @@ impl AddressVector {
 )]
 #[repr(C)]
 pub struct DatagramSeg {
+    /// The destination's address vector (`av`).
     pub av: AddressVector,
+    /// The destination QP number.
     pub dqpn: Be32,
+    /// The destination's Q_Key.
     pub qkey: Be32,
+    /// The VLAN tag on RoCE.
     pub vlan: Be16,
     /// The destination MAC on RoCE.
     pub mac: [u8; 6],
@@ -265,24 +313,35 @@ pub struct DatagramSeg {
 pub struct FastRegSeg {
     /// Access rights, `FastRegSeg::PERM_*`.
     pub flags: Be32,
+    /// The key being registered.
     pub mem_key: Be32,
     /// DMA address of the page list: big-endian page addresses, each with
     /// [`FastRegSeg::PAGE_PRESENT`] set (`MLX4_MTT_FLAG_PRESENT`).
     pub buf_list: Be64,
+    /// The start address (IOVA) of the region.
     pub start_addr: Be64,
+    /// The length of the region in bytes.
     pub reg_len: Be64,
+    /// Offset; written as zero, as the kernel's `set_reg_seg` does.
     pub offset: Be32,
     /// log2 of the page size.
     pub page_size: Be32,
+    /// Reserved.
     pub reserved: [Be32; 2],
 }
 
 impl FastRegSeg {
+    /// `flags`: local read (`MLX4_WQE_FMR_PERM_LOCAL_READ`).
     pub const PERM_LOCAL_READ: u32 = 1 << 27;
+    /// `flags`: local write (`MLX4_WQE_FMR_PERM_LOCAL_WRITE`).
     pub const PERM_LOCAL_WRITE: u32 = 1 << 28;
+    /// `flags`: remote read (`MLX4_WQE_FMR_AND_BIND_PERM_REMOTE_READ`).
     pub const PERM_REMOTE_READ: u32 = 1 << 29;
+    /// `flags`: remote write (`MLX4_WQE_FMR_AND_BIND_PERM_REMOTE_WRITE`).
     pub const PERM_REMOTE_WRITE: u32 = 1 << 30;
+    /// `flags`: remote atomics (`MLX4_WQE_FMR_AND_BIND_PERM_ATOMIC`).
     pub const PERM_ATOMIC: u32 = 1 << 31;
+    /// Set in each page-list entry (`MLX4_MTT_FLAG_PRESENT`).
     pub const PAGE_PRESENT: u64 = 1;
 }
 
@@ -299,9 +358,13 @@ impl FastRegSeg {
 )]
 #[repr(C)]
 pub struct LocalInvalSeg {
+    /// Reserved.
     pub reserved1: Be64,
+    /// The key to invalidate.
     pub mem_key: Be32,
+    /// Reserved.
     pub reserved2: Be32,
+    /// Reserved.
     pub reserved3: [Be64; 2],
 }
 
@@ -319,8 +382,12 @@ pub struct LocalInvalSeg {
 )]
 #[repr(C)]
 pub struct DataSeg {
+    /// The segment's length in bytes; see [`DataSeg::ZERO_LENGTH`] and
+    /// [`DataSeg::MAX_LENGTH`].
     pub byte_count: Be32,
+    /// The local key of the memory region.
     pub lkey: Be32,
+    /// The DMA address of the data.
     pub addr: Be64,
 }
 
@@ -350,12 +417,14 @@ impl DataSeg {
 )]
 #[repr(C)]
 pub struct InlineSeg {
+    /// [`InlineSeg::INLINE`] and the length of the data that follows.
     pub byte_count: Be32,
 }
 
 impl InlineSeg {
     /// `byte_count` bit 31 marks the segment inline (`MLX4_INLINE_SEG`).
     pub const INLINE: u32 = 1 << 31;
+    /// `byte_count` bits 0..10: the data length.
     pub const LEN_MASK: u32 = 0x3ff;
     /// Inline segments do not cross this alignment (`MLX4_INLINE_ALIGN`).
     pub const ALIGN: usize = 64;
