@@ -72,6 +72,8 @@ pub(crate) struct KernelRing {
     memory: QueueMemory,
     log_entries: u32,
     entry_shift: u32,
+    /// `(1 << log_entries) - 1`: masks a free-running counter to a slot.
+    slot_mask: u32,
 }
 
 impl KernelRing {
@@ -85,16 +87,19 @@ impl KernelRing {
             memory: QueueMemory::new(1 << bits)?,
             log_entries,
             entry_shift,
+            slot_mask: (1 << log_entries) - 1,
         })
     }
 
     /// The first byte of entry `index` (masked to the ring) and the entry's length.
     #[inline]
     fn entry(&self, index: u32) -> (*mut u8, usize) {
-        let slot = (index & ((1 << self.log_entries) - 1)) as usize;
+        let slot = (index & self.slot_mask) as usize;
+        // `new` keeps `log_entries + entry_shift < 24`: no shift here wraps.
+        let len = 1usize.wrapping_shl(self.entry_shift);
         // SAFETY: `slot < 1 << log_entries`, so the entry lies inside the memory.
-        let start = unsafe { self.memory.as_ptr().add(slot << self.entry_shift) };
-        (start, 1 << self.entry_shift)
+        let start = unsafe { self.memory.as_ptr().add(slot.wrapping_shl(self.entry_shift)) };
+        (start, len)
     }
 
     /// The big-endian word at byte `offset` of entry `index`, if it lies in the entry.

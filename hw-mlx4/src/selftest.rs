@@ -222,7 +222,7 @@ pub fn loopback<P: Platform>(
         cqe.vlan_my_qpn = Be32::new(qpn);
         cqe.g_mlpath_rqpn = Be32::new(qpn);
         cqe.byte_cnt = Be32::new(received);
-        cqe.wqe_index = Be16::new((device_rq & (rq_entries - 1)) as u16);
+        cqe.wqe_index = Be16::new((device_rq & rq_entries.wrapping_sub(1)) as u16);
         cqe.owner_sr_opcode = RecvOpcode::Send as u8;
         write_cqe::<P>(cq.ring(), device_cq, cq_entries, &cqe);
         device_rq = device_rq.wrapping_add(1);
@@ -246,7 +246,9 @@ pub fn loopback<P: Platform>(
                 field: "count",
             });
         }
-        for (index, (got, (wr_id, opcode, byte_len))) in out.iter().zip(expected).enumerate() {
+        for ((got, (wr_id, opcode, byte_len)), index) in
+            out.iter().zip(expected).zip(0..expected.len())
+        {
             let field = if got.wr_id != wr_id {
                 "wr_id"
             } else if got.status != WcStatus::Success {
@@ -298,14 +300,14 @@ pub fn loopback<P: Platform>(
             }
             cq.event_delivered();
             arm_sn = arm_sn.wrapping_add(1);
-            report.arms += 1;
+            report.arms = report.arms.saturating_add(1);
         }
-        report.rounds += 1;
-        report.send_wqes += SENDS_PER_ROUND;
-        report.recv_wqes += 1;
-        report.completions += polled as u32;
+        report.rounds = report.rounds.saturating_add(1);
+        report.send_wqes = report.send_wqes.saturating_add(SENDS_PER_ROUND);
+        report.recv_wqes = report.recv_wqes.saturating_add(1);
+        report.completions = report.completions.saturating_add(polled as u32);
     }
-    report.cq_laps = device_cq / cq_entries;
+    report.cq_laps = device_cq.checked_div(cq_entries).unwrap_or(0);
     Ok(report)
 }
 
@@ -427,7 +429,11 @@ fn check_recv_wqe<R: DmaRing>(
 /// Writes a CQE at the device's producer counter `index`: the body, then, after the
 /// barrier, the owner byte of this lap, as the device's DMA write makes it visible.
 fn write_cqe<P: Platform>(ring: &P::Ring, index: u32, entries: u32, cqe: &Cqe) {
-    let stride_offset = (1usize << ring.entry_shift()) - CQE_SIZE;
+    // 0 or 32: `CompletionQueue::new` accepts 32- and 64-byte entries only.
+    let stride_offset = 1usize
+        .checked_shl(ring.entry_shift())
+        .and_then(|stride| stride.checked_sub(CQE_SIZE))
+        .unwrap_or(0);
     let bytes = cqe.as_bytes();
     // SAFETY: the driver gave this entry back when its consumer index passed it (the
     // test polls every CQE before it writes a ring's worth more), and it reads the body
@@ -435,7 +441,7 @@ fn write_cqe<P: Platform>(ring: &P::Ring, index: u32, entries: u32, cqe: &Cqe) {
     unsafe {
         ring.with_entry_mut(index, |entry| {
             if let (Some(body), Some(src)) = (
-                entry.get_mut(stride_offset..stride_offset + Cqe::OWNER_WORD_OFFSET),
+                entry.get_mut(stride_offset..stride_offset.saturating_add(Cqe::OWNER_WORD_OFFSET)),
                 bytes.get(..Cqe::OWNER_WORD_OFFSET),
             ) {
                 body.copy_from_slice(src);
@@ -450,7 +456,7 @@ fn write_cqe<P: Platform>(ring: &P::Ring, index: u32, entries: u32, cqe: &Cqe) {
         .map_or(0, |word| u32::from_be_bytes(word) & !u32::from(Cqe::OWNER));
     ring.write_word(
         index,
-        stride_offset + Cqe::OWNER_WORD_OFFSET,
+        stride_offset.saturating_add(Cqe::OWNER_WORD_OFFSET),
         last | u32::from(owner),
     );
 }

@@ -9,7 +9,9 @@
 //! `tilde_core.ko`, and one instantiation of the generic posts and completion trampoline
 //! in `tilde_verbs_conformance.ko` (the benchmark's ring, a real ULP-shaped handler); and
 //! the mlx4 driver's post_send, post_recv, poll_cq and req_notify_cq over its kernel
-//! platform in `tilde_mlx4.ko` (one function each: `#[inline(never)]`).
+//! platform in `tilde_mlx4.ko` (one function each: `#[inline(never)]`). Each must also be
+//! free of panic paths: the kernel builds with overflow checks, and a fast path that can
+//! panic on a counter or a length can take the machine down.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -144,7 +146,20 @@ fn function(ko: &Path, symbol: &str) -> Result<Vec<String>> {
             ko.display()
         );
     }
+    if let Some(call) = panic_path(&code) {
+        bail!(
+            "{symbol} in {} can panic ({call}): the fast path may not (kernel builds check overflow)",
+            ko.display()
+        );
+    }
     Ok(code)
+}
+
+/// The first call into Rust's panic machinery in `code`, if any: an overflow check, a
+/// bounds check or an explicit panic left in the compiled function.
+fn panic_path(code: &[String]) -> Option<&String> {
+    code.iter()
+        .find(|l| l.starts_with("reloc ") && l.contains("core::panicking::"))
 }
 
 /// The lines of `symbol`'s body in an `objdump -d -r` listing, normalised.
@@ -223,5 +238,21 @@ mod tests {
             .replace("2380", "4450");
         assert_eq!(extract(&moved, "<rdma_core::qp::Queues>::completed"), code);
         assert!(extract(LISTING, "missing").is_empty());
+        assert_eq!(panic_path(&code), None);
+    }
+
+    #[test]
+    fn an_overflow_check_is_a_panic_path() {
+        let code = extract(
+            &LISTING.replace(
+                "__x86_return_thunk-0x4",
+                "core::panicking::panic_const::panic_const_add_overflow-0x4",
+            ),
+            "<rdma_core::qp::Queues>::completed",
+        );
+        assert_eq!(
+            panic_path(&code).map(String::as_str),
+            Some("reloc R_X86_64_PLT32 core::panicking::panic_const::panic_const_add_overflow-0x4")
+        );
     }
 }

@@ -119,7 +119,9 @@ pub fn run(
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }
-    for sub in ["modules", "selftest", "suites", "ulps", "drivers", "guest", "out"] {
+    for sub in [
+        "modules", "selftest", "suites", "ulps", "drivers", "guest", "out",
+    ] {
         fs::create_dir_all(dir.join(sub))?;
     }
     // Module file names get a load-order prefix: stage2 loads them in name order.

@@ -86,7 +86,7 @@ impl<P: Platform> RecvQueueState<P> {
         let wr_id = self
             .wr_ids
             .as_ref()
-            .get((tail & (self.wqe_cnt - 1)) as usize)?
+            .get((tail & self.wqe_cnt.wrapping_sub(1)) as usize)?
             .get();
         self.tail.store_release(tail.wrapping_add(1));
         Some(wr_id)
@@ -165,7 +165,7 @@ impl<'q, P: Platform> RecvQueue<'q, P> {
             if let Some(slot) = state
                 .wr_ids
                 .as_ref()
-                .get((index & (state.wqe_cnt - 1)) as usize)
+                .get((index & state.wqe_cnt.wrapping_sub(1)) as usize)
             {
                 slot.set(wr.wr_id);
             }

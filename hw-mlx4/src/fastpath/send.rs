@@ -98,8 +98,10 @@ impl<P: Platform> SendQueueState<P> {
             QpType::Ud => size_of::<DatagramSeg>(),
         };
         let start = size_of::<CtrlSeg>() + fixed;
-        let sge_bytes = start + caps.max_sge as usize * size_of::<DataSeg>();
-        let inline_end = start + inline_bytes(start, caps.max_inline as usize);
+        // Saturating: capabilities past any WQE are refused below all the same.
+        let sge_bytes =
+            start.saturating_add((caps.max_sge as usize).saturating_mul(size_of::<DataSeg>()));
+        let inline_end = start.saturating_add(inline_bytes(start, caps.max_inline as usize));
         let fast_reg_bytes = size_of::<CtrlSeg>() + size_of::<FastRegSeg>();
         let largest = sge_bytes.max(inline_end).max(fast_reg_bytes);
         if largest.div_ceil(DS_SIZE) > max_ds as usize {
@@ -142,7 +144,8 @@ impl<P: Platform> SendQueueState<P> {
 
     /// How many WRs can be outstanding at once: the ring less the stamped headroom.
     pub fn max_post(&self) -> u32 {
-        self.wqe_cnt - self.spare
+        // `new` keeps `spare < wqe_cnt`.
+        self.wqe_cnt.wrapping_sub(self.spare)
     }
 
     /// The capabilities the queue was created with.
@@ -201,7 +204,7 @@ impl<P: Platform> SendQueueState<P> {
         let wr_id = self
             .wr_ids
             .as_ref()
-            .get((index & (self.wqe_cnt - 1)) as usize)?
+            .get((index & self.wqe_cnt.wrapping_sub(1)) as usize)?
             .get();
         self.tail.store_release(index.wrapping_add(1));
         Some(wr_id)
@@ -318,7 +321,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         if let Some(slot) = state
             .wr_ids
             .as_ref()
-            .get((index & (state.wqe_cnt - 1)) as usize)
+            .get((index & state.wqe_cnt.wrapping_sub(1)) as usize)
         {
             slot.set(wr.wr_id);
         }
@@ -403,9 +406,14 @@ impl WqeLayout {
                 inline_bytes(size_of::<CtrlSeg>() + fixed_bytes, data.len())
             }
         };
-        let bytes = size_of::<CtrlSeg>() + fixed_bytes + payload_bytes;
+        // Saturating: a sum past any WQE size is refused below all the same.
+        let bytes = size_of::<CtrlSeg>()
+            .saturating_add(fixed_bytes)
+            .saturating_add(payload_bytes);
         let size_ds = bytes.div_ceil(DS_SIZE);
-        if bytes > 1usize << state.wqe_shift || size_ds > usize::from(CtrlSeg::SIZE_MASK) {
+        // `new` keeps `wqe_shift` within 6..=10.
+        let wqe_size = 1usize.wrapping_shl(state.wqe_shift);
+        if bytes > wqe_size || size_ds > usize::from(CtrlSeg::SIZE_MASK) {
             return Err(PostError::WqeTooLarge);
         }
         Ok(Self {
@@ -423,16 +431,17 @@ pub(crate) const fn inline_bytes(start: usize, len: usize) -> usize {
     if len == 0 {
         return 0;
     }
+    // Saturating: an end past any WQE size is refused by the caller all the same.
     let mut pos = start;
     let mut left = len;
     while left > 0 {
-        pos += size_of::<InlineSeg>();
+        pos = pos.saturating_add(size_of::<InlineSeg>());
         let room = InlineSeg::ALIGN - pos % InlineSeg::ALIGN;
         let take = if room < left { room } else { left };
-        pos += take;
+        pos = pos.saturating_add(take);
         left -= take;
     }
-    pos - start
+    pos.saturating_sub(start)
 }
 
 fn access_bits(access: Access) -> u32 {
@@ -545,32 +554,35 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
         Payload::Gather(sges) => {
             let (segs, _) = <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len())
                 .map_err(|_| PostError::WqeTooLarge)?;
-            for (i, (seg, sge)) in segs.iter_mut().zip(sges.iter()).enumerate() {
+            // A bounded index (not `enumerate`, whose counter has an overflow check).
+            for ((seg, sge), i) in segs.iter_mut().zip(sges.iter()).zip(0..sges.len()) {
                 if sge.length > DataSeg::MAX_LENGTH {
                     return Err(PostError::SgeTooLong);
                 }
                 seg.lkey = Be32::new(sge.lkey);
                 seg.addr = Be64::new(sge.addr);
-                if !(start + i * size_of::<DataSeg>()).is_multiple_of(WQEBB_SIZE) {
+                if !segment_offset(start, i).is_multiple_of(WQEBB_SIZE) {
                     seg.byte_count = Be32::new(gather_byte_count(sge.length));
                 }
             }
             Ok(())
         }
         Payload::Inline(data) => {
-            let mut pos = 0;
+            let mut pos = 0usize;
             let mut left: &[u8] = data;
             while !left.is_empty() {
+                // Offsets inside one WQE (at most 1 KiB) plus lengths of data in memory:
+                // wrapping never happens, and would only make `get_mut` refuse.
                 let header = pos;
-                pos += size_of::<InlineSeg>();
-                let room = InlineSeg::ALIGN - (start + pos) % InlineSeg::ALIGN;
+                pos = pos.wrapping_add(size_of::<InlineSeg>());
+                let room = InlineSeg::ALIGN - start.wrapping_add(pos) % InlineSeg::ALIGN;
                 let (chunk, tail) = left.split_at(room.min(left.len()));
-                rest.get_mut(pos..pos + chunk.len())
+                rest.get_mut(pos..pos.wrapping_add(chunk.len()))
                     .ok_or(PostError::WqeTooLarge)?
                     .copy_from_slice(chunk);
-                pos += chunk.len();
+                pos = pos.wrapping_add(chunk.len());
                 left = tail;
-                if !(start + header).is_multiple_of(WQEBB_SIZE) {
+                if !start.wrapping_add(header).is_multiple_of(WQEBB_SIZE) {
                     let (seg, _) = InlineSeg::mut_from_prefix(
                         rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?,
                     )
@@ -581,6 +593,14 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
             Ok(())
         }
     }
+}
+
+/// The WQE offset of gather entry `i` when the entries start at `start`. An offset inside
+/// one WQE (at most 1 KiB) plus a slice index times 16 cannot wrap; wrapping arithmetic
+/// says so without a panic path in the kernel build (which checks overflow).
+#[inline]
+fn segment_offset(start: usize, i: usize) -> usize {
+    start.wrapping_add(i.wrapping_mul(size_of::<DataSeg>()))
 }
 
 /// `byte_count` of a gather entry: zero length is written as [`DataSeg::ZERO_LENGTH`].
@@ -600,7 +620,7 @@ fn write_block_heads<P: Platform>(ring: &P::Ring, index: u32, start: usize, payl
     match payload {
         Payload::Gather(sges) => {
             for (i, sge) in sges.iter().enumerate() {
-                let offset = start + i * size_of::<DataSeg>();
+                let offset = segment_offset(start, i);
                 if offset.is_multiple_of(WQEBB_SIZE) {
                     P::dma_wmb();
                     ring.write_word(index, offset, gather_byte_count(sge.length));
@@ -611,10 +631,12 @@ fn write_block_heads<P: Platform>(ring: &P::Ring, index: u32, start: usize, payl
             let mut offset = start;
             let mut left = data.len();
             while left > 0 {
+                // As in `write_payload`: offsets inside one WQE, which `write_word`
+                // bounds-checks.
                 let header = offset;
-                offset += size_of::<InlineSeg>();
+                offset = offset.wrapping_add(size_of::<InlineSeg>());
                 let chunk = (InlineSeg::ALIGN - offset % InlineSeg::ALIGN).min(left);
-                offset += chunk;
+                offset = offset.wrapping_add(chunk);
                 left -= chunk;
                 if header.is_multiple_of(WQEBB_SIZE) {
                     P::dma_wmb();
