@@ -505,6 +505,15 @@ mod tests {
         now
     }
 
+    /// A CQ of 128 32-byte entries.
+    fn cq(uar: &HostUar) -> CompletionQueue<'_, HostPlatform> {
+        let doorbells = CqDoorbells {
+            set_ci: HostDoorbellRecord::new(),
+            arm: HostDoorbellRecord::new(),
+        };
+        CompletionQueue::new(CQN, HostRing::new(7, 5), doorbells, uar).expect("CQ")
+    }
+
     fn nothing_seen() -> Cell<UarSeen> {
         Cell::new(UarSeen {
             send: 0,
@@ -516,13 +525,7 @@ mod tests {
     fn the_fast_path_passes_over_many_laps_of_every_ring() {
         let uar = HostUar::new();
         let mut qp = qp(28);
-        let doorbells = CqDoorbells {
-            set_ci: HostDoorbellRecord::new(),
-            arm: HostDoorbellRecord::new(),
-        };
-        let mut cq =
-            CompletionQueue::<HostPlatform>::new(CQN, HostRing::new(7, 5), doorbells, &uar)
-                .expect("CQ");
+        let mut cq = cq(&uar);
         let last = nothing_seen();
         let report = loopback(&mut qp, &mut cq, &uar, || seen(&uar, &last), 1000).expect("pass");
         assert_eq!(
@@ -542,13 +545,7 @@ mod tests {
     fn a_doorbell_the_device_did_not_see_fails_the_test() {
         let uar = HostUar::new();
         let mut qp = qp(28);
-        let doorbells = CqDoorbells {
-            set_ci: HostDoorbellRecord::new(),
-            arm: HostDoorbellRecord::new(),
-        };
-        let mut cq =
-            CompletionQueue::<HostPlatform>::new(CQN, HostRing::new(7, 5), doorbells, &uar)
-                .expect("CQ");
+        let mut cq = cq(&uar);
         let last = nothing_seen();
         // A UAR that loses every write.
         let lost = || {
@@ -568,13 +565,7 @@ mod tests {
     fn a_queue_without_room_for_the_inline_send_is_refused() {
         let uar = HostUar::new();
         let mut qp = qp(8);
-        let doorbells = CqDoorbells {
-            set_ci: HostDoorbellRecord::new(),
-            arm: HostDoorbellRecord::new(),
-        };
-        let mut cq =
-            CompletionQueue::<HostPlatform>::new(CQN, HostRing::new(7, 5), doorbells, &uar)
-                .expect("CQ");
+        let mut cq = cq(&uar);
         let last = nothing_seen();
         assert_eq!(
             loopback(&mut qp, &mut cq, &uar, || seen(&uar, &last), 1),
