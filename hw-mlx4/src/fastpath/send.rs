@@ -561,7 +561,7 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
                 }
                 seg.lkey = Be32::new(sge.lkey);
                 seg.addr = Be64::new(sge.addr);
-                if !segment_offset(start, i).is_multiple_of(WQEBB_SIZE) {
+                if !starts_block(segment_offset(start, i)) {
                     seg.byte_count = Be32::new(gather_byte_count(sge.length));
                 }
             }
@@ -582,7 +582,7 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
                     .copy_from_slice(chunk);
                 pos = pos.wrapping_add(chunk.len());
                 left = tail;
-                if !start.wrapping_add(header).is_multiple_of(WQEBB_SIZE) {
+                if !starts_block(start.wrapping_add(header)) {
                     let (seg, _) = InlineSeg::mut_from_prefix(
                         rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?,
                     )
@@ -593,6 +593,13 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
             Ok(())
         }
     }
+}
+
+/// Whether WQE offset `offset` begins a 64-byte block. (A mask, not `is_multiple_of`,
+/// which is newer than the oldest kernel's Rust.)
+#[inline]
+fn starts_block(offset: usize) -> bool {
+    offset & (WQEBB_SIZE - 1) == 0
 }
 
 /// The WQE offset of gather entry `i` when the entries start at `start`. An offset inside
@@ -621,7 +628,7 @@ fn write_block_heads<P: Platform>(ring: &P::Ring, index: u32, start: usize, payl
         Payload::Gather(sges) => {
             for (i, sge) in sges.iter().enumerate() {
                 let offset = segment_offset(start, i);
-                if offset.is_multiple_of(WQEBB_SIZE) {
+                if starts_block(offset) {
                     P::dma_wmb();
                     ring.write_word(index, offset, gather_byte_count(sge.length));
                 }
@@ -638,7 +645,7 @@ fn write_block_heads<P: Platform>(ring: &P::Ring, index: u32, start: usize, payl
                 let chunk = (InlineSeg::ALIGN - offset % InlineSeg::ALIGN).min(left);
                 offset = offset.wrapping_add(chunk);
                 left -= chunk;
-                if header.is_multiple_of(WQEBB_SIZE) {
+                if starts_block(header) {
                     P::dma_wmb();
                     ring.write_word(index, header, InlineSeg::INLINE | chunk as u32);
                 }
