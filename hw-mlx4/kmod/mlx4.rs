@@ -30,7 +30,8 @@ module! {
     license: "GPL",
 }
 
-/// Rounds of the self-test: 12,288 send and 4,096 receive WQEs, 128 laps of the CQ.
+/// Rounds of the self-test: 12,288 send and 4,096 receive WQEs, 128 laps of the CQ, 192 of
+/// the send queue, 64 of the receive queue.
 const SELFTEST_ROUNDS: u32 = 4096;
 /// A UAR page's size.
 const UAR_SIZE: usize = 4096;
