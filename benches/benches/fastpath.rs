@@ -26,8 +26,6 @@ use hw_mlx4::wr::{
     Access, Completion, Payload, RecvWr, Remote, SendFlags, SendOp, SendWr, Sge, WcStatus,
 };
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::slice;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -460,82 +458,13 @@ fn main() {
 /// The table on stdout and `<target>/tilde-bench/fastpath.json`.
 mod summary {
     use super::*;
+    use benches::report;
     use serde_json::{json, Value};
-
-    /// Cargo's target directory, as criterion finds it.
-    fn target_dir() -> PathBuf {
-        match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => {
-                let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-                manifest.parent().unwrap_or(manifest).join("target")
-            }
-        }
-    }
-
-    fn criterion_dir() -> PathBuf {
-        match std::env::var_os("CRITERION_HOME") {
-            Some(dir) => PathBuf::from(dir),
-            None => target_dir().join("criterion"),
-        }
-    }
-
-    /// Mean and 95% interval in ns per iteration, if criterion wrote them since `since`
-    /// (benches filtered out, or run with `--test`, leave older files or none).
-    fn estimate(bench: &Bench, since: SystemTime) -> Option<(f64, f64, f64)> {
-        let path = criterion_dir()
-            .join(bench.group)
-            .join(bench.name)
-            .join("new")
-            .join("estimates.json");
-        let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
-        if modified < since {
-            return None;
-        }
-        let estimates: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-        let mean = &estimates["mean"];
-        let interval = &mean["confidence_interval"];
-        Some((
-            mean["point_estimate"].as_f64()?,
-            interval["lower_bound"].as_f64()?,
-            interval["upper_bound"].as_f64()?,
-        ))
-    }
-
-    fn command(program: &str, args: &[&str]) -> Option<String> {
-        let output = Command::new(program).args(args).output().ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-    }
-
-    fn machine() -> Value {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .filter(|line| line.starts_with("model name"))
-                    .find_map(|line| line.split_once(':'))
-                    .map(|(_, name)| name.trim().to_string())
-            });
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-        json!({
-            "cpu": cpu,
-            "logical_cores": std::thread::available_parallelism().ok().map(|n| n.get()),
-            "rustc": command(&rustc, &["--version"]),
-            "date": command("date", &["-u", "+%FT%TZ"]),
-        })
-    }
-
-    fn round3(x: f64) -> f64 {
-        (x * 1000.0).round() / 1000.0
-    }
 
     pub fn write(started: SystemTime) {
         let mut rows = Vec::new();
         for bench in ALL {
-            let Some((mean, low, high)) = estimate(bench, started) else {
+            let Some((mean, low, high)) = report::estimate(bench.group, bench.name, started) else {
                 continue;
             };
             let per = bench.elements as f64;
@@ -556,23 +485,17 @@ mod summary {
             .map(|&(bench, ns, low, high)| {
                 json!({
                     "id": bench.id(),
-                    "ns_per_op": round3(ns),
-                    "mops_per_s": round3(1e3 / ns),
+                    "ns_per_op": report::round3(ns),
+                    "mops_per_s": report::round3(1e3 / ns),
                     "elements_per_iter": bench.elements,
-                    "ns_per_op_ci95": [round3(low), round3(high)],
+                    "ns_per_op_ci95": [report::round3(low), report::round3(high)],
                 })
             })
             .collect();
         let summary = json!({
-            "machine": machine(),
+            "machine": report::machine(),
             "benches": benches,
         });
-        let dir = target_dir().join("tilde-bench");
-        let path = dir.join("fastpath.json");
-        let text = serde_json::to_string_pretty(&summary).expect("JSON") + "\n";
-        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
-            Ok(()) => println!("tilde-bench: wrote {}", path.display()),
-            Err(error) => eprintln!("tilde-bench: cannot write {}: {error}", path.display()),
-        }
+        report::write("fastpath.json", &summary);
     }
 }

@@ -8,4 +8,12 @@
 //! criterion's report it prints ns and Mops/s per WQE or CQE and writes them, with the
 //! machine's CPU, core count, rustc and date, to `<target>/tilde-bench/fastpath.json`.
 //!
-//! The library itself is empty; it ties the fast-path crates into the workspace build.
+//! `benches/versus_rdma_core.rs` times the same post and poll loops in tilde's fast path
+//! and in rdma-core's C mlx4 provider, over the same plain memory ([`memory`]), and
+//! prints their ratio (`cargo xtask bench` builds rdma-core and runs both).
+//!
+//! The library holds what the two share: [`report`] (criterion's estimates, the machine,
+//! the JSON summaries) and [`memory`] (the fast path over plain memory).
+
+pub mod memory;
+pub mod report;

@@ -1,5 +1,6 @@
 //! `cargo xtask`: tilde's build and test driver. See README.md, "Commands".
 
+mod bench;
 mod fastpath_code;
 mod kmod;
 mod rules;
@@ -27,8 +28,10 @@ commands:
   kmod                build tilde's kernel modules with kbuild
   vm [--timeout S] SCENARIO
                       boot the kernel in QEMU and run one scenario
+  bench [FILTER]      the fast-path benchmarks, with rdma-core's C mlx4 provider built
+                      beside tilde's (cargo bench -p benches; FILTER goes to criterion)
 
-targets: debian-sid-7.2 (default), linux-6.12 (built from source; not yet in `test`)
+targets: debian-sid-7.2 (default), linux-6.12 (built from source); `test` runs both
 cache:   $TILDE_CACHE, else $XDG_CACHE_HOME/tilde, else ~/.cache/tilde";
 
 struct Args {
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         "vm" => cmd_vm(&args),
         "test" => cmd_test(&args),
         "run" => cmd_run(&args),
+        "bench" => bench::run(&args.positional),
         "help" | "" => {
             println!("{USAGE}");
             Ok(())

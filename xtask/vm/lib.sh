@@ -35,3 +35,18 @@ reject_dmesg() {
 count_dmesg() {
 	grep -E -c -- "$1" "$(kernel_log)" || true
 }
+
+# wait_listening PORT: wait (up to 30 s) until a TCP socket listens on PORT. The test
+# tools' servers take more than a second to start when the host is busy (TCG), so a
+# client started after a fixed sleep can find nobody there.
+wait_listening() {
+	local i
+	for i in $(seq 300); do
+		if ss -Hltn "sport = :$1" | grep -q .; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "FAIL: nothing listens on TCP port $1"
+	return 1
+}

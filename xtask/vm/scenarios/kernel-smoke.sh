@@ -19,7 +19,7 @@ rdma link show rxe0/1 | grep -q 'state ACTIVE'
 echo "== RC traffic (ibv_rc_pingpong)"
 ibv_rc_pingpong -d rxe0 -g 1 -n 200 > server.log 2>&1 &
 server=$!
-sleep 1
+wait_listening 18515
 ibv_rc_pingpong -d rxe0 -g 1 -n 200 127.0.0.1 | tee client.log
 wait "$server"
 grep -q '200 iters in' client.log
@@ -27,8 +27,19 @@ grep -q '200 iters in' client.log
 echo "== RDMA CM (rping)"
 rping -s -a 10.0.2.15 -C 10 > rping-server.log 2>&1 &
 server=$!
-sleep 1
-rping -c -a 10.0.2.15 -C 10 -v | tail -n 2
+# The server listens through RDMA CM, which `ss` does not show: the client retries
+# until it is there.
+connected=0
+for attempt in $(seq 10); do
+	if rping -c -a 10.0.2.15 -C 10 -v > rping-client.log 2>&1; then
+		connected=1
+		break
+	fi
+	echo "rping: attempt $attempt: no server yet"
+	sleep 1
+done
+tail -n 2 rping-client.log
+[ "$connected" = 1 ]
 wait "$server"
 
 echo "== rdma link delete rxe0"

@@ -1,0 +1,268 @@
+//! tilde's fast path over plain memory, set up the way rdma-core's mlx4 provider runs in
+//! user space, so the two can be timed on the same job: rings and doorbell records in
+//! page-aligned memory, a page standing in for the UAR (doorbells are volatile stores
+//! into it, as `mmio_write32_be` is), and the provider's x86 barriers
+//! (`udma_to_device_barrier`, `udma_from_device_barrier`: compiler barriers only).
+//!
+//! [`Device`] plays the device's one part these benches need: a send CQE for every WQE
+//! handed over, written as the device writes it.
+
+use hw_mlx4::fastpath::platform::{DmaRing, DoorbellRecord, Platform, UarPage};
+use hw_mlx4::wire::{
+    eq_doorbell_offset, Be16, Be32, CqDoorbell, Cqe, SendOpcode, CQE_SIZE, UAR_CQ_DOORBELL,
+    UAR_SEND_DOORBELL,
+};
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::ptr::NonNull;
+use std::sync::atomic::{compiler_fence, AtomicU32, AtomicU64, Ordering};
+use zerocopy::{FromZeros, IntoBytes};
+
+const PAGE: usize = 4096;
+
+/// Zeroed, page-aligned memory, freed on drop.
+pub struct Memory {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Memory {
+    /// `size` bytes (at least one page's alignment).
+    pub fn new(size: usize) -> Self {
+        let layout = Layout::from_size_align(size.max(1), PAGE).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| handle_alloc_error(layout));
+        Self { ptr, layout }
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// A ring of `1 << log_entries` entries of `1 << entry_shift` bytes.
+pub struct MemoryRing {
+    memory: Memory,
+    log_entries: u32,
+    entry_shift: u32,
+}
+
+impl MemoryRing {
+    pub fn new(log_entries: u32, entry_shift: u32) -> Self {
+        Self {
+            memory: Memory::new(1 << (log_entries + entry_shift)),
+            log_entries,
+            entry_shift,
+        }
+    }
+
+    #[inline]
+    fn entry(&self, index: u32) -> *mut u8 {
+        let slot = (index & ((1 << self.log_entries) - 1)) as usize;
+        // SAFETY: the slot is inside the ring.
+        unsafe { self.memory.as_ptr().add(slot << self.entry_shift) }
+    }
+
+    #[inline]
+    fn word(&self, index: u32, offset: usize) -> Option<*mut u32> {
+        if !offset.is_multiple_of(4) || offset + 4 > 1 << self.entry_shift {
+            return None;
+        }
+        // SAFETY: inside the entry, 4-aligned.
+        Some(unsafe { self.entry(index).add(offset) }.cast::<u32>())
+    }
+}
+
+impl DmaRing for MemoryRing {
+    #[inline]
+    fn log_entries(&self) -> u32 {
+        self.log_entries
+    }
+
+    #[inline]
+    fn entry_shift(&self) -> u32 {
+        self.entry_shift
+    }
+
+    #[inline]
+    unsafe fn with_entry<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        // SAFETY: the entry is inside the ring; the caller has it by the protocol.
+        f(unsafe { std::slice::from_raw_parts(self.entry(index), 1 << self.entry_shift) })
+    }
+
+    #[inline]
+    unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        // SAFETY: as `with_entry`, and the caller holds no other reference to it.
+        f(unsafe { std::slice::from_raw_parts_mut(self.entry(index), 1 << self.entry_shift) })
+    }
+
+    #[inline]
+    fn read_word(&self, index: u32, offset: usize) -> u32 {
+        match self.word(index, offset) {
+            // SAFETY: a valid, aligned word of the ring, read once.
+            Some(word) => u32::from_be(unsafe { word.read_volatile() }),
+            None => 0,
+        }
+    }
+
+    #[inline]
+    fn write_word(&self, index: u32, offset: usize, value: u32) {
+        if let Some(word) = self.word(index, offset) {
+            // SAFETY: a valid, aligned word of the ring, written once.
+            unsafe { word.write_volatile(value.to_be()) };
+        }
+    }
+}
+
+/// A big-endian doorbell record.
+#[derive(Default)]
+pub struct MemoryRecord(AtomicU32);
+
+impl DoorbellRecord for MemoryRecord {
+    #[inline]
+    fn write_release(&self, value: u32) {
+        self.0.store(value.to_be(), Ordering::Release);
+    }
+
+    #[inline]
+    fn read_acquire(&self) -> u32 {
+        u32::from_be(self.0.load(Ordering::Acquire))
+    }
+}
+
+/// A page standing in for the UAR.
+pub struct MemoryUar(Memory);
+
+impl Default for MemoryUar {
+    fn default() -> Self {
+        Self(Memory::new(PAGE))
+    }
+}
+
+impl MemoryUar {
+    #[inline]
+    fn write<T>(&self, offset: usize, value: T) {
+        // SAFETY: every offset used is a doorbell register inside the page, aligned
+        // for `T`.
+        unsafe {
+            self.0
+                .as_ptr()
+                .add(offset)
+                .cast::<T>()
+                .write_volatile(value)
+        };
+    }
+
+    /// The last value written to the send doorbell.
+    pub fn send_doorbell(&self) -> u32 {
+        // SAFETY: the send doorbell register, inside the page and aligned.
+        u32::from_be(unsafe {
+            self.0
+                .as_ptr()
+                .add(UAR_SEND_DOORBELL)
+                .cast::<u32>()
+                .read_volatile()
+        })
+    }
+}
+
+impl UarPage for MemoryUar {
+    #[inline]
+    fn ring_send_doorbell(&self, value: u32) {
+        self.write(UAR_SEND_DOORBELL, value.to_be());
+    }
+
+    #[inline]
+    fn ring_cq_doorbell(&self, doorbell: CqDoorbell) {
+        let word: u64 = zerocopy::transmute!(doorbell);
+        self.write(UAR_CQ_DOORBELL, word);
+    }
+
+    #[inline]
+    fn ring_eq_doorbell(&self, eqn: u32, word: u32) {
+        self.write(eq_doorbell_offset(eqn), word.to_be());
+    }
+}
+
+/// The fast path over plain memory.
+pub struct MemoryPlatform;
+
+impl Platform for MemoryPlatform {
+    type Ring = MemoryRing;
+    type DbRecord = MemoryRecord;
+    type Uar = MemoryUar;
+    type Counter = AtomicU32;
+    type WrId = AtomicU64;
+    type WrIdTable = Box<[AtomicU64]>;
+
+    #[inline]
+    fn dma_wmb() {
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    #[inline]
+    fn dma_rmb() {
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    #[inline]
+    fn wmb() {
+        compiler_fence(Ordering::SeqCst);
+    }
+}
+
+/// A wr_id table of `entries` slots.
+pub fn wr_ids(entries: u32) -> Box<[AtomicU64]> {
+    (0..entries).map(|_| AtomicU64::new(0)).collect()
+}
+
+/// The device's side: the CQE producer counter and the next send WQE to complete.
+#[derive(Default)]
+pub struct Device {
+    cq: u32,
+    sq: u32,
+}
+
+impl Device {
+    /// Writes a send CQE for each WQE of `qpn` up to counter `sq_head` into `cq_ring`
+    /// (32-byte entries): the body, then, after the barrier, the owner byte of the lap.
+    pub fn complete_sends(&mut self, cq_ring: &MemoryRing, qpn: u32, sq_head: u32) {
+        let entries = 1u32 << cq_ring.log_entries();
+        while self.sq != sq_head {
+            let mut cqe = Cqe::new_zeroed();
+            cqe.vlan_my_qpn = Be32::new(qpn);
+            cqe.wqe_index = Be16::new(self.sq as u16);
+            let owner = if self.cq & entries != 0 {
+                Cqe::OWNER
+            } else {
+                0
+            };
+            cqe.owner_sr_opcode = owner | Cqe::IS_SEND | SendOpcode::Send as u8;
+            let bytes = cqe.as_bytes();
+            // SAFETY: the driver gave this entry back (its consumer index passed it: the
+            // benches poll every CQE before the next ring's worth is written).
+            unsafe {
+                cq_ring.with_entry_mut(self.cq, |entry| {
+                    entry[..Cqe::OWNER_WORD_OFFSET]
+                        .copy_from_slice(&bytes[..Cqe::OWNER_WORD_OFFSET]);
+                });
+            }
+            MemoryPlatform::dma_wmb();
+            let last = u32::from_be_bytes(
+                bytes[Cqe::OWNER_WORD_OFFSET..CQE_SIZE]
+                    .try_into()
+                    .expect("4 bytes"),
+            );
+            cq_ring.write_word(self.cq, Cqe::OWNER_WORD_OFFSET, last);
+            self.sq = self.sq.wrapping_add(1);
+            self.cq = self.cq.wrapping_add(1);
+        }
+    }
+}
