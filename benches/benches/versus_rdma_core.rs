@@ -53,34 +53,6 @@ const CAPS: SendQueueCaps = SendQueueCaps {
     signal_all: false,
 };
 
-/// One job: its criterion group and the WQEs or CQEs one timed batch handles.
-struct Job {
-    group: &'static str,
-    elements: u32,
-}
-
-const SEND: Job = Job {
-    group: "versus/post_send_1sge",
-    elements: SINGLE_CALLS,
-};
-const WRITE: Job = Job {
-    group: "versus/post_rdma_write_1sge",
-    elements: SINGLE_CALLS,
-};
-const CHAIN_32: Job = Job {
-    group: "versus/post_chain_32",
-    elements: CHAIN_CALLS * CHAIN as u32,
-};
-const POLL_1: Job = Job {
-    group: "versus/poll_cq_1",
-    elements: POLL_CQES,
-};
-const POLL_16: Job = Job {
-    group: "versus/poll_cq_16",
-    elements: POLL_CQES,
-};
-const JOBS: [&Job; 5] = [&SEND, &WRITE, &CHAIN_32, &POLL_1, &POLL_16];
-
 /// What each side's harness does; one timed batch of a job is one of these.
 #[derive(Clone, Copy)]
 enum Work {
@@ -92,21 +64,46 @@ enum Work {
     Poll { batch: usize },
 }
 
-fn work(job: &Job) -> Work {
-    match job.group {
-        "versus/post_send_1sge" => Work::Single {
+/// One job: its criterion group, its work, and the WQEs or CQEs one timed batch handles.
+struct Job {
+    group: &'static str,
+    work: Work,
+    elements: u32,
+}
+
+const JOBS: [Job; 5] = [
+    Job {
+        group: "versus_post_send_1sge",
+        work: Work::Single {
             calls: SINGLE_CALLS,
             rdma_write: false,
         },
-        "versus/post_rdma_write_1sge" => Work::Single {
+        elements: SINGLE_CALLS,
+    },
+    Job {
+        group: "versus_post_rdma_write_1sge",
+        work: Work::Single {
             calls: SINGLE_CALLS,
             rdma_write: true,
         },
-        "versus/post_chain_32" => Work::Chain { calls: CHAIN_CALLS },
-        "versus/poll_cq_1" => Work::Poll { batch: 1 },
-        _ => Work::Poll { batch: 16 },
-    }
-}
+        elements: SINGLE_CALLS,
+    },
+    Job {
+        group: "versus_post_chain_32",
+        work: Work::Chain { calls: CHAIN_CALLS },
+        elements: CHAIN_CALLS * CHAIN as u32,
+    },
+    Job {
+        group: "versus_poll_cq_1",
+        work: Work::Poll { batch: 1 },
+        elements: POLL_CQES,
+    },
+    Job {
+        group: "versus_poll_cq_16",
+        work: Work::Poll { batch: 16 },
+        elements: POLL_CQES,
+    },
+];
 
 /// tilde's side: the QP and CQ over plain memory, and the device's counters.
 struct Tilde {
@@ -334,10 +331,10 @@ mod c {
 }
 
 fn versus(c: &mut Criterion) {
-    for job in JOBS {
+    for job in &JOBS {
         let mut group = c.benchmark_group(job.group);
         group.throughput(Throughput::Elements(u64::from(job.elements)));
-        let work = work(job);
+        let work = job.work;
         group.bench_function("tilde", |b| {
             b.iter_custom(|iters| Tilde::new().run(work, iters));
         });
@@ -382,7 +379,7 @@ fn summary(started: SystemTime) {
             .map(|(mean, _, _)| mean / f64::from(job.elements))
     };
     let mut rows = Vec::new();
-    for job in JOBS {
+    for job in &JOBS {
         let Some(tilde) = per(job, "tilde") else {
             continue;
         };
@@ -405,7 +402,7 @@ fn summary(started: SystemTime) {
         };
         println!(
             "{:<30} {:>12.2} {:>14} {:>18}",
-            job.group.trim_start_matches("versus/"),
+            job.group.trim_start_matches("versus_"),
             tilde,
             c_text,
             ratio_text

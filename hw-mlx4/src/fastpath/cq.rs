@@ -304,6 +304,7 @@ fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
 }
 
 /// The kernel's meaning of each syndrome (`mlx4_ib_handle_error_cqe`).
+#[inline]
 pub fn status_of(syndrome: u8) -> WcStatus {
     match Syndrome::from_bits(syndrome) {
         Some(Syndrome::LocalLengthErr) => WcStatus::LocalLengthError,

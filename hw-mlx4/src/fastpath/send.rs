@@ -427,6 +427,7 @@ impl WqeLayout {
 
 /// The bytes inline data of `len` takes when it starts at WQE offset `start`: one 4-byte
 /// header per segment, a new segment at each 64-byte boundary (`MLX4_INLINE_ALIGN`).
+#[inline]
 pub(crate) const fn inline_bytes(start: usize, len: usize) -> usize {
     if len == 0 {
         return 0;
@@ -444,6 +445,7 @@ pub(crate) const fn inline_bytes(start: usize, len: usize) -> usize {
     pos.saturating_sub(start)
 }
 
+#[inline]
 fn access_bits(access: Access) -> u32 {
     let mut flags = FastRegSeg::PERM_LOCAL_READ;
     if access.contains(Access::LOCAL_WRITE) {
@@ -462,6 +464,7 @@ fn access_bits(access: Access) -> u32 {
 }
 
 /// Writes the segments between the control segment and the data, returning the rest.
+#[inline]
 fn write_fixed_segments<'w>(
     rest: &'w mut [u8],
     wr: &SendWr<'_>,
@@ -549,6 +552,7 @@ fn write_fixed_segments<'w>(
 /// except the first word of a segment that begins a 64-byte block: the device's
 /// read-ahead takes a block whose first word is not the stamp as valid, so those words
 /// are written afterwards, each on its own after `dma_wmb`, by [`write_block_heads`].
+#[inline]
 fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result<(), PostError> {
     match payload {
         Payload::Gather(sges) => {
@@ -611,6 +615,7 @@ fn segment_offset(start: usize, i: usize) -> usize {
 }
 
 /// `byte_count` of a gather entry: zero length is written as [`DataSeg::ZERO_LENGTH`].
+#[inline]
 fn gather_byte_count(length: u32) -> u32 {
     if length == 0 {
         DataSeg::ZERO_LENGTH

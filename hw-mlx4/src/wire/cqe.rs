@@ -23,6 +23,7 @@ pub enum CqeStride {
 
 impl CqeStride {
     /// log2 of the entry size in bytes.
+    #[inline]
     pub const fn shift(self) -> u32 {
         match self {
             Self::Bytes32 => 5,
@@ -30,6 +31,7 @@ impl CqeStride {
         }
     }
     /// Offset of the 32-byte CQE within an entry of this stride.
+    #[inline]
     pub const fn cqe_offset(self) -> usize {
         match self {
             Self::Bytes32 => 0,
@@ -37,6 +39,7 @@ impl CqeStride {
         }
     }
     /// Offset of the word holding `owner_sr_opcode` (its low byte) within an entry.
+    #[inline]
     pub const fn owner_word_offset(self) -> usize {
         self.cqe_offset() + Cqe::OWNER_WORD_OFFSET
     }
@@ -131,28 +134,34 @@ impl Cqe {
     pub const OWNER_WORD_OFFSET: usize = 28;
 
     /// The local QP number.
+    #[inline]
     pub fn qpn(&self) -> u32 {
         self.vlan_my_qpn.get() & Self::QPN_MASK
     }
     /// Whether this completes a send queue WQE.
+    #[inline]
     pub fn is_send(&self) -> bool {
         self.owner_sr_opcode & Self::IS_SEND != 0
     }
     /// The opcode: a send opcode (`MLX4_OPCODE_*`) or a [`RecvOpcode`], as
     /// [`Cqe::is_send`] says.
+    #[inline]
     pub fn opcode_bits(&self) -> u8 {
         self.owner_sr_opcode & Self::OPCODE_MASK
     }
     /// Whether this is an error CQE, to be read as an [`ErrorCqe`].
+    #[inline]
     pub fn is_error(&self) -> bool {
         self.opcode_bits() == Self::OPCODE_ERROR
     }
     /// The remote QP number of a receive completion.
+    #[inline]
     pub fn remote_qpn(&self) -> u32 {
         self.g_mlpath_rqpn.get() & Self::QPN_MASK
     }
     /// The owner bit expected on an entry the hardware has written on lap `cons_index /
     /// entries`: software owns the CQE when the two agree (`get_sw_cqe`).
+    #[inline]
     pub const fn sw_owner_bit(cons_index: u32, entries: u32) -> bool {
         cons_index & entries != 0
     }
@@ -174,6 +183,7 @@ pub enum RecvOpcode {
 
 impl RecvOpcode {
     /// Decodes the opcode bits of a receive CQE; `None` for any other value.
+    #[inline]
     pub const fn from_bits(bits: u8) -> Option<Self> {
         Some(match bits {
             0x00 => Self::RdmaWriteImm,
@@ -219,6 +229,7 @@ pub enum Syndrome {
 
 impl Syndrome {
     /// Decodes an error CQE's `syndrome`; `None` for any other value.
+    #[inline]
     pub const fn from_bits(bits: u8) -> Option<Self> {
         Some(match bits {
             0x01 => Self::LocalLengthErr,

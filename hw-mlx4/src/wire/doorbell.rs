@@ -17,6 +17,7 @@ pub const UAR_CQ_DOORBELL: usize = 0x20;
 pub const UAR_EQ_DOORBELL: usize = 0x800;
 
 /// Offset of EQ `eqn`'s consumer-index doorbell in its UAR page.
+#[inline]
 pub const fn eq_doorbell_offset(eqn: u32) -> usize {
     UAR_EQ_DOORBELL + 8 * (eqn % 4) as usize
 }
@@ -27,11 +28,13 @@ pub const BLUEFLAME_OFFSET: usize = 0x100;
 
 /// The value written to [`UAR_SEND_DOORBELL`]: the QPN shifted by 8, big-endian
 /// (`qp->doorbell_qpn`). BlueFlame WQEs carry the same word in their `bf_qpn` field.
+#[inline]
 pub const fn send_doorbell_value(qpn: u32) -> u32 {
     qpn << 8
 }
 
 /// The QPN a send doorbell value names.
+#[inline]
 pub const fn send_doorbell_qpn(value: u32) -> u32 {
     value >> 8
 }
@@ -51,6 +54,7 @@ impl ArmCommand {
     /// The command field: bits 24..27.
     pub const MASK: u32 = 7 << Self::SHIFT;
     /// The command in place in a doorbell or arm word.
+    #[inline]
     pub const fn bits(self) -> u32 {
         match self {
             Self::Solicited => 1 << Self::SHIFT,
@@ -58,6 +62,7 @@ impl ArmCommand {
         }
     }
     /// Decodes the command field of a doorbell or arm word; `None` if it holds neither.
+    #[inline]
     pub const fn from_bits(word: u32) -> Option<Self> {
         match (word & Self::MASK) >> Self::SHIFT {
             1 => Some(Self::Solicited),
@@ -100,6 +105,7 @@ impl CqDoorbell {
     pub const CI_MASK: u32 = 0x00ff_ffff;
 
     /// Packs a doorbell as `mlx4_cq_arm` does, each value masked to its field.
+    #[inline]
     pub fn new(arm_sn: u32, cmd: ArmCommand, cqn: u32, cons_index: u32) -> Self {
         Self {
             sn_cmd_cqn: Be32::new(
@@ -109,14 +115,17 @@ impl CqDoorbell {
         }
     }
     /// The CQN the doorbell names.
+    #[inline]
     pub fn cqn(&self) -> u32 {
         self.sn_cmd_cqn.get() & Self::CQN_MASK
     }
     /// The arm sequence number.
+    #[inline]
     pub fn arm_sn(&self) -> u32 {
         (self.sn_cmd_cqn.get() >> Self::SN_SHIFT) & Self::SN_MASK
     }
     /// The arm command, if the command field holds one.
+    #[inline]
     pub fn command(&self) -> Option<ArmCommand> {
         ArmCommand::from_bits(self.sn_cmd_cqn.get())
     }
@@ -145,6 +154,7 @@ pub struct CqDoorbellRecord {
 impl CqDoorbellRecord {
     /// The `arm` word: the same packing as the doorbell's first word, with the consumer
     /// index in place of the CQN.
+    #[inline]
     pub fn arm_word(arm_sn: u32, cmd: ArmCommand, cons_index: u32) -> u32 {
         (arm_sn & CqDoorbell::SN_MASK) << CqDoorbell::SN_SHIFT
             | cmd.bits()

@@ -48,6 +48,7 @@ impl Eqe {
     pub const OWNER_WORD_OFFSET: usize = 28;
 
     /// The CQN, QPN or SRQN the event is about (the first word of the union).
+    #[inline]
     pub fn object(&self) -> u32 {
         self.event[0].get() & Self::OBJECT_MASK
     }
@@ -79,6 +80,7 @@ pub enum EventType {
 
 impl EventType {
     /// Decodes `event_type`; `None` for types not listed here.
+    #[inline]
     pub const fn from_bits(bits: u8) -> Option<Self> {
         Some(match bits {
             0x00 => Self::Completion,
@@ -96,6 +98,7 @@ impl EventType {
 }
 
 /// The EQ consumer-index doorbell word (`eq_set_ci`): the index, and bit 31 to re-arm.
+#[inline]
 pub const fn eq_set_ci_word(cons_index: u32, arm: bool) -> u32 {
     (cons_index & 0x00ff_ffff) | if arm { 1 << 31 } else { 0 }
 }

@@ -58,6 +58,7 @@ pub enum SendOpcode {
 
 impl SendOpcode {
     /// Decodes the opcode bits of `owner_opcode` or of a send CQE.
+    #[inline]
     pub const fn from_bits(bits: u8) -> Option<Self> {
         Some(match bits {
             0x00 => Self::Nop,
@@ -132,6 +133,7 @@ impl CtrlSeg {
 
     /// The `owner_opcode` word for `opcode` posted at producer counter `index` of a ring
     /// of `wqe_cnt` entries.
+    #[inline]
     pub const fn owner_opcode_for(opcode: SendOpcode, index: u32, wqe_cnt: u32) -> u32 {
         let owner = if index & wqe_cnt != 0 { Self::OWNER } else { 0 };
         owner | opcode as u32
@@ -141,6 +143,7 @@ impl CtrlSeg {
     /// WQE counter goes into `owner_opcode` bits 8..24, and the second word carries the
     /// send doorbell value (QPN << 8) beside `fence_size`, so the device needs nothing
     /// but the 64-byte copy to the BlueFlame buffer.
+    #[inline]
     pub fn set_blueflame(&mut self, doorbell_qpn: u32, wqe_counter: u16) {
         let owner_opcode =
             self.owner_opcode.get() | u32::from(wqe_counter) << Self::BF_COUNTER_SHIFT;
@@ -151,16 +154,19 @@ impl CtrlSeg {
     }
 
     /// The send doorbell value a BlueFlame WQE carries (`bf_qpn` without `fence_size`).
+    #[inline]
     pub fn blueflame_qpn(&self) -> u32 {
         (u32::from(self.vlan_tag.get()) << 8 | u32::from(self.ins_vlan)) << 8
     }
 
     /// The size in 16-byte units this WQE claims.
+    #[inline]
     pub fn size_ds(&self) -> usize {
         (self.fence_size & Self::SIZE_MASK) as usize
     }
 
     /// The opcode bits of `owner_opcode`.
+    #[inline]
     pub fn opcode_bits(&self) -> u8 {
         (self.owner_opcode.get() & Self::OPCODE_MASK) as u8
     }
@@ -259,14 +265,17 @@ impl AddressVector {
     pub const FLOW_LABEL_MASK: u32 = 0x000f_ffff;
 
     /// The port number.
+    #[inline]
     pub fn port(&self) -> u8 {
         (self.port_pd.get() >> Self::PORT_SHIFT) as u8
     }
     /// The PD number.
+    #[inline]
     pub fn pd(&self) -> u32 {
         self.port_pd.get() & Self::PD_MASK
     }
     /// Whether a GRH follows.
+    #[inline]
     pub fn has_grh(&self) -> bool {
         self.g_slid & Self::GRH_PRESENT != 0
     }
