@@ -16,7 +16,7 @@
 //! rdma-core / tilde (above 1: tilde is faster), and writes them to
 //! `<target>/tilde-bench/versus_rdma_core.json`.
 
-use benches::memory::{wr_ids, Device, MemoryPlatform, MemoryRecord, MemoryRing, MemoryUar};
+use benches::memory::{ring, wr_ids, BenchRing, Device, MemoryPlatform, MemoryRecord, MemoryUar};
 use benches::report;
 use criterion::{criterion_group, Criterion, Throughput};
 use hw_mlx4::fastpath::cq::{CompletionQueue, CqDoorbells};
@@ -109,21 +109,21 @@ const JOBS: [Job; 5] = [
 struct Tilde {
     uar: MemoryUar,
     qp: QueuePairState<MemoryPlatform>,
-    cq_ring: Option<MemoryRing>,
+    cq_ring: Option<BenchRing>,
     cq_doorbells: Option<CqDoorbells<MemoryPlatform>>,
 }
 
 impl Tilde {
     fn new() -> Self {
         let sq = SendQueueState::new(
-            MemoryRing::new(LOG_SQ, SQ_SHIFT),
+            ring(LOG_SQ, SQ_SHIFT),
             wr_ids(1 << LOG_SQ),
             QpType::Rc,
             CAPS,
         )
         .expect("send queue");
         let rq = RecvQueueState::new(
-            MemoryRing::new(LOG_RQ, 4),
+            ring(LOG_RQ, 4),
             wr_ids(1 << LOG_RQ),
             MemoryRecord::default(),
         )
@@ -131,7 +131,7 @@ impl Tilde {
         Self {
             uar: MemoryUar::default(),
             qp: QueuePairState::new(QPN, sq, rq),
-            cq_ring: Some(MemoryRing::new(LOG_CQ, 5)),
+            cq_ring: Some(ring(LOG_CQ, 5)),
             cq_doorbells: Some(CqDoorbells {
                 set_ci: MemoryRecord::default(),
                 arm: MemoryRecord::default(),

@@ -7,7 +7,9 @@
 //! [`Device`] plays the device's one part these benches need: a send CQE for every WQE
 //! handed over, written as the device writes it.
 
-use hw_mlx4::fastpath::platform::{DmaRing, DoorbellRecord, Platform, UarPage};
+use hw_mlx4::fastpath::platform::{
+    DmaRing, DoorbellRecord, MemoryRing, Platform, RingMemory, UarPage,
+};
 use hw_mlx4::wire::{
     eq_doorbell_offset, Be16, Be32, CqDoorbell, Cqe, SendOpcode, CQE_SIZE, UAR_CQ_DOORBELL,
     UAR_SEND_DOORBELL,
@@ -34,10 +36,6 @@ impl Memory {
         let ptr = NonNull::new(ptr).unwrap_or_else(|| handle_alloc_error(layout));
         Self { ptr, layout }
     }
-
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
 }
 
 impl Drop for Memory {
@@ -47,78 +45,29 @@ impl Drop for Memory {
     }
 }
 
+// SAFETY: `layout.size()` bytes, page-aligned, valid until `drop`.
+unsafe impl RingMemory for Memory {
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn size(&self) -> usize {
+        self.layout.size()
+    }
+}
+
+/// A ring in plain memory: the fast path's own memory ring, as the kernel platform uses
+/// it, over a heap block.
+pub type BenchRing = MemoryRing<Memory>;
+
 /// A ring of `1 << log_entries` entries of `1 << entry_shift` bytes.
-pub struct MemoryRing {
-    memory: Memory,
-    log_entries: u32,
-    entry_shift: u32,
-}
-
-impl MemoryRing {
-    pub fn new(log_entries: u32, entry_shift: u32) -> Self {
-        Self {
-            memory: Memory::new(1 << (log_entries + entry_shift)),
-            log_entries,
-            entry_shift,
-        }
-    }
-
-    #[inline]
-    fn entry(&self, index: u32) -> *mut u8 {
-        let slot = (index & ((1 << self.log_entries) - 1)) as usize;
-        // SAFETY: the slot is inside the ring.
-        unsafe { self.memory.as_ptr().add(slot << self.entry_shift) }
-    }
-
-    #[inline]
-    fn word(&self, index: u32, offset: usize) -> Option<*mut u32> {
-        if !offset.is_multiple_of(4) || offset + 4 > 1 << self.entry_shift {
-            return None;
-        }
-        // SAFETY: inside the entry, 4-aligned.
-        Some(unsafe { self.entry(index).add(offset) }.cast::<u32>())
-    }
-}
-
-impl DmaRing for MemoryRing {
-    #[inline]
-    fn log_entries(&self) -> u32 {
-        self.log_entries
-    }
-
-    #[inline]
-    fn entry_shift(&self) -> u32 {
-        self.entry_shift
-    }
-
-    #[inline]
-    unsafe fn with_entry<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
-        // SAFETY: the entry is inside the ring; the caller has it by the protocol.
-        f(unsafe { std::slice::from_raw_parts(self.entry(index), 1 << self.entry_shift) })
-    }
-
-    #[inline]
-    unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        // SAFETY: as `with_entry`, and the caller holds no other reference to it.
-        f(unsafe { std::slice::from_raw_parts_mut(self.entry(index), 1 << self.entry_shift) })
-    }
-
-    #[inline]
-    fn read_word(&self, index: u32, offset: usize) -> u32 {
-        match self.word(index, offset) {
-            // SAFETY: a valid, aligned word of the ring, read once.
-            Some(word) => u32::from_be(unsafe { word.read_volatile() }),
-            None => 0,
-        }
-    }
-
-    #[inline]
-    fn write_word(&self, index: u32, offset: usize, value: u32) {
-        if let Some(word) = self.word(index, offset) {
-            // SAFETY: a valid, aligned word of the ring, written once.
-            unsafe { word.write_volatile(value.to_be()) };
-        }
-    }
+pub fn ring(log_entries: u32, entry_shift: u32) -> BenchRing {
+    MemoryRing::new(
+        Memory::new(1 << (log_entries + entry_shift)),
+        log_entries,
+        entry_shift,
+    )
+    .expect("ring")
 }
 
 /// A big-endian doorbell record.
@@ -195,7 +144,7 @@ impl UarPage for MemoryUar {
 pub struct MemoryPlatform;
 
 impl Platform for MemoryPlatform {
-    type Ring = MemoryRing;
+    type Ring = BenchRing;
     type DbRecord = MemoryRecord;
     type Uar = MemoryUar;
     type Counter = AtomicU32;
@@ -233,7 +182,7 @@ pub struct Device {
 impl Device {
     /// Writes a send CQE for each WQE of `qpn` up to counter `sq_head` into `cq_ring`
     /// (32-byte entries): the body, then, after the barrier, the owner byte of the lap.
-    pub fn complete_sends(&mut self, cq_ring: &MemoryRing, qpn: u32, sq_head: u32) {
+    pub fn complete_sends(&mut self, cq_ring: &impl DmaRing, qpn: u32, sq_head: u32) {
         let entries = 1u32 << cq_ring.log_entries();
         while self.sq != sq_head {
             let mut cqe = Cqe::new_zeroed();

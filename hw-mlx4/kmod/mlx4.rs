@@ -21,7 +21,8 @@ use kernel::prelude::*;
 
 mod platform;
 
-use platform::{KernelDoorbellRecord, KernelPlatform, KernelRing, QueueMemory, Uar, WrIds};
+use hw_mlx4::fastpath::platform::RingMemory;
+use platform::{ring, KernelDoorbellRecord, KernelPlatform, QueueMemory, Uar, WrIds};
 
 module! {
     type: TildeMlx4,
@@ -82,14 +83,14 @@ fn fast_path_selftest() -> Result<Report> {
         signal_all: false,
     };
     let sq = SendQueueState::<KernelPlatform>::new(
-        KernelRing::new(6, 6)?,
+        ring(6, 6)?,
         WrIds::new(64)?,
         QpType::Rc,
         caps,
     )
     .map_err(config_error)?;
     let rq = RecvQueueState::new(
-        KernelRing::new(6, 4)?,
+        ring(6, 4)?,
         WrIds::new(64)?,
         KernelDoorbellRecord::new()?,
     )
@@ -99,7 +100,7 @@ fn fast_path_selftest() -> Result<Report> {
         set_ci: KernelDoorbellRecord::new()?,
         arm: KernelDoorbellRecord::new()?,
     };
-    let mut cq = CompletionQueue::new(CQN, KernelRing::new(7, 5)?, doorbells, &uar)
+    let mut cq = CompletionQueue::new(CQN, ring(7, 5)?, doorbells, &uar)
         .map_err(config_error)?;
     // What the device's registers hold: the page's bytes as they are (the doorbell
     // views are big-endian).

@@ -13,7 +13,7 @@ use core::ffi::c_void;
 use core::ptr::NonNull;
 
 use hw_mlx4::fastpath::platform::{
-    DmaRing, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot,
+    DoorbellRecord, MemoryRing, Platform, RingMemory, SharedCounter, UarPage, WrIdSlot,
 };
 use hw_mlx4::wire::{eq_doorbell_offset, CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use kernel::alloc::{flags::GFP_KERNEL, KVec};
@@ -34,19 +34,17 @@ pub(crate) struct QueueMemory {
 }
 
 impl QueueMemory {
-    /// `size` bytes, a power of two.
+    /// `size` bytes, a power of two (at least 16 are allocated, so that the memory is
+    /// 16-byte aligned whatever its use).
     pub(crate) fn new(size: usize) -> Result<Self> {
         if !size.is_power_of_two() {
             return Err(EINVAL);
         }
+        let size = size.max(16);
         // SAFETY: the helper allocates or returns NULL; nothing else is required.
         let cpu = unsafe { tilde_mlx4_queue_alloc(size) };
         let cpu = NonNull::new(cpu.cast::<u8>()).ok_or(ENOMEM)?;
         Ok(Self { cpu, size })
-    }
-
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.cpu.as_ptr()
     }
 
     /// The 32-bit word at `offset`, read once; `None` past the end or unaligned.
@@ -67,99 +65,29 @@ impl Drop for QueueMemory {
     }
 }
 
-/// A ring of `1 << log_entries` entries of `1 << entry_shift` bytes in queue memory.
-pub(crate) struct KernelRing {
-    memory: QueueMemory,
-    log_entries: u32,
-    entry_shift: u32,
-    /// `(1 << log_entries) - 1`: masks a free-running counter to a slot.
-    slot_mask: u32,
-}
-
-impl KernelRing {
-    pub(crate) fn new(log_entries: u32, entry_shift: u32) -> Result<Self> {
-        // Up to 16 MiB: more than any mlx4 queue.
-        let bits = log_entries
-            .checked_add(entry_shift)
-            .filter(|bits| *bits < 24)
-            .ok_or(EINVAL)?;
-        Ok(Self {
-            memory: QueueMemory::new(1 << bits)?,
-            log_entries,
-            entry_shift,
-            slot_mask: (1 << log_entries) - 1,
-        })
+// SAFETY: the allocation is `size` bytes, at least 16 and a power of two, so kmalloc
+// aligns it to its size; it stays put until `drop`.
+unsafe impl RingMemory for QueueMemory {
+    fn as_ptr(&self) -> *mut u8 {
+        self.cpu.as_ptr()
     }
 
-    /// The first byte of entry `index` (masked to the ring) and the entry's length.
-    #[inline]
-    fn entry(&self, index: u32) -> (*mut u8, usize) {
-        let slot = (index & self.slot_mask) as usize;
-        // `new` keeps `log_entries + entry_shift < 24`: no shift here wraps.
-        let len = 1usize.wrapping_shl(self.entry_shift);
-        // SAFETY: `slot < 1 << log_entries`, so the entry lies inside the memory.
-        let start = unsafe { self.memory.as_ptr().add(slot.wrapping_shl(self.entry_shift)) };
-        (start, len)
-    }
-
-    /// The big-endian word at byte `offset` of entry `index`, if it lies in the entry.
-    #[inline]
-    fn word(&self, index: u32, offset: usize) -> Option<*mut u32> {
-        let (start, len) = self.entry(index);
-        if offset % 4 != 0 || offset.checked_add(4)? > len {
-            return None;
-        }
-        // SAFETY: inside the entry (checked above), 4-aligned (entries are at least 16
-        // bytes and the memory is aligned to its size).
-        Some(unsafe { start.add(offset) }.cast::<u32>())
+    fn size(&self) -> usize {
+        self.size
     }
 }
 
-impl DmaRing for KernelRing {
-    #[inline]
-    fn log_entries(&self) -> u32 {
-        self.log_entries
-    }
+/// A ring of queue memory: `hw_mlx4`'s memory ring over a kernel allocation.
+pub(crate) type KernelRing = MemoryRing<QueueMemory>;
 
-    #[inline]
-    fn entry_shift(&self) -> u32 {
-        self.entry_shift
-    }
-
-    #[inline]
-    unsafe fn with_entry<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
-        let (start, len) = self.entry(index);
-        // SAFETY: the entry is inside the memory; the caller has it by the queue
-        // protocol, so neither the device nor other CPU code writes it meanwhile.
-        f(unsafe { core::slice::from_raw_parts(start, len) })
-    }
-
-    #[inline]
-    unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let (start, len) = self.entry(index);
-        // SAFETY: as for `with_entry`; in addition the caller holds no other reference
-        // to the entry, so this one is unique.
-        f(unsafe { core::slice::from_raw_parts_mut(start, len) })
-    }
-
-    #[inline]
-    fn read_word(&self, index: u32, offset: usize) -> u32 {
-        match self.word(index, offset) {
-            // SAFETY: a valid, aligned word of queue memory; read once, as the device
-            // may be writing the entry (`READ_ONCE`).
-            Some(word) => u32::from_be(unsafe { word.read_volatile() }),
-            None => 0,
-        }
-    }
-
-    #[inline]
-    fn write_word(&self, index: u32, offset: usize, value: u32) {
-        if let Some(word) = self.word(index, offset) {
-            // SAFETY: a valid, aligned word of queue memory, written once
-            // (`WRITE_ONCE`); the caller ordered the entry's body before it.
-            unsafe { word.write_volatile(value.to_be()) };
-        }
-    }
+/// A ring of `1 << log_entries` entries of `1 << entry_shift` bytes in new queue memory.
+pub(crate) fn ring(log_entries: u32, entry_shift: u32) -> Result<KernelRing> {
+    // Up to 16 MiB: more than any mlx4 queue.
+    let bits = log_entries
+        .checked_add(entry_shift)
+        .filter(|bits| *bits < 24)
+        .ok_or(EINVAL)?;
+    MemoryRing::new(QueueMemory::new(1 << bits)?, log_entries, entry_shift).ok_or(EINVAL)
 }
 
 /// A 32-bit doorbell record in queue memory, big-endian, as the device reads it.
