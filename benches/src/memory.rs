@@ -7,9 +7,8 @@
 //! [`Device`] plays the device's one part these benches need: a send CQE for every WQE
 //! handed over, written as the device writes it.
 
-use hw_mlx4::fastpath::platform::{
-    DmaRing, DoorbellRecord, MemoryRing, Platform, RingMemory, UarPage,
-};
+use hw_mlx4::fastpath::platform::{DmaRing, DoorbellRecord, Platform, UarPage};
+use hw_mlx4::ring::{MemoryRing, RingMemory};
 use hw_mlx4::wire::{
     eq_doorbell_offset, Be16, Be32, CqDoorbell, Cqe, SendOpcode, CQE_SIZE, UAR_CQ_DOORBELL,
     UAR_SEND_DOORBELL,

@@ -21,7 +21,7 @@ use kernel::prelude::*;
 
 mod platform;
 
-use hw_mlx4::fastpath::platform::RingMemory;
+use hw_mlx4::ring::RingMemory;
 use platform::{ring, KernelDoorbellRecord, KernelPlatform, QueueMemory, Uar, WrIds};
 
 module! {

@@ -12,9 +12,8 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use hw_mlx4::fastpath::platform::{
-    DoorbellRecord, MemoryRing, Platform, RingMemory, SharedCounter, UarPage, WrIdSlot,
-};
+use hw_mlx4::fastpath::platform::{DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot};
+use hw_mlx4::ring::{MemoryRing, RingMemory};
 use hw_mlx4::wire::{eq_doorbell_offset, CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use kernel::alloc::{flags::GFP_KERNEL, KVec};
 use kernel::prelude::*;

@@ -7,6 +7,8 @@
 //! - [`model`]: the device in software: executes WQEs between its QPs, writes CQEs and
 //!   EQEs, and reports driver mistakes as [`model::ModelError`].
 //!
+//! - [`ring`]: the ring over memory the CPU addresses, which the kernel module and the
+//!   benchmarks share.
 //! - [`selftest`]: the fast path over a platform's own queue memory with the CPU playing
 //!   the device, for where the model cannot run (the kernel module).
 //!
@@ -24,6 +26,7 @@ pub mod fastpath;
 #[cfg(not(tilde_kernel))]
 #[allow(missing_docs)] // Host-only (not in the kernel build, whose lints require docs)
 pub mod model;
+pub mod ring;
 pub mod selftest;
 pub mod wire;
 
