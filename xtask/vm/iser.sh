@@ -69,6 +69,18 @@ iser_login() {
 	[ -n "$disk" ] || { echo "FAIL: no disk appeared"; iscsiadm -m session -P 3 || true; return 1; }
 	ISER_DEV=/dev/$disk
 	echo "disk: $ISER_DEV ($(cat /sys/block/$disk/size) sectors)"
+	# Runtime PM kept on for the disk and its SCSI target. Otherwise a logout that finds
+	# the target's runtime-PM work pending WARNs in the kernel itself: the iSCSI class
+	# removes the target from its WQ_MEM_RECLAIM workqueue, which flushes the PM work
+	# of a workqueue without it (check_flush_dependency; seen once on 7.2, whichever
+	# transport). Nothing of the transport is involved.
+	local control
+	for control in "/sys/block/$disk/device/power/control" \
+		"/sys/block/$disk/device/../power/control"; do
+		if [ -w "$control" ]; then
+			echo on > "$control"
+		fi
+	done
 	[ "$(cat /sys/block/$disk/size)" = "$ISER_LUN_SECTORS" ]
 }
 
