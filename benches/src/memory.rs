@@ -9,14 +9,14 @@
 
 use hw_mlx4::fastpath::platform::{DmaRing, DoorbellRecord, Platform, UarPage};
 use hw_mlx4::ring::{MemoryRing, RingMemory};
+use hw_mlx4::selftest::write_cqe;
 use hw_mlx4::wire::{
-    eq_doorbell_offset, Be16, Be32, CqDoorbell, Cqe, SendOpcode, CQE_SIZE, UAR_CQ_DOORBELL,
-    UAR_SEND_DOORBELL,
+    eq_doorbell_offset, Be16, Be32, CqDoorbell, Cqe, SendOpcode, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL,
 };
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;
 use std::sync::atomic::{compiler_fence, AtomicU32, AtomicU64, Ordering};
-use zerocopy::{FromZeros, IntoBytes};
+use zerocopy::FromZeros;
 
 const PAGE: usize = 4096;
 
@@ -181,34 +181,16 @@ pub struct Device {
 impl Device {
     /// Writes a send CQE for each WQE of `qpn` up to counter `sq_head` into `cq_ring`
     /// (32-byte entries): the body, then, after the barrier, the owner byte of the lap.
-    pub fn complete_sends(&mut self, cq_ring: &impl DmaRing, qpn: u32, sq_head: u32) {
+    /// (The benches poll every CQE before the next ring's worth is written, so each entry
+    /// written is one the driver gave back.)
+    pub fn complete_sends(&mut self, cq_ring: &BenchRing, qpn: u32, sq_head: u32) {
         let entries = 1u32 << cq_ring.log_entries();
         while self.sq != sq_head {
             let mut cqe = Cqe::new_zeroed();
             cqe.vlan_my_qpn = Be32::new(qpn);
             cqe.wqe_index = Be16::new(self.sq as u16);
-            let owner = if self.cq & entries != 0 {
-                Cqe::OWNER
-            } else {
-                0
-            };
-            cqe.owner_sr_opcode = owner | Cqe::IS_SEND | SendOpcode::Send as u8;
-            let bytes = cqe.as_bytes();
-            // SAFETY: the driver gave this entry back (its consumer index passed it: the
-            // benches poll every CQE before the next ring's worth is written).
-            unsafe {
-                cq_ring.with_entry_mut(self.cq, |entry| {
-                    entry[..Cqe::OWNER_WORD_OFFSET]
-                        .copy_from_slice(&bytes[..Cqe::OWNER_WORD_OFFSET]);
-                });
-            }
-            MemoryPlatform::dma_wmb();
-            let last = u32::from_be_bytes(
-                bytes[Cqe::OWNER_WORD_OFFSET..CQE_SIZE]
-                    .try_into()
-                    .expect("4 bytes"),
-            );
-            cq_ring.write_word(self.cq, Cqe::OWNER_WORD_OFFSET, last);
+            cqe.owner_sr_opcode = Cqe::IS_SEND | SendOpcode::Send as u8;
+            write_cqe::<MemoryPlatform>(cq_ring, self.cq, entries, &cqe);
             self.sq = self.sq.wrapping_add(1);
             self.cq = self.cq.wrapping_add(1);
         }

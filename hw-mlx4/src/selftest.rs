@@ -426,9 +426,11 @@ fn check_recv_wqe<R: DmaRing>(
     Ok(seg.byte_count.get().min(posted.length))
 }
 
-/// Writes a CQE at the device's producer counter `index`: the body, then, after the
-/// barrier, the owner byte of this lap, as the device's DMA write makes it visible.
-fn write_cqe<P: Platform>(ring: &P::Ring, index: u32, entries: u32, cqe: &Cqe) {
+/// Writes a CQE at the device's producer counter `index` of a CQ of `entries` entries:
+/// the body, then, after the barrier, the owner byte of this lap (`cqe`'s own owner bit is
+/// ignored), as the device's DMA write makes it visible. The device's side for whoever
+/// plays it: this self-test, and the benchmarks' harness.
+pub fn write_cqe<P: Platform>(ring: &P::Ring, index: u32, entries: u32, cqe: &Cqe) {
     // 0 or 32: `CompletionQueue::new` accepts 32- and 64-byte entries only.
     let stride_offset = 1usize
         .checked_shl(ring.entry_shift())
