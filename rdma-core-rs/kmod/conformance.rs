@@ -23,6 +23,7 @@ module! {
 }
 
 mod bench;
+mod c_api_cases;
 #[path = "../conformance/cases.rs"]
 mod cases;
 mod resident;
@@ -198,6 +199,8 @@ impl kernel::Module for Conformance {
                         "sg_region_lends_pages_until_invalidated",
                         sg_region::sg_region_lends_pages_until_invalidated(&rig),
                     );
+                    record("device_by_name", c_api_cases::device_by_name(&rig));
+                    record("cq_resize", c_api_cases::cq_resize(&rig));
                 }
                 Err(error) => tally.record(&device, "setup", Err(Failure::Verb(error))),
             }

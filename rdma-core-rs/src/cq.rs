@@ -123,6 +123,48 @@ impl CompletionQueue {
         self.context
     }
 
+    /// How many completions the CQ holds (`ib_cq.cqe`, at least what was asked for):
+    /// what the QPs on it may have outstanding together.
+    pub fn capacity(&self) -> u32 {
+        self.state().capacity.load(Relaxed)
+    }
+
+    /// Grows the CQ to hold at least `entries` completions (`ib_resize_cq`), so that more
+    /// QPs, or deeper ones, fit on it. May sleep.
+    ///
+    /// Only growing: QPs reserved room against the current size and may have that many
+    /// completions outstanding, so a smaller `entries` is `EINVAL`. `EOPNOTSUPP` where the
+    /// device cannot resize, and on kernels whose IB core no longer lets kernel consumers
+    /// resize at all ([`sys::c_api::CQ_RESIZE`] is false there); the CQ is unchanged then.
+    pub fn resize(&self, entries: u32) -> Result {
+        let capacity = self.capacity();
+        if entries < capacity {
+            pr_err!(
+                "{}: CQ of {} entries cannot shrink to {}: completions may be outstanding\n",
+                self.device.name(),
+                capacity,
+                entries
+            );
+            return Err(EINVAL);
+        }
+        let entries = i32::try_from(entries).map_err(|_| EINVAL)?;
+        // SAFETY: the CQ is valid while `self` lives, and a kernel CQ; callers may sleep
+        // (documented). The driver serialises a resize with polling itself.
+        unsafe { sys::c_api::resize_cq(self.cq.as_ptr(), entries) }?;
+        // SAFETY: the CQ is valid; the driver updated `cqe` to the new actual size.
+        let resized = u32::try_from(unsafe { (*self.cq.as_ptr()).cqe }).unwrap_or(0);
+        // Reservations made meanwhile checked against the old size, which is smaller; of
+        // two racing resizes the larger size stays.
+        let mut current = self.state().capacity.load(Relaxed);
+        while current < resized {
+            match self.state().capacity.cmpxchg(current, resized, Relaxed) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        Ok(())
+    }
+
     /// Delivers up to `budget` completions to their handlers and returns how many, on a
     /// direct CQ; other CQs deliver by themselves, and a direct CQ being polled elsewhere
     /// at the moment delivers there: both return 0.

@@ -31,6 +31,13 @@ impl DeviceName {
     }
 }
 
+impl DeviceName {
+    /// The name as the C string it is in the device (empty if the copy has no NUL).
+    pub fn as_c_str(&self) -> &core::ffi::CStr {
+        core::ffi::CStr::from_bytes_until_nul(&self.bytes).unwrap_or(c"")
+    }
+}
+
 impl core::fmt::Display for DeviceName {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.as_str())
@@ -177,6 +184,22 @@ impl Device {
 /// A registration reference to a device (`ib_device_try_get` / `ib_device_put`): while
 /// one exists the device stays registered and its memory valid.
 pub struct DeviceRef(NonNull<sys::ib_device>);
+
+impl DeviceRef {
+    /// The registered device named `name` (what `rdma link` shows), or `ENODEV`.
+    ///
+    /// Device clients ([`crate::client`]) are the way to follow devices as they come and
+    /// go; this finds one by the name a user gave (a module parameter, a configfs
+    /// attribute). May sleep, and never from a client's `add` or `remove`: on kernels
+    /// whose IB core keeps its lookup to itself, the binding layer looks through a
+    /// transient client of its own, which waits for the client lock those callbacks hold.
+    pub fn by_name(name: &core::ffi::CStr) -> Result<Self> {
+        // The reference taken is the one `DeviceRef` owns.
+        NonNull::new(sys::c_api::device_get_by_name(name))
+            .map(Self)
+            .ok_or(ENODEV)
+    }
+}
 
 // SAFETY: the reference is a counter in the device; taking and dropping it is safe from
 // any thread, and `Device` itself is only used through shared references.

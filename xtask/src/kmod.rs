@@ -114,7 +114,8 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         .root
         .dir
         .join(toolchain.tree().trim_start_matches('/'));
-    let features = kernel_features(&tree)?;
+    let mut features = kernel_features(&tree)?;
+    features.extend(binding_features(&fs::read_to_string(out.join(BINDINGS))?));
     let cfgs: Vec<String> = features
         .iter()
         .filter(|f| **f != "zerocopy")
@@ -268,6 +269,24 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     Ok(features)
 }
 
+/// What the kernel's RDMA C API offers, found in the bindings bindgen made from its own
+/// headers: a function's presence, as the generated declarations show it (each one a
+/// `--cfg tilde_<feature>` like [`kernel_features`]'):
+/// - `ib_resize_cq`: kernel consumers may resize a CQ (gone when the IB core made
+///   resizing a user-only verb, `resize_user_cq`);
+/// - `ib_device_get_by_name`: the IB core looks a device up by name for any module (else
+///   the binding layer does it with a transient client).
+pub fn binding_features(bindings: &str) -> Vec<&'static str> {
+    [
+        ("ib_resize_cq", "pub fn ib_resize_cq("),
+        ("ib_device_get_by_name", "pub fn ib_device_get_by_name("),
+    ]
+    .into_iter()
+    .filter(|(_, declaration)| bindings.contains(declaration))
+    .map(|(feature, _)| feature)
+    .collect()
+}
+
 /// The kernel's vendored zerocopy from another prepared tree in the same build root, for
 /// a kernel whose Rust has none (6.12): its source (compiled by our Kbuild with this
 /// kernel's flags) and its derive macro (a host library, usable by any build of the same
@@ -392,6 +411,19 @@ fn bindgen_command(saved: &str, header: &str, out: &str, parameters: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binding_features_are_the_declared_functions() {
+        let old = "extern \"C\" {\n    pub fn ib_resize_cq(cq: *mut ib_cq, cqe: ffi::c_int) -> ffi::c_int;\n}\n\
+                   extern \"C\" {\n    pub fn ib_device_get_by_name(\n        name: *const ffi::c_char,\n";
+        assert_eq!(
+            binding_features(old),
+            ["ib_resize_cq", "ib_device_get_by_name"]
+        );
+        // A slot of the same name in `ib_device_ops` is not the consumer function.
+        let new = "    pub resize_user_cq: ::core::option::Option<\n    pub fn ib_resize_cq_user(";
+        assert!(binding_features(new).is_empty());
+    }
 
     #[test]
     fn bindgen_command_keeps_kernel_flags_and_swaps_header_and_output() {

@@ -4,6 +4,8 @@
  */
 #include "tilde_rdma.h"
 #include <linux/delay.h>
+#include <linux/mutex.h>
+#include <linux/string.h>
 #include <linux/timekeeping.h>
 
 u32 tilde_rdma_start_port(const struct ib_device *device)
@@ -188,4 +190,46 @@ void tilde_rdma_dma_rmb(void)
 void tilde_rdma_wmb(void)
 {
 	wmb();
+}
+
+/*
+ * A device by name, with a registration reference, for kernels whose IB core keeps
+ * ib_device_get_by_name() to itself (sys/c_api.rs decides). Registering a client is the
+ * IB core's one exported way to see every registered device: its add callback runs for
+ * each one, under the core's device lock, so a device found there is registered and its
+ * reference can be taken. The callback declines every device, so the client keeps no
+ * state and unregistering it calls nothing. Lookups are serialised by one mutex. May
+ * sleep; never from an IB client callback, which holds the client lock registration needs.
+ */
+static DEFINE_MUTEX(tilde_rdma_lookup_lock);
+static const char *tilde_rdma_lookup_name;
+static struct ib_device *tilde_rdma_lookup_found;
+
+static int tilde_rdma_lookup_add(struct ib_device *device)
+{
+	if (!tilde_rdma_lookup_found &&
+	    !strncmp(device->name, tilde_rdma_lookup_name, IB_DEVICE_NAME_MAX) &&
+	    ib_device_try_get(device))
+		tilde_rdma_lookup_found = device;
+	return -EOPNOTSUPP;
+}
+
+static struct ib_client tilde_rdma_lookup_client = {
+	.name = "tilde_lookup",
+	.add = tilde_rdma_lookup_add,
+};
+
+struct ib_device *tilde_rdma_device_get_by_name(const char *name)
+{
+	struct ib_device *found;
+
+	mutex_lock(&tilde_rdma_lookup_lock);
+	tilde_rdma_lookup_name = name;
+	tilde_rdma_lookup_found = NULL;
+	if (!ib_register_client(&tilde_rdma_lookup_client))
+		ib_unregister_client(&tilde_rdma_lookup_client);
+	found = tilde_rdma_lookup_found;
+	tilde_rdma_lookup_name = NULL;
+	mutex_unlock(&tilde_rdma_lookup_lock);
+	return found;
 }

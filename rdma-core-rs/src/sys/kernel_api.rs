@@ -400,16 +400,17 @@ pub fn remove<T>(vec: &mut kernel::alloc::KVec<T>, index: usize) -> Option<T> {
 }
 
 /// A C string as the bindings take it: a pointer to the kernel's `char`, which is
-/// unsigned on every architecture (`-funsigned-char`), unlike `core::ffi::c_char`.
+/// unsigned on every architecture (`-funsigned-char`), unlike `core::ffi::c_char`; valid
+/// as long as `s`.
 #[cfg(tilde_str_const_char_ptr)]
-pub const fn c_str(s: &'static core::ffi::CStr) -> *const kernel::ffi::c_char {
+pub const fn c_str(s: &core::ffi::CStr) -> *const kernel::ffi::c_char {
     kernel::str::as_char_ptr_in_const_context(s)
 }
 
 /// A C string as the bindings take it (a kernel without `as_char_ptr_in_const_context`).
 #[cfg(not(tilde_str_const_char_ptr))]
 #[allow(clippy::disallowed_methods)]
-pub const fn c_str(s: &'static core::ffi::CStr) -> *const kernel::ffi::c_char {
+pub const fn c_str(s: &core::ffi::CStr) -> *const kernel::ffi::c_char {
     s.as_ptr().cast()
 }
 

@@ -14,7 +14,9 @@
 //!   here; older kernels' take `core::fmt` directly;
 //! - `pin_init::MaybeZeroable` (`tilde_pin_init_crate`): derived on every binding by the
 //!   kernel's bindgen flags where the `pin_init` crate exists;
-//! - the rest of the kernel crate's drift: `kernel_api`.
+//! - the rest of the kernel crate's drift: `kernel_api`;
+//! - the IB core's C API where kernels differ: `c_api`, decided by probes of the
+//!   generated bindings themselves.
 
 #[allow(
     non_camel_case_types,
@@ -53,6 +55,7 @@ mod generated {
 // uses the safe API, the way modules use `kernel::` abstractions and not `bindings`.
 pub use generated::*;
 
+pub mod c_api;
 pub mod kernel_api;
 
 #[cfg(tilde_kernel_fmt)]

@@ -32,6 +32,8 @@ void tilde_rdma_fill_sockaddr_in(void *storage, __be32 addr, __be16 port);
 bool tilde_rdma_llist_add(struct llist_node *node, struct llist_head *head);
 struct llist_node *tilde_rdma_llist_del_all(struct llist_head *head);
 
+struct ib_device *tilde_rdma_device_get_by_name(const char *name);
+
 u32 tilde_rdma_start_port(const struct ib_device *device);
 u32 tilde_rdma_end_port(const struct ib_device *device);
 

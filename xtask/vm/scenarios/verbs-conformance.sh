@@ -21,7 +21,8 @@ cases="device_query rc_connect
 	rc_softirq_cq rc_workqueue_cq rejected_post_hands_the_wr_back
 	wrong_qp_type_refused qp_dropped_in_reset_and_init frwr_reregistration_retires_the_old_key
 	cm_connect_send_disconnect cm_reject
-	sg_region_lends_pages_until_invalidated"
+	sg_region_lends_pages_until_invalidated
+	device_by_name cq_resize"
 count=0
 for case in $cases; do
 	expect_dmesg "$line: $case: PASS\$"
