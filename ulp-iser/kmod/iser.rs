@@ -180,6 +180,9 @@ struct ConnShared {
     local_invalidations: Atomic<u64>,
     /// Unsolicited Data-Out PDUs sent.
     data_outs: Atomic<u64>,
+    /// Management PDUs sent in a WR of the Data-Out pool, their task's own SEND WR not
+    /// back yet (`send_control`).
+    borrowed_sends: Atomic<u64>,
     #[pin]
     slots: SpinLock<KVec<Slot>>,
     /// Idle Data-Out WRs (capacity `DATA_OUT_WRS`, so putting one back never allocates).
@@ -211,6 +214,7 @@ impl ConnShared {
                 remote_invalidations: Atomic::new(0),
                 local_invalidations: Atomic::new(0),
                 data_outs: Atomic::new(0),
+                borrowed_sends: Atomic::new(0),
                 slots <- new_spinlock!(KVec::new()),
                 data_out <- new_spinlock!(KVec::new()),
             }),
@@ -459,14 +463,22 @@ impl ConnShared {
         }
     }
 
-    fn data_out_sent(&self, wr: KBox<WorkRequest<Work>>) {
+    /// A WR of the Data-Out pool is back: from a Data-Out PDU, or from a management PDU
+    /// that borrowed it (`send_control`), which may leave its task to put.
+    fn data_out_sent(&self, mut wr: KBox<WorkRequest<Work>>) {
         let failed = wr.completion().status != WcStatus::Success;
+        let put_task = core::mem::take(&mut wr.data_mut().put_task);
         // Room for every Data-Out WR was reserved at connect.
         if let Err(wr) = push_within_capacity(&mut self.data_out.lock(), wr) {
             drop(wr);
         }
         if failed {
             self.fail("a Data-Out send failed");
+            return;
+        }
+        if put_task != 0 {
+            // SAFETY: as in `sent`: `xmit` kept the task for this.
+            unsafe { sys::iscsi_put_task(put_task as *mut sys::iscsi_task) };
         }
     }
 
@@ -756,7 +768,7 @@ impl Drop for Endpoint {
         if self.state.load(Acquire) == ESTABLISHED {
             let (ip, port) = ipv4(&self.dst);
             pr_info!(
-                "{}: disconnected from {}.{}.{}.{}:{}: {} commands registered, {} keys invalidated by the target, {} by LOCAL_INV, {} unsolicited Data-Out PDUs\n",
+                "{}: disconnected from {}.{}.{}.{}:{}: {} commands registered, {} keys invalidated by the target, {} by LOCAL_INV, {} unsolicited Data-Out PDUs, {} management PDUs in a pool WR\n",
                 self.shared.device,
                 ip[0],
                 ip[1],
@@ -766,7 +778,8 @@ impl Drop for Endpoint {
                 self.shared.registered.load(Relaxed),
                 self.shared.remote_invalidations.load(Relaxed),
                 self.shared.local_invalidations.load(Relaxed),
-                self.shared.data_outs.load(Relaxed)
+                self.shared.data_outs.load(Relaxed),
+                self.shared.borrowed_sends.load(Relaxed)
             );
         }
         // Drains and destroys the QP: every WR comes back to its handler first.
@@ -1329,9 +1342,19 @@ impl Endpoint {
             pr_err!("{}: a {} byte PDU data segment is too long\n", self.shared.device, data.len());
             return Err(errno(kernel::bindings::EMSGSIZE));
         }
-        let mut send = {
-            let mut slots = self.shared.slots.lock();
-            slots.get_mut(index).ok_or(EINVAL)?.send.take().ok_or(EAGAIN)?
+        let own = self.shared.slots.lock().get_mut(index).ok_or(EINVAL)?.send.take();
+        // libiscsi reuses a task once its response is in, which can come before the
+        // completion of the task's previous SEND is handled: the login task, stage after
+        // stage, with iscsid answering at once. Such a PDU goes in an idle WR of the
+        // Data-Out pool (xmit runs under the session's lock, so no command is counting
+        // on the pool meanwhile), which its completion gives back to the pool.
+        let mut send = match own {
+            Some(send) => send,
+            None => {
+                let send = remove(&mut self.shared.data_out.lock(), 0).ok_or(EAGAIN)?;
+                self.shared.borrowed_sends.add(1, Relaxed);
+                send
+            }
         };
         let header = IserHeader::control(None, None);
         let len = HEADERS_LEN + data.len();
@@ -1346,11 +1369,11 @@ impl Endpoint {
         });
         send.data_mut().put_task = put_task;
         if let Err(error) = filled {
-            self.shared.put_send(index, send);
+            self.shared.give_back(send);
             return Err(error);
         }
         queues.post_send(send, SendOp::Send, 0, len).map_err(|rejected| {
-            self.shared.put_send(index, rejected.wr);
+            self.shared.give_back(rejected.wr);
             rejected.error
         })
     }
@@ -1650,6 +1673,20 @@ impl ConnShared {
     fn put_send(&self, index: usize, send: KBox<WorkRequest<Work>>) {
         if let Some(slot) = self.slots.lock().get_mut(index) {
             slot.send = Some(send);
+        }
+    }
+
+    /// Gives an unposted SEND WR back where it came from: its slot, or the Data-Out pool.
+    fn give_back(&self, mut send: KBox<WorkRequest<Work>>) {
+        match send.data().kind {
+            Kind::DataOut => {
+                send.data_mut().put_task = 0;
+                // Room for every Data-Out WR was reserved at connect.
+                if let Err(wr) = push_within_capacity(&mut self.data_out.lock(), send) {
+                    drop(wr);
+                }
+            }
+            _ => self.put_send(send.data().slot, send),
         }
     }
 }

@@ -26,7 +26,7 @@ iser_logout
 iser_unsolicited_check
 # The InitialR2T=No session sent Data-Out PDUs. (Its keys are invalidated by the target,
 # or, where 6.12's isert answers without SEND with Invalidate, by LOCAL_INV first.)
-expect_dmesg 'tilde_iser: rxe0: disconnected from .*: [1-9][0-9]* commands registered, .*, [1-9][0-9]* unsolicited Data-Out PDUs$'
+expect_dmesg 'tilde_iser: rxe0: disconnected from .*: [1-9][0-9]* commands registered, .*, [1-9][0-9]* unsolicited Data-Out PDUs, [0-9]+ management PDUs in a pool WR$'
 reject_dmesg 'received DataOUT for a NON-WRITE command'
 iser_login
 iser_device_removal
