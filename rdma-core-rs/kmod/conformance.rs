@@ -201,6 +201,10 @@ impl kernel::Module for Conformance {
                     );
                     record("device_by_name", c_api_cases::device_by_name(&rig));
                     record("cq_resize", c_api_cases::cq_resize(&rig));
+                    record(
+                        "bvec_send_and_receive",
+                        c_api_cases::bvec_send_and_receive(&rig),
+                    );
                 }
                 Err(error) => tally.record(&device, "setup", Err(Failure::Verb(error))),
             }

@@ -56,6 +56,7 @@ bool tilde_conformance_traffic(void)
 struct scatterlist *tilde_conformance_pages_alloc(unsigned int n);
 void tilde_conformance_pages_free(struct scatterlist *sgl, unsigned int n);
 const u8 *tilde_conformance_page_address(struct scatterlist *sgl, unsigned int i);
+struct page *tilde_conformance_page(struct scatterlist *sgl, unsigned int i);
 
 struct scatterlist *tilde_conformance_pages_alloc(unsigned int n)
 {
@@ -90,4 +91,10 @@ void tilde_conformance_pages_free(struct scatterlist *sgl, unsigned int n)
 const u8 *tilde_conformance_page_address(struct scatterlist *sgl, unsigned int i)
 {
 	return page_address(sg_page(&sgl[i]));
+}
+
+/* The page of entry `i`, for the bio_vec case (c_api_cases.rs). */
+struct page *tilde_conformance_page(struct scatterlist *sgl, unsigned int i)
+{
+	return sg_page(&sgl[i]);
 }

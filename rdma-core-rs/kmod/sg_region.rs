@@ -33,16 +33,19 @@ extern "C" {
     fn tilde_conformance_pages_alloc(n: u32) -> *mut sys::scatterlist;
     fn tilde_conformance_pages_free(sgl: *mut sys::scatterlist, n: u32);
     fn tilde_conformance_page_address(sgl: *mut sys::scatterlist, i: u32) -> *const u8;
+    // A `struct page *`, untyped here: `struct page` is not FFI-safe in Rust's eyes (an
+    // empty lockdep map in it).
+    fn tilde_conformance_page(sgl: *mut sys::scatterlist, i: u32) -> *mut core::ffi::c_void;
 }
 
-const PAGES: u32 = 4;
-const PAGE: usize = 4096;
+pub(crate) const PAGES: u32 = 4;
+pub(crate) const PAGE: usize = 4096;
 
 /// `PAGES` zeroed pages with their scatterlist, freed on drop.
-struct Pages(*mut sys::scatterlist);
+pub(crate) struct Pages(*mut sys::scatterlist);
 
 impl Pages {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         // SAFETY: allocates; null on failure.
         let sgl = unsafe { tilde_conformance_pages_alloc(PAGES) };
         if sgl.is_null() {
@@ -51,8 +54,30 @@ impl Pages {
         Ok(Self(sgl))
     }
 
+    /// Page `i` (below `PAGES`), for a bio_vec.
+    pub(crate) fn page(&self, i: u32) -> *mut sys::page {
+        // SAFETY: the list has `PAGES` entries, each with its page, until the drop.
+        unsafe { tilde_conformance_page(self.0, i.min(PAGES - 1)) }.cast()
+    }
+
+    /// Sets byte `offset` of the pages, taken as one buffer (below `PAGES * PAGE`).
+    pub(crate) fn set(&self, offset: usize, value: u8) {
+        let (page, within) = (offset / PAGE, offset % PAGE);
+        if page >= PAGES as usize {
+            return;
+        }
+        // SAFETY: `page < PAGES`, so the page is ours and lowmem (`alloc_page(GFP_KERNEL)`),
+        // and `within < PAGE`; no mapping of it is with the device while the case writes.
+        unsafe {
+            tilde_conformance_page_address(self.0, page as u32)
+                .cast_mut()
+                .add(within)
+                .write_volatile(value)
+        }
+    }
+
     /// Byte `offset` of the pages, taken as one buffer.
-    fn byte(&self, offset: usize) -> u8 {
+    pub(crate) fn byte(&self, offset: usize) -> u8 {
         let (page, within) = (offset / PAGE, offset % PAGE);
         // SAFETY: `page < PAGES` for the offsets the case reads; the page is ours and
         // lowmem (`alloc_page(GFP_KERNEL)`), `within < PAGE`; read volatile, as memory a

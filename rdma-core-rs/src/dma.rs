@@ -157,7 +157,7 @@ impl Drop for DmaBuffer {
     }
 }
 
-/// Which way a [`SgMapping`]'s data moves (`enum dma_data_direction`).
+/// Which way a [`SgMapping`]'s or [`BvecMapping`]'s data moves (`enum dma_data_direction`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DmaDirection {
     /// The device reads the pages (a SCSI WRITE's data, which the peer RDMA READs).
@@ -172,6 +172,102 @@ impl DmaDirection {
             Self::ToDevice => sys::dma_data_direction_DMA_TO_DEVICE,
             Self::FromDevice => sys::dma_data_direction_DMA_FROM_DEVICE,
         }
+    }
+}
+
+/// One segment of memory someone else owns, as the block layer describes it (`struct
+/// bio_vec`: a page, an offset in it, a length), mapped for DMA by one device and
+/// unmapped on drop. A work request carries it as its local memory
+/// ([`crate::wr::WorkRequest::replace_pages`]), which the device reaches under the PD's
+/// local DMA key, with no registration: the zero-copy SEND, receive, or local side of an
+/// RDMA READ or WRITE, as the IB core's own R/W contexts do with bio_vecs.
+///
+/// Mapped with `ib_dma_map_bvec` where the kernel has it, else `ib_dma_map_page` of the
+/// same page, offset and length (what the former does for pages the kernel maps); the
+/// binding layer picks (`tilde_rdma_dma_map_bvec`).
+pub struct BvecMapping {
+    device: DeviceRef,
+    addr: u64,
+    len: u32,
+    direction: DmaDirection,
+}
+
+impl BvecMapping {
+    /// Maps `bvec` for `device`, for the device to read (`ToDevice`: a SEND or RDMA WRITE
+    /// from it) or to write (`FromDevice`: a receive or RDMA READ into it).
+    ///
+    /// # Safety
+    ///
+    /// `bvec` names a valid page (`bv_page`) and a range within it, which stays allocated
+    /// until the mapping is dropped.
+    pub unsafe fn new(
+        device: &Device,
+        bvec: &sys::bio_vec,
+        direction: DmaDirection,
+    ) -> Result<Self> {
+        if bvec.bv_len == 0 || bvec.bv_page.is_null() {
+            return Err(EINVAL);
+        }
+        let device = device.to_ref()?;
+        // SAFETY: the device is valid (we hold a reference); the segment is valid
+        // (caller); the helper only reads `bvec`.
+        let addr = unsafe { sys::tilde_rdma_dma_map_bvec(device.as_raw(), bvec, direction.raw()) };
+        // SAFETY: `addr` is what the map returned for this device.
+        if unsafe { sys::tilde_rdma_dma_mapping_error(device.as_raw(), addr) } != 0 {
+            pr_err!(
+                "{}: cannot map a {} byte bio_vec for DMA\n",
+                device.name(),
+                bvec.bv_len
+            );
+            return Err(ENOMEM);
+        }
+        Ok(Self {
+            device,
+            addr,
+            len: bvec.bv_len,
+            direction,
+        })
+    }
+
+    /// The device the segment is mapped for.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The segment's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the segment is empty (never: `new` refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Which way the device may move data.
+    pub fn direction(&self) -> DmaDirection {
+        self.direction
+    }
+
+    /// The DMA address of `len` bytes at `offset`, if they lie within the segment.
+    pub(crate) fn dma_addr(&self, offset: usize, len: usize) -> Option<u64> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len()).then(|| self.addr + offset as u64)
+    }
+}
+
+impl Drop for BvecMapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped for this device in `new` with this length and direction, and
+        // unmapped once; the page is still allocated (the creator's promise).
+        unsafe {
+            sys::tilde_rdma_dma_unmap_bvec(
+                self.device.as_raw(),
+                self.addr,
+                self.len,
+                self.direction.raw(),
+            )
+        };
     }
 }
 

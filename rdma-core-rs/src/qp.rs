@@ -19,6 +19,7 @@ use kernel::sync::Arc;
 use crate::ah::AddressHandle;
 use crate::cq::CompletionQueue;
 use crate::device::{teardown_may_sleep, Device, DeviceRef};
+use crate::dma::DmaDirection;
 use crate::mr::{MemoryRegion, SgRegion};
 use crate::pd::ProtectionDomain;
 use crate::sys;
@@ -173,13 +174,25 @@ impl Queues {
         wr: &WorkRequest<T>,
         offset: usize,
         len: usize,
+        device_writes: bool,
     ) -> Result<sys::ib_sge> {
-        let buffer = wr.buffer.as_ref().ok_or(EINVAL)?;
-        // A DMA address means nothing to another device.
-        if !buffer.device().is(&self.device) {
-            return Err(EINVAL);
+        let addr = match (&wr.buffer, &wr.pages) {
+            // A DMA address means nothing to another device.
+            (Some(buffer), _) if buffer.device().is(&self.device) => buffer.dma_addr(offset, len),
+            (None, Some(pages)) if pages.device().is(&self.device) => {
+                // A buffer is mapped both ways; borrowed pages only the way they were.
+                let wanted = if device_writes {
+                    DmaDirection::FromDevice
+                } else {
+                    DmaDirection::ToDevice
+                };
+                (pages.direction() == wanted)
+                    .then(|| pages.dma_addr(offset, len))
+                    .flatten()
+            }
+            _ => None,
         }
-        let addr = buffer.dma_addr(offset, len).ok_or(EINVAL)?;
+        .ok_or(EINVAL)?;
         Ok(sys::ib_sge {
             addr,
             length: u32::try_from(len).map_err(|_| EINVAL)?,
@@ -242,14 +255,15 @@ impl Queues {
         })
     }
 
-    /// Posts a receive of up to `len` bytes into the WR's buffer at `offset`.
+    /// Posts a receive of up to `len` bytes into the WR's buffer (or, without one, its
+    /// pages) at `offset`.
     pub fn post_recv<T: CompletionHandler>(
         &self,
         wr: KBox<WorkRequest<T>>,
         offset: usize,
         len: usize,
     ) -> PostResult<T> {
-        let mut sge = or_reject!(self.sge(&wr, offset, len), wr);
+        let mut sge = or_reject!(self.sge(&wr, offset, len, true), wr);
         self.submit(wr, |cqe| {
             let recv = sys::ib_recv_wr {
                 next: core::ptr::null_mut(),
@@ -265,7 +279,8 @@ impl Queues {
     }
 
     /// Posts a signaled send (SEND, or RDMA WRITE from / READ into) of `len` bytes of the
-    /// WR's buffer at `offset`, on an RC QP.
+    /// WR's buffer (or, without one, its pages: mapped `ToDevice`, or `FromDevice` for a
+    /// READ) at `offset`, on an RC QP.
     pub fn post_send<T: CompletionHandler>(
         &self,
         wr: KBox<WorkRequest<T>>,
@@ -274,7 +289,8 @@ impl Queues {
         len: usize,
     ) -> PostResult<T> {
         or_reject!(self.require(sys::ib_qp_type_IB_QPT_RC), wr);
-        let mut sge = or_reject!(self.sge(&wr, offset, len), wr);
+        let device_writes = matches!(op, SendOp::RdmaRead { .. });
+        let mut sge = or_reject!(self.sge(&wr, offset, len, device_writes), wr);
         let (opcode, imm, remote) = match op {
             SendOp::Send => (sys::ib_wr_opcode_IB_WR_SEND, 0, None),
             SendOp::SendWithImm(imm) => (sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM, imm.to_be(), None),
@@ -322,7 +338,7 @@ impl Queues {
         offset: usize,
     ) -> PostResult<T> {
         or_reject!(self.require(sys::ib_qp_type_IB_QPT_RC), wr);
-        let mut sge = or_reject!(self.sge(&wr, offset, 8), wr);
+        let mut sge = or_reject!(self.sge(&wr, offset, 8, true), wr);
         let (opcode, remote_addr, rkey, compare_add, swap) = match op {
             AtomicOp::CompareAndSwap {
                 remote_addr,
@@ -374,7 +390,7 @@ impl Queues {
         if !dest.ah.device().is(&self.device) {
             return Err(Rejected { error: EINVAL, wr });
         }
-        let mut sge = or_reject!(self.sge(&wr, offset, len), wr);
+        let mut sge = or_reject!(self.sge(&wr, offset, len, false), wr);
         let mut ud = sys::ib_ud_wr {
             wr: signaled_wr(sys::ib_wr_opcode_IB_WR_SEND, Some(&mut sge)),
             ah: dest.ah.as_raw(),

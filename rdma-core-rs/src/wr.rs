@@ -15,7 +15,7 @@ use kernel::types::Opaque;
 
 use crate::ah::AddressHandle;
 use crate::cq::CqState;
-use crate::dma::DmaBuffer;
+use crate::dma::{BvecMapping, DmaBuffer};
 use crate::mr::{MemoryRegion, SgRegion};
 use crate::qp::Queues;
 use crate::sys;
@@ -47,6 +47,8 @@ pub struct WorkRequest<T: CompletionHandler> {
     /// itself down there (the completion's own `wc.qp` is not needed, so not trusted).
     pub(crate) queues: *const Queues,
     pub(crate) buffer: Option<DmaBuffer>,
+    /// Memory someone else owns, the local side of the WR when it has no `buffer`.
+    pub(crate) pages: Option<BvecMapping>,
     pub(crate) region: Option<MemoryRegion>,
     pub(crate) sg_region: Option<SgRegion>,
     pub(crate) ah: Option<Arc<AddressHandle>>,
@@ -74,6 +76,7 @@ impl<T: CompletionHandler> WorkRequest<T> {
                 completion: WorkCompletion::EMPTY,
                 queues: core::ptr::null(),
                 buffer: None,
+                pages: None,
                 region: None,
                 sg_region: None,
                 ah: None,
@@ -118,6 +121,13 @@ impl<T: CompletionHandler> WorkRequest<T> {
     /// Gives the WR a buffer, returning the one it had.
     pub fn replace_buffer(&mut self, buffer: Option<DmaBuffer>) -> Option<DmaBuffer> {
         core::mem::replace(&mut self.buffer, buffer)
+    }
+
+    /// Gives the WR a mapped bio_vec as its local memory (used when it has no buffer),
+    /// returning the one it had: a posted WR owns it until its completion, when the
+    /// caller takes it back this way, to unmap it by dropping it.
+    pub fn replace_pages(&mut self, pages: Option<BvecMapping>) -> Option<BvecMapping> {
+        core::mem::replace(&mut self.pages, pages)
     }
 
     /// Takes back the memory region a REG_MR carried (registered if it succeeded).

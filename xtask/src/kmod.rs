@@ -118,8 +118,13 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     features.extend(binding_features(&fs::read_to_string(out.join(BINDINGS))?));
     let cfgs: Vec<String> = features
         .iter()
-        .filter(|f| **f != "zerocopy")
+        .filter(|f| **f != "zerocopy" && !C_FEATURES.contains(f))
         .map(|f| format!("--cfg tilde_{f}"))
+        .collect();
+    let defines: Vec<String> = features
+        .iter()
+        .filter(|f| C_FEATURES.contains(f))
+        .map(|f| format!("-DTILDE_{}", f.to_uppercase()))
         .collect();
     // zerocopy: the kernel's own, or a bridge to another tree's copy (see
     // `zerocopy_bridge`); without either, the ULPs that need it are not built.
@@ -181,13 +186,14 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             &binds,
             &format!(
                 "{prepare}make -C {} M={sources} {mo} KERNELRELEASE={} \
-                 TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} \
+                 TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} TILDE_CDEFINES={} \
                  TILDE_RDMA_CORE_ROOT={core_root} TILDE_ULP_ISER_ROOT={iser_root} \
                  TILDE_HW_MLX4_ROOT={mlx4_root} \
                  TILDE_ZEROCOPY={} {bridge_vars} CLIPPY=1 -j{jobs} modules",
                 toolchain.tree(),
                 sh_quote(&toolchain.release),
                 sh_quote(&cfgs.join(" ")),
+                sh_quote(&defines.join(" ")),
                 u8::from(zerocopy),
             ),
             &log,
@@ -242,7 +248,9 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 /// - `str_const_char_ptr`: `kernel::str::as_char_ptr_in_const_context`;
 /// - `kvec_remove`: `KVec::remove` (else a shim on `set_len`);
 /// - `zerocopy`: the kernel's own zerocopy crate, which `ulp_iser`'s wire views use (not a
-///   cfg: without it the iSER module is not built).
+///   cfg: without it the iSER module is not built);
+/// - `ib_dma_map_bvec`: the static inline `ib_dma_map_bvec`, which only the C helpers can
+///   call, so it is a C define (`-DTILDE_IB_DMA_MAP_BVEC`, [`C_FEATURES`]), not a cfg.
 pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     let has = |path: &str| tree.join(path).exists();
     let mentions = |path: &str, text: &str| -> Result<bool> {
@@ -266,8 +274,15 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     if has("rust/libzerocopy.rmeta") {
         features.push("zerocopy");
     }
+    if mentions("include/rdma/ib_verbs.h", "u64 ib_dma_map_bvec(")? {
+        features.push("ib_dma_map_bvec");
+    }
     Ok(features)
 }
+
+/// Features the binding layer's C helpers (`helpers.c`) need, as `-DTILDE_<FEATURE>`
+/// (static inline functions: bindgen does not see them, and only C can call them).
+const C_FEATURES: &[&str] = &["ib_dma_map_bvec"];
 
 /// What the kernel's RDMA C API offers, found in the bindings bindgen made from its own
 /// headers: a function's presence, as the generated declarations show it (each one a

@@ -233,3 +233,33 @@ struct ib_device *tilde_rdma_device_get_by_name(const char *name)
 	mutex_unlock(&tilde_rdma_lookup_lock);
 	return found;
 }
+
+/*
+ * One bio_vec mapped for a device. Kernels with ib_dma_map_bvec() (cargo xtask kmod's
+ * probe defines TILDE_IB_DMA_MAP_BVEC) map its physical range with it; older ones map
+ * the same page, offset and length with ib_dma_map_page(), which is what the newer
+ * helper does for pages the kernel maps. Both use the virtual address for software
+ * devices.
+ */
+u64 tilde_rdma_dma_map_bvec(struct ib_device *device, const struct bio_vec *bvec,
+			    enum dma_data_direction direction)
+{
+#ifdef TILDE_IB_DMA_MAP_BVEC
+	struct bio_vec segment = *bvec;
+
+	return ib_dma_map_bvec(device, &segment, direction);
+#else
+	return ib_dma_map_page(device, bvec->bv_page, bvec->bv_offset, bvec->bv_len,
+			       direction);
+#endif
+}
+
+void tilde_rdma_dma_unmap_bvec(struct ib_device *device, u64 dma_addr, u32 len,
+			       enum dma_data_direction direction)
+{
+#ifdef TILDE_IB_DMA_MAP_BVEC
+	ib_dma_unmap_bvec(device, dma_addr, len, direction);
+#else
+	ib_dma_unmap_page(device, dma_addr, len, direction);
+#endif
+}

@@ -16,6 +16,7 @@
 #include <rdma/rdma_cm.h>
 #include <rdma/ib_cm.h>
 #include <linux/llist.h>
+#include <linux/bvec.h>
 
 bool tilde_rdma_device_try_get(struct ib_device *device);
 void tilde_rdma_device_get(struct ib_device *device);
@@ -55,6 +56,10 @@ int tilde_rdma_dma_map_sg(struct ib_device *device, struct scatterlist *sgl, int
 void tilde_rdma_dma_unmap_sg(struct ib_device *device, struct scatterlist *sgl, int nents,
 			     enum dma_data_direction direction);
 void tilde_rdma_bump_mr_key(struct ib_mr *mr);
+u64 tilde_rdma_dma_map_bvec(struct ib_device *device, const struct bio_vec *bvec,
+			    enum dma_data_direction direction);
+void tilde_rdma_dma_unmap_bvec(struct ib_device *device, u64 dma_addr, u32 len,
+			       enum dma_data_direction direction);
 
 /*
  * The kernel's iSCSI initiator (libiscsi, scsi_transport_iscsi) and the SCSI midlayer, for

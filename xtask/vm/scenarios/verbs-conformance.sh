@@ -22,7 +22,7 @@ cases="device_query rc_connect
 	wrong_qp_type_refused qp_dropped_in_reset_and_init frwr_reregistration_retires_the_old_key
 	cm_connect_send_disconnect cm_reject
 	sg_region_lends_pages_until_invalidated
-	device_by_name cq_resize"
+	device_by_name cq_resize bvec_send_and_receive"
 count=0
 for case in $cases; do
 	expect_dmesg "$line: $case: PASS\$"
