@@ -346,6 +346,7 @@ fn compare(rig: &Rig, label: &str, ops: u32, mut measure: impl FnMut(bool) -> Ou
                     Failure::Status(what, status) => {
                         pr_info!("{}: bench: {}: FAIL: {} completed with status {}\n", name, label, what, status)
                     }
+                    Failure::Skipped(why) => pr_info!("{}: bench: {}: FAIL: skipped: {}\n", name, label, why),
                 }
                 return;
             }

@@ -140,12 +140,16 @@ impl From<kernel::alloc::AllocError> for Failure {
 struct Tally {
     passed: u32,
     failed: u32,
+    skipped: u32,
 }
 
 impl Tally {
     fn record(&mut self, device: &Device, case: &str, result: CaseResult) {
+        let skipped = matches!(result, Err(Failure::Skipped(_)));
         if report(device, case, result) {
             self.passed += 1;
+        } else if skipped {
+            self.skipped += 1;
         } else {
             self.failed += 1;
         }
@@ -163,6 +167,7 @@ pub(crate) fn report(device: &Device, case: &str, result: CaseResult) -> bool {
         Err(Failure::Status(what, status)) => {
             pr_info!("{}: {}: FAIL: {} completed with status {}\n", name, case, what, status)
         }
+        Err(Failure::Skipped(why)) => pr_info!("{}: {}: SKIP: {}\n", name, case, why),
     }
     passed
 }
@@ -208,7 +213,13 @@ impl kernel::Module for Conformance {
                 }
                 Err(error) => tally.record(&device, "setup", Err(Failure::Verb(error))),
             }
-            pr_info!("{}: summary: {} passed, {} failed\n", device.name(), tally.passed, tally.failed);
+            pr_info!(
+                "{}: summary: {} passed, {} failed, {} skipped\n",
+                device.name(),
+                tally.passed,
+                tally.failed,
+                tally.skipped
+            );
         }
         Ok(Self { _registration: registration })
     }

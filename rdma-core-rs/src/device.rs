@@ -32,6 +32,16 @@ impl DeviceName {
 }
 
 impl DeviceName {
+    /// A copy of the name of the device at `raw`.
+    ///
+    /// # Safety
+    ///
+    /// `raw` is a valid `ib_device` (allocated, registered or not).
+    pub unsafe fn of(raw: *mut sys::ib_device) -> Self {
+        // SAFETY: the caller's contract; `Device` is a transparent view of it.
+        unsafe { Device::from_raw(raw) }.name()
+    }
+
     /// The name as the C string it is in the device (empty if the copy has no NUL).
     pub fn as_c_str(&self) -> &core::ffi::CStr {
         core::ffi::CStr::from_bytes_until_nul(&self.bytes).unwrap_or(c"")
@@ -102,6 +112,14 @@ impl Device {
             *byte = unsafe { core::ptr::read_volatile(name.add(i)) };
         }
         DeviceName { bytes }
+    }
+
+    /// Whether `port` speaks the IB CM (`rdma_cap_ib_cm`), which RDMA CM connects
+    /// through: RoCE and IB ports with MADs do; a device without MADs does not.
+    pub fn has_cm(&self, port: u32) -> bool {
+        // SAFETY: the device is valid (type invariant), and the port is one of its own,
+        // checked first (the capability table has one entry per port).
+        self.ports().contains(&port) && unsafe { sys::tilde_rdma_cap_ib_cm(self.as_raw(), port) }
     }
 
     /// The node GUID.

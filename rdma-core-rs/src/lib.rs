@@ -10,6 +10,8 @@
 //!   build only): the safe consumer API over `sys`. Objects are owned values or `Arc`s
 //!   that hold what they use (a QP its PD and CQs, everything a reference to its device);
 //!   a posted work request owns its buffer and belongs to the QP until its completion.
+//! - `driver` (kernel build only): the driver side, a trait that becomes
+//!   `ib_device_ops`, and the registration of a device.
 //!
 //! The crate is compiled twice from the same source: by cargo for the host, and by the
 //! kbuild glue (`Kbuild` at the repository root) with the target kernel's own rustc
@@ -38,6 +40,8 @@ pub mod cq;
 pub mod device;
 #[cfg(tilde_kernel)]
 pub mod dma;
+#[cfg(tilde_kernel)]
+pub mod driver;
 #[cfg(tilde_kernel)]
 pub mod mailbox;
 #[cfg(tilde_kernel)]

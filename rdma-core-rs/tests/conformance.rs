@@ -37,6 +37,7 @@ fn every_case_passes_on_the_fabric() {
             Err(Failure::Status(what, status)) => {
                 failed.push(format!("{case}: {what} completed with status {status}"))
             }
+            Err(Failure::Skipped(why)) => failed.push(format!("{case}: skipped: {why}")),
         }
     });
     assert!(

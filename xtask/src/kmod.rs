@@ -34,6 +34,9 @@ pub const ULP_MODULES: &[&str] = &["tilde_iser"];
 /// Hardware drivers; their scenarios load them. Built where the ULPs are (`tilde_mlx4`'s
 /// formats use zerocopy too).
 pub const DRIVER_MODULES: &[&str] = &["tilde_mlx4"];
+/// Software devices on `rdma_core`'s driver side, built everywhere; their scenarios load
+/// them from the same place as the hardware drivers.
+pub const SOFTWARE_DEVICE_MODULES: &[&str] = &["tilde_loopback"];
 
 const SRC: &str = "/build/src";
 const OUT: &str = "/build/out";
@@ -221,10 +224,12 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         } else {
             Vec::new()
         },
-        drivers: if zerocopy {
-            find(DRIVER_MODULES)?
-        } else {
-            Vec::new()
+        drivers: {
+            let mut drivers = find(SOFTWARE_DEVICE_MODULES)?;
+            if zerocopy {
+                drivers.extend(find(DRIVER_MODULES)?);
+            }
+            drivers
         },
     };
     for ko in modules
@@ -247,6 +252,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 ///   bindgen flags derive for every binding;
 /// - `str_const_char_ptr`: `kernel::str::as_char_ptr_in_const_context`;
 /// - `kvec_remove`: `KVec::remove` (else a shim on `set_len`);
+/// - `kvec_clear`: `KVec::clear` (else a shim on `set_len`);
 /// - `zerocopy`: the kernel's own zerocopy crate, which `ulp_iser`'s wire views use (not a
 ///   cfg: without it the iSER module is not built);
 /// - `ib_dma_map_bvec`: the static inline `ib_dma_map_bvec`, which only the C helpers can
@@ -271,6 +277,9 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     if mentions("rust/kernel/alloc/kvec.rs", "pub fn remove(")? {
         features.push("kvec_remove");
     }
+    if mentions("rust/kernel/alloc/kvec.rs", "pub fn clear(&mut self)")? {
+        features.push("kvec_clear");
+    }
     if has("rust/libzerocopy.rmeta") {
         features.push("zerocopy");
     }
@@ -290,16 +299,33 @@ const C_FEATURES: &[&str] = &["ib_dma_map_bvec"];
 /// - `ib_resize_cq`: kernel consumers may resize a CQ (gone when the IB core made
 ///   resizing a user-only verb, `resize_user_cq`);
 /// - `ib_device_get_by_name`: the IB core looks a device up by name for any module (else
-///   the binding layer does it with a transient client).
+///   the binding layer does it with a transient client);
+/// - `ib_alloc_device_net`: `_ib_alloc_device` takes the device's network namespace;
+/// - `resize_user_cq`: the ops slot that resizes a CQ is `resize_user_cq` (unsigned size),
+///   not `resize_cq` (int);
+/// - `reg_user_mr_dmah`: the `reg_user_mr` slot takes a DMA handle (`struct ib_dmah`).
 pub fn binding_features(bindings: &str) -> Vec<&'static str> {
-    [
+    let mut features: Vec<&'static str> = [
         ("ib_resize_cq", "pub fn ib_resize_cq("),
         ("ib_device_get_by_name", "pub fn ib_device_get_by_name("),
+        (
+            "ib_alloc_device_net",
+            "pub fn _ib_alloc_device(size: usize, net:",
+        ),
+        ("resize_user_cq", "pub resize_user_cq:"),
     ]
     .into_iter()
     .filter(|(_, declaration)| bindings.contains(declaration))
     .map(|(feature, _)| feature)
-    .collect()
+    .collect();
+    // The slot's signature: from its declaration to the next field.
+    let reg_user_mr = bindings
+        .split_once("pub reg_user_mr:")
+        .and_then(|(_, rest)| rest.split("pub ").next());
+    if reg_user_mr.is_some_and(|slot| slot.contains("dmah:")) {
+        features.push("reg_user_mr_dmah");
+    }
+    features
 }
 
 /// The kernel's vendored zerocopy from another prepared tree in the same build root, for
@@ -437,7 +463,19 @@ mod tests {
         );
         // A slot of the same name in `ib_device_ops` is not the consumer function.
         let new = "    pub resize_user_cq: ::core::option::Option<\n    pub fn ib_resize_cq_user(";
-        assert!(binding_features(new).is_empty());
+        assert_eq!(binding_features(new), ["resize_user_cq"]);
+        let slots = "    pub reg_user_mr: ::core::option::Option<\n        unsafe extern \"C\" fn(\n            \
+                     mr_access_flags: ffi::c_int,\n            dmah: *mut ib_dmah,\n        ) -> *mut ib_mr,\n    >,\n    \
+                     pub reg_user_mr_dmabuf: ::core::option::Option<\n    pub fn _ib_alloc_device(size: usize, net: *mut net)";
+        assert_eq!(
+            binding_features(slots),
+            ["ib_alloc_device_net", "reg_user_mr_dmah"]
+        );
+        // A DMA handle further on, in another slot, is not `reg_user_mr`'s.
+        let old_slots = "    pub reg_user_mr: ::core::option::Option<\n        unsafe extern \"C\" fn(\n            \
+                         udata: *mut ib_udata,\n        ) -> *mut ib_mr,\n    >,\n    \
+                         pub reg_user_mr_dmabuf: ::core::option::Option<\n dmah: *mut ib_dmah,";
+        assert!(binding_features(old_slots).is_empty());
     }
 
     #[test]

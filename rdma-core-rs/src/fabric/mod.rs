@@ -183,6 +183,11 @@ impl Device {
         })
     }
 
+    /// Whether `port` speaks the IB CM, which RDMA CM connects through: the fabric's does.
+    pub fn has_cm(&self, port: u32) -> bool {
+        port == 1
+    }
+
     /// GID table entry `index` of `port`: 0 the link-local GID, 1 the IPv4-mapped one.
     pub fn query_gid(&self, port: u32, index: u32) -> Result<Gid> {
         match (port, index) {

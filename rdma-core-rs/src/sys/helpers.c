@@ -18,6 +18,11 @@ u32 tilde_rdma_end_port(const struct ib_device *device)
 	return rdma_end_port(device);
 }
 
+bool tilde_rdma_cap_ib_cm(const struct ib_device *device, u32 port)
+{
+	return rdma_cap_ib_cm(device, port);
+}
+
 /*
  * The posting verbs are static inline in ib_verbs.h (a call through the device's ops);
  * bindgen cannot see them, so they are wrapped here. Same for the ib_dma_* mapping

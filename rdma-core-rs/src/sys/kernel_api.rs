@@ -8,7 +8,8 @@
 //!   every kernel (see the module);
 //! - [`c_str`]: a C string for the bindings;
 //! - [`timed_out`], [`shut_down`]: errnos the kernel crate may not name;
-//! - [`push_within_capacity`], [`remove`]: `KVec` methods the kernel crate may lack;
+//! - [`push_within_capacity`], [`remove`], [`clear`]: `KVec` methods the kernel crate may
+//!   lack;
 //! - [`sleep`] and [`monotonic`]: through C helpers (`fsleep`, `ktime_get_ns`), which
 //!   every kernel has, so the Rust side never names `kernel::time`;
 //! - [`barrier`]: the DMA and MMIO ordering barriers a driver's fast path needs, which no
@@ -371,6 +372,24 @@ pub fn push_within_capacity<T>(vec: &mut kernel::alloc::KVec<T>, value: T) -> Re
     // With room for it, the push does not allocate, so it cannot fail.
     let _ = vec.push(value, kernel::alloc::flags::GFP_ATOMIC);
     Ok(())
+}
+
+/// `KVec::clear`: drops every element, keeping the capacity.
+#[cfg(tilde_kvec_clear)]
+pub fn clear<T>(vec: &mut kernel::alloc::KVec<T>) {
+    vec.clear();
+}
+
+/// `KVec::clear` for a kernel without it.
+#[cfg(not(tilde_kvec_clear))]
+pub fn clear<T>(vec: &mut kernel::alloc::KVec<T>) {
+    let len = vec.len();
+    // SAFETY: the length goes to 0 first, so an element is never reachable after its drop
+    // (nor dropped twice, should a drop panic); the `len` elements were initialised.
+    unsafe {
+        vec.set_len(0);
+        core::ptr::drop_in_place(core::ptr::slice_from_raw_parts_mut(vec.as_mut_ptr(), len));
+    }
 }
 
 /// `KVec::remove`: takes the element at `index` out, keeping the order of the rest.
