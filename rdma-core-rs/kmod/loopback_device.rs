@@ -294,6 +294,25 @@ struct Sge {
     lkey: u32,
 }
 
+/// A posted WR's SGE list (`num_sge` entries at `sg_list`), copied.
+fn sges_of(list: *const sys::ib_sge, num_sge: c_int) -> Result<([Sge; MAX_SGE], usize)> {
+    let count = usize::try_from(num_sge).map_err(|_| einval())?;
+    if count > MAX_SGE || (count > 0 && list.is_null()) {
+        return Err(einval());
+    }
+    let mut sges = [Sge::default(); MAX_SGE];
+    for (i, sge) in sges.iter_mut().take(count).enumerate() {
+        // SAFETY: the consumer's list has `num_sge` entries, valid for the post.
+        let posted = unsafe { &*list.add(i) };
+        *sge = Sge {
+            addr: posted.addr,
+            len: posted.length,
+            lkey: posted.lkey,
+        };
+    }
+    Ok((sges, count))
+}
+
 /// A posted receive.
 #[derive(Clone, Copy)]
 struct RecvWqe {
@@ -1306,16 +1325,13 @@ impl Driver for SoftDevice {
     }
 
     fn post_send(&self, qp: &Qp, wr: &sys::ib_send_wr) -> Result {
-        let count = usize::try_from(wr.num_sge).map_err(|_| einval())?;
-        if count > MAX_SGE || (count > 0 && wr.sg_list.is_null()) {
-            return Err(einval());
-        }
+        let (sges, count) = sges_of(wr.sg_list, wr.num_sge)?;
         let mut wqe = SendWqe {
             // SAFETY: the union's `wr_id` view: any bits are a valid u64.
             id: unsafe { wr.__bindgen_anon_1.wr_id },
             opcode: wr.opcode,
             signaled: wr.send_flags & sys::ib_send_flags_IB_SEND_SIGNALED as c_int != 0,
-            sges: [Sge::default(); MAX_SGE],
+            sges,
             count,
             // SAFETY: both views of the union are a u32.
             ex: unsafe { wr.ex.imm_data },
@@ -1330,15 +1346,6 @@ impl Driver for SoftDevice {
             key: 0,
             access: 0,
         };
-        for (i, sge) in wqe.sges.iter_mut().take(count).enumerate() {
-            // SAFETY: the consumer's list has `num_sge` entries, valid for the call.
-            let posted = unsafe { &*wr.sg_list.add(i) };
-            *sge = Sge {
-                addr: posted.addr,
-                len: posted.length,
-                lkey: posted.lkey,
-            };
-        }
         let ptr: *const sys::ib_send_wr = wr;
         // The consumer posts the containing structure each opcode needs (the IB API's
         // contract; `container_of` in C drivers): the send WR is its first field.
@@ -1421,25 +1428,13 @@ impl Driver for SoftDevice {
     }
 
     fn post_recv(&self, qp: &Qp, wr: &sys::ib_recv_wr) -> Result {
-        let count = usize::try_from(wr.num_sge).map_err(|_| einval())?;
-        if count > MAX_SGE || (count > 0 && wr.sg_list.is_null()) {
-            return Err(einval());
-        }
-        let mut wqe = RecvWqe {
+        let (sges, count) = sges_of(wr.sg_list, wr.num_sge)?;
+        let wqe = RecvWqe {
             // SAFETY: the union's `wr_id` view: any bits are a valid u64.
             id: unsafe { wr.__bindgen_anon_1.wr_id },
-            sges: [Sge::default(); MAX_SGE],
+            sges,
             count,
         };
-        for (i, sge) in wqe.sges.iter_mut().take(count).enumerate() {
-            // SAFETY: the consumer's list has `num_sge` entries, valid for the call.
-            let posted = unsafe { &*wr.sg_list.add(i) };
-            *sge = Sge {
-                addr: posted.addr,
-                len: posted.length,
-                lkey: posted.lkey,
-            };
-        }
         let mut g = self.lock();
         let state = qp.state.get(&g);
         match state.state {

@@ -252,7 +252,10 @@ impl BvecMapping {
     /// The DMA address of `len` bytes at `offset`, if they lie within the segment.
     pub(crate) fn dma_addr(&self, offset: usize, len: usize) -> Option<u64> {
         let end = offset.checked_add(len)?;
-        (end <= self.len()).then(|| self.addr + offset as u64)
+        if end > self.len() {
+            return None;
+        }
+        self.addr.checked_add(u64::try_from(offset).ok()?)
     }
 }
 

@@ -371,48 +371,53 @@ impl<T: Driver> Ops<T> {
         0
     }
 
+    /// Posts each WR of the chain at `first` (linked by `next`) with `post`, stopping at
+    /// the first refused, which goes to `bad`.
+    unsafe fn post_chain<W>(
+        first: *const W,
+        bad: *mut *const W,
+        next: impl Fn(&W) -> *const W,
+        mut post: impl FnMut(&W) -> Result,
+    ) -> c_int {
+        let mut wr = first;
+        // SAFETY: the chain is the caller's, each WR valid for the call.
+        while let Some(one) = unsafe { wr.as_ref() } {
+            if let Err(error) = post(one) {
+                if !bad.is_null() {
+                    // SAFETY: the IB core's out-parameter, valid for the call.
+                    unsafe { *bad = wr };
+                }
+                return error.to_errno();
+            }
+            wr = next(one);
+        }
+        0
+    }
+
     unsafe extern "C" fn post_send(
         qp: *mut sys::ib_qp,
-        mut wr: *const sys::ib_send_wr,
+        wr: *const sys::ib_send_wr,
         bad: *mut *const sys::ib_send_wr,
     ) -> c_int {
         // SAFETY: a created QP of ours; the chain is the caller's, valid for the call.
         unsafe {
             let dev = Self::dev((*qp).device);
             let state = Object::<sys::ib_qp, T::Qp>::data(qp);
-            while let Some(one) = wr.as_ref() {
-                if let Err(error) = dev.post_send(state, one) {
-                    if !bad.is_null() {
-                        *bad = wr;
-                    }
-                    return error.to_errno();
-                }
-                wr = one.next;
-            }
+            Self::post_chain(wr, bad, |one| one.next, |one| dev.post_send(state, one))
         }
-        0
     }
 
     unsafe extern "C" fn post_recv(
         qp: *mut sys::ib_qp,
-        mut wr: *const sys::ib_recv_wr,
+        wr: *const sys::ib_recv_wr,
         bad: *mut *const sys::ib_recv_wr,
     ) -> c_int {
         // SAFETY: as in `post_send`.
         unsafe {
             let dev = Self::dev((*qp).device);
             let state = Object::<sys::ib_qp, T::Qp>::data(qp);
-            while let Some(one) = wr.as_ref() {
-                if let Err(error) = dev.post_recv(state, one) {
-                    if !bad.is_null() {
-                        *bad = wr;
-                    }
-                    return error.to_errno();
-                }
-                wr = one.next;
-            }
+            Self::post_chain(wr, bad, |one| one.next, |one| dev.post_recv(state, one))
         }
-        0
     }
 
     unsafe extern "C" fn create_ah(

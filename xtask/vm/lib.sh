@@ -50,3 +50,28 @@ wait_listening() {
 	echo "FAIL: nothing listens on TCP port $1"
 	return 1
 }
+
+# The verbs conformance cases that pass on every device (tilde_verbs_conformance.ko prints
+# one line per case); RDMA CM's two, which need the IB CM, come after them.
+CONFORMANCE_CASES="device_query rc_connect
+	rc_send_recv_1 rc_send_recv_64 rc_send_recv_4096 rc_send_recv_65536 rc_send_recv_1048576
+	rc_send_with_imm rc_drain_flushes_posted_receives
+	frwr_rdma_write frwr_rdma_read frwr_rdma_write_with_imm rc_receive_too_small frwr_invalidate_refuses_access rc_bad_rkey_then_reset_and_reuse rc_atomics
+	rc_rnr_retry_then_delivery rc_rnr_retry_exceeded
+	ud_send_with_grh ud_drain_with_sends_outstanding
+	rc_softirq_cq rc_workqueue_cq rejected_post_hands_the_wr_back
+	wrong_qp_type_refused qp_dropped_in_reset_and_init frwr_reregistration_retires_the_old_key
+	sg_region_lends_pages_until_invalidated
+	device_by_name cq_resize bvec_send_and_receive"
+CONFORMANCE_CM_CASES="cm_connect_send_disconnect cm_reject"
+
+# expect_cases PREFIX CASES...: fail unless each case has its PASS line; prints the count.
+expect_cases() {
+	local prefix=$1 count=0 case
+	shift
+	for case in "$@"; do
+		expect_dmesg "$prefix: $case: PASS\$" >&2 || return 1
+		count=$((count + 1))
+	done
+	echo "$count"
+}

@@ -12,22 +12,8 @@ grep '^tilde_verbs_conformance ' /proc/modules
 grep '^tilde_core .* tilde_verbs_conformance' /proc/modules
 
 echo "== results: one line per case"
-cases="device_query rc_connect
-	rc_send_recv_1 rc_send_recv_64 rc_send_recv_4096 rc_send_recv_65536 rc_send_recv_1048576
-	rc_send_with_imm rc_drain_flushes_posted_receives
-	frwr_rdma_write frwr_rdma_read frwr_rdma_write_with_imm rc_receive_too_small frwr_invalidate_refuses_access rc_bad_rkey_then_reset_and_reuse rc_atomics
-	rc_rnr_retry_then_delivery rc_rnr_retry_exceeded
-	ud_send_with_grh ud_drain_with_sends_outstanding
-	rc_softirq_cq rc_workqueue_cq rejected_post_hands_the_wr_back
-	wrong_qp_type_refused qp_dropped_in_reset_and_init frwr_reregistration_retires_the_old_key
-	cm_connect_send_disconnect cm_reject
-	sg_region_lends_pages_until_invalidated
-	device_by_name cq_resize bvec_send_and_receive"
-count=0
-for case in $cases; do
-	expect_dmesg "$line: $case: PASS\$"
-	count=$((count + 1))
-done
+# shellcheck disable=SC2086 # the lists are words
+count=$(expect_cases "$line" $CONFORMANCE_CASES $CONFORMANCE_CM_CASES)
 reject_dmesg 'tilde_verbs_conformance: .*: FAIL'
 expect_dmesg "$line: summary: $count passed, 0 failed, 0 skipped\$"
 
