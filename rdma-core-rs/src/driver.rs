@@ -50,6 +50,33 @@ impl<C, T> Object<C, T> {
 
     /// The size the IB core allocates for one.
     const SIZE: usize = size_of::<Self>();
+
+    /// Writes the state a create op `made` into the object at `raw`.
+    ///
+    /// # Safety
+    ///
+    /// `raw` is the C object of an `Object<C, T>` (the IB core allocated it with the
+    /// table's size) whose state is not written yet.
+    unsafe fn init<'a>(raw: *mut C, made: Result<T>) -> Result<&'a T> {
+        let data = made?;
+        // SAFETY: the caller's contract.
+        Ok(unsafe { &*(*raw.cast::<Self>()).data.write(data) })
+    }
+
+    /// Lets `before` see the state of the object at `raw` for the last time, then drops
+    /// it (the IB core frees the object next).
+    ///
+    /// # Safety
+    ///
+    /// `raw`'s state was written by [`Object::init`] and is dropped once, here.
+    unsafe fn destroy(raw: *mut C, before: impl FnOnce(&T)) {
+        let object = raw.cast::<Self>();
+        // SAFETY: the caller's contract.
+        unsafe {
+            before((*object).data.assume_init_ref());
+            (*object).data.assume_init_drop();
+        }
+    }
 }
 
 /// What a device driver does; becomes the device's `ib_device_ops`.
@@ -240,24 +267,16 @@ impl<T: Driver> Ops<T> {
         };
         // SAFETY: the IB core allocated `pd` as an `Object<ib_pd, T::Pd>` (the table's
         // size) and set its device.
-        unsafe {
-            match Self::dev((*pd).device).alloc_pd(raw) {
-                Ok(data) => {
-                    (*pd.cast::<Object<sys::ib_pd, T::Pd>>()).data.write(data);
-                    0
-                }
-                Err(error) => error.to_errno(),
-            }
-        }
+        unsafe { status(Object::init(pd, Self::dev((*pd).device).alloc_pd(raw)).map(|_| ())) }
     }
 
     unsafe extern "C" fn dealloc_pd(pd: *mut sys::ib_pd, _udata: *mut sys::ib_udata) -> c_int {
         // SAFETY: `alloc_pd` succeeded for `pd` (the IB core deallocates only those), so
         // its state is initialised; it is dropped once, here, before the IB core frees it.
         unsafe {
-            let object = pd.cast::<Object<sys::ib_pd, T::Pd>>();
-            Self::dev((*pd).device).dealloc_pd((*object).data.assume_init_ref());
-            (*object).data.assume_init_drop();
+            Object::<sys::ib_pd, T::Pd>::destroy(pd, |data| {
+                Self::dev((*pd).device).dealloc_pd(data)
+            });
         }
         0
     }
@@ -272,22 +291,16 @@ impl<T: Driver> Ops<T> {
         };
         // SAFETY: as in `alloc_pd`, for a CQ; `attr` is valid for the call.
         unsafe {
-            match Self::dev((*cq).device).create_cq(raw, &*attr) {
-                Ok(data) => {
-                    (*cq.cast::<Object<sys::ib_cq, T::Cq>>()).data.write(data);
-                    0
-                }
-                Err(error) => error.to_errno(),
-            }
+            status(Object::init(cq, Self::dev((*cq).device).create_cq(raw, &*attr)).map(|_| ()))
         }
     }
 
     unsafe extern "C" fn destroy_cq(cq: *mut sys::ib_cq, _udata: *mut sys::ib_udata) -> c_int {
         // SAFETY: as in `dealloc_pd`, for a CQ.
         unsafe {
-            let object = cq.cast::<Object<sys::ib_cq, T::Cq>>();
-            Self::dev((*cq).device).destroy_cq((*object).data.assume_init_ref());
-            (*object).data.assume_init_drop();
+            Object::<sys::ib_cq, T::Cq>::destroy(cq, |data| {
+                Self::dev((*cq).device).destroy_cq(data)
+            });
         }
         0
     }
@@ -335,13 +348,9 @@ impl<T: Driver> Ops<T> {
         // SAFETY: as in `alloc_pd`, for a QP; `attr` is valid and the driver's to adjust.
         unsafe {
             let dev = Self::dev((*qp).device);
-            match dev.create_qp(raw, &mut *attr) {
-                Ok(data) => {
-                    dev.created_qp((*qp.cast::<Object<sys::ib_qp, T::Qp>>()).data.write(data));
-                    0
-                }
-                Err(error) => error.to_errno(),
-            }
+            status(
+                Object::init(qp, dev.create_qp(raw, &mut *attr)).map(|data| dev.created_qp(data)),
+            )
         }
     }
 
@@ -364,9 +373,9 @@ impl<T: Driver> Ops<T> {
     unsafe extern "C" fn destroy_qp(qp: *mut sys::ib_qp, _udata: *mut sys::ib_udata) -> c_int {
         // SAFETY: as in `dealloc_pd`, for a QP.
         unsafe {
-            let object = qp.cast::<Object<sys::ib_qp, T::Qp>>();
-            Self::dev((*qp).device).destroy_qp((*object).data.assume_init_ref());
-            (*object).data.assume_init_drop();
+            Object::<sys::ib_qp, T::Qp>::destroy(qp, |data| {
+                Self::dev((*qp).device).destroy_qp(data)
+            });
         }
         0
     }
@@ -434,22 +443,16 @@ impl<T: Driver> Ops<T> {
             let Some(attr) = (*init).ah_attr.as_ref() else {
                 return EINVAL.to_errno();
             };
-            match Self::dev((*ah).device).create_ah(raw, attr) {
-                Ok(data) => {
-                    (*ah.cast::<Object<sys::ib_ah, T::Ah>>()).data.write(data);
-                    0
-                }
-                Err(error) => error.to_errno(),
-            }
+            status(Object::init(ah, Self::dev((*ah).device).create_ah(raw, attr)).map(|_| ()))
         }
     }
 
     unsafe extern "C" fn destroy_ah(ah: *mut sys::ib_ah, _flags: u32) -> c_int {
         // SAFETY: as in `dealloc_pd`, for an AH.
         unsafe {
-            let object = ah.cast::<Object<sys::ib_ah, T::Ah>>();
-            Self::dev((*ah).device).destroy_ah((*object).data.assume_init_ref());
-            (*object).data.assume_init_drop();
+            Object::<sys::ib_ah, T::Ah>::destroy(ah, |data| {
+                Self::dev((*ah).device).destroy_ah(data)
+            });
         }
         0
     }
@@ -526,11 +529,9 @@ impl<T: Driver> Ops<T> {
         // SAFETY: an MR of ours, from `KBox::into_raw` in `new_mr`, with its state set;
         // the IB core deregisters it once.
         unsafe {
-            let object = mr.cast::<Object<sys::ib_mr, T::Mr>>();
-            Self::dev((*mr).device).dereg_mr((*object).data.assume_init_ref());
-            (*object).data.assume_init_drop();
+            Object::<sys::ib_mr, T::Mr>::destroy(mr, |data| Self::dev((*mr).device).dereg_mr(data));
             drop(KBox::from_raw(
-                object.cast::<MaybeUninit<Object<sys::ib_mr, T::Mr>>>(),
+                mr.cast::<MaybeUninit<Object<sys::ib_mr, T::Mr>>>(),
             ));
         }
         0
