@@ -23,13 +23,14 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::{null, null_mut, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::time::Duration;
 
 use kernel::ffi::{c_int, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 use rdma_core::{
     driver::{Driver, Object, Registration},
-    kernel_api::{clear, errno, push_within_capacity, remove},
+    kernel_api::{clear, errno, push_within_capacity, remove, sleep},
     sys,
 };
 
@@ -78,9 +79,10 @@ const ROCE_UD_OVERHEAD: usize = 8 + 12 + 8 + 4;
 const UD_MTU: usize = 4096;
 /// An RNR retry count that never gives up (IB's encoding).
 const RNR_INFINITE: u8 = 7;
-/// Completions whose handlers one call may owe after the lock (a post touches at most
-/// a QP's two CQs and its peer's two).
-const NOTIFY_MAX: usize = 4;
+/// CQ events one call may owe after the lock (a post touches its QP's two CQs and its
+/// peer's two; failing waiters, a few more). A CQ that finds no room stays armed, so the
+/// next completion notifies it.
+const NOTIFY_MAX: usize = 8;
 
 fn einval() -> Error {
     EINVAL
@@ -90,26 +92,66 @@ fn einval() -> Error {
 struct Guard<'a> {
     device: &'a SoftDevice,
     flags: c_ulong,
-    /// CQs whose completion handler is due once the lock is released.
-    notify: [*mut sys::ib_cq; NOTIFY_MAX],
+    /// CQ events due once the lock is released: each CQ named here counted itself in
+    /// `Cq::notifying`, which its destruction waits for.
+    notify: [(*const Cq, Due); NOTIFY_MAX],
+}
+
+/// What a CQ's consumer is owed.
+#[derive(Clone, Copy, PartialEq)]
+enum Due {
+    /// Its completion handler (it was armed and got a completion).
+    Completion,
+    /// An `IB_EVENT_CQ_ERR` (it overran and lost completions).
+    Overrun,
+}
+
+impl Guard<'_> {
+    /// Records `due` for `cq`; false if there is no room (the caller keeps it for later).
+    fn owe(&mut self, cq: &Cq, due: Due) -> bool {
+        let Some(free) = self.notify.iter_mut().find(|(c, _)| c.is_null()) else {
+            return false;
+        };
+        cq.notifying.fetch_add(1, Ordering::Relaxed);
+        *free = (cq, due);
+        true
+    }
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         // SAFETY: taken in `SoftDevice::lock` with these flags.
         unsafe { tilde_lo_unlock(self.device.glue, self.flags) };
-        for cq in self.notify {
+        for (cq, due) in self.notify {
             if cq.is_null() {
                 continue;
             }
-            // SAFETY: an armed CQ of ours that got a completion: its consumer still owns
-            // it (a CQ is destroyed only after its QPs, so not while one posts to it);
-            // the handler is the one the IB core or the consumer set.
+            // SAFETY: the CQ counted this call in `notifying` under the lock, and its
+            // destruction waits until that count is back to zero: it is alive here.
+            let cq = unsafe { &*cq };
+            let raw = cq.raw.as_ptr();
+            // SAFETY: the CQ is alive (above); the handlers are the ones the IB core or the
+            // consumer set, called as the C drivers call them, outside our lock.
             unsafe {
-                if let Some(handler) = (*cq).comp_handler {
-                    handler(cq, (*cq).cq_context);
+                match due {
+                    Due::Completion => {
+                        if let Some(handler) = (*raw).comp_handler {
+                            handler(raw, (*raw).cq_context);
+                        }
+                    }
+                    Due::Overrun => {
+                        if let Some(handler) = (*raw).event_handler {
+                            let mut event: sys::ib_event =
+                                core::mem::MaybeUninit::zeroed().assume_init();
+                            event.device = (*raw).device;
+                            event.element.cq = raw;
+                            event.event = sys::ib_event_type_IB_EVENT_CQ_ERR;
+                            handler(&mut event, (*raw).cq_context);
+                        }
+                    }
                 }
             }
+            cq.notifying.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -149,10 +191,24 @@ unsafe impl Send for SoftDevice {}
 // SAFETY: as above.
 unsafe impl Sync for SoftDevice {}
 
+impl Drop for SoftDevice {
+    fn drop(&mut self) {
+        // The layer drops the state after unregistering the device and before freeing
+        // it (or, if registration failed, before freeing it): the netdev notifier stops
+        // here, in the order `ib_device_set_netdev` asks for.
+        // SAFETY: the glue outlives the device (freed by the module after it).
+        unsafe { tilde_lo_detach(self.glue) };
+    }
+}
+
 /// QPs by number and MRs by key index.
 struct Tables {
     qps: KVec<*const Qp>,
     mrs: KVec<*const Mr>,
+    /// Where the search for a free QP number starts: numbers are handed out in turn, so
+    /// a number just freed is not at once another QP's (a late message for the old one
+    /// finds nobody).
+    next_qpn: usize,
 }
 
 impl SoftDevice {
@@ -162,7 +218,7 @@ impl SoftDevice {
         Guard {
             device: self,
             flags,
-            notify: [null_mut(); NOTIFY_MAX],
+            notify: [(null(), Due::Completion); NOTIFY_MAX],
         }
     }
 
@@ -389,6 +445,8 @@ struct CqState {
 struct Cq {
     raw: NonNull<sys::ib_cq>,
     state: Locked<CqState>,
+    /// Handler calls recorded under the lock and not yet made (see `Guard`).
+    notifying: AtomicU32,
 }
 
 // SAFETY: as for `Qp`.
@@ -396,7 +454,9 @@ unsafe impl Send for Cq {}
 // SAFETY: as above.
 unsafe impl Sync for Cq {}
 
-/// A page list: staged by `map_mr_sg`, made active by REG_MR.
+/// A page list: staged by `map_mr_sg` (pages only), made active by REG_MR with the MR's
+/// address, length and page size as they are then (a ULP may rewrite the address's upper
+/// bits between the two, as xprtrdma does).
 struct PageList {
     pages: KVec<u64>,
     iova: u64,
@@ -415,6 +475,8 @@ struct MrState {
 /// A memory region: all memory (DMA MR) or a fast-registration page list.
 struct Mr {
     raw: NonNull<sys::ib_mr>,
+    /// Its PD, as given to the op that made it (the IB core fills `ib_mr.pd` only after).
+    pd: *mut sys::ib_pd,
     index: u32,
     dma: bool,
     state: Locked<MrState>,
@@ -473,6 +535,7 @@ impl Cq {
                     g.device.name(g),
                     capacity
                 );
+                g.owe(self, Due::Overrun);
             }
             return;
         }
@@ -481,14 +544,12 @@ impl Cq {
             *slot = wc;
             state.len += 1;
         }
-        if state.armed {
-            state.armed = false;
-            let raw = self.raw.as_ptr();
-            if !g.notify.contains(&raw) {
-                if let Some(free) = g.notify.iter_mut().find(|c| c.is_null()) {
-                    *free = raw;
-                }
-            }
+        let this: *const Cq = self;
+        if state.armed
+            && !g.notify.contains(&(this, Due::Completion))
+            && g.owe(self, Due::Completion)
+        {
+            self.state.get(g).armed = false;
         }
     }
 }
@@ -543,6 +604,9 @@ impl Qp {
         let state = self.state.get(g);
         state.recv = recvs;
         state.pending = sends;
+        // Senders waiting on this QP (RNR) get no answer from it any more.
+        let device = g.device;
+        device.wake_waiters(g, self.qpn);
     }
 
     /// Executes the pending sends in order while they can go.
@@ -570,6 +634,9 @@ impl Qp {
                     let _ = remove(&mut self.state.get(g).pending, 0);
                     let wc = device.send_completion(self, &wqe, status);
                     self.send_cq().push(g, wc);
+                    // This QP first: its later sends flush, whatever the peer's failing
+                    // wakes.
+                    self.fail(g);
                     if responder_too {
                         let dest = self.state.get(g).dest_qpn;
                         if let Some(peer) = device.qp(g, dest) {
@@ -578,7 +645,6 @@ impl Qp {
                             }
                         }
                     }
-                    self.fail(g);
                     return;
                 }
             }
@@ -629,10 +695,8 @@ impl SoftDevice {
         need: u32,
     ) -> Option<Span> {
         let mr = self.mr(g, key)?;
-        // SAFETY: the MR exists (it is in the table); `pd` is the IB core's field.
-        let mr_pd = unsafe { (*mr.raw.as_ptr()).pd };
         let state = mr.state.get(g);
-        if !state.valid || state.key != key || mr_pd != pd || state.access & need != need {
+        if !state.valid || state.key != key || mr.pd != pd || state.access & need != need {
             return None;
         }
         if mr.dma {
@@ -663,7 +727,11 @@ impl SoftDevice {
     fn send_completion(&self, qp: &Qp, wqe: &SendWqe, status: u32) -> sys::ib_wc {
         let mut wc = wc(wqe.id, status, send_wc_opcode(wqe.opcode), qp);
         wc.byte_len = match wqe.opcode {
-            sys::ib_wr_opcode_IB_WR_RDMA_READ => wqe.sges[..wqe.count].iter().map(|s| s.len).sum(),
+            sys::ib_wr_opcode_IB_WR_RDMA_READ => wqe
+                .sges
+                .iter()
+                .take(wqe.count)
+                .fold(0u32, |sum, s| sum.saturating_add(s.len)),
             sys::ib_wr_opcode_IB_WR_ATOMIC_CMP_AND_SWP
             | sys::ib_wr_opcode_IB_WR_ATOMIC_FETCH_AND_ADD => 8,
             _ => 0,
@@ -687,22 +755,27 @@ impl SoftDevice {
                 // SAFETY: a REG_MR names an MR of this device (the consumer's contract;
                 // the IB core allocated it through our `alloc_mr`), alive until dereg.
                 let mr = unsafe { &*wqe.mr };
-                if wqe.key >> 8 != mr.index || mr.dma {
+                let state = mr.state.get(g);
+                // As IB has it (and rxe): only a free MR, of the QP's PD, with the key's
+                // index unchanged.
+                if state.valid || mr.pd != qp.pd || wqe.key >> 8 != mr.index || mr.dma {
                     return Outcome::Failed(sys::ib_wc_status_IB_WC_LOC_PROT_ERR, false);
                 }
-                let state = mr.state.get(g);
-                // The registration takes a copy of the staged list, which stays for the
+                // The registration takes a copy of the staged pages, which stay for the
                 // next REG_MR of the same mapping (both lists have the MR's capacity: no
-                // allocation).
+                // allocation), and the MR's address, length and page size as they are now.
                 clear(&mut state.active.pages);
                 for &page in state.staged.pages.iter() {
                     if push_within_capacity(&mut state.active.pages, page).is_err() {
                         return Outcome::Failed(sys::ib_wc_status_IB_WC_LOC_PROT_ERR, false);
                     }
                 }
-                state.active.iova = state.staged.iova;
-                state.active.length = state.staged.length;
-                state.active.page_size = state.staged.page_size;
+                // SAFETY: the IB core's fields of the MR, set by `ib_map_mr_sg` and the ULP
+                // before the post, and not changed while the REG_MR is outstanding.
+                let raw = unsafe { &*mr.raw.as_ptr() };
+                state.active.iova = raw.iova;
+                state.active.length = raw.length;
+                state.active.page_size = u64::from(raw.page_size);
                 state.key = wqe.key;
                 state.access = wqe.access;
                 state.valid = true;
@@ -852,26 +925,34 @@ impl SoftDevice {
                     Some(_) => sys::ib_wc_status_IB_WC_LOC_LEN_ERR,
                     None => sys::ib_wc_status_IB_WC_LOC_PROT_ERR,
                 };
+                // A SEND with Invalidate names a key of the responder's PD, which it
+                // invalidates; any other key is the requester's error (IB class J).
+                let invalidated =
+                    (wqe.opcode == sys::ib_wr_opcode_IB_WR_SEND_WITH_INV).then(|| {
+                        let mr = self.mr(g, wqe.ex)?;
+                        let state = mr.state.get(g);
+                        (state.key == wqe.ex && mr.pd == peer.pd && !mr.dma).then_some(mr)
+                    });
+                let status = match invalidated {
+                    Some(None) if status == sys::ib_wc_status_IB_WC_SUCCESS => {
+                        sys::ib_wc_status_IB_WC_REM_INV_REQ_ERR
+                    }
+                    _ => status,
+                };
                 let mut done = wc(recv.id, status, sys::ib_wc_opcode_IB_WC_RECV, peer);
                 if status != sys::ib_wc_status_IB_WC_SUCCESS {
                     peer.recv_cq().push(g, done);
-                    peer.fail(g);
-                    return Outcome::Failed(sys::ib_wc_status_IB_WC_REM_INV_REQ_ERR, false);
+                    // The responder's QP fails too; `progress` fails the requester's
+                    // (which may be the same QP, connected to itself).
+                    return Outcome::Failed(sys::ib_wc_status_IB_WC_REM_INV_REQ_ERR, true);
                 }
                 done.byte_len = len as u32;
                 done.src_qp = qp.qpn;
                 if wqe.opcode == sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM {
                     done.ex.imm_data = wqe.ex;
                     done.wc_flags = sys::ib_wc_flags_IB_WC_WITH_IMM as c_int;
-                } else if wqe.opcode == sys::ib_wr_opcode_IB_WR_SEND_WITH_INV {
-                    if let Some(mr) = self.mr(g, wqe.ex) {
-                        // SAFETY: the MR exists (it is in the table).
-                        let mr_pd = unsafe { (*mr.raw.as_ptr()).pd };
-                        let state = mr.state.get(g);
-                        if state.key == wqe.ex && mr_pd == peer.pd && !mr.dma {
-                            state.valid = false;
-                        }
-                    }
+                } else if let Some(Some(mr)) = invalidated {
+                    mr.state.get(g).valid = false;
                     done.ex.invalidate_rkey = wqe.ex;
                     done.wc_flags = sys::ib_wc_flags_IB_WC_WITH_INVALIDATE as c_int;
                 }
@@ -879,6 +960,23 @@ impl SoftDevice {
                 Outcome::Done
             }
             _ => Outcome::Failed(sys::ib_wc_status_IB_WC_LOC_QP_OP_ERR, false),
+        }
+    }
+
+    /// Lets the RC QPs whose sends wait on QP `qpn` (RNR) try again: when it has gone to
+    /// error or away, they fail as a requester whose responder stopped answering does.
+    fn wake_waiters(&self, g: &mut Guard<'_>, qpn: u32) {
+        for n in FIRST_QPN..MAX_QP {
+            let Some(waiter) = self.qp(g, n as u32) else {
+                continue;
+            };
+            let waiting = {
+                let state = waiter.state.get(g);
+                state.dest_qpn == qpn && !state.pending.is_empty()
+            };
+            if waiting && waiter.qpn != qpn && waiter.qp_type == sys::ib_qp_type_IB_QPT_RC {
+                waiter.progress(g);
+            }
         }
     }
 
@@ -1104,7 +1202,10 @@ impl Driver for SoftDevice {
             return Err(einval());
         }
         // RoCEv2 without MADs: GIDs from the netdev, no GSI QP, no IB CM.
-        immutable.core_cap_flags = sys::RDMA_CORE_CAP_PROT_ROCE_UDP_ENCAP;
+        // ETH_AH: UD receive completions carry RoCE addresses (`ib_init_ah_attr_from_wc`
+        // reads the network header by them).
+        immutable.core_cap_flags =
+            sys::RDMA_CORE_CAP_PROT_ROCE_UDP_ENCAP | sys::RDMA_CORE_CAP_ETH_AH;
         immutable.gid_tbl_len = 16;
         immutable.pkey_tbl_len = 1;
         immutable.max_mad_size = 0;
@@ -1143,6 +1244,7 @@ impl Driver for SoftDevice {
         Ok(Cq {
             raw: cq,
             state: Locked::new(state),
+            notifying: AtomicU32::new(0),
         })
     }
 
@@ -1170,6 +1272,14 @@ impl Driver for SoftDevice {
         // The old ring is freed outside the lock.
         drop(ring);
         Ok(())
+    }
+
+    fn destroy_cq(&self, cq: &Cq) {
+        // Handler calls recorded before the CQ's last QP went are made after our lock
+        // was released; the CQ's memory goes when this returns, so wait for them.
+        while cq.notifying.load(Ordering::Acquire) != 0 {
+            sleep(Duration::from_micros(20));
+        }
     }
 
     fn poll_cq(&self, cq: &Cq, wc: &mut [sys::ib_wc]) -> usize {
@@ -1202,7 +1312,9 @@ impl Driver for SoftDevice {
 
     fn create_qp(&self, qp: NonNull<sys::ib_qp>, attr: &mut sys::ib_qp_init_attr) -> Result<Qp> {
         let qp_type = attr.qp_type;
-        if qp_type != sys::ib_qp_type_IB_QPT_RC && qp_type != sys::ib_qp_type_IB_QPT_UD {
+        if (qp_type != sys::ib_qp_type_IB_QPT_RC && qp_type != sys::ib_qp_type_IB_QPT_UD)
+            || attr.create_flags != 0
+        {
             return Err(errno(kernel::bindings::EOPNOTSUPP));
         }
         let cap = &mut attr.cap;
@@ -1231,11 +1343,13 @@ impl Driver for SoftDevice {
         };
         let g = self.lock();
         let tables = self.tables.get(&g);
-        let Some(qpn) =
-            (FIRST_QPN..MAX_QP).find(|&n| tables.qps.get(n).is_some_and(|q| q.is_null()))
+        let start = tables.next_qpn.clamp(FIRST_QPN, MAX_QP - 1);
+        let Some(qpn) = Iterator::chain(start..MAX_QP, FIRST_QPN..start)
+            .find(|&n| tables.qps.get(n).is_some_and(|q| q.is_null()))
         else {
             return Err(ENOMEM);
         };
+        tables.next_qpn = qpn + 1;
         // Held until `created_qp` fills it: a placeholder no lookup dereferences.
         if let Some(slot) = tables.qps.get_mut(qpn) {
             *slot = NonNull::<Qp>::dangling().as_ptr();
@@ -1318,13 +1432,32 @@ impl Driver for SoftDevice {
     }
 
     fn destroy_qp(&self, qp: &Qp) {
-        let g = self.lock();
+        let mut g = self.lock();
         if let Some(slot) = self.tables.get(&g).qps.get_mut(qp.qpn as usize) {
             *slot = null();
         }
+        // Senders waiting on it (RNR) find nobody now: their retries end.
+        self.wake_waiters(&mut g, qp.qpn);
     }
 
     fn post_send(&self, qp: &Qp, wr: &sys::ib_send_wr) -> Result {
+        // In error every WR flushes, whatever it is (`ib_drain_sq` posts an RDMA WRITE
+        // with no address, on UD QPs too): before any check of its contents.
+        {
+            let mut g = self.lock();
+            if qp.state.get(&g).state == sys::ib_qp_state_IB_QPS_ERR {
+                // SAFETY: the union's `wr_id` view: any bits are a valid u64.
+                let id = unsafe { wr.__bindgen_anon_1.wr_id };
+                let done = wc(
+                    id,
+                    sys::ib_wc_status_IB_WC_WR_FLUSH_ERR,
+                    send_wc_opcode(wr.opcode),
+                    qp,
+                );
+                qp.send_cq().push(&mut g, done);
+                return Ok(());
+            }
+        }
         let (sges, count) = sges_of(wr.sg_list, wr.num_sge)?;
         let mut wqe = SendWqe {
             // SAFETY: the union's `wr_id` view: any bits are a valid u64.
@@ -1486,16 +1619,27 @@ impl Driver for SoftDevice {
         })
     }
 
-    fn get_dma_mr(&self, mr: NonNull<sys::ib_mr>, access: u32) -> Result<Mr> {
-        self.new_mr(mr, true, access, 0)
+    fn get_dma_mr(
+        &self,
+        mr: NonNull<sys::ib_mr>,
+        pd: NonNull<sys::ib_pd>,
+        access: u32,
+    ) -> Result<Mr> {
+        self.new_mr(mr, pd, true, access, 0)
     }
 
-    fn alloc_mr(&self, mr: NonNull<sys::ib_mr>, mr_type: u32, max_pages: u32) -> Result<Mr> {
+    fn alloc_mr(
+        &self,
+        mr: NonNull<sys::ib_mr>,
+        pd: NonNull<sys::ib_pd>,
+        mr_type: u32,
+        max_pages: u32,
+    ) -> Result<Mr> {
         if mr_type != sys::ib_mr_type_IB_MR_TYPE_MEM_REG || max_pages == 0 || max_pages > MAX_PAGES
         {
             return Err(einval());
         }
-        self.new_mr(mr, false, 0, max_pages)
+        self.new_mr(mr, pd, false, 0, max_pages)
     }
 
     fn created_mr(&self, mr: &Mr) {
@@ -1517,31 +1661,13 @@ impl Driver for SoftDevice {
             return EINVAL.to_errno();
         }
         let g = self.lock();
-        let state = mr.state.get(&g);
-        if state.valid {
-            // Restaging a registered MR would change what its key reaches.
-            let name = self.name(&g);
-            drop(g);
-            pr_err!(
-                "{}: map_mr_sg on a registered MR (invalidate it first)\n",
-                name
-            );
-            return EINVAL.to_errno();
-        }
-        clear(&mut state.staged.pages);
+        // Only the staged list changes: a registration in force keeps its own copy.
+        clear(&mut mr.state.get(&g).staged.pages);
         // The callback reaches the state itself; no borrow of it is live across the call.
         // SAFETY: an MR of ours; the list is what `ib_map_mr_sg` was given (the caller's
         // contract); `page_size` was set by `ib_map_mr_sg` before the call.
         let mapped =
             unsafe { sys::ib_sg_to_pages(raw.as_ptr(), sg, nents, offset, Some(set_page)) };
-        let state = mr.state.get(&g);
-        // SAFETY: `ib_sg_to_pages` set the MR's address and length.
-        unsafe {
-            let raw = &*raw.as_ptr();
-            state.staged.iova = raw.iova;
-            state.staged.length = raw.length;
-            state.staged.page_size = u64::from(raw.page_size);
-        }
         drop(g);
         mapped
     }
@@ -1558,6 +1684,7 @@ impl SoftDevice {
     fn new_mr(
         &self,
         mr: NonNull<sys::ib_mr>,
+        pd: NonNull<sys::ib_pd>,
         dma: bool,
         access: u32,
         max_pages: u32,
@@ -1590,6 +1717,7 @@ impl SoftDevice {
         }
         Ok(Mr {
             raw: mr,
+            pd: pd.as_ptr(),
             index: index as u32,
             dma,
             state: Locked::new(state),
@@ -1644,10 +1772,14 @@ impl kernel::Module for LoopbackModule {
         let device = SoftDevice {
             glue,
             raw: Locked::new(null_mut()),
-            tables: Locked::new(Tables { qps, mrs }),
+            tables: Locked::new(Tables {
+                qps,
+                mrs,
+                next_qpn: FIRST_QPN,
+            }),
             mac: Locked::new([0; 6]),
         };
-        let registration = Registration::new(module, device, c"tilde_lo%d", |ibdev| {
+        let registration = Registration::new(module, device, c"tilde_lo%d", |ibdev, state| {
             // The port count first: binding the netdev sets up the port data.
             ibdev.node_type = 1; // RDMA_NODE_IB_CA
             ibdev.phys_port_cnt = 1;
@@ -1659,8 +1791,6 @@ impl kernel::Module for LoopbackModule {
                 tilde_lo_attach(glue, core::ptr::from_mut(ibdev).cast(), mac.as_mut_ptr())
             })?;
             ibdev.node_guid = guid(&mac).to_be();
-            // SAFETY: reached through the device's own state, which the layer wrote.
-            let state = unsafe { rdma_core::driver::device_data::<SoftDevice>(ibdev) };
             let g = state.lock();
             *state.raw.get(&g) = ibdev;
             *state.mac.get(&g) = mac;
@@ -1677,9 +1807,8 @@ impl kernel::Module for LoopbackModule {
 
 impl Drop for LoopbackModule {
     fn drop(&mut self) {
-        // SAFETY: the glue lives until freed below; stops the netdev notifier, which must
-        // not outlive the IB device it unbinds.
-        unsafe { tilde_lo_detach(self.glue) };
+        // Unregisters the device, stops the netdev notifier (the state's drop) and frees
+        // the device.
         drop(self.registration.take());
         // SAFETY: the device is unregistered and freed; nothing uses the glue now.
         unsafe { tilde_lo_glue_free(self.glue) };

@@ -131,12 +131,25 @@ pub trait Driver: Sized + Send + Sync + 'static {
     fn post_send(&self, qp: &Self::Qp, wr: &sys::ib_send_wr) -> Result;
     /// Posts one receive WR.
     fn post_recv(&self, qp: &Self::Qp, wr: &sys::ib_recv_wr) -> Result;
-    /// Sets up an AH for `attr`.
+    /// Sets up an AH for `attr`. May be called in atomic context (an AH made without
+    /// `RDMA_CREATE_AH_SLEEPABLE`): no sleeping, no `GFP_KERNEL` allocation.
     fn create_ah(&self, ah: NonNull<sys::ib_ah>, attr: &sys::rdma_ah_attr) -> Result<Self::Ah>;
-    /// An MR over all memory with `access` (`IB_ACCESS_*`); sets the keys in `mr`.
-    fn get_dma_mr(&self, mr: NonNull<sys::ib_mr>, access: u32) -> Result<Self::Mr>;
-    /// A fast-registration MR of up to `max_pages` pages; sets the keys in `mr`.
-    fn alloc_mr(&self, mr: NonNull<sys::ib_mr>, mr_type: u32, max_pages: u32) -> Result<Self::Mr>;
+    /// An MR of `pd` over all memory with `access` (`IB_ACCESS_*`); sets the keys in
+    /// `mr` (the IB core sets its other fields, `pd` among them, after this returns).
+    fn get_dma_mr(
+        &self,
+        mr: NonNull<sys::ib_mr>,
+        pd: NonNull<sys::ib_pd>,
+        access: u32,
+    ) -> Result<Self::Mr>;
+    /// A fast-registration MR of `pd` of up to `max_pages` pages; sets the keys in `mr`.
+    fn alloc_mr(
+        &self,
+        mr: NonNull<sys::ib_mr>,
+        pd: NonNull<sys::ib_pd>,
+        mr_type: u32,
+        max_pages: u32,
+    ) -> Result<Self::Mr>;
     /// Maps a DMA-mapped scatterlist into an MR's page list (`ib_sg_to_pages` with the
     /// driver's page callback); how many entries it mapped, or a negative errno.
     ///
@@ -164,7 +177,8 @@ pub trait Driver: Sized + Send + Sync + 'static {
     fn destroy_cq(&self, _cq: &Self::Cq) {}
     /// As [`Driver::dealloc_pd`], for a QP.
     fn destroy_qp(&self, _qp: &Self::Qp) {}
-    /// As [`Driver::dealloc_pd`], for an AH.
+    /// As [`Driver::dealloc_pd`], for an AH; may be called in atomic context, as
+    /// [`Driver::create_ah`].
     fn destroy_ah(&self, _ah: &Self::Ah) {}
     /// As [`Driver::dealloc_pd`], for an MR.
     fn dereg_mr(&self, _mr: &Self::Mr) {}
@@ -461,7 +475,7 @@ impl<T: Driver> Ops<T> {
     /// (device, PD, type) after the op returns.
     unsafe fn new_mr(
         pd: *mut sys::ib_pd,
-        make: impl FnOnce(&T, NonNull<sys::ib_mr>) -> Result<T::Mr>,
+        make: impl FnOnce(&T, NonNull<sys::ib_mr>, NonNull<sys::ib_pd>) -> Result<T::Mr>,
     ) -> *mut sys::ib_mr {
         let object: KBox<MaybeUninit<Object<sys::ib_mr, T::Mr>>> =
             match KBox::new_uninit(GFP_KERNEL) {
@@ -474,8 +488,14 @@ impl<T: Driver> Ops<T> {
         unsafe {
             core::ptr::write_bytes(object, 0, 1);
             let raw = NonNull::new_unchecked(object.cast::<sys::ib_mr>());
+            let Some(pd_raw) = NonNull::new(pd) else {
+                drop(KBox::from_raw(
+                    object.cast::<MaybeUninit<Object<sys::ib_mr, T::Mr>>>(),
+                ));
+                return err_ptr(EINVAL);
+            };
             let dev = Self::dev((*pd).device);
-            match make(dev, raw) {
+            match make(dev, raw, pd_raw) {
                 Ok(data) => {
                     dev.created_mr((*object).data.write(data));
                     raw.as_ptr()
@@ -492,7 +512,7 @@ impl<T: Driver> Ops<T> {
 
     unsafe extern "C" fn get_dma_mr(pd: *mut sys::ib_pd, access: c_int) -> *mut sys::ib_mr {
         // SAFETY: the IB core's PD of ours.
-        unsafe { Self::new_mr(pd, |dev, raw| dev.get_dma_mr(raw, access as u32)) }
+        unsafe { Self::new_mr(pd, |dev, raw, pd| dev.get_dma_mr(raw, pd, access as u32)) }
     }
 
     unsafe extern "C" fn alloc_mr(
@@ -501,7 +521,7 @@ impl<T: Driver> Ops<T> {
         max: u32,
     ) -> *mut sys::ib_mr {
         // SAFETY: as above.
-        unsafe { Self::new_mr(pd, |dev, raw| dev.alloc_mr(raw, mr_type, max)) }
+        unsafe { Self::new_mr(pd, |dev, raw, pd| dev.alloc_mr(raw, pd, mr_type, max)) }
     }
 
     unsafe extern "C" fn map_mr_sg(
@@ -581,6 +601,26 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
     ops.dereg_mr = Some(Ops::<T>::dereg_mr);
     c_api::set_resize_cq::<Ops<T>>(&mut ops);
     c_api::set_no_user_mr(&mut ops);
+    // The IB core allocates these with kzalloc, aligned for the C object at least; the
+    // driver's state must not need more.
+    const {
+        assert!(
+            core::mem::align_of::<Object<sys::ib_pd, T::Pd>>()
+                <= core::mem::align_of::<sys::ib_pd>()
+        );
+        assert!(
+            core::mem::align_of::<Object<sys::ib_cq, T::Cq>>()
+                <= core::mem::align_of::<sys::ib_cq>()
+        );
+        assert!(
+            core::mem::align_of::<Object<sys::ib_qp, T::Qp>>()
+                <= core::mem::align_of::<sys::ib_qp>()
+        );
+        assert!(
+            core::mem::align_of::<Object<sys::ib_ah, T::Ah>>()
+                <= core::mem::align_of::<sys::ib_ah>()
+        );
+    };
     ops.size_ib_pd = Object::<sys::ib_pd, T::Pd>::SIZE;
     ops.size_ib_cq = Object::<sys::ib_cq, T::Cq>::SIZE;
     ops.size_ib_qp = Object::<sys::ib_qp, T::Qp>::SIZE;
@@ -600,7 +640,8 @@ unsafe impl<T: Driver> Sync for Registration<T> {}
 
 impl<T: Driver> Registration<T> {
     /// Allocates a device with `state`, lets `setup` fill the IB core's fields a driver
-    /// sets before registering (node type, ports, GUID, local DMA key, netdev ...), and
+    /// sets before registering (node type, ports, GUID, local DMA key, netdev ...), with
+    /// the state at hand, and
     /// registers it under `name` (a `%d` pattern allowed) without a DMA device, as the
     /// software devices do (the IB core then takes DMA addresses as kernel virtual
     /// addresses). `owner` is the driver's module.
@@ -608,7 +649,7 @@ impl<T: Driver> Registration<T> {
         owner: &'static kernel::ThisModule,
         state: T,
         name: &core::ffi::CStr,
-        setup: impl FnOnce(&mut sys::ib_device) -> Result,
+        setup: impl FnOnce(&mut sys::ib_device, &T) -> Result,
     ) -> Result<Self> {
         // The IB core's allocation is aligned for an `ib_device`; the state must not need
         // more (checked at compile time).
@@ -632,8 +673,10 @@ impl<T: Driver> Registration<T> {
         let table = ops::<T>(owner.as_ptr().cast());
         // SAFETY: the device is allocated and not registered; the table is copied.
         unsafe { sys::ib_set_device_ops(raw, &table) };
-        // SAFETY: as above; `setup` gets the device before it is visible to anyone.
-        if let Err(error) = setup(unsafe { &mut *raw }) {
+        // SAFETY: as above; `setup` gets the device before it is visible to anyone, and
+        // the state, which follows the `ib_device` in the allocation (disjoint from it).
+        let (ibdev, state) = unsafe { (&mut *raw, (*device.as_ptr()).data.assume_init_ref()) };
+        if let Err(error) = setup(ibdev, state) {
             pr_err!(
                 "{}: device setup failed: {:?}\n",
                 name.to_str().unwrap_or("?"),
