@@ -2,12 +2,13 @@
 //! `tilde_core.ko`: tilde's IB core module.
 //!
 //! For now it carries the device client: every RDMA device added to or removed from the
-//! IB core is reported in dmesg with its node GUID, ports, link layer and port states.
+//! IB core is reported in dmesg with its node GUID, ports, link layer and port states,
+//! and so are its asynchronous events (a port going up or down ...).
 
 use kernel::prelude::*;
 use rdma_core::{
     client::{Client, Registration},
-    device::Device,
+    device::{Device, DeviceEvent, DeviceEvents, EventWatch},
 };
 
 module! {
@@ -20,10 +21,25 @@ module! {
 /// Reports devices as they come and go.
 struct DeviceReport;
 
-impl Client for DeviceReport {
-    type DeviceData = ();
+impl DeviceEvents for DeviceReport {
+    fn event(device: &Device, event: DeviceEvent) {
+        match event.port {
+            Some(port) => pr_info!(
+                "{}: port {}: event: {}\n",
+                device.name(),
+                port,
+                event.name()
+            ),
+            None => pr_info!("{}: event: {}\n", device.name(), event.name()),
+        }
+    }
+}
 
-    fn add(device: &Device) -> Result<()> {
+impl Client for DeviceReport {
+    /// The device's event handler, while it is registered.
+    type DeviceData = Option<EventWatch<DeviceReport>>;
+
+    fn add(device: &Device) -> Result<Self::DeviceData> {
         let name = device.name();
         let ports = device.ports();
         pr_info!(
@@ -38,10 +54,14 @@ impl Client for DeviceReport {
                 Err(e) => pr_warn!("{}: port {}: query failed: {:?}\n", name, port, e),
             }
         }
-        Ok(())
+        let events = EventWatch::new(device)
+            .inspect_err(|e| pr_warn!("{}: no event handler: {:?}\n", name, e))
+            .ok();
+        Ok(events)
     }
 
-    fn remove(device: &Device, _data: ()) {
+    fn remove(device: &Device, events: Self::DeviceData) {
+        drop(events);
         pr_info!("{}: removed\n", device.name());
     }
 }

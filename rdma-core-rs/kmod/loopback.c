@@ -26,6 +26,8 @@ struct tilde_lo_glue {
 	struct net_device *ndev;
 	struct ib_device *ibdev;
 	bool watching;
+	/* The port state last reported, where this module reports it (below). */
+	enum ib_port_state reported;
 };
 
 struct tilde_lo_glue *tilde_lo_glue_new(void);
@@ -47,7 +49,33 @@ static int tilde_lo_netdev_event(struct notifier_block *notifier, unsigned long 
 	struct tilde_lo_glue *glue = container_of(notifier, struct tilde_lo_glue, notifier);
 	struct net_device *ndev = netdev_notifier_info_to_dev(ptr);
 
-	if (event != NETDEV_UNREGISTER || ndev != glue->ndev)
+	if (ndev != glue->ndev || !ndev)
+		return NOTIFY_DONE;
+#ifndef TILDE_IB_DISPATCH_PORT_STATE_EVENT
+	/*
+	 * An IB core with ib_dispatch_port_state_event() reports the port state of a device
+	 * bound to a netdev itself, on the netdev's UP, DOWN and CHANGE; an older one leaves
+	 * it to the driver (rxe reports it from its own notifier), as done here, once per
+	 * change of state.
+	 */
+	if (event == NETDEV_UP || event == NETDEV_DOWN || event == NETDEV_CHANGE) {
+		enum ib_port_state state = netif_running(ndev) && netif_carrier_ok(ndev) ?
+						   IB_PORT_ACTIVE : IB_PORT_DOWN;
+		struct ib_event ibevent = {
+			.device = glue->ibdev,
+			.element.port_num = 1,
+			.event = state == IB_PORT_ACTIVE ? IB_EVENT_PORT_ACTIVE :
+							   IB_EVENT_PORT_ERR,
+		};
+
+		if (state != glue->reported) {
+			glue->reported = state;
+			ib_dispatch_event(&ibevent);
+		}
+		return NOTIFY_OK;
+	}
+#endif
+	if (event != NETDEV_UNREGISTER)
 		return NOTIFY_DONE;
 	pr_info("tilde_loopback: %s: %s is going away: port 1 unbound\n",
 		dev_name(&glue->ibdev->dev), ndev->name);
@@ -131,6 +159,8 @@ int tilde_lo_attach(struct tilde_lo_glue *glue, struct ib_device *ibdev, u8 *mac
 	if (!ret) {
 		glue->ndev = ndev;
 		glue->ibdev = ibdev;
+		glue->reported = netif_running(ndev) && netif_carrier_ok(ndev) ?
+					 IB_PORT_ACTIVE : IB_PORT_DOWN;
 		memcpy(mac, ndev->dev_addr, ETH_ALEN);
 	}
 	rtnl_unlock();

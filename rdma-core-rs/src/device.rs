@@ -273,3 +273,108 @@ pub(crate) fn teardown_may_sleep(device: &Device, what: &str) -> bool {
     unsafe { sys::tilde_rdma_device_get(device.as_raw()) };
     false
 }
+
+/// An asynchronous event of a device (`struct ib_event`), as its event handlers get it.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceEvent {
+    /// `IB_EVENT_*`.
+    pub kind: u32,
+    /// The port, for the port events (`PORT_ACTIVE`, `PORT_ERR`, `GID_CHANGE` ...).
+    pub port: Option<u32>,
+}
+
+impl DeviceEvent {
+    /// The event's name, as the IB core's `ib_event_msg` has it ("port active", "port
+    /// error" ...; those of QP, CQ and SRQ events are not needed by device handlers).
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            sys::ib_event_type_IB_EVENT_PORT_ACTIVE => "port active",
+            sys::ib_event_type_IB_EVENT_PORT_ERR => "port error",
+            sys::ib_event_type_IB_EVENT_LID_CHANGE => "LID change",
+            sys::ib_event_type_IB_EVENT_PKEY_CHANGE => "P_key change",
+            sys::ib_event_type_IB_EVENT_SM_CHANGE => "SM change",
+            sys::ib_event_type_IB_EVENT_CLIENT_REREGISTER => "client reregister",
+            sys::ib_event_type_IB_EVENT_GID_CHANGE => "GID changed",
+            sys::ib_event_type_IB_EVENT_DEVICE_FATAL => "device fatal",
+            _ => "other event",
+        }
+    }
+}
+
+/// What to do with a device's asynchronous events ([`EventWatch`]).
+pub trait DeviceEvents: 'static {
+    /// An event of `device`. Called from the IB core's event dispatch, which may be
+    /// atomic context: no sleeping.
+    fn event(device: &Device, event: DeviceEvent);
+}
+
+/// A registered event handler of one device (`ib_register_event_handler`), calling
+/// `T::event` for each event until dropped. Drop it before the device goes (a client's
+/// `remove`).
+pub struct EventWatch<T: DeviceEvents> {
+    handler: NonNull<sys::ib_event_handler>,
+    _events: core::marker::PhantomData<T>,
+}
+
+// SAFETY: the handler is the IB core's to call; dropping it unregisters it, from any
+// thread that may sleep.
+unsafe impl<T: DeviceEvents> Send for EventWatch<T> {}
+
+impl<T: DeviceEvents> EventWatch<T> {
+    /// Registers a handler for `device`'s events. May sleep.
+    pub fn new(device: &Device) -> Result<Self> {
+        // SAFETY: all-zero is the state `INIT_IB_EVENT_HANDLER` starts from (its list
+        // head is written by the registration).
+        let mut handler: sys::ib_event_handler = unsafe { core::mem::zeroed() };
+        handler.device = device.as_raw();
+        handler.handler = Some(event_callback::<T>);
+        let handler = NonNull::from(KBox::leak(KBox::new(handler, GFP_KERNEL)?));
+        // SAFETY: a handler for a registered device, at a stable address until the drop
+        // unregisters it.
+        unsafe { sys::ib_register_event_handler(handler.as_ptr()) };
+        Ok(Self {
+            handler,
+            _events: core::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: DeviceEvents> Drop for EventWatch<T> {
+    fn drop(&mut self) {
+        // SAFETY: registered in `new`, unregistered once, here; then no call reaches it
+        // (the IB core serialises unregistration with dispatch), so its box can go.
+        unsafe {
+            sys::ib_unregister_event_handler(self.handler.as_ptr());
+            drop(KBox::from_raw(self.handler.as_ptr()));
+        }
+    }
+}
+
+/// `ib_event_handler.handler`.
+///
+/// # Safety
+///
+/// Called by the IB core with a handler registered by `EventWatch<T>` and its event.
+unsafe extern "C" fn event_callback<T: DeviceEvents>(
+    handler: *mut sys::ib_event_handler,
+    event: *mut sys::ib_event,
+) {
+    // SAFETY: the IB core passes the registered handler and a valid event, for the call.
+    let (raw, event) = unsafe { ((*handler).device, &*event) };
+    let kind = event.event;
+    let port = matches!(
+        kind,
+        sys::ib_event_type_IB_EVENT_PORT_ACTIVE
+            | sys::ib_event_type_IB_EVENT_PORT_ERR
+            | sys::ib_event_type_IB_EVENT_LID_CHANGE
+            | sys::ib_event_type_IB_EVENT_PKEY_CHANGE
+            | sys::ib_event_type_IB_EVENT_SM_CHANGE
+            | sys::ib_event_type_IB_EVENT_CLIENT_REREGISTER
+            | sys::ib_event_type_IB_EVENT_GID_CHANGE
+    )
+    // SAFETY: for port events the union holds the port number.
+    .then(|| unsafe { event.element.port_num });
+    // SAFETY: a handler's device is registered while the handler is.
+    let device = unsafe { Device::from_raw(raw) };
+    T::event(device, DeviceEvent { kind, port });
+}

@@ -256,7 +256,9 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 /// - `zerocopy`: the kernel's own zerocopy crate, which `ulp_iser`'s wire views use (not a
 ///   cfg: without it the iSER module is not built);
 /// - `ib_dma_map_bvec`: the static inline `ib_dma_map_bvec`, which only the C helpers can
-///   call, so it is a C define (`-DTILDE_IB_DMA_MAP_BVEC`, [`C_FEATURES`]), not a cfg.
+///   call, so it is a C define (`-DTILDE_IB_DMA_MAP_BVEC`, [`C_FEATURES`]), not a cfg;
+/// - `ib_dispatch_port_state_event`: the IB core reports the port state of a device bound
+///   to a netdev itself (else the driver does: tilde_loopback's C notifier), a C define.
 pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     let has = |path: &str| tree.join(path).exists();
     let mentions = |path: &str, text: &str| -> Result<bool> {
@@ -286,12 +288,18 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     if mentions("include/rdma/ib_verbs.h", "u64 ib_dma_map_bvec(")? {
         features.push("ib_dma_map_bvec");
     }
+    if mentions(
+        "include/rdma/ib_verbs.h",
+        "void ib_dispatch_port_state_event(",
+    )? {
+        features.push("ib_dispatch_port_state_event");
+    }
     Ok(features)
 }
 
 /// Features the binding layer's C helpers (`helpers.c`) need, as `-DTILDE_<FEATURE>`
 /// (static inline functions: bindgen does not see them, and only C can call them).
-const C_FEATURES: &[&str] = &["ib_dma_map_bvec"];
+const C_FEATURES: &[&str] = &["ib_dma_map_bvec", "ib_dispatch_port_state_event"];
 
 /// What the kernel's RDMA C API offers, found in the bindings bindgen made from its own
 /// headers: a function's presence, as the generated declarations show it (each one a

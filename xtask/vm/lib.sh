@@ -20,6 +20,21 @@ expect_dmesg() {
 	echo "ok: dmesg: $(grep -E -- "$1" "$log" | tail -n 1)"
 }
 
+# wait_dmesg REGEX: like expect_dmesg, for a line that comes asynchronously (waits up
+# to 10 s).
+wait_dmesg() {
+	local tries=0
+	until grep -E -q -- "$1" "$(kernel_log)"; do
+		tries=$((tries + 1))
+		if [ "$tries" -ge 100 ]; then
+			echo "FAIL: no dmesg line matches within 10 s: $1"
+			return 1
+		fi
+		sleep 0.1
+	done
+	echo "ok: dmesg: $(grep -E -- "$1" "$(kernel_log)" | tail -n 1)"
+}
+
 # reject_dmesg REGEX: fail if the kernel log has a line matching REGEX.
 reject_dmesg() {
 	local log

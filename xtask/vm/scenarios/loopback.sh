@@ -40,9 +40,19 @@ expect_dmesg 'tilde_loopback: unloaded$'
 rmmod tilde_verbs_conformance
 reject_dmesg 'tilde_verbs_conformance: .*: FAIL'
 
-echo "== the netdev going away unbinds the port"
+echo "== the port follows the netdev: down, up (events from the IB core or, on kernels"
+echo "   whose core does not report them, from the driver)"
 insmod "$driver" netdev=tl0
 rdma link show tilde_lo0/1 | grep -w ACTIVE
+ip link set tl0 down
+wait_dmesg 'tilde_core: tilde_lo0: port 1: event: port error$'
+rdma link show tilde_lo0/1 | grep -w DOWN
+ip link set tl0 up
+wait_dmesg 'tilde_core: tilde_lo0: port 1: event: port active$'
+rdma link show tilde_lo0/1 | grep -w ACTIVE
+[ "$(count_dmesg 'tilde_core: tilde_lo0: port 1: event: port (error|active)$')" -eq 2 ]
+
+echo "== the netdev going away unbinds the port"
 ip link delete tl0
 expect_dmesg 'tilde_loopback: tilde_lo0: tl0 is going away: port 1 unbound$'
 rdma link show tilde_lo0/1
