@@ -14,6 +14,8 @@
 //! Only benches that ran in this invocation (see `cargo bench -p benches -- <filter>`)
 //! are written.
 
+mod common;
+
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use hw_mlx4::fastpath::cq::CompletionQueue;
@@ -435,16 +437,9 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_millis(2500))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = fastpath;
-    config = config();
+    config = common::config();
     targets = post_send, poll_cq, round_trip
 }
 

@@ -16,6 +16,8 @@
 //! rdma-core / tilde (above 1: tilde is faster), and writes them to
 //! `<target>/tilde-bench/versus_rdma_core.json`.
 
+mod common;
+
 use benches::memory::{ring, wr_ids, BenchRing, Device, MemoryPlatform, MemoryRecord, MemoryUar};
 use benches::report;
 use criterion::{criterion_group, Criterion, Throughput};
@@ -346,16 +348,9 @@ fn versus(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_millis(2500))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = versus
 }
 

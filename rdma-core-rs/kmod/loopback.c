@@ -13,6 +13,8 @@
 #include <linux/spinlock.h>
 #include <rdma/ib_verbs.h>
 
+#include "../src/sys/tilde_rdma.h"
+
 MODULE_AUTHOR("tilde");
 
 static char *netdev = "";
@@ -26,7 +28,7 @@ struct tilde_lo_glue {
 	struct net_device *ndev;
 	struct ib_device *ibdev;
 	bool watching;
-	/* The port state last reported, where this module reports it (below). */
+	/* The port state last reported, where the driver reports it (helpers.c). */
 	enum ib_port_state reported;
 };
 
@@ -51,30 +53,14 @@ static int tilde_lo_netdev_event(struct notifier_block *notifier, unsigned long 
 
 	if (ndev != glue->ndev || !ndev)
 		return NOTIFY_DONE;
-#ifndef TILDE_IB_DISPATCH_PORT_STATE_EVENT
 	/*
-	 * An IB core with ib_dispatch_port_state_event() reports the port state of a device
-	 * bound to a netdev itself, on the netdev's UP, DOWN and CHANGE; an older one leaves
-	 * it to the driver (rxe reports it from its own notifier), as done here, once per
-	 * change of state.
+	 * The port's state follows the netdev's: reported by the IB core itself where it
+	 * does that, else by the binding layer for us (helpers.c).
 	 */
 	if (event == NETDEV_UP || event == NETDEV_DOWN || event == NETDEV_CHANGE) {
-		enum ib_port_state state = netif_running(ndev) && netif_carrier_ok(ndev) ?
-						   IB_PORT_ACTIVE : IB_PORT_DOWN;
-		struct ib_event ibevent = {
-			.device = glue->ibdev,
-			.element.port_num = 1,
-			.event = state == IB_PORT_ACTIVE ? IB_EVENT_PORT_ACTIVE :
-							   IB_EVENT_PORT_ERR,
-		};
-
-		if (state != glue->reported) {
-			glue->reported = state;
-			ib_dispatch_event(&ibevent);
-		}
+		tilde_rdma_netdev_port_event(glue->ibdev, 1, ndev, &glue->reported);
 		return NOTIFY_OK;
 	}
-#endif
 	if (event != NETDEV_UNREGISTER)
 		return NOTIFY_DONE;
 	pr_info("tilde_loopback: %s: %s is going away: port 1 unbound\n",

@@ -284,15 +284,15 @@ impl Span {
                 page_size,
             } => {
                 let from_base = addr.checked_sub(base)?;
-                let index = usize::try_from(from_base / page_size).ok()?;
+                let index = usize::try_from(from_base.checked_div(page_size)?).ok()?;
                 if index >= count {
                     return None;
                 }
-                let within = from_base % page_size;
+                let within = from_base.checked_rem(page_size)?;
                 // SAFETY: `index < count`, the list's length, which the lock keeps.
                 let page = unsafe { *pages.add(index) };
                 let contiguous = usize::try_from(page_size - within).ok()?.min(left);
-                Some(((page + within) as usize, contiguous))
+                Some((usize::try_from(page.checked_add(within)?).ok()?, contiguous))
             }
         }
     }
@@ -300,34 +300,41 @@ impl Span {
 
 /// Copies all of `from` into `to` (as many bytes as `from` has; `to` has room, checked).
 fn copy(from: &[Span], to: &[Span]) -> Option<()> {
-    let (mut fi, mut fo, mut ti, mut to_off) = (0, 0, 0, 0);
-    loop {
-        while fi < from.len() && fo == from[fi].len {
-            fi += 1;
-            fo = 0;
+    let mut targets = to.iter();
+    let mut target = targets.next();
+    let mut to_off = 0usize;
+    for source in from {
+        let mut from_off = 0usize;
+        while from_off < source.len {
+            // The next target with room left.
+            let into = loop {
+                match target {
+                    Some(t) if to_off < t.len => break t,
+                    Some(_) => {
+                        target = targets.next();
+                        to_off = 0;
+                    }
+                    None => return None,
+                }
+            };
+            let (src, src_len) = source.at(from_off)?;
+            let (dst, dst_len) = into.at(to_off)?;
+            // At least 1: `at` gives the bytes left from an offset inside the span.
+            let n = src_len.min(dst_len);
+            // SAFETY: both ranges were validated as memory the consumers gave the device
+            // (kernel virtual addresses of mapped buffers, or pages of a registered MR),
+            // valid until the WRs complete; they may overlap (a QP sending to itself):
+            // `copy`.
+            unsafe { core::ptr::copy(src as *const u8, dst as *mut u8, n) };
+            from_off = from_off.saturating_add(n);
+            to_off = to_off.saturating_add(n);
         }
-        if fi == from.len() {
-            return Some(());
-        }
-        while ti < to.len() && to_off == to[ti].len {
-            ti += 1;
-            to_off = 0;
-        }
-        let target = to.get(ti)?;
-        let (src, src_len) = from[fi].at(fo)?;
-        let (dst, dst_len) = target.at(to_off)?;
-        let n = src_len.min(dst_len);
-        // SAFETY: both ranges were validated as memory the consumers gave the device
-        // (kernel virtual addresses of mapped buffers, or pages of a registered MR), valid
-        // until the WRs complete; they may overlap (a QP sending to itself): `copy`.
-        unsafe { core::ptr::copy(src as *const u8, dst as *mut u8, n) };
-        fo += n;
-        to_off += n;
     }
+    Some(())
 }
 
 fn total(spans: &[Span]) -> usize {
-    spans.iter().map(|s| s.len).sum()
+    spans.iter().fold(0, |sum, s| sum.saturating_add(s.len))
 }
 
 /// A scatter/gather list, translated.
@@ -338,7 +345,7 @@ struct Spans {
 
 impl Spans {
     fn as_slice(&self) -> &[Span] {
-        &self.spans[..self.count]
+        self.spans.get(..self.count).unwrap_or(&[])
     }
 }
 
@@ -539,10 +546,14 @@ impl Cq {
             }
             return;
         }
-        let tail = (state.head + state.len) % capacity;
+        // Never zero here (a full ring returned above); checked all the same, as no panic
+        // may be reachable.
+        let Some(tail) = state.head.wrapping_add(state.len).checked_rem(capacity) else {
+            return;
+        };
         if let Some(slot) = state.ring.get_mut(tail) {
             *slot = wc;
-            state.len += 1;
+            state.len = state.len.saturating_add(1);
         }
         let this: *const Cq = self;
         if state.armed
@@ -678,7 +689,7 @@ impl SoftDevice {
                 };
                 self.translate(g, qp.pd, sge.lkey, sge.addr, sge.len as usize, need)?
             };
-            spans.count += 1;
+            spans.count = spans.count.saturating_add(1);
         }
         Some(spans)
     }
@@ -1031,10 +1042,16 @@ impl SoftDevice {
             len: GRH_LEN,
         };
         let status = match &target {
-            Some(t) if total(t.as_slice()) >= GRH_LEN + len => {
+            Some(t) if total(t.as_slice()) >= GRH_LEN.saturating_add(len) => {
                 let mut with_header = [header; MAX_SGE + 1];
-                with_header[1..=local.count].copy_from_slice(local.as_slice());
-                match copy(&with_header[..=local.count], t.as_slice()) {
+                for (slot, span) in with_header.iter_mut().skip(1).zip(local.as_slice()) {
+                    *slot = *span;
+                }
+                let spans = local.as_slice().len().saturating_add(1);
+                match with_header
+                    .get(..spans)
+                    .and_then(|all| copy(all, t.as_slice()))
+                {
                     Some(()) => sys::ib_wc_status_IB_WC_SUCCESS,
                     None => sys::ib_wc_status_IB_WC_LOC_PROT_ERR,
                 }
@@ -1044,7 +1061,7 @@ impl SoftDevice {
         };
         let mut done = wc(recv.id, status, sys::ib_wc_opcode_IB_WC_RECV, peer);
         if status == sys::ib_wc_status_IB_WC_SUCCESS {
-            done.byte_len = (GRH_LEN + len) as u32;
+            done.byte_len = GRH_LEN.saturating_add(len) as u32;
             done.src_qp = qp.qpn;
             done.wc_flags = (sys::ib_wc_flags_IB_WC_GRH
                 | sys::ib_wc_flags_IB_WC_WITH_NETWORK_HDR_TYPE)
@@ -1260,7 +1277,12 @@ impl Driver for SoftDevice {
         }
         let old = state.ring.len();
         for (i, slot) in ring.iter_mut().take(state.len).enumerate() {
-            if let Some(entry) = state.ring.get((state.head + i) % old) {
+            if let Some(entry) = state
+                .head
+                .wrapping_add(i)
+                .checked_rem(old)
+                .and_then(|at| state.ring.get(at))
+            {
                 *slot = *entry;
             }
         }
@@ -1294,7 +1316,11 @@ impl Driver for SoftDevice {
             if let Some(entry) = state.ring.get(state.head) {
                 *out = *entry;
             }
-            state.head = (state.head + 1) % capacity;
+            state.head = state
+                .head
+                .wrapping_add(1)
+                .checked_rem(capacity)
+                .unwrap_or(0);
             state.len -= 1;
             polled += 1;
         }
@@ -1349,7 +1375,7 @@ impl Driver for SoftDevice {
         else {
             return Err(ENOMEM);
         };
-        tables.next_qpn = qpn + 1;
+        tables.next_qpn = qpn.saturating_add(1);
         // Held until `created_qp` fills it: a placeholder no lookup dereferences.
         if let Some(slot) = tables.qps.get_mut(qpn) {
             *slot = NonNull::<Qp>::dangling().as_ptr();

@@ -258,7 +258,8 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 /// - `ib_dma_map_bvec`: the static inline `ib_dma_map_bvec`, which only the C helpers can
 ///   call, so it is a C define (`-DTILDE_IB_DMA_MAP_BVEC`, [`C_FEATURES`]), not a cfg;
 /// - `ib_dispatch_port_state_event`: the IB core reports the port state of a device bound
-///   to a netdev itself (else the driver does: tilde_loopback's C notifier), a C define.
+///   to a netdev itself (else the binding layer's `tilde_rdma_netdev_port_event` does it
+///   for the driver), a C define.
 pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     let has = |path: &str| tree.join(path).exists();
     let mentions = |path: &str, text: &str| -> Result<bool> {

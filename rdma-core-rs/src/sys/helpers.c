@@ -5,6 +5,7 @@
 #include "tilde_rdma.h"
 #include <linux/delay.h>
 #include <linux/mutex.h>
+#include <linux/netdevice.h>
 #include <linux/string.h>
 #include <linux/timekeeping.h>
 
@@ -266,5 +267,32 @@ void tilde_rdma_dma_unmap_bvec(struct ib_device *device, u64 dma_addr, u32 len,
 	ib_dma_unmap_bvec(device, dma_addr, len, direction);
 #else
 	ib_dma_unmap_page(device, dma_addr, len, direction);
+#endif
+}
+
+/*
+ * A netdev bound to `port` of `device` went up, down or changed (a driver's NETDEV_UP,
+ * NETDEV_DOWN, NETDEV_CHANGE). Kernels with ib_dispatch_port_state_event() (cargo xtask
+ * kmod's probe defines TILDE_IB_DISPATCH_PORT_STATE_EVENT) report the port's new state
+ * from the IB core's own notifier; older ones leave it to the driver, as rxe does, and
+ * this reports it: PORT_ACTIVE or PORT_ERR, once per change of `*reported` (the driver's
+ * record of the last state reported, under RTNL as netdev notifiers run).
+ */
+void tilde_rdma_netdev_port_event(struct ib_device *device, u32 port, struct net_device *ndev,
+				  enum ib_port_state *reported)
+{
+#ifndef TILDE_IB_DISPATCH_PORT_STATE_EVENT
+	enum ib_port_state state = netif_running(ndev) && netif_carrier_ok(ndev) ?
+					   IB_PORT_ACTIVE : IB_PORT_DOWN;
+	struct ib_event event = {
+		.device = device,
+		.element.port_num = port,
+		.event = state == IB_PORT_ACTIVE ? IB_EVENT_PORT_ACTIVE : IB_EVENT_PORT_ERR,
+	};
+
+	if (state == *reported)
+		return;
+	*reported = state;
+	ib_dispatch_event(&event);
 #endif
 }

@@ -37,6 +37,8 @@ struct ib_device *tilde_rdma_device_get_by_name(const char *name);
 
 u32 tilde_rdma_start_port(const struct ib_device *device);
 bool tilde_rdma_cap_ib_cm(const struct ib_device *device, u32 port);
+void tilde_rdma_netdev_port_event(struct ib_device *device, u32 port, struct net_device *ndev,
+				  enum ib_port_state *reported);
 u32 tilde_rdma_end_port(const struct ib_device *device);
 
 int tilde_rdma_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
