@@ -138,7 +138,9 @@ impl BuildRoot {
         output(&mut self.command(binds, script)?)
     }
 
-    fn command(&self, binds: &[Bind<'_>], script: &str) -> Result<Command> {
+    /// The command that runs `script` inside the root with `binds` (see
+    /// [`BuildRoot::sh`]), for a caller that manages the process itself.
+    pub fn command(&self, binds: &[Bind<'_>], script: &str) -> Result<Command> {
         let root = self
             .dir
             .to_str()

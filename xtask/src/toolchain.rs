@@ -84,6 +84,12 @@ const ROOT_PACKAGES: &[&str] = &[
     "open-iscsi",
     // iSER data checks and benchmarks.
     "fio",
+    // The emulated ConnectX-3 (cx3 scenarios): QEMU 11 with `vfio-user-pci` runs from the
+    // root (the Debian 12 host's QEMU 7.2 lacks it); in the guest the subnet manager and
+    // the InfiniBand diagnostics.
+    "qemu-system-x86",
+    "opensm",
+    "infiniband-diags",
 ];
 
 /// Host programs xtask runs, and the Debian packages that provide them.

@@ -156,46 +156,19 @@ pub fn run(
     fs::write(dir.join("scenario-name"), scenario)?;
     fs::write(dir.join("kernel-release"), &toolchain.release)?;
 
-    let console = dir.join("out/console.log");
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-accel",
-        "tcg,thread=multi",
-        "-cpu",
-        "max",
-        "-smp",
-        "2",
-        "-m",
-        "2048",
-    ])
-    .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-    .arg("-serial")
-    .arg(format!("file:{}", console.display()))
-    .arg("-kernel")
-    .arg(toolchain.vmlinuz())
-    .arg("-initrd")
-    .arg(&initramfs)
-    // A log buffer large enough that dmesg still holds the boot when the guest saves it.
-    .args([
-        "-append",
-        "console=ttyS0 panic=-1 log_buf_len=8M rdinit=/init",
-    ])
-    .arg("-virtfs")
-    .arg(format!(
-        "local,path={},mount_tag=root,security_model=none,readonly=on,multidevs=remap",
-        toolchain.root.dir.display()
-    ))
-    .arg("-virtfs")
-    .arg(format!(
-        "local,path={},mount_tag=tilde,security_model=none,multidevs=remap",
-        dir.display()
-    ))
-    // User-mode networking, restricted: the guest's NIC reaches nothing outside QEMU.
-    .args(["-netdev", "user,id=net0,restrict=on"])
-    .args(["-device", "virtio-net-pci,netdev=net0"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(fs::File::create(dir.join("out/qemu.stderr"))?);
+    let device = needs_device(scenario)?;
+    let mut qemu = match &device {
+        None => host_qemu(toolchain, &initramfs, &dir)?,
+        Some(name) if name == "cx3" => root_qemu(toolchain, &initramfs, &dir)?,
+        Some(other) => bail!("scenario {scenario}: unknown device {other:?} (have: cx3)"),
+    };
+    qemu.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.join("out/qemu.stderr"))?);
+    let mut emulated = match &device {
+        Some(_) => Some(EmulatedDevice::start(&dir)?),
+        None => None,
+    };
     let start = Instant::now();
     let mut child = qemu
         .spawn()
@@ -214,18 +187,22 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(100));
     }
     let duration = start.elapsed();
+    let device_report = emulated.as_mut().map(EmulatedDevice::finish);
 
     let read = |name: &str| fs::read_to_string(dir.join("out").join(name)).ok();
     let console_text = read("console.log").unwrap_or_default();
     let dmesg = read("dmesg.txt").unwrap_or_else(|| console_text.clone());
     let status = read("status").and_then(|s| s.trim().parse().ok());
     let tainted = read("tainted").and_then(|s| s.trim().parse().ok());
-    let verdict = judge(&Report {
+    let mut verdict = judge(&Report {
         status,
         tainted,
         dmesg: &dmesg,
         timed_out,
     });
+    if let Some(report) = device_report {
+        verdict.failures.extend(report);
+    }
     let scenario_start = console_text
         .lines()
         .find_map(|l| {
@@ -241,6 +218,243 @@ pub fn run(
         duration,
         scenario_start,
     })
+}
+
+/// The emulated device a scenario needs (`# needs-device: NAME` line): today `cx3`, the
+/// ConnectX-3 of the `cx3-device` crate.
+pub fn needs_device(scenario: &str) -> Result<Option<String>> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("# needs-device: "))
+        .map(|name| name.trim().to_string()))
+}
+
+/// Arguments every guest gets: TCG on two vCPUs, the stock kernel over the initramfs,
+/// the serial console to a file, the root and run shares over 9p, a virtio NIC on
+/// QEMU's user network, restricted. `path` maps a host path to the one QEMU sees.
+fn guest_args(
+    toolchain: &Toolchain,
+    initramfs: &Path,
+    dir: &Path,
+    root_share: &str,
+    path: &dyn Fn(&Path) -> Result<String>,
+) -> Result<Vec<String>> {
+    let mut args: Vec<String> = [
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("-serial".into());
+    args.push(format!("file:{}", path(&dir.join("out/console.log"))?));
+    args.push("-kernel".into());
+    args.push(path(&toolchain.vmlinuz())?);
+    args.push("-initrd".into());
+    args.push(path(initramfs)?);
+    // A log buffer large enough that dmesg still holds the boot when the guest saves it.
+    args.push("-append".into());
+    args.push("console=ttyS0 panic=-1 log_buf_len=8M rdinit=/init".into());
+    args.push("-virtfs".into());
+    args.push(format!(
+        "local,path={root_share},mount_tag=root,security_model=none,readonly=on,multidevs=remap"
+    ));
+    args.push("-virtfs".into());
+    args.push(format!(
+        "local,path={},mount_tag=tilde,security_model=none,multidevs=remap",
+        path(dir)?
+    ));
+    // User-mode networking, restricted: the guest's NIC reaches nothing outside QEMU.
+    for arg in [
+        "-netdev",
+        "user,id=net0,restrict=on",
+        "-device",
+        "virtio-net-pci,netdev=net0",
+    ] {
+        args.push(arg.into());
+    }
+    Ok(args)
+}
+
+/// The host's QEMU, with 2 GiB of ordinary guest RAM.
+fn host_qemu(toolchain: &Toolchain, initramfs: &Path, dir: &Path) -> Result<Command> {
+    let host_path = |p: &Path| Ok(p.display().to_string());
+    let root = toolchain.root.dir.display().to_string();
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-m", "2048"])
+        .args(guest_args(toolchain, initramfs, dir, &root, &host_path)?);
+    Ok(qemu)
+}
+
+/// Where the run directory appears inside the build root for the root's QEMU.
+const RUN_IN_ROOT: &str = "/tilde-run";
+
+/// The build root's QEMU (sid's, which has `vfio-user-pci`; the Debian 12 host's 7.2 does
+/// not), run inside the root with the run directory bound in, on a q35 machine whose RAM
+/// is a shared memfd so that the device process can map it for DMA, and the emulated
+/// device on the socket [`EmulatedDevice`] serves.
+fn root_qemu(toolchain: &Toolchain, initramfs: &Path, dir: &Path) -> Result<Command> {
+    // The initramfs lives in the cache, outside the root: the run directory carries it.
+    let initramfs_copy = dir.join("initramfs.cpio");
+    fs::copy(initramfs, &initramfs_copy)?;
+    let root_dir = toolchain.root.dir.clone();
+    let in_root = |p: &Path| -> Result<String> {
+        if let Ok(rest) = p.strip_prefix(dir) {
+            return Ok(format!("{RUN_IN_ROOT}/{}", rest.display()));
+        }
+        if p == dir {
+            return Ok(RUN_IN_ROOT.to_string());
+        }
+        match p.strip_prefix(&root_dir) {
+            Ok(rest) => Ok(format!("/{}", rest.display())),
+            Err(_) => bail!(
+                "{} is neither in the run directory nor in the root",
+                p.display()
+            ),
+        }
+    };
+    let mut args = vec![
+        "qemu-system-x86_64".to_string(),
+        "-machine".into(),
+        "q35,memory-backend=mem".into(),
+        "-object".into(),
+        "memory-backend-memfd,id=mem,size=2G,share=on".into(),
+        "-m".into(),
+        "2048".into(),
+    ];
+    args.extend(guest_args(
+        toolchain,
+        &initramfs_copy,
+        dir,
+        "/",
+        &|p: &Path| {
+            if p == dir {
+                Ok(RUN_IN_ROOT.to_string())
+            } else {
+                in_root(p)
+            }
+        },
+    )?);
+    args.push("-device".into());
+    args.push(format!(
+        "{{\"driver\":\"vfio-user-pci\",\"socket\":{{\"path\":\"{RUN_IN_ROOT}/{}\",\"type\":\"unix\"}}}}",
+        EmulatedDevice::SOCKET
+    ));
+    let script = format!(
+        "exec {}",
+        args.iter()
+            .map(|a| crate::util::sh_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    toolchain.root.command(
+        &[crate::target::Bind {
+            host: dir,
+            guest: RUN_IN_ROOT,
+        }],
+        &script,
+    )
+}
+
+/// The `cx3-device` process serving one run: started before QEMU on a socket in the run
+/// directory, it exits when QEMU closes the connection; its log comes back as
+/// `out/cx3-device.log`, and every `error:` line in it fails the run.
+struct EmulatedDevice {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl EmulatedDevice {
+    const SOCKET: &'static str = "cx3.sock";
+
+    fn start(dir: &Path) -> Result<Self> {
+        let binary = build_device()?;
+        let socket = dir.join(Self::SOCKET);
+        let log = dir.join("out/cx3-device.log");
+        let child = Command::new(&binary)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context(|| format!("starting {}", binary.display()))?;
+        let mut device = Self { child, log };
+        // QEMU connects at start-up: the socket must exist first.
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Some(status) = device.child.try_wait()? {
+                bail!(
+                    "cx3-device exited at start ({status}); see {}",
+                    device.log.display()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = device.child.kill();
+                bail!("cx3-device did not create {} within 10 s", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(device)
+    }
+
+    /// Waits for the device to exit (QEMU is gone, so it sees the connection close) and
+    /// returns the failures it reported.
+    fn finish(&mut self) -> Vec<String> {
+        let start = Instant::now();
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if start.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+            }
+        };
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let mut failures: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .map(|l| format!("cx3-device: {l}"))
+            .collect();
+        match status {
+            None => failures.push("cx3-device did not exit after QEMU; killed".into()),
+            Some(s) if s.code() == Some(2) => failures.push(format!(
+                "cx3-device failed ({s}); see {}",
+                self.log.display()
+            )),
+            Some(_) => {}
+        }
+        failures
+    }
+}
+
+/// Builds the device program with the host's cargo (release: it executes the guest's
+/// data path), returning its path.
+fn build_device() -> Result<PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "--release", "-p", "cx3-device"])
+        .status()
+        .context(|| "cargo build -p cx3-device".to_string())?;
+    if !status.success() {
+        bail!("cargo build -p cx3-device failed");
+    }
+    Ok(repo_root().join("target/release/cx3-device"))
 }
 
 /// Runs a scenario, booting the guest again (up to [`BOOTS`] boots) if it died before any

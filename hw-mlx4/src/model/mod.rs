@@ -16,6 +16,7 @@
 //! What it does not model: timing, packet loss and transport retries, MTU segmentation,
 //! SRQs, memory windows, multicast, and BlueFlame (all posts use the doorbell).
 
+pub mod hca;
 mod host;
 mod memory;
 

@@ -6,9 +6,11 @@
 //! and named constants here, so logic code never shifts or masks by hand. Every type's
 //! documentation names the upstream definition it follows, and `tests` pins each layout.
 
+pub mod cmd;
 mod cqe;
 mod doorbell;
 mod eqe;
+pub mod fw;
 mod wqe;
 
 pub use cqe::*;

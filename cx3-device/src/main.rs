@@ -1,0 +1,394 @@
+//! `cx3-device`: an emulated ConnectX-3 (PCI 15b3:1003, two InfiniBand ports cabled to
+//! each other) for QEMU's `vfio-user-pci`.
+//!
+//! The device itself is `hw_mlx4::model::hca::Hca`, which the host tests drive without
+//! QEMU; this program is its transport: it serves the vfio-user protocol on a UNIX
+//! socket (rust-vmm's `vfio_user` server), decodes region accesses into configuration
+//! space, BAR0 and BAR2 accesses, maps the guest memory QEMU shares for DMA, and turns
+//! the interrupts the HCA raises into writes of the eventfds QEMU handed over for MSI-X.
+//!
+//! Every access is an MMIO message over the socket: BAR2 (the doorbells) is not mapped
+//! into the guest, so the device sees each doorbell when it is written.
+//!
+//! Usage: `cx3-device --socket PATH [--log PATH]`. It serves one connection, and exits
+//! when QEMU closes it: status 0 if the driver made no mistake the device saw, 1 if it
+//! did (each is an `error:` line in the log), 2 if the transport failed.
+
+mod guest_memory;
+mod pci;
+
+use std::fs::File;
+use std::io::Write;
+use std::mem::size_of;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use hw_mlx4::model::hca::{Hca, HcaEvent};
+use vfio_bindings::bindings::vfio::{
+    vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_user::{IrqInfo, Server, ServerBackend, ServerRegion};
+
+use guest_memory::GuestMemory;
+use pci::ConfigSpace;
+
+/// The device's log: every line goes to the log file (and stderr), and `error:` lines
+/// are counted, since each is a driver mistake or a fault the runner fails on.
+struct Log {
+    out: Box<dyn Write + Send>,
+    errors: u64,
+}
+
+impl Log {
+    fn line(&mut self, line: &str) {
+        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.flush();
+    }
+
+    fn error(&mut self, line: &str) {
+        self.errors += 1;
+        self.line(&format!("error: {line}"));
+    }
+}
+
+static LOG: Mutex<Option<Log>> = Mutex::new(None);
+
+fn log_line(line: &str) {
+    if let Ok(mut log) = LOG.lock() {
+        if let Some(log) = log.as_mut() {
+            log.line(line);
+        }
+    }
+}
+
+fn log_error(line: &str) {
+    if let Ok(mut log) = LOG.lock() {
+        if let Some(log) = log.as_mut() {
+            log.error(line);
+        }
+    }
+}
+
+/// The `log` crate's records (the vfio-user server's own) go to the device log.
+struct ServerLogger;
+
+impl log::Log for ServerLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            log_line(&format!("vfio-user: {}: {}", record.level(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static SERVER_LOGGER: ServerLogger = ServerLogger;
+
+/// The device as the vfio-user server sees it.
+struct Cx3 {
+    config: ConfigSpace,
+    hca: Hca,
+    memory: GuestMemory,
+    /// The eventfd of each MSI-X vector QEMU enabled.
+    msix: Vec<Option<File>>,
+    intx: Option<File>,
+}
+
+impl Cx3 {
+    fn new() -> Self {
+        Self {
+            config: ConfigSpace::new(),
+            hca: Hca::new(),
+            memory: GuestMemory::default(),
+            msix: Vec::new(),
+            intx: None,
+        }
+    }
+
+    /// Delivers what the HCA raised and logs what it reported.
+    fn flush_events(&mut self) {
+        for event in self.hca.take_events() {
+            match event {
+                HcaEvent::Interrupt { vector } => self.interrupt(vector),
+                HcaEvent::Info(line) => log_line(&line),
+                HcaEvent::DriverError(line) => log_error(&line),
+            }
+        }
+    }
+
+    fn interrupt(&mut self, vector: u16) {
+        let fd = self
+            .msix
+            .get_mut(usize::from(vector))
+            .and_then(Option::as_mut)
+            .or(self.intx.as_mut());
+        match fd {
+            Some(fd) => {
+                if let Err(e) = fd.write_all(&1u64.to_ne_bytes()) {
+                    log_error(&format!("interrupt vector {vector}: eventfd write: {e}"));
+                }
+            }
+            // The driver masked or has not enabled the vector yet; a real device would
+            // set the pending bit. The driver polls its EQs on enable, so nothing is lost.
+            None => log_line(&format!(
+                "interrupt vector {vector}: no eventfd (not enabled)"
+            )),
+        }
+    }
+}
+
+impl ServerBackend for Cx3 {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        match region {
+            VFIO_PCI_CONFIG_REGION_INDEX => self.config.read(offset, data),
+            VFIO_PCI_BAR0_REGION_INDEX => self.hca.bar0_read(offset, data),
+            VFIO_PCI_BAR2_REGION_INDEX => self.hca.bar2_read(offset, data),
+            _ => data.fill(0xff),
+        }
+        self.flush_events();
+        Ok(())
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        match region {
+            VFIO_PCI_CONFIG_REGION_INDEX => {
+                self.config.write(offset, data);
+                self.hca.set_bus_master(self.config.bus_master());
+            }
+            VFIO_PCI_BAR0_REGION_INDEX => {
+                self.hca.bar0_write(&self.memory, offset, data);
+                if self.hca.reset_requested() {
+                    self.config.reset();
+                    self.hca.set_bus_master(false);
+                }
+            }
+            VFIO_PCI_BAR2_REGION_INDEX => self.hca.bar2_write(&self.memory, offset, data),
+            _ => log_error(&format!(
+                "write to region {region} at {offset:#x}, which the device does not have"
+            )),
+        }
+        self.flush_events();
+        Ok(())
+    }
+
+    fn dma_map(
+        &mut self,
+        flags: vfio_user::DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> std::io::Result<()> {
+        match fd {
+            Some(fd) => {
+                log_line(&format!(
+                    "dma_map {address:#x}+{size:#x} (file offset {offset:#x}, {flags:?})"
+                ));
+                self.memory.map(address, size, fd, offset)
+            }
+            // ROM and other ranges QEMU does not back with a shared file: not reachable
+            // by DMA, as on a platform where the IOMMU does not map them.
+            None => {
+                log_line(&format!(
+                    "dma_map {address:#x}+{size:#x} without a file: not mapped"
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    fn dma_unmap(
+        &mut self,
+        _flags: vfio_user::DmaUnmapFlags,
+        address: u64,
+        size: u64,
+    ) -> std::io::Result<()> {
+        log_line(&format!("dma_unmap {address:#x}+{size:#x}"));
+        self.memory.unmap(address, size);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> std::io::Result<()> {
+        log_line("function reset");
+        self.config.reset();
+        self.hca.reset();
+        self.flush_events();
+        Ok(())
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> std::io::Result<()> {
+        log_line(&format!(
+            "set_irqs index {index} flags {flags:#x} start {start} count {count} fds {}",
+            fds.len()
+        ));
+        let trigger = flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0;
+        match index {
+            VFIO_PCI_MSIX_IRQ_INDEX if trigger => {
+                let start = start as usize;
+                let end = start.saturating_add(count as usize);
+                if self.msix.len() < end {
+                    self.msix.resize_with(end, || None);
+                }
+                if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
+                    let mut fds = fds.into_iter();
+                    for slot in self.msix.iter_mut().take(end).skip(start) {
+                        *slot = fds.next();
+                    }
+                } else if flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 0 {
+                    self.msix.clear();
+                }
+            }
+            VFIO_PCI_INTX_IRQ_INDEX if trigger => {
+                self.intx = if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
+                    fds.into_iter().next()
+                } else {
+                    None
+                };
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn regions() -> Vec<ServerRegion> {
+    (0..VFIO_PCI_NUM_REGIONS)
+        .map(|index| {
+            let size = match index {
+                VFIO_PCI_CONFIG_REGION_INDEX => pci::CONFIG_SIZE as u64,
+                VFIO_PCI_BAR0_REGION_INDEX => pci::BAR0_SIZE,
+                VFIO_PCI_BAR2_REGION_INDEX => pci::BAR2_SIZE,
+                _ => 0,
+            };
+            ServerRegion {
+                region_info: vfio_region_info {
+                    argsz: size_of::<vfio_region_info>() as u32,
+                    index,
+                    size,
+                    flags: if size > 0 {
+                        VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
+                    } else {
+                        0
+                    },
+                    ..Default::default()
+                },
+                sparse_areas: Vec::new(),
+                mmap_fd: None,
+            }
+        })
+        .collect()
+}
+
+fn irqs() -> Vec<IrqInfo> {
+    (0..VFIO_PCI_NUM_IRQS)
+        .map(|index| {
+            let count = match index {
+                VFIO_PCI_INTX_IRQ_INDEX => 1,
+                VFIO_PCI_MSIX_IRQ_INDEX => u32::from(pci::MSIX_VECTORS),
+                _ => 0,
+            };
+            IrqInfo {
+                index,
+                count,
+                flags: if count > 0 { VFIO_IRQ_INFO_EVENTFD } else { 0 },
+            }
+        })
+        .collect()
+}
+
+struct Args {
+    socket: PathBuf,
+    log: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut socket = None;
+    let mut log = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--socket" => socket = args.next().map(PathBuf::from),
+            "--log" => log = args.next().map(PathBuf::from),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Args {
+        socket: socket.ok_or("usage: cx3-device --socket PATH [--log PATH]")?,
+        log,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("cx3-device: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out: Box<dyn Write + Send> = match &args.log {
+        Some(path) => match File::create(path) {
+            Ok(file) => Box::new(file),
+            Err(e) => {
+                eprintln!("cx3-device: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => Box::new(std::io::stderr()),
+    };
+    if let Ok(mut log) = LOG.lock() {
+        *log = Some(Log { out, errors: 0 });
+    }
+    let _ = log::set_logger(&SERVER_LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
+
+    let server = match Server::new(&args.socket, true, irqs(), regions()) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("cx3-device: {}: {e:?}", args.socket.display());
+            return ExitCode::from(2);
+        }
+    };
+    log_line(&format!(
+        "ConnectX-3 {:04x}:{:04x} serving {}",
+        pci::VENDOR_ID,
+        pci::DEVICE_ID,
+        args.socket.display()
+    ));
+    let mut device = Cx3::new();
+    let served = server.run(&mut device);
+    device.flush_events();
+    let summary = device.hca.summary();
+    log_line(&format!("connection closed: {summary}"));
+    let errors = LOG
+        .lock()
+        .ok()
+        .and_then(|log| log.as_ref().map(|l| l.errors))
+        .unwrap_or(0);
+    match served {
+        Err(e) => {
+            log_error(&format!("vfio-user transport: {e:?}"));
+            ExitCode::from(2)
+        }
+        Ok(()) if errors > 0 => {
+            log_line(&format!("{errors} error(s) reported"));
+            ExitCode::from(1)
+        }
+        Ok(()) => ExitCode::SUCCESS,
+    }
+}

@@ -1,0 +1,436 @@
+//! The subnet management agent of the two ports, as the firmware runs it: the driver
+//! hands it SMPs through MAD_IFC (its own queries, and the SMPs that arrive on QP0 for
+//! this node), and it answers NodeInfo, NodeDescription, PortInfo, P_Key and GUID tables,
+//! SL-to-VL mapping and VL arbitration, and takes the subnet manager's Sets.
+//!
+//! The two ports are cabled to each other: each one's link is up when both are enabled
+//! (INIT_PORT), and a logical state the SM moves from INIT through ARMED to ACTIVE.
+//!
+//! Source: InfiniBand Architecture Specification vol. 1, 14.2.5 (SMP attributes, their
+//! layouts), `include/rdma/ib_smi.h` and `ib_mad.h` (offsets, `IB_SMP_ATTR_*`), and what
+//! `drivers/infiniband/hw/mlx4/main.c` (`ib_link_query_port`, `mlx4_ib_query_device`,
+//! `init_node_data`) reads from the replies.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Attribute ids (`IB_SMP_ATTR_*`).
+mod attr {
+    pub const NODE_DESC: u16 = 0x0010;
+    pub const NODE_INFO: u16 = 0x0011;
+    pub const GUID_INFO: u16 = 0x0014;
+    pub const PORT_INFO: u16 = 0x0015;
+    pub const PKEY_TABLE: u16 = 0x0016;
+    pub const SL_TO_VL_TABLE: u16 = 0x0017;
+    pub const VL_ARB_TABLE: u16 = 0x0018;
+}
+
+/// MAD methods.
+mod method {
+    pub const GET: u8 = 0x01;
+    pub const SET: u8 = 0x02;
+    pub const GET_RESP: u8 = 0x81;
+}
+
+/// Byte offsets in a MAD (`struct ib_mad_hdr`, `struct ib_smp`).
+mod mad {
+    pub const BASE_VERSION: usize = 0;
+    pub const MGMT_CLASS: usize = 1;
+    pub const METHOD: usize = 3;
+    pub const STATUS: usize = 4;
+    pub const ATTR_ID: usize = 16;
+    pub const ATTR_MOD: usize = 20;
+    /// The SMP's data (64 bytes).
+    pub const SMP_DATA: usize = 64;
+    pub const SMP_DATA_LEN: usize = 64;
+    /// LID-routed and directed-route subnet management classes.
+    pub const CLASS_SUBN_LID_ROUTED: u8 = 0x01;
+    pub const CLASS_SUBN_DIRECTED_ROUTE: u8 = 0x81;
+    /// Status: the D bit of a directed-route SMP's status word.
+    pub const DR_DIRECTION: u16 = 0x8000;
+    /// Status: unsupported method/attribute combination.
+    pub const STATUS_UNSUPPORTED_ATTR: u16 = 0x000c;
+    /// Status: an attribute or modifier value is invalid.
+    pub const STATUS_INVALID_FIELD: u16 = 0x001c;
+}
+
+/// Byte offsets in PortInfo's 64 bytes.
+mod port_info {
+    pub const GID_PREFIX: usize = 8;
+    pub const LID: usize = 16;
+    pub const SM_LID: usize = 18;
+    pub const CAP_MASK: usize = 20;
+    pub const LOCAL_PORT: usize = 28;
+    pub const WIDTH_ENABLED: usize = 29;
+    pub const WIDTH_SUPPORTED: usize = 30;
+    pub const WIDTH_ACTIVE: usize = 31;
+    /// High nibble: speeds supported; low nibble: the port state.
+    pub const SPEED_STATE: usize = 32;
+    /// High nibble: the physical state; low nibble: the down default.
+    pub const PHYS_STATE: usize = 33;
+    /// Low 3 bits: LMC.
+    pub const LMC: usize = 34;
+    /// High nibble: speed active; low nibble: speed enabled.
+    pub const SPEED_ACTIVE: usize = 35;
+    /// High nibble: neighbor MTU; low nibble: master SM SL.
+    pub const MTU_SMSL: usize = 36;
+    /// High nibble: VL cap.
+    pub const VL_CAP: usize = 37;
+    /// Low nibble: the MTU cap.
+    pub const MTU_CAP: usize = 41;
+    /// High nibble: operational VLs.
+    pub const OPER_VLS: usize = 43;
+    pub const GUID_CAP: usize = 50;
+    /// Low 5 bits: the subnet timeout; bit 7: client reregister.
+    pub const SUBNET_TIMEOUT: usize = 51;
+}
+
+/// A port's logical state (PortInfo:PortState).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortState {
+    Down = 1,
+    Init = 2,
+    Armed = 3,
+    Active = 4,
+}
+
+/// What a port's subnet manager set.
+#[derive(Clone, Debug)]
+struct Port {
+    enabled: bool,
+    state: PortState,
+    lid: u16,
+    sm_lid: u16,
+    sm_sl: u8,
+    lmc: u8,
+    gid_prefix: u64,
+    neighbor_mtu: u8,
+    oper_vls: u8,
+    subnet_timeout: u8,
+    pkeys: [u16; 128],
+}
+
+impl Port {
+    fn new() -> Self {
+        let mut pkeys = [0u16; 128];
+        pkeys[0] = 0xffff;
+        Self {
+            enabled: false,
+            state: PortState::Down,
+            lid: 0,
+            sm_lid: 0,
+            sm_sl: 0,
+            lmc: 0,
+            gid_prefix: 0xfe80_0000_0000_0000,
+            neighbor_mtu: 5,
+            oper_vls: 1,
+            subnet_timeout: 0,
+            pkeys,
+        }
+    }
+}
+
+/// A change the device must report to the driver (a PORT_CHANGE event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortEvent {
+    /// The port went ACTIVE.
+    Active { port: usize },
+    /// The port left ACTIVE.
+    Down { port: usize },
+}
+
+/// The node's subnet management agent.
+pub struct Sma {
+    node_guid: u64,
+    ports: [Port; 2],
+    events: Vec<PortEvent>,
+}
+
+/// Node description (NodeDescription, 64 bytes).
+const NODE_DESCRIPTION: &[u8] = b"tilde emulated ConnectX-3";
+/// The ConnectX-3's device id and revision, and Mellanox's OUI.
+const DEVICE_ID: u16 = 0x1003;
+const REVISION: u32 = 0xb0;
+const VENDOR_ID: u32 = 0x0002c9;
+
+impl Default for Sma {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sma {
+    /// The agent of a freshly reset device: both ports down.
+    pub fn new() -> Self {
+        Self {
+            node_guid: 0x0002_c903_00a0_b0c0,
+            ports: [Port::new(), Port::new()],
+            events: Vec::new(),
+        }
+    }
+
+    /// The GUID of port `index` (0-based).
+    pub fn port_guid(&self, index: usize) -> u64 {
+        self.node_guid + 1 + index as u64
+    }
+
+    /// A port's logical state.
+    pub fn state(&self, index: usize) -> Option<PortState> {
+        self.ports.get(index).map(|p| p.state)
+    }
+
+    /// The port events since the last call.
+    pub fn take_events(&mut self) -> Vec<PortEvent> {
+        core::mem::take(&mut self.events)
+    }
+
+    /// INIT_PORT or CLOSE_PORT: the cable's link is up when both ends are enabled.
+    pub fn set_port_enabled(&mut self, index: usize, enabled: bool) {
+        if let Some(port) = self.ports.get_mut(index) {
+            port.enabled = enabled;
+        }
+        let link_up = self.ports.iter().all(|p| p.enabled);
+        for (i, port) in self.ports.iter_mut().enumerate() {
+            let next = match (link_up, port.state) {
+                (false, _) => PortState::Down,
+                (true, PortState::Down) => PortState::Init,
+                (true, state) => state,
+            };
+            if port.state == PortState::Active && next != PortState::Active {
+                self.events.push(PortEvent::Down { port: i });
+            }
+            port.state = next;
+        }
+    }
+
+    fn link_up(&self) -> bool {
+        self.ports.iter().all(|p| p.enabled)
+    }
+
+    /// Answers the SMP `request` (256 bytes) that port `index` received, into `reply`.
+    /// An SMP the agent does not answer gets a reply with the MAD status saying why,
+    /// as the firmware does; a request that is no SMP at all is an error.
+    pub fn process(
+        &mut self,
+        index: usize,
+        request: &[u8],
+        reply: &mut [u8; 256],
+    ) -> Result<(), String> {
+        let request: &[u8; 256] = request
+            .try_into()
+            .map_err(|_| format!("MAD_IFC: a MAD of {} bytes", request.len()))?;
+        let class = request[mad::MGMT_CLASS];
+        if request[mad::BASE_VERSION] != 1
+            || (class != mad::CLASS_SUBN_LID_ROUTED && class != mad::CLASS_SUBN_DIRECTED_ROUTE)
+        {
+            return Err(format!(
+                "MAD_IFC: base version {} class {class:#x}: not an SMP (only the SMA is in firmware)",
+                request[mad::BASE_VERSION]
+            ));
+        }
+        reply.copy_from_slice(request);
+        let method = request[mad::METHOD];
+        let attr = u16::from_be_bytes([request[mad::ATTR_ID], request[mad::ATTR_ID + 1]]);
+        let attr_mod = u32::from_be_bytes([
+            request[mad::ATTR_MOD],
+            request[mad::ATTR_MOD + 1],
+            request[mad::ATTR_MOD + 2],
+            request[mad::ATTR_MOD + 3],
+        ]);
+        let mut data = [0u8; mad::SMP_DATA_LEN];
+        data.copy_from_slice(&request[mad::SMP_DATA..mad::SMP_DATA + mad::SMP_DATA_LEN]);
+        let status = match method {
+            method::GET => self.get(index, attr, attr_mod, &mut data),
+            method::SET => self.set(index, attr, attr_mod, &data).and_then(|()| {
+                data = [0; mad::SMP_DATA_LEN];
+                self.get(index, attr, attr_mod, &mut data)
+            }),
+            _ => Err(mad::STATUS_UNSUPPORTED_ATTR),
+        };
+        let mut status = status.err().unwrap_or(0);
+        if class == mad::CLASS_SUBN_DIRECTED_ROUTE {
+            status |= mad::DR_DIRECTION;
+        }
+        reply[mad::METHOD] = method::GET_RESP;
+        reply[mad::STATUS..mad::STATUS + 2].copy_from_slice(&status.to_be_bytes());
+        reply[mad::SMP_DATA..mad::SMP_DATA + mad::SMP_DATA_LEN].copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn get(&self, index: usize, attr: u16, attr_mod: u32, data: &mut [u8; 64]) -> Result<(), u16> {
+        *data = [0; 64];
+        let port = self.ports.get(index).ok_or(mad::STATUS_INVALID_FIELD)?;
+        match attr {
+            attr::NODE_DESC => {
+                data[..NODE_DESCRIPTION.len()].copy_from_slice(NODE_DESCRIPTION);
+            }
+            attr::NODE_INFO => {
+                data[0] = 1; // base version
+                data[1] = 1; // class version
+                data[2] = 1; // node type: channel adapter
+                data[3] = 2; // ports
+                data[4..12].copy_from_slice(&self.node_guid.to_be_bytes()); // system image
+                data[12..20].copy_from_slice(&self.node_guid.to_be_bytes());
+                data[20..28].copy_from_slice(&self.port_guid(index).to_be_bytes());
+                data[28..30].copy_from_slice(&128u16.to_be_bytes()); // partition cap
+                data[30..32].copy_from_slice(&DEVICE_ID.to_be_bytes());
+                data[32..36].copy_from_slice(&REVISION.to_be_bytes());
+                let port_vendor = ((index as u32 + 1) << 24) | VENDOR_ID;
+                data[36..40].copy_from_slice(&port_vendor.to_be_bytes());
+            }
+            attr::PORT_INFO => {
+                // The modifier names the port; 0 means the one the SMP came in on.
+                let target = match attr_mod {
+                    0 => index,
+                    1 | 2 => attr_mod as usize - 1,
+                    _ => return Err(mad::STATUS_INVALID_FIELD),
+                };
+                self.port_info(target, data);
+            }
+            attr::GUID_INFO => {
+                // Block 0: the port GUID at index 0, the rest unassigned.
+                if attr_mod == 0 {
+                    data[..8].copy_from_slice(&self.port_guid(index).to_be_bytes());
+                } else if attr_mod >= 16 {
+                    return Err(mad::STATUS_INVALID_FIELD);
+                }
+            }
+            attr::PKEY_TABLE => {
+                let block = (attr_mod & 0xffff) as usize;
+                let keys = port
+                    .pkeys
+                    .get(block * 32..block * 32 + 32)
+                    .ok_or(mad::STATUS_INVALID_FIELD)?;
+                for (i, key) in keys.iter().enumerate() {
+                    data[2 * i..2 * i + 2].copy_from_slice(&key.to_be_bytes());
+                }
+            }
+            attr::SL_TO_VL_TABLE => {
+                // Every SL on VL0: the port runs one operational VL.
+            }
+            attr::VL_ARB_TABLE => {
+                // One entry per VL, weight 64, for the VLs the port has.
+                for vl in 0..8usize {
+                    data[2 * vl] = vl as u8;
+                    data[2 * vl + 1] = 64;
+                }
+            }
+            _ => return Err(mad::STATUS_UNSUPPORTED_ATTR),
+        }
+        Ok(())
+    }
+
+    fn port_info(&self, index: usize, data: &mut [u8; 64]) {
+        let Some(port) = self.ports.get(index) else {
+            return;
+        };
+        use port_info as p;
+        data[p::GID_PREFIX..p::GID_PREFIX + 8].copy_from_slice(&port.gid_prefix.to_be_bytes());
+        data[p::LID..p::LID + 2].copy_from_slice(&port.lid.to_be_bytes());
+        data[p::SM_LID..p::SM_LID + 2].copy_from_slice(&port.sm_lid.to_be_bytes());
+        // IsSM? no. IsTrapSupported | IsAutomaticMigrationSupported | IsSLMappingSupported
+        // | IsSystemImageGUIDsupported | IsCommunicationManagementSupported
+        // | IsVendorClassSupported | IsCapabilityMaskNoticeSupported | IsClientReregistrationSupported
+        let cap_mask: u32 = (1 << 3)
+            | (1 << 4)
+            | (1 << 6)
+            | (1 << 11)
+            | (1 << 16)
+            | (1 << 19)
+            | (1 << 22)
+            | (1 << 25);
+        data[p::CAP_MASK..p::CAP_MASK + 4].copy_from_slice(&cap_mask.to_be_bytes());
+        data[p::LOCAL_PORT] = index as u8 + 1;
+        data[p::WIDTH_ENABLED] = 3;
+        data[p::WIDTH_SUPPORTED] = 3;
+        // 4X, DDR: not QDR, so the driver asks for no FDR-10 extended port info.
+        data[p::WIDTH_ACTIVE] = 2;
+        data[p::SPEED_STATE] = (3 << 4) | port.state as u8;
+        // Physical state: LinkUp (5) with the cable's both ends enabled, else Polling
+        // (2); down default: Polling.
+        let phys = if self.link_up() { 5 } else { 2 };
+        data[p::PHYS_STATE] = (phys << 4) | 2;
+        data[p::LMC] = port.lmc & 7;
+        data[p::SPEED_ACTIVE] = (2 << 4) | 3;
+        data[p::MTU_SMSL] = (port.neighbor_mtu << 4) | (port.sm_sl & 0xf);
+        // VL cap: VL0-7 (4); init type 0.
+        data[p::VL_CAP] = 4 << 4;
+        data[p::MTU_CAP] = 5;
+        data[p::OPER_VLS] = port.oper_vls << 4;
+        data[p::GUID_CAP] = 1;
+        data[p::SUBNET_TIMEOUT] = port.subnet_timeout & 0x1f;
+    }
+
+    fn set(&mut self, index: usize, attr: u16, attr_mod: u32, data: &[u8; 64]) -> Result<(), u16> {
+        match attr {
+            attr::PORT_INFO => {
+                let target = match attr_mod {
+                    0 => index,
+                    1 | 2 => attr_mod as usize - 1,
+                    _ => return Err(mad::STATUS_INVALID_FIELD),
+                };
+                self.set_port_info(target, data)
+            }
+            attr::PKEY_TABLE => {
+                let block = (attr_mod & 0xffff) as usize;
+                let port = self.ports.get_mut(index).ok_or(mad::STATUS_INVALID_FIELD)?;
+                let keys = port
+                    .pkeys
+                    .get_mut(block * 32..block * 32 + 32)
+                    .ok_or(mad::STATUS_INVALID_FIELD)?;
+                for (i, key) in keys.iter_mut().enumerate() {
+                    *key = u16::from_be_bytes([data[2 * i], data[2 * i + 1]]);
+                }
+                Ok(())
+            }
+            // The mapping and arbitration tables are accepted and read back as the
+            // device's fixed ones: one operational VL.
+            attr::SL_TO_VL_TABLE | attr::VL_ARB_TABLE | attr::GUID_INFO => Ok(()),
+            _ => Err(mad::STATUS_UNSUPPORTED_ATTR),
+        }
+    }
+
+    fn set_port_info(&mut self, index: usize, data: &[u8; 64]) -> Result<(), u16> {
+        use port_info as p;
+        let link_up = self.link_up();
+        let port = self.ports.get_mut(index).ok_or(mad::STATUS_INVALID_FIELD)?;
+        port.gid_prefix = u64::from_be_bytes(
+            data[p::GID_PREFIX..p::GID_PREFIX + 8]
+                .try_into()
+                .map_err(|_| mad::STATUS_INVALID_FIELD)?,
+        );
+        port.lid = u16::from_be_bytes([data[p::LID], data[p::LID + 1]]);
+        port.sm_lid = u16::from_be_bytes([data[p::SM_LID], data[p::SM_LID + 1]]);
+        port.lmc = data[p::LMC] & 7;
+        port.sm_sl = data[p::MTU_SMSL] & 0xf;
+        let mtu = data[p::MTU_SMSL] >> 4;
+        if (1..=5).contains(&mtu) {
+            port.neighbor_mtu = mtu;
+        }
+        let vls = data[p::OPER_VLS] >> 4;
+        if (1..=4).contains(&vls) {
+            port.oper_vls = vls;
+        }
+        port.subnet_timeout = data[p::SUBNET_TIMEOUT] & 0x1f;
+        // PortState: 0 is no change; DOWN takes the link down and back to INIT here
+        // (the cable stays); ARMED from INIT, ACTIVE from ARMED.
+        let wanted = data[p::SPEED_STATE] & 0xf;
+        let from = port.state;
+        let next = match (wanted, from) {
+            (0, state) => state,
+            (1, _) if link_up => PortState::Init,
+            (1, _) => PortState::Down,
+            (3, PortState::Init) | (3, PortState::Armed) => PortState::Armed,
+            (4, PortState::Armed) | (4, PortState::Active) => PortState::Active,
+            _ => return Err(mad::STATUS_INVALID_FIELD),
+        };
+        port.state = next;
+        if next == PortState::Active && from != PortState::Active {
+            self.events.push(PortEvent::Active { port: index });
+        } else if from == PortState::Active && next != PortState::Active {
+            self.events.push(PortEvent::Down { port: index });
+        }
+        Ok(())
+    }
+}

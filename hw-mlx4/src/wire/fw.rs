@@ -1,0 +1,286 @@
+//! Firmware command mailboxes: byte offsets of the fields the driver and the firmware
+//! exchange, named as upstream names them, and a checked reader and writer over a
+//! mailbox's bytes. All fields are big-endian.
+//!
+//! Source: `drivers/net/ethernet/mellanox/mlx4/fw.c` (`QUERY_FW_*`, `QUERY_DEV_CAP_*`,
+//! `QUERY_PORT_*`, `QUERY_ADAPTER_*`, `INIT_HCA_*`), `mlx4.h` (`struct mlx4_eq_context`,
+//! `struct mlx4_cq_context`, `struct mlx4_mpt_entry`), `include/linux/mlx4/qp.h`
+//! (`struct mlx4_qp_context`).
+
+/// Size of a command mailbox (`MLX4_MAILBOX_SIZE`).
+pub const MAILBOX_SIZE: usize = 4096;
+
+/// A mailbox's bytes, read and written by field. Accesses outside the bytes read as zero
+/// and write nothing, so a short buffer can never make a reader or writer panic; the
+/// owner checks the length once (`MAILBOX_SIZE`).
+pub struct Mailbox<T>(pub T);
+
+impl<T: AsRef<[u8]>> Mailbox<T> {
+    fn bytes<const N: usize>(&self, offset: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        if let Some(src) = self.0.as_ref().get(offset..offset.saturating_add(N)) {
+            out.copy_from_slice(src);
+        }
+        out
+    }
+
+    /// The byte at `offset`.
+    pub fn u8(&self, offset: usize) -> u8 {
+        self.bytes::<1>(offset)[0]
+    }
+
+    /// The big-endian 16-bit field at `offset`.
+    pub fn u16(&self, offset: usize) -> u16 {
+        u16::from_be_bytes(self.bytes(offset))
+    }
+
+    /// The big-endian 32-bit field at `offset`.
+    pub fn u32(&self, offset: usize) -> u32 {
+        u32::from_be_bytes(self.bytes(offset))
+    }
+
+    /// The big-endian 64-bit field at `offset`.
+    pub fn u64(&self, offset: usize) -> u64 {
+        u64::from_be_bytes(self.bytes(offset))
+    }
+}
+
+impl<T: AsMut<[u8]>> Mailbox<T> {
+    fn put(&mut self, offset: usize, value: &[u8]) {
+        if let Some(dst) = self
+            .0
+            .as_mut()
+            .get_mut(offset..offset.saturating_add(value.len()))
+        {
+            dst.copy_from_slice(value);
+        }
+    }
+
+    /// Writes the byte at `offset`.
+    pub fn set_u8(&mut self, offset: usize, value: u8) {
+        self.put(offset, &[value]);
+    }
+
+    /// Writes the big-endian 16-bit field at `offset`.
+    pub fn set_u16(&mut self, offset: usize, value: u16) {
+        self.put(offset, &value.to_be_bytes());
+    }
+
+    /// Writes the big-endian 32-bit field at `offset`.
+    pub fn set_u32(&mut self, offset: usize, value: u32) {
+        self.put(offset, &value.to_be_bytes());
+    }
+
+    /// Writes the big-endian 64-bit field at `offset`.
+    pub fn set_u64(&mut self, offset: usize, value: u64) {
+        self.put(offset, &value.to_be_bytes());
+    }
+}
+
+/// QUERY_FW's output (`mlx4_QUERY_FW`). The version is 16-bit major at 0x02, subminor
+/// at 0x04, minor at 0x06 (the driver swaps the last two).
+#[allow(missing_docs)]
+pub mod query_fw {
+    pub const OUT_SIZE: usize = 0x100;
+    /// Firmware area size in 4 KiB pages (16 bits at the start of the version word).
+    pub const SIZE: usize = 0x00;
+    pub const VER_MAJOR: usize = 0x02;
+    pub const VER_SUBMINOR: usize = 0x04;
+    pub const VER_MINOR: usize = 0x06;
+    pub const PPF_ID: usize = 0x09;
+    pub const CMD_IF_REV: usize = 0x0a;
+    /// log2 of the number of commands that may be outstanding.
+    pub const MAX_CMD: usize = 0x0f;
+    pub const CLR_INT_BASE: usize = 0x20;
+    /// BAR of the clear-interrupt register, as `(bar / 2) << 6`.
+    pub const CLR_INT_BAR: usize = 0x28;
+    pub const ERR_START: usize = 0x30;
+    pub const ERR_SIZE: usize = 0x38;
+    pub const ERR_BAR: usize = 0x3c;
+    pub const COMM_BASE: usize = 0x40;
+    pub const COMM_BAR: usize = 0x48;
+    pub const CLOCK_OFFSET: usize = 0x50;
+    pub const CLOCK_BAR: usize = 0x58;
+}
+
+/// MOD_STAT_CFG's input (`mlx4_MOD_STAT_CFG`).
+#[allow(missing_docs)]
+pub mod mod_stat_cfg {
+    /// Whether `PG_SZ` is to be applied.
+    pub const PG_SZ_M: usize = 0x002;
+    /// log2 of the ICM page size in 4 KiB units.
+    pub const PG_SZ: usize = 0x003;
+}
+
+/// QUERY_ADAPTER's output (`mlx4_QUERY_ADAPTER`).
+#[allow(missing_docs)]
+pub mod query_adapter {
+    pub const INTA_PIN: usize = 0x10;
+    /// The vendor-specific data, where the PSID (board id) sits (`get_board_id`).
+    pub const VSD: usize = 0x20;
+    /// The board id (PSID) inside the VSD: 16 bytes, each 32-bit word byte-swapped.
+    pub const VSD_BOARD_ID: usize = 0xd0;
+}
+
+/// QUERY_DEV_CAP's output (`mlx4_QUERY_DEV_CAP`): sizes are mostly log2 in the low bits.
+#[allow(missing_docs)]
+pub mod query_dev_cap {
+    pub const OUT_SIZE: usize = 0x100;
+    pub const MAX_SRQ_SZ: usize = 0x10;
+    pub const MAX_QP_SZ: usize = 0x11;
+    pub const RSVD_QP: usize = 0x12;
+    pub const MAX_QP: usize = 0x13;
+    pub const RSVD_SRQ: usize = 0x14;
+    pub const MAX_SRQ: usize = 0x15;
+    pub const MAX_CQ_SZ: usize = 0x19;
+    pub const RSVD_CQ: usize = 0x1a;
+    pub const MAX_CQ: usize = 0x1b;
+    pub const MAX_MPT: usize = 0x1d;
+    pub const RSVD_EQ: usize = 0x1e;
+    pub const MAX_EQ: usize = 0x1f;
+    pub const RSVD_MTT: usize = 0x20;
+    pub const MAX_MRW_SZ: usize = 0x21;
+    pub const RSVD_MRW: usize = 0x22;
+    pub const MAX_MTT_SEG: usize = 0x23;
+    pub const NUM_SYS_EQ: usize = 0x26;
+    pub const MAX_AV: usize = 0x27;
+    pub const MAX_REQ_QP: usize = 0x29;
+    pub const MAX_RES_QP: usize = 0x2b;
+    pub const MAX_GSO: usize = 0x2d;
+    pub const RSS: usize = 0x2e;
+    pub const MAX_RDMA: usize = 0x2f;
+    pub const RSZ_SRQ: usize = 0x33;
+    pub const ACK_DELAY: usize = 0x35;
+    pub const MTU_WIDTH: usize = 0x36;
+    /// Low nibble: ports; high nibble: VLs.
+    pub const VL_PORT: usize = 0x37;
+    pub const MAX_MSG_SZ: usize = 0x38;
+    pub const MAX_GID: usize = 0x3b;
+    pub const RATE_SUPPORT: usize = 0x3c;
+    pub const MAX_PKEY: usize = 0x3f;
+    pub const EXT_FLAGS: usize = 0x40;
+    pub const FLAGS: usize = 0x44;
+    /// High nibble: reserved UARs.
+    pub const RSVD_UAR: usize = 0x48;
+    /// log2 of the UAR area in MiB.
+    pub const UAR_SZ: usize = 0x49;
+    pub const PAGE_SZ: usize = 0x4b;
+    pub const BF: usize = 0x4c;
+    pub const LOG_BF_REG_SZ: usize = 0x4d;
+    pub const LOG_MAX_BF_REGS_PER_PAGE: usize = 0x4e;
+    pub const LOG_MAX_BF_PAGES: usize = 0x4f;
+    pub const MAX_SG_SQ: usize = 0x51;
+    pub const MAX_DESC_SZ_SQ: usize = 0x52;
+    pub const MAX_SG_RQ: usize = 0x55;
+    pub const MAX_DESC_SZ_RQ: usize = 0x56;
+    pub const MAX_QP_MCG: usize = 0x61;
+    pub const RSVD_MCG: usize = 0x62;
+    pub const MAX_MCG: usize = 0x63;
+    /// High nibble: reserved PDs (a count, not a log).
+    pub const RSVD_PD: usize = 0x64;
+    pub const MAX_PD: usize = 0x65;
+    pub const RSVD_XRC: usize = 0x66;
+    pub const MAX_XRC: usize = 0x67;
+    pub const RDMARC_ENTRY_SZ: usize = 0x80;
+    pub const QPC_ENTRY_SZ: usize = 0x82;
+    pub const AUX_ENTRY_SZ: usize = 0x84;
+    pub const ALTC_ENTRY_SZ: usize = 0x86;
+    pub const EQC_ENTRY_SZ: usize = 0x88;
+    pub const CQC_ENTRY_SZ: usize = 0x8a;
+    pub const SRQ_ENTRY_SZ: usize = 0x8c;
+    pub const C_MPT_ENTRY_SZ: usize = 0x8e;
+    pub const MTT_ENTRY_SZ: usize = 0x90;
+    pub const D_MPT_ENTRY_SZ: usize = 0x92;
+    pub const BMME_FLAGS: usize = 0x94;
+    pub const RSVD_LKEY: usize = 0x98;
+    pub const MAX_ICM_SZ: usize = 0xa0;
+}
+
+/// Device capability flags (`MLX4_DEV_CAP_FLAG_*`, the 64 bits of `EXT_FLAGS:FLAGS`).
+#[allow(missing_docs)]
+pub mod dev_cap_flag {
+    pub const RC: u64 = 1 << 0;
+    pub const UC: u64 = 1 << 1;
+    pub const UD: u64 = 1 << 2;
+    pub const SRQ: u64 = 1 << 6;
+    pub const BAD_PKEY_CNTR: u64 = 1 << 8;
+    pub const BAD_QKEY_CNTR: u64 = 1 << 9;
+    pub const ATOMIC: u64 = 1 << 18;
+    pub const UD_AV_PORT: u64 = 1 << 20;
+    pub const UD_MCAST: u64 = 1 << 21;
+}
+
+/// Memory management extension flags (`MLX4_BMME_FLAG_*`).
+#[allow(missing_docs)]
+pub mod bmme_flag {
+    pub const LOCAL_INV: u32 = 1 << 6;
+    pub const REMOTE_INV: u32 = 1 << 7;
+    pub const FAST_REG_WR: u32 = 1 << 21;
+}
+
+/// QUERY_PORT's output (`mlx4_QUERY_PORT`, the new port commands).
+#[allow(missing_docs)]
+pub mod query_port {
+    pub const OUT_SIZE: usize = 0x100;
+    /// Bit 7: link up; bits 0..2: supported types (1 = IB, 2 = Ethernet).
+    pub const SUPPORTED_TYPE: usize = 0x00;
+    /// Low nibble: the IB MTU cap (4 = 2048, 5 = 4096).
+    pub const MTU: usize = 0x01;
+    pub const ETH_MTU: usize = 0x02;
+    /// Low nibble: the link widths supported (1x = 1, 4x = 2, 1x|4x = 3).
+    pub const WIDTH: usize = 0x06;
+    /// High nibble: log2 GIDs; low nibble: log2 P_Keys.
+    pub const MAX_GID_PKEY: usize = 0x07;
+    pub const MAX_MACVLAN: usize = 0x0a;
+    /// Low nibble: the VL cap.
+    pub const MAX_VL: usize = 0x0b;
+    pub const MAC: usize = 0x10;
+}
+
+/// INIT_HCA's input (`mlx4_INIT_HCA`): where the driver put each context table in ICM.
+#[allow(missing_docs)]
+pub mod init_hca {
+    pub const IN_SIZE: usize = 0x200;
+    pub const VERSION: usize = 0x000;
+    /// The version this device speaks (`INIT_HCA_VERSION`).
+    pub const VERSION_2: u8 = 2;
+    pub const FLAGS: usize = 0x014;
+    pub const QPC_BASE: usize = 0x030;
+    pub const LOG_QP: usize = 0x037;
+    pub const SRQC_BASE: usize = 0x048;
+    pub const LOG_SRQ: usize = 0x04f;
+    pub const CQC_BASE: usize = 0x050;
+    pub const LOG_CQ: usize = 0x057;
+    pub const EQE_CQE_OFFSETS: usize = 0x058;
+    pub const ALTC_BASE: usize = 0x060;
+    pub const AUXC_BASE: usize = 0x070;
+    pub const EQC_BASE: usize = 0x080;
+    pub const LOG_EQ: usize = 0x087;
+    pub const RDMARC_BASE: usize = 0x090;
+    pub const LOG_RD: usize = 0x097;
+    pub const MC_BASE: usize = 0x0c0;
+    pub const LOG_MC_ENTRY_SZ: usize = 0x0d3;
+    pub const LOG_MC_HASH_SZ: usize = 0x0d7;
+    pub const LOG_MC_TABLE_SZ: usize = 0x0db;
+    pub const DMPT_BASE: usize = 0x0f0;
+    pub const LOG_MPT_SZ: usize = 0x0fb;
+    pub const MTT_BASE: usize = 0x100;
+    pub const CMPT_BASE: usize = 0x108;
+    pub const LOG_UAR_SZ: usize = 0x12a;
+    pub const UAR_PAGE_SZ: usize = 0x12b;
+}
+
+/// The EQ context (`struct mlx4_eq_context`, 64 bytes).
+#[allow(missing_docs)]
+pub mod eq_context {
+    pub const FLAGS: usize = 0x00;
+    pub const PAGE_OFFSET: usize = 0x0a;
+    pub const LOG_EQ_SIZE: usize = 0x0c;
+    pub const INTR: usize = 0x17;
+    pub const LOG_PAGE_SIZE: usize = 0x18;
+    pub const MTT_BASE_ADDR_H: usize = 0x1b;
+    pub const MTT_BASE_ADDR_L: usize = 0x1c;
+    pub const CONSUMER_INDEX: usize = 0x28;
+    pub const PRODUCER_INDEX: usize = 0x2c;
+    pub const SIZE: usize = 0x40;
+}

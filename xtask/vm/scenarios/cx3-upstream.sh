@@ -1,0 +1,44 @@
+# The emulated ConnectX-3 on its own, against the kernel's C drivers: mlx4_core and
+# mlx4_ib bind it and register mlx4_0 with its two InfiniBand ports, the rdma-core tools
+# see it, and the drivers unload and rebind cleanly. No tilde module is loaded: the
+# upstream driver, written against the silicon, is what tests the device.
+# needs-device: cx3
+# no-modules
+. /tilde/guest/lib.sh
+
+echo "== the device on the PCI bus"
+dev=
+for d in /sys/bus/pci/devices/*; do
+	if [ "$(cat "$d/vendor")" = 0x15b3 ] && [ "$(cat "$d/device")" = 0x1003 ]; then
+		dev=$(basename "$d")
+	fi
+done
+[ -n "$dev" ] || { echo "FAIL: no 15b3:1003 function"; exit 1; }
+echo "ConnectX-3 at $dev"
+
+echo "== mlx4_core binds it"
+modprobe mlx4_core
+[ -e "/sys/bus/pci/devices/$dev/driver" ] || { echo "FAIL: mlx4_core did not bind $dev"; exit 1; }
+expect_dmesg "mlx4_core $dev: .*"
+
+echo "== mlx4_ib registers mlx4_0"
+modprobe mlx4_ib
+for i in $(seq 100); do
+	[ -e /sys/class/infiniband/mlx4_0 ] && break
+	sleep 0.1
+done
+[ -e /sys/class/infiniband/mlx4_0 ] || { echo "FAIL: no mlx4_0"; exit 1; }
+ibv_devinfo -v -d mlx4_0 | tee devinfo.log
+grep -q 'phys_port_cnt:.*2' devinfo.log
+[ "$(grep -c 'link_layer:.*InfiniBand' devinfo.log)" = 2 ]
+rdma link show | tee links.log
+grep -q 'mlx4_0/1' links.log
+grep -q 'mlx4_0/2' links.log
+reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
+
+echo "== unload"
+rmmod mlx4_ib mlx4_core
+if [ -e /sys/class/infiniband/mlx4_0 ]; then
+	echo "FAIL: mlx4_0 is still there after rmmod"
+	exit 1
+fi
