@@ -270,6 +270,13 @@ pub mod init_hca {
     pub const UAR_PAGE_SZ: usize = 0x12b;
 }
 
+/// QUERY_HCA's output: INIT_HCA's layout as the firmware holds it, and the core clock.
+#[allow(missing_docs)]
+pub mod query_hca {
+    /// The core clock in MHz (16 bits, `QUERY_HCA_CORE_CLOCK_OFFSET`).
+    pub const CORE_CLOCK: usize = 0x0c;
+}
+
 /// The EQ context (`struct mlx4_eq_context`, 64 bytes).
 #[allow(missing_docs)]
 pub mod eq_context {

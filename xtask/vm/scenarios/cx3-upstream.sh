@@ -34,6 +34,23 @@ grep -q 'phys_port_cnt:.*2' devinfo.log
 rdma link show | tee links.log
 grep -q 'mlx4_0/1' links.log
 grep -q 'mlx4_0/2' links.log
+echo "== the port counters (the firmware's performance management agent)"
+cat /sys/class/infiniband/mlx4_0/ports/1/counters/port_xmit_data
+reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
+
+echo "== unbind and rebind the PCI function (the reset path)"
+echo "$dev" > /sys/bus/pci/drivers/mlx4_core/unbind
+if [ -e /sys/class/infiniband/mlx4_0 ]; then
+	echo "FAIL: mlx4_0 is still there after unbind"
+	exit 1
+fi
+echo "$dev" > /sys/bus/pci/drivers/mlx4_core/bind
+for i in $(seq 100); do
+	[ -e /sys/class/infiniband/mlx4_0 ] && break
+	sleep 0.1
+done
+[ -e /sys/class/infiniband/mlx4_0 ] || { echo "FAIL: no mlx4_0 after rebind"; exit 1; }
+rdma link show mlx4_0/2
 reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
 
 echo "== unload"

@@ -15,7 +15,7 @@ use super::{Dma, EventQueue, FwState, Hca};
 use crate::wire::cmd::{opcode, CmdStatus, HcrCommand};
 use crate::wire::fw::{
     bmme_flag, dev_cap_flag, eq_context, init_hca, mod_stat_cfg, query_adapter, query_dev_cap,
-    query_fw, query_port, Mailbox, MAILBOX_SIZE,
+    query_fw, query_hca, query_port, Mailbox, MAILBOX_SIZE,
 };
 
 /// The device's capabilities, as QUERY_DEV_CAP and QUERY_PORT report them: a ConnectX-3
@@ -63,6 +63,8 @@ pub mod caps {
     pub const MTT_ENTRY_SZ: u16 = 8;
     pub const DMPT_ENTRY_SZ: u16 = 64;
     pub const MAX_ICM_SZ: u64 = 1 << 40;
+    /// The core clock, in MHz (QUERY_HCA).
+    pub const CORE_CLOCK_MHZ: u16 = 427;
     /// IB MTU cap 4096 (5), 4x links, 128 GIDs, 128 P_Keys, VL0..7.
     pub const IB_MTU: u8 = 5;
     pub const PORT_WIDTH: u8 = 3;
@@ -330,6 +332,7 @@ impl Hca {
                     params.mtt_base
                 ));
                 self.init = Some(params);
+                self.init_hca_mailbox = inbox;
                 self.fw = Initialized;
                 Ok(None)
             }
@@ -341,7 +344,7 @@ impl Hca {
                 self.qps.clear();
                 self.mpts.clear();
                 self.srqs.clear();
-                self.icm.clear();
+                // ICM stays mapped: the driver unmaps it after CLOSE_HCA.
                 self.fw = Running;
                 Ok(None)
             }
@@ -473,6 +476,29 @@ impl Hca {
                     }
                     Err(why) => Err((CmdStatus::BadPacket, why)),
                 }
+            }
+            opcode::QUERY_HCA => {
+                self.need(&[Initialized], cmd.opcode)?;
+                // What INIT_HCA set, and the core clock in MHz at 0x0c (read after each
+                // INIT_PORT, `mlx4_hca_core_clock_update`): a ConnectX-3's 427 MHz.
+                let mut out = Mailbox(self.init_hca_mailbox.clone());
+                out.set_u16(query_hca::CORE_CLOCK, caps::CORE_CLOCK_MHZ);
+                self.write_out(dma, cmd, out.0.get(..init_hca::IN_SIZE).unwrap_or(&[]))?;
+                Ok(None)
+            }
+            opcode::DIAG_RPRT => {
+                self.need(&[Initialized], cmd.opcode)?;
+                // Transport and completion-interface error counters (op_mod 2,
+                // `MLX4_OP_MOD_QUERY_TRANSPORT_CI_ERRORS`, read by mlx4_ib's hw
+                // counters): the device counts none of those errors, so all are zero.
+                if cmd.op_modifier != 2 {
+                    return Err((
+                        CmdStatus::BadParam,
+                        format!("DIAG_RPRT op_mod {}: only 2 is reported", cmd.op_modifier),
+                    ));
+                }
+                self.write_out(dma, cmd, &[0u8; 0x200])?;
+                Ok(None)
             }
             other => Err((
                 CmdStatus::BadOp,

@@ -106,6 +106,8 @@ pub struct Hca {
     icm: IcmMap,
     /// INIT_HCA's parameters, once given.
     init: Option<commands::InitHcaParams>,
+    /// INIT_HCA's mailbox as given, for QUERY_HCA.
+    init_hca_mailbox: Vec<u8>,
     eqs: BTreeMap<u32, EventQueue>,
     /// Contexts handed over by SW2HW_* (raw mailbox bytes), by object number.
     cqs: BTreeMap<u32, Vec<u8>>,
@@ -139,6 +141,7 @@ impl Hca {
             icm_aux: Vec::new(),
             icm: IcmMap::default(),
             init: None,
+            init_hca_mailbox: Vec::new(),
             eqs: BTreeMap::new(),
             cqs: BTreeMap::new(),
             mpts: BTreeMap::new(),

@@ -47,6 +47,10 @@ mod mad {
     /// LID-routed and directed-route subnet management classes.
     pub const CLASS_SUBN_LID_ROUTED: u8 = 0x01;
     pub const CLASS_SUBN_DIRECTED_ROUTE: u8 = 0x81;
+    /// The performance management class (the PMA).
+    pub const CLASS_PERF_MGMT: u8 = 0x04;
+    /// A PMA MAD's data (192 bytes after 40 reserved).
+    pub const PMA_DATA: usize = 64;
     /// Status: the D bit of a directed-route SMP's status word.
     pub const DR_DIRECTION: u16 = 0x8000;
     /// Status: unsupported method/attribute combination.
@@ -221,15 +225,22 @@ impl Sma {
             .try_into()
             .map_err(|_| format!("MAD_IFC: a MAD of {} bytes", request.len()))?;
         let class = request[mad::MGMT_CLASS];
-        if request[mad::BASE_VERSION] != 1
-            || (class != mad::CLASS_SUBN_LID_ROUTED && class != mad::CLASS_SUBN_DIRECTED_ROUTE)
-        {
+        if request[mad::BASE_VERSION] != 1 {
             return Err(format!(
-                "MAD_IFC: base version {} class {class:#x}: not an SMP (only the SMA is in firmware)",
+                "MAD_IFC: base version {}, not an IB MAD",
                 request[mad::BASE_VERSION]
             ));
         }
         reply.copy_from_slice(request);
+        if class == mad::CLASS_PERF_MGMT {
+            self.pma(index, request, reply);
+            return Ok(());
+        }
+        if class != mad::CLASS_SUBN_LID_ROUTED && class != mad::CLASS_SUBN_DIRECTED_ROUTE {
+            return Err(format!(
+                "MAD_IFC: class {class:#x}: the firmware has the SMA and the PMA only"
+            ));
+        }
         let method = request[mad::METHOD];
         let attr = u16::from_be_bytes([request[mad::ATTR_ID], request[mad::ATTR_ID + 1]]);
         let attr_mod = u32::from_be_bytes([
@@ -256,6 +267,35 @@ impl Sma {
         reply[mad::STATUS..mad::STATUS + 2].copy_from_slice(&status.to_be_bytes());
         reply[mad::SMP_DATA..mad::SMP_DATA + mad::SMP_DATA_LEN].copy_from_slice(&data);
         Ok(())
+    }
+
+    /// The performance management agent: ClassPortInfo, PortCounters and
+    /// PortCountersExtended (IBA 16.1.3-16.1.4; `include/rdma/ib_pma.h`). The device
+    /// counts what its ports moved; nothing moves over the cable yet, so they are zero.
+    fn pma(&self, index: usize, request: &[u8; 256], reply: &mut [u8; 256]) {
+        const CLASS_PORT_INFO: u16 = 0x0001;
+        const PORT_COUNTERS: u16 = 0x0012;
+        const PORT_COUNTERS_EXT: u16 = 0x001d;
+        let attr = u16::from_be_bytes([request[mad::ATTR_ID], request[mad::ATTR_ID + 1]]);
+        let mut status = 0u16;
+        let data = &mut reply[mad::PMA_DATA..];
+        data.fill(0);
+        match (request[mad::METHOD], attr) {
+            (method::GET, CLASS_PORT_INFO) => {
+                data[0] = 1; // base version
+                data[1] = 1; // class version
+                             // Extended (64-bit) counters, with the IETF ones.
+                data[2..4].copy_from_slice(&(1u16 << 9).to_be_bytes());
+            }
+            (method::GET, PORT_COUNTERS | PORT_COUNTERS_EXT) => {
+                // PortSelect, then counters the ports have not moved yet: zero.
+                data[1] = request[mad::PMA_DATA + 1];
+                let _ = index;
+            }
+            _ => status = mad::STATUS_UNSUPPORTED_ATTR,
+        }
+        reply[mad::METHOD] = method::GET_RESP;
+        reply[mad::STATUS..mad::STATUS + 2].copy_from_slice(&status.to_be_bytes());
     }
 
     fn get(&self, index: usize, attr: u16, attr_mod: u32, data: &mut [u8; 64]) -> Result<(), u16> {
