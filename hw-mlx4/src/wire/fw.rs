@@ -277,6 +277,15 @@ pub mod query_hca {
     pub const CORE_CLOCK: usize = 0x0c;
 }
 
+/// SET_PORT's input for an InfiniBand port (op_mod 0, `mlx4_SET_PORT`).
+#[allow(missing_docs)]
+pub mod set_port {
+    /// Bits 22/21/20: change the MTU cap, the VL cap, the P_Key table size.
+    pub const FLAGS: usize = 0x00;
+    /// The port's new PortInfo:CapabilityMask.
+    pub const CAPABILITY_MASK: usize = 0x04;
+}
+
 /// The EQ context (`struct mlx4_eq_context`, 64 bytes).
 #[allow(missing_docs)]
 pub mod eq_context {

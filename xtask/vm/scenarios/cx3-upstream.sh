@@ -34,6 +34,29 @@ grep -q 'phys_port_cnt:.*2' devinfo.log
 rdma link show | tee links.log
 grep -q 'mlx4_0/1' links.log
 grep -q 'mlx4_0/2' links.log
+echo "== opensm activates both ports"
+modprobe ib_umad
+guid=$(cat /sys/class/infiniband/mlx4_0/ports/1/gids/0 | awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}')
+opensm -g "$guid" -f /tmp/opensm.log > opensm.out 2>&1 &
+opensm=$!
+for i in $(seq 300); do
+	if [ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" = 2 ]; then
+		break
+	fi
+	sleep 0.1
+done
+rdma link show | tee links-active.log
+if [ "$(grep -c 'mlx4_0/[12] .*state ACTIVE' links-active.log)" != 2 ]; then
+	echo "FAIL: opensm did not activate both ports within 30 s"
+	tail -n 30 /tmp/opensm.log
+	exit 1
+fi
+grep 'mlx4_0/1' links-active.log | grep -qv 'lid 0 '
+grep 'mlx4_0/2' links-active.log | grep -qv 'lid 0 '
+expect_dmesg "mlx4_ib.*|.*"
+kill "$opensm"
+wait "$opensm" || true
+
 echo "== the port counters (the firmware's performance management agent)"
 cat /sys/class/infiniband/mlx4_0/ports/1/counters/port_xmit_data
 reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"

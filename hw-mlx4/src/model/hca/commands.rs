@@ -15,7 +15,7 @@ use super::{Dma, EventQueue, FwState, Hca};
 use crate::wire::cmd::{opcode, CmdStatus, HcrCommand};
 use crate::wire::fw::{
     bmme_flag, dev_cap_flag, eq_context, init_hca, mod_stat_cfg, query_adapter, query_dev_cap,
-    query_fw, query_hca, query_port, Mailbox, MAILBOX_SIZE,
+    query_fw, query_hca, query_port, set_port, Mailbox, MAILBOX_SIZE,
 };
 
 /// The device's capabilities, as QUERY_DEV_CAP and QUERY_PORT report them: a ConnectX-3
@@ -108,7 +108,8 @@ pub(super) enum QpStateKind {
 #[derive(Clone, Debug)]
 pub(super) struct QpState {
     pub state: QpStateKind,
-    pub context: Vec<u8>,
+    /// Where its queues are and how far the device got (from RST2INIT on).
+    pub queues: Option<super::datapath::QpQueues>,
 }
 
 type Outcome = (CmdStatus, Option<u64>);
@@ -340,7 +341,7 @@ impl Hca {
                 self.need(&[Initialized], cmd.opcode)?;
                 self.init = None;
                 self.eqs.clear();
-                self.cqs.clear();
+                self.cq_states.clear();
                 self.qps.clear();
                 self.mpts.clear();
                 self.srqs.clear();
@@ -392,12 +393,44 @@ impl Hca {
                 }
                 Ok(None)
             }
-            opcode::SW2HW_CQ | opcode::SW2HW_MPT | opcode::SW2HW_SRQ => {
+            opcode::SW2HW_CQ => {
+                self.need(&[Initialized], cmd.opcode)?;
+                let cqn = cmd.in_modifier & 0x00ff_ffff;
+                if self.cq_states.contains_key(&cqn) {
+                    return Err((
+                        CmdStatus::BadResourceState,
+                        format!("CQ {cqn:#x} is already in hardware"),
+                    ));
+                }
+                let inbox = self.read_in(dma, cmd)?;
+                let cq = super::datapath::CqState::from_context(&inbox);
+                if !self.eqs.contains_key(&cq.comp_eqn) {
+                    return Err((
+                        CmdStatus::BadResourceState,
+                        format!("CQ {cqn:#x} names EQ {}, not in hardware", cq.comp_eqn),
+                    ));
+                }
+                self.init_cq_buffer(dma, &cq)
+                    .map_err(|e| (CmdStatus::BadParam, format!("CQ {cqn:#x}: {e}")))?;
+                self.cq_states.insert(cqn, cq);
+                Ok(None)
+            }
+            opcode::HW2SW_CQ => {
+                self.need(&[Initialized], cmd.opcode)?;
+                let cqn = cmd.in_modifier & 0x00ff_ffff;
+                if self.cq_states.remove(&cqn).is_none() {
+                    return Err((
+                        CmdStatus::BadResourceState,
+                        format!("CQ {cqn:#x} is not in hardware"),
+                    ));
+                }
+                Ok(None)
+            }
+            opcode::SW2HW_MPT | opcode::SW2HW_SRQ => {
                 self.need(&[Initialized], cmd.opcode)?;
                 let inbox = self.read_in(dma, cmd)?;
                 let index = cmd.in_modifier & 0x00ff_ffff;
                 let table = match cmd.opcode {
-                    opcode::SW2HW_CQ => &mut self.cqs,
                     opcode::SW2HW_MPT => &mut self.mpts,
                     _ => &mut self.srqs,
                 };
@@ -413,11 +446,10 @@ impl Hca {
                 );
                 Ok(None)
             }
-            opcode::HW2SW_CQ | opcode::HW2SW_MPT | opcode::HW2SW_SRQ => {
+            opcode::HW2SW_MPT | opcode::HW2SW_SRQ => {
                 self.need(&[Initialized], cmd.opcode)?;
                 let index = cmd.in_modifier & 0x00ff_ffff;
                 let table = match cmd.opcode {
-                    opcode::HW2SW_CQ => &mut self.cqs,
                     opcode::HW2SW_MPT => &mut self.mpts,
                     _ => &mut self.srqs,
                 };
@@ -459,8 +491,21 @@ impl Hca {
             }
             opcode::SET_PORT => {
                 self.need(&running, cmd.opcode)?;
-                self.port_index(cmd.in_modifier & 0xff)?;
-                let _ = self.read_in(dma, cmd)?;
+                let port = self.port_index(cmd.in_modifier & 0xff)?;
+                if cmd.op_modifier != 0 {
+                    return Err((
+                        CmdStatus::BadOp,
+                        format!(
+                            "SET_PORT op_mod {} (Ethernet) on an InfiniBand port",
+                            cmd.op_modifier
+                        ),
+                    ));
+                }
+                // The IB layout (`mlx4_SET_PORT`, `mlx4_ib_SET_PORT`): the capability
+                // mask PortInfo reports, at 0x04.
+                let inbox = self.read_in(dma, cmd)?;
+                self.sma
+                    .set_capability_mask(port, Mailbox(&inbox[..]).u32(set_port::CAPABILITY_MASK));
                 Ok(None)
             }
             opcode::MAD_IFC => {
@@ -643,16 +688,19 @@ impl Hca {
             self.qps.remove(&qpn);
             return Ok(());
         }
-        let context = if cmd.opcode == opcode::TO_ERR_QP {
-            self.qps
-                .get(&qpn)
-                .map(|qp| qp.context.clone())
-                .unwrap_or_default()
-        } else {
+        let mut queues = self.qps.get(&qpn).and_then(|qp| qp.queues.clone());
+        if cmd.opcode != opcode::TO_ERR_QP {
+            // The mailbox: the optional-parameter mask, 4 reserved bytes, the context.
             let inbox = self.read_in(dma, cmd)?;
-            inbox.get(..0x100).map(<[u8]>::to_vec).unwrap_or_default()
-        };
-        self.qps.insert(qpn, QpState { state: to, context });
+            let optpar = Mailbox(&inbox[..]).u32(0);
+            let context = inbox.get(8..).unwrap_or(&[]);
+            if cmd.opcode == opcode::RST2INIT_QP {
+                queues = Some(super::datapath::QpQueues::from_context(context));
+            } else if let Some(q) = queues.as_mut() {
+                q.update(context, optpar, cmd.opcode == opcode::INIT2RTR_QP);
+            }
+        }
+        self.qps.insert(qpn, QpState { state: to, queues });
         Ok(())
     }
 }

@@ -11,6 +11,7 @@
 //! never a panic.
 
 mod commands;
+mod datapath;
 mod icm;
 mod sma;
 
@@ -21,7 +22,9 @@ use alloc::vec::Vec;
 
 use crate::wire::cmd::{hcr, CmdStatus, HcrCommand, HCR_BASE, HCR_SIZE, OWNER_BASE};
 use crate::wire::cmd::{RESET_BASE, RESET_OFFSET, RESET_SEMAPHORE_OFFSET, RESET_VALUE};
-use crate::wire::{EventType, UAR_EQ_DOORBELL};
+use crate::wire::{
+    send_doorbell_qpn, EventType, UAR_CQ_DOORBELL, UAR_EQ_DOORBELL, UAR_SEND_DOORBELL,
+};
 
 pub use icm::{IcmMap, VpmEntry};
 pub use sma::{PortEvent, PortState, Sma};
@@ -110,14 +113,18 @@ pub struct Hca {
     init_hca_mailbox: Vec<u8>,
     eqs: BTreeMap<u32, EventQueue>,
     /// Contexts handed over by SW2HW_* (raw mailbox bytes), by object number.
-    cqs: BTreeMap<u32, Vec<u8>>,
+    cq_states: BTreeMap<u32, datapath::CqState>,
     mpts: BTreeMap<u32, Vec<u8>>,
     srqs: BTreeMap<u32, Vec<u8>>,
     qps: BTreeMap<u32, commands::QpState>,
     special_qp_base: Option<u32>,
     ports_up: [bool; 2],
+    /// The first half of a CQ doorbell written as two 32-bit stores.
+    cq_doorbell_high: Option<u32>,
     sma: Sma,
     events: Vec<HcaEvent>,
+    packets_delivered: u64,
+    packets_dropped: u64,
     commands: u64,
     failed_commands: u64,
 }
@@ -143,14 +150,17 @@ impl Hca {
             init: None,
             init_hca_mailbox: Vec::new(),
             eqs: BTreeMap::new(),
-            cqs: BTreeMap::new(),
+            cq_states: BTreeMap::new(),
             mpts: BTreeMap::new(),
             srqs: BTreeMap::new(),
             qps: BTreeMap::new(),
             special_qp_base: None,
             ports_up: [false; 2],
+            cq_doorbell_high: None,
             sma: Sma::new(),
             events: Vec::new(),
+            packets_delivered: 0,
+            packets_dropped: 0,
             commands: 0,
             failed_commands: 0,
         }
@@ -184,15 +194,17 @@ impl Hca {
     /// One line about what the device did, for the end of a run.
     pub fn summary(&self) -> String {
         format!(
-            "{} commands ({} failed), firmware {:?}, ICM {} KiB mapped, {} EQs, {} CQs, {} QPs, {} MPTs",
+            "{} commands ({} failed), firmware {:?}, ICM {} KiB mapped, {} EQs, {} CQs, {} QPs, {} MPTs; {} packets delivered, {} dropped",
             self.commands,
             self.failed_commands,
             self.fw,
             self.icm.mapped_bytes() / 1024,
             self.eqs.len(),
-            self.cqs.len(),
+            self.cq_states.len(),
             self.qps.len(),
-            self.mpts.len()
+            self.mpts.len(),
+            self.packets_delivered,
+            self.packets_dropped
         )
     }
 
@@ -267,7 +279,7 @@ impl Hca {
     }
 
     /// A BAR2 (UAR) write: EQ doorbells, CQ doorbells, send doorbells.
-    pub fn bar2_write(&mut self, _dma: &dyn Dma, offset: u64, data: &[u8]) {
+    pub fn bar2_write(&mut self, dma: &dyn Dma, offset: u64, data: &[u8]) {
         let page = offset >> layout::UAR_PAGE_SHIFT;
         let in_page = offset & ((1 << layout::UAR_PAGE_SHIFT) - 1);
         let eq_doorbells = UAR_EQ_DOORBELL as u64..UAR_EQ_DOORBELL as u64 + 32;
@@ -277,10 +289,28 @@ impl Hca {
             self.eq_doorbell(eqn, value & 0x00ff_ffff, value & (1 << 31) != 0);
             return;
         }
-        self.info(format!(
-            "UAR write of {} bytes at page {page} offset {in_page:#x}: no data path yet",
-            data.len()
-        ));
+        match (in_page as usize, data.len()) {
+            (UAR_SEND_DOORBELL, 4) => {
+                let value = be32(data).unwrap_or(0);
+                self.send_doorbell(dma, send_doorbell_qpn(value));
+            }
+            (UAR_CQ_DOORBELL, 8) => {
+                let word0 = be32(&data[..4]).unwrap_or(0);
+                let word1 = be32(&data[4..]).unwrap_or(0);
+                self.cq_doorbell(dma, word0, word1);
+            }
+            // A 64-bit doorbell written as two 32-bit halves (`mlx4_write64` on hosts
+            // without 64-bit MMIO): the first half waits for the second.
+            (UAR_CQ_DOORBELL, 4) => self.cq_doorbell_high = be32(data),
+            (o, 4) if o == UAR_CQ_DOORBELL + 4 => {
+                if let Some(word0) = self.cq_doorbell_high.take() {
+                    self.cq_doorbell(dma, word0, be32(data).unwrap_or(0));
+                }
+            }
+            (o, n) => self.driver_error(format!(
+                "UAR write of {n} bytes at page {page} offset {o:#x}: no doorbell there"
+            )),
+        }
     }
 
     fn hcr_word(&self, offset: usize) -> u32 {

@@ -24,6 +24,8 @@ mod attr {
     pub const PKEY_TABLE: u16 = 0x0016;
     pub const SL_TO_VL_TABLE: u16 = 0x0017;
     pub const VL_ARB_TABLE: u16 = 0x0018;
+    /// Mellanox's ExtendedPortInfo (`MLX4_ATTR_EXTENDED_PORT_INFO`): FDR-10 state.
+    pub const MLNX_EXT_PORT_INFO: u16 = 0xff90;
 }
 
 /// MAD methods.
@@ -112,6 +114,8 @@ struct Port {
     neighbor_mtu: u8,
     oper_vls: u8,
     subnet_timeout: u8,
+    /// PortInfo:CapabilityMask, as the driver set it with SET_PORT.
+    capability_mask: u32,
     pkeys: [u16; 128],
 }
 
@@ -127,9 +131,12 @@ impl Port {
             sm_sl: 0,
             lmc: 0,
             gid_prefix: 0xfe80_0000_0000_0000,
+            // NeighborMTU = MTUCap and OperationalVLs = min(VLCap, 5): what opensm
+            // computes, so it has no reason to bounce the link.
             neighbor_mtu: 5,
-            oper_vls: 1,
+            oper_vls: 4,
             subnet_timeout: 0,
+            capability_mask: 0,
             pkeys,
         }
     }
@@ -208,8 +215,35 @@ impl Sma {
         }
     }
 
-    fn link_up(&self) -> bool {
+    /// Whether the cable's link is up: both ports enabled.
+    pub fn link_up(&self) -> bool {
         self.ports.iter().all(|p| p.enabled)
+    }
+
+    /// A port's LID (0 until the SM assigns one).
+    pub fn lid(&self, index: usize) -> u16 {
+        self.ports.get(index).map_or(0, |p| p.lid)
+    }
+
+    /// The LID bits a port's LMC leaves to the path.
+    pub fn lmc_mask(&self, index: usize) -> u16 {
+        self.ports.get(index).map_or(0, |p| (1u16 << p.lmc) - 1)
+    }
+
+    /// The index of `pkey` in a port's table (full or limited membership alike).
+    pub fn pkey_index(&self, index: usize, pkey: u16) -> Option<u16> {
+        let port = self.ports.get(index)?;
+        port.pkeys
+            .iter()
+            .position(|&k| k & 0x7fff == pkey & 0x7fff && k & 0x7fff != 0)
+            .map(|i| i as u16)
+    }
+
+    /// SET_PORT: the capability mask PortInfo reports.
+    pub fn set_capability_mask(&mut self, index: usize, mask: u32) {
+        if let Some(port) = self.ports.get_mut(index) {
+            port.capability_mask = mask;
+        }
     }
 
     /// Answers the SMP `request` (256 bytes) that port `index` received, into `reply`.
@@ -347,7 +381,10 @@ impl Sma {
                 }
             }
             attr::SL_TO_VL_TABLE => {
-                // Every SL on VL0: the port runs one operational VL.
+                // Every SL on VL0.
+            }
+            attr::MLNX_EXT_PORT_INFO => {
+                // No FDR-10: all zero.
             }
             attr::VL_ARB_TABLE => {
                 // One entry per VL, weight 64, for the VLs the port has.
@@ -426,7 +463,10 @@ impl Sma {
             }
             // The mapping and arbitration tables are accepted and read back as the
             // device's fixed ones: one operational VL.
-            attr::SL_TO_VL_TABLE | attr::VL_ARB_TABLE | attr::GUID_INFO => Ok(()),
+            attr::SL_TO_VL_TABLE
+            | attr::VL_ARB_TABLE
+            | attr::GUID_INFO
+            | attr::MLNX_EXT_PORT_INFO => Ok(()),
             _ => Err(mad::STATUS_UNSUPPORTED_ATTR),
         }
     }

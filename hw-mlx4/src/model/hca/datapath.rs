@@ -1,0 +1,760 @@
+//! The data path of the firmware-managed queues: send doorbells, the special QPs' MLX
+//! work requests carried over the cable between the two ports, receives, CQEs, CQ
+//! arming and completion events.
+//!
+//! Today it carries what the subnet manager and the MAD layer need: QP0 and QP1 (MLX
+//! transport, `MLX4_QP_ST_MLX`), whose send WQEs hold the packet's LRH, optional GRH,
+//! BTH and DETH inline, built by `mlx4_ib`'s `build_mlx_header`, followed by the MAD in
+//! gather entries and a 4-byte ICRC slot. The device routes the packet to the port its
+//! DLID names (the permissive LID 0xffff crosses the cable, the port's own LID loops
+//! back) and scatters it into the destination QP's receive queue behind a 40-byte GRH
+//! slot, as for any UD receive.
+//!
+//! Source: `drivers/infiniband/hw/mlx4/qp.c` (`build_mlx_header`, `set_data_seg`, the QP
+//! buffer layout), `cq.c` (`mlx4_ib_poll_one`: the CQE fields a receive fills),
+//! `include/linux/mlx4/qp.h` (`struct mlx4_qp_context`, `struct mlx4_wqe_mlx_seg`),
+//! `include/linux/mlx4/cq.h` (`struct mlx4_cqe`, `mlx4_cq_arm`), `mlx4.h`
+//! (`struct mlx4_cq_context`, `struct mlx4_mpt_entry`).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::{Dma, Hca};
+use crate::wire::fw::Mailbox;
+use crate::wire::EventType;
+
+/// Offsets in a QP context (`struct mlx4_qp_context`), within the modify mailbox after
+/// its 8-byte optional-parameter header.
+mod qpc {
+    pub const FLAGS: usize = 0x00;
+    pub const RQ_SIZE_STRIDE: usize = 0x09;
+    pub const SQ_SIZE_STRIDE: usize = 0x0a;
+    pub const REMOTE_QPN: usize = 0x14;
+    pub const PRI_PATH: usize = 0x18;
+    pub const PATH_SIZE: usize = 0x2c;
+    /// `sched_queue` in a path: bit 6 is the port minus one.
+    pub const PATH_SCHED_QUEUE: usize = 0x20;
+    pub const CQN_SEND: usize = 0x7c;
+    pub const CQN_RECV: usize = 0x9c;
+    pub const DB_REC_ADDR: usize = 0xa0;
+    pub const QKEY: usize = 0xa8;
+    pub const LOG_PAGE_SIZE: usize = 0xc8;
+    pub const MTT_BASE_ADDR_H: usize = 0xcb;
+    pub const MTT_BASE_ADDR_L: usize = 0xcc;
+    pub const SIZE: usize = 0xf8;
+    /// The transport: `MLX4_QP_ST_MLX` for QP0 and QP1.
+    pub const ST_UD: u8 = 3;
+    pub const ST_MLX: u8 = 7;
+    /// Optional-parameter bits (`enum mlx4_qp_optpar`).
+    pub const OPTPAR_Q_KEY: u32 = 1 << 5;
+    pub const OPTPAR_PRIMARY_ADDR_PATH: u32 = 1 << 7;
+    pub const OPTPAR_SCHED_QUEUE: u32 = 1 << 16;
+}
+
+/// Offsets in a CQ context (`struct mlx4_cq_context`).
+mod cqc {
+    pub const LOGSIZE_USRPAGE: usize = 0x0c;
+    pub const COMP_EQN: usize = 0x17;
+    pub const LOG_PAGE_SIZE: usize = 0x18;
+    pub const MTT_BASE_ADDR_H: usize = 0x1b;
+    pub const MTT_BASE_ADDR_L: usize = 0x1c;
+    pub const DB_REC_ADDR: usize = 0x38;
+}
+
+/// Offsets in a dMPT entry (`struct mlx4_mpt_entry`).
+mod mpt {
+    pub const FLAGS: usize = 0x00;
+    pub const START: usize = 0x10;
+    pub const LENGTH: usize = 0x18;
+    pub const MTT_ADDR: usize = 0x2c;
+    pub const ENTITY_SIZE: usize = 0x38;
+    /// `MLX4_MPT_FLAG_PHYSICAL`: no translation, the address is the bus address.
+    pub const FLAG_PHYSICAL: u32 = 1 << 9;
+}
+
+/// CQE layout (`struct mlx4_cqe`, 32 bytes).
+mod cqe {
+    pub const SIZE: u64 = 32;
+    pub const MY_QPN: usize = 0x00;
+    pub const IMMED_RSS_INVALID: usize = 0x04;
+    pub const G_MLPATH_RQPN: usize = 0x08;
+    pub const SL_VID: usize = 0x0c;
+    pub const RLID: usize = 0x0e;
+    pub const BYTE_CNT: usize = 0x14;
+    pub const WQE_INDEX: usize = 0x18;
+    pub const OWNER_SR_OPCODE: usize = 0x1f;
+    pub const OWNER: u8 = 0x80;
+    pub const IS_SEND: u8 = 0x40;
+    /// `MLX4_OPCODE_SEND` on the send side, `MLX4_RECV_OPCODE_SEND` on the receive side.
+    pub const OPCODE_SEND: u8 = 0x0a;
+    pub const RECV_OPCODE_SEND: u8 = 0x01;
+}
+
+/// The key of the "no more scatter entries" terminator (`MLX4_INVALID_LKEY`).
+const INVALID_LKEY: u32 = 0x100;
+/// The GRH slot at the start of every UD and MLX receive buffer.
+const GRH_BYTES: usize = 40;
+/// The permissive LID: directed-route SMPs and their replies.
+const PERMISSIVE_LID: u16 = 0xffff;
+
+/// A QP's data path state: where its queues are and how far the device got.
+#[derive(Clone, Debug, Default)]
+pub(super) struct QpQueues {
+    pub st: u8,
+    pub port: usize,
+    pub qkey: u32,
+    pub cqn_send: u32,
+    pub cqn_recv: u32,
+    pub db_rec_addr: u64,
+    pub mtt_offset: u64,
+    pub log_page_size: u32,
+    pub sq_offset: u64,
+    pub log_sq_entries: u32,
+    pub log_sq_stride: u32,
+    pub rq_offset: u64,
+    pub log_rq_entries: u32,
+    pub log_rq_stride: u32,
+    pub has_rq: bool,
+    /// Next send WQE the device takes, and next receive WQE.
+    pub sq_next: u32,
+    pub rq_next: u32,
+}
+
+impl QpQueues {
+    /// The queues a RST2INIT context describes (`mlx4_ib`'s buffer layout: the queue with
+    /// the larger stride first).
+    pub fn from_context(context: &[u8]) -> Self {
+        let m = Mailbox(context);
+        let rq = m.u8(qpc::RQ_SIZE_STRIDE);
+        let sq = m.u8(qpc::SQ_SIZE_STRIDE);
+        let log_rq_entries = u32::from((rq >> 3) & 0xf);
+        let log_rq_stride = u32::from(rq & 7) + 4;
+        let log_sq_entries = u32::from((sq >> 3) & 0xf);
+        let log_sq_stride = u32::from(sq & 7) + 4;
+        let has_rq = rq != 0;
+        let rq_bytes = if has_rq {
+            1u64 << (log_rq_entries + log_rq_stride)
+        } else {
+            0
+        };
+        let sq_bytes = 1u64 << (log_sq_entries + log_sq_stride);
+        let (rq_offset, sq_offset) = if log_rq_stride > log_sq_stride {
+            (0, rq_bytes)
+        } else {
+            (sq_bytes, 0)
+        };
+        let mut queues = Self {
+            st: ((m.u32(qpc::FLAGS) >> 16) & 0xff) as u8,
+            db_rec_addr: m.u64(qpc::DB_REC_ADDR),
+            mtt_offset: (u64::from(m.u8(qpc::MTT_BASE_ADDR_H)) << 32)
+                | u64::from(m.u32(qpc::MTT_BASE_ADDR_L)),
+            log_page_size: u32::from(m.u8(qpc::LOG_PAGE_SIZE) & 0x3f),
+            sq_offset,
+            log_sq_entries,
+            log_sq_stride,
+            rq_offset,
+            log_rq_entries,
+            log_rq_stride,
+            has_rq,
+            ..Self::default()
+        };
+        queues.update(context, u32::MAX, true);
+        queues
+    }
+
+    /// Takes what a later transition's context changes: the CQs always, the Q_Key and the
+    /// port when the optional parameters (or the transition) say so.
+    pub fn update(&mut self, context: &[u8], optpar: u32, path: bool) {
+        let m = Mailbox(context);
+        self.cqn_send = m.u32(qpc::CQN_SEND) & 0x00ff_ffff;
+        self.cqn_recv = m.u32(qpc::CQN_RECV) & 0x00ff_ffff;
+        if optpar & qpc::OPTPAR_Q_KEY != 0 {
+            self.qkey = m.u32(qpc::QKEY);
+        }
+        if path || optpar & (qpc::OPTPAR_PRIMARY_ADDR_PATH | qpc::OPTPAR_SCHED_QUEUE) != 0 {
+            let sched = m.u8(qpc::PRI_PATH + qpc::PATH_SCHED_QUEUE);
+            self.port = usize::from((sched >> 6) & 1);
+        }
+        let _ = (qpc::REMOTE_QPN, qpc::PATH_SIZE, qpc::SIZE, qpc::ST_UD);
+    }
+}
+
+/// A CQ's device state.
+#[derive(Clone, Debug, Default)]
+pub(super) struct CqState {
+    pub log_size: u32,
+    pub comp_eqn: u32,
+    pub mtt_offset: u64,
+    pub log_page_size: u32,
+    pub db_rec_addr: u64,
+    pub producer: u32,
+    /// `REQ_NOT` (2) or `REQ_NOT_SOL` (1) when armed, else 0.
+    pub armed: u32,
+}
+
+impl CqState {
+    pub fn from_context(context: &[u8]) -> Self {
+        let m = Mailbox(context);
+        Self {
+            log_size: (m.u32(cqc::LOGSIZE_USRPAGE) >> 24) & 0x1f,
+            comp_eqn: u32::from(m.u8(cqc::COMP_EQN)),
+            mtt_offset: (u64::from(m.u8(cqc::MTT_BASE_ADDR_H)) << 32)
+                | u64::from(m.u32(cqc::MTT_BASE_ADDR_L)),
+            log_page_size: u32::from(m.u8(cqc::LOG_PAGE_SIZE) & 0x3f),
+            db_rec_addr: m.u64(cqc::DB_REC_ADDR),
+            producer: 0,
+            armed: 0,
+        }
+    }
+}
+
+/// A packet on the cable: the headers the LRH, BTH and DETH carried, and the payload.
+#[derive(Clone, Debug)]
+struct Packet {
+    dlid: u16,
+    slid: u16,
+    sl: u8,
+    vl15: bool,
+    dest_qp: u32,
+    src_qp: u32,
+    pkey: u16,
+    qkey: u32,
+    grh: Option<[u8; GRH_BYTES]>,
+    payload: Vec<u8>,
+}
+
+/// Why a WQE could not be executed.
+type WqeError = String;
+
+impl Hca {
+    /// The bus address of byte `offset` of a buffer described by MTT entries.
+    fn buffer_address(
+        &self,
+        dma: &dyn Dma,
+        mtt_offset: u64,
+        log_page_size: u32,
+        offset: u64,
+    ) -> Result<u64, String> {
+        let page_shift = log_page_size + super::icm::ICM_PAGE_SHIFT;
+        let page = offset >> page_shift;
+        let entry = self.mtt_entry(dma, mtt_offset + page * super::MTT_ENTRY_SIZE)?;
+        Ok(entry + (offset & ((1u64 << page_shift) - 1)))
+    }
+
+    /// Reads `len` bytes of a buffer through its MTT (page by page).
+    fn read_buffer(
+        &self,
+        dma: &dyn Dma,
+        mtt_offset: u64,
+        log_page_size: u32,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, String> {
+        let page = 1u64 << (log_page_size + super::icm::ICM_PAGE_SHIFT);
+        let mut out = vec![0u8; len];
+        let mut done = 0usize;
+        while done < len {
+            let at = offset + done as u64;
+            let chunk = ((page - (at & (page - 1))) as usize).min(len - done);
+            let address = self.buffer_address(dma, mtt_offset, log_page_size, at)?;
+            dma.read(address, &mut out[done..done + chunk])
+                .map_err(|f| format!("read at {:#x} outside mapped memory", f.address))?;
+            done += chunk;
+        }
+        Ok(out)
+    }
+
+    /// The bus address of `len` bytes at `va` under memory key `key` (an lkey), through
+    /// its MPT: physical MPTs pass the address through, others translate by their MTT.
+    fn key_address(&self, dma: &dyn Dma, key: u32, va: u64, len: usize) -> Result<u64, String> {
+        let init = self.init.as_ref().ok_or("a memory key before INIT_HCA")?;
+        let index = (key >> 8) & ((1u32 << init.log_mpt_sz) - 1);
+        let entry = self
+            .mpts
+            .get(&index)
+            .ok_or_else(|| format!("lkey {key:#x}: MPT {index:#x} is not in hardware"))?;
+        let m = Mailbox(&entry[..]);
+        let flags = m.u32(mpt::FLAGS);
+        let start = m.u64(mpt::START);
+        let length = m.u64(mpt::LENGTH);
+        let end = va.checked_add(len as u64).ok_or("address overflow")?;
+        if flags & mpt::FLAG_PHYSICAL != 0 {
+            return Ok(va);
+        }
+        if va < start || end > start.saturating_add(length) {
+            return Err(format!(
+                "lkey {key:#x}: {va:#x}+{len:#x} outside the region {start:#x}+{length:#x}"
+            ));
+        }
+        let page_shift = m.u32(mpt::ENTITY_SIZE) & 0x3f;
+        let base = start & !((1u64 << page_shift) - 1);
+        let offset = va - base;
+        let log_page = page_shift.saturating_sub(super::icm::ICM_PAGE_SHIFT);
+        // The gather entry may cross pages; the caller reads page by page.
+        self.buffer_address(dma, m.u64(mpt::MTT_ADDR), log_page, offset)
+    }
+
+    /// Copies `len` bytes from `va` under `key` into `out`, page by page.
+    fn gather(
+        &self,
+        dma: &dyn Dma,
+        key: u32,
+        va: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let mut done = 0usize;
+        while done < len {
+            let at = va + done as u64;
+            let chunk = ((4096 - (at & 4095)) as usize).min(len - done);
+            let address = self.key_address(dma, key, at, chunk)?;
+            let mut buf = vec![0u8; chunk];
+            dma.read(address, &mut buf)
+                .map_err(|f| format!("gather at {:#x} outside mapped memory", f.address))?;
+            out.extend_from_slice(&buf);
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` to `va` under `key`, page by page.
+    fn scatter(&self, dma: &dyn Dma, key: u32, va: u64, data: &[u8]) -> Result<(), String> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = va + done as u64;
+            let chunk = ((4096 - (at & 4095)) as usize).min(data.len() - done);
+            let address = self.key_address(dma, key, at, chunk)?;
+            dma.write(address, &data[done..done + chunk])
+                .map_err(|f| format!("scatter at {:#x} outside mapped memory", f.address))?;
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    /// A send doorbell for QP `qpn`: executes every WQE the driver handed over.
+    pub(super) fn send_doorbell(&mut self, dma: &dyn Dma, qpn: u32) {
+        let Some(queues) = self.qps.get(&qpn).and_then(|qp| qp.queues.clone()) else {
+            self.driver_error(format!(
+                "send doorbell for QP {qpn:#x}, which is not in INIT or later"
+            ));
+            return;
+        };
+        let entries = 1u32 << queues.log_sq_entries;
+        // Bounded: at most one lap per doorbell.
+        for _ in 0..entries {
+            let index = self
+                .qps
+                .get(&qpn)
+                .and_then(|qp| qp.queues.as_ref())
+                .map_or(0, |q| q.sq_next);
+            let offset =
+                queues.sq_offset + (u64::from(index & (entries - 1)) << queues.log_sq_stride);
+            let wqe = match self.read_buffer(
+                dma,
+                queues.mtt_offset,
+                queues.log_page_size,
+                offset,
+                1 << queues.log_sq_stride,
+            ) {
+                Ok(wqe) => wqe,
+                Err(e) => {
+                    self.driver_error(format!("QP {qpn:#x} send WQE {index}: {e}"));
+                    return;
+                }
+            };
+            let owner = wqe.first().copied().unwrap_or(0) & 0x80 != 0;
+            if owner != (index & entries != 0) {
+                break;
+            }
+            if let Some(q) = self.qps.get_mut(&qpn).and_then(|qp| qp.queues.as_mut()) {
+                q.sq_next = q.sq_next.wrapping_add(1);
+            }
+            let result = match queues.st {
+                qpc::ST_MLX => self.execute_mlx(dma, qpn, &queues, &wqe),
+                st => Err(format!(
+                    "transport {st} has no data path in this device yet"
+                )),
+            };
+            match result {
+                Ok(signaled) => {
+                    if signaled {
+                        let mut c = [0u8; 32];
+                        c[cqe::MY_QPN..cqe::MY_QPN + 4].copy_from_slice(&qpn.to_be_bytes());
+                        c[cqe::WQE_INDEX..cqe::WQE_INDEX + 2]
+                            .copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
+                        c[cqe::OWNER_SR_OPCODE] = cqe::IS_SEND | cqe::OPCODE_SEND;
+                        self.write_cqe(dma, queues.cqn_send, c);
+                    }
+                }
+                Err(e) => {
+                    self.driver_error(format!("QP {qpn:#x} send WQE {index}: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An MLX WQE: the packet's headers inline, the payload gathered, the ICRC slot
+    /// dropped. Returns whether the WQE asked for a completion.
+    fn execute_mlx(
+        &mut self,
+        dma: &dyn Dma,
+        qpn: u32,
+        queues: &QpQueues,
+        wqe: &[u8],
+    ) -> Result<bool, WqeError> {
+        let m = Mailbox(wqe);
+        let size = usize::from(m.u8(7) & 0x3f) * 16;
+        if size < 32 || size > wqe.len() {
+            return Err(format!("WQE size {size} for a {}-byte stride", wqe.len()));
+        }
+        let flags = m.u32(8);
+        let signaled = flags & (3 << 2) != 0;
+        let vl15 = flags & (1 << 17) != 0;
+        let slr = flags & (1 << 16) != 0;
+        let sl = ((flags >> 8) & 0xf) as u8;
+        // Segments from byte 16: inline (bit 31 of the first word) or data.
+        let mut bytes = Vec::new();
+        let mut at = 16usize;
+        while at + 4 <= size {
+            let word = m.u32(at);
+            if word & (1 << 31) != 0 {
+                let len = (word & 0x3ff) as usize;
+                let data = wqe
+                    .get(at + 4..at + 4 + len)
+                    .ok_or("inline segment past the WQE")?;
+                bytes.extend_from_slice(data);
+                at = (at + 4 + len + 15) & !15;
+            } else {
+                if at + 16 > size {
+                    break;
+                }
+                let len = word as usize;
+                let key = m.u32(at + 4);
+                let addr = m.u64(at + 8);
+                if len > 0 {
+                    self.gather(dma, key, addr, len, &mut bytes)?;
+                }
+                at += 16;
+            }
+        }
+        // LRH (8), optional GRH (40), BTH (12), DETH (8), payload, ICRC (4).
+        let lrh = bytes.get(..8).ok_or("no LRH")?;
+        let lnh = lrh[1] & 3;
+        let dlid = u16::from_be_bytes([lrh[2], lrh[3]]);
+        let header_slid = u16::from_be_bytes([lrh[6], lrh[7]]);
+        let mut at = 8;
+        let grh = if lnh == 3 {
+            let g: [u8; GRH_BYTES] = bytes
+                .get(8..48)
+                .and_then(|g| g.try_into().ok())
+                .ok_or("short GRH")?;
+            at += GRH_BYTES;
+            Some(g)
+        } else {
+            None
+        };
+        let bth = bytes.get(at..at + 12).ok_or("no BTH")?;
+        let pkey = u16::from_be_bytes([bth[2], bth[3]]);
+        let dest_qp = u32::from_be_bytes([0, bth[5], bth[6], bth[7]]);
+        let deth = bytes.get(at + 12..at + 20).ok_or("no DETH")?;
+        let qkey = u32::from_be_bytes([deth[0], deth[1], deth[2], deth[3]]);
+        let src_qp = u32::from_be_bytes([0, deth[5], deth[6], deth[7]]);
+        let end = bytes.len().checked_sub(4).ok_or("no ICRC slot")?;
+        let payload = bytes
+            .get(at + 20..end)
+            .ok_or("payload shorter than its headers")?
+            .to_vec();
+        let port = queues.port;
+        // The driver puts only the path bits in the SLID unless SLR: the device adds the
+        // port's LID.
+        let slid = if slr {
+            header_slid
+        } else {
+            self.sma.lid(port) | (header_slid & 0x7f)
+        };
+        let packet = Packet {
+            dlid,
+            slid,
+            sl,
+            vl15,
+            dest_qp,
+            src_qp,
+            pkey,
+            qkey,
+            grh,
+            payload,
+        };
+        let _ = qpn;
+        self.route(dma, port, packet);
+        Ok(signaled)
+    }
+
+    /// Puts a packet sent on `port` on the cable or back on the port, by its DLID.
+    fn route(&mut self, dma: &dyn Dma, port: usize, packet: Packet) {
+        let peer = 1 - port;
+        let link_up = self.sma.link_up();
+        let owns = |hca: &Hca, p: usize| {
+            let lid = hca.sma.lid(p);
+            lid != 0 && (packet.dlid & !hca.sma.lmc_mask(p)) == lid
+        };
+        let target = if packet.dlid == PERMISSIVE_LID {
+            link_up.then_some(peer)
+        } else if owns(self, port) {
+            Some(port)
+        } else if owns(self, peer) && link_up {
+            Some(peer)
+        } else {
+            None
+        };
+        let Some(target) = target else {
+            self.packets_dropped += 1;
+            return;
+        };
+        self.deliver(dma, target, packet);
+    }
+
+    /// Delivers a packet to QP0 or QP1 of `port` (the special QPs' numbers from
+    /// CONF_SPECIAL_QP: QP0 of port p at base + p - 1, QP1 at base + 2 + p - 1).
+    fn deliver(&mut self, dma: &dyn Dma, port: usize, packet: Packet) {
+        let Some(base) = self.special_qp_base else {
+            self.packets_dropped += 1;
+            return;
+        };
+        let qpn = match (packet.dest_qp, packet.vl15) {
+            (0, true) => base + port as u32,
+            (1, false) => base + 2 + port as u32,
+            _ => {
+                // UD to an ordinary QP: no data path for it yet.
+                self.packets_dropped += 1;
+                return;
+            }
+        };
+        let Some(queues) = self.qps.get(&qpn).and_then(|qp| {
+            matches!(
+                qp.state,
+                super::commands::QpStateKind::Rtr | super::commands::QpStateKind::Rts
+            )
+            .then(|| qp.queues.clone())
+            .flatten()
+        }) else {
+            self.packets_dropped += 1;
+            return;
+        };
+        if packet.dest_qp == 1 && packet.qkey != queues.qkey {
+            self.packets_dropped += 1;
+            return;
+        }
+        // Is a receive posted? The doorbell record's first word counts them.
+        let mut record = [0u8; 4];
+        if dma.read(queues.db_rec_addr, &mut record).is_err() {
+            self.driver_error(format!(
+                "QP {qpn:#x}: RQ doorbell record at {:#x} outside mapped memory",
+                queues.db_rec_addr
+            ));
+            return;
+        }
+        let posted = (u32::from_be_bytes(record) & 0xffff) as u16;
+        let index = queues.rq_next;
+        if posted == (index & 0xffff) as u16 {
+            // No receive: a datagram is dropped, as on the wire.
+            self.packets_dropped += 1;
+            return;
+        }
+        let entries = 1u32 << queues.log_rq_entries;
+        let offset = queues.rq_offset + (u64::from(index & (entries - 1)) << queues.log_rq_stride);
+        let wqe = match self.read_buffer(
+            dma,
+            queues.mtt_offset,
+            queues.log_page_size,
+            offset,
+            1 << queues.log_rq_stride,
+        ) {
+            Ok(wqe) => wqe,
+            Err(e) => {
+                self.driver_error(format!("QP {qpn:#x} receive WQE {index}: {e}"));
+                return;
+            }
+        };
+        if let Some(q) = self.qps.get_mut(&qpn).and_then(|qp| qp.queues.as_mut()) {
+            q.rq_next = q.rq_next.wrapping_add(1);
+        }
+        // The receive buffer: the GRH slot (written only when the packet had a GRH),
+        // then the payload, scattered over the WQE's entries in order.
+        let mut message = vec![0u8; GRH_BYTES];
+        if let Some(grh) = &packet.grh {
+            message.copy_from_slice(grh);
+        }
+        message.extend_from_slice(&packet.payload);
+        let m = Mailbox(&wqe[..]);
+        let mut done = 0usize;
+        let mut capacity = 0usize;
+        for at in (0..wqe.len()).step_by(16) {
+            let len = m.u32(at) as usize;
+            let key = m.u32(at + 4);
+            let addr = m.u64(at + 8);
+            if key == INVALID_LKEY {
+                break;
+            }
+            capacity += len;
+            let take = len.min(message.len() - done);
+            if take == 0 {
+                continue;
+            }
+            // Without a GRH the slot is left as it was: skip it.
+            let (from, skip) = if packet.grh.is_none() && done < GRH_BYTES {
+                let skip = (GRH_BYTES - done).min(take);
+                (done + skip, skip)
+            } else {
+                (done, 0)
+            };
+            if take > skip {
+                if let Err(e) =
+                    self.scatter(dma, key, addr + skip as u64, &message[from..done + take])
+                {
+                    self.driver_error(format!("QP {qpn:#x} receive WQE {index}: {e}"));
+                    return;
+                }
+            }
+            done += take;
+        }
+        if done < message.len() {
+            // A receive too small: a local length error in the hardware; for MADs the
+            // buffers are always 296 bytes, so this is a driver mistake.
+            self.driver_error(format!(
+                "QP {qpn:#x} receive WQE {index}: {} bytes into {capacity}",
+                message.len()
+            ));
+            return;
+        }
+        let mut c = [0u8; 32];
+        c[cqe::MY_QPN..cqe::MY_QPN + 4].copy_from_slice(&qpn.to_be_bytes());
+        // P_Key index: the index of the packet's P_Key in the port's table.
+        let pkey_index = self.sma.pkey_index(port, packet.pkey).unwrap_or(0);
+        c[cqe::IMMED_RSS_INVALID..cqe::IMMED_RSS_INVALID + 4]
+            .copy_from_slice(&u32::from(pkey_index).to_be_bytes());
+        let path_bits = if packet.dlid == PERMISSIVE_LID {
+            0
+        } else {
+            u32::from(packet.dlid & self.sma.lmc_mask(port))
+        };
+        let g_mlpath_rqpn = (u32::from(packet.grh.is_some()) << 31)
+            | (path_bits << 24)
+            | (packet.src_qp & 0x00ff_ffff);
+        c[cqe::G_MLPATH_RQPN..cqe::G_MLPATH_RQPN + 4].copy_from_slice(&g_mlpath_rqpn.to_be_bytes());
+        c[cqe::SL_VID..cqe::SL_VID + 2]
+            .copy_from_slice(&(u16::from(packet.sl) << 12).to_be_bytes());
+        c[cqe::RLID..cqe::RLID + 2].copy_from_slice(&packet.slid.to_be_bytes());
+        c[cqe::BYTE_CNT..cqe::BYTE_CNT + 4].copy_from_slice(&(message.len() as u32).to_be_bytes());
+        c[cqe::WQE_INDEX..cqe::WQE_INDEX + 2]
+            .copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
+        c[cqe::OWNER_SR_OPCODE] = cqe::RECV_OPCODE_SEND;
+        self.packets_delivered += 1;
+        self.write_cqe(dma, queues.cqn_recv, c);
+    }
+
+    /// Writes a CQE (owner bit by lap) and, if the CQ is armed, the completion event.
+    fn write_cqe(&mut self, dma: &dyn Dma, cqn: u32, mut c: [u8; 32]) {
+        let Some(cq) = self.cq_states.get(&cqn).cloned() else {
+            self.driver_error(format!(
+                "a completion for CQ {cqn:#x}, which is not in hardware"
+            ));
+            return;
+        };
+        let size = 1u32 << cq.log_size;
+        let mut record = [0u8; 4];
+        let consumer = match dma.read(cq.db_rec_addr, &mut record) {
+            Ok(()) => u32::from_be_bytes(record) & 0x00ff_ffff,
+            Err(f) => {
+                self.driver_error(format!(
+                    "CQ {cqn:#x}: doorbell record at {:#x} outside mapped memory",
+                    f.address
+                ));
+                return;
+            }
+        };
+        if (cq.producer.wrapping_sub(consumer) & 0x00ff_ffff) >= size {
+            self.driver_error(format!(
+                "CQ {cqn:#x} overrun: producer {} consumer {consumer}",
+                cq.producer
+            ));
+            return;
+        }
+        if cq.producer & size != 0 {
+            c[cqe::OWNER_SR_OPCODE] |= cqe::OWNER;
+        }
+        let offset = u64::from(cq.producer & (size - 1)) * cqe::SIZE;
+        let address = match self.buffer_address(dma, cq.mtt_offset, cq.log_page_size, offset) {
+            Ok(a) => a,
+            Err(e) => {
+                self.driver_error(format!("CQ {cqn:#x}: {e}"));
+                return;
+            }
+        };
+        // The body first, the owner byte last: the driver polls the owner bit.
+        let (body, owner) = c.split_at(31);
+        if dma.write(address, body).is_err() || dma.write(address + 31, owner).is_err() {
+            self.driver_error(format!(
+                "CQ {cqn:#x}: CQE write at {address:#x} outside mapped memory"
+            ));
+            return;
+        }
+        let mut event_eq = None;
+        if let Some(state) = self.cq_states.get_mut(&cqn) {
+            state.producer = state.producer.wrapping_add(1);
+            if state.armed != 0 {
+                state.armed = 0;
+                event_eq = Some(state.comp_eqn);
+            }
+        }
+        if let Some(eqn) = event_eq {
+            self.completion_event(dma, eqn, cqn);
+        }
+    }
+
+    fn completion_event(&mut self, dma: &dyn Dma, eqn: u32, cqn: u32) {
+        let mut event = [0u8; 24];
+        event[..4].copy_from_slice(&cqn.to_be_bytes());
+        self.post_event_to(dma, eqn, EventType::Completion as u8, 0, &event);
+    }
+
+    /// The CQ doorbell (`mlx4_cq_arm`): word 0 `sn << 28 | cmd | cqn`, word 1 the
+    /// consumer index. Armed with completions not yet consumed, the CQ raises its event
+    /// at once (the driver reports no missed events itself).
+    pub(super) fn cq_doorbell(&mut self, dma: &dyn Dma, word0: u32, consumer: u32) {
+        let cqn = word0 & 0x00ff_ffff;
+        let cmd = (word0 >> 24) & 7;
+        let Some(cq) = self.cq_states.get_mut(&cqn) else {
+            self.driver_error(format!(
+                "CQ doorbell for CQ {cqn:#x}, which is not in hardware"
+            ));
+            return;
+        };
+        if cmd != 1 && cmd != 2 {
+            return;
+        }
+        if cq.producer & 0x00ff_ffff != consumer & 0x00ff_ffff {
+            let eqn = cq.comp_eqn;
+            cq.armed = 0;
+            self.completion_event(dma, eqn, cqn);
+        } else {
+            cq.armed = cmd;
+        }
+    }
+
+    /// Sets the owner bit of every CQE of a new CQ: the hardware owns them until it
+    /// writes them (the driver's buffer comes zeroed, `MLX4_DEV_CAP_FLAG2_SW_CQ_INIT` is
+    /// not offered).
+    pub(super) fn init_cq_buffer(&mut self, dma: &dyn Dma, cq: &CqState) -> Result<(), String> {
+        let size = 1u64 << cq.log_size;
+        for index in 0..size {
+            let address =
+                self.buffer_address(dma, cq.mtt_offset, cq.log_page_size, index * cqe::SIZE + 31)?;
+            dma.write(address, &[cqe::OWNER])
+                .map_err(|f| format!("CQE at {:#x} outside mapped memory", f.address))?;
+        }
+        Ok(())
+    }
+}
