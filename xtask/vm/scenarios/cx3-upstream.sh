@@ -57,8 +57,14 @@ expect_dmesg "mlx4_ib.*|.*"
 kill "$opensm"
 wait "$opensm" || true
 
-echo "== the port counters (the firmware's performance management agent)"
-cat /sys/class/infiniband/mlx4_0/ports/1/counters/port_xmit_data
+echo "== the port counters (the firmware's performance management agent) saw the sweep"
+for port in 1 2; do
+	for counter in port_xmit_packets port_rcv_packets port_xmit_data; do
+		value=$(cat /sys/class/infiniband/mlx4_0/ports/$port/counters/$counter)
+		echo "port $port $counter $value"
+		[ "$value" -gt 0 ] || { echo "FAIL: port $port $counter is 0 after the SM's sweep"; exit 1; }
+	done
+done
 reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
 
 echo "== unbind and rebind the PCI function (the reset path)"

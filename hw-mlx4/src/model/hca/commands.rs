@@ -78,18 +78,12 @@ pub mod caps {
 /// What INIT_HCA told the device about ICM.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct InitHcaParams {
-    pub qpc_base: u64,
     pub log_num_qps: u8,
-    pub cqc_base: u64,
     pub log_num_cqs: u8,
-    pub eqc_base: u64,
     pub log_num_eqs: u8,
-    pub dmpt_base: u64,
     pub log_mpt_sz: u8,
+    /// The MTT table's ICM address: MTT offsets in contexts are relative to it.
     pub mtt_base: u64,
-    pub mc_base: u64,
-    pub log_mc_entry_sz: u8,
-    pub log_mc_table_sz: u8,
 }
 
 /// A QP's state in the firmware (`enum mlx4_qp_state`).
@@ -302,21 +296,16 @@ impl Hca {
                         format!("INIT_HCA version {version}, the device speaks 2"),
                     ));
                 }
-                // A context table's log size is the low byte of its (aligned) base.
-                let base = |offset| m.u64(offset) & !0xff;
+                // The context tables' bases live in ICM the driver mapped; the device
+                // keeps its contexts itself and needs only the sizes (a context table's
+                // log size is the low byte of its base) and the MTT table, which the
+                // driver writes into ICM directly.
                 let params = InitHcaParams {
-                    qpc_base: base(init_hca::QPC_BASE),
                     log_num_qps: m.u8(init_hca::LOG_QP) & 0x1f,
-                    cqc_base: base(init_hca::CQC_BASE),
                     log_num_cqs: m.u8(init_hca::LOG_CQ) & 0x1f,
-                    eqc_base: base(init_hca::EQC_BASE),
                     log_num_eqs: m.u8(init_hca::LOG_EQ) & 0x1f,
-                    dmpt_base: m.u64(init_hca::DMPT_BASE),
                     log_mpt_sz: m.u8(init_hca::LOG_MPT_SZ) & 0x3f,
                     mtt_base: m.u64(init_hca::MTT_BASE),
-                    mc_base: m.u64(init_hca::MC_BASE),
-                    log_mc_entry_sz: m.u8(init_hca::LOG_MC_ENTRY_SZ) & 0x1f,
-                    log_mc_table_sz: m.u8(init_hca::LOG_MC_TABLE_SZ) & 0x1f,
                 };
                 if params.log_num_qps > 24 || params.log_num_cqs > 24 || params.log_num_eqs > 10 {
                     return Err((
@@ -396,6 +385,7 @@ impl Hca {
             opcode::SW2HW_CQ => {
                 self.need(&[Initialized], cmd.opcode)?;
                 let cqn = cmd.in_modifier & 0x00ff_ffff;
+                self.check_index("CQ", cqn, self.init.map_or(0, |i| i.log_num_cqs))?;
                 if self.cq_states.contains_key(&cqn) {
                     return Err((
                         CmdStatus::BadResourceState,
@@ -552,6 +542,22 @@ impl Hca {
         }
     }
 
+    fn check_index(
+        &self,
+        what: &str,
+        index: u32,
+        log_count: u8,
+    ) -> Result<(), (CmdStatus, String)> {
+        if u64::from(index) < 1u64 << log_count {
+            Ok(())
+        } else {
+            Err((
+                CmdStatus::BadIndex,
+                format!("{what} {index:#x} beyond the 2^{log_count} INIT_HCA made"),
+            ))
+        }
+    }
+
     fn port_index(&self, in_modifier: u32) -> Result<usize, (CmdStatus, String)> {
         match in_modifier {
             1 | 2 => Ok(in_modifier as usize - 1),
@@ -664,6 +670,7 @@ impl Hca {
     fn modify_qp(&mut self, dma: &dyn Dma, cmd: &HcrCommand) -> Result<(), (CmdStatus, String)> {
         use QpStateKind::*;
         let qpn = cmd.in_modifier & 0x00ff_ffff;
+        self.check_index("QP", qpn, self.init.map_or(0, |i| i.log_num_qps))?;
         let current = self.qps.get(&qpn).map_or(Reset, |qp| qp.state);
         let (from, to): (&[QpStateKind], QpStateKind) = match cmd.opcode {
             opcode::RST2INIT_QP => (&[Reset], Init),

@@ -225,6 +225,13 @@ struct Packet {
     payload: Vec<u8>,
 }
 
+impl Packet {
+    /// Its size on the wire, LRH to ICRC (the VCRC not counted, as IBA's data counters).
+    fn wire_bytes(&self) -> usize {
+        8 + self.grh.map_or(0, |_| GRH_BYTES) + 12 + 8 + self.payload.len() + 4
+    }
+}
+
 /// Why a WQE could not be executed.
 type WqeError = String;
 
@@ -495,6 +502,8 @@ impl Hca {
     /// Puts a packet sent on `port` on the cable or back on the port, by its DLID.
     fn route(&mut self, dma: &dyn Dma, port: usize, packet: Packet) {
         let peer = 1 - port;
+        let wire_bytes = packet.wire_bytes();
+        self.sma.count_xmit(port, wire_bytes);
         let link_up = self.sma.link_up();
         let owns = |hca: &Hca, p: usize| {
             let lid = hca.sma.lid(p);
@@ -519,17 +528,27 @@ impl Hca {
     /// Delivers a packet to QP0 or QP1 of `port` (the special QPs' numbers from
     /// CONF_SPECIAL_QP: QP0 of port p at base + p - 1, QP1 at base + 2 + p - 1).
     fn deliver(&mut self, dma: &dyn Dma, port: usize, packet: Packet) {
-        let Some(base) = self.special_qp_base else {
+        let (bytes, vl15) = (packet.wire_bytes(), packet.vl15);
+        let delivered = self.receive(dma, port, packet);
+        self.sma.count_rcv(port, bytes, delivered, vl15);
+        if delivered {
+            self.packets_delivered += 1;
+        } else {
             self.packets_dropped += 1;
-            return;
+        }
+    }
+
+    /// Takes a packet into the receive queue of the QP it is for; false if none takes it.
+    fn receive(&mut self, dma: &dyn Dma, port: usize, packet: Packet) -> bool {
+        let Some(base) = self.special_qp_base else {
+            return false;
         };
         let qpn = match (packet.dest_qp, packet.vl15) {
             (0, true) => base + port as u32,
             (1, false) => base + 2 + port as u32,
             _ => {
                 // UD to an ordinary QP: no data path for it yet.
-                self.packets_dropped += 1;
-                return;
+                return false;
             }
         };
         let Some(queues) = self.qps.get(&qpn).and_then(|qp| {
@@ -540,12 +559,10 @@ impl Hca {
             .then(|| qp.queues.clone())
             .flatten()
         }) else {
-            self.packets_dropped += 1;
-            return;
+            return false;
         };
-        if packet.dest_qp == 1 && packet.qkey != queues.qkey {
-            self.packets_dropped += 1;
-            return;
+        if !queues.has_rq || (packet.dest_qp == 1 && packet.qkey != queues.qkey) {
+            return false;
         }
         // Is a receive posted? The doorbell record's first word counts them.
         let mut record = [0u8; 4];
@@ -554,14 +571,13 @@ impl Hca {
                 "QP {qpn:#x}: RQ doorbell record at {:#x} outside mapped memory",
                 queues.db_rec_addr
             ));
-            return;
+            return false;
         }
         let posted = (u32::from_be_bytes(record) & 0xffff) as u16;
         let index = queues.rq_next;
         if posted == (index & 0xffff) as u16 {
             // No receive: a datagram is dropped, as on the wire.
-            self.packets_dropped += 1;
-            return;
+            return false;
         }
         let entries = 1u32 << queues.log_rq_entries;
         let offset = queues.rq_offset + (u64::from(index & (entries - 1)) << queues.log_rq_stride);
@@ -575,7 +591,7 @@ impl Hca {
             Ok(wqe) => wqe,
             Err(e) => {
                 self.driver_error(format!("QP {qpn:#x} receive WQE {index}: {e}"));
-                return;
+                return false;
             }
         };
         if let Some(q) = self.qps.get_mut(&qpn).and_then(|qp| qp.queues.as_mut()) {
@@ -615,7 +631,7 @@ impl Hca {
                     self.scatter(dma, key, addr + skip as u64, &message[from..done + take])
                 {
                     self.driver_error(format!("QP {qpn:#x} receive WQE {index}: {e}"));
-                    return;
+                    return false;
                 }
             }
             done += take;
@@ -627,7 +643,7 @@ impl Hca {
                 "QP {qpn:#x} receive WQE {index}: {} bytes into {capacity}",
                 message.len()
             ));
-            return;
+            return false;
         }
         let mut c = [0u8; 32];
         c[cqe::MY_QPN..cqe::MY_QPN + 4].copy_from_slice(&qpn.to_be_bytes());
@@ -651,8 +667,8 @@ impl Hca {
         c[cqe::WQE_INDEX..cqe::WQE_INDEX + 2]
             .copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
         c[cqe::OWNER_SR_OPCODE] = cqe::RECV_OPCODE_SEND;
-        self.packets_delivered += 1;
         self.write_cqe(dma, queues.cqn_recv, c);
+        true
     }
 
     /// Writes a CQE (owner bit by lap) and, if the CQ is armed, the completion event.

@@ -169,8 +169,19 @@ impl Hca {
     /// Back to the state after power-on (the reset register, or a function reset).
     pub fn reset(&mut self) {
         let events = core::mem::take(&mut self.events);
+        let (commands, failed, delivered, dropped) = (
+            self.commands,
+            self.failed_commands,
+            self.packets_delivered,
+            self.packets_dropped,
+        );
         *self = Self::new();
+        // The run's totals outlive a reset; the device's state does not.
         self.events = events;
+        self.commands = commands;
+        self.failed_commands = failed;
+        self.packets_delivered = delivered;
+        self.packets_dropped = dropped;
         self.info("reset: firmware stopped, ICM and every context forgotten".into());
     }
 

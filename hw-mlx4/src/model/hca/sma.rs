@@ -116,6 +116,7 @@ struct Port {
     subnet_timeout: u8,
     /// PortInfo:CapabilityMask, as the driver set it with SET_PORT.
     capability_mask: u32,
+    counters: PortCounters,
     pkeys: [u16; 128],
 }
 
@@ -137,9 +138,24 @@ impl Port {
             oper_vls: 4,
             subnet_timeout: 0,
             capability_mask: 0,
+            counters: PortCounters::default(),
             pkeys,
         }
     }
+}
+
+/// What a port moved, for the performance management agent.
+#[derive(Clone, Copy, Debug, Default)]
+struct PortCounters {
+    xmit_packets: u64,
+    rcv_packets: u64,
+    /// Octets divided by 4, as IBA counts data (LRH through ICRC).
+    xmit_words: u64,
+    rcv_words: u64,
+    /// Packets the port had to drop on receive (no receive posted, a bad Q_Key, a QP
+    /// not ready): IBA's PortRcvErrors is the closest counter; VL15 drops have their own.
+    rcv_dropped: u64,
+    vl15_dropped: u64,
 }
 
 /// A change the device must report to the driver (a PORT_CHANGE event).
@@ -239,6 +255,30 @@ impl Sma {
             .map(|i| i as u16)
     }
 
+    /// Counts a packet of `bytes` (headers to ICRC) leaving port `index`.
+    pub fn count_xmit(&mut self, index: usize, bytes: usize) {
+        if let Some(port) = self.ports.get_mut(index) {
+            port.counters.xmit_packets += 1;
+            port.counters.xmit_words += (bytes / 4) as u64;
+        }
+    }
+
+    /// Counts a packet of `bytes` arriving at port `index`; `delivered` says whether a
+    /// QP took it.
+    pub fn count_rcv(&mut self, index: usize, bytes: usize, delivered: bool, vl15: bool) {
+        if let Some(port) = self.ports.get_mut(index) {
+            port.counters.rcv_packets += 1;
+            port.counters.rcv_words += (bytes / 4) as u64;
+            if !delivered {
+                if vl15 {
+                    port.counters.vl15_dropped += 1;
+                } else {
+                    port.counters.rcv_dropped += 1;
+                }
+            }
+        }
+    }
+
     /// SET_PORT: the capability mask PortInfo reports.
     pub fn set_capability_mask(&mut self, index: usize, mask: u32) {
         if let Some(port) = self.ports.get_mut(index) {
@@ -304,8 +344,8 @@ impl Sma {
     }
 
     /// The performance management agent: ClassPortInfo, PortCounters and
-    /// PortCountersExtended (IBA 16.1.3-16.1.4; `include/rdma/ib_pma.h`). The device
-    /// counts what its ports moved; nothing moves over the cable yet, so they are zero.
+    /// PortCountersExtended (IBA 16.1.3-16.1.4; `include/rdma/ib_pma.h`), from what the
+    /// ports moved. PortSelect names the port; 0 is the port the MAD came in on.
     fn pma(&self, index: usize, request: &[u8; 256], reply: &mut [u8; 256]) {
         const CLASS_PORT_INFO: u16 = 0x0001;
         const PORT_COUNTERS: u16 = 0x0012;
@@ -322,9 +362,17 @@ impl Sma {
                 data[2..4].copy_from_slice(&(1u16 << 9).to_be_bytes());
             }
             (method::GET, PORT_COUNTERS | PORT_COUNTERS_EXT) => {
-                // PortSelect, then counters the ports have not moved yet: zero.
-                data[1] = request[mad::PMA_DATA + 1];
-                let _ = index;
+                let select = request[mad::PMA_DATA + 1];
+                data[1] = select;
+                let port = match select {
+                    0 => self.ports.get(index),
+                    1 | 2 => self.ports.get(usize::from(select) - 1),
+                    _ => None,
+                };
+                match port {
+                    Some(port) => write_counters(&port.counters, attr == PORT_COUNTERS_EXT, data),
+                    None => status = mad::STATUS_INVALID_FIELD,
+                }
             }
             _ => status = mad::STATUS_UNSUPPORTED_ATTR,
         }
@@ -512,5 +560,43 @@ impl Sma {
             self.events.push(PortEvent::Down { port: index });
         }
         Ok(())
+    }
+}
+
+/// PortCounters (32-bit data and packet counters at 24..40, saturating; errors at 8 and
+/// 22) or PortCountersExtended (64-bit, from 8).
+fn write_counters(c: &PortCounters, extended: bool, data: &mut [u8]) {
+    let sat32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX).to_be_bytes();
+    let sat16 = |v: u64| u16::try_from(v).unwrap_or(u16::MAX).to_be_bytes();
+    if extended {
+        for (i, v) in [
+            c.xmit_words,
+            c.rcv_words,
+            c.xmit_packets,
+            c.rcv_packets,
+            c.xmit_packets,
+            c.rcv_packets,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(dst) = data.get_mut(8 + 8 * i..16 + 8 * i) {
+                dst.copy_from_slice(&v.to_be_bytes());
+            }
+        }
+    } else {
+        let fields: [(usize, &[u8]); 6] = [
+            (8, &sat16(c.rcv_dropped)),
+            (22, &sat16(c.vl15_dropped)),
+            (24, &sat32(c.xmit_words)),
+            (28, &sat32(c.rcv_words)),
+            (32, &sat32(c.xmit_packets)),
+            (36, &sat32(c.rcv_packets)),
+        ];
+        for (at, bytes) in fields {
+            if let Some(dst) = data.get_mut(at..at + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+        }
     }
 }
