@@ -10,12 +10,15 @@
 //! Every access is an MMIO message over the socket: BAR2 (the doorbells) is not mapped
 //! into the guest, so the device sees each doorbell when it is written.
 //!
-//! Usage: `cx3-device --socket PATH [--log PATH]`. It serves one connection, and exits
+//! Usage: `cx3-device --socket PATH [--log PATH] [--trace PATH]`; `--trace` records
+//! every register access and the DMA each caused, for `hw_mlx4::model::hca::trace`'s
+//! replay on the host. It serves one connection, and exits
 //! when QEMU closes it: status 0 if the driver made no mistake the device saw, 1 if it
 //! did (each is an `error:` line in the log), 2 if the transport failed.
 
 mod guest_memory;
 mod pci;
+mod tracing;
 
 use std::fs::File;
 use std::io::Write;
@@ -35,7 +38,9 @@ use vfio_bindings::bindings::vfio::{
 use vfio_user::{IrqInfo, Server, ServerBackend, ServerRegion};
 
 use guest_memory::GuestMemory;
+use hw_mlx4::model::hca::trace::TraceEvent;
 use pci::ConfigSpace;
+use tracing::{Traced, Tracer};
 
 /// The device's log: every line goes to the log file (and stderr), and `error:` lines
 /// are counted, since each is a driver mistake or a fault the runner fails on.
@@ -101,16 +106,31 @@ struct Cx3 {
     /// The eventfd of each MSI-X vector QEMU enabled.
     msix: Vec<Option<File>>,
     intx: Option<File>,
+    /// Where accesses and DMA are traced (`--trace`), if anywhere.
+    tracer: Tracer,
+    bus_master: bool,
 }
 
 impl Cx3 {
-    fn new() -> Self {
+    fn new(tracer: Tracer) -> Self {
         Self {
             config: ConfigSpace::new(),
             hca: Hca::new(),
             memory: GuestMemory::default(),
             msix: Vec::new(),
             intx: None,
+            tracer,
+            bus_master: false,
+        }
+    }
+
+    /// Tells the HCA (and the trace) when the driver turns bus mastering on or off.
+    fn sync_bus_master(&mut self) {
+        let on = self.config.bus_master();
+        if on != self.bus_master {
+            self.bus_master = on;
+            self.tracer.event(&TraceEvent::BusMaster(on));
+            self.hca.set_bus_master(on);
         }
     }
 
@@ -150,8 +170,23 @@ impl ServerBackend for Cx3 {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
         match region {
             VFIO_PCI_CONFIG_REGION_INDEX => self.config.read(offset, data),
-            VFIO_PCI_BAR0_REGION_INDEX => self.hca.bar0_read(offset, data),
-            VFIO_PCI_BAR2_REGION_INDEX => self.hca.bar2_read(offset, data),
+            VFIO_PCI_BAR0_REGION_INDEX | VFIO_PCI_BAR2_REGION_INDEX => {
+                let bar = if region == VFIO_PCI_BAR0_REGION_INDEX {
+                    0
+                } else {
+                    2
+                };
+                if bar == 0 {
+                    self.hca.bar0_read(offset, data);
+                } else {
+                    self.hca.bar2_read(offset, data);
+                }
+                self.tracer.event(&TraceEvent::Read {
+                    bar,
+                    offset,
+                    data: data.to_vec(),
+                });
+            }
             _ => data.fill(0xff),
         }
         self.flush_events();
@@ -162,16 +197,32 @@ impl ServerBackend for Cx3 {
         match region {
             VFIO_PCI_CONFIG_REGION_INDEX => {
                 self.config.write(offset, data);
-                self.hca.set_bus_master(self.config.bus_master());
+                self.sync_bus_master();
             }
             VFIO_PCI_BAR0_REGION_INDEX => {
-                self.hca.bar0_write(&self.memory, offset, data);
+                self.tracer.event(&TraceEvent::Write {
+                    bar: 0,
+                    offset,
+                    data: data.to_vec(),
+                });
+                let dma = Traced::new(&self.memory, &self.tracer);
+                self.hca.bar0_write(&dma, offset, data);
                 if self.hca.reset_requested() {
+                    // The reset register resets the function, config space included; the
+                    // driver restores what it saved.
                     self.config.reset();
-                    self.hca.set_bus_master(false);
+                    self.bus_master = false;
                 }
             }
-            VFIO_PCI_BAR2_REGION_INDEX => self.hca.bar2_write(&self.memory, offset, data),
+            VFIO_PCI_BAR2_REGION_INDEX => {
+                self.tracer.event(&TraceEvent::Write {
+                    bar: 2,
+                    offset,
+                    data: data.to_vec(),
+                });
+                let dma = Traced::new(&self.memory, &self.tracer);
+                self.hca.bar2_write(&dma, offset, data);
+            }
             _ => log_error(&format!(
                 "write to region {region} at {offset:#x}, which the device does not have"
             )),
@@ -219,7 +270,9 @@ impl ServerBackend for Cx3 {
 
     fn reset(&mut self) -> std::io::Result<()> {
         log_line("function reset");
+        self.tracer.event(&TraceEvent::Reset);
         self.config.reset();
+        self.bus_master = false;
         self.hca.reset();
         self.flush_events();
         Ok(())
@@ -315,22 +368,26 @@ fn irqs() -> Vec<IrqInfo> {
 struct Args {
     socket: PathBuf,
     log: Option<PathBuf>,
+    trace: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut socket = None;
     let mut log = None;
+    let mut trace = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--socket" => socket = args.next().map(PathBuf::from),
             "--log" => log = args.next().map(PathBuf::from),
+            "--trace" => trace = args.next().map(PathBuf::from),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     Ok(Args {
-        socket: socket.ok_or("usage: cx3-device --socket PATH [--log PATH]")?,
+        socket: socket.ok_or("usage: cx3-device --socket PATH [--log PATH] [--trace PATH]")?,
         log,
+        trace,
     })
 }
 
@@ -370,7 +427,17 @@ fn main() -> ExitCode {
         pci::DEVICE_ID,
         args.socket.display()
     ));
-    let mut device = Cx3::new();
+    let tracer = match &args.trace {
+        Some(path) => match Tracer::to_file(path) {
+            Ok(tracer) => tracer,
+            Err(e) => {
+                eprintln!("cx3-device: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => Tracer::off(),
+    };
+    let mut device = Cx3::new(tracer);
     let served = server.run(&mut device);
     device.flush_events();
     let summary = device.hca.summary();

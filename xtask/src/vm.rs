@@ -381,12 +381,19 @@ impl EmulatedDevice {
         let binary = build_device()?;
         let socket = dir.join(Self::SOCKET);
         let log = dir.join("out/cx3-device.log");
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg("--socket")
             .arg(&socket)
             .arg("--log")
             .arg(&log)
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        // `TILDE_CX3_TRACE=1`: record the driver's accesses for the host replay test
+        // (`hw-mlx4/tests/hca_replay.rs`), as `out/cx3-device.trace`.
+        if std::env::var_os("TILDE_CX3_TRACE").is_some() {
+            command.arg("--trace").arg(dir.join("out/cx3-device.trace"));
+        }
+        let child = command
             .spawn()
             .context(|| format!("starting {}", binary.display()))?;
         let mut device = Self { child, log };

@@ -646,17 +646,8 @@ impl Hca {
         // The hardware owns every entry of a new EQ: set the owner bit of each, as the
         // firmware does (the driver's `next_eqe_sw` expects it; its pages come zeroed).
         let nent = 1u64 << log_size;
-        for index in 0..nent {
-            let address = self
-                .queue_address(dma, &eq, index * 32 + 31)
-                .map_err(|e| (CmdStatus::BadParam, format!("EQ {eqn}: {e}")))?;
-            dma.write(address, &[0x80]).map_err(|f| {
-                (
-                    CmdStatus::InternalError,
-                    format!("EQ {eqn}: EQE at {:#x} outside mapped memory", f.address),
-                )
-            })?;
-        }
+        self.own_queue(dma, eq.mtt_offset, eq.log_page_size, nent, 32)
+            .map_err(|e| (CmdStatus::BadParam, format!("EQ {eqn}: {e}")))?;
         self.info(format!(
             "EQ {eqn}: {} entries, vector {}{}",
             nent,

@@ -764,12 +764,43 @@ impl Hca {
     /// writes them (the driver's buffer comes zeroed, `MLX4_DEV_CAP_FLAG2_SW_CQ_INIT` is
     /// not offered).
     pub(super) fn init_cq_buffer(&mut self, dma: &dyn Dma, cq: &CqState) -> Result<(), String> {
-        let size = 1u64 << cq.log_size;
-        for index in 0..size {
-            let address =
-                self.buffer_address(dma, cq.mtt_offset, cq.log_page_size, index * cqe::SIZE + 31)?;
-            dma.write(address, &[cqe::OWNER])
-                .map_err(|f| format!("CQE at {:#x} outside mapped memory", f.address))?;
+        self.own_queue(
+            dma,
+            cq.mtt_offset,
+            cq.log_page_size,
+            1u64 << cq.log_size,
+            cqe::SIZE,
+        )
+    }
+
+    /// Hands every entry of a new EQ or CQ (`entries` of `entry_size` bytes, the owner
+    /// bit in each one's last byte) to the hardware, a page at a time: the queue's
+    /// contents before that mean nothing.
+    pub(super) fn own_queue(
+        &mut self,
+        dma: &dyn Dma,
+        mtt_offset: u64,
+        log_page_size: u32,
+        entries: u64,
+        entry_size: u64,
+    ) -> Result<(), String> {
+        let page = 1u64 << (log_page_size + super::icm::ICM_PAGE_SHIFT);
+        let total = entries * entry_size;
+        let mut image = vec![0u8; page.min(total) as usize];
+        for owner in image
+            .iter_mut()
+            .skip(entry_size as usize - 1)
+            .step_by(entry_size as usize)
+        {
+            *owner = cqe::OWNER;
+        }
+        let mut offset = 0;
+        while offset < total {
+            let address = self.buffer_address(dma, mtt_offset, log_page_size, offset)?;
+            let len = (total - offset).min(page) as usize;
+            dma.write(address, &image[..len])
+                .map_err(|f| format!("queue page at {:#x} outside mapped memory", f.address))?;
+            offset += page;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ mod commands;
 mod datapath;
 mod icm;
 mod sma;
+pub mod trace;
 
 use alloc::collections::BTreeMap;
 use alloc::format;
