@@ -156,7 +156,8 @@ fn cargo(what: &[&str]) -> Result {
 /// Runs `ulp-iser/fuzz`'s `pdu` target for a bounded time with cargo fuzz (libFuzzer),
 /// installing cargo fuzz from crates.io if it is missing. The machine's stable rustc
 /// builds it with `RUSTC_BOOTSTRAP=1` for the sanitizer flags: no other toolchain needed.
-fn fuzz_iser() -> Result {
+/// Runs a cargo-fuzz target of `dir` for `seconds` (installing cargo-fuzz if missing).
+fn fuzz(dir: &str, target: &str, seconds: u32) -> Result {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let have = Command::new(&cargo)
         .args(["fuzz", "--version"])
@@ -171,12 +172,13 @@ fn fuzz_iser() -> Result {
         }
     }
     let status = Command::new(&cargo)
-        .args(["fuzz", "run", "pdu", "--", "-max_total_time=30"])
+        .args(["fuzz", "run", target, "--"])
+        .arg(format!("-max_total_time={seconds}"))
         .env("RUSTC_BOOTSTRAP", "1")
-        .current_dir(repo_root().join("ulp-iser/fuzz"))
+        .current_dir(repo_root().join(dir))
         .status()?;
     if !status.success() {
-        bail!("the fuzzer failed or found a crash (see ulp-iser/fuzz/artifacts/pdu)");
+        bail!("the fuzzer failed or found a crash (see {dir}/artifacts/{target})");
     }
     Ok(())
 }
@@ -218,7 +220,11 @@ fn cmd_test(args: &Args) -> Result {
     );
     check(
         "fuzz the iSER PDU parser and initiator core (30 s)".into(),
-        fuzz_iser(),
+        fuzz("ulp-iser/fuzz", "pdu", 30),
+    );
+    check(
+        "fuzz the emulated ConnectX-3's commands, MADs and doorbells (30 s)".into(),
+        fuzz("hw-mlx4/fuzz", "hca", 30),
     );
     check(
         "fast-path rules (hw-mlx4/src/fastpath)".into(),

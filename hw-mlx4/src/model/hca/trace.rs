@@ -117,7 +117,7 @@ fn hex(data: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("odd hex {s:?}"));
     }
     (0..s.len())

@@ -1,0 +1,390 @@
+//! The emulated ConnectX-3's firmware, driven through its registers as a driver does,
+//! without QEMU: the bring-up a driver does, and the mistakes a device must refuse with a
+//! status and a reported error, never a panic.
+
+use std::cell::RefCell;
+
+use hw_mlx4::model::hca::{Dma, DmaFault, Hca, HcaEvent};
+use hw_mlx4::wire::cmd::{hcr, opcode, CmdStatus, HCR_BASE};
+
+/// Host memory at bus addresses `[BASE, BASE + SIZE)`.
+struct Memory(RefCell<Vec<u8>>);
+
+const BASE: u64 = 0x1000_0000;
+const SIZE: usize = 16 << 20;
+/// Where the test driver keeps its mailboxes.
+const INBOX: u64 = BASE;
+const OUTBOX: u64 = BASE + 0x1000;
+
+impl Memory {
+    fn new() -> Self {
+        Self(RefCell::new(vec![0; SIZE]))
+    }
+
+    fn range(address: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(address.checked_sub(BASE)?).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= SIZE).then_some(start..end)
+    }
+
+    fn put(&self, address: u64, data: &[u8]) {
+        let r = Self::range(address, data.len()).expect("inside the test memory");
+        self.0.borrow_mut()[r].copy_from_slice(data);
+    }
+
+    fn get(&self, address: u64, len: usize) -> Vec<u8> {
+        let r = Self::range(address, len).expect("inside the test memory");
+        self.0.borrow()[r].to_vec()
+    }
+}
+
+impl Dma for Memory {
+    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+        let r = Self::range(address, buf.len()).ok_or(DmaFault {
+            address,
+            len: buf.len(),
+        })?;
+        buf.copy_from_slice(&self.0.borrow()[r]);
+        Ok(())
+    }
+
+    fn write(&self, address: u64, data: &[u8]) -> Result<(), DmaFault> {
+        let r = Self::range(address, data.len()).ok_or(DmaFault {
+            address,
+            len: data.len(),
+        })?;
+        self.0.borrow_mut()[r].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A driver's side of the HCR, as `mlx4_cmd_post` writes it.
+struct Driver {
+    hca: Hca,
+    memory: Memory,
+    toggle: bool,
+}
+
+impl Driver {
+    fn new() -> Self {
+        let mut hca = Hca::new();
+        hca.set_bus_master(true);
+        Self {
+            hca,
+            memory: Memory::new(),
+            toggle: true,
+        }
+    }
+
+    fn write_word(&mut self, offset: usize, value: u32) {
+        self.hca
+            .bar0_write(&self.memory, HCR_BASE + offset as u64, &value.to_be_bytes());
+    }
+
+    fn read_word(&mut self, offset: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.hca.bar0_read(HCR_BASE + offset as u64, &mut b);
+        u32::from_be_bytes(b)
+    }
+
+    /// Posts a command and returns its status byte and immediate out_param.
+    fn command(
+        &mut self,
+        op: u16,
+        op_mod: u8,
+        in_mod: u32,
+        in_param: u64,
+        out_param: u64,
+        event: bool,
+    ) -> (u8, u64) {
+        let status = self.read_word(hcr::STATUS);
+        assert_eq!(status & hcr::GO_BIT, 0, "the HCR is idle before a post");
+        self.write_word(hcr::IN_PARAM, (in_param >> 32) as u32);
+        self.write_word(hcr::IN_PARAM + 4, in_param as u32);
+        self.write_word(hcr::IN_MODIFIER, in_mod);
+        self.write_word(hcr::OUT_PARAM, (out_param >> 32) as u32);
+        self.write_word(hcr::OUT_PARAM + 4, out_param as u32);
+        self.write_word(hcr::TOKEN, 0x1234 << 16);
+        let word = hcr::GO_BIT
+            | if self.toggle { hcr::TOGGLE_BIT } else { 0 }
+            | if event { hcr::EVENT_BIT } else { 0 }
+            | (u32::from(op_mod) << hcr::OPMOD_SHIFT)
+            | u32::from(op);
+        self.write_word(hcr::STATUS, word);
+        self.toggle = !self.toggle;
+        let status = self.read_word(hcr::STATUS);
+        assert_eq!(status & hcr::GO_BIT, 0, "the device clears go when done");
+        assert_eq!(
+            status & hcr::TOGGLE_BIT != 0,
+            !self.toggle,
+            "the toggle bit stays as the driver wrote it"
+        );
+        let out = (u64::from(self.read_word(hcr::OUT_PARAM)) << 32)
+            | u64::from(self.read_word(hcr::OUT_PARAM + 4));
+        ((status >> hcr::STATUS_SHIFT) as u8, out)
+    }
+
+    fn errors(&mut self) -> Vec<String> {
+        self.hca
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                HcaEvent::DriverError(line) => Some(line),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn vpm(&mut self, op: u16, entries: &[(u64, u64, u32)]) -> u8 {
+        let mut mailbox = vec![0u8; 4096];
+        for (i, &(virt, phys, log_pages)) in entries.iter().enumerate() {
+            mailbox[16 * i..16 * i + 8].copy_from_slice(&virt.to_be_bytes());
+            mailbox[16 * i + 8..16 * i + 16]
+                .copy_from_slice(&(phys | u64::from(log_pages)).to_be_bytes());
+        }
+        self.memory.put(INBOX, &mailbox);
+        self.command(op, 0, entries.len() as u32, INBOX, 0, false).0
+    }
+
+    /// QUERY_FW, MAP_FA, RUN_FW.
+    fn start_firmware(&mut self) {
+        let (status, _) = self.command(opcode::QUERY_FW, 0, 0, 0, OUTBOX, false);
+        assert_eq!(status, CmdStatus::Ok as u8);
+        let fw_pages = u16::from_be_bytes(self.memory.get(OUTBOX, 2).try_into().unwrap());
+        // The firmware area: one aligned chunk.
+        let log_pages = (fw_pages as u64).next_power_of_two().trailing_zeros();
+        assert_eq!(
+            self.vpm(opcode::MAP_FA, &[(0, BASE + 0x10_0000, log_pages)]),
+            0
+        );
+        assert_eq!(self.command(opcode::RUN_FW, 0, 0, 0, 0, false).0, 0);
+    }
+
+    /// ICM for the MTT table at ICM 0x1000_0000 (the first 64 KiB), INIT_HCA.
+    fn init_hca(&mut self) {
+        self.start_firmware();
+        let (status, aux) = self.command(opcode::SET_ICM_SIZE, 0, 0, 1 << 24, 0, false);
+        assert_eq!(status, 0);
+        assert!(aux >= 1);
+        assert_eq!(
+            self.vpm(opcode::MAP_ICM_AUX, &[(0, BASE + 0x20_0000, 0)]),
+            0
+        );
+        assert_eq!(
+            self.vpm(opcode::MAP_ICM, &[(0x1000_0000, BASE + 0x30_0000, 4)]),
+            0
+        );
+        let mut mailbox = vec![0u8; 4096];
+        mailbox[0] = 2; // version
+        mailbox[0x37] = 10; // log QPs
+        mailbox[0x57] = 8; // log CQs
+        mailbox[0x87] = 5; // log EQs
+        mailbox[0xfb] = 12; // log MPTs
+        mailbox[0x100..0x108].copy_from_slice(&0x1000_0000u64.to_be_bytes()); // MTT base
+        self.memory.put(INBOX, &mailbox);
+        assert_eq!(self.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0, 0);
+        assert!(self.errors().is_empty());
+    }
+
+    /// An EQ of 64 entries in one page at `page`, its MTT entry at MTT index 0, on
+    /// MSI-X vector 3, armed; mapped for command events.
+    fn create_eq(&mut self, eqn: u32, page: u64) {
+        // The MTT entry, written into ICM the way mlx4_write_mtt_chunk does.
+        self.memory.put(BASE + 0x30_0000, &(page | 1).to_be_bytes());
+        let mut ctx = vec![0u8; 4096];
+        ctx[0..4].copy_from_slice(&(9u32 << 8).to_be_bytes()); // armed
+        ctx[0x0c] = 6; // 64 entries
+        ctx[0x17] = 3; // vector
+        ctx[0x18] = 0; // 4 KiB pages
+        self.memory.put(INBOX, &ctx);
+        assert_eq!(self.command(opcode::SW2HW_EQ, 0, eqn, INBOX, 0, false).0, 0);
+        // Command completion events (type 0x0a) to this EQ.
+        assert_eq!(
+            self.command(opcode::MAP_EQ, 0, eqn, 1 << 0x0a, 0, false).0,
+            0
+        );
+        assert!(self.errors().is_empty());
+    }
+}
+
+#[test]
+fn query_fw_reports_the_new_port_commands_and_the_registers() {
+    let mut d = Driver::new();
+    let (status, _) = d.command(opcode::QUERY_FW, 0, 0, 0, OUTBOX, false);
+    assert_eq!(status, 0);
+    let out = d.memory.get(OUTBOX, 0x100);
+    assert_eq!(u16::from_be_bytes([out[0x0a], out[0x0b]]), 3, "cmd_if_rev");
+    assert_eq!(u16::from_be_bytes([out[2], out[3]]), 2, "major version");
+    assert!(d.errors().is_empty());
+}
+
+#[test]
+fn an_event_mode_nop_writes_the_command_eqe_and_interrupts() {
+    let mut d = Driver::new();
+    d.init_hca();
+    let page = BASE + 0x40_0000;
+    d.create_eq(4, page);
+    // Every EQE starts owned by the hardware.
+    assert!((0..64).all(|i| d.memory.get(page + 32 * i + 31, 1)[0] == 0x80));
+    let (status, _) = d.command(opcode::NOP, 0, 0x1f, 0, 0, true);
+    assert_eq!(status, 0);
+    let eqe = d.memory.get(page, 32);
+    assert_eq!(eqe[1], 0x0a, "a command event");
+    assert_eq!(
+        u16::from_be_bytes([eqe[6], eqe[7]]),
+        0x1234,
+        "with the token"
+    );
+    assert_eq!(eqe[15], 0, "and the status");
+    assert_eq!(eqe[31] & 0x80, 0, "owned by software in the first lap");
+    let events = d.hca.take_events();
+    assert!(
+        events.contains(&HcaEvent::Interrupt { vector: 3 }),
+        "{events:?}"
+    );
+    // Disarmed now: the next event writes an EQE but raises nothing until re-armed.
+    d.command(opcode::NOP, 0, 0x1f, 0, 0, true);
+    assert!(!d
+        .hca
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, HcaEvent::Interrupt { .. })));
+    // Arming with two events unconsumed interrupts at once.
+    // EQ 4's doorbell: UAR page 4 / 4, the first of its four; consumer index 0, arm.
+    d.hca
+        .bar2_write(&d.memory, 4096 + 0x800, &(0x8000_0000u32).to_be_bytes());
+    assert!(d
+        .hca
+        .take_events()
+        .contains(&HcaEvent::Interrupt { vector: 3 }));
+}
+
+#[test]
+fn an_unknown_opcode_is_refused_and_reported() {
+    let mut d = Driver::new();
+    let (status, _) = d.command(0x7ee, 0, 0, 0, 0, false);
+    assert_eq!(status, CmdStatus::BadOp as u8);
+    let errors = d.errors();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("not implemented"), "{errors:?}");
+}
+
+#[test]
+fn a_mailbox_outside_memory_is_an_internal_error() {
+    let mut d = Driver::new();
+    let (status, _) = d.command(opcode::QUERY_FW, 0, 0, 0, 0xdead_0000_0000, false);
+    assert_eq!(status, CmdStatus::InternalError as u8);
+    assert!(d.errors()[0].contains("outside mapped memory"));
+}
+
+#[test]
+fn commands_out_of_firmware_order_are_refused() {
+    let mut d = Driver::new();
+    assert_eq!(
+        d.command(opcode::RUN_FW, 0, 0, 0, 0, false).0,
+        CmdStatus::BadSysState as u8
+    );
+    assert_eq!(
+        d.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0,
+        CmdStatus::BadSysState as u8
+    );
+    assert_eq!(
+        d.command(opcode::SW2HW_EQ, 0, 0, INBOX, 0, false).0,
+        CmdStatus::BadSysState as u8
+    );
+    assert_eq!(d.errors().len(), 3);
+}
+
+#[test]
+fn bad_vpm_entries_and_indices_are_refused() {
+    let mut d = Driver::new();
+    d.start_firmware();
+    // A chunk of 2 pages whose address is not aligned to 8 KiB.
+    assert_eq!(
+        d.vpm(opcode::MAP_ICM_AUX, &[(0, BASE + 0x1000, 1)]),
+        CmdStatus::BadParam as u8
+    );
+    // Zero entries.
+    assert_eq!(d.vpm(opcode::MAP_ICM, &[]), CmdStatus::BadParam as u8);
+    assert_eq!(d.errors().len(), 2);
+    let mut d = Driver::new();
+    d.init_hca();
+    // EQ 40 beyond the 2^5 INIT_HCA made; CQ 4096 beyond 2^8; QP 1024 beyond 2^10.
+    assert_eq!(
+        d.command(opcode::SW2HW_EQ, 0, 40, INBOX, 0, false).0,
+        CmdStatus::BadIndex as u8
+    );
+    assert_eq!(
+        d.command(opcode::SW2HW_CQ, 0, 4096, INBOX, 0, false).0,
+        CmdStatus::BadIndex as u8
+    );
+    assert_eq!(
+        d.command(opcode::RST2INIT_QP, 0, 1024, INBOX, 0, false).0,
+        CmdStatus::BadIndex as u8
+    );
+    // A QP transition from the wrong state.
+    assert_eq!(
+        d.command(opcode::RTR2RTS_QP, 0, 5, INBOX, 0, false).0,
+        CmdStatus::BadQpState as u8
+    );
+    // A CQ on an EQ that does not exist.
+    assert_eq!(
+        d.command(opcode::SW2HW_CQ, 0, 1, INBOX, 0, false).0,
+        CmdStatus::BadResourceState as u8
+    );
+    assert_eq!(d.errors().len(), 5);
+}
+
+#[test]
+fn the_sma_answers_node_info_and_refuses_what_is_not_a_mad() {
+    let mut d = Driver::new();
+    d.init_hca();
+    let mut mad = vec![0u8; 256];
+    mad[0] = 1; // base version
+    mad[1] = 0x01; // LID-routed SMP
+    mad[2] = 1;
+    mad[3] = 0x01; // Get
+    mad[16..18].copy_from_slice(&0x0011u16.to_be_bytes()); // NodeInfo
+    d.memory.put(INBOX, &mad);
+    assert_eq!(d.command(opcode::MAD_IFC, 3, 2, INBOX, OUTBOX, false).0, 0);
+    let reply = d.memory.get(OUTBOX, 256);
+    assert_eq!(reply[3], 0x81, "GetResp");
+    assert_eq!(&reply[4..6], &[0, 0], "status");
+    let data = &reply[64..128];
+    assert_eq!(data[2], 1, "a channel adapter");
+    assert_eq!(data[3], 2, "with two ports");
+    assert_eq!(data[36], 2, "answered by port 2");
+    // An attribute the SMA does not have: a reply with MAD status 0x000c.
+    mad[16..18].copy_from_slice(&0x0020u16.to_be_bytes()); // SMInfo
+    d.memory.put(INBOX, &mad);
+    assert_eq!(d.command(opcode::MAD_IFC, 3, 1, INBOX, OUTBOX, false).0, 0);
+    assert_eq!(&d.memory.get(OUTBOX, 6)[4..6], &[0, 0x0c]);
+    // Not a MAD: a command error.
+    mad[0] = 7;
+    d.memory.put(INBOX, &mad);
+    assert_eq!(
+        d.command(opcode::MAD_IFC, 3, 1, INBOX, OUTBOX, false).0,
+        CmdStatus::BadPacket as u8
+    );
+    // Port 3 does not exist.
+    assert_eq!(
+        d.command(opcode::MAD_IFC, 3, 3, INBOX, OUTBOX, false).0,
+        CmdStatus::BadIndex as u8
+    );
+    assert_eq!(d.errors().len(), 2);
+}
+
+#[test]
+fn doorbells_for_what_is_not_in_hardware_are_reported() {
+    let mut d = Driver::new();
+    d.init_hca();
+    d.hca
+        .bar2_write(&d.memory, 4096 + 0x14, &(77u32 << 8).to_be_bytes());
+    let mut cq = [0u8; 8];
+    cq[..4].copy_from_slice(&(2u32 << 24 | 9).to_be_bytes());
+    d.hca.bar2_write(&d.memory, 4096 + 0x20, &cq);
+    d.hca
+        .bar2_write(&d.memory, 4096 + 0x804, &0u32.to_be_bytes());
+    let errors = d.errors();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+}
