@@ -90,6 +90,8 @@ const ROOT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "opensm",
     "infiniband-diags",
+    // ping for the IPoIB checks.
+    "iputils-ping",
 ];
 
 /// Host programs xtask runs, and the Debian packages that provide them.

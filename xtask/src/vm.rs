@@ -148,10 +148,9 @@ pub fn run(
     fs::copy(vm_dir.join("stage2"), dir.join("guest/stage2"))?;
     fs::copy(vm_dir.join("lib.sh"), dir.join("guest/lib.sh"))?;
     fs::copy(vm_dir.join("iser.sh"), dir.join("guest/iser.sh"))?;
-    fs::copy(
-        vm_dir.join("iser_bench_table.py"),
-        dir.join("guest/iser_bench_table.py"),
-    )?;
+    for helper in ["iser_bench_table.py", "tcp_blob.py"] {
+        fs::copy(vm_dir.join(helper), dir.join("guest").join(helper))?;
+    }
     fs::copy(&script, dir.join("scenario.sh"))?;
     fs::write(dir.join("scenario-name"), scenario)?;
     fs::write(dir.join("kernel-release"), &toolchain.release)?;

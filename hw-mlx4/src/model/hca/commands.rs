@@ -84,6 +84,10 @@ pub(super) struct InitHcaParams {
     pub log_mpt_sz: u8,
     /// The MTT table's ICM address: MTT offsets in contexts are relative to it.
     pub mtt_base: u64,
+    /// The multicast table: entry size, hash size and whole size, as log2.
+    pub log_mc_entry_sz: u8,
+    pub log_mc_hash_sz: u8,
+    pub log_mc_table_sz: u8,
 }
 
 /// A QP's state in the firmware (`enum mlx4_qp_state`).
@@ -98,12 +102,32 @@ pub(super) enum QpStateKind {
     Error,
 }
 
+impl QpStateKind {
+    /// The PRM's encoding (`enum mlx4_qp_state`).
+    pub fn prm_value(self) -> u8 {
+        match self {
+            Self::Reset => 0,
+            Self::Init => 1,
+            Self::Rtr => 2,
+            Self::Rts => 3,
+            Self::Sqer => 4,
+            Self::Sqd => 5,
+            Self::Error => 6,
+        }
+    }
+}
+
+/// Size of a QP context (`struct mlx4_qp_context`).
+const QP_CONTEXT_SIZE: usize = 0xf8;
+
 /// A QP the driver moved out of RESET: its state and the last context it gave.
 #[derive(Clone, Debug)]
 pub(super) struct QpState {
     pub state: QpStateKind,
     /// Where its queues are and how far the device got (from RST2INIT on).
     pub queues: Option<super::datapath::QpQueues>,
+    /// The context as the transitions built it up, for QUERY_QP.
+    pub context: Vec<u8>,
 }
 
 type Outcome = (CmdStatus, Option<u64>);
@@ -306,6 +330,9 @@ impl Hca {
                     log_num_eqs: m.u8(init_hca::LOG_EQ) & 0x1f,
                     log_mpt_sz: m.u8(init_hca::LOG_MPT_SZ) & 0x3f,
                     mtt_base: m.u64(init_hca::MTT_BASE),
+                    log_mc_entry_sz: m.u8(init_hca::LOG_MC_ENTRY_SZ) & 0x1f,
+                    log_mc_hash_sz: m.u8(init_hca::LOG_MC_HASH_SZ) & 0x1f,
+                    log_mc_table_sz: m.u8(init_hca::LOG_MC_TABLE_SZ) & 0x1f,
                 };
                 if params.log_num_qps > 24 || params.log_num_cqs > 24 || params.log_num_eqs > 10 {
                     return Err((
@@ -331,6 +358,7 @@ impl Hca {
                 self.init = None;
                 self.eqs.clear();
                 self.cq_states.clear();
+                self.mcg.clear();
                 self.qps.clear();
                 self.mpts.clear();
                 self.srqs.clear();
@@ -466,6 +494,23 @@ impl Hca {
                 self.modify_qp(dma, cmd)?;
                 Ok(None)
             }
+            opcode::QUERY_QP => {
+                self.need(&[Initialized], cmd.opcode)?;
+                let qpn = cmd.in_modifier & 0x00ff_ffff;
+                // The mailbox as the transitions take it: 8 bytes, then the context, with
+                // the state in the flags' top nibble (`mlx4_qp_query`).
+                let mut out = vec![0u8; 8 + QP_CONTEXT_SIZE];
+                let (state, context) = match self.qps.get(&qpn) {
+                    Some(qp) => (qp.state, qp.context.clone()),
+                    None => (QpStateKind::Reset, Vec::new()),
+                };
+                for (dst, src) in out[8..].iter_mut().zip(&context) {
+                    *dst = *src;
+                }
+                out[8] = (out[8] & 0x0f) | (state.prm_value() << 4);
+                self.write_out(dma, cmd, &out)?;
+                Ok(None)
+            }
             opcode::CONF_SPECIAL_QP => {
                 self.need(&[Initialized], cmd.opcode)?;
                 self.special_qp_base = Some(cmd.in_modifier & 0x00ff_ffff);
@@ -519,6 +564,41 @@ impl Hca {
                 let mut out = Mailbox(self.init_hca_mailbox.clone());
                 out.set_u16(query_hca::CORE_CLOCK, caps::CORE_CLOCK_MHZ);
                 self.write_out(dma, cmd, out.0.get(..init_hca::IN_SIZE).unwrap_or(&[]))?;
+                Ok(None)
+            }
+            opcode::MGID_HASH => {
+                self.need(&[Initialized], cmd.opcode)?;
+                // The hash of a group's GID picks its first entry in the table's hash
+                // part; any function will do as long as it is the same every time.
+                let inbox = self.read_in(dma, cmd)?;
+                let init = self.init.unwrap_or_default();
+                let hash = inbox.iter().take(16).fold(0x811c_9dc5u32, |h, &b| {
+                    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+                });
+                Ok(Some(u64::from(hash & ((1u32 << init.log_mc_hash_sz) - 1))))
+            }
+            opcode::READ_MCG | opcode::WRITE_MCG => {
+                self.need(&[Initialized], cmd.opcode)?;
+                let init = self.init.unwrap_or_default();
+                let index = cmd.in_modifier;
+                self.check_index("MCG entry", index, init.log_mc_table_sz)?;
+                let entry_size = (1usize << init.log_mc_entry_sz).min(MAILBOX_SIZE);
+                if cmd.opcode == opcode::READ_MCG {
+                    let entry = self
+                        .mcg
+                        .get(&index)
+                        .cloned()
+                        .unwrap_or_else(|| vec![0; entry_size]);
+                    self.write_out(dma, cmd, &entry)?;
+                } else {
+                    let mut entry = self.read_in(dma, cmd)?;
+                    entry.truncate(entry_size);
+                    if entry.iter().all(|&b| b == 0) {
+                        self.mcg.remove(&index);
+                    } else {
+                        self.mcg.insert(index, entry);
+                    }
+                }
                 Ok(None)
             }
             opcode::DIAG_RPRT => {
@@ -687,6 +767,11 @@ impl Hca {
             return Ok(());
         }
         let mut queues = self.qps.get(&qpn).and_then(|qp| qp.queues.clone());
+        let mut merged = self
+            .qps
+            .get(&qpn)
+            .map(|qp| qp.context.clone())
+            .unwrap_or_default();
         if cmd.opcode != opcode::TO_ERR_QP {
             // The mailbox: the optional-parameter mask, 4 reserved bytes, the context.
             let inbox = self.read_in(dma, cmd)?;
@@ -694,12 +779,49 @@ impl Hca {
             let context = inbox.get(8..).unwrap_or(&[]);
             if cmd.opcode == opcode::RST2INIT_QP {
                 queues = Some(super::datapath::QpQueues::from_context(context));
-            } else if let Some(q) = queues.as_mut() {
-                q.update(context, optpar, cmd.opcode == opcode::INIT2RTR_QP);
+                merged = context.get(..QP_CONTEXT_SIZE).unwrap_or(context).to_vec();
+            } else {
+                if let Some(q) = queues.as_mut() {
+                    q.update(context, optpar, cmd.opcode == opcode::INIT2RTR_QP);
+                }
+                // A later transition's mailbox holds only what it changes; the rest is
+                // zero (its optional-parameter mask says which fields count).
+                for (kept, new) in merged.iter_mut().zip(context) {
+                    if *new != 0 {
+                        *kept = *new;
+                    }
+                }
             }
         }
-        self.qps.insert(qpn, QpState { state: to, queues });
+        self.qps.insert(
+            qpn,
+            QpState {
+                state: to,
+                queues,
+                context: merged,
+            },
+        );
         Ok(())
+    }
+}
+
+impl Hca {
+    /// The QPs attached to multicast group `mgid` (an InfiniBand group's entry in the
+    /// table READ_MCG and WRITE_MCG keep, `struct mlx4_mgm`: members in the low 24 bits
+    /// of `members_count`, the protocol in its top two, the GID at 16, QPNs from 32).
+    pub(super) fn multicast_members(&self, mgid: &[u8; 16]) -> Vec<u32> {
+        let mut members = Vec::new();
+        for entry in self.mcg.values() {
+            let m = Mailbox(&entry[..]);
+            let count = m.u32(4);
+            if count >> 30 != 0 || entry.get(16..32) != Some(&mgid[..]) {
+                continue;
+            }
+            for i in 0..(count & 0x00ff_ffff) as usize {
+                members.push(m.u32(32 + 4 * i) & 0x00ff_ffff);
+            }
+        }
+        members
     }
 }
 

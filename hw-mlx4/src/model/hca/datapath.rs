@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 
 use super::{Dma, Hca};
 use crate::wire::fw::Mailbox;
-use crate::wire::EventType;
+use crate::wire::{DatagramSeg, EventType};
 
 /// Offsets in a QP context (`struct mlx4_qp_context`), within the modify mailbox after
 /// its 8-byte optional-parameter header.
@@ -91,6 +91,14 @@ mod cqe {
     pub const OPCODE_SEND: u8 = 0x0a;
     pub const RECV_OPCODE_SEND: u8 = 0x01;
 }
+
+/// Multicast LIDs (IBA 4.1.1).
+const MULTICAST_LIDS: core::ops::RangeInclusive<u16> = 0xc000..=0xfffe;
+/// The destination QP of a multicast datagram.
+const MULTICAST_QPN: u32 = 0x00ff_ffff;
+/// `MLX4_OPCODE_SEND_IMM`, and its receive-side opcode.
+const OPCODE_SEND_IMM: u8 = 0x0b;
+const RECV_OPCODE_SEND_IMM: u8 = 0x02;
 
 /// The key of the "no more scatter entries" terminator (`MLX4_INVALID_LKEY`).
 const INVALID_LKEY: u32 = 0x100;
@@ -177,7 +185,7 @@ impl QpQueues {
             let sched = m.u8(qpc::PRI_PATH + qpc::PATH_SCHED_QUEUE);
             self.port = usize::from((sched >> 6) & 1);
         }
-        let _ = (qpc::REMOTE_QPN, qpc::PATH_SIZE, qpc::SIZE, qpc::ST_UD);
+        let _ = (qpc::REMOTE_QPN, qpc::PATH_SIZE, qpc::SIZE);
     }
 }
 
@@ -213,6 +221,10 @@ impl CqState {
 /// A packet on the cable: the headers the LRH, BTH and DETH carried, and the payload.
 #[derive(Clone, Debug)]
 struct Packet {
+    /// The QP that sent it (kept from multicast loopback to itself).
+    sender_qpn: u32,
+    /// Immediate data of a SEND with immediate.
+    imm: Option<u32>,
     dlid: u16,
     slid: u16,
     sl: u8,
@@ -380,6 +392,7 @@ impl Hca {
             }
             let result = match queues.st {
                 qpc::ST_MLX => self.execute_mlx(dma, qpn, &queues, &wqe),
+                qpc::ST_UD => self.execute_ud(dma, qpn, &queues, &wqe),
                 st => Err(format!(
                     "transport {st} has no data path in this device yet"
                 )),
@@ -422,31 +435,7 @@ impl Hca {
         let vl15 = flags & (1 << 17) != 0;
         let slr = flags & (1 << 16) != 0;
         let sl = ((flags >> 8) & 0xf) as u8;
-        // Segments from byte 16: inline (bit 31 of the first word) or data.
-        let mut bytes = Vec::new();
-        let mut at = 16usize;
-        while at + 4 <= size {
-            let word = m.u32(at);
-            if word & (1 << 31) != 0 {
-                let len = (word & 0x3ff) as usize;
-                let data = wqe
-                    .get(at + 4..at + 4 + len)
-                    .ok_or("inline segment past the WQE")?;
-                bytes.extend_from_slice(data);
-                at = (at + 4 + len + 15) & !15;
-            } else {
-                if at + 16 > size {
-                    break;
-                }
-                let len = word as usize;
-                let key = m.u32(at + 4);
-                let addr = m.u64(at + 8);
-                if len > 0 {
-                    self.gather(dma, key, addr, len, &mut bytes)?;
-                }
-                at += 16;
-            }
-        }
+        let bytes = self.gather_segments(dma, wqe, 16, size)?;
         // LRH (8), optional GRH (40), BTH (12), DETH (8), payload, ICRC (4).
         let lrh = bytes.get(..8).ok_or("no LRH")?;
         let lnh = lrh[1] & 3;
@@ -483,6 +472,8 @@ impl Hca {
             self.sma.lid(port) | (header_slid & 0x7f)
         };
         let packet = Packet {
+            sender_qpn: qpn,
+            imm: None,
             dlid,
             slid,
             sl,
@@ -494,7 +485,111 @@ impl Hca {
             grh,
             payload,
         };
-        let _ = qpn;
+        self.route(dma, port, packet);
+        Ok(signaled)
+    }
+
+    /// The bytes a WQE's segments from `from` to `size` carry: inline segments (bit 31
+    /// of the first word, `MLX4_INLINE_SEG`) and gather entries, in order.
+    fn gather_segments(
+        &self,
+        dma: &dyn Dma,
+        wqe: &[u8],
+        from: usize,
+        size: usize,
+    ) -> Result<Vec<u8>, WqeError> {
+        let m = Mailbox(wqe);
+        let mut bytes = Vec::new();
+        let mut at = from;
+        while at + 4 <= size {
+            let word = m.u32(at);
+            if word & (1 << 31) != 0 {
+                let len = (word & 0x3ff) as usize;
+                let data = wqe
+                    .get(at + 4..at + 4 + len)
+                    .ok_or("inline segment past the WQE")?;
+                bytes.extend_from_slice(data);
+                at = (at + 4 + len + 15) & !15;
+            } else {
+                if at + 16 > size {
+                    break;
+                }
+                let len = word as usize;
+                let key = m.u32(at + 4);
+                let addr = m.u64(at + 8);
+                if len > 0 {
+                    self.gather(dma, key, addr, len, &mut bytes)?;
+                }
+                at += 16;
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// A UD WQE (`build` in `mlx4_ib_post_send` for `IB_QPT_UD`): the control segment,
+    /// the datagram segment with its address vector, then the payload. The device builds
+    /// the LRH, the GRH when the address vector asks for one, the BTH and the DETH.
+    fn execute_ud(
+        &mut self,
+        dma: &dyn Dma,
+        qpn: u32,
+        queues: &QpQueues,
+        wqe: &[u8],
+    ) -> Result<bool, WqeError> {
+        use zerocopy::FromBytes;
+        let m = Mailbox(wqe);
+        let size = usize::from(m.u8(7) & 0x3f) * 16;
+        if size < 64 || size > wqe.len() {
+            return Err(format!(
+                "UD WQE size {size} for a {}-byte stride",
+                wqe.len()
+            ));
+        }
+        let opcode = m.u8(3) & 0x1f;
+        let imm = match opcode {
+            cqe::OPCODE_SEND => None,
+            OPCODE_SEND_IMM => Some(m.u32(12)),
+            other => return Err(format!("opcode {other:#x} on a UD QP")),
+        };
+        let signaled = m.u32(8) & (3 << 2) != 0;
+        let (seg, _) = DatagramSeg::read_from_prefix(wqe.get(16..).unwrap_or(&[]))
+            .map_err(|_| "no datagram segment")?;
+        let payload = self.gather_segments(dma, wqe, 64, size)?;
+        let port = queues.port;
+        let av = seg.av;
+        let flow = av.sl_tclass_flowlabel.get();
+        let qkey = match seg.qkey.get() {
+            // A Q_Key with the high bit set means the QP's own (IBA 10.2.5).
+            q if q & 0x8000_0000 != 0 => queues.qkey,
+            q => q,
+        };
+        let grh = av.has_grh().then(|| {
+            let mut g = [0u8; GRH_BYTES];
+            let word0 = (6u32 << 28) | (flow & 0x0fff_ffff);
+            g[..4].copy_from_slice(&word0.to_be_bytes());
+            let paylen = (12 + 8 + payload.len() + 4) as u16;
+            g[4..6].copy_from_slice(&paylen.to_be_bytes());
+            g[6] = 0x1b; // next header: IBA transport
+            g[7] = av.hop_limit;
+            g[8..16].copy_from_slice(&self.sma.gid_prefix(port).to_be_bytes());
+            g[16..24].copy_from_slice(&self.sma.port_guid(port).to_be_bytes());
+            g[24..40].copy_from_slice(&av.dgid);
+            g
+        });
+        let packet = Packet {
+            sender_qpn: qpn,
+            imm,
+            dlid: av.dlid.get(),
+            slid: self.sma.lid(port) | u16::from(av.g_slid & 0x7f),
+            sl: (flow >> 28) as u8,
+            vl15: false,
+            dest_qp: seg.dqpn.get() & 0x00ff_ffff,
+            src_qp: qpn,
+            pkey: 0xffff,
+            qkey,
+            grh,
+            payload,
+        };
         self.route(dma, port, packet);
         Ok(signaled)
     }
@@ -509,6 +604,15 @@ impl Hca {
             let lid = hca.sma.lid(p);
             lid != 0 && (packet.dlid & !hca.sma.lmc_mask(p)) == lid
         };
+        if (MULTICAST_LIDS).contains(&packet.dlid) {
+            // Multicast: over the cable to the other port's members, and back to this
+            // port's members other than the sender (IBA 10.5.2.2, loopback of multicast).
+            if link_up {
+                self.deliver(dma, peer, packet.clone());
+            }
+            self.deliver(dma, port, packet);
+            return;
+        }
         let target = if packet.dlid == PERMISSIVE_LID {
             link_up.then_some(peer)
         } else if owns(self, port) {
@@ -538,19 +642,56 @@ impl Hca {
         }
     }
 
-    /// Takes a packet into the receive queue of the QP it is for; false if none takes it.
+    /// Takes a packet into the receive queues of the QPs it is for (the multicast
+    /// group's members on `port`, or the one QP it names); false if none takes it.
     fn receive(&mut self, dma: &dyn Dma, port: usize, packet: Packet) -> bool {
-        let Some(base) = self.special_qp_base else {
-            return false;
-        };
-        let qpn = match (packet.dest_qp, packet.vl15) {
-            (0, true) => base + port as u32,
-            (1, false) => base + 2 + port as u32,
-            _ => {
-                // UD to an ordinary QP: no data path for it yet.
+        if MULTICAST_LIDS.contains(&packet.dlid) {
+            let Some(mgid) = packet.grh.map(|g| {
+                let mut mgid = [0u8; 16];
+                mgid.copy_from_slice(&g[24..40]);
+                mgid
+            }) else {
                 return false;
+            };
+            let mut taken = false;
+            for qpn in self.multicast_members(&mgid) {
+                let on_port = self
+                    .qps
+                    .get(&qpn)
+                    .and_then(|qp| qp.queues.as_ref())
+                    .is_some_and(|q| q.port == port);
+                if on_port && qpn != packet.sender_qpn && packet.dest_qp == MULTICAST_QPN {
+                    taken |= self.receive_on(dma, qpn, port, &packet);
+                }
+            }
+            return taken;
+        }
+        let qpn = match (packet.dest_qp, packet.vl15) {
+            (0, true) | (1, false) => {
+                let Some(base) = self.special_qp_base else {
+                    return false;
+                };
+                base + 2 * packet.dest_qp + port as u32
+            }
+            (_, true) => return false,
+            (qpn, false) => {
+                // An ordinary UD QP: it must be on this port.
+                let on_port = self
+                    .qps
+                    .get(&qpn)
+                    .and_then(|qp| qp.queues.as_ref())
+                    .is_some_and(|q| q.port == port && q.st == qpc::ST_UD);
+                if !on_port {
+                    return false;
+                }
+                qpn
             }
         };
+        self.receive_on(dma, qpn, port, &packet)
+    }
+
+    /// Takes a packet into QP `qpn`'s receive queue.
+    fn receive_on(&mut self, dma: &dyn Dma, qpn: u32, port: usize, packet: &Packet) -> bool {
         let Some(queues) = self.qps.get(&qpn).and_then(|qp| {
             matches!(
                 qp.state,
@@ -561,7 +702,8 @@ impl Hca {
         }) else {
             return false;
         };
-        if !queues.has_rq || (packet.dest_qp == 1 && packet.qkey != queues.qkey) {
+        // QP0 takes any Q_Key; QP1 and UD QPs only their own.
+        if !queues.has_rq || (packet.dest_qp != 0 && packet.qkey != queues.qkey) {
             return false;
         }
         // Is a receive posted? The doorbell record's first word counts them.
@@ -666,7 +808,14 @@ impl Hca {
         c[cqe::BYTE_CNT..cqe::BYTE_CNT + 4].copy_from_slice(&(message.len() as u32).to_be_bytes());
         c[cqe::WQE_INDEX..cqe::WQE_INDEX + 2]
             .copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
-        c[cqe::OWNER_SR_OPCODE] = cqe::RECV_OPCODE_SEND;
+        c[cqe::OWNER_SR_OPCODE] = match packet.imm {
+            Some(imm) => {
+                c[cqe::IMMED_RSS_INVALID..cqe::IMMED_RSS_INVALID + 4]
+                    .copy_from_slice(&imm.to_be_bytes());
+                RECV_OPCODE_SEND_IMM
+            }
+            None => cqe::RECV_OPCODE_SEND,
+        };
         self.write_cqe(dma, queues.cqn_recv, c);
         true
     }

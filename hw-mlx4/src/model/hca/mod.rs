@@ -117,6 +117,8 @@ pub struct Hca {
     cq_states: BTreeMap<u32, datapath::CqState>,
     mpts: BTreeMap<u32, Vec<u8>>,
     srqs: BTreeMap<u32, Vec<u8>>,
+    /// The multicast group table (READ_MCG, WRITE_MCG), by entry index.
+    mcg: BTreeMap<u32, Vec<u8>>,
     qps: BTreeMap<u32, commands::QpState>,
     special_qp_base: Option<u32>,
     ports_up: [bool; 2],
@@ -154,6 +156,7 @@ impl Hca {
             cq_states: BTreeMap::new(),
             mpts: BTreeMap::new(),
             srqs: BTreeMap::new(),
+            mcg: BTreeMap::new(),
             qps: BTreeMap::new(),
             special_qp_base: None,
             ports_up: [false; 2],

@@ -236,6 +236,13 @@ impl Sma {
         self.ports.iter().all(|p| p.enabled)
     }
 
+    /// A port's GID prefix (the SM may set it).
+    pub fn gid_prefix(&self, index: usize) -> u64 {
+        self.ports
+            .get(index)
+            .map_or(0xfe80_0000_0000_0000, |p| p.gid_prefix)
+    }
+
     /// A port's LID (0 until the SM assigns one).
     pub fn lid(&self, index: usize) -> u16 {
         self.ports.get(index).map_or(0, |p| p.lid)
