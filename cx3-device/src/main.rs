@@ -25,7 +25,9 @@ use std::io::Write;
 use std::mem::size_of;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hw_mlx4::model::hca::{Hca, HcaEvent};
 use vfio_bindings::bindings::vfio::{
@@ -145,6 +147,23 @@ impl Cx3 {
         }
     }
 
+    /// The device's timer: retries sends that met a receiver not ready, flushes receives
+    /// posted to QPs in error (posting a receive rings no doorbell on mlx4).
+    fn tick(&mut self) {
+        if !self.hca.needs_tick() {
+            return;
+        }
+        self.tracer.event(&TraceEvent::Tick);
+        let Self {
+            hca,
+            memory,
+            tracer,
+            ..
+        } = self;
+        hca.tick(&Traced::new(memory, tracer));
+        self.flush_events();
+    }
+
     fn interrupt(&mut self, vector: u16) {
         let fd = self
             .msix
@@ -163,6 +182,64 @@ impl Cx3 {
                 "interrupt vector {vector}: no eventfd (not enabled)"
             )),
         }
+    }
+}
+
+/// The device shared between the vfio-user server's thread and the timer's.
+struct Shared(Arc<Mutex<Cx3>>);
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut Cx3) -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut device = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("the device's lock is poisoned"))?;
+        f(&mut device)
+    }
+}
+
+impl ServerBackend for Shared {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        self.with(|d| d.region_read(region, offset, data))
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.with(|d| d.region_write(region, offset, data))
+    }
+
+    fn dma_map(
+        &mut self,
+        flags: vfio_user::DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> std::io::Result<()> {
+        self.with(|d| d.dma_map(flags, offset, address, size, fd))
+    }
+
+    fn dma_unmap(
+        &mut self,
+        flags: vfio_user::DmaUnmapFlags,
+        address: u64,
+        size: u64,
+    ) -> std::io::Result<()> {
+        self.with(|d| d.dma_unmap(flags, address, size))
+    }
+
+    fn reset(&mut self) -> std::io::Result<()> {
+        self.with(|d| ServerBackend::reset(d))
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> std::io::Result<()> {
+        self.with(|d| d.set_irqs(index, flags, start, count, fds))
     }
 }
 
@@ -437,10 +514,29 @@ fn main() -> ExitCode {
         },
         None => Tracer::off(),
     };
-    let mut device = Cx3::new(tracer);
-    let served = server.run(&mut device);
-    device.flush_events();
-    let summary = device.hca.summary();
+    let device = Arc::new(Mutex::new(Cx3::new(tracer)));
+    let done = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let (device, done) = (Arc::clone(&device), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+                if let Ok(mut device) = device.lock() {
+                    device.tick();
+                }
+            }
+        })
+    };
+    let served = server.run(&mut Shared(Arc::clone(&device)));
+    done.store(true, Ordering::Relaxed);
+    let _ = timer.join();
+    let summary = match device.lock() {
+        Ok(mut device) => {
+            device.flush_events();
+            device.hca.summary()
+        }
+        Err(_) => "the device's lock is poisoned".to_string(),
+    };
     log_line(&format!("connection closed: {summary}"));
     let errors = LOG
         .lock()

@@ -82,6 +82,36 @@ echo "got:  $got"
 [ "$got" = "$expected" ] || { echo "FAIL: the data came back different"; exit 1; }
 ip -n a -s link show ib0
 
+echo "== RC between the ports with rdma-core's mlx4 provider in user space (ibv_rc_pingpong)"
+ibv_rc_pingpong -d mlx4_0 -i 2 -n 200 -c > rc-server.log 2>&1 &
+server=$!
+wait_listening 18515
+ibv_rc_pingpong -d mlx4_0 -i 1 -n 200 -c 127.0.0.1 | tee rc-client.log
+wait "$server"
+grep -q '200 iters in' rc-client.log
+
+echo "== RDMA CM over the IPoIB addresses (rping, payload verified)"
+ip netns exec b rping -s -a 169.254.77.2 -C 10 -V > rping-server.log 2>&1 &
+server=$!
+# The server listens through RDMA CM, which `ss` does not show: the client retries
+# until it is there.
+connected=0
+for attempt in $(seq 10); do
+	if ip netns exec a rping -c -a 169.254.77.2 -C 10 -V -v > rping-client.log 2>&1; then
+		connected=1
+		break
+	fi
+	echo "rping: attempt $attempt: no server yet"
+	sleep 1
+done
+tail -n 2 rping-client.log
+[ "$connected" = 1 ]
+if ! wait "$server"; then
+	echo "FAIL: the rping server failed:"
+	cat rping-server.log
+	exit 1
+fi
+
 echo "== unload"
 ip netns del a
 ip netns del b

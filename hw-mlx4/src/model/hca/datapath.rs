@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 
 use super::{Dma, Hca};
 use crate::wire::fw::Mailbox;
-use crate::wire::{DatagramSeg, EventType};
+use crate::wire::{DatagramSeg, EventType, Syndrome};
 
 /// Offsets in a QP context (`struct mlx4_qp_context`), within the modify mailbox after
 /// its 8-byte optional-parameter header.
@@ -31,7 +31,18 @@ mod qpc {
     pub const FLAGS: usize = 0x00;
     pub const RQ_SIZE_STRIDE: usize = 0x09;
     pub const SQ_SIZE_STRIDE: usize = 0x0a;
+    pub const PD: usize = 0x04;
     pub const REMOTE_QPN: usize = 0x14;
+    /// `rlid` in a path.
+    pub const PATH_RLID: usize = 0x06;
+    /// Bits 15..13: the RNR retry count.
+    pub const PARAMS1: usize = 0x70;
+    /// Bits 15, 14, 13: remote read, write and atomic enable.
+    pub const PARAMS2: usize = 0x90;
+    /// Optional parameters that change the remote access bits (RRE, RAE, RWE).
+    pub const OPTPAR_ACCESS: u32 = (1 << 1) | (1 << 2) | (1 << 3);
+    /// `MLX4_QP_ST_RC`.
+    pub const ST_RC: u8 = 0;
     pub const PRI_PATH: usize = 0x18;
     pub const PATH_SIZE: usize = 0x2c;
     /// `sched_queue` in a path: bit 6 is the port minus one.
@@ -66,6 +77,8 @@ mod cqc {
 /// Offsets in a dMPT entry (`struct mlx4_mpt_entry`).
 mod mpt {
     pub const FLAGS: usize = 0x00;
+    /// The key, in the hardware's order (`key_to_hw_index`).
+    pub const KEY: usize = 0x08;
     pub const START: usize = 0x10;
     pub const LENGTH: usize = 0x18;
     pub const MTT_ADDR: usize = 0x2c;
@@ -86,7 +99,6 @@ mod cqe {
     pub const WQE_INDEX: usize = 0x18;
     pub const OWNER_SR_OPCODE: usize = 0x1f;
     pub const OWNER: u8 = 0x80;
-    pub const IS_SEND: u8 = 0x40;
     /// `MLX4_OPCODE_SEND` on the send side, `MLX4_RECV_OPCODE_SEND` on the receive side.
     pub const OPCODE_SEND: u8 = 0x0a;
     pub const RECV_OPCODE_SEND: u8 = 0x01;
@@ -101,7 +113,7 @@ const OPCODE_SEND_IMM: u8 = 0x0b;
 const RECV_OPCODE_SEND_IMM: u8 = 0x02;
 
 /// The key of the "no more scatter entries" terminator (`MLX4_INVALID_LKEY`).
-const INVALID_LKEY: u32 = 0x100;
+pub(super) const INVALID_LKEY: u32 = 0x100;
 /// The GRH slot at the start of every UD and MLX receive buffer.
 const GRH_BYTES: usize = 40;
 /// The permissive LID: directed-route SMPs and their replies.
@@ -128,6 +140,15 @@ pub(super) struct QpQueues {
     /// Next send WQE the device takes, and next receive WQE.
     pub sq_next: u32,
     pub rq_next: u32,
+    /// RC: the connected QP, the PD, the path's destination LID, the RNR retry count (7:
+    /// forever) and the access the responder grants (`params2` RRE, RWE, RAE).
+    pub remote_qpn: u32,
+    pub pd: u32,
+    pub rlid: u16,
+    pub rnr_retry: u8,
+    pub remote_access: u32,
+    /// RNR: the send at `sq_next` waits for a receive, retried this many times so far.
+    pub rnr_waiting: Option<u32>,
 }
 
 impl QpQueues {
@@ -185,7 +206,23 @@ impl QpQueues {
             let sched = m.u8(qpc::PRI_PATH + qpc::PATH_SCHED_QUEUE);
             self.port = usize::from((sched >> 6) & 1);
         }
-        let _ = (qpc::REMOTE_QPN, qpc::PATH_SIZE, qpc::SIZE);
+        if path {
+            self.remote_qpn = m.u32(qpc::REMOTE_QPN) & 0x00ff_ffff;
+            self.rlid = m.u16(qpc::PRI_PATH + qpc::PATH_RLID);
+        }
+        let pd = m.u32(qpc::PD) & 0x00ff_ffff;
+        if pd != 0 {
+            self.pd = pd;
+        }
+        let params1 = m.u32(qpc::PARAMS1);
+        if params1 != 0 {
+            self.rnr_retry = ((params1 >> 13) & 7) as u8;
+        }
+        let params2 = m.u32(qpc::PARAMS2);
+        if params2 & (7 << 13) != 0 || optpar & qpc::OPTPAR_ACCESS != 0 {
+            self.remote_access = params2 & (7 << 13);
+        }
+        let _ = (qpc::PATH_SIZE, qpc::SIZE);
     }
 }
 
@@ -244,12 +281,31 @@ impl Packet {
     }
 }
 
+/// What became of a send WQE.
+pub(super) enum SendOutcome {
+    /// A datagram went out (whether it asked for a completion).
+    Sent(bool),
+    /// An RC operation completed: its completion's opcode and byte count.
+    Completed {
+        signaled: bool,
+        opcode: u8,
+        byte_len: u32,
+    },
+    /// The responder has no receive posted: retry later.
+    ReceiverNotReady,
+    /// The operation failed with this syndrome; the QP goes to error.
+    Failed(Syndrome),
+}
+
+/// Device timer ticks per RNR retry (the retry count's unit, about 10 ms at 1 ms ticks).
+const RNR_TICKS_PER_RETRY: u32 = 10;
+
 /// Why a WQE could not be executed.
 type WqeError = String;
 
 impl Hca {
     /// The bus address of byte `offset` of a buffer described by MTT entries.
-    fn buffer_address(
+    pub(super) fn buffer_address(
         &self,
         dma: &dyn Dma,
         mtt_offset: u64,
@@ -263,7 +319,7 @@ impl Hca {
     }
 
     /// Reads `len` bytes of a buffer through its MTT (page by page).
-    fn read_buffer(
+    pub(super) fn read_buffer(
         &self,
         dma: &dyn Dma,
         mtt_offset: u64,
@@ -287,7 +343,13 @@ impl Hca {
 
     /// The bus address of `len` bytes at `va` under memory key `key` (an lkey), through
     /// its MPT: physical MPTs pass the address through, others translate by their MTT.
-    fn key_address(&self, dma: &dyn Dma, key: u32, va: u64, len: usize) -> Result<u64, String> {
+    pub(super) fn key_address(
+        &self,
+        dma: &dyn Dma,
+        key: u32,
+        va: u64,
+        len: usize,
+    ) -> Result<u64, String> {
         let init = self.init.as_ref().ok_or("a memory key before INIT_HCA")?;
         let index = (key >> 8) & ((1u32 << init.log_mpt_sz) - 1);
         let entry = self
@@ -295,6 +357,9 @@ impl Hca {
             .get(&index)
             .ok_or_else(|| format!("lkey {key:#x}: MPT {index:#x} is not in hardware"))?;
         let m = Mailbox(&entry[..]);
+        if m.u32(mpt::KEY) != key.rotate_left(24) {
+            return Err(format!("lkey {key:#x}: MPT {index:#x} holds another key"));
+        }
         let flags = m.u32(mpt::FLAGS);
         let start = m.u64(mpt::START);
         let length = m.u64(mpt::LENGTH);
@@ -316,7 +381,7 @@ impl Hca {
     }
 
     /// Copies `len` bytes from `va` under `key` into `out`, page by page.
-    fn gather(
+    pub(super) fn gather(
         &self,
         dma: &dyn Dma,
         key: u32,
@@ -339,7 +404,13 @@ impl Hca {
     }
 
     /// Copies `data` to `va` under `key`, page by page.
-    fn scatter(&self, dma: &dyn Dma, key: u32, va: u64, data: &[u8]) -> Result<(), String> {
+    pub(super) fn scatter(
+        &self,
+        dma: &dyn Dma,
+        key: u32,
+        va: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
         let mut done = 0usize;
         while done < data.len() {
             let at = va + done as u64;
@@ -387,29 +458,66 @@ impl Hca {
             if owner != (index & entries != 0) {
                 break;
             }
-            if let Some(q) = self.qps.get_mut(&qpn).and_then(|qp| qp.queues.as_mut()) {
-                q.sq_next = q.sq_next.wrapping_add(1);
+            if self.qp_in_error(qpn) {
+                // A QP in error flushes what it is handed.
+                self.advance_sq(qpn);
+                self.flush_cqe(dma, qpn, queues.cqn_send, index, true);
+                continue;
             }
-            let result = match queues.st {
-                qpc::ST_MLX => self.execute_mlx(dma, qpn, &queues, &wqe),
-                qpc::ST_UD => self.execute_ud(dma, qpn, &queues, &wqe),
+            let outcome = match queues.st {
+                qpc::ST_MLX => self
+                    .execute_mlx(dma, qpn, &queues, &wqe)
+                    .map(SendOutcome::Sent),
+                qpc::ST_UD => self
+                    .execute_ud(dma, qpn, &queues, &wqe)
+                    .map(SendOutcome::Sent),
+                qpc::ST_RC => Ok(self.execute_rc(dma, qpn, &queues, &wqe)),
                 st => Err(format!(
                     "transport {st} has no data path in this device yet"
                 )),
             };
-            match result {
-                Ok(signaled) => {
+            match outcome {
+                Ok(SendOutcome::Sent(signaled)) => {
+                    self.advance_sq(qpn);
                     if signaled {
-                        let mut c = [0u8; 32];
-                        c[cqe::MY_QPN..cqe::MY_QPN + 4].copy_from_slice(&qpn.to_be_bytes());
-                        c[cqe::WQE_INDEX..cqe::WQE_INDEX + 2]
-                            .copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
-                        c[cqe::OWNER_SR_OPCODE] = cqe::IS_SEND | cqe::OPCODE_SEND;
-                        self.write_cqe(dma, queues.cqn_send, c);
+                        let opcode = wqe.get(3).copied().unwrap_or(0) & 0x1f;
+                        self.send_cqe(dma, qpn, queues.cqn_send, index, opcode, 0);
                     }
                 }
+                Ok(SendOutcome::Completed {
+                    signaled,
+                    opcode,
+                    byte_len,
+                }) => {
+                    self.advance_sq(qpn);
+                    if signaled {
+                        self.send_cqe(dma, qpn, queues.cqn_send, index, opcode, byte_len);
+                    }
+                }
+                Ok(SendOutcome::ReceiverNotReady) => {
+                    let retries = queues.rnr_waiting.map_or(0, |n| n + 1);
+                    // 7 retries forever; otherwise the count, each a tick of the
+                    // device's timer (about a millisecond) apart.
+                    if queues.rnr_retry != 7
+                        && retries >= u32::from(queues.rnr_retry) * RNR_TICKS_PER_RETRY
+                    {
+                        self.set_rnr_waiting(qpn, None);
+                        self.advance_sq(qpn);
+                        self.fail_qp(dma, qpn, index, Syndrome::RnrRetryExcErr);
+                    } else {
+                        self.set_rnr_waiting(qpn, Some(retries));
+                    }
+                    return;
+                }
+                Ok(SendOutcome::Failed(syndrome)) => {
+                    self.advance_sq(qpn);
+                    self.fail_qp(dma, qpn, index, syndrome);
+                    return;
+                }
                 Err(e) => {
+                    self.advance_sq(qpn);
                     self.driver_error(format!("QP {qpn:#x} send WQE {index}: {e}"));
+                    self.fail_qp(dma, qpn, index, Syndrome::LocalQpOpErr);
                     return;
                 }
             }
@@ -491,7 +599,7 @@ impl Hca {
 
     /// The bytes a WQE's segments from `from` to `size` carry: inline segments (bit 31
     /// of the first word, `MLX4_INLINE_SEG`) and gather entries, in order.
-    fn gather_segments(
+    pub(super) fn gather_segments(
         &self,
         dma: &dyn Dma,
         wqe: &[u8],
@@ -821,7 +929,7 @@ impl Hca {
     }
 
     /// Writes a CQE (owner bit by lap) and, if the CQ is armed, the completion event.
-    fn write_cqe(&mut self, dma: &dyn Dma, cqn: u32, mut c: [u8; 32]) {
+    pub(super) fn write_cqe(&mut self, dma: &dyn Dma, cqn: u32, mut c: [u8; 32]) {
         let Some(cq) = self.cq_states.get(&cqn).cloned() else {
             self.driver_error(format!(
                 "a completion for CQ {cqn:#x}, which is not in hardware"

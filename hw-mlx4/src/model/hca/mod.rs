@@ -13,6 +13,7 @@
 mod commands;
 mod datapath;
 mod icm;
+mod rc;
 mod sma;
 pub mod trace;
 

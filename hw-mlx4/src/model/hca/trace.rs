@@ -13,6 +13,7 @@
 //! r0 80698 00200000             a BAR0 read, and what the device answered
 //! w2 1014 00000200              a BAR2 write (r2 likewise)
 //! reset                         a function reset
+//! tick                          the device's timer
 //! dr 1f2e000 4096 0000000c02    a DMA read of 4096 bytes: the data, trailing zeros cut
 //! dw 1f2e000 256                a DMA write of 256 bytes (its data is the device's own)
 //! ```
@@ -42,6 +43,8 @@ pub enum TraceEvent {
         data: Vec<u8>,
     },
     Reset,
+    /// The device's timer fired (RNR retries, flushes of QPs in error).
+    Tick,
     DmaRead {
         address: u64,
         len: usize,
@@ -61,6 +64,7 @@ impl TraceEvent {
             Self::Read { bar, offset, data } => format!("r{bar} {offset:x} {}", hex(data)),
             Self::Write { bar, offset, data } => format!("w{bar} {offset:x} {}", hex(data)),
             Self::Reset => "reset".into(),
+            Self::Tick => "tick".into(),
             Self::DmaRead { address, len, data } => {
                 let used = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
                 format!("dr {address:x} {len} {}", hex(&data[..used]))
@@ -79,6 +83,7 @@ impl TraceEvent {
         Ok(match kind {
             "bm" => Self::BusMaster(next("state")? == "1"),
             "reset" => Self::Reset,
+            "tick" => Self::Tick,
             "r0" | "r2" | "w0" | "w2" => {
                 let bar = if kind.ends_with('0') { 0 } else { 2 };
                 let offset = number(next("offset")?, 16)?;
@@ -216,6 +221,7 @@ pub fn replay(trace: &str) -> Result<ReplayReport, String> {
         match event {
             TraceEvent::BusMaster(on) => hca.set_bus_master(*on),
             TraceEvent::Reset => hca.reset(),
+            TraceEvent::Tick => hca.tick(&dma),
             TraceEvent::Read { bar, offset, data } => {
                 let mut got = vec![0u8; data.len()];
                 if *bar == 0 {

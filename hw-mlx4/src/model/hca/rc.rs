@@ -1,0 +1,508 @@
+//! Reliable connected QPs between the device's own ports: SEND (with immediate or
+//! invalidation), RDMA WRITE (with immediate), RDMA READ and both atomics, executed at
+//! once against the connected QP, with IBA's checks (the R_Key's MPT, its PD, its access
+//! and bounds; a receive large enough) and its errors: an error completion on the
+//! requester, the QP moved to error and everything after it flushed. A SEND that finds no
+//! receive waits and is retried on the device's timer, as the RNR NAK and its retries
+//! would; RNR retry count 7 waits forever.
+//!
+//! Also the rest of the error machinery every transport shares: flush completions for a
+//! QP in error (what `ib_drain_qp` waits for) and the timer that finds receives posted to
+//! such a QP, since posting a receive rings no doorbell on mlx4 (the RQ doorbell is a
+//! record in memory).
+//!
+//! Source: IBA vol. 1 ch. 9.7 (RC), 10.8 (completion errors), 11.6 (completion
+//! semantics); `drivers/infiniband/hw/mlx4/qp.c` (`set_raddr_seg`, `set_atomic_seg`,
+//! `set_local_inv_seg`), `cq.c` (`mlx4_ib_poll_one`: opcodes and syndromes);
+//! `include/linux/mlx4/device.h` (`MLX4_PERM_*`).
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::commands::QpStateKind;
+use super::datapath::{QpQueues, SendOutcome};
+use super::{Dma, Hca};
+use crate::wire::fw::Mailbox;
+use crate::wire::{RecvOpcode, SendOpcode, Syndrome};
+
+/// MPT access bits (`MLX4_PERM_*`).
+mod perm {
+    pub const REMOTE_READ: u32 = 1 << 12;
+    pub const REMOTE_WRITE: u32 = 1 << 13;
+    pub const ATOMIC: u32 = 1 << 14;
+}
+
+/// The responder's `params2` remote access enables.
+mod qp_access {
+    pub const READ: u32 = 1 << 15;
+    pub const WRITE: u32 = 1 << 14;
+    pub const ATOMIC: u32 = 1 << 13;
+}
+
+/// The most one RC message may carry here (a WQE's gather list of up to 2 GiB is
+/// refused rather than buffered).
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// A local gather or scatter entry: length, key, address.
+type Sge = (usize, u32, u64);
+
+impl Hca {
+    pub(super) fn qp_in_error(&self, qpn: u32) -> bool {
+        self.qps
+            .get(&qpn)
+            .is_some_and(|qp| qp.state == QpStateKind::Error)
+    }
+
+    pub(super) fn advance_sq(&mut self, qpn: u32) {
+        if let Some(q) = self.qps.get_mut(&qpn).and_then(|qp| qp.queues.as_mut()) {
+            q.sq_next = q.sq_next.wrapping_add(1);
+            q.rnr_waiting = None;
+        }
+    }
+
+    pub(super) fn set_rnr_waiting(&mut self, qpn: u32, retries: Option<u32>) {
+        if let Some(q) = self.qps.get_mut(&qpn).and_then(|qp| qp.queues.as_mut()) {
+            q.rnr_waiting = retries;
+        }
+    }
+
+    /// A send completion (`owner_sr_opcode`: the send bit and the WQE's opcode).
+    pub(super) fn send_cqe(
+        &mut self,
+        dma: &dyn Dma,
+        qpn: u32,
+        cqn: u32,
+        index: u32,
+        opcode: u8,
+        byte_len: u32,
+    ) {
+        let mut c = [0u8; 32];
+        c[0..4].copy_from_slice(&qpn.to_be_bytes());
+        c[0x14..0x18].copy_from_slice(&byte_len.to_be_bytes());
+        c[0x18..0x1a].copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
+        // `MLX4_CQE_IS_SEND_MASK` and the WQE's opcode.
+        c[0x1f] = 0x40 | (opcode & 0x1f);
+        self.write_cqe(dma, cqn, c);
+    }
+
+    /// An error completion (`struct mlx4_err_cqe`).
+    fn error_cqe(
+        &mut self,
+        dma: &dyn Dma,
+        qpn: u32,
+        cqn: u32,
+        index: u32,
+        syndrome: Syndrome,
+        send: bool,
+    ) {
+        if syndrome != Syndrome::WrFlushErr {
+            self.info(alloc::format!(
+                "QP {qpn:#x}: {} WQE {index} completes in error: {syndrome:?}",
+                if send { "send" } else { "receive" }
+            ));
+        }
+        let mut c = [0u8; 32];
+        c[0..4].copy_from_slice(&qpn.to_be_bytes());
+        c[0x18..0x1a].copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
+        c[0x1b] = syndrome as u8;
+        // `MLX4_CQE_OPCODE_ERROR`, with the send bit for the send queue's.
+        c[0x1f] = 0x1e | if send { 0x40 } else { 0 };
+        self.write_cqe(dma, cqn, c);
+    }
+
+    /// A flush completion of send (or receive) WQE `index`.
+    pub(super) fn flush_cqe(&mut self, dma: &dyn Dma, qpn: u32, cqn: u32, index: u32, send: bool) {
+        self.error_cqe(dma, qpn, cqn, index, Syndrome::WrFlushErr, send);
+    }
+
+    /// A send WQE failed: its error completion, the QP to error, the rest flushed.
+    pub(super) fn fail_qp(&mut self, dma: &dyn Dma, qpn: u32, index: u32, syndrome: Syndrome) {
+        let Some(cqn) = self
+            .qps
+            .get(&qpn)
+            .and_then(|qp| qp.queues.as_ref())
+            .map(|q| q.cqn_send)
+        else {
+            return;
+        };
+        self.error_cqe(dma, qpn, cqn, index, syndrome, true);
+        self.enter_error(dma, qpn);
+    }
+
+    /// Moves a QP to error and flushes every WQE it holds (the 2ERR command, or an
+    /// error completion).
+    pub(super) fn enter_error(&mut self, dma: &dyn Dma, qpn: u32) {
+        if let Some(qp) = self.qps.get_mut(&qpn) {
+            qp.state = QpStateKind::Error;
+        }
+        self.flush_receives(dma, qpn);
+        self.send_doorbell(dma, qpn);
+    }
+
+    /// Flushes the receives posted to a QP in error (the record says how many).
+    fn flush_receives(&mut self, dma: &dyn Dma, qpn: u32) {
+        let Some(q) = self.qps.get(&qpn).and_then(|qp| qp.queues.clone()) else {
+            return;
+        };
+        if !q.has_rq {
+            return;
+        }
+        let mut record = [0u8; 4];
+        if dma.read(q.db_rec_addr, &mut record).is_err() {
+            return;
+        }
+        let posted = u32::from_be_bytes(record) & 0xffff;
+        let pending = posted.wrapping_sub(q.rq_next) & 0xffff;
+        for i in 0..pending.min(1 << q.log_rq_entries) {
+            self.flush_cqe(dma, qpn, q.cqn_recv, q.rq_next.wrapping_add(i), false);
+        }
+        if let Some(q) = self.qps.get_mut(&qpn).and_then(|qp| qp.queues.as_mut()) {
+            q.rq_next = q.rq_next.wrapping_add(pending.min(1 << q.log_rq_entries));
+        }
+    }
+
+    /// Whether the device's timer has work: sends waiting for a receive, or QPs in
+    /// error whose new receives must be flushed.
+    pub fn needs_tick(&self) -> bool {
+        self.qps.values().any(|qp| {
+            qp.state == QpStateKind::Error
+                || qp.queues.as_ref().is_some_and(|q| q.rnr_waiting.is_some())
+        })
+    }
+
+    /// The device's timer (about every millisecond, from the transport): retries sends
+    /// that met RNR, flushes receives posted to QPs in error.
+    pub fn tick(&mut self, dma: &dyn Dma) {
+        let waiting: Vec<u32> = self
+            .qps
+            .iter()
+            .filter(|(_, qp)| qp.queues.as_ref().is_some_and(|q| q.rnr_waiting.is_some()))
+            .map(|(&n, _)| n)
+            .collect();
+        for qpn in waiting {
+            self.send_doorbell(dma, qpn);
+        }
+        let failed: Vec<u32> = self
+            .qps
+            .iter()
+            .filter(|(_, qp)| qp.state == QpStateKind::Error)
+            .map(|(&n, _)| n)
+            .collect();
+        for qpn in failed {
+            self.flush_receives(dma, qpn);
+        }
+    }
+
+    /// The gather or scatter entries of a WQE from byte `from` to `size`.
+    fn sges(wqe: &[u8], from: usize, size: usize) -> Vec<Sge> {
+        let m = Mailbox(wqe);
+        (from..size.saturating_sub(15))
+            .step_by(16)
+            .map(|at| (m.u32(at) as usize, m.u32(at + 4), m.u64(at + 8)))
+            .filter(|&(len, key, _)| key != super::datapath::INVALID_LKEY || len != 0)
+            .collect()
+    }
+
+    /// Reads the bytes a gather list names (or its inline data).
+    fn gather_list(
+        &self,
+        dma: &dyn Dma,
+        wqe: &[u8],
+        from: usize,
+        size: usize,
+    ) -> Result<Vec<u8>, Syndrome> {
+        let total: usize = Self::sges(wqe, from, size).iter().map(|s| s.0).sum();
+        if total > MAX_MESSAGE {
+            return Err(Syndrome::LocalLengthErr);
+        }
+        self.gather_segments(dma, wqe, from, size)
+            .map_err(|_| Syndrome::LocalProtErr)
+    }
+
+    /// Writes `data` over a scatter list; too small a list is a length error.
+    fn scatter_list(&self, dma: &dyn Dma, sges: &[Sge], data: &[u8]) -> Result<(), Syndrome> {
+        let mut done = 0;
+        for &(len, key, addr) in sges {
+            if done == data.len() {
+                break;
+            }
+            let take = len.min(data.len() - done);
+            self.scatter(dma, key, addr, &data[done..done + take])
+                .map_err(|_| Syndrome::LocalProtErr)?;
+            done += take;
+        }
+        if done < data.len() {
+            return Err(Syndrome::LocalLengthErr);
+        }
+        Ok(())
+    }
+
+    /// Checks an R_Key for `len` bytes at `va` with `access`, against the responder's PD
+    /// and the access its QP grants.
+    fn check_rkey(
+        &self,
+        responder: &QpQueues,
+        rkey: u32,
+        va: u64,
+        len: usize,
+        access: u32,
+        qp_access: u32,
+    ) -> Result<(), Syndrome> {
+        if responder.remote_access & qp_access == 0 {
+            return Err(Syndrome::RemoteAccessErr);
+        }
+        let init = self.init.as_ref().ok_or(Syndrome::RemoteAccessErr)?;
+        let index = (rkey >> 8) & ((1u32 << init.log_mpt_sz) - 1);
+        let entry = self.mpts.get(&index).ok_or(Syndrome::RemoteAccessErr)?;
+        let m = Mailbox(&entry[..]);
+        let key = m.u32(0x08);
+        let pd = m.u32(0x0c) & 0x00ff_ffff;
+        let flags = m.u32(0x00);
+        let start = m.u64(0x10);
+        let length = m.u64(0x18);
+        let end = va
+            .checked_add(len as u64)
+            .ok_or(Syndrome::RemoteAccessErr)?;
+        // The MPT holds the key in the hardware's order (`key_to_hw_index`: the 8-bit
+        // variant on top of the 24-bit index).
+        if key != rkey.rotate_left(24) || pd != responder.pd || flags & access == 0 {
+            return Err(Syndrome::RemoteAccessErr);
+        }
+        if va < start || end > start.saturating_add(length) {
+            return Err(Syndrome::RemoteAccessErr);
+        }
+        Ok(())
+    }
+
+    /// The connected QP of an RC requester, if it is there and reachable.
+    fn responder(&self, requester: u32, queues: &QpQueues) -> Option<QpQueues> {
+        let qp = self.qps.get(&queues.remote_qpn)?;
+        let q = qp.queues.as_ref()?;
+        let ready = matches!(qp.state, QpStateKind::Rtr | QpStateKind::Rts);
+        // The path's LID must lead to the responder's port: its own or, over the cable,
+        // the other one.
+        let reaches =
+            self.sma.lid(q.port) == queues.rlid && (q.port == queues.port || self.sma.link_up());
+        (ready && reaches && q.st == 0 && q.remote_qpn == requester).then(|| q.clone())
+    }
+
+    /// Executes an RC send WQE.
+    pub(super) fn execute_rc(
+        &mut self,
+        dma: &dyn Dma,
+        qpn: u32,
+        queues: &QpQueues,
+        wqe: &[u8],
+    ) -> SendOutcome {
+        let m = Mailbox(wqe);
+        let size = usize::from(m.u8(7) & 0x3f) * 16;
+        if size < 16 || size > wqe.len() {
+            return SendOutcome::Failed(Syndrome::LocalQpOpErr);
+        }
+        let opcode_bits = m.u8(3) & 0x1f;
+        let signaled = m.u32(8) & (3 << 2) != 0;
+        let immediate = m.u32(12);
+        let Some(opcode) = SendOpcode::from_bits(opcode_bits) else {
+            return SendOutcome::Failed(Syndrome::LocalQpOpErr);
+        };
+        let done = |byte_len: u32| SendOutcome::Completed {
+            signaled,
+            opcode: opcode_bits,
+            byte_len,
+        };
+        if opcode == SendOpcode::Nop {
+            return done(0);
+        }
+        let Some(responder) = self.responder(qpn, queues) else {
+            // Nobody answers on that path: the transport's retries run out.
+            return SendOutcome::Failed(Syndrome::TransportRetryExcErr);
+        };
+        let rqpn = queues.remote_qpn;
+        match opcode {
+            SendOpcode::Send | SendOpcode::SendImm | SendOpcode::SendInval => {
+                let data = match self.gather_list(dma, wqe, 16, size) {
+                    Ok(d) => d,
+                    Err(s) => return SendOutcome::Failed(s),
+                };
+                let (recv_opcode, word) = match opcode {
+                    SendOpcode::SendImm => (RecvOpcode::SendImm, immediate),
+                    SendOpcode::SendInval => (RecvOpcode::SendInval, immediate),
+                    _ => (RecvOpcode::Send, 0),
+                };
+                match self.rc_receive(dma, rqpn, &responder, qpn, queues, &data, recv_opcode, word)
+                {
+                    Ok(true) => done(data.len() as u32),
+                    Ok(false) => SendOutcome::ReceiverNotReady,
+                    Err(_) => SendOutcome::Failed(Syndrome::RemoteInvalReqErr),
+                }
+            }
+            SendOpcode::RdmaWrite | SendOpcode::RdmaWriteImm => {
+                let raddr = m.u64(16);
+                let rkey = m.u32(24);
+                let data = match self.gather_list(dma, wqe, 32, size) {
+                    Ok(d) => d,
+                    Err(s) => return SendOutcome::Failed(s),
+                };
+                if opcode == SendOpcode::RdmaWriteImm && !self.receive_posted(dma, &responder) {
+                    return SendOutcome::ReceiverNotReady;
+                }
+                if let Err(s) = self.check_rkey(
+                    &responder,
+                    rkey,
+                    raddr,
+                    data.len(),
+                    perm::REMOTE_WRITE,
+                    qp_access::WRITE,
+                ) {
+                    return SendOutcome::Failed(s);
+                }
+                if !data.is_empty() && self.scatter(dma, rkey, raddr, &data).is_err() {
+                    return SendOutcome::Failed(Syndrome::RemoteAccessErr);
+                }
+                if opcode == SendOpcode::RdmaWriteImm {
+                    match self.rc_receive(
+                        dma,
+                        rqpn,
+                        &responder,
+                        qpn,
+                        queues,
+                        &[],
+                        RecvOpcode::RdmaWriteImm,
+                        immediate,
+                    ) {
+                        Ok(true) => {}
+                        Ok(false) => return SendOutcome::ReceiverNotReady,
+                        Err(_) => return SendOutcome::Failed(Syndrome::RemoteInvalReqErr),
+                    }
+                }
+                done(0)
+            }
+            SendOpcode::RdmaRead => {
+                let raddr = m.u64(16);
+                let rkey = m.u32(24);
+                let sges = Self::sges(wqe, 32, size);
+                let len: usize = sges.iter().map(|s| s.0).sum();
+                if len > MAX_MESSAGE {
+                    return SendOutcome::Failed(Syndrome::LocalLengthErr);
+                }
+                if let Err(s) = self.check_rkey(
+                    &responder,
+                    rkey,
+                    raddr,
+                    len,
+                    perm::REMOTE_READ,
+                    qp_access::READ,
+                ) {
+                    return SendOutcome::Failed(s);
+                }
+                let mut data = Vec::with_capacity(len);
+                if len > 0 && self.gather(dma, rkey, raddr, len, &mut data).is_err() {
+                    return SendOutcome::Failed(Syndrome::RemoteAccessErr);
+                }
+                match self.scatter_list(dma, &sges, &data) {
+                    Ok(()) => done(len as u32),
+                    Err(s) => SendOutcome::Failed(s),
+                }
+            }
+            SendOpcode::AtomicCmpSwap | SendOpcode::AtomicFetchAdd => {
+                let raddr = m.u64(16);
+                let rkey = m.u32(24);
+                let (swap_add, compare) = (m.u64(32), m.u64(40));
+                let sges = Self::sges(wqe, 48, size);
+                if raddr % 8 != 0 {
+                    return SendOutcome::Failed(Syndrome::RemoteInvalReqErr);
+                }
+                if let Err(s) =
+                    self.check_rkey(&responder, rkey, raddr, 8, perm::ATOMIC, qp_access::ATOMIC)
+                {
+                    return SendOutcome::Failed(s);
+                }
+                let mut old = Vec::with_capacity(8);
+                if self.gather(dma, rkey, raddr, 8, &mut old).is_err() {
+                    return SendOutcome::Failed(Syndrome::RemoteAccessErr);
+                }
+                let value = old
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let new = if opcode == SendOpcode::AtomicCmpSwap {
+                    (value == compare).then_some(swap_add)
+                } else {
+                    Some(value.wrapping_add(swap_add))
+                };
+                if let Some(new) = new {
+                    if self.scatter(dma, rkey, raddr, &new.to_be_bytes()).is_err() {
+                        return SendOutcome::Failed(Syndrome::RemoteAccessErr);
+                    }
+                }
+                match self.scatter_list(dma, &sges, &old) {
+                    Ok(()) => done(8),
+                    Err(s) => SendOutcome::Failed(s),
+                }
+            }
+            // Fast registration, local invalidation, masked atomics, memory windows:
+            // not modelled yet; the requester sees a local QP operation error.
+            _ => SendOutcome::Failed(Syndrome::LocalQpOpErr),
+        }
+    }
+
+    /// Whether the responder has a receive posted.
+    fn receive_posted(&self, dma: &dyn Dma, responder: &QpQueues) -> bool {
+        let mut record = [0u8; 4];
+        dma.read(responder.db_rec_addr, &mut record).is_ok()
+            && (u32::from_be_bytes(record) & 0xffff) != (responder.rq_next & 0xffff)
+    }
+
+    /// Delivers an RC message into the responder's next receive: `Ok(false)` when none is
+    /// posted (RNR), `Err` when it does not fit (the receive completes with a local
+    /// length error and the responder goes to error).
+    #[allow(clippy::too_many_arguments)]
+    fn rc_receive(
+        &mut self,
+        dma: &dyn Dma,
+        rqpn: u32,
+        responder: &QpQueues,
+        requester: u32,
+        requester_queues: &QpQueues,
+        data: &[u8],
+        opcode: RecvOpcode,
+        word: u32,
+    ) -> Result<bool, ()> {
+        if !responder.has_rq || !self.receive_posted(dma, responder) {
+            return Ok(false);
+        }
+        let index = responder.rq_next;
+        let entries = 1u32 << responder.log_rq_entries;
+        let offset =
+            responder.rq_offset + (u64::from(index & (entries - 1)) << responder.log_rq_stride);
+        let wqe = self
+            .read_buffer(
+                dma,
+                responder.mtt_offset,
+                responder.log_page_size,
+                offset,
+                1 << responder.log_rq_stride,
+            )
+            .unwrap_or_else(|_| vec![0; 16]);
+        if let Some(q) = self.qps.get_mut(&rqpn).and_then(|qp| qp.queues.as_mut()) {
+            q.rq_next = q.rq_next.wrapping_add(1);
+        }
+        let sges = Self::sges(&wqe, 0, wqe.len());
+        if let Err(syndrome) = self.scatter_list(dma, &sges, data) {
+            self.error_cqe(dma, rqpn, responder.cqn_recv, index, syndrome, false);
+            self.enter_error(dma, rqpn);
+            return Err(());
+        }
+        let mut c = [0u8; 32];
+        c[0..4].copy_from_slice(&rqpn.to_be_bytes());
+        c[4..8].copy_from_slice(&word.to_be_bytes());
+        c[8..12].copy_from_slice(&(requester & 0x00ff_ffff).to_be_bytes());
+        c[0x0e..0x10].copy_from_slice(&self.sma.lid(requester_queues.port).to_be_bytes());
+        c[0x14..0x18].copy_from_slice(&(data.len() as u32).to_be_bytes());
+        c[0x18..0x1a].copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
+        c[0x1f] = opcode as u8;
+        self.write_cqe(dma, responder.cqn_recv, c);
+        Ok(true)
+    }
+}
