@@ -409,7 +409,7 @@ impl Hca {
                 let rkey = m.u32(24);
                 let (swap_add, compare) = (m.u64(32), m.u64(40));
                 let sges = Self::sges(wqe, 48, size);
-                if raddr % 8 != 0 {
+                if !raddr.is_multiple_of(8) {
                     return SendOutcome::Failed(Syndrome::RemoteInvalReqErr);
                 }
                 if let Err(s) =
