@@ -228,7 +228,7 @@ impl ServerBackend for Shared {
     }
 
     fn reset(&mut self) -> std::io::Result<()> {
-        self.with(|d| ServerBackend::reset(d))
+        self.with(ServerBackend::reset)
     }
 
     fn set_irqs(
