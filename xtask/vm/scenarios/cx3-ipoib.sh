@@ -90,6 +90,31 @@ ibv_rc_pingpong -d mlx4_0 -i 1 -n 200 -c 127.0.0.1 | tee rc-client.log
 wait "$server"
 grep -q '200 iters in' rc-client.log
 
+echo "== UD between the ports from user space (ibv_ud_pingpong, data checked)"
+ibv_ud_pingpong -d mlx4_0 -i 2 -n 100 -c > ud-server.log 2>&1 &
+server=$!
+wait_listening 18515
+ibv_ud_pingpong -d mlx4_0 -i 1 -n 100 -c 127.0.0.1 | tee ud-client.log
+wait "$server"
+grep -q '100 iters in' ud-client.log
+
+echo "== perftest: RDMA WRITE bandwidth, RDMA READ latency, atomics"
+perf() {
+	local tool=$1
+	shift
+	"$tool" -d mlx4_0 -i 2 "$@" > "$tool-server.log" 2>&1 &
+	local server=$!
+	wait_listening 18515
+	"$tool" -d mlx4_0 -i 1 "$@" 127.0.0.1 | tee "$tool-client.log"
+	wait "$server"
+}
+perf ib_write_bw -n 200 -s 65536
+grep -Eq '^ *65536 +200 ' ib_write_bw-client.log
+perf ib_read_lat -n 200 -s 64
+grep -Eq '^ *64 +200 ' ib_read_lat-client.log
+perf ib_atomic_bw -n 200
+grep -Eq '^ *8 +200 ' ib_atomic_bw-client.log
+
 echo "== RDMA CM over the IPoIB addresses (rping, payload verified)"
 ip netns exec b rping -s -a 169.254.77.2 -C 10 -V > rping-server.log 2>&1 &
 server=$!
