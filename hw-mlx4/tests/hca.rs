@@ -388,3 +388,209 @@ fn doorbells_for_what_is_not_in_hardware_are_reported() {
     let errors = d.errors();
     assert_eq!(errors.len(), 3, "{errors:?}");
 }
+
+/// Two RC QPs connected across the cable: the data path a driver's verbs ride on.
+mod rc {
+    use super::*;
+
+    const EQN: u32 = 4;
+    const CQN: u32 = 1;
+    const MPT: u32 = 5;
+    /// The memory key of MPT 5: index 5, variant 0x11.
+    const KEY: u32 = (MPT << 8) | 0x11;
+    const PD: u32 = 1;
+    const QP_A: u32 = 0x40;
+    const QP_B: u32 = 0x41;
+    /// Each QP's buffer: one page, SQ (16 WQEs of 64 bytes) first, then RQ (16 of 64).
+    const QP_PAGE: [u64; 2] = [BASE + 0x50_0000, BASE + 0x51_0000];
+    const CQ_PAGE: u64 = BASE + 0x52_0000;
+    const DB_RECORDS: u64 = BASE + 0x53_0000;
+    const DATA: u64 = BASE + 0x60_0000;
+
+    /// An MTT entry (index `i` of the MTT table) pointing at `page`.
+    fn mtt(d: &Driver, i: u64, page: u64) {
+        d.memory
+            .put(BASE + 0x30_0000 + 8 * i, &(page | 1).to_be_bytes());
+    }
+
+    fn set_port(d: &mut Driver, port: u32, lid: u16) {
+        let mut mad = vec![0u8; 256];
+        mad[0] = 1;
+        mad[1] = 0x01;
+        mad[2] = 1;
+        mad[3] = 0x02; // Set
+        mad[16..18].copy_from_slice(&0x0015u16.to_be_bytes()); // PortInfo
+        mad[64 + 16..64 + 18].copy_from_slice(&lid.to_be_bytes());
+        d.memory.put(INBOX, &mad);
+        assert_eq!(
+            d.command(opcode::MAD_IFC, 3, port, INBOX, OUTBOX, false).0,
+            0
+        );
+    }
+
+    /// A QP's RST2INIT, INIT2RTR and RTR2RTS contexts, connected to `remote` on the
+    /// port whose LID is `rlid`, sending from `port` (0 or 1).
+    fn create_qp(d: &mut Driver, qpn: u32, n: usize, port: u8, remote: u32, rlid: u16) {
+        mtt(d, 1 + n as u64, QP_PAGE[n]);
+        let mut mailbox = vec![0u8; 4096];
+        let ctx = &mut mailbox[8..];
+        ctx[0x04..0x08].copy_from_slice(&PD.to_be_bytes());
+        ctx[0x09] = (4 << 3) | 2; // RQ: 16 WQEs of 64 bytes
+        ctx[0x0a] = (4 << 3) | 2; // SQ: 16 WQEs of 64 bytes
+        ctx[0x14..0x18].copy_from_slice(&remote.to_be_bytes());
+        ctx[0x18 + 0x06..0x18 + 0x08].copy_from_slice(&rlid.to_be_bytes());
+        ctx[0x18 + 0x20] = (port << 6) | 0x3f;
+        ctx[0x70..0x74].copy_from_slice(&(7u32 << 13).to_be_bytes()); // RNR retry forever
+        ctx[0x7c..0x80].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0x90..0x94].copy_from_slice(&(7u32 << 13).to_be_bytes()); // RRE, RWE, RAE
+        ctx[0x9c..0xa0].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0xa0..0xa8].copy_from_slice(&(DB_RECORDS + 8 * n as u64).to_be_bytes());
+        ctx[0xcc..0xd0].copy_from_slice(&(8 * (1 + n as u32)).to_be_bytes()); // MTT offset
+        d.memory.put(INBOX, &mailbox);
+        for op in [opcode::RST2INIT_QP, opcode::INIT2RTR_QP, opcode::RTR2RTS_QP] {
+            assert_eq!(
+                d.command(op, 0, qpn, INBOX, 0, false).0,
+                0,
+                "transition {op:#x}"
+            );
+        }
+    }
+
+    fn setup() -> Driver {
+        let mut d = Driver::new();
+        d.init_hca();
+        d.create_eq(EQN, BASE + 0x40_0000);
+        for port in [1, 2] {
+            assert_eq!(d.command(opcode::INIT_PORT, 0, port, 0, 0, false).0, 0);
+        }
+        set_port(&mut d, 1, 1);
+        set_port(&mut d, 2, 2);
+        // A CQ of 64 entries in one page (MTT index 10).
+        mtt(&d, 10, CQ_PAGE);
+        let mut cq = vec![0u8; 4096];
+        cq[0x0c..0x10].copy_from_slice(&(6u32 << 24).to_be_bytes());
+        cq[0x17] = EQN as u8;
+        cq[0x1c..0x20].copy_from_slice(&80u32.to_be_bytes());
+        cq[0x38..0x40].copy_from_slice(&(DB_RECORDS + 0x100).to_be_bytes());
+        d.memory.put(INBOX, &cq);
+        assert_eq!(d.command(opcode::SW2HW_CQ, 0, CQN, INBOX, 0, false).0, 0);
+        // A physical MPT of the PD that grants everything (a DMA MR).
+        let mut mpt = vec![0u8; 4096];
+        let flags = (1u32 << 9) | (0x1f << 10);
+        mpt[0..4].copy_from_slice(&flags.to_be_bytes());
+        mpt[0x08..0x0c].copy_from_slice(&KEY.rotate_left(24).to_be_bytes());
+        mpt[0x0c..0x10].copy_from_slice(&PD.to_be_bytes());
+        mpt[0x18..0x20].copy_from_slice(&u64::MAX.to_be_bytes());
+        d.memory.put(INBOX, &mpt);
+        assert_eq!(d.command(opcode::SW2HW_MPT, 0, MPT, INBOX, 0, false).0, 0);
+        create_qp(&mut d, QP_A, 0, 0, QP_B, 2);
+        create_qp(&mut d, QP_B, 1, 1, QP_A, 1);
+        assert!(d.errors().is_empty());
+        d
+    }
+
+    /// Posts a receive of `len` bytes at `addr` on QP B (its WQE `index`).
+    fn post_recv(d: &Driver, index: u32, addr: u64, len: u32) {
+        let mut wqe = [0u8; 64];
+        wqe[0..4].copy_from_slice(&len.to_be_bytes());
+        wqe[4..8].copy_from_slice(&KEY.to_be_bytes());
+        wqe[8..16].copy_from_slice(&addr.to_be_bytes());
+        wqe[16 + 4..16 + 8].copy_from_slice(&0x100u32.to_be_bytes()); // terminator
+        d.memory
+            .put(QP_PAGE[1] + 1024 + 64 * u64::from(index), &wqe);
+        d.memory.put(DB_RECORDS + 8, &(index + 1).to_be_bytes());
+    }
+
+    /// Posts send WQE `index` on QP A: `opcode`, an optional remote address segment,
+    /// one gather entry, signaled; rings the doorbell.
+    fn post_send(
+        d: &mut Driver,
+        index: u32,
+        opcode: u8,
+        remote: Option<(u64, u32)>,
+        addr: u64,
+        len: u32,
+    ) {
+        let mut wqe = [0u8; 64];
+        let ds = 2 + u8::from(remote.is_some());
+        wqe[3] = opcode;
+        wqe[7] = ds;
+        wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        let mut at = 16;
+        if let Some((raddr, rkey)) = remote {
+            wqe[16..24].copy_from_slice(&raddr.to_be_bytes());
+            wqe[24..28].copy_from_slice(&rkey.to_be_bytes());
+            at = 32;
+        }
+        wqe[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        wqe[at + 4..at + 8].copy_from_slice(&KEY.to_be_bytes());
+        wqe[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
+        d.memory.put(QP_PAGE[0] + 64 * u64::from(index), &wqe);
+        d.hca
+            .bar2_write(&d.memory, 4096 + 0x14, &(QP_A << 8).to_be_bytes());
+    }
+
+    /// CQE `n` of the CQ: (QPN, byte count, owner_sr_opcode, syndrome).
+    fn cqe(d: &Driver, n: u64) -> (u32, u32, u8, u8) {
+        let c = d.memory.get(CQ_PAGE + 32 * n, 32);
+        (
+            u32::from_be_bytes(c[0..4].try_into().unwrap()),
+            u32::from_be_bytes(c[0x14..0x18].try_into().unwrap()),
+            c[0x1f],
+            c[0x1b],
+        )
+    }
+
+    #[test]
+    fn send_write_read_and_a_bad_rkey() {
+        let mut d = setup();
+        let pattern: Vec<u8> = (0..200u32).map(|i| (i * 7 + 3) as u8).collect();
+        d.memory.put(DATA, &pattern);
+
+        // SEND of 200 bytes into a 256-byte receive on the other port.
+        post_recv(&d, 0, DATA + 0x1000, 256);
+        post_send(&mut d, 0, 0x0a, None, DATA, 200);
+        assert_eq!(d.memory.get(DATA + 0x1000, 200), pattern);
+        assert_eq!(cqe(&d, 0), (QP_B, 200, 0x01, 0), "the receive, first");
+        assert_eq!(cqe(&d, 1), (QP_A, 0, 0x4a, 0), "then the send");
+
+        // RDMA WRITE and RDMA READ of the same bytes, by the R_Key.
+        post_send(&mut d, 1, 0x08, Some((DATA + 0x2000, KEY)), DATA, 200);
+        assert_eq!(d.memory.get(DATA + 0x2000, 200), pattern);
+        post_send(
+            &mut d,
+            2,
+            0x10,
+            Some((DATA + 0x2000, KEY)),
+            DATA + 0x3000,
+            200,
+        );
+        assert_eq!(d.memory.get(DATA + 0x3000, 200), pattern);
+        assert_eq!(
+            cqe(&d, 3),
+            (QP_A, 200, 0x50, 0),
+            "the READ's completion has its length"
+        );
+
+        // A SEND with no receive posted waits (RNR), then lands when one is: the timer.
+        post_send(&mut d, 3, 0x0a, None, DATA, 16);
+        assert!(d.hca.needs_tick());
+        assert_eq!(
+            d.memory.get(CQ_PAGE + 32 * 4 + 31, 1),
+            [0x80],
+            "nothing completed yet"
+        );
+        post_recv(&d, 1, DATA + 0x4000, 64);
+        d.hca.tick(&d.memory);
+        assert_eq!(cqe(&d, 4).0, QP_B);
+        assert_eq!(d.memory.get(DATA + 0x4000, 16), pattern[..16]);
+
+        // A wrong R_Key: a remote access error, the QP to error, the next WQE flushed.
+        post_send(&mut d, 4, 0x08, Some((DATA, KEY ^ 0x01)), DATA, 8);
+        assert_eq!(cqe(&d, 6).3, 0x13, "remote access error");
+        assert_eq!(cqe(&d, 6).2 & 0x1f, 0x1e, "an error CQE");
+        post_send(&mut d, 5, 0x0a, None, DATA, 8);
+        assert_eq!(cqe(&d, 7).3, 0x05, "flushed");
+        assert!(d.errors().is_empty());
+    }
+}

@@ -331,7 +331,7 @@ impl Hca {
                 };
                 match self.rc_receive(dma, rqpn, &responder, qpn, queues, &data, recv_opcode, word)
                 {
-                    Ok(true) => done(data.len() as u32),
+                    Ok(true) => done(0),
                     Ok(false) => SendOutcome::ReceiverNotReady,
                     Err(_) => SendOutcome::Failed(Syndrome::RemoteInvalReqErr),
                 }
