@@ -432,6 +432,11 @@ mod rc {
     /// port whose LID is `rlid`, sending from `port` (0 or 1).
     fn create_qp(d: &mut Driver, qpn: u32, n: usize, port: u8, remote: u32, rlid: u16) {
         mtt(d, 1 + n as u64, QP_PAGE[n]);
+        // The driver hands the SQ over empty: every WQE's owner bit set (lap 1's), as
+        // mlx4_ib and libmlx4 stamp it.
+        for i in 0..16 {
+            d.memory.put(QP_PAGE[n] + 64 * i, &[0x80]);
+        }
         let mut mailbox = vec![0u8; 4096];
         let ctx = &mut mailbox[8..];
         ctx[0x04..0x08].copy_from_slice(&PD.to_be_bytes());
