@@ -391,21 +391,21 @@ fn doorbells_for_what_is_not_in_hardware_are_reported() {
 
 /// Two RC QPs connected across the cable: the data path a driver's verbs ride on.
 mod rc {
-    use super::*;
+    pub(super) use super::*;
 
     const EQN: u32 = 4;
     const CQN: u32 = 1;
-    const MPT: u32 = 5;
+    pub(super) const MPT: u32 = 5;
     /// The memory key of MPT 5: index 5, variant 0x11.
-    const KEY: u32 = (MPT << 8) | 0x11;
-    const PD: u32 = 1;
-    const QP_A: u32 = 0x40;
-    const QP_B: u32 = 0x41;
+    pub(super) const KEY: u32 = (MPT << 8) | 0x11;
+    pub(super) const PD: u32 = 1;
+    pub(super) const QP_A: u32 = 0x40;
+    pub(super) const QP_B: u32 = 0x41;
     /// Each QP's buffer: one page, SQ (16 WQEs of 64 bytes) first, then RQ (16 of 64).
-    const QP_PAGE: [u64; 2] = [BASE + 0x50_0000, BASE + 0x51_0000];
-    const CQ_PAGE: u64 = BASE + 0x52_0000;
-    const DB_RECORDS: u64 = BASE + 0x53_0000;
-    const DATA: u64 = BASE + 0x60_0000;
+    pub(super) const QP_PAGE: [u64; 2] = [BASE + 0x50_0000, BASE + 0x51_0000];
+    pub(super) const CQ_PAGE: u64 = BASE + 0x52_0000;
+    pub(super) const DB_RECORDS: u64 = BASE + 0x53_0000;
+    pub(super) const DATA: u64 = BASE + 0x60_0000;
 
     /// An MTT entry (index `i` of the MTT table) pointing at `page`.
     fn mtt(d: &Driver, i: u64, page: u64) {
@@ -461,7 +461,7 @@ mod rc {
         }
     }
 
-    fn setup() -> Driver {
+    pub(super) fn setup() -> Driver {
         let mut d = Driver::new();
         d.init_hca();
         d.create_eq(EQN, BASE + 0x40_0000);
@@ -495,7 +495,7 @@ mod rc {
     }
 
     /// Posts a receive of `len` bytes at `addr` on QP B (its WQE `index`).
-    fn post_recv(d: &Driver, index: u32, addr: u64, len: u32) {
+    pub(super) fn post_recv(d: &Driver, index: u32, addr: u64, len: u32) {
         let mut wqe = [0u8; 64];
         wqe[0..4].copy_from_slice(&len.to_be_bytes());
         wqe[4..8].copy_from_slice(&KEY.to_be_bytes());
@@ -508,7 +508,7 @@ mod rc {
 
     /// Posts send WQE `index` on QP A: `opcode`, an optional remote address segment,
     /// one gather entry, signaled; rings the doorbell.
-    fn post_send(
+    pub(super) fn post_send(
         d: &mut Driver,
         index: u32,
         opcode: u8,
@@ -536,7 +536,7 @@ mod rc {
     }
 
     /// CQE `n` of the CQ: (QPN, byte count, owner_sr_opcode, syndrome).
-    fn cqe(d: &Driver, n: u64) -> (u32, u32, u8, u8) {
+    pub(super) fn cqe(d: &Driver, n: u64) -> (u32, u32, u8, u8) {
         let c = d.memory.get(CQ_PAGE + 32 * n, 32);
         (
             u32::from_be_bytes(c[0..4].try_into().unwrap()),
@@ -596,6 +596,75 @@ mod rc {
         assert_eq!(cqe(&d, 6).2 & 0x1f, 0x1e, "an error CQE");
         post_send(&mut d, 5, 0x0a, None, DATA, 8);
         assert_eq!(cqe(&d, 7).3, 0x05, "flushed");
+        assert!(d.errors().is_empty());
+    }
+}
+
+/// Fast registration and invalidation: what FRWR users (iSER, NFS/RDMA) post.
+mod frwr {
+    use super::rc::*;
+
+    #[test]
+    fn a_registered_key_takes_writes_until_it_is_invalidated() {
+        let mut d = setup();
+        // A fast-register MPT in the free state: 4 MTT entries from index 20.
+        const FR_MPT: u32 = 6;
+        let mut mpt = vec![0u8; 4096];
+        mpt[0..4].copy_from_slice(&((3u32 << 28) | (1 << 10)).to_be_bytes());
+        mpt[0x08..0x0c].copy_from_slice(&(FR_MPT << 8).rotate_left(24).to_be_bytes());
+        mpt[0x0c..0x10].copy_from_slice(&(PD | (1 << 27)).to_be_bytes());
+        mpt[0x2c..0x34].copy_from_slice(&(20u64 * 8).to_be_bytes());
+        mpt[0x34..0x38].copy_from_slice(&4u32.to_be_bytes());
+        d.memory.put(INBOX, &mpt);
+        assert_eq!(
+            d.command(opcode::SW2HW_MPT, 0, FR_MPT, INBOX, 0, false).0,
+            0
+        );
+        let key = (FR_MPT << 8) | 0x23;
+        let iova = 0x7000_0000u64;
+        let target = DATA + 0x8000;
+        // Before registration the key is refused.
+        post_send(&mut d, 0, 0x08, Some((iova, key)), DATA, 8);
+        assert_eq!(cqe(&d, 0).3, 0x13, "remote access error on a free MPT");
+
+        let mut d = setup();
+        d.memory.put(INBOX, &mpt);
+        assert_eq!(
+            d.command(opcode::SW2HW_MPT, 0, FR_MPT, INBOX, 0, false).0,
+            0
+        );
+        // The page list the REG_MR WQE points at.
+        d.memory.put(DATA + 0x7000, &(target | 1).to_be_bytes());
+        let mut wqe = [0u8; 64];
+        wqe[3] = 0x19;
+        wqe[7] = 4;
+        wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        let access = (1u32 << 27) | (1 << 28) | (1 << 30);
+        wqe[16..20].copy_from_slice(&access.to_be_bytes());
+        wqe[20..24].copy_from_slice(&key.to_be_bytes());
+        wqe[24..32].copy_from_slice(&(DATA + 0x7000).to_be_bytes());
+        wqe[32..40].copy_from_slice(&iova.to_be_bytes());
+        wqe[40..48].copy_from_slice(&4096u64.to_be_bytes());
+        wqe[52..56].copy_from_slice(&12u32.to_be_bytes());
+        d.memory.put(QP_PAGE[0], &wqe);
+        d.hca
+            .bar2_write(&d.memory, 4096 + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(cqe(&d, 0), (QP_A, 0, 0x59, 0), "REG_MR completes");
+        d.memory.put(DATA, b"frwr-ok!");
+        post_send(&mut d, 1, 0x08, Some((iova + 100, key)), DATA, 8);
+        assert_eq!(d.memory.get(target + 100, 8), b"frwr-ok!");
+        // LOCAL_INV of the key: then the same write is refused.
+        let mut inval = [0u8; 64];
+        inval[3] = 0x1b;
+        inval[7] = 2;
+        inval[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        inval[24..28].copy_from_slice(&key.to_be_bytes());
+        d.memory.put(QP_PAGE[0] + 128, &inval);
+        d.hca
+            .bar2_write(&d.memory, 4096 + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(cqe(&d, 2), (QP_A, 0, 0x5b, 0), "LOCAL_INV completes");
+        post_send(&mut d, 3, 0x08, Some((iova + 100, key)), DATA, 8);
+        assert_eq!(cqe(&d, 3).3, 0x13, "the invalidated key is refused");
         assert!(d.errors().is_empty());
     }
 }

@@ -361,6 +361,9 @@ impl Hca {
             return Err(format!("lkey {key:#x}: MPT {index:#x} holds another key"));
         }
         let flags = m.u32(mpt::FLAGS);
+        if flags & super::rc::mpt_flags::STATE_MASK == super::rc::mpt_flags::FREE {
+            return Err(format!("lkey {key:#x}: MPT {index:#x} is invalidated"));
+        }
         let start = m.u64(mpt::START);
         let length = m.u64(mpt::LENGTH);
         let end = va.checked_add(len as u64).ok_or("address overflow")?;
@@ -465,12 +468,8 @@ impl Hca {
                 continue;
             }
             let outcome = match queues.st {
-                qpc::ST_MLX => self
-                    .execute_mlx(dma, qpn, &queues, &wqe)
-                    .map(SendOutcome::Sent),
-                qpc::ST_UD => self
-                    .execute_ud(dma, qpn, &queues, &wqe)
-                    .map(SendOutcome::Sent),
+                qpc::ST_MLX => self.execute_mlx(dma, qpn, &queues, &wqe),
+                qpc::ST_UD => self.execute_ud(dma, qpn, &queues, &wqe),
                 qpc::ST_RC => Ok(self.execute_rc(dma, qpn, &queues, &wqe)),
                 st => Err(format!(
                     "transport {st} has no data path in this device yet"
@@ -532,7 +531,7 @@ impl Hca {
         qpn: u32,
         queues: &QpQueues,
         wqe: &[u8],
-    ) -> Result<bool, WqeError> {
+    ) -> Result<SendOutcome, WqeError> {
         let m = Mailbox(wqe);
         let size = usize::from(m.u8(7) & 0x3f) * 16;
         if size < 32 || size > wqe.len() {
@@ -543,7 +542,11 @@ impl Hca {
         let vl15 = flags & (1 << 17) != 0;
         let slr = flags & (1 << 16) != 0;
         let sl = ((flags >> 8) & 0xf) as u8;
-        let bytes = self.gather_segments(dma, wqe, 16, size)?;
+        // A gather entry the key does not cover is the consumer's mistake: a local
+        // protection error, as on the hardware.
+        let Ok(bytes) = self.gather_segments(dma, wqe, 16, size) else {
+            return Ok(SendOutcome::Failed(Syndrome::LocalProtErr));
+        };
         // LRH (8), optional GRH (40), BTH (12), DETH (8), payload, ICRC (4).
         let lrh = bytes.get(..8).ok_or("no LRH")?;
         let lnh = lrh[1] & 3;
@@ -594,7 +597,7 @@ impl Hca {
             payload,
         };
         self.route(dma, port, packet);
-        Ok(signaled)
+        Ok(SendOutcome::Sent(signaled))
     }
 
     /// The bytes a WQE's segments from `from` to `size` carry: inline segments (bit 31
@@ -643,7 +646,7 @@ impl Hca {
         qpn: u32,
         queues: &QpQueues,
         wqe: &[u8],
-    ) -> Result<bool, WqeError> {
+    ) -> Result<SendOutcome, WqeError> {
         use zerocopy::FromBytes;
         let m = Mailbox(wqe);
         let size = usize::from(m.u8(7) & 0x3f) * 16;
@@ -662,7 +665,9 @@ impl Hca {
         let signaled = m.u32(8) & (3 << 2) != 0;
         let (seg, _) = DatagramSeg::read_from_prefix(wqe.get(16..).unwrap_or(&[]))
             .map_err(|_| "no datagram segment")?;
-        let payload = self.gather_segments(dma, wqe, 64, size)?;
+        let Ok(payload) = self.gather_segments(dma, wqe, 64, size) else {
+            return Ok(SendOutcome::Failed(Syndrome::LocalProtErr));
+        };
         let port = queues.port;
         let av = seg.av;
         let flow = av.sl_tclass_flowlabel.get();
@@ -699,7 +704,7 @@ impl Hca {
             payload,
         };
         self.route(dma, port, packet);
-        Ok(signaled)
+        Ok(SendOutcome::Sent(signaled))
     }
 
     /// Puts a packet sent on `port` on the cable or back on the port, by its DLID.

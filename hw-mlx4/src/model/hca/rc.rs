@@ -32,6 +32,18 @@ mod perm {
     pub const ATOMIC: u32 = 1 << 14;
 }
 
+/// MPT state and flags (`mlx4.h`: `MLX4_MPT_FLAG_*`, `MLX4_MPT_PD_FLAG_FAST_REG`).
+pub(super) mod mpt_flags {
+    /// The MPT's state: bits 28..32; `FREE` is a fast-register MPT with no valid key.
+    pub const STATE_MASK: u32 = 0xf << 28;
+    pub const FREE: u32 = 0x3 << 28;
+    pub const PHYSICAL: u32 = 1 << 9;
+    /// The access bits (`MLX4_PERM_MASK`).
+    pub const PERM_MASK: u32 = 0xfc00;
+    /// In `pd_flags`: the MPT may be fast-registered.
+    pub const PD_FAST_REG: u32 = 1 << 27;
+}
+
 /// The responder's `params2` remote access enables.
 mod qp_access {
     pub const READ: u32 = 1 << 15;
@@ -265,7 +277,11 @@ impl Hca {
             .ok_or(Syndrome::RemoteAccessErr)?;
         // The MPT holds the key in the hardware's order (`key_to_hw_index`: the 8-bit
         // variant on top of the 24-bit index).
-        if key != rkey.rotate_left(24) || pd != responder.pd || flags & access == 0 {
+        if key != rkey.rotate_left(24)
+            || pd != responder.pd
+            || flags & access == 0
+            || flags & mpt_flags::STATE_MASK == mpt_flags::FREE
+        {
             return Err(Syndrome::RemoteAccessErr);
         }
         if va < start || end > start.saturating_add(length) {
@@ -310,8 +326,21 @@ impl Hca {
             opcode: opcode_bits,
             byte_len,
         };
-        if opcode == SendOpcode::Nop {
-            return done(0);
+        match opcode {
+            SendOpcode::Nop => return done(0),
+            SendOpcode::FastReg => {
+                return match self.fast_register(dma, queues, wqe) {
+                    Ok(()) => done(0),
+                    Err(s) => SendOutcome::Failed(s),
+                }
+            }
+            SendOpcode::LocalInval => {
+                return match self.invalidate(m.u32(16 + 8), queues.pd) {
+                    Ok(()) => done(0),
+                    Err(s) => SendOutcome::Failed(s),
+                }
+            }
+            _ => {}
         }
         let Some(responder) = self.responder(qpn, queues) else {
             // Nobody answers on that path: the transport's retries run out.
@@ -326,7 +355,17 @@ impl Hca {
                 };
                 let (recv_opcode, word) = match opcode {
                     SendOpcode::SendImm => (RecvOpcode::SendImm, immediate),
-                    SendOpcode::SendInval => (RecvOpcode::SendInval, immediate),
+                    SendOpcode::SendInval => {
+                        // The key named is invalidated at the responder, which must own
+                        // it (its PD), before the receive completes.
+                        if !self.receive_posted(dma, &responder) {
+                            return SendOutcome::ReceiverNotReady;
+                        }
+                        if self.invalidate(immediate, responder.pd).is_err() {
+                            return SendOutcome::Failed(Syndrome::RemoteInvalReqErr);
+                        }
+                        (RecvOpcode::SendInval, immediate)
+                    }
                     _ => (RecvOpcode::Send, 0),
                 };
                 match self.rc_receive(dma, rqpn, &responder, qpn, queues, &data, recv_opcode, word)
@@ -441,10 +480,91 @@ impl Hca {
                     Err(s) => SendOutcome::Failed(s),
                 }
             }
-            // Fast registration, local invalidation, masked atomics, memory windows:
-            // not modelled yet; the requester sees a local QP operation error.
+            // Masked atomics and memory windows: not modelled; the requester sees a local
+            // QP operation error.
             _ => SendOutcome::Failed(Syndrome::LocalQpOpErr),
         }
+    }
+
+    /// A fast-registration WQE (`set_reg_seg`: `struct mlx4_wqe_fmr_seg` at 16): the MPT
+    /// its key names, a fast-register MPT of the QP's PD, takes the new key, address,
+    /// length, page size and access, and its MTT entries take the page list the WQE
+    /// points at (written into ICM, where the MPT's translation reads them).
+    fn fast_register(
+        &mut self,
+        dma: &dyn Dma,
+        queues: &QpQueues,
+        wqe: &[u8],
+    ) -> Result<(), Syndrome> {
+        let m = Mailbox(wqe);
+        let (access, key, list) = (m.u32(16), m.u32(20), m.u64(24));
+        let (start, length, page_shift) = (m.u64(32), m.u64(40), m.u32(52) & 0x3f);
+        let init = self.init.as_ref().ok_or(Syndrome::LocalProtErr)?;
+        let index = (key >> 8) & ((1u32 << init.log_mpt_sz) - 1);
+        let entry = self.mpts.get(&index).ok_or(Syndrome::LocalProtErr)?;
+        let e = Mailbox(&entry[..]);
+        if e.u32(0x0c) & 0x00ff_ffff != queues.pd || e.u32(0x0c) & mpt_flags::PD_FAST_REG == 0 {
+            return Err(Syndrome::LocalProtErr);
+        }
+        if !(12..=30).contains(&page_shift) {
+            return Err(Syndrome::LocalQpOpErr);
+        }
+        let page = 1u64 << page_shift;
+        let pages = (start & (page - 1))
+            .checked_add(length)
+            .and_then(|n| n.checked_add(page - 1))
+            .ok_or(Syndrome::LocalQpOpErr)?
+            >> page_shift;
+        // No more pages than the MPT's MTT range holds (`mtt_sz`).
+        if pages > u64::from(e.u32(0x34)) {
+            return Err(Syndrome::LocalQpOpErr);
+        }
+        let mtt_offset = e.u64(0x2c);
+        let mtt_base = init.mtt_base;
+        for i in 0..pages {
+            let mut raw = [0u8; 8];
+            dma.read(list + 8 * i, &mut raw)
+                .map_err(|_| Syndrome::LocalProtErr)?;
+            let virt = mtt_base + mtt_offset + 8 * i;
+            let (phys, _) = self.icm.translate(virt).ok_or(Syndrome::LocalQpOpErr)?;
+            dma.write(phys, &raw).map_err(|_| Syndrome::LocalQpOpErr)?;
+        }
+        let perms = [
+            (1 << 28, 1u32 << 11), // local write
+            (1 << 29, perm::REMOTE_READ),
+            (1 << 30, perm::REMOTE_WRITE),
+            (1 << 31, perm::ATOMIC),
+        ];
+        let granted = perms
+            .iter()
+            .filter(|(wqe_bit, _)| access & wqe_bit != 0)
+            .fold(1u32 << 10, |acc, (_, mpt_bit)| acc | mpt_bit);
+        let entry = self.mpts.get_mut(&index).ok_or(Syndrome::LocalProtErr)?;
+        let mut e = Mailbox(&mut entry[..]);
+        let flags =
+            e.u32(0x00) & !(mpt_flags::STATE_MASK | mpt_flags::PERM_MASK | mpt_flags::PHYSICAL);
+        e.set_u32(0x00, flags | granted);
+        e.set_u32(0x08, key.rotate_left(24));
+        e.set_u64(0x10, start);
+        e.set_u64(0x18, length);
+        e.set_u32(0x38, page_shift);
+        Ok(())
+    }
+
+    /// Invalidates the memory key `key` of PD `pd` (LOCAL_INV, or a SEND with
+    /// invalidate at the responder): its MPT returns to the free state, and no access
+    /// by the key succeeds until it is registered again.
+    fn invalidate(&mut self, key: u32, pd: u32) -> Result<(), Syndrome> {
+        let init = self.init.as_ref().ok_or(Syndrome::LocalProtErr)?;
+        let index = (key >> 8) & ((1u32 << init.log_mpt_sz) - 1);
+        let entry = self.mpts.get_mut(&index).ok_or(Syndrome::LocalProtErr)?;
+        let mut e = Mailbox(&mut entry[..]);
+        if e.u32(0x08) != key.rotate_left(24) || e.u32(0x0c) & 0x00ff_ffff != pd {
+            return Err(Syndrome::LocalProtErr);
+        }
+        let flags = e.u32(0x00);
+        e.set_u32(0x00, (flags & !mpt_flags::STATE_MASK) | mpt_flags::FREE);
+        Ok(())
     }
 
     /// Whether the responder has a receive posted.
