@@ -215,7 +215,7 @@ pub mod dev_cap_flag {
 pub mod bmme_flag {
     pub const LOCAL_INV: u32 = 1 << 6;
     pub const REMOTE_INV: u32 = 1 << 7;
-    pub const FAST_REG_WR: u32 = 1 << 21;
+    pub const FAST_REG_WR: u32 = 1 << 11;
 }
 
 /// QUERY_PORT's output (`mlx4_QUERY_PORT`, the new port commands).

@@ -129,6 +129,8 @@ pub struct Hca {
     events: Vec<HcaEvent>,
     packets_delivered: u64,
     packets_dropped: u64,
+    /// The payload of the RC operation being executed, for the port counters.
+    last_rc_payload: usize,
     commands: u64,
     failed_commands: u64,
 }
@@ -166,6 +168,7 @@ impl Hca {
             events: Vec::new(),
             packets_delivered: 0,
             packets_dropped: 0,
+            last_rc_payload: 0,
             commands: 0,
             failed_commands: 0,
         }

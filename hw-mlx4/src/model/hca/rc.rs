@@ -346,13 +346,56 @@ impl Hca {
             // Nobody answers on that path: the transport's retries run out.
             return SendOutcome::Failed(Syndrome::TransportRetryExcErr);
         };
+        let outcome = self.execute_rc_remote(
+            dma, qpn, queues, &responder, wqe, opcode, size, signaled, immediate,
+        );
+        // What crossed the link, as the port counters see it: the message and its
+        // headers (LRH, BTH and the extended header, ICRC, VCRC) one way; a READ's or
+        // atomic's response the other.
+        if let SendOutcome::Completed { byte_len, .. } = &outcome {
+            let request = 8 + 12 + 16 + 4 + 2;
+            let sent = self.last_rc_payload + request;
+            self.sma.count_xmit(queues.port, sent);
+            self.sma.count_rcv(responder.port, sent, true, false);
+            if *byte_len > 0 {
+                let response = *byte_len as usize + request;
+                self.sma.count_xmit(responder.port, response);
+                self.sma.count_rcv(queues.port, response, true, false);
+            }
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn execute_rc_remote(
+        &mut self,
+        dma: &dyn Dma,
+        qpn: u32,
+        queues: &QpQueues,
+        responder: &QpQueues,
+        wqe: &[u8],
+        opcode: SendOpcode,
+        size: usize,
+        signaled: bool,
+        immediate: u32,
+    ) -> SendOutcome {
+        let m = Mailbox(wqe);
+        let opcode_bits = opcode as u8;
+        let done = |byte_len: u32| SendOutcome::Completed {
+            signaled,
+            opcode: opcode_bits,
+            byte_len,
+        };
+        let responder = responder.clone();
         let rqpn = queues.remote_qpn;
+        self.last_rc_payload = 0;
         match opcode {
             SendOpcode::Send | SendOpcode::SendImm | SendOpcode::SendInval => {
                 let data = match self.gather_list(dma, wqe, 16, size) {
                     Ok(d) => d,
                     Err(s) => return SendOutcome::Failed(s),
                 };
+                self.last_rc_payload = data.len();
                 let (recv_opcode, word) = match opcode {
                     SendOpcode::SendImm => (RecvOpcode::SendImm, immediate),
                     SendOpcode::SendInval => {
@@ -382,6 +425,7 @@ impl Hca {
                     Ok(d) => d,
                     Err(s) => return SendOutcome::Failed(s),
                 };
+                self.last_rc_payload = data.len();
                 if opcode == SendOpcode::RdmaWriteImm && !self.receive_posted(dma, &responder) {
                     return SendOutcome::ReceiverNotReady;
                 }
