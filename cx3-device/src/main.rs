@@ -370,8 +370,11 @@ impl ServerBackend for Cx3 {
         let trigger = flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0;
         match index {
             VFIO_PCI_MSIX_IRQ_INDEX if trigger => {
-                let start = start as usize;
-                let end = start.saturating_add(count as usize);
+                // No vector beyond those the device offers (QEMU sizes its table from
+                // the same count).
+                let vectors = usize::from(pci::MSIX_VECTORS);
+                let start = (start as usize).min(vectors);
+                let end = start.saturating_add(count as usize).min(vectors);
                 if self.msix.len() < end {
                     self.msix.resize_with(end, || None);
                 }

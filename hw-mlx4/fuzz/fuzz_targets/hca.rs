@@ -10,8 +10,10 @@ use hw_mlx4::model::hca::{Dma, DmaFault, Hca};
 use hw_mlx4::wire::cmd::{hcr, HCR_BASE, RESET_BASE, RESET_OFFSET};
 use libfuzzer_sys::fuzz_target;
 
-/// 64 KiB of memory at bus address 0x10000.
-const BASE: u64 = 0x10000;
+/// 1 MiB of memory at bus address 0x100000: mailboxes at its start, the firmware area
+/// at +0x10000, ICM (the MTT table and whatever the input maps) at +0x20000.
+const BASE: u64 = 0x10_0000;
+const SIZE: usize = 1 << 20;
 struct Memory(RefCell<Vec<u8>>);
 
 impl Dma for Memory {
@@ -34,10 +36,66 @@ impl Dma for Memory {
     }
 }
 
+/// Posts a command through the HCR.
+fn command(hca: &mut Hca, memory: &Memory, opcode: u32, op_mod: u32, in_mod: u32, in_param: u64, event: bool) {
+    let words = [
+        (hcr::IN_PARAM, (in_param >> 32) as u32),
+        (hcr::IN_PARAM + 4, in_param as u32),
+        (hcr::IN_MODIFIER, in_mod),
+        (hcr::OUT_PARAM, 0),
+        (hcr::OUT_PARAM + 4, (BASE + 0x1000) as u32),
+        (hcr::TOKEN, 0x55aa << 16),
+        (
+            hcr::STATUS,
+            hcr::GO_BIT | if event { hcr::EVENT_BIT } else { 0 } | op_mod << hcr::OPMOD_SHIFT | opcode,
+        ),
+    ];
+    for (offset, value) in words {
+        hca.bar0_write(memory, HCR_BASE + offset as u64, &value.to_be_bytes());
+    }
+}
+
+/// What a driver does before the data path exists: the firmware area, ICM with the MTT
+/// table at ICM 0x1000_0000, INIT_HCA (so that the input's commands and doorbells reach
+/// EQs, CQs, QPs and WQEs).
+fn bring_up(hca: &mut Hca, memory: &Memory) {
+    let vpm = |virt: u64, phys: u64, log_pages: u64| {
+        let mut m = [0u8; 16];
+        m[..8].copy_from_slice(&virt.to_be_bytes());
+        m[8..].copy_from_slice(&(phys | log_pages).to_be_bytes());
+        let _ = memory.write(BASE, &m);
+    };
+    command(hca, memory, 0x4, 0, 0, 0, false); // QUERY_FW
+    vpm(0, BASE + 0x1_0000, 4);
+    command(hca, memory, 0xfff, 0, 1, BASE, false); // MAP_FA, 16 pages
+    command(hca, memory, 0xff6, 0, 0, 0, false); // RUN_FW
+    vpm(0x1000_0000, BASE + 0x2_0000, 4);
+    command(hca, memory, 0xffa, 0, 1, BASE, false); // MAP_ICM: the MTT table
+    let mut init = [0u8; 0x110];
+    init[0] = 2;
+    init[0x37] = 10;
+    init[0x57] = 8;
+    init[0x87] = 5;
+    init[0xfb] = 10;
+    init[0xd3] = 9;
+    init[0xd7] = 4;
+    init[0xdb] = 5;
+    init[0x100..0x108].copy_from_slice(&0x1000_0000u64.to_be_bytes());
+    let _ = memory.write(BASE, &init);
+    command(hca, memory, 0x7, 0, 0, BASE, false); // INIT_HCA
+    let _ = memory.write(BASE, &[0u8; 0x110]);
+}
+
 fuzz_target!(|input: &[u8]| {
-    let memory = Memory(RefCell::new(vec![0; 64 << 10]));
+    let memory = Memory(RefCell::new(vec![0; SIZE]));
     let mut hca = Hca::new();
     hca.set_bus_master(true);
+    let Some((&first, input)) = input.split_first() else {
+        return;
+    };
+    if first & 1 != 0 {
+        bring_up(&mut hca, &memory);
+    }
     // Each operation: a kind byte, then its bytes.
     let mut ops = input;
     while let Some((&kind, rest)) = ops.split_first() {
@@ -56,27 +114,13 @@ fuzz_target!(|input: &[u8]| {
                 let op_mod = u32::from(b[2] & 0xf);
                 let in_mod = u32::from_be_bytes([b[3], b[4], b[5], b[6]]);
                 let inbox = if b[8] & 1 == 0 { BASE } else { 0xdead_0000 };
-                let words = [
-                    (hcr::IN_PARAM, (inbox >> 32) as u32),
-                    (hcr::IN_PARAM + 4, inbox as u32),
-                    (hcr::IN_MODIFIER, in_mod),
-                    (hcr::OUT_PARAM, 0),
-                    (hcr::OUT_PARAM + 4, (BASE + 0x1000) as u32),
-                    (hcr::TOKEN, 0x55aa << 16),
-                    (
-                        hcr::STATUS,
-                        hcr::GO_BIT | if b[7] & 1 != 0 { hcr::EVENT_BIT } else { 0 } | op_mod << hcr::OPMOD_SHIFT | opcode,
-                    ),
-                ];
-                for (offset, value) in words {
-                    hca.bar0_write(&memory, HCR_BASE + offset as u64, &value.to_be_bytes());
-                }
+                command(&mut hca, &memory, opcode, op_mod, in_mod, inbox, b[7] & 1 != 0);
             }
-            // Memory contents: an offset (2) and 64 bytes.
+            // Memory contents: an offset (3) and 64 bytes.
             1 => {
-                let Some(b) = take(&mut ops, 66) else { break };
-                let at = usize::from(u16::from_be_bytes([b[0], b[1]])) % ((64 << 10) - 64);
-                memory.0.borrow_mut()[at..at + 64].copy_from_slice(&b[2..]);
+                let Some(b) = take(&mut ops, 67) else { break };
+                let at = (u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize) % (SIZE - 64);
+                memory.0.borrow_mut()[at..at + 64].copy_from_slice(&b[3..]);
             }
             // A UAR write: offset (3), length selector (1), 8 bytes.
             2 => {
@@ -95,6 +139,8 @@ fuzz_target!(|input: &[u8]| {
             }
             // The reset register.
             4 => hca.bar0_write(&memory, RESET_BASE + RESET_OFFSET, &1u32.to_be_bytes()),
+            // The device's timer.
+            5 if kind & 0x40 != 0 => hca.tick(&memory),
             _ => hca.set_bus_master(kind & 0x80 != 0),
         }
         let _ = hca.take_events();

@@ -334,7 +334,14 @@ impl Hca {
                     log_mc_hash_sz: m.u8(init_hca::LOG_MC_HASH_SZ) & 0x1f,
                     log_mc_table_sz: m.u8(init_hca::LOG_MC_TABLE_SZ) & 0x1f,
                 };
-                if params.log_num_qps > 24 || params.log_num_cqs > 24 || params.log_num_eqs > 10 {
+                if params.log_num_qps > 24
+                    || params.log_num_cqs > 24
+                    || params.log_num_eqs > 10
+                    || params.log_mpt_sz > 24
+                    || params.log_mc_entry_sz > 12
+                    || params.log_mc_hash_sz > 20
+                    || params.log_mc_table_sz > 20
+                {
                     return Err((
                         CmdStatus::ExceedsLimit,
                         format!("INIT_HCA asks for more than QUERY_DEV_CAP offers: {params:?}"),
@@ -422,6 +429,12 @@ impl Hca {
                 }
                 let inbox = self.read_in(dma, cmd)?;
                 let cq = super::datapath::CqState::from_context(&inbox);
+                if cq.log_size > 22 {
+                    return Err((
+                        CmdStatus::BadParam,
+                        format!("CQ {cqn:#x} of 2^{} entries", cq.log_size),
+                    ));
+                }
                 if !self.eqs.contains_key(&cq.comp_eqn) {
                     return Err((
                         CmdStatus::BadResourceState,
@@ -710,6 +723,12 @@ impl Hca {
         let inbox = self.read_in(dma, cmd)?;
         let m = Mailbox(&inbox[..]);
         let log_size = u32::from(m.u8(eq_context::LOG_EQ_SIZE) & 0x1f);
+        if log_size > 22 {
+            return Err((
+                CmdStatus::BadParam,
+                format!("EQ {eqn} of 2^{log_size} entries"),
+            ));
+        }
         let eq = EventQueue {
             log_size,
             intr: u16::from(m.u8(eq_context::INTR)),

@@ -300,6 +300,23 @@ pub(super) enum SendOutcome {
 /// Device timer ticks per RNR retry (the retry count's unit, about 10 ms at 1 ms ticks).
 const RNR_TICKS_PER_RETRY: u32 = 10;
 
+/// The largest queue a context may describe (a ConnectX-3's CQ of 2^22 64-byte
+/// entries); more is a driver mistake, refused before the device walks it.
+const MAX_QUEUE_BYTES: u64 = 256 << 20;
+/// The most one message may gather (a WQE's gather list could name up to 2^31 bytes per
+/// entry; the device refuses rather than buffers that).
+pub(super) const MAX_MESSAGE: usize = 16 << 20;
+
+/// The shift of a queue's pages: `log_page_size` is in 4 KiB units, and pages beyond
+/// 1 GiB are refused.
+pub(super) fn page_shift(log_page_size: u32) -> Result<u32, String> {
+    let shift = log_page_size + super::icm::ICM_PAGE_SHIFT;
+    if shift > 30 {
+        return Err(format!("pages of 2^{shift} bytes"));
+    }
+    Ok(shift)
+}
+
 /// Why a WQE could not be executed.
 type WqeError = String;
 
@@ -312,10 +329,13 @@ impl Hca {
         log_page_size: u32,
         offset: u64,
     ) -> Result<u64, String> {
-        let page_shift = log_page_size + super::icm::ICM_PAGE_SHIFT;
+        let page_shift = page_shift(log_page_size)?;
         let page = offset >> page_shift;
-        let entry = self.mtt_entry(dma, mtt_offset + page * super::MTT_ENTRY_SIZE)?;
-        Ok(entry + (offset & ((1u64 << page_shift) - 1)))
+        let entry = self.mtt_entry(
+            dma,
+            mtt_offset.wrapping_add(page.wrapping_mul(super::MTT_ENTRY_SIZE)),
+        )?;
+        Ok(entry.wrapping_add(offset & ((1u64 << page_shift) - 1)))
     }
 
     /// Reads `len` bytes of a buffer through its MTT (page by page).
@@ -327,7 +347,7 @@ impl Hca {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, String> {
-        let page = 1u64 << (log_page_size + super::icm::ICM_PAGE_SHIFT);
+        let page = 1u64 << page_shift(log_page_size)?;
         let mut out = vec![0u8; len];
         let mut done = 0usize;
         while done < len {
@@ -376,6 +396,11 @@ impl Hca {
             ));
         }
         let page_shift = m.u32(mpt::ENTITY_SIZE) & 0x3f;
+        if !(12..=40).contains(&page_shift) {
+            return Err(format!(
+                "lkey {key:#x}: MPT {index:#x} has pages of 2^{page_shift} bytes"
+            ));
+        }
         let base = start & !((1u64 << page_shift) - 1);
         let offset = va - base;
         let log_page = page_shift.saturating_sub(super::icm::ICM_PAGE_SHIFT);
@@ -628,6 +653,9 @@ impl Hca {
                 let len = word as usize;
                 let key = m.u32(at + 4);
                 let addr = m.u64(at + 8);
+                if len > MAX_MESSAGE.saturating_sub(bytes.len()) {
+                    return Err(format!("a message over {MAX_MESSAGE} bytes"));
+                }
                 if len > 0 {
                     self.gather(dma, key, addr, len, &mut bytes)?;
                 }
@@ -1046,8 +1074,11 @@ impl Hca {
         entries: u64,
         entry_size: u64,
     ) -> Result<(), String> {
-        let page = 1u64 << (log_page_size + super::icm::ICM_PAGE_SHIFT);
-        let total = entries * entry_size;
+        let page = 1u64 << page_shift(log_page_size)?;
+        let total = entries
+            .checked_mul(entry_size)
+            .filter(|&t| t <= MAX_QUEUE_BYTES)
+            .ok_or_else(|| format!("a queue of {entries} entries of {entry_size} bytes"))?;
         let mut image = vec![0u8; page.min(total) as usize];
         for owner in image
             .iter_mut()

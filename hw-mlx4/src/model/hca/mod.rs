@@ -471,11 +471,12 @@ impl Hca {
 
     /// The bus address of byte `offset` of a queue's buffer, through its MTT.
     fn queue_address(&self, dma: &dyn Dma, eq: &EventQueue, offset: u64) -> Result<u64, String> {
-        let page_shift = eq.log_page_size + icm::ICM_PAGE_SHIFT;
-        let offset = offset + eq.page_offset;
-        let page = offset >> page_shift;
-        let entry = self.mtt_entry(dma, eq.mtt_offset + page * MTT_ENTRY_SIZE)?;
-        Ok(entry + (offset & ((1u64 << page_shift) - 1)))
+        self.buffer_address(
+            dma,
+            eq.mtt_offset,
+            eq.log_page_size,
+            offset + eq.page_offset,
+        )
     }
 
     /// Reads the MTT entry at byte `offset` of the MTT table, which lives in ICM (the
@@ -483,7 +484,10 @@ impl Hca {
     /// address with the present bit (`MLX4_MTT_FLAG_PRESENT`) in bit 0.
     fn mtt_entry(&self, dma: &dyn Dma, offset: u64) -> Result<u64, String> {
         let init = self.init.as_ref().ok_or("an MTT lookup before INIT_HCA")?;
-        let virt = init.mtt_base + offset;
+        let virt = init
+            .mtt_base
+            .checked_add(offset)
+            .ok_or_else(|| format!("MTT offset {offset:#x} beyond ICM"))?;
         let (phys, contiguous) = self
             .icm
             .translate(virt)

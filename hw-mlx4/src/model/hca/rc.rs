@@ -51,9 +51,7 @@ mod qp_access {
     pub const ATOMIC: u32 = 1 << 13;
 }
 
-/// The most one RC message may carry here (a WQE's gather list of up to 2 GiB is
-/// refused rather than buffered).
-const MAX_MESSAGE: usize = 16 << 20;
+use super::datapath::MAX_MESSAGE;
 
 /// A local gather or scatter entry: length, key, address.
 type Sge = (usize, u32, u64);

@@ -122,7 +122,7 @@ fn hex(data: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return Err(format!("odd hex {s:?}"));
     }
     (0..s.len())
