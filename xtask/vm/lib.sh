@@ -90,3 +90,70 @@ expect_cases() {
 	done
 	echo "$count"
 }
+
+# cx3_active: the emulated ConnectX-3 bound by the kernel's mlx4_core and mlx4_ib, and
+# opensm (over ib_umad, bound to port 1) running until the guest powers off, with both
+# ports ACTIVE.
+cx3_active() {
+	modprobe mlx4_core
+	modprobe mlx4_ib
+	modprobe ib_umad
+	local i guid
+	for i in $(seq 100); do
+		[ -e /sys/class/infiniband/mlx4_0/ports/2 ] && break
+		sleep 0.1
+	done
+	echo "== opensm activates both ports"
+	guid=$(awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}' /sys/class/infiniband/mlx4_0/ports/1/gids/0)
+	opensm -g "$guid" -f /tmp/opensm.log > /tmp/opensm.out 2>&1 &
+	for i in $(seq 300); do
+		[ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" = 2 ] && break
+		sleep 0.1
+	done
+	rdma link show | grep mlx4_0
+	if [ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" != 2 ]; then
+		echo "FAIL: opensm did not activate both ports within 30 s"
+		tail -n 30 /tmp/opensm.log
+		return 1
+	fi
+}
+
+# port_pair TOOL ARGS...: an rdma-core or perftest tool between the device's two ports,
+# the server on port 2 and the client on port 1, exchanging their QP numbers over
+# loopback TCP; the client's output goes to TOOL-client.log.
+port_pair() {
+	local tool=$1 server
+	shift
+	"$tool" -d mlx4_0 -i 2 "$@" > "$tool-server.log" 2>&1 &
+	server=$!
+	wait_listening 18515
+	"$tool" -d mlx4_0 -i 1 "$@" 127.0.0.1 | tee "$tool-client.log"
+	wait "$server"
+}
+
+# rping_verified ADDR [SERVER_NS CLIENT_NS]: RDMA CM's rping to ADDR, ten pings with the
+# payload verified on both sides (-V), the server and the client in the given network
+# namespaces (none: the current one).
+rping_verified() {
+	local addr=$1 in_server=() in_client=() server connected=0 attempt
+	[ -n "${2:-}" ] && in_server=(ip netns exec "$2")
+	[ -n "${3:-}" ] && in_client=(ip netns exec "$3")
+	"${in_server[@]}" rping -s -a "$addr" -C 10 -V > rping-server.log 2>&1 &
+	server=$!
+	# The server listens through RDMA CM, which `ss` does not show: the client retries
+	# until it is there.
+	for attempt in $(seq 10); do
+		if "${in_client[@]}" rping -c -a "$addr" -C 10 -V -v > rping-client.log 2>&1; then
+			connected=1
+			break
+		fi
+		echo "rping: attempt $attempt: no server yet"
+		sleep 1
+	done
+	tail -n 2 rping-client.log
+	if [ "$connected" != 1 ] || ! wait "$server"; then
+		echo "FAIL: rping to $addr:"
+		cat rping-server.log
+		return 1
+	fi
+}

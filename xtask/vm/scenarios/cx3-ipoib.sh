@@ -6,23 +6,7 @@
 # no-modules
 . /tilde/guest/lib.sh
 
-modprobe mlx4_core
-modprobe mlx4_ib
-modprobe ib_umad
-for i in $(seq 100); do
-	[ -e /sys/class/infiniband/mlx4_0/ports/2 ] && break
-	sleep 0.1
-done
-
-echo "== opensm activates both ports"
-guid=$(awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}' /sys/class/infiniband/mlx4_0/ports/1/gids/0)
-opensm -g "$guid" -f /tmp/opensm.log > opensm.out 2>&1 &
-for i in $(seq 300); do
-	[ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" = 2 ] && break
-	sleep 0.1
-done
-rdma link show | grep mlx4_0
-[ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" = 2 ]
+cx3_active
 
 echo "== ib_ipoib: one interface per port, each in its own namespace"
 modprobe ib_ipoib
@@ -82,60 +66,24 @@ echo "got:  $got"
 [ "$got" = "$expected" ] || { echo "FAIL: the data came back different"; exit 1; }
 ip -n a -s link show ib0
 
-echo "== RC between the ports with rdma-core's mlx4 provider in user space (ibv_rc_pingpong)"
-ibv_rc_pingpong -d mlx4_0 -i 2 -n 200 -c > rc-server.log 2>&1 &
-server=$!
-wait_listening 18515
-ibv_rc_pingpong -d mlx4_0 -i 1 -n 200 -c 127.0.0.1 | tee rc-client.log
-wait "$server"
-grep -q '200 iters in' rc-client.log
+echo "== RC between the ports with rdma-core's mlx4 provider in user space (data checked)"
+port_pair ibv_rc_pingpong -n 200 -c
+grep -q '200 iters in' ibv_rc_pingpong-client.log
 
 echo "== UD between the ports from user space (ibv_ud_pingpong, data checked)"
-ibv_ud_pingpong -d mlx4_0 -i 2 -n 100 -c > ud-server.log 2>&1 &
-server=$!
-wait_listening 18515
-ibv_ud_pingpong -d mlx4_0 -i 1 -n 100 -c 127.0.0.1 | tee ud-client.log
-wait "$server"
-grep -q '100 iters in' ud-client.log
+port_pair ibv_ud_pingpong -n 100 -c
+grep -q '100 iters in' ibv_ud_pingpong-client.log
 
 echo "== perftest: RDMA WRITE bandwidth, RDMA READ latency, atomics"
-perf() {
-	local tool=$1
-	shift
-	"$tool" -d mlx4_0 -i 2 "$@" > "$tool-server.log" 2>&1 &
-	local server=$!
-	wait_listening 18515
-	"$tool" -d mlx4_0 -i 1 "$@" 127.0.0.1 | tee "$tool-client.log"
-	wait "$server"
-}
-perf ib_write_bw -n 200 -s 65536
+port_pair ib_write_bw -n 200 -s 65536
 grep -Eq '^ *65536 +200 ' ib_write_bw-client.log
-perf ib_read_lat -n 200 -s 64
+port_pair ib_read_lat -n 200 -s 64
 grep -Eq '^ *64 +200 ' ib_read_lat-client.log
-perf ib_atomic_bw -n 200
+port_pair ib_atomic_bw -n 200
 grep -Eq '^ *8 +200 ' ib_atomic_bw-client.log
 
 echo "== RDMA CM over the IPoIB addresses (rping, payload verified)"
-ip netns exec b rping -s -a 169.254.77.2 -C 10 -V > rping-server.log 2>&1 &
-server=$!
-# The server listens through RDMA CM, which `ss` does not show: the client retries
-# until it is there.
-connected=0
-for attempt in $(seq 10); do
-	if ip netns exec a rping -c -a 169.254.77.2 -C 10 -V -v > rping-client.log 2>&1; then
-		connected=1
-		break
-	fi
-	echo "rping: attempt $attempt: no server yet"
-	sleep 1
-done
-tail -n 2 rping-client.log
-[ "$connected" = 1 ]
-if ! wait "$server"; then
-	echo "FAIL: the rping server failed:"
-	cat rping-server.log
-	exit 1
-fi
+rping_verified 169.254.77.2 b a
 
 echo "== unload"
 ip netns del a

@@ -7,20 +7,7 @@
 . /tilde/guest/lib.sh
 . /tilde/guest/iser.sh
 
-modprobe mlx4_core
-modprobe mlx4_ib
-modprobe ib_umad
-for i in $(seq 100); do
-	[ -e /sys/class/infiniband/mlx4_0/ports/2 ] && break
-	sleep 0.1
-done
-guid=$(awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}' /sys/class/infiniband/mlx4_0/ports/1/gids/0)
-opensm -g "$guid" -f /tmp/opensm.log > opensm.out 2>&1 &
-for i in $(seq 300); do
-	[ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" = 2 ] && break
-	sleep 0.1
-done
-[ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" = 2 ]
+cx3_active
 modprobe ib_ipoib
 for i in $(seq 100); do
 	[ -e /sys/class/net/ib0 ] && break

@@ -25,22 +25,7 @@ wait "$server"
 grep -q '200 iters in' client.log
 
 echo "== RDMA CM (rping)"
-rping -s -a 10.0.2.15 -C 10 > rping-server.log 2>&1 &
-server=$!
-# The server listens through RDMA CM, which `ss` does not show: the client retries
-# until it is there.
-connected=0
-for attempt in $(seq 10); do
-	if rping -c -a 10.0.2.15 -C 10 -v > rping-client.log 2>&1; then
-		connected=1
-		break
-	fi
-	echo "rping: attempt $attempt: no server yet"
-	sleep 1
-done
-tail -n 2 rping-client.log
-[ "$connected" = 1 ]
-wait "$server"
+rping_verified 10.0.2.15
 
 echo "== rdma link delete rxe0"
 rdma link delete rxe0
