@@ -17,39 +17,67 @@ pub struct GuestMemory {
     memory: Option<GuestMemoryMmap>,
 }
 
+fn invalid(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, what)
+}
+
 impl GuestMemory {
-    /// Maps `size` bytes of `fd` from `offset` at guest address `address`.
+    /// Maps `size` bytes of `fd` from `offset` at guest address `address`. A range that
+    /// does not lie in the file, or overlaps a mapped one, is refused and changes nothing.
     pub fn map(&mut self, address: u64, size: u64, fd: File, offset: u64) -> std::io::Result<()> {
-        let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
-        let size = usize::try_from(size).map_err(|_| invalid(format!("size {size:#x}")))?;
+        // A mapping past the file's end would fault (SIGBUS) on access.
+        let file_len = fd.metadata()?.len();
+        if !offset.is_multiple_of(4096) || offset.checked_add(size).is_none_or(|end| end > file_len)
+        {
+            return Err(invalid(format!(
+                "{address:#x}+{size:#x} at file offset {offset:#x} of a {file_len:#x}-byte file"
+            )));
+        }
+        let len = usize::try_from(size).map_err(|_| invalid(format!("size {size:#x}")))?;
         let region = GuestRegionMmap::from_range(
             GuestAddress(address),
-            size,
+            len,
             Some(FileOffset::new(fd, offset)),
         )
         .map_err(|e| invalid(format!("mapping {address:#x}+{size:#x}: {e:?}")))?;
-        self.regions.retain(|r| r.start_addr().0 != address);
-        self.regions.push(Arc::new(region));
-        self.rebuild()
+        let mut regions: Vec<_> = self
+            .regions
+            .iter()
+            .filter(|r| r.start_addr().0 != address)
+            .cloned()
+            .collect();
+        regions.push(Arc::new(region));
+        self.rebuild(regions)
     }
 
-    /// Unmaps the range starting at `address`.
-    pub fn unmap(&mut self, address: u64, _size: u64) {
-        self.regions.retain(|r| r.start_addr().0 != address);
-        let _ = self.rebuild();
+    /// Unmaps every region that meets `[address, address + size)`.
+    pub fn unmap(&mut self, address: u64, size: u64) {
+        let end = address.saturating_add(size);
+        let regions: Vec<_> = self
+            .regions
+            .iter()
+            .filter(|r| {
+                let start = r.start_addr().0;
+                start.saturating_add(r.len()) <= address || start >= end
+            })
+            .cloned()
+            .collect();
+        let _ = self.rebuild(regions);
     }
 
-    fn rebuild(&mut self) -> std::io::Result<()> {
-        self.regions.sort_by_key(|r| r.start_addr().0);
-        self.memory = if self.regions.is_empty() {
+    /// Makes `regions` the mapped set, if they form a valid one (no overlaps).
+    fn rebuild(&mut self, mut regions: Vec<Arc<GuestRegionMmap>>) -> std::io::Result<()> {
+        regions.sort_by_key(|r| r.start_addr().0);
+        let memory = if regions.is_empty() {
             None
         } else {
             Some(
-                GuestMemoryMmap::from_arc_regions(self.regions.clone()).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e:?}"))
-                })?,
+                GuestMemoryMmap::from_arc_regions(regions.clone())
+                    .map_err(|e| invalid(format!("{e:?}")))?,
             )
         };
+        self.regions = regions;
+        self.memory = memory;
         Ok(())
     }
 }

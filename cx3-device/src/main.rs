@@ -51,6 +51,10 @@ struct Log {
     errors: u64,
 }
 
+/// Error lines written before the rest are only counted (a driver that repeats a mistake
+/// on every access would fill the disk).
+const LOGGED_ERRORS: u64 = 1000;
+
 impl Log {
     fn line(&mut self, line: &str) {
         let _ = writeln!(self.out, "{line}");
@@ -59,7 +63,12 @@ impl Log {
 
     fn error(&mut self, line: &str) {
         self.errors += 1;
-        self.line(&format!("error: {line}"));
+        if self.errors <= LOGGED_ERRORS {
+            self.line(&format!("error: {line}"));
+        }
+        if self.errors == LOGGED_ERRORS + 1 {
+            self.line("error: more errors follow; only their count is logged");
+        }
     }
 }
 
@@ -165,11 +174,15 @@ impl Cx3 {
     }
 
     fn interrupt(&mut self, vector: u16) {
-        let fd = self
-            .msix
-            .get_mut(usize::from(vector))
-            .and_then(Option::as_mut)
-            .or(self.intx.as_mut());
+        // MSI-X when the driver enabled it (QEMU handed over its vectors); INTx only when
+        // it did not.
+        let fd = if self.msix.is_empty() {
+            self.intx.as_mut()
+        } else {
+            self.msix
+                .get_mut(usize::from(vector))
+                .and_then(Option::as_mut)
+        };
         match fd {
             Some(fd) => {
                 if let Err(e) = fd.write_all(&1u64.to_ne_bytes()) {
@@ -372,11 +385,17 @@ impl ServerBackend for Cx3 {
             VFIO_PCI_MSIX_IRQ_INDEX if trigger => {
                 // No vector beyond those the device offers (QEMU sizes its table from
                 // the same count).
-                let vectors = usize::from(pci::MSIX_VECTORS);
+                let vectors = usize::from(hw_mlx4::model::hca::layout::MSIX_VECTORS);
                 let start = (start as usize).min(vectors);
                 let end = start.saturating_add(count as usize).min(vectors);
                 if self.msix.len() < end {
                     self.msix.resize_with(end, || None);
+                }
+                if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && fds.len() != end - start {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{} eventfds for {} vectors", fds.len(), end - start),
+                    ));
                 }
                 if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
                     let mut fds = fds.into_iter();
@@ -388,11 +407,11 @@ impl ServerBackend for Cx3 {
                 }
             }
             VFIO_PCI_INTX_IRQ_INDEX if trigger => {
-                self.intx = if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
-                    fds.into_iter().next()
-                } else {
-                    None
-                };
+                if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
+                    self.intx = fds.into_iter().next();
+                } else if flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 0 {
+                    self.intx = None;
+                }
             }
             _ => {}
         }

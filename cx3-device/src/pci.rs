@@ -22,8 +22,8 @@ pub const CONFIG_SIZE: usize = 4096;
 pub const BAR0_SIZE: u64 = 1 << 20;
 /// BAR2: UAR pages (doorbells) in the first half, BlueFlame registers in the second.
 pub const BAR2_SIZE: u64 = 8 << 20;
-/// MSI-X vectors the device offers.
-pub const MSIX_VECTORS: u16 = 64;
+/// MSI-X vectors the device offers (the HCA checks its EQs' vectors against the same).
+pub const MSIX_VECTORS: u16 = hw_mlx4::model::hca::layout::MSIX_VECTORS;
 /// Offset of the MSI-X table in BAR0.
 pub const MSIX_TABLE_OFFSET: u32 = 0x7_c000;
 /// Offset of the MSI-X pending-bit array in BAR0.

@@ -80,6 +80,7 @@ pub mod caps {
 pub(super) struct InitHcaParams {
     pub log_num_qps: u8,
     pub log_num_cqs: u8,
+    pub log_num_srqs: u8,
     pub log_num_eqs: u8,
     pub log_mpt_sz: u8,
     /// The MTT table's ICM address: MTT offsets in contexts are relative to it.
@@ -114,6 +115,20 @@ impl QpStateKind {
             Self::Sqd => 5,
             Self::Error => 6,
         }
+    }
+}
+
+/// The most VPM entries MAP_FA and MAP_ICM_AUX may hand over, and ICM chunks MAP_ICM
+/// may map, in all.
+const MAX_VPM_ENTRIES: usize = 4096;
+const MAX_ICM_CHUNKS: usize = 1 << 16;
+
+impl Hca {
+    fn fw_pages(&self) -> u64 {
+        self.fw_area
+            .iter()
+            .map(|e| 1u64.checked_shl(e.log_pages).unwrap_or(u64::MAX))
+            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -190,8 +205,14 @@ impl Hca {
             opcode::MAP_FA => {
                 self.need(&[Reset, FwMapped], cmd.opcode)?;
                 let entries = self.vpm(dma, cmd)?;
+                if self.fw_area.len() + entries.len() > MAX_VPM_ENTRIES {
+                    return Err((
+                        CmdStatus::ExceedsLimit,
+                        "more firmware area than the device needs".into(),
+                    ));
+                }
                 self.fw_area.extend(entries);
-                let pages: u64 = self.fw_area.iter().map(|e| 1u64 << e.log_pages).sum();
+                let pages = self.fw_pages();
                 if pages >= u64::from(caps::FW_PAGES) {
                     self.fw = FwMapped;
                 }
@@ -200,10 +221,10 @@ impl Hca {
             opcode::RUN_FW => {
                 self.need(&[FwMapped], cmd.opcode)?;
                 self.fw = Running;
-                let pages: u64 = self.fw_area.iter().map(|e| 1u64 << e.log_pages).sum();
+                let pages = self.fw_pages();
                 self.info(format!(
                     "firmware running ({} KiB firmware area)",
-                    pages * 4
+                    pages.saturating_mul(4)
                 ));
                 Ok(None)
             }
@@ -274,6 +295,12 @@ impl Hca {
             opcode::MAP_ICM_AUX => {
                 self.need(&running, cmd.opcode)?;
                 let entries = self.vpm(dma, cmd)?;
+                if self.icm_aux.len() + entries.len() > MAX_VPM_ENTRIES {
+                    return Err((
+                        CmdStatus::ExceedsLimit,
+                        "more auxiliary ICM than SET_ICM_SIZE asked for".into(),
+                    ));
+                }
                 self.icm_aux.extend(entries);
                 Ok(None)
             }
@@ -285,6 +312,12 @@ impl Hca {
             opcode::MAP_ICM => {
                 self.need(&running, cmd.opcode)?;
                 let entries = self.vpm(dma, cmd)?;
+                if self.icm.chunks() + entries.len() > MAX_ICM_CHUNKS {
+                    return Err((
+                        CmdStatus::ExceedsLimit,
+                        "more ICM chunks than the device tracks".into(),
+                    ));
+                }
                 for entry in &entries {
                     self.icm.map(entry).map_err(|e| {
                         (
@@ -327,6 +360,7 @@ impl Hca {
                 let params = InitHcaParams {
                     log_num_qps: m.u8(init_hca::LOG_QP) & 0x1f,
                     log_num_cqs: m.u8(init_hca::LOG_CQ) & 0x1f,
+                    log_num_srqs: m.u8(init_hca::LOG_SRQ) & 0x1f,
                     log_num_eqs: m.u8(init_hca::LOG_EQ) & 0x1f,
                     log_mpt_sz: m.u8(init_hca::LOG_MPT_SZ) & 0x3f,
                     mtt_base: m.u64(init_hca::MTT_BASE),
@@ -334,13 +368,16 @@ impl Hca {
                     log_mc_hash_sz: m.u8(init_hca::LOG_MC_HASH_SZ) & 0x1f,
                     log_mc_table_sz: m.u8(init_hca::LOG_MC_TABLE_SZ) & 0x1f,
                 };
-                if params.log_num_qps > 24
-                    || params.log_num_cqs > 24
+                // mlx4_core sizes its profile itself (2^18 QPs, 2^19 MPTs on a small guest),
+                // beyond what QUERY_DEV_CAP offers; the device takes up to these.
+                if params.log_num_qps > 20
+                    || params.log_num_cqs > 20
+                    || params.log_num_srqs > 20
                     || params.log_num_eqs > 10
-                    || params.log_mpt_sz > 24
+                    || params.log_mpt_sz > 22
                     || params.log_mc_entry_sz > 12
-                    || params.log_mc_hash_sz > 20
-                    || params.log_mc_table_sz > 20
+                    || params.log_mc_hash_sz > 16
+                    || params.log_mc_table_sz > 16
                 {
                     return Err((
                         CmdStatus::ExceedsLimit,
@@ -367,6 +404,11 @@ impl Hca {
                 self.cq_states.clear();
                 self.mcg.clear();
                 self.qps.clear();
+                // The ports close with the HCA: a new INIT_HCA starts them over.
+                self.sma = super::Sma::new();
+                self.ports_up = [false; 2];
+                self.special_qp_base = None;
+                self.cq_doorbell_high = None;
                 self.mpts.clear();
                 self.srqs.clear();
                 // ICM stays mapped: the driver unmaps it after CLOSE_HCA.
@@ -461,6 +503,12 @@ impl Hca {
                 self.need(&[Initialized], cmd.opcode)?;
                 let inbox = self.read_in(dma, cmd)?;
                 let index = cmd.in_modifier & 0x00ff_ffff;
+                let init = self.init.unwrap_or_default();
+                if cmd.opcode == opcode::SW2HW_MPT {
+                    self.check_index("MPT", index, init.log_mpt_sz)?;
+                } else {
+                    self.check_index("SRQ", index, init.log_num_srqs)?;
+                }
                 let table = match cmd.opcode {
                     opcode::SW2HW_MPT => &mut self.mpts,
                     _ => &mut self.srqs,
@@ -729,6 +777,18 @@ impl Hca {
                 format!("EQ {eqn} of 2^{log_size} entries"),
             ));
         }
+        if m.u16(eq_context::PAGE_OFFSET) != 0 {
+            return Err((
+                CmdStatus::BadParam,
+                format!("EQ {eqn} starts inside its first page"),
+            ));
+        }
+        if u16::from(m.u8(eq_context::INTR)) >= super::layout::MSIX_VECTORS {
+            return Err((
+                CmdStatus::BadParam,
+                format!("EQ {eqn} on MSI-X vector {}", m.u8(eq_context::INTR)),
+            ));
+        }
         let eq = EventQueue {
             log_size,
             intr: u16::from(m.u8(eq_context::INTR)),
@@ -820,6 +880,13 @@ impl Hca {
                 context: merged,
             },
         );
+        if to == Error {
+            // Every WQE the QP holds completes as a flush (what `ib_drain_qp` waits for).
+            self.enter_error(dma, qpn);
+        } else if to == Rts {
+            // WQEs posted before RTS go out now.
+            self.send_doorbell(dma, qpn);
+        }
         Ok(())
     }
 }
@@ -836,7 +903,9 @@ impl Hca {
             if count >> 30 != 0 || entry.get(16..32) != Some(&mgid[..]) {
                 continue;
             }
-            for i in 0..(count & 0x00ff_ffff) as usize {
+            // No more members than the entry holds (or a group may have).
+            let holds = (entry.len().saturating_sub(32) / 4).min(1 << caps::LOG_MAX_QP_MCG);
+            for i in 0..((count & 0x00ff_ffff) as usize).min(holds) {
                 members.push(m.u32(32 + 4 * i) & 0x00ff_ffff);
             }
         }

@@ -51,6 +51,7 @@ mod qpc {
     pub const CQN_RECV: usize = 0x9c;
     pub const DB_REC_ADDR: usize = 0xa0;
     pub const QKEY: usize = 0xa8;
+    pub const SRQN: usize = 0xac;
     pub const LOG_PAGE_SIZE: usize = 0xc8;
     pub const MTT_BASE_ADDR_H: usize = 0xcb;
     pub const MTT_BASE_ADDR_L: usize = 0xcc;
@@ -162,7 +163,9 @@ impl QpQueues {
         let log_rq_stride = u32::from(rq & 7) + 4;
         let log_sq_entries = u32::from((sq >> 3) & 0xf);
         let log_sq_stride = u32::from(sq & 7) + 4;
-        let has_rq = rq != 0;
+        // A QP without a receive queue of its own takes its receives from an SRQ
+        // (`srqn` bit 24); every other QP has one of at least one WQE.
+        let has_rq = m.u32(qpc::SRQN) & (1 << 24) == 0;
         let rq_bytes = if has_rq {
             1u64 << (log_rq_entries + log_rq_stride)
         } else {
@@ -300,9 +303,11 @@ pub(super) enum SendOutcome {
 /// Device timer ticks per RNR retry (the retry count's unit, about 10 ms at 1 ms ticks).
 const RNR_TICKS_PER_RETRY: u32 = 10;
 
-/// The largest queue a context may describe (a ConnectX-3's CQ of 2^22 64-byte
+/// The largest queue a context may describe (a ConnectX-3's CQ of 2^22 32-byte
 /// entries); more is a driver mistake, refused before the device walks it.
-const MAX_QUEUE_BYTES: u64 = 256 << 20;
+const MAX_QUEUE_BYTES: u64 = 128 << 20;
+/// The largest payload of a datagram (the ports' MTU).
+const MAX_DATAGRAM: usize = 4096;
 /// The most one message may gather (a WQE's gather list could name up to 2^31 bytes per
 /// entry; the device refuses rather than buffers that).
 pub(super) const MAX_MESSAGE: usize = 16 << 20;
@@ -485,6 +490,14 @@ impl Hca {
             let owner = wqe.first().copied().unwrap_or(0) & 0x80 != 0;
             if owner != (index & entries != 0) {
                 break;
+            }
+            let state = self.qps.get(&qpn).map(|qp| qp.state);
+            if !matches!(
+                state,
+                Some(super::commands::QpStateKind::Rts | super::commands::QpStateKind::Error)
+            ) {
+                // Only RTS sends (and a QP in error flushes); the WQEs wait for RTS.
+                return;
             }
             if self.qp_in_error(qpn) {
                 // A QP in error flushes what it is handed.
@@ -696,6 +709,9 @@ impl Hca {
         let Ok(payload) = self.gather_segments(dma, wqe, 64, size) else {
             return Ok(SendOutcome::Failed(Syndrome::LocalProtErr));
         };
+        if payload.len() > MAX_DATAGRAM {
+            return Ok(SendOutcome::Failed(Syndrome::LocalLengthErr));
+        }
         let port = queues.port;
         let av = seg.av;
         let flow = av.sl_tclass_flowlabel.get();
@@ -910,9 +926,12 @@ impl Hca {
                 (done, 0)
             };
             if take > skip {
-                if let Err(e) =
-                    self.scatter(dma, key, addr + skip as u64, &message[from..done + take])
-                {
+                if let Err(e) = self.scatter(
+                    dma,
+                    key,
+                    addr.wrapping_add(skip as u64),
+                    &message[from..done + take],
+                ) {
                     self.driver_error(format!("QP {qpn:#x} receive WQE {index}: {e}"));
                     return false;
                 }
@@ -1079,21 +1098,20 @@ impl Hca {
             .checked_mul(entry_size)
             .filter(|&t| t <= MAX_QUEUE_BYTES)
             .ok_or_else(|| format!("a queue of {entries} entries of {entry_size} bytes"))?;
-        let mut image = vec![0u8; page.min(total) as usize];
-        for owner in image
-            .iter_mut()
-            .skip(entry_size as usize - 1)
-            .step_by(entry_size as usize)
-        {
+        // One 4 KiB image of owned entries, written over every page piece by piece.
+        const PIECE: u64 = 4096;
+        let mut image = [0u8; PIECE as usize];
+        let step = usize::try_from(entry_size).unwrap_or(usize::MAX).max(1);
+        for owner in image.iter_mut().skip(step - 1).step_by(step) {
             *owner = cqe::OWNER;
         }
         let mut offset = 0;
         while offset < total {
+            let len = (total - offset).min(PIECE.min(page));
             let address = self.buffer_address(dma, mtt_offset, log_page_size, offset)?;
-            let len = (total - offset).min(page) as usize;
-            dma.write(address, &image[..len])
+            dma.write(address, &image[..len as usize])
                 .map_err(|f| format!("queue page at {:#x} outside mapped memory", f.address))?;
-            offset += page;
+            offset += len;
         }
         Ok(())
     }

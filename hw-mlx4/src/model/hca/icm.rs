@@ -96,9 +96,16 @@ impl IcmMap {
         (offset < size).then(|| (phys + offset, size - offset))
     }
 
+    /// Chunks mapped.
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// Mapped bytes in all.
     pub fn mapped_bytes(&self) -> u64 {
-        self.chunks.values().map(|&(_, size)| size).sum()
+        self.chunks
+            .values()
+            .fold(0u64, |sum, &(_, size)| sum.saturating_add(size))
     }
 
     /// Forgets every mapping.

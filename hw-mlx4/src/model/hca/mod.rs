@@ -65,6 +65,8 @@ pub mod layout {
     pub const CATAS_WORDS: u32 = 0x10;
     /// The clear-interrupt register (INTx deassert; 64 bits).
     pub const CLR_INT_OFFSET: u64 = 0x8_0700;
+    /// MSI-X vectors the device offers (the PCI capability's table size).
+    pub const MSIX_VECTORS: u16 = 64;
     /// The UAR page size the device uses (4 KiB, `1 << uar_page_shift`).
     pub const UAR_PAGE_SHIFT: u32 = 12;
 }
@@ -246,7 +248,9 @@ impl Hca {
             // The first reader takes ownership and reads 0; later readers read 1 until the
             // owner writes 0 back (`mlx4_get_ownership`).
             if self.owned {
-                data[data.len() - 1] = 1;
+                if let Some(last) = data.last_mut() {
+                    *last = 1;
+                }
             }
             self.owned = true;
         } else if within(offset, data.len(), RESET_BASE + RESET_SEMAPHORE_OFFSET, 4).is_some() {
@@ -302,7 +306,10 @@ impl Hca {
         let page = offset >> layout::UAR_PAGE_SHIFT;
         let in_page = offset & ((1 << layout::UAR_PAGE_SHIFT) - 1);
         let eq_doorbells = UAR_EQ_DOORBELL as u64..UAR_EQ_DOORBELL as u64 + 32;
-        if eq_doorbells.contains(&in_page) && data.len() == 4 {
+        if eq_doorbells.contains(&in_page)
+            && (in_page - UAR_EQ_DOORBELL as u64).is_multiple_of(8)
+            && data.len() == 4
+        {
             let eqn = (page * 4 + (in_page - UAR_EQ_DOORBELL as u64) / 8) as u32;
             let value = be32(data).unwrap_or(0);
             self.eq_doorbell(eqn, value & 0x00ff_ffff, value & (1 << 31) != 0);

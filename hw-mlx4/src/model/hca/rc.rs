@@ -53,6 +53,9 @@ mod qp_access {
 
 use super::datapath::MAX_MESSAGE;
 
+/// The most pages one fast registration may name (`MLX4_MAX_FAST_REG_PAGES`).
+const MAX_FAST_REG_PAGES: u64 = 511;
+
 /// A local gather or scatter entry: length, key, address.
 type Sge = (usize, u32, u64);
 
@@ -209,7 +212,8 @@ impl Hca {
         (from..size.saturating_sub(15))
             .step_by(16)
             .map(|at| (m.u32(at) as usize, m.u32(at + 4), m.u64(at + 8)))
-            .filter(|&(len, key, _)| key != super::datapath::INVALID_LKEY || len != 0)
+            // The list ends at the first entry with the invalid key (`MLX4_INVALID_LKEY`).
+            .take_while(|&(_, key, _)| key != super::datapath::INVALID_LKEY)
             .collect()
     }
 
@@ -558,16 +562,21 @@ impl Hca {
             .ok_or(Syndrome::LocalQpOpErr)?
             >> page_shift;
         // No more pages than the MPT's MTT range holds (`mtt_sz`).
-        if pages > u64::from(e.u32(0x34)) {
+        // ... nor than a fast registration may name (`MLX4_MAX_FAST_REG_PAGES`).
+        if pages > u64::from(e.u32(0x34)) || pages > MAX_FAST_REG_PAGES {
             return Err(Syndrome::LocalQpOpErr);
         }
         let mtt_offset = e.u64(0x2c);
         let mtt_base = init.mtt_base;
         for i in 0..pages {
             let mut raw = [0u8; 8];
-            dma.read(list + 8 * i, &mut raw)
+            let entry = list.checked_add(8 * i).ok_or(Syndrome::LocalProtErr)?;
+            dma.read(entry, &mut raw)
                 .map_err(|_| Syndrome::LocalProtErr)?;
-            let virt = mtt_base + mtt_offset + 8 * i;
+            let virt = mtt_base
+                .checked_add(mtt_offset)
+                .and_then(|v| v.checked_add(8 * i))
+                .ok_or(Syndrome::LocalQpOpErr)?;
             let (phys, _) = self.icm.translate(virt).ok_or(Syndrome::LocalQpOpErr)?;
             dma.write(phys, &raw).map_err(|_| Syndrome::LocalQpOpErr)?;
         }
@@ -653,7 +662,15 @@ impl Hca {
         let sges = Self::sges(&wqe, 0, wqe.len());
         if let Err(syndrome) = self.scatter_list(dma, &sges, data) {
             self.error_cqe(dma, rqpn, responder.cqn_recv, index, syndrome, false);
-            self.enter_error(dma, rqpn);
+            if rqpn == requester {
+                // A QP connected to itself: its send queue is flushed once the
+                // requester's failed WQE is retired.
+                if let Some(qp) = self.qps.get_mut(&rqpn) {
+                    qp.state = QpStateKind::Error;
+                }
+            } else {
+                self.enter_error(dma, rqpn);
+            }
             return Err(());
         }
         let mut c = [0u8; 32];

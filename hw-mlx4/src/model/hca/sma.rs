@@ -137,7 +137,7 @@ impl Port {
             neighbor_mtu: 5,
             oper_vls: 4,
             subnet_timeout: 0,
-            capability_mask: 0,
+            capability_mask: DEFAULT_CAPABILITY_MASK,
             counters: PortCounters::default(),
             pkeys,
         }
@@ -173,6 +173,13 @@ pub struct Sma {
     ports: [Port; 2],
     events: Vec<PortEvent>,
 }
+
+/// PortInfo:CapabilityMask until the driver sets its own with SET_PORT (mlx4_core reads
+/// this one first, `mlx4_get_port_ib_caps`): IsTrapSupported, IsAutomaticMigration,
+/// IsSLMappingSupported, IsSystemImageGUIDSupported, IsCommunicationManagement,
+/// IsVendorClass, IsCapabilityMaskNotice, IsClientReregistration.
+const DEFAULT_CAPABILITY_MASK: u32 =
+    (1 << 3) | (1 << 4) | (1 << 6) | (1 << 11) | (1 << 16) | (1 << 19) | (1 << 22) | (1 << 25);
 
 /// Node description (NodeDescription, 64 bytes).
 const NODE_DESCRIPTION: &[u8] = b"tilde emulated ConnectX-3";
@@ -318,9 +325,11 @@ impl Sma {
             return Ok(());
         }
         if class != mad::CLASS_SUBN_LID_ROUTED && class != mad::CLASS_SUBN_DIRECTED_ROUTE {
-            return Err(format!(
-                "MAD_IFC: class {class:#x}: the firmware has the SMA and the PMA only"
-            ));
+            // Vendor and congestion management classes, which mlx4_ib forwards too:
+            // the firmware has no agent for them (MAD status: unsupported class).
+            reply[mad::METHOD] = method::GET_RESP;
+            reply[mad::STATUS..mad::STATUS + 2].copy_from_slice(&0x0008u16.to_be_bytes());
+            return Ok(());
         }
         let method = request[mad::METHOD];
         let attr = u16::from_be_bytes([request[mad::ATTR_ID], request[mad::ATTR_ID + 1]]);
@@ -461,18 +470,7 @@ impl Sma {
         data[p::GID_PREFIX..p::GID_PREFIX + 8].copy_from_slice(&port.gid_prefix.to_be_bytes());
         data[p::LID..p::LID + 2].copy_from_slice(&port.lid.to_be_bytes());
         data[p::SM_LID..p::SM_LID + 2].copy_from_slice(&port.sm_lid.to_be_bytes());
-        // IsSM? no. IsTrapSupported | IsAutomaticMigrationSupported | IsSLMappingSupported
-        // | IsSystemImageGUIDsupported | IsCommunicationManagementSupported
-        // | IsVendorClassSupported | IsCapabilityMaskNoticeSupported | IsClientReregistrationSupported
-        let cap_mask: u32 = (1 << 3)
-            | (1 << 4)
-            | (1 << 6)
-            | (1 << 11)
-            | (1 << 16)
-            | (1 << 19)
-            | (1 << 22)
-            | (1 << 25);
-        data[p::CAP_MASK..p::CAP_MASK + 4].copy_from_slice(&cap_mask.to_be_bytes());
+        data[p::CAP_MASK..p::CAP_MASK + 4].copy_from_slice(&port.capability_mask.to_be_bytes());
         data[p::LOCAL_PORT] = index as u8 + 1;
         data[p::WIDTH_ENABLED] = 3;
         data[p::WIDTH_SUPPORTED] = 3;
