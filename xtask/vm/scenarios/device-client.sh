@@ -15,10 +15,10 @@ expect_dmesg 'tilde_core: rxe0: added: node_guid [0-9a-f]{4}(:[0-9a-f]{4}){3} po
 expect_dmesg 'tilde_core: rxe0: port 1: link_layer Ethernet state (ACTIVE|DOWN)'
 
 echo "== RC traffic over rxe0 with tilde_core loaded"
-ibv_rc_pingpong -d rxe0 -g 1 -n 1000 > server.log 2>&1 &
+ibv_rc_pingpong -d rxe0 -g 1 -n 1000 -c > server.log 2>&1 &
 server=$!
 wait_listening 18515
-ibv_rc_pingpong -d rxe0 -g 1 -n 1000 127.0.0.1 | tee client.log
+ibv_rc_pingpong -d rxe0 -g 1 -n 1000 -c 127.0.0.1 | tee client.log
 wait "$server"
 cat server.log
 grep -q '1000 iters in' client.log
