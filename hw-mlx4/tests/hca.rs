@@ -598,6 +598,114 @@ mod rc {
         assert_eq!(cqe(&d, 7).3, 0x05, "flushed");
         assert!(d.errors().is_empty());
     }
+
+    #[test]
+    fn write_with_immediate_reports_the_length_and_atomics_are_big_endian() {
+        let mut d = setup();
+        let pattern: Vec<u8> = (0..200u32).map(|i| (i * 5 + 1) as u8).collect();
+        d.memory.put(DATA, &pattern);
+
+        // RDMA WRITE with immediate: the data goes by the R_Key, and the receive it
+        // consumes reports the message's length (IBA 11.4.2.1, mlx4's byte_cnt).
+        post_recv(&d, 0, DATA + 0x1000, 16);
+        post_send(&mut d, 0, 0x09, Some((DATA + 0x2000, KEY)), DATA, 200);
+        assert_eq!(d.memory.get(DATA + 0x2000, 200), pattern);
+        assert_eq!(
+            cqe(&d, 0),
+            (QP_B, 200, 0x00, 0),
+            "RDMA_WRITE_IMM, 200 bytes"
+        );
+        assert_eq!(
+            d.memory.get(DATA + 0x1000, 16),
+            [0; 16],
+            "no data in the receive"
+        );
+
+        // A ConnectX-3 operates on remote memory as a big-endian 64-bit value and
+        // returns its old bytes as they were (ConnectX-4 added a host-endian mode).
+        let target = DATA + 0x3000;
+        d.memory.put(target, &40u64.to_be_bytes());
+        let atomic = |d: &mut Driver, index: u32, opcode: u8, swap_add: u64, compare: u64| {
+            let mut wqe = [0u8; 64];
+            wqe[3] = opcode;
+            wqe[7] = 4;
+            wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+            wqe[16..24].copy_from_slice(&target.to_be_bytes());
+            wqe[24..28].copy_from_slice(&KEY.to_be_bytes());
+            wqe[32..40].copy_from_slice(&swap_add.to_be_bytes());
+            wqe[40..48].copy_from_slice(&compare.to_be_bytes());
+            wqe[48..52].copy_from_slice(&8u32.to_be_bytes());
+            wqe[52..56].copy_from_slice(&KEY.to_be_bytes());
+            wqe[56..64].copy_from_slice(&(DATA + 0x4000).to_be_bytes());
+            d.memory.put(QP_PAGE[0] + 64 * u64::from(index), &wqe);
+            d.hca
+                .bar2_write(&d.memory, 4096 + 0x14, &(QP_A << 8).to_be_bytes());
+            u64::from_be_bytes(d.memory.get(DATA + 0x4000, 8).try_into().unwrap())
+        };
+        assert_eq!(
+            atomic(&mut d, 1, 0x12, 2, 0),
+            40,
+            "fetch-and-add returns 40"
+        );
+        assert_eq!(d.memory.get(target, 8), 42u64.to_be_bytes());
+        assert_eq!(
+            atomic(&mut d, 2, 0x11, 99, 7),
+            42,
+            "a missed compare returns 42"
+        );
+        assert_eq!(
+            d.memory.get(target, 8),
+            42u64.to_be_bytes(),
+            "and writes nothing"
+        );
+        assert_eq!(atomic(&mut d, 3, 0x11, 99, 42), 42);
+        assert_eq!(d.memory.get(target, 8), 99u64.to_be_bytes());
+        assert!(d.errors().is_empty());
+    }
+
+    #[test]
+    fn a_resized_cq_ends_its_old_buffer_with_a_resize_cqe_and_goes_on_in_the_new() {
+        let mut d = setup();
+        d.memory.put(DATA, &[7; 16]);
+        post_recv(&d, 0, DATA + 0x1000, 64);
+        post_send(&mut d, 0, 0x0a, None, DATA, 16);
+        // Two completions outstanding (the receive, the send): a resize to 2 entries
+        // cannot hold them, and changes nothing.
+        const NEW_PAGE: u64 = BASE + 0x54_0000;
+        mtt(&d, 11, NEW_PAGE);
+        let resize = |d: &mut Driver, log_size: u32| {
+            let mut cq = vec![0u8; 256];
+            cq[0x0c..0x10].copy_from_slice(&(log_size << 24).to_be_bytes());
+            cq[0x1c..0x20].copy_from_slice(&(11u32 * 8).to_be_bytes());
+            d.memory.put(INBOX, &cq);
+            d.command(opcode::MODIFY_CQ, 0, CQN, INBOX, 0, false).0
+        };
+        assert_ne!(resize(&mut d, 1), 0, "2 entries for 2 outstanding");
+        assert_eq!(d.memory.get(CQ_PAGE + 32 * 2 + 31, 1), [0x80], "untouched");
+        d.errors();
+
+        // To 128 entries: the RESIZE CQE at index 2 of the old buffer (the driver's to
+        // read: owner bit clear on the first lap), no event; the new buffer owned by the
+        // device from index 3 on: positions 3..128 for the first lap (owner bit set),
+        // 0..3 for indices 128..131 of the second (owner bit clear).
+        assert_eq!(resize(&mut d, 7), 0);
+        assert_eq!(d.memory.get(CQ_PAGE + 32 * 2 + 31, 1), [0x16]);
+        for (position, owner) in [(0u64, 0), (2, 0), (3, 0x80), (127, 0x80)] {
+            assert_eq!(
+                d.memory.get(NEW_PAGE + 32 * position + 31, 1),
+                [owner],
+                "new CQE {position} is the device's"
+            );
+        }
+        // The next completion: index 3, in the new buffer, the driver's.
+        post_recv(&d, 1, DATA + 0x1000, 64);
+        post_send(&mut d, 1, 0x0a, None, DATA, 16);
+        let c = d.memory.get(NEW_PAGE + 32 * 3, 32);
+        assert_eq!(u32::from_be_bytes(c[0..4].try_into().unwrap()), QP_B);
+        assert_eq!(c[31], 0x01, "a receive, owner bit clear");
+        assert_eq!(d.memory.get(CQ_PAGE + 32 * 3 + 31, 1), [0x80], "not the old buffer");
+        assert!(d.errors().is_empty());
+    }
 }
 
 /// Fast registration and invalidation: what FRWR users (iSER, NFS/RDMA) post.

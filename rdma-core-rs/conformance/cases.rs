@@ -17,8 +17,8 @@ use crate::api::{
     QueuePair, Rejected, Result, ReturnedWr, UdDest, EINVAL,
 };
 use rdma_core::verbs::{
-    AtomicOp, Gid, InitAttr, Mtu, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp, WcOpcode,
-    WcStatus,
+    AddressVector, AtomicOp, Gid, InitAttr, Mtu, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp,
+    WcOpcode, WcStatus,
 };
 
 /// Why a case failed.
@@ -65,24 +65,41 @@ pub(crate) fn check(condition: bool, what: &'static str) -> CaseResult {
     }
 }
 
-/// What every case needs: the port under test, its GID, a PD and a direct CQ.
+/// What every case needs: the port under test, its GID, the paths from the port to
+/// itself, a PD and a direct CQ.
 pub(crate) struct Rig {
     pub(crate) device: DeviceRef,
     pub(crate) port: u32,
     pub(crate) gid: Gid,
+    /// The path RC QPs take to each other: by LID on InfiniBand, a GRH and MAC on RoCE.
+    pub(crate) path: AddressVector,
+    /// The path of UD sends, always with a GRH (the cases check the receiver sees it).
+    pub(crate) ud_path: AddressVector,
+    /// The IPv4 address RDMA CM connects to when the GID table has none: an InfiniBand
+    /// port's IPoIB address.
+    pub(crate) cm_ipv4: Option<Ipv4Addr>,
     pub(crate) pd: Arc<ProtectionDomain>,
     pub(crate) cq: Arc<CompletionQueue>,
 }
 
-pub(crate) fn setup(device: &Device) -> Result<Rig> {
+/// The rig on `device`'s first port. Fails with `EINVAL` if the port has no path to
+/// itself (an InfiniBand port no subnet manager has given a LID, a RoCE port whose GID 0
+/// is not link-local).
+pub(crate) fn setup(device: &Device, cm_ipv4: Option<Ipv4Addr>) -> Result<Rig> {
     let port = *device.ports().start();
+    let attr = device.query_port(port)?;
     let gid = device.query_gid(port, 0)?;
+    let path = AddressVector::to_self(&attr, gid, false).ok_or(EINVAL)?;
+    let ud_path = AddressVector::to_self(&attr, gid, true).ok_or(EINVAL)?;
     let pd = ProtectionDomain::new(device)?;
     let cq = CompletionQueue::new(device, 256, PollContext::Direct)?;
     Ok(Rig {
         device: device.to_ref()?,
         port,
         gid,
+        path,
+        ud_path,
+        cm_ipv4,
         pd,
         cq,
     })
@@ -211,7 +228,7 @@ pub(crate) const CAPS: QpCaps = QpCaps {
 /// RNR retries that never give up (the IB encoding of "infinite").
 pub(crate) const RNR_FOREVER: u8 = 7;
 
-/// Brings `qp` to RTS towards `peer` over the rig's port and GID (loopback).
+/// Brings `qp` to RTS towards `peer` over the rig's path to itself (loopback).
 pub(crate) fn connect(rig: &Rig, qp: &QueuePair, peer: u32, rnr_retry: u8) -> Result {
     let all = RemoteAccess::READ | RemoteAccess::WRITE | RemoteAccess::ATOMIC;
     qp.modify_to_init(&InitAttr {
@@ -227,10 +244,7 @@ pub(crate) fn connect(rig: &Rig, qp: &QueuePair, peer: u32, rnr_retry: u8) -> Re
         max_dest_rd_atomic: 1,
         // 0.64 ms (IB encoding 12): RNR waits stay short under TCG.
         min_rnr_timer: 12,
-        sgid_index: 0,
-        dgid: rig.gid,
-        hop_limit: 64,
-        dmac: rig.gid.link_local_mac().ok_or(EINVAL)?,
+        av: rig.path,
     })?;
     qp.modify_to_rts(&RtsAttr {
         sq_psn: 0,
@@ -703,10 +717,33 @@ fn atomic(
     read_u64(buffer_of(&done)?, 0)
 }
 
+/// Which byte order a device's atomics read remote memory in: the verbs leave it to the
+/// device (rxe uses the CPU's; a ConnectX-3 treats the 8 bytes as big-endian, as the IB
+/// wire does, and ConnectX-4 made host order an option). The results a requester gets
+/// back are the memory's old bytes, in the same order.
+#[derive(Clone, Copy)]
+enum AtomicOrder {
+    Cpu,
+    BigEndian,
+}
+
+impl AtomicOrder {
+    /// The value of 8 bytes of memory (read in the CPU's order) as the device sees them.
+    fn value(self, ne: u64) -> u64 {
+        match self {
+            AtomicOrder::Cpu => ne,
+            AtomicOrder::BigEndian => u64::from_be_bytes(ne.to_ne_bytes()),
+        }
+    }
+}
+
 fn rc_atomics(rig: &Rig) -> CaseResult {
+    // A start value with the same bytes in both orders, so the first fetch-and-add's
+    // result tells which one the device uses, and every check after holds either way.
+    const START: u64 = 0x0101_0101_0101_0101;
     let mut mailbox = Mailbox::new()?;
     let mut target = DmaBuffer::new(&rig.device, 64)?;
-    target.write(8, &40u64.to_ne_bytes())?;
+    target.write(8, &START.to_ne_bytes())?;
     let region = MemoryRegion::new(&rig.pd, 1, target, 0, 64)?;
     let (a, b) = rc_pair(rig)?;
     let region = register(
@@ -717,7 +754,6 @@ fn rc_atomics(rig: &Rig) -> CaseResult {
         RemoteAccess::READ | RemoteAccess::WRITE | RemoteAccess::ATOMIC,
     )?;
     let (remote_addr, rkey) = (region.iova() + 8, region.rkey());
-    // 40 + 2 = 42, returning 40.
     let old = atomic(
         &mut mailbox,
         rig,
@@ -729,8 +765,18 @@ fn rc_atomics(rig: &Rig) -> CaseResult {
         },
         WcOpcode::FetchAdd,
     )?;
-    check(old == 40, "fetch-and-add returned the wrong old value")?;
-    // A compare that fails leaves 42 and returns it; one that matches writes 99.
+    check(old == START, "fetch-and-add returned the wrong old value")?;
+    let added = read_u64(region.buffer(), 8)?;
+    let order = if added == START + 2 {
+        AtomicOrder::Cpu
+    } else if AtomicOrder::BigEndian.value(added) == START + 2 {
+        AtomicOrder::BigEndian
+    } else {
+        return Err(Failure::Check(
+            "fetch-and-add did not add 2 in either byte order",
+        ));
+    };
+    // A compare that fails leaves START + 2 and returns it; one that matches writes 99.
     let miss = AtomicOp::CompareAndSwap {
         remote_addr,
         rkey,
@@ -738,25 +784,25 @@ fn rc_atomics(rig: &Rig) -> CaseResult {
         swap: 99,
     };
     check(
-        atomic(&mut mailbox, rig, &a, miss, WcOpcode::CompSwap)? == 42,
+        order.value(atomic(&mut mailbox, rig, &a, miss, WcOpcode::CompSwap)?) == START + 2,
         "a failed compare-and-swap returned the wrong old value",
     )?;
     check(
-        read_u64(region.buffer(), 8)? == 42,
+        read_u64(region.buffer(), 8)? == added,
         "a failed compare-and-swap changed memory",
     )?;
     let hit = AtomicOp::CompareAndSwap {
         remote_addr,
         rkey,
-        compare: 42,
+        compare: START + 2,
         swap: 99,
     };
     check(
-        atomic(&mut mailbox, rig, &a, hit, WcOpcode::CompSwap)? == 42,
+        order.value(atomic(&mut mailbox, rig, &a, hit, WcOpcode::CompSwap)?) == START + 2,
         "compare-and-swap returned the wrong old value",
     )?;
     check(
-        read_u64(region.buffer(), 8)? == 99,
+        order.value(read_u64(region.buffer(), 8)?) == 99,
         "compare-and-swap did not write the new value",
     )
 }
@@ -812,13 +858,9 @@ fn rc_rnr_retry_exceeded(rig: &Rig) -> CaseResult {
 const GRH_LEN: usize = 40;
 const QKEY: u32 = 0x1111_2222;
 
-/// An address handle for the rig's own GID (loopback).
+/// An address handle for the rig's own port, with a GRH (loopback).
 fn loopback_ah(rig: &Rig) -> Outcome<Arc<AddressHandle>> {
-    let dmac = rig
-        .gid
-        .link_local_mac()
-        .ok_or(Failure::Check("GID 0 is not link-local"))?;
-    Ok(AddressHandle::new(&rig.pd, rig.port, 0, rig.gid, dmac)?)
+    Ok(AddressHandle::new(&rig.pd, rig.port, &rig.ud_path)?)
 }
 
 fn ud_send_with_grh(rig: &Rig) -> CaseResult {
@@ -851,7 +893,7 @@ fn ud_send_with_grh(rig: &Rig) -> CaseResult {
         r.status == WcStatus::Success,
         "the UD receive completed with an error",
     )?;
-    check(r.grh, "the UD receive has no GRH on RoCE")?;
+    check(r.grh, "the UD receive has no GRH")?;
     check(
         r.byte_len as usize == GRH_LEN + 200,
         "the UD receive length is not GRH + payload",
@@ -1058,18 +1100,22 @@ fn frwr_reregistration(rig: &Rig) -> CaseResult {
 }
 
 // RDMA CM: both ends run here, over the device's own IPv4 address (RoCE puts it in the
-// GID table; so does the fabric).
+// GID table, and so does the fabric; an InfiniBand port's is its IPoIB interface's, which
+// the rig is given).
 
 /// How long any one RDMA CM step may take under QEMU TCG.
 const CM_STEP: Duration = Duration::from_secs(5);
 
-/// The first IPv4 address in the port's GID table.
+/// The first IPv4 address in the port's GID table, else the one the rig was given.
 fn local_ipv4(rig: &Rig) -> Outcome<Ipv4Addr> {
     let entries = rig.device.query_port(rig.port)?.gid_tbl_len.min(32);
     (0..entries)
         .filter_map(|index| rig.device.query_gid(rig.port, index).ok())
         .find_map(|gid| gid.ipv4())
-        .ok_or(Failure::Check("the port has no IPv4 GID"))
+        .or(rig.cm_ipv4)
+        .ok_or(Failure::Check(
+            "the port has no IPv4 GID and no IPoIB address was given",
+        ))
 }
 
 /// The next event of `id`; `waiting_for` names it for the failure if none comes.

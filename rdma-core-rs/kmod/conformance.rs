@@ -55,6 +55,7 @@ mod param {
         fn tilde_conformance_device_is(name: *const u8, len: usize) -> bool;
         fn tilde_conformance_bench() -> u32;
         fn tilde_conformance_traffic() -> bool;
+        fn tilde_conformance_cm_addr(addr: *mut [u8; 4]) -> bool;
     }
 
     /// Whether `name` is the RDMA device the `device` parameter names.
@@ -67,6 +68,13 @@ mod param {
     pub(crate) fn bench() -> u32 {
         // SAFETY: reads a module parameter, fixed at load time.
         unsafe { tilde_conformance_bench() }
+    }
+
+    /// `cm_addr`: the IPoIB address the RDMA CM cases use on an InfiniBand port.
+    pub(crate) fn cm_addr() -> Option<core::net::Ipv4Addr> {
+        let mut addr = [0u8; 4];
+        // SAFETY: `addr` is valid for 4 bytes of writes during the call.
+        unsafe { tilde_conformance_cm_addr(&mut addr) }.then(|| core::net::Ipv4Addr::from(addr))
     }
 
     /// `traffic`: keep RC traffic going instead of running the cases.
@@ -190,13 +198,13 @@ impl kernel::Module for Conformance {
         };
         let ops = param::bench();
         if ops > 0 {
-            match setup(&device) {
+            match setup(&device, param::cm_addr()) {
                 Ok(rig) => bench::run(&rig, ops),
                 Err(error) => pr_info!("{}: bench: setup failed: {:?}\n", device.name(), error),
             }
         } else if !param::traffic() {
             let mut tally = Tally::default();
-            match setup(&device) {
+            match setup(&device, param::cm_addr()) {
                 Ok(rig) => {
                     let mut record = |case: &str, result| tally.record(&device, case, result);
                     run_cases(&rig, &mut record);

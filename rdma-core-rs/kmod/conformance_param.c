@@ -7,6 +7,7 @@
 
 #include <linux/module.h>
 #include <linux/moduleparam.h>
+#include <linux/inet.h>
 #include <linux/string.h>
 
 MODULE_AUTHOR("tilde developers");
@@ -31,8 +32,19 @@ static bool traffic;
 module_param(traffic, bool, 0444);
 MODULE_PARM_DESC(traffic, "1 runs no cases but keeps RC traffic going on the device until it is removed or the module unloaded");
 
+static char *cm_addr = "";
+module_param(cm_addr, charp, 0444);
+MODULE_PARM_DESC(cm_addr, "IPv4 address of the port's IPoIB interface, which the RDMA CM cases connect to on an InfiniBand port (a RoCE port has its addresses in the GID table)");
+
 unsigned int tilde_conformance_bench(void);
 bool tilde_conformance_traffic(void);
+bool tilde_conformance_cm_addr(u8 addr[4]);
+
+/* The `cm_addr` parameter into `addr` (network order); false if unset or not IPv4. */
+bool tilde_conformance_cm_addr(u8 addr[4])
+{
+	return *cm_addr && in4_pton(cm_addr, -1, addr, -1, NULL) == 1;
+}
 
 unsigned int tilde_conformance_bench(void)
 {

@@ -72,7 +72,7 @@ pub(crate) struct Resident {
 
 impl Resident {
     pub(crate) fn new(device: &Device, traffic: bool) -> Outcome<Self> {
-        let rig = setup(device)?;
+        let rig = setup(device, None)?;
         let cq = if traffic {
             CompletionQueue::new(device, 256, PollContext::Workqueue)?
         } else {

@@ -10,13 +10,42 @@ use kernel::sync::Arc;
 use crate::device::Device;
 use crate::pd::ProtectionDomain;
 use crate::sys;
-use crate::verbs::Gid;
+use crate::verbs::AddressVector;
 
-/// A UD destination with a GRH (`rdma_create_ah`; RoCE always needs the GRH), destroyed
-/// on drop. For kernel callers the IB core does not resolve the destination MAC (only
-/// `rdma_create_user_ah` calls `ib_resolve_eth_dmac`), so the caller gives it; without
-/// it rxe sends even a datagram to itself out on the wire. Shared through [`Arc`]: a UD
-/// send takes a reference along until it completes.
+/// `av` from `port` as the IB core takes it, for an address handle or a QP's path.
+pub(crate) fn ah_attr(port: u32, av: &AddressVector) -> sys::rdma_ah_attr {
+    let mut attr = sys::rdma_ah_attr {
+        port_num: port,
+        ..Default::default()
+    };
+    match *av {
+        AddressVector::Ib { dlid, sl, .. } => {
+            attr.type_ = sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_IB;
+            attr.sl = sl;
+            attr.__bindgen_anon_1.ib = sys::ib_ah_attr {
+                dlid,
+                src_path_bits: 0,
+            };
+        }
+        AddressVector::Roce { dmac, .. } => {
+            attr.type_ = sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_ROCE;
+            attr.__bindgen_anon_1.roce.dmac = dmac;
+        }
+    }
+    if let Some(grh) = av.grh() {
+        attr.ah_flags = sys::ib_ah_flags_IB_AH_GRH as u8;
+        attr.grh.dgid.raw = grh.dgid.0;
+        attr.grh.sgid_index = grh.sgid_index;
+        attr.grh.hop_limit = grh.hop_limit;
+    }
+    attr
+}
+
+/// A UD destination (`rdma_create_ah`), destroyed on drop. On RoCE the IB core does not
+/// resolve the destination MAC for kernel callers (only `rdma_create_user_ah` calls
+/// `ib_resolve_eth_dmac`), so the vector carries it; without it rxe sends even a datagram
+/// to itself out on the wire. Shared through [`Arc`]: a UD send takes a reference along
+/// until it completes.
 pub struct AddressHandle {
     ah: NonNull<sys::ib_ah>,
     pd: Arc<ProtectionDomain>,
@@ -28,25 +57,9 @@ unsafe impl Send for AddressHandle {}
 unsafe impl Sync for AddressHandle {}
 
 impl AddressHandle {
-    /// A handle for `dgid` (Ethernet address `dmac`), reached from `port` and the local
-    /// GID entry `sgid_index`.
-    pub fn new(
-        pd: &Arc<ProtectionDomain>,
-        port: u32,
-        sgid_index: u8,
-        dgid: Gid,
-        dmac: [u8; 6],
-    ) -> Result<Arc<Self>> {
-        let mut attr = sys::rdma_ah_attr {
-            type_: sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_ROCE,
-            port_num: port,
-            ah_flags: sys::ib_ah_flags_IB_AH_GRH as u8,
-            ..Default::default()
-        };
-        attr.grh.dgid.raw = dgid.0;
-        attr.grh.sgid_index = sgid_index;
-        attr.grh.hop_limit = 64;
-        attr.__bindgen_anon_1.roce.dmac = dmac;
+    /// A handle for the peer `av` names, reached from `port`.
+    pub fn new(pd: &Arc<ProtectionDomain>, port: u32, av: &AddressVector) -> Result<Arc<Self>> {
+        let mut attr = ah_attr(port, av);
         // SAFETY: the PD is valid (we hold a reference); `attr` is a valid attribute block for the call,
         // which may sleep (we are in process context).
         let ah = from_err_ptr(unsafe {

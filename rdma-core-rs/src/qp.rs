@@ -25,7 +25,9 @@ use crate::pd::ProtectionDomain;
 use crate::sys;
 use crate::sys::kernel_api::atomic::{Acquire, Atomic, Full, Release};
 use crate::sys::kernel_api::sleep;
-pub use crate::verbs::{AtomicOp, InitAttr, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp};
+pub use crate::verbs::{
+    AddressVector, AtomicOp, Grh, InitAttr, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp,
+};
 use crate::wr::{CompletionHandler, WorkRequest};
 
 /// Where a UD SEND goes: the address handle and the QP behind it.
@@ -724,14 +726,7 @@ impl QueuePair {
             min_rnr_timer: rtr.min_rnr_timer,
             ..Default::default()
         };
-        let ah = &mut attr.ah_attr;
-        ah.type_ = sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_ROCE;
-        ah.port_num = rtr.port;
-        ah.ah_flags = sys::ib_ah_flags_IB_AH_GRH as u8;
-        ah.grh.dgid.raw = rtr.dgid.0;
-        ah.grh.sgid_index = rtr.sgid_index;
-        ah.grh.hop_limit = rtr.hop_limit;
-        ah.__bindgen_anon_1.roce.dmac = rtr.dmac;
+        attr.ah_attr = crate::ah::ah_attr(rtr.port, &rtr.av);
         let mask = sys::ib_qp_attr_mask_IB_QP_STATE
             | sys::ib_qp_attr_mask_IB_QP_AV
             | sys::ib_qp_attr_mask_IB_QP_PATH_MTU

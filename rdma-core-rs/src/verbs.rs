@@ -265,6 +265,65 @@ mod tests {
     use super::*;
     use std::format;
 
+    fn port(link_layer: u32, lid: u32) -> PortAttr {
+        PortAttr {
+            state: Decoded::from(4),
+            phys_state: Decoded::from(5),
+            active_mtu: Decoded::from(3),
+            max_mtu: Decoded::from(5),
+            gid_tbl_len: 1,
+            lid,
+            link_layer: Decoded::from(link_layer),
+        }
+    }
+
+    #[test]
+    fn a_path_to_self_follows_the_link_layer() {
+        let link_local = Gid([
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x50, 0x54, 0, 0xff, 0xfe, 0x12, 0x34, 0x56,
+        ]);
+        let grh = Grh {
+            sgid_index: 0,
+            dgid: link_local,
+            hop_limit: 64,
+        };
+        // InfiniBand: by LID, the GRH only when asked for.
+        let ib = port(1, 7);
+        assert_eq!(
+            AddressVector::to_self(&ib, link_local, false),
+            Some(AddressVector::Ib {
+                dlid: 7,
+                sl: 0,
+                grh: None
+            })
+        );
+        assert_eq!(
+            AddressVector::to_self(&ib, link_local, true).and_then(|av| av.grh().copied()),
+            Some(grh)
+        );
+        // No LID yet (no SM swept the port), or one past 16 bits: no path.
+        assert_eq!(AddressVector::to_self(&port(1, 0), link_local, false), None);
+        assert_eq!(
+            AddressVector::to_self(&port(1, 0x1_0000), link_local, false),
+            None
+        );
+        // RoCE: always the GRH, and the MAC the link-local GID was made from.
+        assert_eq!(
+            AddressVector::to_self(&port(2, 0), link_local, false),
+            Some(AddressVector::Roce {
+                grh,
+                dmac: [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+            })
+        );
+        let mut v4_mapped = [0u8; 16];
+        v4_mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        assert_eq!(
+            AddressVector::to_self(&port(2, 0), Gid(v4_mapped), true),
+            None
+        );
+        assert_eq!(AddressVector::to_self(&port(0, 7), link_local, true), None);
+    }
+
     #[test]
     fn guid_reads_be64_and_formats_like_sysfs() {
         // rxe derives its node GUID from the netdev's MAC 52:54:00:12:34:56 (EUI-64).
@@ -614,10 +673,78 @@ impl core::ops::BitOrAssign for RemoteAccess {
     }
 }
 
-/// INIT → RTR: where the peer is and how to receive from it. On RoCE the path is a GRH
-/// (source GID index, destination GID) and the peer's MAC: for kernel callers the IB core
-/// does not resolve it (`_ib_modify_qp`: "Kernel users have to provide already resolved
-/// rdma_ah_attr's"); RDMA CM does, and tests take it from a link-local GID.
+/// A Global Route Header's worth of a path: the local GID entry it starts from, the peer's
+/// GID and the hop limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grh {
+    /// The local GID table entry the path starts from.
+    pub sgid_index: u8,
+    /// The peer's GID.
+    pub dgid: Gid,
+    /// The GRH hop limit.
+    pub hop_limit: u8,
+}
+
+/// Where a peer is: the address vector of an RC path (INIT → RTR) or of a UD address
+/// handle, `struct rdma_ah_attr`. Which kind a port takes follows its link layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressVector {
+    /// InfiniBand: routed by LID inside the subnet, with a GRH only when one is wanted
+    /// (the peer is in another subnet, or a UD receiver needs the sender's GID).
+    Ib {
+        /// The peer port's LID (plus path bits).
+        dlid: u16,
+        /// The service level.
+        sl: u8,
+        /// The GRH, if the packets carry one.
+        grh: Option<Grh>,
+    },
+    /// RoCE: always a GRH, and the peer's Ethernet address. For kernel callers the IB core
+    /// does not resolve the MAC (`_ib_modify_qp`: "Kernel users have to provide already
+    /// resolved rdma_ah_attr's"); RDMA CM does, and tests take it from a link-local GID.
+    Roce {
+        /// The GRH.
+        grh: Grh,
+        /// The peer's Ethernet address.
+        dmac: [u8; 6],
+    },
+}
+
+impl AddressVector {
+    /// The path from a port to itself (loopback), given the port's attributes and its GID
+    /// entry 0; with a GRH if `grh` (RoCE always has one). `None` for a port whose link
+    /// layer is unknown, a RoCE port whose GID 0 is not link-local (no MAC to take), or an
+    /// InfiniBand port without a LID yet (no subnet manager has swept it).
+    pub fn to_self(port: &PortAttr, gid: Gid, grh: bool) -> Option<Self> {
+        let header = Grh {
+            sgid_index: 0,
+            dgid: gid,
+            hop_limit: 64,
+        };
+        match port.link_layer {
+            Decoded::Known(LinkLayer::InfiniBand) => Some(AddressVector::Ib {
+                dlid: u16::try_from(port.lid).ok().filter(|&lid| lid != 0)?,
+                sl: 0,
+                grh: grh.then_some(header),
+            }),
+            Decoded::Known(LinkLayer::Ethernet) => Some(AddressVector::Roce {
+                grh: header,
+                dmac: gid.link_local_mac()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The GRH the vector carries, if any.
+    pub fn grh(&self) -> Option<&Grh> {
+        match self {
+            AddressVector::Ib { grh, .. } => grh.as_ref(),
+            AddressVector::Roce { grh, .. } => Some(grh),
+        }
+    }
+}
+
+/// INIT → RTR: where the peer is and how to receive from it.
 #[derive(Clone, Copy, Debug)]
 pub struct RtrAttr {
     /// The port of the path.
@@ -632,14 +759,8 @@ pub struct RtrAttr {
     pub max_dest_rd_atomic: u8,
     /// The RNR NAK timer code this QP sends when no receive is posted.
     pub min_rnr_timer: u8,
-    /// The local GID table entry the path starts from.
-    pub sgid_index: u8,
-    /// The peer's GID.
-    pub dgid: Gid,
-    /// The GRH hop limit.
-    pub hop_limit: u8,
-    /// The peer's Ethernet address.
-    pub dmac: [u8; 6],
+    /// Where the peer is.
+    pub av: AddressVector,
 }
 
 /// RTR → RTS: how to send.
@@ -690,8 +811,10 @@ pub enum SendOp {
     },
 }
 
-/// An 8-byte atomic on a peer's memory. The operands and the memory are in the CPU's byte
-/// order, as the kernel's verbs define them (`IB_ATOMIC_HCA`).
+/// An 8-byte atomic on a peer's memory. The operands are in the CPU's byte order; the
+/// order the peer's memory is read and written in is the device's, which the verbs leave
+/// open (rxe uses the CPU's; a ConnectX-3 the wire's big-endian), and the old value comes
+/// back as the memory's bytes were.
 #[derive(Clone, Copy, Debug)]
 pub enum AtomicOp {
     /// Writes `swap` if the memory holds `compare`.

@@ -25,7 +25,7 @@ use rdma_core::fabric::Fabric;
 fn every_case_passes_on_the_fabric() {
     let fabric = Fabric::new();
     let device = fabric.add_device("fab0", [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
-    let rig = cases::setup(&device).expect("rig");
+    let rig = cases::setup(&device, None).expect("rig");
     let mut failed = Vec::new();
     let mut ran = 0;
     cases::run_cases(&rig, &mut |case, result| {

@@ -12,7 +12,8 @@ use rdma_core::fabric::{
     ProtectionDomain, QueuePair, Queues, WorkRequest,
 };
 use rdma_core::verbs::{
-    InitAttr, Mtu, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp, WcOpcode, WcStatus,
+    AddressVector, InitAttr, Mtu, QpCaps, RemoteAccess, RtrAttr, RtsAttr, SendOp, WcOpcode,
+    WcStatus,
 };
 use ulp_iser::initiator::{
     DataDirection, Initiator, ProtocolError, ScsiRequest, SubmitError, TaskOutcome, TaskTag, Upcall,
@@ -117,6 +118,7 @@ impl Rig {
         let initiator = QueuePair::new_rc(&pd, &cq, &cq, &caps).unwrap();
         let target = QueuePair::new_rc(&pd, &cq, &cq, &caps).unwrap();
         let gid = device.query_gid(1, 0).unwrap();
+        let av = AddressVector::to_self(&device.query_port(1).unwrap(), gid, true).unwrap();
         for (qp, peer) in [(&initiator, target.qp_num()), (&target, initiator.qp_num())] {
             let access = RemoteAccess::READ | RemoteAccess::WRITE;
             qp.modify_to_init(&InitAttr {
@@ -132,10 +134,7 @@ impl Rig {
                 rq_psn: 0,
                 max_dest_rd_atomic: 4,
                 min_rnr_timer: 12,
-                sgid_index: 0,
-                dgid: gid,
-                hop_limit: 64,
-                dmac: gid.link_local_mac().unwrap(),
+                av,
             };
             qp.modify_to_rtr(&rtr).unwrap();
             qp.modify_to_rts(&RtsAttr {

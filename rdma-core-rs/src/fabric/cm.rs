@@ -21,7 +21,7 @@ use super::{
     CompletionQueue, Device, DeviceRef, ProtectionDomain, QueuePair, Result, EINVAL, ENODEV,
     ETIMEDOUT,
 };
-use crate::verbs::{InitAttr, Mtu, QpCaps, RemoteAccess, RtrAttr, RtsAttr};
+use crate::verbs::{AddressVector, InitAttr, Mtu, QpCaps, RemoteAccess, RtrAttr, RtsAttr};
 
 /// The IB CM's private data sizes for RDMA CM over TCP port space (after its header).
 const REQ_PRIVATE: usize = 56;
@@ -414,7 +414,8 @@ impl Drop for CmId {
 /// A CM QP (in INIT since `create_qp`) through RTR and RTS towards `peer_qpn`, as the
 /// kernel's CM does.
 fn bring_up(qp: &QueuePair, device: &Device, peer_qpn: u32) -> Result {
-    let gid = device.query_gid(1, 0)?;
+    let av = AddressVector::to_self(&device.query_port(1)?, device.query_gid(1, 0)?, true)
+        .ok_or(EINVAL)?;
     qp.modify_to_rtr(&RtrAttr {
         port: 1,
         path_mtu: Mtu::Mtu1024,
@@ -422,10 +423,7 @@ fn bring_up(qp: &QueuePair, device: &Device, peer_qpn: u32) -> Result {
         rq_psn: 0,
         max_dest_rd_atomic: 1,
         min_rnr_timer: 12,
-        sgid_index: 0,
-        dgid: gid,
-        hop_limit: 64,
-        dmac: gid.link_local_mac().unwrap_or([2, 0, 0, 0, 0, 1]),
+        av,
     })?;
     qp.modify_to_rts(&RtsAttr {
         sq_psn: 0,

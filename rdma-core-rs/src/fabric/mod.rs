@@ -29,8 +29,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use core::time::Duration;
 
 use crate::verbs::{
-    AtomicOp, Decoded, DeviceCaps, Gid, InitAttr, PortAttr, QpCaps, RemoteAccess, RtrAttr, RtsAttr,
-    SendOp, WorkCompletion,
+    AddressVector, AtomicOp, Decoded, DeviceCaps, Gid, Grh, InitAttr, PortAttr, QpCaps,
+    RemoteAccess, RtrAttr, RtsAttr, SendOp, WorkCompletion,
 };
 
 pub use crate::verbs::WcStatus;
@@ -181,6 +181,18 @@ impl Device {
             lid: 0,
             link_layer: Decoded::from(2),
         })
+    }
+
+    /// The GRH of `av` if `port` can use it: the fabric's one port is RoCE, and, as with
+    /// rxe, a vector without the peer's MAC is as good as lost.
+    fn check_roce(&self, port: u32, av: &AddressVector) -> Result<Grh> {
+        match *av {
+            AddressVector::Roce { grh, dmac } if dmac != [0; 6] => {
+                self.query_gid(port, u32::from(grh.sgid_index))?;
+                Ok(grh)
+            }
+            _ => Err(EINVAL),
+        }
     }
 
     /// Whether `port` speaks the IB CM, which RDMA CM connects through: the fabric's does.
@@ -495,22 +507,11 @@ pub struct AddressHandle {
 }
 
 impl AddressHandle {
-    /// A handle for `dgid` (Ethernet address `dmac`) from `port` and GID entry
-    /// `sgid_index`.
-    pub fn new(
-        pd: &Arc<ProtectionDomain>,
-        port: u32,
-        sgid_index: u8,
-        dgid: Gid,
-        dmac: [u8; 6],
-    ) -> Result<Arc<Self>> {
-        pd.device().query_gid(port, u32::from(sgid_index))?;
-        // rxe needs the MAC: a handle without one is as good as lost.
-        if dmac == [0; 6] {
-            return Err(EINVAL);
-        }
+    /// A handle for the peer `av` names, reached from `port`.
+    pub fn new(pd: &Arc<ProtectionDomain>, port: u32, av: &AddressVector) -> Result<Arc<Self>> {
+        let grh = pd.device().check_roce(port, av)?;
         Ok(Arc::new(Self {
-            dgid,
+            dgid: grh.dgid,
             pd: pd.clone(),
         }))
     }
@@ -919,14 +920,7 @@ impl QueuePair {
 
     /// INIT → RTR.
     pub fn modify_to_rtr(&self, rtr: &RtrAttr) -> Result {
-        if rtr.port != 1
-            || self
-                .device
-                .query_gid(rtr.port, u32::from(rtr.sgid_index))
-                .is_err()
-        {
-            return Err(EINVAL);
-        }
+        self.device.check_roce(rtr.port, &rtr.av)?;
         self.modify(engine::Modify::Rtr(rtr.dest_qp_num))
     }
 

@@ -499,6 +499,33 @@ impl Hca {
                 }
                 Ok(None)
             }
+            opcode::MODIFY_CQ => {
+                self.need(&[Initialized], cmd.opcode)?;
+                let cqn = cmd.in_modifier & 0x00ff_ffff;
+                if !self.cq_states.contains_key(&cqn) {
+                    return Err((
+                        CmdStatus::BadResourceState,
+                        format!("CQ {cqn:#x} is not in hardware"),
+                    ));
+                }
+                let inbox = self.read_in(dma, cmd)?;
+                match cmd.op_modifier {
+                    // Resize (`mlx4_cq_resize`): the new buffer from the RESIZE CQE on.
+                    0 => self
+                        .resize_cq(dma, cqn, &inbox)
+                        .map_err(|e| (CmdStatus::BadParam, format!("CQ {cqn:#x}: {e}")))?,
+                    // Moderation (`mlx4_cq_modify`): the count and period only ever delay
+                    // an event, and the device raises each at once; accepted as is.
+                    1 => {}
+                    other => {
+                        return Err((
+                            CmdStatus::BadParam,
+                            format!("MODIFY_CQ of CQ {cqn:#x} with op_modifier {other}"),
+                        ))
+                    }
+                }
+                Ok(None)
+            }
             opcode::SW2HW_MPT | opcode::SW2HW_SRQ => {
                 self.need(&[Initialized], cmd.opcode)?;
                 let inbox = self.read_in(dma, cmd)?;
@@ -805,7 +832,7 @@ impl Hca {
         // The hardware owns every entry of a new EQ: set the owner bit of each, as the
         // firmware does (the driver's `next_eqe_sw` expects it; its pages come zeroed).
         let nent = 1u64 << log_size;
-        self.own_queue(dma, eq.mtt_offset, eq.log_page_size, nent, 32)
+        self.own_queue(dma, eq.mtt_offset, eq.log_page_size, nent, 32, 0)
             .map_err(|e| (CmdStatus::BadParam, format!("EQ {eqn}: {e}")))?;
         self.info(format!(
             "EQ {eqn}: {} entries, vector {}{}",

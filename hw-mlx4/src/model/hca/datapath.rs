@@ -103,6 +103,8 @@ mod cqe {
     /// `MLX4_OPCODE_SEND` on the send side, `MLX4_RECV_OPCODE_SEND` on the receive side.
     pub const OPCODE_SEND: u8 = 0x0a;
     pub const RECV_OPCODE_SEND: u8 = 0x01;
+    /// `MLX4_CQE_OPCODE_RESIZE`: the last CQE of a buffer a resize replaced.
+    pub const OPCODE_RESIZE: u8 = 0x16;
 }
 
 /// Multicast LIDs (IBA 4.1.1).
@@ -1069,6 +1071,61 @@ impl Hca {
         }
     }
 
+    /// MODIFY_CQ's resize: the old buffer ends with a RESIZE CQE at the producer index
+    /// (no event: the driver looks for it under its lock, `mlx4_ib_cq_resize_copy_cqes`),
+    /// and the device goes on at the next index in the new buffer, whose entries it owns
+    /// from there; the driver copies what was outstanding into it itself. Refused, with
+    /// nothing changed, if the new size cannot hold what is outstanding.
+    pub(super) fn resize_cq(
+        &mut self,
+        dma: &dyn Dma,
+        cqn: u32,
+        context: &[u8],
+    ) -> Result<(), String> {
+        let new = CqState::from_context(context);
+        if new.log_size > 22 {
+            return Err(format!("a resize to 2^{} entries", new.log_size));
+        }
+        let Some(old) = self.cq_states.get(&cqn).cloned() else {
+            return Err("not in hardware".into());
+        };
+        let mut record = [0u8; 4];
+        dma.read(old.db_rec_addr, &mut record)
+            .map_err(|f| format!("doorbell record at {:#x} outside mapped memory", f.address))?;
+        let consumer = u32::from_be_bytes(record) & 0x00ff_ffff;
+        let outstanding = old.producer.wrapping_sub(consumer) & 0x00ff_ffff;
+        if outstanding + 1 >= 1 << new.log_size {
+            return Err(format!(
+                "a resize to {} entries with {outstanding} completions outstanding",
+                1u32 << new.log_size
+            ));
+        }
+        let next = u64::from(old.producer.wrapping_add(1) & 0x00ff_ffff);
+        self.own_queue(
+            dma,
+            new.mtt_offset,
+            new.log_page_size,
+            1u64 << new.log_size,
+            cqe::SIZE,
+            next,
+        )?;
+        let mut resize = [0u8; 32];
+        resize[cqe::OWNER_SR_OPCODE] = cqe::OPCODE_RESIZE;
+        let armed = old.armed;
+        if let Some(state) = self.cq_states.get_mut(&cqn) {
+            // Written without an event: disarmed for the one CQE, then as it was.
+            state.armed = 0;
+        }
+        self.write_cqe(dma, cqn, resize);
+        if let Some(state) = self.cq_states.get_mut(&cqn) {
+            state.armed = armed;
+            state.log_size = new.log_size;
+            state.mtt_offset = new.mtt_offset;
+            state.log_page_size = new.log_page_size;
+        }
+        Ok(())
+    }
+
     /// Sets the owner bit of every CQE of a new CQ: the hardware owns them until it
     /// writes them (the driver's buffer comes zeroed, `MLX4_DEV_CAP_FLAG2_SW_CQ_INIT` is
     /// not offered).
@@ -1079,12 +1136,16 @@ impl Hca {
             cq.log_page_size,
             1u64 << cq.log_size,
             cqe::SIZE,
+            0,
         )
     }
 
     /// Hands every entry of a new EQ or CQ (`entries` of `entry_size` bytes, the owner
     /// bit in each one's last byte) to the hardware, a page at a time: the queue's
-    /// contents before that mean nothing.
+    /// contents before that mean nothing. `next` is the index the device writes next
+    /// (0 for a new queue; a resized CQ goes on from where the old buffer stopped): an
+    /// entry is the hardware's while its owner bit is not what the driver expects for
+    /// the index due there, `(index & entries) != 0`.
     pub(super) fn own_queue(
         &mut self,
         dma: &dyn Dma,
@@ -1092,22 +1153,31 @@ impl Hca {
         log_page_size: u32,
         entries: u64,
         entry_size: u64,
+        next: u64,
     ) -> Result<(), String> {
         let page = 1u64 << page_shift(log_page_size)?;
         let total = entries
             .checked_mul(entry_size)
-            .filter(|&t| t <= MAX_QUEUE_BYTES)
+            .filter(|&t| t <= MAX_QUEUE_BYTES && entries.is_power_of_two())
             .ok_or_else(|| format!("a queue of {entries} entries of {entry_size} bytes"))?;
-        // One 4 KiB image of owned entries, written over every page piece by piece.
+        // A 4 KiB image of owned entries, written over every page piece by piece.
         const PIECE: u64 = 4096;
         let mut image = [0u8; PIECE as usize];
-        let step = usize::try_from(entry_size).unwrap_or(usize::MAX).max(1);
-        for owner in image.iter_mut().skip(step - 1).step_by(step) {
-            *owner = cqe::OWNER;
-        }
+        let step = entry_size.max(1);
         let mut offset = 0;
         while offset < total {
             let len = (total - offset).min(PIECE.min(page));
+            for (i, owner) in image[..len as usize]
+                .iter_mut()
+                .enumerate()
+                .skip(step as usize - 1)
+                .step_by(step as usize)
+            {
+                let position = (offset + i as u64) / step;
+                // The index due at `position`: the first at or after `next`.
+                let due = next + (position.wrapping_sub(next) & (entries - 1));
+                *owner = if due & entries == 0 { cqe::OWNER } else { 0 };
+            }
             let address = self.buffer_address(dma, mtt_offset, log_page_size, offset)?;
             dma.write(address, &image[..len as usize])
                 .map_err(|f| format!("queue page at {:#x} outside mapped memory", f.address))?;

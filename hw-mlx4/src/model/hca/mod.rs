@@ -69,6 +69,11 @@ pub mod layout {
     pub const MSIX_VECTORS: u16 = 64;
     /// The UAR page size the device uses (4 KiB, `1 << uar_page_shift`).
     pub const UAR_PAGE_SHIFT: u32 = 12;
+    /// UAR pages at the start of BAR2 (QUERY_DEV_CAP's `uar_sz`).
+    pub const UAR_PAGES: u32 =
+        ((1 << 20) << super::commands::caps::LOG_UAR_SZ_MB) >> UAR_PAGE_SHIFT;
+    /// The pages whose EQ doorbells exist: four EQs per page (`mlx4_get_eq_uar`).
+    pub const EQ_DOORBELL_PAGES: u32 = (1 << super::commands::caps::LOG_MAX_EQ) / 4;
 }
 
 /// Firmware state, in the order the driver moves it.

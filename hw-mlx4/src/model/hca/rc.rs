@@ -413,8 +413,13 @@ impl Hca {
                     }
                     _ => (RecvOpcode::Send, 0),
                 };
-                match self.rc_receive(dma, rqpn, &responder, qpn, queues, &data, recv_opcode, word)
-                {
+                let arrival = Arrival {
+                    scatter: &data,
+                    byte_cnt: data.len(),
+                    opcode: recv_opcode,
+                    word,
+                };
+                match self.rc_receive(dma, rqpn, &responder, qpn, queues, arrival) {
                     Ok(true) => done(0),
                     Ok(false) => SendOutcome::ReceiverNotReady,
                     Err(_) => SendOutcome::Failed(Syndrome::RemoteInvalReqErr),
@@ -451,9 +456,12 @@ impl Hca {
                         &responder,
                         qpn,
                         queues,
-                        &[],
-                        RecvOpcode::RdmaWriteImm,
-                        immediate,
+                        Arrival {
+                            scatter: &[],
+                            byte_cnt: data.len(),
+                            opcode: RecvOpcode::RdmaWriteImm,
+                            word: immediate,
+                        },
                     ) {
                         Ok(true) => {}
                         Ok(false) => return SendOutcome::ReceiverNotReady,
@@ -636,10 +644,14 @@ impl Hca {
         responder: &QpQueues,
         requester: u32,
         requester_queues: &QpQueues,
-        data: &[u8],
-        opcode: RecvOpcode,
-        word: u32,
+        arrival: Arrival<'_>,
     ) -> Result<bool, ()> {
+        let Arrival {
+            scatter: data,
+            byte_cnt,
+            opcode,
+            word,
+        } = arrival;
         if !responder.has_rq || !self.receive_posted(dma, responder) {
             return Ok(false);
         }
@@ -678,10 +690,21 @@ impl Hca {
         c[4..8].copy_from_slice(&word.to_be_bytes());
         c[8..12].copy_from_slice(&(requester & 0x00ff_ffff).to_be_bytes());
         c[0x0e..0x10].copy_from_slice(&self.sma.lid(requester_queues.port).to_be_bytes());
-        c[0x14..0x18].copy_from_slice(&(data.len() as u32).to_be_bytes());
+        c[0x14..0x18].copy_from_slice(&(byte_cnt as u32).to_be_bytes());
         c[0x18..0x1a].copy_from_slice(&((index & 0xffff) as u16).to_be_bytes());
         c[0x1f] = opcode as u8;
         self.write_cqe(dma, responder.cqn_recv, c);
         Ok(true)
     }
+}
+
+/// What reaches a responder's receive queue: the bytes to scatter into the receive (a
+/// SEND's payload; nothing for an RDMA WRITE with immediate, whose data went to the
+/// rkey), the length the CQE reports (the message's, either way: IBA 11.4.2.1, and
+/// mlx4's `byte_cnt`), and the opcode and immediate or invalidated key.
+struct Arrival<'a> {
+    scatter: &'a [u8],
+    byte_cnt: usize,
+    opcode: RecvOpcode,
+    word: u32,
 }
