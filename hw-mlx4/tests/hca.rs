@@ -393,8 +393,8 @@ fn doorbells_for_what_is_not_in_hardware_are_reported() {
 mod rc {
     pub(super) use super::*;
 
-    const EQN: u32 = 4;
-    const CQN: u32 = 1;
+    pub(super) const EQN: u32 = 4;
+    pub(super) const CQN: u32 = 1;
     pub(super) const MPT: u32 = 5;
     /// The memory key of MPT 5: index 5, variant 0x11.
     pub(super) const KEY: u32 = (MPT << 8) | 0x11;
@@ -406,6 +406,8 @@ mod rc {
     pub(super) const CQ_PAGE: u64 = BASE + 0x52_0000;
     pub(super) const DB_RECORDS: u64 = BASE + 0x53_0000;
     pub(super) const DATA: u64 = BASE + 0x60_0000;
+    /// The UAR page (1) the QPs and the CQ ring their doorbells on, and EQ 4 too.
+    pub(super) const UAR_PAGE: u64 = 4096;
 
     /// An MTT entry (index `i` of the MTT table) pointing at `page`.
     fn mtt(d: &Driver, i: u64, page: u64) {
@@ -440,6 +442,7 @@ mod rc {
         let mut mailbox = vec![0u8; 4096];
         let ctx = &mut mailbox[8..];
         ctx[0x04..0x08].copy_from_slice(&PD.to_be_bytes());
+        ctx[0x0c..0x10].copy_from_slice(&1u32.to_be_bytes()); // UAR page 1
         ctx[0x09] = (4 << 3) | 2; // RQ: 16 WQEs of 64 bytes
         ctx[0x0a] = (4 << 3) | 2; // SQ: 16 WQEs of 64 bytes
         ctx[0x14..0x18].copy_from_slice(&remote.to_be_bytes());
@@ -473,7 +476,7 @@ mod rc {
         // A CQ of 64 entries in one page (MTT index 10).
         mtt(&d, 10, CQ_PAGE);
         let mut cq = vec![0u8; 4096];
-        cq[0x0c..0x10].copy_from_slice(&(6u32 << 24).to_be_bytes());
+        cq[0x0c..0x10].copy_from_slice(&((6u32 << 24) | 1).to_be_bytes()); // UAR page 1
         cq[0x17] = EQN as u8;
         cq[0x1c..0x20].copy_from_slice(&80u32.to_be_bytes());
         cq[0x38..0x40].copy_from_slice(&(DB_RECORDS + 0x100).to_be_bytes());
@@ -506,10 +509,11 @@ mod rc {
         d.memory.put(DB_RECORDS + 8, &(index + 1).to_be_bytes());
     }
 
-    /// Posts send WQE `index` on QP A: `opcode`, an optional remote address segment,
-    /// one gather entry, signaled; rings the doorbell.
-    pub(super) fn post_send(
-        d: &mut Driver,
+    /// Writes send WQE `index` of QP `n` (0: A, 1: B): `opcode`, an optional remote
+    /// address segment, one gather entry, signaled.
+    pub(super) fn put_send(
+        d: &Driver,
+        n: usize,
         index: u32,
         opcode: u8,
         remote: Option<(u64, u32)>,
@@ -518,6 +522,8 @@ mod rc {
     ) {
         let mut wqe = [0u8; 64];
         let ds = 2 + u8::from(remote.is_some());
+        // The owner bit of the lap `index` is in (16 WQEs a lap).
+        wqe[0] = if index & 16 != 0 { 0x80 } else { 0 };
         wqe[3] = opcode;
         wqe[7] = ds;
         wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
@@ -530,9 +536,21 @@ mod rc {
         wqe[at..at + 4].copy_from_slice(&len.to_be_bytes());
         wqe[at + 4..at + 8].copy_from_slice(&KEY.to_be_bytes());
         wqe[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
-        d.memory.put(QP_PAGE[0] + 64 * u64::from(index), &wqe);
+        d.memory.put(QP_PAGE[n] + 64 * u64::from(index & 15), &wqe);
+    }
+
+    /// Posts send WQE `index` on QP A and rings its doorbell.
+    pub(super) fn post_send(
+        d: &mut Driver,
+        index: u32,
+        opcode: u8,
+        remote: Option<(u64, u32)>,
+        addr: u64,
+        len: u32,
+    ) {
+        put_send(d, 0, index, opcode, remote, addr, len);
         d.hca
-            .bar2_write(&d.memory, 4096 + 0x14, &(QP_A << 8).to_be_bytes());
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
     }
 
     /// CQE `n` of the CQ: (QPN, byte count, owner_sr_opcode, syndrome).
@@ -639,7 +657,7 @@ mod rc {
             wqe[56..64].copy_from_slice(&(DATA + 0x4000).to_be_bytes());
             d.memory.put(QP_PAGE[0] + 64 * u64::from(index), &wqe);
             d.hca
-                .bar2_write(&d.memory, 4096 + 0x14, &(QP_A << 8).to_be_bytes());
+                .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
             u64::from_be_bytes(d.memory.get(DATA + 0x4000, 8).try_into().unwrap())
         };
         assert_eq!(
@@ -703,7 +721,11 @@ mod rc {
         let c = d.memory.get(NEW_PAGE + 32 * 3, 32);
         assert_eq!(u32::from_be_bytes(c[0..4].try_into().unwrap()), QP_B);
         assert_eq!(c[31], 0x01, "a receive, owner bit clear");
-        assert_eq!(d.memory.get(CQ_PAGE + 32 * 3 + 31, 1), [0x80], "not the old buffer");
+        assert_eq!(
+            d.memory.get(CQ_PAGE + 32 * 3 + 31, 1),
+            [0x80],
+            "not the old buffer"
+        );
         assert!(d.errors().is_empty());
     }
 }
@@ -756,7 +778,7 @@ mod frwr {
         wqe[52..56].copy_from_slice(&12u32.to_be_bytes());
         d.memory.put(QP_PAGE[0], &wqe);
         d.hca
-            .bar2_write(&d.memory, 4096 + 0x14, &(QP_A << 8).to_be_bytes());
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
         assert_eq!(cqe(&d, 0), (QP_A, 0, 0x59, 0), "REG_MR completes");
         d.memory.put(DATA, b"frwr-ok!");
         post_send(&mut d, 1, 0x08, Some((iova + 100, key)), DATA, 8);
@@ -769,10 +791,98 @@ mod frwr {
         inval[24..28].copy_from_slice(&key.to_be_bytes());
         d.memory.put(QP_PAGE[0] + 128, &inval);
         d.hca
-            .bar2_write(&d.memory, 4096 + 0x14, &(QP_A << 8).to_be_bytes());
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
         assert_eq!(cqe(&d, 2), (QP_A, 0, 0x5b, 0), "LOCAL_INV completes");
         post_send(&mut d, 3, 0x08, Some((iova + 100, key)), DATA, 8);
         assert_eq!(cqe(&d, 3).3, 0x13, "the invalidated key is refused");
+        assert!(d.errors().is_empty());
+    }
+}
+
+/// BAR2 mapped into the guest and watched (`cx3-device --doorbells mapped`): a doorbell
+/// register shared by the QPs and the CQs of a UAR page keeps only the last value
+/// written, so the device serves the whole page.
+mod watched {
+    use super::rc::*;
+
+    fn interrupts(d: &mut Driver) -> usize {
+        d.hca
+            .take_events()
+            .into_iter()
+            .filter(|e| matches!(e, HcaEvent::Interrupt { .. }))
+            .count()
+    }
+
+    /// The arm request `mlx4_cq_arm` writes to the CQ's doorbell record: sequence
+    /// number, REQ_NOT, consumer index.
+    fn arm_record(d: &Driver, sn: u32, consumer: u32) {
+        d.memory.put(DB_RECORDS + 0x100, &consumer.to_be_bytes());
+        d.memory.put(
+            DB_RECORDS + 0x104,
+            &((sn << 28) | (2 << 24) | consumer).to_be_bytes(),
+        );
+    }
+
+    /// What another CQ of the page left in the shared CQ doorbell register.
+    fn cq_doorbell(d: &mut Driver) {
+        let mut value = [0u8; 8];
+        value[..4].copy_from_slice(&((1u32 << 28) | (2 << 24) | 0x99).to_be_bytes());
+        d.hca.bar2_watched_write(&d.memory, UAR_PAGE + 0x20, &value);
+    }
+
+    fn rearm_eq(d: &mut Driver, consumer: u32) {
+        let eq_doorbell = UAR_PAGE + 0x800 + 8 * u64::from(EQN % 4);
+        d.hca.bar2_write(
+            &d.memory,
+            eq_doorbell,
+            &(consumer | (1 << 31)).to_be_bytes(),
+        );
+    }
+
+    #[test]
+    fn a_page_doorbell_serves_every_qp_and_cq_of_the_page() {
+        let mut d = setup();
+        let pattern: Vec<u8> = (0..64u32).map(|i| (i * 3 + 1) as u8).collect();
+        d.memory.put(DATA, &pattern);
+
+        // A and B each post an RDMA WRITE; the register holds only B's QPN.
+        put_send(&d, 0, 0, 0x08, Some((DATA + 0x2000, KEY)), DATA, 64);
+        put_send(&d, 1, 0, 0x08, Some((DATA + 0x3000, KEY)), DATA, 64);
+        d.hca
+            .bar2_watched_write(&d.memory, UAR_PAGE + 0x14, &(QP_B << 8).to_be_bytes());
+        assert_eq!(d.memory.get(DATA + 0x2000, 64), pattern, "A's WRITE");
+        assert_eq!(d.memory.get(DATA + 0x3000, 64), pattern, "B's WRITE");
+        let mut qpns = [cqe(&d, 0).0, cqe(&d, 1).0];
+        qpns.sort_unstable();
+        assert_eq!(qpns, [QP_A, QP_B]);
+        assert!(d.errors().is_empty());
+
+        // The CQ's arm request is in its record (sn 1: no event yet); the register
+        // holds another CQ's doorbell. The next completion raises the event.
+        arm_record(&d, 1, 2);
+        cq_doorbell(&mut d);
+        put_send(&d, 0, 1, 0x08, Some((DATA + 0x2000, KEY)), DATA, 8);
+        d.hca
+            .bar2_watched_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(cqe(&d, 2).0, QP_A);
+        assert_eq!(interrupts(&mut d), 1, "the armed CQ's event");
+        rearm_eq(&mut d, 1);
+
+        // That request is spent: another doorbell of the page does not arm it again.
+        cq_doorbell(&mut d);
+        put_send(&d, 0, 2, 0x08, Some((DATA + 0x2000, KEY)), DATA, 8);
+        d.hca
+            .bar2_watched_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(cqe(&d, 3).0, QP_A);
+        assert_eq!(interrupts(&mut d), 0, "no event without a new request");
+
+        // The driver's next request names the event it saw (sn 2): armed again.
+        arm_record(&d, 2, 4);
+        cq_doorbell(&mut d);
+        put_send(&d, 0, 3, 0x08, Some((DATA + 0x2000, KEY)), DATA, 8);
+        d.hca
+            .bar2_watched_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(interrupts(&mut d), 1);
         assert!(d.errors().is_empty());
     }
 }

@@ -165,7 +165,7 @@ pub fn run(
         .stdout(Stdio::null())
         .stderr(fs::File::create(dir.join("out/qemu.stderr"))?);
     let mut emulated = match &device {
-        Some(_) => Some(EmulatedDevice::start(&dir)?),
+        Some(_) => Some(EmulatedDevice::start(&dir, doorbells(scenario)?)?),
         None => None,
     };
     let start = Instant::now();
@@ -227,6 +227,20 @@ pub fn needs_device(scenario: &str) -> Result<Option<String>> {
         .lines()
         .find_map(|l| l.strip_prefix("# needs-device: "))
         .map(|name| name.trim().to_string()))
+}
+
+/// How a scenario's emulated device takes doorbells (`# doorbells: mapped|socket`
+/// line; the device's default without one). `TILDE_CX3_DOORBELLS` overrides it, to
+/// measure one path against the other (docs/cx3-device.md).
+fn doorbells(scenario: &str) -> Result<Option<String>> {
+    if let Some(forced) = std::env::var_os("TILDE_CX3_DOORBELLS") {
+        return Ok(Some(forced.to_string_lossy().into_owned()));
+    }
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("# doorbells: "))
+        .map(|mode| mode.trim().to_string()))
 }
 
 /// Arguments every guest gets: TCG on two vCPUs, the stock kernel over the initramfs,
@@ -376,7 +390,7 @@ struct EmulatedDevice {
 impl EmulatedDevice {
     const SOCKET: &'static str = "cx3.sock";
 
-    fn start(dir: &Path) -> Result<Self> {
+    fn start(dir: &Path, doorbells: Option<String>) -> Result<Self> {
         let binary = build_device()?;
         let socket = dir.join(Self::SOCKET);
         let log = dir.join("out/cx3-device.log");
@@ -391,6 +405,9 @@ impl EmulatedDevice {
         // (`hw-mlx4/tests/hca_replay.rs`), as `out/cx3-device.trace`.
         if std::env::var_os("TILDE_CX3_TRACE").is_some() {
             command.arg("--trace").arg(dir.join("out/cx3-device.trace"));
+        }
+        if let Some(doorbells) = doorbells {
+            command.arg("--doorbells").arg(doorbells);
         }
         let child = command
             .spawn()

@@ -122,12 +122,17 @@ fuzz_target!(|input: &[u8]| {
                 let at = (u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize) % (SIZE - 64);
                 memory.0.borrow_mut()[at..at + 64].copy_from_slice(&b[3..]);
             }
-            // A UAR write: offset (3), length selector (1), 8 bytes.
+            // A UAR write: offset (3), length selector (1, whose bit 2 says taken from
+            // the mapped BAR2 by watching), 8 bytes.
             2 => {
                 let Some(b) = take(&mut ops, 12) else { break };
                 let offset = u64::from(u32::from_be_bytes([0, b[0], b[1], b[2]]));
                 let len = [4usize, 8, 2, 1][usize::from(b[3] & 3)];
-                hca.bar2_write(&memory, offset, &b[4..4 + len]);
+                if b[3] & 4 == 0 {
+                    hca.bar2_write(&memory, offset, &b[4..4 + len]);
+                } else {
+                    hca.bar2_watched_write(&memory, offset, &b[4..4 + len]);
+                }
             }
             // A BAR0 access anywhere: offset (3), 4 bytes.
             3 => {

@@ -32,6 +32,8 @@ mod qpc {
     pub const RQ_SIZE_STRIDE: usize = 0x09;
     pub const SQ_SIZE_STRIDE: usize = 0x0a;
     pub const PD: usize = 0x04;
+    /// The UAR page whose send doorbell the QP's driver rings (low 24 bits).
+    pub const USR_PAGE: usize = 0x0c;
     pub const REMOTE_QPN: usize = 0x14;
     /// `rlid` in a path.
     pub const PATH_RLID: usize = 0x06;
@@ -152,6 +154,8 @@ pub(super) struct QpQueues {
     pub remote_access: u32,
     /// RNR: the send at `sq_next` waits for a receive, retried this many times so far.
     pub rnr_waiting: Option<u32>,
+    /// The UAR page of its send doorbell.
+    pub usr_page: u32,
 }
 
 impl QpQueues {
@@ -192,6 +196,7 @@ impl QpQueues {
             log_rq_entries,
             log_rq_stride,
             has_rq,
+            usr_page: m.u32(qpc::USR_PAGE) & 0x00ff_ffff,
             ..Self::default()
         };
         queues.update(context, u32::MAX, true);
@@ -242,6 +247,25 @@ pub(super) struct CqState {
     pub producer: u32,
     /// `REQ_NOT` (2) or `REQ_NOT_SOL` (1) when armed, else 0.
     pub armed: u32,
+    /// The UAR page of its doorbell.
+    pub uar_page: u32,
+    /// Completion events raised so far: the driver counts them too (`arm_sn`, from 1),
+    /// and names the count in each arm request.
+    pub events: u32,
+}
+
+impl CqState {
+    /// Disarms the CQ for the event it raises now; the EQ the event goes to.
+    fn fire(&mut self) -> u32 {
+        self.armed = 0;
+        self.events = self.events.wrapping_add(1);
+        self.comp_eqn
+    }
+
+    /// The sequence number an arm request made since the last event carries.
+    fn arm_sn(&self) -> u32 {
+        self.events.wrapping_add(1) & 3
+    }
 }
 
 impl CqState {
@@ -256,6 +280,8 @@ impl CqState {
             db_rec_addr: m.u64(cqc::DB_REC_ADDR),
             producer: 0,
             armed: 0,
+            uar_page: m.u32(cqc::LOGSIZE_USRPAGE) & 0x00ff_ffff,
+            events: 0,
         }
     }
 }
@@ -1032,8 +1058,7 @@ impl Hca {
         if let Some(state) = self.cq_states.get_mut(&cqn) {
             state.producer = state.producer.wrapping_add(1);
             if state.armed != 0 {
-                state.armed = 0;
-                event_eq = Some(state.comp_eqn);
+                event_eq = Some(state.fire());
             }
         }
         if let Some(eqn) = event_eq {
@@ -1063,11 +1088,57 @@ impl Hca {
             return;
         }
         if cq.producer & 0x00ff_ffff != consumer & 0x00ff_ffff {
-            let eqn = cq.comp_eqn;
-            cq.armed = 0;
+            let eqn = cq.fire();
             self.completion_event(dma, eqn, cqn);
         } else {
             cq.armed = cmd;
+        }
+    }
+
+    /// A doorbell of UAR page `page` whose value may have replaced earlier ones: a
+    /// transport that watches the mapped UAR pages sees only the last value written to a
+    /// register that every QP (or CQ) of the page shares. So a send doorbell makes every
+    /// QP of the page look at its SQ (the WQEs' owner bits say what is new), and a CQ
+    /// doorbell makes every CQ of the page read its arm request from its doorbell record
+    /// (`arm_db`, which the driver writes before the doorbell: `mlx4_cq_arm`), taken
+    /// only if it names the events so far (a request the last event answered is spent).
+    pub(super) fn page_doorbell(&mut self, dma: &dyn Dma, page: u32, send: bool) {
+        if send {
+            let qpns: Vec<u32> = self
+                .qps
+                .iter()
+                .filter(|(_, qp)| qp.queues.as_ref().is_some_and(|q| q.usr_page == page))
+                .map(|(&qpn, _)| qpn)
+                .collect();
+            for qpn in qpns {
+                self.send_doorbell(dma, qpn);
+            }
+            return;
+        }
+        let cqns: Vec<u32> = self
+            .cq_states
+            .iter()
+            .filter(|(_, cq)| cq.uar_page == page)
+            .map(|(&cqn, _)| cqn)
+            .collect();
+        for cqn in cqns {
+            let Some(cq) = self.cq_states.get(&cqn) else {
+                continue;
+            };
+            let mut record = [0u8; 4];
+            if let Err(f) = dma.read(cq.db_rec_addr + 4, &mut record) {
+                self.driver_error(format!(
+                    "CQ {cqn:#x}: arm doorbell record at {:#x} outside mapped memory",
+                    f.address
+                ));
+                continue;
+            }
+            let request = u32::from_be_bytes(record);
+            let cmd = (request >> 24) & 7;
+            if (cmd == 1 || cmd == 2) && request >> 28 == cq.arm_sn() {
+                let word0 = (request & 0xff00_0000) | cqn;
+                self.cq_doorbell(dma, word0, request & 0x00ff_ffff);
+            }
         }
     }
 

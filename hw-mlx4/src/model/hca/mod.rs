@@ -306,6 +306,18 @@ impl Hca {
         data.fill(0);
     }
 
+    /// A doorbell a transport took from a watched, mapped BAR2 (see `page_doorbell`): EQ doorbells are one register per EQ and go as
+    /// written; a send or CQ doorbell stands for every QP or CQ of its page.
+    pub fn bar2_watched_write(&mut self, dma: &dyn Dma, offset: u64, data: &[u8]) {
+        let page = offset >> layout::UAR_PAGE_SHIFT;
+        let in_page = (offset & ((1 << layout::UAR_PAGE_SHIFT) - 1)) as usize;
+        match (in_page, u32::try_from(page)) {
+            (UAR_SEND_DOORBELL, Ok(page)) => self.page_doorbell(dma, page, true),
+            (UAR_CQ_DOORBELL, Ok(page)) => self.page_doorbell(dma, page, false),
+            _ => self.bar2_write(dma, offset, data),
+        }
+    }
+
     /// A BAR2 (UAR) write: EQ doorbells, CQ doorbells, send doorbells.
     pub fn bar2_write(&mut self, dma: &dyn Dma, offset: u64, data: &[u8]) {
         let page = offset >> layout::UAR_PAGE_SHIFT;

@@ -42,6 +42,11 @@ pub enum TraceEvent {
         offset: u64,
         data: Vec<u8>,
     },
+    /// A doorbell taken from BAR2 mapped into the guest (`Hca::bar2_watched_write`).
+    WatchedWrite {
+        offset: u64,
+        data: Vec<u8>,
+    },
     Reset,
     /// The device's timer fired (RNR retries, flushes of QPs in error).
     Tick,
@@ -63,6 +68,7 @@ impl TraceEvent {
             Self::BusMaster(on) => format!("bm {}", u8::from(*on)),
             Self::Read { bar, offset, data } => format!("r{bar} {offset:x} {}", hex(data)),
             Self::Write { bar, offset, data } => format!("w{bar} {offset:x} {}", hex(data)),
+            Self::WatchedWrite { offset, data } => format!("ww2 {offset:x} {}", hex(data)),
             Self::Reset => "reset".into(),
             Self::Tick => "tick".into(),
             Self::DmaRead { address, len, data } => {
@@ -94,6 +100,10 @@ impl TraceEvent {
                     Self::Write { bar, offset, data }
                 }
             }
+            "ww2" => Self::WatchedWrite {
+                offset: number(next("offset")?, 16)?,
+                data: unhex(next("data")?)?,
+            },
             "dr" => {
                 let address = number(next("address")?, 16)?;
                 let len = number(next("length")?, 10)? as usize;
@@ -244,6 +254,9 @@ pub fn replay(trace: &str) -> Result<ReplayReport, String> {
                 } else {
                     hca.bar2_write(&dma, *offset, data);
                 }
+            }
+            TraceEvent::WatchedWrite { offset, data } => {
+                hca.bar2_watched_write(&dma, *offset, data)
             }
             TraceEvent::DmaRead { .. } | TraceEvent::DmaWrite { .. } => {}
         }
