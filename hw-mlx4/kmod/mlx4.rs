@@ -102,13 +102,25 @@ fn fast_path_selftest() -> Result<Report> {
     };
     let mut cq = CompletionQueue::new(CQN, ring(7, 5)?, doorbells, &uar)
         .map_err(config_error)?;
-    // What the device's registers hold: the page's bytes as they are (the doorbell
-    // views are big-endian).
+    // The device's side of the page: each doorbell register rests at a value no doorbell
+    // carries, and the device takes what the driver wrote since its last look, leaving
+    // the register at rest again (the doorbell views are big-endian).
+    const IDLE: u32 = u32::MAX;
+    let registers = [UAR_SEND_DOORBELL, UAR_CQ_DOORBELL, UAR_CQ_DOORBELL + 4];
+    for offset in registers {
+        uar_page.write_u32(offset, IDLE).ok_or(EINVAL)?;
+    }
+    let take = |offset| {
+        let raw = uar_page.read_u32(offset).unwrap_or(IDLE);
+        let _ = uar_page.write_u32(offset, IDLE);
+        raw
+    };
     let seen = || {
-        let raw = |offset| uar_page.read_u32(offset).unwrap_or(0);
-        let cq: CqDoorbell = zerocopy::transmute!([raw(UAR_CQ_DOORBELL), raw(UAR_CQ_DOORBELL + 4)]);
+        let send = Some(take(UAR_SEND_DOORBELL)).filter(|&raw| raw != IDLE);
+        let words = [take(UAR_CQ_DOORBELL), take(UAR_CQ_DOORBELL + 4)];
+        let cq = (words != [IDLE, IDLE]).then(|| -> CqDoorbell { zerocopy::transmute!(words) });
         UarSeen {
-            send: u32::from_be(raw(UAR_SEND_DOORBELL)),
+            send: send.map(u32::from_be),
             cq,
         }
     };

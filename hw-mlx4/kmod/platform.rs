@@ -55,6 +55,17 @@ impl QueueMemory {
         // size); a volatile read, as the device may write it.
         Some(unsafe { self.cpu.as_ptr().add(offset).cast::<u32>().read_volatile() })
     }
+
+    /// Writes the 32-bit word at `offset` once; `None` past the end or unaligned.
+    pub(crate) fn write_u32(&self, offset: usize, value: u32) -> Option<()> {
+        if offset % 4 != 0 || offset.checked_add(4)? > self.size {
+            return None;
+        }
+        // SAFETY: in bounds and aligned (checked above); a volatile write, as the
+        // device may read it.
+        unsafe { self.cpu.as_ptr().add(offset).cast::<u32>().write_volatile(value) };
+        Some(())
+    }
 }
 
 impl Drop for QueueMemory {

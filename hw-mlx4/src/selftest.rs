@@ -24,13 +24,16 @@ use crate::wr::{
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-/// What the device's UAR registers hold after the driver's writes.
+/// The doorbells the driver wrote since the device last looked: the device takes each
+/// register's value (as hardware does, and as a device watching its UAR page must), so a
+/// register the driver did not write again since reads as nothing, never as the value
+/// of an earlier round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UarSeen {
-    /// The last value written to the send doorbell.
-    pub send: u32,
-    /// The last 64-bit CQ doorbell.
-    pub cq: CqDoorbell,
+    /// The last value written to the send doorbell since the last look.
+    pub send: Option<u32>,
+    /// The last 64-bit CQ doorbell since the last look.
+    pub cq: Option<CqDoorbell>,
 }
 
 /// Why the self-test failed: the first thing the device saw that it should not have.
@@ -66,12 +69,12 @@ pub enum SelftestError {
         /// What the record holds.
         seen: u32,
     },
-    /// The send doorbell does not name the QP.
+    /// The post did not ring the send doorbell, or not with the QP's value.
     SendDoorbell {
         /// The send doorbell value of the QP.
         expected: u32,
-        /// The last value written to the send doorbell.
-        seen: u32,
+        /// What the post wrote to the send doorbell, if anything.
+        seen: Option<u32>,
     },
     /// A completion does not match its WR.
     Completion {
@@ -113,7 +116,8 @@ const LKEY: u32 = 0x0000_1100;
 const RKEY: u32 = 0x0000_2200;
 
 /// Runs `rounds` rounds over `qp` (an RC QP whose send and receive queues complete on
-/// `cq`); `uar_seen` reads back what the device's UAR registers hold.
+/// `cq`); `uar_seen` takes what the driver wrote to the device's UAR registers since the
+/// last call.
 pub fn loopback<P: Platform>(
     qp: &mut QueuePairState<P>,
     cq: &mut CompletionQueue<'_, P>,
@@ -188,7 +192,7 @@ pub fn loopback<P: Platform>(
         ];
         sq.post(&sends).map_err(SelftestError::Post)?;
         let seen = uar_seen().send;
-        if seen != send_doorbell_value(qpn) {
+        if seen != Some(send_doorbell_value(qpn)) {
             return Err(SelftestError::SendDoorbell {
                 expected: send_doorbell_value(qpn),
                 seen,
@@ -217,7 +221,9 @@ pub fn loopback<P: Platform>(
                 wqe: device_sq,
             });
         }
-        let received = check_recv_wqe(completions.rq.ring(), device_rq, &recv_sge[0], round)?;
+        // The receive takes the first SEND, the gathered one.
+        let received = check_recv_wqe(completions.rq.ring(), device_rq, &recv_sge[0], round)?
+            .min(gather[0].length);
         let mut cqe = Cqe::new_zeroed();
         cqe.vlan_my_qpn = Be32::new(qpn);
         cqe.g_mlpath_rqpn = Be32::new(qpn);
@@ -237,7 +243,7 @@ pub fn loopback<P: Platform>(
             (base | 1, WcOpcode::Send, 0),
             (base | 2, WcOpcode::Send, 0),
             (base | 3, WcOpcode::RdmaWrite, 0),
-            (base | 0xf, WcOpcode::Recv, received),
+            (base | 0xf, WcOpcode::Recv, gather[0].length),
         ];
         if polled != expected.len() {
             return Err(SelftestError::Completion {
@@ -293,7 +299,7 @@ pub fn loopback<P: Platform>(
                 });
             }
             let doorbell = uar_seen().cq;
-            if doorbell != CqDoorbell::new(arm_sn, ArmCommand::Next, cq.cqn(), ci) {
+            if doorbell != Some(CqDoorbell::new(arm_sn, ArmCommand::Next, cq.cqn(), ci)) {
                 return Err(SelftestError::Arm {
                     field: "CQ doorbell",
                 });
@@ -400,7 +406,7 @@ fn check_gather(bytes: &[u8], sges: &[Sge]) -> Option<()> {
 }
 
 /// Takes the receive WQE at counter `index` as the device does once the doorbell record
-/// names it, and returns how many bytes a SEND of that length lands.
+/// names it, checks its scatter entry is the WR's, and returns the room it offers.
 fn check_recv_wqe<R: DmaRing>(
     ring: &R,
     index: u32,
@@ -423,7 +429,14 @@ fn check_recv_wqe<R: DmaRing>(
     if seg.addr.get() != posted.addr || seg.lkey.get() != posted.lkey {
         return Err(fail);
     }
-    Ok(seg.byte_count.get().min(posted.length))
+    if seg.byte_count.get() != posted.length {
+        return Err(SelftestError::Wqe {
+            round,
+            wqe: index,
+            field: "scatter byte_count",
+        });
+    }
+    Ok(seg.byte_count.get())
 }
 
 /// Writes a CQE at the device's producer counter `index` of a CQ of `entries` entries:
@@ -493,17 +506,19 @@ mod tests {
         QueuePairState::new(QPN, sq, rq)
     }
 
-    /// The UAR registers as the device sees them: the last write of each.
-    fn seen(uar: &HostUar, last: &Cell<UarSeen>) -> UarSeen {
-        let mut now = last.get();
+    /// The doorbells the driver wrote since the last look: the last write of each.
+    fn seen(uar: &HostUar) -> UarSeen {
+        let mut now = UarSeen {
+            send: None,
+            cq: None,
+        };
         while let Some(write) = uar.pop() {
             match write {
-                UarWrite::Send(value) => now.send = value,
-                UarWrite::Cq(doorbell) => now.cq = doorbell,
+                UarWrite::Send(value) => now.send = Some(value),
+                UarWrite::Cq(doorbell) => now.cq = Some(doorbell),
                 UarWrite::Eq { .. } => {}
             }
         }
-        last.set(now);
         now
     }
 
@@ -516,20 +531,12 @@ mod tests {
         CompletionQueue::new(CQN, HostRing::new(7, 5), doorbells, uar).expect("CQ")
     }
 
-    fn nothing_seen() -> Cell<UarSeen> {
-        Cell::new(UarSeen {
-            send: 0,
-            cq: CqDoorbell::new(0, ArmCommand::Solicited, 0, 0),
-        })
-    }
-
     #[test]
     fn the_fast_path_passes_over_many_laps_of_every_ring() {
         let uar = HostUar::new();
         let mut qp = qp(28);
         let mut cq = cq(&uar);
-        let last = nothing_seen();
-        let report = loopback(&mut qp, &mut cq, &uar, || seen(&uar, &last), 1000).expect("pass");
+        let report = loopback(&mut qp, &mut cq, &uar, || seen(&uar), 1000).expect("pass");
         assert_eq!(
             report,
             Report {
@@ -548,19 +555,81 @@ mod tests {
         let uar = HostUar::new();
         let mut qp = qp(28);
         let mut cq = cq(&uar);
-        let last = nothing_seen();
         // A UAR that loses every write.
         let lost = || {
             uar.discard();
-            last.get()
+            seen(&uar)
         };
         assert_eq!(
             loopback(&mut qp, &mut cq, &uar, lost, 1),
             Err(SelftestError::SendDoorbell {
                 expected: send_doorbell_value(QPN),
-                seen: 0
+                seen: None
             })
         );
+    }
+
+    #[test]
+    fn a_driver_that_rings_only_on_its_first_post_fails_the_test() {
+        let uar = HostUar::new();
+        let mut qp = qp(28);
+        let mut cq = cq(&uar);
+        // Every register as written, except that the send doorbell is rung once.
+        let rung = Cell::new(false);
+        let first_only = || {
+            let mut now = seen(&uar);
+            if now.send.is_some() && rung.replace(true) {
+                now.send = None;
+            }
+            now
+        };
+        assert_eq!(
+            loopback(&mut qp, &mut cq, &uar, first_only, 2),
+            Err(SelftestError::SendDoorbell {
+                expected: send_doorbell_value(QPN),
+                seen: None
+            })
+        );
+    }
+
+    #[test]
+    fn a_receive_wqe_with_another_length_than_its_wr_fails_the_test() {
+        let ring = HostRing::new(6, 4);
+        let posted = Sge {
+            addr: 0x8000_0000,
+            length: 256,
+            lkey: LKEY,
+        };
+        let mut seg = DataSeg::new_zeroed();
+        seg.addr = posted.addr.into();
+        seg.lkey = Be32::new(posted.lkey);
+        seg.byte_count = Be32::new(128);
+        // SAFETY: the ring is ours alone; nothing else reads or writes it.
+        unsafe {
+            ring.with_entry_mut(0, |wqe| {
+                if let Some(head) = wqe.get_mut(..DS_SIZE) {
+                    head.copy_from_slice(seg.as_bytes());
+                }
+            })
+        };
+        assert_eq!(
+            check_recv_wqe(&ring, 0, &posted, 0),
+            Err(SelftestError::Wqe {
+                round: 0,
+                wqe: 0,
+                field: "scatter byte_count"
+            })
+        );
+        seg.byte_count = Be32::new(256);
+        // SAFETY: as above.
+        unsafe {
+            ring.with_entry_mut(0, |wqe| {
+                if let Some(head) = wqe.get_mut(..DS_SIZE) {
+                    head.copy_from_slice(seg.as_bytes());
+                }
+            })
+        };
+        assert_eq!(check_recv_wqe(&ring, 0, &posted, 0), Ok(256));
     }
 
     #[test]
@@ -568,9 +637,8 @@ mod tests {
         let uar = HostUar::new();
         let mut qp = qp(8);
         let mut cq = cq(&uar);
-        let last = nothing_seen();
         assert_eq!(
-            loopback(&mut qp, &mut cq, &uar, || seen(&uar, &last), 1),
+            loopback(&mut qp, &mut cq, &uar, || seen(&uar), 1),
             Err(SelftestError::QueueTooSmall)
         );
     }

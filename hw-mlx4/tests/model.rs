@@ -722,10 +722,17 @@ fn ud_sends_carry_the_grh_and_drop_on_a_wrong_qkey() {
         vlan: 0,
         mac: [2, 0, 0, 0, 0, 1],
     };
-    b_rq.post(&[RecvWr {
-        wr_id: 1,
-        sges: &[sge(buf, 4096, key)],
-    }])
+    // Two receives: a datagram the Q_Key check let through would take the first.
+    b_rq.post(&[
+        RecvWr {
+            wr_id: 1,
+            sges: &[sge(buf, 2048, key)],
+        },
+        RecvWr {
+            wr_id: 11,
+            sges: &[sge(buf + 2048, 2048, key)],
+        },
+    ])
     .unwrap();
     let mut wr = SendWr::new(
         2,
@@ -745,10 +752,15 @@ fn ud_sends_carry_the_grh_and_drop_on_a_wrong_qkey() {
         SendFlags::SIGNALED,
     );
     dropped.ud = Some(&wrong);
-    a_sq.post(&[wr, dropped]).unwrap();
+    // The wrong Q_Key first: dropped, it leaves the first receive for the right one.
+    a_sq.post(&[dropped, wr]).unwrap();
     rig.model.process().unwrap();
     let done = poll_all(&mut cq, &qps);
     assert_eq!(done.len(), 3, "two send completions and one receive");
+    assert!(
+        done.iter().all(|c| c.wr_id != 11),
+        "the second receive stays posted"
+    );
     let recv = done.iter().find(|c| c.wr_id == 1).unwrap();
     assert_eq!(recv.byte_len, 40 + 8);
     assert!(recv.flags.contains(WcFlags::GRH));

@@ -617,9 +617,14 @@ impl Host<'_> {
     }
 }
 
+/// `len` bytes that do not repeat (each a hash of its position and `seed`): a transfer
+/// that lands a block at the wrong offset, or the same block twice, reads back different.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+    (0..len as u64)
+        .map(|i| {
+            let x = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (u64::from(seed) << 32);
+            (x.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 56) as u8
+        })
         .collect()
 }
 

@@ -146,20 +146,103 @@ fn function(ko: &Path, symbol: &str) -> Result<Vec<String>> {
             ko.display()
         );
     }
-    if let Some(call) = panic_path(&code) {
+    if let Some(path) = panic_path(&modules_listing(ko)?, symbol) {
         bail!(
-            "{symbol} in {} can panic ({call}): the fast path may not (kernel builds check overflow)",
-            ko.display()
+            "{symbol} in {} can panic ({}): the fast path may not (kernel builds check overflow)",
+            ko.display(),
+            path.join(" -> ")
         );
     }
     Ok(code)
 }
 
-/// The first call into Rust's panic machinery in `code`, if any: an overflow check, a
-/// bounds check or an explicit panic left in the compiled function.
-fn panic_path(code: &[String]) -> Option<&String> {
-    code.iter()
-        .find(|l| l.starts_with("reloc ") && l.contains("core::panicking::"))
+/// The listings of every module beside `ko` (tilde's modules of one target), one after
+/// the other: a fast-path function calls into `tilde_core`'s exports too. Read once per
+/// directory.
+fn modules_listing(ko: &Path) -> Result<std::sync::Arc<String>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LISTINGS: OnceLock<Mutex<HashMap<PathBuf, Arc<String>>>> = OnceLock::new();
+    let dir = ko.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let cache = LISTINGS.get_or_init(Default::default);
+    if let Some(listing) = cache.lock().ok().and_then(|c| c.get(&dir).cloned()) {
+        return Ok(listing);
+    }
+    let mut modules: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "ko"))
+        .collect();
+    modules.sort();
+    let mut listing = String::new();
+    for module in modules {
+        listing.push_str(&output(
+            Command::new("objdump")
+                .args(["-d", "-r", "-C", "--no-show-raw-insn"])
+                .arg(&module),
+        )?);
+    }
+    let listing = Arc::new(listing);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(dir, listing.clone());
+    }
+    Ok(listing)
+}
+
+/// Whether a call's target is Rust's panic machinery: `core::panicking` (overflow and
+/// bounds checks, explicit panics) and the out-of-line panics the library reaches them
+/// through (`core::option::unwrap_failed`, `core::result::unwrap_failed`,
+/// `core::slice::index::slice_index_fail` and the like, `core::cell::panic_already_*`),
+/// and the unwinder's entry.
+fn is_panic(target: &str) -> bool {
+    let library = ["core::", "alloc::", "std::"]
+        .iter()
+        .any(|krate| target.starts_with(krate));
+    target.contains("panicking")
+        || target.contains("rust_begin_unwind")
+        || (library && (target.contains("panic") || target.contains("_fail")))
+}
+
+/// The symbol a relocation line names, without its addend: `reloc R_X86_64_PLT32
+/// <a::B>::c-0x4` gives `<a::B>::c`.
+fn reloc_target(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("reloc R_")?;
+    let (_, target) = rest.split_once(' ')?;
+    let end = target
+        .rfind(['-', '+'])
+        .filter(|&at| target[at + 1..].starts_with("0x"))
+        .unwrap_or(target.len());
+    Some(&target[..end])
+}
+
+/// A way from `symbol` into the panic machinery, if there is one: through its own calls
+/// and those of every function of the listing it calls, however deep (a callee the
+/// compiler did not inline is as much the fast path as the function itself). The path
+/// names each function on the way, the panic last.
+fn panic_path(listing: &str, symbol: &str) -> Option<Vec<String>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![vec![symbol.to_string()]];
+    while let Some(path) = stack.pop() {
+        let current = path.last()?.clone();
+        if !seen.insert(current.clone()) {
+            continue;
+        }
+        for line in extract(listing, &current) {
+            let Some(target) = reloc_target(&line) else {
+                continue;
+            };
+            let mut next = path.clone();
+            next.push(target.to_string());
+            if is_panic(target) {
+                return Some(next);
+            }
+            // Only functions tilde's modules define are followed: the kernel's own (memcpy,
+            // the return thunk, its Rust crate on 7.2) are not tilde's to change.
+            if !seen.contains(target) && !extract(listing, target).is_empty() {
+                stack.push(next);
+            }
+        }
+    }
+    None
 }
 
 /// The lines of `symbol`'s body in an `objdump -d -r` listing, normalised.
@@ -238,21 +321,69 @@ mod tests {
             .replace("2380", "4450");
         assert_eq!(extract(&moved, "<rdma_core::qp::Queues>::completed"), code);
         assert!(extract(LISTING, "missing").is_empty());
-        assert_eq!(panic_path(&code), None);
+        assert_eq!(
+            panic_path(LISTING, "<rdma_core::qp::Queues>::completed"),
+            None
+        );
     }
 
     #[test]
     fn an_overflow_check_is_a_panic_path() {
-        let code = extract(
-            &LISTING.replace(
-                "__x86_return_thunk-0x4",
-                "core::panicking::panic_const::panic_const_add_overflow-0x4",
-            ),
-            "<rdma_core::qp::Queues>::completed",
+        let listing = LISTING.replace(
+            "__x86_return_thunk-0x4",
+            "core::panicking::panic_const::panic_const_add_overflow-0x4",
         );
         assert_eq!(
-            panic_path(&code).map(String::as_str),
-            Some("reloc R_X86_64_PLT32 core::panicking::panic_const::panic_const_add_overflow-0x4")
+            panic_path(&listing, "<rdma_core::qp::Queues>::completed"),
+            Some(vec![
+                "<rdma_core::qp::Queues>::completed".to_string(),
+                "core::panicking::panic_const::panic_const_add_overflow".to_string()
+            ])
+        );
+    }
+
+    #[test]
+    fn the_library_s_out_of_line_panics_are_panic_paths() {
+        for target in [
+            "core::option::unwrap_failed",
+            "core::result::unwrap_failed",
+            "core::slice::index::slice_index_fail",
+            "core::slice::index::slice_end_index_len_fail",
+            "core::cell::panic_already_borrowed",
+            "core::option::expect_failed",
+            "rust_begin_unwind",
+        ] {
+            assert!(is_panic(target), "{target}");
+        }
+        for target in [
+            "__x86_return_thunk",
+            "memcpy",
+            "<hw_mlx4::wire::Cqe>::owner",
+        ] {
+            assert!(!is_panic(target), "{target}");
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_callee_that_was_not_inlined_is_found() {
+        let listing = "\
+0000000000000100 <fast>:
+     100:\tcall   105 <fast+0x5>
+\t\t\t101: R_X86_64_PLT32\t<hw_mlx4::ring::Ring as core::ops::Index<u32>>::index-0x4
+     105:\tret
+
+0000000000000200 <<hw_mlx4::ring::Ring as core::ops::Index<u32>>::index>:
+     200:\tcall   205 <<hw_mlx4::ring::Ring as core::ops::Index<u32>>::index+0x5>
+\t\t\t201: R_X86_64_PLT32\tcore::slice::index::slice_index_fail-0x4
+     205:\tret
+";
+        assert_eq!(
+            panic_path(listing, "fast"),
+            Some(vec![
+                "fast".to_string(),
+                "<hw_mlx4::ring::Ring as core::ops::Index<u32>>::index".to_string(),
+                "core::slice::index::slice_index_fail".to_string()
+            ])
         );
     }
 }

@@ -619,3 +619,59 @@ fn write_executable(path: &Path, contents: &[u8]) -> Result {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guest scripts' lines that assert by negation (`! CMD` as a command of its own):
+    /// bash -e ignores a negated command's status, so such a line can never fail a scenario.
+    /// `refute` (lib.sh) is the way to say it. A `!` inside an `if`, a `while` or an `&&`
+    /// list is a condition, not an assertion, and is not reported.
+    fn negated_assertions(script: &str) -> Vec<(usize, String)> {
+        script
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| line.trim_start().starts_with("! "))
+            .map(|(i, line)| (i + 1, line.trim().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_negated_command_is_found_and_a_condition_is_not() {
+        let script =
+            "set -e\n\t! grep -q rxe0 links.log\nif ! true; then :; fi\na && ! b && break\n";
+        assert_eq!(
+            negated_assertions(script),
+            [(2, "! grep -q rxe0 links.log".to_string())]
+        );
+    }
+
+    #[test]
+    fn no_guest_script_asserts_by_negation() {
+        let vm = repo_root().join("xtask/vm");
+        let mut scripts: Vec<PathBuf> = vec![vm.join("stage2"), vm.join("init")];
+        for dir in [vm.clone(), scenarios_dir()] {
+            for entry in fs::read_dir(&dir).expect("the guest scripts' folder") {
+                let path = entry.expect("a directory entry").path();
+                if path.extension().is_some_and(|e| e == "sh") {
+                    scripts.push(path);
+                }
+            }
+        }
+        let found: Vec<String> = scripts
+            .iter()
+            .flat_map(|path| {
+                let text = fs::read_to_string(path).expect("a guest script");
+                negated_assertions(&text)
+                    .into_iter()
+                    .map(move |(line, text)| format!("{}:{line}: {text}", path.display()))
+            })
+            .collect();
+        assert!(
+            found.is_empty(),
+            "use `refute` instead:\n{}",
+            found.join("\n")
+        );
+    }
+}

@@ -123,7 +123,8 @@ iser_target_drop() {
 	head -c 67108864 /dev/urandom > /tmp/drop
 	dd if=/tmp/drop of="$ISER_DEV" bs=64k seek=2048 oflag=direct status=none &
 	local writer=$!
-	sleep 1
+	sleep 0.5
+	still_running "$writer" "the target dropped the session"
 	echo 0 > "$ISER_TPG/enable"
 	sleep 3
 	echo 1 > "$ISER_TPG/enable"
@@ -144,7 +145,8 @@ iser_device_removal() {
 	for tmo in /sys/class/iscsi_session/session*/recovery_tmo; do echo 5 > "$tmo"; done
 	dd if=/dev/zero of="$ISER_DEV" bs=64k count=4096 oflag=direct status=none &
 	local writer=$!
-	sleep 1
+	sleep 0.5
+	still_running "$writer" "the device removal"
 	timeout 60 rdma link delete rxe0
 	if wait "$writer"; then
 		echo "note: the writer finished before the device went away"
@@ -152,7 +154,7 @@ iser_device_removal() {
 		echo "ok: the writer ended with I/O errors"
 	fi
 	rdma link show | tee links.log
-	! grep -q rxe0 links.log
+	refute "rxe0 is still listed after its removal" grep -q rxe0 links.log
 	iser_logout || true
 }
 

@@ -36,6 +36,27 @@ wait_dmesg() {
 }
 
 # reject_dmesg REGEX: fail if the kernel log has a line matching REGEX.
+# still_running PID WHAT: fails unless the background job PID is still running: the step
+# WHAT is meant to happen under its I/O.
+still_running() {
+	if ! kill -0 "$1" 2>/dev/null; then
+		echo "FAIL: the I/O had finished before $2: nothing was under I/O"
+		return 1
+	fi
+}
+
+# refute WHAT CMD...: fails, naming WHAT, if CMD succeeds. A scenario cannot say `! CMD`:
+# bash -e ignores a negated command's status, so the line could never fail the script
+# (xtask's tests reject such lines).
+refute() {
+	local what=$1
+	shift
+	if "$@"; then
+		echo "FAIL: $what"
+		return 1
+	fi
+}
+
 reject_dmesg() {
 	local log
 	log=$(kernel_log)

@@ -117,24 +117,31 @@ pub mod atomic {
         unsafe fn fetch_sub(p: *mut Self, v: Self, o: Ordering) -> Self;
     }
 
+    // Every method here is `#[inline(always)]`: the ordering is a constant at each call,
+    // and an out-of-line copy would keep core's match over all orderings, its panics
+    // for the impossible ones included, in the fast path (xtask's panic check finds it).
     macro_rules! atomic_type {
         ($t:ty, $repr:ty) => {
             // SAFETY (every method): `p` is valid and aligned for `$t`, and `$repr` has
             // the size and alignment of `$t` (caller and `Atomic` guarantee the rest).
             // SAFETY: every method goes through the `core::sync::atomic` type.
             unsafe impl AtomicType for $t {
+                #[inline(always)]
                 unsafe fn load(p: *mut Self, o: Ordering) -> Self {
                     // SAFETY: see above.
                     unsafe { <$repr>::from_ptr(p) }.load(o)
                 }
+                #[inline(always)]
                 unsafe fn store(p: *mut Self, v: Self, o: Ordering) {
                     // SAFETY: see above.
                     unsafe { <$repr>::from_ptr(p) }.store(v, o)
                 }
+                #[inline(always)]
                 unsafe fn swap(p: *mut Self, v: Self, o: Ordering) -> Self {
                     // SAFETY: see above.
                     unsafe { <$repr>::from_ptr(p) }.swap(v, o)
                 }
+                #[inline(always)]
                 unsafe fn compare_exchange(
                     p: *mut Self,
                     old: Self,
@@ -153,10 +160,12 @@ pub mod atomic {
         ($t:ty, $repr:ty) => {
             atomic_type!($t, $repr);
             impl AtomicAdd for $t {
+                #[inline(always)]
                 unsafe fn fetch_add(p: *mut Self, v: Self, o: Ordering) -> Self {
                     // SAFETY: as for `AtomicType`.
                     unsafe { <$repr>::from_ptr(p) }.fetch_add(v, o)
                 }
+                #[inline(always)]
                 unsafe fn fetch_sub(p: *mut Self, v: Self, o: Ordering) -> Self {
                     // SAFETY: as for `AtomicType`.
                     unsafe { <$repr>::from_ptr(p) }.fetch_sub(v, o)
@@ -174,18 +183,22 @@ pub mod atomic {
 
     // SAFETY: every method goes through `AtomicPtr`.
     unsafe impl<T> AtomicType for *mut T {
+        #[inline(always)]
         unsafe fn load(p: *mut Self, o: Ordering) -> Self {
             // SAFETY: as for `AtomicType`; `AtomicPtr<T>` has a pointer's layout.
             unsafe { AtomicPtr::from_ptr(p) }.load(o)
         }
+        #[inline(always)]
         unsafe fn store(p: *mut Self, v: Self, o: Ordering) {
             // SAFETY: as above.
             unsafe { AtomicPtr::from_ptr(p) }.store(v, o)
         }
+        #[inline(always)]
         unsafe fn swap(p: *mut Self, v: Self, o: Ordering) -> Self {
             // SAFETY: as above.
             unsafe { AtomicPtr::from_ptr(p) }.swap(v, o)
         }
+        #[inline(always)]
         unsafe fn compare_exchange(
             p: *mut Self,
             old: Self,
@@ -229,24 +242,28 @@ pub mod atomic {
         }
 
         /// Reads the value.
+        #[inline(always)]
         pub fn load<O: LoadOrder>(&self, _: O) -> T {
             // SAFETY: the cell is valid and aligned, and only accessed atomically.
             unsafe { T::load(self.0.get(), O::LOAD) }
         }
 
         /// Writes `v`.
+        #[inline(always)]
         pub fn store<O: StoreOrder>(&self, v: T, _: O) {
             // SAFETY: as above.
             unsafe { T::store(self.0.get(), v, O::ORDERING) }
         }
 
         /// Writes `v`, returning the value it replaced.
+        #[inline(always)]
         pub fn xchg<O: Order>(&self, v: T, _: O) -> T {
             // SAFETY: as above.
             unsafe { T::swap(self.0.get(), v, O::ORDERING) }
         }
 
         /// Writes `new` if the value is `old`; the value found either way.
+        #[inline(always)]
         pub fn cmpxchg<O: Order>(&self, old: T, new: T, _: O) -> Result<T, T> {
             // SAFETY: as above.
             unsafe { T::compare_exchange(self.0.get(), old, new, O::ORDERING, O::LOAD) }
@@ -255,18 +272,21 @@ pub mod atomic {
 
     impl<T: AtomicAdd> Atomic<T> {
         /// Adds `v`, returning the value before.
+        #[inline(always)]
         pub fn fetch_add<O: Order>(&self, v: T, _: O) -> T {
             // SAFETY: the cell is valid and aligned, and only accessed atomically.
             unsafe { T::fetch_add(self.0.get(), v, O::ORDERING) }
         }
 
         /// Subtracts `v`, returning the value before.
+        #[inline(always)]
         pub fn fetch_sub<O: Order>(&self, v: T, _: O) -> T {
             // SAFETY: as above.
             unsafe { T::fetch_sub(self.0.get(), v, O::ORDERING) }
         }
 
         /// Adds `v`, relaxed.
+        #[inline(always)]
         pub fn add(&self, v: T, _: Relaxed) {
             // SAFETY: as above.
             unsafe { T::fetch_add(self.0.get(), v, Ordering::Relaxed) };

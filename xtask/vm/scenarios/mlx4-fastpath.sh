@@ -20,4 +20,4 @@ reject_dmesg 'tilde_mlx4: .*(failed|refused)'
 echo "== unload"
 rmmod tilde_mlx4
 expect_dmesg 'tilde_mlx4: unloading$'
-! grep -q '^tilde_mlx4 ' /proc/modules
+refute "tilde_mlx4 is still loaded" grep -q '^tilde_mlx4 ' /proc/modules
