@@ -20,9 +20,11 @@ use hw_mlx4::wire::{CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use kernel::prelude::*;
 
 mod platform;
+mod wr_ids;
 
 use hw_mlx4::ring::RingMemory;
-use platform::{ring, KernelDoorbellRecord, KernelPlatform, QueueMemory, Uar, WrIds};
+use platform::{ring, KernelDoorbellRecord, KernelPlatform, QueueMemory, Uar};
+use wr_ids::WrIds;
 
 module! {
     type: TildeMlx4,

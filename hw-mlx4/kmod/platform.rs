@@ -15,10 +15,11 @@ use core::ptr::NonNull;
 use hw_mlx4::fastpath::platform::{DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot};
 use hw_mlx4::ring::{MemoryRing, RingMemory};
 use hw_mlx4::wire::{eq_doorbell_offset, CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
-use kernel::alloc::{flags::GFP_KERNEL, KVec};
 use kernel::prelude::*;
 use rdma_core::kernel_api::atomic::{Acquire, Atomic, Relaxed, Release};
 use rdma_core::kernel_api::barrier;
+
+use crate::wr_ids::WrIds;
 
 extern "C" {
     fn tilde_mlx4_queue_alloc(size: usize) -> *mut c_void;
@@ -224,27 +225,6 @@ impl WrIdSlot for WrId {
     #[inline]
     fn set(&self, value: u64) {
         self.0.store(value, Relaxed)
-    }
-}
-
-/// A queue's wr_id table, one slot per ring entry.
-pub(crate) struct WrIds(KVec<WrId>);
-
-impl WrIds {
-    pub(crate) fn new(entries: u32) -> Result<Self> {
-        let entries = entries as usize;
-        let mut slots = KVec::with_capacity(entries, GFP_KERNEL)?;
-        for _ in 0..entries {
-            slots.push(WrId::new(0), GFP_KERNEL)?;
-        }
-        Ok(Self(slots))
-    }
-}
-
-impl AsRef<[WrId]> for WrIds {
-    #[inline]
-    fn as_ref(&self) -> &[WrId] {
-        &self.0
     }
 }
 

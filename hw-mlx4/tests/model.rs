@@ -343,6 +343,9 @@ fn rdma_write_read_and_atomics() {
             99,
         ),
     ] {
+        // Poisoned first: the old value read back must be the one this atomic returned,
+        // not what an earlier one left (the second and third both return 42).
+        rig.model.memory_mut().write(local, &[0xa5; 8]).unwrap();
         a_sq.post(&[SendWr::new(
             wr_id,
             op,

@@ -156,6 +156,9 @@ proptest! {
         let mut receives = Vec::new();
         let mut next_wr_id = 1u64;
         let mut atomic_slot = 0u64;
+        // What each slot of `old_values` must hold at the end: the old value the last
+        // atomic that used it read (slots are reused round-robin).
+        let mut expected_old: std::collections::BTreeMap<u64, u64> = Default::default();
 
         let mut pending = 0;
         for batch in &batches {
@@ -163,6 +166,7 @@ proptest! {
             let mut sge_store: Vec<[Sge; 1]> = Vec::new();
             let mut plan = Vec::new();
             let mut compares = Vec::new();
+            let mut slots = Vec::new();
             for (i, (op, signal)) in batch.ops.iter().enumerate() {
                 let signaled = *signal || i + 1 == count;
                 let wr_id = next_wr_id;
@@ -196,11 +200,17 @@ proptest! {
                         let at = 2048 + slot * 8;
                         let old = u64::from_be_bytes(ref_remote[at..at + 8].try_into().unwrap());
                         ref_remote[at..at + 8].copy_from_slice(&old.wrapping_add(*add).to_be_bytes());
+                        atomic_slot = (atomic_slot + 1) % 64;
+                        slots.push(atomic_slot);
+                        expected_old.insert(atomic_slot, old);
                         (WcOpcode::FetchAdd, 8)
                     }
                     Op::CmpSwap { slot, matching, swap } => {
                         let at = 2048 + slot * 8;
                         let old = u64::from_be_bytes(ref_remote[at..at + 8].try_into().unwrap());
+                        atomic_slot = (atomic_slot + 1) % 64;
+                        slots.push(atomic_slot);
+                        expected_old.insert(atomic_slot, old);
                         if *matching {
                             ref_remote[at..at + 8].copy_from_slice(&swap.to_be_bytes());
                         }
@@ -220,15 +230,16 @@ proptest! {
             let inbox_sge = [Sge { addr: inbox, length: 4096, lkey: inbox_key }];
             let recvs: Vec<RecvWr> = (0..receive_count).map(|i| RecvWr { wr_id: 10_000 + i as u64, sges: &inbox_sge }).collect();
             b_rq.post(&recvs).unwrap();
-            // Ordering of atomics' old values is checked through memory, not CQEs.
+            // Atomics return their old values into `old_values`, checked at the end.
+            let mut slots = slots.into_iter();
             for (_, op, _) in &plan {
                 let sge = match op {
                     Op::Send { offset, len, .. } => Sge { addr: local + *offset as u64, length: *len as u32, lkey },
                     Op::Write { local: l, len, .. } => Sge { addr: local + *l as u64, length: *len as u32, lkey },
                     Op::Read { local: l, len, .. } => Sge { addr: local + *l as u64, length: *len as u32, lkey },
                     Op::FetchAdd { .. } | Op::CmpSwap { .. } => {
-                        atomic_slot = (atomic_slot + 1) % 64;
-                        Sge { addr: old_values + atomic_slot * 8, length: 8, lkey: LOCAL_DMA_LKEY }
+                        let slot = slots.next().unwrap();
+                        Sge { addr: old_values + slot * 8, length: 8, lkey: LOCAL_DMA_LKEY }
                     }
                     Op::InlineSend { .. } => Sge { addr: 0, length: 0, lkey },
                 };
@@ -283,8 +294,13 @@ proptest! {
             .map(|c: &Completion| (c.byte_len, c.flags.contains(hw_mlx4::wr::WcFlags::WITH_IMM).then_some(c.imm)))
             .collect();
         prop_assert_eq!(&receives_seen, &expected.receives);
-        prop_assert_eq!(model.memory().read(remote, 2048).unwrap(), &ref_remote[..2048]);
+        // All of it: the data area and the atomics' slots after it.
+        prop_assert_eq!(model.memory().read(remote, REMOTE_LEN).unwrap(), &ref_remote[..]);
         prop_assert_eq!(model.memory().read(local, LOCAL_LEN).unwrap(), &ref_local[..]);
+        for (slot, old) in &expected_old {
+            let got = model.memory().read(old_values + slot * 8, 8).unwrap();
+            prop_assert_eq!(got, &old.to_be_bytes()[..], "the old value in slot {}", slot);
+        }
         if let Some(data) = last_received {
             prop_assert_eq!(model.memory().read(inbox, data.len()).unwrap(), &data[..]);
         }
@@ -344,9 +360,12 @@ proptest! {
         let send_ids: Vec<u64> = seen.iter().copied().filter(|id| (100..200).contains(id)).collect();
         let recv_ids: Vec<u64> = seen.iter().copied().filter(|id| (200..300).contains(id)).collect();
         prop_assert_eq!(send_ids.len() + recv_ids.len(), seen.len(), "an invented wr_id: {:?}", seen);
-        let mut unique = send_ids.clone();
-        unique.dedup();
-        prop_assert_eq!(unique.len(), send_ids.len(), "a send completed twice: {:?}", send_ids);
+        for (ids, what) in [(&send_ids, "a send"), (&recv_ids, "a receive")] {
+            let mut unique = ids.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), ids.len(), "{} completed twice: {:?}", what, ids);
+        }
         prop_assert!(send_ids.len() <= sends && recv_ids.len() <= receives);
     }
 

@@ -306,6 +306,21 @@ pub(crate) fn wait_ok(
     Ok(wr)
 }
 
+/// Waits for the receive `tag`: successful, and `len` bytes long.
+pub(crate) fn wait_recv(
+    mailbox: &mut Mailbox,
+    cq: &CompletionQueue,
+    tag: u64,
+    len: usize,
+) -> Outcome<ReturnedWr> {
+    let wr = wait_ok(mailbox, cq, tag, WcOpcode::Recv)?;
+    check(
+        wr.completion().byte_len as usize == len,
+        "a receive's byte_len is not the length sent",
+    )?;
+    Ok(wr)
+}
+
 /// The buffer a WR came back with.
 fn buffer_of(wr: &ReturnedWr) -> Outcome<&DmaBuffer> {
     wr.buffer().ok_or(Failure::Check(
@@ -608,15 +623,18 @@ fn rc_receive_too_small(rig: &Rig) -> CaseResult {
 
 /// RDMA WRITEs `len` bytes of the send pattern to `rkey` at `remote_addr` through `qp`
 /// and returns the completion status.
+/// The status of an RDMA WRITE of `len` bytes of `patterned(.., seed)` to `rkey` at
+/// `remote_addr`. Cases give a refused write another seed than the last one that
+/// landed, so that memory unchanged shows that nothing of it landed.
 pub(crate) fn write_status(
     mailbox: &mut Mailbox,
     rig: &Rig,
     qp: &QueuePair,
-    remote_addr: u64,
-    rkey: u32,
+    (remote_addr, rkey): (u64, u32),
     len: usize,
+    seed: usize,
 ) -> Outcome<WcStatus> {
-    let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, len, 5)?))?;
+    let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, len, seed)?))?;
     qp.post_send(write, SendOp::RdmaWrite { remote_addr, rkey }, 0, len)?;
     Ok(wait(mailbox, &rig.cq, WRITE)?.completion().status)
 }
@@ -634,14 +652,18 @@ fn frwr_invalidate_refuses_access(rig: &Rig) -> CaseResult {
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
     let (iova, rkey) = (region.iova(), region.rkey());
     check(
-        write_status(&mut mailbox, rig, &a, iova, rkey, 256)? == WcStatus::Success,
+        write_status(&mut mailbox, rig, &a, (iova, rkey), 256, 5)? == WcStatus::Success,
         "a write to a registered region failed",
     )?;
     b.post_local_inv(mailbox.work_request(INV, None)?, rkey)?;
     wait_ok(&mut mailbox, &rig.cq, INV, WcOpcode::LocalInvalidate)?;
     check(
-        write_status(&mut mailbox, rig, &a, iova, rkey, 256)? == WcStatus::RemoteAccessError,
+        write_status(&mut mailbox, rig, &a, (iova, rkey), 256, 77)? == WcStatus::RemoteAccessError,
         "a write to an invalidated region did not fail with a remote access error",
+    )?;
+    check(
+        *region.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 5)?.copy_out(0, 256)?,
+        "a write to an invalidated region landed",
     )
 }
 
@@ -661,13 +683,17 @@ fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig) -> CaseResult {
         &mut mailbox,
         rig,
         &a,
-        region.iova(),
-        region.rkey() ^ 0x8000_0000,
+        (region.iova(), region.rkey() ^ 0x8000_0000),
         256,
+        77,
     )?;
     check(
         status == WcStatus::RemoteAccessError,
         "a bad rkey did not give a remote access error",
+    )?;
+    check(
+        region.buffer().copy_out(0, 256)?.iter().all(|&b| b == 0),
+        "a write with a bad rkey landed",
     )?;
     // Reset both ends and bring them up again: the same QPs carry traffic.
     a.reset()?;
@@ -686,7 +712,7 @@ fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig) -> CaseResult {
         256,
     )?;
     let sent = wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
-    let received = wait_ok(&mut mailbox, &rig.cq, RECV, WcOpcode::Recv)?;
+    let received = wait_recv(&mut mailbox, &rig.cq, RECV, 256)?;
     check(
         *bytes_of(&received, 0, 256)? == *bytes_of(&sent, 0, 256)?,
         "data after reset and reuse differs",
@@ -829,7 +855,7 @@ fn rc_rnr_retry_then_delivery(rig: &Rig) -> CaseResult {
         128,
     )?;
     let sent = wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
-    let received = wait_ok(&mut mailbox, &rig.cq, RECV, WcOpcode::Recv)?;
+    let received = wait_recv(&mut mailbox, &rig.cq, RECV, 128)?;
     check(
         *bytes_of(&received, 0, 128)? == *bytes_of(&sent, 0, 128)?,
         "data after RNR retries differs",
@@ -960,21 +986,26 @@ fn rc_over_cq_context(rig: &Rig, context: PollContext) -> CaseResult {
     let (a, b) = rc_pair_on(rig, &cq, RNR_FOREVER)?;
     let mut send = mailbox.work_request(SEND, Some(patterned(&rig.device, 4096, 21)?))?;
     let mut recv = mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 4096)?))?;
-    // Twice, reposting the WRs that came back: a WR is reusable once it is handed back.
-    for _ in 0..2 {
+    // Twice, reposting the WRs that came back (a WR is reusable once it is handed back),
+    // the second time with other bytes: the receive must hold the second message.
+    for round in 0..2 {
+        if round == 1 {
+            let fresh = patterned(&rig.device, 4096, 99)?;
+            let bytes = fresh.copy_out(0, 4096)?;
+            send.buffer_mut()
+                .ok_or(Failure::Check("the SEND came back without its buffer"))?
+                .write(0, &bytes)?;
+        }
         b.post_recv(recv, 0, 4096)?;
         a.post_send(send, SendOp::Send, 0, 4096)?;
         send = wait_ok(&mut mailbox, &cq, SEND, WcOpcode::Send)?;
-        recv = wait_ok(&mut mailbox, &cq, RECV, WcOpcode::Recv)?;
+        recv = wait_recv(&mut mailbox, &cq, RECV, 4096)?;
         check(
-            recv.completion().byte_len == 4096,
-            "receive byte_len is not the size sent",
+            *bytes_of(&recv, 0, 4096)? == *bytes_of(&send, 0, 4096)?,
+            "received data differs from what was sent",
         )?;
     }
-    check(
-        *bytes_of(&recv, 0, 4096)? == *bytes_of(&send, 0, 4096)?,
-        "received data differs from what was sent",
-    )
+    Ok(())
 }
 
 /// A post the QP cannot take hands the WR back with its buffer, and nothing is counted
@@ -1085,7 +1116,7 @@ fn frwr_reregistration(rig: &Rig) -> CaseResult {
     let new_key = region.rkey();
     check(new_key != old_key, "re-registration kept the old key")?;
     check(
-        write_status(&mut mailbox, rig, &a, region.iova(), new_key, 256)? == WcStatus::Success,
+        write_status(&mut mailbox, rig, &a, (region.iova(), new_key), 256, 5)? == WcStatus::Success,
         "a write with the new key failed",
     )?;
     check(
@@ -1093,9 +1124,13 @@ fn frwr_reregistration(rig: &Rig) -> CaseResult {
         "the write with the new key did not land",
     )?;
     check(
-        write_status(&mut mailbox, rig, &a, region.iova(), old_key, 256)?
+        write_status(&mut mailbox, rig, &a, (region.iova(), old_key), 256, 77)?
             == WcStatus::RemoteAccessError,
         "the retired key was accepted",
+    )?;
+    check(
+        *region.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 5)?.copy_out(0, 256)?,
+        "a write with the retired key landed",
     )
 }
 

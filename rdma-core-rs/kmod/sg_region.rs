@@ -119,7 +119,7 @@ pub(crate) fn sg_region_lends_pages_until_invalidated(rig: &Rig) -> CaseResult {
     check(region.unmap().is_none(), "the pages came back while the key was valid")?;
     let len = PAGES as usize * PAGE;
     check(
-        write_status(&mut mailbox, rig, &a, region.iova(), key, len)? == WcStatus::Success,
+        write_status(&mut mailbox, rig, &a, (region.iova(), key), len, 5)? == WcStatus::Success,
         "the peer's RDMA WRITE to the pages failed",
     )?;
     // `write_status` sends `patterned(.., 5)`: byte `i` is `pattern(5 + i)`.
@@ -134,9 +134,12 @@ pub(crate) fn sg_region_lends_pages_until_invalidated(rig: &Rig) -> CaseResult {
         .ok_or(Failure::Check("LOCAL_INV came back without its region"))?;
     check(!region.is_valid(), "the key is valid after LOCAL_INV")?;
     check(
-        write_status(&mut mailbox, rig, &a, region.iova(), key, 256)? == WcStatus::RemoteAccessError,
+        write_status(&mut mailbox, rig, &a, (region.iova(), key), 256, 77)?
+            == WcStatus::RemoteAccessError,
         "the peer reached the pages after LOCAL_INV",
     )?;
+    let untouched = (0..256).all(|i| pages.byte(i) == crate::cases::pattern(5 + i));
+    check(untouched, "the refused write after LOCAL_INV landed in the pages")?;
     check(region.unmap().is_some(), "the pages did not come back after LOCAL_INV")?;
     // A receive completion's invalidated key (what the peer's SEND with Invalidate
     // reports) is taken for the region's own: then the pages come back. (No peer sends

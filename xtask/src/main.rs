@@ -227,8 +227,8 @@ fn cmd_test(args: &Args) -> Result {
         fuzz("hw-mlx4/fuzz", "hca", 30),
     );
     check(
-        "fast-path rules (hw-mlx4/src/fastpath)".into(),
-        rules::check_fast_path(&repo_root().join("hw-mlx4/src/fastpath")),
+        "fast-path rules (hw-mlx4/src/fastpath, hw-mlx4/kmod/platform.rs)".into(),
+        rules::check_fast_path(&rules::fast_path_sources(&repo_root())),
     );
     let host = host.elapsed();
 

@@ -60,6 +60,14 @@ const BAD_MARKERS: &[&str] = &[
     "list_del corruption",
     "stack-protector",
     "panicked at",
+    // tilde's own reports of a teardown that leaked or failed (rdma_core, tilde_iser):
+    // the object stays allocated, so the run must fail as a leak report would.
+    "leaking QP",
+    "; leaking it",
+    "ib_dealloc_pd failed",
+    "destroying an address handle failed",
+    "deregistering an MR failed",
+    "WRs did not flush",
 ];
 
 /// The log lines that report a kernel problem.
@@ -173,6 +181,13 @@ mod tests {
             "kmemleak: 2 new suspected memory leaks (see /sys/kernel/debug/kmemleak)",
             "INFO: task insmod:200 blocked for more than 120 seconds.",
             "rust_kernel: panicked at rdma-core-rs/src/x.rs:1:1",
+            "tilde_rdma: rxe0: leaking QP 17",
+            "tilde_rdma: rxe0: destroying QP 17 failed: -16; leaking it",
+            "tilde_rdma: rxe0: QP dropped in atomic context; leaking it (drop verbs objects where sleeping is allowed)",
+            "tilde_rdma: rxe0: ib_dealloc_pd failed: -16",
+            "tilde_rdma: rxe0: deregistering an MR failed: -16",
+            "tilde_rdma: rxe0: destroying an address handle failed: -16",
+            "tilde_iser: rxe0: WRs did not flush in 5s",
         ] {
             assert_eq!(bad_lines(line), [line], "{line}");
         }
