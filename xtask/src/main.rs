@@ -1,8 +1,10 @@
 //! `cargo xtask`: tilde's build and test driver. See README.md, "Commands".
 
 mod bench;
+mod breaks;
 mod fastpath_code;
 mod kmod;
+mod mutants;
 mod rules;
 mod target;
 mod toolchain;
@@ -30,6 +32,11 @@ commands:
                       boot the kernel in QEMU and run one scenario
   bench [FILTER]      the fast-path benchmarks, with rdma-core's C mlx4 provider built
                       beside tilde's (cargo bench -p benches; FILTER goes to criterion)
+  breaks [SCENARIO...]
+                      each scenario against a deliberate break of tilde (xtask/vm/breaks):
+                      the break applied, the scenario run, the break reverted; it must fail
+  mutants [SCOPE...]  mutation testing (cargo-mutants) of the host-tested code, per scope
+                      (hours on 2 cores; not part of `test`; see docs/mutation-testing.md)
 
 targets: debian-sid-7.2 (default), linux-6.12 (built from source); `test` runs both
 cache:   $TILDE_CACHE, else $XDG_CACHE_HOME/tilde, else ~/.cache/tilde";
@@ -87,6 +94,8 @@ fn main() -> ExitCode {
         "test" => cmd_test(&args),
         "run" => cmd_run(&args),
         "bench" => bench::run(&args.positional),
+        "mutants" => mutants::run_scopes(&args.positional),
+        "breaks" => cmd_breaks(&args),
         "help" | "" => {
             println!("{USAGE}");
             Ok(())
@@ -116,6 +125,12 @@ fn cmd_kmod(args: &Args) -> Result {
         kmod::build(&toolchain)?;
     }
     Ok(())
+}
+
+fn cmd_breaks(args: &Args) -> Result {
+    let target = targets(args, false)?[0];
+    let toolchain = toolchain::provision(target)?;
+    breaks::run(&toolchain, &args.positional, args.timeout)
 }
 
 fn cmd_vm(args: &Args) -> Result {
