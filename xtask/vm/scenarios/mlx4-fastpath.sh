@@ -7,11 +7,12 @@
 
 driver=/tilde/drivers/tilde_mlx4.ko
 
-echo "== the driver links rdma_core through tilde_core's exports"
-modinfo -F depends "$driver" | grep -w tilde_core
+# What the fast path takes from rdma_core (kernel_api's atomics and barriers) is inline by
+# design, so the module imports none of tilde_core's symbols (and modinfo names no
+# dependency) until it registers a device through rdma_core::driver.
+echo "== the driver loads beside tilde_core"
 insmod "$driver"
 grep '^tilde_mlx4 ' /proc/modules
-grep '^tilde_core .* tilde_mlx4' /proc/modules
 
 echo "== the self-test: every WQE, doorbell, CQE and arm as the device expects them"
 expect_dmesg 'tilde_mlx4: fast path self-test passed: 4096 rounds, 12288 send and 4096 receive WQEs, 16384 completions, 128 CQ laps, 512 arms$'
