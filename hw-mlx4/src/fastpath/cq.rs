@@ -211,6 +211,8 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
     }
 }
 
+/// One CQE as a completion, with the opcodes and byte counts `mlx4_ib_poll_one` reports
+/// (and BIND_MW as rdma-core's provider reports it).
 fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
     bytes: &[u8],
     qps: &L,
@@ -253,12 +255,11 @@ fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
         let (opcode, byte_len) = match SendOpcode::from_bits(cqe.opcode_bits()) {
             Some(SendOpcode::RdmaWrite | SendOpcode::RdmaWriteImm) => (WcOpcode::RdmaWrite, 0),
             Some(SendOpcode::RdmaRead) => (WcOpcode::RdmaRead, cqe.byte_cnt.get()),
-            Some(SendOpcode::AtomicCmpSwap | SendOpcode::MaskedAtomicCmpSwap) => {
-                (WcOpcode::CompSwap, 8)
-            }
-            Some(SendOpcode::AtomicFetchAdd | SendOpcode::MaskedAtomicFetchAdd) => {
-                (WcOpcode::FetchAdd, 8)
-            }
+            Some(SendOpcode::AtomicCmpSwap) => (WcOpcode::CompSwap, 8),
+            Some(SendOpcode::AtomicFetchAdd) => (WcOpcode::FetchAdd, 8),
+            Some(SendOpcode::MaskedAtomicCmpSwap) => (WcOpcode::MaskedCompSwap, 8),
+            Some(SendOpcode::MaskedAtomicFetchAdd) => (WcOpcode::MaskedFetchAdd, 8),
+            Some(SendOpcode::Lso) => (WcOpcode::Lso, 0),
             Some(SendOpcode::LocalInval) => (WcOpcode::LocalInvalidate, 0),
             Some(SendOpcode::FastReg) => (WcOpcode::RegMr, 0),
             Some(SendOpcode::BindMw) => (WcOpcode::BindMw, 0),
