@@ -411,9 +411,7 @@ impl WqeLayout {
             .saturating_add(fixed_bytes)
             .saturating_add(payload_bytes);
         let size_ds = bytes.div_ceil(DS_SIZE);
-        // `new` keeps `wqe_shift` within 6..=10.
-        let wqe_size = 1usize.wrapping_shl(state.wqe_shift);
-        if bytes > wqe_size || size_ds > usize::from(CtrlSeg::SIZE_MASK) {
+        if exceeds_wqe(bytes, size_ds, state.wqe_shift) {
             return Err(PostError::WqeTooLarge);
         }
         Ok(Self {
@@ -423,6 +421,16 @@ impl WqeLayout {
             size_ds: size_ds as u8,
         })
     }
+}
+
+/// Whether a WQE of `bytes` (`size_ds` 16-byte units) overflows an entry of
+/// `1 << wqe_shift` bytes or the control segment's size field. A second guard:
+/// [`SendQueueState::new`] refuses capabilities whose largest WQE does not fit, so a WR
+/// within the capabilities never meets it; the WQE writer relies on the layout fitting.
+#[inline]
+fn exceeds_wqe(bytes: usize, size_ds: usize, wqe_shift: u32) -> bool {
+    // `new` keeps `wqe_shift` within 6..=10.
+    bytes > 1usize.wrapping_shl(wqe_shift) || size_ds > usize::from(CtrlSeg::SIZE_MASK)
 }
 
 /// The bytes inline data of `len` takes when it starts at WQE offset `start`: one 4-byte
