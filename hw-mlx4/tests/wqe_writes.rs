@@ -64,8 +64,10 @@ impl DmaRing for RecordingRing {
         unsafe { self.0.with_entry(index, f) }
     }
     unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        // SAFETY: the caller's claim, passed on; the snapshot is taken after `f`.
+        // SAFETY: the caller's claim, passed on.
         let result = unsafe { self.0.with_entry_mut(index, f) };
+        // SAFETY: the caller owns this entry (its claim above), and `f` has returned, so
+        // no `&mut` view of it is alive while the snapshot reads it.
         let bytes = unsafe { self.0.with_entry(index, <[u8]>::to_vec) };
         log(Write::Body { index, bytes });
         result
