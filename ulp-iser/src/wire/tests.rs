@@ -49,6 +49,7 @@ fn iser_header_with_a_read_stag() {
         hex("18000000 aabbccdd 0000000000001000 00000000 0000000000000000")
     );
     assert_eq!(header.write(), Some(write));
+    assert_eq!(header.read(), None);
 }
 
 #[test]
@@ -225,6 +226,9 @@ fn nop_out_ping_and_nop_in_answer() {
          00000000 00000000 00000000 00000000",
     ));
     assert_eq!(bytes, golden);
+    let pdu = parse(&bytes).unwrap();
+    assert!(pdu.bhs.immediate());
+    assert_eq!(pdu.bhs.opcode(), opcode::NOOP_OUT);
 
     let mut answer = hex(ISER_PLAIN);
     answer.extend(hex(
@@ -232,6 +236,7 @@ fn nop_out_ping_and_nop_in_answer() {
          00000000 00000000 00000000",
     ));
     let pdu = parse(&answer).unwrap();
+    assert!(!pdu.bhs.immediate());
     let Header::NopIn(nop) = pdu.header else {
         panic!("not a NOP-In")
     };
@@ -428,6 +433,102 @@ fn hostile_input_is_an_error() {
         emit(&mut small, &IserHeader::control(None, None), &nop, &[]),
         Err(WireError::BufferTooSmall)
     );
+}
+
+/// An Additional Header Segment (`TotalAHSLength` counts 4-byte words) sits between the
+/// BHS and the data, and up to 3 bytes of padding may follow the data.
+#[test]
+fn ahs_and_padding() {
+    let mut response = hex(ISER_PLAIN);
+    response.extend(hex(
+        "21800000 01000003 0000000000000000 00000007 ffffffff 00000004 00000005 00000014
+         00000000 00000000 00000000",
+    ));
+    response.extend(hex("a1a2a3a4 d1d2d3 00"));
+    let pdu = parse(&response).unwrap();
+    assert_eq!(pdu.ahs, &[0xa1, 0xa2, 0xa3, 0xa4][..]);
+    assert_eq!(pdu.data, &[0xd1, 0xd2, 0xd3][..]);
+    // Three bytes of padding are the most a 4-byte boundary needs.
+    let mut padded = response.clone();
+    padded.extend([0; 2]);
+    assert_eq!(parse(&padded).unwrap().data, &[0xd1, 0xd2, 0xd3][..]);
+    padded.push(0);
+    assert_eq!(parse(&padded).unwrap_err(), WireError::DataLength);
+}
+
+/// `DataSegmentLength` is 24 bits: every one of its bytes counts, and a data segment
+/// that does not fit it is refused rather than emitted with a wrapped length.
+#[test]
+fn data_segment_length_is_24_bits() {
+    let mut length = Be24::default();
+    length.set(0x12_3456);
+    assert_eq!(length.0, [0x12, 0x34, 0x56]);
+    assert_eq!(length.get(), 0x12_3456);
+    assert_eq!(Be24([0xfe, 0xdc, 0xba]).get(), 0xfe_dcba);
+
+    let out = NopOut::zeroed();
+    let iser = IserHeader::control(None, None);
+    let largest = std::vec![0x5a; MAX_DATA_SEGMENT];
+    let mut buf = std::vec![0u8; ISER_HEADER_LEN + BHS_LEN + MAX_DATA_SEGMENT + 1];
+    let len = emit(&mut buf, &iser, &out, &largest).unwrap();
+    assert_eq!(len, ISER_HEADER_LEN + BHS_LEN + MAX_DATA_SEGMENT);
+    assert_eq!(buf[ISER_HEADER_LEN + 5..ISER_HEADER_LEN + 8], [0xff; 3]);
+    let pdu = parse(&buf[..len]).unwrap();
+    assert_eq!(pdu.data.len(), MAX_DATA_SEGMENT);
+    let too_long = std::vec![0x5a; MAX_DATA_SEGMENT + 1];
+    assert_eq!(
+        emit(&mut buf, &iser, &out, &too_long),
+        Err(WireError::DataTooLong)
+    );
+}
+
+/// The limits of RFC 7143 §6.1, at their edges: keys of 63 bytes and values of 255 are
+/// read and written, one byte more is refused both ways.
+#[test]
+fn text_limits_at_their_edges() {
+    let key = "k".repeat(KEY_MAX);
+    let value = "v".repeat(VALUE_MAX);
+    let mut buf = [0u8; 1024];
+    let mut text = TextWriter::new(&mut buf);
+    assert!(text.is_empty());
+    text.push(&key, &value).unwrap();
+    assert!(!text.is_empty());
+    assert_eq!(text.len(), KEY_MAX + VALUE_MAX + 2);
+    assert_eq!(
+        TextPairs::new(text.as_bytes()).collect::<Vec<_>>(),
+        std::vec![Ok((key.as_str(), value.as_str()))]
+    );
+    let long_key = "k".repeat(KEY_MAX + 1);
+    let long_value = "v".repeat(VALUE_MAX + 1);
+    for (k, v) in [
+        (long_key.as_str(), "v"),
+        ("k", long_value.as_str()),
+        ("", "v"),
+        ("k", "v\0w"),
+    ] {
+        assert_eq!(text.push(k, v), Err(WireError::BadText), "{k:?}={v:?}");
+        let pair = std::format!("{k}={v}");
+        if !v.contains('\0') {
+            assert_eq!(
+                TextPairs::new(pair.as_bytes()).next(),
+                Some(Err(WireError::BadText)),
+                "{pair:?}"
+            );
+        }
+    }
+    // Refused pushes leave what was written.
+    assert_eq!(text.len(), KEY_MAX + VALUE_MAX + 2);
+}
+
+#[test]
+fn numbers_are_plain_decimal() {
+    assert_eq!(parse_number("4294967295"), Ok(u32::MAX));
+    assert_eq!(parse_number("0"), Ok(0));
+    // Rust's own parser takes a sign; RFC 7143's decimal constants have none.
+    assert_eq!(parse_number("+5"), Err(WireError::BadText));
+    // A u32 needs at most 10 digits; leading zeros do not make a longer number valid.
+    assert_eq!(parse_number("00000000001"), Err(WireError::BadText));
+    assert_eq!(parse_number(""), Err(WireError::BadText));
 }
 
 #[test]
