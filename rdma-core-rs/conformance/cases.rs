@@ -527,6 +527,10 @@ fn frwr_rdma_read(rig: &Rig) -> CaseResult {
     let read = mailbox.work_request(READ, Some(DmaBuffer::new(&rig.device, RDMA_LEN)?))?;
     let (a, b) = rc_pair(rig)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    // What the region holds before the READ: the READ must bring exactly that and leave
+    // the region as it was (a device that copied the other way would make both sides
+    // equal, to the reader's zeros).
+    let before = region.buffer().copy_out(100, RDMA_LEN - 100)?;
     // Read from 100 bytes into the region, so the iova arithmetic is exercised too.
     a.post_send(
         read,
@@ -539,8 +543,12 @@ fn frwr_rdma_read(rig: &Rig) -> CaseResult {
     )?;
     let done = wait_ok(&mut mailbox, &rig.cq, READ, WcOpcode::RdmaRead)?;
     check(
-        *bytes_of(&done, 0, RDMA_LEN - 100)? == *region.buffer().copy_out(100, RDMA_LEN - 100)?,
+        *bytes_of(&done, 0, RDMA_LEN - 100)? == *before,
         "the data read differs from the region",
+    )?;
+    check(
+        *region.buffer().copy_out(100, RDMA_LEN - 100)? == *before,
+        "the RDMA READ changed the region it read",
     )
 }
 
