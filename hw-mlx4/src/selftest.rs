@@ -490,6 +490,11 @@ mod tests {
     const CQN: u32 = 0x81;
 
     fn qp(max_inline: u32) -> QueuePairState<HostPlatform> {
+        qp_with(max_inline, 4)
+    }
+
+    /// A QP whose receive WQEs are `1 << rq_entry_shift` bytes (16 per gather entry).
+    fn qp_with(max_inline: u32, rq_entry_shift: u32) -> QueuePairState<HostPlatform> {
         let caps = SendQueueCaps {
             max_sge: 2,
             max_inline,
@@ -498,7 +503,7 @@ mod tests {
         let sq = SendQueueState::new(HostRing::new(6, 6), wr_id_table(64), QpType::Rc, caps)
             .expect("send queue");
         let rq = RecvQueueState::new(
-            HostRing::new(6, 4),
+            HostRing::new(6, rq_entry_shift),
             wr_id_table(64),
             HostDoorbellRecord::new(),
         )
@@ -620,7 +625,28 @@ mod tests {
                 field: "scatter byte_count"
             })
         );
-        seg.byte_count = Be32::new(256);
+        // The right length under another key, then at another address.
+        let scatter_entry = Err(SelftestError::Wqe {
+            round: 0,
+            wqe: 0,
+            field: "scatter entry",
+        });
+        for (addr, lkey) in [(posted.addr, LKEY + 1), (posted.addr + 8, LKEY)] {
+            seg.byte_count = Be32::new(256);
+            seg.addr = addr.into();
+            seg.lkey = Be32::new(lkey);
+            // SAFETY: as above.
+            unsafe {
+                ring.with_entry_mut(0, |wqe| {
+                    if let Some(head) = wqe.get_mut(..DS_SIZE) {
+                        head.copy_from_slice(seg.as_bytes());
+                    }
+                })
+            };
+            assert_eq!(check_recv_wqe(&ring, 0, &posted, 0), scatter_entry);
+        }
+        seg.addr = posted.addr.into();
+        seg.lkey = Be32::new(posted.lkey);
         // SAFETY: as above.
         unsafe {
             ring.with_entry_mut(0, |wqe| {
@@ -630,6 +656,117 @@ mod tests {
             })
         };
         assert_eq!(check_recv_wqe(&ring, 0, &posted, 0), Ok(256));
+    }
+
+    /// Every field the self-test reads from a send WQE, corrupted one at a time in what
+    /// the fast path wrote: the check must name that field (in the kernel, this self-test
+    /// is the only check of the driver's WQEs).
+    #[test]
+    fn each_corrupted_send_wqe_field_fails_the_test() {
+        let uar = HostUar::new();
+        let mut qp = qp(28);
+        let entries = qp.send_state().entries();
+        let (mut sq, _rq, completions) = qp.split(&uar);
+        let gather = [Sge {
+            addr: 0x4000_0000,
+            length: 64,
+            lkey: LKEY,
+        }];
+        let remote = Remote {
+            addr: 0xc000_0000,
+            rkey: RKEY,
+        };
+        let sends = [
+            SendWr::new(
+                1,
+                SendOp::Send,
+                Payload::Gather(&gather),
+                SendFlags::SIGNALED,
+            ),
+            SendWr::new(
+                2,
+                SendOp::Send,
+                Payload::Inline(&INLINE),
+                SendFlags::SIGNALED,
+            ),
+            SendWr::new(
+                3,
+                SendOp::RdmaWrite(remote),
+                Payload::Gather(&gather),
+                SendFlags::SIGNALED,
+            ),
+        ];
+        sq.post(&sends).expect("post");
+        let ring = completions.sq.ring();
+        let check = |index: u32| check_send_wqe(ring, index, entries, &sends[index as usize], 0);
+        for index in 0..3 {
+            assert_eq!(
+                check(index),
+                Ok(()),
+                "WQE {index} as the fast path wrote it"
+            );
+        }
+        let wqe = |wqe, field| {
+            Err(SelftestError::Wqe {
+                round: 0,
+                wqe,
+                field,
+            })
+        };
+        // (WQE, byte, bits flipped, the error): the control segment at 0 (owner and
+        // opcode word, size byte 7, CQ_UPDATE in byte 11), then the WR's segments at 16.
+        let corruptions = [
+            (
+                0,
+                0,
+                0x80,
+                Err(SelftestError::Ownership { round: 0, wqe: 0 }),
+            ),
+            (0, 3, 0x01, wqe(0, "opcode")),
+            (0, 11, 0x08, wqe(0, "signaled")),
+            (0, 7, 0x01, wqe(0, "size")),
+            (0, 16 + 3, 0x01, wqe(0, "data segment")), // byte_count
+            (0, 16 + 7, 0x01, wqe(0, "data segment")), // lkey
+            (0, 16 + 15, 0x01, wqe(0, "data segment")), // addr
+            (1, 3, 0x01, wqe(1, "opcode")),
+            (1, 16 + 3, 0x01, wqe(1, "inline")), // byte_count
+            (1, 16 + 4, 0x01, wqe(1, "inline")), // the data
+            (1, 7, 0x01, wqe(1, "size")),
+            (2, 3, 0x01, wqe(2, "opcode")),
+            (2, 16 + 7, 0x01, wqe(2, "remote address")), // raddr
+            (2, 24 + 3, 0x01, wqe(2, "remote address")), // rkey
+            (2, 32 + 7, 0x01, wqe(2, "data segment")),   // lkey
+        ];
+        let flip = |index: u32, byte: usize, bits: u8| {
+            // SAFETY: the ring is this test's alone; the driver does not touch the WQE
+            // before its completion, which never comes here.
+            unsafe {
+                ring.with_entry_mut(index, |wqe| {
+                    if let Some(b) = wqe.get_mut(byte) {
+                        *b ^= bits;
+                    }
+                })
+            }
+        };
+        for (index, byte, bits, error) in corruptions {
+            flip(index, byte, bits);
+            assert_eq!(check(index), error, "WQE {index}, byte {byte} ^ {bits:#x}");
+            flip(index, byte, bits);
+        }
+        for index in 0..3 {
+            assert_eq!(check(index), Ok(()), "WQE {index} restored");
+        }
+    }
+
+    #[test]
+    fn a_queue_with_just_enough_room_and_more_gather_entries_passes() {
+        // Inline room for the 16-byte payload exactly, and receive WQEs of 4 entries.
+        let uar = HostUar::new();
+        let mut qp = qp_with(INLINE.len() as u32, 6);
+        assert!(qp.recv_state().max_sge() > 1);
+        let mut cq = cq(&uar);
+        let report = loopback(&mut qp, &mut cq, &uar, || seen(&uar), 3).expect("pass");
+        assert_eq!(report.rounds, 3);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Pins every layout to the upstream C definitions: sizes, field offsets, byte order.
 
 use super::*;
+use crate::wire::cmd::{hcr, HcrCommand, HCR_SIZE};
 use core::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -148,21 +149,99 @@ fn owner_opcode_sets_the_owner_bit_on_odd_laps() {
 
 #[test]
 fn opcodes_and_syndromes_decode_to_the_upstream_values() {
-    for bits in 0..=0x1f {
-        if let Some(opcode) = SendOpcode::from_bits(bits) {
-            assert_eq!(opcode as u8, bits);
-        }
+    // Exactly upstream's codes decode, each to the variant of its value, and nothing
+    // else (MLX4_OPCODE_*, MLX4_RECV_OPCODE_*, MLX4_CQE_SYNDROME_*, MLX4_EVENT_TYPE_*
+    // as this crate uses them).
+    const SEND: &[u8] = &[
+        0x00, 0x01, 0x08, 0x09, 0x0a, 0x0b, 0x0e, 0x10, 0x11, 0x12, 0x14, 0x15, 0x18, 0x19, 0x1b,
+        0x1f,
+    ];
+    const RECV: &[u8] = &[0x00, 0x01, 0x02, 0x03];
+    const SYNDROME: &[u8] = &[
+        0x01, 0x02, 0x04, 0x05, 0x06, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x22,
+    ];
+    const EVENT: &[u8] = &[0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x09, 0x0a, 0x14];
+    for bits in 0..=0xff {
+        let want = |codes: &[u8]| codes.contains(&bits).then_some(bits);
+        assert_eq!(
+            SendOpcode::from_bits(bits).map(|o| o as u8),
+            want(SEND),
+            "send {bits:#x}"
+        );
+        assert_eq!(
+            RecvOpcode::from_bits(bits).map(|o| o as u8),
+            want(RECV),
+            "recv {bits:#x}"
+        );
+        assert_eq!(
+            Syndrome::from_bits(bits).map(|s| s as u8),
+            want(SYNDROME),
+            "syndrome {bits:#x}"
+        );
+        assert_eq!(
+            EventType::from_bits(bits).map(|e| e as u8),
+            want(EVENT),
+            "event {bits:#x}"
+        );
     }
     assert_eq!(SendOpcode::from_bits(0x19), Some(SendOpcode::FastReg));
-    assert_eq!(SendOpcode::from_bits(0x02), None);
-    for bits in 0..=0xff {
-        if let Some(syndrome) = Syndrome::from_bits(bits) {
-            assert_eq!(syndrome as u8, bits);
-        }
-    }
     assert_eq!(Syndrome::from_bits(0x13), Some(Syndrome::RemoteAccessErr));
     assert_eq!(RecvOpcode::from_bits(0x03), Some(RecvOpcode::SendInval));
     assert_eq!(EventType::from_bits(0x04), Some(EventType::CqError));
+}
+
+#[test]
+fn eq_doorbells_are_eight_bytes_apart_four_to_a_page() {
+    // mlx4_get_eq_uar: 0x800 + 8 * (eqn % 4).
+    assert_eq!(eq_doorbell_offset(0), 0x800);
+    assert_eq!(eq_doorbell_offset(1), 0x808);
+    assert_eq!(eq_doorbell_offset(3), 0x818);
+    assert_eq!(eq_doorbell_offset(6), 0x810);
+}
+
+#[test]
+fn the_hcr_decodes_every_field_the_driver_writes() {
+    // mlx4_cmd_post: in_param high and low, in_modifier, out_param high and low, the
+    // token in the top half, then status: go, e, t, op modifier, opcode.
+    let words: [u32; 7] = [
+        0x1122_3344,
+        0x5566_7788,
+        0x99aa_bbcc,
+        0x0102_0304,
+        0x0506_0708,
+        0xbeef_0000,
+        hcr::GO_BIT | hcr::EVENT_BIT | (0x5 << hcr::OPMOD_SHIFT) | 0x0abc,
+    ];
+    let mut bytes = [0u8; HCR_SIZE as usize];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    let command = HcrCommand::decode(&bytes);
+    assert_eq!(
+        command,
+        HcrCommand {
+            in_param: 0x1122_3344_5566_7788,
+            in_modifier: 0x99aa_bbcc,
+            out_param: 0x0102_0304_0506_0708,
+            token: 0xbeef,
+            opcode: 0xabc,
+            op_modifier: 5,
+            event: true,
+            toggle: false,
+        }
+    );
+    // The toggle alone, and an op modifier's bits kept apart from the opcode's.
+    bytes[24..].copy_from_slice(&(hcr::TOGGLE_BIT | (0xf << hcr::OPMOD_SHIFT) | 1).to_be_bytes());
+    let command = HcrCommand::decode(&bytes);
+    assert_eq!(
+        (
+            command.event,
+            command.toggle,
+            command.op_modifier,
+            command.opcode
+        ),
+        (false, true, 0xf, 1)
+    );
 }
 
 #[test]
