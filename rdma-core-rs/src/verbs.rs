@@ -459,7 +459,7 @@ mod access_tests {
         let rw = RemoteAccess::READ | RemoteAccess::WRITE;
         assert!(rw.contains(RemoteAccess::READ) && rw.contains(RemoteAccess::WRITE));
         assert!(!rw.contains(RemoteAccess::ATOMIC));
-        assert!(rw.contains(RemoteAccess::NONE));
+        assert!(rw.contains(RemoteAccess::empty()));
         // IB_UVERBS_ACCESS_REMOTE_WRITE, _READ, _ATOMIC.
         assert_eq!(
             (
@@ -627,49 +627,18 @@ pub struct InitAttr {
     pub remote_access: RemoteAccess,
 }
 
-/// Remote access rights a QP or a memory region grants, combined with `|`: the
-/// `IB_ACCESS_REMOTE_*` bits of `enum ib_access_flags` (values fixed by the uverbs ABI).
-/// A flags newtype in the style of `bitflags`, which the kernel does not ship.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct RemoteAccess(u32);
-
-impl RemoteAccess {
-    /// No remote access.
-    pub const NONE: Self = Self(0);
-    /// RDMA WRITE (`IB_ACCESS_REMOTE_WRITE`).
-    pub const WRITE: Self = Self(1 << 1);
-    /// RDMA READ (`IB_ACCESS_REMOTE_READ`).
-    pub const READ: Self = Self(1 << 2);
-    /// Atomics (`IB_ACCESS_REMOTE_ATOMIC`).
-    pub const ATOMIC: Self = Self(1 << 3);
-
-    /// The rights of both.
-    pub const fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-
-    /// Whether every right in `other` is granted.
-    pub const fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// The `ib_access_flags` bits.
-    pub const fn bits(self) -> u32 {
-        self.0
-    }
-}
-
-impl core::ops::BitOr for RemoteAccess {
-    type Output = Self;
-
-    fn bitor(self, other: Self) -> Self {
-        self.union(other)
-    }
-}
-
-impl core::ops::BitOrAssign for RemoteAccess {
-    fn bitor_assign(&mut self, other: Self) {
-        *self = self.union(other);
+bitflags::bitflags! {
+    /// Remote access rights a QP or a memory region grants, combined with `|` (none:
+    /// [`RemoteAccess::empty`]): the `IB_ACCESS_REMOTE_*` bits of `enum ib_access_flags`
+    /// (values fixed by the uverbs ABI).
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct RemoteAccess: u32 {
+        /// RDMA WRITE (`IB_ACCESS_REMOTE_WRITE`).
+        const WRITE = 1 << 1;
+        /// RDMA READ (`IB_ACCESS_REMOTE_READ`).
+        const READ = 1 << 2;
+        /// Atomics (`IB_ACCESS_REMOTE_ATOMIC`).
+        const ATOMIC = 1 << 3;
     }
 }
 

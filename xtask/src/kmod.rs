@@ -12,12 +12,15 @@
 //!
 //! The Rust code learns what the kernel offers from feature probes of the tree, never
 //! from its version: each probe that holds becomes a `--cfg tilde_<feature>` for the
-//! binding layer (`TILDE_RUSTCFGS`; see [`kernel_features`]).
+//! binding layer (`TILDE_RUSTCFGS`; see [`kernel_features`]). The crates.io crates kernel
+//! code uses come from the kernel where it ships them, else are carried: compiled first,
+//! each as its own make goal, and checked (see [`crate::kernel_crates`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::bail;
+use crate::kernel_crates::{self, Source};
 use crate::target::Bind;
 use crate::toolchain::Toolchain;
 use crate::util::{repo_root, sh_quote, step, write_if_changed, Context, Result};
@@ -28,8 +31,8 @@ pub const STACK_MODULES: &[&str] = &["tilde_core"];
 pub const SELFTEST_MODULES: &[&str] = &["tilde_warn_selftest"];
 /// Test suites run against a device; scenarios load them with their parameters.
 pub const SUITE_MODULES: &[&str] = &["tilde_verbs_conformance"];
-/// Upper-layer protocols; their scenarios load them. Built where the tree has what they
-/// need (`tilde_iser`: the kernel's zerocopy crate, probe `zerocopy`).
+/// Upper-layer protocols; their scenarios load them. Built where every crates.io crate
+/// they use reaches the kernel (`tilde_iser`: zerocopy and its derive).
 pub const ULP_MODULES: &[&str] = &["tilde_iser"];
 /// Hardware drivers; their scenarios load them. Built where the ULPs are (`tilde_mlx4`'s
 /// formats use zerocopy too).
@@ -121,7 +124,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     features.extend(binding_features(&fs::read_to_string(out.join(BINDINGS))?));
     let cfgs: Vec<String> = features
         .iter()
-        .filter(|f| **f != "zerocopy" && !C_FEATURES.contains(f))
+        .filter(|f| !C_FEATURES.contains(f))
         .map(|f| format!("--cfg tilde_{f}"))
         .collect();
     let defines: Vec<String> = features
@@ -129,14 +132,60 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         .filter(|f| C_FEATURES.contains(f))
         .map(|f| format!("-DTILDE_{}", f.to_uppercase()))
         .collect();
-    // zerocopy: the kernel's own, or a bridge to another tree's copy (see
-    // `zerocopy_bridge`); without either, the ULPs that need it are not built.
-    let bridge = if features.contains(&"zerocopy") {
-        None
-    } else {
-        zerocopy_bridge(&toolchain.root.dir)?
-    };
-    let zerocopy = features.contains(&"zerocopy") || bridge.is_some();
+
+    // The crates.io crates: the kernel's, carried, or out of reach (then the crates that
+    // use them are not built, or, for tilde_core's own, nothing is).
+    let locked = kernel_crates::resolve(&repo)?;
+    let plan = kernel_crates::plan(&locked, &toolchain.root.dir, &tree)?;
+    let mut out_of_reach: Vec<(&str, String)> = Vec::new();
+    for (crate_, source) in &plan {
+        if let Source::Unavailable(why) = source {
+            for user in &crate_.users {
+                if user == "rdma-core-rs" {
+                    bail!(
+                        "{} cannot reach {}: {why}",
+                        crate_.package,
+                        toolchain.target.id
+                    );
+                }
+                out_of_reach.push((user.as_str(), why.clone()));
+            }
+        }
+    }
+    for (user, why) in &out_of_reach {
+        println!("[{group}] {user} is not built for this kernel: {why}");
+    }
+    let wire_crates = out_of_reach.is_empty();
+    let crates_dir = out.join("crates");
+    let mut carried = Vec::new();
+    let mut crate_vars = Vec::new();
+    let mut proc_macros = Vec::new();
+    for (crate_, source) in &plan {
+        let name = crate_.crate_name();
+        match source {
+            Source::Compiled => {
+                let object = kernel_crates::place(crate_, &crates_dir)?;
+                let listed = kernel_crates::KERNEL_CRATES
+                    .iter()
+                    .find(|c| c.package == crate_.package)
+                    .map_or(&[][..], |c| c.flags);
+                crate_vars.push(format!(
+                    "TILDE_CRATE_VERSION_{name}={}",
+                    sh_quote(&crate_.version)
+                ));
+                if !listed.is_empty() {
+                    crate_vars.push(format!(
+                        "TILDE_CRATE_FLAGS_{name}={}",
+                        sh_quote(&listed.join(" "))
+                    ));
+                }
+                carried.push((crate_, name, object));
+            }
+            Source::MacroLibrary(path) => proc_macros.push(format!("{name}={path}")),
+            Source::Kernel | Source::Unavailable(_) => {}
+        }
+    }
+
     let has_mo = fs::read_to_string(tree.join("Makefile"))?.contains("KBUILD_EXTMOD_OUTPUT");
     // A Rust rule that names the crate after the object file needs the crate root
     // under the crate's name.
@@ -145,62 +194,109 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     if crate_named_by_object && has_mo {
         bail!("this kernel names crates after objects and has MO=: not bridged yet");
     }
-    if bridge.is_some() && has_mo {
-        bail!("this kernel has MO= but no zerocopy: the zerocopy bridge needs the staging tree");
-    }
     let (core_root, iser_root, mlx4_root) = if crate_named_by_object {
         ("rdma_core", "ulp_iser", "hw_mlx4")
     } else {
         ("lib", "lib", "lib")
     };
-    step(&group, "make modules (kbuild, clippy)", || {
-        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Where kbuild reads the sources (`M=`) and writes the objects.
-        let (prepare, sources, mo) = if has_mo {
-            (String::new(), SRC.to_string(), format!("MO={OUT}/build"))
-        } else {
-            let staging = format!("{OUT}/build");
-            (
-                format!(
-                    "mkdir -p {staging} && find {staging} -type l -delete && \
-                     cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/hw-mlx4 {SRC}/xtask {staging}/ && \
-                     ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && \
-                     ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && \
-                     ln -sf lib.rs {staging}/hw-mlx4/src/{mlx4_root}.rs && {}",
-                    match &bridge {
-                        Some(b) => format!(
-                            "mkdir -p {staging}/zerocopy && cp -rsf {}/. {staging}/zerocopy/ && \
-                             ln -sf lib.rs {staging}/zerocopy/zerocopy.rs && \
-                             ln -sf {} {staging}/zerocopy/libzerocopy_derive.so && ",
-                            b.source, b.derive
-                        ),
-                        None => String::new(),
-                    }
-                ),
-                staging,
-                String::new(),
-            )
-        };
-        let bridge_vars = match &bridge {
-            Some(b) => format!("TILDE_ZEROCOPY_BRIDGE=1 CARGO_PKG_VERSION={}", b.version),
-            None => String::new(),
-        };
-        toolchain.root.sh(
-            &binds,
-            &format!(
-                "{prepare}make -C {} M={sources} {mo} KERNELRELEASE={} \
-                 TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} TILDE_CDEFINES={} \
-                 TILDE_RDMA_CORE_ROOT={core_root} TILDE_ULP_ISER_ROOT={iser_root} \
-                 TILDE_HW_MLX4_ROOT={mlx4_root} \
-                 TILDE_ZEROCOPY={} {bridge_vars} CLIPPY=1 -j{jobs} modules",
-                toolchain.tree(),
-                sh_quote(&toolchain.release),
-                sh_quote(&cfgs.join(" ")),
-                sh_quote(&defines.join(" ")),
-                u8::from(zerocopy),
-            ),
-            &log,
+    // Where kbuild reads the sources (`M=`) and writes the objects, and where the carried
+    // crates are, relative to `M=`.
+    let (prepare, sources, mo, crates_rel) = if has_mo {
+        let rel = crates_dir
+            .strip_prefix(&repo)
+            .map(|p| p.display().to_string())
+            .context(|| "the module build's output is outside the repository".to_string())?;
+        (
+            String::new(),
+            SRC.to_string(),
+            format!("MO={OUT}/build"),
+            rel,
         )
+    } else {
+        let staging = format!("{OUT}/build");
+        (
+            format!(
+                "mkdir -p {staging} && find {staging} -type l -delete && \
+                 cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/hw-mlx4 {SRC}/xtask {staging}/ && \
+                 {} \
+                 ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && \
+                 ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && \
+                 ln -sf lib.rs {staging}/hw-mlx4/src/{mlx4_root}.rs && ",
+                if carried.is_empty() {
+                    String::new()
+                } else {
+                    format!("cp -rsf {OUT}/crates {staging}/ && ")
+                }
+            ),
+            staging,
+            String::new(),
+            "crates".to_string(),
+        )
+    };
+    let names: Vec<&str> = carried.iter().map(|(_, name, _)| name.as_str()).collect();
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let make = |goals: &str| {
+        format!(
+            "make -C {} M={sources} {mo} KERNELRELEASE={} \
+             TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} TILDE_CDEFINES={} \
+             TILDE_RDMA_CORE_ROOT={core_root} TILDE_ULP_ISER_ROOT={iser_root} \
+             TILDE_HW_MLX4_ROOT={mlx4_root} TILDE_WIRE_CRATES={} \
+             TILDE_CRATES_DIR={crates_rel} TILDE_CRATES={} TILDE_CRATE_PROC_MACROS={} {} \
+             CLIPPY=1 -j{jobs} {goals}",
+            toolchain.tree(),
+            sh_quote(&toolchain.release),
+            sh_quote(&cfgs.join(" ")),
+            sh_quote(&defines.join(" ")),
+            u8::from(wire_crates),
+            sh_quote(&names.join(" ")),
+            sh_quote(&proc_macros.join(" ")),
+            crate_vars.join(" "),
+        )
+    };
+    // Each carried crate on its own first, so that one that does not build with the
+    // kernel's flags is named, then checked for what it imports.
+    let mut prepared = false;
+    for (crate_, _, object) in &carried {
+        let what = format!("{} {} (crates.io, carried)", crate_.package, crate_.version);
+        step(&group, &what, || {
+            let setup = if prepared { "" } else { prepare.as_str() };
+            toolchain
+                .root
+                .sh(
+                    &binds,
+                    &format!("{setup}{}", make(&format!("{crates_rel}/{object}"))),
+                    &log,
+                )
+                .map_err(|e| {
+                    crate::util::Error(format!(
+                        "{} {} does not build with {}'s flags (no_std, the kernel's \
+                         rustc command line): {e}",
+                        crate_.package, crate_.version, toolchain.target.id
+                    ))
+                })?;
+            let built = format!("{OUT}/build/{crates_rel}/{object}");
+            let undefined = toolchain
+                .root
+                .sh_output_with(&binds, &format!("nm -u {built}"))?;
+            let forbidden = kernel_crates::forbidden_imports(&undefined);
+            if !forbidden.is_empty() {
+                bail!(
+                    "{} {} imports what the kernel does not have (std, alloc, an allocator \
+                     or unwinding): {}",
+                    crate_.package,
+                    crate_.version,
+                    forbidden.join(", ")
+                );
+            }
+            Ok(())
+        })?;
+        prepared = true;
+    }
+    step(&group, "make modules (kbuild, clippy)", || {
+        let setup = if prepared { "" } else { prepare.as_str() };
+        toolchain
+            .root
+            .sh(&binds, &format!("{setup}{}", make("modules")), &log)
     })?;
 
     let find = |names: &[&str]| -> Result<Vec<PathBuf>> {
@@ -219,14 +315,14 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         stack: find(STACK_MODULES)?,
         selftest: find(SELFTEST_MODULES)?,
         suites: find(SUITE_MODULES)?,
-        ulps: if zerocopy {
+        ulps: if wire_crates {
             find(ULP_MODULES)?
         } else {
             Vec::new()
         },
         drivers: {
             let mut drivers = find(SOFTWARE_DEVICE_MODULES)?;
-            if zerocopy {
+            if wire_crates {
                 drivers.extend(find(DRIVER_MODULES)?);
             }
             drivers
@@ -253,8 +349,6 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 /// - `str_const_char_ptr`: `kernel::str::as_char_ptr_in_const_context`;
 /// - `kvec_remove`: `KVec::remove` (else a shim on `set_len`);
 /// - `kvec_clear`: `KVec::clear` (else a shim on `set_len`);
-/// - `zerocopy`: the kernel's own zerocopy crate, which `ulp_iser`'s wire views use (not a
-///   cfg: without it the iSER module is not built);
 /// - `ib_dma_map_bvec`: the static inline `ib_dma_map_bvec`, which only the C helpers can
 ///   call, so it is a C define (`-DTILDE_IB_DMA_MAP_BVEC`, [`C_FEATURES`]), not a cfg;
 /// - `ib_dispatch_port_state_event`: the IB core reports the port state of a device bound
@@ -282,9 +376,6 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     }
     if mentions("rust/kernel/alloc/kvec.rs", "pub fn clear(&mut self)")? {
         features.push("kvec_clear");
-    }
-    if has("rust/libzerocopy.rmeta") {
-        features.push("zerocopy");
     }
     if mentions("include/rdma/ib_verbs.h", "u64 ib_dma_map_bvec(")? {
         features.push("ib_dma_map_bvec");
@@ -335,56 +426,6 @@ pub fn binding_features(bindings: &str) -> Vec<&'static str> {
         features.push("reg_user_mr_dmah");
     }
     features
-}
-
-/// The kernel's vendored zerocopy from another prepared tree in the same build root, for
-/// a kernel whose Rust has none (6.12): its source (compiled by our Kbuild with this
-/// kernel's flags) and its derive macro (a host library, usable by any build of the same
-/// rustc, which the shared build root guarantees).
-struct ZerocopyBridge {
-    /// The crate's `src` directory, as a path in the build root.
-    source: String,
-    /// `libzerocopy_derive.so`, as a path in the build root.
-    derive: String,
-    /// `CARGO_PKG_VERSION` the crate is compiled with (the tree's `zerocopy-envs`).
-    version: String,
-}
-
-fn zerocopy_bridge(root: &Path) -> Result<Option<ZerocopyBridge>> {
-    let Ok(entries) = fs::read_dir(root.join("usr/src")) else {
-        return Ok(None);
-    };
-    let mut trees: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    trees.sort();
-    for tree in trees {
-        let rust = tree.join("rust");
-        if !rust.join("zerocopy/src/lib.rs").is_file()
-            || !rust.join("libzerocopy_derive.so").is_file()
-        {
-            continue;
-        }
-        let makefile = fs::read_to_string(rust.join("Makefile")).unwrap_or_default();
-        let Some(version) = makefile
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("CARGO_PKG_VERSION="))
-        else {
-            continue;
-        };
-        let guest = |p: PathBuf| -> Result<String> {
-            Ok(format!(
-                "/{}",
-                p.strip_prefix(root)
-                    .map_err(|_| crate::util::Error("zerocopy bridge path".to_string()))?
-                    .display()
-            ))
-        };
-        return Ok(Some(ZerocopyBridge {
-            source: guest(rust.join("zerocopy/src"))?,
-            derive: guest(rust.join("libzerocopy_derive.so"))?,
-            version: version.to_string(),
-        }));
-    }
-    Ok(None)
 }
 
 /// A module whose vermagic does not name the target's release would not load.

@@ -3,6 +3,7 @@
 mod bench;
 mod breaks;
 mod fastpath_code;
+mod kernel_crates;
 mod kmod;
 mod mutants;
 mod rules;

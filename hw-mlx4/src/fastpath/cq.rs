@@ -286,15 +286,15 @@ fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
         match RecvOpcode::from_bits(cqe.opcode_bits()) {
             Some(RecvOpcode::RdmaWriteImm) => {
                 completion.opcode = WcOpcode::RecvRdmaWithImm;
-                flags = flags | WcFlags::WITH_IMM;
+                flags |= WcFlags::WITH_IMM;
                 completion.imm = cqe.immed_rss_invalid.get();
             }
             Some(RecvOpcode::SendImm) => {
-                flags = flags | WcFlags::WITH_IMM;
+                flags |= WcFlags::WITH_IMM;
                 completion.imm = cqe.immed_rss_invalid.get();
             }
             Some(RecvOpcode::SendInval) => {
-                flags = flags | WcFlags::WITH_INVALIDATE;
+                flags |= WcFlags::WITH_INVALIDATE;
                 completion.imm = cqe.immed_rss_invalid.get();
             }
             Some(RecvOpcode::Send) | None => {}

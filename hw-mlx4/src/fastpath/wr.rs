@@ -2,76 +2,40 @@
 
 use crate::wire::AddressVector;
 
-/// Declares a set of flag bits over an integer, with the usual set operations. The kernel
-/// has no `bitflags` crate yet (README, "Open ends"); this is the part of it we need.
-macro_rules! flag_set {
-    ($(#[$meta:meta])* $name:ident: $int:ty { $($(#[$fmeta:meta])* $flag:ident = $value:expr;)* }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
-        pub struct $name($int);
-
-        impl $name {
-            $($(#[$fmeta])* pub const $flag: Self = Self($value);)*
-            /// No flags set.
-            pub const fn empty() -> Self { Self(0) }
-            /// The raw bits.
-            pub const fn bits(self) -> $int { self.0 }
-            /// Whether every flag of `other` is set.
-            pub const fn contains(self, other: Self) -> bool { self.0 & other.0 == other.0 }
-            /// The flags set in either.
-            pub const fn union(self, other: Self) -> Self { Self(self.0 | other.0) }
-        }
-
-        impl core::ops::BitOr for $name {
-            type Output = Self;
-            fn bitor(self, other: Self) -> Self { self.union(other) }
-        }
-
-        impl core::fmt::Debug for $name {
-            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                let mut set = f.debug_set();
-                $(if self.contains(Self::$flag) && Self::$flag.0 != 0 { set.entry(&stringify!($flag)); })*
-                set.finish()
-            }
-        }
-    };
-}
-
-flag_set! {
+bitflags::bitflags! {
     /// `IB_SEND_*` flags of a send WR.
-    SendFlags: u8 {
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct SendFlags: u8 {
         /// Generate a completion for this WR (`IB_SEND_SIGNALED`).
-        SIGNALED = 1 << 0;
+        const SIGNALED = 1 << 0;
         /// Ask for a solicited event at the responder (`IB_SEND_SOLICITED`).
-        SOLICITED = 1 << 1;
+        const SOLICITED = 1 << 1;
         /// Wait for earlier RDMA READs and atomics (`IB_SEND_FENCE`).
-        FENCE = 1 << 2;
+        const FENCE = 1 << 2;
     }
-}
 
-flag_set! {
     /// Memory access rights (`IB_ACCESS_*`).
-    Access: u8 {
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct Access: u8 {
         /// Local write access (`IB_ACCESS_LOCAL_WRITE`).
-        LOCAL_WRITE = 1 << 0;
+        const LOCAL_WRITE = 1 << 0;
         /// Remote write access (`IB_ACCESS_REMOTE_WRITE`).
-        REMOTE_WRITE = 1 << 1;
+        const REMOTE_WRITE = 1 << 1;
         /// Remote read access (`IB_ACCESS_REMOTE_READ`).
-        REMOTE_READ = 1 << 2;
+        const REMOTE_READ = 1 << 2;
         /// Remote atomic access (`IB_ACCESS_REMOTE_ATOMIC`).
-        REMOTE_ATOMIC = 1 << 3;
+        const REMOTE_ATOMIC = 1 << 3;
     }
-}
 
-flag_set! {
     /// What a completion carries besides its status (`IB_WC_*` flags).
-    WcFlags: u8 {
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct WcFlags: u8 {
         /// The received data starts with a GRH (`IB_WC_GRH`).
-        GRH = 1 << 0;
+        const GRH = 1 << 0;
         /// `imm` holds immediate data (`IB_WC_WITH_IMM`).
-        WITH_IMM = 1 << 1;
+        const WITH_IMM = 1 << 1;
         /// `imm` holds the rkey the sender invalidated (`IB_WC_WITH_INVALIDATE`).
-        WITH_INVALIDATE = 1 << 2;
+        const WITH_INVALIDATE = 1 << 2;
     }
 }
 

@@ -1019,7 +1019,7 @@ impl Model {
                     (FastRegSeg::PERM_ATOMIC, Access::REMOTE_ATOMIC),
                 ] {
                     if flags & bit != 0 {
-                        access = access | right;
+                        access |= right;
                     }
                 }
                 let page_shift = u8::try_from(seg.page_size.get()).unwrap_or(0);
