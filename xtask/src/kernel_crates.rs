@@ -433,6 +433,22 @@ pub fn place(locked: &Locked, dir: &Path) -> Result<String> {
     Ok(format!("{name}/src/{name}.o"))
 }
 
+/// Links a proc macro's library (`path`, inside the build root) as
+/// `dir/<crate name>/lib<crate name>.so`, a folder of its own: rustc finds a crate's
+/// dependencies by search path, and the tree that built the library has other crates
+/// beside it (its `core`, its `kernel`) that must not be found.
+pub fn link_macro_library(locked: &Locked, path: &str, dir: &Path) -> Result {
+    let name = locked.crate_name();
+    let folder = dir.join(&name);
+    fs::create_dir_all(&folder)?;
+    let link = folder.join(format!("lib{name}.so"));
+    if fs::read_link(&link).ok().as_deref() != Some(Path::new(path)) {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(path, &link)?;
+    }
+    Ok(())
+}
+
 fn copy_tree(from: &Path, to: &Path) -> Result {
     fs::create_dir_all(to)?;
     for entry in fs::read_dir(from)? {

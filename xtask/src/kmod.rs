@@ -181,7 +181,10 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
                 }
                 carried.push((crate_, name, object));
             }
-            Source::MacroLibrary(path) => proc_macros.push(format!("{name}={path}")),
+            Source::MacroLibrary(path) => {
+                kernel_crates::link_macro_library(crate_, path, &crates_dir)?;
+                proc_macros.push(name);
+            }
             Source::Kernel | Source::Unavailable(_) => {}
         }
     }
