@@ -1240,5 +1240,296 @@ mod tests {
         assert!(sn_lte(0xffff_fffe, 1));
         assert!(!sn_lte(1, 0xffff_fffe));
         assert!(sn_lte(5, 5));
+        // Half the space apart is not "before" (RFC 1982 leaves it undefined; the window
+        // must not open on it).
+        assert!(sn_lte(0, (1 << 31) - 1));
+        assert!(!sn_lte(0, 1 << 31));
+    }
+
+    /// The next PDU the initiator sends: its BHS, its iSER header and its `Transmit`.
+    fn next_pdu(core: &mut Initiator<'_, 8>) -> (wire::Bhs, IserHeader, Transmit) {
+        let mut buf = [0u8; 2048];
+        let t = core
+            .poll_transmit(&mut buf)
+            .unwrap()
+            .expect("a PDU to send");
+        // The caller appends the immediate data (4-byte multiples here).
+        let data = t.immediate.map_or(0, |(_, len)| len as usize);
+        let pdu = wire::parse(&buf[..t.len + data]).unwrap();
+        (*pdu.bhs, *pdu.iser, t)
+    }
+
+    const TUR: ScsiRequest = ScsiRequest {
+        lun: 0,
+        cdb: [0; 16],
+        data: DataDirection::None,
+    };
+
+    #[test]
+    fn pings_aborts_and_logouts_are_immediate_and_take_no_cmdsn() {
+        let mut core = logged_in();
+        // Close the window: CmdSN 1 and 2 out, MaxCmdSN 2.
+        let commands: Vec<_> = (0..2).map(|_| core.submit(TUR).unwrap()).collect();
+        assert_eq!(sent_cmdsns(&mut core), [1, 2]);
+        let ping = core.ping().unwrap();
+        let (bhs, _, _) = next_pdu(&mut core);
+        assert_eq!(
+            (bhs.opcode(), bhs.immediate(), bhs.flags, bhs.itt.get()),
+            (wire::opcode::NOOP_OUT, true, FLAG_FINAL, ping.0)
+        );
+        assert_eq!(bhs.statsn.get(), 3, "CmdSN");
+        core.abort(commands[1], &mut |_| {}).unwrap();
+        let (bhs, _, _) = next_pdu(&mut core);
+        assert_eq!(
+            (bhs.opcode(), bhs.immediate(), bhs.flags),
+            (
+                wire::opcode::SCSI_TMFUNC,
+                true,
+                FLAG_FINAL | TaskMgmt::ABORT_TASK
+            )
+        );
+        assert_eq!(bhs.statsn.get(), 3, "CmdSN");
+        core.logout().unwrap();
+        let (bhs, _, _) = next_pdu(&mut core);
+        assert_eq!(
+            (bhs.opcode(), bhs.immediate(), bhs.flags),
+            (
+                wire::opcode::LOGOUT,
+                true,
+                FLAG_FINAL | wire::Logout::REASON_CLOSE_SESSION
+            )
+        );
+        assert_eq!(bhs.statsn.get(), 3, "CmdSN");
+    }
+
+    #[test]
+    fn a_target_ping_is_answered_at_once_with_its_ttt_and_lun() {
+        let mut core = logged_in();
+        let mut nop = wire::NopIn::zeroed();
+        nop.flags = FLAG_FINAL;
+        nop.itt.set(RESERVED_TAG);
+        nop.ttt.set(0x1234);
+        nop.lun = Lun::new(3);
+        nop.exp_cmdsn.set(1);
+        nop.max_cmdsn.set(2);
+        respond(&mut core, &nop, &[]).unwrap();
+        let (bhs, _, _) = next_pdu(&mut core);
+        assert_eq!(
+            (
+                bhs.opcode(),
+                bhs.immediate(),
+                bhs.flags,
+                bhs.itt.get(),
+                bhs.ttt.get(),
+                bhs.lun.get()
+            ),
+            (
+                wire::opcode::NOOP_OUT,
+                true,
+                FLAG_FINAL,
+                RESERVED_TAG,
+                0x1234,
+                3
+            )
+        );
+    }
+
+    #[test]
+    fn commands_carry_their_direction_and_a_simple_attribute() {
+        let mut core = logged_in();
+        let stag = Stag {
+            stag: 0x77,
+            va: 0x1000,
+        };
+        let expected = [
+            (DataDirection::None, 0),
+            (
+                DataDirection::Read { stag, len: 4096 },
+                wire::ScsiCommand::FLAG_READ,
+            ),
+            (
+                DataDirection::Write { stag, len: 512 },
+                wire::ScsiCommand::FLAG_WRITE,
+            ),
+        ];
+        for (round, (data, direction)) in expected.into_iter().enumerate() {
+            let request = ScsiRequest { data, ..TUR };
+            let tag = core.submit(request).unwrap();
+            let (bhs, iser, t) = next_pdu(&mut core);
+            assert_eq!(
+                bhs.flags,
+                FLAG_FINAL | direction | wire::ScsiCommand::ATTR_SIMPLE,
+                "{data:?}"
+            );
+            match data {
+                // All 512 bytes go as immediate data: nothing is left to RDMA READ.
+                DataDirection::Write { .. } => {
+                    assert_eq!(t.immediate, Some((tag, 512)));
+                    assert_eq!(iser.write(), None);
+                }
+                DataDirection::Read { .. } => {
+                    assert_eq!(t.immediate, None);
+                    assert_eq!(iser.read(), Some(stag));
+                }
+                DataDirection::None => assert_eq!(t.immediate, None),
+            }
+            // Open the window for the next one.
+            let mut rsp = ScsiResponse::zeroed();
+            rsp.itt.set(tag.0);
+            rsp.exp_cmdsn.set(round as u32 + 2);
+            rsp.max_cmdsn.set(round as u32 + 2);
+            respond(&mut core, &rsp, &[]).unwrap();
+        }
+    }
+
+    #[test]
+    fn without_immediate_data_a_write_sends_no_data_with_the_command() {
+        let mut core = Initiator::new(LoginConfig {
+            immediate_data: false,
+            ..CONFIG
+        });
+        core.start_login();
+        let mut buf = [0u8; 2048];
+        for (stage, next, text) in [
+            (
+                LoginStage::Security,
+                LoginStage::Operational,
+                &b"AuthMethod=None\0"[..],
+            ),
+            (
+                LoginStage::Operational,
+                LoginStage::FullFeature,
+                b"RDMAExtensions=Yes\0ImmediateData=No\0",
+            ),
+        ] {
+            assert!(core.poll_transmit(&mut buf).unwrap().is_some());
+            let mut rsp = LoginResponse::zeroed();
+            rsp.flags = login_flags(true, stage, next);
+            rsp.exp_cmdsn.set(1);
+            rsp.max_cmdsn.set(2);
+            respond(&mut core, &rsp, text).unwrap();
+        }
+        assert!(core.logged_in());
+        let stag = Stag {
+            stag: 0x77,
+            va: 0x1000,
+        };
+        core.submit(ScsiRequest {
+            data: DataDirection::Write { stag, len: 512 },
+            ..TUR
+        })
+        .unwrap();
+        let (bhs, iser, t) = next_pdu(&mut core);
+        assert_eq!(t.immediate, None);
+        assert_eq!(bhs.data_segment_length(), 0);
+        assert_eq!(iser.write(), Some(stag));
+    }
+
+    /// The outcomes and registrations of the tasks that end on one received PDU.
+    fn ends_on<H: wire::PduHeader>(
+        core: &mut Initiator<'_, 8>,
+        header: &H,
+        data: &[u8],
+    ) -> Vec<(TaskTag, TaskOutcome, Option<u32>)> {
+        let mut buf = [0u8; 512];
+        let len = emit(&mut buf, &IserHeader::control(None, None), header, data).unwrap();
+        let mut ends = Vec::new();
+        core.receive(&buf[..len], None, &mut |upcall| {
+            if let Upcall::TaskEnded(end) = upcall {
+                ends.push((end.tag, end.outcome, end.invalidate));
+            }
+        })
+        .unwrap();
+        ends
+    }
+
+    #[test]
+    fn the_residual_is_signed_by_the_response_s_flags() {
+        let mut core = logged_in();
+        for (round, (flags, residual)) in [
+            (wire::ScsiResponse::FLAG_OVERFLOW, -100),
+            (wire::ScsiResponse::FLAG_UNDERFLOW, 100),
+            // A count without either flag means nothing.
+            (0, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let tag = core.submit(TUR).unwrap();
+            next_pdu(&mut core);
+            let mut rsp = ScsiResponse::zeroed();
+            rsp.flags = FLAG_FINAL | flags;
+            rsp.itt.set(tag.0);
+            rsp.residual_count.set(100);
+            rsp.exp_cmdsn.set(round as u32 + 2);
+            rsp.max_cmdsn.set(round as u32 + 2);
+            let ends = ends_on(&mut core, &rsp, &[]);
+            assert_eq!(
+                ends,
+                [(
+                    tag,
+                    TaskOutcome::Completed {
+                        response: 0,
+                        status: 0,
+                        residual
+                    },
+                    None
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejected_command_ends_with_its_registration_and_a_rejected_ping_answer_ends_nothing() {
+        use zerocopy::IntoBytes;
+        let mut core = logged_in();
+        let stag = Stag {
+            stag: 0x99,
+            va: 0x2000,
+        };
+        let tag = core
+            .submit(ScsiRequest {
+                data: DataDirection::Read { stag, len: 4096 },
+                ..TUR
+            })
+            .unwrap();
+        let (rejected, _, _) = next_pdu(&mut core);
+        let mut reject = wire::Reject::zeroed();
+        reject.flags = FLAG_FINAL;
+        reject.reason = 9;
+        reject.ffffffff.set(RESERVED_TAG);
+        reject.exp_cmdsn.set(2);
+        reject.max_cmdsn.set(2);
+        let ends = ends_on(&mut core, &reject, rejected.as_bytes());
+        assert_eq!(
+            ends,
+            [(tag, TaskOutcome::Rejected { reason: 9 }, Some(0x99))]
+        );
+        // The answer to a target's ping carries the reserved ITT.
+        let mut answer = rejected;
+        answer.itt.set(RESERVED_TAG);
+        assert_eq!(ends_on(&mut core, &reject, answer.as_bytes()), []);
+    }
+
+    #[test]
+    fn queued_commands_go_oldest_first_whatever_their_slot() {
+        let mut core = logged_in();
+        let first: Vec<_> = (0..2).map(|_| core.submit(TUR).unwrap()).collect();
+        assert_eq!(sent_cmdsns(&mut core), [1, 2]);
+        // Two wait in slots 2 and 3; the first command's slot (0) is freed and taken by
+        // a newer one.
+        let waiting: Vec<_> = (0..2).map(|_| core.submit(TUR).unwrap()).collect();
+        let mut rsp = ScsiResponse::zeroed();
+        rsp.itt.set(first[0].0);
+        rsp.exp_cmdsn.set(3);
+        rsp.max_cmdsn.set(2);
+        respond(&mut core, &rsp, &[]).unwrap();
+        let newest = core.submit(TUR).unwrap();
+        assert_eq!(newest.0 & 0xffff, first[0].0 & 0xffff, "slot 0 reused");
+        rsp.itt.set(first[1].0);
+        rsp.max_cmdsn.set(5);
+        respond(&mut core, &rsp, &[]).unwrap();
+        let order: Vec<u32> = (0..3).map(|_| next_pdu(&mut core).0.itt.get()).collect();
+        assert_eq!(order, [waiting[0].0, waiting[1].0, newest.0]);
     }
 }

@@ -294,6 +294,93 @@ mod tests {
             .any(|p| p.unwrap() == ("MaxOutstandingUnexpectedPDUs", "4")));
     }
 
+    /// The negotiated parameters after the target answers `pair` (and accepts iSER).
+    fn answered(config: &LoginConfig<'_>, pair: &str) -> Result<Negotiated, NegotiationError> {
+        let mut text = std::vec::Vec::from(pair.as_bytes());
+        text.extend_from_slice(b"\0RDMAExtensions=Yes\0");
+        let mut n = Negotiation::new(config);
+        n.apply(&text)?;
+        n.finish()
+    }
+
+    #[test]
+    fn each_answer_is_taken_within_its_rule_and_refused_outside_it() {
+        use NegotiationError::Unacceptable;
+        let ok = |pair: &str| answered(&CONFIG, pair).unwrap();
+        let refused = |config: &LoginConfig<'_>, pair: &str| {
+            assert_eq!(
+                answered(config, pair).map(|_| ()),
+                Err(Unacceptable),
+                "{pair}"
+            );
+        };
+        // Declared by the target: 512 to 2^24 - 1.
+        assert_eq!(
+            ok("TargetRecvDataSegmentLength=512").target_recv_data_segment_length,
+            512
+        );
+        assert_eq!(
+            ok("TargetRecvDataSegmentLength=16777215").target_recv_data_segment_length,
+            16_777_215
+        );
+        refused(&CONFIG, "TargetRecvDataSegmentLength=511");
+        refused(&CONFIG, "TargetRecvDataSegmentLength=16777216");
+        // Ours, which the target may lower (not below 512) but never raise.
+        for n in [512, 4096, 8192] {
+            assert_eq!(
+                ok(&std::format!("InitiatorRecvDataSegmentLength={n}"))
+                    .initiator_recv_data_segment_length,
+                n
+            );
+        }
+        refused(&CONFIG, "InitiatorRecvDataSegmentLength=511");
+        refused(&CONFIG, "InitiatorRecvDataSegmentLength=8193");
+        // Numerical minimums; FirstBurstLength never above MaxBurstLength.
+        let p = ok("MaxBurstLength=4096");
+        assert_eq!((p.max_burst_length, p.first_burst_length), (4096, 4096));
+        assert_eq!(ok("FirstBurstLength=1024").first_burst_length, 1024);
+        refused(&CONFIG, "MaxBurstLength=262145");
+        refused(&CONFIG, "FirstBurstLength=65537");
+        refused(&CONFIG, "FirstBurstLength=511");
+        // ImmediateData is an AND, InitialR2T an OR.
+        assert!(ok("ImmediateData=Yes").immediate_data);
+        assert!(!ok("ImmediateData=No").immediate_data);
+        let no_immediate = LoginConfig {
+            immediate_data: false,
+            ..CONFIG
+        };
+        refused(&no_immediate, "ImmediateData=Yes");
+        assert!(ok("InitialR2T=Yes").initial_r2t);
+        refused(&CONFIG, "InitialR2T=No");
+        let no_r2t = LoginConfig {
+            initial_r2t: false,
+            ..CONFIG
+        };
+        assert!(!answered(&no_r2t, "InitialR2T=No").unwrap().initial_r2t);
+        assert!(answered(&no_r2t, "InitialR2T=Yes").unwrap().initial_r2t);
+        refused(&CONFIG, "ImmediateData=Maybe");
+        // What iSER fixes: no digests, one connection, one R2T, no error recovery.
+        for pair in [
+            "HeaderDigest=None",
+            "DataDigest=None",
+            "MaxConnections=1",
+            "MaxOutstandingR2T=1",
+            "ErrorRecoveryLevel=0",
+        ] {
+            ok(pair);
+        }
+        for pair in [
+            "HeaderDigest=CRC32C",
+            "DataDigest=CRC32C",
+            "MaxConnections=2",
+            "MaxOutstandingR2T=2",
+            "MaxConnections=0",
+            "ErrorRecoveryLevel=1",
+        ] {
+            refused(&CONFIG, pair);
+        }
+    }
+
     #[test]
     fn unknown_keys_leave_our_values_and_declarations_stay_apart() {
         let mut n = Negotiation::new(&CONFIG);

@@ -261,13 +261,17 @@ fn views_read_the_owner_byte_and_the_qpn() {
 #[test]
 fn address_vector_accessors() {
     let av = AddressVector {
-        port_pd: Be32::new(1 << AddressVector::PORT_SHIFT | 0x42),
+        port_pd: Be32::new(2 << AddressVector::PORT_SHIFT | 0x42),
         g_slid: AddressVector::GRH_PRESENT,
         ..AddressVector::default()
     };
-    assert_eq!(av.port(), 1);
+    assert_eq!(av.port(), 2);
     assert_eq!(av.pd(), 0x42);
     assert!(av.has_grh());
+    // The source path bits beside it are not a GRH.
+    let without = AddressVector { g_slid: 0x7f, ..av };
+    assert!(!without.has_grh());
+    assert_eq!(AddressVector::GRH_PRESENT, 0x80);
 }
 
 #[test]
@@ -283,4 +287,91 @@ fn blueflame_control_segment_carries_counter_and_qpn() {
     );
     assert_eq!(ctrl.blueflame_qpn(), send_doorbell_value(0x12_3456));
     assert_eq!(BLUEFLAME_OFFSET, 0x100);
+}
+
+#[test]
+fn mailbox_fields_are_big_endian_and_bounded() {
+    let mut bytes = [0u8; 16];
+    let mut mailbox = fw::Mailbox(&mut bytes[..]);
+    mailbox.set_u8(0, 0xa5);
+    mailbox.set_u16(1, 0x0102);
+    mailbox.set_u32(3, 0x0304_0506);
+    mailbox.set_u64(7, 0x0708_090a_0b0c_0d0e);
+    // Writes past the end write nothing, and reads there are zero.
+    mailbox.set_u32(14, 0xffff_ffff);
+    mailbox.set_u8(16, 0xff);
+    assert_eq!(
+        (
+            mailbox.u8(0),
+            mailbox.u16(1),
+            mailbox.u32(3),
+            mailbox.u64(7)
+        ),
+        (0xa5, 0x0102, 0x0304_0506, 0x0708_090a_0b0c_0d0e)
+    );
+    assert_eq!((mailbox.u32(14), mailbox.u8(16)), (0, 0));
+    assert_eq!(
+        bytes,
+        [0xa5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xa, 0xb, 0xc, 0xd, 0xe, 0]
+    );
+}
+
+/// The flag bits as `include/linux/mlx4/device.h` and `qp.h` define them, written out: the
+/// model and the driver share these constants, so only this pins them to the hardware's.
+#[test]
+fn flag_bits_are_the_kernel_s() {
+    use fw::{bmme_flag, dev_cap_flag};
+    assert_eq!(
+        [
+            dev_cap_flag::RC,
+            dev_cap_flag::UC,
+            dev_cap_flag::UD,
+            dev_cap_flag::SRQ,
+            dev_cap_flag::BAD_PKEY_CNTR,
+            dev_cap_flag::BAD_QKEY_CNTR,
+            dev_cap_flag::ATOMIC,
+            dev_cap_flag::UD_AV_PORT,
+            dev_cap_flag::UD_MCAST,
+        ],
+        [0x1, 0x2, 0x4, 0x40, 0x100, 0x200, 0x4_0000, 0x10_0000, 0x20_0000]
+    );
+    assert_eq!(
+        [
+            bmme_flag::LOCAL_INV,
+            bmme_flag::REMOTE_INV,
+            bmme_flag::FAST_REG_WR
+        ],
+        [0x40, 0x80, 0x800]
+    );
+    // MLX4_WQE_CTRL_FENCE, _CQ_UPDATE, _SOLICITED, _STRONG_ORDER.
+    assert_eq!(CtrlSeg::FENCE, 0x40);
+    assert_eq!(
+        [
+            CtrlSeg::CQ_UPDATE,
+            CtrlSeg::SOLICITED,
+            CtrlSeg::STRONG_ORDER
+        ],
+        [0xc, 0x2, 0x80]
+    );
+    // MLX4_WQE_FMR_PERM_LOCAL_READ, _LOCAL_WRITE, MLX4_WQE_FMR_AND_BIND_PERM_REMOTE_READ,
+    // _REMOTE_WRITE, _ATOMIC.
+    assert_eq!(
+        [
+            FastRegSeg::PERM_LOCAL_READ,
+            FastRegSeg::PERM_LOCAL_WRITE,
+            FastRegSeg::PERM_REMOTE_READ,
+            FastRegSeg::PERM_REMOTE_WRITE,
+            FastRegSeg::PERM_ATOMIC
+        ],
+        [
+            0x0800_0000,
+            0x1000_0000,
+            0x2000_0000,
+            0x4000_0000,
+            0x8000_0000
+        ]
+    );
+    // eq_set_ci: `(cons_index & 0xffffff) | req_not << 31`.
+    assert_eq!(eq_set_ci_word(0x0123_4567, true), 0x8023_4567);
+    assert_eq!(eq_set_ci_word(0x0123_4567, false), 0x0023_4567);
 }
