@@ -639,16 +639,14 @@ impl<'c, const N: usize> Initiator<'c, N> {
             }
         };
         let len = emit(buf, &iser, &cmd, &[])?;
-        // The data segment is the immediate data, which the caller appends.
-        if immediate > 0 {
-            let bhs_start = wire::ISER_HEADER_LEN;
-            let bhs = buf
-                .get_mut(bhs_start..bhs_start + wire::BHS_LEN)
-                .ok_or(WireError::BufferTooSmall)?;
-            let bhs = <wire::Bhs as zerocopy::FromBytes>::mut_from_bytes(bhs)
-                .map_err(|_| WireError::BufferTooSmall)?;
-            bhs.set_data_segment_length(immediate as usize);
-        }
+        // The data segment is the immediate data (none: 0), which the caller appends.
+        let bhs_start = wire::ISER_HEADER_LEN;
+        let bhs = buf
+            .get_mut(bhs_start..bhs_start + wire::BHS_LEN)
+            .ok_or(WireError::BufferTooSmall)?;
+        let bhs = <wire::Bhs as zerocopy::FromBytes>::mut_from_bytes(bhs)
+            .map_err(|_| WireError::BufferTooSmall)?;
+        bhs.set_data_segment_length(immediate as usize);
         Ok(Transmit {
             len,
             immediate: (immediate > 0).then_some((TaskTag(tag), immediate)),
@@ -764,7 +762,6 @@ impl<'c, const N: usize> Initiator<'c, N> {
         }
     }
 
-    /// The live task an ITT names, freed; its registration's STag if it had one.
     /// The sent task an ITT names, still live: the caller checks the response against
     /// it before [`Initiator::free`], so a response that does not fit ends the connection
     /// with the task still there for [`Initiator::fail`] (and its STag not forgotten).
@@ -1509,6 +1506,21 @@ mod tests {
         let mut answer = rejected;
         answer.itt.set(RESERVED_TAG);
         assert_eq!(ends_on(&mut core, &reject, answer.as_bytes()), []);
+    }
+
+    #[test]
+    fn requests_acknowledge_the_target_s_last_status() {
+        let mut core = logged_in();
+        let tag = core.submit(TUR).unwrap();
+        next_pdu(&mut core);
+        let mut rsp = ScsiResponse::zeroed();
+        rsp.itt.set(tag.0);
+        rsp.statsn.set(41);
+        rsp.exp_cmdsn.set(2);
+        rsp.max_cmdsn.set(3);
+        respond(&mut core, &rsp, &[]).unwrap();
+        core.submit(TUR).unwrap();
+        assert_eq!(next_pdu(&mut core).0.exp_statsn.get(), 42);
     }
 
     #[test]
