@@ -533,6 +533,24 @@ mod completion_tests {
         v4_mapped[11] = 0xff;
         v4_mapped[12..].copy_from_slice(&[10, 0, 2, 15]);
         assert_eq!(Gid(v4_mapped).link_local_mac(), None);
+        // A universally administered MAC (bit 1 of the first byte clear) has the bit set
+        // in its EUI-64; the flip clears it again.
+        let universal = Gid([
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x02, 0x1b, 0x21, 0xff, 0xfe, 0xaa, 0xbb, 0xcc,
+        ]);
+        assert_eq!(
+            universal.link_local_mac(),
+            Some([0x00, 0x1b, 0x21, 0xaa, 0xbb, 0xcc])
+        );
+        // Each condition on its own: not fe80::/64, or no ff:fe in the middle.
+        let mut other_prefix = universal;
+        other_prefix.0[1] = 0x81;
+        assert_eq!(other_prefix.link_local_mac(), None);
+        for (byte, value) in [(11, 0xfe), (12, 0xff)] {
+            let mut not_eui64 = universal;
+            not_eui64.0[byte] = value;
+            assert_eq!(not_eui64.link_local_mac(), None, "byte {byte}");
+        }
     }
 }
 

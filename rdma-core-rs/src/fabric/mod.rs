@@ -1059,3 +1059,70 @@ impl Drop for Mailbox {
         self.list.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_the_kernel_s_errnos_and_debug_names_them() {
+        let errors = [EINVAL, ENOMEM, ENODEV, ETIMEDOUT, ESHUTDOWN];
+        assert_eq!(errors.map(Error::to_errno), [-22, -12, -19, -110, -108]);
+        assert_eq!(
+            errors.map(|e| std::format!("{e:?}")),
+            ["EINVAL", "ENOMEM", "ENODEV", "ETIMEDOUT", "ESHUTDOWN"]
+        );
+        assert_eq!(std::format!("{:?}", Error(5)), "Error(5)");
+    }
+
+    #[test]
+    fn a_device_is_itself_by_name_gid_and_port() {
+        let fabric = Fabric::new();
+        let a = fabric.add_device("fab_a", [0x00, 0x1b, 0x21, 0xaa, 0xbb, 0xcc]);
+        let b = fabric.add_device("fab_b", [0x02, 0, 0, 0, 0, 1]);
+        assert_eq!((a.name(), b.name()), ("fab_a", "fab_b"));
+        assert!(a.is(&a) && !a.is(&b));
+        assert!(a.has_cm(1) && !a.has_cm(2));
+        // GID 0 is the MAC's link-local GID, from which the MAC comes back.
+        let gid = a.query_gid(1, 0).unwrap();
+        assert_eq!(
+            gid.link_local_mac(),
+            Some([0x00, 0x1b, 0x21, 0xaa, 0xbb, 0xcc])
+        );
+        assert_eq!(gid.0[8], 0x02);
+        assert_eq!(
+            b.query_gid(1, 0).unwrap().link_local_mac(),
+            Some([0x02, 0, 0, 0, 0, 1])
+        );
+        // rxe's limits: a CQ of at most 32767 entries.
+        assert_eq!(a.caps().max_cqe, 0x7fff);
+        // Each object its own id.
+        let ids = [next_id(), next_id(), next_id()];
+        assert!(ids[0] < ids[1] && ids[1] < ids[2] && ids[0] > 0);
+    }
+
+    #[test]
+    fn buffers_and_regions_report_their_bounds() {
+        let fabric = Fabric::new();
+        let device = fabric.add_device("fab_mr", [0x02, 0, 0, 0, 0, 2]);
+        let mut buffer = DmaBuffer::new(&device, 8192).unwrap();
+        assert!(!buffer.is_empty());
+        assert_eq!(buffer.len(), 8192);
+        let base = buffer.dma_addr(0, 1).unwrap();
+        assert_eq!(buffer.dma_addr(100, 8092), Some(base + 100));
+        assert_eq!(buffer.dma_addr(100, 8093), None);
+        buffer.write(10, b"tilde").unwrap();
+        let pd = ProtectionDomain::new(&device).unwrap();
+        let mut region = MemoryRegion::new(&pd, 4, buffer, 8, 1000).unwrap();
+        assert_eq!((region.iova(), region.length()), (base + 8, 1000));
+        region.write(20, b"fabric").unwrap();
+        assert_eq!(
+            region.buffer().copy_out(10, 16).unwrap(),
+            b"tilde\0\0\0\0\0fabric"
+        );
+        // The key names the region's slot, with the key byte below it.
+        let other = MemoryRegion::new(&pd, 1, DmaBuffer::new(&device, 64).unwrap(), 0, 64).unwrap();
+        assert_ne!(region.rkey() >> 8, other.rkey() >> 8);
+        assert_eq!(region.rkey() & 0xff, 0);
+    }
+}
