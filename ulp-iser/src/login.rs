@@ -232,9 +232,7 @@ impl Negotiation {
             // nothing to record.
             _ => {}
         }
-        if p.first_burst_length > p.max_burst_length {
-            p.first_burst_length = p.max_burst_length;
-        }
+        p.first_burst_length = p.first_burst_length.min(p.max_burst_length);
         Ok(())
     }
 

@@ -199,7 +199,7 @@ pub mod query_dev_cap {
 /// Device capability flags (`MLX4_DEV_CAP_FLAG_*`, the 64 bits of `EXT_FLAGS:FLAGS`).
 #[allow(missing_docs)]
 pub mod dev_cap_flag {
-    pub const RC: u64 = 1 << 0;
+    pub const RC: u64 = 1;
     pub const UC: u64 = 1 << 1;
     pub const UD: u64 = 1 << 2;
     pub const SRQ: u64 = 1 << 6;
