@@ -1101,6 +1101,65 @@ mod tests {
         assert!(ids[0] < ids[1] && ids[1] < ids[2] && ids[0] > 0);
     }
 
+    /// A QP's transitions go RESET → INIT → RTR → RTS only; the others are EINVAL, as
+    /// `ib_modify_qp_is_ok` has them, and ERR is reached from any state but RESET.
+    #[test]
+    fn qp_states_are_taken_in_order() {
+        use crate::verbs::{Grh, Mtu};
+        let fabric = Fabric::new();
+        let device = fabric.add_device("fab_qp", [0x02, 0, 0, 0, 0, 3]);
+        let pd = ProtectionDomain::new(&device).unwrap();
+        let cq = CompletionQueue::new(&device, 16, PollContext::Direct).unwrap();
+        let caps = QpCaps {
+            max_send_wr: 4,
+            max_recv_wr: 4,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_data: 0,
+        };
+        let qp = QueuePair::new_rc(&pd, &cq, &cq, &caps).unwrap();
+        let init = InitAttr {
+            port: 1,
+            pkey_index: 0,
+            remote_access: RemoteAccess::empty(),
+        };
+        let rtr = RtrAttr {
+            port: 1,
+            path_mtu: Mtu::Mtu1024,
+            dest_qp_num: qp.qp_num(),
+            rq_psn: 0,
+            max_dest_rd_atomic: 1,
+            min_rnr_timer: 12,
+            av: AddressVector::Roce {
+                grh: Grh {
+                    sgid_index: 0,
+                    dgid: device.query_gid(1, 0).unwrap(),
+                    hop_limit: 1,
+                },
+                dmac: [0x02, 0, 0, 0, 0, 3],
+            },
+        };
+        let rts = RtsAttr {
+            sq_psn: 0,
+            timeout: 14,
+            retry_cnt: 7,
+            rnr_retry: 7,
+            max_rd_atomic: 1,
+        };
+        assert_eq!(qp.modify_to_rtr(&rtr), Err(EINVAL), "RESET → RTR");
+        assert_eq!(qp.modify_to_rts(&rts), Err(EINVAL), "RESET → RTS");
+        assert_eq!(qp.modify_to_error(), Err(EINVAL), "RESET → ERR");
+        qp.modify_to_init(&init).unwrap();
+        qp.modify_to_init(&init).unwrap();
+        assert_eq!(qp.modify_to_rts(&rts), Err(EINVAL), "INIT → RTS");
+        qp.modify_to_rtr(&rtr).unwrap();
+        assert_eq!(qp.modify_to_rtr(&rtr), Err(EINVAL), "RTR → RTR");
+        assert_eq!(qp.modify_to_init(&init), Err(EINVAL), "RTR → INIT");
+        qp.modify_to_rts(&rts).unwrap();
+        qp.modify_to_rts(&rts).unwrap();
+        qp.modify_to_error().unwrap();
+    }
+
     #[test]
     fn buffers_and_regions_report_their_bounds() {
         let fabric = Fabric::new();
