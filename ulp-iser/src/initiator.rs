@@ -1061,7 +1061,15 @@ mod tests {
 
     /// Logs in through both stages, the target announcing MaxCmdSN = ExpCmdSN + 1.
     fn logged_in() -> Initiator<'static, 8> {
-        let mut core = Initiator::new(CONFIG);
+        logged_in_with(CONFIG, b"RDMAExtensions=Yes\0")
+    }
+
+    /// Logs in with `config`, the target answering the operational stage with `operational`.
+    fn logged_in_with(
+        config: LoginConfig<'static>,
+        operational: &'static [u8],
+    ) -> Initiator<'static, 8> {
+        let mut core = Initiator::new(config);
         core.start_login();
         let mut buf = [0u8; 2048];
         for (stage, next, text) in [
@@ -1073,7 +1081,7 @@ mod tests {
             (
                 LoginStage::Operational,
                 LoginStage::FullFeature,
-                b"RDMAExtensions=Yes\0",
+                operational,
             ),
         ] {
             assert!(core.poll_transmit(&mut buf).unwrap().is_some());
@@ -1381,32 +1389,13 @@ mod tests {
 
     #[test]
     fn without_immediate_data_a_write_sends_no_data_with_the_command() {
-        let mut core = Initiator::new(LoginConfig {
-            immediate_data: false,
-            ..CONFIG
-        });
-        core.start_login();
-        let mut buf = [0u8; 2048];
-        for (stage, next, text) in [
-            (
-                LoginStage::Security,
-                LoginStage::Operational,
-                &b"AuthMethod=None\0"[..],
-            ),
-            (
-                LoginStage::Operational,
-                LoginStage::FullFeature,
-                b"RDMAExtensions=Yes\0ImmediateData=No\0",
-            ),
-        ] {
-            assert!(core.poll_transmit(&mut buf).unwrap().is_some());
-            let mut rsp = LoginResponse::zeroed();
-            rsp.flags = login_flags(true, stage, next);
-            rsp.exp_cmdsn.set(1);
-            rsp.max_cmdsn.set(2);
-            respond(&mut core, &rsp, text).unwrap();
-        }
-        assert!(core.logged_in());
+        let mut core = logged_in_with(
+            LoginConfig {
+                immediate_data: false,
+                ..CONFIG
+            },
+            b"RDMAExtensions=Yes\0ImmediateData=No\0",
+        );
         let stag = Stag {
             stag: 0x77,
             va: 0x1000,

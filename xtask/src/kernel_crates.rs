@@ -101,7 +101,8 @@ impl Locked {
         self.package.replace('-', "_")
     }
 
-    fn listed(&self) -> Result<&'static KernelCrate> {
+    /// Its entry in [`KERNEL_CRATES`].
+    pub fn listed(&self) -> Result<&'static KernelCrate> {
         listed(&self.package).context(|| format!("{} is not a kernel crate", self.package))
     }
 }

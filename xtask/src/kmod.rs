@@ -165,18 +165,15 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         match source {
             Source::Compiled => {
                 let object = kernel_crates::place(crate_, &crates_dir)?;
-                let listed = kernel_crates::KERNEL_CRATES
-                    .iter()
-                    .find(|c| c.package == crate_.package)
-                    .map_or(&[][..], |c| c.flags);
+                let flags = crate_.listed()?.flags;
                 crate_vars.push(format!(
                     "TILDE_CRATE_VERSION_{name}={}",
                     sh_quote(&crate_.version)
                 ));
-                if !listed.is_empty() {
+                if !flags.is_empty() {
                     crate_vars.push(format!(
                         "TILDE_CRATE_FLAGS_{name}={}",
-                        sh_quote(&listed.join(" "))
+                        sh_quote(&flags.join(" "))
                     ));
                 }
                 carried.push((crate_, name, object));
