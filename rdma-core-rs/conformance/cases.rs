@@ -117,10 +117,23 @@ pub(crate) fn run_cases(rig: &Rig, record: &mut dyn FnMut(&str, CaseResult)) {
         );
     }
     record("rc_send_with_imm", rc_send_with_imm(rig));
+    record(
+        "rc_send_and_recv_cqs_apart",
+        rc_send_and_recv_cqs_apart(rig),
+    );
     record("rc_drain_flushes_posted_receives", rc_drain_flushes(rig));
     record("frwr_rdma_write", frwr_rdma_write(rig));
     record("frwr_rdma_read", frwr_rdma_read(rig));
     record("frwr_rdma_write_with_imm", frwr_rdma_write_with_imm(rig));
+    record(
+        "frwr_write_with_imm_waits_for_a_receive",
+        frwr_write_with_imm_waits_for_a_receive(rig),
+    );
+    record(
+        "frwr_read_only_region_refuses_write",
+        frwr_read_only_region_refuses_write(rig),
+    );
+    record("frwr_other_pd_refused", frwr_other_pd_refused(rig));
     record("rc_receive_too_small", rc_receive_too_small(rig));
     record(
         "frwr_invalidate_refuses_access",
@@ -137,6 +150,7 @@ pub(crate) fn run_cases(rig: &Rig, record: &mut dyn FnMut(&str, CaseResult)) {
     );
     record("rc_rnr_retry_exceeded", rc_rnr_retry_exceeded(rig));
     record("ud_send_with_grh", ud_send_with_grh(rig));
+    record("ud_wrong_qkey_dropped", ud_wrong_qkey_dropped(rig));
     record(
         "ud_drain_with_sends_outstanding",
         ud_drain_with_sends_outstanding(rig),
@@ -261,8 +275,19 @@ pub(crate) fn rc_pair_on(
     cq: &Arc<CompletionQueue>,
     a_rnr_retry: u8,
 ) -> Result<(QueuePair, QueuePair)> {
-    let a = QueuePair::new_rc(&rig.pd, cq, cq, &CAPS)?;
-    let b = QueuePair::new_rc(&rig.pd, cq, cq, &CAPS)?;
+    rc_pair_with(rig, &rig.pd, (cq, cq), a_rnr_retry)
+}
+
+/// Two RC QPs in `pd`, each sending to `cqs.0` and receiving to `cqs.1`, connected to
+/// each other; `a` gives up after `a_rnr_retry` RNR NAKs.
+fn rc_pair_with(
+    rig: &Rig,
+    pd: &Arc<ProtectionDomain>,
+    (send_cq, recv_cq): (&Arc<CompletionQueue>, &Arc<CompletionQueue>),
+    a_rnr_retry: u8,
+) -> Result<(QueuePair, QueuePair)> {
+    let a = QueuePair::new_rc(pd, send_cq, recv_cq, &CAPS)?;
+    let b = QueuePair::new_rc(pd, send_cq, recv_cq, &CAPS)?;
     connect(rig, &a, b.qp_num(), a_rnr_retry)?;
     connect(rig, &b, a.qp_num(), RNR_FOREVER)?;
     Ok((a, b))
@@ -439,9 +464,40 @@ fn rc_send_with_imm(rig: &Rig) -> CaseResult {
     )
 }
 
+/// A QP's send completions go to its send CQ and its receive completions to its receive
+/// CQ: polling one never brings back the other's.
+fn rc_send_and_recv_cqs_apart(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let send_cq = CompletionQueue::new(&rig.device, 128, PollContext::Direct)?;
+    let recv_cq = CompletionQueue::new(&rig.device, 128, PollContext::Direct)?;
+    let (a, b) = rc_pair_with(rig, &rig.pd, (&send_cq, &recv_cq), RNR_FOREVER)?;
+    b.post_recv(
+        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 64)?))?,
+        0,
+        64,
+    )?;
+    a.post_send(
+        mailbox.work_request(SEND, Some(patterned(&rig.device, 64, 23)?))?,
+        SendOp::Send,
+        0,
+        64,
+    )?;
+    wait_ok(&mut mailbox, &send_cq, SEND, WcOpcode::Send)?;
+    let stray = mailbox.wait(RECV, &send_cq, Duration::from_millis(50));
+    check(
+        matches!(stray, Err(e) if e == timed_out()),
+        "a receive completed on the send CQ",
+    )?;
+    let received = wait_recv(&mut mailbox, &recv_cq, RECV, 64)?;
+    check(
+        *bytes_of(&received, 0, 64)? == *patterned(&rig.device, 64, 23)?.copy_out(0, 64)?,
+        "received data differs from what was sent",
+    )
+}
+
 fn rc_drain_flushes(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    {
+    let qp_num = {
         let (a, _b) = rc_pair(rig)?;
         for tag in 0..3 {
             a.post_recv(
@@ -455,7 +511,8 @@ fn rc_drain_flushes(rig: &Rig) -> CaseResult {
             "the QP does not count its posted receives",
         )?;
         // Dropping the QPs drains them: each posted receive must come back, flushed.
-    }
+        a.qp_num()
+    };
     for tag in 0..3 {
         let wr = mailbox.try_take(tag)?.ok_or(Failure::Check(
             "a posted receive was not handed back by the drain",
@@ -463,6 +520,10 @@ fn rc_drain_flushes(rig: &Rig) -> CaseResult {
         check(
             wr.completion().status == WcStatus::WrFlushError,
             "a drained receive did not flush",
+        )?;
+        check(
+            wr.completion().qp_num == qp_num,
+            "a flushed receive names the wrong QP",
         )?;
     }
     Ok(())
@@ -543,6 +604,10 @@ fn frwr_rdma_read(rig: &Rig) -> CaseResult {
     )?;
     let done = wait_ok(&mut mailbox, &rig.cq, READ, WcOpcode::RdmaRead)?;
     check(
+        done.completion().byte_len as usize == RDMA_LEN - 100,
+        "the READ's completion does not report the length read",
+    )?;
+    check(
         *bytes_of(&done, 0, RDMA_LEN - 100)? == *before,
         "the data read differs from the region",
     )?;
@@ -596,6 +661,128 @@ fn frwr_rdma_write_with_imm(rig: &Rig) -> CaseResult {
         *region.buffer().copy_out(0, RDMA_LEN)? == *bytes_of(&written, 0, RDMA_LEN)?,
         "the written region differs from the source",
     )
+}
+
+/// An RDMA WRITE with immediate consumes a receive: with none posted the responder
+/// answers RNR and nothing lands, until one is posted; then the data and the receive's
+/// completion arrive.
+fn frwr_write_with_imm_waits_for_a_receive(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let region = MemoryRegion::new(
+        &rig.pd,
+        RDMA_PAGES,
+        DmaBuffer::new(&rig.device, RDMA_LEN)?,
+        0,
+        RDMA_LEN,
+    )?;
+    let (a, b) = rc_pair(rig)?;
+    let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
+    let op = SendOp::RdmaWriteWithImm {
+        remote_addr: region.iova(),
+        rkey: region.rkey(),
+        imm: 0xfeed_0002,
+    };
+    a.post_send(
+        mailbox.work_request(WRITE, Some(patterned(&rig.device, 4096, 19)?))?,
+        op,
+        0,
+        4096,
+    )?;
+    let early = mailbox.wait(WRITE, &rig.cq, Duration::from_millis(50));
+    check(
+        matches!(early, Err(e) if e == timed_out()),
+        "a WRITE with immediate completed with no receive posted",
+    )?;
+    b.post_recv(
+        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, 16)?))?,
+        0,
+        16,
+    )?;
+    let written = wait_ok(&mut mailbox, &rig.cq, WRITE, WcOpcode::RdmaWrite)?;
+    let received = wait_ok(&mut mailbox, &rig.cq, RECV, WcOpcode::RecvRdmaWithImm)?;
+    let r = received.completion();
+    check(
+        r.imm == Some(0xfeed_0002) && r.byte_len == 4096,
+        "the receive does not carry the immediate and the length written",
+    )?;
+    check(
+        *region.buffer().copy_out(0, 4096)? == *bytes_of(&written, 0, 4096)?,
+        "the written region differs from the source",
+    )
+}
+
+/// A region registered for remote READ only refuses an RDMA WRITE: a remote access
+/// error, and nothing lands.
+fn frwr_read_only_region_refuses_write(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let region = MemoryRegion::new(
+        &rig.pd,
+        RDMA_PAGES,
+        DmaBuffer::new(&rig.device, RDMA_LEN)?,
+        0,
+        RDMA_LEN,
+    )?;
+    let (a, b) = rc_pair(rig)?;
+    let region = register(&mut mailbox, &rig.cq, &b, region, RemoteAccess::READ)?;
+    check(
+        write_status(
+            &mut mailbox,
+            rig,
+            &a,
+            (region.iova(), region.rkey()),
+            256,
+            41,
+        )? == WcStatus::RemoteAccessError,
+        "a write to a read-only region did not fail with a remote access error",
+    )?;
+    check(
+        region.buffer().copy_out(0, 256)?.iter().all(|&b| b == 0),
+        "a write to a read-only region landed",
+    )
+}
+
+/// A region belongs to its PD: a QP of another PD cannot register it (refused at post,
+/// the WR and the region handed back) nor reach it with its key (a remote access error
+/// at a responder of another PD), while a QP of its own PD can.
+fn frwr_other_pd_refused(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let other_pd = ProtectionDomain::new(&rig.device)?;
+    let region = MemoryRegion::new(
+        &other_pd,
+        RDMA_PAGES,
+        DmaBuffer::new(&rig.device, RDMA_LEN)?,
+        0,
+        RDMA_LEN,
+    )?;
+    let (a, b) = rc_pair(rig)?;
+    let (c, d) = rc_pair_with(rig, &other_pd, (&rig.cq, &rig.cq), RNR_FOREVER)?;
+    let Err(mut rejected) = b.post_reg_mr(mailbox.work_request(REG, None)?, region, READ_WRITE)
+    else {
+        return Err(Failure::Check("a QP registered a region of another PD"));
+    };
+    check(
+        rejected.error == EINVAL,
+        "a registration across PDs was not refused with EINVAL",
+    )?;
+    let region = rejected.wr.take_region().ok_or(Failure::Check(
+        "the refused registration did not hand its region back",
+    ))?;
+    let region = register(&mut mailbox, &rig.cq, &d, region, READ_WRITE)?;
+    let key = (region.iova(), region.rkey());
+    check(
+        write_status(&mut mailbox, rig, &c, key, 256, 5)? == WcStatus::Success,
+        "a write within the region's PD failed",
+    )?;
+    check(
+        write_status(&mut mailbox, rig, &a, key, 256, 77)? == WcStatus::RemoteAccessError,
+        "a write through a responder of another PD did not fail with a remote access error",
+    )?;
+    check(
+        *region.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 5)?.copy_out(0, 256)?,
+        "a write through a responder of another PD landed",
+    )?;
+    drop((a, b));
+    Ok(())
 }
 
 /// A SEND larger than the receive posted for it: both sides fail. Hardware reports a
@@ -748,6 +935,10 @@ fn atomic(
         0,
     )?;
     let done = wait_ok(mailbox, &rig.cq, SEND, opcode)?;
+    check(
+        done.completion().byte_len == 8,
+        "an atomic's completion does not report 8 bytes",
+    )?;
     read_u64(buffer_of(&done)?, 0)
 }
 
@@ -904,10 +1095,11 @@ fn ud_send_with_grh(rig: &Rig) -> CaseResult {
     let b = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
     a.modify_ud_to_rts(rig.port, 0, QKEY)?;
     b.modify_ud_to_rts(rig.port, 0, QKEY)?;
+    // A receive the GRH and the payload fill exactly.
     b.post_recv(
-        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 256)?))?,
+        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 200)?))?,
         0,
-        GRH_LEN + 256,
+        GRH_LEN + 200,
     )?;
     let dest = UdDest {
         ah,
@@ -944,6 +1136,47 @@ fn ud_send_with_grh(rig: &Rig) -> CaseResult {
     check(
         *bytes_of(&received, GRH_LEN, 200)? == *bytes_of(&sent, 0, 200)?,
         "the UD payload differs",
+    )
+}
+
+/// A datagram carrying another Q_Key than the receiver's is dropped (IBA 10.2.5) while
+/// its send succeeds; the next, with the right key, takes the receive.
+fn ud_wrong_qkey_dropped(rig: &Rig) -> CaseResult {
+    let mut mailbox = Mailbox::new()?;
+    let a = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    let b = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
+    a.modify_ud_to_rts(rig.port, 0, QKEY)?;
+    b.modify_ud_to_rts(rig.port, 0, QKEY)?;
+    b.post_recv(
+        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 64)?))?,
+        0,
+        GRH_LEN + 64,
+    )?;
+    let mut dest = UdDest {
+        ah: loopback_ah(rig)?,
+        remote_qpn: b.qp_num(),
+        // The high bit clear: a key of its own, not "the sender QP's" (IBA 10.2.5).
+        remote_qkey: QKEY ^ 0x0101,
+    };
+    a.post_ud_send(
+        mailbox.work_request(SEND, Some(patterned(&rig.device, 64, 29)?))?,
+        &dest,
+        0,
+        64,
+    )?;
+    wait_ok(&mut mailbox, &rig.cq, SEND, WcOpcode::Send)?;
+    dest.remote_qkey = QKEY;
+    a.post_ud_send(
+        mailbox.work_request(WRITE, Some(patterned(&rig.device, 64, 31)?))?,
+        &dest,
+        0,
+        64,
+    )?;
+    let sent = wait_ok(&mut mailbox, &rig.cq, WRITE, WcOpcode::Send)?;
+    let received = wait_recv(&mut mailbox, &rig.cq, RECV, GRH_LEN + 64)?;
+    check(
+        *bytes_of(&received, GRH_LEN, 64)? == *bytes_of(&sent, 0, 64)?,
+        "the receive holds the datagram with the wrong Q_Key",
     )
 }
 
@@ -1222,12 +1455,29 @@ fn request(listener: &CmId, private_data: &[u8]) -> Outcome<CmId> {
     let CmEvent::ConnectRequest(request) = event(listener, "no CONNECT_REQUEST within 5 s")? else {
         return Err(Failure::Check("the listener got no connect request"));
     };
-    // Private data arrives padded to the CM message's size.
-    check(
-        request.private_data.starts_with(private_data),
-        "the request lost its private data",
+    check_private_data(
+        &request.private_data,
+        private_data,
+        REQ_PRIVATE,
+        "the request's private data is not what was sent, padded",
     )?;
     Ok(request.id)
+}
+
+/// The private data the IB CM carries after RDMA CM's header: a request's, a reply's, a
+/// reject's (`IB_CM_*_PRIVATE_DATA_SIZE` less the 36-byte `cma_hdr` in a request).
+const REQ_PRIVATE: usize = 56;
+const REP_PRIVATE: usize = 196;
+const REJ_PRIVATE: usize = 148;
+
+/// Private data arrives padded with zeros to the CM message's size.
+fn check_private_data(received: &[u8], sent: &[u8], size: usize, what: &'static str) -> CaseResult {
+    check(
+        received.len() == size
+            && received.starts_with(sent)
+            && received[sent.len()..].iter().all(|&b| b == 0),
+        what,
+    )
 }
 
 fn cm_connect_send_disconnect(rig: &Rig, port: u16) -> CaseResult {
@@ -1252,9 +1502,11 @@ fn cm_connect_send_disconnect(rig: &Rig, port: u16) -> CaseResult {
     else {
         return Err(Failure::Check("the connecting side was not established"));
     };
-    check(
-        private_data.starts_with(b"tilde-cm welcome"),
-        "the accept lost its private data",
+    check_private_data(
+        &private_data,
+        b"tilde-cm welcome",
+        REP_PRIVATE,
+        "the reply's private data is not what was sent, padded",
     )?;
     check(
         matches!(
@@ -1290,6 +1542,19 @@ fn cm_connect_send_disconnect(rig: &Rig, port: u16) -> CaseResult {
     check(
         *received.copy_out(0, 64)? == *sent.copy_out(0, 64)?,
         "data over the CM connection differs",
+    )?;
+    // The CM grants the peer remote access (the responder resources asked for): an RDMA
+    // WRITE into a region the accepting side registers lands.
+    let region = MemoryRegion::new(&rig.pd, 1, DmaBuffer::new(&rig.device, 256)?, 0, 256)?;
+    let region = register(&mut mailbox, &rig.cq, server_qp, region, READ_WRITE)?;
+    let key = (region.iova(), region.rkey());
+    check(
+        write_status(&mut mailbox, rig, client_qp, key, 256, 43)? == WcStatus::Success,
+        "an RDMA WRITE over the CM connection failed",
+    )?;
+    check(
+        *region.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 43)?.copy_out(0, 256)?,
+        "the RDMA WRITE over the CM connection did not land",
     )?;
     // The CM's disconnect handshake: DREQ, the peer's DISCONNECTED, its own disconnect
     // (the DREP), then DISCONNECTED on the side that began.
@@ -1335,8 +1600,10 @@ fn cm_reject(rig: &Rig, port: u16) -> CaseResult {
         reason == 28,
         "the reject does not carry the consumer-defined reason",
     )?;
-    check(
-        private_data.starts_with(b"tilde-cm no"),
-        "the reject lost its private data",
+    check_private_data(
+        &private_data,
+        b"tilde-cm no",
+        REJ_PRIVATE,
+        "the reject's private data is not what was sent, padded",
     )
 }

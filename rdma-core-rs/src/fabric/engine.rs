@@ -280,6 +280,19 @@ impl State {
         self.last_qpn
     }
 
+    pub(crate) fn live_objects(&self) -> super::LiveObjects {
+        super::LiveObjects {
+            qps: self.qps.len(),
+            regions: self.regions.len(),
+        }
+    }
+
+    /// The remote access a QP grants its peer.
+    #[cfg(test)]
+    pub(crate) fn remote_access(&self, qpn: u32) -> Option<RemoteAccess> {
+        self.qps.get(&qpn).map(|qp| qp.access)
+    }
+
     pub(crate) fn add_qp(&mut self, qp: Qp) {
         self.qps.insert(qp.queues.qp_num(), qp);
     }
@@ -342,10 +355,16 @@ impl State {
         Ok(())
     }
 
-    /// Queues an admitted WR.
+    /// Queues an admitted WR; on a QP in ERR it completes at once, flushed (as rxe
+    /// flushes what is posted after the error).
     pub(crate) fn enqueue(&mut self, qpn: u32, wr: Box<dyn PostedWr>, work: Work) {
         if let Some(qp) = self.qps.get_mut(&qpn) {
             let pending = Pending { wr, work };
+            if qp.state == QpState::Err {
+                let flushed = completion(WcStatus::WrFlushError, None, qpn);
+                qp.complete(pending, flushed);
+                return;
+            }
             match pending.work {
                 Work::Recv { .. } => qp.rq.push_back(pending),
                 _ => qp.sq.push_back(pending),
@@ -439,7 +458,7 @@ impl State {
             Work::Send { op, offset, len } => (op, *offset, *len),
             Work::RegMr { index, key, access } => {
                 let (index, key, access) = (*index, *key, *access);
-                let status = self.register(qpn, index, key, access);
+                let status = self.register(index, key, access);
                 self.finish(qpn, pending, completion(status, Some(WcOpcode::RegMr), qpn));
                 return Step::Done;
             }
@@ -491,10 +510,10 @@ impl State {
         }
     }
 
-    fn register(&mut self, qpn: u32, index: u32, key: u32, access: RemoteAccess) -> WcStatus {
-        let pd_id = self.qps.get(&qpn).map(|qp| qp.queues.pd_id);
+    /// A REG_MR: the post checked that the region is of the QP's PD.
+    fn register(&mut self, index: u32, key: u32, access: RemoteAccess) -> WcStatus {
         match self.regions.get_mut(&index) {
-            Some(region) if Some(region.pd_id) == pd_id => {
+            Some(region) => {
                 region.key = key;
                 region.access = access;
                 region.valid = true;
@@ -559,10 +578,10 @@ impl State {
             recv_offset,
             len,
         );
+        // No source QP: rxe gives one only to datagrams (their DETH names it).
         let received = WorkCompletion {
             byte_len: len as u32,
             imm,
-            src_qp: qpn,
             ..completion(WcStatus::Success, Some(WcOpcode::Recv), peer)
         };
         self.finish(peer, recv, received);
@@ -756,7 +775,6 @@ impl State {
             let received = WorkCompletion {
                 byte_len: len as u32,
                 imm: Some(imm),
-                src_qp: qpn,
                 ..completion(WcStatus::Success, Some(WcOpcode::RecvRdmaWithImm), peer)
             };
             self.finish(peer, recv, received);

@@ -112,6 +112,12 @@ impl Fabric {
         device
     }
 
+    /// The QPs and memory regions the fabric's device holds: none once every handle to
+    /// them is dropped (the tests' leak check).
+    pub fn live_objects(&self) -> LiveObjects {
+        self.lock().live_objects()
+    }
+
     fn lock(&self) -> MutexGuard<'_, engine::State> {
         // A panic in a test thread poisons the lock; the state is still consistent
         // (every change is made under the lock in one step).
@@ -119,6 +125,15 @@ impl Fabric {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What [`Fabric::live_objects`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveObjects {
+    /// Queue pairs not yet destroyed.
+    pub qps: usize,
+    /// Memory regions not yet deregistered.
+    pub regions: usize,
 }
 
 /// A device on a [`Fabric`]: one RoCE port.
@@ -788,7 +803,8 @@ impl Queues {
         mut region: MemoryRegion,
         access: RemoteAccess,
     ) -> core::result::Result<u32, Rejected<T>> {
-        let in_device = region.pd().device().is(&self.device);
+        // As the kernel build: a QP registers only regions of its own PD.
+        let in_pd = region.pd().id == self.pd_id;
         region.key_byte = region.key_byte.wrapping_add(1);
         let key = region.rkey();
         let work = engine::Work::RegMr {
@@ -797,7 +813,7 @@ impl Queues {
             access,
         };
         wr.region = Some(region);
-        if !in_device {
+        if !in_pd {
             return Err(Rejected { error: EINVAL, wr });
         }
         self.post(wr, Some(true), work).map(|()| key)
@@ -958,12 +974,13 @@ impl QueuePair {
             return;
         }
         let _ = self.modify_to_error();
-        while self.outstanding() != 0 {
+        loop {
             self.send_cq.poll(64);
             self.recv_cq.poll(64);
-            if self.outstanding() != 0 {
-                std::thread::sleep(Duration::from_micros(100));
+            if self.outstanding() == 0 {
+                return;
             }
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 }
@@ -1183,5 +1200,282 @@ mod tests {
         let other = MemoryRegion::new(&pd, 1, DmaBuffer::new(&device, 64).unwrap(), 0, 64).unwrap();
         assert_ne!(region.rkey() >> 8, other.rkey() >> 8);
         assert_eq!(region.rkey() & 0xff, 0);
+    }
+    use crate::verbs::{Grh, Mtu};
+
+    const SMALL: QpCaps = QpCaps {
+        max_send_wr: 4,
+        max_recv_wr: 4,
+        max_send_sge: 1,
+        max_recv_sge: 1,
+        max_inline_data: 0,
+    };
+
+    fn roce_path(device: &Device) -> AddressVector {
+        AddressVector::Roce {
+            grh: Grh {
+                sgid_index: 0,
+                dgid: device.query_gid(1, 0).unwrap(),
+                hop_limit: 1,
+            },
+            dmac: [0x02, 0, 0, 0, 0, 9],
+        }
+    }
+
+    fn init(qp: &QueuePair) {
+        let init = InitAttr {
+            port: 1,
+            pkey_index: 0,
+            remote_access: RemoteAccess::READ | RemoteAccess::WRITE,
+        };
+        qp.modify_to_init(&init).unwrap();
+    }
+
+    /// `qp` from INIT to RTS towards `peer`, retrying RNR forever.
+    fn up(qp: &QueuePair, peer: u32) {
+        let device = qp.device();
+        let rtr = RtrAttr {
+            port: 1,
+            path_mtu: Mtu::Mtu1024,
+            dest_qp_num: peer,
+            rq_psn: 0,
+            max_dest_rd_atomic: 1,
+            min_rnr_timer: 12,
+            av: roce_path(device),
+        };
+        qp.modify_to_rtr(&rtr).unwrap();
+        let rts = RtsAttr {
+            sq_psn: 0,
+            timeout: 14,
+            retry_cnt: 7,
+            rnr_retry: 7,
+            max_rd_atomic: 1,
+        };
+        qp.modify_to_rts(&rts).unwrap();
+    }
+
+    /// Two connected RC QPs on `cq`.
+    fn rc_pair(pd: &Arc<ProtectionDomain>, cq: &Arc<CompletionQueue>) -> (QueuePair, QueuePair) {
+        let a = QueuePair::new_rc(pd, cq, cq, &SMALL).unwrap();
+        let b = QueuePair::new_rc(pd, cq, cq, &SMALL).unwrap();
+        for (qp, peer) in [(&a, b.qp_num()), (&b, a.qp_num())] {
+            init(qp);
+            up(qp, peer);
+        }
+        (a, b)
+    }
+
+    struct Rig {
+        device: DeviceRef,
+        pd: Arc<ProtectionDomain>,
+        cq: Arc<CompletionQueue>,
+    }
+
+    fn rig(name: &str, last: u8) -> Rig {
+        let fabric = Fabric::new();
+        let device = fabric.add_device(name, [0x02, 0, 0, 0, 1, last]);
+        let pd = ProtectionDomain::new(&device).unwrap();
+        let cq = CompletionQueue::new(&device, 64, PollContext::Direct).unwrap();
+        Rig { device, pd, cq }
+    }
+
+    fn buffer(rig: &Rig, len: usize) -> Option<DmaBuffer> {
+        Some(DmaBuffer::new(&rig.device, len).unwrap())
+    }
+
+    /// A direct CQ hands out no more completions than the poll's budget.
+    #[test]
+    fn a_poll_delivers_at_most_its_budget() {
+        let rig = rig("fab_budget", 1);
+        let (a, b) = rc_pair(&rig.pd, &rig.cq);
+        let mut mailbox = Mailbox::new().unwrap();
+        for tag in 0..3 {
+            let recv = mailbox.work_request(10 + tag, buffer(&rig, 8)).unwrap();
+            b.post_recv(recv, 0, 8).unwrap();
+            let send = mailbox.work_request(tag, buffer(&rig, 8)).unwrap();
+            a.post_send(send, SendOp::Send, 0, 8).ok().unwrap();
+        }
+        assert_eq!(rig.cq.poll(1), 1);
+        assert_eq!(rig.cq.poll(2), 2);
+        assert_eq!(rig.cq.poll(64), 3);
+        assert_eq!(rig.cq.poll(64), 0);
+        for tag in [0, 1, 2, 10, 11, 12] {
+            assert!(mailbox.try_take(tag).unwrap().is_some(), "WR {tag}");
+        }
+    }
+
+    /// Dropping a CQ polled by a thread of its own ends that thread.
+    #[test]
+    fn dropping_a_threaded_cq_ends_its_thread() {
+        let fabric = Fabric::new();
+        let device = fabric.add_device("fab_cqthread", [0x02, 0, 0, 0, 1, 2]);
+        let cq = CompletionQueue::new(&device, 8, PollContext::Workqueue).unwrap();
+        assert_eq!(cq.context(), PollContext::Workqueue);
+        assert_eq!(cq.poll(8), 0, "a threaded CQ is not polled by its owner");
+        let shared = Arc::downgrade(&cq.shared);
+        drop(cq);
+        assert!(shared.upgrade().is_none(), "the CQ's thread still runs");
+    }
+
+    /// A mailbox dropped with WRs in it frees them (they hold the mailbox's list).
+    #[test]
+    fn a_dropped_mailbox_frees_what_came_back() {
+        let rig = rig("fab_mailbox", 3);
+        let mailbox = Mailbox::new().unwrap();
+        let recv = mailbox.work_request(1, buffer(&rig, 8)).unwrap();
+        let bytes = Arc::downgrade(&recv.buffer().unwrap().bytes);
+        let qp = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &SMALL).unwrap();
+        init(&qp);
+        qp.post_recv(recv, 0, 8).ok().unwrap();
+        drop(qp);
+        assert!(
+            bytes.upgrade().is_some(),
+            "the flushed WR waits in the mailbox"
+        );
+        drop(mailbox);
+        assert!(bytes.upgrade().is_none(), "the mailbox's WRs outlived it");
+    }
+
+    /// A QP takes room on its CQs for every WR it may have outstanding, and gives it back
+    /// when dropped; a CQ that could overrun is refused.
+    #[test]
+    fn a_qp_is_refused_a_cq_it_could_overrun() {
+        let fabric = Fabric::new();
+        let device = fabric.add_device("fab_reserve", [0x02, 0, 0, 0, 1, 4]);
+        let pd = ProtectionDomain::new(&device).unwrap();
+        let cq = CompletionQueue::new(&device, 8, PollContext::Direct).unwrap();
+        let first = QueuePair::new_rc(&pd, &cq, &cq, &SMALL).unwrap();
+        let one = QpCaps {
+            max_send_wr: 1,
+            max_recv_wr: 1,
+            ..SMALL
+        };
+        assert_eq!(QueuePair::new_rc(&pd, &cq, &cq, &one).err(), Some(EINVAL));
+        drop(first);
+        assert!(QueuePair::new_ud(&pd, &cq, &cq, &one).is_ok());
+    }
+
+    /// A QP needs both queues, and CQs of its own device.
+    #[test]
+    fn a_qp_needs_both_queues_and_cqs_of_its_device() {
+        let rig = rig("fab_create", 5);
+        let other = Fabric::new().add_device("fab_elsewhere", [0x02, 0, 0, 0, 1, 6]);
+        let foreign = CompletionQueue::new(&other, 64, PollContext::Direct).unwrap();
+        let no_send = QpCaps {
+            max_send_wr: 0,
+            ..SMALL
+        };
+        let no_recv = QpCaps {
+            max_recv_wr: 0,
+            ..SMALL
+        };
+        let (pd, cq) = (&rig.pd, &rig.cq);
+        assert_eq!(QueuePair::new_rc(pd, cq, cq, &no_send).err(), Some(EINVAL));
+        assert_eq!(QueuePair::new_rc(pd, cq, cq, &no_recv).err(), Some(EINVAL));
+        assert_eq!(
+            QueuePair::new_rc(pd, &foreign, cq, &SMALL).err(),
+            Some(EINVAL)
+        );
+        assert_eq!(
+            QueuePair::new_rc(pd, cq, &foreign, &SMALL).err(),
+            Some(EINVAL)
+        );
+    }
+
+    /// A refused post names its error in `Debug`; a WR's buffer can be swapped between
+    /// posts; an address vector without the peer's MAC makes no address handle.
+    #[test]
+    fn refusals_buffers_and_address_handles() {
+        let rig = rig("fab_misc", 7);
+        let mailbox = Mailbox::new().unwrap();
+        let qp = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &SMALL).unwrap();
+        let mut wr = mailbox.work_request(1, buffer(&rig, 8)).unwrap();
+        let old = wr.replace_buffer(buffer(&rig, 32)).unwrap();
+        assert_eq!((old.len(), wr.buffer().unwrap().len()), (8, 32));
+        let Err(rejected) = qp.post_send(wr, SendOp::Send, 0, 16) else {
+            panic!("a send was posted on a QP in RESET");
+        };
+        assert_eq!(std::format!("{rejected:?}"), "Rejected { error: EINVAL }");
+        let mut av = roce_path(&rig.device);
+        assert!(AddressHandle::new(&rig.pd, 1, &av).is_ok());
+        if let AddressVector::Roce { dmac, .. } = &mut av {
+            *dmac = [0; 6];
+        }
+        assert_eq!(AddressHandle::new(&rig.pd, 1, &av).err(), Some(EINVAL));
+        assert_eq!(rig.pd.local_dma_lkey(), 0);
+    }
+
+    /// A refused RDMA WRITE moves the responder to ERR too, as rxe does (IBA's responder
+    /// class C error): a receive posted there afterwards comes back flushed.
+    #[test]
+    fn a_remote_access_error_fails_the_responder() {
+        let rig = rig("fab_classc", 8);
+        let (a, b) = rc_pair(&rig.pd, &rig.cq);
+        let mut mailbox = Mailbox::new().unwrap();
+        let write = mailbox.work_request(1, buffer(&rig, 8)).unwrap();
+        let op = SendOp::RdmaWrite {
+            remote_addr: 0,
+            rkey: 0x1234_5600,
+        };
+        a.post_send(write, op, 0, 8).ok().unwrap();
+        let done = mailbox.wait(1, &rig.cq, Duration::from_secs(1)).unwrap();
+        assert_eq!(done.completion().status, WcStatus::RemoteAccessError);
+        let recv = mailbox.work_request(2, buffer(&rig, 8)).unwrap();
+        b.post_recv(recv, 0, 8).ok().unwrap();
+        let flushed = mailbox.wait(2, &rig.cq, Duration::from_secs(1)).unwrap();
+        assert_eq!(flushed.completion().status, WcStatus::WrFlushError);
+    }
+
+    /// An RC SEND reaches only a connected RC peer in RTR or RTS: to a peer still in
+    /// INIT (whose receive is posted) the requester retries and gives up.
+    #[test]
+    fn an_rc_send_to_a_peer_in_init_is_lost() {
+        let rig = rig("fab_rcpeer", 9);
+        let a = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &SMALL).unwrap();
+        let b = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &SMALL).unwrap();
+        init(&a);
+        up(&a, b.qp_num());
+        init(&b);
+        let mut mailbox = Mailbox::new().unwrap();
+        let recv = mailbox.work_request(2, buffer(&rig, 8)).unwrap();
+        b.post_recv(recv, 0, 8).ok().unwrap();
+        let send = mailbox.work_request(1, buffer(&rig, 8)).unwrap();
+        a.post_send(send, SendOp::Send, 0, 8).ok().unwrap();
+        let sent = mailbox.wait(1, &rig.cq, Duration::from_secs(1)).unwrap();
+        assert_eq!(sent.completion().status, WcStatus::RetryExceededError);
+        assert!(
+            mailbox.try_take(2).unwrap().is_none(),
+            "the receive was taken"
+        );
+    }
+
+    /// A datagram reaches only a UD QP in RTR or RTS with the Q_Key: not an RC QP (whose
+    /// Q_Key is 0), not a UD QP in INIT; each send still succeeds.
+    #[test]
+    fn a_datagram_reaches_only_a_ready_ud_qp() {
+        let rig = rig("fab_udpeer", 10);
+        let sender = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &SMALL).unwrap();
+        sender.modify_ud_to_rts(1, 0, 0).unwrap();
+        let rc = QueuePair::new_rc(&rig.pd, &rig.cq, &rig.cq, &SMALL).unwrap();
+        init(&rc);
+        up(&rc, sender.qp_num());
+        let ud_in_init = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &SMALL).unwrap();
+        init(&ud_in_init);
+        let mut mailbox = Mailbox::new().unwrap();
+        let ah = AddressHandle::new(&rig.pd, 1, &roce_path(&rig.device)).unwrap();
+        for (tag, peer) in [(1, &rc), (2, &ud_in_init)] {
+            let recv = mailbox.work_request(10 + tag, buffer(&rig, 64)).unwrap();
+            peer.post_recv(recv, 0, 64).ok().unwrap();
+            let dest = UdDest {
+                ah: ah.clone(),
+                remote_qpn: peer.qp_num(),
+                remote_qkey: 0,
+            };
+            let send = mailbox.work_request(tag, buffer(&rig, 8)).unwrap();
+            sender.post_ud_send(send, &dest, 0, 8).ok().unwrap();
+            let sent = mailbox.wait(tag, &rig.cq, Duration::from_secs(1)).unwrap();
+            assert_eq!(sent.completion().status, WcStatus::Success);
+            assert!(mailbox.try_take(10 + tag).unwrap().is_none(), "peer {tag}");
+        }
     }
 }
