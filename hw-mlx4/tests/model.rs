@@ -1062,6 +1062,236 @@ fn the_model_reports_a_wqe_written_after_its_ownership() {
         matches!(result, Err(ModelError::WqeWrittenAfterHandover { qpn: q, wqe: 0 }) if q == qpn),
         "{result:?}"
     );
+    // The checked ring saw the write itself too, when it happened.
+    assert_eq!(
+        rig.model.take_errors(),
+        [
+            ModelError::WqeWrittenAfterHandover { qpn, wqe: 0 },
+            ModelError::WriteToDeviceWqe { qpn, wqe: 0 },
+        ]
+    );
+}
+
+#[test]
+fn the_model_reports_a_consumer_index_ahead_of_its_cqes() {
+    let mut rig = Rig::new(4, CqeStride::Bytes32);
+    let (mut a, _b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let set_ci = parts.doorbells.set_ci.clone();
+    let (mut sq, _, _) = a.split(&uar);
+    let write = SendWr::new(
+        1,
+        SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    );
+    sq.post(&[write]).unwrap();
+    rig.model.process().unwrap();
+    // One CQE written; a buggy driver claims to have consumed three.
+    hw_mlx4::fastpath::platform::DoorbellRecord::write_release(&set_ci, 3);
+    sq.post(&[write]).unwrap();
+    assert!(matches!(
+        rig.model.process(),
+        Err(ModelError::ConsumerIndexBackwards { from: 0, to: 3, .. })
+    ));
+}
+
+#[test]
+fn the_model_reports_an_unstamped_block_in_the_read_ahead_window() {
+    // 128-byte WQEs: the device may read (2048 >> 7) + 1 = 17 WQEs past the last one
+    // handed over, and the second block of each must start with the stamp.
+    const SPARE: u32 = (2048 >> 7) + 1;
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let spec = QpSpec {
+        log_sq_entries: 6,
+        sq_wqe_shift: 7,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, _b) = rig.rc_pair(spec);
+    let qpn = a.qpn();
+    let uar = rig.uar.clone();
+    {
+        let (mut sq, _, _) = a.split(&uar);
+        sq.post(&[SendWr::new(
+            1,
+            SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
+            Payload::Gather(&[]),
+            SendFlags::SIGNALED,
+        )])
+        .unwrap();
+    }
+    rig.model.process().unwrap();
+    // The last WQE of the window after the one consumed, software's: a driver that did not
+    // stamp it.
+    let last = SPARE;
+    // SAFETY: single-threaded test; the entry is software's.
+    unsafe {
+        a.send_state()
+            .ring()
+            .with_entry_mut(last, |wqe| wqe[64..68].fill(0))
+    };
+    assert_eq!(
+        rig.model.process(),
+        Err(ModelError::UnstampedBlock {
+            qpn,
+            wqe: last,
+            block: 1
+        })
+    );
+}
+
+#[test]
+fn a_qp_in_error_flushes_what_is_posted_and_what_waits() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (buf, key) = rig.buffer(64, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (a_qpn, b_qpn) = (a.qpn(), b.qpn());
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    b_rq.post(&[RecvWr {
+        wr_id: 1,
+        sges: &[sge(buf, 64, key)],
+    }])
+    .unwrap();
+    rig.model.set_error(b_qpn);
+    rig.model.set_error(a_qpn);
+    a_sq.post(&[SendWr::new(
+        2,
+        SendOp::Send,
+        Payload::Inline(b"hi"),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done: Vec<_> = poll_all(&mut cq, &qps)
+        .iter()
+        .map(|c| (c.wr_id, c.status))
+        .collect();
+    assert_eq!(
+        done,
+        [(2, WcStatus::WrFlushError), (1, WcStatus::WrFlushError)]
+    );
+    assert_eq!(rig.model.qp_state(a_qpn), Some(QpState::Error));
+}
+
+#[test]
+fn a_qp_its_peer_fails_flushes_its_waiting_send_in_the_same_pass() {
+    // A and B each send to the other with no receive posted: both wait (RNR). Then A
+    // posts a receive too small for B's message, and no doorbell rings: B's retry fails
+    // on both sides, which puts A in error, and A's waiting SEND must flush in the same
+    // `process`, not at some later doorbell.
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let spec = QpSpec {
+        sq_wqe_shift: 7,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, mut b) = rig.rc_pair(spec);
+    assert!(a.qpn() < b.qpn(), "A is visited first in a pass");
+    let (buf, key) = rig.buffer(64, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (a_qpn, b_qpn) = (a.qpn(), b.qpn());
+    let (mut a_sq, mut a_rq, a_done) = a.split(&uar);
+    let (mut b_sq, _, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let send = |id| {
+        SendWr::new(
+            id,
+            SendOp::Send,
+            Payload::Inline(b"eight b!"),
+            SendFlags::SIGNALED,
+        )
+    };
+    a_sq.post(&[send(1)]).unwrap();
+    b_sq.post(&[send(2)]).unwrap();
+    rig.model.process().unwrap();
+    assert!(
+        poll_all(&mut cq, &qps).is_empty(),
+        "both wait for a receive"
+    );
+    a_rq.post(&[RecvWr {
+        wr_id: 3,
+        sges: &[sge(buf, 4, key)],
+    }])
+    .unwrap();
+    rig.model.process().unwrap();
+    let mut done: Vec<_> = poll_all(&mut cq, &qps)
+        .iter()
+        .map(|c| (c.wr_id, c.status))
+        .collect();
+    done.sort_by_key(|&(id, _)| id);
+    assert_eq!(
+        done,
+        [
+            (1, WcStatus::WrFlushError),
+            (2, WcStatus::RemoteInvalidRequestError),
+            (3, WcStatus::LocalLengthError),
+        ]
+    );
+    assert_eq!(rig.model.qp_state(a_qpn), Some(QpState::Error));
+    assert_eq!(rig.model.qp_state(b_qpn), Some(QpState::Error));
+}
+
+#[test]
+fn a_solicited_arm_fires_on_an_error_completion() {
+    let uar = HostUar::new();
+    let mut model = Model::new(uar.clone());
+    let (eqn, eq_ring) = model.create_eq(3);
+    let parts = model.create_cq(4, CqeStride::Bytes32, Some(eqn));
+    let cqn = parts.cqn;
+    let mut eq = EventQueue::<HostPlatform>::new(eqn, eq_ring, &uar).unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut a = model.create_qp(&QpSpec::rc(cqn, cqn)).unwrap();
+    let b = model.create_qp(&QpSpec::rc(cqn, cqn)).unwrap();
+    model.connect(a.qpn(), b.qpn());
+    let (mut a_sq, _, _) = a.split(&uar);
+    cq.arm(ArmCommand::Solicited);
+    model.process().unwrap();
+    // An RDMA WRITE of 8 bytes to a key nobody registered: an error CQE, unsolicited.
+    let (local, lkey) = {
+        let memory = model.memory_mut();
+        let addr = memory.alloc(8);
+        (addr, memory.register(addr, 8, ALL))
+    };
+    a_sq.post(&[SendWr::new(
+        1,
+        SendOp::RdmaWrite(Remote {
+            addr: 0x1000,
+            rkey: 0xdead_0000,
+        }),
+        Payload::Gather(&[sge(local, 8, lkey)]),
+        SendFlags::empty(),
+    )])
+    .unwrap();
+    model.process().unwrap();
+    let event = eq
+        .next_event()
+        .expect("an error completion raises the event");
+    assert_eq!(event.object, cqn);
+}
+
+#[test]
+fn an_eq_doorbell_sets_the_arm_as_the_driver_asks() {
+    let uar = HostUar::new();
+    let mut model = Model::new(uar.clone());
+    let (eqn, eq_ring) = model.create_eq(3);
+    let mut eq = EventQueue::<HostPlatform>::new(eqn, eq_ring, &uar).unwrap();
+    eq.update_ci(false);
+    model.process().unwrap();
+    assert_eq!(model.eq_armed(eqn), Some(false));
+    eq.update_ci(true);
+    model.process().unwrap();
+    assert_eq!(model.eq_armed(eqn), Some(true));
+    assert_eq!(model.eq_armed(eqn + 1), None);
 }
 
 #[test]
@@ -1327,4 +1557,106 @@ fn multi_block_wqes_over_many_laps_keep_the_read_ahead_window_stamped() {
         assert!(completions.iter().all(|c| c.status == WcStatus::Success));
     }
     assert!(sq.head() > 64 * 9, "the SQ wrapped many times");
+}
+
+#[test]
+fn each_cq_gets_its_own_number_and_its_own_completions() {
+    let uar = HostUar::new();
+    let mut model = Model::new(uar.clone());
+    let send_parts = model.create_cq(4, CqeStride::Bytes32, None);
+    let recv_parts = model.create_cq(4, CqeStride::Bytes32, None);
+    assert_ne!(send_parts.cqn, recv_parts.cqn);
+    assert!(
+        send_parts.cqn < 1 << 24 && recv_parts.cqn < 1 << 24,
+        "CQNs are 24 bits"
+    );
+    let spec = QpSpec::rc(send_parts.cqn, recv_parts.cqn);
+    let mut a = model.create_qp(&spec).unwrap();
+    let mut b = model.create_qp(&spec).unwrap();
+    model.connect(a.qpn(), b.qpn());
+    let (buf, key) = {
+        let memory = model.memory_mut();
+        let addr = memory.alloc(16);
+        (addr, memory.register(addr, 16, ALL))
+    };
+    let mut send_cq = CompletionQueue::<HostPlatform>::new(
+        send_parts.cqn,
+        send_parts.ring,
+        send_parts.doorbells,
+        &uar,
+    )
+    .unwrap();
+    let mut recv_cq = CompletionQueue::<HostPlatform>::new(
+        recv_parts.cqn,
+        recv_parts.ring,
+        recv_parts.doorbells,
+        &uar,
+    )
+    .unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    b_rq.post(&[RecvWr {
+        wr_id: 1,
+        sges: &[sge(buf, 16, key)],
+    }])
+    .unwrap();
+    a_sq.post(&[SendWr::new(
+        2,
+        SendOp::Send,
+        Payload::Inline(b"cq"),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    model.process().unwrap();
+    let sent = poll_all(&mut send_cq, &qps);
+    let received = poll_all(&mut recv_cq, &qps);
+    assert_eq!(sent.iter().map(|c| c.wr_id).collect::<Vec<_>>(), [2]);
+    assert_eq!(received.iter().map(|c| c.wr_id).collect::<Vec<_>>(), [1]);
+}
+
+#[test]
+fn a_full_receive_queue_is_fine_and_a_record_past_it_is_reported() {
+    let uar = HostUar::new();
+    let mut model = Model::new(uar.clone());
+    let parts = model.create_cq(8, CqeStride::Bytes32, None);
+    let spec = QpSpec {
+        log_rq_entries: 2,
+        ..QpSpec::rc(parts.cqn, parts.cqn)
+    };
+    let mut a = model.create_qp(&spec).unwrap();
+    let mut b = model.create_qp(&spec).unwrap();
+    model.connect(a.qpn(), b.qpn());
+    let b_qpn = b.qpn();
+    let record = b.recv_state().doorbell().clone();
+    {
+        let (_, mut b_rq, _) = b.split(&uar);
+        let recv = |wr_id| RecvWr { wr_id, sges: &[] };
+        b_rq.post(&[recv(1), recv(2), recv(3), recv(4)]).unwrap();
+    }
+    let (mut a_sq, _, _) = a.split(&uar);
+    a_sq.post(&[SendWr::new(
+        5,
+        SendOp::Send,
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    model.process().unwrap();
+    // One of four consumed; a buggy driver's record claims five more (four is the ring).
+    hw_mlx4::fastpath::platform::DoorbellRecord::write_release(&record, 6);
+    a_sq.post(&[SendWr::new(
+        6,
+        SendOp::Send,
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    assert_eq!(
+        model.process(),
+        Err(ModelError::RecvDoorbellOverrun {
+            qpn: b_qpn,
+            record: 6
+        })
+    );
 }

@@ -405,6 +405,11 @@ impl Model {
         }
     }
 
+    /// Whether EQ `eqn` is armed: its last doorbell asked for the next event's interrupt.
+    pub fn eq_armed(&self, eqn: u32) -> Option<bool> {
+        self.eqs.get(&eqn).map(|eq| eq.armed)
+    }
+
     pub fn qp_state(&self, qpn: u32) -> Option<QpState> {
         self.qps.get(&qpn).map(|qp| qp.state)
     }
@@ -462,7 +467,8 @@ impl Model {
                 {
                     moved += self.run_send_queue(qpn);
                 }
-                moved += self.flush_receives(qpn);
+                // Flushed receives change no other QP: not counted as movement.
+                self.flush_receives(qpn);
             }
             if moved == 0 {
                 break;
@@ -657,7 +663,9 @@ impl Model {
     }
 
     /// Executes handed-over WQEs of `qpn` until one is not handed over, a receiver is
-    /// not ready, or the ring is empty. Returns how many were consumed.
+    /// not ready, or the ring is empty. Returns how many were executed: WQEs flushed or
+    /// refused as malformed are not counted, since they change no other QP, and the
+    /// count only tells [`Model::process`] whether another pass could move something.
     fn run_send_queue(&mut self, qpn: u32) -> u32 {
         let mut executed = 0;
         loop {
@@ -684,7 +692,6 @@ impl Model {
                         false,
                     );
                     self.enter_error(qpn);
-                    executed += 1;
                     continue;
                 }
             };
@@ -695,7 +702,6 @@ impl Model {
                     &Self::error_cqe(qpn, counter, true, Syndrome::WrFlushErr),
                     false,
                 );
-                executed += 1;
                 continue;
             }
             match self.execute(qpn, &wqe) {
@@ -800,24 +806,21 @@ impl Model {
     }
 
     /// Completes every posted receive of a QP in error with a flush CQE.
-    fn flush_receives(&mut self, qpn: u32) -> u32 {
+    fn flush_receives(&mut self, qpn: u32) {
         let Some(qp) = self.qps.get(&qpn) else {
-            return 0;
+            return;
         };
         if qp.state != QpState::Error {
-            return 0;
+            return;
         }
         let recv_cq = qp.recv_cq;
-        let mut flushed = 0;
         while let Some((counter, _)) = self.take_receive(qpn) {
             self.push_cqe(
                 recv_cq,
                 &Self::error_cqe(qpn, counter, false, Syndrome::WrFlushErr),
                 false,
             );
-            flushed += 1;
         }
-        flushed
     }
 
     fn parse_wqe(qp: &ModelQp, qpn: u32, counter: u32) -> Result<ParsedWqe, ModelError> {
