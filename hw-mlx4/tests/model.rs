@@ -7,7 +7,7 @@ use hw_mlx4::fastpath::platform::DmaRing;
 use hw_mlx4::fastpath::qp::{QpCompletions, QueuePairState};
 use hw_mlx4::fastpath::send::{QpType, SendQueueCaps};
 use hw_mlx4::model::{HostPlatform, HostUar, Model, ModelError, QpSpec, QpState, LOCAL_DMA_LKEY};
-use hw_mlx4::wire::{AddressVector, ArmCommand, Be32, CqeStride, CtrlSeg, EventType};
+use hw_mlx4::wire::{AddressVector, ArmCommand, Be32, CqeStride, CtrlSeg, EventType, InlineSeg};
 use hw_mlx4::wr::{
     Access, Completion, FastReg, Payload, PostError, PostFailure, RecvWr, Remote, SendFlags,
     SendOp, SendWr, Sge, UdAddress, WcFlags, WcOpcode, WcStatus,
@@ -716,6 +716,8 @@ fn ud_sends_carry_the_grh_and_drop_on_a_wrong_qkey() {
         hop_limit: 64,
         ..AddressVector::default()
     };
+    // SL 15 in the top bits (not part of the GRH), traffic class 0x12, flow 0x3456.
+    av.sl_tclass_flowlabel = Be32::new(0xf012_3456);
     av.port_pd = Be32::new(1 << AddressVector::PORT_SHIFT | 1);
     av.dgid = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1];
     let dest = UdAddress {
@@ -767,8 +769,29 @@ fn ud_sends_carry_the_grh_and_drop_on_a_wrong_qkey() {
     let recv = done.iter().find(|c| c.wr_id == 1).unwrap();
     assert_eq!(recv.byte_len, 40 + 8);
     assert!(recv.flags.contains(WcFlags::GRH));
+    assert!(!recv.flags.contains(WcFlags::WITH_IMM));
     assert_eq!(rig.model.memory().read(buf + 40, 8).unwrap(), b"datagram");
+    // The GRH: version 6, traffic class and flow label, payload length, next header
+    // (IBA transport), hop limit; the destination GID last.
+    assert_eq!(
+        rig.model.memory().read(buf, 8).unwrap(),
+        [0x60, 0x12, 0x34, 0x56, 0, 8, 0x1b, 64]
+    );
     assert_eq!(rig.model.memory().read(buf + 24, 16).unwrap(), &av.dgid);
+    // A SEND with immediate takes the second receive with its immediate data.
+    let mut with_imm = SendWr::new(
+        6,
+        SendOp::SendWithImm(0x0bad_cafe),
+        Payload::Inline(b"imm"),
+        SendFlags::SIGNALED,
+    );
+    with_imm.ud = Some(&dest);
+    a_sq.post(&[with_imm]).unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    let recv = done.iter().find(|c| c.wr_id == 11).unwrap();
+    assert!(recv.flags.contains(WcFlags::WITH_IMM));
+    assert_eq!((recv.imm, recv.byte_len), (0x0bad_cafe, 40 + 3));
     // RC operations are refused on a UD QP, and a UD WR needs its destination.
     let rc_only = SendWr::new(
         4,
@@ -1658,5 +1681,160 @@ fn a_full_receive_queue_is_fine_and_a_record_past_it_is_reported() {
             qpn: b_qpn,
             record: 6
         })
+    );
+}
+
+/// Posts one signaled inline SEND of "x" from A to B (a receive posted) on unchecked
+/// 128-byte WQEs, lets `edit` rewrite the WQE the fast path wrote, as a driver with a bug
+/// would have written it, and runs the model: its verdict and the completions.
+fn run_rewritten_send(edit: impl FnOnce(&mut [u8])) -> (Result<(), ModelError>, Vec<Completion>) {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let spec = QpSpec {
+        sq_wqe_shift: 7,
+        checked: false,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, mut b) = rig.rc_pair(spec);
+    let (buf, key) = rig.buffer(256, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let ring = a_ring(&a).clone();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    b_rq.post(&[RecvWr {
+        wr_id: 1,
+        sges: &[sge(buf, 256, key)],
+    }])
+    .unwrap();
+    a_sq.post(&[SendWr::new(
+        2,
+        SendOp::Send,
+        Payload::Inline(b"x"),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    // SAFETY: single-threaded test; the model does not run until `process`.
+    unsafe { ring.with_entry_mut(0, edit) };
+    let verdict = rig.model.process();
+    let done = poll_all(&mut cq, &[a_done, b_done]);
+    (verdict, done)
+}
+
+/// Writes an inline segment header (the INLINE bit and the length) at `at`.
+fn inline_header(wqe: &mut [u8], at: usize, len: u32) {
+    wqe[at..at + 4].copy_from_slice(&(InlineSeg::INLINE | len).to_be_bytes());
+}
+
+#[test]
+fn a_nop_wqe_completes_and_moves_nothing() {
+    let (verdict, done) = run_rewritten_send(|wqe| wqe[3] &= !0x1f);
+    verdict.unwrap();
+    assert_eq!(done.len(), 1, "the NOP's completion, no receive");
+    assert_eq!((done[0].wr_id, done[0].status), (2, WcStatus::Success));
+}
+
+#[test]
+fn an_inline_segment_across_64_bytes_is_a_malformed_wqe() {
+    // Control (16), an inline segment of 12 bytes (16..32), then one of 36 bytes from 32:
+    // its data runs to 72, over the 64-byte boundary.
+    let (verdict, _) = run_rewritten_send(|wqe| {
+        wqe[7] = 5;
+        inline_header(wqe, 16, 12);
+        inline_header(wqe, 32, 36);
+        wqe[36..80].fill(0x5a);
+    });
+    assert!(
+        matches!(
+            verdict,
+            Err(ModelError::MalformedWqe {
+                reason: "inline segment crosses a 64-byte boundary",
+                ..
+            })
+        ),
+        "{verdict:?}"
+    );
+    // The same after a 16-byte data segment instead of the first inline one.
+    let (verdict, _) = run_rewritten_send(|wqe| {
+        wqe[7] = 5;
+        wqe[16..32].fill(0);
+        inline_header(wqe, 32, 36);
+        wqe[36..80].fill(0x5a);
+    });
+    assert!(
+        matches!(
+            verdict,
+            Err(ModelError::MalformedWqe {
+                reason: "inline segment crosses a 64-byte boundary",
+                ..
+            })
+        ),
+        "{verdict:?}"
+    );
+}
+
+#[test]
+fn a_fast_registration_grants_only_the_access_it_names() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (local, lkey) = rig.buffer(64, ALL);
+    let memory = rig.model.memory_mut();
+    let page = memory.alloc(4096);
+    memory.write(page, &[0x77; 64]).unwrap();
+    let list = memory.alloc(8);
+    memory.write(list, &(page | 1).to_be_bytes()).unwrap();
+    let mr_key = memory.alloc_fast_reg(1) | 0x09;
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (mut b_sq, _, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let iova = 0x5000_0000;
+    let reg = FastReg {
+        key: mr_key,
+        page_list: list,
+        iova,
+        length: 4096,
+        page_shift: 12,
+        access: Access::LOCAL_WRITE | Access::REMOTE_READ,
+    };
+    b_sq.post(&[SendWr::new(
+        1,
+        SendOp::FastReg(reg),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps)[0].status, WcStatus::Success);
+    let at = Remote {
+        addr: iova,
+        rkey: mr_key,
+    };
+    a_sq.post(&[SendWr::new(
+        2,
+        SendOp::RdmaRead(at),
+        Payload::Gather(&[sge(local, 64, lkey)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps)[0].status, WcStatus::Success);
+    assert_eq!(rig.model.memory().read(local, 64).unwrap(), [0x77; 64]);
+    a_sq.post(&[SendWr::new(
+        3,
+        SendOp::RdmaWrite(at),
+        Payload::Gather(&[sge(local, 64, lkey)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(
+        poll_all(&mut cq, &qps)[0].status,
+        WcStatus::RemoteAccessError,
+        "a WRITE into a region registered for remote READ only"
     );
 }
