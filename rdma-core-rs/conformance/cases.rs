@@ -834,16 +834,22 @@ pub(crate) fn write_status(
     Ok(wait(mailbox, &rig.cq, WRITE)?.completion().status)
 }
 
+/// LOCAL_INV retires the key it names, and only that one: another region stays
+/// reachable.
 fn frwr_invalidate_refuses_access(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(
-        &rig.pd,
-        RDMA_PAGES,
-        DmaBuffer::new(&rig.device, RDMA_LEN)?,
-        0,
-        RDMA_LEN,
-    )?;
+    let new_region = || {
+        MemoryRegion::new(
+            &rig.pd,
+            RDMA_PAGES,
+            DmaBuffer::new(&rig.device, RDMA_LEN)?,
+            0,
+            RDMA_LEN,
+        )
+    };
+    let (region, other) = (new_region()?, new_region()?);
     let (a, b) = rc_pair(rig)?;
+    let other = register(&mut mailbox, &rig.cq, &b, other, READ_WRITE)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
     let (iova, rkey) = (region.iova(), region.rkey());
     check(
@@ -859,6 +865,18 @@ fn frwr_invalidate_refuses_access(rig: &Rig) -> CaseResult {
     check(
         *region.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 5)?.copy_out(0, 256)?,
         "a write to an invalidated region landed",
+    )?;
+    // The refused write took the QPs to ERR; a fresh pair still reaches the other region.
+    drop((a, b));
+    let (c, _d) = rc_pair(rig)?;
+    let other_key = (other.iova(), other.rkey());
+    check(
+        write_status(&mut mailbox, rig, &c, other_key, 256, 6)? == WcStatus::Success,
+        "invalidating one key retired another region's",
+    )?;
+    check(
+        *other.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 6)?.copy_out(0, 256)?,
+        "the write to the other region did not land",
     )
 }
 
@@ -1147,10 +1165,11 @@ fn ud_wrong_qkey_dropped(rig: &Rig) -> CaseResult {
     let b = QueuePair::new_ud(&rig.pd, &rig.cq, &rig.cq, &CAPS)?;
     a.modify_ud_to_rts(rig.port, 0, QKEY)?;
     b.modify_ud_to_rts(rig.port, 0, QKEY)?;
+    // Room to spare: the datagram need not fill the receive.
     b.post_recv(
-        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 64)?))?,
+        mailbox.work_request(RECV, Some(DmaBuffer::new(&rig.device, GRH_LEN + 128)?))?,
         0,
-        GRH_LEN + 64,
+        GRH_LEN + 128,
     )?;
     let mut dest = UdDest {
         ah: loopback_ah(rig)?,
