@@ -534,6 +534,12 @@ const RDMA_LEN: usize = 8192;
 const RDMA_PAGES: u32 = 4;
 pub(crate) const READ_WRITE: RemoteAccess = RemoteAccess::READ.union(RemoteAccess::WRITE);
 
+/// An unregistered region of `RDMA_LEN` zeroed bytes in `pd`.
+fn zeroed_region(rig: &Rig, pd: &Arc<ProtectionDomain>) -> Outcome<MemoryRegion> {
+    let buffer = DmaBuffer::new(&rig.device, RDMA_LEN)?;
+    Ok(MemoryRegion::new(pd, RDMA_PAGES, buffer, 0, RDMA_LEN)?)
+}
+
 /// Registers `region` through `qp` for `access` and returns it, registered.
 pub(crate) fn register(
     mailbox: &mut Mailbox,
@@ -550,13 +556,7 @@ pub(crate) fn register(
 
 fn frwr_rdma_write(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(
-        &rig.pd,
-        RDMA_PAGES,
-        DmaBuffer::new(&rig.device, RDMA_LEN)?,
-        0,
-        RDMA_LEN,
-    )?;
+    let region = zeroed_region(rig, &rig.pd)?;
     let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, RDMA_LEN, 3)?))?;
     let (a, b) = rc_pair(rig)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
@@ -621,13 +621,7 @@ fn frwr_rdma_read(rig: &Rig) -> CaseResult {
 /// completes with the immediate and the length written, its own buffer untouched.
 fn frwr_rdma_write_with_imm(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(
-        &rig.pd,
-        RDMA_PAGES,
-        DmaBuffer::new(&rig.device, RDMA_LEN)?,
-        0,
-        RDMA_LEN,
-    )?;
+    let region = zeroed_region(rig, &rig.pd)?;
     let write = mailbox.work_request(WRITE, Some(patterned(&rig.device, RDMA_LEN, 13)?))?;
     let (a, b) = rc_pair(rig)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
@@ -668,13 +662,7 @@ fn frwr_rdma_write_with_imm(rig: &Rig) -> CaseResult {
 /// completion arrive.
 fn frwr_write_with_imm_waits_for_a_receive(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(
-        &rig.pd,
-        RDMA_PAGES,
-        DmaBuffer::new(&rig.device, RDMA_LEN)?,
-        0,
-        RDMA_LEN,
-    )?;
+    let region = zeroed_region(rig, &rig.pd)?;
     let (a, b) = rc_pair(rig)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
     let op = SendOp::RdmaWriteWithImm {
@@ -715,13 +703,7 @@ fn frwr_write_with_imm_waits_for_a_receive(rig: &Rig) -> CaseResult {
 /// error, and nothing lands.
 fn frwr_read_only_region_refuses_write(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(
-        &rig.pd,
-        RDMA_PAGES,
-        DmaBuffer::new(&rig.device, RDMA_LEN)?,
-        0,
-        RDMA_LEN,
-    )?;
+    let region = zeroed_region(rig, &rig.pd)?;
     let (a, b) = rc_pair(rig)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, RemoteAccess::READ)?;
     check(
@@ -747,13 +729,7 @@ fn frwr_read_only_region_refuses_write(rig: &Rig) -> CaseResult {
 fn frwr_other_pd_refused(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
     let other_pd = ProtectionDomain::new(&rig.device)?;
-    let region = MemoryRegion::new(
-        &other_pd,
-        RDMA_PAGES,
-        DmaBuffer::new(&rig.device, RDMA_LEN)?,
-        0,
-        RDMA_LEN,
-    )?;
+    let region = zeroed_region(rig, &other_pd)?;
     let (a, b) = rc_pair(rig)?;
     let (c, d) = rc_pair_with(rig, &other_pd, (&rig.cq, &rig.cq), RNR_FOREVER)?;
     let Err(mut rejected) = b.post_reg_mr(mailbox.work_request(REG, None)?, region, READ_WRITE)
@@ -780,9 +756,7 @@ fn frwr_other_pd_refused(rig: &Rig) -> CaseResult {
     check(
         *region.buffer().copy_out(0, 256)? == *patterned(&rig.device, 256, 5)?.copy_out(0, 256)?,
         "a write through a responder of another PD landed",
-    )?;
-    drop((a, b));
-    Ok(())
+    )
 }
 
 /// A SEND larger than the receive posted for it: both sides fail. Hardware reports a
@@ -838,16 +812,7 @@ pub(crate) fn write_status(
 /// reachable.
 fn frwr_invalidate_refuses_access(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let new_region = || {
-        MemoryRegion::new(
-            &rig.pd,
-            RDMA_PAGES,
-            DmaBuffer::new(&rig.device, RDMA_LEN)?,
-            0,
-            RDMA_LEN,
-        )
-    };
-    let (region, other) = (new_region()?, new_region()?);
+    let (region, other) = (zeroed_region(rig, &rig.pd)?, zeroed_region(rig, &rig.pd)?);
     let (a, b) = rc_pair(rig)?;
     let other = register(&mut mailbox, &rig.cq, &b, other, READ_WRITE)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
@@ -882,13 +847,7 @@ fn frwr_invalidate_refuses_access(rig: &Rig) -> CaseResult {
 
 fn rc_bad_rkey_then_reset_and_reuse(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(
-        &rig.pd,
-        RDMA_PAGES,
-        DmaBuffer::new(&rig.device, RDMA_LEN)?,
-        0,
-        RDMA_LEN,
-    )?;
+    let region = zeroed_region(rig, &rig.pd)?;
     let (mut a, mut b) = rc_pair(rig)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
     // A key no region has: the responder refuses, the requester's QP goes to error.
@@ -1360,13 +1319,7 @@ fn qp_dropped_in_reset_and_init(rig: &Rig) -> CaseResult {
 /// works.
 fn frwr_reregistration(rig: &Rig) -> CaseResult {
     let mut mailbox = Mailbox::new()?;
-    let region = MemoryRegion::new(
-        &rig.pd,
-        RDMA_PAGES,
-        DmaBuffer::new(&rig.device, RDMA_LEN)?,
-        0,
-        RDMA_LEN,
-    )?;
+    let region = zeroed_region(rig, &rig.pd)?;
     let (a, b) = rc_pair(rig)?;
     let region = register(&mut mailbox, &rig.cq, &b, region, READ_WRITE)?;
     let old_key = region.rkey();
