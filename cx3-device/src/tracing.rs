@@ -75,6 +75,7 @@ impl<D: Dma> Dma for Traced<'_, D> {
         self.tracer.event(&TraceEvent::DmaWrite {
             address,
             len: data.len(),
+            data: data.to_vec(),
         });
         self.memory.write(address, data)
     }

@@ -1,23 +1,27 @@
 //! The upstream driver's own accesses, replayed against the device model on the host.
 //!
-//! `data/cx3-upstream-7.2.trace.gz` was recorded in the `cx3-upstream` VM scenario on
-//! the stock Debian 7.2 kernel (`TILDE_CX3_TRACE=1 cargo xtask vm cx3-upstream`, see
-//! the README's "The emulated ConnectX-3"): mlx4_core's probe, mlx4_ib's registration,
-//! opensm's sweep over QP0 between the two ports, the counters, an unbind and rebind
-//! through the reset register, and the removal. Replayed, the device must do the same
-//! DMA, answer the same register reads and see no driver mistake. Re-record it when the
-//! device's behaviour changes on purpose.
+//! Two traces, recorded on the stock Debian 7.2 kernel (`TILDE_CX3_TRACE=1 cargo xtask
+//! vm SCENARIO`, see docs/cx3-device.md for how to re-record them):
+//!
+//! - `data/cx3-upstream-7.2.trace.gz` (`cx3-upstream`): mlx4_core's probe, mlx4_ib's
+//!   registration, opensm's sweep over QP0 between the two ports, the counters, an unbind
+//!   and rebind through the reset register, and the removal;
+//! - `data/cx3-conformance-7.2.trace.gz` (`cx3-conformance`, up to the end of the first
+//!   suite run): IPoIB's bring-up, then tilde's verbs conformance cases through mlx4_ib:
+//!   RC and UD sends, RDMA READ and WRITE, atomics, fast registration and invalidation,
+//!   RNR retries on the device's timer, remote access errors, flushes, the RDMA CM.
+//!
+//! Replayed, the device must do the same DMA, writing the same bytes (mailbox answers,
+//! CQEs, EQEs, received data), answer the same register reads and see no driver mistake.
+//! Re-record them when the device's behaviour changes on purpose.
 
 use std::io::Read;
 
 use hw_mlx4::model::hca::trace::{replay, TraceEvent};
 
-fn recorded() -> String {
-    let gz = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/cx3-upstream-7.2.trace.gz"
-    ))
-    .expect("the recorded trace");
+fn recorded(name: &str) -> String {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    let gz = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut text = String::new();
     flate2::read::GzDecoder::new(&gz[..])
         .read_to_string(&mut text)
@@ -27,7 +31,7 @@ fn recorded() -> String {
 
 #[test]
 fn the_upstream_drivers_probe_sweep_and_removal_replay_green() {
-    let report = replay(&recorded()).expect("the trace parses");
+    let report = replay(&recorded("cx3-upstream-7.2.trace.gz")).expect("the trace parses");
     assert!(report.failures.is_empty(), "{:#?}", report.failures);
     // Two probes (the rebind), each with its ~900 commands, and opensm's sweep.
     assert!(report.commands > 2000, "only {} commands", report.commands);
@@ -42,7 +46,7 @@ fn the_upstream_drivers_probe_sweep_and_removal_replay_green() {
 /// (an interface version it does not speak) turns the replay red.
 #[test]
 fn a_replay_notices_a_device_that_answers_otherwise() {
-    let text = recorded();
+    let text = recorded("cx3-upstream-7.2.trace.gz");
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     // The INIT_HCA command word (opcode 7, go bit), then its mailbox read: change the
     // version byte (the mailbox's first) from 2 to 3.
@@ -68,6 +72,46 @@ fn a_replay_notices_a_device_that_answers_otherwise() {
             .failures
             .iter()
             .any(|f| f.contains("INIT_HCA version 3")),
+        "{:#?}",
+        report.failures
+    );
+}
+
+#[test]
+fn the_conformance_cases_through_mlx4_ib_replay_green() {
+    let report = replay(&recorded("cx3-conformance-7.2.trace.gz")).expect("the trace parses");
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    assert!(report.commands > 1000, "only {} commands", report.commands);
+}
+
+/// What the device writes is compared too: a CQE whose recorded byte count differs from
+/// the one the device writes turns the replay red, naming the byte.
+#[test]
+fn a_replay_notices_a_device_that_writes_otherwise() {
+    let text = recorded("cx3-conformance-7.2.trace.gz");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    // A 32-byte DMA write with the owner bit set in its last byte: a CQE as mlx4 lays it
+    // out (byte_cnt at 0x14..0x18).
+    let cqe = lines
+        .iter()
+        .position(|l| l.starts_with("dw ") && l.split(' ').nth(2) == Some("32"))
+        .expect("a CQE in the trace");
+    let TraceEvent::DmaWrite {
+        address,
+        len,
+        mut data,
+    } = TraceEvent::parse(&lines[cqe]).unwrap()
+    else {
+        panic!("not a DMA write: {}", lines[cqe]);
+    };
+    data[0x17] ^= 0x01;
+    lines[cqe] = TraceEvent::DmaWrite { address, len, data }.line();
+    let report = replay(&lines.join("\n")).unwrap();
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.contains(&format!("{address:#x} that differ from the trace from byte 23"))),
         "{:#?}",
         report.failures
     );

@@ -15,8 +15,11 @@
 //! reset                         a function reset
 //! tick                          the device's timer
 //! dr 1f2e000 4096 0000000c02    a DMA read of 4096 bytes: the data, trailing zeros cut
-//! dw 1f2e000 256                a DMA write of 256 bytes (its data is the device's own)
+//! dw 1f2e000 256 0a0b           a DMA write of 256 bytes: what the device wrote, likewise
 //! ```
+//!
+//! The replay compares the bytes the device writes with the recorded ones: a mailbox
+//! answer, a CQE or an EQE that changes is a change the real driver would read.
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -58,6 +61,7 @@ pub enum TraceEvent {
     DmaWrite {
         address: u64,
         len: usize,
+        data: Vec<u8>,
     },
 }
 
@@ -72,10 +76,11 @@ impl TraceEvent {
             Self::Reset => "reset".into(),
             Self::Tick => "tick".into(),
             Self::DmaRead { address, len, data } => {
-                let used = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-                format!("dr {address:x} {len} {}", hex(&data[..used]))
+                format!("dr {address:x} {len} {}", hex(without_trailing_zeros(data)))
             }
-            Self::DmaWrite { address, len } => format!("dw {address:x} {len}"),
+            Self::DmaWrite { address, len, data } => {
+                format!("dw {address:x} {len} {}", hex(without_trailing_zeros(data)))
+            }
         }
     }
 
@@ -104,7 +109,7 @@ impl TraceEvent {
                 offset: number(next("offset")?, 16)?,
                 data: unhex(next("data")?)?,
             },
-            "dr" => {
+            "dr" | "dw" => {
                 let address = number(next("address")?, 16)?;
                 let len = number(next("length")?, 10)? as usize;
                 let mut data = unhex(words.next().unwrap_or(""))?;
@@ -112,15 +117,20 @@ impl TraceEvent {
                     return Err(format!("{line:?}: more data than its length"));
                 }
                 data.resize(len, 0);
-                Self::DmaRead { address, len, data }
+                if kind == "dr" {
+                    Self::DmaRead { address, len, data }
+                } else {
+                    Self::DmaWrite { address, len, data }
+                }
             }
-            "dw" => Self::DmaWrite {
-                address: number(next("address")?, 16)?,
-                len: number(next("length")?, 10)? as usize,
-            },
             other => return Err(format!("{line:?}: unknown event {other:?}")),
         })
     }
+}
+
+fn without_trailing_zeros(data: &[u8]) -> &[u8] {
+    let used = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    &data[..used]
 }
 
 fn hex(data: &[u8]) -> String {
@@ -176,7 +186,20 @@ impl Dma for ReplayDma {
     fn write(&self, address: u64, data: &[u8]) -> Result<(), DmaFault> {
         let next = self.expected.borrow_mut().pop_front();
         match next {
-            Some(TraceEvent::DmaWrite { address: a, len }) if a == address && len == data.len() => {
+            Some(TraceEvent::DmaWrite {
+                address: a,
+                len,
+                data: recorded,
+            }) if a == address && len == data.len() => {
+                if let Some(at) = recorded.iter().zip(data).position(|(r, d)| r != d) {
+                    self.divergences.borrow_mut().push(format!(
+                        "the device wrote {} bytes at {address:#x} that differ from the trace \
+                         from byte {at}: {} where the trace has {}",
+                        data.len(),
+                        hex(&data[at..data.len().min(at + 16)]),
+                        hex(&recorded[at..recorded.len().min(at + 16)]),
+                    ));
+                }
                 Ok(())
             }
             other => {
