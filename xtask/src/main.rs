@@ -36,7 +36,9 @@ commands:
   breaks [SCENARIO...]
                       each scenario against a deliberate break of tilde (xtask/vm/breaks):
                       the break applied, the scenario run, the break reverted; it must fail
-  mutants [SCOPE...]  mutation testing (cargo-mutants) of the host-tested code, per scope
+  mutants [--iterate] [SCOPE...]
+                      mutation testing (cargo-mutants) of the host-tested code, per scope;
+                      --iterate retests only what the last run did not catch
                       (hours on 2 cores; not part of `test`; see docs/mutation-testing.md)
 
 targets: debian-sid-7.2 (default), linux-6.12 (built from source); `test` runs both

@@ -22,6 +22,10 @@ struct Scope {
     name: &'static str,
     package: &'static str,
     files: &'static [&'static str],
+    /// The package's test targets that exercise these files (`--test NAME`); empty: all
+    /// of the package's tests. Fewer targets per mutant is what makes a scope's run fit
+    /// in a session.
+    tests: &'static [&'static str],
     /// Whether a missed mutant fails the run.
     clean: bool,
 }
@@ -31,12 +35,14 @@ const SCOPES: &[Scope] = &[
         name: "hw-mlx4-fastpath",
         package: "hw-mlx4",
         files: &["hw-mlx4/src/fastpath/*.rs"],
+        tests: &[],
         clean: true,
     },
     Scope {
         name: "ulp-iser-datamover-wire",
         package: "ulp-iser",
         files: &["ulp-iser/src/datamover.rs", "ulp-iser/src/wire/*.rs"],
+        tests: &[],
         clean: true,
     },
     Scope {
@@ -47,6 +53,7 @@ const SCOPES: &[Scope] = &[
             "hw-mlx4/src/ring.rs",
             "hw-mlx4/src/selftest.rs",
         ],
+        tests: &[],
         clean: false,
     },
     // The model the fast path is checked against (queues, doorbells, ownership).
@@ -54,6 +61,7 @@ const SCOPES: &[Scope] = &[
         name: "hw-mlx4-model",
         package: "hw-mlx4",
         files: &["hw-mlx4/src/model/*.rs"],
+        tests: &[],
         clean: false,
     },
     // The emulated ConnectX-3's firmware and data path (1700 mutants: about 100 minutes
@@ -62,18 +70,22 @@ const SCOPES: &[Scope] = &[
         name: "hw-mlx4-hca",
         package: "hw-mlx4",
         files: &["hw-mlx4/src/model/hca/*.rs"],
+        // Only these two drive the device (the register interface and the driver traces).
+        tests: &["hca", "hca_replay"],
         clean: false,
     },
     Scope {
         name: "ulp-iser-login-initiator",
         package: "ulp-iser",
         files: &["ulp-iser/src/login.rs", "ulp-iser/src/initiator.rs"],
+        tests: &[],
         clean: false,
     },
     Scope {
         name: "rdma-core-rs-verbs-fabric",
         package: "rdma-core-rs",
         files: &["rdma-core-rs/src/verbs.rs", "rdma-core-rs/src/fabric/*.rs"],
+        tests: &[],
         clean: false,
     },
 ];
@@ -119,8 +131,12 @@ fn ensure_cargo_mutants() -> Result {
     Ok(())
 }
 
-pub fn run_scopes(names: &[String]) -> Result {
-    let unknown: Vec<&String> = names
+/// `args`: scope names, and `--iterate` to test only the mutants a previous run of the
+/// scope did not catch (cargo-mutants' `--iterate`, over the scope's output folder).
+pub fn run_scopes(args: &[String]) -> Result {
+    let iterate = args.iter().any(|a| a == "--iterate");
+    let names: Vec<&String> = args.iter().filter(|a| *a != "--iterate").collect();
+    let unknown: Vec<&&String> = names
         .iter()
         .filter(|n| !SCOPES.iter().any(|s| s.name == n.as_str()))
         .collect();
@@ -137,7 +153,7 @@ pub fn run_scopes(names: &[String]) -> Result {
     let mut failed = Vec::new();
     for scope in SCOPES
         .iter()
-        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+        .filter(|s| names.is_empty() || names.iter().any(|n| *n == s.name))
     {
         let out = root.join("target/mutants").join(scope.name);
         fs::create_dir_all(&out)?;
@@ -152,11 +168,23 @@ pub fn run_scopes(names: &[String]) -> Result {
                 "1",
                 "--package",
                 scope.package,
+                // Cargo.toml's `[profile.mutants]`: optimized, no debug info.
+                "--profile",
+                "mutants",
             ])
             .arg("--output")
             .arg(&out);
         for file in scope.files {
             command.args(["--file", file]);
+        }
+        if iterate {
+            command.arg("--iterate");
+        }
+        if !scope.tests.is_empty() {
+            command.arg("--");
+            for test in scope.tests {
+                command.args(["--test", test]);
+            }
         }
         println!("[mutants] {}: {:?}", scope.name, command);
         // cargo-mutants exits non-zero when a mutant is missed; the counts say which.
