@@ -4,8 +4,11 @@
 
 use std::cell::RefCell;
 
-use hw_mlx4::model::hca::{Dma, DmaFault, Hca, HcaEvent};
-use hw_mlx4::wire::cmd::{hcr, opcode, CmdStatus, HCR_BASE};
+use hw_mlx4::model::hca::{layout, Dma, DmaFault, Hca, HcaEvent};
+use hw_mlx4::wire::cmd::{
+    hcr, opcode, CmdStatus, HCR_BASE, OWNER_BASE, RESET_BASE, RESET_OFFSET, RESET_VALUE,
+};
+use hw_mlx4::wire::fw::{init_hca, query_dev_cap};
 
 /// Host memory at bus addresses `[BASE, BASE + SIZE)`.
 struct Memory(RefCell<Vec<u8>>);
@@ -174,16 +177,21 @@ impl Driver {
             self.vpm(opcode::MAP_ICM, &[(0x1000_0000, BASE + 0x30_0000, 4)]),
             0
         );
-        let mut mailbox = vec![0u8; 4096];
-        mailbox[0] = 2; // version
-        mailbox[0x37] = 10; // log QPs
-        mailbox[0x57] = 8; // log CQs
-        mailbox[0x87] = 5; // log EQs
-        mailbox[0xfb] = 12; // log MPTs
-        mailbox[0x100..0x108].copy_from_slice(&0x1000_0000u64.to_be_bytes()); // MTT base
-        self.memory.put(INBOX, &mailbox);
+        self.memory.put(INBOX, &init_hca_mailbox());
         assert_eq!(self.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0, 0);
         assert!(self.errors().is_empty());
+    }
+
+    /// The number of commands the device executed and failed, from its summary line.
+    fn commands_run(&self) -> (u64, u64) {
+        let summary = self.hca.summary();
+        let mut words = summary.split(' ');
+        let run = words.next().and_then(|w| w.parse().ok());
+        let failed = words
+            .nth(1)
+            .and_then(|w| w.strip_prefix('('))
+            .and_then(|w| w.parse().ok());
+        (run.unwrap(), failed.unwrap())
     }
 
     /// An EQ of 64 entries in one page at `page`, its MTT entry at MTT index 0, on
@@ -205,6 +213,20 @@ impl Driver {
         );
         assert!(self.errors().is_empty());
     }
+}
+
+/// The INIT_HCA mailbox `Driver::init_hca` sends: 2^10 QPs, 2^8 CQs, 2^5 EQs, 2^12 MPTs,
+/// the MTT table at ICM 0x1000_0000.
+fn init_hca_mailbox() -> Vec<u8> {
+    let mut mailbox = vec![0u8; 4096];
+    mailbox[init_hca::VERSION] = init_hca::VERSION_2;
+    mailbox[init_hca::LOG_QP] = 10;
+    mailbox[init_hca::LOG_CQ] = 8;
+    mailbox[init_hca::LOG_EQ] = 5;
+    mailbox[init_hca::LOG_MPT_SZ] = 12;
+    mailbox[init_hca::MTT_BASE..init_hca::MTT_BASE + 8]
+        .copy_from_slice(&0x1000_0000u64.to_be_bytes());
+    mailbox
 }
 
 #[test]
@@ -885,4 +907,411 @@ mod watched {
         assert_eq!(interrupts(&mut d), 1);
         assert!(d.errors().is_empty());
     }
+}
+
+/// mlx4_core sizes its profile beyond what QUERY_DEV_CAP offers (2^18 QPs on a small
+/// guest); the device takes each table up to its own limit and refuses one step more.
+#[test]
+fn init_hca_takes_each_table_up_to_the_devices_limit_and_refuses_more() {
+    let limits = [
+        (init_hca::LOG_QP, 20),
+        (init_hca::LOG_CQ, 20),
+        (init_hca::LOG_SRQ, 20),
+        (init_hca::LOG_EQ, 10),
+        (init_hca::LOG_MPT_SZ, 22),
+        (init_hca::LOG_MC_ENTRY_SZ, 12),
+        (init_hca::LOG_MC_HASH_SZ, 16),
+        (init_hca::LOG_MC_TABLE_SZ, 16),
+    ];
+    for (field, largest) in limits {
+        let mut d = Driver::new();
+        d.start_firmware();
+        let mut mailbox = init_hca_mailbox();
+        mailbox[field] = largest + 1;
+        d.memory.put(INBOX, &mailbox);
+        assert_eq!(
+            d.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0,
+            CmdStatus::ExceedsLimit as u8,
+            "field {field:#x} at 2^{}",
+            largest + 1
+        );
+        let errors = d.errors();
+        assert!(
+            errors[0].contains("more than QUERY_DEV_CAP offers"),
+            "{errors:?}"
+        );
+        mailbox[field] = largest;
+        d.memory.put(INBOX, &mailbox);
+        assert_eq!(
+            d.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0,
+            0,
+            "field {field:#x} at 2^{largest}"
+        );
+        assert!(d.errors().is_empty());
+    }
+}
+
+/// The HCR runs a command when one write covers its status word with the go bit
+/// (`mlx4_cmd_post` writes it whole, last): writes to the other words, or to half of the
+/// status word, run nothing.
+#[test]
+fn a_command_runs_once_its_whole_status_word_is_written_with_go() {
+    let mut d = Driver::new();
+    let go_nop = hcr::GO_BIT | u32::from(opcode::QUERY_FW);
+    d.write_word(hcr::OUT_PARAM + 4, OUTBOX as u32);
+    d.write_word(hcr::OUT_PARAM, (OUTBOX >> 32) as u32);
+    // The status word's first half, go bit included.
+    d.hca.bar0_write(
+        &d.memory,
+        HCR_BASE + hcr::STATUS as u64,
+        &go_nop.to_be_bytes()[..2],
+    );
+    assert_eq!(d.commands_run(), (0, 0), "half a status word runs nothing");
+    // Another word written meanwhile runs nothing either.
+    d.write_word(hcr::IN_MODIFIER, 0);
+    assert_eq!(d.commands_run(), (0, 0));
+    // Nor its second half.
+    d.hca.bar0_write(
+        &d.memory,
+        HCR_BASE + hcr::STATUS as u64 + 2,
+        &go_nop.to_be_bytes()[2..],
+    );
+    assert_eq!(d.commands_run(), (0, 0));
+    d.write_word(hcr::STATUS, go_nop);
+    assert_eq!(d.commands_run(), (1, 0));
+    assert_eq!(d.read_word(hcr::STATUS) & hcr::GO_BIT, 0);
+    // The status word written whole without go runs nothing.
+    d.write_word(hcr::STATUS, u32::from(opcode::QUERY_FW));
+    assert_eq!(d.commands_run(), (1, 0));
+    // The HCR written in one burst, status word last, runs one command.
+    let mut burst = [0u8; 28];
+    burst[hcr::OUT_PARAM + 4..hcr::OUT_PARAM + 8].copy_from_slice(&(OUTBOX as u32).to_be_bytes());
+    burst[hcr::STATUS..hcr::STATUS + 4].copy_from_slice(&go_nop.to_be_bytes());
+    d.hca.bar0_write(&d.memory, HCR_BASE, &burst);
+    assert_eq!(d.commands_run(), (2, 0));
+    // What a command reads back is what it was given: the HCR holds the words written.
+    assert_eq!(d.read_word(hcr::OUT_PARAM + 4), OUTBOX as u32);
+    assert!(d.errors().is_empty());
+}
+
+/// `mlx4_get_ownership`: the first reader of the ownership word takes the device and
+/// reads 0; a second reads 1 until the owner writes 0 back.
+#[test]
+fn the_ownership_word_goes_to_the_first_reader_until_released() {
+    let mut d = Driver::new();
+    let mut read = |d: &mut Driver| {
+        let mut b = [0u8; 4];
+        d.hca.bar0_read(OWNER_BASE, &mut b);
+        u32::from_be_bytes(b)
+    };
+    assert_eq!(read(&mut d), 0, "free: the reader owns it now");
+    assert_eq!(read(&mut d), 1, "owned");
+    d.hca.bar0_write(&d.memory, OWNER_BASE, &1u32.to_be_bytes());
+    assert_eq!(read(&mut d), 1, "writing non-zero does not release it");
+    d.hca.bar0_write(&d.memory, OWNER_BASE, &0u32.to_be_bytes());
+    assert_eq!(read(&mut d), 0, "released, and taken again");
+    assert!(d.errors().is_empty());
+}
+
+/// The reset register (`mlx4_reset`): the reset value stops the firmware and asks the
+/// transport, once, to reset the PCI function; any other value is a driver error and
+/// resets nothing.
+#[test]
+fn the_reset_register_resets_on_its_value_only() {
+    let mut d = Driver::new();
+    d.init_hca();
+    let reset = RESET_BASE + RESET_OFFSET;
+    d.hca.bar0_write(&d.memory, reset, &2u32.to_be_bytes());
+    let errors = d.errors();
+    assert!(errors[0].contains("not the reset value"), "{errors:?}");
+    assert!(!d.hca.reset_requested());
+    assert_eq!(
+        d.command(opcode::NOP, 0, 0, 0, 0, false).0,
+        0,
+        "still running"
+    );
+    d.hca
+        .bar0_write(&d.memory, reset, &RESET_VALUE.to_be_bytes());
+    assert!(d.hca.reset_requested(), "the transport resets the function");
+    assert!(!d.hca.reset_requested(), "once");
+    assert_eq!(
+        d.command(opcode::NOP, 0, 0, 0, 0, false).0,
+        CmdStatus::BadSysState as u8,
+        "the firmware stopped"
+    );
+    assert!(
+        d.hca.summary().contains("firmware Reset"),
+        "{}",
+        d.hca.summary()
+    );
+}
+
+/// A BAR0 write where no register is, or a UAR write of a size no doorbell has, is a
+/// driver mistake the device reports.
+#[test]
+fn writes_where_no_register_is_are_reported() {
+    let mut d = Driver::new();
+    d.hca.bar0_write(&d.memory, 0x1234, &[1, 2, 3, 4]);
+    d.hca.bar0_write(&d.memory, layout::CLR_INT_OFFSET, &[0; 8]);
+    d.hca.bar2_write(&d.memory, 0x14, &[0; 2]);
+    let errors = d.errors();
+    assert_eq!(
+        errors.len(),
+        2,
+        "the clear-interrupt register is one: {errors:?}"
+    );
+    assert!(errors[0].contains("no register there"), "{errors:?}");
+    assert!(errors[1].contains("no doorbell there"), "{errors:?}");
+    let mut b = [0xffu8; 8];
+    d.hca.bar2_read(0x14, &mut b);
+    assert_eq!(b, [0; 8], "doorbells read as zero");
+}
+
+/// The BAR2 area the transport maps and watches is the UAR QUERY_DEV_CAP reports, and
+/// its EQ doorbell pages cover the EQs it offers (four a page).
+#[test]
+fn the_uar_layout_agrees_with_query_dev_cap() {
+    let mut d = Driver::new();
+    d.start_firmware();
+    assert_eq!(
+        d.command(opcode::QUERY_DEV_CAP, 0, 0, 0, OUTBOX, false).0,
+        0
+    );
+    let cap = d.memory.get(OUTBOX, 0x100);
+    let uar_bytes = (1u64 << 20) << (cap[query_dev_cap::UAR_SZ] & 0x3f);
+    assert_eq!(
+        u64::from(layout::UAR_PAGES),
+        uar_bytes >> layout::UAR_PAGE_SHIFT
+    );
+    let eqs = 1u32 << (cap[query_dev_cap::MAX_EQ] & 0x0f);
+    assert_eq!(layout::EQ_DOORBELL_PAGES, eqs / 4);
+}
+
+/// What the device did, as `cx3-device` prints it when it stops, and the firmware's
+/// progress as information events.
+#[test]
+fn the_summary_counts_commands_and_failures() {
+    let mut d = Driver::new();
+    d.init_hca();
+    let (run, failed) = d.commands_run();
+    assert!(run >= 7, "{}", d.hca.summary());
+    assert_eq!(failed, 0);
+    d.command(0x7ee, 0, 0, 0, 0, false);
+    assert_eq!(d.commands_run(), (run + 1, 1));
+    let mut d = Driver::new();
+    d.start_firmware();
+    let info: Vec<String> = d
+        .hca
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            HcaEvent::Info(line) => Some(line),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        info.iter().any(|l| l.starts_with("firmware running")),
+        "{info:?}"
+    );
+}
+
+/// An EQ context for `Driver::sw2hw_eq`: `log_size` entries in 4 KiB pages whose MTT
+/// entries start at byte `mtt_offset` of the MTT table, on MSI-X `vector`, armed.
+fn eq_context(log_size: u8, vector: u8, mtt_offset: u32) -> Vec<u8> {
+    use hw_mlx4::wire::fw::eq_context as f;
+    let mut ctx = vec![0u8; 4096];
+    ctx[f::FLAGS..f::FLAGS + 4].copy_from_slice(&(9u32 << 8).to_be_bytes());
+    ctx[f::LOG_EQ_SIZE] = log_size;
+    ctx[f::INTR] = vector;
+    ctx[f::MTT_BASE_ADDR_L..f::MTT_BASE_ADDR_L + 4].copy_from_slice(&mtt_offset.to_be_bytes());
+    ctx
+}
+
+impl Driver {
+    /// SW2HW_EQ with `ctx`: the status and the device's complaint, if any.
+    fn sw2hw_eq(&mut self, eqn: u32, ctx: &[u8]) -> (u8, Vec<String>) {
+        self.memory.put(INBOX, ctx);
+        let status = self.command(opcode::SW2HW_EQ, 0, eqn, INBOX, 0, false).0;
+        (status, self.errors())
+    }
+
+    /// The MTT entry at `index` of the table `init_hca` mapped.
+    fn put_mtt(&self, index: u64, entry: u64) {
+        self.memory
+            .put(BASE + 0x30_0000 + 8 * index, &entry.to_be_bytes());
+    }
+}
+
+#[test]
+fn an_eq_context_the_device_cannot_take_is_refused() {
+    let mut d = Driver::new();
+    d.init_hca();
+    d.put_mtt(0, (BASE + 0x40_0000) | 1);
+    let (status, errors) = d.sw2hw_eq(1, &eq_context(23, 0, 0));
+    assert_eq!(status, CmdStatus::BadParam as u8);
+    assert!(errors[0].contains("of 2^23 entries"), "{errors:?}");
+    // 2^22 entries is the largest the context takes (this test's memory is too small
+    // for it, which the device finds later).
+    let (_, errors) = d.sw2hw_eq(1, &eq_context(22, 0, 0));
+    assert!(!errors[0].contains("of 2^22 entries"), "{errors:?}");
+    let mut ctx = eq_context(6, 0, 0);
+    ctx[hw_mlx4::wire::fw::eq_context::PAGE_OFFSET + 1] = 0x40;
+    let (status, errors) = d.sw2hw_eq(1, &ctx);
+    assert_eq!(status, CmdStatus::BadParam as u8);
+    assert!(errors[0].contains("inside its first page"), "{errors:?}");
+    let vectors = layout::MSIX_VECTORS as u8;
+    let (status, errors) = d.sw2hw_eq(1, &eq_context(6, vectors, 0));
+    assert_eq!(status, CmdStatus::BadParam as u8);
+    assert!(errors[0].contains("MSI-X vector"), "{errors:?}");
+    assert_eq!(d.sw2hw_eq(1, &eq_context(6, vectors - 1, 0)), (0, vec![]));
+    let (status, errors) = d.sw2hw_eq(1, &eq_context(6, 0, 0));
+    assert_eq!(status, CmdStatus::BadResourceState as u8, "EQ 1 twice");
+    assert!(errors[0].contains("already in hardware"), "{errors:?}");
+}
+
+/// The MTT lives in ICM the driver mapped: an entry must be mapped whole and present.
+#[test]
+fn an_eq_whose_mtt_entry_is_missing_or_split_is_refused() {
+    let mut d = Driver::new();
+    d.init_hca();
+    // Not present (bit 0 clear).
+    d.put_mtt(0, BASE + 0x40_0000);
+    let (status, errors) = d.sw2hw_eq(1, &eq_context(6, 0, 0));
+    assert_eq!(status, CmdStatus::BadParam as u8);
+    assert!(errors[0].contains("is not present"), "{errors:?}");
+    // The last entry of the 16-page ICM chunk `init_hca` mapped: mapped whole.
+    let last = (16 * 4096 - 8) / 8;
+    d.put_mtt(last, (BASE + 0x40_0000) | 1);
+    assert_eq!(
+        d.sw2hw_eq(1, &eq_context(6, 0, (8 * last) as u32)),
+        (0, vec![])
+    );
+    // The entry after it is not mapped at all.
+    let (status, errors) = d.sw2hw_eq(2, &eq_context(6, 0, (8 * last + 8) as u32));
+    assert_eq!(status, CmdStatus::BadParam as u8);
+    assert!(errors[0].contains("is not mapped"), "{errors:?}");
+    // An MTT table that starts 4 bytes before the chunk's end: its first entry is split.
+    let mut d = Driver::new();
+    d.start_firmware();
+    assert_eq!(
+        d.vpm(opcode::MAP_ICM, &[(0x1000_0000, BASE + 0x30_0000, 0)]),
+        0
+    );
+    let mut mailbox = init_hca_mailbox();
+    mailbox[init_hca::MTT_BASE..init_hca::MTT_BASE + 8]
+        .copy_from_slice(&0x1000_0ffcu64.to_be_bytes());
+    d.memory.put(INBOX, &mailbox);
+    assert_eq!(d.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0, 0);
+    let (status, errors) = d.sw2hw_eq(1, &eq_context(6, 0, 0));
+    assert_eq!(status, CmdStatus::BadParam as u8);
+    assert!(errors[0].contains("straddles a chunk"), "{errors:?}");
+}
+
+/// Command completions and port changes, each mapped to an EQ of its own, land in it.
+#[test]
+fn each_event_type_goes_to_the_eq_it_is_mapped_to() {
+    let mut d = Driver::new();
+    d.init_hca();
+    let pages = [BASE + 0x40_0000, BASE + 0x41_0000];
+    for (i, page) in pages.iter().enumerate() {
+        d.put_mtt(i as u64, page | 1);
+        let vector = 3 + i as u8;
+        assert_eq!(
+            d.sw2hw_eq(4 + i as u32, &eq_context(6, vector, 8 * i as u32)),
+            (0, vec![])
+        );
+    }
+    // Command events (0x0a) to EQ 4, port changes (0x09) to EQ 5.
+    assert_eq!(d.command(opcode::MAP_EQ, 0, 4, 1 << 0x0a, 0, false).0, 0);
+    assert_eq!(d.command(opcode::MAP_EQ, 0, 5, 1 << 0x09, 0, false).0, 0);
+    // Both ports initialized (the link is up), then the SM moves port 1 to ARMED and
+    // ACTIVE: the second Set raises a PORT_CHANGE (active) to EQ 5, and its completion
+    // goes to EQ 4.
+    for port in [1, 2] {
+        assert_eq!(d.command(opcode::INIT_PORT, 0, port, 0, 0, false).0, 0);
+    }
+    d.hca.take_events();
+    let mut mad = vec![0u8; 256];
+    mad[0] = 1;
+    mad[1] = 0x01;
+    mad[2] = 1;
+    mad[3] = 0x02; // Set
+    mad[16..18].copy_from_slice(&0x0015u16.to_be_bytes()); // PortInfo
+    for state in [3, 4] {
+        mad[64 + 32] = state;
+        d.memory.put(INBOX, &mad);
+        assert_eq!(
+            d.command(opcode::MAD_IFC, 3, 1, INBOX, OUTBOX, state == 4)
+                .0,
+            0
+        );
+    }
+    let eqe = |d: &Driver, eq: usize| d.memory.get(pages[eq], 32);
+    assert_eq!(eqe(&d, 0)[1], 0x0a, "the command's completion in EQ 4");
+    assert_eq!(
+        (eqe(&d, 1)[1], eqe(&d, 1)[3]),
+        (0x09, 4),
+        "port 1 active in EQ 5"
+    );
+    assert_eq!(eqe(&d, 1)[12] >> 4, 1, "port 1");
+    let events = d.hca.take_events();
+    assert!(
+        !events.iter().any(|e| matches!(e, HcaEvent::DriverError(_))),
+        "{events:?}"
+    );
+    let interrupts: Vec<HcaEvent> = events
+        .into_iter()
+        .filter(|e| matches!(e, HcaEvent::Interrupt { .. }))
+        .collect();
+    assert_eq!(
+        interrupts,
+        [
+            HcaEvent::Interrupt { vector: 4 },
+            HcaEvent::Interrupt { vector: 3 }
+        ]
+    );
+}
+
+/// EQ doorbells: a consumer index ahead of what the device produced is a driver error;
+/// one a whole EQ behind (every entry unconsumed) is not.
+#[test]
+fn an_eq_consumer_index_ahead_of_the_producer_is_reported() {
+    let mut d = Driver::new();
+    d.init_hca();
+    d.create_eq(4, BASE + 0x40_0000);
+    // EQ 4's doorbell: UAR page 1, the first of its four.
+    let doorbell = 4096 + 0x800;
+    for _ in 0..64 {
+        assert_eq!(d.command(opcode::NOP, 0, 0x1f, 0, 0, true).0, 0);
+    }
+    let errors = d.errors();
+    assert!(errors.is_empty(), "{errors:?}");
+    // The EQ is full: a 65th event would overrun it.
+    d.command(opcode::NOP, 0, 0x1f, 0, 0, true);
+    let errors = d.errors();
+    assert!(errors[0].contains("EQ 4 overrun"), "{errors:?}");
+    // Consumer 0 with 64 produced: a whole EQ behind, fine.
+    d.hca.bar2_write(&d.memory, doorbell, &0u32.to_be_bytes());
+    assert!(d.errors().is_empty());
+    // Consumer 65: ahead of the producer.
+    d.hca.bar2_write(&d.memory, doorbell, &65u32.to_be_bytes());
+    let errors = d.errors();
+    assert!(errors[0].contains("ahead of the producer"), "{errors:?}");
+}
+
+/// The status of one command does not stay in the HCR for the next, and an immediate
+/// answer is 64 bits wide (SET_ICM_SIZE's auxiliary pages for a huge ICM).
+#[test]
+fn the_hcr_status_and_out_param_are_each_commands_own() {
+    let mut d = Driver::new();
+    d.start_firmware();
+    assert_eq!(
+        d.command(opcode::INIT_HCA, 0, 0, 0xdead_0000_0000, 0, false)
+            .0,
+        CmdStatus::InternalError as u8
+    );
+    assert_eq!(d.command(opcode::NOP, 0, 0, 0, 0, false).0, 0);
+    let (status, aux) = d.command(opcode::SET_ICM_SIZE, 0, 0, 1 << 60, 0, false);
+    assert_eq!((status, aux), (0, 1 << 40), "one aux page per MiB");
+    d.errors();
 }

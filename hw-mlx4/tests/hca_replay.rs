@@ -108,10 +108,9 @@ fn a_replay_notices_a_device_that_writes_otherwise() {
     lines[cqe] = TraceEvent::DmaWrite { address, len, data }.line();
     let report = replay(&lines.join("\n")).unwrap();
     assert!(
-        report
-            .failures
-            .iter()
-            .any(|f| f.contains(&format!("{address:#x} that differ from the trace from byte 23"))),
+        report.failures.iter().any(|f| f.contains(&format!(
+            "{address:#x} that differ from the trace from byte 23"
+        ))),
         "{:#?}",
         report.failures
     );

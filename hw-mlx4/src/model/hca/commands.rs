@@ -822,7 +822,6 @@ impl Hca {
             mtt_offset: (u64::from(m.u8(eq_context::MTT_BASE_ADDR_H)) << 32)
                 | u64::from(m.u32(eq_context::MTT_BASE_ADDR_L)),
             log_page_size: u32::from(m.u8(eq_context::LOG_PAGE_SIZE) & 0x1f),
-            page_offset: u64::from(m.u16(eq_context::PAGE_OFFSET)),
             producer: m.u32(eq_context::PRODUCER_INDEX) & 0x00ff_ffff,
             consumer: m.u32(eq_context::CONSUMER_INDEX) & 0x00ff_ffff,
             // `MLX4_EQ_STATE_ARMED` in the flags: the driver creates EQs armed.

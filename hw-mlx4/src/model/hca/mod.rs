@@ -23,7 +23,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::wire::cmd::{hcr, CmdStatus, HcrCommand, HCR_BASE, HCR_SIZE, OWNER_BASE};
-use crate::wire::cmd::{RESET_BASE, RESET_OFFSET, RESET_SEMAPHORE_OFFSET, RESET_VALUE};
+use crate::wire::cmd::{RESET_BASE, RESET_OFFSET, RESET_VALUE};
 use crate::wire::{
     send_doorbell_qpn, EventType, UAR_CQ_DOORBELL, UAR_EQ_DOORBELL, UAR_SEND_DOORBELL,
 };
@@ -98,7 +98,6 @@ struct EventQueue {
     /// Where its pages are: the MTT entries at this byte offset of the MTT table.
     mtt_offset: u64,
     log_page_size: u32,
-    page_offset: u64,
     producer: u32,
     consumer: u32,
     armed: bool,
@@ -258,11 +257,9 @@ impl Hca {
                 }
             }
             self.owned = true;
-        } else if within(offset, data.len(), RESET_BASE + RESET_SEMAPHORE_OFFSET, 4).is_some() {
-            // The reset semaphore: always free (one function).
         }
-        // The catastrophic error buffer reads zero: the device is healthy. Everything
-        // else reads zero too.
+        // The reset semaphore reads zero: free (one function). The catastrophic error
+        // buffer reads zero: the device is healthy. Everything else reads zero too.
     }
 
     /// A BAR0 write.
@@ -499,7 +496,8 @@ impl Hca {
             dma,
             eq.mtt_offset,
             eq.log_page_size,
-            offset + eq.page_offset,
+            // SW2HW_EQ refuses a page offset: an EQ starts at its first page.
+            offset,
         )
     }
 
