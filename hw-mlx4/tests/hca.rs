@@ -1315,3 +1315,423 @@ fn the_hcr_status_and_out_param_are_each_commands_own() {
     assert_eq!((status, aux), (0, 1 << 40), "one aux page per MiB");
     d.errors();
 }
+
+impl Driver {
+    /// Hands `count` one-page VPM entries to `op`, 256 a command (a mailbox's worth),
+    /// virtual addresses from `virt` on, physical pages from `BASE + 0x80_0000` on; the
+    /// status of each command.
+    fn vpm_pages(&mut self, op: u16, count: usize, virt: u64) -> Vec<u8> {
+        let entries: Vec<(u64, u64, u32)> = (0..count as u64)
+            .map(|i| (virt + 4096 * i, BASE + 0x80_0000 + 4096 * (i % 256), 0))
+            .collect();
+        entries.chunks(256).map(|c| self.vpm(op, c)).collect()
+    }
+}
+
+/// The firmware area, the auxiliary ICM and the ICM each take up to what the device
+/// tracks, over as many commands as the driver needs, and refuse one entry more.
+#[test]
+fn vpm_commands_take_up_to_the_devices_limits_and_refuse_more() {
+    for (op, limit) in [(opcode::MAP_FA, 4096), (opcode::MAP_ICM_AUX, 4096)] {
+        let mut d = Driver::new();
+        if op == opcode::MAP_ICM_AUX {
+            d.start_firmware();
+        }
+        let statuses = d.vpm_pages(op, limit, 0);
+        assert!(statuses.iter().all(|&s| s == 0), "{op:#x}: {statuses:?}");
+        assert_eq!(
+            d.vpm_pages(op, 1, 0),
+            [CmdStatus::ExceedsLimit as u8],
+            "{op:#x}: one entry beyond {limit}"
+        );
+        assert_eq!(d.errors().len(), 1);
+    }
+    let mut d = Driver::new();
+    d.start_firmware();
+    let statuses = d.vpm_pages(opcode::MAP_ICM, 1 << 16, 0x1000_0000);
+    assert!(statuses.iter().all(|&s| s == 0));
+    assert_eq!(
+        d.vpm_pages(opcode::MAP_ICM, 1, 0x8000_0000),
+        [CmdStatus::ExceedsLimit as u8]
+    );
+    let errors = d.errors();
+    assert!(errors[0].contains("more ICM chunks"), "{errors:?}");
+}
+
+/// A CQ context for SW2HW_CQ / MODIFY_CQ: `log_size` entries at MTT offset 80 (entry 10),
+/// completions to EQ `eqn`, its doorbell record at `DB`.
+fn cq_context(log_size: u32, eqn: u8) -> Vec<u8> {
+    let mut cq = vec![0u8; 4096];
+    cq[0x0c..0x10].copy_from_slice(&((log_size << 24) | 1).to_be_bytes());
+    cq[0x17] = eqn;
+    cq[0x1c..0x20].copy_from_slice(&80u32.to_be_bytes());
+    cq[0x38..0x40].copy_from_slice(&(BASE + 0x53_0000).to_be_bytes());
+    cq
+}
+
+/// The firmware's refusals, each with its status and a line naming what was wrong: what
+/// a driver bug looks like from the device.
+#[test]
+fn commands_on_what_is_not_there_or_out_of_range_are_refused() {
+    let mut d = Driver::new();
+    d.init_hca();
+    d.create_eq(4, BASE + 0x40_0000);
+    d.put_mtt(10, (BASE + 0x52_0000) | 1);
+    d.memory.put(INBOX, &cq_context(6, 4));
+    assert_eq!(d.command(opcode::SW2HW_CQ, 0, 1, INBOX, 0, false).0, 0);
+    let mut mpt = vec![0u8; 0x100];
+    mpt[0x0c..0x10].copy_from_slice(&1u32.to_be_bytes());
+    let mut mod_stat = vec![0u8; 0x100];
+    mod_stat[0x02] = 1;
+    mod_stat[0x03] = 1;
+    let ok = CmdStatus::Ok;
+    // (command, op_mod, in_mod, in_param's mailbox, status, what the error says)
+    let cases: &[(u16, u8, u32, Option<Vec<u8>>, CmdStatus, &str)] = &[
+        (
+            opcode::SW2HW_CQ,
+            0,
+            2,
+            Some(cq_context(23, 4)),
+            CmdStatus::BadParam,
+            "of 2^23 entries",
+        ),
+        (
+            opcode::SW2HW_CQ,
+            0,
+            1,
+            Some(cq_context(6, 4)),
+            CmdStatus::BadResourceState,
+            "already in hardware",
+        ),
+        (
+            opcode::HW2SW_CQ,
+            0,
+            3,
+            None,
+            CmdStatus::BadResourceState,
+            "CQ 0x3 is not in hardware",
+        ),
+        (
+            opcode::MODIFY_CQ,
+            0,
+            3,
+            Some(cq_context(6, 4)),
+            CmdStatus::BadResourceState,
+            "CQ 0x3 is not in hardware",
+        ),
+        (
+            opcode::MODIFY_CQ,
+            2,
+            1,
+            Some(cq_context(6, 4)),
+            CmdStatus::BadParam,
+            "op_modifier 2",
+        ),
+        (opcode::MODIFY_CQ, 1, 1, Some(cq_context(6, 4)), ok, ""),
+        (
+            opcode::SW2HW_MPT,
+            0,
+            1 << 12,
+            Some(mpt.clone()),
+            CmdStatus::BadIndex,
+            "MPT",
+        ),
+        (opcode::SW2HW_MPT, 0, 7, Some(mpt.clone()), ok, ""),
+        (
+            opcode::SW2HW_MPT,
+            0,
+            7,
+            Some(mpt.clone()),
+            CmdStatus::BadResourceState,
+            "0x7 is already in hardware",
+        ),
+        (
+            opcode::HW2SW_MPT,
+            0,
+            8,
+            None,
+            CmdStatus::BadResourceState,
+            "0x8 is not in hardware",
+        ),
+        (opcode::HW2SW_MPT, 0, 7, None, ok, ""),
+        (
+            opcode::SW2HW_SRQ,
+            0,
+            1,
+            Some(mpt.clone()),
+            CmdStatus::BadIndex,
+            "SRQ",
+        ),
+        (
+            opcode::HW2SW_SRQ,
+            0,
+            0,
+            None,
+            CmdStatus::BadResourceState,
+            "0x0 is not in hardware",
+        ),
+        (
+            opcode::HW2SW_EQ,
+            0,
+            9,
+            None,
+            CmdStatus::BadResourceState,
+            "EQ 9 is not in hardware",
+        ),
+        (
+            opcode::MAP_EQ,
+            0,
+            9,
+            None,
+            CmdStatus::BadResourceState,
+            "MAP_EQ to EQ 9",
+        ),
+        (
+            opcode::SET_PORT,
+            1,
+            1,
+            Some(vec![0; 0x100]),
+            CmdStatus::BadOp,
+            "(Ethernet)",
+        ),
+        (
+            opcode::SET_PORT,
+            0,
+            3,
+            Some(vec![0; 0x100]),
+            CmdStatus::BadIndex,
+            "port",
+        ),
+        (
+            opcode::DIAG_RPRT,
+            1,
+            0,
+            None,
+            CmdStatus::BadParam,
+            "only 2 is reported",
+        ),
+        (
+            opcode::READ_MCG,
+            0,
+            1,
+            None,
+            CmdStatus::BadIndex,
+            "MCG entry",
+        ),
+        (
+            opcode::MOD_STAT_CFG,
+            0,
+            0,
+            Some(mod_stat),
+            CmdStatus::BadParam,
+            "ICM pages of 2^1",
+        ),
+        (
+            opcode::UNMAP_ICM,
+            0,
+            1,
+            None,
+            CmdStatus::IcmError,
+            "nothing mapped there",
+        ),
+    ];
+    for (op, op_mod, in_mod, mailbox, status, says) in cases {
+        let in_param = match mailbox {
+            Some(m) => {
+                d.memory.put(INBOX, m);
+                INBOX
+            }
+            None => 0x2000_0000,
+        };
+        let got = d.command(*op, *op_mod, *in_mod, in_param, OUTBOX, false).0;
+        let errors = d.errors();
+        assert_eq!(got, *status as u8, "{op:#x} {in_mod:#x}: {errors:?}");
+        if *status == ok {
+            assert!(errors.is_empty(), "{op:#x}: {errors:?}");
+        } else {
+            assert!(
+                errors.len() == 1 && errors[0].contains(says),
+                "{op:#x} {in_mod:#x}: {errors:?} should say {says:?}"
+            );
+        }
+    }
+}
+
+/// A QP through every transition the firmware has, QUERY_QP reporting each state in
+/// the PRM's encoding, and each transition refused from a state it does not start in.
+#[test]
+fn a_qp_walks_the_state_machine_and_query_qp_reports_each_state() {
+    let mut d = Driver::new();
+    d.init_hca();
+    let qpn = 0x40;
+    let mut state = |d: &mut Driver| {
+        assert_eq!(d.command(opcode::QUERY_QP, 0, qpn, 0, OUTBOX, false).0, 0);
+        d.memory.get(OUTBOX + 8, 1)[0] >> 4
+    };
+    assert_eq!(state(&mut d), 0, "a QP never created is in RESET");
+    // An SQ of 16 WQEs of 64 bytes in one page (MTT entry 0), handed over empty.
+    let sq = BASE + 0x50_0000;
+    d.put_mtt(0, sq | 1);
+    for i in 0..16 {
+        d.memory.put(sq + 64 * i, &[0x80]);
+    }
+    let mut mailbox = vec![0u8; 0x200];
+    mailbox[8 + 0x0a] = (4 << 3) | 2;
+    d.memory.put(INBOX, &mailbox);
+    let walk = [
+        (opcode::RST2INIT_QP, 1),
+        (opcode::INIT2INIT_QP, 1),
+        (opcode::INIT2RTR_QP, 2),
+        (opcode::RTR2RTS_QP, 3),
+        (opcode::RTS2RTS_QP, 3),
+        (opcode::RTS2SQD_QP, 5),
+        (opcode::SQD2SQD_QP, 5),
+        (opcode::SQD2RTS_QP, 3),
+        (opcode::TO_ERR_QP, 6),
+        (opcode::TO_RST_QP, 0),
+        (opcode::TO_ERR_QP, 6),
+    ];
+    for (op, prm) in walk {
+        assert_eq!(d.command(op, 0, qpn, INBOX, 0, false).0, 0, "{op:#x}");
+        assert_eq!(state(&mut d), prm, "after {op:#x}");
+    }
+    let errors = d.errors();
+    assert!(errors.is_empty(), "{errors:?}");
+    // From ERR, only TO_RST and TO_ERR go anywhere.
+    for op in [
+        opcode::RST2INIT_QP,
+        opcode::INIT2INIT_QP,
+        opcode::INIT2RTR_QP,
+        opcode::RTR2RTS_QP,
+        opcode::RTS2RTS_QP,
+        opcode::SQERR2RTS_QP,
+        opcode::RTS2SQD_QP,
+        opcode::SQD2SQD_QP,
+        opcode::SQD2RTS_QP,
+    ] {
+        assert_eq!(
+            d.command(op, 0, qpn, INBOX, 0, false).0,
+            CmdStatus::BadQpState as u8,
+            "{op:#x} from ERR"
+        );
+        assert_eq!(state(&mut d), 6);
+    }
+    assert_eq!(d.errors().len(), 9);
+    // A context byte a later transition leaves zero keeps what an earlier one set.
+    d.command(opcode::TO_RST_QP, 0, qpn, 0, 0, false);
+    let mut mailbox = vec![0u8; 0x200];
+    mailbox[8 + 0x10] = 0xab;
+    d.memory.put(INBOX, &mailbox);
+    assert_eq!(d.command(opcode::RST2INIT_QP, 0, qpn, INBOX, 0, false).0, 0);
+    d.memory.put(INBOX, &[0u8; 0x200]);
+    assert_eq!(d.command(opcode::INIT2RTR_QP, 0, qpn, INBOX, 0, false).0, 0);
+    state(&mut d);
+    assert_eq!(d.memory.get(OUTBOX + 8 + 0x10, 1)[0], 0xab);
+}
+
+/// Multicast groups: MGID_HASH is a function of the GID within the hash table INIT_HCA
+/// sized; an entry written reads back, truncated to the entry size, and an entry
+/// written as zeros is gone.
+#[test]
+fn multicast_entries_and_the_gid_hash() {
+    let mut d = Driver::new();
+    d.start_firmware();
+    let mut mailbox = init_hca_mailbox();
+    mailbox[init_hca::LOG_MC_ENTRY_SZ] = 6; // 64-byte entries
+    mailbox[init_hca::LOG_MC_HASH_SZ] = 3; // 8 buckets
+    mailbox[init_hca::LOG_MC_TABLE_SZ] = 4; // 16 entries
+    d.memory.put(INBOX, &mailbox);
+    assert_eq!(d.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0, 0);
+    let mut hashes = std::collections::BTreeSet::new();
+    for i in 0..64u8 {
+        let gid = [0xff, 0x12, 0x40, 0x1b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
+        d.memory.put(INBOX, &gid);
+        let (status, hash) = d.command(opcode::MGID_HASH, 0, 0, INBOX, 0, false);
+        assert_eq!(status, 0);
+        assert!(hash < 8, "bucket {hash} of 8");
+        assert_eq!(
+            d.command(opcode::MGID_HASH, 0, 0, INBOX, 0, false).1,
+            hash,
+            "the same GID, the same bucket"
+        );
+        hashes.insert(hash);
+    }
+    assert_eq!(hashes.len(), 8, "64 GIDs spread over every bucket");
+    let entry: Vec<u8> = (1..=128).collect();
+    d.memory.put(INBOX, &entry);
+    assert_eq!(d.command(opcode::WRITE_MCG, 0, 15, INBOX, 0, false).0, 0);
+    assert_eq!(d.command(opcode::READ_MCG, 0, 15, 0, OUTBOX, false).0, 0);
+    assert_eq!(
+        d.memory.get(OUTBOX, 64),
+        entry[..64],
+        "the entry, 64 bytes of it"
+    );
+    d.memory.put(INBOX, &[0u8; 128]);
+    assert_eq!(d.command(opcode::WRITE_MCG, 0, 15, INBOX, 0, false).0, 0);
+    d.memory.put(OUTBOX, &[0xee; 64]);
+    assert_eq!(d.command(opcode::READ_MCG, 0, 15, 0, OUTBOX, false).0, 0);
+    assert_eq!(d.memory.get(OUTBOX, 64), [0u8; 64]);
+    assert_eq!(
+        d.command(opcode::READ_MCG, 0, 16, 0, OUTBOX, false).0,
+        CmdStatus::BadIndex as u8
+    );
+    // QUERY_HCA gives INIT_HCA's mailbox back, with the core clock.
+    assert_eq!(d.command(opcode::QUERY_HCA, 0, 0, 0, OUTBOX, false).0, 0);
+    let out = d.memory.get(OUTBOX, init_hca::IN_SIZE);
+    assert_eq!(out[init_hca::LOG_MC_HASH_SZ], 3);
+    assert_eq!(out[init_hca::LOG_QP], 10);
+    assert_eq!(u16::from_be_bytes([out[0x0c], out[0x0d]]), 427, "MHz");
+    assert_eq!(d.errors().len(), 1);
+}
+
+/// MAP_EQ moves an event type to the EQ it names; unmapping drops it (no EQ takes it).
+#[test]
+fn map_eq_moves_and_unmaps_an_event_type() {
+    let mut d = Driver::new();
+    d.init_hca();
+    let pages = [BASE + 0x40_0000, BASE + 0x41_0000];
+    for (i, page) in pages.iter().enumerate() {
+        d.put_mtt(i as u64, page | 1);
+        assert_eq!(
+            d.sw2hw_eq(4 + i as u32, &eq_context(6, 3, 8 * i as u32)),
+            (0, vec![])
+        );
+    }
+    let command_events = 1u64 << 0x0a;
+    let nop = |d: &mut Driver| assert_eq!(d.command(opcode::NOP, 0, 0x1f, 0, 0, true).0, 0);
+    let first_eqe = |d: &Driver, eq: usize| d.memory.get(pages[eq], 32)[1];
+    assert_eq!(
+        d.command(opcode::MAP_EQ, 0, 4, command_events, 0, false).0,
+        0
+    );
+    assert_eq!(
+        d.command(opcode::MAP_EQ, 0, 5, command_events, 0, false).0,
+        0
+    );
+    nop(&mut d);
+    assert_eq!(
+        (first_eqe(&d, 0), first_eqe(&d, 1)),
+        (0, 0x0a),
+        "moved to EQ 5"
+    );
+    // Unmap from EQ 5 (bit 31 of the modifier): the event goes nowhere.
+    assert_eq!(
+        d.command(opcode::MAP_EQ, 0, 5 | 1 << 31, command_events, 0, false)
+            .0,
+        0
+    );
+    d.hca.take_events();
+    nop(&mut d);
+    assert_eq!(first_eqe(&d, 0), 0, "nothing in EQ 4");
+    assert_eq!(
+        d.memory.get(pages[1] + 32, 32)[1],
+        0,
+        "nor a second EQE in EQ 5"
+    );
+    let dropped = d
+        .hca
+        .take_events()
+        .into_iter()
+        .any(|e| matches!(e, HcaEvent::Info(ref l) if l.contains("no EQ mapped, dropped")));
+    assert!(dropped);
+}

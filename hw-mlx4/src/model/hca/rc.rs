@@ -145,8 +145,13 @@ impl Hca {
     /// Moves a QP to error and flushes every WQE it holds (the 2ERR command, or an
     /// error completion).
     pub(super) fn enter_error(&mut self, dma: &dyn Dma, qpn: u32) {
-        if let Some(qp) = self.qps.get_mut(&qpn) {
-            qp.state = QpStateKind::Error;
+        let Some(qp) = self.qps.get_mut(&qpn) else {
+            return;
+        };
+        qp.state = QpStateKind::Error;
+        if qp.queues.is_none() {
+            // RESET to ERR: the QP never had a context, so no queue to flush.
+            return;
         }
         self.flush_receives(dma, qpn);
         self.send_doorbell(dma, qpn);
