@@ -1054,14 +1054,20 @@ fn writes_where_no_register_is_are_reported() {
     d.hca.bar0_write(&d.memory, 0x1234, &[1, 2, 3, 4]);
     d.hca.bar0_write(&d.memory, layout::CLR_INT_OFFSET, &[0; 8]);
     d.hca.bar2_write(&d.memory, 0x14, &[0; 2]);
+    // The EQ doorbells are the four 8-byte slots from 0x800: not 0x804, nor 0x820.
+    d.hca.bar2_write(&d.memory, 0x804, &[0; 4]);
+    d.hca.bar2_write(&d.memory, 0x820, &[0; 4]);
     let errors = d.errors();
     assert_eq!(
         errors.len(),
-        2,
+        4,
         "the clear-interrupt register is one: {errors:?}"
     );
     assert!(errors[0].contains("no register there"), "{errors:?}");
-    assert!(errors[1].contains("no doorbell there"), "{errors:?}");
+    assert!(
+        errors[1..].iter().all(|e| e.contains("no doorbell there")),
+        "{errors:?}"
+    );
     let mut b = [0xffu8; 8];
     d.hca.bar2_read(0x14, &mut b);
     assert_eq!(b, [0; 8], "doorbells read as zero");
@@ -1734,4 +1740,101 @@ fn map_eq_moves_and_unmaps_an_event_type() {
         .into_iter()
         .any(|e| matches!(e, HcaEvent::Info(ref l) if l.contains("no EQ mapped, dropped")));
     assert!(dropped);
+}
+
+/// Every refused command is reported by its PRM name and number (the name is what a
+/// reader of cx3-device's log looks for): each opcode is refused here, on a device whose
+/// firmware has not started, or with a mailbox outside memory.
+#[test]
+fn a_refused_command_is_reported_by_its_name() {
+    macro_rules! named {
+        ($($op:ident),* $(,)?) => { [$((opcode::$op, stringify!($op))),*] };
+    }
+    let mut ops = named!(
+        SYS_EN,
+        MAP_FA,
+        UNMAP_FA,
+        RUN_FW,
+        MOD_STAT_CFG,
+        QUERY_DEV_CAP,
+        QUERY_FW,
+        QUERY_ADAPTER,
+        INIT_HCA,
+        CLOSE_HCA,
+        INIT_PORT,
+        CLOSE_PORT,
+        QUERY_HCA,
+        QUERY_PORT,
+        SENSE_PORT,
+        HW_HEALTH_CHECK,
+        SET_PORT,
+        SET_NODE,
+        QUERY_FUNC,
+        MAP_ICM,
+        UNMAP_ICM,
+        MAP_ICM_AUX,
+        UNMAP_ICM_AUX,
+        SET_ICM_SIZE,
+        ACCESS_REG,
+        GET_OP_REQ,
+        SW2HW_MPT,
+        QUERY_MPT,
+        HW2SW_MPT,
+        READ_MTT,
+        WRITE_MTT,
+        SYNC_TPT,
+        MAP_EQ,
+        SW2HW_EQ,
+        HW2SW_EQ,
+        QUERY_EQ,
+        SW2HW_CQ,
+        HW2SW_CQ,
+        QUERY_CQ,
+        MODIFY_CQ,
+        SW2HW_SRQ,
+        HW2SW_SRQ,
+        QUERY_SRQ,
+        ARM_SRQ,
+        RST2INIT_QP,
+        INIT2RTR_QP,
+        RTR2RTS_QP,
+        RTS2RTS_QP,
+        SQERR2RTS_QP,
+        RTS2SQD_QP,
+        SQD2SQD_QP,
+        SQD2RTS_QP,
+        QUERY_QP,
+        INIT2INIT_QP,
+        CONF_SPECIAL_QP,
+        MAD_IFC,
+        MAD_DEMUX,
+        READ_MCG,
+        WRITE_MCG,
+        MGID_HASH,
+        DIAG_RPRT,
+        NOP,
+        QUERY_IF_STAT,
+        SET_IF_STAT,
+    )
+    .to_vec();
+    // The PRM's names of the two transitions to ERR and RESET.
+    ops.extend([
+        (opcode::TO_ERR_QP, "2ERR_QP"),
+        (opcode::TO_RST_QP, "2RST_QP"),
+    ]);
+    for (op, name) in ops {
+        let mut d = Driver::new();
+        let nowhere = 0xdead_0000_0000;
+        let status = d.command(op, 0, 0, nowhere, nowhere, false).0;
+        assert_ne!(status, 0, "{name}");
+        let errors = d.errors();
+        let expected = format!("command {name} ({op:#x})");
+        assert!(
+            errors.len() == 1 && errors[0].starts_with(&expected),
+            "{errors:?} should start with {expected:?}"
+        );
+    }
+    let mut d = Driver::new();
+    d.command(0x7ee, 0, 0, 0, 0, false);
+    assert!(d.errors()[0].starts_with("command an unknown opcode (0x7ee)"));
 }

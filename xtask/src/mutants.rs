@@ -180,11 +180,9 @@ pub fn run_scopes(args: &[String]) -> Result {
         if iterate {
             command.arg("--iterate");
         }
-        if !scope.tests.is_empty() {
-            command.arg("--");
-            for test in scope.tests {
-                command.args(["--test", test]);
-            }
+        // For the build as well as the run: a mutant then links only these tests.
+        for test in scope.tests {
+            command.arg(format!("--cargo-arg=--test={test}"));
         }
         println!("[mutants] {}: {:?}", scope.name, command);
         // cargo-mutants exits non-zero when a mutant is missed; the counts say which.

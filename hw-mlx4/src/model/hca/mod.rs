@@ -321,7 +321,8 @@ impl Hca {
         let in_page = offset & ((1 << layout::UAR_PAGE_SHIFT) - 1);
         let eq_doorbells = UAR_EQ_DOORBELL as u64..UAR_EQ_DOORBELL as u64 + 32;
         if eq_doorbells.contains(&in_page)
-            && (in_page - UAR_EQ_DOORBELL as u64).is_multiple_of(8)
+            // One 8-byte slot per EQ (the area starts 8-aligned).
+            && in_page.is_multiple_of(8)
             && data.len() == 4
         {
             let eqn = (page * 4 + (in_page - UAR_EQ_DOORBELL as u64) / 8) as u32;
