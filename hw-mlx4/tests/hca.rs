@@ -861,6 +861,26 @@ mod watched {
         );
     }
 
+    /// `mlx4_write64` on a host without 64-bit MMIO writes the CQ doorbell as two
+    /// 32-bit halves: the first waits for the second, and only both arm the CQ.
+    #[test]
+    fn a_cq_doorbell_in_two_halves_arms_once_both_are_written() {
+        let mut d = setup();
+        d.memory.put(DATA, &[7u8; 8]);
+        let arm = ((2u32 << 24) | CQN).to_be_bytes();
+        d.hca.bar2_write(&d.memory, UAR_PAGE + 0x20, &arm);
+        post_send(&mut d, 0, 0x08, Some((DATA + 0x2000, KEY)), DATA, 8);
+        assert_eq!(cqe(&d, 0).0, QP_A);
+        assert_eq!(interrupts(&mut d), 0, "half a doorbell arms nothing");
+        d.hca.bar2_write(&d.memory, UAR_PAGE + 0x20, &arm);
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x24, &1u32.to_be_bytes());
+        post_send(&mut d, 1, 0x08, Some((DATA + 0x2000, KEY)), DATA, 8);
+        assert_eq!(cqe(&d, 1).0, QP_A);
+        assert_eq!(interrupts(&mut d), 1, "both halves armed the CQ");
+        assert!(d.errors().is_empty());
+    }
+
     #[test]
     fn a_page_doorbell_serves_every_qp_and_cq_of_the_page() {
         let mut d = setup();

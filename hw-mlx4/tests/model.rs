@@ -1838,3 +1838,60 @@ fn a_fast_registration_grants_only_the_access_it_names() {
         "a WRITE into a region registered for remote READ only"
     );
 }
+
+/// A send waiting for a receive (RNR) is a handed-over WQE the device has not consumed:
+/// its blocks past the first hold its payload, not stamps, and the model must not take
+/// them for the read-ahead window's.
+#[test]
+fn a_multi_block_send_waiting_for_a_receive_is_not_a_stamp_violation() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let spec = QpSpec {
+        caps: SendQueueCaps {
+            max_sge: 4,
+            max_inline: 200,
+            signal_all: true,
+        },
+        sq_wqe_shift: 8,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, mut b) = rig.rc_pair(spec);
+    let (dst, dst_key) = rig.buffer(4096, ALL);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let data = [0x5au8; 150];
+    a_sq.post(&[SendWr::new(
+        1,
+        SendOp::Send,
+        Payload::Inline(&data),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    for _ in 0..3 {
+        rig.model.process().expect("a stalled send breaks no rule");
+    }
+    assert!(poll_all(&mut cq, &qps).is_empty(), "RNR: waiting");
+    b_rq.post(&[RecvWr {
+        wr_id: 2,
+        sges: &[sge(dst, 4096, dst_key)],
+    }])
+    .unwrap();
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps).len(), 2);
+}
+
+/// CQ numbers are names: as many CQs as a driver creates, each its own.
+#[test]
+fn every_cq_gets_a_number_of_its_own() {
+    let mut model = Model::new(HostUar::new());
+    let mut cqns: Vec<u32> = (0..300)
+        .map(|_| model.create_cq(1, CqeStride::Bytes32, None).cqn)
+        .collect();
+    cqns.sort_unstable();
+    cqns.dedup();
+    assert_eq!(cqns.len(), 300);
+}
