@@ -1216,6 +1216,15 @@ fn an_eq_whose_mtt_entry_is_missing_or_split_is_refused() {
     let (status, errors) = d.sw2hw_eq(2, &eq_context(6, 0, (8 * last + 8) as u32));
     assert_eq!(status, CmdStatus::BadParam as u8);
     assert!(errors[0].contains("is not mapped"), "{errors:?}");
+    // An MTT offset of 2^32 (its high byte in MTT_BASE_ADDR_H): far past the table.
+    let mut ctx = eq_context(6, 0, 0);
+    ctx[hw_mlx4::wire::fw::eq_context::MTT_BASE_ADDR_H] = 1;
+    let (status, errors) = d.sw2hw_eq(2, &ctx);
+    assert_eq!(status, CmdStatus::BadParam as u8);
+    assert!(
+        errors[0].contains("ICM 0x110000000 is not mapped"),
+        "{errors:?}"
+    );
     // An MTT table that starts 4 bytes before the chunk's end: its first entry is split.
     let mut d = Driver::new();
     d.start_firmware();
@@ -1581,6 +1590,11 @@ fn commands_on_what_is_not_there_or_out_of_range_are_refused() {
             );
         }
     }
+    // 2^22 CQEs is the largest CQ the context takes (this memory is too small for it).
+    d.memory.put(INBOX, &cq_context(22, 4));
+    d.command(opcode::SW2HW_CQ, 0, 2, INBOX, 0, false);
+    let errors = d.errors();
+    assert!(!errors[0].contains("of 2^22 entries"), "{errors:?}");
 }
 
 /// A QP through every transition the firmware has, QUERY_QP reporting each state in

@@ -9,7 +9,10 @@
 //! - `data/cx3-conformance-7.2.trace.gz` (`cx3-conformance`, up to the end of the first
 //!   suite run): IPoIB's bring-up, then tilde's verbs conformance cases through mlx4_ib:
 //!   RC and UD sends, RDMA READ and WRITE, atomics, fast registration and invalidation,
-//!   RNR retries on the device's timer, remote access errors, flushes, the RDMA CM.
+//!   RNR retries on the device's timer, remote access errors, flushes, the RDMA CM;
+//! - `data/cx3-ipoib-7.2.trace.gz` (`cx3-ipoib`, up to the end of its pings, with BAR2
+//!   mapped and watched): the kernel's IPoIB on both ports, ARP through the broadcast
+//!   group, IPv6 neighbour discovery through the solicited-node groups, UD unicast.
 //!
 //! Replayed, the device must do the same DMA, writing the same bytes (mailbox answers,
 //! CQEs, EQEs, received data), answer the same register reads and see no driver mistake.
@@ -114,4 +117,11 @@ fn a_replay_notices_a_device_that_writes_otherwise() {
         "{:#?}",
         report.failures
     );
+}
+
+#[test]
+fn ipoib_arp_and_pings_replay_green() {
+    let report = replay(&recorded("cx3-ipoib-7.2.trace.gz")).expect("the trace parses");
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    assert!(report.commands > 1000, "only {} commands", report.commands);
 }
