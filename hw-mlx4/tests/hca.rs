@@ -586,6 +586,31 @@ mod rc {
         )
     }
 
+    /// A later transition changes the responder's remote access only when its optional
+    /// parameters say so (`MLX4_QP_OPTPAR_RWE`, bit 3): RTS2RTS with that bit and no
+    /// access bits takes RDMA WRITE away; one without it keeps what INIT2RTR set.
+    #[test]
+    fn rts2rts_changes_remote_access_only_under_its_optional_parameter() {
+        let mut d = setup();
+        d.memory.put(DATA, &[9u8; 8]);
+        let rts2rts = |d: &mut Driver, optpar: u32| {
+            let mut mailbox = vec![0u8; 0x200];
+            mailbox[0..4].copy_from_slice(&optpar.to_be_bytes());
+            mailbox[8 + 0x7c..8 + 0x80].copy_from_slice(&CQN.to_be_bytes());
+            mailbox[8 + 0x9c..8 + 0xa0].copy_from_slice(&CQN.to_be_bytes());
+            d.memory.put(INBOX, &mailbox);
+            assert_eq!(d.command(opcode::RTS2RTS_QP, 0, QP_B, INBOX, 0, false).0, 0);
+        };
+        rts2rts(&mut d, 0);
+        post_send(&mut d, 0, 0x08, Some((DATA + 0x2000, KEY)), DATA, 8);
+        assert_eq!(cqe(&d, 0), (QP_A, 0, 0x48, 0), "WRITE still allowed");
+        assert_eq!(d.memory.get(DATA + 0x2000, 8), [9u8; 8]);
+        rts2rts(&mut d, 1 << 3);
+        post_send(&mut d, 1, 0x08, Some((DATA + 0x3000, KEY)), DATA, 8);
+        assert_eq!(cqe(&d, 1).3, 0x13, "remote access error");
+        assert_eq!(d.memory.get(DATA + 0x3000, 8), [0u8; 8], "nothing written");
+    }
+
     #[test]
     fn send_write_read_and_a_bad_rkey() {
         let mut d = setup();
