@@ -844,6 +844,171 @@ mod frwr {
         assert_eq!(cqe(&d, 3).3, 0x13, "the invalidated key is refused");
         assert!(d.errors().is_empty());
     }
+
+    /// A free fast-register MPT at index 6 of `pd` (with the fast-register bit if
+    /// `fast_reg`), room for `mtt_sz` MTT entries from index 20; its key with `variant`.
+    fn fr_mpt(d: &mut Driver, pd: u32, fast_reg: bool, mtt_sz: u32) -> u32 {
+        const FR_MPT: u32 = 6;
+        let mut mpt = vec![0u8; 4096];
+        mpt[0..4].copy_from_slice(&((3u32 << 28) | (1 << 10)).to_be_bytes());
+        mpt[0x08..0x0c].copy_from_slice(&(FR_MPT << 8).rotate_left(24).to_be_bytes());
+        let pd_word = pd | if fast_reg { 1 << 27 } else { 0 };
+        mpt[0x0c..0x10].copy_from_slice(&pd_word.to_be_bytes());
+        mpt[0x2c..0x34].copy_from_slice(&(20u64 * 8).to_be_bytes());
+        mpt[0x34..0x38].copy_from_slice(&mtt_sz.to_be_bytes());
+        d.memory.put(INBOX, &mpt);
+        assert_eq!(
+            d.command(opcode::SW2HW_MPT, 0, FR_MPT, INBOX, 0, false).0,
+            0
+        );
+        (FR_MPT << 8) | 0x23
+    }
+
+    /// Posts WQE `index` on QP A as written, and rings.
+    fn post_wqe(d: &mut Driver, index: u64, wqe: &[u8; 64]) {
+        d.memory.put(QP_PAGE[0] + 64 * index, wqe);
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+    }
+
+    /// A REG_MR WQE (signaled): `key` over `len` bytes at `iova` in pages of
+    /// 2^`page_shift`, the page list at DATA + 0x7000, `access` in the WQE's bits.
+    fn reg_mr(key: u32, access: u32, iova: u64, len: u64, page_shift: u32) -> [u8; 64] {
+        let mut wqe = [0u8; 64];
+        wqe[3] = 0x19;
+        wqe[7] = 4;
+        wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        wqe[16..20].copy_from_slice(&access.to_be_bytes());
+        wqe[20..24].copy_from_slice(&key.to_be_bytes());
+        wqe[24..32].copy_from_slice(&(DATA + 0x7000).to_be_bytes());
+        wqe[32..40].copy_from_slice(&iova.to_be_bytes());
+        wqe[40..48].copy_from_slice(&len.to_be_bytes());
+        wqe[52..56].copy_from_slice(&page_shift.to_be_bytes());
+        wqe
+    }
+
+    const LOCAL_WRITE: u32 = 1 << 28;
+    const REMOTE_READ: u32 = 1 << 29;
+    const REMOTE_WRITE: u32 = 1 << 30;
+    const REMOTE_ATOMIC: u32 = 1 << 31;
+
+    /// Fast registration refuses an MPT it may not write (another PD, no fast-register
+    /// bit), more pages than the MPT's MTT range or pages of an unknown size, each with
+    /// the hardware's syndrome (local protection 0x04, local QP operation 0x02); what it
+    /// registers grants exactly the remote rights the WQE asks for.
+    #[test]
+    fn fast_registration_checks_the_mpt_and_grants_exactly_the_rights_asked() {
+        let iova = 0x7000_0000u64;
+        let all = LOCAL_WRITE | REMOTE_READ | REMOTE_WRITE | REMOTE_ATOMIC;
+        // (MPT's PD, fast-register bit, MTT entries, length, page shift, syndrome)
+        let refusals = [
+            (PD + 1, true, 4, 4096, 12, 0x04),
+            (PD, false, 4, 4096, 12, 0x04),
+            (PD, true, 4, 5 * 4096, 12, 0x02),
+            (PD, true, 4, 4096, 11, 0x02),
+            (PD, true, 4, 4096, 31, 0x02),
+        ];
+        for (pd, fast_reg, mtt_sz, len, shift, syndrome) in refusals {
+            let mut d = setup();
+            let key = fr_mpt(&mut d, pd, fast_reg, mtt_sz);
+            post_wqe(&mut d, 0, &reg_mr(key, all, iova, len, shift));
+            assert_eq!(
+                cqe(&d, 0).3,
+                syndrome,
+                "PD {pd} fast_reg {fast_reg} {mtt_sz} entries, {len} bytes in 2^{shift} pages"
+            );
+        }
+        // As many pages as the MPT holds: registered.
+        let mut d = setup();
+        let key = fr_mpt(&mut d, PD, true, 4);
+        for i in 0..4u64 {
+            let page = DATA + 0x8000 + 0x1000 * i;
+            d.memory
+                .put(DATA + 0x7000 + 8 * i, &(page | 1).to_be_bytes());
+        }
+        post_wqe(&mut d, 0, &reg_mr(key, all, iova, 4 * 4096, 12));
+        assert_eq!(cqe(&d, 0), (QP_A, 0, 0x59, 0));
+        // Each right on its own: WRITE (0x08), READ (0x10), fetch-and-add (0x12) allowed
+        // under it and refused without.
+        for (right, op) in [
+            (REMOTE_WRITE, 0x08),
+            (REMOTE_READ, 0x10),
+            (REMOTE_ATOMIC, 0x12),
+        ] {
+            for granted in [right, all & !right] {
+                let mut d = setup();
+                let key = fr_mpt(&mut d, PD, true, 4);
+                d.memory
+                    .put(DATA + 0x7000, &((DATA + 0x8000) | 1).to_be_bytes());
+                post_wqe(&mut d, 0, &reg_mr(key, granted, iova, 4096, 12));
+                assert_eq!(cqe(&d, 0).3, 0, "registered");
+                if op == 0x12 {
+                    let mut wqe = [0u8; 64];
+                    wqe[3] = op;
+                    wqe[7] = 4;
+                    wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+                    wqe[16..24].copy_from_slice(&(iova + 8).to_be_bytes());
+                    wqe[24..28].copy_from_slice(&key.to_be_bytes());
+                    wqe[32..40].copy_from_slice(&1u64.to_be_bytes());
+                    wqe[48..52].copy_from_slice(&8u32.to_be_bytes());
+                    wqe[52..56].copy_from_slice(&KEY.to_be_bytes());
+                    wqe[56..64].copy_from_slice(&DATA.to_be_bytes());
+                    post_wqe(&mut d, 1, &wqe);
+                } else {
+                    post_send(&mut d, 1, op, Some((iova + 8, key)), DATA, 8);
+                }
+                let expected = if granted == right { 0 } else { 0x13 };
+                assert_eq!(
+                    cqe(&d, 1).3,
+                    expected,
+                    "op {op:#x} with rights {granted:#x}"
+                );
+            }
+        }
+    }
+
+    /// LOCAL_INV names the key exactly: another variant of the MPT's key, or an MPT of
+    /// another PD, is a local protection error.
+    #[test]
+    fn local_invalidate_of_a_key_not_held_is_refused() {
+        let iova = 0x7000_0000u64;
+        for (variant, other_pd) in [(0x24, false), (0x23, true)] {
+            let mut d = setup();
+            let key = fr_mpt(&mut d, if other_pd { PD + 1 } else { PD }, true, 4);
+            d.memory
+                .put(DATA + 0x7000, &((DATA + 0x8000) | 1).to_be_bytes());
+            if !other_pd {
+                post_wqe(&mut d, 0, &reg_mr(key, REMOTE_WRITE, iova, 4096, 12));
+                assert_eq!(cqe(&d, 0).3, 0);
+            } else {
+                // An MPT of PD + 1 cannot be fast-registered from this QP: put it in the
+                // valid state with the key directly, as SW2HW_MPT of a registered MR.
+                let mut mpt = vec![0u8; 4096];
+                mpt[0..4].copy_from_slice(&((1u32 << 9) | (0x1f << 10)).to_be_bytes());
+                mpt[0x08..0x0c].copy_from_slice(&key.rotate_left(24).to_be_bytes());
+                mpt[0x0c..0x10].copy_from_slice(&(PD + 1).to_be_bytes());
+                d.memory.put(INBOX, &mpt);
+                assert_eq!(d.command(opcode::SW2HW_MPT, 0, 7, INBOX, 0, false).0, 0);
+            }
+            let mut inval = [0u8; 64];
+            inval[3] = 0x1b;
+            inval[7] = 2;
+            inval[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+            let named = if other_pd {
+                (7 << 8) | 0x23
+            } else {
+                (key & !0xff) | variant
+            };
+            inval[24..28].copy_from_slice(&named.to_be_bytes());
+            let at = u64::from(!other_pd);
+            post_wqe(&mut d, at, &inval);
+            assert_eq!(
+                cqe(&d, at).3,
+                0x04,
+                "variant {variant:#x} other PD {other_pd}"
+            );
+        }
+    }
 }
 
 /// BAR2 mapped into the guest and watched (`cx3-device --doorbells mapped`): a doorbell
