@@ -2062,3 +2062,72 @@ fn a_refused_command_is_reported_by_its_name() {
     d.command(0x7ee, 0, 0, 0, 0, false);
     assert!(d.errors()[0].starts_with("command an unknown opcode (0x7ee)"));
 }
+
+/// The SMA's state as the data path reads it: a port's logical state, the LID bits its
+/// LMC leaves to the path, and the index of a P_Key in its table.
+mod sma {
+    use hw_mlx4::model::hca::{PortState, Sma};
+
+    /// A LID-routed SubnSet of `attr` with `attr_mod`, `data` at the SMP data offset.
+    fn set(sma: &mut Sma, port: usize, attr: u16, attr_mod: u32, data: &[u8]) -> u16 {
+        let mut mad = [0u8; 256];
+        mad[0] = 1;
+        mad[1] = 0x01;
+        mad[2] = 1;
+        mad[3] = 0x02;
+        mad[16..18].copy_from_slice(&attr.to_be_bytes());
+        mad[20..24].copy_from_slice(&attr_mod.to_be_bytes());
+        mad[64..64 + data.len()].copy_from_slice(data);
+        let mut reply = [0u8; 256];
+        sma.process(port, &mad, &mut reply).expect("an SMP");
+        u16::from_be_bytes([reply[4], reply[5]])
+    }
+
+    #[test]
+    fn port_state_lmc_and_pkey_index() {
+        let mut sma = Sma::new();
+        assert_eq!(sma.state(0), Some(PortState::Down));
+        assert_eq!(sma.state(2), None, "two ports");
+        sma.set_port_enabled(0, true);
+        assert_eq!(
+            sma.state(1),
+            Some(PortState::Down),
+            "the cable needs both ends"
+        );
+        sma.set_port_enabled(1, true);
+        assert_eq!(sma.state(1), Some(PortState::Init));
+
+        // PortInfo: LID 0x40 with LMC 2 on port 1 (attribute modifier: the port).
+        let mut info = [0u8; 64];
+        info[16..18].copy_from_slice(&0x40u16.to_be_bytes());
+        info[34] = 2;
+        assert_eq!(set(&mut sma, 0, 0x0015, 1, &info), 0);
+        assert_eq!(sma.lid(0), 0x40);
+        assert_eq!(sma.lmc_mask(0), 0b11);
+        assert_eq!(sma.lmc_mask(1), 0, "port 2 keeps LMC 0");
+
+        // The default table holds the full default P_Key at index 0.
+        assert_eq!(sma.pkey_index(0, 0xffff), Some(0));
+        assert_eq!(
+            sma.pkey_index(0, 0x7fff),
+            Some(0),
+            "limited membership alike"
+        );
+        // Block 0 of port 1's table: 0xffff, then 0x8001 at index 1, 0x0002 at index 2.
+        let mut block = [0u8; 64];
+        block[0..2].copy_from_slice(&0xffffu16.to_be_bytes());
+        block[2..4].copy_from_slice(&0x8001u16.to_be_bytes());
+        block[4..6].copy_from_slice(&0x0002u16.to_be_bytes());
+        assert_eq!(set(&mut sma, 0, 0x0016, 0, &block), 0);
+        assert_eq!(sma.pkey_index(0, 0x8001), Some(1));
+        assert_eq!(sma.pkey_index(0, 0x0001), Some(1));
+        assert_eq!(sma.pkey_index(0, 0x8002), Some(2));
+        assert_eq!(sma.pkey_index(0, 0x8003), None);
+        assert_eq!(
+            sma.pkey_index(0, 0x0000),
+            None,
+            "the invalid P_Key matches no slot"
+        );
+        assert_eq!(sma.pkey_index(1, 0x8001), None, "port 2's table is its own");
+    }
+}
