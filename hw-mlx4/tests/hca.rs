@@ -586,6 +586,56 @@ mod rc {
         )
     }
 
+    /// PortCountersExtended of `port` (1 or 2), read through the PMA as perfquery does:
+    /// (xmit words, rcv words, xmit packets, rcv packets).
+    fn port_counters(d: &mut Driver, port: u8) -> [u64; 4] {
+        let mut mad = vec![0u8; 256];
+        mad[0] = 1;
+        mad[1] = 0x04; // performance management
+        mad[2] = 1;
+        mad[3] = 0x01; // Get
+        mad[16..18].copy_from_slice(&0x001du16.to_be_bytes());
+        mad[64 + 1] = port;
+        d.memory.put(INBOX, &mad);
+        assert_eq!(d.command(opcode::MAD_IFC, 3, 1, INBOX, OUTBOX, false).0, 0);
+        let reply = d.memory.get(OUTBOX, 256);
+        assert_eq!(&reply[4..6], &[0, 0], "MAD status");
+        let word = |i: usize| u64::from_be_bytes(reply[72 + 8 * i..80 + 8 * i].try_into().unwrap());
+        [word(0), word(1), word(2), word(3)]
+    }
+
+    /// What an RC message puts on the link, as the port counters see it: the payload and
+    /// 42 bytes of headers (LRH, BTH, RETH, ICRC, VCRC) from the requester; a READ's
+    /// response, with its data, the other way.
+    #[test]
+    fn rc_traffic_shows_in_both_ports_counters() {
+        let mut d = setup();
+        let before = [port_counters(&mut d, 1), port_counters(&mut d, 2)];
+        let delta = |d: &mut Driver, port: u8| {
+            let now = port_counters(d, port);
+            let was = before[usize::from(port) - 1];
+            [0, 1, 2, 3].map(|i| now[i] - was[i])
+        };
+        post_recv(&d, 0, DATA + 0x1000, 256);
+        post_send(&mut d, 0, 0x0a, None, DATA, 200);
+        assert_eq!(cqe(&d, 1).0, QP_A, "the SEND completed");
+        // 242 bytes: 60 words, one packet, port 1 to port 2.
+        assert_eq!(delta(&mut d, 1), [60, 0, 1, 0]);
+        assert_eq!(delta(&mut d, 2), [0, 60, 0, 1]);
+        // An RDMA READ of 64 bytes: a 42-byte request out, 106 bytes back.
+        post_send(
+            &mut d,
+            1,
+            0x10,
+            Some((DATA + 0x2000, KEY)),
+            DATA + 0x3000,
+            64,
+        );
+        assert_eq!(cqe(&d, 2).0, QP_A, "the READ completed");
+        assert_eq!(delta(&mut d, 1), [60 + 10, 26, 2, 1]);
+        assert_eq!(delta(&mut d, 2), [26, 60 + 10, 1, 2]);
+    }
+
     /// A later transition changes the responder's remote access only when its optional
     /// parameters say so (`MLX4_QP_OPTPAR_RWE`, bit 3): RTS2RTS with that bit and no
     /// access bits takes RDMA WRITE away; one without it keeps what INIT2RTR set.
