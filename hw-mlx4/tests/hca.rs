@@ -636,6 +636,120 @@ mod rc {
         assert_eq!(delta(&mut d, 2), [26, 60 + 10, 1, 2]);
     }
 
+    /// A second physical MPT (index `index`) of `pd` that grants everything; its key.
+    fn extra_mpt(d: &mut Driver, index: u32, pd: u32) -> u32 {
+        let key = (index << 8) | 0x11;
+        let mut mpt = vec![0u8; 4096];
+        mpt[0..4].copy_from_slice(&((1u32 << 9) | (0x1f << 10)).to_be_bytes());
+        mpt[0x08..0x0c].copy_from_slice(&key.rotate_left(24).to_be_bytes());
+        mpt[0x0c..0x10].copy_from_slice(&pd.to_be_bytes());
+        mpt[0x18..0x20].copy_from_slice(&u64::MAX.to_be_bytes());
+        d.memory.put(INBOX, &mpt);
+        assert_eq!(d.command(opcode::SW2HW_MPT, 0, index, INBOX, 0, false).0, 0);
+        key
+    }
+
+    /// SEND with invalidate (0x01): the responder invalidates the key the WQE names
+    /// before the receive completes, if its PD owns that key; otherwise the requester
+    /// completes with a remote invalid request error (0x12).
+    #[test]
+    fn send_with_invalidate_retires_the_responders_key_of_its_pd_only() {
+        let mut d = setup();
+        let key = extra_mpt(&mut d, 8, PD);
+        d.memory.put(DATA, b"inv!");
+        post_send(&mut d, 0, 0x08, Some((DATA + 0x2000, key)), DATA, 4);
+        assert_eq!(cqe(&d, 0).3, 0, "the key works");
+        post_recv(&d, 0, DATA + 0x1000, 64);
+        put_send(&d, 0, 1, 0x01, None, DATA, 4);
+        d.memory.put(QP_PAGE[0] + 64 + 12, &key.to_be_bytes());
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(
+            cqe(&d, 1),
+            (QP_B, 4, 0x03, 0),
+            "received (SEND_INV), the key retired"
+        );
+        assert_eq!(cqe(&d, 2).3, 0, "the SEND completes");
+        post_send(&mut d, 2, 0x08, Some((DATA + 0x2000, key)), DATA, 4);
+        assert_eq!(cqe(&d, 3).3, 0x13, "the retired key is refused");
+
+        let mut d = setup();
+        let key = extra_mpt(&mut d, 8, PD + 1);
+        post_recv(&d, 0, DATA + 0x1000, 64);
+        put_send(&d, 0, 0, 0x01, None, DATA, 4);
+        d.memory.put(QP_PAGE[0] + 12, &key.to_be_bytes());
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        let sender = (0..3).map(|n| cqe(&d, n)).find(|c| c.0 == QP_A).unwrap();
+        assert_eq!(sender.3, 0x12, "another PD's key: remote invalid request");
+    }
+
+    /// A NOP WQE moves nothing and completes (opcode 0, send bit); the device's timer has
+    /// work only while a send waits for a receive or a QP is in error; an error other
+    /// than a flush is logged.
+    #[test]
+    fn a_nop_completes_and_the_timer_runs_only_when_needed() {
+        let mut d = setup();
+        assert!(!d.hca.needs_tick());
+        let mut nop = [0u8; 64];
+        nop[7] = 1;
+        nop[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        d.memory.put(QP_PAGE[0], &nop);
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(cqe(&d, 0), (QP_A, 0, 0x40, 0), "the NOP completes");
+        assert!(!d.hca.needs_tick());
+        // A SEND with no receive posted waits (B's RQ is empty): the timer retries it.
+        post_send(&mut d, 1, 0x0a, None, DATA, 8);
+        assert!(d.hca.needs_tick(), "RNR: a send waits");
+        post_recv(&d, 0, DATA + 0x1000, 64);
+        d.hca.tick(&d.memory);
+        assert!(!d.hca.needs_tick(), "delivered on the tick");
+        assert_eq!(cqe(&d, 2).0, QP_A);
+        // A remote access error: logged as such, and A is in error (the timer flushes).
+        d.hca.take_events();
+        post_send(&mut d, 2, 0x08, Some((DATA, 0xdead_0011)), DATA, 8);
+        assert_eq!(cqe(&d, 3).3, 0x13);
+        assert!(d.hca.needs_tick(), "a QP in error");
+        let logged = d.hca.take_events().into_iter().any(|e| {
+            matches!(e, HcaEvent::Info(ref l) if l.contains("completes in error: RemoteAccessErr"))
+        });
+        assert!(logged);
+        post_send(&mut d, 3, 0x0a, None, DATA, 8);
+        assert_eq!(cqe(&d, 4).3, 0x05, "flushed");
+        let flush_logged = d
+            .hca
+            .take_events()
+            .into_iter()
+            .any(|e| matches!(e, HcaEvent::Info(ref l) if l.contains("completes in error")));
+        assert!(!flush_logged, "a flush is not news");
+    }
+
+    /// A message scattered over two receive entries fills the first, then the second.
+    #[test]
+    fn a_receive_with_two_entries_takes_a_message_in_order() {
+        let mut d = setup();
+        let pattern: Vec<u8> = (0..200u32).map(|i| (i * 5 + 1) as u8).collect();
+        d.memory.put(DATA, &pattern);
+        let mut wqe = [0u8; 64];
+        for (i, (len, addr)) in [(100u32, DATA + 0x1000), (200, DATA + 0x2000)]
+            .into_iter()
+            .enumerate()
+        {
+            wqe[16 * i..16 * i + 4].copy_from_slice(&len.to_be_bytes());
+            wqe[16 * i + 4..16 * i + 8].copy_from_slice(&KEY.to_be_bytes());
+            wqe[16 * i + 8..16 * i + 16].copy_from_slice(&addr.to_be_bytes());
+        }
+        wqe[32 + 4..32 + 8].copy_from_slice(&0x100u32.to_be_bytes());
+        d.memory.put(QP_PAGE[1] + 1024, &wqe);
+        d.memory.put(DB_RECORDS + 8, &1u32.to_be_bytes());
+        post_send(&mut d, 0, 0x0a, None, DATA, 200);
+        assert_eq!(cqe(&d, 0), (QP_B, 200, 0x01, 0));
+        assert_eq!(d.memory.get(DATA + 0x1000, 100), pattern[..100]);
+        assert_eq!(d.memory.get(DATA + 0x2000, 100), pattern[100..]);
+        assert_eq!(d.memory.get(DATA + 0x2000 + 100, 4), [0; 4], "no further");
+    }
+
     /// A later transition changes the responder's remote access only when its optional
     /// parameters say so (`MLX4_QP_OPTPAR_RWE`, bit 3): RTS2RTS with that bit and no
     /// access bits takes RDMA WRITE away; one without it keeps what INIT2RTR set.
