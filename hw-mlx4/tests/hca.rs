@@ -328,7 +328,12 @@ fn bad_vpm_entries_and_indices_are_refused() {
     );
     // Zero entries.
     assert_eq!(d.vpm(opcode::MAP_ICM, &[]), CmdStatus::BadParam as u8);
-    assert_eq!(d.errors().len(), 2);
+    // More entries than a mailbox holds (256 of 16 bytes).
+    assert_eq!(
+        d.command(opcode::MAP_ICM, 0, 257, INBOX, 0, false).0,
+        CmdStatus::BadParam as u8
+    );
+    assert_eq!(d.errors().len(), 3);
     let mut d = Driver::new();
     d.init_hca();
     // EQ 40 beyond the 2^5 INIT_HCA made; CQ 4096 beyond 2^8; QP 1024 beyond 2^10.
@@ -750,6 +755,43 @@ mod rc {
         assert_eq!(d.memory.get(DATA + 0x2000 + 100, 4), [0; 4], "no further");
     }
 
+    /// An RC requester reaches its responder only if the responder is ready, on the port
+    /// the path's LID names (across the cable only while the link is up), and connected
+    /// back to it; otherwise the transport's retries run out (syndrome 0x15).
+    #[test]
+    fn an_rc_send_needs_a_reachable_responder_connected_back() {
+        let retry_exceeded = |d: &mut Driver| {
+            post_recv(d, 0, DATA + 0x1000, 64);
+            post_send(d, 0, 0x0a, None, DATA, 8);
+            cqe(d, 0)
+        };
+        // B connected to another QP than A.
+        let mut d = setup();
+        assert_eq!(d.command(opcode::TO_RST_QP, 0, QP_B, 0, 0, false).0, 0);
+        create_qp(&mut d, QP_B, 1, 1, 0x99, 1);
+        assert_eq!(retry_exceeded(&mut d), (QP_A, 0, 0x5e, 0x15));
+        // A's path names a LID no port has.
+        let mut d = setup();
+        assert_eq!(d.command(opcode::TO_RST_QP, 0, QP_A, 0, 0, false).0, 0);
+        create_qp(&mut d, QP_A, 0, 0, QP_B, 7);
+        assert_eq!(retry_exceeded(&mut d), (QP_A, 0, 0x5e, 0x15));
+        // B only in INIT.
+        let mut d = setup();
+        assert_eq!(d.command(opcode::TO_RST_QP, 0, QP_B, 0, 0, false).0, 0);
+        let mut mailbox = vec![0u8; 4096];
+        mailbox[8 + 0x0c..8 + 0x10].copy_from_slice(&1u32.to_be_bytes());
+        d.memory.put(INBOX, &mailbox);
+        assert_eq!(
+            d.command(opcode::RST2INIT_QP, 0, QP_B, INBOX, 0, false).0,
+            0
+        );
+        assert_eq!(retry_exceeded(&mut d), (QP_A, 0, 0x5e, 0x15));
+        // The cable's link down (port 2 closed): B on the far port is out of reach.
+        let mut d = setup();
+        assert_eq!(d.command(opcode::CLOSE_PORT, 0, 2, 0, 0, false).0, 0);
+        assert_eq!(retry_exceeded(&mut d), (QP_A, 0, 0x5e, 0x15));
+    }
+
     /// A later transition changes the responder's remote access only when its optional
     /// parameters say so (`MLX4_QP_OPTPAR_RWE`, bit 3): RTS2RTS with that bit and no
     /// access bits takes RDMA WRITE away; one without it keeps what INIT2RTR set.
@@ -1092,6 +1134,16 @@ mod frwr {
         }
         post_wqe(&mut d, 0, &reg_mr(key, all, iova, 4 * 4096, 12));
         assert_eq!(cqe(&d, 0), (QP_A, 0, 0x59, 0));
+        // Inside the region only: 8 bytes at its last 4, or before its start, refused.
+        for at in [iova + 4092, iova - 8] {
+            let mut d = setup();
+            let key = fr_mpt(&mut d, PD, true, 4);
+            d.memory
+                .put(DATA + 0x7000, &((DATA + 0x8000) | 1).to_be_bytes());
+            post_wqe(&mut d, 0, &reg_mr(key, all, iova, 4096, 12));
+            post_send(&mut d, 1, 0x08, Some((at, key)), DATA, 8);
+            assert_eq!(cqe(&d, 1).3, 0x13, "8 bytes at {at:#x}");
+        }
         // Each right on its own: WRITE (0x08), READ (0x10), fetch-and-add (0x12) allowed
         // under it and refused without.
         for (right, op) in [
@@ -1418,6 +1470,8 @@ fn the_reset_register_resets_on_its_value_only() {
         "{}",
         d.hca.summary()
     );
+    let summary = d.hca.summary();
+    assert!(summary.contains("ICM 0 KiB mapped"), "{summary}");
 }
 
 /// A BAR0 write where no register is, or a UAR write of a size no doorbell has, is a
@@ -1475,6 +1529,9 @@ fn the_summary_counts_commands_and_failures() {
     d.init_hca();
     let (run, failed) = d.commands_run();
     assert!(run >= 7, "{}", d.hca.summary());
+    // init_hca maps 16 pages of ICM (the MTT table).
+    let summary = d.hca.summary();
+    assert!(summary.contains("ICM 64 KiB mapped"), "{summary}");
     assert_eq!(failed, 0);
     d.command(0x7ee, 0, 0, 0, 0, false);
     assert_eq!(d.commands_run(), (run + 1, 1));
