@@ -2304,6 +2304,169 @@ mod sma {
         u16::from_be_bytes([reply[4], reply[5]])
     }
 
+    /// A LID-routed SubnGet of `attr` with `attr_mod`: the MAD status and the SMP data.
+    fn get(sma: &mut Sma, port: usize, attr: u16, attr_mod: u32) -> (u16, Vec<u8>) {
+        let mut mad = [0u8; 256];
+        mad[0] = 1;
+        mad[1] = 0x01;
+        mad[2] = 1;
+        mad[3] = 0x01;
+        mad[16..18].copy_from_slice(&attr.to_be_bytes());
+        mad[20..24].copy_from_slice(&attr_mod.to_be_bytes());
+        let mut reply = [0u8; 256];
+        sma.process(port, &mad, &mut reply).expect("an SMP");
+        (
+            u16::from_be_bytes([reply[4], reply[5]]),
+            reply[64..128].to_vec(),
+        )
+    }
+
+    /// Attribute modifiers are 32 bits: a block or port number in the upper bytes is
+    /// out of range, not a modifier of 0. PortInfo's modifier 0 is the port asked.
+    #[test]
+    fn attribute_modifiers_are_read_whole() {
+        let mut sma = Sma::new();
+        assert_eq!(
+            get(&mut sma, 0, 0x0014, 0x0100_0000).0,
+            0x001c,
+            "GUIDInfo block"
+        );
+        assert_eq!(get(&mut sma, 0, 0x0014, 0x0001_0000).0, 0x001c);
+        assert_eq!(
+            get(&mut sma, 0, 0x0016, 0x0000_0100).0,
+            0x001c,
+            "P_Key block 256"
+        );
+        assert_eq!(
+            get(&mut sma, 0, 0x0015, 0x0000_0200).0,
+            0x001c,
+            "PortInfo port 512"
+        );
+        let mut info = [0u8; 64];
+        info[16..18].copy_from_slice(&0x22u16.to_be_bytes());
+        assert_eq!(
+            set(&mut sma, 1, 0x0015, 0, &info),
+            0,
+            "modifier 0: port 2 itself"
+        );
+        assert_eq!(sma.lid(1), 0x22);
+        let (status, data) = get(&mut sma, 1, 0x0015, 0);
+        assert_eq!((status, &data[16..18]), (0, &[0u8, 0x22][..]));
+        assert_eq!(data[28], 2, "local port 2");
+    }
+
+    /// PortInfo Set: the neighbour MTU (1..5) and operational VLs (1..4) from their upper
+    /// nibbles; PortState DOWN takes an ACTIVE port back to INIT with the link up
+    /// (raising a down event) or to DOWN without it; an unknown state is refused.
+    #[test]
+    fn port_info_set_takes_mtu_vls_and_state() {
+        let mut sma = Sma::new();
+        sma.set_port_enabled(0, true);
+        sma.set_port_enabled(1, true);
+        let mut info = [0u8; 64];
+        info[36] = (4 << 4) | 3; // 2048-byte neighbour MTU, SM SL 3
+        info[43] = 2 << 4; // two operational VLs
+        assert_eq!(set(&mut sma, 0, 0x0015, 1, &info), 0);
+        let (_, data) = get(&mut sma, 0, 0x0015, 1);
+        assert_eq!(data[36], (4 << 4) | 3);
+        assert_eq!(data[43] >> 4, 2);
+        info[36] = 7 << 4; // no such MTU: kept
+        info[43] = 9 << 4;
+        assert_eq!(set(&mut sma, 0, 0x0015, 1, &info), 0);
+        let (_, data) = get(&mut sma, 0, 0x0015, 1);
+        assert_eq!((data[36] >> 4, data[43] >> 4), (4, 2));
+        info[36] = 0;
+        info[43] = 0;
+        for state in [3, 4] {
+            info[32] = state;
+            assert_eq!(set(&mut sma, 0, 0x0015, 1, &info), 0);
+        }
+        assert_eq!(sma.state(0), Some(PortState::Active));
+        assert!(!sma.take_events().is_empty(), "active");
+        info[32] = 1;
+        assert_eq!(set(&mut sma, 0, 0x0015, 1, &info), 0);
+        assert_eq!(
+            sma.state(0),
+            Some(PortState::Init),
+            "DOWN with the link up: INIT"
+        );
+        assert_eq!(sma.take_events().len(), 1, "a down event");
+        sma.set_port_enabled(1, false);
+        assert_eq!(set(&mut sma, 0, 0x0015, 1, &info), 0);
+        assert_eq!(
+            sma.state(0),
+            Some(PortState::Down),
+            "without the link: DOWN"
+        );
+        info[32] = 4;
+        assert_eq!(
+            set(&mut sma, 0, 0x0015, 1, &info),
+            0x001c,
+            "ACTIVE from DOWN"
+        );
+        info[32] = 6;
+        assert_eq!(set(&mut sma, 0, 0x0015, 1, &info), 0x001c, "no state 6");
+    }
+
+    /// The tables: P_Key blocks of 32 read back where they were set; the SL-to-VL, VL
+    /// arbitration and GUIDInfo Sets are accepted (the device keeps its own).
+    #[test]
+    fn pkey_blocks_and_the_fixed_tables() {
+        let mut sma = Sma::new();
+        let mut block = [0u8; 64];
+        for i in 0..32u16 {
+            block[2 * usize::from(i)..2 * usize::from(i) + 2]
+                .copy_from_slice(&(0x8100 + i).to_be_bytes());
+        }
+        assert_eq!(set(&mut sma, 0, 0x0016, 1, &block), 0);
+        assert_eq!(sma.pkey_index(0, 0x8100), Some(32));
+        assert_eq!(sma.pkey_index(0, 0x811f), Some(63));
+        let (status, data) = get(&mut sma, 0, 0x0016, 1);
+        assert_eq!((status, &data[..]), (0, &block[..]));
+        let (_, first) = get(&mut sma, 0, 0x0016, 0);
+        assert_eq!(&first[..4], &[0xff, 0xff, 0, 0], "block 0 untouched");
+        for attr in [0x0017, 0x0018, 0x0014] {
+            assert_eq!(set(&mut sma, 0, attr, 0, &[0; 64]), 0, "Set {attr:#x}");
+        }
+        let (status, arb) = get(&mut sma, 0, 0x0018, 1);
+        assert_eq!(status, 0);
+        assert_eq!(&arb[..4], &[0, 64, 1, 64], "VL0 and VL1 at weight 64");
+    }
+
+    /// PortCounters (the 32-bit set perfquery reads first) at their IBA offsets, for
+    /// the port asked or, with PortSelect 0, the port the MAD came in on.
+    #[test]
+    fn port_counters_at_their_offsets() {
+        let mut sma = Sma::new();
+        sma.count_xmit(1, 400);
+        sma.count_rcv(1, 80, true, false);
+        sma.count_rcv(1, 80, false, false);
+        sma.count_rcv(1, 80, false, true);
+        let pma = |sma: &mut Sma, port: usize, attr: u16, select: u8| {
+            let mut mad = [0u8; 256];
+            mad[0] = 1;
+            mad[1] = 0x04;
+            mad[2] = 1;
+            mad[3] = 0x01;
+            mad[16..18].copy_from_slice(&attr.to_be_bytes());
+            mad[65] = select;
+            let mut reply = [0u8; 256];
+            sma.process(port, &mad, &mut reply).expect("a MAD");
+            reply[64..128].to_vec()
+        };
+        for (port, select) in [(1, 0), (0, 2)] {
+            let c = pma(&mut sma, port, 0x0012, select);
+            let be16 = |at: usize| u16::from_be_bytes([c[at], c[at + 1]]);
+            let be32 = |at: usize| u32::from_be_bytes(c[at..at + 4].try_into().unwrap());
+            assert_eq!(be16(8), 1, "PortRcvErrors: the one no QP took");
+            assert_eq!(be16(22), 1, "VL15Dropped");
+            assert_eq!((be32(24), be32(28)), (100, 60), "data, in words");
+            assert_eq!((be32(32), be32(36)), (1, 3), "packets");
+        }
+        let ext = pma(&mut sma, 0, 0x001d, 0);
+        assert_eq!(&ext[8..16], &[0; 8], "port 1 sent nothing");
+    }
+
     #[test]
     fn port_state_lmc_and_pkey_index() {
         let mut sma = Sma::new();

@@ -125,3 +125,56 @@ fn ipoib_arp_and_pings_replay_green() {
     assert!(report.failures.is_empty(), "{:#?}", report.failures);
     assert!(report.commands > 1000, "only {} commands", report.commands);
 }
+
+/// The DMA a device does is matched to the trace by address and length, both ways, and
+/// a line's data is its bytes up to the last non-zero one.
+#[test]
+fn a_replay_matches_dma_by_address_and_length() {
+    let text = recorded("cx3-upstream-7.2.trace.gz");
+    let lines: Vec<&str> = text.lines().collect();
+    for kind in ["dr ", "dw "] {
+        let at = lines.iter().position(|l| l.starts_with(kind)).unwrap();
+        for field in [1, 2] {
+            let mut words: Vec<String> = lines[at].split(' ').map(str::to_string).collect();
+            // One more in the address (hex) or the length (decimal).
+            words[field] = if field == 1 {
+                format!("{:x}", u64::from_str_radix(&words[1], 16).unwrap() + 0x1000)
+            } else {
+                format!("{}", words[2].parse::<usize>().unwrap() + 8)
+            };
+            let mut changed: Vec<String> = lines[..at + 1].iter().map(|l| l.to_string()).collect();
+            changed[at] = words.join(" ");
+            let report = replay(&changed.join("\n")).unwrap();
+            let says = if kind == "dr " {
+                "the device read"
+            } else {
+                "the device wrote"
+            };
+            assert!(
+                report.failures.iter().any(|f| f.contains(says)),
+                "{kind} field {field}: {:#?}",
+                report.failures
+            );
+        }
+    }
+    let event = TraceEvent::DmaRead {
+        address: 0x10,
+        len: 4,
+        data: vec![1, 0, 2, 0],
+    };
+    assert_eq!(event.line(), "dr 10 4 010002");
+    assert_eq!(TraceEvent::parse("dr 10 4 010002").unwrap(), event);
+    assert!(TraceEvent::parse("dr 10 4 01000").is_err(), "odd hex");
+    assert!(
+        TraceEvent::parse("dr 10 1 0100").is_err(),
+        "more data than its length"
+    );
+}
+
+/// A replay that goes wrong stops after 21 failures rather than reporting every line.
+#[test]
+fn a_replay_stops_after_twenty_one_failures() {
+    let trace = vec!["r0 80698 ffffffff"; 40].join("\n");
+    let report = replay(&trace).unwrap();
+    assert_eq!(report.failures.len(), 21, "{:#?}", report.failures);
+}

@@ -41,8 +41,9 @@ mod qpc {
     pub const PARAMS1: usize = 0x70;
     /// Bits 15, 14, 13: remote read, write and atomic enable.
     pub const PARAMS2: usize = 0x90;
-    /// Optional parameters that change the remote access bits (RRE, RAE, RWE).
-    pub const OPTPAR_ACCESS: u32 = (1 << 1) | (1 << 2) | (1 << 3);
+    /// Optional parameters that change the remote access bits: RRE (bit 1), RAE (2),
+    /// RWE (3).
+    pub const OPTPAR_ACCESS: u32 = 0b1110;
     /// `MLX4_QP_ST_RC`.
     pub const ST_RC: u8 = 0;
     pub const PRI_PATH: usize = 0x18;
