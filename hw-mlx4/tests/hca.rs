@@ -1425,7 +1425,7 @@ fn a_command_runs_once_its_whole_status_word_is_written_with_go() {
 #[test]
 fn the_ownership_word_goes_to_the_first_reader_until_released() {
     let mut d = Driver::new();
-    let mut read = |d: &mut Driver| {
+    let read = |d: &mut Driver| {
         let mut b = [0u8; 4];
         d.hca.bar0_read(OWNER_BASE, &mut b);
         u32::from_be_bytes(b)
@@ -1832,7 +1832,8 @@ fn commands_on_what_is_not_there_or_out_of_range_are_refused() {
     mod_stat[0x03] = 1;
     let ok = CmdStatus::Ok;
     // (command, op_mod, in_mod, in_param's mailbox, status, what the error says)
-    let cases: &[(u16, u8, u32, Option<Vec<u8>>, CmdStatus, &str)] = &[
+    type Case = (u16, u8, u32, Option<Vec<u8>>, CmdStatus, &'static str);
+    let cases: &[Case] = &[
         (
             opcode::SW2HW_CQ,
             0,
@@ -2015,7 +2016,7 @@ fn a_qp_walks_the_state_machine_and_query_qp_reports_each_state() {
     let mut d = Driver::new();
     d.init_hca();
     let qpn = 0x40;
-    let mut state = |d: &mut Driver| {
+    let state = |d: &mut Driver| {
         assert_eq!(d.command(opcode::QUERY_QP, 0, qpn, 0, OUTBOX, false).0, 0);
         d.memory.get(OUTBOX + 8, 1)[0] >> 4
     };
