@@ -271,7 +271,16 @@ fn an_event_mode_nop_writes_the_command_eqe_and_interrupts() {
         .take_events()
         .iter()
         .any(|e| matches!(e, HcaEvent::Interrupt { .. })));
-    // Arming with two events unconsumed interrupts at once.
+    // A consumer-index update without the arm bit arms nothing.
+    d.hca
+        .bar2_write(&d.memory, 4096 + 0x800, &2u32.to_be_bytes());
+    d.command(opcode::NOP, 0, 0x1f, 0, 0, true);
+    assert!(!d
+        .hca
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, HcaEvent::Interrupt { .. })));
+    // Arming with events unconsumed interrupts at once.
     // EQ 4's doorbell: UAR page 4 / 4, the first of its four; consumer index 0, arm.
     d.hca
         .bar2_write(&d.memory, 4096 + 0x800, &(0x8000_0000u32).to_be_bytes());
@@ -1406,15 +1415,20 @@ fn a_command_runs_once_its_whole_status_word_is_written_with_go() {
     d.write_word(hcr::STATUS, go_nop);
     assert_eq!(d.commands_run(), (1, 0));
     assert_eq!(d.read_word(hcr::STATUS) & hcr::GO_BIT, 0);
+    // The status byte is the device's to write: whatever the driver left there, a
+    // command that succeeds reports 0.
+    d.write_word(hcr::STATUS, go_nop | 0xff << hcr::STATUS_SHIFT);
+    assert_eq!(d.commands_run(), (2, 0));
+    assert_eq!(d.read_word(hcr::STATUS) >> hcr::STATUS_SHIFT, 0);
     // The status word written whole without go runs nothing.
     d.write_word(hcr::STATUS, u32::from(opcode::QUERY_FW));
-    assert_eq!(d.commands_run(), (1, 0));
+    assert_eq!(d.commands_run(), (2, 0));
     // The HCR written in one burst, status word last, runs one command.
     let mut burst = [0u8; 28];
     burst[hcr::OUT_PARAM + 4..hcr::OUT_PARAM + 8].copy_from_slice(&(OUTBOX as u32).to_be_bytes());
     burst[hcr::STATUS..hcr::STATUS + 4].copy_from_slice(&go_nop.to_be_bytes());
     d.hca.bar0_write(&d.memory, HCR_BASE, &burst);
-    assert_eq!(d.commands_run(), (2, 0));
+    assert_eq!(d.commands_run(), (3, 0));
     // What a command reads back is what it was given: the HCR holds the words written.
     assert_eq!(d.read_word(hcr::OUT_PARAM + 4), OUTBOX as u32);
     assert!(d.errors().is_empty());
