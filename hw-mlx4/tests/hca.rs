@@ -801,6 +801,86 @@ mod rc {
         assert_eq!(retry_exceeded(&mut d), (QP_A, 0, 0x5e, 0x15));
     }
 
+    /// mlx4_ib puts the queue with the larger stride first: a QP whose receive WQEs
+    /// (128 bytes) are larger than its send WQEs (64) has its RQ at 0 and its SQ after
+    /// it, here at 4 KiB, inside one 8 KiB page (log_page_size 1). Its 32 receives wrap
+    /// around, and its sends come from the second 4 KiB of the page.
+    #[test]
+    fn an_rq_first_qp_on_8k_pages_wraps_its_receives_and_sends_from_its_sq() {
+        let mut d = setup();
+        assert_eq!(d.command(opcode::TO_RST_QP, 0, QP_B, 0, 0, false).0, 0);
+        let page = QP_PAGE[1];
+        mtt(&d, 2, page);
+        for i in 0..16 {
+            d.memory.put(page + 4096 + 64 * i, &[0x80]);
+        }
+        let mut mailbox = vec![0u8; 4096];
+        let ctx = &mut mailbox[8..];
+        ctx[0x04..0x08].copy_from_slice(&PD.to_be_bytes());
+        ctx[0x0c..0x10].copy_from_slice(&1u32.to_be_bytes());
+        ctx[0x09] = (5 << 3) | 3; // RQ: 32 WQEs of 128 bytes
+        ctx[0x0a] = (4 << 3) | 2; // SQ: 16 WQEs of 64 bytes
+        ctx[0x14..0x18].copy_from_slice(&QP_A.to_be_bytes());
+        ctx[0x18 + 0x06..0x18 + 0x08].copy_from_slice(&1u16.to_be_bytes());
+        ctx[0x18 + 0x20] = (1 << 6) | 0x3f;
+        ctx[0x70..0x74].copy_from_slice(&(7u32 << 13).to_be_bytes());
+        ctx[0x7c..0x80].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0x90..0x94].copy_from_slice(&(7u32 << 13).to_be_bytes());
+        ctx[0x9c..0xa0].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0xa0..0xa8].copy_from_slice(&(DB_RECORDS + 8).to_be_bytes());
+        ctx[0xc8] = 1; // 8 KiB pages
+        ctx[0xcc..0xd0].copy_from_slice(&16u32.to_be_bytes()); // MTT entry 2
+        d.memory.put(INBOX, &mailbox);
+        for op in [opcode::RST2INIT_QP, opcode::INIT2RTR_QP, opcode::RTR2RTS_QP] {
+            assert_eq!(d.command(op, 0, QP_B, INBOX, 0, false).0, 0, "{op:#x}");
+        }
+        let mut polled = 0u32;
+        for i in 0..40u32 {
+            let slot = u64::from(i % 32);
+            let buffer = DATA + 0x1000 + 32 * u64::from(i);
+            let mut wqe = [0u8; 128];
+            wqe[0..4].copy_from_slice(&16u32.to_be_bytes());
+            wqe[4..8].copy_from_slice(&KEY.to_be_bytes());
+            wqe[8..16].copy_from_slice(&buffer.to_be_bytes());
+            wqe[16 + 4..16 + 8].copy_from_slice(&0x100u32.to_be_bytes());
+            d.memory.put(page + 128 * slot, &wqe);
+            d.memory.put(DB_RECORDS + 8, &(i + 1).to_be_bytes());
+            let message = [i as u8 + 1; 16];
+            d.memory.put(DATA, &message);
+            post_send(&mut d, i, 0x0a, None, DATA, 16);
+            assert_eq!(d.memory.get(buffer, 16), message, "receive {i}");
+            let n = u64::from(polled % 64);
+            assert_eq!(
+                cqe(&d, n),
+                (QP_B, 16, 0x01 | if polled & 64 != 0 { 0x80 } else { 0 }, 0)
+            );
+            polled += 2;
+            // The driver's consumer index, so the CQ never overruns.
+            d.memory.put(DB_RECORDS + 0x100, &polled.to_be_bytes());
+        }
+        // B sends from its SQ at 4 KiB into a receive on A.
+        let mut recv = [0u8; 64];
+        recv[0..4].copy_from_slice(&64u32.to_be_bytes());
+        recv[4..8].copy_from_slice(&KEY.to_be_bytes());
+        recv[8..16].copy_from_slice(&(DATA + 0x5000).to_be_bytes());
+        recv[16 + 4..16 + 8].copy_from_slice(&0x100u32.to_be_bytes());
+        d.memory.put(QP_PAGE[0] + 1024, &recv);
+        d.memory.put(DB_RECORDS, &1u32.to_be_bytes());
+        d.memory.put(DATA + 0x6000, b"from B's SQ");
+        let mut send = [0u8; 64];
+        send[3] = 0x0a;
+        send[7] = 2;
+        send[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        send[16..20].copy_from_slice(&11u32.to_be_bytes());
+        send[20..24].copy_from_slice(&KEY.to_be_bytes());
+        send[24..32].copy_from_slice(&(DATA + 0x6000).to_be_bytes());
+        d.memory.put(page + 4096, &send);
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_B << 8).to_be_bytes());
+        assert_eq!(d.memory.get(DATA + 0x5000, 11), b"from B's SQ");
+        assert!(d.errors().is_empty());
+    }
+
     /// A later transition changes the responder's remote access only when its optional
     /// parameters say so (`MLX4_QP_OPTPAR_RWE`, bit 3): RTS2RTS with that bit and no
     /// access bits takes RDMA WRITE away; one without it keeps what INIT2RTR set.
