@@ -1272,6 +1272,57 @@ mod frwr {
         }
     }
 
+    /// A fast-registered key used as an lkey: it translates through its page list, for
+    /// its region only, and not once invalidated (local protection errors, 0x04).
+    #[test]
+    fn a_registered_key_as_an_lkey_covers_its_region_until_invalidated() {
+        let iova = 0x7000_0000u64;
+        let gather_through = |d: &mut Driver, index: u32, key: u32, va: u64| {
+            put_send(d, 0, index, 0x0a, None, va, 16);
+            d.memory.put(
+                QP_PAGE[0] + 64 * u64::from(index & 15) + 20,
+                &key.to_be_bytes(),
+            );
+            d.hca
+                .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        };
+        let registered = |d: &mut Driver| {
+            let key = fr_mpt(d, PD, true, 4);
+            d.memory
+                .put(DATA + 0x7000, &((DATA + 0x8000) | 1).to_be_bytes());
+            post_wqe(d, 0, &reg_mr(key, LOCAL_WRITE, iova, 4096, 12));
+            assert_eq!(cqe(d, 0).3, 0);
+            key
+        };
+        let mut d = setup();
+        let key = registered(&mut d);
+        d.memory.put(DATA + 0x8008, b"through the MR!!");
+        post_recv(&d, 0, DATA + 0x1000, 64);
+        gather_through(&mut d, 1, key, iova + 8);
+        assert_eq!(d.memory.get(DATA + 0x1000, 16), b"through the MR!!");
+        post_recv(&d, 1, DATA + 0x1100, 64);
+        gather_through(&mut d, 2, key, iova + 4088);
+        let sender = (0..5)
+            .map(|n| cqe(&d, n))
+            .filter(|c| c.0 == QP_A)
+            .last()
+            .unwrap();
+        assert_eq!(sender.3, 0x04, "16 bytes at the region's last 8");
+
+        let mut d = setup();
+        let key = registered(&mut d);
+        let mut inval = [0u8; 64];
+        inval[3] = 0x1b;
+        inval[7] = 2;
+        inval[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        inval[24..28].copy_from_slice(&key.to_be_bytes());
+        post_wqe(&mut d, 1, &inval);
+        assert_eq!(cqe(&d, 1).3, 0);
+        post_recv(&d, 0, DATA + 0x1000, 64);
+        gather_through(&mut d, 2, key, iova + 8);
+        assert_eq!(cqe(&d, 2).3, 0x04, "an invalidated lkey");
+    }
+
     /// LOCAL_INV names the key exactly: another variant of the MPT's key, or an MPT of
     /// another PD, is a local protection error.
     #[test]
