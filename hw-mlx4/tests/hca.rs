@@ -1308,6 +1308,16 @@ mod frwr {
             .last()
             .unwrap();
         assert_eq!(sender.3, 0x04, "16 bytes at the region's last 8");
+        let mut d = setup();
+        let key = registered(&mut d);
+        post_recv(&d, 0, DATA + 0x1000, 64);
+        gather_through(&mut d, 1, key, iova - 8);
+        let sender = (0..3)
+            .map(|n| cqe(&d, n))
+            .filter(|c| c.0 == QP_A)
+            .last()
+            .unwrap();
+        assert_eq!(sender.3, 0x04, "16 bytes from 8 before the region");
 
         let mut d = setup();
         let key = registered(&mut d);
