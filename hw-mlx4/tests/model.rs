@@ -1895,3 +1895,214 @@ fn every_cq_gets_a_number_of_its_own() {
     cqns.dedup();
     assert_eq!(cqns.len(), 300);
 }
+
+/// One WR on a fresh RC pair's B side (after `prepare` sets up the model's memory),
+/// processed; its completion status.
+fn one_wr_status(prepare: impl FnOnce(&mut Rig) -> SendOp) -> WcStatus {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let op = prepare(&mut rig);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut b_sq, _, b_done) = b.split(&uar);
+    b_sq.post(&[SendWr::new(
+        9,
+        op,
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &[b_done]);
+    let _ = a;
+    done[0].status
+}
+
+/// The model's memory keys: a registered region is valid until deregistered (once);
+/// fast registration takes a free fast-register key only; invalidation names a valid
+/// fast-registered key exactly; the reserved lkey grants no remote access; a region at
+/// an iova inside its first page starts there.
+#[test]
+fn the_models_keys_register_invalidate_and_translate_as_the_hardware() {
+    let mut memory_rig = Rig::new(4, CqeStride::Bytes32);
+    let memory = memory_rig.model.memory_mut();
+    let addr = memory.alloc(4096);
+    let key = memory.register(addr, 4096, ALL);
+    assert!(memory.is_valid(key));
+    assert!(!memory.is_valid(key ^ 1), "another variant");
+    assert!(memory.deregister(key));
+    assert!(!memory.deregister(key), "once");
+    assert!(!memory.is_valid(key));
+
+    let page_list = |rig: &mut Rig, pages: usize| {
+        let memory = rig.model.memory_mut();
+        let list = memory.alloc(8 * pages);
+        let entries: Vec<u8> = (0..pages)
+            .flat_map(|_| (memory.alloc(4096) | 1).to_be_bytes())
+            .collect();
+        memory.write(list, &entries).unwrap();
+        list
+    };
+    let reg = |key: u32, page_list: u64| {
+        SendOp::FastReg(FastReg {
+            key,
+            page_list,
+            iova: 0x7000_0000,
+            length: 4096,
+            page_shift: 12,
+            access: Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        })
+    };
+    // A free fast-register key: registered. A valid one (registered twice) or a plain
+    // region's: refused.
+    assert_eq!(
+        one_wr_status(|rig| {
+            let list = page_list(rig, 1);
+            reg(rig.model.memory_mut().alloc_fast_reg(4) | 7, list)
+        }),
+        WcStatus::Success
+    );
+    let mut twice = Rig::new(6, CqeStride::Bytes32);
+    let (_a, mut b) = twice.rc_pair(QpSpec::rc(twice.cqn, twice.cqn));
+    let list = page_list(&mut twice, 1);
+    let fr_key = twice.model.memory_mut().alloc_fast_reg(4) | 7;
+    let uar = twice.uar.clone();
+    let parts = twice.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut b_sq, _, b_done) = b.split(&uar);
+    for id in [1, 2] {
+        b_sq.post(&[SendWr::new(
+            id,
+            reg(fr_key, list),
+            Payload::Gather(&[]),
+            SendFlags::SIGNALED,
+        )])
+        .unwrap();
+    }
+    twice.model.process().unwrap();
+    let done = poll_all(&mut cq, &[b_done]);
+    assert_eq!(done[0].status, WcStatus::Success);
+    assert_ne!(done[1].status, WcStatus::Success, "a valid key is not free");
+    assert_ne!(
+        one_wr_status(|rig| {
+            let list = page_list(rig, 1);
+            let memory = rig.model.memory_mut();
+            let addr = memory.alloc(4096);
+            reg(memory.register(addr, 4096, ALL), list)
+        }),
+        WcStatus::Success,
+        "a plain region is not fast-registrable"
+    );
+    // LOCAL_INV: of a plain region, or of a free fast-register key, refused.
+    assert_ne!(
+        one_wr_status(|rig| {
+            let memory = rig.model.memory_mut();
+            let addr = memory.alloc(4096);
+            SendOp::LocalInvalidate {
+                rkey: memory.register(addr, 4096, ALL),
+            }
+        }),
+        WcStatus::Success
+    );
+    assert_ne!(
+        one_wr_status(|rig| SendOp::LocalInvalidate {
+            rkey: rig.model.memory_mut().alloc_fast_reg(4) | 7,
+        }),
+        WcStatus::Success
+    );
+}
+
+/// The reserved lkey is local: an RDMA WRITE naming it as the rkey is refused.
+#[test]
+fn the_reserved_lkey_is_no_rkey() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (local, lkey) = rig.buffer(64, ALL);
+    let target = rig.model.memory_mut().alloc(64);
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    assert_eq!(uar.pending(), 0);
+    a_sq.post(&[SendWr::new(
+        1,
+        SendOp::RdmaWrite(Remote {
+            addr: target,
+            rkey: LOCAL_DMA_LKEY,
+        }),
+        Payload::Gather(&[sge(local, 8, lkey)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    a_sq.post(&[]).unwrap();
+    assert!(uar.pending() >= 1, "the doorbell waits for the model");
+    rig.model.process().unwrap();
+    assert_eq!(uar.pending(), 0, "taken");
+    assert_eq!(
+        poll_all(&mut cq, &[a_done])[0].status,
+        WcStatus::RemoteAccessError
+    );
+    let _ = b;
+}
+
+/// A fast registration at an iova 256 bytes into its first page: the region's first
+/// byte is that page's byte 256.
+#[test]
+fn a_fast_registered_region_starts_at_its_iovas_offset_in_the_first_page() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
+    let (local, lkey) = rig.buffer(64, ALL);
+    let memory = rig.model.memory_mut();
+    let pages = [memory.alloc(4096), memory.alloc(4096)];
+    let list = memory.alloc(16);
+    let entries: Vec<u8> = pages.iter().flat_map(|p| (p | 1).to_be_bytes()).collect();
+    memory.write(list, &entries).unwrap();
+    memory.write(local, b"offset!!").unwrap();
+    let key = memory.alloc_fast_reg(4) | 3;
+    let uar = rig.uar.clone();
+    let parts = rig.cq_parts.take().unwrap();
+    let mut cq =
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (mut b_sq, _, b_done) = b.split(&uar);
+    let iova = 0x7000_0100;
+    b_sq.post(&[SendWr::new(
+        1,
+        SendOp::FastReg(FastReg {
+            key,
+            page_list: list,
+            iova,
+            length: 4096,
+            page_shift: 12,
+            access: Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        }),
+        Payload::Gather(&[]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    a_sq.post(&[SendWr::new(
+        2,
+        SendOp::RdmaWrite(Remote {
+            addr: iova,
+            rkey: key,
+        }),
+        Payload::Gather(&[sge(local, 8, lkey)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &[a_done, b_done]);
+    assert!(
+        done.iter().all(|c| c.status == WcStatus::Success),
+        "{done:?}"
+    );
+    assert_eq!(
+        rig.model.memory().read(pages[0] + 0x100, 8).unwrap(),
+        b"offset!!"
+    );
+}
