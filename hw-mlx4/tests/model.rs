@@ -552,9 +552,16 @@ fn fast_registration_grants_remote_access_until_invalidated() {
     let mut rig = Rig::new(6, CqeStride::Bytes32);
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let (local, lkey) = rig.buffer(4 * 4096, ALL);
-    // Three scattered pages and the page list that maps them.
+    // Three scattered pages (a spacer after each, so no two are adjacent) and the page
+    // list that maps them.
     let memory = rig.model.memory_mut();
-    let pages: Vec<u64> = (0..3).map(|_| memory.alloc(4096)).collect();
+    let pages: Vec<u64> = (0..3)
+        .map(|_| {
+            let page = memory.alloc(4096);
+            memory.alloc(64);
+            page
+        })
+        .collect();
     let list = memory.alloc(64);
     let entries: Vec<u8> = pages.iter().flat_map(|p| (p | 1).to_be_bytes()).collect();
     memory.write(list, &entries).unwrap();
