@@ -881,6 +881,62 @@ mod rc {
         assert!(d.errors().is_empty());
     }
 
+    /// A physical MPT (no translation) still bounds its region for remote access: the
+    /// responder checks the range before the address goes to memory.
+    #[test]
+    fn a_physical_region_refuses_remote_access_outside_it() {
+        let mut d = setup();
+        let key = (9u32 << 8) | 0x11;
+        let mut mpt = vec![0u8; 4096];
+        mpt[0..4].copy_from_slice(&((1u32 << 9) | (0x1f << 10)).to_be_bytes());
+        mpt[0x08..0x0c].copy_from_slice(&key.rotate_left(24).to_be_bytes());
+        mpt[0x0c..0x10].copy_from_slice(&PD.to_be_bytes());
+        mpt[0x10..0x18].copy_from_slice(&(DATA + 0x2000).to_be_bytes());
+        mpt[0x18..0x20].copy_from_slice(&64u64.to_be_bytes());
+        d.memory.put(INBOX, &mpt);
+        assert_eq!(d.command(opcode::SW2HW_MPT, 0, 9, INBOX, 0, false).0, 0);
+        d.memory.put(DATA, b"in range");
+        post_send(&mut d, 0, 0x08, Some((DATA + 0x2000 + 56, key)), DATA, 8);
+        assert_eq!(cqe(&d, 0).3, 0, "the region's last 8 bytes");
+        post_send(&mut d, 1, 0x08, Some((DATA + 0x2000 + 60, key)), DATA, 8);
+        assert_eq!(cqe(&d, 1).3, 0x13, "4 bytes past its end");
+        assert_eq!(d.memory.get(DATA + 0x2000 + 64, 4), [0; 4]);
+    }
+
+    /// An RC WQE completes only when signaled (`MLX4_WQE_CTRL_CQ_UPDATE`, bits 2..3);
+    /// one whose size (DS count) is below a control segment is a local QP operation
+    /// error (0x02).
+    #[test]
+    fn only_signaled_wqes_complete_and_a_wqe_without_size_is_refused() {
+        let mut d = setup();
+        d.memory.put(DATA, b"quiet");
+        put_send(&d, 0, 0, 0x08, Some((DATA + 0x2000, KEY)), DATA, 5);
+        d.memory.put(QP_PAGE[0] + 8, &0u32.to_be_bytes());
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(
+            d.memory.get(DATA + 0x2000, 5),
+            b"quiet",
+            "the WRITE was done"
+        );
+        post_send(&mut d, 1, 0x08, Some((DATA + 0x3000, KEY)), DATA, 5);
+        assert_eq!(
+            cqe(&d, 0),
+            (QP_A, 0, 0x48, 0),
+            "only the signaled one completes"
+        );
+        assert_eq!(
+            d.memory.get(CQ_PAGE + 32 + 31, 1)[0] & 0x80,
+            0x80,
+            "no second CQE"
+        );
+        put_send(&d, 0, 2, 0x08, Some((DATA + 0x3000, KEY)), DATA, 5);
+        d.memory.put(QP_PAGE[0] + 128 + 7, &[0]);
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+        assert_eq!(cqe(&d, 1).3, 0x02, "a WQE of size 0");
+    }
+
     /// A later transition changes the responder's remote access only when its optional
     /// parameters say so (`MLX4_QP_OPTPAR_RWE`, bit 3): RTS2RTS with that bit and no
     /// access bits takes RDMA WRITE away; one without it keeps what INIT2RTR set.

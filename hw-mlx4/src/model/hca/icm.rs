@@ -107,9 +107,4 @@ impl IcmMap {
             .values()
             .fold(0u64, |sum, &(_, size)| sum.saturating_add(size))
     }
-
-    /// Forgets every mapping.
-    pub fn clear(&mut self) {
-        self.chunks.clear();
-    }
 }
