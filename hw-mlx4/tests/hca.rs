@@ -2533,6 +2533,22 @@ mod sma {
         )
     }
 
+    /// A MAD of a class the firmware has no agent for (vendor, congestion management),
+    /// which mlx4_ib forwards too: a GetResp with status 0x0008, unsupported class.
+    #[test]
+    fn a_class_without_an_agent_gets_unsupported_class() {
+        let mut sma = Sma::new();
+        let mut mad = [0u8; 256];
+        mad[0] = 1;
+        mad[1] = 0x09; // vendor class
+        mad[2] = 1;
+        mad[3] = 0x01;
+        let mut reply = [0u8; 256];
+        sma.process(0, &mad, &mut reply).expect("a MAD");
+        assert_eq!(reply[3], 0x81, "GetResp");
+        assert_eq!(&reply[4..6], &[0x00, 0x08]);
+    }
+
     /// Attribute modifiers are 32 bits: a block or port number in the upper bytes is
     /// out of range, not a modifier of 0. PortInfo's modifier 0 is the port asked.
     #[test]
