@@ -46,6 +46,13 @@ impl Rig {
         (a, b)
     }
 
+    /// The rig's CQ as the fast path polls it, ringing `uar` (the rig's, cloned).
+    fn take_cq<'u>(&mut self, uar: &'u HostUar) -> Cq<'u> {
+        let parts = self.cq_parts.take().expect("the CQ is taken once");
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, uar)
+            .expect("the rig's CQ")
+    }
+
     /// A buffer of `len` bytes registered with `access`; returns (addr, key).
     fn buffer(&mut self, len: usize, access: Access) -> (u64, u32) {
         let memory = self.model.memory_mut();
@@ -128,9 +135,7 @@ fn send_and_receive_move_data_and_complete_both_sides() {
     let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
     rig.model.memory_mut().write(src, &payload).unwrap();
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _a_rq, a_done) = a.split(&uar);
     let (_b_sq, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -185,9 +190,7 @@ fn inline_sends_cross_64_byte_boundaries_intact() {
     let (mut a, mut b) = rig.rc_pair(spec);
     let (dst, dst_key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -234,9 +237,7 @@ fn rdma_write_read_and_atomics() {
     let (local, lkey) = rig.buffer(8192, ALL);
     let (remote, rkey) = rig.buffer(8192, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -396,9 +397,7 @@ fn a_bad_rkey_fails_with_remote_access_error_and_flushes_the_rest() {
     let (local, lkey) = rig.buffer(4096, ALL);
     let (remote, rkey) = rig.buffer(4096, Access::LOCAL_WRITE | Access::REMOTE_READ);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let a_qpn = a.qpn();
     let (mut a_sq, mut a_rq, a_done) = a.split(&uar);
     let (_, _, b_done) = b.split(&uar);
@@ -462,9 +461,7 @@ fn receive_too_small_is_a_length_error_on_both_sides() {
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let (buf, key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -498,9 +495,7 @@ fn a_send_without_a_receive_waits_for_one_or_fails_without_rnr_retries() {
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let (buf, key) = rig.buffer(64, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -567,9 +562,7 @@ fn fast_registration_grants_remote_access_until_invalidated() {
     memory.write(list, &entries).unwrap();
     let mr_key = memory.alloc_fast_reg(16) | 0x07;
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -657,9 +650,7 @@ fn send_with_invalidate_invalidates_at_the_responder() {
     memory.write(list, &(page | 1).to_be_bytes()).unwrap();
     let mr_key = memory.alloc_fast_reg(1);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -711,9 +702,7 @@ fn ud_sends_carry_the_grh_and_drop_on_a_wrong_qkey() {
         .unwrap();
     let (buf, key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let b_qpn = b.qpn();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
@@ -832,9 +821,7 @@ fn unsignaled_wqes_complete_with_the_next_signaled_one_over_many_laps() {
     let (mut a, mut b) = rig.rc_pair(spec);
     let (buf, key) = rig.buffer(1 << 16, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1177,9 +1164,7 @@ fn a_qp_in_error_flushes_what_is_posted_and_what_waits() {
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let (buf, key) = rig.buffer(64, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (a_qpn, b_qpn) = (a.qpn(), b.qpn());
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
@@ -1225,9 +1210,7 @@ fn a_qp_its_peer_fails_flushes_its_waiting_send_in_the_same_pass() {
     assert!(a.qpn() < b.qpn(), "A is visited first in a pass");
     let (buf, key) = rig.buffer(64, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (a_qpn, b_qpn) = (a.qpn(), b.qpn());
     let (mut a_sq, mut a_rq, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
@@ -1368,9 +1351,7 @@ fn a_cqe_for_an_unknown_qp_is_consumed_and_reported() {
     let mut rig = Rig::new(6, CqeStride::Bytes32);
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let write = SendWr::new(
@@ -1402,9 +1383,7 @@ fn splitting_a_qp_again_resumes_where_posting_stopped() {
     let mut rig = Rig::new(6, CqeStride::Bytes32);
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let write = SendWr::new(
         1,
         SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
@@ -1472,9 +1451,7 @@ fn fast_registration_starts_at_the_iova_offset_and_needs_present_pages() {
     let mr_key = memory.alloc_fast_reg(2);
     let other_key = memory.alloc_fast_reg(1);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1558,9 +1535,7 @@ fn multi_block_wqes_over_many_laps_keep_the_read_ahead_window_stamped() {
     let (local, lkey) = rig.buffer(64, ALL);
     let (remote, rkey) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut sq, _, done) = a.split(&uar);
     // Control, remote address and four gather entries: 96 bytes, the last two in block 1.
     let sges = [
@@ -1704,9 +1679,7 @@ fn run_rewritten_send(edit: impl FnOnce(&mut [u8])) -> (Result<(), ModelError>, 
     let (mut a, mut b) = rig.rc_pair(spec);
     let (buf, key) = rig.buffer(256, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let ring = a_ring(&a).clone();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
@@ -1793,9 +1766,7 @@ fn a_fast_registration_grants_only_the_access_it_names() {
     memory.write(list, &(page | 1).to_be_bytes()).unwrap();
     let mr_key = memory.alloc_fast_reg(1) | 0x09;
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1864,9 +1835,7 @@ fn a_multi_block_send_waiting_for_a_receive_is_not_a_stamp_violation() {
     let (mut a, mut b) = rig.rc_pair(spec);
     let (dst, dst_key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1910,9 +1879,7 @@ fn one_wr_status(prepare: impl FnOnce(&mut Rig) -> SendOp) -> WcStatus {
     let (a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let op = prepare(&mut rig);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     b_sq.post(&[SendWr::new(
         9,
@@ -1976,9 +1943,7 @@ fn the_models_keys_register_invalidate_and_translate_as_the_hardware() {
     let list = page_list(&mut twice, 1);
     let fr_key = twice.model.memory_mut().alloc_fast_reg(4) | 7;
     let uar = twice.uar.clone();
-    let parts = twice.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = twice.take_cq(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     for id in [1, 2] {
         b_sq.post(&[SendWr::new(
@@ -2030,9 +1995,7 @@ fn the_reserved_lkey_is_no_rkey() {
     let (local, lkey) = rig.buffer(64, ALL);
     let target = rig.model.memory_mut().alloc(64);
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     assert_eq!(uar.pending(), 0);
     a_sq.post(&[SendWr::new(
@@ -2071,9 +2034,7 @@ fn a_fast_registered_region_starts_at_its_iovas_offset_in_the_first_page() {
     memory.write(local, b"offset!!").unwrap();
     let key = memory.alloc_fast_reg(4) | 3;
     let uar = rig.uar.clone();
-    let parts = rig.cq_parts.take().unwrap();
-    let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+    let mut cq = rig.take_cq(&uar);
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let iova = 0x7000_0100;
