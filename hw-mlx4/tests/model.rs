@@ -62,6 +62,19 @@ impl Rig {
     }
 }
 
+/// An RC QP whose 256-byte send WQEs take up to 200 bytes inline.
+fn inline_spec(cqn: u32) -> QpSpec {
+    QpSpec {
+        caps: SendQueueCaps {
+            max_sge: 4,
+            max_inline: 200,
+            signal_all: true,
+        },
+        sq_wqe_shift: 8,
+        ..QpSpec::rc(cqn, cqn)
+    }
+}
+
 fn poll_all(cq: &mut Cq<'_>, qps: &[QpCompletions<'_, HostPlatform>]) -> Vec<Completion> {
     let mut out = [Completion::EMPTY; 16];
     let mut all = Vec::new();
@@ -178,16 +191,7 @@ fn send_and_receive_move_data_and_complete_both_sides() {
 #[test]
 fn inline_sends_cross_64_byte_boundaries_intact() {
     let mut rig = Rig::new(6, CqeStride::Bytes64);
-    let spec = QpSpec {
-        caps: SendQueueCaps {
-            max_sge: 4,
-            max_inline: 200,
-            signal_all: true,
-        },
-        sq_wqe_shift: 8,
-        ..QpSpec::rc(rig.cqn, rig.cqn)
-    };
-    let (mut a, mut b) = rig.rc_pair(spec);
+    let (mut a, mut b) = rig.rc_pair(inline_spec(rig.cqn));
     let (dst, dst_key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
     let mut cq = rig.take_cq(&uar);
@@ -1823,16 +1827,7 @@ fn a_fast_registration_grants_only_the_access_it_names() {
 #[test]
 fn a_multi_block_send_waiting_for_a_receive_is_not_a_stamp_violation() {
     let mut rig = Rig::new(6, CqeStride::Bytes32);
-    let spec = QpSpec {
-        caps: SendQueueCaps {
-            max_sge: 4,
-            max_inline: 200,
-            signal_all: true,
-        },
-        sq_wqe_shift: 8,
-        ..QpSpec::rc(rig.cqn, rig.cqn)
-    };
-    let (mut a, mut b) = rig.rc_pair(spec);
+    let (mut a, mut b) = rig.rc_pair(inline_spec(rig.cqn));
     let (dst, dst_key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
     let mut cq = rig.take_cq(&uar);
