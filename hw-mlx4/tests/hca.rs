@@ -165,6 +165,11 @@ impl Driver {
 
     /// ICM for the MTT table at ICM 0x1000_0000 (the first 64 KiB), INIT_HCA.
     fn init_hca(&mut self) {
+        self.init_hca_with(&init_hca_mailbox());
+    }
+
+    /// `init_hca` with an INIT_HCA mailbox of the caller's.
+    fn init_hca_with(&mut self, mailbox: &[u8]) {
         self.start_firmware();
         let (status, aux) = self.command(opcode::SET_ICM_SIZE, 0, 0, 1 << 24, 0, false);
         assert_eq!(status, 0);
@@ -177,7 +182,7 @@ impl Driver {
             self.vpm(opcode::MAP_ICM, &[(0x1000_0000, BASE + 0x30_0000, 4)]),
             0
         );
-        self.memory.put(INBOX, &init_hca_mailbox());
+        self.memory.put(INBOX, mailbox);
         assert_eq!(self.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0, 0);
         assert!(self.errors().is_empty());
     }
@@ -446,12 +451,13 @@ mod rc {
     pub(super) const UAR_PAGE: u64 = 4096;
 
     /// An MTT entry (index `i` of the MTT table) pointing at `page`.
-    fn mtt(d: &Driver, i: u64, page: u64) {
+    pub(super) fn mtt(d: &Driver, i: u64, page: u64) {
         d.memory
             .put(BASE + 0x30_0000 + 8 * i, &(page | 1).to_be_bytes());
     }
 
-    fn set_port(d: &mut Driver, port: u32, lid: u16) {
+    /// PortInfo Set through MAD_IFC: `port`'s LID and LMC.
+    pub(super) fn set_port(d: &mut Driver, port: u32, lid: u16, lmc: u8) {
         let mut mad = vec![0u8; 256];
         mad[0] = 1;
         mad[1] = 0x01;
@@ -459,6 +465,9 @@ mod rc {
         mad[3] = 0x02; // Set
         mad[16..18].copy_from_slice(&0x0015u16.to_be_bytes()); // PortInfo
         mad[64 + 16..64 + 18].copy_from_slice(&lid.to_be_bytes());
+        mad[64 + 34] = lmc;
+        // The GID prefix opensm sets: the link-local one.
+        mad[64 + 8..64 + 16].copy_from_slice(&0xfe80_0000_0000_0000u64.to_be_bytes());
         d.memory.put(INBOX, &mad);
         assert_eq!(
             d.command(opcode::MAD_IFC, 3, port, INBOX, OUTBOX, false).0,
@@ -501,14 +510,19 @@ mod rc {
     }
 
     pub(super) fn setup() -> Driver {
+        setup_with(&init_hca_mailbox())
+    }
+
+    /// `setup` with an INIT_HCA mailbox of the caller's.
+    pub(super) fn setup_with(init: &[u8]) -> Driver {
         let mut d = Driver::new();
-        d.init_hca();
+        d.init_hca_with(init);
         d.create_eq(EQN, BASE + 0x40_0000);
         for port in [1, 2] {
             assert_eq!(d.command(opcode::INIT_PORT, 0, port, 0, 0, false).0, 0);
         }
-        set_port(&mut d, 1, 1);
-        set_port(&mut d, 2, 2);
+        set_port(&mut d, 1, 1, 0);
+        set_port(&mut d, 2, 2, 0);
         // A CQ of 64 entries in one page (MTT index 10).
         mtt(&d, 10, CQ_PAGE);
         let mut cq = vec![0u8; 4096];
@@ -2741,5 +2755,926 @@ mod sma {
             "the invalid P_Key matches no slot"
         );
         assert_eq!(sma.pkey_index(1, 0x8001), None, "port 2's table is its own");
+    }
+}
+
+/// Datagrams: UD QPs and the special QPs (QP0 and QP1, the MLX transport) on the two
+/// ports of the cable, over the `rc` rig's CQ, EQ, memory key and LIDs (port 1 LID 1,
+/// port 2 LID 2).
+mod datagram {
+    use super::rc::{self, CQN, CQ_PAGE, DATA, DB_RECORDS, KEY, PD, QP_B, UAR_PAGE};
+    use super::*;
+
+    /// UD QPs: A and D on port 1; B and C on port 2.
+    const UD_A: u32 = 0x50;
+    const UD_B: u32 = 0x51;
+    const UD_C: u32 = 0x52;
+    const UD_D: u32 = 0x53;
+    const QKEY: u32 = 0x0b1b_0000;
+    /// CONF_SPECIAL_QP's base: QP0 of ports 1 and 2 at 0x48 and 0x49, QP1 at 0x4a and 0x4b.
+    const SPECIAL: u32 = 0x48;
+    const QP1_QKEY: u32 = 0x8001_0000;
+    /// The slots of the QPs' buffers and doorbell records.
+    const A: usize = 0;
+    const B: usize = 1;
+    const C: usize = 2;
+    const QP0_1: usize = 3;
+    const QP0_2: usize = 4;
+    const QP1_1: usize = 5;
+    const QP1_2: usize = 6;
+    const D: usize = 7;
+    const ST_UD: u8 = 3;
+    const ST_MLX: u8 = 7;
+    /// `MLX4_INVALID_LKEY`: the end of a receive's scatter list.
+    const INVALID_LKEY: u32 = 0x100;
+
+    /// The buffer of the QP in `slot`: its SQ of 16 WQEs of 128 bytes, then its RQ of
+    /// 16 WQEs of 64 bytes at 2048.
+    fn page(slot: usize) -> u64 {
+        BASE + 0x54_0000 + 0x1_0000 * slot as u64
+    }
+
+    fn db_record(slot: usize) -> u64 {
+        DB_RECORDS + 0x20 + 8 * slot as u64
+    }
+
+    /// QP `qpn` of transport `st` on `port` (0 or 1), taken to RTS, its buffer in `slot`.
+    fn create(d: &mut Driver, qpn: u32, slot: usize, st: u8, port: u8, qkey: u32) {
+        let mtt_index = 20 + slot as u32;
+        rc::mtt(d, u64::from(mtt_index), page(slot));
+        for i in 0..16 {
+            d.memory.put(page(slot) + 128 * i, &[0x80]);
+        }
+        let mut mailbox = vec![0u8; 4096];
+        let ctx = &mut mailbox[8..];
+        ctx[0x01] = st;
+        ctx[0x04..0x08].copy_from_slice(&PD.to_be_bytes());
+        ctx[0x0c..0x10].copy_from_slice(&1u32.to_be_bytes()); // UAR page 1
+        ctx[0x09] = (4 << 3) | 2; // RQ: 16 WQEs of 64 bytes
+        ctx[0x0a] = (4 << 3) | 3; // SQ: 16 WQEs of 128 bytes
+        ctx[0x18 + 0x20] = (port << 6) | 0x3f;
+        ctx[0x7c..0x80].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0x9c..0xa0].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0xa0..0xa8].copy_from_slice(&db_record(slot).to_be_bytes());
+        ctx[0xa8..0xac].copy_from_slice(&qkey.to_be_bytes());
+        ctx[0xcc..0xd0].copy_from_slice(&(8 * mtt_index).to_be_bytes());
+        d.memory.put(INBOX, &mailbox);
+        for op in [opcode::RST2INIT_QP, opcode::INIT2RTR_QP, opcode::RTR2RTS_QP] {
+            assert_eq!(d.command(op, 0, qpn, INBOX, 0, false).0, 0, "{qpn:#x}");
+        }
+    }
+
+    /// The rc rig with a multicast table of 8 entries of 1 KiB, four UD QPs and the
+    /// special QPs of both ports.
+    fn rig() -> Driver {
+        let mut init = init_hca_mailbox();
+        init[init_hca::LOG_MC_ENTRY_SZ] = 10;
+        init[init_hca::LOG_MC_HASH_SZ] = 2;
+        init[init_hca::LOG_MC_TABLE_SZ] = 3;
+        let mut d = rc::setup_with(&init);
+        create(&mut d, UD_A, A, ST_UD, 0, QKEY);
+        create(&mut d, UD_B, B, ST_UD, 1, QKEY);
+        create(&mut d, UD_C, C, ST_UD, 1, QKEY);
+        create(&mut d, UD_D, D, ST_UD, 0, QKEY);
+        assert_eq!(
+            d.command(opcode::CONF_SPECIAL_QP, 0, SPECIAL, 0, 0, false)
+                .0,
+            0
+        );
+        create(&mut d, SPECIAL, QP0_1, ST_MLX, 0, 0);
+        create(&mut d, SPECIAL + 1, QP0_2, ST_MLX, 1, 0);
+        create(&mut d, SPECIAL + 2, QP1_1, ST_MLX, 0, QP1_QKEY);
+        create(&mut d, SPECIAL + 3, QP1_2, ST_MLX, 1, QP1_QKEY);
+        assert!(d.errors().is_empty());
+        d
+    }
+
+    /// Posts receive `index` of the QP in `slot`: its scatter entries (length, address)
+    /// under KEY, ended by the invalid key when there are fewer than four.
+    fn post_recv(d: &Driver, slot: usize, index: u32, entries: &[(u32, u64)]) {
+        let mut wqe = [0u8; 64];
+        for (i, &(len, addr)) in entries.iter().enumerate() {
+            wqe[16 * i..16 * i + 4].copy_from_slice(&len.to_be_bytes());
+            wqe[16 * i + 4..16 * i + 8].copy_from_slice(&KEY.to_be_bytes());
+            wqe[16 * i + 8..16 * i + 16].copy_from_slice(&addr.to_be_bytes());
+        }
+        if let Some(end) = wqe.get_mut(16 * entries.len() + 4..16 * entries.len() + 8) {
+            end.copy_from_slice(&INVALID_LKEY.to_be_bytes());
+        }
+        d.memory
+            .put(page(slot) + 2048 + 64 * u64::from(index & 15), &wqe);
+        d.memory.put(db_record(slot), &(index + 1).to_be_bytes());
+    }
+
+    /// A gather entry of `len` bytes at `addr` under KEY.
+    fn gather(len: u32, addr: u64) -> Vec<u8> {
+        let mut seg = vec![0u8; 16];
+        seg[0..4].copy_from_slice(&len.to_be_bytes());
+        seg[4..8].copy_from_slice(&KEY.to_be_bytes());
+        seg[8..16].copy_from_slice(&addr.to_be_bytes());
+        seg
+    }
+
+    /// An inline segment holding `data`, padded to 16 bytes.
+    fn inline(data: &[u8]) -> Vec<u8> {
+        let mut seg = (0x8000_0000u32 | data.len() as u32).to_be_bytes().to_vec();
+        seg.extend_from_slice(data);
+        seg.resize((seg.len() + 15) & !15, 0);
+        seg
+    }
+
+    /// What a UD WQE's control and datagram segments say.
+    #[derive(Clone, Copy)]
+    struct Datagram {
+        dlid: u16,
+        /// The source path bits (`g_slid`'s low bits).
+        path_bits: u8,
+        sl: u8,
+        /// The GRH's destination GID, hop limit and traffic class with flow label.
+        grh: Option<([u8; 16], u8, u32)>,
+        dqpn: u32,
+        qkey: u32,
+        imm: Option<u32>,
+        signaled: bool,
+    }
+
+    impl Datagram {
+        /// A SEND to QP B on port 2.
+        fn to_b() -> Self {
+            Self {
+                dlid: 2,
+                path_bits: 0,
+                sl: 0,
+                grh: None,
+                dqpn: UD_B,
+                qkey: QKEY,
+                imm: None,
+                signaled: true,
+            }
+        }
+
+        /// The WQE: control segment, datagram segment, then `data` (whole segments).
+        fn wqe(&self, data: &[u8]) -> Vec<u8> {
+            let mut w = vec![0u8; 64];
+            w[3] = if self.imm.is_some() { 0x0b } else { 0x0a };
+            w[7] = ((64 + data.len()) / 16) as u8;
+            if self.signaled {
+                w[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+            }
+            w[12..16].copy_from_slice(&self.imm.unwrap_or(0).to_be_bytes());
+            w[16..20].copy_from_slice(&(PD | 1 << 24).to_be_bytes());
+            w[21] = self.path_bits | if self.grh.is_some() { 0x80 } else { 0 };
+            w[22..24].copy_from_slice(&self.dlid.to_be_bytes());
+            let (dgid, hop_limit, flow) = self.grh.unwrap_or(([0; 16], 0, 0));
+            w[27] = hop_limit;
+            w[28..32].copy_from_slice(&(u32::from(self.sl) << 28 | flow).to_be_bytes());
+            w[32..48].copy_from_slice(&dgid);
+            w[48..52].copy_from_slice(&self.dqpn.to_be_bytes());
+            w[52..56].copy_from_slice(&self.qkey.to_be_bytes());
+            w.extend_from_slice(data);
+            w
+        }
+    }
+
+    /// Writes send WQE `index` of the QP in `slot` (its owner bit by lap) and rings the
+    /// QP's doorbell.
+    fn post(d: &mut Driver, slot: usize, qpn: u32, index: u32, wqe: &[u8]) {
+        let mut w = wqe.to_vec();
+        w.truncate(128);
+        w[0] = if index & 16 != 0 { 0x80 } else { 0 };
+        d.memory.put(page(slot) + 128 * u64::from(index & 15), &w);
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(qpn << 8).to_be_bytes());
+    }
+
+    /// Every CQE the device has written so far (the CQ's first lap).
+    fn cqes(d: &Driver) -> Vec<[u8; 32]> {
+        (0..64)
+            .map(|n| d.memory.get(CQ_PAGE + 32 * n, 32).try_into().unwrap())
+            .take_while(|c: &[u8; 32]| c[31] & 0x80 == 0)
+            .collect()
+    }
+
+    fn be32(c: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes(c[at..at + 4].try_into().unwrap())
+    }
+
+    fn be16(c: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([c[at], c[at + 1]])
+    }
+
+    /// A receive CQE's fields: (QPN, sender QPN, GRH bit, path bits, SL, SLID, byte
+    /// count, WQE index, the owner, send and opcode byte).
+    #[allow(clippy::type_complexity)]
+    fn received(c: &[u8; 32]) -> (u32, u32, bool, u32, u16, u16, u32, u16, u8) {
+        let g_mlpath_rqpn = be32(c, 0x08);
+        (
+            be32(c, 0x00),
+            g_mlpath_rqpn & 0x00ff_ffff,
+            g_mlpath_rqpn >> 31 != 0,
+            (g_mlpath_rqpn >> 24) & 0x7f,
+            be16(c, 0x0c) >> 12,
+            be16(c, 0x0e),
+            be32(c, 0x14),
+            be16(c, 0x18),
+            c[0x1f],
+        )
+    }
+
+    /// PortCounters of `port` (1 or 2) through the PMA: (PortRcvErrors, VL15Dropped,
+    /// PortXmitPkts, PortRcvPkts).
+    fn counters(d: &mut Driver, port: u8) -> (u16, u16, u32, u32) {
+        let mut mad = vec![0u8; 256];
+        mad[0] = 1;
+        mad[1] = 0x04;
+        mad[2] = 1;
+        mad[3] = 0x01;
+        mad[16..18].copy_from_slice(&0x0012u16.to_be_bytes());
+        mad[64 + 1] = port;
+        d.memory.put(INBOX, &mad);
+        assert_eq!(d.command(opcode::MAD_IFC, 3, 1, INBOX, OUTBOX, false).0, 0);
+        let c = d.memory.get(OUTBOX + 64, 64);
+        (be16(&c, 8), be16(&c, 22), be32(&c, 32), be32(&c, 36))
+    }
+
+    /// A payload that does not repeat within 256 bytes.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn a_datagram_lands_behind_the_grh_slot_and_names_its_sender() {
+        let mut d = rig();
+        let buf = DATA + 0x1000;
+        let payload = pattern(100, 3);
+        d.memory.put(DATA, &payload);
+        d.memory.put(buf, &[0xee; 200]);
+        post_recv(&d, B, 0, &[(200, buf)]);
+        let dg = Datagram {
+            sl: 5,
+            ..Datagram::to_b()
+        };
+        post(&mut d, A, UD_A, 0, &dg.wqe(&gather(100, DATA)));
+        assert_eq!(d.errors(), Vec::<String>::new());
+        let c = cqes(&d);
+        assert_eq!(c.len(), 2, "the receive, then the send");
+        assert_eq!(received(&c[0]), (UD_B, UD_A, false, 0, 5, 1, 140, 0, 0x01));
+        assert_eq!(be32(&c[0], 0x04), 0, "the default P_Key's index");
+        assert_eq!(
+            d.memory.get(buf, 40),
+            [0xee; 40],
+            "no GRH: the slot as it was"
+        );
+        assert_eq!(d.memory.get(buf + 40, 100), payload);
+        assert_eq!(d.memory.get(buf + 140, 60), [0xee; 60]);
+        assert_eq!(
+            (be32(&c[1], 0), be16(&c[1], 0x18), c[1][0x1f]),
+            (UD_A, 0, 0x4a)
+        );
+
+        // With immediate data, inline, to the QP's own Q_Key (the high bit).
+        post_recv(&d, B, 1, &[(200, buf)]);
+        let dg = Datagram {
+            imm: Some(0xdead_beef),
+            qkey: 0x8000_0000,
+            ..dg
+        };
+        post(&mut d, A, UD_A, 1, &dg.wqe(&inline(&payload[..20])));
+        let c = cqes(&d);
+        assert_eq!(c.len(), 4);
+        assert_eq!(received(&c[2]), (UD_B, UD_A, false, 0, 5, 1, 60, 1, 0x02));
+        assert_eq!(be32(&c[2], 0x04), 0xdead_beef);
+        assert_eq!(d.memory.get(buf + 40, 20), payload[..20]);
+        assert_eq!(
+            (be32(&c[3], 0), be16(&c[3], 0x18), c[3][0x1f]),
+            (UD_A, 1, 0x4b)
+        );
+
+        // Two inline segments and a gather entry make one payload; unsignaled, the
+        // send completes with no CQE.
+        post_recv(&d, B, 2, &[(200, buf)]);
+        let mut data = inline(&payload[..5]);
+        data.extend(inline(&payload[5..30]));
+        data.extend(gather(10, DATA + 30));
+        let dg = Datagram {
+            signaled: false,
+            ..Datagram::to_b()
+        };
+        post(&mut d, A, UD_A, 2, &dg.wqe(&data));
+        let c = cqes(&d);
+        assert_eq!(c.len(), 5, "the receive only");
+        assert_eq!(received(&c[4]).6, 80);
+        assert_eq!(d.memory.get(buf + 40, 40), payload[..40]);
+        assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
+    /// The port GUID NodeInfo reports for `port` (1 or 2).
+    fn port_guid(d: &mut Driver, port: u32) -> [u8; 8] {
+        let mut mad = vec![0u8; 256];
+        mad[0] = 1;
+        mad[1] = 0x01;
+        mad[2] = 1;
+        mad[3] = 0x01;
+        mad[16..18].copy_from_slice(&0x0011u16.to_be_bytes());
+        d.memory.put(INBOX, &mad);
+        assert_eq!(
+            d.command(opcode::MAD_IFC, 3, port, INBOX, OUTBOX, false).0,
+            0
+        );
+        d.memory.get(OUTBOX + 64 + 20, 8).try_into().unwrap()
+    }
+
+    #[test]
+    fn a_grh_fills_the_slot_from_the_address_vector_and_the_port() {
+        let mut d = rig();
+        let buf = DATA + 0x1000;
+        let payload = pattern(64, 9);
+        d.memory.put(DATA, &payload);
+        d.memory.put(buf, &[0xee; 128]);
+        post_recv(&d, B, 0, &[(128, buf)]);
+        let dgid: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
+        let dg = Datagram {
+            sl: 0xc,
+            grh: Some((dgid, 0x40, (0x5a << 20) | 0x1_2345)),
+            ..Datagram::to_b()
+        };
+        post(&mut d, A, UD_A, 0, &dg.wqe(&gather(64, DATA)));
+        let c = cqes(&d);
+        assert_eq!(received(&c[0]), (UD_B, UD_A, true, 0, 0xc, 1, 104, 0, 0x01));
+        let slot = d.memory.get(buf, 40);
+        assert_eq!(be32(&slot, 0), (6 << 28) | (0x5a << 20) | 0x1_2345);
+        assert_eq!(
+            be16(&slot, 4),
+            12 + 8 + 64 + 4,
+            "payload length: BTH to ICRC"
+        );
+        assert_eq!((slot[6], slot[7]), (0x1b, 0x40), "next header, hop limit");
+        assert_eq!(slot[8..16], 0xfe80_0000_0000_0000u64.to_be_bytes());
+        assert_eq!(slot[16..24], port_guid(&mut d, 1), "port 1's GID");
+        assert_ne!(port_guid(&mut d, 1), port_guid(&mut d, 2));
+        assert_eq!(slot[24..40], dgid);
+        assert_eq!(d.memory.get(buf + 40, 64), payload);
+    }
+
+    #[test]
+    fn datagrams_no_qp_takes_are_dropped_and_counted() {
+        let mut d = rig();
+        let buf = DATA + 0x1000;
+        d.memory.put(DATA, &pattern(32, 1));
+        post_recv(&d, B, 0, &[(128, buf)]);
+        let before = [counters(&mut d, 1), counters(&mut d, 2)];
+        let send = |d: &mut Driver, index: u32, dg: Datagram| {
+            post(d, A, UD_A, index, &dg.wqe(&gather(32, DATA)));
+        };
+        let to_b = Datagram::to_b();
+        // A Q_Key that is not B's.
+        send(
+            &mut d,
+            0,
+            Datagram {
+                qkey: QKEY + 1,
+                ..to_b
+            },
+        );
+        // A's QP number, sent to port 2: A is on port 1.
+        send(&mut d, 1, Datagram { dqpn: UD_A, ..to_b });
+        // An RC QP on port 2, and a QP that does not exist.
+        send(&mut d, 2, Datagram { dqpn: QP_B, ..to_b });
+        send(
+            &mut d,
+            3,
+            Datagram {
+                dqpn: 0x3ff,
+                ..to_b
+            },
+        );
+        // A LID nobody has: dropped before any port takes it.
+        send(&mut d, 4, Datagram { dlid: 9, ..to_b });
+        // VL15 is for QP0: a UD datagram to QP 0 is not.
+        send(&mut d, 5, Datagram { dqpn: 0, ..to_b });
+        assert_eq!(cqes(&d).len(), 6, "six sends, no receive");
+        // B's receive 0 is still there for the one that is B's.
+        send(&mut d, 6, to_b);
+        let c = cqes(&d);
+        assert_eq!(received(&c[6]), (UD_B, UD_A, false, 0, 0, 1, 72, 0, 0x01));
+        // And with none posted, the next is dropped.
+        send(&mut d, 7, to_b);
+        assert_eq!(cqes(&d).len(), 9);
+        assert_eq!(d.errors(), Vec::<String>::new());
+        let after = [counters(&mut d, 1), counters(&mut d, 2)];
+        assert_eq!(after[0].2 - before[0].2, 8, "port 1 sent eight");
+        assert_eq!(after[1].3 - before[1].3, 7, "port 2 received seven");
+        assert_eq!(after[1].0 - before[1].0, 6, "six no QP took");
+        assert_eq!((after[0].0, after[0].1, after[1].1), (0, 0, 0));
+        let summary = d.hca.summary();
+        assert!(
+            summary.ends_with("1 packets delivered, 7 dropped"),
+            "{summary}"
+        );
+    }
+
+    /// A malformed UD WQE: the device reports it, completes it with an error and moves
+    /// the QP to error.
+    #[test]
+    fn a_ud_wqe_the_device_cannot_send_fails_the_qp() {
+        let to_b = Datagram::to_b();
+        let mut with_imm_write = to_b.wqe(&gather(8, DATA));
+        with_imm_write[3] = 0x08; // RDMA WRITE
+        let mut short = to_b.wqe(&[]);
+        short[7] = 3;
+        let mut long = to_b.wqe(&gather(8, DATA));
+        long[7] = 9;
+        let mut bad_key = gather(8, DATA);
+        bad_key[4..8].copy_from_slice(&(KEY + 0x100).to_be_bytes());
+        let mut inline_past_the_end = to_b.wqe(&inline(&[7; 16]));
+        inline_past_the_end[64..68].copy_from_slice(&(0x8000_0000u32 | 80).to_be_bytes());
+        let too_long = [gather(4096, DATA), gather(1, DATA)].concat();
+        let cases: [(&str, Vec<u8>, u8, Option<&str>); 6] = [
+            (
+                "48 bytes",
+                short,
+                0x02,
+                Some("UD WQE size 48 for a 128-byte stride"),
+            ),
+            (
+                "144 bytes",
+                long,
+                0x02,
+                Some("UD WQE size 144 for a 128-byte stride"),
+            ),
+            (
+                "RDMA WRITE",
+                with_imm_write,
+                0x02,
+                Some("opcode 0x8 on a UD QP"),
+            ),
+            ("a bad lkey", to_b.wqe(&bad_key), 0x04, None),
+            ("inline past the WQE", inline_past_the_end, 0x04, None),
+            ("4097 bytes", to_b.wqe(&too_long), 0x01, None),
+        ];
+        for (what, wqe, syndrome, error) in cases {
+            let mut d = rig();
+            post_recv(&d, B, 0, &[(8192, DATA + 0x1000)]);
+            post(&mut d, A, UD_A, 0, &wqe);
+            let errors = d.errors();
+            match error {
+                Some(e) => assert!(
+                    errors.len() == 1 && errors[0].ends_with(e),
+                    "{what}: {errors:?}"
+                ),
+                None => assert_eq!(errors, Vec::<String>::new(), "{what}"),
+            }
+            let c = cqes(&d);
+            assert_eq!(c.len(), 1, "{what}: the send's error CQE, nothing received");
+            assert_eq!((be32(&c[0], 0), c[0][0x1b]), (UD_A, syndrome), "{what}");
+        }
+        // 4096 bytes, the MTU, go.
+        let mut d = rig();
+        post_recv(&d, B, 0, &[(8192, DATA + 0x1000)]);
+        post(&mut d, A, UD_A, 0, &to_b.wqe(&gather(4096, DATA)));
+        assert_eq!(received(&cqes(&d)[0]).6, 40 + 4096);
+        // A gather list over 16 MiB is refused as the key's, before the MTU: the whole
+        // test memory (16 MiB) and one byte more.
+        let mut d = rig();
+        let over = [gather(16 << 20, BASE), gather(1, DATA)].concat();
+        post(&mut d, A, UD_A, 0, &to_b.wqe(&over));
+        assert_eq!(cqes(&d)[0][0x1b], 0x04, "over 16 MiB");
+        let mut d = rig();
+        post(&mut d, A, UD_A, 0, &to_b.wqe(&gather(16 << 20, BASE)));
+        assert_eq!(
+            cqes(&d)[0][0x1b],
+            0x01,
+            "16 MiB: gathered, longer than the MTU"
+        );
+    }
+
+    #[test]
+    fn a_receive_scatters_past_the_grh_slot_and_one_too_small_is_reported() {
+        let mut d = rig();
+        let (first, second, third) = (DATA + 0x1000, DATA + 0x2000, DATA + 0x3000);
+        for at in [first, second, third] {
+            d.memory.put(at, &[0xee; 64]);
+        }
+        let payload = pattern(30, 5);
+        d.memory.put(DATA, &payload);
+        // 32 bytes of the slot, 8 more of it and 8 of payload, then the rest.
+        post_recv(&d, B, 0, &[(32, first), (16, second), (64, third)]);
+        post(&mut d, A, UD_A, 0, &Datagram::to_b().wqe(&gather(30, DATA)));
+        assert_eq!(received(&cqes(&d)[0]).6, 70);
+        assert_eq!(d.memory.get(first, 64), [0xee; 64]);
+        assert_eq!(d.memory.get(second, 8), [0xee; 8]);
+        assert_eq!(d.memory.get(second + 8, 8), payload[..8]);
+        assert_eq!(d.memory.get(second + 16, 8), [0xee; 8]);
+        assert_eq!(d.memory.get(third, 22), payload[8..]);
+        assert_eq!(d.memory.get(third + 22, 42), [0xee; 42]);
+        // 60 bytes into 50: the driver's mistake, nothing completes.
+        post_recv(&d, B, 1, &[(40, first), (10, second)]);
+        post(&mut d, A, UD_A, 1, &Datagram::to_b().wqe(&gather(20, DATA)));
+        let errors = d.errors();
+        assert!(
+            errors.len() == 1 && errors[0].ends_with("receive WQE 1: 60 bytes into 50"),
+            "{errors:?}"
+        );
+        assert_eq!(cqes(&d).len(), 3, "two sends, one receive");
+        // A receive with a key that does not cover it is reported too.
+        let mut d = rig();
+        let mut wqe = [0u8; 64];
+        wqe[0..4].copy_from_slice(&64u32.to_be_bytes());
+        wqe[4..8].copy_from_slice(&(KEY + 0x100).to_be_bytes());
+        wqe[20..24].copy_from_slice(&INVALID_LKEY.to_be_bytes());
+        d.memory.put(page(B) + 2048, &wqe);
+        d.memory.put(db_record(B), &1u32.to_be_bytes());
+        post(&mut d, A, UD_A, 0, &Datagram::to_b().wqe(&gather(8, DATA)));
+        let errors = d.errors();
+        assert!(
+            errors.len() == 1 && errors[0].contains("receive WQE 0"),
+            "{errors:?}"
+        );
+        assert_eq!(cqes(&d).len(), 1);
+    }
+
+    #[test]
+    fn path_bits_under_an_lmc_route_and_fill_the_cqe() {
+        let mut d = rig();
+        // Port 1: LID 8, LMC 1; port 2: LID 4, LMC 2.
+        rc::set_port(&mut d, 1, 8, 1);
+        rc::set_port(&mut d, 2, 4, 2);
+        let buf = DATA + 0x1000;
+        d.memory.put(DATA, &pattern(16, 2));
+        for i in 0..4 {
+            post_recv(&d, B, i, &[(64, buf)]);
+        }
+        post_recv(&d, A, 0, &[(64, buf)]);
+        let send = |d: &mut Driver, index: u32, dg: Datagram| {
+            post(d, A, UD_A, index, &dg.wqe(&gather(16, DATA)));
+        };
+        let to_b = Datagram::to_b();
+        send(
+            &mut d,
+            0,
+            Datagram {
+                dlid: 7,
+                path_bits: 1,
+                sl: 2,
+                ..to_b
+            },
+        );
+        let c = cqes(&d);
+        assert_eq!(received(&c[0]), (UD_B, UD_A, false, 3, 2, 9, 56, 0, 0x01));
+        // Outside port 2's LIDs (4..8): dropped; port 1's own (8, 9): to A itself.
+        send(&mut d, 1, Datagram { dlid: 12, ..to_b });
+        assert_eq!(cqes(&d).len(), 3);
+        send(
+            &mut d,
+            2,
+            Datagram {
+                dlid: 9,
+                dqpn: UD_A,
+                path_bits: 0x7f,
+                ..to_b
+            },
+        );
+        let c = cqes(&d);
+        assert_eq!(
+            received(&c[3]),
+            (UD_A, UD_A, false, 1, 0, 0x7f, 56, 0, 0x01)
+        );
+        // The permissive LID crosses the cable, with no path bits.
+        send(
+            &mut d,
+            3,
+            Datagram {
+                dlid: 0xffff,
+                ..to_b
+            },
+        );
+        let c = cqes(&d);
+        assert_eq!(received(&c[5]), (UD_B, UD_A, false, 0, 0, 8, 56, 1, 0x01));
+        assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
+    /// Writes multicast entry `index`: `mgid`, the member count word, then `members`
+    /// from slot 0 (`struct mlx4_mgm`).
+    fn mcg(d: &mut Driver, index: u32, mgid: &[u8; 16], count: u32, members: &[(usize, u32)]) {
+        let mut entry = vec![0u8; 1024];
+        entry[4..8].copy_from_slice(&count.to_be_bytes());
+        entry[16..32].copy_from_slice(mgid);
+        for &(slot, qpn) in members {
+            entry[32 + 4 * slot..36 + 4 * slot].copy_from_slice(&qpn.to_be_bytes());
+        }
+        d.memory.put(INBOX, &entry);
+        assert_eq!(d.command(opcode::WRITE_MCG, 0, index, INBOX, 0, false).0, 0);
+    }
+
+    #[test]
+    fn multicast_reaches_the_groups_members_on_both_ports_but_not_its_sender() {
+        let mut d = rig();
+        let mgid = [
+            0xff, 0x12, 0x40, 0x1b, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff,
+        ];
+        let other = [
+            0xff, 0x12, 0x40, 0x1b, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+        ];
+        // The group: A (the sender) and B; C listed past the member count.
+        mcg(&mut d, 0, &mgid, 2, &[(0, UD_A), (1, UD_B), (2, UD_C)]);
+        // An entry of another protocol (the count's top bits) with C is not an IB group.
+        mcg(&mut d, 1, &mgid, (1 << 30) | 1, &[(0, UD_C)]);
+        // Another group with C as its 129th member, past the most a group may have.
+        mcg(&mut d, 2, &other, 129, &[(128, UD_C)]);
+        let buf = DATA + 0x1000;
+        d.memory.put(DATA, &pattern(16, 4));
+        for slot in [A, B, C, D] {
+            for i in 0..3 {
+                post_recv(&d, slot, i, &[(64, buf + 0x100 * slot as u64)]);
+            }
+        }
+        let to_group = Datagram {
+            dlid: 0xc001,
+            dqpn: 0x00ff_ffff,
+            grh: Some((mgid, 1, 0)),
+            ..Datagram::to_b()
+        };
+        let send = |d: &mut Driver, index: u32, dg: Datagram| {
+            post(d, A, UD_A, index, &dg.wqe(&gather(16, DATA)));
+        };
+        send(&mut d, 0, to_group);
+        let c = cqes(&d);
+        assert_eq!(c.len(), 2, "B's receive and the send: {c:?}");
+        assert_eq!(received(&c[0]), (UD_B, UD_A, true, 0, 0, 1, 56, 0, 0x01));
+        assert_eq!(d.memory.get(buf + 0x100 + 24, 16), mgid);
+        // With C and D counted: D, on the sender's port, gets it too (multicast loops
+        // back to a port's other members), the sender still not.
+        mcg(
+            &mut d,
+            0,
+            &mgid,
+            4,
+            &[(0, UD_A), (1, UD_B), (2, UD_C), (3, UD_D)],
+        );
+        send(&mut d, 1, to_group);
+        let c = cqes(&d);
+        assert_eq!(c.len(), 6);
+        let mut takers: Vec<u32> = c[2..5].iter().map(|c| be32(c, 0)).collect();
+        takers.sort();
+        assert_eq!(takers, [UD_B, UD_C, UD_D]);
+        // Not the group's QPN, no GRH, or a group nobody of this port is in: dropped.
+        send(
+            &mut d,
+            2,
+            Datagram {
+                dqpn: UD_B,
+                ..to_group
+            },
+        );
+        send(
+            &mut d,
+            3,
+            Datagram {
+                grh: None,
+                ..to_group
+            },
+        );
+        send(
+            &mut d,
+            4,
+            Datagram {
+                grh: Some((other, 1, 0)),
+                ..to_group
+            },
+        );
+        assert_eq!(cqes(&d).len(), 9, "three sends only");
+        assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
+    /// An MLX WQE (`build_mlx_header`): the control segment with its MLX flags, the
+    /// headers inline, the MAD in a gather entry, the ICRC slot inline.
+    fn mlx_wqe(flags: u32, headers: &[u8], mad: (u32, u64)) -> Vec<u8> {
+        let mut w = vec![0u8; 16];
+        w[3] = 0x0a;
+        w[8..12].copy_from_slice(&(flags | 3 << 2).to_be_bytes());
+        w.extend(inline(headers));
+        w.extend(gather(mad.0, mad.1));
+        w.extend(inline(&[0; 4]));
+        w[7] = (w.len() / 16) as u8;
+        w
+    }
+
+    /// LRH, optional GRH, BTH and DETH of a MAD to `dest_qp`.
+    fn mad_headers(
+        sl: u8,
+        dlid: u16,
+        slid: u16,
+        grh: Option<[u8; 40]>,
+        dest_qp: u32,
+        qkey: u32,
+        src_qp: u32,
+    ) -> Vec<u8> {
+        let mut h = vec![0u8; 8];
+        h[1] = (sl << 4) | if grh.is_some() { 3 } else { 2 };
+        h[2..4].copy_from_slice(&dlid.to_be_bytes());
+        h[6..8].copy_from_slice(&slid.to_be_bytes());
+        if let Some(g) = grh {
+            h.extend_from_slice(&g);
+        }
+        let mut bth = [0u8; 12];
+        bth[0] = 0x64; // UD SEND only
+        bth[2..4].copy_from_slice(&0xffffu16.to_be_bytes());
+        bth[4..8].copy_from_slice(&dest_qp.to_be_bytes());
+        h.extend_from_slice(&bth);
+        h.extend_from_slice(&qkey.to_be_bytes());
+        h.extend_from_slice(&src_qp.to_be_bytes());
+        h
+    }
+
+    const VL15: u32 = 1 << 17;
+    const SLR: u32 = 1 << 16;
+
+    #[test]
+    fn mads_cross_the_cable_between_the_special_qps() {
+        let mut d = rig();
+        let mad = pattern(256, 7);
+        d.memory.put(DATA, &mad);
+        let buf = DATA + 0x1000;
+        for i in 0..4 {
+            post_recv(&d, QP0_2, i, &[(296, buf)]);
+            post_recv(&d, QP1_2, i, &[(296, buf + 0x200)]);
+        }
+        let before = counters(&mut d, 2);
+        // QP1 to QP1 on SL 3: the SLID is the port's LID with the header's path bits.
+        let headers = mad_headers(3, 2, 0, None, 1, QP1_QKEY, 1);
+        post(
+            &mut d,
+            QP1_1,
+            SPECIAL + 2,
+            0,
+            &mlx_wqe(3 << 8, &headers, (256, DATA)),
+        );
+        let c = cqes(&d);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            received(&c[0]),
+            (SPECIAL + 3, 1, false, 0, 3, 1, 296, 0, 0x01),
+            "the MAD, without its ICRC"
+        );
+        assert_eq!(d.memory.get(buf + 0x200 + 40, 256), mad);
+        assert_eq!((be32(&c[1], 0), c[1][0x1f]), (SPECIAL + 2, 0x4a));
+        // With SLR the header's SLID goes as it is; without, only its path bits.
+        let headers = mad_headers(0, 2, 0x1234, None, 1, QP1_QKEY, 1);
+        post(
+            &mut d,
+            QP1_1,
+            SPECIAL + 2,
+            1,
+            &mlx_wqe(SLR, &headers, (256, DATA)),
+        );
+        post(
+            &mut d,
+            QP1_1,
+            SPECIAL + 2,
+            2,
+            &mlx_wqe(0, &headers, (256, DATA)),
+        );
+        let c = cqes(&d);
+        assert_eq!(received(&c[2]).5, 0x1234);
+        assert_eq!(received(&c[4]).5, 1 | 0x34);
+        // QP1 takes only its Q_Key.
+        let headers = mad_headers(0, 2, 0, None, 1, QP1_QKEY + 1, 1);
+        post(
+            &mut d,
+            QP1_1,
+            SPECIAL + 2,
+            3,
+            &mlx_wqe(0, &headers, (256, DATA)),
+        );
+        assert_eq!(cqes(&d).len(), 7);
+
+        // A directed-route SMP: permissive DLID and SLID, VL15, to QP0 with any Q_Key.
+        let headers = mad_headers(0, 0xffff, 0xffff, None, 0, 0x1234_5678, 0);
+        post(
+            &mut d,
+            QP0_1,
+            SPECIAL,
+            0,
+            &mlx_wqe(VL15 | SLR, &headers, (256, DATA)),
+        );
+        let c = cqes(&d);
+        assert_eq!(
+            received(&c[7]),
+            (SPECIAL + 1, 0, false, 0, 0, 0xffff, 296, 0, 0x01)
+        );
+        // VL15 is for QP0 only, and QP0 takes nothing else.
+        let headers = mad_headers(0, 2, 0, None, 1, QP1_QKEY, 1);
+        post(
+            &mut d,
+            QP0_1,
+            SPECIAL,
+            1,
+            &mlx_wqe(VL15, &headers, (256, DATA)),
+        );
+        let headers = mad_headers(0, 2, 0, None, 0, 0, 0);
+        post(
+            &mut d,
+            QP0_1,
+            SPECIAL,
+            2,
+            &mlx_wqe(0, &headers, (256, DATA)),
+        );
+        assert_eq!(cqes(&d).len(), 11, "two sends, nothing received");
+        let after = counters(&mut d, 2);
+        assert_eq!(
+            after.0 - before.0,
+            2,
+            "the Q_Key's and the unmarked QP0 MAD"
+        );
+        assert_eq!(after.1 - before.1, 1, "VL15Dropped");
+
+        // A GRH on a MAD goes into the slot as the sender wrote it.
+        let grh: [u8; 40] = std::array::from_fn(|i| 0x60 + i as u8);
+        let headers = mad_headers(0, 2, 0, Some(grh), 1, QP1_QKEY, 1);
+        post(
+            &mut d,
+            QP1_1,
+            SPECIAL + 2,
+            4,
+            &mlx_wqe(0, &headers, (256, DATA)),
+        );
+        let c = cqes(&d);
+        assert_eq!(received(&c[11]).2, true, "the GRH bit");
+        assert_eq!(d.memory.get(buf + 0x200, 40), grh);
+        assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_mlx_wqe_the_device_cannot_send_fails_the_qp() {
+        let good = mad_headers(0, 2, 0, None, 1, QP1_QKEY, 1);
+        let mut short = mlx_wqe(0, &good, (256, DATA));
+        short[7] = 1;
+        let mut long = mlx_wqe(0, &good, (256, DATA));
+        long[7] = 9;
+        let with_grh = mad_headers(0, 2, 0, Some([0x60; 40]), 1, QP1_QKEY, 1);
+        let cases: [(&str, Vec<u8>, u8, &str); 7] = [
+            ("16 bytes", short, 0x02, "WQE size 16 for a 128-byte stride"),
+            (
+                "144 bytes",
+                long,
+                0x02,
+                "WQE size 144 for a 128-byte stride",
+            ),
+            // The ICRC slot's 4 bytes count among the headers' bytes.
+            ("no LRH", mlx_wqe(0, &good[..3], (0, DATA)), 0x02, "no LRH"),
+            ("no BTH", mlx_wqe(0, &good[..12], (0, DATA)), 0x02, "no BTH"),
+            (
+                "no DETH",
+                mlx_wqe(0, &good[..20], (0, DATA)),
+                0x02,
+                "no DETH",
+            ),
+            (
+                "a short GRH",
+                mlx_wqe(0, &with_grh[..40], (0, DATA)),
+                0x02,
+                "short GRH",
+            ),
+            ("a bad lkey", mlx_wqe(0, &good, (256, 0)), 0x04, ""),
+        ];
+        for (what, mut wqe, syndrome, error) in cases {
+            if what == "a bad lkey" {
+                wqe[48 + 4..48 + 8].copy_from_slice(&(KEY + 0x100).to_be_bytes());
+            }
+            let mut d = rig();
+            post_recv(&d, QP1_2, 0, &[(296, DATA + 0x1000)]);
+            post(&mut d, QP1_1, SPECIAL + 2, 0, &wqe);
+            let errors = d.errors();
+            if error.is_empty() {
+                assert_eq!(errors, Vec::<String>::new(), "{what}");
+            } else {
+                assert!(
+                    errors.len() == 1 && errors[0].ends_with(error),
+                    "{what}: {errors:?}"
+                );
+            }
+            let c = cqes(&d);
+            assert_eq!(c.len(), 1, "{what}: {c:?}");
+            assert_eq!(
+                (be32(&c[0], 0), c[0][0x1b]),
+                (SPECIAL + 2, syndrome),
+                "{what}"
+            );
+        }
+        // The headers whole but no ICRC slot after them: nothing is sent.
+        let mut d = rig();
+        let mut w = vec![0u8; 16];
+        w[3] = 0x0a;
+        w[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        w.extend(inline(&good));
+        w[7] = (w.len() / 16) as u8;
+        post(&mut d, QP1_1, SPECIAL + 2, 0, &w);
+        let errors = d.errors();
+        assert!(
+            errors.len() == 1 && errors[0].ends_with("payload shorter than its headers"),
+            "{errors:?}"
+        );
     }
 }
