@@ -2766,40 +2766,41 @@ mod datagram {
     use super::*;
 
     /// UD QPs: A and D on port 1; B and C on port 2.
-    const UD_A: u32 = 0x50;
-    const UD_B: u32 = 0x51;
+    pub(super) const UD_A: u32 = 0x50;
+    pub(super) const UD_B: u32 = 0x51;
     const UD_C: u32 = 0x52;
     const UD_D: u32 = 0x53;
-    const QKEY: u32 = 0x0b1b_0000;
+    pub(super) const QKEY: u32 = 0x0b1b_0000;
     /// CONF_SPECIAL_QP's base: QP0 of ports 1 and 2 at 0x48 and 0x49, QP1 at 0x4a and 0x4b.
     const SPECIAL: u32 = 0x48;
     const QP1_QKEY: u32 = 0x8001_0000;
     /// The slots of the QPs' buffers and doorbell records.
-    const A: usize = 0;
-    const B: usize = 1;
+    pub(super) const A: usize = 0;
+    pub(super) const B: usize = 1;
     const C: usize = 2;
     const QP0_1: usize = 3;
     const QP0_2: usize = 4;
     const QP1_1: usize = 5;
     const QP1_2: usize = 6;
     const D: usize = 7;
-    const ST_UD: u8 = 3;
+    pub(super) const ST_UD: u8 = 3;
     const ST_MLX: u8 = 7;
     /// `MLX4_INVALID_LKEY`: the end of a receive's scatter list.
     const INVALID_LKEY: u32 = 0x100;
 
     /// The buffer of the QP in `slot`: its SQ of 16 WQEs of 128 bytes, then its RQ of
     /// 16 WQEs of 64 bytes at 2048.
-    fn page(slot: usize) -> u64 {
+    pub(super) fn page(slot: usize) -> u64 {
         BASE + 0x54_0000 + 0x1_0000 * slot as u64
     }
 
-    fn db_record(slot: usize) -> u64 {
+    pub(super) fn db_record(slot: usize) -> u64 {
         DB_RECORDS + 0x20 + 8 * slot as u64
     }
 
-    /// QP `qpn` of transport `st` on `port` (0 or 1), taken to RTS, its buffer in `slot`.
-    fn create(d: &mut Driver, qpn: u32, slot: usize, st: u8, port: u8, qkey: u32) {
+    /// The RST2INIT mailbox of a QP of transport `st` on `port` (0 or 1), its buffer
+    /// and doorbell record in `slot` (its MTT entry written, its SQ stamped empty).
+    pub(super) fn qp_mailbox(d: &Driver, slot: usize, st: u8, port: u8, qkey: u32) -> Vec<u8> {
         let mtt_index = 20 + slot as u32;
         rc::mtt(d, u64::from(mtt_index), page(slot));
         for i in 0..16 {
@@ -2818,6 +2819,12 @@ mod datagram {
         ctx[0xa0..0xa8].copy_from_slice(&db_record(slot).to_be_bytes());
         ctx[0xa8..0xac].copy_from_slice(&qkey.to_be_bytes());
         ctx[0xcc..0xd0].copy_from_slice(&(8 * mtt_index).to_be_bytes());
+        mailbox
+    }
+
+    /// QP `qpn` of transport `st` on `port` (0 or 1), taken to RTS, its buffer in `slot`.
+    fn create(d: &mut Driver, qpn: u32, slot: usize, st: u8, port: u8, qkey: u32) {
+        let mailbox = qp_mailbox(d, slot, st, port, qkey);
         d.memory.put(INBOX, &mailbox);
         for op in [opcode::RST2INIT_QP, opcode::INIT2RTR_QP, opcode::RTR2RTS_QP] {
             assert_eq!(d.command(op, 0, qpn, INBOX, 0, false).0, 0, "{qpn:#x}");
@@ -2826,7 +2833,7 @@ mod datagram {
 
     /// The rc rig with a multicast table of 8 entries of 1 KiB, four UD QPs and the
     /// special QPs of both ports.
-    fn rig() -> Driver {
+    pub(super) fn rig() -> Driver {
         let mut init = init_hca_mailbox();
         init[init_hca::LOG_MC_ENTRY_SZ] = 10;
         init[init_hca::LOG_MC_HASH_SZ] = 2;
@@ -2851,7 +2858,7 @@ mod datagram {
 
     /// Posts receive `index` of the QP in `slot`: its scatter entries (length, address)
     /// under KEY, ended by the invalid key when there are fewer than four.
-    fn post_recv(d: &Driver, slot: usize, index: u32, entries: &[(u32, u64)]) {
+    pub(super) fn post_recv(d: &Driver, slot: usize, index: u32, entries: &[(u32, u64)]) {
         let mut wqe = [0u8; 64];
         for (i, &(len, addr)) in entries.iter().enumerate() {
             wqe[16 * i..16 * i + 4].copy_from_slice(&len.to_be_bytes());
@@ -2867,7 +2874,7 @@ mod datagram {
     }
 
     /// A gather entry of `len` bytes at `addr` under KEY.
-    fn gather(len: u32, addr: u64) -> Vec<u8> {
+    pub(super) fn gather(len: u32, addr: u64) -> Vec<u8> {
         let mut seg = vec![0u8; 16];
         seg[0..4].copy_from_slice(&len.to_be_bytes());
         seg[4..8].copy_from_slice(&KEY.to_be_bytes());
@@ -2885,7 +2892,7 @@ mod datagram {
 
     /// What a UD WQE's control and datagram segments say.
     #[derive(Clone, Copy)]
-    struct Datagram {
+    pub(super) struct Datagram {
         dlid: u16,
         /// The source path bits (`g_slid`'s low bits).
         path_bits: u8,
@@ -2900,7 +2907,7 @@ mod datagram {
 
     impl Datagram {
         /// A SEND to QP B on port 2.
-        fn to_b() -> Self {
+        pub(super) fn to_b() -> Self {
             Self {
                 dlid: 2,
                 path_bits: 0,
@@ -2913,8 +2920,17 @@ mod datagram {
             }
         }
 
+        /// A SEND to LID 9, which no port has: it leaves and completes, and nobody
+        /// takes it.
+        pub(super) fn to_nobody() -> Self {
+            Self {
+                dlid: 9,
+                ..Self::to_b()
+            }
+        }
+
         /// The WQE: control segment, datagram segment, then `data` (whole segments).
-        fn wqe(&self, data: &[u8]) -> Vec<u8> {
+        pub(super) fn wqe(&self, data: &[u8]) -> Vec<u8> {
             let mut w = vec![0u8; 64];
             w[3] = if self.imm.is_some() { 0x0b } else { 0x0a };
             w[7] = ((64 + data.len()) / 16) as u8;
@@ -2938,7 +2954,7 @@ mod datagram {
 
     /// Writes send WQE `index` of the QP in `slot` (its owner bit by lap) and rings the
     /// QP's doorbell.
-    fn post(d: &mut Driver, slot: usize, qpn: u32, index: u32, wqe: &[u8]) {
+    pub(super) fn post(d: &mut Driver, slot: usize, qpn: u32, index: u32, wqe: &[u8]) {
         let mut w = wqe.to_vec();
         w.truncate(128);
         w[0] = if index & 16 != 0 { 0x80 } else { 0 };
@@ -2948,25 +2964,25 @@ mod datagram {
     }
 
     /// Every CQE the device has written so far (the CQ's first lap).
-    fn cqes(d: &Driver) -> Vec<[u8; 32]> {
+    pub(super) fn cqes(d: &Driver) -> Vec<[u8; 32]> {
         (0..64)
             .map(|n| d.memory.get(CQ_PAGE + 32 * n, 32).try_into().unwrap())
             .take_while(|c: &[u8; 32]| c[31] & 0x80 == 0)
             .collect()
     }
 
-    fn be32(c: &[u8], at: usize) -> u32 {
+    pub(super) fn be32(c: &[u8], at: usize) -> u32 {
         u32::from_be_bytes(c[at..at + 4].try_into().unwrap())
     }
 
-    fn be16(c: &[u8], at: usize) -> u16 {
+    pub(super) fn be16(c: &[u8], at: usize) -> u16 {
         u16::from_be_bytes([c[at], c[at + 1]])
     }
 
     /// A receive CQE's fields: (QPN, sender QPN, GRH bit, path bits, SL, SLID, byte
     /// count, WQE index, the owner, send and opcode byte).
     #[allow(clippy::type_complexity)]
-    fn received(c: &[u8; 32]) -> (u32, u32, bool, u32, u16, u16, u32, u16, u8) {
+    pub(super) fn received(c: &[u8; 32]) -> (u32, u32, bool, u32, u16, u16, u32, u16, u8) {
         let g_mlpath_rqpn = be32(c, 0x08);
         (
             be32(c, 0x00),
@@ -2998,7 +3014,7 @@ mod datagram {
     }
 
     /// A payload that does not repeat within 256 bytes.
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
             .collect()
@@ -3676,5 +3692,147 @@ mod datagram {
             errors.len() == 1 && errors[0].ends_with("payload shorter than its headers"),
             "{errors:?}"
         );
+    }
+}
+
+/// Queues at the edges of what a context may describe: pages up to 1 GiB, MTT offsets
+/// past 4 GiB, the largest CQ, and a resize that cannot hold what is outstanding.
+mod queues {
+    use super::datagram::{self, cqes, gather, Datagram, A, UD_A};
+    use super::rc::{self, DATA, DB_RECORDS};
+    use super::*;
+
+    /// A CQ context: 2^`log_size` entries in pages of 2^(12 + `log_page_size`) bytes,
+    /// its MTT entries from byte `mtt_offset` of the table, completions to the rc rig's
+    /// EQ.
+    fn cq_in_pages(log_size: u32, log_page_size: u8, mtt_offset: u64) -> Vec<u8> {
+        let mut cq = vec![0u8; 256];
+        cq[0x0c..0x10].copy_from_slice(&((log_size << 24) | 1).to_be_bytes());
+        cq[0x17] = rc::EQN as u8;
+        cq[0x18] = log_page_size;
+        cq[0x1b] = (mtt_offset >> 32) as u8;
+        cq[0x1c..0x20].copy_from_slice(&(mtt_offset as u32).to_be_bytes());
+        cq[0x38..0x40].copy_from_slice(&(DB_RECORDS + 0x200).to_be_bytes());
+        cq
+    }
+
+    fn cq_command(d: &mut Driver, op: u16, cqn: u32, ctx: &[u8]) -> (u8, Vec<String>) {
+        d.memory.put(INBOX, ctx);
+        let status = d.command(op, 0, cqn, INBOX, 0, false).0;
+        (status, d.errors())
+    }
+
+    /// 2 MiB of test memory that 64 MTT entries of 2 MiB pages (from index 100) all
+    /// name: a queue of 128 MiB, the largest, the device can walk.
+    const ALIASED: u64 = BASE + 0x80_0000;
+
+    fn alias_128_mib(d: &Driver) {
+        for i in 0..64 {
+            rc::mtt(d, 100 + i, ALIASED);
+        }
+    }
+
+    #[test]
+    fn queue_pages_go_up_to_1_gib_and_mtt_offsets_past_4_gib() {
+        let mut d = rc::setup();
+        rc::mtt(&d, 100, ALIASED);
+        let bad = CmdStatus::BadParam as u8;
+        assert_eq!(
+            cq_command(&mut d, opcode::SW2HW_CQ, 2, &cq_in_pages(6, 18, 800)),
+            (0, vec![])
+        );
+        for i in 0..64 {
+            assert_eq!(d.memory.get(ALIASED + 32 * i + 31, 1), [0x80], "CQE {i}");
+        }
+        let (status, errors) = cq_command(&mut d, opcode::SW2HW_CQ, 3, &cq_in_pages(6, 19, 800));
+        assert_eq!(status, bad);
+        assert!(
+            errors[0].contains("CQ 0x3: pages of 2^31 bytes"),
+            "{errors:?}"
+        );
+        // The MTT offset's high byte counts: 4 GiB on, past the table.
+        let far = (1 << 32) | 800;
+        let (status, errors) = cq_command(&mut d, opcode::SW2HW_CQ, 3, &cq_in_pages(6, 0, far));
+        assert_eq!(status, bad);
+        assert!(errors[0].contains("is not mapped"), "{errors:?}");
+
+        // A QP's buffer alike: in a 1 GiB page it works, in a 2 GiB one or 4 GiB into the
+        // MTT its doorbell is refused.
+        let cases: [(u32, u8, u8, &str); 3] = [
+            (0x60, 18, 0, ""),
+            (0x61, 19, 0, "pages of 2^31 bytes"),
+            (0x62, 0, 1, "is not mapped"),
+        ];
+        for (qpn, log_page_size, mtt_high, error) in cases {
+            let mut mailbox = datagram::qp_mailbox(&d, A, datagram::ST_UD, 0, 1);
+            mailbox[8 + 0xc8] = log_page_size;
+            mailbox[8 + 0xcb] = mtt_high;
+            d.memory.put(INBOX, &mailbox);
+            for op in [opcode::RST2INIT_QP, opcode::INIT2RTR_QP, opcode::RTR2RTS_QP] {
+                assert_eq!(d.command(op, 0, qpn, INBOX, 0, false).0, 0);
+            }
+            let before = cqes(&d).len();
+            let to_nobody = Datagram::to_nobody();
+            datagram::post(&mut d, A, qpn, 0, &to_nobody.wqe(&gather(8, DATA)));
+            let errors = d.errors();
+            if error.is_empty() {
+                assert_eq!(errors, Vec::<String>::new());
+                assert_eq!(cqes(&d).len(), before + 1, "sent");
+            } else {
+                // Once at RTS, where the device looks at the SQ, and once for the doorbell.
+                assert!(
+                    errors.len() == 2 && errors.iter().all(|e| e.ends_with(error)),
+                    "{qpn:#x}: {errors:?}"
+                );
+            }
+            assert_eq!(d.command(opcode::TO_RST_QP, 0, qpn, 0, 0, false).0, 0);
+        }
+    }
+
+    #[test]
+    fn a_cq_of_2_22_entries_is_the_largest() {
+        let mut d = rc::setup();
+        alias_128_mib(&d);
+        let (status, errors) = cq_command(&mut d, opcode::SW2HW_CQ, 2, &cq_in_pages(23, 9, 800));
+        assert_eq!(status, CmdStatus::BadParam as u8);
+        assert!(errors[0].contains("CQ 0x2 of 2^23 entries"), "{errors:?}");
+        assert_eq!(
+            cq_command(&mut d, opcode::SW2HW_CQ, 2, &cq_in_pages(22, 9, 800)),
+            (0, vec![])
+        );
+    }
+
+    #[test]
+    fn a_cq_resizes_up_to_2_22_entries_and_not_below_what_is_outstanding() {
+        let mut d = datagram::rig();
+        alias_128_mib(&d);
+        let to_nobody = Datagram::to_nobody();
+        for i in 0..3 {
+            datagram::post(&mut d, A, UD_A, i, &to_nobody.wqe(&gather(8, DATA)));
+        }
+        assert_eq!(cqes(&d).len(), 3, "three completions outstanding");
+        let cqn = rc::CQN;
+        let bad = CmdStatus::BadParam as u8;
+        let (status, errors) = cq_command(&mut d, opcode::MODIFY_CQ, cqn, &cq_in_pages(2, 9, 800));
+        assert_eq!(status, bad);
+        assert!(
+            errors[0].contains("a resize to 4 entries with 3 completions outstanding"),
+            "{errors:?}"
+        );
+        let (status, errors) = cq_command(&mut d, opcode::MODIFY_CQ, cqn, &cq_in_pages(23, 9, 800));
+        assert_eq!(status, bad);
+        assert!(errors[0].contains("a resize to 2^23 entries"), "{errors:?}");
+        assert_eq!(cqes(&d).len(), 3, "no RESIZE CQE for a refused resize");
+        // 2^22 entries: the RESIZE CQE at index 3, and the next completion at index 4 of
+        // the new buffer (its pages all the same 2 MiB here).
+        assert_eq!(
+            cq_command(&mut d, opcode::MODIFY_CQ, cqn, &cq_in_pages(22, 9, 800)),
+            (0, vec![])
+        );
+        assert_eq!(d.memory.get(rc::CQ_PAGE + 32 * 3 + 31, 1), [0x16]);
+        datagram::post(&mut d, A, UD_A, 3, &to_nobody.wqe(&gather(8, DATA)));
+        let c = d.memory.get(ALIASED + 32 * 4, 32);
+        assert_eq!((datagram::be32(&c, 0), c[31]), (UD_A, 0x4a));
+        assert_eq!(d.errors(), Vec::<String>::new());
     }
 }
