@@ -664,6 +664,73 @@ mod rc {
         assert_eq!(delta(&mut d, 2), [26, 60 + 10, 1, 2]);
     }
 
+    /// Posts send WQE `index` on QP A with a gather list of several entries (length,
+    /// address) under KEY, and rings.
+    fn post_sges(
+        d: &mut Driver,
+        index: u32,
+        opcode: u8,
+        remote: Option<(u64, u32)>,
+        sges: &[(u32, u64)],
+    ) {
+        let mut wqe = [0u8; 64];
+        wqe[3] = opcode;
+        wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        let mut at = 16;
+        if let Some((raddr, rkey)) = remote {
+            wqe[16..24].copy_from_slice(&raddr.to_be_bytes());
+            wqe[24..28].copy_from_slice(&rkey.to_be_bytes());
+            at = 32;
+        }
+        for &(len, addr) in sges {
+            wqe[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            wqe[at + 4..at + 8].copy_from_slice(&KEY.to_be_bytes());
+            wqe[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
+            at += 16;
+        }
+        wqe[7] = (at / 16) as u8;
+        d.memory.put(QP_PAGE[0] + 64 * u64::from(index & 15), &wqe);
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
+    }
+
+    /// QP A's first CQE: (byte count, syndrome).
+    fn requester_cqe(d: &Driver) -> (u32, u8) {
+        (0..64)
+            .map(|n| cqe(d, n))
+            .find(|c| c.0 == QP_A)
+            .map(|c| (c.1, c.3))
+            .expect("a CQE of QP A")
+    }
+
+    /// A message may be 16 MiB and not a byte more: a SEND, an RDMA WRITE and an RDMA
+    /// READ of exactly that much go (the whole test memory, written onto itself, so
+    /// nothing changes), and one byte more is a local length error (0x01).
+    #[test]
+    fn a_message_of_16_mib_goes_and_one_byte_more_is_a_length_error() {
+        const MAX: u32 = 16 << 20;
+        for (opcode, remote) in [
+            (0x0a, None),
+            (0x08, Some((BASE, KEY))),
+            (0x10, Some((BASE, KEY))),
+        ] {
+            let mut d = setup();
+            post_recv(&d, 0, DATA + 0x1000, 64);
+            post_sges(&mut d, 0, opcode, remote, &[(MAX, BASE), (1, DATA)]);
+            assert_eq!(requester_cqe(&d).1, 0x01, "{opcode:#x} of 16 MiB and a byte");
+            let mut d = setup();
+            post_recv(&d, 0, DATA + 0x1000, 64);
+            post_sges(&mut d, 0, opcode, remote, &[(MAX, BASE)]);
+            let expected = match opcode {
+                // The SEND reaches the responder, whose 64-byte receive is too small.
+                0x0a => (0, 0x12),
+                0x10 => (MAX, 0),
+                _ => (0, 0),
+            };
+            assert_eq!(requester_cqe(&d), expected, "{opcode:#x} of 16 MiB");
+        }
+    }
+
     /// A second physical MPT (index `index`) of `pd` that grants everything; its key.
     fn extra_mpt(d: &mut Driver, index: u32, pd: u32) -> u32 {
         let key = (index << 8) | 0x11;
@@ -1339,6 +1406,22 @@ mod frwr {
                     "op {op:#x} with rights {granted:#x}"
                 );
             }
+        }
+    }
+
+    /// One fast registration names at most 511 pages (`MLX4_MAX_FAST_REG_PAGES`),
+    /// however many the MPT's MTT range could hold.
+    #[test]
+    fn a_fast_registration_names_at_most_511_pages() {
+        for (pages, syndrome) in [(511u64, 0), (512, 0x02)] {
+            let mut d = setup();
+            let key = fr_mpt(&mut d, PD, true, 1024);
+            for i in 0..pages {
+                d.memory
+                    .put(DATA + 0x7000 + 8 * i, &((DATA + 0x1000) | 1).to_be_bytes());
+            }
+            post_wqe(&mut d, 0, &reg_mr(key, REMOTE_WRITE, 0, pages << 12, 12));
+            assert_eq!(cqe(&d, 0).3, syndrome, "{pages} pages");
         }
     }
 
