@@ -717,7 +717,11 @@ mod rc {
             let mut d = setup();
             post_recv(&d, 0, DATA + 0x1000, 64);
             post_sges(&mut d, 0, opcode, remote, &[(MAX, BASE), (1, DATA)]);
-            assert_eq!(requester_cqe(&d).1, 0x01, "{opcode:#x} of 16 MiB and a byte");
+            assert_eq!(
+                requester_cqe(&d).1,
+                0x01,
+                "{opcode:#x} of 16 MiB and a byte"
+            );
             let mut d = setup();
             post_recv(&d, 0, DATA + 0x1000, 64);
             post_sges(&mut d, 0, opcode, remote, &[(MAX, BASE)]);
@@ -1406,6 +1410,60 @@ mod frwr {
                     "op {op:#x} with rights {granted:#x}"
                 );
             }
+        }
+    }
+
+    /// What arrives through a fast-registered lkey needs the local write right the
+    /// registration granted: an RDMA READ's response into a key registered without it is
+    /// a local protection error (0x04), with it the data lands, and a registration after
+    /// an invalidation grants only what it asks, not what the key had before.
+    #[test]
+    fn a_fast_registered_lkey_takes_what_arrives_only_with_local_write() {
+        let iova = 0x7000_0000u64;
+        let read_into = |d: &mut Driver, index: u64, key: u32| {
+            let mut wqe = [0u8; 64];
+            wqe[3] = 0x10;
+            wqe[7] = 3;
+            wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+            wqe[16..24].copy_from_slice(&(DATA + 0x100).to_be_bytes());
+            wqe[24..28].copy_from_slice(&KEY.to_be_bytes());
+            wqe[32..36].copy_from_slice(&8u32.to_be_bytes());
+            wqe[36..40].copy_from_slice(&key.to_be_bytes());
+            wqe[40..48].copy_from_slice(&(iova + 16).to_be_bytes());
+            post_wqe(d, index, &wqe);
+        };
+        let invalidate = |d: &mut Driver, index: u64, key: u32| {
+            let mut wqe = [0u8; 64];
+            wqe[3] = 0x1b;
+            wqe[7] = 2;
+            wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+            wqe[24..28].copy_from_slice(&key.to_be_bytes());
+            post_wqe(d, index, &wqe);
+        };
+        // (the first registration's rights, whether it is invalidated and registered
+        // again with remote read alone, the READ's syndrome)
+        for (first, again, syndrome) in [
+            (REMOTE_READ, false, 0x04),
+            (REMOTE_READ | LOCAL_WRITE, false, 0),
+            (REMOTE_READ | LOCAL_WRITE, true, 0x04),
+        ] {
+            let mut d = setup();
+            let key = fr_mpt(&mut d, PD, true, 4);
+            d.memory
+                .put(DATA + 0x7000, &((DATA + 0x8000) | 1).to_be_bytes());
+            d.memory.put(DATA + 0x100, b"arrives!");
+            post_wqe(&mut d, 0, &reg_mr(key, first, iova, 4096, 12));
+            let mut next = 1;
+            if again {
+                invalidate(&mut d, 1, key);
+                post_wqe(&mut d, 2, &reg_mr(key, REMOTE_READ, iova, 4096, 12));
+                next = 3;
+            }
+            read_into(&mut d, next, key);
+            let what = format!("{first:#x}, registered again: {again}");
+            assert_eq!(cqe(&d, next).3, syndrome, "{what}");
+            let landed = d.memory.get(DATA + 0x8000 + 16, 8) == b"arrives!";
+            assert_eq!(landed, syndrome == 0, "{what}");
         }
     }
 

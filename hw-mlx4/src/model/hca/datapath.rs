@@ -89,6 +89,21 @@ mod mpt {
     pub const ENTITY_SIZE: usize = 0x38;
     /// `MLX4_MPT_FLAG_PHYSICAL`: no translation, the address is the bus address.
     pub const FLAG_PHYSICAL: u32 = 1 << 9;
+    /// `MLX4_PERM_LOCAL_READ` and `MLX4_PERM_LOCAL_WRITE`.
+    pub const PERM_LOCAL_READ: u32 = 1 << 10;
+    pub const PERM_LOCAL_WRITE: u32 = 1 << 11;
+}
+
+/// What a memory key is used for: through an lkey, the MPT must grant the local right;
+/// through an R_Key, `check_rkey` has checked the remote right already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KeyUse {
+    /// Gathering what a WQE sends.
+    LocalRead,
+    /// Scattering what arrives (a receive, a READ response, an atomic's old value).
+    LocalWrite,
+    /// The responder's side of an RDMA or atomic operation.
+    Remote,
 }
 
 /// CQE layout (`struct mlx4_cqe`, 32 bytes).
@@ -395,14 +410,15 @@ impl Hca {
         Ok(out)
     }
 
-    /// The bus address of `len` bytes at `va` under memory key `key` (an lkey), through
-    /// its MPT: physical MPTs pass the address through, others translate by their MTT.
+    /// The bus address of `len` bytes at `va` under memory key `key`, through its MPT:
+    /// physical MPTs pass the address through, others translate by their MTT.
     pub(super) fn key_address(
         &self,
         dma: &dyn Dma,
         key: u32,
         va: u64,
         len: usize,
+        usage: KeyUse,
     ) -> Result<u64, String> {
         let init = self.init.as_ref().ok_or("a memory key before INIT_HCA")?;
         let index = (key >> 8) & ((1u32 << init.log_mpt_sz) - 1);
@@ -417,6 +433,14 @@ impl Hca {
         let flags = m.u32(mpt::FLAGS);
         if flags & super::rc::mpt_flags::STATE_MASK == super::rc::mpt_flags::FREE {
             return Err(format!("lkey {key:#x}: MPT {index:#x} is invalidated"));
+        }
+        let (right, name) = match usage {
+            KeyUse::LocalRead => (mpt::PERM_LOCAL_READ, "local read"),
+            KeyUse::LocalWrite => (mpt::PERM_LOCAL_WRITE, "local write"),
+            KeyUse::Remote => (0, ""),
+        };
+        if flags & right != right {
+            return Err(format!("lkey {key:#x}: MPT {index:#x} grants no {name}"));
         }
         let start = m.u64(mpt::START);
         let length = m.u64(mpt::LENGTH);
@@ -446,7 +470,7 @@ impl Hca {
     pub(super) fn gather(
         &self,
         dma: &dyn Dma,
-        key: u32,
+        (key, usage): (u32, KeyUse),
         va: u64,
         len: usize,
         out: &mut Vec<u8>,
@@ -455,7 +479,7 @@ impl Hca {
         while done < len {
             let at = va + done as u64;
             let chunk = ((4096 - (at & 4095)) as usize).min(len - done);
-            let address = self.key_address(dma, key, at, chunk)?;
+            let address = self.key_address(dma, key, at, chunk, usage)?;
             let mut buf = vec![0u8; chunk];
             dma.read(address, &mut buf)
                 .map_err(|f| format!("gather at {:#x} outside mapped memory", f.address))?;
@@ -469,7 +493,7 @@ impl Hca {
     pub(super) fn scatter(
         &self,
         dma: &dyn Dma,
-        key: u32,
+        (key, usage): (u32, KeyUse),
         va: u64,
         data: &[u8],
     ) -> Result<(), String> {
@@ -477,7 +501,7 @@ impl Hca {
         while done < data.len() {
             let at = va + done as u64;
             let chunk = ((4096 - (at & 4095)) as usize).min(data.len() - done);
-            let address = self.key_address(dma, key, at, chunk)?;
+            let address = self.key_address(dma, key, at, chunk, usage)?;
             dma.write(address, &data[done..done + chunk])
                 .map_err(|f| format!("scatter at {:#x} outside mapped memory", f.address))?;
             done += chunk;
@@ -699,7 +723,7 @@ impl Hca {
                     return Err(format!("a message over {MAX_MESSAGE} bytes"));
                 }
                 if len > 0 {
-                    self.gather(dma, key, addr, len, &mut bytes)?;
+                    self.gather(dma, (key, KeyUse::LocalRead), addr, len, &mut bytes)?;
                 }
                 at += 16;
             }
@@ -957,7 +981,7 @@ impl Hca {
             if take > skip {
                 if let Err(e) = self.scatter(
                     dma,
-                    key,
+                    (key, KeyUse::LocalWrite),
                     addr.wrapping_add(skip as u64),
                     &message[from..done + take],
                 ) {

@@ -20,7 +20,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::commands::QpStateKind;
-use super::datapath::{QpQueues, SendOutcome};
+use super::datapath::{KeyUse, QpQueues, SendOutcome};
 use super::{Dma, Hca};
 use crate::wire::fw::Mailbox;
 use crate::wire::{RecvOpcode, SendOpcode, Syndrome};
@@ -246,8 +246,13 @@ impl Hca {
                 break;
             }
             let take = len.min(data.len() - done);
-            self.scatter(dma, key, addr, &data[done..done + take])
-                .map_err(|_| Syndrome::LocalProtErr)?;
+            self.scatter(
+                dma,
+                (key, KeyUse::LocalWrite),
+                addr,
+                &data[done..done + take],
+            )
+            .map_err(|_| Syndrome::LocalProtErr)?;
             done += take;
         }
         if done < data.len() {
@@ -451,7 +456,11 @@ impl Hca {
                 ) {
                     return SendOutcome::Failed(s);
                 }
-                if !data.is_empty() && self.scatter(dma, rkey, raddr, &data).is_err() {
+                if !data.is_empty()
+                    && self
+                        .scatter(dma, (rkey, KeyUse::Remote), raddr, &data)
+                        .is_err()
+                {
                     return SendOutcome::Failed(Syndrome::RemoteAccessErr);
                 }
                 if opcode == SendOpcode::RdmaWriteImm {
@@ -494,7 +503,11 @@ impl Hca {
                     return SendOutcome::Failed(s);
                 }
                 let mut data = Vec::with_capacity(len);
-                if len > 0 && self.gather(dma, rkey, raddr, len, &mut data).is_err() {
+                if len > 0
+                    && self
+                        .gather(dma, (rkey, KeyUse::Remote), raddr, len, &mut data)
+                        .is_err()
+                {
                     return SendOutcome::Failed(Syndrome::RemoteAccessErr);
                 }
                 match self.scatter_list(dma, &sges, &data) {
@@ -516,7 +529,10 @@ impl Hca {
                     return SendOutcome::Failed(s);
                 }
                 let mut old = Vec::with_capacity(8);
-                if self.gather(dma, rkey, raddr, 8, &mut old).is_err() {
+                if self
+                    .gather(dma, (rkey, KeyUse::Remote), raddr, 8, &mut old)
+                    .is_err()
+                {
                     return SendOutcome::Failed(Syndrome::RemoteAccessErr);
                 }
                 let value = old
@@ -530,7 +546,10 @@ impl Hca {
                     Some(value.wrapping_add(swap_add))
                 };
                 if let Some(new) = new {
-                    if self.scatter(dma, rkey, raddr, &new.to_be_bytes()).is_err() {
+                    if self
+                        .scatter(dma, (rkey, KeyUse::Remote), raddr, &new.to_be_bytes())
+                        .is_err()
+                    {
                         return SendOutcome::Failed(Syndrome::RemoteAccessErr);
                     }
                 }
