@@ -824,6 +824,29 @@ mod rc {
         assert!(!flush_logged, "a flush is not news");
     }
 
+    /// An RNR retry count below 7 is finite: ten timer ticks a retry, then the send
+    /// completes with RNR retry exceeded (0x16).
+    #[test]
+    fn a_finite_rnr_retry_count_gives_up_after_its_retries() {
+        let mut d = setup();
+        // RTS2RTS: the RNR retry count 1 (params1), the CQs as they were.
+        let mut mailbox = vec![0u8; 4096];
+        let ctx = &mut mailbox[8..];
+        ctx[0x70..0x74].copy_from_slice(&(1u32 << 13).to_be_bytes());
+        ctx[0x7c..0x80].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0x9c..0xa0].copy_from_slice(&CQN.to_be_bytes());
+        d.memory.put(INBOX, &mailbox);
+        assert_eq!(d.command(opcode::RTS2RTS_QP, 0, QP_A, INBOX, 0, false).0, 0);
+        post_send(&mut d, 0, 0x0a, None, DATA, 8);
+        for _ in 0..9 {
+            d.hca.tick(&d.memory);
+        }
+        assert_eq!(cqe(&d, 0).2 & 0x80, 0x80, "still retrying");
+        d.hca.tick(&d.memory);
+        assert_eq!(cqe(&d, 0), (QP_A, 0, 0x5e, 0x16), "RNR retry exceeded");
+        assert!(d.errors().is_empty());
+    }
+
     /// A message scattered over two receive entries fills the first, then the second.
     #[test]
     fn a_receive_with_two_entries_takes_a_message_in_order() {
@@ -1284,9 +1307,14 @@ mod frwr {
     /// A free fast-register MPT at index 6 of `pd` (with the fast-register bit if
     /// `fast_reg`), room for `mtt_sz` MTT entries from index 20; its key with `variant`.
     fn fr_mpt(d: &mut Driver, pd: u32, fast_reg: bool, mtt_sz: u32) -> u32 {
+        fr_mpt_flagged(d, pd, fast_reg, mtt_sz, 0)
+    }
+
+    /// `fr_mpt` with more flags in the MPT.
+    fn fr_mpt_flagged(d: &mut Driver, pd: u32, fast_reg: bool, mtt_sz: u32, flags: u32) -> u32 {
         const FR_MPT: u32 = 6;
         let mut mpt = vec![0u8; 4096];
-        mpt[0..4].copy_from_slice(&((3u32 << 28) | (1 << 10)).to_be_bytes());
+        mpt[0..4].copy_from_slice(&((3u32 << 28) | (1 << 10) | flags).to_be_bytes());
         mpt[0x08..0x0c].copy_from_slice(&(FR_MPT << 8).rotate_left(24).to_be_bytes());
         let pd_word = pd | if fast_reg { 1 << 27 } else { 0 };
         mpt[0x0c..0x10].copy_from_slice(&pd_word.to_be_bytes());
@@ -1465,6 +1493,22 @@ mod frwr {
             let landed = d.memory.get(DATA + 0x8000 + 16, 8) == b"arrives!";
             assert_eq!(landed, syndrome == 0, "{what}");
         }
+    }
+
+    /// A fast registration translates by its page list even where the driver left the
+    /// MPT marked physical: the registration clears the flag.
+    #[test]
+    fn a_fast_registration_clears_the_physical_flag() {
+        let iova = 0x7000_0000u64;
+        let mut d = setup();
+        let key = fr_mpt_flagged(&mut d, PD, true, 4, 1 << 9);
+        d.memory
+            .put(DATA + 0x7000, &((DATA + 0x8000) | 1).to_be_bytes());
+        post_wqe(&mut d, 0, &reg_mr(key, REMOTE_WRITE, iova, 4096, 12));
+        d.memory.put(DATA, b"to page!");
+        post_send(&mut d, 1, 0x08, Some((iova + 8, key)), DATA, 8);
+        assert_eq!(cqe(&d, 1).3, 0, "written");
+        assert_eq!(d.memory.get(DATA + 0x8000 + 8, 8), b"to page!");
     }
 
     /// One fast registration names at most 511 pages (`MLX4_MAX_FAST_REG_PAGES`),
@@ -1646,6 +1690,37 @@ mod watched {
         assert_eq!(cqe(&d, 1).0, QP_A);
         assert_eq!(interrupts(&mut d), 1, "both halves armed the CQ");
         assert!(d.errors().is_empty());
+    }
+
+    /// Of the CQ doorbell's commands only REQ_NOT_SOL (1) and REQ_NOT (2) arm the CQ,
+    /// written to the register or, on a watched page, to the arm record.
+    #[test]
+    fn only_the_two_arm_commands_arm_a_cq() {
+        for (cmd, arms) in [(0u32, false), (1, true), (2, true), (3, false)] {
+            for watched in [false, true] {
+                let mut d = setup();
+                post_send(&mut d, 0, 0x08, Some((DATA + 0x2000, KEY)), DATA, 8);
+                assert_eq!(cqe(&d, 0).0, QP_A, "one completion outstanding");
+                interrupts(&mut d);
+                if watched {
+                    d.memory.put(
+                        DB_RECORDS + 0x104,
+                        &((1u32 << 28) | (cmd << 24)).to_be_bytes(),
+                    );
+                    cq_doorbell(&mut d);
+                } else {
+                    let word0 = ((cmd << 24) | CQN).to_be_bytes();
+                    d.hca.bar2_write(&d.memory, UAR_PAGE + 0x20, &word0);
+                    d.hca
+                        .bar2_write(&d.memory, UAR_PAGE + 0x24, &0u32.to_be_bytes());
+                }
+                assert_eq!(
+                    interrupts(&mut d),
+                    usize::from(arms),
+                    "command {cmd}, watched {watched}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -3510,6 +3585,96 @@ mod datagram {
         let c = cqes(&d);
         assert_eq!(received(&c[5]), (UD_B, UD_A, false, 0, 0, 8, 56, 1, 0x01));
         assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
+    /// RTS2RTS with optional parameters `optpar`: the Q_Key `qkey` and the port `port`
+    /// (0 or 1), the CQs as they were.
+    fn rts2rts(d: &mut Driver, qpn: u32, optpar: u32, qkey: u32, port: u8) {
+        let mut mailbox = vec![0u8; 4096];
+        mailbox[0..4].copy_from_slice(&optpar.to_be_bytes());
+        let ctx = &mut mailbox[8..];
+        ctx[0x18 + 0x20] = (port << 6) | 0x3f;
+        ctx[0x7c..0x80].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0x9c..0xa0].copy_from_slice(&CQN.to_be_bytes());
+        ctx[0xa8..0xac].copy_from_slice(&qkey.to_be_bytes());
+        d.memory.put(INBOX, &mailbox);
+        assert_eq!(d.command(opcode::RTS2RTS_QP, 0, qpn, INBOX, 0, false).0, 0);
+    }
+
+    /// A later transition changes a QP's Q_Key and port only under its optional
+    /// parameters (`MLX4_QP_OPTPAR_Q_KEY`, `PRIMARY_ADDR_PATH`, `SCHED_QUEUE`).
+    #[test]
+    fn a_later_transition_moves_the_q_key_and_the_port_under_its_optional_parameters() {
+        const Q_KEY: u32 = 1 << 5;
+        const PRIMARY_ADDR_PATH: u32 = 1 << 7;
+        const SCHED_QUEUE: u32 = 1 << 16;
+        let mut d = rig();
+        d.memory.put(DATA, &pattern(8, 6));
+        for i in 0..4 {
+            post_recv(&d, B, i, &[(64, DATA + 0x1000)]);
+            post_recv(&d, C, i, &[(64, DATA + 0x2000)]);
+        }
+        let mut index = 0;
+        let mut taken = |d: &mut Driver, dg: Datagram| {
+            let before = cqes(d).len();
+            post(d, A, UD_A, index, &dg.wqe(&gather(8, DATA)));
+            index += 1;
+            cqes(d).len() - before == 2
+        };
+        let new_key = QKEY + 1;
+        rts2rts(&mut d, UD_B, 0, new_key, 1);
+        assert!(
+            taken(&mut d, Datagram::to_b()),
+            "no optional parameter: the Q_Key kept"
+        );
+        rts2rts(&mut d, UD_B, Q_KEY, new_key, 1);
+        assert!(!taken(&mut d, Datagram::to_b()), "the old Q_Key");
+        let with_new_key = Datagram {
+            qkey: new_key,
+            ..Datagram::to_b()
+        };
+        assert!(taken(&mut d, with_new_key), "the new Q_Key");
+
+        // C, on port 2, moves to port 1 (LID 1): only under PRIMARY_ADDR_PATH or
+        // SCHED_QUEUE.
+        let to_c_on_port_1 = Datagram {
+            dlid: 1,
+            dqpn: UD_C,
+            ..Datagram::to_b()
+        };
+        rts2rts(&mut d, UD_C, 0, QKEY, 0);
+        assert!(!taken(&mut d, to_c_on_port_1), "C stays on port 2");
+        for optpar in [PRIMARY_ADDR_PATH, SCHED_QUEUE] {
+            rts2rts(&mut d, UD_C, optpar, QKEY, 0);
+            assert!(
+                taken(&mut d, to_c_on_port_1),
+                "optpar {optpar:#x}: on port 1"
+            );
+            rts2rts(&mut d, UD_C, optpar, QKEY, 1);
+            assert!(
+                !taken(&mut d, to_c_on_port_1),
+                "optpar {optpar:#x}: back on 2"
+            );
+        }
+        assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
+    /// A QP moved to error flushes the receives its record counts, at most a queue's
+    /// worth however far ahead a broken record says the driver is.
+    #[test]
+    fn a_qp_in_error_flushes_at_most_its_queue() {
+        let mut d = rig();
+        d.memory.put(db_record(B), &100u32.to_be_bytes());
+        assert_eq!(d.command(opcode::TO_ERR_QP, 0, UD_B, 0, 0, false).0, 0);
+        let c = cqes(&d);
+        assert_eq!(c.len(), 16, "RQ of 16");
+        for (i, c) in c.iter().enumerate() {
+            assert_eq!(
+                (be32(c, 0), be16(c, 0x18), c[0x1b], c[0x1f]),
+                (UD_B, i as u16, 0x05, 0x1e),
+                "flush {i}"
+            );
+        }
     }
 
     /// Writes multicast entry `index`: `mgid`, the member count word, then `members`
