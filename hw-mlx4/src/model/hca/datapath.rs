@@ -387,8 +387,11 @@ impl Hca {
         Ok(entry.wrapping_add(offset & ((1u64 << page_shift) - 1)))
     }
 
-    /// Reads `len` bytes of a buffer through its MTT (page by page).
-    pub(super) fn read_buffer(
+    /// Reads one WQE of `len` bytes at byte `offset` of a QP's buffer, through its MTT.
+    /// A WQE never crosses a page: strides are powers of two of at most 2 KiB
+    /// (`QpQueues::from_context`), each queue starts at a multiple of its stride (the
+    /// queue with the larger stride first), and pages are 4 KiB or more.
+    pub(super) fn read_wqe(
         &self,
         dma: &dyn Dma,
         mtt_offset: u64,
@@ -396,17 +399,10 @@ impl Hca {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, String> {
-        let page = 1u64 << page_shift(log_page_size)?;
+        let address = self.buffer_address(dma, mtt_offset, log_page_size, offset)?;
         let mut out = vec![0u8; len];
-        let mut done = 0usize;
-        while done < len {
-            let at = offset + done as u64;
-            let chunk = ((page - (at & (page - 1))) as usize).min(len - done);
-            let address = self.buffer_address(dma, mtt_offset, log_page_size, at)?;
-            dma.read(address, &mut out[done..done + chunk])
-                .map_err(|f| format!("read at {:#x} outside mapped memory", f.address))?;
-            done += chunk;
-        }
+        dma.read(address, &mut out)
+            .map_err(|f| format!("read at {:#x} outside mapped memory", f.address))?;
         Ok(out)
     }
 
@@ -527,7 +523,7 @@ impl Hca {
                 .map_or(0, |q| q.sq_next);
             let offset =
                 queues.sq_offset + (u64::from(index & (entries - 1)) << queues.log_sq_stride);
-            let wqe = match self.read_buffer(
+            let wqe = match self.read_wqe(
                 dma,
                 queues.mtt_offset,
                 queues.log_page_size,
@@ -933,7 +929,7 @@ impl Hca {
         }
         let entries = 1u32 << queues.log_rq_entries;
         let offset = queues.rq_offset + (u64::from(index & (entries - 1)) << queues.log_rq_stride);
-        let wqe = match self.read_buffer(
+        let wqe = match self.read_wqe(
             dma,
             queues.mtt_offset,
             queues.log_page_size,

@@ -684,7 +684,7 @@ impl Hca {
         let offset =
             responder.rq_offset + (u64::from(index & (entries - 1)) << responder.log_rq_stride);
         let wqe = self
-            .read_buffer(
+            .read_wqe(
                 dma,
                 responder.mtt_offset,
                 responder.log_page_size,
