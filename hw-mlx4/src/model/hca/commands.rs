@@ -471,7 +471,7 @@ impl Hca {
                 }
                 let inbox = self.read_in(dma, cmd)?;
                 let cq = super::datapath::CqState::from_context(&inbox);
-                if cq.log_size > 22 {
+                if cq.log_size > super::datapath::MAX_LOG_QUEUE_ENTRIES {
                     return Err((
                         CmdStatus::BadParam,
                         format!("CQ {cqn:#x} of 2^{} entries", cq.log_size),
@@ -798,7 +798,7 @@ impl Hca {
         let inbox = self.read_in(dma, cmd)?;
         let m = Mailbox(&inbox[..]);
         let log_size = u32::from(m.u8(eq_context::LOG_EQ_SIZE) & 0x1f);
-        if log_size > 22 {
+        if log_size > super::datapath::MAX_LOG_QUEUE_ENTRIES {
             return Err((
                 CmdStatus::BadParam,
                 format!("EQ {eqn} of 2^{log_size} entries"),
@@ -831,7 +831,7 @@ impl Hca {
         // The hardware owns every entry of a new EQ: set the owner bit of each, as the
         // firmware does (the driver's `next_eqe_sw` expects it; its pages come zeroed).
         let nent = 1u64 << log_size;
-        self.own_queue(dma, eq.mtt_offset, eq.log_page_size, nent, 32, 0)
+        self.own_queue(dma, eq.mtt_offset, eq.log_page_size, log_size, 0)
             .map_err(|e| (CmdStatus::BadParam, format!("EQ {eqn}: {e}")))?;
         self.info(format!(
             "EQ {eqn}: {} entries, vector {}{}",

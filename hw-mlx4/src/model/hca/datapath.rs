@@ -347,9 +347,9 @@ pub(super) enum SendOutcome {
 /// Device timer ticks per RNR retry (the retry count's unit, about 10 ms at 1 ms ticks).
 const RNR_TICKS_PER_RETRY: u32 = 10;
 
-/// The largest queue a context may describe (a ConnectX-3's CQ of 2^22 32-byte
-/// entries); more is a driver mistake, refused before the device walks it.
-const MAX_QUEUE_BYTES: u64 = 128 << 20;
+/// The most entries an EQ or a CQ may have: 2^22 (of 32 bytes, 128 MiB), a
+/// ConnectX-3's limit; more is a driver mistake, refused before the device walks it.
+pub(super) const MAX_LOG_QUEUE_ENTRIES: u32 = 22;
 /// The largest payload of a datagram (the ports' MTU).
 const MAX_DATAGRAM: usize = 4096;
 /// The most one message may gather (a WQE's gather list could name up to 2^31 bytes per
@@ -1175,7 +1175,7 @@ impl Hca {
         context: &[u8],
     ) -> Result<(), String> {
         let new = CqState::from_context(context);
-        if new.log_size > 22 {
+        if new.log_size > MAX_LOG_QUEUE_ENTRIES {
             return Err(format!("a resize to 2^{} entries", new.log_size));
         }
         let Some(old) = self.cq_states.get(&cqn).cloned() else {
@@ -1193,14 +1193,7 @@ impl Hca {
             ));
         }
         let next = u64::from(old.producer.wrapping_add(1) & 0x00ff_ffff);
-        self.own_queue(
-            dma,
-            new.mtt_offset,
-            new.log_page_size,
-            1u64 << new.log_size,
-            cqe::SIZE,
-            next,
-        )?;
+        self.own_queue(dma, new.mtt_offset, new.log_page_size, new.log_size, next)?;
         let mut resize = [0u8; 32];
         resize[cqe::OWNER_SR_OPCODE] = cqe::OPCODE_RESIZE;
         let armed = old.armed;
@@ -1222,50 +1215,41 @@ impl Hca {
     /// writes them (the driver's buffer comes zeroed, `MLX4_DEV_CAP_FLAG2_SW_CQ_INIT` is
     /// not offered).
     pub(super) fn init_cq_buffer(&mut self, dma: &dyn Dma, cq: &CqState) -> Result<(), String> {
-        self.own_queue(
-            dma,
-            cq.mtt_offset,
-            cq.log_page_size,
-            1u64 << cq.log_size,
-            cqe::SIZE,
-            0,
-        )
+        self.own_queue(dma, cq.mtt_offset, cq.log_page_size, cq.log_size, 0)
     }
 
-    /// Hands every entry of a new EQ or CQ (`entries` of `entry_size` bytes, the owner
-    /// bit in each one's last byte) to the hardware, a page at a time: the queue's
+    /// Hands every entry of a new EQ or CQ (2^`log_entries` entries of 32 bytes, the
+    /// owner bit in each one's last byte) to the hardware, 4 KiB at a time: the queue's
     /// contents before that mean nothing. `next` is the index the device writes next
     /// (0 for a new queue; a resized CQ goes on from where the old buffer stopped): an
     /// entry is the hardware's while its owner bit is not what the driver expects for
-    /// the index due there, `(index & entries) != 0`.
+    /// the index due there, `(index & entries) != 0`. Every caller has refused more than
+    /// `MAX_LOG_QUEUE_ENTRIES` already.
     pub(super) fn own_queue(
         &mut self,
         dma: &dyn Dma,
         mtt_offset: u64,
         log_page_size: u32,
-        entries: u64,
-        entry_size: u64,
+        log_entries: u32,
         next: u64,
     ) -> Result<(), String> {
-        let page = 1u64 << page_shift(log_page_size)?;
-        let total = entries
-            .checked_mul(entry_size)
-            .filter(|&t| t <= MAX_QUEUE_BYTES && entries.is_power_of_two())
-            .ok_or_else(|| format!("a queue of {entries} entries of {entry_size} bytes"))?;
-        // A 4 KiB image of owned entries, written over every page piece by piece.
+        let entries = 1u64 << log_entries.min(MAX_LOG_QUEUE_ENTRIES);
+        let total = entries * cqe::SIZE;
+        // A 4 KiB image of owned entries, written piece by piece (pages are 4 KiB or
+        // more, so a piece never crosses one).
         const PIECE: u64 = 4096;
         let mut image = [0u8; PIECE as usize];
-        let step = entry_size.max(1);
+        let step = cqe::SIZE as usize;
         let mut offset = 0;
         while offset < total {
-            let len = (total - offset).min(PIECE.min(page));
+            let len = (total - offset).min(PIECE);
             for (i, owner) in image[..len as usize]
                 .iter_mut()
                 .enumerate()
-                .skip(step as usize - 1)
-                .step_by(step as usize)
+                .skip(step - 1)
+                .step_by(step)
             {
-                let position = (offset + i as u64) / step;
+                let position = (offset + i as u64) / cqe::SIZE;
                 // The index due at `position`: the first at or after `next`.
                 let due = next + (position.wrapping_sub(next) & (entries - 1));
                 *owner = if due & entries == 0 { cqe::OWNER } else { 0 };
