@@ -3720,6 +3720,56 @@ mod datagram {
         }
     }
 
+    /// With the cable's link down (port 2 closed), nothing crosses it: not to a LID of
+    /// the other port, not the permissive LID, not multicast; a port's own traffic and
+    /// multicast to its own members still loop back.
+    #[test]
+    fn with_the_link_down_only_a_ports_own_traffic_loops_back() {
+        let mut d = rig();
+        let mgid = [
+            0xff, 0x12, 0x40, 0x1b, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+        ];
+        mcg(&mut d, 0, &mgid, 2, &[(0, UD_B), (1, UD_D)]);
+        d.memory.put(DATA, &pattern(8, 7));
+        for slot in [B, D] {
+            for i in 0..4 {
+                post_recv(&d, slot, i, &[(64, DATA + 0x1000)]);
+            }
+        }
+        assert_eq!(d.command(opcode::CLOSE_PORT, 0, 2, 0, 0, false).0, 0);
+        let mut index = 0;
+        let mut takers = |d: &mut Driver, dg: Datagram| {
+            let before = cqes(d).len();
+            post(d, A, UD_A, index, &dg.wqe(&gather(8, DATA)));
+            index += 1;
+            cqes(d)[before..]
+                .iter()
+                .map(|c| be32(c, 0))
+                .filter(|&qpn| qpn != UD_A)
+                .collect::<Vec<u32>>()
+        };
+        assert_eq!(takers(&mut d, Datagram::to_b()), [], "to port 2's LID");
+        let permissive = Datagram {
+            dlid: 0xffff,
+            ..Datagram::to_b()
+        };
+        assert_eq!(takers(&mut d, permissive), [], "the permissive LID");
+        let to_d = Datagram {
+            dlid: 1,
+            dqpn: UD_D,
+            ..Datagram::to_b()
+        };
+        assert_eq!(takers(&mut d, to_d), [UD_D], "port 1's own LID");
+        let to_group = Datagram {
+            dlid: 0xc002,
+            dqpn: 0x00ff_ffff,
+            grh: Some((mgid, 1, 0)),
+            ..Datagram::to_b()
+        };
+        assert_eq!(takers(&mut d, to_group), [UD_D], "port 1's member only");
+        assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
     /// Writes multicast entry `index`: `mgid`, the member count word, then `members`
     /// from slot 0 (`struct mlx4_mgm`).
     fn mcg(d: &mut Driver, index: u32, mgid: &[u8; 16], count: u32, members: &[(usize, u32)]) {
