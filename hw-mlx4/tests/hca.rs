@@ -4021,6 +4021,42 @@ mod datagram {
         assert_eq!(d.errors(), Vec::<String>::new());
     }
 
+    /// A MAD's receive CQE names the index of its BTH's P_Key in the receiving port's
+    /// table (full or limited membership alike).
+    #[test]
+    fn a_mad_completes_with_the_index_of_its_p_key() {
+        let mut d = rig();
+        let mut mad = vec![0u8; 256];
+        mad[0] = 1;
+        mad[1] = 0x01;
+        mad[2] = 1;
+        mad[3] = 0x02; // Set
+        mad[16..18].copy_from_slice(&0x0016u16.to_be_bytes()); // P_KeyTable, block 0
+        mad[64..70].copy_from_slice(&[0xff, 0xff, 0x80, 0x01, 0x80, 0x02]);
+        d.memory.put(INBOX, &mad);
+        assert_eq!(d.command(opcode::MAD_IFC, 3, 2, INBOX, OUTBOX, false).0, 0);
+        d.memory.put(DATA, &pattern(256, 1));
+        for i in 0..3 {
+            post_recv(&d, QP1_2, i, &[(296, DATA + 0x1000)]);
+        }
+        for (i, (pkey, index)) in [(0x8002u16, 2u32), (0x0001, 1), (0xffff, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut headers = mad_headers(0, 2, 0, None, 1, QP1_QKEY, 1);
+            headers[8 + 2..8 + 4].copy_from_slice(&pkey.to_be_bytes());
+            post(
+                &mut d,
+                QP1_1,
+                SPECIAL + 2,
+                i as u32,
+                &mlx_wqe(0, &headers, (256, DATA)),
+            );
+            let c = cqes(&d);
+            assert_eq!(be32(&c[2 * i], 0x04), index, "P_Key {pkey:#x}");
+        }
+    }
+
     #[test]
     fn an_mlx_wqe_the_device_cannot_send_fails_the_qp() {
         let good = mad_headers(0, 2, 0, None, 1, QP1_QKEY, 1);
