@@ -929,11 +929,14 @@ impl Hca {
             if count >> 30 != 0 || entry.get(16..32) != Some(&mgid[..]) {
                 continue;
             }
-            // No more members than the entry holds (or a group may have).
-            let holds = (entry.len().saturating_sub(32) / 4).min(1 << caps::LOG_MAX_QP_MCG);
-            for i in 0..((count & 0x00ff_ffff) as usize).min(holds) {
-                members.push(m.u32(32 + 4 * i) & 0x00ff_ffff);
-            }
+            // No more members than the entry holds, or a group may have.
+            let most = ((count & 0x00ff_ffff) as usize).min(1 << caps::LOG_MAX_QP_MCG);
+            let slots = entry.get(32..).unwrap_or(&[]).chunks_exact(4);
+            members.extend(
+                slots
+                    .take(most)
+                    .map(|qpn| u32::from_be_bytes([0, qpn[1], qpn[2], qpn[3]])),
+            );
         }
         members
     }
