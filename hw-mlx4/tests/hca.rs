@@ -3702,6 +3702,27 @@ mod datagram {
         assert_eq!(d.errors(), Vec::<String>::new());
     }
 
+    /// A QP whose receives come from an SRQ (`srqn` bit 24) has no receive queue of its
+    /// own: whatever its doorbell record says, nothing arriving is taken from its buffer.
+    #[test]
+    fn a_qp_on_an_srq_takes_nothing_into_a_receive_queue_of_its_own() {
+        let mut d = rc::setup();
+        let mut mailbox = qp_mailbox(&d, B, ST_UD, 1, QKEY);
+        mailbox[8 + 0xac..8 + 0xb0].copy_from_slice(&((1u32 << 24) | 1).to_be_bytes());
+        d.memory.put(INBOX, &mailbox);
+        for op in [opcode::RST2INIT_QP, opcode::INIT2RTR_QP, opcode::RTR2RTS_QP] {
+            assert_eq!(d.command(op, 0, UD_B, INBOX, 0, false).0, 0);
+        }
+        create(&mut d, UD_A, A, ST_UD, 0, QKEY);
+        d.memory.put(DATA + 0x1000, &[0xee; 64]);
+        post_recv(&d, B, 0, &[(64, DATA + 0x1000)]);
+        d.memory.put(DATA, &pattern(8, 3));
+        post(&mut d, A, UD_A, 0, &Datagram::to_b().wqe(&gather(8, DATA)));
+        assert_eq!(cqes(&d).len(), 1, "the send only");
+        assert_eq!(d.memory.get(DATA + 0x1000, 64), [0xee; 64]);
+        assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
     /// A QP moved to error flushes the receives its record counts, at most a queue's
     /// worth however far ahead a broken record says the driver is.
     #[test]

@@ -244,9 +244,10 @@ impl QpQueues {
         if params1 != 0 {
             self.rnr_retry = ((params1 >> 13) & 7) as u8;
         }
-        let params2 = m.u32(qpc::PARAMS2);
-        if params2 & (7 << 13) != 0 || optpar & qpc::OPTPAR_ACCESS != 0 {
-            self.remote_access = params2 & (7 << 13);
+        // RST2INIT takes them with the context (`from_context`); a later transition
+        // under its optional parameters, as mlx4_ib always sends them.
+        if optpar & qpc::OPTPAR_ACCESS != 0 {
+            self.remote_access = m.u32(qpc::PARAMS2) & (7 << 13);
         }
         let _ = (qpc::PATH_SIZE, qpc::SIZE);
     }
