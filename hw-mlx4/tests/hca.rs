@@ -847,6 +847,23 @@ mod rc {
         assert!(d.errors().is_empty());
     }
 
+    /// A receive WQE the device cannot read (its page's MTT entry not present) is the
+    /// driver's mistake, reported; the SEND fails at the responder (0x12).
+    #[test]
+    fn an_unreadable_receive_wqe_is_reported() {
+        let mut d = setup();
+        post_recv(&d, 0, DATA + 0x1000, 64);
+        d.memory
+            .put(BASE + 0x30_0000 + 8 * 2, &QP_PAGE[1].to_be_bytes());
+        post_send(&mut d, 0, 0x0a, None, DATA, 8);
+        let errors = d.errors();
+        assert!(
+            errors.len() == 1 && errors[0].starts_with("QP 0x41 receive WQE 0: MTT entry"),
+            "{errors:?}"
+        );
+        assert_eq!(cqe(&d, 0).3, 0x12);
+    }
+
     /// A message scattered over two receive entries fills the first, then the second.
     #[test]
     fn a_receive_with_two_entries_takes_a_message_in_order() {

@@ -16,7 +16,7 @@
 //! `set_local_inv_seg`), `cq.c` (`mlx4_ib_poll_one`: opcodes and syndromes);
 //! `include/linux/mlx4/device.h` (`MLX4_PERM_*`).
 
-use alloc::vec;
+use alloc::format;
 use alloc::vec::Vec;
 
 use super::commands::QpStateKind;
@@ -683,15 +683,19 @@ impl Hca {
         let entries = 1u32 << responder.log_rq_entries;
         let offset =
             responder.rq_offset + (u64::from(index & (entries - 1)) << responder.log_rq_stride);
-        let wqe = self
-            .read_wqe(
-                dma,
-                responder.mtt_offset,
-                responder.log_page_size,
-                offset,
-                1 << responder.log_rq_stride,
-            )
-            .unwrap_or_else(|_| vec![0; 16]);
+        let wqe = match self.read_wqe(
+            dma,
+            responder.mtt_offset,
+            responder.log_page_size,
+            offset,
+            1 << responder.log_rq_stride,
+        ) {
+            Ok(wqe) => wqe,
+            Err(e) => {
+                self.driver_error(format!("QP {rqpn:#x} receive WQE {index}: {e}"));
+                return Err(());
+            }
+        };
         if let Some(q) = self.qps.get_mut(&rqpn).and_then(|qp| qp.queues.as_mut()) {
             q.rq_next = q.rq_next.wrapping_add(1);
         }
