@@ -3950,7 +3950,7 @@ mod datagram {
         let mad = pattern(256, 7);
         d.memory.put(DATA, &mad);
         let buf = DATA + 0x1000;
-        for i in 0..4 {
+        for i in 0..6 {
             post_recv(&d, QP0_2, i, &[(296, buf)]);
             post_recv(&d, QP1_2, i, &[(296, buf + 0x200)]);
         }
@@ -4056,6 +4056,14 @@ mod datagram {
         let c = cqes(&d);
         assert!(received(&c[11]).2, "the GRH bit");
         assert_eq!(d.memory.get(buf + 0x200, 40), grh);
+        // Unsignaled: the receive completes, the send does not.
+        let headers = mad_headers(0, 2, 0, None, 1, QP1_QKEY, 1);
+        let mut unsignaled = mlx_wqe(0, &headers, (256, DATA));
+        unsignaled[11] &= !(3 << 2);
+        post(&mut d, QP1_1, SPECIAL + 2, 5, &unsignaled);
+        let c = cqes(&d);
+        assert_eq!(c.len(), 14);
+        assert_eq!(be32(&c[13], 0), SPECIAL + 3);
         assert_eq!(d.errors(), Vec::<String>::new());
     }
 
@@ -4103,7 +4111,14 @@ mod datagram {
         let mut long = mlx_wqe(0, &good, (256, DATA));
         long[7] = 9;
         let with_grh = mad_headers(0, 2, 0, Some([0x60; 40]), 1, QP1_QKEY, 1);
-        let cases: [(&str, Vec<u8>, u8, &str); 7] = [
+        // 32 bytes, the least an MLX WQE may be: its one segment is too short for the
+        // headers, and that is what is reported.
+        let mut lrh_only = vec![0u8; 16];
+        lrh_only[3] = 0x0a;
+        lrh_only[7] = 2;
+        lrh_only.extend(inline(&good[..12]));
+        let cases: [(&str, Vec<u8>, u8, &str); 8] = [
+            ("32 bytes", lrh_only, 0x02, "no BTH"),
             ("16 bytes", short, 0x02, "WQE size 16 for a 128-byte stride"),
             (
                 "144 bytes",
