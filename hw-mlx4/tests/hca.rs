@@ -3362,6 +3362,28 @@ mod datagram {
         assert_eq!(d.errors(), Vec::<String>::new());
     }
 
+    /// A WQE ends at its size: a datagram of no bytes is a 64-byte WQE, and what the
+    /// stride holds after a WQE's size (a stale gather entry or inline segment) is not
+    /// sent.
+    #[test]
+    fn a_ud_wqe_ends_at_its_size() {
+        let mut d = rig();
+        d.memory.put(DATA, &pattern(8, 2));
+        for i in 0..2 {
+            post_recv(&d, B, i, &[(64, DATA + 0x1000)]);
+        }
+        let mut empty = Datagram::to_b().wqe(&[]);
+        empty.extend(gather(8, DATA));
+        post(&mut d, A, UD_A, 0, &empty);
+        let mut eight = Datagram::to_b().wqe(&gather(8, DATA));
+        eight.extend(inline(b"stale"));
+        post(&mut d, A, UD_A, 1, &eight);
+        let c = cqes(&d);
+        assert_eq!(c.len(), 4);
+        assert_eq!((received(&c[0]).6, received(&c[2]).6), (40, 48));
+        assert_eq!(d.errors(), Vec::<String>::new());
+    }
+
     /// The port GUID NodeInfo reports for `port` (1 or 2).
     fn port_guid(d: &mut Driver, port: u32) -> [u8; 8] {
         let mut mad = vec![0u8; 256];

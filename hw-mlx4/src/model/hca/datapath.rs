@@ -698,30 +698,29 @@ impl Hca {
         size: usize,
     ) -> Result<Vec<u8>, WqeError> {
         let m = Mailbox(wqe);
+        // Only what the WQE's size covers: what follows in the stride is stale.
+        let segments = wqe.get(..size).ok_or("a WQE larger than its stride")?;
         let mut bytes = Vec::new();
         let mut at = from;
-        while at + 4 <= size {
+        // Segments start at multiples of 16 (`from` is one, and an inline segment is
+        // padded to the next), as does `size`: a gather entry begun is a whole one.
+        while at < size {
             let word = m.u32(at);
             if word & (1 << 31) != 0 {
                 let len = (word & 0x3ff) as usize;
-                let data = wqe
+                let data = segments
                     .get(at + 4..at + 4 + len)
                     .ok_or("inline segment past the WQE")?;
                 bytes.extend_from_slice(data);
                 at = (at + 4 + len + 15) & !15;
             } else {
-                if at + 16 > size {
-                    break;
-                }
                 let len = word as usize;
                 let key = m.u32(at + 4);
                 let addr = m.u64(at + 8);
                 if len > MAX_MESSAGE.saturating_sub(bytes.len()) {
                     return Err(format!("a message over {MAX_MESSAGE} bytes"));
                 }
-                if len > 0 {
-                    self.gather(dma, (key, KeyUse::LocalRead), addr, len, &mut bytes)?;
-                }
+                self.gather(dma, (key, KeyUse::LocalRead), addr, len, &mut bytes)?;
                 at += 16;
             }
         }
