@@ -3874,9 +3874,11 @@ mod datagram {
         let send = |d: &mut Driver, index: u32, dg: Datagram| {
             post(d, A, UD_A, index, &dg.wqe(&gather(16, DATA)));
         };
+        let errors_before = counters(&mut d, 2).0;
         send(&mut d, 0, to_group);
         let c = cqes(&d);
         assert_eq!(c.len(), 2, "B's receive and the send: {c:?}");
+        assert_eq!(counters(&mut d, 2).0, errors_before, "taken, not dropped");
         assert_eq!(received(&c[0]), (UD_B, UD_A, true, 0, 0, 1, 56, 0, 0x01));
         assert_eq!(d.memory.get(buf + 0x100 + 24, 16), mgid);
         // With C and D counted: D, on the sender's port, gets it too (multicast loops

@@ -964,26 +964,20 @@ impl Hca {
             }
             capacity += len;
             let take = len.min(message.len() - done);
-            if take == 0 {
-                continue;
-            }
-            // Without a GRH the slot is left as it was: skip it.
-            let (from, skip) = if packet.grh.is_none() && done < GRH_BYTES {
-                let skip = (GRH_BYTES - done).min(take);
-                (done + skip, skip)
+            // Without a GRH the slot is left as it was: skip what of it this entry holds.
+            let skip = if packet.grh.is_none() {
+                GRH_BYTES.saturating_sub(done).min(take)
             } else {
-                (done, 0)
+                0
             };
-            if take > skip {
-                if let Err(e) = self.scatter(
-                    dma,
-                    (key, KeyUse::LocalWrite),
-                    addr.wrapping_add(skip as u64),
-                    &message[from..done + take],
-                ) {
-                    self.driver_error(format!("QP {qpn:#x} receive WQE {index}: {e}"));
-                    return false;
-                }
+            if let Err(e) = self.scatter(
+                dma,
+                (key, KeyUse::LocalWrite),
+                addr.wrapping_add(skip as u64),
+                &message[done + skip..done + take],
+            ) {
+                self.driver_error(format!("QP {qpn:#x} receive WQE {index}: {e}"));
+                return false;
             }
             done += take;
         }
