@@ -3778,6 +3778,21 @@ mod datagram {
                 "flush {i}"
             );
         }
+        // C with five posted: five flushes, and the timer finds none left to flush.
+        d.memory.put(db_record(C), &5u32.to_be_bytes());
+        assert_eq!(d.command(opcode::TO_ERR_QP, 0, UD_C, 0, 0, false).0, 0);
+        d.hca.tick(&d.memory);
+        let c = cqes(&d);
+        assert_eq!(
+            c.len(),
+            16 + 5 + 16,
+            "B's next 16 on the tick, C's five once"
+        );
+        assert_eq!(
+            c[16..21].iter().filter(|c| be32(&c[..], 0) == UD_C).count(),
+            5
+        );
+        assert!(c[21..].iter().all(|c| be32(c, 0) == UD_B));
     }
 
     /// With the cable's link down (port 2 closed), nothing crosses it: not to a LID of
@@ -4299,6 +4314,49 @@ mod queues {
             }
             assert_eq!(d.command(opcode::TO_RST_QP, 0, qpn, 0, 0, false).0, 0);
         }
+    }
+
+    /// After 126 completions a resize to 128 entries goes on at index 127: in the new
+    /// buffer only position 127 is due on the first lap (owner bit set, the device's),
+    /// positions 0..127 on the second (owner bit clear until written).
+    #[test]
+    fn a_resize_hands_the_new_buffer_over_by_the_lap_each_position_is_due_in() {
+        let mut d = datagram::rig();
+        let to_nobody = Datagram::to_nobody();
+        for i in 0..126 {
+            datagram::post(&mut d, A, UD_A, i, &to_nobody.wqe(&gather(8, DATA)));
+            // The driver consumes each completion (its CQ doorbell record).
+            d.memory.put(DB_RECORDS + 0x100, &(i + 1).to_be_bytes());
+        }
+        rc::mtt(&d, 100, ALIASED);
+        d.memory.put(ALIASED, &[0x5a; 4096]);
+        let mut ctx = cq_in_pages(7, 0, 800);
+        ctx[0x38..0x40].copy_from_slice(&(DB_RECORDS + 0x100).to_be_bytes());
+        assert_eq!(
+            cq_command(&mut d, opcode::MODIFY_CQ, rc::CQN, &ctx),
+            (0, vec![])
+        );
+        let owners: Vec<u8> = (0..128)
+            .map(|p| d.memory.get(ALIASED + 32 * p + 31, 1)[0])
+            .collect();
+        let expected: Vec<u8> = (0..128).map(|p| if p == 127 { 0x80 } else { 0 }).collect();
+        assert_eq!(owners, expected);
+        d.memory.put(DB_RECORDS + 0x100, &127u32.to_be_bytes());
+        datagram::post(&mut d, A, UD_A, 126, &to_nobody.wqe(&gather(8, DATA)));
+        let c = d.memory.get(ALIASED + 32 * 127, 32);
+        assert_eq!(
+            (datagram::be32(&c, 0), c[31]),
+            (UD_A, 0x4a),
+            "index 127, lap 0"
+        );
+        datagram::post(&mut d, A, UD_A, 127, &to_nobody.wqe(&gather(8, DATA)));
+        let c = d.memory.get(ALIASED, 32);
+        assert_eq!(
+            (datagram::be32(&c, 0), c[31]),
+            (UD_A, 0xca),
+            "index 128, lap 1"
+        );
+        assert_eq!(d.errors(), Vec::<String>::new());
     }
 
     #[test]

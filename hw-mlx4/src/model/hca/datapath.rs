@@ -1234,9 +1234,10 @@ impl Hca {
         const PIECE: u64 = 4096;
         let mut image = [0u8; PIECE as usize];
         let step = cqe::SIZE as usize;
+        // The whole queue if it is smaller than a piece, else whole pieces.
+        let len = total.min(PIECE);
         let mut offset = 0;
         while offset < total {
-            let len = (total - offset).min(PIECE);
             for (i, owner) in image[..len as usize]
                 .iter_mut()
                 .enumerate()

@@ -456,10 +456,9 @@ impl Hca {
                 ) {
                     return SendOutcome::Failed(s);
                 }
-                if !data.is_empty()
-                    && self
-                        .scatter(dma, (rkey, KeyUse::Remote), raddr, &data)
-                        .is_err()
+                if self
+                    .scatter(dma, (rkey, KeyUse::Remote), raddr, &data)
+                    .is_err()
                 {
                     return SendOutcome::Failed(Syndrome::RemoteAccessErr);
                 }
@@ -503,10 +502,9 @@ impl Hca {
                     return SendOutcome::Failed(s);
                 }
                 let mut data = Vec::with_capacity(len);
-                if len > 0
-                    && self
-                        .gather(dma, (rkey, KeyUse::Remote), raddr, len, &mut data)
-                        .is_err()
+                if self
+                    .gather(dma, (rkey, KeyUse::Remote), raddr, len, &mut data)
+                    .is_err()
                 {
                     return SendOutcome::Failed(Syndrome::RemoteAccessErr);
                 }
