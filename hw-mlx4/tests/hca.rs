@@ -570,12 +570,22 @@ mod rc {
         addr: u64,
         len: u32,
     ) {
+        put_sges(d, n, index, opcode, remote, &[(len, addr)]);
+    }
+
+    /// `put_send` with a gather list of several entries (length, address) under KEY.
+    fn put_sges(
+        d: &Driver,
+        n: usize,
+        index: u32,
+        opcode: u8,
+        remote: Option<(u64, u32)>,
+        sges: &[(u32, u64)],
+    ) {
         let mut wqe = [0u8; 64];
-        let ds = 2 + u8::from(remote.is_some());
         // The owner bit of the lap `index` is in (16 WQEs a lap).
         wqe[0] = if index & 16 != 0 { 0x80 } else { 0 };
         wqe[3] = opcode;
-        wqe[7] = ds;
         wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
         let mut at = 16;
         if let Some((raddr, rkey)) = remote {
@@ -583,9 +593,13 @@ mod rc {
             wqe[24..28].copy_from_slice(&rkey.to_be_bytes());
             at = 32;
         }
-        wqe[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        wqe[at + 4..at + 8].copy_from_slice(&KEY.to_be_bytes());
-        wqe[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
+        for &(len, addr) in sges {
+            wqe[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            wqe[at + 4..at + 8].copy_from_slice(&KEY.to_be_bytes());
+            wqe[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
+            at += 16;
+        }
+        wqe[7] = (at / 16) as u8;
         d.memory.put(QP_PAGE[n] + 64 * u64::from(index & 15), &wqe);
     }
 
@@ -673,23 +687,7 @@ mod rc {
         remote: Option<(u64, u32)>,
         sges: &[(u32, u64)],
     ) {
-        let mut wqe = [0u8; 64];
-        wqe[3] = opcode;
-        wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
-        let mut at = 16;
-        if let Some((raddr, rkey)) = remote {
-            wqe[16..24].copy_from_slice(&raddr.to_be_bytes());
-            wqe[24..28].copy_from_slice(&rkey.to_be_bytes());
-            at = 32;
-        }
-        for &(len, addr) in sges {
-            wqe[at..at + 4].copy_from_slice(&len.to_be_bytes());
-            wqe[at + 4..at + 8].copy_from_slice(&KEY.to_be_bytes());
-            wqe[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
-            at += 16;
-        }
-        wqe[7] = (at / 16) as u8;
-        d.memory.put(QP_PAGE[0] + 64 * u64::from(index & 15), &wqe);
+        put_sges(d, 0, index, opcode, remote, sges);
         d.hca
             .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
     }
@@ -1458,6 +1456,21 @@ mod frwr {
         }
     }
 
+    /// Posts WQE `index` on QP A: an RDMA READ of `len` bytes from DATA + 0x100 (under
+    /// KEY) into `va` under `lkey`.
+    fn read_into(d: &mut Driver, index: u64, len: u32, lkey: u32, va: u64) {
+        let mut wqe = [0u8; 64];
+        wqe[3] = 0x10;
+        wqe[7] = 3;
+        wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        wqe[16..24].copy_from_slice(&(DATA + 0x100).to_be_bytes());
+        wqe[24..28].copy_from_slice(&KEY.to_be_bytes());
+        wqe[32..36].copy_from_slice(&len.to_be_bytes());
+        wqe[36..40].copy_from_slice(&lkey.to_be_bytes());
+        wqe[40..48].copy_from_slice(&va.to_be_bytes());
+        post_wqe(d, index, &wqe);
+    }
+
     /// What arrives through a fast-registered lkey needs the local write right the
     /// registration granted: an RDMA READ's response into a key registered without it is
     /// a local protection error (0x04), with it the data lands, and a registration after
@@ -1465,18 +1478,6 @@ mod frwr {
     #[test]
     fn a_fast_registered_lkey_takes_what_arrives_only_with_local_write() {
         let iova = 0x7000_0000u64;
-        let read_into = |d: &mut Driver, index: u64, key: u32| {
-            let mut wqe = [0u8; 64];
-            wqe[3] = 0x10;
-            wqe[7] = 3;
-            wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
-            wqe[16..24].copy_from_slice(&(DATA + 0x100).to_be_bytes());
-            wqe[24..28].copy_from_slice(&KEY.to_be_bytes());
-            wqe[32..36].copy_from_slice(&8u32.to_be_bytes());
-            wqe[36..40].copy_from_slice(&key.to_be_bytes());
-            wqe[40..48].copy_from_slice(&(iova + 16).to_be_bytes());
-            post_wqe(d, index, &wqe);
-        };
         let invalidate = |d: &mut Driver, index: u64, key: u32| {
             let mut wqe = [0u8; 64];
             wqe[3] = 0x1b;
@@ -1504,7 +1505,7 @@ mod frwr {
                 post_wqe(&mut d, 2, &reg_mr(key, REMOTE_READ, iova, 4096, 12));
                 next = 3;
             }
-            read_into(&mut d, next, key);
+            read_into(&mut d, next, 8, key, iova + 16);
             let what = format!("{first:#x}, registered again: {again}");
             assert_eq!(cqe(&d, next).3, syndrome, "{what}");
             let landed = d.memory.get(DATA + 0x8000 + 16, 8) == b"arrives!";
@@ -1556,16 +1557,7 @@ mod frwr {
         assert_eq!(d.memory.get(DATA + 0x1000, 32), payload);
         // A READ's response into the key across the boundary the other way.
         d.memory.put(DATA + 0x100, &payload[..16]);
-        let mut wqe = [0u8; 64];
-        wqe[3] = 0x10;
-        wqe[7] = 3;
-        wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
-        wqe[16..24].copy_from_slice(&(DATA + 0x100).to_be_bytes());
-        wqe[24..28].copy_from_slice(&KEY.to_be_bytes());
-        wqe[32..36].copy_from_slice(&16u32.to_be_bytes());
-        wqe[36..40].copy_from_slice(&key.to_be_bytes());
-        wqe[40..48].copy_from_slice(&(iova + 4088).to_be_bytes());
-        post_wqe(&mut d, 3, &wqe);
+        read_into(&mut d, 3, 16, key, iova + 4088);
         assert_eq!(d.memory.get(first + 4088, 8), payload[..8]);
         assert_eq!(d.memory.get(second, 8), payload[8..16]);
         assert!(d.errors().is_empty());
@@ -3239,6 +3231,11 @@ mod datagram {
             .bar2_write(&d.memory, UAR_PAGE + 0x14, &(qpn << 8).to_be_bytes());
     }
 
+    /// Posts datagram `dg` from A as its send WQE `index`, `len` bytes gathered from DATA.
+    fn send_from_a(len: u32, d: &mut Driver, index: u32, dg: Datagram) {
+        post(d, A, UD_A, index, &dg.wqe(&gather(len, DATA)));
+    }
+
     /// Every CQE the device has written so far (the CQ's first lap).
     pub(super) fn cqes(d: &Driver) -> Vec<[u8; 32]> {
         (0..64)
@@ -3296,14 +3293,21 @@ mod datagram {
             .collect()
     }
 
+    /// The rig with `len` bytes of payload at DATA and B's receive 0 of `room` bytes at
+    /// the buffer it returns, filled with 0xee.
+    fn rig_with_a_receive(len: usize, room: u32) -> (Driver, u64, Vec<u8>) {
+        let d = rig();
+        let buf = DATA + 0x1000;
+        let payload = pattern(len, len as u8);
+        d.memory.put(DATA, &payload);
+        d.memory.put(buf, &vec![0xee; room as usize]);
+        post_recv(&d, B, 0, &[(room, buf)]);
+        (d, buf, payload)
+    }
+
     #[test]
     fn a_datagram_lands_behind_the_grh_slot_and_names_its_sender() {
-        let mut d = rig();
-        let buf = DATA + 0x1000;
-        let payload = pattern(100, 3);
-        d.memory.put(DATA, &payload);
-        d.memory.put(buf, &[0xee; 200]);
-        post_recv(&d, B, 0, &[(200, buf)]);
+        let (mut d, buf, payload) = rig_with_a_receive(100, 200);
         let dg = Datagram {
             sl: 5,
             ..Datagram::to_b()
@@ -3402,12 +3406,7 @@ mod datagram {
 
     #[test]
     fn a_grh_fills_the_slot_from_the_address_vector_and_the_port() {
-        let mut d = rig();
-        let buf = DATA + 0x1000;
-        let payload = pattern(64, 9);
-        d.memory.put(DATA, &payload);
-        d.memory.put(buf, &[0xee; 128]);
-        post_recv(&d, B, 0, &[(128, buf)]);
+        let (mut d, buf, payload) = rig_with_a_receive(64, 128);
         let dgid: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
         let dg = Datagram {
             sl: 0xc,
@@ -3439,12 +3438,10 @@ mod datagram {
         d.memory.put(DATA, &pattern(32, 1));
         post_recv(&d, B, 0, &[(128, buf)]);
         let before = [counters(&mut d, 1), counters(&mut d, 2)];
-        let send = |d: &mut Driver, index: u32, dg: Datagram| {
-            post(d, A, UD_A, index, &dg.wqe(&gather(32, DATA)));
-        };
         let to_b = Datagram::to_b();
         // A Q_Key that is not B's.
-        send(
+        send_from_a(
+            32,
             &mut d,
             0,
             Datagram {
@@ -3453,10 +3450,11 @@ mod datagram {
             },
         );
         // A's QP number, sent to port 2: A is on port 1.
-        send(&mut d, 1, Datagram { dqpn: UD_A, ..to_b });
+        send_from_a(32, &mut d, 1, Datagram { dqpn: UD_A, ..to_b });
         // An RC QP on port 2, and a QP that does not exist.
-        send(&mut d, 2, Datagram { dqpn: QP_B, ..to_b });
-        send(
+        send_from_a(32, &mut d, 2, Datagram { dqpn: QP_B, ..to_b });
+        send_from_a(
+            32,
             &mut d,
             3,
             Datagram {
@@ -3465,16 +3463,16 @@ mod datagram {
             },
         );
         // A LID nobody has: dropped before any port takes it.
-        send(&mut d, 4, Datagram { dlid: 9, ..to_b });
+        send_from_a(32, &mut d, 4, Datagram { dlid: 9, ..to_b });
         // VL15 is for QP0: a UD datagram to QP 0 is not.
-        send(&mut d, 5, Datagram { dqpn: 0, ..to_b });
+        send_from_a(32, &mut d, 5, Datagram { dqpn: 0, ..to_b });
         assert_eq!(cqes(&d).len(), 6, "six sends, no receive");
         // B's receive 0 is still there for the one that is B's.
-        send(&mut d, 6, to_b);
+        send_from_a(32, &mut d, 6, to_b);
         let c = cqes(&d);
         assert_eq!(received(&c[6]), (UD_B, UD_A, false, 0, 0, 1, 72, 0, 0x01));
         // And with none posted, the next is dropped.
-        send(&mut d, 7, to_b);
+        send_from_a(32, &mut d, 7, to_b);
         assert_eq!(cqes(&d).len(), 9);
         assert_eq!(d.errors(), Vec::<String>::new());
         let after = [counters(&mut d, 1), counters(&mut d, 2)];
@@ -3621,11 +3619,9 @@ mod datagram {
             post_recv(&d, B, i, &[(64, buf)]);
         }
         post_recv(&d, A, 0, &[(64, buf)]);
-        let send = |d: &mut Driver, index: u32, dg: Datagram| {
-            post(d, A, UD_A, index, &dg.wqe(&gather(16, DATA)));
-        };
         let to_b = Datagram::to_b();
-        send(
+        send_from_a(
+            16,
             &mut d,
             0,
             Datagram {
@@ -3638,9 +3634,10 @@ mod datagram {
         let c = cqes(&d);
         assert_eq!(received(&c[0]), (UD_B, UD_A, false, 3, 2, 9, 56, 0, 0x01));
         // Outside port 2's LIDs (4..8): dropped; port 1's own (8, 9): to A itself.
-        send(&mut d, 1, Datagram { dlid: 12, ..to_b });
+        send_from_a(16, &mut d, 1, Datagram { dlid: 12, ..to_b });
         assert_eq!(cqes(&d).len(), 3);
-        send(
+        send_from_a(
+            16,
             &mut d,
             2,
             Datagram {
@@ -3656,7 +3653,8 @@ mod datagram {
             (UD_A, UD_A, false, 1, 0, 0x7f, 56, 0, 0x01)
         );
         // The permissive LID crosses the cable, with no path bits.
-        send(
+        send_from_a(
+            16,
             &mut d,
             3,
             Datagram {
@@ -3886,11 +3884,8 @@ mod datagram {
             grh: Some((mgid, 1, 0)),
             ..Datagram::to_b()
         };
-        let send = |d: &mut Driver, index: u32, dg: Datagram| {
-            post(d, A, UD_A, index, &dg.wqe(&gather(16, DATA)));
-        };
         let errors_before = counters(&mut d, 2).0;
-        send(&mut d, 0, to_group);
+        send_from_a(16, &mut d, 0, to_group);
         let c = cqes(&d);
         assert_eq!(c.len(), 2, "B's receive and the send: {c:?}");
         assert_eq!(counters(&mut d, 2).0, errors_before, "taken, not dropped");
@@ -3905,14 +3900,15 @@ mod datagram {
             4,
             &[(0, UD_A), (1, UD_B), (2, UD_C), (3, UD_D)],
         );
-        send(&mut d, 1, to_group);
+        send_from_a(16, &mut d, 1, to_group);
         let c = cqes(&d);
         assert_eq!(c.len(), 6);
         let mut takers: Vec<u32> = c[2..5].iter().map(|c| be32(c, 0)).collect();
         takers.sort();
         assert_eq!(takers, [UD_B, UD_C, UD_D]);
         // Not the group's QPN, no GRH, or a group nobody of this port is in: dropped.
-        send(
+        send_from_a(
+            16,
             &mut d,
             2,
             Datagram {
@@ -3920,7 +3916,8 @@ mod datagram {
                 ..to_group
             },
         );
-        send(
+        send_from_a(
+            16,
             &mut d,
             3,
             Datagram {
@@ -3928,7 +3925,8 @@ mod datagram {
                 ..to_group
             },
         );
-        send(
+        send_from_a(
+            16,
             &mut d,
             4,
             Datagram {
@@ -3980,6 +3978,13 @@ mod datagram {
         h
     }
 
+    /// Posts send WQE `index` of the special QP in `slot` (QP0_1 or QP1_1): an MLX WQE
+    /// with `flags`, `headers` and the 256-byte MAD at DATA.
+    fn send_mad(d: &mut Driver, slot: usize, index: u32, flags: u32, headers: &[u8]) {
+        let qpn = if slot == QP0_1 { SPECIAL } else { SPECIAL + 2 };
+        post(d, slot, qpn, index, &mlx_wqe(flags, headers, (256, DATA)));
+    }
+
     const VL15: u32 = 1 << 17;
     const SLR: u32 = 1 << 16;
 
@@ -3996,13 +4001,7 @@ mod datagram {
         let before = counters(&mut d, 2);
         // QP1 to QP1 on SL 3: the SLID is the port's LID with the header's path bits.
         let headers = mad_headers(3, 2, 0, None, 1, QP1_QKEY, 1);
-        post(
-            &mut d,
-            QP1_1,
-            SPECIAL + 2,
-            0,
-            &mlx_wqe(3 << 8, &headers, (256, DATA)),
-        );
+        send_mad(&mut d, QP1_1, 0, 3 << 8, &headers);
         let c = cqes(&d);
         assert_eq!(c.len(), 2);
         assert_eq!(
@@ -4014,43 +4013,19 @@ mod datagram {
         assert_eq!((be32(&c[1], 0), c[1][0x1f]), (SPECIAL + 2, 0x4a));
         // With SLR the header's SLID goes as it is; without, only its path bits.
         let headers = mad_headers(0, 2, 0x1234, None, 1, QP1_QKEY, 1);
-        post(
-            &mut d,
-            QP1_1,
-            SPECIAL + 2,
-            1,
-            &mlx_wqe(SLR, &headers, (256, DATA)),
-        );
-        post(
-            &mut d,
-            QP1_1,
-            SPECIAL + 2,
-            2,
-            &mlx_wqe(0, &headers, (256, DATA)),
-        );
+        send_mad(&mut d, QP1_1, 1, SLR, &headers);
+        send_mad(&mut d, QP1_1, 2, 0, &headers);
         let c = cqes(&d);
         assert_eq!(received(&c[2]).5, 0x1234);
         assert_eq!(received(&c[4]).5, 1 | 0x34);
         // QP1 takes only its Q_Key.
         let headers = mad_headers(0, 2, 0, None, 1, QP1_QKEY + 1, 1);
-        post(
-            &mut d,
-            QP1_1,
-            SPECIAL + 2,
-            3,
-            &mlx_wqe(0, &headers, (256, DATA)),
-        );
+        send_mad(&mut d, QP1_1, 3, 0, &headers);
         assert_eq!(cqes(&d).len(), 7);
 
         // A directed-route SMP: permissive DLID and SLID, VL15, to QP0 with any Q_Key.
         let headers = mad_headers(0, 0xffff, 0xffff, None, 0, 0x1234_5678, 0);
-        post(
-            &mut d,
-            QP0_1,
-            SPECIAL,
-            0,
-            &mlx_wqe(VL15 | SLR, &headers, (256, DATA)),
-        );
+        send_mad(&mut d, QP0_1, 0, VL15 | SLR, &headers);
         let c = cqes(&d);
         assert_eq!(
             received(&c[7]),
@@ -4058,21 +4033,9 @@ mod datagram {
         );
         // VL15 is for QP0 only, and QP0 takes nothing else.
         let headers = mad_headers(0, 2, 0, None, 1, QP1_QKEY, 1);
-        post(
-            &mut d,
-            QP0_1,
-            SPECIAL,
-            1,
-            &mlx_wqe(VL15, &headers, (256, DATA)),
-        );
+        send_mad(&mut d, QP0_1, 1, VL15, &headers);
         let headers = mad_headers(0, 2, 0, None, 0, 0, 0);
-        post(
-            &mut d,
-            QP0_1,
-            SPECIAL,
-            2,
-            &mlx_wqe(0, &headers, (256, DATA)),
-        );
+        send_mad(&mut d, QP0_1, 2, 0, &headers);
         assert_eq!(cqes(&d).len(), 11, "two sends, nothing received");
         let after = counters(&mut d, 2);
         assert_eq!(
@@ -4085,13 +4048,7 @@ mod datagram {
         // A GRH on a MAD goes into the slot as the sender wrote it.
         let grh: [u8; 40] = std::array::from_fn(|i| 0x60 + i as u8);
         let headers = mad_headers(0, 2, 0, Some(grh), 1, QP1_QKEY, 1);
-        post(
-            &mut d,
-            QP1_1,
-            SPECIAL + 2,
-            4,
-            &mlx_wqe(0, &headers, (256, DATA)),
-        );
+        send_mad(&mut d, QP1_1, 4, 0, &headers);
         let c = cqes(&d);
         assert!(received(&c[11]).2, "the GRH bit");
         assert_eq!(d.memory.get(buf + 0x200, 40), grh);

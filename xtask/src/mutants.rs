@@ -64,7 +64,7 @@ const SCOPES: &[Scope] = &[
         tests: &[],
         clean: false,
     },
-    // The emulated ConnectX-3's firmware and data path (about 1660 mutants at 3-4 s each
+    // The emulated ConnectX-3's firmware and data path (about 1650 mutants at 3-4 s each
     // with only its two test targets: about 100 minutes, a run of its own).
     Scope {
         name: "hw-mlx4-hca",
