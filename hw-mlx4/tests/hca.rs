@@ -4273,47 +4273,53 @@ mod queues {
         }
     }
 
-    /// After 126 completions a resize to 128 entries goes on at index 127: in the new
-    /// buffer only position 127 is due on the first lap (owner bit set, the device's),
-    /// positions 0..127 on the second (owner bit clear until written).
+    /// After 126 completions a resize goes on at index 127. Each position of the new
+    /// buffer is handed over for the first index at or after 127 due there: the device's
+    /// (owner bit set on an even lap, clear on an odd one) until it writes it. To 128
+    /// entries index 127 is on lap 0, to 64 on lap 1.
     #[test]
     fn a_resize_hands_the_new_buffer_over_by_the_lap_each_position_is_due_in() {
-        let mut d = datagram::rig();
-        let to_nobody = Datagram::to_nobody();
-        for i in 0..126 {
-            datagram::post(&mut d, A, UD_A, i, &to_nobody.wqe(&gather(8, DATA)));
-            // The driver consumes each completion (its CQ doorbell record).
-            d.memory.put(DB_RECORDS + 0x100, &(i + 1).to_be_bytes());
+        for log_size in [7u32, 6] {
+            let entries = 1u64 << log_size;
+            let mut d = datagram::rig();
+            let to_nobody = Datagram::to_nobody();
+            for i in 0..126 {
+                datagram::post(&mut d, A, UD_A, i, &to_nobody.wqe(&gather(8, DATA)));
+                // The driver consumes each completion (its CQ doorbell record).
+                d.memory.put(DB_RECORDS + 0x100, &(i + 1).to_be_bytes());
+            }
+            rc::mtt(&d, 100, ALIASED);
+            d.memory.put(ALIASED, &[0x5a; 4096]);
+            let mut ctx = cq_in_pages(log_size, 0, 800);
+            ctx[0x38..0x40].copy_from_slice(&(DB_RECORDS + 0x100).to_be_bytes());
+            assert_eq!(
+                cq_command(&mut d, opcode::MODIFY_CQ, rc::CQN, &ctx),
+                (0, vec![])
+            );
+            let lap_owner = |index: u64| if (index / entries) % 2 == 0 { 0x80 } else { 0 };
+            let owners: Vec<u8> = (0..entries)
+                .map(|p| d.memory.get(ALIASED + 32 * p + 31, 1)[0])
+                .collect();
+            let expected: Vec<u8> = (0..entries)
+                .map(|p| (127..127 + entries).find(|i| i % entries == p).unwrap())
+                .map(lap_owner)
+                .collect();
+            assert_eq!(owners, expected, "{entries} entries");
+            // The next two completions (index 126 was the RESIZE CQE): indices 127 and
+            // 128, the driver's (owner bit the other way), of send WQEs 126 and 127.
+            d.memory.put(DB_RECORDS + 0x100, &127u32.to_be_bytes());
+            for index in [127u64, 128] {
+                let wqe = to_nobody.wqe(&gather(8, DATA));
+                datagram::post(&mut d, A, UD_A, index as u32 - 1, &wqe);
+                let c = d.memory.get(ALIASED + 32 * (index % entries), 32);
+                assert_eq!(
+                    (datagram::be32(&c, 0), c[31]),
+                    (UD_A, 0x4a | (0x80 ^ lap_owner(index))),
+                    "index {index} of {entries}"
+                );
+            }
+            assert_eq!(d.errors(), Vec::<String>::new());
         }
-        rc::mtt(&d, 100, ALIASED);
-        d.memory.put(ALIASED, &[0x5a; 4096]);
-        let mut ctx = cq_in_pages(7, 0, 800);
-        ctx[0x38..0x40].copy_from_slice(&(DB_RECORDS + 0x100).to_be_bytes());
-        assert_eq!(
-            cq_command(&mut d, opcode::MODIFY_CQ, rc::CQN, &ctx),
-            (0, vec![])
-        );
-        let owners: Vec<u8> = (0..128)
-            .map(|p| d.memory.get(ALIASED + 32 * p + 31, 1)[0])
-            .collect();
-        let expected: Vec<u8> = (0..128).map(|p| if p == 127 { 0x80 } else { 0 }).collect();
-        assert_eq!(owners, expected);
-        d.memory.put(DB_RECORDS + 0x100, &127u32.to_be_bytes());
-        datagram::post(&mut d, A, UD_A, 126, &to_nobody.wqe(&gather(8, DATA)));
-        let c = d.memory.get(ALIASED + 32 * 127, 32);
-        assert_eq!(
-            (datagram::be32(&c, 0), c[31]),
-            (UD_A, 0x4a),
-            "index 127, lap 0"
-        );
-        datagram::post(&mut d, A, UD_A, 127, &to_nobody.wqe(&gather(8, DATA)));
-        let c = d.memory.get(ALIASED, 32);
-        assert_eq!(
-            (datagram::be32(&c, 0), c[31]),
-            (UD_A, 0xca),
-            "index 128, lap 1"
-        );
-        assert_eq!(d.errors(), Vec::<String>::new());
     }
 
     #[test]
