@@ -4296,7 +4296,13 @@ mod queues {
                 cq_command(&mut d, opcode::MODIFY_CQ, rc::CQN, &ctx),
                 (0, vec![])
             );
-            let lap_owner = |index: u64| if (index / entries) % 2 == 0 { 0x80 } else { 0 };
+            let lap_owner = |index: u64| {
+                if (index / entries).is_multiple_of(2) {
+                    0x80
+                } else {
+                    0
+                }
+            };
             let owners: Vec<u8> = (0..entries)
                 .map(|p| d.memory.get(ALIASED + 32 * p + 31, 1)[0])
                 .collect();
