@@ -1305,12 +1305,7 @@ mod frwr {
         post_send(&mut d, 1, 0x08, Some((iova + 100, key)), DATA, 8);
         assert_eq!(d.memory.get(target + 100, 8), b"frwr-ok!");
         // LOCAL_INV of the key: then the same write is refused.
-        let mut inval = [0u8; 64];
-        inval[3] = 0x1b;
-        inval[7] = 2;
-        inval[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
-        inval[24..28].copy_from_slice(&key.to_be_bytes());
-        d.memory.put(QP_PAGE[0] + 128, &inval);
+        d.memory.put(QP_PAGE[0] + 128, &local_inv(key));
         d.hca
             .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_A << 8).to_be_bytes());
         assert_eq!(cqe(&d, 2), (QP_A, 0, 0x5b, 0), "LOCAL_INV completes");
@@ -1341,6 +1336,25 @@ mod frwr {
             0
         );
         (FR_MPT << 8) | 0x23
+    }
+
+    /// A LOCAL_INV WQE (signaled) of `key`.
+    fn local_inv(key: u32) -> [u8; 64] {
+        let mut wqe = [0u8; 64];
+        wqe[3] = 0x1b;
+        wqe[7] = 2;
+        wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
+        wqe[24..28].copy_from_slice(&key.to_be_bytes());
+        wqe
+    }
+
+    /// The last of the first `n` CQEs that is QP A's.
+    fn last_cqe_of_a(d: &Driver, n: u64) -> (u32, u32, u8, u8) {
+        (0..n)
+            .map(|i| cqe(d, i))
+            .filter(|c| c.0 == QP_A)
+            .last()
+            .expect("a CQE of QP A")
     }
 
     /// Posts WQE `index` on QP A as written, and rings.
@@ -1478,14 +1492,6 @@ mod frwr {
     #[test]
     fn a_fast_registered_lkey_takes_what_arrives_only_with_local_write() {
         let iova = 0x7000_0000u64;
-        let invalidate = |d: &mut Driver, index: u64, key: u32| {
-            let mut wqe = [0u8; 64];
-            wqe[3] = 0x1b;
-            wqe[7] = 2;
-            wqe[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
-            wqe[24..28].copy_from_slice(&key.to_be_bytes());
-            post_wqe(d, index, &wqe);
-        };
         // (the first registration's rights, whether it is invalidated and registered
         // again with remote read alone, the READ's syndrome)
         for (first, again, syndrome) in [
@@ -1501,7 +1507,7 @@ mod frwr {
             post_wqe(&mut d, 0, &reg_mr(key, first, iova, 4096, 12));
             let mut next = 1;
             if again {
-                invalidate(&mut d, 1, key);
+                post_wqe(&mut d, 1, &local_inv(key));
                 post_wqe(&mut d, 2, &reg_mr(key, REMOTE_READ, iova, 4096, 12));
                 next = 3;
             }
@@ -1609,31 +1615,18 @@ mod frwr {
         assert_eq!(d.memory.get(DATA + 0x1000, 16), b"through the MR!!");
         post_recv(&d, 1, DATA + 0x1100, 64);
         gather_through(&mut d, 2, key, iova + 4088);
-        let sender = (0..5)
-            .map(|n| cqe(&d, n))
-            .filter(|c| c.0 == QP_A)
-            .last()
-            .unwrap();
+        let sender = last_cqe_of_a(&d, 5);
         assert_eq!(sender.3, 0x04, "16 bytes at the region's last 8");
         let mut d = setup();
         let key = registered(&mut d);
         post_recv(&d, 0, DATA + 0x1000, 64);
         gather_through(&mut d, 1, key, iova - 8);
-        let sender = (0..3)
-            .map(|n| cqe(&d, n))
-            .filter(|c| c.0 == QP_A)
-            .last()
-            .unwrap();
+        let sender = last_cqe_of_a(&d, 3);
         assert_eq!(sender.3, 0x04, "16 bytes from 8 before the region");
 
         let mut d = setup();
         let key = registered(&mut d);
-        let mut inval = [0u8; 64];
-        inval[3] = 0x1b;
-        inval[7] = 2;
-        inval[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
-        inval[24..28].copy_from_slice(&key.to_be_bytes());
-        post_wqe(&mut d, 1, &inval);
+        post_wqe(&mut d, 1, &local_inv(key));
         assert_eq!(cqe(&d, 1).3, 0);
         post_recv(&d, 0, DATA + 0x1000, 64);
         gather_through(&mut d, 2, key, iova + 8);
@@ -1663,16 +1656,12 @@ mod frwr {
                 d.memory.put(INBOX, &mpt);
                 assert_eq!(d.command(opcode::SW2HW_MPT, 0, 7, INBOX, 0, false).0, 0);
             }
-            let mut inval = [0u8; 64];
-            inval[3] = 0x1b;
-            inval[7] = 2;
-            inval[8..12].copy_from_slice(&(3u32 << 2).to_be_bytes());
             let named = if other_pd {
                 (7 << 8) | 0x23
             } else {
                 (key & !0xff) | variant
             };
-            inval[24..28].copy_from_slice(&named.to_be_bytes());
+            let inval = local_inv(named);
             let at = u64::from(!other_pd);
             post_wqe(&mut d, at, &inval);
             assert_eq!(
