@@ -220,6 +220,20 @@ impl Driver {
     }
 }
 
+/// A MAD of management class `class` (0x01 a LID-routed SMP, 0x04 the PMA), base and
+/// class version 1, `method` (0x01 Get, 0x02 Set), attribute `attr` with `attr_mod`; its
+/// data (from byte 64) zero.
+fn mad(class: u8, method: u8, attr: u16, attr_mod: u32) -> [u8; 256] {
+    let mut mad = [0u8; 256];
+    mad[0] = 1;
+    mad[1] = class;
+    mad[2] = 1;
+    mad[3] = method;
+    mad[16..18].copy_from_slice(&attr.to_be_bytes());
+    mad[20..24].copy_from_slice(&attr_mod.to_be_bytes());
+    mad
+}
+
 /// The INIT_HCA mailbox `Driver::init_hca` sends: 2^10 QPs, 2^8 CQs, 2^5 EQs, 2^12 MPTs,
 /// the MTT table at ICM 0x1000_0000.
 fn init_hca_mailbox() -> Vec<u8> {
@@ -380,12 +394,7 @@ fn bad_vpm_entries_and_indices_are_refused() {
 fn the_sma_answers_node_info_and_refuses_what_is_not_a_mad() {
     let mut d = Driver::new();
     d.init_hca();
-    let mut mad = vec![0u8; 256];
-    mad[0] = 1; // base version
-    mad[1] = 0x01; // LID-routed SMP
-    mad[2] = 1;
-    mad[3] = 0x01; // Get
-    mad[16..18].copy_from_slice(&0x0011u16.to_be_bytes()); // NodeInfo
+    let mut mad = mad(0x01, 0x01, 0x0011, 0);
     d.memory.put(INBOX, &mad);
     assert_eq!(d.command(opcode::MAD_IFC, 3, 2, INBOX, OUTBOX, false).0, 0);
     let reply = d.memory.get(OUTBOX, 256);
@@ -458,12 +467,7 @@ mod rc {
 
     /// PortInfo Set through MAD_IFC: `port`'s LID and LMC.
     pub(super) fn set_port(d: &mut Driver, port: u32, lid: u16, lmc: u8) {
-        let mut mad = vec![0u8; 256];
-        mad[0] = 1;
-        mad[1] = 0x01;
-        mad[2] = 1;
-        mad[3] = 0x02; // Set
-        mad[16..18].copy_from_slice(&0x0015u16.to_be_bytes()); // PortInfo
+        let mut mad = mad(0x01, 0x02, 0x0015, 0);
         mad[64 + 16..64 + 18].copy_from_slice(&lid.to_be_bytes());
         mad[64 + 34] = lmc;
         // The GID prefix opensm sets: the link-local one.
@@ -631,12 +635,7 @@ mod rc {
     /// PortCountersExtended of `port` (1 or 2), read through the PMA as perfquery does:
     /// (xmit words, rcv words, xmit packets, rcv packets).
     fn port_counters(d: &mut Driver, port: u8) -> [u64; 4] {
-        let mut mad = vec![0u8; 256];
-        mad[0] = 1;
-        mad[1] = 0x04; // performance management
-        mad[2] = 1;
-        mad[3] = 0x01; // Get
-        mad[16..18].copy_from_slice(&0x001du16.to_be_bytes());
+        let mut mad = mad(0x04, 0x01, 0x001d, 0);
         mad[64 + 1] = port;
         d.memory.put(INBOX, &mad);
         assert_eq!(d.command(opcode::MAD_IFC, 3, 1, INBOX, OUTBOX, false).0, 0);
@@ -2159,12 +2158,7 @@ fn each_event_type_goes_to_the_eq_it_is_mapped_to() {
         assert_eq!(d.command(opcode::INIT_PORT, 0, port, 0, 0, false).0, 0);
     }
     d.hca.take_events();
-    let mut mad = vec![0u8; 256];
-    mad[0] = 1;
-    mad[1] = 0x01;
-    mad[2] = 1;
-    mad[3] = 0x02; // Set
-    mad[16..18].copy_from_slice(&0x0015u16.to_be_bytes()); // PortInfo
+    let mut mad = mad(0x01, 0x02, 0x0015, 0);
     for state in [3, 4] {
         mad[64 + 32] = state;
         d.memory.put(INBOX, &mad);
@@ -2770,17 +2764,12 @@ fn a_refused_command_is_reported_by_its_name() {
 /// The SMA's state as the data path reads it: a port's logical state, the LID bits its
 /// LMC leaves to the path, and the index of a P_Key in its table.
 mod sma {
+    use super::mad;
     use hw_mlx4::model::hca::{PortState, Sma};
 
     /// A LID-routed SubnSet of `attr` with `attr_mod`, `data` at the SMP data offset.
     fn set(sma: &mut Sma, port: usize, attr: u16, attr_mod: u32, data: &[u8]) -> u16 {
-        let mut mad = [0u8; 256];
-        mad[0] = 1;
-        mad[1] = 0x01;
-        mad[2] = 1;
-        mad[3] = 0x02;
-        mad[16..18].copy_from_slice(&attr.to_be_bytes());
-        mad[20..24].copy_from_slice(&attr_mod.to_be_bytes());
+        let mut mad = mad(0x01, 0x02, attr, attr_mod);
         mad[64..64 + data.len()].copy_from_slice(data);
         let mut reply = [0u8; 256];
         sma.process(port, &mad, &mut reply).expect("an SMP");
@@ -2789,13 +2778,7 @@ mod sma {
 
     /// A LID-routed SubnGet of `attr` with `attr_mod`: the MAD status and the SMP data.
     fn get(sma: &mut Sma, port: usize, attr: u16, attr_mod: u32) -> (u16, Vec<u8>) {
-        let mut mad = [0u8; 256];
-        mad[0] = 1;
-        mad[1] = 0x01;
-        mad[2] = 1;
-        mad[3] = 0x01;
-        mad[16..18].copy_from_slice(&attr.to_be_bytes());
-        mad[20..24].copy_from_slice(&attr_mod.to_be_bytes());
+        let mad = mad(0x01, 0x01, attr, attr_mod);
         let mut reply = [0u8; 256];
         sma.process(port, &mad, &mut reply).expect("an SMP");
         (
@@ -2942,12 +2925,7 @@ mod sma {
         sma.count_rcv(1, 80, false, false);
         sma.count_rcv(1, 80, false, true);
         let pma = |sma: &mut Sma, port: usize, attr: u16, select: u8| {
-            let mut mad = [0u8; 256];
-            mad[0] = 1;
-            mad[1] = 0x04;
-            mad[2] = 1;
-            mad[3] = 0x01;
-            mad[16..18].copy_from_slice(&attr.to_be_bytes());
+            let mut mad = mad(0x04, 0x01, attr, 0);
             mad[65] = select;
             let mut reply = [0u8; 256];
             sma.process(port, &mad, &mut reply).expect("a MAD");
@@ -3262,12 +3240,7 @@ mod datagram {
     /// PortCounters of `port` (1 or 2) through the PMA: (PortRcvErrors, VL15Dropped,
     /// PortXmitPkts, PortRcvPkts).
     fn counters(d: &mut Driver, port: u8) -> (u16, u16, u32, u32) {
-        let mut mad = vec![0u8; 256];
-        mad[0] = 1;
-        mad[1] = 0x04;
-        mad[2] = 1;
-        mad[3] = 0x01;
-        mad[16..18].copy_from_slice(&0x0012u16.to_be_bytes());
+        let mut mad = mad(0x04, 0x01, 0x0012, 0);
         mad[64 + 1] = port;
         d.memory.put(INBOX, &mad);
         assert_eq!(d.command(opcode::MAD_IFC, 3, 1, INBOX, OUTBOX, false).0, 0);
@@ -3379,12 +3352,7 @@ mod datagram {
 
     /// The port GUID NodeInfo reports for `port` (1 or 2).
     fn port_guid(d: &mut Driver, port: u32) -> [u8; 8] {
-        let mut mad = vec![0u8; 256];
-        mad[0] = 1;
-        mad[1] = 0x01;
-        mad[2] = 1;
-        mad[3] = 0x01;
-        mad[16..18].copy_from_slice(&0x0011u16.to_be_bytes());
+        let mad = mad(0x01, 0x01, 0x0011, 0);
         d.memory.put(INBOX, &mad);
         assert_eq!(
             d.command(opcode::MAD_IFC, 3, port, INBOX, OUTBOX, false).0,
@@ -4057,12 +4025,7 @@ mod datagram {
     #[test]
     fn a_mad_completes_with_the_index_of_its_p_key() {
         let mut d = rig();
-        let mut mad = vec![0u8; 256];
-        mad[0] = 1;
-        mad[1] = 0x01;
-        mad[2] = 1;
-        mad[3] = 0x02; // Set
-        mad[16..18].copy_from_slice(&0x0016u16.to_be_bytes()); // P_KeyTable, block 0
+        let mut mad = mad(0x01, 0x02, 0x0016, 0);
         mad[64..70].copy_from_slice(&[0xff, 0xff, 0x80, 0x01, 0x80, 0x02]);
         d.memory.put(INBOX, &mad);
         assert_eq!(d.command(opcode::MAD_IFC, 3, 2, INBOX, OUTBOX, false).0, 0);
