@@ -4,86 +4,1505 @@
 //! A driver implements [`Driver`] for its device's state and registers it with
 //! [`Registration::new`]. The layer makes the C table: one `extern "C"` function per op,
 //! generic over the driver, that finds the driver's state for the objects the IB core
-//! passes and calls the trait. The IB core allocates PDs, CQs, QPs and AHs itself, with
-//! the size the table declares: each is an `ib_*` followed by the driver's state for it
-//! ([`Driver::Pd`], [`Driver::Cq`] ...), created by the op that sets it up and dropped by
-//! the one that destroys it. MRs are the driver's own allocation, the same layout.
+//! passes and calls the trait with typed references: the device as [`Device<D>`], its
+//! objects as [`Pd<D>`], [`Cq<D>`], [`Qp<D>`], [`Mr<D>`], [`Ah<D>`] (each derefs to the
+//! driver's state for it and reads the IB core's fields of it by accessor), a send WR
+//! as a [`SendWr`] whose [`SendWr::op`] is a [`SendOp`] per opcode, a QP modify as a
+//! [`QpModify`] that yields only the attributes its mask names, completions written
+//! through [`Completions`]. A driver written on this module needs no `unsafe`.
+//!
+//! The IB core allocates PDs, CQs, QPs and AHs itself, with the size the table declares:
+//! each is an `ib_*` followed by the driver's state for it, created by the op that sets
+//! it up and dropped after the one that destroys it. MRs are the layer's own allocation,
+//! the same layout. The views read the C structures in place, by accessor: a post pays
+//! for the fields it reads and nothing else.
 //!
 //! What differs between kernels in that C API is bridged in [`crate::sys::c_api`]
 //! (`_ib_alloc_device`, the CQ resize slot, `reg_user_mr`), so a driver is written once.
-//!
-//! The ops take the IB core's own argument structures (`ib_qp_attr`, `ib_send_wr`,
-//! `ib_wc` ...): they are plain data, and a driver is the place that reads them. Raw
-//! object pointers are passed where a driver needs the IB core's fields of an object
-//! (its CQs, its type); reading them is the driver's `unsafe`, at the FFI edge it is.
 
+use core::cell::UnsafeCell;
+use core::marker::PhantomData;
 use core::mem::{size_of, MaybeUninit};
+use core::ops::Deref;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::time::Duration;
 
 use kernel::ffi::{c_int, c_uint};
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 use crate::sys;
 use crate::sys::c_api;
+use crate::verbs::{Gid, WcOpcode, WcStatus};
 
 /// An IB core object followed by its driver's state: the layout the IB core allocates
 /// (`rdma_zalloc_drv_obj` with the table's `size_ib_*`), with the C object first as its
-/// `container_of` requires.
+/// `container_of` requires. The C object is the IB core's, changed behind our back: an
+/// `UnsafeCell`, read field by field.
 #[repr(C)]
-pub struct Object<C, T> {
-    raw: C,
+struct Object<C, T> {
+    raw: UnsafeCell<C>,
     data: MaybeUninit<T>,
 }
 
 impl<C, T> Object<C, T> {
-    /// The driver state of the object at `raw`.
+    /// The size the IB core allocates for one.
+    const SIZE: usize = size_of::<Self>();
+
+    fn raw(&self) -> *mut C {
+        self.raw.get()
+    }
+
+    /// The driver's state.
     ///
     /// # Safety
     ///
-    /// `raw` is the C object of an `Object<C, T>` whose state is initialised and stays so
-    /// for `'a` (between its create op and its destroy op).
-    pub unsafe fn data<'a>(raw: *mut C) -> &'a T {
-        // SAFETY: `raw` is the first field of an `Object<C, T>` (repr(C)), whose `data`
-        // is initialised (the caller's contract).
-        unsafe { (*raw.cast::<Self>()).data.assume_init_ref() }
+    /// The state is initialised (between the create op and the destroy op).
+    unsafe fn data(&self) -> &T {
+        // SAFETY: the caller's contract.
+        unsafe { self.data.assume_init_ref() }
     }
-
-    /// The size the IB core allocates for one.
-    const SIZE: usize = size_of::<Self>();
 
     /// Writes the state a create op `made` into the object at `raw`.
     ///
     /// # Safety
     ///
     /// `raw` is the C object of an `Object<C, T>` (the IB core allocated it with the
-    /// table's size) whose state is not written yet.
-    unsafe fn init<'a>(raw: *mut C, made: Result<T>) -> Result<&'a T> {
-        let data = made?;
+    /// table's size) whose state is not written yet, and which nothing else reaches
+    /// until the create op returns.
+    unsafe fn init<'a>(raw: *mut C, made: T) -> &'a mut T {
         // SAFETY: the caller's contract.
-        Ok(unsafe { &*(*raw.cast::<Self>()).data.write(data) })
+        unsafe {
+            let data = core::ptr::addr_of_mut!((*raw.cast::<Self>()).data);
+            (*data).write(made)
+        }
     }
 
-    /// Lets `before` see the state of the object at `raw` for the last time, then drops
-    /// it (the IB core frees the object next).
+    /// Drops the state of the object at `raw` (the IB core frees the object next).
     ///
     /// # Safety
     ///
-    /// `raw`'s state was written by [`Object::init`] and is dropped once, here.
-    unsafe fn destroy(raw: *mut C, before: impl FnOnce(&T)) {
-        let object = raw.cast::<Self>();
+    /// `raw`'s state was written by [`Object::init`] and is dropped once, here, after its
+    /// last use.
+    unsafe fn drop_data(raw: *mut C) {
         // SAFETY: the caller's contract.
         unsafe {
-            before((*object).data.assume_init_ref());
-            (*object).data.assume_init_drop();
+            let data = core::ptr::addr_of_mut!((*raw.cast::<Self>()).data);
+            (*data).assume_init_drop();
         }
     }
 }
 
+/// Declares a typed view of an IB core object with its driver's state: derefs to the
+/// state, and gives the layer its C part.
+macro_rules! object {
+    ($(#[$meta:meta])* $name:ident, $c:ty, $state:ty) => {
+        $(#[$meta])*
+        #[repr(transparent)]
+        pub struct $name<D: Driver>(Object<$c, $state>);
+
+        impl<D: Driver> $name<D> {
+            /// The live, created object at `raw`.
+            ///
+            /// # Safety
+            ///
+            /// `raw` is an object of a device of `D`, created by the layer's create op
+            /// and not yet destroyed, for `'a`.
+            unsafe fn from_raw<'a>(raw: *mut $c) -> &'a Self {
+                // SAFETY: `Self` is a transparent view of the `Object`, whose C part comes
+                // first (repr(C)); the object lives for `'a` (the caller's contract).
+                unsafe { &*raw.cast::<Self>() }
+            }
+
+            // Not every object's C part is read.
+            #[allow(dead_code)]
+            fn raw(&self) -> *mut $c {
+                self.0.raw()
+            }
+
+            fn state(&self) -> &$state {
+                // SAFETY: a view exists only of a created object (`from_raw`).
+                unsafe { self.0.data() }
+            }
+        }
+
+        // SAFETY: the C part is the IB core's, which serialises its own changes to it and
+        // is shared by design; the state is `Send + Sync` (the `Driver` bounds).
+        unsafe impl<D: Driver> Send for $name<D> {}
+        // SAFETY: as above.
+        unsafe impl<D: Driver> Sync for $name<D> {}
+    };
+}
+
+object!(
+    /// A protection domain of a device of `D`.
+    Pd, sys::ib_pd, D::Pd
+);
+object!(
+    /// A completion queue of a device of `D`.
+    Cq, sys::ib_cq, CqState<D::Cq>
+);
+object!(
+    /// A queue pair of a device of `D`.
+    Qp, sys::ib_qp, D::Qp
+);
+object!(
+    /// A memory region of a device of `D`.
+    Mr, sys::ib_mr, MrState<D>
+);
+object!(
+    /// An address handle of a device of `D`.
+    Ah, sys::ib_ah, D::Ah
+);
+object!(
+    /// A device of driver `D`, registered by a [`Registration<D>`].
+    Device, sys::ib_device, D
+);
+
+/// The layer's part of a CQ's state: its event gate, then the driver's.
+struct CqState<T> {
+    events: CqEvents,
+    driver: T,
+}
+
+/// The layer's part of an MR's state: the page callback of a `map_mr_sg` under way,
+/// then the driver's.
+struct MrState<D: Driver> {
+    /// A `*mut &mut dyn FnMut(DmaAddr) -> Result` during [`MrPages::map`], null otherwise.
+    mapping: AtomicPtr<()>,
+    driver: D::Mr,
+}
+
+impl<D: Driver> Deref for Pd<D> {
+    type Target = D::Pd;
+    fn deref(&self) -> &D::Pd {
+        self.state()
+    }
+}
+
+impl<D: Driver> Deref for Cq<D> {
+    type Target = D::Cq;
+    fn deref(&self) -> &D::Cq {
+        &self.state().driver
+    }
+}
+
+impl<D: Driver> Deref for Qp<D> {
+    type Target = D::Qp;
+    fn deref(&self) -> &D::Qp {
+        self.state()
+    }
+}
+
+impl<D: Driver> Deref for Mr<D> {
+    type Target = D::Mr;
+    fn deref(&self) -> &D::Mr {
+        &self.state().driver
+    }
+}
+
+impl<D: Driver> Deref for Ah<D> {
+    type Target = D::Ah;
+    fn deref(&self) -> &D::Ah {
+        self.state()
+    }
+}
+
+impl<D: Driver> Deref for Device<D> {
+    type Target = D;
+    fn deref(&self) -> &D {
+        self.state()
+    }
+}
+
+/// The identity of a PD, to compare (an MR's PD with a QP's): never dereferenced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PdId(*const sys::ib_pd);
+
+// SAFETY: an address compared, never dereferenced.
+unsafe impl Send for PdId {}
+// SAFETY: as above.
+unsafe impl Sync for PdId {}
+
+/// The QP a completion names (`ib_wc.qp`), kept by a driver in its queues: handed to
+/// the consumer in completions, never dereferenced by the layer or the driver.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct QpHandle(NonNull<sys::ib_qp>);
+
+// SAFETY: as for `PdId`.
+unsafe impl Send for QpHandle {}
+// SAFETY: as above.
+unsafe impl Sync for QpHandle {}
+
+impl<D: Driver> Pd<D> {
+    /// This PD's identity.
+    pub fn id(&self) -> PdId {
+        PdId(self.raw())
+    }
+}
+
+impl<D: Driver> Device<D> {
+    /// The name the IB core gave the device (`tilde_lo0`), for log lines.
+    pub fn name(&self) -> crate::device::DeviceName {
+        // SAFETY: the device is allocated while a view of it exists.
+        unsafe { crate::device::DeviceName::of(self.raw()) }
+    }
+
+    /// The `ib_device`, for a driver's C glue (netdev binding and the like).
+    pub fn as_raw(&self) -> *mut sys::ib_device {
+        self.raw()
+    }
+
+    /// The device's DMA engine: registered without a DMA device, it reaches the
+    /// consumers' memory by the CPU (see [`SoftDma`]).
+    pub fn dma(&self) -> SoftDma<'_> {
+        SoftDma {
+            _device: PhantomData,
+        }
+    }
+}
+
+/// The type of a QP (`enum ib_qp_type`), those a driver may be asked for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum QpType {
+    /// QP0, the subnet management QP.
+    Smi,
+    /// QP1, the general services QP.
+    Gsi,
+    /// Reliable connected.
+    Rc,
+    /// Unreliable connected.
+    Uc,
+    /// Unreliable datagram.
+    Ud,
+    /// Any other (raw, XRC, driver-specific): its C value.
+    Other(u32),
+}
+
+impl QpType {
+    fn from_raw(raw: u32) -> Self {
+        match raw {
+            sys::ib_qp_type_IB_QPT_SMI => Self::Smi,
+            sys::ib_qp_type_IB_QPT_GSI => Self::Gsi,
+            sys::ib_qp_type_IB_QPT_RC => Self::Rc,
+            sys::ib_qp_type_IB_QPT_UC => Self::Uc,
+            sys::ib_qp_type_IB_QPT_UD => Self::Ud,
+            other => Self::Other(other),
+        }
+    }
+
+    /// Whether its sends are datagrams, each naming its destination by an AH.
+    pub fn is_datagram(self) -> bool {
+        matches!(self, Self::Smi | Self::Gsi | Self::Ud)
+    }
+}
+
+impl<D: Driver> Qp<D> {
+    /// The QP's type.
+    pub fn qp_type(&self) -> QpType {
+        // SAFETY: set by the IB core before the create op, never changed after.
+        QpType::from_raw(unsafe { (*self.raw()).qp_type })
+    }
+
+    /// The QP's number.
+    pub fn num(&self) -> u32 {
+        // SAFETY: set by the create op, never changed after.
+        unsafe { (*self.raw()).qp_num }
+    }
+
+    /// The QP for completions.
+    pub fn handle(&self) -> QpHandle {
+        // A view exists only of an allocated object: its address is not null.
+        QpHandle(NonNull::new(self.raw()).unwrap_or(NonNull::dangling()))
+    }
+
+    /// The PD the QP belongs to.
+    pub fn pd_id(&self) -> PdId {
+        // SAFETY: set by the IB core before the create op, never changed after.
+        PdId(unsafe { (*self.raw()).pd })
+    }
+}
+
+/// The IB access rights of an MR or a QP (`enum ib_access_flags`; values fixed by the
+/// uverbs ABI).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Access(u32);
+
+impl Access {
+    /// The device may write local memory (`IB_ACCESS_LOCAL_WRITE`).
+    pub const LOCAL_WRITE: Self = Self(1);
+    /// Peers may RDMA WRITE (`IB_ACCESS_REMOTE_WRITE`).
+    pub const REMOTE_WRITE: Self = Self(1 << 1);
+    /// Peers may RDMA READ (`IB_ACCESS_REMOTE_READ`).
+    pub const REMOTE_READ: Self = Self(1 << 2);
+    /// Peers may run atomics (`IB_ACCESS_REMOTE_ATOMIC`).
+    pub const REMOTE_ATOMIC: Self = Self(1 << 3);
+
+    /// No rights.
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    /// The rights of the C bits (unknown bits kept, so nothing is silently dropped).
+    pub const fn from_bits(bits: u32) -> Self {
+        Self(bits)
+    }
+
+    /// The C bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every right of `other` is in `self`.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for Access {
+    type Output = Self;
+    fn bitor(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+/// The keys a new MR gets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MrKeys {
+    /// For local access (`ib_mr.lkey`).
+    pub lkey: u32,
+    /// For remote access (`ib_mr.rkey`).
+    pub rkey: u32,
+}
+
+impl<D: Driver> Mr<D> {
+    /// The I/O virtual address of the registration (set by `ib_map_mr_sg` or the ULP).
+    pub fn iova(&self) -> u64 {
+        // SAFETY: the IB core's field, set by the consumer before it posts the REG_MR
+        // that reads it and not changed while that is outstanding.
+        unsafe { (*self.raw()).iova }
+    }
+
+    /// The length of the registration.
+    pub fn length(&self) -> u64 {
+        // SAFETY: as for `iova`.
+        unsafe { (*self.raw()).length }
+    }
+
+    /// The page size of the page list.
+    pub fn page_size(&self) -> u32 {
+        // SAFETY: as for `iova`.
+        unsafe { (*self.raw()).page_size }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Completions
+
+/// The network header a received datagram's first 40 bytes hold (the GRH area).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Grh {
+    /// An InfiniBand GRH.
+    Ib,
+    /// RoCEv2 over IPv4: 20 bytes of zeros, then the IPv4 header.
+    Ipv4,
+    /// RoCEv2 over IPv6: the IPv6 header.
+    Ipv6,
+}
+
+/// What else a completion carries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Extra {
+    None,
+    /// Immediate data, big-endian as the sender posted it.
+    Imm(u32),
+    /// The key a SEND with Invalidate invalidated.
+    Invalidated(u32),
+}
+
+/// A work completion, built by a driver and written into the consumer's `ib_wc` by
+/// [`Completions::push`].
+#[derive(Clone, Copy)]
+pub struct Completion {
+    id: u64,
+    status: WcStatus,
+    opcode: WcOpcode,
+    qp: QpHandle,
+    byte_len: u32,
+    src_qp: u32,
+    extra: Extra,
+    grh: Option<Grh>,
+    port: u32,
+}
+
+impl Completion {
+    /// A completion of WR `id` of `qp` with `status`, for a WR of `opcode`.
+    pub fn new(qp: QpHandle, id: u64, status: WcStatus, opcode: WcOpcode) -> Self {
+        Self {
+            id,
+            status,
+            opcode,
+            qp,
+            byte_len: 0,
+            src_qp: 0,
+            extra: Extra::None,
+            grh: None,
+            port: 1,
+        }
+    }
+
+    /// Bytes moved (a receive's length, a READ's, an atomic's 8).
+    pub fn bytes(self, byte_len: u32) -> Self {
+        Self { byte_len, ..self }
+    }
+
+    /// The sender's QP number (receives).
+    pub fn source_qp(self, src_qp: u32) -> Self {
+        Self { src_qp, ..self }
+    }
+
+    /// Immediate data, big-endian as posted (`IB_WC_WITH_IMM`).
+    pub fn with_imm(self, imm: u32) -> Self {
+        Self {
+            extra: Extra::Imm(imm),
+            ..self
+        }
+    }
+
+    /// The key a SEND with Invalidate invalidated (`IB_WC_WITH_INVALIDATE`).
+    pub fn with_invalidate(self, rkey: u32) -> Self {
+        Self {
+            extra: Extra::Invalidated(rkey),
+            ..self
+        }
+    }
+
+    /// The receive buffer starts with a network header of this kind (`IB_WC_GRH`).
+    pub fn with_grh(self, grh: Grh) -> Self {
+        Self {
+            grh: Some(grh),
+            ..self
+        }
+    }
+
+    /// The port it happened on (1 unless set).
+    pub fn port(self, port: u32) -> Self {
+        Self { port, ..self }
+    }
+
+    /// Its status.
+    pub fn status(&self) -> WcStatus {
+        self.status
+    }
+
+    /// The C completion.
+    fn write(&self, wc: &mut sys::ib_wc) {
+        // SAFETY: all-zero is a valid `ib_wc` (plain C data, as C drivers' zeroed ones).
+        *wc = unsafe { MaybeUninit::zeroed().assume_init() };
+        wc.__bindgen_anon_1.wr_id = self.id;
+        wc.status = self.status.to_raw();
+        wc.opcode = self.opcode.to_raw();
+        wc.qp = self.qp.0.as_ptr();
+        wc.byte_len = self.byte_len;
+        wc.src_qp = self.src_qp;
+        wc.port_num = self.port;
+        let mut flags = 0;
+        match self.extra {
+            Extra::None => {}
+            Extra::Imm(imm) => {
+                wc.ex.imm_data = imm;
+                flags |= sys::ib_wc_flags_IB_WC_WITH_IMM;
+            }
+            Extra::Invalidated(rkey) => {
+                wc.ex.invalidate_rkey = rkey;
+                flags |= sys::ib_wc_flags_IB_WC_WITH_INVALIDATE;
+            }
+        }
+        match self.grh {
+            None => {}
+            Some(Grh::Ib) => flags |= sys::ib_wc_flags_IB_WC_GRH,
+            Some(roce) => {
+                flags |= sys::ib_wc_flags_IB_WC_GRH | sys::ib_wc_flags_IB_WC_WITH_NETWORK_HDR_TYPE;
+                wc.network_hdr_type = if roce == Grh::Ipv4 {
+                    sys::rdma_network_type_RDMA_NETWORK_IPV4
+                } else {
+                    sys::rdma_network_type_RDMA_NETWORK_IPV6
+                } as u8;
+            }
+        }
+        wc.wc_flags = flags as c_int;
+    }
+}
+
+/// The consumer's completion array of a `poll_cq`, filled in order.
+pub struct Completions<'a> {
+    out: &'a mut [sys::ib_wc],
+    filled: usize,
+}
+
+impl Completions<'_> {
+    /// How many more completions fit.
+    pub fn room(&self) -> usize {
+        self.out.len().saturating_sub(self.filled)
+    }
+
+    /// Writes `completion` into the next entry; false (nothing written) when full.
+    pub fn push(&mut self, completion: &Completion) -> bool {
+        let Some(wc) = self.out.get_mut(self.filled) else {
+            return false;
+        };
+        completion.write(wc);
+        self.filled += 1;
+        true
+    }
+}
+
+/// What a CQ's consumer is told outside the driver's locks: its completion handler, its
+/// error event. A driver keeps a clone where completions are queued and calls it after
+/// releasing its lock; once the CQ is destroyed, calls do nothing (the destroy op waits
+/// for calls under way), so a clone may outlive the CQ.
+#[derive(Clone)]
+pub struct CqEvents(Arc<CqGate>);
+
+struct CqGate {
+    /// The CQ while it lives; null from its destruction on.
+    cq: AtomicPtr<sys::ib_cq>,
+    /// Calls under way.
+    calls: AtomicU32,
+}
+
+impl CqEvents {
+    fn new(cq: *mut sys::ib_cq) -> Result<Self> {
+        let gate = CqGate {
+            cq: AtomicPtr::new(cq),
+            calls: AtomicU32::new(0),
+        };
+        Ok(Self(Arc::new(gate, GFP_KERNEL)?))
+    }
+
+    /// Runs `call` with the CQ if it still lives. The count is raised before the CQ is
+    /// read and `close` clears the CQ before it reads the count (both sequentially
+    /// consistent): either this sees null, or `close` sees the call and waits for it.
+    fn with(&self, call: impl FnOnce(*mut sys::ib_cq)) {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        let cq = self.0.cq.load(Ordering::SeqCst);
+        if !cq.is_null() {
+            call(cq);
+        }
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Calls the CQ's completion handler (`ib_cq.comp_handler`), as a C driver does when
+    /// an armed CQ gets a completion.
+    pub fn completion(&self) {
+        self.with(|cq| {
+            // SAFETY: the CQ lives (`with`); its handler and context are the consumer's,
+            // called as the C drivers call them, with no driver lock held.
+            unsafe {
+                if let Some(handler) = (*cq).comp_handler {
+                    handler(cq, (*cq).cq_context);
+                }
+            }
+        });
+    }
+
+    /// Reports `IB_EVENT_CQ_ERR` (the CQ overran: completions were lost).
+    pub fn overrun(&self) {
+        self.with(|cq| {
+            // SAFETY: as in `completion`; all-zero is a valid `ib_event` (plain C data).
+            unsafe {
+                if let Some(handler) = (*cq).event_handler {
+                    let mut event: sys::ib_event = MaybeUninit::zeroed().assume_init();
+                    event.device = (*cq).device;
+                    event.element.cq = cq;
+                    event.event = sys::ib_event_type_IB_EVENT_CQ_ERR;
+                    handler(&mut event, (*cq).cq_context);
+                }
+            }
+        });
+    }
+
+    /// Ends the calls: from now on they do nothing; waits for those under way.
+    fn close(&self) {
+        self.0.cq.store(core::ptr::null_mut(), Ordering::SeqCst);
+        while self.0.calls.load(Ordering::SeqCst) != 0 {
+            crate::sys::kernel_api::sleep(Duration::from_micros(20));
+        }
+    }
+}
+
+impl<D: Driver> Cq<D> {
+    /// The CQ's events, to keep where its completions are queued.
+    pub fn events(&self) -> &CqEvents {
+        &self.state().events
+    }
+}
+
+/// A CQ being created.
+pub struct NewCq<'a> {
+    attr: &'a sys::ib_cq_init_attr,
+    events: &'a CqEvents,
+    entries: u32,
+}
+
+impl NewCq<'_> {
+    /// The completions the consumer asked room for.
+    pub fn requested(&self) -> u32 {
+        self.attr.cqe
+    }
+
+    /// `IB_UVERBS_CQ_FLAGS_*` asked for (0: none).
+    pub fn flags(&self) -> u32 {
+        self.attr.flags
+    }
+
+    /// The completion vector asked for.
+    pub fn comp_vector(&self) -> u32 {
+        self.attr.comp_vector
+    }
+
+    /// The CQ's events, to keep where its completions are queued.
+    pub fn events(&self) -> &CqEvents {
+        self.events
+    }
+
+    /// The room the CQ actually has (`ib_cq.cqe`); the request unless set.
+    pub fn set_entries(&mut self, entries: u32) {
+        self.entries = entries;
+    }
+}
+
+/// What a `req_notify_cq` asks.
+#[derive(Clone, Copy)]
+pub struct Arm(u32);
+
+impl Arm {
+    /// Whether the CQ is armed (for the next completion or the next solicited one).
+    pub fn arms(self) -> bool {
+        self.0 & sys::ib_cq_notify_flags_IB_CQ_SOLICITED_MASK != 0
+    }
+
+    /// Whether only a solicited completion (or an error) should notify.
+    pub fn solicited_only(self) -> bool {
+        self.0 & sys::ib_cq_notify_flags_IB_CQ_SOLICITED_MASK
+            == sys::ib_cq_notify_flags_IB_CQ_SOLICITED
+    }
+
+    /// Whether the consumer wants to know that completions are waiting already
+    /// (`IB_CQ_REPORT_MISSED_EVENTS`).
+    pub fn report_missed(self) -> bool {
+        self.0 & sys::ib_cq_notify_flags_IB_CQ_REPORT_MISSED_EVENTS != 0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// QPs
+
+/// The capacities of a QP's queues.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct QpCaps {
+    /// Send WRs outstanding.
+    pub max_send_wr: u32,
+    /// Receive WRs outstanding.
+    pub max_recv_wr: u32,
+    /// Gather entries per send WR.
+    pub max_send_sge: u32,
+    /// Scatter entries per receive WR.
+    pub max_recv_sge: u32,
+    /// Bytes of inline data per send WR.
+    pub max_inline_data: u32,
+}
+
+/// A QP being created: what the consumer asked (`ib_qp_init_attr`) and what the IB core
+/// set in the QP already (its type, PD, CQs).
+pub struct NewQp<'a, D: Driver> {
+    qp: *mut sys::ib_qp,
+    attr: &'a mut sys::ib_qp_init_attr,
+    _driver: PhantomData<D>,
+}
+
+impl<'a, D: Driver> NewQp<'a, D> {
+    /// The QP's type.
+    pub fn qp_type(&self) -> QpType {
+        QpType::from_raw(self.attr.qp_type)
+    }
+
+    /// The QP for completions.
+    pub fn handle(&self) -> QpHandle {
+        // The IB core's allocation, checked non-null by the create op.
+        QpHandle(NonNull::new(self.qp).unwrap_or(NonNull::dangling()))
+    }
+
+    /// The PD the QP belongs to.
+    pub fn pd_id(&self) -> PdId {
+        // SAFETY: the IB core's QP being created, its PD set before the op.
+        PdId(unsafe { (*self.qp).pd })
+    }
+
+    /// The CQ of its send queue (none if the consumer gave none).
+    pub fn send_cq(&self) -> Option<&'a Cq<D>> {
+        let cq = self.attr.send_cq;
+        // SAFETY: a CQ the consumer created on this device, which the IB core keeps
+        // (by its use count) until the QP is destroyed.
+        (!cq.is_null()).then(|| unsafe { Cq::from_raw(cq) })
+    }
+
+    /// The CQ of its receive queue.
+    pub fn recv_cq(&self) -> Option<&'a Cq<D>> {
+        let cq = self.attr.recv_cq;
+        // SAFETY: as in `send_cq`.
+        (!cq.is_null()).then(|| unsafe { Cq::from_raw(cq) })
+    }
+
+    /// Whether its receives come from an SRQ.
+    pub fn has_srq(&self) -> bool {
+        !self.attr.srq.is_null()
+    }
+
+    /// `IB_QP_CREATE_*` asked for (0: none).
+    pub fn create_flags(&self) -> u32 {
+        self.attr.create_flags
+    }
+
+    /// Whether every send WR completes, signaled or not (`IB_SIGNAL_ALL_WR`).
+    pub fn signals_all(&self) -> bool {
+        self.attr.sq_sig_type == sys::ib_sig_type_IB_SIGNAL_ALL_WR
+    }
+
+    /// The capacities asked for.
+    pub fn caps(&self) -> QpCaps {
+        let cap = &self.attr.cap;
+        QpCaps {
+            max_send_wr: cap.max_send_wr,
+            max_recv_wr: cap.max_recv_wr,
+            max_send_sge: cap.max_send_sge,
+            max_recv_sge: cap.max_recv_sge,
+            max_inline_data: cap.max_inline_data,
+        }
+    }
+
+    /// The capacities the QP got (reported back to the consumer).
+    pub fn set_caps(&mut self, caps: QpCaps) {
+        let cap = &mut self.attr.cap;
+        cap.max_send_wr = caps.max_send_wr;
+        cap.max_recv_wr = caps.max_recv_wr;
+        cap.max_send_sge = caps.max_send_sge;
+        cap.max_recv_sge = caps.max_recv_sge;
+        cap.max_inline_data = caps.max_inline_data;
+    }
+
+    /// The QP's number.
+    pub fn set_num(&mut self, qpn: u32) {
+        // SAFETY: the IB core's QP being created, nobody else's until the op returns;
+        // `qp_num` is the driver's to set.
+        unsafe { (*self.qp).qp_num = qpn };
+    }
+}
+
+/// A QP state (`enum ib_qp_state`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum QpState {
+    /// Reset.
+    Reset,
+    /// Initialised.
+    Init,
+    /// Ready to receive.
+    Rtr,
+    /// Ready to send.
+    Rts,
+    /// Send queue drained.
+    Sqd,
+    /// Send queue error.
+    Sqe,
+    /// Error.
+    Err,
+}
+
+impl QpState {
+    fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            sys::ib_qp_state_IB_QPS_RESET => Self::Reset,
+            sys::ib_qp_state_IB_QPS_INIT => Self::Init,
+            sys::ib_qp_state_IB_QPS_RTR => Self::Rtr,
+            sys::ib_qp_state_IB_QPS_RTS => Self::Rts,
+            sys::ib_qp_state_IB_QPS_SQD => Self::Sqd,
+            sys::ib_qp_state_IB_QPS_SQE => Self::Sqe,
+            sys::ib_qp_state_IB_QPS_ERR => Self::Err,
+            _ => return None,
+        })
+    }
+
+    fn to_raw(self) -> u32 {
+        match self {
+            Self::Reset => sys::ib_qp_state_IB_QPS_RESET,
+            Self::Init => sys::ib_qp_state_IB_QPS_INIT,
+            Self::Rtr => sys::ib_qp_state_IB_QPS_RTR,
+            Self::Rts => sys::ib_qp_state_IB_QPS_RTS,
+            Self::Sqd => sys::ib_qp_state_IB_QPS_SQD,
+            Self::Sqe => sys::ib_qp_state_IB_QPS_SQE,
+            Self::Err => sys::ib_qp_state_IB_QPS_ERR,
+        }
+    }
+}
+
+/// A `modify_qp`: the attributes its mask names, each `None` when the mask leaves it.
+pub struct QpModify<'a> {
+    attr: &'a sys::ib_qp_attr,
+    mask: u32,
+    qp_type: u32,
+}
+
+impl QpModify<'_> {
+    fn has(&self, bit: u32) -> bool {
+        self.mask & bit != 0
+    }
+
+    /// The state the QP moves to, checked against IB's state table for the QP's type,
+    /// the mask and `current` (or the current state the consumer asserts):
+    /// `Ok(None)` when only attributes change, `EINVAL` for a transition IB forbids or
+    /// attributes it does not allow in it.
+    pub fn transition(&self, current: QpState) -> Result<Option<QpState>> {
+        let current = if self.has(sys::ib_qp_attr_mask_IB_QP_CUR_STATE) {
+            QpState::from_raw(self.attr.cur_qp_state).ok_or(EINVAL)?
+        } else {
+            current
+        };
+        let next = if self.has(sys::ib_qp_attr_mask_IB_QP_STATE) {
+            Some(QpState::from_raw(self.attr.qp_state).ok_or(EINVAL)?)
+        } else {
+            None
+        };
+        let to = next.unwrap_or(current);
+        // SAFETY: a pure check of its arguments.
+        if !unsafe {
+            sys::ib_modify_qp_is_ok(current.to_raw(), to.to_raw(), self.qp_type, self.mask)
+        } {
+            return Err(EINVAL);
+        }
+        Ok(next)
+    }
+
+    /// The port (`IB_QP_PORT`).
+    pub fn port(&self) -> Option<u32> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_PORT)
+            .then_some(self.attr.port_num)
+    }
+
+    /// The remote access the QP grants (`IB_QP_ACCESS_FLAGS`).
+    pub fn access(&self) -> Option<Access> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_ACCESS_FLAGS)
+            .then_some(Access::from_bits(self.attr.qp_access_flags as u32))
+    }
+
+    /// The Q_Key (`IB_QP_QKEY`).
+    pub fn qkey(&self) -> Option<u32> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_QKEY)
+            .then_some(self.attr.qkey)
+    }
+
+    /// The destination QP number (`IB_QP_DEST_QPN`).
+    pub fn dest_qpn(&self) -> Option<u32> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_DEST_QPN)
+            .then_some(self.attr.dest_qp_num)
+    }
+
+    /// The RNR retry count, 7 meaning "forever" (`IB_QP_RNR_RETRY`).
+    pub fn rnr_retry(&self) -> Option<u8> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_RNR_RETRY)
+            .then_some(self.attr.rnr_retry)
+    }
+
+    /// The P_Key index (`IB_QP_PKEY_INDEX`).
+    pub fn pkey_index(&self) -> Option<u16> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_PKEY_INDEX)
+            .then_some(self.attr.pkey_index)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Work requests
+
+/// One gather or scatter entry, as posted (`struct ib_sge`).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct Sge(sys::ib_sge);
+
+impl Default for Sge {
+    /// An empty entry: no bytes, address 0 (which no [`SoftDma`] access reaches).
+    fn default() -> Self {
+        Self(sys::ib_sge {
+            addr: 0,
+            length: 0,
+            lkey: 0,
+        })
+    }
+}
+
+impl Sge {
+    /// The address, in the address space of its key: an I/O virtual address of the MR
+    /// the key names, or under the device's local DMA key a DMA address
+    /// ([`Sge::dma_addr`]).
+    pub fn addr(&self) -> u64 {
+        self.0.addr
+    }
+
+    /// The address as a DMA address: what it is under the device's local DMA key.
+    pub fn dma_addr(&self) -> DmaAddr {
+        DmaAddr(self.0.addr)
+    }
+
+    /// The length in bytes.
+    pub fn length(&self) -> u32 {
+        self.0.length
+    }
+
+    /// The local key.
+    pub fn lkey(&self) -> u32 {
+        self.0.lkey
+    }
+}
+
+/// A DMA address the IB core's consumers gave the device: in a posted SGE under the
+/// local DMA key ([`Sge::dma_addr`]), a page of a mapped MR ([`MrPages::map`]), an
+/// address under a DMA MR's key ([`DmaAddr::in_dma_mr`]); a driver moves within one by
+/// [`DmaAddr::offset`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DmaAddr(u64);
+
+impl DmaAddr {
+    /// The address.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// An address under a key of a DMA MR ([`Driver::get_dma_mr`]): such an MR covers
+    /// all memory, and its addresses are DMA addresses.
+    pub fn in_dma_mr(addr: u64) -> Self {
+        Self(addr)
+    }
+
+    /// `bytes` further on; `None` past the end of the address space.
+    pub fn offset(self, bytes: u64) -> Option<Self> {
+        self.0.checked_add(bytes).map(Self)
+    }
+}
+
+/// The DMA engine of a software device: the memory the consumers' DMA addresses name,
+/// reached by the CPU. A device registered by [`Registration::new`] has no DMA device,
+/// so the IB core's DMA mapping gives it kernel virtual addresses (`ib_uses_virt_dma`),
+/// and its consumers keep the memory behind a posted WR's addresses, and an MR's pages,
+/// valid until the WR completes or the MR is invalidated: the IB contract every HCA's
+/// DMA relies on, which this is. Whether an access is allowed (keys, PDs, rights,
+/// bounds) is the driver's to check first, as it is a device's.
+pub struct SoftDma<'a> {
+    _device: PhantomData<&'a ()>,
+}
+
+impl SoftDma<'_> {
+    /// A kernel address for `len` bytes at `at`; `None` for null or a range that wraps.
+    fn range(at: DmaAddr, len: usize) -> Option<usize> {
+        let start = usize::try_from(at.0).ok().filter(|&a| a != 0)?;
+        start.checked_add(len)?;
+        Some(start)
+    }
+
+    /// Copies `len` bytes from `from` to `to` (the ranges may overlap: a QP sending to
+    /// itself); false, nothing copied, for an address no memory can have.
+    pub fn copy(&self, from: DmaAddr, to: DmaAddr, len: usize) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let (Some(src), Some(dst)) = (Self::range(from, len), Self::range(to, len)) else {
+            return false;
+        };
+        // SAFETY: both ranges are memory the consumers gave the device, valid for the
+        // access (the type's contract), reached by their kernel virtual addresses.
+        unsafe { core::ptr::copy(src as *const u8, dst as *mut u8, len) };
+        true
+    }
+
+    /// Writes `bytes` at `to`; false as for [`SoftDma::copy`].
+    pub fn write(&self, to: DmaAddr, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        let Some(dst) = Self::range(to, bytes.len()) else {
+            return false;
+        };
+        // SAFETY: as in `copy`; `bytes` is the driver's own memory, not the consumer's.
+        unsafe { core::ptr::copy(bytes.as_ptr(), dst as *mut u8, bytes.len()) };
+        true
+    }
+
+    /// Runs `op` on the aligned 8-byte word at `at`, for an atomic; `None` if unaligned.
+    fn with_word<R>(at: DmaAddr, op: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
+        let addr = Self::range(at, 8)?;
+        if addr % 8 != 0 {
+            return None;
+        }
+        // SAFETY: an aligned word of memory the consumers gave the device (as in
+        // `copy`), borrowed for `op` only; the device's atomics are atomic with respect
+        // to each other and to the CPU's, which the atomic instruction gives.
+        let word = unsafe { AtomicU64::from_ptr(addr as *mut u64) };
+        Some(op(word))
+    }
+
+    /// Atomically: the word at `at` becomes `swap` if it is `compare`; its old value.
+    /// `None` for an unaligned word.
+    pub fn compare_swap(&self, at: DmaAddr, compare: u64, swap: u64) -> Option<u64> {
+        Self::with_word(at, |word| {
+            match word.compare_exchange(compare, swap, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(old) | Err(old) => old,
+            }
+        })
+    }
+
+    /// Atomically: `add` is added to the word at `at`; its old value. `None` for an
+    /// unaligned word.
+    pub fn fetch_add(&self, at: DmaAddr, add: u64) -> Option<u64> {
+        Self::with_word(at, |word| word.fetch_add(add, Ordering::SeqCst))
+    }
+}
+
+/// The SGE list of a WR: `num` entries at `list`, valid for the post.
+///
+/// # Safety
+///
+/// `list` has `num` entries (when `num` is positive), valid for `'a` (the consumer's
+/// contract for a posted WR).
+unsafe fn sges<'a>(list: *const sys::ib_sge, num: c_int) -> Result<&'a [Sge]> {
+    let count = usize::try_from(num).map_err(|_| EINVAL)?;
+    if count == 0 {
+        return Ok(&[]);
+    }
+    if list.is_null() {
+        return Err(EINVAL);
+    }
+    // SAFETY: the caller's contract; `Sge` is a transparent view of `ib_sge`.
+    Ok(unsafe { core::slice::from_raw_parts(list.cast::<Sge>(), count) })
+}
+
+/// The flags of a send WR (`enum ib_send_flags`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SendFlags(u32);
+
+impl SendFlags {
+    /// Wait for earlier READs and atomics (`IB_SEND_FENCE`).
+    pub const FENCE: Self = Self(1);
+    /// Complete it (`IB_SEND_SIGNALED`).
+    pub const SIGNALED: Self = Self(1 << 1);
+    /// Solicit an event at the responder (`IB_SEND_SOLICITED`).
+    pub const SOLICITED: Self = Self(1 << 2);
+    /// The gather list is data to copy now (`IB_SEND_INLINE`).
+    pub const INLINE: Self = Self(1 << 3);
+
+    /// Whether every flag of `other` is set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// The remote end of an RDMA or atomic operation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Remote {
+    /// The address in the peer's MR.
+    pub addr: u64,
+    /// The peer's key.
+    pub rkey: u32,
+}
+
+/// What a send WR asks, per opcode, with the fields of the containing structure the
+/// opcode has (`ib_rdma_wr`, `ib_atomic_wr`, `ib_reg_wr`, `ib_ud_wr`).
+pub enum SendOp<'a, D: Driver> {
+    /// SEND.
+    Send,
+    /// SEND with immediate data (big-endian as posted).
+    SendWithImm(u32),
+    /// SEND with Invalidate of the responder's `rkey`.
+    SendWithInv(u32),
+    /// RDMA WRITE, with immediate data if any.
+    Write {
+        /// Where.
+        remote: Remote,
+        /// Immediate data (big-endian as posted).
+        imm: Option<u32>,
+    },
+    /// RDMA READ.
+    Read {
+        /// From where.
+        remote: Remote,
+    },
+    /// Atomic compare and swap of the 8-byte word at `remote`.
+    CompareSwap {
+        /// The word.
+        remote: Remote,
+        /// The value it must have.
+        compare: u64,
+        /// The value it gets.
+        swap: u64,
+    },
+    /// Atomic fetch and add to the 8-byte word at `remote`.
+    FetchAdd {
+        /// The word.
+        remote: Remote,
+        /// What is added.
+        add: u64,
+    },
+    /// Invalidates the local key `key`.
+    LocalInv {
+        /// The key.
+        key: u32,
+    },
+    /// Fast registration of `mr`'s mapped pages under `key` with `access`.
+    RegMr {
+        /// The MR, one of this device's.
+        mr: &'a Mr<D>,
+        /// Its new key.
+        key: u32,
+        /// The rights it grants.
+        access: Access,
+    },
+    /// A SEND (with immediate data if any) on a datagram QP, to `remote_qpn` by `ah`.
+    Datagram {
+        /// The address handle, one of this device's.
+        ah: &'a Ah<D>,
+        /// The destination QP.
+        remote_qpn: u32,
+        /// Its Q_Key (high bit set: the sending QP's own).
+        remote_qkey: u32,
+        /// Immediate data (big-endian as posted).
+        imm: Option<u32>,
+    },
+}
+
+/// A send WR as posted, read in place.
+pub struct SendWr<'a, D: Driver> {
+    wr: &'a sys::ib_send_wr,
+    datagram: bool,
+    _driver: PhantomData<D>,
+}
+
+impl<'a, D: Driver> SendWr<'a, D> {
+    /// The consumer's WR id.
+    pub fn id(&self) -> u64 {
+        // SAFETY: the union's `wr_id` view: any bits are a valid u64.
+        unsafe { self.wr.__bindgen_anon_1.wr_id }
+    }
+
+    /// Its flags.
+    pub fn flags(&self) -> SendFlags {
+        SendFlags(self.wr.send_flags as u32)
+    }
+
+    /// Whether it asks for a completion (`IB_SEND_SIGNALED`).
+    pub fn signaled(&self) -> bool {
+        self.flags().contains(SendFlags::SIGNALED)
+    }
+
+    /// Its gather list; `EINVAL` for a malformed one.
+    pub fn sges(&self) -> Result<&'a [Sge]> {
+        // SAFETY: the consumer's list of `num_sge` entries, valid for the post.
+        unsafe { sges(self.wr.sg_list, self.wr.num_sge) }
+    }
+
+    /// The opcode its completion reports, whatever else the WR holds (a flushed WR is
+    /// completed without reading more of it: `ib_drain_sq` posts an RDMA WRITE with no
+    /// address on any QP).
+    pub fn completion_opcode(&self) -> WcOpcode {
+        match self.wr.opcode {
+            sys::ib_wr_opcode_IB_WR_RDMA_WRITE | sys::ib_wr_opcode_IB_WR_RDMA_WRITE_WITH_IMM => {
+                WcOpcode::RdmaWrite
+            }
+            sys::ib_wr_opcode_IB_WR_RDMA_READ => WcOpcode::RdmaRead,
+            sys::ib_wr_opcode_IB_WR_ATOMIC_CMP_AND_SWP => WcOpcode::CompSwap,
+            sys::ib_wr_opcode_IB_WR_ATOMIC_FETCH_AND_ADD => WcOpcode::FetchAdd,
+            sys::ib_wr_opcode_IB_WR_LOCAL_INV => WcOpcode::LocalInvalidate,
+            sys::ib_wr_opcode_IB_WR_REG_MR => WcOpcode::RegMr,
+            _ => WcOpcode::Send,
+        }
+    }
+
+    /// What it asks: `EOPNOTSUPP` for an opcode this layer does not know, `EINVAL` for
+    /// a REG_MR with no MR or a datagram with no AH.
+    pub fn op(&self) -> Result<SendOp<'a, D>> {
+        let wr = self.wr;
+        let this: *const sys::ib_send_wr = wr;
+        // SAFETY: both views of the union are a u32.
+        let ex = unsafe { wr.ex.imm_data };
+        // The consumer posts the containing structure each opcode needs (the IB API's
+        // contract; `container_of` in the C drivers): the send WR is its first field.
+        Ok(match wr.opcode {
+            sys::ib_wr_opcode_IB_WR_SEND | sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM
+                if self.datagram =>
+            {
+                // SAFETY: see above: an `ib_ud_wr` on a datagram QP, valid for the post.
+                let ud = unsafe { &*this.cast::<sys::ib_ud_wr>() };
+                if ud.ah.is_null() {
+                    return Err(EINVAL);
+                }
+                SendOp::Datagram {
+                    // SAFETY: an AH the consumer created on this device, which it keeps
+                    // while WRs use it.
+                    ah: unsafe { Ah::from_raw(ud.ah) },
+                    remote_qpn: ud.remote_qpn,
+                    remote_qkey: ud.remote_qkey,
+                    imm: (wr.opcode == sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM).then_some(ex),
+                }
+            }
+            sys::ib_wr_opcode_IB_WR_SEND => SendOp::Send,
+            sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM => SendOp::SendWithImm(ex),
+            sys::ib_wr_opcode_IB_WR_SEND_WITH_INV => SendOp::SendWithInv(ex),
+            sys::ib_wr_opcode_IB_WR_LOCAL_INV => SendOp::LocalInv { key: ex },
+            sys::ib_wr_opcode_IB_WR_RDMA_WRITE
+            | sys::ib_wr_opcode_IB_WR_RDMA_WRITE_WITH_IMM
+            | sys::ib_wr_opcode_IB_WR_RDMA_READ => {
+                // SAFETY: see above: an `ib_rdma_wr`.
+                let rdma = unsafe { &*this.cast::<sys::ib_rdma_wr>() };
+                let remote = Remote {
+                    addr: rdma.remote_addr,
+                    rkey: rdma.rkey,
+                };
+                match wr.opcode {
+                    sys::ib_wr_opcode_IB_WR_RDMA_READ => SendOp::Read { remote },
+                    sys::ib_wr_opcode_IB_WR_RDMA_WRITE => SendOp::Write { remote, imm: None },
+                    _ => SendOp::Write {
+                        remote,
+                        imm: Some(ex),
+                    },
+                }
+            }
+            sys::ib_wr_opcode_IB_WR_ATOMIC_CMP_AND_SWP
+            | sys::ib_wr_opcode_IB_WR_ATOMIC_FETCH_AND_ADD => {
+                // SAFETY: see above: an `ib_atomic_wr`.
+                let atomic = unsafe { &*this.cast::<sys::ib_atomic_wr>() };
+                let remote = Remote {
+                    addr: atomic.remote_addr,
+                    rkey: atomic.rkey,
+                };
+                if wr.opcode == sys::ib_wr_opcode_IB_WR_ATOMIC_CMP_AND_SWP {
+                    SendOp::CompareSwap {
+                        remote,
+                        compare: atomic.compare_add,
+                        swap: atomic.swap,
+                    }
+                } else {
+                    SendOp::FetchAdd {
+                        remote,
+                        add: atomic.compare_add,
+                    }
+                }
+            }
+            sys::ib_wr_opcode_IB_WR_REG_MR => {
+                // SAFETY: see above: an `ib_reg_wr`.
+                let reg = unsafe { &*this.cast::<sys::ib_reg_wr>() };
+                if reg.mr.is_null() {
+                    return Err(EINVAL);
+                }
+                SendOp::RegMr {
+                    // SAFETY: an MR the consumer allocated on this device (through the
+                    // layer's `alloc_mr`), alive until it deregisters it.
+                    mr: unsafe { Mr::from_raw(reg.mr) },
+                    key: reg.key,
+                    access: Access::from_bits(reg.access as u32),
+                }
+            }
+            _ => return Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP)),
+        })
+    }
+}
+
+/// The chain of send WRs a `post_send` got, in order: an iterator of [`SendWr`]s. The
+/// driver posts each it takes; when it refuses one, its error names the last one taken
+/// as the consumer's bad WR (the first, if it took none).
+pub struct SendWrs<'a, D: Driver> {
+    next: *const sys::ib_send_wr,
+    last: *const sys::ib_send_wr,
+    datagram: bool,
+    _chain: PhantomData<(&'a sys::ib_send_wr, D)>,
+}
+
+impl<'a, D: Driver> Iterator for SendWrs<'a, D> {
+    type Item = SendWr<'a, D>;
+
+    fn next(&mut self) -> Option<SendWr<'a, D>> {
+        // SAFETY: the consumer's chain, each WR valid for the post (`'a`).
+        let wr = unsafe { self.next.as_ref() }?;
+        self.last = self.next;
+        self.next = wr.next;
+        Some(SendWr {
+            wr,
+            datagram: self.datagram,
+            _driver: PhantomData,
+        })
+    }
+}
+
+/// The chain of receive WRs a `post_recv` got, as [`SendWrs`].
+pub struct RecvWrs<'a> {
+    next: *const sys::ib_recv_wr,
+    last: *const sys::ib_recv_wr,
+    _chain: PhantomData<&'a sys::ib_recv_wr>,
+}
+
+impl<'a> Iterator for RecvWrs<'a> {
+    type Item = RecvWr<'a>;
+
+    fn next(&mut self) -> Option<RecvWr<'a>> {
+        // SAFETY: as for `SendWrs`.
+        let wr = unsafe { self.next.as_ref() }?;
+        self.last = self.next;
+        self.next = wr.next;
+        Some(RecvWr { wr })
+    }
+}
+
+/// A receive WR as posted, read in place.
+pub struct RecvWr<'a> {
+    wr: &'a sys::ib_recv_wr,
+}
+
+impl<'a> RecvWr<'a> {
+    /// The consumer's WR id.
+    pub fn id(&self) -> u64 {
+        // SAFETY: the union's `wr_id` view: any bits are a valid u64.
+        unsafe { self.wr.__bindgen_anon_1.wr_id }
+    }
+
+    /// Its scatter list; `EINVAL` for a malformed one.
+    pub fn sges(&self) -> Result<&'a [Sge]> {
+        // SAFETY: the consumer's list of `num_sge` entries, valid for the post.
+        unsafe { sges(self.wr.sg_list, self.wr.num_sge) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Address handles and MRs
+
+/// The global route of an address handle.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Route {
+    /// The source GID (from the GID table entry the IB core resolved), if it did.
+    pub sgid: Option<Gid>,
+    /// The destination GID.
+    pub dgid: Gid,
+    /// The source GID's table index.
+    pub sgid_index: u8,
+    /// The hop limit.
+    pub hop_limit: u8,
+    /// The traffic class.
+    pub traffic_class: u8,
+    /// The flow label.
+    pub flow_label: u32,
+}
+
+/// The attributes of an AH being created (`rdma_ah_attr`), read in place.
+pub struct AhAttr<'a> {
+    attr: &'a sys::rdma_ah_attr,
+}
+
+impl AhAttr<'_> {
+    /// The port.
+    pub fn port(&self) -> u32 {
+        self.attr.port_num
+    }
+
+    /// The service level.
+    pub fn sl(&self) -> u8 {
+        self.attr.sl
+    }
+
+    /// Its global route, if it has one (`IB_AH_GRH`; RoCE AHs always do).
+    pub fn route(&self) -> Option<Route> {
+        if u32::from(self.attr.ah_flags) & sys::ib_ah_flags_IB_AH_GRH == 0 {
+            return None;
+        }
+        let grh = &self.attr.grh;
+        // SAFETY: the IB core fills the source GID's attribute, when it resolved one,
+        // and holds it for the call; `ib_gid`'s views are all bytes.
+        let (sgid, dgid) = unsafe {
+            (
+                grh.sgid_attr.as_ref().map(|attr| Gid(attr.gid.raw)),
+                Gid(grh.dgid.raw),
+            )
+        };
+        Some(Route {
+            sgid,
+            dgid,
+            sgid_index: grh.sgid_index,
+            hop_limit: grh.hop_limit,
+            traffic_class: grh.traffic_class,
+            flow_label: grh.flow_label,
+        })
+    }
+}
+
+/// The DMA-mapped scatterlist a `map_mr_sg` maps into an MR's page list.
+pub struct MrPages<'a, D: Driver> {
+    mr: &'a Mr<D>,
+    sg: *mut sys::scatterlist,
+    nents: c_int,
+    offset: *mut c_uint,
+}
+
+impl<D: Driver> MrPages<'_, D> {
+    /// Splits the list into pages of the MR's page size (`ib_sg_to_pages`), giving each
+    /// page's DMA address to `set_page` in order; an error from it stops the walk. How
+    /// many list entries were mapped.
+    pub fn map(self, mut set_page: impl FnMut(DmaAddr) -> Result) -> Result<u32> {
+        let mut callback: &mut dyn FnMut(DmaAddr) -> Result = &mut set_page;
+        let mapping = &self.mr.state().mapping;
+        mapping.store(core::ptr::from_mut(&mut callback).cast(), Ordering::Release);
+        // SAFETY: the MR is ours and the list is what `ib_map_mr_sg` got, DMA-mapped,
+        // with `nents` entries (the op's contract); the callback finds `callback`
+        // through the MR while this call runs, and only then.
+        let mapped = unsafe {
+            sys::ib_sg_to_pages(
+                self.mr.raw(),
+                self.sg,
+                self.nents,
+                self.offset,
+                Some(set_page_of::<D>),
+            )
+        };
+        mapping.store(core::ptr::null_mut(), Ordering::Release);
+        u32::try_from(mapped).map_err(|_| Error::from_errno(mapped))
+    }
+}
+
+/// `ib_sg_to_pages`' callback: one more page for the mapping under way on `mr`.
+///
+/// # Safety
+///
+/// Called by `ib_sg_to_pages` from [`MrPages::map`], for an MR of a device of `D`.
+unsafe extern "C" fn set_page_of<D: Driver>(mr: *mut sys::ib_mr, addr: u64) -> c_int {
+    // SAFETY: a created MR of ours (the contract).
+    let mr = unsafe { Mr::<D>::from_raw(mr) };
+    let callback = mr
+        .state()
+        .mapping
+        .load(Ordering::Acquire)
+        .cast::<&mut dyn FnMut(DmaAddr) -> Result>();
+    if callback.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: set by `MrPages::map`, which is waiting in `ib_sg_to_pages` and holds no
+    // other borrow of the callback meanwhile.
+    match unsafe { (*callback)(DmaAddr(addr)) } {
+        Ok(()) => 0,
+        Err(error) => error.to_errno(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The trait
+
 /// What a device driver does; becomes the device's `ib_device_ops`.
 ///
-/// `Self` is the device's state. Every op is called by the IB core in a context that may
-/// sleep, except the data path ([`Driver::post_send`], [`Driver::post_recv`],
-/// [`Driver::poll_cq`], [`Driver::req_notify_cq`]), which any context calls.
+/// `Self` is the device's state, reached in every op as `dev` (a [`Device<Self>`] derefs
+/// to it). Every op is called by the IB core in a context that may sleep, except the data
+/// path ([`Driver::post_send`], [`Driver::post_recv`], [`Driver::poll_cq`],
+/// [`Driver::req_notify_cq`]) and the AH ops, which any context calls.
 pub trait Driver: Sized + Send + Sync + 'static {
     /// State of a protection domain.
     type Pd: Send + Sync;
@@ -97,103 +1516,71 @@ pub trait Driver: Sized + Send + Sync + 'static {
     type Mr: Send + Sync;
 
     /// Fills the device's attributes (`ib_device.attrs`, read at registration).
-    fn query_device(&self, attr: &mut sys::ib_device_attr) -> Result;
+    fn query_device(dev: &Device<Self>, attr: &mut sys::ib_device_attr) -> Result;
     /// Fills `port`'s attributes (zeroed by the IB core).
-    fn query_port(&self, port: u32, attr: &mut sys::ib_port_attr) -> Result;
+    fn query_port(dev: &Device<Self>, port: u32, attr: &mut sys::ib_port_attr) -> Result;
     /// Fills what never changes about `port` (its protocols, table sizes).
-    fn port_immutable(&self, port: u32, immutable: &mut sys::ib_port_immutable) -> Result;
+    fn port_immutable(
+        dev: &Device<Self>,
+        port: u32,
+        immutable: &mut sys::ib_port_immutable,
+    ) -> Result;
     /// The link layer of `port` (`IB_LINK_LAYER_*`).
-    fn link_layer(&self, port: u32) -> sys::rdma_link_layer;
+    fn link_layer(dev: &Device<Self>, port: u32) -> sys::rdma_link_layer;
     /// The P_Key at `index` of `port`'s table.
-    fn query_pkey(&self, port: u32, index: u16) -> Result<u16>;
+    fn query_pkey(dev: &Device<Self>, port: u32, index: u16) -> Result<u16>;
 
     /// Sets up a PD.
-    fn alloc_pd(&self, pd: NonNull<sys::ib_pd>) -> Result<Self::Pd>;
-    /// Sets up a CQ for `attr.cqe` completions, and sets `ib_cq.cqe` to its actual size.
-    fn create_cq(&self, cq: NonNull<sys::ib_cq>, attr: &sys::ib_cq_init_attr) -> Result<Self::Cq>;
-    /// Resizes a CQ to at least `entries`, updating `ib_cq.cqe`.
-    fn resize_cq(&self, cq: &Self::Cq, raw: NonNull<sys::ib_cq>, entries: u32) -> Result;
-    /// Fills `wc` with up to `wc.len()` completions; how many.
-    fn poll_cq(&self, cq: &Self::Cq, wc: &mut [sys::ib_wc]) -> usize;
-    /// Arms a CQ (`IB_CQ_*` flags); with `IB_CQ_REPORT_MISSED_EVENTS`, whether completions
-    /// are waiting already.
-    fn req_notify_cq(&self, cq: &Self::Cq, raw: NonNull<sys::ib_cq>, flags: u32) -> Result<bool>;
-    /// Sets up a QP (its CQs, PD and type are in `qp` already); sets `ib_qp.qp_num` and
-    /// may adjust `attr.cap` to what it got.
-    fn create_qp(
-        &self,
-        qp: NonNull<sys::ib_qp>,
-        attr: &mut sys::ib_qp_init_attr,
-    ) -> Result<Self::Qp>;
-    /// Modifies a QP (`mask`: `IB_QP_*` of `attr`'s fields to apply).
-    fn modify_qp(&self, qp: &Self::Qp, attr: &sys::ib_qp_attr, mask: u32) -> Result;
-    /// Posts one send WR (the layer walks the chain and reports the first refused).
-    fn post_send(&self, qp: &Self::Qp, wr: &sys::ib_send_wr) -> Result;
-    /// Posts one receive WR.
-    fn post_recv(&self, qp: &Self::Qp, wr: &sys::ib_recv_wr) -> Result;
-    /// Sets up an AH for `attr`. May be called in atomic context (an AH made without
+    fn alloc_pd(dev: &Device<Self>) -> Result<Self::Pd>;
+    /// Sets up a CQ for `cq.requested()` completions, setting the room it has.
+    fn create_cq(dev: &Device<Self>, cq: &mut NewCq<'_>) -> Result<Self::Cq>;
+    /// Resizes a CQ to at least `entries`; the room it has now.
+    fn resize_cq(dev: &Device<Self>, cq: &Cq<Self>, entries: u32) -> Result<u32>;
+    /// Writes up to `out.room()` completions into `out`.
+    fn poll_cq(dev: &Device<Self>, cq: &Cq<Self>, out: &mut Completions<'_>);
+    /// Arms a CQ; with [`Arm::report_missed`], whether completions are waiting already.
+    fn req_notify_cq(dev: &Device<Self>, cq: &Cq<Self>, arm: Arm) -> Result<bool>;
+    /// Sets up a QP, setting its number and the capacities it got.
+    fn create_qp(dev: &Device<Self>, qp: &mut NewQp<'_, Self>) -> Result<Self::Qp>;
+    /// Modifies a QP.
+    fn modify_qp(dev: &Device<Self>, qp: &Qp<Self>, change: &QpModify<'_>) -> Result;
+    /// Posts the send WRs of `wrs` in order; an error refuses the last one taken and
+    /// those after it.
+    fn post_send(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut SendWrs<'_, Self>) -> Result;
+    /// Posts the receive WRs of `wrs`, as [`Driver::post_send`].
+    fn post_recv(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut RecvWrs<'_>) -> Result;
+    /// Sets up an AH. May be called in atomic context (an AH made without
     /// `RDMA_CREATE_AH_SLEEPABLE`): no sleeping, no `GFP_KERNEL` allocation.
-    fn create_ah(&self, ah: NonNull<sys::ib_ah>, attr: &sys::rdma_ah_attr) -> Result<Self::Ah>;
-    /// An MR of `pd` over all memory with `access` (`IB_ACCESS_*`); sets the keys in
-    /// `mr` (the IB core sets its other fields, `pd` among them, after this returns).
-    fn get_dma_mr(
-        &self,
-        mr: NonNull<sys::ib_mr>,
-        pd: NonNull<sys::ib_pd>,
-        access: u32,
-    ) -> Result<Self::Mr>;
-    /// A fast-registration MR of `pd` of up to `max_pages` pages; sets the keys in `mr`.
+    fn create_ah(dev: &Device<Self>, attr: &AhAttr<'_>) -> Result<Self::Ah>;
+    /// An MR of `pd` over all memory with `access`, and its keys.
+    fn get_dma_mr(dev: &Device<Self>, pd: &Pd<Self>, access: Access) -> Result<(Self::Mr, MrKeys)>;
+    /// A fast-registration MR of `pd` of up to `max_pages` pages (`mr_type` an
+    /// `IB_MR_TYPE_*`), and its keys.
     fn alloc_mr(
-        &self,
-        mr: NonNull<sys::ib_mr>,
-        pd: NonNull<sys::ib_pd>,
+        dev: &Device<Self>,
+        pd: &Pd<Self>,
         mr_type: u32,
         max_pages: u32,
-    ) -> Result<Self::Mr>;
-    /// Maps a DMA-mapped scatterlist into an MR's page list (`ib_sg_to_pages` with the
-    /// driver's page callback); how many entries it mapped, or a negative errno.
-    ///
-    /// # Safety
-    ///
-    /// `sg` is a DMA-mapped list of `nents` entries, as `ib_map_mr_sg` passes it.
-    unsafe fn map_mr_sg(
-        &self,
-        mr: &Self::Mr,
-        raw: NonNull<sys::ib_mr>,
-        sg: *mut sys::scatterlist,
-        nents: c_int,
-        offset: *mut c_uint,
-    ) -> c_int;
-
-    /// The QP's state is in place (at its final address): the driver may now let others
-    /// find it (a table by QP number).
-    fn created_qp(&self, _qp: &Self::Qp) {}
-    /// As [`Driver::created_qp`], for an MR (a table by key).
-    fn created_mr(&self, _mr: &Self::Mr) {}
+    ) -> Result<(Self::Mr, MrKeys)>;
+    /// Maps a DMA-mapped scatterlist into an MR's page list (by [`MrPages::map`]); how
+    /// many list entries it mapped.
+    fn map_mr_sg(dev: &Device<Self>, mr: &Mr<Self>, pages: MrPages<'_, Self>) -> Result<u32>;
 
     /// Tears down the object before its state is dropped (the IB core frees it next).
-    fn dealloc_pd(&self, _pd: &Self::Pd) {}
-    /// As [`Driver::dealloc_pd`], for a CQ.
-    fn destroy_cq(&self, _cq: &Self::Cq) {}
+    fn dealloc_pd(_dev: &Device<Self>, _pd: &Pd<Self>) {}
+    /// As [`Driver::dealloc_pd`], for a CQ (its events end after this returns).
+    fn destroy_cq(_dev: &Device<Self>, _cq: &Cq<Self>) {}
     /// As [`Driver::dealloc_pd`], for a QP.
-    fn destroy_qp(&self, _qp: &Self::Qp) {}
+    fn destroy_qp(_dev: &Device<Self>, _qp: &Qp<Self>) {}
     /// As [`Driver::dealloc_pd`], for an AH; may be called in atomic context, as
     /// [`Driver::create_ah`].
-    fn destroy_ah(&self, _ah: &Self::Ah) {}
+    fn destroy_ah(_dev: &Device<Self>, _ah: &Ah<Self>) {}
     /// As [`Driver::dealloc_pd`], for an MR.
-    fn dereg_mr(&self, _mr: &Self::Mr) {}
+    fn dereg_mr(_dev: &Device<Self>, _mr: &Mr<Self>) {}
 }
 
-/// The driver state of the device `raw`.
-///
-/// # Safety
-///
-/// `raw` is a device registered by a [`Registration<T>`] that is still alive.
-pub unsafe fn device_data<'a, T: Driver>(raw: *mut sys::ib_device) -> &'a T {
-    // SAFETY: such a device is an `Object<ib_device, T>` whose state lives until the
-    // registration's drop, after unregistration (the caller's contract).
-    unsafe { Object::<sys::ib_device, T>::data(raw) }
-}
+// ---------------------------------------------------------------------------------------
+// The C table
 
 /// `-errno` of a result, for the C ops.
 fn status(result: Result) -> c_int {
@@ -210,17 +1597,17 @@ fn err_ptr<P>(error: Error) -> *mut P {
 
 /// The C table's functions for `T`. Each is called by the IB core with objects of a device
 /// of `T` (registered through [`Registration<T>`]), which is what makes the casts valid.
-struct Ops<T>(core::marker::PhantomData<T>);
+struct Ops<T>(PhantomData<T>);
 
 // One contract for every function here, stated once instead of on each: the IB core calls
 // them through the table, with live objects of a device of `T`.
 #[allow(clippy::missing_safety_doc)]
 impl<T: Driver> Ops<T> {
-    /// The device's state.
-    unsafe fn dev<'a>(raw: *mut sys::ib_device) -> &'a T {
+    /// The device.
+    unsafe fn dev<'a>(raw: *mut sys::ib_device) -> &'a Device<T> {
         // SAFETY: the IB core passes a device of ours, registered until its Registration
-        // is dropped, which unregisters it first.
-        unsafe { device_data::<T>(raw) }
+        // is dropped, which unregisters it first; its state is written before.
+        unsafe { Device::from_raw(raw) }
     }
 
     unsafe extern "C" fn query_device(
@@ -229,7 +1616,7 @@ impl<T: Driver> Ops<T> {
         _udata: *mut sys::ib_udata,
     ) -> c_int {
         // SAFETY: the IB core passes its attribute structure, valid for the call.
-        status(unsafe { Self::dev(raw).query_device(&mut *attr) })
+        status(unsafe { T::query_device(Self::dev(raw), &mut *attr) })
     }
 
     unsafe extern "C" fn query_port(
@@ -238,7 +1625,7 @@ impl<T: Driver> Ops<T> {
         attr: *mut sys::ib_port_attr,
     ) -> c_int {
         // SAFETY: as above.
-        status(unsafe { Self::dev(raw).query_port(port, &mut *attr) })
+        status(unsafe { T::query_port(Self::dev(raw), port, &mut *attr) })
     }
 
     unsafe extern "C" fn get_port_immutable(
@@ -247,7 +1634,7 @@ impl<T: Driver> Ops<T> {
         immutable: *mut sys::ib_port_immutable,
     ) -> c_int {
         // SAFETY: as above.
-        status(unsafe { Self::dev(raw).port_immutable(port, &mut *immutable) })
+        status(unsafe { T::port_immutable(Self::dev(raw), port, &mut *immutable) })
     }
 
     unsafe extern "C" fn get_link_layer(
@@ -255,7 +1642,7 @@ impl<T: Driver> Ops<T> {
         port: u32,
     ) -> sys::rdma_link_layer {
         // SAFETY: as above.
-        unsafe { Self::dev(raw).link_layer(port) }
+        T::link_layer(unsafe { Self::dev(raw) }, port)
     }
 
     unsafe extern "C" fn query_pkey(
@@ -265,7 +1652,7 @@ impl<T: Driver> Ops<T> {
         pkey: *mut u16,
     ) -> c_int {
         // SAFETY: as above.
-        match unsafe { Self::dev(raw).query_pkey(port, index) } {
+        match T::query_pkey(unsafe { Self::dev(raw) }, port, index) {
             Ok(value) => {
                 // SAFETY: the IB core's output, valid for the call.
                 unsafe { *pkey = value };
@@ -276,21 +1663,25 @@ impl<T: Driver> Ops<T> {
     }
 
     unsafe extern "C" fn alloc_pd(pd: *mut sys::ib_pd, _udata: *mut sys::ib_udata) -> c_int {
-        let Some(raw) = NonNull::new(pd) else {
-            return EINVAL.to_errno();
-        };
         // SAFETY: the IB core allocated `pd` as an `Object<ib_pd, T::Pd>` (the table's
         // size) and set its device.
-        unsafe { status(Object::init(pd, Self::dev((*pd).device).alloc_pd(raw)).map(|_| ())) }
+        unsafe {
+            match T::alloc_pd(Self::dev((*pd).device)) {
+                Ok(state) => {
+                    Object::<sys::ib_pd, T::Pd>::init(pd, state);
+                    0
+                }
+                Err(error) => error.to_errno(),
+            }
+        }
     }
 
     unsafe extern "C" fn dealloc_pd(pd: *mut sys::ib_pd, _udata: *mut sys::ib_udata) -> c_int {
         // SAFETY: `alloc_pd` succeeded for `pd` (the IB core deallocates only those), so
         // its state is initialised; it is dropped once, here, before the IB core frees it.
         unsafe {
-            Object::<sys::ib_pd, T::Pd>::destroy(pd, |data| {
-                Self::dev((*pd).device).dealloc_pd(data)
-            });
+            T::dealloc_pd(Self::dev((*pd).device), Pd::from_raw(pd));
+            Object::<sys::ib_pd, T::Pd>::drop_data(pd);
         }
         0
     }
@@ -300,21 +1691,41 @@ impl<T: Driver> Ops<T> {
         attr: *const sys::ib_cq_init_attr,
         _attrs: *mut sys::uverbs_attr_bundle,
     ) -> c_int {
-        let Some(raw) = NonNull::new(cq) else {
-            return EINVAL.to_errno();
+        let events = match CqEvents::new(cq) {
+            Ok(events) => events,
+            Err(error) => return error.to_errno(),
         };
         // SAFETY: as in `alloc_pd`, for a CQ; `attr` is valid for the call.
         unsafe {
-            status(Object::init(cq, Self::dev((*cq).device).create_cq(raw, &*attr)).map(|_| ()))
+            let attr = &*attr;
+            let mut new = NewCq {
+                attr,
+                events: &events,
+                entries: attr.cqe,
+            };
+            match T::create_cq(Self::dev((*cq).device), &mut new) {
+                Ok(driver) => {
+                    (*cq).cqe = c_int::try_from(new.entries).unwrap_or(c_int::MAX);
+                    Object::<sys::ib_cq, CqState<T::Cq>>::init(cq, CqState { events, driver });
+                    0
+                }
+                Err(error) => {
+                    // Clones the driver kept call nothing now.
+                    events.close();
+                    error.to_errno()
+                }
+            }
         }
     }
 
     unsafe extern "C" fn destroy_cq(cq: *mut sys::ib_cq, _udata: *mut sys::ib_udata) -> c_int {
-        // SAFETY: as in `dealloc_pd`, for a CQ.
+        // SAFETY: as in `dealloc_pd`, for a CQ. The events end before the IB core frees
+        // the CQ: no handler runs on it after this returns.
         unsafe {
-            Object::<sys::ib_cq, T::Cq>::destroy(cq, |data| {
-                Self::dev((*cq).device).destroy_cq(data)
-            });
+            let view = Cq::<T>::from_raw(cq);
+            T::destroy_cq(Self::dev((*cq).device), view);
+            view.events().close();
+            Object::<sys::ib_cq, CqState<T::Cq>>::drop_data(cq);
         }
         0
     }
@@ -328,9 +1739,12 @@ impl<T: Driver> Ops<T> {
         }
         // SAFETY: a created CQ of ours; the IB core's array has `num` entries.
         unsafe {
-            let wc = core::slice::from_raw_parts_mut(wc, num);
-            let polled = Self::dev((*cq).device).poll_cq(Object::<sys::ib_cq, T::Cq>::data(cq), wc);
-            c_int::try_from(polled.min(num)).unwrap_or(0)
+            let mut out = Completions {
+                out: core::slice::from_raw_parts_mut(wc, num),
+                filled: 0,
+            };
+            T::poll_cq(Self::dev((*cq).device), Cq::from_raw(cq), &mut out);
+            c_int::try_from(out.filled).unwrap_or(0)
         }
     }
 
@@ -338,13 +1752,9 @@ impl<T: Driver> Ops<T> {
         cq: *mut sys::ib_cq,
         flags: sys::ib_cq_notify_flags,
     ) -> c_int {
-        let Some(raw) = NonNull::new(cq) else {
-            return EINVAL.to_errno();
-        };
         // SAFETY: a created CQ of ours.
-        let armed = unsafe {
-            Self::dev((*cq).device).req_notify_cq(Object::<sys::ib_cq, T::Cq>::data(cq), raw, flags)
-        };
+        let armed =
+            unsafe { T::req_notify_cq(Self::dev((*cq).device), Cq::from_raw(cq), Arm(flags)) };
         match armed {
             Ok(missed) => c_int::from(missed),
             Err(error) => error.to_errno(),
@@ -356,15 +1766,23 @@ impl<T: Driver> Ops<T> {
         attr: *mut sys::ib_qp_init_attr,
         _udata: *mut sys::ib_udata,
     ) -> c_int {
-        let Some(raw) = NonNull::new(qp) else {
+        if qp.is_null() || attr.is_null() {
             return EINVAL.to_errno();
-        };
+        }
         // SAFETY: as in `alloc_pd`, for a QP; `attr` is valid and the driver's to adjust.
         unsafe {
-            let dev = Self::dev((*qp).device);
-            status(
-                Object::init(qp, dev.create_qp(raw, &mut *attr)).map(|data| dev.created_qp(data)),
-            )
+            let mut new = NewQp {
+                qp,
+                attr: &mut *attr,
+                _driver: PhantomData,
+            };
+            match T::create_qp(Self::dev((*qp).device), &mut new) {
+                Ok(state) => {
+                    Object::<sys::ib_qp, T::Qp>::init(qp, state);
+                    0
+                }
+                Err(error) => error.to_errno(),
+            }
         }
     }
 
@@ -376,45 +1794,42 @@ impl<T: Driver> Ops<T> {
     ) -> c_int {
         // SAFETY: a created QP of ours; `attr` is valid for the call.
         status(unsafe {
-            Self::dev((*qp).device).modify_qp(
-                Object::<sys::ib_qp, T::Qp>::data(qp),
-                &*attr,
-                mask as u32,
-            )
+            let change = QpModify {
+                attr: &*attr,
+                mask: mask as u32,
+                qp_type: (*qp).qp_type,
+            };
+            T::modify_qp(Self::dev((*qp).device), Qp::from_raw(qp), &change)
         })
     }
 
     unsafe extern "C" fn destroy_qp(qp: *mut sys::ib_qp, _udata: *mut sys::ib_udata) -> c_int {
         // SAFETY: as in `dealloc_pd`, for a QP.
         unsafe {
-            Object::<sys::ib_qp, T::Qp>::destroy(qp, |data| {
-                Self::dev((*qp).device).destroy_qp(data)
-            });
+            T::destroy_qp(Self::dev((*qp).device), Qp::from_raw(qp));
+            Object::<sys::ib_qp, T::Qp>::drop_data(qp);
         }
         0
     }
 
-    /// Posts each WR of the chain at `first` (linked by `next`) with `post`, stopping at
-    /// the first refused, which goes to `bad`.
-    unsafe fn post_chain<W>(
+    /// The C result of a post: 0, or the error with the bad WR reported (`last` taken,
+    /// else `first`).
+    unsafe fn posted<W>(
+        result: Result,
         first: *const W,
+        last: *const W,
         bad: *mut *const W,
-        next: impl Fn(&W) -> *const W,
-        mut post: impl FnMut(&W) -> Result,
     ) -> c_int {
-        let mut wr = first;
-        // SAFETY: the chain is the caller's, each WR valid for the call.
-        while let Some(one) = unsafe { wr.as_ref() } {
-            if let Err(error) = post(one) {
+        match result {
+            Ok(()) => 0,
+            Err(error) => {
                 if !bad.is_null() {
                     // SAFETY: the IB core's out-parameter, valid for the call.
-                    unsafe { *bad = wr };
+                    unsafe { *bad = if last.is_null() { first } else { last } };
                 }
-                return error.to_errno();
+                error.to_errno()
             }
-            wr = next(one);
         }
-        0
     }
 
     unsafe extern "C" fn post_send(
@@ -425,8 +1840,15 @@ impl<T: Driver> Ops<T> {
         // SAFETY: a created QP of ours; the chain is the caller's, valid for the call.
         unsafe {
             let dev = Self::dev((*qp).device);
-            let state = Object::<sys::ib_qp, T::Qp>::data(qp);
-            Self::post_chain(wr, bad, |one| one.next, |one| dev.post_send(state, one))
+            let qp = Qp::<T>::from_raw(qp);
+            let mut wrs = SendWrs {
+                next: wr,
+                last: core::ptr::null(),
+                datagram: qp.qp_type().is_datagram(),
+                _chain: PhantomData,
+            };
+            let result = T::post_send(dev, qp, &mut wrs);
+            Self::posted(result, wr, wrs.last, bad)
         }
     }
 
@@ -438,8 +1860,14 @@ impl<T: Driver> Ops<T> {
         // SAFETY: as in `post_send`.
         unsafe {
             let dev = Self::dev((*qp).device);
-            let state = Object::<sys::ib_qp, T::Qp>::data(qp);
-            Self::post_chain(wr, bad, |one| one.next, |one| dev.post_recv(state, one))
+            let qp = Qp::<T>::from_raw(qp);
+            let mut wrs = RecvWrs {
+                next: wr,
+                last: core::ptr::null(),
+                _chain: PhantomData,
+            };
+            let result = T::post_recv(dev, qp, &mut wrs);
+            Self::posted(result, wr, wrs.last, bad)
         }
     }
 
@@ -448,71 +1876,79 @@ impl<T: Driver> Ops<T> {
         init: *mut sys::rdma_ah_init_attr,
         _udata: *mut sys::ib_udata,
     ) -> c_int {
-        let Some(raw) = NonNull::new(ah) else {
-            return EINVAL.to_errno();
-        };
         // SAFETY: as in `alloc_pd`, for an AH; `init` and its attribute are valid for the
         // call.
         unsafe {
             let Some(attr) = (*init).ah_attr.as_ref() else {
                 return EINVAL.to_errno();
             };
-            status(Object::init(ah, Self::dev((*ah).device).create_ah(raw, attr)).map(|_| ()))
+            match T::create_ah(Self::dev((*ah).device), &AhAttr { attr }) {
+                Ok(state) => {
+                    Object::<sys::ib_ah, T::Ah>::init(ah, state);
+                    0
+                }
+                Err(error) => error.to_errno(),
+            }
         }
     }
 
     unsafe extern "C" fn destroy_ah(ah: *mut sys::ib_ah, _flags: u32) -> c_int {
         // SAFETY: as in `dealloc_pd`, for an AH.
         unsafe {
-            Object::<sys::ib_ah, T::Ah>::destroy(ah, |data| {
-                Self::dev((*ah).device).destroy_ah(data)
-            });
+            T::destroy_ah(Self::dev((*ah).device), Ah::from_raw(ah));
+            Object::<sys::ib_ah, T::Ah>::drop_data(ah);
         }
         0
     }
 
-    /// A zeroed MR object of ours, for `make` to set up; the IB core fills the rest
-    /// (device, PD, type) after the op returns.
+    /// A zeroed MR object of ours, set up by `make` with the PD `pd`; the IB core fills
+    /// the rest (device, PD, type) after the op returns.
     unsafe fn new_mr(
         pd: *mut sys::ib_pd,
-        make: impl FnOnce(&T, NonNull<sys::ib_mr>, NonNull<sys::ib_pd>) -> Result<T::Mr>,
+        make: impl FnOnce(&Device<T>, &Pd<T>) -> Result<(T::Mr, MrKeys)>,
     ) -> *mut sys::ib_mr {
-        let object: KBox<MaybeUninit<Object<sys::ib_mr, T::Mr>>> =
-            match KBox::new_uninit(GFP_KERNEL) {
-                Ok(object) => object,
-                Err(_) => return err_ptr(ENOMEM),
-            };
-        let object = KBox::into_raw(object).cast::<Object<sys::ib_mr, T::Mr>>();
+        type MrObject<T> = Object<sys::ib_mr, MrState<T>>;
+        if pd.is_null() {
+            return err_ptr(EINVAL);
+        }
+        // The allocation first: a driver's MR, once made, is only ever dropped after
+        // its `dereg_mr`.
+        let object: KBox<MaybeUninit<MrObject<T>>> = match KBox::new_uninit(GFP_KERNEL) {
+            Ok(object) => object,
+            Err(_) => return err_ptr(ENOMEM),
+        };
+        // SAFETY: the IB core's PD of ours, alive for the call.
+        let made = unsafe { make(Self::dev((*pd).device), Pd::from_raw(pd)) };
+        let (driver, keys) = match made {
+            Ok(made) => made,
+            Err(error) => return err_ptr(error),
+        };
+        let object = KBox::into_raw(object).cast::<MrObject<T>>();
         // SAFETY: `object` is a fresh allocation of the right layout; all-zero is a valid
-        // `ib_mr` (the C drivers kzalloc theirs); `pd` is a PD of ours (the IB core's).
+        // `ib_mr` (the C drivers kzalloc theirs).
         unsafe {
             core::ptr::write_bytes(object, 0, 1);
-            let raw = NonNull::new_unchecked(object.cast::<sys::ib_mr>());
-            let Some(pd_raw) = NonNull::new(pd) else {
-                drop(KBox::from_raw(
-                    object.cast::<MaybeUninit<Object<sys::ib_mr, T::Mr>>>(),
-                ));
-                return err_ptr(EINVAL);
-            };
-            let dev = Self::dev((*pd).device);
-            match make(dev, raw, pd_raw) {
-                Ok(data) => {
-                    dev.created_mr((*object).data.write(data));
-                    raw.as_ptr()
-                }
-                Err(error) => {
-                    drop(KBox::from_raw(
-                        object.cast::<MaybeUninit<Object<sys::ib_mr, T::Mr>>>(),
-                    ));
-                    err_ptr(error)
-                }
-            }
+            let raw = object.cast::<sys::ib_mr>();
+            (*raw).lkey = keys.lkey;
+            (*raw).rkey = keys.rkey;
+            MrObject::<T>::init(
+                raw,
+                MrState {
+                    mapping: AtomicPtr::new(core::ptr::null_mut()),
+                    driver,
+                },
+            );
+            raw
         }
     }
 
     unsafe extern "C" fn get_dma_mr(pd: *mut sys::ib_pd, access: c_int) -> *mut sys::ib_mr {
         // SAFETY: the IB core's PD of ours.
-        unsafe { Self::new_mr(pd, |dev, raw, pd| dev.get_dma_mr(raw, pd, access as u32)) }
+        unsafe {
+            Self::new_mr(pd, |dev, pd| {
+                T::get_dma_mr(dev, pd, Access::from_bits(access as u32))
+            })
+        }
     }
 
     unsafe extern "C" fn alloc_mr(
@@ -521,7 +1957,7 @@ impl<T: Driver> Ops<T> {
         max: u32,
     ) -> *mut sys::ib_mr {
         // SAFETY: as above.
-        unsafe { Self::new_mr(pd, |dev, raw, pd| dev.alloc_mr(raw, pd, mr_type, max)) }
+        unsafe { Self::new_mr(pd, |dev, pd| T::alloc_mr(dev, pd, mr_type, max)) }
     }
 
     unsafe extern "C" fn map_mr_sg(
@@ -530,18 +1966,19 @@ impl<T: Driver> Ops<T> {
         nents: c_int,
         offset: *mut c_uint,
     ) -> c_int {
-        let Some(raw) = NonNull::new(mr) else {
-            return EINVAL.to_errno();
-        };
         // SAFETY: an MR of ours (set up by `new_mr`); the list is what `ib_map_mr_sg` got.
         unsafe {
-            Self::dev((*mr).device).map_mr_sg(
-                Object::<sys::ib_mr, T::Mr>::data(mr),
-                raw,
+            let view = Mr::<T>::from_raw(mr);
+            let pages = MrPages {
+                mr: view,
                 sg,
                 nents,
                 offset,
-            )
+            };
+            match T::map_mr_sg(Self::dev((*mr).device), view, pages) {
+                Ok(mapped) => c_int::try_from(mapped).unwrap_or(c_int::MAX),
+                Err(error) => error.to_errno(),
+            }
         }
     }
 
@@ -549,9 +1986,10 @@ impl<T: Driver> Ops<T> {
         // SAFETY: an MR of ours, from `KBox::into_raw` in `new_mr`, with its state set;
         // the IB core deregisters it once.
         unsafe {
-            Object::<sys::ib_mr, T::Mr>::destroy(mr, |data| Self::dev((*mr).device).dereg_mr(data));
+            T::dereg_mr(Self::dev((*mr).device), Mr::from_raw(mr));
+            Object::<sys::ib_mr, MrState<T>>::drop_data(mr);
             drop(KBox::from_raw(
-                mr.cast::<MaybeUninit<Object<sys::ib_mr, T::Mr>>>(),
+                mr.cast::<MaybeUninit<Object<sys::ib_mr, MrState<T>>>>(),
             ));
         }
         0
@@ -560,13 +1998,19 @@ impl<T: Driver> Ops<T> {
 
 impl<T: Driver> c_api::ResizeCq for Ops<T> {
     unsafe fn resize(cq: *mut sys::ib_cq, entries: u32) -> c_int {
-        let Some(raw) = NonNull::new(cq) else {
+        if cq.is_null() {
             return EINVAL.to_errno();
-        };
-        // SAFETY: a created CQ of ours (the slot's contract).
-        status(unsafe {
-            Self::dev((*cq).device).resize_cq(Object::<sys::ib_cq, T::Cq>::data(cq), raw, entries)
-        })
+        }
+        // SAFETY: a created CQ of ours (the slot's contract); `cqe` is the driver's to set.
+        unsafe {
+            match T::resize_cq(Self::dev((*cq).device), Cq::from_raw(cq), entries) {
+                Ok(room) => {
+                    (*cq).cqe = c_int::try_from(room).unwrap_or(c_int::MAX);
+                    0
+                }
+                Err(error) => error.to_errno(),
+            }
+        }
     }
 }
 
@@ -609,7 +2053,7 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
                 <= core::mem::align_of::<sys::ib_pd>()
         );
         assert!(
-            core::mem::align_of::<Object<sys::ib_cq, T::Cq>>()
+            core::mem::align_of::<Object<sys::ib_cq, CqState<T::Cq>>>()
                 <= core::mem::align_of::<sys::ib_cq>()
         );
         assert!(
@@ -622,10 +2066,60 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
         );
     };
     ops.size_ib_pd = Object::<sys::ib_pd, T::Pd>::SIZE;
-    ops.size_ib_cq = Object::<sys::ib_cq, T::Cq>::SIZE;
+    ops.size_ib_cq = Object::<sys::ib_cq, CqState<T::Cq>>::SIZE;
     ops.size_ib_qp = Object::<sys::ib_qp, T::Qp>::SIZE;
     ops.size_ib_ah = Object::<sys::ib_ah, T::Ah>::SIZE;
     ops
+}
+
+// ---------------------------------------------------------------------------------------
+// Registration
+
+/// The IB core's fields a driver sets before registering its device.
+pub struct DeviceSetup<'a> {
+    raw: &'a mut sys::ib_device,
+}
+
+/// A node type (`enum rdma_node_type`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NodeType {
+    /// A channel adapter (`RDMA_NODE_IB_CA`), what every HCA and RoCE device is.
+    Ca,
+}
+
+impl DeviceSetup<'_> {
+    /// The node type.
+    pub fn node_type(&mut self, node_type: NodeType) {
+        self.raw.node_type = match node_type {
+            // `RDMA_NODE_IB_CA` (uapi-stable; its enum is not among the bindings).
+            NodeType::Ca => 1,
+        };
+    }
+
+    /// How many ports (set before anything that sets up port data).
+    pub fn ports(&mut self, count: u32) {
+        self.raw.phys_port_cnt = count;
+    }
+
+    /// How many completion vectors.
+    pub fn comp_vectors(&mut self, count: u32) {
+        self.raw.num_comp_vectors = c_int::try_from(count).unwrap_or(c_int::MAX);
+    }
+
+    /// The key that reaches all memory by DMA address, `IBK_LOCAL_DMA_LKEY` devices'.
+    pub fn local_dma_lkey(&mut self, lkey: u32) {
+        self.raw.local_dma_lkey = lkey;
+    }
+
+    /// The node GUID, in host order.
+    pub fn node_guid(&mut self, guid: u64) {
+        self.raw.node_guid = guid.to_be();
+    }
+
+    /// The `ib_device`, allocated and not registered, for a driver's C glue.
+    pub fn as_raw(&mut self) -> *mut sys::ib_device {
+        self.raw
+    }
 }
 
 /// A registered device of driver `T`: unregistered, and its state dropped, on drop.
@@ -641,15 +2135,14 @@ unsafe impl<T: Driver> Sync for Registration<T> {}
 impl<T: Driver> Registration<T> {
     /// Allocates a device with `state`, lets `setup` fill the IB core's fields a driver
     /// sets before registering (node type, ports, GUID, local DMA key, netdev ...), with
-    /// the state at hand, and
-    /// registers it under `name` (a `%d` pattern allowed) without a DMA device, as the
-    /// software devices do (the IB core then takes DMA addresses as kernel virtual
-    /// addresses). `owner` is the driver's module.
+    /// the state at hand, and registers it under `name` (a `%d` pattern allowed) without
+    /// a DMA device, as the software devices do (the IB core then takes DMA addresses as
+    /// kernel virtual addresses). `owner` is the driver's module.
     pub fn new(
         owner: &'static kernel::ThisModule,
         state: T,
         name: &core::ffi::CStr,
-        setup: impl FnOnce(&mut sys::ib_device, &T) -> Result,
+        setup: impl FnOnce(&mut DeviceSetup<'_>, &mut T) -> Result,
     ) -> Result<Self> {
         // The IB core's allocation is aligned for an `ib_device`; the state must not need
         // more (checked at compile time).
@@ -668,15 +2161,18 @@ impl<T: Driver> Registration<T> {
             return Err(ENOMEM);
         };
         // SAFETY: a fresh, zeroed allocation of the object's size, the device first.
-        unsafe { (*device.as_ptr()).data.write(state) };
+        let state = unsafe { Object::<sys::ib_device, T>::init(raw, state) };
         let registration = Self { device };
         let table = ops::<T>(owner.as_ptr().cast());
         // SAFETY: the device is allocated and not registered; the table is copied.
         unsafe { sys::ib_set_device_ops(raw, &table) };
         // SAFETY: as above; `setup` gets the device before it is visible to anyone, and
         // the state, which follows the `ib_device` in the allocation (disjoint from it).
-        let (ibdev, state) = unsafe { (&mut *raw, (*device.as_ptr()).data.assume_init_ref()) };
-        if let Err(error) = setup(ibdev, state) {
+        let device_fields = unsafe { &mut *raw };
+        let mut fields = DeviceSetup {
+            raw: device_fields,
+        };
+        if let Err(error) = setup(&mut fields, state) {
             pr_err!(
                 "{}: device setup failed: {:?}\n",
                 name.to_str().unwrap_or("?"),
@@ -712,21 +2208,25 @@ impl<T: Driver> Registration<T> {
         core::mem::forget(self);
         // SAFETY: the state was written in `new`; the device was not registered.
         unsafe {
-            (*device.as_ptr()).data.assume_init_drop();
+            Object::<sys::ib_device, T>::drop_data(device.as_ptr().cast());
             sys::ib_dealloc_device(device.as_ptr().cast());
         }
     }
 
+    /// The device.
+    pub fn device(&self) -> &Device<T> {
+        // SAFETY: registered, its state initialised, until `self` is dropped.
+        unsafe { Device::from_raw(self.as_raw()) }
+    }
+
     /// The device's state.
     pub fn state(&self) -> &T {
-        // SAFETY: initialised in `new`, dropped only in `drop`.
-        unsafe { self.device.as_ref().data.assume_init_ref() }
+        self.device()
     }
 
     /// The name the IB core gave the device.
     pub fn name(&self) -> crate::device::DeviceName {
-        // SAFETY: registered, so valid, while `self` lives.
-        unsafe { crate::device::DeviceName::of(self.as_raw()) }
+        self.device().name()
     }
 
     /// The `ib_device`.
@@ -741,7 +2241,7 @@ impl<T: Driver> Drop for Registration<T> {
         // every object of the device first, so no op runs on the state after it.
         unsafe { sys::ib_unregister_device(self.as_raw()) };
         // SAFETY: initialised in `new`; nothing uses it any more.
-        unsafe { (*self.device.as_ptr()).data.assume_init_drop() };
+        unsafe { Object::<sys::ib_device, T>::drop_data(self.as_raw()) };
         // SAFETY: allocated by `_ib_alloc_device` and unregistered.
         unsafe { sys::ib_dealloc_device(self.as_raw()) };
     }

@@ -11,7 +11,8 @@
 //!   that hold what they use (a QP its PD and CQs, everything a reference to its device);
 //!   a posted work request owns its buffer and belongs to the QP until its completion.
 //! - `driver` (kernel build only): the driver side, a trait that becomes
-//!   `ib_device_ops`, and the registration of a device.
+//!   `ib_device_ops`, typed views of what the IB core passes, and the registration of a
+//!   device; `sync`: the lock a driver's state is kept behind.
 //!
 //! The crate is compiled twice from the same source: by cargo for the host, and by the
 //! kbuild glue (`Kbuild` at the repository root) with the target kernel's own rustc
@@ -50,6 +51,8 @@ pub mod mr;
 pub mod pd;
 #[cfg(tilde_kernel)]
 pub mod qp;
+#[cfg(tilde_kernel)]
+pub mod sync;
 #[cfg(tilde_kernel)]
 pub mod sys;
 #[cfg(tilde_kernel)]

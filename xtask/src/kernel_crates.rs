@@ -26,7 +26,8 @@ use crate::bail;
 use crate::util::{output, Context, Result};
 
 /// The workspace crates kbuild compiles for the kernel (see `Kbuild`).
-pub const KERNEL_WORKSPACE_CRATES: &[&str] = &["rdma-core-rs", "hw-mlx4", "ulp-iser"];
+pub const KERNEL_WORKSPACE_CRATES: &[&str] =
+    &["rdma-core-rs", "hw-mlx4", "ulp-iser", "sw-loopback"];
 
 /// A crates.io crate kernel code may use.
 pub struct KernelCrate {
@@ -520,6 +521,7 @@ mod tests {
                                     "uses_default_features": false}}]}},
                 {{"name": "hw-mlx4", "id": "ws-mlx4", "source": null, "dependencies": []}},
                 {{"name": "ulp-iser", "id": "ws-iser", "source": null, "dependencies": []}},
+                {{"name": "sw-loopback", "id": "ws-loopback", "source": null, "dependencies": []}},
                 {{"name": "bitflags", "id": "bf", "version": "2.13.2", "edition": "2021",
                   "source": "registry+https://github.com/rust-lang/crates.io-index",
                   "manifest_path": "/reg/bitflags-2.13.2/Cargo.toml", "features": {{"std": []}},
@@ -535,6 +537,7 @@ mod tests {
                 {{"id": "ws-mlx4", "deps": [{{"pkg": "bf", "dep_kinds": [{{"kind": null}}]}},
                     {{"pkg": "libc", "dep_kinds": [{{"kind": "dev"}}]}}]}},
                 {{"id": "ws-iser", "deps": []}},
+                {{"id": "ws-loopback", "deps": []}},
                 {{"id": "bf", "deps": []}},
                 {{"id": "libc", "deps": []}}
             ]}}}}"#

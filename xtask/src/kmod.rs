@@ -194,10 +194,10 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     if crate_named_by_object && has_mo {
         bail!("this kernel names crates after objects and has MO=: not bridged yet");
     }
-    let (core_root, iser_root, mlx4_root) = if crate_named_by_object {
-        ("rdma_core", "ulp_iser", "hw_mlx4")
+    let (core_root, iser_root, mlx4_root, loopback_root) = if crate_named_by_object {
+        ("rdma_core", "ulp_iser", "hw_mlx4", "sw_loopback")
     } else {
-        ("lib", "lib", "lib")
+        ("lib", "lib", "lib", "lib")
     };
     // Where kbuild reads the sources (`M=`) and writes the objects, and where the carried
     // crates are, relative to `M=`.
@@ -217,11 +217,12 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         (
             format!(
                 "mkdir -p {staging} && find {staging} -type l -delete && \
-                 cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/hw-mlx4 {SRC}/xtask {staging}/ && \
+                 cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/hw-mlx4 {SRC}/sw-loopback {SRC}/xtask {staging}/ && \
                  {} \
                  ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && \
                  ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && \
-                 ln -sf lib.rs {staging}/hw-mlx4/src/{mlx4_root}.rs && ",
+                 ln -sf lib.rs {staging}/hw-mlx4/src/{mlx4_root}.rs && \
+                 ln -sf lib.rs {staging}/sw-loopback/src/{loopback_root}.rs && ",
                 if carried.is_empty() {
                     String::new()
                 } else {
@@ -240,7 +241,8 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             "make -C {} M={sources} {mo} KERNELRELEASE={} \
              TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} TILDE_CDEFINES={} \
              TILDE_RDMA_CORE_ROOT={core_root} TILDE_ULP_ISER_ROOT={iser_root} \
-             TILDE_HW_MLX4_ROOT={mlx4_root} TILDE_WIRE_CRATES={} \
+             TILDE_HW_MLX4_ROOT={mlx4_root} TILDE_SW_LOOPBACK_ROOT={loopback_root} \
+             TILDE_WIRE_CRATES={} \
              TILDE_CRATES_DIR={crates_rel} TILDE_CRATES={} TILDE_CRATE_PROC_MACROS={} {} \
              CLIPPY=1 -j{jobs} {goals}",
             toolchain.tree(),

@@ -136,6 +136,39 @@ bool tilde_rdma_may_sleep(void)
 	return !in_atomic() && !irqs_disabled();
 }
 
+/*
+ * A spinlock taken with interrupts off, for `sync::IrqSpinLock`: a driver's state is
+ * reached from process context, softirq (CQ polling) and hard interrupts alike. It lives
+ * in its own allocation, so the Rust value that owns it may move. One lockdep class for
+ * all of them (the key is this function's): drivers never nest two.
+ */
+void *tilde_rdma_irq_lock_new(void)
+{
+	spinlock_t *lock = kmalloc(sizeof(*lock), GFP_KERNEL);
+
+	if (lock)
+		spin_lock_init(lock);
+	return lock;
+}
+
+void tilde_rdma_irq_lock_free(void *lock)
+{
+	kfree(lock);
+}
+
+unsigned long tilde_rdma_irq_lock(void *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave((spinlock_t *)lock, flags);
+	return flags;
+}
+
+void tilde_rdma_irq_unlock(void *lock, unsigned long flags)
+{
+	spin_unlock_irqrestore((spinlock_t *)lock, flags);
+}
+
 /* Lock-free hand-off of completed work requests from any context (llist.h). */
 bool tilde_rdma_llist_add(struct llist_node *node, struct llist_head *head)
 {

@@ -30,6 +30,11 @@ const void *tilde_rdma_current(void);
 struct net *tilde_rdma_init_net(void);
 void tilde_rdma_fill_sockaddr_in(void *storage, __be32 addr, __be16 port);
 
+void *tilde_rdma_irq_lock_new(void);
+void tilde_rdma_irq_lock_free(void *lock);
+unsigned long tilde_rdma_irq_lock(void *lock);
+void tilde_rdma_irq_unlock(void *lock, unsigned long flags);
+
 bool tilde_rdma_llist_add(struct llist_node *node, struct llist_head *head);
 struct llist_node *tilde_rdma_llist_del_all(struct llist_head *head);
 

@@ -1,19 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * tilde_loopback.ko's C side (the device is loopback_device.rs): what the kernels tilde targets agree on in C but not in
- * Rust (module parameters and author), the device lock (interrupts off: poll_cq runs in
- * softirq context as well as under a poster), and the network device the RoCE port takes
- * its GIDs from, followed through its notifier.
+ * tilde_loopback.ko's C side (the device is loopback.rs, this file's Rust binding
+ * netdev.rs): what the kernels tilde targets agree on in C but not in Rust (module
+ * parameters and author), and the network device the RoCE port takes its GIDs from,
+ * followed through its notifier.
  */
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/netdevice.h>
 #include <linux/rtnetlink.h>
 #include <linux/slab.h>
-#include <linux/spinlock.h>
 #include <rdma/ib_verbs.h>
 
-#include "../src/sys/tilde_rdma.h"
+#include "../../rdma-core-rs/src/sys/tilde_rdma.h"
 
 MODULE_AUTHOR("tilde");
 
@@ -22,7 +21,6 @@ module_param(netdev, charp, 0444);
 MODULE_PARM_DESC(netdev, "network device whose addresses become the port's GIDs");
 
 struct tilde_lo_glue {
-	spinlock_t lock;
 	struct notifier_block notifier;
 	/* Under RTNL: the device the port is bound to, and the IB device. */
 	struct net_device *ndev;
@@ -35,8 +33,6 @@ struct tilde_lo_glue {
 struct tilde_lo_glue *tilde_lo_glue_new(void);
 void tilde_lo_glue_free(struct tilde_lo_glue *glue);
 void tilde_lo_detach(struct tilde_lo_glue *glue);
-unsigned long tilde_lo_lock(struct tilde_lo_glue *glue);
-void tilde_lo_unlock(struct tilde_lo_glue *glue, unsigned long flags);
 int tilde_lo_attach(struct tilde_lo_glue *glue, struct ib_device *ibdev, u8 *mac);
 bool tilde_lo_port_up(struct ib_device *ibdev);
 
@@ -76,7 +72,6 @@ struct tilde_lo_glue *tilde_lo_glue_new(void)
 
 	if (!glue)
 		return NULL;
-	spin_lock_init(&glue->lock);
 	glue->notifier.notifier_call = tilde_lo_netdev_event;
 	return glue;
 }
@@ -103,19 +98,6 @@ void tilde_lo_glue_free(struct tilde_lo_glue *glue)
 {
 	tilde_lo_detach(glue);
 	kfree(glue);
-}
-
-unsigned long tilde_lo_lock(struct tilde_lo_glue *glue)
-{
-	unsigned long flags;
-
-	spin_lock_irqsave(&glue->lock, flags);
-	return flags;
-}
-
-void tilde_lo_unlock(struct tilde_lo_glue *glue, unsigned long flags)
-{
-	spin_unlock_irqrestore(&glue->lock, flags);
 }
 
 /*

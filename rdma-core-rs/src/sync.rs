@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Locks for drivers.
+//!
+//! A device's state is reached from process context (verbs), softirq (CQs polled by the
+//! IB core's `irq_poll`) and hard interrupts (a driver's event queue): the lock that
+//! guards it is taken with interrupts off. The kernel crate of every kernel tilde targets
+//! has a spinlock, but not all of them one that saves the interrupt state, and theirs
+//! must be pinned where it is initialised; [`IrqSpinLock`] is a `spinlock_t` of its own
+//! allocation, taken with `spin_lock_irqsave`, so the value holding it moves freely (a
+//! driver's state is built before the IB core allocates the device it lives in).
+
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
+
+use kernel::ffi::c_ulong;
+use kernel::prelude::*;
+
+use crate::sys;
+
+/// `T` behind a spinlock taken with interrupts off: [`IrqSpinLock::lock`] is the only way
+/// to it, and the guard it returns is the proof the lock is held.
+///
+/// Nothing that sleeps may run under it. All of tilde's `IrqSpinLock`s share one lockdep
+/// class, so a driver takes one at a time (two of them nested would be reported).
+pub struct IrqSpinLock<T> {
+    lock: NonNull<c_void>,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock serialises every access to `data` (the guard is the only way to it),
+// so the lock may be shared and sent where `T` may be sent.
+unsafe impl<T: Send> Send for IrqSpinLock<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for IrqSpinLock<T> {}
+
+impl<T> IrqSpinLock<T> {
+    /// A lock holding `value`; allocates (may sleep).
+    pub fn new(value: T) -> Result<Self> {
+        // SAFETY: allocates and initialises a spinlock; null on failure.
+        let lock = NonNull::new(unsafe { sys::tilde_rdma_irq_lock_new() }).ok_or(ENOMEM)?;
+        Ok(Self {
+            lock,
+            data: UnsafeCell::new(value),
+        })
+    }
+
+    /// Takes the lock, interrupts off until the guard is dropped.
+    pub fn lock(&self) -> IrqSpinLockGuard<'_, T> {
+        // SAFETY: the spinlock was initialised in `new` and lives as long as `self`.
+        let flags = unsafe { sys::tilde_rdma_irq_lock(self.lock.as_ptr()) };
+        IrqSpinLockGuard {
+            lock: self,
+            flags,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The value, without locking: `&mut self` proves nobody else can hold the lock.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+}
+
+impl<T> Drop for IrqSpinLock<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`; nobody holds it (`&mut self`), nobody uses it after.
+        unsafe { sys::tilde_rdma_irq_lock_free(self.lock.as_ptr()) };
+    }
+}
+
+/// The lock of an [`IrqSpinLock`], held: released, and interrupts restored, on drop.
+pub struct IrqSpinLockGuard<'a, T> {
+    lock: &'a IrqSpinLock<T>,
+    flags: c_ulong,
+    /// Released on the CPU that took it: not `Send`.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<T> Deref for IrqSpinLockGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held for as long as the guard lives.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> DerefMut for IrqSpinLockGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the lock is held, and `&mut self` makes this the only borrow through
+        // the guard.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<T> Drop for IrqSpinLockGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: taken in `lock` with these flags, released once, here.
+        unsafe { sys::tilde_rdma_irq_unlock(self.lock.lock.as_ptr(), self.flags) };
+    }
+}
