@@ -945,8 +945,9 @@ impl Tables {
     }
 }
 
-/// A send WR, read into what the device keeps of it.
-fn send_wqe(wr: &SendWr<'_, SoftDevice>) -> Result<SendWqe> {
+/// A send WR of a QP of `qp_type`, read into what the device keeps of it: `EINVAL` for
+/// an opcode the QP's type does not have (a UD QP only sends datagrams).
+fn send_wqe(wr: &SendWr<'_, SoftDevice>, qp_type: QpType) -> Result<SendWqe> {
     let posted = wr.sges()?;
     if posted.len() > MAX_SGE {
         return Err(EINVAL);
@@ -1001,6 +1002,9 @@ fn send_wqe(wr: &SendWr<'_, SoftDevice>) -> Result<SendWqe> {
             imm,
         },
     };
+    if qp_type.is_datagram() != matches!(op, Op::Datagram { .. }) {
+        return Err(EINVAL);
+    }
     Ok(SendWqe {
         id: wr.id(),
         opcode: wr.completion_opcode(),
@@ -1035,7 +1039,7 @@ impl SoftDevice {
         if flushed {
             return Ok(());
         }
-        let wqe = send_wqe(wr)?;
+        let wqe = send_wqe(wr, qp.qp_type())?;
         let dma = dev.dma();
         locked(dev, |tables, owed| {
             let qp = tables.qp_mut(qpn).ok_or(EINVAL)?;
