@@ -559,9 +559,10 @@ impl Completions<'_> {
 }
 
 /// What a CQ's consumer is told outside the driver's locks: its completion handler, its
-/// error event. A driver keeps a clone where completions are queued and calls it after
-/// releasing its lock; once the CQ is destroyed, calls do nothing (the destroy op waits
-/// for calls under way), so a clone may outlive the CQ.
+/// error event. A driver keeps a clone where completions are queued, takes a [`CqDue`]
+/// there and makes it after releasing its lock; once the CQ is destroyed, calls do
+/// nothing (the destroy op waits for calls owed or under way), so a clone may outlive
+/// the CQ.
 #[derive(Clone)]
 pub struct CqEvents(Arc<CqGate>);
 
@@ -581,24 +582,76 @@ impl CqEvents {
         Ok(Self(Arc::new(gate, GFP_KERNEL)?))
     }
 
-    /// Runs `call` with the CQ if it still lives. The count is raised before the CQ is
-    /// read and `close` clears the CQ before it reads the count (both sequentially
-    /// consistent): either this sees null, or `close` sees the call and waits for it.
+    /// A call owed to the CQ, to make later: taken where the completion is queued
+    /// (under the driver's lock) and made after the lock is released, costing one count
+    /// up and one down. `None` once the CQ is being destroyed. The count is raised before
+    /// the CQ is read and `close` clears the CQ before it reads the count (both
+    /// sequentially consistent): either this sees null, or `close` sees the call and
+    /// waits for it, and with it the gate (the layer's own reference to it is dropped
+    /// only after `close`).
+    pub fn due(&self) -> Option<CqDue> {
+        let gate: &CqGate = &self.0;
+        gate.calls.fetch_add(1, Ordering::SeqCst);
+        if gate.cq.load(Ordering::SeqCst).is_null() {
+            gate.calls.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(CqDue {
+            gate: NonNull::from(gate),
+        })
+    }
+
+    /// Calls the CQ's completion handler now (see [`CqDue::completion`]).
+    pub fn completion(&self) {
+        if let Some(due) = self.due() {
+            due.completion();
+        }
+    }
+
+    /// Reports `IB_EVENT_CQ_ERR` now (see [`CqDue::overrun`]).
+    pub fn overrun(&self) {
+        if let Some(due) = self.due() {
+            due.overrun();
+        }
+    }
+
+    /// Ends the calls: from now on they do nothing; waits for those under way.
+    fn close(&self) {
+        self.0.cq.store(core::ptr::null_mut(), Ordering::SeqCst);
+        while self.0.calls.load(Ordering::SeqCst) != 0 {
+            crate::sys::kernel_api::sleep(Duration::from_micros(20));
+        }
+    }
+}
+
+/// A call owed to a CQ, from [`CqEvents::due`]: the CQ's destruction waits until it is
+/// made or dropped. Made on the thread that took it (not `Send`).
+pub struct CqDue {
+    gate: NonNull<CqGate>,
+}
+
+impl CqDue {
+    fn gate(&self) -> &CqGate {
+        // SAFETY: the count this holds keeps `close` from returning, and the layer's
+        // reference to the gate from being dropped, until `self` is dropped (`due`).
+        unsafe { self.gate.as_ref() }
+    }
+
+    /// Runs `call` with the CQ unless its destruction has begun.
     fn with(&self, call: impl FnOnce(*mut sys::ib_cq)) {
-        self.0.calls.fetch_add(1, Ordering::SeqCst);
-        let cq = self.0.cq.load(Ordering::SeqCst);
+        let cq = self.gate().cq.load(Ordering::SeqCst);
         if !cq.is_null() {
             call(cq);
         }
-        self.0.calls.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Calls the CQ's completion handler (`ib_cq.comp_handler`), as a C driver does when
     /// an armed CQ gets a completion.
-    pub fn completion(&self) {
+    pub fn completion(self) {
         self.with(|cq| {
-            // SAFETY: the CQ lives (`with`); its handler and context are the consumer's,
-            // called as the C drivers call them, with no driver lock held.
+            // SAFETY: the CQ lives (`with`, and the count held); its handler and context
+            // are the consumer's, called as the C drivers call them, with no driver lock
+            // held.
             unsafe {
                 if let Some(handler) = (*cq).comp_handler {
                     handler(cq, (*cq).cq_context);
@@ -608,7 +661,7 @@ impl CqEvents {
     }
 
     /// Reports `IB_EVENT_CQ_ERR` (the CQ overran: completions were lost).
-    pub fn overrun(&self) {
+    pub fn overrun(self) {
         self.with(|cq| {
             // SAFETY: as in `completion`; all-zero is a valid `ib_event` (plain C data).
             unsafe {
@@ -622,13 +675,11 @@ impl CqEvents {
             }
         });
     }
+}
 
-    /// Ends the calls: from now on they do nothing; waits for those under way.
-    fn close(&self) {
-        self.0.cq.store(core::ptr::null_mut(), Ordering::SeqCst);
-        while self.0.calls.load(Ordering::SeqCst) != 0 {
-            crate::sys::kernel_api::sleep(Duration::from_micros(20));
-        }
+impl Drop for CqDue {
+    fn drop(&mut self) {
+        self.gate().calls.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

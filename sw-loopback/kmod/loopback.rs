@@ -28,10 +28,10 @@
 
 use kernel::prelude::*;
 use rdma_core::driver::{
-    Access, AhAttr, Arm, Completion, Completions, Cq, CqEvents, Device, DeviceSetup, DmaAddr,
-    Driver, Grh, Mr, MrKeys, MrPages, NewCq, NewQp, NodeType, Pd, PdId, Qp, QpCaps, QpHandle,
-    QpModify, QpState, QpType, RecvWrs, Registration, Remote, SendOp, SendWr, SendWrs, Sge,
-    SoftDma,
+    Access, AhAttr, Arm, Completion, Completions, Cq, CqDue, CqEvents, Device, DeviceSetup,
+    DmaAddr, Driver, Grh, Mr, MrKeys, MrPages, NewCq, NewQp, NodeType, Pd, PdId, Qp, QpCaps,
+    QpHandle, QpModify, QpState, QpType, RecvWrs, Registration, Remote, SendOp, SendWr, SendWrs,
+    Sge, SoftDma,
 };
 use rdma_core::kernel_api::{clear, errno, push_within_capacity, remove};
 use rdma_core::sync::IrqSpinLock;
@@ -108,42 +108,56 @@ enum Due {
     Overrun(usize),
 }
 
-/// The CQ events a locked section owes, made after the lock is released.
+/// The CQ events a locked section owes, made after the lock is released: most sections
+/// owe none, and pay one test for it.
 struct Owed {
-    due: [Option<(CqEvents, Due)>; NOTIFY_MAX],
+    due: [Option<(CqDue, Due)>; NOTIFY_MAX],
+    len: usize,
 }
 
 impl Owed {
     fn new() -> Self {
         Self {
             due: Default::default(),
+            len: 0,
         }
     }
 
     /// Records `due` for the CQ of `events`; false if there is no room (the caller keeps
     /// it for later).
     fn owe(&mut self, events: &CqEvents, due: Due) -> bool {
-        let Some(free) = self.due.iter_mut().find(|slot| slot.is_none()) else {
+        let Some(free) = self.due.get_mut(self.len) else {
             return false;
         };
-        *free = Some((events.clone(), due));
+        // None: the CQ is being destroyed, and is owed nothing more.
+        if let Some(call) = events.due() {
+            *free = Some((call, due));
+            self.len += 1;
+        }
         true
     }
 
-    fn deliver(self, dev: &Device<SoftDevice>) {
-        for (events, due) in self.due.into_iter().flatten() {
+    fn deliver(&mut self, dev: &Device<SoftDevice>) {
+        if self.len == 0 {
+            return;
+        }
+        for slot in self.due.iter_mut().take(self.len) {
+            let Some((call, due)) = slot.take() else {
+                continue;
+            };
             match due {
-                Due::Completion => events.completion(),
+                Due::Completion => call.completion(),
                 Due::Overrun(capacity) => {
                     pr_err!(
                         "{}: CQ of {} entries overran: completions lost\n",
                         dev.name().as_str(),
                         capacity
                     );
-                    events.overrun();
+                    call.overrun();
                 }
             }
         }
+        self.len = 0;
     }
 }
 
@@ -1021,23 +1035,25 @@ impl SoftDevice {
         let qpn = qp.num();
         // In error every WR flushes, whatever it is (`ib_drain_sq` posts an RDMA WRITE
         // with no address, on UD QPs too): before any check of its contents.
-        let flushed = locked(dev, |tables, owed| {
-            let qp = tables.qp(qpn).ok_or(EINVAL)?;
-            if qp.state != QpState::Err {
-                return Ok(false);
-            }
-            let done = Completion::new(
-                qp.handle,
-                wr.id(),
-                WcStatus::WrFlushError,
-                wr.completion_opcode(),
-            );
-            let send_cq = qp.send_cq;
-            tables.push_cq(send_cq, owed, done);
-            Ok::<bool, Error>(true)
-        })?;
-        if flushed {
-            return Ok(());
+        let in_error = dev
+            .tables
+            .lock()
+            .qp(qpn)
+            .map(|qp| qp.state == QpState::Err)
+            .ok_or(EINVAL)?;
+        if in_error {
+            return locked(dev, |tables, owed| {
+                let qp = tables.qp(qpn).ok_or(EINVAL)?;
+                let done = Completion::new(
+                    qp.handle,
+                    wr.id(),
+                    WcStatus::WrFlushError,
+                    wr.completion_opcode(),
+                );
+                let send_cq = qp.send_cq;
+                tables.push_cq(send_cq, owed, done);
+                Ok(())
+            });
         }
         let wqe = send_wqe(wr, qp.qp_type())?;
         let dma = dev.dma();
