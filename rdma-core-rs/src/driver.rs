@@ -1546,6 +1546,254 @@ unsafe extern "C" fn set_page_of<D: Driver>(mr: *mut sys::ib_mr, addr: u64) -> c
 }
 
 // ---------------------------------------------------------------------------------------
+// Device and port attributes
+
+/// A count for a C `int` attribute: saturated, never negative.
+fn c_count(n: u32) -> c_int {
+    c_int::try_from(n).unwrap_or(c_int::MAX)
+}
+
+/// The device's attributes a `query_device` fills (`ib_device_attr`, zeroed by the IB
+/// core and read by it at registration), one setter per attribute.
+pub struct DeviceAttrs<'a>(&'a mut sys::ib_device_attr);
+
+impl DeviceAttrs<'_> {
+    /// The system image GUID, in host order.
+    pub fn sys_image_guid(&mut self, guid: u64) -> &mut Self {
+        self.0.sys_image_guid = guid.to_be();
+        self
+    }
+
+    /// The largest MR, in bytes.
+    pub fn max_mr_size(&mut self, bytes: u64) -> &mut Self {
+        self.0.max_mr_size = bytes;
+        self
+    }
+
+    /// The page sizes an MR may use, one bit per size.
+    pub fn page_size_cap(&mut self, sizes: u64) -> &mut Self {
+        self.0.page_size_cap = sizes;
+        self
+    }
+
+    /// QPs, WRs per queue, and gather/scatter entries per WR (send, receive, RDMA READ).
+    pub fn qp_limits(
+        &mut self,
+        qps: u32,
+        wrs: u32,
+        send_sge: u32,
+        recv_sge: u32,
+        read_sge: u32,
+    ) -> &mut Self {
+        self.0.max_qp = c_count(qps);
+        self.0.max_qp_wr = c_count(wrs);
+        self.0.max_send_sge = c_count(send_sge);
+        self.0.max_recv_sge = c_count(recv_sge);
+        self.0.max_sge_rd = c_count(read_sge);
+        self
+    }
+
+    /// CQs, and completions per CQ.
+    pub fn cq_limits(&mut self, cqs: u32, entries: u32) -> &mut Self {
+        self.0.max_cq = c_count(cqs);
+        self.0.max_cqe = c_count(entries);
+        self
+    }
+
+    /// MRs, PDs, AHs, P_Keys, and pages per fast registration.
+    pub fn object_limits(
+        &mut self,
+        mrs: u32,
+        pds: u32,
+        ahs: u32,
+        pkeys: u16,
+        fast_reg_pages: u32,
+    ) -> &mut Self {
+        self.0.max_mr = c_count(mrs);
+        self.0.max_pd = c_count(pds);
+        self.0.max_ah = c_count(ahs);
+        self.0.max_pkeys = pkeys;
+        self.0.max_fast_reg_page_list_len = fast_reg_pages;
+        self
+    }
+
+    /// RDMA READs and atomics outstanding: per QP as responder and as requester, and for
+    /// the whole device as responder.
+    pub fn read_atomic_limits(
+        &mut self,
+        per_qp: u32,
+        per_qp_initiator: u32,
+        device: u32,
+    ) -> &mut Self {
+        self.0.max_qp_rd_atom = c_count(per_qp);
+        self.0.max_qp_init_rd_atom = c_count(per_qp_initiator);
+        self.0.max_res_rd_atom = c_count(device);
+        self
+    }
+
+    /// Fast registration and local invalidation (`IB_DEVICE_MEM_MGT_EXTENSIONS`).
+    pub fn mem_mgt_extensions(&mut self) -> &mut Self {
+        self.0.device_cap_flags |= sys::ib_device_cap_flags_IB_DEVICE_MEM_MGT_EXTENSIONS as u64;
+        self
+    }
+
+    /// The device has a key for all memory by DMA address (`IBK_LOCAL_DMA_LKEY`).
+    pub fn local_dma_lkey(&mut self) -> &mut Self {
+        self.0.kernel_cap_flags |= u64::from(sys::ib_kernel_cap_flags_IBK_LOCAL_DMA_LKEY);
+        self
+    }
+
+    /// Atomics are atomic with respect to this device's own (`IB_ATOMIC_HCA`).
+    pub fn atomics_within_device(&mut self) -> &mut Self {
+        self.0.atomic_cap = sys::ib_atomic_cap_IB_ATOMIC_HCA;
+        self
+    }
+}
+
+/// A port's width (`enum ib_port_width`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PortWidth {
+    /// 1x.
+    X1,
+    /// 4x.
+    X4,
+    /// 8x.
+    X8,
+    /// 12x.
+    X12,
+}
+
+/// A port's lane speed (`enum ib_port_speed`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PortSpeed {
+    /// 2.5 Gb/s.
+    Sdr,
+    /// 5 Gb/s.
+    Ddr,
+    /// 10 Gb/s.
+    Qdr,
+    /// 14 Gb/s.
+    Fdr,
+    /// 25 Gb/s.
+    Edr,
+}
+
+/// A port's attributes a `query_port` fills (`ib_port_attr`, zeroed by the IB core).
+pub struct PortAttrs<'a>(&'a mut sys::ib_port_attr);
+
+impl PortAttrs<'_> {
+    /// Its logical and physical state.
+    pub fn state(
+        &mut self,
+        state: crate::verbs::PortState,
+        phys: crate::verbs::PhysPortState,
+    ) -> &mut Self {
+        self.0.state = state.to_raw();
+        self.0.phys_state = phys.to_raw() as u8;
+        self
+    }
+
+    /// Its largest and its active MTU.
+    pub fn mtu(&mut self, max: crate::verbs::Mtu, active: crate::verbs::Mtu) -> &mut Self {
+        self.0.max_mtu = max.to_raw();
+        self.0.active_mtu = active.to_raw();
+        self
+    }
+
+    /// Its GID and P_Key table sizes.
+    pub fn tables(&mut self, gids: u32, pkeys: u16) -> &mut Self {
+        self.0.gid_tbl_len = c_count(gids);
+        self.0.pkey_tbl_len = pkeys;
+        self
+    }
+
+    /// The largest message, in bytes.
+    pub fn max_msg_size(&mut self, bytes: u32) -> &mut Self {
+        self.0.max_msg_sz = bytes;
+        self
+    }
+
+    /// Its active width and lane speed.
+    pub fn link(&mut self, width: PortWidth, speed: PortSpeed) -> &mut Self {
+        self.0.active_width = match width {
+            PortWidth::X1 => sys::ib_port_width_IB_WIDTH_1X,
+            PortWidth::X4 => sys::ib_port_width_IB_WIDTH_4X,
+            PortWidth::X8 => sys::ib_port_width_IB_WIDTH_8X,
+            PortWidth::X12 => sys::ib_port_width_IB_WIDTH_12X,
+        } as u8;
+        self.0.active_speed = match speed {
+            PortSpeed::Sdr => sys::ib_port_speed_IB_SPEED_SDR,
+            PortSpeed::Ddr => sys::ib_port_speed_IB_SPEED_DDR,
+            PortSpeed::Qdr => sys::ib_port_speed_IB_SPEED_QDR,
+            PortSpeed::Fdr => sys::ib_port_speed_IB_SPEED_FDR,
+            PortSpeed::Edr => sys::ib_port_speed_IB_SPEED_EDR,
+        } as u16;
+        self
+    }
+}
+
+/// What a port speaks (`RDMA_CORE_CAP_*`, `RDMA_CORE_PORT_*`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CoreCaps(u32);
+
+impl CoreCaps {
+    /// RoCEv2: IB transport over UDP (`RDMA_CORE_CAP_PROT_ROCE_UDP_ENCAP`).
+    pub const ROCE_UDP_ENCAP: Self = Self(sys::RDMA_CORE_CAP_PROT_ROCE_UDP_ENCAP);
+    /// Address handles carry Ethernet (RoCE) addresses (`RDMA_CORE_CAP_ETH_AH`).
+    pub const ETH_AH: Self = Self(sys::RDMA_CORE_CAP_ETH_AH);
+}
+
+impl core::ops::BitOr for CoreCaps {
+    type Output = Self;
+    fn bitor(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+/// What never changes about a port (`ib_port_immutable`).
+pub struct PortImmutable<'a>(&'a mut sys::ib_port_immutable);
+
+impl PortImmutable<'_> {
+    /// Its protocols.
+    pub fn core_caps(&mut self, caps: CoreCaps) -> &mut Self {
+        self.0.core_cap_flags = caps.0;
+        self
+    }
+
+    /// Its GID and P_Key table sizes.
+    pub fn tables(&mut self, gids: u32, pkeys: u32) -> &mut Self {
+        self.0.gid_tbl_len = c_count(gids);
+        self.0.pkey_tbl_len = c_count(pkeys);
+        self
+    }
+
+    /// The largest MAD it handles (0: none).
+    pub fn max_mad_size(&mut self, bytes: u32) -> &mut Self {
+        self.0.max_mad_size = bytes;
+        self
+    }
+}
+
+/// The kind of MR an `alloc_mr` asks for (`enum ib_mr_type`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MrType {
+    /// A fast-registration MR (`IB_MR_TYPE_MEM_REG`).
+    MemReg,
+    /// Any other: its C value.
+    Other(u32),
+}
+
+impl MrType {
+    fn from_raw(raw: u32) -> Self {
+        if raw == sys::ib_mr_type_IB_MR_TYPE_MEM_REG {
+            Self::MemReg
+        } else {
+            Self::Other(raw)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The trait
 
 /// What a device driver does; becomes the device's `ib_device_ops`.
@@ -1567,17 +1815,13 @@ pub trait Driver: Sized + Send + Sync + 'static {
     type Mr: Send + Sync;
 
     /// Fills the device's attributes (`ib_device.attrs`, read at registration).
-    fn query_device(dev: &Device<Self>, attr: &mut sys::ib_device_attr) -> Result;
-    /// Fills `port`'s attributes (zeroed by the IB core).
-    fn query_port(dev: &Device<Self>, port: u32, attr: &mut sys::ib_port_attr) -> Result;
+    fn query_device(dev: &Device<Self>, attrs: &mut DeviceAttrs<'_>) -> Result;
+    /// Fills `port`'s attributes.
+    fn query_port(dev: &Device<Self>, port: u32, attrs: &mut PortAttrs<'_>) -> Result;
     /// Fills what never changes about `port` (its protocols, table sizes).
-    fn port_immutable(
-        dev: &Device<Self>,
-        port: u32,
-        immutable: &mut sys::ib_port_immutable,
-    ) -> Result;
-    /// The link layer of `port` (`IB_LINK_LAYER_*`).
-    fn link_layer(dev: &Device<Self>, port: u32) -> sys::rdma_link_layer;
+    fn port_immutable(dev: &Device<Self>, port: u32, immutable: &mut PortImmutable<'_>) -> Result;
+    /// The link layer of `port`.
+    fn link_layer(dev: &Device<Self>, port: u32) -> crate::verbs::LinkLayer;
     /// The P_Key at `index` of `port`'s table.
     fn query_pkey(dev: &Device<Self>, port: u32, index: u16) -> Result<u16>;
 
@@ -1605,12 +1849,11 @@ pub trait Driver: Sized + Send + Sync + 'static {
     fn create_ah(dev: &Device<Self>, attr: &AhAttr<'_>) -> Result<Self::Ah>;
     /// An MR of `pd` over all memory with `access`, and its keys.
     fn get_dma_mr(dev: &Device<Self>, pd: &Pd<Self>, access: Access) -> Result<(Self::Mr, MrKeys)>;
-    /// A fast-registration MR of `pd` of up to `max_pages` pages (`mr_type` an
-    /// `IB_MR_TYPE_*`), and its keys.
+    /// An MR of `pd` of `mr_type` for up to `max_pages` pages, and its keys.
     fn alloc_mr(
         dev: &Device<Self>,
         pd: &Pd<Self>,
-        mr_type: u32,
+        mr_type: MrType,
         max_pages: u32,
     ) -> Result<(Self::Mr, MrKeys)>;
     /// Maps a DMA-mapped scatterlist into an MR's page list (by [`MrPages::map`]); how
@@ -1667,7 +1910,7 @@ impl<T: Driver> Ops<T> {
         _udata: *mut sys::ib_udata,
     ) -> c_int {
         // SAFETY: the IB core passes its attribute structure, valid for the call.
-        status(unsafe { T::query_device(Self::dev(raw), &mut *attr) })
+        status(unsafe { T::query_device(Self::dev(raw), &mut DeviceAttrs(&mut *attr)) })
     }
 
     unsafe extern "C" fn query_port(
@@ -1676,7 +1919,7 @@ impl<T: Driver> Ops<T> {
         attr: *mut sys::ib_port_attr,
     ) -> c_int {
         // SAFETY: as above.
-        status(unsafe { T::query_port(Self::dev(raw), port, &mut *attr) })
+        status(unsafe { T::query_port(Self::dev(raw), port, &mut PortAttrs(&mut *attr)) })
     }
 
     unsafe extern "C" fn get_port_immutable(
@@ -1685,7 +1928,9 @@ impl<T: Driver> Ops<T> {
         immutable: *mut sys::ib_port_immutable,
     ) -> c_int {
         // SAFETY: as above.
-        status(unsafe { T::port_immutable(Self::dev(raw), port, &mut *immutable) })
+        status(unsafe {
+            T::port_immutable(Self::dev(raw), port, &mut PortImmutable(&mut *immutable))
+        })
     }
 
     unsafe extern "C" fn get_link_layer(
@@ -1693,7 +1938,7 @@ impl<T: Driver> Ops<T> {
         port: u32,
     ) -> sys::rdma_link_layer {
         // SAFETY: as above.
-        T::link_layer(unsafe { Self::dev(raw) }, port)
+        T::link_layer(unsafe { Self::dev(raw) }, port).to_raw()
     }
 
     unsafe extern "C" fn query_pkey(
@@ -2008,7 +2253,11 @@ impl<T: Driver> Ops<T> {
         max: u32,
     ) -> *mut sys::ib_mr {
         // SAFETY: as above.
-        unsafe { Self::new_mr(pd, |dev, pd| T::alloc_mr(dev, pd, mr_type, max)) }
+        unsafe {
+            Self::new_mr(pd, |dev, pd| {
+                T::alloc_mr(dev, pd, MrType::from_raw(mr_type), max)
+            })
+        }
     }
 
     unsafe extern "C" fn map_mr_sg(
@@ -2220,9 +2469,7 @@ impl<T: Driver> Registration<T> {
         // SAFETY: as above; `setup` gets the device before it is visible to anyone, and
         // the state, which follows the `ib_device` in the allocation (disjoint from it).
         let device_fields = unsafe { &mut *raw };
-        let mut fields = DeviceSetup {
-            raw: device_fields,
-        };
+        let mut fields = DeviceSetup { raw: device_fields };
         if let Err(error) = setup(&mut fields, state) {
             pr_err!(
                 "{}: device setup failed: {:?}\n",

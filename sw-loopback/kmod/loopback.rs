@@ -28,15 +28,15 @@
 
 use kernel::prelude::*;
 use rdma_core::driver::{
-    Access, AhAttr, Arm, Completion, Completions, Cq, CqDue, CqEvents, Device, DeviceSetup,
-    DmaAddr, Driver, Grh, Mr, MrKeys, MrPages, NewCq, NewQp, NodeType, Pd, PdId, Qp, QpCaps,
-    QpHandle, QpModify, QpState, QpType, RecvWrs, Registration, Remote, SendOp, SendWr, SendWrs,
-    Sge, SoftDma,
+    Access, AhAttr, Arm, Completion, Completions, CoreCaps, Cq, CqDue, CqEvents, Device,
+    DeviceAttrs, DeviceSetup, DmaAddr, Driver, Grh, Mr, MrKeys, MrPages, MrType, NewCq, NewQp,
+    NodeType, Pd, PdId, PortAttrs, PortImmutable, PortSpeed, PortWidth, Qp, QpCaps, QpHandle,
+    QpModify, QpState, QpType, RecvWrs, Registration, Remote, SendOp, SendWr, SendWrs, Sge,
+    SoftDma,
 };
 use rdma_core::kernel_api::{clear, errno, push_within_capacity, remove};
 use rdma_core::sync::IrqSpinLock;
-use rdma_core::sys;
-use rdma_core::verbs::{WcOpcode, WcStatus};
+use rdma_core::verbs::{LinkLayer, Mtu, PhysPortState, PortState, WcOpcode, WcStatus};
 use sw_loopback::{port_guid, ud_network_header, NetworkHeader, Route, GRH_LEN};
 
 mod netdev;
@@ -58,7 +58,7 @@ const MAX_SGE: usize = 4;
 const MAX_CQE: u32 = 8192;
 const MAX_MR: usize = 4096;
 const MAX_PAGES: u32 = 512;
-const MAX_RD_ATOM: i32 = 16;
+const MAX_RD_ATOM: u32 = 16;
 /// QP numbers 0 and 1 are the special QPs (which this device does not have).
 const FIRST_QPN: usize = 2;
 /// The local DMA key: a kernel virtual address (MR index 0 is never used).
@@ -1131,77 +1131,56 @@ impl Driver for SoftDevice {
     type Ah = Route;
     type Mr = MrIndex;
 
-    fn query_device(dev: &Device<Self>, attr: &mut sys::ib_device_attr) -> Result {
-        attr.sys_image_guid = port_guid(dev.mac).to_be();
-        attr.max_mr_size = u64::MAX;
-        attr.page_size_cap = 0xffff_f000;
-        attr.max_qp = (MAX_QP - FIRST_QPN) as i32;
-        attr.max_qp_wr = MAX_WR as i32;
-        attr.device_cap_flags = sys::ib_device_cap_flags_IB_DEVICE_MEM_MGT_EXTENSIONS as u64;
-        attr.kernel_cap_flags = u64::from(sys::ib_kernel_cap_flags_IBK_LOCAL_DMA_LKEY);
-        attr.max_send_sge = MAX_SGE as i32;
-        attr.max_recv_sge = MAX_SGE as i32;
-        attr.max_sge_rd = MAX_SGE as i32;
-        attr.max_cq = MAX_CQ as i32;
-        attr.max_cqe = MAX_CQE as i32;
-        attr.max_mr = (MAX_MR - 1) as i32;
-        attr.max_pd = MAX_QP as i32;
-        attr.max_qp_rd_atom = MAX_RD_ATOM;
-        attr.max_qp_init_rd_atom = MAX_RD_ATOM;
-        attr.max_res_rd_atom = MAX_RD_ATOM * MAX_QP as i32;
-        attr.atomic_cap = sys::ib_atomic_cap_IB_ATOMIC_HCA;
-        attr.max_ah = MAX_QP as i32;
-        attr.max_fast_reg_page_list_len = MAX_PAGES;
-        attr.max_pkeys = 1;
+    fn query_device(dev: &Device<Self>, attrs: &mut DeviceAttrs<'_>) -> Result {
+        let sge = MAX_SGE as u32;
+        let (qps, cqs, mrs) = (MAX_QP as u32, MAX_CQ as u32, MAX_MR as u32);
+        attrs
+            .sys_image_guid(port_guid(dev.mac))
+            .max_mr_size(u64::MAX)
+            .page_size_cap(0xffff_f000)
+            .qp_limits(qps - FIRST_QPN as u32, MAX_WR, sge, sge, sge)
+            .cq_limits(cqs, MAX_CQE)
+            .object_limits(mrs - 1, qps, qps, 1, MAX_PAGES)
+            .read_atomic_limits(MAX_RD_ATOM, MAX_RD_ATOM, MAX_RD_ATOM * qps)
+            .mem_mgt_extensions()
+            .local_dma_lkey()
+            .atomics_within_device();
         Ok(())
     }
 
-    fn query_port(dev: &Device<Self>, port: u32, attr: &mut sys::ib_port_attr) -> Result {
+    fn query_port(dev: &Device<Self>, port: u32, attrs: &mut PortAttrs<'_>) -> Result {
         if port != 1 {
             return Err(EINVAL);
         }
-        let up = dev.netdev.port_up(dev);
-        attr.state = if up {
-            sys::ib_port_state_IB_PORT_ACTIVE
+        if dev.netdev.port_up(dev) {
+            attrs.state(PortState::Active, PhysPortState::LinkUp);
         } else {
-            sys::ib_port_state_IB_PORT_DOWN
-        };
-        attr.phys_state = if up {
-            sys::ib_port_phys_state_IB_PORT_PHYS_STATE_LINK_UP as u8
-        } else {
-            3 // IB_PORT_PHYS_STATE_DISABLED
-        };
-        attr.max_mtu = sys::ib_mtu_IB_MTU_4096;
-        attr.active_mtu = sys::ib_mtu_IB_MTU_4096;
-        attr.gid_tbl_len = 16;
-        attr.pkey_tbl_len = 1;
-        attr.max_msg_sz = 1 << 31;
-        attr.active_width = sys::ib_port_width_IB_WIDTH_4X as u8;
-        attr.active_speed = sys::ib_port_speed_IB_SPEED_EDR as u16;
+            attrs.state(PortState::Down, PhysPortState::Disabled);
+        }
+        attrs
+            .mtu(Mtu::Mtu4096, Mtu::Mtu4096)
+            .tables(16, 1)
+            .max_msg_size(1 << 31)
+            .link(PortWidth::X4, PortSpeed::Edr);
         Ok(())
     }
 
-    fn port_immutable(
-        _dev: &Device<Self>,
-        port: u32,
-        immutable: &mut sys::ib_port_immutable,
-    ) -> Result {
+    fn port_immutable(_dev: &Device<Self>, port: u32, immutable: &mut PortImmutable<'_>) -> Result {
         if port != 1 {
             return Err(EINVAL);
         }
         // RoCEv2 without MADs: GIDs from the netdev, no GSI QP, no IB CM.
         // ETH_AH: UD receive completions carry RoCE addresses (`ib_init_ah_attr_from_wc`
         // reads the network header by them).
-        immutable.core_cap_flags =
-            sys::RDMA_CORE_CAP_PROT_ROCE_UDP_ENCAP | sys::RDMA_CORE_CAP_ETH_AH;
-        immutable.gid_tbl_len = 16;
-        immutable.pkey_tbl_len = 1;
-        immutable.max_mad_size = 0;
+        immutable
+            .core_caps(CoreCaps::ROCE_UDP_ENCAP | CoreCaps::ETH_AH)
+            .tables(16, 1)
+            .max_mad_size(0);
         Ok(())
     }
 
-    fn link_layer(_dev: &Device<Self>, _port: u32) -> sys::rdma_link_layer {
-        sys::rdma_link_layer_IB_LINK_LAYER_ETHERNET
+    fn link_layer(_dev: &Device<Self>, _port: u32) -> LinkLayer {
+        LinkLayer::Ethernet
     }
 
     fn query_pkey(_dev: &Device<Self>, port: u32, index: u16) -> Result<u16> {
@@ -1481,11 +1460,10 @@ impl Driver for SoftDevice {
     fn alloc_mr(
         dev: &Device<Self>,
         pd: &Pd<Self>,
-        mr_type: u32,
+        mr_type: MrType,
         max_pages: u32,
     ) -> Result<(MrIndex, MrKeys)> {
-        if mr_type != sys::ib_mr_type_IB_MR_TYPE_MEM_REG || max_pages == 0 || max_pages > MAX_PAGES
-        {
+        if mr_type != MrType::MemReg || max_pages == 0 || max_pages > MAX_PAGES {
             return Err(EINVAL);
         }
         Self::new_mr(dev, pd.id(), false, Access::empty(), max_pages)
