@@ -610,7 +610,10 @@ impl BackLocked<'_> {
     /// Hands libiscsi a received PDU (see [`Conn::complete_pdu`]). libiscsi ends the task
     /// it answers (its cleanup runs here).
     pub(crate) fn complete_pdu(&self, pdu: &mut [u8], data_offset: usize) -> Result<(), Refused> {
-        let aligned = pdu.as_ptr().align_offset(core::mem::align_of::<sys::iscsi_hdr>()) == 0;
+        let aligned = pdu
+            .as_ptr()
+            .align_offset(core::mem::align_of::<sys::iscsi_hdr>())
+            == 0;
         let data_len = pdu.len().checked_sub(data_offset);
         let (true, true, Some(data_len)) = (aligned, data_offset >= BHS_LEN, data_len) else {
             return Err(Refused(PROTO));
@@ -672,7 +675,10 @@ fn unbind<T: Transport>(endpoint: &T) {
         // until its stop (which comes before or after this, never during); the helper
         // clears its `dd_data` under frwd_lock and back_lock if it is still `endpoint`.
         unsafe {
-            sys::tilde_iser_unbind(conn.as_ptr(), core::ptr::from_ref(endpoint).cast_mut().cast())
+            sys::tilde_iser_unbind(
+                conn.as_ptr(),
+                core::ptr::from_ref(endpoint).cast_mut().cast(),
+            )
         };
     }
 }
@@ -802,7 +808,9 @@ impl<T: Transport> Adapter<T> {
             // SAFETY: the class's connection, not started: nothing reads its `dd_data`
             // or the endpoint's cell concurrently but the completion path, which only
             // passes the connection to libiscsi.
-            Some(endpoint) if endpoint.bindable() => unsafe { Self::bind(cls_conn, endpoint, transport_eph) },
+            Some(endpoint) if endpoint.bindable() => unsafe {
+                Self::bind(cls_conn, endpoint, transport_eph)
+            },
             _ => {
                 pr_err!("endpoint {:#x} is not connected\n", transport_eph);
                 EINVAL.to_errno()
@@ -822,7 +830,11 @@ impl<T: Transport> Adapter<T> {
         // SAFETY: as above; `iscsi_conn_bind` set its session.
         let tasks = unsafe { (*(*conn).session).cmds_max };
         if tasks > i32::from(T::TASKS_MAX) {
-            pr_err!("a session of {} tasks is more than {}\n", tasks, T::TASKS_MAX);
+            pr_err!(
+                "a session of {} tasks is more than {}\n",
+                tasks,
+                T::TASKS_MAX
+            );
             return EINVAL.to_errno();
         }
         // SAFETY: the caller's connection; the endpoint clears this before it is freed.
@@ -949,9 +961,15 @@ impl<T: Transport> Adapter<T> {
         };
         let mut storage = sys::__kernel_sockaddr_storage::default();
         // SAFETY: a `sockaddr_in` fits the storage, which is aligned for any address.
-        unsafe { core::ptr::from_mut(&mut storage).cast::<sys::sockaddr_in>().write(addr) };
+        unsafe {
+            core::ptr::from_mut(&mut storage)
+                .cast::<sys::sockaddr_in>()
+                .write(addr)
+        };
         // SAFETY: libiscsi formats the address into the class's page-sized `buf`.
-        unsafe { sys::iscsi_conn_get_addr_param(core::ptr::from_mut(&mut storage).cast(), param, buf) }
+        unsafe {
+            sys::iscsi_conn_get_addr_param(core::ptr::from_mut(&mut storage).cast(), param, buf)
+        }
     }
 
     /// `ep_connect`: starts connecting to `dst_addr` (IPv4).
@@ -1132,9 +1150,9 @@ impl<T: Transport> Adapter<T> {
 macro_rules! iscsi_transport {
     ($t:ty) => {
         const _: () = {
-            use $crate::iscsi::Adapter;
             use ::kernel::ffi::{c_char, c_int};
             use ::rdma_core::sys;
+            use $crate::iscsi::Adapter;
 
             /// # Safety
             ///
@@ -1154,7 +1172,9 @@ macro_rules! iscsi_transport {
             ///
             /// Called through the transport table only.
             #[no_mangle]
-            unsafe extern "C" fn tilde_iser_session_destroy(cls_session: *mut sys::iscsi_cls_session) {
+            unsafe extern "C" fn tilde_iser_session_destroy(
+                cls_session: *mut sys::iscsi_cls_session,
+            ) {
                 // SAFETY: called through the transport table only.
                 unsafe { Adapter::<$t>::session_destroy(cls_session) }
             }
@@ -1182,14 +1202,18 @@ macro_rules! iscsi_transport {
                 is_leading: c_int,
             ) -> c_int {
                 // SAFETY: called through the transport table only.
-                unsafe { Adapter::<$t>::conn_bind(cls_session, cls_conn, transport_eph, is_leading) }
+                unsafe {
+                    Adapter::<$t>::conn_bind(cls_session, cls_conn, transport_eph, is_leading)
+                }
             }
 
             /// # Safety
             ///
             /// Called through the transport table only.
             #[no_mangle]
-            unsafe extern "C" fn tilde_iser_conn_start(cls_conn: *mut sys::iscsi_cls_conn) -> c_int {
+            unsafe extern "C" fn tilde_iser_conn_start(
+                cls_conn: *mut sys::iscsi_cls_conn,
+            ) -> c_int {
                 // SAFETY: called through the transport table only.
                 unsafe { Adapter::<$t>::conn_start(cls_conn) }
             }
@@ -1198,7 +1222,10 @@ macro_rules! iscsi_transport {
             ///
             /// Called through the transport table only.
             #[no_mangle]
-            unsafe extern "C" fn tilde_iser_conn_stop(cls_conn: *mut sys::iscsi_cls_conn, flag: c_int) {
+            unsafe extern "C" fn tilde_iser_conn_stop(
+                cls_conn: *mut sys::iscsi_cls_conn,
+                flag: c_int,
+            ) {
                 // SAFETY: called through the transport table only.
                 unsafe { Adapter::<$t>::conn_stop(cls_conn, flag) }
             }
@@ -1247,7 +1274,10 @@ macro_rules! iscsi_transport {
             ///
             /// Called through the transport table only.
             #[no_mangle]
-            unsafe extern "C" fn tilde_iser_ep_poll(ep: *mut sys::iscsi_endpoint, timeout_ms: c_int) -> c_int {
+            unsafe extern "C" fn tilde_iser_ep_poll(
+                ep: *mut sys::iscsi_endpoint,
+                timeout_ms: c_int,
+            ) -> c_int {
                 // SAFETY: called through the transport table only.
                 unsafe { Adapter::<$t>::ep_poll(ep, timeout_ms) }
             }
@@ -1274,7 +1304,10 @@ macro_rules! iscsi_transport {
             ///
             /// Called through the transport table only.
             #[no_mangle]
-            unsafe extern "C" fn tilde_iser_pdu_alloc(task: *mut sys::iscsi_task, opcode: u8) -> c_int {
+            unsafe extern "C" fn tilde_iser_pdu_alloc(
+                task: *mut sys::iscsi_task,
+                opcode: u8,
+            ) -> c_int {
                 // SAFETY: called through the transport table only.
                 unsafe { Adapter::<$t>::pdu_alloc(task, opcode) }
             }
