@@ -316,9 +316,12 @@ impl Command<'_> {
     /// the time the task ends: the pages are the SCSI layer's again after its cleanup.
     pub(crate) fn map_pages(&self, device: &Device, direction: DmaDirection) -> Result<SgMapping> {
         // SAFETY: the command is valid (invariant); its scatterlist and pages stay valid
-        // until the command completes, which is after the task's cleanup, and this
-        // transport maps a command once (its slot's region takes new pages only after
-        // giving the old ones back).
+        // until the command completes, which is after the task's cleanup, and libiscsi
+        // sends a command once (an xmit that fails hands it back unmapped: the datamover
+        // maps last, after everything that can fail). The mapping is given back by the
+        // cleanup, except when the cleanup finds it with the device (a REG_MR whose
+        // completion comes late): an open end the README names, the same window ib_iser
+        // has.
         unsafe {
             SgMapping::new(
                 device,
