@@ -164,8 +164,9 @@ impl Registration {
     /// Registers the transport of `transport.c`, whose callbacks [`iscsi_transport!`]
     /// made; once per module load.
     pub(crate) fn new() -> Result<Self> {
-        // SAFETY: registers the static table of transport.c; `Registration` exists once
-        // (the module holds it) and unregisters it on drop.
+        // SAFETY: registers the static table of transport.c, which lives as long as the
+        // module; the class refuses a second registration of the name, so a
+        // `Registration` is the only one and unregisters it on drop.
         to_result(unsafe { sys::tilde_iser_register() })?;
         Ok(Self(()))
     }
