@@ -612,7 +612,9 @@ impl BackLocked<'_> {
     }
 
     /// Hands libiscsi a received PDU (see [`Conn::complete_pdu`]). libiscsi ends the task
-    /// it answers (its cleanup runs here).
+    /// it answers (its cleanup runs here). For a NOP-In that asks for an answer, libiscsi
+    /// lets go of `back_lock` while it sends the NOP-Out (under `frwd_lock`): a lookup
+    /// made before is only good for a SCSI Response.
     pub(crate) fn complete_pdu(&self, pdu: &mut [u8], data_offset: usize) -> Result<(), Refused> {
         let aligned = pdu
             .as_ptr()
