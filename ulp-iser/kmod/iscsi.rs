@@ -197,7 +197,9 @@ struct TaskData {
     bhs: [u8; BHS_LEN],
 }
 
-/// Proof of running under the session's `frwd_lock` (in `xmit_task`); not `Send`.
+/// The session's `frwd_lock`, held: what [`XmitTask`] borrows for its life, so that it
+/// (and its [`Command`] and [`DataOut`]) stays on the CPU and in the call that holds the
+/// lock. Never made: the trampoline's call is the proof.
 pub(crate) struct FrwdLocked(PhantomData<*mut ()>);
 
 /// A task libiscsi hands to `xmit_task`.
@@ -438,10 +440,10 @@ impl TaskRef {
 
 impl Drop for TaskRef {
     fn drop(&mut self) {
-        // SAFETY: the reference `get` took. The task's session outlives it: the
-        // reference travels with a WR of an endpoint, and every WR comes back before the
-        // endpoint is freed at `ep_disconnect`, which the class does before it destroys
-        // the session.
+        // SAFETY: the reference `get` took, on a task of a live session: a `TaskRef`
+        // travels with a posted WR of the task's connection, and every WR comes back
+        // (flushed by `quiesce`) before the connection is stopped and before its endpoint
+        // is freed, both of which come before the session is destroyed.
         unsafe { sys::iscsi_put_task(self.0.as_ptr()) };
     }
 }
@@ -451,7 +453,7 @@ impl Drop for TaskRef {
 /// Invariant: `task` is a task of a connection of this transport, ending.
 pub(crate) struct CleanupTask<'a> {
     task: NonNull<sys::iscsi_task>,
-    _back: PhantomData<&'a ()>,
+    _back: PhantomData<&'a *mut ()>,
 }
 
 impl CleanupTask<'_> {
