@@ -23,12 +23,16 @@
 //! Everything a connection needs is allocated when it is made: the data path does no
 //! allocation. Unsolicited Data-Out PDUs (InitialR2T=No) go by SEND from a shared pool
 //! of WRs, their data copied from the command's pages, as ib_iser sends them.
+//!
+//! libiscsi and the iSCSI class are reached only through the safe binding `iscsi` (its
+//! [`iscsi::Transport`] is the transport's callbacks, its types carry libiscsi's locking
+//! rules), so the datamover here is safe Rust throughout.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+mod iscsi;
+
+use core::net::SocketAddrV4;
 use core::time::Duration;
 
-use kernel::error::to_result;
-use kernel::ffi::{c_char, c_int};
 use kernel::new_spinlock;
 use kernel::prelude::*;
 use kernel::sync::{Arc, SpinLock};
@@ -36,7 +40,7 @@ use rdma_core::{
     cm::{CmEvent, CmId, CmWatcher, ConnParam, ConnectionLoss},
     cq::{CompletionQueue, PollContext},
     device::{Device, DeviceName},
-    dma::{DmaBuffer, DmaDirection, SgMapping},
+    dma::{DmaBuffer, DmaDirection},
     kernel_api::{
         atomic::{Acquire, Atomic, Full, Relaxed, Release},
         errno, push_within_capacity, remove, sleep, timed_out,
@@ -44,13 +48,17 @@ use rdma_core::{
     mr::SgRegion,
     pd::ProtectionDomain,
     qp::{QpCaps, Queues},
-    sys,
     verbs::{RemoteAccess, SendOp, WcStatus},
     wr::{CompletionHandler, WorkRequest},
 };
 use ulp_iser::datamover::{CommandPlan, CommandShape, PlanError, TargetRdma};
 use ulp_iser::wire::{self, opcode, IserCmHeader, IserHeader, ScsiCommand, Stag, BHS_LEN, ISER_HEADER_LEN};
 use zerocopy::{FromBytes, IntoBytes};
+
+use iscsi::{
+    BackLocked, CleanupTask, Command, Conn, ConnCell, Connecting, Negotiated, Param, ParamUse,
+    Refused, TaskEnded, TaskRef, Transport, XmitTask,
+};
 
 module! {
     type: IserModule,
@@ -88,32 +96,29 @@ const HELD_LEN: usize = BHS_LEN + 256;
 const RESOLVE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long stopping a connection waits for its WRs to flush.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
-/// `ISCSI_ERR_CONN_FAILED`, `ISCSI_ERR_NO_SCSI_CMD`: what libiscsi is told.
-const CONN_FAILED: u32 = sys::iscsi_err_ISCSI_ERR_CONN_FAILED;
-const NO_SCSI_CMD: i32 = sys::iscsi_err_ISCSI_ERR_NO_SCSI_CMD as i32;
-/// The tag of a PDU no response answers (`RESERVED_ITT`).
-const RESERVED_ITT: u32 = 0xffff_ffff;
-/// `AF_INET`.
-const AF_INET: u16 = 2;
 
-struct IserModule;
+struct IserModule {
+    /// The transport `iser`, unregistered when the module goes.
+    transport: Option<iscsi::Registration>,
+}
+
+iscsi::iscsi_transport!(Endpoint);
 
 impl kernel::Module for IserModule {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        // SAFETY: registers the transport table of transport.c, once per load.
-        to_result(unsafe { sys::tilde_iser_register() }).inspect_err(|_| {
+        let transport = iscsi::Registration::new().inspect_err(|_| {
             pr_err!("cannot register the iSCSI transport \"iser\" (is ib_iser loaded?)\n");
         })?;
         pr_info!("iSCSI transport \"iser\" registered\n");
-        Ok(Self)
+        Ok(Self {
+            transport: Some(transport),
+        })
     }
 }
 
 impl Drop for IserModule {
     fn drop(&mut self) {
-        // SAFETY: registered in `init`; the iSCSI class refuses the unload while a
-        // session of the transport exists (it holds the module).
-        unsafe { sys::tilde_iser_unregister() };
+        drop(self.transport.take());
         pr_info!("iSCSI transport \"iser\" unregistered\n");
     }
 }
@@ -134,8 +139,9 @@ struct Work {
     kind: Kind,
     /// The task slot the WR belongs to (unused for receives).
     slot: usize,
-    /// For a sent PDU no response answers: the `iscsi_task` to put once it is sent.
-    put_task: usize,
+    /// For a sent PDU no response answers: its task, kept until the PDU is sent. Taken
+    /// out and dropped outside every lock (the put may take libiscsi's `back_lock`).
+    put_task: Option<TaskRef>,
 }
 
 /// A libiscsi task's RDMA resources. Each WR and the region is here when idle, and with
@@ -154,7 +160,7 @@ struct Slot {
     /// with the device (its REG_MR completion not yet delivered): applied when it is back.
     remotely_invalidated: bool,
     /// The task ended (libiscsi's cleanup) while its region was with the device.
-    task_gone: bool,
+    task_gone: Option<TaskEnded>,
 }
 
 /// Bytes of a held PDU, aligned as libiscsi reads a `struct iscsi_hdr`.
@@ -165,9 +171,9 @@ struct HeldPdu([u8; HELD_LEN]);
 #[pin_data]
 struct ConnShared {
     device: DeviceName,
-    /// The bound `iscsi_conn`, or null: set by bind, cleared by `Endpoint::unbind` once
-    /// the QP is flushed (so no handler that tells libiscsi sees a stale one).
-    iscsi_conn: Atomic<*mut sys::iscsi_conn>,
+    /// The bound libiscsi connection: set by bind, cleared by the unbind that follows
+    /// `quiesce`.
+    conn: ConnCell,
     /// Set when the connection is being stopped: WR errors are then expected.
     stopping: Atomic<bool>,
     /// Set by the first failure: libiscsi is told once, dmesg says why once.
@@ -190,12 +196,6 @@ struct ConnShared {
     data_out: SpinLock<KVec<KBox<WorkRequest<Work>>>>,
 }
 
-// SAFETY: the `iscsi_conn` pointer is only passed back to libiscsi, which locks; the rest
-// is `Send`/`Sync` or behind the lock.
-unsafe impl Send for ConnShared {}
-// SAFETY: as above.
-unsafe impl Sync for ConnShared {}
-
 /// A response ready to hand to libiscsi, copied out of the lock.
 struct Ready {
     pdu: HeldPdu,
@@ -207,7 +207,7 @@ impl ConnShared {
         Arc::pin_init(
             pin_init!(Self {
                 device: device.name(),
-                iscsi_conn: Atomic::new(core::ptr::null_mut()),
+                conn: ConnCell::new(),
                 stopping: Atomic::new(false),
                 failed: Atomic::new(false),
                 registered: Atomic::new(0),
@@ -242,34 +242,15 @@ impl ConnShared {
     }
 
     fn tell_libiscsi(&self) {
-        let conn = self.iscsi_conn.load(Acquire);
-        if !conn.is_null() {
-            // SAFETY: a bound connection stays valid until stop clears it, after which
-            // no handler runs (stop flushes the QP first).
-            unsafe { sys::iscsi_conn_failure(conn, CONN_FAILED) };
-        }
+        self.conn.with(|conn| conn.fail());
     }
 
-    /// Hands a received PDU (`pdu`: BHS, AHS, data) to libiscsi.
-    fn deliver(&self, conn: *mut sys::iscsi_conn, pdu: *mut u8, data_offset: usize, data_len: usize) {
-        let Ok(len) = c_int::try_from(data_len) else {
-            return self.fail("PDU too long");
-        };
-        // SAFETY: `conn` is the bound connection (valid, see `fail`); `pdu` points to a
-        // complete PDU of `data_offset + data_len` bytes, aligned for `iscsi_hdr`, that
-        // libiscsi only reads during the call.
-        let rc = unsafe {
-            sys::iscsi_complete_pdu(
-                conn,
-                pdu.cast(),
-                pdu.add(data_offset).cast::<c_char>(),
-                len,
-            )
-        };
-        if rc != 0 && rc != NO_SCSI_CMD {
-            pr_err!("{}: libiscsi refused a PDU: {}\n", self.device, rc);
-            // SAFETY: as above.
-            unsafe { sys::iscsi_conn_failure(conn, rc as u32) };
+    /// Fails the connection if libiscsi refused a PDU it was handed. Not under
+    /// `back_lock`.
+    fn delivered(&self, conn: &Conn<'_>, result: Result<(), Refused>) {
+        if let Err(refused) = result {
+            pr_err!("{}: libiscsi refused a PDU: {}\n", self.device, refused.code());
+            conn.refused(refused);
         }
     }
 }
@@ -348,6 +329,16 @@ impl CompletionHandler for Work {
     }
 }
 
+/// How a SCSI Response went, decided under `back_lock` and acted on after it.
+enum Response {
+    /// Handed to libiscsi (which completed the command).
+    Delivered(Result<(), Refused>),
+    /// Kept until the command's region is invalidated.
+    Held,
+    /// The connection must fail.
+    Failed(&'static str),
+}
+
 impl ConnShared {
     fn received(&self, mut wr: KBox<WorkRequest<Work>>, queues: &Queues) {
         let completion = *wr.completion();
@@ -358,14 +349,13 @@ impl ConnShared {
         if completion.status != WcStatus::Success {
             return self.fail("a receive failed");
         }
-        let conn = self.iscsi_conn.load(Acquire);
         let len = (completion.byte_len as usize).min(RX_LEN);
-        if !conn.is_null() {
-            if let Some(buffer) = wr.buffer_mut() {
-                let _ = buffer.with_bytes_mut(0, len, |bytes| {
+        if let Some(buffer) = wr.buffer_mut() {
+            let _ = buffer.with_bytes_mut(0, len, |bytes| {
+                self.conn.with(|conn| {
                     self.received_pdu(conn, bytes, completion.invalidated_rkey, queues)
-                });
-            }
+                })
+            });
         }
         if let Err(rejected) = queues.post_recv(wr, 0, RX_LEN) {
             if !self.stopping.load(Acquire) {
@@ -376,48 +366,67 @@ impl ConnShared {
 
     fn received_pdu(
         &self,
-        conn: *mut sys::iscsi_conn,
+        conn: &Conn<'_>,
         bytes: &mut [u8],
         invalidated_rkey: Option<u32>,
         queues: &Queues,
     ) {
-        let base = bytes.as_mut_ptr();
         let (op, itt, data_offset, data_len) = match wire::parse(bytes) {
             Ok(pdu) => (
                 pdu.bhs.opcode(),
                 u32::from_ne_bytes(pdu.bhs.itt.to_bytes()),
-                // SAFETY: `pdu.data` lies in `bytes`, after the BHS.
-                unsafe { pdu.data.as_ptr().offset_from(base) } as usize - ISER_HEADER_LEN,
+                // From the BHS: the AHS, then the data.
+                BHS_LEN + pdu.ahs.len(),
                 pdu.data.len(),
             ),
             Err(_) => return self.fail("malformed PDU from the target"),
         };
-        // SAFETY: the BHS starts `ISER_HEADER_LEN` bytes into the message.
-        let pdu = unsafe { base.add(ISER_HEADER_LEN) };
+        // The PDU from its BHS to the end of its data (without padding).
+        let Some(pdu) = bytes.get_mut(ISER_HEADER_LEN..ISER_HEADER_LEN + data_offset + data_len)
+        else {
+            return self.fail("malformed PDU from the target");
+        };
         if op != opcode::SCSI_CMD_RSP {
             if invalidated_rkey.is_some() {
                 return self.fail("remote invalidation with a PDU that is not a SCSI Response");
             }
-            return self.deliver(conn, pdu, data_offset, data_len);
+            return self.delivered(conn, conn.complete_pdu(pdu, data_offset));
         }
-        // SAFETY: `conn` is bound (see `fail`); the lookup only reads its session's table.
-        let task = unsafe { sys::iscsi_itt_to_ctask(conn, itt) };
-        if task.is_null() {
+        // The command's lookup and its completion under one hold of `back_lock`, so the
+        // task cannot end in between.
+        let response = conn.back_locked(|back| {
+            self.response(back, pdu, data_offset, itt, invalidated_rkey, queues)
+        });
+        match response {
+            Response::Delivered(result) => self.delivered(conn, result),
+            Response::Held => {}
+            Response::Failed(why) => self.fail(why),
+        }
+    }
+
+    /// A SCSI Response: completes its command once no peer can reach the command's
+    /// pages, or holds it until then.
+    fn response(
+        &self,
+        back: &BackLocked<'_>,
+        pdu: &mut [u8],
+        data_offset: usize,
+        itt: u32,
+        invalidated_rkey: Option<u32>,
+        queues: &Queues,
+    ) -> Response {
+        let Some(index) = back.task_index(itt) else {
             // libiscsi knows no such command; it says so itself.
-            return self.deliver(conn, pdu, data_offset, data_len);
-        }
-        // SAFETY: a task of the session; `itt` is its index in the session's pool.
-        let index = unsafe { (*task).itt } as usize;
-        let now = {
+            return Response::Delivered(back.complete_pdu(pdu, data_offset));
+        };
+        {
             let mut slots = self.slots.lock();
             let Some(slot) = slots.get_mut(index) else {
-                drop(slots);
-                return self.fail("response for a task without a slot");
+                return Response::Failed("response for a task without a slot");
             };
             if let Some(rkey) = invalidated_rkey {
                 if slot.key != Some(rkey) {
-                    drop(slots);
-                    return self.fail("the target invalidated a key that is not the command's");
+                    return Response::Failed("the target invalidated a key that is not the command's");
                 }
                 match slot.region.as_mut() {
                     // The region is here: it takes note itself.
@@ -430,55 +439,43 @@ impl ConnShared {
                 }
                 self.remote_invalidations.add(1, Relaxed);
             }
-            let now = slot.settle(queues, &self.local_invalidations);
-            if !now {
-                // SAFETY: the PDU's bytes are `bytes` from the BHS on.
-                let whole = unsafe { core::slice::from_raw_parts(pdu, data_offset + data_len) };
-                if slot.hold(whole).is_err() {
-                    drop(slots);
-                    return self.fail("SCSI Response too long to hold");
+            if !slot.settle(queues, &self.local_invalidations) {
+                if slot.hold(pdu).is_err() {
+                    return Response::Failed("SCSI Response too long to hold");
                 }
+                return Response::Held;
             }
-            now
-        };
-        if now {
-            self.deliver(conn, pdu, data_offset, data_len);
         }
+        // Completing the command runs its cleanup, which takes the slots' lock.
+        Response::Delivered(back.complete_pdu(pdu, data_offset))
     }
 
-    fn sent(&self, wr: KBox<WorkRequest<Work>>) {
+    fn sent(&self, mut wr: KBox<WorkRequest<Work>>) {
         let completion = *wr.completion();
-        let (slot, put_task) = (wr.data().slot, wr.data().put_task);
+        let put_task = wr.data_mut().put_task.take();
+        let slot = wr.data().slot;
         if let Some(slot) = self.slots.lock().get_mut(slot) {
             slot.send = Some(wr);
         }
+        // The task may go now (a PDU no response answers), sent or not.
+        drop(put_task);
         if completion.status != WcStatus::Success {
             self.fail("a send failed");
-            return;
-        }
-        if put_task != 0 {
-            // SAFETY: `xmit` kept the task for this: libiscsi leaves a PDU no response
-            // answers to the transport to put once sent.
-            unsafe { sys::iscsi_put_task(put_task as *mut sys::iscsi_task) };
         }
     }
 
     /// A WR of the Data-Out pool is back: from a Data-Out PDU, or from a management PDU
-    /// that borrowed it (`send_control`), which may leave its task to put.
+    /// that borrowed it (`send_control`), which may hold its task.
     fn data_out_sent(&self, mut wr: KBox<WorkRequest<Work>>) {
         let failed = wr.completion().status != WcStatus::Success;
-        let put_task = core::mem::take(&mut wr.data_mut().put_task);
+        let put_task = wr.data_mut().put_task.take();
         // Room for every Data-Out WR was reserved at connect.
         if let Err(wr) = push_within_capacity(&mut self.data_out.lock(), wr) {
             drop(wr);
         }
+        drop(put_task);
         if failed {
             self.fail("a Data-Out send failed");
-            return;
-        }
-        if put_task != 0 {
-            // SAFETY: as in `sent`: `xmit` kept the task for this.
-            unsafe { sys::iscsi_put_task(put_task as *mut sys::iscsi_task) };
         }
     }
 
@@ -505,13 +502,10 @@ impl ConnShared {
                 slot.key = None;
             }
             if completion.status != WcStatus::Success {
-                if core::mem::take(&mut slot.task_gone) {
-                    if let Some(region) = slot.region.as_mut() {
-                        // SAFETY: the WR failed: the QP is in error, so no peer reaches
-                        // the key; and the task is gone, so its pages must go back now
-                        // (the region is deregistered with the connection).
-                        drop(unsafe { region.release_pages() });
-                    }
+                // The QP is in error; a task that is gone needs its pages back now (the
+                // region is deregistered with the connection).
+                if let (Some(ended), Some(region)) = (slot.task_gone.take(), slot.region.as_mut()) {
+                    drop(ended.release_pages(region));
                 }
                 None
             } else if slot.held.is_some() {
@@ -521,7 +515,7 @@ impl ConnShared {
             } else {
                 // No response waits. An invalid key's pages go back now; a task that
                 // ended while its region was with the device gets its LOCAL_INV now.
-                if slot.task_gone {
+                if slot.task_gone.is_some() {
                     slot.settle(queues, &self.local_invalidations);
                 } else if let Some(region) = slot.region.as_mut() {
                     if !region.is_valid() {
@@ -535,11 +529,12 @@ impl ConnShared {
             self.fail("a memory registration or invalidation failed");
             return;
         }
-        let conn = self.iscsi_conn.load(Acquire);
-        if let (Some(mut ready), false) = (ready, conn.is_null()) {
-            let data_offset = BHS_LEN;
-            let data_len = ready.len.saturating_sub(BHS_LEN);
-            self.deliver(conn, ready.pdu.0.as_mut_ptr(), data_offset, data_len);
+        if let Some(mut ready) = ready {
+            self.conn.with(|conn| {
+                if let Some(pdu) = ready.pdu.0.get_mut(..ready.len) {
+                    self.delivered(conn, conn.complete_pdu(pdu, BHS_LEN));
+                }
+            });
         }
     }
 }
@@ -550,7 +545,7 @@ struct Endpoint {
     /// Dropped first (it drains and destroys the QP), before the slots are freed.
     cm: Option<CmId>,
     /// The target's address, as iscsid reads it back.
-    dst: sys::sockaddr_in,
+    dst: SocketAddrV4,
     /// 0 connecting, 1 established, 2 failed.
     state: Atomic<u32>,
 }
@@ -561,7 +556,7 @@ const FAILED: u32 = 2;
 
 impl Endpoint {
     /// Resolves `dst`, creates the QP and its resources, and starts connecting.
-    fn connect(dst: SocketAddrV4, raw_dst: sys::sockaddr_in) -> Result<KBox<Self>> {
+    fn connect(dst: SocketAddrV4) -> Result<KBox<Self>> {
         let mut cm = CmId::new_rc()?;
         cm.resolve_addr(dst, RESOLVE_TIMEOUT)?;
         match cm.next_event(RESOLVE_TIMEOUT)? {
@@ -597,7 +592,7 @@ impl Endpoint {
                 conn: shared.clone(),
                 kind,
                 slot: index,
-                put_task: 0,
+                put_task: None,
             };
             slots.push(
                 Slot {
@@ -612,7 +607,7 @@ impl Endpoint {
                     held_bytes: HeldPdu([0; HELD_LEN]),
                     key: None,
                     remotely_invalidated: false,
-                    task_gone: false,
+                    task_gone: None,
                 },
                 GFP_KERNEL,
             )?;
@@ -626,7 +621,7 @@ impl Endpoint {
                         conn: shared.clone(),
                         kind: Kind::DataOut,
                         slot: 0,
-                        put_task: 0,
+                        put_task: None,
                     },
                 )?,
                 GFP_KERNEL,
@@ -637,7 +632,7 @@ impl Endpoint {
             Self {
                 shared: shared.clone(),
                 cm: Some(cm),
-                dst: raw_dst,
+                dst,
                 state: Atomic::new(CONNECTING),
             },
             GFP_KERNEL,
@@ -654,7 +649,7 @@ impl Endpoint {
                     conn: shared.clone(),
                     kind: Kind::Recv,
                     slot: 0,
-                    put_task: 0,
+                    put_task: None,
                 },
             )?;
             queues.post_recv(wr, 0, RX_LEN).map_err(|rejected| rejected.error)?;
@@ -680,14 +675,14 @@ impl Endpoint {
     }
 
     /// Waits up to `timeout` for the connection: 1 up, 0 not yet, negative failed.
-    fn poll(&self, timeout: Duration) -> c_int {
+    fn wait_established(&self, timeout: Duration) -> Connecting {
         match self.state.load(Acquire) {
-            ESTABLISHED => return 1,
-            FAILED => return -1,
+            ESTABLISHED => return Connecting::Connected,
+            FAILED => return Connecting::Failed,
             _ => {}
         }
         let Some(cm) = self.cm.as_ref() else {
-            return -1;
+            return Connecting::Failed;
         };
         match cm.next_event(timeout) {
             Ok(CmEvent::Established { .. }) => {
@@ -702,13 +697,13 @@ impl Endpoint {
                     ip[3],
                     port
                 );
-                1
+                Connecting::Connected
             }
-            Err(error) if error == timed_out() => 0,
+            Err(error) if error == timed_out() => Connecting::NotYet,
             Ok(CmEvent::Rejected { reason, .. }) => {
                 pr_err!("{}: the target rejected the connection ({})\n", self.shared.device, reason);
                 self.state.store(FAILED, Release);
-                -1
+                Connecting::Failed
             }
             _ => {
                 let (ip, port) = ipv4(&self.dst);
@@ -722,25 +717,14 @@ impl Endpoint {
                     port
                 );
                 self.state.store(FAILED, Release);
-                -1
+                Connecting::Failed
             }
-        }
-    }
-
-    /// Unbinds the `iscsi_conn` bound to this endpoint, if any, under libiscsi's locks:
-    /// from here on xmit and task cleanup do not find the endpoint.
-    fn unbind(&self) {
-        let conn = self.shared.iscsi_conn.xchg(core::ptr::null_mut(), Full);
-        if !conn.is_null() {
-            // SAFETY: the connection was bound to us, and the class keeps it alive until
-            // its stop (which comes before or after this, never during).
-            unsafe { sys::tilde_iser_unbind(conn, core::ptr::from_ref(self).cast_mut().cast()) };
         }
     }
 
     /// Moves the QP to error and waits until every WR came back (flushed): after this no
     /// completion handler of the connection runs.
-    fn quiesce(&self) {
+    fn flush(&self) {
         self.shared.stopping.store(true, Release);
         let Some(cm) = self.cm.as_ref() else {
             return;
@@ -786,241 +770,20 @@ impl Drop for Endpoint {
         drop(self.cm.take());
         // The slots' WRs hold the shared state: break the cycle, and free the regions
         // (which may sleep) outside the lock.
-        let slots = {
-            // SAFETY: plain bottom-half disabling, paired below; the lock is also taken
-            // in softirq context.
-            unsafe { sys::tilde_iser_bh_disable() };
+        // The locks are also taken in softirq context.
+        let slots = iscsi::with_bh_disabled(|| {
             let slots = core::mem::take(&mut *self.shared.slots.lock());
             let data_out = core::mem::take(&mut *self.shared.data_out.lock());
-            // SAFETY: paired with the disable above.
-            unsafe { sys::tilde_iser_bh_enable() };
             (slots, data_out)
-        };
+        });
         drop(slots);
     }
 }
 
-/// The address of a `sockaddr_in`.
-fn endpoint_addr(addr: &sys::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
-    )
-}
-
-/// The octets and port of a `sockaddr_in`, for dmesg (the print macros of some kernels
-/// take no `core::fmt` types).
-fn ipv4(addr: &sys::sockaddr_in) -> ([u8; 4], u16) {
-    let addr = endpoint_addr(addr);
+/// The octets and port of an address, for dmesg (the print macros of some kernels take
+/// no `core::fmt` types).
+fn ipv4(addr: &SocketAddrV4) -> ([u8; 4], u16) {
     (addr.ip().octets(), addr.port())
-}
-
-/// `ERR_PTR(error)`.
-fn err_ptr<T>(error: Error) -> *mut T {
-    error.to_errno() as isize as *mut T
-}
-
-/// The endpoint a bound `iscsi_conn` carries, if any.
-///
-/// # Safety
-///
-/// `conn` is a valid `iscsi_conn` of this transport.
-unsafe fn endpoint_of<'a>(conn: *mut sys::iscsi_conn) -> Option<&'a Endpoint> {
-    // SAFETY: `dd_data` is null or the endpoint bind set; the endpoint clears it under
-    // libiscsi's locks (`Endpoint::unbind`) before it is freed, whichever of stop and
-    // ep_disconnect comes first, and the callers hold one of those locks or run in the
-    // class's serialized process context.
-    unsafe { (*conn).dd_data.cast::<Endpoint>().as_ref() }
-}
-
-/// The per-task data libiscsi allocates for us: room for the BHS it builds.
-#[repr(C, align(8))]
-struct TaskData {
-    bhs: [u8; BHS_LEN],
-}
-
-// The transport's callbacks (see transport.c). Each runs as libiscsi or the iSCSI class
-// calls it, with the pointers they pass valid for the call.
-
-/// `create_session`: a SCSI host with one session, its limits from the endpoint.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_session_create(
-    ep: *mut sys::iscsi_endpoint,
-    cmds_max: u16,
-    qdepth: u16,
-    initial_cmdsn: u32,
-) -> *mut sys::iscsi_cls_session {
-    // SAFETY: a non-null `ep` is a live endpoint of ours (the class holds it).
-    let Some(endpoint) = (unsafe { ep.as_ref() }).and_then(|ep| {
-        // SAFETY: our endpoints' `dd_data` is the `Endpoint`.
-        unsafe { ep.dd_data.cast::<Endpoint>().as_ref() }
-    }) else {
-        pr_err!("a session needs a connected endpoint (open-iscsi 2.0-870 or later)\n");
-        return core::ptr::null_mut();
-    };
-    let Some(device) = endpoint.cm.as_ref().and_then(|cm| cm.device()) else {
-        return core::ptr::null_mut();
-    };
-    // SAFETY: allocates a host of our template.
-    let shost = unsafe { sys::tilde_iser_host_alloc() };
-    if shost.is_null() {
-        return core::ptr::null_mut();
-    }
-    // SAFETY: the host is ours until added; the device is valid (the endpoint holds it).
-    unsafe {
-        (*shost).cmd_per_lun = i16::try_from(qdepth).unwrap_or(i16::MAX);
-        (*shost).can_queue = cmds_max.min(TASKS_MAX).into();
-        if sys::iscsi_host_add(shost, device.parent()) != 0 {
-            sys::iscsi_host_free(shost);
-            return core::ptr::null_mut();
-        }
-    }
-    // SAFETY: the host was added; libiscsi sizes the session's pool from `can_queue`.
-    let session = unsafe {
-        sys::tilde_iser_session_setup(
-            shost,
-            (*shost).can_queue as u16,
-            core::mem::size_of::<TaskData>() as c_int,
-            initial_cmdsn,
-        )
-    };
-    if session.is_null() {
-        // SAFETY: added above and unused.
-        unsafe {
-            sys::iscsi_host_remove(shost, false);
-            sys::iscsi_host_free(shost);
-        }
-    }
-    session
-}
-
-/// `destroy_session`.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_session_destroy(cls_session: *mut sys::iscsi_cls_session) {
-    // SAFETY: the class passes a session of ours, whose host was made by `session_create`.
-    unsafe {
-        let shost = sys::tilde_iscsi_session_to_shost(cls_session);
-        sys::iscsi_session_teardown(cls_session);
-        sys::iscsi_host_remove(shost, false);
-        sys::iscsi_host_free(shost);
-    }
-}
-
-/// `create_conn`.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_conn_create(
-    cls_session: *mut sys::iscsi_cls_session,
-    conn_idx: u32,
-) -> *mut sys::iscsi_cls_conn {
-    // SAFETY: the class passes a session of ours.
-    let cls_conn = unsafe { sys::iscsi_conn_setup(cls_session, 0, conn_idx) };
-    if !cls_conn.is_null() {
-        // SAFETY: a new connection; what it can receive in one PDU is what our receive
-        // buffers hold.
-        unsafe {
-            let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
-            (*conn).max_recv_dlength = RX_DATA_LEN as u32;
-        }
-    }
-    cls_conn
-}
-
-/// `bind_conn`: joins the connection to the endpoint iscsid connected.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_conn_bind(
-    cls_session: *mut sys::iscsi_cls_session,
-    cls_conn: *mut sys::iscsi_cls_conn,
-    transport_eph: u64,
-    is_leading: c_int,
-) -> c_int {
-    // SAFETY: the class passes its session and connection.
-    let rc = unsafe { sys::iscsi_conn_bind(cls_session, cls_conn, is_leading) };
-    if rc != 0 {
-        return rc;
-    }
-    // SAFETY: the handle comes from user space: the class looks it up among live
-    // endpoints and holds the one it returns until the put below.
-    let ep = unsafe { sys::iscsi_lookup_endpoint(transport_eph) };
-    if ep.is_null() {
-        pr_err!("cannot bind to endpoint {:#x}\n", transport_eph);
-        return EINVAL.to_errno();
-    }
-    // SAFETY: the endpoint is held; its `dd_data` is ours; the connection is the class's.
-    let rc = unsafe {
-        let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
-        match (*ep).dd_data.cast::<Endpoint>().as_ref() {
-            Some(endpoint)
-                if endpoint.state.load(Acquire) == ESTABLISHED
-                    && !endpoint.shared.failed.load(Acquire)
-                    && !endpoint.shared.stopping.load(Acquire) =>
-            {
-                let tasks = (*(*conn).session).cmds_max;
-                if tasks > i32::from(TASKS_MAX) {
-                    pr_err!("a session of {} tasks is more than {}\n", tasks, TASKS_MAX);
-                    EINVAL.to_errno()
-                } else {
-                    (*conn).dd_data = core::ptr::from_ref(endpoint).cast_mut().cast();
-                    endpoint.shared.iscsi_conn.store(conn, Full);
-                    // A loss reported between the check and the store found no
-                    // connection to tell: undo, and let iscsid reconnect.
-                    if endpoint.shared.failed.load(Full) || endpoint.shared.stopping.load(Full) {
-                        endpoint.shared.iscsi_conn.store(core::ptr::null_mut(), Full);
-                        (*conn).dd_data = core::ptr::null_mut();
-                        pr_err!("endpoint {:#x} failed while it was bound\n", transport_eph);
-                        EINVAL.to_errno()
-                    } else {
-                        0
-                    }
-                }
-            }
-            _ => {
-                pr_err!("endpoint {:#x} is not connected\n", transport_eph);
-                EINVAL.to_errno()
-            }
-        }
-    };
-    // SAFETY: the reference the lookup took.
-    unsafe { sys::iscsi_put_endpoint(ep) };
-    rc
-}
-
-/// `stop_conn`: flushes the QP, stops libiscsi's side, and unbinds.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_conn_stop(cls_conn: *mut sys::iscsi_cls_conn, flag: c_int) {
-    // SAFETY: the class passes a connection of ours.
-    let conn = unsafe { (*cls_conn).dd_data.cast::<sys::iscsi_conn>() };
-    // SAFETY: as above.
-    if let Some(endpoint) = unsafe { endpoint_of(conn) } {
-        endpoint.quiesce();
-    }
-    // SAFETY: libiscsi's own stop; its task cleanup may still call `task_cleanup`,
-    // which finds the endpoint bound (with its QP flushed).
-    unsafe { sys::iscsi_conn_stop(cls_conn, flag) };
-    // SAFETY: as above. Handlers of LOCAL_INVs the stop's cleanup posted may still run;
-    // they tell libiscsi nothing once `unbind` cleared the connection.
-    if let Some(endpoint) = unsafe { endpoint_of(conn) } {
-        endpoint.unbind();
-    }
 }
 
 /// The integer a parameter's text starts with (iscsid writes decimal).
@@ -1035,153 +798,18 @@ fn parse_param(text: &[u8]) -> Option<u32> {
     any.then_some(value)
 }
 
-/// `set_param`: iSER has no digests and no markers; the rest is libiscsi's.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_set_param(
-    cls_conn: *mut sys::iscsi_cls_conn,
-    param: sys::iscsi_param,
-    buf: *mut c_char,
-    buflen: c_int,
-) -> c_int {
-    let must_be_off = matches!(
-        param,
-        sys::iscsi_param_ISCSI_PARAM_HDRDGST_EN
-            | sys::iscsi_param_ISCSI_PARAM_DATADGST_EN
-            | sys::iscsi_param_ISCSI_PARAM_IFMARKER_EN
-            | sys::iscsi_param_ISCSI_PARAM_OFMARKER_EN
-    );
-    if param == sys::iscsi_param_ISCSI_PARAM_MAX_RECV_DLENGTH {
-        // Fixed by the receive buffers (`create_conn`), as in ib_iser.
-        return 0;
-    }
-    if must_be_off {
-        let len = usize::try_from(buflen).unwrap_or(0);
-        // SAFETY: the class passes `buflen` readable bytes.
-        let text = unsafe { core::slice::from_raw_parts(buf.cast::<u8>().cast_const(), len) };
-        if parse_param(text) != Some(0) {
-            pr_err!("digests and markers must be negotiated off for iSER (parameter {})\n", param);
-            return errno(kernel::bindings::EPROTO).to_errno();
-        }
-        return 0;
-    }
-    // SAFETY: libiscsi's own handling of the class's arguments.
-    let rc = unsafe { sys::iscsi_set_param(cls_conn, param, buf, buflen) };
-    if rc == 0 && param == sys::iscsi_param_ISCSI_PARAM_MAX_XMIT_DLENGTH {
-        // The target's limit; sending smaller PDUs is always allowed, and ours carry at
-        // most what the send buffers hold, immediate data included.
-        // SAFETY: the class's connection, being configured (not started).
-        unsafe {
-            let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
-            (*conn).max_xmit_dlength = (*conn).max_xmit_dlength.min(TX_DATA_LEN as u32);
-        }
-    }
-    rc
-}
+// The transport's callbacks, through the binding (`iscsi`), as libiscsi and the iSCSI
+// class make them.
+impl Transport for Endpoint {
+    const TASKS_MAX: u16 = TASKS_MAX;
+    /// Fixed by the receive buffers, as in ib_iser.
+    const MAX_RECV_DLENGTH: u32 = RX_DATA_LEN as u32;
+    /// Ours carry at most what the send buffers hold, immediate data included.
+    const MAX_XMIT_DLENGTH: u32 = TX_DATA_LEN as u32;
 
-/// `start_conn`: checks that the negotiated first burst fits the Data-Out pool, then
-/// libiscsi's start.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_conn_start(cls_conn: *mut sys::iscsi_cls_conn) -> c_int {
-    // SAFETY: the class passes a bound connection of ours, configured by set_param.
-    let (conn, session) = unsafe {
-        let conn = (*cls_conn).dd_data.cast::<sys::iscsi_conn>();
-        (conn, (*conn).session)
-    };
-    // SAFETY: as above.
-    let (initial_r2t, first_burst, max_xmit) = unsafe {
-        (
-            (*session).initial_r2t_en != 0,
-            (*session).first_burst as usize,
-            (*conn).max_xmit_dlength as usize,
-        )
-    };
-    if !initial_r2t {
-        let per_command = first_burst.div_ceil(max_xmit.max(1));
-        if per_command > DATA_OUT_WRS {
-            pr_err!(
-                "a first burst of {} bytes takes {} Data-Out PDUs of {}, more than the {} this transport keeps\n",
-                first_burst,
-                per_command,
-                max_xmit,
-                DATA_OUT_WRS
-            );
-            return EINVAL.to_errno();
-        }
-    }
-    // SAFETY: libiscsi's own start of the class's connection.
-    unsafe { sys::iscsi_conn_start(cls_conn) }
-}
-
-/// `get_ep_param`: the target's address and port.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_get_ep_param(
-    ep: *mut sys::iscsi_endpoint,
-    param: sys::iscsi_param,
-    buf: *mut c_char,
-) -> c_int {
-    if param != sys::iscsi_param_ISCSI_PARAM_CONN_PORT
-        && param != sys::iscsi_param_ISCSI_PARAM_CONN_ADDRESS
-    {
-        return errno(kernel::bindings::ENOSYS).to_errno();
-    }
-    // SAFETY: the class passes a live endpoint of ours.
-    let Some(endpoint) = (unsafe { (*ep).dd_data.cast::<Endpoint>().as_ref() }) else {
-        return errno(kernel::bindings::ENOTCONN).to_errno();
-    };
-    let mut storage = sys::__kernel_sockaddr_storage::default();
-    // SAFETY: a `sockaddr_in` fits the storage, which is aligned for any address.
-    unsafe {
-        core::ptr::from_mut(&mut storage)
-            .cast::<sys::sockaddr_in>()
-            .write(endpoint.dst)
-    };
-    // SAFETY: libiscsi formats the address into the class's page-sized `buf`.
-    unsafe { sys::iscsi_conn_get_addr_param(core::ptr::from_mut(&mut storage).cast(), param, buf) }
-}
-
-/// `ep_connect`: starts an RDMA CM connection to `dst_addr` (IPv4).
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_ep_connect(
-    _shost: *mut sys::Scsi_Host,
-    dst_addr: *mut sys::sockaddr,
-    _non_blocking: c_int,
-) -> *mut sys::iscsi_endpoint {
-    // SAFETY: the class passes a socket address of at least `sockaddr` size.
-    if unsafe { (*dst_addr).sa_family } != AF_INET {
-        pr_err!("only IPv4 targets are supported\n");
-        return err_ptr(errno(kernel::bindings::EAFNOSUPPORT));
-    }
-    // SAFETY: an `AF_INET` address is a `sockaddr_in` (the class copied a whole
-    // `sockaddr_storage`).
-    let raw = unsafe { dst_addr.cast::<sys::sockaddr_in>().read_unaligned() };
-    let dst = endpoint_addr(&raw);
-    // SAFETY: plain module reference counting; the class holds the module during this
-    // call, so the get cannot race the unload.
-    if !unsafe { sys::tilde_iser_module_get() } {
-        return err_ptr(ENODEV);
-    }
-    let endpoint = match Endpoint::connect(dst, raw) {
-        Ok(endpoint) => endpoint,
-        Err(error) => {
-            // SAFETY: the reference taken above.
-            unsafe { sys::tilde_iser_module_put() };
-            let (ip, port) = ipv4(&raw);
+    fn connect(dst: SocketAddrV4) -> Result<KBox<Self>> {
+        Endpoint::connect(dst).inspect_err(|error| {
+            let (ip, port) = ipv4(&dst);
             pr_err!(
                 "connecting to {}.{}.{}.{}:{} failed: {:?}\n",
                 ip[0],
@@ -1191,140 +819,127 @@ unsafe extern "C" fn tilde_iser_ep_connect(
                 port,
                 error
             );
-            return err_ptr(error);
+        })
+    }
+
+    fn poll(&self, timeout: Duration) -> Connecting {
+        self.wait_established(timeout)
+    }
+
+    fn destination(&self) -> SocketAddrV4 {
+        self.dst
+    }
+
+    fn device(&self) -> Option<&Device> {
+        self.cm.as_ref()?.device()
+    }
+
+    fn conn_cell(&self) -> &ConnCell {
+        &self.shared.conn
+    }
+
+    fn bindable(&self) -> bool {
+        self.state.load(Acquire) == ESTABLISHED
+            && !self.shared.failed.load(Full)
+            && !self.shared.stopping.load(Full)
+    }
+
+    /// Flushes the QP: no completion handler runs after, so none tells libiscsi of a
+    /// connection being stopped; task cleanup still finds the endpoint bound.
+    fn quiesce(&self) {
+        self.flush();
+    }
+
+    /// iSER has no digests and no markers; the rest is libiscsi's.
+    fn set_param(param: Param, value: &[u8]) -> Result<ParamUse> {
+        if param == Param::MAX_RECV_DLENGTH {
+            // Fixed by the receive buffers (`MAX_RECV_DLENGTH`), as in ib_iser.
+            return Ok(ParamUse::Fixed);
         }
-    };
-    // SAFETY: a new endpoint with no private data of the class's.
-    let ep = unsafe { sys::iscsi_create_endpoint(0) };
-    if ep.is_null() {
-        drop(endpoint);
-        // SAFETY: the reference taken above, now that nothing of the endpoint is left.
-        unsafe { sys::tilde_iser_module_put() };
-        return err_ptr(ENOMEM);
-    }
-    // SAFETY: the endpoint is ours until `ep_disconnect`, which frees this box.
-    unsafe { (*ep).dd_data = KBox::into_raw(endpoint).cast() };
-    ep
-}
-
-/// `ep_poll`: 1 connected, 0 not yet, negative failed.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_ep_poll(ep: *mut sys::iscsi_endpoint, timeout_ms: c_int) -> c_int {
-    // SAFETY: the class passes a live endpoint of ours.
-    let Some(endpoint) = (unsafe { (*ep).dd_data.cast::<Endpoint>().as_ref() }) else {
-        return -1;
-    };
-    let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
-    endpoint.poll(timeout)
-}
-
-/// `ep_disconnect`: tears the connection down and frees the endpoint.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_ep_disconnect(ep: *mut sys::iscsi_endpoint) {
-    // SAFETY: the class passes a live endpoint of ours and never uses it again. Its
-    // connection may still be bound: the iSCSI class disconnects a bound endpoint before
-    // it stops the connection (`iscsi_if_stop_conn`, `iscsi_cleanup_conn_work_fn`), so
-    // the endpoint unbinds itself before it is freed; the later stop finds no endpoint.
-    // Dropping it deregisters every region before libiscsi fails the tasks and returns
-    // their pages.
-    unsafe {
-        let endpoint = (*ep).dd_data.cast::<Endpoint>();
-        (*ep).dd_data = core::ptr::null_mut();
-        if !endpoint.is_null() {
-            let endpoint = KBox::from_raw(endpoint);
-            endpoint.quiesce();
-            endpoint.unbind();
-            drop(endpoint);
-            sys::iscsi_destroy_endpoint(ep);
-            // The reference `ep_connect` took, last: no callback of the endpoint is left
-            // (the class holds the module while it calls us).
-            sys::tilde_iser_module_put();
-        } else {
-            sys::iscsi_destroy_endpoint(ep);
+        let must_be_off = [
+            Param::HEADER_DIGEST,
+            Param::DATA_DIGEST,
+            Param::IF_MARKER,
+            Param::OF_MARKER,
+        ]
+        .contains(&param);
+        if !must_be_off {
+            return Ok(ParamUse::Libiscsi);
         }
+        if parse_param(value) != Some(0) {
+            pr_err!(
+                "digests and markers must be negotiated off for iSER (parameter {})\n",
+                param.raw()
+            );
+            return Err(errno(kernel::bindings::EPROTO));
+        }
+        Ok(ParamUse::Fixed)
     }
-}
 
-/// `init_task`: only checks the connection is bound.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_task_init(task: *mut sys::iscsi_task) -> c_int {
-    // SAFETY: libiscsi passes a task of a connection of ours.
-    match unsafe { endpoint_of((*task).conn) } {
-        Some(_) => 0,
-        None => ENODEV.to_errno(),
+    /// The negotiated first burst must fit the Data-Out pool.
+    fn start(negotiated: &Negotiated) -> Result {
+        if negotiated.initial_r2t {
+            return Ok(());
+        }
+        let max_xmit = negotiated.max_xmit_dlength;
+        let per_command = negotiated.first_burst.div_ceil(max_xmit.max(1));
+        if per_command > DATA_OUT_WRS {
+            pr_err!(
+                "a first burst of {} bytes takes {} Data-Out PDUs of {}, more than the {} this transport keeps\n",
+                negotiated.first_burst,
+                per_command,
+                max_xmit,
+                DATA_OUT_WRS
+            );
+            return Err(EINVAL);
+        }
+        Ok(())
     }
-}
 
-/// `alloc_pdu`: libiscsi builds the BHS in the task's data; `xmit` copies it out.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_pdu_alloc(task: *mut sys::iscsi_task, _opcode: u8) -> c_int {
-    // SAFETY: the task's `dd_data` is a `TaskData` (`session_create` sized it).
-    unsafe {
-        (*task).hdr = (*task).dd_data.cast();
-        (*task).hdr_max = BHS_LEN as u16;
-    }
-    0
-}
-
-/// `xmit_task`: sends the task's PDU (a SCSI command with its registration, or a
-/// management PDU). Runs under libiscsi's `frwd_lock`: no sleeping.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_task_xmit(task: *mut sys::iscsi_task) -> c_int {
-    // SAFETY: libiscsi passes a prepared task of a connection of ours.
-    let (conn, sc) = unsafe { ((*task).conn, (*task).sc) };
-    // SAFETY: as above.
-    let Some(endpoint) = (unsafe { endpoint_of(conn) }) else {
-        return ENODEV.to_errno();
-    };
-    let Some(queues) = endpoint.queues() else {
-        return ENODEV.to_errno();
-    };
-    if endpoint.shared.stopping.load(Acquire) {
-        return ENODEV.to_errno();
-    }
-    // SAFETY: `hdr` is the task's BHS (`pdu_alloc`), built by libiscsi.
-    let bhs = unsafe { &*(*task).hdr.cast::<[u8; BHS_LEN]>() };
-    // SAFETY: the task's index in the session's pool, below `cmds_max` (checked at bind).
-    let index = unsafe { (*task).itt } as usize;
-    let result = if sc.is_null() {
-        // SAFETY: `data` holds `data_count` bytes of the PDU's data segment (or none).
-        let data = unsafe {
-            match (*task).data_count {
-                0 => &[][..],
-                n => core::slice::from_raw_parts((*task).data.cast::<u8>(), n as usize),
+    /// Sends the task's PDU: a SCSI command with its registration, or a management PDU.
+    /// Under libiscsi's `frwd_lock`: no sleeping, and nothing half-sent on an error.
+    fn xmit(&self, mut task: XmitTask<'_>) -> Result {
+        let queues = self.queues().ok_or(ENODEV)?;
+        if self.shared.stopping.load(Acquire) {
+            return Err(ENODEV);
+        }
+        let index = task.index();
+        let bhs = *task.bhs();
+        match task.command() {
+            Some(mut command) => self.send_command(queues, &mut command, index, &bhs),
+            None => {
+                let hold = task.hold_until_sent();
+                self.send_control(queues, index, &bhs, task.data(), hold)
             }
+        }
+    }
+
+    /// A task ends (completed, aborted or failed), under `back_lock`. A region still
+    /// valid is invalidated; its pages are unmapped once that completes.
+    fn cleanup(&self, task: CleanupTask<'_>) {
+        if !task.is_command() {
+            return;
+        }
+        let Some(queues) = self.queues() else {
+            return;
         };
-        // SAFETY: the BHS's tag field, as libiscsi wrote it.
-        let itt = unsafe { (*(*task).hdr).itt };
-        let put_task = if itt == RESERVED_ITT { task as usize } else { 0 };
-        endpoint.send_control(queues, index, bhs, data, put_task)
-    } else {
-        // SAFETY: a SCSI task: the command and the data libiscsi counted are valid.
-        unsafe { endpoint.send_command(queues, task, sc, index, bhs) }
-    };
-    match result {
-        Ok(()) => 0,
-        Err(error) => error.to_errno(),
+        let mut slots = self.shared.slots.lock();
+        let Some(slot) = slots.get_mut(task.index()) else {
+            return;
+        };
+        slot.held = None;
+        match slot.region.as_mut() {
+            Some(region) if region.is_valid() => {
+                // The command ends now and its pages go back to the SCSI layer when this
+                // returns, so they are unmapped now; the key is invalidated after
+                // (settle). The task's end is what allows it (`TaskEnded`).
+                drop(task.ended().release_pages(region));
+                slot.settle(queues, &self.shared.local_invalidations);
+            }
+            Some(region) => drop(region.unmap()),
+            // With the device (REG_MR or LOCAL_INV): settled when it comes back.
+            None => slot.task_gone = Some(task.ended()),
+        }
     }
 }
 
@@ -1336,7 +951,7 @@ impl Endpoint {
         index: usize,
         bhs: &[u8; BHS_LEN],
         data: &[u8],
-        put_task: usize,
+        put_task: Option<TaskRef>,
     ) -> Result {
         if data.len() > TX_DATA_LEN {
             pr_err!("{}: a {} byte PDU data segment is too long\n", self.shared.device, data.len());
@@ -1380,37 +995,26 @@ impl Endpoint {
 
     /// Sends a SCSI command: registers its data for the target's RDMA (unless all of it
     /// goes as immediate data), then the SEND with the STag and any immediate data.
-    ///
-    /// # Safety
-    ///
-    /// `task` is a prepared SCSI task of this connection and `sc` its command.
-    unsafe fn send_command(
+    fn send_command(
         &self,
         queues: &Queues,
-        task: *mut sys::iscsi_task,
-        sc: *mut sys::scsi_cmnd,
+        command: &mut Command<'_>,
         index: usize,
         bhs: &[u8; BHS_LEN],
     ) -> Result {
         let flags = wire::Bhs::ref_from_bytes(bhs)
             .map(|bhs| bhs.flags)
             .map_err(|_| EINVAL)?;
-        // SAFETY: the task is prepared and the command valid (caller): libiscsi counted
-        // its immediate data and, for a write, the unsolicited Data-Out after it.
-        let (shape, sgl, nents) = unsafe {
-            (
-                CommandShape {
-                    read: flags & ScsiCommand::FLAG_READ != 0,
-                    write: flags & ScsiCommand::FLAG_WRITE != 0,
-                    buffer_len: sys::tilde_scsi_bufflen(sc) as usize,
-                    immediate: (*task).imm_count as usize,
-                    unsolicited: (*task).unsol_r2t.data_length as usize,
-                    max_data_segment: (*(*task).conn).max_xmit_dlength as usize,
-                    send_capacity: TX_DATA_LEN,
-                },
-                sys::tilde_scsi_sglist(sc),
-                sys::tilde_scsi_sg_count(sc),
-            )
+        // libiscsi counted the immediate data and, for a write, the unsolicited Data-Out
+        // after it.
+        let shape = CommandShape {
+            read: flags & ScsiCommand::FLAG_READ != 0,
+            write: flags & ScsiCommand::FLAG_WRITE != 0,
+            buffer_len: command.buffer_len(),
+            immediate: command.immediate(),
+            unsolicited: command.unsolicited(),
+            max_data_segment: command.max_data_segment(),
+            send_capacity: TX_DATA_LEN,
         };
         let plan = CommandPlan::new(&shape).map_err(|error| {
             pr_err!(
@@ -1452,7 +1056,7 @@ impl Endpoint {
             slot.held = None;
             slot.key = None;
             slot.remotely_invalidated = false;
-            slot.task_gone = false;
+            slot.task_gone = None;
             let send = slot.send.take().ok_or(EAGAIN)?;
             let taken = if rdma {
                 slot.region.take().zip(slot.reg.take())
@@ -1461,7 +1065,6 @@ impl Endpoint {
             };
             (send, taken)
         };
-        send.data_mut().put_task = 0;
         let len = HEADERS_LEN + imm;
         let filled = send.buffer_mut().ok_or(EINVAL).and_then(|buffer| {
             buffer.with_bytes_mut(ISER_HEADER_LEN, BHS_LEN + imm, |bytes| {
@@ -1470,17 +1073,13 @@ impl Endpoint {
                 if data_out.is_empty() {
                     return imm;
                 }
-                // SAFETY: the command's scatterlist is valid (caller); `data_out` has
-                // room for `imm` bytes.
-                unsafe {
-                    sys::sg_pcopy_to_buffer(sgl, nents, data_out.as_mut_ptr().cast(), imm, 0)
-                }
+                command.copy_data(0, data_out)
             })
         });
         let mut stags = (None, None);
         let registered = match (filled, taken) {
             (Ok(copied), taken) if copied == imm => match taken {
-                Some((region, reg)) => self.register(queues, &plan, region, reg, index, sgl, nents),
+                Some((region, reg)) => self.register(queues, &plan, region, reg, index, command),
                 None => Ok(None),
             },
             (_, taken) => {
@@ -1523,8 +1122,7 @@ impl Endpoint {
         // (under a CmdSN it reuses). A post fails only while the QP drains, that is while
         // the connection is stopping and its tasks are failed anyway.
         for _ in 0..plan.data_out_pdus {
-            // SAFETY: as above.
-            if let Err(error) = unsafe { self.send_data_out(queues, task, sgl, nents) } {
+            if let Err(error) = self.send_data_out(queues, command) {
                 pr_err!(
                     "{}: a Data-Out after its command was not sent: {:?}\n",
                     self.shared.device,
@@ -1538,7 +1136,6 @@ impl Endpoint {
 
     /// Maps the command's pages into the slot's region and posts its REG_MR; the STags
     /// for the iSER header. On failure the region and WR are back in the slot.
-    #[allow(clippy::too_many_arguments)]
     fn register(
         &self,
         queues: &Queues,
@@ -1546,17 +1143,15 @@ impl Endpoint {
         mut region: SgRegion,
         reg: KBox<WorkRequest<Work>>,
         index: usize,
-        sgl: *mut sys::scatterlist,
-        nents: u32,
+        command: &Command<'_>,
     ) -> Result<Option<(Option<Stag>, Option<Stag>)>> {
         let (direction, access) = match plan.rdma {
             Some(TargetRdma::Writes) => (DmaDirection::FromDevice, RemoteAccess::WRITE),
             _ => (DmaDirection::ToDevice, RemoteAccess::READ),
         };
-        // SAFETY: the command's scatterlist stays valid and its pages allocated until the
-        // command completes, which waits for the region to give them back (or, for a
-        // command that ends early, for `task_cleanup` to take them).
-        let pages = unsafe { SgMapping::new(queues.device(), sgl, nents, direction) };
+        // The command completes only once the region gave the pages back (or, for a
+        // command that ends early, once `cleanup` took them).
+        let pages = command.map_pages(queues.device(), direction);
         if let Err(error) = pages.and_then(|pages| region.map(pages).map_err(|(error, _)| error)) {
             self.shared.put_region(index, region, reg);
             return Err(error);
@@ -1585,44 +1180,21 @@ impl Endpoint {
         }
     }
 
-    /// Sends the task's next unsolicited Data-Out PDU, its data copied from the command's
-    /// scatterlist.
-    ///
-    /// # Safety
-    ///
-    /// `task` is a SCSI task of this connection with unsolicited data left, and
-    /// `sgl`/`nents` its command's scatterlist.
-    unsafe fn send_data_out(
-        &self,
-        queues: &Queues,
-        task: *mut sys::iscsi_task,
-        sgl: *mut sys::scatterlist,
-        nents: u32,
-    ) -> Result {
-        let mut hdr = sys::iscsi_data::default();
-        // SAFETY: the task is valid (caller); libiscsi fills `hdr` and advances the
-        // sequence (DataSN).
-        unsafe { sys::iscsi_prep_data_out_pdu(task, &mut (*task).unsol_r2t, &mut hdr) };
-        // SAFETY: `iscsi_data` is the 48-byte BHS, plain bytes.
-        let bhs = unsafe {
-            &*core::ptr::from_ref(&hdr).cast::<[u8; BHS_LEN]>()
-        };
-        let (offset, len) = match wire::DataOut::ref_from_bytes(bhs) {
+    /// Sends the command's next unsolicited Data-Out PDU, its data copied from the
+    /// command's pages.
+    fn send_data_out(&self, queues: &Queues, command: &mut Command<'_>) -> Result {
+        // Dropped unsent, it gives its DataSN back for a retry, as ib_iser does.
+        let data_out = command.next_data_out();
+        let (offset, len) = match wire::DataOut::ref_from_bytes(data_out.bhs()) {
             Ok(view) => (view.offset.get() as usize, view.dlength.get()),
             Err(_) => return Err(EINVAL),
         };
-        let give_back = |task: *mut sys::iscsi_task| {
-            // SAFETY: undoes this PDU's DataSN, as ib_iser does, for a retry.
-            unsafe { (*task).unsol_r2t.datasn -= 1 };
-        };
         if len > TX_DATA_LEN {
-            give_back(task);
             pr_err!("{}: a {} byte Data-Out does not fit\n", self.shared.device, len);
             return Err(errno(kernel::bindings::EMSGSIZE));
         }
         // `send_command` made sure of enough idle WRs before it sent the command.
         let Some(mut wr) = remove(&mut self.shared.data_out.lock(), 0) else {
-            give_back(task);
             return Err(ENOMEM);
         };
         let header = IserHeader::control(None, None);
@@ -1631,32 +1203,24 @@ impl Endpoint {
             buffer.with_bytes_mut(0, total, |bytes| {
                 let (iser, rest) = bytes.split_at_mut(ISER_HEADER_LEN);
                 iser.copy_from_slice(header.as_bytes());
-                let (bhs_out, data_out) = rest.split_at_mut(BHS_LEN);
-                bhs_out.copy_from_slice(bhs);
-                let Ok(skip) = isize::try_from(offset) else {
-                    return 0;
-                };
-                // SAFETY: the command's scatterlist is valid (caller); `data_out` has
-                // room for `len` bytes.
-                unsafe { sys::sg_pcopy_to_buffer(sgl, nents, data_out.as_mut_ptr().cast(), len, skip) }
+                let (bhs_out, data) = rest.split_at_mut(BHS_LEN);
+                bhs_out.copy_from_slice(data_out.bhs());
+                data_out.copy_data(offset, data)
             })
         });
         if !matches!(filled, Ok(copied) if copied == len) {
-            give_back(task);
             if let Err(wr) = push_within_capacity(&mut self.shared.data_out.lock(), wr) {
                 drop(wr);
             }
             return Err(EIO);
         }
         if let Err(rejected) = queues.post_send(wr, SendOp::Send, 0, total) {
-            give_back(task);
             if let Err(wr) = push_within_capacity(&mut self.shared.data_out.lock(), rejected.wr) {
                 drop(wr);
             }
             return Err(rejected.error);
         }
-        // SAFETY: as above: the sequence's progress is the transport's to keep.
-        unsafe { (*task).unsol_r2t.sent += (*task).unsol_r2t.data_count };
+        data_out.sent();
         self.shared.data_outs.add(1, Relaxed);
         Ok(())
     }
@@ -1678,9 +1242,10 @@ impl ConnShared {
 
     /// Gives an unposted SEND WR back where it came from: its slot, or the Data-Out pool.
     fn give_back(&self, mut send: KBox<WorkRequest<Work>>) {
+        // Not sent: the task it held may go, once the WR is back (outside the locks).
+        let put_task = send.data_mut().put_task.take();
         match send.data().kind {
             Kind::DataOut => {
-                send.data_mut().put_task = 0;
                 // Room for every Data-Out WR was reserved at connect.
                 if let Err(wr) = push_within_capacity(&mut self.data_out.lock(), send) {
                     drop(wr);
@@ -1688,47 +1253,6 @@ impl ConnShared {
             }
             _ => self.put_send(send.data().slot, send),
         }
-    }
-}
-
-/// `cleanup_task`: a task ends (completed, aborted or failed). A region still valid is
-/// invalidated; its pages are unmapped once that completes.
-///
-/// # Safety
-///
-/// Called through the transport table only, with the pointers valid for the call.
-#[no_mangle]
-unsafe extern "C" fn tilde_iser_task_cleanup(task: *mut sys::iscsi_task) {
-    // SAFETY: libiscsi passes a task of a connection of ours, under its `back_lock`.
-    let (conn, sc, index) = unsafe { ((*task).conn, (*task).sc, (*task).itt as usize) };
-    if sc.is_null() {
-        return;
-    }
-    // SAFETY: as above.
-    let Some(endpoint) = (unsafe { endpoint_of(conn) }) else {
-        return;
-    };
-    let Some(queues) = endpoint.queues() else {
-        return;
-    };
-    let mut slots = endpoint.shared.slots.lock();
-    let Some(slot) = slots.get_mut(index) else {
-        return;
-    };
-    slot.held = None;
-    match slot.region.as_mut() {
-        Some(region) if region.is_valid() => {
-            // The command ends now and its pages go back to the SCSI layer when this
-            // returns, so they are unmapped now; the key is invalidated after (settle).
-            // SAFETY: the task ended without a response that settled it: its connection
-            // is stopping (the QP flushed in error: no peer reaches the key), or task
-            // management ended it, after which the target moves none of its data
-            // (RFC 7143 §11.5.1). The same window ib_iser's cleanup has.
-            drop(unsafe { region.release_pages() });
-            slot.settle(queues, &endpoint.shared.local_invalidations);
-        }
-        Some(region) => drop(region.unmap()),
-        // With the device (REG_MR or LOCAL_INV): settled when it comes back.
-        None => slot.task_gone = true,
+        drop(put_task);
     }
 }

@@ -3,12 +3,15 @@
  * tilde_iser's tables for the kernel's iSCSI initiator: the SCSI host template and the
  * iSCSI transport `iser`, as static C data (they hold THIS_MODULE, bit fields and
  * libiscsi's own functions, whose signatures drift between kernels while the tables'
- * field names do not). Every transport-specific callback is Rust (iser.rs); the generic
- * ones are libiscsi's, exactly as in the kernel's ib_iser. Also the callable forms of the
- * static inline SCSI and iSCSI helpers the Rust side uses (declared in tilde_rdma.h).
+ * field names do not). Every transport-specific callback is Rust (the trampolines of the
+ * binding iscsi.rs, over the datamover iser.rs); the generic ones are libiscsi's, exactly
+ * as in the kernel's ib_iser. Also the callable forms of the static inline SCSI and iSCSI
+ * helpers the Rust side uses (declared in tilde_rdma.h, or in iscsi.rs for the ones only
+ * the binding uses).
  */
 #include <linux/bottom_half.h>
 #include <linux/module.h>
+#include <linux/rcupdate.h>
 #include <scsi/libiscsi.h>
 #include <scsi/scsi_cmnd.h>
 #include <scsi/scsi_host.h>
@@ -18,7 +21,7 @@
 
 MODULE_AUTHOR("tilde developers");
 
-/* The transport-specific callbacks, in iser.rs. */
+/* The transport-specific callbacks: the trampolines of iscsi.rs (`iscsi_transport!`). */
 struct iscsi_cls_session *tilde_iser_session_create(struct iscsi_endpoint *ep, u16 cmds_max,
 						    u16 qdepth, u32 initial_cmdsn);
 void tilde_iser_session_destroy(struct iscsi_cls_session *cls_session);
@@ -39,6 +42,15 @@ int tilde_iser_task_init(struct iscsi_task *task);
 int tilde_iser_task_xmit(struct iscsi_task *task);
 void tilde_iser_task_cleanup(struct iscsi_task *task);
 int tilde_iser_pdu_alloc(struct iscsi_task *task, u8 opcode);
+
+/* The helpers only iscsi.rs uses, which declares them itself (below). */
+void tilde_iser_back_lock(struct iscsi_conn *conn);
+void tilde_iser_back_unlock(struct iscsi_conn *conn);
+int tilde_iser_complete_pdu_locked(struct iscsi_conn *conn, struct iscsi_hdr *hdr, char *data,
+				   int datalen);
+void tilde_iser_rcu_read_lock(void);
+void tilde_iser_rcu_read_unlock(void);
+void tilde_iser_synchronize_rcu(void);
 
 /* What iscsid may read in sysfs: the same attributes as ib_iser's. */
 static umode_t tilde_iser_attr_is_visible(int param_type, int param)
@@ -268,4 +280,45 @@ void tilde_iser_bh_disable(void)
 void tilde_iser_bh_enable(void)
 {
 	local_bh_enable();
+}
+
+/*
+ * For the Rust binding of libiscsi (iscsi.rs): the session's back_lock, taken on the
+ * completion path to look a command up by its tag and complete its PDU under one hold,
+ * and libiscsi's PDU completion for a caller that holds it.
+ */
+void tilde_iser_back_lock(struct iscsi_conn *conn)
+{
+	spin_lock_bh(&conn->session->back_lock);
+}
+
+void tilde_iser_back_unlock(struct iscsi_conn *conn)
+{
+	spin_unlock_bh(&conn->session->back_lock);
+}
+
+int tilde_iser_complete_pdu_locked(struct iscsi_conn *conn, struct iscsi_hdr *hdr, char *data,
+				   int datalen)
+{
+	lockdep_assert_held(&conn->session->back_lock);
+	return __iscsi_complete_pdu(conn, hdr, data, datalen);
+}
+
+/*
+ * The bound connection on the completion path is read under RCU; unbinding waits for
+ * those readers before the iSCSI class may free the connection.
+ */
+void tilde_iser_rcu_read_lock(void)
+{
+	rcu_read_lock();
+}
+
+void tilde_iser_rcu_read_unlock(void)
+{
+	rcu_read_unlock();
+}
+
+void tilde_iser_synchronize_rcu(void)
+{
+	synchronize_rcu();
 }
