@@ -169,7 +169,7 @@ struct CqState<T> {
 /// The layer's part of an MR's state: the page callback of a `map_mr_sg` under way,
 /// then the driver's.
 struct MrState<D: Driver> {
-    /// A `*mut &mut dyn FnMut(DmaAddr) -> Result` during [`MrPages::map`], null otherwise.
+    /// A `*mut &mut dyn FnMut(DmaRange) -> Result` during [`MrPages::map`], null otherwise.
     mapping: AtomicPtr<()>,
     driver: D::Mr,
 }
@@ -497,9 +497,9 @@ impl Completion {
     }
 
     /// The C completion.
-    fn write(&self, wc: &mut sys::ib_wc) {
+    fn to_raw(self) -> sys::ib_wc {
         // SAFETY: all-zero is a valid `ib_wc` (plain C data, as C drivers' zeroed ones).
-        *wc = unsafe { MaybeUninit::zeroed().assume_init() };
+        let mut wc: sys::ib_wc = unsafe { MaybeUninit::zeroed().assume_init() };
         wc.__bindgen_anon_1.wr_id = self.id;
         wc.status = self.status.to_raw();
         wc.opcode = self.opcode.to_raw();
@@ -532,12 +532,14 @@ impl Completion {
             }
         }
         wc.wc_flags = flags as c_int;
+        wc
     }
 }
 
 /// The consumer's completion array of a `poll_cq`, filled in order.
 pub struct Completions<'a> {
-    out: &'a mut [sys::ib_wc],
+    /// The consumer's array, written only (what it held before is not read).
+    out: &'a mut [MaybeUninit<sys::ib_wc>],
     filled: usize,
 }
 
@@ -552,7 +554,7 @@ impl Completions<'_> {
         let Some(wc) = self.out.get_mut(self.filled) else {
             return false;
         };
-        completion.write(wc);
+        wc.write(completion.to_raw());
         self.filled += 1;
         true
     }
@@ -615,7 +617,8 @@ impl CqEvents {
         }
     }
 
-    /// Ends the calls: from now on they do nothing; waits for those under way.
+    /// Ends the calls: from now on they do nothing; waits for those owed or under way.
+    /// Closing twice is closing once.
     fn close(&self) {
         self.0.cq.store(core::ptr::null_mut(), Ordering::SeqCst);
         while self.0.calls.load(Ordering::SeqCst) != 0 {
@@ -992,15 +995,15 @@ impl Default for Sge {
 
 impl Sge {
     /// The address, in the address space of its key: an I/O virtual address of the MR
-    /// the key names, or under the device's local DMA key a DMA address
-    /// ([`Sge::dma_addr`]).
+    /// the key names (under the device's local DMA key, or a DMA MR's, a DMA address).
     pub fn addr(&self) -> u64 {
         self.0.addr
     }
 
-    /// The address as a DMA address: what it is under the device's local DMA key.
-    pub fn dma_addr(&self) -> DmaAddr {
-        DmaAddr(self.0.addr)
+    /// The bytes it names, as DMA addresses: what they are under the device's local DMA
+    /// key or a DMA MR's key (the driver's to know which key it is).
+    pub fn dma_range(&self) -> DmaRange {
+        DmaRange::new(self.0.addr, self.0.length as usize)
     }
 
     /// The length in bytes.
@@ -1014,71 +1017,102 @@ impl Sge {
     }
 }
 
-/// A DMA address the IB core's consumers gave the device: in a posted SGE under the
-/// local DMA key ([`Sge::dma_addr`]), a page of a mapped MR ([`MrPages::map`]), an
-/// address under a DMA MR's key ([`DmaAddr::in_dma_mr`]); a driver moves within one by
-/// [`DmaAddr::offset`].
+/// Bytes of memory a consumer named to the device by DMA address: the range of a posted
+/// SGE ([`Sge::dma_range`]) or of a posted remote address ([`Remote::dma_range`]), or a
+/// page of a mapped MR ([`MrPages::map`]). Only this layer makes one; a driver narrows
+/// one ([`DmaRange::sub`]) and never leaves it, so [`SoftDma`] reaches nothing but what
+/// some consumer named.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct DmaAddr(u64);
+pub struct DmaRange {
+    start: u64,
+    len: usize,
+}
 
-impl DmaAddr {
-    /// The address.
-    pub fn get(self) -> u64 {
-        self.0
+impl DmaRange {
+    /// No bytes.
+    pub const EMPTY: Self = Self { start: 0, len: 0 };
+
+    /// `len` bytes at `start`; empty if the range would wrap.
+    fn new(start: u64, len: usize) -> Self {
+        match start.checked_add(len as u64) {
+            Some(_) => Self { start, len },
+            None => Self::EMPTY,
+        }
     }
 
-    /// An address under a key of a DMA MR ([`Driver::get_dma_mr`]): such an MR covers
-    /// all memory, and its addresses are DMA addresses.
-    pub fn in_dma_mr(addr: u64) -> Self {
-        Self(addr)
+    /// Its first address.
+    pub fn start(self) -> u64 {
+        self.start
     }
 
-    /// `bytes` further on; `None` past the end of the address space.
-    pub fn offset(self, bytes: u64) -> Option<Self> {
-        self.0.checked_add(bytes).map(Self)
+    /// Its length in bytes.
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    /// The `len` bytes from `offset` on; `None` unless they are all within.
+    pub fn sub(self, offset: usize, len: usize) -> Option<Self> {
+        if offset.checked_add(len)? > self.len {
+            return None;
+        }
+        Some(Self {
+            start: self.start.checked_add(offset as u64)?,
+            len,
+        })
     }
 }
 
-/// The DMA engine of a software device: the memory the consumers' DMA addresses name,
-/// reached by the CPU. A device registered by [`Registration::new`] has no DMA device,
-/// so the IB core's DMA mapping gives it kernel virtual addresses (`ib_uses_virt_dma`),
-/// and its consumers keep the memory behind a posted WR's addresses, and an MR's pages,
-/// valid until the WR completes or the MR is invalidated: the IB contract every HCA's
-/// DMA relies on, which this is. Whether an access is allowed (keys, PDs, rights,
-/// bounds) is the driver's to check first, as it is a device's.
+/// The DMA engine of a software device: the memory the consumers named, reached by the
+/// CPU. A device registered by [`Registration::new`] has no DMA device, so the IB core's
+/// DMA mapping gives it kernel virtual addresses (`ib_uses_virt_dma`), and its consumers
+/// keep the memory behind a posted WR's addresses, and an MR's pages, valid until the WR
+/// completes or the MR is invalidated: the IB contract every HCA's DMA relies on. The
+/// engine reaches only [`DmaRange`]s, which only name what consumers named; whether a
+/// given access is allowed (keys, PDs, rights, which MR) is the driver's to check first,
+/// as it is a device's.
 pub struct SoftDma<'a> {
     _device: PhantomData<&'a ()>,
 }
 
 impl SoftDma<'_> {
-    /// A kernel address for `len` bytes at `at`; `None` for null or a range that wraps.
-    fn range(at: DmaAddr, len: usize) -> Option<usize> {
-        let start = usize::try_from(at.0).ok().filter(|&a| a != 0)?;
-        start.checked_add(len)?;
-        Some(start)
+    /// The kernel address of a range; `None` for null.
+    fn kernel_address(range: DmaRange) -> Option<usize> {
+        usize::try_from(range.start).ok().filter(|&a| a != 0)
     }
 
-    /// Copies `len` bytes from `from` to `to` (the ranges may overlap: a QP sending to
-    /// itself); false, nothing copied, for an address no memory can have.
-    pub fn copy(&self, from: DmaAddr, to: DmaAddr, len: usize) -> bool {
-        if len == 0 {
+    /// Copies `from` into `to`, of the same length (they may overlap: a QP sending to
+    /// itself); false, nothing copied, for different lengths or a null address.
+    pub fn copy(&self, from: DmaRange, to: DmaRange) -> bool {
+        if from.len != to.len {
+            return false;
+        }
+        if from.len == 0 {
             return true;
         }
-        let (Some(src), Some(dst)) = (Self::range(from, len), Self::range(to, len)) else {
+        let (Some(src), Some(dst)) = (Self::kernel_address(from), Self::kernel_address(to)) else {
             return false;
         };
-        // SAFETY: both ranges are memory the consumers gave the device, valid for the
+        // SAFETY: both ranges are memory consumers named to the device, valid for the
         // access (the type's contract), reached by their kernel virtual addresses.
-        unsafe { core::ptr::copy(src as *const u8, dst as *mut u8, len) };
+        unsafe { core::ptr::copy(src as *const u8, dst as *mut u8, from.len) };
         true
     }
 
-    /// Writes `bytes` at `to`; false as for [`SoftDma::copy`].
-    pub fn write(&self, to: DmaAddr, bytes: &[u8]) -> bool {
+    /// Writes `bytes` (the device's own: a header, an atomic's result) into `to`, of
+    /// their length; false as for [`SoftDma::copy`].
+    pub fn write(&self, to: DmaRange, bytes: &[u8]) -> bool {
+        if to.len != bytes.len() {
+            return false;
+        }
         if bytes.is_empty() {
             return true;
         }
-        let Some(dst) = Self::range(to, bytes.len()) else {
+        let Some(dst) = Self::kernel_address(to) else {
             return false;
         };
         // SAFETY: as in `copy`; `bytes` is the driver's own memory, not the consumer's.
@@ -1086,22 +1120,19 @@ impl SoftDma<'_> {
         true
     }
 
-    /// Runs `op` on the aligned 8-byte word at `at`, for an atomic; `None` if unaligned.
-    fn with_word<R>(at: DmaAddr, op: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
-        let addr = Self::range(at, 8)?;
-        if addr % 8 != 0 {
-            return None;
-        }
-        // SAFETY: an aligned word of memory the consumers gave the device (as in
+    /// Runs `op` on the word `at` (8 bytes, aligned), for an atomic; `None` otherwise.
+    fn with_word<R>(at: DmaRange, op: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
+        let addr = Self::kernel_address(at).filter(|&a| at.len == 8 && a % 8 == 0)?;
+        // SAFETY: an aligned word of memory consumers named to the device (as in
         // `copy`), borrowed for `op` only; the device's atomics are atomic with respect
         // to each other and to the CPU's, which the atomic instruction gives.
         let word = unsafe { AtomicU64::from_ptr(addr as *mut u64) };
         Some(op(word))
     }
 
-    /// Atomically: the word at `at` becomes `swap` if it is `compare`; its old value.
-    /// `None` for an unaligned word.
-    pub fn compare_swap(&self, at: DmaAddr, compare: u64, swap: u64) -> Option<u64> {
+    /// Atomically: the word `at` becomes `swap` if it is `compare`; its old value. `None`
+    /// unless `at` is 8 aligned bytes.
+    pub fn compare_swap(&self, at: DmaRange, compare: u64, swap: u64) -> Option<u64> {
         Self::with_word(at, |word| {
             match word.compare_exchange(compare, swap, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(old) | Err(old) => old,
@@ -1109,9 +1140,9 @@ impl SoftDma<'_> {
         })
     }
 
-    /// Atomically: `add` is added to the word at `at`; its old value. `None` for an
-    /// unaligned word.
-    pub fn fetch_add(&self, at: DmaAddr, add: u64) -> Option<u64> {
+    /// Atomically: `add` is added to the word `at`; its old value. `None` as for
+    /// [`SoftDma::compare_swap`].
+    pub fn fetch_add(&self, at: DmaRange, add: u64) -> Option<u64> {
         Self::with_word(at, |word| word.fetch_add(add, Ordering::SeqCst))
     }
 }
@@ -1157,10 +1188,26 @@ impl SendFlags {
 /// The remote end of an RDMA or atomic operation.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Remote {
+    addr: u64,
+    rkey: u32,
+}
+
+impl Remote {
     /// The address in the peer's MR.
-    pub addr: u64,
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
     /// The peer's key.
-    pub rkey: u32,
+    pub fn rkey(&self) -> u32 {
+        self.rkey
+    }
+
+    /// The `len` bytes at the address, as DMA addresses: what they are under a DMA MR's
+    /// key (the driver's to know which key it is).
+    pub fn dma_range(&self, len: usize) -> DmaRange {
+        DmaRange::new(self.addr, len)
+    }
 }
 
 /// What a send WR asks, per opcode, with the fields of the containing structure the
@@ -1500,10 +1547,23 @@ impl<D: Driver> MrPages<'_, D> {
     /// Splits the list into pages of the MR's page size (`ib_sg_to_pages`), giving each
     /// page's DMA address to `set_page` in order; an error from it stops the walk. How
     /// many list entries were mapped.
-    pub fn map(self, mut set_page: impl FnMut(DmaAddr) -> Result) -> Result<u32> {
-        let mut callback: &mut dyn FnMut(DmaAddr) -> Result = &mut set_page;
+    pub fn map(self, mut set_page: impl FnMut(DmaRange) -> Result) -> Result<u32> {
+        let mut callback: &mut dyn FnMut(DmaRange) -> Result = &mut set_page;
         let mapping = &self.mr.state().mapping;
-        mapping.store(core::ptr::from_mut(&mut callback).cast(), Ordering::Release);
+        // One mapping of an MR at a time: the callback finds this one's closure through
+        // the MR, so a second, concurrent one is refused.
+        let this: *mut () = core::ptr::from_mut(&mut callback).cast();
+        if mapping
+            .compare_exchange(
+                core::ptr::null_mut(),
+                this,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return Err(EBUSY);
+        }
         // SAFETY: the MR is ours and the list is what `ib_map_mr_sg` got, DMA-mapped,
         // with `nents` entries (the op's contract); the callback finds `callback`
         // through the MR while this call runs, and only then.
@@ -1533,13 +1593,15 @@ unsafe extern "C" fn set_page_of<D: Driver>(mr: *mut sys::ib_mr, addr: u64) -> c
         .state()
         .mapping
         .load(Ordering::Acquire)
-        .cast::<&mut dyn FnMut(DmaAddr) -> Result>();
+        .cast::<&mut dyn FnMut(DmaRange) -> Result>();
     if callback.is_null() {
         return EINVAL.to_errno();
     }
-    // SAFETY: set by `MrPages::map`, which is waiting in `ib_sg_to_pages` and holds no
-    // other borrow of the callback meanwhile.
-    match unsafe { (*callback)(DmaAddr(addr)) } {
+    // A page of the MR's page size (`ib_map_mr_sg` set it before the walk).
+    let page = DmaRange::new(addr, mr.page_size() as usize);
+    // SAFETY: set by `MrPages::map` (the only mapping of this MR under way), which is
+    // waiting in `ib_sg_to_pages` and holds no other borrow of the callback meanwhile.
+    match unsafe { (*callback)(page) } {
         Ok(()) => 0,
         Err(error) => error.to_errno(),
     }
@@ -2014,6 +2076,15 @@ impl<T: Driver> Ops<T> {
         }
     }
 
+    /// `ib_free_cq` calls this before it stops the CQ's poll context (`cancel_work_sync`,
+    /// `irq_poll_disable`): the handler calls end here, so none can queue the CQ's work
+    /// again after the IB core stopped it.
+    unsafe extern "C" fn pre_destroy_cq(cq: *mut sys::ib_cq) -> c_int {
+        // SAFETY: a created CQ of ours, alive until its `destroy_cq`.
+        unsafe { Cq::<T>::from_raw(cq) }.events().close();
+        0
+    }
+
     unsafe extern "C" fn destroy_cq(cq: *mut sys::ib_cq, _udata: *mut sys::ib_udata) -> c_int {
         // SAFETY: as in `dealloc_pd`, for a CQ. The events end before the IB core frees
         // the CQ: no handler runs on it after this returns.
@@ -2036,7 +2107,7 @@ impl<T: Driver> Ops<T> {
         // SAFETY: a created CQ of ours; the IB core's array has `num` entries.
         unsafe {
             let mut out = Completions {
-                out: core::slice::from_raw_parts_mut(wc, num),
+                out: core::slice::from_raw_parts_mut(wc.cast::<MaybeUninit<sys::ib_wc>>(), num),
                 filled: 0,
             };
             T::poll_cq(Self::dev((*cq).device), Cq::from_raw(cq), &mut out);
@@ -2329,6 +2400,7 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
     ops.alloc_pd = Some(Ops::<T>::alloc_pd);
     ops.dealloc_pd = Some(Ops::<T>::dealloc_pd);
     ops.create_cq = Some(Ops::<T>::create_cq);
+    ops.pre_destroy_cq = Some(Ops::<T>::pre_destroy_cq);
     ops.destroy_cq = Some(Ops::<T>::destroy_cq);
     ops.poll_cq = Some(Ops::<T>::poll_cq);
     ops.req_notify_cq = Some(Ops::<T>::req_notify_cq);

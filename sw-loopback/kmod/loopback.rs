@@ -29,7 +29,7 @@
 use kernel::prelude::*;
 use rdma_core::driver::{
     Access, AhAttr, Arm, Completion, Completions, CoreCaps, Cq, CqDue, CqEvents, Device,
-    DeviceAttrs, DeviceSetup, DmaAddr, Driver, Grh, Mr, MrKeys, MrPages, MrType, NewCq, NewQp,
+    DeviceAttrs, DeviceSetup, DmaRange, Driver, Grh, Mr, MrKeys, MrPages, MrType, NewCq, NewQp,
     NodeType, Pd, PdId, PortAttrs, PortImmutable, PortSpeed, PortWidth, Qp, QpCaps, QpHandle,
     QpModify, QpState, QpType, RecvWrs, Registration, Remote, SendOp, SendWr, SendWrs, Sge,
     SoftDma,
@@ -63,6 +63,9 @@ const MAX_RD_ATOM: u32 = 16;
 const FIRST_QPN: usize = 2;
 /// The local DMA key: a kernel virtual address (MR index 0 is never used).
 const LOCAL_DMA_LKEY: u32 = 0;
+/// The largest message (the port's `max_msg_sz`): a longer one fails with a local length
+/// error, so no copy under the device lock is longer.
+const MAX_MSG: usize = 1 << 31;
 /// The largest UD message (the port's MTU).
 const UD_MTU: usize = 4096;
 /// An RNR retry count that never gives up (IB's encoding).
@@ -299,9 +302,9 @@ impl CqEntry {
     fn push(&mut self, owed: &mut Owed, done: Completion) {
         let capacity = self.ring.len();
         if self.len >= capacity {
-            if !self.overflowed {
+            // Marked once told: a section owing too much tells at the next overrun.
+            if !self.overflowed && owed.owe(&self.events, Due::Overrun(capacity)) {
                 self.overflowed = true;
-                owed.owe(&self.events, Due::Overrun(capacity));
             }
             return;
         }
@@ -323,7 +326,7 @@ impl CqEntry {
 
 /// A page list: staged by `map_mr_sg`, made active by REG_MR.
 struct PageList {
-    pages: KVec<DmaAddr>,
+    pages: KVec<DmaRange>,
     iova: u64,
     length: u64,
     page_size: u64,
@@ -336,7 +339,7 @@ struct MrEntry {
     key: u32,
     valid: bool,
     access: Access,
-    staged: KVec<DmaAddr>,
+    staged: KVec<DmaRange>,
     active: PageList,
 }
 
@@ -354,8 +357,8 @@ struct Tables {
 /// `len` bytes of memory a WR names, validated.
 #[derive(Clone, Copy)]
 enum Span {
-    /// At a DMA address (the local DMA key, a DMA MR).
-    Dma { at: DmaAddr, len: usize },
+    /// At DMA addresses (the local DMA key, a DMA MR).
+    Dma(DmaRange),
     /// At `iova` of MR `mr`'s active page list.
     Mr { mr: usize, iova: u64, len: usize },
 }
@@ -363,7 +366,8 @@ enum Span {
 impl Span {
     fn len(&self) -> usize {
         match *self {
-            Self::Dma { len, .. } | Self::Mr { len, .. } => len,
+            Self::Dma(range) => range.len(),
+            Self::Mr { len, .. } => len,
         }
     }
 }
@@ -404,14 +408,14 @@ impl<'s> Cursor<'s> {
 
     /// The next contiguous piece, at most `max` bytes, consumed; `None` at the end or
     /// where a page list does not reach.
-    fn piece(&mut self, tables: &Tables, max: usize) -> Option<(DmaAddr, usize)> {
+    fn piece(&mut self, tables: &Tables, max: usize) -> Option<DmaRange> {
         loop {
             let span = self.current?;
             if self.offset < span.len() {
-                let (at, contiguous) = tables.at(span, self.offset)?;
-                let n = contiguous.min(max);
-                self.offset = self.offset.saturating_add(n);
-                return Some((at, n));
+                let contiguous = tables.at(span, self.offset)?;
+                let piece = contiguous.sub(0, contiguous.len().min(max))?;
+                self.offset = self.offset.saturating_add(piece.len());
+                return Some(piece);
             }
             self.current = self.rest.next();
             self.offset = 0;
@@ -478,11 +482,11 @@ impl Tables {
         }
     }
 
-    /// Where byte `offset` of `span` is, and how many bytes are contiguous from it.
-    fn at(&self, span: &Span, offset: usize) -> Option<(DmaAddr, usize)> {
+    /// The bytes of `span` from `offset` on that are contiguous in memory.
+    fn at(&self, span: &Span, offset: usize) -> Option<DmaRange> {
         let left = span.len().checked_sub(offset)?;
         match *span {
-            Span::Dma { at, .. } => Some((at.offset(offset as u64)?, left)),
+            Span::Dma(range) => range.sub(offset, left),
             Span::Mr { mr, iova, .. } => {
                 let list = &slot(&self.mrs, mr)?.active;
                 let addr = iova.checked_add(offset as u64)?;
@@ -491,8 +495,9 @@ impl Tables {
                 let index = usize::try_from(from_base.checked_div(list.page_size)?).ok()?;
                 let within = from_base.checked_rem(list.page_size)?;
                 let page = list.pages.get(index)?;
-                let contiguous = usize::try_from(list.page_size - within).ok()?.min(left);
-                Some((page.offset(within)?, contiguous))
+                let within = usize::try_from(within).ok()?;
+                let contiguous = page.len().checked_sub(within)?.min(left);
+                page.sub(within, contiguous)
             }
         }
     }
@@ -502,17 +507,16 @@ impl Tables {
         let mut source = Cursor::new(from);
         let mut remaining = total(from);
         while remaining > 0 {
-            let (mut at, n) = source.piece(self, remaining)?;
-            let mut left = n;
-            while left > 0 {
-                let (into, m) = to.piece(self, left)?;
-                if !dma.copy(at, into, m) {
+            let from = source.piece(self, remaining)?;
+            let mut done = 0;
+            while done < from.len() {
+                let into = to.piece(self, from.len() - done)?;
+                if !dma.copy(from.sub(done, into.len())?, into) {
                     return None;
                 }
-                at = at.offset(m as u64)?;
-                left -= m;
+                done += into.len();
             }
-            remaining -= n;
+            remaining -= from.len();
         }
         Some(())
     }
@@ -521,8 +525,8 @@ impl Tables {
     fn write(&self, dma: &SoftDma<'_>, bytes: &[u8], to: &mut Cursor<'_>) -> Option<()> {
         let mut rest = bytes;
         while !rest.is_empty() {
-            let (into, m) = to.piece(self, rest.len())?;
-            let (now, later) = (rest.get(..m)?, rest.get(m..)?);
+            let into = to.piece(self, rest.len())?;
+            let (now, later) = (rest.get(..into.len())?, rest.get(into.len()..)?);
             if !dma.write(into, now) {
                 return None;
             }
@@ -534,10 +538,7 @@ impl Tables {
     /// Translates an SGE list of a QP of `pd` (`write`: the device writes it).
     fn local(&self, pd: PdId, sges: &[Sge], write: bool) -> Option<Spans> {
         let mut spans = Spans {
-            spans: [Span::Dma {
-                at: Sge::default().dma_addr(),
-                len: 0,
-            }; MAX_SGE],
+            spans: [Span::Dma(DmaRange::EMPTY); MAX_SGE],
             count: 0,
         };
         let need = if write {
@@ -546,34 +547,28 @@ impl Tables {
             Access::empty()
         };
         for (sge, span) in sges.iter().zip(spans.spans.iter_mut()) {
-            let len = sge.length() as usize;
             *span = if sge.lkey() == LOCAL_DMA_LKEY {
-                Span::Dma {
-                    at: sge.dma_addr(),
-                    len,
-                }
+                Span::Dma(sge.dma_range())
             } else {
-                self.translate(pd, sge.lkey(), sge.addr(), len, need)?
+                self.translate(pd, sge.lkey(), sge.dma_range(), need)?
             };
             spans.count = spans.count.saturating_add(1);
         }
         Some(spans)
     }
 
-    /// `len` bytes at `addr` under `key`, if the key is valid, of `pd`, allows `need` and
-    /// covers the range.
-    fn translate(&self, pd: PdId, key: u32, addr: u64, len: usize, need: Access) -> Option<Span> {
+    /// The bytes `posted` names under `key` (its start an address in the key's address
+    /// space), if the key is valid, of `pd`, allows `need` and covers them.
+    fn translate(&self, pd: PdId, key: u32, posted: DmaRange, need: Access) -> Option<Span> {
         let mr = self.mr_of_key(key)?;
         if !mr.valid || mr.key != key || mr.pd != pd || !mr.access.contains(need) {
             return None;
         }
         if mr.dma {
             // A DMA MR's addresses are DMA addresses.
-            return Some(Span::Dma {
-                at: DmaAddr::in_dma_mr(addr),
-                len,
-            });
+            return Some(Span::Dma(posted));
         }
+        let (addr, len) = (posted.start(), posted.len());
         let list = &mr.active;
         let end = addr.checked_add(len as u64)?;
         if addr < list.iova || end > list.iova.checked_add(list.length)? || list.page_size == 0 {
@@ -741,6 +736,9 @@ impl Tables {
             return Outcome::Failed(WcStatus::LocalProtectionError, false);
         };
         let local = local.as_slice();
+        if total(local) > MAX_MSG {
+            return Outcome::Failed(WcStatus::LocalLengthError, false);
+        }
         if let Op::Datagram {
             route,
             remote_qpn,
@@ -771,7 +769,7 @@ impl Tables {
             if !peer_access.contains(need) {
                 return None;
             }
-            tables.translate(peer_pd, remote.rkey, remote.addr, len, need)
+            tables.translate(peer_pd, remote.rkey(), remote.dma_range(len), need)
         };
         match wqe.op {
             Op::Write { remote: at, imm } => {
@@ -818,10 +816,10 @@ impl Tables {
             }
             Op::CompareSwap { remote: at, .. } | Op::FetchAdd { remote: at, .. } => {
                 let word = remote(self, at, 8, Access::REMOTE_ATOMIC)
-                    .filter(|_| at.addr % 8 == 0)
+                    .filter(|_| at.addr() % 8 == 0)
                     .and_then(|span| self.at(&span, 0))
-                    .filter(|&(_, contiguous)| contiguous >= 8);
-                let Some((word, _)) = word else {
+                    .and_then(|contiguous| contiguous.sub(0, 8));
+                let Some(word) = word else {
                     return Outcome::Failed(WcStatus::RemoteAccessError, true);
                 };
                 if total(local) < 8 {
@@ -1160,7 +1158,7 @@ impl Driver for SoftDevice {
         attrs
             .mtu(Mtu::Mtu4096, Mtu::Mtu4096)
             .tables(16, 1)
-            .max_msg_size(1 << 31)
+            .max_msg_size(MAX_MSG as u32)
             .link(PortWidth::X4, PortSpeed::Edr);
         Ok(())
     }
