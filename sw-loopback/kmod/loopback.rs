@@ -352,6 +352,9 @@ struct Tables {
     /// a number just freed is not at once another QP's (a late message for the old one
     /// finds nobody).
     next_qpn: usize,
+    /// Per MR index, the low byte of the key its last MR got: each new MR of an index
+    /// gets the next, so a key of an MR since deregistered reaches no later one.
+    mr_generations: KVec<u8>,
 }
 
 /// `len` bytes of memory a WR names, validated.
@@ -455,11 +458,16 @@ fn free_slot<T>(slots: &KVec<Option<T>>, mut range: impl Iterator<Item = usize>)
 
 impl Tables {
     fn new() -> Result<Self> {
+        let mut mr_generations = KVec::with_capacity(MAX_MR, GFP_KERNEL)?;
+        for _ in 0..MAX_MR {
+            mr_generations.push(0u8, GFP_KERNEL)?;
+        }
         Ok(Self {
             qps: new_slots(MAX_QP)?,
             cqs: new_slots(MAX_CQ)?,
             mrs: new_slots(MAX_MR)?,
             next_qpn: FIRST_QPN,
+            mr_generations,
         })
     }
 
@@ -685,8 +693,9 @@ impl Tables {
         let (pd, qp_type, dest) = (qp.pd, qp.qp_type, qp.dest_qpn);
         match wqe.op {
             Op::LocalInv { key } => {
+                // The QP's own PD's MRs only, as rxe has it.
                 return match slot_mut(&mut self.mrs, (key >> 8) as usize) {
-                    Some(mr) if mr.key == key && !mr.dma => {
+                    Some(mr) if mr.key == key && mr.pd == pd && !mr.dma => {
                         mr.valid = false;
                         Outcome::Done
                     }
@@ -1017,6 +1026,13 @@ fn send_wqe(wr: &SendWr<'_, SoftDevice>, qp_type: QpType) -> Result<SendWqe> {
     if qp_type.is_datagram() != matches!(op, Op::Datagram { .. }) {
         return Err(EINVAL);
     }
+    // A datagram is one packet: no longer than the port's MTU.
+    let length = posted
+        .iter()
+        .fold(0usize, |sum, sge| sum.saturating_add(sge.length() as usize));
+    if qp_type.is_datagram() && length > UD_MTU {
+        return Err(EINVAL);
+    }
     Ok(SendWqe {
         id: wr.id(),
         opcode: wr.completion_opcode(),
@@ -1096,7 +1112,9 @@ impl SoftDevice {
         let mut tables = dev.tables.lock();
         // Index 0 is the local DMA key's.
         let index = free_slot(&tables.mrs, 1..MAX_MR).ok_or(ENOMEM)?;
-        let key = (index as u32) << 8;
+        let generation = tables.mr_generations.get_mut(index).ok_or(ENOMEM)?;
+        *generation = generation.wrapping_add(1);
+        let key = ((index as u32) << 8) | u32::from(*generation);
         let slot = tables.mrs.get_mut(index).ok_or(ENOMEM)?;
         *slot = Some(MrEntry {
             pd,
