@@ -141,8 +141,9 @@ impl Tilde {
         }
     }
 
-    /// Runs `iters` timed batches of `work` and returns the time they took.
-    fn run(&mut self, work: Work, iters: u64) -> Duration {
+    /// Runs `warmup` untimed batches of `work` (touching the rings' memory), then `iters`
+    /// timed ones, and returns the time those took.
+    fn run(&mut self, work: Work, warmup: u64, iters: u64) -> Duration {
         let Self {
             uar,
             qp,
@@ -191,7 +192,8 @@ impl Tilde {
             start.elapsed()
         };
         let mut timed = Duration::ZERO;
-        for _ in 0..iters {
+        for round in 0..warmup + iters {
+            let before = timed;
             match work {
                 Work::Single { calls, rdma_write } => {
                     let wr = [SendWr::new(
@@ -221,6 +223,9 @@ impl Tilde {
                     }
                     timed += drain(&mut cq, sq.head(), batch);
                 }
+            }
+            if round < warmup {
+                timed = before;
             }
         }
         assert_eq!(uar.send_doorbell(), send_doorbell_value(QPN));
@@ -278,10 +283,11 @@ mod c {
             elapsed
         }
 
-        pub fn run(&mut self, work: Work, iters: u64) -> Duration {
+        pub fn run(&mut self, work: Work, warmup: u64, iters: u64) -> Duration {
             let rig = self.0.as_ptr();
             let mut timed = Duration::ZERO;
-            for _ in 0..iters {
+            for round in 0..warmup + iters {
+                let before = timed;
                 match work {
                     Work::Single { calls, rdma_write } => {
                         let start = Instant::now();
@@ -316,6 +322,9 @@ mod c {
                         timed += self.drain(batch);
                     }
                 }
+                if round < warmup {
+                    timed = before;
+                }
             }
             // SAFETY: `rig` is live.
             let doorbell = unsafe { tilde_c_send_doorbell(rig) };
@@ -338,11 +347,11 @@ fn versus(c: &mut Criterion) {
         group.throughput(Throughput::Elements(u64::from(job.elements)));
         let work = job.work;
         group.bench_function("tilde", |b| {
-            b.iter_custom(|iters| Tilde::new().run(work, iters));
+            b.iter_custom(|iters| Tilde::new().run(work, 0, iters));
         });
         #[cfg(tilde_rdma_core)]
         group.bench_function("rdma-core", |b| {
-            b.iter_custom(|iters| c::Rdma::new().run(work, iters));
+            b.iter_custom(|iters| c::Rdma::new().run(work, 0, iters));
         });
         group.finish();
     }
@@ -367,52 +376,144 @@ fn main() {
     summary(started);
 }
 
-/// The table on stdout and `<target>/tilde-bench/versus_rdma_core.json`.
+/// Rounds of the paired pass, and the batches each side runs per round: untimed first (16
+/// touch every WQE and CQE of the rings, so no page is first touched while timed), then
+/// timed.
+const PAIRS: usize = 31;
+#[cfg(tilde_rdma_core)]
+const PAIR_WARMUP: u64 = 16;
+#[cfg(tilde_rdma_core)]
+const PAIR_ITERS: u64 = 200;
+
+/// The paired pass over `job`: per round, one run of each side, in alternating order
+/// (tilde then C, C then tilde, ...), so that the shared machine's drift falls on both
+/// alike; ns per element of each side, per round.
+#[cfg(tilde_rdma_core)]
+fn paired(job: &Job) -> Vec<(f64, f64)> {
+    let per = |d: Duration| d.as_nanos() as f64 / (PAIR_ITERS as f64 * f64::from(job.elements));
+    (0..PAIRS)
+        .map(|round| {
+            let (mut tilde, mut c) = (0.0, 0.0);
+            for tilde_now in [round % 2 == 0, round % 2 == 1] {
+                if tilde_now {
+                    tilde = per(Tilde::new().run(job.work, PAIR_WARMUP, PAIR_ITERS));
+                } else {
+                    c = per(c::Rdma::new().run(job.work, PAIR_WARMUP, PAIR_ITERS));
+                }
+            }
+            (tilde, c)
+        })
+        .collect()
+}
+
+/// tilde alone has no pairs.
+#[cfg(not(tilde_rdma_core))]
+fn paired(_job: &Job) -> Vec<(f64, f64)> {
+    Vec::new()
+}
+
+/// The table on stdout, `<target>/tilde-bench/versus_rdma_core.json` and its picture
+/// `versus_rdma_core.svg`: from the paired pass where the C side is linked (medians, and
+/// the per-pair ratios' median and range), else from criterion's estimates of tilde's.
 fn summary(started: SystemTime) {
-    let per = |job: &Job, side| {
-        report::estimate(job.group, side, started)
-            .map(|(mean, _, _)| mean / f64::from(job.elements))
-    };
-    let mut rows = Vec::new();
+    let mut bars = Vec::new();
+    let mut out = Vec::new();
     for job in &JOBS {
-        let Some(tilde) = per(job, "tilde") else {
-            continue;
+        let name = job.group.trim_start_matches("versus_");
+        let pairs = paired(job);
+        let bar = if pairs.is_empty() {
+            let Some((mean, low, high)) = report::estimate(job.group, "tilde", started) else {
+                continue;
+            };
+            let per = f64::from(job.elements);
+            report::Bar {
+                label: name.to_string(),
+                tilde: report::Spread {
+                    median: mean / per,
+                    low: low / per,
+                    high: high / per,
+                },
+                c: None,
+                ratio: None,
+            }
+        } else {
+            let tilde: Vec<f64> = pairs.iter().map(|&(t, _)| t).collect();
+            let c: Vec<f64> = pairs.iter().map(|&(_, c)| c).collect();
+            let ratios: Vec<f64> = pairs.iter().map(|&(t, c)| c / t).collect();
+            let (Some(tilde), Some(c), Some(ratio)) = (
+                report::Spread::of(&tilde),
+                report::Spread::of(&c),
+                report::Spread::of(&ratios),
+            ) else {
+                continue;
+            };
+            report::Bar {
+                label: name.to_string(),
+                tilde,
+                c: Some(c),
+                ratio: Some(ratio),
+            }
         };
-        rows.push((job, tilde, per(job, "rdma-core")));
+        out.push(json!({
+            "job": job.group,
+            "pairs": pairs.len(),
+            "tilde_ns": report::round3(bar.tilde.median),
+            "rdma_core_ns": bar.c.map(|c| report::round3(c.median)),
+            "rdma_core_over_tilde": bar.ratio.map(|r| report::round3(r.median)),
+            "rdma_core_over_tilde_min": bar.ratio.map(|r| report::round3(r.low)),
+            "rdma_core_over_tilde_max": bar.ratio.map(|r| report::round3(r.high)),
+        }));
+        bars.push(bar);
     }
-    if rows.is_empty() {
+    if bars.is_empty() {
         println!("tilde-bench: no new criterion estimates; summary not written");
         return;
     }
     println!();
     println!(
-        "{:<30} {:>12} {:>14} {:>18}",
-        "job (per WQE or CQE)", "tilde ns", "rdma-core ns", "rdma-core / tilde"
+        "{:<24} {:>10} {:>14} {:>30}",
+        "job (per WQE or CQE)", "tilde ns", "rdma-core ns", "rdma-core / tilde (min-max)"
     );
-    let mut out = Vec::new();
-    for &(job, tilde, c) in &rows {
-        let (c_text, ratio_text) = match c {
-            Some(c) => (format!("{c:.2}"), format!("{:.2}", c / tilde)),
-            None => ("-".to_string(), "-".to_string()),
+    for bar in &bars {
+        let (c_text, ratio_text) = match (bar.c, bar.ratio) {
+            (Some(c), Some(r)) => (
+                format!("{:.2}", c.median),
+                format!("{:.2} ({:.2}-{:.2})", r.median, r.low, r.high),
+            ),
+            _ => ("-".to_string(), "-".to_string()),
         };
         println!(
-            "{:<30} {:>12.2} {:>14} {:>18}",
-            job.group.trim_start_matches("versus_"),
-            tilde,
-            c_text,
-            ratio_text
+            "{:<24} {:>10.2} {:>14} {:>30}",
+            bar.label, bar.tilde.median, c_text, ratio_text
         );
-        out.push(json!({
-            "job": job.group,
-            "tilde_ns": report::round3(tilde),
-            "rdma_core_ns": c.map(report::round3),
-            "rdma_core_over_tilde": c.map(|c| report::round3(c / tilde)),
-        }));
     }
+    let method = if cfg!(tilde_rdma_core) {
+        "paired: per job, rounds of one run of each side in alternating order; medians, \
+         and the per-pair ratios' median, min and max"
+    } else {
+        "criterion's mean of tilde's side alone"
+    };
     let summary: Value = json!({
         "machine": report::machine(),
         "rdma_core": std::env::var("TILDE_RDMA_CORE").ok(),
+        "method": method,
         "jobs": out,
     });
     report::write("versus_rdma_core.json", &summary);
+    let note = if cfg!(tilde_rdma_core) {
+        format!(
+            "bars: median of {PAIRS} interleaved pairs, whiskers min-max; \
+             C / tilde per pair (above 1: tilde is faster)"
+        )
+    } else {
+        "tilde alone (rdma-core not linked): criterion's mean and 95% interval".to_string()
+    };
+    report::write_text(
+        "versus_rdma_core.svg",
+        &report::svg_chart(
+            "mlx4 fast path: tilde beside rdma-core's C provider, ns per WQE or CQE",
+            &note,
+            &bars,
+        ),
+    );
 }
