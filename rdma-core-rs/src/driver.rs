@@ -753,20 +753,8 @@ impl Arm {
 // ---------------------------------------------------------------------------------------
 // QPs
 
-/// The capacities of a QP's queues.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct QpCaps {
-    /// Send WRs outstanding.
-    pub max_send_wr: u32,
-    /// Receive WRs outstanding.
-    pub max_recv_wr: u32,
-    /// Gather entries per send WR.
-    pub max_send_sge: u32,
-    /// Scatter entries per receive WR.
-    pub max_recv_sge: u32,
-    /// Bytes of inline data per send WR.
-    pub max_inline_data: u32,
-}
+/// The capacities of a QP's queues: the consumer side's type, one `struct ib_qp_cap`.
+pub use crate::verbs::QpCaps;
 
 /// A QP being created: what the consumer asked (`ib_qp_init_attr`) and what the IB core
 /// set in the QP already (its type, PD, CQs).

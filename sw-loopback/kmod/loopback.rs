@@ -451,6 +451,11 @@ fn slot_mut<T>(slots: &mut KVec<Option<T>>, index: usize) -> Option<&mut T> {
     slots.get_mut(index).and_then(Option::as_mut)
 }
 
+/// Empties slot `index`, handing back what it held (to be dropped outside the lock).
+fn take_slot<T>(slots: &mut KVec<Option<T>>, index: usize) -> Option<T> {
+    slots.get_mut(index).and_then(Option::take)
+}
+
 /// The index of a free slot of `slots` in `range`, in order.
 fn free_slot<T>(slots: &KVec<Option<T>>, mut range: impl Iterator<Item = usize>) -> Option<usize> {
     range.find(|&i| slots.get(i).is_some_and(Option::is_none))
@@ -1248,8 +1253,7 @@ impl Driver for SoftDevice {
                 .head
                 .wrapping_add(i)
                 .checked_rem(old)
-                .and_then(|at| state.ring.get_mut(at))
-                .and_then(Option::take);
+                .and_then(|at| take_slot(&mut state.ring, at));
         }
         core::mem::swap(&mut state.ring, &mut ring);
         state.head = 0;
@@ -1260,12 +1264,7 @@ impl Driver for SoftDevice {
     }
 
     fn destroy_cq(dev: &Device<Self>, cq: &Cq<Self>) {
-        let entry = dev
-            .tables
-            .lock()
-            .cqs
-            .get_mut(cq.index())
-            .and_then(Option::take);
+        let entry = take_slot(&mut dev.tables.lock().cqs, cq.index());
         // Freed outside the lock; the layer ends the CQ's events after this.
         drop(entry);
     }
@@ -1277,7 +1276,7 @@ impl Driver for SoftDevice {
         };
         let capacity = state.ring.len();
         while out.room() > 0 && state.len > 0 && capacity > 0 {
-            if let Some(done) = state.ring.get_mut(state.head).and_then(Option::take) {
+            if let Some(done) = take_slot(&mut state.ring, state.head) {
                 out.push(&done);
             }
             state.head = state
@@ -1391,7 +1390,7 @@ impl Driver for SoftDevice {
         let qpn = qp.num();
         let dma = dev.dma();
         let entry = locked(dev, |tables, owed| {
-            let entry = tables.qps.get_mut(qpn as usize).and_then(Option::take);
+            let entry = take_slot(&mut tables.qps, qpn as usize);
             // Senders waiting on it (RNR) find nobody now: their retries end.
             tables.wake_waiters(&dma, owed, qpn);
             entry
@@ -1498,12 +1497,7 @@ impl Driver for SoftDevice {
     }
 
     fn dereg_mr(dev: &Device<Self>, mr: &Mr<Self>) {
-        let entry = dev
-            .tables
-            .lock()
-            .mrs
-            .get_mut(mr.index())
-            .and_then(Option::take);
+        let entry = take_slot(&mut dev.tables.lock().mrs, mr.index());
         // Its page lists are freed outside the lock.
         drop(entry);
     }
