@@ -6,10 +6,11 @@
  *
  * This file is tilde's harness, not rdma-core code: it sets up one RC QP and its CQ the
  * way the provider's own create paths leave them (mlx4_create_qp, mlx4_create_cq), over
- * plain memory, with a page standing in for the UAR and BlueFlame off (bf_buf_size 0, so
- * every post rings the 32-bit send doorbell, as tilde's fast path does). The device's
- * part (writing a CQE per signaled WQE) is played here, untimed, as the Rust side plays
- * it for tilde's fast path.
+ * plain memory, with a page standing in for the UAR and another for the BlueFlame
+ * register. BlueFlame is off (bf_buf_size 0: every post rings the 32-bit send doorbell)
+ * unless the job asks for it, as tilde's side does. The QP is RC or UD. The device's part
+ * (writing a CQE per signaled send WQE and per posted receive) is played here, untimed,
+ * as the Rust side plays it for tilde's fast path.
  */
 
 #include <config.h>
@@ -32,13 +33,17 @@ struct tilde_c_rig {
 	struct mlx4_context ctx;
 	struct mlx4_cq cq;
 	struct mlx4_qp qp;
+	struct mlx4_ah ah; /* the UD destination */
 	__be32 *records; /* RQ doorbell, CQ set_ci, CQ arm */
 	uint32_t device_cq; /* the device's CQE producer counter */
-	uint32_t device_sq; /* the next WQE the device completes */
+	uint32_t device_sq; /* the next send WQE the device completes */
+	uint32_t device_rq; /* the next receive WQE the device completes */
 	uint32_t cq_entries;
 	struct ibv_sge sge;
 	struct ibv_send_wr wr[64];
+	struct ibv_recv_wr recv_wr;
 	struct ibv_wc wc[64];
+	uint8_t inline_data[256] __attribute__((aligned(64)));
 };
 
 static void *zalloc_aligned(size_t size)
@@ -54,13 +59,14 @@ static void *zalloc_aligned(size_t size)
 void tilde_c_rig_free(struct tilde_c_rig *rig);
 
 /*
- * One RC QP (send queue of 1 << log_sq WQEs of 1 << sq_shift bytes, receive queue of
- * 1 << log_rq 16-byte WQEs) on one CQ of 1 << log_cq 32-byte CQEs.
+ * One RC or UD QP (send queue of 1 << log_sq WQEs of 1 << sq_shift bytes, receive queue
+ * of 1 << log_rq 16-byte WQEs) on one CQ of 1 << log_cq 32-byte CQEs; BlueFlame buffers
+ * of bf_buf_size bytes (0: none).
  */
 struct tilde_c_rig *tilde_c_rig_new(unsigned log_sq, unsigned sq_shift, unsigned log_rq,
-				    unsigned log_cq, int max_inline);
+				    unsigned log_cq, int max_inline, int ud, unsigned bf_buf_size);
 struct tilde_c_rig *tilde_c_rig_new(unsigned log_sq, unsigned sq_shift, unsigned log_rq,
-				    unsigned log_cq, int max_inline)
+				    unsigned log_cq, int max_inline, int ud, unsigned bf_buf_size)
 {
 	struct tilde_c_rig *rig = zalloc_aligned(sizeof(*rig));
 	struct mlx4_context *ctx;
@@ -76,9 +82,11 @@ struct tilde_c_rig *tilde_c_rig_new(unsigned log_sq, unsigned sq_shift, unsigned
 	cq = &rig->cq;
 	qp = &rig->qp;
 
-	/* The context: a UAR page, no BlueFlame, the QP table (mlx4_init_context). */
+	/* The context: a UAR page, a BlueFlame page, the QP table (mlx4_init_context). */
 	ctx->uar = zalloc_aligned(RIG_PAGE);
-	ctx->bf_buf_size = 0;
+	ctx->bf_page = zalloc_aligned(RIG_PAGE);
+	ctx->bf_buf_size = bf_buf_size;
+	ctx->bf_offset = 0;
 	ctx->num_qps = 1 << 17;
 	ctx->qp_table_shift = ffs(ctx->num_qps) - 1 - MLX4_QP_TABLE_BITS;
 	ctx->qp_table_mask = (1 << ctx->qp_table_shift) - 1;
@@ -102,7 +110,7 @@ struct tilde_c_rig *tilde_c_rig_new(unsigned log_sq, unsigned sq_shift, unsigned
 
 	/* The QP (mlx4_create_qp, mlx4_alloc_qp_buf): send queue first in its buffer. */
 	qp->verbs_qp.qp.context = &ctx->ibv_ctx.context;
-	qp->verbs_qp.qp.qp_type = IBV_QPT_RC;
+	qp->verbs_qp.qp.qp_type = ud ? IBV_QPT_UD : IBV_QPT_RC;
 	qp->verbs_qp.qp.qp_num = RIG_QPN;
 	qp->verbs_qp.qp.send_cq = &cq->verbs_cq.cq;
 	qp->verbs_qp.qp.recv_cq = &cq->verbs_cq.cq;
@@ -130,7 +138,14 @@ struct tilde_c_rig *tilde_c_rig_new(unsigned log_sq, unsigned sq_shift, unsigned
 	pthread_spin_init(&qp->sq.lock, PTHREAD_PROCESS_PRIVATE);
 	pthread_spin_init(&qp->rq.lock, PTHREAD_PROCESS_PRIVATE);
 
-	if (!ctx->uar || !rig->records || !cq->buf.buf || !qp->buf.buf || !qp->sq.wrid ||
+	/* The address handle (mlx4_create_ah): port 1, a LID, no GRH. */
+	rig->ah.av.port_pd = htobe32(1 << 24 | 0x3);
+	rig->ah.av.dlid = htobe16(0x12);
+	rig->ah.av.g_slid = 0x1;
+	rig->ah.av.stat_rate = 0;
+	rig->ah.av.sl_tclass_flowlabel = htobe32(0);
+
+	if (!ctx->uar || !ctx->bf_page || !rig->records || !cq->buf.buf || !qp->buf.buf || !qp->sq.wrid ||
 	    !qp->rq.wrid) {
 		tilde_c_rig_free(rig);
 		return NULL;
@@ -158,19 +173,23 @@ void tilde_c_rig_free(struct tilde_c_rig *rig)
 	free(rig->cq.buf.buf);
 	free(rig->records);
 	free(rig->ctx.uar);
+	free(rig->ctx.bf_page);
 	free(rig);
 }
 
 /*
  * Fills the rig's WR array with `n` chained SEND or RDMA WRITE WRs of one `len`-byte
- * gather entry (or inline data), all signaled, and returns the first.
+ * gather entry (or `len` bytes of inline data), all signaled, and returns the first.
  */
 static struct ibv_send_wr *rig_wrs(struct tilde_c_rig *rig, int n, enum ibv_wr_opcode op,
 				   uint32_t len, int inline_data)
 {
 	int i;
 
-	rig->sge.addr = 0x10000;
+	if (inline_data && len > sizeof(rig->inline_data))
+		return NULL;
+	/* Inline data is copied from the address: it must be the rig's buffer. */
+	rig->sge.addr = inline_data ? (uintptr_t)rig->inline_data : 0x10000;
 	rig->sge.length = len;
 	rig->sge.lkey = 0x1100;
 	for (i = 0; i < n; i++) {
@@ -183,8 +202,14 @@ static struct ibv_send_wr *rig_wrs(struct tilde_c_rig *rig, int n, enum ibv_wr_o
 		wr->num_sge = 1;
 		wr->opcode = op;
 		wr->send_flags = IBV_SEND_SIGNALED | (inline_data ? IBV_SEND_INLINE : 0);
-		wr->wr.rdma.remote_addr = 0x20000;
-		wr->wr.rdma.rkey = 0x2200;
+		if (rig->qp.verbs_qp.qp.qp_type == IBV_QPT_UD) {
+			wr->wr.ud.ah = &rig->ah.ibv_ah;
+			wr->wr.ud.remote_qpn = 0x49;
+			wr->wr.ud.remote_qkey = 0x11111111;
+		} else {
+			wr->wr.rdma.remote_addr = 0x20000;
+			wr->wr.rdma.rkey = 0x2200;
+		}
 	}
 	return &rig->wr[0];
 }
@@ -200,6 +225,8 @@ int tilde_c_post_single(struct tilde_c_rig *rig, int calls, int rdma_write, uint
 	struct ibv_send_wr *bad;
 	int i, ret;
 
+	if (!wr)
+		return EINVAL;
 	for (i = 0; i < calls; i++) {
 		ret = mlx4_post_send(&rig->qp.verbs_qp.qp, wr, &bad);
 		if (ret)
@@ -227,14 +254,53 @@ int tilde_c_post_chain(struct tilde_c_rig *rig, int calls, int chain, uint32_t l
 	return 0;
 }
 
+/* `calls` post calls of one receive WR of one `len`-byte scatter entry; 0, or the error. */
+int tilde_c_post_recv(struct tilde_c_rig *rig, int calls, uint32_t len);
+int tilde_c_post_recv(struct tilde_c_rig *rig, int calls, uint32_t len)
+{
+	struct ibv_recv_wr *bad;
+	int i, ret;
+
+	rig->sge.addr = 0x10000;
+	rig->sge.length = len;
+	rig->sge.lkey = 0x1100;
+	memset(&rig->recv_wr, 0, sizeof(rig->recv_wr));
+	rig->recv_wr.wr_id = 7;
+	rig->recv_wr.sg_list = &rig->sge;
+	rig->recv_wr.num_sge = 1;
+	for (i = 0; i < calls; i++) {
+		ret = mlx4_post_recv(&rig->qp.verbs_qp.qp, &rig->recv_wr, &bad);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
 /*
- * The device: a send CQE for every WQE posted since the last call, written as the device
- * writes it (body, then the owner byte of the lap).
+ * The device: a send CQE for every send WQE posted since the last call, then a receive
+ * CQE (a 64-byte SEND arrived) for every receive WQE, each written as the device writes
+ * it (body, then the owner byte of the lap).
  */
 void tilde_c_device_complete(struct tilde_c_rig *rig);
 void tilde_c_device_complete(struct tilde_c_rig *rig)
 {
 	struct mlx4_cqe *ring = rig->cq.buf.buf;
+
+	while (rig->device_rq != rig->qp.rq.head) {
+		struct mlx4_cqe *cqe = &ring[rig->device_cq & (rig->cq_entries - 1)];
+		uint8_t owner = rig->device_cq & rig->cq_entries ? MLX4_CQE_OWNER_MASK : 0;
+
+		cqe->vlan_my_qpn = htobe32(RIG_QPN);
+		cqe->immed_rss_invalid = 0;
+		cqe->g_mlpath_rqpn = htobe32(0x49);
+		cqe->status = 0;
+		cqe->byte_cnt = htobe32(64);
+		cqe->wqe_index = htobe16(rig->device_rq & 0xffff);
+		udma_to_device_barrier();
+		cqe->owner_sr_opcode = owner | MLX4_RECV_OPCODE_SEND;
+		rig->device_rq++;
+		rig->device_cq++;
+	}
 
 	while (rig->device_sq != rig->qp.sq.head) {
 		struct mlx4_cqe *cqe = &ring[rig->device_cq & (rig->cq_entries - 1)];

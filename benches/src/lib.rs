@@ -17,3 +17,4 @@
 
 pub mod memory;
 pub mod report;
+pub mod versus;

@@ -4,17 +4,27 @@
 //! into it, as `mmio_write32_be` is), and the provider's x86 barriers
 //! (`udma_to_device_barrier`, `udma_from_device_barrier`: compiler barriers only).
 //!
-//! [`Device`] plays the device's one part these benches need: a send CQE for every WQE
-//! handed over, written as the device writes it.
+//! A second page stands in for the BlueFlame register ([`MemoryBlueFlame`]): copies into
+//! it are 64-bit volatile stores followed by `sfence`, as the provider's
+//! `mmio_memcpy_x64` and `mmio_flush_writes` are on x86. [`SpinLock`] is the lock an
+//! ops-table entry point needs when several threads may post to one QP, built as
+//! `pthread_spin_lock` is.
+//!
+//! [`Device`] plays the device's one part these benches need: a CQE for every WQE handed
+//! over, written as the device writes it.
 
-use hw_mlx4::fastpath::platform::{DmaRing, DoorbellRecord, Platform, UarPage};
+use hw_mlx4::fastpath::platform::{BlueFlameRegister, DmaRing, DoorbellRecord, Platform, UarPage};
 use hw_mlx4::ring::{MemoryRing, RingMemory};
 use hw_mlx4::selftest::write_cqe;
 use hw_mlx4::wire::{
-    eq_doorbell_offset, Be16, Be32, CqDoorbell, Cqe, SendOpcode, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL,
+    eq_doorbell_offset, Be16, Be32, CqDoorbell, Cqe, CtrlSeg, RecvOpcode, SendOpcode,
+    UAR_CQ_DOORBELL, UAR_SEND_DOORBELL,
 };
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::cell::UnsafeCell;
+use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{compiler_fence, AtomicU32, AtomicU64, Ordering};
 use zerocopy::FromZeros;
 
@@ -139,6 +149,133 @@ impl UarPage for MemoryUar {
     }
 }
 
+/// A page standing in for a BlueFlame register: two buffers of `buffer_size` bytes.
+pub struct MemoryBlueFlame {
+    page: Memory,
+    buffer_size: usize,
+}
+
+impl MemoryBlueFlame {
+    /// A register whose buffers hold `buffer_size` bytes (at most half a page).
+    pub fn new(buffer_size: usize) -> Self {
+        assert!(buffer_size * 2 <= PAGE && buffer_size.is_multiple_of(64));
+        Self {
+            page: Memory::new(PAGE),
+            buffer_size,
+        }
+    }
+
+    /// The send doorbell value (`bf_qpn` without `fence_size`) of the last copy.
+    pub fn last_qpn_word(&self) -> u32 {
+        let mut last = 0;
+        for buffer in 0..2 {
+            let mut bytes = [0u8; 16];
+            for (i, byte) in bytes.iter_mut().enumerate() {
+                // SAFETY: inside the page.
+                *byte = unsafe { self.page.as_ptr().add(buffer * self.buffer_size + i).read() };
+            }
+            if let Ok((ctrl, _)) = <CtrlSeg as zerocopy::FromBytes>::ref_from_prefix(&bytes[..]) {
+                last = last.max(ctrl.blueflame_qpn());
+            }
+        }
+        last
+    }
+}
+
+impl BlueFlameRegister for MemoryBlueFlame {
+    #[inline]
+    fn buffer_size(&self) -> usize {
+        self.buffer_size
+    }
+
+    #[inline]
+    fn copy_wqe(&self, buffer: usize, wqe: &[u8]) {
+        let offset = (buffer & 1) * self.buffer_size;
+        let words = wqe.len().min(self.buffer_size) / 8;
+        let dst = self.page.as_ptr().wrapping_add(offset).cast::<u64>();
+        for (i, chunk) in wqe.chunks_exact(8).take(words).enumerate() {
+            let word = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+            // SAFETY: `offset + 8 * i` lies inside the page (`buffer_size` bytes per
+            // buffer, two buffers, at most a page), 8-aligned.
+            unsafe { dst.add(i).write_volatile(word) };
+        }
+        flush_write_combining();
+    }
+}
+
+/// `mmio_flush_writes` on x86: `sfence`.
+#[inline]
+fn flush_write_combining() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` has no operands and only orders stores.
+    unsafe {
+        core::arch::x86_64::_mm_sfence()
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// A spinlock as `pthread_spin_lock` is: an atomic exchange to take, a release store to
+/// give back.
+pub struct SpinLock<T> {
+    locked: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock gives `&mut T` to one holder at a time.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    /// `value` behind the lock.
+    pub fn new(value: T) -> Self {
+        Self {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Spins until the lock is taken.
+    #[inline]
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        while self.locked.swap(true, Ordering::Acquire) {
+            while self.locked.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        }
+        SpinGuard(self)
+    }
+
+    /// The value, without locking: `&mut self` already excludes everyone.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.value.get_mut()
+    }
+}
+
+/// The lock, held.
+pub struct SpinGuard<'l, T>(&'l SpinLock<T>);
+
+impl<T> Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock.
+        unsafe { &*self.0.value.get() }
+    }
+}
+
+impl<T> DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock.
+        unsafe { &mut *self.0.value.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.locked.store(false, Ordering::Release);
+    }
+}
+
 /// The fast path over plain memory.
 pub struct MemoryPlatform;
 
@@ -146,6 +283,7 @@ impl Platform for MemoryPlatform {
     type Ring = BenchRing;
     type DbRecord = MemoryRecord;
     type Uar = MemoryUar;
+    type BlueFlame = MemoryBlueFlame;
     type Counter = AtomicU32;
     type WrId = AtomicU64;
     type WrIdTable = Box<[AtomicU64]>;
@@ -171,11 +309,13 @@ pub fn wr_ids(entries: u32) -> Box<[AtomicU64]> {
     (0..entries).map(|_| AtomicU64::new(0)).collect()
 }
 
-/// The device's side: the CQE producer counter and the next send WQE to complete.
+/// The device's side: the CQE producer counter and the next send and receive WQEs to
+/// complete.
 #[derive(Default)]
 pub struct Device {
     cq: u32,
     sq: u32,
+    rq: u32,
 }
 
 impl Device {
@@ -192,6 +332,23 @@ impl Device {
             cqe.owner_sr_opcode = Cqe::IS_SEND | SendOpcode::Send as u8;
             write_cqe::<MemoryPlatform>(cq_ring, self.cq, entries, &cqe);
             self.sq = self.sq.wrapping_add(1);
+            self.cq = self.cq.wrapping_add(1);
+        }
+    }
+
+    /// Writes a receive CQE (a 64-byte SEND arrived) for each receive WQE of `qpn` up to
+    /// counter `rq_head`, as [`Device::complete_sends`] does for sends.
+    pub fn complete_recvs(&mut self, cq_ring: &BenchRing, qpn: u32, rq_head: u32) {
+        let entries = 1u32 << cq_ring.log_entries();
+        while self.rq != rq_head {
+            let mut cqe = Cqe::new_zeroed();
+            cqe.vlan_my_qpn = Be32::new(qpn);
+            cqe.g_mlpath_rqpn = Be32::new(qpn + 1);
+            cqe.byte_cnt = Be32::new(64);
+            cqe.wqe_index = Be16::new(self.rq as u16);
+            cqe.owner_sr_opcode = RecvOpcode::Send as u8;
+            write_cqe::<MemoryPlatform>(cq_ring, self.cq, entries, &cqe);
+            self.rq = self.rq.wrapping_add(1);
             self.cq = self.cq.wrapping_add(1);
         }
     }

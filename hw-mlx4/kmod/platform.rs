@@ -12,7 +12,9 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use hw_mlx4::fastpath::platform::{DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot};
+use hw_mlx4::fastpath::platform::{
+    BlueFlameRegister, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot,
+};
 use hw_mlx4::ring::{MemoryRing, RingMemory};
 use hw_mlx4::wire::{eq_doorbell_offset, CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use kernel::prelude::*;
@@ -228,6 +230,22 @@ impl WrIdSlot for WrId {
     }
 }
 
+/// The BlueFlame register of a QP in the kernel: none yet. tilde_mlx4 binds no device and
+/// maps no BlueFlame page (the write-combining mapping of BAR2 past the UARs, as
+/// `mlx4_bf_alloc` makes it) until it becomes the ConnectX-3 driver; an uninhabited type
+/// says so, and lets no QP be split with a register.
+pub(crate) enum NoBlueFlame {}
+
+impl BlueFlameRegister for NoBlueFlame {
+    fn buffer_size(&self) -> usize {
+        match *self {}
+    }
+
+    fn copy_wqe(&self, _buffer: usize, _wqe: &[u8]) {
+        match *self {}
+    }
+}
+
 /// The fast path in the kernel.
 pub(crate) struct KernelPlatform;
 
@@ -235,6 +253,7 @@ impl Platform for KernelPlatform {
     type Ring = KernelRing;
     type DbRecord = KernelDoorbellRecord;
     type Uar = Uar;
+    type BlueFlame = NoBlueFlame;
     type Counter = Counter;
     type WrId = WrId;
     type WrIdTable = WrIds;

@@ -89,7 +89,7 @@ impl<M: RingMemory> DmaRing for MemoryRing<M> {
         self.entry_shift
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn with_entry<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
         let (start, len) = self.entry(index);
         // SAFETY: the entry is inside the memory; the caller has it by the queue
@@ -97,7 +97,7 @@ impl<M: RingMemory> DmaRing for MemoryRing<M> {
         f(unsafe { core::slice::from_raw_parts(start, len) })
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
         let (start, len) = self.entry(index);
         // SAFETY: as for `with_entry`; in addition the caller holds no other reference

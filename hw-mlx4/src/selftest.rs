@@ -626,7 +626,7 @@ mod tests {
             match write {
                 UarWrite::Send(value) => now.send = Some(value),
                 UarWrite::Cq(doorbell) => now.cq = Some(doorbell),
-                UarWrite::Eq { .. } => {}
+                UarWrite::Eq { .. } | UarWrite::BlueFlame { .. } => {}
             }
         }
         now

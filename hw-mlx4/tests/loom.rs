@@ -15,7 +15,7 @@
 
 use hw_mlx4::fastpath::cq::{CompletionQueue, CqDoorbells};
 use hw_mlx4::fastpath::platform::{
-    DmaRing, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot,
+    BlueFlameRegister, DmaRing, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot,
 };
 use hw_mlx4::fastpath::qp::{QpCompletions, QueuePairState};
 use hw_mlx4::fastpath::recv::RecvQueueState;
@@ -205,10 +205,23 @@ impl WrIdSlot for LoomWrId {
     }
 }
 
+/// The loom models post by doorbell only.
+enum NoBlueFlame {}
+
+impl BlueFlameRegister for NoBlueFlame {
+    fn buffer_size(&self) -> usize {
+        match *self {}
+    }
+    fn copy_wqe(&self, _buffer: usize, _wqe: &[u8]) {
+        match *self {}
+    }
+}
+
 impl Platform for LoomPlatform {
     type Ring = LoomRing;
     type DbRecord = LoomRecord;
     type Uar = LoomUar;
+    type BlueFlame = NoBlueFlame;
     type Counter = LoomCounter;
     type WrId = LoomWrId;
     type WrIdTable = Vec<LoomWrId>;

@@ -6,7 +6,10 @@ use hw_mlx4::fastpath::eq::EventQueue;
 use hw_mlx4::fastpath::platform::DmaRing;
 use hw_mlx4::fastpath::qp::{QpCompletions, QueuePairState};
 use hw_mlx4::fastpath::send::{QpType, SendQueueCaps};
-use hw_mlx4::model::{HostPlatform, HostUar, Model, ModelError, QpSpec, QpState, LOCAL_DMA_LKEY};
+use hw_mlx4::model::{
+    HostBlueFlame, HostPlatform, HostUar, Model, ModelError, QpSpec, QpState, UarWrite,
+    BLUEFLAME_BUFFER_SIZE, LOCAL_DMA_LKEY,
+};
 use hw_mlx4::wire::{AddressVector, ArmCommand, Be32, CqeStride, CtrlSeg, EventType, InlineSeg};
 use hw_mlx4::wr::{
     Access, Completion, FastReg, Payload, PostError, PostFailure, RecvWr, Remote, SendFlags,
@@ -185,6 +188,82 @@ fn send_and_receive_move_data_and_complete_both_sides() {
         (WcStatus::Success, WcOpcode::Send, a_done.qpn())
     );
     assert_eq!(rig.model.memory().read(dst, 3000).unwrap(), &payload[..]);
+    assert!(rig.model.take_errors().is_empty());
+}
+
+/// A lone WR of inline data goes to the QP's BlueFlame register, into its two buffers in
+/// turn; the model executes each copy and checks it against the ring. What does not fit
+/// the buffer, a chain, and gathered data go by the doorbell.
+#[test]
+fn blueflame_carries_single_inline_sends_and_alternates_buffers() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let (mut a, mut b) = rig.rc_pair(inline_spec(rig.cqn));
+    let (dst, dst_key) = rig.buffer(8192, ALL);
+    let (src, src_key) = rig.buffer(64, ALL);
+    let uar = rig.uar.clone();
+    let mut cq = rig.take_cq(&uar);
+    let mut register = HostBlueFlame::new(&uar, BLUEFLAME_BUFFER_SIZE);
+    let (mut a_sq, _, a_done) = a.split_with_blueflame(&uar, &mut register);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let kinds = |uar: &HostUar| -> Vec<&'static str> {
+        uar.pending_writes()
+            .iter()
+            .map(|write| match write {
+                UarWrite::BlueFlame { buffer: 0, .. } => "bf0",
+                UarWrite::BlueFlame { .. } => "bf1",
+                UarWrite::Send(_) => "doorbell",
+                _ => "other",
+            })
+            .collect()
+    };
+    // 200 bytes inline make a 224-byte WQE: within the 256-byte buffer.
+    for (round, len) in [1usize, 44, 60, 150, 200, 12].into_iter().enumerate() {
+        let message: Vec<u8> = (0..len).map(|i| (i * 13 + round) as u8).collect();
+        let at = dst + round as u64 * 256;
+        b_rq.post(&[RecvWr {
+            wr_id: round as u64,
+            sges: &[sge(at, 256, dst_key)],
+        }])
+        .unwrap();
+        a_sq.post(&[SendWr::new(
+            100 + round as u64,
+            SendOp::Send,
+            Payload::Inline(&message),
+            SendFlags::SIGNALED,
+        )])
+        .unwrap();
+        let expected = if round % 2 == 0 { "bf0" } else { "bf1" };
+        assert_eq!(kinds(&uar), [expected], "round {round}");
+        rig.model.process().unwrap();
+        let done = poll_all(&mut cq, &qps);
+        assert_eq!(done.len(), 2, "round {round}");
+        assert!(done.iter().all(|c| c.status == WcStatus::Success));
+        assert_eq!(rig.model.memory().read(at, len).unwrap(), &message[..]);
+    }
+    // Two WRs, or gathered data: the doorbell.
+    let two = [
+        SendWr::new(1, SendOp::Send, Payload::Inline(b"ab"), SendFlags::SIGNALED),
+        SendWr::new(2, SendOp::Send, Payload::Inline(b"cd"), SendFlags::SIGNALED),
+    ];
+    for i in 0..3 {
+        b_rq.post(&[RecvWr {
+            wr_id: 50 + i,
+            sges: &[sge(dst + 4096 + i * 64, 64, dst_key)],
+        }])
+        .unwrap();
+    }
+    a_sq.post(&two).unwrap();
+    a_sq.post(&[SendWr::new(
+        3,
+        SendOp::Send,
+        Payload::Gather(&[sge(src, 64, src_key)]),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    assert_eq!(kinds(&uar), ["doorbell", "doorbell"]);
+    rig.model.process().unwrap();
+    assert_eq!(poll_all(&mut cq, &qps).len(), 6);
     assert!(rig.model.take_errors().is_empty());
 }
 

@@ -16,7 +16,7 @@ use hw_mlx4::fastpath::platform::{DmaRing, Platform};
 use hw_mlx4::fastpath::qp::QueuePairState;
 use hw_mlx4::fastpath::recv::RecvQueueState;
 use hw_mlx4::fastpath::send::{QpType, SendQueue, SendQueueCaps, SendQueueState};
-use hw_mlx4::model::{wr_id_table, HostDoorbellRecord, HostRing, HostUar};
+use hw_mlx4::model::{wr_id_table, HostBlueFlame, HostDoorbellRecord, HostRing, HostUar};
 use hw_mlx4::wire::{DataSeg, FastRegSeg, InlineSeg, STAMP_WORD};
 use hw_mlx4::wr::{Access, FastReg, Payload, PostError, Remote, SendFlags, SendOp, SendWr, Sge};
 
@@ -89,6 +89,7 @@ impl Platform for Recording {
     type Ring = RecordingRing;
     type DbRecord = HostDoorbellRecord;
     type Uar = HostUar;
+    type BlueFlame = HostBlueFlame;
     type Counter = AtomicU32;
     type WrId = AtomicU64;
     type WrIdTable = Box<[AtomicU64]>;

@@ -9,6 +9,10 @@
 //! Then runs `cargo bench -p benches` with `TILDE_RDMA_CORE` naming that tree, which
 //! `benches/build.rs` links into the `versus_rdma_core` bench.
 //!
+//! Then counts, under callgrind, what each job's driver calls execute on each side
+//! (instructions, stores, conditional branches per WQE or CQE: exact where times are
+//! noisy), prints them and writes `target/tilde-bench/instructions.json`.
+//!
 //! Nothing of rdma-core is copied into the repository: the harness
 //! (`benches/c/rdma_core_mlx4.c`) is tilde's, and includes the provider's headers from the
 //! cached tree at build time.
@@ -28,7 +32,11 @@ const BUILD_PACKAGES: &[&str] = &[
     "libnl-3-dev",
     "libnl-route-3-dev",
     "libudev-dev",
+    "valgrind",
 ];
+
+/// Batches of each job run under callgrind for the counts.
+const COUNT_BATCHES: u32 = 20;
 
 /// The static libraries the bench links, as built under `build/`.
 pub const STATIC_LIBS: &[&str] = &[
@@ -51,7 +59,140 @@ pub fn run(filter: &[String]) -> Result {
     if !status.success() {
         bail!("cargo bench failed ({status})");
     }
+    count_instructions(&tree)
+}
+
+/// What one side's entry executed per WQE or CQE.
+struct Counts {
+    instructions: f64,
+    stores: f64,
+    branches: f64,
+}
+
+/// Runs every job on both sides under callgrind, collecting inside the driver's entry
+/// only, and reports the counts per WQE or CQE.
+fn count_instructions(tree: &Path) -> Result {
+    let root = crate::util::repo_root();
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-p", "benches", "--bin", "count_instructions"])
+        .env("TILDE_RDMA_CORE", tree)
+        .status()
+        .context(|| "cannot start cargo".to_string())?;
+    if !status.success() {
+        bail!("building count_instructions failed ({status})");
+    }
+    let binary = root.join("target/release/count_instructions");
+    let list = output(Command::new(&binary).arg("--list"))?;
+    let dir = root.join("target/tilde-bench");
+    fs::create_dir_all(&dir)?;
+    println!();
+    println!(
+        "{:<24} {:>22} {:>22} {:>8}",
+        "per WQE or CQE", "tilde instr/st/br", "rdma-core instr/st/br", "C/tilde"
+    );
+    let mut jobs = Vec::new();
+    for line in list.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [name, elements, tilde_entry, c_entry] = fields.as_slice() else {
+            bail!("count_instructions --list: unexpected line {line:?}");
+        };
+        let elements: f64 = elements
+            .parse()
+            .context(|| format!("elements of {name}: {elements}"))?;
+        let per = elements * f64::from(COUNT_BATCHES);
+        let tilde = callgrind(&binary, &dir, "tilde", name, tilde_entry, per)?;
+        let c = callgrind(&binary, &dir, "rdma-core", name, c_entry, per)?;
+        let cell = |k: &Counts| format!("{:.0}/{:.1}/{:.1}", k.instructions, k.stores, k.branches);
+        println!(
+            "{name:<24} {:>22} {:>22} {:>8.2}",
+            cell(&tilde),
+            cell(&c),
+            c.instructions / tilde.instructions
+        );
+        let side = |k: &Counts| {
+            serde_json::json!({
+                "instructions": (k.instructions * 10.0).round() / 10.0,
+                "stores": (k.stores * 10.0).round() / 10.0,
+                "conditional_branches": (k.branches * 10.0).round() / 10.0,
+            })
+        };
+        jobs.push(serde_json::json!({
+            "job": name,
+            "tilde": side(&tilde),
+            "rdma_core": side(&c),
+            "entries": { "tilde": tilde_entry, "rdma_core": c_entry },
+        }));
+    }
+    let summary = serde_json::json!({
+        "method": "callgrind --cache-sim=yes --branch-sim=yes, collecting inside each side's \
+                   driver entry only (--toggle-collect); per WQE or CQE; stores are data \
+                   writes (Dw), branches conditional branches executed (Bc)",
+        "jobs": jobs,
+    });
+    let path = dir.join("instructions.json");
+    let text = match serde_json::to_string_pretty(&summary) {
+        Ok(text) => text,
+        Err(error) => bail!("instructions.json: {error}"),
+    };
+    fs::write(&path, text + "\n")?;
+    println!("tilde-bench: wrote {}", path.display());
     Ok(())
+}
+
+/// One job on one side under callgrind: the counts inside `entry`, divided by `per`.
+fn callgrind(
+    binary: &Path,
+    dir: &Path,
+    side: &str,
+    job: &str,
+    entry: &str,
+    per: f64,
+) -> Result<Counts> {
+    let out = dir.join(format!("callgrind.{side}.{job}.out"));
+    let status = Command::new("valgrind")
+        .args(["--tool=callgrind", "--cache-sim=yes", "--branch-sim=yes"])
+        .arg(format!("--toggle-collect={entry}"))
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(binary)
+        .args([side, job, &COUNT_BATCHES.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context(|| "cannot start valgrind".to_string())?;
+    if !status.success() {
+        bail!("callgrind of {side} {job} failed ({status})");
+    }
+    let text = fs::read_to_string(&out)?;
+    let events: Vec<&str> = text
+        .lines()
+        .find_map(|line| line.strip_prefix("events: "))
+        .context(|| format!("no events line in {}", out.display()))?
+        .split_whitespace()
+        .collect();
+    let totals: Vec<f64> = text
+        .lines()
+        .find_map(|line| line.strip_prefix("summary: "))
+        .context(|| format!("no summary line in {}", out.display()))?
+        .split_whitespace()
+        .map(|value| value.parse().unwrap_or(0.0))
+        .collect();
+    let event = |name: &str| -> Result<f64> {
+        let at = events
+            .iter()
+            .position(|e| *e == name)
+            .context(|| format!("no {name} event in {}", out.display()))?;
+        Ok(totals.get(at).copied().unwrap_or(0.0) / per)
+    };
+    let counts = Counts {
+        instructions: event("Ir")?,
+        stores: event("Dw")?,
+        branches: event("Bc")?,
+    };
+    if counts.instructions == 0.0 {
+        bail!("callgrind counted nothing inside {entry} ({side} {job})");
+    }
+    let _ = fs::remove_file(&out);
+    Ok(counts)
 }
 
 /// The built rdma-core source tree, provisioned if needed.

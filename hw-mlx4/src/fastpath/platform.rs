@@ -68,6 +68,24 @@ pub trait UarPage {
     fn ring_eq_doorbell(&self, eqn: u32, word: u32);
 }
 
+/// A BlueFlame register: two buffers of [`BlueFlameRegister::buffer_size`] bytes each in a
+/// write-combining page of the UAR's BAR. A WQE copied into one is executed as it
+/// arrives, without the device fetching it from the ring: the latency path for a single
+/// small WR (`mlx4_post_send`'s `bf_page`, the kernel's `struct mlx4_bf`). A QP holds its
+/// register alone (the driver hands it out `&mut`), so its copies need no lock; the two
+/// buffers are used in turn so a copy never merges with the previous one in the CPU's
+/// write-combining buffer.
+pub trait BlueFlameRegister {
+    /// Bytes in each of the two buffers: a WQE of at most this many bytes may go this way.
+    fn buffer_size(&self) -> usize;
+
+    /// Copies `wqe` (whole 64-byte blocks) into buffer `buffer` (0 or 1) in ascending
+    /// 64-bit stores, then flushes the write-combining buffer so the device sees the copy
+    /// now (`mmio_memcpy_x64` and `mmio_flush_writes`; the kernel's `__iowrite64_copy`
+    /// and `wmb`).
+    fn copy_wqe(&self, buffer: usize, wqe: &[u8]);
+}
+
 /// A counter shared between the poster and the completer of a work queue.
 pub trait SharedCounter {
     /// A counter holding `value`.
@@ -98,6 +116,8 @@ pub trait Platform {
     type DbRecord: DoorbellRecord;
     /// The UAR page.
     type Uar: UarPage;
+    /// A BlueFlame register.
+    type BlueFlame: BlueFlameRegister;
     /// A counter shared by a work queue's poster and completer.
     type Counter: SharedCounter;
     /// One slot of a wr_id table.

@@ -39,9 +39,27 @@ impl<P: Platform> QueuePairState<P> {
         &'q mut self,
         uar: &'q P::Uar,
     ) -> (SendQueue<'q, P>, RecvQueue<'q, P>, QpCompletions<'q, P>) {
+        self.split_inner(uar, None)
+    }
+
+    /// As [`QueuePairState::split`], with the BlueFlame register the send queue may post
+    /// single small WRs through; `&mut` because its two buffers take one QP's copies only.
+    pub fn split_with_blueflame<'q>(
+        &'q mut self,
+        uar: &'q P::Uar,
+        blueflame: &'q mut P::BlueFlame,
+    ) -> (SendQueue<'q, P>, RecvQueue<'q, P>, QpCompletions<'q, P>) {
+        self.split_inner(uar, Some(blueflame))
+    }
+
+    fn split_inner<'q>(
+        &'q mut self,
+        uar: &'q P::Uar,
+        blueflame: Option<&'q P::BlueFlame>,
+    ) -> (SendQueue<'q, P>, RecvQueue<'q, P>, QpCompletions<'q, P>) {
         let this: &'q Self = self;
         (
-            SendQueue::new(&this.sq, this.qpn, uar),
+            SendQueue::new(&this.sq, this.qpn, uar, blueflame),
             RecvQueue::new(&this.rq),
             QpCompletions {
                 qpn: this.qpn,

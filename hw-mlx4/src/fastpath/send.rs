@@ -6,7 +6,7 @@
 //! ahead is stamped so the device's read-ahead never takes stale blocks for valid ones;
 //! after the last WR, `wmb` and the send doorbell.
 
-use super::platform::{DmaRing, Platform, SharedCounter, UarPage, WrIdSlot};
+use super::platform::{BlueFlameRegister, DmaRing, Platform, SharedCounter, UarPage, WrIdSlot};
 use super::wr::Access;
 use super::wr::{Payload, PostError, PostFailure, SendFlags, SendOp, SendWr};
 use crate::wire::{
@@ -59,9 +59,15 @@ pub struct SendQueueState<P: Platform> {
     /// CQE that names a WQE never posted.
     posted: P::Counter,
     wqe_cnt: u32,
+    /// `wqe_cnt - 1`: masks a counter to a slot.
+    slot_mask: u32,
     wqe_shift: u32,
     /// WQEs kept stamped ahead of the producer (`MLX4_IB_SQ_HEADROOM`).
     spare: u32,
+    /// WRs that may be outstanding: the ring less the stamped headroom.
+    max_post: u32,
+    /// The largest WQE in bytes: the entry, or what the size field can express.
+    max_wqe_bytes: usize,
     qp_type: QpType,
     caps: SendQueueCaps,
 }
@@ -113,8 +119,11 @@ impl<P: Platform> SendQueueState<P> {
             tail: P::Counter::new(0),
             posted: P::Counter::new(0),
             wqe_cnt,
+            slot_mask: wqe_cnt.wrapping_sub(1),
             wqe_shift,
             spare,
+            max_post: wqe_cnt.wrapping_sub(spare),
+            max_wqe_bytes: (1usize << wqe_shift).min(usize::from(CtrlSeg::SIZE_MASK) * DS_SIZE),
             qp_type,
             caps,
         };
@@ -144,8 +153,7 @@ impl<P: Platform> SendQueueState<P> {
 
     /// How many WRs can be outstanding at once: the ring less the stamped headroom.
     pub fn max_post(&self) -> u32 {
-        // `new` keeps `spare < wqe_cnt`.
-        self.wqe_cnt.wrapping_sub(self.spare)
+        self.max_post
     }
 
     /// The capabilities the queue was created with.
@@ -211,10 +219,29 @@ impl<P: Platform> SendQueueState<P> {
     }
 }
 
+/// The fixed facts of a send queue the poster consults per WR, copied into the posting
+/// handle: the shared state holds atomics, so the compiler must reload anything read
+/// through it after each store to the ring; the handle is `&mut`, so these stay in
+/// registers.
+#[derive(Clone, Copy)]
+struct Shape {
+    wqe_cnt: u32,
+    slot_mask: u32,
+    spare: u32,
+    max_post: u32,
+    max_wqe_bytes: usize,
+    qp_type: QpType,
+    caps: SendQueueCaps,
+}
+
 /// The posting side of a send queue; one per queue (it is made from `&mut` state).
 pub struct SendQueue<'q, P: Platform> {
     state: &'q SendQueueState<P>,
+    shape: Shape,
     uar: &'q P::Uar,
+    /// The QP's BlueFlame register, if it has one, and the buffer the next copy goes to.
+    blueflame: Option<&'q P::BlueFlame>,
+    blueflame_buffer: usize,
     doorbell: u32,
     head: u32,
     /// The last tail seen; reloaded only when the queue looks full.
@@ -224,12 +251,28 @@ pub struct SendQueue<'q, P: Platform> {
 impl<'q, P: Platform> SendQueue<'q, P> {
     /// Resumes where the last poster of this queue stopped, so splitting a QP again
     /// never reposts over WQEs the device has.
-    pub(crate) fn new(state: &'q SendQueueState<P>, qpn: u32, uar: &'q P::Uar) -> Self {
+    pub(crate) fn new(
+        state: &'q SendQueueState<P>,
+        qpn: u32,
+        uar: &'q P::Uar,
+        blueflame: Option<&'q P::BlueFlame>,
+    ) -> Self {
         let head = state.posted.load_acquire();
         let tail_cache = state.tail.load_acquire();
         Self {
             state,
+            shape: Shape {
+                wqe_cnt: state.wqe_cnt,
+                slot_mask: state.slot_mask,
+                spare: state.spare,
+                max_post: state.max_post,
+                max_wqe_bytes: state.max_wqe_bytes,
+                qp_type: state.qp_type,
+                caps: state.caps,
+            },
             uar,
+            blueflame,
+            blueflame_buffer: 0,
             doorbell: send_doorbell_value(qpn),
             head,
             tail_cache,
@@ -241,196 +284,252 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         self.head
     }
 
-    /// Posts `wrs` in order and rings the doorbell once. On error the WRs before the
-    /// failing one are posted; the ring is never left with a partial WQE.
+    /// Posts `wrs` in order and hands them to the device once: by the send doorbell, or,
+    /// for a single WR of inline data that fits the QP's BlueFlame buffer, by copying the
+    /// WQE there (as rdma-core's provider does). On error the WRs before the failing one
+    /// are posted; the ring is never left with a partial WQE.
     ///
     /// One function, never inlined into its caller: the driver reaches it through the
     /// device's ops table anyway, and `cargo xtask test` compares its machine code
     /// between kernel builds.
     #[inline(never)]
     pub fn post(&mut self, wrs: &[SendWr<'_>]) -> Result<(), PostFailure> {
+        // BlueFlame only for a lone WR of inline data: a WQE the CPU already has in cache
+        // and the device then need not fetch (the provider's `nreq == 1 && inl`).
+        if let (Some(register), [wr]) = (self.blueflame, wrs) {
+            if matches!(wr.payload, Payload::Inline(data) if !data.is_empty()) {
+                return self
+                    .post_blueflame(register, wr)
+                    .map_err(|error| PostFailure { index: 0, error });
+            }
+        }
         let state = self.state;
-        let mut index = self.head;
+        let shape = self.shape;
+        let head = self.head;
+        let mut index = head;
         let mut result = Ok(());
         for (i, wr) in wrs.iter().enumerate() {
-            if let Err(error) = self.write_wqe(index, wr) {
+            if let Err(error) = self.write_wqe(&shape, index, wr, None) {
                 result = Err(PostFailure { index: i, error });
                 break;
             }
             index = index.wrapping_add(1);
             // Stamping the WQE after the last one waits until after the doorbell: it
             // costs latency and the device cannot reach it before then.
-            if i + 1 < wrs.len() {
-                state.stamp(index.wrapping_add(state.spare).wrapping_sub(1));
+            if index.wrapping_sub(head) < wrs.len() as u32 {
+                state.stamp(index.wrapping_add(shape.spare).wrapping_sub(1));
             }
         }
-        if index != self.head {
+        if index != head {
             self.head = index;
             P::wmb();
             self.uar.ring_send_doorbell(self.doorbell);
-            state.stamp(index.wrapping_add(state.spare).wrapping_sub(1));
+            state.stamp(index.wrapping_add(shape.spare).wrapping_sub(1));
         }
         result
     }
 
-    fn write_wqe(&mut self, index: u32, wr: &SendWr<'_>) -> Result<(), PostError> {
+    /// Posts one WR of inline data through the BlueFlame register if its WQE fits the
+    /// buffer, else by the doorbell.
+    #[inline(never)]
+    fn post_blueflame(
+        &mut self,
+        register: &P::BlueFlame,
+        wr: &SendWr<'_>,
+    ) -> Result<(), PostError> {
         let state = self.state;
-        if index.wrapping_sub(self.tail_cache) >= state.max_post() {
+        let shape = self.shape;
+        let head = self.head;
+        let copied = self.write_wqe(&shape, head, wr, Some(register.buffer_size()))?;
+        let index = head.wrapping_add(1);
+        self.head = index;
+        // The WQE reaches memory before its copy reaches the register: the device
+        // fetches it from the ring again when it must resend.
+        P::wmb();
+        match copied {
+            0 => self.uar.ring_send_doorbell(self.doorbell),
+            bytes => {
+                // SAFETY: the WQE at `head` was just handed over, so the device only
+                // reads it; `&mut self` makes this the only CPU code touching it.
+                unsafe {
+                    state.ring.with_entry(head, |wqe| {
+                        if let Some(blocks) = wqe.get(..bytes) {
+                            register.copy_wqe(self.blueflame_buffer, blocks);
+                        }
+                    })
+                };
+                self.blueflame_buffer ^= 1;
+            }
+        }
+        state.stamp(index.wrapping_add(shape.spare).wrapping_sub(1));
+        Ok(())
+    }
+
+    /// Writes the WQE for `wr` at counter `index` and hands it over. A WQE that fits
+    /// `blueflame` bytes (the register's buffer) is written as a BlueFlame WQE, and the
+    /// bytes to copy (its whole 64-byte blocks) returned; otherwise `Ok(0)`. Everything
+    /// that can refuse the WR is checked before the first store.
+    #[inline(always)]
+    fn write_wqe(
+        &mut self,
+        shape: &Shape,
+        index: u32,
+        wr: &SendWr<'_>,
+        blueflame: Option<usize>,
+    ) -> Result<usize, PostError> {
+        let state = self.state;
+        if index.wrapping_sub(self.tail_cache) >= shape.max_post {
             self.tail_cache = state.tail.load_acquire();
-            if index.wrapping_sub(self.tail_cache) >= state.max_post() {
+            if index.wrapping_sub(self.tail_cache) >= shape.max_post {
                 return Err(PostError::QueueFull);
             }
         }
-        let layout = WqeLayout::of(wr, state)?;
-        let signaled = state.caps.signal_all || wr.flags.contains(SendFlags::SIGNALED);
-        let mut srcrb = if signaled { CtrlSeg::CQ_UPDATE } else { 0 };
+        let kind = WqeKind::of(shape.qp_type, wr)?;
+        let payload_start = size_of::<CtrlSeg>() + kind.fixed_bytes;
+        let bytes = match wr.payload {
+            // `new` refused capabilities whose largest WQE does not fit: within
+            // `max_sge`, a gather list always does.
+            // Wrapping: at most `max_sge` (a `u32`) entries of 16 bytes cannot wrap.
+            Payload::Gather(sges) if sges.len() <= shape.caps.max_sge as usize => {
+                payload_start.wrapping_add(sges.len().wrapping_mul(size_of::<DataSeg>()))
+            }
+            Payload::Gather(_) => return Err(PostError::TooManySges),
+            Payload::Inline(data) if data.len() <= shape.caps.max_inline as usize => {
+                payload_start.saturating_add(inline_bytes(payload_start, data.len()))
+            }
+            Payload::Inline(_) => return Err(PostError::InlineTooLong),
+        };
+        if bytes > shape.max_wqe_bytes {
+            return Err(PostError::WqeTooLarge);
+        }
+        let size_ds = bytes.div_ceil(DS_SIZE) as u8;
+        let doorbell = self.doorbell;
+        let by_blueflame = blueflame.is_some_and(|room| bytes <= room && size_ds > 1);
+        let mut srcrb = kind.srcrb;
+        if shape.caps.signal_all || wr.flags.contains(SendFlags::SIGNALED) {
+            srcrb |= CtrlSeg::CQ_UPDATE;
+        }
         if wr.flags.contains(SendFlags::SOLICITED) {
             srcrb |= CtrlSeg::SOLICITED;
-        }
-        if matches!(wr.op, SendOp::LocalInvalidate { .. } | SendOp::FastReg(_)) {
-            srcrb |= CtrlSeg::STRONG_ORDER;
         }
         let fence = if wr.flags.contains(SendFlags::FENCE) {
             CtrlSeg::FENCE
         } else {
             0
         };
-        let payload_start = size_of::<CtrlSeg>() + layout.fixed_bytes;
         // SAFETY: `index - tail < max_post`, so the device has completed this WQE's
         // previous use and will not execute it before its ownership word, written last;
         // `&mut self` makes this the only producer. The device may read ahead into it
         // (it reads, never writes, a WQE it does not own), which is why the words that
         // make a block valid are held back and written outside this view.
-        let written = unsafe {
-            state.ring.with_entry_mut(index, |wqe| {
-                let (ctrl, rest) =
-                    CtrlSeg::mut_from_prefix(wqe).map_err(|_| PostError::WqeTooLarge)?;
-                ctrl.vlan_tag = Be16::new(0);
-                ctrl.ins_vlan = 0;
-                ctrl.srcrb_flags = Be32::new(srcrb);
-                ctrl.imm = Be32::new(layout.imm);
-                let rest = write_fixed_segments(rest, wr)?;
-                write_payload(rest, payload_start, &wr.payload)?;
-                ctrl.fence_size = fence | layout.size_ds;
-                Ok(())
-            })
-        };
-        written?;
+        let held_back = unsafe {
+            state.ring.with_entry_mut(
+                index,
+                #[inline(always)]
+                |wqe| {
+                    let (ctrl, rest) =
+                        CtrlSeg::mut_from_prefix(wqe).map_err(|_| PostError::WqeTooLarge)?;
+                    // `bf_qpn` and `fence_size` in one store: the QPN only in a BlueFlame WQE,
+                    // no VLAN insertion otherwise (the field is shared).
+                    let bf_qpn = if by_blueflame { doorbell } else { 0 };
+                    ctrl.set_qpn_fence_size(bf_qpn, fence | size_ds);
+                    ctrl.srcrb_flags = Be32::new(srcrb);
+                    ctrl.imm = Be32::new(kind.imm);
+                    let rest = write_fixed_segments(rest, wr)?;
+                    write_payload(rest, payload_start, &wr.payload)
+                },
+            )
+        }?;
         // The held-back block heads, after their blocks, before the ownership word.
-        write_block_heads::<P>(&state.ring, index, payload_start, &wr.payload);
+        if held_back {
+            write_block_heads::<P>(&state.ring, index, payload_start, &wr.payload);
+        }
         if let Some(slot) = state
             .wr_ids
             .as_ref()
-            .get((index & state.wqe_cnt.wrapping_sub(1)) as usize)
+            .get((index & shape.slot_mask) as usize)
         {
             slot.set(wr.wr_id);
         }
         state.posted.store_release(index.wrapping_add(1));
-        P::dma_wmb();
-        state.ring.write_word(
-            index,
-            0,
-            CtrlSeg::owner_opcode_for(layout.opcode, index, state.wqe_cnt),
-        );
-        Ok(())
-    }
-}
-
-/// What a WR turns into, worked out before anything is written.
-struct WqeLayout {
-    opcode: SendOpcode,
-    imm: u32,
-    fixed_bytes: usize,
-    size_ds: u8,
-}
-
-impl WqeLayout {
-    fn of<P: Platform>(wr: &SendWr<'_>, state: &SendQueueState<P>) -> Result<Self, PostError> {
-        let (opcode, imm, fixed_bytes) = match (state.qp_type, wr.op, wr.ud) {
-            (QpType::Ud, SendOp::Send, Some(_)) => (SendOpcode::Send, 0, size_of::<DatagramSeg>()),
-            (QpType::Ud, SendOp::SendWithImm(imm), Some(_)) => {
-                (SendOpcode::SendImm, imm, size_of::<DatagramSeg>())
-            }
-            (QpType::Ud, _, _) | (QpType::Rc, _, Some(_)) => return Err(PostError::WrongQpType),
-            (QpType::Rc, op, None) => match op {
-                SendOp::Send => (SendOpcode::Send, 0, 0),
-                SendOp::SendWithImm(imm) => (SendOpcode::SendImm, imm, 0),
-                SendOp::SendWithInvalidate(rkey) => (SendOpcode::SendInval, rkey, 0),
-                SendOp::RdmaWrite(_) => (SendOpcode::RdmaWrite, 0, size_of::<RaddrSeg>()),
-                SendOp::RdmaWriteWithImm(_, imm) => {
-                    (SendOpcode::RdmaWriteImm, imm, size_of::<RaddrSeg>())
-                }
-                SendOp::RdmaRead(_) => (SendOpcode::RdmaRead, 0, size_of::<RaddrSeg>()),
-                SendOp::AtomicCmpSwap { .. } => (
-                    SendOpcode::AtomicCmpSwap,
-                    0,
-                    size_of::<RaddrSeg>() + size_of::<AtomicSeg>(),
-                ),
-                SendOp::AtomicFetchAdd { .. } => (
-                    SendOpcode::AtomicFetchAdd,
-                    0,
-                    size_of::<RaddrSeg>() + size_of::<AtomicSeg>(),
-                ),
-                SendOp::LocalInvalidate { .. } => {
-                    (SendOpcode::LocalInval, 0, size_of::<LocalInvalSeg>())
-                }
-                SendOp::FastReg(_) => (SendOpcode::FastReg, 0, size_of::<FastRegSeg>()),
-            },
-        };
-        let payload_bytes = match (wr.op, wr.payload) {
-            (
-                SendOp::AtomicCmpSwap { .. } | SendOp::AtomicFetchAdd { .. },
-                Payload::Gather([sge]),
-            ) if sge.length == 8 => size_of::<DataSeg>(),
-            (SendOp::AtomicCmpSwap { .. } | SendOp::AtomicFetchAdd { .. }, _) => {
-                return Err(PostError::BadAtomicSge)
-            }
-            (
-                SendOp::LocalInvalidate { .. } | SendOp::FastReg(_),
-                Payload::Gather([]) | Payload::Inline([]),
-            ) => 0,
-            (SendOp::LocalInvalidate { .. } | SendOp::FastReg(_), _) => {
-                return Err(PostError::TooManySges)
-            }
-            (SendOp::RdmaRead(_), Payload::Inline(_)) => return Err(PostError::InlineTooLong),
-            (_, Payload::Gather(sges)) => {
-                if sges.len() > state.caps.max_sge as usize {
-                    return Err(PostError::TooManySges);
-                }
-                sges.len() * size_of::<DataSeg>()
-            }
-            (_, Payload::Inline(data)) => {
-                if data.len() > state.caps.max_inline as usize {
-                    return Err(PostError::InlineTooLong);
-                }
-                inline_bytes(size_of::<CtrlSeg>() + fixed_bytes, data.len())
-            }
-        };
-        // Saturating: a sum past any WQE size is refused below all the same.
-        let bytes = size_of::<CtrlSeg>()
-            .saturating_add(fixed_bytes)
-            .saturating_add(payload_bytes);
-        let size_ds = bytes.div_ceil(DS_SIZE);
-        if exceeds_wqe(bytes, size_ds, state.wqe_shift) {
-            return Err(PostError::WqeTooLarge);
+        let mut owner_opcode = CtrlSeg::owner_opcode_for(kind.opcode, index, shape.wqe_cnt);
+        if by_blueflame {
+            owner_opcode |= (index & 0xffff) << CtrlSeg::BF_COUNTER_SHIFT;
         }
-        Ok(Self {
-            opcode,
-            imm,
-            fixed_bytes,
-            size_ds: size_ds as u8,
+        P::dma_wmb();
+        state.ring.write_word(index, 0, owner_opcode);
+        // `bytes <= max_wqe_bytes`: rounding up to a block cannot wrap.
+        Ok(if by_blueflame {
+            bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)
+        } else {
+            0
         })
     }
 }
 
-/// Whether a WQE of `bytes` (`size_ds` 16-byte units) overflows an entry of
-/// `1 << wqe_shift` bytes or the control segment's size field. A second guard:
-/// [`SendQueueState::new`] refuses capabilities whose largest WQE does not fit, so a WR
-/// within the capabilities never meets it; the WQE writer relies on the layout fitting.
-#[inline]
-fn exceeds_wqe(bytes: usize, size_ds: usize, wqe_shift: u32) -> bool {
-    // `new` keeps `wqe_shift` within 6..=10.
-    bytes > 1usize.wrapping_shl(wqe_shift) || size_ds > usize::from(CtrlSeg::SIZE_MASK)
+/// What the operation of a WR makes of its WQE, worked out before anything is written.
+struct WqeKind {
+    opcode: SendOpcode,
+    imm: u32,
+    /// `srcrb_flags` bits the operation itself needs.
+    srcrb: u32,
+    /// Bytes of the segments between the control segment and the payload.
+    fixed_bytes: usize,
+}
+
+impl WqeKind {
+    #[inline(always)]
+    fn of(qp_type: QpType, wr: &SendWr<'_>) -> Result<Self, PostError> {
+        let kind = |opcode, imm, fixed_bytes| Self {
+            opcode,
+            imm,
+            srcrb: 0,
+            fixed_bytes,
+        };
+        let raddr = size_of::<RaddrSeg>();
+        let atomic = size_of::<RaddrSeg>() + size_of::<AtomicSeg>();
+        match (qp_type, wr.ud) {
+            (QpType::Ud, Some(_)) => {
+                let datagram = size_of::<DatagramSeg>();
+                return match wr.op {
+                    SendOp::Send => Ok(kind(SendOpcode::Send, 0, datagram)),
+                    SendOp::SendWithImm(imm) => Ok(kind(SendOpcode::SendImm, imm, datagram)),
+                    _ => Err(PostError::WrongQpType),
+                };
+            }
+            (QpType::Ud, None) | (QpType::Rc, Some(_)) => return Err(PostError::WrongQpType),
+            (QpType::Rc, None) => {}
+        }
+        Ok(match (wr.op, wr.payload) {
+            (SendOp::Send, _) => kind(SendOpcode::Send, 0, 0),
+            (SendOp::RdmaWrite(_), _) => kind(SendOpcode::RdmaWrite, 0, raddr),
+            (SendOp::SendWithImm(imm), _) => kind(SendOpcode::SendImm, imm, 0),
+            (SendOp::SendWithInvalidate(rkey), _) => kind(SendOpcode::SendInval, rkey, 0),
+            (SendOp::RdmaWriteWithImm(_, imm), _) => kind(SendOpcode::RdmaWriteImm, imm, raddr),
+            (SendOp::RdmaRead(_), Payload::Gather(_)) => kind(SendOpcode::RdmaRead, 0, raddr),
+            (SendOp::RdmaRead(_), Payload::Inline(_)) => return Err(PostError::InlineTooLong),
+            (SendOp::AtomicCmpSwap { .. }, Payload::Gather([sge])) if sge.length == 8 => {
+                kind(SendOpcode::AtomicCmpSwap, 0, atomic)
+            }
+            (SendOp::AtomicFetchAdd { .. }, Payload::Gather([sge])) if sge.length == 8 => {
+                kind(SendOpcode::AtomicFetchAdd, 0, atomic)
+            }
+            (SendOp::AtomicCmpSwap { .. } | SendOp::AtomicFetchAdd { .. }, _) => {
+                return Err(PostError::BadAtomicSge)
+            }
+            (SendOp::LocalInvalidate { .. }, Payload::Gather([]) | Payload::Inline([])) => Self {
+                srcrb: CtrlSeg::STRONG_ORDER,
+                ..kind(SendOpcode::LocalInval, 0, size_of::<LocalInvalSeg>())
+            },
+            (SendOp::FastReg(_), Payload::Gather([]) | Payload::Inline([])) => Self {
+                srcrb: CtrlSeg::STRONG_ORDER,
+                ..kind(SendOpcode::FastReg, 0, size_of::<FastRegSeg>())
+            },
+            (SendOp::LocalInvalidate { .. } | SendOp::FastReg(_), _) => {
+                return Err(PostError::TooManySges)
+            }
+        })
+    }
 }
 
 /// The bytes inline data of `len` takes when it starts at WQE offset `start`: one 4-byte
@@ -472,7 +571,7 @@ fn access_bits(access: Access) -> u32 {
 }
 
 /// Writes the segments between the control segment and the data, returning the rest.
-#[inline]
+#[inline(always)]
 fn write_fixed_segments<'w>(
     rest: &'w mut [u8],
     wr: &SendWr<'_>,
@@ -560,12 +659,14 @@ fn write_fixed_segments<'w>(
 /// except the first word of a segment that begins a 64-byte block: the device's
 /// read-ahead takes a block whose first word is not the stamp as valid, so those words
 /// are written afterwards, each on its own after `dma_wmb`, by [`write_block_heads`].
-#[inline]
-fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result<(), PostError> {
+/// Returns whether it left any such word for it.
+#[inline(always)]
+fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result<bool, PostError> {
     match payload {
         Payload::Gather(sges) => {
             let (segs, _) = <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len())
                 .map_err(|_| PostError::WqeTooLarge)?;
+            let mut held_back = false;
             // A bounded index (not `enumerate`, whose counter has an overflow check).
             for ((seg, sge), i) in segs.iter_mut().zip(sges.iter()).zip(0..sges.len()) {
                 if sge.length > DataSeg::MAX_LENGTH {
@@ -573,15 +674,18 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
                 }
                 seg.lkey = Be32::new(sge.lkey);
                 seg.addr = Be64::new(sge.addr);
-                if !starts_block(segment_offset(start, i)) {
+                if starts_block(segment_offset(start, i)) {
+                    held_back = true;
+                } else {
                     seg.byte_count = Be32::new(gather_byte_count(sge.length));
                 }
             }
-            Ok(())
+            Ok(held_back)
         }
         Payload::Inline(data) => {
             let mut pos = 0usize;
             let mut left: &[u8] = data;
+            let mut held_back = false;
             while !left.is_empty() {
                 // Offsets inside one WQE (at most 1 KiB) plus lengths of data in memory:
                 // wrapping never happens, and would only make `get_mut` refuse.
@@ -594,7 +698,9 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
                     .copy_from_slice(chunk);
                 pos = pos.wrapping_add(chunk.len());
                 left = tail;
-                if !starts_block(start.wrapping_add(header)) {
+                if starts_block(start.wrapping_add(header)) {
+                    held_back = true;
+                } else {
                     let (seg, _) = InlineSeg::mut_from_prefix(
                         rest.get_mut(header..).ok_or(PostError::WqeTooLarge)?,
                     )
@@ -602,7 +708,7 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
                     seg.byte_count = Be32::new(InlineSeg::INLINE | chunk.len() as u32);
                 }
             }
-            Ok(())
+            Ok(held_back)
         }
     }
 }

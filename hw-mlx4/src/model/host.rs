@@ -8,7 +8,7 @@
 //! reports as a [`ModelError`](super::ModelError).
 
 use crate::fastpath::platform::{
-    DmaRing, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot,
+    BlueFlameRegister, DmaRing, DoorbellRecord, Platform, SharedCounter, UarPage, WrIdSlot,
 };
 use crate::wire::{CqDoorbell, CtrlSeg};
 use alloc::boxed::Box;
@@ -25,6 +25,7 @@ impl Platform for HostPlatform {
     type Ring = HostRing;
     type DbRecord = HostDoorbellRecord;
     type Uar = HostUar;
+    type BlueFlame = HostBlueFlame;
     type Counter = AtomicU32;
     type WrId = AtomicU64;
     type WrIdTable = Box<[AtomicU64]>;
@@ -314,12 +315,20 @@ impl DoorbellRecord for HostDoorbellRecord {
     }
 }
 
-/// One write to the UAR page, in the order the driver made them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One write to the UAR page or its BlueFlame register, in the order the driver made them.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UarWrite {
     Send(u32),
     Cq(CqDoorbell),
-    Eq { eqn: u32, word: u32 },
+    Eq {
+        eqn: u32,
+        word: u32,
+    },
+    /// A WQE copied into BlueFlame buffer `buffer` (0 or 1).
+    BlueFlame {
+        buffer: usize,
+        wqe: Vec<u8>,
+    },
 }
 
 /// The UAR page on the host: a log of the driver's writes that the model drains.
@@ -341,6 +350,11 @@ impl HostUar {
         self.0.borrow().len()
     }
 
+    /// The writes not yet seen by the model, oldest first.
+    pub fn pending_writes(&self) -> Vec<UarWrite> {
+        self.0.borrow().iter().cloned().collect()
+    }
+
     /// Forgets pending writes (benchmarks of the posting side alone).
     pub fn discard(&self) {
         self.0.borrow_mut().clear();
@@ -349,6 +363,36 @@ impl HostUar {
     #[inline]
     fn push(&self, write: UarWrite) {
         self.0.borrow_mut().push_back(write);
+    }
+}
+
+/// A BlueFlame register on the host: its copies go into the UAR's log, in order with the
+/// doorbells, for the model to execute and check.
+pub struct HostBlueFlame {
+    uar: HostUar,
+    buffer_size: usize,
+}
+
+impl HostBlueFlame {
+    /// A register of two `buffer_size`-byte buffers whose copies `uar`'s reader sees.
+    pub fn new(uar: &HostUar, buffer_size: usize) -> Self {
+        Self {
+            uar: uar.clone(),
+            buffer_size,
+        }
+    }
+}
+
+impl BlueFlameRegister for HostBlueFlame {
+    fn buffer_size(&self) -> usize {
+        self.buffer_size
+    }
+
+    fn copy_wqe(&self, buffer: usize, wqe: &[u8]) {
+        self.uar.push(UarWrite::BlueFlame {
+            buffer,
+            wqe: wqe.to_vec(),
+        });
     }
 }
 

@@ -20,7 +20,9 @@ pub mod hca;
 mod host;
 mod memory;
 
-pub use host::{wr_id_table, HostDoorbellRecord, HostPlatform, HostRing, HostUar, UarWrite};
+pub use host::{
+    wr_id_table, HostBlueFlame, HostDoorbellRecord, HostPlatform, HostRing, HostUar, UarWrite,
+};
 pub use memory::{mpt_index, Fault, Memory, LOCAL_DMA_LKEY};
 
 use crate::fastpath::cq::CqDoorbells;
@@ -77,7 +79,18 @@ pub enum ModelError {
     StaleArmSequence { cqn: u32, expected: u32, got: u32 },
     /// The device had an EQE to write and the EQ was full.
     EqOverrun { eqn: u32 },
+    /// A BlueFlame copy that is not what the device can execute: not whole 64-byte
+    /// blocks, larger than the buffer, or naming a WQE other than the next one.
+    BadBlueFlame { qpn: u32, reason: &'static str },
+    /// A BlueFlame copy that differs from the WQE in the ring, which the device
+    /// fetches again when it must resend.
+    BlueFlameDiffersFromRing { qpn: u32, wqe: u32, offset: usize },
+    /// Two BlueFlame copies in a row into the same buffer of a QP's register.
+    BlueFlameBufferReused { qpn: u32, buffer: usize },
 }
+
+/// Bytes in each BlueFlame buffer of the model (`bf_reg_size / 2` on a ConnectX-3).
+pub const BLUEFLAME_BUFFER_SIZE: usize = 256;
 
 /// Per-QP settings the driver would give by `modify_qp`.
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +162,8 @@ struct ModelQp {
     seen_handovers: u32,
     /// Waiting for the responder to post a receive (RNR with infinite retry).
     stalled: bool,
+    /// The BlueFlame buffer of the last copy for this QP.
+    last_blueflame_buffer: Option<usize>,
     rq: HostRing,
     rq_entries: u32,
     rq_consumer: u32,
@@ -374,6 +389,7 @@ impl Model {
                 sq_consumer: 0,
                 seen_handovers: 0,
                 stalled: false,
+                last_blueflame_buffer: None,
                 rq,
                 rq_entries: 1 << spec.log_rq_entries,
                 rq_consumer: 0,
@@ -430,6 +446,12 @@ impl Model {
                     }
                     *doorbells.entry(qpn).or_insert(0) += 1;
                     self.run_send_queue(qpn);
+                }
+                UarWrite::BlueFlame { buffer, wqe } => {
+                    if let Some(qpn) = self.blueflame(buffer, &wqe) {
+                        *doorbells.entry(qpn).or_insert(0) += 1;
+                        self.run_send_queue(qpn);
+                    }
                 }
                 UarWrite::Cq(doorbell) => self.arm_cq(doorbell),
                 UarWrite::Eq { eqn, word } => {
@@ -666,6 +688,60 @@ impl Model {
     /// not ready, or the ring is empty. Returns how many were executed: WQEs flushed or
     /// refused as malformed are not counted, since they change no other QP, and the
     /// count only tells [`Model::process`] whether another pass could move something.
+    /// Checks a BlueFlame copy (`mlx4_post_send`'s `bf_page` path) and returns the QP it
+    /// rings for: the copy must be whole blocks within the buffer, name the next WQE the
+    /// device executes, equal that WQE in the ring, and go to the other buffer than the
+    /// QP's last copy.
+    fn blueflame(&mut self, buffer: usize, wqe: &[u8]) -> Option<u32> {
+        let Ok((ctrl, _)) = CtrlSeg::ref_from_prefix(wqe) else {
+            self.errors.push(ModelError::BadBlueFlame {
+                qpn: 0,
+                reason: "shorter than a control segment",
+            });
+            return None;
+        };
+        let qpn = send_doorbell_qpn(ctrl.blueflame_qpn());
+        let counter = (ctrl.owner_opcode.get() >> CtrlSeg::BF_COUNTER_SHIFT) & 0xffff;
+        let Some(qp) = self.qps.get_mut(&qpn) else {
+            self.errors.push(ModelError::UnknownQp { qpn });
+            return None;
+        };
+        let bad = |reason| ModelError::BadBlueFlame { qpn, reason };
+        let error = if wqe.is_empty() || !wqe.len().is_multiple_of(WQEBB_SIZE) {
+            Some(bad("not whole 64-byte blocks"))
+        } else if wqe.len() > BLUEFLAME_BUFFER_SIZE || buffer > 1 {
+            Some(bad("past the buffer"))
+        } else if counter != qp.sq_consumer & 0xffff {
+            Some(bad("names a WQE other than the next one"))
+        } else if ctrl.size_ds() * DS_SIZE > wqe.len() {
+            Some(bad("WQE larger than the copy"))
+        } else if qp.last_blueflame_buffer == Some(buffer) {
+            Some(ModelError::BlueFlameBufferReused { qpn, buffer })
+        } else {
+            (0..wqe.len()).step_by(4).find_map(|offset| {
+                let copied = wqe
+                    .get(offset..offset + 4)
+                    .and_then(|word| <[u8; 4]>::try_from(word).ok())
+                    .map(u32::from_be_bytes);
+                (copied != Some(qp.sq.read_word(qp.sq_consumer, offset))).then_some(
+                    ModelError::BlueFlameDiffersFromRing {
+                        qpn,
+                        wqe: qp.sq_consumer,
+                        offset,
+                    },
+                )
+            })
+        };
+        qp.last_blueflame_buffer = Some(buffer);
+        match error {
+            Some(error) => {
+                self.errors.push(error);
+                None
+            }
+            None => Some(qpn),
+        }
+    }
+
     fn run_send_queue(&mut self, qpn: u32) -> u32 {
         let mut executed = 0;
         loop {

@@ -153,6 +153,16 @@ impl CtrlSeg {
         self.ins_vlan = qpn as u8;
     }
 
+    /// Sets the second word in one store: `bf_qpn` (the send doorbell value, `QPN << 8`,
+    /// in a BlueFlame WQE; 0, no VLAN insertion, otherwise) beside `fence_size`.
+    #[inline]
+    pub fn set_qpn_fence_size(&mut self, bf_qpn: u32, fence_size: u8) {
+        let word = (bf_qpn & !0xff | u32::from(fence_size)).to_be_bytes();
+        if let Some(field) = zerocopy::IntoBytes::as_mut_bytes(self).get_mut(4..8) {
+            field.copy_from_slice(&word);
+        }
+    }
+
     /// The send doorbell value a BlueFlame WQE carries (`bf_qpn` without `fence_size`).
     #[inline]
     pub fn blueflame_qpn(&self) -> u32 {
