@@ -63,6 +63,8 @@ pub enum Step {
     MapFa,
     /// RUN_FW.
     RunFw,
+    /// MOD_STAT_CFG (the ICM page size).
+    ModStatCfg,
     /// QUERY_DEV_CAP.
     QueryDevCap,
     /// SET_ICM_SIZE.
@@ -350,7 +352,7 @@ impl<B> Mlx4Core<B> {
         m.set_u8(mod_stat_cfg::PG_SZ, 0);
         self.write_inbox(p, &inbox)?;
         let cmd = Command::new(opcode::MOD_STAT_CFG).in_param(self.inbox_address());
-        self.exec(p, Step::RunFw, cmd)
+        self.exec(p, Step::ModStatCfg, cmd)
     }
 
     /// `mlx4_init_icm`: SET_ICM_SIZE, auxiliary ICM, and the ICM under each table's
@@ -435,11 +437,6 @@ impl<B> Mlx4Core<B> {
     fn release<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<(), TeardownError> {
         let mut failure: Option<(Step, CmdError)> = None;
         let mut leaked = 0usize;
-        let mut note = |failure: &mut Option<(Step, CmdError)>, step, error| {
-            if failure.is_none() {
-                *failure = Some((step, error));
-            }
-        };
 
         // `mlx4_close_hca`. If CLOSE_HCA fails the ICM is unmapped all the same, as
         // upstream does: the firmware answered, so it runs, and UNMAP_ICM is its to refuse.
@@ -467,8 +464,8 @@ impl<B> Mlx4Core<B> {
                 }
             }
         }
-        leaked += self.release_area(p, Area::Auxiliary, &mut failure, &mut note);
-        leaked += self.release_area(p, Area::Firmware, &mut failure, &mut note);
+        leaked += self.release_area(p, Area::Auxiliary, &mut failure);
+        leaked += self.release_area(p, Area::Firmware, &mut failure);
         self.fw_running = false;
 
         // The mailboxes: after a timeout the device may still write to them.
@@ -508,7 +505,6 @@ impl<B> Mlx4Core<B> {
         p: &mut P,
         area: Area,
         failure: &mut Option<(Step, CmdError)>,
-        note: &mut impl FnMut(&mut Option<(Step, CmdError)>, Step, CmdError),
     ) -> usize {
         let (any_mapped, op, step) = match area {
             Area::Auxiliary => (
@@ -645,6 +641,13 @@ fn write_vpm<P: HostMemory, const N: usize>(
 fn mark_mapped<B, const N: usize>(list: &mut Chunks<B, N>, start: usize, count: usize) {
     for chunk in list.iter_from_mut(start).take(count) {
         chunk.mapped = true;
+    }
+}
+
+/// Remembers the first failure of a teardown, which goes on after it.
+fn note(failure: &mut Option<(Step, CmdError)>, step: Step, error: CmdError) {
+    if failure.is_none() {
+        *failure = Some((step, error));
     }
 }
 
