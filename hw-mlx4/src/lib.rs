@@ -7,6 +7,8 @@
 //! - [`model`]: the device in software: executes WQEs between its QPs, writes CQEs and
 //!   EQEs, and reports driver mistakes as [`model::ModelError`].
 //!
+//! - [`bringup`]: the firmware command interface and the probe that initializes the HCA,
+//!   sans-IO over BAR0 and DMA memory traits.
 //! - [`ring`]: the ring over memory the CPU addresses, which the kernel module and the
 //!   benchmarks share.
 //! - [`selftest`]: the fast path over a platform's own queue memory with the CPU playing
@@ -22,6 +24,7 @@
 #[cfg(not(tilde_kernel))]
 extern crate alloc;
 
+pub mod bringup;
 pub mod fastpath;
 #[cfg(not(tilde_kernel))]
 #[allow(missing_docs)] // Host-only (not in the kernel build, whose lints require docs)

@@ -213,3 +213,31 @@ pub enum CmdStatus {
     /// More outstanding CQEs in the CQ than the new CQ size.
     BadSize = 0x40,
 }
+
+impl CmdStatus {
+    /// The status a firmware reported in the HCR's top byte or a command EQE, if it is
+    /// one the PRM names (`mlx4_status_to_errno` maps the same set).
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        Some(match raw {
+            0x00 => Self::Ok,
+            0x01 => Self::InternalError,
+            0x02 => Self::BadOp,
+            0x03 => Self::BadParam,
+            0x04 => Self::BadSysState,
+            0x05 => Self::BadResource,
+            0x06 => Self::ResourceBusy,
+            0x08 => Self::ExceedsLimit,
+            0x09 => Self::BadResourceState,
+            0x0a => Self::BadIndex,
+            0x0b => Self::BadNvmem,
+            0x0c => Self::IcmError,
+            0x10 => Self::BadQpState,
+            0x20 => Self::BadSegmentParam,
+            0x21 => Self::RegionBound,
+            0x22 => Self::LamNotPresent,
+            0x30 => Self::BadPacket,
+            0x40 => Self::BadSize,
+            _ => return None,
+        })
+    }
+}

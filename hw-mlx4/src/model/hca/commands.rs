@@ -124,7 +124,7 @@ const MAX_VPM_ENTRIES: usize = 4096;
 const MAX_ICM_CHUNKS: usize = 1 << 16;
 
 impl Hca {
-    fn fw_pages(&self) -> u64 {
+    pub(super) fn fw_pages(&self) -> u64 {
         self.fw_area
             .iter()
             .map(|e| 1u64.checked_shl(e.log_pages).unwrap_or(u64::MAX))
@@ -245,6 +245,18 @@ impl Hca {
             }
             opcode::UNMAP_FA => {
                 self.need(&[Running, FwMapped], cmd.opcode)?;
+                // The firmware stops, and forgets the ICM it was given; a driver unmaps
+                // that first (`mlx4_close_hca` before `mlx4_close_fw`), or its pages
+                // stay pinned for nothing.
+                if self.icm.chunks() > 0 || !self.icm_aux.is_empty() {
+                    self.driver_error(format!(
+                        "UNMAP_FA with {} ICM chunks and {} auxiliary ICM chunks still mapped",
+                        self.icm.chunks(),
+                        self.icm_aux.len()
+                    ));
+                    self.icm = super::IcmMap::default();
+                    self.icm_aux.clear();
+                }
                 self.fw_area.clear();
                 self.fw = Reset;
                 Ok(None)

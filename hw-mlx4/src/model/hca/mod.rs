@@ -78,7 +78,7 @@ pub mod layout {
 
 /// Firmware state, in the order the driver moves it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FwState {
+pub enum FwState {
     /// After reset: only QUERY_FW and MAP_FA.
     Reset,
     /// Firmware area mapped.
@@ -87,6 +87,24 @@ enum FwState {
     Running,
     /// INIT_HCA done: the HCA serves resources.
     Initialized,
+}
+
+/// What the driver has given the device, and the firmware's state: after a driver's
+/// teardown, all of it is back to what [`Hca::new`] has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    /// The firmware's state.
+    pub firmware: FwState,
+    /// Whether a function holds the ownership semaphore.
+    pub owned: bool,
+    /// Pages of firmware area (MAP_FA).
+    pub fw_area_pages: u64,
+    /// Chunks of auxiliary ICM (MAP_ICM_AUX).
+    pub aux_chunks: usize,
+    /// ICM chunks mapped (MAP_ICM).
+    pub icm_chunks: usize,
+    /// ICM bytes mapped.
+    pub icm_bytes: u64,
 }
 
 /// An event queue the driver handed over with SW2HW_EQ.
@@ -214,6 +232,18 @@ impl Hca {
     /// The events since the last call, in order.
     pub fn take_events(&mut self) -> Vec<HcaEvent> {
         core::mem::take(&mut self.events)
+    }
+
+    /// What the driver has given the device, and the firmware's state.
+    pub fn resources(&self) -> Resources {
+        Resources {
+            firmware: self.fw,
+            owned: self.owned,
+            fw_area_pages: self.fw_pages(),
+            aux_chunks: self.icm_aux.len(),
+            icm_chunks: self.icm.chunks(),
+            icm_bytes: self.icm.mapped_bytes(),
+        }
     }
 
     /// One line about what the device did, for the end of a run.

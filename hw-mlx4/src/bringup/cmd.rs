@@ -1,0 +1,304 @@
+//! The firmware command interface: commands posted through the HCR (Host Command
+//! Register) in BAR0 and completed by polling its go bit.
+//!
+//! Follows `drivers/net/ethernet/mellanox/mlx4/cmd.c`: `mlx4_cmd_init` (the toggle starts
+//! at 1), `cmd_pending`, `mlx4_cmd_post`, `mlx4_cmd_poll` and `mlx4_status_to_errno`. The
+//! register layout is [`crate::wire::cmd`], shared with the device model.
+
+use crate::wire::cmd::{hcr, CmdStatus, HCR_BASE};
+
+/// What the command interface needs of the platform: BAR0's registers and a clock.
+///
+/// The kernel implements it over the ioremapped BAR (`__raw_readl`/`__raw_writel` with
+/// the byte swaps of `cpu_to_be32`, `wmb()`, `jiffies`, `cond_resched()`, `msleep()`);
+/// the host tests over `model::hca::Hca`.
+pub trait CommandEdge {
+    /// Reads the 32-bit register at byte `offset` of BAR0, which the device keeps
+    /// big-endian, and returns its value.
+    fn bar0_read_be32(&mut self, offset: u64) -> u32;
+    /// Writes `value` big-endian to the 32-bit register at byte `offset` of BAR0.
+    fn bar0_write_be32(&mut self, offset: u64, value: u32);
+    /// Orders every register write before it ahead of every write after it (`wmb()`).
+    fn write_barrier(&mut self);
+    /// A monotonic clock, in microseconds.
+    fn now_us(&mut self) -> u64;
+    /// Called on each turn of a polling loop: the kernel yields the CPU here.
+    fn relax(&mut self);
+    /// Sleeps for `ms` milliseconds.
+    fn sleep_ms(&mut self, ms: u32);
+}
+
+/// How long a command may run before the driver gives up on it, in microseconds
+/// (`MLX4_CMD_TIME_CLASS_A`, `_B` and `_C` are all 60 s).
+pub const COMMAND_TIMEOUT_US: u64 = 60_000_000;
+
+/// How long the driver waits for the HCR to become free before posting, in
+/// microseconds (`GO_BIT_TIMEOUT_MSECS`).
+pub const GO_BIT_TIMEOUT_US: u64 = 10_000_000;
+
+/// The token of a polled command (`CMD_POLL_TOKEN`): only event-driven completions
+/// carry a token that means something.
+pub const POLL_TOKEN: u16 = 0xffff;
+
+/// Why a command did not complete successfully.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmdError {
+    /// The firmware executed the command and reported this status.
+    Failed {
+        /// The command's opcode.
+        opcode: u16,
+        /// The PRM status the firmware returned.
+        status: CmdStatus,
+    },
+    /// The firmware returned a status byte the PRM does not define.
+    UnknownStatus {
+        /// The command's opcode.
+        opcode: u16,
+        /// The status byte as read.
+        raw: u8,
+    },
+    /// The HCR stayed busy (go set, or the toggle not yet flipped by the device) for
+    /// [`GO_BIT_TIMEOUT_US`]: the command was never posted.
+    Busy {
+        /// The opcode that could not be posted.
+        opcode: u16,
+    },
+    /// The command was posted and the device did not clear go within its timeout.
+    Timeout {
+        /// The command's opcode.
+        opcode: u16,
+    },
+    /// An earlier command timed out: the HCR's state is unknown, so no command is posted
+    /// any more (upstream enters its error state, `mlx4_cmd_reset_flow`). Only a reset of
+    /// the function brings the interface back.
+    Wedged {
+        /// The opcode that was refused.
+        opcode: u16,
+    },
+}
+
+/// One command, as `mlx4_cmd`, `mlx4_cmd_box` and `mlx4_cmd_imm` take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// `MLX4_CMD_*`.
+    pub opcode: u16,
+    /// The op modifier (4 bits).
+    pub op_modifier: u8,
+    /// The in-modifier.
+    pub in_modifier: u32,
+    /// An immediate input, or the bus address of the input mailbox.
+    pub in_param: u64,
+    /// The bus address of the output mailbox, or 0 for an immediate or no output.
+    pub out_param: u64,
+    /// How long the command may run, in microseconds.
+    pub timeout_us: u64,
+}
+
+impl Command {
+    /// A command with no parameters and the default timeout.
+    pub const fn new(opcode: u16) -> Self {
+        Self {
+            opcode,
+            op_modifier: 0,
+            in_modifier: 0,
+            in_param: 0,
+            out_param: 0,
+            timeout_us: COMMAND_TIMEOUT_US,
+        }
+    }
+
+    /// With an immediate input or an input mailbox's bus address.
+    pub const fn in_param(mut self, in_param: u64) -> Self {
+        self.in_param = in_param;
+        self
+    }
+
+    /// With an output mailbox's bus address.
+    pub const fn out_param(mut self, out_param: u64) -> Self {
+        self.out_param = out_param;
+        self
+    }
+
+    /// With an in-modifier.
+    pub const fn in_modifier(mut self, in_modifier: u32) -> Self {
+        self.in_modifier = in_modifier;
+        self
+    }
+
+    /// With an op modifier.
+    pub const fn op_modifier(mut self, op_modifier: u8) -> Self {
+        self.op_modifier = op_modifier;
+        self
+    }
+}
+
+/// What a finished command left in the HCR (or, later, in its command EQE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The status byte.
+    pub status: u8,
+    /// `out_param` as the device left it: the result of an immediate-output command.
+    pub out_param: u64,
+}
+
+/// Maps a completion's status byte to a result (`mlx4_status_to_errno`).
+///
+/// Polled and event-driven completions share it: `mlx4_cmd_event` hands the status of a
+/// command EQE to the same mapping.
+pub fn status_result(opcode: u16, status: u8) -> Result<(), CmdError> {
+    match CmdStatus::from_raw(status) {
+        Some(CmdStatus::Ok) => Ok(()),
+        Some(status) => Err(CmdError::Failed { opcode, status }),
+        None => Err(CmdError::UnknownStatus {
+            opcode,
+            raw: status,
+        }),
+    }
+}
+
+/// The driver's side of the HCR: the toggle it expects next, and whether the interface
+/// still works.
+///
+/// Only one command may be in the HCR at a time; the owner serializes (upstream takes
+/// `poll_sem`). Completion is by polling. Event-driven completion, once the driver has
+/// EQs (`mlx4_cmd_use_events`), posts through [`CommandInterface::post`] with `event`
+/// set and a context's token, then waits for the command EQE instead of calling
+/// [`CommandInterface::poll`], and maps its status with [`status_result`].
+#[derive(Debug)]
+pub struct CommandInterface {
+    /// The value of the HCR's `t` bit the next post writes. `cmd_pending` calls the HCR
+    /// busy while its `t` equals this: the device has not yet taken the last post.
+    toggle: bool,
+    wedged: bool,
+}
+
+impl Default for CommandInterface {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CommandInterface {
+    /// The interface after `mlx4_cmd_init`: the first post writes `t` = 1, since a
+    /// device out of reset reads `t` = 0.
+    pub const fn new() -> Self {
+        Self {
+            toggle: true,
+            wedged: false,
+        }
+    }
+
+    /// Whether a timeout has made the interface unusable (see [`CmdError::Wedged`]).
+    pub fn is_wedged(&self) -> bool {
+        self.wedged
+    }
+
+    fn read_hcr(edge: &mut impl CommandEdge, word: usize) -> u32 {
+        edge.bar0_read_be32(HCR_BASE + word as u64)
+    }
+
+    fn write_hcr(edge: &mut impl CommandEdge, word: usize, value: u32) {
+        edge.bar0_write_be32(HCR_BASE + word as u64, value);
+    }
+
+    /// `cmd_pending`: the device still owns the HCR while `go` is set, or while `t`
+    /// still shows the value of the post before last.
+    fn pending(&self, edge: &mut impl CommandEdge) -> bool {
+        let status = Self::read_hcr(edge, hcr::STATUS);
+        status & hcr::GO_BIT != 0 || (status & hcr::TOGGLE_BIT != 0) == self.toggle
+    }
+
+    /// Polls `pending` until it clears or `timeout_us` passes; true when it cleared.
+    fn wait_idle(&self, edge: &mut impl CommandEdge, timeout_us: u64) -> bool {
+        let start = edge.now_us();
+        loop {
+            if !self.pending(edge) {
+                return true;
+            }
+            if edge.now_us().saturating_sub(start) >= timeout_us {
+                // One last look, as `mlx4_cmd_poll` does after its loop.
+                return !self.pending(edge);
+            }
+            edge.relax();
+        }
+    }
+
+    /// Posts a command (`mlx4_cmd_post`): waits for the HCR to be free, writes the six
+    /// parameter words, then, after a write barrier, the word with `go`, `t`, `e`, the op
+    /// modifier and the opcode, which hands the command to the device.
+    pub fn post(
+        &mut self,
+        edge: &mut impl CommandEdge,
+        cmd: &Command,
+        token: u16,
+        event: bool,
+    ) -> Result<(), CmdError> {
+        let opcode = cmd.opcode;
+        if self.wedged {
+            return Err(CmdError::Wedged { opcode });
+        }
+        if !self.wait_idle(edge, GO_BIT_TIMEOUT_US) {
+            return Err(CmdError::Busy { opcode });
+        }
+        Self::write_hcr(edge, hcr::IN_PARAM, (cmd.in_param >> 32) as u32);
+        Self::write_hcr(edge, hcr::IN_PARAM + 4, cmd.in_param as u32);
+        Self::write_hcr(edge, hcr::IN_MODIFIER, cmd.in_modifier);
+        Self::write_hcr(edge, hcr::OUT_PARAM, (cmd.out_param >> 32) as u32);
+        Self::write_hcr(edge, hcr::OUT_PARAM + 4, cmd.out_param as u32);
+        Self::write_hcr(edge, hcr::TOKEN, u32::from(token) << 16);
+        // The status word must reach the device last: it starts the command.
+        edge.write_barrier();
+        let mut word = hcr::GO_BIT
+            | (u32::from(cmd.op_modifier & 0xf) << hcr::OPMOD_SHIFT)
+            | u32::from(cmd.opcode & 0xfff);
+        if self.toggle {
+            word |= hcr::TOGGLE_BIT;
+        }
+        if event {
+            word |= hcr::EVENT_BIT;
+        }
+        Self::write_hcr(edge, hcr::STATUS, word);
+        self.toggle = !self.toggle;
+        Ok(())
+    }
+
+    /// Waits for a posted command to complete (`mlx4_cmd_poll` after its post) and
+    /// reads what it left: `out_param` and the status byte.
+    pub fn poll(
+        &mut self,
+        edge: &mut impl CommandEdge,
+        opcode: u16,
+        timeout_us: u64,
+    ) -> Result<Completion, CmdError> {
+        if !self.wait_idle(edge, timeout_us) {
+            // The device may still execute the command, and DMA to its mailboxes: the
+            // driver must not post again nor reuse what the command points at.
+            self.wedged = true;
+            return Err(CmdError::Timeout { opcode });
+        }
+        let out_high = Self::read_hcr(edge, hcr::OUT_PARAM);
+        let out_low = Self::read_hcr(edge, hcr::OUT_PARAM + 4);
+        let status = Self::read_hcr(edge, hcr::STATUS) >> hcr::STATUS_SHIFT;
+        Ok(Completion {
+            status: status as u8,
+            out_param: (u64::from(out_high) << 32) | u64::from(out_low),
+        })
+    }
+
+    /// Runs a command to completion by polling (`mlx4_cmd`, `mlx4_cmd_box`).
+    pub fn exec(&mut self, edge: &mut impl CommandEdge, cmd: &Command) -> Result<(), CmdError> {
+        self.exec_imm(edge, cmd).map(|_| ())
+    }
+
+    /// Runs a command whose result is an immediate, and returns it (`mlx4_cmd_imm`).
+    pub fn exec_imm(
+        &mut self,
+        edge: &mut impl CommandEdge,
+        cmd: &Command,
+    ) -> Result<u64, CmdError> {
+        self.post(edge, cmd, POLL_TOKEN, false)?;
+        let completion = self.poll(edge, cmd.opcode, cmd.timeout_us)?;
+        status_result(cmd.opcode, completion.status)?;
+        Ok(completion.out_param)
+    }
+}

@@ -1,0 +1,23 @@
+//! The driver's bring-up of a ConnectX-3: the firmware command interface and the probe
+//! that takes the device from reset to an initialized HCA, and back.
+//!
+//! Sans-IO: the device is reached only through [`cmd::CommandEdge`] (BAR0 registers and a
+//! clock) and [`memory::HostMemory`] (DMA memory), which the kernel module implements over
+//! MMIO and `dma_alloc_coherent`, and the host tests over the device model
+//! (`model::hca::Hca`). No `alloc`, no `unsafe`: every value the device returns is checked
+//! before use, and a failure is an error that names what failed, never a panic.
+//!
+//! - [`cmd`]: posting commands through the HCR and polling for their completion.
+//! - [`caps`]: QUERY_FW, QUERY_DEV_CAP and QUERY_ADAPTER, parsed and checked.
+//! - [`profile`]: the ICM profile, sized from the capabilities.
+//! - [`memory`]: the host memory given to the device.
+//! - [`probe`]: the probe and the teardown, which unwinds whatever a probe did.
+#![forbid(unsafe_code)]
+
+pub mod caps;
+pub mod cmd;
+pub mod memory;
+pub mod probe;
+pub mod profile;
+
+pub use probe::{Mlx4Core, ProbeConfig, ProbeError, Step, TeardownError};

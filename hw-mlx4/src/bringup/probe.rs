@@ -1,0 +1,736 @@
+//! The probe of a ConnectX-3 physical function in native mode, and its teardown.
+//!
+//! Follows `mlx4_load_one` in `drivers/net/ethernet/mellanox/mlx4/main.c` as far as the
+//! HCA is initialized: `mlx4_get_ownership`, `mlx4_init_fw` (QUERY_FW, `mlx4_load_fw`:
+//! MAP_FA and RUN_FW, then MOD_STAT_CFG), and `mlx4_init_hca` (`mlx4_dev_cap`:
+//! QUERY_DEV_CAP; `mlx4_make_profile`; `mlx4_init_icm`: SET_ICM_SIZE, MAP_ICM_AUX, the
+//! context tables' MAP_ICM; INIT_HCA; QUERY_HCA; QUERY_ADAPTER). The teardown is
+//! `mlx4_close_hca` (CLOSE_HCA, `mlx4_free_icms`), `mlx4_close_fw` (UNMAP_FA) and
+//! `mlx4_free_ownership`.
+//!
+//! Everything acquired is recorded as it is acquired, and one release path undoes what
+//! the record holds, in reverse: a probe that fails at any step leaves the device as it
+//! found it, by the same code as the teardown.
+
+use crate::wire::cmd::{opcode, OWNER_BASE};
+use crate::wire::fw::{init_hca, mod_stat_cfg, query_hca, Mailbox, MAILBOX_SIZE};
+
+use super::caps::{AdapterInfo, DevCaps, FwInfo, InvalidCap};
+use super::cmd::{CmdError, Command, CommandEdge, CommandInterface};
+use super::memory::{
+    alloc_area, AllocError, Chunk, Chunks, HostMemory, ICM_PAGE_SHIFT, ICM_PAGE_SIZE,
+    MAX_CHUNK_LOG_PAGES,
+};
+use super::profile::{icm_tables, make_profile, IcmLayout, Profile, ProfileError, Resource};
+
+/// The most chunks of firmware area the driver holds (16 MiB in 256 KiB chunks).
+pub const FW_AREA_CHUNKS: usize = 64;
+/// The most chunks of auxiliary ICM (32 MiB in 256 KiB chunks).
+pub const AUX_AREA_CHUNKS: usize = 128;
+/// The most ICM chunks mapped at probe (the reserved parts of 13 tables and the whole
+/// multicast table).
+pub const ICM_CHUNKS: usize = 96;
+/// VPM entries per MAP_* command: a mailbox's worth (`mlx4_map_cmd`).
+const VPM_PER_MAILBOX: usize = MAILBOX_SIZE / 16;
+/// The ICM table chunk: the unit `mlx4_init_icm_table` maps (`MLX4_TABLE_CHUNK_SIZE`).
+const TABLE_CHUNK_SIZE: u64 = (ICM_PAGE_SIZE as u64) << MAX_CHUNK_LOG_PAGES;
+/// How long `mlx4_free_ownership` lets the firmware settle after giving the device up.
+const OWNERSHIP_RELEASE_MS: u32 = 1000;
+
+/// What the probe needs of the platform: BAR0 and the clock, and DMA memory.
+pub trait Platform: CommandEdge + HostMemory {}
+impl<P: CommandEdge + HostMemory> Platform for P {}
+
+/// The probe's choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// The context counts to ask for.
+    pub profile: Profile,
+    /// The length of BAR2, which must hold the UAR area.
+    pub uar_bar_size: u64,
+}
+
+/// A step of the probe or the teardown, to say where something failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the ownership semaphore.
+    Ownership,
+    /// Allocating the command mailboxes.
+    Mailboxes,
+    /// QUERY_FW.
+    QueryFw,
+    /// Allocating and mapping the firmware area (MAP_FA).
+    MapFa,
+    /// RUN_FW.
+    RunFw,
+    /// MOD_STAT_CFG (the ICM page size).
+    ModStatCfg,
+    /// QUERY_DEV_CAP.
+    QueryDevCap,
+    /// SET_ICM_SIZE.
+    SetIcmSize,
+    /// Allocating and mapping auxiliary ICM (MAP_ICM_AUX).
+    MapIcmAux,
+    /// Allocating and mapping a context table's ICM (MAP_ICM); the table's name.
+    MapIcm(&'static str),
+    /// INIT_HCA.
+    InitHca,
+    /// QUERY_HCA.
+    QueryHca,
+    /// QUERY_ADAPTER.
+    QueryAdapter,
+    /// CLOSE_HCA.
+    CloseHca,
+    /// UNMAP_ICM.
+    UnmapIcm,
+    /// UNMAP_ICM_AUX.
+    UnmapIcmAux,
+    /// UNMAP_FA.
+    UnmapFa,
+}
+
+/// Why the probe failed. The device has been released when the caller sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// Another function owns the device (`mlx4_get_ownership` read nonzero: "Multiple
+    /// PFs not yet supported").
+    NotOwner,
+    /// A command failed.
+    Command {
+        /// Which.
+        step: Step,
+        /// How.
+        error: CmdError,
+    },
+    /// Host memory could not be had.
+    Memory {
+        /// For what.
+        step: Step,
+        /// Why.
+        error: AllocError,
+    },
+    /// The firmware reported something the driver cannot use.
+    InvalidCap(InvalidCap),
+    /// No ICM profile fits the device.
+    Profile(ProfileError),
+    /// SET_ICM_SIZE asked for no auxiliary pages, or more than the driver holds.
+    AuxPages {
+        /// The pages asked for.
+        pages: u64,
+    },
+    /// QUERY_HCA reports a layout other than the one INIT_HCA gave.
+    LayoutMismatch {
+        /// The INIT_HCA field that differs.
+        field: &'static str,
+    },
+    /// The platform refused a mailbox access inside the mailbox (a platform bug).
+    MailboxAccess,
+}
+
+/// Why a teardown (or the unwinding of a failed probe) did not end cleanly. It always
+/// runs to the end: the device is released as far as it lets itself be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TeardownError {
+    /// The first command that failed.
+    pub step: Step,
+    /// How.
+    pub error: CmdError,
+    /// Chunks the device may still use, deliberately not freed: their memory must not
+    /// be reused until the function is reset.
+    pub leaked_chunks: usize,
+}
+
+/// What the probe learned about the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// QUERY_FW.
+    pub fw: FwInfo,
+    /// QUERY_DEV_CAP.
+    pub caps: DevCaps,
+    /// The ICM layout INIT_HCA was given.
+    pub layout: IcmLayout,
+    /// QUERY_ADAPTER.
+    pub adapter: AdapterInfo,
+    /// The core clock in MHz, from QUERY_HCA.
+    pub core_clock_mhz: u16,
+    /// Whether MOD_STAT_CFG took the 4 KiB ICM page size (upstream only warns if not).
+    pub page_size_set: bool,
+}
+
+/// A command mailbox: one page of DMA memory.
+#[derive(Debug)]
+struct MailboxPage<B> {
+    block: B,
+    bus_address: u64,
+}
+
+/// The driver's core of one ConnectX-3 function: the command interface and everything
+/// the device has been given.
+///
+/// Call [`Mlx4Core::teardown`] before dropping it: what it holds is given back by the
+/// teardown, not by drop.
+pub struct Mlx4Core<B> {
+    cmd: CommandInterface,
+    owner: bool,
+    inbox: Option<MailboxPage<B>>,
+    outbox: Option<MailboxPage<B>>,
+    fw_area: Chunks<B, FW_AREA_CHUNKS>,
+    fw_running: bool,
+    aux_area: Chunks<B, AUX_AREA_CHUNKS>,
+    icm: Chunks<B, ICM_CHUNKS>,
+    hca_initialized: bool,
+    info: Option<DeviceInfo>,
+    unwind_error: Option<TeardownError>,
+}
+
+impl<B> Default for Mlx4Core<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> Mlx4Core<B> {
+    /// A core that holds nothing.
+    pub fn new() -> Self {
+        Self {
+            cmd: CommandInterface::new(),
+            owner: false,
+            inbox: None,
+            outbox: None,
+            fw_area: Chunks::default(),
+            fw_running: false,
+            aux_area: Chunks::default(),
+            icm: Chunks::default(),
+            hca_initialized: false,
+            info: None,
+            unwind_error: None,
+        }
+    }
+
+    /// What the probe learned, once it succeeded.
+    pub fn info(&self) -> Option<&DeviceInfo> {
+        self.info.as_ref()
+    }
+
+    /// Whether the HCA is initialized (INIT_HCA done, CLOSE_HCA not yet).
+    pub fn is_initialized(&self) -> bool {
+        self.hca_initialized
+    }
+
+    /// The command interface, for the commands that follow the probe.
+    pub fn commands(&mut self) -> &mut CommandInterface {
+        &mut self.cmd
+    }
+
+    /// What went wrong while a failed probe was unwinding, if anything did.
+    pub fn unwind_error(&self) -> Option<&TeardownError> {
+        self.unwind_error.as_ref()
+    }
+
+    /// Pages of host memory the device holds: firmware area, auxiliary ICM, ICM.
+    pub fn pages_given(&self) -> (u64, u64, u64) {
+        (
+            self.fw_area.pages(),
+            self.aux_area.pages(),
+            self.icm.pages(),
+        )
+    }
+
+    /// Brings the device up to an initialized HCA. On failure everything done is undone
+    /// before the error returns (see [`Mlx4Core::unwind_error`]).
+    pub fn probe<P: Platform<Block = B>>(
+        &mut self,
+        platform: &mut P,
+        config: &ProbeConfig,
+    ) -> Result<&DeviceInfo, ProbeError> {
+        self.unwind_error = None;
+        match self.bring_up(platform, config) {
+            Ok(info) => Ok(self.info.insert(info)),
+            Err(error) => {
+                self.unwind_error = self.release(platform).err();
+                Err(error)
+            }
+        }
+    }
+
+    /// Closes the HCA and gives back everything the probe gave the device, in reverse.
+    pub fn teardown<P: Platform<Block = B>>(
+        &mut self,
+        platform: &mut P,
+    ) -> Result<(), TeardownError> {
+        self.info = None;
+        self.release(platform)
+    }
+
+    fn bring_up<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        config: &ProbeConfig,
+    ) -> Result<DeviceInfo, ProbeError> {
+        // `mlx4_get_ownership`: the first reader of the semaphore reads 0 and owns the
+        // device until it writes 0 back.
+        if p.bar0_read_be32(OWNER_BASE) != 0 {
+            return Err(ProbeError::NotOwner);
+        }
+        self.owner = true;
+
+        self.inbox = Some(alloc_mailbox(p)?);
+        self.outbox = Some(alloc_mailbox(p)?);
+
+        // `mlx4_init_fw`.
+        let mut out = [0u8; FwInfo::OUT_SIZE];
+        self.exec_out(p, Step::QueryFw, Command::new(opcode::QUERY_FW), &mut out)?;
+        let fw = FwInfo::parse(&out).map_err(ProbeError::InvalidCap)?;
+
+        // `mlx4_load_fw`. If MAP_FA fails, upstream frees the area without UNMAP_FA, as
+        // the firmware did not take it; the release path does the same.
+        alloc_area(p, &mut self.fw_area, fw.fw_pages.into(), None).map_err(|error| {
+            ProbeError::Memory {
+                step: Step::MapFa,
+                error,
+            }
+        })?;
+        self.map_chunks(p, Step::MapFa, opcode::MAP_FA, Area::Firmware, 0)?;
+        self.exec(p, Step::RunFw, Command::new(opcode::RUN_FW))?;
+        self.fw_running = true;
+
+        // 4 KiB ICM pages. Upstream goes on with a warning if the firmware refuses.
+        let page_size_set = self.set_icm_page_size(p).is_ok();
+
+        // `mlx4_init_hca`: capabilities, the profile, ICM, INIT_HCA.
+        let mut out = [0u8; DevCaps::OUT_SIZE];
+        self.exec_out(
+            p,
+            Step::QueryDevCap,
+            Command::new(opcode::QUERY_DEV_CAP),
+            &mut out,
+        )?;
+        let caps = DevCaps::parse(&out, config.uar_bar_size).map_err(ProbeError::InvalidCap)?;
+        let layout = make_profile(&caps, &config.profile).map_err(ProbeError::Profile)?;
+        self.init_icm(p, &caps, &layout)?;
+        let init = init_hca_mailbox(&caps, &layout);
+        self.write_inbox(p, &init)?;
+        let inbox = self.inbox_address();
+        self.exec(
+            p,
+            Step::InitHca,
+            Command::new(opcode::INIT_HCA).in_param(inbox),
+        )?;
+        self.hca_initialized = true;
+
+        // QUERY_HCA: the firmware's copy of the layout must be the one given; upstream
+        // reads it for the core clock.
+        let mut out = [0u8; init_hca::IN_SIZE];
+        self.exec_out(p, Step::QueryHca, Command::new(opcode::QUERY_HCA), &mut out)?;
+        check_layout(&init, &out)?;
+        let core_clock_mhz = Mailbox(&out[..]).u16(query_hca::CORE_CLOCK);
+
+        let mut out = [0u8; AdapterInfo::OUT_SIZE];
+        self.exec_out(
+            p,
+            Step::QueryAdapter,
+            Command::new(opcode::QUERY_ADAPTER),
+            &mut out,
+        )?;
+        let adapter = AdapterInfo::parse(&out);
+
+        Ok(DeviceInfo {
+            fw,
+            caps,
+            layout,
+            adapter,
+            core_clock_mhz,
+            page_size_set,
+        })
+    }
+
+    /// MOD_STAT_CFG with `log_pg_sz` 0 and its mask set (`mlx4_init_fw`).
+    fn set_icm_page_size<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<(), ProbeError> {
+        let mut inbox = [0u8; 8];
+        let mut m = Mailbox(&mut inbox[..]);
+        m.set_u8(mod_stat_cfg::PG_SZ_M, 1);
+        m.set_u8(mod_stat_cfg::PG_SZ, 0);
+        self.write_inbox(p, &inbox)?;
+        let cmd = Command::new(opcode::MOD_STAT_CFG).in_param(self.inbox_address());
+        self.exec(p, Step::ModStatCfg, cmd)
+    }
+
+    /// `mlx4_init_icm`: SET_ICM_SIZE, auxiliary ICM, and the ICM under each table's
+    /// reserved entries.
+    fn init_icm<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        caps: &DevCaps,
+        layout: &IcmLayout,
+    ) -> Result<(), ProbeError> {
+        let cmd = Command::new(opcode::SET_ICM_SIZE).in_param(layout.total_size);
+        let aux_pages = self.exec_imm(p, Step::SetIcmSize, cmd)?;
+        let most = (AUX_AREA_CHUNKS as u64) << MAX_CHUNK_LOG_PAGES;
+        if aux_pages == 0 || aux_pages > most {
+            return Err(ProbeError::AuxPages { pages: aux_pages });
+        }
+        alloc_area(p, &mut self.aux_area, aux_pages, None).map_err(|error| ProbeError::Memory {
+            step: Step::MapIcmAux,
+            error,
+        })?;
+        self.map_chunks(p, Step::MapIcmAux, opcode::MAP_ICM_AUX, Area::Auxiliary, 0)?;
+
+        for table in icm_tables(caps, layout) {
+            let step = Step::MapIcm(table.name);
+            let bytes = table.mapped_at_probe(TABLE_CHUNK_SIZE);
+            let mut offset = 0;
+            // One MAP_ICM per table chunk, as `mlx4_init_icm_table` does.
+            while offset < bytes {
+                let chunk_bytes = (bytes - offset).min(TABLE_CHUNK_SIZE);
+                let first = self.icm.len();
+                let pages = chunk_bytes.div_ceil(ICM_PAGE_SIZE as u64);
+                let icm_address = table.base.saturating_add(offset);
+                alloc_area(p, &mut self.icm, pages, Some(icm_address))
+                    .map_err(|error| ProbeError::Memory { step, error })?;
+                self.map_chunks(p, step, opcode::MAP_ICM, Area::Icm, first)?;
+                offset += chunk_bytes;
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps the chunks of `area` from index `first` on with `op` (`mlx4_map_cmd`): a
+    /// mailbox of VPM entries per command, each chunk marked mapped once its command
+    /// succeeded.
+    fn map_chunks<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        step: Step,
+        op: u16,
+        area: Area,
+        first: usize,
+    ) -> Result<(), ProbeError> {
+        let total = match area {
+            Area::Firmware => self.fw_area.len(),
+            Area::Auxiliary => self.aux_area.len(),
+            Area::Icm => self.icm.len(),
+        };
+        let mut start = first;
+        while start < total {
+            let count = (total - start).min(VPM_PER_MAILBOX);
+            let inbox = self.inbox.as_ref().ok_or(ProbeError::MailboxAccess)?;
+            let written = match area {
+                Area::Firmware => write_vpm(p, inbox, &self.fw_area, start, count),
+                Area::Auxiliary => write_vpm(p, inbox, &self.aux_area, start, count),
+                Area::Icm => write_vpm(p, inbox, &self.icm, start, count),
+            }?;
+            let cmd = Command::new(op)
+                .in_param(inbox.bus_address)
+                .in_modifier(written);
+            self.exec(p, step, cmd)?;
+            match area {
+                Area::Firmware => mark_mapped(&mut self.fw_area, start, count),
+                Area::Auxiliary => mark_mapped(&mut self.aux_area, start, count),
+                Area::Icm => mark_mapped(&mut self.icm, start, count),
+            }
+            start += count;
+        }
+        Ok(())
+    }
+
+    /// Undoes what the record holds, in reverse order of the probe.
+    fn release<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<(), TeardownError> {
+        let mut failure: Option<(Step, CmdError)> = None;
+        let mut leaked = 0usize;
+
+        // `mlx4_close_hca`. If CLOSE_HCA fails the ICM is unmapped all the same, as
+        // upstream does: the firmware answered, so it runs, and UNMAP_ICM is its to refuse.
+        if self.hca_initialized {
+            if let Err(error) = self.cmd.exec(p, &Command::new(opcode::CLOSE_HCA)) {
+                note(&mut failure, Step::CloseHca, error);
+            }
+            self.hca_initialized = false;
+        }
+
+        // `mlx4_free_icms`: each table's chunks, last mapped first.
+        while let Some(chunk) = self.icm.pop() {
+            if !chunk.mapped {
+                p.free(chunk.block);
+                continue;
+            }
+            let cmd = Command::new(opcode::UNMAP_ICM)
+                .in_param(chunk.icm_address)
+                .in_modifier(chunk.pages() as u32);
+            match self.cmd.exec(p, &cmd) {
+                Ok(()) => p.free(chunk.block),
+                Err(error) => {
+                    note(&mut failure, Step::UnmapIcm, error);
+                    leaked += leak(chunk);
+                }
+            }
+        }
+        leaked += self.release_area(p, Area::Auxiliary, &mut failure);
+        leaked += self.release_area(p, Area::Firmware, &mut failure);
+        self.fw_running = false;
+
+        // The mailboxes: after a timeout the device may still write to them.
+        for mailbox in [self.inbox.take(), self.outbox.take()]
+            .into_iter()
+            .flatten()
+        {
+            if self.cmd.is_wedged() {
+                core::mem::forget(mailbox.block);
+                leaked += 1;
+            } else {
+                p.free(mailbox.block);
+            }
+        }
+
+        // `mlx4_free_ownership`.
+        if self.owner {
+            p.bar0_write_be32(OWNER_BASE, 0);
+            p.sleep_ms(OWNERSHIP_RELEASE_MS);
+            self.owner = false;
+        }
+
+        match failure {
+            None => Ok(()),
+            Some((step, error)) => Err(TeardownError {
+                step,
+                error,
+                leaked_chunks: leaked,
+            }),
+        }
+    }
+
+    /// UNMAP_ICM_AUX or UNMAP_FA, then frees the area; an area the device keeps (its
+    /// unmap failed) is leaked. Returns the chunks leaked.
+    fn release_area<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        area: Area,
+        failure: &mut Option<(Step, CmdError)>,
+    ) -> usize {
+        let (any_mapped, op, step) = match area {
+            Area::Auxiliary => (
+                self.aux_area.iter_from(0).any(|c| c.mapped),
+                opcode::UNMAP_ICM_AUX,
+                Step::UnmapIcmAux,
+            ),
+            Area::Firmware => (
+                self.fw_area.iter_from(0).any(|c| c.mapped),
+                opcode::UNMAP_FA,
+                Step::UnmapFa,
+            ),
+            Area::Icm => return 0,
+        };
+        let device_keeps = any_mapped && {
+            match self.cmd.exec(p, &Command::new(op)) {
+                Ok(()) => false,
+                Err(error) => {
+                    note(failure, step, error);
+                    true
+                }
+            }
+        };
+        let mut leaked = 0;
+        loop {
+            let chunk = match area {
+                Area::Auxiliary => self.aux_area.pop(),
+                _ => self.fw_area.pop(),
+            };
+            let Some(chunk) = chunk else { break };
+            if device_keeps && chunk.mapped {
+                leaked += leak(chunk);
+            } else {
+                p.free(chunk.block);
+            }
+        }
+        leaked
+    }
+
+    fn inbox_address(&self) -> u64 {
+        self.inbox.as_ref().map_or(0, |m| m.bus_address)
+    }
+
+    /// Zeroes the input mailbox and writes `data` at its start (`mlx4_alloc_cmd_mailbox`
+    /// hands out zeroed mailboxes).
+    fn write_inbox<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        data: &[u8],
+    ) -> Result<(), ProbeError> {
+        let inbox = self.inbox.as_ref().ok_or(ProbeError::MailboxAccess)?;
+        let zeros = [0u8; 256];
+        for offset in (0..MAILBOX_SIZE).step_by(zeros.len()) {
+            if !p.write(&inbox.block, offset, &zeros) {
+                return Err(ProbeError::MailboxAccess);
+            }
+        }
+        if p.write(&inbox.block, 0, data) {
+            Ok(())
+        } else {
+            Err(ProbeError::MailboxAccess)
+        }
+    }
+
+    fn exec<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        step: Step,
+        cmd: Command,
+    ) -> Result<(), ProbeError> {
+        self.cmd
+            .exec(p, &cmd)
+            .map_err(|error| ProbeError::Command { step, error })
+    }
+
+    fn exec_imm<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        step: Step,
+        cmd: Command,
+    ) -> Result<u64, ProbeError> {
+        self.cmd
+            .exec_imm(p, &cmd)
+            .map_err(|error| ProbeError::Command { step, error })
+    }
+
+    /// Runs a command whose output is a mailbox, and reads the mailbox into `out`.
+    fn exec_out<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        step: Step,
+        cmd: Command,
+        out: &mut [u8],
+    ) -> Result<(), ProbeError> {
+        let outbox = self.outbox.as_ref().ok_or(ProbeError::MailboxAccess)?;
+        let cmd = cmd.out_param(outbox.bus_address);
+        self.exec(p, step, cmd)?;
+        let outbox = self.outbox.as_ref().ok_or(ProbeError::MailboxAccess)?;
+        if p.read(&outbox.block, 0, out) {
+            Ok(())
+        } else {
+            Err(ProbeError::MailboxAccess)
+        }
+    }
+}
+
+/// The three areas of host memory given with MAP_* commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Area {
+    Firmware,
+    Auxiliary,
+    Icm,
+}
+
+/// Writes the VPM entries of `count` chunks of `list` from `start` into the mailbox;
+/// returns how many.
+fn write_vpm<P: HostMemory, const N: usize>(
+    p: &mut P,
+    inbox: &MailboxPage<P::Block>,
+    list: &Chunks<P::Block, N>,
+    start: usize,
+    count: usize,
+) -> Result<u32, ProbeError> {
+    let mut written = 0u32;
+    for (i, chunk) in list.iter_from(start).take(count).enumerate() {
+        if !p.write(&inbox.block, i * 16, &chunk.vpm_entry()) {
+            return Err(ProbeError::MailboxAccess);
+        }
+        written += 1;
+    }
+    Ok(written)
+}
+
+fn mark_mapped<B, const N: usize>(list: &mut Chunks<B, N>, start: usize, count: usize) {
+    for chunk in list.iter_from_mut(start).take(count) {
+        chunk.mapped = true;
+    }
+}
+
+/// Remembers the first failure of a teardown, which goes on after it.
+fn note(failure: &mut Option<(Step, CmdError)>, step: Step, error: CmdError) {
+    if failure.is_none() {
+        *failure = Some((step, error));
+    }
+}
+
+/// Keeps a chunk the device may still use from ever being freed, and counts it.
+fn leak<B>(chunk: Chunk<B>) -> usize {
+    // Freeing memory the device can still write would let it corrupt whoever gets the
+    // memory next; a leak until reboot is the lesser harm (a function reset would allow
+    // freeing, and is the kernel side's to do).
+    core::mem::forget(chunk.block);
+    1
+}
+
+fn alloc_mailbox<P: HostMemory>(p: &mut P) -> Result<MailboxPage<P::Block>, ProbeError> {
+    let block = p.alloc(0).ok_or(ProbeError::Memory {
+        step: Step::Mailboxes,
+        error: AllocError::NoMemory,
+    })?;
+    let bus_address = p.bus_address(&block);
+    Ok(MailboxPage { block, bus_address })
+}
+
+/// INIT_HCA's input (`mlx4_INIT_HCA`): each table's ICM address, with its log2 count in
+/// the base's low byte where the PRM puts one.
+fn init_hca_mailbox(caps: &DevCaps, layout: &IcmLayout) -> [u8; init_hca::IN_SIZE] {
+    let mut bytes = [0u8; init_hca::IN_SIZE];
+    let mut m = Mailbox(&mut bytes[..]);
+    let table = |r: Resource| layout.table(r);
+    m.set_u8(init_hca::VERSION, init_hca::VERSION_2);
+    // FLAGS stays 0: little-endian descriptors, no checksum offload, no memory windows.
+    m.set_u64(init_hca::QPC_BASE, table(Resource::Qpc).base);
+    m.set_u8(init_hca::LOG_QP, table(Resource::Qpc).log_num);
+    m.set_u64(init_hca::SRQC_BASE, table(Resource::Srqc).base);
+    m.set_u8(init_hca::LOG_SRQ, table(Resource::Srqc).log_num);
+    m.set_u64(init_hca::CQC_BASE, table(Resource::Cqc).base);
+    m.set_u8(init_hca::LOG_CQ, table(Resource::Cqc).log_num);
+    m.set_u64(init_hca::ALTC_BASE, table(Resource::Altc).base);
+    m.set_u64(init_hca::AUXC_BASE, table(Resource::Auxc).base);
+    m.set_u64(init_hca::EQC_BASE, table(Resource::Eqc).base);
+    m.set_u8(init_hca::LOG_EQ, table(Resource::Eqc).log_num);
+    m.set_u64(init_hca::RDMARC_BASE, table(Resource::Rdmarc).base);
+    m.set_u8(init_hca::LOG_RD, layout.log_rd_per_qp);
+    m.set_u64(init_hca::MC_BASE, table(Resource::Mcg).base);
+    m.set_u8(
+        init_hca::LOG_MC_ENTRY_SZ,
+        super::profile::LOG_MGM_ENTRY_SIZE,
+    );
+    m.set_u8(init_hca::LOG_MC_HASH_SZ, layout.log_mc_hash_size);
+    m.set_u8(init_hca::LOG_MC_TABLE_SZ, table(Resource::Mcg).log_num);
+    m.set_u64(init_hca::DMPT_BASE, table(Resource::Dmpt).base);
+    m.set_u8(init_hca::LOG_MPT_SZ, table(Resource::Dmpt).log_num);
+    m.set_u64(init_hca::MTT_BASE, table(Resource::Mtt).base);
+    m.set_u64(init_hca::CMPT_BASE, table(Resource::Cmpt).base);
+    // UARs of 4 KiB pages over the whole UAR area (`log_uar_sz`, `uar_page_sz` 0).
+    let uar_pages = caps.uar_size >> ICM_PAGE_SHIFT;
+    m.set_u8(
+        init_hca::LOG_UAR_SZ,
+        uar_pages.checked_ilog2().unwrap_or(0) as u8,
+    );
+    m.set_u8(init_hca::UAR_PAGE_SZ, 0);
+    bytes
+}
+
+/// Compares QUERY_HCA's answer with what INIT_HCA gave, field by field.
+fn check_layout(given: &[u8], reported: &[u8]) -> Result<(), ProbeError> {
+    const FIELDS: [(&str, usize, usize); 12] = [
+        ("QPC_BASE", init_hca::QPC_BASE, 8),
+        ("SRQC_BASE", init_hca::SRQC_BASE, 8),
+        ("CQC_BASE", init_hca::CQC_BASE, 8),
+        ("ALTC_BASE", init_hca::ALTC_BASE, 8),
+        ("AUXC_BASE", init_hca::AUXC_BASE, 8),
+        ("EQC_BASE", init_hca::EQC_BASE, 8),
+        ("RDMARC_BASE", init_hca::RDMARC_BASE, 8),
+        ("MC_BASE", init_hca::MC_BASE, 8),
+        ("LOG_MC_TABLE_SZ", init_hca::LOG_MC_TABLE_SZ, 1),
+        ("DMPT_BASE", init_hca::DMPT_BASE, 8),
+        ("MTT_BASE", init_hca::MTT_BASE, 8),
+        ("CMPT_BASE", init_hca::CMPT_BASE, 8),
+    ];
+    for (field, offset, len) in FIELDS {
+        let range = offset..offset + len;
+        if given.get(range.clone()) != reported.get(range) {
+            return Err(ProbeError::LayoutMismatch { field });
+        }
+    }
+    Ok(())
+}

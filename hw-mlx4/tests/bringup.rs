@@ -1,0 +1,859 @@
+//! The driver's bring-up (`hw_mlx4::bringup`) against the emulated ConnectX-3's firmware
+//! (`model::hca::Hca`): the probe to an initialized HCA and the teardown back to reset,
+//! the HCR protocol as `mlx4_cmd_post` writes it, command timeouts and firmware errors,
+//! a probe that fails at every step unwinding to a device that holds nothing, and the
+//! capability parser refusing what it cannot use.
+//!
+//! The platform here is the model behind the two traits the kernel module implements
+//! over MMIO and `dma_alloc_coherent`, with a fake clock (so a 60 s timeout takes no
+//! time) and hooks that make a chosen command fail, never complete, or answer nonsense.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use hw_mlx4::bringup::caps::{DevCaps, FwInfo, InvalidCap};
+use hw_mlx4::bringup::cmd::{CmdError, Command, CommandEdge, CommandInterface, POLL_TOKEN};
+use hw_mlx4::bringup::memory::{AllocError, HostMemory, ICM_PAGE_SIZE};
+use hw_mlx4::bringup::probe::{Mlx4Core, ProbeConfig, ProbeError, Step};
+use hw_mlx4::bringup::profile::{make_profile, Profile, ProfileError, Resource};
+use hw_mlx4::model::hca::{Dma, DmaFault, FwState, Hca, HcaEvent};
+use hw_mlx4::wire::cmd::{hcr, opcode, CmdStatus, HCR_BASE, OWNER_BASE};
+use hw_mlx4::wire::fw::{query_dev_cap, query_fw};
+
+/// Bus addresses of the test memory start here.
+const BASE: u64 = 0x1_0000_0000;
+/// 64 MiB: the firmware area, ~17 MiB of auxiliary ICM for the default profile's 4 GiB
+/// of ICM, the reserved table chunks and the 8 MiB multicast table.
+const SIZE: usize = 64 << 20;
+/// BAR2 of the emulated device: 8 MiB.
+const BAR2_SIZE: u64 = 8 << 20;
+
+/// Host memory the model reaches by DMA, with a bump allocator that remembers what is
+/// outstanding.
+struct Memory {
+    bytes: RefCell<Vec<u8>>,
+    next: u64,
+    outstanding: BTreeMap<u64, usize>,
+    /// Allocations left before the next one fails (`None`: never).
+    allocs_left: Option<usize>,
+    allocs: usize,
+}
+
+/// A block of test memory; not `Clone`, so the driver can give it back only once.
+#[derive(Debug)]
+struct Block {
+    address: u64,
+    len: usize,
+}
+
+impl Memory {
+    fn new() -> Self {
+        Self {
+            bytes: RefCell::new(vec![0; SIZE]),
+            next: BASE,
+            outstanding: BTreeMap::new(),
+            allocs_left: None,
+            allocs: 0,
+        }
+    }
+
+    fn range(address: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(address.checked_sub(BASE)?).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= SIZE).then_some(start..end)
+    }
+}
+
+impl Dma for Memory {
+    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+        let r = Self::range(address, buf.len()).ok_or(DmaFault {
+            address,
+            len: buf.len(),
+        })?;
+        buf.copy_from_slice(&self.bytes.borrow()[r]);
+        Ok(())
+    }
+
+    fn write(&self, address: u64, data: &[u8]) -> Result<(), DmaFault> {
+        let r = Self::range(address, data.len()).ok_or(DmaFault {
+            address,
+            len: data.len(),
+        })?;
+        self.bytes.borrow_mut()[r].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// What the platform does to one command of the driver's.
+#[derive(Clone, Copy, Debug)]
+enum Injection {
+    /// The command never reaches the device; the HCR answers this status byte.
+    Status(u8),
+    /// The command never reaches the device, and go stays set.
+    NeverComplete,
+    /// The device runs the command, then its output mailbox's byte at `offset` reads
+    /// `value`.
+    CorruptOutput { offset: u64, value: u8 },
+}
+
+/// The model behind the driver's two traits.
+struct Platform {
+    hca: Hca,
+    memory: Memory,
+    clock_us: u64,
+    barriers: usize,
+    /// Every BAR0 write, as (offset, value).
+    writes: Vec<(u64, u32)>,
+    /// Every opcode posted.
+    posted: Vec<u16>,
+    /// The `skip`th next command with this opcode gets the injection.
+    inject: Option<(u16, usize, Injection)>,
+    /// What the HCR's status word reads while an injected command is in it.
+    status_override: Option<u32>,
+}
+
+impl Platform {
+    fn new() -> Self {
+        let mut hca = Hca::new();
+        hca.set_bus_master(true);
+        Self {
+            hca,
+            memory: Memory::new(),
+            clock_us: 0,
+            barriers: 0,
+            writes: Vec::new(),
+            posted: Vec::new(),
+            inject: None,
+            status_override: None,
+        }
+    }
+
+    fn inject(mut self, op: u16, skip: usize, injection: Injection) -> Self {
+        self.inject = Some((op, skip, injection));
+        self
+    }
+
+    fn driver_errors(&mut self) -> Vec<String> {
+        self.hca
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                HcaEvent::DriverError(line) => Some(line),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether this command is the one to inject into (counting down its skips).
+    fn injection_for(&mut self, op: u16) -> Option<Injection> {
+        match &mut self.inject {
+            Some((target, skip, injection)) if *target == op => {
+                if *skip == 0 {
+                    let injection = *injection;
+                    self.inject = None;
+                    Some(injection)
+                } else {
+                    *skip -= 1;
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+const STATUS_REGISTER: u64 = HCR_BASE + hcr::STATUS as u64;
+
+impl CommandEdge for Platform {
+    fn bar0_read_be32(&mut self, offset: u64) -> u32 {
+        if offset == STATUS_REGISTER {
+            if let Some(word) = self.status_override {
+                return word;
+            }
+        }
+        let mut bytes = [0u8; 4];
+        self.hca.bar0_read(offset, &mut bytes);
+        u32::from_be_bytes(bytes)
+    }
+
+    fn bar0_write_be32(&mut self, offset: u64, value: u32) {
+        self.writes.push((offset, value));
+        if offset == STATUS_REGISTER && value & hcr::GO_BIT != 0 {
+            let op = (value & 0xfff) as u16;
+            self.posted.push(op);
+            self.status_override = None;
+            match self.injection_for(op) {
+                Some(Injection::Status(status)) => {
+                    self.status_override =
+                        Some((value & !hcr::GO_BIT & 0x00ff_ffff) | (u32::from(status) << 24));
+                    return;
+                }
+                Some(Injection::NeverComplete) => {
+                    self.status_override = Some(value);
+                    return;
+                }
+                Some(Injection::CorruptOutput {
+                    offset: at,
+                    value: byte,
+                }) => {
+                    self.hca
+                        .bar0_write(&self.memory, offset, &value.to_be_bytes());
+                    let mut out = [0u8; 4];
+                    self.hca
+                        .bar0_read(HCR_BASE + hcr::OUT_PARAM as u64, &mut out);
+                    let high = u64::from(u32::from_be_bytes(out));
+                    self.hca
+                        .bar0_read(HCR_BASE + hcr::OUT_PARAM as u64 + 4, &mut out);
+                    let outbox = (high << 32) | u64::from(u32::from_be_bytes(out));
+                    self.memory.write(outbox + at, &[byte]).expect("outbox");
+                    return;
+                }
+                None => {}
+            }
+        }
+        self.hca
+            .bar0_write(&self.memory, offset, &value.to_be_bytes());
+    }
+
+    fn write_barrier(&mut self) {
+        self.barriers += 1;
+    }
+
+    fn now_us(&mut self) -> u64 {
+        // Time passes as the driver looks at it: a 60 s timeout is 60,000 looks.
+        self.clock_us += 1000;
+        self.clock_us
+    }
+
+    fn relax(&mut self) {}
+
+    fn sleep_ms(&mut self, ms: u32) {
+        self.clock_us += u64::from(ms) * 1000;
+    }
+}
+
+impl HostMemory for Platform {
+    type Block = Block;
+
+    fn alloc(&mut self, log_pages: u32) -> Option<Block> {
+        if let Some(left) = &mut self.memory.allocs_left {
+            if *left == 0 {
+                return None;
+            }
+            *left -= 1;
+        }
+        let len = ICM_PAGE_SIZE << log_pages;
+        let address = self.memory.next.next_multiple_of(len as u64);
+        Memory::range(address, len)?;
+        self.memory.next = address + len as u64;
+        self.memory.outstanding.insert(address, len);
+        self.memory.allocs += 1;
+        // Zeroed, as dma_alloc_coherent's: the bump allocator never hands out used bytes.
+        Some(Block { address, len })
+    }
+
+    fn bus_address(&self, block: &Block) -> u64 {
+        block.address
+    }
+
+    fn write(&mut self, block: &Block, offset: usize, data: &[u8]) -> bool {
+        offset + data.len() <= block.len
+            && self
+                .memory
+                .write(block.address + offset as u64, data)
+                .is_ok()
+    }
+
+    fn read(&mut self, block: &Block, offset: usize, buf: &mut [u8]) -> bool {
+        offset + buf.len() <= block.len
+            && Dma::read(&self.memory, block.address + offset as u64, buf).is_ok()
+    }
+
+    fn free(&mut self, block: Block) {
+        let len = self.memory.outstanding.remove(&block.address);
+        assert_eq!(len, Some(block.len), "freed a block not outstanding");
+    }
+}
+
+fn config() -> ProbeConfig {
+    ProbeConfig {
+        profile: Profile::DEFAULT,
+        uar_bar_size: BAR2_SIZE,
+    }
+}
+
+/// A device that holds nothing of the driver's: what a fresh model reports.
+fn assert_released(p: &mut Platform) {
+    let fresh = Hca::new().resources();
+    assert_eq!(p.hca.resources(), fresh, "{}", p.hca.summary());
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    assert!(
+        p.memory.outstanding.is_empty(),
+        "{} blocks not freed",
+        p.memory.outstanding.len()
+    );
+}
+
+#[test]
+fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    let info = *core.probe(&mut p, &config()).expect("the probe succeeds");
+
+    // What the driver learned is what the device says.
+    assert_eq!(info.fw.version, (2, 42, 5000));
+    assert_eq!(info.fw.cmd_if_rev, 3);
+    assert_eq!(info.caps.num_ports, 2);
+    assert_eq!(info.caps.max_qps, 1 << 17);
+    assert_eq!(info.caps.reserved_qps, 64);
+    assert_eq!(info.caps.entry_sizes.qpc, 256);
+    assert_eq!(&info.adapter.board_id[..13], b"MT_1090120019");
+    assert_eq!(info.core_clock_mhz, 427);
+    assert!(info.page_size_set);
+    // The profile was clamped to what QUERY_DEV_CAP offers (upstream asks 2^18 QPs).
+    assert_eq!(info.layout.num_qps, 1 << 17);
+
+    // The device: firmware running and the HCA initialized, with the driver's memory.
+    let held = p.hca.resources();
+    assert_eq!(held.firmware, FwState::Initialized);
+    assert!(held.owned);
+    assert!(held.fw_area_pages >= u64::from(info.fw.fw_pages));
+    assert!(held.aux_chunks > 0);
+    let (_, _, icm_pages) = core.pages_given();
+    assert_eq!(held.icm_bytes, icm_pages * ICM_PAGE_SIZE as u64);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    assert!(p
+        .hca
+        .summary()
+        .starts_with(&format!("{} commands (0 failed)", p.posted.len())));
+
+    // The commands, in `mlx4_load_one`'s order.
+    let first_map_icm = p.posted.iter().position(|&op| op == opcode::MAP_ICM);
+    let map_icms = p.posted.iter().filter(|&&op| op == opcode::MAP_ICM).count();
+    assert_eq!(first_map_icm, Some(7));
+    // 13 tables by one 256 KiB table chunk each, the multicast table's 8 MiB by 32.
+    assert_eq!(map_icms, 13 + 32);
+    let mut expected = vec![
+        opcode::QUERY_FW,
+        opcode::MAP_FA,
+        opcode::RUN_FW,
+        opcode::MOD_STAT_CFG,
+        opcode::QUERY_DEV_CAP,
+        opcode::SET_ICM_SIZE,
+        opcode::MAP_ICM_AUX,
+    ];
+    expected.extend(std::iter::repeat_n(opcode::MAP_ICM, map_icms));
+    expected.extend([opcode::INIT_HCA, opcode::QUERY_HCA, opcode::QUERY_ADAPTER]);
+    assert_eq!(p.posted, expected);
+
+    p.posted.clear();
+    core.teardown(&mut p).expect("the teardown succeeds");
+    assert_eq!(p.posted[0], opcode::CLOSE_HCA);
+    assert_eq!(
+        &p.posted[p.posted.len() - 2..],
+        [opcode::UNMAP_ICM_AUX, opcode::UNMAP_FA]
+    );
+    assert_eq!(p.posted.len(), 3 + map_icms);
+    assert_eq!(
+        p.writes.last(),
+        Some(&(OWNER_BASE, 0)),
+        "ownership given back last"
+    );
+    assert_released(&mut p);
+    assert!(core.info().is_none());
+}
+
+/// A second probe after a teardown works on the same device, as a rebind does.
+#[test]
+fn a_torn_down_device_probes_again() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("first probe");
+    core.teardown(&mut p).expect("first teardown");
+    core.probe(&mut p, &config()).expect("second probe");
+    assert_eq!(p.hca.resources().firmware, FwState::Initialized);
+    core.teardown(&mut p).expect("second teardown");
+    assert_released(&mut p);
+}
+
+/// The HCR is written as `mlx4_cmd_post` writes it: six parameter words, a barrier, the
+/// status word last with go, the toggle (1 first, alternating), the op modifier and the
+/// opcode; the token in the top half of its word.
+#[test]
+fn commands_are_posted_as_mlx4_cmd_post_writes_them() {
+    let mut p = Platform::new();
+    let mut cmd = CommandInterface::new();
+    // QUERY_FW is the one command a device out of reset runs.
+    let outbox = BASE;
+    let query_fw = Command::new(opcode::QUERY_FW)
+        .out_param(outbox)
+        .in_modifier(0x1234_5678)
+        .op_modifier(0x5)
+        .in_param(0x0123_4567_89ab_cdef);
+    for round in 0..3 {
+        p.writes.clear();
+        let barriers = p.barriers;
+        cmd.exec(&mut p, &query_fw).expect("QUERY_FW");
+        let words: Vec<(u64, u32)> = p.writes.clone();
+        let toggle = if round % 2 == 0 { hcr::TOGGLE_BIT } else { 0 };
+        assert_eq!(
+            words,
+            [
+                (HCR_BASE, 0x0123_4567),
+                (HCR_BASE + 4, 0x89ab_cdef),
+                (HCR_BASE + 8, 0x1234_5678),
+                (HCR_BASE + 12, (outbox >> 32) as u32),
+                (HCR_BASE + 16, outbox as u32),
+                (HCR_BASE + 20, u32::from(POLL_TOKEN) << 16),
+                (
+                    STATUS_REGISTER,
+                    hcr::GO_BIT | toggle | (0x5 << hcr::OPMOD_SHIFT) | u32::from(opcode::QUERY_FW)
+                ),
+            ],
+            "round {round}"
+        );
+        assert_eq!(p.barriers, barriers + 1);
+    }
+    // The device saw a valid command each time, and the output is there.
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    let mut out = [0u8; query_fw::OUT_SIZE];
+    Dma::read(&p.memory, outbox, &mut out).unwrap();
+    assert_eq!(FwInfo::parse(&out).unwrap().version, (2, 42, 5000));
+}
+
+/// An immediate-output command returns what the device left in out_param.
+#[test]
+fn an_immediate_result_is_read_from_out_param() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    // SET_ICM_SIZE answers one auxiliary page per MiB of ICM (the model's rule).
+    let cmd = Command::new(opcode::SET_ICM_SIZE).in_param(64 << 20);
+    assert_eq!(core.commands().exec_imm(&mut p, &cmd), Ok(64));
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// The firmware's refusal comes back as the PRM's status by name: RUN_FW before the
+/// firmware area is mapped is in the wrong system state.
+#[test]
+fn a_firmware_status_is_mapped_to_its_named_error() {
+    let mut p = Platform::new();
+    let mut cmd = CommandInterface::new();
+    assert_eq!(
+        cmd.exec(&mut p, &Command::new(opcode::RUN_FW)),
+        Err(CmdError::Failed {
+            opcode: opcode::RUN_FW,
+            status: CmdStatus::BadSysState
+        })
+    );
+    // The device reported it too; the interface still works.
+    assert_eq!(p.driver_errors().len(), 1);
+    cmd.exec(&mut p, &Command::new(opcode::QUERY_FW).out_param(BASE))
+        .expect("the next command runs");
+    // A status the PRM does not name is its own error.
+    let mut p = Platform::new().inject(opcode::QUERY_FW, 0, Injection::Status(0x07));
+    assert_eq!(
+        cmd.exec(&mut p, &Command::new(opcode::QUERY_FW).out_param(BASE)),
+        Err(CmdError::UnknownStatus {
+            opcode: opcode::QUERY_FW,
+            raw: 0x07
+        })
+    );
+    // Every status `mlx4_status_to_errno` knows round-trips.
+    for raw in 0..=u8::MAX {
+        if let Some(status) = CmdStatus::from_raw(raw) {
+            assert_eq!(status as u8, raw);
+        }
+    }
+}
+
+/// A device that never clears go: the command times out after its 60 s, the interface
+/// refuses every later command at once, and the probe's unwinding leaves the memory the
+/// device was given where it is (leaked, not freed), but gives the ownership back.
+#[test]
+fn a_command_that_never_completes_times_out_and_wedges_the_interface() {
+    let mut p = Platform::new().inject(opcode::RUN_FW, 0, Injection::NeverComplete);
+    let mut core = Mlx4Core::new();
+    let start = p.clock_us;
+    let error = core.probe(&mut p, &config()).unwrap_err();
+    assert_eq!(
+        error,
+        ProbeError::Command {
+            step: Step::RunFw,
+            error: CmdError::Timeout {
+                opcode: opcode::RUN_FW
+            }
+        }
+    );
+    let waited = p.clock_us - start;
+    assert!(
+        (60_000_000..70_000_000).contains(&waited),
+        "gave up after {waited} us"
+    );
+    assert!(core.commands().is_wedged());
+    // No command after the one that hung: UNMAP_FA was not even posted.
+    assert_eq!(p.posted.last(), Some(&opcode::RUN_FW));
+    assert_eq!(
+        core.commands().exec(&mut p, &Command::new(opcode::NOP)),
+        Err(CmdError::Wedged {
+            opcode: opcode::NOP
+        })
+    );
+    let unwind = core.unwind_error().copied().expect("the unwinding reports");
+    assert_eq!(unwind.step, Step::UnmapFa);
+    // The firmware area (one 64 KiB chunk) and both mailboxes stay with the device.
+    assert_eq!(unwind.leaked_chunks, 3);
+    assert_eq!(p.memory.outstanding.len(), 3);
+    assert!(!p.hca.resources().owned, "ownership given back");
+}
+
+/// A HCR that is busy before the post (go never clears) refuses the post after
+/// `GO_BIT_TIMEOUT_MSECS`, without writing a word.
+#[test]
+fn a_busy_hcr_refuses_the_post() {
+    let mut p = Platform::new();
+    p.status_override = Some(hcr::GO_BIT);
+    let mut cmd = CommandInterface::new();
+    let start = p.clock_us;
+    assert_eq!(
+        cmd.exec(&mut p, &Command::new(opcode::QUERY_FW)),
+        Err(CmdError::Busy {
+            opcode: opcode::QUERY_FW
+        })
+    );
+    assert!((10_000_000..11_000_000).contains(&(p.clock_us - start)));
+    assert!(p.writes.is_empty());
+    assert!(!cmd.is_wedged(), "nothing was posted");
+}
+
+/// Every command of the probe, failing: the probe reports the step, and unwinds so that
+/// the device holds nothing and all memory is back.
+#[test]
+fn a_probe_failing_at_any_command_unwinds_cleanly() {
+    let cases = [
+        (opcode::QUERY_FW, 0, Step::QueryFw),
+        (opcode::MAP_FA, 0, Step::MapFa),
+        (opcode::RUN_FW, 0, Step::RunFw),
+        (opcode::QUERY_DEV_CAP, 0, Step::QueryDevCap),
+        (opcode::SET_ICM_SIZE, 0, Step::SetIcmSize),
+        (opcode::MAP_ICM_AUX, 0, Step::MapIcmAux),
+        (opcode::MAP_ICM, 0, Step::MapIcm("cMPT (QP)")),
+        (opcode::MAP_ICM, 5, Step::MapIcm("MTT")),
+        (opcode::MAP_ICM, 20, Step::MapIcm("MCG")),
+        (opcode::INIT_HCA, 0, Step::InitHca),
+        (opcode::QUERY_HCA, 0, Step::QueryHca),
+        (opcode::QUERY_ADAPTER, 0, Step::QueryAdapter),
+    ];
+    for (op, skip, step) in cases {
+        let status = CmdStatus::BadParam;
+        let mut p = Platform::new().inject(op, skip, Injection::Status(status as u8));
+        let mut core = Mlx4Core::new();
+        let error = core.probe(&mut p, &config()).unwrap_err();
+        assert_eq!(
+            error,
+            ProbeError::Command {
+                step,
+                error: CmdError::Failed { opcode: op, status }
+            },
+            "{step:?}"
+        );
+        assert_eq!(core.unwind_error(), None, "{step:?}");
+        assert!(!core.is_initialized());
+        assert_eq!(core.pages_given(), (0, 0, 0));
+        assert_released(&mut p);
+    }
+}
+
+/// MOD_STAT_CFG's refusal is only a warning, as upstream's `mlx4_init_fw` has it.
+#[test]
+fn a_refused_page_size_is_only_noted() {
+    let status = CmdStatus::BadParam as u8;
+    let mut p = Platform::new().inject(opcode::MOD_STAT_CFG, 0, Injection::Status(status));
+    let mut core = Mlx4Core::new();
+    let info = *core.probe(&mut p, &config()).expect("the probe goes on");
+    assert!(!info.page_size_set);
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// Host memory running out at any allocation of the probe: the probe fails and gives
+/// back what it had.
+#[test]
+fn running_out_of_memory_anywhere_unwinds_cleanly() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    let allocations = p.memory.allocs;
+    core.teardown(&mut p).expect("teardown");
+    assert!(allocations > 50, "{allocations}");
+    for n in [0, 1, 2, 3, 10, 40, allocations / 2, allocations - 1] {
+        let mut p = Platform::new();
+        p.memory.allocs_left = Some(n);
+        let mut core = Mlx4Core::new();
+        match core.probe(&mut p, &config()) {
+            Err(ProbeError::Memory {
+                error: AllocError::NoMemory,
+                ..
+            }) => {}
+            other => panic!("after {n} allocations: {other:?}"),
+        }
+        assert_eq!(core.unwind_error(), None);
+        assert_released(&mut p);
+    }
+}
+
+/// Nonsense in QUERY_DEV_CAP's answer stops the probe with the field's name, and the
+/// probe unwinds.
+#[test]
+fn a_probe_refuses_nonsense_capabilities_and_unwinds() {
+    let cases = [
+        (query_dev_cap::VL_PORT, 0x83, "QUERY_DEV_CAP_VL_PORT"),
+        (query_dev_cap::MAX_QP, 0x05, "QUERY_DEV_CAP_RSVD_QP"),
+        (
+            query_dev_cap::QPC_ENTRY_SZ + 1,
+            0x03,
+            "QUERY_DEV_CAP_QPC_ENTRY_SZ",
+        ),
+        (query_dev_cap::PAGE_SZ, 13, "QUERY_DEV_CAP_PAGE_SZ"),
+        (query_dev_cap::UAR_SZ, 4, "QUERY_DEV_CAP_UAR_SZ"),
+    ];
+    for (offset, value, field) in cases {
+        let mut p = Platform::new().inject(
+            opcode::QUERY_DEV_CAP,
+            0,
+            Injection::CorruptOutput {
+                offset: offset as u64,
+                value,
+            },
+        );
+        let mut core = Mlx4Core::new();
+        match core.probe(&mut p, &config()) {
+            Err(ProbeError::InvalidCap(InvalidCap { field: got, .. })) => {
+                assert_eq!(got, field)
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+        assert_released(&mut p);
+    }
+}
+
+/// QUERY_DEV_CAP's answer as the device gives it.
+fn device_caps_mailbox() -> Vec<u8> {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    let outbox = BASE + (SIZE as u64) - 0x1000;
+    let cmd = Command::new(opcode::QUERY_DEV_CAP).out_param(outbox);
+    core.commands().exec(&mut p, &cmd).expect("QUERY_DEV_CAP");
+    let mut out = vec![0u8; DevCaps::OUT_SIZE];
+    Dma::read(&p.memory, outbox, &mut out).unwrap();
+    core.teardown(&mut p).expect("teardown");
+    out
+}
+
+#[test]
+fn the_capability_parser_refuses_nonsense_by_field() {
+    let good = device_caps_mailbox();
+    let caps = DevCaps::parse(&good, BAR2_SIZE).expect("the device's own answer parses");
+    assert_eq!(caps.max_eqs, 32);
+    assert_eq!(caps.uar_size, 2 << 20);
+    let refusals: &[(&[(usize, u8)], &str)] = &[
+        (&[(query_dev_cap::VL_PORT, 0x80)], "QUERY_DEV_CAP_VL_PORT"),
+        (&[(query_dev_cap::VL_PORT, 0x83)], "QUERY_DEV_CAP_VL_PORT"),
+        (&[(query_dev_cap::MAX_QP, 0x18)], "QUERY_DEV_CAP_MAX_QP"),
+        (
+            &[
+                (query_dev_cap::RSVD_QP, 0x0f),
+                (query_dev_cap::MAX_QP, 0x0f),
+            ],
+            "QUERY_DEV_CAP_RSVD_QP",
+        ),
+        (
+            &[
+                (query_dev_cap::RSVD_CQ, 0x0f),
+                (query_dev_cap::MAX_CQ, 0x02),
+            ],
+            "QUERY_DEV_CAP_RSVD_CQ",
+        ),
+        (&[(query_dev_cap::MAX_EQ, 0x02)], "QUERY_DEV_CAP_RSVD_EQ"),
+        (&[(query_dev_cap::PAGE_SZ, 16)], "QUERY_DEV_CAP_PAGE_SZ"),
+        (&[(query_dev_cap::PAGE_SZ, 200)], "QUERY_DEV_CAP_PAGE_SZ"),
+        (&[(query_dev_cap::UAR_SZ, 4)], "QUERY_DEV_CAP_UAR_SZ"),
+        (
+            &[(query_dev_cap::QPC_ENTRY_SZ, 0)],
+            "QUERY_DEV_CAP_QPC_ENTRY_SZ",
+        ),
+        (
+            &[(query_dev_cap::MTT_ENTRY_SZ + 1, 12)],
+            "QUERY_DEV_CAP_MTT_ENTRY_SZ",
+        ),
+        (
+            &[
+                (query_dev_cap::D_MPT_ENTRY_SZ, 0x20),
+                (query_dev_cap::D_MPT_ENTRY_SZ + 1, 0),
+            ],
+            "QUERY_DEV_CAP_D_MPT_ENTRY_SZ",
+        ),
+        (
+            &(0..8)
+                .map(|i| (query_dev_cap::MAX_ICM_SZ + i, 0))
+                .collect::<Vec<_>>(),
+            "QUERY_DEV_CAP_MAX_ICM_SZ",
+        ),
+    ];
+    for (edits, field) in refusals {
+        let mut bad = good.clone();
+        for &(offset, value) in *edits {
+            bad[offset] = value;
+        }
+        let error = DevCaps::parse(&bad, BAR2_SIZE)
+            .map(|_| ())
+            .map_err(|e| e.field);
+        assert_eq!(error, Err(*field), "{edits:?}");
+    }
+    // A short or empty answer is refused, not read past.
+    assert!(DevCaps::parse(&[], BAR2_SIZE).is_err());
+    assert!(DevCaps::parse(&good[..0x40], BAR2_SIZE).is_err());
+    // A BAR2 too small for the UARs.
+    assert_eq!(
+        DevCaps::parse(&good, 1 << 20).unwrap_err().field,
+        "QUERY_DEV_CAP_UAR_SZ"
+    );
+    // Every single byte changed to every value: an answer or a refusal, never a panic.
+    for offset in 0..good.len() {
+        for value in [0x00, 0x01, 0x1f, 0x3f, 0x7f, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[offset] = value;
+            if let Ok(caps) = DevCaps::parse(&bad, BAR2_SIZE) {
+                let _ = make_profile(&caps, &Profile::DEFAULT);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_firmware_query_parser_refuses_nonsense_by_field() {
+    let mut p = Platform::new();
+    let mut cmd = CommandInterface::new();
+    cmd.exec(&mut p, &Command::new(opcode::QUERY_FW).out_param(BASE))
+        .unwrap();
+    let mut good = vec![0u8; FwInfo::OUT_SIZE];
+    Dma::read(&p.memory, BASE, &mut good).unwrap();
+    assert_eq!(FwInfo::parse(&good).unwrap().fw_pages, 16);
+    let refusals = [
+        (query_fw::CMD_IF_REV + 1, 1, "QUERY_FW_CMD_IF_REV"),
+        (query_fw::CMD_IF_REV + 1, 4, "QUERY_FW_CMD_IF_REV"),
+        (query_fw::SIZE + 1, 0, "QUERY_FW_SIZE"),
+        (query_fw::MAX_CMD, 9, "QUERY_FW_MAX_CMD"),
+        (query_fw::ERR_BAR, 0x80, "QUERY_FW_ERR_BAR"),
+        (query_fw::CLR_INT_BAR, 0xc0, "QUERY_FW_CLR_INT_BAR"),
+    ];
+    for (offset, value, field) in refusals {
+        let mut bad = good.clone();
+        bad[offset] = value;
+        assert_eq!(FwInfo::parse(&bad).unwrap_err().field, field);
+    }
+}
+
+/// The profile packs every table aligned to its power-of-two size, largest first,
+/// without overlap, within the device's ICM; too little ICM is an error.
+#[test]
+fn the_profile_packs_aligned_tables_and_refuses_what_does_not_fit() {
+    let good = device_caps_mailbox();
+    let caps = DevCaps::parse(&good, BAR2_SIZE).unwrap();
+    let layout = make_profile(&caps, &Profile::DEFAULT).unwrap();
+    let mut tables = layout.tables.to_vec();
+    tables.sort_by_key(|t| t.base);
+    let mut end = 0;
+    for t in &tables {
+        assert!(
+            t.size.is_power_of_two() && t.size >= ICM_PAGE_SIZE as u64,
+            "{t:?}"
+        );
+        assert_eq!(t.base % t.size, 0, "{t:?} unaligned");
+        assert_eq!(t.base, end, "{t:?}: a gap or an overlap");
+        assert_eq!(t.num, 1 << t.log_num);
+        end = t.base + t.size;
+    }
+    assert_eq!(end, layout.total_size);
+    // Upstream's sizes for this device: 2^17 QPs of 256 bytes, 16 RDMA contexts each,
+    // 2^26 compressed MPTs of 64 bytes, 2^13 multicast entries of 1 KiB.
+    assert_eq!(layout.table(Resource::Qpc).size, (1 << 17) * 256);
+    assert_eq!(layout.table(Resource::Rdmarc).num, 1 << 21);
+    assert_eq!(layout.log_rd_per_qp, 4);
+    assert_eq!(layout.table(Resource::Cmpt).size, 4 << 30);
+    assert_eq!(layout.table(Resource::Cmpt).base, 0, "the largest first");
+    assert_eq!(layout.table(Resource::Mcg).size, 8 << 20);
+    assert_eq!(layout.log_mc_hash_size, 12);
+
+    let mut small = caps;
+    small.max_icm_size = layout.total_size - 1;
+    assert_eq!(
+        make_profile(&small, &Profile::DEFAULT),
+        Err(ProfileError::TooLarge {
+            needed: layout.total_size,
+            max: layout.total_size - 1
+        })
+    );
+    let none = Profile {
+        num_qp: 64,
+        ..Profile::DEFAULT
+    };
+    assert_eq!(
+        make_profile(&caps, &none),
+        Err(ProfileError::Request {
+            field: "num_qp",
+            value: 64
+        })
+    );
+}
+
+/// A smaller profile is honoured, and INIT_HCA carries it (the model checks its own
+/// limits against it).
+#[test]
+fn a_smaller_profile_probes() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    let config = ProbeConfig {
+        profile: Profile {
+            num_qp: 1 << 10,
+            num_srq: 1 << 8,
+            rdmarc_per_qp: 4,
+            num_cq: 1 << 10,
+            num_mcg: 1 << 8,
+            num_mpt: 1 << 12,
+            num_mtt_segs: 1 << 12,
+        },
+        ..config()
+    };
+    let info = *core.probe(&mut p, &config).expect("probe");
+    assert_eq!(info.layout.num_qps, 1 << 10);
+    assert_eq!(info.layout.log_rd_per_qp, 2);
+    assert!(p
+        .hca
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, HcaEvent::Info(l) if l.contains("INIT_HCA: 2^10 QPs, 2^10 CQs, 2^5 EQs, 2^12 MPTs"))));
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// The model's new check: UNMAP_FA while ICM is still mapped is a driver error (the
+/// teardown above never trips it; a driver that skips `mlx4_free_icms` does).
+#[test]
+fn unmapping_the_firmware_area_under_mapped_icm_is_reported() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    core.commands()
+        .exec(&mut p, &Command::new(opcode::CLOSE_HCA))
+        .expect("CLOSE_HCA");
+    core.commands()
+        .exec(&mut p, &Command::new(opcode::UNMAP_FA))
+        .expect("UNMAP_FA runs");
+    let errors = p.driver_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("still mapped"), "{errors:?}");
+    assert_eq!(p.hca.resources().icm_chunks, 0);
+}
