@@ -8,7 +8,7 @@
 
 use super::platform::{BlueFlameRegister, DmaRing, Platform, SharedCounter, UarPage, WrIdSlot};
 use super::wr::Access;
-use super::wr::{Payload, PostError, PostFailure, SendFlags, SendOp, SendWr};
+use super::wr::{Payload, PostError, PostFailure, SendFlags, SendOp, SendWr, Sge};
 use crate::wire::{
     send_doorbell_value, AtomicSeg, Be16, Be32, Be64, CtrlSeg, DataSeg, DatagramSeg, FastRegSeg,
     InlineSeg, LocalInvalSeg, RaddrSeg, SendOpcode, DS_SIZE, SQ_MAX_HEADROOM, STAMP_WORD,
@@ -230,6 +230,8 @@ struct Shape {
     spare: u32,
     max_post: u32,
     max_wqe_bytes: usize,
+    /// WQEs are longer than one block, so they have blocks to stamp.
+    stamps: bool,
     qp_type: QpType,
     caps: SendQueueCaps,
 }
@@ -267,6 +269,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 spare: state.spare,
                 max_post: state.max_post,
                 max_wqe_bytes: state.max_wqe_bytes,
+                stamps: state.wqe_shift as usize != WQEBB_SIZE.trailing_zeros() as usize,
                 qp_type: state.qp_type,
                 caps: state.caps,
             },
@@ -308,15 +311,20 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         let head = self.head;
         let mut index = head;
         let mut result = Ok(());
-        for (i, wr) in wrs.iter().enumerate() {
+        for wr in wrs {
             if let Err(error) = self.write_wqe(&shape, index, wr, None) {
-                result = Err(PostFailure { index: i, error });
+                // WRs before this one took one WQE each.
+                let posted = index.wrapping_sub(head) as usize;
+                result = Err(PostFailure {
+                    index: posted,
+                    error,
+                });
                 break;
             }
             index = index.wrapping_add(1);
             // Stamping the WQE after the last one waits until after the doorbell: it
             // costs latency and the device cannot reach it before then.
-            if index.wrapping_sub(head) < wrs.len() as u32 {
+            if shape.stamps && index.wrapping_sub(head) < wrs.len() as u32 {
                 state.stamp(index.wrapping_add(shape.spare).wrapping_sub(1));
             }
         }
@@ -365,10 +373,10 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         Ok(())
     }
 
-    /// Writes the WQE for `wr` at counter `index` and hands it over. A WQE that fits
-    /// `blueflame` bytes (the register's buffer) is written as a BlueFlame WQE, and the
-    /// bytes to copy (its whole 64-byte blocks) returned; otherwise `Ok(0)`. Everything
-    /// that can refuse the WR is checked before the first store.
+    /// Writes the WQE for `wr` at counter `index` and hands it over; see
+    /// [`SendQueue::write_any`] for the result. The shapes nearly every WR has (a gather
+    /// list under SEND, SEND with immediate, RDMA WRITE or READ on an RC QP, a SEND on a
+    /// UD QP) are written here by a path made for each; the rest by `write_any`.
     #[inline(always)]
     fn write_wqe(
         &mut self,
@@ -377,13 +385,144 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         wr: &SendWr<'_>,
         blueflame: Option<usize>,
     ) -> Result<usize, PostError> {
-        let state = self.state;
         if index.wrapping_sub(self.tail_cache) >= shape.max_post {
-            self.tail_cache = state.tail.load_acquire();
+            self.tail_cache = self.state.tail.load_acquire();
             if index.wrapping_sub(self.tail_cache) >= shape.max_post {
                 return Err(PostError::QueueFull);
             }
         }
+        let Payload::Gather(sges) = wr.payload else {
+            return self.write_any(shape, index, wr, blueflame);
+        };
+        // Tested in order of how common they are, each a compare, not a jump table.
+        let rc = shape.qp_type == QpType::Rc && wr.ud.is_none();
+        if rc && wr.op == SendOp::Send {
+            self.write_gather(shape, index, wr, SendOpcode::Send, 0, NoSegment, sges)
+        } else if let (true, SendOp::RdmaWrite(remote)) = (rc, wr.op) {
+            let raddr = raddr_seg(remote);
+            self.write_gather(shape, index, wr, SendOpcode::RdmaWrite, 0, raddr, sges)
+        } else if let (QpType::Ud, Some(ud), SendOp::Send) = (shape.qp_type, wr.ud, wr.op) {
+            let datagram = datagram_seg(ud);
+            self.write_gather(shape, index, wr, SendOpcode::Send, 0, datagram, sges)
+        } else {
+            return self.write_any(shape, index, wr, blueflame);
+        }?;
+        Ok(0)
+    }
+
+    /// Writes a WQE of a gather list: the control segment, `fixed` (the segment the
+    /// operation needs before the data, if any), and one data segment per entry. Every
+    /// check comes before the first store; `new` refused capabilities whose largest WQE
+    /// does not fit, so within `max_sge` the list always does.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn write_gather<F: FixedSegment>(
+        &mut self,
+        shape: &Shape,
+        index: u32,
+        wr: &SendWr<'_>,
+        opcode: SendOpcode,
+        imm: u32,
+        fixed: F,
+        sges: &[Sge],
+    ) -> Result<(), PostError> {
+        if sges.len() > shape.caps.max_sge as usize {
+            return Err(PostError::TooManySges);
+        }
+        let too_long = match sges {
+            [sge] => sge.length > DataSeg::MAX_LENGTH,
+            _ => sges.iter().any(|sge| sge.length > DataSeg::MAX_LENGTH),
+        };
+        if too_long {
+            return Err(PostError::SgeTooLong);
+        }
+        let start = size_of::<CtrlSeg>() + size_of::<F>();
+        // At most `max_sge` (a `u32`) entries of 16 bytes: wrapping never happens.
+        let size_ds = (start / DS_SIZE).wrapping_add(sges.len()) as u8;
+        let ctrl_word = control_words(shape, wr, 0, imm);
+        // SAFETY: as in `write_any`: the room check gave this WQE to the driver, `&mut
+        // self` makes this the only producer, and block heads are held back.
+        let held_back = unsafe {
+            self.state.ring.with_entry_mut(
+                index,
+                #[inline(always)]
+                |wqe| {
+                    let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).ok()?;
+                    let (segment, rest) = F::mut_from_prefix(rest).ok()?;
+                    let (segs, _) =
+                        <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len()).ok()?;
+                    ctrl.set_qpn_fence_size(0, ctrl_word.fence | size_ds);
+                    ctrl.srcrb_flags = Be32::new(ctrl_word.srcrb);
+                    ctrl.imm = Be32::new(ctrl_word.imm);
+                    *segment = fixed;
+                    // One entry, the common case, without the loop.
+                    if let ([seg], [sge]) = (&mut *segs, sges) {
+                        seg.lkey = Be32::new(sge.lkey);
+                        seg.addr = Be64::new(sge.addr);
+                        if starts_block(start) {
+                            return Some(true);
+                        }
+                        seg.byte_count = Be32::new(gather_byte_count(sge.length));
+                        return Some(false);
+                    }
+                    let mut held_back = false;
+                    let mut offset = start;
+                    for (seg, sge) in segs.iter_mut().zip(sges) {
+                        seg.lkey = Be32::new(sge.lkey);
+                        seg.addr = Be64::new(sge.addr);
+                        if starts_block(offset) {
+                            held_back = true;
+                        } else {
+                            seg.byte_count = Be32::new(gather_byte_count(sge.length));
+                        }
+                        // Offsets inside one WQE (at most 1 KiB): wrapping never happens.
+                        offset = offset.wrapping_add(size_of::<DataSeg>());
+                    }
+                    Some(held_back)
+                },
+            )
+        }
+        .ok_or(PostError::WqeTooLarge)?;
+        if held_back {
+            write_block_heads::<P>(&self.state.ring, index, start, &wr.payload);
+        }
+        let owner_opcode = CtrlSeg::owner_opcode_for(opcode, index, shape.wqe_cnt);
+        self.hand_over(shape, index, wr.wr_id, owner_opcode);
+        Ok(())
+    }
+
+    /// Records the WR's wr_id and gives the WQE at `index` to the device: its ownership
+    /// word, last, after `dma_wmb`.
+    #[inline(always)]
+    fn hand_over(&self, shape: &Shape, index: u32, wr_id: u64, owner_opcode: u32) {
+        let state = self.state;
+        if let Some(slot) = state
+            .wr_ids
+            .as_ref()
+            .get((index & shape.slot_mask) as usize)
+        {
+            slot.set(wr_id);
+        }
+        state.posted.store_release(index.wrapping_add(1));
+        P::dma_wmb();
+        state.ring.write_word(index, 0, owner_opcode);
+    }
+
+    /// Writes the WQE for any WR at counter `index`, which has room, and hands it over:
+    /// every operation and payload, the path [`SendQueue::write_wqe`] leaves the rarer
+    /// shapes to. A WQE that fits `blueflame` bytes (the register's buffer) is written as
+    /// a BlueFlame WQE, and the bytes to copy (its whole 64-byte blocks) returned;
+    /// otherwise `Ok(0)`. Everything that can refuse the WR is checked before the first
+    /// store.
+    #[inline(never)]
+    fn write_any(
+        &mut self,
+        shape: &Shape,
+        index: u32,
+        wr: &SendWr<'_>,
+        blueflame: Option<usize>,
+    ) -> Result<usize, PostError> {
+        let state = self.state;
         let kind = WqeKind::of(shape.qp_type, wr)?;
         let payload_start = size_of::<CtrlSeg>() + kind.fixed_bytes;
         let bytes = match wr.payload {
@@ -405,18 +544,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         let size_ds = bytes.div_ceil(DS_SIZE) as u8;
         let doorbell = self.doorbell;
         let by_blueflame = blueflame.is_some_and(|room| bytes <= room && size_ds > 1);
-        let mut srcrb = kind.srcrb;
-        if shape.caps.signal_all || wr.flags.contains(SendFlags::SIGNALED) {
-            srcrb |= CtrlSeg::CQ_UPDATE;
-        }
-        if wr.flags.contains(SendFlags::SOLICITED) {
-            srcrb |= CtrlSeg::SOLICITED;
-        }
-        let fence = if wr.flags.contains(SendFlags::FENCE) {
-            CtrlSeg::FENCE
-        } else {
-            0
-        };
+        let words = control_words(shape, wr, kind.srcrb, kind.imm);
         // SAFETY: `index - tail < max_post`, so the device has completed this WQE's
         // previous use and will not execute it before its ownership word, written last;
         // `&mut self` makes this the only producer. The device may read ahead into it
@@ -432,9 +560,9 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                     // `bf_qpn` and `fence_size` in one store: the QPN only in a BlueFlame WQE,
                     // no VLAN insertion otherwise (the field is shared).
                     let bf_qpn = if by_blueflame { doorbell } else { 0 };
-                    ctrl.set_qpn_fence_size(bf_qpn, fence | size_ds);
-                    ctrl.srcrb_flags = Be32::new(srcrb);
-                    ctrl.imm = Be32::new(kind.imm);
+                    ctrl.set_qpn_fence_size(bf_qpn, words.fence | size_ds);
+                    ctrl.srcrb_flags = Be32::new(words.srcrb);
+                    ctrl.imm = Be32::new(words.imm);
                     let rest = write_fixed_segments(rest, wr)?;
                     write_payload(rest, payload_start, &wr.payload)
                 },
@@ -444,20 +572,11 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         if held_back {
             write_block_heads::<P>(&state.ring, index, payload_start, &wr.payload);
         }
-        if let Some(slot) = state
-            .wr_ids
-            .as_ref()
-            .get((index & shape.slot_mask) as usize)
-        {
-            slot.set(wr.wr_id);
-        }
-        state.posted.store_release(index.wrapping_add(1));
         let mut owner_opcode = CtrlSeg::owner_opcode_for(kind.opcode, index, shape.wqe_cnt);
         if by_blueflame {
             owner_opcode |= (index & 0xffff) << CtrlSeg::BF_COUNTER_SHIFT;
         }
-        P::dma_wmb();
-        state.ring.write_word(index, 0, owner_opcode);
+        self.hand_over(shape, index, wr.wr_id, owner_opcode);
         // `bytes <= max_wqe_bytes`: rounding up to a block cannot wrap.
         Ok(if by_blueflame {
             bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)
@@ -530,6 +649,74 @@ impl WqeKind {
             }
         })
     }
+}
+
+/// A segment between the control segment and a gather list, written whole.
+trait FixedSegment: FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + Copy {}
+
+/// No segment: SEND and SEND with immediate on an RC QP.
+#[derive(
+    zerocopy_derive::FromBytes,
+    zerocopy_derive::IntoBytes,
+    zerocopy_derive::KnownLayout,
+    zerocopy_derive::Immutable,
+    Clone,
+    Copy,
+)]
+#[repr(C)]
+struct NoSegment;
+
+impl FixedSegment for NoSegment {}
+impl FixedSegment for RaddrSeg {}
+impl FixedSegment for DatagramSeg {}
+
+/// The remote address segment of an RDMA WR.
+#[inline(always)]
+fn raddr_seg(remote: crate::wr::Remote) -> RaddrSeg {
+    RaddrSeg {
+        raddr: Be64::new(remote.addr),
+        rkey: Be32::new(remote.rkey),
+        reserved: Be32::new(0),
+    }
+}
+
+/// The datagram segment of a UD WR.
+#[inline(always)]
+fn datagram_seg(ud: &crate::wr::UdAddress) -> DatagramSeg {
+    DatagramSeg {
+        av: ud.av,
+        dqpn: Be32::new(ud.remote_qpn),
+        qkey: Be32::new(ud.remote_qkey),
+        vlan: Be16::new(ud.vlan),
+        mac: ud.mac,
+    }
+}
+
+/// The control segment's words a WR's flags decide.
+#[derive(Clone, Copy)]
+struct ControlWords {
+    srcrb: u32,
+    imm: u32,
+    fence: u8,
+}
+
+/// `srcrb_flags` (`srcrb` are the operation's own bits), `imm` and the fence bit of the
+/// control segment of `wr`.
+#[inline(always)]
+fn control_words(shape: &Shape, wr: &SendWr<'_>, srcrb: u32, imm: u32) -> ControlWords {
+    let mut srcrb = srcrb;
+    if shape.caps.signal_all || wr.flags.contains(SendFlags::SIGNALED) {
+        srcrb |= CtrlSeg::CQ_UPDATE;
+    }
+    if wr.flags.contains(SendFlags::SOLICITED) {
+        srcrb |= CtrlSeg::SOLICITED;
+    }
+    let fence = if wr.flags.contains(SendFlags::FENCE) {
+        CtrlSeg::FENCE
+    } else {
+        0
+    };
+    ControlWords { srcrb, imm, fence }
 }
 
 /// The bytes inline data of `len` takes when it starts at WQE offset `start`: one 4-byte
