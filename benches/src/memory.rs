@@ -190,14 +190,22 @@ impl BlueFlameRegister for MemoryBlueFlame {
 
     #[inline]
     fn copy_wqe(&self, buffer: usize, wqe: &[u8]) {
-        let offset = (buffer & 1) * self.buffer_size;
-        let words = wqe.len().min(self.buffer_size) / 8;
-        let dst = self.page.as_ptr().wrapping_add(offset).cast::<u64>();
-        for (i, chunk) in wqe.chunks_exact(8).take(words).enumerate() {
-            let word = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
-            // SAFETY: `offset + 8 * i` lies inside the page (`buffer_size` bytes per
-            // buffer, two buffers, at most a page), 8-aligned.
-            unsafe { dst.add(i).write_volatile(word) };
+        let copied = wqe.len().min(self.buffer_size);
+        let base = self
+            .page
+            .as_ptr()
+            .wrapping_add((buffer & 1) * self.buffer_size);
+        let mut dst = base.cast::<u64>();
+        for chunk in wqe[..copied].chunks_exact(8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            // SAFETY: `copied` bytes from `base` lie inside the page (`buffer_size`
+            // bytes per buffer, two buffers, at most a page), 8-aligned; one volatile
+            // 64-bit store per word, ascending, as `mmio_memcpy_x64`.
+            unsafe {
+                dst.write_volatile(u64::from_ne_bytes(word));
+                dst = dst.add(1);
+            }
         }
         flush_write_combining();
     }

@@ -74,7 +74,14 @@ struct Counts {
 fn count_instructions(tree: &Path) -> Result {
     let root = crate::util::repo_root();
     let status = Command::new("cargo")
-        .args(["build", "--release", "-p", "benches", "--bin", "count_instructions"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "benches",
+            "--bin",
+            "count_instructions",
+        ])
         .env("TILDE_RDMA_CORE", tree)
         .status()
         .context(|| "cannot start cargo".to_string())?;

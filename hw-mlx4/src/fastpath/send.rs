@@ -391,19 +391,23 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 return Err(PostError::QueueFull);
             }
         }
-        let Payload::Gather(sges) = wr.payload else {
-            return self.write_any(shape, index, wr, blueflame);
+        let sges = match wr.payload {
+            Payload::Gather(sges) => sges,
+            Payload::Inline(data)
+                if shape.qp_type == QpType::Rc && wr.ud.is_none() && wr.op == SendOp::Send =>
+            {
+                return self.write_inline(shape, index, wr, data, blueflame);
+            }
+            Payload::Inline(_) => return self.write_any(shape, index, wr, blueflame),
         };
         // Tested in order of how common they are, each a compare, not a jump table.
         let rc = shape.qp_type == QpType::Rc && wr.ud.is_none();
         if rc && wr.op == SendOp::Send {
             self.write_gather(shape, index, wr, SendOpcode::Send, 0, NoSegment, sges)
         } else if let (true, SendOp::RdmaWrite(remote)) = (rc, wr.op) {
-            let raddr = raddr_seg(remote);
-            self.write_gather(shape, index, wr, SendOpcode::RdmaWrite, 0, raddr, sges)
+            self.write_gather(shape, index, wr, SendOpcode::RdmaWrite, 0, remote, sges)
         } else if let (QpType::Ud, Some(ud), SendOp::Send) = (shape.qp_type, wr.ud, wr.op) {
-            let datagram = datagram_seg(ud);
-            self.write_gather(shape, index, wr, SendOpcode::Send, 0, datagram, sges)
+            self.write_gather(shape, index, wr, SendOpcode::Send, 0, ud, sges)
         } else {
             return self.write_any(shape, index, wr, blueflame);
         }?;
@@ -436,7 +440,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         if too_long {
             return Err(PostError::SgeTooLong);
         }
-        let start = size_of::<CtrlSeg>() + size_of::<F>();
+        let start = size_of::<CtrlSeg>() + size_of::<F::Seg>();
         // At most `max_sge` (a `u32`) entries of 16 bytes: wrapping never happens.
         let size_ds = (start / DS_SIZE).wrapping_add(sges.len()) as u8;
         let ctrl_word = control_words(shape, wr, 0, imm);
@@ -448,13 +452,13 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 #[inline(always)]
                 |wqe| {
                     let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).ok()?;
-                    let (segment, rest) = F::mut_from_prefix(rest).ok()?;
+                    let (segment, rest) = F::Seg::mut_from_prefix(rest).ok()?;
                     let (segs, _) =
                         <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len()).ok()?;
                     ctrl.set_qpn_fence_size(0, ctrl_word.fence | size_ds);
                     ctrl.srcrb_flags = Be32::new(ctrl_word.srcrb);
                     ctrl.imm = Be32::new(ctrl_word.imm);
-                    *segment = fixed;
+                    fixed.write(segment);
                     // One entry, the common case, without the loop.
                     if let ([seg], [sge]) = (&mut *segs, sges) {
                         seg.lkey = Be32::new(sge.lkey);
@@ -484,11 +488,74 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         }
         .ok_or(PostError::WqeTooLarge)?;
         if held_back {
-            write_block_heads::<P>(&self.state.ring, index, start, &wr.payload);
+            match sges {
+                [sge] => {
+                    P::dma_wmb();
+                    let byte_count = gather_byte_count(sge.length);
+                    self.state.ring.write_word(index, start, byte_count);
+                }
+                _ => write_block_heads::<P>(&self.state.ring, index, start, &wr.payload),
+            }
         }
         let owner_opcode = CtrlSeg::owner_opcode_for(opcode, index, shape.wqe_cnt);
         self.hand_over(shape, index, wr.wr_id, owner_opcode);
         Ok(())
+    }
+
+    /// Writes a SEND of inline data on an RC QP: the control segment, then the data in
+    /// segments that do not cross 64-byte boundaries, each after its 4-byte header. As
+    /// [`SendQueue::write_any`] for the result; every check before the first store.
+    #[inline(always)]
+    fn write_inline(
+        &mut self,
+        shape: &Shape,
+        index: u32,
+        wr: &SendWr<'_>,
+        data: &[u8],
+        blueflame: Option<usize>,
+    ) -> Result<usize, PostError> {
+        if data.len() > shape.caps.max_inline as usize {
+            return Err(PostError::InlineTooLong);
+        }
+        let start = size_of::<CtrlSeg>();
+        let bytes = start.saturating_add(inline_bytes(start, data.len()));
+        if bytes > shape.max_wqe_bytes {
+            return Err(PostError::WqeTooLarge);
+        }
+        let size_ds = bytes.div_ceil(DS_SIZE) as u8;
+        let by_blueflame = blueflame.is_some_and(|room| bytes <= room && size_ds > 1);
+        let words = control_words(shape, wr, 0, 0);
+        let bf_qpn = if by_blueflame { self.doorbell } else { 0 };
+        // SAFETY: as in `write_any`.
+        let held_back = unsafe {
+            self.state.ring.with_entry_mut(
+                index,
+                #[inline(always)]
+                |wqe| {
+                    let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).ok()?;
+                    let payload = rest.get_mut(..bytes - start)?;
+                    ctrl.set_qpn_fence_size(bf_qpn, words.fence | size_ds);
+                    ctrl.srcrb_flags = Be32::new(words.srcrb);
+                    ctrl.imm = Be32::new(words.imm);
+                    write_inline_segments(payload, start, data)
+                },
+            )
+        }
+        .ok_or(PostError::WqeTooLarge)?;
+        if held_back {
+            write_inline_heads::<P>(&self.state.ring, index, start, data.len());
+        }
+        let mut owner_opcode = CtrlSeg::owner_opcode_for(SendOpcode::Send, index, shape.wqe_cnt);
+        if by_blueflame {
+            owner_opcode |= (index & 0xffff) << CtrlSeg::BF_COUNTER_SHIFT;
+        }
+        self.hand_over(shape, index, wr.wr_id, owner_opcode);
+        // `bytes <= max_wqe_bytes`: rounding up to a block cannot wrap.
+        Ok(if by_blueflame {
+            bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)
+        } else {
+            0
+        })
     }
 
     /// Records the WR's wr_id and gives the WQE at `index` to the device: its ownership
@@ -651,8 +718,14 @@ impl WqeKind {
     }
 }
 
-/// A segment between the control segment and a gather list, written whole.
-trait FixedSegment: FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + Copy {}
+/// What goes between the control segment and a gather list: a segment of type `Seg`,
+/// written field by field from the WR.
+trait FixedSegment {
+    /// The segment's layout.
+    type Seg: FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout;
+    /// Writes the segment.
+    fn write(self, seg: &mut Self::Seg);
+}
 
 /// No segment: SEND and SEND with immediate on an RC QP.
 #[derive(
@@ -666,29 +739,33 @@ trait FixedSegment: FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + Co
 #[repr(C)]
 struct NoSegment;
 
-impl FixedSegment for NoSegment {}
-impl FixedSegment for RaddrSeg {}
-impl FixedSegment for DatagramSeg {}
+impl FixedSegment for NoSegment {
+    type Seg = NoSegment;
+    #[inline(always)]
+    fn write(self, _seg: &mut NoSegment) {}
+}
 
 /// The remote address segment of an RDMA WR.
-#[inline(always)]
-fn raddr_seg(remote: crate::wr::Remote) -> RaddrSeg {
-    RaddrSeg {
-        raddr: Be64::new(remote.addr),
-        rkey: Be32::new(remote.rkey),
-        reserved: Be32::new(0),
+impl FixedSegment for crate::wr::Remote {
+    type Seg = RaddrSeg;
+    #[inline(always)]
+    fn write(self, seg: &mut RaddrSeg) {
+        seg.raddr = Be64::new(self.addr);
+        seg.rkey = Be32::new(self.rkey);
+        seg.reserved = Be32::new(0);
     }
 }
 
 /// The datagram segment of a UD WR.
-#[inline(always)]
-fn datagram_seg(ud: &crate::wr::UdAddress) -> DatagramSeg {
-    DatagramSeg {
-        av: ud.av,
-        dqpn: Be32::new(ud.remote_qpn),
-        qkey: Be32::new(ud.remote_qkey),
-        vlan: Be16::new(ud.vlan),
-        mac: ud.mac,
+impl FixedSegment for &crate::wr::UdAddress {
+    type Seg = DatagramSeg;
+    #[inline(always)]
+    fn write(self, seg: &mut DatagramSeg) {
+        seg.av = self.av;
+        seg.dqpn = Be32::new(self.remote_qpn);
+        seg.qkey = Be32::new(self.remote_qkey);
+        seg.vlan = Be16::new(self.vlan);
+        seg.mac = self.mac;
     }
 }
 
@@ -726,17 +803,16 @@ pub(crate) const fn inline_bytes(start: usize, len: usize) -> usize {
     if len == 0 {
         return 0;
     }
-    // Saturating: an end past any WQE size is refused by the caller all the same.
-    let mut pos = start;
-    let mut left = len;
-    while left > 0 {
-        pos = pos.saturating_add(size_of::<InlineSeg>());
-        let room = InlineSeg::ALIGN - pos % InlineSeg::ALIGN;
-        let take = if room < left { room } else { left };
-        pos = pos.saturating_add(take);
-        left -= take;
+    // The first segment's data runs to the next 64-byte boundary; every later segment
+    // starts on one, so holds `ALIGN - 4` bytes. Saturating: an end past any WQE size is
+    // refused by the caller all the same.
+    let header = size_of::<InlineSeg>();
+    let first_room = InlineSeg::ALIGN - start.saturating_add(header) % InlineSeg::ALIGN;
+    if len <= first_room {
+        return header + len;
     }
-    pos.saturating_sub(start)
+    let later = (len - first_room).div_ceil(InlineSeg::ALIGN - header);
+    len.saturating_add(header.saturating_mul(later + 1))
 }
 
 #[inline]
@@ -897,6 +973,57 @@ fn write_payload(rest: &mut [u8], start: usize, payload: &Payload<'_>) -> Result
             }
             Ok(held_back)
         }
+    }
+}
+
+/// Writes `data` as inline segments into `payload`, which starts at WQE offset `start`
+/// and holds exactly their bytes, except the headers that begin a 64-byte block (see
+/// [`write_payload`]); `Some(true)` if it left any for [`write_block_heads`].
+#[inline(always)]
+fn write_inline_segments(payload: &mut [u8], start: usize, data: &[u8]) -> Option<bool> {
+    let mut held_back = false;
+    let mut rest = payload;
+    let mut left = data;
+    let mut offset = start;
+    while !left.is_empty() {
+        let (header, body) = rest.split_at_mut_checked(size_of::<InlineSeg>())?;
+        // Offsets inside one WQE (at most 1 KiB): wrapping never happens.
+        let room =
+            InlineSeg::ALIGN - offset.wrapping_add(size_of::<InlineSeg>()) % InlineSeg::ALIGN;
+        let take = room.min(left.len());
+        let (chunk, tail) = left.split_at(take);
+        let (into, after) = body.split_at_mut_checked(take)?;
+        into.copy_from_slice(chunk);
+        if starts_block(offset) {
+            held_back = true;
+        } else {
+            header.copy_from_slice(&(InlineSeg::INLINE | take as u32).to_be_bytes());
+        }
+        offset = offset.wrapping_add(size_of::<InlineSeg>() + take);
+        rest = after;
+        left = tail;
+    }
+    Some(held_back)
+}
+
+/// The inline headers that begin a 64-byte block, held back by
+/// [`write_inline_segments`] for `len` bytes of data from WQE offset `start`: each on its
+/// own after `dma_wmb`, as [`write_block_heads`] does.
+#[inline(always)]
+fn write_inline_heads<P: Platform>(ring: &P::Ring, index: u32, start: usize, len: usize) {
+    let mut offset = start;
+    let mut left = len;
+    while left > 0 {
+        // Offsets inside one WQE (at most 1 KiB): wrapping never happens; `write_word`
+        // bounds-checks.
+        let data = offset.wrapping_add(size_of::<InlineSeg>());
+        let take = (InlineSeg::ALIGN - data % InlineSeg::ALIGN).min(left);
+        if starts_block(offset) {
+            P::dma_wmb();
+            ring.write_word(index, offset, InlineSeg::INLINE | take as u32);
+        }
+        offset = data.wrapping_add(take);
+        left -= take;
     }
 }
 
