@@ -232,6 +232,8 @@ struct Shape {
     max_wqe_bytes: usize,
     /// WQEs are longer than one block, so they have blocks to stamp.
     stamps: bool,
+    /// `CQ_UPDATE` when every WR is signaled (`IB_SIGNAL_ALL_WR`), else 0.
+    signal_all_bits: u32,
     qp_type: QpType,
     caps: SendQueueCaps,
 }
@@ -270,6 +272,11 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 max_post: state.max_post,
                 max_wqe_bytes: state.max_wqe_bytes,
                 stamps: state.wqe_shift as usize != WQEBB_SIZE.trailing_zeros() as usize,
+                signal_all_bits: if state.caps.signal_all {
+                    CtrlSeg::CQ_UPDATE
+                } else {
+                    0
+                },
                 qp_type: state.qp_type,
                 caps: state.caps,
             },
@@ -361,7 +368,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 // reads it; `&mut self` makes this the only CPU code touching it.
                 unsafe {
                     state.ring.with_entry(head, |wqe| {
-                        if let Some(blocks) = wqe.get(..bytes) {
+                        if let Some(blocks) = wqe.get(..bytes as usize) {
                             register.copy_wqe(self.blueflame_buffer, blocks);
                         }
                     })
@@ -384,7 +391,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         index: u32,
         wr: &SendWr<'_>,
         blueflame: Option<usize>,
-    ) -> Result<usize, PostError> {
+    ) -> Result<u32, PostError> {
         if index.wrapping_sub(self.tail_cache) >= shape.max_post {
             self.tail_cache = self.state.tail.load_acquire();
             if index.wrapping_sub(self.tail_cache) >= shape.max_post {
@@ -453,14 +460,13 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 |wqe| {
                     let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).ok()?;
                     let (segment, rest) = F::Seg::mut_from_prefix(rest).ok()?;
-                    let (segs, _) =
-                        <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len()).ok()?;
-                    ctrl.set_qpn_fence_size(0, ctrl_word.fence | size_ds);
-                    ctrl.srcrb_flags = Be32::new(ctrl_word.srcrb);
-                    ctrl.imm = Be32::new(ctrl_word.imm);
-                    fixed.write(segment);
-                    // One entry, the common case, without the loop.
-                    if let ([seg], [sge]) = (&mut *segs, sges) {
+                    // One entry, the common case: one fixed-size view, no loop.
+                    if let [sge] = sges {
+                        let (seg, _) = DataSeg::mut_from_prefix(rest).ok()?;
+                        ctrl.set_qpn_fence_size(0, ctrl_word.fence | size_ds);
+                        ctrl.srcrb_flags = Be32::new(ctrl_word.srcrb);
+                        ctrl.imm = Be32::new(ctrl_word.imm);
+                        fixed.write(segment);
                         seg.lkey = Be32::new(sge.lkey);
                         seg.addr = Be64::new(sge.addr);
                         if starts_block(start) {
@@ -469,6 +475,12 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                         seg.byte_count = Be32::new(gather_byte_count(sge.length));
                         return Some(false);
                     }
+                    let (segs, _) =
+                        <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len()).ok()?;
+                    ctrl.set_qpn_fence_size(0, ctrl_word.fence | size_ds);
+                    ctrl.srcrb_flags = Be32::new(ctrl_word.srcrb);
+                    ctrl.imm = Be32::new(ctrl_word.imm);
+                    fixed.write(segment);
                     let mut held_back = false;
                     let mut offset = start;
                     for (seg, sge) in segs.iter_mut().zip(sges) {
@@ -513,7 +525,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         wr: &SendWr<'_>,
         data: &[u8],
         blueflame: Option<usize>,
-    ) -> Result<usize, PostError> {
+    ) -> Result<u32, PostError> {
         if data.len() > shape.caps.max_inline as usize {
             return Err(PostError::InlineTooLong);
         }
@@ -552,7 +564,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         self.hand_over(shape, index, wr.wr_id, owner_opcode);
         // `bytes <= max_wqe_bytes`: rounding up to a block cannot wrap.
         Ok(if by_blueflame {
-            bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)
+            (bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)) as u32
         } else {
             0
         })
@@ -588,7 +600,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         index: u32,
         wr: &SendWr<'_>,
         blueflame: Option<usize>,
-    ) -> Result<usize, PostError> {
+    ) -> Result<u32, PostError> {
         let state = self.state;
         let kind = WqeKind::of(shape.qp_type, wr)?;
         let payload_start = size_of::<CtrlSeg>() + kind.fixed_bytes;
@@ -646,7 +658,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         self.hand_over(shape, index, wr.wr_id, owner_opcode);
         // `bytes <= max_wqe_bytes`: rounding up to a block cannot wrap.
         Ok(if by_blueflame {
-            bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)
+            (bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)) as u32
         } else {
             0
         })
@@ -781,20 +793,39 @@ struct ControlWords {
 /// control segment of `wr`.
 #[inline(always)]
 fn control_words(shape: &Shape, wr: &SendWr<'_>, srcrb: u32, imm: u32) -> ControlWords {
-    let mut srcrb = srcrb;
-    if shape.caps.signal_all || wr.flags.contains(SendFlags::SIGNALED) {
-        srcrb |= CtrlSeg::CQ_UPDATE;
+    // A mask of 3 bits indexes 8 entries: no bounds check, no panic path.
+    let (flag_bits, fence) = FLAG_WORDS[usize::from(wr.flags.bits() & 7)];
+    ControlWords {
+        srcrb: srcrb | flag_bits | shape.signal_all_bits,
+        imm,
+        fence,
     }
-    if wr.flags.contains(SendFlags::SOLICITED) {
-        srcrb |= CtrlSeg::SOLICITED;
-    }
-    let fence = if wr.flags.contains(SendFlags::FENCE) {
-        CtrlSeg::FENCE
-    } else {
-        0
-    };
-    ControlWords { srcrb, imm, fence }
 }
+
+/// `srcrb_flags` bits and the fence bit for each combination of the three
+/// [`SendFlags`] (their bits 0..3): one load instead of a test per flag.
+const FLAG_WORDS: [(u32, u8); 8] = {
+    let mut table = [(0, 0); 8];
+    let mut bits = 0;
+    while bits < 8 {
+        let flags = SendFlags::from_bits_truncate(bits as u8);
+        let mut srcrb = 0;
+        if flags.contains(SendFlags::SIGNALED) {
+            srcrb |= CtrlSeg::CQ_UPDATE;
+        }
+        if flags.contains(SendFlags::SOLICITED) {
+            srcrb |= CtrlSeg::SOLICITED;
+        }
+        let fence = if flags.contains(SendFlags::FENCE) {
+            CtrlSeg::FENCE
+        } else {
+            0
+        };
+        table[bits] = (srcrb, fence);
+        bits += 1;
+    }
+    table
+};
 
 /// The bytes inline data of `len` takes when it starts at WQE offset `start`: one 4-byte
 /// header per segment, a new segment at each 64-byte boundary (`MLX4_INLINE_ALIGN`).
