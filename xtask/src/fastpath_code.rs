@@ -9,7 +9,8 @@
 //! `tilde_core.ko`, and one instantiation of the generic posts and completion trampoline
 //! in `tilde_verbs_conformance.ko` (the benchmark's ring, a real ULP-shaped handler); and
 //! the mlx4 driver's post_send, post_recv, poll_cq and req_notify_cq over its kernel
-//! platform in `tilde_mlx4.ko` (one function each: `#[inline(never)]`). Each must also be
+//! platform in `tilde_mlx4.ko` (one function each: `#[inline(never)]`, post_send with its
+//! two out-of-line paths). Each must also be
 //! free of panic paths: the kernel builds with overflow checks, and a fast path that can
 //! panic on a counter or a length can take the machine down.
 
@@ -39,6 +40,15 @@ const FAST_PATH: &[(&str, &str)] = &[
     (
         "tilde_mlx4",
         "<hw_mlx4::fastpath::send::SendQueue<mlx4::platform::KernelPlatform>>::post",
+    ),
+    // post's out-of-line paths: WRs of the rarer shapes, and the BlueFlame post.
+    (
+        "tilde_mlx4",
+        "<hw_mlx4::fastpath::send::SendQueue<mlx4::platform::KernelPlatform>>::write_any",
+    ),
+    (
+        "tilde_mlx4",
+        "<hw_mlx4::fastpath::send::SendQueue<mlx4::platform::KernelPlatform>>::post_blueflame",
     ),
     (
         "tilde_mlx4",

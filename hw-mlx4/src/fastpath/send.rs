@@ -306,20 +306,58 @@ impl<'q, P: Platform> SendQueue<'q, P> {
     pub fn post(&mut self, wrs: &[SendWr<'_>]) -> Result<(), PostFailure> {
         // BlueFlame only for a lone WR of inline data: a WQE the CPU already has in cache
         // and the device then need not fetch (the provider's `nreq == 1 && inl`).
-        if let (Some(register), [wr]) = (self.blueflame, wrs) {
-            if matches!(wr.payload, Payload::Inline(data) if !data.is_empty()) {
-                return self
-                    .post_blueflame(register, wr)
-                    .map_err(|error| PostFailure { index: 0, error });
-            }
-        }
-        let state = self.state;
         let shape = self.shape;
+        if let [wr] = wrs {
+            if let (Some(register), Payload::Inline(data)) = (self.blueflame, wr.payload) {
+                if !data.is_empty() {
+                    return self
+                        .post_blueflame(register, wr)
+                        .map_err(|error| PostFailure { index: 0, error });
+                }
+            }
+            // One WR, the common call: the same work without the loop around it.
+            return self
+                .post_one(&self.state.ring, &shape, wr)
+                .map_err(|error| PostFailure { index: 0, error });
+        }
+        self.post_doorbell(&self.state.ring, &shape, wrs)
+    }
+
+    /// `post` of one WR by the send doorbell.
+    #[inline(always)]
+    fn post_one(
+        &mut self,
+        ring: &P::Ring,
+        shape: &Shape,
+        wr: &SendWr<'_>,
+    ) -> Result<(), PostError> {
+        let head = self.head;
+        self.write_wqe(ring, shape, head, wr, None)?;
+        let index = head.wrapping_add(1);
+        self.head = index;
+        P::wmb();
+        self.uar.ring_send_doorbell(self.doorbell);
+        self.state
+            .stamp(index.wrapping_add(shape.spare).wrapping_sub(1));
+        Ok(())
+    }
+
+    /// `post` by the send doorbell. The ring is a parameter of its own: a shared
+    /// reference the compiler may assume nothing else writes, so the ring's geometry
+    /// stays in registers across the loop's stores into the ring's memory.
+    #[inline(always)]
+    fn post_doorbell(
+        &mut self,
+        ring: &P::Ring,
+        shape: &Shape,
+        wrs: &[SendWr<'_>],
+    ) -> Result<(), PostFailure> {
+        let state = self.state;
         let head = self.head;
         let mut index = head;
         let mut result = Ok(());
         for wr in wrs {
-            if let Err(error) = self.write_wqe(&shape, index, wr, None) {
+            if let Err(error) = self.write_wqe(ring, shape, index, wr, None) {
                 // WRs before this one took one WQE each.
                 let posted = index.wrapping_sub(head) as usize;
                 result = Err(PostFailure {
@@ -355,7 +393,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         let state = self.state;
         let shape = self.shape;
         let head = self.head;
-        let copied = self.write_wqe(&shape, head, wr, Some(register.buffer_size()))?;
+        let copied = self.write_wqe(&state.ring, &shape, head, wr, Some(register.buffer_size()))?;
         let index = head.wrapping_add(1);
         self.head = index;
         // The WQE reaches memory before its copy reaches the register: the device
@@ -387,6 +425,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
     #[inline(always)]
     fn write_wqe(
         &mut self,
+        ring: &P::Ring,
         shape: &Shape,
         index: u32,
         wr: &SendWr<'_>,
@@ -403,18 +442,27 @@ impl<'q, P: Platform> SendQueue<'q, P> {
             Payload::Inline(data)
                 if shape.qp_type == QpType::Rc && wr.ud.is_none() && wr.op == SendOp::Send =>
             {
-                return self.write_inline(shape, index, wr, data, blueflame);
+                return self.write_inline(ring, shape, index, wr, data, blueflame);
             }
             Payload::Inline(_) => return self.write_any(shape, index, wr, blueflame),
         };
         // Tested in order of how common they are, each a compare, not a jump table.
         let rc = shape.qp_type == QpType::Rc && wr.ud.is_none();
         if rc && wr.op == SendOp::Send {
-            self.write_gather(shape, index, wr, SendOpcode::Send, 0, NoSegment, sges)
+            self.write_gather(ring, shape, index, wr, SendOpcode::Send, 0, NoSegment, sges)
         } else if let (true, SendOp::RdmaWrite(remote)) = (rc, wr.op) {
-            self.write_gather(shape, index, wr, SendOpcode::RdmaWrite, 0, remote, sges)
+            self.write_gather(
+                ring,
+                shape,
+                index,
+                wr,
+                SendOpcode::RdmaWrite,
+                0,
+                remote,
+                sges,
+            )
         } else if let (QpType::Ud, Some(ud), SendOp::Send) = (shape.qp_type, wr.ud, wr.op) {
-            self.write_gather(shape, index, wr, SendOpcode::Send, 0, ud, sges)
+            self.write_gather(ring, shape, index, wr, SendOpcode::Send, 0, ud, sges)
         } else {
             return self.write_any(shape, index, wr, blueflame);
         }?;
@@ -429,6 +477,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
     #[inline(always)]
     fn write_gather<F: FixedSegment>(
         &mut self,
+        ring: &P::Ring,
         shape: &Shape,
         index: u32,
         wr: &SendWr<'_>,
@@ -454,7 +503,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         // SAFETY: as in `write_any`: the room check gave this WQE to the driver, `&mut
         // self` makes this the only producer, and block heads are held back.
         let held_back = unsafe {
-            self.state.ring.with_entry_mut(
+            ring.with_entry_mut(
                 index,
                 #[inline(always)]
                 |wqe| {
@@ -504,13 +553,13 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 [sge] => {
                     P::dma_wmb();
                     let byte_count = gather_byte_count(sge.length);
-                    self.state.ring.write_word(index, start, byte_count);
+                    ring.write_word(index, start, byte_count);
                 }
-                _ => write_block_heads::<P>(&self.state.ring, index, start, &wr.payload),
+                _ => write_block_heads::<P>(ring, index, start, &wr.payload),
             }
         }
         let owner_opcode = CtrlSeg::owner_opcode_for(opcode, index, shape.wqe_cnt);
-        self.hand_over(shape, index, wr.wr_id, owner_opcode);
+        self.hand_over(ring, shape, index, wr.wr_id, owner_opcode);
         Ok(())
     }
 
@@ -520,6 +569,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
     #[inline(always)]
     fn write_inline(
         &mut self,
+        ring: &P::Ring,
         shape: &Shape,
         index: u32,
         wr: &SendWr<'_>,
@@ -540,12 +590,13 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         let bf_qpn = if by_blueflame { self.doorbell } else { 0 };
         // SAFETY: as in `write_any`.
         let held_back = unsafe {
-            self.state.ring.with_entry_mut(
+            ring.with_entry_mut(
                 index,
                 #[inline(always)]
                 |wqe| {
                     let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).ok()?;
-                    let payload = rest.get_mut(..bytes - start)?;
+                    // `bytes` counts from 0, `start` included: it is the larger.
+                    let payload = rest.get_mut(..bytes.wrapping_sub(start))?;
                     ctrl.set_qpn_fence_size(bf_qpn, words.fence | size_ds);
                     ctrl.srcrb_flags = Be32::new(words.srcrb);
                     ctrl.imm = Be32::new(words.imm);
@@ -555,13 +606,13 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         }
         .ok_or(PostError::WqeTooLarge)?;
         if held_back {
-            write_inline_heads::<P>(&self.state.ring, index, start, data.len());
+            write_inline_heads::<P>(ring, index, start, data.len());
         }
         let mut owner_opcode = CtrlSeg::owner_opcode_for(SendOpcode::Send, index, shape.wqe_cnt);
         if by_blueflame {
             owner_opcode |= (index & 0xffff) << CtrlSeg::BF_COUNTER_SHIFT;
         }
-        self.hand_over(shape, index, wr.wr_id, owner_opcode);
+        self.hand_over(ring, shape, index, wr.wr_id, owner_opcode);
         // `bytes <= max_wqe_bytes`: rounding up to a block cannot wrap.
         Ok(if by_blueflame {
             (bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)) as u32
@@ -573,7 +624,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
     /// Records the WR's wr_id and gives the WQE at `index` to the device: its ownership
     /// word, last, after `dma_wmb`.
     #[inline(always)]
-    fn hand_over(&self, shape: &Shape, index: u32, wr_id: u64, owner_opcode: u32) {
+    fn hand_over(&self, ring: &P::Ring, shape: &Shape, index: u32, wr_id: u64, owner_opcode: u32) {
         let state = self.state;
         if let Some(slot) = state
             .wr_ids
@@ -584,7 +635,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         }
         state.posted.store_release(index.wrapping_add(1));
         P::dma_wmb();
-        state.ring.write_word(index, 0, owner_opcode);
+        ring.write_word(index, 0, owner_opcode);
     }
 
     /// Writes the WQE for any WR at counter `index`, which has room, and hands it over:
@@ -655,7 +706,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         if by_blueflame {
             owner_opcode |= (index & 0xffff) << CtrlSeg::BF_COUNTER_SHIFT;
         }
-        self.hand_over(shape, index, wr.wr_id, owner_opcode);
+        self.hand_over(&state.ring, shape, index, wr.wr_id, owner_opcode);
         // `bytes <= max_wqe_bytes`: rounding up to a block cannot wrap.
         Ok(if by_blueflame {
             (bytes.wrapping_add(WQEBB_SIZE - 1) & !(WQEBB_SIZE - 1)) as u32
@@ -840,10 +891,13 @@ pub(crate) const fn inline_bytes(start: usize, len: usize) -> usize {
     let header = size_of::<InlineSeg>();
     let first_room = InlineSeg::ALIGN - start.saturating_add(header) % InlineSeg::ALIGN;
     if len <= first_room {
-        return header + len;
+        // `len` is at most 64 here.
+        return header.wrapping_add(len);
     }
-    let later = (len - first_room).div_ceil(InlineSeg::ALIGN - header);
-    len.saturating_add(header.saturating_mul(later + 1))
+    let later = len
+        .wrapping_sub(first_room)
+        .div_ceil(InlineSeg::ALIGN - header);
+    len.saturating_add(header.saturating_mul(later.saturating_add(1)))
 }
 
 #[inline]
@@ -1030,7 +1084,9 @@ fn write_inline_segments(payload: &mut [u8], start: usize, data: &[u8]) -> Optio
         } else {
             header.copy_from_slice(&(InlineSeg::INLINE | take as u32).to_be_bytes());
         }
-        offset = offset.wrapping_add(size_of::<InlineSeg>() + take);
+        offset = offset
+            .wrapping_add(size_of::<InlineSeg>())
+            .wrapping_add(take);
         rest = after;
         left = tail;
     }
@@ -1054,7 +1110,8 @@ fn write_inline_heads<P: Platform>(ring: &P::Ring, index: u32, start: usize, len
             ring.write_word(index, offset, InlineSeg::INLINE | take as u32);
         }
         offset = data.wrapping_add(take);
-        left -= take;
+        // `take` is at most `left`.
+        left = left.wrapping_sub(take);
     }
 }
 
