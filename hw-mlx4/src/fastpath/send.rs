@@ -320,7 +320,11 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 .post_one(&self.state.ring, &shape, wr)
                 .map_err(|error| PostFailure { index: 0, error });
         }
-        self.post_doorbell(&self.state.ring, &shape, wrs)
+        if shape.stamps {
+            self.post_doorbell::<true>(&self.state.ring, &shape, wrs)
+        } else {
+            self.post_doorbell::<false>(&self.state.ring, &shape, wrs)
+        }
     }
 
     /// `post` of one WR by the send doorbell.
@@ -342,11 +346,10 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         Ok(())
     }
 
-    /// `post` by the send doorbell. The ring is a parameter of its own: a shared
-    /// reference the compiler may assume nothing else writes, so the ring's geometry
-    /// stays in registers across the loop's stores into the ring's memory.
+    /// `post` by the send doorbell, for queues whose WQEs have blocks to stamp
+    /// (`STAMPS`) or not: the loop is compiled once for each, with no test of it inside.
     #[inline(always)]
-    fn post_doorbell(
+    fn post_doorbell<const STAMPS: bool>(
         &mut self,
         ring: &P::Ring,
         shape: &Shape,
@@ -369,7 +372,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
             index = index.wrapping_add(1);
             // Stamping the WQE after the last one waits until after the doorbell: it
             // costs latency and the device cannot reach it before then.
-            if shape.stamps && index.wrapping_sub(head) < wrs.len() as u32 {
+            if STAMPS && index.wrapping_sub(head) < wrs.len() as u32 {
                 state.stamp(index.wrapping_add(shape.spare).wrapping_sub(1));
             }
         }
@@ -486,14 +489,13 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         fixed: F,
         sges: &[Sge],
     ) -> Result<(), PostError> {
+        if let [sge] = sges {
+            return self.write_gather_one(ring, shape, index, wr, opcode, imm, fixed, sge);
+        }
         if sges.len() > shape.caps.max_sge as usize {
             return Err(PostError::TooManySges);
         }
-        let too_long = match sges {
-            [sge] => sge.length > DataSeg::MAX_LENGTH,
-            _ => sges.iter().any(|sge| sge.length > DataSeg::MAX_LENGTH),
-        };
-        if too_long {
+        if sges.iter().any(|sge| sge.length > DataSeg::MAX_LENGTH) {
             return Err(PostError::SgeTooLong);
         }
         let start = size_of::<CtrlSeg>() + size_of::<F::Seg>();
@@ -509,21 +511,6 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 |wqe| {
                     let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).ok()?;
                     let (segment, rest) = F::Seg::mut_from_prefix(rest).ok()?;
-                    // One entry, the common case: one fixed-size view, no loop.
-                    if let [sge] = sges {
-                        let (seg, _) = DataSeg::mut_from_prefix(rest).ok()?;
-                        ctrl.set_qpn_fence_size(0, ctrl_word.fence | size_ds);
-                        ctrl.srcrb_flags = Be32::new(ctrl_word.srcrb);
-                        ctrl.imm = Be32::new(ctrl_word.imm);
-                        fixed.write(segment);
-                        seg.lkey = Be32::new(sge.lkey);
-                        seg.addr = Be64::new(sge.addr);
-                        if starts_block(start) {
-                            return Some(true);
-                        }
-                        seg.byte_count = Be32::new(gather_byte_count(sge.length));
-                        return Some(false);
-                    }
                     let (segs, _) =
                         <[DataSeg]>::mut_from_prefix_with_elems(rest, sges.len()).ok()?;
                     ctrl.set_qpn_fence_size(0, ctrl_word.fence | size_ds);
@@ -549,14 +536,64 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         }
         .ok_or(PostError::WqeTooLarge)?;
         if held_back {
-            match sges {
-                [sge] => {
-                    P::dma_wmb();
-                    let byte_count = gather_byte_count(sge.length);
-                    ring.write_word(index, start, byte_count);
-                }
-                _ => write_block_heads::<P>(ring, index, start, &wr.payload),
-            }
+            write_block_heads::<P>(ring, index, start, &wr.payload);
+        }
+        let owner_opcode = CtrlSeg::owner_opcode_for(opcode, index, shape.wqe_cnt);
+        self.hand_over(ring, shape, index, wr.wr_id, owner_opcode);
+        Ok(())
+    }
+
+    /// [`SendQueue::write_gather`] of one entry, the common WR: fixed-size views, no loop.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn write_gather_one<F: FixedSegment>(
+        &mut self,
+        ring: &P::Ring,
+        shape: &Shape,
+        index: u32,
+        wr: &SendWr<'_>,
+        opcode: SendOpcode,
+        imm: u32,
+        fixed: F,
+        sge: &Sge,
+    ) -> Result<(), PostError> {
+        if shape.caps.max_sge == 0 {
+            return Err(PostError::TooManySges);
+        }
+        if sge.length > DataSeg::MAX_LENGTH {
+            return Err(PostError::SgeTooLong);
+        }
+        let start = size_of::<CtrlSeg>() + size_of::<F::Seg>();
+        let size_ds = (start / DS_SIZE + 1) as u8;
+        let ctrl_word = control_words(shape, wr, 0, imm);
+        let byte_count = gather_byte_count(sge.length);
+        // SAFETY: as in `write_gather`.
+        let written = unsafe {
+            ring.with_entry_mut(
+                index,
+                #[inline(always)]
+                |wqe| {
+                    let (ctrl, rest) = CtrlSeg::mut_from_prefix(wqe).ok()?;
+                    let (segment, rest) = F::Seg::mut_from_prefix(rest).ok()?;
+                    let (seg, _) = DataSeg::mut_from_prefix(rest).ok()?;
+                    ctrl.set_qpn_fence_size(0, ctrl_word.fence | size_ds);
+                    ctrl.srcrb_flags = Be32::new(ctrl_word.srcrb);
+                    ctrl.imm = Be32::new(ctrl_word.imm);
+                    fixed.write(segment);
+                    seg.lkey = Be32::new(sge.lkey);
+                    seg.addr = Be64::new(sge.addr);
+                    // `start` is a constant: this test is decided when compiling.
+                    if !starts_block(start) {
+                        seg.byte_count = Be32::new(byte_count);
+                    }
+                    Some(())
+                },
+            )
+        };
+        written.ok_or(PostError::WqeTooLarge)?;
+        if starts_block(start) {
+            P::dma_wmb();
+            ring.write_word(index, start, byte_count);
         }
         let owner_opcode = CtrlSeg::owner_opcode_for(opcode, index, shape.wqe_cnt);
         self.hand_over(ring, shape, index, wr.wr_id, owner_opcode);
