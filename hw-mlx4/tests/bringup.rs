@@ -632,6 +632,10 @@ fn a_probe_failing_at_any_command_unwinds_cleanly() {
         assert_eq!(core.unwind_error(), None, "{step:?}");
         assert!(!core.is_initialized());
         assert_eq!(core.pages_given(), (0, 0, 0));
+        // The EQ and the ports were given back before the HCA closed.
+        if let Some(closed) = p.at_close_hca {
+            assert_eq!((closed.eqs, closed.ports_up), (0, [false, false]), "{step:?}");
+        }
         assert_released(&mut p);
     }
 }
