@@ -989,6 +989,13 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
         !events.iter().any(|e| matches!(e, HcaEvent::DriverError(_))),
         "{events:?}"
     );
+    // SW2HW_EQ gave the EQ armed, of 512 entries, on vector 0.
+    assert!(
+        events
+            .iter()
+            .any(|e| *e == HcaEvent::Info("EQ 4: 512 entries, vector 0, armed".into())),
+        "{events:?}"
+    );
     let posted = posts(&p);
     let nop = posted
         .iter()
