@@ -323,8 +323,8 @@ fn config() -> ProbeConfig {
     }
 }
 
-/// PortInfo:CapabilityMask given by SET_PORT: IsSM-less, with IsTrapSupported,
-/// IsAutomaticMigrationSupported, IsSLMappingSupported and more, as mlx4_ib's defaults.
+/// The PortInfo:CapabilityMask SET_PORT gives each port: some bits chosen for the
+/// test; the model's SMA takes them as they are.
 const IB_CAP_MASK: u32 = 0x0251_0868;
 
 /// A device that holds nothing of the driver's: what a fresh model reports.
@@ -634,7 +634,11 @@ fn a_probe_failing_at_any_command_unwinds_cleanly() {
         assert_eq!(core.pages_given(), (0, 0, 0));
         // The EQ and the ports were given back before the HCA closed.
         if let Some(closed) = p.at_close_hca {
-            assert_eq!((closed.eqs, closed.ports_up), (0, [false, false]), "{step:?}");
+            assert_eq!(
+                (closed.eqs, closed.ports_up),
+                (0, [false, false]),
+                "{step:?}"
+            );
         }
         assert_released(&mut p);
     }
