@@ -1055,6 +1055,26 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
     assert_eq!(interrupts(&events), vec![0, 0]);
     assert!(posts(&p)[before..].iter().all(|&(_, event, _)| event));
 
+    // SET_PORT's capability mask is what each port's PortInfo now reports (MAD_IFC,
+    // by event, a Get(PortInfo) SMP).
+    for port in 1..=2u32 {
+        let (inbox, outbox) = (BASE + SIZE as u64 - 0x2000, BASE + SIZE as u64 - 0x1000);
+        let mut smp = [0u8; 256];
+        smp[..4].copy_from_slice(&[1, 0x01, 1, 0x01]);
+        smp[16..18].copy_from_slice(&0x0015u16.to_be_bytes());
+        p.memory.write(inbox, &smp).unwrap();
+        let cmd = Command::new(opcode::MAD_IFC)
+            .in_param(inbox)
+            .out_param(outbox)
+            .in_modifier(port);
+        core.command(&mut p, Step::QueryPort(port as u8), cmd)
+            .expect("MAD_IFC");
+        let mut mask = [0u8; 4];
+        Dma::read(&p.memory, outbox + 64 + 20, &mut mask).unwrap();
+        assert_eq!(u32::from_be_bytes(mask), IB_CAP_MASK, "port {port}");
+    }
+    p.hca.take_events();
+
     // PDs above the 4 reserved.
     assert_eq!(core.alloc_pd(), Some(4));
     assert_eq!(core.alloc_pd(), Some(5));
