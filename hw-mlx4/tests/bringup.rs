@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use hw_mlx4::bringup::caps::{DevCaps, FwInfo, InvalidCap};
 use hw_mlx4::bringup::cmd::{CmdError, Command, CommandEdge, CommandInterface, POLL_TOKEN};
-use hw_mlx4::bringup::eq::{eq_doorbell, EventEdge};
+use hw_mlx4::bringup::eq::{eq_doorbell, EqEvent, EventEdge};
 use hw_mlx4::bringup::memory::{AllocError, HostMemory, ICM_PAGE_SIZE};
 use hw_mlx4::bringup::probe::{Mlx4Core, ProbeConfig, ProbeError, Step};
 use hw_mlx4::bringup::profile::{make_profile, Profile, ProfileError, Resource};
@@ -1055,6 +1055,27 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
     assert_eq!(interrupts(&events), vec![0, 0]);
     assert!(posts(&p)[before..].iter().all(|&(_, event, _)| event));
 
+    // An immediate result comes in the command EQE's out_param: MGID_HASH's, the same
+    // the HCR shows.
+    let inbox = BASE + SIZE as u64 - 0x2000;
+    p.memory
+        .write(
+            inbox,
+            &[0xff, 0x12, 0x40, 0x1b, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0, 0, 1],
+        )
+        .unwrap();
+    let hash = core
+        .command(
+            &mut p,
+            Step::NopInterrupt,
+            Command::new(opcode::MGID_HASH).in_param(inbox),
+        )
+        .expect("MGID_HASH");
+    let hcr_out = (u64::from(p.bar0_read_be32(HCR_BASE + hcr::OUT_PARAM as u64)) << 32)
+        | u64::from(p.bar0_read_be32(HCR_BASE + hcr::OUT_PARAM as u64 + 4));
+    assert_eq!(hash, hcr_out);
+    assert_ne!(hash, inbox, "not the input left in the HCR");
+
     // SET_PORT's capability mask is what each port's PortInfo now reports (MAD_IFC,
     // by event, a Get(PortInfo) SMP).
     for port in 1..=2u32 {
@@ -1073,6 +1094,33 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
         Dma::read(&p.memory, outbox + 64 + 20, &mut mask).unwrap();
         assert_eq!(u32::from_be_bytes(mask), IB_CAP_MASK, "port {port}");
     }
+    p.hca.take_events();
+
+    // A port going ACTIVE (an SM's Set(PortInfo) to ARMED, then ACTIVE) is a
+    // PORT_CHANGE event on the async EQ, walked past with the command completions.
+    assert_eq!(core.async_events(), 0);
+    for state in [3u8, 4] {
+        let (inbox, outbox) = (BASE + SIZE as u64 - 0x2000, BASE + SIZE as u64 - 0x1000);
+        let mut smp = [0u8; 256];
+        smp[..4].copy_from_slice(&[1, 0x01, 1, 0x02]);
+        smp[16..18].copy_from_slice(&0x0015u16.to_be_bytes());
+        smp[64 + 32] = state;
+        p.memory.write(inbox, &smp).unwrap();
+        let cmd = Command::new(opcode::MAD_IFC)
+            .in_param(inbox)
+            .out_param(outbox)
+            .in_modifier(1);
+        core.command(&mut p, Step::QueryPort(1), cmd)
+            .expect("MAD_IFC");
+    }
+    assert_eq!(core.async_events(), 1);
+    assert_eq!(
+        core.last_async_event(),
+        Some(EqEvent::PortChange {
+            port: 1,
+            subtype: 4
+        })
+    );
     p.hca.take_events();
 
     // PDs above the 4 reserved.

@@ -259,6 +259,8 @@ pub struct Mlx4Core<B> {
     pub(super) ports_up: [bool; MAX_PORTS],
     /// Async events seen on the EQ (everything but command completions).
     pub(super) async_events: u32,
+    /// The last of them, until the layer above dispatches them.
+    pub(super) last_async_event: Option<super::eq::EqEvent>,
 }
 
 impl<B> Default for Mlx4Core<B> {
@@ -290,6 +292,7 @@ impl<B> Mlx4Core<B> {
             eq: None,
             ports_up: [false; MAX_PORTS],
             async_events: 0,
+            last_async_event: None,
         }
     }
 

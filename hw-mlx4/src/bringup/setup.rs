@@ -328,7 +328,10 @@ impl<B> Mlx4Core<B> {
                         outcome = Some(result);
                     }
                 }
-                _ => self.async_events = self.async_events.saturating_add(1),
+                other => {
+                    self.async_events = self.async_events.saturating_add(1);
+                    self.last_async_event = Some(other);
+                }
             }
         }
         if consumed {
@@ -362,6 +365,11 @@ impl<B> Mlx4Core<B> {
     /// Async events (not command completions) the EQ has delivered.
     pub fn async_events(&self) -> u32 {
         self.async_events
+    }
+
+    /// The last async event the EQ delivered (nothing dispatches them yet).
+    pub fn last_async_event(&self) -> Option<EqEvent> {
+        self.last_async_event
     }
 
     /// The driver's UAR page index, once set up.
