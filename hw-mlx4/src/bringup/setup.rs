@@ -225,7 +225,7 @@ impl<B> Mlx4Core<B> {
                 let size = c.pages() << ICM_PAGE_SHIFT;
                 c.mapped
                     && address >= c.icm_address
-                    && address + entry_size <= c.icm_address.saturating_add(size)
+                    && address.saturating_add(entry_size) <= c.icm_address.saturating_add(size)
             })
             .ok_or(missing)?;
         let offset = usize::try_from(address - chunk.icm_address).map_err(|_| missing)?;
