@@ -13,12 +13,13 @@ use std::collections::BTreeMap;
 
 use hw_mlx4::bringup::caps::{DevCaps, FwInfo, InvalidCap};
 use hw_mlx4::bringup::cmd::{CmdError, Command, CommandEdge, CommandInterface, POLL_TOKEN};
+use hw_mlx4::bringup::eq::{eq_doorbell, EqEvent, EventEdge};
 use hw_mlx4::bringup::memory::{AllocError, HostMemory, ICM_PAGE_SIZE};
 use hw_mlx4::bringup::probe::{Mlx4Core, ProbeConfig, ProbeError, Step};
 use hw_mlx4::bringup::profile::{make_profile, Profile, ProfileError, Resource};
-use hw_mlx4::model::hca::{Dma, DmaFault, FwState, Hca, HcaEvent};
+use hw_mlx4::model::hca::{Dma, DmaFault, FwState, Hca, HcaEvent, Resources};
 use hw_mlx4::wire::cmd::{hcr, opcode, CmdStatus, HCR_BASE, OWNER_BASE};
-use hw_mlx4::wire::fw::{query_dev_cap, query_fw};
+use hw_mlx4::wire::fw::{query_dev_cap, query_fw, query_port};
 
 /// Bus addresses of the test memory start here.
 const BASE: u64 = 0x1_0000_0000;
@@ -94,6 +95,9 @@ enum Injection {
     /// The device runs the command, then its output mailbox's byte at `offset` reads
     /// `value`.
     CorruptOutput { offset: u64, value: u8 },
+    /// The device runs the command, but its token reads otherwise: its command EQE
+    /// carries a token the driver did not give.
+    WrongToken,
 }
 
 /// The model behind the driver's two traits.
@@ -110,6 +114,11 @@ struct Platform {
     inject: Option<(u16, usize, Injection)>,
     /// What the HCR's status word reads while an injected command is in it.
     status_override: Option<u32>,
+    /// Every BAR2 write, as (offset, value).
+    bar2_writes: Vec<(u64, u32)>,
+    read_barriers: usize,
+    /// What the device held when CLOSE_HCA came.
+    at_close_hca: Option<Resources>,
 }
 
 impl Platform {
@@ -125,6 +134,9 @@ impl Platform {
             posted: Vec::new(),
             inject: None,
             status_override: None,
+            bar2_writes: Vec::new(),
+            read_barriers: 0,
+            at_close_hca: None,
         }
     }
 
@@ -182,7 +194,23 @@ impl CommandEdge for Platform {
             let op = (value & 0xfff) as u16;
             self.posted.push(op);
             self.status_override = None;
+            if op == opcode::CLOSE_HCA {
+                self.at_close_hca = Some(self.hca.resources());
+            }
             match self.injection_for(op) {
+                Some(Injection::Status(status)) if value & hcr::EVENT_BIT != 0 => {
+                    // By event, the failure must come as the firmware's command EQE.
+                    let status = CmdStatus::from_raw(status).expect("a PRM status");
+                    self.hca.refuse_next(op, status);
+                }
+                Some(Injection::WrongToken) => {
+                    let token_word = HCR_BASE + hcr::TOKEN as u64;
+                    let mut word = [0u8; 4];
+                    self.hca.bar0_read(token_word, &mut word);
+                    let forged = u32::from_be_bytes(word) ^ (0x4000 << 16);
+                    self.hca
+                        .bar0_write(&self.memory, token_word, &forged.to_be_bytes());
+                }
                 Some(Injection::Status(status)) => {
                     self.status_override =
                         Some((value & !hcr::GO_BIT & 0x00ff_ffff) | (u32::from(status) << 24));
@@ -229,6 +257,18 @@ impl CommandEdge for Platform {
 
     fn sleep_ms(&mut self, ms: u32) {
         self.clock_us += u64::from(ms) * 1000;
+    }
+}
+
+impl EventEdge for Platform {
+    fn bar2_write_be32(&mut self, offset: u64, value: u32) {
+        self.bar2_writes.push((offset, value));
+        self.hca
+            .bar2_write(&self.memory, offset, &value.to_be_bytes());
+    }
+
+    fn read_barrier(&mut self) {
+        self.read_barriers += 1;
     }
 }
 
@@ -279,8 +319,13 @@ fn config() -> ProbeConfig {
     ProbeConfig {
         profile: Profile::DEFAULT,
         uar_bar_size: BAR2_SIZE,
+        ib_cap_mask: IB_CAP_MASK,
     }
 }
+
+/// The PortInfo:CapabilityMask SET_PORT gives each port: some bits chosen for the
+/// test; the model's SMA takes them as they are.
+const IB_CAP_MASK: u32 = 0x0251_0868;
 
 /// A device that holds nothing of the driver's: what a fresh model reports.
 fn assert_released(p: &mut Platform) {
@@ -344,16 +389,32 @@ fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
     ];
     expected.extend(std::iter::repeat_n(opcode::MAP_ICM, map_icms));
     expected.extend([opcode::INIT_HCA, opcode::QUERY_HCA, opcode::QUERY_ADAPTER]);
+    // `mlx4_setup_hca`: the async EQ, the NOP interrupt test, then the ports.
+    expected.extend([opcode::SW2HW_EQ, opcode::MAP_EQ, opcode::NOP]);
+    for _port in 1..=2 {
+        expected.extend([opcode::QUERY_PORT, opcode::SET_PORT, opcode::INIT_PORT]);
+    }
     assert_eq!(p.posted, expected);
 
     p.posted.clear();
     core.teardown(&mut p).expect("the teardown succeeds");
-    assert_eq!(p.posted[0], opcode::CLOSE_HCA);
+    assert_eq!(
+        p.posted[..5],
+        [
+            opcode::CLOSE_PORT,
+            opcode::CLOSE_PORT,
+            opcode::MAP_EQ,
+            opcode::HW2SW_EQ,
+            opcode::CLOSE_HCA
+        ]
+    );
+    let closed = p.at_close_hca.expect("CLOSE_HCA came");
+    assert_eq!((closed.eqs, closed.ports_up), (0, [false, false]));
     assert_eq!(
         &p.posted[p.posted.len() - 2..],
         [opcode::UNMAP_ICM_AUX, opcode::UNMAP_FA]
     );
-    assert_eq!(p.posted.len(), 3 + map_icms);
+    assert_eq!(p.posted.len(), 7 + map_icms);
     assert_eq!(
         p.writes.last(),
         Some(&(OWNER_BASE, 0)),
@@ -544,6 +605,16 @@ fn a_probe_failing_at_any_command_unwinds_cleanly() {
         (opcode::INIT_HCA, 0, Step::InitHca),
         (opcode::QUERY_HCA, 0, Step::QueryHca),
         (opcode::QUERY_ADAPTER, 0, Step::QueryAdapter),
+        (opcode::SW2HW_EQ, 0, Step::Sw2HwEq),
+        (opcode::MAP_EQ, 0, Step::MapEq),
+        // From here on by events: the failure comes as the command EQE's status.
+        (opcode::NOP, 0, Step::NopInterrupt),
+        (opcode::QUERY_PORT, 0, Step::QueryPort(1)),
+        (opcode::SET_PORT, 0, Step::SetPort(1)),
+        (opcode::INIT_PORT, 0, Step::InitPort(1)),
+        (opcode::QUERY_PORT, 1, Step::QueryPort(2)),
+        (opcode::SET_PORT, 1, Step::SetPort(2)),
+        (opcode::INIT_PORT, 1, Step::InitPort(2)),
     ];
     for (op, skip, step) in cases {
         let status = CmdStatus::BadParam;
@@ -561,6 +632,14 @@ fn a_probe_failing_at_any_command_unwinds_cleanly() {
         assert_eq!(core.unwind_error(), None, "{step:?}");
         assert!(!core.is_initialized());
         assert_eq!(core.pages_given(), (0, 0, 0));
+        // The EQ and the ports were given back before the HCA closed.
+        if let Some(closed) = p.at_close_hca {
+            assert_eq!(
+                (closed.eqs, closed.ports_up),
+                (0, [false, false]),
+                "{step:?}"
+            );
+        }
         assert_released(&mut p);
     }
 }
@@ -856,4 +935,320 @@ fn unmapping_the_firmware_area_under_mapped_icm_is_reported() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("still mapped"), "{errors:?}");
     assert_eq!(p.hca.resources().icm_chunks, 0);
+}
+
+/// The status words of the commands posted, with their token words: (opcode, event
+/// bit, token), in order.
+fn posts(p: &Platform) -> Vec<(u16, bool, u16)> {
+    let mut token = POLL_TOKEN;
+    let mut out = Vec::new();
+    for &(offset, value) in &p.writes {
+        if offset == HCR_BASE + hcr::TOKEN as u64 {
+            token = (value >> 16) as u16;
+        } else if offset == STATUS_REGISTER && value & hcr::GO_BIT != 0 {
+            out.push(((value & 0xfff) as u16, value & hcr::EVENT_BIT != 0, token));
+        }
+    }
+    out
+}
+
+fn interrupts(events: &[HcaEvent]) -> Vec<u16> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            HcaEvent::Interrupt { vector } => Some(*vector),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `mlx4_setup_hca` on the model: the driver's UAR after the 128 EQ doorbell pages, the
+/// async EQ in hardware with the async and command events mapped to it, the NOP
+/// completed by an EQE that raised the EQ's interrupt, every later command completed by
+/// events with a token of its own, and both ports initialized.
+#[test]
+fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    let info = *core.probe(&mut p, &config()).expect("the probe succeeds");
+
+    assert_eq!(info.driver_uar, 128);
+    assert_eq!(info.async_eqn, 4, "the first EQ above the 4 reserved");
+    for (i, port) in info.ports.iter().enumerate() {
+        let port = port.expect("both ports");
+        assert_eq!(usize::from(port.port), i + 1);
+        assert!(port.link_up);
+        assert_eq!(port.ib_mtu_cap, 5);
+        assert_eq!((port.gid_table_len, port.pkey_table_len), (128, 128));
+        assert_eq!(port.max_vl, 8);
+    }
+    let held = p.hca.resources();
+    assert_eq!((held.eqs, held.ports_up), (1, [true, true]));
+    assert_eq!(core.ports_up(), [true, true]);
+
+    // The EQ's interrupt fired, once per command completed by event (the driver
+    // re-arms after each), on vector 0.
+    let events = p.hca.take_events();
+    assert!(
+        !events.iter().any(|e| matches!(e, HcaEvent::DriverError(_))),
+        "{events:?}"
+    );
+    // SW2HW_EQ gave the EQ armed, of 512 entries, on vector 0.
+    assert!(
+        events
+            .iter()
+            .any(|e| *e == HcaEvent::Info("EQ 4: 512 entries, vector 0, armed".into())),
+        "{events:?}"
+    );
+    let posted = posts(&p);
+    let nop = posted
+        .iter()
+        .position(|&(op, _, _)| op == opcode::NOP)
+        .expect("NOP posted");
+    // Polled up to the NOP, by events from it on, each with a new token.
+    assert!(posted[..nop]
+        .iter()
+        .all(|&(_, event, token)| !event && token == POLL_TOKEN));
+    let by_event = &posted[nop..];
+    assert!(by_event.iter().all(|&(_, event, _)| event), "{by_event:?}");
+    let tokens: Vec<u16> = by_event.iter().map(|&(_, _, t)| t).collect();
+    assert_eq!(tokens, (0..7).collect::<Vec<u16>>());
+    assert_eq!(interrupts(&events), vec![0; by_event.len()]);
+    // The doorbell of EQ 4 (page 1 of BAR2, its slot 0): armed at creation, then the
+    // consumer index and the arm bit after each EQE.
+    let doorbells: Vec<u32> = p
+        .bar2_writes
+        .iter()
+        .filter(|&&(offset, _)| offset == eq_doorbell(4))
+        .map(|&(_, v)| v)
+        .collect();
+    let mut expected = vec![1 << 31];
+    expected.extend((1..=by_event.len() as u32).map(|ci| ci | 1 << 31));
+    assert_eq!(doorbells, expected);
+    assert_eq!(p.bar2_writes.len(), doorbells.len());
+    assert!(p.read_barriers >= by_event.len());
+    assert_eq!(core.commands().stale_completions(), 0);
+
+    // Commands after the probe complete by events too, and their status is mapped.
+    let before = p.posted.len();
+    core.command(&mut p, Step::NopInterrupt, Command::new(opcode::NOP))
+        .expect("NOP by event");
+    let error = core
+        .command(
+            &mut p,
+            Step::QueryPort(3),
+            Command::new(opcode::QUERY_PORT).in_modifier(3),
+        )
+        .unwrap_err();
+    assert_eq!(
+        error,
+        ProbeError::Command {
+            step: Step::QueryPort(3),
+            error: CmdError::Failed {
+                opcode: opcode::QUERY_PORT,
+                status: CmdStatus::BadIndex
+            }
+        }
+    );
+    assert_eq!(p.posted.len(), before + 2);
+    let events = p.hca.take_events();
+    assert_eq!(interrupts(&events), vec![0, 0]);
+    assert!(posts(&p)[before..].iter().all(|&(_, event, _)| event));
+
+    // An immediate result comes in the command EQE's out_param: MGID_HASH's, the same
+    // the HCR shows.
+    let inbox = BASE + SIZE as u64 - 0x2000;
+    p.memory
+        .write(
+            inbox,
+            &[0xff, 0x12, 0x40, 0x1b, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0, 0, 1],
+        )
+        .unwrap();
+    let hash = core
+        .command(
+            &mut p,
+            Step::NopInterrupt,
+            Command::new(opcode::MGID_HASH).in_param(inbox),
+        )
+        .expect("MGID_HASH");
+    let hcr_out = (u64::from(p.bar0_read_be32(HCR_BASE + hcr::OUT_PARAM as u64)) << 32)
+        | u64::from(p.bar0_read_be32(HCR_BASE + hcr::OUT_PARAM as u64 + 4));
+    assert_eq!(hash, hcr_out);
+    assert_ne!(hash, inbox, "not the input left in the HCR");
+
+    // SET_PORT's capability mask is what each port's PortInfo now reports (MAD_IFC,
+    // by event, a Get(PortInfo) SMP).
+    for port in 1..=2u32 {
+        let (inbox, outbox) = (BASE + SIZE as u64 - 0x2000, BASE + SIZE as u64 - 0x1000);
+        let mut smp = [0u8; 256];
+        smp[..4].copy_from_slice(&[1, 0x01, 1, 0x01]);
+        smp[16..18].copy_from_slice(&0x0015u16.to_be_bytes());
+        p.memory.write(inbox, &smp).unwrap();
+        let cmd = Command::new(opcode::MAD_IFC)
+            .in_param(inbox)
+            .out_param(outbox)
+            .in_modifier(port);
+        core.command(&mut p, Step::QueryPort(port as u8), cmd)
+            .expect("MAD_IFC");
+        let mut mask = [0u8; 4];
+        Dma::read(&p.memory, outbox + 64 + 20, &mut mask).unwrap();
+        assert_eq!(u32::from_be_bytes(mask), IB_CAP_MASK, "port {port}");
+    }
+    p.hca.take_events();
+
+    // A port going ACTIVE (an SM's Set(PortInfo) to ARMED, then ACTIVE) is a
+    // PORT_CHANGE event on the async EQ, walked past with the command completions.
+    assert_eq!(core.async_events(), 0);
+    for state in [3u8, 4] {
+        let (inbox, outbox) = (BASE + SIZE as u64 - 0x2000, BASE + SIZE as u64 - 0x1000);
+        let mut smp = [0u8; 256];
+        smp[..4].copy_from_slice(&[1, 0x01, 1, 0x02]);
+        smp[16..18].copy_from_slice(&0x0015u16.to_be_bytes());
+        smp[64 + 32] = state;
+        p.memory.write(inbox, &smp).unwrap();
+        let cmd = Command::new(opcode::MAD_IFC)
+            .in_param(inbox)
+            .out_param(outbox)
+            .in_modifier(1);
+        core.command(&mut p, Step::QueryPort(1), cmd)
+            .expect("MAD_IFC");
+    }
+    assert_eq!(core.async_events(), 1);
+    assert_eq!(
+        core.last_async_event(),
+        Some(EqEvent::PortChange {
+            port: 1,
+            subtype: 4
+        })
+    );
+    p.hca.take_events();
+
+    // PDs above the 4 reserved.
+    assert_eq!(core.alloc_pd(), Some(4));
+    assert_eq!(core.alloc_pd(), Some(5));
+    assert!(core.free_pd(4));
+    assert!(!core.free_pd(4));
+
+    core.teardown(&mut p).expect("the teardown succeeds");
+    assert!(!core.commands().uses_events());
+    assert_eq!(core.driver_uar(), None);
+    assert_eq!(core.alloc_pd(), None);
+    assert_released(&mut p);
+}
+
+/// A command EQE with a token that is not the waiting command's is refused: directly,
+/// and on the device, where the NOP's EQE comes with a forged token, the driver does not
+/// take it as the NOP's completion, and the NOP times out.
+#[test]
+fn a_stale_token_is_refused() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    assert_eq!(
+        core.commands().complete_event(0x1234, 0, 0),
+        Err(CmdError::StaleToken { token: 0x1234 })
+    );
+    assert_eq!(core.commands().stale_completions(), 1);
+    // A waiting command is completed only by its own token.
+    let token = core
+        .commands()
+        .post_event(&mut p, &Command::new(opcode::NOP))
+        .expect("post");
+    assert_eq!(
+        core.commands().complete_event(token ^ 1, 0, 0),
+        Err(CmdError::StaleToken { token: token ^ 1 })
+    );
+    assert_eq!(
+        core.commands()
+            .complete_event(token, CmdStatus::BadOp as u8, 0),
+        Ok((
+            opcode::NOP,
+            Err(CmdError::Failed {
+                opcode: opcode::NOP,
+                status: CmdStatus::BadOp
+            })
+        ))
+    );
+    assert_eq!(
+        core.commands().complete_event(token, 0, 0),
+        Err(CmdError::StaleToken { token }),
+        "a second completion of the same command is stale"
+    );
+    // The EQE of the hand-posted NOP is still in the EQ: consumed as stale.
+    core.poll_events(&mut p).expect("poll");
+    assert_eq!(core.commands().stale_completions(), 4);
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+
+    let mut p = Platform::new().inject(opcode::NOP, 0, Injection::WrongToken);
+    let mut core = Mlx4Core::new();
+    let error = core.probe(&mut p, &config()).unwrap_err();
+    assert_eq!(
+        error,
+        ProbeError::Command {
+            step: Step::NopInterrupt,
+            error: CmdError::Timeout {
+                opcode: opcode::NOP
+            }
+        }
+    );
+    assert_eq!(core.commands().stale_completions(), 1);
+    assert!(core.commands().is_wedged());
+    // The interrupt came: the EQE was there, only not the NOP's.
+    assert_eq!(interrupts(&p.hca.take_events()), vec![0]);
+}
+
+/// A port that cannot run InfiniBand stops the probe, named by its field, and the probe
+/// unwinds, ports and EQ included.
+#[test]
+fn a_nonsense_port_answer_is_refused_and_unwinds() {
+    for (skip, offset, value, field) in [
+        (
+            0,
+            query_port::SUPPORTED_TYPE,
+            0x82,
+            "QUERY_PORT_SUPPORTED_TYPE",
+        ),
+        (1, query_port::MTU, 0x07, "QUERY_PORT_MTU"),
+        (1, query_port::MAX_VL, 0x00, "QUERY_PORT_MAX_VL"),
+    ] {
+        let mut p = Platform::new().inject(
+            opcode::QUERY_PORT,
+            skip,
+            Injection::CorruptOutput {
+                offset: offset as u64,
+                value,
+            },
+        );
+        let mut core = Mlx4Core::new();
+        match core.probe(&mut p, &config()) {
+            Err(ProbeError::InvalidCap(InvalidCap { field: got, .. })) => {
+                assert_eq!(got, field)
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+        let closed = p.at_close_hca.expect("CLOSE_HCA came");
+        assert_eq!((closed.eqs, closed.ports_up), (0, [false, false]));
+        assert_released(&mut p);
+    }
+}
+
+/// HW2SW_EQ refused at teardown: the device may still write the EQ's pages, so they
+/// are kept (counted as leaked), and everything else is given back.
+#[test]
+fn an_eq_the_device_keeps_is_not_freed() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    p.inject = Some((
+        opcode::HW2SW_EQ,
+        0,
+        Injection::Status(CmdStatus::InternalError as u8),
+    ));
+    let error = core.teardown(&mut p).unwrap_err();
+    assert_eq!(error.step, Step::Hw2SwEq);
+    assert_eq!(error.leaked_chunks, 4, "the EQ's four pages");
+    assert_eq!(p.memory.outstanding.len(), 4);
+    let fresh = Hca::new().resources();
+    assert_eq!(p.hca.resources(), fresh);
 }

@@ -7,7 +7,7 @@
 //! `main.c`. The field offsets are [`crate::wire::fw`], shared with the device model.
 //! A value the driver cannot use is an [`InvalidCap`] naming the field, never a panic.
 
-use crate::wire::fw::{query_adapter, query_dev_cap as dc, query_fw, Mailbox};
+use crate::wire::fw::{query_adapter, query_dev_cap as dc, query_fw, query_port, Mailbox};
 
 use super::memory::ICM_PAGE_SIZE;
 
@@ -429,5 +429,76 @@ impl AdapterInfo {
             inta_pin: m.u8(query_adapter::INTA_PIN),
             board_id,
         }
+    }
+}
+
+/// QUERY_PORT's answer for an InfiniBand port (`mlx4_QUERY_PORT`, the IB part of
+/// `mlx4_dev_port`), checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortCaps {
+    /// The port number (1-based).
+    pub port: u8,
+    /// Whether the link is up.
+    pub link_up: bool,
+    /// The IB MTU cap (`IB_MTU_256` 1 to `IB_MTU_4096` 5).
+    pub ib_mtu_cap: u8,
+    /// The link widths supported (1x = 1, 4x = 2, 8x = 4, 12x = 8, or'ed).
+    pub width_cap: u8,
+    /// GID table entries.
+    pub gid_table_len: u32,
+    /// P_Key table entries.
+    pub pkey_table_len: u32,
+    /// The VL cap.
+    pub max_vl: u8,
+}
+
+impl PortCaps {
+    /// Size of the part of the output mailbox this parser reads.
+    pub const OUT_SIZE: usize = query_port::OUT_SIZE;
+
+    /// Parses QUERY_PORT's output mailbox for port `port`; a port that cannot run
+    /// InfiniBand, or reports caps outside the IB ranges, is refused.
+    pub fn parse(port: u8, out: &[u8]) -> Result<Self, InvalidCap> {
+        let m = Mailbox(out);
+        let supported = m.u8(query_port::SUPPORTED_TYPE);
+        check(
+            "QUERY_PORT_SUPPORTED_TYPE",
+            supported.into(),
+            supported & 0x1 != 0,
+            "an InfiniBand-capable port",
+        )?;
+        let ib_mtu_cap = m.u8(query_port::MTU) & 0xf;
+        check(
+            "QUERY_PORT_MTU",
+            ib_mtu_cap.into(),
+            (1..=5).contains(&ib_mtu_cap),
+            "an IB MTU from 256 (1) to 4096 (5)",
+        )?;
+        let width_cap = m.u8(query_port::WIDTH) & 0xf;
+        check(
+            "QUERY_PORT_WIDTH",
+            width_cap.into(),
+            width_cap != 0,
+            "at least one link width",
+        )?;
+        let gid_pkey = m.u8(query_port::MAX_GID_PKEY);
+        let gid_table_len = pow2("QUERY_PORT_MAX_GID", gid_pkey >> 4, 7)? as u32;
+        let pkey_table_len = pow2("QUERY_PORT_MAX_PKEY", gid_pkey & 0xf, 15)? as u32;
+        let max_vl = m.u8(query_port::MAX_VL) & 0xf;
+        check(
+            "QUERY_PORT_MAX_VL",
+            max_vl.into(),
+            (1..=15).contains(&max_vl),
+            "1 to 15 VLs",
+        )?;
+        Ok(Self {
+            port,
+            link_up: supported & 0x80 != 0,
+            ib_mtu_cap,
+            width_cap,
+            gid_table_len,
+            pkey_table_len,
+            max_vl,
+        })
     }
 }

@@ -75,6 +75,19 @@ pub enum CmdError {
         /// The opcode that was refused.
         opcode: u16,
     },
+    /// A command EQE whose token is not the one of the command waiting for completion:
+    /// a completion of a command given up on, or a forged one. It is refused, and the
+    /// waiting command still waits (`mlx4_cmd_event` drops it).
+    StaleToken {
+        /// The token the EQE carried.
+        token: u16,
+    },
+    /// An event-driven command was asked for while the interface polls, or while another
+    /// event-driven command is outstanding (the owner serializes).
+    NotInEventMode {
+        /// The opcode that was refused.
+        opcode: u16,
+    },
 }
 
 /// One command, as `mlx4_cmd`, `mlx4_cmd_box` and `mlx4_cmd_imm` take it.
@@ -170,7 +183,18 @@ pub struct CommandInterface {
     /// busy while its `t` equals this: the device has not yet taken the last post.
     toggle: bool,
     wedged: bool,
+    /// Completion by command EQEs (`mlx4_cmd_use_events`) rather than by polling.
+    use_events: bool,
+    /// The token the next event-driven command carries.
+    next_token: u16,
+    /// The event-driven command posted and not yet completed: its opcode and token.
+    waiting: Option<(u16, u16)>,
+    /// Command EQEs refused for their token.
+    stale: u32,
 }
+
+/// Tokens of event-driven commands stay below this: [`POLL_TOKEN`] is never one.
+const TOKEN_MASK: u16 = 0x7fff;
 
 impl Default for CommandInterface {
     fn default() -> Self {
@@ -185,7 +209,89 @@ impl CommandInterface {
         Self {
             toggle: true,
             wedged: false,
+            use_events: false,
+            next_token: 0,
+            waiting: None,
+            stale: 0,
         }
+    }
+
+    /// Completes commands by command EQEs from now on (`mlx4_cmd_use_events`); the
+    /// driver must have an EQ with the command event mapped to it.
+    pub fn use_events(&mut self) {
+        self.use_events = true;
+    }
+
+    /// Back to polling (`mlx4_cmd_use_polling`); an outstanding event-driven command is
+    /// forgotten, and its EQE, should it come, is stale.
+    pub fn use_polling(&mut self) {
+        self.use_events = false;
+        self.waiting = None;
+    }
+
+    /// Whether commands complete by events.
+    pub fn uses_events(&self) -> bool {
+        self.use_events
+    }
+
+    /// Command EQEs refused so far for a token that was not the waiting command's.
+    pub fn stale_completions(&self) -> u32 {
+        self.stale
+    }
+
+    /// Posts a command to complete by event (`mlx4_cmd_wait`'s post): the command
+    /// carries a fresh token and the `e` bit. Returns the token; the completion comes to
+    /// [`CommandInterface::complete_event`].
+    pub fn post_event(
+        &mut self,
+        edge: &mut impl CommandEdge,
+        cmd: &Command,
+    ) -> Result<u16, CmdError> {
+        if !self.use_events || self.waiting.is_some() {
+            return Err(CmdError::NotInEventMode { opcode: cmd.opcode });
+        }
+        let token = self.next_token;
+        self.post(edge, cmd, token, true)?;
+        // Each command's token differs from the last one's, so a late EQE of a command
+        // given up on cannot complete the next (upstream adds `token_mask + 1`).
+        self.next_token = token.wrapping_add(1) & TOKEN_MASK;
+        self.waiting = Some((cmd.opcode, token));
+        Ok(token)
+    }
+
+    /// The opcode and token of the event-driven command waiting for its EQE.
+    pub fn waiting(&self) -> Option<(u16, u16)> {
+        self.waiting
+    }
+
+    /// A command EQE arrived (`mlx4_cmd_event`): if `token` is the waiting command's,
+    /// the command is complete, and its status goes through [`status_result`]; the
+    /// result is the opcode and the command's outcome (its immediate output). Any other
+    /// token is refused as [`CmdError::StaleToken`], and the waiting command waits on.
+    pub fn complete_event(
+        &mut self,
+        token: u16,
+        status: u8,
+        out_param: u64,
+    ) -> Result<(u16, Result<u64, CmdError>), CmdError> {
+        match self.waiting {
+            Some((opcode, expected)) if expected == token => {
+                self.waiting = None;
+                Ok((opcode, status_result(opcode, status).map(|()| out_param)))
+            }
+            _ => {
+                self.stale = self.stale.saturating_add(1);
+                Err(CmdError::StaleToken { token })
+            }
+        }
+    }
+
+    /// Gives up on the waiting event-driven command after its timeout: as for a polled
+    /// timeout, the device may still run it, so the interface is wedged.
+    pub fn abandon_event(&mut self) -> CmdError {
+        let opcode = self.waiting.take().map_or(0, |(opcode, _)| opcode);
+        self.wedged = true;
+        CmdError::Timeout { opcode }
     }
 
     /// Whether a timeout has made the interface unusable (see [`CmdError::Wedged`]).

@@ -12,12 +12,17 @@
 //! - [`profile`]: the ICM profile, sized from the capabilities.
 //! - [`memory`]: the host memory given to the device.
 //! - [`probe`]: the probe and the teardown, which unwinds whatever a probe did.
+//! - [`setup`]: `mlx4_setup_hca`: UAR, PD and EQ tables, the async EQ, event-driven
+//!   commands, the ports; [`eq`] and [`bitmap`] are its EQ consumer and allocators.
 #![forbid(unsafe_code)]
 
+pub mod bitmap;
 pub mod caps;
 pub mod cmd;
+pub mod eq;
 pub mod memory;
 pub mod probe;
 pub mod profile;
+pub mod setup;
 
 pub use probe::{Mlx4Core, ProbeConfig, ProbeError, Step, TeardownError};

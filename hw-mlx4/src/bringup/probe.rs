@@ -8,6 +8,11 @@
 //! `mlx4_close_hca` (CLOSE_HCA, `mlx4_free_icms`), `mlx4_close_fw` (UNMAP_FA) and
 //! `mlx4_free_ownership`.
 //!
+//! Then `mlx4_setup_hca` as far as this layer goes (see [`super::setup`]): the UAR and
+//! PD tables and the driver's UAR, the async EQ (SW2HW_EQ, MAP_EQ), the switch to
+//! event-driven commands and the NOP interrupt test, and the ports (QUERY_PORT,
+//! SET_PORT, INIT_PORT); their teardown runs first (CLOSE_PORT, MAP_EQ unmap, HW2SW_EQ).
+//!
 //! Everything acquired is recorded as it is acquired, and one release path undoes what
 //! the record holds, in reverse: a probe that fails at any step leaves the device as it
 //! found it, by the same code as the teardown.
@@ -15,8 +20,10 @@
 use crate::wire::cmd::{opcode, OWNER_BASE};
 use crate::wire::fw::{init_hca, mod_stat_cfg, query_hca, Mailbox, MAILBOX_SIZE};
 
-use super::caps::{AdapterInfo, DevCaps, FwInfo, InvalidCap};
+use super::bitmap::IdBitmap;
+use super::caps::{AdapterInfo, DevCaps, FwInfo, InvalidCap, PortCaps};
 use super::cmd::{CmdError, Command, CommandEdge, CommandInterface};
+use super::eq::{EventEdge, EventQueue};
 use super::memory::{
     alloc_area, AllocError, Chunk, Chunks, HostMemory, ICM_PAGE_SHIFT, ICM_PAGE_SIZE,
     MAX_CHUNK_LOG_PAGES,
@@ -37,9 +44,23 @@ const TABLE_CHUNK_SIZE: u64 = (ICM_PAGE_SIZE as u64) << MAX_CHUNK_LOG_PAGES;
 /// How long `mlx4_free_ownership` lets the firmware settle after giving the device up.
 const OWNERSHIP_RELEASE_MS: u32 = 1000;
 
-/// What the probe needs of the platform: BAR0 and the clock, and DMA memory.
-pub trait Platform: CommandEdge + HostMemory {}
-impl<P: CommandEdge + HostMemory> Platform for P {}
+/// What the probe needs of the platform: BAR0 and the clock, DMA memory, and BAR2's EQ
+/// doorbells.
+pub trait Platform: CommandEdge + HostMemory + EventEdge {}
+impl<P: CommandEdge + HostMemory + EventEdge> Platform for P {}
+
+/// The most ports a ConnectX-3 has.
+pub const MAX_PORTS: usize = 2;
+/// UAR table capacity in 64-bit words: 512 UAR pages (the emulated device has 512).
+pub(super) const UAR_WORDS: usize = 8;
+/// PD table capacity in words: 4096 PDs (the device offers 2^17; the rest waits for a
+/// table that is not inline).
+pub(super) const PD_WORDS: usize = 64;
+/// EQ table capacity in words: 1024 EQs (`MLX4_MAX_EQ_NUM`).
+pub(super) const EQ_WORDS: usize = 16;
+/// MTT table capacity in words: the first 4096 MTT entries, for the driver's own
+/// queues (the EQ's).
+pub(super) const MTT_WORDS: usize = 64;
 
 /// The probe's choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +69,8 @@ pub struct ProbeConfig {
     pub profile: Profile,
     /// The length of BAR2, which must hold the UAR area.
     pub uar_bar_size: u64,
+    /// The PortInfo:CapabilityMask SET_PORT gives each InfiniBand port.
+    pub ib_cap_mask: u32,
 }
 
 /// A step of the probe or the teardown, to say where something failed.
@@ -87,6 +110,30 @@ pub enum Step {
     UnmapIcmAux,
     /// UNMAP_FA.
     UnmapFa,
+    /// Setting up the UAR table and allocating the driver's UAR.
+    UarTable,
+    /// Setting up the PD, MTT and EQ tables.
+    Tables,
+    /// Allocating the EQ's pages and writing its MTT entries.
+    EqMemory,
+    /// SW2HW_EQ.
+    Sw2HwEq,
+    /// MAP_EQ of the async events and command completions.
+    MapEq,
+    /// The NOP interrupt test: the first command completed by an event.
+    NopInterrupt,
+    /// QUERY_PORT of a port.
+    QueryPort(u8),
+    /// SET_PORT of a port.
+    SetPort(u8),
+    /// INIT_PORT of a port.
+    InitPort(u8),
+    /// CLOSE_PORT of a port.
+    ClosePort(u8),
+    /// MAP_EQ with the unmap bit.
+    UnmapEq,
+    /// HW2SW_EQ.
+    Hw2SwEq,
 }
 
 /// Why the probe failed. The device has been released when the caller sees it.
@@ -125,6 +172,19 @@ pub enum ProbeError {
     },
     /// The platform refused a mailbox access inside the mailbox (a platform bug).
     MailboxAccess,
+    /// A table had no number left to hand out (or none to start with).
+    Exhausted {
+        /// Which step.
+        step: Step,
+    },
+    /// An MTT entry the driver needs lies in ICM not mapped (on-demand MTT ICM,
+    /// `mlx4_table_get`, is not done yet), or could not be written.
+    MttNotMapped {
+        /// The MTT entry.
+        entry: u32,
+    },
+    /// The platform refused a read of the EQ's own pages (a platform bug).
+    EqAccess,
 }
 
 /// Why a teardown (or the unwinding of a failed probe) did not end cleanly. It always
@@ -155,13 +215,19 @@ pub struct DeviceInfo {
     pub core_clock_mhz: u16,
     /// Whether MOD_STAT_CFG took the 4 KiB ICM page size (upstream only warns if not).
     pub page_size_set: bool,
+    /// The driver's own UAR page (`priv->driver_uar`): its index, at this offset of BAR2.
+    pub driver_uar: u32,
+    /// The async EQ's number; it takes the command completions too.
+    pub async_eqn: u32,
+    /// QUERY_PORT of each port, initialized (INIT_PORT) in this order.
+    pub ports: [Option<PortCaps>; MAX_PORTS],
 }
 
 /// A command mailbox: one page of DMA memory.
 #[derive(Debug)]
-struct MailboxPage<B> {
-    block: B,
-    bus_address: u64,
+pub(super) struct MailboxPage<B> {
+    pub(super) block: B,
+    pub(super) bus_address: u64,
 }
 
 /// The driver's core of one ConnectX-3 function: the command interface and everything
@@ -170,17 +236,31 @@ struct MailboxPage<B> {
 /// Call [`Mlx4Core::teardown`] before dropping it: what it holds is given back by the
 /// teardown, not by drop.
 pub struct Mlx4Core<B> {
-    cmd: CommandInterface,
+    pub(super) cmd: CommandInterface,
     owner: bool,
-    inbox: Option<MailboxPage<B>>,
-    outbox: Option<MailboxPage<B>>,
+    pub(super) inbox: Option<MailboxPage<B>>,
+    pub(super) outbox: Option<MailboxPage<B>>,
     fw_area: Chunks<B, FW_AREA_CHUNKS>,
     fw_running: bool,
     aux_area: Chunks<B, AUX_AREA_CHUNKS>,
-    icm: Chunks<B, ICM_CHUNKS>,
+    pub(super) icm: Chunks<B, ICM_CHUNKS>,
     hca_initialized: bool,
     info: Option<DeviceInfo>,
     unwind_error: Option<TeardownError>,
+    /// `mlx4_setup_hca`'s tables: UARs (with the driver's), PDs, MTT entries, EQs.
+    pub(super) uars: Option<IdBitmap<UAR_WORDS>>,
+    pub(super) driver_uar: Option<u32>,
+    pub(super) pds: Option<IdBitmap<PD_WORDS>>,
+    pub(super) mtts: Option<IdBitmap<MTT_WORDS>>,
+    pub(super) eqns: Option<IdBitmap<EQ_WORDS>>,
+    /// The async EQ, from its allocation to its HW2SW_EQ.
+    pub(super) eq: Option<EventQueue<B>>,
+    /// Ports INIT_PORT opened.
+    pub(super) ports_up: [bool; MAX_PORTS],
+    /// Async events seen on the EQ (everything but command completions).
+    pub(super) async_events: u32,
+    /// The last of them, until the layer above dispatches them.
+    pub(super) last_async_event: Option<super::eq::EqEvent>,
 }
 
 impl<B> Default for Mlx4Core<B> {
@@ -204,6 +284,15 @@ impl<B> Mlx4Core<B> {
             hca_initialized: false,
             info: None,
             unwind_error: None,
+            uars: None,
+            driver_uar: None,
+            pds: None,
+            mtts: None,
+            eqns: None,
+            eq: None,
+            ports_up: [false; MAX_PORTS],
+            async_events: 0,
+            last_async_event: None,
         }
     }
 
@@ -334,6 +423,9 @@ impl<B> Mlx4Core<B> {
         )?;
         let adapter = AdapterInfo::parse(&out);
 
+        // `mlx4_setup_hca`, and the ports as `mlx4_ib_add` opens them.
+        let setup = self.setup_hca(p, &caps, &layout, config)?;
+
         Ok(DeviceInfo {
             fw,
             caps,
@@ -341,6 +433,9 @@ impl<B> Mlx4Core<B> {
             adapter,
             core_clock_mhz,
             page_size_set,
+            driver_uar: setup.driver_uar,
+            async_eqn: setup.async_eqn,
+            ports: setup.ports,
         })
     }
 
@@ -437,6 +532,9 @@ impl<B> Mlx4Core<B> {
     fn release<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<(), TeardownError> {
         let mut failure: Option<(Step, CmdError)> = None;
         let mut leaked = 0usize;
+
+        // What `mlx4_setup_hca` and the ports set up, first.
+        leaked += self.release_setup(p, &mut failure);
 
         // `mlx4_close_hca`. If CLOSE_HCA fails the ICM is unmapped all the same, as
         // upstream does: the firmware answered, so it runs, and UNMAP_ICM is its to refuse.
@@ -544,13 +642,13 @@ impl<B> Mlx4Core<B> {
         leaked
     }
 
-    fn inbox_address(&self) -> u64 {
+    pub(super) fn inbox_address(&self) -> u64 {
         self.inbox.as_ref().map_or(0, |m| m.bus_address)
     }
 
     /// Zeroes the input mailbox and writes `data` at its start (`mlx4_alloc_cmd_mailbox`
     /// hands out zeroed mailboxes).
-    fn write_inbox<P: Platform<Block = B>>(
+    pub(super) fn write_inbox<P: Platform<Block = B>>(
         &mut self,
         p: &mut P,
         data: &[u8],
@@ -569,7 +667,7 @@ impl<B> Mlx4Core<B> {
         }
     }
 
-    fn exec<P: Platform<Block = B>>(
+    pub(super) fn exec<P: Platform<Block = B>>(
         &mut self,
         p: &mut P,
         step: Step,
@@ -592,7 +690,7 @@ impl<B> Mlx4Core<B> {
     }
 
     /// Runs a command whose output is a mailbox, and reads the mailbox into `out`.
-    fn exec_out<P: Platform<Block = B>>(
+    pub(super) fn exec_out<P: Platform<Block = B>>(
         &mut self,
         p: &mut P,
         step: Step,
@@ -645,14 +743,14 @@ fn mark_mapped<B, const N: usize>(list: &mut Chunks<B, N>, start: usize, count: 
 }
 
 /// Remembers the first failure of a teardown, which goes on after it.
-fn note(failure: &mut Option<(Step, CmdError)>, step: Step, error: CmdError) {
+pub(super) fn note(failure: &mut Option<(Step, CmdError)>, step: Step, error: CmdError) {
     if failure.is_none() {
         *failure = Some((step, error));
     }
 }
 
 /// Keeps a chunk the device may still use from ever being freed, and counts it.
-fn leak<B>(chunk: Chunk<B>) -> usize {
+pub(super) fn leak<B>(chunk: Chunk<B>) -> usize {
     // Freeing memory the device can still write would let it corrupt whoever gets the
     // memory next; a leak until reboot is the lesser harm (a function reset would allow
     // freeing, and is the kernel side's to do).

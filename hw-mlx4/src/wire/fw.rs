@@ -282,8 +282,14 @@ pub mod query_hca {
 pub mod set_port {
     /// Bits 22/21/20: change the MTU cap, the VL cap, the P_Key table size.
     pub const FLAGS: usize = 0x00;
+    /// Bit 0: reset the Q_Key violation counter (`mlx4_ib_SET_PORT`'s byte 3).
+    pub const RESET_QKEY_VIOLS: usize = 0x03;
     /// The port's new PortInfo:CapabilityMask.
     pub const CAPABILITY_MASK: usize = 0x04;
+    /// The op modifier of the InfiniBand layout (`MLX4_SET_PORT_IB_OPCODE`).
+    pub const IB_OPCODE: u8 = 0;
+    /// The mailbox bytes the IB layout uses.
+    pub const IN_SIZE: usize = 0x08;
 }
 
 /// The EQ context (`struct mlx4_eq_context`, 64 bytes).
@@ -299,4 +305,7 @@ pub mod eq_context {
     pub const CONSUMER_INDEX: usize = 0x28;
     pub const PRODUCER_INDEX: usize = 0x2c;
     pub const SIZE: usize = 0x40;
+    /// `FLAGS`: status OK (`MLX4_EQ_STATUS_OK`, 0 in bits 28..32) and state armed
+    /// (`MLX4_EQ_STATE_ARMED`, 9 in bits 8..12).
+    pub const FLAGS_ARMED: u32 = 0x9 << 8;
 }

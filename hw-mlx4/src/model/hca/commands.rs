@@ -837,7 +837,7 @@ impl Hca {
             producer: m.u32(eq_context::PRODUCER_INDEX) & 0x00ff_ffff,
             consumer: m.u32(eq_context::CONSUMER_INDEX) & 0x00ff_ffff,
             // `MLX4_EQ_STATE_ARMED` in the flags: the driver creates EQs armed.
-            armed: (m.u32(eq_context::FLAGS) >> 8) & 0xf == 0x9,
+            armed: m.u32(eq_context::FLAGS) & (0xf << 8) == eq_context::FLAGS_ARMED,
             event_mask: 0,
         };
         // The hardware owns every entry of a new EQ: set the owner bit of each, as the

@@ -105,6 +105,10 @@ pub struct Resources {
     pub icm_chunks: usize,
     /// ICM bytes mapped.
     pub icm_bytes: u64,
+    /// EQs in hardware (SW2HW_EQ without HW2SW_EQ yet).
+    pub eqs: usize,
+    /// Ports opened by INIT_PORT and not yet closed.
+    pub ports_up: [bool; 2],
 }
 
 /// An event queue the driver handed over with SW2HW_EQ.
@@ -157,6 +161,8 @@ pub struct Hca {
     last_rc_payload: usize,
     commands: u64,
     failed_commands: u64,
+    /// A test's refusal of the next command with an opcode (see [`Hca::refuse_next`]).
+    refusal: Option<(u16, CmdStatus)>,
 }
 
 impl Default for Hca {
@@ -195,6 +201,7 @@ impl Hca {
             last_rc_payload: 0,
             commands: 0,
             failed_commands: 0,
+            refusal: None,
         }
     }
 
@@ -229,6 +236,13 @@ impl Hca {
         self.bus_master = on;
     }
 
+    /// For tests of a driver's error paths: the next command with `opcode` is not run
+    /// and completes with `status`, reported as the firmware reports any failure: in the
+    /// HCR, and by a command EQE when it was posted for event completion.
+    pub fn refuse_next(&mut self, opcode: u16, status: CmdStatus) {
+        self.refusal = Some((opcode, status));
+    }
+
     /// The events since the last call, in order.
     pub fn take_events(&mut self) -> Vec<HcaEvent> {
         core::mem::take(&mut self.events)
@@ -243,6 +257,8 @@ impl Hca {
             aux_chunks: self.icm_aux.len(),
             icm_chunks: self.icm.chunks(),
             icm_bytes: self.icm.mapped_bytes(),
+            eqs: self.eqs.len(),
+            ports_up: self.ports_up,
         }
     }
 
@@ -404,7 +420,16 @@ impl Hca {
     fn execute(&mut self, dma: &dyn Dma) {
         let cmd = HcrCommand::decode(&self.hcr);
         self.commands += 1;
-        let (status, out) = if self.bus_master {
+        let refused = match self.refusal {
+            Some((op, status)) if op == cmd.opcode => {
+                self.refusal = None;
+                Some(status)
+            }
+            _ => None,
+        };
+        let (status, out) = if let Some(status) = refused {
+            (status, None)
+        } else if self.bus_master {
             self.command(dma, &cmd)
         } else {
             self.driver_error(format!(

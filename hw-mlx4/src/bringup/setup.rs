@@ -1,0 +1,476 @@
+//! `mlx4_setup_hca`, on an initialized HCA, as far as this layer goes, and the ports.
+//!
+//! Follows `drivers/net/ethernet/mellanox/mlx4/`: `main.c` (`mlx4_setup_hca`), `pd.c`
+//! (`mlx4_init_uar_table`, `mlx4_uar_alloc`, `mlx4_init_pd_table`), `eq.c`
+//! (`mlx4_init_eq_table`, `mlx4_create_eq`, `mlx4_free_eq`), `cmd.c`
+//! (`mlx4_cmd_use_events`, `mlx4_cmd_wait`, `mlx4_cmd_event`, and `mlx4_NOP`, which
+//! `mlx4_setup_hca` runs as the interrupt test), and the ports as `mlx4_ib_add` and
+//! `mlx4_ib_modify_port` bring them up (QUERY_PORT, `mlx4_ib_SET_PORT`, INIT_PORT).
+//!
+//! - The UAR table keeps the first 128 pages for EQ doorbells (`mlx4_dev_cap` raises
+//!   `reserved_uars` to 128) and hands the driver the next one (`priv->driver_uar`).
+//! - One EQ, the async EQ, of [`ASYNC_EQ_ENTRIES`] entries on MSI-X vector 0, in pages
+//!   of its own, described by MTT entries the driver writes into the MTT table's ICM
+//!   with the CPU (`mlx4_write_mtt_chunk`); SW2HW_EQ gives it to the device armed; MAP_EQ
+//!   sends it the async events and the command completions.
+//! - Then commands complete by events: each carries a token, its completion is the
+//!   command EQE with that token, found by polling the EQ (the kernel's interrupt
+//!   handler does the same walk); an EQE with any other token is refused. The first
+//!   event-driven command is the NOP: if no EQE comes, the interrupt path does not work
+//!   (`"NOP command failed to generate MSI-X interrupt"`).
+//!
+//! The teardown (run before `mlx4_close_hca`'s, from [`Mlx4Core::teardown`] and from a
+//! failed probe's unwinding) goes back to polling (`mlx4_cmd_use_polling`), closes the
+//! ports, unmaps the events, takes the EQ back with HW2SW_EQ and frees what the tables
+//! held. An EQ whose HW2SW_EQ failed keeps its pages: the device may still write them.
+
+use crate::wire::cmd::opcode;
+use crate::wire::fw::{eq_context, set_port, Mailbox};
+
+use super::bitmap::IdBitmap;
+use super::caps::{DevCaps, InvalidCap, PortCaps};
+use super::cmd::{CmdError, Command};
+use super::eq::{EqEvent, EqPage, EventQueue, ASYNC_EQ_ENTRIES, ASYNC_EVENT_MASK, EQ_MAX_PAGES};
+use super::memory::{AllocError, ICM_PAGE_SHIFT};
+use super::probe::{leak, note, Mlx4Core, Platform, ProbeConfig, ProbeError, Step, MAX_PORTS};
+use super::profile::{IcmLayout, Resource, MTTS_PER_SEGMENT};
+
+/// UAR pages kept for EQ doorbells, four EQs a page (`mlx4_dev_cap`'s
+/// `max(128, reserved_uars)`); the driver's UAR is the first page after them.
+pub const EQ_UAR_PAGES: u32 = 128;
+/// NOP's in-modifier (`mlx4_NOP`).
+const NOP_IN_MODIFIER: u32 = 0x1f;
+/// An MTT entry's present bit (`MLX4_MTT_FLAG_PRESENT`).
+const MTT_PRESENT: u64 = 1;
+/// MAP_EQ's in-modifier bit that unmaps (`MLX4_EQ_UNMAP` in `mlx4_MAP_EQ`'s caller).
+const MAP_EQ_UNMAP: u32 = 1 << 31;
+/// The MSI-X vector of the async EQ.
+const ASYNC_VECTOR: u8 = 0;
+
+/// What the setup hands back to the probe.
+pub(super) struct SetupInfo {
+    pub driver_uar: u32,
+    pub async_eqn: u32,
+    pub ports: [Option<PortCaps>; MAX_PORTS],
+}
+
+fn exhausted(step: Step) -> ProbeError {
+    ProbeError::Exhausted { step }
+}
+
+impl<B> Mlx4Core<B> {
+    /// `mlx4_setup_hca` and the ports. Everything is recorded as acquired, for
+    /// [`Mlx4Core::release_setup`].
+    pub(super) fn setup_hca<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        caps: &DevCaps,
+        layout: &IcmLayout,
+        config: &ProbeConfig,
+    ) -> Result<SetupInfo, ProbeError> {
+        // `mlx4_init_uar_table`: more UAR pages than the EQ doorbells take, or no UAR
+        // is left for anyone.
+        let num_uars = caps.uar_size >> ICM_PAGE_SHIFT;
+        if num_uars <= u64::from(EQ_UAR_PAGES) {
+            return Err(ProbeError::InvalidCap(InvalidCap {
+                field: "QUERY_DEV_CAP_UAR_SZ",
+                value: num_uars,
+                expected: "more than 128 UAR pages",
+            }));
+        }
+        let reserved = u64::from(EQ_UAR_PAGES.max(caps.reserved_uars.into()));
+        let uars = IdBitmap::new(num_uars, reserved).map_err(|_| exhausted(Step::UarTable))?;
+        let uars = self.uars.insert(uars);
+        let driver_uar = uars.alloc().ok_or(exhausted(Step::UarTable))?;
+        self.driver_uar = Some(driver_uar);
+
+        // `mlx4_init_pd_table`, the MTT entries (`mlx4_init_mr_table`'s buddy, here a
+        // bitmap of entries above the reserved segments), `mlx4_init_eq_table`'s bitmap.
+        let pds = IdBitmap::new(caps.max_pds.into(), caps.reserved_pds.into())
+            .map_err(|_| exhausted(Step::Tables))?;
+        self.pds = Some(pds);
+        let per_seg = u64::from(MTTS_PER_SEGMENT);
+        let reserved_mtts = u64::from(caps.reserved_mtts).div_ceil(per_seg) * per_seg;
+        let mtts = IdBitmap::new(layout.num_mtt_segs.saturating_mul(per_seg), reserved_mtts)
+            .map_err(|_| exhausted(Step::Tables))?;
+        self.mtts = Some(mtts);
+        let eqns = IdBitmap::new(layout.num_eqs.into(), caps.reserved_eqs.into())
+            .map_err(|_| exhausted(Step::Tables))?;
+        self.eqns = Some(eqns);
+
+        let async_eqn = self.create_async_eq(p, caps, layout)?;
+
+        // `mlx4_cmd_use_events`, then `mlx4_NOP`: the interrupt test.
+        self.cmd.use_events();
+        self.exec_event(
+            p,
+            Step::NopInterrupt,
+            Command::new(opcode::NOP).in_modifier(NOP_IN_MODIFIER),
+        )?;
+
+        let mut ports = [None; MAX_PORTS];
+        for (index, slot) in ports.iter_mut().enumerate().take(caps.num_ports.into()) {
+            let port = index as u8 + 1;
+            *slot = Some(self.init_port(p, port, config)?);
+        }
+        Ok(SetupInfo {
+            driver_uar,
+            async_eqn,
+            ports,
+        })
+    }
+
+    /// `mlx4_create_eq` for the async EQ, then `mlx4_MAP_EQ` and the arming
+    /// `eq_set_ci` of `mlx4_init_eq_table`.
+    fn create_async_eq<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        caps: &DevCaps,
+        layout: &IcmLayout,
+    ) -> Result<u32, ProbeError> {
+        let eqn = self
+            .eqns
+            .as_mut()
+            .and_then(IdBitmap::alloc)
+            .ok_or(exhausted(Step::Tables))?;
+        let eq = self.eq.insert(EventQueue::new(eqn, ASYNC_EQ_ENTRIES));
+        if eqn / 4 >= EQ_UAR_PAGES {
+            // Its doorbell would be in a UAR page handed out to others.
+            return Err(exhausted(Step::Tables));
+        }
+        let npages = EventQueue::<B>::pages_for(ASYNC_EQ_ENTRIES);
+        let mut addresses = [0u64; EQ_MAX_PAGES];
+        for address in addresses.iter_mut().take(npages) {
+            let block = p.alloc(0).ok_or(ProbeError::Memory {
+                step: Step::EqMemory,
+                error: AllocError::NoMemory,
+            })?;
+            let bus_address = p.bus_address(&block);
+            *address = bus_address;
+            if let Err(page) = eq.push_page(EqPage { block, bus_address }) {
+                p.free(page.block);
+                return Err(ProbeError::Memory {
+                    step: Step::EqMemory,
+                    error: AllocError::TooManyChunks,
+                });
+            }
+        }
+
+        // `mlx4_mtt_init` and `mlx4_write_mtt`: one entry per page.
+        let count = npages as u32;
+        let first = self
+            .mtts
+            .as_mut()
+            .and_then(|m| m.alloc_range(count, count.next_power_of_two()))
+            .ok_or(exhausted(Step::EqMemory))?;
+        if let Some(eq) = self.eq.as_mut() {
+            eq.mtt = (first, count);
+        }
+        let mtt_base = layout.table(Resource::Mtt).base;
+        let entry_size = u64::from(caps.entry_sizes.mtt);
+        for (i, &address) in addresses.iter().take(npages).enumerate() {
+            self.write_mtt(p, mtt_base, entry_size, first + i as u32, address)?;
+        }
+
+        // The EQ context (`mlx4_create_eq`): armed, 2^n entries, its vector, 4 KiB
+        // pages (`PAGE_SHIFT - MLX4_ICM_PAGE_SHIFT` = 0), and where its MTT entries are.
+        let mut context = [0u8; eq_context::SIZE];
+        let mut m = Mailbox(&mut context[..]);
+        m.set_u32(eq_context::FLAGS, eq_context::FLAGS_ARMED);
+        m.set_u8(eq_context::LOG_EQ_SIZE, ASYNC_EQ_ENTRIES.ilog2() as u8);
+        m.set_u8(eq_context::INTR, ASYNC_VECTOR);
+        m.set_u8(eq_context::LOG_PAGE_SIZE, 0);
+        let mtt_address = u64::from(first) * entry_size;
+        m.set_u8(eq_context::MTT_BASE_ADDR_H, (mtt_address >> 32) as u8);
+        m.set_u32(eq_context::MTT_BASE_ADDR_L, mtt_address as u32);
+        self.write_inbox(p, &context)?;
+        let cmd = Command::new(opcode::SW2HW_EQ)
+            .in_param(self.inbox_address())
+            .in_modifier(eqn);
+        self.exec(p, Step::Sw2HwEq, cmd)?;
+        if let Some(eq) = self.eq.as_mut() {
+            eq.in_hardware = true;
+        }
+
+        let cmd = Command::new(opcode::MAP_EQ)
+            .in_param(ASYNC_EVENT_MASK)
+            .in_modifier(eqn);
+        self.exec(p, Step::MapEq, cmd)?;
+        if let Some(eq) = self.eq.as_mut() {
+            eq.mapped_events = ASYNC_EVENT_MASK;
+            eq.set_ci(p, true);
+        }
+        Ok(eqn)
+    }
+
+    /// Writes MTT entry `entry` into the MTT table's ICM, which must be mapped
+    /// (`mlx4_write_mtt_chunk` after `mlx4_table_find`).
+    fn write_mtt<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        mtt_base: u64,
+        entry_size: u64,
+        entry: u32,
+        bus_address: u64,
+    ) -> Result<(), ProbeError> {
+        let missing = ProbeError::MttNotMapped { entry };
+        let address = u64::from(entry)
+            .checked_mul(entry_size)
+            .and_then(|o| o.checked_add(mtt_base))
+            .ok_or(missing)?;
+        let chunk = self
+            .icm
+            .iter_from(0)
+            .find(|c| {
+                let size = c.pages() << ICM_PAGE_SHIFT;
+                c.mapped
+                    && address >= c.icm_address
+                    && address.saturating_add(entry_size) <= c.icm_address.saturating_add(size)
+            })
+            .ok_or(missing)?;
+        let offset = usize::try_from(address - chunk.icm_address).map_err(|_| missing)?;
+        let value = (bus_address | MTT_PRESENT).to_be_bytes();
+        if p.write(&chunk.block, offset, &value) {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+
+    /// Opens port `port`: QUERY_PORT, SET_PORT (the IB layout, `mlx4_ib_SET_PORT`),
+    /// INIT_PORT. By events.
+    fn init_port<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        port: u8,
+        config: &ProbeConfig,
+    ) -> Result<PortCaps, ProbeError> {
+        let mut out = [0u8; PortCaps::OUT_SIZE];
+        let outbox = self.outbox.as_ref().ok_or(ProbeError::MailboxAccess)?;
+        let cmd = Command::new(opcode::QUERY_PORT)
+            .in_modifier(port.into())
+            .out_param(outbox.bus_address);
+        self.exec_event(p, Step::QueryPort(port), cmd)?;
+        let outbox = self.outbox.as_ref().ok_or(ProbeError::MailboxAccess)?;
+        if !p.read(&outbox.block, 0, &mut out) {
+            return Err(ProbeError::MailboxAccess);
+        }
+        let caps = PortCaps::parse(port, &out).map_err(ProbeError::InvalidCap)?;
+
+        let mut inbox = [0u8; set_port::IN_SIZE];
+        Mailbox(&mut inbox[..]).set_u32(set_port::CAPABILITY_MASK, config.ib_cap_mask);
+        self.write_inbox(p, &inbox)?;
+        let cmd = Command::new(opcode::SET_PORT)
+            .in_param(self.inbox_address())
+            .in_modifier(port.into())
+            .op_modifier(set_port::IB_OPCODE);
+        self.exec_event(p, Step::SetPort(port), cmd)?;
+
+        let cmd = Command::new(opcode::INIT_PORT).in_modifier(port.into());
+        self.exec_event(p, Step::InitPort(port), cmd)?;
+        if let Some(up) = self.ports_up.get_mut(usize::from(port) - 1) {
+            *up = true;
+        }
+        Ok(caps)
+    }
+
+    /// Runs a command to completion by its command EQE (`mlx4_cmd_wait`): posts it with
+    /// a token, then walks the EQ until the EQE with that token comes, or the command's
+    /// timeout passes (then the interface is wedged, as after a polled timeout).
+    fn exec_event<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        step: Step,
+        cmd: Command,
+    ) -> Result<u64, ProbeError> {
+        let failed = |error| ProbeError::Command { step, error };
+        self.cmd.post_event(p, &cmd).map_err(failed)?;
+        let start = p.now_us();
+        loop {
+            if let Some(result) = self.drain_eq(p)? {
+                return result.map_err(failed);
+            }
+            if p.now_us().saturating_sub(start) >= cmd.timeout_us {
+                // One last look, as after a polled timeout.
+                if let Some(result) = self.drain_eq(p)? {
+                    return result.map_err(failed);
+                }
+                return Err(failed(self.cmd.abandon_event()));
+            }
+            p.relax();
+        }
+    }
+
+    /// Consumes every EQE the device has written (`mlx4_eq_int`): a command completion
+    /// goes to the command interface, which refuses a stale token; anything else is
+    /// counted as an async event. Re-arms the EQ after consuming. Returns the waiting
+    /// command's outcome if its EQE was among them.
+    fn drain_eq<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+    ) -> Result<Option<Result<u64, CmdError>>, ProbeError> {
+        let Some(eq) = self.eq.as_mut() else {
+            return Ok(None);
+        };
+        let mut outcome = None;
+        let mut consumed = false;
+        while let Some(event) = eq.next(p).map_err(|_| ProbeError::EqAccess)? {
+            consumed = true;
+            match event {
+                EqEvent::Command {
+                    token,
+                    status,
+                    out_param,
+                } => {
+                    // A stale token is refused and counted by the interface; the
+                    // waiting command waits on.
+                    if let Ok((_, result)) = self.cmd.complete_event(token, status, out_param) {
+                        outcome = Some(result);
+                    }
+                }
+                other => {
+                    self.async_events = self.async_events.saturating_add(1);
+                    self.last_async_event = Some(other);
+                }
+            }
+        }
+        if consumed {
+            eq.set_ci(p, true);
+        }
+        Ok(outcome)
+    }
+
+    /// Runs a command after the probe: by events once the setup switched to them,
+    /// by polling otherwise. `step` names it in the error.
+    pub fn command<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        step: Step,
+        cmd: Command,
+    ) -> Result<u64, ProbeError> {
+        if self.cmd.uses_events() {
+            self.exec_event(p, step, cmd)
+        } else {
+            self.cmd
+                .exec_imm(p, &cmd)
+                .map_err(|error| ProbeError::Command { step, error })
+        }
+    }
+
+    /// Consumes the EQEs the device has written since (the interrupt handler's walk).
+    pub fn poll_events<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<(), ProbeError> {
+        self.drain_eq(p).map(|_| ())
+    }
+
+    /// Async events (not command completions) the EQ has delivered.
+    pub fn async_events(&self) -> u32 {
+        self.async_events
+    }
+
+    /// The last async event the EQ delivered (nothing dispatches them yet).
+    pub fn last_async_event(&self) -> Option<EqEvent> {
+        self.last_async_event
+    }
+
+    /// The driver's UAR page index, once set up.
+    pub fn driver_uar(&self) -> Option<u32> {
+        self.driver_uar
+    }
+
+    /// Which ports INIT_PORT opened.
+    pub fn ports_up(&self) -> [bool; MAX_PORTS] {
+        self.ports_up
+    }
+
+    /// Allocates a protection domain number (`mlx4_pd_alloc`).
+    pub fn alloc_pd(&mut self) -> Option<u32> {
+        self.pds.as_mut()?.alloc()
+    }
+
+    /// Frees a protection domain number; false if it was not allocated.
+    pub fn free_pd(&mut self, pd: u32) -> bool {
+        self.pds.as_mut().is_some_and(|t| t.free(pd))
+    }
+
+    /// Undoes the setup, in reverse; returns the blocks leaked (the device may still
+    /// write them).
+    pub(super) fn release_setup<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        failure: &mut Option<(Step, CmdError)>,
+    ) -> usize {
+        // `mlx4_cmd_use_polling`: the teardown does not need the interrupt path.
+        self.cmd.use_polling();
+        for index in (0..MAX_PORTS).rev() {
+            if self.ports_up.get(index) == Some(&true) {
+                let port = index as u8 + 1;
+                let cmd = Command::new(opcode::CLOSE_PORT).in_modifier(port.into());
+                if let Err(error) = self.cmd.exec(p, &cmd) {
+                    note(failure, Step::ClosePort(port), error);
+                }
+                if let Some(up) = self.ports_up.get_mut(index) {
+                    *up = false;
+                }
+            }
+        }
+
+        let mut leaked = 0;
+        if let Some(mut eq) = self.eq.take() {
+            // `mlx4_free_eq_table`'s MAP_EQ unmap, then `mlx4_free_eq`'s HW2SW_EQ.
+            if eq.mapped_events != 0 {
+                let cmd = Command::new(opcode::MAP_EQ)
+                    .in_param(eq.mapped_events)
+                    .in_modifier(MAP_EQ_UNMAP | eq.eqn);
+                if let Err(error) = self.cmd.exec(p, &cmd) {
+                    note(failure, Step::UnmapEq, error);
+                }
+                eq.mapped_events = 0;
+            }
+            let mut device_keeps = false;
+            if eq.in_hardware {
+                let cmd = Command::new(opcode::HW2SW_EQ)
+                    .op_modifier(1)
+                    .in_modifier(eq.eqn);
+                if let Err(error) = self.cmd.exec(p, &cmd) {
+                    note(failure, Step::Hw2SwEq, error);
+                    device_keeps = true;
+                }
+                eq.in_hardware = false;
+            }
+            while let Some(page) = eq.pop_page() {
+                if device_keeps {
+                    leaked += leak_page(page);
+                } else {
+                    p.free(page.block);
+                }
+            }
+            let (first, count) = eq.mtt;
+            if count > 0 {
+                if let Some(mtts) = self.mtts.as_mut() {
+                    mtts.free_range(first, count);
+                }
+            }
+            if let Some(eqns) = self.eqns.as_mut() {
+                eqns.free(eq.eqn);
+            }
+        }
+        self.eqns = None;
+        self.mtts = None;
+        self.pds = None;
+        if let (Some(uar), Some(uars)) = (self.driver_uar.take(), self.uars.as_mut()) {
+            uars.free(uar);
+        }
+        self.uars = None;
+        leaked
+    }
+}
+
+fn leak_page<B>(page: EqPage<B>) -> usize {
+    leak(super::memory::Chunk {
+        block: page.block,
+        bus_address: page.bus_address,
+        log_pages: 0,
+        icm_address: 0,
+        mapped: true,
+    })
+}
