@@ -1108,13 +1108,19 @@ fn write_inline_segments(payload: &mut [u8], start: usize, data: &[u8]) -> Optio
     let mut left = data;
     let mut offset = start;
     while !left.is_empty() {
-        let (header, body) = rest.split_at_mut_checked(size_of::<InlineSeg>())?;
+        // (`split_first_chunk_mut`, not `split_at_mut_checked`: the oldest kernel's Rust
+        // is 1.78.)
+        let (header, body) = rest.split_first_chunk_mut::<{ size_of::<InlineSeg>() }>()?;
         // Offsets inside one WQE (at most 1 KiB): wrapping never happens.
         let room =
             InlineSeg::ALIGN - offset.wrapping_add(size_of::<InlineSeg>()) % InlineSeg::ALIGN;
         let take = room.min(left.len());
         let (chunk, tail) = left.split_at(take);
-        let (into, after) = body.split_at_mut_checked(take)?;
+        if take > body.len() {
+            return None;
+        }
+        // Within `body`: checked above, so the split has no panic path left.
+        let (into, after) = body.split_at_mut(take);
         into.copy_from_slice(chunk);
         if starts_block(offset) {
             held_back = true;
