@@ -881,39 +881,19 @@ struct ControlWords {
 /// control segment of `wr`.
 #[inline(always)]
 fn control_words(shape: &Shape, wr: &SendWr<'_>, srcrb: u32, imm: u32) -> ControlWords {
-    // A mask of 3 bits indexes 8 entries: no bounds check, no panic path.
-    let (flag_bits, fence) = FLAG_WORDS[usize::from(wr.flags.bits() & 7)];
+    // Each flag becomes its control-segment bits by a multiply of its 0-or-1 value: no
+    // branch, and no table (which the kernel build would reach by a section-relative
+    // relocation that the machine-code comparison between kernels cannot follow).
+    let flag = |f: SendFlags| u32::from(wr.flags.contains(f));
     ControlWords {
-        srcrb: srcrb | flag_bits | shape.signal_all_bits,
+        srcrb: srcrb
+            | (flag(SendFlags::SIGNALED) * CtrlSeg::CQ_UPDATE)
+            | (flag(SendFlags::SOLICITED) * CtrlSeg::SOLICITED)
+            | shape.signal_all_bits,
         imm,
-        fence,
+        fence: flag(SendFlags::FENCE) as u8 * CtrlSeg::FENCE,
     }
 }
-
-/// `srcrb_flags` bits and the fence bit for each combination of the three
-/// [`SendFlags`] (their bits 0..3): one load instead of a test per flag.
-const FLAG_WORDS: [(u32, u8); 8] = {
-    let mut table = [(0, 0); 8];
-    let mut bits = 0;
-    while bits < 8 {
-        let flags = SendFlags::from_bits_truncate(bits as u8);
-        let mut srcrb = 0;
-        if flags.contains(SendFlags::SIGNALED) {
-            srcrb |= CtrlSeg::CQ_UPDATE;
-        }
-        if flags.contains(SendFlags::SOLICITED) {
-            srcrb |= CtrlSeg::SOLICITED;
-        }
-        let fence = if flags.contains(SendFlags::FENCE) {
-            CtrlSeg::FENCE
-        } else {
-            0
-        };
-        table[bits] = (srcrb, fence);
-        bits += 1;
-    }
-    table
-};
 
 /// The bytes inline data of `len` takes when it starts at WQE offset `start`: one 4-byte
 /// header per segment, a new segment at each 64-byte boundary (`MLX4_INLINE_ALIGN`).
