@@ -97,6 +97,7 @@ impl<B> Mlx4Core<B> {
         let eqns = IdBitmap::new(layout.num_eqs.into(), caps.reserved_eqs.into())
             .map_err(|_| exhausted(Step::Tables))?;
         self.eqns = Some(eqns);
+        self.init_object_tables(caps, layout)?;
 
         let async_eqn = self.create_async_eq(p, caps, layout)?;
 
@@ -454,6 +455,7 @@ impl<B> Mlx4Core<B> {
                 eqns.free(eq.eqn);
             }
         }
+        self.drop_object_tables();
         self.eqns = None;
         self.mtts = None;
         self.pds = None;

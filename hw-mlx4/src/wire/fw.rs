@@ -446,6 +446,8 @@ pub mod qp_context {
     pub const PARAMS2_RRE: u32 = 1 << 15;
     pub const PARAMS2_RWE: u32 = 1 << 14;
     pub const PARAMS2_RAE: u32 = 1 << 13;
+    /// The three together.
+    pub const PARAMS2_ACCESS: u32 = PARAMS2_RRE | PARAMS2_RWE | PARAMS2_RAE;
     /// `SRQN`'s bit that says "receives come from an SRQ".
     pub const SRQN_USE_SRQ: u32 = 1 << 24;
     /// `MLX4_IB_DEFAULT_SCHED_QUEUE`, with the port bit (6) clear.
