@@ -40,7 +40,7 @@ pub const DEMAND_CHUNKS: usize = 32;
 const TABLE_CHUNK_SIZE: u64 = (ICM_PAGE_SIZE as u64) << MAX_CHUNK_LOG_PAGES;
 /// Capacity of the CQ, QP and MPT number tables, in 64-bit words.
 pub(super) const CQN_WORDS: usize = 8;
-pub(super) const QPN_WORDS: usize = 8;
+pub(super) const QPN_WORDS: usize = 64;
 pub(super) const MPT_WORDS: usize = 8;
 /// Special QPs: QP0 and QP1 of each port, and the proxies, 8 from the base
 /// (`mlx4_init_qp_table`).
@@ -226,6 +226,8 @@ pub struct QueuePair<B> {
     pub state: QpState,
     mtt: Option<Mtt>,
     icm: bool,
+    /// Its number belongs to a range reserved by [`Mlx4Core::reserve_qp_range`].
+    from_range: bool,
 }
 
 /// The path and parameters INIT2RTR gives a QP.
@@ -1087,20 +1089,58 @@ impl<B> Mlx4Core<B> {
         p: &mut P,
         config: QpConfig,
     ) -> Result<QueuePair<B>, ProbeError> {
-        let step = Step::QpMemory;
-        let (caps, _) = self.device()?;
-        let sq_ok = (6..=11).contains(&config.log_sq_stride) && config.log_sq_entries <= 15;
-        let rq_ok = (4..=11).contains(&config.log_rq_stride) && config.log_rq_entries <= 15;
-        let fits = (1u32 << config.log_sq_entries) <= caps.max_qp_size
-            && (1u32 << config.log_rq_entries) <= caps.max_qp_size;
-        if !(sq_ok && rq_ok && fits) {
-            return Err(exhausted(step));
-        }
+        Self::check_qp_config(&self.device()?.0, &config)?;
         let qpn = self
             .qpns
             .as_mut()
             .and_then(IdBitmap::alloc)
             .ok_or(exhausted(step))?;
+        self.create_qp_numbered(p, qpn, false, config)
+    }
+
+    /// `mlx4_qp_reserve_range`: `count` QP numbers aligned to `align` (RSS ranges, or
+    /// any QP whose number the caller picks); `None` when none is left.
+    pub fn reserve_qp_range(&mut self, count: u32, align: u32) -> Option<u32> {
+        self.qpns.as_mut()?.alloc_range(count, align)
+    }
+
+    /// `mlx4_qp_release_range`.
+    pub fn release_qp_range(&mut self, first: u32, count: u32) -> bool {
+        self.qpns.as_mut().is_some_and(|t| t.free_range(first, count))
+    }
+
+    /// A QP with number `qpn` from a range [`Mlx4Core::reserve_qp_range`] gave; the
+    /// number stays reserved after the QP is destroyed.
+    pub fn create_qp_in_range<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        qpn: u32,
+        config: QpConfig,
+    ) -> Result<QueuePair<B>, ProbeError> {
+        Self::check_qp_config(&self.device()?.0, &config)?;
+        self.create_qp_numbered(p, qpn, true, config)
+    }
+
+    fn check_qp_config(caps: &DevCaps, config: &QpConfig) -> Result<(), ProbeError> {
+        let step = Step::QpMemory;
+        let sq_ok = (6..=11).contains(&config.log_sq_stride) && config.log_sq_entries <= 15;
+        let rq_ok = (4..=11).contains(&config.log_rq_stride) && config.log_rq_entries <= 15;
+        let fits = (1u32 << config.log_sq_entries) <= caps.max_qp_size
+            && (1u32 << config.log_rq_entries) <= caps.max_qp_size;
+        if sq_ok && rq_ok && fits {
+            Ok(())
+        } else {
+            Err(exhausted(step))
+        }
+    }
+
+    fn create_qp_numbered<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        qpn: u32,
+        from_range: bool,
+        config: QpConfig,
+    ) -> Result<QueuePair<B>, ProbeError> {
         let sq_bytes = 1u64 << (config.log_sq_entries + config.log_sq_stride);
         let rq_bytes = 1u64 << (config.log_rq_entries + config.log_rq_stride);
         // The queue with the larger stride first, so each starts at a multiple of its
@@ -1120,6 +1160,7 @@ impl<B> Mlx4Core<B> {
             state: QpState::Reset,
             mtt: None,
             icm: false,
+            from_range,
         };
         match self.prepare_qp(p, &mut qp, sq_bytes.saturating_add(rq_bytes)) {
             Ok(()) => Ok(qp),
@@ -1395,8 +1436,10 @@ impl<B> Mlx4Core<B> {
                 }
             }
         }
-        if let Some(t) = self.qpns.as_mut() {
-            t.free(qp.qpn);
+        if !qp.from_range {
+            if let Some(t) = self.qpns.as_mut() {
+                t.free(qp.qpn);
+            }
         }
         done(first)
     }
