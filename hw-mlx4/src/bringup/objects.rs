@@ -1094,7 +1094,7 @@ impl<B> Mlx4Core<B> {
             .qpns
             .as_mut()
             .and_then(IdBitmap::alloc)
-            .ok_or(exhausted(step))?;
+            .ok_or(exhausted(Step::QpMemory))?;
         self.create_qp_numbered(p, qpn, false, config)
     }
 
