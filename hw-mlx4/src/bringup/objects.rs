@@ -436,7 +436,8 @@ impl<B> Mlx4Core<B> {
         index: u64,
         count: u64,
     ) -> Result<(), ProbeError> {
-        let (first, last) = Self::chunk_range(span, entry_size, index, count).ok_or(exhausted(step))?;
+        let (first, last) =
+            Self::chunk_range(span, entry_size, index, count).ok_or(exhausted(step))?;
         let mut chunk = first;
         while chunk <= last {
             if let Err(e) = self.chunk_get(p, step, span, chunk) {
@@ -649,7 +650,10 @@ impl<B> Mlx4Core<B> {
     ) -> Result<Mtt, ProbeError> {
         let step = Step::Mtt;
         let (caps, layout) = self.device()?;
-        let count = count.max(1).checked_next_power_of_two().ok_or(exhausted(step))?;
+        let count = count
+            .max(1)
+            .checked_next_power_of_two()
+            .ok_or(exhausted(step))?;
         let first = self
             .mtts
             .as_mut()
@@ -734,7 +738,13 @@ impl<B> Mlx4Core<B> {
             .icm
             .iter_from(0)
             .find(|c| holds(c))
-            .or_else(|| self.demand.iter().flatten().map(|d| &d.chunk).find(|c| holds(c)))
+            .or_else(|| {
+                self.demand
+                    .iter()
+                    .flatten()
+                    .map(|d| &d.chunk)
+                    .find(|c| holds(c))
+            })
             .ok_or(missing)?;
         let offset = usize::try_from(address - chunk.icm_address).map_err(|_| missing)?;
         let value = (bus_address | MTT_PRESENT).to_be_bytes();
@@ -819,7 +829,14 @@ impl<B> Mlx4Core<B> {
         let step = Step::Sw2HwMpt;
         let (caps, layout) = self.device()?;
         let span = self.span(Resource::Dmpt, &caps, &layout);
-        self.table_get(p, step, span, caps.entry_sizes.dmpt.into(), mr.index.into(), 1)?;
+        self.table_get(
+            p,
+            step,
+            span,
+            caps.entry_sizes.dmpt.into(),
+            mr.index.into(),
+            1,
+        )?;
         mr.icm = true;
 
         let mut entry = [0u8; mpt_entry::SIZE];
@@ -875,7 +892,8 @@ impl<B> Mlx4Core<B> {
         if mr.icm {
             let (caps, layout) = self.device()?;
             let span = self.span(Resource::Dmpt, &caps, &layout);
-            if let Err(e) = self.table_put(p, span, caps.entry_sizes.dmpt.into(), mr.index.into(), 1)
+            if let Err(e) =
+                self.table_put(p, span, caps.entry_sizes.dmpt.into(), mr.index.into(), 1)
             {
                 keep(&mut first, e);
             }
@@ -1000,8 +1018,14 @@ impl<B> Mlx4Core<B> {
         self.table_get(p, step, span, caps.entry_sizes.cqc.into(), cq.cqn.into(), 1)?;
         cq.icm = true;
         let cmpt = Self::cmpt_span(2, layout.num_cqs.into(), &caps, &layout);
-        if let Err(e) = self.table_get(p, step, cmpt, caps.entry_sizes.cmpt.into(), cq.cqn.into(), 1)
-        {
+        if let Err(e) = self.table_get(
+            p,
+            step,
+            cmpt,
+            caps.entry_sizes.cmpt.into(),
+            cq.cqn.into(),
+            1,
+        ) {
             let _ = self.table_put(p, span, caps.entry_sizes.cqc.into(), cq.cqn.into(), 1);
             cq.icm = false;
             return Err(e);
@@ -1065,7 +1089,8 @@ impl<B> Mlx4Core<B> {
         if cq.icm {
             let (caps, layout) = self.device()?;
             let cmpt = Self::cmpt_span(2, layout.num_cqs.into(), &caps, &layout);
-            if let Err(e) = self.table_put(p, cmpt, caps.entry_sizes.cmpt.into(), cq.cqn.into(), 1) {
+            if let Err(e) = self.table_put(p, cmpt, caps.entry_sizes.cmpt.into(), cq.cqn.into(), 1)
+            {
                 keep(&mut first, e);
             }
             let span = self.span(Resource::Cqc, &caps, &layout);
@@ -1106,7 +1131,9 @@ impl<B> Mlx4Core<B> {
 
     /// `mlx4_qp_release_range`.
     pub fn release_qp_range(&mut self, first: u32, count: u32) -> bool {
-        self.qpns.as_mut().is_some_and(|t| t.free_range(first, count))
+        self.qpns
+            .as_mut()
+            .is_some_and(|t| t.free_range(first, count))
     }
 
     /// A QP with number `qpn` from a range [`Mlx4Core::reserve_qp_range`] gave; the
@@ -1187,7 +1214,11 @@ impl<B> Mlx4Core<B> {
             (t(Resource::Qpc), sizes.qpc.into(), 1),
             (t(Resource::Auxc), sizes.auxc.into(), 1),
             (t(Resource::Altc), sizes.altc.into(), 1),
-            (t(Resource::Rdmarc), u64::from(sizes.rdmarc).saturating_mul(rd), 1),
+            (
+                t(Resource::Rdmarc),
+                u64::from(sizes.rdmarc).saturating_mul(rd),
+                1,
+            ),
             (
                 Self::cmpt_span(0, layout.num_qps.into(), caps, layout),
                 sizes.cmpt.into(),
@@ -1214,12 +1245,24 @@ impl<B> Mlx4Core<B> {
             }
         }
         qp.icm = true;
-        let log_bytes = bytes
-            .checked_next_power_of_two()
-            .map_or(64, u64::ilog2);
+        let log_bytes = bytes.checked_next_power_of_two().map_or(64, u64::ilog2);
         let log_pages = log_bytes.saturating_sub(ICM_PAGE_SHIFT);
         let buffer = Self::alloc_queue_memory(p, Step::QueueMemory, log_pages)?;
         let (address, pages) = (buffer.bus_address, buffer.log_pages);
+        // Every send WQE software-owned on lap 0 (owner bit set), before the device can
+        // look (`mlx4_ib`'s `RESET -> INIT` ownership init): a zeroed WQE would read as
+        // one posted.
+        let stride = 1usize << qp.config.log_sq_stride;
+        for index in 0..1usize << qp.config.log_sq_entries {
+            let at = usize::try_from(qp.sq_offset)
+                .ok()
+                .and_then(|o| o.checked_add(index.checked_mul(stride)?));
+            let written = at.is_some_and(|at| p.write(&buffer.block, at, &[0x80]));
+            if !written {
+                p.free(buffer.block);
+                return Err(ProbeError::MailboxAccess);
+            }
+        }
         qp.buffer = Some(buffer);
         qp.doorbell = Some(Self::alloc_queue_memory(p, Step::QueueMemory, 0)?);
         qp.mtt = Some(self.queue_mtt(p, address, pages)?);
@@ -1312,9 +1355,15 @@ impl<B> Mlx4Core<B> {
         let mut mailbox = self.qp_base_context(qp, path.port, uar)?;
         let (_, context) = mailbox.split_at_mut(qp_context::MAILBOX_OFFSET);
         let mut m = Mailbox(context);
-        m.set_u8(qp_context::PRI_PATH + qp_context::PATH_PKEY_INDEX, path.pkey_index);
+        m.set_u8(
+            qp_context::PRI_PATH + qp_context::PATH_PKEY_INDEX,
+            path.pkey_index,
+        );
         match qp.config.transport {
-            QpTransport::Rc => m.set_u32(qp_context::PARAMS2, path.remote_access & qp_context::PARAMS2_ACCESS),
+            QpTransport::Rc => m.set_u32(
+                qp_context::PARAMS2,
+                path.remote_access & qp_context::PARAMS2_ACCESS,
+            ),
             QpTransport::Ud => m.set_u32(qp_context::QKEY, path.qkey),
         }
         self.modify_qp(p, qp, opcode::RST2INIT_QP, &mailbox, QpState::Init)
@@ -1335,15 +1384,24 @@ impl<B> Mlx4Core<B> {
         let mut mailbox = self.qp_base_context(qp, path.port, uar)?;
         let (header, context) = mailbox.split_at_mut(qp_context::MAILBOX_OFFSET);
         let mut m = Mailbox(context);
-        m.set_u8(qp_context::PRI_PATH + qp_context::PATH_PKEY_INDEX, path.pkey_index);
+        m.set_u8(
+            qp_context::PRI_PATH + qp_context::PATH_PKEY_INDEX,
+            path.pkey_index,
+        );
         let optpar = match qp.config.transport {
             QpTransport::Rc => {
                 m.set_u32(qp_context::REMOTE_QPN, path.remote_qpn & 0x00ff_ffff);
                 m.set_u16(qp_context::PRI_PATH + qp_context::PATH_RLID, path.dlid);
                 // ACK timeout 14 (about 67 ms) in bits 3..8.
                 m.set_u8(qp_context::PRI_PATH + qp_context::PATH_ACKTO, 14 << 3);
-                m.set_u32(qp_context::RNR_NEXTRECVPSN, (12 << 24) | (path.rq_psn & 0x00ff_ffff));
-                m.set_u32(qp_context::PARAMS2, path.remote_access & qp_context::PARAMS2_ACCESS);
+                m.set_u32(
+                    qp_context::RNR_NEXTRECVPSN,
+                    (12 << 24) | (path.rq_psn & 0x00ff_ffff),
+                );
+                m.set_u32(
+                    qp_context::PARAMS2,
+                    path.remote_access & qp_context::PARAMS2_ACCESS,
+                );
                 qp_optpar::ACCESS
             }
             QpTransport::Ud => {
@@ -1445,7 +1503,10 @@ impl<B> Mlx4Core<B> {
     }
 
     /// `mlx4_CONF_SPECIAL_QP`: the special QPs from `base_sqpn` (`mlx4_init_qp_table`).
-    pub fn conf_special_qps<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<u32, ProbeError> {
+    pub fn conf_special_qps<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+    ) -> Result<u32, ProbeError> {
         let cmd = Command::new(opcode::CONF_SPECIAL_QP).in_modifier(self.base_sqpn);
         self.command(p, Step::ConfSpecialQp, cmd)?;
         Ok(self.base_sqpn)

@@ -24,11 +24,11 @@ use super::bitmap::IdBitmap;
 use super::caps::{AdapterInfo, DevCaps, FwInfo, InvalidCap, PortCaps};
 use super::cmd::{CmdError, Command, CommandEdge, CommandInterface};
 use super::eq::{EventEdge, EventQueue};
-use super::objects::{DemandChunk, CQN_WORDS, DEMAND_CHUNKS, MPT_WORDS, QPN_WORDS};
 use super::memory::{
     alloc_area, AllocError, Chunk, Chunks, HostMemory, ICM_PAGE_SHIFT, ICM_PAGE_SIZE,
     MAX_CHUNK_LOG_PAGES,
 };
+use super::objects::{DemandChunk, CQN_WORDS, DEMAND_CHUNKS, MPT_WORDS, QPN_WORDS};
 use super::profile::{icm_tables, make_profile, IcmLayout, Profile, ProfileError, Resource};
 
 /// The most chunks of firmware area the driver holds (16 MiB in 256 KiB chunks).

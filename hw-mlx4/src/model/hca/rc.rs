@@ -35,8 +35,8 @@ mod perm {
 
 pub(super) mod mpt_flags {
     pub use crate::wire::fw::mpt_entry::{
-        FLAG_FREE as FREE, FLAG_PHYSICAL as PHYSICAL, PD_FLAG_FAST_REG as PD_FAST_REG,
-        PERM_MASK, STATE_MASK,
+        FLAG_FREE as FREE, FLAG_PHYSICAL as PHYSICAL, PD_FLAG_FAST_REG as PD_FAST_REG, PERM_MASK,
+        STATE_MASK,
     };
 }
 
