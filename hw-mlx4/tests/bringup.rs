@@ -1624,3 +1624,339 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
     core.teardown(&mut p).expect("teardown");
     assert_released(&mut p);
 }
+
+/// Data pages the failure tests' MR names (never touched: the model checks no page).
+const MR_PAGES: [u64; 2] = [BASE + SIZE as u64 - 0x4000, BASE + SIZE as u64 - 0x3000];
+/// A QP number in the third 256 KiB chunk of the QP context table (1024 contexts of
+/// 256 bytes each per chunk): its contexts are mapped on demand.
+const FAR_QP_ALIGN: u32 = 2048;
+
+/// An MR, a CQ and an RC QP at a number whose ICM is mapped on demand, connected to
+/// itself; then all destroyed. Each failure unwinds what was made before it.
+fn build_and_destroy(
+    p: &mut Platform,
+    core: &mut Mlx4Core<Block>,
+    pd: u32,
+    eqn: u32,
+    uar: u32,
+) -> Result<(), ProbeError> {
+    let region = PageRegion {
+        iova: 0x1000,
+        length: 0x2000,
+        pages: &MR_PAGES,
+        page_shift: 12,
+    };
+    let mr = core.create_page_mr(p, pd, MrAccess::ALL, &region)?;
+    let cq = match core.create_cq(p, 6, eqn, uar) {
+        Ok(cq) => cq,
+        Err(e) => {
+            core.destroy_mr(p, mr).expect("MR destroyed");
+            return Err(e);
+        }
+    };
+    let qpn = core.reserve_qp_range(1, FAR_QP_ALIGN).expect("a QP number");
+    assert_eq!(qpn % FAR_QP_ALIGN, 0);
+    let undo = |p: &mut Platform, core: &mut Mlx4Core<Block>, cq, mr| {
+        core.destroy_cq(p, cq).expect("CQ destroyed");
+        core.destroy_mr(p, mr).expect("MR destroyed");
+        assert!(core.release_qp_range(qpn, 1));
+    };
+    let mut qp = match core.create_qp_in_range(p, qpn, rc_config(pd, cq.cqn)) {
+        Ok(qp) => qp,
+        Err(e) => {
+            undo(p, core, cq, mr);
+            return Err(e);
+        }
+    };
+    let connected = connect(p, core, &mut qp, qpn, uar);
+    core.destroy_qp(p, qp).expect("QP destroyed");
+    undo(p, core, cq, mr);
+    connected
+}
+
+#[test]
+fn icm_is_mapped_on_demand_and_unmapped_when_its_last_user_goes() {
+    let (mut p, mut core) = probed();
+    let uar = core.driver_uar().unwrap();
+    let pd = core.alloc_pd().unwrap();
+    let before = p.hca.resources();
+    let outstanding = p.memory.outstanding.len();
+
+    // Low numbers live in the chunks the probe mapped: nothing is mapped for them.
+    let cq = core.create_cq(&mut p, 6, 4, uar).expect("CQ");
+    let near = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP");
+    assert_eq!(core.demand_chunks(), 0);
+    assert!(!p.posted.contains(&opcode::MAP_ICM));
+
+    // A QP far up the table: its QPC, ALTC and RDMARC chunks are mapped for it.
+    let first = core.reserve_qp_range(2, FAR_QP_ALIGN).unwrap();
+    p.posted.clear();
+    let mut far = core
+        .create_qp_in_range(&mut p, first, rc_config(pd, cq.cqn))
+        .expect("far QP");
+    let mapped = core.demand_chunks();
+    assert!(mapped >= 1, "the QP context's chunk at least");
+    let map_icms = p.posted.iter().filter(|&&op| op == opcode::MAP_ICM).count();
+    assert_eq!(map_icms, mapped);
+    assert_eq!(
+        p.hca.resources().icm_chunks,
+        before.icm_chunks + mapped,
+        "the device holds them"
+    );
+    // Its context is in ICM now: the firmware takes it.
+    core.qp_to_init(&mut p, &mut far, &rc_path(first), uar)
+        .expect("RST2INIT");
+    // A second user of the same chunks maps nothing more.
+    p.posted.clear();
+    let second = core
+        .create_qp_in_range(&mut p, first + 1, rc_config(pd, cq.cqn))
+        .expect("second far QP");
+    assert!(!p.posted.contains(&opcode::MAP_ICM));
+    assert_eq!(core.demand_chunks(), mapped);
+
+    // The first goes: the chunks stay; the last goes: UNMAP_ICM for each.
+    p.posted.clear();
+    core.destroy_qp(&mut p, far).expect("destroy far");
+    assert!(!p.posted.contains(&opcode::UNMAP_ICM));
+    core.destroy_qp(&mut p, second).expect("destroy second");
+    let unmaps = p
+        .posted
+        .iter()
+        .filter(|&&op| op == opcode::UNMAP_ICM)
+        .count();
+    assert_eq!(unmaps, mapped);
+    assert_eq!(core.demand_chunks(), 0);
+    assert!(core.release_qp_range(first, 2));
+    core.destroy_qp(&mut p, near).expect("destroy near");
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    assert_eq!(p.hca.resources(), before);
+    assert_eq!(p.memory.outstanding.len(), outstanding);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+
+    // Chunks still mapped at teardown are unmapped after CLOSE_HCA.
+    let first = core.reserve_qp_range(1, FAR_QP_ALIGN).unwrap();
+    let cq = core.create_cq(&mut p, 6, 4, uar).expect("CQ");
+    let kept = core
+        .create_qp_in_range(&mut p, first, rc_config(pd, cq.cqn))
+        .expect("far QP");
+    assert!(core.demand_chunks() > 0);
+    // The IB layer would destroy them; a teardown without that still frees the ICM.
+    std::mem::forget((kept, cq));
+    core.teardown(&mut p).expect("teardown");
+    assert_eq!(p.hca.resources(), Hca::new().resources());
+}
+
+/// Every command of the creation, refused by the firmware, is a named error, and what
+/// was made before it is undone: the device and the memory end as before.
+#[test]
+fn each_creation_command_refused_unwinds_with_nothing_leaked() {
+    let status = CmdStatus::BadResourceState;
+    for (op, skip) in [
+        (opcode::SW2HW_MPT, 0),
+        (opcode::SW2HW_CQ, 0),
+        (opcode::MAP_ICM, 0),
+        (opcode::MAP_ICM, 1),
+        (opcode::RST2INIT_QP, 0),
+        (opcode::INIT2RTR_QP, 0),
+        (opcode::RTR2RTS_QP, 0),
+    ] {
+        let (mut p, mut core) = probed();
+        let (eqn, uar) = (core.info().unwrap().async_eqn, core.driver_uar().unwrap());
+        let pd = core.alloc_pd().unwrap();
+        let before = p.hca.resources();
+        let outstanding = p.memory.outstanding.len();
+        build_and_destroy(&mut p, &mut core, pd, eqn, uar).expect("builds unrefused");
+        assert_eq!(p.hca.resources(), before);
+
+        p.inject = Some((op, skip, Injection::Status(status as u8)));
+        let error = build_and_destroy(&mut p, &mut core, pd, eqn, uar).unwrap_err();
+        let ProbeError::Command { error, .. } = error else {
+            panic!("{op:#x}: {error:?}");
+        };
+        assert_eq!(
+            error,
+            CmdError::Failed { opcode: op, status },
+            "{op:#x} #{skip}"
+        );
+        assert!(p.inject.is_none(), "{op:#x} #{skip} was reached");
+        assert_eq!(p.hca.resources(), before, "{op:#x} #{skip}");
+        assert_eq!(p.memory.outstanding.len(), outstanding, "{op:#x} #{skip}");
+        assert_eq!((core.demand_chunks(), core.leaked_blocks()), (0, 0));
+        // Only the refused command is a driver error (the model logs refusals).
+        assert!(p.driver_errors().len() <= 1);
+        core.teardown(&mut p).expect("teardown");
+        assert_released(&mut p);
+    }
+}
+
+#[test]
+fn running_out_of_memory_while_creating_unwinds_with_nothing_leaked() {
+    let mut n = 0;
+    loop {
+        let (mut p, mut core) = probed();
+        let (eqn, uar) = (core.info().unwrap().async_eqn, core.driver_uar().unwrap());
+        let pd = core.alloc_pd().unwrap();
+        let before = p.hca.resources();
+        let outstanding = p.memory.outstanding.len();
+        p.memory.allocs_left = Some(n);
+        let result = build_and_destroy(&mut p, &mut core, pd, eqn, uar);
+        p.memory.allocs_left = None;
+        assert_eq!(p.hca.resources(), before, "after {n} allocations");
+        assert_eq!(p.memory.outstanding.len(), outstanding);
+        assert_eq!(core.demand_chunks(), 0);
+        core.teardown(&mut p).expect("teardown");
+        assert_released(&mut p);
+        match result {
+            Ok(()) => break,
+            Err(ProbeError::Memory { .. }) => n += 1,
+            Err(other) => panic!("after {n} allocations: {other:?}"),
+        }
+    }
+    assert!(n >= 5, "CQ buffer, doorbells, QP buffer, ICM chunks: {n}");
+}
+
+/// A CQ or MPT the device will not give back keeps its memory: leaked, counted, never
+/// freed; the teardown still returns the device.
+#[test]
+fn objects_the_device_keeps_are_not_freed() {
+    let (mut p, mut core) = probed();
+    let (eqn, uar) = (core.info().unwrap().async_eqn, core.driver_uar().unwrap());
+    let pd = core.alloc_pd().unwrap();
+    let cq = core.create_cq(&mut p, 6, eqn, uar).expect("CQ");
+    let mr = core.create_dma_mr(&mut p, pd, MrAccess::LOCAL).expect("MR");
+    let outstanding = p.memory.outstanding.len();
+    p.hca
+        .refuse_next(opcode::HW2SW_CQ, CmdStatus::InternalError);
+    assert!(matches!(
+        core.destroy_cq(&mut p, cq),
+        Err(ProbeError::Command {
+            step: Step::Hw2SwCq,
+            ..
+        })
+    ));
+    assert_eq!(
+        core.leaked_blocks(),
+        2,
+        "the CQE buffer and the doorbell page"
+    );
+    assert_eq!(p.memory.outstanding.len(), outstanding);
+    p.hca
+        .refuse_next(opcode::HW2SW_MPT, CmdStatus::InternalError);
+    assert!(core.destroy_mr(&mut p, mr).is_err());
+    assert_eq!(core.leaked_blocks(), 3);
+    p.driver_errors();
+    core.teardown(&mut p).expect("teardown");
+    assert_eq!(p.hca.resources(), Hca::new().resources());
+    assert_eq!(p.memory.outstanding.len(), 2, "exactly the leaked blocks");
+}
+
+/// UD QPs walk RST2INIT (Q_Key, port), INIT2RTR (Q_Key under its optional parameter),
+/// RTR2RTS; the firmware's QUERY_QP shows the state; a transition out of order is
+/// refused by the driver before the device sees it.
+#[test]
+fn a_ud_qp_walks_the_state_machine_and_back_to_reset() {
+    let (mut p, mut core) = probed();
+    let uar = core.driver_uar().unwrap();
+    let pd = core.alloc_pd().unwrap();
+    let before = p.hca.resources();
+    let cq = core.create_cq(&mut p, 6, 4, uar).expect("CQ");
+    let mut config = rc_config(pd, cq.cqn);
+    config.transport = QpTransport::Ud;
+    let mut qp = core.create_qp(&mut p, config).expect("UD QP");
+    let path = QpPath {
+        port: 2,
+        qkey: 0x1111_1111,
+        ..rc_path(0)
+    };
+    assert_eq!(
+        core.qp_to_rtr(&mut p, &mut qp, &path, uar),
+        Err(ProbeError::QpState { qpn: qp.qpn })
+    );
+    let query = |p: &mut Platform, core: &mut Mlx4Core<Block>, qpn: u32| {
+        let mut out = [0u8; 8 + 0xf8];
+        let outbox = BASE + SIZE as u64 - 0x1000;
+        core.command(
+            p,
+            Step::QpMemory,
+            Command::new(opcode::QUERY_QP)
+                .in_modifier(qpn)
+                .out_param(outbox),
+        )
+        .expect("QUERY_QP");
+        Dma::read(&p.memory, outbox, &mut out).unwrap();
+        out
+    };
+    core.qp_to_init(&mut p, &mut qp, &path, uar)
+        .expect("RST2INIT");
+    let ctx = query(&mut p, &mut core, qp.qpn);
+    assert_eq!(ctx[8] >> 4, 1, "INIT");
+    assert_eq!(ctx[8 + 1], qp_context::ST_UD, "transport");
+    assert_eq!(
+        ctx[8 + qp_context::PRI_PATH + qp_context::PATH_SCHED_QUEUE] & 0x40,
+        0x40,
+        "port 2"
+    );
+    core.qp_to_rtr(&mut p, &mut qp, &path, uar)
+        .expect("INIT2RTR");
+    core.qp_to_rts(&mut p, &mut qp, 2, 0, uar).expect("RTR2RTS");
+    let ctx = query(&mut p, &mut core, qp.qpn);
+    assert_eq!(ctx[8] >> 4, 3, "RTS");
+    let qkey = u32::from_be_bytes(ctx[8 + qp_context::QKEY..][..4].try_into().unwrap());
+    assert_eq!(qkey, 0x1111_1111);
+    core.qp_to_reset(&mut p, &mut qp).expect("2RST");
+    assert_eq!(query(&mut p, &mut core, qp.qpn)[8] >> 4, 0, "RESET");
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    core.destroy_qp(&mut p, qp).expect("destroy");
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    assert_eq!(p.hca.resources(), before);
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// MAD_IFC: Get(PortInfo) through the firmware's SMA, parsed through the typed view;
+/// CONF_SPECIAL_QP names the special QPs above the reserved ones.
+#[test]
+fn mad_ifc_answers_port_info_and_nonsense_is_refused_by_name() {
+    let (mut p, mut core) = probed();
+    let base = core.conf_special_qps(&mut p).expect("CONF_SPECIAL_QP");
+    assert_eq!(base, 64);
+    for port in 1..=2u8 {
+        let info = core.query_port_info(&mut p, port).expect("PortInfo");
+        assert_eq!(info.capability_mask, IB_CAP_MASK, "port {port}");
+        assert!((1..=5).contains(&info.state));
+        assert_eq!(info.lmc, 0);
+    }
+    // A port out of range is the firmware's BadIndex.
+    assert!(matches!(
+        core.query_port_info(&mut p, 3),
+        Err(ProbeError::Command {
+            step: Step::MadIfc(3),
+            error: CmdError::Failed {
+                status: CmdStatus::BadIndex,
+                ..
+            }
+        })
+    ));
+    p.driver_errors();
+    // Answers the view refuses, each by the field's name.
+    for (offset, value, field) in [
+        (3u64, 0x01u8, "MAD_METHOD"),
+        (1, 0x81, "MAD_MGMT_CLASS"),
+        (17, 0x11, "MAD_ATTR_ID"),
+        (5, 0x0c, "MAD_STATUS"),
+        (64 + 32, 0x0f, "PORT_INFO_PORT_STATE"),
+        (64 + 33, 0x00, "PORT_INFO_PHYS_STATE"),
+    ] {
+        p.inject = Some((
+            opcode::MAD_IFC,
+            0,
+            Injection::CorruptOutput { offset, value },
+        ));
+        match core.query_port_info(&mut p, 1) {
+            Err(ProbeError::InvalidCap(InvalidCap { field: f, .. })) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
