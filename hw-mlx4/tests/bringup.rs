@@ -1740,10 +1740,16 @@ fn icm_is_mapped_on_demand_and_unmapped_when_its_last_user_goes() {
         .create_qp_in_range(&mut p, first, rc_config(pd, cq.cqn))
         .expect("far QP");
     assert!(core.demand_chunks() > 0);
-    // The IB layer would destroy them; a teardown without that still frees the ICM.
-    std::mem::forget((kept, cq));
+    // The IB layer would destroy them; a teardown without that still frees the ICM
+    // (their own buffers and doorbell pages are the caller's to free).
+    let _abandoned = (kept, cq);
     core.teardown(&mut p).expect("teardown");
     assert_eq!(p.hca.resources(), Hca::new().resources());
+    assert_eq!(
+        p.memory.outstanding.len(),
+        4,
+        "only the dropped queues' memory"
+    );
 }
 
 /// Every command of the creation, refused by the firmware, is a named error, and what

@@ -531,7 +531,7 @@ impl<B> Mlx4Core<B> {
         let log_pages = (size >> ICM_PAGE_SHIFT).checked_ilog2().unwrap_or(0);
         let block = p.alloc(log_pages).ok_or(no_memory(step))?;
         let bus_address = p.bus_address(&block);
-        if bus_address & (size - 1) != 0 {
+        if bus_address & size.wrapping_sub(1) != 0 {
             p.free(block);
             return Err(ProbeError::Memory {
                 step,
@@ -1152,8 +1152,8 @@ impl<B> Mlx4Core<B> {
         let step = Step::QpMemory;
         let sq_ok = (6..=11).contains(&config.log_sq_stride) && config.log_sq_entries <= 15;
         let rq_ok = (4..=11).contains(&config.log_rq_stride) && config.log_rq_entries <= 15;
-        let fits = (1u32 << config.log_sq_entries) <= caps.max_qp_size
-            && (1u32 << config.log_rq_entries) <= caps.max_qp_size;
+        let fits = |log: u32| 1u32.checked_shl(log).is_some_and(|n| n <= caps.max_qp_size);
+        let fits = fits(config.log_sq_entries) && fits(config.log_rq_entries);
         if sq_ok && rq_ok && fits {
             Ok(())
         } else {
