@@ -1475,6 +1475,7 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
     let uar = core.driver_uar().unwrap();
     let before = p.hca.resources();
     let outstanding = p.memory.outstanding.len();
+    let in_use = (core.mtt_entries_in_use(), core.objects_in_use());
     let pd = core.alloc_pd().unwrap();
 
     // The local DMA lkey: a physical MR.
@@ -1621,6 +1622,7 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
     assert_eq!(p.memory.outstanding.len(), outstanding);
     assert_eq!(core.leaked_blocks(), 0);
     assert_eq!(core.demand_chunks(), 0);
+    assert_eq!((core.mtt_entries_in_use(), core.objects_in_use()), in_use);
     core.teardown(&mut p).expect("teardown");
     assert_released(&mut p);
 }
@@ -1771,7 +1773,9 @@ fn each_creation_command_refused_unwinds_with_nothing_leaked() {
         let pd = core.alloc_pd().unwrap();
         let before = p.hca.resources();
         let outstanding = p.memory.outstanding.len();
+        let in_use = (core.mtt_entries_in_use(), core.objects_in_use());
         build_and_destroy(&mut p, &mut core, pd, eqn, uar).expect("builds unrefused");
+        assert_eq!((core.mtt_entries_in_use(), core.objects_in_use()), in_use);
         assert_eq!(p.hca.resources(), before);
 
         p.inject = Some((op, skip, Injection::Status(status as u8)));
@@ -1788,6 +1792,11 @@ fn each_creation_command_refused_unwinds_with_nothing_leaked() {
         assert_eq!(p.hca.resources(), before, "{op:#x} #{skip}");
         assert_eq!(p.memory.outstanding.len(), outstanding, "{op:#x} #{skip}");
         assert_eq!((core.demand_chunks(), core.leaked_blocks()), (0, 0));
+        assert_eq!(
+            (core.mtt_entries_in_use(), core.objects_in_use()),
+            in_use,
+            "{op:#x} #{skip}: numbers and MTT entries given back"
+        );
         // Only the refused command is a driver error (the model logs refusals).
         assert!(p.driver_errors().len() <= 1);
         core.teardown(&mut p).expect("teardown");
@@ -1896,6 +1905,8 @@ fn a_ud_qp_walks_the_state_machine_and_back_to_reset() {
         .expect("RST2INIT");
     let ctx = query(&mut p, &mut core, qp.qpn);
     assert_eq!(ctx[8] >> 4, 1, "INIT");
+    let qkey = u32::from_be_bytes(ctx[8 + qp_context::QKEY..][..4].try_into().unwrap());
+    assert_eq!(qkey, 0x1111_1111, "the Q_Key from RST2INIT on");
     assert_eq!(ctx[8 + 1], qp_context::ST_UD, "transport");
     assert_eq!(
         ctx[8 + qp_context::PRI_PATH + qp_context::PATH_SCHED_QUEUE] & 0x40,

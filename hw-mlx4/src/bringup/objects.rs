@@ -398,6 +398,21 @@ impl<B> Mlx4Core<B> {
         self.leaked_objects
     }
 
+    /// MTT entries allocated now (the async EQ's included).
+    pub fn mtt_entries_in_use(&self) -> u32 {
+        self.mtts.as_ref().map_or(0, IdBitmap::in_use)
+    }
+
+    /// CQ, QP and MPT numbers handed out now.
+    pub fn objects_in_use(&self) -> (u32, u32, u32) {
+        let used = |t: Option<u32>| t.unwrap_or(0);
+        (
+            used(self.cqns.as_ref().map(IdBitmap::in_use)),
+            used(self.qpns.as_ref().map(IdBitmap::in_use)),
+            used(self.mpt_indices.as_ref().map(IdBitmap::in_use)),
+        )
+    }
+
     /// Table chunks mapped on demand now.
     pub fn demand_chunks(&self) -> usize {
         self.demand.iter().flatten().count()
