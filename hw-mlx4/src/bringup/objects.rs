@@ -420,9 +420,8 @@ impl<B> Mlx4Core<B> {
 
     // ---- ICM on demand -------------------------------------------------------------
 
-    fn span(&self, resource: Resource, caps: &DevCaps, layout: &IcmLayout) -> IcmSpan {
+    fn span(resource: Resource, layout: &IcmLayout) -> IcmSpan {
         let t = layout.table(resource);
-        let _ = caps;
         IcmSpan {
             base: t.base,
             size: t.size,
@@ -674,7 +673,7 @@ impl<B> Mlx4Core<B> {
             .as_mut()
             .and_then(|m| m.alloc_range(count, count))
             .ok_or(exhausted(step))?;
-        let span = self.span(Resource::Mtt, &caps, &layout);
+        let span = Self::span(Resource::Mtt, &layout);
         let entry = u64::from(caps.entry_sizes.mtt);
         if let Err(e) = self.table_get(p, step, span, entry, first.into(), count.into()) {
             if let Some(m) = self.mtts.as_mut() {
@@ -696,7 +695,7 @@ impl<B> Mlx4Core<B> {
         mtt: Mtt,
     ) -> Result<(), ProbeError> {
         let (caps, layout) = self.device()?;
-        let span = self.span(Resource::Mtt, &caps, &layout);
+        let span = Self::span(Resource::Mtt, &layout);
         let entry = u64::from(caps.entry_sizes.mtt);
         let result = self.table_put(p, span, entry, mtt.first.into(), mtt.count.into());
         if let Some(m) = self.mtts.as_mut() {
@@ -843,7 +842,7 @@ impl<B> Mlx4Core<B> {
     ) -> Result<(), ProbeError> {
         let step = Step::Sw2HwMpt;
         let (caps, layout) = self.device()?;
-        let span = self.span(Resource::Dmpt, &caps, &layout);
+        let span = Self::span(Resource::Dmpt, &layout);
         self.table_get(
             p,
             step,
@@ -906,7 +905,7 @@ impl<B> Mlx4Core<B> {
         }
         if mr.icm {
             let (caps, layout) = self.device()?;
-            let span = self.span(Resource::Dmpt, &caps, &layout);
+            let span = Self::span(Resource::Dmpt, &layout);
             if let Err(e) =
                 self.table_put(p, span, caps.entry_sizes.dmpt.into(), mr.index.into(), 1)
             {
@@ -1029,7 +1028,7 @@ impl<B> Mlx4Core<B> {
         let step = Step::Sw2HwCq;
         let (caps, layout) = self.device()?;
         // `mlx4_cq_alloc_icm`: the CQ context and its cMPT.
-        let span = self.span(Resource::Cqc, &caps, &layout);
+        let span = Self::span(Resource::Cqc, &layout);
         self.table_get(p, step, span, caps.entry_sizes.cqc.into(), cq.cqn.into(), 1)?;
         cq.icm = true;
         let cmpt = Self::cmpt_span(2, layout.num_cqs.into(), &caps, &layout);
@@ -1108,7 +1107,7 @@ impl<B> Mlx4Core<B> {
             {
                 keep(&mut first, e);
             }
-            let span = self.span(Resource::Cqc, &caps, &layout);
+            let span = Self::span(Resource::Cqc, &layout);
             if let Err(e) = self.table_put(p, span, caps.entry_sizes.cqc.into(), cq.cqn.into(), 1) {
                 keep(&mut first, e);
             }

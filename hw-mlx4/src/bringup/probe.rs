@@ -198,8 +198,8 @@ pub enum ProbeError {
         /// Which step.
         step: Step,
     },
-    /// An MTT entry the driver needs lies in ICM not mapped (on-demand MTT ICM,
-    /// `mlx4_table_get`, is not done yet), or could not be written.
+    /// An MTT entry the driver writes lies in ICM not mapped (neither at probe nor on
+    /// demand by `mlx4_table_get`), or could not be written.
     MttNotMapped {
         /// The MTT entry.
         entry: u32,
