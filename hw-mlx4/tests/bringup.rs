@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use hw_mlx4::bringup::caps::{DevCaps, FwInfo, InvalidCap};
 use hw_mlx4::bringup::cmd::{CmdError, Command, CommandEdge, CommandInterface, POLL_TOKEN};
@@ -32,7 +33,7 @@ const BAR2_SIZE: u64 = 8 << 20;
 /// Host memory the model reaches by DMA, with a bump allocator that remembers what is
 /// outstanding.
 struct Memory {
-    bytes: RefCell<Vec<u8>>,
+    bytes: Rc<RefCell<Vec<u8>>>,
     next: u64,
     outstanding: BTreeMap<u64, usize>,
     /// Allocations left before the next one fails (`None`: never).
@@ -50,7 +51,7 @@ struct Block {
 impl Memory {
     fn new() -> Self {
         Self {
-            bytes: RefCell::new(vec![0; SIZE]),
+            bytes: Rc::new(RefCell::new(vec![0; SIZE])),
             next: BASE,
             outstanding: BTreeMap::new(),
             allocs_left: None,
@@ -1251,4 +1252,728 @@ fn an_eq_the_device_keeps_is_not_freed() {
     assert_eq!(p.memory.outstanding.len(), 4);
     let fresh = Hca::new().resources();
     assert_eq!(p.hca.resources(), fresh);
+}
+
+// ---- The resources of the IB device: ICM on demand, MTT, MR, CQ, QP, MAD_IFC ------------
+
+mod fast {
+    //! The smallest adapter between the fast path's `Platform` and the test memory the
+    //! device model reaches by DMA: rings and doorbell records are views at bus addresses
+    //! of the same bytes (the fast path's own host platform keeps queues in memory of its
+    //! own, which the model's firmware cannot reach). UAR writes are logged by the host
+    //! platform's `HostUar` and replayed into the model's BAR2 by the test.
+    use super::*;
+    use hw_mlx4::fastpath::platform::{DmaRing, DoorbellRecord, Platform as FastPlatform};
+    use hw_mlx4::model::{HostBlueFlame, HostUar};
+    use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+    pub struct DmaPlatform;
+
+    impl FastPlatform for DmaPlatform {
+        type Ring = Ring;
+        type DbRecord = Record;
+        type Uar = HostUar;
+        type BlueFlame = HostBlueFlame;
+        type Counter = AtomicU32;
+        type WrId = AtomicU64;
+        type WrIdTable = Box<[AtomicU64]>;
+        fn dma_wmb() {
+            fence(Ordering::Release);
+        }
+        fn dma_rmb() {
+            fence(Ordering::Acquire);
+        }
+        fn wmb() {
+            fence(Ordering::Release);
+        }
+    }
+
+    pub struct Ring {
+        pub bytes: Rc<RefCell<Vec<u8>>>,
+        pub address: u64,
+        pub log_entries: u32,
+        pub shift: u32,
+    }
+
+    impl Ring {
+        fn range(&self, index: u32, offset: usize, len: usize) -> std::ops::Range<usize> {
+            let slot = u64::from(index & ((1 << self.log_entries) - 1)) << self.shift;
+            let start = (self.address - BASE + slot) as usize + offset;
+            start..start + len
+        }
+    }
+
+    impl DmaRing for Ring {
+        fn log_entries(&self) -> u32 {
+            self.log_entries
+        }
+        fn entry_shift(&self) -> u32 {
+            self.shift
+        }
+        unsafe fn with_entry<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+            let r = self.range(index, 0, 1 << self.shift);
+            f(&self.bytes.borrow()[r])
+        }
+        unsafe fn with_entry_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+            let r = self.range(index, 0, 1 << self.shift);
+            f(&mut self.bytes.borrow_mut()[r])
+        }
+        fn read_word(&self, index: u32, offset: usize) -> u32 {
+            let r = self.range(index, offset, 4);
+            u32::from_be_bytes(self.bytes.borrow()[r].try_into().unwrap())
+        }
+        fn write_word(&self, index: u32, offset: usize, value: u32) {
+            let r = self.range(index, offset, 4);
+            self.bytes.borrow_mut()[r].copy_from_slice(&value.to_be_bytes());
+        }
+    }
+
+    pub struct Record {
+        pub bytes: Rc<RefCell<Vec<u8>>>,
+        pub address: u64,
+    }
+
+    impl DoorbellRecord for Record {
+        fn write_release(&self, value: u32) {
+            let start = (self.address - BASE) as usize;
+            self.bytes.borrow_mut()[start..start + 4].copy_from_slice(&value.to_be_bytes());
+        }
+        fn read_acquire(&self) -> u32 {
+            let start = (self.address - BASE) as usize;
+            u32::from_be_bytes(self.bytes.borrow()[start..start + 4].try_into().unwrap())
+        }
+    }
+}
+
+use hw_mlx4::bringup::objects::{
+    MrAccess, PageRegion, QpConfig, QpPath, QpState, QpTransport, QueuePair,
+};
+use hw_mlx4::fastpath::cq::{CompletionQueue as FastCq, CqDoorbells};
+use hw_mlx4::fastpath::qp::QueuePairState;
+use hw_mlx4::fastpath::recv::RecvQueueState;
+use hw_mlx4::fastpath::send::{QpType, SendQueueCaps, SendQueueState};
+use hw_mlx4::model::{wr_id_table, HostUar, UarWrite};
+use hw_mlx4::wire::fw::qp_context;
+use hw_mlx4::wire::{UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
+use hw_mlx4::wr::{
+    Completion, Payload, RecvWr, SendFlags, SendOp, SendWr, Sge, WcOpcode, WcStatus,
+};
+
+/// A probed device, its memory and the model's record cleared.
+fn probed() -> (Platform, Mlx4Core<Block>) {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("the probe succeeds");
+    p.hca.take_events();
+    p.posted.clear();
+    (p, core)
+}
+
+fn rc_config(pd: u32, cqn: u32) -> QpConfig {
+    QpConfig {
+        transport: QpTransport::Rc,
+        log_sq_entries: 6,
+        log_sq_stride: 6,
+        log_rq_entries: 6,
+        log_rq_stride: 4,
+        pd,
+        send_cqn: cqn,
+        recv_cqn: cqn,
+    }
+}
+
+fn rc_path(remote_qpn: u32) -> QpPath {
+    QpPath {
+        port: 1,
+        pkey_index: 0,
+        dlid: 0,
+        remote_qpn,
+        rq_psn: 0,
+        qkey: 0,
+        remote_access: qp_context::PARAMS2_ACCESS,
+    }
+}
+
+/// Takes a QP from RESET to RTS, connected to `remote`.
+fn connect(
+    p: &mut Platform,
+    core: &mut Mlx4Core<Block>,
+    qp: &mut QueuePair<Block>,
+    remote: u32,
+    uar: u32,
+) -> Result<(), ProbeError> {
+    core.qp_to_init(p, qp, &rc_path(remote), uar)?;
+    core.qp_to_rtr(p, qp, &rc_path(remote), uar)?;
+    core.qp_to_rts(p, qp, 1, 0, uar)
+}
+
+/// The fast path's view of a QP the core created: its rings inside the QP's buffer.
+fn fast_qp(p: &Platform, qp: &QueuePair<Block>) -> QueuePairState<fast::DmaPlatform> {
+    let buffer = qp.buffer.as_ref().expect("buffer").bus_address;
+    let c = qp.config;
+    let ring = |offset: u64, log_entries, shift| fast::Ring {
+        bytes: p.memory.bytes.clone(),
+        address: buffer + offset,
+        log_entries,
+        shift,
+    };
+    let caps = SendQueueCaps {
+        max_sge: 2,
+        max_inline: 0,
+        signal_all: false,
+    };
+    let sq = SendQueueState::new(
+        ring(qp.sq_offset, c.log_sq_entries, c.log_sq_stride),
+        wr_id_table(1 << c.log_sq_entries),
+        QpType::Rc,
+        caps,
+    )
+    .expect("send queue");
+    let record = fast::Record {
+        bytes: p.memory.bytes.clone(),
+        address: qp.doorbell.as_ref().expect("doorbell").bus_address,
+    };
+    let rq = RecvQueueState::new(
+        ring(qp.rq_offset, c.log_rq_entries, c.log_rq_stride),
+        wr_id_table(1 << c.log_rq_entries),
+        record,
+    )
+    .expect("receive queue");
+    QueuePairState::new(qp.qpn, sq, rq)
+}
+
+/// Replays the fast path's UAR writes into the model's BAR2, at the driver's UAR page.
+fn ring_doorbells(p: &mut Platform, uar: &HostUar, page: u32) {
+    let base = u64::from(page) << 12;
+    for write in uar.pending_writes() {
+        match write {
+            UarWrite::Send(value) => p.hca.bar2_write(
+                &p.memory,
+                base + UAR_SEND_DOORBELL as u64,
+                &value.to_be_bytes(),
+            ),
+            UarWrite::Cq(db) => {
+                let bytes = zerocopy::IntoBytes::as_bytes(&db).to_vec();
+                p.hca
+                    .bar2_write(&p.memory, base + UAR_CQ_DOORBELL as u64, &bytes)
+            }
+            other => panic!("unexpected UAR write {other:?}"),
+        }
+    }
+    uar.discard();
+}
+
+/// The ultimate proof: an MR over two pages (at an I/O address of its own), one CQ and
+/// two RC QPs created through the firmware and connected through the model; the fast
+/// path posts a receive and a SEND over them, the device moves the bytes through the
+/// MR's MTT and writes both CQEs, and the fast path's CQ polls them. Then everything is
+/// destroyed and the device and the memory end as they were.
+#[test]
+fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
+    let (mut p, mut core) = probed();
+    let info = *core.info().unwrap();
+    let uar = core.driver_uar().unwrap();
+    let before = p.hca.resources();
+    let outstanding = p.memory.outstanding.len();
+    let in_use = (core.mtt_entries_in_use(), core.objects_in_use());
+    let pd = core.alloc_pd().unwrap();
+
+    // The local DMA lkey: a physical MR.
+    let dma_mr = core
+        .create_dma_mr(&mut p, pd, MrAccess::LOCAL)
+        .expect("DMA MR");
+    // Two data pages under one MR at I/O address 0x5555_0000.
+    let pages = [p.alloc(0).unwrap(), p.alloc(0).unwrap()];
+    let page_addresses = [pages[0].address, pages[1].address];
+    let iova = 0x5555_0000;
+    let mr = core
+        .create_page_mr(
+            &mut p,
+            pd,
+            MrAccess::ALL,
+            &PageRegion {
+                iova,
+                length: 0x2000,
+                pages: &page_addresses,
+                page_shift: 12,
+            },
+        )
+        .expect("page MR");
+    assert_ne!(mr.key, dma_mr.key);
+    assert_eq!(p.hca.resources().mpts, 2);
+
+    let cq = core.create_cq(&mut p, 7, info.async_eqn, uar).expect("CQ");
+    assert_eq!(p.hca.resources().cqs, 1);
+    let mut a = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP a");
+    let mut b = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP b");
+    assert_ne!(a.qpn, b.qpn);
+    assert!(a.qpn >= 64 + 8, "above the reserved and the special QPs");
+    assert_eq!(
+        p.hca.resources().qps,
+        0,
+        "RESET: the device holds nothing yet"
+    );
+    connect(&mut p, &mut core, &mut a, b.qpn, uar).expect("a to RTS");
+    connect(&mut p, &mut core, &mut b, a.qpn, uar).expect("b to RTS");
+    assert_eq!((a.state, b.state), (QpState::Rts, QpState::Rts));
+    assert_eq!(p.hca.resources().qps, 2);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+
+    // The fast path over the same memory.
+    let host_uar = HostUar::new();
+    let cq_doorbell = cq.doorbell.as_ref().unwrap().bus_address;
+    let record = |offset| fast::Record {
+        bytes: p.memory.bytes.clone(),
+        address: cq_doorbell + offset,
+    };
+    let mut fast_cq = FastCq::<fast::DmaPlatform>::new(
+        cq.cqn,
+        fast::Ring {
+            bytes: p.memory.bytes.clone(),
+            address: cq.buffer.as_ref().unwrap().bus_address,
+            log_entries: cq.log_entries,
+            shift: 5,
+        },
+        CqDoorbells {
+            set_ci: record(0),
+            arm: record(4),
+        },
+        &host_uar,
+    )
+    .expect("fast CQ");
+    let mut fa = fast_qp(&p, &a);
+    let mut fb = fast_qp(&p, &b);
+
+    let message = b"tilde: bytes moved by the firmware's own QPs";
+    p.memory.write(pages[0].address + 0x100, message).unwrap();
+    {
+        let (_, mut rq, _) = fb.split(&host_uar);
+        let sge = [Sge {
+            addr: iova + 0x1000 + 0x40,
+            length: 256,
+            lkey: mr.key,
+        }];
+        rq.post(&[RecvWr {
+            wr_id: 0xb0b,
+            sges: &sge,
+        }])
+        .expect("post recv");
+    }
+    {
+        let (mut sq, _, _) = fa.split(&host_uar);
+        let sge = [Sge {
+            addr: iova + 0x100,
+            length: message.len() as u32,
+            lkey: mr.key,
+        }];
+        sq.post(&[SendWr::new(
+            0xa0a,
+            SendOp::Send,
+            Payload::Gather(&sge),
+            SendFlags::SIGNALED,
+        )])
+        .expect("post send");
+    }
+    ring_doorbells(&mut p, &host_uar, uar);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+
+    let mut received = vec![0u8; message.len()];
+    Dma::read(&p.memory, pages[1].address + 0x40, &mut received).unwrap();
+    assert_eq!(&received[..], &message[..], "the bytes crossed");
+
+    let (_, _, ca) = fa.split(&host_uar);
+    let (_, _, cb) = fb.split(&host_uar);
+    let mut out = [Completion::EMPTY; 4];
+    let polled = fast_cq.poll(&[ca, cb], &mut out).expect("poll");
+    assert_eq!(polled, 2);
+    let send = out.iter().find(|c| c.wr_id == 0xa0a).expect("send CQE");
+    let recv = out.iter().find(|c| c.wr_id == 0xb0b).expect("receive CQE");
+    assert_eq!(
+        (send.status, send.opcode, send.qpn),
+        (WcStatus::Success, WcOpcode::Send, a.qpn)
+    );
+    assert_eq!(
+        (recv.status, recv.opcode, recv.qpn, recv.byte_len),
+        (
+            WcStatus::Success,
+            WcOpcode::Recv,
+            b.qpn,
+            message.len() as u32
+        )
+    );
+    assert_eq!(recv.src_qp, a.qpn);
+    drop(fast_cq);
+    ring_doorbells(&mut p, &host_uar, uar);
+
+    // Everything back: 2ERR, 2RST, HW2SW_CQ, HW2SW_MPT.
+    core.qp_to_error(&mut p, &mut a).expect("2ERR");
+    p.posted.clear();
+    core.destroy_qp(&mut p, a).expect("destroy a");
+    assert_eq!(p.posted, [opcode::TO_RST_QP]);
+    core.destroy_qp(&mut p, b).expect("destroy b");
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    core.destroy_mr(&mut p, mr).expect("destroy MR");
+    core.destroy_mr(&mut p, dma_mr).expect("destroy DMA MR");
+    for page in pages {
+        p.free(page);
+    }
+    assert!(core.free_pd(pd));
+    assert_eq!(p.hca.resources(), before);
+    assert_eq!(p.memory.outstanding.len(), outstanding);
+    assert_eq!(core.leaked_blocks(), 0);
+    assert_eq!(core.demand_chunks(), 0);
+    assert_eq!((core.mtt_entries_in_use(), core.objects_in_use()), in_use);
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// Data pages the failure tests' MR names (never touched: the model checks no page).
+const MR_PAGES: [u64; 2] = [BASE + SIZE as u64 - 0x4000, BASE + SIZE as u64 - 0x3000];
+/// A QP number in the third 256 KiB chunk of the QP context table (1024 contexts of
+/// 256 bytes each per chunk): its contexts are mapped on demand.
+const FAR_QP_ALIGN: u32 = 2048;
+
+/// An MR, a CQ and an RC QP at a number whose ICM is mapped on demand, connected to
+/// itself; then all destroyed. Each failure unwinds what was made before it.
+fn build_and_destroy(
+    p: &mut Platform,
+    core: &mut Mlx4Core<Block>,
+    pd: u32,
+    eqn: u32,
+    uar: u32,
+) -> Result<(), ProbeError> {
+    let region = PageRegion {
+        iova: 0x1000,
+        length: 0x2000,
+        pages: &MR_PAGES,
+        page_shift: 12,
+    };
+    let mr = core.create_page_mr(p, pd, MrAccess::ALL, &region)?;
+    let cq = match core.create_cq(p, 6, eqn, uar) {
+        Ok(cq) => cq,
+        Err(e) => {
+            core.destroy_mr(p, mr).expect("MR destroyed");
+            return Err(e);
+        }
+    };
+    let qpn = core.reserve_qp_range(1, FAR_QP_ALIGN).expect("a QP number");
+    assert_eq!(qpn % FAR_QP_ALIGN, 0);
+    let undo = |p: &mut Platform, core: &mut Mlx4Core<Block>, cq, mr| {
+        core.destroy_cq(p, cq).expect("CQ destroyed");
+        core.destroy_mr(p, mr).expect("MR destroyed");
+        assert!(core.release_qp_range(qpn, 1));
+    };
+    let mut qp = match core.create_qp_in_range(p, qpn, rc_config(pd, cq.cqn)) {
+        Ok(qp) => qp,
+        Err(e) => {
+            undo(p, core, cq, mr);
+            return Err(e);
+        }
+    };
+    let connected = connect(p, core, &mut qp, qpn, uar);
+    core.destroy_qp(p, qp).expect("QP destroyed");
+    undo(p, core, cq, mr);
+    connected
+}
+
+#[test]
+fn icm_is_mapped_on_demand_and_unmapped_when_its_last_user_goes() {
+    let (mut p, mut core) = probed();
+    let uar = core.driver_uar().unwrap();
+    let pd = core.alloc_pd().unwrap();
+    let before = p.hca.resources();
+    let outstanding = p.memory.outstanding.len();
+
+    // Low numbers live in the chunks the probe mapped: nothing is mapped for them.
+    let cq = core.create_cq(&mut p, 6, 4, uar).expect("CQ");
+    let near = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP");
+    assert_eq!(core.demand_chunks(), 0);
+    assert!(!p.posted.contains(&opcode::MAP_ICM));
+
+    // A QP far up the table: its QPC, ALTC and RDMARC chunks are mapped for it.
+    let first = core.reserve_qp_range(2, FAR_QP_ALIGN).unwrap();
+    p.posted.clear();
+    let mut far = core
+        .create_qp_in_range(&mut p, first, rc_config(pd, cq.cqn))
+        .expect("far QP");
+    let mapped = core.demand_chunks();
+    assert!(mapped >= 1, "the QP context's chunk at least");
+    let map_icms = p.posted.iter().filter(|&&op| op == opcode::MAP_ICM).count();
+    assert_eq!(map_icms, mapped);
+    assert_eq!(
+        p.hca.resources().icm_chunks,
+        before.icm_chunks + mapped,
+        "the device holds them"
+    );
+    // Its context is in ICM now: the firmware takes it.
+    core.qp_to_init(&mut p, &mut far, &rc_path(first), uar)
+        .expect("RST2INIT");
+    // A second user of the same chunks maps nothing more.
+    p.posted.clear();
+    let second = core
+        .create_qp_in_range(&mut p, first + 1, rc_config(pd, cq.cqn))
+        .expect("second far QP");
+    assert!(!p.posted.contains(&opcode::MAP_ICM));
+    assert_eq!(core.demand_chunks(), mapped);
+
+    // The first goes: the chunks stay; the last goes: UNMAP_ICM for each.
+    p.posted.clear();
+    core.destroy_qp(&mut p, far).expect("destroy far");
+    assert!(!p.posted.contains(&opcode::UNMAP_ICM));
+    core.destroy_qp(&mut p, second).expect("destroy second");
+    let unmaps = p
+        .posted
+        .iter()
+        .filter(|&&op| op == opcode::UNMAP_ICM)
+        .count();
+    assert_eq!(unmaps, mapped);
+    assert_eq!(core.demand_chunks(), 0);
+    assert!(core.release_qp_range(first, 2));
+    core.destroy_qp(&mut p, near).expect("destroy near");
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    assert_eq!(p.hca.resources(), before);
+    assert_eq!(p.memory.outstanding.len(), outstanding);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+
+    // Chunks still mapped at teardown are unmapped after CLOSE_HCA.
+    let first = core.reserve_qp_range(1, FAR_QP_ALIGN).unwrap();
+    let cq = core.create_cq(&mut p, 6, 4, uar).expect("CQ");
+    let kept = core
+        .create_qp_in_range(&mut p, first, rc_config(pd, cq.cqn))
+        .expect("far QP");
+    assert!(core.demand_chunks() > 0);
+    // The IB layer would destroy them; a teardown without that still frees the ICM
+    // (their own buffers and doorbell pages are the caller's to free).
+    let _abandoned = (kept, cq);
+    core.teardown(&mut p).expect("teardown");
+    assert_eq!(p.hca.resources(), Hca::new().resources());
+    assert_eq!(
+        p.memory.outstanding.len(),
+        4,
+        "only the dropped queues' memory"
+    );
+}
+
+/// Every command of the creation, refused by the firmware, is a named error, and what
+/// was made before it is undone: the device and the memory end as before.
+#[test]
+fn each_creation_command_refused_unwinds_with_nothing_leaked() {
+    let status = CmdStatus::BadResourceState;
+    for (op, skip) in [
+        (opcode::SW2HW_MPT, 0),
+        (opcode::SW2HW_CQ, 0),
+        (opcode::MAP_ICM, 0),
+        (opcode::MAP_ICM, 1),
+        (opcode::RST2INIT_QP, 0),
+        (opcode::INIT2RTR_QP, 0),
+        (opcode::RTR2RTS_QP, 0),
+    ] {
+        let (mut p, mut core) = probed();
+        let (eqn, uar) = (core.info().unwrap().async_eqn, core.driver_uar().unwrap());
+        let pd = core.alloc_pd().unwrap();
+        let before = p.hca.resources();
+        let outstanding = p.memory.outstanding.len();
+        let in_use = (core.mtt_entries_in_use(), core.objects_in_use());
+        build_and_destroy(&mut p, &mut core, pd, eqn, uar).expect("builds unrefused");
+        assert_eq!((core.mtt_entries_in_use(), core.objects_in_use()), in_use);
+        assert_eq!(p.hca.resources(), before);
+
+        p.inject = Some((op, skip, Injection::Status(status as u8)));
+        let error = build_and_destroy(&mut p, &mut core, pd, eqn, uar).unwrap_err();
+        let ProbeError::Command { error, .. } = error else {
+            panic!("{op:#x}: {error:?}");
+        };
+        assert_eq!(
+            error,
+            CmdError::Failed { opcode: op, status },
+            "{op:#x} #{skip}"
+        );
+        assert!(p.inject.is_none(), "{op:#x} #{skip} was reached");
+        assert_eq!(p.hca.resources(), before, "{op:#x} #{skip}");
+        assert_eq!(p.memory.outstanding.len(), outstanding, "{op:#x} #{skip}");
+        assert_eq!((core.demand_chunks(), core.leaked_blocks()), (0, 0));
+        assert_eq!(
+            (core.mtt_entries_in_use(), core.objects_in_use()),
+            in_use,
+            "{op:#x} #{skip}: numbers and MTT entries given back"
+        );
+        // Only the refused command is a driver error (the model logs refusals).
+        assert!(p.driver_errors().len() <= 1);
+        core.teardown(&mut p).expect("teardown");
+        assert_released(&mut p);
+    }
+}
+
+#[test]
+fn running_out_of_memory_while_creating_unwinds_with_nothing_leaked() {
+    let mut n = 0;
+    loop {
+        let (mut p, mut core) = probed();
+        let (eqn, uar) = (core.info().unwrap().async_eqn, core.driver_uar().unwrap());
+        let pd = core.alloc_pd().unwrap();
+        let before = p.hca.resources();
+        let outstanding = p.memory.outstanding.len();
+        p.memory.allocs_left = Some(n);
+        let result = build_and_destroy(&mut p, &mut core, pd, eqn, uar);
+        p.memory.allocs_left = None;
+        assert_eq!(p.hca.resources(), before, "after {n} allocations");
+        assert_eq!(p.memory.outstanding.len(), outstanding);
+        assert_eq!(core.demand_chunks(), 0);
+        core.teardown(&mut p).expect("teardown");
+        assert_released(&mut p);
+        match result {
+            Ok(()) => break,
+            Err(ProbeError::Memory { .. }) => n += 1,
+            Err(other) => panic!("after {n} allocations: {other:?}"),
+        }
+    }
+    assert!(n >= 5, "CQ buffer, doorbells, QP buffer, ICM chunks: {n}");
+}
+
+/// A CQ or MPT the device will not give back keeps its memory: leaked, counted, never
+/// freed; the teardown still returns the device.
+#[test]
+fn objects_the_device_keeps_are_not_freed() {
+    let (mut p, mut core) = probed();
+    let (eqn, uar) = (core.info().unwrap().async_eqn, core.driver_uar().unwrap());
+    let pd = core.alloc_pd().unwrap();
+    let cq = core.create_cq(&mut p, 6, eqn, uar).expect("CQ");
+    let mr = core.create_dma_mr(&mut p, pd, MrAccess::LOCAL).expect("MR");
+    let outstanding = p.memory.outstanding.len();
+    p.hca
+        .refuse_next(opcode::HW2SW_CQ, CmdStatus::InternalError);
+    assert!(matches!(
+        core.destroy_cq(&mut p, cq),
+        Err(ProbeError::Command {
+            step: Step::Hw2SwCq,
+            ..
+        })
+    ));
+    assert_eq!(
+        core.leaked_blocks(),
+        2,
+        "the CQE buffer and the doorbell page"
+    );
+    assert_eq!(p.memory.outstanding.len(), outstanding);
+    p.hca
+        .refuse_next(opcode::HW2SW_MPT, CmdStatus::InternalError);
+    assert!(core.destroy_mr(&mut p, mr).is_err());
+    assert_eq!(core.leaked_blocks(), 3);
+    p.driver_errors();
+    core.teardown(&mut p).expect("teardown");
+    assert_eq!(p.hca.resources(), Hca::new().resources());
+    assert_eq!(p.memory.outstanding.len(), 2, "exactly the leaked blocks");
+}
+
+/// UD QPs walk RST2INIT (Q_Key, port), INIT2RTR (Q_Key under its optional parameter),
+/// RTR2RTS; the firmware's QUERY_QP shows the state; a transition out of order is
+/// refused by the driver before the device sees it.
+#[test]
+fn a_ud_qp_walks_the_state_machine_and_back_to_reset() {
+    let (mut p, mut core) = probed();
+    let uar = core.driver_uar().unwrap();
+    let pd = core.alloc_pd().unwrap();
+    let before = p.hca.resources();
+    let cq = core.create_cq(&mut p, 6, 4, uar).expect("CQ");
+    let mut config = rc_config(pd, cq.cqn);
+    config.transport = QpTransport::Ud;
+    let mut qp = core.create_qp(&mut p, config).expect("UD QP");
+    let path = QpPath {
+        port: 2,
+        qkey: 0x1111_1111,
+        ..rc_path(0)
+    };
+    assert_eq!(
+        core.qp_to_rtr(&mut p, &mut qp, &path, uar),
+        Err(ProbeError::QpState { qpn: qp.qpn })
+    );
+    let query = |p: &mut Platform, core: &mut Mlx4Core<Block>, qpn: u32| {
+        let mut out = [0u8; 8 + 0xf8];
+        let outbox = BASE + SIZE as u64 - 0x1000;
+        core.command(
+            p,
+            Step::QpMemory,
+            Command::new(opcode::QUERY_QP)
+                .in_modifier(qpn)
+                .out_param(outbox),
+        )
+        .expect("QUERY_QP");
+        Dma::read(&p.memory, outbox, &mut out).unwrap();
+        out
+    };
+    core.qp_to_init(&mut p, &mut qp, &path, uar)
+        .expect("RST2INIT");
+    let ctx = query(&mut p, &mut core, qp.qpn);
+    assert_eq!(ctx[8] >> 4, 1, "INIT");
+    let qkey = u32::from_be_bytes(ctx[8 + qp_context::QKEY..][..4].try_into().unwrap());
+    assert_eq!(qkey, 0x1111_1111, "the Q_Key from RST2INIT on");
+    assert_eq!(ctx[8 + 1], qp_context::ST_UD, "transport");
+    assert_eq!(
+        ctx[8 + qp_context::PRI_PATH + qp_context::PATH_SCHED_QUEUE] & 0x40,
+        0x40,
+        "port 2"
+    );
+    core.qp_to_rtr(&mut p, &mut qp, &path, uar)
+        .expect("INIT2RTR");
+    core.qp_to_rts(&mut p, &mut qp, 2, 0, uar).expect("RTR2RTS");
+    let ctx = query(&mut p, &mut core, qp.qpn);
+    assert_eq!(ctx[8] >> 4, 3, "RTS");
+    let qkey = u32::from_be_bytes(ctx[8 + qp_context::QKEY..][..4].try_into().unwrap());
+    assert_eq!(qkey, 0x1111_1111);
+    core.qp_to_reset(&mut p, &mut qp).expect("2RST");
+    assert_eq!(query(&mut p, &mut core, qp.qpn)[8] >> 4, 0, "RESET");
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    core.destroy_qp(&mut p, qp).expect("destroy");
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    assert_eq!(p.hca.resources(), before);
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// MAD_IFC: Get(PortInfo) through the firmware's SMA, parsed through the typed view;
+/// CONF_SPECIAL_QP names the special QPs above the reserved ones.
+#[test]
+fn mad_ifc_answers_port_info_and_nonsense_is_refused_by_name() {
+    let (mut p, mut core) = probed();
+    let base = core.conf_special_qps(&mut p).expect("CONF_SPECIAL_QP");
+    assert_eq!(base, 64);
+    for port in 1..=2u8 {
+        let info = core.query_port_info(&mut p, port).expect("PortInfo");
+        assert_eq!(info.capability_mask, IB_CAP_MASK, "port {port}");
+        assert!((1..=5).contains(&info.state));
+        assert_eq!(info.lmc, 0);
+    }
+    // A port out of range is the firmware's BadIndex.
+    assert!(matches!(
+        core.query_port_info(&mut p, 3),
+        Err(ProbeError::Command {
+            step: Step::MadIfc(3),
+            error: CmdError::Failed {
+                status: CmdStatus::BadIndex,
+                ..
+            }
+        })
+    ));
+    p.driver_errors();
+    // Answers the view refuses, each by the field's name.
+    for (offset, value, field) in [
+        (3u64, 0x01u8, "MAD_METHOD"),
+        (1, 0x81, "MAD_MGMT_CLASS"),
+        (17, 0x11, "MAD_ATTR_ID"),
+        (5, 0x0c, "MAD_STATUS"),
+        (64 + 32, 0x0f, "PORT_INFO_PORT_STATE"),
+        (64 + 33, 0x00, "PORT_INFO_PHYS_STATE"),
+    ] {
+        p.inject = Some((
+            opcode::MAD_IFC,
+            0,
+            Injection::CorruptOutput { offset, value },
+        ));
+        match core.query_port_info(&mut p, 1) {
+            Err(ProbeError::InvalidCap(InvalidCap { field: f, .. })) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
 }

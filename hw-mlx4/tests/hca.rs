@@ -182,6 +182,9 @@ impl Driver {
             self.vpm(opcode::MAP_ICM, &[(0x1000_0000, BASE + 0x30_0000, 4)]),
             0
         );
+        // The QP, CQ and dMPT context tables, all at ICM 0 (the device keeps contexts
+        // itself, but takes them only in mapped ICM): 256 KiB covers 2^10 QP contexts.
+        assert_eq!(self.vpm(opcode::MAP_ICM, &[(0, BASE + 0xf0_0000, 6)]), 0);
         self.memory.put(INBOX, mailbox);
         assert_eq!(self.command(opcode::INIT_HCA, 0, 0, INBOX, 0, false).0, 0);
         assert!(self.errors().is_empty());
@@ -2010,9 +2013,9 @@ fn the_summary_counts_commands_and_failures() {
     d.init_hca();
     let (run, failed) = d.commands_run();
     assert!(run >= 7, "{}", d.hca.summary());
-    // init_hca maps 16 pages of ICM (the MTT table).
+    // init_hca maps 16 pages of ICM (the MTT table) and 64 (the context tables).
     let summary = d.hca.summary();
-    assert!(summary.contains("ICM 64 KiB mapped"), "{summary}");
+    assert!(summary.contains("ICM 320 KiB mapped"), "{summary}");
     assert_eq!(failed, 0);
     d.command(0x7ee, 0, 0, 0, 0, false);
     assert_eq!(d.commands_run(), (run + 1, 1));

@@ -14,6 +14,7 @@
 //! - [`probe`]: the probe and the teardown, which unwinds whatever a probe did.
 //! - [`setup`]: `mlx4_setup_hca`: UAR, PD and EQ tables, the async EQ, event-driven
 //!   commands, the ports; [`eq`] and [`bitmap`] are its EQ consumer and allocators.
+//! - [`objects`]: ICM on demand, MTTs, MRs, CQs, QPs and their states, MAD_IFC.
 #![forbid(unsafe_code)]
 
 pub mod bitmap;
@@ -21,6 +22,7 @@ pub mod caps;
 pub mod cmd;
 pub mod eq;
 pub mod memory;
+pub mod objects;
 pub mod probe;
 pub mod profile;
 pub mod setup;

@@ -28,6 +28,7 @@ use super::memory::{
     alloc_area, AllocError, Chunk, Chunks, HostMemory, ICM_PAGE_SHIFT, ICM_PAGE_SIZE,
     MAX_CHUNK_LOG_PAGES,
 };
+use super::objects::{DemandChunk, CQN_WORDS, DEMAND_CHUNKS, MPT_WORDS, QPN_WORDS};
 use super::profile::{icm_tables, make_profile, IcmLayout, Profile, ProfileError, Resource};
 
 /// The most chunks of firmware area the driver holds (16 MiB in 256 KiB chunks).
@@ -134,6 +135,26 @@ pub enum Step {
     UnmapEq,
     /// HW2SW_EQ.
     Hw2SwEq,
+    /// Allocating MTT entries and mapping their ICM.
+    Mtt,
+    /// SW2HW_MPT (and the dMPT's ICM).
+    Sw2HwMpt,
+    /// HW2SW_MPT.
+    Hw2SwMpt,
+    /// SW2HW_CQ (and the CQ's ICM).
+    Sw2HwCq,
+    /// HW2SW_CQ.
+    Hw2SwCq,
+    /// A queue's buffer or doorbell record.
+    QueueMemory,
+    /// A QP's number and ICM.
+    QpMemory,
+    /// A QP state transition; its opcode.
+    ModifyQp(u16),
+    /// CONF_SPECIAL_QP.
+    ConfSpecialQp,
+    /// MAD_IFC to a port.
+    MadIfc(u8),
 }
 
 /// Why the probe failed. The device has been released when the caller sees it.
@@ -177,14 +198,19 @@ pub enum ProbeError {
         /// Which step.
         step: Step,
     },
-    /// An MTT entry the driver needs lies in ICM not mapped (on-demand MTT ICM,
-    /// `mlx4_table_get`, is not done yet), or could not be written.
+    /// An MTT entry the driver writes lies in ICM not mapped (neither at probe nor on
+    /// demand by `mlx4_table_get`), or could not be written.
     MttNotMapped {
         /// The MTT entry.
         entry: u32,
     },
     /// The platform refused a read of the EQ's own pages (a platform bug).
     EqAccess,
+    /// A QP transition from a state it does not start from.
+    QpState {
+        /// The QP.
+        qpn: u32,
+    },
 }
 
 /// Why a teardown (or the unwinding of a failed probe) did not end cleanly. It always
@@ -261,6 +287,16 @@ pub struct Mlx4Core<B> {
     pub(super) async_events: u32,
     /// The last of them, until the layer above dispatches them.
     pub(super) last_async_event: Option<super::eq::EqEvent>,
+    /// Table chunks mapped on demand (`mlx4_table_get`), with their users.
+    pub(super) demand: [Option<DemandChunk<B>>; DEMAND_CHUNKS],
+    /// CQ, QP and MPT numbers.
+    pub(super) cqns: Option<IdBitmap<CQN_WORDS>>,
+    pub(super) qpns: Option<IdBitmap<QPN_WORDS>>,
+    pub(super) mpt_indices: Option<IdBitmap<MPT_WORDS>>,
+    /// The first special QP.
+    pub(super) base_sqpn: u32,
+    /// Blocks object releases leaked because the device kept them.
+    pub(super) leaked_objects: usize,
 }
 
 impl<B> Default for Mlx4Core<B> {
@@ -293,6 +329,12 @@ impl<B> Mlx4Core<B> {
             ports_up: [false; MAX_PORTS],
             async_events: 0,
             last_async_event: None,
+            demand: core::array::from_fn(|_| None),
+            cqns: None,
+            qpns: None,
+            mpt_indices: None,
+            base_sqpn: 0,
+            leaked_objects: 0,
         }
     }
 
@@ -545,6 +587,8 @@ impl<B> Mlx4Core<B> {
             self.hca_initialized = false;
         }
 
+        // `mlx4_cleanup_icm_table`: what objects mapped on demand (and left mapped).
+        leaked += self.release_demand(p, &mut failure);
         // `mlx4_free_icms`: each table's chunks, last mapped first.
         while let Some(chunk) = self.icm.pop() {
             if !chunk.mapped {

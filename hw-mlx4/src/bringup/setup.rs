@@ -40,8 +40,6 @@ use super::profile::{IcmLayout, Resource, MTTS_PER_SEGMENT};
 pub const EQ_UAR_PAGES: u32 = 128;
 /// NOP's in-modifier (`mlx4_NOP`).
 const NOP_IN_MODIFIER: u32 = 0x1f;
-/// An MTT entry's present bit (`MLX4_MTT_FLAG_PRESENT`).
-const MTT_PRESENT: u64 = 1;
 /// MAP_EQ's in-modifier bit that unmaps (`MLX4_EQ_UNMAP` in `mlx4_MAP_EQ`'s caller).
 const MAP_EQ_UNMAP: u32 = 1 << 31;
 /// The MSI-X vector of the async EQ.
@@ -97,6 +95,7 @@ impl<B> Mlx4Core<B> {
         let eqns = IdBitmap::new(layout.num_eqs.into(), caps.reserved_eqs.into())
             .map_err(|_| exhausted(Step::Tables))?;
         self.eqns = Some(eqns);
+        self.init_object_tables(caps, layout)?;
 
         let async_eqn = self.create_async_eq(p, caps, layout)?;
 
@@ -169,7 +168,7 @@ impl<B> Mlx4Core<B> {
         let mtt_base = layout.table(Resource::Mtt).base;
         let entry_size = u64::from(caps.entry_sizes.mtt);
         for (i, &address) in addresses.iter().take(npages).enumerate() {
-            self.write_mtt(p, mtt_base, entry_size, first + i as u32, address)?;
+            self.write_mtt_entry(p, mtt_base, entry_size, first + i as u32, address)?;
         }
 
         // The EQ context (`mlx4_create_eq`): armed, 2^n entries, its vector, 4 KiB
@@ -201,40 +200,6 @@ impl<B> Mlx4Core<B> {
             eq.set_ci(p, true);
         }
         Ok(eqn)
-    }
-
-    /// Writes MTT entry `entry` into the MTT table's ICM, which must be mapped
-    /// (`mlx4_write_mtt_chunk` after `mlx4_table_find`).
-    fn write_mtt<P: Platform<Block = B>>(
-        &mut self,
-        p: &mut P,
-        mtt_base: u64,
-        entry_size: u64,
-        entry: u32,
-        bus_address: u64,
-    ) -> Result<(), ProbeError> {
-        let missing = ProbeError::MttNotMapped { entry };
-        let address = u64::from(entry)
-            .checked_mul(entry_size)
-            .and_then(|o| o.checked_add(mtt_base))
-            .ok_or(missing)?;
-        let chunk = self
-            .icm
-            .iter_from(0)
-            .find(|c| {
-                let size = c.pages() << ICM_PAGE_SHIFT;
-                c.mapped
-                    && address >= c.icm_address
-                    && address.saturating_add(entry_size) <= c.icm_address.saturating_add(size)
-            })
-            .ok_or(missing)?;
-        let offset = usize::try_from(address - chunk.icm_address).map_err(|_| missing)?;
-        let value = (bus_address | MTT_PRESENT).to_be_bytes();
-        if p.write(&chunk.block, offset, &value) {
-            Ok(())
-        } else {
-            Err(missing)
-        }
     }
 
     /// Opens port `port`: QUERY_PORT, SET_PORT (the IB layout, `mlx4_ib_SET_PORT`),
@@ -454,6 +419,7 @@ impl<B> Mlx4Core<B> {
                 eqns.free(eq.eqn);
             }
         }
+        self.drop_object_tables();
         self.eqns = None;
         self.mtts = None;
         self.pds = None;

@@ -309,3 +309,225 @@ pub mod eq_context {
     /// (`MLX4_EQ_STATE_ARMED`, 9 in bits 8..12).
     pub const FLAGS_ARMED: u32 = 0x9 << 8;
 }
+
+/// The CQ context (`struct mlx4_cq_context`, 64 bytes), SW2HW_CQ's input.
+#[allow(missing_docs)]
+pub mod cq_context {
+    pub const FLAGS: usize = 0x00;
+    pub const PAGE_OFFSET: usize = 0x0a;
+    /// log2 of the entries in bits 24..29, the UAR page in the low 24 bits.
+    pub const LOGSIZE_USRPAGE: usize = 0x0c;
+    pub const CQ_PERIOD: usize = 0x10;
+    pub const CQ_MAX_COUNT: usize = 0x12;
+    pub const COMP_EQN: usize = 0x17;
+    /// log2 of the buffer's pages in 4 KiB units (`PAGE_SHIFT - MLX4_ICM_PAGE_SHIFT`).
+    pub const LOG_PAGE_SIZE: usize = 0x18;
+    pub const MTT_BASE_ADDR_H: usize = 0x1b;
+    pub const MTT_BASE_ADDR_L: usize = 0x1c;
+    pub const LAST_NOTIFIED_INDEX: usize = 0x20;
+    pub const SOLICIT_PRODUCER_INDEX: usize = 0x24;
+    pub const CONSUMER_INDEX: usize = 0x28;
+    pub const PRODUCER_INDEX: usize = 0x2c;
+    pub const DB_REC_ADDR: usize = 0x38;
+    pub const SIZE: usize = 0x40;
+}
+
+/// The data MPT entry (`struct mlx4_mpt_entry`, 64 bytes), SW2HW_MPT's input.
+#[allow(missing_docs)]
+pub mod mpt_entry {
+    pub const FLAGS: usize = 0x00;
+    pub const QPN: usize = 0x04;
+    /// The key in the hardware's order (`key_to_hw_index`: the index, rotated).
+    pub const KEY: usize = 0x08;
+    /// The PD in the low 24 bits, with `PD_FLAG_*`.
+    pub const PD_FLAGS: usize = 0x0c;
+    pub const START: usize = 0x10;
+    pub const LENGTH: usize = 0x18;
+    pub const LKEY: usize = 0x20;
+    pub const MTT_ADDR: usize = 0x2c;
+    pub const MTT_SZ: usize = 0x34;
+    /// log2 of the page size in bytes.
+    pub const ENTITY_SIZE: usize = 0x38;
+    pub const FIRST_BYTE_OFFSET: usize = 0x3c;
+    pub const SIZE: usize = 0x40;
+    /// `MLX4_MPT_FLAG_*`.
+    pub const FLAG_SW_OWNS: u32 = 0xf << 28;
+    pub const FLAG_FREE: u32 = 0x3 << 28;
+    pub const FLAG_MIO: u32 = 1 << 17;
+    pub const FLAG_BIND_ENABLE: u32 = 1 << 15;
+    pub const FLAG_PHYSICAL: u32 = 1 << 9;
+    pub const FLAG_REGION: u32 = 1 << 8;
+    /// The state bits of `FLAGS`.
+    pub const STATE_MASK: u32 = 0xf << 28;
+    /// `MLX4_PERM_*`, in `FLAGS`.
+    pub const PERM_LOCAL_READ: u32 = 1 << 10;
+    pub const PERM_LOCAL_WRITE: u32 = 1 << 11;
+    pub const PERM_REMOTE_READ: u32 = 1 << 12;
+    pub const PERM_REMOTE_WRITE: u32 = 1 << 13;
+    pub const PERM_ATOMIC: u32 = 1 << 14;
+    pub const PERM_MASK: u32 = 0xfc00;
+    /// `MLX4_MPT_PD_FLAG_*`, in `PD_FLAGS`.
+    pub const PD_FLAG_FAST_REG: u32 = 1 << 27;
+    pub const PD_FLAG_EN_INV: u32 = 3 << 24;
+
+    /// `key_to_hw_index`: the key as the MPT and the MTT index hold it.
+    pub const fn key_to_hw_index(key: u32) -> u32 {
+        key.rotate_left(24)
+    }
+
+    /// `hw_index_to_key`: the key of MPT index `index`.
+    pub const fn hw_index_to_key(index: u32) -> u32 {
+        index.rotate_right(24)
+    }
+}
+
+/// The QP context (`struct mlx4_qp_context`, 0xf8 bytes; `struct mlx4_qp_path` at
+/// `PRI_PATH` and `ALT_PATH`), in the modify mailbox after the 8-byte
+/// optional-parameter header (`OPTPAR`, then 4 reserved bytes).
+#[allow(missing_docs)]
+pub mod qp_context {
+    /// Offset of the context in a modify mailbox.
+    pub const MAILBOX_OFFSET: usize = 0x08;
+    /// Offset of the optional-parameter mask in a modify mailbox.
+    pub const OPTPAR: usize = 0x00;
+    /// The transport in bits 16..24, the path-migration state in bits 11..13, the QP
+    /// state (QUERY_QP) in bits 28..32.
+    pub const FLAGS: usize = 0x00;
+    pub const PD: usize = 0x04;
+    /// The path MTU in bits 5..8, log2 of the largest message in bits 0..5.
+    pub const MTU_MSGMAX: usize = 0x08;
+    /// log2 of the entries in bits 3..7, log2 of the stride minus 4 in bits 0..3.
+    pub const RQ_SIZE_STRIDE: usize = 0x09;
+    pub const SQ_SIZE_STRIDE: usize = 0x0a;
+    /// The UAR page whose send doorbell the QP's driver rings (low 24 bits).
+    pub const USR_PAGE: usize = 0x0c;
+    pub const LOCAL_QPN: usize = 0x10;
+    pub const REMOTE_QPN: usize = 0x14;
+    pub const PRI_PATH: usize = 0x18;
+    pub const ALT_PATH: usize = 0x44;
+    /// Size of a path (`struct mlx4_qp_path`).
+    pub const PATH_SIZE: usize = 0x2c;
+    /// In a path: the P_Key index, the source path bits, the destination LID, the ACK
+    /// timeout (bits 3..8), the GID index, the hop limit, and `sched_queue` (bit 6: the
+    /// port minus one; `0x83` is the IB default scheduling queue).
+    pub const PATH_PKEY_INDEX: usize = 0x03;
+    pub const PATH_GRH_MYLMC: usize = 0x05;
+    pub const PATH_RLID: usize = 0x06;
+    pub const PATH_ACKTO: usize = 0x08;
+    pub const PATH_MGID_INDEX: usize = 0x09;
+    pub const PATH_SCHED_QUEUE: usize = 0x20;
+    /// ACK request frequency (bits 28..32), retry count (16..19), RNR retry (13..16),
+    /// SRA max (21..24).
+    pub const PARAMS1: usize = 0x70;
+    pub const NEXT_SEND_PSN: usize = 0x78;
+    pub const CQN_SEND: usize = 0x7c;
+    pub const LAST_ACKED_PSN: usize = 0x88;
+    /// Bits 15, 14, 13: remote read, write and atomic enable; RRA max in 21..24; the
+    /// minimum RNR NAK timer in the next word's 24..29.
+    pub const PARAMS2: usize = 0x90;
+    pub const RNR_NEXTRECVPSN: usize = 0x94;
+    pub const CQN_RECV: usize = 0x9c;
+    pub const DB_REC_ADDR: usize = 0xa0;
+    pub const QKEY: usize = 0xa8;
+    /// Bit 24: the QP takes its receives from the SRQ in the low 24 bits.
+    pub const SRQN: usize = 0xac;
+    pub const LOG_PAGE_SIZE: usize = 0xc8;
+    pub const MTT_BASE_ADDR_H: usize = 0xcb;
+    pub const MTT_BASE_ADDR_L: usize = 0xcc;
+    pub const SIZE: usize = 0xf8;
+    /// `MLX4_QP_ST_*`, `FLAGS` bits 16..24.
+    pub const ST_RC: u8 = 0;
+    pub const ST_UC: u8 = 1;
+    pub const ST_UD: u8 = 3;
+    pub const ST_MLX: u8 = 7;
+    /// `MLX4_QP_PM_MIGRATED`, in `FLAGS`.
+    pub const PM_MIGRATED: u32 = 3 << 11;
+    /// `MLX4_QP_BIT_*` in `PARAMS2`.
+    pub const PARAMS2_RRE: u32 = 1 << 15;
+    pub const PARAMS2_RWE: u32 = 1 << 14;
+    pub const PARAMS2_RAE: u32 = 1 << 13;
+    /// The three together.
+    pub const PARAMS2_ACCESS: u32 = PARAMS2_RRE | PARAMS2_RWE | PARAMS2_RAE;
+    /// `SRQN`'s bit that says "receives come from an SRQ".
+    pub const SRQN_USE_SRQ: u32 = 1 << 24;
+    /// `MLX4_IB_DEFAULT_SCHED_QUEUE`, with the port bit (6) clear.
+    pub const SCHED_QUEUE_IB_DEFAULT: u8 = 0x83;
+}
+
+/// The optional-parameter mask of a QP modify (`enum mlx4_qp_optpar`).
+#[allow(missing_docs)]
+pub mod qp_optpar {
+    pub const ALT_ADDR_PATH: u32 = 1 << 0;
+    pub const RRE: u32 = 1 << 1;
+    pub const RAE: u32 = 1 << 2;
+    pub const RWE: u32 = 1 << 3;
+    pub const PKEY_INDEX: u32 = 1 << 4;
+    pub const Q_KEY: u32 = 1 << 5;
+    pub const RNR_TIMEOUT: u32 = 1 << 6;
+    pub const PRIMARY_ADDR_PATH: u32 = 1 << 7;
+    pub const SRA_MAX: u32 = 1 << 8;
+    pub const RRA_MAX: u32 = 1 << 9;
+    pub const PM_STATE: u32 = 1 << 10;
+    pub const RETRY_COUNT: u32 = 1 << 12;
+    pub const RNR_RETRY: u32 = 1 << 13;
+    pub const ACK_TIMEOUT: u32 = 1 << 14;
+    pub const SCHED_QUEUE: u32 = 1 << 16;
+    pub const COUNTER_INDEX: u32 = 1 << 20;
+    /// Any of the three remote access enables.
+    pub const ACCESS: u32 = RRE | RAE | RWE;
+}
+
+/// A MAD as MAD_IFC carries it (256 bytes in, 256 out): the common MAD header and, for
+/// an SMP, the attribute data at `SMP_DATA` (IBA 13.4.3, 14.2.1.1).
+#[allow(missing_docs)]
+pub mod mad {
+    pub const SIZE: usize = 256;
+    pub const BASE_VERSION: usize = 0x00;
+    pub const MGMT_CLASS: usize = 0x01;
+    pub const CLASS_VERSION: usize = 0x02;
+    pub const METHOD: usize = 0x03;
+    pub const STATUS: usize = 0x04;
+    pub const TID: usize = 0x08;
+    pub const ATTR_ID: usize = 0x10;
+    pub const ATTR_MOD: usize = 0x14;
+    /// A LID-routed SMP's data.
+    pub const SMP_DATA: usize = 0x40;
+    pub const CLASS_SUBN_LID_ROUTED: u8 = 0x01;
+    pub const METHOD_GET: u8 = 0x01;
+    pub const METHOD_SET: u8 = 0x02;
+    pub const METHOD_GET_RESP: u8 = 0x81;
+    pub const ATTR_NODE_INFO: u16 = 0x0011;
+    pub const ATTR_PORT_INFO: u16 = 0x0015;
+}
+
+/// PortInfo (IBA 14.2.5.6): byte offsets in its 64 bytes, at a SMP's data.
+#[allow(missing_docs)]
+pub mod port_info {
+    pub const GID_PREFIX: usize = 8;
+    pub const LID: usize = 16;
+    pub const SM_LID: usize = 18;
+    pub const CAP_MASK: usize = 20;
+    pub const LOCAL_PORT: usize = 28;
+    pub const WIDTH_ENABLED: usize = 29;
+    pub const WIDTH_SUPPORTED: usize = 30;
+    pub const WIDTH_ACTIVE: usize = 31;
+    /// High nibble: speeds supported; low nibble: the port state.
+    pub const SPEED_STATE: usize = 32;
+    /// High nibble: the physical state; low nibble: the down default.
+    pub const PHYS_STATE: usize = 33;
+    /// Low 3 bits: LMC.
+    pub const LMC: usize = 34;
+    /// High nibble: speed active; low nibble: speed enabled.
+    pub const SPEED_ACTIVE: usize = 35;
+    /// High nibble: neighbor MTU; low nibble: master SM SL.
+    pub const MTU_SMSL: usize = 36;
+    /// High nibble: VL cap.
+    pub const VL_CAP: usize = 37;
+    /// Low nibble: the MTU cap.
+    pub const MTU_CAP: usize = 41;
+    /// High nibble: operational VLs.
+    pub const OPER_VLS: usize = 43;
+    pub const GUID_CAP: usize = 50;
+    /// Low 5 bits: the subnet timeout; bit 7: client reregister.
+    pub const SUBNET_TIMEOUT: usize = 51;
+}

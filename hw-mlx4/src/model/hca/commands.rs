@@ -85,6 +85,11 @@ pub(super) struct InitHcaParams {
     pub log_mpt_sz: u8,
     /// The MTT table's ICM address: MTT offsets in contexts are relative to it.
     pub mtt_base: u64,
+    /// The QP, CQ and dMPT context tables' ICM addresses: a context the driver hands
+    /// over must lie in ICM it mapped (`mlx4_table_get` before SW2HW/RST2INIT).
+    pub qpc_base: u64,
+    pub cqc_base: u64,
+    pub dmpt_base: u64,
     /// The multicast table: entry size, hash size and whole size, as log2.
     pub log_mc_entry_sz: u8,
     pub log_mc_hash_sz: u8,
@@ -376,6 +381,9 @@ impl Hca {
                     log_num_eqs: m.u8(init_hca::LOG_EQ) & 0x1f,
                     log_mpt_sz: m.u8(init_hca::LOG_MPT_SZ) & 0x3f,
                     mtt_base: m.u64(init_hca::MTT_BASE),
+                    qpc_base: m.u64(init_hca::QPC_BASE) & !0xfff,
+                    cqc_base: m.u64(init_hca::CQC_BASE) & !0xfff,
+                    dmpt_base: m.u64(init_hca::DMPT_BASE),
                     log_mc_entry_sz: m.u8(init_hca::LOG_MC_ENTRY_SZ) & 0x1f,
                     log_mc_hash_sz: m.u8(init_hca::LOG_MC_HASH_SZ) & 0x1f,
                     log_mc_table_sz: m.u8(init_hca::LOG_MC_TABLE_SZ) & 0x1f,
@@ -481,6 +489,8 @@ impl Hca {
                         format!("CQ {cqn:#x} is already in hardware"),
                     ));
                 }
+                let init = self.init.unwrap_or_default();
+                self.context_mapped("CQ", cqn, init.cqc_base, caps::CQC_ENTRY_SZ)?;
                 let inbox = self.read_in(dma, cmd)?;
                 let cq = super::datapath::CqState::from_context(&inbox);
                 if cq.log_size > super::datapath::MAX_LOG_QUEUE_ENTRIES {
@@ -545,6 +555,7 @@ impl Hca {
                 let init = self.init.unwrap_or_default();
                 if cmd.opcode == opcode::SW2HW_MPT {
                     self.check_index("MPT", index, init.log_mpt_sz)?;
+                    self.context_mapped("MPT", index, init.dmpt_base, caps::DMPT_ENTRY_SZ)?;
                 } else {
                     self.check_index("SRQ", index, init.log_num_srqs)?;
                 }
@@ -738,6 +749,25 @@ impl Hca {
         }
     }
 
+    /// A context the firmware is to keep must lie in mapped ICM: real firmware would
+    /// take an ICM fault on it (the driver maps it with `mlx4_table_get` first).
+    fn context_mapped(
+        &self,
+        what: &str,
+        index: u32,
+        base: u64,
+        entry_size: u16,
+    ) -> Result<(), (CmdStatus, String)> {
+        let address = base.wrapping_add(u64::from(index) * u64::from(entry_size));
+        match self.icm.translate(address) {
+            Some((_, contiguous)) if contiguous >= u64::from(entry_size) => Ok(()),
+            _ => Err((
+                CmdStatus::IcmError,
+                format!("{what} {index:#x}: its context at ICM {address:#x} is not mapped"),
+            )),
+        }
+    }
+
     fn port_index(&self, in_modifier: u32) -> Result<usize, (CmdStatus, String)> {
         match in_modifier {
             1 | 2 => Ok(in_modifier as usize - 1),
@@ -860,6 +890,10 @@ impl Hca {
         let qpn = cmd.in_modifier & 0x00ff_ffff;
         self.check_index("QP", qpn, self.init.map_or(0, |i| i.log_num_qps))?;
         let current = self.qps.get(&qpn).map_or(Reset, |qp| qp.state);
+        if cmd.opcode == opcode::RST2INIT_QP {
+            let init = self.init.unwrap_or_default();
+            self.context_mapped("QP", qpn, init.qpc_base, caps::QPC_ENTRY_SZ)?;
+        }
         let (from, to): (&[QpStateKind], QpStateKind) = match cmd.opcode {
             opcode::RST2INIT_QP => (&[Reset], Init),
             opcode::INIT2INIT_QP => (&[Init], Init),

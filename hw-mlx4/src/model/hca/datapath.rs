@@ -25,73 +25,18 @@ use super::{Dma, Hca};
 use crate::wire::fw::Mailbox;
 use crate::wire::{DatagramSeg, EventType, Syndrome};
 
-/// Offsets in a QP context (`struct mlx4_qp_context`), within the modify mailbox after
-/// its 8-byte optional-parameter header.
+/// The QP context, CQ context and MPT entry: one definition, the driver's
+/// (`wire::fw`).
 mod qpc {
-    pub const FLAGS: usize = 0x00;
-    pub const RQ_SIZE_STRIDE: usize = 0x09;
-    pub const SQ_SIZE_STRIDE: usize = 0x0a;
-    pub const PD: usize = 0x04;
-    /// The UAR page whose send doorbell the QP's driver rings (low 24 bits).
-    pub const USR_PAGE: usize = 0x0c;
-    pub const REMOTE_QPN: usize = 0x14;
-    /// `rlid` in a path.
-    pub const PATH_RLID: usize = 0x06;
-    /// Bits 15..13: the RNR retry count.
-    pub const PARAMS1: usize = 0x70;
-    /// Bits 15, 14, 13: remote read, write and atomic enable.
-    pub const PARAMS2: usize = 0x90;
-    /// Optional parameters that change the remote access bits: RRE (bit 1), RAE (2),
-    /// RWE (3).
-    pub const OPTPAR_ACCESS: u32 = 0b1110;
-    /// `MLX4_QP_ST_RC`.
-    pub const ST_RC: u8 = 0;
-    pub const PRI_PATH: usize = 0x18;
-    pub const PATH_SIZE: usize = 0x2c;
-    /// `sched_queue` in a path: bit 6 is the port minus one.
-    pub const PATH_SCHED_QUEUE: usize = 0x20;
-    pub const CQN_SEND: usize = 0x7c;
-    pub const CQN_RECV: usize = 0x9c;
-    pub const DB_REC_ADDR: usize = 0xa0;
-    pub const QKEY: usize = 0xa8;
-    pub const SRQN: usize = 0xac;
-    pub const LOG_PAGE_SIZE: usize = 0xc8;
-    pub const MTT_BASE_ADDR_H: usize = 0xcb;
-    pub const MTT_BASE_ADDR_L: usize = 0xcc;
-    pub const SIZE: usize = 0xf8;
-    /// The transport: `MLX4_QP_ST_MLX` for QP0 and QP1.
-    pub const ST_UD: u8 = 3;
-    pub const ST_MLX: u8 = 7;
-    /// Optional-parameter bits (`enum mlx4_qp_optpar`).
-    pub const OPTPAR_Q_KEY: u32 = 1 << 5;
-    pub const OPTPAR_PRIMARY_ADDR_PATH: u32 = 1 << 7;
-    pub const OPTPAR_SCHED_QUEUE: u32 = 1 << 16;
+    pub use crate::wire::fw::qp_context::*;
+    pub use crate::wire::fw::qp_optpar::{
+        ACCESS as OPTPAR_ACCESS, PRIMARY_ADDR_PATH as OPTPAR_PRIMARY_ADDR_PATH,
+        Q_KEY as OPTPAR_Q_KEY, SCHED_QUEUE as OPTPAR_SCHED_QUEUE,
+    };
 }
-
-/// Offsets in a CQ context (`struct mlx4_cq_context`).
-mod cqc {
-    pub const LOGSIZE_USRPAGE: usize = 0x0c;
-    pub const COMP_EQN: usize = 0x17;
-    pub const LOG_PAGE_SIZE: usize = 0x18;
-    pub const MTT_BASE_ADDR_H: usize = 0x1b;
-    pub const MTT_BASE_ADDR_L: usize = 0x1c;
-    pub const DB_REC_ADDR: usize = 0x38;
-}
-
-/// Offsets in a dMPT entry (`struct mlx4_mpt_entry`).
+use crate::wire::fw::cq_context as cqc;
 mod mpt {
-    pub const FLAGS: usize = 0x00;
-    /// The key, in the hardware's order (`key_to_hw_index`).
-    pub const KEY: usize = 0x08;
-    pub const START: usize = 0x10;
-    pub const LENGTH: usize = 0x18;
-    pub const MTT_ADDR: usize = 0x2c;
-    pub const ENTITY_SIZE: usize = 0x38;
-    /// `MLX4_MPT_FLAG_PHYSICAL`: no translation, the address is the bus address.
-    pub const FLAG_PHYSICAL: u32 = 1 << 9;
-    /// `MLX4_PERM_LOCAL_READ` and `MLX4_PERM_LOCAL_WRITE`.
-    pub const PERM_LOCAL_READ: u32 = 1 << 10;
-    pub const PERM_LOCAL_WRITE: u32 = 1 << 11;
+    pub use crate::wire::fw::mpt_entry::*;
 }
 
 /// What a memory key is used for: through an lkey, the MPT must grant the local right;

@@ -109,6 +109,12 @@ pub struct Resources {
     pub eqs: usize,
     /// Ports opened by INIT_PORT and not yet closed.
     pub ports_up: [bool; 2],
+    /// CQs in hardware (SW2HW_CQ without HW2SW_CQ yet).
+    pub cqs: usize,
+    /// QPs out of RESET.
+    pub qps: usize,
+    /// MPTs in hardware.
+    pub mpts: usize,
 }
 
 /// An event queue the driver handed over with SW2HW_EQ.
@@ -259,6 +265,9 @@ impl Hca {
             icm_bytes: self.icm.mapped_bytes(),
             eqs: self.eqs.len(),
             ports_up: self.ports_up,
+            cqs: self.cq_states.len(),
+            qps: self.qps.len(),
+            mpts: self.mpts.len(),
         }
     }
 

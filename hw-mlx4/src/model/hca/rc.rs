@@ -25,30 +25,25 @@ use super::{Dma, Hca};
 use crate::wire::fw::Mailbox;
 use crate::wire::{RecvOpcode, SendOpcode, Syndrome};
 
-/// MPT access bits (`MLX4_PERM_*`).
+/// MPT access bits (`MLX4_PERM_*`), state and flags, and the responder's `params2`
+/// remote access enables: the driver's definitions (`wire::fw`).
 mod perm {
-    pub const REMOTE_READ: u32 = 1 << 12;
-    pub const REMOTE_WRITE: u32 = 1 << 13;
-    pub const ATOMIC: u32 = 1 << 14;
+    pub use crate::wire::fw::mpt_entry::{
+        PERM_ATOMIC as ATOMIC, PERM_REMOTE_READ as REMOTE_READ, PERM_REMOTE_WRITE as REMOTE_WRITE,
+    };
 }
 
-/// MPT state and flags (`mlx4.h`: `MLX4_MPT_FLAG_*`, `MLX4_MPT_PD_FLAG_FAST_REG`).
 pub(super) mod mpt_flags {
-    /// The MPT's state: bits 28..32; `FREE` is a fast-register MPT with no valid key.
-    pub const STATE_MASK: u32 = 0xf << 28;
-    pub const FREE: u32 = 0x3 << 28;
-    pub const PHYSICAL: u32 = 1 << 9;
-    /// The access bits (`MLX4_PERM_MASK`).
-    pub const PERM_MASK: u32 = 0xfc00;
-    /// In `pd_flags`: the MPT may be fast-registered.
-    pub const PD_FAST_REG: u32 = 1 << 27;
+    pub use crate::wire::fw::mpt_entry::{
+        FLAG_FREE as FREE, FLAG_PHYSICAL as PHYSICAL, PD_FLAG_FAST_REG as PD_FAST_REG, PERM_MASK,
+        STATE_MASK,
+    };
 }
 
-/// The responder's `params2` remote access enables.
 mod qp_access {
-    pub const READ: u32 = 1 << 15;
-    pub const WRITE: u32 = 1 << 14;
-    pub const ATOMIC: u32 = 1 << 13;
+    pub use crate::wire::fw::qp_context::{
+        PARAMS2_RAE as ATOMIC, PARAMS2_RRE as READ, PARAMS2_RWE as WRITE,
+    };
 }
 
 use super::datapath::MAX_MESSAGE;

@@ -61,36 +61,8 @@ mod mad {
     pub const STATUS_INVALID_FIELD: u16 = 0x001c;
 }
 
-/// Byte offsets in PortInfo's 64 bytes.
-mod port_info {
-    pub const GID_PREFIX: usize = 8;
-    pub const LID: usize = 16;
-    pub const SM_LID: usize = 18;
-    pub const CAP_MASK: usize = 20;
-    pub const LOCAL_PORT: usize = 28;
-    pub const WIDTH_ENABLED: usize = 29;
-    pub const WIDTH_SUPPORTED: usize = 30;
-    pub const WIDTH_ACTIVE: usize = 31;
-    /// High nibble: speeds supported; low nibble: the port state.
-    pub const SPEED_STATE: usize = 32;
-    /// High nibble: the physical state; low nibble: the down default.
-    pub const PHYS_STATE: usize = 33;
-    /// Low 3 bits: LMC.
-    pub const LMC: usize = 34;
-    /// High nibble: speed active; low nibble: speed enabled.
-    pub const SPEED_ACTIVE: usize = 35;
-    /// High nibble: neighbor MTU; low nibble: master SM SL.
-    pub const MTU_SMSL: usize = 36;
-    /// High nibble: VL cap.
-    pub const VL_CAP: usize = 37;
-    /// Low nibble: the MTU cap.
-    pub const MTU_CAP: usize = 41;
-    /// High nibble: operational VLs.
-    pub const OPER_VLS: usize = 43;
-    pub const GUID_CAP: usize = 50;
-    /// Low 5 bits: the subnet timeout; bit 7: client reregister.
-    pub const SUBNET_TIMEOUT: usize = 51;
-}
+/// Byte offsets in PortInfo's 64 bytes: the driver reads them through the same.
+use crate::wire::fw::port_info;
 
 /// A port's logical state (PortInfo:PortState).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
