@@ -321,6 +321,7 @@ fn config() -> ProbeConfig {
         profile: Profile::DEFAULT,
         uar_bar_size: BAR2_SIZE,
         ib_cap_mask: IB_CAP_MASK,
+        comp_eqs: 2,
     }
 }
 
