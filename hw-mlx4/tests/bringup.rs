@@ -391,8 +391,15 @@ fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
     ];
     expected.extend(std::iter::repeat_n(opcode::MAP_ICM, map_icms));
     expected.extend([opcode::INIT_HCA, opcode::QUERY_HCA, opcode::QUERY_ADAPTER]);
-    // `mlx4_setup_hca`: the async EQ, the NOP interrupt test, then the ports.
-    expected.extend([opcode::SW2HW_EQ, opcode::MAP_EQ, opcode::NOP]);
+    // `mlx4_setup_hca`: the async EQ, two completion EQs (no MAP_EQ: a CQ names its
+    // EQ), the NOP interrupt test, then the ports.
+    expected.extend([
+        opcode::SW2HW_EQ,
+        opcode::MAP_EQ,
+        opcode::SW2HW_EQ,
+        opcode::SW2HW_EQ,
+        opcode::NOP,
+    ]);
     for _port in 1..=2 {
         expected.extend([opcode::QUERY_PORT, opcode::SET_PORT, opcode::INIT_PORT]);
     }
@@ -400,11 +407,14 @@ fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
 
     p.posted.clear();
     core.teardown(&mut p).expect("the teardown succeeds");
+    // The completion EQs first, last created first, then the async EQ.
     assert_eq!(
-        p.posted[..5],
+        p.posted[..7],
         [
             opcode::CLOSE_PORT,
             opcode::CLOSE_PORT,
+            opcode::HW2SW_EQ,
+            opcode::HW2SW_EQ,
             opcode::MAP_EQ,
             opcode::HW2SW_EQ,
             opcode::CLOSE_HCA
@@ -416,7 +426,7 @@ fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
         &p.posted[p.posted.len() - 2..],
         [opcode::UNMAP_ICM_AUX, opcode::UNMAP_FA]
     );
-    assert_eq!(p.posted.len(), 7 + map_icms);
+    assert_eq!(p.posted.len(), 9 + map_icms);
     assert_eq!(
         p.writes.last(),
         Some(&(OWNER_BASE, 0)),
@@ -976,6 +986,8 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
 
     assert_eq!(info.driver_uar, 128);
     assert_eq!(info.async_eqn, 4, "the first EQ above the 4 reserved");
+    assert_eq!(info.comp_eqns, [Some(5), Some(6), None, None]);
+    assert_eq!((core.comp_eqn(0), core.comp_eqn(1), core.comp_eqn(2)), (Some(5), Some(6), None));
     for (i, port) in info.ports.iter().enumerate() {
         let port = port.expect("both ports");
         assert_eq!(usize::from(port.port), i + 1);
@@ -985,7 +997,7 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
         assert_eq!(port.max_vl, 8);
     }
     let held = p.hca.resources();
-    assert_eq!((held.eqs, held.ports_up), (1, [true, true]));
+    assert_eq!((held.eqs, held.ports_up), (3, [true, true]));
     assert_eq!(core.ports_up(), [true, true]);
 
     // The EQ's interrupt fired, once per command completed by event (the driver
@@ -1002,6 +1014,14 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
             .any(|e| *e == HcaEvent::Info("EQ 4: 512 entries, vector 0, armed".into())),
         "{events:?}"
     );
+    // And the completion EQs, on vectors 1 and 2.
+    for (eqn, vector) in [(5, 1), (6, 2)] {
+        let created = format!("EQ {eqn}: 512 entries, vector {vector}, armed");
+        assert!(
+            events.iter().any(|e| *e == HcaEvent::Info(created.clone())),
+            "{events:?}"
+        );
+    }
     let posted = posts(&p);
     let nop = posted
         .iter()
@@ -1027,7 +1047,17 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
     let mut expected = vec![1 << 31];
     expected.extend((1..=by_event.len() as u32).map(|ci| ci | 1 << 31));
     assert_eq!(doorbells, expected);
-    assert_eq!(p.bar2_writes.len(), doorbells.len());
+    // The completion EQs' doorbells (page 1, slots 1 and 2): armed at creation.
+    for eqn in [5, 6] {
+        let armed: Vec<u32> = p
+            .bar2_writes
+            .iter()
+            .filter(|&&(offset, _)| offset == eq_doorbell(eqn))
+            .map(|&(_, v)| v)
+            .collect();
+        assert_eq!(armed, [1 << 31], "EQ {eqn}");
+    }
+    assert_eq!(p.bar2_writes.len(), doorbells.len() + 2);
     assert!(p.read_barriers >= by_event.len());
     assert_eq!(core.commands().stale_completions(), 0);
 
