@@ -14,7 +14,9 @@ use std::rc::Rc;
 
 use hw_mlx4::bringup::caps::{DevCaps, FwInfo, InvalidCap};
 use hw_mlx4::bringup::cmd::{CmdError, Command, CommandEdge, CommandInterface, POLL_TOKEN};
-use hw_mlx4::bringup::eq::{eq_doorbell, EqEvent, EventEdge};
+use hw_mlx4::bringup::eq::{
+    eq_doorbell, CompletionEvent, EqEvent, EventEdge, PortEvent, PortEventKind,
+};
 use hw_mlx4::bringup::memory::{AllocError, HostMemory, ICM_PAGE_SIZE};
 use hw_mlx4::bringup::probe::{Mlx4Core, ProbeConfig, ProbeError, Step};
 use hw_mlx4::bringup::profile::{make_profile, Profile, ProfileError, Resource};
@@ -619,6 +621,8 @@ fn a_probe_failing_at_any_command_unwinds_cleanly() {
         (opcode::QUERY_ADAPTER, 0, Step::QueryAdapter),
         (opcode::SW2HW_EQ, 0, Step::Sw2HwEq),
         (opcode::MAP_EQ, 0, Step::MapEq),
+        (opcode::SW2HW_EQ, 1, Step::Sw2HwCompEq(0)),
+        (opcode::SW2HW_EQ, 2, Step::Sw2HwCompEq(1)),
         // From here on by events: the failure comes as the command EQE's status.
         (opcode::NOP, 0, Step::NopInterrupt),
         (opcode::QUERY_PORT, 0, Step::QueryPort(1)),
@@ -1129,9 +1133,11 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
     p.hca.take_events();
 
     // A port going ACTIVE (an SM's Set(PortInfo) to ARMED, then ACTIVE) is a
-    // PORT_CHANGE event on the async EQ, walked past with the command completions.
+    // PORT_CHANGE event on the async EQ, walked past with the command completions,
+    // and then down again (Set to DOWN: the link stays, the port goes to INIT).
     assert_eq!(core.async_events(), 0);
-    for state in [3u8, 4] {
+    assert_eq!(core.take_port_event(), None);
+    for state in [3u8, 4, 1] {
         let (inbox, outbox) = (BASE + SIZE as u64 - 0x2000, BASE + SIZE as u64 - 0x1000);
         let mut smp = [0u8; 256];
         smp[..4].copy_from_slice(&[1, 0x01, 1, 0x02]);
@@ -1145,14 +1151,31 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
         core.command(&mut p, Step::QueryPort(1), cmd)
             .expect("MAD_IFC");
     }
-    assert_eq!(core.async_events(), 1);
+    assert_eq!(core.async_events(), 2);
     assert_eq!(
         core.last_async_event(),
         Some(EqEvent::PortChange {
             port: 1,
-            subtype: 4
+            subtype: 1
         })
     );
+    // Typed, in order, for the IB device layer.
+    assert_eq!(
+        core.take_port_event(),
+        Some(PortEvent {
+            port: 1,
+            kind: PortEventKind::Active
+        })
+    );
+    assert_eq!(
+        core.take_port_event(),
+        Some(PortEvent {
+            port: 1,
+            kind: PortEventKind::Down
+        })
+    );
+    assert_eq!(core.take_port_event(), None);
+    assert_eq!(core.dropped_port_events(), 0);
     p.hca.take_events();
 
     // PDs above the 4 reserved.
