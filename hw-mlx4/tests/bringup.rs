@@ -1408,7 +1408,7 @@ use hw_mlx4::fastpath::recv::RecvQueueState;
 use hw_mlx4::fastpath::send::{QpType, SendQueueCaps, SendQueueState};
 use hw_mlx4::model::{wr_id_table, HostUar, UarWrite};
 use hw_mlx4::wire::fw::qp_context;
-use hw_mlx4::wire::{UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
+use hw_mlx4::wire::{ArmCommand, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use hw_mlx4::wr::{
     Completion, Payload, RecvWr, SendFlags, SendOp, SendWr, Sge, WcOpcode, WcStatus,
 };
@@ -1556,7 +1556,10 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
     assert_ne!(mr.key, dma_mr.key);
     assert_eq!(p.hca.resources().mpts, 2);
 
-    let cq = core.create_cq(&mut p, 7, info.async_eqn, uar).expect("CQ");
+    // The CQ reports to the second completion EQ (MSI-X vector 2).
+    let comp_eqn = core.comp_eqn(1).expect("completion EQ 1");
+    assert_ne!(comp_eqn, info.async_eqn);
+    let cq = core.create_cq(&mut p, 7, comp_eqn, uar).expect("CQ");
     assert_eq!(p.hca.resources().cqs, 1);
     let mut a = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP a");
     let mut b = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP b");
@@ -1597,6 +1600,12 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
     .expect("fast CQ");
     let mut fa = fast_qp(&p, &a);
     let mut fb = fast_qp(&p, &b);
+    // Armed for the next completion (`ib_req_notify_cq`): nothing fires yet.
+    fast_cq.arm(ArmCommand::Next);
+    ring_doorbells(&mut p, &host_uar, uar);
+    assert_eq!(interrupts(&p.hca.take_events()), Vec::<u16>::new());
+    let mut seen = Vec::new();
+    assert_eq!(core.poll_completions(&mut p, 1, |e| seen.push(e)), Ok(0));
 
     let message = b"tilde: bytes moved by the firmware's own QPs";
     p.memory.write(pages[0].address + 0x100, message).unwrap();
@@ -1629,7 +1638,30 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
         .expect("post send");
     }
     ring_doorbells(&mut p, &host_uar, uar);
-    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    // The completion raised one event, on the CQ's EQ and that EQ's vector only; the
+    // walk of that EQ dispatches it to the CQ it names, and re-arms the EQ.
+    let events = p.hca.take_events();
+    assert!(
+        !events.iter().any(|e| matches!(e, HcaEvent::DriverError(_))),
+        "{events:?}"
+    );
+    assert_eq!(interrupts(&events), vec![2]);
+    assert_eq!(core.poll_completions(&mut p, 0, |e| seen.push(e)), Ok(0));
+    assert_eq!(seen, []);
+    assert_eq!(core.poll_completions(&mut p, 1, |e| seen.push(e)), Ok(1));
+    assert_eq!(seen, [CompletionEvent { cqn: cq.cqn }]);
+    assert_eq!(
+        p.bar2_writes.last(),
+        Some(&(eq_doorbell(comp_eqn), 1 | 1 << 31)),
+        "consumer index 1, re-armed"
+    );
+    fast_cq.event_delivered();
+    assert_eq!(core.refused_completions(), 0);
+    assert_eq!(
+        core.poll_completions(&mut p, 2, |e| seen.push(e)),
+        Err(ProbeError::EqAccess),
+        "no third completion EQ"
+    );
 
     let mut received = vec![0u8; message.len()];
     Dma::read(&p.memory, pages[1].address + 0x40, &mut received).unwrap();
