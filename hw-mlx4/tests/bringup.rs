@@ -991,7 +991,10 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
     assert_eq!(info.driver_uar, 128);
     assert_eq!(info.async_eqn, 4, "the first EQ above the 4 reserved");
     assert_eq!(info.comp_eqns, [Some(5), Some(6), None, None]);
-    assert_eq!((core.comp_eqn(0), core.comp_eqn(1), core.comp_eqn(2)), (Some(5), Some(6), None));
+    assert_eq!(
+        (core.comp_eqn(0), core.comp_eqn(1), core.comp_eqn(2)),
+        (Some(5), Some(6), None)
+    );
     for (i, port) in info.ports.iter().enumerate() {
         let port = port.expect("both ports");
         assert_eq!(usize::from(port.port), i + 1);
@@ -2060,6 +2063,38 @@ fn mad_ifc_answers_port_info_and_nonsense_is_refused_by_name() {
             other => panic!("{field}: {other:?}"),
         }
     }
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// A completion EQE naming a CQ the driver no longer has (here: destroyed between the
+/// event and the walk) is refused and counted, never dispatched.
+#[test]
+fn a_completion_for_an_unknown_cq_is_refused_and_counted() {
+    let (mut p, mut core) = probed();
+    let uar = core.driver_uar().unwrap();
+    let eqn = core.comp_eqn(0).expect("completion EQ 0");
+    let cq = core.create_cq(&mut p, 6, eqn, uar).expect("CQ");
+    p.hca.take_events();
+    // An arm request naming consumer index 1 while the device produced none: the model
+    // raises the event at once (completions it takes as not yet consumed).
+    let word0 = 1u32 << 28 | 2 << 24 | cq.cqn;
+    let mut db = [0u8; 8];
+    db[..4].copy_from_slice(&word0.to_be_bytes());
+    db[4..].copy_from_slice(&1u32.to_be_bytes());
+    p.hca.bar2_write(
+        &p.memory,
+        (u64::from(uar) << 12) + UAR_CQ_DOORBELL as u64,
+        &db,
+    );
+    assert_eq!(interrupts(&p.hca.take_events()), vec![1]);
+    let cqn = cq.cqn;
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    let mut seen = Vec::new();
+    assert_eq!(core.poll_completions(&mut p, 0, |e| seen.push(e)), Ok(0));
+    assert_eq!(seen, []);
+    assert_eq!(core.refused_completions(), 1, "CQ {cqn:#x} refused");
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
     core.teardown(&mut p).expect("teardown");
     assert_released(&mut p);
 }

@@ -286,3 +286,38 @@ impl<B> EventQueue<B> {
         p.bar2_write_be32(eq_doorbell(self.eqn), eq_set_ci_word(self.cons_index, arm));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_changes_are_typed_and_nonsense_is_refused() {
+        let active = PortEvent::from_port_change(2, PORT_CHANGE_SUBTYPE_ACTIVE, 2);
+        assert_eq!(
+            active,
+            Some(PortEvent {
+                port: 2,
+                kind: PortEventKind::Active
+            })
+        );
+        let down = PortEvent::from_port_change(1, PORT_CHANGE_SUBTYPE_DOWN, 2);
+        assert_eq!(down.map(|e| e.kind), Some(PortEventKind::Down));
+        assert_eq!(PortEvent::from_port_change(0, 4, 2), None);
+        assert_eq!(PortEvent::from_port_change(3, 4, 2), None);
+        for subtype in [0u8, 2, 3, 5, 0xff] {
+            assert_eq!(PortEvent::from_port_change(1, subtype, 2), None);
+        }
+    }
+
+    #[test]
+    fn a_completion_eqe_names_its_cq() {
+        let mut raw = [0u8; EQE_SIZE];
+        raw[1] = EventType::Completion as u8;
+        raw[4..8].copy_from_slice(&0xff00_0123u32.to_be_bytes());
+        assert_eq!(
+            EqEvent::decode(&raw),
+            Some(EqEvent::Completion { cqn: 0x123 })
+        );
+    }
+}
