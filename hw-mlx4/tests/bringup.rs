@@ -14,7 +14,9 @@ use std::rc::Rc;
 
 use hw_mlx4::bringup::caps::{DevCaps, FwInfo, InvalidCap};
 use hw_mlx4::bringup::cmd::{CmdError, Command, CommandEdge, CommandInterface, POLL_TOKEN};
-use hw_mlx4::bringup::eq::{eq_doorbell, EqEvent, EventEdge};
+use hw_mlx4::bringup::eq::{
+    eq_doorbell, CompletionEvent, EqEvent, EventEdge, PortEvent, PortEventKind,
+};
 use hw_mlx4::bringup::memory::{AllocError, HostMemory, ICM_PAGE_SIZE};
 use hw_mlx4::bringup::probe::{Mlx4Core, ProbeConfig, ProbeError, Step};
 use hw_mlx4::bringup::profile::{make_profile, Profile, ProfileError, Resource};
@@ -321,6 +323,7 @@ fn config() -> ProbeConfig {
         profile: Profile::DEFAULT,
         uar_bar_size: BAR2_SIZE,
         ib_cap_mask: IB_CAP_MASK,
+        comp_eqs: 2,
     }
 }
 
@@ -390,8 +393,15 @@ fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
     ];
     expected.extend(std::iter::repeat_n(opcode::MAP_ICM, map_icms));
     expected.extend([opcode::INIT_HCA, opcode::QUERY_HCA, opcode::QUERY_ADAPTER]);
-    // `mlx4_setup_hca`: the async EQ, the NOP interrupt test, then the ports.
-    expected.extend([opcode::SW2HW_EQ, opcode::MAP_EQ, opcode::NOP]);
+    // `mlx4_setup_hca`: the async EQ, two completion EQs (no MAP_EQ: a CQ names its
+    // EQ), the NOP interrupt test, then the ports.
+    expected.extend([
+        opcode::SW2HW_EQ,
+        opcode::MAP_EQ,
+        opcode::SW2HW_EQ,
+        opcode::SW2HW_EQ,
+        opcode::NOP,
+    ]);
     for _port in 1..=2 {
         expected.extend([opcode::QUERY_PORT, opcode::SET_PORT, opcode::INIT_PORT]);
     }
@@ -399,11 +409,14 @@ fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
 
     p.posted.clear();
     core.teardown(&mut p).expect("the teardown succeeds");
+    // The completion EQs first, last created first, then the async EQ.
     assert_eq!(
-        p.posted[..5],
+        p.posted[..7],
         [
             opcode::CLOSE_PORT,
             opcode::CLOSE_PORT,
+            opcode::HW2SW_EQ,
+            opcode::HW2SW_EQ,
             opcode::MAP_EQ,
             opcode::HW2SW_EQ,
             opcode::CLOSE_HCA
@@ -415,7 +428,7 @@ fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
         &p.posted[p.posted.len() - 2..],
         [opcode::UNMAP_ICM_AUX, opcode::UNMAP_FA]
     );
-    assert_eq!(p.posted.len(), 7 + map_icms);
+    assert_eq!(p.posted.len(), 9 + map_icms);
     assert_eq!(
         p.writes.last(),
         Some(&(OWNER_BASE, 0)),
@@ -608,6 +621,8 @@ fn a_probe_failing_at_any_command_unwinds_cleanly() {
         (opcode::QUERY_ADAPTER, 0, Step::QueryAdapter),
         (opcode::SW2HW_EQ, 0, Step::Sw2HwEq),
         (opcode::MAP_EQ, 0, Step::MapEq),
+        (opcode::SW2HW_EQ, 1, Step::Sw2HwCompEq(0)),
+        (opcode::SW2HW_EQ, 2, Step::Sw2HwCompEq(1)),
         // From here on by events: the failure comes as the command EQE's status.
         (opcode::NOP, 0, Step::NopInterrupt),
         (opcode::QUERY_PORT, 0, Step::QueryPort(1)),
@@ -975,6 +990,11 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
 
     assert_eq!(info.driver_uar, 128);
     assert_eq!(info.async_eqn, 4, "the first EQ above the 4 reserved");
+    assert_eq!(info.comp_eqns, [Some(5), Some(6), None, None]);
+    assert_eq!(
+        (core.comp_eqn(0), core.comp_eqn(1), core.comp_eqn(2)),
+        (Some(5), Some(6), None)
+    );
     for (i, port) in info.ports.iter().enumerate() {
         let port = port.expect("both ports");
         assert_eq!(usize::from(port.port), i + 1);
@@ -984,7 +1004,7 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
         assert_eq!(port.max_vl, 8);
     }
     let held = p.hca.resources();
-    assert_eq!((held.eqs, held.ports_up), (1, [true, true]));
+    assert_eq!((held.eqs, held.ports_up), (3, [true, true]));
     assert_eq!(core.ports_up(), [true, true]);
 
     // The EQ's interrupt fired, once per command completed by event (the driver
@@ -1001,6 +1021,14 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
             .any(|e| *e == HcaEvent::Info("EQ 4: 512 entries, vector 0, armed".into())),
         "{events:?}"
     );
+    // And the completion EQs, on vectors 1 and 2.
+    for (eqn, vector) in [(5, 1), (6, 2)] {
+        let created = format!("EQ {eqn}: 512 entries, vector {vector}, armed");
+        assert!(
+            events.iter().any(|e| *e == HcaEvent::Info(created.clone())),
+            "{events:?}"
+        );
+    }
     let posted = posts(&p);
     let nop = posted
         .iter()
@@ -1026,7 +1054,17 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
     let mut expected = vec![1 << 31];
     expected.extend((1..=by_event.len() as u32).map(|ci| ci | 1 << 31));
     assert_eq!(doorbells, expected);
-    assert_eq!(p.bar2_writes.len(), doorbells.len());
+    // The completion EQs' doorbells (page 1, slots 1 and 2): armed at creation.
+    for eqn in [5, 6] {
+        let armed: Vec<u32> = p
+            .bar2_writes
+            .iter()
+            .filter(|&&(offset, _)| offset == eq_doorbell(eqn))
+            .map(|&(_, v)| v)
+            .collect();
+        assert_eq!(armed, [1 << 31], "EQ {eqn}");
+    }
+    assert_eq!(p.bar2_writes.len(), doorbells.len() + 2);
     assert!(p.read_barriers >= by_event.len());
     assert_eq!(core.commands().stale_completions(), 0);
 
@@ -1098,9 +1136,11 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
     p.hca.take_events();
 
     // A port going ACTIVE (an SM's Set(PortInfo) to ARMED, then ACTIVE) is a
-    // PORT_CHANGE event on the async EQ, walked past with the command completions.
+    // PORT_CHANGE event on the async EQ, walked past with the command completions,
+    // and then down again (Set to DOWN: the link stays, the port goes to INIT).
     assert_eq!(core.async_events(), 0);
-    for state in [3u8, 4] {
+    assert_eq!(core.take_port_event(), None);
+    for state in [3u8, 4, 1] {
         let (inbox, outbox) = (BASE + SIZE as u64 - 0x2000, BASE + SIZE as u64 - 0x1000);
         let mut smp = [0u8; 256];
         smp[..4].copy_from_slice(&[1, 0x01, 1, 0x02]);
@@ -1114,14 +1154,31 @@ fn the_setup_creates_the_async_eq_sees_the_nop_interrupt_and_opens_the_ports() {
         core.command(&mut p, Step::QueryPort(1), cmd)
             .expect("MAD_IFC");
     }
-    assert_eq!(core.async_events(), 1);
+    assert_eq!(core.async_events(), 2);
     assert_eq!(
         core.last_async_event(),
         Some(EqEvent::PortChange {
             port: 1,
-            subtype: 4
+            subtype: 1
         })
     );
+    // Typed, in order, for the IB device layer.
+    assert_eq!(
+        core.take_port_event(),
+        Some(PortEvent {
+            port: 1,
+            kind: PortEventKind::Active
+        })
+    );
+    assert_eq!(
+        core.take_port_event(),
+        Some(PortEvent {
+            port: 1,
+            kind: PortEventKind::Down
+        })
+    );
+    assert_eq!(core.take_port_event(), None);
+    assert_eq!(core.dropped_port_events(), 0);
     p.hca.take_events();
 
     // PDs above the 4 reserved.
@@ -1354,7 +1411,7 @@ use hw_mlx4::fastpath::recv::RecvQueueState;
 use hw_mlx4::fastpath::send::{QpType, SendQueueCaps, SendQueueState};
 use hw_mlx4::model::{wr_id_table, HostUar, UarWrite};
 use hw_mlx4::wire::fw::qp_context;
-use hw_mlx4::wire::{UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
+use hw_mlx4::wire::{ArmCommand, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use hw_mlx4::wr::{
     Completion, Payload, RecvWr, SendFlags, SendOp, SendWr, Sge, WcOpcode, WcStatus,
 };
@@ -1502,7 +1559,10 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
     assert_ne!(mr.key, dma_mr.key);
     assert_eq!(p.hca.resources().mpts, 2);
 
-    let cq = core.create_cq(&mut p, 7, info.async_eqn, uar).expect("CQ");
+    // The CQ reports to the second completion EQ (MSI-X vector 2).
+    let comp_eqn = core.comp_eqn(1).expect("completion EQ 1");
+    assert_ne!(comp_eqn, info.async_eqn);
+    let cq = core.create_cq(&mut p, 7, comp_eqn, uar).expect("CQ");
     assert_eq!(p.hca.resources().cqs, 1);
     let mut a = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP a");
     let mut b = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP b");
@@ -1543,6 +1603,12 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
     .expect("fast CQ");
     let mut fa = fast_qp(&p, &a);
     let mut fb = fast_qp(&p, &b);
+    // Armed for the next completion (`ib_req_notify_cq`): nothing fires yet.
+    fast_cq.arm(ArmCommand::Next);
+    ring_doorbells(&mut p, &host_uar, uar);
+    assert_eq!(interrupts(&p.hca.take_events()), Vec::<u16>::new());
+    let mut seen = Vec::new();
+    assert_eq!(core.poll_completions(&mut p, 1, |e| seen.push(e)), Ok(0));
 
     let message = b"tilde: bytes moved by the firmware's own QPs";
     p.memory.write(pages[0].address + 0x100, message).unwrap();
@@ -1575,7 +1641,30 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
         .expect("post send");
     }
     ring_doorbells(&mut p, &host_uar, uar);
-    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    // The completion raised one event, on the CQ's EQ and that EQ's vector only; the
+    // walk of that EQ dispatches it to the CQ it names, and re-arms the EQ.
+    let events = p.hca.take_events();
+    assert!(
+        !events.iter().any(|e| matches!(e, HcaEvent::DriverError(_))),
+        "{events:?}"
+    );
+    assert_eq!(interrupts(&events), vec![2]);
+    assert_eq!(core.poll_completions(&mut p, 0, |e| seen.push(e)), Ok(0));
+    assert_eq!(seen, []);
+    assert_eq!(core.poll_completions(&mut p, 1, |e| seen.push(e)), Ok(1));
+    assert_eq!(seen, [CompletionEvent { cqn: cq.cqn }]);
+    assert_eq!(
+        p.bar2_writes.last(),
+        Some(&(eq_doorbell(comp_eqn), 1 | 1 << 31)),
+        "consumer index 1, re-armed"
+    );
+    fast_cq.event_delivered();
+    assert_eq!(core.refused_completions(), 0);
+    assert_eq!(
+        core.poll_completions(&mut p, 2, |e| seen.push(e)),
+        Err(ProbeError::EqAccess),
+        "no third completion EQ"
+    );
 
     let mut received = vec![0u8; message.len()];
     Dma::read(&p.memory, pages[1].address + 0x40, &mut received).unwrap();
@@ -1974,6 +2063,38 @@ fn mad_ifc_answers_port_info_and_nonsense_is_refused_by_name() {
             other => panic!("{field}: {other:?}"),
         }
     }
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// A completion EQE naming a CQ the driver no longer has (here: destroyed between the
+/// event and the walk) is refused and counted, never dispatched.
+#[test]
+fn a_completion_for_an_unknown_cq_is_refused_and_counted() {
+    let (mut p, mut core) = probed();
+    let uar = core.driver_uar().unwrap();
+    let eqn = core.comp_eqn(0).expect("completion EQ 0");
+    let cq = core.create_cq(&mut p, 6, eqn, uar).expect("CQ");
+    p.hca.take_events();
+    // An arm request naming consumer index 1 while the device produced none: the model
+    // raises the event at once (completions it takes as not yet consumed).
+    let word0 = 1u32 << 28 | 2 << 24 | cq.cqn;
+    let mut db = [0u8; 8];
+    db[..4].copy_from_slice(&word0.to_be_bytes());
+    db[4..].copy_from_slice(&1u32.to_be_bytes());
+    p.hca.bar2_write(
+        &p.memory,
+        (u64::from(uar) << 12) + UAR_CQ_DOORBELL as u64,
+        &db,
+    );
+    assert_eq!(interrupts(&p.hca.take_events()), vec![1]);
+    let cqn = cq.cqn;
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    let mut seen = Vec::new();
+    assert_eq!(core.poll_completions(&mut p, 0, |e| seen.push(e)), Ok(0));
+    assert_eq!(seen, []);
+    assert_eq!(core.refused_completions(), 1, "CQ {cqn:#x} refused");
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
     core.teardown(&mut p).expect("teardown");
     assert_released(&mut p);
 }

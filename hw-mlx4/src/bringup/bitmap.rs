@@ -131,6 +131,11 @@ impl<const WORDS: usize> IdBitmap<WORDS> {
         true
     }
 
+    /// Whether `n` is handed out (reserved numbers are not).
+    pub fn is_allocated(&self, n: u32) -> bool {
+        n >= self.reserved && self.get(n)
+    }
+
     /// Gives back one number.
     pub fn free(&mut self, n: u32) -> bool {
         self.free_range(n, 1)

@@ -28,6 +28,14 @@ pub trait EventEdge {
 /// The most pages an EQ of the bring-up spans.
 pub const EQ_MAX_PAGES: usize = 8;
 
+/// The most completion EQs the bring-up creates (one per MSI-X vector after the async
+/// EQ's, `mlx4_init_eq_table`'s comp EQs).
+pub const MAX_COMP_EQS: usize = 4;
+
+/// A completion EQ's entries (upstream sizes them by the CQ quota; the bring-up's CQs
+/// are few, and each raises at most one event per arming).
+pub const COMP_EQ_ENTRIES: u32 = 512;
+
 /// The async EQ's entries: `MLX4_NUM_ASYNC_EQE` + `MLX4_NUM_SPARE_EQE`, rounded up to a
 /// power of two (`mlx4_create_eq`'s `roundup_pow_of_two`).
 pub const ASYNC_EQ_ENTRIES: u32 = 512;
@@ -55,9 +63,62 @@ pub fn eq_doorbell(eqn: u32) -> u64 {
     (u64::from(eqn / 4) << ICM_PAGE_SHIFT) + eq_doorbell_offset(eqn) as u64
 }
 
+/// A completion event a completion EQ delivered: the CQ it names is one of the
+/// driver's (`mlx4_cq_completion`'s radix-tree lookup succeeded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompletionEvent {
+    /// The CQ that completed.
+    pub cqn: u32,
+}
+
+/// What happened to a port (`mlx4_eq_int`'s PORT_CHANGE subtypes, as `mlx4_ib_event`
+/// dispatches them to the IB core).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortEventKind {
+    /// The port went ACTIVE (`MLX4_PORT_CHANGE_SUBTYPE_ACTIVE`, `IB_EVENT_PORT_ACTIVE`).
+    Active,
+    /// The port left ACTIVE (`MLX4_PORT_CHANGE_SUBTYPE_DOWN`, `IB_EVENT_PORT_ERR`).
+    Down,
+}
+
+/// A port event for the IB device layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortEvent {
+    /// The port, 1-based.
+    pub port: u8,
+    /// What happened.
+    pub kind: PortEventKind,
+}
+
+/// `MLX4_PORT_CHANGE_SUBTYPE_DOWN`.
+pub const PORT_CHANGE_SUBTYPE_DOWN: u8 = 1;
+/// `MLX4_PORT_CHANGE_SUBTYPE_ACTIVE`.
+pub const PORT_CHANGE_SUBTYPE_ACTIVE: u8 = 4;
+
+impl PortEvent {
+    /// The typed event of a PORT_CHANGE EQE, if its port is one of `num_ports` and its
+    /// subtype is one the driver knows.
+    pub fn from_port_change(port: u8, subtype: u8, num_ports: u8) -> Option<Self> {
+        if port == 0 || port > num_ports {
+            return None;
+        }
+        let kind = match subtype {
+            PORT_CHANGE_SUBTYPE_ACTIVE => PortEventKind::Active,
+            PORT_CHANGE_SUBTYPE_DOWN => PortEventKind::Down,
+            _ => return None,
+        };
+        Some(Self { port, kind })
+    }
+}
+
 /// One EQE, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EqEvent {
+    /// A CQ raised its completion event (`MLX4_EVENT_TYPE_COMP`).
+    Completion {
+        /// The CQ number (the low 24 bits of the union's first word).
+        cqn: u32,
+    },
     /// A command completed (`MLX4_EVENT_TYPE_CMD`).
     Command {
         /// Its token.
@@ -91,6 +152,9 @@ impl EqEvent {
         // The union starts at byte 4.
         let union = Mailbox(raw.get(4..28)?);
         Some(match EventType::from_bits(eqe.event_type) {
+            Some(EventType::Completion) => Self::Completion {
+                cqn: union.u32(0) & 0x00ff_ffff,
+            },
             Some(EventType::Command) => Self::Command {
                 token: union.u16(2),
                 status: union.u8(11),
@@ -220,5 +284,40 @@ impl<B> EventQueue<B> {
     /// (`eq_set_ci`).
     pub fn set_ci<P: EventEdge>(&self, p: &mut P, arm: bool) {
         p.bar2_write_be32(eq_doorbell(self.eqn), eq_set_ci_word(self.cons_index, arm));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_changes_are_typed_and_nonsense_is_refused() {
+        let active = PortEvent::from_port_change(2, PORT_CHANGE_SUBTYPE_ACTIVE, 2);
+        assert_eq!(
+            active,
+            Some(PortEvent {
+                port: 2,
+                kind: PortEventKind::Active
+            })
+        );
+        let down = PortEvent::from_port_change(1, PORT_CHANGE_SUBTYPE_DOWN, 2);
+        assert_eq!(down.map(|e| e.kind), Some(PortEventKind::Down));
+        assert_eq!(PortEvent::from_port_change(0, 4, 2), None);
+        assert_eq!(PortEvent::from_port_change(3, 4, 2), None);
+        for subtype in [0u8, 2, 3, 5, 0xff] {
+            assert_eq!(PortEvent::from_port_change(1, subtype, 2), None);
+        }
+    }
+
+    #[test]
+    fn a_completion_eqe_names_its_cq() {
+        let mut raw = [0u8; EQE_SIZE];
+        raw[1] = EventType::Completion as u8;
+        raw[4..8].copy_from_slice(&0xff00_0123u32.to_be_bytes());
+        assert_eq!(
+            EqEvent::decode(&raw),
+            Some(EqEvent::Completion { cqn: 0x123 })
+        );
     }
 }

@@ -23,7 +23,10 @@ use crate::wire::fw::{init_hca, mod_stat_cfg, query_hca, Mailbox, MAILBOX_SIZE};
 use super::bitmap::IdBitmap;
 use super::caps::{AdapterInfo, DevCaps, FwInfo, InvalidCap, PortCaps};
 use super::cmd::{CmdError, Command, CommandEdge, CommandInterface};
-use super::eq::{EventEdge, EventQueue};
+use super::eq::{EventEdge, EventQueue, PortEvent, MAX_COMP_EQS};
+
+/// Port events the core holds for the IB device layer.
+pub const PORT_EVENT_QUEUE: usize = 8;
 use super::memory::{
     alloc_area, AllocError, Chunk, Chunks, HostMemory, ICM_PAGE_SHIFT, ICM_PAGE_SIZE,
     MAX_CHUNK_LOG_PAGES,
@@ -72,6 +75,9 @@ pub struct ProbeConfig {
     pub uar_bar_size: u64,
     /// The PortInfo:CapabilityMask SET_PORT gives each InfiniBand port.
     pub ib_cap_mask: u32,
+    /// Completion EQs wanted, one per MSI-X vector after the async EQ's (upstream: one
+    /// per online CPU); fewer if the EQ table or [`super::eq::MAX_COMP_EQS`] is smaller.
+    pub comp_eqs: u32,
 }
 
 /// A step of the probe or the teardown, to say where something failed.
@@ -119,6 +125,8 @@ pub enum Step {
     EqMemory,
     /// SW2HW_EQ.
     Sw2HwEq,
+    /// SW2HW_EQ of a completion EQ; its index.
+    Sw2HwCompEq(u8),
     /// MAP_EQ of the async events and command completions.
     MapEq,
     /// The NOP interrupt test: the first command completed by an event.
@@ -245,6 +253,8 @@ pub struct DeviceInfo {
     pub driver_uar: u32,
     /// The async EQ's number; it takes the command completions too.
     pub async_eqn: u32,
+    /// The completion EQs' numbers, in index order (EQ `i` on MSI-X vector `i + 1`).
+    pub comp_eqns: [Option<u32>; MAX_COMP_EQS],
     /// QUERY_PORT of each port, initialized (INIT_PORT) in this order.
     pub ports: [Option<PortCaps>; MAX_PORTS],
 }
@@ -281,6 +291,15 @@ pub struct Mlx4Core<B> {
     pub(super) eqns: Option<IdBitmap<EQ_WORDS>>,
     /// The async EQ, from its allocation to its HW2SW_EQ.
     pub(super) eq: Option<EventQueue<B>>,
+    /// The completion EQs, each from its allocation to its HW2SW_EQ.
+    pub(super) comp_eqs: [Option<EventQueue<B>>; MAX_COMP_EQS],
+    /// Typed port events not yet taken by the IB device layer, oldest first.
+    pub(super) port_events: [Option<PortEvent>; PORT_EVENT_QUEUE],
+    /// Port events dropped: the queue was full, or the EQE named no port or subtype the
+    /// driver knows.
+    pub(super) dropped_port_events: u32,
+    /// Completion EQEs refused: an unknown CQN, or not a completion at all.
+    pub(super) refused_completions: u32,
     /// Ports INIT_PORT opened.
     pub(super) ports_up: [bool; MAX_PORTS],
     /// Async events seen on the EQ (everything but command completions).
@@ -326,6 +345,10 @@ impl<B> Mlx4Core<B> {
             mtts: None,
             eqns: None,
             eq: None,
+            comp_eqs: core::array::from_fn(|_| None),
+            port_events: [None; PORT_EVENT_QUEUE],
+            dropped_port_events: 0,
+            refused_completions: 0,
             ports_up: [false; MAX_PORTS],
             async_events: 0,
             last_async_event: None,
@@ -477,6 +500,7 @@ impl<B> Mlx4Core<B> {
             page_size_set,
             driver_uar: setup.driver_uar,
             async_eqn: setup.async_eqn,
+            comp_eqns: setup.comp_eqns,
             ports: setup.ports,
         })
     }

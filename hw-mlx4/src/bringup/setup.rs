@@ -30,7 +30,10 @@ use crate::wire::fw::{eq_context, set_port, Mailbox};
 use super::bitmap::IdBitmap;
 use super::caps::{DevCaps, InvalidCap, PortCaps};
 use super::cmd::{CmdError, Command};
-use super::eq::{EqEvent, EqPage, EventQueue, ASYNC_EQ_ENTRIES, ASYNC_EVENT_MASK, EQ_MAX_PAGES};
+use super::eq::{
+    CompletionEvent, EqEvent, EqPage, EventQueue, PortEvent, ASYNC_EQ_ENTRIES, ASYNC_EVENT_MASK,
+    COMP_EQ_ENTRIES, EQ_MAX_PAGES, MAX_COMP_EQS,
+};
 use super::memory::{AllocError, ICM_PAGE_SHIFT};
 use super::probe::{leak, note, Mlx4Core, Platform, ProbeConfig, ProbeError, Step, MAX_PORTS};
 use super::profile::{IcmLayout, Resource, MTTS_PER_SEGMENT};
@@ -49,6 +52,7 @@ const ASYNC_VECTOR: u8 = 0;
 pub(super) struct SetupInfo {
     pub driver_uar: u32,
     pub async_eqn: u32,
+    pub comp_eqns: [Option<u32>; MAX_COMP_EQS],
     pub ports: [Option<PortCaps>; MAX_PORTS],
 }
 
@@ -99,6 +103,18 @@ impl<B> Mlx4Core<B> {
 
         let async_eqn = self.create_async_eq(p, caps, layout)?;
 
+        // `mlx4_init_eq_table`'s completion EQs, one per MSI-X vector after the async
+        // EQ's, as many as asked for and the EQ table holds (polled: before the NOP).
+        let free_eqns = layout
+            .num_eqs
+            .saturating_sub(caps.reserved_eqs)
+            .saturating_sub(1);
+        let count = config.comp_eqs.min(free_eqns).min(MAX_COMP_EQS as u32) as usize;
+        let mut comp_eqns = [None; MAX_COMP_EQS];
+        for (index, slot) in comp_eqns.iter_mut().enumerate().take(count) {
+            *slot = Some(self.create_comp_eq(p, caps, layout, index)?);
+        }
+
         // `mlx4_cmd_use_events`, then `mlx4_NOP`: the interrupt test.
         self.cmd.use_events();
         self.exec_event(
@@ -115,6 +131,7 @@ impl<B> Mlx4Core<B> {
         Ok(SetupInfo {
             driver_uar,
             async_eqn,
+            comp_eqns,
             ports,
         })
     }
@@ -127,17 +144,75 @@ impl<B> Mlx4Core<B> {
         caps: &DevCaps,
         layout: &IcmLayout,
     ) -> Result<u32, ProbeError> {
+        let eqn = self.create_eq(p, caps, layout, None)?;
+        let cmd = Command::new(opcode::MAP_EQ)
+            .in_param(ASYNC_EVENT_MASK)
+            .in_modifier(eqn);
+        self.exec(p, Step::MapEq, cmd)?;
+        if let Some(eq) = self.eq.as_mut() {
+            eq.mapped_events = ASYNC_EVENT_MASK;
+            eq.set_ci(p, true);
+        }
+        Ok(eqn)
+    }
+
+    /// `mlx4_create_eq` for completion EQ `index`, on MSI-X vector `index + 1`, armed.
+    /// No MAP_EQ: a CQ's context names its EQ.
+    fn create_comp_eq<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        caps: &DevCaps,
+        layout: &IcmLayout,
+        index: usize,
+    ) -> Result<u32, ProbeError> {
+        let eqn = self.create_eq(p, caps, layout, Some(index))?;
+        if let Some(eq) = self.comp_eqs.get_mut(index).and_then(Option::as_mut) {
+            eq.set_ci(p, true);
+        }
+        Ok(eqn)
+    }
+
+    /// The slot of the async EQ (`None`) or of completion EQ `index`.
+    fn eq_slot(&mut self, index: Option<usize>) -> Option<&mut Option<EventQueue<B>>> {
+        match index {
+            None => Some(&mut self.eq),
+            Some(i) => self.comp_eqs.get_mut(i),
+        }
+    }
+
+    /// `mlx4_create_eq`: the EQ's number, pages, MTT entries and context (SW2HW_EQ),
+    /// recorded in its slot as acquired.
+    fn create_eq<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        caps: &DevCaps,
+        layout: &IcmLayout,
+        index: Option<usize>,
+    ) -> Result<u32, ProbeError> {
+        let (nent, vector, step) = match index {
+            None => (ASYNC_EQ_ENTRIES, ASYNC_VECTOR, Step::Sw2HwEq),
+            Some(i) => {
+                let i = u8::try_from(i).map_err(|_| exhausted(Step::Tables))?;
+                (COMP_EQ_ENTRIES, i.wrapping_add(1), Step::Sw2HwCompEq(i))
+            }
+        };
         let eqn = self
             .eqns
             .as_mut()
             .and_then(IdBitmap::alloc)
             .ok_or(exhausted(Step::Tables))?;
-        let eq = self.eq.insert(EventQueue::new(eqn, ASYNC_EQ_ENTRIES));
+        let Some(slot) = self.eq_slot(index) else {
+            if let Some(eqns) = self.eqns.as_mut() {
+                eqns.free(eqn);
+            }
+            return Err(exhausted(Step::Tables));
+        };
+        let eq = slot.insert(EventQueue::new(eqn, nent));
         if eqn / 4 >= EQ_UAR_PAGES {
             // Its doorbell would be in a UAR page handed out to others.
             return Err(exhausted(Step::Tables));
         }
-        let npages = EventQueue::<B>::pages_for(ASYNC_EQ_ENTRIES);
+        let npages = EventQueue::<B>::pages_for(nent);
         let mut addresses = [0u64; EQ_MAX_PAGES];
         for address in addresses.iter_mut().take(npages) {
             let block = p.alloc(0).ok_or(ProbeError::Memory {
@@ -162,7 +237,7 @@ impl<B> Mlx4Core<B> {
             .as_mut()
             .and_then(|m| m.alloc_range(count, count.next_power_of_two()))
             .ok_or(exhausted(Step::EqMemory))?;
-        if let Some(eq) = self.eq.as_mut() {
+        if let Some(eq) = self.eq_slot(index).and_then(Option::as_mut) {
             eq.mtt = (first, count);
         }
         let mtt_base = layout.table(Resource::Mtt).base;
@@ -176,8 +251,8 @@ impl<B> Mlx4Core<B> {
         let mut context = [0u8; eq_context::SIZE];
         let mut m = Mailbox(&mut context[..]);
         m.set_u32(eq_context::FLAGS, eq_context::FLAGS_ARMED);
-        m.set_u8(eq_context::LOG_EQ_SIZE, ASYNC_EQ_ENTRIES.ilog2() as u8);
-        m.set_u8(eq_context::INTR, ASYNC_VECTOR);
+        m.set_u8(eq_context::LOG_EQ_SIZE, nent.ilog2() as u8);
+        m.set_u8(eq_context::INTR, vector);
         m.set_u8(eq_context::LOG_PAGE_SIZE, 0);
         let mtt_address = u64::from(first) * entry_size;
         m.set_u8(eq_context::MTT_BASE_ADDR_H, (mtt_address >> 32) as u8);
@@ -186,18 +261,9 @@ impl<B> Mlx4Core<B> {
         let cmd = Command::new(opcode::SW2HW_EQ)
             .in_param(self.inbox_address())
             .in_modifier(eqn);
-        self.exec(p, Step::Sw2HwEq, cmd)?;
-        if let Some(eq) = self.eq.as_mut() {
+        self.exec(p, step, cmd)?;
+        if let Some(eq) = self.eq_slot(index).and_then(Option::as_mut) {
             eq.in_hardware = true;
-        }
-
-        let cmd = Command::new(opcode::MAP_EQ)
-            .in_param(ASYNC_EVENT_MASK)
-            .in_modifier(eqn);
-        self.exec(p, Step::MapEq, cmd)?;
-        if let Some(eq) = self.eq.as_mut() {
-            eq.mapped_events = ASYNC_EVENT_MASK;
-            eq.set_ci(p, true);
         }
         Ok(eqn)
     }
@@ -296,6 +362,17 @@ impl<B> Mlx4Core<B> {
                 other => {
                     self.async_events = self.async_events.saturating_add(1);
                     self.last_async_event = Some(other);
+                    if let EqEvent::PortChange { port, subtype } = other {
+                        let typed = PortEvent::from_port_change(port, subtype, MAX_PORTS as u8);
+                        let free = self.port_events.iter_mut().find(|e| e.is_none());
+                        match (typed, free) {
+                            (Some(event), Some(slot)) => *slot = Some(event),
+                            _ => {
+                                self.dropped_port_events =
+                                    self.dropped_port_events.saturating_add(1);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -303,6 +380,62 @@ impl<B> Mlx4Core<B> {
             eq.set_ci(p, true);
         }
         Ok(outcome)
+    }
+
+    /// The oldest port event the async EQ delivered that the IB device layer has not
+    /// taken yet (it dispatches them to the IB core, `mlx4_ib_event`).
+    pub fn take_port_event(&mut self) -> Option<PortEvent> {
+        let first = self.port_events.first_mut()?.take();
+        self.port_events.rotate_left(1);
+        first
+    }
+
+    /// Port events dropped: the queue was full, or the EQE named a port or subtype the
+    /// driver does not know.
+    pub fn dropped_port_events(&self) -> u32 {
+        self.dropped_port_events
+    }
+
+    /// The number of completion EQ `index`, if it was created.
+    pub fn comp_eqn(&self, index: usize) -> Option<u32> {
+        self.comp_eqs.get(index)?.as_ref().map(|eq| eq.eqn)
+    }
+
+    /// Walks completion EQ `index` (`mlx4_eq_int` on its vector): each completion EQE
+    /// naming one of the driver's CQs goes to `deliver` (`mlx4_cq_completion`); one
+    /// naming an unknown CQN, or anything but a completion, is refused and counted.
+    /// Re-arms the EQ after consuming. Returns how many were delivered.
+    pub fn poll_completions<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        index: usize,
+        mut deliver: impl FnMut(CompletionEvent),
+    ) -> Result<u32, ProbeError> {
+        let Some(eq) = self.comp_eqs.get_mut(index).and_then(Option::as_mut) else {
+            return Err(ProbeError::EqAccess);
+        };
+        let mut delivered = 0u32;
+        let mut consumed = false;
+        while let Some(event) = eq.next(p).map_err(|_| ProbeError::EqAccess)? {
+            consumed = true;
+            let known = |cqn| self.cqns.as_ref().is_some_and(|t| t.is_allocated(cqn));
+            match event {
+                EqEvent::Completion { cqn } if known(cqn) => {
+                    delivered = delivered.saturating_add(1);
+                    deliver(CompletionEvent { cqn });
+                }
+                _ => self.refused_completions = self.refused_completions.saturating_add(1),
+            }
+        }
+        if consumed {
+            eq.set_ci(p, true);
+        }
+        Ok(delivered)
+    }
+
+    /// Completion EQEs refused: an unknown CQN, or not a completion.
+    pub fn refused_completions(&self) -> u32 {
+        self.refused_completions
     }
 
     /// Runs a command after the probe: by events once the setup switched to them,
@@ -380,44 +513,13 @@ impl<B> Mlx4Core<B> {
         }
 
         let mut leaked = 0;
-        if let Some(mut eq) = self.eq.take() {
-            // `mlx4_free_eq_table`'s MAP_EQ unmap, then `mlx4_free_eq`'s HW2SW_EQ.
-            if eq.mapped_events != 0 {
-                let cmd = Command::new(opcode::MAP_EQ)
-                    .in_param(eq.mapped_events)
-                    .in_modifier(MAP_EQ_UNMAP | eq.eqn);
-                if let Err(error) = self.cmd.exec(p, &cmd) {
-                    note(failure, Step::UnmapEq, error);
-                }
-                eq.mapped_events = 0;
+        for index in (0..MAX_COMP_EQS).rev() {
+            if let Some(eq) = self.comp_eqs.get_mut(index).and_then(Option::take) {
+                leaked += self.release_eq(p, eq, failure);
             }
-            let mut device_keeps = false;
-            if eq.in_hardware {
-                let cmd = Command::new(opcode::HW2SW_EQ)
-                    .op_modifier(1)
-                    .in_modifier(eq.eqn);
-                if let Err(error) = self.cmd.exec(p, &cmd) {
-                    note(failure, Step::Hw2SwEq, error);
-                    device_keeps = true;
-                }
-                eq.in_hardware = false;
-            }
-            while let Some(page) = eq.pop_page() {
-                if device_keeps {
-                    leaked += leak_page(page);
-                } else {
-                    p.free(page.block);
-                }
-            }
-            let (first, count) = eq.mtt;
-            if count > 0 {
-                if let Some(mtts) = self.mtts.as_mut() {
-                    mtts.free_range(first, count);
-                }
-            }
-            if let Some(eqns) = self.eqns.as_mut() {
-                eqns.free(eq.eqn);
-            }
+        }
+        if let Some(eq) = self.eq.take() {
+            leaked += self.release_eq(p, eq, failure);
         }
         self.drop_object_tables();
         self.eqns = None;
@@ -427,6 +529,57 @@ impl<B> Mlx4Core<B> {
             uars.free(uar);
         }
         self.uars = None;
+        leaked
+    }
+}
+
+impl<B> Mlx4Core<B> {
+    /// `mlx4_free_eq_table`'s MAP_EQ unmap (if mapped), then `mlx4_free_eq`'s
+    /// HW2SW_EQ; the pages, MTT entries and number given back, or the pages leaked if
+    /// the device keeps the EQ.
+    fn release_eq<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        mut eq: EventQueue<B>,
+        failure: &mut Option<(Step, CmdError)>,
+    ) -> usize {
+        let mut leaked = 0;
+        if eq.mapped_events != 0 {
+            let cmd = Command::new(opcode::MAP_EQ)
+                .in_param(eq.mapped_events)
+                .in_modifier(MAP_EQ_UNMAP | eq.eqn);
+            if let Err(error) = self.cmd.exec(p, &cmd) {
+                note(failure, Step::UnmapEq, error);
+            }
+            eq.mapped_events = 0;
+        }
+        let mut device_keeps = false;
+        if eq.in_hardware {
+            let cmd = Command::new(opcode::HW2SW_EQ)
+                .op_modifier(1)
+                .in_modifier(eq.eqn);
+            if let Err(error) = self.cmd.exec(p, &cmd) {
+                note(failure, Step::Hw2SwEq, error);
+                device_keeps = true;
+            }
+            eq.in_hardware = false;
+        }
+        while let Some(page) = eq.pop_page() {
+            if device_keeps {
+                leaked += leak_page(page);
+            } else {
+                p.free(page.block);
+            }
+        }
+        let (first, count) = eq.mtt;
+        if count > 0 {
+            if let Some(mtts) = self.mtts.as_mut() {
+                mtts.free_range(first, count);
+            }
+        }
+        if let Some(eqns) = self.eqns.as_mut() {
+            eqns.free(eq.eqn);
+        }
         leaked
     }
 }
