@@ -165,7 +165,8 @@ impl MemoryBlueFlame {
         }
     }
 
-    /// The send doorbell value (`bf_qpn` without `fence_size`) of the last copy.
+    /// The send doorbell value (`bf_qpn` without `fence_size`) the copies carried: the
+    /// larger of the two buffers', so a register never written reads as 0.
     pub fn last_qpn_word(&self) -> u32 {
         let mut last = 0;
         for buffer in 0..2 {

@@ -81,6 +81,14 @@ pub struct Mtt {
     pub page_shift: u32,
 }
 
+impl Mtt {
+    /// The MTT base address a context or MPT names: the first entry's offset in the MTT
+    /// table, `mtt_entry_size` bytes each (`mlx4_mtt_addr`).
+    fn address(&self, mtt_entry_size: u32) -> u64 {
+        u64::from(self.first).saturating_mul(mtt_entry_size.into())
+    }
+}
+
 /// DMA memory of a queue: the block and its bus address.
 #[derive(Debug)]
 pub struct QueueMemory<B> {
@@ -870,7 +878,7 @@ impl<B> Mlx4Core<B> {
                 m.set_u32(mpt_entry::ENTITY_SIZE, 12);
             }
             Some(mtt) => {
-                let address = u64::from(mtt.first).saturating_mul(caps.entry_sizes.mtt.into());
+                let address = mtt.address(caps.entry_sizes.mtt);
                 m.set_u64(mpt_entry::MTT_ADDR, address);
                 m.set_u32(mpt_entry::ENTITY_SIZE, mtt.page_shift);
             }
@@ -1064,7 +1072,7 @@ impl<B> Mlx4Core<B> {
         );
         m.set_u8(cq_context::COMP_EQN, eqn as u8);
         m.set_u8(cq_context::LOG_PAGE_SIZE, 0);
-        let mtt_address = u64::from(mtt.first).saturating_mul(caps.entry_sizes.mtt.into());
+        let mtt_address = mtt.address(caps.entry_sizes.mtt);
         m.set_u8(cq_context::MTT_BASE_ADDR_H, (mtt_address >> 32) as u8);
         m.set_u32(cq_context::MTT_BASE_ADDR_L, mtt_address as u32);
         m.set_u64(cq_context::DB_REC_ADDR, db_address);
@@ -1324,7 +1332,7 @@ impl<B> Mlx4Core<B> {
             m.set_u64(qp_context::DB_REC_ADDR, db.bus_address);
         }
         if let Some(mtt) = qp.mtt.as_ref() {
-            let address = u64::from(mtt.first).saturating_mul(caps.entry_sizes.mtt.into());
+            let address = mtt.address(caps.entry_sizes.mtt);
             m.set_u8(qp_context::LOG_PAGE_SIZE, 0);
             m.set_u8(qp_context::MTT_BASE_ADDR_H, (address >> 32) as u8);
             m.set_u32(qp_context::MTT_BASE_ADDR_L, address as u32);

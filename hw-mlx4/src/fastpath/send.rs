@@ -423,8 +423,9 @@ impl<'q, P: Platform> SendQueue<'q, P> {
 
     /// Writes the WQE for `wr` at counter `index` and hands it over; see
     /// [`SendQueue::write_any`] for the result. The shapes nearly every WR has (a gather
-    /// list under SEND, SEND with immediate, RDMA WRITE or READ on an RC QP, a SEND on a
-    /// UD QP) are written here by a path made for each; the rest by `write_any`.
+    /// list under SEND or RDMA WRITE on an RC QP, under SEND on a UD QP, and inline data
+    /// under SEND on an RC QP) are written here by a path made for each; the rest by
+    /// `write_any`.
     #[inline(always)]
     fn write_wqe(
         &mut self,
@@ -452,28 +453,20 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         // Tested in order of how common they are, each a compare, not a jump table.
         let rc = shape.qp_type == QpType::Rc && wr.ud.is_none();
         if rc && wr.op == SendOp::Send {
-            self.write_gather(ring, shape, index, wr, SendOpcode::Send, 0, NoSegment, sges)
+            self.write_gather(ring, shape, index, wr, SendOpcode::Send, NoSegment, sges)
         } else if let (true, SendOp::RdmaWrite(remote)) = (rc, wr.op) {
-            self.write_gather(
-                ring,
-                shape,
-                index,
-                wr,
-                SendOpcode::RdmaWrite,
-                0,
-                remote,
-                sges,
-            )
+            self.write_gather(ring, shape, index, wr, SendOpcode::RdmaWrite, remote, sges)
         } else if let (QpType::Ud, Some(ud), SendOp::Send) = (shape.qp_type, wr.ud, wr.op) {
-            self.write_gather(ring, shape, index, wr, SendOpcode::Send, 0, ud, sges)
+            self.write_gather(ring, shape, index, wr, SendOpcode::Send, ud, sges)
         } else {
             return self.write_any(shape, index, wr, blueflame);
         }?;
         Ok(0)
     }
 
-    /// Writes a WQE of a gather list: the control segment, `fixed` (the segment the
-    /// operation needs before the data, if any), and one data segment per entry. Every
+    /// Writes a WQE of a gather list for an operation without immediate data: the control
+    /// segment, `fixed` (the segment the operation needs before the data, if any), and one
+    /// data segment per entry. Every
     /// check comes before the first store; `new` refused capabilities whose largest WQE
     /// does not fit, so within `max_sge` the list always does.
     #[allow(clippy::too_many_arguments)]
@@ -485,12 +478,11 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         index: u32,
         wr: &SendWr<'_>,
         opcode: SendOpcode,
-        imm: u32,
         fixed: F,
         sges: &[Sge],
     ) -> Result<(), PostError> {
         if let [sge] = sges {
-            return self.write_gather_one(ring, shape, index, wr, opcode, imm, fixed, sge);
+            return self.write_gather_one(ring, shape, index, wr, opcode, fixed, sge);
         }
         if sges.len() > shape.caps.max_sge as usize {
             return Err(PostError::TooManySges);
@@ -501,7 +493,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         let start = size_of::<CtrlSeg>() + size_of::<F::Seg>();
         // At most `max_sge` (a `u32`) entries of 16 bytes: wrapping never happens.
         let size_ds = (start / DS_SIZE).wrapping_add(sges.len()) as u8;
-        let ctrl_word = control_words(shape, wr, 0, imm);
+        let ctrl_word = control_words(shape, wr, 0, 0);
         // SAFETY: as in `write_any`: the room check gave this WQE to the driver, `&mut
         // self` makes this the only producer, and block heads are held back.
         let held_back = unsafe {
@@ -553,7 +545,6 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         index: u32,
         wr: &SendWr<'_>,
         opcode: SendOpcode,
-        imm: u32,
         fixed: F,
         sge: &Sge,
     ) -> Result<(), PostError> {
@@ -565,7 +556,7 @@ impl<'q, P: Platform> SendQueue<'q, P> {
         }
         let start = size_of::<CtrlSeg>() + size_of::<F::Seg>();
         let size_ds = (start / DS_SIZE + 1) as u8;
-        let ctrl_word = control_words(shape, wr, 0, imm);
+        let ctrl_word = control_words(shape, wr, 0, 0);
         let byte_count = gather_byte_count(sge.length);
         // SAFETY: as in `write_gather`.
         let written = unsafe {

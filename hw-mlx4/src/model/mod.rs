@@ -11,10 +11,12 @@
 //! It also checks the driver. A doorbell with nothing new, a WQE body written after its
 //! ownership word, a write to a WQE the device owns, a WQE whose size covers stamped
 //! blocks, a CQ consumer index that moves backwards, a CQ overrun, an arm record that
-//! disagrees with the arm doorbell: each is a [`ModelError`], and tests fail on any.
+//! disagrees with the arm doorbell, a BlueFlame copy that is not the ring's WQE or not
+//! the next one: each is a [`ModelError`], and tests fail on any.
 //!
 //! What it does not model: timing, packet loss and transport retries, MTU segmentation,
-//! SRQs, memory windows, multicast, and BlueFlame (all posts use the doorbell).
+//! SRQs, memory windows and multicast. A BlueFlame copy rings for its QP; the WQE is
+//! executed from the ring, which the copy must equal.
 
 pub mod hca;
 mod host;
