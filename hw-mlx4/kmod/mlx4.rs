@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
-//! `tilde_mlx4.ko`: tilde's ConnectX-3 driver, so far its fast path in the kernel.
+//! `tilde_mlx4.ko`: tilde's ConnectX-3 driver.
 //!
-//! The module carries `hw_mlx4`'s post_send, post_recv, poll_cq and req_notify_cq over
-//! the kernel's queue memory, barriers, atomics and UAR writes (`platform`). There is no
-//! ConnectX-3 to drive here and the command interface (firmware, HCA init, QP and CQ
-//! contexts) is not written yet, so the module binds no PCI device. At load it runs the
-//! fast path's self-test (`hw_mlx4::selftest`): the CPU plays the device over the same
-//! queue memory and UAR page layout the hardware would use, and insmod fails if any
-//! WQE, doorbell, CQE or arm request is not what the device expects.
+//! A PCI driver for `15b3:1003` (`hca`): its probe brings the function up through
+//! `hw_mlx4::bringup` (firmware, ICM, INIT_HCA, the EQs with the interrupt test, both
+//! ports opened) and its remove closes the HCA and takes every page back. The IB device
+//! over it is not registered yet (issue 17).
+//!
+//! The module also carries `hw_mlx4`'s post_send, post_recv, poll_cq and req_notify_cq
+//! over the kernel's queue memory, barriers, atomics and UAR writes (`platform`). At load
+//! it runs the fast path's self-test (`hw_mlx4::selftest`): the CPU plays the device over
+//! the same queue memory and UAR page layout the hardware would use, and insmod fails if
+//! any WQE, doorbell, CQE or arm request is not what the device expects.
 
 use core::ptr::NonNull;
 
@@ -18,7 +21,9 @@ use hw_mlx4::fastpath::send::{QpType, QueueConfigError, SendQueueCaps, SendQueue
 use hw_mlx4::selftest::{self, Report, UarSeen};
 use hw_mlx4::wire::{CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use kernel::prelude::*;
+use rdma_core::pci::Registration;
 
+mod hca;
 mod platform;
 mod wr_ids;
 
@@ -29,7 +34,7 @@ use wr_ids::WrIds;
 module! {
     type: TildeMlx4,
     name: "tilde_mlx4",
-    description: "tilde ConnectX-3 (mlx4) driver (Rust): the fast path",
+    description: "tilde ConnectX-3 (mlx4) InfiniBand driver (Rust)",
     license: "GPL",
 }
 
@@ -41,10 +46,14 @@ const UAR_SIZE: usize = 4096;
 const QPN: u32 = 0x48;
 const CQN: u32 = 0x81;
 
-struct TildeMlx4;
+rdma_core::pci_device_table!(TILDE_MLX4_PCI_IDS, "tilde_mlx4", [(0x15b3, 0x1003)]);
+
+struct TildeMlx4 {
+    _pci: Registration<hca::ConnectX3>,
+}
 
 impl kernel::Module for TildeMlx4 {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
+    fn init(module: &'static ThisModule) -> Result<Self> {
         let report = fast_path_selftest()?;
         pr_info!(
             "fast path self-test passed: {} rounds, {} send and {} receive WQEs, {} completions, {} CQ laps, {} arms\n",
@@ -55,8 +64,9 @@ impl kernel::Module for TildeMlx4 {
             report.cq_laps,
             report.arms
         );
-        pr_info!("loaded: no ConnectX-3 binding yet (the command interface is not written)\n");
-        Ok(Self)
+        let pci = Registration::new(module, &TILDE_MLX4_PCI_IDS)?;
+        pr_info!("loaded: PCI driver for ConnectX-3 (15b3:1003) registered\n");
+        Ok(Self { _pci: pci })
     }
 }
 
@@ -84,26 +94,16 @@ fn fast_path_selftest() -> Result<Report> {
         max_inline: 28,
         signal_all: false,
     };
-    let sq = SendQueueState::<KernelPlatform>::new(
-        ring(6, 6)?,
-        WrIds::new(64)?,
-        QpType::Rc,
-        caps,
-    )
-    .map_err(config_error)?;
-    let rq = RecvQueueState::new(
-        ring(6, 4)?,
-        WrIds::new(64)?,
-        KernelDoorbellRecord::new()?,
-    )
-    .map_err(config_error)?;
+    let sq = SendQueueState::<KernelPlatform>::new(ring(6, 6)?, WrIds::new(64)?, QpType::Rc, caps)
+        .map_err(config_error)?;
+    let rq = RecvQueueState::new(ring(6, 4)?, WrIds::new(64)?, KernelDoorbellRecord::new()?)
+        .map_err(config_error)?;
     let mut qp = QueuePairState::new(QPN, sq, rq);
     let doorbells = CqDoorbells {
         set_ci: KernelDoorbellRecord::new()?,
         arm: KernelDoorbellRecord::new()?,
     };
-    let mut cq = CompletionQueue::new(CQN, ring(7, 5)?, doorbells, &uar)
-        .map_err(config_error)?;
+    let mut cq = CompletionQueue::new(CQN, ring(7, 5)?, doorbells, &uar).map_err(config_error)?;
     // The device's side of the page: each doorbell register rests at a value no doorbell
     // carries, and the device takes what the driver wrote since its last look, leaving
     // the register at rest again (the doorbell views are big-endian).

@@ -66,7 +66,13 @@ impl QueueMemory {
         }
         // SAFETY: in bounds and aligned (checked above); a volatile write, as the
         // device may read it.
-        unsafe { self.cpu.as_ptr().add(offset).cast::<u32>().write_volatile(value) };
+        unsafe {
+            self.cpu
+                .as_ptr()
+                .add(offset)
+                .cast::<u32>()
+                .write_volatile(value)
+        };
         Some(())
     }
 }

@@ -30,4 +30,3 @@ impl AsRef<[WrId]> for WrIds {
         &self.0
     }
 }
-

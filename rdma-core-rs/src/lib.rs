@@ -48,6 +48,8 @@ pub mod mailbox;
 #[cfg(tilde_kernel)]
 pub mod mr;
 #[cfg(tilde_kernel)]
+pub mod pci;
+#[cfg(tilde_kernel)]
 pub mod pd;
 #[cfg(tilde_kernel)]
 pub mod qp;

@@ -379,6 +379,12 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     if mentions("rust/kernel/alloc/kvec.rs", "pub fn clear(&mut self)")? {
         features.push("kvec_clear");
     }
+    // `MODULE_DEVICE_TABLE` names the table `__mod_device_table__kmod_<module>__<type>__
+    // <name>` (7.x) or `__mod_<type>__<name>_device_table` (6.12): modpost finds a Rust
+    // driver's table (`rdma_core::pci_device_table!`) only under this kernel's name.
+    if mentions("include/linux/module.h", "__mod_device_table__")? {
+        features.push("device_table_kmod");
+    }
     if mentions("include/rdma/ib_verbs.h", "u64 ib_dma_map_bvec(")? {
         features.push("ib_dma_map_bvec");
     }

@@ -413,6 +413,21 @@ pub struct AdapterInfo {
 }
 
 impl AdapterInfo {
+    /// The board id as text: up to its first NUL, `"?"` if that is not printable ASCII.
+    pub fn board_id_str(&self) -> &str {
+        let len = self
+            .board_id
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.board_id.len());
+        let id = self.board_id.get(..len).unwrap_or_default();
+        if id.iter().all(|b| b.is_ascii_graphic()) {
+            core::str::from_utf8(id).unwrap_or("?")
+        } else {
+            "?"
+        }
+    }
+
     /// Size of the part of the output mailbox this parser reads.
     pub const OUT_SIZE: usize = query_adapter::VSD + query_adapter::VSD_BOARD_ID + 16;
 

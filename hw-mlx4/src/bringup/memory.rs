@@ -80,8 +80,18 @@ pub struct Chunks<B, const N: usize> {
 
 impl<B, const N: usize> Default for Chunks<B, N> {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B, const N: usize> Chunks<B, N> {
+    const EMPTY: Option<Chunk<B>> = None;
+
+    /// No chunks (a `const fn`, so that a core can be built in place, see
+    /// [`super::probe::Mlx4Core::new`]).
+    pub const fn new() -> Self {
         Self {
-            slots: core::array::from_fn(|_| None),
+            slots: [Self::EMPTY; N],
             len: 0,
         }
     }

@@ -325,17 +325,22 @@ impl<B> Default for Mlx4Core<B> {
 }
 
 impl<B> Mlx4Core<B> {
-    /// A core that holds nothing.
-    pub fn new() -> Self {
+    const NO_EQ: Option<EventQueue<B>> = None;
+    const NO_DEMAND_CHUNK: Option<DemandChunk<B>> = None;
+
+    /// A core that holds nothing. It is large (its chunk lists and tables are inline,
+    /// some 20 KiB): a `const fn`, so that the kernel can build it from a constant
+    /// straight into its heap allocation rather than on its small stack.
+    pub const fn new() -> Self {
         Self {
             cmd: CommandInterface::new(),
             owner: false,
             inbox: None,
             outbox: None,
-            fw_area: Chunks::default(),
+            fw_area: Chunks::new(),
             fw_running: false,
-            aux_area: Chunks::default(),
-            icm: Chunks::default(),
+            aux_area: Chunks::new(),
+            icm: Chunks::new(),
             hca_initialized: false,
             info: None,
             unwind_error: None,
@@ -345,14 +350,14 @@ impl<B> Mlx4Core<B> {
             mtts: None,
             eqns: None,
             eq: None,
-            comp_eqs: core::array::from_fn(|_| None),
+            comp_eqs: [Self::NO_EQ; MAX_COMP_EQS],
             port_events: [None; PORT_EVENT_QUEUE],
             dropped_port_events: 0,
             refused_completions: 0,
             ports_up: [false; MAX_PORTS],
             async_events: 0,
             last_async_event: None,
-            demand: core::array::from_fn(|_| None),
+            demand: [Self::NO_DEMAND_CHUNK; DEMAND_CHUNKS],
             cqns: None,
             qpns: None,
             mpt_indices: None,
@@ -432,9 +437,7 @@ impl<B> Mlx4Core<B> {
         self.outbox = Some(alloc_mailbox(p)?);
 
         // `mlx4_init_fw`.
-        let mut out = [0u8; FwInfo::OUT_SIZE];
-        self.exec_out(p, Step::QueryFw, Command::new(opcode::QUERY_FW), &mut out)?;
-        let fw = FwInfo::parse(&out).map_err(ProbeError::InvalidCap)?;
+        let fw = self.query_fw(p)?;
 
         // `mlx4_load_fw`. If MAP_FA fails, upstream frees the area without UNMAP_FA, as
         // the firmware did not take it; the release path does the same.
@@ -452,41 +455,11 @@ impl<B> Mlx4Core<B> {
         let page_size_set = self.set_icm_page_size(p).is_ok();
 
         // `mlx4_init_hca`: capabilities, the profile, ICM, INIT_HCA.
-        let mut out = [0u8; DevCaps::OUT_SIZE];
-        self.exec_out(
-            p,
-            Step::QueryDevCap,
-            Command::new(opcode::QUERY_DEV_CAP),
-            &mut out,
-        )?;
-        let caps = DevCaps::parse(&out, config.uar_bar_size).map_err(ProbeError::InvalidCap)?;
+        let caps = self.query_dev_cap(p, config)?;
         let layout = make_profile(&caps, &config.profile).map_err(ProbeError::Profile)?;
         self.init_icm(p, &caps, &layout)?;
-        let init = init_hca_mailbox(&caps, &layout);
-        self.write_inbox(p, &init)?;
-        let inbox = self.inbox_address();
-        self.exec(
-            p,
-            Step::InitHca,
-            Command::new(opcode::INIT_HCA).in_param(inbox),
-        )?;
-        self.hca_initialized = true;
-
-        // QUERY_HCA: the firmware's copy of the layout must be the one given; upstream
-        // reads it for the core clock.
-        let mut out = [0u8; init_hca::IN_SIZE];
-        self.exec_out(p, Step::QueryHca, Command::new(opcode::QUERY_HCA), &mut out)?;
-        check_layout(&init, &out)?;
-        let core_clock_mhz = Mailbox(&out[..]).u16(query_hca::CORE_CLOCK);
-
-        let mut out = [0u8; AdapterInfo::OUT_SIZE];
-        self.exec_out(
-            p,
-            Step::QueryAdapter,
-            Command::new(opcode::QUERY_ADAPTER),
-            &mut out,
-        )?;
-        let adapter = AdapterInfo::parse(&out);
+        let core_clock_mhz = self.init_hca(p, &caps, &layout)?;
+        let adapter = self.query_adapter(p)?;
 
         // `mlx4_setup_hca`, and the ports as `mlx4_ib_add` opens them.
         let setup = self.setup_hca(p, &caps, &layout, config)?;
@@ -503,6 +476,76 @@ impl<B> Mlx4Core<B> {
             comp_eqns: setup.comp_eqns,
             ports: setup.ports,
         })
+    }
+
+    // The steps below that read a mailbox are out of line, so that their buffers (up
+    // to 512 bytes each) live one at a time on the stack, not all in `bring_up`'s frame:
+    // the kernel's stack is 16 KiB.
+
+    /// QUERY_FW.
+    #[inline(never)]
+    fn query_fw<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<FwInfo, ProbeError> {
+        let mut out = [0u8; FwInfo::OUT_SIZE];
+        self.exec_out(p, Step::QueryFw, Command::new(opcode::QUERY_FW), &mut out)?;
+        FwInfo::parse(&out).map_err(ProbeError::InvalidCap)
+    }
+
+    /// QUERY_DEV_CAP, checked.
+    #[inline(never)]
+    fn query_dev_cap<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        config: &ProbeConfig,
+    ) -> Result<DevCaps, ProbeError> {
+        let mut out = [0u8; DevCaps::OUT_SIZE];
+        self.exec_out(
+            p,
+            Step::QueryDevCap,
+            Command::new(opcode::QUERY_DEV_CAP),
+            &mut out,
+        )?;
+        DevCaps::parse(&out, config.uar_bar_size).map_err(ProbeError::InvalidCap)
+    }
+
+    /// INIT_HCA, then QUERY_HCA: the firmware's copy of the layout must be the one
+    /// given; upstream reads it for the core clock, which this returns.
+    #[inline(never)]
+    fn init_hca<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        caps: &DevCaps,
+        layout: &IcmLayout,
+    ) -> Result<u16, ProbeError> {
+        let init = init_hca_mailbox(caps, layout);
+        self.write_inbox(p, &init)?;
+        let inbox = self.inbox_address();
+        self.exec(
+            p,
+            Step::InitHca,
+            Command::new(opcode::INIT_HCA).in_param(inbox),
+        )?;
+        self.hca_initialized = true;
+
+        let mut out = [0u8; init_hca::IN_SIZE];
+        self.exec_out(p, Step::QueryHca, Command::new(opcode::QUERY_HCA), &mut out)?;
+        check_layout(&init, &out)?;
+        Ok(Mailbox(&out[..]).u16(query_hca::CORE_CLOCK))
+    }
+
+    /// QUERY_ADAPTER.
+    #[inline(never)]
+    fn query_adapter<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+    ) -> Result<AdapterInfo, ProbeError> {
+        let mut out = [0u8; AdapterInfo::OUT_SIZE];
+        self.exec_out(
+            p,
+            Step::QueryAdapter,
+            Command::new(opcode::QUERY_ADAPTER),
+            &mut out,
+        )?;
+        Ok(AdapterInfo::parse(&out))
     }
 
     /// MOD_STAT_CFG with `log_pg_sz` 0 and its mask set (`mlx4_init_fw`).

@@ -182,6 +182,7 @@ impl<B> Mlx4Core<B> {
 
     /// `mlx4_create_eq`: the EQ's number, pages, MTT entries and context (SW2HW_EQ),
     /// recorded in its slot as acquired.
+    #[inline(never)]
     fn create_eq<P: Platform<Block = B>>(
         &mut self,
         p: &mut P,
@@ -270,6 +271,7 @@ impl<B> Mlx4Core<B> {
 
     /// Opens port `port`: QUERY_PORT, SET_PORT (the IB layout, `mlx4_ib_SET_PORT`),
     /// INIT_PORT. By events.
+    #[inline(never)]
     fn init_port<P: Platform<Block = B>>(
         &mut self,
         p: &mut P,

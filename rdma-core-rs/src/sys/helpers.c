@@ -329,3 +329,111 @@ void tilde_rdma_netdev_port_event(struct ib_device *device, u32 port, struct net
 	ib_dispatch_event(&event);
 #endif
 }
+
+/*
+ * A PCI driver whose probe and remove are rdma_core::pci's trampolines for one Rust
+ * driver. Allocated here because `struct pci_driver` embeds the driver core's
+ * `struct device_driver`, which must not move once registered; freed by
+ * tilde_pci_driver_unregister() after the driver core let go of it.
+ */
+struct pci_driver *tilde_pci_driver_new(const char *name, const struct pci_device_id *ids,
+					int (*probe)(struct pci_dev *pdev,
+						     const struct pci_device_id *id),
+					void (*remove)(struct pci_dev *pdev))
+{
+	struct pci_driver *driver = kzalloc(sizeof(*driver), GFP_KERNEL);
+
+	if (!driver)
+		return NULL;
+	driver->name = name;
+	driver->id_table = ids;
+	driver->probe = probe;
+	driver->remove = remove;
+	return driver;
+}
+
+int tilde_pci_driver_register(struct pci_driver *driver, struct module *owner,
+			      const char *mod_name)
+{
+	int err = __pci_register_driver(driver, owner, mod_name);
+
+	if (err)
+		kfree(driver);
+	return err;
+}
+
+void tilde_pci_driver_unregister(struct pci_driver *driver)
+{
+	pci_unregister_driver(driver);
+	kfree(driver);
+}
+
+void tilde_pci_set_drvdata(struct pci_dev *pdev, void *data)
+{
+	pci_set_drvdata(pdev, data);
+}
+
+void *tilde_pci_get_drvdata(struct pci_dev *pdev)
+{
+	return pci_get_drvdata(pdev);
+}
+
+const char *tilde_pci_name(const struct pci_dev *pdev)
+{
+	return pci_name(pdev);
+}
+
+u16 tilde_pci_vendor(const struct pci_dev *pdev)
+{
+	return pdev->vendor;
+}
+
+u16 tilde_pci_device(const struct pci_dev *pdev)
+{
+	return pdev->device;
+}
+
+u64 tilde_pci_resource_len(const struct pci_dev *pdev, int bar)
+{
+	return pci_resource_len(pdev, bar);
+}
+
+bool tilde_pci_resource_is_mem(const struct pci_dev *pdev, int bar)
+{
+	return pci_resource_flags(pdev, bar) & IORESOURCE_MEM;
+}
+
+int tilde_pci_set_dma_mask(struct pci_dev *pdev, unsigned int bits)
+{
+	return dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(bits));
+}
+
+void *tilde_pci_alloc_coherent(struct pci_dev *pdev, size_t size, u64 *bus)
+{
+	dma_addr_t handle;
+	void *cpu = dma_alloc_coherent(&pdev->dev, size, &handle, GFP_KERNEL);
+
+	*bus = handle;
+	return cpu;
+}
+
+void tilde_pci_free_coherent(struct pci_dev *pdev, size_t size, void *cpu, u64 bus)
+{
+	dma_free_coherent(&pdev->dev, size, cpu, bus);
+}
+
+/* Device registers kept big-endian (the ConnectX HCR, doorbells). */
+u32 tilde_ioread32be(const void __iomem *addr)
+{
+	return ioread32be(addr);
+}
+
+void tilde_iowrite32be(u32 value, void __iomem *addr)
+{
+	iowrite32be(value, addr);
+}
+
+void tilde_rdma_cond_resched(void)
+{
+	cond_resched();
+}

@@ -17,7 +17,7 @@
 
 use core::time::Duration;
 
-use super::{tilde_rdma_fsleep, tilde_rdma_ktime_ns};
+use super::{tilde_rdma_cond_resched, tilde_rdma_fsleep, tilde_rdma_ktime_ns};
 
 /// Atomics with explicit orderings, with the names and methods of the kernel's
 /// `kernel::sync::atomic` (`Atomic<T>`, `Acquire`, `Release`, `Relaxed`, `Full`), over
@@ -462,6 +462,13 @@ pub fn sleep(duration: Duration) {
         .min(1 << 40);
     // SAFETY: `fsleep` only sleeps; callers are in process context (documented).
     unsafe { tilde_rdma_fsleep(micros) };
+}
+
+/// Lets the scheduler run something else if it wants to (`cond_resched`): the turn of
+/// a polling loop that may last. Process context only.
+pub fn cond_resched() {
+    // SAFETY: `cond_resched` only yields; callers are in process context (documented).
+    unsafe { tilde_rdma_cond_resched() };
 }
 
 /// The monotonic clock (`ktime_get_ns`), as time since boot.

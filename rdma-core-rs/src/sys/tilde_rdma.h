@@ -99,4 +99,34 @@ struct iscsi_cls_session *tilde_iser_session_setup(struct Scsi_Host *shost, u16 
 int tilde_iser_register(void);
 void tilde_iser_unregister(void);
 
+/*
+ * PCI drivers (rdma_core::pci): the driver structure with its callbacks, and the
+ * accessors the kernel keeps inline. The rest of the PCI and DMA API is exported and
+ * bound directly.
+ */
+#include <linux/pci.h>
+#include <linux/dma-mapping.h>
+#include <linux/interrupt.h>
+
+struct pci_driver *tilde_pci_driver_new(const char *name, const struct pci_device_id *ids,
+					int (*probe)(struct pci_dev *pdev,
+						     const struct pci_device_id *id),
+					void (*remove)(struct pci_dev *pdev));
+int tilde_pci_driver_register(struct pci_driver *driver, struct module *owner,
+			      const char *mod_name);
+void tilde_pci_driver_unregister(struct pci_driver *driver);
+void tilde_pci_set_drvdata(struct pci_dev *pdev, void *data);
+void *tilde_pci_get_drvdata(struct pci_dev *pdev);
+const char *tilde_pci_name(const struct pci_dev *pdev);
+u16 tilde_pci_vendor(const struct pci_dev *pdev);
+u16 tilde_pci_device(const struct pci_dev *pdev);
+u64 tilde_pci_resource_len(const struct pci_dev *pdev, int bar);
+bool tilde_pci_resource_is_mem(const struct pci_dev *pdev, int bar);
+int tilde_pci_set_dma_mask(struct pci_dev *pdev, unsigned int bits);
+void *tilde_pci_alloc_coherent(struct pci_dev *pdev, size_t size, u64 *bus);
+void tilde_pci_free_coherent(struct pci_dev *pdev, size_t size, void *cpu, u64 bus);
+u32 tilde_ioread32be(const void __iomem *addr);
+void tilde_iowrite32be(u32 value, void __iomem *addr);
+void tilde_rdma_cond_resched(void);
+
 #endif

@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The ConnectX-3 PCI function: the driver's probe and remove, and the bring-up core's
+//! platform over the function's BARs and coherent DMA memory.
+//!
+//! `hw_mlx4::bringup` is sans-IO: it reaches the device through three traits. Here they
+//! are the kernel's: `CommandEdge` is BAR0 (the HCR and the ownership semaphore, through
+//! `ioread32be`/`iowrite32be`), the monotonic clock, `cond_resched` and sleeps;
+//! `HostMemory` is `dma_alloc_coherent`; `EventEdge` is BAR2 (EQ doorbells) and
+//! `dma_rmb`. Everything is reached through `rdma_core::pci`'s safe types, so this file
+//! has no `unsafe`.
+
+use core::time::Duration;
+
+use hw_mlx4::bringup::cmd::CommandEdge;
+use hw_mlx4::bringup::eq::EventEdge;
+use hw_mlx4::bringup::memory::HostMemory;
+use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeConfig};
+use hw_mlx4::bringup::profile::Profile;
+use kernel::prelude::*;
+use rdma_core::kernel_api::{self, barrier};
+use rdma_core::pci::{self, Bar, Coherent, Device, DeviceRef};
+
+/// The ICM page and the unit `HostMemory` allocates in.
+const PAGE_SIZE: usize = 4096;
+
+/// The PortInfo:CapabilityMask SET_PORT gives each port: what `ibstat` shows on a
+/// ConnectX-3 port before the IB CM sets IsCommunicationManagementSupported (upstream
+/// reads the firmware's defaults back through MAD_IFC, `mlx4_get_port_ib_caps`).
+const IB_CAP_MASK: u32 = 0x0251_0868;
+
+/// Completion EQs, one per MSI-X vector after the async EQ's.
+const COMP_EQS: u32 = 2;
+
+/// tilde_mlx4 as a PCI driver.
+pub(crate) struct ConnectX3;
+
+/// One bound ConnectX-3: its BARs, the bring-up core and what the probe learned.
+pub(crate) struct Hca {
+    dev: DeviceRef,
+    bar0: Bar,
+    bar2: Bar,
+    core: KBox<Mlx4Core<Coherent>>,
+}
+
+/// The bring-up core's platform for one call: the function's registers and memory.
+struct Edge<'a> {
+    dev: &'a Device,
+    bar0: &'a Bar,
+    bar2: &'a Bar,
+}
+
+impl CommandEdge for Edge<'_> {
+    fn bar0_read_be32(&mut self, offset: u64) -> u32 {
+        // Offsets are the driver's own constants; one outside BAR0 reads as a function
+        // that fell off the bus (all ones), which every caller already treats as failure.
+        usize::try_from(offset)
+            .ok()
+            .and_then(|offset| self.bar0.read_be32(offset))
+            .unwrap_or(u32::MAX)
+    }
+
+    fn bar0_write_be32(&mut self, offset: u64, value: u32) {
+        let written = usize::try_from(offset)
+            .ok()
+            .and_then(|offset| self.bar0.write_be32(offset, value));
+        if written.is_none() {
+            pr_err!(
+                "{}: BAR0 write at {:#x} outside the BAR\n",
+                self.dev.name(),
+                offset
+            );
+        }
+    }
+
+    fn write_barrier(&mut self) {
+        barrier::wmb();
+    }
+
+    fn now_us(&mut self) -> u64 {
+        u64::try_from(kernel_api::monotonic().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn relax(&mut self) {
+        kernel_api::cond_resched();
+    }
+
+    fn sleep_ms(&mut self, ms: u32) {
+        kernel_api::sleep(Duration::from_millis(ms.into()));
+    }
+}
+
+impl EventEdge for Edge<'_> {
+    fn bar2_write_be32(&mut self, offset: u64, value: u32) {
+        let written = usize::try_from(offset)
+            .ok()
+            .and_then(|offset| self.bar2.write_be32(offset, value));
+        if written.is_none() {
+            pr_err!(
+                "{}: BAR2 write at {:#x} outside the BAR\n",
+                self.dev.name(),
+                offset
+            );
+        }
+    }
+
+    fn read_barrier(&mut self) {
+        barrier::dma_rmb();
+    }
+}
+
+impl HostMemory for Edge<'_> {
+    type Block = Coherent;
+
+    fn alloc(&mut self, log_pages: u32) -> Option<Coherent> {
+        let size = PAGE_SIZE.checked_shl(log_pages)?;
+        let block = self.dev.alloc_coherent(size).ok()?;
+        // `dma_alloc_coherent` aligns to the allocation's order; the device needs it.
+        (block.bus_address() % size as u64 == 0).then_some(block)
+    }
+
+    fn bus_address(&self, block: &Coherent) -> u64 {
+        block.bus_address()
+    }
+
+    fn write(&mut self, block: &Coherent, offset: usize, data: &[u8]) -> bool {
+        block.write(offset, data).is_some()
+    }
+
+    fn read(&mut self, block: &Coherent, offset: usize, buf: &mut [u8]) -> bool {
+        block.read(offset, buf).is_some()
+    }
+
+    fn free(&mut self, block: Coherent) {
+        drop(block);
+    }
+}
+
+/// A core holding nothing, as a constant, written into its allocation: built at run time,
+/// or passed to `KBox::new`, its ~20 KiB would be made on the kernel stack first.
+const EMPTY_CORE: Mlx4Core<Coherent> = Mlx4Core::new();
+
+impl pci::Driver for ConnectX3 {
+    type Data = Hca;
+
+    const NAME: &'static CStr = c"tilde_mlx4";
+
+    fn probe(dev: &Device) -> Result<Hca> {
+        dev.set_dma_mask(64)?;
+        dev.set_master();
+        let bar0 = dev.map_bar(0)?;
+        let bar2 = dev.map_bar(2)?;
+        // The allocation first, then the constant written into it (see `EMPTY_CORE`).
+        let mut core = KBox::write(KBox::new_uninit(GFP_KERNEL)?, EMPTY_CORE);
+        let config = ProbeConfig {
+            profile: Profile::DEFAULT,
+            uar_bar_size: bar2.len() as u64,
+            ib_cap_mask: IB_CAP_MASK,
+            comp_eqs: COMP_EQS,
+        };
+        let mut edge = Edge {
+            dev,
+            bar0: &bar0,
+            bar2: &bar2,
+        };
+        if let Err(error) = core.probe(&mut edge, &config) {
+            pr_err!("{}: probe failed: {:?}\n", dev.name(), error);
+            if let Some(unwind) = core.unwind_error() {
+                pr_err!(
+                    "{}: and its unwinding failed at {:?}: {:?}; {} chunks left with the device\n",
+                    dev.name(),
+                    unwind.step,
+                    unwind.error,
+                    unwind.leaked_chunks
+                );
+            }
+            return Err(EIO);
+        }
+        if let Some(info) = core.info() {
+            report(dev, info, core.pages_given());
+        }
+        Ok(Hca {
+            dev: dev.get(),
+            bar0,
+            bar2,
+            core,
+        })
+    }
+
+    fn remove(dev: &Device, hca: &mut Hca) {
+        let mut edge = Edge {
+            dev: &hca.dev,
+            bar0: &hca.bar0,
+            bar2: &hca.bar2,
+        };
+        match hca.core.teardown(&mut edge) {
+            Ok(()) => pr_info!("{}: HCA closed, every page given back\n", dev.name()),
+            Err(error) => pr_err!(
+                "{}: teardown failed at {:?}: {:?}; {} chunks left with the device\n",
+                dev.name(),
+                error.step,
+                error.error,
+                error.leaked_chunks
+            ),
+        }
+    }
+}
+
+/// The dmesg lines a probe leaves: firmware, board, what the device was given, ports.
+fn report(dev: &Device, info: &DeviceInfo, (fw_pages, aux_pages, icm_pages): (u64, u64, u64)) {
+    let (major, minor, sub) = info.fw.version;
+    pr_info!(
+        "{}: ConnectX-3 firmware {}.{}.{}, command interface revision {}, board {}\n",
+        dev.name(),
+        major,
+        minor,
+        sub,
+        info.fw.cmd_if_rev,
+        info.adapter.board_id_str()
+    );
+    pr_info!(
+        "{}: HCA initialized: {} firmware, {} auxiliary and {} ICM pages, core clock {} MHz\n",
+        dev.name(),
+        fw_pages,
+        aux_pages,
+        icm_pages,
+        info.core_clock_mhz
+    );
+    let comp_eqs = info.comp_eqns.iter().flatten().count();
+    pr_info!(
+        "{}: async EQ {} and {} completion EQs armed, commands by events, driver UAR {}\n",
+        dev.name(),
+        info.async_eqn,
+        comp_eqs,
+        info.driver_uar
+    );
+    for port in info.ports.iter().flatten() {
+        pr_info!(
+            "{}: port {} open: InfiniBand, MTU cap {}, {} GIDs, {} P_Keys, {} VLs\n",
+            dev.name(),
+            port.port,
+            port.ib_mtu_cap,
+            port.gid_table_len,
+            port.pkey_table_len,
+            port.max_vl
+        );
+    }
+}

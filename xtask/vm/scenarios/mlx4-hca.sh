@@ -1,0 +1,95 @@
+# tilde_mlx4 as a PCI driver on the emulated ConnectX-3: it binds the function through
+# its module alias, brings the HCA up (firmware area, ICM, INIT_HCA, the async and
+# completion EQs with the NOP interrupt test, both InfiniBand ports opened), and closes
+# it on unbind and on rmmod with every page given back; rebinding works, and afterwards
+# the kernel's own mlx4_core and mlx4_ib take the same function and register mlx4_0, so
+# the device was left as a driver finds it. The device process fails the run on any
+# command, mailbox or DMA mistake it sees (docs/cx3-device.md).
+# needs-device: cx3
+# needs-module: tilde_mlx4
+. /tilde/guest/lib.sh
+
+driver=/tilde/drivers/tilde_mlx4.ko
+
+echo "== the device on the PCI bus, bound to nothing"
+dev=
+for d in /sys/bus/pci/devices/*; do
+	if [ "$(cat "$d/vendor")" = 0x15b3 ] && [ "$(cat "$d/device")" = 0x1003 ]; then
+		dev=$(basename "$d")
+	fi
+done
+[ -n "$dev" ] || { echo "FAIL: no 15b3:1003 function"; exit 1; }
+echo "ConnectX-3 at $dev"
+refute "$dev is already bound" test -e "/sys/bus/pci/devices/$dev/driver"
+
+echo "== the module's alias matches the function"
+alias=$(modinfo -F alias "$driver")
+echo "alias: $alias; the function's: $(cat "/sys/bus/pci/devices/$dev/modalias")"
+# modalias patterns are shell globs.
+# shellcheck disable=SC2254
+case "$(cat "/sys/bus/pci/devices/$dev/modalias")" in
+$alias) ;;
+*) echo "FAIL: $alias does not match the function"; exit 1 ;;
+esac
+
+# expect_count N REGEX: exactly N kernel log lines match REGEX.
+expect_count() {
+	local seen
+	seen=$(count_dmesg "$2")
+	if [ "$seen" != "$1" ]; then
+		echo "FAIL: $seen dmesg lines, not $1, match: $2"
+		return 1
+	fi
+}
+
+bound_to() {
+	[ "$(basename "$(readlink "/sys/bus/pci/devices/$dev/driver")")" = "$1" ]
+}
+
+# expect_probe N: the Nth probe's lines are there.
+expect_probe() {
+	expect_count "$1" "tilde_mlx4: $dev: ConnectX-3 firmware 2\.42\.5000, command interface revision 3"
+	expect_count "$1" "tilde_mlx4: $dev: HCA initialized: [0-9]+ firmware, [0-9]+ auxiliary and [0-9]+ ICM pages"
+	expect_count "$1" "tilde_mlx4: $dev: async EQ [0-9]+ and 2 completion EQs armed, commands by events"
+	expect_count "$1" "tilde_mlx4: $dev: port 1 open: InfiniBand, MTU cap 5, 128 GIDs, 128 P_Keys"
+	expect_count "$1" "tilde_mlx4: $dev: port 2 open: InfiniBand, MTU cap 5, 128 GIDs, 128 P_Keys"
+	echo "ok: probe $1: $(grep -E "tilde_mlx4: $dev: HCA initialized" "$(kernel_log)" | tail -n 1)"
+}
+
+echo "== insmod: tilde_mlx4 binds the function and brings the HCA up"
+insmod "$driver"
+expect_dmesg 'tilde_mlx4: loaded: PCI driver for ConnectX-3 \(15b3:1003\) registered$'
+bound_to tilde_mlx4 || { echo "FAIL: $dev is not bound to tilde_mlx4"; exit 1; }
+expect_probe 1
+
+echo "== unbind: the HCA is closed and every page given back"
+echo "$dev" > /sys/bus/pci/drivers/tilde_mlx4/unbind
+refute "$dev is still bound" test -e "/sys/bus/pci/devices/$dev/driver"
+expect_count 1 "tilde_mlx4: $dev: HCA closed, every page given back$"
+
+echo "== bind again: a second probe on the same function"
+echo "$dev" > /sys/bus/pci/drivers/tilde_mlx4/bind
+bound_to tilde_mlx4 || { echo "FAIL: $dev did not bind again"; exit 1; }
+expect_probe 2
+
+echo "== rmmod closes it too"
+rmmod tilde_mlx4
+refute "tilde_mlx4 is still loaded" grep -q '^tilde_mlx4 ' /proc/modules
+refute "$dev is still bound" test -e "/sys/bus/pci/devices/$dev/driver"
+expect_count 2 "tilde_mlx4: $dev: HCA closed, every page given back$"
+reject_dmesg "tilde_mlx4: .*(failed|refused|outside the BAR|left with the device)"
+
+echo "== the upstream driver takes the function after tilde_mlx4"
+modprobe mlx4_core
+bound_to mlx4_core || { echo "FAIL: mlx4_core did not bind $dev after tilde_mlx4"; exit 1; }
+modprobe mlx4_ib
+for i in $(seq 100); do
+	[ -e /sys/class/infiniband/mlx4_0 ] && break
+	sleep 0.1
+done
+[ -e /sys/class/infiniband/mlx4_0 ] || { echo "FAIL: no mlx4_0 after tilde_mlx4 let go"; exit 1; }
+rdma link show | tee links.log
+grep -q 'mlx4_0/1' links.log
+grep -q 'mlx4_0/2' links.log
+rmmod mlx4_ib mlx4_core
+reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
