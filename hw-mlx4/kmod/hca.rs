@@ -8,7 +8,13 @@
 //! `HostMemory` is `dma_alloc_coherent`; `EventEdge` is BAR2 (EQ doorbells) and
 //! `dma_rmb`. Everything is reached through `rdma_core::pci`'s safe types, so this file
 //! has no `unsafe`.
+//!
+//! Each EQ has its MSI-X vector (the async EQ vector 0, completion EQ `i` vector `i + 1`).
+//! Their handlers count interrupts so far: the bring-up walks its EQs itself when it
+//! waits for a command, and the probe fails, as upstream's `mlx4_test_interrupts` does,
+//! unless the NOP's command completion arrived as an interrupt on the async EQ's vector.
 
+use core::ffi::CStr;
 use core::time::Duration;
 
 use hw_mlx4::bringup::cmd::CommandEdge;
@@ -17,8 +23,10 @@ use hw_mlx4::bringup::memory::HostMemory;
 use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeConfig};
 use hw_mlx4::bringup::profile::Profile;
 use kernel::prelude::*;
+use kernel::sync::Arc;
+use rdma_core::kernel_api::atomic::{Atomic, Relaxed};
 use rdma_core::kernel_api::{self, barrier};
-use rdma_core::pci::{self, Bar, Coherent, Device, DeviceRef};
+use rdma_core::pci::{self, Bar, Coherent, Device, DeviceRef, IrqHandler, IrqVectors};
 
 /// The ICM page and the unit `HostMemory` allocates in.
 const PAGE_SIZE: usize = 4096;
@@ -31,15 +39,37 @@ const IB_CAP_MASK: u32 = 0x0251_0868;
 /// Completion EQs, one per MSI-X vector after the async EQ's.
 const COMP_EQS: u32 = 2;
 
+/// MSI-X vectors: the async EQ's and the completion EQs'.
+const VECTORS: u32 = 1 + COMP_EQS;
+
+/// How long the probe waits for the async EQ's first interrupt after its commands
+/// completed by events (the EQE may be seen before the MSI-X message lands).
+const INTERRUPT_TEST_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// tilde_mlx4 as a PCI driver.
 pub(crate) struct ConnectX3;
 
-/// One bound ConnectX-3: its BARs, the bring-up core and what the probe learned.
+/// One bound ConnectX-3: its BARs, its interrupts and the bring-up core. Dropped in this
+/// order after the remove closed the HCA: the handlers are freed after nothing can
+/// raise an interrupt.
 pub(crate) struct Hca {
     dev: DeviceRef,
     bar0: Bar,
     bar2: Bar,
     core: KBox<Mlx4Core<Coherent>>,
+    irqs: IrqVectors<EqInterrupt>,
+}
+
+/// An EQ's MSI-X vector: the interrupts it took.
+pub(crate) struct EqInterrupt {
+    count: Atomic<u32>,
+}
+
+impl IrqHandler for EqInterrupt {
+    fn handle(&self) -> bool {
+        self.count.add(1, Relaxed);
+        true
+    }
 }
 
 /// The bring-up core's platform for one call: the function's registers and memory.
@@ -149,7 +179,16 @@ impl pci::Driver for ConnectX3 {
         dev.set_master();
         let bar0 = dev.map_bar(0)?;
         let bar2 = dev.map_bar(2)?;
-        // The allocation first, then the constant written into it (see `EMPTY_CORE`).
+        // One vector per EQ: the async EQ's and one per completion EQ.
+        let mut irqs = dev
+            .alloc_msix(VECTORS, VECTORS)
+            .inspect_err(|e| pr_err!("{}: no MSI-X vectors: {:?}\n", dev.name(), e))?;
+        for vector in 0..irqs.count() {
+            let handler = EqInterrupt {
+                count: Atomic::new(0),
+            };
+            irqs.request(vector, c"tilde_mlx4", Arc::new(handler, GFP_KERNEL)?)?;
+        }
         let mut core = KBox::write(KBox::new_uninit(GFP_KERNEL)?, EMPTY_CORE);
         let config = ProbeConfig {
             profile: Profile::DEFAULT,
@@ -175,18 +214,48 @@ impl pci::Driver for ConnectX3 {
             }
             return Err(EIO);
         }
+        let interrupts = async_eq_interrupts(&irqs);
+        if interrupts == 0 {
+            pr_err!(
+                "{}: interrupt test failed: the NOP completed but MSI-X vector 0 never fired\n",
+                dev.name()
+            );
+            if let Err(error) = core.teardown(&mut edge) {
+                pr_err!("{}: teardown failed: {:?}\n", dev.name(), error);
+            }
+            return Err(EIO);
+        }
         if let Some(info) = core.info() {
             report(dev, info, core.pages_given());
         }
+        pr_info!(
+            "{}: MSI-X: {} vectors, {} interrupts on the async EQ's by the probe's commands\n",
+            dev.name(),
+            irqs.count(),
+            interrupts
+        );
         Ok(Hca {
             dev: dev.get(),
             bar0,
             bar2,
             core,
+            irqs,
         })
     }
 
     fn remove(dev: &Device, hca: &mut Hca) {
+        let count = |vector| {
+            hca.irqs
+                .handler(vector)
+                .map_or(0, |h| h.count.load(Relaxed))
+        };
+        pr_info!(
+            "{}: interrupts taken: async EQ {}, completion EQs {} and {}\n",
+            dev.name(),
+            count(0),
+            count(1),
+            count(2)
+        );
         let mut edge = Edge {
             dev: &hca.dev,
             bar0: &hca.bar0,
@@ -203,6 +272,17 @@ impl pci::Driver for ConnectX3 {
             ),
         }
     }
+}
+
+/// The async EQ's interrupts so far, waiting up to [`INTERRUPT_TEST_TIMEOUT`] for the
+/// first.
+fn async_eq_interrupts(irqs: &IrqVectors<EqInterrupt>) -> u32 {
+    let count = || irqs.handler(0).map_or(0, |h| h.count.load(Relaxed));
+    let deadline = kernel_api::monotonic() + INTERRUPT_TEST_TIMEOUT;
+    while count() == 0 && kernel_api::monotonic() < deadline {
+        kernel_api::sleep(Duration::from_millis(1));
+    }
+    count()
 }
 
 /// The dmesg lines a probe leaves: firmware, board, what the device was given, ports.

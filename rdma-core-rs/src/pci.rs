@@ -8,7 +8,8 @@
 //! `pci:` alias, so udev loads it), and keeps a [`Registration`] for as long as the
 //! module is loaded. The probe gets a [`Device`]: an enabled function, whose BARs it maps
 //! as [`Bar`]s (bounds-checked big-endian register access) and for which it allocates
-//! coherent DMA memory as [`Coherent`] blocks; each is given back on drop. None of it
+//! coherent DMA memory as [`Coherent`] blocks, and whose MSI-X vectors it takes as
+//! [`IrqVectors`] with an [`IrqHandler`] on each; each is given back on drop. None of it
 //! needs `unsafe` in the driver.
 //!
 //! The kernel crate's own PCI abstractions exist on 7.x and not on 6.12; this one is the
@@ -16,6 +17,8 @@
 //! the binding layer), so nothing above it knows which kernel it runs on. Only the
 //! device table's symbol name differs (`cargo xtask kmod` probes it).
 
+// `core`'s: the kernel crate's prelude has its own on some kernels (6.12).
+use core::ffi::CStr;
 use core::marker::PhantomData;
 use core::mem::MaybeUninit;
 use core::ptr::NonNull;
@@ -23,6 +26,7 @@ use core::ptr::NonNull;
 use kernel::error::to_result;
 use kernel::ffi::{c_int, c_void};
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 use crate::sys;
 
@@ -124,7 +128,10 @@ impl Device {
     pub fn name(&self) -> &str {
         // SAFETY: `pci_name` is the device's name, a NUL-terminated string that lives as
         // long as the device.
-        let name = unsafe { CStr::from_char_ptr(sys::tilde_pci_name(self.raw.as_ptr())) };
+        // `core`'s `from_ptr` on every kernel (7.x's lints prefer the kernel crate's
+        // `from_char_ptr`, which 6.12's `CStr` has differently); the name is ASCII.
+        #[allow(clippy::disallowed_methods)]
+        let name = unsafe { CStr::from_ptr(sys::tilde_pci_name(self.raw.as_ptr()).cast()) };
         name.to_str().unwrap_or("?")
     }
 
@@ -217,6 +224,122 @@ impl Device {
             size,
         })
     }
+}
+
+impl Device {
+    /// Between `min` and `max` MSI-X vectors, as many as the function and the system give.
+    pub fn alloc_msix<H: IrqHandler>(&self, min: u32, max: u32) -> Result<IrqVectors<H>> {
+        let max = max.min(MAX_VECTORS as u32);
+        if min == 0 || min > max {
+            return Err(EINVAL);
+        }
+        // SAFETY: a live, enabled device.
+        let count = unsafe { sys::tilde_pci_alloc_msix(self.raw.as_ptr(), min, max) };
+        let count = u32::try_from(count).map_err(|_| Error::from_errno(count))?;
+        Ok(IrqVectors {
+            dev: DeviceRef::new(self),
+            count,
+            actions: [IrqVectors::<H>::NO_ACTION; MAX_VECTORS],
+        })
+    }
+}
+
+/// What runs when a vector interrupts, in hard interrupt context: no sleeping, no
+/// allocation.
+pub trait IrqHandler: Send + Sync + 'static {
+    /// Handles an interrupt; false if it was not the device's (shared lines only).
+    fn handle(&self) -> bool;
+}
+
+/// The most MSI-X vectors one [`IrqVectors`] holds.
+pub const MAX_VECTORS: usize = 16;
+
+/// A function's MSI-X vectors and the handlers requested on them: on drop, every
+/// handler is freed (waiting for one that runs), then the vectors.
+pub struct IrqVectors<H: IrqHandler> {
+    dev: DeviceRef,
+    count: u32,
+    actions: [Option<(NonNull<sys::tilde_irq>, Arc<H>)>; MAX_VECTORS],
+}
+
+// SAFETY: the actions are the kernel's; freeing them is allowed from any process context.
+unsafe impl<H: IrqHandler> Send for IrqVectors<H> {}
+// SAFETY: `&self` methods only read the count.
+unsafe impl<H: IrqHandler> Sync for IrqVectors<H> {}
+
+impl<H: IrqHandler> IrqVectors<H> {
+    const NO_ACTION: Option<(NonNull<sys::tilde_irq>, Arc<H>)> = None;
+
+    /// How many vectors the function got.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The handler requested on `vector`, if any.
+    pub fn handler(&self, vector: u32) -> Option<&H> {
+        let index = usize::try_from(vector).ok()?;
+        self.actions
+            .get(index)?
+            .as_ref()
+            .map(|(_, handler)| &**handler)
+    }
+
+    /// Requests vector `vector` with `handler` (shown as `name` in /proc/interrupts).
+    /// The handler may run at once.
+    pub fn request(&mut self, vector: u32, name: &'static CStr, handler: Arc<H>) -> Result {
+        let slot = usize::try_from(vector)
+            .ok()
+            .filter(|_| vector < self.count)
+            .and_then(|index| self.actions.get_mut(index))
+            .ok_or(EINVAL)?;
+        if slot.is_some() {
+            return Err(EBUSY);
+        }
+        let mut action = core::ptr::null_mut();
+        let data = core::ptr::from_ref::<H>(&handler)
+            .cast_mut()
+            .cast::<c_void>();
+        // SAFETY: `data` points into the `Arc` kept beside the action, so it outlives
+        // every call of the handler (the action is freed first, on drop); the name is
+        // static.
+        to_result(unsafe {
+            sys::tilde_pci_request_irq(
+                self.dev.0.raw.as_ptr(),
+                vector,
+                Some(irq_callback::<H>),
+                data,
+                crate::sys::kernel_api::c_str(name),
+                &mut action,
+            )
+        })?;
+        let action = NonNull::new(action).ok_or(EINVAL)?;
+        *slot = Some((action, handler));
+        Ok(())
+    }
+}
+
+impl<H: IrqHandler> Drop for IrqVectors<H> {
+    fn drop(&mut self) {
+        for (action, handler) in self.actions.iter_mut().filter_map(Option::take) {
+            // SAFETY: requested in `request`, freed once; the handler's data is dropped
+            // after the kernel stopped calling it.
+            unsafe { sys::tilde_pci_free_irq(action.as_ptr()) };
+            drop(handler);
+        }
+        // SAFETY: allocated in `Device::alloc_msix`; no handler is left on them.
+        unsafe { sys::pci_free_irq_vectors(self.dev.0.raw.as_ptr()) };
+    }
+}
+
+/// The interrupt trampoline for handler type `H`.
+///
+/// # Safety
+///
+/// Called by the C action only, with the `H` its `IrqVectors` keeps alive.
+unsafe extern "C" fn irq_callback<H: IrqHandler>(data: *mut c_void) -> bool {
+    // SAFETY: see above.
+    let handler = unsafe { &*data.cast_const().cast::<H>() };
+    handler.handle()
 }
 
 /// A counted reference to a function ([`Device::get`]): what a driver keeps to allocate

@@ -437,3 +437,56 @@ void tilde_rdma_cond_resched(void)
 {
 	cond_resched();
 }
+
+int tilde_pci_alloc_msix(struct pci_dev *pdev, unsigned int min, unsigned int max)
+{
+	return pci_alloc_irq_vectors(pdev, min, max, PCI_IRQ_MSIX);
+}
+
+/*
+ * An interrupt handler that is a Rust callback: `handler(data)` says whether the
+ * interrupt was the device's. The action remembers its IRQ number for free_irq().
+ */
+struct tilde_irq {
+	bool (*handler)(void *data);
+	void *data;
+	unsigned int irq;
+};
+
+static irqreturn_t tilde_pci_irq(int irq, void *cookie)
+{
+	struct tilde_irq *action = cookie;
+
+	return action->handler(action->data) ? IRQ_HANDLED : IRQ_NONE;
+}
+
+int tilde_pci_request_irq(struct pci_dev *pdev, unsigned int vector, bool (*handler)(void *data),
+			  void *data, const char *name, struct tilde_irq **out)
+{
+	struct tilde_irq *action;
+	int irq = pci_irq_vector(pdev, vector);
+	int err;
+
+	if (irq < 0)
+		return irq;
+	action = kzalloc(sizeof(*action), GFP_KERNEL);
+	if (!action)
+		return -ENOMEM;
+	action->handler = handler;
+	action->data = data;
+	action->irq = irq;
+	err = request_irq(irq, tilde_pci_irq, 0, name, action);
+	if (err) {
+		kfree(action);
+		return err;
+	}
+	*out = action;
+	return 0;
+}
+
+/* Frees the IRQ (waiting for a running handler to return), then the action. */
+void tilde_pci_free_irq(struct tilde_irq *action)
+{
+	free_irq(action->irq, action);
+	kfree(action);
+}

@@ -125,6 +125,11 @@ bool tilde_pci_resource_is_mem(const struct pci_dev *pdev, int bar);
 int tilde_pci_set_dma_mask(struct pci_dev *pdev, unsigned int bits);
 void *tilde_pci_alloc_coherent(struct pci_dev *pdev, size_t size, u64 *bus);
 void tilde_pci_free_coherent(struct pci_dev *pdev, size_t size, void *cpu, u64 bus);
+int tilde_pci_alloc_msix(struct pci_dev *pdev, unsigned int min, unsigned int max);
+struct tilde_irq;
+int tilde_pci_request_irq(struct pci_dev *pdev, unsigned int vector, bool (*handler)(void *data),
+			  void *data, const char *name, struct tilde_irq **out);
+void tilde_pci_free_irq(struct tilde_irq *action);
 u32 tilde_ioread32be(const void __iomem *addr);
 void tilde_iowrite32be(u32 value, void __iomem *addr);
 void tilde_rdma_cond_resched(void);

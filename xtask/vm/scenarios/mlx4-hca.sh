@@ -1,10 +1,10 @@
 # tilde_mlx4 as a PCI driver on the emulated ConnectX-3: it binds the function through
 # its module alias, brings the HCA up (firmware area, ICM, INIT_HCA, the async and
-# completion EQs with the NOP interrupt test, both InfiniBand ports opened), and closes
-# it on unbind and on rmmod with every page given back; rebinding works, and afterwards
-# the kernel's own mlx4_core and mlx4_ib take the same function and register mlx4_0, so
-# the device was left as a driver finds it. The device process fails the run on any
-# command, mailbox or DMA mistake it sees (docs/cx3-device.md).
+# completion EQs on their MSI-X vectors, the NOP interrupt test, both InfiniBand ports
+# opened), and closes it on unbind and on rmmod with every page given back; rebinding
+# works, and afterwards the kernel's own mlx4_core and mlx4_ib take the same function
+# and register mlx4_0, so the device was left as a driver finds it. The device process
+# fails the run on any command, mailbox or DMA mistake it sees (docs/cx3-device.md).
 # needs-device: cx3
 # needs-module: tilde_mlx4
 . /tilde/guest/lib.sh
@@ -53,6 +53,9 @@ expect_probe() {
 	expect_count "$1" "tilde_mlx4: $dev: async EQ [0-9]+ and 2 completion EQs armed, commands by events"
 	expect_count "$1" "tilde_mlx4: $dev: port 1 open: InfiniBand, MTU cap 5, 128 GIDs, 128 P_Keys"
 	expect_count "$1" "tilde_mlx4: $dev: port 2 open: InfiniBand, MTU cap 5, 128 GIDs, 128 P_Keys"
+	# The interrupt test: the commands completed by events raised MSI-X interrupts that
+	# reached the driver's handler on the async EQ's vector.
+	expect_count "$1" "tilde_mlx4: $dev: MSI-X: 3 vectors, [1-9][0-9]* interrupts on the async EQ's by the probe's commands"
 	echo "ok: probe $1: $(grep -E "tilde_mlx4: $dev: HCA initialized" "$(kernel_log)" | tail -n 1)"
 }
 
@@ -65,6 +68,8 @@ expect_probe 1
 echo "== unbind: the HCA is closed and every page given back"
 echo "$dev" > /sys/bus/pci/drivers/tilde_mlx4/unbind
 refute "$dev is still bound" test -e "/sys/bus/pci/devices/$dev/driver"
+expect_count 1 "tilde_mlx4: $dev: interrupts taken: async EQ [1-9][0-9]*, completion EQs 0 and 0$"
+refute "the MSI-X vectors are still requested" grep -q tilde_mlx4 /proc/interrupts
 expect_count 1 "tilde_mlx4: $dev: HCA closed, every page given back$"
 
 echo "== bind again: a second probe on the same function"
