@@ -339,6 +339,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         .chain(&modules.drivers)
     {
         check_vermagic(toolchain, ko)?;
+        crate::stack_frames::check(ko)?;
     }
     Ok(modules)
 }

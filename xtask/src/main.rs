@@ -7,6 +7,7 @@ mod kernel_crates;
 mod kmod;
 mod mutants;
 mod rules;
+mod stack_frames;
 mod target;
 mod toolchain;
 mod util;
