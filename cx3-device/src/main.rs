@@ -105,7 +105,11 @@ impl log::Log for ServerLogger {
     }
 
     fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
+        // A message the server could not serve is the device's failure (QEMU sees an
+        // error reply): an `error:` line, which fails the run.
+        if record.level() == log::Level::Error {
+            log_error(&format!("vfio-user: {}", record.args()));
+        } else if self.enabled(record.metadata()) {
             log_line(&format!("vfio-user: {}: {}", record.level(), record.args()));
         }
     }
@@ -450,6 +454,15 @@ impl ServerBackend for Cx3 {
                 let end = start.saturating_add(count as usize).min(vectors);
                 if self.msix.len() < end {
                     self.msix.resize_with(end, || None);
+                }
+                // VFIO's eventfd -1 unassigns a vector; vfio-user sends no descriptor for
+                // it, so a message with none unassigns its range (QEMU releases vectors
+                // one by one as the guest frees them, `pci_free_irq_vectors`).
+                if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && fds.is_empty() {
+                    for slot in self.msix.iter_mut().take(end).skip(start) {
+                        *slot = None;
+                    }
+                    return Ok(());
                 }
                 if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && fds.len() != end - start {
                     return Err(std::io::Error::new(
