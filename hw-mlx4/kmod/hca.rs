@@ -28,6 +28,8 @@ use rdma_core::kernel_api::atomic::{Atomic, Relaxed};
 use rdma_core::kernel_api::{self, barrier};
 use rdma_core::pci::{self, Bar, Coherent, Device, DeviceRef, IrqHandler, IrqVectors};
 
+use crate::datapath;
+
 /// The ICM page and the unit `HostMemory` allocates in.
 const PAGE_SIZE: usize = 4096;
 
@@ -55,8 +57,8 @@ pub(crate) struct ConnectX3;
 pub(crate) struct Hca {
     dev: DeviceRef,
     bar0: Bar,
-    bar2: Bar,
-    core: KBox<Mlx4Core<Coherent>>,
+    bar2: Arc<Bar>,
+    core: KBox<Mlx4Core<Block>>,
     irqs: IrqVectors<EqInterrupt>,
 }
 
@@ -73,7 +75,7 @@ impl IrqHandler for EqInterrupt {
 }
 
 /// The bring-up core's platform for one call: the function's registers and memory.
-struct Edge<'a> {
+pub(crate) struct Edge<'a> {
     dev: &'a Device,
     bar0: &'a Bar,
     bar2: &'a Bar,
@@ -138,36 +140,44 @@ impl EventEdge for Edge<'_> {
     }
 }
 
-impl HostMemory for Edge<'_> {
-    type Block = Coherent;
+/// A block the bring-up core holds, shared with the fast path's queues inside it (an
+/// `Arc`: the memory stays until both let go; the device is done with it once the core
+/// freed it, its object destroyed by the firmware first).
+pub(crate) type Block = Arc<Coherent>;
 
-    fn alloc(&mut self, log_pages: u32) -> Option<Coherent> {
+impl HostMemory for Edge<'_> {
+    type Block = Block;
+
+    fn alloc(&mut self, log_pages: u32) -> Option<Block> {
         let size = PAGE_SIZE.checked_shl(log_pages)?;
         let block = self.dev.alloc_coherent(size).ok()?;
         // `dma_alloc_coherent` aligns to the allocation's order; the device needs it.
-        (block.bus_address() % size as u64 == 0).then_some(block)
+        if block.bus_address() % size as u64 != 0 {
+            return None;
+        }
+        Arc::new(block, GFP_KERNEL).ok()
     }
 
-    fn bus_address(&self, block: &Coherent) -> u64 {
+    fn bus_address(&self, block: &Block) -> u64 {
         block.bus_address()
     }
 
-    fn write(&mut self, block: &Coherent, offset: usize, data: &[u8]) -> bool {
+    fn write(&mut self, block: &Block, offset: usize, data: &[u8]) -> bool {
         block.write(offset, data).is_some()
     }
 
-    fn read(&mut self, block: &Coherent, offset: usize, buf: &mut [u8]) -> bool {
+    fn read(&mut self, block: &Block, offset: usize, buf: &mut [u8]) -> bool {
         block.read(offset, buf).is_some()
     }
 
-    fn free(&mut self, block: Coherent) {
+    fn free(&mut self, block: Block) {
         drop(block);
     }
 }
 
 /// A core holding nothing, as a constant, written into its allocation: built at run time,
 /// or passed to `KBox::new`, its ~20 KiB would be made on the kernel stack first.
-const EMPTY_CORE: Mlx4Core<Coherent> = Mlx4Core::new();
+const EMPTY_CORE: Mlx4Core<Block> = Mlx4Core::new();
 
 impl pci::Driver for ConnectX3 {
     type Data = Hca;
@@ -178,7 +188,7 @@ impl pci::Driver for ConnectX3 {
         dev.set_dma_mask(64)?;
         dev.set_master();
         let bar0 = dev.map_bar(0)?;
-        let bar2 = dev.map_bar(2)?;
+        let bar2 = Arc::new(dev.map_bar(2)?, GFP_KERNEL)?;
         // One vector per EQ: the async EQ's and one per completion EQ.
         let mut irqs = dev
             .alloc_msix(VECTORS, VECTORS)
@@ -225,9 +235,30 @@ impl pci::Driver for ConnectX3 {
             }
             return Err(EIO);
         }
+        let completion_interrupts = || irqs.handler(1).map_or(0, |h| h.count.load(Relaxed));
+        let checked =
+            datapath::send_between_two_qps(&mut core, &mut edge, &bar2, &completion_interrupts);
+        let moved = match checked {
+            Ok(moved) => moved,
+            Err(error) => {
+                pr_err!("{}: data-path check failed\n", dev.name());
+                if let Err(error) = core.teardown(&mut edge) {
+                    pr_err!("{}: teardown failed: {:?}\n", dev.name(), error);
+                }
+                return Err(error);
+            }
+        };
         if let Some(info) = core.info() {
             report(dev, info, core.pages_given());
         }
+        pr_info!(
+            "{}: data path: {} bytes sent from QP {:#x} to QP {:#x} by the fast path, completion event for CQ {:#x} by MSI-X\n",
+            dev.name(),
+            moved.bytes,
+            moved.sender,
+            moved.receiver,
+            moved.cqn
+        );
         pr_info!(
             "{}: MSI-X: {} vectors, {} interrupts on the async EQ's by the probe's commands\n",
             dev.name(),

@@ -23,6 +23,7 @@ use hw_mlx4::wire::{CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use kernel::prelude::*;
 use rdma_core::pci::Registration;
 
+mod datapath;
 mod hca;
 mod platform;
 mod wr_ids;

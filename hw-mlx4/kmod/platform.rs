@@ -18,8 +18,10 @@ use hw_mlx4::fastpath::platform::{
 use hw_mlx4::ring::{MemoryRing, RingMemory};
 use hw_mlx4::wire::{eq_doorbell_offset, CqDoorbell, UAR_CQ_DOORBELL, UAR_SEND_DOORBELL};
 use kernel::prelude::*;
+use kernel::sync::Arc;
 use rdma_core::kernel_api::atomic::{Acquire, Atomic, Relaxed, Release};
 use rdma_core::kernel_api::barrier;
+use rdma_core::pci::{Bar, Coherent};
 
 use crate::wr_ids::WrIds;
 
@@ -29,10 +31,19 @@ extern "C" {
 }
 
 /// Zeroed, physically contiguous memory, aligned to its (power-of-two) size, that the
-/// device and the CPU share. Freed on drop.
+/// device and the CPU share: the module's own (the self-test's), freed on drop, or part of
+/// a DMA block of the bring-up core's (a queue it created), which it keeps alive.
 pub(crate) struct QueueMemory {
     cpu: NonNull<u8>,
     size: usize,
+    backing: Backing,
+}
+
+enum Backing {
+    /// `tilde_mlx4_queue_alloc`'s.
+    Kmalloc,
+    /// Inside this block, kept allocated while the memory is in use.
+    Dma { _block: Arc<Coherent> },
 }
 
 impl QueueMemory {
@@ -46,7 +57,35 @@ impl QueueMemory {
         // SAFETY: the helper allocates or returns NULL; nothing else is required.
         let cpu = unsafe { tilde_mlx4_queue_alloc(size) };
         let cpu = NonNull::new(cpu.cast::<u8>()).ok_or(ENOMEM)?;
-        Ok(Self { cpu, size })
+        Ok(Self {
+            cpu,
+            size,
+            backing: Backing::Kmalloc,
+        })
+    }
+
+    /// The `size` bytes at `offset` of `block` (a queue's buffer or doorbell page the
+    /// bring-up core allocated and gave the device): `size` a power of two, the range
+    /// inside the block and aligned to its size.
+    pub(crate) fn in_block(block: &Arc<Coherent>, offset: usize, size: usize) -> Result<Self> {
+        let end = offset.checked_add(size).ok_or(EINVAL)?;
+        if !size.is_power_of_two() || end > block.len() {
+            return Err(EINVAL);
+        }
+        // The block is aligned to its page order, so the offset decides the alignment.
+        if offset % size != 0 {
+            return Err(EINVAL);
+        }
+        // SAFETY: `offset + size` is inside the block (checked), which the `Arc` kept
+        // here holds allocated for as long as `self`.
+        let cpu = unsafe { NonNull::new_unchecked(block.as_ptr().as_ptr().add(offset)) };
+        Ok(Self {
+            cpu,
+            size,
+            backing: Backing::Dma {
+                _block: block.clone(),
+            },
+        })
     }
 
     /// The 32-bit word at `offset`, read once; `None` past the end or unaligned.
@@ -79,13 +118,15 @@ impl QueueMemory {
 
 impl Drop for QueueMemory {
     fn drop(&mut self) {
-        // SAFETY: allocated by `tilde_mlx4_queue_alloc`, freed once.
-        unsafe { tilde_mlx4_queue_free(self.cpu.as_ptr().cast()) };
+        if let Backing::Kmalloc = self.backing {
+            // SAFETY: allocated by `tilde_mlx4_queue_alloc`, freed once.
+            unsafe { tilde_mlx4_queue_free(self.cpu.as_ptr().cast()) };
+        }
     }
 }
 
-// SAFETY: the allocation is `size` bytes, at least 16 and a power of two, so kmalloc
-// aligns it to its size; it stays put until `drop`.
+// SAFETY: the memory is `size` bytes, a power of two, aligned to its size (kmalloc aligns
+// such sizes to themselves; `in_block` checks), and stays put until `drop`.
 unsafe impl RingMemory for QueueMemory {
     fn as_ptr(&self) -> *mut u8 {
         self.cpu.as_ptr()
@@ -121,6 +162,13 @@ impl KernelDoorbellRecord {
         })
     }
 
+    /// The record at `offset` of a doorbell page the bring-up core allocated.
+    pub(crate) fn in_block(block: &Arc<Coherent>, offset: usize) -> Result<Self> {
+        Ok(Self {
+            memory: QueueMemory::in_block(block, offset, size_of::<u32>())?,
+        })
+    }
+
     #[inline]
     fn atomic(&self) -> &Atomic<u32> {
         // SAFETY: the memory holds one aligned `u32` for as long as `self`, and the CPU
@@ -144,9 +192,34 @@ impl DoorbellRecord for KernelDoorbellRecord {
 /// The UAR page: the doorbell registers, written by MMIO.
 pub(crate) struct Uar {
     base: NonNull<u8>,
+    /// The BAR the page is in, mapped while `self` lives (none for the self-test's page
+    /// of memory, which its caller keeps).
+    _bar: Option<Arc<Bar>>,
 }
 
+/// A UAR page's size.
+pub(crate) const UAR_PAGE_SIZE: usize = 4096;
+
 impl Uar {
+    /// UAR page `index` of the device's BAR2.
+    pub(crate) fn in_bar(bar: &Arc<Bar>, index: u32) -> Result<Self> {
+        let offset = usize::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_mul(UAR_PAGE_SIZE))
+            .filter(|o| {
+                o.checked_add(UAR_PAGE_SIZE)
+                    .is_some_and(|end| end <= bar.len())
+            })
+            .ok_or(EINVAL)?;
+        // SAFETY: the page is inside the mapping (checked), which the `Arc` kept here
+        // holds mapped for as long as `self`.
+        let base = unsafe { NonNull::new_unchecked(bar.as_ptr().as_ptr().add(offset)) };
+        Ok(Self {
+            base,
+            _bar: Some(bar.clone()),
+        })
+    }
+
     /// The UAR page at `base`.
     ///
     /// # Safety
@@ -154,7 +227,7 @@ impl Uar {
     /// `base` is a mapped UAR page (or, for the self-test, page-sized memory standing in
     /// for one) that stays mapped while the `Uar` lives.
     pub(crate) unsafe fn new(base: NonNull<u8>) -> Self {
-        Self { base }
+        Self { base, _bar: None }
     }
 
     /// # Safety

@@ -404,6 +404,12 @@ impl Bar {
         Some(unsafe { self.base.as_ptr().add(offset) }.cast())
     }
 
+    /// The mapping's address, for the MMIO a driver's own edge does (its fast path's
+    /// doorbells, written in place); valid while `self` lives.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.base
+    }
+
     /// The big-endian 32-bit register at `offset`, in CPU order; `None` past the end or
     /// unaligned.
     pub fn read_be32(&self, offset: usize) -> Option<u32> {
@@ -456,6 +462,12 @@ impl Coherent {
     /// Its size in bytes.
     pub fn len(&self) -> usize {
         self.size
+    }
+
+    /// The CPU's address of it, for a driver's edge that shares it with the device in
+    /// place (its fast path's rings and doorbell records); valid while `self` lives.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.cpu
     }
 
     /// Whether it is empty (never).

@@ -1,7 +1,8 @@
 # tilde_mlx4 as a PCI driver on the emulated ConnectX-3: it binds the function through
 # its module alias, brings the HCA up (firmware area, ICM, INIT_HCA, the async and
 # completion EQs on their MSI-X vectors, the NOP interrupt test, both InfiniBand ports
-# opened), and closes it on unbind and on rmmod with every page given back; rebinding
+# opened), moves a SEND between two of its QPs with tilde's fast path (completion by
+# interrupt), and closes it on unbind and on rmmod with every page given back; rebinding
 # works, and afterwards the kernel's own mlx4_core and mlx4_ib take the same function
 # and register mlx4_0, so the device was left as a driver finds it. The device process
 # fails the run on any command, mailbox or DMA mistake it sees (docs/cx3-device.md).
@@ -56,6 +57,10 @@ expect_probe() {
 	# The interrupt test: the commands completed by events raised MSI-X interrupts that
 	# reached the driver's handler on the async EQ's vector.
 	expect_count "$1" "tilde_mlx4: $dev: MSI-X: 3 vectors, [1-9][0-9]* interrupts on the async EQ's by the probe's commands"
+	# The data-path check: a SEND between two RC QPs created through the firmware, by
+	# the fast path over the device's own queue memory and UAR page, its completion
+	# event by MSI-X on the first completion EQ's vector.
+	expect_count "$1" "tilde_mlx4: $dev: data path: [0-9]+ bytes sent from QP 0x[0-9a-f]+ to QP 0x[0-9a-f]+ by the fast path, completion event for CQ 0x[0-9a-f]+ by MSI-X"
 	echo "ok: probe $1: $(grep -E "tilde_mlx4: $dev: HCA initialized" "$(kernel_log)" | tail -n 1)"
 }
 
@@ -68,7 +73,7 @@ expect_probe 1
 echo "== unbind: the HCA is closed and every page given back"
 echo "$dev" > /sys/bus/pci/drivers/tilde_mlx4/unbind
 refute "$dev is still bound" test -e "/sys/bus/pci/devices/$dev/driver"
-expect_count 1 "tilde_mlx4: $dev: interrupts taken: async EQ [1-9][0-9]*, completion EQs 0 and 0$"
+expect_count 1 "tilde_mlx4: $dev: interrupts taken: async EQ [1-9][0-9]*, completion EQs 1 and 0$"
 refute "the MSI-X vectors are still requested" grep -q tilde_mlx4 /proc/interrupts
 expect_count 1 "tilde_mlx4: $dev: HCA closed, every page given back$"
 
