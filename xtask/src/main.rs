@@ -384,12 +384,15 @@ fn cmd_run(args: &Args) -> Result {
     let t = Instant::now();
     let modules = kmod::build(&toolchain)?;
     let build = t.elapsed();
-    let run = vm::run_with_boot_retry(&toolchain, &modules, "device-client", args.timeout)?;
+    let run = vm::run_with_boot_retry(&toolchain, &modules, "demo", args.timeout)?;
     vm::print_run(&run);
 
     let dmesg = std::fs::read_to_string(run.out("dmesg.txt")).unwrap_or_default();
-    println!("\nWhat tilde saw (guest dmesg):");
-    for line in dmesg.lines().filter(|l| l.contains("tilde_core")) {
+    println!("\nWhat tilde saw and did (guest dmesg):");
+    for line in dmesg
+        .lines()
+        .filter(|l| l.contains("tilde_core: rxe0") || l.contains("tilde_mlx4"))
+    {
         println!("  {line}");
     }
     let log = std::fs::read_to_string(run.out("scenario.log")).unwrap_or_default();
@@ -419,7 +422,7 @@ fn cmd_run(args: &Args) -> Result {
     );
     println!("  total         {}", secs(start.elapsed()));
     if !run.verdict.passed() {
-        bail!("the device-client scenario failed");
+        bail!("the demo scenario failed");
     }
     Ok(())
 }
