@@ -6,7 +6,8 @@
 //! are the kernel's: `CommandEdge` is BAR0 (the HCR and the ownership semaphore, through
 //! `ioread32be`/`iowrite32be`), the monotonic clock, `cond_resched` and sleeps;
 //! `HostMemory` is `dma_alloc_coherent`; `EventEdge` is BAR2 (EQ doorbells) and
-//! `dma_rmb`. Everything is reached through `rdma_core::pci`'s safe types, so this file
+//! `dma_rmb`; `ResetEdge` (the function reset every probe begins with) is
+//! `pci_save_state`, config reads and `pci_restore_state`. Everything is reached through `rdma_core::pci`'s safe types, so this file
 //! has no `unsafe`.
 //!
 //! Each EQ has its MSI-X vector (the async EQ vector 0, completion EQ `i` vector `i + 1`).
@@ -22,6 +23,7 @@ use hw_mlx4::bringup::eq::EventEdge;
 use hw_mlx4::bringup::memory::HostMemory;
 use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeConfig};
 use hw_mlx4::bringup::profile::Profile;
+use hw_mlx4::bringup::reset::ResetEdge;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use rdma_core::kernel_api::atomic::{Atomic, Relaxed};
@@ -144,6 +146,22 @@ impl EventEdge for Edge<'_> {
 /// `Arc`: the memory stays until both let go; the device is done with it once the core
 /// freed it, its object destroyed by the firmware first).
 pub(crate) type Block = Arc<Coherent>;
+
+impl ResetEdge for Edge<'_> {
+    fn save_config(&mut self) -> bool {
+        self.dev.save_state().is_ok()
+    }
+
+    fn read_vendor_id(&mut self) -> u16 {
+        // PCI_VENDOR_ID; a failed read is a function that is not there yet.
+        self.dev.read_config_u16(0).unwrap_or(u16::MAX)
+    }
+
+    fn restore_config(&mut self) -> bool {
+        self.dev.restore_state();
+        true
+    }
+}
 
 impl HostMemory for Edge<'_> {
     type Block = Block;

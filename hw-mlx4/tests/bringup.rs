@@ -20,8 +20,11 @@ use hw_mlx4::bringup::eq::{
 use hw_mlx4::bringup::memory::{AllocError, HostMemory, ICM_PAGE_SIZE};
 use hw_mlx4::bringup::probe::{Mlx4Core, ProbeConfig, ProbeError, Step};
 use hw_mlx4::bringup::profile::{make_profile, Profile, ProfileError, Resource};
+use hw_mlx4::bringup::reset::{ResetEdge, ResetError, SEMAPHORE_TIMEOUT_US};
 use hw_mlx4::model::hca::{Dma, DmaFault, FwState, Hca, HcaEvent, Resources};
-use hw_mlx4::wire::cmd::{hcr, opcode, CmdStatus, HCR_BASE, OWNER_BASE};
+use hw_mlx4::wire::cmd::{
+    hcr, opcode, CmdStatus, HCR_BASE, OWNER_BASE, RESET_BASE, RESET_OFFSET, RESET_VALUE,
+};
 use hw_mlx4::wire::fw::{query_dev_cap, query_fw, query_port};
 
 /// Bus addresses of the test memory start here.
@@ -122,6 +125,16 @@ struct Platform {
     read_barriers: usize,
     /// What the device held when CLOSE_HCA came.
     at_close_hca: Option<Resources>,
+    /// Resets the device saw (its reset register written with the reset value).
+    resets: usize,
+    /// Config space saves and restores.
+    configs_saved: usize,
+    configs_restored: usize,
+    /// The config save fails.
+    refuse_config_save: bool,
+    /// Vendor ID reads that answer all ones after each reset.
+    away_after_reset: usize,
+    away_reads: usize,
 }
 
 impl Platform {
@@ -140,6 +153,12 @@ impl Platform {
             bar2_writes: Vec::new(),
             read_barriers: 0,
             at_close_hca: None,
+            resets: 0,
+            configs_saved: 0,
+            configs_restored: 0,
+            refuse_config_save: false,
+            away_after_reset: 3,
+            away_reads: 0,
         }
     }
 
@@ -244,6 +263,10 @@ impl CommandEdge for Platform {
         }
         self.hca
             .bar0_write(&self.memory, offset, &value.to_be_bytes());
+        if self.hca.reset_requested() {
+            self.resets += 1;
+            self.away_reads = self.away_after_reset;
+        }
     }
 
     fn write_barrier(&mut self) {
@@ -260,6 +283,29 @@ impl CommandEdge for Platform {
 
     fn sleep_ms(&mut self, ms: u32) {
         self.clock_us += u64::from(ms) * 1000;
+    }
+}
+
+impl ResetEdge for Platform {
+    fn save_config(&mut self) -> bool {
+        self.configs_saved += 1;
+        !self.refuse_config_save
+    }
+
+    fn read_vendor_id(&mut self) -> u16 {
+        // The function is away for as many reads as the test says, after a reset.
+        if self.away_reads > 0 {
+            self.away_reads -= 1;
+            return u16::MAX;
+        }
+        0x15b3
+    }
+
+    fn restore_config(&mut self) -> bool {
+        self.configs_restored += 1;
+        // The command register comes back with bus mastering, as the driver saved it.
+        self.hca.set_bus_master(true);
+        true
     }
 }
 
@@ -365,7 +411,27 @@ fn the_probe_initializes_the_hca_and_the_teardown_returns_it_to_reset() {
     // The device: firmware running and the HCA initialized, with the driver's memory.
     let held = p.hca.resources();
     assert_eq!(held.firmware, FwState::Initialized);
-    assert!(held.owned);
+    // `mlx4_get_ownership`, then `mlx4_reset` (which clears the semaphore with the rest
+    // of the device) before the first command: config space saved, the hardware
+    // semaphore read free, the reset value written, config space restored once the
+    // function answers again (three reads after the reset here).
+    assert!(!held.owned, "the reset cleared the semaphore");
+    assert_eq!(p.resets, 1);
+    assert_eq!(
+        (p.configs_saved, p.configs_restored, p.away_reads),
+        (1, 1, 0)
+    );
+    let reset_write = p
+        .writes
+        .iter()
+        .position(|&w| w == (RESET_BASE + RESET_OFFSET, RESET_VALUE))
+        .expect("the reset register written");
+    let first_command = p
+        .writes
+        .iter()
+        .position(|&(offset, _)| offset == STATUS_REGISTER)
+        .expect("a command");
+    assert!(reset_write < first_command, "the reset before any command");
     assert!(held.fw_area_pages >= u64::from(info.fw.fw_pages));
     assert!(held.aux_chunks > 0);
     let (_, _, icm_pages) = core.pages_given();
@@ -2097,4 +2163,69 @@ fn a_completion_for_an_unknown_cq_is_refused_and_counted() {
     assert_eq!(p.driver_errors(), Vec::<String>::new());
     core.teardown(&mut p).expect("teardown");
     assert_released(&mut p);
+}
+
+/// A function reset that cannot proceed fails the probe by name and gives the
+/// ownership back: the hardware semaphore held past its 10 s, the function never
+/// answering config reads again, the config space not saved.
+#[test]
+fn a_reset_that_cannot_complete_fails_the_probe_cleanly() {
+    // The semaphore of the reset page held by someone else (the firmware's flash update).
+    let mut p = Platform::new();
+    p.hca.hold_reset_semaphore(true);
+    let mut core = Mlx4Core::new();
+    let start = p.clock_us;
+    assert_eq!(
+        core.probe(&mut p, &config()),
+        Err(ProbeError::Reset(ResetError::SemaphoreBusy))
+    );
+    assert!(p.clock_us - start >= SEMAPHORE_TIMEOUT_US);
+    assert_eq!(p.resets, 0, "never reset under a held semaphore");
+    assert_eq!(
+        p.writes.last(),
+        Some(&(OWNER_BASE, 0)),
+        "ownership given back"
+    );
+    assert!(p.posted.is_empty());
+
+    // The function does not come back.
+    let mut p = Platform::new();
+    p.away_after_reset = usize::MAX;
+    let mut core = Mlx4Core::new();
+    assert_eq!(
+        core.probe(&mut p, &config()),
+        Err(ProbeError::Reset(ResetError::NoComeBack))
+    );
+    assert_eq!((p.resets, p.configs_restored), (1, 0));
+    assert!(p.posted.is_empty());
+
+    // No config space to restore later: no reset at all.
+    let mut p = Platform::new();
+    p.refuse_config_save = true;
+    let mut core = Mlx4Core::new();
+    assert_eq!(
+        core.probe(&mut p, &config()),
+        Err(ProbeError::Reset(ResetError::SaveConfig))
+    );
+    assert_eq!(p.resets, 0);
+}
+
+/// A device a driver left initialized (it never tore down: a crash, a kexec) probes
+/// again: the reset takes it back to a stopped firmware first.
+#[test]
+fn a_device_left_initialized_probes_after_the_reset() {
+    let mut p = Platform::new();
+    let mut abandoned = Mlx4Core::new();
+    abandoned.probe(&mut p, &config()).expect("first probe");
+    assert_eq!(p.hca.resources().firmware, FwState::Initialized);
+    // The first driver is gone without a teardown; its memory stays where it was.
+    core::mem::forget(abandoned);
+    p.hca.take_events();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config())
+        .expect("a probe after the reset");
+    assert_eq!(p.resets, 2);
+    assert_eq!(p.hca.resources().firmware, FwState::Initialized);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    core.teardown(&mut p).expect("teardown");
 }

@@ -167,6 +167,30 @@ impl Device {
         to_result(unsafe { sys::tilde_pci_set_dma_mask(self.raw.as_ptr(), bits) })
     }
 
+    /// Saves the function's configuration space (`pci_save_state`), for a device reset
+    /// that takes it away; [`Device::restore_state`] writes it back.
+    pub fn save_state(&self) -> Result {
+        // SAFETY: a live, enabled device.
+        to_result(unsafe { sys::pci_save_state(self.raw.as_ptr()) })
+    }
+
+    /// Writes back the configuration space [`Device::save_state`] saved.
+    pub fn restore_state(&self) {
+        // SAFETY: a live device; without a saved state the call does nothing.
+        unsafe { sys::pci_restore_state(self.raw.as_ptr()) };
+    }
+
+    /// The 16-bit configuration register at `offset` (all ones from a function that is
+    /// not answering).
+    pub fn read_config_u16(&self, offset: u16) -> Result<u16> {
+        let mut value = 0u16;
+        // SAFETY: a live device; `value` is written by the call.
+        to_result(unsafe {
+            sys::pci_read_config_word(self.raw.as_ptr(), c_int::from(offset), &mut value)
+        })?;
+        Ok(value)
+    }
+
     /// Requests memory BAR `bar` for the driver and maps all of it.
     pub fn map_bar(&self, bar: u32) -> Result<Bar> {
         let index = c_int::try_from(bar).map_err(|_| EINVAL)?;

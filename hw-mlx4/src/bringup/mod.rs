@@ -25,6 +25,7 @@ pub mod memory;
 pub mod objects;
 pub mod probe;
 pub mod profile;
+pub mod reset;
 pub mod setup;
 
 pub use probe::{Mlx4Core, ProbeConfig, ProbeError, Step, TeardownError};

@@ -33,6 +33,7 @@ use super::memory::{
 };
 use super::objects::{DemandChunk, CQN_WORDS, DEMAND_CHUNKS, MPT_WORDS, QPN_WORDS};
 use super::profile::{icm_tables, make_profile, IcmLayout, Profile, ProfileError, Resource};
+use super::reset::{reset_function, ResetEdge, ResetError};
 
 /// The most chunks of firmware area the driver holds (16 MiB in 256 KiB chunks).
 pub const FW_AREA_CHUNKS: usize = 64;
@@ -50,8 +51,8 @@ const OWNERSHIP_RELEASE_MS: u32 = 1000;
 
 /// What the probe needs of the platform: BAR0 and the clock, DMA memory, and BAR2's EQ
 /// doorbells.
-pub trait Platform: CommandEdge + HostMemory + EventEdge {}
-impl<P: CommandEdge + HostMemory + EventEdge> Platform for P {}
+pub trait Platform: CommandEdge + HostMemory + EventEdge + ResetEdge {}
+impl<P: CommandEdge + HostMemory + EventEdge + ResetEdge> Platform for P {}
 
 /// The most ports a ConnectX-3 has.
 pub const MAX_PORTS: usize = 2;
@@ -171,6 +172,8 @@ pub enum ProbeError {
     /// Another function owns the device (`mlx4_get_ownership` read nonzero: "Multiple
     /// PFs not yet supported").
     NotOwner,
+    /// The function reset failed (`mlx4_reset`).
+    Reset(ResetError),
     /// A command failed.
     Command {
         /// Which.
@@ -432,6 +435,8 @@ impl<B> Mlx4Core<B> {
             return Err(ProbeError::NotOwner);
         }
         self.owner = true;
+        // `mlx4_reset`: whatever a previous driver left, the firmware starts stopped.
+        reset_function(p).map_err(ProbeError::Reset)?;
 
         self.inbox = Some(alloc_mailbox(p)?);
         self.outbox = Some(alloc_mailbox(p)?);

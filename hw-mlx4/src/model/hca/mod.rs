@@ -23,7 +23,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::wire::cmd::{hcr, CmdStatus, HcrCommand, HCR_BASE, HCR_SIZE, OWNER_BASE};
-use crate::wire::cmd::{RESET_BASE, RESET_OFFSET, RESET_VALUE};
+use crate::wire::cmd::{RESET_BASE, RESET_OFFSET, RESET_SEMAPHORE_OFFSET, RESET_VALUE};
 use crate::wire::{
     send_doorbell_qpn, EventType, UAR_CQ_DOORBELL, UAR_EQ_DOORBELL, UAR_SEND_DOORBELL,
 };
@@ -137,6 +137,9 @@ struct EventQueue {
 pub struct Hca {
     hcr: [u8; HCR_SIZE as usize],
     owned: bool,
+    /// The reset page's hardware semaphore is taken by someone else (a test's flash
+    /// update): it reads 1, and a reset then is a driver mistake.
+    reset_semaphore_held: bool,
     reset_requested: bool,
     bus_master: bool,
     fw: FwState,
@@ -183,6 +186,7 @@ impl Hca {
         Self {
             hcr: [0; HCR_SIZE as usize],
             owned: false,
+            reset_semaphore_held: false,
             reset_requested: false,
             bus_master: false,
             fw: FwState::Reset,
@@ -312,9 +316,22 @@ impl Hca {
                 }
             }
             self.owned = true;
+        } else if within(offset, data.len(), RESET_BASE + RESET_SEMAPHORE_OFFSET, 4).is_some() {
+            // Free (0) unless a test holds it; the driver only looks.
+            if self.reset_semaphore_held {
+                if let Some(last) = data.last_mut() {
+                    *last = 1;
+                }
+            }
         }
-        // The reset semaphore reads zero: free (one function). The catastrophic error
-        // buffer reads zero: the device is healthy. Everything else reads zero too.
+        // The catastrophic error buffer reads zero: the device is healthy. Everything
+        // else reads zero too.
+    }
+
+    /// Holds the reset page's hardware semaphore (as a flash update would), or lets it
+    /// go: a driver must not reset the device while it is held.
+    pub fn hold_reset_semaphore(&mut self, held: bool) {
+        self.reset_semaphore_held = held;
     }
 
     /// A BAR0 write.
@@ -335,7 +352,9 @@ impl Hca {
                 self.owned = false;
             }
         } else if within(offset, data.len(), RESET_BASE + RESET_OFFSET, 4).is_some() {
-            if be32(data) == Some(RESET_VALUE) {
+            if self.reset_semaphore_held {
+                self.driver_error("reset while the hardware semaphore is held".into());
+            } else if be32(data) == Some(RESET_VALUE) {
                 self.reset();
                 self.reset_requested = true;
             } else {
