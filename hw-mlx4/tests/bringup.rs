@@ -2229,3 +2229,26 @@ fn a_device_left_initialized_probes_after_the_reset() {
     assert_eq!(p.driver_errors(), Vec::<String>::new());
     core.teardown(&mut p).expect("teardown");
 }
+
+/// The device reports a driver that disables the function (clears bus mastering, as a
+/// PCI remove ends) while the firmware still holds host memory; after a teardown it is
+/// quiet.
+#[test]
+fn letting_go_of_a_running_hca_is_reported_by_the_device() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    p.hca.take_events();
+    p.hca.set_bus_master(false);
+    let errors = p.driver_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("bus mastering turned off while the device holds host memory"),
+        "{errors:?}"
+    );
+    p.hca.set_bus_master(true);
+    core.teardown(&mut p).expect("teardown");
+    p.hca.take_events();
+    p.hca.set_bus_master(false);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+}

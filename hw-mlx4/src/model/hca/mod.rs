@@ -242,7 +242,21 @@ impl Hca {
 
     /// Bus mastering, as the driver set it in the command register: without it the
     /// device may not DMA.
+    ///
+    /// Turning it off while the device holds host memory (the firmware area, auxiliary
+    /// ICM or ICM still mapped) is a driver mistake: a driver disables the function at
+    /// the end of its remove, after CLOSE_HCA and the unmaps, and frees that memory; a
+    /// remove that skipped them has freed memory the firmware still owns.
     pub fn set_bus_master(&mut self, on: bool) {
+        if self.bus_master && !on {
+            let held = (self.fw_pages(), self.icm_aux.len(), self.icm.chunks());
+            if held != (0, 0, 0) {
+                self.driver_error(format!(
+                    "bus mastering turned off while the device holds host memory ({} firmware area pages, {} auxiliary ICM chunks, {} ICM chunks mapped): the driver let go of the function without closing the HCA",
+                    held.0, held.1, held.2
+                ));
+            }
+        }
         self.bus_master = on;
     }
 
