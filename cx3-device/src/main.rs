@@ -349,6 +349,9 @@ impl ServerBackend for Cx3 {
             VFIO_PCI_CONFIG_REGION_INDEX => {
                 self.config.write(offset, data);
                 self.sync_bus_master();
+                if let Some(syndrome) = self.config.take_catas_trigger() {
+                    self.hca.raise_catastrophic_error(syndrome);
+                }
             }
             VFIO_PCI_BAR0_REGION_INDEX => {
                 self.tracer.event(&TraceEvent::Write {

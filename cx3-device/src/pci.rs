@@ -32,6 +32,15 @@ pub const MSIX_PBA_OFFSET: u32 = 0x7_d000;
 const CAP_PM: usize = 0x40;
 const CAP_PCIE: usize = 0x60;
 const CAP_MSIX: usize = 0x9c;
+/// A vendor-specific capability that is not the hardware's: the emulation's test
+/// interface. A nonzero word written at [`TEST_CATAS_TRIGGER`] raises a catastrophic
+/// error with that syndrome (`Hca::raise_catastrophic_error`), so that a scenario in
+/// the guest can ask for one through sysfs' `config` file (the BARs are the driver's:
+/// a mapped BAR of a bound device cannot be mmapped from user space under
+/// `IO_STRICT_DEVMEM`).
+const CAP_TEST: usize = 0xb0;
+/// The trigger register in it.
+pub const TEST_CATAS_TRIGGER: usize = CAP_TEST + 4;
 
 /// Register offsets of the type-0 header (`pci_regs.h`).
 mod reg {
@@ -114,12 +123,31 @@ impl ConfigSpace {
 
         // MSI-X: table size N-1, enable and function mask writable; table and PBA in BAR0.
         space.bytes[CAP_MSIX] = 0x11;
-        space.bytes[CAP_MSIX + 1] = 0;
+        space.bytes[CAP_MSIX + 1] = CAP_TEST as u8;
         space.put16(CAP_MSIX + 2, MSIX_VECTORS - 1);
         space.mask16(CAP_MSIX + 2, 0xc000);
         space.put32(CAP_MSIX + 4, MSIX_TABLE_OFFSET);
         space.put32(CAP_MSIX + 8, MSIX_PBA_OFFSET);
+
+        // The test interface: vendor-specific (0x09), 8 bytes, the trigger writable.
+        space.bytes[CAP_TEST] = 0x09;
+        space.bytes[CAP_TEST + 1] = 0;
+        space.bytes[CAP_TEST + 2] = 8;
+        space.mask16(TEST_CATAS_TRIGGER, 0xffff);
+        space.mask16(TEST_CATAS_TRIGGER + 2, 0xffff);
         space
+    }
+
+    /// A catastrophic error syndrome written to the test interface, taken (the register
+    /// reads 0 again).
+    pub fn take_catas_trigger(&mut self) -> Option<u32> {
+        let word = self.bytes.get(TEST_CATAS_TRIGGER..TEST_CATAS_TRIGGER + 4)?;
+        let syndrome = u32::from_le_bytes(word.try_into().ok()?);
+        if syndrome == 0 {
+            return None;
+        }
+        self.put32(TEST_CATAS_TRIGGER, 0);
+        Some(syndrome)
     }
 
     fn put16(&mut self, offset: usize, value: u16) {

@@ -29,6 +29,8 @@ use kernel::sync::Arc;
 use rdma_core::kernel_api::atomic::{Atomic, Relaxed};
 use rdma_core::kernel_api::{self, barrier};
 use rdma_core::pci::{self, Bar, Coherent, Device, DeviceRef, IrqHandler, IrqVectors};
+use rdma_core::sync::Mutex;
+use rdma_core::work::{DelayedWork, WorkHandler};
 
 use crate::datapath;
 
@@ -50,18 +52,28 @@ const VECTORS: u32 = 1 + COMP_EQS;
 /// completed by events (the EQE may be seen before the MSI-X message lands).
 const INTERRUPT_TEST_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How often the catastrophic error buffer is polled (`MLX4_CATAS_POLL_INTERVAL`).
+const CATAS_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// tilde_mlx4 as a PCI driver.
 pub(crate) struct ConnectX3;
 
-/// One bound ConnectX-3: its BARs, its interrupts and the bring-up core. Dropped in this
-/// order after the remove closed the HCA: the handlers are freed after nothing can
-/// raise an interrupt.
+/// One bound ConnectX-3: the catastrophic error poll, and what it shares with it.
 pub(crate) struct Hca {
+    /// Cancelled first at remove (it may be resetting the device).
+    poller: Option<DelayedWork<CatasPoller>>,
+    shared: Arc<Shared>,
+}
+
+/// The function's BARs, its interrupts and the bring-up core, which the probe, the
+/// remove and the catastrophic error poll reach in turn (the core behind a mutex: its
+/// commands sleep).
+pub(crate) struct Shared {
     dev: DeviceRef,
     bar0: Bar,
     bar2: Arc<Bar>,
-    core: KBox<Mlx4Core<Block>>,
     irqs: IrqVectors<EqInterrupt>,
+    core: Mutex<KBox<Mlx4Core<Block>>>,
 }
 
 /// An EQ's MSI-X vector: the interrupts it took.
@@ -197,38 +209,34 @@ impl HostMemory for Edge<'_> {
 /// or passed to `KBox::new`, its ~20 KiB would be made on the kernel stack first.
 const EMPTY_CORE: Mlx4Core<Block> = Mlx4Core::new();
 
-impl pci::Driver for ConnectX3 {
-    type Data = Hca;
-
-    const NAME: &'static CStr = c"tilde_mlx4";
-
-    fn probe(dev: &Device) -> Result<Hca> {
-        dev.set_dma_mask(64)?;
-        dev.set_master();
-        let bar0 = dev.map_bar(0)?;
-        let bar2 = Arc::new(dev.map_bar(2)?, GFP_KERNEL)?;
-        // One vector per EQ: the async EQ's and one per completion EQ.
-        let mut irqs = dev
-            .alloc_msix(VECTORS, VECTORS)
-            .inspect_err(|e| pr_err!("{}: no MSI-X vectors: {:?}\n", dev.name(), e))?;
-        for vector in 0..irqs.count() {
-            let handler = EqInterrupt {
-                count: Atomic::new(0),
-            };
-            irqs.request(vector, c"tilde_mlx4", Arc::new(handler, GFP_KERNEL)?)?;
+impl Shared {
+    fn edge(&self) -> Edge<'_> {
+        Edge {
+            dev: &self.dev,
+            bar0: &self.bar0,
+            bar2: &self.bar2,
         }
-        let mut core = KBox::write(KBox::new_uninit(GFP_KERNEL)?, EMPTY_CORE);
+    }
+
+    /// Interrupts vector `vector` took so far.
+    fn interrupts(&self, vector: u32) -> u32 {
+        self.irqs
+            .handler(vector)
+            .map_or(0, |h| h.count.load(Relaxed))
+    }
+
+    /// Brings the HCA up (`mlx4_load_one`): the probe, the interrupt test and the data
+    /// path check, then the dmesg lines. On failure the core is left holding nothing.
+    fn bring_up(&self, core: &mut Mlx4Core<Block>) -> Result {
+        let dev: &Device = &self.dev;
         let config = ProbeConfig {
             profile: Profile::DEFAULT,
-            uar_bar_size: bar2.len() as u64,
+            uar_bar_size: self.bar2.len() as u64,
             ib_cap_mask: IB_CAP_MASK,
             comp_eqs: COMP_EQS,
         };
-        let mut edge = Edge {
-            dev,
-            bar0: &bar0,
-            bar2: &bar2,
-        };
+        let mut edge = self.edge();
+        let async_before = self.interrupts(0);
         if let Err(error) = core.probe(&mut edge, &config) {
             pr_err!("{}: probe failed: {:?}\n", dev.name(), error);
             if let Some(unwind) = core.unwind_error() {
@@ -242,24 +250,21 @@ impl pci::Driver for ConnectX3 {
             }
             return Err(EIO);
         }
-        let interrupts = async_eq_interrupts(&irqs);
-        if interrupts == 0 {
+        let interrupts = self.interrupts_since(0, async_before);
+        let checked = if interrupts == 0 {
             pr_err!(
                 "{}: interrupt test failed: the NOP completed but MSI-X vector 0 never fired\n",
                 dev.name()
             );
-            if let Err(error) = core.teardown(&mut edge) {
-                pr_err!("{}: teardown failed: {:?}\n", dev.name(), error);
-            }
-            return Err(EIO);
-        }
-        let completion_interrupts = || irqs.handler(1).map_or(0, |h| h.count.load(Relaxed));
-        let checked =
-            datapath::send_between_two_qps(&mut core, &mut edge, &bar2, &completion_interrupts);
+            Err(EIO)
+        } else {
+            let completion_interrupts = || self.interrupts(1);
+            datapath::send_between_two_qps(core, &mut edge, &self.bar2, &completion_interrupts)
+                .inspect_err(|_| pr_err!("{}: data-path check failed\n", dev.name()))
+        };
         let moved = match checked {
             Ok(moved) => moved,
             Err(error) => {
-                pr_err!("{}: data-path check failed\n", dev.name());
                 if let Err(error) = core.teardown(&mut edge) {
                     pr_err!("{}: teardown failed: {:?}\n", dev.name(), error);
                 }
@@ -280,58 +285,163 @@ impl pci::Driver for ConnectX3 {
         pr_info!(
             "{}: MSI-X: {} vectors, {} interrupts on the async EQ's by the probe's commands\n",
             dev.name(),
-            irqs.count(),
+            self.irqs.count(),
             interrupts
         );
-        Ok(Hca {
-            dev: dev.get(),
-            bar0,
-            bar2,
-            core,
-            irqs,
-        })
+        Ok(())
     }
 
-    fn remove(dev: &Device, hca: &mut Hca) {
-        let count = |vector| {
-            hca.irqs
-                .handler(vector)
-                .map_or(0, |h| h.count.load(Relaxed))
-        };
-        pr_info!(
-            "{}: interrupts taken: async EQ {}, completion EQs {} and {}\n",
-            dev.name(),
-            count(0),
-            count(1),
-            count(2)
-        );
-        let mut edge = Edge {
-            dev: &hca.dev,
-            bar0: &hca.bar0,
-            bar2: &hca.bar2,
-        };
-        match hca.core.teardown(&mut edge) {
-            Ok(()) => pr_info!("{}: HCA closed, every page given back\n", dev.name()),
-            Err(error) => pr_err!(
-                "{}: teardown failed at {:?}: {:?}; {} chunks left with the device\n",
-                dev.name(),
-                error.step,
-                error.error,
-                error.leaked_chunks
-            ),
+    /// Interrupts on `vector` since it had taken `before`, waiting up to
+    /// [`INTERRUPT_TEST_TIMEOUT`] for the first (the EQE may be seen before the MSI
+    /// lands).
+    fn interrupts_since(&self, vector: u32, before: u32) -> u32 {
+        let deadline = kernel_api::monotonic() + INTERRUPT_TEST_TIMEOUT;
+        while self.interrupts(vector) == before && kernel_api::monotonic() < deadline {
+            kernel_api::sleep(Duration::from_millis(1));
         }
+        self.interrupts(vector).wrapping_sub(before)
     }
 }
 
-/// The async EQ's interrupts so far, waiting up to [`INTERRUPT_TEST_TIMEOUT`] for the
-/// first.
-fn async_eq_interrupts(irqs: &IrqVectors<EqInterrupt>) -> u32 {
-    let count = || irqs.handler(0).map_or(0, |h| h.count.load(Relaxed));
-    let deadline = kernel_api::monotonic() + INTERRUPT_TEST_TIMEOUT;
-    while count() == 0 && kernel_api::monotonic() < deadline {
-        kernel_api::sleep(Duration::from_millis(1));
+impl pci::Driver for ConnectX3 {
+    type Data = Hca;
+
+    const NAME: &'static CStr = c"tilde_mlx4";
+
+    fn probe(dev: &Device) -> Result<Hca> {
+        dev.set_dma_mask(64)?;
+        dev.set_master();
+        let bar0 = dev.map_bar(0)?;
+        let bar2 = Arc::new(dev.map_bar(2)?, GFP_KERNEL)?;
+        // One vector per EQ: the async EQ's and one per completion EQ.
+        let mut irqs = dev
+            .alloc_msix(VECTORS, VECTORS)
+            .inspect_err(|e| pr_err!("{}: no MSI-X vectors: {:?}\n", dev.name(), e))?;
+        for vector in 0..irqs.count() {
+            let handler = EqInterrupt {
+                count: Atomic::new(0),
+            };
+            irqs.request(vector, c"tilde_mlx4", Arc::new(handler, GFP_KERNEL)?)?;
+        }
+        let core = KBox::write(KBox::new_uninit(GFP_KERNEL)?, EMPTY_CORE);
+        let shared = Arc::new(
+            Shared {
+                dev: dev.get(),
+                bar0,
+                bar2,
+                irqs,
+                core: Mutex::new(core)?,
+            },
+            GFP_KERNEL,
+        )?;
+        shared.bring_up(&mut shared.core.lock())?;
+        let poller = DelayedWork::new(Arc::new(
+            CatasPoller {
+                shared: shared.clone(),
+            },
+            GFP_KERNEL,
+        )?);
+        let poller = match poller {
+            Ok(poller) => poller,
+            Err(error) => {
+                close(&shared);
+                return Err(error);
+            }
+        };
+        poller.schedule(CATAS_POLL_INTERVAL);
+        Ok(Hca {
+            poller: Some(poller),
+            shared,
+        })
     }
-    count()
+
+    fn remove(_dev: &Device, hca: &mut Hca) {
+        // The poll first: it may be resetting the device; this waits for it.
+        drop(hca.poller.take());
+        close(&hca.shared);
+    }
+}
+
+/// Closes the HCA (`mlx4_unload_one`) and reports what the vectors took.
+fn close(shared: &Shared) {
+    let dev: &Device = &shared.dev;
+    pr_info!(
+        "{}: interrupts taken: async EQ {}, completion EQs {} and {}\n",
+        dev.name(),
+        shared.interrupts(0),
+        shared.interrupts(1),
+        shared.interrupts(2)
+    );
+    let mut core = shared.core.lock();
+    match core.teardown(&mut shared.edge()) {
+        Ok(()) => pr_info!("{}: HCA closed, every page given back\n", dev.name()),
+        Err(error) => pr_err!(
+            "{}: teardown failed at {:?}: {:?}; {} chunks left with the device\n",
+            dev.name(),
+            error.step,
+            error.error,
+            error.leaked_chunks
+        ),
+    }
+}
+
+/// The catastrophic error poll (`poll_catas`, every 5 s as upstream): on an error, the
+/// function is reset, everything the device forgot taken back, and the HCA brought up
+/// again (`mlx4_enter_error_state`, then the reset and reload of `mlx4_restart_one`).
+struct CatasPoller {
+    shared: Arc<Shared>,
+}
+
+impl WorkHandler for CatasPoller {
+    fn run(&self) -> Option<Duration> {
+        let shared = &self.shared;
+        let dev: &Device = &shared.dev;
+        let mut core = shared.core.lock();
+        let mut edge = shared.edge();
+        let error = match core.catastrophic_error(&mut edge) {
+            Ok(None) => return Some(CATAS_POLL_INTERVAL),
+            Ok(Some(error)) => error,
+            Err(error) => {
+                pr_err!(
+                    "{}: the catastrophic error buffer cannot be polled: {:?}\n",
+                    dev.name(),
+                    error
+                );
+                return None;
+            }
+        };
+        pr_err!(
+            "{}: catastrophic error: word {} of the error buffer reads {:#x}; resetting the function\n",
+            dev.name(),
+            error.word,
+            error.value
+        );
+        if let Err(error) = core.recover_from_error(&mut edge) {
+            pr_err!(
+                "{}: the reset failed ({:?}): the device keeps its memory until the driver is unbound\n",
+                dev.name(),
+                error
+            );
+            return None;
+        }
+        pr_info!(
+            "{}: reset: the device forgot everything, every page taken back\n",
+            dev.name()
+        );
+        match shared.bring_up(&mut core) {
+            Ok(()) => {
+                pr_info!("{}: recovered from the catastrophic error\n", dev.name());
+                Some(CATAS_POLL_INTERVAL)
+            }
+            Err(_) => {
+                pr_err!(
+                    "{}: the HCA did not come back after the reset\n",
+                    dev.name()
+                );
+                None
+            }
+        }
+    }
 }
 
 /// The dmesg lines a probe leaves: firmware, board, what the device was given, ports.

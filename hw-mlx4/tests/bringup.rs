@@ -2215,11 +2215,11 @@ fn a_reset_that_cannot_complete_fails_the_probe_cleanly() {
 #[test]
 fn a_device_left_initialized_probes_after_the_reset() {
     let mut p = Platform::new();
-    let mut abandoned = Mlx4Core::new();
-    abandoned.probe(&mut p, &config()).expect("first probe");
+    // The first driver is gone without a teardown (its core is never used again); its
+    // memory stays where it was.
+    let mut _abandoned = Mlx4Core::new();
+    _abandoned.probe(&mut p, &config()).expect("first probe");
     assert_eq!(p.hca.resources().firmware, FwState::Initialized);
-    // The first driver is gone without a teardown; its memory stays where it was.
-    core::mem::forget(abandoned);
     p.hca.take_events();
     let mut core = Mlx4Core::new();
     core.probe(&mut p, &config())
@@ -2251,4 +2251,72 @@ fn letting_go_of_a_running_hca_is_reported_by_the_device() {
     p.hca.take_events();
     p.hca.set_bus_master(false);
     assert_eq!(p.driver_errors(), Vec::<String>::new());
+}
+
+/// A catastrophic error shows in the error buffer; recovery resets the function, frees everything without a
+/// command reaching the stopped firmware, and the core probes again from scratch.
+#[test]
+fn a_catastrophic_error_is_seen_and_a_reset_recovers_the_device() {
+    use hw_mlx4::bringup::probe::CatastrophicError;
+
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    assert_eq!(core.catastrophic_error(&mut p), Ok(None), "healthy");
+    p.hca.raise_catastrophic_error(0xdead_beef);
+    assert_eq!(
+        core.catastrophic_error(&mut p),
+        Ok(Some(CatastrophicError {
+            word: 0,
+            value: 0xdead_beef
+        }))
+    );
+    p.hca.take_events();
+
+    let posted = p.posted.len();
+    core.recover_from_error(&mut p).expect("the reset recovers");
+    assert_eq!(
+        p.posted.len(),
+        posted,
+        "no command reached the stopped firmware"
+    );
+    assert_eq!(p.resets, 2, "the probe's reset and the recovery's");
+    assert!(core.info().is_none());
+    assert_eq!(core.pages_given(), (0, 0, 0));
+    assert!(p.memory.outstanding.is_empty(), "everything freed");
+    assert_eq!(
+        p.hca.resources(),
+        Hca::new().resources(),
+        "the device forgot it all"
+    );
+
+    core.probe(&mut p, &config())
+        .expect("a probe after the recovery");
+    assert_eq!(core.catastrophic_error(&mut p), Ok(None));
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// A recovery whose reset fails keeps what the device may still use: the interface is
+/// wedged, and the teardown leaks the memory rather than free it under the device.
+#[test]
+fn a_recovery_whose_reset_fails_leaks_rather_than_frees() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    p.hca.raise_catastrophic_error(1);
+    p.hca.hold_reset_semaphore(true);
+    assert_eq!(
+        core.recover_from_error(&mut p),
+        Err(ResetError::SemaphoreBusy)
+    );
+    assert!(core.commands().is_wedged());
+    let held = p.memory.outstanding.len();
+    let error = core.teardown(&mut p).expect_err("nothing can be unmapped");
+    assert!(error.leaked_chunks > 0);
+    assert_eq!(
+        p.memory.outstanding.len(),
+        held,
+        "nothing freed under the device"
+    );
 }

@@ -60,6 +60,8 @@ pub mod sys;
 #[cfg(tilde_kernel)]
 pub use sys::kernel_api;
 #[cfg(tilde_kernel)]
+pub mod work;
+#[cfg(tilde_kernel)]
 pub mod wr;
 
 /// Prefix of this crate's own log lines (`pr_*!` looks it up at the call site's crate

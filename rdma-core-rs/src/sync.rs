@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-//! Locks for drivers.
+//! Locks for drivers: [`IrqSpinLock`] for state interrupts reach, [`Mutex`] for state
+//! only process context reaches and that is held across sleeps.
 //!
 //! A device's state is reached from process context (verbs), softirq (CQs polled by the
 //! IB core's `irq_poll`) and hard interrupts (a driver's event queue): the lock that
@@ -100,5 +101,79 @@ impl<T> Drop for IrqSpinLockGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: taken in `lock` with these flags, released once, here.
         unsafe { sys::tilde_rdma_irq_unlock(self.lock.lock.as_ptr(), self.flags) };
+    }
+}
+
+/// `T` behind a sleeping lock (`struct mutex`): for state reached from process context
+/// only, by paths that sleep while holding it (a driver's firmware commands). Like
+/// [`IrqSpinLock`], the lock is an allocation of its own, so the value holding it moves
+/// freely; all of tilde's `Mutex`es share one lockdep class.
+pub struct Mutex<T> {
+    lock: NonNull<c_void>,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock serialises every access to `data`.
+unsafe impl<T: Send> Send for Mutex<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Mutex<T> {}
+
+impl<T> Mutex<T> {
+    /// A lock holding `value`; allocates (may sleep).
+    pub fn new(value: T) -> Result<Self> {
+        // SAFETY: allocates and initialises a mutex; null on failure.
+        let lock = NonNull::new(unsafe { sys::tilde_rdma_mutex_new() }).ok_or(ENOMEM)?;
+        Ok(Self {
+            lock,
+            data: UnsafeCell::new(value),
+        })
+    }
+
+    /// Takes the lock, sleeping until it is free; released when the guard is dropped.
+    /// Process context only.
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        // SAFETY: initialised in `new`, alive as long as `self`.
+        unsafe { sys::tilde_rdma_mutex_lock(self.lock.as_ptr()) };
+        MutexGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl<T> Drop for Mutex<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`; nobody holds it (`&mut self`).
+        unsafe { sys::tilde_rdma_mutex_free(self.lock.as_ptr()) };
+    }
+}
+
+/// A held [`Mutex`]: released on drop.
+pub struct MutexGuard<'a, T> {
+    lock: &'a Mutex<T>,
+    /// A mutex is released by the task that took it: not `Send`.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held for as long as the guard lives.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the lock is held; `&mut self` makes this the only borrow.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<T> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: taken in `lock`, released once, here.
+        unsafe { sys::tilde_rdma_mutex_unlock(self.lock.lock.as_ptr()) };
     }
 }

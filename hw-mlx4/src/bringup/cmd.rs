@@ -191,6 +191,11 @@ pub struct CommandInterface {
     waiting: Option<(u16, u16)>,
     /// Command EQEs refused for their token.
     stale: u32,
+    /// The device was reset under the driver after a catastrophic error: commands
+    /// complete at once, successfully, without reaching it (upstream's internal error
+    /// state, `mlx4_internal_err_ret_value`), so a teardown runs to its end and frees
+    /// what the device forgot.
+    device_lost: bool,
 }
 
 /// Tokens of event-driven commands stay below this: [`POLL_TOKEN`] is never one.
@@ -213,7 +218,28 @@ impl CommandInterface {
             next_token: 0,
             waiting: None,
             stale: 0,
+            device_lost: false,
         }
+    }
+
+    /// Enters the lost-device state (see the field's doc): only after the function was
+    /// reset, when nothing the driver gave the device is used by it any more.
+    pub fn enter_device_lost(&mut self) {
+        self.device_lost = true;
+        self.use_events = false;
+        self.waiting = None;
+    }
+
+    /// Whether commands reach the device no more (see [`Self::enter_device_lost`]).
+    pub fn is_device_lost(&self) -> bool {
+        self.device_lost
+    }
+
+    /// Refuses every command from now on, as after a timeout: the device may still use
+    /// what it was given, so a teardown keeps (leaks) it.
+    pub fn wedge(&mut self) {
+        self.wedged = true;
+        self.waiting = None;
     }
 
     /// Completes commands by command EQEs from now on (`mlx4_cmd_use_events`); the
@@ -402,6 +428,9 @@ impl CommandInterface {
         edge: &mut impl CommandEdge,
         cmd: &Command,
     ) -> Result<u64, CmdError> {
+        if self.device_lost {
+            return Ok(0);
+        }
         self.post(edge, cmd, POLL_TOKEN, false)?;
         let completion = self.poll(edge, cmd.opcode, cmd.timeout_us)?;
         status_result(cmd.opcode, completion.status)?;

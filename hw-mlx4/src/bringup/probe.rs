@@ -174,6 +174,8 @@ pub enum ProbeError {
     NotOwner,
     /// The function reset failed (`mlx4_reset`).
     Reset(ResetError),
+    /// The catastrophic error buffer is in BAR 2, which the driver does not read.
+    CatasBufferUnreachable,
     /// A command failed.
     Command {
         /// Which.
@@ -235,6 +237,16 @@ pub struct TeardownError {
     /// Chunks the device may still use, deliberately not freed: their memory must not
     /// be reused until the function is reset.
     pub leaked_chunks: usize,
+}
+
+/// A nonzero word of the catastrophic error buffer: which, and its value (the
+/// firmware's syndrome).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CatastrophicError {
+    /// The word's index in the buffer.
+    pub word: u32,
+    /// Its value.
+    pub value: u32,
 }
 
 /// What the probe learned about the device.
@@ -396,6 +408,52 @@ impl<B> Mlx4Core<B> {
             self.aux_area.pages(),
             self.icm.pages(),
         )
+    }
+
+    /// Looks at the catastrophic error buffer QUERY_FW placed (`poll_catas`): the first
+    /// nonzero word, if any. Upstream polls it every 5 s; so does the kernel driver.
+    pub fn catastrophic_error<P: CommandEdge>(
+        &self,
+        p: &mut P,
+    ) -> Result<Option<CatastrophicError>, ProbeError> {
+        let Some(info) = &self.info else {
+            return Ok(None);
+        };
+        if info.fw.catas.bar != 0 {
+            return Err(ProbeError::CatasBufferUnreachable);
+        }
+        for word in 0..info.fw.catas_words {
+            let value = p.bar0_read_be32(info.fw.catas.offset + u64::from(word) * 4);
+            if value != 0 {
+                return Ok(Some(CatastrophicError { word, value }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Recovers from a catastrophic error (`mlx4_enter_error_state` and the reset of
+    /// `mlx4_restart_one`): resets the function, after which the device has forgotten
+    /// everything it was given, then releases all of it without a command reaching the
+    /// device (see [`CommandInterface::enter_device_lost`]), leaving the core as new,
+    /// ready for [`Mlx4Core::probe`]. Objects the caller still holds must be dropped
+    /// without their destroy commands. If the reset fails the device may still use the
+    /// memory: the interface is wedged, so any later teardown leaks it.
+    pub fn recover_from_error<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+    ) -> Result<(), ResetError> {
+        if let Err(error) = reset_function(p) {
+            self.cmd.wedge();
+            return Err(error);
+        }
+        // The reset cleared the ownership semaphore with the rest.
+        self.owner = false;
+        self.cmd.enter_device_lost();
+        self.info = None;
+        // Every command succeeds at once now, so nothing is leaked.
+        let _ = self.release(p);
+        self.cmd = CommandInterface::new();
+        Ok(())
     }
 
     /// Brings the device up to an initialized HCA. On failure everything done is undone

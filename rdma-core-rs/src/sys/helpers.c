@@ -8,6 +8,7 @@
 #include <linux/netdevice.h>
 #include <linux/string.h>
 #include <linux/timekeeping.h>
+#include <linux/workqueue.h>
 
 u32 tilde_rdma_start_port(const struct ib_device *device)
 {
@@ -167,6 +168,79 @@ unsigned long tilde_rdma_irq_lock(void *lock)
 void tilde_rdma_irq_unlock(void *lock, unsigned long flags)
 {
 	spin_unlock_irqrestore((spinlock_t *)lock, flags);
+}
+
+/*
+ * A sleeping lock for `sync::Mutex`, in its own allocation like the spinlock above, with
+ * one lockdep class for all of them.
+ */
+void *tilde_rdma_mutex_new(void)
+{
+	struct mutex *lock = kmalloc(sizeof(*lock), GFP_KERNEL);
+
+	if (lock)
+		mutex_init(lock);
+	return lock;
+}
+
+void tilde_rdma_mutex_free(void *lock)
+{
+	mutex_destroy((struct mutex *)lock);
+	kfree(lock);
+}
+
+void tilde_rdma_mutex_lock(void *lock)
+{
+	mutex_lock((struct mutex *)lock);
+}
+
+void tilde_rdma_mutex_unlock(void *lock)
+{
+	mutex_unlock((struct mutex *)lock);
+}
+
+/*
+ * Delayed work for `work::DelayedWork`: `run(data)` on the system workqueue, again after
+ * the delay it returns in milliseconds (0: not again). Freeing cancels it and waits for a
+ * run under way (cancel_delayed_work_sync() copes with work that requeues itself).
+ */
+struct tilde_rdma_delayed_work {
+	struct delayed_work work;
+	u64 (*run)(void *data);
+	void *data;
+};
+
+static void tilde_rdma_delayed_work_fn(struct work_struct *work)
+{
+	struct tilde_rdma_delayed_work *w =
+		container_of(to_delayed_work(work), struct tilde_rdma_delayed_work, work);
+	u64 again = w->run(w->data);
+
+	if (again)
+		schedule_delayed_work(&w->work, msecs_to_jiffies(again));
+}
+
+struct tilde_rdma_delayed_work *tilde_rdma_delayed_work_new(u64 (*run)(void *data), void *data)
+{
+	struct tilde_rdma_delayed_work *w = kzalloc(sizeof(*w), GFP_KERNEL);
+
+	if (!w)
+		return NULL;
+	INIT_DELAYED_WORK(&w->work, tilde_rdma_delayed_work_fn);
+	w->run = run;
+	w->data = data;
+	return w;
+}
+
+void tilde_rdma_delayed_work_schedule(struct tilde_rdma_delayed_work *work, u64 delay_ms)
+{
+	schedule_delayed_work(&work->work, msecs_to_jiffies(delay_ms));
+}
+
+void tilde_rdma_delayed_work_free(struct tilde_rdma_delayed_work *work)
+{
+	cancel_delayed_work_sync(&work->work);
+	kfree(work);
 }
 
 /* Lock-free hand-off of completed work requests from any context (llist.h). */

@@ -30,6 +30,15 @@ const void *tilde_rdma_current(void);
 struct net *tilde_rdma_init_net(void);
 void tilde_rdma_fill_sockaddr_in(void *storage, __be32 addr, __be16 port);
 
+void *tilde_rdma_mutex_new(void);
+void tilde_rdma_mutex_free(void *lock);
+void tilde_rdma_mutex_lock(void *lock);
+void tilde_rdma_mutex_unlock(void *lock);
+struct tilde_rdma_delayed_work;
+struct tilde_rdma_delayed_work *tilde_rdma_delayed_work_new(u64 (*run)(void *data), void *data);
+void tilde_rdma_delayed_work_schedule(struct tilde_rdma_delayed_work *work, u64 delay_ms);
+void tilde_rdma_delayed_work_free(struct tilde_rdma_delayed_work *work);
+
 void *tilde_rdma_irq_lock_new(void);
 void tilde_rdma_irq_lock_free(void *lock);
 unsigned long tilde_rdma_irq_lock(void *lock);

@@ -140,6 +140,9 @@ pub struct Hca {
     /// The reset page's hardware semaphore is taken by someone else (a test's flash
     /// update): it reads 1, and a reset then is a driver mistake.
     reset_semaphore_held: bool,
+    /// A catastrophic error was raised: its syndrome, in the first word of the error
+    /// buffer; the firmware runs no more commands until a reset.
+    catastrophic: Option<u32>,
     reset_requested: bool,
     bus_master: bool,
     fw: FwState,
@@ -187,6 +190,7 @@ impl Hca {
             hcr: [0; HCR_SIZE as usize],
             owned: false,
             reset_semaphore_held: false,
+            catastrophic: None,
             reset_requested: false,
             bus_master: false,
             fw: FwState::Reset,
@@ -337,9 +341,34 @@ impl Hca {
                     *last = 1;
                 }
             }
+        } else if let Some(at) = within(
+            offset,
+            data.len(),
+            layout::CATAS_OFFSET,
+            u64::from(layout::CATAS_WORDS) * 4,
+        ) {
+            // All zero while healthy; the syndrome in the first word after an error.
+            if let Some(syndrome) = self.catastrophic {
+                let word = syndrome.to_be_bytes();
+                for (i, byte) in data.iter_mut().enumerate() {
+                    if let Some(&b) = word.get(at + i) {
+                        *byte = b;
+                    }
+                }
+            }
         }
-        // The catastrophic error buffer reads zero: the device is healthy. Everything
-        // else reads zero too.
+        // Everything else reads zero.
+    }
+
+    /// Raises a catastrophic error with `syndrome` (nonzero): the error buffer shows it,
+    /// and the firmware stops running commands (a posted command never completes) until
+    /// the function is reset. The driver finds out by polling the buffer. The transport
+    /// raises one when a scenario asks (`cx3-device`'s test capability).
+    pub fn raise_catastrophic_error(&mut self, syndrome: u32) {
+        self.catastrophic = Some(syndrome.max(1));
+        self.info(format!(
+            "catastrophic error raised (syndrome {syndrome:#x}): the firmware stops until a reset"
+        ));
     }
 
     /// Holds the reset page's hardware semaphore (as a flash update would), or lets it
@@ -460,6 +489,13 @@ impl Hca {
     /// `out_param`, the status to the status byte, clears `go`, and in event mode
     /// posts the command EQE.
     fn execute(&mut self, dma: &dyn Dma) {
+        if let Some(syndrome) = self.catastrophic {
+            // The firmware is gone: the go bit stays set, the command never completes.
+            self.info(format!(
+                "command ignored after the catastrophic error (syndrome {syndrome:#x})"
+            ));
+            return;
+        }
         let cmd = HcrCommand::decode(&self.hcr);
         self.commands += 1;
         let refused = match self.refusal {
