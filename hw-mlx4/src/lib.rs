@@ -15,7 +15,7 @@
 //!   the device, for where the model cannot run (the kernel module).
 //!
 //! The crate is `no_std` because the same source is compiled into `tilde_mlx4.ko` by the
-//! kbuild glue (see the repository README, `--cfg tilde_kernel`). The model needs
+//! kbuild glue (see docs/kernels.md, `--cfg tilde_kernel`). The model needs
 //! `alloc`, which kernels no longer ship as a crate, so it is built for the host only.
 // kbuild passes `-Zcrate-attr=no_std` itself.
 #![cfg_attr(not(tilde_kernel), no_std)]

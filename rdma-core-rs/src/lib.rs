@@ -17,7 +17,7 @@
 //! The crate is compiled twice from the same source: by cargo for the host, and by the
 //! kbuild glue (`Kbuild` at the repository root) with the target kernel's own rustc
 //! command line and `--cfg tilde_kernel`, into an object linked into the module that
-//! uses it (one module today; see README, "How the modules are built").
+//! uses it (one module today; see docs/kernels.md, "How the modules are built").
 // kbuild passes `-Zcrate-attr=no_std` itself.
 #![cfg_attr(not(tilde_kernel), no_std)]
 

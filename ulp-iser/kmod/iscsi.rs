@@ -323,7 +323,7 @@ impl Command<'_> {
         // sends a command once (an xmit that fails hands it back unmapped: the datamover
         // maps last, after everything that can fail). The mapping is given back by the
         // cleanup, except when the cleanup finds it with the device (a REG_MR whose
-        // completion comes late): an open end the README names, the same window ib_iser
+        // completion comes late): an open end docs/open-ends.md names, the same window ib_iser
         // has.
         unsafe {
             SgMapping::new(

@@ -345,7 +345,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 }
 
 /// What the kernel tree offers that tilde's Rust code bridges, each found by a probe of
-/// the tree's own files (the README's kernel table lists what each one bridges):
+/// the tree's own files (docs/kernels.md's table lists what each one bridges):
 /// - `kernel_fmt`: `kernel::fmt`, which the print macros take (else `core::fmt`);
 /// - `pin_init_crate`: the separate `pin_init` crate, whose `MaybeZeroable` the kernel's
 ///   bindgen flags derive for every binding;

@@ -309,7 +309,7 @@ fn cmd_test(args: &Args) -> Result {
                     .any(|ko| ko.file_stem() == Some(needed.as_ref()));
                 if !built {
                     println!(
-                        "[test] skipped: {}: vm {scenario} ({needed} is not built for this kernel; see README, Kernels)",
+                        "[test] skipped: {}: vm {scenario} ({needed} is not built for this kernel; see docs/kernels.md)",
                         target.id
                     );
                     continue;

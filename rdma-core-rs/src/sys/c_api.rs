@@ -2,7 +2,7 @@
 //! The IB core's C API where the kernels tilde targets disagree, in one Rust form for all
 //! of them. Each difference is decided by a probe of the bindings bindgen made from the
 //! target's own headers (`cargo xtask kmod`, `binding_features`: a function is declared or
-//! not), never by a version number; the README's kernel table lists them.
+//! not), never by a version number; docs/kernels.md's table lists them.
 //!
 //! - [`resize_cq`]: `ib_resize_cq` (`--cfg tilde_ib_resize_cq`), which later kernels
 //!   removed when resizing became a user-only verb (`resize_user_cq`); there a kernel

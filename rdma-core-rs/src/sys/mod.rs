@@ -7,7 +7,7 @@
 //! `TILDE_RDMA_BINDINGS`. Everything above this module uses the safe API (`client`,
 //! `device`) and never names a kernel version.
 //!
-//! Kernel API drift the layer bridges (the table in the README lists each one), each
+//! Kernel API drift the layer bridges (the table in docs/kernels.md lists each one), each
 //! decided by a probe of the kernel tree (`cargo xtask kmod` passes `--cfg tilde_<x>`):
 //! - `kernel::fmt::Display` (`tilde_kernel_fmt`): 7.x print macros take the kernel's own
 //!   `Display` trait, so the verbs types that are logged forward to `core::fmt::Display`
