@@ -18,4 +18,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod interface;
+pub mod sa;
+mod table;
 pub mod wire;
