@@ -79,11 +79,9 @@ impl HardwareAddress {
     /// The address for `flags`, `qpn` (24 bits; higher bits are dropped) and `gid`.
     pub fn new(flags: u8, qpn: u32, gid: Gid) -> Self {
         let mut raw = [0u8; HARDWARE_ADDRESS_LEN];
-        write_bytes(
-            &mut raw,
-            field::FLAGS_QPN,
-            &(qpn & Self::QPN_MASK).to_be_bytes(),
-        );
+        // The QPN's word first, then the flags over its top octet: bits of `qpn` above
+        // 24 never reach the flags.
+        write_bytes(&mut raw, field::FLAGS_QPN, &qpn.to_be_bytes());
         write_u8(&mut raw, field::FLAGS, flags);
         write_bytes(&mut raw, field::GID, &gid.0);
         HardwareAddress(raw)
