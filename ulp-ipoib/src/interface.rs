@@ -603,19 +603,24 @@ impl<
     }
 
     /// The stack opened the interface (`ndo_open`).
-    pub fn open(&mut self, now: Instant, out: &mut impl FnMut(Action<P>)) {
+    pub fn open(&mut self, now: Instant, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         self.admin_up = true;
         self.bring_up(now, out);
     }
 
     /// The stack stopped the interface (`ndo_stop`): everything is let go.
-    pub fn stop(&mut self, now: Instant, out: &mut impl FnMut(Action<P>)) {
+    pub fn stop(&mut self, now: Instant, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         self.admin_up = false;
         self.flush_normal(now, out);
     }
 
     /// A port event.
-    pub fn port_event(&mut self, now: Instant, event: PortEvent, out: &mut impl FnMut(Action<P>)) {
+    pub fn port_event(
+        &mut self,
+        now: Instant,
+        event: PortEvent,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
         match event {
             PortEvent::Active(info) => {
                 let gid_changed = self.port.map(|port| port.gid) != Some(info.gid);
@@ -662,7 +667,7 @@ impl<
         now: Instant,
         query: QueryId,
         result: Result<McMemberRecord, QueryFailed>,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         let Some(index) = self
             .groups
@@ -683,7 +688,7 @@ impl<
         _now: Instant,
         query: QueryId,
         result: Result<PathRecord, QueryFailed>,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         let Some(index) = self
             .paths
@@ -723,7 +728,12 @@ impl<
 
     /// The caller could not create the address handle `ah`: whatever uses it looks
     /// its destination up again (paths) or rejoins (groups).
-    pub fn ah_create_failed(&mut self, now: Instant, ah: AhId, out: &mut impl FnMut(Action<P>)) {
+    pub fn ah_create_failed(
+        &mut self,
+        now: Instant,
+        ah: AhId,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
         let alive = self
             .ahs
             .get(ah.index)
@@ -774,7 +784,7 @@ impl<
         &mut self,
         now: Instant,
         list: impl IntoIterator<Item = Gid>,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         for (index, group) in self.groups.iter_mut() {
             group.listed = index == BROADCAST || group.state == JoinState::SendOnly;
@@ -834,7 +844,7 @@ impl<
         destination: HardwareAddress,
         ethertype: u16,
         packet: P,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         let Some(qkey) = self.qkey.filter(|_| self.carrier) else {
             return self.drop_packet(packet, DropReason::CarrierOff, out);
@@ -929,7 +939,7 @@ impl<
 
     /// Time passed: path queries past their deadline fail, joins whose backoff ended
     /// are tried again, idle neighbours are forgotten.
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl FnMut(Action<P>)) {
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         let mut expired = [false; PATHS];
         for (index, path) in self.paths.iter_mut() {
             if let Some(pending) = path.query.filter(|pending| pending.deadline <= now) {
@@ -980,7 +990,7 @@ impl<
 
     /// Joins the broadcast group when the stack wants the interface up, the port is
     /// active and our P_Key is in its table (`ipoib_ib_dev_up`).
-    fn bring_up(&mut self, now: Instant, out: &mut impl FnMut(Action<P>)) {
+    fn bring_up(&mut self, now: Instant, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         if !self.may_join_broadcast() {
             return;
         }
@@ -997,7 +1007,7 @@ impl<
         self.admin_up && self.port_active && self.port.is_some_and(|port| port.pkey_present)
     }
 
-    fn announce_address(&self, out: &mut impl FnMut(Action<P>)) {
+    fn announce_address(&self, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         if let Some(address) = self.hardware_address() {
             out(Action::SetHardwareAddress { address });
         }
@@ -1005,7 +1015,7 @@ impl<
 
     /// `ipoib_ib_dev_down`: carrier off, every path, neighbour and address handle
     /// forgotten, every group left (send-only ones forgotten), held packets dropped.
-    fn flush_normal(&mut self, _now: Instant, out: &mut impl FnMut(Action<P>)) {
+    fn flush_normal(&mut self, _now: Instant, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         if self.carrier {
             self.carrier = false;
             out(Action::CarrierOff);
@@ -1023,7 +1033,7 @@ impl<
 
     /// The light flush: paths go stale (their handles still carry unicast until the SA
     /// answers again), every group is left and rejoined, broadcast first.
-    fn flush_light(&mut self, now: Instant, out: &mut impl FnMut(Action<P>)) {
+    fn flush_light(&mut self, now: Instant, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         for (_, path) in self.paths.iter_mut() {
             path.valid = false;
         }
@@ -1034,7 +1044,7 @@ impl<
 
     /// Leaves every group: send-only groups are forgotten with their packets, listened
     /// groups wait for the broadcast group to rejoin, keeping theirs.
-    fn flush_groups(&mut self, out: &mut impl FnMut(Action<P>)) {
+    fn flush_groups(&mut self, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         for index in 0..GROUPS {
             let Some(group) = self.groups.get(index) else {
                 continue;
@@ -1059,7 +1069,12 @@ impl<
     /// Sends a join for the group at `index`, if it may be joined now: the broadcast
     /// group when the interface may come up, the others once the broadcast group is
     /// joined (they copy its parameters).
-    fn start_join(&mut self, _now: Instant, index: usize, out: &mut impl FnMut(Action<P>)) {
+    fn start_join(
+        &mut self,
+        _now: Instant,
+        index: usize,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
         let allowed = if index == BROADCAST {
             self.may_join_broadcast()
         } else {
@@ -1093,7 +1108,7 @@ impl<
         now: Instant,
         index: usize,
         member: McMemberRecord,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         let Some(mgid) = self.groups.get(index).map(|group| group.mgid) else {
             return;
@@ -1144,7 +1159,7 @@ impl<
         now: Instant,
         index: usize,
         reason: DropReason,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         self.counters.join_failures += 1;
         self.drop_queued(Owner::Group(index), reason, out);
@@ -1162,7 +1177,7 @@ impl<
     }
 
     /// Gives up the membership of the group at `index` (joined, or a join in flight).
-    fn leave(&mut self, index: usize, out: &mut impl FnMut(Action<P>)) {
+    fn leave(&mut self, index: usize, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         let Some(group) = self.groups.get_mut(index) else {
             return;
         };
@@ -1178,7 +1193,12 @@ impl<
         }
     }
 
-    fn remove_group(&mut self, index: usize, reason: DropReason, out: &mut impl FnMut(Action<P>)) {
+    fn remove_group(
+        &mut self,
+        index: usize,
+        reason: DropReason,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
         if index == BROADCAST {
             return;
         }
@@ -1193,7 +1213,7 @@ impl<
         destination: HardwareAddress,
         qkey: u32,
         packet: P,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         // ib_ipoib writes the interface's P_Key into every multicast destination.
         let mgid = with_pkey(destination.gid(), self.config.pkey);
@@ -1247,7 +1267,7 @@ impl<
         &mut self,
         now: Instant,
         destination: HardwareAddress,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) -> Result<usize, DropReason> {
         if let Some(index) = self.neighbours.find(|n| n.address == destination) {
             let live = self.neighbours.get(index).and_then(|neighbour| {
@@ -1292,7 +1312,7 @@ impl<
         &mut self,
         now: Instant,
         dgid: Gid,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) -> Result<usize, DropReason> {
         if let Some(index) = self.paths.find(|path| path.dgid == dgid) {
             return Ok(index);
@@ -1333,7 +1353,12 @@ impl<
 
     /// Forgets the path at `index`: its query cancelled, its handle released, its
     /// packets dropped, the neighbours going by it forgotten.
-    fn remove_path(&mut self, index: usize, reason: DropReason, out: &mut impl FnMut(Action<P>)) {
+    fn remove_path(
+        &mut self,
+        index: usize,
+        reason: DropReason,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
         let Some(path) = self.paths.remove(index) else {
             return;
         };
@@ -1362,7 +1387,7 @@ impl<
         qpn: u32,
         qkey: u32,
         packet: P,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         let Some(path) = self.paths.get_mut(index) else {
             return self.drop_packet(packet, DropReason::PathTableFull, out);
@@ -1391,7 +1416,12 @@ impl<
         }
     }
 
-    fn start_path_query(&mut self, now: Instant, index: usize, out: &mut impl FnMut(Action<P>)) {
+    fn start_path_query(
+        &mut self,
+        now: Instant,
+        index: usize,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
         let Some(sgid) = self.port.map(|port| port.gid) else {
             return;
         };
@@ -1424,7 +1454,7 @@ impl<
         qpn: u32,
         limit: usize,
         packet: P,
-        out: &mut impl FnMut(Action<P>),
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         if self.queue.count(|queued| queued.owner == owner) >= limit {
             return self.drop_packet(packet, DropReason::QueueFull, out);
@@ -1434,7 +1464,7 @@ impl<
         }
     }
 
-    fn send_queued(&mut self, owner: Owner, ah: AhId, out: &mut impl FnMut(Action<P>)) {
+    fn send_queued(&mut self, owner: Owner, ah: AhId, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         let Some(qkey) = self.qkey else {
             return self.drop_queued(owner, DropReason::CarrierOff, out);
         };
@@ -1454,7 +1484,12 @@ impl<
         self.counters.transmitted += sent;
     }
 
-    fn drop_queued(&mut self, owner: Owner, reason: DropReason, out: &mut impl FnMut(Action<P>)) {
+    fn drop_queued(
+        &mut self,
+        owner: Owner,
+        reason: DropReason,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
         let counters = &mut self.counters;
         self.queue.take_where(
             |queued| queued.owner == owner,
@@ -1468,14 +1503,23 @@ impl<
         );
     }
 
-    fn drop_packet(&mut self, packet: P, reason: DropReason, out: &mut impl FnMut(Action<P>)) {
+    fn drop_packet(
+        &mut self,
+        packet: P,
+        reason: DropReason,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
         self.counters.count_drop(reason);
         out(Action::Drop { packet, reason });
     }
 
     /// A handle for `av`: the cached one (shared by every path and group with the same
     /// attributes) or a new one; `None` when the table is full.
-    fn acquire_ah(&mut self, av: AddressVector, out: &mut impl FnMut(Action<P>)) -> Option<AhId> {
+    fn acquire_ah(
+        &mut self,
+        av: AddressVector,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) -> Option<AhId> {
         if let Some(index) = self.ahs.find(|entry| entry.av == av) {
             let entry = self.ahs.get_mut(index)?;
             entry.users += 1;
@@ -1499,7 +1543,7 @@ impl<
         Some(ah)
     }
 
-    fn release_ah(&mut self, ah: AhId, out: &mut impl FnMut(Action<P>)) {
+    fn release_ah(&mut self, ah: AhId, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         let Some(entry) = self.ahs.get_mut(ah.index) else {
             return;
         };
