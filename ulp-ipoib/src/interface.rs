@@ -434,6 +434,9 @@ struct Group {
     backoff: Duration,
     /// Marked while the stack's multicast list is applied.
     listed: bool,
+    /// When the stack last sent to it: a send-only group unused for the neighbour idle
+    /// time is left, as ib_ipoib expires its send-only joins with their neighbours.
+    last_used: Instant,
 }
 
 struct AhEntry {
@@ -514,6 +517,7 @@ impl<
             membership: Membership::Waiting,
             backoff: config.join_backoff,
             listed: true,
+            last_used: Instant::default(),
         };
         // Slot 0 of an empty table with at least one slot.
         let _ = groups.insert(broadcast);
@@ -815,6 +819,7 @@ impl<
                         membership: Membership::Waiting,
                         backoff: self.config.join_backoff,
                         listed: true,
+                        last_used: now,
                     };
                     match self.groups.insert(group) {
                         Ok(index) => self.start_join(now, index, out),
@@ -916,7 +921,7 @@ impl<
     }
 
     /// When [`Interface::handle_timeout`] next has work (a path query's deadline, a
-    /// join to retry, a neighbour to forget).
+    /// join to retry, a neighbour to forget, a send-only group to leave).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let queries = self
             .paths
@@ -934,11 +939,20 @@ impl<
             .neighbours
             .iter()
             .map(|(_, neighbour)| neighbour.last_used.saturating_add(idle));
-        queries.chain(retries).chain(neighbours).min()
+        let send_only = self
+            .groups
+            .iter()
+            .filter(|(_, group)| group.state == JoinState::SendOnly)
+            .map(|(_, group)| group.last_used.saturating_add(idle));
+        queries
+            .chain(retries)
+            .chain(neighbours)
+            .chain(send_only)
+            .min()
     }
 
     /// Time passed: path queries past their deadline fail, joins whose backoff ended
-    /// are tried again, idle neighbours are forgotten.
+    /// are tried again, idle neighbours are forgotten and idle send-only groups left.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
         let mut expired = [false; PATHS];
         for (index, path) in self.paths.iter_mut() {
@@ -982,6 +996,18 @@ impl<
         for (index, gone) in stale.iter().enumerate() {
             if *gone {
                 self.neighbours.remove(index);
+            }
+        }
+        let mut unused = [false; GROUPS];
+        for (index, group) in self.groups.iter() {
+            if let Some(flag) = unused.get_mut(index) {
+                *flag = group.state == JoinState::SendOnly
+                    && group.last_used.saturating_add(idle) <= now;
+            }
+        }
+        for (index, expired) in unused.iter().enumerate() {
+            if *expired {
+                self.remove_group(index, DropReason::GroupLeft, out);
             }
         }
     }
@@ -1168,7 +1194,6 @@ impl<
             return;
         };
         if group.state == JoinState::SendOnly {
-            group.membership = Membership::Waiting;
             self.groups.remove(index);
             return;
         }
@@ -1229,6 +1254,7 @@ impl<
                     membership: Membership::Waiting,
                     backoff: self.config.join_backoff,
                     listed: true,
+                    last_used: now,
                 };
                 match self.groups.insert(group) {
                     Ok(index) => {
@@ -1239,7 +1265,11 @@ impl<
                 }
             }
         };
-        let membership = self.groups.get(index).map(|group| group.membership);
+        let Some(group) = self.groups.get_mut(index) else {
+            return self.drop_packet(packet, DropReason::GroupTableFull, out);
+        };
+        group.last_used = now;
+        let membership = Some(group.membership);
         if let Some(Membership::Joined { ah }) = membership {
             self.counters.transmitted += 1;
             return out(Action::Transmit {

@@ -929,3 +929,25 @@ fn instants_saturate() {
         Instant::from_millis(u64::MAX)
     );
 }
+
+#[test]
+fn an_unused_send_only_group_is_left() {
+    let mut iface = up();
+    let to = HardwareAddress::multicast(group(5));
+    let actions = run(|out| iface.transmit(at(1000), to, ETHERTYPE_IPV4, 1, out));
+    let query = joins(&actions)[0].0;
+    let actions = run(|out| iface.join_complete(at(1001), query, Ok(member(0xc005)), out));
+    let (ah, _) = created(&actions)[0];
+    run(|out| iface.transmit(at(5000), to, ETHERTYPE_IPV4, 2, out));
+    assert_eq!(iface.poll_timeout(), Some(at(65_000)));
+    let early = run(|out| iface.handle_timeout(at(64_999), out));
+    assert!(leaves(&early).is_empty());
+    let actions = run(|out| iface.handle_timeout(at(65_000), out));
+    assert_eq!(leaves(&actions), [group(5)]);
+    assert_eq!(destroyed(&actions), [ah]);
+    assert!(!iface.is_joined(&group(5)));
+    // A listened group is not aged.
+    run(|out| iface.set_multicast_list(at(65_000), [group(6)], out));
+    let actions = run(|out| iface.handle_timeout(at(500_000), out));
+    assert!(leaves(&actions).is_empty(), "{actions:?}");
+}
