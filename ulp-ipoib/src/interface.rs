@@ -1109,7 +1109,7 @@ impl<
         if !allowed {
             return;
         }
-        self.next_query += 1;
+        self.next_query = self.next_query.wrapping_add(1);
         let query = QueryId(self.next_query);
         let broadcast = if index == BROADCAST {
             None
@@ -1198,7 +1198,7 @@ impl<
             return;
         }
         group.membership = Membership::RetryAt(now.saturating_add(group.backoff));
-        group.backoff = (group.backoff * 2).min(max);
+        group.backoff = group.backoff.checked_mul(2).unwrap_or(max).min(max);
     }
 
     /// Gives up the membership of the group at `index` (joined, or a join in flight).
@@ -1455,7 +1455,7 @@ impl<
         let Some(sgid) = self.port.map(|port| port.gid) else {
             return;
         };
-        self.next_query += 1;
+        self.next_query = self.next_query.wrapping_add(1);
         let query = QueryId(self.next_query);
         let deadline = now.saturating_add(self.config.path_query_timeout);
         let Some(path) = self.paths.get_mut(index) else {
