@@ -252,7 +252,9 @@ pub enum Action<P> {
         query: QueryId,
     },
     /// Create an address handle at `ah.index` before the next action that names it.
-    /// Tell [`Interface::ah_create_failed`] when that fails.
+    /// When that fails, free the packets of the `Transmit`s that name it in this call's
+    /// actions, counted as dropped, and tell [`Interface::ah_create_failed`] once the
+    /// call has returned.
     CreateAh {
         /// Where.
         ah: AhId,
@@ -483,6 +485,11 @@ pub struct Interface<
     qkey: Option<u32>,
     carrier: bool,
     mtu: Option<u16>,
+    /// The MTU the administrator asked for (`ndo_change_mtu`); the interface's is the
+    /// smaller of it and the broadcast group's.
+    admin_mtu: u16,
+    /// The broadcast group's MTU less the header, once joined.
+    group_mtu: Option<u16>,
     next_query: u64,
     next_generation: u32,
     paths: Slots<Path, PATHS>,
@@ -530,6 +537,8 @@ impl<
             qkey: None,
             carrier: false,
             mtu: None,
+            admin_mtu: MAX_UD_MTU,
+            group_mtu: None,
             next_query: 0,
             next_generation: 0,
             paths: Slots::new(),
@@ -604,6 +613,33 @@ impl<
         self.groups.iter().any(|(_, group)| {
             group.mgid == *mgid && matches!(group.membership, Membership::Joined { .. })
         })
+    }
+
+    /// The administrator asks for `mtu` (`ndo_change_mtu`): refused above what a UD
+    /// datagram can carry on any fabric (4092); the interface takes the smaller of it
+    /// and the broadcast group's MTU, now if the group is joined, else when it is.
+    pub fn set_mtu(
+        &mut self,
+        mtu: u16,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) -> Result<(), MtuTooLarge> {
+        if mtu > MAX_UD_MTU {
+            return Err(MtuTooLarge { max: MAX_UD_MTU });
+        }
+        self.admin_mtu = mtu;
+        self.apply_mtu(out);
+        Ok(())
+    }
+
+    fn apply_mtu(&mut self, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
+        let Some(group_mtu) = self.group_mtu else {
+            return;
+        };
+        let mtu = group_mtu.min(self.admin_mtu);
+        if self.mtu != Some(mtu) {
+            self.mtu = Some(mtu);
+            out(Action::SetMtu { mtu });
+        }
     }
 
     /// The stack opened the interface (`ndo_open`).
@@ -1153,11 +1189,8 @@ impl<
             self.qkey = Some(member.qkey);
             // RFC 4391 §7: the link MTU is the broadcast group's, less the
             // encapsulation header.
-            let mtu = member.mtu.bytes() - encap::HEADER_LEN as u16;
-            if self.mtu != Some(mtu) {
-                self.mtu = Some(mtu);
-                out(Action::SetMtu { mtu });
-            }
+            self.group_mtu = Some(member.mtu.bytes() - encap::HEADER_LEN as u16);
+            self.apply_mtu(out);
             if !self.carrier {
                 self.carrier = true;
                 out(Action::CarrierOn);
@@ -1586,6 +1619,16 @@ impl<
             out(Action::DestroyAh { ah });
         }
     }
+}
+
+/// The largest IPoIB MTU in datagram mode: a 4096-byte IB MTU less the header.
+pub const MAX_UD_MTU: u16 = 4096 - encap::HEADER_LEN as u16;
+
+/// An MTU above what datagram mode can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MtuTooLarge {
+    /// The largest MTU accepted.
+    pub max: u16,
 }
 
 /// Bytes before the IP packet in a UD receive buffer: the GRH slot and the

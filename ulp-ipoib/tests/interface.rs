@@ -951,3 +951,49 @@ fn an_unused_send_only_group_is_left() {
     let actions = run(|out| iface.handle_timeout(at(500_000), out));
     assert!(leaves(&actions).is_empty(), "{actions:?}");
 }
+
+#[test]
+fn the_mtu_is_the_smaller_of_the_administrators_and_the_groups() {
+    let mut iface = Iface::new(Config::new(QPN, 0xffff));
+    // Asked before the group is joined: applied when it is.
+    let early = run(|out| assert_eq!(iface.set_mtu(1500, out), Ok(())));
+    assert!(early.is_empty());
+    let actions = run(|out| {
+        iface.port_event(at(0), PortEvent::Active(port_info()), out);
+        iface.open(at(0), out);
+    });
+    let actions =
+        run(|out| iface.join_complete(at(0), joins(&actions)[0].0, Ok(member(0xc000)), out));
+    assert!(actions.contains(&Action::SetMtu { mtu: 1500 }));
+    // Above the group's 2044: the group's.
+    let actions = run(|out| iface.set_mtu(4000, out).unwrap());
+    assert_eq!(actions, [Action::SetMtu { mtu: 2044 }]);
+    assert_eq!(iface.mtu(), Some(2044));
+    let refused = run(|out| {
+        assert_eq!(
+            iface.set_mtu(4093, out),
+            Err(ulp_ipoib::interface::MtuTooLarge { max: 4092 })
+        )
+    });
+    assert!(refused.is_empty());
+    assert_eq!(iface.mtu(), Some(2044));
+}
+
+#[test]
+fn a_huge_backoff_saturates_at_its_maximum() {
+    let mut config = Config::new(QPN, 0xffff);
+    config.join_backoff = Duration::from_secs(u64::MAX / 2 + 1);
+    config.join_backoff_max = Duration::MAX;
+    let mut iface = Iface::new(config);
+    let actions = run(|out| {
+        iface.port_event(at(0), PortEvent::Active(port_info()), out);
+        iface.open(at(0), out);
+    });
+    let query = joins(&actions)[0].0;
+    run(|out| iface.join_complete(at(0), query, Err(QueryFailed), out));
+    assert_eq!(iface.poll_timeout(), Some(Instant::from_millis(u64::MAX)));
+    let actions = run(|out| iface.handle_timeout(Instant::from_millis(u64::MAX), out));
+    let query = joins(&actions)[0].0;
+    run(|out| iface.join_complete(at(0), query, Err(QueryFailed), out));
+    assert_eq!(iface.counters().join_failures, 2);
+}
