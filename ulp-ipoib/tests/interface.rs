@@ -183,7 +183,7 @@ fn up() -> Iface {
 
 /// Sends `packet` to `to` and answers its path query with `dlid`.
 fn resolve(iface: &mut Iface, now: u64, to: HardwareAddress, packet: u32, dlid: u16) -> Actions {
-    let mut actions = run(|out| iface.transmit(at(now), to, ETHERTYPE_IPV4, packet, out));
+    let mut actions = run(|out| iface.transmit(at(now), to, ETHERTYPE_IPV4, 100, packet, out));
     let (query, _) = path_queries(&actions)[0];
     actions.extend(run(|out| {
         iface.path_complete(at(now), query, Ok(path_to(dlid)), out)
@@ -213,7 +213,7 @@ fn the_carrier_waits_for_the_broadcast_join_and_takes_its_mtu() {
     assert!(!iface.carrier());
     assert_eq!(iface.mtu(), None);
 
-    let dropped = run(|out| iface.transmit(at(6), peer(1, 0x50), ETHERTYPE_IPV4, 7, out));
+    let dropped = run(|out| iface.transmit(at(6), peer(1, 0x50), ETHERTYPE_IPV4, 100, 7, out));
     assert_eq!(drops(&dropped), [(7, DropReason::CarrierOff)]);
 
     let actions = run(|out| iface.join_complete(at(10), query, Ok(member(0xc000)), out));
@@ -242,7 +242,7 @@ fn the_carrier_waits_for_the_broadcast_join_and_takes_its_mtu() {
 
     // Broadcast goes out on the group's handle to the multicast QPN, with the Q_Key.
     let brd = iface.broadcast_address();
-    let actions = run(|out| iface.transmit(at(11), brd, ETHERTYPE_ARP, 8, out));
+    let actions = run(|out| iface.transmit(at(11), brd, ETHERTYPE_ARP, 100, 8, out));
     assert_eq!(
         actions,
         [Action::Transmit {
@@ -288,7 +288,7 @@ fn unicast_waits_for_its_path_bounded_then_goes_in_order() {
     let to = peer(1, 0x51);
     let actions = run(|out| {
         for packet in 1..=4 {
-            iface.transmit(at(100), to, ETHERTYPE_IPV4, packet, out);
+            iface.transmit(at(100), to, ETHERTYPE_IPV4, 100, packet, out);
         }
     });
     let queries = path_queries(&actions);
@@ -322,7 +322,7 @@ fn unicast_waits_for_its_path_bounded_then_goes_in_order() {
         .all(|a| !matches!(a, Action::Transmit { qkey, .. } if *qkey != QKEY)));
     assert_eq!(iface.queued(), 0);
 
-    let actions = run(|out| iface.transmit(at(160), to, ETHERTYPE_IPV6, 5, out));
+    let actions = run(|out| iface.transmit(at(160), to, ETHERTYPE_IPV6, 100, 5, out));
     assert_eq!(transmits(&actions), [(ah, 0x51, 5)]);
     assert!(path_queries(&actions).is_empty());
 }
@@ -330,7 +330,7 @@ fn unicast_waits_for_its_path_bounded_then_goes_in_order() {
 #[test]
 fn a_routed_path_gets_a_grh() {
     let mut iface = up();
-    let actions = run(|out| iface.transmit(at(0), peer(1, 0x51), ETHERTYPE_IPV4, 1, out));
+    let actions = run(|out| iface.transmit(at(0), peer(1, 0x51), ETHERTYPE_IPV4, 100, 1, out));
     let (query, _) = path_queries(&actions)[0];
     let mut routed = path_to(9);
     routed.hop_limit = 4;
@@ -353,8 +353,8 @@ fn a_path_query_that_times_out_drops_its_packets_and_its_late_answer_is_ignored(
     let mut iface = up();
     let to = peer(1, 0x51);
     let actions = run(|out| {
-        iface.transmit(at(1000), to, ETHERTYPE_IPV4, 1, out);
-        iface.transmit(at(1200), to, ETHERTYPE_IPV4, 2, out);
+        iface.transmit(at(1000), to, ETHERTYPE_IPV4, 100, 1, out);
+        iface.transmit(at(1200), to, ETHERTYPE_IPV4, 100, 2, out);
     });
     let (query, _) = path_queries(&actions)[0];
     assert_eq!(iface.poll_timeout(), Some(at(2000)));
@@ -382,7 +382,7 @@ fn a_path_query_that_times_out_drops_its_packets_and_its_late_answer_is_ignored(
     assert_eq!(iface.counters().stale_answers, 1);
 
     // The next packet asks again.
-    let actions = run(|out| iface.transmit(at(2200), to, ETHERTYPE_IPV4, 3, out));
+    let actions = run(|out| iface.transmit(at(2200), to, ETHERTYPE_IPV4, 100, 3, out));
     assert_eq!(path_queries(&actions).len(), 1);
     assert_ne!(path_queries(&actions)[0].0, query);
 }
@@ -390,7 +390,7 @@ fn a_path_query_that_times_out_drops_its_packets_and_its_late_answer_is_ignored(
 #[test]
 fn a_failed_path_query_drops_its_packets() {
     let mut iface = up();
-    let actions = run(|out| iface.transmit(at(0), peer(1, 0x51), ETHERTYPE_IPV4, 1, out));
+    let actions = run(|out| iface.transmit(at(0), peer(1, 0x51), ETHERTYPE_IPV4, 100, 1, out));
     let (query, _) = path_queries(&actions)[0];
     let actions = run(|out| iface.path_complete(at(5), query, Err(QueryFailed), out));
     assert_eq!(drops(&actions), [(1, DropReason::PathQueryFailed)]);
@@ -430,8 +430,8 @@ fn neighbours_are_keyed_by_the_whole_address_and_share_the_path_of_their_gid() {
     let a = peer(1, 0x51);
     let b = peer(1, 0x61);
     let actions = run(|out| {
-        iface.transmit(at(0), a, ETHERTYPE_IPV4, 1, out);
-        iface.transmit(at(0), b, ETHERTYPE_IPV4, 2, out);
+        iface.transmit(at(0), a, ETHERTYPE_IPV4, 100, 1, out);
+        iface.transmit(at(0), b, ETHERTYPE_IPV4, 100, 2, out);
     });
     assert_eq!(path_queries(&actions).len(), 1);
     assert_eq!(iface.neighbours(), 2);
@@ -445,11 +445,11 @@ fn neighbours_are_keyed_by_the_whole_address_and_share_the_path_of_their_gid() {
 #[test]
 fn arp_resolves_a_path_without_a_neighbour_and_other_ethertypes_are_dropped() {
     let mut iface = up();
-    let actions = run(|out| iface.transmit(at(0), peer(1, 0x51), ETHERTYPE_ARP, 1, out));
+    let actions = run(|out| iface.transmit(at(0), peer(1, 0x51), ETHERTYPE_ARP, 100, 1, out));
     assert_eq!(path_queries(&actions).len(), 1);
     assert_eq!(iface.neighbours(), 0);
     assert_eq!(iface.paths(), 1);
-    let actions = run(|out| iface.transmit(at(0), peer(1, 0x51), 0x88cc, 2, out));
+    let actions = run(|out| iface.transmit(at(0), peer(1, 0x51), 0x88cc, 100, 2, out));
     assert_eq!(drops(&actions), [(2, DropReason::UnsupportedEthertype)]);
 }
 
@@ -458,11 +458,11 @@ fn a_destination_beyond_the_path_table_is_dropped_when_every_path_is_busy() {
     let mut iface = up(); // 4 path slots, each looked up with packets held.
     let actions = run(|out| {
         for n in 0..4u32 {
-            iface.transmit(at(0), peer(n.into(), 0x51), ETHERTYPE_IPV4, n, out);
+            iface.transmit(at(0), peer(n.into(), 0x51), ETHERTYPE_IPV4, 100, n, out);
         }
     });
     assert!(drops(&actions).is_empty());
-    let actions = run(|out| iface.transmit(at(0), peer(9, 0x51), ETHERTYPE_IPV4, 99, out));
+    let actions = run(|out| iface.transmit(at(0), peer(9, 0x51), ETHERTYPE_IPV4, 100, 99, out));
     assert_eq!(drops(&actions), [(99, DropReason::PathTableFull)]);
 }
 
@@ -477,10 +477,10 @@ fn the_pool_of_held_packets_is_bounded_across_destinations() {
     run(|out| iface.join_complete(at(0), joins(&actions)[0].0, Ok(member(0xc000)), out));
     let actions = run(|out| {
         for packet in 0..3 {
-            iface.transmit(at(0), peer(1, 0x51), ETHERTYPE_IPV4, packet, out);
+            iface.transmit(at(0), peer(1, 0x51), ETHERTYPE_IPV4, 100, packet, out);
         }
         for packet in 10..13 {
-            iface.transmit(at(0), peer(2, 0x52), ETHERTYPE_IPV4, packet, out);
+            iface.transmit(at(0), peer(2, 0x52), ETHERTYPE_IPV4, 100, packet, out);
         }
     });
     assert_eq!(
@@ -503,7 +503,7 @@ fn a_group_holds_at_most_its_limit_while_joined() {
     let to = HardwareAddress::multicast(group(3));
     let actions = run(|out| {
         for packet in 1..=3 {
-            iface.transmit(at(1), to, ETHERTYPE_IPV4, packet, out);
+            iface.transmit(at(1), to, ETHERTYPE_IPV4, 100, packet, out);
         }
     });
     assert_eq!(joins(&actions).len(), 1);
@@ -525,8 +525,8 @@ fn a_full_path_table_evicts_the_least_recently_used_resolved_path() {
         handles.push(created(&actions)[0].0);
     }
     // Peer 0 used again: peer 1 is now the least recently used.
-    run(|out| iface.transmit(at(50), peer(0, 0x51), ETHERTYPE_IPV4, 10, out));
-    let actions = run(|out| iface.transmit(at(60), peer(8, 0x51), ETHERTYPE_IPV4, 11, out));
+    run(|out| iface.transmit(at(50), peer(0, 0x51), ETHERTYPE_IPV4, 100, 10, out));
+    let actions = run(|out| iface.transmit(at(60), peer(8, 0x51), ETHERTYPE_IPV4, 100, 11, out));
     assert_eq!(destroyed(&actions), [handles[1]]);
     assert_eq!(path_queries(&actions)[0].1, peer_gid(8));
     assert_eq!(iface.paths(), 4);
@@ -574,8 +574,8 @@ fn sending_to_an_unjoined_group_joins_it_send_only() {
     let mut iface = up();
     let to = HardwareAddress::multicast(group(5));
     let actions = run(|out| {
-        iface.transmit(at(0), to, ETHERTYPE_IPV4, 1, out);
-        iface.transmit(at(0), to, ETHERTYPE_IPV4, 2, out);
+        iface.transmit(at(0), to, ETHERTYPE_IPV4, 100, 1, out);
+        iface.transmit(at(0), to, ETHERTYPE_IPV4, 100, 2, out);
     });
     let join = joins(&actions);
     assert_eq!(join.len(), 1);
@@ -589,11 +589,11 @@ fn sending_to_an_unjoined_group_joins_it_send_only() {
 
     // A failed send-only join drops its packets and forgets the group.
     let other = HardwareAddress::multicast(group(6));
-    let actions = run(|out| iface.transmit(at(2), other, ETHERTYPE_IPV4, 3, out));
+    let actions = run(|out| iface.transmit(at(2), other, ETHERTYPE_IPV4, 100, 3, out));
     let query = joins(&actions)[0].0;
     let actions = run(|out| iface.join_complete(at(3), query, Err(QueryFailed), out));
     assert_eq!(drops(&actions), [(3, DropReason::JoinFailed)]);
-    let actions = run(|out| iface.transmit(at(4), other, ETHERTYPE_IPV4, 4, out));
+    let actions = run(|out| iface.transmit(at(4), other, ETHERTYPE_IPV4, 100, 4, out));
     assert_eq!(joins(&actions).len(), 1, "joined again on next use");
 }
 
@@ -606,6 +606,7 @@ fn a_multicast_destination_with_another_pkey_is_this_links_group() {
             at(0),
             HardwareAddress::multicast(stack_built),
             ETHERTYPE_IPV4,
+            100,
             1,
             out,
         )
@@ -645,7 +646,7 @@ fn a_port_error_flushes_everything_and_port_active_rejoins() {
     run(|out| iface.set_multicast_list(at(0), [group(1)], out));
     let listed = iface.counters().joins;
     resolve(&mut iface, 0, peer(1, 0x51), 1, 7);
-    let held = run(|out| iface.transmit(at(1), peer(2, 0x52), ETHERTYPE_IPV4, 2, out));
+    let held = run(|out| iface.transmit(at(1), peer(2, 0x52), ETHERTYPE_IPV4, 100, 2, out));
     let (pending, _) = path_queries(&held)[0];
 
     let actions = run(|out| iface.port_event(at(2), PortEvent::Error, out));
@@ -712,11 +713,11 @@ fn a_client_reregister_keeps_the_carrier_and_stale_paths_carry_traffic_while_ask
     assert_eq!(join[0].1, broadcast_mgid());
 
     // Unicast goes on with the old handle, and the path is asked for again.
-    let actions = run(|out| iface.transmit(at(11), to, ETHERTYPE_IPV4, 2, out));
+    let actions = run(|out| iface.transmit(at(11), to, ETHERTYPE_IPV4, 100, 2, out));
     assert_eq!(transmits(&actions), [(old_ah, 0x51, 2)]);
     let (query, _) = path_queries(&actions)[0];
     // Only one query while it is in flight.
-    let again = run(|out| iface.transmit(at(12), to, ETHERTYPE_IPV4, 3, out));
+    let again = run(|out| iface.transmit(at(12), to, ETHERTYPE_IPV4, 100, 3, out));
     assert!(path_queries(&again).is_empty());
 
     // The SM moved the destination: a new handle, the old one destroyed after.
@@ -724,7 +725,7 @@ fn a_client_reregister_keeps_the_carrier_and_stale_paths_carry_traffic_while_ask
     let (new_ah, av) = created(&actions)[0];
     assert_eq!(av.dlid, 70);
     assert_eq!(destroyed(&actions), [old_ah]);
-    let actions = run(|out| iface.transmit(at(14), to, ETHERTYPE_IPV4, 4, out));
+    let actions = run(|out| iface.transmit(at(14), to, ETHERTYPE_IPV4, 100, 4, out));
     assert_eq!(transmits(&actions), [(new_ah, 0x51, 4)]);
     assert!(path_queries(&actions).is_empty());
 
@@ -810,7 +811,7 @@ fn a_handle_the_caller_could_not_create_sends_the_path_back_to_the_sa() {
     let mut iface = up();
     let to = peer(1, 0x51);
     let actions = run(|out| {
-        iface.transmit(at(0), to, ETHERTYPE_IPV4, 1, out);
+        iface.transmit(at(0), to, ETHERTYPE_IPV4, 100, 1, out);
     });
     let (query, _) = path_queries(&actions)[0];
     let mut ah = None;
@@ -829,7 +830,7 @@ fn a_handle_the_caller_could_not_create_sends_the_path_back_to_the_sa() {
     let actions = run(|out| iface.ah_create_failed(at(1), ah, out));
     assert!(actions.is_empty(), "{actions:?}");
     assert_eq!(iface.address_handles(), 1, "only broadcast's");
-    let actions = run(|out| iface.transmit(at(2), to, ETHERTYPE_IPV4, 2, out));
+    let actions = run(|out| iface.transmit(at(2), to, ETHERTYPE_IPV4, 100, 2, out));
     assert_eq!(path_queries(&actions).len(), 1);
     assert!(transmits(&actions).is_empty());
 }
@@ -934,11 +935,11 @@ fn instants_saturate() {
 fn an_unused_send_only_group_is_left() {
     let mut iface = up();
     let to = HardwareAddress::multicast(group(5));
-    let actions = run(|out| iface.transmit(at(1000), to, ETHERTYPE_IPV4, 1, out));
+    let actions = run(|out| iface.transmit(at(1000), to, ETHERTYPE_IPV4, 100, 1, out));
     let query = joins(&actions)[0].0;
     let actions = run(|out| iface.join_complete(at(1001), query, Ok(member(0xc005)), out));
     let (ah, _) = created(&actions)[0];
-    run(|out| iface.transmit(at(5000), to, ETHERTYPE_IPV4, 2, out));
+    run(|out| iface.transmit(at(5000), to, ETHERTYPE_IPV4, 100, 2, out));
     assert_eq!(iface.poll_timeout(), Some(at(65_000)));
     let early = run(|out| iface.handle_timeout(at(64_999), out));
     assert!(leaves(&early).is_empty());

@@ -113,8 +113,8 @@ fn sequence(data: &[u8]) {
                 .unwrap_or(QueryId(u64::from(n)))
         };
         match op % 12 {
-            0 => iface.transmit(at, peer, 0x0800, packet as u32, &mut sink),
-            1 => iface.transmit(at, peer, u16::from(b) << 8, packet as u32, &mut sink),
+            0 => iface.transmit(at, peer, 0x0800, usize::from(c) * 8, packet as u32, &mut sink),
+            1 => iface.transmit(at, peer, u16::from(b) << 8, usize::from(c) * 8, packet as u32, &mut sink),
             2 => {
                 let group = Gid([
                     0xff,
@@ -138,6 +138,7 @@ fn sequence(data: &[u8]) {
                     at,
                     HardwareAddress::multicast(group),
                     0x0800,
+                    usize::from(c) * 8,
                     packet as u32,
                     &mut sink,
                 )

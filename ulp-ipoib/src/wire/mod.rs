@@ -15,9 +15,11 @@
 //! - [`arp`]: ARP over IPoIB (RFC 4391 §9.2, hardware type 32).
 //! - [`ndisc`]: the IPv6 Neighbor Discovery link-layer address option for IPoIB
 //!   (RFC 4391 §9.1.1, RFC 4861 §4.6.1).
+//! - [`cm`]: connected mode's CM private data and service ID (RFC 4755).
 
 pub mod address;
 pub mod arp;
+pub mod cm;
 pub mod encap;
 pub mod grh;
 pub mod mgid;
@@ -56,6 +58,9 @@ pub enum WireError {
     /// A link-layer address option whose length (in units of 8 octets) is not 3, the
     /// only length that holds a 20-byte address (RFC 4391 §9.1.1).
     NdOptionLength(u8),
+    /// Connected-mode private data whose MTU cannot carry the encapsulation header and
+    /// a byte.
+    CmMtu(u32),
 }
 
 /// Reads a big-endian `u16` at `at`; callers have checked the length (`new_checked`),

@@ -31,11 +31,19 @@
 //!    reregistration, an SM change or a GID change keep the carrier and the paths'
 //!    address handles (marked stale, looked up again on next use) and rejoin every
 //!    group (light).
+//! 5. In connected mode (RFC 4755, [`Interface::set_mode`]), unicast IP to a neighbour
+//!    whose address has the connected-mode flag goes over an RC connection per
+//!    neighbour, made once its path is known; see [`connected`].
 
 use core::time::Duration;
 
+pub mod connected;
+
+pub use connected::{ConnId, ConnectFailed, Mode, ModeError, RejectReason, CM_MTU};
+
 use crate::sa::{AddressVector, JoinState, McMemberRecord, PathRecord};
 use crate::table::{FifoPool, Slots};
+use crate::wire::cm::CmDataRepr;
 use crate::wire::encap::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_RARP};
 use crate::wire::grh::{self, Grh, GrhRepr};
 use crate::wire::mgid::{with_pkey, IpoibMgid};
@@ -108,6 +116,10 @@ pub struct Config {
     pub join_backoff_max: Duration,
     /// A neighbour unused this long is forgotten (the ARP table's stale time, 60 s).
     pub neighbour_idle: Duration,
+    /// Whether the device can run connected mode (RC QPs and an SRQ): the interface's
+    /// address then carries the connected-mode flag (RFC 4755 §4) and
+    /// [`Interface::set_mode`] may choose it.
+    pub connected_mode: bool,
 }
 
 impl Config {
@@ -123,6 +135,7 @@ impl Config {
             join_backoff: Duration::from_secs(1),
             join_backoff_max: Duration::from_secs(16),
             neighbour_idle: Duration::from_secs(60),
+            connected_mode: false,
         }
     }
 }
@@ -198,16 +211,44 @@ pub enum DropReason {
     BroadcastNotJoined,
     /// The packet's group was left (the stack dropped it from its list).
     GroupLeft,
-    /// A flush (port event, interface stopped) discarded it.
+    /// A flush (port event, interface stopped, mode changed) discarded it.
     Flushed,
+    /// Longer than its destination takes: `mtu` is the largest IP packet that goes (the
+    /// caller answers with ICMP "fragmentation needed" / "packet too big", as
+    /// ib_ipoib's `ipoib_cm_skb_too_long` does).
+    TooBig {
+        /// The largest packet the destination takes.
+        mtu: u16,
+    },
+    /// The connected-mode connection could not be made.
+    ConnectFailed,
+    /// The connection went away while the packet waited for it.
+    ConnectionLost,
 }
 
 impl DropReason {
     /// How many reasons there are.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 16;
 
     fn index(self) -> usize {
-        self as usize
+        match self {
+            DropReason::CarrierOff => 0,
+            DropReason::UnsupportedEthertype => 1,
+            DropReason::QueueFull => 2,
+            DropReason::PathQueryFailed => 3,
+            DropReason::PathQueryTimedOut => 4,
+            DropReason::PathTableFull => 5,
+            DropReason::GroupTableFull => 6,
+            DropReason::AhTableFull => 7,
+            DropReason::AhCreateFailed => 8,
+            DropReason::JoinFailed => 9,
+            DropReason::BroadcastNotJoined => 10,
+            DropReason::GroupLeft => 11,
+            DropReason::Flushed => 12,
+            DropReason::TooBig { .. } => 13,
+            DropReason::ConnectFailed => 14,
+            DropReason::ConnectionLost => 15,
+        }
     }
 }
 
@@ -278,6 +319,33 @@ pub enum Action<P> {
         /// The packet.
         packet: P,
     },
+    /// Make the connected-mode connection `conn` (RFC 4755): an RC QP, and a CM REQ to
+    /// `service_id` over `path` with `data` as private data. Answer with
+    /// [`Interface::connect_complete`].
+    Connect {
+        /// Names the connection.
+        conn: ConnId,
+        /// The destination's GID.
+        dgid: Gid,
+        /// The path the REQ carries.
+        path: PathRecord,
+        /// The destination's service ID (`wire::cm::service_id` of its UD QPN).
+        service_id: u64,
+        /// Our private data: our UD QPN and receive MTU.
+        data: CmDataRepr,
+    },
+    /// Post a send of `packet` (encapsulation header first) on the RC QP of `conn`.
+    TransmitConnected {
+        /// The connection.
+        conn: ConnId,
+        /// The packet.
+        packet: P,
+    },
+    /// Tear down `conn` (DREQ, then destroy its QP once its sends complete).
+    Disconnect {
+        /// The connection.
+        conn: ConnId,
+    },
     /// Free `packet` unsent and count it in the interface's dropped packets.
     Drop {
         /// The packet.
@@ -318,7 +386,11 @@ pub struct Counters {
     pub stale_answers: u64,
     /// Groups of the stack's list that found no free slot.
     pub groups_refused: u64,
-    /// Frames accepted by [`Interface::receive`].
+    /// Connections asked for ([`Action::Connect`]).
+    pub connects: u64,
+    /// Connections that could not be made.
+    pub connect_failures: u64,
+    /// Frames accepted by [`Interface::receive`] and [`Interface::receive_connected`].
     pub received: u64,
     /// Frames refused as malformed.
     pub receive_malformed: u64,
@@ -328,7 +400,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Packets dropped for `reason`.
+    /// Packets dropped for `reason` (for `TooBig`, whatever the MTU).
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped.get(reason.index()).copied().unwrap_or(0)
     }
@@ -404,6 +476,8 @@ struct Path {
     ah: Option<AhId>,
     /// Whether the handle follows the SA's latest answer (false after a light flush).
     valid: bool,
+    /// The SA's latest answer (connected mode's CM REQ carries it).
+    record: Option<PathRecord>,
     query: Option<PendingQuery>,
     last_used: Instant,
 }
@@ -411,9 +485,12 @@ struct Path {
 /// A destination link-layer address and the path it goes by.
 struct Neighbour {
     address: HardwareAddress,
+    generation: u32,
     path: usize,
     path_generation: u32,
     last_used: Instant,
+    /// Connected mode's connection to it.
+    cm: connected::CmState,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -451,11 +528,15 @@ struct AhEntry {
 enum Owner {
     Path(usize),
     Group(usize),
+    /// Waiting for the neighbour's connection.
+    Neighbour(usize),
 }
 
 struct Queued<P> {
     owner: Owner,
     qpn: u32,
+    /// The IP packet's length (a connection checks it against its MTU).
+    len: usize,
     packet: P,
 }
 
@@ -475,6 +556,7 @@ pub struct Interface<
     const QUEUED: usize,
 > {
     config: Config,
+    mode: Mode,
     admin_up: bool,
     port: Option<PortInfo>,
     port_active: bool,
@@ -530,6 +612,7 @@ impl<
         let _ = groups.insert(broadcast);
         Interface {
             config,
+            mode: Mode::Datagram,
             admin_up: false,
             port: None,
             port_active: false,
@@ -572,8 +655,13 @@ impl<
 
     /// The interface's link-layer address, once the port's GID is known.
     pub fn hardware_address(&self) -> Option<HardwareAddress> {
+        let flags = if self.config.connected_mode {
+            HardwareAddress::FLAG_CONNECTED_MODE
+        } else {
+            0
+        };
         self.port
-            .map(|port| HardwareAddress::new(0, self.config.qpn, port.gid))
+            .map(|port| HardwareAddress::new(flags, self.config.qpn, port.gid))
     }
 
     /// The link's broadcast address (`dev->broadcast`).
@@ -615,16 +703,23 @@ impl<
         })
     }
 
-    /// The administrator asks for `mtu` (`ndo_change_mtu`): refused above what a UD
-    /// datagram can carry on any fabric (4092); the interface takes the smaller of it
-    /// and the broadcast group's MTU, now if the group is joined, else when it is.
+    /// The administrator asks for `mtu` (`ndo_change_mtu`). In datagram mode it is
+    /// refused above what a UD datagram can carry on any fabric (4092), and the
+    /// interface takes the smaller of it and the broadcast group's MTU, now if the
+    /// group is joined, else when it is. In connected mode it is refused above
+    /// [`CM_MTU`] and taken as it is (multicast above the group's MTU is then dropped
+    /// as too big).
     pub fn set_mtu(
         &mut self,
         mtu: u16,
         out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) -> Result<(), MtuTooLarge> {
-        if mtu > MAX_UD_MTU {
-            return Err(MtuTooLarge { max: MAX_UD_MTU });
+        let max = match self.mode {
+            Mode::Datagram => MAX_UD_MTU,
+            Mode::Connected => CM_MTU,
+        };
+        if mtu > max {
+            return Err(MtuTooLarge { max });
         }
         self.admin_mtu = mtu;
         self.apply_mtu(out);
@@ -632,10 +727,13 @@ impl<
     }
 
     fn apply_mtu(&mut self, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
-        let Some(group_mtu) = self.group_mtu else {
-            return;
+        let mtu = match self.mode {
+            Mode::Datagram => match self.group_mtu {
+                Some(group_mtu) => group_mtu.min(self.admin_mtu),
+                None => return,
+            },
+            Mode::Connected => self.admin_mtu,
         };
-        let mtu = group_mtu.min(self.admin_mtu);
         if self.mtu != Some(mtu) {
             self.mtu = Some(mtu);
             out(Action::SetMtu { mtu });
@@ -747,23 +845,25 @@ impl<
             Ok(record) => record,
             Err(QueryFailed) => {
                 self.counters.path_query_failures += 1;
-                self.drop_queued(Owner::Path(index), DropReason::PathQueryFailed, out);
+                self.drop_path_queued(index, DropReason::PathQueryFailed, out);
                 return;
             }
         };
         let av = AddressVector::from_path(dgid, &record);
         let Some(ah) = self.acquire_ah(av, out) else {
-            self.drop_queued(Owner::Path(index), DropReason::AhTableFull, out);
+            self.drop_path_queued(index, DropReason::AhTableFull, out);
             return;
         };
         if let Some(path) = self.paths.get_mut(index) {
             path.ah = Some(ah);
             path.valid = true;
+            path.record = Some(record);
         }
         if let Some(old) = old {
             self.release_ah(old, out);
         }
         self.send_queued(Owner::Path(index), ah, out);
+        self.connect_waiting_neighbours(index, out);
     }
 
     /// The caller could not create the address handle `ah`: whatever uses it looks
@@ -877,31 +977,48 @@ impl<
         }
     }
 
-    /// The stack transmits `packet` (its encapsulation header carries `ethertype`) to
-    /// `destination` (`ndo_start_xmit`, after the pseudo-header is pulled).
+    /// The stack transmits `packet`, `len` bytes of IP or ARP after its encapsulation
+    /// header (which carries `ethertype`), to `destination` (`ndo_start_xmit`, after
+    /// the pseudo-header is pulled).
     pub fn transmit(
         &mut self,
         now: Instant,
         destination: HardwareAddress,
         ethertype: u16,
+        len: usize,
         packet: P,
         out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
         let Some(qkey) = self.qkey.filter(|_| self.carrier) else {
             return self.drop_packet(packet, DropReason::CarrierOff, out);
         };
+        let ud_mtu = self.group_mtu.unwrap_or(0);
+        let fits_ud = len <= usize::from(ud_mtu);
         if destination.is_multicast() {
-            return self.transmit_multicast(now, destination, qkey, packet, out);
+            if !fits_ud {
+                return self.drop_packet(packet, DropReason::TooBig { mtu: ud_mtu }, out);
+            }
+            return self.transmit_multicast(now, destination, qkey, len, packet, out);
         }
-        let path = match ethertype {
+        let route = match ethertype {
             ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => self.neighbour_path(now, destination, out),
             // ib_ipoib resolves the path of unicast ARP without making a neighbour.
-            ETHERTYPE_ARP | ETHERTYPE_RARP => self.find_or_add_path(now, destination.gid(), out),
+            ETHERTYPE_ARP | ETHERTYPE_RARP => self
+                .find_or_add_path(now, destination.gid(), out)
+                .map(|path| (None, path)),
             _ => Err(DropReason::UnsupportedEthertype),
         };
-        match path {
-            Ok(index) => self.send_on_path(now, index, destination.qpn(), qkey, packet, out),
-            Err(reason) => self.drop_packet(packet, reason, out),
+        let (neighbour, path) = match route {
+            Ok(route) => route,
+            Err(reason) => return self.drop_packet(packet, reason, out),
+        };
+        let connected = self.mode == Mode::Connected && destination.connected_mode();
+        match neighbour {
+            Some(neighbour) if connected => {
+                self.send_connected(now, neighbour, path, len, packet, out)
+            }
+            _ if !fits_ud => self.drop_packet(packet, DropReason::TooBig { mtu: ud_mtu }, out),
+            _ => self.send_on_path(now, path, destination.qpn(), qkey, len, packet, out),
         }
     }
 
@@ -1003,7 +1120,7 @@ impl<
         for (index, timed_out) in expired.iter().enumerate() {
             if *timed_out {
                 self.counters.path_query_failures += 1;
-                self.drop_queued(Owner::Path(index), DropReason::PathQueryTimedOut, out);
+                self.drop_path_queued(index, DropReason::PathQueryTimedOut, out);
             }
         }
         let mut retry = [false; GROUPS];
@@ -1031,7 +1148,7 @@ impl<
         }
         for (index, gone) in stale.iter().enumerate() {
             if *gone {
-                self.neighbours.remove(index);
+                self.remove_neighbour(index, DropReason::Flushed, out);
             }
         }
         let mut unused = [false; GROUPS];
@@ -1086,7 +1203,7 @@ impl<
             self.remove_path(index, DropReason::Flushed, out);
         }
         for index in 0..NEIGHBOURS {
-            self.neighbours.remove(index);
+            self.remove_neighbour(index, DropReason::Flushed, out);
         }
         self.flush_groups(out);
         self.broadcast = None;
@@ -1270,6 +1387,7 @@ impl<
         now: Instant,
         destination: HardwareAddress,
         qkey: u32,
+        len: usize,
         packet: P,
         out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
@@ -1316,6 +1434,7 @@ impl<
         self.hold(
             Owner::Group(index),
             HardwareAddress::MULTICAST_QPN,
+            len,
             limit,
             packet,
             out,
@@ -1324,14 +1443,14 @@ impl<
 
     // --- paths and neighbours ------------------------------------------------------------
 
-    /// The path of a neighbour, made (with its path) when new. A neighbour whose path
-    /// was evicted is made again.
+    /// The neighbour named by `destination` and its path, both made when new; the
+    /// neighbour is `None` only when the table has no slot at all.
     fn neighbour_path(
         &mut self,
         now: Instant,
         destination: HardwareAddress,
         out: &mut (impl FnMut(Action<P>) + ?Sized),
-    ) -> Result<usize, DropReason> {
+    ) -> Result<(Option<usize>, usize), DropReason> {
         if let Some(index) = self.neighbours.find(|n| n.address == destination) {
             let live = self.neighbours.get(index).and_then(|neighbour| {
                 self.paths
@@ -1343,32 +1462,64 @@ impl<
                 if let Some(neighbour) = self.neighbours.get_mut(index) {
                     neighbour.last_used = now;
                 }
-                return Ok(path);
+                if let Some(path) = self.paths.get_mut(path) {
+                    path.last_used = now;
+                }
+                return Ok((Some(index), path));
             }
-            self.neighbours.remove(index);
+            self.remove_neighbour(index, DropReason::Flushed, out);
         }
         let path = self.find_or_add_path(now, destination.gid(), out)?;
         let path_generation = self.paths.get(path).map_or(0, |path| path.generation);
+        self.next_generation = self.next_generation.wrapping_add(1);
         let neighbour = Neighbour {
             address: destination,
+            generation: self.next_generation,
             path,
             path_generation,
             last_used: now,
+            cm: connected::CmState::Idle,
         };
-        if let Err(neighbour) = self.neighbours.insert(neighbour) {
-            // Full: the least recently used neighbour makes room (it holds nothing the
-            // next packet to it cannot rebuild).
-            let oldest = self
-                .neighbours
-                .iter()
-                .min_by_key(|(_, n)| n.last_used)
-                .map(|(index, _)| index);
-            if let Some(oldest) = oldest {
-                self.neighbours.remove(oldest);
-                let _ = self.neighbours.insert(neighbour);
+        match self.neighbours.insert(neighbour) {
+            Ok(index) => Ok((Some(index), path)),
+            Err(neighbour) => {
+                // Full: the least recently used neighbour makes room (its connection
+                // is torn down and its held packets dropped; the next packet to it
+                // rebuilds both).
+                let oldest = self
+                    .neighbours
+                    .iter()
+                    .min_by_key(|(_, n)| n.last_used)
+                    .map(|(index, _)| index);
+                let Some(oldest) = oldest else {
+                    return Ok((None, path));
+                };
+                self.remove_neighbour(oldest, DropReason::Flushed, out);
+                Ok((self.neighbours.insert(neighbour).ok(), path))
             }
         }
-        Ok(path)
+    }
+
+    /// Forgets the neighbour at `index`: its connection torn down, its held packets
+    /// dropped.
+    fn remove_neighbour(
+        &mut self,
+        index: usize,
+        reason: DropReason,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
+        let Some(neighbour) = self.neighbours.remove(index) else {
+            return;
+        };
+        if neighbour.cm != connected::CmState::Idle {
+            out(Action::Disconnect {
+                conn: ConnId {
+                    index,
+                    generation: neighbour.generation,
+                },
+            });
+        }
+        self.drop_queued(Owner::Neighbour(index), reason, out);
     }
 
     fn find_or_add_path(
@@ -1386,6 +1537,7 @@ impl<
             generation: self.next_generation,
             ah: None,
             valid: false,
+            record: None,
             query: None,
             last_used: now,
         };
@@ -1438,17 +1590,19 @@ impl<
                 .get(slot)
                 .is_some_and(|n| n.path == index && n.path_generation == path.generation);
             if goes_by {
-                self.neighbours.remove(slot);
+                self.remove_neighbour(slot, reason, out);
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send_on_path(
         &mut self,
         now: Instant,
         index: usize,
         qpn: u32,
         qkey: u32,
+        len: usize,
         packet: P,
         out: &mut (impl FnMut(Action<P>) + ?Sized),
     ) {
@@ -1474,7 +1628,7 @@ impl<
             }
             None => {
                 let limit = self.config.path_queue_limit;
-                self.hold(Owner::Path(index), qpn, limit, packet, out);
+                self.hold(Owner::Path(index), qpn, len, limit, packet, out);
             }
         }
     }
@@ -1511,10 +1665,12 @@ impl<
 
     /// Holds `packet` for `owner`, unless the owner already holds `limit` or the pool is
     /// full.
+    #[allow(clippy::too_many_arguments)]
     fn hold(
         &mut self,
         owner: Owner,
         qpn: u32,
+        len: usize,
         limit: usize,
         packet: P,
         out: &mut (impl FnMut(Action<P>) + ?Sized),
@@ -1522,7 +1678,13 @@ impl<
         if self.queue.count(|queued| queued.owner == owner) >= limit {
             return self.drop_packet(packet, DropReason::QueueFull, out);
         }
-        if let Err(queued) = self.queue.push(Queued { owner, qpn, packet }) {
+        let queued = Queued {
+            owner,
+            qpn,
+            len,
+            packet,
+        };
+        if let Err(queued) = self.queue.push(queued) {
             self.drop_packet(queued.packet, DropReason::QueueFull, out);
         }
     }
@@ -1564,6 +1726,22 @@ impl<
                 });
             },
         );
+    }
+
+    /// Drops what waits for the path at `index`: its own held packets and those of the
+    /// neighbours that wait for it to connect.
+    fn drop_path_queued(
+        &mut self,
+        index: usize,
+        reason: DropReason,
+        out: &mut (impl FnMut(Action<P>) + ?Sized),
+    ) {
+        self.drop_queued(Owner::Path(index), reason, out);
+        for slot in 0..NEIGHBOURS {
+            if self.neighbours.get(slot).is_some_and(|n| n.path == index) {
+                self.drop_queued(Owner::Neighbour(slot), reason, out);
+            }
+        }
     }
 
     fn drop_packet(
