@@ -6,11 +6,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use ulp_ipoib::interface::{
-    Action, Config, Instant, Interface, PortEvent, PortInfo, QueryFailed, QueryId,
-    ReceiveCompletion,
+    Action, Config, ConnId, ConnectFailed, Instant, Interface, Mode, PortEvent, PortInfo,
+    QueryFailed, QueryId, ReceiveCompletion,
 };
 use ulp_ipoib::sa::{IbMtu, McMemberRecord, PathRecord};
 use ulp_ipoib::wire::arp::{ArpPacket, ArpRepr, IPOIB_ARP_LEN};
+use ulp_ipoib::wire::cm::{CmData, CmDataRepr};
 use ulp_ipoib::wire::encap::{Frame, FrameRepr};
 use ulp_ipoib::wire::grh::{Grh, GrhRepr};
 use ulp_ipoib::wire::mgid::IpoibMgid;
@@ -52,6 +53,14 @@ fn parsers(data: &[u8]) {
             Ok(repr)
         );
     }
+    if let Ok(repr) = CmDataRepr::parse(&CmData::new_unchecked(data)) {
+        let mut out = [0u8; 8];
+        repr.emit(&mut CmData::new_unchecked(&mut out[..])).unwrap();
+        assert_eq!(
+            CmDataRepr::parse(&CmData::new_unchecked(&out[..])),
+            Ok(repr)
+        );
+    }
     if let Ok(address) = HardwareAddress::from_bytes(data) {
         if let Ok(mgid) = IpoibMgid::parse(&address.gid()) {
             assert_eq!(mgid.to_gid(), address.gid());
@@ -77,8 +86,11 @@ fn member(mtu: u8) -> McMemberRecord {
 /// Drives the core with events chosen by the input: 4 bytes per step.
 fn sequence(data: &[u8]) {
     let gid = Gid::from_parts(0xfe80 << 48, 0x0002_c903_000a_0b0c);
-    let mut iface = Iface::new(Config::new(0x48, 0xffff));
+    let mut config = Config::new(0x48, 0xffff);
+    config.connected_mode = true;
+    let mut iface = Iface::new(config);
     let mut queries: Vec<QueryId> = Vec::new();
+    let mut conns: Vec<ConnId> = Vec::new();
     let mut sink = |action: Action<u32>| match action {
         Action::Join { query, .. } | Action::SendPathQuery { query, .. } => queries.push(query),
         _ => {}
@@ -97,12 +109,23 @@ fn sequence(data: &[u8]) {
         now += u64::from(c) * 16;
         let at = Instant::from_millis(now);
         let mut pending = Vec::new();
+        let mut connecting = Vec::new();
         let mut sink = |action: Action<u32>| match action {
             Action::Join { query, .. } | Action::SendPathQuery { query, .. } => pending.push(query),
+            Action::Connect { conn, .. } => connecting.push(conn),
             _ => {}
         };
+        let pick_conn = |n: u8| {
+            conns
+                .get(usize::from(n) % conns.len().max(1))
+                .copied()
+                .unwrap_or(ConnId {
+                    index: usize::from(n % 10),
+                    generation: u32::from(n),
+                })
+        };
         let peer = HardwareAddress::new(
-            0,
+            a & 0x80,
             u32::from(b),
             Gid::from_parts(0xfe80 << 48, u64::from(a % 6)),
         );
@@ -112,9 +135,23 @@ fn sequence(data: &[u8]) {
                 .copied()
                 .unwrap_or(QueryId(u64::from(n)))
         };
-        match op % 12 {
-            0 => iface.transmit(at, peer, 0x0800, usize::from(c) * 8, packet as u32, &mut sink),
-            1 => iface.transmit(at, peer, u16::from(b) << 8, usize::from(c) * 8, packet as u32, &mut sink),
+        match op % 16 {
+            0 => iface.transmit(
+                at,
+                peer,
+                0x0800,
+                usize::from(c) * 8,
+                packet as u32,
+                &mut sink,
+            ),
+            1 => iface.transmit(
+                at,
+                peer,
+                u16::from(b) << 8,
+                usize::from(c) * 8,
+                packet as u32,
+                &mut sink,
+            ),
             2 => {
                 let group = Gid([
                     0xff,
@@ -208,6 +245,34 @@ fn sequence(data: &[u8]) {
                 };
                 iface.ah_create_failed(at, ah, &mut sink)
             }
+            11 => {
+                let mode = if a % 2 == 0 {
+                    Mode::Connected
+                } else {
+                    Mode::Datagram
+                };
+                let _ = iface.set_mode(mode, &mut sink);
+            }
+            12 => {
+                let result = if b % 4 == 0 {
+                    Err(ConnectFailed)
+                } else {
+                    Ok(CmDataRepr {
+                        qpn: u32::from(a),
+                        mtu: u32::from(b) * 300,
+                    })
+                };
+                iface.connect_complete(at, pick_conn(a), result, &mut sink)
+            }
+            13 => iface.connection_closed(at, pick_conn(a), &mut sink),
+            14 => {
+                let _ = iface.receive_connected(data);
+                let _ = iface.accept_connection(&CmDataRepr {
+                    qpn: u32::from(a),
+                    mtu: u32::from(b),
+                });
+                let _ = iface.set_mtu(u16::from_be_bytes([a, b]), &mut sink);
+            }
             _ => {
                 let completion = ReceiveCompletion {
                     src_qp: u32::from(a),
@@ -218,6 +283,7 @@ fn sequence(data: &[u8]) {
             }
         }
         queries.extend(pending);
+        conns.extend(connecting);
         // Invariants the tables must keep whatever the order of events.
         assert!(iface.queued() <= 16);
         assert!(iface.paths() <= 4 && iface.neighbours() <= 8 && iface.address_handles() <= 12);
