@@ -2,11 +2,14 @@
 //! thin kernel glue.
 //!
 //! - [`wire`]: IPoIB's formats as typed views (encapsulation header, link-layer
-//!   address, multicast GIDs, GRH, ARP, the IPv6 ND address option).
-//! - [`interface`]: one IPoIB interface in datagram mode as a state machine: the
-//!   broadcast group joined before the carrier goes on, multicast joins and leaves,
-//!   path record lookups with bounded per-destination queues, the address handle
-//!   cache, neighbours, and the flushes port events and SM changes call for.
+//!   address, multicast GIDs, GRH, ARP, the IPv6 ND address option, connected mode's
+//!   private data).
+//! - [`interface`]: one IPoIB interface as a state machine: the broadcast group
+//!   joined before the carrier goes on, multicast joins and leaves, path record
+//!   lookups with bounded per-destination queues, the address handle cache,
+//!   neighbours, the flushes port events and SM changes call for, and connected
+//!   mode's RC connection per neighbour.
+//! - [`sa`]: the path and member record fields the core reads, and address vectors.
 //!
 //! `no_std` because the same source builds for the host tests and, through the kbuild
 //! glue, for the kernel module. The core allocates nothing: every table has a capacity

@@ -1,9 +1,10 @@
-//! One IPoIB interface in datagram mode (RFC 4391) as a sans-IO state machine.
+//! One IPoIB interface (RFC 4391; connected mode, RFC 4755, in [`connected`]) as a
+//! sans-IO state machine.
 //!
 //! Inputs are the calls below, each with the current time: the stack opening and
 //! stopping the interface, port events, the SA's answers to joins and path queries,
-//! the stack's multicast list, each packet the stack transmits, each receive
-//! completion, and timeouts. Outputs are [`Action`]s handed to the caller's sink in the
+//! the CM's answers to connections, the stack's multicast list, each packet the stack
+//! transmits, each receive completion, and timeouts. Outputs are [`Action`]s handed to the caller's sink in the
 //! order they must happen. The core never touches a device, a clock or an allocator;
 //! packets are opaque `P` values it holds while their path or group is resolved and
 //! hands back in a [`Action::Transmit`] or [`Action::Drop`].
