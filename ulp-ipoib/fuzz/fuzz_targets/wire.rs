@@ -91,6 +91,8 @@ fn sequence(data: &[u8]) {
     let mut iface = Iface::new(config);
     let mut queries: Vec<QueryId> = Vec::new();
     let mut conns: Vec<ConnId> = Vec::new();
+    // How many times each packet came back (sent or dropped): exactly once in the end.
+    let mut returned = vec![0u32; data.len() / 4 + 1];
     let mut sink = |action: Action<u32>| match action {
         Action::Join { query, .. } | Action::SendPathQuery { query, .. } => queries.push(query),
         _ => {}
@@ -110,9 +112,13 @@ fn sequence(data: &[u8]) {
         let at = Instant::from_millis(now);
         let mut pending = Vec::new();
         let mut connecting = Vec::new();
+        let mut back = Vec::new();
         let mut sink = |action: Action<u32>| match action {
             Action::Join { query, .. } | Action::SendPathQuery { query, .. } => pending.push(query),
             Action::Connect { conn, .. } => connecting.push(conn),
+            Action::Transmit { packet, .. }
+            | Action::TransmitConnected { packet, .. }
+            | Action::Drop { packet, .. } => back.push(packet),
             _ => {}
         };
         let pick_conn = |n: u8| {
@@ -284,12 +290,43 @@ fn sequence(data: &[u8]) {
         }
         queries.extend(pending);
         conns.extend(connecting);
+        for packet in back {
+            if let Some(count) = returned.get_mut(packet as usize) {
+                *count += 1;
+            }
+        }
         // Invariants the tables must keep whatever the order of events.
         assert!(iface.queued() <= 16);
         assert!(iface.paths() <= 4 && iface.neighbours() <= 8 && iface.address_handles() <= 12);
         if iface.carrier() {
             assert!(iface.qkey().is_some() && iface.mtu().is_some());
         }
+    }
+    // Stopping lets every held packet go: each packet handed in came back once.
+    let mut back = Vec::new();
+    iface.stop(
+        Instant::from_millis(now),
+        &mut |action: Action<u32>| match action {
+            Action::Transmit { packet, .. }
+            | Action::TransmitConnected { packet, .. }
+            | Action::Drop { packet, .. } => back.push(packet),
+            _ => {}
+        },
+    );
+    for packet in back {
+        if let Some(count) = returned.get_mut(packet as usize) {
+            *count += 1;
+        }
+    }
+    assert_eq!(iface.queued(), 0);
+    for (packet, step) in data.chunks_exact(4).enumerate() {
+        let handed_in = matches!(step[0] % 16, 0..=2);
+        let expected = u32::from(handed_in);
+        assert_eq!(
+            returned.get(packet).copied(),
+            Some(expected),
+            "packet {packet}"
+        );
     }
 }
 
