@@ -60,7 +60,7 @@ fn member(n: u8) -> McMemberRecord {
     McMemberRecord {
         mlid: 0xc000 + u16::from(n % 3),
         qkey: 0x0b1b,
-        mtu: if n % 2 == 0 {
+        mtu: if n & 1 == 0 {
             IbMtu::Mtu2048
         } else {
             IbMtu::Mtu4096
