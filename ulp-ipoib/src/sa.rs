@@ -65,8 +65,8 @@ pub struct PathRecord {
     pub sl: u8,
     /// Static rate (IBA rate code).
     pub rate: u8,
-    /// The path MTU (connected mode uses it; datagram mode takes the broadcast
-    /// group's).
+    /// The path MTU (a connection's RC QP takes it from the path its CM REQ carries;
+    /// datagram mode takes the broadcast group's).
     pub mtu: IbMtu,
     /// Hop limit: above 0, the destination is reached through a router and the AH
     /// needs a GRH.

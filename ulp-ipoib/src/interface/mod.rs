@@ -544,10 +544,11 @@ struct Queued<P> {
 /// The slot of the broadcast group, which never leaves the group table.
 const BROADCAST: usize = 0;
 
-/// One IPoIB interface in datagram mode. `P` is the caller's packet (an skb); the
-/// tables hold at most `PATHS` paths, `NEIGHBOURS` neighbours, `GROUPS` groups (the
-/// broadcast group included), `AHS` address handles and `QUEUED` packets waiting for a
-/// path or a group. With `AHS >= PATHS + GROUPS` the handle table never fills.
+/// One IPoIB interface, in datagram or connected mode. `P` is the caller's packet (an
+/// skb); the tables hold at most `PATHS` paths, `NEIGHBOURS` neighbours (each with at
+/// most one connection in connected mode), `GROUPS` groups (the broadcast group
+/// included), `AHS` address handles and `QUEUED` packets waiting for a path, a group
+/// or a connection. With `AHS >= PATHS + GROUPS` the handle table never fills.
 pub struct Interface<
     P,
     const PATHS: usize,
