@@ -885,37 +885,29 @@ impl<
         }
         // Gone without a DestroyAh: there is nothing to destroy.
         self.ahs.remove(ah.index);
-        let mut stale_paths = [false; PATHS];
-        for (index, path) in self.paths.iter_mut() {
-            if path.ah == Some(ah) {
-                path.ah = None;
-                path.valid = false;
-                if let Some(flag) = stale_paths.get_mut(index) {
-                    *flag = true;
-                }
-            }
+        // Slot by slot, without a list of what to revisit: the kernel's stack frames
+        // stay small whatever the table sizes.
+        for index in 0..PATHS {
+            let Some(path) = self.paths.get_mut(index).filter(|p| p.ah == Some(ah)) else {
+                continue;
+            };
+            path.ah = None;
+            path.valid = false;
+            self.drop_queued(Owner::Path(index), DropReason::AhCreateFailed, out);
         }
-        for (index, stale) in stale_paths.iter().enumerate() {
-            if *stale {
-                self.drop_queued(Owner::Path(index), DropReason::AhCreateFailed, out);
-            }
-        }
-        let mut failed_groups = [false; GROUPS];
-        for (index, group) in self.groups.iter_mut() {
-            if group.membership == (Membership::Joined { ah }) {
-                // The membership stands without a handle to send with: leave it and
-                // join again after the backoff.
-                group.membership = Membership::Waiting;
-                if let Some(flag) = failed_groups.get_mut(index) {
-                    *flag = true;
-                }
-                out(Action::Leave { mgid: group.mgid });
-            }
-        }
-        for (index, failed) in failed_groups.iter().enumerate() {
-            if *failed {
-                self.join_failed(now, index, DropReason::AhCreateFailed, out);
-            }
+        for index in 0..GROUPS {
+            let Some(group) = self
+                .groups
+                .get_mut(index)
+                .filter(|g| g.membership == (Membership::Joined { ah }))
+            else {
+                continue;
+            };
+            // The membership stands without a handle to send with: leave it and join
+            // again after the backoff.
+            group.membership = Membership::Waiting;
+            out(Action::Leave { mgid: group.mgid });
+            self.join_failed(now, index, DropReason::AhCreateFailed, out);
         }
     }
 
@@ -966,14 +958,8 @@ impl<
                 }
             }
         }
-        let mut unlisted = [false; GROUPS];
-        for (index, group) in self.groups.iter() {
-            if let Some(flag) = unlisted.get_mut(index) {
-                *flag = !group.listed;
-            }
-        }
-        for (index, gone) in unlisted.iter().enumerate() {
-            if *gone {
+        for index in 0..GROUPS {
+            if self.groups.get(index).is_some_and(|group| !group.listed) {
                 self.remove_group(index, DropReason::GroupLeft, out);
             }
         }
@@ -1109,59 +1095,47 @@ impl<
     /// Time passed: path queries past their deadline fail, joins whose backoff ended
     /// are tried again, idle neighbours are forgotten and idle send-only groups left.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut (impl FnMut(Action<P>) + ?Sized)) {
-        let mut expired = [false; PATHS];
-        for (index, path) in self.paths.iter_mut() {
-            if let Some(pending) = path.query.filter(|pending| pending.deadline <= now) {
+        // Slot by slot, without a list of what to revisit: the kernel's stack frames
+        // stay small whatever the table sizes.
+        for index in 0..PATHS {
+            let expired = self.paths.get_mut(index).and_then(|path| {
+                let pending = path.query.filter(|pending| pending.deadline <= now)?;
                 path.query = None;
+                Some(pending)
+            });
+            if let Some(pending) = expired {
                 out(Action::CancelPathQuery { query: pending.id });
-                if let Some(flag) = expired.get_mut(index) {
-                    *flag = true;
-                }
-            }
-        }
-        for (index, timed_out) in expired.iter().enumerate() {
-            if *timed_out {
                 self.counters.path_query_failures += 1;
                 self.drop_path_queued(index, DropReason::PathQueryTimedOut, out);
             }
         }
-        let mut retry = [false; GROUPS];
-        for (index, group) in self.groups.iter_mut() {
-            if let Membership::RetryAt(at) = group.membership {
-                if at <= now {
+        for index in 0..GROUPS {
+            let due = self.groups.get_mut(index).is_some_and(|group| {
+                let due = matches!(group.membership, Membership::RetryAt(at) if at <= now);
+                if due {
                     group.membership = Membership::Waiting;
-                    if let Some(flag) = retry.get_mut(index) {
-                        *flag = true;
-                    }
                 }
-            }
-        }
-        for (index, due) in retry.iter().enumerate() {
-            if *due {
+                due
+            });
+            if due {
                 self.start_join(now, index, out);
             }
         }
         let idle = self.config.neighbour_idle;
-        let mut stale = [false; NEIGHBOURS];
-        for (index, neighbour) in self.neighbours.iter() {
-            if let Some(flag) = stale.get_mut(index) {
-                *flag = neighbour.last_used.saturating_add(idle) <= now;
-            }
-        }
-        for (index, gone) in stale.iter().enumerate() {
-            if *gone {
+        for index in 0..NEIGHBOURS {
+            let stale = self
+                .neighbours
+                .get(index)
+                .is_some_and(|n| n.last_used.saturating_add(idle) <= now);
+            if stale {
                 self.remove_neighbour(index, DropReason::Flushed, out);
             }
         }
-        let mut unused = [false; GROUPS];
-        for (index, group) in self.groups.iter() {
-            if let Some(flag) = unused.get_mut(index) {
-                *flag = group.state == JoinState::SendOnly
-                    && group.last_used.saturating_add(idle) <= now;
-            }
-        }
-        for (index, expired) in unused.iter().enumerate() {
-            if *expired {
+        for index in 0..GROUPS {
+            let unused = self.groups.get(index).is_some_and(|group| {
+                group.state == JoinState::SendOnly && group.last_used.saturating_add(idle) <= now
+            });
+            if unused {
                 self.remove_group(index, DropReason::GroupLeft, out);
             }
         }
