@@ -998,3 +998,23 @@ fn a_huge_backoff_saturates_at_its_maximum() {
     run(|out| iface.join_complete(at(0), query, Err(QueryFailed), out));
     assert_eq!(iface.counters().join_failures, 2);
 }
+
+#[test]
+fn a_group_handle_the_caller_could_not_create_leaves_and_rejoins_after_the_backoff() {
+    let mut iface = up();
+    let actions = run(|out| iface.set_multicast_list(at(0), [group(1)], out));
+    let query = joins(&actions)[0].0;
+    let actions = run(|out| iface.join_complete(at(10), query, Ok(member(0xc001)), out));
+    let (ah, _) = created(&actions)[0];
+    let actions = run(|out| iface.ah_create_failed(at(10), ah, out));
+    assert_eq!(leaves(&actions), [group(1)]);
+    assert!(
+        destroyed(&actions).is_empty(),
+        "never created, nothing to destroy"
+    );
+    assert!(!iface.is_joined(&group(1)));
+    assert_eq!(iface.counters().join_failures, 1);
+    assert_eq!(iface.poll_timeout(), Some(at(1010)));
+    let actions = run(|out| iface.handle_timeout(at(1010), out));
+    assert_eq!(joins(&actions)[0].1, group(1));
+}
