@@ -246,6 +246,10 @@ fn cmd_test(args: &Args) -> Result {
         fuzz("hw-mlx4/fuzz", "hca", 30),
     );
     check(
+        "fuzz the IPoIB parsers and interface core (30 s)".into(),
+        fuzz("ulp-ipoib/fuzz", "wire", 30),
+    );
+    check(
         "fast-path rules (hw-mlx4/src/fastpath, hw-mlx4/kmod/platform.rs)".into(),
         rules::check_fast_path(&rules::fast_path_sources(&repo_root())),
     );
