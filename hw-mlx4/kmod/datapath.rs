@@ -8,7 +8,9 @@
 //! posts a receive and a signaled SEND, and requires: the completion event by MSI-X on
 //! the completion EQ's vector, dispatched to the CQ by the EQ walk; both CQEs polled by
 //! the fast path, successful, with the QPs, opcodes and length; the bytes where the
-//! receive put them. Then everything is destroyed through the firmware again. It is the
+//! receive put them. Then traffic: 2048 SENDs of 4 KiB in chains of 8 (the queues and
+//! the CQ wrap 32 times), every completion and every byte checked, timed. Then everything is destroyed
+//! through the firmware again. Its first part is the
 //! host test `a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware` on
 //! the kernel's memory, MMIO and interrupts.
 
@@ -45,6 +47,10 @@ pub(crate) struct Report {
     pub(crate) sender: u32,
     pub(crate) receiver: u32,
     pub(crate) cqn: u32,
+    /// The traffic phase: messages, bytes, and how long they took.
+    pub(crate) messages: usize,
+    pub(crate) traffic_bytes: usize,
+    pub(crate) traffic_time: Duration,
 }
 
 /// The message sent.
@@ -56,6 +62,20 @@ const RECV_OFFSET: u64 = 0x1040;
 const RECV_LEN: u32 = 256;
 /// log2 of the CQ's 32-byte entries.
 const CQ_LOG_ENTRIES: u32 = 7;
+/// The traffic phase: messages of 4 KiB, in chains of 8, 2048 of them (8 MiB: the
+/// queues wrap 32 times, the CQ 32 times).
+const MESSAGE_SIZE: usize = 4096;
+const BATCH: usize = 8;
+const MESSAGES: usize = 2048;
+/// Where the batch's messages are written, and where they land, in the data block.
+const SOURCE_AREA: usize = 0x2_0000;
+const DESTINATION_AREA: usize = 0x4_0000;
+/// The data block: 2^7 pages (512 KiB).
+const DATA_LOG_PAGES: u32 = 7;
+/// How long one batch may take to complete.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes written or checked at a time (the stack is small).
+const CHUNK: usize = 256;
 /// The queues: 64 send WQEs of 64 bytes, 64 receive WQEs of 16.
 const QP_CONFIG: (u32, u32, u32, u32) = (6, 6, 6, 4);
 /// How long the completion's interrupt may take.
@@ -192,6 +212,8 @@ fn fast_qp(qp: &QueuePair<Block>) -> Result<QueuePairState<KernelPlatform>> {
     Ok(QueuePairState::new(qp.qpn, sq, rq))
 }
 
+// Out of line: its locals are many, and `bring_up`'s frame must stay within the limit.
+#[inline(never)]
 fn run(
     core: &mut Mlx4Core<Block>,
     edge: &mut Edge<'_>,
@@ -209,7 +231,10 @@ fn run(
             core.create_dma_mr(edge, pd, MrAccess::LOCAL),
         )?)
         .key;
-    let data = made.data.insert(edge.alloc(1).ok_or(ENOMEM)?).clone();
+    let data = made
+        .data
+        .insert(edge.alloc(DATA_LOG_PAGES).ok_or(ENOMEM)?)
+        .clone();
     let cq = made.cq.insert(step(
         "CQ",
         core.create_cq(edge, CQ_LOG_ENTRIES, eqn, uar_index),
@@ -377,10 +402,168 @@ fn run(
         "the received bytes differ from the sent",
         received == MESSAGE,
     )?;
+    let start = kernel_api::monotonic();
+    for batch in 0..MESSAGES / BATCH {
+        traffic_batch(&mut fast_cq, &mut fa, &mut fb, &uar, &data, lkey, batch)?;
+    }
+    let traffic_time = kernel_api::monotonic().saturating_sub(start);
     Ok(Report {
         bytes: MESSAGE.len(),
         sender,
         receiver,
         cqn,
+        messages: MESSAGES,
+        traffic_bytes: MESSAGES * MESSAGE_SIZE,
+        traffic_time,
     })
+}
+
+/// Byte `offset` of message `index`: a pattern that differs between messages, so a
+/// message landing twice, or a stale one, is seen.
+fn pattern(index: usize, offset: usize) -> u8 {
+    (index.wrapping_mul(131).wrapping_add(offset.wrapping_mul(7)) ^ 0x5a) as u8
+}
+
+/// Writes message `index` into slot `slot` of the source area, or checks that slot of
+/// the destination area holds it.
+#[inline(never)]
+fn fill_or_check(data: &Block, slot: usize, index: usize, fill: bool) -> Result {
+    let mut chunk = [0u8; CHUNK];
+    for start in (0..MESSAGE_SIZE).step_by(CHUNK) {
+        if fill {
+            for (i, byte) in chunk.iter_mut().enumerate() {
+                *byte = pattern(index, start + i);
+            }
+            data.write(SOURCE_AREA + slot * MESSAGE_SIZE + start, &chunk)
+                .ok_or(EINVAL)?;
+        } else {
+            data.read(DESTINATION_AREA + slot * MESSAGE_SIZE + start, &mut chunk)
+                .ok_or(EINVAL)?;
+            let intact = chunk
+                .iter()
+                .enumerate()
+                .all(|(i, &byte)| byte == pattern(index, start + i));
+            if !intact {
+                pr_err!(
+                    "data-path check: message {} arrived with other bytes than were sent\n",
+                    index
+                );
+                return Err(EIO);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One batch of the traffic phase: `BATCH` receives posted on the receiver, `BATCH`
+/// signaled SENDs posted as one chain (one doorbell) on the sender, the CQ polled until
+/// all `2 * BATCH` completions came, each checked, then every message's bytes.
+#[inline(never)]
+fn traffic_batch(
+    cq: &mut FastCq<'_, KernelPlatform>,
+    fa: &mut QueuePairState<KernelPlatform>,
+    fb: &mut QueuePairState<KernelPlatform>,
+    uar: &Uar,
+    data: &Block,
+    lkey: u32,
+    batch: usize,
+) -> Result {
+    let bus = data.bus_address();
+    let first = batch * BATCH;
+    for slot in 0..BATCH {
+        fill_or_check(data, slot, first + slot, true)?;
+    }
+    let slot_address = |area: usize, slot: usize| bus + (area + slot * MESSAGE_SIZE) as u64;
+    let recv_sges: [[Sge; 1]; BATCH] = core::array::from_fn(|slot| {
+        [Sge {
+            addr: slot_address(DESTINATION_AREA, slot),
+            length: MESSAGE_SIZE as u32,
+            lkey,
+        }]
+    });
+    let send_sges: [[Sge; 1]; BATCH] = core::array::from_fn(|slot| {
+        [Sge {
+            addr: slot_address(SOURCE_AREA, slot),
+            length: MESSAGE_SIZE as u32,
+            lkey,
+        }]
+    });
+    let receives: [RecvWr<'_>; BATCH] = core::array::from_fn(|slot| RecvWr {
+        wr_id: (first + slot) as u64,
+        sges: recv_sges.get(slot).map_or(&[][..], |s| &s[..]),
+    });
+    let sends: [SendWr<'_>; BATCH] = core::array::from_fn(|slot| {
+        SendWr::new(
+            (first + slot) as u64,
+            SendOp::Send,
+            Payload::Gather(send_sges.get(slot).map_or(&[][..], |s| &s[..])),
+            SendFlags::SIGNALED,
+        )
+    });
+    let (sender, receiver) = (fa.qpn(), fb.qpn());
+    let posted = fb
+        .split(uar)
+        .1
+        .post(&receives)
+        .and_then(|()| fa.split(uar).0.post(&sends));
+    if let Err(e) = posted {
+        pr_err!("data-path check: batch {} refused: {:?}\n", batch, e);
+        return Err(EIO);
+    }
+
+    let deadline = kernel_api::monotonic() + BATCH_TIMEOUT;
+    let mut sends_done = 0;
+    let mut receives_done = 0;
+    while sends_done + receives_done < 2 * BATCH {
+        let (_, _, ca) = fa.split(uar);
+        let (_, _, cb) = fb.split(uar);
+        let mut out = [Completion::EMPTY; BATCH];
+        let polled = cq.poll(&[ca, cb], &mut out).map_err(|e| {
+            pr_err!("data-path check: poll failed: {:?}\n", e);
+            EIO
+        })?;
+        for c in out.get(..polled).unwrap_or_default() {
+            let index = usize::try_from(c.wr_id).unwrap_or(usize::MAX);
+            let in_batch = index >= first && index < first + BATCH;
+            let good_send =
+                (c.status, c.opcode, c.qpn) == (WcStatus::Success, WcOpcode::Send, sender);
+            let good_recv = (c.status, c.opcode, c.qpn, c.byte_len)
+                == (
+                    WcStatus::Success,
+                    WcOpcode::Recv,
+                    receiver,
+                    MESSAGE_SIZE as u32,
+                );
+            if in_batch && good_send {
+                sends_done += 1;
+            } else if in_batch && good_recv {
+                receives_done += 1;
+            } else {
+                pr_err!(
+                    "data-path check: batch {}: unexpected completion {:?} for WR {}\n",
+                    batch,
+                    c.status,
+                    c.wr_id
+                );
+                return Err(EIO);
+            }
+        }
+        if polled == 0 {
+            if kernel_api::monotonic() > deadline {
+                pr_err!(
+                    "data-path check: batch {}: {} of {} SENDs and {} receives completed within 5 s\n",
+                    batch,
+                    sends_done,
+                    BATCH,
+                    receives_done
+                );
+                return Err(EIO);
+            }
+            kernel_api::cond_resched();
+        }
+    }
+    for slot in 0..BATCH {
+        fill_or_check(data, slot, first + slot, false)?;
+    }
+    Ok(())
 }

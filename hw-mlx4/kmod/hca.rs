@@ -282,6 +282,18 @@ impl Shared {
             moved.receiver,
             moved.cqn
         );
+        let micros = u64::try_from(moved.traffic_time.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let kib_per_s = (moved.traffic_bytes as u64 / 1024).saturating_mul(1_000_000) / micros;
+        pr_info!(
+            "{}: traffic: {} SENDs, {} KiB in {} ms ({} KiB/s), every completion and byte checked\n",
+            dev.name(),
+            moved.messages,
+            moved.traffic_bytes / 1024,
+            micros / 1000,
+            kib_per_s
+        );
         pr_info!(
             "{}: MSI-X: {} vectors, {} interrupts on the async EQ's by the probe's commands\n",
             dev.name(),

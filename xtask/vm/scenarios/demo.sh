@@ -1,7 +1,7 @@
 # What `cargo xtask run` shows a new user: tilde's modules in the stock kernel, each
 # carrying traffic. tilde_core's device client watches rxe0 while ibv_rc_pingpong runs RC
 # traffic over it; tilde_mlx4 binds the emulated ConnectX-3, brings the HCA up and moves
-# a SEND between two of its QPs with its own fast path, completion by MSI-X; then both
+# SENDs between two of its QPs with its own fast path (8 MiB, every byte checked); then both
 # unload cleanly. Each step's lines are what `cargo xtask run` prints.
 # needs-device: cx3
 # needs-module: tilde_mlx4

@@ -63,6 +63,7 @@ expect_probe() {
 	# the fast path over the device's own queue memory and UAR page, its completion
 	# event by MSI-X on the first completion EQ's vector.
 	expect_count "$1" "tilde_mlx4: $dev: data path: [0-9]+ bytes sent from QP 0x[0-9a-f]+ to QP 0x[0-9a-f]+ by the fast path, completion event for CQ 0x[0-9a-f]+ by MSI-X"
+	expect_count "$1" "tilde_mlx4: $dev: traffic: 2048 SENDs, 8192 KiB in [0-9]+ ms \([0-9]+ KiB/s\), every completion and byte checked"
 	echo "ok: probe $1: $(grep -E "tilde_mlx4: $dev: HCA initialized" "$(kernel_log)" | tail -n 1)"
 }
 
