@@ -194,7 +194,7 @@ impl Owned {
         } = self;
         let uar: &HostUar = uar;
         let parts = cq.take().expect("one rig per Owned");
-        let cq = CompletionQueue::new(parts.cqn, parts.ring, parts.doorbells, uar).expect("CQ");
+        let cq = CompletionQueue::new(parts.cqn, parts.ring, parts.doorbells).expect("CQ");
         let (sq, _, a_done) = a.split(uar);
         let (_, rq, b_done) = b.split(uar);
         let recv: &[Sge] = recv;
@@ -217,7 +217,7 @@ impl Owned {
 
 struct Rig<'q> {
     model: &'q mut Model,
-    cq: CompletionQueue<'q, HostPlatform>,
+    cq: CompletionQueue<HostPlatform>,
     sq: SendQueue<'q, HostPlatform>,
     rq: RecvQueue<'q, HostPlatform>,
     qps: [QpCompletions<'q, HostPlatform>; 2],

@@ -282,7 +282,7 @@ impl Tilde {
         } = self;
         let ring = cq_ring.take().expect("one run per rig");
         let doorbells = cq_doorbells.take().expect("one run per rig");
-        let mut cq = CompletionQueue::new(CQN, ring, doorbells, uar).expect("CQ");
+        let mut cq = CompletionQueue::new(CQN, ring, doorbells).expect("CQ");
         let (sq, mut rq, done) = if config.blueflame {
             qp.split_with_blueflame(uar, blueflame)
         } else {
@@ -334,26 +334,24 @@ impl Tilde {
             ),
         };
         let mut out = [Completion::EMPTY; 16];
-        let mut drain = |cq: &mut CompletionQueue<'_, MemoryPlatform>,
-                         sq_head: u32,
-                         rq_head: u32,
-                         batch: usize| {
-            device.complete_sends(cq.ring(), QPN, sq_head);
-            device.complete_recvs(cq.ring(), QPN, rq_head);
-            let start = Instant::now();
-            let mut polled = 0;
-            while polled < POLL_CQES as usize {
-                let n = cq
-                    .poll(&done, &mut out[..batch])
-                    .expect("poll: the device wrote only CQEs of posted WQEs");
-                if n == 0 {
-                    break;
+        let mut drain =
+            |cq: &mut CompletionQueue<MemoryPlatform>, sq_head: u32, rq_head: u32, batch: usize| {
+                device.complete_sends(cq.ring(), QPN, sq_head);
+                device.complete_recvs(cq.ring(), QPN, rq_head);
+                let start = Instant::now();
+                let mut polled = 0;
+                while polled < POLL_CQES as usize {
+                    let n = cq
+                        .poll(&done, &mut out[..batch])
+                        .expect("poll: the device wrote only CQEs of posted WQEs");
+                    if n == 0 {
+                        break;
+                    }
+                    assert!(out[..n].iter().all(|c| c.status == WcStatus::Success));
+                    polled += n;
                 }
-                assert!(out[..n].iter().all(|c| c.status == WcStatus::Success));
-                polled += n;
-            }
-            start.elapsed()
-        };
+                start.elapsed()
+            };
         let mut timed = Duration::ZERO;
         for round in 0..warmup + iters {
             let before = timed;

@@ -291,8 +291,7 @@ fn run(
             set_ci: KernelDoorbellRecord::in_block(cq_doorbell, 0)?,
             arm: KernelDoorbellRecord::in_block(cq_doorbell, 4)?,
         },
-        &uar,
-    )
+)
     .map_err(|e| {
         pr_err!("data-path check: CQ refused: {:?}\n", e);
         EINVAL
@@ -305,7 +304,7 @@ fn run(
     let mut fb = fast_qp(b)?;
 
     // Armed for the next completion, as `ib_req_notify_cq` would.
-    fast_cq.arm(ArmCommand::Next);
+    fast_cq.arm(&uar, ArmCommand::Next);
     let interrupts_before = completion_interrupts();
     let bus = data.bus_address();
     data.write(SEND_OFFSET as usize, MESSAGE).ok_or(EINVAL)?;
@@ -460,7 +459,7 @@ fn fill_or_check(data: &Block, slot: usize, index: usize, fill: bool) -> Result 
 /// all `2 * BATCH` completions came, each checked, then every message's bytes.
 #[inline(never)]
 fn traffic_batch(
-    cq: &mut FastCq<'_, KernelPlatform>,
+    cq: &mut FastCq<KernelPlatform>,
     fa: &mut QueuePairState<KernelPlatform>,
     fb: &mut QueuePairState<KernelPlatform>,
     uar: &Uar,

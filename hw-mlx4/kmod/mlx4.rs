@@ -104,7 +104,7 @@ fn fast_path_selftest() -> Result<Report> {
         set_ci: KernelDoorbellRecord::new()?,
         arm: KernelDoorbellRecord::new()?,
     };
-    let mut cq = CompletionQueue::new(CQN, ring(7, 5)?, doorbells, &uar).map_err(config_error)?;
+    let mut cq = CompletionQueue::new(CQN, ring(7, 5)?, doorbells).map_err(config_error)?;
     // The device's side of the page: each doorbell register rests at a value no doorbell
     // carries, and the device takes what the driver wrote since its last look, leaving
     // the register at rest again (the doorbell views are big-endian).

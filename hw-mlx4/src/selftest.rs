@@ -120,7 +120,7 @@ const RKEY: u32 = 0x0000_2200;
 /// last call.
 pub fn loopback<P: Platform>(
     qp: &mut QueuePairState<P>,
-    cq: &mut CompletionQueue<'_, P>,
+    cq: &mut CompletionQueue<P>,
     uar: &P::Uar,
     uar_seen: impl Fn() -> UarSeen,
     rounds: u32,
@@ -284,7 +284,7 @@ pub fn loopback<P: Platform>(
         // Arm for the next completion, every eighth round; the device raises an event
         // for it, which moves the arm sequence number on.
         if round % 8 == 0 {
-            cq.arm(ArmCommand::Next);
+            cq.arm(uar, ArmCommand::Next);
             let ci = cq.cons_index();
             let expected_record = CqDoorbellRecord::arm_word(arm_sn, ArmCommand::Next, ci);
             if cq.doorbells().arm.read_acquire() != expected_record {
@@ -633,19 +633,19 @@ mod tests {
     }
 
     /// A CQ of 128 32-byte entries.
-    fn cq(uar: &HostUar) -> CompletionQueue<'_, HostPlatform> {
+    fn cq() -> CompletionQueue<HostPlatform> {
         let doorbells = CqDoorbells {
             set_ci: HostDoorbellRecord::new(),
             arm: HostDoorbellRecord::new(),
         };
-        CompletionQueue::new(CQN, HostRing::new(7, 5), doorbells, uar).expect("CQ")
+        CompletionQueue::new(CQN, HostRing::new(7, 5), doorbells).expect("CQ")
     }
 
     #[test]
     fn the_fast_path_passes_over_many_laps_of_every_ring() {
         let uar = HostUar::new();
         let mut qp = qp(28);
-        let mut cq = cq(&uar);
+        let mut cq = cq();
         let report = loopback(&mut qp, &mut cq, &uar, || seen(&uar), 1000).expect("pass");
         assert_eq!(
             report,
@@ -664,7 +664,7 @@ mod tests {
     fn a_doorbell_the_device_did_not_see_fails_the_test() {
         let uar = HostUar::new();
         let mut qp = qp(28);
-        let mut cq = cq(&uar);
+        let mut cq = cq();
         // A UAR that loses every write.
         let lost = || {
             uar.discard();
@@ -683,7 +683,7 @@ mod tests {
     fn a_driver_that_rings_only_on_its_first_post_fails_the_test() {
         let uar = HostUar::new();
         let mut qp = qp(28);
-        let mut cq = cq(&uar);
+        let mut cq = cq();
         // Every register as written, except that the send doorbell is rung once.
         let rung = Cell::new(false);
         let first_only = || {
@@ -869,7 +869,7 @@ mod tests {
         let uar = HostUar::new();
         let mut qp = qp_with(INLINE.len() as u32, 6);
         assert!(qp.recv_state().max_sge() > 1);
-        let mut cq = cq(&uar);
+        let mut cq = cq();
         let report = loopback(&mut qp, &mut cq, &uar, || seen(&uar), 3).expect("pass");
         assert_eq!(report.rounds, 3);
     }
@@ -878,7 +878,7 @@ mod tests {
     fn a_queue_without_room_for_the_inline_send_is_refused() {
         let uar = HostUar::new();
         let mut qp = qp(8);
-        let mut cq = cq(&uar);
+        let mut cq = cq();
         assert_eq!(
             loopback(&mut qp, &mut cq, &uar, || seen(&uar), 1),
             Err(SelftestError::QueueTooSmall)

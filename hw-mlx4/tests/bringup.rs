@@ -1664,13 +1664,12 @@ fn a_send_moves_bytes_between_two_rc_qps_created_through_the_firmware() {
             set_ci: record(0),
             arm: record(4),
         },
-        &host_uar,
     )
     .expect("fast CQ");
     let mut fa = fast_qp(&p, &a);
     let mut fb = fast_qp(&p, &b);
     // Armed for the next completion (`ib_req_notify_cq`): nothing fires yet.
-    fast_cq.arm(ArmCommand::Next);
+    fast_cq.arm(&host_uar, ArmCommand::Next);
     ring_doorbells(&mut p, &host_uar, uar);
     assert_eq!(interrupts(&p.hca.take_events()), Vec::<u16>::new());
     let mut seen = Vec::new();

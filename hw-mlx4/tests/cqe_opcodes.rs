@@ -36,12 +36,12 @@ fn qp() -> QueuePairState<HostPlatform> {
     QueuePairState::new(QPN, sq, rq)
 }
 
-fn cq(uar: &HostUar) -> CompletionQueue<'_, HostPlatform> {
+fn cq() -> CompletionQueue<HostPlatform> {
     let doorbells = CqDoorbells {
         set_ci: HostDoorbellRecord::new(),
         arm: HostDoorbellRecord::new(),
     };
-    CompletionQueue::new(CQN, HostRing::new(7, 5), doorbells, uar).expect("CQ")
+    CompletionQueue::new(CQN, HostRing::new(7, 5), doorbells).expect("CQ")
 }
 
 /// Posts one signaled SEND per CQE (or one receive), lets the device complete each with
@@ -49,7 +49,7 @@ fn cq(uar: &HostUar) -> CompletionQueue<'_, HostPlatform> {
 fn completions(is_send: bool, opcodes: &[u8]) -> Vec<Completion> {
     let uar = HostUar::new();
     let mut qp = qp();
-    let mut cq = cq(&uar);
+    let mut cq = cq();
     let (mut sq, mut rq, completions) = qp.split(&uar);
     let sge = [Sge {
         addr: 0x1000,

@@ -342,7 +342,7 @@ fn cq_owner_bit_and_consumer_index_across_a_wrap() {
         let device_ring = ring.clone();
         let device_ci = doorbells.set_ci.clone();
         let (mut sq, _, done) = qp.split(uar);
-        let mut cq = CompletionQueue::<LoomPlatform>::new(CQN, ring, doorbells, uar).expect("CQ");
+        let mut cq = CompletionQueue::<LoomPlatform>::new(CQN, ring, doorbells).expect("CQ");
         let wrs: Vec<SendWr> = (0..3)
             .map(|i| {
                 SendWr::new(
@@ -384,7 +384,7 @@ fn arming_after_poll_never_loses_an_event() {
         let device_ring = ring.clone();
         let device_uar = uar.clone();
         let (mut sq, _, done) = qp.split(uar);
-        let mut cq = CompletionQueue::<LoomPlatform>::new(CQN, ring, doorbells, uar).expect("CQ");
+        let mut cq = CompletionQueue::<LoomPlatform>::new(CQN, ring, doorbells).expect("CQ");
         sq.post(&[SendWr::new(
             7,
             SendOp::Send,
@@ -400,7 +400,7 @@ fn arming_after_poll_never_loses_an_event() {
         // The driver's event loop: poll, arm, and rely on the event for anything later.
         let mut out = [Completion::EMPTY; 2];
         let polled = cq.poll(&done, &mut out).expect("poll");
-        cq.arm(ArmCommand::Next);
+        cq.arm(uar, ArmCommand::Next);
         device.join().unwrap();
         let events = uar.0.lock().unwrap().events;
         // Whatever the interleaving: either the driver saw the completion before arming,
@@ -428,7 +428,7 @@ fn send_queue_handoff_between_poster_and_completer() {
         let (ring, doorbells) = cq_parts(1);
         let device_cq = ring.clone();
         let (mut sq, _, done): (_, _, QpCompletions<'static, LoomPlatform>) = qp.split(uar);
-        let mut cq = CompletionQueue::<LoomPlatform>::new(CQN, ring, doorbells, uar).expect("CQ");
+        let mut cq = CompletionQueue::<LoomPlatform>::new(CQN, ring, doorbells).expect("CQ");
 
         // The completer's thread, which also plays the device. Like the hardware once a
         // doorbell has woken it, the device fetches by owner bit alone, so nothing but

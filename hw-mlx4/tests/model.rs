@@ -16,7 +16,7 @@ use hw_mlx4::wr::{
     SendOp, SendWr, Sge, UdAddress, WcFlags, WcOpcode, WcStatus,
 };
 
-type Cq<'q> = CompletionQueue<'q, HostPlatform>;
+type Cq = CompletionQueue<HostPlatform>;
 
 /// Posts nothing itself: gives each test a model, a UAR, one CQ and two connected RC QPs.
 struct Rig {
@@ -49,10 +49,10 @@ impl Rig {
         (a, b)
     }
 
-    /// The rig's CQ as the fast path polls it, ringing `uar` (the rig's, cloned).
-    fn take_cq<'u>(&mut self, uar: &'u HostUar) -> Cq<'u> {
+    /// The rig's CQ as the fast path polls it.
+    fn take_cq(&mut self) -> Cq {
         let parts = self.cq_parts.take().expect("the CQ is taken once");
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, uar)
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells)
             .expect("the rig's CQ")
     }
 
@@ -78,7 +78,7 @@ fn inline_spec(cqn: u32) -> QpSpec {
     }
 }
 
-fn poll_all(cq: &mut Cq<'_>, qps: &[QpCompletions<'_, HostPlatform>]) -> Vec<Completion> {
+fn poll_all(cq: &mut Cq, qps: &[QpCompletions<'_, HostPlatform>]) -> Vec<Completion> {
     let mut out = [Completion::EMPTY; 16];
     let mut all = Vec::new();
     loop {
@@ -151,7 +151,7 @@ fn send_and_receive_move_data_and_complete_both_sides() {
     let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
     rig.model.memory_mut().write(src, &payload).unwrap();
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _a_rq, a_done) = a.split(&uar);
     let (_b_sq, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -201,7 +201,7 @@ fn blueflame_carries_single_inline_sends_and_alternates_buffers() {
     let (dst, dst_key) = rig.buffer(8192, ALL);
     let (src, src_key) = rig.buffer(64, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let mut register = HostBlueFlame::new(&uar, BLUEFLAME_BUFFER_SIZE);
     let (mut a_sq, _, a_done) = a.split_with_blueflame(&uar, &mut register);
     let (_, mut b_rq, b_done) = b.split(&uar);
@@ -273,7 +273,7 @@ fn inline_sends_cross_64_byte_boundaries_intact() {
     let (mut a, mut b) = rig.rc_pair(inline_spec(rig.cqn));
     let (dst, dst_key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -320,7 +320,7 @@ fn rdma_write_read_and_atomics() {
     let (local, lkey) = rig.buffer(8192, ALL);
     let (remote, rkey) = rig.buffer(8192, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -480,7 +480,7 @@ fn a_bad_rkey_fails_with_remote_access_error_and_flushes_the_rest() {
     let (local, lkey) = rig.buffer(4096, ALL);
     let (remote, rkey) = rig.buffer(4096, Access::LOCAL_WRITE | Access::REMOTE_READ);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let a_qpn = a.qpn();
     let (mut a_sq, mut a_rq, a_done) = a.split(&uar);
     let (_, _, b_done) = b.split(&uar);
@@ -544,7 +544,7 @@ fn receive_too_small_is_a_length_error_on_both_sides() {
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let (buf, key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -578,7 +578,7 @@ fn a_send_without_a_receive_waits_for_one_or_fails_without_rnr_retries() {
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let (buf, key) = rig.buffer(64, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -645,7 +645,7 @@ fn fast_registration_grants_remote_access_until_invalidated() {
     memory.write(list, &entries).unwrap();
     let mr_key = memory.alloc_fast_reg(16) | 0x07;
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -733,7 +733,7 @@ fn send_with_invalidate_invalidates_at_the_responder() {
     memory.write(list, &(page | 1).to_be_bytes()).unwrap();
     let mr_key = memory.alloc_fast_reg(1);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -785,7 +785,7 @@ fn ud_sends_carry_the_grh_and_drop_on_a_wrong_qkey() {
         .unwrap();
     let (buf, key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let b_qpn = b.qpn();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
@@ -904,7 +904,7 @@ fn unsignaled_wqes_complete_with_the_next_signaled_one_over_many_laps() {
     let (mut a, mut b) = rig.rc_pair(spec);
     let (buf, key) = rig.buffer(1 << 16, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1053,7 +1053,7 @@ fn armed_cqs_raise_one_event_through_the_eq() {
     let cqn = parts.cqn;
     let mut eq = EventQueue::<HostPlatform>::new(eqn, eq_ring, &uar).unwrap();
     let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells).unwrap();
     let mut a = model.create_qp(&QpSpec::rc(cqn, cqn)).unwrap();
     let mut b = model.create_qp(&QpSpec::rc(cqn, cqn)).unwrap();
     model.connect(a.qpn(), b.qpn());
@@ -1061,7 +1061,7 @@ fn armed_cqs_raise_one_event_through_the_eq() {
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
     for round in 0..20 {
-        cq.arm(ArmCommand::Next);
+        cq.arm(&uar, ArmCommand::Next);
         model.process().unwrap();
         assert!(
             eq.next_event().is_none(),
@@ -1089,7 +1089,7 @@ fn armed_cqs_raise_one_event_through_the_eq() {
         assert!(model.take_errors().is_empty(), "round {round}");
     }
     // Solicited-only arming ignores an unsolicited receive and fires on a solicited one.
-    cq.arm(ArmCommand::Solicited);
+    cq.arm(&uar, ArmCommand::Solicited);
     b_rq.post(&[
         RecvWr {
             wr_id: 1,
@@ -1247,7 +1247,7 @@ fn a_qp_in_error_flushes_what_is_posted_and_what_waits() {
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let (buf, key) = rig.buffer(64, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (a_qpn, b_qpn) = (a.qpn(), b.qpn());
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
@@ -1293,7 +1293,7 @@ fn a_qp_its_peer_fails_flushes_its_waiting_send_in_the_same_pass() {
     assert!(a.qpn() < b.qpn(), "A is visited first in a pass");
     let (buf, key) = rig.buffer(64, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (a_qpn, b_qpn) = (a.qpn(), b.qpn());
     let (mut a_sq, mut a_rq, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
@@ -1345,12 +1345,12 @@ fn a_solicited_arm_fires_on_an_error_completion() {
     let cqn = parts.cqn;
     let mut eq = EventQueue::<HostPlatform>::new(eqn, eq_ring, &uar).unwrap();
     let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells).unwrap();
     let mut a = model.create_qp(&QpSpec::rc(cqn, cqn)).unwrap();
     let b = model.create_qp(&QpSpec::rc(cqn, cqn)).unwrap();
     model.connect(a.qpn(), b.qpn());
     let (mut a_sq, _, _) = a.split(&uar);
-    cq.arm(ArmCommand::Solicited);
+    cq.arm(&uar, ArmCommand::Solicited);
     model.process().unwrap();
     // An RDMA WRITE of 8 bytes to a key nobody registered: an error CQE, unsolicited.
     let (local, lkey) = {
@@ -1398,7 +1398,7 @@ fn the_model_reports_a_consumer_index_moved_backwards_and_an_overrun() {
     let parts = rig.cq_parts.take().unwrap();
     let set_ci = parts.doorbells.set_ci.clone();
     let mut cq =
-        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+        CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells).unwrap();
     let (mut sq, _, done) = a.split(&uar);
     let write = SendWr::new(
         1,
@@ -1434,7 +1434,7 @@ fn a_cqe_for_an_unknown_qp_is_consumed_and_reported() {
     let mut rig = Rig::new(6, CqeStride::Bytes32);
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let write = SendWr::new(
@@ -1466,7 +1466,7 @@ fn splitting_a_qp_again_resumes_where_posting_stopped() {
     let mut rig = Rig::new(6, CqeStride::Bytes32);
     let (mut a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let write = SendWr::new(
         1,
         SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }),
@@ -1534,7 +1534,7 @@ fn fast_registration_starts_at_the_iova_offset_and_needs_present_pages() {
     let mr_key = memory.alloc_fast_reg(2);
     let other_key = memory.alloc_fast_reg(1);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1618,7 +1618,7 @@ fn multi_block_wqes_over_many_laps_keep_the_read_ahead_window_stamped() {
     let (local, lkey) = rig.buffer(64, ALL);
     let (remote, rkey) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut sq, _, done) = a.split(&uar);
     // Control, remote address and four gather entries: 96 bytes, the last two in block 1.
     let sges = [
@@ -1667,20 +1667,12 @@ fn each_cq_gets_its_own_number_and_its_own_completions() {
         let addr = memory.alloc(16);
         (addr, memory.register(addr, 16, ALL))
     };
-    let mut send_cq = CompletionQueue::<HostPlatform>::new(
-        send_parts.cqn,
-        send_parts.ring,
-        send_parts.doorbells,
-        &uar,
-    )
-    .unwrap();
-    let mut recv_cq = CompletionQueue::<HostPlatform>::new(
-        recv_parts.cqn,
-        recv_parts.ring,
-        recv_parts.doorbells,
-        &uar,
-    )
-    .unwrap();
+    let mut send_cq =
+        CompletionQueue::<HostPlatform>::new(send_parts.cqn, send_parts.ring, send_parts.doorbells)
+            .unwrap();
+    let mut recv_cq =
+        CompletionQueue::<HostPlatform>::new(recv_parts.cqn, recv_parts.ring, recv_parts.doorbells)
+            .unwrap();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1762,7 +1754,7 @@ fn run_rewritten_send(edit: impl FnOnce(&mut [u8])) -> (Result<(), ModelError>, 
     let (mut a, mut b) = rig.rc_pair(spec);
     let (buf, key) = rig.buffer(256, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let ring = a_ring(&a).clone();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
@@ -1849,7 +1841,7 @@ fn a_fast_registration_grants_only_the_access_it_names() {
     memory.write(list, &(page | 1).to_be_bytes()).unwrap();
     let mr_key = memory.alloc_fast_reg(1) | 0x09;
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1909,7 +1901,7 @@ fn a_multi_block_send_waiting_for_a_receive_is_not_a_stamp_violation() {
     let (mut a, mut b) = rig.rc_pair(inline_spec(rig.cqn));
     let (dst, dst_key) = rig.buffer(4096, ALL);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (_, mut b_rq, b_done) = b.split(&uar);
     let qps = [a_done, b_done];
@@ -1953,7 +1945,7 @@ fn one_wr_status(prepare: impl FnOnce(&mut Rig) -> SendOp) -> WcStatus {
     let (a, mut b) = rig.rc_pair(QpSpec::rc(rig.cqn, rig.cqn));
     let op = prepare(&mut rig);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut b_sq, _, b_done) = b.split(&uar);
     b_sq.post(&[SendWr::new(
         9,
@@ -2017,7 +2009,7 @@ fn the_models_keys_register_invalidate_and_translate_as_the_hardware() {
     let list = page_list(&mut twice, 1);
     let fr_key = twice.model.memory_mut().alloc_fast_reg(4) | 7;
     let uar = twice.uar.clone();
-    let mut cq = twice.take_cq(&uar);
+    let mut cq = twice.take_cq();
     let (mut b_sq, _, b_done) = b.split(&uar);
     for id in [1, 2] {
         b_sq.post(&[SendWr::new(
@@ -2069,7 +2061,7 @@ fn the_reserved_lkey_is_no_rkey() {
     let (local, lkey) = rig.buffer(64, ALL);
     let target = rig.model.memory_mut().alloc(64);
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     assert_eq!(uar.pending(), 0);
     a_sq.post(&[SendWr::new(
@@ -2108,7 +2100,7 @@ fn a_fast_registered_region_starts_at_its_iovas_offset_in_the_first_page() {
     memory.write(local, b"offset!!").unwrap();
     let key = memory.alloc_fast_reg(4) | 3;
     let uar = rig.uar.clone();
-    let mut cq = rig.take_cq(&uar);
+    let mut cq = rig.take_cq();
     let (mut a_sq, _, a_done) = a.split(&uar);
     let (mut b_sq, _, b_done) = b.split(&uar);
     let iova = 0x7000_0100;

@@ -148,7 +148,7 @@ proptest! {
         let mut expected = Expected { sends: Vec::new(), receives: Vec::new() };
         let mut last_received: Option<Vec<u8>> = None;
 
-        let mut cq = CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+        let mut cq = CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells).unwrap();
         let (mut a_sq, _, a_done) = a.split(&uar);
         let (_, mut b_rq, b_done) = b.split(&uar);
         let qps = [a_done, b_done];
@@ -321,7 +321,7 @@ proptest! {
         let ring = parts.ring.clone();
         let mut a = model.create_qp(&QpSpec::rc(parts.cqn, parts.cqn)).unwrap();
         let qpn = a.qpn();
-        let mut cq = CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells, &uar).unwrap();
+        let mut cq = CompletionQueue::<HostPlatform>::new(parts.cqn, parts.ring, parts.doorbells).unwrap();
         let (mut sq, mut rq, done) = a.split(&uar);
         // Outstanding WRs the garbage may claim to complete (the model never runs).
         let write = SendWr::new(0, SendOp::RdmaWrite(Remote { addr: 0, rkey: 0 }), Payload::Gather(&[]), SendFlags::SIGNALED);
@@ -392,7 +392,7 @@ proptest! {
 }
 
 fn drain(
-    cq: &mut CompletionQueue<'_, HostPlatform>,
+    cq: &mut CompletionQueue<HostPlatform>,
     qps: &[hw_mlx4::fastpath::qp::QpCompletions<'_, HostPlatform>],
     sends: &mut Vec<Completion>,
     receives: &mut Vec<Completion>,

@@ -52,10 +52,9 @@ pub struct CqDoorbells<P: Platform> {
 }
 
 /// The consuming side of a CQ.
-pub struct CompletionQueue<'q, P: Platform> {
+pub struct CompletionQueue<P: Platform> {
     ring: P::Ring,
     doorbells: CqDoorbells<P>,
-    uar: &'q P::Uar,
     cqn: u32,
     entries: u32,
     stride: CqeStride,
@@ -63,14 +62,13 @@ pub struct CompletionQueue<'q, P: Platform> {
     arm_sn: u32,
 }
 
-impl<'q, P: Platform> CompletionQueue<'q, P> {
+impl<P: Platform> CompletionQueue<P> {
     /// Sets up a CQ over `ring` and gives every entry to the device (owner bit set, as
     /// `mlx4_en_activate_rx_rings` does), since the device writes lap 0 with it clear.
     pub fn new(
         cqn: u32,
         ring: P::Ring,
         doorbells: CqDoorbells<P>,
-        uar: &'q P::Uar,
     ) -> Result<Self, QueueConfigError> {
         let stride = match ring.entry_shift() {
             5 => CqeStride::Bytes32,
@@ -91,7 +89,6 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
         Ok(Self {
             ring,
             doorbells,
-            uar,
             cqn,
             entries,
             stride,
@@ -193,15 +190,14 @@ impl<'q, P: Platform> CompletionQueue<'q, P> {
     /// device's ops table anyway, and `cargo xtask test` compares its machine code
     /// between kernel builds.
     #[inline(never)]
-    pub fn arm(&mut self, command: ArmCommand) {
+    pub fn arm(&mut self, uar: &P::Uar, command: ArmCommand) {
         let ci = self.cons_index;
         self.doorbells
             .arm
             .write_release(CqDoorbellRecord::arm_word(self.arm_sn, command, ci));
         // The record before the doorbell that makes the device read it.
         P::wmb();
-        self.uar
-            .ring_cq_doorbell(CqDoorbell::new(self.arm_sn, command, self.cqn, ci));
+        uar.ring_cq_doorbell(CqDoorbell::new(self.arm_sn, command, self.cqn, ci));
     }
 
     /// Records that the device delivered a completion event for this CQ, so the next arm
