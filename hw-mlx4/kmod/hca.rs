@@ -19,7 +19,7 @@ use core::ffi::CStr;
 use core::time::Duration;
 
 use hw_mlx4::bringup::cmd::CommandEdge;
-use hw_mlx4::bringup::eq::EventEdge;
+use hw_mlx4::bringup::eq::{EqEvent, EventEdge, EventQueue};
 use hw_mlx4::bringup::memory::HostMemory;
 use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeConfig};
 use hw_mlx4::bringup::profile::Profile;
@@ -29,10 +29,10 @@ use kernel::sync::Arc;
 use rdma_core::kernel_api::atomic::{Atomic, Relaxed};
 use rdma_core::kernel_api::{self, barrier};
 use rdma_core::pci::{self, Bar, Coherent, Device, DeviceRef, IrqHandler, IrqVectors};
-use rdma_core::sync::Mutex;
+use rdma_core::sync::{IrqSpinLock, Mutex};
 use rdma_core::work::{DelayedWork, WorkHandler};
 
-use crate::datapath;
+use crate::datapath::{self, CompletionEvents};
 
 /// The ICM page and the unit `HostMemory` allocates in.
 const PAGE_SIZE: usize = 4096;
@@ -76,15 +76,108 @@ pub(crate) struct Shared {
     core: Mutex<KBox<Mlx4Core<Block>>>,
 }
 
-/// An EQ's MSI-X vector: the interrupts it took.
+/// An EQ's MSI-X vector: the interrupts it took and, for a completion EQ, the EQ itself
+/// while the HCA is up (lent by the core), which the handler walks (`mlx4_eq_int`).
 pub(crate) struct EqInterrupt {
     count: Atomic<u32>,
+    eq: IrqSpinLock<Option<EventQueue<Block>>>,
+    bar2: Arc<Bar>,
+    /// Completion events delivered, the CQ the last one named, EQEs refused.
+    completions: Atomic<u32>,
+    last_cqn: Atomic<u32>,
+    refused: Atomic<u32>,
+}
+
+impl EqInterrupt {
+    fn new(bar2: Arc<Bar>) -> Result<Self> {
+        Ok(Self {
+            count: Atomic::new(0),
+            eq: IrqSpinLock::new(None)?,
+            bar2,
+            completions: Atomic::new(0),
+            last_cqn: Atomic::new(0),
+            refused: Atomic::new(0),
+        })
+    }
+
+    fn completion_events(&self) -> CompletionEvents {
+        CompletionEvents {
+            count: self.completions.load(Relaxed),
+            last_cqn: self.last_cqn.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+        }
+    }
 }
 
 impl IrqHandler for EqInterrupt {
     fn handle(&self) -> bool {
         self.count.add(1, Relaxed);
+        let mut eq = self.eq.lock();
+        let Some(eq) = eq.as_mut() else {
+            // The async EQ's vector (the core walks it while a command waits), or a
+            // completion EQ not lent yet.
+            return true;
+        };
+        let mut edge = IrqEdge { bar2: &self.bar2 };
+        let mut consumed = false;
+        while let Ok(Some(event)) = eq.next(&mut edge) {
+            consumed = true;
+            match event {
+                EqEvent::Completion { cqn } => {
+                    self.last_cqn.store(cqn, Relaxed);
+                    self.completions.add(1, Relaxed);
+                }
+                _ => self.refused.add(1, Relaxed),
+            }
+        }
+        if consumed {
+            eq.set_ci(&mut edge, true);
+        }
         true
+    }
+}
+
+/// What an interrupt handler walks its EQ with: the EQ's pages (read by copy) and the
+/// EQ doorbell in BAR2. It allocates nothing and frees nothing.
+struct IrqEdge<'a> {
+    bar2: &'a Bar,
+}
+
+impl EventEdge for IrqEdge<'_> {
+    fn bar2_write_be32(&mut self, offset: u64, value: u32) {
+        // The EQ doorbell of an EQ the core created, inside BAR2 (`eq_doorbell_offset`).
+        let _ = usize::try_from(offset)
+            .ok()
+            .and_then(|offset| self.bar2.write_be32(offset, value));
+    }
+
+    fn read_barrier(&mut self) {
+        barrier::dma_rmb();
+    }
+}
+
+impl HostMemory for IrqEdge<'_> {
+    type Block = Block;
+
+    fn alloc(&mut self, _log_pages: u32) -> Option<Block> {
+        None
+    }
+
+    fn bus_address(&self, block: &Block) -> u64 {
+        block.bus_address()
+    }
+
+    fn write(&mut self, _block: &Block, _offset: usize, _data: &[u8]) -> bool {
+        false
+    }
+
+    fn read(&mut self, block: &Block, offset: usize, buf: &mut [u8]) -> bool {
+        block.read(offset, buf).is_some()
+    }
+
+    fn free(&mut self, block: Block) {
+        // Never called by an EQ walk; dropping keeps the block's other holders' memory.
+        drop(block);
     }
 }
 
@@ -258,13 +351,24 @@ impl Shared {
             );
             Err(EIO)
         } else {
-            let completion_interrupts = || self.interrupts(1);
-            datapath::send_between_two_qps(core, &mut edge, &self.bar2, &completion_interrupts)
+            self.lend_comp_eqs(core);
+            let completion_events = || {
+                self.irqs.handler(1).map_or(
+                    CompletionEvents {
+                        count: 0,
+                        last_cqn: 0,
+                        refused: 0,
+                    },
+                    |h| h.completion_events(),
+                )
+            };
+            datapath::send_between_two_qps(core, &mut edge, &self.bar2, &completion_events)
                 .inspect_err(|_| pr_err!("{}: data-path check failed\n", dev.name()))
         };
         let moved = match checked {
             Ok(moved) => moved,
             Err(error) => {
+                self.take_back_comp_eqs(core);
                 if let Err(error) = core.teardown(&mut edge) {
                     pr_err!("{}: teardown failed: {:?}\n", dev.name(), error);
                 }
@@ -303,6 +407,33 @@ impl Shared {
         Ok(())
     }
 
+    /// Lends each completion EQ to its vector's handler, which walks it from now on.
+    fn lend_comp_eqs(&self, core: &mut Mlx4Core<Block>) {
+        for index in 0..COMP_EQS as usize {
+            let handler = self.irqs.handler(index as u32 + 1);
+            if let (Some(handler), Some(eq)) = (handler, core.lend_comp_eq(index)) {
+                *handler.eq.lock() = Some(eq);
+            }
+        }
+    }
+
+    /// Takes the completion EQs back from the handlers, for the teardown or a reset.
+    fn take_back_comp_eqs(&self, core: &mut Mlx4Core<Block>) {
+        for index in 0..COMP_EQS as usize {
+            let Some(handler) = self.irqs.handler(index as u32 + 1) else {
+                continue;
+            };
+            let lent = handler.eq.lock().take();
+            if let Some(eq) = lent {
+                // Not the core's: the teardown takes it from the device all the same, and
+                // its pages are freed here after that.
+                if let Err(eq) = core.return_comp_eq(index, eq) {
+                    *handler.eq.lock() = Some(eq);
+                }
+            }
+        }
+    }
+
     /// Interrupts on `vector` since it had taken `before`, waiting up to
     /// [`INTERRUPT_TEST_TIMEOUT`] for the first (the EQE may be seen before the MSI
     /// lands).
@@ -330,9 +461,7 @@ impl pci::Driver for ConnectX3 {
             .alloc_msix(VECTORS, VECTORS)
             .inspect_err(|e| pr_err!("{}: no MSI-X vectors: {:?}\n", dev.name(), e))?;
         for vector in 0..irqs.count() {
-            let handler = EqInterrupt {
-                count: Atomic::new(0),
-            };
+            let handler = EqInterrupt::new(bar2.clone())?;
             irqs.request(vector, c"tilde_mlx4", Arc::new(handler, GFP_KERNEL)?)?;
         }
         let core = KBox::write(KBox::new_uninit(GFP_KERNEL)?, EMPTY_CORE);
@@ -385,6 +514,7 @@ fn close(shared: &Shared) {
         shared.interrupts(2)
     );
     let mut core = shared.core.lock();
+    shared.take_back_comp_eqs(&mut core);
     match core.teardown(&mut shared.edge()) {
         Ok(()) => pr_info!("{}: HCA closed, every page given back\n", dev.name()),
         Err(error) => pr_err!(
@@ -428,6 +558,7 @@ impl WorkHandler for CatasPoller {
             error.word,
             error.value
         );
+        shared.take_back_comp_eqs(&mut core);
         if let Err(error) = core.recover_from_error(&mut edge) {
             pr_err!(
                 "{}: the reset failed ({:?}): the device keeps its memory until the driver is unbound\n",

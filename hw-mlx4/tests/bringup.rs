@@ -2319,3 +2319,43 @@ fn a_recovery_whose_reset_fails_leaks_rather_than_frees() {
         "nothing freed under the device"
     );
 }
+
+/// A completion EQ lent to its vector's interrupt handler: the core still names it (a CQ
+/// is created on it by number), does not walk it, takes back only that EQ at that index,
+/// and tears down cleanly once it is back; one never given back is taken from the
+/// device (HW2SW_EQ) and its pages left to the handler.
+#[test]
+fn a_completion_eq_is_lent_to_its_interrupt_handler_and_given_back() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    let eqn = core.comp_eqn(0).expect("completion EQ 0");
+    let eq = core.lend_comp_eq(0).expect("lent");
+    assert_eq!(eq.eqn, eqn);
+    assert!(core.lend_comp_eq(0).is_none(), "lent once");
+    assert_eq!(core.comp_eqn(0), Some(eqn), "still named while lent");
+    let mut seen = 0;
+    assert_eq!(
+        core.poll_completions(&mut p, 0, |_| seen += 1),
+        Err(ProbeError::EqAccess),
+        "the core does not walk a lent EQ"
+    );
+    let eq = core.return_comp_eq(1, eq).expect_err("not lent as 1");
+    core.return_comp_eq(0, eq).expect("given back");
+    assert_eq!(core.poll_completions(&mut p, 0, |_| seen += 1), Ok(0));
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+
+    // Never given back: the device lets go of it all the same, its pages stay lent.
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe again");
+    let eq = core.lend_comp_eq(1).expect("lent");
+    core.teardown(&mut p).expect("teardown with an EQ lent");
+    assert_eq!(p.hca.resources().eqs, 0, "HW2SW_EQ reached the lent EQ too");
+    assert_eq!(p.memory.outstanding.len(), eq.pages().count());
+    let mut eq = eq;
+    while let Some(page) = eq.pop_page() {
+        p.free(page.block);
+    }
+    assert_released(&mut p);
+}

@@ -308,6 +308,8 @@ pub struct Mlx4Core<B> {
     pub(super) eq: Option<EventQueue<B>>,
     /// The completion EQs, each from its allocation to its HW2SW_EQ.
     pub(super) comp_eqs: [Option<EventQueue<B>>; MAX_COMP_EQS],
+    /// Completion EQs lent to their vectors' interrupt handlers: number and MTT range.
+    pub(super) lent_comp_eqs: [Option<(u32, (u32, u32))>; MAX_COMP_EQS],
     /// Typed port events not yet taken by the IB device layer, oldest first.
     pub(super) port_events: [Option<PortEvent>; PORT_EVENT_QUEUE],
     /// Port events dropped: the queue was full, or the EQE named no port or subtype the
@@ -366,6 +368,7 @@ impl<B> Mlx4Core<B> {
             eqns: None,
             eq: None,
             comp_eqs: [Self::NO_EQ; MAX_COMP_EQS],
+            lent_comp_eqs: [None; MAX_COMP_EQS],
             port_events: [None; PORT_EVENT_QUEUE],
             dropped_port_events: 0,
             refused_completions: 0,

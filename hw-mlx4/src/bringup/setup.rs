@@ -398,9 +398,41 @@ impl<B> Mlx4Core<B> {
         self.dropped_port_events
     }
 
-    /// The number of completion EQ `index`, if it was created.
+    /// The number of completion EQ `index`, if it was created (lent or not).
     pub fn comp_eqn(&self, index: usize) -> Option<u32> {
-        self.comp_eqs.get(index)?.as_ref().map(|eq| eq.eqn)
+        match self.comp_eqs.get(index)?.as_ref() {
+            Some(eq) => Some(eq.eqn),
+            None => self.lent_comp_eqs.get(index)?.map(|(eqn, _)| eqn),
+        }
+    }
+
+    /// Lends completion EQ `index` to its vector's interrupt handler, which walks it
+    /// (`mlx4_eq_int`: `EventQueue::next`, then `set_ci` re-arming it) in interrupt
+    /// context, apart from the core and its commands; `None` if there is no such EQ or it
+    /// is lent already. The handler gives it back ([`Mlx4Core::return_comp_eq`]) before
+    /// the teardown; one still lent then is only taken from the device (HW2SW_EQ), its
+    /// pages left to the handler, which may free them once the teardown returned.
+    pub fn lend_comp_eq(&mut self, index: usize) -> Option<EventQueue<B>> {
+        let eq = self.comp_eqs.get_mut(index)?.take()?;
+        if let Some(slot) = self.lent_comp_eqs.get_mut(index) {
+            *slot = Some((eq.eqn, eq.mtt));
+        }
+        Some(eq)
+    }
+
+    /// Takes back a completion EQ lent as `index`; the EQ back if it is not that one.
+    pub fn return_comp_eq(&mut self, index: usize, eq: EventQueue<B>) -> Result<(), EventQueue<B>> {
+        let lent = self.lent_comp_eqs.get(index).copied().flatten();
+        match (lent, self.comp_eqs.get_mut(index)) {
+            (Some((eqn, _)), Some(slot)) if eqn == eq.eqn && slot.is_none() => {
+                *slot = Some(eq);
+                if let Some(record) = self.lent_comp_eqs.get_mut(index) {
+                    *record = None;
+                }
+                Ok(())
+            }
+            _ => Err(eq),
+        }
     }
 
     /// Walks completion EQ `index` (`mlx4_eq_int` on its vector): each completion EQE
@@ -518,6 +550,23 @@ impl<B> Mlx4Core<B> {
         for index in (0..MAX_COMP_EQS).rev() {
             if let Some(eq) = self.comp_eqs.get_mut(index).and_then(Option::take) {
                 leaked += self.release_eq(p, eq, failure);
+            }
+            // Still lent: the device lets go of it; its pages are the handler's.
+            if let Some((eqn, (first, count))) =
+                self.lent_comp_eqs.get_mut(index).and_then(Option::take)
+            {
+                let cmd = Command::new(opcode::HW2SW_EQ)
+                    .op_modifier(1)
+                    .in_modifier(eqn);
+                if let Err(error) = self.cmd.exec(p, &cmd) {
+                    note(failure, Step::Hw2SwEq, error);
+                }
+                if let Some(mtts) = self.mtts.as_mut() {
+                    mtts.free_range(first, count);
+                }
+                if let Some(eqns) = self.eqns.as_mut() {
+                    eqns.free(eqn);
+                }
             }
         }
         if let Some(eq) = self.eq.take() {
