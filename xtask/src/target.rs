@@ -38,6 +38,11 @@ pub enum Kernel {
         source_suite: &'static str,
         config: &'static str,
     },
+    /// Debian's stock image of `image_suite`, built WITHOUT Rust (no `kernel` crate in
+    /// vmlinux): tilde carries the kernel's Rust runtime in `tilde_core.ko`, compiled in a
+    /// tree prepared from `linux-source-<series>` of that suite with the image's own
+    /// config plus Rust (docs/debian-stock-kernel.md).
+    StockWithoutRust { image_suite: &'static str },
 }
 
 /// Every supported target; the first is the default.
@@ -62,6 +67,18 @@ pub const TARGETS: &[Target] = &[
         },
         root_of: "debian-sid-7.2",
         in_test_matrix: true,
+    },
+    // The kernel most Debian machines run: trixie's stock image, which has no Rust. Its
+    // Rust runtime is compiled by the sid root's rustc (as for linux-6.12) and carried.
+    Target {
+        id: "debian-trixie-6.12",
+        suite: "sid",
+        series: "6.12",
+        kernel: Kernel::StockWithoutRust {
+            image_suite: "trixie",
+        },
+        root_of: "debian-sid-7.2",
+        in_test_matrix: false,
     },
 ];
 
