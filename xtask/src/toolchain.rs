@@ -512,6 +512,19 @@ fn find_suite_release(target: &Target, root: &BuildRoot, suite: &str) -> Result<
     Ok(release)
 }
 
+/// The one change tilde makes to the source of the Rust runtime it carries: the kernel
+/// crate prints through `_printk("%pA")`, which a vmlinux without Rust cannot format (its
+/// vsprintf WARNs instead), so `rust/kernel/print.rs` calls `tilde_carried_printk`
+/// (`rdma-core-rs/src/sys/carried_runtime.c`) in its two places; the count is checked.
+const PRINT_PATCH: &str = "sed -i 's/bindings::_printk(/tilde_carried_printk(/' rust/kernel/print.rs; \
+    printf '%s\\n' '' \
+      '// Patched in by tilde (docs/debian-stock-kernel.md): a vmlinux built without Rust' \
+      '// has no `%pA` in vsprintf; the carried runtime prints through C glue of its own.' \
+      'extern \"C\" {' \
+      '    fn tilde_carried_printk(fmt: *const c_char, ...) -> crate::ffi::c_int;' \
+      '}' >> rust/kernel/print.rs; \
+    test $(grep -c 'tilde_carried_printk(' rust/kernel/print.rs) = 3;";
+
 fn prepare_tree_with_rust(toolchain: &Toolchain, log: &Path) -> Result {
     let series = toolchain.target.series;
     let release = &toolchain.release;
@@ -531,6 +544,7 @@ fn prepare_tree_with_rust(toolchain: &Toolchain, log: &Path) -> Result {
              awk '/^config /{{r = ($0 == \"config RUST\")}} \
                   r && $0 == \"\\tdepends on !MODVERSIONS\" {{next}} {{print}}' \
                  init/Kconfig > init/Kconfig.tilde; mv init/Kconfig.tilde init/Kconfig; \
+             {PRINT_PATCH} \
              scripts/config --enable RUST; \
              make {vars} olddefconfig KERNELRELEASE={release}; \
              make {vars} modules_prepare KERNELRELEASE={release} -j{jobs}"
