@@ -461,7 +461,10 @@ fn runtime_objects(makefile: &str, allow_build_error: bool) -> Vec<RuntimeObject
 }
 
 /// The shell words that copy the carried runtime's objects from the tree into the module
-/// build (`-p`: their times too, so that an unchanged runtime relinks nothing).
+/// build (`-p`: their times too, so that an unchanged runtime relinks nothing). Under
+/// MODVERSIONS modpost reads every object's `.cmd` file for the symbol versions genksyms
+/// wrote there; these objects define no exports themselves (tilde_core's `exports.o`
+/// does, and its `.cmd` has their versions), so each gets a `.cmd` saying so.
 fn copy_runtime(tree: &str, runtime: &[RuntimeObject], staging: &str) -> String {
     if runtime.is_empty() {
         return String::new();
@@ -469,8 +472,11 @@ fn copy_runtime(tree: &str, runtime: &[RuntimeObject], staging: &str) -> String 
     let mut copy = format!("mkdir -p {staging}/rust-runtime && ");
     for object in runtime {
         copy += &format!(
-            "cp -p {tree}/rust/{} {staging}/rust-runtime/{}.o && ",
-            object.path, object.name
+            "cp -p {tree}/rust/{path} {staging}/rust-runtime/{name}.o && \
+             echo '# {path} of the kernel tree, carried: exports.o exports it' \
+             > {staging}/rust-runtime/.{name}.o.cmd && ",
+            path = object.path,
+            name = object.name
         );
     }
     copy

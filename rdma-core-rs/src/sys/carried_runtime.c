@@ -10,10 +10,17 @@
  * builds the carried runtime has its `rust/kernel/print.rs` call tilde_carried_printk
  * instead (the one change tilde makes to the runtime's source), which renders the
  * arguments with that same rust_fmt_argument and prints the text with `%s`.
+ *
+ * The runtime's C helpers call vrealloc for the crate's `Vmalloc` allocator; vmlinux has
+ * it but exports it to no module (only its own Rust used it), so it is made here from
+ * what vmlinux does export.
  */
 #include <linux/kernel.h>
+#include <linux/mm.h>
 #include <linux/printk.h>
+#include <linux/slab.h>
 #include <linux/string.h>
+#include <linux/vmalloc.h>
 
 /* rust/kernel/print.rs: renders `*(const fmt::Arguments *)ptr` into [buf, end). */
 char *rust_fmt_argument(char *buf, char *end, const void *ptr);
@@ -67,4 +74,19 @@ int tilde_carried_printk(const char *fmt, ...)
 	}
 	strscpy(line_fmt + 2, "%s", sizeof(line_fmt) - 2);
 	return _printk(line_fmt, text);
+}
+
+/*
+ * vrealloc as 6.12 defines it: a new allocation for no memory, vfree for size 0, else
+ * the memory moved to (or kept in) an allocation of the new size. kvrealloc, which is
+ * exported, hands a vmalloc address to vmlinux's own vrealloc; for no memory it would
+ * try kmalloc first, which a vmalloc allocator's memory must never be.
+ */
+void *vrealloc_noprof(const void *p, size_t size, gfp_t flags)
+{
+	if (!p)
+		return size ? __vmalloc_noprof(size, flags) : NULL;
+	if (WARN_ON_ONCE(!is_vmalloc_addr(p)))
+		return NULL;
+	return kvrealloc_noprof(p, size, flags);
 }
