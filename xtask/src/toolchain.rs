@@ -516,7 +516,8 @@ fn find_suite_release(target: &Target, root: &BuildRoot, suite: &str) -> Result<
 /// crate prints through `_printk("%pA")`, which a vmlinux without Rust cannot format (its
 /// vsprintf WARNs instead), so `rust/kernel/print.rs` calls `tilde_carried_printk`
 /// (`rdma-core-rs/src/sys/carried_runtime.c`) in its two places; the count is checked.
-const PRINT_PATCH: &str = "sed -i 's/bindings::_printk(/tilde_carried_printk(/' rust/kernel/print.rs; \
+const PRINT_PATCH: &str =
+    "sed -i 's/bindings::_printk(/tilde_carried_printk(/' rust/kernel/print.rs; \
     printf '%s\\n' '' \
       '// Patched in by tilde (docs/debian-stock-kernel.md): a vmlinux built without Rust' \
       '// has no `%pA` in vsprintf; the carried runtime prints through C glue of its own.' \
