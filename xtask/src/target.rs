@@ -93,6 +93,13 @@ impl Target {
         }
     }
 
+    /// Whether the target's Rust objects are compiled with hashed symbol names
+    /// (`toolchain::CARRIED_RUNTIME_RUSTFLAGS`): a kernel without Rust that versions
+    /// symbols, where v0 names are too long for MODVERSIONS.
+    pub fn hashes_rust_symbols(&self) -> bool {
+        matches!(self.kernel, Kernel::StockWithoutRust { .. })
+    }
+
     pub fn default_target() -> Target {
         TARGETS[0]
     }
