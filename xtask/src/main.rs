@@ -6,6 +6,7 @@ mod fastpath_code;
 mod kernel_crates;
 mod kmod;
 mod mutants;
+mod package;
 mod rules;
 mod target;
 mod toolchain;
@@ -29,6 +30,8 @@ commands:
                       (or on --kernel TARGET only)
   toolchain           provision the build root and prepared kernel tree (idempotent)
   kmod                build tilde's kernel modules with kbuild
+  package             tilde's modules as a Debian package for the target's kernel
+                      (target/package/<target>/tilde-modules-<release>_<version>_amd64.deb)
   vm [--timeout S] SCENARIO
                       boot the kernel in QEMU and run one scenario
   bench [FILTER]      the fast-path benchmarks, with rdma-core's C mlx4 provider built
@@ -41,7 +44,8 @@ commands:
                       --iterate retests only what the last run did not catch
                       (hours on 2 cores; not part of `test`; see docs/mutation-testing.md)
 
-targets: debian-sid-7.2 (default), linux-6.12 (built from source); `test` runs both
+targets: debian-sid-7.2 (default), linux-6.12 (built from source), debian-trixie-6.12
+         (stock, without Rust: the runtime carried); `test` runs the first two
 cache:   $TILDE_CACHE, else $XDG_CACHE_HOME/tilde, else ~/.cache/tilde";
 
 struct Args {
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         "toolchain" => cmd_toolchain(&args),
         "kmod" => cmd_kmod(&args),
         "vm" => cmd_vm(&args),
+        "package" => cmd_package(&args),
         "test" => cmd_test(&args),
         "run" => cmd_run(&args),
         "bench" => bench::run(&args.positional),
@@ -134,6 +139,15 @@ fn cmd_breaks(args: &Args) -> Result {
     let target = targets(args, false)?[0];
     let toolchain = toolchain::provision(target)?;
     breaks::run(&toolchain, &args.positional, args.timeout)
+}
+
+fn cmd_package(args: &Args) -> Result {
+    let target = targets(args, false)?[0];
+    let toolchain = toolchain::provision(target)?;
+    let modules = kmod::build(&toolchain)?;
+    let deb = package::build(&toolchain, &modules)?;
+    println!("[package {}] {}", target.id, deb.display());
+    Ok(())
 }
 
 fn cmd_vm(args: &Args) -> Result {

@@ -88,6 +88,14 @@ pub fn needs_modules(scenario: &str) -> Result<bool> {
     Ok(!text.lines().any(|l| l.trim() == "# no-modules"))
 }
 
+/// Whether a scenario installs tilde's Debian package (`# installs-package` line): it
+/// gets the package of the modules built for the target in `/tilde/package/`, and stage2
+/// loads no module of tilde's before it.
+pub fn installs_package(scenario: &str) -> Result<bool> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(text.lines().any(|l| l.trim() == "# installs-package"))
+}
+
 /// The ULP or driver module a scenario needs (`# needs-module: NAME` line), which not
 /// every kernel target builds (see `kmod::ULP_MODULES`, `kmod::DRIVER_MODULES`).
 pub fn needs_module(scenario: &str) -> Result<Option<String>> {
@@ -124,8 +132,20 @@ pub fn run(
     ] {
         fs::create_dir_all(dir.join(sub))?;
     }
+    // A scenario that installs tilde's package gets the package, and no module for
+    // stage2 to load first: it loads them itself, as a user would.
+    let installs_package = installs_package(scenario)?;
+    if installs_package {
+        let deb = crate::package::build(toolchain, modules)?;
+        crate::package::copy_into(&deb, &dir.join("package"))?;
+    }
+    let stack: &[std::path::PathBuf] = if installs_package {
+        &[]
+    } else {
+        &modules.stack
+    };
     // Module file names get a load-order prefix: stage2 loads them in name order.
-    for (i, ko) in modules.stack.iter().enumerate() {
+    for (i, ko) in stack.iter().enumerate() {
         let name = ko.file_name().context(|| "module path".to_string())?;
         fs::copy(
             ko,
