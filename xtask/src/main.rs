@@ -45,7 +45,7 @@ commands:
                       (hours on 2 cores; not part of `test`; see docs/mutation-testing.md)
 
 targets: debian-sid-7.2 (default), linux-6.12 (built from source), debian-trixie-6.12
-         (stock, without Rust: the runtime carried); `test` runs the first two
+         (stock, without Rust: the runtime carried); `test` runs all three
 cache:   $TILDE_CACHE, else $XDG_CACHE_HOME/tilde, else ~/.cache/tilde";
 
 struct Args {
@@ -317,6 +317,17 @@ fn cmd_test(args: &Args) -> Result {
                     target.id
                 );
                 continue;
+            }
+            if let Some(only) = vm::test_targets(&scenario)? {
+                if !only.iter().any(|t| t == target.id) {
+                    println!(
+                        "[test] skipped: {}: vm {scenario} (tested on {} only: cargo xtask vm --kernel {} {scenario})",
+                        target.id,
+                        only.join(", "),
+                        target.id
+                    );
+                    continue;
+                }
             }
             let none = kmod::Modules::none();
             let modules = match (vm::needs_modules(&scenario)?, &modules) {

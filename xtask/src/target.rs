@@ -78,7 +78,7 @@ pub const TARGETS: &[Target] = &[
             image_suite: "trixie",
         },
         root_of: "debian-sid-7.2",
-        in_test_matrix: false,
+        in_test_matrix: true,
     },
 ];
 

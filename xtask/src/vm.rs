@@ -88,6 +88,29 @@ pub fn needs_modules(scenario: &str) -> Result<bool> {
     Ok(!text.lines().any(|l| l.trim() == "# no-modules"))
 }
 
+/// The targets `cargo xtask test` runs a scenario on (`# test-targets: ID ...` line;
+/// every target without one). `cargo xtask vm` runs any scenario on any target.
+pub fn test_targets(scenario: &str) -> Result<Option<Vec<String>>> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("# test-targets: "))
+        .map(|ids| ids.split_whitespace().map(str::to_string).collect()))
+}
+
+/// The least time a scenario needs (`# timeout: SECONDS` line), for one that is slow
+/// whatever tilde does (depmod over a distribution kernel's modules under TCG).
+fn scenario_timeout(scenario: &str) -> Result<Option<Duration>> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    let Some(secs) = text.lines().find_map(|l| l.strip_prefix("# timeout: ")) else {
+        return Ok(None);
+    };
+    match secs.trim().parse() {
+        Ok(secs) => Ok(Some(Duration::from_secs(secs))),
+        Err(_) => bail!("scenario {scenario}: `# timeout:` wants seconds, got {secs:?}"),
+    }
+}
+
 /// Whether a scenario installs tilde's Debian package (`# installs-package` line): it
 /// gets the package of the modules built for the target in `/tilde/package/`, and stage2
 /// loads no module of tilde's before it.
@@ -119,6 +142,7 @@ pub fn run(
             scenarios()?.join(", ")
         );
     }
+    let timeout = timeout.max(scenario_timeout(scenario)?.unwrap_or_default());
     let initramfs = initramfs(toolchain)?;
     let dir = repo_root()
         .join("target/vm")
