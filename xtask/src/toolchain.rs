@@ -446,6 +446,14 @@ fn provision_stock_without_rust(target: Target, image_suite: &str) -> Result<Too
         ),
     };
 
+    // A stamp whose tree is gone (a build root made anew) proves nothing.
+    let tree_dir = toolchain
+        .root
+        .dir
+        .join(toolchain.tree().trim_start_matches('/'));
+    if !tree_dir.join("rust/libkernel.rmeta").is_file() {
+        stamps.clear_from(&["tree"])?;
+    }
     if stamps.get("tree").is_none() {
         step(
             g,
