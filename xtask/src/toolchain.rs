@@ -535,6 +535,13 @@ const PRINT_PATCH: &str =
     test $(grep -c 'tilde_carried_printk(' rust/kernel/print.rs) = 3;";
 
 fn prepare_tree_with_rust(toolchain: &Toolchain, log: &Path) -> Result {
+    fs::write(
+        toolchain
+            .root
+            .dir
+            .join(NORETURNS_AWK_PATH.trim_start_matches('/')),
+        NORETURNS_AWK,
+    )?;
     let series = toolchain.target.series;
     let release = &toolchain.release;
     let tree = toolchain.tree();
@@ -556,11 +563,32 @@ fn prepare_tree_with_rust(toolchain: &Toolchain, log: &Path) -> Result {
              {PRINT_PATCH} \
              scripts/config --enable RUST; \
              make {vars} olddefconfig KERNELRELEASE={release}; \
-             make {vars} modules_prepare KERNELRELEASE={release} -j{jobs}"
+             make {vars} modules_prepare KERNELRELEASE={release} -j{jobs}; \
+             {{ echo '/* tilde: the carried Rust runtime, hashed names (docs/debian-stock-kernel.md) */'; \
+               for o in rust/core.o rust/kernel.o; do readelf --debug-dump=info $o | awk -f {awk}; done \
+               | sort -u | sed 's/.*/NORETURN(&)/'; }} >> tools/objtool/noreturns.h; \
+             test $(grep -c '^NORETURN(_R' tools/objtool/noreturns.h) -gt 0; \
+             make {vars} modules_prepare KERNELRELEASE={release} -j{jobs}",
+            awk = NORETURNS_AWK_PATH,
         ),
         log,
     )
 }
+
+/// objtool knows the functions that never return by name (`tools/objtool/noreturns.h`,
+/// and v0 patterns for Rust's `core::panicking` and the like): a call to an unknown one
+/// that ends a function reads as falling through into the next. Hashed names match no
+/// pattern, and the modules that call into the carried `core` (in `tilde_core.ko`) cannot
+/// show objtool its body; so the prepared tree's objtool learns every Rust function of
+/// the runtime that DWARF marks `DW_AT_noreturn`, under its hashed name, and is rebuilt
+/// (the second `modules_prepare`). A build tool of the tree, not the runtime, changes.
+const NORETURNS_AWK: &str = "\
+/Abbrev Number/ { if (noreturn && name ~ /^_R/) print name; noreturn = 0; name = \"\" }
+/DW_AT_linkage_name/ { name = $NF }
+/DW_AT_noreturn/ { noreturn = 1 }
+END { if (noreturn && name ~ /^_R/) print name }
+";
+const NORETURNS_AWK_PATH: &str = "/usr/src/tilde-rust-noreturns.awk";
 
 /// The options whose values differ between two `.config`s (`# CONFIG_X is not set` and
 /// no line at all are the same), less those [`RUST_ONLY_CONFIG`] allows; `GCC_VERSION` is
