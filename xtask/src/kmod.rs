@@ -14,7 +14,9 @@
 //! from its version: each probe that holds becomes a `--cfg tilde_<feature>` for the
 //! binding layer (`TILDE_RUSTCFGS`; see [`kernel_features`]). The crates.io crates kernel
 //! code uses come from the kernel where it ships them, else are carried: compiled first,
-//! each as its own make goal, and checked (see [`crate::kernel_crates`]).
+//! each as its own make goal, and checked (see [`crate::kernel_crates`]). Where vmlinux
+//! has no Rust at all, the kernel's Rust runtime is carried too ([`carried_runtime`];
+//! docs/debian-stock-kernel.md).
 
 use std::fs;
 use std::path::{Path, PathBuf};
