@@ -3,7 +3,11 @@
  * Exports the rdma_core crate from tilde_core.ko, the way rust/exports.c exports the
  * kernel crate from vmlinux: every global symbol of rdma_core's objects, listed by nm at
  * build time (see Kbuild). Other tilde modules are compiled against rdma_core's crate
- * metadata and link to these exports, so the crate is compiled and loaded once.
+ * metadata and link to these exports, so the crate is compiled and loaded once. The
+ * carried crates.io crates and, on a kernel built without Rust, the kernel's Rust runtime
+ * are exported the same way. Under MODVERSIONS kbuild runs this file through genksyms,
+ * which gives each export the CRC of its placeholder declaration below
+ * (docs/debian-stock-kernel.md).
  */
 
 #include <linux/export.h>

@@ -14,7 +14,9 @@
 //! from its version: each probe that holds becomes a `--cfg tilde_<feature>` for the
 //! binding layer (`TILDE_RUSTCFGS`; see [`kernel_features`]). The crates.io crates kernel
 //! code uses come from the kernel where it ships them, else are carried: compiled first,
-//! each as its own make goal, and checked (see [`crate::kernel_crates`]).
+//! each as its own make goal, and checked (see [`crate::kernel_crates`]). Where vmlinux
+//! has no Rust at all, the kernel's Rust runtime is carried too ([`carried_runtime`];
+//! docs/debian-stock-kernel.md).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -186,7 +188,13 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         }
     }
 
+    // The kernel's Rust runtime: vmlinux's, or carried in tilde_core.ko when the stock
+    // kernel was built without Rust (the probe: vmlinux exports no Rust symbols).
+    let runtime = carried_runtime(&tree)?;
     let has_mo = fs::read_to_string(tree.join("Makefile"))?.contains("KBUILD_EXTMOD_OUTPUT");
+    if !runtime.is_empty() && has_mo {
+        bail!("this kernel has MO= and needs its Rust runtime carried: not bridged yet");
+    }
     // A Rust rule that names the crate after the object file needs the crate root
     // under the crate's name.
     let crate_named_by_object = fs::read_to_string(tree.join("scripts/Makefile.build"))?
@@ -218,7 +226,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             format!(
                 "mkdir -p {staging} && find {staging} -type l -delete && \
                  cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/hw-mlx4 {SRC}/sw-loopback {SRC}/xtask {staging}/ && \
-                 {} \
+                 {}{} \
                  ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && \
                  ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && \
                  ln -sf lib.rs {staging}/hw-mlx4/src/{mlx4_root}.rs && \
@@ -227,7 +235,8 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
                     String::new()
                 } else {
                     format!("cp -rsf {OUT}/crates {staging}/ && ")
-                }
+                },
+                copy_runtime(&toolchain.tree(), &runtime, &staging),
             ),
             staging,
             String::new(),
@@ -244,7 +253,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
              TILDE_HW_MLX4_ROOT={mlx4_root} TILDE_SW_LOOPBACK_ROOT={loopback_root} \
              TILDE_WIRE_CRATES={} \
              TILDE_CRATES_DIR={crates_rel} TILDE_CRATES={} TILDE_CRATE_PROC_MACROS={} {} \
-             CLIPPY=1 -j{jobs} {goals}",
+             TILDE_CARRIED_RUNTIME={} {} CLIPPY=1 -j{jobs} {goals}",
             toolchain.tree(),
             sh_quote(&toolchain.release),
             sh_quote(&cfgs.join(" ")),
@@ -253,6 +262,14 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             sh_quote(&names.join(" ")),
             sh_quote(&proc_macros.join(" ")),
             crate_vars.join(" "),
+            sh_quote(
+                &runtime
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            toolchain.make_vars,
         )
     };
     // Each carried crate on its own first, so that one that does not build with the
@@ -396,6 +413,82 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
         features.push("ib_dispatch_port_state_event");
     }
     Ok(features)
+}
+
+/// One object of the kernel's Rust runtime that tilde carries: `rust/<path>` of the tree,
+/// linked into `tilde_core.ko` as `rust-runtime/<name>.o`.
+pub struct RuntimeObject {
+    pub path: String,
+    pub name: String,
+}
+
+/// The objects of the kernel's Rust runtime tilde must carry: none where vmlinux has the
+/// runtime (its `Module.symvers` lists Rust symbols of vmlinux), else every object the
+/// tree's `rust/Makefile` links into vmlinux (`obj-$(CONFIG_RUST)`), less `exports.o`
+/// (tilde_core's own exports replace it) and `build_error.o` unless the config allows it
+/// (`CONFIG_RUST_BUILD_ASSERT_ALLOW`; else no object may define it, so that a
+/// `build_error!` reached at run time fails the link, as in vmlinux).
+pub fn carried_runtime(tree: &Path) -> Result<Vec<RuntimeObject>> {
+    let symvers = fs::read_to_string(tree.join("Module.symvers"))
+        .context(|| format!("reading {}/Module.symvers", tree.display()))?;
+    let in_vmlinux = symvers.lines().any(|line| {
+        let mut fields = line.split('\t').skip(1);
+        matches!((fields.next(), fields.next()), (Some(sym), Some("vmlinux")) if sym.starts_with("_R"))
+    });
+    if in_vmlinux {
+        return Ok(Vec::new());
+    }
+    let config = fs::read_to_string(tree.join(".config"))?;
+    if !config.lines().any(|l| l == "CONFIG_RUST=y") {
+        bail!(
+            "{}: vmlinux has no Rust runtime and the tree has no CONFIG_RUST=y to build one",
+            tree.display()
+        );
+    }
+    let allow_build_error = config
+        .lines()
+        .any(|l| l == "CONFIG_RUST_BUILD_ASSERT_ALLOW=y");
+    let makefile = fs::read_to_string(tree.join("rust/Makefile"))?;
+    Ok(runtime_objects(&makefile, allow_build_error))
+}
+
+fn runtime_objects(makefile: &str, allow_build_error: bool) -> Vec<RuntimeObject> {
+    makefile
+        .lines()
+        .filter_map(|l| l.strip_prefix("obj-$(CONFIG_RUST) +="))
+        .flat_map(str::split_whitespace)
+        .filter(|o| *o != "exports.o" && (allow_build_error || *o != "build_error.o"))
+        .filter_map(|o| {
+            let stem = o.strip_suffix(".o")?;
+            let name = stem.rsplit('/').next()?.to_string();
+            Some(RuntimeObject {
+                path: o.to_string(),
+                name,
+            })
+        })
+        .collect()
+}
+
+/// The shell words that copy the carried runtime's objects from the tree into the module
+/// build (`-p`: their times too, so that an unchanged runtime relinks nothing). Under
+/// MODVERSIONS modpost reads every object's `.cmd` file for the symbol versions genksyms
+/// wrote there; these objects define no exports themselves (tilde_core's `exports.o`
+/// does, and its `.cmd` has their versions), so each gets a `.cmd` saying so.
+fn copy_runtime(tree: &str, runtime: &[RuntimeObject], staging: &str) -> String {
+    if runtime.is_empty() {
+        return String::new();
+    }
+    let mut copy = format!("mkdir -p {staging}/rust-runtime && ");
+    for object in runtime {
+        copy += &format!(
+            "cp -p {tree}/rust/{path} {staging}/rust-runtime/{name}.o && \
+             echo '# {path} of the kernel tree, carried: exports.o exports it' \
+             > {staging}/rust-runtime/.{name}.o.cmd && ",
+            path = object.path,
+            name = object.name
+        );
+    }
+    copy
 }
 
 /// Features the binding layer's C helpers (`helpers.c`) need, as `-DTILDE_<FEATURE>`
@@ -553,6 +646,35 @@ mod tests {
              --with-attribute-custom-enum=lru_status='#[cfi_encoding=\"10lru_status\"]' -o \
              /build/out/b.rs -- -nostdinc -I./include -DMODULE"
         );
+    }
+
+    #[test]
+    fn the_carried_runtime_is_what_the_tree_links_into_vmlinux() {
+        let makefile = "obj-$(CONFIG_RUST) += core.o compiler_builtins.o ffi.o\n\
+                        obj-$(CONFIG_RUST) += helpers/helpers.o\n\
+                        always-$(CONFIG_RUST) += libmacros.so\n\
+                        obj-$(CONFIG_RUST) += bindings.o kernel.o\n\
+                        ifdef CONFIG_RUST_BUILD_ASSERT_ALLOW\nobj-$(CONFIG_RUST) += build_error.o\n\
+                        else\nalways-$(CONFIG_RUST) += build_error.o\nendif\n\
+                        obj-$(CONFIG_RUST) += exports.o\n";
+        let names = |allow| -> Vec<String> {
+            runtime_objects(makefile, allow)
+                .into_iter()
+                .map(|o| format!("{}={}", o.name, o.path))
+                .collect()
+        };
+        assert_eq!(
+            names(false),
+            [
+                "core=core.o",
+                "compiler_builtins=compiler_builtins.o",
+                "ffi=ffi.o",
+                "helpers=helpers/helpers.o",
+                "bindings=bindings.o",
+                "kernel=kernel.o"
+            ]
+        );
+        assert!(names(true).contains(&"build_error=build_error.o".to_string()));
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub enum Kernel {
         source_suite: &'static str,
         config: &'static str,
     },
+    /// Debian's stock image of `image_suite`, built WITHOUT Rust (no `kernel` crate in
+    /// vmlinux): tilde carries the kernel's Rust runtime in `tilde_core.ko`, compiled in a
+    /// tree prepared from `linux-source-<series>` of that suite with the image's own
+    /// config plus Rust (docs/debian-stock-kernel.md).
+    StockWithoutRust { image_suite: &'static str },
 }
 
 /// Every supported target; the first is the default.
@@ -63,6 +68,18 @@ pub const TARGETS: &[Target] = &[
         root_of: "debian-sid-7.2",
         in_test_matrix: true,
     },
+    // The kernel most Debian machines run: trixie's stock image, which has no Rust. Its
+    // Rust runtime is compiled by the sid root's rustc (as for linux-6.12) and carried.
+    Target {
+        id: "debian-trixie-6.12",
+        suite: "sid",
+        series: "6.12",
+        kernel: Kernel::StockWithoutRust {
+            image_suite: "trixie",
+        },
+        root_of: "debian-sid-7.2",
+        in_test_matrix: true,
+    },
 ];
 
 impl Target {
@@ -74,6 +91,13 @@ impl Target {
                 bail!("unknown kernel target {id:?}; known: {}", known.join(", "))
             }
         }
+    }
+
+    /// Whether the target's Rust objects are compiled with hashed symbol names
+    /// (`toolchain::CARRIED_RUNTIME_RUSTFLAGS`): a kernel without Rust that versions
+    /// symbols, where v0 names are too long for MODVERSIONS.
+    pub fn hashes_rust_symbols(&self) -> bool {
+        matches!(self.kernel, Kernel::StockWithoutRust { .. })
     }
 
     pub fn default_target() -> Target {

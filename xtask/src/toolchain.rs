@@ -10,6 +10,10 @@
 //! 4. the prepared kernel tree: Debian's source with Debian's `.config` and
 //!    `Module.symvers`, `make olddefconfig modules_prepare KERNELRELEASE=<release>`,
 //!    then checked against the stock kernel (rustc version, Rust exports).
+//!
+//! A stock kernel built without Rust ([`Kernel::StockWithoutRust`]) gets its image and
+//! headers from its own suite and a tree of its own, prepared with the image's config plus
+//! Rust, whose `rust/` objects tilde carries (see [`provision_stock_without_rust`]).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -26,12 +30,19 @@ pub struct Toolchain {
     /// The stock kernel's release, e.g. `7.2.13+deb14-amd64` (`uname -r` in the guest).
     pub release: String,
     pub root: BuildRoot,
+    /// Variables every `make` in the prepared tree takes (the compiler, Rust flags), as
+    /// one shell-ready string; empty where the tree's own defaults are right.
+    pub make_vars: String,
 }
 
 impl Toolchain {
     /// The prepared kernel tree, as a path inside the build root.
     pub fn tree(&self) -> String {
-        format!("/usr/src/linux-source-{}", self.target.series)
+        match self.target.kernel {
+            // Its own tree: the 6.12 source tree of `linux-6.12` is that target's kernel.
+            Kernel::StockWithoutRust { .. } => format!("/usr/src/{}-tree", self.target.id),
+            _ => format!("/usr/src/linux-source-{}", self.target.series),
+        }
     }
 
     /// The stock kernel image, as a host path.
@@ -116,6 +127,9 @@ pub fn provision(target: Target) -> Result<Toolchain> {
             source_suite,
             config,
         } => provision_from_source(target, source_suite, config),
+        Kernel::StockWithoutRust { image_suite } => {
+            provision_stock_without_rust(target, image_suite)
+        }
     }
 }
 
@@ -187,6 +201,7 @@ fn provision_stock(target: Target) -> Result<Toolchain> {
         target,
         release,
         root,
+        make_vars: String::new(),
     };
 
     if stamps.get("tree").is_none() {
@@ -282,6 +297,7 @@ fn provision_from_source(target: Target, source_suite: &str, config: &str) -> Re
         target,
         release,
         root,
+        make_vars: String::new(),
     })
 }
 
@@ -300,6 +316,328 @@ fn fetch_source(root: &BuildRoot, series: &str, suite: &str, log: &Path) -> Resu
     root.sh_output(&format!(
         "dpkg-query -W -f '${{Version}}' linux-source-{series}"
     ))
+}
+
+/// The Rust flags the tree of a [`Kernel::StockWithoutRust`] target builds every Rust
+/// object with, its carried runtime and tilde's modules alike. The stock image has
+/// MODVERSIONS: every symbol a module imports from another module must have an entry in
+/// its `__versions` table, whose names hold at most 55 bytes (`MODULE_NAME_LEN - 1`;
+/// 6.12's loader refuses a module that lacks the entry, and modpost refuses a longer
+/// name). Rust's v0 names are far longer; the hashed mangling names every symbol
+/// `_RNxC<crate><hash of its v0 name>`, 25 to 45 bytes, and rustc records the mangling
+/// in each crate's metadata so that every crate names an upstream symbol the same way.
+pub const CARRIED_RUNTIME_RUSTFLAGS: &str = "-Zunstable-options -Csymbol-mangling-version=hashed";
+
+/// The options the prepared tree's `.config` may differ in from the stock image's, and
+/// why none changes a structure layout or calling convention that the stock vmlinux and
+/// its modules share with tilde's:
+/// - Rust itself (`RUST`, `RUST_*`, `RUSTC_*`, `BINDGEN_VERSION_TEXT`): what the tree
+///   compiles Rust with; the stock image compiles no Rust, and no C declaration depends on
+///   them (`lib/vsprintf.c`'s `%pA` and `lib/usercopy.c`'s out-of-line copies are C
+///   definitions in vmlinux, not layouts; docs/debian-stock-kernel.md);
+/// - the versions of the C toolchain (`CC_VERSION_TEXT`, `GCC_VERSION` within one major,
+///   `AS_VERSION`, `LD_VERSION`, `PAHOLE_VERSION`): the same compiler (the one the stock
+///   config names) at another patch release, and the binutils and pahole of the build
+///   root. Anything such a version would change is a Kconfig option of its own (a
+///   `CC_HAS_*` probe, say), which would differ too and be refused.
+const RUST_ONLY_CONFIG: &[&str] = &[
+    "RUST",
+    "RUST_*",
+    "RUSTC_*",
+    "BINDGEN_VERSION_TEXT",
+    "CC_VERSION_TEXT",
+    "GCC_VERSION",
+    "AS_VERSION",
+    "LD_VERSION",
+    "PAHOLE_VERSION",
+];
+
+/// A stock kernel built without Rust (Debian 13's), in the build root of
+/// `target.root_of` (its rustc and bindgen, like `linux-6.12`):
+/// 1. `linux-source-<series>` from `image_suite` (the pinned apt source of
+///    [`fetch_source`]);
+/// 2. the stock image and headers from `image_suite`, the release read from that suite's
+///    `linux-image-amd64` (the headers bring the compiler their config names, `gcc-14`);
+/// 3. the tree, `/usr/src/<target>-tree`: the source with the image's `.config` and
+///    `Module.symvers`, Rust switched on (its Kconfig dependency on `!MODVERSIONS` taken
+///    out, see [`CARRIED_RUNTIME_RUSTFLAGS`]), `make olddefconfig modules_prepare`, which
+///    builds `rust/`: the runtime `cargo xtask kmod` carries into `tilde_core.ko`.
+///
+/// Checked on every run, not only when prepared: the tree's config differs from the
+/// image's only in [`RUST_ONLY_CONFIG`], and the image exports no Rust (else it is not a
+/// kernel without Rust, and carrying a second `kernel` crate would be wrong).
+fn provision_stock_without_rust(target: Target, image_suite: &str) -> Result<Toolchain> {
+    provision(Target::by_id(target.root_of)?)?;
+    let group = format!("toolchain {}", target.id);
+    let g = group.as_str();
+    let cache = target.cache_dir();
+    fs::create_dir_all(cache.join("logs")).context(|| format!("creating {}", cache.display()))?;
+    let stamps = Stamps {
+        dir: cache.join("stamps"),
+    };
+    fs::create_dir_all(&stamps.dir)?;
+    let root = target.root();
+    let log = |name: &str| cache.join("logs").join(format!("{name}.log"));
+    let series = target.series;
+
+    if !root
+        .dir
+        .join(format!("usr/src/linux-source-{series}.tar.xz"))
+        .is_file()
+    {
+        stamps.clear_from(&["source", "image", "tree"])?;
+    }
+    if stamps.get("source").is_none() {
+        stamps.clear_from(&["source", "image", "tree"])?;
+        let version = step(
+            g,
+            &format!("linux-source-{series} from {image_suite}"),
+            || fetch_source(&root, series, image_suite, &log("source")),
+        )?;
+        stamps.set("source", &format!("{version}\n"))?;
+    }
+
+    let image = stamp_value(&stamps.get("image"), "release");
+    let installed = image
+        .as_ref()
+        .is_some_and(|r| root.dir.join(format!("boot/vmlinuz-{r}")).is_file());
+    let release = match (installed, image) {
+        (true, Some(release)) => release,
+        _ => {
+            stamps.clear_from(&["image", "tree"])?;
+            let release = step(
+                g,
+                &format!("find {image_suite}'s stock kernel release"),
+                || find_suite_release(&target, &root, image_suite),
+            )?;
+            step(
+                g,
+                &format!("install linux-image-{release} and its headers from {image_suite}"),
+                || {
+                    root.sh(
+                        &[],
+                        &format!(
+                            "apt-get install -y -q linux-image-{release}/{image_suite} \
+                             linux-headers-{release}/{image_suite}"
+                        ),
+                        &log("image"),
+                    )
+                },
+            )?;
+            stamps.set("image", &format!("release={release}\n"))?;
+            release
+        }
+    };
+
+    let headers = root.dir.join(format!("usr/src/linux-headers-{release}"));
+    let stock_config = fs::read_to_string(headers.join(".config"))
+        .context(|| format!("reading {}/.config", headers.display()))?;
+    let cc = config_value(&stock_config, "CONFIG_CC_VERSION_TEXT")
+        .and_then(|text| text.split(' ').next())
+        .context(|| "the stock .config names no compiler (CONFIG_CC_VERSION_TEXT)".to_string())?;
+    let toolchain = Toolchain {
+        target,
+        release,
+        root,
+        make_vars: format!(
+            "CC={} KRUSTFLAGS={}",
+            crate::util::sh_quote(cc),
+            crate::util::sh_quote(CARRIED_RUNTIME_RUSTFLAGS)
+        ),
+    };
+
+    // A stamp whose tree is gone (a build root made anew) proves nothing.
+    let tree_dir = toolchain
+        .root
+        .dir
+        .join(toolchain.tree().trim_start_matches('/'));
+    if !tree_dir.join("rust/libkernel.rmeta").is_file() {
+        stamps.clear_from(&["tree"])?;
+    }
+    if stamps.get("tree").is_none() {
+        step(
+            g,
+            &format!("prepare kernel tree with Rust ({})", toolchain.tree()),
+            || prepare_tree_with_rust(&toolchain, &log("tree")),
+        )?;
+        stamps.set("tree", &format!("release={}\n", toolchain.release))?;
+    }
+    step(
+        g,
+        "check the tree's config against the stock image's (Rust-only differences)",
+        || {
+            let tree = toolchain
+                .root
+                .dir
+                .join(toolchain.tree().trim_start_matches('/'));
+            let config = fs::read_to_string(tree.join(".config"))?;
+            if config_value_raw(&config, "CONFIG_RUST") != Some("y") {
+                bail!(
+                    "the prepared tree has no CONFIG_RUST=y: the build root's rustc or bindgen \
+                     was rejected (see `make rustavailable` in {})",
+                    toolchain.tree()
+                );
+            }
+            let differing = config_differences(&stock_config, &config);
+            if !differing.is_empty() {
+                bail!(
+                    "the prepared tree's config differs from the stock image's in options that \
+                     may change layouts or calling conventions: {} (allowed: {})",
+                    differing.join(", "),
+                    RUST_ONLY_CONFIG.join(", ")
+                );
+            }
+            let symvers = fs::read_to_string(headers.join("Module.symvers"))?;
+            if !parse_symvers_rust(&symvers).is_empty() {
+                bail!(
+                    "{} exports Rust symbols: it has a kernel crate, and target {} (which \
+                     carries one) is the wrong kind for it",
+                    toolchain.release,
+                    toolchain.target.id
+                );
+            }
+            Ok(())
+        },
+    )?;
+    Ok(toolchain)
+}
+
+/// The release `linux-image-amd64` of `suite` depends on (an apt source of that suite is
+/// configured by [`fetch_source`]).
+fn find_suite_release(target: &Target, root: &BuildRoot, suite: &str) -> Result<String> {
+    let depends = root.sh_output(&format!("apt-cache depends linux-image-amd64/{suite}"))?;
+    let release = parse_image_release(&depends).context(|| {
+        format!("no linux-image-<release> dependency of {suite}'s linux-image-amd64:\n{depends}")
+    })?;
+    if !release.starts_with(&format!("{}.", target.series)) {
+        bail!(
+            "Debian {suite}'s stock kernel is now {release}, not a {} kernel: target {} needs \
+             updating (xtask/src/target.rs)",
+            target.series,
+            target.id
+        );
+    }
+    Ok(release)
+}
+
+/// The one change tilde makes to the source of the Rust runtime it carries: the kernel
+/// crate prints through `_printk("%pA")`, which a vmlinux without Rust cannot format (its
+/// vsprintf WARNs instead), so `rust/kernel/print.rs` calls `tilde_carried_printk`
+/// (`rdma-core-rs/src/sys/carried_runtime.c`) in its two places; the count is checked.
+const PRINT_PATCH: &str =
+    "sed -i 's/bindings::_printk(/tilde_carried_printk(/' rust/kernel/print.rs; \
+    printf '%s\\n' '' \
+      '// Patched in by tilde (docs/debian-stock-kernel.md): a vmlinux built without Rust' \
+      '// has no `%pA` in vsprintf; the carried runtime prints through C glue of its own.' \
+      'extern \"C\" {' \
+      '    fn tilde_carried_printk(fmt: *const c_char, ...) -> crate::ffi::c_int;' \
+      '}' >> rust/kernel/print.rs; \
+    test $(grep -c 'tilde_carried_printk(' rust/kernel/print.rs) = 3;";
+
+fn prepare_tree_with_rust(toolchain: &Toolchain, log: &Path) -> Result {
+    fs::write(
+        toolchain
+            .root
+            .dir
+            .join(NORETURNS_AWK_PATH.trim_start_matches('/')),
+        NORETURNS_AWK,
+    )?;
+    let series = toolchain.target.series;
+    let release = &toolchain.release;
+    let tree = toolchain.tree();
+    let vars = &toolchain.make_vars;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // The awk drops `depends on !MODVERSIONS` from `config RUST` only: 6.12 has it
+    // because its modpost cannot version Rust's long names, which the hashed mangling
+    // (CARRIED_RUNTIME_RUSTFLAGS) shortens. The config check after this step proves
+    // nothing else moved.
+    toolchain.root.sh(
+        &[],
+        &format!(
+            "set -e; rm -rf {tree}; mkdir -p {tree}; cd {tree}; \
+             tar xf /usr/src/linux-source-{series}.tar.xz --strip-components=1; \
+             cp /usr/src/linux-headers-{release}/.config /usr/src/linux-headers-{release}/Module.symvers .; \
+             awk '/^config /{{r = ($0 == \"config RUST\")}} \
+                  r && $0 == \"\\tdepends on !MODVERSIONS\" {{next}} {{print}}' \
+                 init/Kconfig > init/Kconfig.tilde; mv init/Kconfig.tilde init/Kconfig; \
+             {PRINT_PATCH} \
+             scripts/config --enable RUST; \
+             make {vars} olddefconfig KERNELRELEASE={release}; \
+             make {vars} modules_prepare KERNELRELEASE={release} -j{jobs}; \
+             {{ echo '/* tilde: the carried Rust runtime, hashed names (docs/debian-stock-kernel.md) */'; \
+               for o in rust/core.o rust/kernel.o; do readelf --debug-dump=info $o | awk -f {awk}; done \
+               | sort -u | sed 's/.*/NORETURN(&)/'; }} >> tools/objtool/noreturns.h; \
+             test $(grep -c '^NORETURN(_R' tools/objtool/noreturns.h) -gt 0; \
+             make {vars} modules_prepare KERNELRELEASE={release} -j{jobs}",
+            awk = NORETURNS_AWK_PATH,
+        ),
+        log,
+    )
+}
+
+/// objtool knows the functions that never return by name (`tools/objtool/noreturns.h`,
+/// and v0 patterns for Rust's `core::panicking` and the like): a call to an unknown one
+/// that ends a function reads as falling through into the next. Hashed names match no
+/// pattern, and the modules that call into the carried `core` (in `tilde_core.ko`) cannot
+/// show objtool its body; so the prepared tree's objtool learns every Rust function of
+/// the runtime that DWARF marks `DW_AT_noreturn`, under its hashed name, and is rebuilt
+/// (the second `modules_prepare`). A build tool of the tree, not the runtime, changes.
+const NORETURNS_AWK: &str = "\
+/Abbrev Number/ { if (noreturn && name ~ /^_R/) print name; noreturn = 0; name = \"\" }
+/DW_AT_linkage_name/ { name = $NF }
+/DW_AT_noreturn/ { noreturn = 1 }
+END { if (noreturn && name ~ /^_R/) print name }
+";
+const NORETURNS_AWK_PATH: &str = "/usr/src/tilde-rust-noreturns.awk";
+
+/// The options whose values differ between two `.config`s (`# CONFIG_X is not set` and
+/// no line at all are the same), less those [`RUST_ONLY_CONFIG`] allows; `GCC_VERSION` is
+/// allowed to differ within one major release only.
+fn config_differences(stock: &str, tree: &str) -> Vec<String> {
+    let options = |config: &str| -> std::collections::BTreeMap<String, String> {
+        config
+            .lines()
+            .filter_map(|l| l.strip_prefix("CONFIG_")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (stock, tree) = (options(stock), options(tree));
+    let allowed = |key: &str| {
+        RUST_ONLY_CONFIG
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => key.starts_with(prefix),
+                None => key == *pattern,
+            })
+    };
+    let gcc_major = |v: Option<&String>| v.and_then(|v| v.parse::<u32>().ok()).map(|v| v / 10000);
+    stock
+        .keys()
+        .chain(tree.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|key| stock.get(*key) != tree.get(*key))
+        .filter(|key| {
+            if key.as_str() == "GCC_VERSION" {
+                return gcc_major(stock.get(*key)) != gcc_major(tree.get(*key));
+            }
+            !allowed(key)
+        })
+        .map(|key| {
+            format!(
+                "CONFIG_{key} ({} in the image, {} in the tree)",
+                stock.get(key).map_or("unset", String::as_str),
+                tree.get(key).map_or("unset", String::as_str)
+            )
+        })
+        .collect()
+}
+
+/// Any option's raw value from a kernel `.config` (`y`, `m`, a number, a quoted string).
+fn config_value_raw<'a>(config: &'a str, key: &str) -> Option<&'a str> {
+    config
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn configure(root: &BuildRoot, series: &str, fragment: &str, log: &Path) -> Result {
@@ -387,7 +725,7 @@ pub fn describe(toolchain: &Toolchain) -> Result {
         toolchain.target.id,
         toolchain.target.cache_dir().display()
     );
-    for stamp in ["packages", "source", "kernel"] {
+    for stamp in ["packages", "source", "kernel", "image"] {
         for line in stamps.get(stamp).unwrap_or_default().lines() {
             println!("    {stamp}: {line}");
         }
@@ -707,6 +1045,31 @@ mod tests {
             unmet_config(fragment, bad),
             ["CONFIG_RUST=y", "CONFIG_MODVERSIONS=n", "CONFIG_RDMA_RXE=m"]
         );
+    }
+
+    #[test]
+    fn the_tree_may_differ_from_the_stock_config_in_rust_and_tool_versions_only() {
+        let stock = "CONFIG_CC_VERSION_TEXT=\"gcc-14 (Debian 14.2.0-19) 14.2.0\"\nCONFIG_GCC_VERSION=140200\n\
+                     CONFIG_RUSTC_VERSION=0\nCONFIG_MODVERSIONS=y\n# CONFIG_RUST_DEBUG_ASSERTIONS is not set\n";
+        let tree = "CONFIG_CC_VERSION_TEXT=\"gcc-14 (Debian 14.4.0-3) 14.4.0\"\nCONFIG_GCC_VERSION=140400\n\
+                    CONFIG_RUSTC_VERSION=109701\nCONFIG_RUST=y\nCONFIG_MODVERSIONS=y\n\
+                    CONFIG_RUST_OVERFLOW_CHECKS=y\n";
+        assert!(config_differences(stock, tree).is_empty());
+        // Another option, or another major compiler, is refused, named.
+        let moved = tree.replace("CONFIG_MODVERSIONS=y\n", "CONFIG_NR_CPUS=64\n");
+        assert_eq!(
+            config_differences(stock, &moved),
+            [
+                "CONFIG_MODVERSIONS (y in the image, unset in the tree)",
+                "CONFIG_NR_CPUS (unset in the image, 64 in the tree)"
+            ]
+        );
+        let gcc16 = tree.replace("140400", "160200");
+        assert_eq!(
+            config_differences(stock, &gcc16),
+            ["CONFIG_GCC_VERSION (140200 in the image, 160200 in the tree)"]
+        );
+        assert_eq!(config_value_raw(tree, "CONFIG_RUST"), Some("y"));
     }
 
     #[test]

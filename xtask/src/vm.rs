@@ -88,6 +88,37 @@ pub fn needs_modules(scenario: &str) -> Result<bool> {
     Ok(!text.lines().any(|l| l.trim() == "# no-modules"))
 }
 
+/// The targets `cargo xtask test` runs a scenario on (`# test-targets: ID ...` line;
+/// every target without one). `cargo xtask vm` runs any scenario on any target.
+pub fn test_targets(scenario: &str) -> Result<Option<Vec<String>>> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("# test-targets: "))
+        .map(|ids| ids.split_whitespace().map(str::to_string).collect()))
+}
+
+/// The least time a scenario needs (`# timeout: SECONDS` line), for one that is slow
+/// whatever tilde does (depmod over a distribution kernel's modules under TCG).
+fn scenario_timeout(scenario: &str) -> Result<Option<Duration>> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    let Some(secs) = text.lines().find_map(|l| l.strip_prefix("# timeout: ")) else {
+        return Ok(None);
+    };
+    match secs.trim().parse() {
+        Ok(secs) => Ok(Some(Duration::from_secs(secs))),
+        Err(_) => bail!("scenario {scenario}: `# timeout:` wants seconds, got {secs:?}"),
+    }
+}
+
+/// Whether a scenario installs tilde's Debian package (`# installs-package` line): it
+/// gets the package of the modules built for the target in `/tilde/package/`, and stage2
+/// loads no module of tilde's before it.
+pub fn installs_package(scenario: &str) -> Result<bool> {
+    let text = fs::read_to_string(scenarios_dir().join(format!("{scenario}.sh")))?;
+    Ok(text.lines().any(|l| l.trim() == "# installs-package"))
+}
+
 /// The ULP or driver module a scenario needs (`# needs-module: NAME` line), which not
 /// every kernel target builds (see `kmod::ULP_MODULES`, `kmod::DRIVER_MODULES`).
 pub fn needs_module(scenario: &str) -> Result<Option<String>> {
@@ -111,6 +142,7 @@ pub fn run(
             scenarios()?.join(", ")
         );
     }
+    let timeout = timeout.max(scenario_timeout(scenario)?.unwrap_or_default());
     let initramfs = initramfs(toolchain)?;
     let dir = repo_root()
         .join("target/vm")
@@ -124,8 +156,20 @@ pub fn run(
     ] {
         fs::create_dir_all(dir.join(sub))?;
     }
+    // A scenario that installs tilde's package gets the package, and no module for
+    // stage2 to load first: it loads them itself, as a user would.
+    let installs_package = installs_package(scenario)?;
+    if installs_package {
+        let deb = crate::package::build(toolchain, modules)?;
+        crate::package::copy_into(&deb, &dir.join("package"))?;
+    }
+    let stack: &[std::path::PathBuf] = if installs_package {
+        &[]
+    } else {
+        &modules.stack
+    };
     // Module file names get a load-order prefix: stage2 loads them in name order.
-    for (i, ko) in modules.stack.iter().enumerate() {
+    for (i, ko) in stack.iter().enumerate() {
         let name = ko.file_name().context(|| "module path".to_string())?;
         fs::copy(
             ko,
@@ -148,7 +192,7 @@ pub fn run(
     fs::copy(vm_dir.join("stage2"), dir.join("guest/stage2"))?;
     fs::copy(vm_dir.join("lib.sh"), dir.join("guest/lib.sh"))?;
     fs::copy(vm_dir.join("iser.sh"), dir.join("guest/iser.sh"))?;
-    for helper in ["iser_bench_table.py", "tcp_blob.py"] {
+    for helper in ["iser_bench_table.py", "tcp_blob.py", "modversion_flip.py"] {
         fs::copy(vm_dir.join(helper), dir.join("guest").join(helper))?;
     }
     fs::copy(&script, dir.join("scenario.sh"))?;

@@ -16,7 +16,13 @@
 //!   kernel's bindgen flags where the `pin_init` crate exists;
 //! - the rest of the kernel crate's drift: `kernel_api`;
 //! - the IB core's C API where kernels differ: `c_api`, decided by probes of the
-//!   generated bindings themselves.
+//!   generated bindings themselves;
+//! - a kernel built without Rust (Debian 13's stock 6.12): when the stock
+//!   `Module.symvers` lists no Rust symbol of vmlinux, `cargo xtask kmod` links the
+//!   kernel's Rust runtime, built in a tree prepared with the stock config plus Rust, into
+//!   `tilde_core.ko` and exports it from there, with `carried_runtime.c` for what such a
+//!   vmlinux lacks (`%pA`, an exported `vrealloc`). The Rust code here and above is the
+//!   same either way (docs/debian-stock-kernel.md).
 
 #[allow(
     non_camel_case_types,
