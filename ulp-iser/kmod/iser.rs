@@ -231,6 +231,17 @@ impl ConnShared {
         self.tell_libiscsi();
     }
 
+    /// [`ConnShared::fail`] for a work request that completed in error, naming its status
+    /// (the log line says why: a retry count exceeded under load reads differently from a
+    /// protection error).
+    fn fail_completion(&self, what: &str, status: WcStatus) {
+        if self.stopping.load(Acquire) || self.failed.xchg(true, Full) {
+            return;
+        }
+        pr_err!("{}: connection failed: {} ({})\n", self.device, what, status);
+        self.tell_libiscsi();
+    }
+
     /// Like [`ConnShared::fail`], for an end that is no error of either side (the peer
     /// disconnects after a logout, say).
     fn lost(&self, why: &str) {
@@ -460,22 +471,22 @@ impl ConnShared {
         // The task may go now (a PDU no response answers), sent or not.
         drop(put_task);
         if completion.status != WcStatus::Success {
-            self.fail("a send failed");
+            self.fail_completion("a send failed", completion.status);
         }
     }
 
     /// A WR of the Data-Out pool is back: from a Data-Out PDU, or from a management PDU
     /// that borrowed it (`send_control`), which may hold its task.
     fn data_out_sent(&self, mut wr: KBox<WorkRequest<Work>>) {
-        let failed = wr.completion().status != WcStatus::Success;
+        let status = wr.completion().status;
         let put_task = wr.data_mut().put_task.take();
         // Room for every Data-Out WR was reserved at connect.
         if let Err(wr) = push_within_capacity(&mut self.data_out.lock(), wr) {
             drop(wr);
         }
         drop(put_task);
-        if failed {
-            self.fail("a Data-Out send failed");
+        if status != WcStatus::Success {
+            self.fail_completion("a Data-Out send failed", status);
         }
     }
 
