@@ -410,8 +410,12 @@ impl Shared {
     /// Lends each completion EQ to its vector's handler, which walks it from now on.
     fn lend_comp_eqs(&self, core: &mut Mlx4Core<Block>) {
         for index in 0..COMP_EQS as usize {
-            let handler = self.irqs.handler(index as u32 + 1);
-            if let (Some(handler), Some(eq)) = (handler, core.lend_comp_eq(index)) {
+            // Only to a handler that exists: an EQ taken from the core and dropped would
+            // free pages the device still writes.
+            let Some(handler) = self.irqs.handler(index as u32 + 1) else {
+                continue;
+            };
+            if let Some(eq) = core.lend_comp_eq(index) {
                 *handler.eq.lock() = Some(eq);
             }
         }
