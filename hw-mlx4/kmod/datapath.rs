@@ -26,7 +26,6 @@ use hw_mlx4::fastpath::qp::QueuePairState;
 use hw_mlx4::fastpath::recv::RecvQueueState;
 use hw_mlx4::fastpath::send::{QpType, SendQueueCaps, SendQueueState};
 use hw_mlx4::ring::MemoryRing;
-use hw_mlx4::wire::fw::qp_context;
 use hw_mlx4::wire::ArmCommand;
 use hw_mlx4::wr::{
     Completion, Payload, RecvWr, SendFlags, SendOp, SendWr, Sge, WcOpcode, WcStatus,
@@ -166,15 +165,7 @@ fn check(what: &str, ok: bool) -> Result {
 }
 
 fn rc_path(remote_qpn: u32) -> QpPath {
-    QpPath {
-        port: 1,
-        pkey_index: 0,
-        dlid: 0,
-        remote_qpn,
-        rq_psn: 0,
-        qkey: 0,
-        remote_access: qp_context::PARAMS2_ACCESS,
-    }
+    QpPath::rc(1, 0, remote_qpn)
 }
 
 /// A ring of `1 << log_entries` entries of `1 << shift` bytes at `offset` of `block`.

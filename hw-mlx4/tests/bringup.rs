@@ -1506,15 +1506,7 @@ fn rc_config(pd: u32, cqn: u32) -> QpConfig {
 }
 
 fn rc_path(remote_qpn: u32) -> QpPath {
-    QpPath {
-        port: 1,
-        pkey_index: 0,
-        dlid: 0,
-        remote_qpn,
-        rq_psn: 0,
-        qkey: 0,
-        remote_access: qp_context::PARAMS2_ACCESS,
-    }
+    QpPath::rc(1, 0, remote_qpn)
 }
 
 /// Takes a QP from RESET to RTS, connected to `remote`.

@@ -112,6 +112,20 @@ expect_cases() {
 	echo "$count"
 }
 
+# cx3_function: the PCI address of the emulated ConnectX-3 (15b3:1003); fails if there is
+# none.
+cx3_function() {
+	local d
+	for d in /sys/bus/pci/devices/*; do
+		if [ "$(cat "$d/vendor")" = 0x15b3 ] && [ "$(cat "$d/device")" = 0x1003 ]; then
+			basename "$d"
+			return 0
+		fi
+	done
+	echo "FAIL: no 15b3:1003 function" >&2
+	return 1
+}
+
 # cx3_active: the emulated ConnectX-3 bound by the kernel's mlx4_core and mlx4_ib, and
 # opensm (over ib_umad, bound to port 1) running until the guest powers off, with both
 # ports ACTIVE.

@@ -257,6 +257,22 @@ pub struct QpPath {
     pub remote_access: u32,
 }
 
+impl QpPath {
+    /// An RC path on `port` to QP `remote_qpn` at `dlid`, P_Key index 0, receive PSN 0,
+    /// remote read, write and atomics granted.
+    pub fn rc(port: u8, dlid: u16, remote_qpn: u32) -> Self {
+        Self {
+            port,
+            pkey_index: 0,
+            dlid,
+            remote_qpn,
+            rq_psn: 0,
+            qkey: 0,
+            remote_access: qp_context::PARAMS2_ACCESS,
+        }
+    }
+}
+
 /// PortInfo as MAD_IFC answers a Get, the fields the IB device reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortInfo {

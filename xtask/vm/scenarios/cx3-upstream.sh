@@ -7,13 +7,7 @@
 . /tilde/guest/lib.sh
 
 echo "== the device on the PCI bus"
-dev=
-for d in /sys/bus/pci/devices/*; do
-	if [ "$(cat "$d/vendor")" = 0x15b3 ] && [ "$(cat "$d/device")" = 0x1003 ]; then
-		dev=$(basename "$d")
-	fi
-done
-[ -n "$dev" ] || { echo "FAIL: no 15b3:1003 function"; exit 1; }
+dev=$(cx3_function)
 echo "ConnectX-3 at $dev"
 
 echo "== mlx4_core binds it"

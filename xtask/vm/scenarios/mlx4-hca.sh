@@ -15,13 +15,7 @@
 driver=/tilde/drivers/tilde_mlx4.ko
 
 echo "== the device on the PCI bus, bound to nothing"
-dev=
-for d in /sys/bus/pci/devices/*; do
-	if [ "$(cat "$d/vendor")" = 0x15b3 ] && [ "$(cat "$d/device")" = 0x1003 ]; then
-		dev=$(basename "$d")
-	fi
-done
-[ -n "$dev" ] || { echo "FAIL: no 15b3:1003 function"; exit 1; }
+dev=$(cx3_function)
 echo "ConnectX-3 at $dev"
 refute "$dev is already bound" test -e "/sys/bus/pci/devices/$dev/driver"
 
