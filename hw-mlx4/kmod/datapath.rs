@@ -169,7 +169,7 @@ fn rc_path(remote_qpn: u32) -> QpPath {
 }
 
 /// A ring of `1 << log_entries` entries of `1 << shift` bytes at `offset` of `block`.
-fn ring_in(block: &Block, offset: u64, log_entries: u32, shift: u32) -> Result<KernelRing> {
+pub(crate) fn ring_in(block: &Block, offset: u64, log_entries: u32, shift: u32) -> Result<KernelRing> {
     let offset = usize::try_from(offset).map_err(|_| EINVAL)?;
     let size = 1usize
         .checked_shl(log_entries.checked_add(shift).ok_or(EINVAL)?)
@@ -182,25 +182,24 @@ fn ring_in(block: &Block, offset: u64, log_entries: u32, shift: u32) -> Result<K
     .ok_or(EINVAL)
 }
 
-/// The fast path's view of a QP the core created: its rings inside the QP's buffer, its
-/// receive doorbell record in its doorbell page.
-fn fast_qp(qp: &QueuePair<Block>) -> Result<QueuePairState<KernelPlatform>> {
+/// The fast path's queues of a QP the core created: its rings inside the QP's buffer,
+/// its receive doorbell record in its doorbell page.
+pub(crate) fn queues_of(
+    qp: &QueuePair<Block>,
+    caps: SendQueueCaps,
+    qp_type: QpType,
+) -> Result<(SendQueueState<KernelPlatform>, RecvQueueState<KernelPlatform>)> {
     let buffer = &qp.buffer.as_ref().ok_or(EINVAL)?.block;
     let doorbell = &qp.doorbell.as_ref().ok_or(EINVAL)?.block;
     let c = qp.config;
-    let caps = SendQueueCaps {
-        max_sge: 2,
-        max_inline: 0,
-        signal_all: false,
-    };
     let refused = |e| {
-        pr_err!("data-path check: queue refused: {:?}\n", e);
+        pr_err!("QP {:#x}: queue refused by the fast path: {:?}\n", qp.qpn, e);
         EINVAL
     };
     let sq = SendQueueState::new(
         ring_in(buffer, qp.sq_offset, c.log_sq_entries, c.log_sq_stride)?,
         WrIds::new(1 << c.log_sq_entries)?,
-        QpType::Rc,
+        qp_type,
         caps,
     )
     .map_err(refused)?;
@@ -210,6 +209,17 @@ fn fast_qp(qp: &QueuePair<Block>) -> Result<QueuePairState<KernelPlatform>> {
         KernelDoorbellRecord::in_block(doorbell, 0)?,
     )
     .map_err(refused)?;
+    Ok((sq, rq))
+}
+
+/// The fast path's view of one of the check's QPs.
+fn fast_qp(qp: &QueuePair<Block>) -> Result<QueuePairState<KernelPlatform>> {
+    let caps = SendQueueCaps {
+        max_sge: 2,
+        max_inline: 0,
+        signal_all: false,
+    };
+    let (sq, rq) = queues_of(qp, caps, QpType::Rc)?;
     Ok(QueuePairState::new(qp.qpn, sq, rq))
 }
 

@@ -33,6 +33,11 @@ use rdma_core::sync::{IrqSpinLock, Mutex};
 use rdma_core::work::{DelayedWork, WorkHandler};
 
 use crate::datapath::{self, CompletionEvents};
+use crate::ib::{CqTable, Mlx4Ib};
+
+/// The IB device over the HCA while it is registered, which the remove and the
+/// catastrophic error poll unregister (before the HCA goes away under it).
+type IbSlot = Mutex<Option<rdma_core::driver::Registration<Mlx4Ib>>>;
 
 /// The ICM page and the unit `HostMemory` allocates in.
 const PAGE_SIZE: usize = 4096;
@@ -43,7 +48,7 @@ const PAGE_SIZE: usize = 4096;
 const IB_CAP_MASK: u32 = 0x0251_0868;
 
 /// Completion EQs, one per MSI-X vector after the async EQ's.
-const COMP_EQS: u32 = 2;
+pub(crate) const COMP_EQS: u32 = 2;
 
 /// MSI-X vectors: the async EQ's and the completion EQs'.
 const VECTORS: u32 = 1 + COMP_EQS;
@@ -62,6 +67,7 @@ pub(crate) struct ConnectX3;
 pub(crate) struct Hca {
     /// Cancelled first at remove (it may be resetting the device).
     poller: Option<DelayedWork<CatasPoller>>,
+    ib: Arc<IbSlot>,
     shared: Arc<Shared>,
 }
 
@@ -74,6 +80,7 @@ pub(crate) struct Shared {
     bar2: Arc<Bar>,
     irqs: IrqVectors<EqInterrupt>,
     core: Mutex<KBox<Mlx4Core<Block>>>,
+    cqs: Arc<CqTable>,
 }
 
 /// An EQ's MSI-X vector: the interrupts it took and, for a completion EQ, the EQ itself
@@ -82,6 +89,7 @@ pub(crate) struct EqInterrupt {
     count: Atomic<u32>,
     eq: IrqSpinLock<Option<EventQueue<Block>>>,
     bar2: Arc<Bar>,
+    cqs: Arc<CqTable>,
     /// Completion events delivered, the CQ the last one named, EQEs refused.
     completions: Atomic<u32>,
     last_cqn: Atomic<u32>,
@@ -89,11 +97,12 @@ pub(crate) struct EqInterrupt {
 }
 
 impl EqInterrupt {
-    fn new(bar2: Arc<Bar>) -> Result<Self> {
+    fn new(bar2: Arc<Bar>, cqs: Arc<CqTable>) -> Result<Self> {
         Ok(Self {
             count: Atomic::new(0),
             eq: IrqSpinLock::new(None)?,
             bar2,
+            cqs,
             completions: Atomic::new(0),
             last_cqn: Atomic::new(0),
             refused: Atomic::new(0),
@@ -123,10 +132,15 @@ impl IrqHandler for EqInterrupt {
         while let Ok(Some(event)) = eq.next(&mut edge) {
             consumed = true;
             match event {
-                EqEvent::Completion { cqn } => {
-                    self.last_cqn.store(cqn, Relaxed);
-                    self.completions.add(1, Relaxed);
-                }
+                EqEvent::Completion { cqn } => match self.cqs.get(cqn) {
+                    // One of the IB device's CQs: its handler runs.
+                    Some(cq) => cq.event(),
+                    // The probe's data-path check's CQ, which it watches here.
+                    None => {
+                        self.last_cqn.store(cqn, Relaxed);
+                        self.completions.add(1, Relaxed);
+                    }
+                },
                 _ => self.refused.add(1, Relaxed),
             }
         }
@@ -303,7 +317,27 @@ impl HostMemory for Edge<'_> {
 const EMPTY_CORE: Mlx4Core<Block> = Mlx4Core::new();
 
 impl Shared {
-    fn edge(&self) -> Edge<'_> {
+    /// The function's name, as dmesg lines start.
+    pub(crate) fn name(&self) -> &str {
+        self.dev.name()
+    }
+
+    /// The bring-up core, behind its mutex.
+    pub(crate) fn core(&self) -> &Mutex<KBox<Mlx4Core<Block>>> {
+        &self.core
+    }
+
+    /// BAR2 (the UAR pages).
+    pub(crate) fn bar2(&self) -> &Arc<Bar> {
+        &self.bar2
+    }
+
+    /// The IB device's CQs, by number, for the interrupt handlers.
+    pub(crate) fn cqs(&self) -> &CqTable {
+        &self.cqs
+    }
+
+    pub(crate) fn edge(&self) -> Edge<'_> {
         Edge {
             dev: &self.dev,
             bar0: &self.bar0,
@@ -464,8 +498,9 @@ impl pci::Driver for ConnectX3 {
         let mut irqs = dev
             .alloc_msix(VECTORS, VECTORS)
             .inspect_err(|e| pr_err!("{}: no MSI-X vectors: {:?}\n", dev.name(), e))?;
+        let cqs = Arc::new(CqTable::new()?, GFP_KERNEL)?;
         for vector in 0..irqs.count() {
-            let handler = EqInterrupt::new(bar2.clone())?;
+            let handler = EqInterrupt::new(bar2.clone(), cqs.clone())?;
             irqs.request(vector, c"tilde_mlx4", Arc::new(handler, GFP_KERNEL)?)?;
         }
         let core = KBox::write(KBox::new_uninit(GFP_KERNEL)?, EMPTY_CORE);
@@ -476,19 +511,33 @@ impl pci::Driver for ConnectX3 {
                 bar2,
                 irqs,
                 core: Mutex::new(core)?,
+                cqs,
             },
             GFP_KERNEL,
         )?;
         shared.bring_up(&mut shared.core.lock())?;
+        let ib = match Mutex::new(None).and_then(|slot| Ok(Arc::new(slot, GFP_KERNEL)?)) {
+            Ok(ib) => ib,
+            Err(error) => {
+                close(&shared);
+                return Err(error);
+            }
+        };
+        if let Err(error) = register_ib(&shared, &ib) {
+            close(&shared);
+            return Err(error);
+        }
         let poller = DelayedWork::new(Arc::new(
             CatasPoller {
                 shared: shared.clone(),
+                ib: ib.clone(),
             },
             GFP_KERNEL,
         )?);
         let poller = match poller {
             Ok(poller) => poller,
             Err(error) => {
+                unregister_ib(&shared, &ib);
                 close(&shared);
                 return Err(error);
             }
@@ -496,14 +545,60 @@ impl pci::Driver for ConnectX3 {
         poller.schedule(CATAS_POLL_INTERVAL);
         Ok(Hca {
             poller: Some(poller),
+            ib,
             shared,
         })
     }
 
     fn remove(_dev: &Device, hca: &mut Hca) {
-        // The poll first: it may be resetting the device; this waits for it.
+        // The poll first: it may be resetting the device; this waits for it. Then the
+        // IB device, whose objects the IB core destroys through the HCA.
         drop(hca.poller.take());
+        unregister_ib(&hca.shared, &hca.ib);
         close(&hca.shared);
+    }
+}
+
+/// Registers the IB device over the HCA (`mlx4_ib_add`), into `slot`.
+fn register_ib(shared: &Arc<Shared>, slot: &IbSlot) -> Result {
+    let dev: &Device = &shared.dev;
+    let state = {
+        let mut core = shared.core.lock();
+        let info = core.info().copied().ok_or(EINVAL)?;
+        Mlx4Ib::new(shared.clone(), &mut core, &info)?
+    };
+    let registration = rdma_core::driver::Registration::new_for_pci(
+        &crate::THIS_MODULE,
+        state,
+        crate::ib::NAME,
+        dev,
+        |setup, state| {
+            setup.node_type(rdma_core::driver::NodeType::Ca);
+            setup.ports(state.ports());
+            setup.comp_vectors(COMP_EQS);
+            setup.node_guid(state.node_guid());
+            Ok(())
+        },
+    )?;
+    pr_info!(
+        "{}: InfiniBand device {} registered: {} ports, node GUID {:016x}\n",
+        dev.name(),
+        registration.name(),
+        registration.state().ports(),
+        registration.state().node_guid()
+    );
+    *slot.lock() = Some(registration);
+    Ok(())
+}
+
+/// Unregisters the IB device, if registered: the IB core's clients go, and every object
+/// is destroyed through the driver's ops.
+fn unregister_ib(shared: &Shared, slot: &IbSlot) {
+    let registration = slot.lock().take();
+    if let Some(registration) = registration {
+        let name = registration.name();
+        drop(registration);
+        pr_info!("{}: InfiniBand device {} unregistered\n", shared.dev.name(), name);
     }
 }
 
@@ -536,6 +631,7 @@ fn close(shared: &Shared) {
 /// again (`mlx4_enter_error_state`, then the reset and reload of `mlx4_restart_one`).
 struct CatasPoller {
     shared: Arc<Shared>,
+    ib: Arc<IbSlot>,
 }
 
 impl WorkHandler for CatasPoller {
@@ -544,7 +640,8 @@ impl WorkHandler for CatasPoller {
         let dev: &Device = &shared.dev;
         let mut core = shared.core.lock();
         let mut edge = shared.edge();
-        let error = match core.catastrophic_error(&mut edge) {
+        let found = core.catastrophic_error(&mut edge);
+        let error = match found {
             Ok(None) => return Some(CATAS_POLL_INTERVAL),
             Ok(Some(error)) => error,
             Err(error) => {
@@ -562,8 +659,7 @@ impl WorkHandler for CatasPoller {
             error.word,
             error.value
         );
-        shared.take_back_comp_eqs(&mut core);
-        if let Err(error) = core.recover_from_error(&mut edge) {
+        if let Err(error) = core.reset_after_error(&mut edge) {
             pr_err!(
                 "{}: the reset failed ({:?}): the device keeps its memory until the driver is unbound\n",
                 dev.name(),
@@ -571,12 +667,23 @@ impl WorkHandler for CatasPoller {
             );
             return None;
         }
+        // The device forgot everything and commands now succeed at once: the IB device
+        // goes, its objects destroyed through the ops (which take the core's mutex).
+        drop(core);
+        unregister_ib(shared, &self.ib);
+        let mut core = shared.core.lock();
+        shared.take_back_comp_eqs(&mut core);
+        core.release_after_error(&mut edge);
         pr_info!(
             "{}: reset: the device forgot everything, every page taken back\n",
             dev.name()
         );
         match shared.bring_up(&mut core) {
             Ok(()) => {
+                drop(core);
+                if register_ib(shared, &self.ib).is_err() {
+                    pr_err!("{}: the IB device did not come back after the reset\n", dev.name());
+                }
                 pr_info!("{}: recovered from the catastrophic error\n", dev.name());
                 Some(CATAS_POLL_INTERVAL)
             }

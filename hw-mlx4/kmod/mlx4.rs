@@ -25,6 +25,7 @@ use rdma_core::pci::Registration;
 
 mod datapath;
 mod hca;
+mod ib;
 mod platform;
 mod wr_ids;
 

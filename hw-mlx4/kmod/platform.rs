@@ -39,6 +39,14 @@ pub(crate) struct QueueMemory {
     backing: Backing,
 }
 
+// SAFETY: the memory is the device's and the CPU's alike, never a thread's: the fast
+// path reaches it from its posters and pollers on any CPU through the queue protocol
+// (ownership bits, shared counters, barriers), and the backing is freed once, on drop.
+unsafe impl Send for QueueMemory {}
+// SAFETY: as above; `&self` reaches it only through raw pointers whose use the queue
+// protocol orders.
+unsafe impl Sync for QueueMemory {}
+
 enum Backing {
     /// `tilde_mlx4_queue_alloc`'s.
     Kmalloc,
@@ -196,6 +204,12 @@ pub(crate) struct Uar {
     /// of memory, which its caller keeps).
     _bar: Option<Arc<Bar>>,
 }
+
+// SAFETY: MMIO writes to the doorbell registers, from any CPU, are how the device is
+// told of work; the mapping is held by the `Arc` (or the self-test's caller).
+unsafe impl Send for Uar {}
+// SAFETY: as above; every register write is one whole store (`write_volatile`).
+unsafe impl Sync for Uar {}
 
 /// A UAR page's size.
 pub(crate) const UAR_PAGE_SIZE: usize = 4096;

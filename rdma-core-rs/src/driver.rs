@@ -782,6 +782,13 @@ impl<'a, D: Driver> NewQp<'a, D> {
         PdId(unsafe { (*self.qp).pd })
     }
 
+    /// The PD the QP belongs to, the driver's state of it.
+    pub fn pd(&self) -> &'a Pd<D> {
+        // SAFETY: the IB core's QP being created, its PD set before the op: a PD of this
+        // device, which the IB core keeps (by its use count) until the QP is destroyed.
+        unsafe { Pd::from_raw((*self.qp).pd) }
+    }
+
     /// The CQ of its send queue (none if the consumer gave none).
     pub fn send_cq(&self) -> Option<&'a Cq<D>> {
         let cq = self.attr.send_cq;
@@ -959,6 +966,30 @@ impl QpModify<'_> {
     pub fn pkey_index(&self) -> Option<u16> {
         self.has(sys::ib_qp_attr_mask_IB_QP_PKEY_INDEX)
             .then_some(self.attr.pkey_index)
+    }
+
+    /// The first PSN the receive queue expects (`IB_QP_RQ_PSN`).
+    pub fn rq_psn(&self) -> Option<u32> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_RQ_PSN)
+            .then_some(self.attr.rq_psn)
+    }
+
+    /// The first PSN the send queue uses (`IB_QP_SQ_PSN`).
+    pub fn sq_psn(&self) -> Option<u32> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_SQ_PSN)
+            .then_some(self.attr.sq_psn)
+    }
+
+    /// The primary path's destination LID and SL, on an InfiniBand port (`IB_QP_AV`).
+    pub fn path_lid(&self) -> Option<(u16, u8)> {
+        let av = &self.attr.ah_attr;
+        if !self.has(sys::ib_qp_attr_mask_IB_QP_AV)
+            || av.type_ != sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_IB
+        {
+            return None;
+        }
+        // SAFETY: the IB view of the union, which an IB-typed attribute holds.
+        Some((unsafe { av.__bindgen_anon_1.ib.dlid }, av.sl))
     }
 }
 
@@ -1498,6 +1529,15 @@ impl AhAttr<'_> {
         self.attr.sl
     }
 
+    /// The destination LID, on an InfiniBand port (`None` for another address type).
+    pub fn dlid(&self) -> Option<u16> {
+        if self.attr.type_ != sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_IB {
+            return None;
+        }
+        // SAFETY: the IB view of the union, which an IB-typed attribute holds.
+        Some(unsafe { self.attr.__bindgen_anon_1.ib.dlid })
+    }
+
     /// Its global route, if it has one (`IB_AH_GRH`; RoCE AHs always do).
     pub fn route(&self) -> Option<Route> {
         if u32::from(self.attr.ah_flags) & sys::ib_ah_flags_IB_AH_GRH == 0 {
@@ -1763,6 +1803,35 @@ impl PortAttrs<'_> {
         self
     }
 
+    /// Its LID and LMC (0: no subnet manager gave it one yet).
+    pub fn lid(&mut self, lid: u16, lmc: u8) -> &mut Self {
+        self.0.lid = lid.into();
+        self.0.lmc = lmc;
+        self
+    }
+
+    /// Its subnet manager's LID and SL, and the subnet timeout it set.
+    pub fn subnet_manager(&mut self, lid: u16, sl: u8, timeout: u8) -> &mut Self {
+        self.0.sm_lid = lid.into();
+        self.0.sm_sl = sl;
+        self.0.subnet_timeout = timeout;
+        self
+    }
+
+    /// PortInfo:CapabilityMask, and the data VLs it runs.
+    pub fn capabilities(&mut self, mask: u32, max_vl_num: u8) -> &mut Self {
+        self.0.port_cap_flags = mask;
+        self.0.max_vl_num = max_vl_num;
+        self
+    }
+
+    /// Its P_Key and Q_Key violation counters.
+    pub fn violations(&mut self, bad_pkey: u32, qkey: u32) -> &mut Self {
+        self.0.bad_pkey_cntr = bad_pkey;
+        self.0.qkey_viol_cntr = qkey;
+        self
+    }
+
     /// Its active width and lane speed.
     pub fn link(&mut self, width: PortWidth, speed: PortSpeed) -> &mut Self {
         self.0.active_width = match width {
@@ -1791,6 +1860,9 @@ impl CoreCaps {
     pub const ROCE_UDP_ENCAP: Self = Self(sys::RDMA_CORE_CAP_PROT_ROCE_UDP_ENCAP);
     /// Address handles carry Ethernet (RoCE) addresses (`RDMA_CORE_CAP_ETH_AH`).
     pub const ETH_AH: Self = Self(sys::RDMA_CORE_CAP_ETH_AH);
+    /// InfiniBand (`RDMA_CORE_CAP_PROT_IB`), without the management classes: a port
+    /// whose MADs nobody handles yet (no QP0/QP1), which `ib_mad` leaves alone.
+    pub const PROT_IB: Self = Self(sys::RDMA_CORE_CAP_PROT_IB);
 }
 
 impl core::ops::BitOr for CoreCaps {
@@ -1874,6 +1946,11 @@ pub trait Driver: Sized + Send + Sync + 'static {
     fn link_layer(dev: &Device<Self>, port: u32) -> crate::verbs::LinkLayer;
     /// The P_Key at `index` of `port`'s table.
     fn query_pkey(dev: &Device<Self>, port: u32, index: u16) -> Result<u16>;
+    /// The GID at `index` of an InfiniBand port's table (the IB core keeps RoCE ports'
+    /// tables itself and never asks for those).
+    fn query_gid(_dev: &Device<Self>, _port: u32, _index: u32) -> Result<Gid> {
+        Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP))
+    }
 
     /// Sets up a PD.
     fn alloc_pd(dev: &Device<Self>) -> Result<Self::Pd>;
@@ -2002,6 +2079,27 @@ impl<T: Driver> Ops<T> {
             Ok(value) => {
                 // SAFETY: the IB core's output, valid for the call.
                 unsafe { *pkey = value };
+                0
+            }
+            Err(error) => error.to_errno(),
+        }
+    }
+
+    unsafe extern "C" fn query_gid(
+        raw: *mut sys::ib_device,
+        port: u32,
+        index: c_int,
+        gid: *mut sys::ib_gid,
+    ) -> c_int {
+        let Ok(index) = u32::try_from(index) else {
+            return EINVAL.to_errno();
+        };
+        // SAFETY: as above.
+        match T::query_gid(unsafe { Self::dev(raw) }, port, index) {
+            Ok(value) => {
+                // SAFETY: the IB core's output, valid for the call; every view of the
+                // union is its 16 bytes.
+                unsafe { (*gid).raw = value.0 };
                 0
             }
             Err(error) => error.to_errno(),
@@ -2385,6 +2483,7 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
     ops.get_port_immutable = Some(Ops::<T>::get_port_immutable);
     ops.get_link_layer = Some(Ops::<T>::get_link_layer);
     ops.query_pkey = Some(Ops::<T>::query_pkey);
+    ops.query_gid = Some(Ops::<T>::query_gid);
     ops.alloc_pd = Some(Ops::<T>::alloc_pd);
     ops.dealloc_pd = Some(Ops::<T>::dealloc_pd);
     ops.create_cq = Some(Ops::<T>::create_cq);
@@ -2504,6 +2603,30 @@ impl<T: Driver> Registration<T> {
         name: &core::ffi::CStr,
         setup: impl FnOnce(&mut DeviceSetup<'_>, &mut T) -> Result,
     ) -> Result<Self> {
+        Self::register(owner, state, name, core::ptr::null_mut(), setup)
+    }
+
+    /// As [`Registration::new`], for a PCI function's device: the function is its DMA
+    /// device (`ib_register_device(.., &pdev->dev)`), so the IB core maps consumers'
+    /// buffers through the DMA API for it and the device appears under the function in
+    /// sysfs. Drop it before the function's resources the driver's ops use.
+    pub fn new_for_pci(
+        owner: &'static kernel::ThisModule,
+        state: T,
+        name: &core::ffi::CStr,
+        pci: &crate::pci::Device,
+        setup: impl FnOnce(&mut DeviceSetup<'_>, &mut T) -> Result,
+    ) -> Result<Self> {
+        Self::register(owner, state, name, pci.dma_device(), setup)
+    }
+
+    fn register(
+        owner: &'static kernel::ThisModule,
+        state: T,
+        name: &core::ffi::CStr,
+        dma_device: *mut sys::device,
+        setup: impl FnOnce(&mut DeviceSetup<'_>, &mut T) -> Result,
+    ) -> Result<Self> {
         // The IB core's allocation is aligned for an `ib_device`; the state must not need
         // more (checked at compile time).
         const {
@@ -2539,12 +2662,14 @@ impl<T: Driver> Registration<T> {
             registration.abandon();
             return Err(error);
         }
-        // SAFETY: set up and not registered; the name is a valid C string for the call.
+        // SAFETY: set up and not registered; the name is a valid C string for the call;
+        // the DMA device, if any, is a bound PCI function's, which outlives the
+        // registration (its driver drops it in the remove).
         let registered = unsafe {
             sys::ib_register_device(
                 raw,
                 crate::sys::kernel_api::c_str(name),
-                core::ptr::null_mut(),
+                dma_device,
             )
         };
         if registered != 0 {

@@ -147,6 +147,12 @@ impl Device {
         unsafe { sys::tilde_pci_device(self.raw.as_ptr()) }
     }
 
+    /// Its `struct device` (`&pdev->dev`), which DMA is mapped for.
+    pub(crate) fn dma_device(&self) -> *mut sys::device {
+        // SAFETY: a live device; the pointer is into it.
+        unsafe { sys::tilde_pci_dma_device(self.raw.as_ptr()) }
+    }
+
     /// A counted reference to it, to keep with the driver's data.
     pub fn get(&self) -> DeviceRef {
         DeviceRef::new(self)

@@ -24,7 +24,8 @@
 
 use crate::wire::cmd::opcode;
 use crate::wire::fw::{
-    cq_context, mad, mpt_entry, port_info, qp_context, qp_optpar, Mailbox, MAILBOX_SIZE,
+    cq_context, mad, mpt_entry, node_info, port_info, qp_context, qp_optpar, Mailbox,
+    MAILBOX_SIZE,
 };
 
 use super::bitmap::IdBitmap;
@@ -42,6 +43,12 @@ const TABLE_CHUNK_SIZE: u64 = (ICM_PAGE_SIZE as u64) << MAX_CHUNK_LOG_PAGES;
 pub(super) const CQN_WORDS: usize = 8;
 pub(super) const QPN_WORDS: usize = 64;
 pub(super) const MPT_WORDS: usize = 8;
+/// The most CQs the core's number table holds.
+pub const MAX_CQS: usize = CQN_WORDS * 64;
+/// The most QPs the core's number table holds.
+pub const MAX_QPS: usize = QPN_WORDS * 64;
+/// The most MPTs (MRs) the core's number table holds.
+pub const MAX_MPTS: usize = MPT_WORDS * 64;
 /// Special QPs: QP0 and QP1 of each port, and the proxies, 8 from the base
 /// (`mlx4_init_qp_table`).
 pub const SPECIAL_QPS: u32 = 8;
@@ -292,12 +299,26 @@ pub struct PortInfo {
     pub lmc: u8,
     /// The active width.
     pub width_active: u8,
+    /// The active lane speed (PortInfo:LinkSpeedActive, 1 SDR, 2 DDR, 4 QDR).
+    pub speed_active: u8,
+    /// The SM's SL.
+    pub sm_sl: u8,
+    /// The subnet timeout the SM set.
+    pub subnet_timeout: u8,
+    /// The largest MTU the port supports and the one the link runs (IB MTU codes, 1 256
+    /// .. 5 4096).
+    pub mtu_cap: u8,
+    /// The neighbour MTU: the link's active MTU.
+    pub mtu_active: u8,
+    /// The data VLs the port supports (VLCap: 1 VL0, 2 VL0-1, 3 VL0-3 ...).
+    pub vl_cap: u8,
 }
 
 impl PortInfo {
     /// Parses a MAD_IFC answer to Get(PortInfo) of `port`: a GetResp of the LID-routed
     /// SMP class with status 0, for PortInfo, whose fields are in range.
     pub fn parse(answer: &[u8]) -> Result<Self, InvalidCap> {
+        check_get_resp(answer, mad::ATTR_PORT_INFO, "PortInfo (0x0015)")?;
         let m = Mailbox(answer);
         let refuse = |field, value: u64, expected| {
             Err(InvalidCap {
@@ -306,30 +327,6 @@ impl PortInfo {
                 expected,
             })
         };
-        if answer.len() < mad::SIZE {
-            return refuse("MAD_IFC_LENGTH", answer.len() as u64, "a 256-byte MAD");
-        }
-        if m.u8(mad::MGMT_CLASS) != mad::CLASS_SUBN_LID_ROUTED {
-            return refuse(
-                "MAD_MGMT_CLASS",
-                m.u8(mad::MGMT_CLASS).into(),
-                "the LID-routed SMP class (0x01)",
-            );
-        }
-        if m.u8(mad::METHOD) != mad::METHOD_GET_RESP {
-            return refuse("MAD_METHOD", m.u8(mad::METHOD).into(), "GetResp (0x81)");
-        }
-        let status = m.u16(mad::STATUS) & 0x7fff;
-        if status != 0 {
-            return refuse("MAD_STATUS", status.into(), "0");
-        }
-        if m.u16(mad::ATTR_ID) != mad::ATTR_PORT_INFO {
-            return refuse(
-                "MAD_ATTR_ID",
-                m.u16(mad::ATTR_ID).into(),
-                "PortInfo (0x0015)",
-            );
-        }
         let at = |o: usize| mad::SMP_DATA.saturating_add(o);
         let state = m.u8(at(port_info::SPEED_STATE)) & 0xf;
         if !(1..=5).contains(&state) {
@@ -348,8 +345,76 @@ impl PortInfo {
             phys_state,
             lmc: m.u8(at(port_info::LMC)) & 7,
             width_active: m.u8(at(port_info::WIDTH_ACTIVE)),
+            speed_active: m.u8(at(port_info::SPEED_ACTIVE)) >> 4,
+            sm_sl: m.u8(at(port_info::MTU_SMSL)) & 0xf,
+            subnet_timeout: m.u8(at(port_info::SUBNET_TIMEOUT)) & 0x1f,
+            mtu_cap: m.u8(at(port_info::MTU_CAP)) & 0xf,
+            mtu_active: m.u8(at(port_info::MTU_SMSL)) >> 4,
+            vl_cap: m.u8(at(port_info::VL_CAP)) >> 4,
         })
     }
+}
+
+/// NodeInfo (IBA 14.2.5.3) as MAD_IFC answers a Get: what the IB device names itself by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The system image GUID.
+    pub sys_image_guid: u64,
+    /// The node GUID.
+    pub node_guid: u64,
+    /// The PCI device ID the SMA reports.
+    pub device_id: u16,
+    /// The device revision.
+    pub revision: u32,
+}
+
+impl NodeInfo {
+    /// Parses a MAD_IFC answer to Get(NodeInfo).
+    pub fn parse(answer: &[u8]) -> Result<Self, InvalidCap> {
+        check_get_resp(answer, mad::ATTR_NODE_INFO, "NodeInfo (0x0011)")?;
+        let m = Mailbox(answer);
+        let at = |o: usize| mad::SMP_DATA.saturating_add(o);
+        Ok(Self {
+            sys_image_guid: m.u64(at(node_info::SYS_IMAGE_GUID)),
+            node_guid: m.u64(at(node_info::NODE_GUID)),
+            device_id: m.u16(at(node_info::DEVICE_ID)),
+            revision: m.u32(at(node_info::REVISION)),
+        })
+    }
+}
+
+/// Checks that `answer` is a GetResp of the LID-routed SMP class with status 0 for
+/// attribute `attr` (`what` names it), at least a MAD long.
+fn check_get_resp(answer: &[u8], attr: u16, what: &'static str) -> Result<(), InvalidCap> {
+    let refuse = |field, value: u64, expected| {
+        Err(InvalidCap {
+            field,
+            value,
+            expected,
+        })
+    };
+    if answer.len() < mad::SIZE {
+        return refuse("MAD_IFC_LENGTH", answer.len() as u64, "a 256-byte MAD");
+    }
+    let m = Mailbox(answer);
+    if m.u8(mad::MGMT_CLASS) != mad::CLASS_SUBN_LID_ROUTED {
+        return refuse(
+            "MAD_MGMT_CLASS",
+            m.u8(mad::MGMT_CLASS).into(),
+            "the LID-routed SMP class (0x01)",
+        );
+    }
+    if m.u8(mad::METHOD) != mad::METHOD_GET_RESP {
+        return refuse("MAD_METHOD", m.u8(mad::METHOD).into(), "GetResp (0x81)");
+    }
+    let status = m.u16(mad::STATUS) & 0x7fff;
+    if status != 0 {
+        return refuse("MAD_STATUS", status.into(), "0");
+    }
+    if m.u16(mad::ATTR_ID) != attr {
+        return refuse("MAD_ATTR_ID", m.u16(mad::ATTR_ID).into(), what);
+    }
+    Ok(())
 }
 
 fn exhausted(step: Step) -> ProbeError {
@@ -1577,23 +1642,78 @@ impl<B> Mlx4Core<B> {
         }
     }
 
-    /// Get(PortInfo) of `port` through MAD_IFC, parsed (`mlx4_ib_query_port`).
-    pub fn query_port_info<P: Platform<Block = B>>(
+    /// A Get SMP of `attr` with modifier `attr_mod` to `port`'s SMA, its answer in
+    /// `answer` (as `mlx4_MAD_IFC` with `init_query_mad`).
+    fn smp_get<P: Platform<Block = B>>(
         &mut self,
         p: &mut P,
         port: u8,
-    ) -> Result<PortInfo, ProbeError> {
+        attr: u16,
+        attr_mod: u32,
+        answer: &mut [u8; mad::SIZE],
+    ) -> Result<(), ProbeError> {
         let mut smp = [0u8; mad::SIZE];
         let mut m = Mailbox(&mut smp[..]);
         m.set_u8(mad::BASE_VERSION, 1);
         m.set_u8(mad::MGMT_CLASS, mad::CLASS_SUBN_LID_ROUTED);
         m.set_u8(mad::CLASS_VERSION, 1);
         m.set_u8(mad::METHOD, mad::METHOD_GET);
-        m.set_u16(mad::ATTR_ID, mad::ATTR_PORT_INFO);
-        m.set_u32(mad::ATTR_MOD, port.into());
+        m.set_u16(mad::ATTR_ID, attr);
+        m.set_u32(mad::ATTR_MOD, attr_mod);
+        self.mad_ifc(p, port, &smp, answer)
+    }
+
+    /// Get(PortInfo) of `port` through MAD_IFC, parsed (`mlx4_ib_query_port`).
+    pub fn query_port_info<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        port: u8,
+    ) -> Result<PortInfo, ProbeError> {
         let mut answer = [0u8; mad::SIZE];
-        self.mad_ifc(p, port, &smp, &mut answer)?;
+        self.smp_get(p, port, mad::ATTR_PORT_INFO, port.into(), &mut answer)?;
         PortInfo::parse(&answer).map_err(ProbeError::InvalidCap)
+    }
+
+    /// Get(NodeInfo) through port 1's SMA (`init_node_data`).
+    pub fn query_node_info<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+    ) -> Result<NodeInfo, ProbeError> {
+        let mut answer = [0u8; mad::SIZE];
+        self.smp_get(p, 1, mad::ATTR_NODE_INFO, 0, &mut answer)?;
+        NodeInfo::parse(&answer).map_err(ProbeError::InvalidCap)
+    }
+
+    /// GUID `index` of `port`'s GUIDInfo table (8 GUIDs a block), through MAD_IFC
+    /// (`__mlx4_ib_query_gid`: the port's GID is its subnet prefix and this GUID).
+    pub fn query_guid<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        port: u8,
+        index: u32,
+    ) -> Result<u64, ProbeError> {
+        let mut answer = [0u8; mad::SIZE];
+        self.smp_get(p, port, mad::ATTR_GUID_INFO, index / 8, &mut answer)?;
+        check_get_resp(&answer, mad::ATTR_GUID_INFO, "GUIDInfo (0x0014)")
+            .map_err(ProbeError::InvalidCap)?;
+        let offset = (index % 8) as usize * 8;
+        Ok(Mailbox(&answer[..]).u64(mad::SMP_DATA.saturating_add(offset)))
+    }
+
+    /// P_Key `index` of `port`'s table (32 a block), through MAD_IFC
+    /// (`__mlx4_ib_query_pkey`).
+    pub fn query_pkey<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        port: u8,
+        index: u32,
+    ) -> Result<u16, ProbeError> {
+        let mut answer = [0u8; mad::SIZE];
+        self.smp_get(p, port, mad::ATTR_PKEY_TABLE, index / 32, &mut answer)?;
+        check_get_resp(&answer, mad::ATTR_PKEY_TABLE, "P_KeyTable (0x0016)")
+            .map_err(ProbeError::InvalidCap)?;
+        let offset = (index % 32) as usize * 2;
+        Ok(Mailbox(&answer[..]).u16(mad::SMP_DATA.saturating_add(offset)))
     }
 }
 

@@ -445,6 +445,15 @@ impl<B> Mlx4Core<B> {
         &mut self,
         p: &mut P,
     ) -> Result<(), ResetError> {
+        self.reset_after_error(p)?;
+        self.release_after_error(p);
+        Ok(())
+    }
+
+    /// The first half of [`Mlx4Core::recover_from_error`]: the reset, after which every
+    /// command succeeds at once without reaching the device, so the objects built on
+    /// the core (an IB device's) can be destroyed through it before the release.
+    pub fn reset_after_error<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<(), ResetError> {
         if let Err(error) = reset_function(p) {
             self.cmd.wedge();
             return Err(error);
@@ -452,11 +461,16 @@ impl<B> Mlx4Core<B> {
         // The reset cleared the ownership semaphore with the rest.
         self.owner = false;
         self.cmd.enter_device_lost();
+        Ok(())
+    }
+
+    /// The second half: everything released, the core as new, ready for
+    /// [`Mlx4Core::probe`].
+    pub fn release_after_error<P: Platform<Block = B>>(&mut self, p: &mut P) {
         self.info = None;
         // Every command succeeds at once now, so nothing is leaked.
         let _ = self.release(p);
         self.cmd = CommandInterface::new();
-        Ok(())
     }
 
     /// Brings the device up to an initialized HCA. On failure everything done is undone

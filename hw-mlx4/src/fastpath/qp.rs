@@ -1,6 +1,8 @@
 //! A queue pair: its send and receive queues, split into the posting handles and the
 //! shared half a CQ completes against.
 
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 use super::platform::Platform;
 use super::recv::{RecvQueue, RecvQueueState};
 use super::send::{SendQueue, SendQueueState};
@@ -10,12 +12,70 @@ pub struct QueuePairState<P: Platform> {
     qpn: u32,
     sq: SendQueueState<P>,
     rq: RecvQueueState<P>,
+    /// What the posting rights of a shared QP carry (0: it has none).
+    key: usize,
 }
+
+/// The right to post to one queue of a QP shared with its CQs' pollers (see
+/// [`QueuePairState::new_shared`]): one per queue, never copied, so whoever holds it
+/// (under the driver's lock, as the IB core lets consumers post from many threads) is
+/// that queue's only poster.
+pub struct PostRight {
+    key: usize,
+}
+
+/// Keys of posting rights, one per shared QP made; 0 is never one.
+static NEXT_KEY: AtomicUsize = AtomicUsize::new(1);
 
 impl<P: Platform> QueuePairState<P> {
     /// A QP numbered `qpn` over its send and receive queues.
     pub fn new(qpn: u32, sq: SendQueueState<P>, rq: RecvQueueState<P>) -> Self {
-        Self { qpn, sq, rq }
+        Self {
+            qpn,
+            sq,
+            rq,
+            key: 0,
+        }
+    }
+
+    /// A QP that CQs poll against while it is posted to (an IB device's QP: its state is
+    /// shared, by reference, between its CQs and its posters), with the rights to post
+    /// to its send and its receive queue.
+    pub fn new_shared(
+        qpn: u32,
+        sq: SendQueueState<P>,
+        rq: RecvQueueState<P>,
+    ) -> (Self, PostRight, PostRight) {
+        // Wrapping after 2^63 QPs on 64-bit: a key stays unique for any QP's life.
+        let key = NEXT_KEY.fetch_add(2, Ordering::Relaxed) | 1;
+        let state = Self { qpn, sq, rq, key };
+        (state, PostRight { key }, PostRight { key: key + 1 })
+    }
+
+    /// The completion half, which CQs poll against; any number may be made.
+    pub fn completions(&self) -> QpCompletions<'_, P> {
+        QpCompletions {
+            qpn: self.qpn,
+            sq: &self.sq,
+            rq: &self.rq,
+        }
+    }
+
+    /// The send queue's posting handle, for the holder of its right; `None` for a right
+    /// that is not this QP's send queue's.
+    pub fn send_queue<'q>(
+        &'q self,
+        right: &'q mut PostRight,
+        uar: &'q P::Uar,
+    ) -> Option<SendQueue<'q, P>> {
+        (self.key != 0 && right.key == self.key)
+            .then(|| SendQueue::new(&self.sq, self.qpn, uar, None))
+    }
+
+    /// The receive queue's posting handle, for the holder of its right.
+    pub fn recv_queue<'q>(&'q self, right: &'q mut PostRight) -> Option<RecvQueue<'q, P>> {
+        (self.key != 0 && right.key == self.key.wrapping_add(1))
+            .then(|| RecvQueue::new(&self.rq))
     }
 
     /// The QP number.

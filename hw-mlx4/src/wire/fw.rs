@@ -498,6 +498,18 @@ pub mod mad {
     pub const METHOD_GET_RESP: u8 = 0x81;
     pub const ATTR_NODE_INFO: u16 = 0x0011;
     pub const ATTR_PORT_INFO: u16 = 0x0015;
+    pub const ATTR_GUID_INFO: u16 = 0x0014;
+    pub const ATTR_PKEY_TABLE: u16 = 0x0016;
+}
+
+/// NodeInfo (IBA 14.2.5.3): byte offsets in its data, at a SMP's data.
+#[allow(missing_docs)]
+pub mod node_info {
+    pub const SYS_IMAGE_GUID: usize = 4;
+    pub const NODE_GUID: usize = 12;
+    pub const PORT_GUID: usize = 20;
+    pub const DEVICE_ID: usize = 30;
+    pub const REVISION: usize = 32;
 }
 
 /// PortInfo (IBA 14.2.5.6): byte offsets in its 64 bytes, at a SMP's data.

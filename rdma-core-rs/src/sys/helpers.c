@@ -457,6 +457,11 @@ const char *tilde_pci_name(const struct pci_dev *pdev)
 	return pci_name(pdev);
 }
 
+struct device *tilde_pci_dma_device(struct pci_dev *pdev)
+{
+	return &pdev->dev;
+}
+
 u16 tilde_pci_vendor(const struct pci_dev *pdev)
 {
 	return pdev->vendor;

@@ -1,0 +1,1038 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The InfiniBand device over the HCA: `rdma_core::driver::Driver` for tilde_mlx4.
+//!
+//! Follows `drivers/infiniband/hw/mlx4/main.c` for the queries (the SMA answers them
+//! through MAD_IFC: NodeInfo, PortInfo, GUIDInfo, P_KeyTable), `cq.c`, `qp.c` and `mr.c`
+//! for the objects, which the bring-up core creates through the firmware under the
+//! core's mutex (commands sleep; the IB core calls these ops in process context). The
+//! data path (post_send, post_recv, poll_cq, req_notify_cq) is `hw_mlx4::fastpath` over
+//! the objects' own queue memory and the driver's UAR page, behind one IRQ-safe lock per
+//! queue (the IB core lets consumers post to one QP from many threads).
+//!
+//! What a CQ's completions need of its QPs (their wr_id tables and counters) is found by
+//! the CQE's QP number in the CQ's list of QPs, which `create_qp` and `destroy_qp`
+//! maintain; a completion EQ's interrupt handler finds the CQ by number in the device's
+//! CQ table and calls its handler ([`CqTable`]).
+//!
+//! Not yet: the management classes (QP0/QP1, `process_mad`: the ports say IB without
+//! MAD, so `ib_mad` leaves them alone and no subnet manager can sweep them), SRQs, fast
+//! registration, memory windows, resize, port events; those ops answer `EOPNOTSUPP`.
+
+use core::ffi::CStr;
+
+use hw_mlx4::bringup::objects::{
+    CompletionQueue as HwCq, MemoryRegion, MrAccess, NodeInfo, QpConfig, QpPath, QpTransport,
+    QueuePair,
+};
+use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeError};
+use hw_mlx4::fastpath::cq::{CompletionQueue as FastCq, CqDoorbells};
+use hw_mlx4::fastpath::qp::{PostRight, QpCompletions, QpLookup, QueuePairState};
+use hw_mlx4::fastpath::send::{QpType as FastQpType, SendQueueCaps};
+use hw_mlx4::wire::{AddressVector, ArmCommand, Be16, Be32};
+use hw_mlx4::wr::{
+    Completion as FastCompletion, Payload, PostError, Remote as FastRemote,
+    SendFlags as FastSendFlags, SendOp as FastSendOp, SendWr as FastSendWr, Sge as FastSge,
+    UdAddress, WcFlags,
+};
+use kernel::alloc::flags::GFP_ATOMIC;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+use rdma_core::driver::{
+    self, Access, AhAttr, Arm, Completions, CoreCaps, Cq, Device, DeviceAttrs, Driver,
+    MrKeys, MrPages, MrType, NewCq, NewQp, Pd, PortAttrs, PortImmutable, PortSpeed, PortWidth,
+    Qp, QpHandle, QpModify, QpState, QpType, RecvWrs, SendFlags, SendOp, SendWrs,
+};
+use rdma_core::kernel_api;
+use rdma_core::sync::{IrqSpinLock, Mutex};
+use rdma_core::verbs::{Gid, LinkLayer, Mtu, PhysPortState, PortState};
+
+use crate::datapath::{queues_of, ring_in};
+use crate::hca::{Block, Shared, COMP_EQS};
+use crate::platform::{KernelDoorbellRecord, KernelPlatform, Uar};
+
+/// CQ numbers the table holds: the core's CQ number bitmap's capacity.
+pub(crate) const CQ_TABLE_SIZE: usize = hw_mlx4::bringup::objects::MAX_CQS;
+
+/// log2 of a send WQE's size: 128 bytes, room for a control segment, the datagram
+/// segment (the larger of UD's and RC's address segments) and [`MAX_SGE`] gather entries.
+const SQ_STRIDE: u32 = 7;
+/// log2 of a receive WQE's size: [`MAX_SGE`] scatter entries of 16 bytes.
+const RQ_STRIDE: u32 = 6;
+/// Gather and scatter entries per WR.
+const MAX_SGE: u32 = 4;
+/// Entries a queue may have: the queue buffer (one block of at most 256 KiB) holds
+/// both queues of a QP at these sizes.
+const MAX_SQ_LOG: u32 = 10;
+const MAX_RQ_LOG: u32 = 11;
+/// WRs a consumer may ask per queue: the send queue less its stamped headroom.
+const MAX_QP_WR: u32 = (1 << MAX_SQ_LOG) - 32;
+/// log2 of the largest CQ: 8192 CQEs of 32 bytes fill the 256 KiB block.
+const MAX_CQ_LOG: u32 = 13;
+/// Completions converted at a time by `poll_cq` (its stack is the caller's).
+const POLL_BATCH: usize = 16;
+
+/// The device's state: the HCA it is over, its UAR page, and what the queries report.
+pub(crate) struct Mlx4Ib {
+    shared: Arc<Shared>,
+    uar: Uar,
+    uar_index: u32,
+    comp_eqns: [u32; COMP_EQS as usize],
+    node: NodeInfo,
+    limits: Limits,
+}
+
+/// What the device reports of itself, from QUERY_DEV_CAP and the ports.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_qps: u32,
+    max_cqs: u32,
+    max_mrs: u32,
+    max_pds: u32,
+    ports: u8,
+    gid_table_len: [u32; 2],
+    pkey_table_len: [u16; 2],
+    mtu_cap: [u8; 2],
+}
+
+/// The CQs completion events are dispatched to, by CQ number; read by the completion
+/// EQs' interrupt handlers.
+pub(crate) struct CqTable(IrqSpinLock<KVec<Option<Arc<CqShared>>>>);
+
+impl CqTable {
+    pub(crate) fn new() -> Result<Self> {
+        let mut slots = KVec::with_capacity(CQ_TABLE_SIZE, GFP_KERNEL)?;
+        for _ in 0..CQ_TABLE_SIZE {
+            slots.push(None, GFP_KERNEL)?;
+        }
+        Ok(Self(IrqSpinLock::new(slots)?))
+    }
+
+    /// The CQ numbered `cqn`, if the IB device has it.
+    pub(crate) fn get(&self, cqn: u32) -> Option<Arc<CqShared>> {
+        let slots = self.0.lock();
+        slots.get(cqn as usize).and_then(|slot| slot.clone())
+    }
+
+    fn set(&self, cqn: u32, cq: Option<Arc<CqShared>>) {
+        if let Some(slot) = self.0.lock().get_mut(cqn as usize) {
+            *slot = cq;
+        }
+    }
+}
+
+/// What a CQ's poller, its arming and its completion events share.
+pub(crate) struct CqShared {
+    cqn: u32,
+    fast: IrqSpinLock<FastCq<KernelPlatform>>,
+    /// The QPs whose work queues complete here.
+    qps: IrqSpinLock<KVec<Arc<QpShared>>>,
+    events: driver::CqEvents,
+}
+
+impl CqShared {
+    /// A completion event the device delivered for this CQ (`mlx4_cq_completion`): the
+    /// next arm carries the next sequence number, and the consumer's handler runs.
+    pub(crate) fn event(&self) {
+        self.fast.lock().event_delivered();
+        self.events.completion();
+    }
+}
+
+/// A CQ of the IB device.
+pub(crate) struct IbCq {
+    shared: Arc<CqShared>,
+    hw: Mutex<Option<HwCq<Block>>>,
+}
+
+/// What a QP's posters and its CQs share.
+pub(crate) struct QpShared {
+    qpn: u32,
+    handle: QpHandle,
+    state: QueuePairState<KernelPlatform>,
+}
+
+/// A QP's posting rights, held together while the QP is posted to.
+struct Posting {
+    shared: Arc<QpShared>,
+    send: PostRight,
+    recv: PostRight,
+}
+
+/// A QP of the IB device.
+pub(crate) struct IbQp {
+    qpn: u32,
+    ud: bool,
+    caps: SendQueueCaps,
+    posting: IrqSpinLock<Posting>,
+    hw: Mutex<QpHw>,
+    send_cq: Arc<CqShared>,
+    recv_cq: Arc<CqShared>,
+}
+
+/// The QP as the firmware has it, and what its transitions carry forward.
+struct QpHw {
+    qp: Option<QueuePair<Block>>,
+    state: QpState,
+    port: u8,
+    pkey_index: u8,
+    qkey: u32,
+}
+
+/// A PD: its number.
+pub(crate) struct IbPd {
+    pdn: u32,
+}
+
+/// An MR (the DMA MR; fast-registration MRs are not supported yet).
+pub(crate) struct IbMr {
+    hw: Mutex<Option<MemoryRegion>>,
+}
+
+/// An AH: the address vector UD WQEs carry.
+pub(crate) struct IbAh {
+    av: AddressVector,
+}
+
+fn command_failed(dev: &Device<Mlx4Ib>, what: &str, error: ProbeError) -> Error {
+    pr_err!("{}: {} failed: {:?}\n", dev.name(), what, error);
+    EIO
+}
+
+fn not_supported() -> Error {
+    kernel_api::errno(kernel::bindings::EOPNOTSUPP)
+}
+
+impl Mlx4Ib {
+    /// The device's state for the HCA `shared`, brought up as `info` says; `core` is
+    /// the HCA's core, locked by the caller.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        core: &mut Mlx4Core<Block>,
+        info: &DeviceInfo,
+    ) -> Result<Self> {
+        let mut edge = shared.edge();
+        let node = core
+            .query_node_info(&mut edge)
+            .map_err(|e| command_failed_bare(&shared, "NodeInfo", e))?;
+        let mut comp_eqns = [0; COMP_EQS as usize];
+        for (index, eqn) in comp_eqns.iter_mut().enumerate() {
+            *eqn = core.comp_eqn(index).ok_or(EINVAL)?;
+        }
+        let mut limits = Limits {
+            max_qps: info.layout.num_qps.min(hw_mlx4::bringup::objects::MAX_QPS as u32),
+            max_cqs: CQ_TABLE_SIZE as u32,
+            max_mrs: hw_mlx4::bringup::objects::MAX_MPTS as u32,
+            max_pds: info.caps.max_pds,
+            ports: 0,
+            gid_table_len: [0; 2],
+            pkey_table_len: [0; 2],
+            mtu_cap: [0; 2],
+        };
+        for port in info.ports.iter().flatten() {
+            let index = usize::from(port.port.saturating_sub(1));
+            if index < 2 {
+                limits.ports = limits.ports.max(port.port);
+                limits.gid_table_len[index] = port.gid_table_len;
+                limits.pkey_table_len[index] =
+                    u16::try_from(port.pkey_table_len).unwrap_or(u16::MAX);
+                limits.mtu_cap[index] = port.ib_mtu_cap;
+            }
+        }
+        let uar = Uar::in_bar(shared.bar2(), info.driver_uar)?;
+        Ok(Self {
+            uar,
+            uar_index: info.driver_uar,
+            comp_eqns,
+            node,
+            limits,
+            shared,
+        })
+    }
+
+    /// The node GUID, for the registration.
+    pub(crate) fn node_guid(&self) -> u64 {
+        self.node.node_guid
+    }
+
+    /// Ports.
+    pub(crate) fn ports(&self) -> u32 {
+        self.limits.ports.into()
+    }
+
+    fn port_index(&self, port: u32) -> Result<usize> {
+        if port >= 1 && port <= u32::from(self.limits.ports) {
+            Ok(port as usize - 1)
+        } else {
+            Err(EINVAL)
+        }
+    }
+}
+
+fn command_failed_bare(shared: &Shared, what: &str, error: ProbeError) -> Error {
+    pr_err!("{}: {} failed: {:?}\n", shared.name(), what, error);
+    EIO
+}
+
+/// IB MTU code (1 256 .. 5 4096) as the verbs enum.
+fn mtu(code: u8) -> Mtu {
+    match code {
+        1 => Mtu::Mtu256,
+        2 => Mtu::Mtu512,
+        3 => Mtu::Mtu1024,
+        4 => Mtu::Mtu2048,
+        _ => Mtu::Mtu4096,
+    }
+}
+
+/// The smallest `log` with `1 << log >= n`, at least `min`.
+fn log2_at_least(n: u32, min: u32) -> u32 {
+    let log = u32::BITS - n.saturating_sub(1).leading_zeros();
+    log.max(min)
+}
+
+impl Driver for Mlx4Ib {
+    type Pd = IbPd;
+    type Cq = IbCq;
+    type Qp = IbQp;
+    type Ah = IbAh;
+    type Mr = IbMr;
+
+    fn query_device(dev: &Device<Self>, attrs: &mut DeviceAttrs<'_>) -> Result {
+        let l = &dev.limits;
+        attrs
+            .sys_image_guid(dev.node.sys_image_guid)
+            .max_mr_size(u64::MAX)
+            .page_size_cap(!0xfff)
+            .qp_limits(l.max_qps, MAX_QP_WR, MAX_SGE, MAX_SGE, MAX_SGE)
+            .cq_limits(l.max_cqs, (1 << MAX_CQ_LOG) - 1)
+            .object_limits(l.max_mrs, l.max_pds, u32::MAX, l.pkey_table_len[0], 0)
+            .read_atomic_limits(16, 16, 16 * l.max_qps)
+            .local_dma_lkey();
+        Ok(())
+    }
+
+    fn query_port(dev: &Device<Self>, port: u32, attrs: &mut PortAttrs<'_>) -> Result {
+        let index = dev.port_index(port)?;
+        let info = {
+            let mut core = dev.shared.core().lock();
+            core.query_port_info(&mut dev.shared.edge(), port as u8)
+                .map_err(|e| command_failed(dev, "PortInfo", e))?
+        };
+        let state = match info.state {
+            1 => PortState::Down,
+            2 => PortState::Init,
+            3 => PortState::Armed,
+            4 => PortState::Active,
+            _ => PortState::ActiveDefer,
+        };
+        let phys = match info.phys_state {
+            2 => PhysPortState::Polling,
+            3 => PhysPortState::Disabled,
+            4 => PhysPortState::PortConfigurationTraining,
+            5 => PhysPortState::LinkUp,
+            6 => PhysPortState::LinkErrorRecovery,
+            7 => PhysPortState::PhyTest,
+            _ => PhysPortState::Sleep,
+        };
+        let width = match info.width_active {
+            1 => PortWidth::X1,
+            4 => PortWidth::X8,
+            8 => PortWidth::X12,
+            _ => PortWidth::X4,
+        };
+        let speed = match info.speed_active {
+            1 => PortSpeed::Sdr,
+            2 => PortSpeed::Ddr,
+            _ => PortSpeed::Qdr,
+        };
+        let mtu_cap = dev.limits.mtu_cap.get(index).copied().unwrap_or(4);
+        // Before the SM set the neighbour MTU, the link runs at the port's cap.
+        let active = if info.mtu_active == 0 { mtu_cap } else { info.mtu_active };
+        attrs
+            .state(state, phys)
+            .mtu(mtu(mtu_cap), mtu(active))
+            .tables(
+                dev.limits.gid_table_len.get(index).copied().unwrap_or(0),
+                dev.limits.pkey_table_len.get(index).copied().unwrap_or(0),
+            )
+            .max_msg_size(1 << 31)
+            .lid(info.lid, info.lmc)
+            .subnet_manager(info.sm_lid, info.sm_sl, info.subnet_timeout)
+            .capabilities(info.capability_mask, info.vl_cap)
+            .link(width, speed);
+        Ok(())
+    }
+
+    fn port_immutable(dev: &Device<Self>, port: u32, immutable: &mut PortImmutable<'_>) -> Result {
+        let index = dev.port_index(port)?;
+        immutable
+            .core_caps(CoreCaps::PROT_IB)
+            .tables(
+                dev.limits.gid_table_len.get(index).copied().unwrap_or(0),
+                dev.limits
+                    .pkey_table_len
+                    .get(index)
+                    .copied()
+                    .unwrap_or(0)
+                    .into(),
+            )
+            .max_mad_size(0);
+        Ok(())
+    }
+
+    fn link_layer(_dev: &Device<Self>, _port: u32) -> LinkLayer {
+        LinkLayer::InfiniBand
+    }
+
+    fn query_pkey(dev: &Device<Self>, port: u32, index: u16) -> Result<u16> {
+        let port_index = dev.port_index(port)?;
+        if index >= dev.limits.pkey_table_len.get(port_index).copied().unwrap_or(0) {
+            return Err(EINVAL);
+        }
+        let mut core = dev.shared.core().lock();
+        core.query_pkey(&mut dev.shared.edge(), port as u8, index.into())
+            .map_err(|e| command_failed(dev, "P_KeyTable", e))
+    }
+
+    fn query_gid(dev: &Device<Self>, port: u32, index: u32) -> Result<Gid> {
+        let port_index = dev.port_index(port)?;
+        if index >= dev.limits.gid_table_len.get(port_index).copied().unwrap_or(0) {
+            return Err(EINVAL);
+        }
+        let mut core = dev.shared.core().lock();
+        let mut edge = dev.shared.edge();
+        let prefix = core
+            .query_port_info(&mut edge, port as u8)
+            .map_err(|e| command_failed(dev, "PortInfo", e))?
+            .gid_prefix;
+        let guid = core
+            .query_guid(&mut edge, port as u8, index)
+            .map_err(|e| command_failed(dev, "GUIDInfo", e))?;
+        let mut gid = [0u8; 16];
+        gid[..8].copy_from_slice(&prefix.to_be_bytes());
+        gid[8..].copy_from_slice(&guid.to_be_bytes());
+        Ok(Gid(gid))
+    }
+
+    fn alloc_pd(dev: &Device<Self>) -> Result<IbPd> {
+        let pdn = dev.shared.core().lock().alloc_pd().ok_or(ENOMEM)?;
+        Ok(IbPd { pdn })
+    }
+
+    fn dealloc_pd(dev: &Device<Self>, pd: &Pd<Self>) {
+        dev.shared.core().lock().free_pd(pd.pdn);
+    }
+
+    fn get_dma_mr(dev: &Device<Self>, pd: &Pd<Self>, access: Access) -> Result<(IbMr, MrKeys)> {
+        let mut rights = MrAccess::LOCAL.0;
+        if access.contains(Access::REMOTE_READ) {
+            rights |= MrAccess::ALL.0 & hw_mlx4::wire::fw::mpt_entry::PERM_REMOTE_READ;
+        }
+        if access.contains(Access::REMOTE_WRITE) {
+            rights |= MrAccess::ALL.0 & hw_mlx4::wire::fw::mpt_entry::PERM_REMOTE_WRITE;
+        }
+        if access.contains(Access::REMOTE_ATOMIC) {
+            rights |= MrAccess::ALL.0 & hw_mlx4::wire::fw::mpt_entry::PERM_ATOMIC;
+        }
+        let mr = {
+            let mut core = dev.shared.core().lock();
+            core.create_dma_mr(&mut dev.shared.edge(), pd.pdn, MrAccess(rights))
+                .map_err(|e| command_failed(dev, "SW2HW_MPT", e))?
+        };
+        let key = mr.key;
+        Ok((
+            IbMr {
+                hw: Mutex::new(Some(mr))?,
+            },
+            MrKeys { lkey: key, rkey: key },
+        ))
+    }
+
+    fn alloc_mr(
+        _dev: &Device<Self>,
+        _pd: &Pd<Self>,
+        _mr_type: MrType,
+        _max_pages: u32,
+    ) -> Result<(IbMr, MrKeys)> {
+        Err(not_supported())
+    }
+
+    fn map_mr_sg(_dev: &Device<Self>, _mr: &driver::Mr<Self>, _pages: MrPages<'_, Self>) -> Result<u32> {
+        Err(not_supported())
+    }
+
+    fn dereg_mr(dev: &Device<Self>, mr: &driver::Mr<Self>) {
+        let Some(hw) = mr.hw.lock().take() else {
+            return;
+        };
+        let mut core = dev.shared.core().lock();
+        if let Err(e) = core.destroy_mr(&mut dev.shared.edge(), hw) {
+            command_failed(dev, "HW2SW_MPT", e);
+        }
+    }
+
+    fn create_cq(dev: &Device<Self>, cq: &mut NewCq<'_>) -> Result<IbCq> {
+        let requested = cq.requested();
+        if requested == 0 || requested >= 1 << MAX_CQ_LOG {
+            return Err(EINVAL);
+        }
+        let log = log2_at_least(requested.saturating_add(1), 1);
+        let eqn = dev
+            .comp_eqns
+            .get(cq.comp_vector() as usize % COMP_EQS as usize)
+            .copied()
+            .ok_or(EINVAL)?;
+        let hw = {
+            let mut core = dev.shared.core().lock();
+            core.create_cq(&mut dev.shared.edge(), log, eqn, dev.uar_index)
+                .map_err(|e| command_failed(dev, "SW2HW_CQ", e))?
+        };
+        match fast_cq(&hw, log) {
+            Ok(fast) => {
+                let shared = Arc::new(
+                    CqShared {
+                        cqn: hw.cqn,
+                        fast: IrqSpinLock::new(fast)?,
+                        qps: IrqSpinLock::new(KVec::new())?,
+                        events: cq.events().clone(),
+                    },
+                    GFP_KERNEL,
+                );
+                match shared {
+                    Ok(shared) => {
+                        dev.shared.cqs().set(hw.cqn, Some(shared.clone()));
+                        cq.set_entries((1 << log) - 1);
+                        Ok(IbCq {
+                            shared,
+                            hw: Mutex::new(Some(hw))?,
+                        })
+                    }
+                    Err(e) => {
+                        destroy_hw_cq(dev, hw);
+                        Err(e.into())
+                    }
+                }
+            }
+            Err(e) => {
+                destroy_hw_cq(dev, hw);
+                Err(e)
+            }
+        }
+    }
+
+    fn resize_cq(_dev: &Device<Self>, _cq: &Cq<Self>, _entries: u32) -> Result<u32> {
+        Err(not_supported())
+    }
+
+    fn destroy_cq(dev: &Device<Self>, cq: &Cq<Self>) {
+        dev.shared.cqs().set(cq.shared.cqn, None);
+        if let Some(hw) = cq.hw.lock().take() {
+            destroy_hw_cq(dev, hw);
+        }
+    }
+
+    fn poll_cq(_dev: &Device<Self>, cq: &Cq<Self>, out: &mut Completions<'_>) {
+        let shared = &cq.shared;
+        let mut fast = shared.fast.lock();
+        let qps = shared.qps.lock();
+        let table = QpTable(&qps);
+        let mut batch = [FastCompletion::EMPTY; POLL_BATCH];
+        while out.room() > 0 {
+            let want = out.room().min(POLL_BATCH);
+            let Some(slots) = batch.get_mut(..want) else {
+                break;
+            };
+            let polled = match fast.poll(&table, slots) {
+                Ok(polled) => polled,
+                Err(error) => {
+                    // A CQE naming a QP not on this CQ, or a WQE never posted: the
+                    // device broke the queue protocol. The ones before it count.
+                    pr_err!("CQ {:#x}: poll stopped: {:?}\n", shared.cqn, error.kind);
+                    error.polled
+                }
+            };
+            for c in slots.iter().take(polled) {
+                let Some(qp) = qps.iter().find(|q| q.qpn == c.qpn) else {
+                    continue;
+                };
+                let mut wc = driver::Completion::new(qp.handle, c.wr_id, c.status, c.opcode)
+                    .bytes(c.byte_len)
+                    .source_qp(c.src_qp);
+                if c.flags.contains(WcFlags::WITH_IMM) {
+                    wc = wc.with_imm(c.imm);
+                }
+                if c.flags.contains(WcFlags::WITH_INVALIDATE) {
+                    wc = wc.with_invalidate(c.imm);
+                }
+                if !out.push(&wc) {
+                    break;
+                }
+            }
+            if polled < want {
+                break;
+            }
+        }
+    }
+
+    fn req_notify_cq(dev: &Device<Self>, cq: &Cq<Self>, arm: Arm) -> Result<bool> {
+        let command = if arm.solicited_only() {
+            ArmCommand::Solicited
+        } else {
+            ArmCommand::Next
+        };
+        cq.shared.fast.lock().arm(&dev.uar, command);
+        // Completions that came before the arm raise no event: mlx4 reports none
+        // missed (its `req_notify_cq` returns 0), and the consumer polls after arming.
+        Ok(false)
+    }
+
+    fn create_qp(dev: &Device<Self>, qp: &mut NewQp<'_, Self>) -> Result<IbQp> {
+        let ud = match qp.qp_type() {
+            QpType::Rc => false,
+            QpType::Ud => true,
+            _ => return Err(not_supported()),
+        };
+        if qp.has_srq() || qp.create_flags() != 0 {
+            return Err(not_supported());
+        }
+        let (Some(send_cq), Some(recv_cq)) = (qp.send_cq(), qp.recv_cq()) else {
+            return Err(EINVAL);
+        };
+        let asked = qp.caps();
+        if asked.max_send_sge > MAX_SGE
+            || asked.max_recv_sge > MAX_SGE
+            || asked.max_inline_data > 0
+            || asked.max_send_wr > MAX_QP_WR
+            || asked.max_recv_wr > (1 << MAX_RQ_LOG)
+        {
+            return Err(EINVAL);
+        }
+        // The send queue keeps 2 KiB of stamped WQEs ahead of the producer.
+        let spare = (2048 >> SQ_STRIDE) + 1;
+        let log_sq = log2_at_least(asked.max_send_wr.max(1) + spare, 6);
+        let log_rq = log2_at_least(asked.max_recv_wr.max(1), 4);
+        let pdn = qp.pd().pdn;
+        let config = QpConfig {
+            transport: if ud { QpTransport::Ud } else { QpTransport::Rc },
+            log_sq_entries: log_sq,
+            log_sq_stride: SQ_STRIDE,
+            log_rq_entries: log_rq,
+            log_rq_stride: RQ_STRIDE,
+            pd: pdn,
+            send_cqn: send_cq.shared.cqn,
+            recv_cqn: recv_cq.shared.cqn,
+        };
+        let hw = {
+            let mut core = dev.shared.core().lock();
+            core.create_qp(&mut dev.shared.edge(), config)
+                .map_err(|e| command_failed(dev, "create QP", e))?
+        };
+        let caps = SendQueueCaps {
+            max_sge: MAX_SGE,
+            max_inline: 0,
+            signal_all: qp.signals_all(),
+        };
+        let posting = match new_posting(&hw, qp.handle(), ud, caps) {
+            Ok(posting) => posting,
+            Err(e) => {
+                destroy_hw_qp(dev, hw);
+                return Err(e);
+            }
+        };
+        let shared = posting.shared.clone();
+        if let Err(e) = attach(&send_cq.shared, &shared).and_then(|()| {
+            if Arc::ptr_eq(&send_cq.shared, &recv_cq.shared) {
+                Ok(())
+            } else {
+                attach(&recv_cq.shared, &shared)
+            }
+        }) {
+            detach(&send_cq.shared, shared.qpn);
+            detach(&recv_cq.shared, shared.qpn);
+            destroy_hw_qp(dev, hw);
+            return Err(e);
+        }
+        let qpn = hw.qpn;
+        let max_send_wr = (1u32 << log_sq) - spare;
+        qp.set_num(qpn);
+        qp.set_caps(driver::QpCaps {
+            max_send_wr,
+            max_recv_wr: 1 << log_rq,
+            max_send_sge: MAX_SGE,
+            max_recv_sge: MAX_SGE,
+            max_inline_data: 0,
+        });
+        let made = (|| -> Result<IbQp> {
+            Ok(IbQp {
+                qpn,
+                ud,
+                caps,
+                posting: IrqSpinLock::new(posting)?,
+                hw: Mutex::new(QpHw {
+                    qp: None,
+                    state: QpState::Reset,
+                    port: 1,
+                    pkey_index: 0,
+                    qkey: 0,
+                })?,
+                send_cq: send_cq.shared.clone(),
+                recv_cq: recv_cq.shared.clone(),
+            })
+        })();
+        match made {
+            Ok(made) => {
+                made.hw.lock().qp = Some(hw);
+                Ok(made)
+            }
+            Err(e) => {
+                detach(&send_cq.shared, qpn);
+                detach(&recv_cq.shared, qpn);
+                destroy_hw_qp(dev, hw);
+                Err(e)
+            }
+        }
+    }
+
+    fn modify_qp(dev: &Device<Self>, qp: &Qp<Self>, change: &QpModify<'_>) -> Result {
+        let mut hw = qp.hw.lock();
+        let current = hw.state;
+        let next = change.transition(current)?;
+        if let Some(port) = change.port() {
+            hw.port = u8::try_from(port).map_err(|_| EINVAL)?;
+            dev.port_index(port)?;
+        }
+        if let Some(index) = change.pkey_index() {
+            hw.pkey_index = u8::try_from(index).map_err(|_| EINVAL)?;
+        }
+        if let Some(qkey) = change.qkey() {
+            hw.qkey = qkey;
+        }
+        let Some(next) = next else {
+            // Attributes alone (a Q_Key, a P_Key index) change through SQD or
+            // RTS2RTS, which the core does not issue yet.
+            return Err(not_supported());
+        };
+        let uar = dev.uar_index;
+        let mut core = dev.shared.core().lock();
+        let mut edge = dev.shared.edge();
+        let QpHw {
+            qp: Some(ref mut hw_qp),
+            port,
+            pkey_index,
+            qkey,
+            ..
+        } = *hw
+        else {
+            return Err(EINVAL);
+        };
+        let access = change.access().map_or(0, |access| {
+            let mut bits = 0;
+            if access.contains(Access::REMOTE_READ) {
+                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RRE;
+            }
+            if access.contains(Access::REMOTE_WRITE) {
+                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RWE;
+            }
+            if access.contains(Access::REMOTE_ATOMIC) {
+                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RAE;
+            }
+            bits
+        });
+        let (dlid, _sl) = change.path_lid().unwrap_or((0, 0));
+        let path = QpPath {
+            port,
+            pkey_index,
+            dlid,
+            remote_qpn: change.dest_qpn().unwrap_or(0),
+            rq_psn: change.rq_psn().unwrap_or(0),
+            qkey,
+            remote_access: access,
+        };
+        let done = match (current, next) {
+            (QpState::Reset, QpState::Init) => core.qp_to_init(&mut edge, hw_qp, &path, uar),
+            (QpState::Init, QpState::Rtr) => core.qp_to_rtr(&mut edge, hw_qp, &path, uar),
+            (QpState::Rtr, QpState::Rts) => {
+                core.qp_to_rts(&mut edge, hw_qp, port, change.sq_psn().unwrap_or(0), uar)
+            }
+            (QpState::Reset, QpState::Reset) => Ok(()),
+            (_, QpState::Err) => core.qp_to_error(&mut edge, hw_qp),
+            (_, QpState::Reset) => {
+                let reset = core.qp_to_reset(&mut edge, hw_qp);
+                drop(core);
+                reset.map_err(|e| command_failed(dev, "2RST_QP", e))?;
+                hw.state = QpState::Reset;
+                return qp.restart_queues(dev, hw.qp.as_ref());
+            }
+            _ => return Err(not_supported()),
+        };
+        done.map_err(|e| command_failed(dev, "MODIFY_QP", e))?;
+        hw.state = next;
+        Ok(())
+    }
+
+    fn destroy_qp(dev: &Device<Self>, qp: &Qp<Self>) {
+        detach(&qp.send_cq, qp.qpn);
+        detach(&qp.recv_cq, qp.qpn);
+        if let Some(hw) = qp.hw.lock().qp.take() {
+            destroy_hw_qp(dev, hw);
+        }
+    }
+
+    fn post_send(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut SendWrs<'_, Self>) -> Result {
+        let mut posting = qp.posting.lock();
+        let Posting { shared, send, .. } = &mut *posting;
+        let mut sq = shared.state.send_queue(send, &dev.uar).ok_or(EINVAL)?;
+        for wr in wrs {
+            let sges = wr.sges()?;
+            if sges.len() > qp.caps.max_sge as usize {
+                return Err(EINVAL);
+            }
+            let mut gather = [FastSge {
+                addr: 0,
+                length: 0,
+                lkey: 0,
+            }; MAX_SGE as usize];
+            for (slot, sge) in gather.iter_mut().zip(sges) {
+                *slot = FastSge {
+                    addr: sge.addr(),
+                    length: sge.length(),
+                    lkey: sge.lkey(),
+                };
+            }
+            let gather = gather.get(..sges.len()).ok_or(EINVAL)?;
+            let mut flags = FastSendFlags::empty();
+            if wr.signaled() {
+                flags |= FastSendFlags::SIGNALED;
+            }
+            if wr.flags().contains(SendFlags::SOLICITED) {
+                flags |= FastSendFlags::SOLICITED;
+            }
+            if wr.flags().contains(SendFlags::FENCE) {
+                flags |= FastSendFlags::FENCE;
+            }
+            let mut ud = None;
+            let op = match wr.op()? {
+                SendOp::Send => FastSendOp::Send,
+                SendOp::SendWithImm(imm) => FastSendOp::SendWithImm(imm),
+                SendOp::SendWithInv(rkey) => FastSendOp::SendWithInvalidate(rkey),
+                SendOp::Write { remote, imm } => {
+                    let remote = FastRemote {
+                        addr: remote.addr(),
+                        rkey: remote.rkey(),
+                    };
+                    match imm {
+                        Some(imm) => FastSendOp::RdmaWriteWithImm(remote, imm),
+                        None => FastSendOp::RdmaWrite(remote),
+                    }
+                }
+                SendOp::Read { remote } => FastSendOp::RdmaRead(FastRemote {
+                    addr: remote.addr(),
+                    rkey: remote.rkey(),
+                }),
+                SendOp::LocalInv { key } => FastSendOp::LocalInvalidate { rkey: key },
+                SendOp::Datagram {
+                    ah,
+                    remote_qpn,
+                    remote_qkey,
+                    imm,
+                } => {
+                    ud = Some(UdAddress {
+                        av: ah.av,
+                        remote_qpn,
+                        remote_qkey,
+                        vlan: 0,
+                        mac: [0; 6],
+                    });
+                    match imm {
+                        Some(imm) => FastSendOp::SendWithImm(imm),
+                        None => FastSendOp::Send,
+                    }
+                }
+                _ => return Err(not_supported()),
+            };
+            let mut fast = FastSendWr::new(wr.id(), op, Payload::Gather(gather), flags);
+            fast.ud = ud.as_ref();
+            sq.post(core::slice::from_ref(&fast))
+                .map_err(|failure| post_errno(failure.error))?;
+        }
+        Ok(())
+    }
+
+    fn post_recv(_dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut RecvWrs<'_>) -> Result {
+        let mut posting = qp.posting.lock();
+        let Posting { shared, recv, .. } = &mut *posting;
+        let mut rq = shared.state.recv_queue(recv).ok_or(EINVAL)?;
+        for wr in wrs {
+            let sges = wr.sges()?;
+            let mut scatter = [FastSge {
+                addr: 0,
+                length: 0,
+                lkey: 0,
+            }; MAX_SGE as usize];
+            if sges.len() > scatter.len() {
+                return Err(EINVAL);
+            }
+            for (slot, sge) in scatter.iter_mut().zip(sges) {
+                *slot = FastSge {
+                    addr: sge.addr(),
+                    length: sge.length(),
+                    lkey: sge.lkey(),
+                };
+            }
+            let scatter = scatter.get(..sges.len()).ok_or(EINVAL)?;
+            rq.post(&[hw_mlx4::wr::RecvWr {
+                wr_id: wr.id(),
+                sges: scatter,
+            }])
+            .map_err(|failure| post_errno(failure.error))?;
+        }
+        Ok(())
+    }
+
+    fn create_ah(dev: &Device<Self>, attr: &AhAttr<'_>) -> Result<IbAh> {
+        dev.port_index(attr.port())?;
+        let dlid = attr.dlid().ok_or(EINVAL)?;
+        let port = attr.port();
+        let mut av = AddressVector {
+            port_pd: Be32::new(port << AddressVector::PORT_SHIFT),
+            dlid: Be16::new(dlid),
+            sl_tclass_flowlabel: Be32::new(u32::from(attr.sl()) << 28),
+            ..AddressVector::default()
+        };
+        if let Some(route) = attr.route() {
+            av.g_slid = AddressVector::GRH_PRESENT;
+            av.gid_index = route.sgid_index;
+            av.hop_limit = route.hop_limit;
+            av.sl_tclass_flowlabel = Be32::new(
+                u32::from(attr.sl()) << 28
+                    | u32::from(route.traffic_class) << 20
+                    | (route.flow_label & 0xf_ffff),
+            );
+            av.dgid = route.dgid.0;
+        }
+        Ok(IbAh { av })
+    }
+}
+
+impl IbQp {
+    /// After a QP went back to RESET the device forgot its queues' positions: the
+    /// fast path starts over on the same memory (`mlx4_ib_modify_qp` to RESET resets the
+    /// heads and tails and stamps the send queue again).
+    fn restart_queues(&self, dev: &Device<Mlx4Ib>, hw: Option<&QueuePair<Block>>) -> Result {
+        let hw = hw.ok_or(EINVAL)?;
+        let handle = self.posting.lock().shared.handle;
+        let posting = new_posting(hw, handle, self.ud, self.caps)?;
+        let shared = posting.shared.clone();
+        detach(&self.send_cq, self.qpn);
+        detach(&self.recv_cq, self.qpn);
+        *self.posting.lock() = posting;
+        let attached = attach(&self.send_cq, &shared).and_then(|()| {
+            if Arc::ptr_eq(&self.send_cq, &self.recv_cq) {
+                Ok(())
+            } else {
+                attach(&self.recv_cq, &shared)
+            }
+        });
+        attached.inspect_err(|_| {
+            pr_err!(
+                "{}: QP {:#x}: its CQs cannot take it back after RESET\n",
+                dev.name(),
+                self.qpn
+            )
+        })
+    }
+}
+
+/// The posting rights and shared state of a QP the core created.
+fn new_posting(
+    hw: &QueuePair<Block>,
+    handle: QpHandle,
+    ud: bool,
+    caps: SendQueueCaps,
+) -> Result<Posting> {
+    let qp_type = if ud { FastQpType::Ud } else { FastQpType::Rc };
+    let (sq, rq) = queues_of(hw, caps, qp_type)?;
+    let (state, send, recv) = QueuePairState::new_shared(hw.qpn, sq, rq);
+    let shared = Arc::new(
+        QpShared {
+            qpn: hw.qpn,
+            handle,
+            state,
+        },
+        GFP_KERNEL,
+    )?;
+    Ok(Posting { shared, send, recv })
+}
+
+/// The fast path's CQ over a CQ the core created.
+fn fast_cq(hw: &HwCq<Block>, log: u32) -> Result<FastCq<KernelPlatform>> {
+    let buffer = &hw.buffer.as_ref().ok_or(EINVAL)?.block;
+    let doorbell = &hw.doorbell.as_ref().ok_or(EINVAL)?.block;
+    FastCq::new(
+        hw.cqn,
+        ring_in(buffer, 0, log, 5)?,
+        CqDoorbells {
+            set_ci: KernelDoorbellRecord::in_block(doorbell, 0)?,
+            arm: KernelDoorbellRecord::in_block(doorbell, 4)?,
+        },
+    )
+    .map_err(|e| {
+        pr_err!("CQ {:#x} refused by the fast path: {:?}\n", hw.cqn, e);
+        EINVAL
+    })
+}
+
+fn destroy_hw_cq(dev: &Device<Mlx4Ib>, hw: HwCq<Block>) {
+    let mut core = dev.shared.core().lock();
+    if let Err(e) = core.destroy_cq(&mut dev.shared.edge(), hw) {
+        command_failed(dev, "HW2SW_CQ", e);
+    }
+}
+
+fn destroy_hw_qp(dev: &Device<Mlx4Ib>, hw: QueuePair<Block>) {
+    let mut core = dev.shared.core().lock();
+    if let Err(e) = core.destroy_qp(&mut dev.shared.edge(), hw) {
+        command_failed(dev, "destroy QP", e);
+    }
+}
+
+/// Puts `qp` on `cq`'s list (under its IRQ-safe lock: an atomic allocation).
+fn attach(cq: &CqShared, qp: &Arc<QpShared>) -> Result {
+    cq.qps.lock().push(qp.clone(), GFP_ATOMIC)?;
+    Ok(())
+}
+
+/// Takes QP `qpn` off `cq`'s list.
+fn detach(cq: &CqShared, qpn: u32) {
+    let mut qps = cq.qps.lock();
+    let mut index = 0;
+    while index < qps.len() {
+        if qps.get(index).is_some_and(|qp| qp.qpn == qpn) {
+            drop(kernel_api::remove(&mut qps, index));
+        } else {
+            index += 1;
+        }
+    }
+}
+
+fn post_errno(error: PostError) -> Error {
+    match error {
+        PostError::QueueFull => ENOMEM,
+        _ => EINVAL,
+    }
+}
+
+/// A CQ's QPs, as the fast path's poll looks them up.
+struct QpTable<'a>(&'a [Arc<QpShared>]);
+
+impl<'a> QpLookup<'a, KernelPlatform> for QpTable<'a> {
+    fn lookup(&self, qpn: u32) -> Option<QpCompletions<'a, KernelPlatform>> {
+        self.0
+            .iter()
+            .find(|qp| qp.qpn == qpn)
+            .map(|qp| qp.state.completions())
+    }
+}
+
+/// The name the device registers under.
+pub(crate) const NAME: &CStr = c"tilde_mlx4_%d";
