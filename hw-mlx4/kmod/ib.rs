@@ -60,14 +60,13 @@ const SQ_STRIDE: u32 = 7;
 const RQ_STRIDE: u32 = 6;
 /// Gather and scatter entries per WR.
 const MAX_SGE: u32 = 4;
-/// Entries a queue may have: the queue buffer (one block of at most 256 KiB) holds
-/// both queues of a QP at these sizes.
+/// Entries a queue may have (the QP's buffer holds both queues: 384 KiB at most).
 const MAX_SQ_LOG: u32 = 10;
 const MAX_RQ_LOG: u32 = 11;
 /// WRs a consumer may ask per queue: the send queue less its stamped headroom.
 const MAX_QP_WR: u32 = (1 << MAX_SQ_LOG) - 32;
-/// log2 of the largest CQ: 8192 CQEs of 32 bytes fill the 256 KiB block.
-const MAX_CQ_LOG: u32 = 13;
+/// log2 of the largest CQ: 65536 CQEs of 32 bytes fill the largest queue buffer (2 MiB).
+const MAX_CQ_LOG: u32 = 16;
 /// Completions converted at a time by `poll_cq` (its stack is the caller's).
 const POLL_BATCH: usize = 16;
 
@@ -306,8 +305,7 @@ impl Driver for Mlx4Ib {
             .qp_limits(l.max_qps, MAX_QP_WR, MAX_SGE, MAX_SGE, MAX_SGE)
             .cq_limits(l.max_cqs, (1 << MAX_CQ_LOG) - 1)
             .object_limits(l.max_mrs, l.max_pds, u32::MAX, l.pkey_table_len[0], 0)
-            .read_atomic_limits(16, 16, 16 * l.max_qps)
-            .local_dma_lkey();
+            .read_atomic_limits(16, 16, 16 * l.max_qps);
         Ok(())
     }
 

@@ -2662,6 +2662,11 @@ impl<T: Driver> Registration<T> {
             registration.abandon();
             return Err(error);
         }
+        if !dma_device.is_null() {
+            // SAFETY: set up and not registered, nobody else's yet. The function is the
+            // device's parent in sysfs too, as a C driver sets it (`ib_dev.dev.parent`).
+            unsafe { sys::tilde_ib_set_parent(raw, dma_device) };
+        }
         // SAFETY: set up and not registered; the name is a valid C string for the call;
         // the DMA device, if any, is a bound PCI function's, which outlives the
         // registration (its driver drops it in the remove).

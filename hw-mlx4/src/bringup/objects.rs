@@ -54,8 +54,10 @@ pub const MAX_MPTS: usize = MPT_WORDS * 64;
 pub const SPECIAL_QPS: u32 = 8;
 /// An MTT entry's present bit (`MLX4_MTT_FLAG_PRESENT`).
 const MTT_PRESENT: u64 = 1;
-/// The largest queue buffer: 2^6 pages (256 KiB), one allocation.
-pub const MAX_QUEUE_LOG_PAGES: u32 = MAX_CHUNK_LOG_PAGES;
+/// The largest queue buffer: 2^9 pages (2 MiB), one physically contiguous allocation
+/// (a CQ of 64 Ki entries: what the kernel's IPoIB asks for its receive CQ when the
+/// device has no SRQ, 128 connections of 256 receives).
+pub const MAX_QUEUE_LOG_PAGES: u32 = 9;
 /// CQEs are 32 bytes.
 const CQE_SHIFT: u32 = 5;
 /// The IB MTU of a connected QP: 2048 (`IB_MTU_2048`).
@@ -1040,14 +1042,20 @@ impl<B> Mlx4Core<B> {
     ) -> Result<Mtt, ProbeError> {
         let pages = 1u32 << log_pages.min(MAX_QUEUE_LOG_PAGES);
         let mtt = self.alloc_mtt(p, pages, ICM_PAGE_SHIFT)?;
-        let mut addresses = [0u64; 1 << MAX_QUEUE_LOG_PAGES];
-        for (i, a) in addresses.iter_mut().enumerate().take(pages as usize) {
-            *a = bus_address.wrapping_add((i as u64) << ICM_PAGE_SHIFT);
-        }
-        let list = addresses.get(..pages as usize).unwrap_or(&[]);
-        if let Err(e) = self.write_mtt_pages(p, &mtt, 0, list) {
-            let _ = self.free_mtt(p, mtt);
-            return Err(e);
+        // A few pages at a time: the list stays small on the stack.
+        let mut written = 0;
+        while written < pages {
+            let mut addresses = [0u64; 16];
+            let count = (pages - written).min(addresses.len() as u32);
+            for (i, a) in addresses.iter_mut().enumerate().take(count as usize) {
+                *a = bus_address.wrapping_add((u64::from(written) + i as u64) << ICM_PAGE_SHIFT);
+            }
+            let list = addresses.get(..count as usize).unwrap_or(&[]);
+            if let Err(e) = self.write_mtt_pages(p, &mtt, written, list) {
+                let _ = self.free_mtt(p, mtt);
+                return Err(e);
+            }
+            written += count;
         }
         Ok(mtt)
     }

@@ -457,6 +457,11 @@ const char *tilde_pci_name(const struct pci_dev *pdev)
 	return pci_name(pdev);
 }
 
+void tilde_ib_set_parent(struct ib_device *ibdev, struct device *parent)
+{
+	ibdev->dev.parent = parent;
+}
+
 struct device *tilde_pci_dma_device(struct pci_dev *pdev)
 {
 	return &pdev->dev;

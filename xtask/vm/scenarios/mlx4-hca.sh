@@ -6,8 +6,11 @@
 # Rebinding works; a catastrophic error the device raises on request is recovered from
 # by a function reset and a new bring-up; afterwards the kernel's own mlx4_core and
 # mlx4_ib take the same function and register mlx4_0, so the device was left as a
-# driver finds it. The device process fails the run on any command, mailbox or DMA
-# mistake it sees (docs/cx3-device.md).
+# driver finds it. Over the HCA, tilde_mlx4 registers its InfiniBand device,
+# tilde_mlx4_0, whose attributes (asked of the SMA through MAD_IFC) must be what mlx4_ib
+# reports of the same device, and the kernel's own ib_ipoib brings ib0 up and down over it
+# (PD, DMA MR, CQs, a UD QP through RTS, receives posted and flushed). The device process
+# fails the run on any command, mailbox or DMA mistake it sees (docs/cx3-device.md).
 # needs-device: cx3
 # needs-module: tilde_mlx4
 . /tilde/guest/lib.sh
@@ -67,11 +70,65 @@ expect_dmesg 'tilde_mlx4: loaded: PCI driver for ConnectX-3 \(15b3:1003\) regist
 bound_to tilde_mlx4 || { echo "FAIL: $dev is not bound to tilde_mlx4"; exit 1; }
 expect_probe 1
 
+echo "== the InfiniBand device over it: tilde_mlx4_0, its ports as the SMA reports them"
+expect_count 1 "tilde_mlx4: $dev: InfiniBand device tilde_mlx4_0 registered: 2 ports, node GUID [0-9a-f]{16}$"
+expect_dmesg 'tilde_core: tilde_mlx4_0: added: node_guid [0-9a-f]{4}(:[0-9a-f]{4}){3} ports 2$'
+rdma link show | tee links.log
+# No subnet manager runs: the links are up, the ports wait in INIT for one.
+grep -Eq 'link tilde_mlx4_0/1 .*state INIT physical_state LINK_UP' links.log
+grep -Eq 'link tilde_mlx4_0/2 .*state INIT physical_state LINK_UP' links.log
+[ "$(readlink -f /sys/class/infiniband/tilde_mlx4_0/device)" = "$(readlink -f "/sys/bus/pci/devices/$dev")" ] ||
+	{ echo "FAIL: tilde_mlx4_0 is not the PCI function's (no DMA device)"; exit 1; }
+
+# ib_attrs DEV: what the IB core shows of DEV, the driver's answers (by MAD_IFC), one
+# attribute a line.
+ib_attrs() {
+	local d=/sys/class/infiniband/$1 p
+	echo "node_type $(cat $d/node_type)"
+	echo "node_guid $(cat $d/node_guid)"
+	echo "sys_image_guid $(cat $d/sys_image_guid)"
+	for p in 1 2; do
+		for a in link_layer state phys_state lid sm_lid lid_mask_count rate gids/0 gids/1 pkeys/0 pkeys/1; do
+			echo "port $p $a $(cat $d/ports/$p/$a)"
+		done
+	done
+}
+ib_attrs tilde_mlx4_0 | tee tilde_attrs.log
+grep -q '^port 1 gids/0 fe80:0000:0000:0000:' tilde_attrs.log
+grep -q '^port 1 pkeys/0 0xffff$' tilde_attrs.log
+
+echo "== the kernel's ib_ipoib over tilde_mlx4_0: ib0's UD QP through RTS, its receives posted, then flushed"
+modprobe ib_ipoib
+for i in $(seq 100); do
+	[ -e /sys/class/net/ib0 ] && break
+	sleep 0.1
+done
+ip -d link show ib0 | tee ib0.log
+grep -q 'link/infiniband' ib0.log
+# The 20-byte address: flags and QPN, then the port's GID 0.
+gid=$(sed -n 's/^port 1 gids\/0 //p' tilde_attrs.log | tr -d :)
+addr=$(cat /sys/class/net/ib0/address | tr -d :)
+[ "${addr#????????}" = "$gid" ] || { echo "FAIL: ib0's address $addr does not end in GID $gid"; exit 1; }
+rdma resource show tilde_mlx4_0 | tee res.log
+# ib0 and ib1: a UD QP each (and its CQs, its PD, its DMA MR).
+grep -Eq 'qp 2 ' res.log || { echo "FAIL: ib_ipoib's QPs are not on tilde_mlx4_0"; exit 1; }
+ip link set ib0 up
+ip link show ib0 | tee ib0.log
+grep -q '<.*UP.*>' ib0.log
+ip link set ib0 down
+ip link set ib0 up
+ip link set ib0 down
+modprobe -r ib_ipoib
+reject_dmesg 'ib[01]: .*(failed|timing out|Failed|not completed)'
+rdma resource show tilde_mlx4_0 | tee res.log
+grep -Eq 'pd 0 cq 0 qp 0 ' res.log || { echo "FAIL: ib_ipoib left objects on tilde_mlx4_0"; exit 1; }
+
 echo "== unbind: the HCA is closed and every page given back"
 echo "$dev" > /sys/bus/pci/drivers/tilde_mlx4/unbind
 refute "$dev is still bound" test -e "/sys/bus/pci/devices/$dev/driver"
-expect_count 1 "tilde_mlx4: $dev: interrupts taken: async EQ [1-9][0-9]*, completion EQs 1 and 0$"
+expect_count 1 "tilde_mlx4: $dev: interrupts taken: async EQ [1-9][0-9]*, completion EQs [0-9]+ and [0-9]+$"
 refute "the MSI-X vectors are still requested" grep -q tilde_mlx4 /proc/interrupts
+expect_count 1 "tilde_mlx4: $dev: InfiniBand device tilde_mlx4_0 unregistered$"
 expect_count 1 "tilde_mlx4: $dev: HCA closed, every page given back$"
 
 echo "== bind again: a second probe on the same function"
@@ -116,5 +173,8 @@ done
 rdma link show | tee links.log
 grep -q 'mlx4_0/1' links.log
 grep -q 'mlx4_0/2' links.log
+echo "== the two drivers agree on what the device is"
+ib_attrs mlx4_0 | tee upstream_attrs.log
+diff -u upstream_attrs.log tilde_attrs.log || { echo "FAIL: tilde_mlx4_0 and mlx4_0 differ"; exit 1; }
 rmmod mlx4_ib mlx4_core
 reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
