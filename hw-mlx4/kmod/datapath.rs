@@ -169,7 +169,12 @@ fn rc_path(remote_qpn: u32) -> QpPath {
 }
 
 /// A ring of `1 << log_entries` entries of `1 << shift` bytes at `offset` of `block`.
-pub(crate) fn ring_in(block: &Block, offset: u64, log_entries: u32, shift: u32) -> Result<KernelRing> {
+pub(crate) fn ring_in(
+    block: &Block,
+    offset: u64,
+    log_entries: u32,
+    shift: u32,
+) -> Result<KernelRing> {
     let offset = usize::try_from(offset).map_err(|_| EINVAL)?;
     let size = 1usize
         .checked_shl(log_entries.checked_add(shift).ok_or(EINVAL)?)
@@ -188,12 +193,19 @@ pub(crate) fn queues_of(
     qp: &QueuePair<Block>,
     caps: SendQueueCaps,
     qp_type: QpType,
-) -> Result<(SendQueueState<KernelPlatform>, RecvQueueState<KernelPlatform>)> {
+) -> Result<(
+    SendQueueState<KernelPlatform>,
+    RecvQueueState<KernelPlatform>,
+)> {
     let buffer = &qp.buffer.as_ref().ok_or(EINVAL)?.block;
     let doorbell = &qp.doorbell.as_ref().ok_or(EINVAL)?.block;
     let c = qp.config;
     let refused = |e| {
-        pr_err!("QP {:#x}: queue refused by the fast path: {:?}\n", qp.qpn, e);
+        pr_err!(
+            "QP {:#x}: queue refused by the fast path: {:?}\n",
+            qp.qpn,
+            e
+        );
         EINVAL
     };
     let sq = SendQueueState::new(

@@ -598,7 +598,11 @@ fn unregister_ib(shared: &Shared, slot: &IbSlot) {
     if let Some(registration) = registration {
         let name = registration.name();
         drop(registration);
-        pr_info!("{}: InfiniBand device {} unregistered\n", shared.dev.name(), name);
+        pr_info!(
+            "{}: InfiniBand device {} unregistered\n",
+            shared.dev.name(),
+            name
+        );
     }
 }
 
@@ -682,7 +686,10 @@ impl WorkHandler for CatasPoller {
             Ok(()) => {
                 drop(core);
                 if register_ib(shared, &self.ib).is_err() {
-                    pr_err!("{}: the IB device did not come back after the reset\n", dev.name());
+                    pr_err!(
+                        "{}: the IB device did not come back after the reset\n",
+                        dev.name()
+                    );
                 }
                 pr_info!("{}: recovered from the catastrophic error\n", dev.name());
                 Some(CATAS_POLL_INTERVAL)

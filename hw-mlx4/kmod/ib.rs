@@ -38,9 +38,9 @@ use kernel::alloc::flags::GFP_ATOMIC;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use rdma_core::driver::{
-    self, Access, AhAttr, Arm, Completions, CoreCaps, Cq, Device, DeviceAttrs, Driver,
-    MrKeys, MrPages, MrType, NewCq, NewQp, Pd, PortAttrs, PortImmutable, PortSpeed, PortWidth,
-    Qp, QpHandle, QpModify, QpState, QpType, RecvWrs, SendFlags, SendOp, SendWrs,
+    self, Access, AhAttr, Arm, Completions, CoreCaps, Cq, Device, DeviceAttrs, Driver, MrKeys,
+    MrPages, MrType, NewCq, NewQp, Pd, PortAttrs, PortImmutable, PortSpeed, PortWidth, Qp,
+    QpHandle, QpModify, QpState, QpType, RecvWrs, SendFlags, SendOp, SendWrs,
 };
 use rdma_core::kernel_api;
 use rdma_core::sync::{IrqSpinLock, Mutex};
@@ -218,7 +218,10 @@ impl Mlx4Ib {
             *eqn = core.comp_eqn(index).ok_or(EINVAL)?;
         }
         let mut limits = Limits {
-            max_qps: info.layout.num_qps.min(hw_mlx4::bringup::objects::MAX_QPS as u32),
+            max_qps: info
+                .layout
+                .num_qps
+                .min(hw_mlx4::bringup::objects::MAX_QPS as u32),
             max_cqs: CQ_TABLE_SIZE as u32,
             max_mrs: hw_mlx4::bringup::objects::MAX_MPTS as u32,
             max_pds: info.caps.max_pds,
@@ -345,7 +348,11 @@ impl Driver for Mlx4Ib {
         };
         let mtu_cap = dev.limits.mtu_cap.get(index).copied().unwrap_or(4);
         // Before the SM set the neighbour MTU, the link runs at the port's cap.
-        let active = if info.mtu_active == 0 { mtu_cap } else { info.mtu_active };
+        let active = if info.mtu_active == 0 {
+            mtu_cap
+        } else {
+            info.mtu_active
+        };
         attrs
             .state(state, phys)
             .mtu(mtu(mtu_cap), mtu(active))
@@ -384,7 +391,14 @@ impl Driver for Mlx4Ib {
 
     fn query_pkey(dev: &Device<Self>, port: u32, index: u16) -> Result<u16> {
         let port_index = dev.port_index(port)?;
-        if index >= dev.limits.pkey_table_len.get(port_index).copied().unwrap_or(0) {
+        if index
+            >= dev
+                .limits
+                .pkey_table_len
+                .get(port_index)
+                .copied()
+                .unwrap_or(0)
+        {
             return Err(EINVAL);
         }
         let mut core = dev.shared.core().lock();
@@ -394,7 +408,14 @@ impl Driver for Mlx4Ib {
 
     fn query_gid(dev: &Device<Self>, port: u32, index: u32) -> Result<Gid> {
         let port_index = dev.port_index(port)?;
-        if index >= dev.limits.gid_table_len.get(port_index).copied().unwrap_or(0) {
+        if index
+            >= dev
+                .limits
+                .gid_table_len
+                .get(port_index)
+                .copied()
+                .unwrap_or(0)
+        {
             return Err(EINVAL);
         }
         let mut core = dev.shared.core().lock();
@@ -442,7 +463,10 @@ impl Driver for Mlx4Ib {
             IbMr {
                 hw: Mutex::new(Some(mr))?,
             },
-            MrKeys { lkey: key, rkey: key },
+            MrKeys {
+                lkey: key,
+                rkey: key,
+            },
         ))
     }
 
@@ -455,7 +479,11 @@ impl Driver for Mlx4Ib {
         Err(not_supported())
     }
 
-    fn map_mr_sg(_dev: &Device<Self>, _mr: &driver::Mr<Self>, _pages: MrPages<'_, Self>) -> Result<u32> {
+    fn map_mr_sg(
+        _dev: &Device<Self>,
+        _mr: &driver::Mr<Self>,
+        _pages: MrPages<'_, Self>,
+    ) -> Result<u32> {
         Err(not_supported())
     }
 

@@ -2671,11 +2671,7 @@ impl<T: Driver> Registration<T> {
         // the DMA device, if any, is a bound PCI function's, which outlives the
         // registration (its driver drops it in the remove).
         let registered = unsafe {
-            sys::ib_register_device(
-                raw,
-                crate::sys::kernel_api::c_str(name),
-                dma_device,
-            )
+            sys::ib_register_device(raw, crate::sys::kernel_api::c_str(name), dma_device)
         };
         if registered != 0 {
             let error = Error::from_errno(registered);

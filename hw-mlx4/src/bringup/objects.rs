@@ -24,8 +24,7 @@
 
 use crate::wire::cmd::opcode;
 use crate::wire::fw::{
-    cq_context, mad, mpt_entry, node_info, port_info, qp_context, qp_optpar, Mailbox,
-    MAILBOX_SIZE,
+    cq_context, mad, mpt_entry, node_info, port_info, qp_context, qp_optpar, Mailbox, MAILBOX_SIZE,
 };
 
 use super::bitmap::IdBitmap;

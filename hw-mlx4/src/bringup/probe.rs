@@ -453,7 +453,10 @@ impl<B> Mlx4Core<B> {
     /// The first half of [`Mlx4Core::recover_from_error`]: the reset, after which every
     /// command succeeds at once without reaching the device, so the objects built on
     /// the core (an IB device's) can be destroyed through it before the release.
-    pub fn reset_after_error<P: Platform<Block = B>>(&mut self, p: &mut P) -> Result<(), ResetError> {
+    pub fn reset_after_error<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+    ) -> Result<(), ResetError> {
         if let Err(error) = reset_function(p) {
             self.cmd.wedge();
             return Err(error);

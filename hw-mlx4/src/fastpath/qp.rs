@@ -74,8 +74,7 @@ impl<P: Platform> QueuePairState<P> {
 
     /// The receive queue's posting handle, for the holder of its right.
     pub fn recv_queue<'q>(&'q self, right: &'q mut PostRight) -> Option<RecvQueue<'q, P>> {
-        (self.key != 0 && right.key == self.key.wrapping_add(1))
-            .then(|| RecvQueue::new(&self.rq))
+        (self.key != 0 && right.key == self.key.wrapping_add(1)).then(|| RecvQueue::new(&self.rq))
     }
 
     /// The QP number.
