@@ -14,9 +14,14 @@
 //! maintain; a completion EQ's interrupt handler finds the CQ by number in the device's
 //! CQ table and calls its handler ([`CqTable`]).
 //!
-//! Not yet: the management classes (QP0/QP1, `process_mad`: the ports say IB without
-//! MAD, so `ib_mad` leaves them alone and no subnet manager can sweep them), SRQs, fast
-//! registration, memory windows, resize, port events; those ops answer `EOPNOTSUPP`.
+//! The management classes: QP0 and QP1 of each port are special QPs (the MLX transport:
+//! the driver writes each packet's LRH, BTH and DETH into the WQE, `build_mlx_header`),
+//! and `process_mad` answers the SMPs and PMA MADs through the SMA (MAD_IFC), snooping
+//! the subnet manager's Sets for the port events they imply; PORT_CHANGE events of the
+//! async EQ become `IB_EVENT_PORT_ACTIVE` and `IB_EVENT_PORT_ERR`.
+//!
+//! Not yet: SRQs, fast registration, memory windows, multicast attach, resize; those ops
+//! answer `EOPNOTSUPP`.
 
 use core::ffi::CStr;
 
@@ -27,7 +32,9 @@ use hw_mlx4::bringup::objects::{
 use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeError};
 use hw_mlx4::fastpath::cq::{CompletionQueue as FastCq, CqDoorbells};
 use hw_mlx4::fastpath::qp::{PostRight, QpCompletions, QpLookup, QueuePairState};
-use hw_mlx4::fastpath::send::{QpType as FastQpType, SendQueueCaps};
+use hw_mlx4::bringup::eq::PortEventKind;
+use hw_mlx4::fastpath::send::{MlxWr, QpType as FastQpType, SendQueueCaps};
+use hw_mlx4::wire::ud::{GlobalRoute, MlxSeg, UdHeader, PERMISSIVE_LID, UD_HEADER_MAX};
 use hw_mlx4::wire::{AddressVector, ArmCommand, Be16, Be32};
 use hw_mlx4::wr::{
     Completion as FastCompletion, Payload, PostError, Remote as FastRemote,
@@ -38,11 +45,13 @@ use kernel::alloc::flags::GFP_ATOMIC;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use rdma_core::driver::{
-    self, Access, AhAttr, Arm, Completions, CoreCaps, Cq, Device, DeviceAttrs, Driver, MrKeys,
+    self, Access, AhAttr, Arm, Completions, CoreCaps, Cq, Device, DeviceAttrs, Driver, Mad,
+    AhQuery, MadResult, PortEvent, ReceivedRoute, Route, MAD_SIZE, MrKeys,
     MrPages, MrType, NewCq, NewQp, Pd, PortAttrs, PortImmutable, PortSpeed, PortWidth, Qp,
     QpHandle, QpModify, QpState, QpType, RecvWrs, SendFlags, SendOp, SendWrs,
 };
 use rdma_core::kernel_api;
+use rdma_core::kernel_api::atomic::{Atomic, Relaxed};
 use rdma_core::sync::{IrqSpinLock, Mutex};
 use rdma_core::verbs::{Gid, LinkLayer, Mtu, PhysPortState, PortState};
 
@@ -67,6 +76,23 @@ const MAX_RQ_LOG: u32 = 11;
 const MAX_QP_WR: u32 = (1 << MAX_SQ_LOG) - 32;
 /// log2 of the largest CQ: 65536 CQEs of 32 bytes fill the largest queue buffer (2 MiB).
 const MAX_CQ_LOG: u32 = 16;
+/// log2 of a special QP's send WQE: the MLX segment, a header with a GRH, the gather
+/// entries and the ICRC's segment.
+const SPECIAL_SQ_STRIDE: u32 = 8;
+/// P_Keys the driver keeps per port for the special QPs' headers (block 0 of the table).
+const PKEYS: usize = 32;
+/// MAD classes and methods `process_mad` answers (IBA 13.4).
+const CLASS_SUBN_LID_ROUTED: u8 = 0x01;
+const CLASS_SUBN_DIRECTED_ROUTE: u8 = 0x81;
+const CLASS_PERF_MGMT: u8 = 0x04;
+const METHOD_GET: u8 = 0x01;
+const METHOD_SET: u8 = 0x02;
+const METHOD_TRAP_REPRESS: u8 = 0x07;
+const ATTR_SM_INFO: u16 = 0x0020;
+const ATTR_GUID_INFO: u16 = 0x0014;
+const ATTR_PORT_INFO: u16 = 0x0015;
+const ATTR_PKEY_TABLE: u16 = 0x0016;
+
 /// Completions converted at a time by `poll_cq` (its stack is the caller's).
 const POLL_BATCH: usize = 16;
 
@@ -78,6 +104,9 @@ pub(crate) struct Mlx4Ib {
     comp_eqns: [u32; COMP_EQS as usize],
     node: NodeInfo,
     limits: Limits,
+    /// Block 0 of each port's P_Key table, for the special QPs' BTHs; refreshed when the
+    /// subnet manager sets it.
+    pkeys: IrqSpinLock<[[u16; PKEYS]; 2]>,
 }
 
 /// What the device reports of itself, from QUERY_DEV_CAP and the ports.
@@ -148,19 +177,36 @@ pub(crate) struct QpShared {
     qpn: u32,
     handle: QpHandle,
     state: QueuePairState<KernelPlatform>,
+    /// The port its completions report (a special QP's, or the one its INIT named).
+    port: Atomic<u32>,
 }
 
-/// A QP's posting rights, held together while the QP is posted to.
+/// A QP's posting rights, held together while the QP is posted to, and what a special
+/// QP's headers carry from one send to the next.
 struct Posting {
     shared: Arc<QpShared>,
     send: PostRight,
     recv: PostRight,
+    /// The next PSN of a special QP's packets.
+    psn: u32,
+    /// The Q_Key and P_Key index its INIT set (the headers use them).
+    qkey: u32,
+    pkey_index: u16,
+}
+
+/// QP0 or QP1 of a port.
+#[derive(Clone, Copy)]
+struct SpecialQp {
+    /// 0 (the SMI's) or 1 (the GSI's): the QP number the IB core and the packets know.
+    qp_num: u32,
+    port: u8,
 }
 
 /// A QP of the IB device.
 pub(crate) struct IbQp {
     qpn: u32,
     ud: bool,
+    special: Option<SpecialQp>,
     caps: SendQueueCaps,
     posting: IrqSpinLock<Posting>,
     hw: Mutex<QpHw>,
@@ -190,6 +236,9 @@ pub(crate) struct IbMr {
 /// An AH: the address vector UD WQEs carry.
 pub(crate) struct IbAh {
     av: AddressVector,
+    dlid: u16,
+    sl: u8,
+    route: Option<Route>,
 }
 
 fn command_failed(dev: &Device<Mlx4Ib>, what: &str, error: ProbeError) -> Error {
@@ -240,6 +289,16 @@ impl Mlx4Ib {
                 limits.mtu_cap[index] = port.ib_mtu_cap;
             }
         }
+        let mut pkeys = [[0u16; PKEYS]; 2];
+        for (port, table) in (1..=limits.ports.min(2)).zip(pkeys.iter_mut()) {
+            *table = core
+                .query_pkey_block(&mut edge, port, 0)
+                .map_err(|e| command_failed_bare(&shared, "P_KeyTable", e))?;
+        }
+        // QP0 and QP1 of each port at the numbers from the reserved range's end
+        // (`mlx4_init_qp_table`).
+        core.conf_special_qps(&mut edge)
+            .map_err(|e| command_failed_bare(&shared, "CONF_SPECIAL_QP", e))?;
         let uar = Uar::in_bar(shared.bar2(), info.driver_uar)?;
         Ok(Self {
             uar,
@@ -247,6 +306,7 @@ impl Mlx4Ib {
             comp_eqns,
             node,
             limits,
+            pkeys: IrqSpinLock::new(pkeys)?,
             shared,
         })
     }
@@ -314,11 +374,13 @@ impl Driver for Mlx4Ib {
 
     fn query_port(dev: &Device<Self>, port: u32, attrs: &mut PortAttrs<'_>) -> Result {
         let index = dev.port_index(port)?;
-        let info = {
+        let (info, events) = {
             let mut core = dev.shared.core().lock();
-            core.query_port_info(&mut dev.shared.edge(), port as u8)
-                .map_err(|e| command_failed(dev, "PortInfo", e))?
+            let info = core.query_port_info(&mut dev.shared.edge(), port as u8);
+            (info, take_port_events(&mut core))
         };
+        dispatch(dev, &events);
+        let info = info.map_err(|e| command_failed(dev, "PortInfo", e))?;
         let state = match info.state {
             1 => PortState::Down,
             2 => PortState::Init,
@@ -371,7 +433,7 @@ impl Driver for Mlx4Ib {
     fn port_immutable(dev: &Device<Self>, port: u32, immutable: &mut PortImmutable<'_>) -> Result {
         let index = dev.port_index(port)?;
         immutable
-            .core_caps(CoreCaps::PROT_IB)
+            .core_caps(CoreCaps::IBA_IB)
             .tables(
                 dev.limits.gid_table_len.get(index).copied().unwrap_or(0),
                 dev.limits
@@ -381,7 +443,7 @@ impl Driver for Mlx4Ib {
                     .unwrap_or(0)
                     .into(),
             )
-            .max_mad_size(0);
+            .max_mad_size(MAD_SIZE as u32);
         Ok(())
     }
 
@@ -583,7 +645,17 @@ impl Driver for Mlx4Ib {
                 };
                 let mut wc = driver::Completion::new(qp.handle, c.wr_id, c.status, c.opcode)
                     .bytes(c.byte_len)
-                    .source_qp(c.src_qp);
+                    .source_qp(c.src_qp)
+                    .port(qp.port.load(Relaxed))
+                    .received_route(ReceivedRoute {
+                        slid: c.slid,
+                        sl: c.sl,
+                        dlid_path_bits: c.dlid_path_bits,
+                        pkey_index: c.pkey_index,
+                    });
+                if c.flags.contains(WcFlags::GRH) {
+                    wc = wc.with_grh(driver::Grh::Ib);
+                }
                 if c.flags.contains(WcFlags::WITH_IMM) {
                     wc = wc.with_imm(c.imm);
                 }
@@ -613,10 +685,22 @@ impl Driver for Mlx4Ib {
     }
 
     fn create_qp(dev: &Device<Self>, qp: &mut NewQp<'_, Self>) -> Result<IbQp> {
-        let ud = match qp.qp_type() {
-            QpType::Rc => false,
-            QpType::Ud => true,
+        let special = |qp_num| -> Result<Option<SpecialQp>> {
+            let port = u8::try_from(qp.port()).map_err(|_| EINVAL)?;
+            dev.port_index(port.into())?;
+            Ok(Some(SpecialQp { qp_num, port }))
+        };
+        let (ud, special) = match qp.qp_type() {
+            QpType::Rc => (false, None),
+            QpType::Ud => (true, None),
+            QpType::Smi => (true, special(0)?),
+            QpType::Gsi => (true, special(1)?),
             _ => return Err(not_supported()),
+        };
+        let sq_stride = if special.is_some() {
+            SPECIAL_SQ_STRIDE
+        } else {
+            SQ_STRIDE
         };
         if qp.has_srq() || qp.create_flags() != 0 {
             return Err(not_supported());
@@ -634,14 +718,19 @@ impl Driver for Mlx4Ib {
             return Err(EINVAL);
         }
         // The send queue keeps 2 KiB of stamped WQEs ahead of the producer.
-        let spare = (2048 >> SQ_STRIDE) + 1;
+        let spare = (2048 >> sq_stride) + 1;
         let log_sq = log2_at_least(asked.max_send_wr.max(1) + spare, 6);
         let log_rq = log2_at_least(asked.max_recv_wr.max(1), 4);
         let pdn = qp.pd().pdn;
+        let transport = match (special, ud) {
+            (Some(_), _) => QpTransport::Mlx,
+            (None, true) => QpTransport::Ud,
+            (None, false) => QpTransport::Rc,
+        };
         let config = QpConfig {
-            transport: if ud { QpTransport::Ud } else { QpTransport::Rc },
+            transport,
             log_sq_entries: log_sq,
-            log_sq_stride: SQ_STRIDE,
+            log_sq_stride: sq_stride,
             log_rq_entries: log_rq,
             log_rq_stride: RQ_STRIDE,
             pd: pdn,
@@ -650,15 +739,20 @@ impl Driver for Mlx4Ib {
         };
         let hw = {
             let mut core = dev.shared.core().lock();
-            core.create_qp(&mut dev.shared.edge(), config)
-                .map_err(|e| command_failed(dev, "create QP", e))?
+            let mut edge = dev.shared.edge();
+            match special {
+                Some(sqp) => core.create_special_qp(&mut edge, sqp.port, sqp.qp_num == 1, config),
+                None => core.create_qp(&mut edge, config),
+            }
+            .map_err(|e| command_failed(dev, "create QP", e))?
         };
         let caps = SendQueueCaps {
             max_sge: MAX_SGE,
             max_inline: 0,
             signal_all: qp.signals_all(),
         };
-        let posting = match new_posting(&hw, qp.handle(), ud, caps) {
+        let port = special.map_or(1, |sqp| sqp.port);
+        let posting = match new_posting(&hw, qp.handle(), transport, caps, port) {
             Ok(posting) => posting,
             Err(e) => {
                 destroy_hw_qp(dev, hw);
@@ -680,7 +774,8 @@ impl Driver for Mlx4Ib {
         }
         let qpn = hw.qpn;
         let max_send_wr = (1u32 << log_sq) - spare;
-        qp.set_num(qpn);
+        // The IB core and the packets know the special QPs as 0 and 1.
+        qp.set_num(special.map_or(qpn, |sqp| sqp.qp_num));
         qp.set_caps(driver::QpCaps {
             max_send_wr,
             max_recv_wr: 1 << log_rq,
@@ -692,12 +787,13 @@ impl Driver for Mlx4Ib {
             Ok(IbQp {
                 qpn,
                 ud,
+                special,
                 caps,
                 posting: IrqSpinLock::new(posting)?,
                 hw: Mutex::new(QpHw {
                     qp: None,
                     state: QpState::Reset,
-                    port: 1,
+                    port,
                     pkey_index: 0,
                     qkey: 0,
                 })?,
@@ -793,6 +889,11 @@ impl Driver for Mlx4Ib {
         };
         done.map_err(|e| command_failed(dev, "MODIFY_QP", e))?;
         hw.state = next;
+        // What the special QPs' headers and every QP's completions carry.
+        let mut posting = qp.posting.lock();
+        posting.qkey = qkey;
+        posting.pkey_index = pkey_index.into();
+        posting.shared.port.store(port.into(), Relaxed);
         Ok(())
     }
 
@@ -805,6 +906,9 @@ impl Driver for Mlx4Ib {
     }
 
     fn post_send(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut SendWrs<'_, Self>) -> Result {
+        if let Some(sqp) = qp.special {
+            return post_special(dev, qp, sqp, wrs);
+        }
         let mut posting = qp.posting.lock();
         let Posting { shared, send, .. } = &mut *posting;
         let mut sq = shared.state.send_queue(send, &dev.uar).ok_or(EINVAL)?;
@@ -861,6 +965,7 @@ impl Driver for Mlx4Ib {
                     remote_qpn,
                     remote_qkey,
                     imm,
+                    ..
                 } => {
                     ud = Some(UdAddress {
                         av: ah.av,
@@ -936,7 +1041,31 @@ impl Driver for Mlx4Ib {
             );
             av.dgid = route.dgid.0;
         }
-        Ok(IbAh { av })
+        Ok(IbAh {
+            av,
+            dlid,
+            sl: attr.sl(),
+            route: attr.route(),
+        })
+    }
+
+    fn process_mad(
+        dev: &Device<Self>,
+        port: u32,
+        mad: &Mad<'_>,
+        reply: &mut [u8; MAD_SIZE],
+    ) -> MadResult {
+        process_mad(dev, port, mad, reply)
+    }
+
+    fn query_ah(_dev: &Device<Self>, ah: &driver::Ah<Self>) -> Result<AhQuery> {
+        Ok(AhQuery {
+            port: ah.av.port().into(),
+            dlid: ah.dlid,
+            sl: ah.sl,
+            src_path_bits: 0,
+            route: ah.route,
+        })
     }
 }
 
@@ -946,8 +1075,12 @@ impl IbQp {
     /// heads and tails and stamps the send queue again).
     fn restart_queues(&self, dev: &Device<Mlx4Ib>, hw: Option<&QueuePair<Block>>) -> Result {
         let hw = hw.ok_or(EINVAL)?;
-        let handle = self.posting.lock().shared.handle;
-        let posting = new_posting(hw, handle, self.ud, self.caps)?;
+        let (handle, port) = {
+            let posting = self.posting.lock();
+            (posting.shared.handle, posting.shared.port.load(Relaxed))
+        };
+        let port = u8::try_from(port).unwrap_or(1);
+        let posting = new_posting(hw, handle, self.transport(), self.caps, port)?;
         let shared = posting.shared.clone();
         detach(&self.send_cq, self.qpn);
         detach(&self.recv_cq, self.qpn);
@@ -973,10 +1106,15 @@ impl IbQp {
 fn new_posting(
     hw: &QueuePair<Block>,
     handle: QpHandle,
-    ud: bool,
+    transport: QpTransport,
     caps: SendQueueCaps,
+    port: u8,
 ) -> Result<Posting> {
-    let qp_type = if ud { FastQpType::Ud } else { FastQpType::Rc };
+    let qp_type = match transport {
+        QpTransport::Rc => FastQpType::Rc,
+        QpTransport::Ud => FastQpType::Ud,
+        QpTransport::Mlx => FastQpType::Mlx,
+    };
     let (sq, rq) = queues_of(hw, caps, qp_type)?;
     let (state, send, recv) = QueuePairState::new_shared(hw.qpn, sq, rq);
     let shared = Arc::new(
@@ -984,10 +1122,28 @@ fn new_posting(
             qpn: hw.qpn,
             handle,
             state,
+            port: Atomic::new(port.into()),
         },
         GFP_KERNEL,
     )?;
-    Ok(Posting { shared, send, recv })
+    Ok(Posting {
+        shared,
+        send,
+        recv,
+        psn: 0,
+        qkey: 0,
+        pkey_index: 0,
+    })
+}
+
+impl IbQp {
+    fn transport(&self) -> QpTransport {
+        match (self.special, self.ud) {
+            (Some(_), _) => QpTransport::Mlx,
+            (None, true) => QpTransport::Ud,
+            (None, false) => QpTransport::Rc,
+        }
+    }
 }
 
 /// The fast path's CQ over a CQ the core created.
@@ -1046,6 +1202,216 @@ fn post_errno(error: PostError) -> Error {
         PostError::QueueFull => ENOMEM,
         _ => EINVAL,
     }
+}
+
+/// Port events the async EQ delivered while commands ran, taken from the core so they
+/// are dispatched after its mutex is released (the IB core's clients query the port).
+fn take_port_events(core: &mut Mlx4Core<Block>) -> [Option<(u32, PortEvent)>; 4] {
+    let mut events = [None; 4];
+    for slot in events.iter_mut() {
+        let Some(event) = core.take_port_event() else {
+            break;
+        };
+        let kind = match event.kind {
+            PortEventKind::Active => PortEvent::Active,
+            PortEventKind::Down => PortEvent::Error,
+        };
+        *slot = Some((event.port.into(), kind));
+    }
+    events
+}
+
+fn dispatch(dev: &Device<Mlx4Ib>, events: &[Option<(u32, PortEvent)>]) {
+    for &(port, event) in events.iter().flatten() {
+        pr_info!("{}: port {}: {:?}\n", dev.name(), port, event);
+        dev.dispatch_port_event(port, event);
+    }
+}
+
+/// `mlx4_ib_process_mad` for an InfiniBand port: SMPs (but SMInfo, the SM's own) and
+/// PMA Gets and Sets go to the SMA through MAD_IFC; the subnet manager's successful Sets
+/// are snooped for the events they mean (`smp_snoop`); everything else is the MAD
+/// layer's agents'.
+fn process_mad(
+    dev: &Device<Mlx4Ib>,
+    port: u32,
+    mad: &Mad<'_>,
+    reply: &mut [u8; MAD_SIZE],
+) -> MadResult {
+    let bytes = mad.bytes();
+    let (class, method) = (bytes[1], bytes[3]);
+    let attr = u16::from_be_bytes([bytes[0x10], bytes[0x11]]);
+    let smp = class == CLASS_SUBN_LID_ROUTED || class == CLASS_SUBN_DIRECTED_ROUTE;
+    let handled = if smp {
+        matches!(method, METHOD_GET | METHOD_SET | METHOD_TRAP_REPRESS) && attr != ATTR_SM_INFO
+    } else {
+        class == CLASS_PERF_MGMT && matches!(method, METHOD_GET | METHOD_SET)
+    };
+    if !handled {
+        return MadResult::NotHandled;
+    }
+    let (Ok(port8), Ok(index)) = (u8::try_from(port), dev.port_index(port)) else {
+        return MadResult::Failure;
+    };
+    let (answered, events) = {
+        let mut core = dev.shared.core().lock();
+        let mut edge = dev.shared.edge();
+        let answered = core.mad_ifc(&mut edge, port8, bytes, reply);
+        let refreshed = if answered.is_ok() && smp && method == METHOD_SET && attr == ATTR_PKEY_TABLE {
+            core.query_pkey_block(&mut edge, port8, 0).ok()
+        } else {
+            None
+        };
+        if let Some(pkeys) = refreshed {
+            if let Some(table) = dev.pkeys.lock().get_mut(index) {
+                *table = pkeys;
+            }
+        }
+        (answered, take_port_events(&mut core))
+    };
+    if let Err(e) = answered {
+        command_failed(dev, "MAD_IFC", e);
+        return MadResult::Failure;
+    }
+    let status = u16::from_be_bytes([reply[4], reply[5]]);
+    if smp && method == METHOD_SET && status & 0x7fff == 0 {
+        let mut snooped = [None; 2];
+        match attr {
+            ATTR_PORT_INFO => {
+                snooped[0] = Some((port, PortEvent::LidChange));
+                // PortInfo:ClientReregister (byte 51 of the attribute, bit 7).
+                if bytes[0x40 + 51] & 0x80 != 0 {
+                    snooped[1] = Some((port, PortEvent::ClientReregister));
+                }
+            }
+            ATTR_PKEY_TABLE => snooped[0] = Some((port, PortEvent::PkeyChange)),
+            ATTR_GUID_INFO => snooped[0] = Some((port, PortEvent::GidChange)),
+            _ => {}
+        }
+        dispatch(dev, &events);
+        dispatch(dev, &snooped);
+    } else {
+        dispatch(dev, &events);
+    }
+    if class == CLASS_SUBN_DIRECTED_ROUTE {
+        // The direction bit of a directed-route response.
+        reply[4] |= 0x80;
+    }
+    if method == METHOD_TRAP_REPRESS {
+        return MadResult::Consumed;
+    }
+    MadResult::Reply
+}
+
+/// `post_send` on QP0 or QP1: each WR is a MAD in a UD SEND whose headers the driver
+/// writes (`build_mlx_header`).
+fn post_special(
+    dev: &Device<Mlx4Ib>,
+    qp: &IbQp,
+    sqp: SpecialQp,
+    wrs: &mut SendWrs<'_, Mlx4Ib>,
+) -> Result {
+    let port_index = usize::from(sqp.port.saturating_sub(1));
+    let mut posting = qp.posting.lock();
+    let Posting {
+        shared,
+        send,
+        psn,
+        qkey,
+        pkey_index,
+        ..
+    } = &mut *posting;
+    let mut sq = shared.state.send_queue(send, &dev.uar).ok_or(EINVAL)?;
+    for wr in wrs {
+        let SendOp::Datagram {
+            ah,
+            remote_qpn,
+            remote_qkey,
+            pkey_index: wr_pkey_index,
+            imm: None,
+        } = wr.op()?
+        else {
+            return Err(EINVAL);
+        };
+        let sges = wr.sges()?;
+        if sges.len() > qp.caps.max_sge as usize {
+            return Err(EINVAL);
+        }
+        let mut gather = [FastSge {
+            addr: 0,
+            length: 0,
+            lkey: 0,
+        }; MAX_SGE as usize];
+        let mut payload_len = 0u32;
+        for (slot, sge) in gather.iter_mut().zip(sges) {
+            *slot = FastSge {
+                addr: sge.addr(),
+                length: sge.length(),
+                lkey: sge.lkey(),
+            };
+            payload_len = payload_len.saturating_add(sge.length());
+        }
+        let gather = gather.get(..sges.len()).ok_or(EINVAL)?;
+        // QP0 sends with its own P_Key index; QP1 with the WR's.
+        let index = if sqp.qp_num == 0 {
+            *pkey_index
+        } else {
+            wr_pkey_index
+        };
+        let pkey = dev
+            .pkeys
+            .lock()
+            .get(port_index)
+            .and_then(|table| table.get(usize::from(index)))
+            .copied()
+            .ok_or(EINVAL)?;
+        let permissive = ah.dlid == PERMISSIVE_LID;
+        let grh = ah.route.map(|route| GlobalRoute {
+            traffic_class: route.traffic_class,
+            flow_label: route.flow_label,
+            hop_limit: route.hop_limit,
+            sgid: route.sgid.map_or([0; 16], |gid| gid.0),
+            dgid: route.dgid.0,
+        });
+        let header = UdHeader {
+            vl: if sqp.qp_num == 0 { 15 } else { 0 },
+            sl: ah.sl,
+            dlid: ah.dlid,
+            slid: if permissive { PERMISSIVE_LID } else { 0 },
+            grh,
+            solicited: wr.flags().contains(SendFlags::SOLICITED),
+            pkey,
+            dest_qp: remote_qpn,
+            psn: *psn & 0x00ff_ffff,
+            qkey: if remote_qkey & 0x8000_0000 != 0 {
+                *qkey
+            } else {
+                remote_qkey
+            },
+            src_qp: sqp.qp_num,
+            payload_len,
+        };
+        let mut packed = [0u8; UD_HEADER_MAX];
+        let len = header.pack(&mut packed);
+        let mut flags = u32::from(ah.sl & 0xf) << MlxSeg::SL_SHIFT;
+        if sqp.qp_num == 0 {
+            flags |= MlxSeg::VL15;
+        }
+        if permissive {
+            flags |= MlxSeg::SLR;
+        }
+        sq.post_mlx(&MlxWr {
+            wr_id: wr.id(),
+            signaled: wr.signaled(),
+            header: packed.get(..len).ok_or(EINVAL)?,
+            flags,
+            rlid: ah.dlid,
+            gather,
+        })
+        .map_err(post_errno)?;
+        *psn = psn.wrapping_add(1);
+    }
+    Ok(())
 }
 
 /// A CQ's QPs, as the fast path's poll looks them up.

@@ -2351,3 +2351,237 @@ fn a_completion_eq_is_lent_to_its_interrupt_handler_and_given_back() {
     }
     assert_released(&mut p);
 }
+
+/// A special QP's queues: 64 send WQEs of 256 bytes (room for the MLX segment, a GRH'd
+/// header, a MAD's gather entry and the ICRC's segment), 64 receives of one entry.
+fn special_config(pd: u32, cqn: u32) -> QpConfig {
+    QpConfig {
+        transport: QpTransport::Mlx,
+        log_sq_entries: 6,
+        log_sq_stride: 8,
+        log_rq_entries: 6,
+        log_rq_stride: 4,
+        pd,
+        send_cqn: cqn,
+        recv_cqn: cqn,
+    }
+}
+
+/// The fast path's view of a special QP.
+fn fast_special_qp(p: &Platform, qp: &QueuePair<Block>) -> QueuePairState<fast::DmaPlatform> {
+    let buffer = qp.buffer.as_ref().expect("buffer").bus_address;
+    let c = qp.config;
+    let ring = |offset: u64, log_entries, shift| fast::Ring {
+        bytes: p.memory.bytes.clone(),
+        address: buffer + offset,
+        log_entries,
+        shift,
+    };
+    let caps = SendQueueCaps {
+        max_sge: 1,
+        max_inline: 0,
+        signal_all: false,
+    };
+    let sq = SendQueueState::new(
+        ring(qp.sq_offset, c.log_sq_entries, c.log_sq_stride),
+        wr_id_table(1 << c.log_sq_entries),
+        QpType::Mlx,
+        caps,
+    )
+    .expect("send queue");
+    let record = fast::Record {
+        bytes: p.memory.bytes.clone(),
+        address: qp.doorbell.as_ref().expect("doorbell").bus_address,
+    };
+    let rq = RecvQueueState::new(
+        ring(qp.rq_offset, c.log_rq_entries, c.log_rq_stride),
+        wr_id_table(1 << c.log_rq_entries),
+        record,
+    )
+    .expect("receive queue");
+    QueuePairState::new(qp.qpn, sq, rq)
+}
+
+/// QP0 of each port, created through the firmware at the numbers CONF_SPECIAL_QP gave
+/// them; the fast path's MLX writer sends a directed-route SMP (the permissive DLID, on
+/// VL15) from port 1's QP0, the device carries it across the cable to port 2's QP0, which
+/// receives it behind the 40-byte GRH slot with the completion the MAD layer answers by:
+/// source QP 0, the permissive SLID, P_Key index 0. What the model parses is what
+/// `mlx4_ib`'s `build_mlx_header` writes, so the two writers agree.
+#[test]
+fn a_directed_route_smp_crosses_the_cable_between_the_ports_qp0s() {
+    use hw_mlx4::fastpath::send::MlxWr;
+    use hw_mlx4::wire::ud::{MlxSeg, UdHeader, PERMISSIVE_LID, UD_HEADER_MAX};
+
+    let (mut p, mut core) = probed();
+    let uar = core.driver_uar().unwrap();
+    let before = p.hca.resources();
+    let outstanding = p.memory.outstanding.len();
+    let pd = core.alloc_pd().unwrap();
+    let dma_mr = core
+        .create_dma_mr(&mut p, pd, MrAccess::LOCAL)
+        .expect("DMA MR");
+    let base = core.conf_special_qps(&mut p).expect("CONF_SPECIAL_QP");
+    let eqn = core.comp_eqn(0).unwrap();
+    let cq = core.create_cq(&mut p, 7, eqn, uar).expect("CQ");
+    let mut qp0 = [1u8, 2].map(|port| {
+        core.create_special_qp(&mut p, port, false, special_config(pd, cq.cqn))
+            .expect("QP0")
+    });
+    assert_eq!([qp0[0].qpn, qp0[1].qpn], [base, base + 1]);
+    assert_eq!(core.special_qpn(2, true), base + 3, "QP1s after the QP0s");
+    assert!(core
+        .create_special_qp(&mut p, 3, false, special_config(pd, cq.cqn))
+        .is_err());
+    for (qp, port) in qp0.iter_mut().zip([1u8, 2]) {
+        let path = QpPath {
+            port,
+            pkey_index: 0,
+            dlid: 0,
+            remote_qpn: 0,
+            rq_psn: 0,
+            qkey: 0,
+            remote_access: 0,
+        };
+        core.qp_to_init(&mut p, qp, &path, uar).expect("INIT");
+        core.qp_to_rtr(&mut p, qp, &path, uar).expect("RTR");
+        core.qp_to_rts(&mut p, qp, port, 0, uar).expect("RTS");
+    }
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+
+    let host_uar = HostUar::new();
+    let cq_doorbell = cq.doorbell.as_ref().unwrap().bus_address;
+    let record = |offset| fast::Record {
+        bytes: p.memory.bytes.clone(),
+        address: cq_doorbell + offset,
+    };
+    let mut fast_cq = FastCq::<fast::DmaPlatform>::new(
+        cq.cqn,
+        fast::Ring {
+            bytes: p.memory.bytes.clone(),
+            address: cq.buffer.as_ref().unwrap().bus_address,
+            log_entries: cq.log_entries,
+            shift: 5,
+        },
+        CqDoorbells {
+            set_ci: record(0),
+            arm: record(4),
+        },
+    )
+    .expect("fast CQ");
+    let mut sender = fast_special_qp(&p, &qp0[0]);
+    let mut receiver = fast_special_qp(&p, &qp0[1]);
+
+    // A Get(NodeInfo) SMP, directed route, one hop: a MAD of 256 bytes.
+    let page = p.alloc(0).unwrap();
+    let mut mad = [0u8; 256];
+    mad[..4].copy_from_slice(&[1, 0x81, 1, 1]);
+    mad[0x10..0x12].copy_from_slice(&0x0011u16.to_be_bytes());
+    mad[0x3f] = 0xa5;
+    p.memory.write(page.address, &mad).unwrap();
+    let receive_at = page.address + 0x400;
+    {
+        let (_, mut rq, _) = receiver.split(&host_uar);
+        let sge = [Sge {
+            addr: receive_at,
+            length: 40 + 256,
+            lkey: dma_mr.key,
+        }];
+        rq.post(&[RecvWr {
+            wr_id: 0x2222,
+            sges: &sge,
+        }])
+        .expect("post receive");
+    }
+    let header = UdHeader {
+        vl: 15,
+        sl: 0,
+        dlid: PERMISSIVE_LID,
+        slid: PERMISSIVE_LID,
+        grh: None,
+        solicited: false,
+        pkey: 0xffff,
+        dest_qp: 0,
+        psn: 7,
+        qkey: 0,
+        src_qp: 0,
+        payload_len: 256,
+    };
+    let mut packed = [0u8; UD_HEADER_MAX];
+    let len = header.pack(&mut packed);
+    assert_eq!(len, 28, "LRH, BTH, DETH");
+    assert_eq!(packed[1] & 3, 2, "LNH: a BTH follows");
+    assert_eq!(
+        u16::from_be_bytes([packed[4], packed[5]]),
+        (28 + 256 + 4) / 4,
+        "the packet's length in words, to the ICRC"
+    );
+    let gather = [Sge {
+        addr: page.address,
+        length: 256,
+        lkey: dma_mr.key,
+    }];
+    {
+        let (mut sq, _, _) = sender.split(&host_uar);
+        let wr = MlxWr {
+            wr_id: 0x1111,
+            signaled: true,
+            header: &packed[..len],
+            flags: MlxSeg::VL15 | MlxSeg::SLR,
+            rlid: PERMISSIVE_LID,
+            gather: &gather,
+        };
+        sq.post_mlx(&wr).expect("post MLX");
+        // An RC WR on a special QP is refused by the ordinary writer.
+        let sge = [Sge {
+            addr: page.address,
+            length: 8,
+            lkey: dma_mr.key,
+        }];
+        assert!(sq
+            .post(&[SendWr::new(1, SendOp::Send, Payload::Gather(&sge), SendFlags::SIGNALED)])
+            .is_err());
+    }
+    ring_doorbells(&mut p, &host_uar, uar);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+
+    let (_, _, cs) = sender.split(&host_uar);
+    let (_, _, cr) = receiver.split(&host_uar);
+    let mut out = [Completion::EMPTY; 4];
+    let polled = fast_cq.poll(&[cs, cr], &mut out).expect("poll");
+    assert_eq!(polled, 2);
+    let send = out.iter().find(|c| c.wr_id == 0x1111).expect("send CQE");
+    assert_eq!(
+        (send.status, send.opcode, send.qpn),
+        (WcStatus::Success, WcOpcode::Send, base)
+    );
+    let recv = out.iter().find(|c| c.wr_id == 0x2222).expect("receive CQE");
+    assert_eq!(
+        (recv.status, recv.opcode, recv.qpn, recv.byte_len),
+        (WcStatus::Success, WcOpcode::Recv, base + 1, 40 + 256)
+    );
+    assert_eq!(
+        (recv.src_qp, recv.slid, recv.pkey_index, recv.dlid_path_bits),
+        (0, PERMISSIVE_LID, 0, 0)
+    );
+    let mut received = [0u8; 256];
+    Dma::read(&p.memory, receive_at + 40, &mut received).unwrap();
+    assert_eq!(received, mad, "the MAD crossed, behind the GRH slot");
+
+    drop(fast_cq);
+    ring_doorbells(&mut p, &host_uar, uar);
+    for mut qp in qp0 {
+        core.qp_to_error(&mut p, &mut qp).expect("2ERR");
+        core.destroy_qp(&mut p, qp).expect("destroy QP0");
+    }
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    core.destroy_mr(&mut p, dma_mr).expect("destroy DMA MR");
+    p.free(page);
+    assert!(core.free_pd(pd));
+    assert_eq!(p.hca.resources(), before);
+    assert_eq!(p.memory.outstanding.len(), outstanding);
+    assert_eq!(core.leaked_blocks(), 0);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}

@@ -434,6 +434,21 @@ pub struct Completion {
     extra: Extra,
     grh: Option<Grh>,
     port: u32,
+    route: ReceivedRoute,
+}
+
+/// Where a received packet came from on an InfiniBand port: what the MAD layer answers
+/// by (`ib_wc.slid`, `.sl`, `.dlid_path_bits`, `.pkey_index`).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct ReceivedRoute {
+    /// The source LID.
+    pub slid: u16,
+    /// The service level.
+    pub sl: u8,
+    /// The path bits of the destination LID.
+    pub dlid_path_bits: u8,
+    /// The index of the packet's P_Key in the port's table.
+    pub pkey_index: u16,
 }
 
 impl Completion {
@@ -449,7 +464,18 @@ impl Completion {
             extra: Extra::None,
             grh: None,
             port: 1,
+            route: ReceivedRoute {
+                slid: 0,
+                sl: 0,
+                dlid_path_bits: 0,
+                pkey_index: 0,
+            },
         }
+    }
+
+    /// Where a receive came from, on an InfiniBand port.
+    pub fn received_route(self, route: ReceivedRoute) -> Self {
+        Self { route, ..self }
     }
 
     /// Bytes moved (a receive's length, a READ's, an atomic's 8).
@@ -507,6 +533,10 @@ impl Completion {
         wc.byte_len = self.byte_len;
         wc.src_qp = self.src_qp;
         wc.port_num = self.port;
+        wc.slid = self.route.slid.into();
+        wc.sl = self.route.sl;
+        wc.dlid_path_bits = self.route.dlid_path_bits;
+        wc.pkey_index = self.route.pkey_index;
         let mut flags = 0;
         match self.extra {
             Extra::None => {}
@@ -802,6 +832,11 @@ impl<'a, D: Driver> NewQp<'a, D> {
         let cq = self.attr.recv_cq;
         // SAFETY: as in `send_cq`.
         (!cq.is_null()).then(|| unsafe { Cq::from_raw(cq) })
+    }
+
+    /// The port of a special QP (QP0, QP1), which has one per port.
+    pub fn port(&self) -> u32 {
+        self.attr.port_num
     }
 
     /// Whether its receives come from an SRQ.
@@ -1288,6 +1323,8 @@ pub enum SendOp<'a, D: Driver> {
         remote_qpn: u32,
         /// Its Q_Key (high bit set: the sending QP's own).
         remote_qkey: u32,
+        /// The P_Key index the packet carries (QP1's sends; others use the QP's).
+        pkey_index: u16,
         /// Immediate data (big-endian as posted).
         imm: Option<u32>,
     },
@@ -1364,6 +1401,7 @@ impl<'a, D: Driver> SendWr<'a, D> {
                     ah: unsafe { Ah::from_raw(ud.ah) },
                     remote_qpn: ud.remote_qpn,
                     remote_qkey: ud.remote_qkey,
+                    pkey_index: ud.pkey_index,
                     imm: (wr.opcode == sys::ib_wr_opcode_IB_WR_SEND_WITH_IMM).then_some(ex),
                 }
             }
@@ -1561,6 +1599,21 @@ impl AhAttr<'_> {
             flow_label: grh.flow_label,
         })
     }
+}
+
+/// An InfiniBand AH's attributes, as [`Driver::query_ah`] reports them.
+#[derive(Clone, Copy, Debug)]
+pub struct AhQuery {
+    /// The port.
+    pub port: u32,
+    /// The destination LID.
+    pub dlid: u16,
+    /// The service level.
+    pub sl: u8,
+    /// The source path bits.
+    pub src_path_bits: u8,
+    /// The global route, if the AH has one.
+    pub route: Option<Route>,
 }
 
 /// The DMA-mapped scatterlist a `map_mr_sg` maps into an MR's page list.
@@ -1863,6 +1916,9 @@ impl CoreCaps {
     /// InfiniBand (`RDMA_CORE_CAP_PROT_IB`), without the management classes: a port
     /// whose MADs nobody handles yet (no QP0/QP1), which `ib_mad` leaves alone.
     pub const PROT_IB: Self = Self(sys::RDMA_CORE_CAP_PROT_IB);
+    /// InfiniBand with its management: the SMI (QP0), the GSI (QP1), the IB CM and the
+    /// SA (`RDMA_CORE_PORT_IBA_IB`); the driver answers MADs by `process_mad`.
+    pub const IBA_IB: Self = Self(sys::RDMA_CORE_PORT_IBA_IB);
 }
 
 impl core::ops::BitOr for CoreCaps {
@@ -1916,6 +1972,87 @@ impl MrType {
 }
 
 // ---------------------------------------------------------------------------------------
+// MADs
+
+/// A MAD's size (`struct ib_mad`).
+pub const MAD_SIZE: usize = 256;
+
+/// A MAD handed to [`Driver::process_mad`].
+pub struct Mad<'a> {
+    bytes: &'a [u8; MAD_SIZE],
+    received: Option<ReceivedRoute>,
+}
+
+impl<'a> Mad<'a> {
+    /// Its bytes.
+    pub fn bytes(&self) -> &'a [u8; MAD_SIZE] {
+        self.bytes
+    }
+
+    /// Where it came from, if it arrived from the fabric (none: the MAD layer's own,
+    /// routed to the port itself).
+    pub fn received(&self) -> Option<ReceivedRoute> {
+        self.received
+    }
+}
+
+/// What [`Driver::process_mad`] did with a MAD (`IB_MAD_RESULT_*`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MadResult {
+    /// Not the driver's: the MAD layer's agents take it.
+    NotHandled,
+    /// Answered: the reply is to be sent.
+    Reply,
+    /// Taken, with nothing to send back (a trap repress).
+    Consumed,
+    /// Refused.
+    Failure,
+}
+
+/// A port's event, for the IB core's clients (`enum ib_event_type`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PortEvent {
+    /// The port went ACTIVE.
+    Active,
+    /// The port left ACTIVE.
+    Error,
+    /// Its LID changed.
+    LidChange,
+    /// Its P_Key table changed.
+    PkeyChange,
+    /// Its subnet manager changed.
+    SmChange,
+    /// The subnet manager asks its clients to register again.
+    ClientReregister,
+    /// Its GID table changed.
+    GidChange,
+}
+
+impl PortEvent {
+    fn to_raw(self) -> u32 {
+        match self {
+            Self::Active => sys::ib_event_type_IB_EVENT_PORT_ACTIVE,
+            Self::Error => sys::ib_event_type_IB_EVENT_PORT_ERR,
+            Self::LidChange => sys::ib_event_type_IB_EVENT_LID_CHANGE,
+            Self::PkeyChange => sys::ib_event_type_IB_EVENT_PKEY_CHANGE,
+            Self::SmChange => sys::ib_event_type_IB_EVENT_SM_CHANGE,
+            Self::ClientReregister => sys::ib_event_type_IB_EVENT_CLIENT_REREGISTER,
+            Self::GidChange => sys::ib_event_type_IB_EVENT_GID_CHANGE,
+        }
+    }
+}
+
+impl<D: Driver> Device<D> {
+    /// Tells the IB core's clients of `event` on `port` (`ib_dispatch_event`); any
+    /// context.
+    pub fn dispatch_port_event(&self, port: u32, event: PortEvent) {
+        // SAFETY: a registered device (a `Device` view exists only of one); the helper
+        // builds the event on its stack for the call.
+        unsafe { sys::tilde_ib_dispatch_port_event(self.as_raw(), port, event.to_raw()) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The trait
 
 /// What a device driver does; becomes the device's `ib_device_ops`.
@@ -1952,6 +2089,18 @@ pub trait Driver: Sized + Send + Sync + 'static {
         Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP))
     }
 
+    /// Answers a MAD for `port` (`process_mad`): one that arrived on QP0 or QP1, or an
+    /// SMP the MAD layer routes to the port itself. [`MadResult::NotHandled`] (the
+    /// default) passes it on to the MAD layer's agents.
+    fn process_mad(
+        _dev: &Device<Self>,
+        _port: u32,
+        _mad: &Mad<'_>,
+        _reply: &mut [u8; MAD_SIZE],
+    ) -> MadResult {
+        MadResult::NotHandled
+    }
+
     /// Sets up a PD.
     fn alloc_pd(dev: &Device<Self>) -> Result<Self::Pd>;
     /// Sets up a CQ for `cq.requested()` completions, setting the room it has.
@@ -1974,6 +2123,11 @@ pub trait Driver: Sized + Send + Sync + 'static {
     /// Sets up an AH. May be called in atomic context (an AH made without
     /// `RDMA_CREATE_AH_SLEEPABLE`): no sleeping, no `GFP_KERNEL` allocation.
     fn create_ah(dev: &Device<Self>, attr: &AhAttr<'_>) -> Result<Self::Ah>;
+    /// An AH's attributes as it was created (`query_ah`: the MAD layer matches a
+    /// LID-routed response to its request by them). `EOPNOTSUPP` unless implemented.
+    fn query_ah(_dev: &Device<Self>, _ah: &Ah<Self>) -> Result<AhQuery> {
+        Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP))
+    }
     /// An MR of `pd` over all memory with `access`, and its keys.
     fn get_dma_mr(dev: &Device<Self>, pd: &Pd<Self>, access: Access) -> Result<(Self::Mr, MrKeys)>;
     /// An MR of `pd` of `mr_type` for up to `max_pages` pages, and its keys.
@@ -2103,6 +2257,52 @@ impl<T: Driver> Ops<T> {
                 0
             }
             Err(error) => error.to_errno(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe extern "C" fn process_mad(
+        raw: *mut sys::ib_device,
+        _flags: c_int,
+        port: u32,
+        in_wc: *const sys::ib_wc,
+        _in_grh: *const sys::ib_grh,
+        in_mad: *const sys::ib_mad,
+        out_mad: *mut sys::ib_mad,
+        out_mad_size: *mut usize,
+        _out_mad_pkey_index: *mut u16,
+    ) -> c_int {
+        const FAILURE: c_int = 0;
+        const SUCCESS: c_int = 1;
+        const REPLY: c_int = 2;
+        const CONSUMED: c_int = 4;
+        const _: () = assert!(size_of::<sys::ib_mad>() == MAD_SIZE);
+        // SAFETY: the MAD layer's size for the reply buffer, valid for the call.
+        if in_mad.is_null() || out_mad.is_null() || unsafe { *out_mad_size } < MAD_SIZE {
+            return FAILURE;
+        }
+        // SAFETY: the MAD layer's MAD and reply buffer, `ib_mad`s (256 bytes, checked at
+        // compile time), valid for the call and apart from each other.
+        let (bytes, reply) = unsafe {
+            (
+                &*in_mad.cast::<[u8; MAD_SIZE]>(),
+                &mut *out_mad.cast::<[u8; MAD_SIZE]>(),
+            )
+        };
+        // SAFETY: the receive's completion, when the MAD came from the fabric.
+        let received = unsafe { in_wc.as_ref() }.map(|wc| ReceivedRoute {
+            slid: wc.slid as u16,
+            sl: wc.sl,
+            dlid_path_bits: wc.dlid_path_bits,
+            pkey_index: wc.pkey_index,
+        });
+        let mad = Mad { bytes, received };
+        // SAFETY: as above.
+        match T::process_mad(unsafe { Self::dev(raw) }, port, &mad, reply) {
+            MadResult::NotHandled => SUCCESS,
+            MadResult::Reply => SUCCESS | REPLY,
+            MadResult::Consumed => SUCCESS | CONSUMED,
+            MadResult::Failure => FAILURE,
         }
     }
 
@@ -2345,6 +2545,33 @@ impl<T: Driver> Ops<T> {
         }
     }
 
+    unsafe extern "C" fn query_ah(ah: *mut sys::ib_ah, attr: *mut sys::rdma_ah_attr) -> c_int {
+        // SAFETY: the IB core passes a live AH of this device and the attribute structure
+        // it zeroed and typed (`rdma_query_ah`), valid for the call.
+        let (dev, ah, attr) = unsafe { (Self::dev((*ah).device), Ah::from_raw(ah), &mut *attr) };
+        match T::query_ah(dev, ah) {
+            Ok(query) => {
+                attr.type_ = sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_IB;
+                attr.port_num = query.port;
+                attr.sl = query.sl;
+                attr.__bindgen_anon_1.ib = sys::ib_ah_attr {
+                    dlid: query.dlid,
+                    src_path_bits: query.src_path_bits,
+                };
+                if let Some(route) = query.route {
+                    attr.ah_flags |= sys::ib_ah_flags_IB_AH_GRH as u8;
+                    attr.grh.dgid.raw = route.dgid.0;
+                    attr.grh.flow_label = route.flow_label;
+                    attr.grh.sgid_index = route.sgid_index;
+                    attr.grh.hop_limit = route.hop_limit;
+                    attr.grh.traffic_class = route.traffic_class;
+                }
+                0
+            }
+            Err(error) => error.to_errno(),
+        }
+    }
+
     unsafe extern "C" fn destroy_ah(ah: *mut sys::ib_ah, _flags: u32) -> c_int {
         // SAFETY: as in `dealloc_pd`, for an AH.
         unsafe {
@@ -2484,6 +2711,8 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
     ops.get_link_layer = Some(Ops::<T>::get_link_layer);
     ops.query_pkey = Some(Ops::<T>::query_pkey);
     ops.query_gid = Some(Ops::<T>::query_gid);
+    ops.process_mad = Some(Ops::<T>::process_mad);
+    ops.query_ah = Some(Ops::<T>::query_ah);
     ops.alloc_pd = Some(Ops::<T>::alloc_pd);
     ops.dealloc_pd = Some(Ops::<T>::dealloc_pd);
     ops.create_cq = Some(Ops::<T>::create_cq);

@@ -1021,6 +1021,7 @@ fn send_wqe(wr: &SendWr<'_, SoftDevice>, qp_type: QpType) -> Result<SendWqe> {
             remote_qpn,
             remote_qkey,
             imm,
+            ..
         } => Op::Datagram {
             route: **ah,
             remote_qpn,

@@ -132,21 +132,27 @@ cx3_function() {
 cx3_active() {
 	modprobe mlx4_core
 	modprobe mlx4_ib
+	ib_activate mlx4_0
+}
+
+# ib_activate DEV: opensm (over ib_umad, bound to DEV's port 1) running until the guest
+# powers off, and both of DEV's ports ACTIVE under it (the emulated cable joins them).
+ib_activate() {
+	local dev=$1 i guid
 	modprobe ib_umad
-	local i guid
 	for i in $(seq 100); do
-		[ -e /sys/class/infiniband/mlx4_0/ports/2 ] && break
+		[ -e "/sys/class/infiniband/$dev/ports/2" ] && break
 		sleep 0.1
 	done
 	echo "== opensm activates both ports"
-	guid=$(awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}' /sys/class/infiniband/mlx4_0/ports/1/gids/0)
+	guid=$(awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}' "/sys/class/infiniband/$dev/ports/1/gids/0")
 	opensm -g "$guid" -f /tmp/opensm.log > /tmp/opensm.out 2>&1 &
 	for i in $(seq 300); do
-		[ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" = 2 ] && break
+		[ "$(rdma link show | grep -c "$dev/[12] .*state ACTIVE")" = 2 ] && break
 		sleep 0.1
 	done
-	rdma link show | grep mlx4_0
-	if [ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" != 2 ]; then
+	rdma link show | grep "$dev"
+	if [ "$(rdma link show | grep -c "$dev/[12] .*state ACTIVE")" != 2 ]; then
 		echo "FAIL: opensm did not activate both ports within 30 s"
 		tail -n 30 /tmp/opensm.log
 		return 1

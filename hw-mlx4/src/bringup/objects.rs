@@ -175,6 +175,9 @@ pub enum QpTransport {
     Rc,
     /// Unreliable datagram.
     Ud,
+    /// The special QPs' raw transport (`MLX4_QP_ST_MLX`): the driver writes each
+    /// packet's headers into the WQE (QP0 and QP1).
+    Mlx,
 }
 
 impl QpTransport {
@@ -182,6 +185,7 @@ impl QpTransport {
         match self {
             Self::Rc => qp_context::ST_RC,
             Self::Ud => qp_context::ST_UD,
+            Self::Mlx => qp_context::ST_MLX,
         }
     }
 }
@@ -1233,6 +1237,35 @@ impl<B> Mlx4Core<B> {
         self.create_qp_numbered(p, qpn, false, config)
     }
 
+    /// A special QP of `port` (1 or 2): QP0 (`gsi` false, the SMI's) or QP1 (the GSI's),
+    /// at the number CONF_SPECIAL_QP gave it (base + port - 1, QP1s after the two QP0s;
+    /// `mlx4_ib`'s `create_qp_common` for `IB_QPT_SMI` and `IB_QPT_GSI`). Its transport
+    /// must be [`QpTransport::Mlx`].
+    pub fn create_special_qp<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        port: u8,
+        gsi: bool,
+        config: QpConfig,
+    ) -> Result<QueuePair<B>, ProbeError> {
+        let caps = self.device()?.0;
+        Self::check_qp_config(&caps, &config)?;
+        if config.transport != QpTransport::Mlx || !(1..=caps.num_ports.min(2)).contains(&port) {
+            return Err(exhausted(Step::QpMemory));
+        }
+        let qpn = self.special_qpn(port, gsi);
+        self.create_qp_numbered(p, qpn, true, config)
+    }
+
+    /// The number of `port`'s QP0, or QP1 if `gsi`.
+    pub fn special_qpn(&self, port: u8, gsi: bool) -> u32 {
+        self.base_sqpn + u32::from(gsi) * 2 + u32::from(port.saturating_sub(1))
+    }
+
+    fn is_qp0(&self, qpn: u32) -> bool {
+        qpn == self.base_sqpn || qpn == self.base_sqpn + 1
+    }
+
     /// `mlx4_qp_reserve_range`: `count` QP numbers aligned to `align` (RSS ranges, or
     /// any QP whose number the caller picks); `None` when none is left.
     pub fn reserve_qp_range(&mut self, count: u32, align: u32) -> Option<u32> {
@@ -1400,8 +1433,9 @@ impl<B> Mlx4Core<B> {
         m.set_u32(qp_context::PD, c.pd & 0x00ff_ffff);
         let mtu_msgmax = match c.transport {
             QpTransport::Rc => (IB_MTU_2048 << 5) | LOG_MAX_MSG,
-            // UD: IB_MTU_4096 and 2^11-byte messages (`mlx4_ib`'s UD case).
-            QpTransport::Ud => (5 << 5) | 11,
+            // UD and the special QPs: IB_MTU_4096 and 2^11-byte messages (`mlx4_ib`'s
+            // UD, SMI and GSI cases).
+            QpTransport::Ud | QpTransport::Mlx => (5 << 5) | 11,
         };
         m.set_u8(qp_context::MTU_MSGMAX, mtu_msgmax);
         m.set_u8(
@@ -1426,9 +1460,15 @@ impl<B> Mlx4Core<B> {
             m.set_u32(qp_context::MTT_BASE_ADDR_L, address as u32);
         }
         let port_bit = (port.saturating_sub(1) & 1) << 6;
+        // QP0 sends on VL15, its own scheduling queue (`MLX4_IB_DEFAULT_QP0_SCHED_QUEUE`).
+        let sched_queue = if c.transport == QpTransport::Mlx && self.is_qp0(qp.qpn) {
+            qp_context::SCHED_QUEUE_QP0
+        } else {
+            qp_context::SCHED_QUEUE_IB_DEFAULT
+        };
         m.set_u8(
             qp_context::PRI_PATH + qp_context::PATH_SCHED_QUEUE,
-            qp_context::SCHED_QUEUE_IB_DEFAULT | port_bit,
+            sched_queue | port_bit,
         );
         Ok(mailbox)
     }
@@ -1474,7 +1514,7 @@ impl<B> Mlx4Core<B> {
                 qp_context::PARAMS2,
                 path.remote_access & qp_context::PARAMS2_ACCESS,
             ),
-            QpTransport::Ud => m.set_u32(qp_context::QKEY, path.qkey),
+            QpTransport::Ud | QpTransport::Mlx => m.set_u32(qp_context::QKEY, path.qkey),
         }
         self.modify_qp(p, qp, opcode::RST2INIT_QP, &mailbox, QpState::Init)
     }
@@ -1514,7 +1554,7 @@ impl<B> Mlx4Core<B> {
                 );
                 qp_optpar::ACCESS
             }
-            QpTransport::Ud => {
+            QpTransport::Ud | QpTransport::Mlx => {
                 m.set_u32(qp_context::QKEY, path.qkey);
                 qp_optpar::Q_KEY
             }
@@ -1705,6 +1745,25 @@ impl<B> Mlx4Core<B> {
             .map_err(ProbeError::InvalidCap)?;
         let offset = (index % 8) as usize * 8;
         Ok(Mailbox(&answer[..]).u64(mad::SMP_DATA.saturating_add(offset)))
+    }
+
+    /// Block `block` of `port`'s P_Key table: 32 P_Keys, through MAD_IFC.
+    pub fn query_pkey_block<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        port: u8,
+        block: u32,
+    ) -> Result<[u16; 32], ProbeError> {
+        let mut answer = [0u8; mad::SIZE];
+        self.smp_get(p, port, mad::ATTR_PKEY_TABLE, block, &mut answer)?;
+        check_get_resp(&answer, mad::ATTR_PKEY_TABLE, "P_KeyTable (0x0016)")
+            .map_err(ProbeError::InvalidCap)?;
+        let m = Mailbox(&answer[..]);
+        let mut pkeys = [0u16; 32];
+        for (i, pkey) in pkeys.iter_mut().enumerate() {
+            *pkey = m.u16(mad::SMP_DATA.saturating_add(i * 2));
+        }
+        Ok(pkeys)
     }
 
     /// P_Key `index` of `port`'s table (32 a block), through MAD_IFC

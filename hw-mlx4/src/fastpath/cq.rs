@@ -273,6 +273,11 @@ fn parse_cqe<'t, P: Platform + 't, L: QpLookup<'t, P> + ?Sized>(
     } else {
         completion.byte_len = cqe.byte_cnt.get();
         completion.src_qp = cqe.remote_qpn();
+        // As `mlx4_ib_poll_one` reads them on an InfiniBand port.
+        completion.slid = cqe.rlid.get();
+        completion.sl = (cqe.sl_vid.get() >> 12) as u8;
+        completion.dlid_path_bits = ((cqe.g_mlpath_rqpn.get() >> 24) & 0x7f) as u8;
+        completion.pkey_index = (cqe.immed_rss_invalid.get() & 0x7f) as u16;
         let mut flags = if cqe.g_mlpath_rqpn.get() & Cqe::GRH != 0 {
             WcFlags::GRH
         } else {

@@ -9,12 +9,35 @@
 use super::platform::{BlueFlameRegister, DmaRing, Platform, SharedCounter, UarPage, WrIdSlot};
 use super::wr::Access;
 use super::wr::{Payload, PostError, PostFailure, SendFlags, SendOp, SendWr, Sge};
+use crate::wire::ud::{MlxSeg, ICRC_BYTES, UD_HEADER_MAX};
 use crate::wire::{
     send_doorbell_value, AtomicSeg, Be16, Be32, Be64, CtrlSeg, DataSeg, DatagramSeg, FastRegSeg,
     InlineSeg, LocalInvalSeg, RaddrSeg, SendOpcode, DS_SIZE, SQ_MAX_HEADROOM, STAMP_WORD,
     WQEBB_SIZE,
 };
 use zerocopy::FromBytes;
+
+/// The bytes the largest UD header takes inline after the MLX segment, padded to 16.
+const MLX_HEADER_ROOM: usize =
+    (inline_bytes(size_of::<MlxSeg>(), UD_HEADER_MAX) + DS_SIZE - 1) & !(DS_SIZE - 1);
+
+/// A SEND on a special QP (MLX transport): the packet's headers, packed by the driver
+/// (`wire::ud::UdHeader`), and its payload.
+#[derive(Clone, Copy, Debug)]
+pub struct MlxWr<'a> {
+    /// Returned in the WR's completion.
+    pub wr_id: u64,
+    /// Whether the WR asks for a completion.
+    pub signaled: bool,
+    /// LRH, optional GRH, BTH and DETH, at most `wire::ud::UD_HEADER_MAX` bytes.
+    pub header: &'a [u8],
+    /// The MLX segment's routing flags: `MlxSeg::VL15`, `MlxSeg::SLR`, the SL.
+    pub flags: u32,
+    /// The destination LID.
+    pub rlid: u16,
+    /// The payload (a MAD).
+    pub gather: &'a [Sge],
+}
 
 /// The transport of a QP, as far as the WQE format cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +46,9 @@ pub enum QpType {
     Rc,
     /// Unreliable datagram.
     Ud,
+    /// The special QPs' raw transport: each WQE carries the packet's headers, written
+    /// by the driver ([`SendQueue::post_mlx`]; [`SendQueue::post`] refuses its WRs).
+    Mlx,
 }
 
 /// The capabilities a send queue is created with.
@@ -102,6 +128,8 @@ impl<P: Platform> SendQueueState<P> {
         let fixed = match qp_type {
             QpType::Rc => size_of::<RaddrSeg>(),
             QpType::Ud => size_of::<DatagramSeg>(),
+            // The largest header inline, padded to 16, and the ICRC's inline segment.
+            QpType::Mlx => MLX_HEADER_ROOM + size_of::<DataSeg>(),
         };
         let start = size_of::<CtrlSeg>() + fixed;
         // Saturating: capabilities past any WQE are refused below all the same.
@@ -292,6 +320,114 @@ impl<'q, P: Platform> SendQueue<'q, P> {
     /// Counter of the next WQE to post.
     pub fn head(&self) -> u32 {
         self.head
+    }
+
+    /// Posts one SEND on a special QP and rings the doorbell (`_mlx4_ib_post_send` with
+    /// `build_mlx_header`): the MLX segment, the headers inline in segments that do not
+    /// cross 64-byte boundaries, the payload's gather entries, and an inline segment of
+    /// 4 bytes for the ICRC the device computes. Every check before the first store; the
+    /// heads of 64-byte blocks are written last, before the ownership word, as in
+    /// [`SendQueue::post`].
+    #[inline(never)]
+    pub fn post_mlx(&mut self, wr: &MlxWr<'_>) -> Result<(), PostError> {
+        let shape = self.shape;
+        let state = self.state;
+        let ring = &state.ring;
+        if shape.qp_type != QpType::Mlx {
+            return Err(PostError::WrongQpType);
+        }
+        let index = self.head;
+        if index.wrapping_sub(self.tail_cache) >= shape.max_post {
+            self.tail_cache = state.tail.load_acquire();
+            if index.wrapping_sub(self.tail_cache) >= shape.max_post {
+                return Err(PostError::QueueFull);
+            }
+        }
+        if wr.gather.len() > shape.caps.max_sge as usize {
+            return Err(PostError::TooManySges);
+        }
+        if wr.gather.iter().any(|sge| sge.length > DataSeg::MAX_LENGTH) {
+            return Err(PostError::SgeTooLong);
+        }
+        if wr.header.len() > UD_HEADER_MAX {
+            return Err(PostError::WqeTooLarge);
+        }
+        let start = size_of::<MlxSeg>();
+        let header_bytes = inline_bytes(start, wr.header.len());
+        // All bounded by the checks above (a few hundred bytes): no wrapping.
+        let gather_start = (start + header_bytes + DS_SIZE - 1) & !(DS_SIZE - 1);
+        let icrc = gather_start + wr.gather.len() * size_of::<DataSeg>();
+        let bytes = icrc + size_of::<DataSeg>();
+        if bytes > shape.max_wqe_bytes {
+            return Err(PostError::WqeTooLarge);
+        }
+        let signaled = if wr.signaled { CtrlSeg::CQ_UPDATE } else { 0 };
+        let flags = wr.flags | signaled | shape.signal_all_bits;
+        // SAFETY: the room check gave this WQE to the driver, `&mut self` makes this the
+        // only producer, and the heads of 64-byte blocks are held back until the rest of
+        // the WQE is written, as in `write_gather`.
+        let held_back = unsafe {
+            ring.with_entry_mut(index, |wqe| {
+                let (mlx, rest) = MlxSeg::mut_from_prefix(wqe).ok()?;
+                mlx.sched_prio = Be16::new(0);
+                mlx.rsvd = 0;
+                mlx.size = (bytes / DS_SIZE) as u8;
+                mlx.flags = Be32::new(flags);
+                mlx.rlid = Be16::new(wr.rlid);
+                mlx.rsvd2 = [0; 2];
+                // (Checked before `split_at_mut`: `split_at_mut_checked` is newer than the
+                // oldest kernel's Rust.)
+                if rest.len() < gather_start - start {
+                    return None;
+                }
+                let (headers, rest) = rest.split_at_mut(gather_start - start);
+                let mut held_back =
+                    write_inline_segments(headers.get_mut(..header_bytes)?, start, wr.header)?;
+                let (segs, rest) = <[DataSeg]>::mut_from_prefix_with_elems(rest, wr.gather.len()).ok()?;
+                for (i, (seg, sge)) in segs.iter_mut().zip(wr.gather).enumerate() {
+                    seg.lkey = Be32::new(sge.lkey);
+                    seg.addr = Be64::new(sge.addr);
+                    if starts_block(segment_offset(gather_start, i)) {
+                        held_back = true;
+                    } else {
+                        seg.byte_count = Be32::new(gather_byte_count(sge.length));
+                    }
+                }
+                // The ICRC's segment: 4 bytes the device fills (`set_mlx_icrc_seg`).
+                let (icrc_seg, _) = DataSeg::mut_from_prefix(rest).ok()?;
+                icrc_seg.lkey = Be32::new(0);
+                icrc_seg.addr = Be64::new(0);
+                if starts_block(icrc) {
+                    held_back = true;
+                } else {
+                    icrc_seg.byte_count = Be32::new(InlineSeg::INLINE | ICRC_BYTES as u32);
+                }
+                Some(held_back)
+            })
+        }
+        .ok_or(PostError::WqeTooLarge)?;
+        if held_back {
+            write_inline_heads::<P>(ring, index, start, wr.header.len());
+            for (i, sge) in wr.gather.iter().enumerate() {
+                let offset = segment_offset(gather_start, i);
+                if starts_block(offset) {
+                    P::dma_wmb();
+                    ring.write_word(index, offset, gather_byte_count(sge.length));
+                }
+            }
+            if starts_block(icrc) {
+                P::dma_wmb();
+                ring.write_word(index, icrc, InlineSeg::INLINE | ICRC_BYTES as u32);
+            }
+        }
+        let owner_opcode = CtrlSeg::owner_opcode_for(SendOpcode::Send, index, shape.wqe_cnt);
+        self.hand_over(ring, &shape, index, wr.wr_id, owner_opcode);
+        let next = index.wrapping_add(1);
+        self.head = next;
+        P::wmb();
+        self.uar.ring_send_doorbell(self.doorbell);
+        state.stamp(next.wrapping_add(shape.spare).wrapping_sub(1));
+        Ok(())
     }
 
     /// Posts `wrs` in order and hands them to the device once: by the send doorbell, or,
@@ -774,7 +910,9 @@ impl WqeKind {
                     _ => Err(PostError::WrongQpType),
                 };
             }
-            (QpType::Ud, None) | (QpType::Rc, Some(_)) => return Err(PostError::WrongQpType),
+            (QpType::Ud, None) | (QpType::Rc, Some(_)) | (QpType::Mlx, _) => {
+                return Err(PostError::WrongQpType)
+            }
             (QpType::Rc, None) => {}
         }
         Ok(match (wr.op, wr.payload) {

@@ -234,6 +234,16 @@ pub struct Completion {
     pub flags: WcFlags,
     /// The vendor error syndrome of an error completion.
     pub vendor_err: u8,
+    /// A receive's source LID, SL, the DLID's path bits and the P_Key index of the
+    /// packet's P_Key (what the MAD layer answers by: `ib_wc.slid`, `.sl`,
+    /// `.dlid_path_bits`, `.pkey_index`).
+    pub slid: u16,
+    /// See `slid`.
+    pub sl: u8,
+    /// See `slid`.
+    pub dlid_path_bits: u8,
+    /// See `slid`.
+    pub pkey_index: u16,
 }
 
 impl Completion {
@@ -248,6 +258,10 @@ impl Completion {
         src_qp: 0,
         flags: WcFlags::empty(),
         vendor_err: 0,
+        slid: 0,
+        sl: 0,
+        dlid_path_bits: 0,
+        pkey_index: 0,
     };
 }
 

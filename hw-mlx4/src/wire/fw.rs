@@ -452,6 +452,8 @@ pub mod qp_context {
     pub const SRQN_USE_SRQ: u32 = 1 << 24;
     /// `MLX4_IB_DEFAULT_SCHED_QUEUE`, with the port bit (6) clear.
     pub const SCHED_QUEUE_IB_DEFAULT: u8 = 0x83;
+    /// QP0's (`MLX4_IB_DEFAULT_QP0_SCHED_QUEUE`).
+    pub const SCHED_QUEUE_QP0: u8 = 0x3f;
 }
 
 /// The optional-parameter mask of a QP modify (`enum mlx4_qp_optpar`).

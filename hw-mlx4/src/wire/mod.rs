@@ -11,6 +11,7 @@ mod cqe;
 mod doorbell;
 mod eqe;
 pub mod fw;
+pub mod ud;
 mod wqe;
 
 pub use cqe::*;

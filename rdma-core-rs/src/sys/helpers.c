@@ -457,6 +457,17 @@ const char *tilde_pci_name(const struct pci_dev *pdev)
 	return pci_name(pdev);
 }
 
+void tilde_ib_dispatch_port_event(struct ib_device *ibdev, u32 port, u32 event)
+{
+	struct ib_event ev = {
+		.device = ibdev,
+		.element.port_num = port,
+		.event = event,
+	};
+
+	ib_dispatch_event(&ev);
+}
+
 void tilde_ib_set_parent(struct ib_device *ibdev, struct device *parent)
 {
 	ibdev->dev.parent = parent;

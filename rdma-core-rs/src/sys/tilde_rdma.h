@@ -129,6 +129,7 @@ void *tilde_pci_get_drvdata(struct pci_dev *pdev);
 const char *tilde_pci_name(const struct pci_dev *pdev);
 struct device *tilde_pci_dma_device(struct pci_dev *pdev);
 void tilde_ib_set_parent(struct ib_device *ibdev, struct device *parent);
+void tilde_ib_dispatch_port_event(struct ib_device *ibdev, u32 port, u32 event);
 u16 tilde_pci_vendor(const struct pci_dev *pdev);
 u16 tilde_pci_device(const struct pci_dev *pdev);
 u64 tilde_pci_resource_len(const struct pci_dev *pdev, int bar);
