@@ -26,7 +26,8 @@
 use core::ffi::CStr;
 
 use hw_mlx4::bringup::objects::{
-    CompletionQueue as HwCq, MemoryRegion, MrAccess, NodeInfo, QpConfig, QpPath, QpTransport,
+    CompletionQueue as HwCq, MemoryRegion, MrAccess, NodeInfo, QpConfig, QpPath, QpRetries,
+    QpTransport,
     QueuePair,
 };
 use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeError};
@@ -37,7 +38,8 @@ use hw_mlx4::fastpath::send::{MlxWr, QpType as FastQpType, SendQueueCaps};
 use hw_mlx4::wire::ud::{GlobalRoute, MlxSeg, UdHeader, PERMISSIVE_LID, UD_HEADER_MAX};
 use hw_mlx4::wire::{AddressVector, ArmCommand, Be16, Be32};
 use hw_mlx4::wr::{
-    Completion as FastCompletion, Payload, PostError, Remote as FastRemote,
+    Access as FastAccess, Completion as FastCompletion, FastReg, Payload, PostError,
+    Remote as FastRemote,
     SendFlags as FastSendFlags, SendOp as FastSendOp, SendWr as FastSendWr, Sge as FastSge,
     UdAddress, WcFlags,
 };
@@ -57,6 +59,7 @@ use rdma_core::verbs::{Gid, LinkLayer, Mtu, PhysPortState, PortState};
 
 use crate::datapath::{queues_of, ring_in};
 use crate::hca::{Block, Shared, COMP_EQS};
+use hw_mlx4::bringup::memory::HostMemory;
 use crate::platform::{KernelDoorbellRecord, KernelPlatform, Uar};
 
 /// CQ numbers the table holds: the core's CQ number bitmap's capacity.
@@ -221,6 +224,9 @@ struct QpHw {
     port: u8,
     pkey_index: u8,
     qkey: u32,
+    /// The remote access the QP grants (`qp_context::PARAMS2_*`), kept from the
+    /// transition that set it: each later one's context carries it again.
+    remote_access: u32,
 }
 
 /// A PD: its number.
@@ -228,10 +234,20 @@ pub(crate) struct IbPd {
     pdn: u32,
 }
 
-/// An MR (the DMA MR; fast-registration MRs are not supported yet).
+/// An MR: the DMA MR, or a fast-registration MR with its page list.
 pub(crate) struct IbMr {
     hw: Mutex<Option<MemoryRegion>>,
+    /// A fast-registration MR's page list (`mlx4_alloc_priv_pages`): big-endian page
+    /// addresses with the present bit, which REG_MR WQEs point the device at.
+    page_list: Option<Block>,
+    max_pages: u32,
 }
+
+/// The most pages one fast registration names (`MLX4_MAX_FAST_REG_PAGES`): its page list
+/// fills one page.
+const MAX_FAST_REG_PAGES: u32 = 511;
+/// An MTT entry's present bit (`MLX4_MTT_FLAG_PRESENT`).
+const MTT_PRESENT: u64 = 1;
 
 /// An AH: the address vector UD WQEs carry.
 pub(crate) struct IbAh {
@@ -367,8 +383,16 @@ impl Driver for Mlx4Ib {
             .page_size_cap(!0xfff)
             .qp_limits(l.max_qps, MAX_QP_WR, MAX_SGE, MAX_SGE, MAX_SGE)
             .cq_limits(l.max_cqs, (1 << MAX_CQ_LOG) - 1)
-            .object_limits(l.max_mrs, l.max_pds, u32::MAX, l.pkey_table_len[0], 0)
-            .read_atomic_limits(16, 16, 16 * l.max_qps);
+            .object_limits(
+                l.max_mrs,
+                l.max_pds,
+                u32::MAX,
+                l.pkey_table_len[0],
+                MAX_FAST_REG_PAGES,
+            )
+            .read_atomic_limits(16, 16, 16 * l.max_qps)
+            .mem_mgt_extensions()
+            .atomics_within_device();
         Ok(())
     }
 
@@ -515,38 +539,72 @@ impl Driver for Mlx4Ib {
         if access.contains(Access::REMOTE_ATOMIC) {
             rights |= MrAccess::ALL.0 & hw_mlx4::wire::fw::mpt_entry::PERM_ATOMIC;
         }
+        // Everything that can fail before the MR exists: nothing to undo after it.
+        let hw = Mutex::new(None)?;
         let mr = {
             let mut core = dev.shared.core().lock();
             core.create_dma_mr(&mut dev.shared.edge(), pd.pdn, MrAccess(rights))
                 .map_err(|e| command_failed(dev, "SW2HW_MPT", e))?
         };
         let key = mr.key;
+        *hw.lock() = Some(mr);
         Ok((
             IbMr {
-                hw: Mutex::new(Some(mr))?,
+                hw,
+                page_list: None,
+                max_pages: 0,
             },
-            MrKeys {
-                lkey: key,
-                rkey: key,
-            },
+            MrKeys { lkey: key, rkey: key },
         ))
     }
 
     fn alloc_mr(
-        _dev: &Device<Self>,
-        _pd: &Pd<Self>,
-        _mr_type: MrType,
-        _max_pages: u32,
+        dev: &Device<Self>,
+        pd: &Pd<Self>,
+        mr_type: MrType,
+        max_pages: u32,
     ) -> Result<(IbMr, MrKeys)> {
-        Err(not_supported())
+        if mr_type != MrType::MemReg {
+            return Err(not_supported());
+        }
+        if max_pages == 0 || max_pages > MAX_FAST_REG_PAGES {
+            return Err(EINVAL);
+        }
+        let hw = Mutex::new(None)?;
+        let mut core = dev.shared.core().lock();
+        let mut edge = dev.shared.edge();
+        let page_list = edge.alloc(0).ok_or(ENOMEM)?;
+        let mr = core
+            .create_fast_reg_mr(&mut edge, pd.pdn, max_pages)
+            .map_err(|e| command_failed(dev, "SW2HW_MPT (fast registration)", e))?;
+        let key = mr.key;
+        *hw.lock() = Some(mr);
+        Ok((
+            IbMr {
+                hw,
+                page_list: Some(page_list),
+                max_pages,
+            },
+            MrKeys { lkey: key, rkey: key },
+        ))
     }
 
     fn map_mr_sg(
         _dev: &Device<Self>,
-        _mr: &driver::Mr<Self>,
-        _pages: MrPages<'_, Self>,
+        mr: &driver::Mr<Self>,
+        pages: MrPages<'_, Self>,
     ) -> Result<u32> {
-        Err(not_supported())
+        let list = mr.page_list.as_ref().ok_or(EINVAL)?;
+        let mut count = 0u32;
+        pages.map(|page| {
+            if count >= mr.max_pages {
+                return Err(ENOMEM);
+            }
+            let entry = (page.start() | MTT_PRESENT).to_be_bytes();
+            list.write(count as usize * 8, &entry).ok_or(EINVAL)?;
+            count += 1;
+            Ok(())
+        })
     }
 
     fn dereg_mr(dev: &Device<Self>, mr: &driver::Mr<Self>) {
@@ -570,36 +628,30 @@ impl Driver for Mlx4Ib {
             .get(cq.comp_vector() as usize % COMP_EQS as usize)
             .copied()
             .ok_or(EINVAL)?;
+        // Everything that can fail apart from the CQ itself comes first, or is undone.
+        let slot = Mutex::new(None)?;
+        let qps = IrqSpinLock::new(KVec::new())?;
         let hw = {
             let mut core = dev.shared.core().lock();
             core.create_cq(&mut dev.shared.edge(), log, eqn, dev.uar_index)
                 .map_err(|e| command_failed(dev, "SW2HW_CQ", e))?
         };
-        match fast_cq(&hw, log) {
-            Ok(fast) => {
-                let shared = Arc::new(
-                    CqShared {
-                        cqn: hw.cqn,
-                        fast: IrqSpinLock::new(fast)?,
-                        qps: IrqSpinLock::new(KVec::new())?,
-                        events: cq.events().clone(),
-                    },
-                    GFP_KERNEL,
-                );
-                match shared {
-                    Ok(shared) => {
-                        dev.shared.cqs().set(hw.cqn, Some(shared.clone()));
-                        cq.set_entries((1 << log) - 1);
-                        Ok(IbCq {
-                            shared,
-                            hw: Mutex::new(Some(hw))?,
-                        })
-                    }
-                    Err(e) => {
-                        destroy_hw_cq(dev, hw);
-                        Err(e.into())
-                    }
-                }
+        let events = cq.events().clone();
+        let made = fast_cq(&hw, log).and_then(|fast| {
+            let shared = CqShared {
+                cqn: hw.cqn,
+                fast: IrqSpinLock::new(fast)?,
+                qps,
+                events,
+            };
+            Ok(Arc::new(shared, GFP_KERNEL)?)
+        });
+        match made {
+            Ok(shared) => {
+                dev.shared.cqs().set(hw.cqn, Some(shared.clone()));
+                cq.set_entries((1 << log) - 1);
+                *slot.lock() = Some(hw);
+                Ok(IbCq { shared, hw: slot })
             }
             Err(e) => {
                 destroy_hw_cq(dev, hw);
@@ -796,6 +848,7 @@ impl Driver for Mlx4Ib {
                     port,
                     pkey_index: 0,
                     qkey: 0,
+                    remote_access: 0,
                 })?,
                 send_cq: send_cq.shared.clone(),
                 recv_cq: recv_cq.shared.clone(),
@@ -829,6 +882,19 @@ impl Driver for Mlx4Ib {
         if let Some(qkey) = change.qkey() {
             hw.qkey = qkey;
         }
+        if let Some(access) = change.access() {
+            let mut bits = 0;
+            if access.contains(Access::REMOTE_READ) {
+                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RRE;
+            }
+            if access.contains(Access::REMOTE_WRITE) {
+                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RWE;
+            }
+            if access.contains(Access::REMOTE_ATOMIC) {
+                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RAE;
+            }
+            hw.remote_access = bits;
+        }
         let Some(next) = next else {
             // Attributes alone (a Q_Key, a P_Key index) change through SQD or
             // RTS2RTS, which the core does not issue yet.
@@ -842,24 +908,12 @@ impl Driver for Mlx4Ib {
             port,
             pkey_index,
             qkey,
+            remote_access,
             ..
         } = *hw
         else {
             return Err(EINVAL);
         };
-        let access = change.access().map_or(0, |access| {
-            let mut bits = 0;
-            if access.contains(Access::REMOTE_READ) {
-                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RRE;
-            }
-            if access.contains(Access::REMOTE_WRITE) {
-                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RWE;
-            }
-            if access.contains(Access::REMOTE_ATOMIC) {
-                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RAE;
-            }
-            bits
-        });
         let (dlid, _sl) = change.path_lid().unwrap_or((0, 0));
         let path = QpPath {
             port,
@@ -868,13 +922,18 @@ impl Driver for Mlx4Ib {
             remote_qpn: change.dest_qpn().unwrap_or(0),
             rq_psn: change.rq_psn().unwrap_or(0),
             qkey,
-            remote_access: access,
+            remote_access,
         };
         let done = match (current, next) {
             (QpState::Reset, QpState::Init) => core.qp_to_init(&mut edge, hw_qp, &path, uar),
             (QpState::Init, QpState::Rtr) => core.qp_to_rtr(&mut edge, hw_qp, &path, uar),
             (QpState::Rtr, QpState::Rts) => {
-                core.qp_to_rts(&mut edge, hw_qp, port, change.sq_psn().unwrap_or(0), uar)
+                let retries = QpRetries {
+                    retry_count: change.retry_count().unwrap_or(7),
+                    rnr_retry: change.rnr_retry().unwrap_or(7),
+                };
+                let sq_psn = change.sq_psn().unwrap_or(0);
+                core.qp_to_rts_with_retries(&mut edge, hw_qp, port, sq_psn, retries, uar)
             }
             (QpState::Reset, QpState::Reset) => Ok(()),
             (_, QpState::Err) => core.qp_to_error(&mut edge, hw_qp),
@@ -960,6 +1019,47 @@ impl Driver for Mlx4Ib {
                     rkey: remote.rkey(),
                 }),
                 SendOp::LocalInv { key } => FastSendOp::LocalInvalidate { rkey: key },
+                SendOp::CompareSwap {
+                    remote,
+                    compare,
+                    swap,
+                } => FastSendOp::AtomicCmpSwap {
+                    remote: FastRemote {
+                        addr: remote.addr(),
+                        rkey: remote.rkey(),
+                    },
+                    compare,
+                    swap,
+                },
+                SendOp::FetchAdd { remote, add } => FastSendOp::AtomicFetchAdd {
+                    remote: FastRemote {
+                        addr: remote.addr(),
+                        rkey: remote.rkey(),
+                    },
+                    add,
+                },
+                SendOp::RegMr { mr, key, access } => {
+                    let page_list = mr.page_list.as_ref().ok_or(EINVAL)?;
+                    let mut rights = FastAccess::empty();
+                    for (from, to) in [
+                        (Access::LOCAL_WRITE, FastAccess::LOCAL_WRITE),
+                        (Access::REMOTE_WRITE, FastAccess::REMOTE_WRITE),
+                        (Access::REMOTE_READ, FastAccess::REMOTE_READ),
+                        (Access::REMOTE_ATOMIC, FastAccess::REMOTE_ATOMIC),
+                    ] {
+                        if access.contains(from) {
+                            rights |= to;
+                        }
+                    }
+                    FastSendOp::FastReg(FastReg {
+                        key,
+                        page_list: page_list.bus_address(),
+                        iova: mr.iova(),
+                        length: mr.length(),
+                        page_shift: mr.page_size().trailing_zeros() as u8,
+                        access: rights,
+                    })
+                }
                 SendOp::Datagram {
                     ah,
                     remote_qpn,
@@ -979,7 +1079,6 @@ impl Driver for Mlx4Ib {
                         None => FastSendOp::Send,
                     }
                 }
-                _ => return Err(not_supported()),
             };
             let mut fast = FastSendWr::new(wr.id(), op, Payload::Gather(gather), flags);
             fast.ud = ud.as_ref();

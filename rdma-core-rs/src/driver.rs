@@ -997,6 +997,12 @@ impl QpModify<'_> {
             .then_some(self.attr.rnr_retry)
     }
 
+    /// The transport retry count (`IB_QP_RETRY_CNT`).
+    pub fn retry_count(&self) -> Option<u8> {
+        self.has(sys::ib_qp_attr_mask_IB_QP_RETRY_CNT)
+            .then_some(self.attr.retry_cnt)
+    }
+
     /// The P_Key index (`IB_QP_PKEY_INDEX`).
     pub fn pkey_index(&self) -> Option<u16> {
         self.has(sys::ib_qp_attr_mask_IB_QP_PKEY_INDEX)

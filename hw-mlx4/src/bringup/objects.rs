@@ -285,6 +285,23 @@ impl QpPath {
     }
 }
 
+/// An RC requester's retry counts (`params1` of the QP context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QpRetries {
+    /// Retries after a transport timeout (0..7).
+    pub retry_count: u8,
+    /// Retries after an RNR NAK (0..7, 7: forever).
+    pub rnr_retry: u8,
+}
+
+impl QpRetries {
+    /// Seven of each: RNR retries forever.
+    pub const FOREVER: Self = Self {
+        retry_count: 7,
+        rnr_retry: 7,
+    };
+}
+
 /// PortInfo as MAD_IFC answers a Get, the fields the IB device reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortInfo {
@@ -873,7 +890,20 @@ impl<B> Mlx4Core<B> {
         pd: u32,
         access: MrAccess,
     ) -> Result<MemoryRegion, ProbeError> {
-        self.create_mr(p, pd, access, 0, u64::MAX, None)
+        self.create_mr(p, pd, access, 0, u64::MAX, None, false)
+    }
+
+    /// A fast-registration region for up to `max_pages` pages (`mlx4_ib_alloc_mr`): an
+    /// MPT in the free state with the fast-register flag and an MTT range of its own,
+    /// which REG_MR WQEs fill from their page lists.
+    pub fn create_fast_reg_mr<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        pd: u32,
+        max_pages: u32,
+    ) -> Result<MemoryRegion, ProbeError> {
+        let mtt = self.alloc_mtt(p, max_pages.max(1), 0)?;
+        self.create_mr(p, pd, MrAccess(0), 0, 0, Some(mtt), true)
     }
 
     /// A region over pages (`mlx4_mr_alloc`, `mlx4_write_mtt`, `mlx4_mr_enable`).
@@ -890,9 +920,10 @@ impl<B> Mlx4Core<B> {
             let _ = self.free_mtt(p, mtt);
             return Err(e);
         }
-        self.create_mr(p, pd, access, region.iova, region.length, Some(mtt))
+        self.create_mr(p, pd, access, region.iova, region.length, Some(mtt), false)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create_mr<P: Platform<Block = B>>(
         &mut self,
         p: &mut P,
@@ -901,6 +932,7 @@ impl<B> Mlx4Core<B> {
         iova: u64,
         length: u64,
         mtt: Option<Mtt>,
+        fast_reg: bool,
     ) -> Result<MemoryRegion, ProbeError> {
         let step = Step::Sw2HwMpt;
         let Some(index) = self.mpt_indices.as_mut().and_then(IdBitmap::alloc) else {
@@ -916,7 +948,7 @@ impl<B> Mlx4Core<B> {
             icm: false,
             in_hardware: false,
         };
-        match self.enable_mr(p, &mut mr, pd, access, iova, length) {
+        match self.enable_mr(p, &mut mr, pd, access, (iova, length), fast_reg) {
             Ok(()) => Ok(mr),
             Err(e) => {
                 let _ = self.destroy_mr(p, mr);
@@ -931,8 +963,8 @@ impl<B> Mlx4Core<B> {
         mr: &mut MemoryRegion,
         pd: u32,
         access: MrAccess,
-        iova: u64,
-        length: u64,
+        (iova, length): (u64, u64),
+        fast_reg: bool,
     ) -> Result<(), ProbeError> {
         let step = Step::Sw2HwMpt;
         let (caps, layout) = self.device()?;
@@ -967,6 +999,18 @@ impl<B> Mlx4Core<B> {
                 let address = mtt.address(caps.entry_sizes.mtt);
                 m.set_u64(mpt_entry::MTT_ADDR, address);
                 m.set_u32(mpt_entry::ENTITY_SIZE, mtt.page_shift);
+                if fast_reg {
+                    // Free until a REG_MR fills it (`mlx4_mr_enable` with page shift 0).
+                    flags |= mpt_entry::FLAG_FREE;
+                    m.set_u32(
+                        mpt_entry::PD_FLAGS,
+                        (pd & 0x00ff_ffff)
+                            | mpt_entry::PD_FLAG_EN_INV
+                            | mpt_entry::PD_FLAG_FAST_REG
+                            | mpt_entry::PD_FLAG_RAE,
+                    );
+                    m.set_u32(mpt_entry::MTT_SZ, mtt.count);
+                }
             }
         }
         m.set_u32(mpt_entry::FLAGS, flags);
@@ -1572,6 +1616,20 @@ impl<B> Mlx4Core<B> {
         sq_psn: u32,
         uar: u32,
     ) -> Result<(), ProbeError> {
+        self.qp_to_rts_with_retries(p, qp, port, sq_psn, QpRetries::FOREVER, uar)
+    }
+
+    /// As [`Mlx4Core::qp_to_rts`], with the RC requester's retry counts (`IB_QP_RETRY_CNT`,
+    /// `IB_QP_RNR_RETRY`; 7 RNR retries mean forever).
+    pub fn qp_to_rts_with_retries<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        qp: &mut QueuePair<B>,
+        port: u8,
+        sq_psn: u32,
+        retries: QpRetries,
+        uar: u32,
+    ) -> Result<(), ProbeError> {
         if qp.state != QpState::Rtr {
             return Err(ProbeError::QpState { qpn: qp.qpn });
         }
@@ -1580,7 +1638,10 @@ impl<B> Mlx4Core<B> {
         let mut m = Mailbox(context);
         m.set_u32(qp_context::NEXT_SEND_PSN, sq_psn & 0x00ff_ffff);
         if qp.config.transport == QpTransport::Rc {
-            m.set_u32(qp_context::PARAMS1, (7 << 16) | (7 << 13));
+            m.set_u32(
+                qp_context::PARAMS1,
+                (u32::from(retries.retry_count & 7) << 16) | (u32::from(retries.rnr_retry & 7) << 13),
+            );
             m.set_u8(qp_context::PRI_PATH + qp_context::PATH_ACKTO, 14 << 3);
         }
         self.modify_qp(p, qp, opcode::RTR2RTS_QP, &mailbox, QpState::Rts)

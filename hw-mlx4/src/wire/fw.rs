@@ -368,6 +368,8 @@ pub mod mpt_entry {
     pub const PERM_MASK: u32 = 0xfc00;
     /// `MLX4_MPT_PD_FLAG_*`, in `PD_FLAGS`.
     pub const PD_FLAG_FAST_REG: u32 = 1 << 27;
+    /// Remote access enabled (`MLX4_MPT_PD_FLAG_RAE`).
+    pub const PD_FLAG_RAE: u32 = 1 << 28;
     pub const PD_FLAG_EN_INV: u32 = 3 << 24;
 
     /// `key_to_hw_index`: the key as the MPT and the MTT index hold it.

@@ -47,4 +47,4 @@ sleep 0.5
 rmmod ib_umad
 rmmod tilde_mlx4
 expect_dmesg 'tilde_mlx4: [0-9a-f:.]+: HCA closed, every page given back$'
-reject_dmesg 'tilde_mlx4.*(failed|refused|outside the BAR|left with the device)'
+reject_dmesg 'tilde_mlx4: .*(failed|refused|outside the BAR|left with the device)'
