@@ -660,8 +660,48 @@ impl Driver for Mlx4Ib {
         }
     }
 
-    fn resize_cq(_dev: &Device<Self>, _cq: &Cq<Self>, _entries: u32) -> Result<u32> {
-        Err(not_supported())
+    fn resize_cq(dev: &Device<Self>, cq: &Cq<Self>, entries: u32) -> Result<u32> {
+        if entries == 0 || entries >= 1 << MAX_CQ_LOG {
+            return Err(EINVAL);
+        }
+        let log = log2_at_least(entries.saturating_add(1), 1);
+        let mut hw = cq.hw.lock();
+        let hw_cq = hw.as_mut().ok_or(EINVAL)?;
+        if log <= hw_cq.log_entries {
+            // Room enough already (the consumer API refuses to shrink).
+            return Ok((1 << hw_cq.log_entries) - 1);
+        }
+        let mut core = dev.shared.core().lock();
+        let mut edge = dev.shared.edge();
+        let old = core
+            .resize_cq(&mut edge, hw_cq, log)
+            .map_err(|e| command_failed(dev, "MODIFY_CQ (resize)", e))?;
+        let buffer = &hw_cq.buffer.as_ref().ok_or(EINVAL)?.block;
+        // The CQEs still in the old buffer move to the new one under the CQ's lock, as
+        // `mlx4_ib_resize_cq` copies them (pollers stop at the RESIZE CQE meanwhile).
+        let moved = ring_in(buffer, 0, log, 5).and_then(|ring| {
+            cq.shared.fast.lock().resize(ring).map_err(|_| {
+                pr_err!(
+                    "{}: CQ {:#x}: no RESIZE CQE after MODIFY_CQ\n",
+                    dev.name(),
+                    cq.shared.cqn
+                );
+                EIO
+            })
+        });
+        match moved {
+            Ok(old_ring) => {
+                drop(old_ring);
+                core.free_resized_cq(&mut edge, old);
+                Ok((1 << log) - 1)
+            }
+            // The device writes the new buffer, the poller reads the old: the CQ is
+            // broken; its old memory stays (leaked: the poller still reads it).
+            Err(e) => {
+                core::mem::forget(old);
+                Err(e)
+            }
+        }
     }
 
     fn destroy_cq(dev: &Device<Self>, cq: &Cq<Self>) {

@@ -285,6 +285,14 @@ impl QpPath {
     }
 }
 
+/// The buffer and MTT a CQ resize replaced ([`Mlx4Core::resize_cq`]).
+#[derive(Debug)]
+pub struct ResizedCq<B> {
+    /// The old buffer: still holds CQEs until the consumer moved them.
+    pub buffer: Option<QueueMemory<B>>,
+    mtt: Option<Mtt>,
+}
+
 /// An RC requester's retry counts (`params1` of the QP context).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QpRetries {
@@ -1219,6 +1227,71 @@ impl<B> Mlx4Core<B> {
         self.command(p, step, cmd)?;
         cq.in_hardware = true;
         Ok(())
+    }
+
+    /// `mlx4_cq_resize`: a new buffer of `2^log_entries` CQEs, with its MTT, given to the
+    /// device by MODIFY_CQ. The device writes a RESIZE CQE into the old buffer and the
+    /// next CQEs into the new one; the old buffer and MTT come back, for
+    /// [`Mlx4Core::free_resized_cq`] once the CQEs still in them have been moved
+    /// (`fastpath::cq::CompletionQueue::resize`). On failure the CQ is as it was.
+    pub fn resize_cq<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        cq: &mut CompletionQueue<B>,
+        log_entries: u32,
+    ) -> Result<ResizedCq<B>, ProbeError> {
+        let step = Step::ResizeCq;
+        let (caps, _) = self.device()?;
+        if log_entries > caps.max_cq_size.checked_ilog2().unwrap_or(0) {
+            return Err(exhausted(step));
+        }
+        let log_pages = log_entries
+            .saturating_add(CQE_SHIFT)
+            .saturating_sub(ICM_PAGE_SHIFT);
+        let buffer = Self::alloc_queue_memory(p, Step::QueueMemory, log_pages)?;
+        let mtt = match self.queue_mtt(p, buffer.bus_address, buffer.log_pages) {
+            Ok(mtt) => mtt,
+            Err(e) => {
+                p.free(buffer.block);
+                return Err(e);
+            }
+        };
+        let mut context = [0u8; cq_context::SIZE];
+        let mut m = Mailbox(&mut context[..]);
+        m.set_u32(cq_context::LOGSIZE_USRPAGE, log_entries << 24);
+        m.set_u8(cq_context::LOG_PAGE_SIZE, 0);
+        let mtt_address = mtt.address(caps.entry_sizes.mtt);
+        m.set_u8(cq_context::MTT_BASE_ADDR_H, (mtt_address >> 32) as u8);
+        m.set_u32(cq_context::MTT_BASE_ADDR_L, mtt_address as u32);
+        let resized = self.write_inbox(p, &context).and_then(|()| {
+            let cmd = Command::new(opcode::MODIFY_CQ)
+                .in_param(self.inbox_address())
+                .in_modifier(cq.cqn)
+                .op_modifier(0);
+            self.command(p, step, cmd)
+        });
+        if let Err(e) = resized {
+            // The device did not take the new buffer (a command that failed changed
+            // nothing): it goes back.
+            let _ = self.free_mtt(p, mtt);
+            p.free(buffer.block);
+            return Err(e);
+        }
+        let old_buffer = cq.buffer.replace(buffer);
+        let old_mtt = cq.mtt.replace(mtt);
+        cq.log_entries = log_entries;
+        Ok(ResizedCq {
+            buffer: old_buffer,
+            mtt: old_mtt,
+        })
+    }
+
+    /// Frees what a resize replaced, once nothing reads it any more.
+    pub fn free_resized_cq<P: Platform<Block = B>>(&mut self, p: &mut P, old: ResizedCq<B>) {
+        if let Some(mtt) = old.mtt {
+            let _ = self.free_mtt(p, mtt);
+        }
+        self.free_queue_memory(p, old.buffer, false);
     }
 
     /// `mlx4_cq_free`: HW2SW_CQ, then everything it held. A CQ the device keeps keeps

@@ -154,6 +154,8 @@ pub enum Step {
     Sw2HwCq,
     /// HW2SW_CQ.
     Hw2SwCq,
+    /// MODIFY_CQ resizing a CQ.
+    ResizeCq,
     /// A queue's buffer or doorbell record.
     QueueMemory,
     /// A QP's number and ICM.

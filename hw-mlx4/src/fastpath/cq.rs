@@ -139,9 +139,13 @@ impl<P: Platform> CompletionQueue<P> {
         let mut error = None;
         for slot in out.iter_mut() {
             let index = self.cons_index;
-            let owner =
-                self.ring.read_word(index, self.stride.owner_word_offset()) as u8 & Cqe::OWNER != 0;
-            if owner != Cqe::sw_owner_bit(index, self.entries) {
+            let owner_byte = self.ring.read_word(index, self.stride.owner_word_offset()) as u8;
+            if (owner_byte & Cqe::OWNER != 0) != Cqe::sw_owner_bit(index, self.entries) {
+                break;
+            }
+            // A resize is under way: the CQEs after this one are in the new ring, which
+            // `resize` moves to (it finds this CQE, so it stays unconsumed).
+            if owner_byte & Cqe::OPCODE_MASK == Cqe::OPCODE_RESIZE {
                 break;
             }
             // The rest of the CQE only after its owner bit.
@@ -198,6 +202,82 @@ impl<P: Platform> CompletionQueue<P> {
         // The record before the doorbell that makes the device read it.
         P::wmb();
         uar.ring_cq_doorbell(CqDoorbell::new(self.arm_sn, command, self.cqn, ci));
+    }
+
+    /// Moves to `ring` after the device resized the CQ (`mlx4_ib_cq_resize_copy_cqes`):
+    /// the CQEs not yet polled, up to the RESIZE CQE the device wrote after them into the
+    /// old ring, are copied into `ring`, each one index later (the RESIZE CQE takes an
+    /// index), with the owner bit the new size gives that index; then the consumer index
+    /// steps past the RESIZE CQE and polls go on in `ring`, where the device writes the
+    /// next CQEs. Returns the old ring; or gives `ring` back, the CQ unchanged, if its
+    /// stride differs or the old ring holds no RESIZE CQE (the device did not resize).
+    ///
+    /// The caller excludes polling while it runs (the CQ's lock), as `mlx4_ib_resize_cq`
+    /// does.
+    pub fn resize(&mut self, ring: P::Ring) -> Result<P::Ring, P::Ring> {
+        if ring.entry_shift() != self.ring.entry_shift() || ring.log_entries() > 22 {
+            return Err(ring);
+        }
+        let new_entries = 1u32 << ring.log_entries();
+        let offset = self.stride.cqe_offset();
+        let owner_word = self.stride.owner_word_offset();
+        // First find the RESIZE CQE: nothing is written before the resize is certain.
+        let mut end = None;
+        let mut index = self.cons_index;
+        for _ in 0..self.entries {
+            let word = self.ring.read_word(index, owner_word);
+            let owner = word as u8 & Cqe::OWNER != 0;
+            if owner != Cqe::sw_owner_bit(index, self.entries) {
+                break;
+            }
+            P::dma_rmb();
+            if (word as u8 & Cqe::OPCODE_MASK) == Cqe::OPCODE_RESIZE {
+                end = Some(index);
+                break;
+            }
+            index = index.wrapping_add(1);
+        }
+        let Some(end) = end else {
+            return Err(ring);
+        };
+        if end.wrapping_sub(self.cons_index) >= new_entries {
+            return Err(ring);
+        }
+        let mut index = self.cons_index;
+        while index != end {
+            let target = index.wrapping_add(1);
+            // SAFETY: the owner bits above gave these CQEs of the old ring to software,
+            // and the device writes only the new ring now, from `end + 1` on: the
+            // target entries `cons_index + 1 ..= end` are the driver's.
+            let copied = unsafe {
+                self.ring.with_entry(index, |from| {
+                    from.get(offset..offset + CQE_SIZE)
+                        .and_then(|bytes| <[u8; CQE_SIZE]>::try_from(bytes).ok())
+                })
+            };
+            if let Some(mut cqe) = copied {
+                let owner = if Cqe::sw_owner_bit(target, new_entries) {
+                    Cqe::OWNER
+                } else {
+                    0
+                };
+                if let Some(last) = cqe.last_mut() {
+                    *last = (*last & !Cqe::OWNER) | owner;
+                }
+                // SAFETY: as above.
+                unsafe {
+                    ring.with_entry_mut(target, |to| {
+                        if let Some(slot) = to.get_mut(offset..offset + CQE_SIZE) {
+                            slot.copy_from_slice(&cqe);
+                        }
+                    })
+                };
+            }
+            index = target;
+        }
+        self.cons_index = self.cons_index.wrapping_add(1);
+        self.entries = new_entries;
+        Ok(core::mem::replace(&mut self.ring, ring))
     }
 
     /// Records that the device delivered a completion event for this CQ, so the next arm

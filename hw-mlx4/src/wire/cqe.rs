@@ -128,6 +128,8 @@ impl Cqe {
     pub const OPCODE_MASK: u8 = 0x1f;
     /// Opcode of an error CQE (`MLX4_CQE_OPCODE_ERROR`).
     pub const OPCODE_ERROR: u8 = 0x1e;
+    /// Opcode of the CQE a resize leaves in the old buffer (`MLX4_CQE_OPCODE_RESIZE`).
+    pub const OPCODE_RESIZE: u8 = 0x16;
     /// `g_mlpath_rqpn` bit 31: the received packet carried a GRH.
     pub const GRH: u32 = 1 << 31;
     /// The owner byte is the last byte of the 32-bit word at this offset.
