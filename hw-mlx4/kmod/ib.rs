@@ -25,32 +25,30 @@
 
 use core::ffi::CStr;
 
+use hw_mlx4::bringup::eq::PortEventKind;
 use hw_mlx4::bringup::objects::{
     CompletionQueue as HwCq, MemoryRegion, MrAccess, NodeInfo, QpConfig, QpPath, QpRetries,
-    QpTransport,
-    QueuePair,
+    QpTransport, QueuePair,
 };
 use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeError};
 use hw_mlx4::fastpath::cq::{CompletionQueue as FastCq, CqDoorbells};
 use hw_mlx4::fastpath::qp::{PostRight, QpCompletions, QpLookup, QueuePairState};
-use hw_mlx4::bringup::eq::PortEventKind;
 use hw_mlx4::fastpath::send::{MlxWr, QpType as FastQpType, SendQueueCaps};
 use hw_mlx4::wire::ud::{GlobalRoute, MlxSeg, UdHeader, PERMISSIVE_LID, UD_HEADER_MAX};
 use hw_mlx4::wire::{AddressVector, ArmCommand, Be16, Be32};
 use hw_mlx4::wr::{
     Access as FastAccess, Completion as FastCompletion, FastReg, Payload, PostError,
-    Remote as FastRemote,
-    SendFlags as FastSendFlags, SendOp as FastSendOp, SendWr as FastSendWr, Sge as FastSge,
-    UdAddress, WcFlags,
+    Remote as FastRemote, SendFlags as FastSendFlags, SendOp as FastSendOp, SendWr as FastSendWr,
+    Sge as FastSge, UdAddress, WcFlags,
 };
 use kernel::alloc::flags::GFP_ATOMIC;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use rdma_core::driver::{
-    self, Access, AhAttr, Arm, Completions, CoreCaps, Cq, Device, DeviceAttrs, Driver, Mad,
-    AhQuery, MadResult, PortEvent, ReceivedRoute, Route, MAD_SIZE, MrKeys,
-    MrPages, MrType, NewCq, NewQp, Pd, PortAttrs, PortImmutable, PortSpeed, PortWidth, Qp,
-    QpHandle, QpModify, QpState, QpType, RecvWrs, SendFlags, SendOp, SendWrs,
+    self, Access, AhAttr, AhQuery, Arm, Completions, CoreCaps, Cq, Device, DeviceAttrs, Driver,
+    Mad, MadResult, MrKeys, MrPages, MrType, NewCq, NewQp, Pd, PortAttrs, PortEvent, PortImmutable,
+    PortSpeed, PortWidth, Qp, QpHandle, QpModify, QpState, QpType, ReceivedRoute, RecvWrs, Route,
+    SendFlags, SendOp, SendWrs, MAD_SIZE,
 };
 use rdma_core::kernel_api;
 use rdma_core::kernel_api::atomic::{Atomic, Relaxed};
@@ -59,8 +57,8 @@ use rdma_core::verbs::{Gid, LinkLayer, Mtu, PhysPortState, PortState};
 
 use crate::datapath::{queues_of, ring_in};
 use crate::hca::{Block, Shared, COMP_EQS};
-use hw_mlx4::bringup::memory::HostMemory;
 use crate::platform::{KernelDoorbellRecord, KernelPlatform, Uar};
+use hw_mlx4::bringup::memory::HostMemory;
 
 /// CQ numbers the table holds: the core's CQ number bitmap's capacity.
 pub(crate) const CQ_TABLE_SIZE: usize = hw_mlx4::bringup::objects::MAX_CQS;
@@ -554,7 +552,10 @@ impl Driver for Mlx4Ib {
                 page_list: None,
                 max_pages: 0,
             },
-            MrKeys { lkey: key, rkey: key },
+            MrKeys {
+                lkey: key,
+                rkey: key,
+            },
         ))
     }
 
@@ -585,7 +586,10 @@ impl Driver for Mlx4Ib {
                 page_list: Some(page_list),
                 max_pages,
             },
-            MrKeys { lkey: key, rkey: key },
+            MrKeys {
+                lkey: key,
+                rkey: key,
+            },
         ))
     }
 
@@ -1396,11 +1400,12 @@ fn process_mad(
         let mut core = dev.shared.core().lock();
         let mut edge = dev.shared.edge();
         let answered = core.mad_ifc(&mut edge, port8, bytes, reply);
-        let refreshed = if answered.is_ok() && smp && method == METHOD_SET && attr == ATTR_PKEY_TABLE {
-            core.query_pkey_block(&mut edge, port8, 0).ok()
-        } else {
-            None
-        };
+        let refreshed =
+            if answered.is_ok() && smp && method == METHOD_SET && attr == ATTR_PKEY_TABLE {
+                core.query_pkey_block(&mut edge, port8, 0).ok()
+            } else {
+                None
+            };
         if let Some(pkeys) = refreshed {
             if let Some(table) = dev.pkeys.lock().get_mut(index) {
                 *table = pkeys;

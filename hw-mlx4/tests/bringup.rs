@@ -2539,7 +2539,12 @@ fn a_directed_route_smp_crosses_the_cable_between_the_ports_qp0s() {
             lkey: dma_mr.key,
         }];
         assert!(sq
-            .post(&[SendWr::new(1, SendOp::Send, Payload::Gather(&sge), SendFlags::SIGNALED)])
+            .post(&[SendWr::new(
+                1,
+                SendOp::Send,
+                Payload::Gather(&sge),
+                SendFlags::SIGNALED
+            )])
             .is_err());
     }
     ring_doorbells(&mut p, &host_uar, uar);
@@ -2582,6 +2587,145 @@ fn a_directed_route_smp_crosses_the_cable_between_the_ports_qp0s() {
     assert_eq!(p.memory.outstanding.len(), outstanding);
     assert_eq!(core.leaked_blocks(), 0);
     assert_eq!(p.driver_errors(), Vec::<String>::new());
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// A CQ resized while completions wait in it (`mlx4_ib_resize_cq` on a kernel CQ):
+/// MODIFY_CQ gives the device a larger buffer, the device leaves a RESIZE CQE in the old
+/// one, the fast path moves the CQEs waiting before it into the new buffer one index
+/// later, and the next completions arrive in the new buffer; every completion is
+/// polled once, in order, and the old buffer goes back.
+#[test]
+fn a_cq_resized_with_completions_waiting_loses_none() {
+    let (mut p, mut core) = probed();
+    let uar = core.driver_uar().unwrap();
+    let outstanding = p.memory.outstanding.len();
+    let pd = core.alloc_pd().unwrap();
+    let dma_mr = core
+        .create_dma_mr(&mut p, pd, MrAccess::ALL)
+        .expect("DMA MR");
+    let eqn = core.comp_eqn(0).unwrap();
+    let mut cq = core.create_cq(&mut p, 4, eqn, uar).expect("CQ of 16");
+    let mut a = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP a");
+    let mut b = core.create_qp(&mut p, rc_config(pd, cq.cqn)).expect("QP b");
+    connect(&mut p, &mut core, &mut a, b.qpn, uar).expect("a");
+    connect(&mut p, &mut core, &mut b, a.qpn, uar).expect("b");
+    let host_uar = HostUar::new();
+    let cq_doorbell = cq.doorbell.as_ref().unwrap().bus_address;
+    let bytes = p.memory.bytes.clone();
+    let ring = |address, log_entries| fast::Ring {
+        bytes: bytes.clone(),
+        address,
+        log_entries,
+        shift: 5,
+    };
+    let record = |offset| fast::Record {
+        bytes: bytes.clone(),
+        address: cq_doorbell + offset,
+    };
+    let mut fast_cq = FastCq::<fast::DmaPlatform>::new(
+        cq.cqn,
+        ring(cq.buffer.as_ref().unwrap().bus_address, 4),
+        CqDoorbells {
+            set_ci: record(0),
+            arm: record(4),
+        },
+    )
+    .expect("fast CQ");
+    let mut fa = fast_qp(&p, &a);
+    let page = p.alloc(0).unwrap();
+    let send_signaled = |fa: &mut QueuePairState<fast::DmaPlatform>, id: u64| {
+        let (mut sq, _, _) = fa.split(&host_uar);
+        let sge = [Sge {
+            addr: page.address,
+            length: 8,
+            lkey: dma_mr.key,
+        }];
+        sq.post(&[SendWr::new(
+            id,
+            SendOp::RdmaWrite(hw_mlx4::wr::Remote {
+                addr: page.address + 0x800,
+                rkey: dma_mr.key,
+            }),
+            Payload::Gather(&sge),
+            SendFlags::SIGNALED,
+        )])
+        .expect("post");
+    };
+    let poll_ids = |fast_cq: &mut FastCq<fast::DmaPlatform>,
+                    fa: &mut QueuePairState<fast::DmaPlatform>| {
+        let (_, _, ca) = fa.split(&host_uar);
+        let mut out = [Completion::EMPTY; 16];
+        let n = fast_cq.poll(&[ca], &mut out).expect("poll");
+        out[..n]
+            .iter()
+            .map(|c| (c.wr_id, c.status))
+            .collect::<Vec<_>>()
+    };
+    // Five completions wait in the CQ of 16.
+    for id in 0..5 {
+        send_signaled(&mut fa, id);
+    }
+    ring_doorbells(&mut p, &host_uar, uar);
+    // All five are polled; three more wait when the CQ grows to 64.
+    let first = poll_ids(&mut fast_cq, &mut fa);
+    assert_eq!(
+        first,
+        (0..5).map(|id| (id, WcStatus::Success)).collect::<Vec<_>>()
+    );
+    for id in 5..8 {
+        send_signaled(&mut fa, id);
+    }
+    ring_doorbells(&mut p, &host_uar, uar);
+    let old = core.resize_cq(&mut p, &mut cq, 6).expect("MODIFY_CQ");
+    assert_eq!(cq.log_entries, 6);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    // A poll before the move takes one; two wait in the old buffer, before the RESIZE
+    // CQE.
+    let mut out = [Completion::EMPTY; 1];
+    let (_, _, ca) = fa.split(&host_uar);
+    assert_eq!(fast_cq.poll(&[ca], &mut out).expect("poll"), 1);
+    assert_eq!((out[0].wr_id, out[0].status), (5, WcStatus::Success));
+    // Two more after the resize, in the new buffer.
+    for id in 8..10 {
+        send_signaled(&mut fa, id);
+    }
+    ring_doorbells(&mut p, &host_uar, uar);
+    let old_ring = fast_cq
+        .resize(ring(cq.buffer.as_ref().unwrap().bus_address, 6))
+        .unwrap_or_else(|_| panic!("no RESIZE CQE"));
+    drop(old_ring);
+    core.free_resized_cq(&mut p, old);
+    assert_eq!(fast_cq.entries(), 64);
+    let rest = poll_ids(&mut fast_cq, &mut fa);
+    assert_eq!(
+        rest,
+        (6..10)
+            .map(|id| (id, WcStatus::Success))
+            .collect::<Vec<_>>(),
+        "the two moved, then the two the device wrote into the new buffer"
+    );
+    // And on, across the new buffer's laps.
+    for round in 0..3u64 {
+        for id in 0..30 {
+            send_signaled(&mut fa, 100 * (round + 1) + id);
+        }
+        ring_doorbells(&mut p, &host_uar, uar);
+        let ids = poll_ids(&mut fast_cq, &mut fa);
+        let more = poll_ids(&mut fast_cq, &mut fa);
+        assert_eq!(ids.len() + more.len(), 30, "round {round}");
+    }
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    drop(fast_cq);
+    core.qp_to_error(&mut p, &mut a).expect("2ERR");
+    core.destroy_qp(&mut p, a).expect("destroy a");
+    core.destroy_qp(&mut p, b).expect("destroy b");
+    core.destroy_cq(&mut p, cq).expect("destroy CQ");
+    core.destroy_mr(&mut p, dma_mr).expect("destroy MR");
+    p.free(page);
+    assert!(core.free_pd(pd));
+    assert_eq!(p.memory.outstanding.len(), outstanding);
     core.teardown(&mut p).expect("teardown");
     assert_released(&mut p);
 }

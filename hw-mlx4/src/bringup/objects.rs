@@ -1713,7 +1713,8 @@ impl<B> Mlx4Core<B> {
         if qp.config.transport == QpTransport::Rc {
             m.set_u32(
                 qp_context::PARAMS1,
-                (u32::from(retries.retry_count & 7) << 16) | (u32::from(retries.rnr_retry & 7) << 13),
+                (u32::from(retries.retry_count & 7) << 16)
+                    | (u32::from(retries.rnr_retry & 7) << 13),
             );
             m.set_u8(qp_context::PRI_PATH + qp_context::PATH_ACKTO, 14 << 3);
         }

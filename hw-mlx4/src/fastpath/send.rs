@@ -383,7 +383,8 @@ impl<'q, P: Platform> SendQueue<'q, P> {
                 let (headers, rest) = rest.split_at_mut(gather_start - start);
                 let mut held_back =
                     write_inline_segments(headers.get_mut(..header_bytes)?, start, wr.header)?;
-                let (segs, rest) = <[DataSeg]>::mut_from_prefix_with_elems(rest, wr.gather.len()).ok()?;
+                let (segs, rest) =
+                    <[DataSeg]>::mut_from_prefix_with_elems(rest, wr.gather.len()).ok()?;
                 for (i, (seg, sge)) in segs.iter_mut().zip(wr.gather).enumerate() {
                     seg.lkey = Be32::new(sge.lkey);
                     seg.addr = Be64::new(sge.addr);

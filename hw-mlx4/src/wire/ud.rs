@@ -280,7 +280,8 @@ impl UdHeader {
         };
         put(lrh.as_bytes());
         if let Some(route) = &self.grh {
-            let payload_length = (transport as u32 + self.payload_len + pad + ICRC_BYTES as u32) as u16;
+            let payload_length =
+                (transport as u32 + self.payload_len + pad + ICRC_BYTES as u32) as u16;
             let grh = Grh {
                 version_tclass_flow: Be32::new(
                     (6 << 28)
