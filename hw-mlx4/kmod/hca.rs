@@ -564,8 +564,7 @@ fn register_ib(shared: &Arc<Shared>, slot: &IbSlot) -> Result {
     let dev: &Device = &shared.dev;
     let state = {
         let mut core = shared.core.lock();
-        let info = core.info().copied().ok_or(EINVAL)?;
-        Mlx4Ib::new(shared.clone(), &mut core, &info)?
+        Mlx4Ib::new(shared.clone(), &mut core)?
     };
     let registration = rdma_core::driver::Registration::new_for_pci(
         &crate::THIS_MODULE,

@@ -30,7 +30,7 @@ use hw_mlx4::bringup::objects::{
     CompletionQueue as HwCq, MemoryRegion, MrAccess, NodeInfo, QpConfig, QpPath, QpRetries,
     QpTransport, QueuePair,
 };
-use hw_mlx4::bringup::probe::{DeviceInfo, Mlx4Core, ProbeError};
+use hw_mlx4::bringup::probe::{Mlx4Core, ProbeError};
 use hw_mlx4::fastpath::cq::{CompletionQueue as FastCq, CqDoorbells};
 use hw_mlx4::fastpath::qp::{PostRight, QpCompletions, QpLookup, QueuePairState};
 use hw_mlx4::fastpath::send::{MlxWr, QpType as FastQpType, SendQueueCaps};
@@ -80,8 +80,11 @@ const MAX_CQ_LOG: u32 = 16;
 /// log2 of a special QP's send WQE: the MLX segment, a header with a GRH, the gather
 /// entries and the ICRC's segment.
 const SPECIAL_SQ_STRIDE: u32 = 8;
-/// P_Keys the driver keeps per port for the special QPs' headers (block 0 of the table).
-const PKEYS: usize = 32;
+/// P_Keys the driver keeps per port: the whole table the SMA has (4 blocks of 32), read
+/// when the device is registered and again when the subnet manager sets it. `query_pkey`
+/// answers from it (the IB core reads the table entry by entry on every port event) and
+/// the special QPs' headers take their P_Keys from it.
+const PKEYS: usize = 128;
 /// MAD classes and methods `process_mad` answers (IBA 13.4).
 const CLASS_SUBN_LID_ROUTED: u8 = 0x01;
 const CLASS_SUBN_DIRECTED_ROUTE: u8 = 0x81;
@@ -105,9 +108,11 @@ pub(crate) struct Mlx4Ib {
     comp_eqns: [u32; COMP_EQS as usize],
     node: NodeInfo,
     limits: Limits,
-    /// Block 0 of each port's P_Key table, for the special QPs' BTHs; refreshed when the
-    /// subnet manager sets it.
-    pkeys: IrqSpinLock<[[u16; PKEYS]; 2]>,
+    /// Each port's P_Key table (see [`PKEYS`]).
+    pkeys: IrqSpinLock<KBox<[[u16; PKEYS]; 2]>>,
+    /// Each port's LID and SM LID as last seen, so that a subnet manager's Set(PortInfo)
+    /// is told to the IB core's clients only when it changed them (`smp_snoop`).
+    lids: [Atomic<u32>; 2],
 }
 
 /// What the device reports of itself, from QUERY_DEV_CAP and the ports.
@@ -265,13 +270,13 @@ fn not_supported() -> Error {
 }
 
 impl Mlx4Ib {
-    /// The device's state for the HCA `shared`, brought up as `info` says; `core` is
-    /// the HCA's core, locked by the caller.
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        core: &mut Mlx4Core<Block>,
-        info: &DeviceInfo,
-    ) -> Result<Self> {
+    /// The device's state for the HCA `shared`, brought up; `core` is the HCA's core,
+    /// locked by the caller. (Out of line: its P_Key tables and the
+    /// registration's frame together pass the kernel's frame limit.)
+    #[inline(never)]
+    pub(crate) fn new(shared: Arc<Shared>, core: &mut Mlx4Core<Block>) -> Result<Self> {
+        let info = *core.info().ok_or(EINVAL)?;
+        let info = &info;
         let mut edge = shared.edge();
         let node = core
             .query_node_info(&mut edge)
@@ -303,10 +308,10 @@ impl Mlx4Ib {
                 limits.mtu_cap[index] = port.ib_mtu_cap;
             }
         }
-        let mut pkeys = [[0u16; PKEYS]; 2];
+        let mut pkeys = KBox::new([[0u16; PKEYS]; 2], GFP_KERNEL)?;
         for (port, table) in (1..=limits.ports.min(2)).zip(pkeys.iter_mut()) {
-            *table = core
-                .query_pkey_block(&mut edge, port, 0)
+            let len = limits.pkey_table_len[usize::from(port - 1)];
+            read_pkey_table(core, &mut edge, port, len, table)
                 .map_err(|e| command_failed_bare(&shared, "P_KeyTable", e))?;
         }
         // QP0 and QP1 of each port at the numbers from the reserved range's end
@@ -321,6 +326,7 @@ impl Mlx4Ib {
             node,
             limits,
             pkeys: IrqSpinLock::new(pkeys)?,
+            lids: [Atomic::new(0), Atomic::new(0)],
             shared,
         })
     }
@@ -475,19 +481,21 @@ impl Driver for Mlx4Ib {
 
     fn query_pkey(dev: &Device<Self>, port: u32, index: u16) -> Result<u16> {
         let port_index = dev.port_index(port)?;
-        if index
-            >= dev
-                .limits
-                .pkey_table_len
-                .get(port_index)
-                .copied()
-                .unwrap_or(0)
-        {
+        let len = dev
+            .limits
+            .pkey_table_len
+            .get(port_index)
+            .copied()
+            .unwrap_or(0);
+        if index >= len {
             return Err(EINVAL);
         }
-        let mut core = dev.shared.core().lock();
-        core.query_pkey(&mut dev.shared.edge(), port as u8, index.into())
-            .map_err(|e| command_failed(dev, "P_KeyTable", e))
+        dev.pkeys
+            .lock()
+            .get(port_index)
+            .and_then(|table| table.get(usize::from(index)))
+            .copied()
+            .ok_or(EINVAL)
     }
 
     fn query_gid(dev: &Device<Self>, port: u32, index: u32) -> Result<Gid> {
@@ -1201,6 +1209,19 @@ impl Driver for Mlx4Ib {
         process_mad(dev, port, mad, reply)
     }
 
+    fn modify_port(dev: &Device<Self>, port: u32, set: u32, clear: u32) -> Result {
+        dev.port_index(port)?;
+        // One read-modify-write at a time, under the core's mutex (`cap_mask_mutex`).
+        let mut core = dev.shared.core().lock();
+        let mut edge = dev.shared.edge();
+        let info = core
+            .query_port_info(&mut edge, port as u8)
+            .map_err(|e| command_failed(dev, "PortInfo", e))?;
+        let mask = (info.capability_mask | set) & !clear;
+        core.set_port_capabilities(&mut edge, port as u8, mask)
+            .map_err(|e| command_failed(dev, "SET_PORT", e))
+    }
+
     fn query_ah(_dev: &Device<Self>, ah: &driver::Ah<Self>) -> Result<AhQuery> {
         Ok(AhQuery {
             port: ah.av.port().into(),
@@ -1347,6 +1368,23 @@ fn post_errno(error: PostError) -> Error {
     }
 }
 
+/// Reads the first `len` entries of `port`'s P_Key table, a block of 32 at a time, into
+/// `table`.
+fn read_pkey_table(
+    core: &mut Mlx4Core<Block>,
+    edge: &mut crate::hca::Edge<'_>,
+    port: u8,
+    len: u16,
+    table: &mut [u16; PKEYS],
+) -> core::result::Result<(), ProbeError> {
+    let blocks = usize::from(len).div_ceil(32);
+    for (block, chunk) in table.chunks_mut(32).enumerate().take(blocks) {
+        let pkeys = core.query_pkey_block(edge, port, block as u32)?;
+        chunk.copy_from_slice(&pkeys);
+    }
+    Ok(())
+}
+
 /// Port events the async EQ delivered while commands ran, taken from the core so they
 /// are dispatched after its mutex is released (the IB core's clients query the port).
 fn take_port_events(core: &mut Mlx4Core<Block>) -> [Option<(u32, PortEvent)>; 4] {
@@ -1400,15 +1438,13 @@ fn process_mad(
         let mut core = dev.shared.core().lock();
         let mut edge = dev.shared.edge();
         let answered = core.mad_ifc(&mut edge, port8, bytes, reply);
-        let refreshed =
-            if answered.is_ok() && smp && method == METHOD_SET && attr == ATTR_PKEY_TABLE {
-                core.query_pkey_block(&mut edge, port8, 0).ok()
-            } else {
-                None
-            };
-        if let Some(pkeys) = refreshed {
-            if let Some(table) = dev.pkeys.lock().get_mut(index) {
-                *table = pkeys;
+        if answered.is_ok() && smp && method == METHOD_SET && attr == ATTR_PKEY_TABLE {
+            let mut table = [0u16; PKEYS];
+            let len = dev.limits.pkey_table_len.get(index).copied().unwrap_or(0);
+            if read_pkey_table(&mut core, &mut edge, port8, len, &mut table).is_ok() {
+                if let Some(slot) = dev.pkeys.lock().get_mut(index) {
+                    *slot = table;
+                }
             }
         }
         (answered, take_port_events(&mut core))
@@ -1422,7 +1458,18 @@ fn process_mad(
         let mut snooped = [None; 2];
         match attr {
             ATTR_PORT_INFO => {
-                snooped[0] = Some((port, PortEvent::LidChange));
+                // The LID and SM LID the port has now (the reply's PortInfo), against
+                // those last seen: only a change is an event, as `smp_snoop` has it.
+                let lid = u32::from(u16::from_be_bytes([reply[0x40 + 16], reply[0x40 + 17]]));
+                let sm_lid = u32::from(u16::from_be_bytes([reply[0x40 + 18], reply[0x40 + 19]]));
+                if let Some(seen) = dev.lids.get(index) {
+                    let before = seen.xchg(lid | sm_lid << 16, Relaxed);
+                    if before & 0xffff != lid {
+                        snooped[0] = Some((port, PortEvent::LidChange));
+                    } else if before >> 16 != sm_lid {
+                        snooped[0] = Some((port, PortEvent::SmChange));
+                    }
+                }
                 // PortInfo:ClientReregister (byte 51 of the attribute, bit 7).
                 if bytes[0x40 + 51] & 0x80 != 0 {
                     snooped[1] = Some((port, PortEvent::ClientReregister));

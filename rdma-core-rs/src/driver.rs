@@ -2107,6 +2107,13 @@ pub trait Driver: Sized + Send + Sync + 'static {
         MadResult::NotHandled
     }
 
+    /// Sets and clears bits of `port`'s PortInfo:CapabilityMask (`modify_port`: the IB
+    /// CM's IsCommunicationManagementSupported, an SM's IsSM). `EOPNOTSUPP` unless
+    /// implemented.
+    fn modify_port(_dev: &Device<Self>, _port: u32, _set: u32, _clear: u32) -> Result {
+        Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP))
+    }
+
     /// Sets up a PD.
     fn alloc_pd(dev: &Device<Self>) -> Result<Self::Pd>;
     /// Sets up a CQ for `cq.requested()` completions, setting the room it has.
@@ -2264,6 +2271,27 @@ impl<T: Driver> Ops<T> {
             }
             Err(error) => error.to_errno(),
         }
+    }
+
+    unsafe extern "C" fn modify_port(
+        raw: *mut sys::ib_device,
+        port: u32,
+        _mask: c_int,
+        modify: *mut sys::ib_port_modify,
+    ) -> c_int {
+        // SAFETY: the IB core's request, valid for the call.
+        let Some(modify) = (unsafe { modify.as_ref() }) else {
+            return EINVAL.to_errno();
+        };
+        // SAFETY: as in `query_port`.
+        status(unsafe {
+            T::modify_port(
+                Self::dev(raw),
+                port,
+                modify.set_port_cap_mask,
+                modify.clr_port_cap_mask,
+            )
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2719,6 +2747,7 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
     ops.query_gid = Some(Ops::<T>::query_gid);
     ops.process_mad = Some(Ops::<T>::process_mad);
     ops.query_ah = Some(Ops::<T>::query_ah);
+    ops.modify_port = Some(Ops::<T>::modify_port);
     ops.alloc_pd = Some(Ops::<T>::alloc_pd);
     ops.dealloc_pd = Some(Ops::<T>::dealloc_pd);
     ops.create_cq = Some(Ops::<T>::create_cq);

@@ -269,6 +269,24 @@ impl<B> Mlx4Core<B> {
         Ok(eqn)
     }
 
+    /// `mlx4_ib_SET_PORT` on an open port: its new PortInfo:CapabilityMask (the IB CM's
+    /// and the SM's bits, `mlx4_ib_modify_port`).
+    pub fn set_port_capabilities<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        port: u8,
+        cap_mask: u32,
+    ) -> Result<(), ProbeError> {
+        let mut inbox = [0u8; set_port::IN_SIZE];
+        Mailbox(&mut inbox[..]).set_u32(set_port::CAPABILITY_MASK, cap_mask);
+        self.write_inbox(p, &inbox)?;
+        let cmd = Command::new(opcode::SET_PORT)
+            .in_param(self.inbox_address())
+            .in_modifier(port.into())
+            .op_modifier(set_port::IB_OPCODE);
+        self.command(p, Step::SetPort(port), cmd).map(|_| ())
+    }
+
     /// Opens port `port`: QUERY_PORT, SET_PORT (the IB layout, `mlx4_ib_SET_PORT`),
     /// INIT_PORT. By events.
     #[inline(never)]
