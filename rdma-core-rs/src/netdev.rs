@@ -315,7 +315,9 @@ impl<T: Driver> Registration<T> {
     /// Allocates and registers an interface run by `driver`. May sleep.
     pub fn new(config: &Config<'_>, driver: Arc<T>) -> Result<Self> {
         let ops: &'static sys::tilde_rdma_netdev_ops = &Adapter::<T>::OPS;
-        let data = core::ptr::from_ref::<T>(&driver).cast_mut().cast::<c_void>();
+        let data = core::ptr::from_ref::<T>(&driver)
+            .cast_mut()
+            .cast::<c_void>();
         // SAFETY: every pointer is valid for the call; `ops` and the names are static;
         // `data` points into the `Arc` kept in `Self`, which outlives the netdev's
         // callbacks (unregistered and freed in `drop` first).

@@ -64,10 +64,10 @@ pub struct Path {
 /// but other locks of the IB core may be held: do not wait for SA requests there).
 pub trait SaHandler: Send + Sync + 'static {
     /// The answer to the join `id`; a join may be answered again later with an error
-    /// (the SA lost the membership).
-    fn join_done(&self, id: u64, result: Result<McMember>);
+    /// (the SA lost the membership). `this` is the handler the join was made with.
+    fn join_done(this: &Arc<Self>, id: u64, result: Result<McMember>);
     /// The answer to the path query `id`, once.
-    fn path_done(&self, id: u64, result: Result<Path>);
+    fn path_done(this: &Arc<Self>, id: u64, result: Result<Path>);
 }
 
 /// A registered SA client (`ib_sa_register_client`). Dropping it waits for the
@@ -245,8 +245,9 @@ unsafe extern "C" fn join_callback<T: SaHandler>(
     result: c_int,
     rec: *const sys::tilde_rdma_mcmember,
 ) {
-    // SAFETY: see above: the reference taken for the join is live until it is left.
-    let handler = unsafe { &*context.cast::<T>() };
+    // SAFETY: see above: the reference taken for the join is live until it is left, and
+    // stays the join's (not dropped here).
+    let handler = core::mem::ManuallyDrop::new(unsafe { Arc::from_raw(context.cast::<T>()) });
     // SAFETY: `rec` is valid for the call.
     let rec = unsafe { &*rec };
     let result = status(result).map(|()| McMember {
@@ -260,7 +261,7 @@ unsafe extern "C" fn join_callback<T: SaHandler>(
         flow_label: rec.flow_label,
         hop_limit: rec.hop_limit,
     });
-    handler.join_done(id, result);
+    T::join_done(&handler, id, result);
 }
 
 /// # Safety
@@ -286,5 +287,5 @@ unsafe extern "C" fn path_callback<T: SaHandler>(
         traffic_class: path.traffic_class,
         flow_label: path.flow_label,
     });
-    handler.path_done(id, result);
+    T::path_done(&handler, id, result);
 }
