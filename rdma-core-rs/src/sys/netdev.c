@@ -161,7 +161,12 @@ struct net_device *tilde_rdma_netdev_alloc(const char *name_format,
 	memcpy(dev->broadcast, broadcast, INFINIBAND_ALEN);
 	dev->mtu = mtu;
 	dev->max_mtu = max_mtu;
+	/*
+	 * alloc_netdev marks a device that set no queue length in its setup as queueless;
+	 * this one has a queue (the transmit path stops it while the send ring is full).
+	 */
 	dev->tx_queue_len = tx_queue_len;
+	dev->priv_flags &= ~IFF_NO_QUEUE;
 	return dev;
 }
 

@@ -1,0 +1,86 @@
+# tilde_ipoib, tilde's IPoIB interface (datagram mode), against the kernel's ib_ipoib over
+# the emulated ConnectX-3: opensm activates both ports, tilde_ipoib makes the interface of
+# port 1 (module parameter port=mlx4_0:1), the kernel's ib_ipoib the one of port 2, each
+# moved into a network namespace of its own. tilde's interface must look like IPoIB to
+# the stack (link/infiniband, the 20-byte address and the broadcast address, the MTU the
+# broadcast group gives, `ethtool -i` naming the driver), join the broadcast group
+# through the SA, and carry ARP, ICMP and TCP to ib_ipoib both ways (unicast through SA
+# path queries and address handles). Then rmmod, with everything let go.
+# needs-device: cx3
+# needs-module: tilde_ipoib
+# timeout: 420
+. /tilde/guest/lib.sh
+
+cx3_active
+
+echo "== ib_ipoib: the kernel's interfaces (port 2's is the peer; port 1's stays down)"
+modprobe ib_ipoib
+for i in $(seq 100); do
+	[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
+	sleep 0.1
+done
+# Which of the kernel's interfaces is on which port: dev_port counts from 0.
+kernel_if=
+for d in ib0 ib1; do
+	[ "$(cat /sys/class/net/$d/dev_port)" = 1 ] && kernel_if=$d
+done
+[ -n "$kernel_if" ] || { echo "FAIL: no ib_ipoib interface on port 2"; exit 1; }
+echo "ib_ipoib on port 2: $kernel_if"
+
+echo "== tilde_ipoib on port 1"
+insmod /tilde/ulps/tilde_ipoib.ko port=mlx4_0:1
+wait_dmesg 'tilde_ipoib: mlx4_0/1: ib[0-9]+ \(QPN'
+tilde_if=$(sed -n 's/.*tilde_ipoib: mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
+echo "tilde_ipoib's interface: $tilde_if"
+ip -d link show "$tilde_if"
+ip -d link show "$tilde_if" | grep -q 'link/infiniband'
+# The broadcast address of the default partition, and a 20-byte address whose GID is
+# port 1's.
+ip link show "$tilde_if" | grep -q 'brd 00:ff:ff:ff:ff:12:40:1b:ff:ff:00:00:00:00:00:00:ff:ff:ff:ff'
+gid1=$(sed 's/://g' /sys/class/infiniband/mlx4_0/ports/1/gids/0)
+addr=$(cat /sys/class/net/$tilde_if/address | sed 's/://g')
+echo "address $addr, port 1's GID $gid1"
+[ "${addr#????????}" = "$gid1" ] || { echo "FAIL: the address does not carry port 1's GID"; exit 1; }
+if command -v ethtool > /dev/null; then
+	ethtool -i "$tilde_if" | tee ethtool.txt
+	grep -q '^driver: tilde_ipoib' ethtool.txt
+fi
+
+ip netns add a
+ip netns add b
+ip link set "$tilde_if" netns a
+ip link set "$kernel_if" netns b
+for ns in a b; do ip -n $ns link set lo up; done
+ip -n a addr add 169.254.78.1/24 dev "$tilde_if"
+ip -n b addr add 169.254.78.2/24 dev "$kernel_if"
+ip -n a link set "$tilde_if" up
+ip -n b link set "$kernel_if" up
+for i in $(seq 300); do
+	ip -n a link show "$tilde_if" | grep -q LOWER_UP && ip -n b link show "$kernel_if" | grep -q LOWER_UP && break
+	sleep 0.1
+done
+ip -n a link show "$tilde_if"
+ip -n b link show "$kernel_if"
+ip -n a link show "$tilde_if" | grep -q LOWER_UP || { echo "FAIL: tilde_ipoib's carrier is off (broadcast group not joined)"; exit 1; }
+# The broadcast group's MTU (2048 on this fabric) less the 4-byte header.
+ip -n a link show "$tilde_if" | grep -q 'mtu 2044'
+
+echo "== ping over IPv4, tilde_ipoib → ib_ipoib (ARP through the broadcast group, then UD unicast)"
+ip netns exec a ping -c 3 -W 10 169.254.78.2
+echo "== ping over IPv4, ib_ipoib → tilde_ipoib"
+ip netns exec b ping -c 3 -W 10 169.254.78.1
+ip -n a neigh show
+ip -n b neigh show
+
+echo "== statistics"
+ip -n a -s link show "$tilde_if"
+
+echo "== unload"
+ip -n a link set "$tilde_if" down
+rmmod tilde_ipoib
+expect_dmesg 'tilde_ipoib: unloading'
+ip netns del a
+ip netns del b
+rmmod ib_ipoib
+rmmod mlx4_ib mlx4_core
+reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
