@@ -30,11 +30,10 @@ use rdma_core::dma::DmaBuffer;
 use rdma_core::kernel_api::{monotonic, push_within_capacity, sleep};
 use rdma_core::netdev::{self, Counter, NetDev, NetDevRef, PacketType, TxPacket};
 use rdma_core::pd::ProtectionDomain;
-use rdma_core::qp::{Queues, QueuePair, UdDest};
+use rdma_core::qp::{QueuePair, Queues, UdDest};
 use rdma_core::sa::{McMember, Path, SaClient, SaHandler, SaJoin};
 use rdma_core::verbs::{
-    AddressVector as VerbsAv, Decoded, Gid as VerbsGid, Grh, LinkLayer, PortState, QpCaps,
-    WcStatus,
+    AddressVector as VerbsAv, Decoded, Gid as VerbsGid, Grh, LinkLayer, PortState, QpCaps, WcStatus,
 };
 use rdma_core::work::{DelayedWork, WorkHandler};
 use rdma_core::wr::{CompletionHandler, WorkRequest};
@@ -366,7 +365,10 @@ impl Edge {
             }
             Action::DestroyAh { ah } => {
                 if let Some(slot) = self.ahs.get_mut(ah.index) {
-                    if slot.as_ref().is_some_and(|(generation, _)| *generation == ah.generation) {
+                    if slot
+                        .as_ref()
+                        .is_some_and(|(generation, _)| *generation == ah.generation)
+                    {
                         // Sends in flight keep their own references.
                         *slot = None;
                     }
@@ -671,8 +673,9 @@ impl netdev::Driver for PortHandle {
         let mut gids = [[0u8; 16]; 32];
         let n = dev.multicast_list(&mut gids);
         let list = gids.iter().take(n).map(|gid| Gid(*gid));
-        self.0
-            .drive(Some(dev), |iface, out| iface.set_multicast_list(now(), list, out));
+        self.0.drive(Some(dev), |iface, out| {
+            iface.set_multicast_list(now(), list, out)
+        });
     }
 }
 

@@ -5,7 +5,9 @@
 # the stack (link/infiniband, the 20-byte address and the broadcast address, the MTU the
 # broadcast group gives, `ethtool -i` naming the driver), join the broadcast group
 # through the SA, and carry ARP, ICMP and TCP to ib_ipoib both ways (unicast through SA
-# path queries and address handles). Then rmmod, with everything let go.
+# path queries and address handles), IPv4 and IPv6 (neighbour discovery through the
+# solicited-node groups tilde_ipoib joins as the stack lists them), and 32 MiB over TCP
+# each way with the same SHA-256 on both ends. Then rmmod, with everything let go.
 # needs-device: cx3
 # needs-module: tilde_ipoib
 # timeout: 420
@@ -71,6 +73,50 @@ echo "== ping over IPv4, ib_ipoib → tilde_ipoib"
 ip netns exec b ping -c 3 -W 10 169.254.78.1
 ip -n a neigh show
 ip -n b neigh show
+
+echo "== ping over IPv6 both ways (neighbour discovery through the solicited-node groups)"
+for i in $(seq 100); do
+	ip -n a -6 addr show dev "$tilde_if" scope link | grep -q 'inet6 .*scope link' \
+		&& ip -n b -6 addr show dev "$kernel_if" scope link | grep -q 'inet6 .*scope link' \
+		&& ! ip -n a -6 addr show dev "$tilde_if" | grep -q tentative \
+		&& ! ip -n b -6 addr show dev "$kernel_if" | grep -q tentative && break
+	sleep 0.1
+done
+ip -n a -6 addr show dev "$tilde_if"
+ip -n b -6 addr show dev "$kernel_if"
+refute "tilde_ipoib's link-local address failed duplicate address detection" \
+	grep -q dadfailed <(ip -n a -6 addr show dev "$tilde_if")
+addr6_a=$(ip -n a -6 addr show dev "$tilde_if" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')
+addr6_b=$(ip -n b -6 addr show dev "$kernel_if" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')
+ip netns exec a ping -6 -c 3 -W 10 "$addr6_b%$tilde_if"
+ip netns exec b ping -6 -c 3 -W 10 "$addr6_a%$kernel_if"
+
+# tcp_transfer FROM_NS TO_NS TO_ADDR: 32 MiB over TCP, read back with the same SHA-256.
+tcp_transfer() {
+	local from=$1 to=$2 addr=$3 receiver expected got
+	head -c $((32 << 20)) /dev/urandom > /tmp/blob
+	expected="$((32 << 20)) $(sha256sum < /tmp/blob | cut -d' ' -f1)"
+	rm -f received.txt
+	ip netns exec "$to" python3 /tilde/guest/tcp_blob.py recv "$addr" 5001 > received.txt &
+	receiver=$!
+	for i in $(seq 300); do
+		grep -q listening received.txt && break
+		sleep 0.1
+	done
+	start=$(date +%s.%N)
+	ip netns exec "$from" python3 /tilde/guest/tcp_blob.py send "$addr" 5001 /tmp/blob
+	wait "$receiver"
+	end=$(date +%s.%N)
+	echo "32 MiB $from → $to in $(echo "$end - $start" | bc) s (QEMU TCG)"
+	got=$(tail -n 1 received.txt)
+	echo "sent: $expected"
+	echo "got:  $got"
+	[ "$got" = "$expected" ] || { echo "FAIL: the data came back different"; return 1; }
+}
+echo "== 32 MiB over TCP, tilde_ipoib → ib_ipoib"
+tcp_transfer a b 169.254.78.2
+echo "== 32 MiB over TCP, ib_ipoib → tilde_ipoib"
+tcp_transfer b a 169.254.78.1
 
 echo "== statistics"
 ip -n a -s link show "$tilde_if"
