@@ -350,7 +350,7 @@ impl Edge {
                     query.0,
                 );
                 match sent {
-                    Ok(()) => self.queries_in_flight += 1,
+                    Ok(()) => self.queries_in_flight = self.queries_in_flight.saturating_add(1),
                     Err(_) => self.fail(Failure::Path(query)),
                 }
             }
@@ -912,12 +912,14 @@ impl Drop for PortInterface {
         port.leave_groups();
         // Path queries still out answer within their timeout.
         let start = monotonic();
-        while port.state.lock().edge.queries_in_flight > 0 && monotonic() - start < DRAIN_LIMIT {
+        while port.state.lock().edge.queries_in_flight > 0
+            && monotonic().saturating_sub(start) < DRAIN_LIMIT
+        {
             sleep(Duration::from_millis(10));
         }
         // Every work request flushed back (each holds a reference to `port`).
         let _ = port.qp.modify_to_error();
-        while port.qp.outstanding() > 0 && monotonic() - start < DRAIN_LIMIT {
+        while port.qp.outstanding() > 0 && monotonic().saturating_sub(start) < DRAIN_LIMIT {
             sleep(Duration::from_millis(10));
         }
         let (sends, ahs) = {
