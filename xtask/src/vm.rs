@@ -197,6 +197,7 @@ pub fn run(
         "tcp_blob.py",
         "modversion_flip.py",
         "drvinfo.py",
+        "udp_mcast.py",
     ] {
         fs::copy(vm_dir.join(helper), dir.join("guest").join(helper))?;
     }

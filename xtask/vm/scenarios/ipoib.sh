@@ -7,8 +7,9 @@
 # through the SA, and carry ARP, ICMP and TCP to ib_ipoib both ways (unicast through SA
 # path queries and address handles), IPv4 and IPv6 (neighbour discovery through the
 # solicited-node groups tilde_ipoib joins as the stack lists them), and 32 MiB over TCP
-# each way with the same SHA-256 on both ends. Then rmmod under traffic both ways, with
-# everything let go.
+# each way with the same SHA-256 on both ends, UDP to a multicast group each way (a
+# full-member join on the receiving side, a send-only join on the sending side). Then
+# rmmod under traffic both ways, with everything let go.
 # needs-device: cx3
 # needs-module: tilde_ipoib
 # timeout: 420
@@ -117,6 +118,31 @@ echo "== 32 MiB over TCP, tilde_ipoib → ib_ipoib"
 tcp_transfer a b 169.254.78.2
 echo "== 32 MiB over TCP, ib_ipoib → tilde_ipoib"
 tcp_transfer b a 169.254.78.1
+
+# udp_multicast FROM_NS FROM_ADDR TO_NS TO_ADDR: 20 datagrams to 239.1.2.3, which the
+# receiver joins (a full-member SA join and a QP attach on its side) and the sender does
+# not (a send-only join on its side), all received.
+udp_multicast() {
+	local from=$1 from_addr=$2 to=$3 to_addr=$4 receiver got
+	rm -f mcast.txt
+	ip netns exec "$to" python3 /tilde/guest/udp_mcast.py recv 239.1.2.3 "$to_addr" 5002 20 > mcast.txt &
+	receiver=$!
+	for i in $(seq 300); do
+		grep -q listening mcast.txt && break
+		sleep 0.1
+	done
+	# The receiver's join goes through the SA before the first datagram.
+	sleep 2
+	ip netns exec "$from" python3 /tilde/guest/udp_mcast.py send 239.1.2.3 "$from_addr" 5002 20
+	wait "$receiver"
+	got=$(tail -n 1 mcast.txt)
+	echo "$from → $to: $got of 20"
+	[ "$got" = "received 20" ] || { echo "FAIL: multicast datagrams lost"; return 1; }
+}
+echo "== UDP to a multicast group, tilde_ipoib → ib_ipoib"
+udp_multicast a 169.254.78.1 b 169.254.78.2
+echo "== UDP to a multicast group, ib_ipoib → tilde_ipoib"
+udp_multicast b 169.254.78.2 a 169.254.78.1
 
 echo "== statistics"
 ip -n a -s link show "$tilde_if"
