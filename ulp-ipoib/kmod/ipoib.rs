@@ -25,7 +25,7 @@ use kernel::sync::Arc;
 use rdma_core::ah::AddressHandle;
 use rdma_core::client::{Client, Registration as ClientRegistration};
 use rdma_core::cq::{CompletionQueue, PollContext};
-use rdma_core::device::{Device, DeviceRef};
+use rdma_core::device::{Device, DeviceEvent, DeviceRef, EventHandler, EventRegistration};
 use rdma_core::dma::DmaBuffer;
 use rdma_core::kernel_api::{monotonic, push_within_capacity, sleep};
 use rdma_core::netdev::{self, Counter, NetDev, NetDevRef, PacketType, TxPacket};
@@ -213,13 +213,17 @@ struct Port {
     qp: QueuePair,
     sa: SaClient,
     state: rdma_core::sync::IrqSpinLock<State>,
-    /// Written by the periodic work only.
+    /// What the core was last told of the port: active, and with which LID.
     port_active: core::sync::atomic::AtomicBool,
+    port_lid: core::sync::atomic::AtomicU32,
+    /// An event asked for the port to be looked at on the work's next tick.
+    poll_soon: core::sync::atomic::AtomicBool,
     ticks: core::sync::atomic::AtomicU32,
 }
 
 /// One port's interface: its netdev and periodic work, dropped in order.
 struct PortInterface {
+    events: Option<EventRegistration<Port>>,
     registration: Option<netdev::Registration<PortHandle>>,
     work: Option<DelayedWork<PortHandle>>,
     port: Arc<Port>,
@@ -580,37 +584,39 @@ impl Port {
         }
     }
 
-    /// The port's state, fed to the core when it changed. Sleeps.
+    /// The port's state, fed to the core when it changed (its activity or its LID).
+    /// Sleeps.
     fn poll_port(self: &Arc<Self>) {
+        use core::sync::atomic::Ordering::Relaxed;
         let Ok(attr) = self.device.query_port(self.port) else {
             return;
         };
         let active = matches!(attr.state, Decoded::Known(PortState::Active));
-        let was = self
-            .port_active
-            .swap(active, core::sync::atomic::Ordering::Relaxed);
-        if active == was {
-            return;
-        }
-        let event = if active {
-            let Ok(gid) = self.device.query_gid(self.port, 0) else {
-                self.port_active
-                    .store(false, core::sync::atomic::Ordering::Relaxed);
-                return;
-            };
-            PortEvent::Active(PortInfo {
-                lid: u16::try_from(attr.lid).unwrap_or(0),
-                gid: Gid(gid.0),
-                pkey_present: true,
-            })
-        } else {
-            PortEvent::Error
+        let was = self.port_active.swap(active, Relaxed);
+        let lid = u16::try_from(attr.lid).unwrap_or(0);
+        let old_lid = self.port_lid.swap(u32::from(lid), Relaxed);
+        let event = match (was, active) {
+            (false, true) => {
+                let Ok(gid) = self.device.query_gid(self.port, 0) else {
+                    self.port_active.store(false, Relaxed);
+                    return;
+                };
+                PortEvent::Active(PortInfo {
+                    lid,
+                    gid: Gid(gid.0),
+                    pkey_present: true,
+                })
+            }
+            (true, false) => PortEvent::Error,
+            (true, true) if old_lid != u32::from(lid) => PortEvent::LidChange { lid },
+            _ => return,
         };
         pr_info!(
-            "{}/{}: port {}\n",
+            "{}/{}: port {}, LID {}\n",
             self.device.name(),
             self.port,
-            if active { "active" } else { "down" }
+            if active { "active" } else { "down" },
+            lid
         );
         self.drive(None, |iface, out| iface.port_event(now(), event, out));
     }
@@ -767,6 +773,32 @@ impl SaHandler for Port {
     }
 }
 
+impl EventHandler for Port {
+    fn event(this: &Arc<Self>, event: DeviceEvent) {
+        use rdma_core::sys as ib;
+        if event.port != Some(this.port) {
+            return;
+        }
+        let port_event = match event.kind {
+            ib::ib_event_type_IB_EVENT_SM_CHANGE => PortEvent::SmChange,
+            ib::ib_event_type_IB_EVENT_CLIENT_REREGISTER => PortEvent::ClientReregister,
+            ib::ib_event_type_IB_EVENT_PORT_ERR => {
+                this.port_active
+                    .store(false, core::sync::atomic::Ordering::Relaxed);
+                PortEvent::Error
+            }
+            // What the port now is takes a query, which sleeps: the work looks.
+            _ => {
+                this.poll_soon
+                    .store(true, core::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        pr_info!("{}/{}: {}\n", this.device.name(), this.port, event.name());
+        this.drive(None, |iface, out| iface.port_event(now(), port_event, out));
+    }
+}
+
 impl WorkHandler for PortHandle {
     fn run(&self) -> Option<Duration> {
         let port = &self.0;
@@ -774,7 +806,10 @@ impl WorkHandler for PortHandle {
         let ticks = port
             .ticks
             .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-        if ticks % PORT_POLL_TICKS == 0 {
+        let soon = port
+            .poll_soon
+            .swap(false, core::sync::atomic::Ordering::Relaxed);
+        if soon || ticks % PORT_POLL_TICKS == 0 {
             port.poll_port();
         }
         port.update_address();
@@ -832,12 +867,15 @@ impl PortInterface {
                 sa,
                 state: rdma_core::sync::IrqSpinLock::new(state)?,
                 port_active: core::sync::atomic::AtomicBool::new(false),
+                port_lid: core::sync::atomic::AtomicU32::new(0),
+                poll_soon: core::sync::atomic::AtomicBool::new(false),
                 ticks: core::sync::atomic::AtomicU32::new(0),
             },
             GFP_KERNEL,
         )?;
         // From here on, a failure drops `interface`, whose teardown undoes all of it.
         let mut interface = PortInterface {
+            events: None,
             registration: None,
             work: None,
             port,
@@ -882,6 +920,7 @@ impl PortInterface {
         let work = DelayedWork::new(handle)?;
         work.schedule(Duration::from_millis(1));
         interface.work = Some(work);
+        interface.events = Some(EventRegistration::new(device, interface.port.clone())?);
         Ok(interface)
     }
 }
@@ -895,6 +934,7 @@ impl Drop for PortInterface {
             guard.netdev.take()
         };
         drop(netdev);
+        self.events = None;
         // Unregistering stops the interface (the core lets everything go) and waits for
         // the netdev's callbacks; then the work, which is cancelled and waited for.
         self.registration = None;
