@@ -638,6 +638,14 @@ impl Port {
     }
 }
 
+impl Drop for Port {
+    fn drop(&mut self) {
+        // The last reference: every work request, SA request and membership gave theirs
+        // back (the scenarios look for this line after rmmod).
+        pr_info!("{}/{}: released\n", self.device.name(), self.port);
+    }
+}
+
 /// What the netdev and the periodic work hold: the port's `Arc`, which the core's
 /// actions take references of (SA requests carry one along).
 struct PortHandle(Arc<Port>);

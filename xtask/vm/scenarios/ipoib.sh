@@ -179,6 +179,9 @@ still_running "$pinger_a" "rmmod"
 still_running "$pinger_b" "rmmod"
 rmmod tilde_ipoib
 expect_dmesg 'tilde_ipoib: unloading'
+# The port's state was freed: nothing (a work request, an SA request, a membership)
+# kept a reference.
+expect_dmesg 'tilde_ipoib: mlx4_0/1: released'
 refute "tilde_ipoib's interface is still there" ip -n a link show "$tilde_if"
 kill "$pinger_a" "$pinger_b" 2>/dev/null || true
 wait "$pinger_a" "$pinger_b" 2>/dev/null || true
