@@ -7,15 +7,15 @@
 //! InfiniBand device (the `port` parameter narrows it to one, `mlx4_0:1`), each with a UD
 //! QP, a receive ring, a pool of send buffers, an SA client for joins and path queries,
 //! and a netdev. Every input (the stack's open, stop, transmit and multicast list, SA
-//! answers, receive completions, the clock and the port's state) goes to the interface
+//! answers, receive completions, port events, the clock) goes to the interface
 //! under one lock, and its actions are carried out there, in order: the verbs they need
 //! do not sleep. What sleeps (leaving a group, detaching the QP from it, setting the Q_Key)
 //! is done outside the lock, by the SA answer's own work or the periodic work.
 //!
 //! Per packet nothing is allocated but the receive skb: a send is copied into a buffer of
 //! the pool, a receive buffer is reposted as soon as its bytes are handed to the stack.
-//! Not done yet: connected mode, P_Key sub-interfaces, port events other than the port's
-//! state (it is polled), ICMP for packets too big.
+//! Not done yet: connected mode, P_Key sub-interfaces, ICMP for packets too big (see
+//! docs/ipoib.md).
 
 use core::time::Duration;
 
