@@ -10,7 +10,8 @@
 # each way with the same SHA-256 on both ends, UDP to a multicast group each way (a
 # full-member join on the receiving side, a send-only join on the sending side); opensm
 # restarted and traffic again. Then
-# rmmod under traffic both ways, with everything let go.
+# rmmod under traffic both ways, with everything let go; loaded again, the device's
+# removal (rmmod mlx4_ib) under the interface, up, takes it away.
 # needs-device: cx3
 # needs-module: tilde_ipoib
 # timeout: 420
@@ -188,6 +189,26 @@ wait "$pinger_a" "$pinger_b" 2>/dev/null || true
 reject_dmesg 'tilde_ipoib.*(leaking|failed)'
 ip netns del a
 ip netns del b
+
+echo "== the device removed under tilde_ipoib: its interface goes with it, in use"
+insmod /tilde/ulps/tilde_ipoib.ko port=mlx4_0:1
+for i in $(seq 100); do
+	[ "$(count_dmesg 'tilde_ipoib: mlx4_0/1: ib[0-9]+ \(QPN')" = 2 ] && break
+	sleep 0.1
+done
+tilde_if=$(sed -n 's/.*tilde_ipoib: mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
+ip addr add 169.254.78.1/24 dev "$tilde_if"
+ip link set "$tilde_if" up
+for i in $(seq 300); do
+	ip link show "$tilde_if" | grep -q LOWER_UP && break
+	sleep 0.1
+done
+ip link show "$tilde_if" | grep -q LOWER_UP
 rmmod ib_ipoib
-rmmod mlx4_ib mlx4_core
+rmmod mlx4_ib
+[ "$(count_dmesg 'tilde_ipoib: mlx4_0/1: released')" = 2 ] || { echo "FAIL: the port's state was not released on device removal"; exit 1; }
+refute "tilde_ipoib's interface outlived its device" ip link show "$tilde_if"
+rmmod tilde_ipoib
+reject_dmesg 'tilde_ipoib.*(leaking|failed)'
+rmmod mlx4_core
 reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
