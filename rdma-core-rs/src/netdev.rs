@@ -39,9 +39,10 @@ pub trait Driver: Send + Sync + 'static {
     /// `ndo_start_xmit`, in atomic context: send or drop `packet`, which is the
     /// driver's from now on.
     fn start_xmit(&self, dev: &NetDev, packet: TxPacket);
-    /// `ndo_change_mtu`: accept or refuse an MTU the administrator asks for.
-    fn change_mtu(&self, _dev: &NetDev, _mtu: u32) -> Result {
-        Ok(())
+    /// `ndo_change_mtu`: refuse an MTU the administrator asks for, or say which the
+    /// interface takes (the link may allow less than asked).
+    fn change_mtu(&self, _dev: &NetDev, mtu: u32) -> Result<u32> {
+        Ok(mtu)
     }
     /// `ndo_set_rx_mode`, in atomic context: the multicast list changed
     /// ([`NetDev::multicast_list`] reads it here).
@@ -452,8 +453,9 @@ impl<T: Driver> Adapter<T> {
         let Ok(mtu) = u32::try_from(mtu) else {
             return EINVAL.to_errno();
         };
-        match driver.change_mtu(dev, mtu) {
-            Ok(()) => 0,
+        match driver.change_mtu(dev, mtu).map(c_int::try_from) {
+            Ok(Ok(taken)) => taken,
+            Ok(Err(_)) => EINVAL.to_errno(),
             Err(e) => e.to_errno(),
         }
     }

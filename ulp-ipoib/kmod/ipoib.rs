@@ -669,16 +669,17 @@ impl netdev::Driver for PortHandle {
         });
     }
 
-    fn change_mtu(&self, dev: &NetDev, mtu: u32) -> Result {
-        let mtu = u16::try_from(mtu).map_err(|_| EINVAL)?;
-        let mut refused = false;
+    fn change_mtu(&self, dev: &NetDev, mtu: u32) -> Result<u32> {
+        let asked = u16::try_from(mtu).map_err(|_| EINVAL)?;
+        let mut taken = Err(EINVAL);
         self.0.drive(Some(dev), |iface, out| {
-            refused = iface.set_mtu(mtu, out).is_err();
+            if iface.set_mtu(asked, out).is_ok() {
+                // In datagram mode the broadcast group's MTU caps what is asked; before
+                // the group is joined the interface takes it as asked.
+                taken = Ok(iface.mtu().map_or(mtu, u32::from));
+            }
         });
-        if refused {
-            return Err(EINVAL);
-        }
-        Ok(())
+        taken
     }
 
     fn set_rx_mode(&self, dev: &NetDev) {

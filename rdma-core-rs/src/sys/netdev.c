@@ -69,14 +69,16 @@ static netdev_tx_t tilde_ndo_start_xmit(struct sk_buff *skb, struct net_device *
 	return NETDEV_TX_OK;
 }
 
+/* The driver answers with the MTU the interface takes (the link may allow less). */
 static int tilde_ndo_change_mtu(struct net_device *dev, int mtu)
 {
 	struct tilde_rdma_netdev_priv *priv = tilde_priv(dev);
 	int ret = priv->ops->change_mtu(dev, priv->data, mtu);
 
-	if (!ret)
-		WRITE_ONCE(dev->mtu, mtu);
-	return ret;
+	if (ret < 0)
+		return ret;
+	WRITE_ONCE(dev->mtu, ret);
+	return 0;
 }
 
 static void tilde_ndo_set_rx_mode(struct net_device *dev)

@@ -157,6 +157,7 @@ struct tilde_rdma_netdev_ops {
 	/* Owns `skb` (data at the encapsulation header); `daddr` is 20 bytes. */
 	void (*xmit)(struct net_device *dev, void *data, struct sk_buff *skb, const u8 *daddr,
 		     u16 ethertype);
+	/* A negative errno, or the MTU the interface takes. */
 	int (*change_mtu)(struct net_device *dev, void *data, int mtu);
 	void (*rx_mode)(struct net_device *dev, void *data);
 };

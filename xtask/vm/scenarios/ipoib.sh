@@ -77,6 +77,15 @@ ip netns exec b ping -c 3 -W 10 169.254.78.1
 ip -n a neigh show
 ip -n b neigh show
 
+echo "== the administrator's MTU: taken below the broadcast group's, capped at it above"
+ip -n a link set "$tilde_if" mtu 1500
+ip -n a link show "$tilde_if" | grep -q 'mtu 1500'
+ip netns exec a ping -c 2 -W 10 -s 1472 -M do 169.254.78.2
+ip -n a link set "$tilde_if" mtu 4000
+ip -n a link show "$tilde_if"
+ip -n a link show "$tilde_if" | grep -q 'mtu 2044'
+ip netns exec a ping -c 2 -W 10 -s 2016 -M do 169.254.78.2
+
 echo "== ping over IPv6 both ways (neighbour discovery through the solicited-node groups)"
 for i in $(seq 100); do
 	ip -n a -6 addr show dev "$tilde_if" scope link | grep -q 'inet6 .*scope link' \
