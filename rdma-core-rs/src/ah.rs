@@ -76,6 +76,24 @@ impl AddressHandle {
         Ok(Arc::new(ah, GFP_KERNEL)?)
     }
 
+    /// [`AddressHandle::new`] from atomic context (a transmit path, under a spinlock):
+    /// the device is told not to sleep, and the memory is taken without sleeping.
+    pub fn new_atomic(
+        pd: &Arc<ProtectionDomain>,
+        port: u32,
+        av: &AddressVector,
+    ) -> Result<Arc<Self>> {
+        let mut attr = ah_attr(port, av);
+        // SAFETY: the PD is valid (we hold a reference); `attr` is a valid attribute
+        // block for the call, which is told not to sleep.
+        let ah = from_err_ptr(unsafe { sys::rdma_create_ah(pd.as_raw(), &mut attr, 0) })?;
+        let ah = Self {
+            ah: NonNull::new(ah).ok_or(ENOMEM)?,
+            pd: pd.clone(),
+        };
+        Ok(Arc::new(ah, GFP_ATOMIC)?)
+    }
+
     /// The device the handle belongs to.
     pub fn device(&self) -> &Device {
         self.pd.device()

@@ -4,7 +4,7 @@
 use core::ops::{Deref, RangeInclusive};
 use core::ptr::NonNull;
 
-use kernel::{error::to_result, prelude::*, types::Opaque};
+use kernel::{error::to_result, prelude::*, sync::Arc, types::Opaque};
 
 use crate::sys;
 use crate::verbs::{Decoded, DeviceCaps, Gid, Guid, PortAttr};
@@ -350,17 +350,14 @@ impl<T: DeviceEvents> Drop for EventWatch<T> {
     }
 }
 
-/// `ib_event_handler.handler`.
+/// An `ib_event` as a [`DeviceEvent`].
 ///
 /// # Safety
 ///
-/// Called by the IB core with a handler registered by `EventWatch<T>` and its event.
-unsafe extern "C" fn event_callback<T: DeviceEvents>(
-    handler: *mut sys::ib_event_handler,
-    event: *mut sys::ib_event,
-) {
-    // SAFETY: the IB core passes the registered handler and a valid event, for the call.
-    let (raw, event) = unsafe { ((*handler).device, &*event) };
+/// `event` is a valid event for the call.
+unsafe fn decode_event(event: *const sys::ib_event) -> DeviceEvent {
+    // SAFETY: the caller passes a valid event.
+    let event = unsafe { &*event };
     let kind = event.event;
     let port = matches!(
         kind,
@@ -374,7 +371,100 @@ unsafe extern "C" fn event_callback<T: DeviceEvents>(
     )
     // SAFETY: for port events the union holds the port number.
     .then(|| unsafe { event.element.port_num });
+    DeviceEvent { kind, port }
+}
+
+/// `ib_event_handler.handler`.
+///
+/// # Safety
+///
+/// Called by the IB core with a handler registered by `EventWatch<T>` and its event.
+unsafe extern "C" fn event_callback<T: DeviceEvents>(
+    handler: *mut sys::ib_event_handler,
+    event: *mut sys::ib_event,
+) {
+    // SAFETY: the IB core passes the registered handler and a valid event, for the call.
+    let (raw, event) = unsafe { ((*handler).device, decode_event(event)) };
     // SAFETY: a handler's device is registered while the handler is.
     let device = unsafe { Device::from_raw(raw) };
-    T::event(device, DeviceEvent { kind, port });
+    T::event(device, event);
+}
+
+/// What to do with a device's asynchronous events, with state: the handler an
+/// [`EventRegistration`] keeps.
+pub trait EventHandler: Send + Sync + 'static {
+    /// An event of the device. Called from the IB core's event dispatch, which may be
+    /// atomic context: no sleeping.
+    fn event(this: &Arc<Self>, event: DeviceEvent);
+}
+
+/// The registered `ib_event_handler` and what it calls, in one allocation.
+#[repr(C)]
+struct HandlerBox<T> {
+    /// First: the IB core's pointer to it is the box's.
+    handler: sys::ib_event_handler,
+    data: Arc<T>,
+}
+
+/// A registered event handler of one device (`ib_register_event_handler`) calling
+/// `T::event` with `data` for each event until dropped. Drop it before the device goes.
+pub struct EventRegistration<T: EventHandler> {
+    raw: NonNull<HandlerBox<T>>,
+}
+
+// SAFETY: the handler is the IB core's to call; dropping it unregisters it, from any
+// thread that may sleep; `T` is `Send + Sync`.
+unsafe impl<T: EventHandler> Send for EventRegistration<T> {}
+// SAFETY: as above; nothing is reachable through `&self`.
+unsafe impl<T: EventHandler> Sync for EventRegistration<T> {}
+
+impl<T: EventHandler> EventRegistration<T> {
+    /// Registers `data`'s handler for `device`'s events. May sleep.
+    pub fn new(device: &Device, data: Arc<T>) -> Result<Self> {
+        // SAFETY: all-zero is the state `INIT_IB_EVENT_HANDLER` starts from (its list
+        // head is written by the registration).
+        let mut handler: sys::ib_event_handler = unsafe { core::mem::zeroed() };
+        handler.device = device.as_raw();
+        handler.handler = Some(handler_callback::<T>);
+        let raw = NonNull::from(KBox::leak(KBox::new(
+            HandlerBox { handler, data },
+            GFP_KERNEL,
+        )?));
+        // SAFETY: a handler for a registered device, at a stable address until the drop
+        // unregisters it.
+        unsafe { sys::ib_register_event_handler(core::ptr::addr_of_mut!((*raw.as_ptr()).handler)) };
+        Ok(Self { raw })
+    }
+}
+
+impl<T: EventHandler> Drop for EventRegistration<T> {
+    fn drop(&mut self) {
+        // SAFETY: registered in `new`, unregistered once, here; then no call reaches it
+        // (the IB core serialises unregistration with dispatch), so its box can go.
+        unsafe {
+            sys::ib_unregister_event_handler(core::ptr::addr_of_mut!((*self.raw.as_ptr()).handler));
+            drop(KBox::from_raw(self.raw.as_ptr()));
+        }
+    }
+}
+
+/// `ib_event_handler.handler` of an [`EventRegistration`].
+///
+/// # Safety
+///
+/// Called by the IB core with a handler registered by `EventRegistration<T>` (the first
+/// field of its `HandlerBox<T>`) and its event.
+unsafe extern "C" fn handler_callback<T: EventHandler>(
+    handler: *mut sys::ib_event_handler,
+    event: *mut sys::ib_event,
+) {
+    // SAFETY: the handler is the first field of a live `HandlerBox<T>` (`repr(C)`), which
+    // is only shared while registered; the event is valid for the call.
+    let (data, event) = unsafe {
+        (
+            &(*handler.cast::<HandlerBox<T>>()).data,
+            decode_event(event),
+        )
+    };
+    T::event(data, event);
 }

@@ -48,11 +48,15 @@ pub mod mailbox;
 #[cfg(tilde_kernel)]
 pub mod mr;
 #[cfg(tilde_kernel)]
+pub mod netdev;
+#[cfg(tilde_kernel)]
 pub mod pci;
 #[cfg(tilde_kernel)]
 pub mod pd;
 #[cfg(tilde_kernel)]
 pub mod qp;
+#[cfg(tilde_kernel)]
+pub mod sa;
 #[cfg(tilde_kernel)]
 pub mod sync;
 #[cfg(tilde_kernel)]

@@ -787,6 +787,42 @@ impl QueuePair {
         )
     }
 
+    /// Sets the Q_Key a UD QP accepts (and sends with by default), in RTS: IPoIB learns
+    /// its link's Q_Key from the broadcast group's join. May sleep.
+    pub fn set_qkey(&self, qkey: u32) -> Result {
+        self.require(sys::ib_qp_type_IB_QPT_UD)?;
+        let mut attr = sys::ib_qp_attr {
+            qkey,
+            ..Default::default()
+        };
+        // SAFETY: the QP is valid; `attr` is a valid attribute block for the mask.
+        to_result(unsafe {
+            sys::ib_modify_qp(
+                self.qp.as_ptr(),
+                &mut attr,
+                sys::ib_qp_attr_mask_IB_QP_QKEY as i32,
+            )
+        })
+    }
+
+    /// Attaches the QP to the multicast group `mgid` with LID `mlid` (`ib_attach_mcast`),
+    /// so it receives the group's datagrams. UD only; may sleep (a device may run a
+    /// firmware command).
+    pub fn attach_mcast(&self, mgid: &crate::verbs::Gid, mlid: u16) -> Result {
+        self.require(sys::ib_qp_type_IB_QPT_UD)?;
+        let mut gid = sys::ib_gid { raw: mgid.0 };
+        // SAFETY: the QP is valid; `gid` is read during the call only.
+        to_result(unsafe { sys::ib_attach_mcast(self.qp.as_ptr(), &mut gid, mlid) })
+    }
+
+    /// Detaches the QP from `mgid` (`ib_detach_mcast`). May sleep.
+    pub fn detach_mcast(&self, mgid: &crate::verbs::Gid, mlid: u16) -> Result {
+        self.require(sys::ib_qp_type_IB_QPT_UD)?;
+        let mut gid = sys::ib_gid { raw: mgid.0 };
+        // SAFETY: as for `attach_mcast`.
+        to_result(unsafe { sys::ib_detach_mcast(self.qp.as_ptr(), &mut gid, mlid) })
+    }
+
     /// Any state → ERR: both queues flush, every posted WR completes with
     /// `WrFlushError`. Posts are still taken, and flushed.
     pub fn modify_to_error(&self) -> Result {

@@ -429,6 +429,8 @@ pub struct WorkCompletion {
     pub qp_num: u32,
     /// The sending QP (UD receives).
     pub src_qp: u32,
+    /// The sender's LID (UD receives on InfiniBand).
+    pub slid: u16,
     /// A UD receive began with the sender's GRH (`IB_WC_GRH`): the first 40 bytes.
     pub grh: bool,
     /// The device's own error detail.
@@ -445,6 +447,7 @@ impl WorkCompletion {
         invalidated_rkey: None,
         qp_num: 0,
         src_qp: 0,
+        slid: 0,
         grh: false,
         vendor_err: 0,
     };

@@ -215,6 +215,7 @@ fn work_completion(wc: &sys::ib_wc) -> WorkCompletion {
         invalidated_rkey: (flags & sys::ib_wc_flags_IB_WC_WITH_INVALIDATE != 0).then_some(ex),
         qp_num,
         src_qp: wc.src_qp,
+        slid: u16::try_from(wc.slid).unwrap_or(u16::MAX),
         grh: flags & sys::ib_wc_flags_IB_WC_GRH != 0,
         vendor_err: wc.vendor_err,
     }

@@ -8,9 +8,21 @@ pub(crate) struct Slots<T, const N: usize> {
 }
 
 impl<T, const N: usize> Slots<T, N> {
-    pub(crate) fn new() -> Self {
+    /// An empty slot, as a constant: the array repeat below takes it for any `T`.
+    const NONE: Option<T> = None;
+
+    /// An empty table; `const` so that a whole interface can be a constant written into
+    /// its allocation (the kernel's stacks are too small to build it on).
+    pub(crate) const fn new() -> Self {
         Slots {
-            slots: core::array::from_fn(|_| None),
+            slots: [Self::NONE; N],
+        }
+    }
+
+    /// Empties every slot, in place.
+    pub(crate) fn clear(&mut self) {
+        for slot in self.slots.iter_mut() {
+            *slot = None;
         }
     }
 
@@ -72,11 +84,23 @@ pub(crate) struct FifoPool<T, const N: usize> {
 }
 
 impl<T, const N: usize> FifoPool<T, N> {
-    pub(crate) fn new() -> Self {
+    /// An empty slot, as a constant: the array repeat below takes it for any `T`.
+    const NONE: Option<T> = None;
+
+    /// An empty pool; `const` for the reason [`Slots::new`] is.
+    pub(crate) const fn new() -> Self {
         FifoPool {
-            items: core::array::from_fn(|_| None),
+            items: [Self::NONE; N],
             len: 0,
         }
+    }
+
+    /// Empties the pool, in place.
+    pub(crate) fn clear(&mut self) {
+        for item in self.items.iter_mut() {
+            *item = None;
+        }
+        self.len = 0;
     }
 
     /// Appends `value`; gives it back when the pool is full.

@@ -35,7 +35,7 @@ pub const SELFTEST_MODULES: &[&str] = &["tilde_warn_selftest"];
 pub const SUITE_MODULES: &[&str] = &["tilde_verbs_conformance"];
 /// Upper-layer protocols; their scenarios load them. Built where every crates.io crate
 /// they use reaches the kernel (`tilde_iser`: zerocopy and its derive).
-pub const ULP_MODULES: &[&str] = &["tilde_iser"];
+pub const ULP_MODULES: &[&str] = &["tilde_iser", "tilde_ipoib"];
 /// Hardware drivers; their scenarios load them. Built where the ULPs are (`tilde_mlx4`'s
 /// formats use zerocopy too).
 pub const DRIVER_MODULES: &[&str] = &["tilde_mlx4"];
@@ -202,10 +202,16 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
     if crate_named_by_object && has_mo {
         bail!("this kernel names crates after objects and has MO=: not bridged yet");
     }
-    let (core_root, iser_root, mlx4_root, loopback_root) = if crate_named_by_object {
-        ("rdma_core", "ulp_iser", "hw_mlx4", "sw_loopback")
+    let (core_root, iser_root, ipoib_root, mlx4_root, loopback_root) = if crate_named_by_object {
+        (
+            "rdma_core",
+            "ulp_iser",
+            "ulp_ipoib",
+            "hw_mlx4",
+            "sw_loopback",
+        )
     } else {
-        ("lib", "lib", "lib", "lib")
+        ("lib", "lib", "lib", "lib", "lib")
     };
     // Where kbuild reads the sources (`M=`) and writes the objects, and where the carried
     // crates are, relative to `M=`.
@@ -225,10 +231,11 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
         (
             format!(
                 "mkdir -p {staging} && find {staging} -type l -delete && \
-                 cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/hw-mlx4 {SRC}/sw-loopback {SRC}/xtask {staging}/ && \
+                 cp -rsf {SRC}/Kbuild {SRC}/rdma-core-rs {SRC}/ulp-iser {SRC}/ulp-ipoib {SRC}/hw-mlx4 {SRC}/sw-loopback {SRC}/xtask {staging}/ && \
                  {}{} \
                  ln -sf lib.rs {staging}/rdma-core-rs/src/{core_root}.rs && \
                  ln -sf lib.rs {staging}/ulp-iser/src/{iser_root}.rs && \
+                 ln -sf lib.rs {staging}/ulp-ipoib/src/{ipoib_root}.rs && \
                  ln -sf lib.rs {staging}/hw-mlx4/src/{mlx4_root}.rs && \
                  ln -sf lib.rs {staging}/sw-loopback/src/{loopback_root}.rs && ",
                 if carried.is_empty() {
@@ -250,6 +257,7 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
             "make -C {} M={sources} {mo} KERNELRELEASE={} \
              TILDE_RDMA_BINDINGS={OUT}/{BINDINGS} TILDE_RUSTCFGS={} TILDE_CDEFINES={} \
              TILDE_RDMA_CORE_ROOT={core_root} TILDE_ULP_ISER_ROOT={iser_root} \
+             TILDE_ULP_IPOIB_ROOT={ipoib_root} \
              TILDE_HW_MLX4_ROOT={mlx4_root} TILDE_SW_LOOPBACK_ROOT={loopback_root} \
              TILDE_WIRE_CRATES={} \
              TILDE_CRATES_DIR={crates_rel} TILDE_CRATES={} TILDE_CRATE_PROC_MACROS={} {} \

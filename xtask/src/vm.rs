@@ -192,7 +192,13 @@ pub fn run(
     fs::copy(vm_dir.join("stage2"), dir.join("guest/stage2"))?;
     fs::copy(vm_dir.join("lib.sh"), dir.join("guest/lib.sh"))?;
     fs::copy(vm_dir.join("iser.sh"), dir.join("guest/iser.sh"))?;
-    for helper in ["iser_bench_table.py", "tcp_blob.py", "modversion_flip.py"] {
+    for helper in [
+        "iser_bench_table.py",
+        "tcp_blob.py",
+        "modversion_flip.py",
+        "drvinfo.py",
+        "udp_mcast.py",
+    ] {
         fs::copy(vm_dir.join(helper), dir.join("guest").join(helper))?;
     }
     fs::copy(&script, dir.join("scenario.sh"))?;

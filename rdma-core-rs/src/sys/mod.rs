@@ -84,6 +84,7 @@ forward_display!(
     Guid,
     PortAttr,
     crate::device::DeviceName,
+    crate::netdev::NetDevName,
     crate::verbs::Gid,
     crate::verbs::WcStatus,
     crate::verbs::WcOpcode

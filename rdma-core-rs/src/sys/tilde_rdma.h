@@ -146,4 +146,84 @@ u32 tilde_ioread32be(const void __iomem *addr);
 void tilde_iowrite32be(u32 value, void __iomem *addr);
 void tilde_rdma_cond_resched(void);
 
+/*
+ * InfiniBand network interfaces (rdma_core::netdev, netdev.c): the net_device_ops,
+ * header_ops and ethtool_ops tables are C (they hold the kernel's own functions and
+ * differ in fields between kernels); each callback reaches the Rust owner through the
+ * ops and data stored in the netdev's private area. The 20-byte hardware address goes
+ * from the hard header to start_xmit in a pseudo header in front of the 4-byte
+ * encapsulation header, as the kernel's ib_ipoib does (skb->cb does not survive qdiscs).
+ */
+struct tilde_rdma_netdev_ops {
+	int (*open)(struct net_device *dev, void *data);
+	void (*stop)(struct net_device *dev, void *data);
+	/* Owns `skb` (data at the encapsulation header); `daddr` is 20 bytes. */
+	void (*xmit)(struct net_device *dev, void *data, struct sk_buff *skb, const u8 *daddr,
+		     u16 ethertype);
+	/* A negative errno, or the MTU the interface takes. */
+	int (*change_mtu)(struct net_device *dev, void *data, int mtu);
+	void (*rx_mode)(struct net_device *dev, void *data);
+};
+struct net_device *tilde_rdma_netdev_alloc(const char *name_format,
+					   const struct tilde_rdma_netdev_ops *ops, void *data,
+					   const char *driver, struct ib_device *parent,
+					   const u8 *addr, const u8 *broadcast, unsigned int mtu,
+					   unsigned int max_mtu, unsigned int tx_queue_len);
+int tilde_rdma_netdev_register(struct net_device *dev);
+void tilde_rdma_netdev_unregister(struct net_device *dev);
+void tilde_rdma_netdev_free(struct net_device *dev);
+void tilde_rdma_netdev_name(const struct net_device *dev, u8 *out);
+void tilde_rdma_netdev_carrier(struct net_device *dev, bool on);
+void tilde_rdma_netdev_set_mtu(struct net_device *dev, unsigned int mtu);
+void tilde_rdma_netdev_set_addr(struct net_device *dev, const u8 *addr);
+void tilde_rdma_netdev_queue(struct net_device *dev, bool run);
+int tilde_rdma_netdev_rx(struct net_device *dev, const u8 *payload, u32 len, u16 ethertype,
+			 u8 pkt_type);
+void tilde_rdma_netdev_count(struct net_device *dev, u32 what, u32 bytes);
+u32 tilde_rdma_netdev_mc_list(struct net_device *dev, u8 (*gids)[16], u32 max);
+void tilde_rdma_netdev_hold(struct net_device *dev);
+void tilde_rdma_netdev_put(struct net_device *dev);
+u32 tilde_rdma_skb_len(const struct sk_buff *skb);
+int tilde_rdma_skb_copy(const struct sk_buff *skb, u8 *out, u32 len);
+void tilde_rdma_skb_free(struct sk_buff *skb, bool sent);
+
+/* Subnet administration (rdma_core::sa): joins and path queries with flat records. */
+struct ib_sa_client;
+struct ib_sa_client *tilde_rdma_sa_client_new(void);
+void tilde_rdma_sa_client_free(struct ib_sa_client *client);
+struct tilde_rdma_mcmember {
+	u8 mgid[16];
+	u16 mlid;
+	u32 qkey;
+	u8 mtu;
+	u8 sl;
+	u8 rate;
+	u8 traffic_class;
+	u32 flow_label;
+	u8 hop_limit;
+};
+struct tilde_rdma_path {
+	u16 dlid;
+	u8 sl;
+	u8 rate;
+	u8 mtu;
+	u8 hop_limit;
+	u8 traffic_class;
+	u32 flow_label;
+};
+struct tilde_rdma_join;
+struct tilde_rdma_join *tilde_rdma_sa_join(struct ib_sa_client *client, struct ib_device *device,
+					   u32 port, const u8 *mgid, const u8 *port_gid, u16 pkey,
+					   bool send_only,
+					   const struct tilde_rdma_mcmember *broadcast,
+					   void (*done)(void *context, u64 id, int status,
+							const struct tilde_rdma_mcmember *rec),
+					   void *context, u64 id);
+void tilde_rdma_sa_leave(struct tilde_rdma_join *join);
+int tilde_rdma_sa_path_query(struct ib_sa_client *client, struct ib_device *device, u32 port,
+			     const u8 *sgid, const u8 *dgid, u16 pkey, u32 timeout_ms,
+			     void (*done)(void *context, u64 id, int status,
+					  const struct tilde_rdma_path *path),
+			     void *context, u64 id);
+
 #endif

@@ -401,6 +401,23 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Nothing counted yet (`Default`, as a constant).
+    pub const ZERO: Counters = Counters {
+        transmitted: 0,
+        path_queries: 0,
+        path_query_failures: 0,
+        joins: 0,
+        join_failures: 0,
+        stale_answers: 0,
+        groups_refused: 0,
+        connects: 0,
+        connect_failures: 0,
+        received: 0,
+        receive_malformed: 0,
+        receive_looped_back: 0,
+        dropped: [0; DropReason::COUNT],
+    };
+
     /// Packets dropped for `reason` (for `TooBig`, whatever the MTU).
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped.get(reason.index()).copied().unwrap_or(0)
@@ -597,23 +614,30 @@ impl<
     const HAS_BROADCAST_SLOT: () = assert!(GROUPS > 0, "GROUPS must leave a slot for broadcast");
 
     /// A stopped interface whose port is not known yet.
-    pub fn new(mut config: Config) -> Self {
-        #[allow(clippy::let_unit_value)]
-        let () = Self::HAS_BROADCAST_SLOT;
-        config.pkey |= PKEY_FULL_MEMBER;
-        let mut groups = Slots::new();
-        let broadcast = Group {
-            mgid: IpoibMgid::broadcast(config.pkey, config.scope).to_gid(),
-            state: JoinState::FullMember,
-            membership: Membership::Waiting,
-            backoff: config.join_backoff,
-            listed: true,
-            last_used: Instant::default(),
-        };
-        // Slot 0 of an empty table with at least one slot.
-        let _ = groups.insert(broadcast);
+    pub fn new(config: Config) -> Self {
+        let mut interface = Self::empty();
+        interface.configure(config);
+        interface
+    }
+
+    /// An interface with nothing in it, not even its broadcast group, and a placeholder
+    /// configuration: [`Interface::configure`] makes it usable. `const`, so that the
+    /// kernel glue writes it into its allocation as a constant (about 48 KiB, too big
+    /// for a kernel stack) and configures it there.
+    pub const fn empty() -> Self {
         Interface {
-            config,
+            config: Config {
+                qpn: 0,
+                pkey: PKEY_FULL_MEMBER,
+                scope: Scope::LINK_LOCAL,
+                path_query_timeout: Duration::from_secs(1),
+                path_queue_limit: 3,
+                group_queue_limit: 64,
+                join_backoff: Duration::from_secs(1),
+                join_backoff_max: Duration::from_secs(16),
+                neighbour_idle: Duration::from_secs(60),
+                connected_mode: false,
+            },
             mode: Mode::Datagram,
             admin_up: false,
             port: None,
@@ -628,11 +652,49 @@ impl<
             next_generation: 0,
             paths: Slots::new(),
             neighbours: Slots::new(),
-            groups,
+            groups: Slots::new(),
             ahs: Slots::new(),
             queue: FifoPool::new(),
-            counters: Counters::default(),
+            counters: Counters::ZERO,
         }
+    }
+
+    /// Makes this a stopped interface with `config` whose port is not known yet, in
+    /// place: every table emptied (packets held are dropped without actions, so call it
+    /// on an empty or stopped interface), the broadcast group in its slot.
+    pub fn configure(&mut self, mut config: Config) {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::HAS_BROADCAST_SLOT;
+        config.pkey |= PKEY_FULL_MEMBER;
+        self.paths.clear();
+        self.neighbours.clear();
+        self.groups.clear();
+        self.ahs.clear();
+        self.queue.clear();
+        let broadcast = Group {
+            mgid: IpoibMgid::broadcast(config.pkey, config.scope).to_gid(),
+            state: JoinState::FullMember,
+            membership: Membership::Waiting,
+            backoff: config.join_backoff,
+            listed: true,
+            last_used: Instant::default(),
+        };
+        // Slot 0 of an empty table with at least one slot.
+        let _ = self.groups.insert(broadcast);
+        self.config = config;
+        self.mode = Mode::Datagram;
+        self.admin_up = false;
+        self.port = None;
+        self.port_active = false;
+        self.broadcast = None;
+        self.qkey = None;
+        self.carrier = false;
+        self.mtu = None;
+        self.admin_mtu = MAX_UD_MTU;
+        self.group_mtu = None;
+        self.next_query = 0;
+        self.next_generation = 0;
+        self.counters = Counters::ZERO;
     }
 
     /// The configuration (P_Key with its full-membership bit).

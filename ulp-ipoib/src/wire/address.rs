@@ -53,11 +53,11 @@ impl Gid {
 /// Field offsets of the link-layer address.
 mod field {
     /// The flags octet (reserved in RFC 4391).
-    pub const FLAGS: usize = 0;
+    pub(super) const FLAGS: usize = 0;
     /// The 24-bit QPN, read as the low bits of the first 32-bit word.
-    pub const FLAGS_QPN: usize = 0;
+    pub(super) const FLAGS_QPN: usize = 0;
     /// The GID.
-    pub const GID: usize = 4;
+    pub(super) const GID: usize = 4;
 }
 
 /// An IPoIB link-layer address: flags, the destination's UD QPN and port GID.

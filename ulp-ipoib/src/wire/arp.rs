@@ -24,12 +24,12 @@ pub const FIXED_LEN: usize = 8;
 pub const IPOIB_ARP_LEN: usize = FIXED_LEN + 2 * (HARDWARE_ADDRESS_LEN + 4);
 
 mod field {
-    pub const HTYPE: usize = 0;
-    pub const PTYPE: usize = 2;
-    pub const HLEN: usize = 4;
-    pub const PLEN: usize = 5;
-    pub const OPER: usize = 6;
-    pub const SHA: usize = 8;
+    pub(super) const HTYPE: usize = 0;
+    pub(super) const PTYPE: usize = 2;
+    pub(super) const HLEN: usize = 4;
+    pub(super) const PLEN: usize = 5;
+    pub(super) const OPER: usize = 6;
+    pub(super) const SHA: usize = 8;
 }
 
 /// A view of an ARP packet.

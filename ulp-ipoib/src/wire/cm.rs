@@ -27,8 +27,8 @@ pub fn service_id(qpn: u32) -> u64 {
 }
 
 mod field {
-    pub const QPN: usize = 0;
-    pub const MTU: usize = 4;
+    pub(super) const QPN: usize = 0;
+    pub(super) const MTU: usize = 4;
 }
 
 /// A view of connected mode's private data.

@@ -24,9 +24,9 @@ pub const ETHERTYPE_RARP: u16 = 0x8035;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 mod field {
-    pub const ETHERTYPE: usize = 0;
-    pub const RESERVED: usize = 2;
-    pub const PAYLOAD: usize = super::HEADER_LEN;
+    pub(super) const ETHERTYPE: usize = 0;
+    pub(super) const RESERVED: usize = 2;
+    pub(super) const PAYLOAD: usize = super::HEADER_LEN;
 }
 
 /// A view of an IPoIB frame: the encapsulation header and the packet it carries.

@@ -25,13 +25,13 @@ pub const IP_VERSION: u8 = 6;
 pub const NEXT_HEADER_IBA: u8 = 0x1b;
 
 mod field {
-    pub const VERSION_CLASS_FLOW: usize = 0;
-    pub const PAYLOAD_LEN: usize = 4;
-    pub const NEXT_HEADER: usize = 6;
-    pub const HOP_LIMIT: usize = 7;
-    pub const SGID: usize = 8;
-    pub const DGID: usize = 24;
-    pub const PAYLOAD: usize = 40;
+    pub(super) const VERSION_CLASS_FLOW: usize = 0;
+    pub(super) const PAYLOAD_LEN: usize = 4;
+    pub(super) const NEXT_HEADER: usize = 6;
+    pub(super) const HOP_LIMIT: usize = 7;
+    pub(super) const SGID: usize = 8;
+    pub(super) const DGID: usize = 24;
+    pub(super) const PAYLOAD: usize = 40;
 }
 
 /// A view of a GRH and what follows it.

@@ -26,13 +26,13 @@ pub const SIGNATURE_IPV6: u16 = 0x601b;
 pub const FLAGS_TRANSIENT: u8 = 0x1;
 
 mod field {
-    pub const PREFIX: usize = 0;
-    pub const FLAGS_SCOPE: usize = 1;
-    pub const SIGNATURE: usize = 2;
-    pub const PKEY: usize = 4;
-    pub const GROUP: usize = 6;
+    pub(super) const PREFIX: usize = 0;
+    pub(super) const FLAGS_SCOPE: usize = 1;
+    pub(super) const SIGNATURE: usize = 2;
+    pub(super) const PKEY: usize = 4;
+    pub(super) const GROUP: usize = 6;
     /// Where an IPv4 group's address sits (after 48 zero bits).
-    pub const IPV4_GROUP: usize = 12;
+    pub(super) const IPV4_GROUP: usize = 12;
 }
 
 /// A multicast scope (the low nibble of an MGID's second octet, as in IPv6).

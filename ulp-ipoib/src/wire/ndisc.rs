@@ -29,10 +29,10 @@ pub const OPTION_LEN: usize = 8 * IPOIB_OPTION_UNITS as usize;
 pub const PAD_LEN: usize = 2;
 
 mod field {
-    pub const TYPE: usize = 0;
-    pub const LENGTH: usize = 1;
-    pub const RESERVED: usize = 2;
-    pub const ADDRESS: usize = 4;
+    pub(super) const TYPE: usize = 0;
+    pub(super) const LENGTH: usize = 1;
+    pub(super) const RESERVED: usize = 2;
+    pub(super) const ADDRESS: usize = 4;
 }
 
 /// A view of a link-layer address option.

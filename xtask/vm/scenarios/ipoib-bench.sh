@@ -1,0 +1,109 @@
+# tilde_ipoib against the kernel's ib_ipoib, in the same boot over the emulated
+# ConnectX-3: port 1 carries both the kernel's interface (namespace k) and tilde's
+# (namespace t), each its own UD QP in the broadcast group; the kernel's interface of
+# port 2 (namespace b) is the peer of both. Two rounds, taking turns (ib_ipoib, tilde):
+# 32 MiB over TCP each way, and 100 pings 10 ms apart; the table gives each one's mean
+# and tilde/ib_ipoib (time ratios: below 1 is faster).
+# A benchmark, not a test: `cargo xtask vm ipoib-bench`; numbers in the scenario log.
+# benchmark
+# needs-device: cx3
+# needs-module: tilde_ipoib
+# timeout: 600
+. /tilde/guest/lib.sh
+
+cx3_active
+modprobe ib_ipoib
+for i in $(seq 100); do
+	[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
+	sleep 0.1
+done
+kernel1= kernel2=
+for d in ib0 ib1; do
+	case "$(cat /sys/class/net/$d/dev_port)" in
+	0) kernel1=$d ;;
+	1) kernel2=$d ;;
+	esac
+done
+insmod /tilde/ulps/tilde_ipoib.ko port=mlx4_0:1
+wait_dmesg 'tilde_ipoib: mlx4_0/1: ib[0-9]+ \(QPN'
+tilde1=$(sed -n 's/.*tilde_ipoib: mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
+echo "port 1: ib_ipoib $kernel1, tilde_ipoib $tilde1; port 2: ib_ipoib $kernel2"
+
+for ns in k t b; do
+	ip netns add $ns
+	ip -n $ns link set lo up
+done
+ip link set "$kernel1" netns k
+ip link set "$tilde1" netns t
+ip link set "$kernel2" netns b
+ip -n k addr add 169.254.79.1/24 dev "$kernel1"
+ip -n t addr add 169.254.79.3/24 dev "$tilde1"
+ip -n b addr add 169.254.79.2/24 dev "$kernel2"
+ip -n k link set "$kernel1" up
+ip -n t link set "$tilde1" up
+ip -n b link set "$kernel2" up
+for i in $(seq 300); do
+	ip -n k link show "$kernel1" | grep -q LOWER_UP && ip -n t link show "$tilde1" | grep -q LOWER_UP \
+		&& ip -n b link show "$kernel2" | grep -q LOWER_UP && break
+	sleep 0.1
+done
+ip netns exec k ping -c 2 -W 10 169.254.79.2 > /dev/null
+ip netns exec t ping -c 2 -W 10 169.254.79.2 > /dev/null
+
+head -c $((32 << 20)) /dev/urandom > /tmp/blob
+expected="$((32 << 20)) $(sha256sum < /tmp/blob | cut -d' ' -f1)"
+
+# transfer FROM TO ADDR: seconds for 32 MiB, checked.
+transfer() {
+	local from=$1 to=$2 addr=$3 receiver start end
+	rm -f received.txt
+	ip netns exec "$to" python3 /tilde/guest/tcp_blob.py recv "$addr" 5001 > received.txt &
+	receiver=$!
+	for i in $(seq 300); do
+		grep -q listening received.txt && break
+		sleep 0.1
+	done
+	start=$(date +%s.%N)
+	ip netns exec "$from" python3 /tilde/guest/tcp_blob.py send "$addr" 5001 /tmp/blob
+	wait "$receiver"
+	end=$(date +%s.%N)
+	[ "$(tail -n 1 received.txt)" = "$expected" ] || { echo "FAIL: data differs" >&2; return 1; }
+	echo "$end - $start" | bc
+}
+
+# latency FROM ADDR: the mean round trip in ms of 100 pings.
+latency() {
+	ip netns exec "$1" ping -q -c 100 -i 0.01 -W 10 "$2" | awk -F/ '/^rtt/ {print $5}'
+}
+
+: > results.txt
+for round in 1 2; do
+	for impl in ib_ipoib tilde; do
+		case $impl in
+		ib_ipoib) ns=k addr=169.254.79.1 ;;
+		tilde) ns=t addr=169.254.79.3 ;;
+		esac
+		send=$(transfer "$ns" b 169.254.79.2)
+		recv=$(transfer b "$ns" "$addr")
+		rtt=$(latency "$ns" 169.254.79.2)
+		echo "round $round $impl: 32 MiB out ${send} s, in ${recv} s, ping ${rtt} ms"
+		echo "$impl $send $recv $rtt" >> results.txt
+	done
+done
+
+echo "== means over two rounds (QEMU TCG, the emulated ConnectX-3)"
+awk '
+	{ n[$1]++; out[$1] += $2; inn[$1] += $3; rtt[$1] += $4 }
+	END {
+		printf "%-10s %12s %12s %10s\n", "", "TCP out (s)", "TCP in (s)", "ping (ms)"
+		for (i in n) printf "%-10s %12.2f %12.2f %10.3f\n", i, out[i]/n[i], inn[i]/n[i], rtt[i]/n[i]
+		printf "%-10s %12.2f %12.2f %10.2f\n", "tilde/ib", \
+			(out["tilde"]/n["tilde"]) / (out["ib_ipoib"]/n["ib_ipoib"]), \
+			(inn["tilde"]/n["tilde"]) / (inn["ib_ipoib"]/n["ib_ipoib"]), \
+			(rtt["tilde"]/n["tilde"]) / (rtt["ib_ipoib"]/n["ib_ipoib"])
+	}' results.txt
+
+rmmod tilde_ipoib
+for ns in k t b; do ip netns del $ns; done
+rmmod ib_ipoib
+rmmod mlx4_ib mlx4_core

@@ -1,0 +1,223 @@
+# tilde_ipoib, tilde's IPoIB interface (datagram mode), against the kernel's ib_ipoib over
+# the emulated ConnectX-3: opensm activates both ports, tilde_ipoib makes the interface of
+# port 1 (module parameter port=mlx4_0:1), the kernel's ib_ipoib the one of port 2, each
+# moved into a network namespace of its own. tilde's interface must look like IPoIB to
+# the stack (link/infiniband, the 20-byte address and the broadcast address, the MTU the
+# broadcast group gives, `ethtool -i` naming the driver), join the broadcast group
+# through the SA, and carry ARP, ICMP and TCP to ib_ipoib both ways (unicast through SA
+# path queries and address handles), IPv4 and IPv6 (neighbour discovery through the
+# solicited-node groups tilde_ipoib joins as the stack lists them), and 32 MiB over TCP
+# each way with the same SHA-256 on both ends, UDP to a multicast group each way (a
+# full-member join on the receiving side, a send-only join on the sending side); opensm
+# restarted and traffic again. Then
+# rmmod under traffic both ways, with everything let go; loaded again, the device's
+# removal (rmmod mlx4_ib) under the interface, up, takes it away.
+# needs-device: cx3
+# needs-module: tilde_ipoib
+# timeout: 420
+. /tilde/guest/lib.sh
+
+cx3_active
+
+echo "== ib_ipoib: the kernel's interfaces (port 2's is the peer; port 1's stays down)"
+modprobe ib_ipoib
+for i in $(seq 100); do
+	[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
+	sleep 0.1
+done
+# Which of the kernel's interfaces is on which port: dev_port counts from 0.
+kernel_if=
+for d in ib0 ib1; do
+	[ "$(cat /sys/class/net/$d/dev_port)" = 1 ] && kernel_if=$d
+done
+[ -n "$kernel_if" ] || { echo "FAIL: no ib_ipoib interface on port 2"; exit 1; }
+echo "ib_ipoib on port 2: $kernel_if"
+
+echo "== tilde_ipoib on port 1"
+insmod /tilde/ulps/tilde_ipoib.ko port=mlx4_0:1
+wait_dmesg 'tilde_ipoib: mlx4_0/1: ib[0-9]+ \(QPN'
+tilde_if=$(sed -n 's/.*tilde_ipoib: mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
+echo "tilde_ipoib's interface: $tilde_if"
+ip -d link show "$tilde_if"
+ip -d link show "$tilde_if" | grep -q 'link/infiniband'
+# The broadcast address of the default partition, and a 20-byte address whose GID is
+# port 1's.
+ip link show "$tilde_if" | grep -q 'brd 00:ff:ff:ff:ff:12:40:1b:ff:ff:00:00:00:00:00:00:ff:ff:ff:ff'
+gid1=$(sed 's/://g' /sys/class/infiniband/mlx4_0/ports/1/gids/0)
+addr=$(cat /sys/class/net/$tilde_if/address | sed 's/://g')
+echo "address $addr, port 1's GID $gid1"
+[ "${addr#????????}" = "$gid1" ] || { echo "FAIL: the address does not carry port 1's GID"; exit 1; }
+# What `ethtool -i` shows (the guest has no ethtool: the same ioctl from Python).
+python3 /tilde/guest/drvinfo.py "$tilde_if" | tee drvinfo.txt
+grep -q '^driver: tilde_ipoib$' drvinfo.txt
+
+ip netns add a
+ip netns add b
+ip link set "$tilde_if" netns a
+ip link set "$kernel_if" netns b
+for ns in a b; do ip -n $ns link set lo up; done
+ip -n a addr add 169.254.78.1/24 dev "$tilde_if"
+ip -n b addr add 169.254.78.2/24 dev "$kernel_if"
+ip -n a link set "$tilde_if" up
+ip -n b link set "$kernel_if" up
+for i in $(seq 300); do
+	ip -n a link show "$tilde_if" | grep -q LOWER_UP && ip -n b link show "$kernel_if" | grep -q LOWER_UP && break
+	sleep 0.1
+done
+ip -n a link show "$tilde_if"
+ip -n b link show "$kernel_if"
+ip -n a link show "$tilde_if" | grep -q LOWER_UP || { echo "FAIL: tilde_ipoib's carrier is off (broadcast group not joined)"; exit 1; }
+# The broadcast group's MTU (2048 on this fabric) less the 4-byte header.
+ip -n a link show "$tilde_if" | grep -q 'mtu 2044'
+
+echo "== ping over IPv4, tilde_ipoib → ib_ipoib (ARP through the broadcast group, then UD unicast)"
+ip netns exec a ping -c 3 -W 10 169.254.78.2
+echo "== ping over IPv4, ib_ipoib → tilde_ipoib"
+ip netns exec b ping -c 3 -W 10 169.254.78.1
+ip -n a neigh show
+ip -n b neigh show
+
+echo "== the administrator's MTU: taken below the broadcast group's, capped at it above"
+ip -n a link set "$tilde_if" mtu 1500
+ip -n a link show "$tilde_if" | grep -q 'mtu 1500'
+ip netns exec a ping -c 2 -W 10 -s 1472 -M do 169.254.78.2
+ip -n a link set "$tilde_if" mtu 4000
+ip -n a link show "$tilde_if"
+ip -n a link show "$tilde_if" | grep -q 'mtu 2044'
+ip netns exec a ping -c 2 -W 10 -s 2016 -M do 169.254.78.2
+
+echo "== ping over IPv6 both ways (neighbour discovery through the solicited-node groups)"
+for i in $(seq 100); do
+	ip -n a -6 addr show dev "$tilde_if" scope link | grep -q 'inet6 .*scope link' \
+		&& ip -n b -6 addr show dev "$kernel_if" scope link | grep -q 'inet6 .*scope link' \
+		&& ! ip -n a -6 addr show dev "$tilde_if" | grep -q tentative \
+		&& ! ip -n b -6 addr show dev "$kernel_if" | grep -q tentative && break
+	sleep 0.1
+done
+ip -n a -6 addr show dev "$tilde_if"
+ip -n b -6 addr show dev "$kernel_if"
+refute "tilde_ipoib's link-local address failed duplicate address detection" \
+	grep -q dadfailed <(ip -n a -6 addr show dev "$tilde_if")
+addr6_a=$(ip -n a -6 addr show dev "$tilde_if" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')
+addr6_b=$(ip -n b -6 addr show dev "$kernel_if" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')
+ip netns exec a ping -6 -c 3 -W 10 "$addr6_b%$tilde_if"
+ip netns exec b ping -6 -c 3 -W 10 "$addr6_a%$kernel_if"
+
+# tcp_transfer FROM_NS TO_NS TO_ADDR: 32 MiB over TCP, read back with the same SHA-256.
+tcp_transfer() {
+	local from=$1 to=$2 addr=$3 receiver expected got
+	head -c $((32 << 20)) /dev/urandom > /tmp/blob
+	expected="$((32 << 20)) $(sha256sum < /tmp/blob | cut -d' ' -f1)"
+	rm -f received.txt
+	ip netns exec "$to" python3 /tilde/guest/tcp_blob.py recv "$addr" 5001 > received.txt &
+	receiver=$!
+	for i in $(seq 300); do
+		grep -q listening received.txt && break
+		sleep 0.1
+	done
+	start=$(date +%s.%N)
+	ip netns exec "$from" python3 /tilde/guest/tcp_blob.py send "$addr" 5001 /tmp/blob
+	wait "$receiver"
+	end=$(date +%s.%N)
+	echo "32 MiB $from → $to in $(echo "$end - $start" | bc) s (QEMU TCG)"
+	got=$(tail -n 1 received.txt)
+	echo "sent: $expected"
+	echo "got:  $got"
+	[ "$got" = "$expected" ] || { echo "FAIL: the data came back different"; return 1; }
+}
+echo "== 32 MiB over TCP, tilde_ipoib → ib_ipoib"
+tcp_transfer a b 169.254.78.2
+echo "== 32 MiB over TCP, ib_ipoib → tilde_ipoib"
+tcp_transfer b a 169.254.78.1
+
+# udp_multicast FROM_NS FROM_ADDR TO_NS TO_ADDR: 20 datagrams to 239.1.2.3, which the
+# receiver joins (a full-member SA join and a QP attach on its side) and the sender does
+# not (a send-only join on its side), all received.
+udp_multicast() {
+	local from=$1 from_addr=$2 to=$3 to_addr=$4 receiver got
+	rm -f mcast.txt
+	ip netns exec "$to" python3 /tilde/guest/udp_mcast.py recv 239.1.2.3 "$to_addr" 5002 20 > mcast.txt &
+	receiver=$!
+	for i in $(seq 300); do
+		grep -q listening mcast.txt && break
+		sleep 0.1
+	done
+	# The receiver's join goes through the SA before the first datagram.
+	sleep 2
+	ip netns exec "$from" python3 /tilde/guest/udp_mcast.py send 239.1.2.3 "$from_addr" 5002 20
+	wait "$receiver"
+	got=$(tail -n 1 mcast.txt)
+	echo "$from → $to: $got of 20"
+	[ "$got" = "received 20" ] || { echo "FAIL: multicast datagrams lost"; return 1; }
+}
+echo "== UDP to a multicast group, tilde_ipoib → ib_ipoib"
+udp_multicast a 169.254.78.1 b 169.254.78.2
+echo "== UDP to a multicast group, ib_ipoib → tilde_ipoib"
+udp_multicast b 169.254.78.2 a 169.254.78.1
+
+# The emulated device reports no client reregistration (nor does it to ib_ipoib): the
+# SM's restart only shows that nothing is lost across it; the rejoin it should cause is
+# the core's light flush, host-tested.
+echo "== opensm restarted: traffic resumes"
+kill "$(pidof opensm)"
+for i in $(seq 100); do
+	pidof opensm > /dev/null || break
+	sleep 0.1
+done
+guid=$(awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}' /sys/class/infiniband/mlx4_0/ports/1/gids/0)
+opensm -g "$guid" -f /tmp/opensm2.log > /tmp/opensm2.out 2>&1 &
+for i in $(seq 300); do
+	[ "$(rdma link show | grep -c 'mlx4_0/[12] .*state ACTIVE')" = 2 ] && break
+	sleep 0.1
+done
+ip -n a neigh flush dev "$tilde_if"
+ip -n b neigh flush dev "$kernel_if"
+ip netns exec a ping -c 3 -W 10 169.254.78.2
+ip netns exec b ping -c 3 -W 10 169.254.78.1
+udp_multicast a 169.254.78.1 b 169.254.78.2
+
+echo "== statistics"
+ip -n a -s link show "$tilde_if"
+
+echo "== rmmod tilde_ipoib under traffic both ways"
+ip netns exec a ping -q -i 0.002 169.254.78.2 > /dev/null 2>&1 &
+pinger_a=$!
+ip netns exec b ping -q -i 0.002 169.254.78.1 > /dev/null 2>&1 &
+pinger_b=$!
+sleep 2
+still_running "$pinger_a" "rmmod"
+still_running "$pinger_b" "rmmod"
+rmmod tilde_ipoib
+expect_dmesg 'tilde_ipoib: unloading'
+# The port's state was freed: nothing (a work request, an SA request, a membership)
+# kept a reference.
+expect_dmesg 'tilde_ipoib: mlx4_0/1: released'
+refute "tilde_ipoib's interface is still there" ip -n a link show "$tilde_if"
+kill "$pinger_a" "$pinger_b" 2>/dev/null || true
+wait "$pinger_a" "$pinger_b" 2>/dev/null || true
+reject_dmesg 'tilde_ipoib.*(leaking|failed)'
+ip netns del a
+ip netns del b
+
+echo "== the device removed under tilde_ipoib: its interface goes with it, in use"
+insmod /tilde/ulps/tilde_ipoib.ko port=mlx4_0:1
+for i in $(seq 100); do
+	[ "$(count_dmesg 'tilde_ipoib: mlx4_0/1: ib[0-9]+ \(QPN')" = 2 ] && break
+	sleep 0.1
+done
+tilde_if=$(sed -n 's/.*tilde_ipoib: mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
+ip addr add 169.254.78.1/24 dev "$tilde_if"
+ip link set "$tilde_if" up
+for i in $(seq 300); do
+	ip link show "$tilde_if" | grep -q LOWER_UP && break
+	sleep 0.1
+done
+ip link show "$tilde_if" | grep -q LOWER_UP
+rmmod ib_ipoib
+rmmod mlx4_ib
+[ "$(count_dmesg 'tilde_ipoib: mlx4_0/1: released')" = 2 ] || { echo "FAIL: the port's state was not released on device removal"; exit 1; }
+refute "tilde_ipoib's interface outlived its device" ip link show "$tilde_if"
+rmmod tilde_ipoib
+reject_dmesg 'tilde_ipoib.*(leaking|failed)'
+rmmod mlx4_core
+reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"
