@@ -1024,23 +1024,7 @@ impl Driver for Mlx4Ib {
         let Posting { shared, send, .. } = &mut *posting;
         let mut sq = shared.state.send_queue(send, &dev.uar).ok_or(EINVAL)?;
         for wr in wrs {
-            let sges = wr.sges()?;
-            if sges.len() > qp.caps.max_sge as usize {
-                return Err(EINVAL);
-            }
-            let mut gather = [FastSge {
-                addr: 0,
-                length: 0,
-                lkey: 0,
-            }; MAX_SGE as usize];
-            for (slot, sge) in gather.iter_mut().zip(sges) {
-                *slot = FastSge {
-                    addr: sge.addr(),
-                    length: sge.length(),
-                    lkey: sge.lkey(),
-                };
-            }
-            let gather = gather.get(..sges.len()).ok_or(EINVAL)?;
+            let gather = SgeList::of(wr.sges()?, qp.caps.max_sge)?;
             let mut flags = FastSendFlags::empty();
             if wr.signaled() {
                 flags |= FastSendFlags::SIGNALED;
@@ -1132,7 +1116,7 @@ impl Driver for Mlx4Ib {
                     }
                 }
             };
-            let mut fast = FastSendWr::new(wr.id(), op, Payload::Gather(gather), flags);
+            let mut fast = FastSendWr::new(wr.id(), op, Payload::Gather(gather.as_slice()), flags);
             fast.ud = ud.as_ref();
             sq.post(core::slice::from_ref(&fast))
                 .map_err(|failure| post_errno(failure.error))?;
@@ -1145,26 +1129,10 @@ impl Driver for Mlx4Ib {
         let Posting { shared, recv, .. } = &mut *posting;
         let mut rq = shared.state.recv_queue(recv).ok_or(EINVAL)?;
         for wr in wrs {
-            let sges = wr.sges()?;
-            let mut scatter = [FastSge {
-                addr: 0,
-                length: 0,
-                lkey: 0,
-            }; MAX_SGE as usize];
-            if sges.len() > scatter.len() {
-                return Err(EINVAL);
-            }
-            for (slot, sge) in scatter.iter_mut().zip(sges) {
-                *slot = FastSge {
-                    addr: sge.addr(),
-                    length: sge.length(),
-                    lkey: sge.lkey(),
-                };
-            }
-            let scatter = scatter.get(..sges.len()).ok_or(EINVAL)?;
+            let scatter = SgeList::of(wr.sges()?, MAX_SGE)?;
             rq.post(&[hw_mlx4::wr::RecvWr {
                 wr_id: wr.id(),
-                sges: scatter,
+                sges: scatter.as_slice(),
             }])
             .map_err(|failure| post_errno(failure.error))?;
         }
@@ -1524,25 +1492,8 @@ fn post_special(
         else {
             return Err(EINVAL);
         };
-        let sges = wr.sges()?;
-        if sges.len() > qp.caps.max_sge as usize {
-            return Err(EINVAL);
-        }
-        let mut gather = [FastSge {
-            addr: 0,
-            length: 0,
-            lkey: 0,
-        }; MAX_SGE as usize];
-        let mut payload_len = 0u32;
-        for (slot, sge) in gather.iter_mut().zip(sges) {
-            *slot = FastSge {
-                addr: sge.addr(),
-                length: sge.length(),
-                lkey: sge.lkey(),
-            };
-            payload_len = payload_len.saturating_add(sge.length());
-        }
-        let gather = gather.get(..sges.len()).ok_or(EINVAL)?;
+        let gather = SgeList::of(wr.sges()?, qp.caps.max_sge)?;
+        let payload_len = gather.bytes();
         // QP0 sends with its own P_Key index; QP1 with the WR's.
         let index = if sqp.qp_num == 0 {
             *pkey_index
@@ -1597,12 +1548,55 @@ fn post_special(
             header: packed.get(..len).ok_or(EINVAL)?,
             flags,
             rlid: ah.dlid,
-            gather,
+            gather: gather.as_slice(),
         })
         .map_err(post_errno)?;
         *psn = psn.wrapping_add(1);
     }
     Ok(())
+}
+
+/// A WR's gather or scatter list in the fast path's form (on the stack: posting
+/// allocates nothing).
+struct SgeList {
+    entries: [FastSge; MAX_SGE as usize],
+    len: usize,
+}
+
+impl SgeList {
+    /// `sges`, at most `max` of them (`EINVAL` for more).
+    fn of(sges: &[driver::Sge], max: u32) -> Result<Self> {
+        let mut list = Self {
+            entries: [FastSge {
+                addr: 0,
+                length: 0,
+                lkey: 0,
+            }; MAX_SGE as usize],
+            len: sges.len(),
+        };
+        if sges.len() > max as usize || sges.len() > list.entries.len() {
+            return Err(EINVAL);
+        }
+        for (slot, sge) in list.entries.iter_mut().zip(sges) {
+            *slot = FastSge {
+                addr: sge.addr(),
+                length: sge.length(),
+                lkey: sge.lkey(),
+            };
+        }
+        Ok(list)
+    }
+
+    fn as_slice(&self) -> &[FastSge] {
+        self.entries.get(..self.len).unwrap_or(&[])
+    }
+
+    /// The bytes the list names.
+    fn bytes(&self) -> u32 {
+        self.as_slice()
+            .iter()
+            .fold(0u32, |sum, sge| sum.saturating_add(sge.length))
+    }
 }
 
 /// A CQ's QPs, as the fast path's poll looks them up.

@@ -1524,6 +1524,16 @@ fn connect(
 
 /// The fast path's view of a QP the core created: its rings inside the QP's buffer.
 fn fast_qp(p: &Platform, qp: &QueuePair<Block>) -> QueuePairState<fast::DmaPlatform> {
+    fast_qp_of(p, qp, QpType::Rc, 2)
+}
+
+/// As [`fast_qp`], for a QP of `qp_type` with `max_sge` gather entries.
+fn fast_qp_of(
+    p: &Platform,
+    qp: &QueuePair<Block>,
+    qp_type: QpType,
+    max_sge: u32,
+) -> QueuePairState<fast::DmaPlatform> {
     let buffer = qp.buffer.as_ref().expect("buffer").bus_address;
     let c = qp.config;
     let ring = |offset: u64, log_entries, shift| fast::Ring {
@@ -1533,14 +1543,14 @@ fn fast_qp(p: &Platform, qp: &QueuePair<Block>) -> QueuePairState<fast::DmaPlatf
         shift,
     };
     let caps = SendQueueCaps {
-        max_sge: 2,
+        max_sge,
         max_inline: 0,
         signal_all: false,
     };
     let sq = SendQueueState::new(
         ring(qp.sq_offset, c.log_sq_entries, c.log_sq_stride),
         wr_id_table(1 << c.log_sq_entries),
-        QpType::Rc,
+        qp_type,
         caps,
     )
     .expect("send queue");
@@ -2367,39 +2377,9 @@ fn special_config(pd: u32, cqn: u32) -> QpConfig {
     }
 }
 
-/// The fast path's view of a special QP.
+/// The fast path's view of a special QP: one gather entry, the MLX transport.
 fn fast_special_qp(p: &Platform, qp: &QueuePair<Block>) -> QueuePairState<fast::DmaPlatform> {
-    let buffer = qp.buffer.as_ref().expect("buffer").bus_address;
-    let c = qp.config;
-    let ring = |offset: u64, log_entries, shift| fast::Ring {
-        bytes: p.memory.bytes.clone(),
-        address: buffer + offset,
-        log_entries,
-        shift,
-    };
-    let caps = SendQueueCaps {
-        max_sge: 1,
-        max_inline: 0,
-        signal_all: false,
-    };
-    let sq = SendQueueState::new(
-        ring(qp.sq_offset, c.log_sq_entries, c.log_sq_stride),
-        wr_id_table(1 << c.log_sq_entries),
-        QpType::Mlx,
-        caps,
-    )
-    .expect("send queue");
-    let record = fast::Record {
-        bytes: p.memory.bytes.clone(),
-        address: qp.doorbell.as_ref().expect("doorbell").bus_address,
-    };
-    let rq = RecvQueueState::new(
-        ring(qp.rq_offset, c.log_rq_entries, c.log_rq_stride),
-        wr_id_table(1 << c.log_rq_entries),
-        record,
-    )
-    .expect("receive queue");
-    QueuePairState::new(qp.qpn, sq, rq)
+    fast_qp_of(p, qp, QpType::Mlx, 1)
 }
 
 /// QP0 of each port, created through the firmware at the numbers CONF_SPECIAL_QP gave
