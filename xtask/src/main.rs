@@ -452,11 +452,9 @@ fn cmd_run(args: &Args) -> Result {
             Some((ops * bytes, ns))
         };
         if let Some((total, ns)) = ring("rdma_write_64KiB", 65536) {
-            let mib_s = if ns == 0 {
-                0
-            } else {
-                65536 * 1_000_000_000 / ns / (1 << 20)
-            };
+            let mib_s = (65536 * 1_000_000_000u64)
+                .checked_div(ns)
+                .map_or(0, |bytes_s| bytes_s / (1 << 20));
             moved.push(format!(
                 "{} MiB by RDMA WRITE at {} MiB/s (64 KiB each, {} us each)",
                 total / 2 / (1 << 20),
