@@ -135,6 +135,18 @@ cx3_active() {
 	ib_activate mlx4_0
 }
 
+# ib_stop_sm: opensm stopped, and gone (its umad files closed), so ib_umad can unload.
+ib_stop_sm() {
+	local i
+	pkill opensm || true
+	for i in $(seq 100); do
+		pgrep -x opensm > /dev/null || return 0
+		sleep 0.1
+	done
+	echo "FAIL: opensm did not exit within 10 s"
+	return 1
+}
+
 # ib_activate DEV: opensm (over ib_umad, bound to DEV's port 1) running until the guest
 # powers off, and both of DEV's ports ACTIVE under it (the emulated cable joins them).
 ib_activate() {

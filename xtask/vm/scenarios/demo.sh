@@ -24,8 +24,7 @@ reject_dmesg 'bench: .*FAIL'
 rmmod tilde_verbs_conformance
 
 echo "== unload"
-pkill opensm || true
-sleep 0.5
+ib_stop_sm
 rmmod ib_umad
 rmmod tilde_mlx4
 expect_dmesg 'tilde_mlx4: [0-9a-f:.]+: InfiniBand device tilde_mlx4_0 unregistered$'

@@ -19,24 +19,19 @@ ring() {
 	rmmod tilde_verbs_conformance
 }
 
-stop_opensm() {
-	pkill opensm || true
-	for i in $(seq 50); do pgrep opensm > /dev/null || break; sleep 0.1; done
-}
-
 for round in 1 2 3 4; do
 	echo "== round $round: tilde_mlx4"
 	insmod /tilde/drivers/tilde_mlx4.ko
 	ib_activate tilde_mlx4_0
 	ring tilde_mlx4_0
-	stop_opensm
+	ib_stop_sm
 	rmmod ib_umad
 	rmmod tilde_mlx4
 
 	echo "== round $round: mlx4_core + mlx4_ib"
 	cx3_active
 	ring mlx4_0
-	stop_opensm
+	ib_stop_sm
 	rmmod ib_umad
 	rmmod mlx4_ib mlx4_core
 done

@@ -36,7 +36,7 @@ expect_dmesg "$line: unload_with_traffic_in_flight: PASS\$"
 echo "== device removal with traffic in flight (rmmod tilde_mlx4 unregisters tilde_mlx4_0)"
 insmod "$suite" device=tilde_mlx4_0 traffic=1
 sleep 2
-pkill opensm || true
+ib_stop_sm
 rmmod ib_umad
 rmmod tilde_mlx4
 expect_dmesg "$line: device_removal_with_traffic_in_flight: PASS\$"

@@ -42,8 +42,7 @@ grep -q "lid.*$lid1" nr.log
 grep -q "lid.*$lid2" nr.log
 
 echo "== unload: opensm's ports go, the device and the HCA with them"
-pkill opensm || true
-sleep 0.5
+ib_stop_sm
 rmmod ib_umad
 rmmod tilde_mlx4
 expect_dmesg 'tilde_mlx4: [0-9a-f:.]+: HCA closed, every page given back$'
