@@ -750,7 +750,14 @@ impl SaHandler for Port {
                 })
             }
             Err(e) => {
-                pr_info!("join {} failed: {:?}\n", id, e);
+                // The SA may not answer yet (EAGAIN while the port's SM handle is made
+                // again after a port event): a group listened to is joined again after
+                // its backoff, as ib_ipoib does (`join_failed` in the core).
+                pr_info!(
+                    "join {}: no membership yet ({:?}); joined again after the backoff\n",
+                    id,
+                    e
+                );
                 Err(QueryFailed)
             }
         };
