@@ -300,17 +300,23 @@ impl Mlx4Ib {
         };
         for port in info.ports.iter().flatten() {
             let index = usize::from(port.port.saturating_sub(1));
-            if index < 2 {
-                limits.ports = limits.ports.max(port.port);
-                limits.gid_table_len[index] = port.gid_table_len;
-                limits.pkey_table_len[index] =
-                    u16::try_from(port.pkey_table_len).unwrap_or(u16::MAX);
-                limits.mtu_cap[index] = port.ib_mtu_cap;
-            }
+            let (Some(gids), Some(pkeys), Some(mtu)) = (
+                limits.gid_table_len.get_mut(index),
+                limits.pkey_table_len.get_mut(index),
+                limits.mtu_cap.get_mut(index),
+            ) else {
+                continue;
+            };
+            *gids = port.gid_table_len;
+            *pkeys = u16::try_from(port.pkey_table_len).unwrap_or(u16::MAX);
+            *mtu = port.ib_mtu_cap;
+            limits.ports = limits.ports.max(port.port);
         }
         let mut pkeys = KBox::new([[0u16; PKEYS]; 2], GFP_KERNEL)?;
-        for (port, table) in (1..=limits.ports.min(2)).zip(pkeys.iter_mut()) {
-            let len = limits.pkey_table_len[usize::from(port - 1)];
+        for ((port, table), &len) in (1..=limits.ports.min(2))
+            .zip(pkeys.iter_mut())
+            .zip(limits.pkey_table_len.iter())
+        {
             read_pkey_table(core, &mut edge, port, len, table)
                 .map_err(|e| command_failed_bare(&shared, "P_KeyTable", e))?;
         }

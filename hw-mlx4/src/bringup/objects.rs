@@ -1900,22 +1900,6 @@ impl<B> Mlx4Core<B> {
         }
         Ok(pkeys)
     }
-
-    /// P_Key `index` of `port`'s table (32 a block), through MAD_IFC
-    /// (`__mlx4_ib_query_pkey`).
-    pub fn query_pkey<P: Platform<Block = B>>(
-        &mut self,
-        p: &mut P,
-        port: u8,
-        index: u32,
-    ) -> Result<u16, ProbeError> {
-        let mut answer = [0u8; mad::SIZE];
-        self.smp_get(p, port, mad::ATTR_PKEY_TABLE, index / 32, &mut answer)?;
-        check_get_resp(&answer, mad::ATTR_PKEY_TABLE, "P_KeyTable (0x0016)")
-            .map_err(ProbeError::InvalidCap)?;
-        let offset = (index % 32) as usize * 2;
-        Ok(Mailbox(&answer[..]).u16(mad::SMP_DATA.saturating_add(offset)))
-    }
 }
 
 /// `MLX4_MAD_IFC_IGNORE_KEYS`: M_Key and B_Key checks off.
