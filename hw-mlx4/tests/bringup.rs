@@ -2709,3 +2709,113 @@ fn a_cq_resized_with_completions_waiting_loses_none() {
     core.teardown(&mut p).expect("teardown");
     assert_released(&mut p);
 }
+
+/// Multicast attach and detach keep the hash chains the device walks: with 8 buckets
+/// and 8 overflow entries, groups are attached until the overflow half runs out, each
+/// found by the device from its bucket with its members, none lost as others come and
+/// go, the chain closed over every entry that goes, and every overflow entry back at
+/// the end.
+#[test]
+fn multicast_groups_chain_from_their_buckets_and_the_chain_closes_over_those_that_go() {
+    use hw_mlx4::bringup::mcg::McgError;
+
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    let config = ProbeConfig {
+        profile: Profile {
+            num_mcg: 16,
+            ..Profile::DEFAULT
+        },
+        ..config()
+    };
+    core.probe(&mut p, &config).expect("probe");
+    let gid = |n: u8| {
+        [
+            0xff, 0x12, 0x40, 0x1b, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, n,
+        ]
+    };
+    let (qp_a, qp_b) = (0x240u32, 0x241u32);
+    // Attach until the overflow half is full: more groups than buckets, so chains.
+    let mut groups = Vec::new();
+    for n in 0..32u8 {
+        match core.attach_multicast(&mut p, &gid(n), qp_a, false) {
+            Ok(()) => groups.push(n),
+            Err(ProbeError::Multicast(McgError::TableFull)) => break,
+            Err(e) => panic!("group {n}: {e:?}"),
+        }
+    }
+    assert!(groups.len() > 8, "{} groups in 8 buckets", groups.len());
+    assert_eq!(
+        core.multicast_entries_in_use(),
+        8,
+        "the overflow half used up"
+    );
+    // A second member of each (with the loopback block bit), and the first again:
+    // nothing changes for it.
+    for &n in &groups {
+        core.attach_multicast(&mut p, &gid(n), qp_b, true)
+            .expect("second member");
+        core.attach_multicast(&mut p, &gid(n), qp_a, false)
+            .expect("again");
+    }
+    let check = |p: &Platform, present: &[(u8, Vec<u32>)]| {
+        for (n, members) in present {
+            assert_eq!(&p.hca.multicast_members(&gid(*n)), members, "group {n}");
+        }
+    };
+    let mut present: Vec<(u8, Vec<u32>)> = groups.iter().map(|&n| (n, vec![qp_a, qp_b])).collect();
+    check(&p, &present);
+    // Refusals are errors, and change nothing.
+    assert_eq!(
+        core.detach_multicast(&mut p, &gid(200), qp_a),
+        Err(ProbeError::Multicast(McgError::NoGroup))
+    );
+    assert_eq!(
+        core.detach_multicast(&mut p, &gid(groups[0]), 0x999),
+        Err(ProbeError::Multicast(McgError::NotMember { qpn: 0x999 }))
+    );
+    check(&p, &present);
+    // A's leaving moves B to the first slot; B's leaving removes the group: from every
+    // place in the chains, bucket heads and links alike, in an order that mixes them.
+    let order: Vec<u8> = groups
+        .iter()
+        .rev()
+        .step_by(2)
+        .chain(groups.iter().step_by(2))
+        .copied()
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for n in order.into_iter().filter(|n| seen.insert(*n)) {
+        core.detach_multicast(&mut p, &gid(n), qp_a)
+            .expect("detach A");
+        let entry = present.iter_mut().find(|(g, _)| *g == n).unwrap();
+        entry.1 = vec![qp_b];
+        check(&p, &present);
+        core.detach_multicast(&mut p, &gid(n), qp_b)
+            .expect("detach B");
+        present.retain(|(g, _)| *g != n);
+        assert!(
+            p.hca.multicast_members(&gid(n)).is_empty(),
+            "group {n} gone"
+        );
+        check(&p, &present);
+    }
+    assert_eq!(
+        core.multicast_entries_in_use(),
+        0,
+        "every overflow entry back"
+    );
+    // A group takes every member slot the device allows (QUERY_DEV_CAP's 2^7), no more.
+    for qpn in 0..128 {
+        core.attach_multicast(&mut p, &gid(1), 0x300 + qpn, false)
+            .expect("member");
+    }
+    assert!(matches!(
+        core.attach_multicast(&mut p, &gid(1), 0x400, false),
+        Err(ProbeError::Multicast(McgError::GroupFull { .. }))
+    ));
+    assert_eq!(p.hca.multicast_members(&gid(1)).len(), 128);
+    assert_eq!(p.driver_errors(), Vec::<String>::new());
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}

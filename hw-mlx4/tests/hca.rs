@@ -3762,7 +3762,8 @@ mod datagram {
         let mgid = [
             0xff, 0x12, 0x40, 0x1b, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
         ];
-        mcg(&mut d, 0, &mgid, 2, &[(0, UD_B), (1, UD_D)]);
+        let head = bucket(&mut d, &mgid);
+        mcg(&mut d, head, &mgid, 0, 2, &[(0, UD_B), (1, UD_D)]);
         d.memory.put(DATA, &pattern(8, 7));
         for slot in [B, D] {
             for i in 0..4 {
@@ -3803,10 +3804,26 @@ mod datagram {
         assert_eq!(d.errors(), Vec::<String>::new());
     }
 
-    /// Writes multicast entry `index`: `mgid`, the member count word, then `members`
-    /// from slot 0 (`struct mlx4_mgm`).
-    fn mcg(d: &mut Driver, index: u32, mgid: &[u8; 16], count: u32, members: &[(usize, u32)]) {
+    /// The bucket MGID_HASH gives `mgid`: where its chain starts.
+    fn bucket(d: &mut Driver, mgid: &[u8; 16]) -> u32 {
+        d.memory.put(INBOX, mgid);
+        let (status, hash) = d.command(opcode::MGID_HASH, 0, 0, INBOX, 0, false);
+        assert_eq!(status, 0);
+        hash as u32
+    }
+
+    /// Writes multicast entry `index`: the link to entry `next`, `mgid`, the member
+    /// count word, then `members` from slot 0 (`struct mlx4_mgm`).
+    fn mcg(
+        d: &mut Driver,
+        index: u32,
+        mgid: &[u8; 16],
+        next: u32,
+        count: u32,
+        members: &[(usize, u32)],
+    ) {
         let mut entry = vec![0u8; 1024];
+        entry[0..4].copy_from_slice(&(next << 6).to_be_bytes());
         entry[4..8].copy_from_slice(&count.to_be_bytes());
         entry[16..32].copy_from_slice(mgid);
         for &(slot, qpn) in members {
@@ -3825,12 +3842,33 @@ mod datagram {
         let other = [
             0xff, 0x12, 0x40, 0x1b, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
         ];
-        // The group: A (the sender) and B; C listed past the member count.
-        mcg(&mut d, 0, &mgid, 2, &[(0, UD_A), (1, UD_B), (2, UD_C)]);
-        // An entry of another protocol (the count's top bits) with C is not an IB group.
-        mcg(&mut d, 1, &mgid, (1 << 30) | 1, &[(0, UD_C)]);
-        // Another group with C as its 129th member, past the most a group may have.
-        mcg(&mut d, 2, &other, 129, &[(128, UD_C)]);
+        // The bucket holds an entry of another protocol (the count's top bits) with C:
+        // not an IB group. Its chain goes on into the overflow half (entries 4 to 7),
+        // to the group: A (the sender) and B; C listed past the member count.
+        let head = bucket(&mut d, &mgid);
+        mcg(&mut d, head, &mgid, 5, (1 << 30) | 1, &[(0, UD_C)]);
+        // Another group with C as its 129th member, past the most a group may have: in
+        // its own bucket, or next in the chain when it shares the first group's.
+        let other_head = bucket(&mut d, &other);
+        let after = if other_head == head { 6 } else { 0 };
+        mcg(
+            &mut d,
+            after.max(other_head),
+            &other,
+            0,
+            129,
+            &[(128, UD_C)],
+        );
+        // A copy of the group in an entry no chain reaches is not seen.
+        mcg(&mut d, 7, &mgid, 0, 1, &[(0, UD_D)]);
+        mcg(
+            &mut d,
+            5,
+            &mgid,
+            after,
+            2,
+            &[(0, UD_A), (1, UD_B), (2, UD_C)],
+        );
         let buf = DATA + 0x1000;
         d.memory.put(DATA, &pattern(16, 4));
         for slot in [A, B, C, D] {
@@ -3855,8 +3893,9 @@ mod datagram {
         // back to a port's other members), the sender still not.
         mcg(
             &mut d,
-            0,
+            5,
             &mgid,
+            after,
             4,
             &[(0, UD_A), (1, UD_B), (2, UD_C), (3, UD_D)],
         );

@@ -15,12 +15,14 @@
 //! - [`setup`]: `mlx4_setup_hca`: UAR, PD and EQ tables, the async EQ, event-driven
 //!   commands, the ports; [`eq`] and [`bitmap`] are its EQ consumer and allocators.
 //! - [`objects`]: ICM on demand, MTTs, MRs, CQs, QPs and their states, MAD_IFC.
+//! - [`mcg`]: multicast groups, their hash chains, attach and detach.
 #![forbid(unsafe_code)]
 
 pub mod bitmap;
 pub mod caps;
 pub mod cmd;
 pub mod eq;
+pub mod mcg;
 pub mod memory;
 pub mod objects;
 pub mod probe;

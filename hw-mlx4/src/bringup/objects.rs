@@ -500,6 +500,7 @@ impl<B> Mlx4Core<B> {
         self.cqns = Some(cqns);
         self.qpns = Some(qpns);
         self.mpt_indices = Some(mpts);
+        self.mcg = super::mcg::McgTable::new(layout, caps.max_qp_per_mcg);
         self.base_sqpn = base_sqpn;
         Ok(())
     }
@@ -510,6 +511,7 @@ impl<B> Mlx4Core<B> {
         self.cqns = None;
         self.qpns = None;
         self.mpt_indices = None;
+        self.mcg = None;
     }
 
     /// Blocks deliberately leaked by object releases whose command failed.

@@ -166,6 +166,8 @@ pub enum Step {
     ConfSpecialQp,
     /// MAD_IFC to a port.
     MadIfc(u8),
+    /// MGID_HASH, READ_MCG or WRITE_MCG, attaching or detaching a multicast member.
+    Multicast,
 }
 
 /// Why the probe failed. The device has been released when the caller sees it.
@@ -226,6 +228,8 @@ pub enum ProbeError {
         /// The QP.
         qpn: u32,
     },
+    /// A multicast attach or detach the table refused.
+    Multicast(super::mcg::McgError),
 }
 
 /// Why a teardown (or the unwinding of a failed probe) did not end cleanly. It always
@@ -331,6 +335,8 @@ pub struct Mlx4Core<B> {
     pub(super) cqns: Option<IdBitmap<CQN_WORDS>>,
     pub(super) qpns: Option<IdBitmap<QPN_WORDS>>,
     pub(super) mpt_indices: Option<IdBitmap<MPT_WORDS>>,
+    /// The multicast table's halves and its AMGM numbers.
+    pub(super) mcg: Option<super::mcg::McgTable>,
     /// The first special QP.
     pub(super) base_sqpn: u32,
     /// Blocks object releases leaked because the device kept them.
@@ -381,6 +387,7 @@ impl<B> Mlx4Core<B> {
             cqns: None,
             qpns: None,
             mpt_indices: None,
+            mcg: None,
             base_sqpn: 0,
             leaked_objects: 0,
         }

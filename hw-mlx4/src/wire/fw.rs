@@ -547,3 +547,115 @@ pub mod port_info {
     /// Low 5 bits: the subnet timeout; bit 7: client reregister.
     pub const SUBNET_TIMEOUT: usize = 51;
 }
+
+/// A multicast group entry (`struct mlx4_mgm`), as READ_MCG and WRITE_MCG move it: one
+/// link of a hash chain that starts at the bucket MGID_HASH names (the table's first
+/// half; the second half, the AMGM, holds the chains' continuations).
+///
+/// The view is over the entry's bytes; reads and writes outside them read zero and
+/// write nothing, as [`Mailbox`]'s do, so a short entry cannot make either side panic.
+pub struct Mgm<T>(pub T);
+
+impl Mgm<()> {
+    const NEXT_GID_INDEX: usize = 0x00;
+    const MEMBERS_COUNT: usize = 0x04;
+    const GID: usize = 0x10;
+    const QP: usize = 0x20;
+    /// The member count's bits; the top two are the protocol.
+    const COUNT_MASK: u32 = 0x00ff_ffff;
+    const PROT_SHIFT: u32 = 30;
+    /// `next_gid_index` holds the next entry's index shifted by 6.
+    const NEXT_SHIFT: u32 = 6;
+    /// A member's QP number (`MGM_QPN_MASK`).
+    pub const QPN_MASK: u32 = 0x00ff_ffff;
+    /// A member's bit: no copy of its own multicast sends (`MGM_BLCK_LB_BIT`).
+    pub const BLOCK_LOOPBACK: u32 = 1 << 30;
+    /// The protocol of an InfiniBand group (`MLX4_PROT_IB_IPV6`).
+    pub const PROT_IB: u8 = 0;
+
+    /// Member slots in an entry of `entry_size` bytes (`mlx4_get_qp_per_mgm`).
+    pub const fn slots(entry_size: usize) -> usize {
+        (entry_size.saturating_sub(Self::QP)) / 4
+    }
+}
+
+impl<T: AsRef<[u8]>> Mgm<T> {
+    fn field(&self) -> Mailbox<&[u8]> {
+        Mailbox(self.0.as_ref())
+    }
+
+    /// The next entry of the chain; 0 ends it (entry 0 is a bucket, never a link).
+    pub fn next_index(&self) -> u32 {
+        self.field().u32(Mgm::NEXT_GID_INDEX) >> Mgm::NEXT_SHIFT
+    }
+
+    /// Members; 0 is an empty entry.
+    pub fn members(&self) -> u32 {
+        self.field().u32(Mgm::MEMBERS_COUNT) & Mgm::COUNT_MASK
+    }
+
+    /// The group's protocol ([`Mgm::PROT_IB`] for InfiniBand).
+    pub fn protocol(&self) -> u8 {
+        (self.field().u32(Mgm::MEMBERS_COUNT) >> Mgm::PROT_SHIFT) as u8
+    }
+
+    /// The group's GID.
+    pub fn gid(&self) -> [u8; 16] {
+        let mut gid = [0u8; 16];
+        if let Some(src) = self.0.as_ref().get(Mgm::GID..Mgm::GID + 16) {
+            gid.copy_from_slice(src);
+        }
+        gid
+    }
+
+    /// Whether this is `gid`'s entry for `protocol`, with members.
+    pub fn is_group(&self, gid: &[u8; 16], protocol: u8) -> bool {
+        self.members() != 0 && self.protocol() == protocol && self.gid() == *gid
+    }
+
+    /// Member slot `slot` as written: the QP number and the loopback bit.
+    pub fn member(&self, slot: usize) -> u32 {
+        self.field()
+            .u32(Mgm::QP.saturating_add(slot.saturating_mul(4)))
+    }
+
+    /// The members' QP numbers, in slot order; at most `most`.
+    pub fn member_qpns(&self, most: usize) -> impl Iterator<Item = u32> + '_ {
+        let count = (self.members() as usize).min(most);
+        (0..count).map(move |slot| self.member(slot) & Mgm::QPN_MASK)
+    }
+
+    /// The slot holding QP `qpn`, if it is a member.
+    pub fn slot_of(&self, qpn: u32) -> Option<usize> {
+        (0..self.members() as usize).find(|&slot| self.member(slot) & Mgm::QPN_MASK == qpn)
+    }
+}
+
+impl<T: AsMut<[u8]>> Mgm<T> {
+    fn field_mut(&mut self) -> Mailbox<&mut [u8]> {
+        Mailbox(self.0.as_mut())
+    }
+
+    /// Links the entry to `index` (0: the chain ends here).
+    pub fn set_next_index(&mut self, index: u32) {
+        self.field_mut()
+            .set_u32(Mgm::NEXT_GID_INDEX, index << Mgm::NEXT_SHIFT);
+    }
+
+    /// Sets the member count and the protocol.
+    pub fn set_members(&mut self, count: u32, protocol: u8) {
+        let word = (count & Mgm::COUNT_MASK) | (u32::from(protocol) << Mgm::PROT_SHIFT);
+        self.field_mut().set_u32(Mgm::MEMBERS_COUNT, word);
+    }
+
+    /// Sets the group's GID.
+    pub fn set_gid(&mut self, gid: &[u8; 16]) {
+        self.field_mut().put(Mgm::GID, gid);
+    }
+
+    /// Writes member slot `slot`.
+    pub fn set_member(&mut self, slot: usize, value: u32) {
+        self.field_mut()
+            .set_u32(Mgm::QP.saturating_add(slot.saturating_mul(4)), value);
+    }
+}

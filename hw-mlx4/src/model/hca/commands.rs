@@ -15,7 +15,7 @@ use super::{Dma, EventQueue, FwState, Hca};
 use crate::wire::cmd::{opcode, CmdStatus, HcrCommand};
 use crate::wire::fw::{
     bmme_flag, dev_cap_flag, eq_context, init_hca, mod_stat_cfg, query_adapter, query_dev_cap,
-    query_fw, query_hca, query_port, set_port, Mailbox, MAILBOX_SIZE,
+    query_fw, query_hca, query_port, set_port, Mailbox, Mgm, MAILBOX_SIZE,
 };
 
 /// The device's capabilities, as QUERY_DEV_CAP and QUERY_PORT report them: a ConnectX-3
@@ -682,11 +682,11 @@ impl Hca {
                 // The hash of a group's GID picks its first entry in the table's hash
                 // part; any function will do as long as it is the same every time.
                 let inbox = self.read_in(dma, cmd)?;
-                let init = self.init.unwrap_or_default();
-                let hash = inbox.iter().take(16).fold(0x811c_9dc5u32, |h, &b| {
-                    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-                });
-                Ok(Some(u64::from(hash & ((1u32 << init.log_mc_hash_sz) - 1))))
+                let mut gid = [0u8; 16];
+                if let Some(src) = inbox.get(..16) {
+                    gid.copy_from_slice(src);
+                }
+                Ok(Some(u64::from(self.mgid_hash(&gid))))
             }
             opcode::READ_MCG | opcode::WRITE_MCG => {
                 self.need(&[Initialized], cmd.opcode)?;
@@ -964,27 +964,43 @@ impl Hca {
 }
 
 impl Hca {
-    /// The QPs attached to multicast group `mgid` (an InfiniBand group's entry in the
-    /// table READ_MCG and WRITE_MCG keep, `struct mlx4_mgm`: members in the low 24 bits
-    /// of `members_count`, the protocol in its top two, the GID at 16, QPNs from 32).
-    pub(super) fn multicast_members(&self, mgid: &[u8; 16]) -> Vec<u32> {
-        let mut members = Vec::new();
-        for entry in self.mcg.values() {
-            let m = Mailbox(&entry[..]);
-            let count = m.u32(4);
-            if count >> 30 != 0 || entry.get(16..32) != Some(&mgid[..]) {
-                continue;
+    /// The bucket of the multicast table's hash part where `gid`'s chain starts
+    /// (MGID_HASH). The device's own hash function is not documented; any will do as
+    /// long as the driver asks the device for it, which is what this checks.
+    fn mgid_hash(&self, gid: &[u8; 16]) -> u32 {
+        let init = self.init.unwrap_or_default();
+        let hash = gid.iter().fold(0x811c_9dc5u32, |h, &b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        hash & ((1u32 << init.log_mc_hash_sz) - 1)
+    }
+
+    /// The QPs attached to InfiniBand multicast group `mgid`, found as the device finds
+    /// them: from the bucket MGID_HASH names along the chain of `next_gid_index` links
+    /// (`struct mlx4_mgm`, [`Mgm`]), to the first entry of the group. A group written
+    /// anywhere else is not found, as on the hardware. The walk ends at an empty entry
+    /// or after as many links as the table has entries (a chain that loops).
+    pub fn multicast_members(&self, mgid: &[u8; 16]) -> Vec<u32> {
+        let init = self.init.unwrap_or_default();
+        let mut index = self.mgid_hash(mgid);
+        for _ in 0..1u32 << init.log_mc_table_sz {
+            let Some(entry) = self.mcg.get(&index).map(|e| Mgm(&e[..])) else {
+                break;
+            };
+            if entry.is_group(mgid, Mgm::PROT_IB) {
+                // No more members than the entry holds, or a group may have.
+                let most = Mgm::slots(entry.0.len()).min(1 << caps::LOG_MAX_QP_MCG);
+                return entry.member_qpns(most).collect();
             }
-            // No more members than the entry holds, or a group may have.
-            let most = ((count & 0x00ff_ffff) as usize).min(1 << caps::LOG_MAX_QP_MCG);
-            let slots = entry.get(32..).unwrap_or(&[]).chunks_exact(4);
-            members.extend(
-                slots
-                    .take(most)
-                    .map(|qpn| u32::from_be_bytes([0, qpn[1], qpn[2], qpn[3]])),
-            );
+            if entry.members() == 0 {
+                break;
+            }
+            index = entry.next_index();
+            if index == 0 {
+                break;
+            }
         }
-        members
+        Vec::new()
     }
 }
 
