@@ -617,6 +617,16 @@ fn close(shared: &Shared) {
     );
     let mut core = shared.core.lock();
     shared.take_back_comp_eqs(&mut core);
+    // The IB device is gone, and with its QPs every attachment: a group still in the
+    // table is a detach the driver missed.
+    let groups = core.multicast_groups();
+    if groups != 0 {
+        pr_err!(
+            "{}: {} multicast groups left in the table at close\n",
+            dev.name(),
+            groups
+        );
+    }
     match core.teardown(&mut shared.edge()) {
         Ok(()) => pr_info!("{}: HCA closed, every page given back\n", dev.name()),
         Err(error) => pr_err!(

@@ -26,6 +26,7 @@
 use core::ffi::CStr;
 
 use hw_mlx4::bringup::eq::PortEventKind;
+use hw_mlx4::bringup::mcg::McgError;
 use hw_mlx4::bringup::objects::{
     CompletionQueue as HwCq, MemoryRegion, MrAccess, NodeInfo, QpConfig, QpPath, QpRetries,
     QpTransport, QueuePair,
@@ -218,6 +219,9 @@ pub(crate) struct IbQp {
     hw: Mutex<QpHw>,
     send_cq: Arc<CqShared>,
     recv_cq: Arc<CqShared>,
+    /// The multicast groups it is attached to, detached at its destruction if its
+    /// consumer left any (the device would deliver to a QP number reused later).
+    groups: Mutex<KVec<[u8; 16]>>,
 }
 
 /// The QP as the firmware has it, and what its transitions carry forward.
@@ -229,6 +233,15 @@ struct QpHw {
     qkey: u32,
     /// The remote access the QP grants (`qp_context::PARAMS2_*`), kept from the
     /// transition that set it: each later one's context carries it again.
+    remote_access: u32,
+}
+
+/// The attributes of [`QpHw`] a transition may change.
+#[derive(Clone, Copy)]
+struct QpAttrs {
+    port: u8,
+    pkey_index: u8,
+    qkey: u32,
     remote_access: u32,
 }
 
@@ -263,6 +276,48 @@ pub(crate) struct IbAh {
 fn command_failed(dev: &Device<Mlx4Ib>, what: &str, error: ProbeError) -> Error {
     pr_err!("{}: {} failed: {:?}\n", dev.name(), what, error);
     EIO
+}
+
+/// A multicast attach or detach refused or failed: logged with the group, as an errno
+/// (`mlx4_qp_attach_common`'s: a full group or table is `ENOMEM`, an unknown group or
+/// member `EINVAL`).
+fn multicast_failed(
+    dev: &Device<Mlx4Ib>,
+    what: &str,
+    gid: &[u8; 16],
+    qpn: u32,
+    error: ProbeError,
+) -> Error {
+    pr_err!(
+        "{}: multicast {} of QP {:#x} to {:?} failed: {:?}\n",
+        dev.name(),
+        what,
+        qpn,
+        Ipv6Gid(gid),
+        error
+    );
+    match error {
+        ProbeError::Multicast(McgError::GroupFull { .. } | McgError::TableFull) => ENOMEM,
+        ProbeError::Multicast(McgError::NoGroup | McgError::NotMember { .. }) => EINVAL,
+        _ => EIO,
+    }
+}
+
+/// A GID printed as an IPv6 address is, eight groups of four hex digits.
+struct Ipv6Gid<'a>(&'a [u8; 16]);
+
+impl core::fmt::Debug for Ipv6Gid<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, pair) in self.0.chunks_exact(2).enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            if let [hi, lo] = pair {
+                write!(f, "{:04x}", u16::from_be_bytes([*hi, *lo]))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn not_supported() -> Error {
@@ -910,6 +965,7 @@ impl Driver for Mlx4Ib {
                 })?,
                 send_cq: send_cq.shared.clone(),
                 recv_cq: recv_cq.shared.clone(),
+                groups: Mutex::new(KVec::new())?,
             })
         })();
         match made {
@@ -930,15 +986,22 @@ impl Driver for Mlx4Ib {
         let mut hw = qp.hw.lock();
         let current = hw.state;
         let next = change.transition(current)?;
+        // The attributes the transition carries, kept only once the device took it.
+        let mut attrs = QpAttrs {
+            port: hw.port,
+            pkey_index: hw.pkey_index,
+            qkey: hw.qkey,
+            remote_access: hw.remote_access,
+        };
         if let Some(port) = change.port() {
-            hw.port = u8::try_from(port).map_err(|_| EINVAL)?;
             dev.port_index(port)?;
+            attrs.port = u8::try_from(port).map_err(|_| EINVAL)?;
         }
         if let Some(index) = change.pkey_index() {
-            hw.pkey_index = u8::try_from(index).map_err(|_| EINVAL)?;
+            attrs.pkey_index = u8::try_from(index).map_err(|_| EINVAL)?;
         }
         if let Some(qkey) = change.qkey() {
-            hw.qkey = qkey;
+            attrs.qkey = qkey;
         }
         if let Some(access) = change.access() {
             let mut bits = 0;
@@ -951,25 +1014,24 @@ impl Driver for Mlx4Ib {
             if access.contains(Access::REMOTE_ATOMIC) {
                 bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RAE;
             }
-            hw.remote_access = bits;
+            attrs.remote_access = bits;
         }
-        let Some(next) = next else {
-            // Attributes alone (a Q_Key, a P_Key index) change through SQD or
-            // RTS2RTS, which the core does not issue yet.
-            return Err(not_supported());
+        // Attributes alone: an RTS UD QP's Q_Key (RTS2RTS); nothing else yet.
+        let next = match next {
+            Some(next) => next,
+            None if current == QpState::Rts && change.qkey().is_some() && qp.ud => QpState::Rts,
+            None => return Err(not_supported()),
         };
         let uar = dev.uar_index;
         let mut core = dev.shared.core().lock();
         let mut edge = dev.shared.edge();
-        let QpHw {
-            qp: Some(ref mut hw_qp),
+        let QpAttrs {
             port,
             pkey_index,
             qkey,
             remote_access,
-            ..
-        } = *hw
-        else {
+        } = attrs;
+        let Some(hw_qp) = hw.qp.as_mut() else {
             return Err(EINVAL);
         };
         let (dlid, _sl) = change.path_lid().unwrap_or((0, 0));
@@ -993,6 +1055,9 @@ impl Driver for Mlx4Ib {
                 let sq_psn = change.sq_psn().unwrap_or(0);
                 core.qp_to_rts_with_retries(&mut edge, hw_qp, port, sq_psn, retries, uar)
             }
+            (QpState::Rts, QpState::Rts) if qp.ud => {
+                core.qp_set_qkey(&mut edge, hw_qp, port, qkey, uar)
+            }
             (QpState::Reset, QpState::Reset) => Ok(()),
             (_, QpState::Err) => core.qp_to_error(&mut edge, hw_qp),
             (_, QpState::Reset) => {
@@ -1006,6 +1071,10 @@ impl Driver for Mlx4Ib {
         };
         done.map_err(|e| command_failed(dev, "MODIFY_QP", e))?;
         hw.state = next;
+        hw.port = port;
+        hw.pkey_index = pkey_index;
+        hw.qkey = qkey;
+        hw.remote_access = remote_access;
         // What the special QPs' headers and every QP's completions carry.
         let mut posting = qp.posting.lock();
         posting.qkey = qkey;
@@ -1015,6 +1084,19 @@ impl Driver for Mlx4Ib {
     }
 
     fn destroy_qp(dev: &Device<Self>, qp: &Qp<Self>) {
+        let groups = core::mem::replace(&mut *qp.groups.lock(), KVec::new());
+        if !groups.is_empty() {
+            let mut core = dev.shared.core().lock();
+            let mut edge = dev.shared.edge();
+            // After a catastrophic error the device has forgotten its groups.
+            if !core.commands().is_device_lost() {
+                for gid in groups.iter() {
+                    if let Err(e) = core.detach_multicast(&mut edge, gid, qp.qpn) {
+                        multicast_failed(dev, "detach", gid, qp.qpn, e);
+                    }
+                }
+            }
+        }
         detach(&qp.send_cq, qp.qpn);
         detach(&qp.recv_cq, qp.qpn);
         if let Some(hw) = qp.hw.lock().qp.take() {
@@ -1194,6 +1276,45 @@ impl Driver for Mlx4Ib {
         let mask = (info.capability_mask | set) & !clear;
         core.set_port_capabilities(&mut edge, port as u8, mask)
             .map_err(|e| command_failed(dev, "SET_PORT", e))
+    }
+
+    fn attach_mcast(dev: &Device<Self>, qp: &Qp<Self>, gid: &Gid, _lid: u16) -> Result {
+        if !qp.ud || qp.special.is_some() {
+            return Err(EINVAL);
+        }
+        let mut groups = qp.groups.lock();
+        if groups.contains(&gid.0) {
+            return Ok(());
+        }
+        // Room first, so that the attach is never made without being recorded.
+        groups.reserve(1, GFP_KERNEL)?;
+        {
+            let mut core = dev.shared.core().lock();
+            core.attach_multicast(&mut dev.shared.edge(), &gid.0, qp.qpn, false)
+                .map_err(|e| multicast_failed(dev, "attach", &gid.0, qp.qpn, e))?;
+        }
+        groups.push(gid.0, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    fn detach_mcast(dev: &Device<Self>, qp: &Qp<Self>, gid: &Gid, _lid: u16) -> Result {
+        let mut groups = qp.groups.lock();
+        let Some(at) = groups.iter().position(|g| *g == gid.0) else {
+            pr_err!(
+                "{}: QP {:#x} is not attached to {:?}\n",
+                dev.name(),
+                qp.qpn,
+                Ipv6Gid(&gid.0)
+            );
+            return Err(EINVAL);
+        };
+        {
+            let mut core = dev.shared.core().lock();
+            core.detach_multicast(&mut dev.shared.edge(), &gid.0, qp.qpn)
+                .map_err(|e| multicast_failed(dev, "detach", &gid.0, qp.qpn, e))?;
+        }
+        let _ = kernel_api::remove(&mut groups, at);
+        Ok(())
     }
 
     fn query_ah(_dev: &Device<Self>, ah: &driver::Ah<Self>) -> Result<AhQuery> {

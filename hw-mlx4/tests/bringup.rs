@@ -2745,6 +2745,7 @@ fn multicast_groups_chain_from_their_buckets_and_the_chain_closes_over_those_tha
         }
     }
     assert!(groups.len() > 8, "{} groups in 8 buckets", groups.len());
+    assert_eq!(core.multicast_groups(), groups.len() as u32);
     assert_eq!(
         core.multicast_entries_in_use(),
         8,

@@ -2133,6 +2133,16 @@ pub trait Driver: Sized + Send + Sync + 'static {
     fn post_send(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut SendWrs<'_, Self>) -> Result;
     /// Posts the receive WRs of `wrs`, as [`Driver::post_send`].
     fn post_recv(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut RecvWrs<'_>) -> Result;
+    /// Attaches a UD QP to the multicast group `gid` with LID `lid` (`attach_mcast`;
+    /// the IB core has checked the QP's type, the GID and the LID). `EOPNOTSUPP` unless
+    /// implemented.
+    fn attach_mcast(_dev: &Device<Self>, _qp: &Qp<Self>, _gid: &Gid, _lid: u16) -> Result {
+        Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP))
+    }
+    /// Detaches a QP from the multicast group `gid` (`detach_mcast`).
+    fn detach_mcast(_dev: &Device<Self>, _qp: &Qp<Self>, _gid: &Gid, _lid: u16) -> Result {
+        Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP))
+    }
     /// Sets up an AH. May be called in atomic context (an AH made without
     /// `RDMA_CREATE_AH_SLEEPABLE`): no sleeping, no `GFP_KERNEL` allocation.
     fn create_ah(dev: &Device<Self>, attr: &AhAttr<'_>) -> Result<Self::Ah>;
@@ -2499,6 +2509,37 @@ impl<T: Driver> Ops<T> {
         0
     }
 
+    unsafe extern "C" fn attach_mcast(
+        qp: *mut sys::ib_qp,
+        gid: *mut sys::ib_gid,
+        lid: u16,
+    ) -> c_int {
+        // SAFETY: a created QP of ours, and the group's GID (16 bytes), valid for the
+        // call (`ib_attach_mcast`).
+        let Some(gid) = (unsafe { gid.as_ref() }) else {
+            return EINVAL.to_errno();
+        };
+        // SAFETY: as above; every member of the GID union is its 16 raw bytes.
+        let gid = Gid(unsafe { gid.raw });
+        // SAFETY: as above.
+        status(unsafe { T::attach_mcast(Self::dev((*qp).device), Qp::from_raw(qp), &gid, lid) })
+    }
+
+    unsafe extern "C" fn detach_mcast(
+        qp: *mut sys::ib_qp,
+        gid: *mut sys::ib_gid,
+        lid: u16,
+    ) -> c_int {
+        // SAFETY: as in `attach_mcast`.
+        let Some(gid) = (unsafe { gid.as_ref() }) else {
+            return EINVAL.to_errno();
+        };
+        // SAFETY: as in `attach_mcast`.
+        let gid = Gid(unsafe { gid.raw });
+        // SAFETY: as in `attach_mcast`.
+        status(unsafe { T::detach_mcast(Self::dev((*qp).device), Qp::from_raw(qp), &gid, lid) })
+    }
+
     /// The C result of a post: 0, or the error with the bad WR reported (`last` taken,
     /// else `first`).
     unsafe fn posted<W>(
@@ -2747,6 +2788,8 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
     ops.query_gid = Some(Ops::<T>::query_gid);
     ops.process_mad = Some(Ops::<T>::process_mad);
     ops.query_ah = Some(Ops::<T>::query_ah);
+    ops.attach_mcast = Some(Ops::<T>::attach_mcast);
+    ops.detach_mcast = Some(Ops::<T>::detach_mcast);
     ops.modify_port = Some(Ops::<T>::modify_port);
     ops.alloc_pd = Some(Ops::<T>::alloc_pd);
     ops.dealloc_pd = Some(Ops::<T>::dealloc_pd);

@@ -70,6 +70,8 @@ pub(super) struct McgTable {
     members: u32,
     /// AMGM entries handed out, numbered from 0 (entry `buckets + n`).
     amgms: IdBitmap<AMGM_WORDS>,
+    /// Groups in the table (buckets and AMGM entries with members).
+    groups: u32,
 }
 
 impl McgTable {
@@ -84,6 +86,7 @@ impl McgTable {
             entries,
             members: slots.min(max_qp_per_mcg),
             amgms,
+            groups: 0,
         })
     }
 
@@ -190,6 +193,9 @@ impl<B> Mlx4Core<B> {
             self.set_link(p, index)?;
             self.write_mcg(p, prev)?;
         }
+        if members == 0 {
+            self.count_group(true);
+        }
         Ok(())
     }
 
@@ -243,12 +249,28 @@ impl<B> Mlx4Core<B> {
                 self.free_amgm(index);
             }
         }
+        self.count_group(false);
         Ok(())
     }
 
     /// AMGM entries in use.
     pub fn multicast_entries_in_use(&self) -> u32 {
         self.mcg.as_ref().map_or(0, |t| t.amgms.in_use())
+    }
+
+    /// Multicast groups in the table.
+    pub fn multicast_groups(&self) -> u32 {
+        self.mcg.as_ref().map_or(0, |t| t.groups)
+    }
+
+    fn count_group(&mut self, added: bool) {
+        if let Some(t) = self.mcg.as_mut() {
+            t.groups = if added {
+                t.groups.saturating_add(1)
+            } else {
+                t.groups.saturating_sub(1)
+            };
+        }
     }
 
     /// Walks `gid`'s chain from its bucket (`find_entry`).

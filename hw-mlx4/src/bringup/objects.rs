@@ -1723,6 +1723,26 @@ impl<B> Mlx4Core<B> {
         self.modify_qp(p, qp, opcode::RTR2RTS_QP, &mailbox, QpState::Rts)
     }
 
+    /// RTS2RTS of a UD or special QP with a new Q_Key (`IB_QP_QKEY` alone: what the
+    /// kernel's IPoIB sets when it learns the broadcast group's).
+    pub fn qp_set_qkey<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        qp: &mut QueuePair<B>,
+        port: u8,
+        qkey: u32,
+        uar: u32,
+    ) -> Result<(), ProbeError> {
+        if qp.state != QpState::Rts || qp.config.transport == QpTransport::Rc {
+            return Err(ProbeError::QpState { qpn: qp.qpn });
+        }
+        let mut mailbox = self.qp_base_context(qp, port, uar)?;
+        let (header, context) = mailbox.split_at_mut(qp_context::MAILBOX_OFFSET);
+        Mailbox(context).set_u32(qp_context::QKEY, qkey);
+        Mailbox(header).set_u32(qp_context::OPTPAR, qp_optpar::Q_KEY);
+        self.modify_qp(p, qp, opcode::RTS2RTS_QP, &mailbox, QpState::Rts)
+    }
+
     /// 2ERR: every outstanding WQE completes flushed.
     pub fn qp_to_error<P: Platform<Block = B>>(
         &mut self,
