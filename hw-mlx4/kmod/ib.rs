@@ -1046,6 +1046,7 @@ impl Driver for Mlx4Ib {
         };
         let done = match (current, next) {
             (QpState::Reset, QpState::Init) => core.qp_to_init(&mut edge, hw_qp, &path, uar),
+            (QpState::Init, QpState::Init) => core.qp_init_to_init(&mut edge, hw_qp, &path, uar),
             (QpState::Init, QpState::Rtr) => core.qp_to_rtr(&mut edge, hw_qp, &path, uar),
             (QpState::Rtr, QpState::Rts) => {
                 let retries = QpRetries {

@@ -1638,6 +1638,45 @@ impl<B> Mlx4Core<B> {
         self.modify_qp(p, qp, opcode::RST2INIT_QP, &mailbox, QpState::Init)
     }
 
+    /// INIT2INIT: the port, P_Key index, and the remote access (RC) or Q_Key (UD) again,
+    /// under their optional parameters (`mlx4_ib`'s for `IB_QP_PORT`, `IB_QP_PKEY_INDEX`,
+    /// `IB_QP_ACCESS_FLAGS`, `IB_QP_QKEY`): what the RDMA CM sends before INIT2RTR.
+    pub fn qp_init_to_init<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        qp: &mut QueuePair<B>,
+        path: &QpPath,
+        uar: u32,
+    ) -> Result<(), ProbeError> {
+        if qp.state != QpState::Init {
+            return Err(ProbeError::QpState { qpn: qp.qpn });
+        }
+        let mut mailbox = self.qp_base_context(qp, path.port, uar)?;
+        let (header, context) = mailbox.split_at_mut(qp_context::MAILBOX_OFFSET);
+        let mut m = Mailbox(context);
+        m.set_u8(
+            qp_context::PRI_PATH + qp_context::PATH_PKEY_INDEX,
+            path.pkey_index,
+        );
+        let optpar = qp_optpar::PKEY_INDEX
+            | qp_optpar::SCHED_QUEUE
+            | match qp.config.transport {
+                QpTransport::Rc => {
+                    m.set_u32(
+                        qp_context::PARAMS2,
+                        path.remote_access & qp_context::PARAMS2_ACCESS,
+                    );
+                    qp_optpar::ACCESS
+                }
+                QpTransport::Ud | QpTransport::Mlx => {
+                    m.set_u32(qp_context::QKEY, path.qkey);
+                    qp_optpar::Q_KEY
+                }
+            };
+        Mailbox(header).set_u32(qp_context::OPTPAR, optpar);
+        self.modify_qp(p, qp, opcode::INIT2INIT_QP, &mailbox, QpState::Init)
+    }
+
     /// INIT2RTR: RC: the destination LID and QP, the receive PSN, the MTU; UD: nothing
     /// new (the Q_Key again under its optional parameter).
     pub fn qp_to_rtr<P: Platform<Block = B>>(
