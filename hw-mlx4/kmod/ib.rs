@@ -275,7 +275,11 @@ pub(crate) struct IbAh {
 
 fn command_failed(dev: &Device<Mlx4Ib>, what: &str, error: ProbeError) -> Error {
     pr_err!("{}: {} failed: {:?}\n", dev.name(), what, error);
-    EIO
+    match error {
+        // Out of numbers, table space or memory: the caller may retry with less.
+        ProbeError::Exhausted { .. } | ProbeError::Memory { .. } => ENOMEM,
+        _ => EIO,
+    }
 }
 
 /// A multicast attach or detach refused or failed: logged with the group, as an errno

@@ -41,7 +41,7 @@ const TABLE_CHUNK_SIZE: u64 = (ICM_PAGE_SIZE as u64) << MAX_CHUNK_LOG_PAGES;
 /// Capacity of the CQ, QP and MPT number tables, in 64-bit words.
 pub(super) const CQN_WORDS: usize = 8;
 pub(super) const QPN_WORDS: usize = 64;
-pub(super) const MPT_WORDS: usize = 8;
+pub(super) const MPT_WORDS: usize = 32;
 /// The most CQs the core's number table holds.
 pub const MAX_CQS: usize = CQN_WORDS * 64;
 /// The most QPs the core's number table holds.

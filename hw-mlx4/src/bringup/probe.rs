@@ -63,9 +63,10 @@ pub(super) const UAR_WORDS: usize = 8;
 pub(super) const PD_WORDS: usize = 64;
 /// EQ table capacity in words: 1024 EQs (`MLX4_MAX_EQ_NUM`).
 pub(super) const EQ_WORDS: usize = 16;
-/// MTT table capacity in words: the first 4096 MTT entries, for the driver's own
-/// queues (the EQ's).
-pub(super) const MTT_WORDS: usize = 64;
+/// MTT table capacity in words: the first 65536 MTT entries (8 KiB of bitmap), for the
+/// queues and the fast-registration MRs; a storage ULP asks for many of the latter
+/// (the kernel's iSER: 128 MRs of 256 entries per connection).
+pub(super) const MTT_WORDS: usize = 1024;
 
 /// The probe's choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
