@@ -2021,8 +2021,8 @@ fn objects_the_device_keeps_are_not_freed() {
     assert_eq!(p.memory.outstanding.len(), 2, "exactly the leaked blocks");
 }
 
-/// UD QPs walk RST2INIT (Q_Key, port), INIT2RTR (Q_Key under its optional parameter),
-/// RTR2RTS; the firmware's QUERY_QP shows the state; a transition out of order is
+/// UD QPs walk RST2INIT (Q_Key, port), INIT2INIT and INIT2RTR (Q_Key under its optional
+/// parameter), RTR2RTS, RTS2RTS with a new Q_Key; the firmware's QUERY_QP shows the state; a transition out of order is
 /// refused by the driver before the device sees it.
 #[test]
 fn a_ud_qp_walks_the_state_machine_and_back_to_reset() {
@@ -2069,13 +2069,36 @@ fn a_ud_qp_walks_the_state_machine_and_back_to_reset() {
         0x40,
         "port 2"
     );
+    // INIT2INIT (the RDMA CM's step before RTR) carries a new Q_Key.
+    let path = QpPath {
+        qkey: 0x2222_2222,
+        ..path
+    };
+    core.qp_init_to_init(&mut p, &mut qp, &path, uar)
+        .expect("INIT2INIT");
+    let ctx = query(&mut p, &mut core, qp.qpn);
+    assert_eq!(ctx[8] >> 4, 1, "still INIT");
+    let qkey = u32::from_be_bytes(ctx[8 + qp_context::QKEY..][..4].try_into().unwrap());
+    assert_eq!(qkey, 0x2222_2222, "INIT2INIT's Q_Key");
+    assert_eq!(
+        core.qp_set_qkey(&mut p, &mut qp, 2, 1, uar),
+        Err(ProbeError::QpState { qpn: qp.qpn }),
+        "RTS2RTS from INIT"
+    );
     core.qp_to_rtr(&mut p, &mut qp, &path, uar)
         .expect("INIT2RTR");
     core.qp_to_rts(&mut p, &mut qp, 2, 0, uar).expect("RTR2RTS");
     let ctx = query(&mut p, &mut core, qp.qpn);
     assert_eq!(ctx[8] >> 4, 3, "RTS");
     let qkey = u32::from_be_bytes(ctx[8 + qp_context::QKEY..][..4].try_into().unwrap());
-    assert_eq!(qkey, 0x1111_1111);
+    assert_eq!(qkey, 0x2222_2222);
+    // RTS2RTS with the Q_Key alone (IPoIB's, once it knows the broadcast group's).
+    core.qp_set_qkey(&mut p, &mut qp, 2, 0x8000_0000_u32 | 0x0b1b, uar)
+        .expect("RTS2RTS");
+    let ctx = query(&mut p, &mut core, qp.qpn);
+    assert_eq!(ctx[8] >> 4, 3, "still RTS");
+    let qkey = u32::from_be_bytes(ctx[8 + qp_context::QKEY..][..4].try_into().unwrap());
+    assert_eq!(qkey, 0x8000_0b1b, "RTS2RTS's Q_Key");
     core.qp_to_reset(&mut p, &mut qp).expect("2RST");
     assert_eq!(query(&mut p, &mut core, qp.qpn)[8] >> 4, 0, "RESET");
     assert_eq!(p.driver_errors(), Vec::<String>::new());

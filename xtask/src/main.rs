@@ -471,6 +471,13 @@ fn cmd_run(args: &Args) -> Result {
             ));
         }
     }
+    // The ULPs' lines: what the scenario measured of tilde_ipoib and tilde_iser.
+    let log = std::fs::read_to_string(run.out("scenario.log")).unwrap_or_default();
+    moved.extend(
+        log.lines()
+            .filter_map(|l| l.strip_prefix("summary: "))
+            .map(str::to_string),
+    );
     println!("\nSummary:");
     println!("  kernel        {} ({})", toolchain.release, target.id);
     for line in &moved {

@@ -192,6 +192,7 @@ pub fn run(
     fs::copy(vm_dir.join("stage2"), dir.join("guest/stage2"))?;
     fs::copy(vm_dir.join("lib.sh"), dir.join("guest/lib.sh"))?;
     fs::copy(vm_dir.join("iser.sh"), dir.join("guest/iser.sh"))?;
+    fs::copy(vm_dir.join("ipoib.sh"), dir.join("guest/ipoib.sh"))?;
     for helper in [
         "iser_bench_table.py",
         "tcp_blob.py",

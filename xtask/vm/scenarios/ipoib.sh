@@ -16,6 +16,7 @@
 # needs-module: tilde_ipoib
 # timeout: 420
 . /tilde/guest/lib.sh
+. /tilde/guest/ipoib.sh
 
 cx3_active
 
@@ -103,53 +104,11 @@ addr6_b=$(ip -n b -6 addr show dev "$kernel_if" scope link | awk '/inet6/ {sub("
 ip netns exec a ping -6 -c 3 -W 10 "$addr6_b%$tilde_if"
 ip netns exec b ping -6 -c 3 -W 10 "$addr6_a%$kernel_if"
 
-# tcp_transfer FROM_NS TO_NS TO_ADDR: 32 MiB over TCP, read back with the same SHA-256.
-tcp_transfer() {
-	local from=$1 to=$2 addr=$3 receiver expected got
-	head -c $((32 << 20)) /dev/urandom > /tmp/blob
-	expected="$((32 << 20)) $(sha256sum < /tmp/blob | cut -d' ' -f1)"
-	rm -f received.txt
-	ip netns exec "$to" python3 /tilde/guest/tcp_blob.py recv "$addr" 5001 > received.txt &
-	receiver=$!
-	for i in $(seq 300); do
-		grep -q listening received.txt && break
-		sleep 0.1
-	done
-	start=$(date +%s.%N)
-	ip netns exec "$from" python3 /tilde/guest/tcp_blob.py send "$addr" 5001 /tmp/blob
-	wait "$receiver"
-	end=$(date +%s.%N)
-	echo "32 MiB $from → $to in $(echo "$end - $start" | bc) s (QEMU TCG)"
-	got=$(tail -n 1 received.txt)
-	echo "sent: $expected"
-	echo "got:  $got"
-	[ "$got" = "$expected" ] || { echo "FAIL: the data came back different"; return 1; }
-}
 echo "== 32 MiB over TCP, tilde_ipoib → ib_ipoib"
-tcp_transfer a b 169.254.78.2
+tcp_transfer a b 169.254.78.2 32
 echo "== 32 MiB over TCP, ib_ipoib → tilde_ipoib"
-tcp_transfer b a 169.254.78.1
+tcp_transfer b a 169.254.78.1 32
 
-# udp_multicast FROM_NS FROM_ADDR TO_NS TO_ADDR: 20 datagrams to 239.1.2.3, which the
-# receiver joins (a full-member SA join and a QP attach on its side) and the sender does
-# not (a send-only join on its side), all received.
-udp_multicast() {
-	local from=$1 from_addr=$2 to=$3 to_addr=$4 receiver got
-	rm -f mcast.txt
-	ip netns exec "$to" python3 /tilde/guest/udp_mcast.py recv 239.1.2.3 "$to_addr" 5002 20 > mcast.txt &
-	receiver=$!
-	for i in $(seq 300); do
-		grep -q listening mcast.txt && break
-		sleep 0.1
-	done
-	# The receiver's join goes through the SA before the first datagram.
-	sleep 2
-	ip netns exec "$from" python3 /tilde/guest/udp_mcast.py send 239.1.2.3 "$from_addr" 5002 20
-	wait "$receiver"
-	got=$(tail -n 1 mcast.txt)
-	echo "$from → $to: $got of 20"
-	[ "$got" = "received 20" ] || { echo "FAIL: multicast datagrams lost"; return 1; }
-}
 echo "== UDP to a multicast group, tilde_ipoib → ib_ipoib"
 udp_multicast a 169.254.78.1 b 169.254.78.2
 echo "== UDP to a multicast group, ib_ipoib → tilde_ipoib"

@@ -942,6 +942,15 @@ impl Hca {
                         *kept = *new;
                     }
                 }
+                // A field under its optional parameter is taken whole, zero bytes too.
+                if optpar & crate::wire::fw::qp_optpar::Q_KEY != 0 {
+                    let at = crate::wire::fw::qp_context::QKEY;
+                    if let (Some(kept), Some(new)) =
+                        (merged.get_mut(at..at + 4), context.get(at..at + 4))
+                    {
+                        kept.copy_from_slice(new);
+                    }
+                }
             }
         }
         self.qps.insert(

@@ -1,0 +1,90 @@
+# IPoIB helpers for scenarios (sourced after lib.sh): two interfaces in two network
+# namespaces (a and b), and the traffic checks every IPoIB pair must pass.
+
+# ns_pair IF_A IF_B NET: IF_A into namespace a as NET.1, IF_B into b as NET.2, both up
+# with their carriers on (the broadcast group joined).
+ns_pair() {
+	local if_a=$1 if_b=$2 net=$3 i
+	ip netns add a
+	ip netns add b
+	ip link set "$if_a" netns a
+	ip link set "$if_b" netns b
+	for ns in a b; do ip -n $ns link set lo up; done
+	ip -n a addr add "$net.1/24" dev "$if_a"
+	ip -n b addr add "$net.2/24" dev "$if_b"
+	ip -n a link set "$if_a" up
+	ip -n b link set "$if_b" up
+	for i in $(seq 300); do
+		ip -n a link show "$if_a" | grep -q LOWER_UP && ip -n b link show "$if_b" | grep -q LOWER_UP && break
+		sleep 0.1
+	done
+	ip -n a link show "$if_a"
+	ip -n b link show "$if_b"
+	ip -n a link show "$if_a" | grep -q LOWER_UP || { echo "FAIL: $if_a's carrier is off"; return 1; }
+	ip -n b link show "$if_b" | grep -q LOWER_UP || { echo "FAIL: $if_b's carrier is off"; return 1; }
+}
+
+# ping6_pair IF_A IF_B: IPv6 ping both ways between the link-local addresses, once
+# duplicate address detection is done.
+ping6_pair() {
+	local if_a=$1 if_b=$2 i addr_a addr_b
+	for i in $(seq 100); do
+		ip -n a -6 addr show dev "$if_a" scope link | grep -q 'inet6 .*scope link' \
+			&& ip -n b -6 addr show dev "$if_b" scope link | grep -q 'inet6 .*scope link' \
+			&& ! ip -n a -6 addr show dev "$if_a" | grep -q tentative \
+			&& ! ip -n b -6 addr show dev "$if_b" | grep -q tentative && break
+		sleep 0.1
+	done
+	refute "$if_a's link-local address failed duplicate address detection" \
+		grep -q dadfailed <(ip -n a -6 addr show dev "$if_a")
+	addr_a=$(ip -n a -6 addr show dev "$if_a" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')
+	addr_b=$(ip -n b -6 addr show dev "$if_b" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')
+	ip netns exec a ping -6 -c 3 -W 10 "$addr_b%$if_a"
+	ip netns exec b ping -6 -c 3 -W 10 "$addr_a%$if_b"
+}
+
+# tcp_transfer FROM_NS TO_NS TO_ADDR MIB: MIB MiB over TCP, read back with the same
+# SHA-256; the seconds it took in TCP_SECONDS.
+tcp_transfer() {
+	local from=$1 to=$2 addr=$3 mib=$4 receiver expected got i start end
+	head -c $((mib << 20)) /dev/urandom > /tmp/blob
+	expected="$((mib << 20)) $(sha256sum < /tmp/blob | cut -d' ' -f1)"
+	rm -f received.txt
+	ip netns exec "$to" python3 /tilde/guest/tcp_blob.py recv "$addr" 5001 > received.txt &
+	receiver=$!
+	for i in $(seq 300); do
+		grep -q listening received.txt && break
+		sleep 0.1
+	done
+	start=$(date +%s.%N)
+	ip netns exec "$from" python3 /tilde/guest/tcp_blob.py send "$addr" 5001 /tmp/blob
+	wait "$receiver"
+	end=$(date +%s.%N)
+	TCP_SECONDS=$(echo "$end - $start" | bc)
+	echo "$mib MiB $from → $to in $TCP_SECONDS s (QEMU TCG)"
+	got=$(tail -n 1 received.txt)
+	echo "sent: $expected"
+	echo "got:  $got"
+	[ "$got" = "$expected" ] || { echo "FAIL: the data came back different"; return 1; }
+}
+
+# udp_multicast FROM_NS FROM_ADDR TO_NS TO_ADDR: 20 datagrams to 239.1.2.3, which the
+# receiver joins (a full-member SA join and a QP attach on its side) and the sender does
+# not (a send-only join on its side), all received.
+udp_multicast() {
+	local from=$1 from_addr=$2 to=$3 to_addr=$4 receiver got i
+	rm -f mcast.txt
+	ip netns exec "$to" python3 /tilde/guest/udp_mcast.py recv 239.1.2.3 "$to_addr" 5002 20 > mcast.txt &
+	receiver=$!
+	for i in $(seq 300); do
+		grep -q listening mcast.txt && break
+		sleep 0.1
+	done
+	# The receiver's join goes through the SA before the first datagram.
+	sleep 2
+	ip netns exec "$from" python3 /tilde/guest/udp_mcast.py send 239.1.2.3 "$from_addr" 5002 20
+	wait "$receiver"
+	got=$(tail -n 1 mcast.txt)
+	echo "$from → $to: $got of 20"
+	[ "$got" = "received 20" ] || { echo "FAIL: multicast datagrams lost"; return 1; }
+}
