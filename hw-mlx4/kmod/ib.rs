@@ -35,6 +35,7 @@ use hw_mlx4::bringup::probe::{Mlx4Core, ProbeError};
 use hw_mlx4::fastpath::cq::{CompletionQueue as FastCq, CqDoorbells};
 use hw_mlx4::fastpath::qp::{PostRight, QpCompletions, QpLookup, QueuePairState};
 use hw_mlx4::fastpath::send::{MlxWr, QpType as FastQpType, SendQueueCaps};
+use hw_mlx4::wire::fw::qp_context;
 use hw_mlx4::wire::ud::{GlobalRoute, MlxSeg, UdHeader, PERMISSIVE_LID, UD_HEADER_MAX};
 use hw_mlx4::wire::{AddressVector, ArmCommand, Be16, Be32};
 use hw_mlx4::wr::{
@@ -48,8 +49,8 @@ use kernel::sync::Arc;
 use rdma_core::driver::{
     self, Access, AhAttr, AhQuery, Arm, Completions, CoreCaps, Cq, Device, DeviceAttrs, Driver,
     Mad, MadResult, MrKeys, MrPages, MrType, NewCq, NewQp, Pd, PortAttrs, PortEvent, PortImmutable,
-    PortSpeed, PortWidth, Qp, QpHandle, QpModify, QpState, QpType, ReceivedRoute, RecvWrs, Route,
-    SendFlags, SendOp, SendWrs, MAD_SIZE,
+    PortSpeed, PortWidth, Qp, QpHandle, QpModify, QpQuery, QpState, QpType, ReceivedRoute, RecvWrs,
+    Route, SendFlags, SendOp, SendWrs, MAD_SIZE,
 };
 use rdma_core::kernel_api;
 use rdma_core::kernel_api::atomic::{Atomic, Relaxed};
@@ -215,6 +216,8 @@ pub(crate) struct IbQp {
     ud: bool,
     special: Option<SpecialQp>,
     caps: SendQueueCaps,
+    /// The sizes `create_qp` reported.
+    sizes: driver::QpCaps,
     posting: IrqSpinLock<Posting>,
     hw: Mutex<QpHw>,
     send_cq: Arc<CqShared>,
@@ -945,19 +948,21 @@ impl Driver for Mlx4Ib {
         let max_send_wr = (1u32 << log_sq) - spare;
         // The IB core and the packets know the special QPs as 0 and 1.
         qp.set_num(special.map_or(qpn, |sqp| sqp.qp_num));
-        qp.set_caps(driver::QpCaps {
+        let sizes = driver::QpCaps {
             max_send_wr,
             max_recv_wr: 1 << log_rq,
             max_send_sge: MAX_SGE,
             max_recv_sge: MAX_SGE,
             max_inline_data: 0,
-        });
+        };
+        qp.set_caps(sizes);
         let made = (|| -> Result<IbQp> {
             Ok(IbQp {
                 qpn,
                 ud,
                 special,
                 caps,
+                sizes,
                 posting: IrqSpinLock::new(posting)?,
                 hw: Mutex::new(QpHw {
                     qp: None,
@@ -1010,13 +1015,13 @@ impl Driver for Mlx4Ib {
         if let Some(access) = change.access() {
             let mut bits = 0;
             if access.contains(Access::REMOTE_READ) {
-                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RRE;
+                bits |= qp_context::PARAMS2_RRE;
             }
             if access.contains(Access::REMOTE_WRITE) {
-                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RWE;
+                bits |= qp_context::PARAMS2_RWE;
             }
             if access.contains(Access::REMOTE_ATOMIC) {
-                bits |= hw_mlx4::wire::fw::qp_context::PARAMS2_RAE;
+                bits |= qp_context::PARAMS2_RAE;
             }
             attrs.remote_access = bits;
         }
@@ -1281,6 +1286,64 @@ impl Driver for Mlx4Ib {
         let mask = (info.capability_mask | set) & !clear;
         core.set_port_capabilities(&mut edge, port as u8, mask)
             .map_err(|e| command_failed(dev, "SET_PORT", e))
+    }
+
+    fn query_qp(dev: &Device<Self>, qp: &Qp<Self>) -> Result<QpQuery> {
+        let hw = qp.hw.lock();
+        // The device's context, but for a QP in RESET, of which it holds none.
+        let context = match hw.qp.as_ref() {
+            Some(hw_qp) if hw.state != QpState::Reset => {
+                let mut core = dev.shared.core().lock();
+                Some(
+                    core.query_qp(&mut dev.shared.edge(), hw_qp)
+                        .map_err(|e| command_failed(dev, "QUERY_QP", e))?,
+                )
+            }
+            _ => None,
+        };
+        let state = match context.map(|c| c.state) {
+            None | Some(0) => QpState::Reset,
+            Some(1) => QpState::Init,
+            Some(2) => QpState::Rtr,
+            Some(3) => QpState::Rts,
+            Some(4) => QpState::Sqe,
+            Some(5) => QpState::Sqd,
+            Some(6) => QpState::Err,
+            Some(other) => {
+                pr_err!(
+                    "{}: QP {:#x}: QUERY_QP reports state {}, which the PRM does not have\n",
+                    dev.name(),
+                    qp.qpn,
+                    other
+                );
+                return Err(EIO);
+            }
+        };
+        let mut access = 0;
+        for (bit, flag) in [
+            (qp_context::PARAMS2_RRE, Access::REMOTE_READ),
+            (qp_context::PARAMS2_RWE, Access::REMOTE_WRITE),
+            (qp_context::PARAMS2_RAE, Access::REMOTE_ATOMIC),
+        ] {
+            if hw.remote_access & bit != 0 {
+                access |= flag.bits();
+            }
+        }
+        let rc = !qp.ud;
+        Ok(QpQuery {
+            state,
+            port: hw.port,
+            pkey_index: hw.pkey_index.into(),
+            qkey: hw.qkey,
+            access: Access::from_bits(access),
+            dest_qpn: context.filter(|_| rc).map_or(0, |c| c.remote_qpn),
+            dlid: context.filter(|_| rc).map_or(0, |c| c.dlid),
+            sq_psn: context.filter(|_| rc).map_or(0, |c| c.sq_psn),
+            rq_psn: context.filter(|_| rc).map_or(0, |c| c.rq_psn),
+            path_mtu: mtu(context.map_or(5, |c| c.mtu)),
+            caps: qp.sizes,
+            signal_all: qp.caps.signal_all,
+        })
     }
 
     fn attach_mcast(dev: &Device<Self>, qp: &Qp<Self>, gid: &Gid, _lid: u16) -> Result {

@@ -2099,6 +2099,12 @@ fn a_ud_qp_walks_the_state_machine_and_back_to_reset() {
     assert_eq!(ctx[8] >> 4, 3, "still RTS");
     let qkey = u32::from_be_bytes(ctx[8 + qp_context::QKEY..][..4].try_into().unwrap());
     assert_eq!(qkey, 0x8000_0b1b, "RTS2RTS's Q_Key");
+    // The driver's own QUERY_QP reads the same, parsed.
+    let q = core.query_qp(&mut p, &qp).expect("QUERY_QP");
+    assert_eq!(
+        (q.state, q.qkey, q.port, q.pkey_index),
+        (3, 0x8000_0b1b, 2, 0)
+    );
     core.qp_to_reset(&mut p, &mut qp).expect("2RST");
     assert_eq!(query(&mut p, &mut core, qp.qpn)[8] >> 4, 0, "RESET");
     assert_eq!(p.driver_errors(), Vec::<String>::new());

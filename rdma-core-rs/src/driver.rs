@@ -1607,6 +1607,36 @@ impl AhAttr<'_> {
     }
 }
 
+/// A QP's attributes, as [`Driver::query_qp`] reports them (`ib_qp_attr` and the
+/// `ib_qp_init_attr` caps; `rdma resource show qp` and the ULPs read them).
+#[derive(Clone, Copy, Debug)]
+pub struct QpQuery {
+    /// Its state as the device has it (a QP the device moved to an error state says so).
+    pub state: QpState,
+    /// The port, P_Key index and Q_Key its transitions set.
+    pub port: u8,
+    /// The P_Key index.
+    pub pkey_index: u16,
+    /// The Q_Key (UD and the special QPs).
+    pub qkey: u32,
+    /// The remote access it grants (RC).
+    pub access: Access,
+    /// An RC QP's destination QP, and its path's LID.
+    pub dest_qpn: u32,
+    /// The path's destination LID (RC).
+    pub dlid: u16,
+    /// The next PSN it sends and the one it expects (RC).
+    pub sq_psn: u32,
+    /// The PSN it expects.
+    pub rq_psn: u32,
+    /// The path MTU (RC).
+    pub path_mtu: crate::verbs::Mtu,
+    /// Its queue sizes.
+    pub caps: QpCaps,
+    /// Whether every send completes with a CQE (`IB_SIGNAL_ALL_WR`).
+    pub signal_all: bool,
+}
+
 /// An InfiniBand AH's attributes, as [`Driver::query_ah`] reports them.
 #[derive(Clone, Copy, Debug)]
 pub struct AhQuery {
@@ -2133,6 +2163,10 @@ pub trait Driver: Sized + Send + Sync + 'static {
     fn post_send(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut SendWrs<'_, Self>) -> Result;
     /// Posts the receive WRs of `wrs`, as [`Driver::post_send`].
     fn post_recv(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut RecvWrs<'_>) -> Result;
+    /// A QP's attributes (`query_qp`). `EOPNOTSUPP` unless implemented.
+    fn query_qp(_dev: &Device<Self>, _qp: &Qp<Self>) -> Result<QpQuery> {
+        Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP))
+    }
     /// Attaches a UD QP to the multicast group `gid` with LID `lid` (`attach_mcast`;
     /// the IB core has checked the QP's type, the GID and the LID). `EOPNOTSUPP` unless
     /// implemented.
@@ -2509,6 +2543,66 @@ impl<T: Driver> Ops<T> {
         0
     }
 
+    unsafe extern "C" fn query_qp(
+        qp: *mut sys::ib_qp,
+        attr: *mut sys::ib_qp_attr,
+        _mask: c_int,
+        init: *mut sys::ib_qp_init_attr,
+    ) -> c_int {
+        // SAFETY: a created QP of ours and the IB core's attribute structures, valid for
+        // the call (`ib_query_qp`).
+        let (dev, raw_qp, attr, init) =
+            unsafe { (Self::dev((*qp).device), &*qp, attr.as_mut(), init.as_mut()) };
+        let (Some(attr), Some(init)) = (attr, init) else {
+            return EINVAL.to_errno();
+        };
+        // SAFETY: as above.
+        let query = match T::query_qp(dev, unsafe { Qp::from_raw(qp) }) {
+            Ok(query) => query,
+            Err(error) => return error.to_errno(),
+        };
+        let cap = sys::ib_qp_cap {
+            max_send_wr: query.caps.max_send_wr,
+            max_recv_wr: query.caps.max_recv_wr,
+            max_send_sge: query.caps.max_send_sge,
+            max_recv_sge: query.caps.max_recv_sge,
+            max_inline_data: query.caps.max_inline_data,
+            ..Default::default()
+        };
+        attr.qp_state = query.state.to_raw();
+        attr.cur_qp_state = attr.qp_state;
+        attr.path_mtu = query.path_mtu as u32;
+        attr.path_mig_state = sys::ib_mig_state_IB_MIG_MIGRATED;
+        attr.qkey = query.qkey;
+        attr.rq_psn = query.rq_psn;
+        attr.sq_psn = query.sq_psn;
+        attr.dest_qp_num = query.dest_qpn;
+        attr.qp_access_flags = query.access.bits() as c_int;
+        attr.cap = cap;
+        attr.pkey_index = query.pkey_index;
+        attr.port_num = query.port.into();
+        attr.ah_attr.type_ = sys::rdma_ah_attr_type_RDMA_AH_ATTR_TYPE_IB;
+        attr.ah_attr.port_num = query.port.into();
+        attr.ah_attr.__bindgen_anon_1.ib = sys::ib_ah_attr {
+            dlid: query.dlid,
+            src_path_bits: 0,
+        };
+        init.event_handler = raw_qp.event_handler;
+        init.qp_context = raw_qp.qp_context;
+        init.send_cq = raw_qp.send_cq;
+        init.recv_cq = raw_qp.recv_cq;
+        init.srq = raw_qp.srq;
+        init.cap = cap;
+        init.sq_sig_type = if query.signal_all {
+            sys::ib_sig_type_IB_SIGNAL_ALL_WR
+        } else {
+            sys::ib_sig_type_IB_SIGNAL_REQ_WR
+        };
+        init.qp_type = raw_qp.qp_type;
+        init.port_num = query.port.into();
+        0
+    }
+
     unsafe extern "C" fn attach_mcast(
         qp: *mut sys::ib_qp,
         gid: *mut sys::ib_gid,
@@ -2788,6 +2882,7 @@ fn ops<T: Driver>(owner: *mut sys::module) -> sys::ib_device_ops {
     ops.query_gid = Some(Ops::<T>::query_gid);
     ops.process_mad = Some(Ops::<T>::process_mad);
     ops.query_ah = Some(Ops::<T>::query_ah);
+    ops.query_qp = Some(Ops::<T>::query_qp);
     ops.attach_mcast = Some(Ops::<T>::attach_mcast);
     ops.detach_mcast = Some(Ops::<T>::detach_mcast);
     ops.modify_port = Some(Ops::<T>::modify_port);

@@ -126,6 +126,16 @@ cx3_function() {
 	return 1
 }
 
+# cx3_raise_catas ADDR: the emulated ConnectX-3 at PCI address ADDR raises a catastrophic
+# error (its test capability's trigger in config space, not the hardware's:
+# docs/cx3-device.md); a driver sees it in the error buffer it polls every 5 s.
+cx3_raise_catas() {
+	python3 -c 'import struct, sys
+with open(sys.argv[1], "r+b") as config:
+    config.seek(0xb4)
+    config.write(struct.pack("<I", 0xca7a5))' "/sys/bus/pci/devices/$1/config"
+}
+
 # cx3_active: the emulated ConnectX-3 bound by the kernel's mlx4_core and mlx4_ib, and
 # opensm (over ib_umad, bound to port 1) running until the guest powers off, with both
 # ports ACTIVE.

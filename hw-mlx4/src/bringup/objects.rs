@@ -250,6 +250,29 @@ pub struct QueuePair<B> {
     from_range: bool,
 }
 
+/// What QUERY_QP reads of a QP's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QpContextQuery {
+    /// The PRM's state: 0 RESET, 1 INIT, 2 RTR, 3 RTS, 4 SQER, 5 SQD, 6 ERR.
+    pub state: u8,
+    /// The Q_Key.
+    pub qkey: u32,
+    /// The destination QP (RC).
+    pub remote_qpn: u32,
+    /// The primary path's destination LID.
+    pub dlid: u16,
+    /// The next PSN sent, and the next expected.
+    pub sq_psn: u32,
+    /// See `sq_psn`.
+    pub rq_psn: u32,
+    /// The primary path's P_Key index.
+    pub pkey_index: u8,
+    /// The port (1 or 2).
+    pub port: u8,
+    /// The MTU code (`IB_MTU_*`).
+    pub mtu: u8,
+}
+
 /// The path and parameters INIT2RTR gives a QP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QpPath {
@@ -1780,6 +1803,38 @@ impl<B> Mlx4Core<B> {
         Mailbox(context).set_u32(qp_context::QKEY, qkey);
         Mailbox(header).set_u32(qp_context::OPTPAR, qp_optpar::Q_KEY);
         self.modify_qp(p, qp, opcode::RTS2RTS_QP, &mailbox, QpState::Rts)
+    }
+
+    /// QUERY_QP (`mlx4_qp_query`): the QP's context as the device has it now, with its
+    /// state (a QP the device moved to an error state on its own reads so).
+    pub fn query_qp<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        qp: &QueuePair<B>,
+    ) -> Result<QpContextQuery, ProbeError> {
+        let outbox = self.outbox.as_ref().ok_or(ProbeError::MailboxAccess)?;
+        let cmd = Command::new(opcode::QUERY_QP)
+            .in_modifier(qp.qpn)
+            .out_param(outbox.bus_address);
+        self.command(p, Step::ModifyQp(opcode::QUERY_QP), cmd)?;
+        let mut out = [0u8; qp_context::MAILBOX_OFFSET + qp_context::SIZE];
+        let outbox = self.outbox.as_ref().ok_or(ProbeError::MailboxAccess)?;
+        if !p.read(&outbox.block, 0, &mut out) {
+            return Err(ProbeError::MailboxAccess);
+        }
+        let (_, context) = out.split_at(qp_context::MAILBOX_OFFSET);
+        let m = Mailbox(context);
+        Ok(QpContextQuery {
+            state: m.u8(qp_context::FLAGS) >> 4,
+            qkey: m.u32(qp_context::QKEY),
+            remote_qpn: m.u32(qp_context::REMOTE_QPN) & 0x00ff_ffff,
+            dlid: m.u16(qp_context::PRI_PATH + qp_context::PATH_RLID),
+            sq_psn: m.u32(qp_context::NEXT_SEND_PSN) & 0x00ff_ffff,
+            rq_psn: m.u32(qp_context::RNR_NEXTRECVPSN) & 0x00ff_ffff,
+            pkey_index: m.u8(qp_context::PRI_PATH + qp_context::PATH_PKEY_INDEX),
+            port: ((m.u8(qp_context::PRI_PATH + qp_context::PATH_SCHED_QUEUE) >> 6) & 1) + 1,
+            mtu: m.u8(qp_context::MTU_MSGMAX) >> 5,
+        })
     }
 
     /// 2ERR: every outstanding WQE completes flushed.

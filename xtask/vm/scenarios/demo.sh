@@ -48,7 +48,8 @@ tilde_if=$(sed -n 's/.*tilde_ipoib: tilde_mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "
 ns_pair "$tilde_if" "$kernel_if" 169.254.78
 ip netns exec a ping -c 3 -W 10 169.254.78.2 | tee ping.log
 tcp_transfer a b 169.254.78.2 32
-echo "summary: tilde_ipoib → ib_ipoib: ping $(sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p' ping.log) ms, 32 MiB over TCP in $TCP_SECONDS s, SHA-256 equal"
+rtt=$(sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p' ping.log)
+printf 'summary: tilde_ipoib → ib_ipoib: ping %.1f ms average, 32 MiB over TCP in %.2f s (SHA-256 equal)\n' "$rtt" "$TCP_SECONDS"
 ip netns del a
 ip netns del b
 rmmod tilde_ipoib
@@ -74,7 +75,8 @@ mid=$(date +%s.%N)
 read=$(dd if="$ISER_DEV" bs=1M count=64 iflag=direct status=none | sha256sum | cut -d' ' -f1)
 end=$(date +%s.%N)
 [ "$read" = "$(sha256sum < /tmp/pattern | cut -d' ' -f1)" ] || { echo "FAIL: the LUN gave back other bytes"; exit 1; }
-echo "summary: tilde_iser → LIO: 64 MiB written in $(echo "$mid - $start" | bc) s, read back in $(echo "$end - $mid" | bc) s, SHA-256 equal"
+printf 'summary: tilde_iser → LIO: 64 MiB written in %.2f s, read back in %.2f s (SHA-256 equal)\n' \
+	"$(echo "$mid - $start" | bc)" "$(echo "$end - $mid" | bc)"
 iser_logout
 pkill iscsid || true
 iser_target_down

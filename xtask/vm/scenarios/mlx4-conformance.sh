@@ -4,8 +4,11 @@
 # RDMA CM resolved through the kernel's ib_ipoib over tilde_mlx4_0 (ARP through the
 # broadcast group tilde_mlx4 attached, opensm's path records, the IB CM's MADs through
 # tilde's QP1s). Then the lifetime cases: unloading the suite with traffic in flight,
-# and tilde_mlx4 itself unloaded under the suite's traffic (its IB device unregistered:
-# every QP destroyed through the driver, the suite's clients told first).
+# and tilde_mlx4_0 taken away under the suite's traffic three ways: a catastrophic error
+# the device raises (the driver resets the function and registers the device again), a
+# sysfs unbind, and rmmod tilde_mlx4. Each time the IB device is unregistered, every QP
+# destroyed through the driver with the suite's clients told first, and every posted WR
+# comes back to the suite (flushed or completed) before its QPs go.
 # needs-device: cx3
 # needs-module: tilde_mlx4
 . /tilde/guest/lib.sh
@@ -47,15 +50,54 @@ sleep 2
 rmmod tilde_verbs_conformance
 expect_dmesg "$line: unload_with_traffic_in_flight: PASS\$"
 
+dev=$(cx3_function)
+# removals_pass N: N removals under traffic have passed.
+removals_pass() {
+	[ "$(count_dmesg "$line: device_removal_with_traffic_in_flight: PASS\$")" = "$1" ] ||
+		{ echo "FAIL: removal $1 under traffic did not pass"; return 1; }
+}
+# start_traffic: the suite loaded with its resident QPs and traffic running.
+start_traffic() {
+	local pattern="$line: resident: .* 20 WRs posted, traffic running\$" before
+	before=$(count_dmesg "$pattern")
+	insmod "$suite" device=tilde_mlx4_0 traffic=1
+	[ "$(count_dmesg "$pattern")" -gt "$before" ] ||
+		{ echo "FAIL: the suite's traffic did not start"; return 1; }
+	sleep 2
+}
+
+echo "== a catastrophic error with traffic in flight: reset, tilde_mlx4_0 registered again"
+start_traffic
+cx3_raise_catas "$dev"
+for i in $(seq 200); do
+	grep -q "tilde_mlx4: $dev: recovered from the catastrophic error" "$(kernel_log)" && break
+	sleep 0.1
+done
+expect_dmesg "tilde_mlx4: $dev: recovered from the catastrophic error$"
+removals_pass 1
+rmmod tilde_verbs_conformance
+# The new device's ports are down until a subnet manager sweeps them again.
+ib_stop_sm
+ib_activate tilde_mlx4_0
+
+echo "== sysfs unbind with traffic in flight"
+start_traffic
+echo "$dev" > /sys/bus/pci/drivers/tilde_mlx4/unbind
+removals_pass 2
+rmmod tilde_verbs_conformance
+ib_stop_sm
+echo "$dev" > /sys/bus/pci/drivers/tilde_mlx4/bind
+ib_activate tilde_mlx4_0
+
 echo "== device removal with traffic in flight (rmmod tilde_mlx4 unregisters tilde_mlx4_0)"
-insmod "$suite" device=tilde_mlx4_0 traffic=1
-sleep 2
+start_traffic
 ib_stop_sm
 rmmod ib_ipoib
 rmmod ib_umad
 rmmod tilde_mlx4
-expect_dmesg "$line: device_removal_with_traffic_in_flight: PASS\$"
-expect_dmesg 'tilde_mlx4: [0-9a-f:.]+: HCA closed, every page given back$'
+removals_pass 3
+[ "$(count_dmesg 'tilde_mlx4: [0-9a-f:.]+: HCA closed, every page given back$')" = 2 ] ||
+	{ echo "FAIL: the HCA was not closed cleanly on unbind and on rmmod"; exit 1; }
 rmmod tilde_verbs_conformance
 reject_dmesg 'tilde_verbs_conformance: .*: (FAIL|fail).*(removal|unload|traffic)'
 reject_dmesg 'tilde_mlx4: .*(failed|refused|outside the BAR|left with the device)'

@@ -141,13 +141,8 @@ bound_to tilde_mlx4 || { echo "FAIL: $dev did not bind again"; exit 1; }
 expect_probe 2
 
 echo "== a catastrophic error: the driver resets the function and brings the HCA up again"
-# The emulated device raises one when its test capability's trigger in config space is
-# written (not the hardware's: docs/cx3-device.md); the driver polls the error buffer
-# every 5 s, as mlx4_core does.
-python3 -c 'import struct, sys
-with open(sys.argv[1], "r+b") as config:
-    config.seek(0xb4)
-    config.write(struct.pack("<I", 0xca7a5))' "/sys/bus/pci/devices/$dev/config"
+# The driver polls the error buffer every 5 s, as mlx4_core does.
+cx3_raise_catas "$dev"
 for i in $(seq 200); do
 	grep -q "tilde_mlx4: $dev: recovered from the catastrophic error" "$(kernel_log)" && break
 	sleep 0.1

@@ -26,6 +26,12 @@ done
 ns_pair ib0 ib1 169.254.77
 # The broadcast group's MTU (2048 on this fabric) less the 4-byte header.
 ip -n a link show ib0 | grep -q 'mtu 2044'
+# The QPs as the device has them (QUERY_QP through `query_qp`): IPoIB's UD QP, the MAD
+# layer's QP0 and QP1, all in RTS.
+rdma resource show qp link tilde_mlx4_0/1 | tee qps.log
+grep -Eq 'type UD state RTS .*comm \[ib_ipoib\]' qps.log || { echo "FAIL: ib_ipoib's UD QP is not listed in RTS"; exit 1; }
+grep -Eq 'lqpn 0 type SMI state RTS' qps.log || { echo "FAIL: QP0 is not listed in RTS"; exit 1; }
+grep -Eq 'lqpn 1 type GSI state RTS' qps.log || { echo "FAIL: QP1 is not listed in RTS"; exit 1; }
 
 echo "== ping over IPv4 (ARP through the broadcast group, then UD unicast)"
 ip netns exec a ping -c 3 -W 10 169.254.77.2
