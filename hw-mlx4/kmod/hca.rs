@@ -651,7 +651,7 @@ impl WorkHandler for CatasPoller {
     fn run(&self) -> Option<Duration> {
         let shared = &self.shared;
         let dev: &Device = &shared.dev;
-        let mut core = shared.core.lock();
+        let core = shared.core.lock();
         let mut edge = shared.edge();
         let found = core.catastrophic_error(&mut edge);
         let error = match found {
@@ -672,6 +672,13 @@ impl WorkHandler for CatasPoller {
             error.word,
             error.value
         );
+        // No doorbell may reach the device from here on (the IB device's posts and arms
+        // are refused and those under way waited out), then it is reset.
+        drop(core);
+        if let Some(registration) = self.ib.lock().as_ref() {
+            Mlx4Ib::quiesce(registration.device());
+        }
+        let mut core = shared.core.lock();
         if let Err(error) = core.reset_after_error(&mut edge) {
             pr_err!(
                 "{}: the reset failed ({:?}): the device keeps its memory until the driver is unbound\n",
@@ -680,9 +687,13 @@ impl WorkHandler for CatasPoller {
             );
             return None;
         }
-        // The device forgot everything and commands now succeed at once: the IB device
-        // goes, its objects destroyed through the ops (which take the core's mutex).
+        // The device forgot everything and commands now succeed at once: the consumers
+        // get their posted WRs back flushed, then the IB device goes, its objects
+        // destroyed through the ops (which take the core's mutex).
         drop(core);
+        if let Some(registration) = self.ib.lock().as_ref() {
+            Mlx4Ib::enter_lost(registration.device());
+        }
         unregister_ib(shared, &self.ib);
         let mut core = shared.core.lock();
         shared.take_back_comp_eqs(&mut core);

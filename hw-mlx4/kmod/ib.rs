@@ -115,7 +115,22 @@ pub(crate) struct Mlx4Ib {
     /// Each port's LID and SM LID as last seen, so that a subnet manager's Set(PortInfo)
     /// is told to the IB core's clients only when it changed them (`smp_snoop`).
     lids: [Atomic<u32>; 2],
+    /// After a catastrophic error ([`HEALTHY`], [`QUIESCED`], [`LOST`]): first no
+    /// doorbell may reach the device, then, once it was reset, the driver hands posted
+    /// WRs back flushed itself (`MLX4_DEVICE_STATE_INTERNAL_ERROR`).
+    health: Atomic<u32>,
+    /// Every QP's posting lock, so that the quiescing waits out posts under way.
+    postings: IrqSpinLock<KVec<Arc<IrqSpinLock<Posting>>>>,
 }
+
+/// The device answers doorbells.
+const HEALTHY: u32 = 0;
+/// A catastrophic error was seen: posts and arms are refused (no doorbell reaches a
+/// device about to be reset); CQs still complete what the device completed.
+const QUIESCED: u32 = 1;
+/// The device was reset: it completes nothing more, and `poll_cq` hands back what was
+/// posted as flushed.
+const LOST: u32 = 2;
 
 /// What the device reports of itself, from QUERY_DEV_CAP and the ports.
 #[derive(Clone, Copy)]
@@ -147,6 +162,25 @@ impl CqTable {
     pub(crate) fn get(&self, cqn: u32) -> Option<Arc<CqShared>> {
         let slots = self.0.lock();
         slots.get(cqn as usize).and_then(|slot| slot.clone())
+    }
+
+    /// Every CQ of the IB device, taken out of the lock (whose IRQ-safe section must not
+    /// run consumers' handlers).
+    fn all(&self) -> Result<KVec<Arc<CqShared>>> {
+        let mut all = KVec::new();
+        loop {
+            let count = self.0.lock().iter().flatten().count();
+            all.reserve(count, GFP_KERNEL)?;
+            let slots = self.0.lock();
+            if slots.iter().flatten().count() > all.capacity() {
+                // A CQ came meanwhile: room for it too.
+                continue;
+            }
+            for cq in slots.iter().flatten() {
+                all.push(cq.clone(), GFP_ATOMIC)?;
+            }
+            return Ok(all);
+        }
     }
 
     fn set(&self, cqn: u32, cq: Option<Arc<CqShared>>) {
@@ -187,6 +221,9 @@ pub(crate) struct QpShared {
     state: QueuePairState<KernelPlatform>,
     /// The port its completions report (a special QP's, or the one its INIT named).
     port: Atomic<u32>,
+    /// The CQs its send and receive queues complete on.
+    send_cqn: u32,
+    recv_cqn: u32,
 }
 
 /// A QP's posting rights, held together while the QP is posted to, and what a special
@@ -218,7 +255,7 @@ pub(crate) struct IbQp {
     caps: SendQueueCaps,
     /// The sizes `create_qp` reported.
     sizes: driver::QpCaps,
-    posting: IrqSpinLock<Posting>,
+    posting: Arc<IrqSpinLock<Posting>>,
     hw: Mutex<QpHw>,
     send_cq: Arc<CqShared>,
     recv_cq: Arc<CqShared>,
@@ -277,6 +314,11 @@ pub(crate) struct IbAh {
 }
 
 fn command_failed(dev: &Device<Mlx4Ib>, what: &str, error: ProbeError) -> Error {
+    // A device reset under the IB device answers nothing (its commands succeed without
+    // reaching it, their outboxes stale): expected, and said once by the reset.
+    if dev.is_lost() {
+        return EIO;
+    }
     pr_err!("{}: {} failed: {:?}\n", dev.name(), what, error);
     match error {
         // Out of numbers, table space or memory: the caller may retry with less.
@@ -395,6 +437,8 @@ impl Mlx4Ib {
             limits,
             pkeys: IrqSpinLock::new(pkeys)?,
             lids: [Atomic::new(0), Atomic::new(0)],
+            health: Atomic::new(HEALTHY),
+            postings: IrqSpinLock::new(KVec::new())?,
             shared,
         })
     }
@@ -407,6 +451,60 @@ impl Mlx4Ib {
     /// Ports.
     pub(crate) fn ports(&self) -> u32 {
         self.limits.ports.into()
+    }
+
+    /// A catastrophic error was seen and the device is about to be reset: from now on
+    /// posts and CQ arms are refused, and once this returns none is under way (each
+    /// QP's posting lock and each CQ's lock taken once, as `mlx4_ib_handle_catas_error`
+    /// takes them), so no doorbell reaches the device being reset.
+    pub(crate) fn quiesce(dev: &Device<Mlx4Ib>) {
+        dev.health.store(QUIESCED, Relaxed);
+        let postings = {
+            let registered = dev.postings.lock();
+            let mut all = KVec::new();
+            if all.reserve(registered.len(), GFP_ATOMIC).is_ok() {
+                for posting in registered.iter() {
+                    let _ = all.push(posting.clone(), GFP_ATOMIC);
+                }
+            }
+            all
+        };
+        for posting in postings.iter() {
+            drop(posting.lock());
+        }
+        if let Ok(cqs) = dev.shared.cqs().all() {
+            for cq in cqs.iter() {
+                drop(cq.fast.lock());
+            }
+        }
+    }
+
+    /// The device was reset under the IB device: posted WRs come back flushed by
+    /// `poll_cq`; the consumers hear `IB_EVENT_DEVICE_FATAL`, and every CQ's handler
+    /// runs once so that those waiting for completions poll and find theirs.
+    pub(crate) fn enter_lost(dev: &Device<Mlx4Ib>) {
+        dev.health.store(LOST, Relaxed);
+        dev.dispatch_port_event(1, PortEvent::DeviceFatal);
+        let Ok(cqs) = dev.shared.cqs().all() else {
+            pr_err!(
+                "{}: no memory to wake the CQs after the reset: their consumers poll on their own\n",
+                dev.name()
+            );
+            return;
+        };
+        for cq in cqs.iter() {
+            cq.events.completion();
+        }
+    }
+
+    /// Reset (or about to be): no doorbell may be rung.
+    fn is_quiesced(&self) -> bool {
+        self.health.load(Relaxed) != HEALTHY
+    }
+
+    /// Reset: CQs complete in software.
+    fn is_lost(&self) -> bool {
+        self.health.load(Relaxed) == LOST
     }
 
     fn port_index(&self, port: u32) -> Result<usize> {
@@ -470,6 +568,19 @@ impl Driver for Mlx4Ib {
 
     fn query_port(dev: &Device<Self>, port: u32, attrs: &mut PortAttrs<'_>) -> Result {
         let index = dev.port_index(port)?;
+        if dev.is_lost() {
+            // Reset under the IB device: its ports are down until it is registered again.
+            let mtu_cap = dev.limits.mtu_cap.get(index).copied().unwrap_or(4);
+            attrs
+                .state(PortState::Down, PhysPortState::Disabled)
+                .mtu(mtu(mtu_cap), mtu(mtu_cap))
+                .tables(
+                    dev.limits.gid_table_len.get(index).copied().unwrap_or(0),
+                    dev.limits.pkey_table_len.get(index).copied().unwrap_or(0),
+                )
+                .max_msg_size(1 << 31);
+            return Ok(());
+        }
         let (info, events) = {
             let mut core = dev.shared.core().lock();
             let info = core.query_port_info(&mut dev.shared.edge(), port as u8);
@@ -791,10 +902,13 @@ impl Driver for Mlx4Ib {
         }
     }
 
-    fn poll_cq(_dev: &Device<Self>, cq: &Cq<Self>, out: &mut Completions<'_>) {
+    fn poll_cq(dev: &Device<Self>, cq: &Cq<Self>, out: &mut Completions<'_>) {
         let shared = &cq.shared;
         let mut fast = shared.fast.lock();
         let qps = shared.qps.lock();
+        if dev.is_lost() {
+            return poll_flushed(shared, &qps, out);
+        }
         let table = QpTable(&qps);
         let mut batch = [FastCompletion::EMPTY; POLL_BATCH];
         while out.room() > 0 {
@@ -850,7 +964,17 @@ impl Driver for Mlx4Ib {
         } else {
             ArmCommand::Next
         };
-        cq.shared.fast.lock().arm(&dev.uar, command);
+        let mut fast = cq.shared.fast.lock();
+        // Under the CQ's lock, which the quiescing takes after setting the state.
+        if dev.is_quiesced() {
+            // No doorbell to a device being reset; what a lost device's consumer will
+            // find is the WRs still to be flushed, which it is told of if it asked.
+            let qps = cq.shared.qps.lock();
+            return Ok(arm.report_missed()
+                && dev.is_lost()
+                && flushes_waiting(cq.shared.cqn, &qps));
+        }
+        fast.arm(&dev.uar, command);
         // Completions that came before the arm raise no event: mlx4 reports none
         // missed (its `req_notify_cq` returns 0), and the consumer polls after arming.
         Ok(false)
@@ -963,7 +1087,7 @@ impl Driver for Mlx4Ib {
                 special,
                 caps,
                 sizes,
-                posting: IrqSpinLock::new(posting)?,
+                posting: Arc::new(IrqSpinLock::new(posting)?, GFP_KERNEL)?,
                 hw: Mutex::new(QpHw {
                     qp: None,
                     state: QpState::Reset,
@@ -977,6 +1101,10 @@ impl Driver for Mlx4Ib {
                 groups: Mutex::new(KVec::new())?,
             })
         })();
+        let made = made.and_then(|made| {
+            dev.postings.lock().push(made.posting.clone(), GFP_ATOMIC)?;
+            Ok(made)
+        });
         match made {
             Ok(made) => {
                 made.hw.lock().qp = Some(hw);
@@ -1094,16 +1222,19 @@ impl Driver for Mlx4Ib {
     }
 
     fn destroy_qp(dev: &Device<Self>, qp: &Qp<Self>) {
+        {
+            let mut postings = dev.postings.lock();
+            if let Some(at) = postings.iter().position(|p| Arc::ptr_eq(p, &qp.posting)) {
+                let _ = kernel_api::remove(&mut postings, at);
+            }
+        }
         let groups = core::mem::replace(&mut *qp.groups.lock(), KVec::new());
         if !groups.is_empty() {
             let mut core = dev.shared.core().lock();
             let mut edge = dev.shared.edge();
-            // After a catastrophic error the device has forgotten its groups.
-            if !core.commands().is_device_lost() {
-                for gid in groups.iter() {
-                    if let Err(e) = core.detach_multicast(&mut edge, gid, qp.qpn) {
-                        multicast_failed(dev, "detach", gid, qp.qpn, e);
-                    }
+            for gid in groups.iter() {
+                if let Err(e) = core.detach_multicast(&mut edge, gid, qp.qpn) {
+                    multicast_failed(dev, "detach", gid, qp.qpn, e);
                 }
             }
         }
@@ -1119,6 +1250,10 @@ impl Driver for Mlx4Ib {
             return post_special(dev, qp, sqp, wrs);
         }
         let mut posting = qp.posting.lock();
+        // Under the posting lock, which the quiescing takes after setting the state.
+        if dev.is_quiesced() {
+            return Err(EIO);
+        }
         let Posting { shared, send, .. } = &mut *posting;
         let mut sq = shared.state.send_queue(send, &dev.uar).ok_or(EINVAL)?;
         for wr in wrs {
@@ -1222,8 +1357,11 @@ impl Driver for Mlx4Ib {
         Ok(())
     }
 
-    fn post_recv(_dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut RecvWrs<'_>) -> Result {
+    fn post_recv(dev: &Device<Self>, qp: &Qp<Self>, wrs: &mut RecvWrs<'_>) -> Result {
         let mut posting = qp.posting.lock();
+        if dev.is_quiesced() {
+            return Err(EIO);
+        }
         let Posting { shared, recv, .. } = &mut *posting;
         let mut rq = shared.state.recv_queue(recv).ok_or(EINVAL)?;
         for wr in wrs {
@@ -1450,6 +1588,8 @@ fn new_posting(
             handle,
             state,
             port: Atomic::new(port.into()),
+            send_cqn: hw.config.send_cqn,
+            recv_cqn: hw.config.recv_cqn,
         },
         GFP_KERNEL,
     )?;
@@ -1503,6 +1643,43 @@ fn destroy_hw_qp(dev: &Device<Mlx4Ib>, hw: QueuePair<Block>) {
     if let Err(e) = core.destroy_qp(&mut dev.shared.edge(), hw) {
         command_failed(dev, "destroy QP", e);
     }
+}
+
+/// A lost device's poll (`mlx4_ib_poll_sw_comp`): the WRs still outstanding on the
+/// queues that complete on this CQ, each handed back once as flushed, sends first.
+fn poll_flushed(cq: &CqShared, qps: &[Arc<QpShared>], out: &mut Completions<'_>) {
+    for qp in qps {
+        let completions = qp.state.completions();
+        let next = |send: bool| {
+            if send && qp.send_cqn == cq.cqn {
+                completions.flush_send()
+            } else if !send && qp.recv_cqn == cq.cqn {
+                completions.flush_recv()
+            } else {
+                None
+            }
+        };
+        for send in [true, false] {
+            while out.room() > 0 {
+                let Some(c) = next(send) else {
+                    break;
+                };
+                let wc = driver::Completion::new(qp.handle, c.wr_id, c.status, c.opcode)
+                    .port(qp.port.load(Relaxed));
+                if !out.push(&wc) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a lost device's CQ `cqn` has WRs still to hand back.
+fn flushes_waiting(cqn: u32, qps: &[Arc<QpShared>]) -> bool {
+    qps.iter().any(|qp| {
+        let (sends, recvs) = qp.state.completions().outstanding();
+        (qp.send_cqn == cqn && sends != 0) || (qp.recv_cqn == cqn && recvs != 0)
+    })
 }
 
 /// Puts `qp` on `cq`'s list (under its IRQ-safe lock: an atomic allocation).
@@ -1667,6 +1844,9 @@ fn post_special(
 ) -> Result {
     let port_index = usize::from(sqp.port.saturating_sub(1));
     let mut posting = qp.posting.lock();
+    if dev.is_quiesced() {
+        return Err(EIO);
+    }
     let Posting {
         shared,
         send,

@@ -2140,3 +2140,72 @@ fn a_fast_registered_region_starts_at_its_iovas_offset_in_the_first_page() {
         b"offset!!"
     );
 }
+
+/// After a catastrophic error the device completes nothing more: what was posted and not
+/// completed comes back from the driver itself as flushed, oldest first, signaled or
+/// not, each once; what the device had completed is not among them.
+#[test]
+fn a_lost_device_s_outstanding_wrs_come_back_flushed_once_each() {
+    let mut rig = Rig::new(6, CqeStride::Bytes32);
+    let spec = QpSpec {
+        caps: SMALL_CAPS,
+        ..QpSpec::rc(rig.cqn, rig.cqn)
+    };
+    let (mut a, mut b) = rig.rc_pair(spec);
+    let (buf, key) = rig.buffer(1 << 12, ALL);
+    let uar = rig.uar.clone();
+    let mut cq = rig.take_cq();
+    let (mut a_sq, _, a_done) = a.split(&uar);
+    let (_, mut b_rq, b_done) = b.split(&uar);
+    let qps = [a_done, b_done];
+    let recv_sges = [sge(buf + 2048, 64, key)];
+    let recvs: Vec<RecvWr> = (0..4)
+        .map(|i| RecvWr {
+            wr_id: 100 + i,
+            sges: &recv_sges,
+        })
+        .collect();
+    b_rq.post(&recvs).unwrap();
+    let sges = [sge(buf, 8, key)];
+    // One SEND the device completes, then three it never sees completed.
+    a_sq.post(&[SendWr::new(
+        1,
+        SendOp::Send,
+        Payload::Gather(&sges),
+        SendFlags::SIGNALED,
+    )])
+    .unwrap();
+    rig.model.process().unwrap();
+    let done = poll_all(&mut cq, &qps);
+    assert_eq!(done.len(), 2, "the SEND and its receive");
+    let wrs: Vec<SendWr> = (2..5)
+        .map(|id| {
+            let flags = if id == 3 {
+                SendFlags::empty()
+            } else {
+                SendFlags::SIGNALED
+            };
+            SendWr::new(id, SendOp::Send, Payload::Gather(&sges), flags)
+        })
+        .collect();
+    a_sq.post(&wrs).unwrap();
+    assert_eq!(a_done.outstanding(), (3, 0));
+    assert_eq!(b_done.outstanding(), (0, 3));
+    // The device is gone: nothing processes them.
+    let sends: Vec<_> = std::iter::from_fn(|| a_done.flush_send()).collect();
+    let recvs: Vec<_> = std::iter::from_fn(|| b_done.flush_recv()).collect();
+    assert_eq!(sends.iter().map(|c| c.wr_id).collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(
+        recvs.iter().map(|c| c.wr_id).collect::<Vec<_>>(),
+        [101, 102, 103]
+    );
+    for c in sends.iter().chain(&recvs) {
+        assert_eq!(c.status, WcStatus::WrFlushError);
+    }
+    assert_eq!(sends[0].qpn, a_done.qpn());
+    assert_eq!(recvs[0].opcode, WcOpcode::Recv);
+    assert!(
+        a_done.flush_send().is_none() && b_done.flush_recv().is_none(),
+        "each once"
+    );
+}

@@ -2062,6 +2062,9 @@ pub enum PortEvent {
     ClientReregister,
     /// Its GID table changed.
     GidChange,
+    /// The whole device failed (a catastrophic error): every QP is lost; sent for port 1
+    /// (`IB_EVENT_DEVICE_FATAL`).
+    DeviceFatal,
 }
 
 impl PortEvent {
@@ -2073,6 +2076,7 @@ impl PortEvent {
             Self::PkeyChange => sys::ib_event_type_IB_EVENT_PKEY_CHANGE,
             Self::SmChange => sys::ib_event_type_IB_EVENT_SM_CHANGE,
             Self::ClientReregister => sys::ib_event_type_IB_EVENT_CLIENT_REREGISTER,
+            Self::DeviceFatal => sys::ib_event_type_IB_EVENT_DEVICE_FATAL,
             Self::GidChange => sys::ib_event_type_IB_EVENT_GID_CHANGE,
         }
     }

@@ -146,11 +146,14 @@ cx3_active() {
 }
 
 # ib_stop_sm: opensm stopped, and gone (its umad files closed), so ib_umad can unload.
+# One whose port went away under it (its device unregistered) may not heed SIGTERM any
+# more: it is killed after 5 s.
 ib_stop_sm() {
 	local i
 	pkill opensm || true
 	for i in $(seq 100); do
 		pgrep -x opensm > /dev/null || return 0
+		[ "$i" = 50 ] && { pkill -9 opensm || true; }
 		sleep 0.1
 	done
 	echo "FAIL: opensm did not exit within 10 s"

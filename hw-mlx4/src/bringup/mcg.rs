@@ -122,6 +122,11 @@ impl<B> Mlx4Core<B> {
         qpn: u32,
         block_loopback: bool,
     ) -> Result<(), ProbeError> {
+        // A device reset under its objects forgot its groups: as every command then,
+        // the attach succeeds without reaching it.
+        if self.cmd.is_device_lost() {
+            return Ok(());
+        }
         let table = self.mcg.as_ref().ok_or(ProbeError::Exhausted {
             step: Step::Multicast,
         })?;
@@ -207,6 +212,9 @@ impl<B> Mlx4Core<B> {
         gid: &[u8; 16],
         qpn: u32,
     ) -> Result<(), ProbeError> {
+        if self.cmd.is_device_lost() {
+            return Ok(());
+        }
         let found = self.find_group(p, gid)?;
         let (Some(index), 1..) = (found.at, found.members) else {
             return Err(mcg(McgError::NoGroup));

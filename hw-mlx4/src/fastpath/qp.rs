@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use super::platform::Platform;
 use super::recv::{RecvQueue, RecvQueueState};
 use super::send::{SendQueue, SendQueueState};
+use super::wr::{Completion, WcOpcode, WcStatus};
 
 /// The memory and shared counters of one QP.
 pub struct QueuePairState<P: Platform> {
@@ -148,6 +149,35 @@ impl<'q, P: Platform> QpCompletions<'q, P> {
     /// The QP number.
     pub fn qpn(&self) -> u32 {
         self.qpn
+    }
+
+    /// WRs posted and not yet completed: on the send queue, on the receive queue.
+    pub fn outstanding(&self) -> (u32, u32) {
+        (self.sq.outstanding(), self.rq.outstanding())
+    }
+
+    /// The send queue's oldest outstanding WR, completed as flushed: for a device that
+    /// will complete nothing more (reset after a catastrophic error), whose WRs the
+    /// driver hands back itself (`mlx4_ib_poll_sw_comp`); `None` when none is left.
+    pub fn flush_send(&self) -> Option<Completion> {
+        let wr_id = self.sq.flush_oldest()?;
+        Some(self.flushed(wr_id, WcOpcode::Send))
+    }
+
+    /// As [`QpCompletions::flush_send`], for the receive queue.
+    pub fn flush_recv(&self) -> Option<Completion> {
+        let wr_id = self.rq.complete()?;
+        Some(self.flushed(wr_id, WcOpcode::Recv))
+    }
+
+    fn flushed(&self, wr_id: u64, opcode: WcOpcode) -> Completion {
+        Completion {
+            wr_id,
+            status: WcStatus::WrFlushError,
+            opcode,
+            qpn: self.qpn,
+            ..Completion::EMPTY
+        }
     }
 }
 

@@ -78,18 +78,15 @@ impl<P: Platform> RecvQueueState<P> {
 
     /// Completes the oldest receive WQE (receives complete in order) and returns its
     /// wr_id; `None` if the device reports one more than was posted to it.
+    /// WQEs posted and not yet completed.
+    pub fn outstanding(&self) -> u32 {
+        self.posted
+            .load_acquire()
+            .wrapping_sub(self.tail.load_acquire())
+    }
+
     pub(crate) fn complete(&self) -> Option<u64> {
-        let tail = self.tail.load_acquire();
-        if tail == self.posted.load_acquire() {
-            return None;
-        }
-        let wr_id = self
-            .wr_ids
-            .as_ref()
-            .get((tail & self.wqe_cnt.wrapping_sub(1)) as usize)?
-            .get();
-        self.tail.store_release(tail.wrapping_add(1));
-        Some(wr_id)
+        take_oldest::<P>(&self.tail, &self.posted, &self.wr_ids, self.wqe_cnt)
     }
 }
 
@@ -180,4 +177,24 @@ impl<'q, P: Platform> RecvQueue<'q, P> {
         }
         result
     }
+}
+
+/// Takes the oldest outstanding WQE of a queue (`tail` up to `posted`, one slot each in a
+/// table of `wqe_cnt`) and returns its wr_id; `None` when none is outstanding.
+pub(crate) fn take_oldest<P: Platform>(
+    tail: &P::Counter,
+    posted: &P::Counter,
+    wr_ids: &P::WrIdTable,
+    wqe_cnt: u32,
+) -> Option<u64> {
+    let oldest = tail.load_acquire();
+    if oldest == posted.load_acquire() {
+        return None;
+    }
+    let wr_id = wr_ids
+        .as_ref()
+        .get((oldest & wqe_cnt.wrapping_sub(1)) as usize)?
+        .get();
+    tail.store_release(oldest.wrapping_add(1));
+    Some(wr_id)
 }

@@ -226,6 +226,20 @@ impl<P: Platform> SendQueueState<P> {
         }
     }
 
+    /// Takes the oldest outstanding WQE as flushed and returns its wr_id: for a device
+    /// that will complete nothing more (reset after a catastrophic error), the driver
+    /// completes what was posted itself (`mlx4_ib_qp_sw_comp`), signaled or not.
+    /// WQEs posted and not yet completed.
+    pub fn outstanding(&self) -> u32 {
+        self.posted
+            .load_acquire()
+            .wrapping_sub(self.tail.load_acquire())
+    }
+
+    pub(crate) fn flush_oldest(&self) -> Option<u64> {
+        super::recv::take_oldest::<P>(&self.tail, &self.posted, &self.wr_ids, self.wqe_cnt)
+    }
+
     /// Completes WQEs up to and including the one the device reports by its 16-bit
     /// counter, returning that WQE's wr_id; unsignaled WQEs before it complete with it.
     /// `None` if the counter names no outstanding WQE (a device or driver bug).
