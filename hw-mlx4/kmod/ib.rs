@@ -167,20 +167,7 @@ impl CqTable {
     /// Every CQ of the IB device, taken out of the lock (whose IRQ-safe section must not
     /// run consumers' handlers).
     fn all(&self) -> Result<KVec<Arc<CqShared>>> {
-        let mut all = KVec::new();
-        loop {
-            let count = self.0.lock().iter().flatten().count();
-            all.reserve(count, GFP_KERNEL)?;
-            let slots = self.0.lock();
-            if slots.iter().flatten().count() > all.capacity() {
-                // A CQ came meanwhile: room for it too.
-                continue;
-            }
-            for cq in slots.iter().flatten() {
-                all.push(cq.clone(), GFP_ATOMIC)?;
-            }
-            return Ok(all);
-        }
+        snapshot(&self.0, |slot| slot.as_ref())
     }
 
     fn set(&self, cqn: u32, cq: Option<Arc<CqShared>>) {
@@ -193,17 +180,24 @@ impl CqTable {
 /// What a CQ's poller, its arming and its completion events share.
 pub(crate) struct CqShared {
     cqn: u32,
-    fast: IrqSpinLock<FastCq<KernelPlatform>>,
-    /// The QPs whose work queues complete here.
-    qps: IrqSpinLock<KVec<Arc<QpShared>>>,
+    /// One lock for the ring and the QP list: a poll takes one lock, and a QP joins or
+    /// leaves the list (rarely) under the same.
+    inner: IrqSpinLock<CqInner>,
     events: driver::CqEvents,
+}
+
+/// A CQ's state under its lock.
+struct CqInner {
+    fast: FastCq<KernelPlatform>,
+    /// The QPs whose work queues complete here.
+    qps: KVec<Arc<QpShared>>,
 }
 
 impl CqShared {
     /// A completion event the device delivered for this CQ (`mlx4_cq_completion`): the
     /// next arm carries the next sequence number, and the consumer's handler runs.
     pub(crate) fn event(&self) {
-        self.fast.lock().event_delivered();
+        self.inner.lock().fast.event_delivered();
         self.events.completion();
     }
 }
@@ -459,23 +453,19 @@ impl Mlx4Ib {
     /// takes them), so no doorbell reaches the device being reset.
     pub(crate) fn quiesce(dev: &Device<Mlx4Ib>) {
         dev.health.store(QUIESCED, Relaxed);
-        let postings = {
-            let registered = dev.postings.lock();
-            let mut all = KVec::new();
-            if all.reserve(registered.len(), GFP_ATOMIC).is_ok() {
-                for posting in registered.iter() {
-                    let _ = all.push(posting.clone(), GFP_ATOMIC);
+        match (snapshot(&dev.postings, |p| Some(p)), dev.shared.cqs().all()) {
+            (Ok(postings), Ok(cqs)) => {
+                for posting in postings.iter() {
+                    drop(posting.lock());
+                }
+                for cq in cqs.iter() {
+                    drop(cq.inner.lock());
                 }
             }
-            all
-        };
-        for posting in postings.iter() {
-            drop(posting.lock());
-        }
-        if let Ok(cqs) = dev.shared.cqs().all() {
-            for cq in cqs.iter() {
-                drop(cq.fast.lock());
-            }
+            _ => pr_err!(
+                "{}: no memory to wait out the posts under way: a doorbell may reach the reset\n",
+                dev.name()
+            ),
         }
     }
 
@@ -821,7 +811,6 @@ impl Driver for Mlx4Ib {
             .ok_or(EINVAL)?;
         // Everything that can fail apart from the CQ itself comes first, or is undone.
         let slot = Mutex::new(None)?;
-        let qps = IrqSpinLock::new(KVec::new())?;
         let hw = {
             let mut core = dev.shared.core().lock();
             core.create_cq(&mut dev.shared.edge(), log, eqn, dev.uar_index)
@@ -831,8 +820,10 @@ impl Driver for Mlx4Ib {
         let made = fast_cq(&hw, log).and_then(|fast| {
             let shared = CqShared {
                 cqn: hw.cqn,
-                fast: IrqSpinLock::new(fast)?,
-                qps,
+                inner: IrqSpinLock::new(CqInner {
+                    fast,
+                    qps: KVec::new(),
+                })?,
                 events,
             };
             Ok(Arc::new(shared, GFP_KERNEL)?)
@@ -871,7 +862,7 @@ impl Driver for Mlx4Ib {
         // The CQEs still in the old buffer move to the new one under the CQ's lock, as
         // `mlx4_ib_resize_cq` copies them (pollers stop at the RESIZE CQE meanwhile).
         let moved = ring_in(buffer, 0, log, 5).and_then(|ring| {
-            cq.shared.fast.lock().resize(ring).map_err(|_| {
+            cq.shared.inner.lock().fast.resize(ring).map_err(|_| {
                 pr_err!(
                     "{}: CQ {:#x}: no RESIZE CQE after MODIFY_CQ\n",
                     dev.name(),
@@ -904,12 +895,13 @@ impl Driver for Mlx4Ib {
 
     fn poll_cq(dev: &Device<Self>, cq: &Cq<Self>, out: &mut Completions<'_>) {
         let shared = &cq.shared;
-        let mut fast = shared.fast.lock();
-        let qps = shared.qps.lock();
+        let mut inner = shared.inner.lock();
+        let CqInner { fast, qps } = &mut *inner;
+        let qps: &KVec<Arc<QpShared>> = qps;
         if dev.is_lost() {
-            return poll_flushed(shared, &qps, out);
+            return poll_flushed(shared, qps, out);
         }
-        let table = QpTable(&qps);
+        let table = QpTable(qps);
         let mut batch = [FastCompletion::EMPTY; POLL_BATCH];
         while out.room() > 0 {
             let want = out.room().min(POLL_BATCH);
@@ -964,17 +956,16 @@ impl Driver for Mlx4Ib {
         } else {
             ArmCommand::Next
         };
-        let mut fast = cq.shared.fast.lock();
+        let mut inner = cq.shared.inner.lock();
         // Under the CQ's lock, which the quiescing takes after setting the state.
         if dev.is_quiesced() {
             // No doorbell to a device being reset; what a lost device's consumer will
             // find is the WRs still to be flushed, which it is told of if it asked.
-            let qps = cq.shared.qps.lock();
             return Ok(arm.report_missed()
                 && dev.is_lost()
-                && flushes_waiting(cq.shared.cqn, &qps));
+                && flushes_waiting(cq.shared.cqn, &inner.qps));
         }
-        fast.arm(&dev.uar, command);
+        inner.fast.arm(&dev.uar, command);
         // Completions that came before the arm raise no event: mlx4 reports none
         // missed (its `req_notify_cq` returns 0), and the consumer polls after arming.
         Ok(false)
@@ -1645,6 +1636,28 @@ fn destroy_hw_qp(dev: &Device<Mlx4Ib>, hw: QueuePair<Block>) {
     }
 }
 
+/// The entries `each` picks of a list under an IRQ-safe lock, copied out (room made
+/// outside the lock, which runs with interrupts off).
+fn snapshot<T, U: Clone>(
+    lock: &IrqSpinLock<KVec<T>>,
+    each: impl Fn(&T) -> Option<&U>,
+) -> Result<KVec<U>> {
+    let mut all = KVec::new();
+    loop {
+        let count = lock.lock().iter().filter_map(&each).count();
+        all.reserve(count, GFP_KERNEL)?;
+        let list = lock.lock();
+        if list.iter().filter_map(&each).count() > all.capacity() {
+            // More came meanwhile: room for them too.
+            continue;
+        }
+        for entry in list.iter().filter_map(&each) {
+            all.push(entry.clone(), GFP_ATOMIC)?;
+        }
+        return Ok(all);
+    }
+}
+
 /// A lost device's poll (`mlx4_ib_poll_sw_comp`): the WRs still outstanding on the
 /// queues that complete on this CQ, each handed back once as flushed, sends first.
 fn poll_flushed(cq: &CqShared, qps: &[Arc<QpShared>], out: &mut Completions<'_>) {
@@ -1684,17 +1697,18 @@ fn flushes_waiting(cqn: u32, qps: &[Arc<QpShared>]) -> bool {
 
 /// Puts `qp` on `cq`'s list (under its IRQ-safe lock: an atomic allocation).
 fn attach(cq: &CqShared, qp: &Arc<QpShared>) -> Result {
-    cq.qps.lock().push(qp.clone(), GFP_ATOMIC)?;
+    cq.inner.lock().qps.push(qp.clone(), GFP_ATOMIC)?;
     Ok(())
 }
 
 /// Takes QP `qpn` off `cq`'s list.
 fn detach(cq: &CqShared, qpn: u32) {
-    let mut qps = cq.qps.lock();
+    let mut inner = cq.inner.lock();
+    let qps = &mut inner.qps;
     let mut index = 0;
     while index < qps.len() {
         if qps.get(index).is_some_and(|qp| qp.qpn == qpn) {
-            drop(kernel_api::remove(&mut qps, index));
+            drop(kernel_api::remove(qps, index));
         } else {
             index += 1;
         }

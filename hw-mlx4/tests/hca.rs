@@ -2893,6 +2893,47 @@ mod sma {
         assert_eq!(set(&mut sma, 0, 0x0015, 1, &info), 0x001c, "no state 6");
     }
 
+    /// PortPhysicalState Disabled (`ibportstate ... disable`) takes the cable's link down
+    /// (both ends DOWN, a down event for each ACTIVE one, the disabled end reading
+    /// Disabled and the other Polling) until Polling enables it again: both ends INIT,
+    /// for the SM to make ACTIVE. Other values change nothing.
+    #[test]
+    fn port_physical_state_disables_and_enables_the_link() {
+        let mut sma = Sma::new();
+        sma.set_port_enabled(0, true);
+        sma.set_port_enabled(1, true);
+        let mut info = [0u8; 64];
+        for port in [0, 1] {
+            for state in [3, 4] {
+                info[32] = state;
+                assert_eq!(set(&mut sma, port, 0x0015, port as u32 + 1, &info), 0);
+            }
+        }
+        sma.take_events();
+        info[32] = 0;
+        info[33] = 5 << 4; // LinkUp, as a Set copied from a Get has it: no change
+        assert_eq!(set(&mut sma, 1, 0x0015, 2, &info), 0);
+        assert_eq!(sma.state(1), Some(PortState::Active));
+        info[33] = 3 << 4; // Disabled
+        assert_eq!(set(&mut sma, 1, 0x0015, 2, &info), 0);
+        assert_eq!(
+            (sma.state(0), sma.state(1)),
+            (Some(PortState::Down), Some(PortState::Down))
+        );
+        assert_eq!(sma.take_events().len(), 2, "both ends went down");
+        assert!(!sma.link_up());
+        assert_eq!(get(&mut sma, 1, 0x0015, 2).1[33] >> 4, 3, "Disabled");
+        assert_eq!(get(&mut sma, 0, 0x0015, 1).1[33] >> 4, 2, "Polling");
+        info[33] = 2 << 4; // Polling
+        assert_eq!(set(&mut sma, 1, 0x0015, 2, &info), 0);
+        assert!(sma.link_up());
+        assert_eq!(
+            (sma.state(0), sma.state(1)),
+            (Some(PortState::Init), Some(PortState::Init))
+        );
+        assert_eq!(get(&mut sma, 1, 0x0015, 2).1[33] >> 4, 5, "LinkUp");
+    }
+
     /// The tables: P_Key blocks of 32 read back where they were set; the SL-to-VL, VL
     /// arbitration and GUIDInfo Sets are accepted (the device keeps its own).
     #[test]

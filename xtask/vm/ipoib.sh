@@ -88,3 +88,39 @@ udp_multicast() {
 	echo "$from → $to: $got of 20"
 	[ "$got" = "received 20" ] || { echo "FAIL: multicast datagrams lost"; return 1; }
 }
+
+# port_flap DEV PORT NS IF PEER_NS PEER_ADDR ADDR: DEV's PORT taken down under ping traffic
+# from PEER_NS to ADDR (a PortInfo Set of PortState Down through the port's own SMA, as
+# `ibportstate ... down` sends it): IF in NS loses its carrier, opensm's next sweep makes
+# the port ACTIVE again, IF rejoins the broadcast group and gets its carrier back, and
+# ping and UDP multicast go through again both ways.
+port_flap() {
+	local dev=$1 port=$2 ns=$3 if=$4 peer_ns=$5 peer_addr=$6 addr=$7 i pinger
+	ip netns exec "$peer_ns" ping -q -i 0.05 "$addr" > /dev/null 2>&1 &
+	pinger=$!
+	sleep 1
+	ibportstate -C "$dev" -P "$port" -D 0 "$port" down > ibportstate.log
+	for i in $(seq 100); do
+		ip -n "$ns" link show "$if" | grep -q NO-CARRIER && break
+		sleep 0.1
+	done
+	ip -n "$ns" link show "$if"
+	ip -n "$ns" link show "$if" | grep -q NO-CARRIER ||
+		{ echo "FAIL: $if kept its carrier with port $port down"; return 1; }
+	# opensm sweeps every 10 s.
+	for i in $(seq 400); do
+		rdma link show "$dev/$port" | grep -q 'state ACTIVE' &&
+			ip -n "$ns" link show "$if" | grep -q LOWER_UP && break
+		sleep 0.1
+	done
+	rdma link show "$dev/$port"
+	ip -n "$ns" link show "$if" | grep -q LOWER_UP ||
+		{ echo "FAIL: $if did not get its carrier back"; return 1; }
+	still_running "$pinger" "the port came back"
+	kill "$pinger"
+	wait "$pinger" 2>/dev/null || true
+	ip netns exec "$ns" ping -c 3 -W 10 "$peer_addr"
+	ip netns exec "$peer_ns" ping -c 3 -W 10 "$addr"
+	udp_multicast "$ns" "$addr" "$peer_ns" "$peer_addr"
+	udp_multicast "$peer_ns" "$peer_addr" "$ns" "$addr"
+}

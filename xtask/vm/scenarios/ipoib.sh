@@ -9,7 +9,8 @@
 # solicited-node groups tilde_ipoib joins as the stack lists them), and 32 MiB over TCP
 # each way with the same SHA-256 on both ends, UDP to a multicast group each way (a
 # full-member join on the receiving side, a send-only join on the sending side); opensm
-# restarted and traffic again. Then
+# restarted and traffic again; port 1 taken down under traffic (the carrier follows, the
+# broadcast group is joined again when opensm makes the port ACTIVE, traffic resumes). Then
 # rmmod under traffic both ways, with everything let go; loaded again, the device's
 # removal (rmmod mlx4_ib) under the interface, up, takes it away.
 # needs-device: cx3
@@ -134,6 +135,9 @@ ip -n b neigh flush dev "$kernel_if"
 ip netns exec a ping -c 3 -W 10 169.254.78.2
 ip netns exec b ping -c 3 -W 10 169.254.78.1
 udp_multicast a 169.254.78.1 b 169.254.78.2
+
+echo "== port 1 taken down under traffic: tilde_ipoib's carrier follows, it rejoins, traffic resumes"
+port_flap mlx4_0 1 a "$tilde_if" b 169.254.78.2 169.254.78.1
 
 echo "== statistics"
 ip -n a -s link show "$tilde_if"

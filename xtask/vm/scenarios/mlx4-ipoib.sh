@@ -6,7 +6,8 @@
 # each group by walking the hash chain the driver wrote), IPv4 and IPv6 ping, 64 MiB over
 # TCP with the same SHA-256 at both ends. Then tilde_ipoib takes port 1 against
 # ib_ipoib's port 2: Rust on Rust on the wire of a Rust device driver, ping and TCP both
-# ways, UDP to a multicast group. Everything unloads with nothing left attached.
+# ways, UDP to a multicast group, port 1 taken down and brought back by opensm under
+# traffic. Everything unloads with nothing left attached.
 # needs-device: cx3
 # needs-module: tilde_mlx4
 # needs-module: tilde_ipoib
@@ -73,6 +74,8 @@ tcp_transfer a b 169.254.78.2 32
 tcp_transfer b a 169.254.78.1 32
 udp_multicast a 169.254.78.1 b 169.254.78.2
 udp_multicast b 169.254.78.2 a 169.254.78.1
+echo "== port 1 taken down under traffic (through tilde_mlx4's process_mad): tilde_ipoib follows"
+port_flap tilde_mlx4_0 1 a "$tilde_if" b 169.254.78.2 169.254.78.1
 ip -n a -s link show "$tilde_if"
 
 echo "== unload: tilde_ipoib, ib_ipoib, then tilde_mlx4 with the MAD layer's objects only"

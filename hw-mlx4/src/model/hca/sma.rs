@@ -77,6 +77,9 @@ pub enum PortState {
 #[derive(Clone, Debug)]
 struct Port {
     enabled: bool,
+    /// PortPhysicalState set to Disabled by an SMP (`ibportstate ... disable`), until one
+    /// sets it to Polling again.
+    disabled: bool,
     state: PortState,
     lid: u16,
     sm_lid: u16,
@@ -98,6 +101,7 @@ impl Port {
         pkeys[0] = 0xffff;
         Self {
             enabled: false,
+            disabled: false,
             state: PortState::Down,
             lid: 0,
             sm_lid: 0,
@@ -197,7 +201,13 @@ impl Sma {
         if let Some(port) = self.ports.get_mut(index) {
             port.enabled = enabled;
         }
-        let link_up = self.ports.iter().all(|p| p.enabled);
+        self.follow_link();
+    }
+
+    /// Each port's state after the cable's link went up or down: down with it, INIT
+    /// when it comes back (the SM makes it ACTIVE again).
+    fn follow_link(&mut self) {
+        let link_up = self.link_up();
         for (i, port) in self.ports.iter_mut().enumerate() {
             let next = match (link_up, port.state) {
                 (false, _) => PortState::Down,
@@ -211,9 +221,10 @@ impl Sma {
         }
     }
 
-    /// Whether the cable's link is up: both ports enabled.
+    /// Whether the cable's link is up: both ports enabled by their driver, neither
+    /// disabled by an SMP.
     pub fn link_up(&self) -> bool {
-        self.ports.iter().all(|p| p.enabled)
+        self.ports.iter().all(|p| p.enabled && !p.disabled)
     }
 
     /// A port's GID prefix (the SM may set it).
@@ -450,9 +461,15 @@ impl Sma {
         // 4X, DDR: not QDR, so the driver asks for no FDR-10 extended port info.
         data[p::WIDTH_ACTIVE] = 2;
         data[p::SPEED_STATE] = (3 << 4) | port.state as u8;
-        // Physical state: LinkUp (5) with the cable's both ends enabled, else Polling
-        // (2); down default: Polling.
-        let phys = if self.link_up() { 5 } else { 2 };
+        // Physical state: Disabled (3) as an SMP set it, LinkUp (5) with the cable's both
+        // ends enabled, else Polling (2); down default: Polling.
+        let phys = if port.disabled {
+            3
+        } else if self.link_up() {
+            5
+        } else {
+            2
+        };
         data[p::PHYS_STATE] = (phys << 4) | 2;
         data[p::LMC] = port.lmc & 7;
         data[p::SPEED_ACTIVE] = (2 << 4) | 3;
@@ -499,6 +516,20 @@ impl Sma {
 
     fn set_port_info(&mut self, index: usize, data: &[u8; 64]) -> Result<(), u16> {
         use port_info as p;
+        // PortPhysicalState first: Polling (2) enables the port's physical link,
+        // Disabled (3) takes it down until then (IBA 14.2.5.6), whatever state the port
+        // was in; 0 (and what a Set copied from a Get) changes nothing. The rest of the
+        // Set applies to the port as it is after that.
+        let disabled = match data[p::PHYS_STATE] >> 4 {
+            2 => Some(false),
+            3 => Some(true),
+            _ => None,
+        };
+        let port = self.ports.get_mut(index).ok_or(mad::STATUS_INVALID_FIELD)?;
+        if let Some(disabled) = disabled.filter(|&d| d != port.disabled) {
+            port.disabled = disabled;
+            self.follow_link();
+        }
         let link_up = self.link_up();
         let port = self.ports.get_mut(index).ok_or(mad::STATUS_INVALID_FIELD)?;
         port.gid_prefix = u64::from_be_bytes(
