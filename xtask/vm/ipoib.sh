@@ -1,6 +1,50 @@
 # IPoIB helpers for scenarios (sourced after lib.sh): two interfaces in two network
 # namespaces (a and b), and the traffic checks every IPoIB pair must pass.
 
+# ib_ipoib_up: the kernel's ib_ipoib loaded and its interfaces of both ports there: port
+# 1's in IB_IF1, port 2's in IB_IF2 (`dev_port` counts from 0).
+ib_ipoib_up() {
+	local i d
+	modprobe ib_ipoib
+	for i in $(seq 100); do
+		[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
+		sleep 0.1
+	done
+	IB_IF1= IB_IF2=
+	for d in ib0 ib1; do
+		case "$(cat "/sys/class/net/$d/dev_port" 2>/dev/null)" in
+		0) IB_IF1=$d ;;
+		1) IB_IF2=$d ;;
+		esac
+	done
+	[ -n "$IB_IF1" ] && [ -n "$IB_IF2" ] ||
+		{ echo "FAIL: ib_ipoib did not make an interface for each port"; return 1; }
+}
+
+# tilde_ipoib_up DEV:PORT: tilde_ipoib loaded for DEV's PORT, its interface in TILDE_IF.
+tilde_ipoib_up() {
+	local dev=${1%:*} port=${1#*:}
+	insmod /tilde/ulps/tilde_ipoib.ko port="$1"
+	wait_dmesg "tilde_ipoib: $dev/$port: ib[0-9]+ \(QPN"
+	TILDE_IF=$(sed -n "s/.*tilde_ipoib: $dev\/$port: \(ib[0-9]*\) (QPN.*/\1/p" "$(kernel_log)" | tail -n 1)
+	echo "tilde_ipoib on $dev/$port: $TILDE_IF"
+}
+
+# ipoib_addr_up IF ADDR: IF up with ADDR/24 here, its carrier on (the broadcast group
+# joined).
+ipoib_addr_up() {
+	local i
+	ip addr add "$2/24" dev "$1"
+	ip link set "$1" up
+	for i in $(seq 300); do
+		ip link show "$1" | grep -q LOWER_UP && break
+		sleep 0.1
+	done
+	ip link show "$1"
+	ip link show "$1" | grep -q LOWER_UP ||
+		{ echo "FAIL: $1's carrier is off (broadcast group not joined)"; return 1; }
+}
+
 # ns_pair IF_A IF_B NET: IF_A into namespace a as NET.1, IF_B into b as NET.2, both up
 # with their carriers on (the broadcast group joined).
 ns_pair() {
@@ -35,6 +79,8 @@ ping6_pair() {
 			&& ! ip -n b -6 addr show dev "$if_b" | grep -q tentative && break
 		sleep 0.1
 	done
+	ip -n a -6 addr show dev "$if_a"
+	ip -n b -6 addr show dev "$if_b"
 	refute "$if_a's link-local address failed duplicate address detection" \
 		grep -q dadfailed <(ip -n a -6 addr show dev "$if_a")
 	addr_a=$(ip -n a -6 addr show dev "$if_a" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')

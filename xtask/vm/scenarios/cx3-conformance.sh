@@ -4,6 +4,7 @@
 # by choice, and RDMA CM resolves through IPoIB, opensm's path records and the IB CM.
 # needs-device: cx3
 . /tilde/guest/lib.sh
+. /tilde/guest/ipoib.sh
 
 suite=/tilde/suites/tilde_verbs_conformance.ko
 line='tilde_verbs_conformance: mlx4_0'
@@ -11,18 +12,8 @@ line='tilde_verbs_conformance: mlx4_0'
 cx3_active
 
 echo "== ib0 up with an address, for RDMA CM (ib1 stays down: one address per subnet)"
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && break
-	sleep 0.1
-done
-ip addr add 169.254.79.1/24 dev ib0
-ip link set ib0 up
-for i in $(seq 300); do
-	ip link show ib0 | grep -q LOWER_UP && break
-	sleep 0.1
-done
-ip link show ib0
+ib_ipoib_up
+ipoib_addr_up "$IB_IF1" 169.254.79.1
 
 echo "== results: one line per case"
 insmod "$suite" device=mlx4_0 cm_addr=169.254.79.1

@@ -5,23 +5,14 @@
 # needs-device: cx3
 # no-modules
 . /tilde/guest/lib.sh
+. /tilde/guest/ipoib.sh
 . /tilde/guest/iser.sh
 
 cx3_active
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && break
-	sleep 0.1
-done
+ib_ipoib_up
 # A link-local address: the traffic never leaves the emulated device.
 ISER_ADDR=169.254.78.1
-ip addr add "$ISER_ADDR/24" dev ib0
-ip link set ib0 up
-for i in $(seq 300); do
-	ip link show ib0 | grep -q LOWER_UP && break
-	sleep 0.1
-done
-
+ipoib_addr_up "$IB_IF1" "$ISER_ADDR"
 iser_target_up
 modprobe ib_iser
 iser_iscsid
@@ -36,6 +27,6 @@ iser_logout
 pkill iscsid || true
 iser_target_down
 rmmod ib_iser
-ip link set ib0 down
+ip link set "$IB_IF1" down
 rmmod ib_ipoib
 reject_dmesg "mlx4_core.*(failed|error|timeout|Error)"

@@ -32,20 +32,9 @@ reject_dmesg 'bench: .*FAIL'
 rmmod tilde_verbs_conformance
 
 echo "== IPoIB: tilde_ipoib on port 1, the kernel's ib_ipoib on port 2, over tilde_mlx4_0"
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
-	sleep 0.1
-done
-kernel_if=
-for d in ib0 ib1; do
-	[ "$(cat /sys/class/net/$d/dev_port)" = 1 ] && kernel_if=$d
-done
-[ -n "$kernel_if" ] || { echo "FAIL: no ib_ipoib interface on port 2"; exit 1; }
-insmod /tilde/ulps/tilde_ipoib.ko port=tilde_mlx4_0:1
-wait_dmesg 'tilde_ipoib: tilde_mlx4_0/1: ib[0-9]+ \(QPN'
-tilde_if=$(sed -n 's/.*tilde_ipoib: tilde_mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
-ns_pair "$tilde_if" "$kernel_if" 169.254.78
+ib_ipoib_up
+tilde_ipoib_up tilde_mlx4_0:1
+ns_pair "$TILDE_IF" "$IB_IF2" 169.254.78
 ip netns exec a ping -c 3 -W 10 169.254.78.2 | tee ping.log
 tcp_transfer a b 169.254.78.2 32
 rtt=$(sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p' ping.log)
@@ -56,12 +45,7 @@ rmmod tilde_ipoib
 
 echo "== iSER: tilde_iser logs in to LIO's isert on ib_ipoib's address, over tilde_mlx4_0"
 ISER_ADDR=169.254.78.2
-ip addr add "$ISER_ADDR/24" dev "$kernel_if"
-ip link set "$kernel_if" up
-for i in $(seq 300); do
-	ip link show "$kernel_if" | grep -q LOWER_UP && break
-	sleep 0.1
-done
+ipoib_addr_up "$IB_IF2" "$ISER_ADDR"
 iser_target_up
 modprobe rdma_cm
 modprobe libiscsi

@@ -11,23 +11,12 @@
 # needs-module: tilde_ipoib
 # timeout: 600
 . /tilde/guest/lib.sh
+. /tilde/guest/ipoib.sh
 
 cx3_active
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
-	sleep 0.1
-done
-kernel1= kernel2=
-for d in ib0 ib1; do
-	case "$(cat /sys/class/net/$d/dev_port)" in
-	0) kernel1=$d ;;
-	1) kernel2=$d ;;
-	esac
-done
-insmod /tilde/ulps/tilde_ipoib.ko port=mlx4_0:1
-wait_dmesg 'tilde_ipoib: mlx4_0/1: ib[0-9]+ \(QPN'
-tilde1=$(sed -n 's/.*tilde_ipoib: mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
+ib_ipoib_up
+tilde_ipoib_up mlx4_0:1
+kernel1=$IB_IF1 kernel2=$IB_IF2 tilde1=$TILDE_IF
 echo "port 1: ib_ipoib $kernel1, tilde_ipoib $tilde1; port 2: ib_ipoib $kernel2"
 
 for ns in k t b; do
@@ -51,27 +40,6 @@ done
 ip netns exec k ping -c 2 -W 10 169.254.79.2 > /dev/null
 ip netns exec t ping -c 2 -W 10 169.254.79.2 > /dev/null
 
-head -c $((32 << 20)) /dev/urandom > /tmp/blob
-expected="$((32 << 20)) $(sha256sum < /tmp/blob | cut -d' ' -f1)"
-
-# transfer FROM TO ADDR: seconds for 32 MiB, checked.
-transfer() {
-	local from=$1 to=$2 addr=$3 receiver start end
-	rm -f received.txt
-	ip netns exec "$to" python3 /tilde/guest/tcp_blob.py recv "$addr" 5001 > received.txt &
-	receiver=$!
-	for i in $(seq 300); do
-		grep -q listening received.txt && break
-		sleep 0.1
-	done
-	start=$(date +%s.%N)
-	ip netns exec "$from" python3 /tilde/guest/tcp_blob.py send "$addr" 5001 /tmp/blob
-	wait "$receiver"
-	end=$(date +%s.%N)
-	[ "$(tail -n 1 received.txt)" = "$expected" ] || { echo "FAIL: data differs" >&2; return 1; }
-	echo "$end - $start" | bc
-}
-
 # latency FROM ADDR: the mean round trip in ms of 100 pings.
 latency() {
 	ip netns exec "$1" ping -q -c 100 -i 0.01 -W 10 "$2" | awk -F/ '/^rtt/ {print $5}'
@@ -84,8 +52,10 @@ for round in 1 2 3 4 5; do
 		ib_ipoib) ns=k addr=169.254.79.1 ;;
 		tilde) ns=t addr=169.254.79.3 ;;
 		esac
-		send=$(transfer "$ns" b 169.254.79.2)
-		recv=$(transfer b "$ns" "$addr")
+		tcp_transfer "$ns" b 169.254.79.2 32 > transfer.log
+		send=$TCP_SECONDS
+		tcp_transfer b "$ns" "$addr" 32 > transfer.log
+		recv=$TCP_SECONDS
 		rtt=$(latency "$ns" 169.254.79.2)
 		echo "round $round $impl: 32 MiB out ${send} s, in ${recv} s, ping ${rtt} ms"
 		echo "$round $impl $send $recv $rtt" >> results.txt

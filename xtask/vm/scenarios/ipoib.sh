@@ -22,24 +22,13 @@
 cx3_active
 
 echo "== ib_ipoib: the kernel's interfaces (port 2's is the peer; port 1's stays down)"
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
-	sleep 0.1
-done
-# Which of the kernel's interfaces is on which port: dev_port counts from 0.
-kernel_if=
-for d in ib0 ib1; do
-	[ "$(cat /sys/class/net/$d/dev_port)" = 1 ] && kernel_if=$d
-done
-[ -n "$kernel_if" ] || { echo "FAIL: no ib_ipoib interface on port 2"; exit 1; }
+ib_ipoib_up
+kernel_if=$IB_IF2
 echo "ib_ipoib on port 2: $kernel_if"
 
 echo "== tilde_ipoib on port 1"
-insmod /tilde/ulps/tilde_ipoib.ko port=mlx4_0:1
-wait_dmesg 'tilde_ipoib: mlx4_0/1: ib[0-9]+ \(QPN'
-tilde_if=$(sed -n 's/.*tilde_ipoib: mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
-echo "tilde_ipoib's interface: $tilde_if"
+tilde_ipoib_up mlx4_0:1
+tilde_if=$TILDE_IF
 ip -d link show "$tilde_if"
 ip -d link show "$tilde_if" | grep -q 'link/infiniband'
 # The broadcast address of the default partition, and a 20-byte address whose GID is
@@ -53,22 +42,7 @@ echo "address $addr, port 1's GID $gid1"
 python3 /tilde/guest/drvinfo.py "$tilde_if" | tee drvinfo.txt
 grep -q '^driver: tilde_ipoib$' drvinfo.txt
 
-ip netns add a
-ip netns add b
-ip link set "$tilde_if" netns a
-ip link set "$kernel_if" netns b
-for ns in a b; do ip -n $ns link set lo up; done
-ip -n a addr add 169.254.78.1/24 dev "$tilde_if"
-ip -n b addr add 169.254.78.2/24 dev "$kernel_if"
-ip -n a link set "$tilde_if" up
-ip -n b link set "$kernel_if" up
-for i in $(seq 300); do
-	ip -n a link show "$tilde_if" | grep -q LOWER_UP && ip -n b link show "$kernel_if" | grep -q LOWER_UP && break
-	sleep 0.1
-done
-ip -n a link show "$tilde_if"
-ip -n b link show "$kernel_if"
-ip -n a link show "$tilde_if" | grep -q LOWER_UP || { echo "FAIL: tilde_ipoib's carrier is off (broadcast group not joined)"; exit 1; }
+ns_pair "$tilde_if" "$kernel_if" 169.254.78
 # The broadcast group's MTU (2048 on this fabric) less the 4-byte header.
 ip -n a link show "$tilde_if" | grep -q 'mtu 2044'
 
@@ -89,21 +63,7 @@ ip -n a link show "$tilde_if" | grep -q 'mtu 2044'
 ip netns exec a ping -c 2 -W 10 -s 2016 -M do 169.254.78.2
 
 echo "== ping over IPv6 both ways (neighbour discovery through the solicited-node groups)"
-for i in $(seq 100); do
-	ip -n a -6 addr show dev "$tilde_if" scope link | grep -q 'inet6 .*scope link' \
-		&& ip -n b -6 addr show dev "$kernel_if" scope link | grep -q 'inet6 .*scope link' \
-		&& ! ip -n a -6 addr show dev "$tilde_if" | grep -q tentative \
-		&& ! ip -n b -6 addr show dev "$kernel_if" | grep -q tentative && break
-	sleep 0.1
-done
-ip -n a -6 addr show dev "$tilde_if"
-ip -n b -6 addr show dev "$kernel_if"
-refute "tilde_ipoib's link-local address failed duplicate address detection" \
-	grep -q dadfailed <(ip -n a -6 addr show dev "$tilde_if")
-addr6_a=$(ip -n a -6 addr show dev "$tilde_if" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')
-addr6_b=$(ip -n b -6 addr show dev "$kernel_if" scope link | awk '/inet6/ {sub("/.*", "", $2); print $2; exit}')
-ip netns exec a ping -6 -c 3 -W 10 "$addr6_b%$tilde_if"
-ip netns exec b ping -6 -c 3 -W 10 "$addr6_a%$kernel_if"
+ping6_pair "$tilde_if" "$kernel_if"
 
 echo "== 32 MiB over TCP, tilde_ipoib → ib_ipoib"
 tcp_transfer a b 169.254.78.2 32
@@ -169,13 +129,7 @@ for i in $(seq 100); do
 	sleep 0.1
 done
 tilde_if=$(sed -n 's/.*tilde_ipoib: mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
-ip addr add 169.254.78.1/24 dev "$tilde_if"
-ip link set "$tilde_if" up
-for i in $(seq 300); do
-	ip link show "$tilde_if" | grep -q LOWER_UP && break
-	sleep 0.1
-done
-ip link show "$tilde_if" | grep -q LOWER_UP
+ipoib_addr_up "$tilde_if" 169.254.78.1
 rmmod ib_ipoib
 rmmod mlx4_ib
 [ "$(count_dmesg 'tilde_ipoib: mlx4_0/1: released')" = 2 ] || { echo "FAIL: the port's state was not released on device removal"; exit 1; }

@@ -12,6 +12,7 @@
 # needs-device: cx3
 # needs-module: tilde_mlx4
 . /tilde/guest/lib.sh
+. /tilde/guest/ipoib.sh
 
 suite=/tilde/suites/tilde_verbs_conformance.ko
 line='tilde_verbs_conformance: tilde_mlx4_0'
@@ -20,19 +21,8 @@ insmod /tilde/drivers/tilde_mlx4.ko
 ib_activate tilde_mlx4_0
 
 echo "== ib0 up with an address, for RDMA CM (ib1 stays down: one address per subnet)"
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && break
-	sleep 0.1
-done
-ip addr add 169.254.79.1/24 dev ib0
-ip link set ib0 up
-for i in $(seq 300); do
-	ip link show ib0 | grep -q LOWER_UP && break
-	sleep 0.1
-done
-ip link show ib0
-ip link show ib0 | grep -q LOWER_UP || { echo "FAIL: ib0's carrier is off (broadcast group not joined)"; exit 1; }
+ib_ipoib_up
+ipoib_addr_up "$IB_IF1" 169.254.79.1
 
 echo "== results: one line per case"
 insmod "$suite" device=tilde_mlx4_0 cm_addr=169.254.79.1

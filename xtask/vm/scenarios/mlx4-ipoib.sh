@@ -19,14 +19,10 @@ insmod /tilde/drivers/tilde_mlx4.ko
 ib_activate tilde_mlx4_0
 
 echo "== the kernel's ib_ipoib over tilde_mlx4_0: one interface per port"
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
-	sleep 0.1
-done
-ns_pair ib0 ib1 169.254.77
+ib_ipoib_up
+ns_pair "$IB_IF1" "$IB_IF2" 169.254.77
 # The broadcast group's MTU (2048 on this fabric) less the 4-byte header.
-ip -n a link show ib0 | grep -q 'mtu 2044'
+ip -n a link show "$IB_IF1" | grep -q 'mtu 2044'
 # The QPs as the device has them (QUERY_QP through `query_qp`): IPoIB's UD QP, the MAD
 # layer's QP0 and QP1, all in RTS.
 rdma resource show qp link tilde_mlx4_0/1 | tee qps.log
@@ -39,11 +35,11 @@ ip netns exec a ping -c 3 -W 10 169.254.77.2
 ip netns exec b ping -c 3 -W 10 169.254.77.1
 
 echo "== ping over IPv6 (neighbour discovery through the solicited-node groups)"
-ping6_pair ib0 ib1
+ping6_pair "$IB_IF1" "$IB_IF2"
 
 echo "== 64 MiB over TCP, read back the same"
 tcp_transfer a b 169.254.77.2 64
-ip -n a -s link show ib0
+ip -n a -s link show "$IB_IF1"
 
 echo "== ib_ipoib unloaded: every group detached, every object gone"
 ip netns del a
@@ -52,31 +48,19 @@ modprobe -r ib_ipoib
 reject_dmesg 'tilde_mlx4: .*multicast'
 
 echo "== tilde_ipoib on port 1 against ib_ipoib on port 2, both over tilde_mlx4_0"
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && [ -e /sys/class/net/ib1 ] && break
-	sleep 0.1
-done
-kernel_if=
-for d in ib0 ib1; do
-	[ "$(cat /sys/class/net/$d/dev_port)" = 1 ] && kernel_if=$d
-done
-[ -n "$kernel_if" ] || { echo "FAIL: no ib_ipoib interface on port 2"; exit 1; }
-insmod /tilde/ulps/tilde_ipoib.ko port=tilde_mlx4_0:1
-wait_dmesg 'tilde_ipoib: tilde_mlx4_0/1: ib[0-9]+ \(QPN'
-tilde_if=$(sed -n 's/.*tilde_ipoib: tilde_mlx4_0\/1: \(ib[0-9]*\) (QPN.*/\1/p' "$(kernel_log)" | tail -n 1)
-echo "tilde_ipoib: $tilde_if, ib_ipoib on port 2: $kernel_if"
-ns_pair "$tilde_if" "$kernel_if" 169.254.78
+ib_ipoib_up
+tilde_ipoib_up tilde_mlx4_0:1
+ns_pair "$TILDE_IF" "$IB_IF2" 169.254.78
 ip netns exec a ping -c 3 -W 10 169.254.78.2
 ip netns exec b ping -c 3 -W 10 169.254.78.1
-ping6_pair "$tilde_if" "$kernel_if"
+ping6_pair "$TILDE_IF" "$IB_IF2"
 tcp_transfer a b 169.254.78.2 32
 tcp_transfer b a 169.254.78.1 32
 udp_multicast a 169.254.78.1 b 169.254.78.2
 udp_multicast b 169.254.78.2 a 169.254.78.1
 echo "== port 1 taken down under traffic (through tilde_mlx4's process_mad): tilde_ipoib follows"
-port_flap tilde_mlx4_0 1 a "$tilde_if" b 169.254.78.2 169.254.78.1
-ip -n a -s link show "$tilde_if"
+port_flap tilde_mlx4_0 1 a "$TILDE_IF" b 169.254.78.2 169.254.78.1
+ip -n a -s link show "$TILDE_IF"
 
 echo "== unload: tilde_ipoib, ib_ipoib, then tilde_mlx4 with the MAD layer's objects only"
 ip netns del a

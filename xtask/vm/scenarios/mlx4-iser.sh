@@ -10,24 +10,15 @@
 # needs-module: tilde_iser
 # timeout: 600
 . /tilde/guest/lib.sh
+. /tilde/guest/ipoib.sh
 . /tilde/guest/iser.sh
 
 insmod /tilde/drivers/tilde_mlx4.ko
 ib_activate tilde_mlx4_0
-modprobe ib_ipoib
-for i in $(seq 100); do
-	[ -e /sys/class/net/ib0 ] && break
-	sleep 0.1
-done
+ib_ipoib_up
 # A link-local address: the traffic never leaves the emulated device.
 ISER_ADDR=169.254.78.1
-ip addr add "$ISER_ADDR/24" dev ib0
-ip link set ib0 up
-for i in $(seq 300); do
-	ip link show ib0 | grep -q LOWER_UP && break
-	sleep 0.1
-done
-ip link show ib0 | grep -q LOWER_UP || { echo "FAIL: ib0's carrier is off"; exit 1; }
+ipoib_addr_up "$IB_IF1" "$ISER_ADDR"
 iser_target_up
 iser_iscsid
 
@@ -68,7 +59,7 @@ rmmod tilde_iser
 reject_dmesg 'tilde_iser: .*connection failed'
 
 echo "== unload: nothing left on tilde_mlx4_0 but the MAD layer's"
-ip link set ib0 down
+ip link set "$IB_IF1" down
 rmmod ib_ipoib
 ib_stop_sm
 rmmod ib_umad
