@@ -2612,15 +2612,8 @@ impl<T: Driver> Ops<T> {
         gid: *mut sys::ib_gid,
         lid: u16,
     ) -> c_int {
-        // SAFETY: a created QP of ours, and the group's GID (16 bytes), valid for the
-        // call (`ib_attach_mcast`).
-        let Some(gid) = (unsafe { gid.as_ref() }) else {
-            return EINVAL.to_errno();
-        };
-        // SAFETY: as above; every member of the GID union is its 16 raw bytes.
-        let gid = Gid(unsafe { gid.raw });
-        // SAFETY: as above.
-        status(unsafe { T::attach_mcast(Self::dev((*qp).device), Qp::from_raw(qp), &gid, lid) })
+        // SAFETY: the IB core's arguments to `attach_mcast`, as `mcast` wants them.
+        unsafe { Self::mcast(qp, gid, lid, T::attach_mcast) }
     }
 
     unsafe extern "C" fn detach_mcast(
@@ -2629,13 +2622,25 @@ impl<T: Driver> Ops<T> {
         lid: u16,
     ) -> c_int {
         // SAFETY: as in `attach_mcast`.
+        unsafe { Self::mcast(qp, gid, lid, T::detach_mcast) }
+    }
+
+    /// `op` for a created QP of ours and the group's GID (16 bytes), valid for the call
+    /// (`ib_attach_mcast`, `ib_detach_mcast`).
+    unsafe fn mcast(
+        qp: *mut sys::ib_qp,
+        gid: *mut sys::ib_gid,
+        lid: u16,
+        op: fn(&Device<T>, &Qp<T>, &Gid, u16) -> Result,
+    ) -> c_int {
+        // SAFETY: the caller's GID, valid for the call.
         let Some(gid) = (unsafe { gid.as_ref() }) else {
             return EINVAL.to_errno();
         };
-        // SAFETY: as in `attach_mcast`.
+        // SAFETY: every member of the GID union is its 16 raw bytes.
         let gid = Gid(unsafe { gid.raw });
-        // SAFETY: as in `attach_mcast`.
-        status(unsafe { T::detach_mcast(Self::dev((*qp).device), Qp::from_raw(qp), &gid, lid) })
+        // SAFETY: a created QP of ours, of a device of `T`.
+        status(unsafe { op(Self::dev((*qp).device), Qp::from_raw(qp), &gid, lid) })
     }
 
     /// The C result of a post: 0, or the error with the bad WR reported (`last` taken,

@@ -114,6 +114,22 @@ tcp_transfer() {
 	[ "$got" = "$expected" ] || { echo "FAIL: the data came back different"; return 1; }
 }
 
+# pair_traffic NET IF_A IF_B MIB: what a pair of IPoIB interfaces in namespaces a (NET.1)
+# and b (NET.2) must carry: IPv4 ping both ways (ARP through the broadcast group, then UD
+# unicast), IPv6 ping both ways (neighbour discovery through the solicited-node groups),
+# MIB MiB over TCP from a to b, read back the same.
+pair_traffic() {
+	local net=$1 if_a=$2 if_b=$3 mib=$4
+	echo "== ping over IPv4 (ARP through the broadcast group, then UD unicast)"
+	ip netns exec a ping -c 3 -W 10 "$net.2"
+	ip netns exec b ping -c 3 -W 10 "$net.1"
+	echo "== ping over IPv6 (neighbour discovery through the solicited-node groups)"
+	ping6_pair "$if_a" "$if_b"
+	echo "== $mib MiB over TCP, read back the same"
+	tcp_transfer a b "$net.2" "$mib"
+	ip -n a -s link show "$if_a"
+}
+
 # udp_multicast FROM_NS FROM_ADDR TO_NS TO_ADDR: 20 datagrams to 239.1.2.3, which the
 # receiver joins (a full-member SA join and a QP attach on its side) and the sender does
 # not (a send-only join on its side), all received.

@@ -136,6 +136,21 @@ with open(sys.argv[1], "r+b") as config:
     config.write(struct.pack("<I", 0xca7a5))' "/sys/bus/pci/devices/$1/config"
 }
 
+# tilde_mlx4_catas ADDR: a catastrophic error raised on the ConnectX-3 at ADDR, and
+# tilde_mlx4's recovery from it (its poll reads the error buffer every 5 s, as
+# mlx4_core's does): the function reset, everything taken back, the HCA up again.
+tilde_mlx4_catas() {
+	local i
+	cx3_raise_catas "$1"
+	for i in $(seq 200); do
+		grep -q "tilde_mlx4: $1: recovered from the catastrophic error" "$(kernel_log)" && break
+		sleep 0.1
+	done
+	expect_dmesg "tilde_mlx4: $1: catastrophic error: word 0 of the error buffer reads 0xca7a5; resetting the function\$"
+	expect_dmesg "tilde_mlx4: $1: reset: the device forgot everything, every page taken back\$"
+	expect_dmesg "tilde_mlx4: $1: recovered from the catastrophic error\$"
+}
+
 # cx3_active: the emulated ConnectX-3 bound by the kernel's mlx4_core and mlx4_ib, and
 # opensm (over ib_umad, bound to port 1) running until the guest powers off, with both
 # ports ACTIVE.

@@ -1641,24 +1641,7 @@ impl<B> Mlx4Core<B> {
         path: &QpPath,
         uar: u32,
     ) -> Result<(), ProbeError> {
-        if qp.state != QpState::Reset {
-            return Err(ProbeError::QpState { qpn: qp.qpn });
-        }
-        let mut mailbox = self.qp_base_context(qp, path.port, uar)?;
-        let (_, context) = mailbox.split_at_mut(qp_context::MAILBOX_OFFSET);
-        let mut m = Mailbox(context);
-        m.set_u8(
-            qp_context::PRI_PATH + qp_context::PATH_PKEY_INDEX,
-            path.pkey_index,
-        );
-        match qp.config.transport {
-            QpTransport::Rc => m.set_u32(
-                qp_context::PARAMS2,
-                path.remote_access & qp_context::PARAMS2_ACCESS,
-            ),
-            QpTransport::Ud | QpTransport::Mlx => m.set_u32(qp_context::QKEY, path.qkey),
-        }
-        self.modify_qp(p, qp, opcode::RST2INIT_QP, &mailbox, QpState::Init)
+        self.qp_init_transition(p, qp, path, uar, QpState::Reset, opcode::RST2INIT_QP)
     }
 
     /// INIT2INIT: the port, P_Key index, and the remote access (RC) or Q_Key (UD) again,
@@ -1671,7 +1654,21 @@ impl<B> Mlx4Core<B> {
         path: &QpPath,
         uar: u32,
     ) -> Result<(), ProbeError> {
-        if qp.state != QpState::Init {
+        self.qp_init_transition(p, qp, path, uar, QpState::Init, opcode::INIT2INIT_QP)
+    }
+
+    /// RST2INIT or INIT2INIT from `from`: the same context, the optional-parameter mask
+    /// naming what it sets (RST2INIT takes the whole context and ignores the mask).
+    fn qp_init_transition<P: Platform<Block = B>>(
+        &mut self,
+        p: &mut P,
+        qp: &mut QueuePair<B>,
+        path: &QpPath,
+        uar: u32,
+        from: QpState,
+        op: u16,
+    ) -> Result<(), ProbeError> {
+        if qp.state != from {
             return Err(ProbeError::QpState { qpn: qp.qpn });
         }
         let mut mailbox = self.qp_base_context(qp, path.port, uar)?;
@@ -1696,8 +1693,10 @@ impl<B> Mlx4Core<B> {
                     qp_optpar::Q_KEY
                 }
             };
-        Mailbox(header).set_u32(qp_context::OPTPAR, optpar);
-        self.modify_qp(p, qp, opcode::INIT2INIT_QP, &mailbox, QpState::Init)
+        if op == opcode::INIT2INIT_QP {
+            Mailbox(header).set_u32(qp_context::OPTPAR, optpar);
+        }
+        self.modify_qp(p, qp, op, &mailbox, QpState::Init)
     }
 
     /// INIT2RTR: RC: the destination LID and QP, the receive PSN, the MTU; UD: nothing

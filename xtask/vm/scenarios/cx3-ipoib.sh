@@ -19,16 +19,7 @@ ip -d link show "$IB_IF1" | grep -q 'link/infiniband'
 # Link-local addresses: the traffic never leaves the guest's emulated cable.
 ns_pair "$IB_IF1" "$IB_IF2" 169.254.77
 
-echo "== ping over IPv4 (ARP through the broadcast group, then UD unicast)"
-ip netns exec a ping -c 3 -W 10 169.254.77.2
-ip netns exec b ping -c 3 -W 10 169.254.77.1
-
-echo "== ping over IPv6 (neighbour discovery through the solicited-node groups)"
-ping6_pair "$IB_IF1" "$IB_IF2"
-
-echo "== 64 MiB over TCP, read back the same"
-tcp_transfer a b 169.254.77.2 64
-ip -n a -s link show "$IB_IF1"
+pair_traffic 169.254.77 "$IB_IF1" "$IB_IF2" 64
 
 echo "== RC between the ports with rdma-core's mlx4 provider in user space (data checked)"
 port_pair ibv_rc_pingpong -n 200 -c

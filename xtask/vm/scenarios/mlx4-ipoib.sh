@@ -30,16 +30,7 @@ grep -Eq 'type UD state RTS .*comm \[ib_ipoib\]' qps.log || { echo "FAIL: ib_ipo
 grep -Eq 'lqpn 0 type SMI state RTS' qps.log || { echo "FAIL: QP0 is not listed in RTS"; exit 1; }
 grep -Eq 'lqpn 1 type GSI state RTS' qps.log || { echo "FAIL: QP1 is not listed in RTS"; exit 1; }
 
-echo "== ping over IPv4 (ARP through the broadcast group, then UD unicast)"
-ip netns exec a ping -c 3 -W 10 169.254.77.2
-ip netns exec b ping -c 3 -W 10 169.254.77.1
-
-echo "== ping over IPv6 (neighbour discovery through the solicited-node groups)"
-ping6_pair "$IB_IF1" "$IB_IF2"
-
-echo "== 64 MiB over TCP, read back the same"
-tcp_transfer a b 169.254.77.2 64
-ip -n a -s link show "$IB_IF1"
+pair_traffic 169.254.77 "$IB_IF1" "$IB_IF2" 64
 
 echo "== ib_ipoib unloaded: every group detached, every object gone"
 ip netns del a
