@@ -6,7 +6,8 @@
 //!   by bindgen from the target kernel's own `include/rdma` headers, C helpers for its
 //!   inline functions, and the shims that bridge one kernel's verbs to another's. Every
 //!   kernel difference lives there and nowhere else.
-//! - `client`, `device`, `pd`, `cq`, `qp`, `wr`, `mr`, `ah`, `dma`, `mailbox` (kernel
+//! - `client`, `device`, `pd`, `cq`, `qp`, `wr`, `mr`, `ah`, `dma`, `mailbox`, `cm` and
+//!   `ib_cm` (the RDMA CM and the IB CM), `sa`, `netdev`, `work` (kernel
 //!   build only): the safe consumer API over `sys`. Objects are owned values or `Arc`s
 //!   that hold what they use (a QP its PD and CQs, everything a reference to its device);
 //!   a posted work request owns its buffer and belongs to the QP until its completion.
@@ -43,6 +44,8 @@ pub mod device;
 pub mod dma;
 #[cfg(tilde_kernel)]
 pub mod driver;
+#[cfg(tilde_kernel)]
+pub mod ib_cm;
 #[cfg(tilde_kernel)]
 pub mod mailbox;
 #[cfg(tilde_kernel)]

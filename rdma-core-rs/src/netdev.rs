@@ -47,6 +47,16 @@ pub trait Driver: Send + Sync + 'static {
     /// `ndo_set_rx_mode`, in atomic context: the multicast list changed
     /// ([`NetDev::multicast_list`] reads it here).
     fn set_rx_mode(&self, _dev: &NetDev) {}
+    /// IPoIB's `/sys/class/net/<if>/mode` read: whether the interface is in connected
+    /// mode (else datagram).
+    fn connected_mode(&self, _dev: &NetDev) -> Result<bool> {
+        Ok(false)
+    }
+    /// IPoIB's mode written, with RTNL held: switch, and say which MTU the interface
+    /// takes in the new mode (the stack hears of it through `dev_set_mtu`).
+    fn set_connected_mode(&self, _dev: &NetDev, _connected: bool) -> Result<u32> {
+        Err(crate::sys::kernel_api::errno(kernel::bindings::EOPNOTSUPP))
+    }
 }
 
 /// How an interface starts out.
@@ -378,6 +388,8 @@ impl<T: Driver> Adapter<T> {
         xmit: Some(Self::xmit),
         change_mtu: Some(Self::change_mtu),
         rx_mode: Some(Self::rx_mode),
+        get_mode: Some(Self::get_mode),
+        set_mode: Some(Self::set_mode),
     };
 
     /// The driver and the netdev a callback is for.
@@ -467,5 +479,37 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: as in `open`.
         let (driver, dev) = unsafe { Self::parts(dev, data) };
         driver.set_rx_mode(dev);
+    }
+
+    /// # Safety
+    ///
+    /// Called by netdev.c only, with the arguments [`Adapter::parts`] requires.
+    unsafe extern "C" fn get_mode(dev: *mut sys::net_device, data: *mut c_void) -> c_int {
+        // SAFETY: as in `open`.
+        let (driver, dev) = unsafe { Self::parts(dev, data) };
+        match driver.connected_mode(dev) {
+            Ok(connected) => c_int::from(connected),
+            Err(e) => e.to_errno(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called by netdev.c only, with the arguments [`Adapter::parts`] requires.
+    unsafe extern "C" fn set_mode(
+        dev: *mut sys::net_device,
+        data: *mut c_void,
+        connected: bool,
+    ) -> c_int {
+        // SAFETY: as in `open`.
+        let (driver, dev) = unsafe { Self::parts(dev, data) };
+        match driver
+            .set_connected_mode(dev, connected)
+            .map(c_int::try_from)
+        {
+            Ok(Ok(mtu)) => mtu,
+            Ok(Err(_)) => EINVAL.to_errno(),
+            Err(e) => e.to_errno(),
+        }
     }
 }

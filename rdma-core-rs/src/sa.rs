@@ -52,6 +52,8 @@ pub struct Path {
     pub rate: u8,
     /// The IB MTU code.
     pub mtu: u8,
+    /// The packet life time code (a connection's timeouts grow from it).
+    pub packet_life_time: u8,
     /// GRH hop limit (0: no GRH needed).
     pub hop_limit: u8,
     /// GRH traffic class.
@@ -283,6 +285,7 @@ unsafe extern "C" fn path_callback<T: SaHandler>(
         sl: path.sl,
         rate: path.rate,
         mtu: path.mtu,
+        packet_life_time: path.packet_life_time,
         hop_limit: path.hop_limit,
         traffic_class: path.traffic_class,
         flow_label: path.flow_label,

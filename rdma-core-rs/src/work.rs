@@ -12,6 +12,7 @@ use core::time::Duration;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
+use crate::sync::IrqSpinLock;
 use crate::sys;
 
 /// What a [`DelayedWork`] runs, in process context (it may sleep).
@@ -26,6 +27,34 @@ pub struct DelayedWork<H: WorkHandler> {
     raw: NonNull<sys::tilde_rdma_delayed_work>,
     /// What the work's runs reach; kept until the work is cancelled.
     handler: Arc<H>,
+    /// What [`Kicker`]s reach; emptied before the work is cancelled.
+    kick: Arc<KickTarget>,
+}
+
+/// The work a [`Kicker`] runs, while it exists.
+struct KickTarget(IrqSpinLock<Option<NonNull<sys::tilde_rdma_delayed_work>>>);
+
+// SAFETY: the pointer is only used under the lock, while the work exists.
+unsafe impl Send for KickTarget {}
+// SAFETY: as above.
+unsafe impl Sync for KickTarget {}
+
+/// Runs a [`DelayedWork`] at once, from any context, as long as the work exists (after
+/// that, kicking does nothing). What the work's handler reaches can hold one without
+/// holding the work itself, so no reference cycle keeps the work alive.
+#[derive(Clone)]
+pub struct Kicker(Arc<KickTarget>);
+
+impl Kicker {
+    /// Runs the work as soon as the workqueue can, whether it is scheduled or not.
+    pub fn kick(&self) {
+        let target = self.0 .0.lock();
+        if let Some(raw) = *target {
+            // SAFETY: the work exists while the lock holds its pointer (`drop` empties
+            // it under the lock before cancelling and freeing the work).
+            unsafe { sys::tilde_rdma_delayed_work_kick(raw.as_ptr()) };
+        }
+    }
 }
 
 // SAFETY: the work item is the kernel's; scheduling and cancelling are allowed from any
@@ -51,13 +80,28 @@ impl<H: WorkHandler> DelayedWork<H> {
         // (drop cancels the work first).
         let raw = unsafe { sys::tilde_rdma_delayed_work_new(Some(run_callback::<H>), data) };
         let raw = NonNull::new(raw).ok_or(ENOMEM)?;
-        Ok(Self { raw, handler })
+        let kick = match IrqSpinLock::new(Some(raw))
+            .and_then(|lock| Arc::new(KickTarget(lock), GFP_KERNEL).map_err(Into::into))
+        {
+            Ok(kick) => kick,
+            Err(e) => {
+                // SAFETY: allocated above, never scheduled.
+                unsafe { sys::tilde_rdma_delayed_work_free(raw.as_ptr()) };
+                return Err(e);
+            }
+        };
+        Ok(Self { raw, handler, kick })
     }
 
     /// Runs it after `delay` (unless it is scheduled already).
     pub fn schedule(&self, delay: Duration) {
         // SAFETY: allocated in `new`, alive while `self` is.
         unsafe { sys::tilde_rdma_delayed_work_schedule(self.raw.as_ptr(), millis(delay)) };
+    }
+
+    /// A handle that runs the work at once, for as long as it exists.
+    pub fn kicker(&self) -> Kicker {
+        Kicker(self.kick.clone())
     }
 
     /// The handler.
@@ -68,6 +112,8 @@ impl<H: WorkHandler> DelayedWork<H> {
 
 impl<H: WorkHandler> Drop for DelayedWork<H> {
     fn drop(&mut self) {
+        // No kick reaches the work from here on.
+        *self.kick.0.lock() = None;
         // SAFETY: allocated in `new`; the helper cancels (waiting for a run) and frees.
         unsafe { sys::tilde_rdma_delayed_work_free(self.raw.as_ptr()) };
     }

@@ -14,8 +14,9 @@
 //!
 //! Per packet nothing is allocated but the receive skb: a send is copied into a buffer of
 //! the pool, a receive buffer is reposted as soon as its bytes are handed to the stack.
-//! Not done yet: connected mode, P_Key sub-interfaces, ICMP for packets too big (see
-//! docs/ipoib.md).
+//! Connected mode (RFC 4755, `/sys/class/net/<if>/mode`) is in [`connected`]: an RC
+//! connection per neighbour, and a CM listener for the peers'.
+//! Not done yet: P_Key sub-interfaces, ICMP for packets too big (see docs/ipoib.md).
 
 use core::time::Duration;
 
@@ -35,29 +36,32 @@ use rdma_core::sa::{McMember, Path, SaClient, SaHandler, SaJoin};
 use rdma_core::verbs::{
     AddressVector as VerbsAv, Decoded, Gid as VerbsGid, Grh, LinkLayer, PortState, QpCaps, WcStatus,
 };
-use rdma_core::work::{DelayedWork, WorkHandler};
+use rdma_core::work::{DelayedWork, Kicker, WorkHandler};
 use rdma_core::wr::{CompletionHandler, WorkRequest};
 
 use ulp_ipoib::interface::{
-    Action, AhId, Config, Instant, Interface, PacketKind, PortEvent, PortInfo, QueryFailed,
-    QueryId, ReceiveCompletion, RECEIVE_HEADROOM,
+    Action, AhId, Config, ConnId, ConnectFailed, Instant, Interface, Mode, PacketKind, PortEvent,
+    PortInfo, QueryFailed, QueryId, ReceiveCompletion, CM_MTU, RECEIVE_HEADROOM,
 };
 use ulp_ipoib::sa::{AddressVector, IbMtu, JoinState, McMemberRecord, PathRecord};
 use ulp_ipoib::wire::encap;
 use ulp_ipoib::wire::{Gid, HardwareAddress};
 
+mod connected;
+
 module! {
     type: IpoibModule,
     name: "tilde_ipoib",
-    description: "IP over InfiniBand, datagram mode (tilde, Rust)",
+    description: "IP over InfiniBand, datagram and connected mode (tilde, Rust)",
     license: "GPL",
 }
 
-/// The module's parameter, declared in C (`param.c`): the kernels tilde targets disagree
+/// The module's parameters, declared in C (`param.c`): the kernels tilde targets disagree
 /// on what Rust's `module!` takes.
 mod param {
     extern "C" {
         fn tilde_ipoib_port_wanted(device: *const u8, len: usize, port: u32) -> bool;
+        fn tilde_ipoib_connected_mode() -> bool;
     }
 
     /// Whether `port` of the device `device` gets an interface.
@@ -65,11 +69,18 @@ mod param {
         // SAFETY: `device` is valid for `len` bytes during the call, which only reads them.
         unsafe { tilde_ipoib_port_wanted(device.as_ptr(), device.len(), port) }
     }
+
+    /// Whether interfaces offer connected mode (`connected_mode=1`).
+    pub(crate) fn connected_mode() -> bool {
+        // SAFETY: reads a module parameter, which is only written at load.
+        unsafe { tilde_ipoib_connected_mode() }
+    }
 }
 
 /// Paths, neighbours, groups (the broadcast group's included), address handles (enough
 /// for every path and group) and packets held while their path or group is resolved.
-type Iface = Interface<TxPacket, 128, 256, 64, 192, 256>;
+type Iface = Interface<TxPacket, 128, NEIGHBOURS, 64, 192, 256>;
+const NEIGHBOURS: usize = 256;
 /// About 48 KiB: written into its allocation as a constant, never built on the stack.
 const EMPTY_IFACE: Iface = Iface::empty();
 const GROUPS: usize = 64;
@@ -175,6 +186,7 @@ enum Failure {
     Join(QueryId),
     Path(QueryId),
     Ah(AhId),
+    Connect(ConnId),
 }
 
 /// Everything the core's actions act on, apart from the core itself.
@@ -195,6 +207,13 @@ struct Edge {
     queries_in_flight: u32,
     queue_stopped: bool,
     closing: bool,
+    /// Connected mode's connections and listener.
+    cm: KBox<connected::Connections>,
+    /// Runs the periodic work at once (connections are made there).
+    kicker: Option<Kicker>,
+    /// Set while the mode is switched: the MTU goes to the stack through `dev_set_mtu`
+    /// (RTNL is held), not written under the lock.
+    defer_mtu: bool,
 }
 
 struct State {
@@ -384,14 +403,17 @@ impl Edge {
                 qkey,
                 packet,
             } => self.transmit(port, dev, ah, qpn, qkey, packet),
-            Action::TransmitConnected { packet, .. } => {
-                if let Some(dev) = dev {
-                    dev.count(Counter::TxDropped);
-                }
-                drop(packet);
+            Action::TransmitConnected { conn, packet } => {
+                self.transmit_connected(dev, conn, packet)
             }
-            // Connected mode is never chosen (Config::connected_mode is false).
-            Action::Connect { .. } | Action::Disconnect { .. } => {}
+            Action::Connect {
+                conn,
+                dgid,
+                path,
+                service_id,
+                data,
+            } => self.connect(conn, dgid, path, service_id, data),
+            Action::Disconnect { conn } => self.disconnect(conn),
             Action::Drop { packet, .. } => {
                 if let Some(dev) = dev {
                     dev.count(Counter::TxDropped);
@@ -409,6 +431,9 @@ impl Edge {
                 }
             }
             Action::SetMtu { mtu } => {
+                if self.defer_mtu {
+                    return;
+                }
                 if let Some(dev) = dev {
                     dev.set_mtu(u32::from(mtu));
                 }
@@ -514,6 +539,9 @@ impl Port {
                 Failure::Join(query) => iface.join_complete(now, query, Err(QueryFailed), out),
                 Failure::Path(query) => iface.path_complete(now, query, Err(QueryFailed), out),
                 Failure::Ah(ah) => iface.ah_create_failed(now, ah, out),
+                Failure::Connect(conn) => {
+                    iface.connect_complete(now, conn, Err(ConnectFailed), out)
+                }
             }
         }
     }
@@ -682,6 +710,33 @@ impl netdev::Driver for PortHandle {
         taken
     }
 
+    fn connected_mode(&self, _dev: &NetDev) -> Result<bool> {
+        Ok(self.0.state.lock().iface.mode() == Mode::Connected)
+    }
+
+    fn set_connected_mode(&self, dev: &NetDev, connected: bool) -> Result<u32> {
+        let mode = if connected {
+            Mode::Connected
+        } else {
+            Mode::Datagram
+        };
+        let mut switched = Err(EINVAL);
+        self.0.state.lock().edge.defer_mtu = true;
+        self.0.drive(Some(dev), |iface, out| {
+            switched = iface.set_mode(mode, out).map_err(|_| EINVAL);
+        });
+        self.0.state.lock().edge.defer_mtu = false;
+        switched?;
+        pr_info!(
+            "{}: {} mode\n",
+            dev.name(),
+            if connected { "connected" } else { "datagram" }
+        );
+        let iface_mtu = self.0.state.lock().iface.mtu();
+        // Before the broadcast group is joined, datagram mode has no MTU yet.
+        Ok(iface_mtu.map_or(u32::from(CM_MTU), u32::from))
+    }
+
     fn set_rx_mode(&self, dev: &NetDev) {
         // The stack's groups (IPv4 all-hosts, IPv6 solicited-node ...): a few at most,
         // and the core refuses beyond its group table anyway.
@@ -775,6 +830,7 @@ impl SaHandler for Port {
                     sl: path.sl,
                     rate: path.rate,
                     mtu: ib_mtu(path.mtu)?,
+                    packet_life_time: path.packet_life_time,
                     hop_limit: path.hop_limit,
                     traffic_class: path.traffic_class,
                     flow_label: path.flow_label,
@@ -829,6 +885,7 @@ impl WorkHandler for PortHandle {
             port.poll_port();
         }
         port.update_address();
+        port.service_connections();
         port.drive(None, |iface, out| iface.handle_timeout(now(), out));
         Some(TICK)
     }
@@ -851,8 +908,16 @@ impl PortInterface {
         let qpn = qp.qp_num();
         let sa = SaClient::new()?;
         let mut iface = KBox::write(KBox::new_uninit(GFP_KERNEL)?, EMPTY_IFACE);
-        iface.configure(Config::new(qpn, PKEY));
-        let address = HardwareAddress::new(0, qpn, Gid(gid.0));
+        let mut config = Config::new(qpn, PKEY);
+        // RC QPs and the CM listener (below): the address offers connected mode.
+        config.connected_mode = param::connected_mode();
+        iface.configure(config);
+        let flags = if config.connected_mode {
+            HardwareAddress::FLAG_CONNECTED_MODE
+        } else {
+            0
+        };
+        let address = HardwareAddress::new(flags, qpn, Gid(gid.0));
         let broadcast = iface.broadcast_address();
         let mut ahs = KVec::with_capacity(AHS, GFP_KERNEL)?;
         for _ in 0..AHS {
@@ -872,6 +937,9 @@ impl PortInterface {
                 queries_in_flight: 0,
                 queue_stopped: false,
                 closing: false,
+                cm: connected::Connections::new()?,
+                kicker: None,
+                defer_mtu: false,
             },
         };
         let port = Arc::new(
@@ -910,6 +978,9 @@ impl PortInterface {
                 return Err(ENOMEM);
             }
         }
+        if config.connected_mode {
+            port.listen(qpn)?;
+        }
         let handle = Arc::new(PortHandle(port.clone()), GFP_KERNEL)?;
         let config = netdev::Config {
             name: c"ib%d",
@@ -919,7 +990,12 @@ impl PortInterface {
             broadcast: broadcast.0,
             // Datagram mode on a 2 KiB fabric until the broadcast group says otherwise.
             mtu: 2044,
-            max_mtu: u32::from(ulp_ipoib::interface::MAX_UD_MTU),
+            // Connected mode's when offered; datagram mode refuses more than the group's.
+            max_mtu: u32::from(if config.connected_mode {
+                CM_MTU
+            } else {
+                ulp_ipoib::interface::MAX_UD_MTU
+            }),
             tx_queue_len: 2 * SEND_RING,
         };
         let registration = netdev::Registration::new(&config, handle.clone())?;
@@ -934,6 +1010,7 @@ impl PortInterface {
         port.state.lock().netdev = Some(netdev);
         interface.registration = Some(registration);
         let work = DelayedWork::new(handle)?;
+        port.state.lock().edge.kicker = Some(work.kicker());
         work.schedule(Duration::from_millis(1));
         interface.work = Some(work);
         interface.events = Some(EventRegistration::new(device, interface.port.clone())?);
@@ -955,6 +1032,14 @@ impl Drop for PortInterface {
         // the netdev's callbacks; then the work, which is cancelled and waited for.
         self.registration = None;
         self.work = None;
+        // Connected mode: the listener (its drop waits for REQs in their callbacks),
+        // then every connection, each destroyed and drained out of the lock.
+        let listener = port.state.lock().edge.cm.take_listener();
+        drop(listener);
+        let mut retired = port.state.lock().edge.cm.take_all();
+        while let Some(connection) = pop(&mut retired) {
+            connection.release();
+        }
         // Every membership, left; no SA answer comes for them after.
         {
             let mut guard = port.state.lock();

@@ -32,3 +32,14 @@ bool tilde_ipoib_port_wanted(const char *device, size_t len, u32 port_num)
 		return false;
 	return wanted == port_num;
 }
+
+static bool connected_mode;
+module_param(connected_mode, bool, 0444);
+MODULE_PARM_DESC(connected_mode, "offer connected mode (RFC 4755): the connected-mode flag in the address, an IB CM listener, and \"connected\" accepted by /sys/class/net/<if>/mode; experimental, not yet proven against ib_ipoib (docs/ipoib.md)");
+
+bool tilde_ipoib_connected_mode(void);
+
+bool tilde_ipoib_connected_mode(void)
+{
+	return connected_mode;
+}

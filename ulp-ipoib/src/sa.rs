@@ -68,6 +68,8 @@ pub struct PathRecord {
     /// The path MTU (a connection's RC QP takes it from the path its CM REQ carries;
     /// datagram mode takes the broadcast group's).
     pub mtu: IbMtu,
+    /// The packet life time code: a connection's CM and ACK timeouts grow from it.
+    pub packet_life_time: u8,
     /// Hop limit: above 0, the destination is reached through a router and the AH
     /// needs a GRH.
     pub hop_limit: u8,

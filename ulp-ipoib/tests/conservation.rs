@@ -152,6 +152,7 @@ fn run_sequence(steps: &[(u8, u8, u8, u8)]) {
                     sl: 0,
                     rate: 3,
                     mtu: IbMtu::Mtu2048,
+                    packet_life_time: 18,
                     hop_limit: 0,
                     traffic_class: 0,
                     flow_label: 0,

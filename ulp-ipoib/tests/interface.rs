@@ -73,6 +73,7 @@ fn path_to(dlid: u16) -> PathRecord {
         sl: 0,
         rate: 3,
         mtu: IbMtu::Mtu2048,
+        packet_life_time: 18,
         hop_limit: 0,
         traffic_class: 0,
         flow_label: 0,

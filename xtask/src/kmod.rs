@@ -381,7 +381,9 @@ pub fn build(toolchain: &Toolchain) -> Result<Modules> {
 ///   call, so it is a C define (`-DTILDE_IB_DMA_MAP_BVEC`, [`C_FEATURES`]), not a cfg;
 /// - `ib_dispatch_port_state_event`: the IB core reports the port state of a device bound
 ///   to a netdev itself (else the binding layer's `tilde_rdma_netdev_port_event` does it
-///   for the driver), a C define.
+///   for the driver), a C define;
+/// - `system_percpu_wq`: the per-CPU system workqueue has that name (7.x warns when work is
+///   queued on the old `system_wq`), a C define.
 pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
     let has = |path: &str| tree.join(path).exists();
     let mentions = |path: &str, text: &str| -> Result<bool> {
@@ -419,6 +421,12 @@ pub fn kernel_features(tree: &Path) -> Result<Vec<&'static str>> {
         "void ib_dispatch_port_state_event(",
     )? {
         features.push("ib_dispatch_port_state_event");
+    }
+    if mentions(
+        "include/linux/workqueue.h",
+        "extern struct workqueue_struct *system_percpu_wq;",
+    )? {
+        features.push("system_percpu_wq");
     }
     Ok(features)
 }
@@ -501,7 +509,11 @@ fn copy_runtime(tree: &str, runtime: &[RuntimeObject], staging: &str) -> String 
 
 /// Features the binding layer's C helpers (`helpers.c`) need, as `-DTILDE_<FEATURE>`
 /// (static inline functions: bindgen does not see them, and only C can call them).
-const C_FEATURES: &[&str] = &["ib_dma_map_bvec", "ib_dispatch_port_state_event"];
+const C_FEATURES: &[&str] = &[
+    "ib_dma_map_bvec",
+    "ib_dispatch_port_state_event",
+    "system_percpu_wq",
+];
 
 /// What the kernel's RDMA C API offers, found in the bindings bindgen made from its own
 /// headers: a function's presence, as the generated declarations show it (each one a

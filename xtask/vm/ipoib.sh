@@ -187,3 +187,4 @@ port_flap() {
 	udp_multicast "$ns" "$addr" "$peer_ns" "$peer_addr"
 	udp_multicast "$peer_ns" "$peer_addr" "$ns" "$addr"
 }
+

@@ -237,6 +237,19 @@ void tilde_rdma_delayed_work_schedule(struct tilde_rdma_delayed_work *work, u64 
 	schedule_delayed_work(&work->work, msecs_to_jiffies(delay_ms));
 }
 
+/*
+ * Runs it as soon as it can, pending or not (callable in any context), on the workqueue
+ * schedule_delayed_work uses: 7.x renamed it, and warns about the old name.
+ */
+void tilde_rdma_delayed_work_kick(struct tilde_rdma_delayed_work *work)
+{
+#ifdef TILDE_SYSTEM_PERCPU_WQ
+	mod_delayed_work(system_percpu_wq, &work->work, 0);
+#else
+	mod_delayed_work(system_wq, &work->work, 0);
+#endif
+}
+
 void tilde_rdma_delayed_work_free(struct tilde_rdma_delayed_work *work)
 {
 	cancel_delayed_work_sync(&work->work);

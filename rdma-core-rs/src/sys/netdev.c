@@ -11,6 +11,8 @@
 #include <linux/if_arp.h>
 #include <linux/if_infiniband.h>
 #include <linux/netdevice.h>
+#include <linux/rtnetlink.h>
+#include <linux/sched/signal.h>
 #include <linux/skbuff.h>
 #include <linux/slab.h>
 #include <rdma/ib_sa.h>
@@ -127,8 +129,65 @@ static const struct ethtool_ops tilde_ethtool_ops = {
 	.get_link = ethtool_op_get_link,
 };
 
+/*
+ * /sys/class/net/<if>/mode, as ib_ipoib's: "datagram" or "connected". Switching takes
+ * RTNL (tried, as ib_ipoib does, so a writer racing an unregister restarts instead of
+ * deadlocking), then the interface takes the new mode's MTU through dev_set_mtu, so the
+ * stack hears of it.
+ */
+static ssize_t mode_show(struct device *d, struct device_attribute *attr, char *buf)
+{
+	struct net_device *dev = to_net_dev(d);
+	struct tilde_rdma_netdev_priv *priv = tilde_priv(dev);
+	int mode = priv->ops->get_mode(dev, priv->data);
+
+	if (mode < 0)
+		return mode;
+	return sysfs_emit(buf, mode ? "connected\n" : "datagram\n");
+}
+
+static ssize_t mode_store(struct device *d, struct device_attribute *attr, const char *buf,
+			  size_t count)
+{
+	struct net_device *dev = to_net_dev(d);
+	struct tilde_rdma_netdev_priv *priv = tilde_priv(dev);
+	bool connected;
+	int mtu;
+
+	if (sysfs_streq(buf, "connected"))
+		connected = true;
+	else if (sysfs_streq(buf, "datagram"))
+		connected = false;
+	else
+		return -EINVAL;
+	if (!rtnl_trylock())
+		return restart_syscall();
+	if (dev->reg_state != NETREG_REGISTERED) {
+		rtnl_unlock();
+		return -EPERM;
+	}
+	mtu = priv->ops->set_mode(dev, priv->data, connected);
+	if (mtu > 0 && mtu != dev->mtu)
+		mtu = dev_set_mtu(dev, mtu);
+	rtnl_unlock();
+	return mtu < 0 ? mtu : count;
+}
+
+static DEVICE_ATTR_RW(mode);
+
+static struct attribute *tilde_netdev_attrs[] = {
+	&dev_attr_mode.attr,
+	NULL,
+};
+
+static const struct attribute_group tilde_netdev_group = {
+	.attrs = tilde_netdev_attrs,
+};
+
 static void tilde_netdev_setup(struct net_device *dev)
 {
+	/* The device's own group: created and removed with the netdev's sysfs. */
+	dev->sysfs_groups[0] = &tilde_netdev_group;
 	dev->netdev_ops = &tilde_netdev_ops;
 	dev->header_ops = &tilde_header_ops;
 	dev->ethtool_ops = &tilde_ethtool_ops;
@@ -433,6 +492,7 @@ static void tilde_path_done(int status, struct sa_path_rec *resp, unsigned int n
 		path.sl = resp->sl;
 		path.rate = resp->rate;
 		path.mtu = resp->mtu;
+		path.packet_life_time = resp->packet_life_time;
 		path.hop_limit = resp->hop_limit;
 		path.traffic_class = resp->traffic_class;
 		path.flow_label = be32_to_cpu(resp->flow_label);

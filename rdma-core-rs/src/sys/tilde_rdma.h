@@ -37,6 +37,7 @@ void tilde_rdma_mutex_unlock(void *lock);
 struct tilde_rdma_delayed_work;
 struct tilde_rdma_delayed_work *tilde_rdma_delayed_work_new(u64 (*run)(void *data), void *data);
 void tilde_rdma_delayed_work_schedule(struct tilde_rdma_delayed_work *work, u64 delay_ms);
+void tilde_rdma_delayed_work_kick(struct tilde_rdma_delayed_work *work);
 void tilde_rdma_delayed_work_free(struct tilde_rdma_delayed_work *work);
 
 void *tilde_rdma_irq_lock_new(void);
@@ -163,6 +164,10 @@ struct tilde_rdma_netdev_ops {
 	/* A negative errno, or the MTU the interface takes. */
 	int (*change_mtu)(struct net_device *dev, void *data, int mtu);
 	void (*rx_mode)(struct net_device *dev, void *data);
+	/* IPoIB's `mode` attribute: 1 connected, 0 datagram, or a negative errno. */
+	int (*get_mode)(struct net_device *dev, void *data);
+	/* Called with RTNL: a negative errno, or the MTU the new mode gives. */
+	int (*set_mode)(struct net_device *dev, void *data, bool connected);
 };
 struct net_device *tilde_rdma_netdev_alloc(const char *name_format,
 					   const struct tilde_rdma_netdev_ops *ops, void *data,
@@ -207,6 +212,7 @@ struct tilde_rdma_path {
 	u8 sl;
 	u8 rate;
 	u8 mtu;
+	u8 packet_life_time;
 	u8 hop_limit;
 	u8 traffic_class;
 	u32 flow_label;
@@ -225,5 +231,44 @@ int tilde_rdma_sa_path_query(struct ib_sa_client *client, struct ib_device *devi
 			     void (*done)(void *context, u64 id, int status,
 					  const struct tilde_rdma_path *path),
 			     void *context, u64 id);
+
+/*
+ * The InfiniBand CM (rdma_core::ib_cm, ib_cm.c): events and path records flat, the
+ * QP attributes the CM derives applied in C.
+ */
+struct tilde_ib_cm_event {
+	u32 event;
+	/* REJ: the reason; *_ERROR: the MAD's send status. */
+	int status;
+	u32 remote_qpn;
+	u32 starting_psn;
+	u8 rnr_retry_count;
+	u8 port;
+	bool has_private_data;
+	u8 private_data[64];
+};
+struct tilde_ib_cm_path {
+	u8 sgid[16];
+	u8 dgid[16];
+	u16 slid;
+	u16 dlid;
+	u16 pkey;
+	u8 sl;
+	u8 rate;
+	u8 mtu;
+	u8 packet_life_time;
+	u8 hop_limit;
+	u8 traffic_class;
+	u32 flow_label;
+};
+void tilde_ib_cm_flatten(const struct ib_cm_event *event, struct tilde_ib_cm_event *out);
+int tilde_ib_cm_send_req(struct ib_cm_id *id, const struct tilde_ib_cm_path *path,
+			 u64 service_id, u32 qp_num, u32 starting_psn, const void *private_data,
+			 u8 private_data_len, u8 retry_count, u8 rnr_retry_count);
+int tilde_ib_cm_send_rep(struct ib_cm_id *id, u32 qp_num, u32 starting_psn, u8 rnr_retry_count,
+			 const void *private_data, u8 private_data_len);
+int tilde_ib_cm_modify_qp(struct ib_cm_id *id, struct ib_qp *qp, enum ib_qp_state state);
+int tilde_ib_cm_listen(struct ib_cm_id *id, u64 service_id);
+void *tilde_ib_cm_current(void);
 
 #endif

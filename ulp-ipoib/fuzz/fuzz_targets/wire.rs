@@ -202,6 +202,7 @@ fn sequence(data: &[u8]) {
                     sl: 0,
                     rate: 3,
                     mtu: IbMtu::Mtu2048,
+                    packet_life_time: 18,
                     hop_limit: a % 3,
                     traffic_class: 0,
                     flow_label: 0,

@@ -8,7 +8,8 @@
 # path queries and address handles), IPv4 and IPv6 (neighbour discovery through the
 # solicited-node groups tilde_ipoib joins as the stack lists them), and 32 MiB over TCP
 # each way with the same SHA-256 on both ends, UDP to a multicast group each way (a
-# full-member join on the receiving side, a send-only join on the sending side); opensm
+# full-member join on the receiving side, a send-only join on the sending side); the
+# `mode` attribute (datagram; connected refused unless offered); opensm
 # restarted and traffic again; port 1 taken down under traffic (the carrier follows, the
 # broadcast group is joined again when opensm makes the port ACTIVE, traffic resumes). Then
 # rmmod under traffic both ways, with everything let go; loaded again, the device's
@@ -74,6 +75,13 @@ echo "== UDP to a multicast group, tilde_ipoib → ib_ipoib"
 udp_multicast a 169.254.78.1 b 169.254.78.2
 echo "== UDP to a multicast group, ib_ipoib → tilde_ipoib"
 udp_multicast b 169.254.78.2 a 169.254.78.1
+
+echo "== /sys/class/net/<if>/mode: datagram, and connected refused unless offered (connected_mode=1)"
+ip netns exec a cat "/sys/class/net/$tilde_if/mode" | grep -qx datagram
+refute "tilde_ipoib took connected mode without offering it" \
+	ip netns exec a sh -c "echo connected > /sys/class/net/$tilde_if/mode"
+ip netns exec a sh -c "echo datagram > /sys/class/net/$tilde_if/mode"
+ip netns exec a ping -c 2 -W 10 169.254.78.2
 
 # The emulated device reports no client reregistration (nor does it to ib_ipoib): the
 # SM's restart only shows that nothing is lost across it; the rejoin it should cause is
