@@ -1002,6 +1002,18 @@ impl Driver for Mlx4Ib {
             || asked.max_send_wr > MAX_QP_WR
             || asked.max_recv_wr > (1 << MAX_RQ_LOG)
         {
+            pr_warn!(
+                "{}: QP refused: {} send WRs of {} SGEs, {} receive WRs of {} SGEs, {} inline bytes (at most {} WRs, {} receive WRs, {} SGEs, no inline data)\n",
+                dev.name(),
+                asked.max_send_wr,
+                asked.max_send_sge,
+                asked.max_recv_wr,
+                asked.max_recv_sge,
+                asked.max_inline_data,
+                MAX_QP_WR,
+                1u32 << MAX_RQ_LOG,
+                MAX_SGE
+            );
             return Err(EINVAL);
         }
         // The send queue keeps 2 KiB of stamped WQEs ahead of the producer.

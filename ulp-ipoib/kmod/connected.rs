@@ -64,6 +64,12 @@ const CONNECTS_MAX: usize = 16;
 const REQ_RETRY: u8 = 0;
 const REQ_RNR_RETRY: u8 = 7;
 
+/// A connection's CQ: room for both of its queues as the driver rounds them up (the QP
+/// reserves what it was given, which may be twice what was asked, and a little more).
+fn cq_entries(ring: u32) -> u32 {
+    2 * ring + 64
+}
+
 /// Which id an event is for, in its token.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Token {
@@ -486,7 +492,8 @@ impl Port {
 
     /// The CQ, the RC QP in INIT, the send pool and the CM id of an active connection.
     fn make_active(self: &Arc<Self>, conn: ConnId, serial: u32) -> Result<ActiveConn> {
-        let cq = CompletionQueue::new(&self.device, CM_SEND_RING + 1, PollContext::Softirq)?;
+        let cq =
+            CompletionQueue::new(&self.device, cq_entries(CM_SEND_RING), PollContext::Softirq)?;
         let caps = QpCaps {
             max_send_wr: CM_SEND_RING,
             max_recv_wr: 1,
@@ -700,7 +707,8 @@ impl Port {
     /// A passive connection's CQ, QP (through INIT, its ring posted, RTR and RTS, with
     /// the attributes the REQ gave) on the REQ's id.
     fn make_passive(self: &Arc<Self>, id: IbCmId<Port>, number: u32) -> Result<Arc<ConnCore>> {
-        let cq = CompletionQueue::new(&self.device, CM_RECV_RING + 2, PollContext::Softirq)?;
+        let cq =
+            CompletionQueue::new(&self.device, cq_entries(CM_RECV_RING), PollContext::Softirq)?;
         let caps = QpCaps {
             max_send_wr: 1,
             max_recv_wr: CM_RECV_RING,
@@ -708,7 +716,8 @@ impl Port {
             max_recv_sge: 1,
             max_inline_data: 0,
         };
-        let qp = QueuePair::new_rc(&self.pd, &cq, &cq, &caps)?;
+        let qp = QueuePair::new_rc(&self.pd, &cq, &cq, &caps)
+            .inspect_err(|e| self.step_failed("create", *e))?;
         id.set_token(Token::Passive(number).encode());
         let core = Arc::new(
             ConnCore {
@@ -719,15 +728,32 @@ impl Port {
             GFP_KERNEL,
         )?;
         let id = core.id().ok_or(EINVAL)?;
-        id.modify_qp(&core.qp, CmQpState::Init)?;
+        id.modify_qp(&core.qp, CmQpState::Init)
+            .inspect_err(|e| self.step_failed("INIT", *e))?;
         for _ in 0..CM_RECV_RING {
             let buffer = DmaBuffer::new(&self.device, CM_BUF_LEN)?;
             let wr = WorkRequest::with_buffer(buffer, CmRecvSlot { port: self.clone() })?;
-            core.qp.post_recv(wr, 0, CM_BUF_LEN)?;
+            core.qp
+                .post_recv(wr, 0, CM_BUF_LEN)
+                .map_err(Error::from)
+                .inspect_err(|e| self.step_failed("receive", *e))?;
         }
-        id.modify_qp(&core.qp, CmQpState::Rtr)?;
-        id.modify_qp(&core.qp, CmQpState::Rts)?;
+        id.modify_qp(&core.qp, CmQpState::Rtr)
+            .inspect_err(|e| self.step_failed("RTR", *e))?;
+        id.modify_qp(&core.qp, CmQpState::Rts)
+            .inspect_err(|e| self.step_failed("RTS", *e))?;
         Ok(core)
+    }
+
+    /// Names the step of a connection's QP that failed, and how.
+    fn step_failed(&self, step: &str, error: Error) {
+        pr_warn!(
+            "{}/{}: a connection's QP: {} failed: {:?}\n",
+            self.device.name(),
+            self.port,
+            step,
+            error
+        );
     }
 
     /// A message of a passive connection: to the stack when the core accepts it.

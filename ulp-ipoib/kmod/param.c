@@ -33,9 +33,9 @@ bool tilde_ipoib_port_wanted(const char *device, size_t len, u32 port_num)
 	return wanted == port_num;
 }
 
-static bool connected_mode;
+static bool connected_mode = true;
 module_param(connected_mode, bool, 0444);
-MODULE_PARM_DESC(connected_mode, "offer connected mode (RFC 4755): the connected-mode flag in the address, an IB CM listener, and \"connected\" accepted by /sys/class/net/<if>/mode; experimental, not yet proven against ib_ipoib (docs/ipoib.md)");
+MODULE_PARM_DESC(connected_mode, "offer connected mode (RFC 4755), as ib_ipoib does: the connected-mode flag in the address, an IB CM listener, and \"connected\" accepted by /sys/class/net/<if>/mode (default: on; off: datagram mode only)");
 
 bool tilde_ipoib_connected_mode(void);
 

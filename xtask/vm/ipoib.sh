@@ -21,10 +21,11 @@ ib_ipoib_up() {
 		{ echo "FAIL: ib_ipoib did not make an interface for each port"; return 1; }
 }
 
-# tilde_ipoib_up DEV:PORT: tilde_ipoib loaded for DEV's PORT, its interface in TILDE_IF.
+# tilde_ipoib_up DEV:PORT [PARAMETER...]: tilde_ipoib loaded for DEV's PORT (and the
+# other parameters given), its interface in TILDE_IF.
 tilde_ipoib_up() {
 	local dev=${1%:*} port=${1#*:}
-	insmod /tilde/ulps/tilde_ipoib.ko port="$1"
+	insmod /tilde/ulps/tilde_ipoib.ko port="$1" "${@:2}"
 	wait_dmesg "tilde_ipoib: $dev/$port: ib[0-9]+ \(QPN"
 	TILDE_IF=$(sed -n "s/.*tilde_ipoib: $dev\/$port: \(ib[0-9]*\) (QPN.*/\1/p" "$(kernel_log)" | tail -n 1)
 	echo "tilde_ipoib on $dev/$port: $TILDE_IF"
@@ -188,3 +189,28 @@ port_flap() {
 	udp_multicast "$peer_ns" "$peer_addr" "$ns" "$addr"
 }
 
+
+# connected_mode NS_A IF_A NS_B IF_B: both interfaces switched to connected mode through
+# /sys/class/net/<if>/mode, as ib_ipoib's: the mode reads back, the MTU is 65520.
+connected_mode() {
+	set_mode "$1" "$2" connected 65520
+	set_mode "$3" "$4" connected 65520
+}
+
+# datagram_mode NS_A IF_A NS_B IF_B: both back to datagram mode, the broadcast group's
+# MTU (2044 on this fabric).
+datagram_mode() {
+	set_mode "$1" "$2" datagram 2044
+	set_mode "$3" "$4" datagram 2044
+}
+
+# set_mode NS IF MODE MTU: IF in NS switched to MODE, which reads back, with MTU.
+set_mode() {
+	local ns=$1 if=$2 mode=$3 mtu=$4
+	ip netns exec "$ns" sh -c "echo $mode > /sys/class/net/$if/mode"
+	ip netns exec "$ns" cat "/sys/class/net/$if/mode" | grep -qx "$mode" ||
+		{ echo "FAIL: $if's mode does not read back as $mode"; return 1; }
+	ip -n "$ns" link show "$if"
+	ip -n "$ns" link show "$if" | grep -q "mtu $mtu " ||
+		{ echo "FAIL: $if's MTU in $mode mode is not $mtu"; return 1; }
+}

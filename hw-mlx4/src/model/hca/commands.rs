@@ -431,6 +431,7 @@ impl Hca {
                 self.cq_doorbell_high = None;
                 self.mpts.clear();
                 self.srqs.clear();
+                self.srq_states.clear();
                 // ICM stays mapped: the driver unmaps it after CLOSE_HCA.
                 self.fw = Running;
                 Ok(None)
@@ -569,10 +570,12 @@ impl Hca {
                         format!("object {index:#x} is already in hardware"),
                     ));
                 }
-                table.insert(
-                    index,
-                    inbox.get(..0x100).map(<[u8]>::to_vec).unwrap_or_default(),
-                );
+                let context = inbox.get(..0x100).map(<[u8]>::to_vec).unwrap_or_default();
+                if cmd.opcode == opcode::SW2HW_SRQ {
+                    self.srq_states
+                        .insert(index, super::datapath::SrqState::from_context(&context));
+                }
+                table.insert(index, context);
                 Ok(None)
             }
             opcode::HW2SW_MPT | opcode::HW2SW_SRQ => {
@@ -587,6 +590,9 @@ impl Hca {
                         CmdStatus::BadResourceState,
                         format!("object {index:#x} is not in hardware"),
                     ));
+                }
+                if cmd.opcode == opcode::HW2SW_SRQ {
+                    self.srq_states.remove(&index);
                 }
                 Ok(None)
             }

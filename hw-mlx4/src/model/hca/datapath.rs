@@ -103,6 +103,8 @@ pub(super) struct QpQueues {
     pub log_rq_entries: u32,
     pub log_rq_stride: u32,
     pub has_rq: bool,
+    /// The SRQ its receives come from, when it has no receive queue of its own.
+    pub srqn: Option<u32>,
     /// Next send WQE the device takes, and next receive WQE.
     pub sq_next: u32,
     pub rq_next: u32,
@@ -133,6 +135,7 @@ impl QpQueues {
         // A QP without a receive queue of its own takes its receives from an SRQ
         // (`srqn` bit 24); every other QP has one of at least one WQE.
         let has_rq = m.u32(qpc::SRQN) & (1 << 24) == 0;
+        let srqn = (!has_rq).then(|| m.u32(qpc::SRQN) & 0x00ff_ffff);
         let rq_bytes = if has_rq {
             1u64 << (log_rq_entries + log_rq_stride)
         } else {
@@ -157,6 +160,7 @@ impl QpQueues {
             log_rq_entries,
             log_rq_stride,
             has_rq,
+            srqn,
             usr_page: m.u32(qpc::USR_PAGE) & 0x00ff_ffff,
             ..Self::default()
         };
@@ -195,6 +199,51 @@ impl QpQueues {
             self.remote_access = m.u32(qpc::PARAMS2) & (7 << 13);
         }
         let _ = (qpc::PATH_SIZE, qpc::SIZE);
+    }
+}
+
+/// An SRQ's device state (`struct mlx4_srq_context`, SW2HW_SRQ). Its WQEs are a linked
+/// list the driver keeps: each starts with a 16-byte "next" segment naming the WQE after
+/// it (`next_wqe_index`), then its scatter entries. The device takes them in that order
+/// from WQE 0, as many as the doorbell record's count (of WQEs posted) is ahead of its own
+/// count; a completion names the WQE by index, and the driver links it back at the tail.
+#[derive(Clone, Debug, Default)]
+pub(super) struct SrqState {
+    pub log_size: u32,
+    pub log_stride: u32,
+    pub mtt_offset: u64,
+    pub log_page_size: u32,
+    pub db_rec_addr: u64,
+    /// The WQE the device takes next, and how many it took.
+    pub next: u32,
+    pub taken: u32,
+}
+
+/// The "next" segment at the start of an SRQ WQE (`struct mlx4_wqe_srq_next_seg`).
+pub(super) const SRQ_NEXT_SEG: usize = 16;
+
+mod srqc {
+    pub const STATE_LOGSIZE_SRQN: usize = 0x00;
+    pub const LOGSTRIDE: usize = 0x04;
+    pub const LOG_PAGE_SIZE: usize = 0x10;
+    pub const MTT_BASE_ADDR_H: usize = 0x13;
+    pub const MTT_BASE_ADDR_L: usize = 0x14;
+    pub const DB_REC_ADDR: usize = 0x28;
+}
+
+impl SrqState {
+    pub fn from_context(context: &[u8]) -> Self {
+        let m = Mailbox(context);
+        Self {
+            log_size: (m.u32(srqc::STATE_LOGSIZE_SRQN) >> 24) & 0x1f,
+            log_stride: u32::from(m.u8(srqc::LOGSTRIDE) & 7) + 4,
+            mtt_offset: (u64::from(m.u8(srqc::MTT_BASE_ADDR_H)) << 32)
+                | u64::from(m.u32(srqc::MTT_BASE_ADDR_L)),
+            log_page_size: u32::from(m.u8(srqc::LOG_PAGE_SIZE) & 0x3f),
+            db_rec_addr: m.u64(srqc::DB_REC_ADDR),
+            next: 0,
+            taken: 0,
+        }
     }
 }
 

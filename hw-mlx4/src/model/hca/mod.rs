@@ -158,6 +158,8 @@ pub struct Hca {
     cq_states: BTreeMap<u32, datapath::CqState>,
     mpts: BTreeMap<u32, Vec<u8>>,
     srqs: BTreeMap<u32, Vec<u8>>,
+    /// The SRQs' data path state, by SRQ number.
+    srq_states: BTreeMap<u32, datapath::SrqState>,
     /// The multicast group table (READ_MCG, WRITE_MCG), by entry index.
     mcg: BTreeMap<u32, Vec<u8>>,
     qps: BTreeMap<u32, commands::QpState>,
@@ -203,6 +205,7 @@ impl Hca {
             cq_states: BTreeMap::new(),
             mpts: BTreeMap::new(),
             srqs: BTreeMap::new(),
+            srq_states: BTreeMap::new(),
             mcg: BTreeMap::new(),
             qps: BTreeMap::new(),
             special_qp_base: None,

@@ -20,7 +20,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use super::commands::QpStateKind;
-use super::datapath::{KeyUse, QpQueues, SendOutcome};
+use super::datapath::{KeyUse, QpQueues, SendOutcome, SRQ_NEXT_SEG};
 use super::{Dma, Hca};
 use crate::wire::fw::Mailbox;
 use crate::wire::{RecvOpcode, SendOpcode, Syndrome};
@@ -643,34 +643,55 @@ impl Hca {
         Ok(())
     }
 
-    /// Whether the responder has a receive posted.
+    /// Whether the responder has a receive posted (in its own queue, or in its SRQ).
     fn receive_posted(&self, dma: &dyn Dma, responder: &QpQueues) -> bool {
+        let (record_addr, taken) = match responder.srqn {
+            Some(srqn) => match self.srq_states.get(&srqn) {
+                Some(srq) => (srq.db_rec_addr, srq.taken),
+                None => return false,
+            },
+            None => (responder.db_rec_addr, responder.rq_next),
+        };
         let mut record = [0u8; 4];
-        dma.read(responder.db_rec_addr, &mut record).is_ok()
-            && (u32::from_be_bytes(record) & 0xffff) != (responder.rq_next & 0xffff)
+        dma.read(record_addr, &mut record).is_ok()
+            && (u32::from_be_bytes(record) & 0xffff) != (taken & 0xffff)
     }
 
-    /// Delivers an RC message into the responder's next receive: `Ok(false)` when none is
-    /// posted (RNR), `Err` when it does not fit (the receive completes with a local
-    /// length error and the responder goes to error).
-    #[allow(clippy::too_many_arguments)]
-    fn rc_receive(
+    /// Takes the responder's next receive WQE (`receive_posted` said there is one): its
+    /// index, as the CQE names it, and its scatter entries.
+    fn take_receive(
         &mut self,
         dma: &dyn Dma,
         rqpn: u32,
         responder: &QpQueues,
-        requester: u32,
-        requester_queues: &QpQueues,
-        arrival: Arrival<'_>,
-    ) -> Result<bool, ()> {
-        let Arrival {
-            scatter: data,
-            byte_cnt,
-            opcode,
-            word,
-        } = arrival;
-        if !responder.has_rq || !self.receive_posted(dma, responder) {
-            return Ok(false);
+    ) -> Result<(u32, Vec<Sge>), ()> {
+        if let Some(srqn) = responder.srqn {
+            let Some(srq) = self.srq_states.get(&srqn).cloned() else {
+                self.driver_error(format!("QP {rqpn:#x}: SRQ {srqn:#x} is not in hardware"));
+                return Err(());
+            };
+            let entries = 1u32 << srq.log_size;
+            let index = srq.next & (entries - 1);
+            let wqe = match self.read_wqe(
+                dma,
+                srq.mtt_offset,
+                srq.log_page_size,
+                u64::from(index) << srq.log_stride,
+                1 << srq.log_stride,
+            ) {
+                Ok(wqe) => wqe,
+                Err(e) => {
+                    self.driver_error(format!("SRQ {srqn:#x} WQE {index}: {e}"));
+                    return Err(());
+                }
+            };
+            let next = u32::from(Mailbox(&wqe).u16(2));
+            if let Some(state) = self.srq_states.get_mut(&srqn) {
+                state.next = next & (entries - 1);
+                state.taken = state.taken.wrapping_add(1);
+            }
+            let sges = Self::sges(&wqe, SRQ_NEXT_SEG, wqe.len());
+            return Ok((index, sges));
         }
         let index = responder.rq_next;
         let entries = 1u32 << responder.log_rq_entries;
@@ -692,7 +713,32 @@ impl Hca {
         if let Some(q) = self.qps.get_mut(&rqpn).and_then(|qp| qp.queues.as_mut()) {
             q.rq_next = q.rq_next.wrapping_add(1);
         }
-        let sges = Self::sges(&wqe, 0, wqe.len());
+        Ok((index, Self::sges(&wqe, 0, wqe.len())))
+    }
+
+    /// Delivers an RC message into the responder's next receive: `Ok(false)` when none is
+    /// posted (RNR), `Err` when it does not fit (the receive completes with a local
+    /// length error and the responder goes to error).
+    #[allow(clippy::too_many_arguments)]
+    fn rc_receive(
+        &mut self,
+        dma: &dyn Dma,
+        rqpn: u32,
+        responder: &QpQueues,
+        requester: u32,
+        requester_queues: &QpQueues,
+        arrival: Arrival<'_>,
+    ) -> Result<bool, ()> {
+        let Arrival {
+            scatter: data,
+            byte_cnt,
+            opcode,
+            word,
+        } = arrival;
+        if !(responder.has_rq || responder.srqn.is_some()) || !self.receive_posted(dma, responder) {
+            return Ok(false);
+        }
+        let (index, sges) = self.take_receive(dma, rqpn, responder)?;
         if let Err(syndrome) = self.scatter_list(dma, &sges, data) {
             self.error_cqe(dma, rqpn, responder.cqn_recv, index, syndrome, false);
             if rqpn == requester {
