@@ -74,14 +74,16 @@ impl QueueMemory {
 
     /// The `size` bytes at `offset` of `block` (a queue's buffer or doorbell page the
     /// bring-up core allocated and gave the device): `size` a power of two, the range
-    /// inside the block and aligned to its size.
+    /// inside the block and aligned to its size, or to a page when larger: a QP's receive
+    /// queue may be larger than the send queue before it (`mlx4_ib`'s layout puts the
+    /// larger stride first, not the larger queue), and a ring needs no more.
     pub(crate) fn in_block(block: &Arc<Coherent>, offset: usize, size: usize) -> Result<Self> {
         let end = offset.checked_add(size).ok_or(EINVAL)?;
         if !size.is_power_of_two() || end > block.len() {
             return Err(EINVAL);
         }
         // The block is aligned to its page order, so the offset decides the alignment.
-        if offset % size != 0 {
+        if offset % size.min(4096) != 0 {
             return Err(EINVAL);
         }
         // SAFETY: `offset + size` is inside the block (checked), which the `Arc` kept
@@ -133,8 +135,9 @@ impl Drop for QueueMemory {
     }
 }
 
-// SAFETY: the memory is `size` bytes, a power of two, aligned to its size (kmalloc aligns
-// such sizes to themselves; `in_block` checks), and stays put until `drop`.
+// SAFETY: the memory is `size` bytes, a power of two, aligned to its size or to a page
+// (kmalloc aligns such sizes to themselves; `in_block` checks), so to at least 16 bytes,
+// and stays put until `drop`.
 unsafe impl RingMemory for QueueMemory {
     fn as_ptr(&self) -> *mut u8 {
         self.cpu.as_ptr()

@@ -485,11 +485,25 @@ mod rc {
     /// A QP's RST2INIT, INIT2RTR and RTR2RTS contexts, connected to `remote` on the
     /// port whose LID is `rlid`, sending from `port` (0 or 1).
     fn create_qp(d: &mut Driver, qpn: u32, n: usize, port: u8, remote: u32, rlid: u16) {
-        mtt(d, 1 + n as u64, QP_PAGE[n]);
+        create_qp_at(d, qpn, n, QP_PAGE[n], port, (remote, rlid), None);
+    }
+
+    /// `create_qp` with its buffer at `page` (MTT entry `1 + n`, doorbell record `n`),
+    /// its receives from SRQ `srqn` when given.
+    fn create_qp_at(
+        d: &mut Driver,
+        qpn: u32,
+        n: usize,
+        page: u64,
+        port: u8,
+        (remote, rlid): (u32, u16),
+        srqn: Option<u32>,
+    ) {
+        mtt(d, 1 + n as u64, page);
         // The driver hands the SQ over empty: every WQE's owner bit set (lap 1's), as
         // mlx4_ib and libmlx4 stamp it.
         for i in 0..16 {
-            d.memory.put(QP_PAGE[n] + 64 * i, &[0x80]);
+            d.memory.put(page + 64 * i, &[0x80]);
         }
         let mut mailbox = vec![0u8; 4096];
         let ctx = &mut mailbox[8..];
@@ -505,6 +519,10 @@ mod rc {
         ctx[0x90..0x94].copy_from_slice(&(7u32 << 13).to_be_bytes()); // RRE, RWE, RAE
         ctx[0x9c..0xa0].copy_from_slice(&CQN.to_be_bytes());
         ctx[0xa0..0xa8].copy_from_slice(&(DB_RECORDS + 8 * n as u64).to_be_bytes());
+        if let Some(srqn) = srqn {
+            ctx[0x09] = 0; // no receive queue of its own
+            ctx[0xac..0xb0].copy_from_slice(&((1u32 << 24) | srqn).to_be_bytes());
+        }
         ctx[0xcc..0xd0].copy_from_slice(&(8 * (1 + n as u32)).to_be_bytes()); // MTT offset
         d.memory.put(INBOX, &mailbox);
         for op in [opcode::RST2INIT_QP, opcode::INIT2RTR_QP, opcode::RTR2RTS_QP] {
@@ -589,6 +607,18 @@ mod rc {
         remote: Option<(u64, u32)>,
         sges: &[(u32, u64)],
     ) {
+        put_sges_at(d, QP_PAGE[n], index, opcode, remote, sges);
+    }
+
+    /// `put_sges` into the send queue at `page`.
+    fn put_sges_at(
+        d: &Driver,
+        page: u64,
+        index: u32,
+        opcode: u8,
+        remote: Option<(u64, u32)>,
+        sges: &[(u32, u64)],
+    ) {
         let mut wqe = [0u8; 64];
         // The owner bit of the lap `index` is in (16 WQEs a lap).
         wqe[0] = if index & 16 != 0 { 0x80 } else { 0 };
@@ -607,7 +637,7 @@ mod rc {
             at += 16;
         }
         wqe[7] = (at / 16) as u8;
-        d.memory.put(QP_PAGE[n] + 64 * u64::from(index & 15), &wqe);
+        d.memory.put(page + 64 * u64::from(index & 15), &wqe);
     }
 
     /// Posts send WQE `index` on QP A and rings its doorbell.
@@ -1004,6 +1034,91 @@ mod rc {
             .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_B << 8).to_be_bytes());
         assert_eq!(d.memory.get(DATA + 0x5000, 11), b"from B's SQ");
         assert!(d.errors().is_empty());
+    }
+
+    /// An SRQ (`SW2HW_SRQ`) feeds the QPs made on it: the device takes its WQEs in the
+    /// order of the driver's links (each WQE's `next_wqe_index`, from WQE 0), as many as
+    /// the doorbell record counts, scatters past the 16-byte link, and names the WQE's
+    /// index in the CQE, as mlx4_ib's `mlx4_ib_post_srq_recv` and its CQ poll expect. A
+    /// send finding the SRQ empty waits (RNR, retried forever here) until one is posted.
+    #[test]
+    fn an_srq_feeds_its_qps_in_the_order_of_its_links() {
+        const QP_C: u32 = 0x42;
+        const QP_D: u32 = 0x43;
+        const SRQN: u32 = 3;
+        const SRQ_PAGE: u64 = BASE + 0x54_0000;
+        const SRQ_RECORD: u64 = DB_RECORDS + 0x200;
+        let mut init = init_hca_mailbox();
+        init[init_hca::LOG_SRQ] = 4;
+        let mut d = setup_with(&init);
+        // Four WQEs of 32 bytes (the link, one scatter entry), MTT entry 20.
+        mtt(&d, 20, SRQ_PAGE);
+        let mut srq = vec![0u8; 256];
+        srq[0x00..0x04].copy_from_slice(&((2u32 << 24) | SRQN).to_be_bytes());
+        srq[0x04] = 1; // 2^(1 + 4) bytes a WQE
+        srq[0x14..0x18].copy_from_slice(&(8u32 * 20).to_be_bytes());
+        srq[0x18..0x1c].copy_from_slice(&PD.to_be_bytes());
+        srq[0x28..0x30].copy_from_slice(&SRQ_RECORD.to_be_bytes());
+        d.memory.put(INBOX, &srq);
+        assert_eq!(d.command(opcode::SW2HW_SRQ, 0, SRQN, INBOX, 0, false).0, 0);
+        let srq_wqe = |d: &Driver, index: u64, next: u16, addr: u64| {
+            let mut wqe = [0u8; 32];
+            wqe[2..4].copy_from_slice(&next.to_be_bytes());
+            wqe[16..20].copy_from_slice(&64u32.to_be_bytes());
+            wqe[20..24].copy_from_slice(&KEY.to_be_bytes());
+            wqe[24..32].copy_from_slice(&addr.to_be_bytes());
+            d.memory.put(SRQ_PAGE + 32 * index, &wqe);
+        };
+        // WQE 0 links to 2 (1 is in use elsewhere), 2 to 3: two posted.
+        srq_wqe(&d, 0, 2, DATA + 0x1000);
+        srq_wqe(&d, 2, 3, DATA + 0x2000);
+        d.memory.put(SRQ_RECORD, &2u32.to_be_bytes());
+        let page_c = BASE + 0x55_0000;
+        create_qp_at(&mut d, QP_C, 2, page_c, 0, (QP_D, 2), None);
+        create_qp_at(&mut d, QP_D, 3, BASE + 0x56_0000, 1, (QP_C, 1), Some(SRQN));
+        let send = |d: &mut Driver, index: u32, text: &[u8]| {
+            d.memory.put(DATA + 0x100 * u64::from(index), text);
+            put_sges_at(
+                d,
+                page_c,
+                index,
+                0x0a,
+                None,
+                &[(text.len() as u32, DATA + 0x100 * u64::from(index))],
+            );
+            d.hca
+                .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_C << 8).to_be_bytes());
+        };
+        let recv_cqes = |d: &Driver| -> Vec<(u32, u16)> {
+            (0..8)
+                .map(|n| d.memory.get(CQ_PAGE + 32 * n, 32))
+                .filter(|c| c[0x1f] & 0x40 == 0 && c[0x1f] & 0x1f == 0x01)
+                .map(|c| {
+                    (
+                        u32::from_be_bytes(c[0..4].try_into().unwrap()),
+                        u16::from_be_bytes(c[0x18..0x1a].try_into().unwrap()),
+                    )
+                })
+                .collect()
+        };
+        send(&mut d, 0, b"first");
+        send(&mut d, 1, b"second");
+        assert_eq!(d.memory.get(DATA + 0x1000, 5), b"first");
+        assert_eq!(d.memory.get(DATA + 0x2000, 6), b"second", "by WQE 0's link");
+        assert_eq!(recv_cqes(&d), [(QP_D, 0), (QP_D, 2)]);
+        // Nothing posted: the third waits for the next WQE the links name (3).
+        send(&mut d, 2, b"third");
+        assert_eq!(recv_cqes(&d).len(), 2, "an RNR wait, not a completion");
+        srq_wqe(&d, 3, 0, DATA + 0x3000);
+        d.memory.put(SRQ_RECORD, &3u32.to_be_bytes());
+        d.hca
+            .bar2_write(&d.memory, UAR_PAGE + 0x14, &(QP_C << 8).to_be_bytes());
+        for _ in 0..4 {
+            d.hca.tick(&d.memory);
+        }
+        assert_eq!(d.memory.get(DATA + 0x3000, 5), b"third");
+        assert_eq!(recv_cqes(&d), [(QP_D, 0), (QP_D, 2), (QP_D, 3)]);
+        assert!(d.errors().is_empty(), "{:?}", d.errors());
     }
 
     /// A physical MPT (no translation) still bounds its region for remote access: the

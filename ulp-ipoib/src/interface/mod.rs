@@ -117,7 +117,7 @@ pub struct Config {
     pub join_backoff_max: Duration,
     /// A neighbour unused this long is forgotten (the ARP table's stale time, 60 s).
     pub neighbour_idle: Duration,
-    /// Whether the device can run connected mode (RC QPs and an SRQ): the interface's
+    /// Whether the caller can run connected mode (RC connections and a CM listener): the
     /// address then carries the connected-mode flag (RFC 4755 §4) and
     /// [`Interface::set_mode`] may choose it.
     pub connected_mode: bool,
