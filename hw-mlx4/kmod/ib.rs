@@ -68,10 +68,14 @@ pub(crate) const CQ_TABLE_SIZE: usize = hw_mlx4::bringup::objects::MAX_CQS;
 /// log2 of a send WQE's size: 128 bytes, room for a control segment, the datagram
 /// segment (the larger of UD's and RC's address segments) and [`MAX_SGE`] gather entries.
 const SQ_STRIDE: u32 = 7;
-/// log2 of a receive WQE's size: [`MAX_SGE`] scatter entries of 16 bytes.
+/// log2 of a receive WQE's least size: [`MAX_SGE`] scatter entries of 16 bytes (more
+/// when the QP asks for more, up to [`MAX_RECV_SGE`]).
 const RQ_STRIDE: u32 = 6;
-/// Gather and scatter entries per WR.
+/// Gather entries per send WR.
 const MAX_SGE: u32 = 4;
+/// Scatter entries per receive WR: ib_ipoib's connected mode without an SRQ asks 16 (a
+/// 64 KiB message in pages).
+const MAX_RECV_SGE: u32 = 16;
 /// Entries a queue may have (the QP's buffer holds both queues: 384 KiB at most).
 const MAX_SQ_LOG: u32 = 10;
 const MAX_RQ_LOG: u32 = 11;
@@ -541,7 +545,7 @@ impl Driver for Mlx4Ib {
             .sys_image_guid(dev.node.sys_image_guid)
             .max_mr_size(u64::MAX)
             .page_size_cap(!0xfff)
-            .qp_limits(l.max_qps, MAX_QP_WR, MAX_SGE, MAX_SGE, MAX_SGE)
+            .qp_limits(l.max_qps, MAX_QP_WR, MAX_SGE, MAX_RECV_SGE, MAX_SGE)
             .cq_limits(l.max_cqs, (1 << MAX_CQ_LOG) - 1)
             .object_limits(
                 l.max_mrs,
@@ -997,13 +1001,13 @@ impl Driver for Mlx4Ib {
         };
         let asked = qp.caps();
         if asked.max_send_sge > MAX_SGE
-            || asked.max_recv_sge > MAX_SGE
+            || asked.max_recv_sge > MAX_RECV_SGE
             || asked.max_inline_data > 0
             || asked.max_send_wr > MAX_QP_WR
             || asked.max_recv_wr > (1 << MAX_RQ_LOG)
         {
             pr_warn!(
-                "{}: QP refused: {} send WRs of {} SGEs, {} receive WRs of {} SGEs, {} inline bytes (at most {} WRs, {} receive WRs, {} SGEs, no inline data)\n",
+                "{}: QP refused: {} send WRs of {} SGEs, {} receive WRs of {} SGEs, {} inline bytes (at most {} WRs, {} receive WRs, {} send and {} receive SGEs, no inline data)\n",
                 dev.name(),
                 asked.max_send_wr,
                 asked.max_send_sge,
@@ -1012,7 +1016,8 @@ impl Driver for Mlx4Ib {
                 asked.max_inline_data,
                 MAX_QP_WR,
                 1u32 << MAX_RQ_LOG,
-                MAX_SGE
+                MAX_SGE,
+                MAX_RECV_SGE
             );
             return Err(EINVAL);
         }
@@ -1020,6 +1025,11 @@ impl Driver for Mlx4Ib {
         let spare = (2048 >> sq_stride) + 1;
         let log_sq = log2_at_least(asked.max_send_wr.max(1) + spare, 6);
         let log_rq = log2_at_least(asked.max_recv_wr.max(1), 4);
+        // Each scatter entry is 16 bytes: the stride holds as many as asked, rounded up
+        // to a power of two (mlx4_ib's `rq.wqe_shift`), four at least.
+        let log_rq_stride = log2_at_least(asked.max_recv_sge.max(1), 0)
+            .saturating_add(4)
+            .max(RQ_STRIDE);
         let pdn = qp.pd().pdn;
         let transport = match (special, ud) {
             (Some(_), _) => QpTransport::Mlx,
@@ -1031,7 +1041,7 @@ impl Driver for Mlx4Ib {
             log_sq_entries: log_sq,
             log_sq_stride: sq_stride,
             log_rq_entries: log_rq,
-            log_rq_stride: RQ_STRIDE,
+            log_rq_stride,
             pd: pdn,
             send_cqn: send_cq.shared.cqn,
             recv_cqn: recv_cq.shared.cqn,
@@ -1079,7 +1089,7 @@ impl Driver for Mlx4Ib {
             max_send_wr,
             max_recv_wr: 1 << log_rq,
             max_send_sge: MAX_SGE,
-            max_recv_sge: MAX_SGE,
+            max_recv_sge: 1 << (log_rq_stride - 4),
             max_inline_data: 0,
         };
         qp.set_caps(sizes);
@@ -1260,7 +1270,7 @@ impl Driver for Mlx4Ib {
         let Posting { shared, send, .. } = &mut *posting;
         let mut sq = shared.state.send_queue(send, &dev.uar).ok_or(EINVAL)?;
         for wr in wrs {
-            let gather = SgeList::of(wr.sges()?, qp.caps.max_sge)?;
+            let gather = GatherList::of(wr.sges()?, qp.caps.max_sge)?;
             let mut flags = FastSendFlags::empty();
             if wr.signaled() {
                 flags |= FastSendFlags::SIGNALED;
@@ -1368,7 +1378,8 @@ impl Driver for Mlx4Ib {
         let Posting { shared, recv, .. } = &mut *posting;
         let mut rq = shared.state.recv_queue(recv).ok_or(EINVAL)?;
         for wr in wrs {
-            let scatter = SgeList::of(wr.sges()?, MAX_SGE)?;
+            // The ring refuses more entries than its stride holds.
+            let scatter = ScatterList::of(wr.sges()?, MAX_RECV_SGE)?;
             rq.post(&[hw_mlx4::wr::RecvWr {
                 wr_id: wr.id(),
                 sges: scatter.as_slice(),
@@ -1893,7 +1904,7 @@ fn post_special(
         else {
             return Err(EINVAL);
         };
-        let gather = SgeList::of(wr.sges()?, qp.caps.max_sge)?;
+        let gather = GatherList::of(wr.sges()?, qp.caps.max_sge)?;
         let payload_len = gather.bytes();
         // QP0 sends with its own P_Key index; QP1 with the WR's.
         let index = if sqp.qp_num == 0 {
@@ -1957,14 +1968,19 @@ fn post_special(
     Ok(())
 }
 
+/// A send WR's gather list.
+type GatherList = SgeList<{ MAX_SGE as usize }>;
+/// A receive WR's scatter list.
+type ScatterList = SgeList<{ MAX_RECV_SGE as usize }>;
+
 /// A WR's gather or scatter list in the fast path's form (on the stack: posting
 /// allocates nothing).
-struct SgeList {
-    entries: [FastSge; MAX_SGE as usize],
+struct SgeList<const N: usize> {
+    entries: [FastSge; N],
     len: usize,
 }
 
-impl SgeList {
+impl<const N: usize> SgeList<N> {
     /// `sges`, at most `max` of them (`EINVAL` for more).
     fn of(sges: &[driver::Sge], max: u32) -> Result<Self> {
         let mut list = Self {
@@ -1972,7 +1988,7 @@ impl SgeList {
                 addr: 0,
                 length: 0,
                 lkey: 0,
-            }; MAX_SGE as usize],
+            }; N],
             len: sges.len(),
         };
         if sges.len() > max as usize || sges.len() > list.entries.len() {

@@ -6,12 +6,13 @@
 # each group by walking the hash chain the driver wrote), IPv4 and IPv6 ping, 64 MiB over
 # TCP with the same SHA-256 at both ends. Then tilde_ipoib takes port 1 against
 # ib_ipoib's port 2: Rust on Rust on the wire of a Rust device driver, ping and TCP both
-# ways, UDP to a multicast group, port 1 taken down and brought back by opensm under
-# traffic. Everything unloads with nothing left attached.
+# ways, UDP to a multicast group, both in connected mode (RC connections each way through
+# the IB CM over tilde_mlx4: 64 KiB pings, 64 MiB over TCP each way) and back, port 1
+# taken down and brought back by opensm under traffic. Everything unloads with nothing left attached.
 # needs-device: cx3
 # needs-module: tilde_mlx4
 # needs-module: tilde_ipoib
-# timeout: 420
+# timeout: 600
 . /tilde/guest/lib.sh
 . /tilde/guest/ipoib.sh
 
@@ -49,6 +50,16 @@ tcp_transfer a b 169.254.78.2 32
 tcp_transfer b a 169.254.78.1 32
 udp_multicast a 169.254.78.1 b 169.254.78.2
 udp_multicast b 169.254.78.2 a 169.254.78.1
+echo "== connected mode on both sides over tilde_mlx4 (ib_ipoib without an SRQ: 16 receive SGEs)"
+connected_mode a "$TILDE_IF" b "$IB_IF2"
+ip netns exec a ping -c 3 -W 10 169.254.78.2
+ip netns exec b ping -c 3 -W 10 169.254.78.1
+ip netns exec a ping -c 2 -W 10 -s 65000 -M do 169.254.78.2
+tcp_transfer a b 169.254.78.2 64
+tcp_transfer b a 169.254.78.1 64
+expect_dmesg 'tilde_ipoib: tilde_mlx4_0/1: connected to QPN'
+datagram_mode a "$TILDE_IF" b "$IB_IF2"
+ip netns exec a ping -c 3 -W 10 169.254.78.2
 echo "== port 1 taken down under traffic (through tilde_mlx4's process_mad): tilde_ipoib follows"
 port_flap tilde_mlx4_0 1 a "$TILDE_IF" b 169.254.78.2 169.254.78.1
 ip -n a -s link show "$TILDE_IF"
