@@ -22,6 +22,7 @@ use kernel::sync::Arc;
 
 use crate::device::Device;
 use crate::qp::QueuePair;
+use crate::sa::Path;
 use crate::sys;
 use crate::verbs::Gid;
 
@@ -106,24 +107,11 @@ pub struct ReqPath {
     pub dgid: Gid,
     /// Our port's LID.
     pub slid: u16,
-    /// The peer's LID.
-    pub dlid: u16,
     /// The partition.
     pub pkey: u16,
-    /// Service level.
-    pub sl: u8,
-    /// Static rate code.
-    pub rate: u8,
-    /// IB MTU code.
-    pub mtu: u8,
-    /// Packet life time code (the CM's timeouts grow from it).
-    pub packet_life_time: u8,
-    /// GRH hop limit (0: no GRH).
-    pub hop_limit: u8,
-    /// GRH traffic class.
-    pub traffic_class: u8,
-    /// GRH flow label.
-    pub flow_label: u32,
+    /// The SA's answer: the peer's LID, SL, rate, MTU, packet life time (the CM's
+    /// timeouts grow from it), GRH fields.
+    pub path: Path,
 }
 
 /// What the id's `context` points at.
@@ -243,19 +231,22 @@ impl IbCmRef {
         rnr_retry_count: u8,
     ) -> Result {
         let len = u8::try_from(private_data.len()).map_err(|_| EINVAL)?;
+        let answer = &path.path;
         let flat = sys::tilde_ib_cm_path {
             sgid: path.sgid.0,
             dgid: path.dgid.0,
             slid: path.slid,
-            dlid: path.dlid,
             pkey: path.pkey,
-            sl: path.sl,
-            rate: path.rate,
-            mtu: path.mtu,
-            packet_life_time: path.packet_life_time,
-            hop_limit: path.hop_limit,
-            traffic_class: path.traffic_class,
-            flow_label: path.flow_label,
+            path: sys::tilde_rdma_path {
+                dlid: answer.dlid,
+                sl: answer.sl,
+                rate: answer.rate,
+                mtu: answer.mtu,
+                packet_life_time: answer.packet_life_time,
+                hop_limit: answer.hop_limit,
+                traffic_class: answer.traffic_class,
+                flow_label: answer.flow_label,
+            },
         };
         // SAFETY: the id is valid; `flat` and `private_data` live through the call,
         // which copies them into the MAD.

@@ -35,6 +35,7 @@ use rdma_core::ib_cm::{CmQpState, Event, IbCmHandler, IbCmId, IbCmRef, ReqPath, 
 use rdma_core::kernel_api::{monotonic, push_within_capacity, sleep};
 use rdma_core::netdev::{Counter, NetDev, PacketType};
 use rdma_core::qp::{QueuePair, Queues};
+use rdma_core::sa::Path;
 use rdma_core::verbs::{Gid as VerbsGid, InitAttr, QpCaps, RemoteAccess, SendOp, WcStatus};
 use rdma_core::wr::{CompletionHandler, WorkRequest};
 
@@ -118,6 +119,17 @@ pub(crate) struct ConnCore {
 }
 
 impl ConnCore {
+    fn new(id: IbCmId<Port>, qp: QueuePair, cq: Arc<CompletionQueue>) -> Result<Arc<Self>> {
+        Ok(Arc::new(
+            Self {
+                id: Some(id),
+                qp,
+                _cq: cq,
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
     fn id(&self) -> Option<&IbCmRef> {
         self.id.as_deref()
     }
@@ -315,11 +327,6 @@ impl Edge {
         conn: ConnId,
         packet: rdma_core::netdev::TxPacket,
     ) {
-        let count = |counter| {
-            if let Some(dev) = dev {
-                dev.count(counter);
-            }
-        };
         let Some(active) = self
             .cm
             .active
@@ -327,38 +334,16 @@ impl Edge {
             .and_then(Option::as_mut)
             .filter(|a| a.conn == conn)
         else {
-            return count(Counter::TxDropped);
-        };
-        let Some(mut wr) = pop(&mut active.sends) else {
-            return count(Counter::TxDropped);
-        };
-        let copied = match wr.buffer_mut() {
-            Some(buffer) => buffer
-                .with_bytes_mut(0, buffer.len(), |bytes| packet.copy_to(bytes))
-                .and_then(|copied| copied),
-            None => Err(EINVAL),
-        };
-        let Ok(len) = copied else {
-            count(Counter::TxDropped);
-            let _ = push_within_capacity(&mut active.sends, wr);
+            if let Some(dev) = dev {
+                dev.count(Counter::TxDropped);
+            }
             return;
         };
-        match active.core.qp.post_send(wr, SendOp::Send, 0, len) {
-            Ok(()) => {
-                count(Counter::Sent(u32::try_from(len).unwrap_or(u32::MAX)));
-                packet.sent();
-            }
-            Err(rejected) => {
-                count(Counter::TxError);
-                let _ = push_within_capacity(&mut active.sends, rejected.wr);
-            }
-        }
-        if active.sends.is_empty() && !self.queue_stopped {
-            self.queue_stopped = true;
-            if let Some(dev) = dev {
-                dev.set_queue_running(false);
-            }
-        }
+        let core = &active.core;
+        let dry = super::post_copied(&mut active.sends, dev, packet, |wr, len| {
+            core.qp.post_send(wr, SendOp::Send, 0, len)
+        });
+        self.stop_queue_if(dry, dev);
     }
 }
 
@@ -437,15 +422,17 @@ impl Port {
                 sgid: VerbsGid(sgid.0),
                 dgid: VerbsGid(pending.dgid.0),
                 slid: u16::try_from(lid).unwrap_or(0),
-                dlid: path.dlid,
                 pkey: PKEY,
-                sl: path.sl,
-                rate: path.rate,
-                mtu: path.mtu.code(),
-                packet_life_time: path.packet_life_time,
-                hop_limit: path.hop_limit,
-                traffic_class: path.traffic_class,
-                flow_label: path.flow_label,
+                path: Path {
+                    dlid: path.dlid,
+                    sl: path.sl,
+                    rate: path.rate,
+                    mtu: path.mtu.code(),
+                    packet_life_time: path.packet_life_time,
+                    hop_limit: path.hop_limit,
+                    traffic_class: path.traffic_class,
+                    flow_label: path.flow_label,
+                },
             };
             let mut data = [0u8; DATA_LEN];
             pending
@@ -522,14 +509,7 @@ impl Port {
             serial,
         };
         let id = IbCmId::new(&self.device, self.clone(), token.encode())?;
-        let core = Arc::new(
-            ConnCore {
-                id: Some(id),
-                qp,
-                _cq: cq,
-            },
-            GFP_KERNEL,
-        )?;
+        let core = ConnCore::new(id, qp, cq)?;
         Ok(ActiveConn {
             conn,
             serial,
@@ -719,14 +699,7 @@ impl Port {
         let qp = QueuePair::new_rc(&self.pd, &cq, &cq, &caps)
             .inspect_err(|e| self.step_failed("create", *e))?;
         id.set_token(Token::Passive(number).encode());
-        let core = Arc::new(
-            ConnCore {
-                id: Some(id),
-                qp,
-                _cq: cq,
-            },
-            GFP_KERNEL,
-        )?;
+        let core = ConnCore::new(id, qp, cq)?;
         let id = core.id().ok_or(EINVAL)?;
         id.modify_qp(&core.qp, CmQpState::Init)
             .inspect_err(|e| self.step_failed("INIT", *e))?;

@@ -31,7 +31,7 @@ use rdma_core::dma::DmaBuffer;
 use rdma_core::kernel_api::{monotonic, push_within_capacity, sleep};
 use rdma_core::netdev::{self, Counter, NetDev, NetDevRef, PacketType, TxPacket};
 use rdma_core::pd::ProtectionDomain;
-use rdma_core::qp::{QueuePair, Queues, UdDest};
+use rdma_core::qp::{PostResult, QueuePair, Queues, UdDest};
 use rdma_core::sa::{McMember, Path, SaClient, SaHandler, SaJoin};
 use rdma_core::verbs::{
     AddressVector as VerbsAv, Decoded, Gid as VerbsGid, Grh, LinkLayer, PortState, QpCaps, WcStatus,
@@ -463,23 +463,10 @@ impl Edge {
             .and_then(Option::as_ref)
             .filter(|(generation, _)| *generation == ah.generation)
             .map(|(_, handle)| handle.clone());
-        let (Some(handle), Some(mut wr)) = (handle, pop(&mut self.sends)) else {
+        let Some(handle) = handle else {
             if let Some(dev) = dev {
                 dev.count(Counter::TxDropped);
             }
-            return;
-        };
-        let copied = match wr.buffer_mut() {
-            Some(buffer) => buffer
-                .with_bytes_mut(0, buffer.len(), |bytes| packet.copy_to(bytes))
-                .and_then(|copied| copied),
-            None => Err(EINVAL),
-        };
-        let Ok(len) = copied else {
-            if let Some(dev) = dev {
-                dev.count(Counter::TxDropped);
-            }
-            let _ = push_within_capacity(&mut self.sends, wr);
             return;
         };
         let dest = UdDest {
@@ -487,27 +474,63 @@ impl Edge {
             remote_qpn: qpn,
             remote_qkey: qkey,
         };
-        match port.qp.post_ud_send(wr, &dest, 0, len) {
-            Ok(()) => {
-                if let Some(dev) = dev {
-                    dev.count(Counter::Sent(u32::try_from(len).unwrap_or(u32::MAX)));
-                }
-                packet.sent();
-            }
-            Err(rejected) => {
-                if let Some(dev) = dev {
-                    dev.count(Counter::TxError);
-                }
-                let _ = push_within_capacity(&mut self.sends, rejected.wr);
-            }
-        }
-        if self.sends.is_empty() && !self.queue_stopped {
+        let stopped = post_copied(&mut self.sends, dev, packet, |wr, len| {
+            port.qp.post_ud_send(wr, &dest, 0, len)
+        });
+        self.stop_queue_if(stopped, dev);
+    }
+
+    /// Stops the interface's queue when a send pool ran dry (`dry`); the next completion
+    /// to come back wakes it.
+    fn stop_queue_if(&mut self, dry: bool, dev: Option<&NetDev>) {
+        if dry && !self.queue_stopped {
             self.queue_stopped = true;
             if let Some(dev) = dev {
                 dev.set_queue_running(false);
             }
         }
     }
+}
+
+/// Sends `packet` with a work request of `pool`: copied into its buffer and posted with
+/// `post` (the buffer, the length). Counts what happened; whether the pool is now empty.
+fn post_copied<T: CompletionHandler>(
+    pool: &mut KVec<KBox<WorkRequest<T>>>,
+    dev: Option<&NetDev>,
+    packet: TxPacket,
+    post: impl FnOnce(KBox<WorkRequest<T>>, usize) -> PostResult<T>,
+) -> bool {
+    let count = |counter| {
+        if let Some(dev) = dev {
+            dev.count(counter);
+        }
+    };
+    let Some(mut wr) = pop(pool) else {
+        count(Counter::TxDropped);
+        return true;
+    };
+    let copied = match wr.buffer_mut() {
+        Some(buffer) => buffer
+            .with_bytes_mut(0, buffer.len(), |bytes| packet.copy_to(bytes))
+            .and_then(|copied| copied),
+        None => Err(EINVAL),
+    };
+    let Ok(len) = copied else {
+        count(Counter::TxDropped);
+        let _ = push_within_capacity(pool, wr);
+        return pool.is_empty();
+    };
+    match post(wr, len) {
+        Ok(()) => {
+            count(Counter::Sent(u32::try_from(len).unwrap_or(u32::MAX)));
+            packet.sent();
+        }
+        Err(rejected) => {
+            count(Counter::TxError);
+            let _ = push_within_capacity(pool, rejected.wr);
+        }
+    }
+    pool.is_empty()
 }
 
 impl Port {

@@ -56,18 +56,18 @@ int tilde_ib_cm_send_req(struct ib_cm_id *id, const struct tilde_ib_cm_path *pat
 	memcpy(rec.sgid.raw, path->sgid, 16);
 	memcpy(rec.dgid.raw, path->dgid, 16);
 	sa_path_set_slid(&rec, path->slid);
-	sa_path_set_dlid(&rec, path->dlid);
+	sa_path_set_dlid(&rec, path->path.dlid);
 	rec.pkey = cpu_to_be16(path->pkey);
-	rec.sl = path->sl;
+	rec.sl = path->path.sl;
 	rec.mtu_selector = IB_SA_EQ;
-	rec.mtu = path->mtu;
+	rec.mtu = path->path.mtu;
 	rec.rate_selector = IB_SA_EQ;
-	rec.rate = path->rate;
+	rec.rate = path->path.rate;
 	rec.packet_life_time_selector = IB_SA_EQ;
-	rec.packet_life_time = path->packet_life_time;
-	rec.hop_limit = path->hop_limit;
-	rec.traffic_class = path->traffic_class;
-	rec.flow_label = cpu_to_be32(path->flow_label);
+	rec.packet_life_time = path->path.packet_life_time;
+	rec.hop_limit = path->path.hop_limit;
+	rec.traffic_class = path->path.traffic_class;
+	rec.flow_label = cpu_to_be32(path->path.flow_label);
 	rec.reversible = 1;
 	rec.numb_path = 1;
 

@@ -247,19 +247,13 @@ struct tilde_ib_cm_event {
 	bool has_private_data;
 	u8 private_data[64];
 };
+/* A path the SA answered, and its two ends. */
 struct tilde_ib_cm_path {
 	u8 sgid[16];
 	u8 dgid[16];
 	u16 slid;
-	u16 dlid;
 	u16 pkey;
-	u8 sl;
-	u8 rate;
-	u8 mtu;
-	u8 packet_life_time;
-	u8 hop_limit;
-	u8 traffic_class;
-	u32 flow_label;
+	struct tilde_rdma_path path;
 };
 void tilde_ib_cm_flatten(const struct ib_cm_event *event, struct tilde_ib_cm_event *out);
 int tilde_ib_cm_send_req(struct ib_cm_id *id, const struct tilde_ib_cm_path *path,
