@@ -214,3 +214,23 @@ set_mode() {
 	ip -n "$ns" link show "$if" | grep -q "mtu $mtu " ||
 		{ echo "FAIL: $if's MTU in $mode mode is not $mtu"; return 1; }
 }
+
+# opensm_restart DEV: opensm killed and started again on DEV's port 1. Its first sweep
+# sets PortInfo:ClientReregister on every port, which tilde_mlx4 sees in the SMP (as
+# mlx4_ib's smp_snoop does) and reports as IB_EVENT_CLIENT_REREGISTER; the emulated
+# device's own SMA, under mlx4_ib, reports none. Returns once both ports are ACTIVE
+# (they stay so while no SM runs): the sweep may still be under way.
+opensm_restart() {
+	local dev=$1 guid i
+	kill "$(pidof opensm)"
+	for i in $(seq 100); do
+		pidof opensm > /dev/null || break
+		sleep 0.1
+	done
+	guid=$(awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}' "/sys/class/infiniband/$dev/ports/1/gids/0")
+	opensm -g "$guid" -f /tmp/opensm2.log > /tmp/opensm2.out 2>&1 &
+	for i in $(seq 300); do
+		[ "$(rdma link show | grep -c "$dev/[12] .*state ACTIVE")" = 2 ] && break
+		sleep 0.1
+	done
+}

@@ -7,8 +7,10 @@
 # TCP with the same SHA-256 at both ends. Then tilde_ipoib takes port 1 against
 # ib_ipoib's port 2: Rust on Rust on the wire of a Rust device driver, ping and TCP both
 # ways, UDP to a multicast group, both in connected mode (RC connections each way through
-# the IB CM over tilde_mlx4: 64 KiB pings, 64 MiB over TCP each way) and back, port 1
-# taken down and brought back by opensm under traffic. Everything unloads with nothing left attached.
+# the IB CM over tilde_mlx4: 64 KiB pings, 64 MiB over TCP each way) and back, opensm
+# restarted (its client reregistration, which tilde_mlx4 reports, makes tilde_ipoib leave
+# and rejoin every group; ping and multicast go on), port 1 taken down and brought back
+# by opensm under traffic. Everything unloads with nothing left attached.
 # needs-device: cx3
 # needs-module: tilde_mlx4
 # needs-module: tilde_ipoib
@@ -60,6 +62,23 @@ tcp_transfer b a 169.254.78.1 64
 expect_dmesg 'tilde_ipoib: tilde_mlx4_0/1: connected to QPN'
 datagram_mode a "$TILDE_IF" b "$IB_IF2"
 ip netns exec a ping -c 3 -W 10 169.254.78.2
+echo "== opensm restarted: its ClientReregister (seen by tilde_mlx4) makes tilde_ipoib rejoin"
+rereg='tilde_ipoib: tilde_mlx4_0/1: client reregister'
+before=$(count_dmesg "$rereg")
+opensm_restart tilde_mlx4_0
+# opensm's first sweep, which sets it, takes a few seconds under TCG.
+for i in $(seq 300); do
+	[ "$(count_dmesg "$rereg")" -gt "$before" ] && break
+	sleep 0.1
+done
+[ "$(count_dmesg "$rereg")" -gt "$before" ] ||
+	{ echo "FAIL: tilde_ipoib heard of no client reregistration"; exit 1; }
+ip -n a neigh flush dev "$TILDE_IF"
+ip -n b neigh flush dev "$IB_IF2"
+ip netns exec a ping -c 3 -W 10 169.254.78.2
+ip netns exec b ping -c 3 -W 10 169.254.78.1
+udp_multicast a 169.254.78.1 b 169.254.78.2
+udp_multicast b 169.254.78.2 a 169.254.78.1
 echo "== port 1 taken down under traffic (through tilde_mlx4's process_mad): tilde_ipoib follows"
 port_flap tilde_mlx4_0 1 a "$TILDE_IF" b 169.254.78.2 169.254.78.1
 ip -n a -s link show "$TILDE_IF"
