@@ -295,9 +295,7 @@ impl Edge {
             self.fail(super::Failure::Connect(conn));
             return;
         }
-        if let Some(kicker) = &self.kicker {
-            kicker.kick();
-        }
+        self.kick_wanted = true;
     }
 
     /// `Action::Disconnect`: the connection leaves the table (or the queue) for the work.
@@ -313,9 +311,7 @@ impl Edge {
         }
         if let Some(active) = cm.take_active(conn) {
             cm.retire(Retired::Active(active));
-            if let Some(kicker) = &self.kicker {
-                kicker.kick();
-            }
+            self.kick_wanted = true;
         }
     }
 
@@ -529,9 +525,8 @@ impl Port {
             };
             let conn = active.conn;
             edge.cm.retire(Retired::Active(active));
-            if let Some(kicker) = &edge.kicker {
-                kicker.kick();
-            }
+            // `drive` below kicks the work, out of the lock.
+            edge.kick_wanted = true;
             conn
         };
         self.drive(None, |iface, out| match result {
@@ -541,12 +536,16 @@ impl Port {
     }
 
     fn end_passive(&self, number: u32) {
-        let mut guard = self.state.lock();
-        let edge = &mut guard.edge;
-        if let Some(core) = edge.cm.take_passive(number) {
-            edge.cm.retire(Retired::Passive(core));
-        }
-        if let Some(kicker) = &edge.kicker {
+        let kicker = {
+            let mut guard = self.state.lock();
+            let edge = &mut guard.edge;
+            let core = edge.cm.take_passive(number);
+            core.and_then(|core| {
+                edge.cm.retire(Retired::Passive(core));
+                edge.kicker.clone()
+            })
+        };
+        if let Some(kicker) = kicker {
             kicker.kick();
         }
     }

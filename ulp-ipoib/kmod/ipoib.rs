@@ -209,8 +209,10 @@ struct Edge {
     closing: bool,
     /// Connected mode's connections and listener.
     cm: KBox<connected::Connections>,
-    /// Runs the periodic work at once (connections are made there).
+    /// Runs the periodic work at once (connections are made there): kicked out of the
+    /// lock, when an action asked (`kick_wanted`).
     kicker: Option<Kicker>,
+    kick_wanted: bool,
     /// Set while the mode is switched: the MTU goes to the stack through `dev_set_mtu`
     /// (RTNL is held), not written under the lock.
     defer_mtu: bool,
@@ -566,6 +568,16 @@ impl Port {
                     iface.connect_complete(now, conn, Err(ConnectFailed), out)
                 }
             }
+        }
+        // The work's own lock is not taken under this one.
+        let kicker = if core::mem::take(&mut edge.kick_wanted) {
+            edge.kicker.clone()
+        } else {
+            None
+        };
+        drop(guard);
+        if let Some(kicker) = kicker {
+            kicker.kick();
         }
     }
 
@@ -962,6 +974,7 @@ impl PortInterface {
                 closing: false,
                 cm: connected::Connections::new()?,
                 kicker: None,
+                kick_wanted: false,
                 defer_mtu: false,
             },
         };
