@@ -199,7 +199,7 @@ struct Edge {
     leaving: KVec<Membership>,
     /// Failures to report after the call that caused them (bounded; more are dropped,
     /// and the core's timeouts recover from them).
-    failures: [Option<Failure>; 8],
+    failures: KBox<[Option<Failure>; 8]>,
     /// The hardware address the netdev has.
     address: HardwareAddress,
     /// The address the port's GID now gives, when it differs (set by the work).
@@ -234,6 +234,12 @@ struct Port {
     qp: QueuePair,
     sa: SaClient,
     state: rdma_core::sync::IrqSpinLock<State>,
+    /// The groups the QP is attached to, with how many memberships hold each: two
+    /// memberships of a group overlap when a rejoin is answered before the old one is
+    /// left, and the QP is attached once (a second attach would be counted by the IB
+    /// core and never undone, so the QP could not be destroyed). Taken by the SA's
+    /// answers and the work, which may sleep.
+    attachments: rdma_core::sync::Mutex<KVec<([u8; 16], u32)>>,
     /// What the core was last told of the port: active, and with which LID.
     port_active: core::sync::atomic::AtomicBool,
     port_lid: core::sync::atomic::AtomicU32,
@@ -633,6 +639,40 @@ impl Port {
         }
     }
 
+    /// A membership of `mgid` holds the QP's attachment to it: attached at the first.
+    /// Sleeps.
+    fn attach(&self, mgid: &VerbsGid, mlid: u16) -> Result {
+        let mut table = self.attachments.lock();
+        if let Some((_, holders)) = table.iter_mut().find(|(gid, _)| *gid == mgid.0) {
+            *holders += 1;
+            return Ok(());
+        }
+        self.qp.attach_mcast(mgid, mlid)?;
+        if let Err(e) = table.push((mgid.0, 1), GFP_KERNEL) {
+            let _ = self.qp.detach_mcast(mgid, mlid);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// A membership of `mgid` lets the attachment go: detached at the last. Sleeps.
+    fn detach(&self, mgid: &VerbsGid, mlid: u16) {
+        let mut table = self.attachments.lock();
+        let Some(index) = table.iter().position(|(gid, _)| *gid == mgid.0) else {
+            return;
+        };
+        if let Some((_, holders)) = table.get_mut(index) {
+            *holders = holders.saturating_sub(1);
+            if *holders > 0 {
+                return;
+            }
+        }
+        let _ = rdma_core::kernel_api::remove(&mut table, index);
+        if let Err(e) = self.qp.detach_mcast(mgid, mlid) {
+            pr_err!("detaching from a group failed: {:?}\n", e);
+        }
+    }
+
     /// Leaves the groups waiting to be left: detached, then the SA told. Sleeps.
     fn leave_groups(&self) {
         loop {
@@ -641,7 +681,7 @@ impl Port {
                 break;
             };
             if let Some(mlid) = membership.attached {
-                let _ = self.qp.detach_mcast(&VerbsGid(membership.mgid.0), mlid);
+                self.detach(&VerbsGid(membership.mgid.0), mlid);
             }
             membership.join.leave();
         }
@@ -812,19 +852,24 @@ impl SaHandler for Port {
                     if let Err(e) = this.qp.set_qkey(member.qkey) {
                         pr_err!("setting the Q_Key failed: {:?}\n", e);
                     }
-                    if let Err(e) = this.qp.attach_mcast(&member.mgid, member.mlid) {
+                    if let Err(e) = this.attach(&member.mgid, member.mlid) {
                         pr_err!("attaching to a group failed: {:?}\n", e);
                     } else {
-                        let mut guard = this.state.lock();
-                        let edge = &mut guard.edge;
-                        match edge.joins.iter_mut().find(|m| m.query == id) {
-                            Some(membership) => membership.attached = Some(member.mlid),
-                            None => {
-                                // Left meanwhile: detach when it is.
-                                if let Some(m) = edge.leaving.iter_mut().find(|m| m.query == id) {
-                                    m.attached = Some(member.mlid);
-                                }
-                            }
+                        let recorded = {
+                            let mut guard = this.state.lock();
+                            let edge = &mut guard.edge;
+                            // Left meanwhile: detached when it is, by whoever leaves it.
+                            let membership = match edge.joins.iter_mut().find(|m| m.query == id) {
+                                Some(membership) => Some(membership),
+                                None => edge.leaving.iter_mut().find(|m| m.query == id),
+                            };
+                            membership.map(|m| m.attached = Some(member.mlid)).is_some()
+                        };
+                        if !recorded {
+                            // Already left (a flush retired it while the join was
+                            // answered): nobody else will detach, and an attached QP
+                            // cannot be destroyed.
+                            this.detach(&member.mgid, member.mlid);
                         }
                     }
                 }
@@ -966,7 +1011,7 @@ impl PortInterface {
                 sends: KVec::with_capacity(SEND_RING as usize, GFP_KERNEL)?,
                 joins: KVec::with_capacity(2 * GROUPS, GFP_KERNEL)?,
                 leaving: KVec::with_capacity(4 * GROUPS, GFP_KERNEL)?,
-                failures: [None; 8],
+                failures: KBox::new([None; 8], GFP_KERNEL)?,
                 address,
                 new_address: None,
                 queries_in_flight: 0,
@@ -986,6 +1031,7 @@ impl PortInterface {
                 qp,
                 sa,
                 state: rdma_core::sync::IrqSpinLock::new(state)?,
+                attachments: rdma_core::sync::Mutex::new(KVec::new())?,
                 port_active: core::sync::atomic::AtomicBool::new(false),
                 port_lid: core::sync::atomic::AtomicU32::new(0),
                 poll_soon: core::sync::atomic::AtomicBool::new(false),

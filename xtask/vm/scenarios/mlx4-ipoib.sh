@@ -90,6 +90,8 @@ rmmod tilde_ipoib
 expect_dmesg 'tilde_ipoib: tilde_mlx4_0/1: released'
 modprobe -r ib_ipoib
 reject_dmesg 'tilde_ipoib.*(leaking|failed)'
+# An object the IB core refused to destroy (a QP still attached to a group).
+reject_dmesg 'tilde_rdma: .*leaking'
 reject_dmesg 'tilde_mlx4: .*(failed|refused|multicast)'
 ib_stop_sm
 rmmod ib_umad
