@@ -369,7 +369,7 @@ unsafe extern "C" fn trampoline<T: IbCmHandler>(
             GFP_KERNEL,
         ) else {
             // The CM destroys the new id and rejects the REQ.
-            return -(ENOMEM.to_errno().abs());
+            return ENOMEM.to_errno();
         };
         let own = NonNull::from(KBox::leak(own));
         // SAFETY: the id is the CM's new one, in its REQ callback; its context is ours

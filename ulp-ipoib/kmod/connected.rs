@@ -59,6 +59,11 @@ const CM_SEND_RING: u32 = 64;
 const PASSIVE_MAX: usize = 32;
 /// Connections waiting for the work to make them.
 const CONNECTS_MAX: usize = 16;
+/// Connections waiting for the work to let them go. The work empties the list before it
+/// makes connections, so between its runs it holds at most every active connection (one
+/// per neighbour, and one the work replaced), the passive ones, and those retired while
+/// `PASSIVE_MAX` others were waiting (a new passive one is refused then).
+const RETIRED_MAX: usize = NEIGHBOURS + CONNECTS_MAX + 2 * PASSIVE_MAX;
 /// Our REQ asks the peer for no transport retries (RFC 4755's advice, ib_ipoib's
 /// choice), but for RNR retries without end: a peer whose ring is momentarily empty
 /// slows us down instead of breaking the connection.
@@ -209,14 +214,14 @@ impl Connections {
             next_serial: 0,
             connects: KVec::with_capacity(CONNECTS_MAX, GFP_KERNEL)?,
             creating: None,
-            retired: KVec::with_capacity(NEIGHBOURS + PASSIVE_MAX + 1, GFP_KERNEL)?,
+            retired: KVec::with_capacity(RETIRED_MAX, GFP_KERNEL)?,
         };
         Ok(KBox::new(connections, GFP_KERNEL)?)
     }
 
     fn retire(&mut self, retired: Retired) {
         if let Err(retired) = push_within_capacity(&mut self.retired, retired) {
-            // Cannot happen: the list holds every connection there can be.
+            // Cannot happen (`RETIRED_MAX`); leaking it is safe.
             pr_err!("no room to retire a connection; keeping it\n");
             core::mem::forget(retired);
         }
@@ -355,6 +360,7 @@ impl Port {
     /// The work's part: makes the connections asked for, lets go of the retired ones.
     /// Sleeps.
     pub(super) fn service_connections(self: &Arc<Self>) {
+        self.release_retired();
         loop {
             let pending = {
                 let mut guard = self.state.lock();
@@ -374,6 +380,11 @@ impl Port {
             };
             self.start_connect(pending);
         }
+        self.release_retired();
+    }
+
+    /// Lets go of the retired connections. Sleeps.
+    fn release_retired(&self) {
         loop {
             let retired = pop(&mut self.state.lock().edge.cm.retired);
             let Some(retired) = retired else {
@@ -655,12 +666,15 @@ impl Port {
         let stored = {
             let mut guard = self.state.lock();
             let edge = &mut guard.edge;
+            // Peers that connect and disconnect faster than the work lets their
+            // connections go wait (their REQ is rejected) until it has.
             !edge.closing
+                && edge.cm.retired.len() < PASSIVE_MAX
                 && push_within_capacity(&mut edge.cm.passive, (number, core.clone())).is_ok()
         };
         if !stored {
             pr_warn!(
-                "{}/{}: {} connections already: refused QP {:#x}\n",
+                "{}/{}: no room for another connection (at most {} at once): refused QP {:#x}\n",
                 self.device.name(),
                 self.port,
                 PASSIVE_MAX,

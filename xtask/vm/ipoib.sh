@@ -221,16 +221,6 @@ set_mode() {
 # device's own SMA, under mlx4_ib, reports none. Returns once both ports are ACTIVE
 # (they stay so while no SM runs): the sweep may still be under way.
 opensm_restart() {
-	local dev=$1 guid i
-	kill "$(pidof opensm)"
-	for i in $(seq 100); do
-		pidof opensm > /dev/null || break
-		sleep 0.1
-	done
-	guid=$(awk -F: '{printf "0x%s%s%s%s", $5, $6, $7, $8}' "/sys/class/infiniband/$dev/ports/1/gids/0")
-	opensm -g "$guid" -f /tmp/opensm2.log > /tmp/opensm2.out 2>&1 &
-	for i in $(seq 300); do
-		[ "$(rdma link show | grep -c "$dev/[12] .*state ACTIVE")" = 2 ] && break
-		sleep 0.1
-	done
+	ib_stop_sm
+	ib_activate "$1"
 }
