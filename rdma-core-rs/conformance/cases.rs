@@ -535,7 +535,7 @@ const RDMA_PAGES: u32 = 4;
 pub(crate) const READ_WRITE: RemoteAccess = RemoteAccess::READ.union(RemoteAccess::WRITE);
 
 /// An unregistered region of `RDMA_LEN` zeroed bytes in `pd`.
-fn zeroed_region(rig: &Rig, pd: &Arc<ProtectionDomain>) -> Outcome<MemoryRegion> {
+pub(crate) fn zeroed_region(rig: &Rig, pd: &Arc<ProtectionDomain>) -> Outcome<MemoryRegion> {
     let buffer = DmaBuffer::new(&rig.device, RDMA_LEN)?;
     Ok(MemoryRegion::new(pd, RDMA_PAGES, buffer, 0, RDMA_LEN)?)
 }
@@ -1061,7 +1061,7 @@ const GRH_LEN: usize = 40;
 const QKEY: u32 = 0x1111_2222;
 
 /// An address handle for the rig's own port, with a GRH (loopback).
-fn loopback_ah(rig: &Rig) -> Outcome<Arc<AddressHandle>> {
+pub(crate) fn loopback_ah(rig: &Rig) -> Outcome<Arc<AddressHandle>> {
     Ok(AddressHandle::new(&rig.pd, rig.port, &rig.ud_path)?)
 }
 
@@ -1388,7 +1388,7 @@ fn param(private_data: &[u8]) -> ConnParam<'_> {
 }
 
 /// A listening id on `addr`.
-fn listener(addr: SocketAddrV4) -> Outcome<CmId> {
+pub(crate) fn listener(addr: SocketAddrV4) -> Outcome<CmId> {
     let id = CmId::new_rc()?;
     id.bind(addr)?;
     id.listen(4)?;

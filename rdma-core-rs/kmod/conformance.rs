@@ -27,6 +27,7 @@ mod bench;
 mod c_api_cases;
 #[path = "../conformance/cases.rs"]
 mod cases;
+mod fault_paths;
 mod resident;
 mod sg_region;
 
@@ -54,6 +55,8 @@ mod api {
 mod param {
     extern "C" {
         fn tilde_conformance_device_is(name: *const u8, len: usize) -> bool;
+        fn tilde_conformance_device() -> *const core::ffi::c_char;
+        fn tilde_conformance_cases() -> bool;
         fn tilde_conformance_bench() -> u32;
         fn tilde_conformance_traffic() -> bool;
         fn tilde_conformance_cm_addr(addr: *mut [u8; 4]) -> bool;
@@ -63,6 +66,19 @@ mod param {
     pub(crate) fn device_is(name: &str) -> bool {
         // SAFETY: `name` is valid for `len` bytes during the call, which only reads them.
         unsafe { tilde_conformance_device_is(name.as_ptr(), name.len()) }
+    }
+
+    /// The `device` parameter.
+    pub(crate) fn device() -> &'static core::ffi::CStr {
+        // SAFETY: the parameter is a NUL-terminated string that is never written after
+        // load (0444) and lives as long as the module.
+        unsafe { core::ffi::CStr::from_ptr(tilde_conformance_device()) }
+    }
+
+    /// `cases`: whether module init runs the cases (or only `create` makes objects).
+    pub(crate) fn cases() -> bool {
+        // SAFETY: reads a module parameter, fixed at load time.
+        unsafe { tilde_conformance_cases() }
     }
 
     /// `bench`: 0 runs the cases; N runs the safe-vs-raw benchmark with N operations.
@@ -119,7 +135,7 @@ impl Client for Suite {
             // SAFETY: as in `take_found`: the exchange gave the earlier one to us.
             drop(unsafe { KBox::from_raw(earlier) });
         }
-        if param::bench() > 0 {
+        if param::bench() > 0 || !param::cases() {
             return Ok(None);
         }
         // A device registered again after a reset comes with its ports down until a
@@ -214,7 +230,7 @@ impl kernel::Module for Conformance {
                 Ok(rig) => bench::run(&rig, ops),
                 Err(error) => pr_info!("{}: bench: setup failed: {:?}\n", device.name(), error),
             }
-        } else if !param::traffic() {
+        } else if !param::traffic() && param::cases() {
             let mut tally = Tally::default();
             match setup(&device, param::cm_addr()) {
                 Ok(rig) => {

@@ -17,6 +17,13 @@ module_param(device, charp, 0444);
 MODULE_PARM_DESC(device, "name of the RDMA device to run the verbs conformance suite on");
 
 bool tilde_conformance_device_is(const char *name, size_t len);
+const char *tilde_conformance_device(void);
+
+/* The `device` parameter, NUL-terminated; read-only, so it lives as long as the module. */
+const char *tilde_conformance_device(void)
+{
+	return device;
+}
 
 /* Whether `name` (`len` bytes, not NUL-terminated) is the device given at load time. */
 bool tilde_conformance_device_is(const char *name, size_t len)
@@ -31,6 +38,39 @@ MODULE_PARM_DESC(bench, "0 runs the conformance cases; N runs the safe-vs-raw be
 static bool traffic;
 module_param(traffic, bool, 0444);
 MODULE_PARM_DESC(traffic, "1 runs no cases but keeps RC traffic going on the device until it is removed or the module unloaded");
+
+static bool cases = true;
+module_param(cases, bool, 0444);
+MODULE_PARM_DESC(cases, "0 runs no cases: the module only makes the objects its create parameter is given");
+
+bool tilde_conformance_cases(void);
+
+bool tilde_conformance_cases(void)
+{
+	return cases;
+}
+
+int tilde_conformance_create(unsigned int path);
+
+/* The object paths of fault_paths.rs, in its order. */
+static const char *const create_paths[] = { "pd", "cq", "qp", "mr", "ah", "cm_id", NULL };
+
+static int create_set(const char *val, const struct kernel_param *kp)
+{
+	size_t len = strcspn(val, "\n");
+	unsigned int i;
+
+	for (i = 0; create_paths[i]; i++)
+		if (strlen(create_paths[i]) == len && !memcmp(create_paths[i], val, len))
+			return tilde_conformance_create(i);
+	return -EINVAL;
+}
+
+static const struct kernel_param_ops create_ops = {
+	.set = create_set,
+};
+module_param_cb(create, &create_ops, NULL, 0200);
+MODULE_PARM_DESC(create, "write pd, cq, qp, mr, ah or cm_id: makes that object (with the PD and CQ it needs) on the device under test and destroys it again, in the writing task, for fault injection; the write returns the path's error");
 
 static char *cm_addr = "";
 module_param(cm_addr, charp, 0444);

@@ -1,10 +1,13 @@
 //! The fast path's machine code, compared between kernel targets.
 //!
 //! tilde's promise is that the fast path is the same code on every kernel, down to the
-//! machine code. Both targets' modules are built by one rustc (they share a build root),
-//! so this check extracts each fast-path function from every target's modules with
+//! machine code. The compared targets' modules are built by one rustc (they share a build
+//! root), so this check extracts each fast-path function from every target's modules with
 //! `objdump -d -r` and requires the instructions to be identical: relocations compared
-//! by symbol, addresses only as offsets within the function. The functions are the
+//! by symbol, addresses only as offsets within the function. A target built with hashed
+//! symbol names (Debian 13's stock kernel, MODVERSIONS) has its listing translated back to
+//! the v0 names of the first target's modules first: the hashed name is rustc's stable
+//! hash of the v0 name ([`hashed_suffix`]), so each is found exactly, never guessed. The functions are the
 //! kernel-facing posting and completion path of `rdma_core`: the non-generic parts in
 //! `tilde_core.ko`, and one instantiation of the generic posts and completion trampoline
 //! in `tilde_verbs_conformance.ko` (the benchmark's ring, a real ULP-shaped handler); and
@@ -70,6 +73,8 @@ pub struct Built {
     pub modules: PathBuf,
     /// The build root whose compiler built them.
     pub compiler_root: PathBuf,
+    /// Its Rust symbols are hashed (`-Csymbol-mangling-version=hashed`).
+    pub hashed_symbols: bool,
 }
 
 /// Compares every fast-path function across `built` and prints one line per function.
@@ -84,12 +89,21 @@ pub fn compare(built: &[Built]) -> Result {
         // Two compilers cannot be held to identical output; tilde's targets share one.
         bail!("the targets were built by different compilers (build roots); comparing machine code needs one");
     }
+    if first.hashed_symbols {
+        bail!("the first target's symbols are hashed: it cannot name the fast path");
+    }
+    let names = if rest.iter().any(|b| b.hashed_symbols) {
+        Some(V0Names::of_modules(&first.modules)?)
+    } else {
+        None
+    };
     let mut differing = Vec::new();
     for (module, symbol) in FAST_PATH {
-        let reference = function(&first.modules.join(format!("{module}.ko")), symbol)?;
+        let reference = function(&first.modules.join(format!("{module}.ko")), symbol, None)?;
         let mut same = true;
         for other in rest {
-            let code = function(&other.modules.join(format!("{module}.ko")), symbol)?;
+            let names = names.as_ref().filter(|_| other.hashed_symbols);
+            let code = function(&other.modules.join(format!("{module}.ko")), symbol, names)?;
             if code != reference {
                 same = false;
                 let first_difference = reference
@@ -130,14 +144,145 @@ pub fn compare(built: &[Built]) -> Result {
     Ok(())
 }
 
+/// The demangled v0 names of Rust symbols, by the suffix their hashed names end in and by
+/// their v0 names (a module's own crate keeps v0 names on a hashing target: Kbuild's
+/// `TILDE_LEAF_RUSTFLAGS`), and which of them the modules define (the others are the
+/// kernel's own).
+pub struct V0Names {
+    by_suffix: std::collections::HashMap<String, String>,
+    by_v0: std::collections::HashMap<String, String>,
+    defined: std::collections::HashSet<String>,
+}
+
+impl V0Names {
+    /// Every Rust symbol the modules in `dir` define or import (`nm`, v0 mangling).
+    fn of_modules(dir: &Path) -> Result<V0Names> {
+        let mut by_suffix = std::collections::HashMap::new();
+        let mut by_v0 = std::collections::HashMap::new();
+        let mut defined = std::collections::HashSet::new();
+        for ko in modules_in(dir)? {
+            // `nm -p` keeps the symbol table's order, so the two listings pair up line by
+            // line; a demangled name may hold spaces, so it is everything after the type.
+            let raw = output(Command::new("nm").arg("-p").arg(&ko))?;
+            let demangled = output(Command::new("nm").args(["-p", "-C"]).arg(&ko))?;
+            for (raw_line, demangled_line) in raw.lines().zip(demangled.lines()) {
+                let (Some(raw), Some(demangled)) = (raw_line.get(19..), demangled_line.get(19..))
+                else {
+                    continue;
+                };
+                if raw.starts_with("_R") && !raw.starts_with("_RNxC") {
+                    by_suffix.insert(hashed_suffix(raw), demangled.to_string());
+                    by_v0.insert(raw.to_string(), demangled.to_string());
+                }
+                if raw_line.get(17..18) != Some("U") {
+                    defined.insert(demangled.to_string());
+                }
+            }
+        }
+        Ok(V0Names {
+            by_suffix,
+            by_v0,
+            defined,
+        })
+    }
+
+    /// `text` with each Rust symbol, hashed or v0, replaced by its demangled v0 name, where
+    /// one is known.
+    fn translate(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find("_R") {
+            out.push_str(&rest[..at]);
+            let symbol_len = rest[at..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len() - at);
+            let symbol = &rest[at..at + symbol_len];
+            let name = match hashed_name_suffix(symbol) {
+                Some(suffix) => self.by_suffix.get(suffix),
+                None => self.by_v0.get(symbol),
+            };
+            out.push_str(name.map_or(symbol, String::as_str));
+            rest = &rest[at + symbol_len..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// The end of the hashed name rustc gives the symbol whose v0 name is `v0`
+/// (`rustc_symbol_mangling::hashed`): `_RNxC<crate>` then this, the first half of the
+/// stable SipHash-1-3 of the name (its length, then its bytes) in base 62 as
+/// `<digits + 1>H<digits>`.
+pub fn hashed_suffix(v0: &str) -> String {
+    use rustc_stable_hash::{FromStableHash, SipHasher128Hash, StableSipHasher128};
+    use std::hash::Hasher;
+    struct FirstHalf(u64);
+    impl FromStableHash for FirstHalf {
+        type Hash = SipHasher128Hash;
+        fn from(hash: SipHasher128Hash) -> Self {
+            FirstHalf(hash.0[0])
+        }
+    }
+    let mut hasher = StableSipHasher128::new();
+    hasher.write_u64(v0.len() as u64);
+    hasher.write(v0.as_bytes());
+    let FirstHalf(hash) = hasher.finish();
+    // rustc's `encode_integer_62` (v0's integers: one less than the value, then `_`),
+    // whose `_` the hashed mangling drops but counts.
+    const DIGITS: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut digits = Vec::new();
+    if let Some(mut n) = hash.checked_sub(1) {
+        loop {
+            digits.push(DIGITS[(n % 62) as usize]);
+            n /= 62;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    digits.reverse();
+    format!("{}H{}", digits.len() + 1, String::from_utf8_lossy(&digits))
+}
+
+/// The part of a hashed name after its crate: `_RNxC4core12H1u28rhDtHUU` gives
+/// `12H1u28rhDtHUU`.
+fn hashed_name_suffix(symbol: &str) -> Option<&str> {
+    let rest = symbol.strip_prefix("_RNxC")?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+    let crate_len: usize = rest[..digits].parse().ok()?;
+    rest.get(digits + crate_len..)
+}
+
+/// The `.ko` files in `dir`, sorted.
+fn modules_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut modules: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "ko"))
+        .collect();
+    modules.sort();
+    Ok(modules)
+}
+
+/// `objdump -d -r -C` of `ko`; for a module of a hashing target, `objdump -d -r` with each
+/// Rust name replaced by its demangled v0 name from `names` (the demangler would read a
+/// hashed name as a v0 path, `rdma_core::H1IO7cv7QXg6`).
+fn listing(ko: &Path, names: Option<&V0Names>) -> Result<String> {
+    let mut objdump = Command::new("objdump");
+    objdump.args(["-d", "-r", "--no-show-raw-insn"]);
+    if names.is_none() {
+        objdump.arg("-C");
+    }
+    let listing = output(objdump.arg(ko))?;
+    Ok(match names {
+        Some(names) => names.translate(&listing),
+        None => listing,
+    })
+}
+
 /// The normalised disassembly of `symbol` in `ko`: one entry per instruction (its text,
 /// branch targets as offsets within the function) and per relocation (type and symbol).
-fn function(ko: &Path, symbol: &str) -> Result<Vec<String>> {
-    let listing = output(
-        Command::new("objdump")
-            .args(["-d", "-r", "-C", "--no-show-raw-insn"])
-            .arg(ko),
-    )?;
+fn function(ko: &Path, symbol: &str, names: Option<&V0Names>) -> Result<Vec<String>> {
+    let listing = listing(ko, names)?;
     let code = extract(&listing, symbol);
     if code.is_empty() {
         bail!("{} has no function {symbol}", ko.display());
@@ -156,7 +301,10 @@ fn function(ko: &Path, symbol: &str) -> Result<Vec<String>> {
             ko.display()
         );
     }
-    if let Some(path) = panic_path(&modules_listing(ko)?, symbol) {
+    // On a target that carries the kernel's Rust runtime in tilde_core.ko, that runtime is
+    // not followed: only what the first target's modules define too is tilde's.
+    let tilde_s = |name: &str| names.is_none_or(|names| names.defined.contains(name));
+    if let Some(path) = panic_path(&modules_listing(ko, names)?, symbol, &tilde_s) {
         bail!(
             "{symbol} in {} can panic ({}): the fast path may not (kernel builds check overflow)",
             ko.display(),
@@ -169,7 +317,7 @@ fn function(ko: &Path, symbol: &str) -> Result<Vec<String>> {
 /// The listings of every module beside `ko` (tilde's modules of one target), one after
 /// the other: a fast-path function calls into `tilde_core`'s exports too. Read once per
 /// directory.
-fn modules_listing(ko: &Path) -> Result<std::sync::Arc<String>> {
+fn modules_listing(ko: &Path, names: Option<&V0Names>) -> Result<std::sync::Arc<String>> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
     static LISTINGS: OnceLock<Mutex<HashMap<PathBuf, Arc<String>>>> = OnceLock::new();
@@ -178,19 +326,11 @@ fn modules_listing(ko: &Path) -> Result<std::sync::Arc<String>> {
     if let Some(listing) = cache.lock().ok().and_then(|c| c.get(&dir).cloned()) {
         return Ok(listing);
     }
-    let mut modules: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "ko"))
-        .collect();
-    modules.sort();
-    let mut listing = String::new();
-    for module in modules {
-        listing.push_str(&output(
-            Command::new("objdump")
-                .args(["-d", "-r", "-C", "--no-show-raw-insn"])
-                .arg(&module),
-        )?);
+    let mut all = String::new();
+    for module in modules_in(&dir)? {
+        all.push_str(&listing(&module, names)?);
     }
+    let listing = all;
     let listing = Arc::new(listing);
     if let Ok(mut c) = cache.lock() {
         c.insert(dir, listing.clone());
@@ -228,7 +368,7 @@ fn reloc_target(line: &str) -> Option<&str> {
 /// and those of every function of the listing it calls, however deep (a callee the
 /// compiler did not inline is as much the fast path as the function itself). The path
 /// names each function on the way, the panic last.
-fn panic_path(listing: &str, symbol: &str) -> Option<Vec<String>> {
+fn panic_path(listing: &str, symbol: &str, tilde_s: &dyn Fn(&str) -> bool) -> Option<Vec<String>> {
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![vec![symbol.to_string()]];
     while let Some(path) = stack.pop() {
@@ -247,7 +387,7 @@ fn panic_path(listing: &str, symbol: &str) -> Option<Vec<String>> {
             }
             // Only functions tilde's modules define are followed: the kernel's own (memcpy,
             // the return thunk, its Rust crate on 7.2) are not tilde's to change.
-            if !seen.contains(target) && !extract(listing, target).is_empty() {
+            if !seen.contains(target) && tilde_s(target) && !extract(listing, target).is_empty() {
                 stack.push(next);
             }
         }
@@ -297,6 +437,37 @@ fn normalise(line: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// A pair read from the modules of debian-sid-7.2 (v0) and debian-trixie-6.12 (hashed)
+    /// built by rustc 1.97.1: `<hw_mlx4::fastpath::cq::CompletionQueue<..>>::arm`.
+    #[test]
+    fn a_hashed_name_is_found_from_its_v0_name() {
+        let v0 = "_RNvMNtNtCs3tF6FbReyGa_7hw_mlx48fastpath2cqINtB2_15CompletionQueueNtNtCs9fAOUBshNAZ_4mlx48platform14KernelPlatformE3armB15_";
+        assert_eq!(hashed_suffix(v0), "12H6cbQklWSIUJ");
+        assert_eq!(
+            hashed_name_suffix("_RNxC4mlx412H6cbQklWSIUJ"),
+            Some("12H6cbQklWSIUJ")
+        );
+        let names = V0Names {
+            by_suffix: [(hashed_suffix(v0), "<a::B>::arm".to_string())]
+                .into_iter()
+                .collect(),
+            by_v0: [(v0.to_string(), "<a::B>::arm".to_string())]
+                .into_iter()
+                .collect(),
+            defined: Default::default(),
+        };
+        assert_eq!(
+            names.translate(
+                "call <_RNxC4mlx412H6cbQklWSIUJ+0x4>, R_X86_64_PLT32\t_RNxC4core11HMxVTHcOHJJ-0x4"
+            ),
+            "call <<a::B>::arm+0x4>, R_X86_64_PLT32\t_RNxC4core11HMxVTHcOHJJ-0x4"
+        );
+        assert_eq!(
+            names.translate(&format!("<{v0}>: R_X86_64_32 _Rx")),
+            "<<a::B>::arm>: R_X86_64_32 _Rx"
+        );
+    }
+
     const LISTING: &str = "\
 0000000000002370 <<rdma_core::qp::Queues>::completed>:
     2370:\tendbr64
@@ -332,7 +503,7 @@ mod tests {
         assert_eq!(extract(&moved, "<rdma_core::qp::Queues>::completed"), code);
         assert!(extract(LISTING, "missing").is_empty());
         assert_eq!(
-            panic_path(LISTING, "<rdma_core::qp::Queues>::completed"),
+            panic_path(LISTING, "<rdma_core::qp::Queues>::completed", &|_| true),
             None
         );
     }
@@ -344,7 +515,7 @@ mod tests {
             "core::panicking::panic_const::panic_const_add_overflow-0x4",
         );
         assert_eq!(
-            panic_path(&listing, "<rdma_core::qp::Queues>::completed"),
+            panic_path(&listing, "<rdma_core::qp::Queues>::completed", &|_| true),
             Some(vec![
                 "<rdma_core::qp::Queues>::completed".to_string(),
                 "core::panicking::panic_const::panic_const_add_overflow".to_string()
@@ -388,7 +559,7 @@ mod tests {
      205:\tret
 ";
         assert_eq!(
-            panic_path(listing, "fast"),
+            panic_path(listing, "fast", &|_| true),
             Some(vec![
                 "fast".to_string(),
                 "<hw_mlx4::ring::Ring as core::ops::Index<u32>>::index".to_string(),

@@ -35,6 +35,8 @@ commands:
                       (target/package/<target>/tilde-modules-<release>_<version>_amd64.deb)
   vm [--timeout S] SCENARIO
                       boot the kernel in QEMU and run one scenario
+  fastpath            build tilde's modules for the uninstrumented targets and compare
+                      their fast paths' machine code (also part of `test`)
   bench [FILTER]      the fast-path benchmarks, with rdma-core's C mlx4 provider built
                       beside tilde's (cargo bench -p benches; FILTER goes to criterion)
   breaks [SCENARIO...]
@@ -45,7 +47,7 @@ commands:
                       --iterate retests only what the last run did not catch
                       (hours on 2 cores; not part of `test`; see docs/mutation-testing.md)
 
-targets: debian-sid-7.2 (default), linux-6.12 (built from source), debian-trixie-6.12
+targets: debian-sid-7.2 (default), linux-6.12-debug (built from source with KASAN, lockdep, kmemleak ...), debian-trixie-6.12
          (stock, without Rust: the runtime carried); `test` runs all three
 cache:   $TILDE_CACHE, else $XDG_CACHE_HOME/tilde, else ~/.cache/tilde";
 
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         "vm" => cmd_vm(&args),
         "package" => cmd_package(&args),
         "test" => cmd_test(&args),
+        "fastpath" => cmd_fastpath(),
         "run" => cmd_run(&args),
         "bench" => bench::run(&args.positional),
         "mutants" => mutants::run_scopes(&args.positional),
@@ -287,12 +290,10 @@ fn cmd_test(args: &Args) -> Result {
         let build = t.elapsed();
         let modules = match built_modules {
             Ok(m) => {
-                if target.hashes_rust_symbols() {
-                    // The comparison finds each fast-path function by its demangled name,
-                    // which a hashed symbol no longer has.
+                if target.instrumented {
                     println!(
-                        "[test] {}: its Rust symbols are hashed (MODVERSIONS), so its fast \
-                         path is not in the machine-code comparison",
+                        "[test] {}: built with the kernel's sanitizers, so its fast path is \
+                         not in the machine-code comparison",
                         target.id
                     );
                 } else {
@@ -300,6 +301,7 @@ fn cmd_test(args: &Args) -> Result {
                         target: target.id,
                         modules: kmod::out_dir(&toolchain).join("build"),
                         compiler_root: toolchain.root.dir.clone(),
+                        hashed_symbols: target.hashes_rust_symbols(),
                     });
                 }
                 Some(m)
@@ -412,6 +414,25 @@ fn cmd_test(args: &Args) -> Result {
     } else {
         bail!("{} check(s) failed", failed.len())
     }
+}
+
+/// The fast-path comparison alone, over every test target that is not instrumented.
+fn cmd_fastpath() -> Result {
+    let mut built = Vec::new();
+    for target in TARGETS
+        .iter()
+        .filter(|t| t.in_test_matrix && !t.instrumented)
+    {
+        let toolchain = toolchain::provision(*target)?;
+        kmod::build(&toolchain)?;
+        built.push(fastpath_code::Built {
+            target: target.id,
+            modules: kmod::out_dir(&toolchain).join("build"),
+            compiler_root: toolchain.root.dir.clone(),
+            hashed_symbols: target.hashes_rust_symbols(),
+        });
+    }
+    fastpath_code::compare(&built)
 }
 
 fn cmd_run(args: &Args) -> Result {

@@ -25,6 +25,9 @@ pub struct Target {
     pub root_of: &'static str,
     /// Whether `cargo xtask test` runs it by default.
     pub in_test_matrix: bool,
+    /// Built with the kernel's sanitizers (KASAN instruments Rust too): its machine code
+    /// is not the one users run, so the fast-path comparison leaves it out.
+    pub instrumented: bool,
 }
 
 /// Where a target's kernel comes from.
@@ -33,10 +36,13 @@ pub enum Kernel {
     /// Debian's stock image of the suite, with its headers package's config.
     Stock,
     /// Built from Debian's `linux-source-<series>` of `source_suite`, configured with
-    /// `defconfig`, `kvm_guest.config` and the fragment at `config` (in the repository).
+    /// `defconfig`, `kvm_guest.config` and the fragment at `config` (in the repository),
+    /// its C compiled by `cc` (a program of the build root), as are the modules built
+    /// for it.
     FromSource {
         source_suite: &'static str,
         config: &'static str,
+        cc: &'static str,
     },
     /// Debian's stock image of `image_suite`, built WITHOUT Rust (no `kernel` crate in
     /// vmlinux): tilde carries the kernel's Rust runtime in `tilde_core.ko`, compiled in a
@@ -54,22 +60,11 @@ pub const TARGETS: &[Target] = &[
         kernel: Kernel::Stock,
         root_of: "debian-sid-7.2",
         in_test_matrix: true,
-    },
-    // Built with the sid root's rustc (the 7.2 target's), so one compiler builds both
-    // targets and their fast paths can be compared instruction for instruction.
-    Target {
-        id: "linux-6.12",
-        suite: "sid",
-        series: "6.12",
-        kernel: Kernel::FromSource {
-            source_suite: "trixie",
-            config: "xtask/kernels/linux-6.12.config",
-        },
-        root_of: "debian-sid-7.2",
-        in_test_matrix: true,
+        instrumented: false,
     },
     // The kernel most Debian machines run: trixie's stock image, which has no Rust. Its
-    // Rust runtime is compiled by the sid root's rustc (as for linux-6.12) and carried.
+    // Rust runtime is compiled by the sid root's rustc and carried: one compiler for both
+    // stock targets, whose fast paths are compared instruction for instruction.
     Target {
         id: "debian-trixie-6.12",
         suite: "sid",
@@ -79,6 +74,24 @@ pub const TARGETS: &[Target] = &[
         },
         root_of: "debian-sid-7.2",
         in_test_matrix: true,
+        instrumented: false,
+    },
+    // The debug target: 6.12 built from source with KASAN, lockdep, kmemleak,
+    // DEBUG_OBJECTS, KFENCE, UBSAN and fault injection (docs/debug-kernel.md), by the sid
+    // root's rustc and the clang of the same LLVM (6.12 instruments Rust for KASAN only
+    // under clang).
+    Target {
+        id: "linux-6.12-debug",
+        suite: "sid",
+        series: "6.12",
+        kernel: Kernel::FromSource {
+            source_suite: "trixie",
+            config: "xtask/kernels/linux-6.12-debug.config",
+            cc: "clang-22",
+        },
+        root_of: "debian-sid-7.2",
+        in_test_matrix: true,
+        instrumented: true,
     },
 ];
 

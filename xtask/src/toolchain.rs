@@ -39,7 +39,7 @@ impl Toolchain {
     /// The prepared kernel tree, as a path inside the build root.
     pub fn tree(&self) -> String {
         match self.target.kernel {
-            // Its own tree: the 6.12 source tree of `linux-6.12` is that target's kernel.
+            // Its own tree: the 6.12 source tree of `linux-6.12-debug` is that target's kernel.
             Kernel::StockWithoutRust { .. } => format!("/usr/src/{}-tree", self.target.id),
             _ => format!("/usr/src/linux-source-{}", self.target.series),
         }
@@ -74,6 +74,8 @@ const ROOT_PACKAGES: &[&str] = &[
     "bindgen",
     "libclang-dev",
     "gcc",
+    // The C compiler of the debug target (linux-6.12-debug): the LLVM of Debian's rustc.
+    "clang-22",
     "make",
     "bc",
     "flex",
@@ -126,7 +128,8 @@ pub fn provision(target: Target) -> Result<Toolchain> {
         Kernel::FromSource {
             source_suite,
             config,
-        } => provision_from_source(target, source_suite, config),
+            cc,
+        } => provision_from_source(target, source_suite, config, cc),
         Kernel::StockWithoutRust { image_suite } => {
             provision_stock_without_rust(target, image_suite)
         }
@@ -234,7 +237,12 @@ fn provision_stock(target: Target) -> Result<Toolchain> {
 ///    also the guest's root.
 ///
 /// Rebuilt when the fragment changes (its hash is in the stamp).
-fn provision_from_source(target: Target, source_suite: &str, config: &str) -> Result<Toolchain> {
+fn provision_from_source(
+    target: Target,
+    source_suite: &str,
+    config: &str,
+    cc: &str,
+) -> Result<Toolchain> {
     provision(Target::by_id(target.root_of)?)?;
     let group = format!("toolchain {}", target.id);
     let g = group.as_str();
@@ -264,7 +272,7 @@ fn provision_from_source(target: Target, source_suite: &str, config: &str) -> Re
     let fragment_path = repo_root().join(config);
     let fragment = fs::read_to_string(&fragment_path)
         .context(|| format!("reading {}", fragment_path.display()))?;
-    let config_hash = format!("{:016x}", fnv1a(fragment.as_bytes()));
+    let config_hash = format!("{:016x}", fnv1a(format!("CC={cc}\n{fragment}").as_bytes()));
     let built = stamps.get("kernel");
     let release = stamp_value(&built, "release");
     let current = stamp_value(&built, "config").as_deref() == Some(config_hash.as_str())
@@ -278,13 +286,13 @@ fn provision_from_source(target: Target, source_suite: &str, config: &str) -> Re
             step(
                 g,
                 "configure (defconfig, kvm_guest.config, fragment)",
-                || configure(&root, series, &fragment, &log("kernel")),
+                || configure(&root, series, cc, &fragment, &log("kernel")),
             )?;
             let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
             let release = step(
                 g,
-                &format!("build bzImage and modules with -j{jobs} (about 15 min on 2 cores)"),
-                || build_kernel(&root, series, jobs, &log("kernel")),
+                &format!("build bzImage and modules with -j{jobs} (about 30 min on 2 cores)"),
+                || build_kernel(&root, series, cc, jobs, &log("kernel")),
             )?;
             stamps.set(
                 "kernel",
@@ -297,7 +305,7 @@ fn provision_from_source(target: Target, source_suite: &str, config: &str) -> Re
         target,
         release,
         root,
-        make_vars: String::new(),
+        make_vars: format!("CC={}", crate::util::sh_quote(cc)),
     })
 }
 
@@ -326,7 +334,18 @@ fn fetch_source(root: &BuildRoot, series: &str, suite: &str, log: &Path) -> Resu
 /// name). Rust's v0 names are far longer; the hashed mangling names every symbol
 /// `_RNxC<crate><hash of its v0 name>`, 25 to 45 bytes, and rustc records the mangling
 /// in each crate's metadata so that every crate names an upstream symbol the same way.
-pub const CARRIED_RUNTIME_RUSTFLAGS: &str = "-Zunstable-options -Csymbol-mangling-version=hashed";
+///
+/// And the target CPU: 7.2's kbuild compiles Rust for `-Ctarget-cpu=x86-64` (its
+/// `arch/x86/Makefile`), 6.12's leaves LLVM's `generic`. Both name the x86-64 baseline,
+/// but LLVM's cost models read the CPU's name: tilde's objects name the one 7.2 names, so
+/// that the fast path can be the same machine code (`cargo xtask fastpath`).
+pub const CARRIED_RUNTIME_RUSTFLAGS: &str =
+    "-Zunstable-options -Csymbol-mangling-version=hashed -Ctarget-cpu=x86-64";
+
+/// The flags each module's own crate gets on top of [`CARRIED_RUNTIME_RUSTFLAGS`]: v0
+/// names, which order its generic instantiations for LLVM as on every other target
+/// (Kbuild's `TILDE_LEAF_RUSTFLAGS`).
+const LEAF_RUSTFLAGS: &str = "-Csymbol-mangling-version=v0";
 
 /// The options the prepared tree's `.config` may differ in from the stock image's, and
 /// why none changes a structure layout or calling convention that the stock vmlinux and
@@ -353,7 +372,7 @@ const RUST_ONLY_CONFIG: &[&str] = &[
 ];
 
 /// A stock kernel built without Rust (Debian 13's), in the build root of
-/// `target.root_of` (its rustc and bindgen, like `linux-6.12`):
+/// `target.root_of` (its rustc and bindgen, like `linux-6.12-debug`):
 /// 1. `linux-source-<series>` from `image_suite` (the pinned apt source of
 ///    [`fetch_source`]);
 /// 2. the stock image and headers from `image_suite`, the release read from that suite's
@@ -440,9 +459,10 @@ fn provision_stock_without_rust(target: Target, image_suite: &str) -> Result<Too
         release,
         root,
         make_vars: format!(
-            "CC={} KRUSTFLAGS={}",
+            "CC={} KRUSTFLAGS={} TILDE_LEAF_RUSTFLAGS={}",
             crate::util::sh_quote(cc),
-            crate::util::sh_quote(CARRIED_RUNTIME_RUSTFLAGS)
+            crate::util::sh_quote(CARRIED_RUNTIME_RUSTFLAGS),
+            crate::util::sh_quote(LEAF_RUSTFLAGS)
         ),
     };
 
@@ -451,7 +471,15 @@ fn provision_stock_without_rust(target: Target, image_suite: &str) -> Result<Too
         .root
         .dir
         .join(toolchain.tree().trim_start_matches('/'));
-    if !tree_dir.join("rust/libkernel.rmeta").is_file() {
+    // The runtime is compiled with the flags tilde's modules get: a tree made with other
+    // flags is made again.
+    let tree_stamp = format!(
+        "release={}\nrustflags={CARRIED_RUNTIME_RUSTFLAGS}\n",
+        toolchain.release
+    );
+    if !tree_dir.join("rust/libkernel.rmeta").is_file()
+        || stamps.get("tree").is_some_and(|stamp| stamp != tree_stamp)
+    {
         stamps.clear_from(&["tree"])?;
     }
     if stamps.get("tree").is_none() {
@@ -460,7 +488,7 @@ fn provision_stock_without_rust(target: Target, image_suite: &str) -> Result<Too
             &format!("prepare kernel tree with Rust ({})", toolchain.tree()),
             || prepare_tree_with_rust(&toolchain, &log("tree")),
         )?;
-        stamps.set("tree", &format!("release={}\n", toolchain.release))?;
+        stamps.set("tree", &tree_stamp)?;
     }
     step(
         g,
@@ -640,7 +668,7 @@ fn config_value_raw<'a>(config: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
 }
 
-fn configure(root: &BuildRoot, series: &str, fragment: &str, log: &Path) -> Result {
+fn configure(root: &BuildRoot, series: &str, cc: &str, fragment: &str, log: &Path) -> Result {
     let fragment_in_root = format!("/usr/src/tilde-linux-{series}.config");
     fs::write(
         root.dir.join(fragment_in_root.trim_start_matches('/')),
@@ -650,8 +678,9 @@ fn configure(root: &BuildRoot, series: &str, fragment: &str, log: &Path) -> Resu
         &[],
         &format!(
             "set -e; cd /usr/src; rm -rf linux-source-{series}; tar xf linux-source-{series}.tar.xz; \
-             cd linux-source-{series}; make defconfig kvm_guest.config; \
-             scripts/kconfig/merge_config.sh -m .config {fragment_in_root}; make olddefconfig"
+             cd linux-source-{series}; make CC={cc} defconfig kvm_guest.config; \
+             scripts/kconfig/merge_config.sh -m .config {fragment_in_root}; \
+             make CC={cc} olddefconfig"
         ),
         log,
     )?;
@@ -693,17 +722,24 @@ fn unmet_config(fragment: &str, config: &str) -> Vec<String> {
         .collect()
 }
 
-fn build_kernel(root: &BuildRoot, series: &str, jobs: usize, log: &Path) -> Result<String> {
+fn build_kernel(
+    root: &BuildRoot,
+    series: &str,
+    cc: &str,
+    jobs: usize,
+    log: &Path,
+) -> Result<String> {
     root.sh(
         &[],
         &format!(
-            "set -e; cd /usr/src/linux-source-{series}; make -j{jobs} bzImage modules; \
-             make modules_install; cp arch/x86/boot/bzImage /boot/vmlinuz-$(make -s kernelrelease)"
+            "set -e; cd /usr/src/linux-source-{series}; make CC={cc} -j{jobs} bzImage modules; \
+             make CC={cc} modules_install; \
+             cp arch/x86/boot/bzImage /boot/vmlinuz-$(make -s CC={cc} kernelrelease)"
         ),
         log,
     )?;
     let release = root.sh_output(&format!(
-        "cd /usr/src/linux-source-{series} && make -s kernelrelease"
+        "cd /usr/src/linux-source-{series} && make -s CC={cc} kernelrelease"
     ))?;
     Ok(release.trim().to_string())
 }

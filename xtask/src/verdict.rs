@@ -2,7 +2,9 @@
 //!
 //! A run passes only if the scenario exited 0, the kernel log has no line that reports a
 //! kernel problem, and the kernel is tainted by nothing but out-of-tree (O) and unsigned
-//! (E) modules, which loading tilde's modules does by design.
+//! (E) modules, which loading tilde's modules does by design. On the debug kernel also:
+//! kmemleak, scanned at the end, holds no object allocated through a tilde module, and
+//! lockdep was still on when the run ended.
 
 /// What went wrong in a run; empty when it passed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -26,6 +28,11 @@ pub struct Report<'a> {
     pub dmesg: &'a str,
     /// The host stopped the guest at the time limit.
     pub timed_out: bool,
+    /// `/sys/kernel/debug/kmemleak` after two scans at the end; `None` on a kernel
+    /// without kmemleak.
+    pub kmemleak: Option<&'a str>,
+    /// `debug_locks` of `/proc/lockdep_stats` at the end; `None` without lockdep.
+    pub debug_locks: Option<u32>,
 }
 
 /// Taint bits that loading tilde's modules sets: O (out-of-tree) and E (unsigned).
@@ -44,7 +51,12 @@ const BAD_MARKERS: &[&str] = &[
     "KASAN",
     "UBSAN",
     "KFENCE",
-    "kmemleak",
+    "ODEBUG:",
+    // kmemleak's leak entries are judged from its report file (`tilde_leaks`); in the log
+    // only the detector failing is a problem.
+    "kmemleak: Kernel memory leak detector disabled",
+    "kmemleak: Cannot allocate",
+    "kmemleak: Memory pool empty",
     "possible circular locking dependency",
     "possible recursive locking",
     "inconsistent lock state",
@@ -76,6 +88,37 @@ pub fn bad_lines(dmesg: &str) -> Vec<&str> {
         .lines()
         .filter(|line| BAD_MARKERS.iter().any(|marker| line.contains(marker)))
         .collect()
+}
+
+/// One entry of kmemleak's report: an object no pointer reaches any more.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Leak<'a> {
+    /// `unreferenced object 0x... (size N):`
+    pub header: &'a str,
+    /// The first backtrace frame in a tilde module (`func+0x1c/0x40 [tilde_core]`), if any.
+    pub tilde_frame: Option<&'a str>,
+}
+
+/// The entries of a kmemleak report (`/sys/kernel/debug/kmemleak`). An entry whose
+/// allocation backtrace passes through a tilde module was allocated by tilde or on its
+/// behalf; the others are the kernel's own or another driver's.
+pub fn leaks(report: &str) -> Vec<Leak<'_>> {
+    let mut leaks: Vec<Leak<'_>> = Vec::new();
+    for line in report.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("unreferenced object ") {
+            leaks.push(Leak {
+                header: trimmed,
+                tilde_frame: None,
+            });
+        } else if let Some(leak) = leaks.last_mut() {
+            if leak.tilde_frame.is_none() && trimmed.ends_with(']') && trimmed.contains(" [tilde_")
+            {
+                leak.tilde_frame = Some(trimmed);
+            }
+        }
+    }
+    leaks
 }
 
 /// Taint letters of the bits in `mask`.
@@ -115,6 +158,21 @@ pub fn judge(report: &Report<'_>) -> Verdict {
         Some(_) => {}
         None => failures.push("the guest did not report its taint".to_string()),
     }
+    for leak in leaks(report.kmemleak.unwrap_or_default()) {
+        if let Some(frame) = leak.tilde_frame {
+            failures.push(format!(
+                "kmemleak: {} allocated through {frame}",
+                leak.header
+            ));
+        }
+    }
+    if report.debug_locks == Some(0) {
+        failures.push(
+            "lockdep turned itself off during the run (debug_locks 0): the run proves nothing \
+             about lock order"
+                .to_string(),
+        );
+    }
     Verdict { failures }
 }
 
@@ -133,6 +191,8 @@ mod tests {
             tainted,
             dmesg,
             timed_out: false,
+            kmemleak: None,
+            debug_locks: None,
         }
     }
 
@@ -178,7 +238,8 @@ mod tests {
             "kernel BUG at mm/slub.c:123!",
             "Oops: general protection fault, probably for non-canonical address",
             "WARNING: possible circular locking dependency detected",
-            "kmemleak: 2 new suspected memory leaks (see /sys/kernel/debug/kmemleak)",
+            "kmemleak: Kernel memory leak detector disabled",
+            "ODEBUG: free active (active state 0) object: 00000000 object type: work_struct hint: f+0x0/0x10 [tilde_ipoib]",
             "INFO: task insmod:200 blocked for more than 120 seconds.",
             "rust_kernel: panicked at rdma-core-rs/src/x.rs:1:1",
             "tilde_rdma: rxe0: leaking QP 17",
@@ -205,6 +266,49 @@ mod tests {
             v.failures,
             ["the kernel log is incomplete (no boot banner)"]
         );
+    }
+
+    const KMEMLEAK: &str = "unreferenced object 0xffff888004a1c000 (size 2048):\n  \
+        comm \"insmod\", pid 212, jiffies 4294903232\n  \
+        hex dump (first 32 bytes):\n    00 00 00 00 00 00 00 00  ........\n  \
+        backtrace (crc 9c1b2c7e):\n    \
+        [<ffffffff8154e0b1>] __kmalloc_noprof+0x1c1/0x3e0\n    \
+        [<ffffffffc04a1234>] rdma_core::sys::alloc+0x24/0x60 [tilde_core]\n    \
+        [<ffffffffc04b0040>] init_module+0x40/0x90 [tilde_loopback]\n\
+        unreferenced object 0xffff888005000000 (size 64):\n  \
+        comm \"swapper/0\", pid 1, jiffies 4294892000\n  \
+        backtrace (crc 0):\n    \
+        [<ffffffff8154e0b1>] kmalloc_trace_noprof+0x21/0x60\n    \
+        [<ffffffff81a00000>] acpi_os_allocate+0x10/0x20\n";
+
+    #[test]
+    fn a_leak_allocated_through_tilde_fails_and_the_kernel_s_own_do_not() {
+        let found = leaks(KMEMLEAK);
+        assert_eq!(found.len(), 2);
+        assert_eq!(
+            found[0].tilde_frame,
+            Some("[<ffffffffc04a1234>] rdma_core::sys::alloc+0x24/0x60 [tilde_core]")
+        );
+        assert_eq!(found[1].tilde_frame, None);
+        let mut r = report(Some(0), Some(0), CLEAN);
+        r.kmemleak = Some(KMEMLEAK);
+        let v = judge(&r);
+        assert_eq!(
+            v.failures,
+            [
+                "kmemleak: unreferenced object 0xffff888004a1c000 (size 2048): allocated through \
+              [<ffffffffc04a1234>] rdma_core::sys::alloc+0x24/0x60 [tilde_core]"
+            ]
+        );
+    }
+
+    #[test]
+    fn lockdep_turned_off_fails_the_run() {
+        let mut r = report(Some(0), Some(0), CLEAN);
+        r.debug_locks = Some(1);
+        assert!(judge(&r).passed());
+        r.debug_locks = Some(0);
+        assert!(!judge(&r).passed());
     }
 
     #[test]

@@ -244,12 +244,29 @@ pub fn run(
     let dmesg = read("dmesg.txt").unwrap_or_else(|| console_text.clone());
     let status = read("status").and_then(|s| s.trim().parse().ok());
     let tainted = read("tainted").and_then(|s| s.trim().parse().ok());
+    let kmemleak = read("kmemleak.txt");
+    let debug_locks = read("debug_locks").and_then(|s| s.trim().parse().ok());
     let mut verdict = judge(&Report {
         status,
         tainted,
         dmesg: &dmesg,
         timed_out,
+        kmemleak: kmemleak.as_deref(),
+        debug_locks,
     });
+    if let Some(report) = &kmemleak {
+        let others = crate::verdict::leaks(report)
+            .iter()
+            .filter(|leak| leak.tilde_frame.is_none())
+            .count();
+        if others > 0 {
+            println!(
+                "[vm] kmemleak: {others} object(s) leaked outside tilde's modules, not judged \
+                 (see {})",
+                dir.join("out/kmemleak.txt").display()
+            );
+        }
+    }
     if let Some(report) = device_report {
         verdict.failures.extend(report);
     }

@@ -1,0 +1,162 @@
+# Allocation failures, on the debug kernel's fault injection (docs/debug-kernel.md).
+# Systematic first: each path runs with its 1st, 2nd, ... allocation failed (the task's
+# fail-nth) until a run has nothing injected; counted are the allocations made under a
+# module's code (the failslab and fail_page_alloc stack filter), of every size, with
+# GFP_KERNEL too. The paths: each tilde module's load (tilde_loopback's makes its device);
+# each object its conformance module's `create` parameter makes (PD, CQ, QP, MR, AH, CM
+# id) over rxe0 and over tilde_lo0; an iSER login and logout (iscsid's task, counting what
+# runs under tilde_iser). Every failure must come back as an error (a failed insmod, write
+# or login), the module must unload after, and kmemleak's scan at the end finds nothing
+# of tilde's (the verdict). Then at random: 1 in 200 of the allocations under tilde_iser
+# fail while the iSER data checks run: every byte reads back the same, or the writer gets
+# an error.
+# needs-module: tilde_iser
+# test-targets: linux-6.12-debug
+# timeout: 2400
+. /tilde/guest/lib.sh
+. /tilde/guest/iser.sh
+
+DBG=/sys/kernel/debug
+mountpoint -q "$DBG" || mount -t debugfs debugfs "$DBG"
+gcc -O2 -Wall -o /tmp/failnth /tilde/guest/failnth.c
+POINTS=/tilde/out/fault-points.txt
+: > "$POINTS"
+
+# Module memory on x86-64: from MODULES_VADDR to MODULES_END.
+MODULES_START=0xffffffffc0000000
+MODULES_END=0xffffffffff000000
+
+# fault_setup START END: every allocation whose stack passes through [START, END) can be
+# failed: GFP_KERNEL ones too (the knobs leave them out by default), single pages too;
+# no line per failure (verbose 0: the log keeps room for what the failures cause).
+fault_setup() {
+	local knob
+	for knob in failslab fail_page_alloc; do
+		echo N > "$DBG/$knob/ignore-gfp-wait"
+		echo 0 > "$DBG/$knob/verbose"
+		echo 32 > "$DBG/$knob/stacktrace-depth"
+		printf '%d\n' "$1" > "$DBG/$knob/require-start"
+		printf '%d\n' "$2" > "$DBG/$knob/require-end"
+	done
+	echo 0 > "$DBG/fail_page_alloc/min-order"
+	echo N > "$DBG/fail_page_alloc/ignore-gfp-highmem"
+}
+
+# module_text MODULE: "START END" of MODULE's functions (from kallsyms), END rounded up a
+# page past the last one.
+module_text() {
+	awk -v m="[$1]" '$4 == m && ($2 == "t" || $2 == "T") { print $1 }' /proc/kallsyms |
+		sort | sed -n '1p;$p' | tr '\n' ' ' |
+		awk '{ printf "0x%s 0x%x\n", $1, strtonum("0x" $2) + 4096 }'
+}
+
+# deps KO: the kernel's modules KO links against (insmod does not resolve them).
+deps() {
+	local dep
+	for dep in $(modinfo -F depends "$1" | tr , ' '); do
+		case "$dep" in tilde_*) ;; *) modprobe "$dep" ;; esac
+	done
+}
+
+# systematic NAME FAILNTH-ARGS...: one path under failnth; its count into $POINTS.
+systematic() {
+	local name=$1 points
+	shift
+	echo "== systematic: $name"
+	/tmp/failnth "$@" > "/tmp/failnth-$name.log" 2>&1 || {
+		tail -n 20 "/tmp/failnth-$name.log"
+		echo "FAIL: $name"
+		return 1
+	}
+	points=$(awk '/^points:/ {print $2}' "/tmp/failnth-$name.log")
+	grep -E -o ': injected: [A-Za-z0-9]+' "/tmp/failnth-$name.log" | sort | uniq -c | sed 's/^/   /'
+	echo "$name: $points injection points" | tee -a "$POINTS"
+}
+
+fault_setup "$MODULES_START" "$MODULES_END"
+
+echo "== module loads"
+# stage2 loaded tilde_core; rxe0 stays while it comes and goes.
+rmmod tilde_core
+deps /tilde/modules/tilde_core.ko
+systematic load-tilde_core load /tilde/modules/tilde_core.ko
+insmod /tilde/modules/tilde_core.ko
+ip link add tl0 type dummy
+ip link set tl0 up
+systematic load-tilde_loopback load /tilde/drivers/tilde_loopback.ko netdev=tl0
+systematic load-tilde_verbs_conformance load /tilde/suites/tilde_verbs_conformance.ko "device=rxe0 cases=0"
+for ko in /tilde/ulps/tilde_iser.ko /tilde/ulps/tilde_ipoib.ko; do
+	deps "$ko"
+	systematic "load-$(basename "$ko" .ko)" load "$ko"
+done
+
+echo "== object paths"
+insmod /tilde/drivers/tilde_loopback.ko netdev=tl0
+for device in rxe0 tilde_lo0; do
+	insmod /tilde/suites/tilde_verbs_conformance.ko device=$device cases=0
+	create=/sys/module/tilde_verbs_conformance/parameters/create
+	for path in pd cq qp mr ah cm_id; do
+		systematic "$device-$path" write "$create" "$path"
+	done
+	rmmod tilde_verbs_conformance
+done
+rmmod tilde_loopback
+
+echo "== iSER login and logout, iscsid's allocations under tilde_iser"
+iser_target_up
+insmod /tilde/ulps/tilde_iser.ko
+iser_iscsid
+iscsiadm -m node -o new -T "$ISER_TARGET" -p "$ISER_ADDR:3260" -I iser > /dev/null
+# shellcheck disable=SC2046 # two words
+fault_setup $(module_text tilde_iser)
+cat > /tmp/login-logout <<EOF
+#!/bin/sh
+iscsiadm -m node -T "$ISER_TARGET" -p "$ISER_ADDR" -I iser --login > /dev/null 2>&1 || exit 1
+iscsiadm -m node -T "$ISER_TARGET" -p "$ISER_ADDR" -I iser --logout > /dev/null 2>&1
+EOF
+chmod +x /tmp/login-logout
+systematic iser-login "task" "$(pidof iscsid)" -- /tmp/login-logout
+# Whatever the failures left, the session table is empty and a login works.
+refute "a session outlived its logout" iscsiadm -m session
+iser_login
+
+echo "== iSER writes and reads with 1 in 500 of tilde_iser's allocations failed at random"
+# `times` counts down once per injected failure: what it lost is how many there were.
+for knob in failslab fail_page_alloc; do
+	echo 500 > "$DBG/$knob/interval"
+	echo 100 > "$DBG/$knob/probability"
+	echo 1000000 > "$DBG/$knob/times"
+done
+# random_round BS: a fresh pattern over the first 64 MiB, written and read back with
+# block size BS. Either side may get an error; if neither did, the bytes must be equal.
+random_round() {
+	local written read
+	head -c 67108864 /dev/urandom > /tmp/pattern
+	written=$(sha256sum < /tmp/pattern | cut -d' ' -f1)
+	if ! dd if=/tmp/pattern of="$ISER_DEV" bs="$1" oflag=direct status=none; then
+		echo "$1: the write got an error"
+		return 0
+	fi
+	if ! read=$(dd if="$ISER_DEV" bs="$1" count=$((67108864 / $(numfmt --from=iec "$1"))) \
+		iflag=direct status=none | sha256sum | cut -d' ' -f1); then
+		echo "$1: the read got an error"
+		return 0
+	fi
+	echo "$1: written $written, read $read"
+	[ "$written" = "$read" ]
+}
+for bs in 1M 64k 4k 512k; do
+	random_round "$bs"
+done
+for knob in failslab fail_page_alloc; do
+	echo 0 > "$DBG/$knob/probability"
+	echo "random: $knob failed $((1000000 - $(cat "$DBG/$knob/times"))) allocations" | tee -a "$POINTS"
+done
+
+echo "== after the injections: the session still carries data, and everything unloads"
+iser_data_checks
+iser_logout
+pkill iscsid || true
+iser_target_down
+rmmod tilde_iser
+cat "$POINTS"
