@@ -33,9 +33,8 @@ mod iscsi;
 use core::net::SocketAddrV4;
 use core::time::Duration;
 
-use kernel::new_spinlock;
 use kernel::prelude::*;
-use kernel::sync::{Arc, SpinLock};
+use kernel::sync::Arc;
 use rdma_core::{
     cm::{CmEvent, CmId, CmWatcher, ConnParam, ConnectionLoss},
     cq::{CompletionQueue, PollContext},
@@ -48,6 +47,7 @@ use rdma_core::{
     mr::SgRegion,
     pd::ProtectionDomain,
     qp::{QpCaps, Queues},
+    sync::IrqSpinLock,
     verbs::{RemoteAccess, SendOp, WcStatus},
     wr::{CompletionHandler, WorkRequest},
 };
@@ -189,11 +189,12 @@ struct ConnShared {
     /// Management PDUs sent in a WR of the Data-Out pool, their task's own SEND WR not
     /// back yet (`send_control`).
     borrowed_sends: Atomic<u64>,
-    #[pin]
-    slots: SpinLock<KVec<Slot>>,
+    /// Taken in the completion handler, which runs in softirq (the CQ is polled there),
+    /// so taken everywhere with interrupts off: a plain spinlock held in process context
+    /// could be wanted again by the softirq on the same CPU (lockdep on the debug kernel).
+    slots: IrqSpinLock<KVec<Slot>>,
     /// Idle Data-Out WRs (capacity `DATA_OUT_WRS`, so putting one back never allocates).
-    #[pin]
-    data_out: SpinLock<KVec<KBox<WorkRequest<Work>>>>,
+    data_out: IrqSpinLock<KVec<KBox<WorkRequest<Work>>>>,
 }
 
 /// A response ready to hand to libiscsi, copied out of the lock.
@@ -204,6 +205,8 @@ struct Ready {
 
 impl ConnShared {
     fn new(device: &Device) -> Result<Arc<Self>> {
+        let slots = IrqSpinLock::new(KVec::new())?;
+        let data_out = IrqSpinLock::new(KVec::new())?;
         Arc::pin_init(
             pin_init!(Self {
                 device: device.name(),
@@ -215,8 +218,8 @@ impl ConnShared {
                 local_invalidations: Atomic::new(0),
                 data_outs: Atomic::new(0),
                 borrowed_sends: Atomic::new(0),
-                slots <- new_spinlock!(KVec::new()),
-                data_out <- new_spinlock!(KVec::new()),
+                slots,
+                data_out,
             }),
             GFP_KERNEL,
         )

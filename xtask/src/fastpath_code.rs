@@ -77,6 +77,18 @@ pub struct Built {
     pub hashed_symbols: bool,
 }
 
+impl Built {
+    /// The modules `cargo xtask kmod` built for `toolchain`'s target.
+    pub fn of(toolchain: &crate::toolchain::Toolchain) -> Built {
+        Built {
+            target: toolchain.target.id,
+            modules: crate::kmod::out_dir(toolchain).join("build"),
+            compiler_root: toolchain.root.dir.clone(),
+            hashed_symbols: toolchain.target.hashes_rust_symbols(),
+        }
+    }
+}
+
 /// Compares every fast-path function across `built` and prints one line per function.
 pub fn compare(built: &[Built]) -> Result {
     let [first, rest @ ..] = built else {

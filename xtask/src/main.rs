@@ -219,6 +219,48 @@ fn fuzz(dir: &str, target: &str, seconds: u32) -> Result {
     Ok(())
 }
 
+/// One VM run of `cargo xtask test`.
+struct Job<'a> {
+    toolchain: &'a toolchain::Toolchain,
+    modules: &'a kmod::Modules,
+    scenario: String,
+    /// The scenario's `# expect-failure:` text: it tests the runner.
+    expected: Option<String>,
+}
+
+/// How many VM runs go at once: `TILDE_VM_JOBS`, else 2. A guest under TCG keeps about
+/// one host core busy (its scenario is mostly one shell and what it calls), so two runs
+/// use a 2-core machine where one left a core idle.
+fn vm_jobs() -> usize {
+    std::env::var("TILDE_VM_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2)
+}
+
+/// Whether a run's verdict is the one its scenario expects.
+fn judge_expected(expected: &Option<String>, run: &vm::VmRun) -> Result {
+    match (expected, run.verdict.passed()) {
+        (None, true) => Ok(()),
+        (None, false) => bail!("failed"),
+        (Some(text), true) => bail!("passed, but must fail with {text:?}"),
+        (Some(text), false) => {
+            if run
+                .verdict
+                .failures
+                .iter()
+                .any(|f| f.contains(text.as_str()))
+            {
+                println!("[vm]   (failure expected: this scenario tests the runner)");
+                Ok(())
+            } else {
+                bail!("failed, but not with {text:?}")
+            }
+        }
+    }
+}
+
 fn cmd_test(args: &Args) -> Result {
     let start = Instant::now();
     let mut passed = 0;
@@ -274,6 +316,8 @@ fn cmd_test(args: &Args) -> Result {
 
     let mut timings = Vec::new();
     let mut built = Vec::new();
+    // Every target is provisioned and built first; then its scenarios become jobs.
+    let mut ready: Vec<(toolchain::Toolchain, Option<kmod::Modules>)> = Vec::new();
     for target in targets(args, true)? {
         let t = Instant::now();
         let toolchain = match toolchain::provision(target) {
@@ -297,12 +341,7 @@ fn cmd_test(args: &Args) -> Result {
                         target.id
                     );
                 } else {
-                    built.push(fastpath_code::Built {
-                        target: target.id,
-                        modules: kmod::out_dir(&toolchain).join("build"),
-                        compiler_root: toolchain.root.dir.clone(),
-                        hashed_symbols: target.hashes_rust_symbols(),
-                    });
+                    built.push(fastpath_code::Built::of(&toolchain));
                 }
                 Some(m)
             }
@@ -317,6 +356,19 @@ fn cmd_test(args: &Args) -> Result {
             secs(provision),
             secs(build)
         ));
+        // Shared by the target's runs, which may start at once.
+        if let Err(e) = vm::initramfs(&toolchain) {
+            check(format!("{}: initramfs", target.id), Err(e));
+            continue;
+        }
+        ready.push((toolchain, modules));
+    }
+
+    let none = kmod::Modules::none();
+    let mut per_target: Vec<Vec<Job<'_>>> = Vec::new();
+    for (toolchain, modules) in &ready {
+        let target = toolchain.target;
+        let mut jobs = Vec::new();
         for scenario in vm::scenarios()? {
             if vm::is_benchmark(&scenario)? {
                 println!(
@@ -324,6 +376,15 @@ fn cmd_test(args: &Args) -> Result {
                     target.id
                 );
                 continue;
+            }
+            if let Some(set) = target.test_scenarios {
+                if !set.contains(&scenario.as_str()) {
+                    println!(
+                        "[test] skipped: {}: vm {scenario} (not in the target's set, see target.rs: cargo xtask vm --kernel {} {scenario})",
+                        target.id, target.id
+                    );
+                    continue;
+                }
             }
             if let Some(only) = vm::test_targets(&scenario)? {
                 if !only.iter().any(|t| t == target.id) {
@@ -336,8 +397,7 @@ fn cmd_test(args: &Args) -> Result {
                     continue;
                 }
             }
-            let none = kmod::Modules::none();
-            let modules = match (vm::needs_modules(&scenario)?, &modules) {
+            let modules = match (vm::needs_modules(&scenario)?, modules) {
                 (false, _) => &none,
                 (true, Some(modules)) => modules,
                 (true, None) => continue,
@@ -357,41 +417,68 @@ fn cmd_test(args: &Args) -> Result {
                 }
             }
             let expected = vm::expected_failure(&scenario)?;
-            let result = vm::run_with_boot_retry(&toolchain, modules, &scenario, args.timeout)
-                .and_then(|run| {
+            jobs.push(Job {
+                toolchain,
+                modules,
+                scenario,
+                expected,
+            });
+        }
+        per_target.push(jobs);
+    }
+    // Round robin over the targets, the slowest (instrumented) first: the runs going at
+    // once are mostly of different kernels.
+    per_target.sort_by_key(|jobs| {
+        !jobs
+            .first()
+            .is_some_and(|job| job.toolchain.target.instrumented)
+    });
+    let mut jobs = Vec::new();
+    let longest = per_target.iter().map(Vec::len).max().unwrap_or(0);
+    let mut queues: Vec<_> = per_target.into_iter().map(Vec::into_iter).collect();
+    for _ in 0..longest {
+        for queue in &mut queues {
+            jobs.extend(queue.next());
+        }
+    }
+
+    let workers = vm_jobs();
+    println!(
+        "[test] {} VM runs, {workers} at a time (TILDE_VM_JOBS)",
+        jobs.len()
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new((&mut check, &mut timings));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else {
+                    break;
+                };
+                let id = job.toolchain.target.id;
+                let scenario = &job.scenario;
+                let run =
+                    vm::run_with_boot_retry(job.toolchain, job.modules, scenario, args.timeout);
+                let Ok(mut guard) = results.lock() else {
+                    break;
+                };
+                let (check, timings) = &mut *guard;
+                let result = run.and_then(|run| {
                     vm::print_run(&run);
                     timings.push(format!(
-                        "{}: vm {scenario} {} (guest uptime at scenario start: {})",
-                        target.id,
+                        "{id}: vm {scenario} {} (guest uptime at scenario start: {})",
                         secs(run.duration),
                         run.scenario_start
                             .as_deref()
                             .unwrap_or("scenario never started")
                     ));
-                    match (&expected, run.verdict.passed()) {
-                        (None, true) => Ok(()),
-                        (None, false) => bail!("failed"),
-                        (Some(text), true) => bail!("passed, but must fail with {text:?}"),
-                        (Some(text), false) => {
-                            if run
-                                .verdict
-                                .failures
-                                .iter()
-                                .any(|f| f.contains(text.as_str()))
-                            {
-                                println!(
-                                    "[vm]   (failure expected: this scenario tests the runner)"
-                                );
-                                Ok(())
-                            } else {
-                                bail!("failed, but not with {text:?}")
-                            }
-                        }
-                    }
+                    judge_expected(&job.expected, &run)
                 });
-            check(format!("{}: vm {scenario}", target.id), result);
+                check(format!("{id}: vm {scenario}"), result);
+            });
         }
-    }
+    });
 
     if built.len() > 1 {
         check(
@@ -425,12 +512,7 @@ fn cmd_fastpath() -> Result {
     {
         let toolchain = toolchain::provision(*target)?;
         kmod::build(&toolchain)?;
-        built.push(fastpath_code::Built {
-            target: target.id,
-            modules: kmod::out_dir(&toolchain).join("build"),
-            compiler_root: toolchain.root.dir.clone(),
-            hashed_symbols: target.hashes_rust_symbols(),
-        });
+        built.push(fastpath_code::Built::of(&toolchain));
     }
     fastpath_code::compare(&built)
 }
