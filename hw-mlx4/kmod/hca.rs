@@ -100,7 +100,7 @@ impl EqInterrupt {
     fn new(bar2: Arc<Bar>, cqs: Arc<CqTable>) -> Result<Self> {
         Ok(Self {
             count: Atomic::new(0),
-            eq: IrqSpinLock::new(None)?,
+            eq: rdma_core::irq_spin_lock!(None)?,
             bar2,
             cqs,
             completions: Atomic::new(0),
@@ -510,13 +510,13 @@ impl pci::Driver for ConnectX3 {
                 bar0,
                 bar2,
                 irqs,
-                core: Mutex::new(core)?,
+                core: rdma_core::mutex!(core)?,
                 cqs,
             },
             GFP_KERNEL,
         )?;
         shared.bring_up(&mut shared.core.lock())?;
-        let ib = match Mutex::new(None).and_then(|slot| Ok(Arc::new(slot, GFP_KERNEL)?)) {
+        let ib = match rdma_core::mutex!(None).and_then(|slot| Ok(Arc::new(slot, GFP_KERNEL)?)) {
             Ok(ib) => ib,
             Err(error) => {
                 close(&shared);

@@ -159,7 +159,7 @@ impl CqTable {
         for _ in 0..CQ_TABLE_SIZE {
             slots.push(None, GFP_KERNEL)?;
         }
-        Ok(Self(IrqSpinLock::new(slots)?))
+        Ok(Self(rdma_core::irq_spin_lock!(slots)?))
     }
 
     /// The CQ numbered `cqn`, if the IB device has it.
@@ -433,10 +433,10 @@ impl Mlx4Ib {
             comp_eqns,
             node,
             limits,
-            pkeys: IrqSpinLock::new(pkeys)?,
+            pkeys: rdma_core::irq_spin_lock!(pkeys)?,
             lids: [Atomic::new(0), Atomic::new(0)],
             health: Atomic::new(HEALTHY),
-            postings: IrqSpinLock::new(KVec::new())?,
+            postings: rdma_core::irq_spin_lock!(KVec::new())?,
             shared,
         })
     }
@@ -719,7 +719,7 @@ impl Driver for Mlx4Ib {
             rights |= MrAccess::ALL.0 & hw_mlx4::wire::fw::mpt_entry::PERM_ATOMIC;
         }
         // Everything that can fail before the MR exists: nothing to undo after it.
-        let hw = Mutex::new(None)?;
+        let hw = rdma_core::mutex!(None)?;
         let mr = {
             let mut core = dev.shared.core().lock();
             core.create_dma_mr(&mut dev.shared.edge(), pd.pdn, MrAccess(rights))
@@ -752,7 +752,7 @@ impl Driver for Mlx4Ib {
         if max_pages == 0 || max_pages > MAX_FAST_REG_PAGES {
             return Err(EINVAL);
         }
-        let hw = Mutex::new(None)?;
+        let hw = rdma_core::mutex!(None)?;
         let mut core = dev.shared.core().lock();
         let mut edge = dev.shared.edge();
         let page_list = edge.alloc(0).ok_or(ENOMEM)?;
@@ -814,7 +814,7 @@ impl Driver for Mlx4Ib {
             .copied()
             .ok_or(EINVAL)?;
         // Everything that can fail apart from the CQ itself comes first, or is undone.
-        let slot = Mutex::new(None)?;
+        let slot = rdma_core::mutex!(None)?;
         let hw = {
             let mut core = dev.shared.core().lock();
             core.create_cq(&mut dev.shared.edge(), log, eqn, dev.uar_index)
@@ -824,7 +824,7 @@ impl Driver for Mlx4Ib {
         let made = fast_cq(&hw, log).and_then(|fast| {
             let shared = CqShared {
                 cqn: hw.cqn,
-                inner: IrqSpinLock::new(CqInner {
+                inner: rdma_core::irq_spin_lock!(CqInner {
                     fast,
                     qps: KVec::new(),
                 })?,
@@ -1100,8 +1100,8 @@ impl Driver for Mlx4Ib {
                 special,
                 caps,
                 sizes,
-                posting: Arc::new(IrqSpinLock::new(posting)?, GFP_KERNEL)?,
-                hw: Mutex::new(QpHw {
+                posting: Arc::new(rdma_core::irq_spin_lock!(posting)?, GFP_KERNEL)?,
+                hw: rdma_core::mutex!(QpHw {
                     qp: None,
                     state: QpState::Reset,
                     port,
@@ -1111,7 +1111,7 @@ impl Driver for Mlx4Ib {
                 })?,
                 send_cq: send_cq.shared.clone(),
                 recv_cq: recv_cq.shared.clone(),
-                groups: Mutex::new(KVec::new())?,
+                groups: rdma_core::mutex!(KVec::new())?,
             })
         })();
         let made = made.and_then(|made| {

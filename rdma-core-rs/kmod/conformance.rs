@@ -70,9 +70,14 @@ mod param {
 
     /// The `device` parameter.
     pub(crate) fn device() -> &'static core::ffi::CStr {
+        // `core`'s `from_ptr` on every kernel, as in `rdma_core::pci` (7.x's lints prefer
+        // the kernel crate's `from_char_ptr`, which 6.12 has differently).
+        #[allow(clippy::disallowed_methods)]
         // SAFETY: the parameter is a NUL-terminated string that is never written after
         // load (0444) and lives as long as the module.
-        unsafe { core::ffi::CStr::from_ptr(tilde_conformance_device()) }
+        unsafe {
+            core::ffi::CStr::from_ptr(tilde_conformance_device())
+        }
     }
 
     /// `cases`: whether module init runs the cases (or only `create` makes objects).

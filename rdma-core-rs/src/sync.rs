@@ -11,7 +11,7 @@
 //! driver's state is built before the IB core allocates the device it lives in).
 
 use core::cell::UnsafeCell;
-use core::ffi::c_void;
+use core::ffi::{c_void, CStr};
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
@@ -24,8 +24,9 @@ use crate::sys;
 /// `T` behind a spinlock taken with interrupts off: [`IrqSpinLock::lock`] is the only way
 /// to it, and the guard it returns is the proof the lock is held.
 ///
-/// Nothing that sleeps may run under it. All of tilde's `IrqSpinLock`s share one lockdep
-/// class, so a driver takes one at a time (two of them nested would be reported).
+/// Nothing that sleeps may run under it. Made with [`irq_spin_lock!`], which gives the
+/// locks made at one place of the source their own lockdep class, as `spin_lock_init`
+/// does in C: lockdep then tells an EQ's lock from a CQ's taken inside it.
 pub struct IrqSpinLock<T> {
     lock: NonNull<c_void>,
     data: UnsafeCell<T>,
@@ -38,10 +39,15 @@ unsafe impl<T: Send> Send for IrqSpinLock<T> {}
 unsafe impl<T: Send> Sync for IrqSpinLock<T> {}
 
 impl<T> IrqSpinLock<T> {
-    /// A lock holding `value`; allocates (may sleep).
-    pub fn new(value: T) -> Result<Self> {
-        // SAFETY: allocates and initialises a spinlock; null on failure.
-        let lock = NonNull::new(unsafe { sys::tilde_rdma_irq_lock_new() }).ok_or(ENOMEM)?;
+    /// A lock holding `value`, in lockdep class `class` named `name`; allocates (may
+    /// sleep). [`irq_spin_lock!`] supplies the class of its place in the source.
+    pub fn new_in(value: T, class: &'static LockClass, name: &'static CStr) -> Result<Self> {
+        // SAFETY: allocates and initialises a spinlock; null on failure. `class` is static
+        // (lockdep keeps pointers to it) and `name` a static string.
+        let lock = NonNull::new(unsafe {
+            sys::tilde_rdma_irq_lock_new(class.0.get(), sys::kernel_api::c_str(name))
+        })
+        .ok_or(ENOMEM)?;
         Ok(Self {
             lock,
             data: UnsafeCell::new(value),
@@ -70,6 +76,61 @@ impl<T> Drop for IrqSpinLock<T> {
         // SAFETY: allocated in `new`; nobody holds it (`&mut self`), nobody uses it after.
         unsafe { sys::tilde_rdma_irq_lock_free(self.lock.as_ptr()) };
     }
+}
+
+/// A lockdep class: a `struct lock_class_key` in static storage, as lockdep wants it.
+pub struct LockClass(UnsafeCell<sys::lock_class_key>);
+
+// SAFETY: only lockdep reads or writes the key, under its own lock; Rust never touches its
+// contents.
+unsafe impl Sync for LockClass {}
+
+impl LockClass {
+    /// A class for a `static`.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        // SAFETY: an all-zero `lock_class_key` is a static key lockdep has not seen yet,
+        // what C's `static struct lock_class_key __key;` is.
+        Self(UnsafeCell::new(unsafe { core::mem::zeroed() }))
+    }
+}
+
+/// An [`IrqSpinLock`] holding the value, in a lockdep class of its own for this place of
+/// the source (`file:line` names it in lockdep's reports); `Result`, as it allocates.
+#[macro_export]
+macro_rules! irq_spin_lock {
+    ($value:expr) => {{
+        static CLASS: $crate::sync::LockClass = $crate::sync::LockClass::new();
+        $crate::sync::IrqSpinLock::new_in(
+            $value,
+            &CLASS,
+            match ::core::ffi::CStr::from_bytes_with_nul(
+                ::core::concat!(::core::file!(), ":", ::core::line!(), "\0").as_bytes(),
+            ) {
+                Ok(name) => name,
+                Err(_) => c"irq_spin_lock",
+            },
+        )
+    }};
+}
+
+/// A [`Mutex`] holding the value, in a lockdep class of its own for this place of the
+/// source, as [`irq_spin_lock!`]; `Result`, as it allocates.
+#[macro_export]
+macro_rules! mutex {
+    ($value:expr) => {{
+        static CLASS: $crate::sync::LockClass = $crate::sync::LockClass::new();
+        $crate::sync::Mutex::new_in(
+            $value,
+            &CLASS,
+            match ::core::ffi::CStr::from_bytes_with_nul(
+                ::core::concat!(::core::file!(), ":", ::core::line!(), "\0").as_bytes(),
+            ) {
+                Ok(name) => name,
+                Err(_) => c"mutex",
+            },
+        )
+    }};
 }
 
 /// The lock of an [`IrqSpinLock`], held: released, and interrupts restored, on drop.
@@ -119,10 +180,15 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 unsafe impl<T: Send> Sync for Mutex<T> {}
 
 impl<T> Mutex<T> {
-    /// A lock holding `value`; allocates (may sleep).
-    pub fn new(value: T) -> Result<Self> {
-        // SAFETY: allocates and initialises a mutex; null on failure.
-        let lock = NonNull::new(unsafe { sys::tilde_rdma_mutex_new() }).ok_or(ENOMEM)?;
+    /// A lock holding `value`, in lockdep class `class` named `name`; allocates (may
+    /// sleep). [`mutex!`] supplies the class of its place in the source.
+    pub fn new_in(value: T, class: &'static LockClass, name: &'static CStr) -> Result<Self> {
+        // SAFETY: allocates and initialises a mutex; null on failure. `class` is static
+        // (lockdep keeps pointers to it) and `name` a static string.
+        let lock = NonNull::new(unsafe {
+            sys::tilde_rdma_mutex_new(class.0.get(), sys::kernel_api::c_str(name))
+        })
+        .ok_or(ENOMEM)?;
         Ok(Self {
             lock,
             data: UnsafeCell::new(value),

@@ -80,7 +80,7 @@ impl<H: WorkHandler> DelayedWork<H> {
         // (drop cancels the work first).
         let raw = unsafe { sys::tilde_rdma_delayed_work_new(Some(run_callback::<H>), data) };
         let raw = NonNull::new(raw).ok_or(ENOMEM)?;
-        let kick = match IrqSpinLock::new(Some(raw))
+        let kick = match crate::irq_spin_lock!(Some(raw))
             .and_then(|lock| Arc::new(KickTarget(lock), GFP_KERNEL).map_err(Into::into))
         {
             Ok(kick) => kick,

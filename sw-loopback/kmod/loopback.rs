@@ -1514,7 +1514,7 @@ impl kernel::Module for LoopbackModule {
         let device = SoftDevice {
             netdev: NetdevGlue::new()?,
             mac: [0; 6],
-            tables: IrqSpinLock::new(Tables::new()?)?,
+            tables: rdma_core::irq_spin_lock!(Tables::new()?)?,
         };
         let registration = Registration::new(
             module,

@@ -107,7 +107,7 @@ iscsi::iscsi_transport!(Endpoint);
 impl kernel::Module for IserModule {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         let transport = iscsi::Registration::new().inspect_err(|_| {
-            pr_err!("cannot register the iSCSI transport \"iser\" (is ib_iser loaded?)\n");
+            pr_err!("cannot register the iSCSI transport \"iser\" (is ib_iser loaded, or was memory short?)\n");
         })?;
         pr_info!("iSCSI transport \"iser\" registered\n");
         Ok(Self {
@@ -205,8 +205,8 @@ struct Ready {
 
 impl ConnShared {
     fn new(device: &Device) -> Result<Arc<Self>> {
-        let slots = IrqSpinLock::new(KVec::new())?;
-        let data_out = IrqSpinLock::new(KVec::new())?;
+        let slots = rdma_core::irq_spin_lock!(KVec::new())?;
+        let data_out = rdma_core::irq_spin_lock!(KVec::new())?;
         Arc::pin_init(
             pin_init!(Self {
                 device: device.name(),

@@ -181,20 +181,10 @@ static struct iscsi_transport tilde_iser_transport = {
 
 static struct scsi_transport_template *tilde_iser_scsi_transport;
 
-/*
- * The iSCSI class answers NULL both when the name is taken (ib_iser is loaded) and when
- * it ran out of memory on the way: the log line names both; the errno is the likelier
- * (ENOMEM, as the fault-inject scenario fails its allocations, would say nothing of a
- * loaded ib_iser).
- */
 int tilde_iser_register(void)
 {
 	tilde_iser_scsi_transport = iscsi_register_transport(&tilde_iser_transport);
-	if (!tilde_iser_scsi_transport) {
-		pr_err("tilde_iser: the iSCSI class refused transport \"iser\": ib_iser holds the name, or memory ran out\n");
-		return -EEXIST;
-	}
-	return 0;
+	return tilde_iser_scsi_transport ? 0 : -EEXIST;
 }
 
 void tilde_iser_unregister(void)

@@ -140,15 +140,19 @@ bool tilde_rdma_may_sleep(void)
 /*
  * A spinlock taken with interrupts off, for `sync::IrqSpinLock`: a driver's state is
  * reached from process context, softirq (CQ polling) and hard interrupts alike. It lives
- * in its own allocation, so the Rust value that owns it may move. One lockdep class for
- * all of them (the key is this function's): drivers never nest two.
+ * in its own allocation, so the Rust value that owns it may move. Its lockdep class is
+ * `key`, a static of the place in the source that makes it (`irq_spin_lock!`), as
+ * `spin_lock_init` gives each of its callers one: with one class for all, an EQ handler
+ * that takes a CQ's lock inside its own was reported as recursive locking.
  */
-void *tilde_rdma_irq_lock_new(void)
+void *tilde_rdma_irq_lock_new(struct lock_class_key *key, const char *name)
 {
 	spinlock_t *lock = kmalloc(sizeof(*lock), GFP_KERNEL);
 
-	if (lock)
+	if (lock) {
 		spin_lock_init(lock);
+		lockdep_set_class_and_name(lock, key, name);
+	}
 	return lock;
 }
 
@@ -174,12 +178,15 @@ void tilde_rdma_irq_unlock(void *lock, unsigned long flags)
  * A sleeping lock for `sync::Mutex`, in its own allocation like the spinlock above, with
  * one lockdep class for all of them.
  */
-void *tilde_rdma_mutex_new(void)
+/* A mutex for `sync::Mutex`, in lockdep class `key` (`mutex!`, as for the spinlock). */
+void *tilde_rdma_mutex_new(struct lock_class_key *key, const char *name)
 {
 	struct mutex *lock = kmalloc(sizeof(*lock), GFP_KERNEL);
 
-	if (lock)
+	if (lock) {
 		mutex_init(lock);
+		lockdep_set_class_and_name(lock, key, name);
+	}
 	return lock;
 }
 

@@ -30,7 +30,7 @@ const void *tilde_rdma_current(void);
 struct net *tilde_rdma_init_net(void);
 void tilde_rdma_fill_sockaddr_in(void *storage, __be32 addr, __be16 port);
 
-void *tilde_rdma_mutex_new(void);
+void *tilde_rdma_mutex_new(struct lock_class_key *key, const char *name);
 void tilde_rdma_mutex_free(void *lock);
 void tilde_rdma_mutex_lock(void *lock);
 void tilde_rdma_mutex_unlock(void *lock);
@@ -40,7 +40,8 @@ void tilde_rdma_delayed_work_schedule(struct tilde_rdma_delayed_work *work, u64 
 void tilde_rdma_delayed_work_kick(struct tilde_rdma_delayed_work *work);
 void tilde_rdma_delayed_work_free(struct tilde_rdma_delayed_work *work);
 
-void *tilde_rdma_irq_lock_new(void);
+struct lock_class_key;
+void *tilde_rdma_irq_lock_new(struct lock_class_key *key, const char *name);
 void tilde_rdma_irq_lock_free(void *lock);
 unsigned long tilde_rdma_irq_lock(void *lock);
 void tilde_rdma_irq_unlock(void *lock, unsigned long flags);
