@@ -95,22 +95,31 @@ impl LockClass {
     }
 }
 
+/// A lockdep class of its own for the place of the source that invokes the macro
+/// invoking this one, and its name there (`file:line`): for [`irq_spin_lock!`] and
+/// [`mutex!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! lock_class_here {
+    () => {{
+        static CLASS: $crate::sync::LockClass = $crate::sync::LockClass::new();
+        let name = match ::core::ffi::CStr::from_bytes_with_nul(
+            ::core::concat!(::core::file!(), ":", ::core::line!(), "\0").as_bytes(),
+        ) {
+            Ok(name) => name,
+            Err(_) => c"tilde lock",
+        };
+        (&CLASS, name)
+    }};
+}
+
 /// An [`IrqSpinLock`] holding the value, in a lockdep class of its own for this place of
 /// the source (`file:line` names it in lockdep's reports); `Result`, as it allocates.
 #[macro_export]
 macro_rules! irq_spin_lock {
     ($value:expr) => {{
-        static CLASS: $crate::sync::LockClass = $crate::sync::LockClass::new();
-        $crate::sync::IrqSpinLock::new_in(
-            $value,
-            &CLASS,
-            match ::core::ffi::CStr::from_bytes_with_nul(
-                ::core::concat!(::core::file!(), ":", ::core::line!(), "\0").as_bytes(),
-            ) {
-                Ok(name) => name,
-                Err(_) => c"irq_spin_lock",
-            },
-        )
+        let (class, name) = $crate::lock_class_here!();
+        $crate::sync::IrqSpinLock::new_in($value, class, name)
     }};
 }
 
@@ -119,17 +128,8 @@ macro_rules! irq_spin_lock {
 #[macro_export]
 macro_rules! mutex {
     ($value:expr) => {{
-        static CLASS: $crate::sync::LockClass = $crate::sync::LockClass::new();
-        $crate::sync::Mutex::new_in(
-            $value,
-            &CLASS,
-            match ::core::ffi::CStr::from_bytes_with_nul(
-                ::core::concat!(::core::file!(), ":", ::core::line!(), "\0").as_bytes(),
-            ) {
-                Ok(name) => name,
-                Err(_) => c"mutex",
-            },
-        )
+        let (class, name) = $crate::lock_class_here!();
+        $crate::sync::Mutex::new_in($value, class, name)
     }};
 }
 

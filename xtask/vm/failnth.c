@@ -159,7 +159,8 @@ int main(int argc, char **argv)
 	} else {
 		char path[64];
 
-		snprintf(path, sizeof(path), "/proc/%s/fail-nth", armed_task);
+		/* The knob is the thread's (tid_base_stuff), not the process's. */
+		snprintf(path, sizeof(path), "/proc/%s/task/%s/fail-nth", armed_task, armed_task);
 		knob = open(path, O_RDWR);
 	}
 	if (knob < 0) {

@@ -26,12 +26,28 @@ POINTS=/tilde/out/fault-points.txt
 MODULES_START=0xffffffffc0000000
 MODULES_END=0xffffffffff000000
 
+# symbol_range NAME: "START END" of the kernel function NAME (END: the next symbol).
+symbol_range() {
+	awk '$2 == "t" || $2 == "T" { print $1, $3 }' /proc/kallsyms | sort |
+		awk -v f="$1" 'found == 1 { print "0x" start, "0x" $1; found = 2 }
+			$2 == f && !found { found = 1; start = $1 }'
+}
+
+# Allocations vmalloc makes are not failed: the kernel reports a failed vmalloc with a
+# stack trace by design (warn_alloc), which the verdict cannot tell from a bug's report.
+range=$(symbol_range __vmalloc_node_range_noprof)
+VMALLOC_START=${range% *}
+VMALLOC_END=${range#* }
+[ -n "$VMALLOC_START" ] && [ "$VMALLOC_START" != "$VMALLOC_END" ]
+
 # fault_setup START END: every allocation whose stack passes through [START, END) can be
 # failed: GFP_KERNEL ones too (the knobs leave them out by default), single pages too;
 # no line per failure (verbose 0: the log keeps room for what the failures cause).
 fault_setup() {
 	local knob
 	for knob in failslab fail_page_alloc; do
+		echo "$VMALLOC_START" > "$DBG/$knob/reject-start"
+		echo "$VMALLOC_END" > "$DBG/$knob/reject-end"
 		echo N > "$DBG/$knob/ignore-gfp-wait"
 		echo 0 > "$DBG/$knob/verbose"
 		echo 32 > "$DBG/$knob/stacktrace-depth"
@@ -112,18 +128,26 @@ rmmod tilde_loopback
 
 echo "== iSER login and logout, iscsid's allocations under tilde_iser"
 iser_target_up
+deps /tilde/ulps/tilde_iser.ko
 insmod /tilde/ulps/tilde_iser.ko
 iser_iscsid
 iscsiadm -m node -o new -T "$ISER_TARGET" -p "$ISER_ADDR:3260" -I iser > /dev/null
 # shellcheck disable=SC2046 # two words
 fault_setup $(module_text tilde_iser)
-cat > /tmp/login-logout <<EOF
-#!/bin/sh
-iscsiadm -m node -T "$ISER_TARGET" -p "$ISER_ADDR" -I iser --login > /dev/null 2>&1 || exit 1
-iscsiadm -m node -T "$ISER_TARGET" -p "$ISER_ADDR" -I iser --logout > /dev/null 2>&1
+# A login as iser_login makes it (its disk's runtime PM kept on: a logout that finds that
+# work pending WARNs in the kernel's own iSCSI class, iser.sh says why), then the logout.
+cat > /tmp/login-logout <<'EOF'
+#!/bin/bash
+. /tilde/guest/lib.sh
+. /tilde/guest/iser.sh
+iser_login > /dev/null 2>&1
+status=$?
+iser_logout > /dev/null 2>&1
+exit $status
 EOF
 chmod +x /tmp/login-logout
-systematic iser-login "task" "$(pidof iscsid)" -- /tmp/login-logout
+# iscsid is two processes, the daemon and its logger: the daemon's is in its pid file.
+systematic iser-login "task" "$(cat /run/iscsid.pid)" -- /tmp/login-logout
 # Whatever the failures left, the session table is empty and a login works.
 refute "a session outlived its logout" iscsiadm -m session
 iser_login
