@@ -426,12 +426,10 @@ fn cmd_test(args: &Args) -> Result {
         }
         per_target.push(jobs);
     }
-    // Round robin over the targets, the slowest (instrumented) first: the runs going at
-    // once are mostly of different kernels.
+    // Round robin over the targets, the slowest first: the runs going at once are mostly
+    // of different kernels.
     per_target.sort_by_key(|jobs| {
-        !jobs
-            .first()
-            .is_some_and(|job| job.toolchain.target.instrumented)
+        std::cmp::Reverse(jobs.first().map_or(0, |job| job.toolchain.target.slowdown))
     });
     let mut jobs = Vec::new();
     let longest = per_target.iter().map(Vec::len).max().unwrap_or(0);

@@ -26,9 +26,6 @@ const INITRAMFS_MODULES: &[&str] = &[
     "kernel/fs/overlayfs/overlay.ko.xz",
 ];
 
-/// How many times longer a run may take on the debug kernel.
-const INSTRUMENTED_SLOWDOWN: u32 = 6;
-
 /// Hard limit for one VM run, boot to power-off. `cargo xtask test` runs two at once, and a
 /// run beside a debug guest took up to 2.5 times its time alone (`iser`, 120 s alone, was
 /// stopped at 300 s with its checks still passing).
@@ -148,13 +145,7 @@ pub fn run(
         );
     }
     let timeout = timeout.max(scenario_timeout(scenario)?.unwrap_or_default());
-    // Everything in a guest of the debug kernel takes longer (KASAN, lockdep, kmemleak
-    // under TCG: a boot 24 s instead of 5, `verbs-conformance` 150 s instead of 22).
-    let timeout = if toolchain.target.instrumented {
-        timeout * INSTRUMENTED_SLOWDOWN
-    } else {
-        timeout
-    };
+    let timeout = timeout * toolchain.target.slowdown;
     let initramfs = initramfs(toolchain)?;
     let dir = repo_root()
         .join("target/vm")
@@ -357,24 +348,17 @@ fn guest_args(
     args.push("-initrd".into());
     args.push(path(initramfs)?);
     // A log buffer large enough that dmesg still holds the boot when the guest saves it.
-    // The debug kernel pages with 4 levels: on QEMU's `-cpu max` (LA57) its KASAN
-    // reported a wild access in the first interrupt of the boot, before any module was
-    // loaded, which taints the kernel and turns lockdep off for the whole run. And it
-    // routes PCI interrupts without ACPI: its AML interpreter, instrumented, ran the
-    // PCI root's `_PRT` into ACPICA's 30 s loop limit three times per boot (90 s, and no
-    // INTx routing after; the devices use MSI-X).
-    let paging = if toolchain.target.instrumented {
-        " no5lvl pci=noacpi"
-    } else {
-        ""
-    };
-    let extra = std::env::var("TILDE_BOOT_ARGS")
-        .map(|a| format!(" {a}"))
-        .unwrap_or_default();
+    // Then the target's own arguments and the user's (`TILDE_BOOT_ARGS`, experiments).
+    let mut cmdline = "console=ttyS0 panic=-1 log_buf_len=8M rdinit=/init".to_string();
+    let extra = std::env::var("TILDE_BOOT_ARGS").unwrap_or_default();
+    for more in [toolchain.target.boot_args, extra.as_str()] {
+        if !more.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(more);
+        }
+    }
     args.push("-append".into());
-    args.push(format!(
-        "console=ttyS0 panic=-1 log_buf_len=8M rdinit=/init{paging}{extra}"
-    ));
+    args.push(cmdline);
     args.push("-virtfs".into());
     args.push(format!(
         "local,path={root_share},mount_tag=root,security_model=none,readonly=on,multidevs=remap"

@@ -175,10 +175,9 @@ void tilde_rdma_irq_unlock(void *lock, unsigned long flags)
 }
 
 /*
- * A sleeping lock for `sync::Mutex`, in its own allocation like the spinlock above, with
- * one lockdep class for all of them.
+ * A sleeping lock for `sync::Mutex`, in its own allocation like the spinlock above, and
+ * like it in lockdep class `key` of its place in the source (`mutex!`).
  */
-/* A mutex for `sync::Mutex`, in lockdep class `key` (`mutex!`, as for the spinlock). */
 void *tilde_rdma_mutex_new(struct lock_class_key *key, const char *name)
 {
 	struct mutex *lock = kmalloc(sizeof(*lock), GFP_KERNEL);
