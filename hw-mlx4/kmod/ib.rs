@@ -313,8 +313,9 @@ pub(crate) struct IbAh {
 
 fn command_failed(dev: &Device<Mlx4Ib>, what: &str, error: ProbeError) -> Error {
     // A device reset under the IB device answers nothing (its commands succeed without
-    // reaching it, their outboxes stale): expected, and said once by the reset.
-    if dev.is_lost() {
+    // reaching it, their outboxes stale), and one in its catastrophic error state runs
+    // nothing: expected, and said once by the error poll and the reset.
+    if dev.is_lost() || error.is_catastrophic() {
         return EIO;
     }
     pr_err!("{}: {} failed: {:?}\n", dev.name(), what, error);
@@ -335,6 +336,9 @@ fn multicast_failed(
     qpn: u32,
     error: ProbeError,
 ) -> Error {
+    if error.is_catastrophic() {
+        return EIO;
+    }
     pr_err!(
         "{}: multicast {} of QP {:#x} to {:?} failed: {:?}\n",
         dev.name(),
@@ -511,6 +515,9 @@ impl Mlx4Ib {
 }
 
 fn command_failed_bare(shared: &Shared, what: &str, error: ProbeError) -> Error {
+    if error.is_catastrophic() {
+        return EIO;
+    }
     pr_err!("{}: {} failed: {:?}\n", shared.name(), what, error);
     EIO
 }

@@ -104,6 +104,9 @@ enum Injection {
     /// The device runs the command, but its token reads otherwise: its command EQE
     /// carries a token the driver did not give.
     WrongToken,
+    /// The device raises a catastrophic error with this syndrome as the command is
+    /// posted: its firmware stops, and the command never completes.
+    Catastrophe(u32),
 }
 
 /// The model behind the driver's two traits.
@@ -241,6 +244,9 @@ impl CommandEdge for Platform {
                 Some(Injection::NeverComplete) => {
                     self.status_override = Some(value);
                     return;
+                }
+                Some(Injection::Catastrophe(syndrome)) => {
+                    self.hca.raise_catastrophic_error(syndrome);
                 }
                 Some(Injection::CorruptOutput {
                     offset: at,
@@ -2323,6 +2329,58 @@ fn a_catastrophic_error_is_seen_and_a_reset_recovers_the_device() {
     core.probe(&mut p, &config())
         .expect("a probe after the recovery");
     assert_eq!(core.catastrophic_error(&mut p), Ok(None));
+    core.teardown(&mut p).expect("teardown");
+    assert_released(&mut p);
+}
+
+/// A catastrophic error while a command waits for its EQE ends the wait at once (the
+/// stopped firmware would leave it, and its caller, the whole 60 s), as an internal
+/// error no caller reports; no command is posted again until the reset, and after the
+/// recovery the device runs commands again with nothing leaked.
+#[test]
+fn a_catastrophic_error_ends_a_waiting_command_at_once() {
+    let mut p = Platform::new();
+    let mut core = Mlx4Core::new();
+    core.probe(&mut p, &config()).expect("probe");
+    p.inject = Some((opcode::NOP, 0, Injection::Catastrophe(0xca7a5)));
+    let (posted, start) = (p.posted.len(), p.clock_us);
+    let nop = Command::new(opcode::NOP).in_modifier(0x1f);
+    let error = core
+        .command(&mut p, Step::MadIfc(1), nop)
+        .expect_err("the firmware stopped");
+    assert_eq!(
+        error,
+        ProbeError::Command {
+            step: Step::MadIfc(1),
+            error: CmdError::InternalError {
+                opcode: opcode::NOP
+            }
+        }
+    );
+    assert!(error.is_catastrophic());
+    let waited = p.clock_us - start;
+    assert!(
+        waited <= 20_000,
+        "waited {waited} us, not the command's 60 s"
+    );
+    assert_eq!(p.posted.len(), posted + 1);
+
+    let error = core
+        .command(&mut p, Step::MadIfc(1), nop)
+        .expect_err("refused before its post");
+    assert!(error.is_catastrophic(), "{error:?}");
+    assert_eq!(
+        p.posted.len(),
+        posted + 1,
+        "not posted to the stopped firmware"
+    );
+    p.hca.take_events();
+
+    core.recover_from_error(&mut p).expect("the reset recovers");
+    core.probe(&mut p, &config())
+        .expect("a probe after the recovery");
+    core.command(&mut p, Step::MadIfc(1), nop)
+        .expect("commands run again");
     core.teardown(&mut p).expect("teardown");
     assert_released(&mut p);
 }

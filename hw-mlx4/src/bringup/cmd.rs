@@ -68,6 +68,14 @@ pub enum CmdError {
         /// The command's opcode.
         opcode: u16,
     },
+    /// The device raised a catastrophic error while the command waited, or before it
+    /// was posted: its firmware executes no command until the function is reset
+    /// (upstream's internal error state, `CMD_STAT_INTERNAL_ERR`). The catastrophic
+    /// error poll resets it; the command is not posted again.
+    InternalError {
+        /// The opcode given up on or refused.
+        opcode: u16,
+    },
     /// An earlier command timed out: the HCR's state is unknown, so no command is posted
     /// any more (upstream enters its error state, `mlx4_cmd_reset_flow`). Only a reset of
     /// the function brings the interface back.
@@ -226,6 +234,9 @@ impl CommandInterface {
     /// reset, when nothing the driver gave the device is used by it any more.
     pub fn enter_device_lost(&mut self) {
         self.device_lost = true;
+        // The reset ended whatever the device was running: nothing it was given is in
+        // use any more, whatever a timeout or the catastrophic error left.
+        self.wedged = false;
         self.use_events = false;
         self.waiting = None;
     }
@@ -318,6 +329,15 @@ impl CommandInterface {
         let opcode = self.waiting.take().map_or(0, |(opcode, _)| opcode);
         self.wedged = true;
         CmdError::Timeout { opcode }
+    }
+
+    /// Gives up on the waiting event-driven command, or refuses `opcode` before its
+    /// post, because the device is in its catastrophic error state: no command is
+    /// posted until the reset ([`Self::enter_device_lost`]).
+    pub fn abandon_after_error(&mut self, opcode: u16) -> CmdError {
+        let opcode = self.waiting.take().map_or(opcode, |(waiting, _)| waiting);
+        self.wedged = true;
+        CmdError::InternalError { opcode }
     }
 
     /// Whether a timeout has made the interface unusable (see [`CmdError::Wedged`]).

@@ -233,6 +233,21 @@ pub enum ProbeError {
     Multicast(super::mcg::McgError),
 }
 
+impl ProbeError {
+    /// A command refused or given up on because the device is in its catastrophic error
+    /// state: the error poll reports it once and resets the function, so a caller has
+    /// nothing of its own to say.
+    pub fn is_catastrophic(&self) -> bool {
+        matches!(
+            self,
+            ProbeError::Command {
+                error: CmdError::InternalError { .. },
+                ..
+            }
+        )
+    }
+}
+
 /// Why a teardown (or the unwinding of a failed probe) did not end cleanly. It always
 /// runs to the end: the device is released as far as it lets itself be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -43,6 +43,11 @@ use super::profile::{IcmLayout, Resource, MTTS_PER_SEGMENT};
 pub const EQ_UAR_PAGES: u32 = 128;
 /// NOP's in-modifier (`mlx4_NOP`).
 const NOP_IN_MODIFIER: u32 = 0x1f;
+
+/// How often a waiting command looks at the catastrophic error buffer, in microseconds:
+/// often enough that a stopped firmware ends the wait at once, rarely enough that the
+/// reads (over the bus, under QEMU a round trip to the device's process) cost nothing.
+const CATAS_LOOK_US: u64 = 10_000;
 /// MAP_EQ's in-modifier bit that unmaps (`MLX4_EQ_UNMAP` in `mlx4_MAP_EQ`'s caller).
 const MAP_EQ_UNMAP: u32 = 1 << 31;
 /// The MSI-X vector of the async EQ.
@@ -327,7 +332,10 @@ impl<B> Mlx4Core<B> {
 
     /// Runs a command to completion by its command EQE (`mlx4_cmd_wait`): posts it with
     /// a token, then walks the EQ until the EQE with that token comes, or the command's
-    /// timeout passes (then the interface is wedged, as after a polled timeout).
+    /// timeout passes (then the interface is wedged, as after a polled timeout). A
+    /// catastrophic error ends the wait at once (`CmdError::InternalError`), as upstream's
+    /// error state wakes every waiting command: its firmware has stopped and would
+    /// leave the command, and the caller, waiting out the whole timeout.
     fn exec_event<P: Platform<Block = B>>(
         &mut self,
         p: &mut P,
@@ -335,13 +343,24 @@ impl<B> Mlx4Core<B> {
         cmd: Command,
     ) -> Result<u64, ProbeError> {
         let failed = |error| ProbeError::Command { step, error };
+        if self.in_catastrophic_error(p) {
+            return Err(failed(self.cmd.abandon_after_error(cmd.opcode)));
+        }
         self.cmd.post_event(p, &cmd).map_err(failed)?;
         let start = p.now_us();
+        let mut looked = start;
         loop {
             if let Some(result) = self.drain_eq(p)? {
                 return result.map_err(failed);
             }
-            if p.now_us().saturating_sub(start) >= cmd.timeout_us {
+            let now = p.now_us();
+            if now.saturating_sub(looked) >= CATAS_LOOK_US {
+                looked = now;
+                if self.in_catastrophic_error(p) {
+                    return Err(failed(self.cmd.abandon_after_error(cmd.opcode)));
+                }
+            }
+            if now.saturating_sub(start) >= cmd.timeout_us {
                 // One last look, as after a polled timeout.
                 if let Some(result) = self.drain_eq(p)? {
                     return result.map_err(failed);
@@ -350,6 +369,12 @@ impl<B> Mlx4Core<B> {
             }
             p.relax();
         }
+    }
+
+    /// Whether the error buffer reports a catastrophic error (one that cannot be read
+    /// reports none: the poll that reads it says so).
+    fn in_catastrophic_error<P: Platform<Block = B>>(&self, p: &mut P) -> bool {
+        matches!(self.catastrophic_error(p), Ok(Some(_)))
     }
 
     /// Consumes every EQE the device has written (`mlx4_eq_int`): a command completion
