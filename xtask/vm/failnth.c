@@ -14,10 +14,19 @@
  *                                      failure is armed in task TID (a daemon that does
  *                                      the work COMMAND asks of it)
  *
+ *   failnth --sample HEAD,STRIDE ...   for a path too long to fail at every point (an iSER
+ *                                      login: over a thousand allocations, seconds each on
+ *                                      the debug kernel): one run first counts the
+ *                                      allocations, N; then the failure lands on each of
+ *                                      the first HEAD and the last HEAD, and on every
+ *                                      STRIDE-th between (a STRIDE prime to the length of
+ *                                      the path's loops lands on each allocation of a loop
+ *                                      body somewhere)
+ *
  * Every file the path needs is opened before the first run, and nothing but the path
  * runs between arming the knob and reading it back, so a run's failure lands in the path.
  * One line per run: "run N: injected|not injected: ok|<error>"; then "points: P", the
- * runs that had a failure injected. Exit status 0 when each injected run ended in an
+ * runs that had a failure injected (sampled: first "allocations: N", the count). Exit status 0 when each injected run ended in an
  * error or in success and the run with nothing injected succeeded; 1 otherwise.
  */
 #define _GNU_SOURCE
@@ -118,14 +127,45 @@ static const char *describe(int result)
 	return text;
 }
 
+/* The allocations one run of the path makes with nothing failed; -1 if it failed. */
+static long count_allocations(struct path *p, int knob)
+{
+	const unsigned int armed = 1U << 30;
+	char text[16] = { 0 };
+	int result;
+
+	if (arm(knob, armed))
+		return -1;
+	result = p->run(p);
+	if (pread(knob, text, sizeof(text) - 1, 0) <= 0)
+		return -1;
+	arm(knob, 0);
+	if (result) {
+		fprintf(stderr, "failnth: the counting run failed: %s\n", describe(result));
+		return -1;
+	}
+	if (p->module && unload(p->module))
+		return -1;
+	return armed - strtoul(text, NULL, 10);
+}
+
 int main(int argc, char **argv)
 {
 	struct path p = { .fd = -1 };
 	const char *armed_task = "thread-self";
 	unsigned int points = 0;
-	unsigned int n;
+	unsigned int n, head = 0, stride = 1;
+	long allocations = -1;
 	int knob;
 
+	if (argc >= 3 && !strcmp(argv[1], "--sample")) {
+		if (sscanf(argv[2], "%u,%u", &head, &stride) != 2 || !stride) {
+			fprintf(stderr, "failnth: --sample HEAD,STRIDE\n");
+			return 2;
+		}
+		argc -= 2;
+		argv += 2;
+	}
 	if (argc >= 4 && !strcmp(argv[1], "write")) {
 		p.run = run_write;
 		p.fd = open(argv[2], O_WRONLY);
@@ -147,7 +187,7 @@ int main(int argc, char **argv)
 		p.argv = argv + 4;
 		armed_task = argv[2];
 	} else {
-		fprintf(stderr, "usage: failnth write FILE TEXT | load MODULE.ko [PARAMS] | task TID -- COMMAND...\n");
+		fprintf(stderr, "usage: failnth [--sample HEAD,STRIDE] write FILE TEXT | load MODULE.ko [PARAMS] | task TID -- COMMAND...\n");
 		return 2;
 	}
 	if (p.run != run_command && p.fd < 0) {
@@ -167,9 +207,19 @@ int main(int argc, char **argv)
 		perror("failnth: fail-nth");
 		return 1;
 	}
+	if (stride > 1) {
+		allocations = count_allocations(&p, knob);
+		if (allocations < 0)
+			return 1;
+		printf("allocations: %ld\n", allocations);
+	}
 	for (n = 1; n <= MAX_RUNS; n++) {
 		int result, hit;
 
+		/* Sampled: between the head and the tail, only every stride-th point. */
+		if (allocations >= 0 && n > head && (long)n + head <= allocations &&
+		    (n - head) % stride)
+			continue;
 		if (arm(knob, n)) {
 			perror("failnth: arming fail-nth");
 			return 1;
