@@ -82,15 +82,15 @@ systematic() {
 	local name=$1 points allocations start=$SECONDS
 	shift
 	echo "== systematic: $name"
-	/tmp/failnth "$@" > "/tmp/failnth-$name.log" 2>&1 || {
-		tail -n 20 "/tmp/failnth-$name.log"
+	/tmp/failnth "$@" > "/tilde/out/failnth-$name.log" 2>&1 || {
+		tail -n 20 "/tilde/out/failnth-$name.log"
 		echo "FAIL: $name"
 		return 1
 	}
-	points=$(awk '/^points:/ {print $2}' "/tmp/failnth-$name.log")
-	allocations=$(awk '/^allocations:/ {print $2}' "/tmp/failnth-$name.log")
+	points=$(awk '/^points:/ {print $2}' "/tilde/out/failnth-$name.log")
+	allocations=$(awk '/^allocations:/ {print $2}' "/tilde/out/failnth-$name.log")
 	# Outcomes of the injected runs, counted (none when the path allocates nothing).
-	grep -E -o ': injected: [A-Za-z0-9]+' "/tmp/failnth-$name.log" | sort | uniq -c |
+	grep -E -o ': injected: [A-Za-z0-9]+' "/tilde/out/failnth-$name.log" | sort | uniq -c |
 		sed 's/^/   /' || true
 	if [ -n "$allocations" ]; then
 		echo "$name: $allocations injection points, $points of them injected ($1 $2), $((SECONDS - start)) s" | tee -a "$POINTS"
