@@ -165,7 +165,7 @@ chmod +x /tmp/login-logout
 # iscsid is two processes, the daemon and its logger: the daemon's is in its pid file.
 # A login makes about 4000 allocations under tilde_iser (its connection's buffers and
 # work requests, 128 tasks' worth, allocated up front), and a run that logs in takes
-# 20 s on this kernel: every point of the first and last 16 fails, and every 31st
+# 7 s on this kernel: every point of the first and last 16 fails, and every 31st
 # between (a prime: the per-task loop's allocations each fail somewhere).
 systematic iser-login --sample 16,31 task "$(cat /run/iscsid.pid)" -- /tmp/login-logout
 # Whatever the failures left, the session table is empty and a login works.
