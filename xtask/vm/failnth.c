@@ -15,8 +15,8 @@
  *                                      the work COMMAND asks of it)
  *
  *   failnth --sample HEAD,STRIDE ...   for a path too long to fail at every point (an iSER
- *                                      login: over a thousand allocations, seconds each on
- *                                      the debug kernel): one run first counts the
+ *                                      login: about 4000 allocations, seconds a run on the
+ *                                      debug kernel): one run first counts the
  *                                      allocations, N; then the failure lands on each of
  *                                      the first HEAD and the last HEAD, and on every
  *                                      STRIDE-th between (a STRIDE prime to the length of
@@ -26,8 +26,9 @@
  * Every file the path needs is opened before the first run, and nothing but the path
  * runs between arming the knob and reading it back, so a run's failure lands in the path.
  * One line per run: "run N: injected|not injected: ok|<error>"; then "points: P", the
- * runs that had a failure injected (sampled: first "allocations: N", the count). Exit status 0 when each injected run ended in an
- * error or in success and the run with nothing injected succeeded; 1 otherwise.
+ * runs that had a failure injected (sampled: first "allocations: N", the count). Exit
+ * status 0 when each injected run ended in an error or in success and the run with
+ * nothing injected succeeded; 1 otherwise.
  */
 #define _GNU_SOURCE
 #include <errno.h>
