@@ -196,6 +196,7 @@ pub fn run(
     fs::copy(vm_dir.join("lib.sh"), dir.join("guest/lib.sh"))?;
     fs::copy(vm_dir.join("iser.sh"), dir.join("guest/iser.sh"))?;
     fs::copy(vm_dir.join("ipoib.sh"), dir.join("guest/ipoib.sh"))?;
+    fs::copy(vm_dir.join("faults.sh"), dir.join("guest/faults.sh"))?;
     for helper in [
         "iser_bench_table.py",
         "tcp_blob.py",
