@@ -12,7 +12,7 @@
 # an error.
 # needs-module: tilde_iser
 # test-targets: linux-6.12-debug
-# timeout: 600
+# timeout: 900
 . /tilde/guest/lib.sh
 . /tilde/guest/iser.sh
 . /tilde/guest/faults.sh
