@@ -76,7 +76,8 @@ random_round() {
 }
 
 # random_phase: with the filter fault_setup set, 1 in 500 of the allocations under it
-# fail while four rounds of writes and reads run on the logged-in disk. A failure in the
+# fail while four rounds of writes and reads run on the logged-in disk; then, with nothing
+# failed, one more round must read back the same bytes. A failure in the
 # initiator or in rxe's requester under it ends the connection and iscsid makes a new one
 # (about 10 s on the debug kernel), so the rounds are sized by commands, about a thousand
 # each at most: 64 MiB at 1M and 512k, 16 MiB at 64k, 4 MiB at 4k.
@@ -95,4 +96,7 @@ random_phase() {
 		echo 0 > "$DBG/$knob/probability"
 		echo "random: $knob failed $((1000000 - $(cat "$DBG/$knob/times"))) allocations" | tee -a "$POINTS"
 	done
+	echo "== after the injections: the session carries data, every byte the same"
+	random_round 1M 64 | tee /tmp/after.log
+	grep -q "written .*, read " /tmp/after.log
 }
