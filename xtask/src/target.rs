@@ -127,7 +127,7 @@ pub const TARGETS: &[Target] = &[
 /// tilde_mlx4 bringing the emulated ConnectX-3 up (ib_ipoib over it, a catastrophic error
 /// recovered, the close), and the demo: every tilde module at once over tilde_mlx4, with
 /// tilde_ipoib and tilde_iser carrying checked traffic (700 s here). The rest take too
-/// long for CI on 2 cores (`ipoib` 43 min, `mlx4-iser` 19, `iser` 12;
+/// long for CI on 2 cores (`ipoib` 43 min, `iser` 27, `mlx4-iser` 19;
 /// docs/debug-kernel.md): `cargo xtask test --kernel linux-6.12-debug --every-scenario`
 /// runs them, and `cargo xtask vm --kernel linux-6.12-debug` the fault-inject ones.
 const DEBUG_SCENARIOS: &[&str] = &["verbs-conformance", "loopback", "mlx4-hca", "demo"];

@@ -77,10 +77,10 @@ random_round() {
 
 # random_phase: with the filter fault_setup set, 1 in 500 of the allocations under it
 # fail while four rounds of writes and reads run on the logged-in disk; then, with nothing
-# failed, one more round must read back the same bytes. A failure in the
-# initiator or in rxe's requester under it ends the connection and iscsid makes a new one
-# (about 10 s on the debug kernel), so the rounds are sized by commands, about a thousand
-# each at most: 64 MiB at 1M and 512k, 16 MiB at 64k, 4 MiB at 4k.
+# failed, one more round must read back the same bytes. A failure under tilde_iser ends
+# the connection and iscsid makes a new one (about 10 s on the debug kernel), so the
+# rounds are sized by commands, about a thousand each at most: 64 MiB at 1M and 512k,
+# 16 MiB at 64k, 4 MiB at 4k.
 random_phase() {
 	local knob bs
 	# `times` counts down once per injected failure: what it lost is how many there were.

@@ -1,8 +1,10 @@
 # fault-inject's random phase with the kernel's own iSER initiator in tilde_iser's place:
 # the LIO target and rxe as there, ib_iser logged in, 1 in 500 of the allocations made
 # under ib_iser's code failed while the same rounds of writes and reads run. What it
-# reports is the kernel's, not tilde's: it tells a report of fault-inject's random phase
-# that comes from the target or rxe from one tilde_iser causes (docs/debug-kernel.md).
+# reports is the kernel's, not tilde's: it is meant to tell a report of fault-inject's
+# random phase that comes from the target or rxe from one tilde_iser causes. So far
+# ib_iser allocates nothing under its own code during I/O, and nothing is injected
+# (fault-points.txt says how many were; docs/debug-kernel.md).
 # no-modules
 # test-targets: linux-6.12-debug
 # timeout: 600
